@@ -1,0 +1,325 @@
+//! The `tidekeeper` command: argument handling and glue, no logic of its own.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::model::{self, Fleet, desired::Resource};
+use crate::source::{self, ConfigTree};
+
+/// Exit codes scripts can rely on.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidekeeper",
+    version,
+    about = "GitOps reconciler for fleets of plain Linux servers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// The config repo (a git repository); read from its commits, never its work tree.
+    #[arg(long, default_value = ".", env = "TIDEKEEPER_REPO")]
+    pub repo: PathBuf,
+    /// Branch, tag or commit to read.
+    #[arg(long = "ref", default_value = "HEAD")]
+    pub refname: String,
+}
+
+use clap::Args;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Errors with source snippets.
+    Human,
+    /// One `file:line:column: error[code]: message` line per problem.
+    Short,
+    /// Machine-readable JSON.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check the config repo at a commit; report every problem with file:line:column.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Print a host's fully resolved desired state.
+    Show {
+        /// Host name (as in `tidekeeper validate`'s list).
+        host: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new config repo from the built-in example fleet.
+    Init {
+        /// Directory to create (must not exist or be empty).
+        dir: PathBuf,
+    },
+    /// Set up the example fleet in a directory and show what tidekeeper makes of it.
+    Demo {
+        /// Where to put the demo config repo.
+        #[arg(default_value = "tidekeeper-demo")]
+        dir: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Validate { repo, format } => validate(&repo, format),
+        Command::Show { host, repo, json } => show(&repo, &host, json),
+        Command::Init { dir } => init(&dir),
+        Command::Demo { dir } => demo(&dir),
+    };
+    ExitCode::from(code)
+}
+
+fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, u8> {
+    ConfigTree::from_git(&repo.repo, &repo.refname).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USAGE
+    })
+}
+
+/// Load the fleet, printing diagnostics on failure.
+fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, u8> {
+    model::load(tree).map_err(|diags| {
+        let n = diags.len();
+        match format {
+            Format::Json => println!("{}", serde_json::json!({ "valid": false, "errors": diags })),
+            Format::Short => eprint!("{diags}"),
+            Format::Human => {
+                let color =
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                eprint!("{}", model::diag::render(&diags, &|f| tree.text(f), color));
+            }
+        }
+        if format != Format::Json {
+            eprintln!(
+                "{n} error{} in the config repo{}",
+                if n == 1 { "" } else { "s" },
+                at_commit(tree)
+            );
+        }
+        EXIT_INVALID
+    })
+}
+
+fn at_commit(tree: &ConfigTree) -> String {
+    tree.commit
+        .as_deref()
+        .map(|c| format!(" at {}", &c[..c.len().min(12)]))
+        .unwrap_or_default()
+}
+
+fn validate(repo: &RepoArgs, format: Format) -> u8 {
+    let tree = match read_tree(repo) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let fleet = match load(&tree, format) {
+        Ok(f) => f,
+        Err(c) => return c,
+    };
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "valid": true,
+                "fleet": fleet.name,
+                "commit": fleet.commit,
+                "hosts": fleet.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+                "jobs": fleet.jobs.iter().map(|j| &j.name).collect::<Vec<_>>(),
+            })
+        ),
+        _ => println!("{}", summary(&fleet, &tree)),
+    }
+    EXIT_OK
+}
+
+fn summary(fleet: &Fleet, tree: &ConfigTree) -> String {
+    let resources: usize = fleet.hosts.iter().map(|h| h.resources.len()).sum();
+    let mut s = format!(
+        "valid: fleet {:?}{}: {} host{}, {} resource{}, {} maintenance job{}\n",
+        fleet.name,
+        at_commit(tree),
+        fleet.hosts.len(),
+        plural(fleet.hosts.len()),
+        resources,
+        plural(resources),
+        fleet.jobs.len(),
+        plural(fleet.jobs.len()),
+    );
+    for h in &fleet.hosts {
+        s.push_str(&format!(
+            "  {:<16} {:<10} {:>3} resources  roles: {}\n",
+            h.name,
+            format!("{:?}", h.provider).to_lowercase(),
+            h.resources.len(),
+            h.roles.join(", ")
+        ));
+    }
+    s.pop();
+    s
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn show(repo: &RepoArgs, host: &str, json: bool) -> u8 {
+    let tree = match read_tree(repo) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let fleet = match load(&tree, Format::Human) {
+        Ok(f) => f,
+        Err(c) => return c,
+    };
+    let Some(h) = fleet.host(host) else {
+        let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+        eprintln!(
+            "error: no host named {host:?} in fleet {:?}\n  help: hosts are: {}",
+            fleet.name,
+            names.join(", ")
+        );
+        return EXIT_USAGE;
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(h).expect("host serializes")
+        );
+        return EXIT_OK;
+    }
+    let mut out = String::new();
+    out.push_str(&format!("host {} ({})\n", h.name, h.origin));
+    out.push_str(&format!("  provider: {:?}\n", h.provider).to_lowercase());
+    if let Some(a) = &h.address {
+        out.push_str(&format!("  address: {a}\n"));
+    }
+    if let Some(s) = &h.server {
+        out.push_str(&format!(
+            "  server: {}\n",
+            serde_json::to_string(s).unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "  ssh: {}@…:{}{}\n",
+        h.ssh.user,
+        h.ssh.port,
+        if h.ssh.sudo { " (sudo)" } else { "" }
+    ));
+    out.push_str(&format!("  roles: {}\n", h.roles.join(", ")));
+    out.push_str("  resources:\n");
+    for r in &h.resources {
+        out.push_str(&format!(
+            "    {:<10} {:<48} {}\n",
+            r.kind(),
+            r.id(),
+            describe(r)
+        ));
+    }
+    if !h.handlers.is_empty() {
+        out.push_str("  handlers:\n");
+        for hd in &h.handlers {
+            out.push_str(&format!("    {:<10} {:?}\n", hd.name, hd.action));
+        }
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    EXIT_OK
+}
+
+fn describe(r: &Resource) -> String {
+    match r {
+        Resource::File(f) => {
+            let what = if f.content.sensitive {
+                "(sensitive)".to_string()
+            } else {
+                format!("{} bytes", f.content.bytes.len())
+            };
+            let mode = f.mode.map(|m| format!(" mode {m:04o}")).unwrap_or_default();
+            format!("{what}{mode}")
+        }
+        Resource::Package { state, .. } => format!("{state:?}").to_lowercase(),
+        Resource::Service(s) => format!(
+            "{}{}",
+            s.state
+                .map(|x| format!("{x:?}").to_lowercase())
+                .unwrap_or_default(),
+            match s.enabled {
+                Some(true) => ", enabled",
+                Some(false) => ", disabled",
+                None => "",
+            }
+        ),
+        Resource::Firewall(f) => {
+            format!("incoming {:?}, {} rules", f.incoming, f.rules.len()).to_lowercase()
+        }
+        Resource::Stack(s) => format!("{} files in {}", s.files.len(), s.dir),
+        Resource::User(u) => format!("{} keys", u.authorized_keys.len()),
+        Resource::Sysctl { value, .. } => value.clone(),
+        _ => String::new(),
+    }
+}
+
+fn init(dir: &Path) -> u8 {
+    match source::init_repo(
+        dir,
+        &source::template_tree(),
+        "Start a tidekeeper fleet from the example template",
+    ) {
+        Ok(commit) => {
+            println!(
+                "Created config repo {} (commit {}).\nNext: tidekeeper validate --repo {}",
+                dir.display(),
+                &commit[..12],
+                dir.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn demo(dir: &Path) -> u8 {
+    if !dir.join(".git").exists() {
+        let code = init(dir);
+        if code != EXIT_OK {
+            return code;
+        }
+    } else {
+        println!("Using the existing demo repo {}.", dir.display());
+    }
+    let args = RepoArgs {
+        repo: dir.to_path_buf(),
+        refname: "HEAD".into(),
+    };
+    let code = validate(&args, Format::Human);
+    if code == EXIT_OK {
+        println!(
+            "\nTry it: edit {0}/roles/base.yaml (or break something in hosts/), `git -C {0} commit -am change`,\n\
+             then `tidekeeper validate --repo {0}` and `tidekeeper show platform --repo {0}`.",
+            dir.display()
+        );
+    }
+    code
+}

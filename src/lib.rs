@@ -1,0 +1,13 @@
+//! tidekeeper: a GitOps reconciler for fleets of plain Linux servers.
+//!
+//! The modules follow the data flow of a reconcile:
+//!
+//! - [`source`]: the config repo at one commit, read from git (never a work tree).
+//! - [`model`]: YAML → checked, resolved desired state, or located diagnostics.
+//! - [`schedule`]: cron, time zones and maintenance windows (pure).
+//! - [`cli`]: the `tidekeeper` command.
+
+pub mod cli;
+pub mod model;
+pub mod schedule;
+pub mod source;

@@ -1,0 +1,285 @@
+//! Checks of single values: paths, modes, ports, addresses, durations, keys.
+//!
+//! Each returns a message that completes "… is invalid: <message>" style
+//! errors; the caller adds the location.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// An absolute, normalised path on a host: `/etc/ssh/sshd_config`.
+pub fn host_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path {p:?} must be absolute (start with /)"));
+    }
+    if p == "/" {
+        return Err("path \"/\" cannot be managed".into());
+    }
+    if p.ends_with('/') {
+        return Err(format!("path {p:?} must not end with /"));
+    }
+    if p.contains('\0') || p.contains('\n') {
+        return Err(format!("path {p:?} contains a NUL or newline character"));
+    }
+    for part in p[1..].split('/') {
+        match part {
+            "" => return Err(format!("path {p:?} contains an empty component (//)")),
+            "." | ".." => {
+                return Err(format!(
+                    "path {p:?} contains {part:?}; write the path without it"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A path inside a directory of the config repo (`files/`, `templates/`…):
+/// relative, no `..`, no absolute paths.
+pub fn repo_relative(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!(
+            "{p:?} is an absolute path; paths are relative to their directory in the config repo"
+        ));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "{p:?} escapes its directory with \"..\"; files must live inside the config repo"
+        ));
+    }
+    if p.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err(format!("{p:?} has an empty or \".\" component"));
+    }
+    Ok(())
+}
+
+/// Octal file mode, written as a string: `"0644"`, `"755"`, `"1777"`.
+pub fn mode(m: &str) -> Result<u32, String> {
+    let digits = m.trim();
+    let ok = (3..=4).contains(&digits.len()) && digits.chars().all(|c| ('0'..='7').contains(&c));
+    if !ok {
+        return Err(format!(
+            "mode {m:?} is not an octal mode such as \"0644\" or \"0755\" (quote it in YAML)"
+        ));
+    }
+    u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+}
+
+/// A user or group name as `useradd` accepts it.
+pub fn account_name(n: &str) -> Result<(), String> {
+    let mut chars = n.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = n
+        .chars()
+        .skip(1)
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !first_ok || !rest_ok || n.len() > 32 {
+        return Err(format!(
+            "{n:?} is not a valid user or group name (lowercase letters, digits, _ and -, starting with a letter or _, at most 32)"
+        ));
+    }
+    Ok(())
+}
+
+/// A host name: a DNS label of lowercase letters, digits and dashes.
+pub fn host_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !n.starts_with('-')
+        && !n.ends_with('-');
+    if !ok {
+        return Err(format!(
+            "{n:?} is not a valid host name (1-63 lowercase letters, digits and dashes, not starting or ending with a dash)"
+        ));
+    }
+    Ok(())
+}
+
+/// A port or a port range: `22`, `8000:8100` (ufw's syntax).
+pub fn port_spec(p: &str) -> Result<(u16, u16), String> {
+    let one = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            _ => Err(format!(
+                "port {p:?} is not a port number from 1 to 65535 or a range such as 8000:8100"
+            )),
+        }
+    };
+    match p.split_once(':') {
+        Some((a, b)) => {
+            let (a, b) = (one(a)?, one(b)?);
+            if a > b {
+                return Err(format!("port range {p:?} starts after it ends"));
+            }
+            Ok((a, b))
+        }
+        None => one(p).map(|n| (n, n)),
+    }
+}
+
+pub fn proto(p: &str) -> Result<(), String> {
+    match p {
+        "tcp" | "udp" | "any" => Ok(()),
+        _ => Err(format!("protocol {p:?} is not one of tcp, udp, any")),
+    }
+}
+
+/// An address or network: `10.0.0.2`, `10.0.0.0/16`, `2001:db8::1/128`, or `any`.
+pub fn cidr(s: &str) -> Result<(), String> {
+    if s == "any" {
+        return Ok(());
+    }
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR network such as 10.0.0.0/16"))?;
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match p.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => {
+                return Err(format!(
+                    "{s:?} has prefix length {p:?}; it must be 0 to {max}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A duration such as `90s`, `10m`, `2h`, `1d`, or combined `1h30m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("duration {s:?} is not like \"30s\", \"10m\", \"2h\" or \"1h30m\"");
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut seen_unit = false;
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(err()),
+        };
+        let n: u64 = num.parse().map_err(|_| err())?;
+        total = total
+            .checked_add(n.checked_mul(unit).ok_or_else(err)?)
+            .ok_or_else(err)?;
+        num.clear();
+        seen_unit = true;
+    }
+    if !num.is_empty() || !seen_unit {
+        return Err(err());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+const KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// A public key line: `ssh-ed25519 AAAA… comment`. Returns (type, base64 blob).
+pub fn public_key(line: &str) -> Result<(String, String), String> {
+    let mut parts = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err(
+            "expected \"<type> <base64 key> [comment]\", e.g. \"ssh-ed25519 AAAAC3… you@laptop\""
+                .into(),
+        );
+    };
+    if !KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "key type {kind:?} is not one of {}",
+            KEY_TYPES.join(", ")
+        ));
+    }
+    let b64_ok = blob.len() >= 16
+        && blob.len() % 4 == 0
+        && blob
+            .trim_end_matches('=')
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+    if !b64_ok {
+        return Err(format!("the {kind} key is not valid base64"));
+    }
+    Ok((kind.to_string(), blob.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_accept_octal_strings_only() {
+        assert_eq!(mode("0644"), Ok(0o644));
+        assert_eq!(mode("755"), Ok(0o755));
+        assert_eq!(mode("1777"), Ok(0o1777));
+        assert!(mode("0849").is_err());
+        assert!(mode("rw-r--r--").is_err());
+        assert!(mode("12345").is_err());
+    }
+
+    #[test]
+    fn host_paths_must_be_absolute_and_normal() {
+        assert!(host_path("/etc/ssh/sshd_config").is_ok());
+        assert!(host_path("etc/x").is_err());
+        assert!(host_path("/etc/../shadow").is_err());
+        assert!(host_path("/etc//x").is_err());
+        assert!(host_path("/").is_err());
+    }
+
+    #[test]
+    fn repo_paths_stay_inside() {
+        assert!(repo_relative("nginx/site.conf").is_ok());
+        assert!(repo_relative("../secrets").is_err());
+        assert!(repo_relative("/etc/passwd").is_err());
+        assert!(repo_relative("a/./b").is_err());
+    }
+
+    #[test]
+    fn ports_and_ranges() {
+        assert_eq!(port_spec("22"), Ok((22, 22)));
+        assert_eq!(port_spec("8000:8100"), Ok((8000, 8100)));
+        assert!(port_spec("0").is_err());
+        assert!(port_spec("65536").is_err());
+        assert!(port_spec("9:8").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(cidr("10.0.0.0/16").is_ok());
+        assert!(cidr("2001:db8::1/128").is_ok());
+        assert!(cidr("any").is_ok());
+        assert!(cidr("10.0.0.0/33").is_err());
+        assert!(cidr("10.0.0").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(duration("10").is_err());
+        assert!(duration("5 minutes").is_err());
+        assert!(duration("99999999999999999999d").is_err());
+    }
+}

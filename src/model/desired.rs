@@ -1,0 +1,443 @@
+//! The resolved desired state: what each host should look like, with roles
+//! merged, templates rendered, defaults applied. This is what `show` prints
+//! and what the planner compares with what is observed.
+
+use std::collections::BTreeMap;
+
+use serde::{Serialize, Serializer};
+
+use super::diag::Origin;
+pub use super::raw::{
+    DriftMode, ForgeKind, Policy, ProviderKind, RebootPolicy, RuleAction, ServiceState,
+};
+use crate::schedule::Window;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fleet {
+    pub name: String,
+    /// Commit the config was read from, when it came from git.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub settings: Settings,
+    pub hosts: Vec<Host>,
+    pub jobs: Vec<Job>,
+    pub known_hosts: Vec<KnownHost>,
+    /// Paths of `policies/*.rego` in the config repo.
+    pub policies: Vec<String>,
+}
+
+impl Fleet {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub ssh: Ssh,
+    pub parallelism: u32,
+    pub drift: DriftMode,
+    pub poll_interval_secs: u64,
+    pub drift_interval_secs: u64,
+    pub status_branch: String,
+    pub notes_ref: String,
+    pub forge: Option<Forge>,
+    pub hetzner_token_env: String,
+    pub lightsail: Option<Lightsail>,
+    pub secrets_identity_env: String,
+    pub secrets_identity_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Forge {
+    pub kind: ForgeKind,
+    pub url: String,
+    pub repo: String,
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lightsail {
+    pub region: String,
+    pub access_key_env: String,
+    pub secret_key_env: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ssh {
+    pub user: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub sudo: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    /// The host file's group name when it was expanded from `count: N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    pub provider: ProviderKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<Server>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// For `provider: local`: every managed path lives under this directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    pub ssh: Ssh,
+    pub labels: BTreeMap<String, String>,
+    pub roles: Vec<String>,
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub resources: Vec<Resource>,
+    pub handlers: Vec<Handler>,
+    pub allow_destroy: bool,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    #[serde(skip_serializing_if = "Option::is_none", rename = "type")]
+    pub server_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blueprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub firewall: Vec<CloudPort>,
+    pub static_ip: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CloudPort {
+    pub from_port: u16,
+    pub to_port: u16,
+    pub proto: String,
+    pub from: Vec<String>,
+}
+
+/// File content. Sensitive content never prints: it serializes as `(sensitive)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Content {
+    pub bytes: Vec<u8>,
+    pub sensitive: bool,
+}
+
+pub const SENSITIVE: &str = "(sensitive)";
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.sensitive {
+            write!(f, "{SENSITIVE}")
+        } else {
+            write!(f, "{:?}", String::from_utf8_lossy(&self.bytes))
+        }
+    }
+}
+
+impl Serialize for Content {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.sensitive {
+            return s.serialize_str(SENSITIVE);
+        }
+        match std::str::from_utf8(&self.bytes) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&format!("(binary, {} bytes)", self.bytes.len())),
+        }
+    }
+}
+
+fn octal<S: Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match mode {
+        Some(m) => s.serialize_str(&format!("{m:04o}")),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Resource {
+    File(FileResource),
+    Directory(DirectoryResource),
+    Symlink {
+        path: String,
+        target: String,
+        origin: Origin,
+    },
+    Absent {
+        path: String,
+        origin: Origin,
+    },
+    Package {
+        name: String,
+        state: PackageState,
+        origin: Origin,
+    },
+    Service(ServiceResource),
+    User(UserResource),
+    Group {
+        name: String,
+        gid: Option<u32>,
+        origin: Origin,
+    },
+    Firewall(Firewall),
+    Sysctl {
+        key: String,
+        value: String,
+        origin: Origin,
+    },
+    Command(CommandResource),
+    Stack(Stack),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageState {
+    Present,
+    Latest,
+    Absent,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileResource {
+    pub path: String,
+    pub content: Content,
+    #[serde(serialize_with = "octal")]
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub validate: Option<String>,
+    pub notify: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryResource {
+    pub path: String,
+    #[serde(serialize_with = "octal")]
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceResource {
+    pub name: String,
+    pub enabled: Option<bool>,
+    pub state: Option<ServiceState>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserResource {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub groups: Vec<String>,
+    pub shell: Option<String>,
+    pub home: Option<String>,
+    pub system: bool,
+    pub authorized_keys: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Firewall {
+    pub incoming: Policy,
+    pub outgoing: Policy,
+    pub rules: Vec<FirewallRule>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FirewallRule {
+    pub action: RuleAction,
+    pub from_port: Option<u16>,
+    pub to_port: Option<u16>,
+    pub proto: String,
+    pub from: String,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandResource {
+    pub name: String,
+    pub run: String,
+    pub creates: Option<String>,
+    pub unless: Option<String>,
+    pub onlyif: Option<String>,
+    pub timeout_secs: u64,
+    pub notify: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub name: String,
+    pub dir: String,
+    /// Files of `stacks/<name>/`, relative to the stack directory, templates rendered.
+    pub files: BTreeMap<String, Content>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "action", content = "target", rename_all = "lowercase")]
+pub enum HandlerAction {
+    Restart(String),
+    Reload(String),
+    Run(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Handler {
+    pub name: String,
+    #[serde(flatten)]
+    pub action: HandlerAction,
+    pub origin: Origin,
+}
+
+impl Resource {
+    /// The resource type as users write it: `file`, `package`, …
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::File(_) => "file",
+            Resource::Directory(_) => "directory",
+            Resource::Symlink { .. } => "symlink",
+            Resource::Absent { .. } => "absent",
+            Resource::Package { .. } => "package",
+            Resource::Service(_) => "service",
+            Resource::User(_) => "user",
+            Resource::Group { .. } => "group",
+            Resource::Firewall(_) => "firewall",
+            Resource::Sysctl { .. } => "sysctl",
+            Resource::Command(_) => "command",
+            Resource::Stack(_) => "stack",
+        }
+    }
+
+    /// What identifies the resource on its host: a path, a name, a key.
+    pub fn id(&self) -> &str {
+        match self {
+            Resource::File(f) => &f.path,
+            Resource::Directory(d) => &d.path,
+            Resource::Symlink { path, .. } | Resource::Absent { path, .. } => path,
+            Resource::Package { name, .. } | Resource::Group { name, .. } => name,
+            Resource::Service(s) => &s.name,
+            Resource::User(u) => &u.name,
+            Resource::Firewall(_) => "ufw",
+            Resource::Sysctl { key, .. } => key,
+            Resource::Command(c) => &c.name,
+            Resource::Stack(s) => &s.name,
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Resource::File(f) => &f.origin,
+            Resource::Directory(d) => &d.origin,
+            Resource::Symlink { origin, .. }
+            | Resource::Absent { origin, .. }
+            | Resource::Package { origin, .. }
+            | Resource::Group { origin, .. }
+            | Resource::Sysctl { origin, .. } => origin,
+            Resource::Service(s) => &s.origin,
+            Resource::User(u) => &u.origin,
+            Resource::Firewall(f) => &f.origin,
+            Resource::Command(c) => &c.origin,
+            Resource::Stack(s) => &s.origin,
+        }
+    }
+
+    /// Address as plans show it: `web-1 file /etc/ssh/sshd_config`.
+    pub fn address(&self, host: &str) -> String {
+        format!("{host} {} {}", self.kind(), self.id())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KnownHost {
+    pub hosts: Vec<String>,
+    pub key_type: String,
+    pub key: String,
+    pub line: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// Hosts the selector chose, in fleet order.
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    pub max_parallel: u32,
+    pub pause_secs: u64,
+    pub stop_on_failure: bool,
+    pub health: Vec<HealthCheck>,
+    pub timeout_secs: u64,
+    pub catch_up_secs: Option<u64>,
+    pub kind: JobKind,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "check", content = "target", rename_all = "lowercase")]
+pub enum HealthCheck {
+    Unit(String),
+    Command(String),
+    Http(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobKind {
+    Backup {
+        repository: String,
+        password_secret: String,
+        paths: Vec<String>,
+        pg_dump: Option<String>,
+        keep_daily: u32,
+        keep_weekly: u32,
+        keep_monthly: u32,
+        check: bool,
+    },
+    Snapshot {
+        keep: u32,
+        labels: BTreeMap<String, String>,
+    },
+    Upgrade {
+        reboot: RebootPolicy,
+        unattended: bool,
+    },
+    Power {
+        running_for_secs: u64,
+    },
+    Command {
+        run: String,
+    },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Backup { .. } => "backup",
+            JobKind::Snapshot { .. } => "snapshot",
+            JobKind::Upgrade { .. } => "upgrade",
+            JobKind::Power { .. } => "power",
+            JobKind::Command { .. } => "command",
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Model: the config repo parsed, checked and resolved into desired state.
+//!
+//! Two stages, as with command-line arguments: [`raw`] mirrors the YAML files
+//! (unknown keys rejected, every value with its location), and [`resolve`]
+//! turns that into a [`desired::Fleet`] — roles merged into hosts, templates
+//! rendered, defaults applied — or into [`diag::Diagnostics`] naming every
+//! problem by file, line and column. Pure: the input is an in-memory
+//! [`crate::source::ConfigTree`].
+
+pub mod check;
+pub mod desired;
+pub mod diag;
+pub mod raw;
+pub mod resolve;
+
+pub use desired::Fleet;
+pub use diag::{Diagnostic, Diagnostics, Origin};
+pub use resolve::load;

@@ -1,0 +1,478 @@
+//! The raw spec: the config repo's YAML files as written, with source spans.
+//!
+//! Everything here is parsed with unknown keys rejected. Meaning (defaults,
+//! references, merging) is given in `resolve`; this module only mirrors the
+//! files. The key-by-key reference is `docs/config.md`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+pub type Vars = BTreeMap<String, serde_json::Value>;
+
+/// `tidekeeper.yaml`: the fleet's own settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub fleet: S<String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub providers: Providers,
+    #[serde(default)]
+    pub status: StatusSettings,
+    pub drift: Option<S<DriftMode>>,
+    #[serde(default)]
+    pub intervals: Intervals,
+    #[serde(default)]
+    pub secrets: SecretSettings,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub ssh: SshSettings,
+    pub parallelism: Option<S<u32>>,
+    #[serde(default)]
+    pub vars: Vars,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SshSettings {
+    pub user: Option<S<String>>,
+    pub port: Option<S<u16>>,
+    /// Private key file on the machine tidekeeper runs on.
+    pub key: Option<S<String>>,
+    /// Run commands through sudo when the login user is not root.
+    pub sudo: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Providers {
+    pub hetzner: Option<HetznerSettings>,
+    pub lightsail: Option<LightsailSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HetznerSettings {
+    pub token_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LightsailSettings {
+    pub region: S<String>,
+    pub access_key_env: Option<S<String>>,
+    pub secret_key_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSettings {
+    pub branch: Option<S<String>>,
+    pub notes_ref: Option<S<String>>,
+    pub forge: Option<ForgeSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeSettings {
+    pub kind: S<ForgeKind>,
+    pub url: Option<S<String>>,
+    pub repo: S<String>,
+    pub token_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitea,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    #[default]
+    Report,
+    Correct,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Intervals {
+    pub poll: Option<S<String>>,
+    pub drift: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSettings {
+    pub identity_env: Option<S<String>>,
+    pub identity_file: Option<S<String>>,
+}
+
+/// `hosts/*.yaml`: one host, or `count` identical ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    pub name: Option<S<String>>,
+    pub count: Option<S<u32>>,
+    pub provider: S<ProviderKind>,
+    pub server: Option<ServerSpec>,
+    pub address: Option<S<String>>,
+    /// For `provider: local`: confine every managed path under this directory.
+    pub root: Option<S<String>>,
+    #[serde(default)]
+    pub ssh: SshSettings,
+    #[serde(default)]
+    pub roles: Vec<S<String>>,
+    #[serde(default)]
+    pub vars: Vars,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
+    pub allow_destroy: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Hetzner,
+    Lightsail,
+    Existing,
+    Local,
+}
+
+/// The cloud server behind a host. Hetzner uses type/image/location,
+/// Lightsail bundle/blueprint/zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    #[serde(rename = "type")]
+    pub server_type: Option<S<String>>,
+    pub image: Option<S<String>>,
+    pub location: Option<S<String>>,
+    pub bundle: Option<S<String>>,
+    pub blueprint: Option<S<String>>,
+    pub zone: Option<S<String>>,
+    #[serde(default)]
+    pub ssh_keys: Vec<S<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
+    /// Cloud firewall (Hetzner) or instance public ports (Lightsail).
+    #[serde(default)]
+    pub firewall: Vec<CloudPort>,
+    pub static_ip: Option<S<bool>>,
+    pub user_data: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudPort {
+    pub port: S<String>,
+    pub proto: Option<S<String>>,
+    #[serde(default)]
+    pub from: Vec<S<String>>,
+}
+
+/// `roles/*.yaml`: a reusable bundle of host resources.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoleFile {
+    pub description: Option<String>,
+    #[serde(default)]
+    pub vars: Vars,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub directories: Vec<DirectorySpec>,
+    #[serde(default)]
+    pub symlinks: Vec<SymlinkSpec>,
+    #[serde(default)]
+    pub absent: Vec<S<String>>,
+    #[serde(default)]
+    pub packages: PackagesSpec,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+    pub firewall: Option<FirewallSpec>,
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub commands: Vec<CommandSpec>,
+    #[serde(default)]
+    pub stacks: Vec<StackSpec>,
+    #[serde(default)]
+    pub handlers: Vec<HandlerSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: S<String>,
+    pub content: Option<S<String>>,
+    pub source: Option<S<String>>,
+    pub template: Option<S<String>>,
+    pub secret: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub owner: Option<S<String>>,
+    pub group: Option<S<String>>,
+    /// Command run on the candidate file before it replaces the live one; `%s` is its path.
+    pub validate: Option<S<String>>,
+    #[serde(default)]
+    pub notify: Vec<S<String>>,
+    pub sensitive: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySpec {
+    pub path: S<String>,
+    pub mode: Option<S<String>>,
+    pub owner: Option<S<String>>,
+    pub group: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkSpec {
+    pub path: S<String>,
+    pub target: S<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSpec {
+    #[serde(default)]
+    pub present: Vec<S<String>>,
+    #[serde(default)]
+    pub latest: Vec<S<String>>,
+    #[serde(default)]
+    pub absent: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: S<String>,
+    pub enabled: Option<S<bool>>,
+    pub state: Option<S<ServiceState>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: S<String>,
+    pub uid: Option<S<u32>>,
+    #[serde(default)]
+    pub groups: Vec<S<String>>,
+    pub shell: Option<S<String>>,
+    pub home: Option<S<String>>,
+    pub system: Option<S<bool>>,
+    #[serde(default)]
+    pub authorized_keys: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: S<String>,
+    pub gid: Option<S<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSpec {
+    pub incoming: Option<S<Policy>>,
+    pub outgoing: Option<S<Policy>>,
+    #[serde(default)]
+    pub rules: Vec<FirewallRuleSpec>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Allow,
+    Deny,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRuleSpec {
+    pub action: Option<S<RuleAction>>,
+    pub port: Option<S<String>>,
+    pub proto: Option<S<String>>,
+    pub from: Option<S<String>>,
+    pub comment: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    Reject,
+    Limit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub name: S<String>,
+    pub run: S<String>,
+    pub creates: Option<S<String>>,
+    pub unless: Option<S<String>>,
+    pub onlyif: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    #[serde(default)]
+    pub notify: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    pub name: S<String>,
+    /// Directory on the host; default `/opt/stacks/<name>`.
+    pub dir: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSpec {
+    pub name: S<String>,
+    pub restart: Option<S<String>>,
+    pub reload: Option<S<String>>,
+    pub run: Option<S<String>>,
+}
+
+/// `schedules.yaml`: the maintenance calendar.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulesFile {
+    #[serde(default)]
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: S<String>,
+    pub cron: S<String>,
+    pub timezone: Option<S<String>>,
+    #[serde(default)]
+    pub hosts: HostSelector,
+    pub window: Option<S<String>>,
+    #[serde(default)]
+    pub rolling: Rolling,
+    #[serde(default)]
+    pub health: Vec<HealthSpec>,
+    pub timeout: Option<S<String>>,
+    pub catch_up: Option<S<String>>,
+    pub backup: Option<BackupSpec>,
+    pub snapshot: Option<SnapshotSpec>,
+    pub upgrade: Option<UpgradeSpec>,
+    pub power: Option<PowerSpec>,
+    pub command: Option<JobCommandSpec>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostSelector {
+    #[serde(default)]
+    pub names: Vec<S<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub groups: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    pub max_parallel: Option<S<u32>>,
+    pub pause: Option<S<String>>,
+    pub stop_on_failure: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub unit: Option<S<String>>,
+    pub command: Option<S<String>>,
+    pub http: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSpec {
+    pub repository: S<String>,
+    pub password_secret: S<String>,
+    #[serde(default)]
+    pub paths: Vec<S<String>>,
+    pub pg_dump: Option<S<String>>,
+    #[serde(default)]
+    pub keep: Retention,
+    pub check: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub daily: Option<S<u32>>,
+    pub weekly: Option<S<u32>>,
+    pub monthly: Option<S<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSpec {
+    pub keep: S<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSpec {
+    pub reboot: Option<S<RebootPolicy>>,
+    pub unattended: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    Never,
+    IfRequired,
+    Always,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSpec {
+    /// How long the servers stay up after the cron start time, e.g. `5h`.
+    pub running_for: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobCommandSpec {
+    pub run: S<String>,
+}
