@@ -131,9 +131,7 @@ impl ConfigTree {
         for part in path.split('/') {
             end += part.len();
             let prefix = &path[..end];
-            if let Some((p, Entry::Symlink(t))) =
-                self.entries.get_key_value(prefix).map(|(p, e)| (p, e))
-            {
+            if let Some((p, Entry::Symlink(t))) = self.entries.get_key_value(prefix) {
                 return Some((p.as_str(), t.as_str()));
             }
             end += 1;

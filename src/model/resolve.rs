@@ -42,11 +42,11 @@ pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
     };
     let fleet = l.run();
     let mut diags = l.diags;
-    if diags.is_empty() {
-        if let Some(mut fleet) = fleet {
-            fleet.commit = tree.commit.clone();
-            return Ok(fleet);
-        }
+    if diags.is_empty()
+        && let Some(mut fleet) = fleet
+    {
+        fleet.commit = tree.commit.clone();
+        return Ok(fleet);
     }
     diags.sort();
     Err(diags)
@@ -132,9 +132,11 @@ struct Loader<'a> {
     reported: HashSet<String>,
 }
 
+/// A server setting and its key, for provider-specific checks.
+type NamedSetting<'s> = (&'static str, &'s Option<S<String>>);
+
 /// A role with its checks done; templates are rendered per host.
 struct RoleDef {
-    file: String,
     vars: Vars,
     items: Vec<Item>,
     handlers: Vec<Handler>,
@@ -155,7 +157,6 @@ enum Item {
     Template {
         base: FileResource,
         template: String,
-        at: Origin,
     },
     Stack {
         base: Stack,
@@ -280,7 +281,12 @@ impl<'a> Loader<'a> {
             );
         }
         let fleet_file: Option<raw::FleetFile> = self.parse(FLEET_FILE);
-        let settings = fleet_file.as_ref().map(|f| self.settings(f));
+        // With a broken tidekeeper.yaml, the rest is still checked against defaults
+        // so that one run shows every error.
+        let settings = Some(match fleet_file.as_ref() {
+            Some(f) => self.settings(f),
+            None => default_settings(),
+        });
 
         let secrets = self.secrets();
         let templates = self.templates(&secrets);
@@ -290,7 +296,7 @@ impl<'a> Loader<'a> {
         for (name, path) in self.yaml_files("roles") {
             match self.parse::<raw::RoleFile>(&path) {
                 Some(r) => {
-                    let def = self.role(&path, r, &templates, &secrets);
+                    let def = self.role(&path, r, &secrets);
                     roles.insert(name, def);
                 }
                 None => {
@@ -330,7 +336,6 @@ impl<'a> Loader<'a> {
                 &roles,
                 &broken_roles,
                 &templates,
-                &secrets,
             ) {
                 if let Some(first) = names.get(&host.name) {
                     let d = host.origin.error("duplicate-host", format!("host name {:?} is already used by {first}", host.name))
@@ -362,8 +367,9 @@ impl<'a> Loader<'a> {
             .collect();
 
         let settings = settings?;
+        let fleet_file = fleet_file?;
         Some(Fleet {
-            name: fleet_file.map(|f| f.fleet.value).unwrap_or_default(),
+            name: fleet_file.fleet.value,
             commit: None,
             settings,
             hosts,
@@ -434,17 +440,16 @@ impl<'a> Loader<'a> {
             }
         });
         let branch = opt(&f.status.branch).unwrap_or_else(|| "tidekeeper/status".into());
-        if let Some(b) = &f.status.branch {
-            if b.value.is_empty()
+        if let Some(b) = &f.status.branch
+            && (b.value.is_empty()
                 || b.value.contains("..")
                 || b.value.contains(' ')
-                || b.value.starts_with('/')
-            {
-                self.err(at(file, b).error(
-                    "invalid-value",
-                    format!("{:?} is not a valid branch name", b.value),
-                ));
-            }
+                || b.value.starts_with('/'))
+        {
+            self.err(at(file, b).error(
+                "invalid-value",
+                format!("{:?} is not a valid branch name", b.value),
+            ));
         }
         Settings {
             ssh,
@@ -475,15 +480,15 @@ impl<'a> Loader<'a> {
     }
 
     fn ssh(&mut self, file: &str, s: &raw::SshSettings, base: Option<&Ssh>) -> Ssh {
-        if let Some(u) = &s.user {
-            if let Err(e) = check::account_name(&u.value) {
-                self.err(at(file, u).error("invalid-value", format!("ssh user: {e}")));
-            }
+        if let Some(u) = &s.user
+            && let Err(e) = check::account_name(&u.value)
+        {
+            self.err(at(file, u).error("invalid-value", format!("ssh user: {e}")));
         }
-        if let Some(p) = &s.port {
-            if p.value == 0 {
-                self.err(at(file, p).error("invalid-port", "ssh port must be 1 to 65535"));
-            }
+        if let Some(p) = &s.port
+            && p.value == 0
+        {
+            self.err(at(file, p).error("invalid-port", "ssh port must be 1 to 65535"));
         }
         let base = base.cloned().unwrap_or(Ssh {
             user: "root".into(),
@@ -529,6 +534,9 @@ impl<'a> Loader<'a> {
     fn templates(&mut self, secrets: &BTreeSet<String>) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Templates render config files, not web pages: never escape implicitly
+        // (minijinja would JSON-escape `*.json.j2`); use `|tojson` where wanted.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .keep_trailing_newline(true)
             .build();
@@ -661,20 +669,14 @@ impl<'a> Loader<'a> {
     }
 
     fn account(&mut self, file: &str, n: &Option<S<String>>) {
-        if let Some(n) = n {
-            if let Err(e) = check::account_name(&n.value) {
-                self.err(at(file, n).error("invalid-name", e));
-            }
+        if let Some(n) = n
+            && let Err(e) = check::account_name(&n.value)
+        {
+            self.err(at(file, n).error("invalid-name", e));
         }
     }
 
-    fn role(
-        &mut self,
-        file: &str,
-        r: raw::RoleFile,
-        templates: &Templates,
-        secrets: &BTreeSet<String>,
-    ) -> RoleDef {
+    fn role(&mut self, file: &str, r: raw::RoleFile, secrets: &BTreeSet<String>) -> RoleDef {
         let mut items = Vec::new();
         for f in &r.files {
             self.host_path(file, &f.path);
@@ -693,17 +695,17 @@ impl<'a> Loader<'a> {
             let mode = self.mode(file, &f.mode);
             self.account(file, &f.owner);
             self.account(file, &f.group);
-            if let Some(v) = &f.validate {
-                if !v.value.contains("%s") {
-                    self.err(
-                        at(file, v)
-                            .error(
-                                "invalid-value",
-                                "validate command must contain %s (the candidate file's path)",
-                            )
-                            .with_help("e.g. validate: \"sshd -t -f %s\""),
-                    );
-                }
+            if let Some(v) = &f.validate
+                && !v.value.contains("%s")
+            {
+                self.err(
+                    at(file, v)
+                        .error(
+                            "invalid-value",
+                            "validate command must contain %s (the candidate file's path)",
+                        )
+                        .with_help("e.g. validate: \"sshd -t -f %s\""),
+                );
             }
             let secret = f.secret.is_some();
             let sensitive = f.sensitive.as_ref().map(|s| s.value).unwrap_or(false) || secret;
@@ -734,7 +736,6 @@ impl<'a> Loader<'a> {
                     items.push(Item::Template {
                         base,
                         template: t.value.clone(),
-                        at: at(file, t),
                     });
                 }
             } else if let Some(s) = &f.secret {
@@ -746,7 +747,6 @@ impl<'a> Loader<'a> {
                 }
             }
         }
-        let _ = templates;
         for d in &r.directories {
             self.host_path(file, &d.path);
             let mode = self.mode(file, &d.mode);
@@ -894,18 +894,17 @@ impl<'a> Loader<'a> {
                         Err(e) => self.err(at(file, p).error("invalid-port", e)),
                     }
                 }
-                if let Some(p) = &rule.proto {
-                    if let Err(e) = check::proto(&p.value) {
-                        self.err(at(file, p).error("invalid-value", e));
-                    }
+                if let Some(p) = &rule.proto
+                    && let Err(e) = check::proto(&p.value)
+                {
+                    self.err(at(file, p).error("invalid-value", e));
                 }
                 // `from` may be a template such as "{{ ssh_allow_from }}"; it is checked per host.
-                if let Some(c) = &rule.from {
-                    if !is_template(&c.value) {
-                        if let Err(e) = check::cidr(&c.value) {
-                            self.err(at(file, c).error("invalid-cidr", e));
-                        }
-                    }
+                if let Some(c) = &rule.from
+                    && !is_template(&c.value)
+                    && let Err(e) = check::cidr(&c.value)
+                {
+                    self.err(at(file, c).error("invalid-cidr", e));
                 }
                 let from_at = rule.from.as_ref().map(|c| at(file, c)).unwrap_or(o);
                 rules.push((fr, from_at));
@@ -1073,7 +1072,6 @@ impl<'a> Loader<'a> {
             });
         }
         RoleDef {
-            file: file.to_string(),
             vars: r.vars,
             items,
             handlers,
@@ -1093,7 +1091,6 @@ impl<'a> Loader<'a> {
         roles: &BTreeMap<String, RoleDef>,
         broken_roles: &BTreeSet<String>,
         templates: &Templates,
-        secrets: &BTreeSet<String>,
     ) -> Vec<Host> {
         let name_origin = h
             .name
@@ -1118,11 +1115,11 @@ impl<'a> Loader<'a> {
             );
             return Vec::new();
         }
-        if let Some(c) = &h.count {
-            if c.value == 0 || c.value > 1000 {
-                self.err(at(file, c).error("invalid-value", "count must be from 1 to 1000"));
-                return Vec::new();
-            }
+        if let Some(c) = &h.count
+            && (c.value == 0 || c.value > 1000)
+        {
+            self.err(at(file, c).error("invalid-value", "count must be from 1 to 1000"));
+            return Vec::new();
         }
         let provider = h.provider.value;
         let p_at = at(file, &h.provider);
@@ -1230,7 +1227,7 @@ impl<'a> Loader<'a> {
                 origin: name_origin.clone(),
             };
             let ctx = self.template_context(&host, fleet_name);
-            self.instantiate(&mut host, &host_roles, &ctx, templates, secrets);
+            self.instantiate(&mut host, &host_roles, &ctx, templates);
             out.push(host);
         }
         out
@@ -1265,33 +1262,32 @@ impl<'a> Loader<'a> {
             ));
             return None;
         }
-        let (need, forbid): (&[(&str, &Option<S<String>>)], &[(&str, &Option<S<String>>)]) =
-            match provider {
-                ProviderKind::Hetzner => (
-                    &[
-                        ("type", &s.server_type),
-                        ("image", &s.image),
-                        ("location", &s.location),
-                    ],
-                    &[
-                        ("bundle", &s.bundle),
-                        ("blueprint", &s.blueprint),
-                        ("zone", &s.zone),
-                    ],
-                ),
-                _ => (
-                    &[
-                        ("bundle", &s.bundle),
-                        ("blueprint", &s.blueprint),
-                        ("zone", &s.zone),
-                    ],
-                    &[
-                        ("type", &s.server_type),
-                        ("image", &s.image),
-                        ("location", &s.location),
-                    ],
-                ),
-            };
+        let (need, forbid): (&[NamedSetting], &[NamedSetting]) = match provider {
+            ProviderKind::Hetzner => (
+                &[
+                    ("type", &s.server_type),
+                    ("image", &s.image),
+                    ("location", &s.location),
+                ],
+                &[
+                    ("bundle", &s.bundle),
+                    ("blueprint", &s.blueprint),
+                    ("zone", &s.zone),
+                ],
+            ),
+            _ => (
+                &[
+                    ("bundle", &s.bundle),
+                    ("blueprint", &s.blueprint),
+                    ("zone", &s.zone),
+                ],
+                &[
+                    ("type", &s.server_type),
+                    ("image", &s.image),
+                    ("location", &s.location),
+                ],
+            ),
+        };
         for (key, v) in need {
             if v.is_none() {
                 self.err(p_at.error(
@@ -1332,10 +1328,10 @@ impl<'a> Loader<'a> {
                 }
             };
             let proto = opt(&p.proto).unwrap_or_else(|| "tcp".into());
-            if let Some(pr) = &p.proto {
-                if let Err(e) = check::proto(&pr.value) {
-                    self.err(at(file, pr).error("invalid-value", e));
-                }
+            if let Some(pr) = &p.proto
+                && let Err(e) = check::proto(&pr.value)
+            {
+                self.err(at(file, pr).error("invalid-value", e));
             }
             for c in &p.from {
                 if let Err(e) = check::cidr(&c.value) {
@@ -1399,9 +1395,7 @@ impl<'a> Loader<'a> {
         roles: &[&RoleDef],
         ctx: &serde_json::Value,
         t: &Templates,
-        secrets: &BTreeSet<String>,
     ) {
-        let _ = secrets;
         let mut claims: HashMap<(String, String), (Origin, Option<PackageState>)> = HashMap::new();
         let mut firewall: Option<RoleFirewall> = None;
         let mut handlers: BTreeMap<String, Handler> = BTreeMap::new();
@@ -1465,7 +1459,7 @@ impl<'a> Loader<'a> {
                         }
                     }
                     Item::Ready(r) => r.clone(),
-                    Item::Template { base, template, at } => {
+                    Item::Template { base, template } => {
                         let mut f = base.clone();
                         match self.render(t, template, ctx, &host.name) {
                             Some((bytes, used_secret)) => {
@@ -1475,10 +1469,7 @@ impl<'a> Loader<'a> {
                                     f.mode = Some(0o600);
                                 }
                             }
-                            None => {
-                                let _ = at;
-                                continue;
-                            }
+                            None => continue,
                         }
                         Resource::File(f)
                     }
@@ -1529,7 +1520,6 @@ impl<'a> Loader<'a> {
                 claims.insert(claim, (origin, state));
                 host.resources.push(resource);
             }
-            let _ = &role.file;
         }
         if let Some(fw) = firewall {
             let mut rules: Vec<FirewallRule> = Vec::new();
@@ -1707,10 +1697,10 @@ impl<'a> Loader<'a> {
                 }
             };
             let timezone = opt(&j.timezone).unwrap_or_else(|| "UTC".into());
-            if let Some(tz) = &j.timezone {
-                if let Err(e) = schedule::parse_tz(&tz.value) {
-                    self.err(at(file, tz).error("invalid-timezone", e));
-                }
+            if let Some(tz) = &j.timezone
+                && let Err(e) = schedule::parse_tz(&tz.value)
+            {
+                self.err(at(file, tz).error("invalid-timezone", e));
             }
             let window = j
                 .window
@@ -1737,12 +1727,12 @@ impl<'a> Loader<'a> {
             let timeout = dur(&j.timeout, Some(3600)).unwrap_or(3600);
             let catch_up = dur(&j.catch_up, None);
             let pause = dur(&j.rolling.pause, Some(0)).unwrap_or(0);
-            if let (Some(w), Some(t)) = (&window, &j.timeout) {
-                if timeout as i64 > w.length().num_seconds() {
-                    self.err(at(file, t).error("window-too-short", format!(
+            if let (Some(w), Some(t)) = (&window, &j.timeout)
+                && timeout as i64 > w.length().num_seconds()
+            {
+                self.err(at(file, t).error("window-too-short", format!(
                         "timeout {} is longer than the window {:?} ({} min); the job could never finish inside it",
                         t.value, j.window.as_ref().map(|w| w.value.clone()).unwrap_or_default(), w.length().num_minutes())));
-                }
             }
             let mut health = Vec::new();
             for hc in &j.health {
@@ -1763,13 +1753,13 @@ impl<'a> Loader<'a> {
                     ));
                     continue;
                 }
-                if let Some(u) = &hc.http {
-                    if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
-                        self.err(at(file, u).error(
-                            "invalid-value",
-                            format!("{:?} is not an http:// or https:// URL", u.value),
-                        ));
-                    }
+                if let Some(u) = &hc.http
+                    && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
+                {
+                    self.err(at(file, u).error(
+                        "invalid-value",
+                        format!("{:?} is not an http:// or https:// URL", u.value),
+                    ));
                 }
                 health.extend(set);
             }
@@ -1966,14 +1956,36 @@ impl<'a> Loader<'a> {
         hosts: &[Host],
     ) {
         for name in selected {
-            if let Some(h) = hosts.iter().find(|h| &h.name == name) {
-                if !matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail) {
-                    self.err(o.error("cloud-only", format!("job {job:?} is a {kind} job but selects host {name:?}, which is provider: {}", provider_name(h.provider)))
+            if let Some(h) = hosts.iter().find(|h| &h.name == name)
+                && !matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail)
+            {
+                self.err(o.error("cloud-only", format!("job {job:?} is a {kind} job but selects host {name:?}, which is provider: {}", provider_name(h.provider)))
                         .with_help(format!("{kind} jobs act through a cloud API; select only hetzner or lightsail hosts")));
-                    return;
-                }
+                return;
             }
         }
+    }
+}
+
+fn default_settings() -> Settings {
+    Settings {
+        ssh: Ssh {
+            user: "root".into(),
+            port: 22,
+            key: None,
+            sudo: false,
+        },
+        parallelism: 10,
+        drift: DriftMode::Report,
+        poll_interval_secs: 60,
+        drift_interval_secs: 600,
+        status_branch: "tidekeeper/status".into(),
+        notes_ref: "refs/notes/tidekeeper".into(),
+        forge: None,
+        hetzner_token_env: "HCLOUD_TOKEN".into(),
+        lightsail: None,
+        secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
+        secrets_identity_file: None,
     }
 }
 

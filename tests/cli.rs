@@ -1,0 +1,268 @@
+//! The command line, run as users run it, against real git repositories.
+
+use crate::support::{TempDir, git, tidekeeper};
+
+#[test]
+fn init_then_validate_exits_zero() {
+    let tmp = TempDir::new("init");
+    let repo = tmp.path().join("fleet");
+    let out = tidekeeper().arg("init").arg(&repo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        git(&repo, &["rev-list", "--count", "HEAD"]),
+        "1",
+        "init makes exactly one commit"
+    );
+    assert_eq!(
+        git(&repo, &["status", "--porcelain"]),
+        "",
+        "everything is committed"
+    );
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("valid: fleet \"acme\""), "{stdout}");
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory() {
+    let tmp = TempDir::new("init-nonempty");
+    std::fs::write(tmp.path().join("keep.txt"), "mine").unwrap();
+    let out = tidekeeper().arg("init").arg(tmp.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("keep.txt")).unwrap(),
+        "mine",
+        "nothing lost"
+    );
+}
+
+#[test]
+fn invalid_commit_exits_one_with_located_errors() {
+    let tmp = TempDir::new("invalid");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let host = repo.join("hosts/agent.yaml");
+    let text = std::fs::read_to_string(&host)
+        .unwrap()
+        .replace("roles: [base,", "roles: [bsae,");
+    std::fs::write(&host, text).unwrap();
+    git(&repo, &["commit", "-qam", "typo"]);
+    let out = tidekeeper()
+        .args(["validate", "--format", "short", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hosts/agent.yaml:12:9: error[unknown-role]: unknown role \"bsae\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 error in the config repo at"), "{stderr}");
+
+    // JSON output for machines carries the same location.
+    let out = tidekeeper()
+        .args(["validate", "--format", "json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["errors"][0]["file"], "hosts/agent.yaml");
+    assert_eq!(v["errors"][0]["line"], 12);
+    assert_eq!(v["errors"][0]["column"], 9);
+
+    // Human output shows the offending line.
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(&repo)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("roles: [bsae, hardened-ssh"),
+        "snippet shown: {stderr}"
+    );
+    assert!(stderr.contains("did you mean \"base\"?"), "{stderr}");
+}
+
+#[test]
+fn validate_reads_the_commit_not_the_work_tree() {
+    let tmp = TempDir::new("worktree");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    // Uncommitted breakage is invisible…
+    std::fs::write(repo.join("tidekeeper.yaml"), "not: [valid").unwrap();
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "work tree edits are not validated"
+    );
+    // …until committed; and --ref still reads the older commit.
+    git(&repo, &["commit", "-qam", "break"]);
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = tidekeeper()
+        .args(["validate", "--ref", &first, "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn missing_repo_or_ref_is_a_usage_error() {
+    let tmp = TempDir::new("norepo");
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open git repository"));
+
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tidekeeper()
+        .args(["validate", "--ref", "no-such-branch", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot find no-such-branch"));
+
+    let out = tidekeeper()
+        .args(["validate", "--bogus-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn show_prints_a_resolved_host() {
+    let tmp = TempDir::new("show");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tidekeeper()
+        .args(["show", "workspace-1", "--json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(host["name"], "workspace-1");
+    assert_eq!(host["group"], "workspace");
+    assert_eq!(host["provider"], "hetzner");
+    let resources = host["resources"].as_array().unwrap();
+    let sshd = resources
+        .iter()
+        .find(|r| r["path"] == "/etc/ssh/sshd_config.d/10-hardening.conf")
+        .unwrap();
+    assert!(
+        sshd["content"]
+            .as_str()
+            .unwrap()
+            .contains("Managed by tidekeeper (acme/workspace-1)")
+    );
+    assert_eq!(sshd["mode"], "0644");
+    assert_eq!(sshd["validate"], "sshd -t -f %s");
+
+    let out = tidekeeper()
+        .args(["show", "platform", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("file       /etc/docker/daemon.json"),
+        "{text}"
+    );
+
+    let out = tidekeeper()
+        .args(["show", "nope", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("hosts are: agent, metal, platform, workspace-1")
+    );
+}
+
+#[test]
+fn demo_sets_up_and_validates_the_example_fleet() {
+    let tmp = TempDir::new("demo");
+    let dir = tmp.path().join("demo");
+    let out = tidekeeper().arg("demo").arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("valid: fleet \"acme\""), "{stdout}");
+    // Running it again reuses the repo.
+    let out = tidekeeper().arg("demo").arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Using the existing demo repo"));
+}

@@ -1,0 +1,120 @@
+//! Small builders for config trees and git repos used across the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tidekeeper::model::{self, Diagnostic, Diagnostics, Fleet};
+use tidekeeper::source::ConfigTree;
+
+/// A minimal valid config repo: one existing host with one role.
+pub fn minimal() -> Fixture {
+    Fixture::default()
+        .file("tidekeeper.yaml", "fleet: test\n")
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.213.0.2\nroles: [base]\n",
+        )
+        .file("roles/base.yaml", "packages:\n  present: [jq]\n")
+}
+
+#[derive(Default, Clone)]
+pub struct Fixture {
+    pub tree: ConfigTree,
+}
+
+impl Fixture {
+    pub fn file(mut self, path: &str, text: impl AsRef<[u8]>) -> Self {
+        self.tree.insert_file(path, text.as_ref().to_vec());
+        self
+    }
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        self.tree.insert_symlink(path, target);
+        self
+    }
+    pub fn without(mut self, path: &str) -> Self {
+        self.tree.remove(path);
+        self
+    }
+    pub fn load(&self) -> Result<Fleet, Diagnostics> {
+        model::load(&self.tree)
+    }
+    pub fn errors(&self) -> Vec<Diagnostic> {
+        match self.load() {
+            Ok(_) => panic!("expected the config to be invalid, but it validated"),
+            Err(d) => d.0,
+        }
+    }
+    /// Assert that validation fails with exactly one error, at `location`
+    /// (`file:line:column`), with `code` and `message`.
+    #[track_caller]
+    pub fn fails_with(&self, location: &str, code: &str, message: &str) -> Diagnostic {
+        let errors = self.errors();
+        let listing: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected exactly one error, got:\n{}",
+            listing.join("\n")
+        );
+        let d = errors.into_iter().next().unwrap();
+        assert_eq!(d.location(), location, "location of: {d}");
+        assert_eq!(d.code, code, "code of: {d}");
+        assert_eq!(d.message, message, "message of: {d}");
+        d
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "tidekeeper-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run real git in `dir`.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The tidekeeper binary built for these tests.
+pub fn tidekeeper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary (links once), with a module per area.
+
+mod support;
+
+mod cli;
+mod dockerfile;
+mod mutate;
+mod template;
+mod validate;

@@ -1,0 +1,768 @@
+//! Broken config repos: each must fail with the exact message at the exact
+//! file:line:column, and nothing else.
+
+use crate::support::minimal;
+
+#[test]
+fn minimal_fixture_is_valid() {
+    let fleet = minimal().load().expect("minimal config validates");
+    assert_eq!(fleet.name, "test");
+    assert_eq!(fleet.hosts.len(), 1);
+    assert_eq!(fleet.hosts[0].resources.len(), 1);
+}
+
+// --- YAML and structure -------------------------------------------------
+
+#[test]
+fn unknown_key_in_fleet_file_is_named_with_its_position() {
+    let d = minimal()
+        .file("tidekeeper.yaml", "fleet: test\ndrfit: correct\n")
+        .fails_with("tidekeeper.yaml:2:1", "unknown-key", "unknown key `drfit`");
+    assert!(
+        d.help.unwrap().contains("drift"),
+        "help lists the allowed keys"
+    );
+}
+
+#[test]
+fn unknown_key_nested_in_server_spec() {
+    minimal()
+        .file("hosts/web.yaml", "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  sise: big\n")
+        .fails_with("hosts/web.yaml:6:3", "unknown-key", "unknown key `sise`");
+}
+
+#[test]
+fn missing_required_key() {
+    minimal()
+        .file("hosts/web.yaml", "address: 10.0.0.1\nroles: [base]\n")
+        // The parser points into the mapping that lacks the key.
+        .fails_with(
+            "hosts/web.yaml:2:1",
+            "missing-key",
+            "missing required key `provider`",
+        );
+}
+
+#[test]
+fn yaml_syntax_error_points_at_the_problem() {
+    let errors = minimal()
+        .file("roles/base.yaml", "packages:\n  present: [jq\n")
+        .errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].file, "roles/base.yaml");
+    assert!(
+        errors[0].line >= 2,
+        "points into the unclosed list: {}",
+        errors[0]
+    );
+    assert_eq!(errors[0].code, "yaml");
+}
+
+#[test]
+fn duplicate_key_in_a_mapping() {
+    minimal()
+        .file("tidekeeper.yaml", "fleet: test\nfleet: other\n")
+        .fails_with(
+            "tidekeeper.yaml:2:1",
+            "duplicate-key",
+            "key `fleet` appears twice in the same mapping",
+        );
+}
+
+#[test]
+fn wrong_value_type() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\ncount: many\n",
+        )
+        .fails_with("hosts/web.yaml:3:8", "yaml", "invalid u32");
+}
+
+#[test]
+fn unknown_provider() {
+    let d = minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: digitalocean\naddress: 10.0.0.1\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:1:11",
+            "invalid-value",
+            "`digitalocean` is not allowed here",
+        );
+    assert!(d.help.unwrap().contains("hetzner"));
+}
+
+#[test]
+fn missing_fleet_file() {
+    minimal().without("tidekeeper.yaml").fails_with(
+        "tidekeeper.yaml",
+        "missing-file",
+        "the config repo has no tidekeeper.yaml at its top level",
+    );
+}
+
+#[test]
+fn non_utf8_file_is_located() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            b"packages:\n  present: [j\xffq]\n".as_slice(),
+        )
+        .fails_with(
+            "roles/base.yaml:2:14",
+            "not-utf8",
+            "the file is not valid UTF-8",
+        );
+}
+
+// --- References -------------------------------------------------------
+
+#[test]
+fn unknown_role_suggests_the_closest_name() {
+    let d = minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [bsae]\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:3:9",
+            "unknown-role",
+            "unknown role \"bsae\"",
+        );
+    assert_eq!(
+        d.help.as_deref(),
+        Some("did you mean \"base\"? Roles are the files in roles/")
+    );
+}
+
+#[test]
+fn duplicate_host_names_across_files() {
+    minimal()
+        .file(
+            "hosts/web2.yaml",
+            "name: web\nprovider: existing\naddress: 10.0.0.3\n",
+        )
+        .fails_with(
+            "hosts/web2.yaml:1:7",
+            "duplicate-host",
+            "host name \"web\" is already used by hosts/web.yaml",
+        );
+}
+
+#[test]
+fn count_group_member_collides_with_a_host() {
+    minimal()
+        .file(
+            "hosts/web-2.yaml",
+            "provider: existing\naddress: 10.0.0.3\n",
+        )
+        .file("hosts/web.yaml", "provider: local\ncount: 2\n")
+        .fails_with(
+            "hosts/web.yaml",
+            "duplicate-host",
+            "host name \"web-2\" is already used by hosts/web-2.yaml",
+        );
+}
+
+#[test]
+fn notify_names_an_unknown_handler() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    content: x\n    notify: [restart-x]\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "unknown-handler",
+            "file /etc/x notifies \"restart-x\", but no role of host web defines that handler",
+        );
+}
+
+#[test]
+fn job_selects_an_unknown_host() {
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * *'\n    hosts: {names: [wbe]}\n    upgrade: {}\n")
+        .errors()
+        .iter()
+        .find(|d| d.code == "unknown-host" && d.location() == "schedules.yaml:4:21")
+        .expect("unknown host reported at its position");
+}
+
+// --- Conflicts ----------------------------------------------------------
+
+#[test]
+fn two_roles_claim_the_same_path() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/motd\n    content: a\n",
+        )
+        .file("roles/extra.yaml", "directories:\n  - path: /etc/motd\n")
+        .fails_with(
+            "roles/extra.yaml:2:11",
+            "conflict",
+            "directory /etc/motd is also declared at roles/base.yaml:2:11",
+        );
+}
+
+#[test]
+fn two_roles_claim_the_same_user() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file("roles/base.yaml", "users:\n  - name: deploy\n")
+        .file(
+            "roles/extra.yaml",
+            "users:\n  - name: deploy\n    shell: /bin/sh\n",
+        )
+        .fails_with(
+            "roles/extra.yaml:2:11",
+            "conflict",
+            "user deploy is also declared at roles/base.yaml:2:11",
+        );
+}
+
+#[test]
+fn two_roles_claim_the_same_unit() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file(
+            "roles/base.yaml",
+            "services:\n  - name: ssh\n    state: running\n",
+        )
+        .file(
+            "roles/extra.yaml",
+            "services:\n  - name: ssh\n    state: stopped\n",
+        )
+        .fails_with(
+            "roles/extra.yaml:2:11",
+            "conflict",
+            "service ssh is also declared at roles/base.yaml:2:11",
+        );
+}
+
+#[test]
+fn package_present_in_one_role_and_absent_in_another() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file("roles/extra.yaml", "packages:\n  absent: [jq]\n")
+        .fails_with(
+            "roles/extra.yaml:2:12",
+            "conflict",
+            "package jq is also declared at roles/base.yaml:2:13",
+        );
+}
+
+#[test]
+fn same_package_state_in_two_roles_is_not_a_conflict() {
+    let fleet = minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file("roles/extra.yaml", "packages:\n  present: [jq]\n")
+        .load()
+        .expect("valid");
+    assert_eq!(fleet.hosts[0].resources.len(), 1);
+}
+
+#[test]
+fn firewall_default_policies_conflict() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, extra]\n",
+        )
+        .file(
+            "roles/base.yaml",
+            "firewall:\n  incoming: deny\n  rules: [{port: '22'}]\n",
+        )
+        .file("roles/extra.yaml", "firewall:\n  incoming: allow\n")
+        .fails_with(
+            "roles/extra.yaml:2:13",
+            "conflict",
+            "firewall default policies differ from those at roles/base.yaml:2:13",
+        );
+}
+
+// --- Paths in the repo ----------------------------------------------------
+
+#[test]
+fn source_escaping_the_repo_with_dotdot() {
+    minimal()
+        .file("roles/base.yaml", "files:\n  - path: /etc/x\n    source: ../../etc/passwd\n")
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "path-escape",
+            "source: \"../../etc/passwd\" escapes its directory with \"..\"; files must live inside the config repo",
+        );
+}
+
+#[test]
+fn source_as_absolute_path() {
+    minimal()
+        .file("roles/base.yaml", "files:\n  - path: /etc/x\n    source: /etc/shadow\n")
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "path-escape",
+            "source: \"/etc/shadow\" is an absolute path; paths are relative to their directory in the config repo",
+        );
+}
+
+#[test]
+fn source_through_a_symlink_in_the_repo() {
+    minimal()
+        .symlink("files/etc", "/etc")
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    source: etc/shadow\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "symlink",
+            "source files/etc/shadow goes through the symlink files/etc (to \"/etc\")",
+        );
+}
+
+#[test]
+fn source_file_missing() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    source: nginx.conf\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "not-found",
+            "source files/nginx.conf does not exist in the config repo",
+        );
+}
+
+#[test]
+fn unknown_template() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    template: x.j2\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:15",
+            "not-found",
+            "template templates/x.j2 does not exist in the config repo",
+        );
+}
+
+#[test]
+fn relative_host_path() {
+    minimal()
+        .file("roles/base.yaml", "directories:\n  - path: srv/app\n")
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "invalid-path",
+            "path \"srv/app\" must be absolute (start with /)",
+        );
+}
+
+#[test]
+fn stack_without_directory() {
+    minimal()
+        .file("roles/base.yaml", "stacks:\n  - name: bastion\n")
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "not-found",
+            "stack \"bastion\" has no directory stacks/bastion/ in the config repo",
+        );
+}
+
+// --- Templates ------------------------------------------------------------
+
+#[test]
+fn template_syntax_error_is_located_in_the_template() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    template: x.j2\n",
+        )
+        .file("templates/x.j2", "line one\nhello {{ name }\n")
+        .fails_with(
+            "templates/x.j2:2:15",
+            "template",
+            "syntax error: unexpected `}`, expected end of variable block",
+        );
+}
+
+#[test]
+fn template_undefined_variable_names_the_host() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    template: x.j2\n",
+        )
+        .file("templates/x.j2", "a\nb {{ nope }}\n")
+        .fails_with(
+            "templates/x.j2:2:6",
+            "template",
+            "undefined value: `nope` is undefined (rendering for host web)",
+        );
+}
+
+#[test]
+fn template_runaway_loop_is_stopped_not_hung() {
+    let errors = minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    template: x.j2\n",
+        )
+        .file(
+            "templates/x.j2",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].file, "templates/x.j2");
+    assert_eq!(errors[0].code, "template");
+    assert!(
+        errors[0].message.contains("fuel") || errors[0].message.contains("range"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn inline_template_value_renders_per_host_and_is_checked() {
+    minimal()
+        .file("hosts/web.yaml", "provider: existing\naddress: 10.0.0.1\nroles: [base]\nvars: {ssh_from: 10.0.0.300}\n")
+        .file("roles/base.yaml", "firewall:\n  rules:\n    - port: '22'\n      from: '{{ ssh_from }}'\n")
+        .fails_with(
+            "roles/base.yaml:4:13",
+            "invalid-cidr",
+            "\"10.0.0.300\" is not an IP address or CIDR network such as 10.0.0.0/16 (rendered for host web)",
+        );
+}
+
+// --- Values -----------------------------------------------------------------
+
+#[test]
+fn invalid_cron_expression() {
+    minimal()
+        .file(
+            "schedules.yaml",
+            "jobs:\n  - name: up\n    cron: '61 3 * * *'\n    upgrade: {}\n",
+        )
+        .errors()
+        .iter()
+        .find(|d| d.code == "invalid-cron" && d.location() == "schedules.yaml:3:11")
+        .expect("cron error at its position");
+}
+
+#[test]
+fn cron_with_wrong_field_count() {
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * *'\n    upgrade: {}\n")
+        .fails_with(
+            "schedules.yaml:3:11",
+            "invalid-cron",
+            "cron expression \"0 3 * *\" has 4 fields; write 5 (minute hour day-of-month month day-of-week) or 6 (with seconds first)",
+        );
+}
+
+#[test]
+fn invalid_timezone() {
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * *'\n    timezone: Europe/Berlinn\n    upgrade: {}\n")
+        .fails_with(
+            "schedules.yaml:4:15",
+            "invalid-timezone",
+            "time zone \"Europe/Berlinn\" is not an IANA time zone such as \"UTC\" or \"Europe/Berlin\"",
+        );
+}
+
+#[test]
+fn invalid_window() {
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * *'\n    window: 'Sunday 2am-6am'\n    upgrade: {}\n")
+        .fails_with(
+            "schedules.yaml:4:13",
+            "invalid-window",
+            "window \"Sunday 2am-6am\" has a time that is not HH:MM; write it like \"Sun 02:00-06:00 Europe/Berlin\" or \"daily 00:00-06:00 UTC\"",
+        );
+}
+
+#[test]
+fn job_timeout_longer_than_its_window() {
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * 0'\n    window: 'Sun 03:00-04:00'\n    timeout: 2h\n    upgrade: {}\n")
+        .fails_with(
+            "schedules.yaml:5:14",
+            "window-too-short",
+            "timeout 2h is longer than the window \"Sun 03:00-04:00\" (60 min); the job could never finish inside it",
+        );
+}
+
+#[test]
+fn invalid_port() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "firewall:\n  rules:\n    - port: '70000'\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "invalid-port",
+            "port \"70000\" is not a port number from 1 to 65535 or a range such as 8000:8100",
+        );
+}
+
+#[test]
+fn invalid_cidr() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "firewall:\n  rules:\n    - port: '22'\n      from: 10.0.0.0/33\n",
+        )
+        .fails_with(
+            "roles/base.yaml:4:13",
+            "invalid-cidr",
+            "\"10.0.0.0/33\" has prefix length \"33\"; it must be 0 to 32",
+        );
+}
+
+#[test]
+fn invalid_mode() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/x\n    content: x\n    mode: '0948'\n",
+        )
+        .fails_with(
+            "roles/base.yaml:4:11",
+            "invalid-mode",
+            "mode \"0948\" is not an octal mode such as \"0644\" or \"0755\" (quote it in YAML)",
+        );
+}
+
+#[test]
+fn invalid_authorized_key() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "users:\n  - name: deploy\n    authorized_keys: ['ssh-dss AAAAB3NzaC1kc3MAAACBAP']\n",
+        )
+        .errors()
+        .iter()
+        .find(|d| d.code == "invalid-key" && d.location() == "roles/base.yaml:3:23")
+        .expect("bad key type reported");
+}
+
+#[test]
+fn malformed_known_hosts_line() {
+    minimal()
+        .file("known_hosts", "# pinned\n10.0.0.1 ssh-ed25519 not*base64\n")
+        .fails_with(
+            "known_hosts:2:10",
+            "invalid-known-host",
+            "the ssh-ed25519 key is not valid base64",
+        );
+}
+
+// --- Secrets ----------------------------------------------------------------
+
+#[test]
+fn file_references_a_missing_secret() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/app/token\n    secret: api-token\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:13",
+            "missing-secret",
+            "secret \"api-token\" is referenced but secrets/api-token.age does not exist",
+        );
+}
+
+#[test]
+fn template_references_a_missing_secret() {
+    minimal()
+        .file("roles/base.yaml", "files:\n  - path: /etc/app.env\n    template: app.env.j2\n")
+        .file("templates/app.env.j2", "USER=app\nPASSWORD={{ secret('db') }}\n")
+        .fails_with(
+            "templates/app.env.j2:2:13",
+            "template",
+            "invalid operation: secret \"db\" is referenced but secrets/db.age does not exist (rendering for host web)",
+        );
+}
+
+#[test]
+fn backup_references_a_missing_secret() {
+    minimal()
+        .file(
+            "schedules.yaml",
+            "jobs:\n  - name: backup\n    cron: '0 1 * * *'\n    backup:\n      repository: /srv/restic\n      password_secret: restic\n      paths: [/etc]\n",
+        )
+        .fails_with(
+            "schedules.yaml:6:24",
+            "missing-secret",
+            "secret \"restic\" is referenced but secrets/restic.age does not exist",
+        );
+}
+
+#[test]
+fn plaintext_file_in_secrets_is_refused() {
+    minimal().file("secrets/db.txt", "hunter2\n").fails_with(
+        "secrets/db.txt",
+        "plaintext-secret",
+        "secrets/db.txt is not an age-encrypted file",
+    );
+}
+
+#[test]
+fn secret_bearing_files_default_to_0600_and_never_show_plaintext() {
+    let fleet = minimal()
+        .file("secrets/db.age", "age-encryption.org/v1\n")
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: /etc/app.env\n    template: app.env.j2\n",
+        )
+        .file("templates/app.env.j2", "PASSWORD={{ secret('db') }}\n")
+        .load()
+        .expect("valid");
+    let tidekeeper::model::desired::Resource::File(f) = &fleet.hosts[0].resources[0] else {
+        panic!("a file")
+    };
+    assert!(f.content.sensitive);
+    assert_eq!(f.mode, Some(0o600));
+    let json = serde_json::to_string(&fleet).unwrap();
+    assert!(json.contains("\"content\":\"(sensitive)\""), "{json}");
+}
+
+// --- Providers --------------------------------------------------------------
+
+#[test]
+fn hetzner_host_without_server() {
+    minimal()
+        .file("hosts/web.yaml", "provider: hetzner\nroles: [base]\n")
+        .fails_with(
+            "hosts/web.yaml:1:11",
+            "missing-key",
+            "a hetzner host needs a `server:` section",
+        );
+}
+
+#[test]
+fn lightsail_host_without_provider_settings() {
+    minimal()
+        .file("hosts/web.yaml", "provider: lightsail\nserver: {bundle: small_3_0, blueprint: debian_12, zone: eu-central-1a}\n")
+        .fails_with(
+            "hosts/web.yaml:1:11",
+            "missing-key",
+            "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail.region",
+        );
+}
+
+#[test]
+fn existing_host_without_address() {
+    minimal()
+        .file("hosts/web.yaml", "provider: existing\nroles: [base]\n")
+        .fails_with(
+            "hosts/web.yaml:1:11",
+            "missing-key",
+            "an existing host needs `address` (IP or DNS name)",
+        );
+}
+
+#[test]
+fn lightsail_setting_on_a_hetzner_server() {
+    minimal()
+        .file("hosts/web.yaml", "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  bundle: small_3_0\n")
+        .fails_with("hosts/web.yaml:6:11", "invalid-key", "`bundle` is not a hetzner server setting");
+}
+
+// --- Hostile input ----------------------------------------------------------
+
+#[test]
+fn alias_bomb_is_refused_quickly() {
+    let mut bomb = String::from(
+        "fleet: test\ndefaults:\n  vars:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..10 {
+        let p = i - 1;
+        bomb.push_str(&format!("    a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    let start = std::time::Instant::now();
+    let errors = minimal().file("tidekeeper.yaml", bomb).errors();
+    assert!(start.elapsed().as_secs() < 5, "gave up in bounded time");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].file, "tidekeeper.yaml");
+    assert_eq!(errors[0].code, "too-complex", "{}", errors[0]);
+    assert!(errors[0].line > 0, "located: {}", errors[0]);
+}
+
+#[test]
+fn deeply_nested_document_is_refused() {
+    let deep = format!(
+        "fleet: test\ndefaults:\n  vars:\n    x: {}{}\n",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let errors = minimal().file("tidekeeper.yaml", deep).errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, "too-complex", "{}", errors[0]);
+    assert_eq!(errors[0].line, 4);
+}
+
+#[test]
+fn very_large_config_file_is_refused_before_parsing() {
+    let big = format!("fleet: test\n# {}\n", "x".repeat(2 * 1024 * 1024));
+    minimal().file("tidekeeper.yaml", big).fails_with(
+        "tidekeeper.yaml",
+        "file-too-large",
+        "tidekeeper.yaml is 2097167 bytes; config files may be at most 1048576 bytes",
+    );
+}
+
+// --- All errors in one run -----------------------------------------------
+
+#[test]
+fn every_error_in_the_repo_is_reported_in_one_run() {
+    let errors = minimal()
+        .file("tidekeeper.yaml", "fleet: test\nbogus: 1\n")
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [base, nope]\n",
+        )
+        .file(
+            "roles/base.yaml",
+            "files:\n  - path: etc/x\n    content: x\n    mode: '999'\n",
+        )
+        .file(
+            "schedules.yaml",
+            "jobs:\n  - name: up\n    cron: '0 3 * *'\n    upgrade: {}\n",
+        )
+        .errors();
+    let got: Vec<(String, &str)> = errors.iter().map(|d| (d.location(), d.code)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("hosts/web.yaml:3:15".to_string(), "unknown-role"),
+            ("roles/base.yaml:2:11".to_string(), "invalid-path"),
+            ("roles/base.yaml:4:11".to_string(), "invalid-mode"),
+            ("schedules.yaml:3:11".to_string(), "invalid-cron"),
+            ("tidekeeper.yaml:2:1".to_string(), "unknown-key"),
+        ]
+    );
+}
