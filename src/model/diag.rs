@@ -168,8 +168,8 @@ pub fn render(diags: &Diagnostics, source: &dyn Fn(&str) -> Option<String>, colo
     let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
     let mut out = String::new();
     for d in diags.iter() {
-        out.push_str(&format!("{}\n", d.location()));
-        let mut md = MietteDiagnostic::new(d.message.clone()).with_code(d.code);
+        out.push_str(&format!("error[{}]: {}\n", d.code, d.location()));
+        let mut md = MietteDiagnostic::new(d.message.clone());
         if let Some(h) = &d.help {
             md = md.with_help(h.clone());
         }
