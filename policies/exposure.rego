@@ -1,0 +1,24 @@
+package tidekeeper.builtin.exposure
+
+import rego.v1
+
+world := {"any", "0.0.0.0/0", "::/0"}
+
+deny contains msg if {
+	some r in input.resources
+	r.type == "firewall"
+	r.action != "delete"
+	some rule in r.after.rules
+	rule.action == "allow"
+	rule.from_port <= 22
+	rule.to_port >= 22
+	rule.from in world
+	not ssh_public(r.host)
+	msg := sprintf("%s opens port 22 to the whole internet; restrict `from`, or label the host ssh_public: \"true\"", [r.address])
+}
+
+ssh_public(host) if {
+	some h in input.hosts
+	h.name == host
+	h.labels.ssh_public == "true"
+}
