@@ -13,7 +13,10 @@ const ROLES: usize = 20;
 
 fn generate() -> ConfigTree {
     let mut t = ConfigTree::new();
-    t.insert_file("tidekeeper.yaml", "fleet: bench\ndefaults:\n  vars: {admin: ops@example.com}\n");
+    t.insert_file(
+        "tidekeeper.yaml",
+        "fleet: bench\ndefaults:\n  vars: {admin: ops@example.com}\n",
+    );
     for r in 0..ROLES {
         let role = format!(
             "description: generated role {r}\nvars:\n  port_{r}: \"{port}\"\nfiles:\n  - path: /etc/bench/{r}/static.conf\n    content: |\n      setting = {r}\n    mode: \"0644\"\n  - path: /etc/bench/{r}/rendered.conf\n    template: role{r}.conf.j2\n    notify: [restart-{r}]\ndirectories:\n  - path: /srv/bench/{r}\npackages:\n  present: [pkg{r}]\nservices:\n  - name: svc{r}\n    enabled: true\n    state: running\nusers:\n  - name: user{r}\n    groups: [ops]\nfirewall:\n  rules:\n    - port: \"{port}\"\n      from: 10.0.0.0/8\nhandlers:\n  - name: restart-{r}\n    restart: svc{r}\n",
@@ -45,7 +48,15 @@ fn generate() -> ConfigTree {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -66,7 +77,8 @@ fn main() {
         let t0 = Instant::now();
         let tree = ConfigTree::from_git(&dir, "HEAD").expect("read tree");
         let t1 = Instant::now();
-        let fleet = tidekeeper::model::load(&tree).unwrap_or_else(|d| panic!("bench repo invalid:\n{d}"));
+        let fleet =
+            tidekeeper::model::load(&tree).unwrap_or_else(|d| panic!("bench repo invalid:\n{d}"));
         let t2 = Instant::now();
         assert_eq!(fleet.hosts.len(), HOSTS);
         resources = fleet.hosts.iter().map(|h| h.resources.len()).sum::<usize>();
@@ -75,9 +87,23 @@ fn main() {
         total.push(t2 - t0);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("validate+resolve: {HOSTS} hosts x {ROLES} roles = {resources} resources, median of {runs} runs");
-    println!("  read tree from git (floor): {:>8.1} ms", median(read).as_secs_f64() * 1e3);
-    println!("  parse + check + resolve:    {:>8.1} ms", median(model).as_secs_f64() * 1e3);
-    println!("  total:                      {:>8.1} ms   (target < 1000 ms)", median(total).as_secs_f64() * 1e3);
-    println!("  peak RSS:                   {:>8.1} MiB", peak_rss_kib() as f64 / 1024.0);
+    println!(
+        "validate+resolve: {HOSTS} hosts x {ROLES} roles = {resources} resources, median of {runs} runs"
+    );
+    println!(
+        "  read tree from git (floor): {:>8.1} ms",
+        median(read).as_secs_f64() * 1e3
+    );
+    println!(
+        "  parse + check + resolve:    {:>8.1} ms",
+        median(model).as_secs_f64() * 1e3
+    );
+    println!(
+        "  total:                      {:>8.1} ms   (target < 1000 ms)",
+        median(total).as_secs_f64() * 1e3
+    );
+    println!(
+        "  peak RSS:                   {:>8.1} MiB",
+        peak_rss_kib() as f64 / 1024.0
+    );
 }

@@ -6,4 +6,5 @@ mod cli;
 mod dockerfile;
 mod mutate;
 mod template;
+mod testbed;
 mod validate;

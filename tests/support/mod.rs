@@ -118,3 +118,5 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }
+
+pub mod testbed;

@@ -1,0 +1,689 @@
+//! The test fleet: real Debian hosts with systemd and OpenSSH, each booted
+//! with `systemd-nspawn --boot` in its own network namespace, on its own
+//! overlay over a cached base image (see `testbed/build-image`).
+//!
+//! ```ignore
+//! let bed = Testbed::start(2);
+//! let out = bed.ssh(0, "systemctl is-system-running");
+//! ```
+//!
+//! Addresses come from 10.213.0.0/16, a /30 per host: slot `n` has the
+//! controller side at `.4n+1` and the host at `.4n+2`. Slots are claimed with
+//! a lock file, so test processes running side by side never collide, and a
+//! slot left over by a killed process is cleaned up when it is claimed again.
+//! Hosts route only to 10.213.0.0/16 (each other, through the controller
+//! side); they have no default route and never reach anything else.
+//!
+//! Dropping the [`Testbed`] (also while a test panics) kills the hosts and
+//! removes their namespaces, links, mounts and files.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STATE: &str = "/run/tidekeeper-testbed";
+const SLOTS: u32 = 16_000;
+/// nspawn's exit status when the container asked for a reboot.
+const NSPAWN_REBOOT: i32 = 133;
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("TESTBED_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/tidekeeper-testbed"))
+}
+
+/// The base image, built on first use (or by scripts/setup ahead of time).
+pub fn image() -> PathBuf {
+    static IMAGE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut guard = IMAGE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = guard.as_ref() {
+        return p.clone();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/build-image");
+    let out = Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run testbed/build-image");
+    assert!(
+        out.status.success(),
+        "testbed/build-image failed; run scripts/setup as root"
+    );
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    *guard = Some(p.clone());
+    p
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"))
+}
+
+#[track_caller]
+fn must(cmd: &str, args: &[&str]) {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A claimed /30 of 10.213.0.0/16, held by a lock on a file.
+struct Slot {
+    n: u32,
+    _lock: File,
+}
+
+impl Slot {
+    fn claim() -> Slot {
+        fs::create_dir_all(format!("{STATE}/slots")).unwrap();
+        // Start at a pseudo-random slot so parallel processes rarely contend.
+        let start = (std::process::id().wrapping_mul(2654435761)
+            ^ Instant::now().elapsed().subsec_nanos())
+            % SLOTS;
+        for i in 0..SLOTS {
+            let n = (start + i) % SLOTS;
+            let f = File::create(format!("{STATE}/slots/{n}.lock")).unwrap();
+            if f.try_lock().is_ok() {
+                let slot = Slot { n, _lock: f };
+                slot.clean_leftovers();
+                return slot;
+            }
+        }
+        panic!("no free testbed slot in 10.213.0.0/16");
+    }
+    fn netns(&self) -> String {
+        format!("tk{}", self.n)
+    }
+    fn link(&self) -> String {
+        format!("tk{}h", self.n)
+    }
+    fn gateway(&self) -> Ipv4Addr {
+        let b = self.n * 4 + 1;
+        Ipv4Addr::new(10, 213, (b >> 8) as u8, (b & 255) as u8)
+    }
+    fn address(&self) -> Ipv4Addr {
+        let b = self.n * 4 + 2;
+        Ipv4Addr::new(10, 213, (b >> 8) as u8, (b & 255) as u8)
+    }
+    fn dir(&self) -> PathBuf {
+        cache_dir().join("slots").join(self.n.to_string())
+    }
+
+    /// Remove what a killed process may have left in this slot.
+    fn clean_leftovers(&self) {
+        kill_netns_processes(&self.netns());
+        let merged = self.dir().join("merged");
+        if is_mounted(&merged) {
+            let _ = run("umount", &["-l", merged.to_str().unwrap()]);
+        }
+        let _ = run("ip", &["link", "del", &self.link()]);
+        let _ = run("ip", &["netns", "del", &self.netns()]);
+        let _ = fs::remove_dir_all(self.dir());
+    }
+
+    fn network_up(&self) {
+        let (ns, link, peer) = (self.netns(), self.link(), format!("tk{}c", self.n));
+        let gw = format!("{}/30", self.gateway());
+        let addr = format!("{}/30", self.address());
+        must("ip", &["netns", "add", &ns]);
+        must(
+            "ip",
+            &["link", "add", &link, "type", "veth", "peer", "name", &peer],
+        );
+        must("ip", &["link", "set", &peer, "netns", &ns]);
+        must("ip", &["-n", &ns, "link", "set", &peer, "name", "eth0"]);
+        must("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        must("ip", &["addr", "add", &gw, "dev", &link]);
+        must("ip", &["link", "set", &link, "up"]);
+        // Only the test network is routable from a host: hosts reach each other, nothing else.
+        must(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "10.213.0.0/16",
+                "via",
+                &self.gateway().to_string(),
+            ],
+        );
+        let _ = fs::write(format!("/proc/sys/net/ipv4/conf/{link}/forwarding"), "1");
+    }
+}
+
+fn kill_netns_processes(ns: &str) {
+    let out = run("ip", &["netns", "pids", ns]);
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: kill(2) on a PID found in our own test namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&p))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// systemd as PID 1, sshd as a unit: a real server.
+    Full,
+    /// sshd alone over a shared read-only base (a throwaway tmpfs overlay), for scale tests.
+    Light,
+}
+
+struct Process {
+    child: Option<Child>,
+    stopping: bool,
+}
+
+/// One test host.
+pub struct TestHost {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// The host's public SSH host key, `ssh-ed25519 AAAA…`.
+    pub host_key: String,
+    pub kind: Kind,
+    slot: Slot,
+    launch: Launch,
+    process: Arc<Mutex<Process>>,
+    supervisor: Option<thread::JoinHandle<()>>,
+}
+
+/// Everything needed to (re)start a host's container.
+#[derive(Clone)]
+struct Launch {
+    name: String,
+    kind: Kind,
+    netns: String,
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+impl Launch {
+    fn log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.arg("--quiet")
+            .arg(format!("--machine={}", self.name))
+            .arg("--register=no")
+            .arg("--keep-unit")
+            .arg(format!(
+                "--network-namespace-path=/run/netns/{}",
+                self.netns
+            ));
+        match self.kind {
+            Kind::Full => {
+                cmd.arg("--directory")
+                    .arg(self.dir.join("merged"))
+                    .arg("--boot");
+            }
+            Kind::Light => {
+                cmd.arg("--directory")
+                    .arg(self.image.join("rootfs"))
+                    .arg("--volatile=overlay")
+                    .arg(format!("--hostname={}", self.name))
+                    .arg(format!("--bind-ro={}:/etc/tk", self.dir.join("keys").display()))
+                    .arg("--as-pid2")
+                    .args(["/bin/sh", "-c"])
+                    .arg("mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -o StrictModes=no -o AuthorizedKeysFile=/etc/tk/authorized_keys -h /etc/tk/ssh_host_ed25519_key");
+            }
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd
+    }
+}
+
+/// The names a host holds on the machine, for checking teardown.
+#[derive(Debug, Clone)]
+pub struct Footprint {
+    pub netns: String,
+    pub link: String,
+    pub dir: PathBuf,
+    pub pids: Vec<i32>,
+}
+
+impl TestHost {
+    pub fn footprint(&self) -> Footprint {
+        let out = run("ip", &["netns", "pids", &self.slot.netns()]);
+        Footprint {
+            netns: self.slot.netns(),
+            link: self.slot.link(),
+            dir: self.slot.dir(),
+            pids: String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        }
+    }
+
+    /// A pinned known_hosts line for this host.
+    pub fn known_hosts_line(&self) -> String {
+        format!("{} {}", self.address, self.host_key)
+    }
+
+    /// The nspawn log (the container's console), for debugging.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.launch.log()).unwrap_or_default()
+    }
+}
+
+pub struct Testbed {
+    pub hosts: Vec<TestHost>,
+    dir: PathBuf,
+    /// Private key that logs in as root on every host.
+    pub key: PathBuf,
+    pub public_key: String,
+    pub known_hosts: PathBuf,
+}
+
+impl Testbed {
+    /// Boot `n` full hosts (systemd + sshd) and wait until each is `running`.
+    pub fn start(n: usize) -> Testbed {
+        Self::start_kind(n, Kind::Full)
+    }
+
+    /// Start `n` lightweight hosts (sshd only).
+    pub fn start_light(n: usize) -> Testbed {
+        Self::start_kind(n, Kind::Light)
+    }
+
+    pub fn start_kind(n: usize, kind: Kind) -> Testbed {
+        let image = image();
+        let dir = cache_dir().join(format!("run-{}-{}", std::process::id(), unique()));
+        fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("id_ed25519");
+        must(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "tidekeeper-testbed",
+                "-f",
+                key.to_str().unwrap(),
+            ],
+        );
+        let public_key = fs::read_to_string(dir.join("id_ed25519.pub"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut bed = Testbed {
+            hosts: Vec::new(),
+            known_hosts: dir.join("known_hosts"),
+            dir,
+            key,
+            public_key,
+        };
+        for i in 0..n {
+            let host = bed.prepare(&image, i, kind);
+            bed.hosts.push(host);
+        }
+        let lines: Vec<String> = bed.hosts.iter().map(|h| h.known_hosts_line()).collect();
+        fs::write(&bed.known_hosts, lines.join("\n") + "\n").unwrap();
+        for i in 0..n {
+            bed.spawn(i);
+        }
+        for i in 0..n {
+            bed.wait_ready(i, Duration::from_secs(60));
+        }
+        bed
+    }
+
+    /// Set up slot, network, file system and keys of host `i`; not started yet.
+    fn prepare(&self, image: &Path, i: usize, kind: Kind) -> TestHost {
+        let slot = Slot::claim();
+        let name = format!("host{i}-{}", slot.n);
+        let sdir = slot.dir();
+        fs::create_dir_all(&sdir).unwrap();
+        slot.network_up();
+        let keys = sdir.join("keys");
+        fs::create_dir_all(&keys).unwrap();
+        let hk = keys.join("ssh_host_ed25519_key");
+        must(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                &format!("root@{name}"),
+                "-f",
+                hk.to_str().unwrap(),
+            ],
+        );
+        let pubkey = fs::read_to_string(keys.join("ssh_host_ed25519_key.pub")).unwrap();
+        let host_key = pubkey
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        fs::write(
+            keys.join("authorized_keys"),
+            format!("{}\n", self.public_key),
+        )
+        .unwrap();
+        if kind == Kind::Full {
+            let (upper, work, merged) =
+                (sdir.join("upper"), sdir.join("work"), sdir.join("merged"));
+            for d in [&upper, &work, &merged] {
+                fs::create_dir_all(d).unwrap();
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.join("rootfs").display(),
+                upper.display(),
+                work.display()
+            );
+            must(
+                "mount",
+                &[
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    &opts,
+                    merged.to_str().unwrap(),
+                ],
+            );
+            let write = |rel: &str, text: &str, mode: u32| {
+                use std::os::unix::fs::PermissionsExt;
+                let p = merged.join(rel);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(&p, text).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            };
+            write("etc/hostname", &format!("{name}\n"), 0o644);
+            write(
+                "etc/hosts",
+                &format!("127.0.0.1 localhost\n{} {name}\n", slot.address()),
+                0o644,
+            );
+            write(
+                "etc/machine-id",
+                &format!("{:032x}\n", machine_id(slot.n)),
+                0o444,
+            );
+            write(
+                "etc/ssh/ssh_host_ed25519_key",
+                &fs::read_to_string(&hk).unwrap(),
+                0o600,
+            );
+            write("etc/ssh/ssh_host_ed25519_key.pub", &pubkey, 0o644);
+            write(
+                "root/.ssh/authorized_keys",
+                &format!("{}\n", self.public_key),
+                0o600,
+            );
+            fs::set_permissions(
+                merged.join("root/.ssh"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .unwrap();
+        }
+        let launch = Launch {
+            name: name.clone(),
+            kind,
+            netns: slot.netns(),
+            dir: sdir,
+            image: image.to_path_buf(),
+        };
+        TestHost {
+            name,
+            address: slot.address(),
+            port: 22,
+            host_key,
+            kind,
+            slot,
+            launch,
+            process: Arc::new(Mutex::new(Process {
+                child: None,
+                stopping: false,
+            })),
+            supervisor: None,
+        }
+    }
+
+    /// Start host `i`'s container, and a supervisor that brings it back after a reboot.
+    fn spawn(&mut self, i: usize) {
+        let host = &mut self.hosts[i];
+        let child = host.launch.command().spawn().expect("start systemd-nspawn");
+        host.process.lock().unwrap().child = Some(child);
+        let (process, launch) = (host.process.clone(), host.launch.clone());
+        host.supervisor = Some(thread::spawn(move || supervise(process, launch)));
+    }
+
+    /// Wait until host `i` accepts SSH and (for full hosts) systemd says `running`.
+    pub fn wait_ready(&self, i: usize, timeout: Duration) {
+        let host = &self.hosts[i];
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from((host.address, host.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "host {} did not open SSH in {timeout:?}; console:\n{}",
+                host.name,
+                host.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        if host.kind == Kind::Full {
+            loop {
+                let out = self.ssh(i, "systemctl is-system-running --wait");
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if state == "running" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "host {} is {state:?}, not running; failed units:\n{}",
+                    host.name,
+                    String::from_utf8_lossy(&self.ssh(i, "systemctl --failed --no-legend").stdout)
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+        } else {
+            while !self.ssh(i, "true").status.success() {
+                assert!(
+                    Instant::now() < deadline,
+                    "host {} does not accept logins",
+                    host.name
+                );
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn host(&self, i: usize) -> &TestHost {
+        &self.hosts[i]
+    }
+
+    /// Run `command` on host `i` as root with the system ssh client, host key pinned.
+    pub fn ssh(&self, i: usize, command: &str) -> Output {
+        let h = &self.hosts[i];
+        Command::new("ssh")
+            .args(["-i", self.key.to_str().unwrap()])
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .args([
+                "-o",
+                &format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                &h.port.to_string(),
+            ])
+            .arg(format!("root@{}", h.address))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+
+    /// Like [`Testbed::ssh`], panicking unless the command succeeds; returns stdout.
+    #[track_caller]
+    pub fn ssh_ok(&self, i: usize, command: &str) -> String {
+        let out = self.ssh(i, command);
+        assert!(
+            out.status.success(),
+            "{command:?} on {} failed: {}{}",
+            self.hosts[i].name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Reboot host `i` from inside and wait until it is back.
+    pub fn reboot(&self, i: usize) {
+        let before = self.boot_id(i);
+        let _ = self.ssh(i, "systemctl reboot");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            thread::sleep(Duration::from_millis(300));
+            let out = self.ssh(i, "cat /proc/sys/kernel/random/boot_id");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {} did not come back from reboot",
+                self.hosts[i].name
+            );
+        }
+        self.wait_ready(i, Duration::from_secs(60));
+    }
+
+    /// An identifier of the current boot of host `i` (its init's start, seen from outside).
+    pub fn boot_id(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.ssh(i, "cat /proc/sys/kernel/random/boot_id").stdout)
+            .trim()
+            .to_string()
+    }
+
+    /// Take host `i`'s link down: it stays up but is unreachable.
+    pub fn cut_off(&self, i: usize) {
+        must("ip", &["link", "set", &self.hosts[i].slot.link(), "down"]);
+    }
+
+    pub fn reconnect(&self, i: usize) {
+        must("ip", &["link", "set", &self.hosts[i].slot.link(), "up"]);
+    }
+
+    /// Kill host `i` without a shutdown, as a power cut would. It stays down.
+    pub fn crash(&self, i: usize) {
+        let host = &self.hosts[i];
+        host.process.lock().unwrap().stopping = true;
+        kill_netns_processes(&host.slot.netns());
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Wait on the container; restart it when it exits for a reboot.
+fn supervise(process: Arc<Mutex<Process>>, launch: Launch) {
+    loop {
+        let child = process.lock().unwrap().child.take();
+        let Some(mut child) = child else { return };
+        let status = child.wait();
+        let mut p = process.lock().unwrap();
+        let rebooting = matches!(&status, Ok(s) if s.code() == Some(NSPAWN_REBOOT));
+        if p.stopping || !rebooting {
+            return;
+        }
+        match launch.command().spawn() {
+            Ok(c) => p.child = Some(c),
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            host.process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stopping = true;
+            // Killing every process in the host's namespace ends its PID namespace, and nspawn with it.
+            kill_netns_processes(&host.slot.netns());
+            if let Some(child) = host
+                .process
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .child
+                .as_mut()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if let Some(s) = host.supervisor.take() {
+                let _ = s.join();
+            }
+        }
+        for host in &self.hosts {
+            host.slot.clean_leftovers();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn machine_id(n: u32) -> u128 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (t << 20) ^ u128::from(n) ^ 0x7a3c_0000_0000_0000_0000_0000_0000_0001
+}
