@@ -11,3 +11,4 @@ pub mod cli;
 pub mod model;
 pub mod schedule;
 pub mod source;
+pub mod transport;

@@ -347,18 +347,29 @@ impl Testbed {
             key,
             public_key,
         };
-        for i in 0..n {
-            let host = bed.prepare(&image, i, kind);
-            bed.hosts.push(host);
+        // Prepare in parallel; keep every host that was set up, so a failure
+        // part-way still tears all of them down (through Drop).
+        let prepared: Vec<std::thread::Result<TestHost>> = parallel(n, |i| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                bed.prepare(&image, i, kind)
+            }))
+        });
+        let mut failure = None;
+        for r in prepared {
+            match r {
+                Ok(h) => bed.hosts.push(h),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            std::panic::resume_unwind(e);
         }
         let lines: Vec<String> = bed.hosts.iter().map(|h| h.known_hosts_line()).collect();
         fs::write(&bed.known_hosts, lines.join("\n") + "\n").unwrap();
         for i in 0..n {
             bed.spawn(i);
         }
-        for i in 0..n {
-            bed.wait_ready(i, Duration::from_secs(60));
-        }
+        parallel(n, |i| bed.wait_ready(i, Duration::from_secs(90)));
         bed
     }
 
@@ -502,11 +513,29 @@ impl Testbed {
             thread::sleep(Duration::from_millis(100));
         }
         if host.kind == Kind::Full {
+            let mut retried = false;
             loop {
                 let out = self.ssh(i, "systemctl is-system-running --wait");
                 let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if state == "running" {
                     break;
+                }
+                if state == "degraded" && !retried {
+                    // Under a parallel boot on two cores a oneshot unit can
+                    // time out; start it once more before calling it a failure.
+                    retried = true;
+                    let out = self.ssh(
+                        i,
+                        "failed=$(systemctl --failed --plain --no-legend | awk '{print $1}'); \
+                         journalctl -b --no-pager -n 20 $(printf -- '-u %s ' $failed) >&2; \
+                         systemctl reset-failed; systemctl restart $failed",
+                    );
+                    eprintln!(
+                        "testbed: host {} booted degraded; restarted failed units:\n{}",
+                        host.name,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    continue;
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -646,6 +675,26 @@ fn supervise(process: Arc<Mutex<Process>>, launch: Launch) {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        if std::env::var_os("TESTBED_KEEP").is_some() {
+            // Debugging: leave the hosts up. The next claim of their slots cleans them.
+            eprintln!(
+                "TESTBED_KEEP is set: leaving {} host(s) running. Log in with:",
+                self.hosts.len()
+            );
+            for h in &self.hosts {
+                eprintln!(
+                    "  ssh -i {} -o UserKnownHostsFile={} root@{}    # {}, console log {}",
+                    self.key.display(),
+                    self.known_hosts.display(),
+                    h.address,
+                    h.name,
+                    h.launch.log().display()
+                );
+            }
+            // Keep the slot locks held (and the hosts) for as long as this process lives.
+            std::mem::forget(std::mem::take(&mut self.hosts));
+            return;
+        }
         for host in &mut self.hosts {
             host.process
                 .lock()
@@ -672,6 +721,33 @@ impl Drop for Testbed {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Run `f(0..n)` on up to 8 threads; results in index order.
+fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
+    thread::scope(|scope| {
+        for _ in 0..n.min(8) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = f(i);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every index ran"))
+        .collect()
 }
 
 fn unique() -> u32 {

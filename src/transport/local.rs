@@ -1,0 +1,60 @@
+//! Pull mode: run scripts on the machine tidekeeper itself runs on.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Output, TransportError, runner_command};
+
+pub struct Local {
+    root: String,
+}
+
+impl Local {
+    /// `root` confines every managed path under a directory (`""` for `/`).
+    pub fn new(root: &str) -> Self {
+        Local {
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub async fn run_script(
+        &self,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<Output, TransportError> {
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(runner_command(script.len(), false))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| TransportError::Local(format!("cannot start sh: {e}")))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let body = script.as_bytes().to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&body).await;
+        });
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| TransportError::Timeout {
+                addr: "local".into(),
+                what: "script".into(),
+                after: timeout,
+            })?
+            .map_err(|e| TransportError::Local(e.to_string()))?;
+        let _ = writer.await;
+        Ok(Output {
+            status: out.status.code().map(|c| c as u32),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! How tidekeeper reaches a host: over SSH (russh, one connection per host
+//! for a whole reconcile) or locally (pull mode, optionally confined to a
+//! root directory). Both run POSIX shell scripts and return their output;
+//! everything above this module is transport-agnostic.
+
+mod local;
+mod ssh;
+
+use std::time::Duration;
+
+pub use local::Local;
+pub use ssh::{HostKeyPolicy, Ssh, SshTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error(
+        "host key of {addr} is not pinned: the server offered {offered}\n  \
+         add it to the config repo's known_hosts after checking it out of band, e.g.\n  {line}"
+    )]
+    UnknownHostKey {
+        addr: String,
+        offered: String,
+        line: String,
+    },
+    #[error(
+        "HOST KEY MISMATCH for {addr}: the server offered {offered}, but known_hosts pins {pinned}\n  \
+         someone may be intercepting the connection, or the server was reinstalled; \
+         refusing to connect"
+    )]
+    HostKeyMismatch {
+        addr: String,
+        offered: String,
+        pinned: String,
+    },
+    #[error("login as {user}@{addr} refused: {reason}")]
+    AuthFailed {
+        user: String,
+        addr: String,
+        reason: String,
+    },
+    #[error("cannot read the SSH key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{addr}: {what} did not finish within {after:?}")]
+    Timeout {
+        addr: String,
+        what: String,
+        after: Duration,
+    },
+    #[error("{addr}: connection lost: {reason}")]
+    Lost { addr: String, reason: String },
+    #[error("local: {0}")]
+    Local(String),
+}
+
+/// What a remote script produced.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// A live connection to one host.
+pub enum Connection {
+    Ssh(Box<Ssh>),
+    Local(Local),
+}
+
+impl Connection {
+    /// Run `script` with `sh` on the host. The script is uploaded whole and
+    /// checked for length before it runs, so a connection cut mid-transfer
+    /// can never execute a truncated line.
+    pub async fn run_script(
+        &self,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<Output, TransportError> {
+        match self {
+            Connection::Ssh(s) => s.run_script(script, timeout).await,
+            Connection::Local(l) => l.run_script(script, timeout).await,
+        }
+    }
+
+    /// Directory every managed path is placed under (`""` for the real `/`).
+    pub fn root(&self) -> &str {
+        match self {
+            Connection::Ssh(_) => "",
+            Connection::Local(l) => l.root(),
+        }
+    }
+
+    pub async fn close(self) {
+        if let Connection::Ssh(s) = self {
+            s.close().await;
+        }
+    }
+}
+
+/// The shell command that receives a script on stdin, verifies its length and
+/// runs it. `sudo` wraps it for a non-root login user.
+pub(crate) fn runner_command(len: usize, sudo: bool) -> String {
+    let inner = format!(
+        "umask 077; f=$(mktemp /tmp/tidekeeper.XXXXXXXX) || exit 125; \
+         cat >\"$f\"; if [ \"$(wc -c <\"$f\")\" -eq {len} ]; then LC_ALL=C sh \"$f\"; rc=$?; \
+         else echo 'tidekeeper: script arrived incomplete; not run' >&2; rc=125; fi; \
+         rm -f \"$f\"; exit $rc"
+    );
+    if sudo {
+        format!("sudo -n sh -c {}", shell_quote(&inner))
+    } else {
+        inner
+    }
+}
+
+/// Quote a string for POSIX sh.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        for s in ["plain", "with space", "it's", "", "$(rm -rf /)", "a\nb"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! SSH with russh: pinned host keys, key-file or agent authentication, one
+//! connection per host with a bounded number of concurrent channels.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::keys::{self, PrivateKeyWithHashAlg, PublicKeyBase64};
+use tokio::sync::Semaphore;
+
+use super::{Output, TransportError, runner_command};
+
+/// sshd allows 10 sessions per connection (MaxSessions); stay below it.
+const MAX_CHANNELS: usize = 8;
+
+/// Which server keys to accept.
+#[derive(Debug, Clone)]
+pub enum HostKeyPolicy {
+    /// Only these `(type, base64)` keys from the config repo's known_hosts.
+    Pinned(Vec<(String, String)>),
+    /// Accept the key offered on first contact (only when the repo enables it);
+    /// the learned key is available from [`Ssh::host_key`].
+    TrustOnFirstUse,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// Name used in messages (the host's name in the fleet).
+    pub name: String,
+    pub addr: SocketAddr,
+    pub user: String,
+    /// Private key file; without it the ssh-agent at `SSH_AUTH_SOCK` is asked.
+    pub key_file: Option<String>,
+    pub host_keys: HostKeyPolicy,
+    pub sudo: bool,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    Accepted(String, String),
+    Unknown(String, String),
+    Mismatch {
+        offered: (String, String),
+        pinned: (String, String),
+    },
+}
+
+struct Client {
+    policy: HostKeyPolicy,
+    verdict: Arc<Mutex<Option<Verdict>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.verdict.lock().unwrap() =
+                Some(Verdict::Unknown("certificate".into(), String::new()));
+            return Ok(false);
+        };
+        let offered = (
+            key.algorithm().as_str().to_string(),
+            key.public_key_base64(),
+        );
+        let verdict = match &self.policy {
+            HostKeyPolicy::TrustOnFirstUse => Verdict::Accepted(offered.0, offered.1),
+            HostKeyPolicy::Pinned(pins) => {
+                if pins.contains(&offered) {
+                    Verdict::Accepted(offered.0, offered.1)
+                } else if let Some(pin) = pins.iter().find(|p| p.0 == offered.0) {
+                    Verdict::Mismatch {
+                        offered,
+                        pinned: pin.clone(),
+                    }
+                } else {
+                    Verdict::Unknown(offered.0, offered.1)
+                }
+            }
+        };
+        let ok = matches!(verdict, Verdict::Accepted(..));
+        *self.verdict.lock().unwrap() = Some(verdict);
+        Ok(ok)
+    }
+}
+
+pub struct Ssh {
+    handle: Handle<Client>,
+    target: SshTarget,
+    channels: Semaphore,
+    host_key: (String, String),
+}
+
+fn fingerprint(kind: &str, b64: &str) -> String {
+    match keys::parse_public_key_base64(b64) {
+        Ok(k) => format!("{kind} {}", k.fingerprint(Default::default())),
+        Err(_) => format!("{kind} (unparseable)"),
+    }
+}
+
+impl Ssh {
+    pub async fn connect(target: SshTarget) -> Result<Ssh, TransportError> {
+        let addr = target.addr.to_string();
+        let mut preferred = russh::Preferred::default();
+        if let HostKeyPolicy::Pinned(pins) = &target.host_keys {
+            // Ask only for key types we have pinned, so a server with several
+            // host keys presents one we can check.
+            let algs: Vec<keys::Algorithm> = preferred
+                .key
+                .iter()
+                .filter(|a| {
+                    pins.iter()
+                        .any(|p| p.0 == a.as_str() || alg_family(a) == p.0)
+                })
+                .cloned()
+                .collect();
+            if !algs.is_empty() {
+                preferred.key = Cow::Owned(algs);
+            }
+        }
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(Duration::from_secs(600)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            nodelay: true,
+            preferred,
+            ..Default::default()
+        });
+        let verdict = Arc::new(Mutex::new(None));
+        let handler = Client {
+            policy: target.host_keys.clone(),
+            verdict: verdict.clone(),
+        };
+        let connecting = client::connect(config, target.addr, handler);
+        let result = tokio::time::timeout(target.connect_timeout, connecting).await;
+        let key_verdict = verdict.lock().unwrap().clone();
+        let mut handle = match result {
+            Err(_) => {
+                return Err(TransportError::Unreachable {
+                    addr,
+                    reason: format!("no answer within {:?}", target.connect_timeout),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(match key_verdict {
+                    Some(Verdict::Unknown(kind, b64)) => TransportError::UnknownHostKey {
+                        offered: fingerprint(&kind, &b64),
+                        line: format!("{} {kind} {b64}", known_hosts_pattern(&target.addr)),
+                        addr,
+                    },
+                    Some(Verdict::Mismatch { offered, pinned }) => {
+                        TransportError::HostKeyMismatch {
+                            addr,
+                            offered: fingerprint(&offered.0, &offered.1),
+                            pinned: fingerprint(&pinned.0, &pinned.1),
+                        }
+                    }
+                    _ => TransportError::Unreachable {
+                        addr,
+                        reason: e.to_string(),
+                    },
+                });
+            }
+            Ok(Ok(h)) => h,
+        };
+        let host_key = match key_verdict {
+            Some(Verdict::Accepted(k, b)) => (k, b),
+            _ => (String::new(), String::new()),
+        };
+        authenticate(&mut handle, &target).await?;
+        Ok(Ssh {
+            handle,
+            target,
+            channels: Semaphore::new(MAX_CHANNELS),
+            host_key,
+        })
+    }
+
+    /// The server's key as accepted: `(type, base64)`.
+    pub fn host_key(&self) -> &(String, String) {
+        &self.host_key
+    }
+
+    pub async fn run_script(
+        &self,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<Output, TransportError> {
+        let addr = self.target.addr.to_string();
+        let _permit = self.channels.acquire().await.expect("semaphore open");
+        let lost = |e: russh::Error| TransportError::Lost {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let work = async {
+            let mut channel = self.handle.channel_open_session().await.map_err(lost)?;
+            channel
+                .exec(true, runner_command(script.len(), self.target.sudo))
+                .await
+                .map_err(lost)?;
+            channel.data(script.as_bytes()).await.map_err(lost)?;
+            channel.eof().await.map_err(lost)?;
+            let mut out = Output::default();
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    _ => {}
+                }
+            }
+            if out.status.is_none() {
+                return Err(TransportError::Lost {
+                    addr: addr.clone(),
+                    reason: "the remote command ended without an exit status".into(),
+                });
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                addr: addr.clone(),
+                what: "remote script".into(),
+                after: timeout,
+            })?
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// `rsa-sha2-512` and friends are all served by an `ssh-rsa` host key.
+fn alg_family(a: &keys::Algorithm) -> &'static str {
+    match a {
+        keys::Algorithm::Rsa { .. } => "ssh-rsa",
+        _ => "",
+    }
+}
+
+fn known_hosts_pattern(addr: &SocketAddr) -> String {
+    if addr.port() == 22 {
+        addr.ip().to_string()
+    } else {
+        format!("[{}]:{}", addr.ip(), addr.port())
+    }
+}
+
+async fn authenticate(handle: &mut Handle<Client>, t: &SshTarget) -> Result<(), TransportError> {
+    let addr = t.addr.to_string();
+    let refused = |reason: String| TransportError::AuthFailed {
+        user: t.user.clone(),
+        addr: addr.clone(),
+        reason,
+    };
+    let rsa_hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| refused(e.to_string()))?
+        .flatten();
+    if let Some(path) = &t.key_file {
+        let key = keys::load_secret_key(path, None).map_err(|e| TransportError::Key {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let res = handle
+            .authenticate_publickey(
+                t.user.clone(),
+                PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash),
+            )
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if !res.success() {
+            return Err(refused(format!("the server did not accept the key {path}")));
+        }
+        return Ok(());
+    }
+    let mut agent = keys::agent::client::AgentClient::connect_env()
+        .await
+        .map_err(|e| {
+            refused(format!(
+                "no key file configured (defaults.ssh.key) and no ssh-agent: {e}"
+            ))
+        })?;
+    let identities = agent
+        .request_identities()
+        .await
+        .map_err(|e| refused(format!("ssh-agent: {e}")))?;
+    for id in identities {
+        let keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
+            continue;
+        };
+        let res = handle
+            .authenticate_publickey_with(t.user.clone(), key, rsa_hash, &mut agent)
+            .await
+            .map_err(|e| refused(format!("ssh-agent: {e}")))?;
+        if res.success() {
+            return Ok(());
+        }
+    }
+    Err(refused("no key in the ssh-agent was accepted".into()))
+}
