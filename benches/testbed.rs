@@ -5,7 +5,6 @@
 //! answering) are ready, and the time to tear each down. Results go in
 //! docs/benchmarks.md.
 
-#[allow(dead_code)]
 #[path = "../tests/support/testbed.rs"]
 mod testbed;
 
