@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::engine;
 use crate::model::{self, Fleet, desired::Resource};
 use crate::source::{self, ConfigTree};
 
@@ -37,6 +38,22 @@ pub struct RepoArgs {
 
 use clap::Args;
 
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Only these hosts (repeatable); default: every host in the fleet.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Hosts worked on at once (default: the fleet's `defaults.parallelism`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+    pub ssh_key: Option<String>,
+    /// Permit deleting more than 20 resources, or more than a quarter of a host's.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Errors with source snippets.
@@ -66,6 +83,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what would change on the hosts (read-only).
+    Plan {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Plan, show the plan, and apply exactly that plan.
+    Apply {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Apply without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// One canary host first, then `--parallel` at a time; stop at the first failure.
+        #[arg(long)]
+        rolling: bool,
+    },
     /// Create a new config repo from the built-in example fleet.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -83,6 +126,18 @@ pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Validate { repo, format } => validate(&repo, format),
         Command::Show { host, repo, json } => show(&repo, &host, json),
+        Command::Plan {
+            repo,
+            hosts,
+            json,
+            detailed_exitcode,
+        } => plan(&repo, &hosts, json, detailed_exitcode),
+        Command::Apply {
+            repo,
+            hosts,
+            yes,
+            rolling,
+        } => apply(&repo, &hosts, yes, rolling),
         Command::Init { dir } => init(&dir),
         Command::Demo { dir } => demo(&dir),
     };
@@ -322,4 +377,165 @@ fn demo(dir: &Path) -> u8 {
         );
     }
     code
+}
+
+/// Load the fleet and choose hosts, for plan and apply.
+fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engine::Options), u8> {
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Human)?;
+    let names: Vec<String> = if args.hosts.is_empty() {
+        fleet.hosts.iter().map(|h| h.name.clone()).collect()
+    } else {
+        for n in &args.hosts {
+            if fleet.host(n).is_none() {
+                let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+                eprintln!(
+                    "error: no host named {n:?} in fleet {:?}\n  help: hosts are: {}",
+                    fleet.name,
+                    all.join(", ")
+                );
+                return Err(EXIT_USAGE);
+            }
+        }
+        args.hosts.clone()
+    };
+    let opts = engine::Options {
+        parallel: args
+            .parallel
+            .unwrap_or(fleet.settings.parallelism as usize)
+            .max(1),
+        plan: engine::plan::PlanOptions {
+            allow_mass_delete: args.allow_mass_delete,
+        },
+        ssh_key: args.ssh_key.clone(),
+        ..Default::default()
+    };
+    Ok((fleet, names, opts))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("start the async runtime")
+}
+
+/// Live progress on stderr while hosts are worked on.
+fn progress(total: usize, quiet: bool) -> engine::Progress {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    std::sync::Arc::new(move |e: engine::Event| {
+        if quiet {
+            return;
+        }
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let line = match e {
+            engine::Event::Planned { host, changes } => {
+                format!("{host}: planned, {changes} change{}", plural(changes))
+            }
+            engine::Event::Failed { host, error } => {
+                format!("{host}: failed: {}", error.lines().next().unwrap_or(""))
+            }
+            engine::Event::Applied { host, steps } => format!("{host}: applied ({steps} steps)"),
+        };
+        eprintln!("[{}/{total}] {line}", n.min(total));
+    })
+}
+
+fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
+    let (fleet, names, opts) = match prepare(repo, args) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let total = names.len();
+    let results = runtime().block_on(async {
+        let planned = engine::plan_all(
+            std::sync::Arc::new(fleet),
+            names,
+            std::sync::Arc::new(opts),
+            progress(total, json),
+        )
+        .await;
+        engine::finish(planned).await
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&engine::render::json(&results)).expect("json")
+        );
+    } else {
+        print!("{}", engine::render::plan_text(&results, color()));
+    }
+    let t = engine::render::totals(&results);
+    if t.errors > 0 {
+        EXIT_INVALID
+    } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
+        2
+    } else {
+        EXIT_OK
+    }
+}
+
+fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
+    let (fleet, names, mut opts) = match prepare(repo, args) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    opts.rolling = rolling;
+    let total = names.len();
+    let opts = std::sync::Arc::new(opts);
+    let rt = runtime();
+    let planned = rt.block_on(engine::plan_all(
+        std::sync::Arc::new(fleet),
+        names,
+        opts.clone(),
+        progress(total, false),
+    ));
+    let results: Vec<&engine::HostResult> = planned.iter().map(|p| p.result()).collect();
+    let text = engine::render::plan_text(&results, color());
+    print!("{text}");
+    let t = engine::render::totals(&results);
+    if t.add + t.change + t.destroy + t.run == 0 {
+        let results = rt.block_on(engine::finish(planned));
+        return if results.iter().any(|r| r.error.is_some()) {
+            EXIT_INVALID
+        } else {
+            EXIT_OK
+        };
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "error: not applying without confirmation; run with --yes to apply non-interactively"
+            );
+            rt.block_on(engine::finish(planned));
+            return EXIT_USAGE;
+        }
+        print!("\nApply these changes? Only 'yes' will be accepted: ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != "yes" {
+            println!("Apply cancelled.");
+            rt.block_on(engine::finish(planned));
+            return EXIT_OK;
+        }
+    }
+    let results = rt.block_on(engine::apply_all(planned, opts, progress(total, false)));
+    println!("\n{}", engine::render::apply_summary(&results).trim_end());
+    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        println!(
+            "{failed} host{} failed; the others were applied.",
+            plural(failed)
+        );
+        EXIT_INVALID
+    } else {
+        println!("Apply complete.");
+        EXIT_OK
+    }
 }

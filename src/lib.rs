@@ -8,6 +8,7 @@
 //! - [`cli`]: the `tidekeeper` command.
 
 pub mod cli;
+pub mod engine;
 pub mod model;
 pub mod schedule;
 pub mod source;

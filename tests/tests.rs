@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod dockerfile;
+mod engine;
 mod mutate;
 mod template;
 mod testbed;

@@ -119,4 +119,5 @@ pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }
 
+pub mod fleet;
 pub mod testbed;

@@ -236,8 +236,12 @@ impl Launch {
             ));
         match self.kind {
             Kind::Full => {
+                // CAP_NET_ADMIN: the host has its own network namespace, so
+                // ufw/iptables and net.* sysctls inside it touch only that.
                 cmd.arg("--directory")
                     .arg(self.dir.join("merged"))
+                    .arg("--capability=CAP_NET_ADMIN")
+                    .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
                     .arg("--boot");
             }
             Kind::Light => {

@@ -1,0 +1,404 @@
+//! The host engine: connect, observe in one round trip, plan (pure), apply
+//! exactly that plan in one round trip, for many hosts at once.
+//!
+//! - [`item`]: a host's desired state flattened into items.
+//! - [`probe`]: the one-round-trip observation script and its parser.
+//! - [`plan`]: desired vs observed → typed changes.
+//! - [`apply`]: a plan → one script; its report → an outcome.
+//! - [`render`]: plans and reports for people and machines.
+
+pub mod apply;
+pub mod item;
+pub mod plan;
+pub mod probe;
+pub mod render;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::model::desired::{Fleet, Host, ProviderKind};
+use crate::transport::{Connection, HostKeyPolicy, Local, Ssh, SshTarget, TransportError};
+use apply::Outcome;
+use item::Item;
+use plan::{HostPlan, PlanOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("no address to connect to: {0}")]
+    NoAddress(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("observing the host failed: {0}")]
+    Probe(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub parallel: usize,
+    pub plan: PlanOptions,
+    /// Overrides the fleet's `defaults.ssh.key`.
+    pub ssh_key: Option<String>,
+    pub connect_timeout: Duration,
+    pub probe_timeout: Duration,
+    pub apply_timeout: Duration,
+    /// Rolling apply: one canary host first, then `parallel` at a time,
+    /// stopping at the first failure.
+    pub rolling: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            parallel: 4,
+            plan: PlanOptions::default(),
+            ssh_key: None,
+            connect_timeout: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(120),
+            apply_timeout: Duration::from_secs(1800),
+            rolling: false,
+        }
+    }
+}
+
+/// Where one host stands after planning (and applying).
+pub struct HostResult {
+    pub host: String,
+    pub address: String,
+    pub plan: Option<HostPlan>,
+    pub error: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub elapsed: Duration,
+}
+
+/// A planned host with its open connection, ready to apply.
+pub struct Planned {
+    pub result: HostResult,
+    conn: Option<Connection>,
+}
+
+impl Planned {
+    pub fn result(&self) -> &HostResult {
+        &self.result
+    }
+}
+
+/// Progress events for a live display.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Planned { host: String, changes: usize },
+    Failed { host: String, error: String },
+    Applied { host: String, steps: usize },
+}
+
+pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
+
+fn address_of(host: &Host) -> Result<String, EngineError> {
+    match (&host.address, host.provider) {
+        (Some(a), _) => Ok(a.clone()),
+        (None, ProviderKind::Local) => Ok("local".into()),
+        (None, p) => Err(EngineError::NoAddress(format!(
+            "{} is a {p:?} server without a known address yet; it is created by the cloud stage",
+            host.name
+        ))),
+    }
+}
+
+/// Keys pinned for a host in the config repo's known_hosts: lines naming the
+/// host, its address, or `[address]:port`.
+pub fn pinned_keys(fleet: &Fleet, host: &Host, addr: &SocketAddr) -> Vec<(String, String)> {
+    let ip = addr.ip().to_string();
+    let names = [
+        host.name.clone(),
+        host.address.clone().unwrap_or_default(),
+        ip.clone(),
+        format!("[{ip}]:{}", addr.port()),
+        format!(
+            "[{}]:{}",
+            host.address.clone().unwrap_or_default(),
+            addr.port()
+        ),
+    ];
+    fleet
+        .known_hosts
+        .iter()
+        .filter(|k| {
+            k.hosts.iter().any(|h| {
+                names.contains(h) && (addr.port() == 22 || h.starts_with('[') || h == &host.name)
+            })
+        })
+        .map(|k| (k.key_type.clone(), k.key.clone()))
+        .collect()
+}
+
+pub async fn connect(
+    fleet: &Fleet,
+    host: &Host,
+    opts: &Options,
+) -> Result<Connection, EngineError> {
+    if host.provider == ProviderKind::Local && host.address.is_none() {
+        return Ok(Connection::Local(Local::new(
+            host.root.as_deref().unwrap_or(""),
+        )));
+    }
+    let address = address_of(host)?;
+    let addr = (address.as_str(), host.ssh.port)
+        .to_socket_addrs()
+        .map_err(|e| EngineError::NoAddress(format!("{address}: {e}")))?
+        .next()
+        .ok_or_else(|| EngineError::NoAddress(address.clone()))?;
+    let pins = pinned_keys(fleet, host, &addr);
+    let target = SshTarget {
+        name: host.name.clone(),
+        addr,
+        user: host.ssh.user.clone(),
+        key_file: opts.ssh_key.clone().or_else(|| host.ssh.key.clone()),
+        host_keys: HostKeyPolicy::Pinned(pins),
+        sudo: host.ssh.sudo && host.ssh.user != "root",
+        connect_timeout: opts.connect_timeout,
+    };
+    Ok(Connection::Ssh(Box::new(Ssh::connect(target).await?)))
+}
+
+/// Resource kinds that cannot be confined to a directory.
+fn check_local_root(host: &Host, items: &[Item], conn: &Connection) -> Result<(), EngineError> {
+    if conn.root().is_empty() {
+        return Ok(());
+    }
+    if let Some(i) = items
+        .iter()
+        .find(|i| i.path().is_none() && !matches!(i, Item::Command(_)))
+    {
+        return Err(EngineError::Unsupported(format!(
+            "{} manages {} {}, which cannot be confined to the local root {}; \
+             only files, directories, symlinks, absent paths and commands can",
+            host.name,
+            i.kind(),
+            i.id(),
+            conn.root()
+        )));
+    }
+    Ok(())
+}
+
+/// Observe one host and plan it.
+pub async fn plan_host(
+    conn: &Connection,
+    host: &Host,
+    opts: &Options,
+) -> Result<HostPlan, EngineError> {
+    let items = item::items(host);
+    check_local_root(host, &items, conn)?;
+    let script = probe::script(&items, conn.root());
+    let out = conn.run_script(&script, opts.probe_timeout).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let obs = probe::parse(&text, conn.root(), &items).map_err(|e| {
+        let err = out.stderr_text();
+        EngineError::Probe(if err.is_empty() {
+            e.to_string()
+        } else {
+            format!("{e}: {err}")
+        })
+    })?;
+    Ok(plan::plan_host(host, &items, &obs, opts.plan))
+}
+
+fn run_id() -> String {
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        std::process::id()
+    )
+}
+
+/// Plan every selected host, in parallel, keeping the connections open.
+pub async fn plan_all(
+    fleet: Arc<Fleet>,
+    hosts: Vec<String>,
+    opts: Arc<Options>,
+    progress: Progress,
+) -> Vec<Planned> {
+    let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
+    let mut tasks = Vec::new();
+    for name in hosts {
+        let (fleet, opts, sem, progress) =
+            (fleet.clone(), opts.clone(), sem.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            let start = Instant::now();
+            let host = fleet.host(&name).expect("selected host exists");
+            let address = address_of(host).unwrap_or_else(|_| "-".into());
+            let mut result = HostResult {
+                host: name.clone(),
+                address,
+                plan: None,
+                error: None,
+                outcome: None,
+                elapsed: Duration::ZERO,
+            };
+            let mut conn = None;
+            match connect(&fleet, host, &opts).await {
+                Err(e) => result.error = Some(e.to_string()),
+                Ok(c) => match plan_host(&c, host, &opts).await {
+                    Ok(p) => {
+                        result.plan = Some(p);
+                        conn = Some(c);
+                    }
+                    Err(e) => result.error = Some(e.to_string()),
+                },
+            }
+            result.elapsed = start.elapsed();
+            progress(match (&result.plan, &result.error) {
+                (_, Some(e)) => Event::Failed {
+                    host: name.clone(),
+                    error: e.clone(),
+                },
+                (Some(p), None) => Event::Planned {
+                    host: name.clone(),
+                    changes: p.changes.len() + p.handlers.len(),
+                },
+                (None, None) => unreachable!("a host is planned or failed"),
+            });
+            Planned { result, conn }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("plan task"));
+    }
+    out
+}
+
+async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progress) -> Planned {
+    let (Some(conn), Some(plan)) = (&p.conn, &p.result.plan) else {
+        return p;
+    };
+    if !plan.blocked.is_empty() {
+        p.result.error = Some(format!("not applied: {}", plan.blocked.join("; ")));
+        return p;
+    }
+    if !plan.has_changes() {
+        return p;
+    }
+    let start = Instant::now();
+    let script = apply::script(plan, conn.root(), run);
+    let outcome = match conn.run_script(&script.text, opts.apply_timeout).await {
+        Ok(out) => apply::read_report(
+            &String::from_utf8_lossy(&out.stdout),
+            &out.stderr_text(),
+            &script.steps,
+        ),
+        Err(e) => {
+            p.result.error = Some(format!("apply interrupted: {e}"));
+            Outcome::Interrupted { completed: 0 }
+        }
+    };
+    match &outcome {
+        Outcome::Done { steps, .. } => progress(Event::Applied {
+            host: p.result.host.clone(),
+            steps: *steps,
+        }),
+        Outcome::Failed {
+            what,
+            error,
+            completed,
+            ..
+        } => {
+            let e = format!(
+                "{what}: {error}\n(stopped at this step; {completed} earlier step{} done, later ones not run)",
+                if *completed == 1 { "" } else { "s" }
+            );
+            progress(Event::Failed {
+                host: p.result.host.clone(),
+                error: e.clone(),
+            });
+            p.result.error = Some(e);
+        }
+        Outcome::Locked => p.result.error = Some(
+            "another tidekeeper run holds this host's lock (/var/lib/tidekeeper/lock); not applied"
+                .into(),
+        ),
+        Outcome::Interrupted { completed } if p.result.error.is_none() => {
+            p.result.error = Some(format!(
+                "the apply stopped without a report after {completed} steps (connection lost or host crashed)"
+            ))
+        }
+        Outcome::Interrupted { .. } => {}
+    }
+    p.result.outcome = Some(outcome);
+    p.result.elapsed += start.elapsed();
+    p
+}
+
+/// Apply planned hosts: in parallel up to `parallel`, or rolling (canary
+/// first, then batches, stopping at the first failure).
+pub async fn apply_all(
+    planned: Vec<Planned>,
+    opts: Arc<Options>,
+    progress: Progress,
+) -> Vec<HostResult> {
+    let run = Arc::new(run_id());
+    let mut results = Vec::new();
+    let mut queue: std::collections::VecDeque<Planned> = planned.into();
+    let mut failed = false;
+    let mut first = opts.rolling;
+    while !queue.is_empty() {
+        let batch = if first {
+            1
+        } else if opts.rolling {
+            opts.parallel.max(1)
+        } else {
+            queue.len()
+        };
+        first = false;
+        let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
+        let mut tasks = Vec::new();
+        for p in queue.drain(..batch.min(queue.len())) {
+            if failed {
+                let mut p = p;
+                p.result
+                    .error
+                    .get_or_insert_with(|| "not applied: an earlier host failed (rolling)".into());
+                results.push(p);
+                continue;
+            }
+            let (opts, sem, run, progress) =
+                (opts.clone(), sem.clone(), run.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore open");
+                apply_one(p, &opts, &run, &progress).await
+            }));
+        }
+        for t in tasks {
+            let p = t.await.expect("apply task");
+            if opts.rolling && p.result.error.is_some() {
+                failed = true;
+            }
+            results.push(p);
+        }
+    }
+    let mut out = Vec::new();
+    for p in results {
+        if let Some(c) = p.conn {
+            c.close().await;
+        }
+        out.push(p.result);
+    }
+    out
+}
+
+/// Close the connections of planned hosts without applying.
+pub async fn finish(planned: Vec<Planned>) -> Vec<HostResult> {
+    let mut out = Vec::new();
+    for p in planned {
+        if let Some(c) = p.conn {
+            c.close().await;
+        }
+        out.push(p.result);
+    }
+    out
+}

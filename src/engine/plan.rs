@@ -1,0 +1,703 @@
+//! The plan: what must change on a host, computed from desired items and what
+//! the probe observed. Pure: no I/O, same inputs, same plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::item::{FileItem, Item, handler_command, policy_word, sha256_hex, ufw_rule_args};
+use super::probe::{Inventory, InventoryEntry, Observed, PathKind};
+use crate::model::desired::{Host, PackageState, ServiceState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Replace,
+    Delete,
+    /// A command whose guards say it is needed.
+    Run,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Replace => "-/+",
+            Action::Delete => "-",
+            Action::Run => ">",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attr {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub kind: String,
+    pub id: String,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attrs: Vec<Attr>,
+    /// Unified diff of a text file's content (never for sensitive files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// What the host has there now, for deletions and replacements.
+    #[serde(skip)]
+    pub was: Option<PathKind>,
+    #[serde(skip)]
+    pub item: Option<Item>,
+    /// Removal of something no longer in the config (from the host's inventory).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prune: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HandlerRun {
+    pub name: String,
+    pub command: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub changes: Vec<Change>,
+    pub handlers: Vec<HandlerRun>,
+    pub daemon_reload: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Why this host's plan cannot be applied as it stands.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
+    #[serde(skip)]
+    pub inventory: Inventory,
+    /// Content of the persisted sysctl file, when a sysctl setting changes.
+    #[serde(skip)]
+    pub sysctl_conf: Option<String>,
+}
+
+impl HostPlan {
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty() || !self.handlers.is_empty()
+    }
+    pub fn count(&self, a: Action) -> usize {
+        self.changes.iter().filter(|c| c.action == a).count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Permit a plan that deletes more than the mass-delete threshold.
+    pub allow_mass_delete: bool,
+}
+
+/// Deleting more than this many resources on one host needs permission.
+pub const MASS_DELETE_COUNT: usize = 20;
+
+fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
+    Attr {
+        name: name.to_string(),
+        before,
+        after,
+    }
+}
+
+fn octal(m: u32) -> String {
+    format!("{m:04o}")
+}
+
+fn change(item: &Item, action: Action) -> Change {
+    Change {
+        kind: item.kind().to_string(),
+        id: item.id().to_string(),
+        action,
+        attrs: vec![],
+        diff: None,
+        note: None,
+        was: None,
+        item: Some(item.clone()),
+        prune: false,
+        notify: vec![],
+    }
+}
+
+pub fn text_diff(path: &str, before: &[u8], after: &[u8]) -> Option<String> {
+    let (Ok(a), Ok(b)) = (std::str::from_utf8(before), std::str::from_utf8(after)) else {
+        return None;
+    };
+    let diff = similar::TextDiff::from_lines(a, b);
+    Some(
+        diff.unified_diff()
+            .context_radius(3)
+            .header(path, path)
+            .to_string(),
+    )
+}
+
+fn plan_file(
+    f: &FileItem,
+    item: &Item,
+    obs: &Observed,
+    blocked: &mut Vec<String>,
+) -> Option<Change> {
+    let ps = obs.paths.get(&f.path);
+    let mut c = match ps {
+        None => {
+            let mut c = change(item, Action::Create);
+            if f.content.sensitive {
+                c.note = Some("(sensitive content)".into());
+            } else {
+                c.diff = text_diff(&f.path, b"", &f.content.bytes);
+                if c.diff.is_none() {
+                    c.note = Some(format!("(binary, {} bytes)", f.content.bytes.len()));
+                }
+            }
+            c
+        }
+        Some(ps) if ps.kind == PathKind::Dir => {
+            blocked.push(format!(
+                "{} is a directory on the host; tidekeeper will not replace a directory with a file \
+                 (remove it by hand or declare it `absent` first)",
+                f.path
+            ));
+            return None;
+        }
+        Some(ps) if ps.kind != PathKind::File => {
+            let mut c = change(item, Action::Replace);
+            c.was = Some(ps.kind);
+            c.note = Some(format!("replaces a {}", ps.kind.word()));
+            c
+        }
+        Some(ps) => {
+            let mut c = change(item, Action::Update);
+            if obs.content_differs.contains(&f.path) {
+                if f.content.sensitive {
+                    c.note = Some("(sensitive content changed)".into());
+                } else if let Some(before) = obs.contents.get(&f.path) {
+                    c.diff = text_diff(&f.path, before, &f.content.bytes);
+                    if c.diff.is_none() {
+                        c.note = Some(format!(
+                            "(binary content changed: {} → {} bytes)",
+                            before.len(),
+                            f.content.bytes.len()
+                        ));
+                    }
+                } else {
+                    c.note = Some(format!(
+                        "(content changed: {} → {} bytes; too large or unreadable to diff)",
+                        ps.size,
+                        f.content.bytes.len()
+                    ));
+                }
+            }
+            if let Some(m) = f.mode
+                && m != ps.mode
+            {
+                c.attrs
+                    .push(attr("mode", Some(octal(ps.mode)), Some(octal(m))));
+            }
+            if let Some(o) = &f.owner
+                && *o != ps.owner
+            {
+                c.attrs
+                    .push(attr("owner", Some(ps.owner.clone()), Some(o.clone())));
+            }
+            if let Some(g) = &f.group
+                && *g != ps.group
+            {
+                c.attrs
+                    .push(attr("group", Some(ps.group.clone()), Some(g.clone())));
+            }
+            if c.diff.is_none() && c.note.is_none() && c.attrs.is_empty() {
+                return None;
+            }
+            c
+        }
+    };
+    c.notify = f.notify.clone();
+    Some(c)
+}
+
+fn unit_enabled(file_state: &str) -> bool {
+    matches!(
+        file_state,
+        "enabled" | "enabled-runtime" | "static" | "alias" | "indirect" | "generated"
+    )
+}
+
+fn normalize_ws(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
+    sha256_hex(c.run.as_bytes())[..16].to_string()
+}
+
+/// Compute the plan for one host.
+pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions) -> HostPlan {
+    let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    let mut blocked = Vec::new();
+    for item in items {
+        let ch = match item {
+            Item::File(f) => plan_file(f, item, obs, &mut blocked),
+            Item::Dir {
+                path,
+                mode,
+                owner,
+                group,
+            } => match obs.paths.get(path) {
+                None => Some(change(item, Action::Create)),
+                Some(ps) if ps.kind != PathKind::Dir => {
+                    let mut c = change(item, Action::Replace);
+                    c.was = Some(ps.kind);
+                    c.note = Some(format!("replaces a {}", ps.kind.word()));
+                    Some(c)
+                }
+                Some(ps) => {
+                    let mut c = change(item, Action::Update);
+                    if let Some(m) = mode
+                        && *m != ps.mode
+                    {
+                        c.attrs
+                            .push(attr("mode", Some(octal(ps.mode)), Some(octal(*m))));
+                    }
+                    if let Some(o) = owner
+                        && *o != ps.owner
+                    {
+                        c.attrs
+                            .push(attr("owner", Some(ps.owner.clone()), Some(o.clone())));
+                    }
+                    if let Some(g) = group
+                        && *g != ps.group
+                    {
+                        c.attrs
+                            .push(attr("group", Some(ps.group.clone()), Some(g.clone())));
+                    }
+                    (!c.attrs.is_empty()).then_some(c)
+                }
+            },
+            Item::Link { path, target } => match obs.paths.get(path) {
+                None => {
+                    let mut c = change(item, Action::Create);
+                    c.attrs.push(attr("target", None, Some(target.clone())));
+                    Some(c)
+                }
+                Some(ps) if ps.kind == PathKind::Dir => {
+                    blocked.push(format!(
+                        "{path} is a directory on the host; tidekeeper will not replace it with a symlink"
+                    ));
+                    None
+                }
+                Some(ps) if ps.kind != PathKind::Link => {
+                    let mut c = change(item, Action::Replace);
+                    c.was = Some(ps.kind);
+                    c.note = Some(format!("replaces a {}", ps.kind.word()));
+                    c.attrs.push(attr("target", None, Some(target.clone())));
+                    Some(c)
+                }
+                Some(ps) if ps.link_target.as_deref() != Some(target.as_str()) => {
+                    let mut c = change(item, Action::Update);
+                    c.attrs
+                        .push(attr("target", ps.link_target.clone(), Some(target.clone())));
+                    Some(c)
+                }
+                Some(_) => None,
+            },
+            Item::Absent { path } => obs.paths.get(path).map(|ps| {
+                let mut c = change(item, Action::Delete);
+                c.was = Some(ps.kind);
+                c.note = Some(format!("removes a {}", ps.kind.word()));
+                c
+            }),
+            Item::Package { name, state } => {
+                let installed = obs.packages.get(name).and_then(|p| p.installed.clone());
+                match (state, installed) {
+                    (PackageState::Present | PackageState::Latest, None) => {
+                        Some(change(item, Action::Create))
+                    }
+                    (PackageState::Absent, Some(v)) => {
+                        let mut c = change(item, Action::Delete);
+                        c.attrs.push(attr("version", Some(v), None));
+                        Some(c)
+                    }
+                    (PackageState::Latest, Some(v)) => {
+                        let cand = obs.packages.get(name).and_then(|p| p.candidate.clone());
+                        match cand {
+                            Some(cand) if cand != v => {
+                                let mut c = change(item, Action::Update);
+                                c.attrs.push(attr("version", Some(v), Some(cand)));
+                                Some(c)
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            Item::Group { name, gid } => match obs.groups.get(name) {
+                None => {
+                    let mut c = change(item, Action::Create);
+                    if let Some(g) = gid {
+                        c.attrs.push(attr("gid", None, Some(g.to_string())));
+                    }
+                    Some(c)
+                }
+                Some(g) => match gid {
+                    Some(want) if *want != g.gid => {
+                        let mut c = change(item, Action::Update);
+                        c.attrs
+                            .push(attr("gid", Some(g.gid.to_string()), Some(want.to_string())));
+                        Some(c)
+                    }
+                    _ => None,
+                },
+            },
+            Item::User(u) => {
+                let member_of: BTreeSet<String> = obs
+                    .groups
+                    .iter()
+                    .filter(|(_, g)| g.members.contains(&u.name))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let want_groups: BTreeSet<String> = u.groups.iter().cloned().collect();
+                match obs.users.get(&u.name) {
+                    None => {
+                        let mut c = change(item, Action::Create);
+                        if let Some(uid) = u.uid {
+                            c.attrs.push(attr("uid", None, Some(uid.to_string())));
+                        }
+                        if !u.groups.is_empty() {
+                            c.attrs.push(attr("groups", None, Some(u.groups.join(","))));
+                        }
+                        if let Some(s) = &u.shell {
+                            c.attrs.push(attr("shell", None, Some(s.clone())));
+                        }
+                        c.attrs.push(attr("home", None, Some(u.home.clone())));
+                        Some(c)
+                    }
+                    Some(pw) => {
+                        let mut c = change(item, Action::Update);
+                        if let Some(uid) = u.uid
+                            && uid != pw.uid
+                        {
+                            c.attrs.push(attr(
+                                "uid",
+                                Some(pw.uid.to_string()),
+                                Some(uid.to_string()),
+                            ));
+                        }
+                        if let Some(s) = &u.shell
+                            && *s != pw.shell
+                        {
+                            c.attrs
+                                .push(attr("shell", Some(pw.shell.clone()), Some(s.clone())));
+                        }
+                        if u.home != pw.home {
+                            c.attrs
+                                .push(attr("home", Some(pw.home.clone()), Some(u.home.clone())));
+                        }
+                        if want_groups != member_of {
+                            let join = |s: &BTreeSet<String>| {
+                                s.iter().cloned().collect::<Vec<_>>().join(",")
+                            };
+                            c.attrs.push(attr(
+                                "groups",
+                                Some(join(&member_of)),
+                                Some(join(&want_groups)),
+                            ));
+                        }
+                        (!c.attrs.is_empty()).then_some(c)
+                    }
+                }
+            }
+            Item::Service {
+                name,
+                enabled,
+                state,
+            } => {
+                let u = obs.units.get(name).cloned().unwrap_or_default();
+                let missing = u.load == "not-found" || u.load.is_empty();
+                let mut c = change(
+                    item,
+                    if missing {
+                        Action::Create
+                    } else {
+                        Action::Update
+                    },
+                );
+                if let Some(e) = enabled
+                    && (missing || unit_enabled(&u.file_state) != *e)
+                {
+                    c.attrs.push(attr(
+                        "enabled",
+                        (!missing).then(|| u.file_state.clone()),
+                        Some(e.to_string()),
+                    ));
+                }
+                if let Some(s) = state {
+                    let running =
+                        matches!(u.active.as_str(), "active" | "reloading" | "activating");
+                    let want = *s == ServiceState::Running;
+                    if missing || running != want {
+                        c.attrs.push(attr(
+                            "state",
+                            (!missing).then(|| u.active.clone()),
+                            Some(if want { "running" } else { "stopped" }.into()),
+                        ));
+                    }
+                }
+                (!c.attrs.is_empty()).then_some(c)
+            }
+            Item::Firewall(fw) => {
+                let want: Vec<String> = fw.rules.iter().map(ufw_rule_args).collect();
+                match &obs.firewall {
+                    None => {
+                        let mut c = change(item, Action::Create);
+                        c.attrs.push(attr(
+                            "incoming",
+                            None,
+                            Some(policy_word(fw.incoming).into()),
+                        ));
+                        c.attrs.push(attr(
+                            "outgoing",
+                            None,
+                            Some(policy_word(fw.outgoing).into()),
+                        ));
+                        for r in &want {
+                            c.attrs.push(attr("rule", None, Some(r.clone())));
+                        }
+                        c.note = Some("installs ufw".into());
+                        Some(c)
+                    }
+                    Some(o) => {
+                        let mut c = change(item, Action::Update);
+                        let have: Vec<String> = o.rules.iter().map(ufw_rule_args).collect();
+                        for r in &want {
+                            if !have.contains(r) {
+                                c.attrs.push(attr("rule", None, Some(r.clone())));
+                            }
+                        }
+                        for r in &have {
+                            if !want.contains(r) {
+                                c.attrs.push(attr("rule", Some(r.clone()), None));
+                            }
+                        }
+                        if o.incoming != policy_word(fw.incoming) {
+                            c.attrs.push(attr(
+                                "incoming",
+                                Some(o.incoming.clone()),
+                                Some(policy_word(fw.incoming).into()),
+                            ));
+                        }
+                        if o.outgoing != policy_word(fw.outgoing) {
+                            c.attrs.push(attr(
+                                "outgoing",
+                                Some(o.outgoing.clone()),
+                                Some(policy_word(fw.outgoing).into()),
+                            ));
+                        }
+                        if !o.enabled {
+                            c.attrs
+                                .push(attr("enabled", Some("no".into()), Some("yes".into())));
+                        }
+                        for f in &o.foreign {
+                            warnings.push(format!(
+                                "ufw rule not written by tidekeeper left in place: {f}"
+                            ));
+                        }
+                        (!c.attrs.is_empty()).then_some(c)
+                    }
+                }
+            }
+            Item::Sysctl { key, value } => {
+                let have = obs.sysctl.get(key).cloned().flatten();
+                if have.as_deref().map(normalize_ws) != Some(normalize_ws(value)) {
+                    let mut c = change(item, Action::Update);
+                    c.attrs.push(attr("value", have, Some(value.clone())));
+                    Some(c)
+                } else {
+                    None
+                }
+            }
+            Item::Command(cmd) => {
+                let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
+                let reason = if guarded {
+                    obs.commands.get(&cmd.name).cloned().flatten()
+                } else {
+                    match obs.inventory.commands.get(&cmd.name) {
+                        None => Some("first run".to_string()),
+                        Some(h) if *h != command_hash(cmd) => {
+                            Some("its command changed".to_string())
+                        }
+                        Some(_) => None,
+                    }
+                };
+                reason.map(|r| {
+                    let mut c = change(item, Action::Run);
+                    c.note = Some(r);
+                    c.notify = cmd.notify.clone();
+                    c
+                })
+            }
+        };
+        changes.extend(ch);
+    }
+
+    // Handlers: notified by what changes now, or owed by a failed earlier run.
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    for c in &changes {
+        for n in &c.notify {
+            reasons
+                .entry(n.clone())
+                .or_insert_with(|| format!("notified by {} {}", c.kind, c.id));
+        }
+    }
+    for p in &obs.pending_handlers {
+        reasons
+            .entry(p.clone())
+            .or_insert_with(|| "owed by an earlier run that did not finish".into());
+    }
+    let handlers = host
+        .handlers
+        .iter()
+        .filter_map(|h| {
+            reasons.get(&h.name).map(|r| HandlerRun {
+                name: h.name.clone(),
+                command: handler_command(h),
+                reason: r.clone(),
+            })
+        })
+        .collect();
+    let daemon_reload = changes.iter().any(|c| {
+        c.kind == "file"
+            && ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
+                .iter()
+                .any(|p| c.id.starts_with(p))
+    });
+
+    // Prune: what the inventory lists but the config no longer has.
+    let desired: BTreeSet<(String, String)> = items
+        .iter()
+        .map(|i| (i.kind().to_string(), i.id().to_string()))
+        .collect();
+    let mut prunes = Vec::new();
+    for e in &obs.inventory.resources {
+        if desired.contains(&(e.kind.clone(), e.id.clone())) {
+            continue;
+        }
+        let mut c = Change {
+            kind: e.kind.clone(),
+            id: e.id.clone(),
+            action: Action::Delete,
+            attrs: vec![],
+            diff: None,
+            note: Some("no longer in the config".into()),
+            was: None,
+            item: None,
+            prune: true,
+            notify: vec![],
+        };
+        match e.kind.as_str() {
+            "file" | "directory" | "symlink" => match obs.paths.get(&e.id) {
+                Some(ps) => c.was = Some(ps.kind),
+                None => continue,
+            },
+            "service" => {}
+            "user" if e.created && obs.users.contains_key(&e.id) => {}
+            "group" if e.created && obs.groups.contains_key(&e.id) => {}
+            "package" => {
+                warnings.push(format!(
+                    "package {} is no longer managed; it stays installed (declare it absent to remove it)",
+                    e.id
+                ));
+                continue;
+            }
+            _ => continue,
+        }
+        prunes.push(c);
+    }
+    let managed = obs.inventory.resources.len();
+    if !prunes.is_empty()
+        && !opts.allow_mass_delete
+        && (prunes.len() > MASS_DELETE_COUNT || prunes.len() * 4 > managed)
+    {
+        blocked.push(format!(
+            "the plan would delete {} of the {managed} resources tidekeeper manages on this host; \
+             a broken role or a bad merge must not wipe a host, so this needs explicit permission \
+             (--allow-mass-delete)",
+            prunes.len()
+        ));
+    }
+    changes.extend(prunes);
+
+    // The inventory after a successful apply.
+    let old: BTreeMap<(String, String), bool> = obs
+        .inventory
+        .resources
+        .iter()
+        .map(|e| ((e.kind.clone(), e.id.clone()), e.created))
+        .collect();
+    let mut inventory = Inventory {
+        resources: Vec::new(),
+        commands: obs.inventory.commands.clone(),
+    };
+    for i in items {
+        if matches!(i, Item::Absent { .. }) {
+            continue;
+        }
+        let key = (i.kind().to_string(), i.id().to_string());
+        let created_now = changes
+            .iter()
+            .any(|c| !c.prune && c.kind == key.0 && c.id == key.1 && c.action == Action::Create);
+        inventory.resources.push(InventoryEntry {
+            created: old.get(&key).copied().unwrap_or(false) || created_now,
+            kind: key.0,
+            id: key.1,
+        });
+        if let Item::Command(cmd) = i {
+            inventory
+                .commands
+                .insert(cmd.name.clone(), command_hash(cmd));
+        }
+    }
+    inventory.commands.retain(|name, _| {
+        items
+            .iter()
+            .any(|i| matches!(i, Item::Command(c) if c.name == *name))
+    });
+
+    let sysctl_conf = changes.iter().any(|c| c.kind == "sysctl").then(|| {
+        let mut conf = String::from("# Managed by tidekeeper.\n");
+        for i in items {
+            if let Item::Sysctl { key, value } = i {
+                conf.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        conf
+    });
+    HostPlan {
+        sysctl_conf,
+        host: host.name.clone(),
+        changes,
+        handlers,
+        daemon_reload,
+        warnings,
+        blocked,
+        inventory,
+    }
+}

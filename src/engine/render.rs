@@ -1,0 +1,230 @@
+//! Plans and apply reports as people read them (Terraform-like) and as
+//! machines read them (JSON). Pure.
+
+use std::borrow::Borrow;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::HostResult;
+use super::plan::{Action, HostPlan};
+
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    pub run: usize,
+    pub errors: usize,
+}
+
+pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
+    let mut t = Totals::default();
+    for r in results {
+        let r = r.borrow();
+        if r.error.is_some() {
+            t.errors += 1;
+        }
+        if let Some(p) = &r.plan {
+            t.add += p.count(Action::Create) + p.count(Action::Replace);
+            t.change += p.count(Action::Update);
+            t.destroy += p.count(Action::Delete) + p.count(Action::Replace);
+            t.run += p.count(Action::Run) + p.handlers.len();
+        }
+    }
+    t
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+pub fn host_plan(p: &HostPlan, color: bool) -> String {
+    let (green, yellow, red, cyan, bold, reset) = if color {
+        (
+            "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[36m", "\x1b[1m", "\x1b[0m",
+        )
+    } else {
+        ("", "", "", "", "", "")
+    };
+    let mut s = String::new();
+    for c in &p.changes {
+        let col = match c.action {
+            Action::Create => green,
+            Action::Update | Action::Run => yellow,
+            Action::Delete | Action::Replace => red,
+        };
+        let _ = write!(
+            s,
+            "  {col}{:>3}{reset} {bold}{} {} {}{reset}",
+            c.action.symbol(),
+            p.host,
+            c.kind,
+            c.id
+        );
+        if let Some(n) = &c.note {
+            let _ = write!(s, "  {n}");
+        }
+        s.push('\n');
+        for a in &c.attrs {
+            let line = match (&a.before, &a.after) {
+                (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
+                (None, Some(x)) => format!("+ {}: {x}", a.name),
+                (Some(b), None) => format!("- {}: {b}", a.name),
+                (None, None) => a.name.clone(),
+            };
+            let _ = writeln!(s, "        {line}");
+        }
+        if let Some(d) = &c.diff {
+            for l in d.lines() {
+                let col = if l.starts_with("+++") || l.starts_with("---") {
+                    bold
+                } else if l.starts_with('+') {
+                    green
+                } else if l.starts_with('-') {
+                    red
+                } else if l.starts_with("@@") {
+                    cyan
+                } else {
+                    ""
+                };
+                let _ = writeln!(s, "        {col}{l}{reset}");
+            }
+        }
+    }
+    for h in &p.handlers {
+        let _ = writeln!(
+            s,
+            "  {yellow}  >{reset} {} handler {}: {}  ({})",
+            p.host, h.name, h.command, h.reason
+        );
+    }
+    if p.daemon_reload {
+        let _ = writeln!(
+            s,
+            "  {yellow}  >{reset} {} systemctl daemon-reload  (unit files change)",
+            p.host
+        );
+    }
+    for w in &p.warnings {
+        let _ = writeln!(s, "  {yellow}warning:{reset} {w}");
+    }
+    for b in &p.blocked {
+        let _ = writeln!(s, "  {red}blocked:{reset} {b}");
+    }
+    s
+}
+
+/// The whole plan: a header per host, changes, and the closing summary line.
+pub fn plan_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
+    let mut s = String::new();
+    for r in results {
+        let r = r.borrow();
+        match (&r.plan, &r.error) {
+            (_, Some(e)) => {
+                let _ = writeln!(s, "{}: error: {}\n", r.host, e.trim_end());
+                continue;
+            }
+            (Some(p), None)
+                if p.has_changes() || !p.warnings.is_empty() || !p.blocked.is_empty() =>
+            {
+                let _ = writeln!(s, "{} ({})", r.host, r.address);
+                s.push_str(&host_plan(p, color));
+                s.push('\n');
+            }
+            _ => {}
+        }
+    }
+    s.push_str(&summary_line(&totals(results)));
+    s
+}
+
+pub fn summary_line(t: &Totals) -> String {
+    let mut s = if t.add + t.change + t.destroy + t.run == 0 {
+        if t.errors == 0 {
+            "No changes. Hosts match the configuration.\n".to_string()
+        } else {
+            "No changes on the hosts that answered.\n".to_string()
+        }
+    } else {
+        let mut line = format!(
+            "Plan: {} to add, {} to change, {} to destroy",
+            t.add, t.change, t.destroy
+        );
+        if t.run > 0 {
+            let _ = write!(line, ", {} to run", t.run);
+        }
+        line.push_str(".\n");
+        line
+    };
+    if t.errors > 0 {
+        let _ = writeln!(
+            s,
+            "{} host{} could not be planned; see the errors above.",
+            t.errors,
+            if t.errors == 1 { "" } else { "s" }
+        );
+    }
+    s
+}
+
+/// After an apply: one line per host.
+pub fn apply_summary(results: &[HostResult]) -> String {
+    let mut s = String::new();
+    for r in results {
+        let secs = r.elapsed.as_secs_f64();
+        let line = match (&r.error, &r.plan) {
+            (Some(e), _) => format!(
+                "{:<16} FAILED  {}",
+                r.host,
+                indent(e, "                 ").trim_start()
+            ),
+            (None, Some(p)) if !p.has_changes() => {
+                format!("{:<16} ok      no changes ({secs:.1}s)", r.host)
+            }
+            (None, Some(p)) => format!(
+                "{:<16} ok      {} change{} applied ({secs:.1}s)",
+                r.host,
+                p.changes.len() + p.handlers.len(),
+                if p.changes.len() + p.handlers.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ),
+            (None, None) => format!("{:<16} skipped", r.host),
+        };
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct JsonHost<'a> {
+    host: &'a str,
+    address: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a HostPlan>,
+}
+
+pub fn json(results: &[HostResult]) -> serde_json::Value {
+    let hosts: Vec<JsonHost> = results
+        .iter()
+        .map(|r| JsonHost {
+            host: &r.host,
+            address: &r.address,
+            status: match (&r.error, &r.plan) {
+                (Some(_), _) => "error",
+                (None, Some(p)) if p.has_changes() => "changes",
+                _ => "no-changes",
+            },
+            error: r.error.as_deref(),
+            plan: r.plan.as_ref(),
+        })
+        .collect();
+    serde_json::json!({ "hosts": hosts, "summary": totals(results) })
+}

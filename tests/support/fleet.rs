@@ -1,0 +1,128 @@
+//! Config repos for the test fleet: real git repositories whose hosts are
+//! the testbed's hosts, with their host keys pinned in known_hosts.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Output;
+
+use super::testbed::Testbed;
+use super::{TempDir, git, tidekeeper};
+
+pub struct FleetRepo {
+    _tmp: TempDir,
+    pub path: PathBuf,
+    pub key: PathBuf,
+}
+
+impl FleetRepo {
+    /// The built-in template with its hosts replaced by the testbed's hosts,
+    /// each given `roles`.
+    pub fn template(bed: &Testbed, roles: &[&str]) -> FleetRepo {
+        let tmp = TempDir::new("fleet");
+        let path = tmp.path().join("fleet");
+        let out = tidekeeper().arg("init").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::remove_dir_all(path.join("hosts")).unwrap();
+        // Jobs name the template's hosts; the test fleet has its own.
+        fs::write(path.join("schedules.yaml"), "jobs: []\n").unwrap();
+        let repo = FleetRepo {
+            _tmp: tmp,
+            path,
+            key: bed.key.clone(),
+        };
+        repo.hosts(bed, roles);
+        repo.commit("test fleet");
+        repo
+    }
+
+    /// A minimal repo: only tidekeeper.yaml, the given roles and the hosts.
+    pub fn minimal(bed: &Testbed, roles: &[(&str, &str)]) -> FleetRepo {
+        let tmp = TempDir::new("fleet");
+        let path = tmp.path().join("fleet");
+        fs::create_dir_all(path.join("roles")).unwrap();
+        git(&path, &["init", "-q", "-b", "main"]);
+        fs::write(
+            path.join("tidekeeper.yaml"),
+            "fleet: test\ndefaults:\n  parallelism: 8\n",
+        )
+        .unwrap();
+        for (name, text) in roles {
+            fs::write(path.join("roles").join(format!("{name}.yaml")), text).unwrap();
+        }
+        let repo = FleetRepo {
+            _tmp: tmp,
+            path,
+            key: bed.key.clone(),
+        };
+        let names: Vec<&str> = roles.iter().map(|r| r.0).collect();
+        repo.hosts(bed, &names);
+        repo.commit("test fleet");
+        repo
+    }
+
+    fn hosts(&self, bed: &Testbed, roles: &[&str]) {
+        fs::create_dir_all(self.path.join("hosts")).unwrap();
+        let mut known = String::new();
+        for h in &bed.hosts {
+            fs::write(
+                self.path.join("hosts").join(format!("{}.yaml", h.name)),
+                format!(
+                    "provider: existing\naddress: {}\nroles: [{}]\n",
+                    h.address,
+                    roles.join(", ")
+                ),
+            )
+            .unwrap();
+            known.push_str(&h.known_hosts_line());
+            known.push('\n');
+        }
+        fs::write(self.path.join("known_hosts"), known).unwrap();
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> &Self {
+        let p = self.path.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+        self
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path.join(rel)).unwrap()
+    }
+
+    pub fn commit(&self, msg: &str) {
+        git(&self.path, &["add", "-A"]);
+        git(&self.path, &["commit", "-q", "--allow-empty", "-m", msg]);
+    }
+
+    /// Run `tidekeeper <args> --repo <this> --ssh-key <testbed key>`.
+    pub fn tk(&self, args: &[&str]) -> Output {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&self.path)
+            .arg("--ssh-key")
+            .arg(&self.key)
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .unwrap()
+    }
+}
+
+/// stdout and stderr of a run, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
