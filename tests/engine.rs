@@ -299,3 +299,285 @@ fn unreachable_host_and_wrong_host_key_are_reported_and_others_converge() {
         "nothing done on the host with the wrong key"
     );
 }
+
+/// A role with `n` files whose content carries `version`.
+fn many_files(n: usize, version: &str) -> String {
+    let mut s = String::from("files:\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - {{path: /srv/many/f{i:03}.conf, content: \"{version} {i} {}\\n\"}}\n",
+            "x".repeat(2000)
+        ));
+    }
+    s
+}
+
+#[test]
+fn sigkill_mid_apply_leaves_every_file_wholly_old_or_new() {
+    use std::collections::HashSet;
+    let bed = Testbed::start(1);
+    let n = 300;
+    let repo = FleetRepo::minimal(&bed, &[("many", &many_files(n, "v1"))]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    repo.write("roles/many.yaml", &many_files(n, "v2"));
+    repo.commit("v2");
+
+    let sha = |s: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let allowed: HashSet<String> = (0..n)
+        .flat_map(|i| {
+            let x = "x".repeat(2000);
+            [sha(&format!("v1 {i} {x}\n")), sha(&format!("v2 {i} {x}\n"))]
+        })
+        .collect();
+
+    let mut killed_midway = false;
+    for _attempt in 0..5 {
+        let mut child = crate::support::tidekeeper()
+            .args(["apply", "--yes", "--repo"])
+            .arg(&repo.path)
+            .arg("--ssh-key")
+            .arg(&repo.key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill as soon as some, but not all, files are new.
+        let mut new = 0;
+        for _ in 0..400 {
+            new = bed
+                .ssh_ok(0, "grep -l '^v2' /srv/many/*.conf 2>/dev/null | wc -l")
+                .trim()
+                .parse::<usize>()
+                .unwrap();
+            if new > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let sums = bed.ssh_ok(0, "sha256sum /srv/many/*.conf");
+        let mut files = 0;
+        for line in sums.lines() {
+            let hash = line.split_whitespace().next().unwrap();
+            assert!(
+                allowed.contains(hash),
+                "a file is neither wholly old nor wholly new: {line}"
+            );
+            files += 1;
+        }
+        assert_eq!(files, n, "no file lost");
+        let now_new: usize = bed
+            .ssh_ok(0, "grep -l '^v2' /srv/many/*.conf | wc -l")
+            .trim()
+            .parse()
+            .unwrap();
+        if new > 0 && now_new < n {
+            killed_midway = true;
+            break;
+        }
+        // Too late this time: put v1 back and try again.
+        repo.write("roles/many.yaml", &many_files(n, "v1"));
+        repo.commit("v1 again");
+        assert_eq!(repo.tk(&["apply", "--yes"]).status.code(), Some(0));
+        repo.write("roles/many.yaml", &many_files(n, "v2"));
+        repo.commit("v2 again");
+    }
+    assert!(
+        killed_midway,
+        "could not kill tidekeeper in the middle of the apply"
+    );
+
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the next apply completes: {}",
+        text(&out)
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "grep -l '^v2' /srv/many/*.conf | wc -l")
+            .trim(),
+        n.to_string()
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+const SERVICE_ROLE: &str = r#"
+files:
+  - path: /etc/systemd/system/tk-demo.service
+    content: |
+      [Unit]
+      Description=tidekeeper test service
+      [Service]
+      ExecStartPre=/bin/sh -c 'echo start >> /var/log/tk-demo.starts'
+      ExecStart=/bin/sleep infinity
+      [Install]
+      WantedBy=multi-user.target
+  - path: /etc/tk-demo/a.conf
+    content: "a VERSION\n"
+    notify: [restart-demo]
+  - path: /etc/tk-demo/b.conf
+    content: "b VERSION\n"
+    notify: [restart-demo]
+services:
+  - {name: tk-demo, enabled: true, state: running}
+commands:
+  - name: after
+    run: "COMMAND"
+handlers:
+  - {name: restart-demo, restart: tk-demo}
+"#;
+
+fn service_role(version: &str, command: &str) -> String {
+    SERVICE_ROLE
+        .replace("VERSION", version)
+        .replace("COMMAND", command)
+}
+
+#[test]
+fn handlers_run_once_and_a_restart_owed_by_a_failed_run_is_done_next_time() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("svc", &service_role("1", "true"))]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(0, "systemctl is-active tk-demo").trim(),
+        "active"
+    );
+    let starts = || {
+        bed.ssh_ok(0, "wc -l < /var/log/tk-demo.starts")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        starts(),
+        "1",
+        "started once (the restart handler ran on a fresh start)"
+    );
+
+    // Both files change (two notifications), then a later step fails.
+    repo.write(
+        "roles/svc.yaml",
+        &service_role("2", "echo boom >&2; exit 3"),
+    );
+    repo.commit("v2 and a failing command");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains("command after: boom"),
+        "the failing step and its stderr: {report}"
+    );
+    assert_eq!(
+        starts(),
+        "1",
+        "no restart yet: the run stopped before its handlers"
+    );
+
+    let out = repo.tk(&["plan"]);
+    assert!(
+        stdout(&out).contains("handler restart-demo: systemctl restart tk-demo.service  (owed by an earlier run that did not finish)"),
+        "{}",
+        text(&out)
+    );
+    repo.write("roles/svc.yaml", &service_role("2", "true"));
+    repo.commit("fix the command");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(starts(), "2", "the owed restart ran, once");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn command_guards_decide_whether_a_command_runs() {
+    let bed = Testbed::start(1);
+    let role = r#"
+commands:
+  - name: once
+    run: "date >> /var/log/once.log"
+  - name: creates
+    run: "touch /var/lib/marker; echo x >> /var/log/creates.log"
+    creates: /var/lib/marker
+  - name: unless
+    run: "echo x >> /var/log/unless.log"
+    unless: "test -f /etc/hostname"
+  - name: onlyif
+    run: "echo x >> /var/log/onlyif.log"
+    onlyif: "test -f /etc/no-such-file"
+"#;
+    let repo = FleetRepo::minimal(&bed, &[("cmds", role)]);
+    for _ in 0..2 {
+        let out = repo.tk(&["apply", "--yes"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let count = |f: &str| {
+        bed.ssh_ok(0, &format!("cat {f} 2>/dev/null | wc -l"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        count("/var/log/once.log"),
+        "1",
+        "unguarded command runs once, not on every apply"
+    );
+    assert_eq!(count("/var/log/creates.log"), "1");
+    assert_eq!(count("/var/log/unless.log"), "0");
+    assert_eq!(count("/var/log/onlyif.log"), "0");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Changing the command makes it run again.
+    repo.write(
+        "roles/cmds.yaml",
+        &role.replace(
+            "date >> /var/log/once.log",
+            "date >> /var/log/once.log; true",
+        ),
+    );
+    repo.commit("change once");
+    let out = repo.tk(&["plan"]);
+    assert!(
+        stdout(&out).contains("command once  its command changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(repo.tk(&["apply", "--yes"]).status.code(), Some(0));
+    assert_eq!(count("/var/log/once.log"), "2");
+}
+
+#[test]
+fn a_host_locked_by_another_run_is_not_applied() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-test, content: \"hello\\n\"}\n",
+        )],
+    );
+    bed.ssh_ok(
+        0,
+        "mkdir -p /var/lib/tidekeeper; nohup flock /var/lib/tidekeeper/lock sleep 60 >/dev/null 2>&1 & sleep 0.2",
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("another tidekeeper run holds this host's lock"),
+        "{}",
+        text(&out)
+    );
+    assert!(!bed.ssh(0, "test -e /etc/tk-test").status.success());
+    bed.ssh_ok(0, "pkill -x flock; pkill -x sleep; true");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod dockerfile;
 mod engine;
+mod local;
 mod mutate;
 mod template;
 mod testbed;

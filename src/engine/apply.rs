@@ -509,7 +509,10 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
         };
         b.step(what, body);
     }
-    let final_inv = write_inventory("\"$S\"", &plan.inventory);
+    let mut final_inv = write_inventory("\"$S\"", &plan.inventory);
+    for h in &plan.settled_handlers {
+        final_inv.push_str(&format!("paid {} || return\n", q(h)));
+    }
     b.step(
         "record the inventory".into(),
         format!(

@@ -85,6 +85,10 @@ pub struct HostPlan {
     pub blocked: Vec<String>,
     #[serde(skip)]
     pub inventory: Inventory,
+    /// Handlers owed or notified that need not run (their unit is started
+    /// fresh by this run, or the handler left the config): cleared on apply.
+    #[serde(skip)]
+    pub settled_handlers: Vec<String>,
     /// Content of the persisted sysctl file, when a sysctl setting changes.
     #[serde(skip)]
     pub sysctl_conf: Option<String>,
@@ -572,9 +576,26 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             .entry(p.clone())
             .or_insert_with(|| "owed by an earlier run that did not finish".into());
     }
-    let handlers = host
+    // A restart is pointless for a unit this same run starts from stopped.
+    let started_now: BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| {
+            c.kind == "service"
+                && c.attrs
+                    .iter()
+                    .any(|a| a.name == "state" && a.after.as_deref() == Some("running"))
+        })
+        .map(|c| c.id.as_str())
+        .collect();
+    let handlers: Vec<HandlerRun> = host
         .handlers
         .iter()
+        .filter(|h| match &h.action {
+            crate::model::desired::HandlerAction::Restart(unit) => {
+                !started_now.contains(super::item::unit_name(unit).as_str())
+            }
+            _ => true,
+        })
         .filter_map(|h| {
             reasons.get(&h.name).map(|r| HandlerRun {
                 name: h.name.clone(),
@@ -582,6 +603,11 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
                 reason: r.clone(),
             })
         })
+        .collect();
+    let settled_handlers: Vec<String> = reasons
+        .keys()
+        .filter(|n| !handlers.iter().any(|h: &HandlerRun| h.name == **n))
+        .cloned()
         .collect();
     let daemon_reload = changes.iter().any(|c| {
         c.kind == "file"
@@ -691,6 +717,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         conf
     });
     HostPlan {
+        settled_handlers,
         sysctl_conf,
         host: host.name.clone(),
         changes,

@@ -1,0 +1,97 @@
+//! Pull mode: `provider: local` applies to the machine tidekeeper runs on,
+//! here confined to a root directory.
+
+use std::fs;
+
+use crate::support::fleet::{stdout, text};
+use crate::support::{TempDir, git, tidekeeper};
+
+fn repo_with(root: &std::path::Path, role: &str) -> TempDir {
+    let tmp = TempDir::new("local");
+    let p = tmp.path();
+    fs::create_dir_all(p.join("roles")).unwrap();
+    fs::create_dir_all(p.join("hosts")).unwrap();
+    fs::write(p.join("tidekeeper.yaml"), "fleet: local-test\n").unwrap();
+    fs::write(
+        p.join("hosts/dev.yaml"),
+        format!("provider: local\nroot: {}\nroles: [app]\n", root.display()),
+    )
+    .unwrap();
+    fs::write(p.join("roles/app.yaml"), role).unwrap();
+    git(p, &["init", "-q", "-b", "main"]);
+    git(p, &["add", "-A"]);
+    git(p, &["commit", "-q", "-m", "local"]);
+    tmp
+}
+
+fn tk(repo: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tidekeeper()
+        .args(args)
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn local_host_confined_to_a_root_directory() {
+    let root = TempDir::new("local-root");
+    let role = r#"
+directories:
+  - {path: /etc/app, mode: "0750"}
+files:
+  - {path: /etc/app/app.conf, content: "port = 8080\n", mode: "0640"}
+symlinks:
+  - {path: /etc/app/current, target: app.conf}
+"#;
+    let repo = repo_with(root.path(), role);
+    let out = tk(repo.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("+ dev file /etc/app/app.conf"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("+port = 8080"), "{}", text(&out));
+    let out = tk(repo.path(), &["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let conf = root.path().join("etc/app/app.conf");
+    assert_eq!(fs::read_to_string(&conf).unwrap(), "port = 8080\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&conf).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        fs::read_link(root.path().join("etc/app/current"))
+            .unwrap()
+            .to_str(),
+        Some("app.conf")
+    );
+    assert!(
+        root.path()
+            .join("var/lib/tidekeeper/inventory.json")
+            .exists()
+    );
+    let out = tk(repo.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Drift on the local machine is seen too.
+    fs::write(&conf, "port = 9090\n").unwrap();
+    let out = tk(repo.path(), &["plan"]);
+    assert!(stdout(&out).contains("-port = 9090"), "{}", text(&out));
+}
+
+#[test]
+fn a_confined_local_host_refuses_what_cannot_be_confined() {
+    let root = TempDir::new("local-root");
+    let repo = repo_with(root.path(), "packages:\n  present: [jq]\n");
+    let out = tk(repo.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(
+            "dev: error: dev manages package jq, which cannot be confined to the local root"
+        ),
+        "{}",
+        text(&out)
+    );
+}
