@@ -581,3 +581,49 @@ fn a_host_locked_by_another_run_is_not_applied() {
     let out = repo.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn a_non_root_login_user_works_through_sudo() {
+    let bed = Testbed::start(1);
+    let key = bed.public_key.trim().to_string();
+    let role = format!(
+        r#"
+groups:
+  - {{name: ops}}
+users:
+  - name: deploy
+    groups: [ops]
+    shell: /bin/bash
+    authorized_keys: ["{key}"]
+files:
+  - path: /etc/sudoers.d/ops
+    content: "%ops ALL=(ALL) NOPASSWD: ALL\n"
+    mode: "0440"
+    validate: visudo -cf %s
+"#
+    );
+    let repo = FleetRepo::minimal(&bed, &[("access", &role)]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  ssh:\n    user: deploy\n    sudo: true\n",
+    );
+    repo.write(
+        "roles/access.yaml",
+        &format!("{role}  - {{path: /root/only-root-can-write-here, content: \"via sudo\\n\"}}\n"),
+    );
+    repo.commit("log in as deploy");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(0, "cat /root/only-root-can-write-here"),
+        "via sudo\n"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "stat -c %U /root/only-root-can-write-here")
+            .trim(),
+        "root"
+    );
+}

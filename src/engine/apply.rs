@@ -131,6 +131,10 @@ fn write_inventory(state: &str, inv: &Inventory) -> String {
     s
 }
 
+fn same_entries(a: &Inventory, b: &Inventory) -> bool {
+    a.resources.len() == b.resources.len() && a.resources.iter().all(|e| b.resources.contains(e))
+}
+
 /// Build the apply script for a plan. `run_id` names the backup directory.
 pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
     let state = q(&format!("{root}{STATE_DIR}"));
@@ -172,10 +176,17 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
             });
         }
     }
-    b.step(
-        "record the inventory".into(),
-        write_inventory("\"$S\"", &union),
-    );
+    for e in &plan.previous_inventory.resources {
+        if !union.resources.contains(e) {
+            union.resources.push(e.clone());
+        }
+    }
+    if !same_entries(&union, &plan.previous_inventory) {
+        b.step(
+            "record the inventory".into(),
+            write_inventory("\"$S\"", &union),
+        );
+    }
 
     let owes = |c: &Change| -> String {
         c.notify
@@ -509,14 +520,18 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
         };
         b.step(what, body);
     }
-    let mut final_inv = write_inventory("\"$S\"", &plan.inventory);
+    let mut final_inv = if plan.inventory == plan.previous_inventory {
+        String::new()
+    } else {
+        write_inventory("\"$S\"", &plan.inventory)
+    };
     for h in &plan.settled_handlers {
         final_inv.push_str(&format!("paid {} || return\n", q(h)));
     }
     b.step(
         "record the inventory".into(),
         format!(
-            "{final_inv}ls -1dt \"$S\"/backups/*/ 2>/dev/null | tail -n +{} | xargs -r rm -rf || return\n",
+            "{final_inv}if [ -d \"$B\" ]; then ls -1dt \"$S\"/backups/*/ | tail -n +{} | xargs -r rm -rf || return; fi\n",
             BACKUP_RUNS + 1
         ),
     );

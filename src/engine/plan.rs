@@ -85,6 +85,9 @@ pub struct HostPlan {
     pub blocked: Vec<String>,
     #[serde(skip)]
     pub inventory: Inventory,
+    /// The inventory the host had before, as observed.
+    #[serde(skip)]
+    pub previous_inventory: Inventory,
     /// Handlers owed or notified that need not run (their unit is started
     /// fresh by this run, or the handler left the config): cleared on apply.
     #[serde(skip)]
@@ -717,6 +720,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         conf
     });
     HostPlan {
+        previous_inventory: obs.inventory.clone(),
         settled_handlers,
         sysctl_conf,
         host: host.name.clone(),

@@ -1,0 +1,160 @@
+//! Benchmark "fleet-200": 8 real hosts, each with 200 small files, 2 users
+//! with keys, 1 systemd service and 1 package. Measures the `tidekeeper`
+//! command end to end (process start, git, model, SSH, probe, plan, apply)
+//! for a cold apply, a no-op plan and a one-changed-file apply, each next to
+//! the floor measured in the same run: one SSH connection to every host in
+//! parallel running `sha256sum` over the 200 files. Also the controller's
+//! peak RSS. `cargo bench --bench fleet` (as root); results go in
+//! docs/benchmarks.md.
+
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::fleet::{FleetRepo, text};
+use support::testbed::Testbed;
+use tidekeeper::transport::{HostKeyPolicy, Ssh, SshTarget};
+
+const HOSTS: usize = 8;
+const FILES: usize = 200;
+const RUNS: usize = 5;
+
+fn role(version: &str, bed: &Testbed) -> String {
+    let key = bed.public_key.trim();
+    let mut s = String::from("packages:\n  present: [jq]\nusers:\n");
+    for u in ["alice", "bob"] {
+        s.push_str(&format!(
+            "  - {{name: {u}, shell: /bin/bash, authorized_keys: [\"{key}\"]}}\n"
+        ));
+    }
+    s.push_str(
+        "services:\n  - {name: bench, enabled: true, state: running}\nfiles:\n  - path: /etc/systemd/system/bench.service\n    content: |\n      [Service]\n      ExecStart=/bin/sleep infinity\n      [Install]\n      WantedBy=multi-user.target\n",
+    );
+    for i in 0..FILES {
+        let v = if i == 0 { version } else { "v1" };
+        s.push_str(&format!(
+            "  - {{path: /srv/bench/f{i:03}.conf, content: \"{v} setting {i} = {}\\n\"}}\n",
+            i * 7
+        ));
+    }
+    s
+}
+
+/// Peak resident set of any child waited for so far, in MiB.
+fn children_peak_rss_mib() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
+}
+
+fn timed(repo: &FleetRepo, args: &[&str], want: i32) -> Duration {
+    let t = Instant::now();
+    let out = repo.tk(args);
+    let d = t.elapsed();
+    assert_eq!(out.status.code(), Some(want), "{}", text(&out));
+    d
+}
+
+fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> Duration {
+    let targets: Vec<SshTarget> = bed
+        .hosts
+        .iter()
+        .map(|h| {
+            let mut parts = h.host_key.split_whitespace();
+            let (kind, key) = (
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().to_string(),
+            );
+            SshTarget {
+                name: h.name.clone(),
+                addr: (h.address, h.port).into(),
+                user: "root".into(),
+                key_file: Some(bed.key.to_str().unwrap().to_string()),
+                host_keys: HostKeyPolicy::Pinned(vec![(kind, key)]),
+                sudo: false,
+                connect_timeout: Duration::from_secs(10),
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for target in targets {
+            tasks.push(tokio::spawn(async move {
+                let ssh = Ssh::connect(target).await.expect("connect");
+                let out = ssh
+                    .run_script("sha256sum /srv/bench/*.conf", Duration::from_secs(30))
+                    .await
+                    .expect("sha256sum");
+                assert!(out.success());
+                assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), FILES);
+                ssh.close().await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let bed = Testbed::start(HOSTS);
+    let repo = FleetRepo::minimal(&bed, &[("bench", &role("v1", &bed))]);
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+
+    let cold = timed(&repo, &["apply", "--yes"], 0);
+    let floors: Vec<Duration> = (0..RUNS).map(|_| floor(&bed, &rt)).collect();
+    let noop: Vec<Duration> = (0..RUNS)
+        .map(|_| timed(&repo, &["plan", "--detailed-exitcode"], 0))
+        .collect();
+    let mut one = Vec::new();
+    for run in 0..RUNS {
+        repo.write("roles/bench.yaml", &role(&format!("v{}", run + 2), &bed));
+        repo.commit("change one file");
+        one.push(timed(&repo, &["apply", "--yes"], 0));
+    }
+    let floor = median(floors.clone());
+    let (noop, one) = (median(noop), median(one));
+    println!(
+        "fleet-200: {HOSTS} hosts × {FILES} files, 2 users, 1 service, 1 package; median of {RUNS}"
+    );
+    println!(
+        "  floor (connect + sha256sum, all hosts in parallel): {} (runs: {:?})",
+        ms(floor),
+        floors.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+    );
+    println!("  cold apply:            {}", ms(cold));
+    println!(
+        "  no-op plan:            {}  = {:.2}× floor (target ≤ 2×)",
+        ms(noop),
+        noop.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  one-changed-file apply {}  = {:.2}× floor (target ≤ 3×)",
+        ms(one),
+        one.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  controller peak RSS:   {:.1} MiB (target < 50 MB)",
+        children_peak_rss_mib()
+    );
+}
