@@ -627,3 +627,67 @@ files:
         "root"
     );
 }
+
+#[test]
+fn keys_from_an_ssh_agent_are_used_when_no_key_file_is_given() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-agent, content: \"agent\\n\"}\n",
+        )],
+    );
+    let tmp = crate::support::TempDir::new("agent");
+    let sock = tmp.path().join("agent.sock");
+    let out = std::process::Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let text_out = String::from_utf8_lossy(&out.stdout).to_string();
+    let pid: i32 = text_out
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .expect("ssh-agent prints its pid");
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGTERM) };
+        }
+    }
+    let _agent = Kill(pid);
+    let add = std::process::Command::new("ssh-add")
+        .arg(&bed.key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let run = |sock: Option<&std::path::Path>| {
+        let mut cmd = crate::support::tidekeeper();
+        cmd.args(["apply", "--yes", "--repo"])
+            .arg(&repo.path)
+            .env_remove("TIDEKEEPER_SSH_KEY");
+        match sock {
+            Some(s) => cmd.env("SSH_AUTH_SOCK", s),
+            None => cmd.env_remove("SSH_AUTH_SOCK"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("no key file configured (defaults.ssh.key) and no ssh-agent"),
+        "{}",
+        text(&out)
+    );
+    let out = run(Some(&sock));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-agent"), "agent\n");
+}

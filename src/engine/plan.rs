@@ -732,3 +732,132 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         inventory,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::item::items;
+    use crate::engine::probe::{self, PathState};
+    use crate::source::ConfigTree;
+
+    fn host(role: &str) -> Host {
+        let mut t = ConfigTree::new();
+        t.insert_file("tidekeeper.yaml", "fleet: t\n");
+        t.insert_file(
+            "hosts/h.yaml",
+            "provider: existing\naddress: 10.0.0.1\nroles: [r]\n",
+        );
+        t.insert_file("roles/r.yaml", role);
+        t.insert_file("secrets/token.age", "x");
+        let fleet = crate::model::load(&t).unwrap_or_else(|d| panic!("{d}"));
+        fleet.hosts[0].clone()
+    }
+
+    fn file_state(size: u64) -> PathState {
+        PathState {
+            kind: PathKind::File,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            size,
+            link_target: None,
+        }
+    }
+
+    #[test]
+    fn sensitive_content_never_appears_in_a_plan() {
+        let h =
+            host("files:\n  - {path: /etc/app/token, content: \"hunter2\\n\", sensitive: true}\n");
+        let it = items(&h);
+        let mut obs = Observed::default();
+        obs.paths.insert("/etc/app/token".into(), file_state(8));
+        obs.content_differs.insert("/etc/app/token".into());
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        assert_eq!(p.changes.len(), 1);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert_eq!(
+            p.changes[0].note.as_deref(),
+            Some("(sensitive content changed)")
+        );
+        assert!(p.changes[0].diff.is_none());
+    }
+
+    #[test]
+    fn a_matching_host_needs_nothing() {
+        let h = host("files:\n  - {path: /etc/motd, content: \"hi\\n\", mode: \"0644\"}\n");
+        let it = items(&h);
+        let mut obs = Observed::default();
+        obs.paths.insert("/etc/motd".into(), file_state(3));
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        assert!(!p.has_changes(), "{:?}", p.changes);
+        // Only the mode differs: an update of that attribute, no content.
+        obs.paths.get_mut("/etc/motd").unwrap().mode = 0o600;
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        assert_eq!(p.changes[0].attrs[0].name, "mode");
+        assert!(p.changes[0].diff.is_none());
+    }
+
+    #[test]
+    fn mass_delete_is_blocked_unless_allowed() {
+        let role: String = (0..4)
+            .map(|i| format!("  - {{path: /etc/keep{i}, content: \"k\\n\"}}\n"))
+            .collect();
+        let h = host(&format!("files:\n{role}"));
+        let it = items(&h);
+        let observed = |gone: usize| {
+            let mut obs = Observed::default();
+            let paths = (0..4)
+                .map(|i| format!("/etc/keep{i}"))
+                .chain((0..gone).map(|i| format!("/etc/gone{i}")));
+            for path in paths {
+                obs.paths.insert(path.clone(), file_state(2));
+                obs.inventory.resources.push(InventoryEntry {
+                    kind: "file".into(),
+                    id: path,
+                    created: false,
+                });
+            }
+            obs
+        };
+        let p = plan_host(&h, &it, &observed(4), PlanOptions::default());
+        assert_eq!(p.count(Action::Delete), 4);
+        assert_eq!(p.blocked.len(), 1, "4 of 8 is more than a quarter");
+        let allowed = PlanOptions {
+            allow_mass_delete: true,
+        };
+        assert!(plan_host(&h, &it, &observed(4), allowed).blocked.is_empty());
+        let p = plan_host(&h, &it, &observed(1), PlanOptions::default());
+        assert_eq!(p.count(Action::Delete), 1);
+        assert!(p.blocked.is_empty(), "1 of 5 is not: {:?}", p.blocked);
+        let p = plan_host(&h, &it, &observed(21), allowed);
+        assert_eq!(p.count(Action::Delete), 21);
+    }
+
+    #[test]
+    fn ufw_allow_rules_come_before_the_default_deny() {
+        let h = host("firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n");
+        let it = items(&h);
+        let obs = probe::parse("E\tend\n", "", &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, "", "run").text;
+        let allow = script
+            .find("ufw allow 22/tcp comment 'ssh'")
+            .expect("allow rule");
+        let deny = script
+            .find("ufw default deny incoming")
+            .expect("default deny");
+        let enable = script.find("ufw --force enable").expect("enable");
+        assert!(allow < deny && deny < enable, "{script}");
+    }
+
+    #[test]
+    fn probe_output_without_its_end_marker_is_refused() {
+        let h = host("files:\n  - {path: /etc/motd, content: \"hi\\n\"}\n");
+        let it = items(&h);
+        assert!(matches!(
+            probe::parse("S\tregular file\t644\troot\troot\t3\t/etc/motd\n", "", &it),
+            Err(probe::ProbeError::Truncated)
+        ));
+    }
+}
