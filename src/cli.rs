@@ -355,6 +355,31 @@ fn init(dir: &Path) -> u8 {
     }
 }
 
+/// The demo's own host: this machine, confined to a directory next to the repo.
+const DEMO_HOST: &str = "demo-local";
+
+const DEMO_ROLE: &str = r#"description: What the demo applies to this machine, confined to a directory (see hosts/demo-local.yaml).
+directories:
+  - {path: /etc/acme, mode: "0755"}
+  - {path: /srv/www, mode: "0755"}
+files:
+  - {path: /etc/motd, source: motd, mode: "0644"}
+  - {path: /etc/acme/fleet.json, template: demo-fleet.json.j2, mode: "0644"}
+  - path: /srv/www/index.html
+    content: |
+      <h1>Hello from the acme fleet</h1>
+    mode: "0644"
+symlinks:
+  - {path: /srv/www/current, target: /srv/www/index.html}
+commands:
+  - name: first-boot-marker
+    run: date -u > "${TK_ROOT:-}/etc/acme/.first-boot"
+    creates: /etc/acme/.first-boot
+"#;
+
+const DEMO_TEMPLATE: &str = r#"{"fleet": {{ fleet.name | tojson }}, "host": {{ host.name | tojson }}, "admin": {{ admin_email | tojson }}}
+"#;
+
 fn demo(dir: &Path) -> u8 {
     if !dir.join(".git").exists() {
         let code = init(dir);
@@ -369,10 +394,74 @@ fn demo(dir: &Path) -> u8 {
         refname: "HEAD".into(),
     };
     let code = validate(&args, Format::Human);
+    if code != EXIT_OK {
+        return code;
+    }
+    // The cloud and existing hosts of the example cannot be reached from
+    // here, so the demo adds this machine, confined to a directory, and
+    // reconciles it: plan, apply, plan again.
+    let abs = match std::fs::canonicalize(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    };
+    let root = PathBuf::from(format!("{}-root", abs.display()));
+    let host_file = dir.join("hosts").join(format!("{DEMO_HOST}.yaml"));
+    if !host_file.exists() {
+        let written = (|| -> Result<String, String> {
+            std::fs::write(
+                &host_file,
+                format!(
+                    "# This machine, in pull mode, confined to a directory for the demo.\n\
+                     provider: local\nroot: {}\nroles: [demo-local]\n",
+                    root.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("roles/demo-local.yaml"), DEMO_ROLE)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("templates/demo-fleet.json.j2"), DEMO_TEMPLATE)
+                .map_err(|e| e.to_string())?;
+            let git = git2::Repository::open(dir).map_err(|e| e.to_string())?;
+            source::commit_all(
+                &git,
+                "demo: reconcile this machine, confined to a directory",
+            )
+            .map_err(|e| e.to_string())
+        })();
+        if let Err(e) = written {
+            eprintln!("error: cannot add the demo host to {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    }
+    let hosts = HostArgs {
+        hosts: vec![DEMO_HOST.into()],
+        parallel: None,
+        ssh_key: None,
+        allow_mass_delete: false,
+    };
+    println!(
+        "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
+        root.display()
+    );
+    let code = plan(&args, &hosts, false, false);
+    if code != EXIT_OK {
+        return code;
+    }
+    println!("\n$ tidekeeper apply --host {DEMO_HOST} --yes");
+    let code = apply(&args, &hosts, true, false);
+    if code != EXIT_OK {
+        return code;
+    }
+    println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
+    let code = plan(&args, &hosts, false, false);
     if code == EXIT_OK {
         println!(
-            "\nTry it: edit {0}/roles/base.yaml (or break something in hosts/), `git -C {0} commit -am change`,\n\
-             then `tidekeeper validate --repo {0}` and `tidekeeper show platform --repo {0}`.",
+            "\nTry it: edit {0}/etc/motd by hand and run `tidekeeper plan --repo {1} --host {DEMO_HOST}` to see the drift;\n\
+             `tidekeeper apply --repo {1} --host {DEMO_HOST}` puts it back. Edit roles/demo-local.yaml, commit, and plan again.",
+            root.display(),
             dir.display()
         );
     }

@@ -261,8 +261,37 @@ fn demo_sets_up_and_validates_the_example_fleet() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("valid: fleet \"acme\""), "{stdout}");
-    // Running it again reuses the repo.
+    // It reconciles this machine, confined to DIR-root: plan, apply, plan.
+    assert!(
+        stdout.contains("Plan: 6 to add, 0 to change, 0 to destroy, 1 to run."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Apply complete."), "{stdout}");
+    assert!(
+        stdout
+            .trim_end()
+            .contains("No changes. Hosts match the configuration."),
+        "{stdout}"
+    );
+    let root = tmp.path().join("demo-root");
+    let motd = std::fs::read_to_string(root.join("etc/motd")).unwrap();
+    assert!(motd.contains("managed by tidekeeper"), "{motd}");
+    let fleet_json = std::fs::read_to_string(root.join("etc/acme/fleet.json")).unwrap();
+    assert_eq!(
+        fleet_json,
+        "{\"fleet\": \"acme\", \"host\": \"demo-local\", \"admin\": \"ops@acme.example\"}\n"
+    );
+    assert!(
+        root.join("etc/acme/.first-boot").exists(),
+        "the guarded command ran"
+    );
+    // Running it again reuses the repo and finds nothing to do.
     let out = tidekeeper().arg("demo").arg(&dir).output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Using the existing demo repo"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Using the existing demo repo"));
+    assert!(
+        !stdout.contains("Plan: "),
+        "second demo run has nothing to do: {stdout}"
+    );
 }

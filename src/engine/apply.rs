@@ -145,7 +145,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
         written: vec![],
     };
     b.text.push_str(&format!(
-        "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nS={state}\n\
+        "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nTK_ROOT=\"$R\"; export TK_ROOT\nS={state}\n\
          mkdir -p \"$S\" || exit 1\nexec 9>\"$S/lock\"\n\
          if ! flock -n 9; then echo '@@locked'; exit 75; fi\n\
          B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\

@@ -138,7 +138,8 @@ const HEREDOC: &str = "TK_EOF_5f1c";
 /// The probe script for a host's items. `root` prefixes every path.
 pub fn script(items: &[Item], root: &str) -> String {
     let p = |path: &str| format!("{root}{path}");
-    let mut s = String::from("exec 2>/dev/null\n");
+    // Guards see the local root as TK_ROOT, like the commands they guard.
+    let mut s = format!("exec 2>/dev/null\nTK_ROOT={}; export TK_ROOT\n", q(root));
     let state = p(STATE_DIR);
     // Paths: one stat for all.
     let mut paths: Vec<String> = items.iter().filter_map(|i| i.path()).map(p).collect();
