@@ -691,3 +691,24 @@ fn keys_from_an_ssh_agent_are_used_when_no_key_file_is_given() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-agent"), "agent\n");
 }
+
+#[test]
+fn rolling_apply_stops_after_a_failed_canary() {
+    let bed = Testbed::start(3);
+    let role = "files:\n  - {path: /etc/tk-roll, content: \"rolled\\n\"}\ncommands:\n  - {name: check, run: \"[ ! -e /etc/tk-fail ]\"}\n";
+    let repo = FleetRepo::minimal(&bed, &[("app", role)]);
+    bed.ssh_ok(0, "touch /etc/tk-fail");
+    let out = repo.tk(&["apply", "--yes", "--rolling", "--parallel", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(report.contains("not applied: an earlier host failed (rolling)"), "{report}");
+    for i in 1..3 {
+        assert!(!bed.ssh(i, "test -e /etc/tk-roll").status.success(), "host {i} untouched after the canary failed");
+    }
+    bed.ssh_ok(0, "rm /etc/tk-fail");
+    let out = repo.tk(&["apply", "--yes", "--rolling", "--parallel", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for i in 0..3 {
+        assert_eq!(bed.ssh_ok(i, "cat /etc/tk-roll"), "rolled\n");
+    }
+}
