@@ -7,6 +7,7 @@
 //! - [`schedule`]: cron, time zones and maintenance windows (pure).
 //! - [`cli`]: the `tidekeeper` command.
 
+pub mod badge;
 pub mod cli;
 pub mod engine;
 pub mod model;

@@ -701,9 +701,15 @@ fn rolling_apply_stops_after_a_failed_canary() {
     let out = repo.tk(&["apply", "--yes", "--rolling", "--parallel", "2"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
-    assert!(report.contains("not applied: an earlier host failed (rolling)"), "{report}");
+    assert!(
+        report.contains("not applied: an earlier host failed (rolling)"),
+        "{report}"
+    );
     for i in 1..3 {
-        assert!(!bed.ssh(i, "test -e /etc/tk-roll").status.success(), "host {i} untouched after the canary failed");
+        assert!(
+            !bed.ssh(i, "test -e /etc/tk-roll").status.success(),
+            "host {i} untouched after the canary failed"
+        );
     }
     bed.ssh_ok(0, "rm /etc/tk-fail");
     let out = repo.tk(&["apply", "--yes", "--rolling", "--parallel", "2"]);
