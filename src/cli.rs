@@ -64,6 +64,30 @@ pub enum Format {
     Json,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `500ms`, `30s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 60s"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check the config repo at a commit; report every problem with file:line:column.
@@ -109,6 +133,47 @@ pub enum Command {
         #[arg(long)]
         rolling: bool,
     },
+    /// Run the reconciler: poll (and take webhooks), apply new commits, watch for drift, report back.
+    Run {
+        /// The config repo to follow: a path or a URL git can fetch (file://).
+        #[arg(long, env = "TIDEKEEPER_REPO")]
+        repo: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Where the daemon keeps its mirror of the repo.
+        #[arg(
+            long,
+            default_value = "/var/lib/tidekeeper-daemon",
+            env = "TIDEKEEPER_STATE_DIR"
+        )]
+        state_dir: PathBuf,
+        /// Address of the HTTP server (status page, metrics, webhook).
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: std::net::SocketAddr,
+        /// Poll interval (e.g. 60s, 5m); default: the fleet's `intervals.poll`.
+        #[arg(long, value_parser = parse_duration)]
+        poll: Option<std::time::Duration>,
+        /// Drift check interval; default: the fleet's `intervals.drift`.
+        #[arg(long, value_parser = parse_duration)]
+        drift: Option<std::time::Duration>,
+        /// Shared secret for webhook signatures (GitHub or Gitea HMAC-SHA256).
+        #[arg(long, env = "TIDEKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+        #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+        ssh_key: Option<String>,
+        /// Do not watch a local repo for commits (polling and webhooks still work).
+        #[arg(long)]
+        no_watch: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Ask a running daemon to retry its quarantined commit.
+    Retry {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+    },
     /// Create a new config repo from the built-in example fleet.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -138,6 +203,32 @@ pub fn run(cli: Cli) -> ExitCode {
             yes,
             rolling,
         } => apply(&repo, &hosts, yes, rolling),
+        Command::Run {
+            repo,
+            branch,
+            state_dir,
+            listen,
+            poll,
+            drift,
+            webhook_secret,
+            ssh_key,
+            no_watch,
+            log_format,
+        } => run_daemon(
+            crate::daemon::Config {
+                repo,
+                branch,
+                state_dir,
+                listen,
+                poll,
+                drift,
+                webhook_secret,
+                ssh_key,
+                watch: !no_watch,
+            },
+            log_format,
+        ),
+        Command::Retry { daemon } => retry(daemon),
         Command::Init { dir } => init(&dir),
         Command::Demo { dir } => demo(&dir),
     };
@@ -626,5 +717,53 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     } else {
         println!("Apply complete.");
         EXIT_OK
+    }
+}
+
+fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+    match runtime().block_on(crate::daemon::run(cfg)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// POST /retry to a running daemon (plain HTTP/1.1 on loopback).
+fn retry(addr: std::net::SocketAddr) -> u8 {
+    use std::io::Read;
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.write_all(format!("POST /retry HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
+            println!("The daemon at {addr} will retry its quarantined commit.");
+            EXIT_OK
+        }
+        Ok(resp) => {
+            eprintln!(
+                "error: the daemon at {addr} answered: {}",
+                resp.lines().next().unwrap_or("")
+            );
+            EXIT_INVALID
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the daemon at {addr}: {e}");
+            EXIT_USAGE
+        }
     }
 }

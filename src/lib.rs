@@ -9,6 +9,7 @@
 
 pub mod badge;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod model;
 pub mod schedule;

@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod daemon;
 mod dockerfile;
 mod engine;
 mod local;

@@ -119,5 +119,6 @@ pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }
 
+pub mod daemon;
 pub mod fleet;
 pub mod testbed;

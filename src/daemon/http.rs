@@ -1,0 +1,174 @@
+//! The daemon's HTTP side: health, metrics, status, badges, the status page,
+//! the git webhook (HMAC-verified) and `retry`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::Shared;
+use super::status;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status_json))
+        .route("/badges/{name}", get(badge))
+        .route("/hooks/git", post(webhook))
+        .route("/retry", post(retry))
+        .with_state(shared)
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no successful fetch yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let text = status::prometheus(&s.status.lock().unwrap(), &s.metrics.lock().unwrap());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn status_json(State(s): State<Arc<Shared>>) -> Response {
+    let st = s.status.lock().unwrap().clone();
+    let mut v = serde_json::to_value(&st).expect("status serializes");
+    v["state"] = st.state().0.into();
+    axum::Json(v).into_response()
+}
+
+async fn page(State(s): State<Arc<Shared>>) -> Html<String> {
+    Html(status::html(&s.status.lock().unwrap()))
+}
+
+async fn badge(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    let Some(name) = name.strip_suffix(".svg") else {
+        return (StatusCode::NOT_FOUND, "badges end in .svg\n").into_response();
+    };
+    let files = s.status.lock().unwrap().files();
+    match files.get(&format!("badges/{name}.svg")) {
+        Some(svg) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            svg.clone(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no badge named {name}\n")).into_response(),
+    }
+}
+
+/// Check a webhook body against GitHub's `X-Hub-Signature-256: sha256=<hex>`
+/// or Gitea's `X-Gitea-Signature: <hex>`, in constant time.
+pub fn signature_ok(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let given = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .or_else(|| {
+            headers
+                .get("x-gitea-signature")
+                .and_then(|v| v.to_str().ok())
+        });
+    let Some(hex) = given else { return false };
+    let Some(bytes) = decode_hex(hex.trim()) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    mac.verify_slice(&bytes).is_ok()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(secret) = &s.webhook_secret
+        && !signature_ok(secret, &headers, &body)
+    {
+        s.metrics.lock().unwrap().webhook_rejected += 1;
+        let why = if headers.contains_key("x-hub-signature-256")
+            || headers.contains_key("x-gitea-signature")
+        {
+            "wrong signature"
+        } else {
+            "unsigned"
+        };
+        s.note_stale(
+            "webhook",
+            format!(
+                "webhook rejected ({why}) at {}: check the webhook secret on the forge",
+                chrono::Utc::now().to_rfc3339()
+            ),
+        );
+        tracing::warn!(why, "webhook rejected");
+        return (StatusCode::UNAUTHORIZED, format!("rejected: {why}\n")).into_response();
+    }
+    s.clear_stale("webhook");
+    s.metrics.lock().unwrap().webhook_accepted += 1;
+    s.poke();
+    (StatusCode::ACCEPTED, "fetching\n").into_response()
+}
+
+async fn retry(State(s): State<Arc<Shared>>) -> Response {
+    s.retry.store(true, Ordering::SeqCst);
+    s.poke();
+    (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_and_gitea_signatures() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(body);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut gh = HeaderMap::new();
+        gh.insert(
+            "x-hub-signature-256",
+            format!("sha256={hex}").parse().unwrap(),
+        );
+        assert!(signature_ok(b"s3cret", &gh, body));
+        assert!(!signature_ok(b"other", &gh, body));
+        assert!(!signature_ok(b"s3cret", &gh, b"tampered"));
+        let mut gitea = HeaderMap::new();
+        gitea.insert("x-gitea-signature", hex.parse().unwrap());
+        assert!(signature_ok(b"s3cret", &gitea, body));
+        assert!(!signature_ok(b"s3cret", &HeaderMap::new(), body));
+        let mut bad = HeaderMap::new();
+        bad.insert("x-hub-signature-256", "sha256=zz".parse().unwrap());
+        assert!(!signature_ok(b"s3cret", &bad, body));
+    }
+}

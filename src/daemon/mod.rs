@@ -1,0 +1,621 @@
+//! `tidekeeper run`: the long-running reconciler. Level-triggered: every
+//! trigger (poll timer, webhook, file watch, drift timer, retry) only says
+//! "look again"; the loop fetches, and acts on what it finds.
+//!
+//! - [`mirror`]: the bare mirror; status branch and notes pushed with a lease.
+//! - [`status`]: status, badges, metrics, the status page (pure).
+//! - [`http`]: the HTTP server.
+
+pub mod http;
+pub mod mirror;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::engine::{self, HostResult};
+use crate::model::desired::{DriftMode, Fleet};
+use crate::source::ConfigTree;
+use mirror::Mirror;
+use status::{FleetStatus, HostState, HostStatus, Invalid, Metrics, Quarantine};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config repo: a path or URL git can fetch from.
+    pub repo: String,
+    pub branch: String,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Overrides the fleet's `intervals.poll`.
+    pub poll: Option<Duration>,
+    /// Overrides the fleet's `intervals.drift`.
+    pub drift: Option<Duration>,
+    pub webhook_secret: Option<String>,
+    pub ssh_key: Option<String>,
+    /// Watch a local repo's refs for instant feedback.
+    pub watch: bool,
+}
+
+/// State shared between the loop and the HTTP server.
+pub struct Shared {
+    pub status: Mutex<FleetStatus>,
+    pub metrics: Mutex<Metrics>,
+    pub trigger: Notify,
+    pub retry: AtomicBool,
+    pub ready: AtomicBool,
+    pub webhook_secret: Option<Vec<u8>>,
+    stale: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl Shared {
+    /// "Look again."
+    pub fn poke(&self) {
+        self.metrics.lock().unwrap().queue = 1;
+        self.trigger.notify_one();
+    }
+    pub fn note_stale(&self, key: &'static str, why: String) {
+        let mut s = self.stale.lock().unwrap();
+        s.insert(key, why);
+        self.status.lock().unwrap().stale = s.values().cloned().collect();
+    }
+    pub fn clear_stale(&self, key: &'static str) {
+        let mut s = self.stale.lock().unwrap();
+        if s.remove(key).is_some() {
+            self.status.lock().unwrap().stale = s.values().cloned().collect();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Mirror(#[from] mirror::MirrorError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("state directory {path}: {reason}")]
+    State { path: String, reason: String },
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+struct Loop {
+    cfg: Config,
+    shared: Arc<Shared>,
+    mirror: Arc<Mutex<Mirror>>,
+    /// Last valid desired state, kept while newer commits are invalid.
+    good: Option<(String, Arc<Fleet>)>,
+    last_seen: Option<String>,
+    last_fetch: Option<Instant>,
+    fetch_failures: u32,
+    shutdown: Arc<AtomicBool>,
+    /// A host was locked by another run: apply the commit again soon.
+    relook: bool,
+}
+
+impl Loop {
+    fn poll_interval(&self) -> Duration {
+        self.cfg.poll.unwrap_or_else(|| {
+            Duration::from_secs(
+                self.good
+                    .as_ref()
+                    .map(|g| g.1.settings.poll_interval_secs)
+                    .unwrap_or(60),
+            )
+        })
+    }
+    fn drift_interval(&self) -> Duration {
+        self.cfg.drift.unwrap_or_else(|| {
+            Duration::from_secs(
+                self.good
+                    .as_ref()
+                    .map(|g| g.1.settings.drift_interval_secs)
+                    .unwrap_or(600),
+            )
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mirror) -> T + Send + 'static,
+    ) -> T {
+        let m = self.mirror.clone();
+        tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
+            .await
+            .expect("git task")
+    }
+
+    /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
+    async fn fetch(&mut self) -> Option<String> {
+        match self.blocking(|m| m.fetch()).await {
+            Ok(oid) => {
+                self.fetch_failures = 0;
+                self.last_fetch = Some(Instant::now());
+                self.shared.ready.store(true, Ordering::SeqCst);
+                self.shared.clear_stale("fetch");
+                let mut m = self.shared.metrics.lock().unwrap();
+                m.last_sync_unix = Some(chrono::Utc::now().timestamp());
+                self.shared.status.lock().unwrap().last_fetch_ok = Some(now());
+                Some(oid.to_string())
+            }
+            Err(e) => {
+                self.fetch_failures += 1;
+                self.shared.metrics.lock().unwrap().fetch_failures += 1;
+                warn!(error = %e, failures = self.fetch_failures, "fetch failed");
+                let stale_after = self.poll_interval() * 3;
+                let stale = self.last_fetch.is_none_or(|t| t.elapsed() >= stale_after);
+                if stale || self.fetch_failures >= 3 {
+                    self.shared.note_stale(
+                        "fetch",
+                        format!(
+                            "no successful fetch of {} for {} attempts: {e}",
+                            self.cfg.repo, self.fetch_failures
+                        ),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    async fn push_status(&self, note: Option<(String, String)>) {
+        let files = self.shared.status.lock().unwrap().files();
+        let commit_msg = format!("tidekeeper status at {}", now());
+        let res = self
+            .blocking(move |m| -> Result<(), mirror::MirrorError> {
+                m.push_status(&files, &commit_msg)?;
+                if let Some((commit, text)) = note {
+                    let oid = git2::Oid::from_str(&commit).map_err(mirror::MirrorError::Git)?;
+                    m.push_note(oid, &text)?;
+                }
+                Ok(())
+            })
+            .await;
+        match res {
+            Ok(()) => self.shared.clear_stale("push"),
+            Err(e) => {
+                error!(error = %e, "status push failed");
+                self.shared.metrics.lock().unwrap().status_push_failures += 1;
+                self.shared
+                    .note_stale("push", format!("status push failed: {e}"));
+            }
+        }
+    }
+
+    /// Load a commit's config: the fleet, or its errors as `file:line:col` lines.
+    async fn load(&self, commit: &str) -> Result<Fleet, Vec<String>> {
+        let path = self.mirror.lock().unwrap().path.clone();
+        let c = commit.to_string();
+        tokio::task::spawn_blocking(move || {
+            let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
+            crate::model::load(&tree).map_err(|d| {
+                d.to_string()
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+        })
+        .await
+        .expect("load task")
+    }
+
+    fn options(&self, fleet: &Fleet) -> engine::Options {
+        engine::Options {
+            parallel: fleet.settings.parallelism.max(1) as usize,
+            ssh_key: self.cfg.ssh_key.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Plan (and apply) every host; update host statuses.
+    async fn reconcile(&mut self, commit: &str, fleet: Arc<Fleet>, apply: bool) -> Vec<HostStatus> {
+        let started = Instant::now();
+        let opts = Arc::new(self.options(&fleet));
+        let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+        let quiet: engine::Progress = Arc::new(|_| {});
+        let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
+        let results = if apply {
+            engine::apply_all(planned, opts, quiet).await
+        } else {
+            engine::finish(planned).await
+        };
+        let mut out = Vec::new();
+        let mut st = self.shared.status.lock().unwrap();
+        let mut metrics = self.shared.metrics.lock().unwrap();
+        for r in &results {
+            let prev = st
+                .hosts
+                .get(&r.host)
+                .cloned()
+                .unwrap_or_else(|| HostStatus::new(&r.host));
+            let h = host_status(prev, r, commit, apply);
+            info!(host = %r.host, state = h.state.word(), result = h.last_result.as_deref().unwrap_or(""), "host reconciled");
+            let result = h.state.word().to_string();
+            *metrics
+                .reconciles
+                .entry((r.host.clone(), result))
+                .or_default() += 1;
+            let d = metrics.durations.entry(r.host.clone()).or_default();
+            d.0 += r.elapsed.as_secs_f64();
+            d.1 += 1;
+            st.hosts.insert(r.host.clone(), h.clone());
+            out.push(h);
+        }
+        // Hosts that left the config leave the status too.
+        st.hosts.retain(|name, _| fleet.host(name).is_some());
+        st.last_reconcile = Some(now());
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconcile done"
+        );
+        out
+    }
+
+    /// A new commit on the branch.
+    async fn on_commit(&mut self, commit: String) {
+        let span = info_span!("commit", commit = %&commit[..12]);
+        async {
+            let retry = self.shared.retry.swap(false, Ordering::SeqCst);
+            {
+                let st = self.shared.status.lock().unwrap();
+                if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
+                    info!(
+                        "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
+                    );
+                    return;
+                }
+            }
+            let fleet = match self.load(&commit).await {
+                Err(errors) => {
+                    warn!(errors = errors.len(), "invalid config; nothing applied");
+                    {
+                        let mut st = self.shared.status.lock().unwrap();
+                        st.invalid = Some(Invalid {
+                            commit: commit.clone(),
+                            errors: errors.clone(),
+                        });
+                    }
+                    let note = format!(
+                        "tidekeeper: invalid config at {commit}; nothing applied\n\n{}\n",
+                        errors.join("\n")
+                    );
+                    self.push_status(Some((commit, note))).await;
+                    return;
+                }
+                Ok(f) => Arc::new(f),
+            };
+            let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
+                == Some(commit.as_str());
+            {
+                let mut st = self.shared.status.lock().unwrap();
+                st.invalid = None;
+                st.fleet = fleet.name.clone();
+            }
+            self.good = Some((commit.clone(), fleet.clone()));
+            if already && !retry {
+                info!("already applied (per the status branch); not applying again");
+                return;
+            }
+            let started = Instant::now();
+            info!("applying");
+            let hosts = self.reconcile(&commit, fleet.clone(), true).await;
+            let failed: Vec<&HostStatus> = hosts
+                .iter()
+                .filter(|h| matches!(h.state, HostState::Failed | HostState::Unreachable))
+                .collect();
+            let waiting = hosts
+                .iter()
+                .filter(|h| h.state == HostState::Pending)
+                .count();
+            self.relook = waiting > 0;
+            let summary = {
+                let mut st = self.shared.status.lock().unwrap();
+                if failed.is_empty() && waiting > 0 {
+                    format!("{waiting} host(s) locked by another run; applying again shortly")
+                } else if failed.is_empty() {
+                    st.applied_commit = Some(commit.clone());
+                    st.quarantined = None;
+                    format!("applied to {} host(s)", hosts.len())
+                } else {
+                    let reason = failed
+                        .iter()
+                        .map(|h| {
+                            format!(
+                                "{}: {}",
+                                h.host,
+                                h.last_error.as_deref().unwrap_or("failed")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    st.quarantined = Some(Quarantine {
+                        commit: commit.clone(),
+                        reason: format!("apply failed: {reason}"),
+                    });
+                    warn!(%reason, "commit quarantined");
+                    format!(
+                        "apply failed on {} of {} host(s); commit quarantined",
+                        failed.len(),
+                        hosts.len()
+                    )
+                }
+            };
+            let note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
+            self.push_status(Some((commit, note))).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// No new commit: look for drift with the last good config.
+    async fn drift_check(&mut self) {
+        let Some((commit, fleet)) = self.good.clone() else {
+            return;
+        };
+        let correct = fleet.settings.drift == DriftMode::Correct;
+        let span = info_span!("drift", commit = %&commit[..12], correct);
+        async {
+            let quarantined = self
+                .shared
+                .status
+                .lock()
+                .unwrap()
+                .quarantined
+                .as_ref()
+                .is_some_and(|q| q.commit == commit);
+            // Correcting drift means applying; never for a quarantined commit.
+            let apply = correct && !quarantined;
+            let before = self.shared.status.lock().unwrap().files();
+            self.reconcile(&commit, fleet, apply).await;
+            let after = self.shared.status.lock().unwrap().files();
+            let changed = before
+                .iter()
+                .filter(|(k, _)| k.starts_with("status/hosts/"))
+                .any(|(k, v)| after.get(k) != Some(v));
+            // Push only when something a reader cares about changed.
+            let state_changed =
+                changed || before.get("badges/fleet.svg") != after.get("badges/fleet.svg");
+            if state_changed {
+                self.push_status(None).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run(mut self) {
+        // After a restart, the status branch says what was already applied.
+        if let Some(head) = self.fetch().await {
+            let prior = self
+                .blocking(|m| m.status_file("status/fleet.json"))
+                .await
+                .and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
+            if let Some(p) = prior {
+                let mut st = self.shared.status.lock().unwrap();
+                st.applied_commit = p.applied_commit;
+                st.quarantined = p.quarantined;
+                st.hosts = p.hosts;
+                st.fleet = p.fleet;
+            }
+            self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+            self.last_seen = Some(head.clone());
+            self.on_commit(head).await;
+        }
+        let mut next_poll = Instant::now() + self.poll_interval();
+        let mut next_drift = Instant::now() + self.drift_interval();
+        while !self.shutdown.load(Ordering::SeqCst) {
+            if self.relook {
+                next_poll = next_poll.min(Instant::now() + Duration::from_secs(2));
+            }
+            let wake = next_poll.min(next_drift);
+            let triggered = tokio::select! {
+                _ = self.shared.trigger.notified() => true,
+                _ = tokio::time::sleep_until(wake.into()) => false,
+            };
+            if self.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            self.shared.metrics.lock().unwrap().queue = 0;
+            let now_i = Instant::now();
+            let retry = self.shared.retry.load(Ordering::SeqCst);
+            if triggered || now_i >= next_poll || retry {
+                let head = self.fetch().await;
+                // Back off while the remote is unreachable.
+                let backoff = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
+                next_poll = Instant::now() + backoff.min(Duration::from_secs(300));
+                if let Some(head) = head {
+                    self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+                    if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.relook {
+                        self.last_seen = Some(head.clone());
+                        self.on_commit(head).await;
+                        next_drift = Instant::now() + self.drift_interval();
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() >= next_drift {
+                self.drift_check().await;
+                next_drift = Instant::now() + self.drift_interval();
+            }
+        }
+        info!("reconcile loop stopped");
+    }
+}
+
+/// How the engine reports a host locked by another run.
+const LOCKED: &str = "holds this host's lock";
+
+fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -> HostStatus {
+    h.last_reconcile = Some(now());
+    h.duration_ms = Some(r.elapsed.as_millis() as u64);
+    match (&r.error, &r.plan) {
+        (Some(e), _) if e.contains(LOCKED) => {
+            // Another run holds the host: not a failure of this commit; look again soon.
+            h.state = HostState::Pending;
+            h.last_error = Some(e.clone());
+            h.last_result = Some("waiting for the host's lock".into());
+        }
+        (Some(e), plan) => {
+            h.state = if plan.is_none()
+                && (e.starts_with("cannot reach") || e.contains("connection lost"))
+            {
+                HostState::Unreachable
+            } else {
+                HostState::Failed
+            };
+            h.last_error = Some(e.clone());
+            h.last_result = Some(
+                if applied {
+                    "apply failed"
+                } else {
+                    "plan failed"
+                }
+                .into(),
+            );
+        }
+        (None, Some(p)) => {
+            h.last_error = None;
+            if applied {
+                h.state = HostState::Synced;
+                h.applied_commit = Some(commit.to_string());
+                h.drift.clear();
+                h.last_result = Some(if p.has_changes() {
+                    format!("{} change(s) applied", p.changes.len() + p.handlers.len())
+                } else {
+                    "no changes".into()
+                });
+            } else if p.has_changes() {
+                h.state = HostState::Drifted;
+                h.drift = p
+                    .changes
+                    .iter()
+                    .map(|c| format!("{} {} {}", c.action.symbol(), c.kind, c.id))
+                    .collect();
+                h.last_result = Some(format!("drift: {} resource(s)", h.drift.len()));
+            } else {
+                h.state = HostState::Synced;
+                h.drift.clear();
+                h.last_result = Some("no drift".into());
+            }
+        }
+        (None, None) => {}
+    }
+    h
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| DaemonError::State {
+        path: cfg.state_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let status_branch =
+        std::env::var("TIDEKEEPER_STATUS_BRANCH").unwrap_or_else(|_| "tidekeeper/status".into());
+    let mirror = Mirror::open(&cfg.state_dir, &cfg.repo, &cfg.branch, &status_branch)?;
+    let shared = Arc::new(Shared {
+        status: Mutex::new(FleetStatus {
+            repo: cfg.repo.clone(),
+            branch: cfg.branch.clone(),
+            ..Default::default()
+        }),
+        metrics: Mutex::new(Metrics::default()),
+        trigger: Notify::new(),
+        retry: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
+        stale: Mutex::new(BTreeMap::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
+        addr: cfg.listen,
+        reason: e.to_string(),
+    })?;
+    info!(%addr, repo = %cfg.repo, branch = %cfg.branch, "tidekeeper daemon listening");
+    let app = http::router(shared.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let _watcher = if cfg.watch {
+        watch(&cfg.repo, &cfg.branch, shared.clone())
+    } else {
+        None
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let lp = Loop {
+        cfg,
+        shared: shared.clone(),
+        mirror: Arc::new(Mutex::new(mirror)),
+        good: None,
+        last_seen: None,
+        last_fetch: None,
+        fetch_failures: 0,
+        shutdown: shutdown.clone(),
+        relook: false,
+    };
+    let mut worker = tokio::spawn(lp.run());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = &mut worker => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down: finishing the current step on each host");
+    shutdown.store(true, Ordering::SeqCst);
+    shared.trigger.notify_one();
+    // The loop finishes what it is doing (each host's apply is one script
+    // that ends on its own) and pushes status; give it until 9 s.
+    if tokio::time::timeout(Duration::from_secs(9), &mut worker)
+        .await
+        .is_err()
+    {
+        warn!(
+            "the current reconcile did not finish in time; the hosts finish their step on their own"
+        );
+    }
+    server.abort();
+    Ok(())
+}
+
+/// For a repo on this machine: wake on ref updates of the watched branch
+/// (never on tidekeeper's own status and notes writes).
+fn watch(repo: &str, branch: &str, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
+    if !path.exists() {
+        return None;
+    }
+    let git_dir = if path.join(".git").is_dir() {
+        path.join(".git")
+    } else {
+        path.clone()
+    };
+    let branch_ref = git_dir.join("refs/heads").join(branch);
+    let packed = git_dir.join("packed-refs");
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p == &branch_ref || p == &packed)
+        {
+            shared.poke();
+        }
+    })
+    .ok()?;
+    w.watch(&git_dir.join("refs/heads"), RecursiveMode::Recursive)
+        .ok()?;
+    let _ = w.watch(&git_dir, RecursiveMode::NonRecursive);
+    Some(w)
+}

@@ -1,0 +1,325 @@
+//! What the daemon knows and reports: per-host and fleet status, the files
+//! it writes to the status branch, the note on a reconciled commit, and the
+//! Prometheus metrics. Pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::badge::{self, Color};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostState {
+    Pending,
+    Synced,
+    Drifted,
+    Failed,
+    Unreachable,
+}
+
+impl HostState {
+    pub fn word(self) -> &'static str {
+        match self {
+            HostState::Pending => "pending",
+            HostState::Synced => "synced",
+            HostState::Drifted => "drifted",
+            HostState::Failed => "failed",
+            HostState::Unreachable => "unreachable",
+        }
+    }
+    fn color(self) -> Color {
+        match self {
+            HostState::Pending => Color::Blue,
+            HostState::Synced => Color::Green,
+            HostState::Drifted => Color::Yellow,
+            HostState::Failed => Color::Red,
+            HostState::Unreachable => Color::Orange,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostStatus {
+    pub host: String,
+    pub state: HostState,
+    /// Last commit fully applied to this host.
+    pub applied_commit: Option<String>,
+    pub last_reconcile: Option<String>,
+    pub last_result: Option<String>,
+    /// Addresses of resources that differ from the config (drift).
+    #[serde(default)]
+    pub drift: Vec<String>,
+    pub last_error: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+impl HostStatus {
+    pub fn new(host: &str) -> Self {
+        HostStatus {
+            host: host.to_string(),
+            state: HostState::Pending,
+            applied_commit: None,
+            last_reconcile: None,
+            last_result: None,
+            drift: vec![],
+            last_error: None,
+            duration_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Invalid {
+    pub commit: String,
+    /// `file:line:column: error[code]: message`, one per problem.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Quarantine {
+    pub commit: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct FleetStatus {
+    pub fleet: String,
+    pub repo: String,
+    pub branch: String,
+    /// Newest commit seen on the branch.
+    pub head_commit: Option<String>,
+    /// Newest commit applied to every host.
+    pub applied_commit: Option<String>,
+    pub invalid: Option<Invalid>,
+    pub quarantined: Option<Quarantine>,
+    pub last_fetch_ok: Option<String>,
+    pub last_reconcile: Option<String>,
+    /// Why the status may be out of date: fetch failing, webhook secret
+    /// mismatch, status pushes losing races.
+    #[serde(default)]
+    pub stale: Vec<String>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostStatus>,
+}
+
+impl FleetStatus {
+    /// The fleet in one word, as the fleet badge shows it.
+    pub fn state(&self) -> (&'static str, Color) {
+        if self
+            .invalid
+            .as_ref()
+            .is_some_and(|i| Some(&i.commit) == self.head_commit.as_ref())
+        {
+            return ("invalid config", Color::Red);
+        }
+        if !self.stale.is_empty() {
+            return ("stale", Color::Grey);
+        }
+        let worst = self
+            .hosts
+            .values()
+            .map(|h| h.state)
+            .max_by_key(|s| match s {
+                HostState::Synced => 0,
+                HostState::Pending => 1,
+                HostState::Drifted => 2,
+                HostState::Unreachable => 3,
+                HostState::Failed => 4,
+            })
+            .unwrap_or(HostState::Pending);
+        (worst.word(), worst.color())
+    }
+
+    /// Files for the status branch: JSON and badges.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let (word, color) = self.state();
+        let mut fleet = serde_json::to_value(self).expect("status serializes");
+        fleet["state"] = word.into();
+        out.insert(
+            "status/fleet.json".into(),
+            serde_json::to_vec_pretty(&fleet).expect("json"),
+        );
+        out.insert(
+            "badges/fleet.svg".into(),
+            badge::render(&self.fleet, word, color).into_bytes(),
+        );
+        for (name, h) in &self.hosts {
+            out.insert(
+                format!("status/hosts/{name}.json"),
+                serde_json::to_vec_pretty(h).expect("json"),
+            );
+            out.insert(
+                format!("badges/{name}.svg"),
+                badge::render(name, h.state.word(), h.state.color()).into_bytes(),
+            );
+        }
+        out
+    }
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// (host, result) → count.
+    pub reconciles: BTreeMap<(String, String), u64>,
+    /// host → (sum of seconds, count) of reconcile durations.
+    pub durations: BTreeMap<String, (f64, u64)>,
+    pub fetch_failures: u64,
+    pub webhook_rejected: u64,
+    pub webhook_accepted: u64,
+    pub status_push_failures: u64,
+    pub last_sync_unix: Option<i64>,
+    pub queue: u64,
+}
+
+pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
+    let mut s = String::new();
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    s.push_str("# HELP tidekeeper_reconciles_total Host reconciles by result.\n# TYPE tidekeeper_reconciles_total counter\n");
+    for ((host, result), n) in &m.reconciles {
+        let _ = writeln!(
+            s,
+            "tidekeeper_reconciles_total{{host=\"{}\",result=\"{}\"}} {n}",
+            esc(host),
+            esc(result)
+        );
+    }
+    s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds summary\n");
+    for (host, (sum, count)) in &m.durations {
+        let _ = writeln!(
+            s,
+            "tidekeeper_reconcile_duration_seconds_sum{{host=\"{}\"}} {sum:.3}",
+            esc(host)
+        );
+        let _ = writeln!(
+            s,
+            "tidekeeper_reconcile_duration_seconds_count{{host=\"{}\"}} {count}",
+            esc(host)
+        );
+    }
+    s.push_str("# HELP tidekeeper_last_successful_sync_timestamp_seconds When the config repo was last fetched successfully.\n# TYPE tidekeeper_last_successful_sync_timestamp_seconds gauge\n");
+    let _ = writeln!(
+        s,
+        "tidekeeper_last_successful_sync_timestamp_seconds {}",
+        m.last_sync_unix.unwrap_or(0)
+    );
+    let drift: usize = status.hosts.values().map(|h| h.drift.len()).sum();
+    let _ = write!(
+        s,
+        "# HELP tidekeeper_drift_resources Resources that differ from the config.\n# TYPE tidekeeper_drift_resources gauge\ntidekeeper_drift_resources {drift}\n\
+         # HELP tidekeeper_queue_length Triggers waiting for the reconcile loop.\n# TYPE tidekeeper_queue_length gauge\ntidekeeper_queue_length {}\n\
+         # HELP tidekeeper_git_fetch_failures_total Failed fetches of the config repo.\n# TYPE tidekeeper_git_fetch_failures_total counter\ntidekeeper_git_fetch_failures_total {}\n\
+         # HELP tidekeeper_webhooks_total Webhook requests by outcome.\n# TYPE tidekeeper_webhooks_total counter\n\
+         tidekeeper_webhooks_total{{outcome=\"accepted\"}} {}\ntidekeeper_webhooks_total{{outcome=\"rejected\"}} {}\n\
+         # HELP tidekeeper_status_push_failures_total Status pushes that failed or kept losing races.\n# TYPE tidekeeper_status_push_failures_total counter\ntidekeeper_status_push_failures_total {}\n\
+         # HELP tidekeeper_stale 1 when the status may be out of date.\n# TYPE tidekeeper_stale gauge\ntidekeeper_stale {}\n",
+        m.queue,
+        m.fetch_failures,
+        m.webhook_accepted,
+        m.webhook_rejected,
+        m.status_push_failures,
+        u8::from(!status.stale.is_empty()),
+    );
+    for (name, h) in &status.hosts {
+        let _ = writeln!(
+            s,
+            "tidekeeper_host_state{{host=\"{}\",state=\"{}\"}} 1",
+            esc(name),
+            h.state.word()
+        );
+    }
+    s
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page: plain HTML, no JavaScript.
+pub fn html(status: &FleetStatus) -> String {
+    let (word, _) = status.state();
+    let short = |c: &Option<String>| {
+        c.as_deref()
+            .map(|c| c[..c.len().min(12)].to_string())
+            .unwrap_or_else(|| "—".into())
+    };
+    let mut s = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"10\">\
+         <title>{fleet} — tidekeeper</title><style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:70em}}\
+         table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}\
+         .synced{{color:#2a2}}.drifted{{color:#a80}}.failed,.unreachable{{color:#c33}}pre{{white-space:pre-wrap;margin:0}}</style></head><body>\
+         <h1>{fleet} <img src=\"/badges/fleet.svg\" alt=\"{word}\"></h1>\
+         <p>Branch <code>{branch}</code> of <code>{repo}</code>: head <code>{head}</code>, applied <code>{applied}</code>; last fetch {fetch}; last reconcile {rec}.</p>",
+        fleet = html_escape(&status.fleet),
+        branch = html_escape(&status.branch),
+        repo = html_escape(&status.repo),
+        head = short(&status.head_commit),
+        applied = short(&status.applied_commit),
+        fetch = html_escape(status.last_fetch_ok.as_deref().unwrap_or("never")),
+        rec = html_escape(status.last_reconcile.as_deref().unwrap_or("never")),
+    );
+    if let Some(inv) = &status.invalid {
+        let _ = write!(
+            s,
+            "<h2>Invalid config at <code>{}</code></h2><pre>",
+            short(&Some(inv.commit.clone()))
+        );
+        for e in &inv.errors {
+            s.push_str(&html_escape(e));
+            s.push('\n');
+        }
+        s.push_str("</pre>");
+    }
+    if let Some(q) = &status.quarantined {
+        let _ = write!(
+            s,
+            "<h2>Quarantined commit <code>{}</code></h2><p>{}</p>",
+            short(&Some(q.commit.clone())),
+            html_escape(&q.reason)
+        );
+    }
+    for w in &status.stale {
+        let _ = write!(s, "<p class=\"failed\">Stale: {}</p>", html_escape(w));
+    }
+    s.push_str("<table><tr><th>host</th><th>state</th><th>applied</th><th>last reconcile</th><th>drift / error</th></tr>");
+    for h in status.hosts.values() {
+        let detail = match (&h.last_error, h.drift.is_empty()) {
+            (Some(e), _) => html_escape(e),
+            (None, false) => html_escape(&h.drift.join("\n")),
+            _ => String::new(),
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td class=\"{st}\">{st}</td><td><code>{}</code></td><td>{}</td><td><pre>{detail}</pre></td></tr>",
+            html_escape(&h.host),
+            short(&h.applied_commit),
+            html_escape(h.last_reconcile.as_deref().unwrap_or("—")),
+            st = h.state.word(),
+        );
+    }
+    s.push_str("</table></body></html>\n");
+    s
+}
+
+/// The git note on a reconciled commit.
+pub fn note(commit: &str, summary: &str, hosts: &[HostStatus], seconds: f64) -> String {
+    let mut s = format!("tidekeeper reconcile of {commit}\n\n{summary}\n");
+    for h in hosts {
+        let _ = write!(s, "{:<20} {:<12}", h.host, h.state.word());
+        if let Some(r) = &h.last_result {
+            let _ = write!(s, " {r}");
+        }
+        if let Some(e) = &h.last_error {
+            let _ = write!(s, " — {}", e.lines().next().unwrap_or(""));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "\ntook {seconds:.1}s");
+    s
+}

@@ -1,0 +1,414 @@
+//! `tidekeeper run` end to end: real git, real hosts, the daemon as a process.
+
+use std::time::{Duration, Instant};
+
+use crate::support::daemon::Daemon;
+use crate::support::fleet::FleetRepo;
+use crate::support::git;
+use crate::support::testbed::Testbed;
+
+const ROLE: &str = "files:\n  - {path: /etc/tk-daemon, content: \"VERSION\\n\"}\n";
+
+fn head(repo: &FleetRepo) -> String {
+    git(&repo.path, &["rev-parse", "HEAD"])
+}
+
+fn role(v: &str) -> String {
+    ROLE.replace("VERSION", v)
+}
+
+#[test]
+fn commits_are_applied_and_reported_back_invalid_ones_are_not() {
+    let bed = Testbed::start(2);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "60s"]);
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    for i in 0..2 {
+        assert_eq!(bed.ssh_ok(i, "cat /etc/tk-daemon"), "one\n");
+    }
+
+    // Status branch, badges, note.
+    let h0 = &bed.host(0).name;
+    let host_json = git(
+        &repo.path,
+        &["show", &format!("tidekeeper/status:status/hosts/{h0}.json")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&host_json).unwrap();
+    assert_eq!(v["state"], "synced");
+    assert_eq!(v["applied_commit"].as_str(), Some(head(&repo).as_str()));
+    let badge = git(&repo.path, &["show", "tidekeeper/status:badges/fleet.svg"]);
+    assert!(
+        badge.contains("synced") && badge.starts_with("<svg"),
+        "{badge}"
+    );
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", "HEAD"]);
+    assert!(note.contains("applied to 2 host(s)"), "{note}");
+    assert!(
+        note.contains(&format!("{h0} ")) && note.contains("synced"),
+        "{note}"
+    );
+    let (code, metrics) = d.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(&format!(
+            "tidekeeper_reconciles_total{{host=\"{h0}\",result=\"synced\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(d.get("/").1.contains("<h1>test"), "status page");
+    assert_eq!(d.get("/readyz").0, 200);
+
+    // A new commit is picked up (file watch or poll) and applied.
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    d.wait_applied(&head(&repo), Duration::from_secs(20));
+    assert_eq!(bed.ssh_ok(1, "cat /etc/tk-daemon"), "two\n");
+
+    // An invalid commit: reported with file:line, nothing applied.
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-daemon, content: \"three\\n\", mdoe: \"0644\"}\n",
+    );
+    repo.commit("typo");
+    let bad = head(&repo);
+    d.wait_for(
+        "the invalid commit reported",
+        Duration::from_secs(20),
+        |d| d.status()["invalid"]["commit"].as_str() == Some(bad.as_str()),
+    );
+    let st = d.status();
+    assert_eq!(st["state"], "invalid config");
+    let errors = st["invalid"]["errors"].to_string();
+    assert!(errors.contains("roles/app.yaml:2:"), "{errors}");
+    assert!(errors.contains("mdoe"), "{errors}");
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &bad]);
+    assert!(
+        note.contains("invalid config") && note.contains("roles/app.yaml:2:"),
+        "{note}"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "two\n",
+        "nothing applied"
+    );
+
+    // The next valid commit is applied.
+    repo.write("roles/app.yaml", &role("four"));
+    repo.commit("fixed");
+    d.wait_applied(&head(&repo), Duration::from_secs(20));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "four\n");
+    assert!(d.status()["invalid"].is_null());
+}
+
+#[test]
+fn drift_is_reported_or_corrected() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "1s"]);
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let h = bed.host(0).name.clone();
+    bed.ssh_ok(0, "echo hand > /etc/tk-daemon");
+    d.wait_for("drift reported", Duration::from_secs(20), |d| {
+        d.status()["hosts"][&h]["state"] == "drifted"
+    });
+    let st = d.status();
+    assert_eq!(st["hosts"][&h]["drift"][0], "~ file /etc/tk-daemon");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "hand\n",
+        "drift: report leaves it"
+    );
+    let host_json = || {
+        git(
+            &repo.path,
+            &["show", &format!("tidekeeper/status:status/hosts/{h}.json")],
+        )
+    };
+    d.wait_for(
+        "drift on the status branch",
+        Duration::from_secs(10),
+        |_| host_json().contains("drifted"),
+    );
+
+    repo.write("tidekeeper.yaml", "fleet: test\ndrift: correct\n");
+    repo.commit("correct drift");
+    d.wait_applied(&head(&repo), Duration::from_secs(20));
+    bed.ssh_ok(0, "echo hand again > /etc/tk-daemon");
+    d.wait_for("drift corrected", Duration::from_secs(20), |_| {
+        bed.ssh_ok(0, "cat /etc/tk-daemon") == "one\n"
+    });
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn webhooks_must_be_signed_and_trigger_at_once() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    // Long poll and no file watch: only the webhook can make it look again.
+    let d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &[
+            "--poll",
+            "600s",
+            "--drift",
+            "600s",
+            "--no-watch",
+            "--webhook-secret",
+            "s3cret",
+        ],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let (code, _) = d.request("POST", "/hooks/git", &[], body);
+    assert_eq!(code, 401, "unsigned");
+    let (code, _) = d.request(
+        "POST",
+        "/hooks/git",
+        &[(
+            "X-Hub-Signature-256",
+            &format!("sha256={}", sign("wrong", body)),
+        )],
+        body,
+    );
+    assert_eq!(code, 401, "wrong secret");
+    let st = d.status();
+    assert_eq!(st["state"], "stale");
+    assert!(
+        st["stale"][0]
+            .as_str()
+            .unwrap()
+            .contains("webhook rejected (wrong signature)"),
+        "{st}"
+    );
+    assert!(
+        d.get("/metrics")
+            .1
+            .contains("tidekeeper_webhooks_total{outcome=\"rejected\"} 2")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "one\n",
+        "rejected webhooks trigger nothing"
+    );
+
+    let t = Instant::now();
+    let (code, _) = d.request(
+        "POST",
+        "/hooks/git",
+        &[("X-Gitea-Signature", &sign("s3cret", body))],
+        body,
+    );
+    assert_eq!(code, 202);
+    d.wait_applied(&head(&repo), Duration::from_secs(10));
+    let took = t.elapsed();
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        d.status()["stale"].as_array().unwrap().is_empty(),
+        "a good webhook clears the warning"
+    );
+}
+
+/// 300 files: an apply long enough to interrupt.
+fn many(version: &str) -> String {
+    let mut s = String::from("files:\n");
+    for i in 0..300 {
+        s.push_str(&format!(
+            "  - {{path: /srv/many/f{i:03}, content: \"{version} {i} {}\\n\"}}\n",
+            "y".repeat(1500)
+        ));
+    }
+    s
+}
+
+#[test]
+fn sigterm_mid_apply_then_restart_finishes_and_never_reapplies() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("many", &many("v1"))]);
+    let mut d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    // SIGTERM as soon as the first files land.
+    d.wait_for("the apply to start", Duration::from_secs(30), |_| {
+        bed.ssh(0, "ls /srv/many 2>/dev/null | grep -q .")
+            .status
+            .success()
+    });
+    let (code, took) = d.terminate();
+    assert_eq!(code, Some(0), "exit 0 on SIGTERM; log:\n{}", d.log());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Every file present is whole.
+    let sums = bed.ssh_ok(
+        0,
+        "cat /srv/many/* 2>/dev/null | awk '{print length($0)}' | sort -u",
+    );
+    for len in sums.lines() {
+        assert!(
+            len.parse::<usize>().unwrap() > 1500,
+            "a truncated file: {sums}"
+        );
+    }
+
+    let state = std::mem::replace(&mut d.state, crate::support::TempDir::new("unused"));
+    drop(d);
+    let d = Daemon::start_with_state(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        state,
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(60));
+    assert_eq!(bed.ssh_ok(0, "ls /srv/many | wc -l").trim(), "300");
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", "HEAD"]);
+    assert!(note.contains("applied to 1 host(s)"), "{note}");
+
+    // A third start on an already applied commit does nothing to the hosts.
+    let mut d = d;
+    assert_eq!(d.terminate().0, Some(0));
+    let state = std::mem::replace(&mut d.state, crate::support::TempDir::new("unused"));
+    drop(d);
+    let fresh = crate::support::TempDir::new("fresh-state");
+    drop(state);
+    // Even with a fresh state directory: the status branch says it was applied.
+    let d = Daemon::start_with_state(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        fresh,
+    );
+    d.wait_for("the first fetch", Duration::from_secs(10), |d| {
+        d.get("/readyz").0 == 200
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = d.get("/metrics").1;
+    assert!(
+        !metrics.contains("tidekeeper_reconciles_total{"),
+        "no reconcile after restart: {metrics}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        d.status()["applied_commit"].as_str(),
+        Some(head(&repo).as_str())
+    );
+    assert!(d.log().contains("already applied"), "{}", d.log());
+}
+
+#[test]
+fn an_unreachable_remote_is_survived_and_reported_as_stale() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s", "--no-watch"],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let moved = repo.path.with_extension("away");
+    std::fs::rename(&repo.path, &moved).unwrap();
+    d.wait_for("staleness reported", Duration::from_secs(30), |d| {
+        d.status()["stale"]
+            .to_string()
+            .contains("no successful fetch")
+    });
+    assert_eq!(d.status()["state"], "stale");
+    let metrics = d.get("/metrics").1;
+    assert!(metrics.contains("tidekeeper_stale 1"), "{metrics}");
+    assert!(
+        !metrics.contains("tidekeeper_git_fetch_failures_total 0"),
+        "{metrics}"
+    );
+    assert_eq!(d.get("/healthz").0, 200, "keeps serving");
+    std::fs::rename(&moved, &repo.path).unwrap();
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    d.wait_applied(&head(&repo), Duration::from_secs(60));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    assert_eq!(d.status()["state"], "synced");
+}
+
+#[test]
+fn a_failed_commit_is_quarantined_until_a_newer_commit_or_retry() {
+    let bed = Testbed::start(1);
+    let role_fail = "files:\n  - {path: /etc/tk-daemon, content: \"one\\n\"}\ncommands:\n  - {name: gate, run: \"test -e /etc/tk-allow\"}\n";
+    let repo = FleetRepo::minimal(&bed, &[("app", role_fail)]);
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    let c = head(&repo);
+    d.wait_for("quarantine", Duration::from_secs(30), |d| {
+        d.status()["quarantined"]["commit"].as_str() == Some(c.as_str())
+    });
+    let st = d.status();
+    assert!(
+        st["quarantined"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("command gate"),
+        "{st}"
+    );
+    assert_eq!(st["state"], "failed");
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = |d: &Daemon| d.get("/metrics").1.matches("result=\"failed\"} 1").count();
+    assert_eq!(
+        runs(&d),
+        1,
+        "not retried by itself:\n{}",
+        d.get("/metrics").1
+    );
+
+    bed.ssh_ok(0, "touch /etc/tk-allow");
+    let out = crate::support::tidekeeper()
+        .args(["retry", "--daemon", &format!("127.0.0.1:{}", d.port)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_applied(&c, Duration::from_secs(20));
+    assert!(d.status()["quarantined"].is_null());
+}
+
+#[test]
+fn two_daemons_never_interleave_and_keep_each_others_status() {
+    let bed = Testbed::start(2);
+    let repo = FleetRepo::minimal(&bed, &[("many", &many("v1"))]);
+    let a = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    let b = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    let c = head(&repo);
+    a.wait_applied(&c, Duration::from_secs(60));
+    b.wait_applied(&c, Duration::from_secs(60));
+    repo.write("roles/many.yaml", &many("v2"));
+    repo.commit("v2");
+    let c = head(&repo);
+    a.wait_applied(&c, Duration::from_secs(60));
+    b.wait_applied(&c, Duration::from_secs(60));
+    for i in 0..2 {
+        assert_eq!(
+            bed.ssh_ok(i, "grep -l '^v2' /srv/many/* | wc -l").trim(),
+            "300"
+        );
+    }
+    // Both daemons' status commits are in the branch's history: each
+    // reconcile pushed one, none was overwritten.
+    let log = git(&repo.path, &["log", "--format=%s", "tidekeeper/status"]);
+    let commits = log.lines().count();
+    assert!(commits >= 4, "status commits of both daemons kept:\n{log}");
+    let a_log = a.log();
+    let b_log = b.log();
+    assert!(
+        !a_log.contains("status push failed") && !b_log.contains("status push failed"),
+        "{a_log}\n{b_log}"
+    );
+}
