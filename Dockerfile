@@ -14,9 +14,11 @@ RUN apt-get update \
 COPY --from=build /src/target/release/tidekeeper /usr/local/bin/tidekeeper
 USER 10001:10001
 WORKDIR /var/lib/tidekeeper
-EXPOSE 8080
+ENV TIDEKEEPER_STATE_DIR=/var/lib/tidekeeper/state
+EXPOSE 8420
 # The daemon serves /healthz on its HTTP port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+    CMD ["curl", "-fsS", "http://127.0.0.1:8420/healthz"]
 ENTRYPOINT ["tidekeeper"]
-CMD ["--help"]
+# Set TIDEKEEPER_REPO (and TIDEKEEPER_WEBHOOK_SECRET, TIDEKEEPER_SSH_KEY) when running.
+CMD ["run", "--listen", "0.0.0.0:8420"]

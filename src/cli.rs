@@ -165,6 +165,9 @@ pub enum Command {
         /// Do not watch a local repo for commits (polling and webhooks still work).
         #[arg(long)]
         no_watch: bool,
+        /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
@@ -184,6 +187,12 @@ pub enum Command {
         /// Where to put the demo config repo.
         #[arg(default_value = "tidekeeper-demo")]
         dir: PathBuf,
+        /// Stop after the first reconcile instead of starting the daemon.
+        #[arg(long)]
+        no_daemon: bool,
+        /// Address of the demo daemon's status page.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -213,6 +222,7 @@ pub fn run(cli: Cli) -> ExitCode {
             webhook_secret,
             ssh_key,
             no_watch,
+            hosts,
             log_format,
         } => run_daemon(
             crate::daemon::Config {
@@ -225,12 +235,17 @@ pub fn run(cli: Cli) -> ExitCode {
                 webhook_secret,
                 ssh_key,
                 watch: !no_watch,
+                hosts,
             },
             log_format,
         ),
         Command::Retry { daemon } => retry(daemon),
         Command::Init { dir } => init(&dir),
-        Command::Demo { dir } => demo(&dir),
+        Command::Demo {
+            dir,
+            no_daemon,
+            listen,
+        } => demo(&dir, no_daemon, listen),
     };
     ExitCode::from(code)
 }
@@ -471,7 +486,7 @@ commands:
 const DEMO_TEMPLATE: &str = r#"{"fleet": {{ fleet.name | tojson }}, "host": {{ host.name | tojson }}, "admin": {{ admin_email | tojson }}}
 "#;
 
-fn demo(dir: &Path) -> u8 {
+fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
     if !dir.join(".git").exists() {
         let code = init(dir);
         if code != EXIT_OK {
@@ -548,15 +563,52 @@ fn demo(dir: &Path) -> u8 {
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
     let code = plan(&args, &hosts, false, false);
-    if code == EXIT_OK {
+    if code != EXIT_OK {
+        return code;
+    }
+    if no_daemon {
         println!(
             "\nTry it: edit {0}/etc/motd by hand and run `tidekeeper plan --repo {1} --host {DEMO_HOST}` to see the drift;\n\
              `tidekeeper apply --repo {1} --host {DEMO_HOST}` puts it back. Edit roles/demo-local.yaml, commit, and plan again.",
             root.display(),
             dir.display()
         );
+        return EXIT_OK;
     }
-    code
+    let branch = git2::Repository::open(&abs)
+        .ok()
+        .and_then(|r| {
+            r.head()
+                .ok()
+                .and_then(|h| h.shorthand().ok().map(String::from))
+        })
+        .unwrap_or_else(|| "main".into());
+    println!(
+        "\nNow the daemon: it follows branch {branch} of {repo} and reconciles every commit.\n\
+         Status page: http://{listen}/   (also /status, /metrics, /badges/fleet.svg)\n\
+         Try: edit {repo}/roles/demo-local.yaml (e.g. the text of /srv/www/index.html), then\n\
+         \x20 git -C {repo} commit -qam 'change the page'\n\
+         and watch {root}/srv/www/index.html change; edit {root}/etc/motd by hand to see drift.\n\
+         The daemon reconciles only {DEMO_HOST}: the example's other hosts are not reachable from here.\n\
+         Ctrl-C stops the daemon.\n",
+        repo = abs.display(),
+        root = root.display(),
+    );
+    run_daemon(
+        crate::daemon::Config {
+            repo: abs.display().to_string(),
+            branch,
+            state_dir: PathBuf::from(format!("{}-state", abs.display())),
+            listen,
+            poll: Some(std::time::Duration::from_secs(10)),
+            drift: Some(std::time::Duration::from_secs(30)),
+            webhook_secret: None,
+            ssh_key: None,
+            watch: true,
+            hosts: vec![DEMO_HOST.into()],
+        },
+        LogFormat::Human,
+    )
 }
 
 /// Load the fleet and choose hosts, for plan and apply.

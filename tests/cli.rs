@@ -253,7 +253,12 @@ fn show_prints_a_resolved_host() {
 fn demo_sets_up_and_validates_the_example_fleet() {
     let tmp = TempDir::new("demo");
     let dir = tmp.path().join("demo");
-    let out = tidekeeper().arg("demo").arg(&dir).output().unwrap();
+    let out = tidekeeper()
+        .arg("demo")
+        .arg(&dir)
+        .arg("--no-daemon")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -286,7 +291,12 @@ fn demo_sets_up_and_validates_the_example_fleet() {
         "the guarded command ran"
     );
     // Running it again reuses the repo and finds nothing to do.
-    let out = tidekeeper().arg("demo").arg(&dir).output().unwrap();
+    let out = tidekeeper()
+        .arg("demo")
+        .arg(&dir)
+        .arg("--no-daemon")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Using the existing demo repo"));
@@ -294,4 +304,70 @@ fn demo_sets_up_and_validates_the_example_fleet() {
         !stdout.contains("Plan: "),
         "second demo run has nothing to do: {stdout}"
     );
+}
+
+#[test]
+fn demo_starts_the_daemon_which_reconciles_new_commits() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let tmp = TempDir::new("demo-daemon");
+    let dir = tmp.path().join("demo");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tidekeeper()
+        .arg("demo")
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let head = || git(&dir, &["rev-parse", "HEAD"]);
+    wait("the first reconcile", &|| {
+        // The daemon answers only once the demo repo is committed.
+        let st = get("/status");
+        st.contains("\"applied_commit\":\"")
+            && st.contains(&format!("\"applied_commit\":\"{}\"", head()))
+    });
+    let role = std::fs::read_to_string(dir.join("roles/demo-local.yaml")).unwrap();
+    std::fs::write(
+        dir.join("roles/demo-local.yaml"),
+        role.replace("Hello from the acme fleet", "Hello, daemon"),
+    )
+    .unwrap();
+    git(&dir, &["commit", "-qam", "change the page"]);
+    let page = tmp.path().join("demo-root/srv/www/index.html");
+    wait("the new commit applied", &|| {
+        std::fs::read_to_string(&page)
+            .unwrap_or_default()
+            .contains("Hello, daemon")
+    });
+    assert!(
+        get("/").contains("demo-local"),
+        "status page lists the host"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

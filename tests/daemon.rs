@@ -412,3 +412,64 @@ fn two_daemons_never_interleave_and_keep_each_others_status() {
         "{a_log}\n{b_log}"
     );
 }
+
+#[test]
+fn a_bare_remote_gets_status_and_notes_pushed_with_a_lease() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    // The "server": a bare repository the team pushes to.
+    let server = repo.path.with_extension("git");
+    git(
+        repo.path.parent().unwrap(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.path.to_str().unwrap(),
+            server.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", server.display());
+    let a = Daemon::start(
+        std::path::Path::new(&url),
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+    );
+    let b = Daemon::start(
+        std::path::Path::new(&url),
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+    );
+    let c = head(&repo);
+    a.wait_applied(&c, Duration::from_secs(30));
+    b.wait_applied(&c, Duration::from_secs(30));
+    let host_json = git(
+        &server,
+        &[
+            "show",
+            &format!("tidekeeper/status:status/hosts/{}.json", bed.host(0).name),
+        ],
+    );
+    assert!(host_json.contains("\"synced\""), "{host_json}");
+    let note = git(&server, &["notes", "--ref=tidekeeper", "show", &c]);
+    assert!(note.contains("applied to 1 host(s)"), "{note}");
+    // A push from the team is picked up.
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    git(
+        &repo.path,
+        &["push", "-q", server.to_str().unwrap(), "main"],
+    );
+    let c = head(&repo);
+    a.wait_applied(&c, Duration::from_secs(30));
+    b.wait_applied(&c, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    let log = git(&server, &["log", "--format=%s", "tidekeeper/status"]);
+    assert!(log.lines().count() >= 3, "{log}");
+    assert!(
+        !a.log().contains("status push failed") && !b.log().contains("status push failed"),
+        "{}\n{}",
+        a.log(),
+        b.log()
+    );
+}

@@ -34,3 +34,44 @@ fn dockerfile_passes_hadolint() {
         "the image runs as a non-root user"
     );
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
+            "systemd-analyze missing"
+        );
+        return;
+    }
+    let tmp = crate::support::TempDir::new("unit");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tidekeeper.service"
+    ))
+    .unwrap()
+    .replace(
+        "/usr/local/bin/tidekeeper",
+        env!("CARGO_BIN_EXE_tidekeeper"),
+    )
+    .replace(
+        "EnvironmentFile=/etc/tidekeeper/env",
+        "EnvironmentFile=-/etc/tidekeeper/env",
+    );
+    let path = tmp.path().join("tidekeeper.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("tidekeeper.service:"),
+        "{err}"
+    );
+}

@@ -41,6 +41,9 @@ pub struct Config {
     pub ssh_key: Option<String>,
     /// Watch a local repo's refs for instant feedback.
     pub watch: bool,
+    /// Only these hosts (e.g. pull mode: each server runs a daemon for
+    /// itself); empty: every host in the fleet.
+    pub hosts: Vec<String>,
 }
 
 /// State shared between the loop and the HTTP server.
@@ -220,7 +223,12 @@ impl Loop {
     async fn reconcile(&mut self, commit: &str, fleet: Arc<Fleet>, apply: bool) -> Vec<HostStatus> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
-        let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+        let names: Vec<String> = fleet
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
+            .collect();
         let quiet: engine::Progress = Arc::new(|_| {});
         let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
         let results = if apply {
@@ -251,7 +259,10 @@ impl Loop {
             out.push(h);
         }
         // Hosts that left the config leave the status too.
-        st.hosts.retain(|name, _| fleet.host(name).is_some());
+        st.hosts.retain(|name, _| {
+            fleet.host(name).is_some()
+                && (self.cfg.hosts.is_empty() || self.cfg.hosts.contains(name))
+        });
         st.last_reconcile = Some(now());
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -314,7 +325,7 @@ impl Loop {
                 .collect();
             let waiting = hosts
                 .iter()
-                .filter(|h| h.state == HostState::Pending)
+                .filter(|h| h.last_error.as_deref().is_some_and(|e| e.contains(LOCKED)))
                 .count();
             self.relook = waiting > 0;
             let summary = {
@@ -453,6 +464,8 @@ impl Loop {
 
 /// How the engine reports a host locked by another run.
 const LOCKED: &str = "holds this host's lock";
+/// How the engine reports a cloud host without an address.
+const NOT_CREATED: &str = "no address to connect to";
 
 fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -> HostStatus {
     h.last_reconcile = Some(now());
@@ -463,6 +476,12 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
             h.state = HostState::Pending;
             h.last_error = Some(e.clone());
             h.last_result = Some("waiting for the host's lock".into());
+        }
+        (Some(e), _) if e.starts_with(NOT_CREATED) => {
+            // A cloud server the cloud stage has not created yet.
+            h.state = HostState::Pending;
+            h.last_error = None;
+            h.last_result = Some("not created yet: no address".into());
         }
         (Some(e), plan) => {
             h.state = if plan.is_none()
