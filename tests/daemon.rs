@@ -473,3 +473,35 @@ fn a_bare_remote_gets_status_and_notes_pushed_with_a_lease() {
         b.log()
     );
 }
+
+/// Regression: the file watch reacted to the daemon's own reads of the ref
+/// it fetches, so every fetch triggered the next (a busy loop while idle).
+#[test]
+fn the_file_watch_wakes_on_commits_only() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &["--poll", "600s", "--drift", "600s"],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let fetches = |d: &Daemon| -> u64 {
+        let m = d.get("/metrics").1;
+        m.lines()
+            .find_map(|l| l.strip_prefix("tidekeeper_git_fetches_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = fetches(&d);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fetches(&d), before, "no fetches while nothing happens");
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    d.wait_applied(&head(&repo), Duration::from_secs(10));
+    assert!(
+        fetches(&d) <= before + 3,
+        "one commit, a few fetches: {}",
+        fetches(&d)
+    );
+}

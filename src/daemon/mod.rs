@@ -138,6 +138,7 @@ impl Loop {
 
     /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
     async fn fetch(&mut self) -> Option<String> {
+        self.shared.metrics.lock().unwrap().fetches += 1;
         match self.blocking(|m| m.fetch()).await {
             Ok(oid) => {
                 self.fetch_failures = 0;
@@ -626,7 +627,19 @@ fn watch(repo: &str, branch: &str, shared: Arc<Shared>) -> Option<notify::Recomm
     let branch_ref = git_dir.join("refs/heads").join(branch);
     let packed = git_dir.join("packed-refs");
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Only writes count: fetching reads the same ref files, and reacting
+        // to reads would make every fetch trigger the next.
         if let Ok(ev) = ev
+            && matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            )
+            && !matches!(
+                ev.kind,
+                notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            )
             && ev.paths.iter().any(|p| p == &branch_ref || p == &packed)
         {
             shared.poke();

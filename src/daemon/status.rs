@@ -168,6 +168,7 @@ pub struct Metrics {
     /// host → (sum of seconds, count) of reconcile durations.
     pub durations: BTreeMap<String, (f64, u64)>,
     pub fetch_failures: u64,
+    pub fetches: u64,
     pub webhook_rejected: u64,
     pub webhook_accepted: u64,
     pub status_push_failures: u64,
@@ -211,12 +212,14 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
         s,
         "# HELP tidekeeper_drift_resources Resources that differ from the config.\n# TYPE tidekeeper_drift_resources gauge\ntidekeeper_drift_resources {drift}\n\
          # HELP tidekeeper_queue_length Triggers waiting for the reconcile loop.\n# TYPE tidekeeper_queue_length gauge\ntidekeeper_queue_length {}\n\
+         # HELP tidekeeper_git_fetches_total Fetches of the config repo.\n# TYPE tidekeeper_git_fetches_total counter\ntidekeeper_git_fetches_total {}\n\
          # HELP tidekeeper_git_fetch_failures_total Failed fetches of the config repo.\n# TYPE tidekeeper_git_fetch_failures_total counter\ntidekeeper_git_fetch_failures_total {}\n\
          # HELP tidekeeper_webhooks_total Webhook requests by outcome.\n# TYPE tidekeeper_webhooks_total counter\n\
          tidekeeper_webhooks_total{{outcome=\"accepted\"}} {}\ntidekeeper_webhooks_total{{outcome=\"rejected\"}} {}\n\
          # HELP tidekeeper_status_push_failures_total Status pushes that failed or kept losing races.\n# TYPE tidekeeper_status_push_failures_total counter\ntidekeeper_status_push_failures_total {}\n\
          # HELP tidekeeper_stale 1 when the status may be out of date.\n# TYPE tidekeeper_stale gauge\ntidekeeper_stale {}\n",
         m.queue,
+        m.fetches,
         m.fetch_failures,
         m.webhook_accepted,
         m.webhook_rejected,
