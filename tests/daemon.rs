@@ -166,6 +166,8 @@ fn webhooks_must_be_signed_and_trigger_at_once() {
             "--no-watch",
             "--webhook-secret",
             "s3cret",
+            "--log-format",
+            "json",
         ],
     );
     d.wait_applied(&head(&repo), Duration::from_secs(30));
@@ -217,6 +219,14 @@ fn webhooks_must_be_signed_and_trigger_at_once() {
     let took = t.elapsed();
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
     assert!(took < Duration::from_secs(10), "{took:?}");
+    // --log-format json: every log line is a JSON object; reconciles carry the commit.
+    let log = d.log();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(log.contains("\"commit\":"), "{log}");
     assert!(
         d.status()["stale"].as_array().unwrap().is_empty(),
         "a good webhook clears the warning"
