@@ -168,6 +168,19 @@ pub enum Command {
         /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
+        #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
+        git_ssh_key: Option<PathBuf>,
+        /// known_hosts file pinning the git server's host key (required for ssh://).
+        #[arg(
+            long,
+            env = "TIDEKEEPER_GIT_KNOWN_HOSTS",
+            default_value = "/etc/tidekeeper/git_known_hosts"
+        )]
+        git_known_hosts: PathBuf,
+        /// Token for an https:// config repo.
+        #[arg(long, env = "TIDEKEEPER_GIT_TOKEN", hide_env_values = true)]
+        git_token: Option<String>,
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
@@ -223,6 +236,9 @@ pub fn run(cli: Cli) -> ExitCode {
             ssh_key,
             no_watch,
             hosts,
+            git_ssh_key,
+            git_known_hosts,
+            git_token,
             log_format,
         } => run_daemon(
             crate::daemon::Config {
@@ -233,9 +249,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 poll,
                 drift,
                 webhook_secret,
-                ssh_key,
+                ssh_key: ssh_key.clone(),
                 watch: !no_watch,
                 hosts,
+                git: crate::daemon::mirror::Access {
+                    ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
+                    known_hosts: std::fs::read_to_string(&git_known_hosts)
+                        .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
+                        .unwrap_or_default(),
+                    token: git_token,
+                },
             },
             log_format,
         ),
@@ -606,6 +629,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
             ssh_key: None,
             watch: true,
             hosts: vec![DEMO_HOST.into()],
+            git: Default::default(),
         },
         LogFormat::Human,
     )

@@ -515,3 +515,90 @@ fn the_file_watch_wakes_on_commits_only() {
         fetches(&d)
     );
 }
+
+#[test]
+fn an_ssh_remote_with_a_pinned_host_key() {
+    let bed = Testbed::start(2);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    // Host 0 is also the git server.
+    bed.ssh_ok(
+        0,
+        "apt-get install -y -qq git >/dev/null && git init -q --bare /srv/fleet.git",
+    );
+    let server = bed.host(0);
+    let url = format!("ssh://root@{}/srv/fleet.git", server.address);
+    let ssh_cmd = format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile={}",
+        bed.key.display(),
+        bed.known_hosts.display()
+    );
+    let push = std::process::Command::new("git")
+        .args(["push", "-q", &url, "main"])
+        .current_dir(&repo.path)
+        .env("GIT_SSH_COMMAND", &ssh_cmd)
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let tmp = crate::support::TempDir::new("git-known-hosts");
+    let pinned = tmp.path().join("pinned");
+    std::fs::write(&pinned, format!("{}\n", server.known_hosts_line())).unwrap();
+    let wrong = tmp.path().join("wrong");
+    let other = bed.host(1).host_key.clone();
+    std::fs::write(&wrong, format!("{} {other}\n", server.address)).unwrap();
+
+    // A key that does not match the pin: refused, reported as stale.
+    let d = Daemon::start(
+        std::path::Path::new(&url),
+        &repo.key,
+        &[
+            "--poll",
+            "1s",
+            "--drift",
+            "600s",
+            "--git-known-hosts",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    d.wait_for("the mismatch reported", Duration::from_secs(20), |d| {
+        d.status()["stale"]
+            .to_string()
+            .contains("HOST KEY MISMATCH for the git server")
+    });
+    assert_eq!(d.get("/readyz").0, 503);
+    drop(d);
+
+    let d = Daemon::start(
+        std::path::Path::new(&url),
+        &repo.key,
+        &[
+            "--poll",
+            "1s",
+            "--drift",
+            "600s",
+            "--git-known-hosts",
+            pinned.to_str().unwrap(),
+        ],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(1, "cat /etc/tk-daemon"), "one\n");
+    let status = bed.ssh_ok(
+        0,
+        &format!(
+            "git --git-dir /srv/fleet.git show tidekeeper/status:status/hosts/{}.json",
+            bed.host(1).name
+        ),
+    );
+    assert!(
+        status.contains("\"synced\""),
+        "status pushed over ssh: {status}"
+    );
+    let note = bed.ssh_ok(
+        0,
+        "git --git-dir /srv/fleet.git notes --ref=tidekeeper show main",
+    );
+    assert!(note.contains("applied to 2 host(s)"), "{note}");
+}

@@ -41,7 +41,53 @@ pub struct Mirror {
     pub url: String,
     pub branch: String,
     pub status_branch: String,
+    pub access: Access,
     repo: Repository,
+    /// Why the last host key check refused (libgit2 reports it generically).
+    refused: std::cell::RefCell<Option<String>>,
+}
+
+/// How to reach a remote over the network.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Private key for ssh:// (else the ssh-agent).
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts entries pinning the git server's host key for ssh://:
+    /// (host patterns, key type, key blob).
+    pub known_hosts: Vec<(Vec<String>, String, Vec<u8>)>,
+    /// Token for https:// (sent as the password of `x-access-token`).
+    pub token: Option<String>,
+}
+
+impl Access {
+    /// Parse known_hosts text: `host[,host…] type base64`.
+    pub fn parse_known_hosts(text: &str) -> Vec<(Vec<String>, String, Vec<u8>)> {
+        use base64::Engine;
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let hosts = f.next()?.split(',').map(String::from).collect();
+                let kind = f.next()?.to_string();
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(f.next()?)
+                    .ok()?;
+                Some((hosts, kind, key))
+            })
+            .collect()
+    }
+}
+
+/// The host (and non-default port) of an ssh:// URL, as known_hosts names it.
+fn known_hosts_names(url: &str) -> Vec<String> {
+    let rest = url.strip_prefix("ssh://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit('@').next().unwrap_or("");
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p != "22" => vec![format!("[{h}]:{p}")],
+        Some((h, _)) => vec![h.to_string(), format!("[{h}]:22")],
+        None => vec![hostport.to_string()],
+    }
 }
 
 fn sig() -> Signature<'static> {
@@ -55,6 +101,7 @@ impl Mirror {
         url: &str,
         branch: &str,
         status_branch: &str,
+        access: Access,
     ) -> Result<Mirror, MirrorError> {
         let path = dir.join("mirror.git");
         let repo = match Repository::open_bare(&path) {
@@ -73,6 +120,8 @@ impl Mirror {
             }
         }
         Ok(Mirror {
+            refused: Default::default(),
+            access,
             path,
             url: url.to_string(),
             branch: branch.to_string(),
@@ -83,7 +132,6 @@ impl Mirror {
 
     /// Fetch the branch, the status branch and the notes; the branch's head.
     pub fn fetch(&self) -> Result<Oid, MirrorError> {
-        let mut remote = self.repo.find_remote("origin")?;
         let specs = [
             format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.branch),
             format!(
@@ -94,16 +142,88 @@ impl Mirror {
         ];
         // A missing status branch or notes ref is normal on first run; fetch
         // the watched branch alone first so its absence is the only error.
-        remote
-            .fetch(&specs[..1], None, None)
+        self.refused.borrow_mut().take();
+        self.fetch_refs(&[specs[0].as_str()])
             .map_err(|e| MirrorError::Fetch {
                 url: self.url.clone(),
-                message: e.message().to_string(),
+                message: self
+                    .refused
+                    .borrow_mut()
+                    .take()
+                    .unwrap_or_else(|| e.message().to_string()),
             })?;
         for spec in &specs[1..] {
-            let _ = remote.fetch(&[spec.as_str()], None, None);
+            let _ = self.fetch_refs(&[spec.as_str()]);
         }
         self.head()
+    }
+
+    /// Credentials and host verification for network remotes: ssh:// host
+    /// keys must match the pinned known_hosts (no trust on first use);
+    /// https:// uses the system's certificate authorities.
+    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+        let mut cb = git2::RemoteCallbacks::new();
+        let names = known_hosts_names(&self.url);
+        cb.certificate_check(move |cert, _host| {
+            let Some(hk) = cert.as_hostkey() else {
+                return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+            };
+            let offered = hk.hostkey().unwrap_or_default();
+            let pinned: Vec<_> = self
+                .access
+                .known_hosts
+                .iter()
+                .filter(|(hosts, _, _)| hosts.iter().any(|h| names.contains(h)))
+                .collect();
+            if pinned.iter().any(|(_, _, key)| key.as_slice() == offered) {
+                return Ok(git2::CertificateCheckStatus::CertificateOk);
+            }
+            let msg = if pinned.is_empty() {
+                format!(
+                    "the host key of the git server {} is not pinned; add it to --git-known-hosts",
+                    names.join(", ")
+                )
+            } else {
+                format!(
+                    "HOST KEY MISMATCH for the git server {}: refusing to connect",
+                    names.join(", ")
+                )
+            };
+            *self.refused.borrow_mut() = Some(msg.clone());
+            Err(git2::Error::from_str(&msg))
+        });
+        let mut tried = false;
+        cb.credentials(move |_url, user, allowed| {
+            // libgit2 asks again after a refusal; offer each credential once.
+            if std::mem::replace(&mut tried, true) {
+                return Err(git2::Error::from_str(
+                    "the git server refused tidekeeper's credentials",
+                ));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                let user = user.unwrap_or("git");
+                return match &self.access.ssh_key {
+                    Some(key) => git2::Cred::ssh_key(user, None, key, None),
+                    None => git2::Cred::ssh_key_from_agent(user),
+                };
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(t) = &self.access.token
+            {
+                return git2::Cred::userpass_plaintext("x-access-token", t);
+            }
+            Err(git2::Error::from_str(
+                "no credentials for the config repo (set --git-ssh-key or TIDEKEEPER_GIT_TOKEN)",
+            ))
+        });
+        cb
+    }
+
+    fn fetch_refs(&self, specs: &[&str]) -> Result<(), git2::Error> {
+        let mut remote = self.repo.find_remote("origin")?;
+        let mut opts = git2::FetchOptions::new();
+        opts.remote_callbacks(self.callbacks());
+        remote.fetch(specs, Some(&mut opts), None)
     }
 
     pub fn head(&self) -> Result<Oid, MirrorError> {
@@ -136,7 +256,7 @@ impl Mirror {
     fn push(&self, refspec: &str, what: &str) -> Result<bool, MirrorError> {
         let mut remote = self.repo.find_remote("origin")?;
         let mut rejected: Option<String> = None;
-        let mut cb = git2::RemoteCallbacks::new();
+        let mut cb = self.callbacks();
         cb.push_update_reference(|_, status| {
             if let Some(s) = status {
                 rejected = Some(s.to_string());
@@ -230,23 +350,21 @@ impl Mirror {
     ) -> Result<usize, MirrorError> {
         if let Some(target) = self.local_target() {
             let n = self.push_status_local(&target, files, message)?;
-            let mut remote = self.repo.find_remote("origin")?;
             let spec = format!(
                 "+refs/heads/{0}:refs/remotes/origin/{0}",
                 self.status_branch
             );
-            let _ = remote.fetch(&[spec.as_str()], None, None);
+            let _ = self.fetch_refs(&[spec.as_str()]);
             return Ok(n);
         }
         let local = format!("refs/tidekeeper/status-out/{}", self.status_branch);
         for attempt in 1..=PUSH_ATTEMPTS {
             if attempt > 1 {
-                let mut remote = self.repo.find_remote("origin")?;
                 let spec = format!(
                     "+refs/heads/{0}:refs/remotes/origin/{0}",
                     self.status_branch
                 );
-                let _ = remote.fetch(&[spec.as_str()], None, None);
+                let _ = self.fetch_refs(&[spec.as_str()]);
             }
             let parent = self
                 .repo
@@ -293,9 +411,8 @@ impl Mirror {
             return Ok(1);
         }
         for attempt in 1..=PUSH_ATTEMPTS {
-            let mut remote = self.repo.find_remote("origin")?;
             let spec = format!("+{NOTES_REF}:{REMOTE_NOTES}");
-            let _ = remote.fetch(&[spec.as_str()], None, None);
+            let _ = self.fetch_refs(&[spec.as_str()]);
             // Start from the remote's notes so nobody's note is lost.
             match self.repo.refname_to_id(REMOTE_NOTES) {
                 Ok(id) => {

@@ -44,6 +44,8 @@ pub struct Config {
     /// Only these hosts (e.g. pull mode: each server runs a daemon for
     /// itself); empty: every host in the fleet.
     pub hosts: Vec<String>,
+    /// Reaching the config repo over ssh:// or https://.
+    pub git: mirror::Access,
 }
 
 /// State shared between the loop and the HTTP server.
@@ -540,7 +542,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     })?;
     let status_branch =
         std::env::var("TIDEKEEPER_STATUS_BRANCH").unwrap_or_else(|_| "tidekeeper/status".into());
-    let mirror = Mirror::open(&cfg.state_dir, &cfg.repo, &cfg.branch, &status_branch)?;
+    let mirror = Mirror::open(
+        &cfg.state_dir,
+        &cfg.repo,
+        &cfg.branch,
+        &status_branch,
+        cfg.git.clone(),
+    )?;
     let shared = Arc::new(Shared {
         status: Mutex::new(FleetStatus {
             repo: cfg.repo.clone(),
