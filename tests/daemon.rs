@@ -602,3 +602,158 @@ fn an_ssh_remote_with_a_pinned_host_key() {
     );
     assert!(note.contains("applied to 2 host(s)"), "{note}");
 }
+
+#[test]
+fn an_https_remote_with_a_token() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let tmp = crate::support::TempDir::new("https");
+    let root = tmp.path().join("git");
+    std::fs::create_dir_all(&root).unwrap();
+    let bare = root.join("fleet.git");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.path.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port_file = tmp.path().join("port");
+    let mut server = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/git_https_server.py"
+        ))
+        .args([&cert, &key, &root])
+        .arg("t0ken")
+        .arg(&port_file)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !port_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the https git server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _server = Kill(std::mem::replace(
+        &mut server,
+        std::process::Command::new("true").spawn().unwrap(),
+    ));
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let url = format!("https://127.0.0.1:{port}/fleet.git");
+
+    let start = |token: &str| {
+        let mut cmd = crate::support::tidekeeper();
+        let state = tmp.path().join(format!("state-{token}"));
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cmd.args(["run", "--repo", &url, "--poll", "1s", "--drift", "600s"])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &format!("127.0.0.1:{p}")])
+            .arg("--ssh-key")
+            .arg(&repo.key)
+            .env("SSL_CERT_FILE", &cert)
+            .env("TIDEKEEPER_GIT_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        (Kill(cmd.spawn().unwrap()), p)
+    };
+    let get = |port: u16| -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let wait = |port: u16, what: &str, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = get(port);
+            if st.contains(needle) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    {
+        let (_d, port) = start("wrong");
+        wait(port, "a refused token", "no successful fetch");
+    }
+    let (_d, port) = start("t0ken");
+    let c = head(&repo);
+    wait(
+        port,
+        "the commit applied",
+        &format!("\"applied_commit\":\"{c}\""),
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "one\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let show = std::process::Command::new("git")
+            .args([
+                "--git-dir",
+                bare.to_str().unwrap(),
+                "show",
+                &format!("tidekeeper/status:status/hosts/{}.json", bed.host(0).name),
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&show.stdout).contains("\"synced\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status not pushed over https");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
