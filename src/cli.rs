@@ -52,6 +52,10 @@ pub struct HostArgs {
     /// Permit deleting more than 20 resources, or more than a quarter of a host's.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// A host rolls back a change to SSH, firewall, sudo or network settings
+    /// unless a new SSH connection proves access within this time.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub rollback_after: std::time::Duration,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,6 +185,9 @@ pub enum Command {
         /// Token for an https:// config repo.
         #[arg(long, env = "TIDEKEEPER_GIT_TOKEN", hide_env_values = true)]
         git_token: Option<String>,
+        /// A host rolls back a risky change unless access is proven within this time.
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        rollback_after: std::time::Duration,
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
@@ -239,6 +246,7 @@ pub fn run(cli: Cli) -> ExitCode {
             git_ssh_key,
             git_known_hosts,
             git_token,
+            rollback_after,
             log_format,
         } => run_daemon(
             crate::daemon::Config {
@@ -251,6 +259,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 webhook_secret,
                 ssh_key: ssh_key.clone(),
                 watch: !no_watch,
+                rollback_after,
                 hosts,
                 git: crate::daemon::mirror::Access {
                     ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
@@ -570,6 +579,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         parallel: None,
         ssh_key: None,
         allow_mass_delete: false,
+        rollback_after: std::time::Duration::from_secs(120),
     };
     println!(
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
@@ -630,6 +640,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
             watch: true,
             hosts: vec![DEMO_HOST.into()],
             git: Default::default(),
+            rollback_after: std::time::Duration::from_secs(120),
         },
         LogFormat::Human,
     )
@@ -664,6 +675,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engi
             allow_mass_delete: args.allow_mass_delete,
         },
         ssh_key: args.ssh_key.clone(),
+        rollback_deadline: args.rollback_after,
         ..Default::default()
     };
     Ok((fleet, names, opts))

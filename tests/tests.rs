@@ -8,6 +8,7 @@ mod dockerfile;
 mod engine;
 mod local;
 mod mutate;
+mod safety;
 mod template;
 mod testbed;
 mod validate;

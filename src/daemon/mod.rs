@@ -46,6 +46,8 @@ pub struct Config {
     pub hosts: Vec<String>,
     /// Reaching the config repo over ssh:// or https://.
     pub git: mirror::Access,
+    /// A host rolls back a risky change unless access is proven within this time.
+    pub rollback_after: Duration,
 }
 
 /// State shared between the loop and the HTTP server.
@@ -218,6 +220,7 @@ impl Loop {
         engine::Options {
             parallel: fleet.settings.parallelism.max(1) as usize,
             ssh_key: self.cfg.ssh_key.clone(),
+            rollback_deadline: self.cfg.rollback_after,
             ..Default::default()
         }
     }

@@ -136,7 +136,14 @@ fn same_entries(a: &Inventory, b: &Inventory) -> bool {
 }
 
 /// Build the apply script for a plan. `run_id` names the backup directory.
-pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
+/// Arm the lockout guard for risky changes: the login user and the deadline.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    pub login_user: String,
+    pub deadline_secs: u64,
+}
+
+pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSettings>) -> Script {
     let state = q(&format!("{root}{STATE_DIR}"));
     let mut b = Builder {
         root: root.to_string(),
@@ -161,6 +168,15 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str) -> Script {
 
     // First record that everything about to be touched is managed, so a run
     // cut short can still prune what it created.
+    if let Some(g) = guard
+        && !super::guard::risky(plan, &g.login_user).is_empty()
+    {
+        b.step(
+            "arm the lockout guard".into(),
+            super::guard::arm(plan, &g.login_user, run_id, g.deadline_secs),
+        );
+    }
+
     let mut union = plan.inventory.clone();
     for c in &plan.changes {
         if c.prune
@@ -560,6 +576,11 @@ pub enum Outcome {
     Interrupted {
         completed: usize,
     },
+}
+
+/// Did the script arm the lockout guard?
+pub fn armed(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.starts_with("@@armed "))
 }
 
 pub fn read_report(stdout: &str, stderr: &str, steps: &[Step]) -> Outcome {

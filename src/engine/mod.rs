@@ -8,6 +8,7 @@
 //! - [`render`]: plans and reports for people and machines.
 
 pub mod apply;
+pub mod guard;
 pub mod item;
 pub mod plan;
 pub mod probe;
@@ -49,6 +50,8 @@ pub struct Options {
     /// Rolling apply: one canary host first, then `parallel` at a time,
     /// stopping at the first failure.
     pub rolling: bool,
+    /// After this long without proof of access, a host rolls back a risky change.
+    pub rollback_deadline: Duration,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             probe_timeout: Duration::from_secs(120),
             apply_timeout: Duration::from_secs(1800),
             rolling: false,
+            rollback_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -285,18 +289,59 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
         return p;
     }
     let start = Instant::now();
-    let script = apply::script(plan, conn.root(), run);
-    let outcome = match conn.run_script(&script.text, opts.apply_timeout).await {
-        Ok(out) => apply::read_report(
-            &String::from_utf8_lossy(&out.stdout),
-            &out.stderr_text(),
-            &script.steps,
-        ),
+    let guard = match conn {
+        crate::transport::Connection::Ssh(s) => Some(apply::GuardSettings {
+            login_user: s.target().user.clone(),
+            deadline_secs: opts.rollback_deadline.as_secs().max(1),
+        }),
+        crate::transport::Connection::Local(_) => None,
+    };
+    let script = apply::script(plan, conn.root(), run, guard.as_ref());
+    let mut armed = false;
+    let mut outcome = match conn.run_script(&script.text, opts.apply_timeout).await {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            armed = apply::armed(&stdout);
+            apply::read_report(&stdout, &out.stderr_text(), &script.steps)
+        }
         Err(e) => {
             p.result.error = Some(format!("apply interrupted: {e}"));
             Outcome::Interrupted { completed: 0 }
         }
     };
+    if armed && let Some(g) = &guard {
+        // Prove access with a NEW connection; only that disarms the rollback.
+        let risky = guard::risky(plan, &g.login_user).join(", ");
+        let proof = async {
+            let fresh = conn.reconnect().await?;
+            let out = fresh
+                .run_script(&guard::disarm_script(run), Duration::from_secs(30))
+                .await;
+            fresh.close().await;
+            out
+        };
+        let limit = opts
+            .rollback_deadline
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_secs(1));
+        let verdict = match tokio::time::timeout(limit, proof).await {
+            Ok(Ok(out)) if out.success() => None,
+            Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("rolled-back") => {
+                Some("the host had already rolled back (the proof came too late)".to_string())
+            }
+            Ok(Ok(out)) => Some(format!("the access check failed: {}", out.stderr_text())),
+            Ok(Err(e)) => Some(format!("a new connection failed: {e}")),
+            Err(_) => Some(format!("no new connection within {limit:?}")),
+        };
+        if let Some(why) = verdict {
+            p.result.error = Some(format!(
+                "rolled back: access lost after change ({risky}); {why}; \
+                 the host restores the previous state by itself within {}s of the change",
+                g.deadline_secs
+            ));
+            outcome = Outcome::Interrupted { completed: 0 };
+        }
+    }
     match &outcome {
         Outcome::Done { steps, .. } => progress(Event::Applied {
             host: p.result.host.clone(),

@@ -840,7 +840,7 @@ mod tests {
         let it = items(&h);
         let obs = probe::parse("E\tend\n", "", &it).unwrap();
         let p = plan_host(&h, &it, &obs, PlanOptions::default());
-        let script = crate::engine::apply::script(&p, "", "run").text;
+        let script = crate::engine::apply::script(&p, "", "run", None).text;
         let allow = script
             .find("ufw allow 22/tcp comment 'ssh'")
             .expect("allow rule");

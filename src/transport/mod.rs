@@ -100,6 +100,16 @@ impl Connection {
         }
     }
 
+    /// A NEW connection to the same host (to prove access after a change).
+    pub async fn reconnect(&self) -> Result<Connection, TransportError> {
+        match self {
+            Connection::Ssh(s) => Ok(Connection::Ssh(Box::new(
+                Ssh::connect(s.target().clone()).await?,
+            ))),
+            Connection::Local(l) => Ok(Connection::Local(Local::new(l.root()))),
+        }
+    }
+
     pub async fn close(self) {
         if let Connection::Ssh(s) = self {
             s.close().await;

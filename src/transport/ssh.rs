@@ -183,6 +183,10 @@ impl Ssh {
         })
     }
 
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
     /// The server's key as accepted: `(type, base64)`.
     pub fn host_key(&self) -> &(String, String) {
         &self.host_key

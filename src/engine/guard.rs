@@ -1,0 +1,160 @@
+//! The lockout guard ("commit confirmed"): before a change to what access
+//! depends on — sshd, the firewall, network configuration, sudoers,
+//! authorized_keys, the login user — the host arms its own rollback (a
+//! transient systemd timer), the change is applied, and access is proven with
+//! a NEW SSH connection. Proof disarms the timer; no proof (or tidekeeper
+//! dying) lets the host restore the previous state by itself. Building the
+//! rollback script is pure.
+
+use super::item::Item;
+use super::plan::{Change, HostPlan};
+use crate::transport::shell_quote as q;
+
+/// Paths whose change can cut off SSH access.
+const ACCESS_PATHS: [&str; 8] = [
+    "/etc/ssh/",
+    "/etc/sudoers",
+    "/etc/pam.d/",
+    "/etc/network/",
+    "/etc/netplan/",
+    "/etc/systemd/network/",
+    "/etc/ufw/",
+    "/etc/hosts.allow",
+];
+
+/// ufw's own state, saved and restored as a whole.
+pub const UFW_FILES: [&str; 5] = [
+    "/etc/ufw/user.rules",
+    "/etc/ufw/user6.rules",
+    "/etc/ufw/ufw.conf",
+    "/etc/default/ufw",
+    "/etc/ufw/before.rules",
+];
+
+/// Does this change touch what access depends on?
+pub fn is_risky(c: &Change, login_user: &str) -> bool {
+    match c.kind.as_str() {
+        "firewall" => true,
+        "user" | "group" => c.id == login_user || c.kind == "user" && c.id == "root",
+        "sysctl" => c.id.starts_with("net."),
+        "file" | "directory" | "symlink" | "absent" => {
+            ACCESS_PATHS.iter().any(|p| c.id.starts_with(p))
+                || c.id.ends_with("/.ssh/authorized_keys")
+        }
+        _ => false,
+    }
+}
+
+/// The risky changes of a plan, as `kind id` for reports.
+pub fn risky(plan: &HostPlan, login_user: &str) -> Vec<String> {
+    plan.changes
+        .iter()
+        .filter(|c| is_risky(c, login_user))
+        .map(|c| format!("{} {}", c.kind, c.id))
+        .collect()
+}
+
+/// Shell code (run inside the apply script, after the lock is taken) that
+/// saves the current state of every risky path and arms the rollback timer.
+/// `$S` is the state directory and `$R` the root prefix.
+pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> String {
+    let mut paths: Vec<String> = Vec::new();
+    let mut ssh = false;
+    let mut ufw = false;
+    for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
+        match c.kind.as_str() {
+            "firewall" => ufw = true,
+            "file" | "directory" | "symlink" | "absent" => {
+                if c.id.starts_with("/etc/ssh/") {
+                    ssh = true;
+                }
+                if c.id.starts_with("/etc/ufw/") {
+                    ufw = true;
+                }
+                if !matches!(c.item, Some(Item::Dir { .. })) {
+                    paths.push(c.id.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    if ufw {
+        paths.extend(UFW_FILES.iter().map(|s| s.to_string()));
+    }
+    paths.sort();
+    paths.dedup();
+    let saved = format!("$S/rollback/{run}");
+    // The rollback script: restore what existed, remove what did not.
+    let mut rb = String::from(
+        "#!/bin/sh\n# tidekeeper: restore access-critical files after a change that was not confirmed.\n",
+    );
+    rb.push_str(&format!(
+        "R={}\nS={}\nD=\"$S/rollback/{run}\"\n",
+        q("$R_VALUE"),
+        q("$S_VALUE")
+    ));
+    if ufw {
+        // A firewall that was off before goes off first, while ufw still has
+        // its files; one that was on is reloaded after its files are back.
+        rb.push_str(
+            "if grep -q '^ENABLED=yes' \"$D/files/etc/ufw/ufw.conf\" 2>/dev/null; then UFW_WAS=on; else UFW_WAS=off; fi\n\
+             if [ $UFW_WAS = off ] && command -v ufw >/dev/null; then ufw --force disable; fi\n",
+        );
+    }
+    for p in &paths {
+        let qp = q(p);
+        // ufw's own files that did not exist came with the package: keep them.
+        let remove = if UFW_FILES.contains(&p.as_str()) {
+            String::new()
+        } else {
+            format!(" elif [ -e \"$D/absent\"{qp} ]; then rm -f \"$R\"{qp};")
+        };
+        rb.push_str(&format!(
+            "if [ -e \"$D/files\"{qp} ] || [ -L \"$D/files\"{qp} ]; then cp -a \"$D/files\"{qp} \"$R\"{qp}.tk-restore && mv -f \"$R\"{qp}.tk-restore \"$R\"{qp};{remove} fi\n"
+        ));
+    }
+    if ssh {
+        rb.push_str("systemctl reload-or-restart ssh.service 2>/dev/null || systemctl reload-or-restart sshd.service 2>/dev/null\n");
+    }
+    if ufw {
+        rb.push_str("if [ $UFW_WAS = on ]; then ufw reload; fi\n");
+    }
+    rb.push_str(&format!(
+        "mkdir -p \"$S/rolled-back\" && date -u +%FT%TZ > \"$S/rolled-back/{run}\"\n"
+    ));
+    let mut s = format!("mkdir -p \"{saved}/files\" \"{saved}/absent\" || return\n");
+    for p in &paths {
+        let qp = q(p);
+        s.push_str(&format!(
+            "if [ -e \"$R\"{qp} ] || [ -L \"$R\"{qp} ]; then mkdir -p \"$(dirname \"{saved}/files\"{qp})\" && cp -a \"$R\"{qp} \"{saved}/files\"{qp} || return; \
+             else mkdir -p \"$(dirname \"{saved}/absent\"{qp})\" && : > \"{saved}/absent\"{qp} || return; fi\n"
+        ));
+    }
+    s.push_str(&format!(
+        "sed -e \"s|\\$R_VALUE|$R|\" -e \"s|\\$S_VALUE|$S|\" > \"{saved}.sh\" <<'TK_RB_EOF' || return\n{rb}TK_RB_EOF\n"
+    ));
+    // systemd keeps the timer even if this connection (or tidekeeper) dies.
+    s.push_str(&format!(
+        "if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
+         systemd-run --quiet --collect --unit={unit} --on-active={deadline_secs} /bin/sh \"{saved}.sh\" || return; \
+         else (sleep {deadline_secs}; [ -e \"{saved}.armed\" ] && /bin/sh \"{saved}.sh\") </dev/null >/dev/null 2>&1 & fi\n\
+         : > \"{saved}.armed\"\nprintf '@@armed %s\\n' {run}\n",
+        unit = unit(run),
+    ));
+    s
+}
+
+/// The transient unit that rolls back `run`.
+pub fn unit(run: &str) -> String {
+    format!("tidekeeper-rollback-{run}")
+}
+
+/// Disarm the rollback after access was proven (run over the new connection).
+pub fn disarm_script(run: &str) -> String {
+    format!(
+        "S=/var/lib/tidekeeper; systemctl stop {unit}.timer 2>/dev/null; rm -f \"$S/rollback/{run}.armed\"; \
+         if [ -e \"$S/rolled-back/{run}\" ]; then echo rolled-back; exit 3; fi; \
+         rm -rf \"$S/rollback/{run}\" \"$S/rollback/{run}.sh\"; echo disarmed\n",
+        unit = unit(run)
+    )
+}
