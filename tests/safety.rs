@@ -178,3 +178,45 @@ fn a_safe_change_to_sshd_is_confirmed_and_kept() {
         "disarmed"
     );
 }
+
+#[test]
+fn planted_symlinks_are_refused() {
+    let bed = Testbed::start(1);
+    let role = "files:\n  - {path: /etc/app/app.conf, content: \"x = 1\\n\"}\n  - {path: /home/deploy/app/settings, content: \"y = 2\\n\"}\n";
+    let repo = FleetRepo::minimal(&bed, &[("app", role)]);
+    // A symlink at a managed path, pointing at /etc/shadow.
+    bed.ssh_ok(
+        0,
+        "mkdir -p /etc/app && ln -s /etc/shadow /etc/app/app.conf",
+    );
+    // A symlink owned by an ordinary user above a managed path.
+    bed.ssh_ok(
+        0,
+        "useradd -m deploy && su deploy -c 'ln -s /etc /home/deploy/app'",
+    );
+    let shadow = bed.ssh_ok(0, "sha256sum /etc/shadow");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains("/etc/app/app.conf is a symlink on the host"),
+        "{report}"
+    );
+    assert!(
+        report.contains("/home/deploy/app is a symlink owned by deploy, not root"),
+        "{report}"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "sha256sum /etc/shadow"),
+        shadow,
+        "/etc/shadow untouched"
+    );
+    assert!(
+        !bed.ssh(0, "test -e /etc/settings").status.success(),
+        "nothing written through the planted link"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "readlink /etc/app/app.conf").trim(),
+        "/etc/shadow"
+    );
+}

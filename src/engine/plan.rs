@@ -183,6 +183,15 @@ fn plan_file(
             ));
             return None;
         }
+        Some(ps) if ps.kind == PathKind::Link => {
+            blocked.push(format!(
+                "{} is a symlink on the host (owned by {}); tidekeeper never writes through or replaces \
+                 a symlink it did not create, since one may have been planted to redirect the write \
+                 (remove it by hand, or declare the path `absent` first)",
+                f.path, ps.owner
+            ));
+            return None;
+        }
         Some(ps) if ps.kind != PathKind::File => {
             let mut c = change(item, Action::Replace);
             c.was = Some(ps.kind);
@@ -563,6 +572,13 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             }
         };
         changes.extend(ch);
+    }
+
+    for (dir, owner) in &obs.unsafe_parents {
+        blocked.push(format!(
+            "{dir} is a symlink owned by {owner}, not root, above managed paths; \
+             tidekeeper will not write through it (it may have been planted to redirect writes)"
+        ));
     }
 
     // Handlers: notified by what changes now, or owed by a failed earlier run.

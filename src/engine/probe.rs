@@ -37,6 +37,9 @@ pub struct Observed {
     pub inventory: Inventory,
     /// Handlers a failed earlier run still owes.
     pub pending_handlers: Vec<String>,
+    /// Ancestor directories of managed paths that are symlinks not owned by
+    /// root: (path, owner, target). Writing through them could land anywhere.
+    pub unsafe_parents: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +155,31 @@ pub fn script(items: &[Item], root: &str) -> String {
             s.push_str(&q(path));
         }
         s.push('\n');
+    }
+    // Ancestors of managed paths: a symlink among them that root does not
+    // own may have been planted to redirect a write.
+    let mut ancestors: Vec<String> = Vec::new();
+    for i in items {
+        if let Some(path) = i.path() {
+            let mut cur = path;
+            while let Some(idx) = cur.rfind('/') {
+                cur = &cur[..idx];
+                if cur.is_empty() {
+                    break;
+                }
+                ancestors.push(p(cur));
+            }
+        }
+    }
+    ancestors.sort();
+    ancestors.dedup();
+    if !ancestors.is_empty() {
+        s.push_str("stat -c 'Y\t%F\t%U\t%n' --");
+        for a in &ancestors {
+            s.push(' ');
+            s.push_str(&q(a));
+        }
+        s.push_str(" | grep '^Y\tsymbolic link'\n");
     }
     // Paths tidekeeper managed before (to prune what left the config).
     let sed_root = root
@@ -536,6 +564,17 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                 let h = rest.trim().to_string();
                 if !h.is_empty() && !o.pending_handlers.contains(&h) {
                     o.pending_handlers.push(h);
+                }
+            }
+            "Y" => {
+                let mut c = rest.splitn(3, '\t');
+                let (kind, owner, name) = (
+                    c.next().ok_or_else(bad)?,
+                    c.next().ok_or_else(bad)?,
+                    c.next().ok_or_else(bad)?,
+                );
+                if kind == "symbolic link" && owner != "root" {
+                    o.unsafe_parents.push((strip(name), owner.to_string()));
                 }
             }
             "E" => ended = true,
