@@ -93,6 +93,35 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Encrypt standard input into secrets/NAME.age (then commit it).
+    Encrypt {
+        name: String,
+        #[command(flatten)]
+        keys: SecretKeys,
+    },
+    /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        keys: SecretKeys,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretKeys {
+    /// The config repo's work tree.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// age public keys to encrypt to (repeatable); default: the identity's own.
+    #[arg(long = "recipient", value_name = "AGE1…")]
+    pub recipients: Vec<String>,
+    /// The age identity (its text), as the daemon gets it.
+    #[arg(long, env = "TIDEKEEPER_AGE_IDENTITY", hide_env_values = true)]
+    pub identity: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check the config repo at a commit; report every problem with file:line:column.
     Validate {
@@ -197,6 +226,11 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8420")]
         daemon: std::net::SocketAddr,
     },
+    /// Encrypt and edit age secrets in a config repo's work tree.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Create a new config repo from the built-in example fleet.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -272,6 +306,7 @@ pub fn run(cli: Cli) -> ExitCode {
             log_format,
         ),
         Command::Retry { daemon } => retry(daemon),
+        Command::Secrets { command } => secrets_cmd(command),
         Command::Init { dir } => init(&dir),
         Command::Demo {
             dir,
@@ -647,9 +682,26 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
 }
 
 /// Load the fleet and choose hosts, for plan and apply.
+/// Load, and load again with the age identity when one is configured, so
+/// secrets are decrypted (in memory only).
+fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, u8> {
+    let fleet = load(tree, Format::Human)?;
+    match crate::secrets::identity(&fleet.settings) {
+        Ok(None) => Ok(fleet),
+        Ok(Some(id)) => model::load_with_identity(tree, Some(&id)).map_err(|diags| {
+            eprint!("{diags}");
+            EXIT_INVALID
+        }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
 fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engine::Options), u8> {
     let tree = read_tree(repo)?;
-    let fleet = load(&tree, Format::Human)?;
+    let fleet = load_decrypted(&tree)?;
     let names: Vec<String> = if args.hosts.is_empty() {
         fleet.hosts.iter().map(|h| h.name.clone()).collect()
     } else {
@@ -676,6 +728,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engi
         },
         ssh_key: args.ssh_key.clone(),
         rollback_deadline: args.rollback_after,
+        redactions: fleet.redactions.clone(),
         ..Default::default()
     };
     Ok((fleet, names, opts))
@@ -720,6 +773,7 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
         Err(c) => return c,
     };
     let total = names.len();
+    let redact = opts.clone();
     let results = runtime().block_on(async {
         let planned = engine::plan_all(
             std::sync::Arc::new(fleet),
@@ -731,12 +785,13 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
         engine::finish(planned).await
     });
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&engine::render::json(&results)).expect("json")
-        );
+        let text = serde_json::to_string_pretty(&engine::render::json(&results)).expect("json");
+        println!("{}", redact.redact(&text));
     } else {
-        print!("{}", engine::render::plan_text(&results, color()));
+        print!(
+            "{}",
+            redact.redact(&engine::render::plan_text(&results, color()))
+        );
     }
     let t = engine::render::totals(&results);
     if t.errors > 0 {
@@ -765,7 +820,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     ));
     let results: Vec<&engine::HostResult> = planned.iter().map(|p| p.result()).collect();
     let text = engine::render::plan_text(&results, color());
-    print!("{text}");
+    print!("{}", opts.redact(&text));
     let t = engine::render::totals(&results);
     if t.add + t.change + t.destroy + t.run == 0 {
         let results = rt.block_on(engine::finish(planned));
@@ -793,8 +848,15 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
             return EXIT_OK;
         }
     }
-    let results = rt.block_on(engine::apply_all(planned, opts, progress(total, false)));
-    println!("\n{}", engine::render::apply_summary(&results).trim_end());
+    let results = rt.block_on(engine::apply_all(
+        planned,
+        opts.clone(),
+        progress(total, false),
+    ));
+    println!(
+        "\n{}",
+        opts.redact(engine::render::apply_summary(&results).trim_end())
+    );
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {
         println!(
@@ -851,6 +913,112 @@ fn retry(addr: std::net::SocketAddr) -> u8 {
         }
         Err(e) => {
             eprintln!("error: cannot reach the daemon at {addr}: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn secrets_cmd(cmd: SecretsCommand) -> u8 {
+    use std::io::Read;
+    let (name, keys, edit) = match cmd {
+        SecretsCommand::Encrypt { name, keys } => (name, keys, false),
+        SecretsCommand::Edit { name, keys } => (name, keys, true),
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        eprintln!("error: secret names are letters, digits, '-', '_' and '.': {name:?}");
+        return EXIT_USAGE;
+    }
+    let mut recipients = keys.recipients.clone();
+    if recipients.is_empty()
+        && let Some(id) = &keys.identity
+    {
+        recipients = crate::secrets::recipients_of(id);
+    }
+    if recipients.is_empty() {
+        eprintln!("error: no recipients: pass --recipient age1… or set TIDEKEEPER_AGE_IDENTITY");
+        return EXIT_USAGE;
+    }
+    let plaintext = if edit {
+        let Some(id) = &keys.identity else {
+            eprintln!("error: editing needs the identity to decrypt: set TIDEKEEPER_AGE_IDENTITY");
+            return EXIT_USAGE;
+        };
+        let path = keys.repo.join("secrets").join(format!("{name}.age"));
+        let current = match std::fs::read(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        };
+        let plain = match crate::model::resolve::decrypt_secret(id, &current) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: cannot decrypt {}: {e}", path.display());
+                return EXIT_INVALID;
+            }
+        };
+        // A private temporary file, removed afterwards.
+        let dir = std::env::temp_dir().join(format!("tidekeeper-secret-{}", std::process::id()));
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        };
+        if let Err(e) = made {
+            eprintln!("error: {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+        let file = dir.join(&name);
+        let result = (|| -> std::io::Result<Vec<u8>> {
+            std::fs::write(&file, &plain)?;
+            let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{editor} \"$1\""))
+                .arg("sh")
+                .arg(&file)
+                .status()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{editor} exited with {status}"
+                )));
+            }
+            std::fs::read(&file)
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        let mut buf = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+            eprintln!("error: reading the secret from stdin: {e}");
+            return EXIT_USAGE;
+        }
+        buf
+    };
+    let written = crate::secrets::encrypt(&recipients, &plaintext)
+        .and_then(|c| crate::secrets::write_secret(&keys.repo, &name, &c));
+    match written {
+        Ok(path) => {
+            println!(
+                "Wrote {} (encrypted to {} recipient{}). Commit it; the plaintext is never stored.",
+                path.display(),
+                recipients.len(),
+                plural(recipients.len())
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             EXIT_USAGE
         }
     }

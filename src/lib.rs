@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod engine;
 pub mod model;
 pub mod schedule;
+pub mod secrets;
 pub mod source;
 pub mod transport;

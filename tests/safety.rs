@@ -220,3 +220,123 @@ fn planted_symlinks_are_refused() {
         "/etc/shadow"
     );
 }
+
+const PLAINTEXT: &str = "hunter2-c0rrect-h0rse-battery";
+
+#[test]
+fn secrets_are_decrypted_for_hosts_and_never_shown_anywhere() {
+    let bed = Testbed::start(1);
+    let keygen = std::process::Command::new("age-keygen").output().unwrap();
+    assert!(keygen.status.success());
+    let identity = String::from_utf8(keygen.stdout).unwrap();
+    let role = r#"
+files:
+  - path: /etc/app/db.conf
+    template: db.conf.j2
+  - path: /etc/app/token
+    secret: db-password
+  - path: /etc/app/check.conf
+    template: db.conf.j2
+    validate: "cat %s >&2; false"
+"#;
+    let repo = FleetRepo::minimal(&bed, &[("app", role)]);
+    repo.write(
+        "templates/db.conf.j2",
+        "user = app\npassword = {{ secret(\"db-password\") }}\n",
+    );
+    let mut enc = crate::support::tidekeeper()
+        .args(["secrets", "encrypt", "db-password", "--repo"])
+        .arg(&repo.path)
+        .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    enc.stdin
+        .take()
+        .unwrap()
+        .write_all(PLAINTEXT.as_bytes())
+        .unwrap();
+    assert!(enc.wait_with_output().unwrap().status.success());
+    let stored = std::fs::read_to_string(repo.path.join("secrets/db-password.age")).unwrap();
+    assert!(stored.contains("BEGIN AGE ENCRYPTED FILE") && !stored.contains(PLAINTEXT));
+    repo.commit("a secret");
+
+    let tk = |args: &[&str]| {
+        crate::support::tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo.path)
+            .arg("--ssh-key")
+            .arg(&repo.key)
+            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+            .output()
+            .unwrap()
+    };
+    let mut outputs = Vec::new();
+    // Without the identity: refused, nothing applied.
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("uses secrets, but they cannot be decrypted"),
+        "{}",
+        text(&out)
+    );
+    outputs.push(text(&out));
+    for args in [
+        &["plan"][..],
+        &["plan", "--json"][..],
+        &["apply", "--yes"][..],
+    ] {
+        let out = tk(args);
+        outputs.push(text(&out));
+    }
+    let apply = outputs.last().unwrap().clone();
+    // The validator printed the rendered file, secret included: blanked.
+    assert!(apply.contains("password = (sensitive)"), "{apply}");
+    // The other files landed, decrypted, mode 0600.
+    assert_eq!(bed.ssh_ok(0, "cat /etc/app/token"), PLAINTEXT);
+    assert!(
+        bed.ssh_ok(0, "cat /etc/app/db.conf")
+            .contains(&format!("password = {PLAINTEXT}"))
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "stat -c %a /etc/app/token /etc/app/db.conf"),
+        "600\n600\n"
+    );
+
+    // The daemon: logs, status branch, notes, HTTP.
+    repo.write("roles/app.yaml", &role.replace("  - path: /etc/app/check.conf\n    template: db.conf.j2\n    validate: \"cat %s >&2; false\"\n", ""));
+    repo.commit("drop the failing check");
+    // Drift on a secret file.
+    bed.ssh_ok(0, "echo changed > /etc/app/token");
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "1s"],
+        &[("TIDEKEEPER_AGE_IDENTITY", identity.as_str())],
+    );
+    d.wait_applied(
+        &git(&repo.path, &["rev-parse", "HEAD"]),
+        Duration::from_secs(30),
+    );
+    bed.ssh_ok(0, "echo changed again > /etc/app/token");
+    let h = bed.host(0).name.clone();
+    d.wait_for("drift seen", Duration::from_secs(20), |d| {
+        d.status()["hosts"][&h]["state"] == "drifted"
+    });
+    for path in ["/", "/status", "/metrics", "/badges/fleet.svg"] {
+        outputs.push(d.get(path).1);
+    }
+    outputs.push(d.log());
+    outputs.push(git(&repo.path, &["log", "-p", "tidekeeper/status"]));
+    outputs.push(git(&repo.path, &["log", "-p", "refs/notes/tidekeeper"]));
+    for (i, o) in outputs.iter().enumerate() {
+        assert!(!o.contains(PLAINTEXT), "output {i} leaks the secret:\n{o}");
+        assert!(
+            !o.contains("hunter2"),
+            "output {i} leaks part of the secret"
+        );
+    }
+}

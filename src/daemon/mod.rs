@@ -204,13 +204,20 @@ impl Loop {
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
             let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
-            crate::model::load(&tree).map_err(|d| {
+            let lines = |d: crate::model::Diagnostics| -> Vec<String> {
                 d.to_string()
                     .lines()
                     .filter(|l| !l.trim().is_empty())
                     .map(String::from)
                     .collect()
-            })
+            };
+            let fleet = crate::model::load(&tree).map_err(lines)?;
+            // Secrets are decrypted in memory when an identity is configured.
+            match crate::secrets::identity(&fleet.settings) {
+                Ok(None) => Ok(fleet),
+                Ok(Some(id)) => crate::model::load_with_identity(&tree, Some(&id)).map_err(lines),
+                Err(e) => Err(vec![e.to_string()]),
+            }
         })
         .await
         .expect("load task")
@@ -221,6 +228,7 @@ impl Loop {
             parallel: fleet.settings.parallelism.max(1) as usize,
             ssh_key: self.cfg.ssh_key.clone(),
             rollback_deadline: self.cfg.rollback_after,
+            redactions: fleet.redactions.clone(),
             ..Default::default()
         }
     }

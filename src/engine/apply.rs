@@ -100,7 +100,8 @@ fn write_file(b: &Builder, f: &FileItem, exists: bool) -> String {
     if let Some(v) = &f.validate {
         let cmd = v.replace("%s", "\"$t\"");
         s.push_str(&format!(
-            "if ! {cmd}; then rm -f \"$t\"; echo {} >&2; return 1; fi\n",
+            // A group, so `a; b` as a validator is judged by its last command.
+            "if ! {{ {cmd}\n}}; then rm -f \"$t\"; echo {} >&2; return 1; fi\n",
             q(&format!(
                 "validation failed ({v}); the live file is untouched"
             ))

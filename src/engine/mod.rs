@@ -52,6 +52,20 @@ pub struct Options {
     pub rolling: bool,
     /// After this long without proof of access, a host rolls back a risky change.
     pub rollback_deadline: Duration,
+    /// Secret values to blank out of every error and report.
+    pub redactions: Vec<String>,
+}
+
+impl Options {
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for r in &self.redactions {
+            if out.contains(r.as_str()) {
+                out = out.replace(r.as_str(), crate::model::desired::SENSITIVE);
+            }
+        }
+        out
+    }
 }
 
 impl Default for Options {
@@ -65,6 +79,7 @@ impl Default for Options {
             apply_timeout: Duration::from_secs(1800),
             rolling: false,
             rollback_deadline: Duration::from_secs(120),
+            redactions: vec![],
         }
     }
 }
@@ -168,6 +183,20 @@ pub async fn connect(
     Ok(Connection::Ssh(Box::new(Ssh::connect(target).await?)))
 }
 
+/// Does the host's desired state carry secret values (placeholders when
+/// they could not be decrypted)?
+fn uses_secrets(host: &Host) -> bool {
+    let placeholder = crate::model::desired::SENSITIVE.as_bytes();
+    let has = |c: &crate::model::desired::Content| {
+        c.sensitive && c.bytes.windows(placeholder.len()).any(|w| w == placeholder)
+    };
+    host.resources.iter().any(|r| match r {
+        crate::model::desired::Resource::File(f) => has(&f.content),
+        crate::model::desired::Resource::Stack(st) => st.files.values().any(has),
+        _ => false,
+    })
+}
+
 /// Resource kinds that cannot be confined to a directory.
 fn check_local_root(host: &Host, items: &[Item], conn: &Connection) -> Result<(), EngineError> {
     if conn.root().is_empty() {
@@ -245,16 +274,25 @@ pub async fn plan_all(
                 elapsed: Duration::ZERO,
             };
             let mut conn = None;
-            match connect(&fleet, host, &opts).await {
-                Err(e) => result.error = Some(e.to_string()),
-                Ok(c) => match plan_host(&c, host, &opts).await {
-                    Ok(p) => {
-                        result.plan = Some(p);
-                        conn = Some(c);
-                    }
+            if !fleet.secrets_decrypted && uses_secrets(host) {
+                result.error = Some(format!(
+                    "{} uses secrets, but they cannot be decrypted: no age identity \
+                     (set {} or secrets.identity_file in tidekeeper.yaml)",
+                    host.name, fleet.settings.secrets_identity_env
+                ));
+            } else {
+                match connect(&fleet, host, &opts).await {
                     Err(e) => result.error = Some(e.to_string()),
-                },
+                    Ok(c) => match plan_host(&c, host, &opts).await {
+                        Ok(p) => {
+                            result.plan = Some(p);
+                            conn = Some(c);
+                        }
+                        Err(e) => result.error = Some(e.to_string()),
+                    },
+                }
             }
+            result.error = result.error.map(|e| opts.redact(&e));
             result.elapsed = start.elapsed();
             progress(match (&result.plan, &result.error) {
                 (_, Some(e)) => Event::Failed {
@@ -353,10 +391,10 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
             completed,
             ..
         } => {
-            let e = format!(
+            let e = opts.redact(&format!(
                 "{what}: {error}\n(stopped at this step; {completed} earlier step{} done, later ones not run)",
                 if *completed == 1 { "" } else { "s" }
-            );
+            ));
             progress(Event::Failed {
                 host: p.result.host.clone(),
                 error: e.clone(),

@@ -24,6 +24,26 @@ pub struct Fleet {
     pub known_hosts: Vec<KnownHost>,
     /// Paths of `policies/*.rego` in the config repo.
     pub policies: Vec<String>,
+    /// Secrets were decrypted (an identity was given); otherwise secret
+    /// values are `(sensitive)` placeholders and hosts using them cannot be applied.
+    #[serde(skip)]
+    pub secrets_decrypted: bool,
+    /// Decrypted secret values, to blank out of every output.
+    #[serde(skip)]
+    pub redactions: Vec<String>,
+}
+
+impl Fleet {
+    /// `text` with every secret value replaced by `(sensitive)`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for r in &self.redactions {
+            if out.contains(r.as_str()) {
+                out = out.replace(r.as_str(), SENSITIVE);
+            }
+        }
+        out
+    }
 }
 
 impl Fleet {

@@ -15,4 +15,4 @@ pub mod resolve;
 
 pub use desired::Fleet;
 pub use diag::{Diagnostic, Diagnostics, Origin};
-pub use resolve::load;
+pub use resolve::{load, load_with_identity};

@@ -35,10 +35,19 @@ const KNOWN_HOSTS_FILE: &str = "known_hosts";
 
 /// Load, check and resolve the config repo in `tree`.
 pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
+    load_with_identity(tree, None)
+}
+
+/// Load with the age identity (the text of an identity file: one or more
+/// `AGE-SECRET-KEY-1…` lines), so secrets are decrypted, in memory only.
+/// Without one, secret values stay `(sensitive)` placeholders.
+pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<Fleet, Diagnostics> {
     let mut l = Loader {
         tree,
         diags: Diagnostics::default(),
         reported: HashSet::new(),
+        identity,
+        plain: HashMap::new(),
     };
     let fleet = l.run();
     let mut diags = l.diags;
@@ -46,6 +55,8 @@ pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
         && let Some(mut fleet) = fleet
     {
         fleet.commit = tree.commit.clone();
+        fleet.secrets_decrypted = identity.is_some();
+        fleet.redactions = redactions(l.plain.values());
         return Ok(fleet);
     }
     diags.sort();
@@ -130,6 +141,52 @@ struct Loader<'a> {
     diags: Diagnostics,
     /// Keys of problems already reported, so a role used by 500 hosts reports once.
     reported: HashSet<String>,
+    identity: Option<&'a str>,
+    /// Decrypted secrets by name (only with an identity).
+    plain: HashMap<String, String>,
+}
+
+/// Strings to blank out of any output: each secret, and each of its lines
+/// long enough not to match ordinary text.
+fn redactions<'s>(plain: impl Iterator<Item = &'s String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in plain {
+        for cand in std::iter::once(p.trim()).chain(p.lines().map(str::trim)) {
+            if cand.len() >= 6 && !out.iter().any(|o| o == cand) {
+                out.push(cand.to_string());
+            }
+        }
+    }
+    // Longest first, so a secret is replaced before any of its lines.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// Decrypt one age file with the identity text (for `tidekeeper secrets edit`).
+pub fn decrypt_secret(identity: &str, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
+    decrypt_age(identity, ciphertext)
+}
+
+/// Decrypt one age file with the identity text.
+fn decrypt_age(identity: &str, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
+    use std::str::FromStr;
+    let ids: Vec<age::x25519::Identity> = identity
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .filter_map(|l| age::x25519::Identity::from_str(l).ok())
+        .collect();
+    if ids.is_empty() {
+        return Err("the identity holds no AGE-SECRET-KEY-1… line".into());
+    }
+    let decryptor = age::Decryptor::new_buffered(age::armor::ArmoredReader::new(ciphertext))
+        .map_err(|e| e.to_string())?;
+    let mut reader = decryptor
+        .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// A server setting and its key, for provider-specific checks.
@@ -376,6 +433,8 @@ impl<'a> Loader<'a> {
             jobs,
             known_hosts,
             policies,
+            secrets_decrypted: false,
+            redactions: vec![],
         })
     }
 
@@ -523,6 +582,22 @@ impl<'a> Loader<'a> {
             match rel.strip_suffix(".age") {
                 Some(name) if is_file => {
                     names.insert(name.to_string());
+                    if let Some(identity) = self.identity {
+                        let bytes = self.tree.file(&path).unwrap_or_default().to_vec();
+                        match decrypt_age(identity, &bytes) {
+                            Ok(p) => match String::from_utf8(p) {
+                                Ok(text) => {
+                                    self.plain.insert(name.to_string(), text);
+                                }
+                                Err(_) => self.err(Origin::file(&path).error("secret-not-text", "the decrypted secret is not UTF-8 text")),
+                            },
+                            Err(e) => self.err(
+                                Origin::file(&path)
+                                    .error("secret-decrypt", format!("cannot decrypt {path}: {e}"))
+                                    .with_help("encrypt it to a recipient whose identity tidekeeper has (secrets.identity_env / identity_file)"),
+                            ),
+                        }
+                    }
                 }
                 _ => self.err(Origin::file(&path).error("plaintext-secret", format!("{path} is not an age-encrypted file"))
                     .with_help("only <name>.age files belong in secrets/; encrypt it with `tidekeeper secrets encrypt` and remove the plaintext from git history")),
@@ -546,12 +621,15 @@ impl<'a> Loader<'a> {
         let used_secret = Arc::new(AtomicBool::new(false));
         let flag = used_secret.clone();
         let known = secrets.clone();
+        let plain = self.plain.clone();
         env.add_function(
             "secret",
             move |name: String| -> Result<String, minijinja::Error> {
                 flag.store(true, Ordering::Relaxed);
-                if known.contains(&name) {
-                    // Decryption happens at apply time; here the value stays hidden.
+                if let Some(p) = plain.get(&name) {
+                    Ok(p.clone())
+                } else if known.contains(&name) {
+                    // No identity here (validate): the value stays hidden.
                     Ok(SENSITIVE.to_string())
                 } else {
                     Err(minijinja::Error::new(
@@ -742,7 +820,10 @@ impl<'a> Loader<'a> {
                 if !secrets.contains(&s.value) {
                     self.err(missing_secret(file, s));
                 } else {
-                    base.content.bytes = SENSITIVE.as_bytes().to_vec();
+                    base.content.bytes = match self.plain.get(&s.value) {
+                        Some(p) => p.clone().into_bytes(),
+                        None => SENSITIVE.as_bytes().to_vec(),
+                    };
                     items.push(Item::Ready(Resource::File(base)));
                 }
             }

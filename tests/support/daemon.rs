@@ -31,6 +31,21 @@ impl Daemon {
     }
 
     pub fn start_with_state(repo: &Path, key: &Path, args: &[&str], state: TempDir) -> Daemon {
+        Self::start_full(repo, key, args, state, &[])
+    }
+
+    /// Start with extra environment variables for the daemon process.
+    pub fn start_env(repo: &Path, key: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(repo, key, args, TempDir::new("daemon"), env)
+    }
+
+    fn start_full(
+        repo: &Path,
+        key: &Path,
+        args: &[&str],
+        state: TempDir,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = free_port();
         let log = state.path().join(format!("daemon-{port}.log"));
         let child = tidekeeper()
@@ -44,6 +59,7 @@ impl Daemon {
             .arg(key)
             .args(args)
             .env_remove("SSH_AUTH_SOCK")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
