@@ -340,3 +340,51 @@ files:
         );
     }
 }
+
+#[test]
+fn trust_on_first_use_only_when_enabled_and_the_key_is_recorded() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-tofu, content: \"hi\\n\"}\n",
+        )],
+    );
+    repo.write("known_hosts", "");
+    repo.commit("no pinned keys");
+    let out = repo.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("is not pinned"),
+        "unpinned is refused by default: {}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!("{} ssh-ed25519", bed.host(0).address)),
+        "the line to add is shown: {}",
+        text(&out)
+    );
+
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  ssh:\n    trust_on_first_use: true\n",
+    );
+    repo.commit("trust on first use");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let line = bed.host(0).known_hosts_line();
+    assert!(stdout(&out).contains(&format!("host key accepted on first use (ssh.trust_on_first_use); pin it by adding this line to known_hosts:\n  {line}")), "{}", text(&out));
+
+    // The daemon records it on the status branch.
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    d.wait_applied(
+        &git(&repo.path, &["rev-parse", "HEAD"]),
+        Duration::from_secs(30),
+    );
+    let learned = git(
+        &repo.path,
+        &["show", "tidekeeper/status:known_hosts.learned"],
+    );
+    assert!(learned.contains(&line), "{learned}");
+}

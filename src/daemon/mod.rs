@@ -254,6 +254,12 @@ impl Loop {
         let mut st = self.shared.status.lock().unwrap();
         let mut metrics = self.shared.metrics.lock().unwrap();
         for r in &results {
+            if let Some(line) = &r.learned_host_key
+                && !st.learned_host_keys.contains(line)
+            {
+                warn!(host = %r.host, key = %line, "host key accepted on first use; recorded on the status branch");
+                st.learned_host_keys.push(line.clone());
+            }
             let prev = st
                 .hosts
                 .get(&r.host)
@@ -316,7 +322,24 @@ impl Loop {
                     self.push_status(Some((commit, note))).await;
                     return;
                 }
-                Ok(f) => Arc::new(f),
+                Ok(mut f) => {
+                    // Keys learned on first use are pinned from then on.
+                    let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
+                    for line in learned {
+                        let mut parts = line.split_whitespace();
+                        if let (Some(h), Some(t), Some(k)) =
+                            (parts.next(), parts.next(), parts.next())
+                        {
+                            f.known_hosts.push(crate::model::desired::KnownHost {
+                                hosts: vec![h.to_string()],
+                                key_type: t.to_string(),
+                                key: k.to_string(),
+                                line: 0,
+                            });
+                        }
+                    }
+                    Arc::new(f)
+                }
             };
             let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
                 == Some(commit.as_str());
@@ -430,6 +453,7 @@ impl Loop {
                 st.quarantined = p.quarantined;
                 st.hosts = p.hosts;
                 st.fleet = p.fleet;
+                st.learned_host_keys = p.learned_host_keys;
             }
             self.shared.status.lock().unwrap().head_commit = Some(head.clone());
             self.last_seen = Some(head.clone());

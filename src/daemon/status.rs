@@ -102,6 +102,10 @@ pub struct FleetStatus {
     pub stale: Vec<String>,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostStatus>,
+    /// Host keys accepted on first use (`ssh.trust_on_first_use`), as
+    /// known_hosts lines; pinned from then on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned_host_keys: Vec<String>,
 }
 
 impl FleetStatus {
@@ -146,6 +150,16 @@ impl FleetStatus {
             "badges/fleet.svg".into(),
             badge::render(&self.fleet, word, color).into_bytes(),
         );
+        if !self.learned_host_keys.is_empty() {
+            let mut text = String::from(
+                "# Host keys tidekeeper accepted on first use. Copy them into known_hosts.\n",
+            );
+            for l in &self.learned_host_keys {
+                text.push_str(l);
+                text.push('\n');
+            }
+            out.insert("known_hosts.learned".into(), text.into_bytes());
+        }
         for (name, h) in &self.hosts {
             out.insert(
                 format!("status/hosts/{name}.json"),

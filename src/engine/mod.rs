@@ -88,6 +88,8 @@ impl Default for Options {
 pub struct HostResult {
     pub host: String,
     pub address: String,
+    /// A known_hosts line for a key accepted on first use (not pinned before).
+    pub learned_host_key: Option<String>,
     pub plan: Option<HostPlan>,
     pub error: Option<String>,
     pub outcome: Option<Outcome>,
@@ -171,12 +173,18 @@ pub async fn connect(
         .next()
         .ok_or_else(|| EngineError::NoAddress(address.clone()))?;
     let pins = pinned_keys(fleet, host, &addr);
+    // Trust on first use only when the repo says so, and only without a pin.
+    let policy = if pins.is_empty() && host.ssh.trust_on_first_use {
+        HostKeyPolicy::TrustOnFirstUse
+    } else {
+        HostKeyPolicy::Pinned(pins)
+    };
     let target = SshTarget {
         name: host.name.clone(),
         addr,
         user: host.ssh.user.clone(),
         key_file: opts.ssh_key.clone().or_else(|| host.ssh.key.clone()),
-        host_keys: HostKeyPolicy::Pinned(pins),
+        host_keys: policy,
         sudo: host.ssh.sudo && host.ssh.user != "root",
         connect_timeout: opts.connect_timeout,
     };
@@ -195,6 +203,22 @@ fn uses_secrets(host: &Host) -> bool {
         crate::model::desired::Resource::Stack(st) => st.files.values().any(has),
         _ => false,
     })
+}
+
+/// The known_hosts line of a key accepted on first use.
+fn learned_key(c: &Connection) -> Option<String> {
+    let Connection::Ssh(ssh) = c else { return None };
+    if !matches!(ssh.target().host_keys, HostKeyPolicy::TrustOnFirstUse) {
+        return None;
+    }
+    let (kind, key) = ssh.host_key();
+    let a = ssh.target().addr;
+    let pattern = if a.port() == 22 {
+        a.ip().to_string()
+    } else {
+        format!("[{}]:{}", a.ip(), a.port())
+    };
+    Some(format!("{pattern} {kind} {key}"))
 }
 
 /// Resource kinds that cannot be confined to a directory.
@@ -268,6 +292,7 @@ pub async fn plan_all(
             let mut result = HostResult {
                 host: name.clone(),
                 address,
+                learned_host_key: None,
                 plan: None,
                 error: None,
                 outcome: None,
@@ -283,13 +308,16 @@ pub async fn plan_all(
             } else {
                 match connect(&fleet, host, &opts).await {
                     Err(e) => result.error = Some(e.to_string()),
-                    Ok(c) => match plan_host(&c, host, &opts).await {
-                        Ok(p) => {
-                            result.plan = Some(p);
-                            conn = Some(c);
+                    Ok(c) => {
+                        result.learned_host_key = learned_key(&c);
+                        match plan_host(&c, host, &opts).await {
+                            Ok(p) => {
+                                result.plan = Some(p);
+                                conn = Some(c);
+                            }
+                            Err(e) => result.error = Some(e.to_string()),
                         }
-                        Err(e) => result.error = Some(e.to_string()),
-                    },
+                    }
                 }
             }
             result.error = result.error.map(|e| opts.redact(&e));

@@ -120,6 +120,13 @@ pub fn plan_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
     let mut s = String::new();
     for r in results {
         let r = r.borrow();
+        if let Some(line) = &r.learned_host_key {
+            let _ = writeln!(
+                s,
+                "{}: host key accepted on first use (ssh.trust_on_first_use); pin it by adding this line to known_hosts:\n  {line}\n",
+                r.host
+            );
+        }
         match (&r.plan, &r.error) {
             (_, Some(e)) => {
                 let _ = writeln!(s, "{}: error: {}\n", r.host, e.trim_end());

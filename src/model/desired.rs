@@ -90,6 +90,8 @@ pub struct Ssh {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub sudo: bool,
+    /// Accept and record a host's key on first contact when none is pinned.
+    pub trust_on_first_use: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

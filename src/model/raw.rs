@@ -49,6 +49,8 @@ pub struct SshSettings {
     pub key: Option<S<String>>,
     /// Run commands through sudo when the login user is not root.
     pub sudo: Option<S<bool>>,
+    /// Accept and record a host's key on first contact when none is pinned.
+    pub trust_on_first_use: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -554,12 +554,18 @@ impl<'a> Loader<'a> {
             port: 22,
             key: None,
             sudo: false,
+            trust_on_first_use: false,
         });
         Ssh {
             user: opt(&s.user).unwrap_or(base.user),
             port: s.port.as_ref().map(|p| p.value).unwrap_or(base.port),
             key: opt(&s.key).or(base.key),
             sudo: s.sudo.as_ref().map(|p| p.value).unwrap_or(base.sudo),
+            trust_on_first_use: s
+                .trust_on_first_use
+                .as_ref()
+                .map(|p| p.value)
+                .unwrap_or(base.trust_on_first_use),
         }
     }
 
@@ -2055,6 +2061,7 @@ fn default_settings() -> Settings {
             port: 22,
             key: None,
             sudo: false,
+            trust_on_first_use: false,
         },
         parallelism: 10,
         drift: DriftMode::Report,
