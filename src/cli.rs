@@ -93,6 +93,29 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Every job with its next run times, in each job's own time zone.
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// How many upcoming runs to show per job.
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+    },
+    /// Run a job now (its window is still respected).
+    Run {
+        job: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
     /// Encrypt standard input into secrets/NAME.age (then commit it).
     Encrypt {
@@ -231,6 +254,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// The maintenance calendar: list jobs with their next runs, or run one now.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Create a new config repo from the built-in example fleet.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -307,6 +335,7 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Retry { daemon } => retry(daemon),
         Command::Secrets { command } => secrets_cmd(command),
+        Command::Schedule { command } => schedule_cmd(command),
         Command::Init { dir } => init(&dir),
         Command::Demo {
             dir,
@@ -1020,6 +1049,95 @@ fn secrets_cmd(cmd: SecretsCommand) -> u8 {
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_USAGE
+        }
+    }
+}
+
+fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
+    match cmd {
+        ScheduleCommand::List { repo, next } => {
+            let tree = match read_tree(&repo) {
+                Ok(t) => t,
+                Err(c) => return c,
+            };
+            let fleet = match load(&tree, Format::Human) {
+                Ok(f) => f,
+                Err(c) => return c,
+            };
+            if fleet.jobs.is_empty() {
+                println!("No maintenance jobs (schedules.yaml).");
+                return EXIT_OK;
+            }
+            let now = chrono::Utc::now();
+            for job in &fleet.jobs {
+                println!(
+                    "{} ({}, cron \"{}\" {}){}",
+                    job.name,
+                    job.kind.name(),
+                    job.cron,
+                    job.timezone,
+                    job.window
+                        .as_ref()
+                        .map(|w| format!(
+                            ", window {}-{} {}",
+                            w.start.format("%H:%M"),
+                            w.end.format("%H:%M"),
+                            w.timezone
+                        ))
+                        .unwrap_or_default()
+                );
+                println!("  hosts: {}", job.hosts.join(", "));
+                let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+                let mut t = now;
+                for _ in 0..next {
+                    match crate::maintenance::plan::next(job, t) {
+                        Some(n) => {
+                            println!(
+                                "  next: {}",
+                                n.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z")
+                            );
+                            t = n;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            EXIT_OK
+        }
+        ScheduleCommand::Run {
+            job,
+            repo,
+            hosts,
+            json,
+        } => {
+            let only = hosts.hosts.clone();
+            let args = HostArgs {
+                hosts: vec![],
+                ..hosts
+            };
+            let (fleet, _, opts) = match prepare(&repo, &args) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let Some(j) = fleet.jobs.iter().find(|j| j.name == job) else {
+                let names: Vec<&str> = fleet.jobs.iter().map(|j| j.name.as_str()).collect();
+                eprintln!(
+                    "error: no job named {job:?}\n  help: jobs are: {}",
+                    names.join(", ")
+                );
+                return EXIT_USAGE;
+            };
+            let run = runtime().block_on(crate::maintenance::run::run_job(&fleet, j, &only, &opts));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+            } else {
+                print!("{}", crate::maintenance::render(&run));
+            }
+            if run.ok && run.not_started.is_none() {
+                EXIT_OK
+            } else {
+                EXIT_INVALID
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ mod daemon;
 mod dockerfile;
 mod engine;
 mod local;
+mod maintenance;
 mod mutate;
 mod safety;
 mod template;

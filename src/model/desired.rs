@@ -31,6 +31,19 @@ pub struct Fleet {
     /// Decrypted secret values, to blank out of every output.
     #[serde(skip)]
     pub redactions: Vec<String>,
+    /// Decrypted secrets by name, for maintenance jobs (backup passwords).
+    #[serde(skip)]
+    pub secret_values: SecretValues,
+}
+
+/// Secret values by name; `Debug` shows only the names.
+#[derive(Clone, Default)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl Fleet {

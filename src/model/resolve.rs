@@ -57,6 +57,7 @@ pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<F
         fleet.commit = tree.commit.clone();
         fleet.secrets_decrypted = identity.is_some();
         fleet.redactions = redactions(l.plain.values());
+        fleet.secret_values = super::desired::SecretValues(l.plain.clone().into_iter().collect());
         return Ok(fleet);
     }
     diags.sort();
@@ -435,6 +436,7 @@ impl<'a> Loader<'a> {
             policies,
             secrets_decrypted: false,
             redactions: vec![],
+            secret_values: Default::default(),
         })
     }
 

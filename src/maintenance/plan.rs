@@ -1,0 +1,324 @@
+//! When maintenance runs, and what it runs on a host. Pure: callers pass
+//! the clock; scripts are text.
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::model::desired::{HealthCheck, Job, JobKind, RebootPolicy};
+use crate::schedule::{Window, next_run, parse_cron, parse_tz};
+use crate::transport::shell_quote as q;
+
+/// The next scheduled run of `job` strictly after `after`.
+pub fn next(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cron = parse_cron(&job.cron).ok()?;
+    let tz = parse_tz(&job.timezone).ok()?;
+    next_run(&cron, tz, after)
+}
+
+/// Every scheduled run in `(from, to]`.
+pub fn runs_between(job: &Job, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while let Some(n) = next(job, t) {
+        if n > to {
+            break;
+        }
+        out.push(n);
+        t = n;
+    }
+    out
+}
+
+/// At start-up: a run missed while tidekeeper was down (after `last_run`,
+/// before `now`) is caught up once if it was due within the job's grace.
+pub fn catch_up(
+    job: &Job,
+    last_run: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let grace = Duration::seconds(job.catch_up_secs? as i64);
+    let from = last_run.unwrap_or(now - grace).max(now - grace);
+    runs_between(job, from, now).last().copied()
+}
+
+/// Why a job (or the next host of a job) may not start now: the window is
+/// closed, or would close before the job's timeout.
+pub fn window_refusal(
+    window: Option<&Window>,
+    now: DateTime<Utc>,
+    timeout: Duration,
+) -> Option<String> {
+    let w = window?;
+    match w.open_until(now) {
+        None => Some(format!("outside its window ({} {})", days(w), w.timezone)),
+        Some(end) if now + timeout > end => Some(format!(
+            "the window closes at {} and the job may take up to {} min",
+            end.format("%H:%M UTC"),
+            timeout.num_minutes()
+        )),
+        Some(_) => None,
+    }
+}
+
+fn days(w: &Window) -> String {
+    format!("{}-{}", w.start.format("%H:%M"), w.end.format("%H:%M"))
+}
+
+/// What a job does on one host, as a shell script run under the host's
+/// tidekeeper lock (so apply and maintenance never overlap). Output lines
+/// `@@reboot` ask the runner to reboot the host afterwards.
+pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
+    let mut s = String::from(
+        "set -u\nexport DEBIAN_FRONTEND=noninteractive\nmkdir -p /var/lib/tidekeeper\nexec 9>/var/lib/tidekeeper/lock\n\
+         if ! flock -w 600 9; then echo 'another tidekeeper run held the host for 10 minutes' >&2; exit 75; fi\n",
+    );
+    match &job.kind {
+        JobKind::Command { run } => {
+            s.push_str(&format!("sh -c {} </dev/null\n", q(run)));
+        }
+        JobKind::Upgrade { reboot, unattended } => {
+            if *unattended {
+                s.push_str("unattended-upgrade -v || exit $?\n");
+            } else {
+                s.push_str(
+                    "apt-get update -qq || exit $?\n\
+                     apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef upgrade || exit $?\n",
+                );
+            }
+            match reboot {
+                RebootPolicy::Never => {}
+                RebootPolicy::IfRequired => {
+                    s.push_str("[ -f /var/run/reboot-required ] && echo @@reboot\n")
+                }
+                RebootPolicy::Always => s.push_str("echo @@reboot\n"),
+            }
+            s.push_str("exit 0\n");
+        }
+        JobKind::Backup {
+            repository,
+            paths,
+            pg_dump,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            check,
+            ..
+        } => {
+            let Some(password) = secret else {
+                return Err(
+                    "the backup needs its password secret decrypted (no age identity)".into(),
+                );
+            };
+            let repo = repository
+                .replace("{{ host.name }}", host)
+                .replace("{{host.name}}", host);
+            s.push_str(&format!(
+                "pw=$(mktemp) || exit 1\ntrap 'rm -f \"$pw\"' EXIT\nprintf '%s' {} > \"$pw\"\n\
+                 export RESTIC_REPOSITORY={} RESTIC_PASSWORD_FILE=\"$pw\"\n\
+                 restic cat config >/dev/null 2>&1 || restic init -q || exit $?\n",
+                q(password),
+                q(&repo)
+            ));
+            let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
+            if !list.is_empty() {
+                s.push_str(&format!(
+                    "restic backup -q --host {} {} || exit $?\n",
+                    q(host),
+                    list.join(" ")
+                ));
+            }
+            if let Some(db) = pg_dump {
+                s.push_str(&format!(
+                    "pg_dump {} | restic backup -q --host {} --stdin --stdin-filename {} || exit $?\n",
+                    q(db),
+                    q(host),
+                    q(&format!("{db}.sql"))
+                ));
+            }
+            s.push_str(&format!(
+                "restic forget -q --host {} --prune --keep-daily {keep_daily} --keep-weekly {keep_weekly} --keep-monthly {keep_monthly} || exit $?\n",
+                q(host)
+            ));
+            if *check {
+                s.push_str("restic check -q || exit $?\n");
+            }
+        }
+        JobKind::Snapshot { .. } | JobKind::Power { .. } => {
+            return Err(format!(
+                "{} jobs act through the cloud provider, which this host's provider does not support yet",
+                job.kind.name()
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Health gates as one script: every check must pass.
+pub fn health_script(checks: &[HealthCheck]) -> String {
+    let mut s = String::from("fail=0\n");
+    for c in checks {
+        let (test, what) = match c {
+            HealthCheck::Unit(u) => (
+                format!("systemctl is-active -q {}", q(u)),
+                format!("unit {u} active"),
+            ),
+            HealthCheck::Command(cmd) => (
+                format!("timeout 120 sh -c {} >/dev/null", q(cmd)),
+                format!("command {cmd}"),
+            ),
+            HealthCheck::Http(url) => (
+                format!("curl -fsS -m 10 -o /dev/null {}", q(url)),
+                format!("HTTP {url}"),
+            ),
+        };
+        s.push_str(&format!(
+            "if ! {test}; then echo {} >&2; fail=1; fi\n",
+            q(&format!("health gate failed: {what}"))
+        ));
+    }
+    s.push_str("exit $fail\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::diag::Origin;
+    use chrono::TimeZone;
+
+    fn job(cron: &str, tz: &str) -> Job {
+        Job {
+            name: "j".into(),
+            cron: cron.into(),
+            timezone: tz.into(),
+            hosts: vec![],
+            window: None,
+            max_parallel: 1,
+            pause_secs: 0,
+            stop_on_failure: true,
+            health: vec![],
+            timeout_secs: 3600,
+            catch_up_secs: Some(6 * 3600),
+            kind: JobKind::Command { run: "true".into() },
+            origin: Origin::file("schedules.yaml"),
+        }
+    }
+
+    fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0).unwrap()
+    }
+
+    #[test]
+    fn spring_forward_runs_once_berlin_and_new_york() {
+        // 2026-03-29 Berlin: 02:00 → 03:00; 02:30 does not exist that day.
+        let j = job("30 2 * * *", "Europe/Berlin");
+        let runs = runs_between(&j, utc(2026, 3, 28, 12, 0), utc(2026, 3, 29, 12, 0));
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        // 2026-03-08 New York: 02:00 → 03:00.
+        let j = job("30 2 * * *", "America/New_York");
+        let runs = runs_between(&j, utc(2026, 3, 7, 17, 0), utc(2026, 3, 8, 17, 0));
+        assert_eq!(runs.len(), 1, "{runs:?}");
+    }
+
+    #[test]
+    fn fall_back_runs_once_berlin_and_new_york() {
+        // 2026-10-25 Berlin: 03:00 → 02:00; 02:30 happens twice on the wall clock.
+        let j = job("30 2 * * *", "Europe/Berlin");
+        let runs = runs_between(&j, utc(2026, 10, 24, 12, 0), utc(2026, 10, 25, 12, 0));
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        // 2026-11-01 New York: 02:00 → 01:00; 01:30 happens twice.
+        let j = job("30 1 * * *", "America/New_York");
+        let runs = runs_between(&j, utc(2026, 10, 31, 17, 0), utc(2026, 11, 1, 17, 0));
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        // And every other day of the year still runs once a day.
+        let j = job("30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            runs_between(&j, utc(2026, 1, 1, 0, 0), utc(2027, 1, 1, 0, 0)).len(),
+            365
+        );
+    }
+
+    #[test]
+    fn first_sunday_of_the_month_the_documented_way() {
+        let j = job("0 3 * * SUN#1", "UTC");
+        assert_eq!(
+            next(&j, utc(2026, 11, 23, 0, 0)),
+            Some(utc(2026, 12, 6, 3, 0))
+        );
+        assert_eq!(
+            next(&j, utc(2026, 10, 31, 0, 0)),
+            Some(utc(2026, 11, 1, 3, 0))
+        );
+        // The POSIX trap: "1-7 * 0" is days 1-7 OR any Sunday.
+        let trap = job("0 3 1-7 * 0", "UTC");
+        assert_eq!(
+            runs_between(&trap, utc(2026, 11, 1, 0, 0), utc(2026, 12, 1, 0, 0)).len(),
+            7 + 4
+        );
+    }
+
+    #[test]
+    fn the_29th_of_february() {
+        let j = job("0 0 29 2 *", "UTC");
+        assert_eq!(
+            next(&j, utc(2026, 1, 1, 0, 0)),
+            Some(utc(2028, 2, 29, 0, 0))
+        );
+    }
+
+    #[test]
+    fn window_boundaries() {
+        let w = Window::parse("Sun 02:00-06:00 UTC").unwrap();
+        let hour = Duration::hours(1);
+        // 2026-11-29 is a Sunday.
+        assert!(
+            window_refusal(Some(&w), utc(2026, 11, 29, 1, 59), hour)
+                .unwrap()
+                .contains("outside")
+        );
+        assert_eq!(
+            window_refusal(Some(&w), utc(2026, 11, 29, 2, 0), hour),
+            None
+        );
+        assert_eq!(
+            window_refusal(Some(&w), utc(2026, 11, 29, 5, 0), hour),
+            None,
+            "ends exactly at the close"
+        );
+        assert!(
+            window_refusal(Some(&w), utc(2026, 11, 29, 5, 1), hour)
+                .unwrap()
+                .contains("closes at 06:00")
+        );
+        assert!(
+            window_refusal(Some(&w), utc(2026, 11, 29, 6, 0), hour)
+                .unwrap()
+                .contains("outside")
+        );
+        assert_eq!(window_refusal(None, utc(2026, 11, 29, 6, 0), hour), None);
+    }
+
+    #[test]
+    fn catch_up_after_a_gap() {
+        let j = job("30 1 * * *", "UTC");
+        // Down from 00:00 to 05:00: the 01:30 run is caught up once.
+        assert_eq!(
+            catch_up(&j, Some(utc(2026, 11, 23, 0, 0)), utc(2026, 11, 23, 5, 0)),
+            Some(utc(2026, 11, 23, 1, 30))
+        );
+        // Down for three days: only the latest missed run, once.
+        assert_eq!(
+            catch_up(&j, Some(utc(2026, 11, 20, 0, 0)), utc(2026, 11, 23, 5, 0)),
+            Some(utc(2026, 11, 23, 1, 30))
+        );
+        // Missed longer ago than the grace (6 h): not caught up.
+        assert_eq!(
+            catch_up(&j, Some(utc(2026, 11, 22, 0, 0)), utc(2026, 11, 23, 9, 0)),
+            None
+        );
+        // Already ran: nothing to catch up.
+        assert_eq!(
+            catch_up(&j, Some(utc(2026, 11, 23, 1, 30)), utc(2026, 11, 23, 5, 0)),
+            None
+        );
+    }
+}

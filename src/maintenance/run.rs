@@ -1,0 +1,249 @@
+//! Running one maintenance job over its hosts: window checked before each
+//! host, hosts in rolling batches, a reboot waited out, health gates after
+//! each host, stop on the first failure when asked.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{health_script, host_script, window_refusal};
+use crate::engine::{self, Options};
+use crate::model::desired::{Fleet, Job, JobKind};
+use crate::transport::Connection;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostRun {
+    pub host: String,
+    /// `ok`, `failed`, `skipped`.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub rebooted: bool,
+    pub duration_ms: u64,
+    /// The last lines the job printed on the host.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRun {
+    pub job: String,
+    pub kind: String,
+    pub started: String,
+    pub finished: String,
+    pub ok: bool,
+    /// Why the job did not start at all (window closed or closing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_started: Option<String>,
+    pub hosts: Vec<HostRun>,
+}
+
+fn tail(out: &crate::transport::Output, opts: &Options) -> Vec<String> {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("@@"))
+        .map(|l| opts.redact(l))
+        .collect();
+    lines[lines.len().saturating_sub(20)..].to_vec()
+}
+
+async fn boot_id(c: &Connection) -> Option<String> {
+    let out = c
+        .run_script(
+            "cat /proc/sys/kernel/random/boot_id",
+            Duration::from_secs(20),
+        )
+        .await
+        .ok()?;
+    out.success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One host: the job, a reboot if it asks for one, then the health gates.
+async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> HostRun {
+    let start = Instant::now();
+    let mut run = HostRun {
+        host: host_name.to_string(),
+        result: "failed".into(),
+        error: None,
+        rebooted: false,
+        duration_ms: 0,
+        log_tail: vec![],
+    };
+    let timeout = Duration::from_secs(job.timeout_secs.max(1));
+    let result: Result<(), String> = async {
+        let host = fleet.host(host_name).ok_or("the host left the config")?;
+        let secret = match &job.kind {
+            JobKind::Backup { password_secret, .. } => {
+                fleet.secret_values.0.get(password_secret).map(String::as_str)
+            }
+            _ => None,
+        };
+        let script = host_script(job, host_name, secret)?;
+        let conn = engine::connect(fleet, host, opts).await.map_err(|e| e.to_string())?;
+        let before = boot_id(&conn).await;
+        let out = conn.run_script(&script, timeout).await.map_err(|e| e.to_string())?;
+        run.log_tail = tail(&out, opts);
+        if !out.success() {
+            let _ = conn.run_script("true", Duration::from_secs(5)).await;
+            conn.close().await;
+            return Err(format!(
+                "exited with {}: {}",
+                out.status.map(|s| s.to_string()).unwrap_or_else(|| "no status".into()),
+                opts.redact(&out.stderr_text()).lines().last().unwrap_or("")
+            ));
+        }
+        let mut conn = conn;
+        if String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "@@reboot") {
+            // systemd reboots after this connection returned.
+            let _ = conn
+                .run_script(
+                    "systemd-run --quiet --on-active=1 systemctl reboot || (sleep 1; systemctl reboot) >/dev/null 2>&1 &",
+                    Duration::from_secs(20),
+                )
+                .await;
+            conn.close().await;
+            run.rebooted = true;
+            let deadline = Instant::now() + timeout;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if Instant::now() > deadline {
+                    return Err(format!("did not come back from its reboot within {timeout:?}"));
+                }
+                let Ok(c) = engine::connect(fleet, host, opts).await else { continue };
+                let now = boot_id(&c).await;
+                if now.is_some() && now != before {
+                    // Up again with a new boot; wait for systemd to settle.
+                    let _ = c
+                        .run_script("systemctl is-system-running --wait >/dev/null 2>&1; true", Duration::from_secs(120))
+                        .await;
+                    conn = c;
+                    break;
+                }
+                c.close().await;
+            }
+        }
+        if !job.health.is_empty() {
+            let out = conn
+                .run_script(&health_script(&job.health), Duration::from_secs(300))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !out.success() {
+                conn.close().await;
+                return Err(opts.redact(&out.stderr_text()));
+            }
+        }
+        conn.close().await;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => run.result = "ok".into(),
+        Err(e) => run.error = Some(opts.redact(&e)),
+    }
+    run.duration_ms = start.elapsed().as_millis() as u64;
+    run
+}
+
+/// Run `job` now over its hosts (or `only` those), honouring window,
+/// rolling settings, health gates and stop-on-failure.
+pub async fn run_job(fleet: &Fleet, job: &Job, only: &[String], opts: &Options) -> JobRun {
+    let now = || chrono::Utc::now();
+    let started = now();
+    let timeout = chrono::Duration::seconds(job.timeout_secs as i64);
+    let mut run = JobRun {
+        job: job.name.clone(),
+        kind: job.kind.name().into(),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: String::new(),
+        ok: true,
+        not_started: None,
+        hosts: vec![],
+    };
+    let hosts: Vec<String> = job
+        .hosts
+        .iter()
+        .filter(|h| only.is_empty() || only.contains(h))
+        .cloned()
+        .collect();
+    if let Some(why) = window_refusal(job.window.as_ref(), started, timeout) {
+        run.not_started = Some(format!("not started: {why}"));
+        run.finished = run.started.clone();
+        return run;
+    }
+    let batch = job.max_parallel.max(1) as usize;
+    let mut stop: Option<String> = None;
+    for (i, chunk) in hosts.chunks(batch).enumerate() {
+        if i > 0 && job.pause_secs > 0 && stop.is_none() {
+            tokio::time::sleep(Duration::from_secs(job.pause_secs)).await;
+        }
+        if stop.is_none()
+            && let Some(why) = window_refusal(job.window.as_ref(), now(), timeout)
+        {
+            // Never start a host that could be left mid-job when the window ends.
+            stop = Some(format!("not run: {why}"));
+        }
+        if let Some(why) = &stop {
+            for h in chunk {
+                run.hosts.push(HostRun {
+                    host: h.clone(),
+                    result: "skipped".into(),
+                    error: Some(why.clone()),
+                    rebooted: false,
+                    duration_ms: 0,
+                    log_tail: vec![],
+                });
+            }
+            continue;
+        }
+        let results = futures_all(
+            chunk
+                .iter()
+                .map(|h| Box::pin(on_host(fleet, job, h, opts)))
+                .collect(),
+        )
+        .await;
+        for r in results {
+            if r.result != "ok" && job.stop_on_failure && stop.is_none() {
+                stop = Some(format!(
+                    "not run: {} failed and the job stops on failure",
+                    r.host
+                ));
+            }
+            run.hosts.push(r);
+        }
+    }
+    run.ok = run.hosts.iter().all(|h| h.result == "ok");
+    run.finished = now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    run
+}
+
+/// Await several futures at once (a rolling batch), keeping their order.
+async fn futures_all<F: std::future::Future>(
+    mut futs: Vec<std::pin::Pin<Box<F>>>,
+) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut done: Vec<Option<F::Output>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => done[i] = Some(v),
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if all { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    done.into_iter()
+        .map(|d| d.expect("every future finished"))
+        .collect()
+}

@@ -1,0 +1,99 @@
+//! Scheduled maintenance on the real test fleet.
+
+use crate::support::fleet::{FleetRepo, stdout, text};
+use crate::support::testbed::Testbed;
+
+#[test]
+fn a_rolling_upgrade_reboots_one_host_at_a_time_and_stops_at_a_failed_health_gate() {
+    let bed = Testbed::start(3);
+    let repo = FleetRepo::minimal(&bed, &[("base", "packages:\n  present: [jq]\n")]);
+    let names: Vec<String> = bed.hosts.iter().map(|h| h.name.clone()).collect();
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            r#"jobs:
+  - name: upgrade
+    cron: "0 3 * * SUN#1"
+    hosts:
+      names: [{}]
+    rolling:
+      max_parallel: 1
+      stop_on_failure: true
+    health:
+      - unit: ssh
+      - command: "test ! -e /etc/tk-unhealthy"
+    timeout: 5m
+    upgrade:
+      reboot: always
+"#,
+            names.join(", ")
+        ),
+    );
+    repo.commit("upgrade job");
+    let boots: Vec<String> = (0..3).map(|i| bed.boot_id(i)).collect();
+    bed.ssh_ok(1, "touch /etc/tk-unhealthy");
+    let out = repo.tk(&["schedule", "run", "upgrade", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let hosts = run["hosts"].as_array().unwrap();
+    assert_eq!(hosts[0]["result"], "ok", "{run}");
+    assert_eq!(hosts[0]["rebooted"], true);
+    assert_eq!(hosts[1]["result"], "failed", "{run}");
+    assert!(
+        hosts[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("health gate failed: command test ! -e /etc/tk-unhealthy"),
+        "{run}"
+    );
+    assert_eq!(hosts[2]["result"], "skipped", "{run}");
+    assert!(
+        hosts[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} failed", names[1])),
+        "{run}"
+    );
+    assert_ne!(bed.boot_id(0), boots[0], "host 0 rebooted");
+    assert_ne!(
+        bed.boot_id(1),
+        boots[1],
+        "host 1 rebooted before its gate failed"
+    );
+    assert_eq!(bed.boot_id(2), boots[2], "host 2 untouched");
+}
+
+#[test]
+fn a_job_that_would_outlast_its_window_does_not_start() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("base", "packages:\n  present: [jq]\n")]);
+    // A window that is open now but closes within the job's timeout.
+    let now = chrono::Utc::now();
+    let start = (now - chrono::Duration::hours(3)).format("%H:%M");
+    let end = (now + chrono::Duration::minutes(20)).format("%H:%M");
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n  - name: tidy\n    cron: \"0 * * * *\"\n    hosts:\n      names: [{}]\n    window: \"daily {start}-{end} UTC\"\n    timeout: 1h\n    command:\n      run: touch /etc/tk-tidied\n",
+            bed.host(0).name
+        ),
+    );
+    repo.commit("tidy job");
+    let out = repo.tk(&["schedule", "run", "tidy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("not started: the window closes at"),
+        "{}",
+        text(&out)
+    );
+    assert!(!bed.ssh(0, "test -e /etc/tk-tidied").status.success());
+    // With a timeout that fits, it runs.
+    let fits = repo
+        .read("schedules.yaml")
+        .replace("timeout: 1h", "timeout: 10m");
+    repo.write("schedules.yaml", &fits);
+    repo.commit("shorter");
+    let out = repo.tk(&["schedule", "run", "tidy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(bed.ssh(0, "test -e /etc/tk-tidied").status.success());
+}
