@@ -97,3 +97,92 @@ fn a_job_that_would_outlast_its_window_does_not_start() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(bed.ssh(0, "test -e /etc/tk-tidied").status.success());
 }
+
+#[test]
+fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
+    use crate::support::daemon::Daemon;
+    use crate::support::git;
+    use std::time::Duration;
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "base",
+            "files:\n  - {path: /etc/tk-base, content: \"x\\n\"}\n",
+        )],
+    );
+    let h = bed.host(0).name.clone();
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            r#"jobs:
+  - name: tick
+    cron: "*/3 * * * * *"
+    hosts:
+      names: [{h}]
+    timeout: 1m
+    command:
+      run: date +%s >> /var/log/tk-tick.log
+  - name: broken
+    cron: "*/4 * * * * *"
+    hosts:
+      names: [{h}]
+    timeout: 1m
+    command:
+      run: "echo the disk is full >&2; exit 4"
+"#
+        ),
+    );
+    repo.commit("jobs");
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    d.wait_for("two scheduled runs", Duration::from_secs(30), |_| {
+        bed.ssh_ok(0, "cat /var/log/tk-tick.log 2>/dev/null | wc -l")
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+            >= 2
+    });
+    d.wait_for(
+        "the job status on the status branch",
+        Duration::from_secs(20),
+        |_| {
+            let out = std::process::Command::new("git")
+                .args(["show", "tidekeeper/status:status/schedules/broken.json"])
+                .current_dir(&repo.path)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("\"failed\"")
+        },
+    );
+    let tick = git(
+        &repo.path,
+        &["show", "tidekeeper/status:status/schedules/tick.json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&tick).unwrap();
+    assert_eq!(v["last_run"]["ok"], true, "{tick}");
+    assert!(v["next_run"].is_string(), "{tick}");
+    let badge = git(
+        &repo.path,
+        &["show", "tidekeeper/status:badges/schedule-broken.svg"],
+    );
+    assert!(badge.contains("failed"), "{badge}");
+    let broken = git(
+        &repo.path,
+        &["show", "tidekeeper/status:status/schedules/broken.json"],
+    );
+    assert!(
+        broken.contains("the disk is full"),
+        "log tail kept: {broken}"
+    );
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", "HEAD"]);
+    assert!(note.contains("maintenance job broken failed"), "{note}");
+    assert!(
+        note.contains("applied to 1 host(s)"),
+        "the reconcile note is kept: {note}"
+    );
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics.contains("tidekeeper_maintenance_runs_total{job=\"tick\",result=\"ok\"}"),
+        "{metrics}"
+    );
+}

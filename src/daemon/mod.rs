@@ -106,6 +106,8 @@ struct Loop {
     shutdown: Arc<AtomicBool>,
     /// A host was locked by another run: apply the commit again soon.
     relook: bool,
+    /// Next due time of each maintenance job.
+    due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 }
 
 impl Loop {
@@ -349,6 +351,7 @@ impl Loop {
                 st.fleet = fleet.name.clone();
             }
             self.good = Some((commit.clone(), fleet.clone()));
+            self.reschedule(chrono::Utc::now());
             if already && !retry {
                 info!("already applied (per the status branch); not applying again");
                 return;
@@ -440,6 +443,105 @@ impl Loop {
         .await
     }
 
+    /// Next due times of every job in the good config.
+    fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
+        let Some((_, fleet)) = &self.good else { return };
+        let mut st = self.shared.status.lock().unwrap();
+        st.schedules
+            .retain(|name, _| fleet.jobs.iter().any(|j| j.name == *name));
+        self.due.clear();
+        for job in &fleet.jobs {
+            let next = crate::maintenance::plan::next(job, after);
+            let entry = st.schedules.entry(job.name.clone()).or_default();
+            entry.next_run = next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            if let Some(t) = next {
+                self.due.insert(job.name.clone(), t);
+            }
+        }
+    }
+
+    /// Run a maintenance job now; record it; note failures on the config commit.
+    async fn run_job(&mut self, name: &str) {
+        let Some((commit, fleet)) = self.good.clone() else {
+            return;
+        };
+        let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
+            return;
+        };
+        let span = info_span!("maintenance", job = %name);
+        async {
+            info!("running");
+            let opts = self.options(&fleet);
+            let run = crate::maintenance::run::run_job(&fleet, &job, &[], &opts).await;
+            let result = if run.not_started.is_some() {
+                "not-started"
+            } else if run.ok {
+                "ok"
+            } else {
+                "failed"
+            };
+            info!(result, "maintenance finished");
+            *self
+                .shared
+                .metrics
+                .lock()
+                .unwrap()
+                .maintenance_runs
+                .entry((name.to_string(), result.to_string()))
+                .or_default() += 1;
+            let failed = !run.ok && run.not_started.is_none();
+            let text = crate::maintenance::render(&run);
+            {
+                let mut st = self.shared.status.lock().unwrap();
+                st.schedules.entry(name.to_string()).or_default().last_run = Some(run);
+            }
+            self.reschedule(chrono::Utc::now());
+            let note = if failed {
+                let prior = self
+                    .blocking({
+                        let c = commit.clone();
+                        move |m| git2::Oid::from_str(&c).ok().and_then(|o| m.note(o))
+                    })
+                    .await
+                    .unwrap_or_default();
+                Some((
+                    commit.clone(),
+                    format!("{prior}\nmaintenance job {name} failed:\n{text}"),
+                ))
+            } else {
+                None
+            };
+            self.push_status(note).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// At start-up: runs missed while the daemon was down, within each job's grace.
+    async fn catch_up(&mut self) {
+        let Some((_, fleet)) = self.good.clone() else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        for job in &fleet.jobs {
+            let last = self
+                .shared
+                .status
+                .lock()
+                .unwrap()
+                .schedules
+                .get(&job.name)
+                .and_then(|s| s.last_run.as_ref())
+                .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.started).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            let Some(last) = last else { continue };
+            if crate::maintenance::plan::catch_up(job, Some(last), now).is_some() {
+                info!(job = %job.name, "catching up a run missed while tidekeeper was down");
+                self.run_job(&job.name).await;
+            }
+        }
+    }
+
     async fn run(mut self) {
         // After a restart, the status branch says what was already applied.
         if let Some(head) = self.fetch().await {
@@ -454,10 +556,12 @@ impl Loop {
                 st.hosts = p.hosts;
                 st.fleet = p.fleet;
                 st.learned_host_keys = p.learned_host_keys;
+                st.schedules = p.schedules;
             }
             self.shared.status.lock().unwrap().head_commit = Some(head.clone());
             self.last_seen = Some(head.clone());
             self.on_commit(head).await;
+            self.catch_up().await;
         }
         let mut next_poll = Instant::now() + self.poll_interval();
         let mut next_drift = Instant::now() + self.drift_interval();
@@ -465,7 +569,18 @@ impl Loop {
             if self.relook {
                 next_poll = next_poll.min(Instant::now() + Duration::from_secs(2));
             }
-            let wake = next_poll.min(next_drift);
+            let next_job = self
+                .due
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, t)| (n.clone(), *t));
+            let job_wake = next_job.as_ref().map(|(_, t)| {
+                let wait = (*t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                Instant::now() + wait
+            });
+            let wake = next_poll
+                .min(next_drift)
+                .min(job_wake.unwrap_or(next_drift));
             let triggered = tokio::select! {
                 _ = self.shared.trigger.notified() => true,
                 _ = tokio::time::sleep_until(wake.into()) => false,
@@ -474,6 +589,12 @@ impl Loop {
                 break;
             }
             self.shared.metrics.lock().unwrap().queue = 0;
+            if let Some((name, at)) = &next_job
+                && chrono::Utc::now() >= *at
+            {
+                self.run_job(name).await;
+                continue;
+            }
             let now_i = Instant::now();
             let retry = self.shared.retry.load(Ordering::SeqCst);
             if triggered || now_i >= next_poll || retry {
@@ -628,6 +749,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         fetch_failures: 0,
         shutdown: shutdown.clone(),
         relook: false,
+        due: BTreeMap::new(),
     };
     let mut worker = tokio::spawn(lp.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

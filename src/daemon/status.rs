@@ -106,6 +106,15 @@ pub struct FleetStatus {
     /// known_hosts lines; pinned from then on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned_host_keys: Vec<String>,
+    /// Maintenance jobs: last run and next run.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ScheduleStatus {
+    pub next_run: Option<String>,
+    pub last_run: Option<crate::maintenance::run::JobRun>,
 }
 
 impl FleetStatus {
@@ -160,6 +169,22 @@ impl FleetStatus {
             }
             out.insert("known_hosts.learned".into(), text.into_bytes());
         }
+        for (name, sch) in &self.schedules {
+            out.insert(
+                format!("status/schedules/{name}.json"),
+                serde_json::to_vec_pretty(sch).expect("json"),
+            );
+            let (word, color) = match &sch.last_run {
+                None => ("scheduled", Color::Blue),
+                Some(r) if r.not_started.is_some() => ("not started", Color::Yellow),
+                Some(r) if r.ok => ("ok", Color::Green),
+                Some(_) => ("failed", Color::Red),
+            };
+            out.insert(
+                format!("badges/schedule-{name}.svg"),
+                badge::render(name, word, color).into_bytes(),
+            );
+        }
         for (name, h) in &self.hosts {
             out.insert(
                 format!("status/hosts/{name}.json"),
@@ -186,6 +211,8 @@ pub struct Metrics {
     pub webhook_rejected: u64,
     pub webhook_accepted: u64,
     pub status_push_failures: u64,
+    /// (job, result) → count.
+    pub maintenance_runs: BTreeMap<(String, String), u64>,
     pub last_sync_unix: Option<i64>,
     pub queue: u64,
 }
@@ -240,6 +267,15 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
         m.status_push_failures,
         u8::from(!status.stale.is_empty()),
     );
+    s.push_str("# HELP tidekeeper_maintenance_runs_total Maintenance job runs by result.\n# TYPE tidekeeper_maintenance_runs_total counter\n");
+    for ((job, result), n) in &m.maintenance_runs {
+        let _ = writeln!(
+            s,
+            "tidekeeper_maintenance_runs_total{{job=\"{}\",result=\"{}\"}} {n}",
+            esc(job),
+            esc(result)
+        );
+    }
     for (name, h) in &status.hosts {
         let _ = writeln!(
             s,
