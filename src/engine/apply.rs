@@ -169,15 +169,6 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
 
     // First record that everything about to be touched is managed, so a run
     // cut short can still prune what it created.
-    if let Some(g) = guard
-        && !super::guard::risky(plan, &g.login_user).is_empty()
-    {
-        b.step(
-            "arm the lockout guard".into(),
-            super::guard::arm(plan, &g.login_user, run_id, g.deadline_secs),
-        );
-    }
-
     let mut union = plan.inventory.clone();
     for c in &plan.changes {
         if c.prune
@@ -259,6 +250,16 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         b.step(
             format!("remove packages {}", remove.join(" ")),
             format!("apt-get remove -y -q {list} >/dev/null || return\n"),
+        );
+    }
+
+    // Packages first (they can take long and are not risky), then the guard
+    // is armed before anything access depends on changes.
+    let guarded = guard.filter(|g| !super::guard::risky(plan, &g.login_user).is_empty());
+    if let Some(g) = guarded {
+        b.step(
+            "arm the lockout guard".into(),
+            super::guard::arm(plan, &g.login_user, run_id, g.deadline_secs),
         );
     }
 
@@ -552,6 +553,14 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             BACKUP_RUNS + 1
         ),
     );
+    if let Some(g) = guarded {
+        // The countdown starts again now that everything is applied, so a
+        // long apply never eats the time left to prove access.
+        b.step(
+            "restart the lockout countdown".into(),
+            super::guard::rearm(run_id, g.deadline_secs),
+        );
+    }
     b.text.push_str("echo '@@done'\n");
     Script {
         text: b.text,

@@ -144,6 +144,16 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
     s
 }
 
+/// Start the rollback countdown again at the end of the apply.
+pub fn rearm(run: &str, deadline_secs: u64) -> String {
+    format!(
+        "systemctl stop {unit}.timer 2>/dev/null\n\
+         if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
+         systemd-run --quiet --collect --unit={unit}-final --on-active={deadline_secs} /bin/sh \"$S/rollback/{run}.sh\" || return; fi\n",
+        unit = unit(run)
+    )
+}
+
 /// The transient unit that rolls back `run`.
 pub fn unit(run: &str) -> String {
     format!("tidekeeper-rollback-{run}")
@@ -152,7 +162,7 @@ pub fn unit(run: &str) -> String {
 /// Disarm the rollback after access was proven (run over the new connection).
 pub fn disarm_script(run: &str) -> String {
     format!(
-        "S=/var/lib/tidekeeper; systemctl stop {unit}.timer 2>/dev/null; rm -f \"$S/rollback/{run}.armed\"; \
+        "S=/var/lib/tidekeeper; systemctl stop {unit}.timer {unit}-final.timer 2>/dev/null; rm -f \"$S/rollback/{run}.armed\"; \
          if [ -e \"$S/rolled-back/{run}\" ]; then echo rolled-back; exit 3; fi; \
          rm -rf \"$S/rollback/{run}\" \"$S/rollback/{run}.sh\"; echo disarmed\n",
         unit = unit(run)
