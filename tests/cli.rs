@@ -371,3 +371,53 @@ fn demo_starts_the_daemon_which_reconciles_new_commits() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn schedule_list_shows_next_runs_in_each_jobs_zone() {
+    let tmp = TempDir::new("schedule-list");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let out = tidekeeper()
+        .args(["schedule", "list", "--next", "2", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "nightly-backup (backup, cron \"30 1 * * *\" Europe/Berlin), window 00:00-06:00 UTC"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("monthly-kernel-upgrade (upgrade, cron \"0 3 * * SUN#1\" UTC)"),
+        "{text}"
+    );
+    // Every "next" of the monthly job is a Sunday between the 1st and the 7th.
+    let monthly = text.split("monthly-kernel-upgrade").nth(1).unwrap();
+    let nexts: Vec<&str> = monthly
+        .lines()
+        .filter(|l| l.trim_start().starts_with("next: "))
+        .take(2)
+        .collect();
+    assert_eq!(nexts.len(), 2, "{text}");
+    for n in nexts {
+        assert!(n.contains("next: Sun "), "{n}");
+        let day: u32 = n.split('-').nth(2).unwrap()[..2].parse().unwrap();
+        assert!((1..=7).contains(&day), "{n}");
+        assert!(n.contains("03:00 UTC"), "{n}");
+    }
+}

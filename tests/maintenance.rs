@@ -175,7 +175,11 @@ fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
         "log tail kept: {broken}"
     );
     let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", "HEAD"]);
-    assert!(note.contains("maintenance job broken failed"), "{note}");
+    assert_eq!(
+        note.matches("maintenance job broken failed").count(),
+        1,
+        "only the latest failure: {note}"
+    );
     assert!(
         note.contains("applied to 1 host(s)"),
         "the reconcile note is kept: {note}"
@@ -185,4 +189,107 @@ fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
         metrics.contains("tidekeeper_maintenance_runs_total{job=\"tick\",result=\"ok\"}"),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
+    let bed = Testbed::start(2);
+    let tmp = crate::support::TempDir::new("backup");
+    // host 0 backs up to host 1 over sftp with its own key.
+    let key = tmp.path().join("backup_key");
+    let kg = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "backup", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(kg.success());
+    let private = std::fs::read_to_string(&key).unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    bed.ssh_ok(
+        1,
+        &format!(
+            "mkdir -p /root/.ssh /srv/restic && echo '{}' >> /root/.ssh/authorized_keys",
+            public.trim()
+        ),
+    );
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let role = format!(
+        "packages:\n  present: [restic]\nfiles:\n  - path: /root/.ssh/id_ed25519\n    mode: \"0600\"\n    sensitive: true\n    content: |\n{}  - path: /root/.ssh/known_hosts\n    content: \"{}\\n\"\n  - {{path: /srv/data/a.txt, content: \"alpha alpha alpha\\n\"}}\n  - {{path: /srv/data/sub/b.conf, content: \"beta = 2\\n\"}}\n",
+        indent(&private),
+        bed.host(1).known_hosts_line()
+    );
+    let repo = FleetRepo::minimal(&bed, &[("backup-client", &role)]);
+    let keygen = std::process::Command::new("age-keygen").output().unwrap();
+    let identity = String::from_utf8(keygen.stdout).unwrap();
+    let password = "restic-pw-7f3a9c";
+    let mut enc = crate::support::tidekeeper()
+        .args(["secrets", "encrypt", "restic", "--repo"])
+        .arg(&repo.path)
+        .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut enc.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    assert!(enc.wait().unwrap().success());
+    let h0 = bed.host(0).name.clone();
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            r#"jobs:
+  - name: nightly-backup
+    cron: "30 1 * * *"
+    timezone: Europe/Berlin
+    hosts:
+      names: [{h0}]
+    timeout: 10m
+    backup:
+      repository: "sftp:root@{}:/srv/restic/{{{{ host.name }}}}"
+      password_secret: restic
+      paths: [/srv/data]
+      keep: {{daily: 2, weekly: 1, monthly: 1}}
+      check: true
+"#,
+            bed.host(1).address
+        ),
+    );
+    repo.commit("backups");
+    let tk = |args: &[&str]| {
+        crate::support::tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo.path)
+            .arg("--ssh-key")
+            .arg(&repo.key)
+            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+            .output()
+            .unwrap()
+    };
+    let out = tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for _ in 0..3 {
+        let out = tk(&["schedule", "run", "nightly-backup"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!text(&out).contains(password), "the password never shows");
+    }
+    let restic = format!(
+        "RESTIC_PASSWORD={password} restic -q -r sftp:root@{}:/srv/restic/{h0}",
+        bed.host(1).address
+    );
+    // Retention: three snapshots on one day, keep-daily keeps the newest of that day.
+    let snaps = bed.ssh_ok(0, &format!("{restic} snapshots --json"));
+    let v: serde_json::Value = serde_json::from_str(&snaps).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{snaps}");
+    // A deleted file comes back byte for byte.
+    let before = bed.ssh_ok(0, "sha256sum /srv/data/a.txt");
+    bed.ssh_ok(0, "rm /srv/data/a.txt");
+    bed.ssh_ok(
+        0,
+        &format!("{restic} restore latest --target / --include /srv/data/a.txt"),
+    );
+    assert_eq!(bed.ssh_ok(0, "sha256sum /srv/data/a.txt"), before);
 }

@@ -247,8 +247,9 @@ impl Mirror {
         Some(blob.content().to_vec())
     }
 
-    /// The note on `commit`, as last fetched.
+    /// The note on `commit`, fetched fresh.
     pub fn note(&self, commit: Oid) -> Option<String> {
+        let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
         let n = self.repo.find_note(Some(REMOTE_NOTES), commit).ok()?;
         n.message().ok().map(String::from)
     }
@@ -408,6 +409,7 @@ impl Mirror {
     pub fn push_note(&self, commit: Oid, text: &str) -> Result<usize, MirrorError> {
         if let Some(target) = self.local_target() {
             target.note(&sig(), &sig(), Some(NOTES_REF), commit, text, true)?;
+            let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
             return Ok(1);
         }
         for attempt in 1..=PUSH_ATTEMPTS {

@@ -504,9 +504,15 @@ impl Loop {
                     })
                     .await
                     .unwrap_or_default();
+                // Keep the reconcile's part of the note and the latest failure only.
+                let head = prior
+                    .split("\n\nmaintenance job ")
+                    .next()
+                    .unwrap_or("")
+                    .trim_end();
                 Some((
                     commit.clone(),
-                    format!("{prior}\nmaintenance job {name} failed:\n{text}"),
+                    format!("{head}\n\nmaintenance job {name} failed:\n{text}"),
                 ))
             } else {
                 None
