@@ -93,6 +93,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Evaluate every `test_*` rule in policies/*.rego; each must be true.
+    Test {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ScheduleCommand {
     /// Every job with its next run times, in each job's own time zone.
     List {
@@ -259,6 +268,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// Policy-as-code: run the repo's Rego tests (`test_*` rules).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Create a new config repo from the built-in example fleet.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -336,6 +350,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Retry { daemon } => retry(daemon),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
+        Command::Policy {
+            command: PolicyCommand::Test { repo },
+        } => policy_test(&repo),
         Command::Init { dir } => init(&dir),
         Command::Demo {
             dir,
@@ -728,6 +745,32 @@ fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, u8> {
     }
 }
 
+/// The config repo's own `policies/*.rego`, as (path, text).
+fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
+    let Ok(tree) = ConfigTree::from_git(&repo.repo, &repo.refname) else {
+        return vec![];
+    };
+    tree.under("policies")
+        .filter(|(p, _)| p.ends_with(".rego"))
+        .filter_map(|(p, _)| tree.text(p).map(|t| (p.to_string(), t.to_string())))
+        .collect()
+}
+
+/// Judge the plans with the policies; print the verdict.
+fn judge(
+    repo: &RepoArgs,
+    fleet: &Fleet,
+    results: &[&engine::HostResult],
+    print: bool,
+) -> crate::policy::Verdict {
+    let input = crate::policy::input(fleet, results);
+    let verdict = crate::policy::evaluate(&input, &repo_policies(repo), true);
+    if print {
+        print!("\n{}", fleet.redact(&verdict.render()));
+    }
+    verdict
+}
+
 fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engine::Options), u8> {
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
@@ -803,9 +846,10 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
     };
     let total = names.len();
     let redact = opts.clone();
+    let fleet = std::sync::Arc::new(fleet);
     let results = runtime().block_on(async {
         let planned = engine::plan_all(
-            std::sync::Arc::new(fleet),
+            fleet.clone(),
             names,
             std::sync::Arc::new(opts),
             progress(total, json),
@@ -813,17 +857,23 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
         .await;
         engine::finish(planned).await
     });
-    if json {
-        let text = serde_json::to_string_pretty(&engine::render::json(&results)).expect("json");
+    let refs: Vec<&engine::HostResult> = results.iter().collect();
+    let verdict = if json {
+        let verdict = judge(repo, &fleet, &refs, false);
+        let mut doc = engine::render::json(&results);
+        doc["policy"] = serde_json::to_value(&verdict).expect("json");
+        let text = serde_json::to_string_pretty(&doc).expect("json");
         println!("{}", redact.redact(&text));
+        verdict
     } else {
         print!(
             "{}",
             redact.redact(&engine::render::plan_text(&results, color()))
         );
-    }
+        judge(repo, &fleet, &refs, true)
+    };
     let t = engine::render::totals(&results);
-    if t.errors > 0 {
+    if t.errors > 0 || verdict.blocks() {
         EXIT_INVALID
     } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
         2
@@ -841,8 +891,9 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     let total = names.len();
     let opts = std::sync::Arc::new(opts);
     let rt = runtime();
+    let fleet = std::sync::Arc::new(fleet);
     let planned = rt.block_on(engine::plan_all(
-        std::sync::Arc::new(fleet),
+        fleet.clone(),
         names,
         opts.clone(),
         progress(total, false),
@@ -851,6 +902,12 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     let text = engine::render::plan_text(&results, color());
     print!("{}", opts.redact(&text));
     let t = engine::render::totals(&results);
+    let verdict = judge(repo, &fleet, &results, true);
+    if verdict.blocks() {
+        println!("The policies deny this plan; nothing was applied.");
+        rt.block_on(engine::finish(planned));
+        return EXIT_INVALID;
+    }
     if t.add + t.change + t.destroy + t.run == 0 {
         let results = rt.block_on(engine::finish(planned));
         return if results.iter().any(|r| r.error.is_some()) {
@@ -1140,4 +1197,24 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
             }
         }
     }
+}
+
+fn policy_test(repo: &RepoArgs) -> u8 {
+    let results = crate::policy::run_tests(&repo_policies(repo));
+    if results.is_empty() {
+        println!("No policy tests (test_* rules in policies/*.rego).");
+        return EXIT_OK;
+    }
+    let mut failed = 0;
+    for (name, r) in &results {
+        match r {
+            Ok(()) => println!("PASS {name}"),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {name}: {e}");
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", results.len() - failed);
+    if failed > 0 { EXIT_INVALID } else { EXIT_OK }
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod engine;
 pub mod maintenance;
 pub mod model;
+pub mod policy;
 pub mod schedule;
 pub mod secrets;
 pub mod source;

@@ -9,6 +9,7 @@ mod engine;
 mod local;
 mod maintenance;
 mod mutate;
+mod policy;
 mod safety;
 mod template;
 mod testbed;

@@ -236,7 +236,31 @@ impl Loop {
     }
 
     /// Plan (and apply) every host; update host statuses.
-    async fn reconcile(&mut self, commit: &str, fleet: Arc<Fleet>, apply: bool) -> Vec<HostStatus> {
+    /// The commit's own `policies/*.rego`.
+    async fn policies(&self, commit: &str) -> Vec<(String, String)> {
+        let path = self.mirror.lock().unwrap().path.clone();
+        let c = commit.to_string();
+        tokio::task::spawn_blocking(move || {
+            let Ok(tree) = ConfigTree::from_git(&path, &c) else {
+                return vec![];
+            };
+            tree.under("policies")
+                .filter(|(p, _)| p.ends_with(".rego"))
+                .filter_map(|(p, _)| tree.text(p).map(|t| (p.to_string(), t.to_string())))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Plan (and apply, unless the policies deny the plan) every host; update
+    /// host statuses. `Err` carries the policies' denials.
+    async fn reconcile(
+        &mut self,
+        commit: &str,
+        fleet: Arc<Fleet>,
+        apply: bool,
+    ) -> Result<Vec<HostStatus>, Vec<String>> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
         let names: Vec<String> = fleet
@@ -247,6 +271,21 @@ impl Loop {
             .collect();
         let quiet: engine::Progress = Arc::new(|_| {});
         let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
+        if apply {
+            let refs: Vec<&HostResult> = planned.iter().map(|p| p.result()).collect();
+            let input = crate::policy::input(&fleet, &refs);
+            let verdict = crate::policy::evaluate(&input, &self.policies(commit).await, true);
+            if verdict.blocks() {
+                engine::finish(planned).await;
+                let mut why: Vec<String> = verdict
+                    .deny
+                    .iter()
+                    .map(|d| format!("policy denies: {d}"))
+                    .collect();
+                why.extend(verdict.errors.iter().map(|e| format!("policy error: {e}")));
+                return Err(why.into_iter().map(|w| fleet.redact(&w)).collect());
+            }
+        }
         let results = if apply {
             engine::apply_all(planned, opts, quiet).await
         } else {
@@ -290,7 +329,7 @@ impl Loop {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reconcile done"
         );
-        out
+        Ok(out)
     }
 
     /// A new commit on the branch.
@@ -358,7 +397,25 @@ impl Loop {
             }
             let started = Instant::now();
             info!("applying");
-            let hosts = self.reconcile(&commit, fleet.clone(), true).await;
+            let hosts = match self.reconcile(&commit, fleet.clone(), true).await {
+                Ok(h) => h,
+                Err(denied) => {
+                    warn!(
+                        denials = denied.len(),
+                        "the policies deny this commit; nothing applied"
+                    );
+                    self.shared.status.lock().unwrap().invalid = Some(Invalid {
+                        commit: commit.clone(),
+                        errors: denied.clone(),
+                    });
+                    let note = format!(
+                        "tidekeeper: the policies deny {commit}; nothing applied\n\n{}\n",
+                        denied.join("\n")
+                    );
+                    self.push_status(Some((commit, note))).await;
+                    return;
+                }
+            };
             let failed: Vec<&HostStatus> = hosts
                 .iter()
                 .filter(|h| matches!(h.state, HostState::Failed | HostState::Unreachable))
@@ -426,7 +483,9 @@ impl Loop {
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined;
             let before = self.shared.status.lock().unwrap().files();
-            self.reconcile(&commit, fleet, apply).await;
+            if let Err(denied) = self.reconcile(&commit, fleet, apply).await {
+                warn!(denials = denied.len(), "the policies deny correcting drift");
+            }
             let after = self.shared.status.lock().unwrap().files();
             let changed = before
                 .iter()

@@ -35,6 +35,13 @@ impl FleetRepo {
             key: bed.key.clone(),
         };
         repo.hosts(bed, roles);
+        // The template's firewall lets SSH in from anywhere, which the
+        // built-in exposure policy allows only for hosts labelled so.
+        for h in &bed.hosts {
+            let p = repo.path.join("hosts").join(format!("{}.yaml", h.name));
+            let text = fs::read_to_string(&p).unwrap();
+            fs::write(&p, format!("{text}labels:\n  ssh_public: \"true\"\n")).unwrap();
+        }
         repo.commit("test fleet");
         repo
     }

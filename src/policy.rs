@@ -1,0 +1,349 @@
+//! Policy-as-code: every plan is judged by the built-in pack (the project's
+//! top-level `policies/`) and the config repo's `policies/*.rego`, evaluated
+//! in-process with regorus. Conventions as in conftest: `deny` blocks, `warn`
+//! annotates. The input document is stable and documented in docs/policies.md.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::engine::HostResult;
+use crate::engine::plan::Action;
+use crate::model::desired::{Fleet, Host, Resource};
+
+/// The built-in pack, compiled in.
+pub const BUILTIN: [(&str, &str); 5] = [
+    ("policies/ssh.rego", include_str!("../policies/ssh.rego")),
+    (
+        "policies/exposure.rego",
+        include_str!("../policies/exposure.rego"),
+    ),
+    (
+        "policies/budget.rego",
+        include_str!("../policies/budget.rego"),
+    ),
+    (
+        "policies/destroy.rego",
+        include_str!("../policies/destroy.rego"),
+    ),
+    (
+        "policies/upgrades.rego",
+        include_str!("../policies/upgrades.rego"),
+    ),
+];
+
+/// How long one evaluation may take.
+pub const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub deny: Vec<String>,
+    pub warn: Vec<String>,
+    /// Policies that failed to load or evaluate (these also block).
+    pub errors: Vec<String>,
+}
+
+impl Verdict {
+    pub fn blocks(&self) -> bool {
+        !self.deny.is_empty() || !self.errors.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if self.deny.is_empty() && self.warn.is_empty() && self.errors.is_empty() {
+            return "Policies: all passed.\n".into();
+        }
+        s.push_str(&format!(
+            "Policies: {} denied, {} warning{}{}.\n",
+            self.deny.len(),
+            self.warn.len(),
+            if self.warn.len() == 1 { "" } else { "s" },
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} error{}",
+                    self.errors.len(),
+                    if self.errors.len() == 1 { "" } else { "s" }
+                )
+            }
+        ));
+        for d in &self.deny {
+            s.push_str(&format!("  deny: {d}\n"));
+        }
+        for w in &self.warn {
+            s.push_str(&format!("  warn: {w}\n"));
+        }
+        for e in &self.errors {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+        s
+    }
+}
+
+/// Effective sshd settings of a host, from the sshd config files it
+/// manages (first occurrence wins, as in sshd; keys lowercased).
+fn sshd_settings(host: &Host) -> BTreeMap<String, String> {
+    let mut files: Vec<(&str, &[u8])> = host
+        .resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::File(f)
+                if f.path == "/etc/ssh/sshd_config"
+                    || (f.path.starts_with("/etc/ssh/sshd_config.d/")
+                        && f.path.ends_with(".conf")) =>
+            {
+                Some((f.path.as_str(), f.content.bytes.as_slice()))
+            }
+            _ => None,
+        })
+        .collect();
+    // sshd reads the drop-ins (included first in Debian's sshd_config) in order.
+    files.sort_by_key(|(p, _)| (*p == "/etc/ssh/sshd_config", p.to_string()));
+    let mut out = BTreeMap::new();
+    for (_, bytes) in files {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.to_lowercase().starts_with("match ")
+            {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(char::is_whitespace) {
+                out.entry(k.to_lowercase())
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The input document for a plan.
+pub fn input(fleet: &Fleet, results: &[&HostResult]) -> Value {
+    let mut resources = Vec::new();
+    for r in results {
+        let Some(plan) = &r.plan else { continue };
+        let host = fleet.host(&r.host);
+        for c in &plan.changes {
+            let desired = host.and_then(|h| {
+                h.resources
+                    .iter()
+                    .find(|x| x.kind() == c.kind && x.id() == c.id)
+            });
+            let after = match c.action {
+                Action::Delete if c.prune => Value::Null,
+                _ => desired
+                    .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null),
+            };
+            let before: serde_json::Map<String, Value> = c
+                .attrs
+                .iter()
+                .filter_map(|a| a.before.clone().map(|b| (a.name.clone(), Value::String(b))))
+                .collect();
+            resources.push(json!({
+                "address": format!("{} {} {}", r.host, c.kind, c.id),
+                "host": r.host,
+                "type": c.kind,
+                "action": c.action,
+                "before": before,
+                "after": after,
+            }));
+        }
+    }
+    let hosts: Vec<Value> = fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name,
+                "provider": format!("{:?}", h.provider).to_lowercase(),
+                "labels": h.labels,
+                "roles": h.roles,
+                "allow_destroy": h.allow_destroy,
+                "sshd": sshd_settings(h),
+                "ssh": h.ssh,
+            })
+        })
+        .collect();
+    json!({
+        "fleet": fleet.name,
+        "commit": fleet.commit,
+        "resources": resources,
+        "hosts": hosts,
+        // Cloud prices arrive with the cloud providers; until then nothing costs.
+        "cost": {"prior": 0.0, "proposed": 0.0, "delta": 0.0, "currency": "EUR"},
+    })
+}
+
+fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<String>, Vec<String>) {
+    let mut engine = regorus::Engine::new();
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: TIME_LIMIT,
+        check_interval: NonZeroU32::new(100).expect("non-zero"),
+    });
+    let mut packages = Vec::new();
+    let mut errors = Vec::new();
+    for (path, text) in policies {
+        match engine.add_policy(path.clone(), text.clone()) {
+            Ok(pkg) => packages.push(pkg),
+            Err(e) => errors.push(format!("{path}: {e}")),
+        }
+    }
+    (engine, packages, errors)
+}
+
+fn strings(v: &regorus::Value) -> Vec<String> {
+    match serde_json::to_value(v) {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Judge the input with the built-in pack (unless `builtin` is false) and
+/// the repo's policies: `(path, text)` pairs.
+pub fn evaluate(input: &Value, repo_policies: &[(String, String)], builtin: bool) -> Verdict {
+    let mut all: Vec<(String, String)> = Vec::new();
+    if builtin {
+        all.extend(
+            BUILTIN
+                .iter()
+                .map(|(p, t)| (format!("(built-in) {p}"), t.to_string())),
+        );
+    }
+    all.extend(repo_policies.iter().cloned());
+    let (mut engine, packages, errors) = engine(&all);
+    let mut verdict = Verdict {
+        errors,
+        ..Default::default()
+    };
+    match regorus::Value::from_json_str(&input.to_string()) {
+        Ok(v) => engine.set_input(v),
+        Err(e) => {
+            verdict.errors.push(format!("input: {e}"));
+            return verdict;
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for pkg in packages {
+        if !seen.insert(pkg.clone()) {
+            continue;
+        }
+        for (rule, out) in [("deny", &mut verdict.deny), ("warn", &mut verdict.warn)] {
+            match engine.eval_rule(format!("{pkg}.{rule}")) {
+                Ok(v) => out.extend(strings(&v)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    // A package without that rule is fine.
+                    if !msg.contains("not a valid rule path")
+                        && !msg.contains("not found")
+                        && !msg.contains("no rule")
+                    {
+                        verdict.errors.push(format!("{pkg}.{rule}: {msg}"));
+                    }
+                }
+            }
+        }
+    }
+    verdict.deny.sort();
+    verdict.deny.dedup();
+    verdict.warn.sort();
+    verdict.warn.dedup();
+    verdict
+}
+
+/// `tidekeeper policy test`: every `test_*` rule in the repo's policies must be true.
+pub fn run_tests(repo_policies: &[(String, String)]) -> Vec<(String, Result<(), String>)> {
+    let (mut engine, packages, errors) = engine(repo_policies);
+    let mut out: Vec<(String, Result<(), String>)> =
+        errors.into_iter().map(|e| (e.clone(), Err(e))).collect();
+    for ((_, text), pkg) in repo_policies.iter().zip(packages) {
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                l.starts_with("test_").then(|| {
+                    l.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let rule = format!("{pkg}.{name}");
+            let result = match engine.eval_rule(rule.clone()) {
+                Ok(v) if v == regorus::Value::from(true) => Ok(()),
+                Ok(v) => Err(format!(
+                    "evaluated to {}",
+                    serde_json::to_string(&v).unwrap_or_default()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push((rule, result));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_pack_loads_and_judges() {
+        let input = json!({
+            "resources": [{
+                "address": "web-1 firewall ufw", "host": "web-1", "type": "firewall", "action": "update",
+                "before": {}, "after": {"rules": [{"action": "allow", "from_port": 22, "to_port": 22, "from": "0.0.0.0/0", "proto": "tcp"}]}
+            }],
+            "hosts": [{"name": "web-1", "labels": {}, "sshd": {"passwordauthentication": "yes"}}],
+            "cost": {"prior": 0, "proposed": 0, "delta": 0, "currency": "EUR"}
+        });
+        let v = evaluate(&input, &[], true);
+        assert!(v.errors.is_empty(), "{:?}", v.errors);
+        assert_eq!(v.deny.len(), 2, "{v:?}");
+        assert!(
+            v.deny
+                .iter()
+                .any(|d| d.contains("opens port 22 to the whole internet"))
+        );
+        assert!(
+            v.deny
+                .iter()
+                .any(|d| d.contains("allows SSH password login"))
+        );
+        // Labelled public and key-only: clean.
+        let mut ok = input.clone();
+        ok["hosts"][0]["labels"] = json!({"ssh_public": "true"});
+        ok["hosts"][0]["sshd"] = json!({"passwordauthentication": "no"});
+        assert!(!evaluate(&ok, &[], true).blocks());
+    }
+
+    #[test]
+    fn a_runaway_policy_is_stopped() {
+        let slow = "package slow\nimport rego.v1\ndeny contains x if { some a in numbers.range(1, 100000); some b in numbers.range(1, 100000); x := a * b; x < 0 }\n";
+        let started = std::time::Instant::now();
+        let v = evaluate(
+            &json!({}),
+            &[("policies/slow.rego".into(), slow.into())],
+            false,
+        );
+        assert!(
+            started.elapsed() < TIME_LIMIT * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(v.blocks(), "a policy that cannot finish blocks: {v:?}");
+    }
+}

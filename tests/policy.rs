@@ -1,0 +1,140 @@
+//! Policy-as-code on real plans.
+
+use std::time::Duration;
+
+use crate::support::daemon::Daemon;
+use crate::support::fleet::{FleetRepo, stdout, text};
+use crate::support::git;
+use crate::support::testbed::Testbed;
+use crate::support::{TempDir, tidekeeper};
+
+const OPEN_SSH: &str =
+    "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n";
+
+#[test]
+fn the_builtin_pack_denies_world_open_ssh_and_apply_refuses() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("fw", OPEN_SSH)]);
+    let out = repo.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let h = &bed.host(0).name;
+    assert!(
+        stdout(&out).contains(&format!(
+            "deny: {h} firewall ufw opens port 22 to the whole internet"
+        )),
+        "{}",
+        text(&out)
+    );
+    let out = repo.tk(&["plan", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["policy"]["deny"].as_array().unwrap().len(), 1, "{v}");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).contains("The policies deny this plan; nothing was applied."));
+    assert!(
+        !bed.ssh_ok(0, "command -v ufw || true").contains("ufw"),
+        "nothing applied"
+    );
+
+    // A repo policy can warn; labelling the host public satisfies the pack.
+    repo.write(
+        "policies/notice.rego",
+        "package tidekeeper.policies.notice\nimport rego.v1\nwarn contains msg if {\n  some r in input.resources\n  r.type == \"firewall\"\n  msg := sprintf(\"%s changes the firewall\", [r.address])\n}\n",
+    );
+    let host_file = format!("hosts/{h}.yaml");
+    let text_h = repo.read(&host_file);
+    repo.write(
+        &host_file,
+        &format!("{text_h}labels:\n  ssh_public: \"true\"\n"),
+    );
+    repo.commit("public on purpose");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("warn: {h} firewall ufw changes the firewall")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_daemon_refuses_a_denied_commit_like_an_invalid_one() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-pol, content: \"one\\n\"}\n",
+        )],
+    );
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    d.wait_applied(
+        &git(&repo.path, &["rev-parse", "HEAD"]),
+        Duration::from_secs(30),
+    );
+    repo.write("roles/fw.yaml", OPEN_SSH);
+    let hf = format!("hosts/{}.yaml", bed.host(0).name);
+    let t = repo.read(&hf).replace("roles: [app]", "roles: [app, fw]");
+    repo.write(&hf, &t);
+    repo.commit("open ssh to the world");
+    let bad = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_for("the denial reported", Duration::from_secs(20), |d| {
+        d.status()["invalid"]["commit"].as_str() == Some(bad.as_str())
+    });
+    let errors = d.status()["invalid"]["errors"].to_string();
+    assert!(
+        errors.contains("policy denies:") && errors.contains("opens port 22"),
+        "{errors}"
+    );
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &bad]);
+    assert!(note.contains("the policies deny"), "{note}");
+    assert!(
+        !bed.ssh_ok(0, "command -v ufw || true").contains("ufw"),
+        "nothing applied"
+    );
+}
+
+#[test]
+fn policy_test_runs_the_repos_rego_tests() {
+    let tmp = TempDir::new("policy-test");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    std::fs::write(
+        repo.join("policies/budget_test.rego"),
+        "package tidekeeper.policies.budget_test\nimport rego.v1\nimport data.tidekeeper.policies.budget\n\
+         test_over_budget_is_denied if {\n  count(budget.deny) == 1 with input as {\"cost\": {\"proposed\": 250, \"delta\": 0, \"currency\": \"EUR\"}}\n}\n\
+         test_within_budget_passes if {\n  count(budget.deny) == 0 with input as {\"cost\": {\"proposed\": 100, \"delta\": 0, \"currency\": \"EUR\"}}\n}\n\
+         test_wrong_on_purpose if {\n  count(budget.deny) == 1 with input as {\"cost\": {\"proposed\": 1, \"delta\": 0, \"currency\": \"EUR\"}}\n}\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "policy tests"]);
+    let out = tidekeeper()
+        .args(["policy", "test", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(
+        s.contains("PASS data.tidekeeper.policies.budget_test.test_over_budget_is_denied"),
+        "{s}"
+    );
+    assert!(
+        s.contains("PASS data.tidekeeper.policies.budget_test.test_within_budget_passes"),
+        "{s}"
+    );
+    assert!(
+        s.contains("FAIL data.tidekeeper.policies.budget_test.test_wrong_on_purpose"),
+        "{s}"
+    );
+    assert!(s.contains("2 passed, 1 failed"), "{s}");
+}
