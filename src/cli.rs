@@ -249,6 +249,9 @@ pub enum Command {
         /// A host rolls back a risky change unless access is proven within this time.
         #[arg(long, value_parser = parse_duration, default_value = "120s")]
         rollback_after: std::time::Duration,
+        /// Refs of proposed changes to plan read-only (repeatable; globs).
+        #[arg(long = "proposals", default_value = "refs/pull/*/head")]
+        proposals: Vec<String>,
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
     },
@@ -323,6 +326,7 @@ pub fn run(cli: Cli) -> ExitCode {
             git_known_hosts,
             git_token,
             rollback_after,
+            proposals,
             log_format,
         } => run_daemon(
             crate::daemon::Config {
@@ -336,6 +340,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ssh_key: ssh_key.clone(),
                 watch: !no_watch,
                 rollback_after,
+                proposals,
                 hosts,
                 git: crate::daemon::mirror::Access {
                     ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
@@ -722,6 +727,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
             hosts: vec![DEMO_HOST.into()],
             git: Default::default(),
             rollback_after: std::time::Duration::from_secs(120),
+            proposals: vec![],
         },
         LogFormat::Human,
     )

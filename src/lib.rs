@@ -14,6 +14,7 @@ pub mod engine;
 pub mod maintenance;
 pub mod model;
 pub mod policy;
+pub mod report;
 pub mod schedule;
 pub mod secrets;
 pub mod source;

@@ -138,3 +138,106 @@ fn policy_test_runs_the_repos_rego_tests() {
     );
     assert!(s.contains("2 passed, 1 failed"), "{s}");
 }
+
+#[test]
+fn pull_requests_are_planned_read_only_and_noted() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-pr, content: \"one\\n\"}\n",
+        )],
+    );
+    let server = repo.path.with_extension("git");
+    git(
+        repo.path.parent().unwrap(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.path.to_str().unwrap(),
+            server.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", server.display());
+    let d = Daemon::start(
+        std::path::Path::new(&url),
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+    );
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_applied(&main, Duration::from_secs(30));
+
+    // PR 7 changes the file; PR 8 opens SSH to the world.
+    git(&repo.path, &["checkout", "-q", "-b", "pr7"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-pr, content: \"two\\n\"}\n",
+    );
+    repo.commit("pr 7");
+    let pr7 = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(
+        &repo.path,
+        &[
+            "push",
+            "-q",
+            server.to_str().unwrap(),
+            "HEAD:refs/pull/7/head",
+        ],
+    );
+    git(&repo.path, &["checkout", "-q", "main"]);
+    git(&repo.path, &["checkout", "-q", "-b", "pr8"]);
+    repo.write("roles/fw.yaml", OPEN_SSH);
+    let hf = format!("hosts/{}.yaml", bed.host(0).name);
+    let t = repo.read(&hf).replace("roles: [app]", "roles: [app, fw]");
+    repo.write(&hf, &t);
+    repo.commit("pr 8");
+    let pr8 = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(
+        &repo.path,
+        &[
+            "push",
+            "-q",
+            server.to_str().unwrap(),
+            "HEAD:refs/pull/8/head",
+        ],
+    );
+
+    let note = |sha: &str| {
+        std::process::Command::new("git")
+            .args([
+                "--git-dir",
+                server.to_str().unwrap(),
+                "notes",
+                "--ref=tidekeeper",
+                "show",
+                sha,
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    d.wait_for("both PRs planned", Duration::from_secs(30), |_| {
+        !note(&pr7).is_empty() && !note(&pr8).is_empty()
+    });
+    let n7 = note(&pr7);
+    assert!(
+        n7.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{n7}"
+    );
+    assert!(n7.contains("+two") && n7.contains("-one"), "the diff: {n7}");
+    assert!(n7.contains("Policies: all passed."), "{n7}");
+    assert!(
+        n7.contains("\"ref\": \"refs/pull/7/head\""),
+        "the JSON plan: {n7}"
+    );
+    let n8 = note(&pr8);
+    assert!(
+        n8.contains(":x: **deny**") && n8.contains("opens port 22 to the whole internet"),
+        "{n8}"
+    );
+    // Read-only: the host still has main's content, and no ufw.
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-pr"), "one\n");
+    assert!(!bed.ssh_ok(0, "command -v ufw || true").contains("ufw"));
+}

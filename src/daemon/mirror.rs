@@ -226,6 +226,33 @@ impl Mirror {
         remote.fetch(specs, Some(&mut opts), None)
     }
 
+    /// Fetch proposed changes (e.g. `refs/pull/*/head`) and list their heads.
+    pub fn fetch_proposals(&self, patterns: &[String]) -> Vec<(String, Oid)> {
+        let mut out = Vec::new();
+        for pat in patterns {
+            let spec = format!(
+                "+{pat}:refs/remotes/origin-proposed/{}",
+                pat.trim_start_matches("refs/")
+            );
+            if self.fetch_refs(&[spec.as_str()]).is_err() {
+                continue;
+            }
+        }
+        if let Ok(refs) = self.repo.references_glob("refs/remotes/origin-proposed/*") {
+            for r in refs.flatten() {
+                if let (Ok(name), Some(id)) = (r.name(), r.target()) {
+                    let name = format!(
+                        "refs/{}",
+                        name.trim_start_matches("refs/remotes/origin-proposed/")
+                    );
+                    out.push((name, id));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub fn head(&self) -> Result<Oid, MirrorError> {
         self.repo
             .refname_to_id(&format!("refs/remotes/origin/{}", self.branch))

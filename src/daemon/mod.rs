@@ -46,6 +46,8 @@ pub struct Config {
     pub hosts: Vec<String>,
     /// Reaching the config repo over ssh:// or https://.
     pub git: mirror::Access,
+    /// Refs of proposed changes to plan read-only (e.g. `refs/pull/*/head`).
+    pub proposals: Vec<String>,
     /// A host rolls back a risky change unless access is proven within this time.
     pub rollback_after: Duration,
 }
@@ -108,6 +110,8 @@ struct Loop {
     relook: bool,
     /// Next due time of each maintenance job.
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    /// Proposal ref → head commit last planned.
+    proposals_seen: BTreeMap<String, String>,
 }
 
 impl Loop {
@@ -502,6 +506,66 @@ impl Loop {
         .await
     }
 
+    /// Plan new heads of proposed changes, read-only, and note each plan
+    /// (markdown and JSON) on its commit.
+    async fn plan_proposals(&mut self) {
+        if self.cfg.proposals.is_empty() {
+            return;
+        }
+        let patterns = self.cfg.proposals.clone();
+        let heads = self.blocking(move |m| m.fetch_proposals(&patterns)).await;
+        for (name, oid) in heads {
+            let sha = oid.to_string();
+            if self.proposals_seen.get(&name) == Some(&sha) {
+                continue;
+            }
+            self.proposals_seen.insert(name.clone(), sha.clone());
+            let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12]);
+            let note = async {
+                let fleet = match self.load(&sha).await {
+                    Err(errors) => {
+                        return format!(
+                            "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
+                            errors.join("\n")
+                        );
+                    }
+                    Ok(f) => Arc::new(f),
+                };
+                let opts = Arc::new(self.options(&fleet));
+                let names: Vec<String> = fleet
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
+                    .collect();
+                let quiet: engine::Progress = Arc::new(|_| {});
+                let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet).await;
+                let results = engine::finish(planned).await;
+                let refs: Vec<&HostResult> = results.iter().collect();
+                let input = crate::policy::input(&fleet, &refs);
+                let verdict = crate::policy::evaluate(&input, &self.policies(&sha).await, true);
+                info!(denied = verdict.deny.len(), "proposal planned");
+                let md = crate::report::markdown(&fleet.name, &sha, &results, &verdict, usize::MAX);
+                let mut json = engine::render::json(&results);
+                json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
+                json["ref"] = name.clone().into();
+                fleet.redact(&format!(
+                    "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                ))
+            }
+            .instrument(span)
+            .await;
+            let commit = sha.clone();
+            let res = self
+                .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
+                .await;
+            if let Err(e) = res {
+                warn!(error = %e, "could not note the proposal's plan");
+            }
+        }
+    }
+
     /// Next due times of every job in the good config.
     fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
         let Some((_, fleet)) = &self.good else { return };
@@ -667,6 +731,7 @@ impl Loop {
                 // Back off while the remote is unreachable.
                 let backoff = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
                 next_poll = Instant::now() + backoff.min(Duration::from_secs(300));
+                self.plan_proposals().await;
                 if let Some(head) = head {
                     self.shared.status.lock().unwrap().head_commit = Some(head.clone());
                     if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.relook {
@@ -815,6 +880,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         shutdown: shutdown.clone(),
         relook: false,
         due: BTreeMap::new(),
+        proposals_seen: BTreeMap::new(),
     };
     let mut worker = tokio::spawn(lp.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
