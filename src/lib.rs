@@ -11,6 +11,7 @@ pub mod badge;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
+pub mod forge;
 pub mod maintenance;
 pub mod model;
 pub mod policy;

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod dockerfile;
 mod engine;
+mod forge;
 mod local;
 mod maintenance;
 mod mutate;

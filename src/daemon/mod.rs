@@ -462,6 +462,36 @@ impl Loop {
                 }
             };
             let note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
+            if let Some(settings) = fleet.settings.forge.clone() {
+                // The apply on main, reported on its commit; a forge outage never blocks.
+                let ok = !summary.contains("failed");
+                let (sha, text, name) = (
+                    commit.clone(),
+                    format!("```\n{note}```\n"),
+                    fleet.name.clone(),
+                );
+                let sent =
+                    tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
+                        let forge = crate::forge::Forge::new(&settings)?;
+                        let state = if ok { "success" } else { "failure" };
+                        if forge.status(
+                            &sha,
+                            &format!("tidekeeper/{name}/apply"),
+                            state,
+                            &summary,
+                        )? {
+                            forge.commit_comment(&sha, &text)?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .expect("forge task");
+                if let Err(e) = sent {
+                    warn!(error = %e, "could not report the apply to the forge");
+                    self.shared
+                        .note_stale("forge", format!("forge unreachable: {e}"));
+                }
+            }
             self.push_status(Some((commit, note))).await;
         }
         .instrument(span)
@@ -519,15 +549,35 @@ impl Loop {
             if self.proposals_seen.get(&name) == Some(&sha) {
                 continue;
             }
-            self.proposals_seen.insert(name.clone(), sha.clone());
             let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12]);
-            let note = async {
+            // (note, forge report: state, description, comment, fleet settings)
+            let (note, report) = async {
                 let fleet = match self.load(&sha).await {
                     Err(errors) => {
-                        return format!(
+                        let text = format!(
                             "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
                             errors.join("\n")
                         );
+                        let forge = self.good.as_ref().and_then(|g| g.1.settings.forge.clone());
+                        let fleet_name = self
+                            .good
+                            .as_ref()
+                            .map(|g| g.1.name.clone())
+                            .unwrap_or_default();
+                        let report = forge.map(|f| {
+                            (
+                                f,
+                                fleet_name.clone(),
+                                "failure".to_string(),
+                                "invalid config".to_string(),
+                                format!(
+                                    "{}\n**Invalid config**\n\n```\n{}\n```\n",
+                                    crate::report::marker(&fleet_name),
+                                    errors.join("\n")
+                                ),
+                            )
+                        });
+                        return (text, report);
                     }
                     Ok(f) => Arc::new(f),
                 };
@@ -549,13 +599,94 @@ impl Loop {
                 let mut json = engine::render::json(&results);
                 json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
                 json["ref"] = name.clone().into();
-                fleet.redact(&format!(
+                let note = fleet.redact(&format!(
                     "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
                     serde_json::to_string_pretty(&json).unwrap_or_default()
-                ))
+                ));
+                let t = engine::render::totals(&results);
+                let (state, desc) = if verdict.blocks() {
+                    (
+                        "failure",
+                        format!(
+                            "denied: {}",
+                            verdict
+                                .deny
+                                .first()
+                                .or(verdict.errors.first())
+                                .cloned()
+                                .unwrap_or_default()
+                        ),
+                    )
+                } else if t.errors > 0 {
+                    (
+                        "error",
+                        format!("{} host(s) could not be planned", t.errors),
+                    )
+                } else {
+                    (
+                        "success",
+                        engine::render::summary_line(&t)
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    )
+                };
+                let comment = fleet.redact(&crate::report::markdown(
+                    &fleet.name,
+                    &sha,
+                    &results,
+                    &verdict,
+                    crate::report::GITHUB_LIMIT,
+                ));
+                let report = fleet.settings.forge.clone().map(|f| {
+                    (
+                        f,
+                        fleet.name.clone(),
+                        state.to_string(),
+                        fleet.redact(&desc),
+                        comment,
+                    )
+                });
+                (note, report)
             }
             .instrument(span)
             .await;
+            if let Some((settings, fleet_name, state, desc, comment)) = report {
+                let pr = crate::forge::pr_number(&name);
+                let sha2 = sha.clone();
+                let sent =
+                    tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
+                        let forge = crate::forge::Forge::new(&settings)?;
+                        forge.status(
+                            &sha2,
+                            &format!("tidekeeper/{fleet_name}/plan"),
+                            &state,
+                            &desc,
+                        )?;
+                        if let Some(pr) = pr {
+                            forge.upsert_comment(
+                                pr,
+                                &crate::report::marker(&fleet_name),
+                                &comment,
+                            )?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .expect("forge task");
+                match sent {
+                    Ok(()) => self.shared.clear_stale("forge"),
+                    Err(e) => {
+                        // Not marked as seen: reported again once the forge answers.
+                        warn!(error = %e, "could not report the plan to the forge");
+                        self.shared
+                            .note_stale("forge", format!("forge unreachable: {e}"));
+                        continue;
+                    }
+                }
+            }
+            self.proposals_seen.insert(name.clone(), sha.clone());
             let commit = sha.clone();
             let res = self
                 .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))

@@ -1,0 +1,187 @@
+//! Reporting to a forge (GitHub or Gitea REST): commit statuses and one
+//! plan comment per pull request, updated in place. Statuses are posted only
+//! when their state changes, so repeats burn no API quota.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::model::desired::{Forge as ForgeSettings, ForgeKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("no token: set {0}")]
+    NoToken(String),
+    #[error("{method} {url}: {reason}")]
+    Request {
+        method: &'static str,
+        url: String,
+        reason: String,
+    },
+}
+
+pub struct Forge {
+    kind: ForgeKind,
+    api: String,
+    repo: String,
+    token: String,
+    agent: ureq::Agent,
+    /// (commit, context) → state last posted.
+    posted: Mutex<HashMap<(String, String), String>>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    id: u64,
+    #[serde(default)]
+    body: String,
+}
+
+impl Forge {
+    pub fn new(s: &ForgeSettings) -> Result<Forge, ForgeError> {
+        let token = std::env::var(&s.token_env)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| ForgeError::NoToken(s.token_env.clone()))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(20)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Forge {
+            kind: s.kind,
+            api: s.url.trim_end_matches('/').to_string(),
+            repo: s.repo.clone(),
+            token: token.trim().to_string(),
+            agent,
+            posted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn auth(&self) -> String {
+        match self.kind {
+            ForgeKind::Github => format!("Bearer {}", self.token),
+            ForgeKind::Gitea => format!("token {}", self.token),
+        }
+    }
+
+    fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ForgeError> {
+        let url = format!("{}{path}", self.api);
+        let err = |reason: String| ForgeError::Request {
+            method,
+            url: url.clone(),
+            reason,
+        };
+        let result = match (method, body) {
+            ("GET", _) => self
+                .agent
+                .get(&url)
+                .header("Authorization", &self.auth())
+                .header("Accept", "application/json")
+                .header("User-Agent", "tidekeeper")
+                .call(),
+            (m, Some(b)) => {
+                let req = match m {
+                    "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
+                };
+                req.header("Authorization", &self.auth())
+                    .header("Accept", "application/json")
+                    .header("User-Agent", "tidekeeper")
+                    .send_json(b)
+            }
+            (_, None) => return Err(err("no body".into())),
+        };
+        let mut resp = result.map_err(|e| err(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(err(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            )));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Set a commit status unless it already has that state.
+    /// `state`: pending, success, failure or error.
+    pub fn status(
+        &self,
+        sha: &str,
+        context: &str,
+        state: &str,
+        description: &str,
+    ) -> Result<bool, ForgeError> {
+        let key = (sha.to_string(), context.to_string());
+        if self.posted.lock().unwrap().get(&key).map(String::as_str) == Some(state) {
+            return Ok(false);
+        }
+        let description: String = description.chars().take(140).collect();
+        self.send(
+            "POST",
+            &format!("/repos/{}/statuses/{sha}", self.repo),
+            Some(json!({"state": state, "context": context, "description": description})),
+        )?;
+        self.posted.lock().unwrap().insert(key, state.to_string());
+        Ok(true)
+    }
+
+    /// Create, or update in place, the one comment carrying `marker`.
+    pub fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<(), ForgeError> {
+        let comments = self.send(
+            "GET",
+            &format!("/repos/{}/issues/{pr}/comments?per_page=100", self.repo),
+            None,
+        )?;
+        let comments: Vec<Comment> = serde_json::from_value(comments).unwrap_or_default();
+        match comments.iter().find(|c| c.body.contains(marker)) {
+            Some(c) => {
+                self.send(
+                    "PATCH",
+                    &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
+                    Some(json!({"body": body})),
+                )?;
+            }
+            None => {
+                self.send(
+                    "POST",
+                    &format!("/repos/{}/issues/{pr}/comments", self.repo),
+                    Some(json!({"body": body})),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A comment on a commit (GitHub; Gitea has no such API: nothing happens).
+    pub fn commit_comment(&self, sha: &str, body: &str) -> Result<(), ForgeError> {
+        if self.kind == ForgeKind::Gitea {
+            return Ok(());
+        }
+        self.send(
+            "POST",
+            &format!("/repos/{}/commits/{sha}/comments", self.repo),
+            Some(json!({"body": body})),
+        )
+        .map(|_| ())
+    }
+}
+
+/// The pull request number of `refs/pull/N/head`.
+pub fn pr_number(refname: &str) -> Option<u64> {
+    refname
+        .strip_prefix("refs/pull/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
