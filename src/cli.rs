@@ -753,13 +753,9 @@ fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, u8> {
 
 /// The config repo's own `policies/*.rego`, as (path, text).
 fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
-    let Ok(tree) = ConfigTree::from_git(&repo.repo, &repo.refname) else {
-        return vec![];
-    };
-    tree.under("policies")
-        .filter(|(p, _)| p.ends_with(".rego"))
-        .filter_map(|(p, _)| tree.text(p).map(|t| (p.to_string(), t.to_string())))
-        .collect()
+    ConfigTree::from_git(&repo.repo, &repo.refname)
+        .map(|t| t.policies())
+        .unwrap_or_default()
 }
 
 /// Judge the plans with the policies; print the verdict.

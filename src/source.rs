@@ -62,6 +62,14 @@ pub struct ConfigTree {
 }
 
 impl ConfigTree {
+    /// The repo's `policies/*.rego`, as (path, text).
+    pub fn policies(&self) -> Vec<(String, String)> {
+        self.under("policies")
+            .filter(|(p, _)| p.ends_with(".rego"))
+            .filter_map(|(p, _)| self.text(p).map(|t| (p.to_string(), t.to_string())))
+            .collect()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

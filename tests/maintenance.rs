@@ -223,19 +223,9 @@ fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
         bed.host(1).known_hosts_line()
     );
     let repo = FleetRepo::minimal(&bed, &[("backup-client", &role)]);
-    let keygen = std::process::Command::new("age-keygen").output().unwrap();
-    let identity = String::from_utf8(keygen.stdout).unwrap();
+    let identity = crate::support::fleet::age_identity();
     let password = "restic-pw-7f3a9c";
-    let mut enc = crate::support::tidekeeper()
-        .args(["secrets", "encrypt", "restic", "--repo"])
-        .arg(&repo.path)
-        .env("TIDEKEEPER_AGE_IDENTITY", &identity)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut enc.stdin.take().unwrap(), password.as_bytes()).unwrap();
-    assert!(enc.wait().unwrap().success());
+    repo.encrypt_secret(&identity, "restic", password);
     let h0 = bed.host(0).name.clone();
     repo.write(
         "schedules.yaml",

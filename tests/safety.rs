@@ -226,9 +226,7 @@ const PLAINTEXT: &str = "hunter2-c0rrect-h0rse-battery";
 #[test]
 fn secrets_are_decrypted_for_hosts_and_never_shown_anywhere() {
     let bed = Testbed::start(1);
-    let keygen = std::process::Command::new("age-keygen").output().unwrap();
-    assert!(keygen.status.success());
-    let identity = String::from_utf8(keygen.stdout).unwrap();
+    let identity = crate::support::fleet::age_identity();
     let role = r#"
 files:
   - path: /etc/app/db.conf
@@ -244,21 +242,7 @@ files:
         "templates/db.conf.j2",
         "user = app\npassword = {{ secret(\"db-password\") }}\n",
     );
-    let mut enc = crate::support::tidekeeper()
-        .args(["secrets", "encrypt", "db-password", "--repo"])
-        .arg(&repo.path)
-        .env("TIDEKEEPER_AGE_IDENTITY", &identity)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    enc.stdin
-        .take()
-        .unwrap()
-        .write_all(PLAINTEXT.as_bytes())
-        .unwrap();
-    assert!(enc.wait_with_output().unwrap().status.success());
+    repo.encrypt_secret(&identity, "db-password", PLAINTEXT);
     let stored = std::fs::read_to_string(repo.path.join("secrets/db-password.age")).unwrap();
     assert!(stored.contains("BEGIN AGE ENCRYPTED FILE") && !stored.contains(PLAINTEXT));
     repo.commit("a secret");

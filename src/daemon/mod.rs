@@ -245,13 +245,9 @@ impl Loop {
         let path = self.mirror.lock().unwrap().path.clone();
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
-            let Ok(tree) = ConfigTree::from_git(&path, &c) else {
-                return vec![];
-            };
-            tree.under("policies")
-                .filter(|(p, _)| p.ends_with(".rego"))
-                .filter_map(|(p, _)| tree.text(p).map(|t| (p.to_string(), t.to_string())))
-                .collect()
+            ConfigTree::from_git(&path, &c)
+                .map(|t| t.policies())
+                .unwrap_or_default()
         })
         .await
         .unwrap_or_default()

@@ -58,13 +58,7 @@ pub struct Options {
 
 impl Options {
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for r in &self.redactions {
-            if out.contains(r.as_str()) {
-                out = out.replace(r.as_str(), crate::model::desired::SENSITIVE);
-            }
-        }
-        out
+        crate::model::desired::redact(&self.redactions, text)
     }
 }
 

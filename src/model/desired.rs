@@ -49,14 +49,19 @@ impl std::fmt::Debug for SecretValues {
 impl Fleet {
     /// `text` with every secret value replaced by `(sensitive)`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for r in &self.redactions {
-            if out.contains(r.as_str()) {
-                out = out.replace(r.as_str(), SENSITIVE);
-            }
-        }
-        out
+        redact(&self.redactions, text)
     }
+}
+
+/// `text` with each of `secrets` replaced by `(sensitive)`.
+pub fn redact(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for r in secrets {
+        if out.contains(r.as_str()) {
+            out = out.replace(r.as_str(), SENSITIVE);
+        }
+    }
+    out
 }
 
 impl Fleet {

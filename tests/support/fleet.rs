@@ -120,6 +120,36 @@ impl FleetRepo {
     }
 }
 
+/// A fresh age identity (the text of an identity file), from age-keygen.
+pub fn age_identity() -> String {
+    let out = std::process::Command::new("age-keygen")
+        .output()
+        .expect("age-keygen runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl FleetRepo {
+    /// `tidekeeper secrets encrypt NAME` with `value` on stdin (not committed).
+    pub fn encrypt_secret(&self, identity: &str, name: &str, value: &str) {
+        use std::io::Write;
+        let mut enc = tidekeeper()
+            .args(["secrets", "encrypt", name, "--repo"])
+            .arg(&self.path)
+            .env("TIDEKEEPER_AGE_IDENTITY", identity)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        enc.stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        assert!(enc.wait().unwrap().success(), "secrets encrypt {name}");
+    }
+}
+
 /// stdout and stderr of a run, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
