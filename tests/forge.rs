@@ -21,12 +21,15 @@ struct Fake {
     requests: Vec<(String, String, Value)>,
     comments: Vec<(u64, u64, String)>, // (pr, id, body)
     bad_auth: usize,
+    /// The Authorization header the forge expects.
+    auth: String,
 }
 
 type Shared = Arc<Mutex<Fake>>;
 
 fn authorized(s: &Shared, h: &HeaderMap) -> bool {
-    let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer t0k");
+    let want = s.lock().unwrap().auth.clone();
+    let ok = h.get("authorization").and_then(|v| v.to_str().ok()) == Some(want.as_str());
     if !ok {
         s.lock().unwrap().bad_auth += 1;
     }
@@ -34,8 +37,18 @@ fn authorized(s: &Shared, h: &HeaderMap) -> bool {
 }
 
 fn fake_github(port: u16) -> Shared {
-    let shared: Shared = Arc::default();
-    let app = Router::new()
+    fake_forge(port, "", "Bearer t0k")
+}
+
+/// GitHub serves the API at the root with `Bearer` tokens; Gitea under
+/// `/api/v1` with `token` (its commit statuses and issue comments have the
+/// same paths and bodies).
+fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
+    let shared: Shared = Arc::new(Mutex::new(Fake {
+        auth: auth.to_string(),
+        ..Default::default()
+    }));
+    let api = Router::new()
         .route(
             "/repos/acme/fleet/statuses/{sha}",
             post(|State(s): State<Shared>, Path(sha): Path<String>, h: HeaderMap, Json(b): Json<Value>| async move {
@@ -88,6 +101,11 @@ fn fake_github(port: u16) -> Shared {
             }),
         )
         .with_state(shared.clone());
+    let app = if prefix.is_empty() {
+        api
+    } else {
+        Router::new().nest(prefix, api)
+    };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -221,4 +239,61 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
         f.requests
     );
     assert!(f.requests.iter().any(|r| r.1 == format!("statuses/{pr2}")));
+}
+
+#[test]
+fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
+    let bed = Testbed::start(1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fake = fake_forge(port, "/api/v1", "token t0k");
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-g, content: \"one\\n\"}\n",
+        )],
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!("fleet: test\nstatus:\n  forge:\n    kind: gitea\n    url: http://127.0.0.1:{port}/api/v1\n    repo: acme/fleet\n"),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-g, content: \"two\\n\"}\n",
+    );
+    repo.commit("pr 9");
+    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/9/head", &pr]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("GITEA_TOKEN", "t0k")],
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    d.wait_for("the PR comment", Duration::from_secs(30), |_| {
+        fake.lock().unwrap().comments.len() == 1
+    });
+    let f = fake.lock().unwrap();
+    assert_eq!(f.bad_auth, 0, "Gitea's `token` scheme");
+    assert!(f.comments[0].2.contains("+two"));
+    let apply = f
+        .requests
+        .iter()
+        .find(|r| r.1 == format!("statuses/{main}"))
+        .expect("apply status on main");
+    assert_eq!(apply.2["context"], "tidekeeper/test/apply");
+    assert_eq!(apply.2["state"], "success");
+    assert!(
+        !f.requests.iter().any(|r| r.1.starts_with("commits/")),
+        "Gitea has no commit comments API"
+    );
 }
