@@ -12,6 +12,7 @@ mod maintenance;
 mod mutate;
 mod policy;
 mod safety;
+mod stacks;
 mod template;
 mod testbed;
 mod validate;

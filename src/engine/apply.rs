@@ -466,6 +466,19 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 }
                 b.step(what, body);
             }
+            Item::Stack { name, dir, .. } => {
+                // Compose v2 (`docker compose`) where present, else v1.
+                b.step(
+                    what,
+                    format!(
+                        "cd {} || return\nif docker compose version >/dev/null 2>&1; then \
+                         docker compose -p {n} up -d --remove-orphans >&2 || return; \
+                         else docker-compose -p {n} up -d --remove-orphans >&2 || return; fi\n",
+                        b.p(dir),
+                        n = q(name)
+                    ),
+                );
+            }
             Item::Command(cmd) => {
                 let mut body = owes(c);
                 body.push_str(&format!(
@@ -531,6 +544,14 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             "service" => format!(
                 "systemctl disable -q --now {} 2>/dev/null; true\n",
                 q(&c.id)
+            ),
+            // Containers and network of the project go; its files are pruned after.
+            "stack" => format!(
+                "if docker compose version >/dev/null 2>&1; then docker compose -p {n} down --remove-orphans >&2; \
+                 else ids=$(docker ps -aq --filter label=com.docker.compose.project={n}); \
+                 [ -z \"$ids\" ] || docker rm -f $ids >/dev/null || return; \
+                 docker network rm {n}_default >/dev/null 2>&1; fi; true\n",
+                n = q(&c.id)
             ),
             "user" => format!("userdel {} || return\n", q(&c.id)),
             "group" => format!("groupdel {} || return\n", q(&c.id)),

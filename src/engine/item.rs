@@ -46,6 +46,13 @@ pub enum Item {
         value: String,
     },
     Command(CommandResource),
+    /// A compose project: its files are File items under `dir`.
+    Stack {
+        name: String,
+        dir: String,
+        /// Checksum over every file of the stack.
+        hash: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +91,7 @@ impl Item {
             Item::Firewall(_) => "firewall",
             Item::Sysctl { .. } => "sysctl",
             Item::Command(_) => "command",
+            Item::Stack { .. } => "stack",
         }
     }
 
@@ -98,6 +106,7 @@ impl Item {
             Item::Firewall(_) => "ufw",
             Item::Sysctl { key, .. } => key,
             Item::Command(c) => &c.name,
+            Item::Stack { name, .. } => name,
         }
     }
 
@@ -220,7 +229,39 @@ pub fn items(host: &Host) -> Vec<Item> {
                 },
             )),
             Resource::Command(c) => rest.push((3, Item::Command(c.clone()))),
-            Resource::Stack(_) => {}
+            Resource::Stack(st) => {
+                let dir = st.dir.trim_end_matches('/').to_string();
+                let mut all = Vec::new();
+                dirs.push(Item::Dir {
+                    path: dir.clone(),
+                    mode: Some(0o750),
+                    owner: None,
+                    group: None,
+                });
+                for (rel, content) in &st.files {
+                    let sha = sha256_hex(&content.bytes);
+                    all.extend_from_slice(rel.as_bytes());
+                    all.extend_from_slice(sha.as_bytes());
+                    paths.push(Item::File(FileItem {
+                        path: format!("{dir}/{rel}"),
+                        sha256: sha,
+                        content: content.clone(),
+                        mode: Some(if content.sensitive { 0o600 } else { 0o644 }),
+                        owner: None,
+                        group: None,
+                        validate: None,
+                        notify: vec![],
+                    }));
+                }
+                rest.push((
+                    4,
+                    Item::Stack {
+                        name: st.name.clone(),
+                        dir,
+                        hash: sha256_hex(&all)[..16].to_string(),
+                    },
+                ));
+            }
         }
     }
     dirs.sort_by_key(|d| d.id().matches('/').count());

@@ -550,6 +550,42 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
                     None
                 }
             }
+            Item::Stack { name, dir, hash } => {
+                let containers = obs.stacks.get(name).cloned().unwrap_or_default();
+                let files_change = changes
+                    .iter()
+                    .any(|c: &Change| c.kind == "file" && c.id.starts_with(&format!("{dir}/")));
+                let down: Vec<String> = containers
+                    .iter()
+                    .filter(|(_, st)| st != "running")
+                    .map(|(svc, st)| format!("{svc} ({st})"))
+                    .collect();
+                let reason = if containers.is_empty() {
+                    Some(if obs.inventory.stacks.contains_key(name) {
+                        "no containers running".to_string()
+                    } else {
+                        "first deploy".to_string()
+                    })
+                } else if files_change || obs.inventory.stacks.get(name) != Some(hash) {
+                    Some("its files changed".to_string())
+                } else if !down.is_empty() {
+                    Some(format!("not running: {}", down.join(", ")))
+                } else {
+                    None
+                };
+                reason.map(|r| {
+                    let mut c = change(item, Action::Run);
+                    c.note = Some(format!("docker compose up ({r})"));
+                    for (svc, st) in &containers {
+                        c.attrs.push(attr(
+                            &format!("service {svc}"),
+                            Some(st.clone()),
+                            Some("running".into()),
+                        ));
+                    }
+                    c
+                })
+            }
             Item::Command(cmd) => {
                 let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
                 let reason = if guarded {
@@ -662,7 +698,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
                 Some(ps) => c.was = Some(ps.kind),
                 None => continue,
             },
-            "service" => {}
+            "service" | "stack" => {}
             "user" if e.created && obs.users.contains_key(&e.id) => {}
             "group" if e.created && obs.groups.contains_key(&e.id) => {}
             "package" => {
@@ -688,6 +724,14 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             prunes.len()
         ));
     }
+    // Stacks go down while their files exist; directories go after what is in them.
+    prunes.sort_by_key(|c: &Change| {
+        (
+            c.kind != "stack",
+            c.kind == "directory",
+            std::cmp::Reverse(c.id.matches('/').count()),
+        )
+    });
     changes.extend(prunes);
 
     // The inventory after a successful apply.
@@ -700,6 +744,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     let mut inventory = Inventory {
         resources: Vec::new(),
         commands: obs.inventory.commands.clone(),
+        stacks: obs.inventory.stacks.clone(),
     };
     for i in items {
         if matches!(i, Item::Absent { .. }) {
@@ -718,6 +763,9 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             inventory
                 .commands
                 .insert(cmd.name.clone(), command_hash(cmd));
+        }
+        if let Item::Stack { name, hash, .. } = i {
+            inventory.stacks.insert(name.clone(), hash.clone());
         }
     }
     inventory.commands.retain(|name, _| {

@@ -34,6 +34,8 @@ pub struct Observed {
     pub sysctl: BTreeMap<String, Option<String>>,
     /// Command name → why it would run (None: guards say skip).
     pub commands: BTreeMap<String, Option<String>>,
+    /// Stack name → (service, container state) of its containers.
+    pub stacks: BTreeMap<String, Vec<(String, String)>>,
     pub inventory: Inventory,
     /// Handlers a failed earlier run still owes.
     pub pending_handlers: Vec<String>,
@@ -115,6 +117,9 @@ pub struct Inventory {
     /// Command name → checksum of its definition when it last ran.
     #[serde(default)]
     pub commands: BTreeMap<String, String>,
+    /// Stack name → checksum of its files when it was last brought up.
+    #[serde(default)]
+    pub stacks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -332,6 +337,16 @@ pub fn script(items: &[Item], root: &str) -> String {
             s.push_str(&format!(
                 "g() {{ {}; echo run; }}; printf 'Q\\t%s\\t%s\\n' {name} \"$(g)\"\n",
                 checks.join("; ")
+            ));
+        }
+    }
+    // Compose projects: their containers' states.
+    for i in items {
+        if let Item::Stack { name, .. } = i {
+            s.push_str(&format!(
+                "command -v docker >/dev/null && docker ps -a --filter label=com.docker.compose.project={n} \
+                 --format '{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.State}}}}' | sed 's/^/D\t'{n}'\t/'\n",
+                n = q(name)
             ));
         }
     }
@@ -576,6 +591,15 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                 if kind == "symbolic link" && owner != "root" {
                     o.unsafe_parents.push((strip(name), owner.to_string()));
                 }
+            }
+            "D" => {
+                let [stack, service, state] = cols[..] else {
+                    return Err(bad());
+                };
+                o.stacks
+                    .entry(stack.to_string())
+                    .or_default()
+                    .push((service.to_string(), state.to_string()));
             }
             "E" => ended = true,
             _ => {}

@@ -188,6 +188,9 @@ pub enum Kind {
     Full,
     /// sshd alone over a shared read-only base (a throwaway tmpfs overlay), for scale tests.
     Light,
+    /// A full host that can run dockerd (all capabilities, /proc/sys and the
+    /// cgroup controllers writable); see docs/testing.md.
+    Docker,
 }
 
 struct Process {
@@ -235,6 +238,14 @@ impl Launch {
                 self.netns
             ));
         match self.kind {
+            Kind::Docker => {
+                cmd.arg("--directory")
+                    .arg(self.dir.join("merged"))
+                    .arg("--capability=all")
+                    .arg("--system-call-filter=@keyring bpf")
+                    .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "1")
+                    .arg("--boot");
+            }
             Kind::Full => {
                 // CAP_NET_ADMIN: the host has its own network namespace, so
                 // ufw/iptables and net.* sysctls inside it touch only that.
@@ -412,7 +423,7 @@ impl Testbed {
             format!("{}\n", self.public_key),
         )
         .unwrap();
-        if kind == Kind::Full {
+        if kind != Kind::Light {
             let (upper, work, merged) =
                 (sdir.join("upper"), sdir.join("work"), sdir.join("merged"));
             for d in [&upper, &work, &merged] {
@@ -516,7 +527,7 @@ impl Testbed {
             );
             thread::sleep(Duration::from_millis(100));
         }
-        if host.kind == Kind::Full {
+        if host.kind != Kind::Light {
             let mut retried = false;
             loop {
                 let out = self.ssh(i, "systemctl is-system-running --wait");

@@ -1,0 +1,116 @@
+//! Docker compose stacks on a test host that runs dockerd.
+
+use crate::support::fleet::{FleetRepo, stdout, text};
+use crate::support::testbed::{Kind, Testbed};
+
+/// Debian's docker in a test host: the cgroup v1 controllers come mounted
+/// read-only inside the container; remount them (see docs/testing.md).
+const DOCKER_PREP: &str = "for d in /sys/fs/cgroup/*/; do d=${d%/}; [ -L \"$d\" ] && continue; n=$(basename $d); \
+    case $n in systemd|unified) continue;; esac; mount -o remount,rw \"$d\" 2>/dev/null || \
+    { umount -l \"$d\" && mount -t cgroup -o \"$n\" cgroup \"$d\"; }; done; \
+    systemctl restart docker && mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && \
+    for a in sh httpd sleep; do ln -sf busybox /tmp/bb/bin/$a; done && \
+    tar -C /tmp/bb -c . | docker import - local/busybox:1 >/dev/null";
+
+const ROLE: &str =
+    "packages:\n  present: [docker.io, docker-compose, busybox-static]\nstacks:\n  - name: web\n";
+
+fn compose(port: u16) -> String {
+    format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: local/busybox:1\n    command: [\"httpd\", \"-f\", \"-p\", \"{port}\"]\n    network_mode: host\n"
+    )
+}
+
+#[test]
+fn a_compose_stack_is_brought_up_corrected_after_drift_and_taken_down() {
+    let bed = Testbed::start_kind(1, Kind::Docker);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "docker",
+            "packages:\n  present: [docker.io, docker-compose, busybox-static]\n",
+        )],
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bed.ssh_ok(0, DOCKER_PREP);
+
+    repo.write("roles/docker.yaml", ROLE);
+    repo.write("stacks/web/docker-compose.yml", &compose(8080));
+    repo.commit("web stack");
+    let out = repo.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("file /opt/stacks/web/docker-compose.yml")
+            && plan.contains("+    command: [\"httpd\", \"-f\", \"-p\", \"8080\"]"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("stack web  docker compose up (first deploy)"),
+        "{plan}"
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let up = || {
+        bed.ssh_ok(
+            0,
+            "docker ps --filter label=com.docker.compose.project=web --format '{{.State}}'",
+        )
+    };
+    assert_eq!(up().trim(), "running");
+    let answer = bed.ssh_ok(
+        0,
+        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && head -1 <&3'",
+    );
+    assert!(
+        answer.starts_with("HTTP/1."),
+        "busybox httpd in the stack answers: {answer:?}"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Drift: the container stopped by hand.
+    bed.ssh_ok(
+        0,
+        "docker stop $(docker ps -q --filter label=com.docker.compose.project=web) >/dev/null",
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("not running: web (exited)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(repo.tk(&["apply", "--yes"]).status.code(), Some(0));
+    assert_eq!(up().trim(), "running");
+
+    // A changed compose file recreates the service.
+    repo.write("stacks/web/docker-compose.yml", &compose(8081));
+    repo.commit("port 8081");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cmd = bed.ssh_ok(0, "docker inspect --format '{{json .Config.Cmd}}' $(docker ps -q --filter label=com.docker.compose.project=web)");
+    assert!(cmd.contains("8081"), "{cmd}");
+
+    // Removed from the config: down, files pruned.
+    repo.write(
+        "roles/docker.yaml",
+        "packages:\n  present: [docker.io, docker-compose, busybox-static]\n",
+    );
+    repo.commit("no stack");
+    // Three of six managed resources go: more than a quarter needs permission.
+    let out = repo.tk(&["apply", "--yes", "--allow-mass-delete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "docker ps -aq --filter label=com.docker.compose.project=web | wc -l"
+        )
+        .trim(),
+        "0"
+    );
+    assert!(
+        !bed.ssh(0, "test -e /opt/stacks/web").status.success(),
+        "files and directory pruned"
+    );
+}
