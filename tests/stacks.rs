@@ -9,7 +9,7 @@ const DOCKER_PREP: &str = "for d in /sys/fs/cgroup/*/; do d=${d%/}; [ -L \"$d\" 
     case $n in systemd|unified) continue;; esac; mount -o remount,rw \"$d\" 2>/dev/null || \
     { umount -l \"$d\" && mount -t cgroup -o \"$n\" cgroup \"$d\"; }; done; \
     systemctl restart docker && mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && \
-    for a in sh httpd sleep; do ln -sf busybox /tmp/bb/bin/$a; done && \
+    for a in sh httpd sleep dmesg; do ln -sf busybox /tmp/bb/bin/$a; done && \
     tar -C /tmp/bb -c . | docker import - local/busybox:1 >/dev/null";
 
 const ROLE: &str =
@@ -112,5 +112,54 @@ fn a_compose_stack_is_brought_up_corrected_after_drift_and_taken_down() {
     assert!(
         !bed.ssh(0, "test -e /opt/stacks/web").status.success(),
         "files and directory pruned"
+    );
+}
+
+#[test]
+fn the_templates_docker_role_makes_gvisor_the_default_runtime() {
+    let bed = Testbed::start_kind(1, Kind::Docker);
+    let repo = FleetRepo::template(&bed, &["docker-gvisor"]);
+    // Inside a test host this Debian runsc needs host networking and no cgroups.
+    let h = format!("hosts/{}.yaml", bed.host(0).name);
+    let t = repo.read(&h);
+    repo.write(
+        &h,
+        &format!("{t}vars:\n  docker_default_runtime: runsc\n  runsc_args: [\"--network=host\", \"--ignore-cgroups\"]\n"),
+    );
+    repo.commit("gvisor by default");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bed.ssh_ok(
+        0,
+        DOCKER_PREP
+            .replace(
+                "systemctl restart docker",
+                "apt-get install -y -qq busybox-static >/dev/null && systemctl restart docker",
+            )
+            .as_str(),
+    );
+    let conf: serde_json::Value =
+        serde_json::from_str(&bed.ssh_ok(0, "cat /etc/docker/daemon.json")).unwrap();
+    assert_eq!(conf["default-runtime"], "runsc");
+    assert_eq!(conf["icc"], false);
+    assert_eq!(conf["no-new-privileges"], true);
+    assert_eq!(
+        bed.ssh_ok(0, "docker info --format '{{.DefaultRuntime}}'")
+            .trim(),
+        "runsc"
+    );
+    let dmesg = bed.ssh_ok(0, "docker run --rm local/busybox:1 dmesg");
+    assert!(
+        dmesg.contains("gVisor") || dmesg.contains("Ready!"),
+        "the container runs under gVisor: {dmesg}"
+    );
+    // The daemon is restarted only when its configuration changes.
+    let pid = bed.ssh_ok(0, "systemctl show -p MainPID --value docker");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(0, "systemctl show -p MainPID --value docker"),
+        pid,
+        "no restart without a change"
     );
 }
