@@ -765,6 +765,13 @@ fn judge(
     results: &[&engine::HostResult],
     print: bool,
 ) -> crate::policy::Verdict {
+    // Policies judge changes; a plan without any has nothing to judge.
+    if !results
+        .iter()
+        .any(|r| r.plan.as_ref().is_some_and(|p| p.has_changes()))
+    {
+        return crate::policy::Verdict::default();
+    }
     let input = crate::policy::input(fleet, results);
     let verdict = crate::policy::evaluate(&input, &repo_policies(repo), true);
     if print {

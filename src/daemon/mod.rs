@@ -271,7 +271,10 @@ impl Loop {
             .collect();
         let quiet: engine::Progress = Arc::new(|_| {});
         let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
-        if apply {
+        let changes = planned
+            .iter()
+            .any(|p| p.result().plan.as_ref().is_some_and(|x| x.has_changes()));
+        if apply && changes {
             let refs: Vec<&HostResult> = planned.iter().map(|p| p.result()).collect();
             let input = crate::policy::input(&fleet, &refs);
             let verdict = crate::policy::evaluate(&input, &self.policies(commit).await, true);
