@@ -760,7 +760,7 @@ fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
 
 /// Judge the plans with the policies; print the verdict.
 fn judge(
-    repo: &RepoArgs,
+    policies: &[(String, String)],
     fleet: &Fleet,
     results: &[&engine::HostResult],
     print: bool,
@@ -773,14 +773,18 @@ fn judge(
         return crate::policy::Verdict::default();
     }
     let input = crate::policy::input(fleet, results);
-    let verdict = crate::policy::evaluate(&input, &repo_policies(repo), true);
+    let verdict = crate::policy::evaluate(&input, policies, true);
     if print {
         print!("\n{}", fleet.redact(&verdict.render()));
     }
     verdict
 }
 
-fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engine::Options), u8> {
+/// The fleet (secrets decrypted), the chosen hosts, engine options, and
+/// the repo's policies — all from one read of the commit.
+type Prepared = (Fleet, Vec<String>, engine::Options, Vec<(String, String)>);
+
+fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, u8> {
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
     let names: Vec<String> = if args.hosts.is_empty() {
@@ -812,7 +816,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<(Fleet, Vec<String>, engi
         redactions: fleet.redactions.clone(),
         ..Default::default()
     };
-    Ok((fleet, names, opts))
+    Ok((fleet, names, opts, tree.policies()))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -849,7 +853,7 @@ fn color() -> bool {
 }
 
 fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
-    let (fleet, names, opts) = match prepare(repo, args) {
+    let (fleet, names, opts, policies) = match prepare(repo, args) {
         Ok(x) => x,
         Err(c) => return c,
     };
@@ -868,7 +872,7 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
     });
     let refs: Vec<&engine::HostResult> = results.iter().collect();
     let verdict = if json {
-        let verdict = judge(repo, &fleet, &refs, false);
+        let verdict = judge(&policies, &fleet, &refs, false);
         let mut doc = engine::render::json(&results);
         doc["policy"] = serde_json::to_value(&verdict).expect("json");
         let text = serde_json::to_string_pretty(&doc).expect("json");
@@ -879,7 +883,7 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
             "{}",
             redact.redact(&engine::render::plan_text(&results, color()))
         );
-        judge(repo, &fleet, &refs, true)
+        judge(&policies, &fleet, &refs, true)
     };
     let t = engine::render::totals(&results);
     if t.errors > 0 || verdict.blocks() {
@@ -892,7 +896,7 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
 }
 
 fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
-    let (fleet, names, mut opts) = match prepare(repo, args) {
+    let (fleet, names, mut opts, policies) = match prepare(repo, args) {
         Ok(x) => x,
         Err(c) => return c,
     };
@@ -911,7 +915,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     let text = engine::render::plan_text(&results, color());
     print!("{}", opts.redact(&text));
     let t = engine::render::totals(&results);
-    let verdict = judge(repo, &fleet, &results, true);
+    let verdict = judge(&policies, &fleet, &results, true);
     if verdict.blocks() {
         println!("The policies deny this plan; nothing was applied.");
         rt.block_on(engine::finish(planned));
@@ -1181,7 +1185,7 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 hosts: vec![],
                 ..hosts
             };
-            let (fleet, _, opts) = match prepare(&repo, &args) {
+            let (fleet, _, opts, _) = match prepare(&repo, &args) {
                 Ok(x) => x,
                 Err(c) => return c,
             };

@@ -52,6 +52,9 @@ pub struct Config {
     pub rollback_after: Duration,
 }
 
+/// A commit's `policies/*.rego`, as (path, text).
+type Policies = Arc<Vec<(String, String)>>;
+
 /// State shared between the loop and the HTTP server.
 pub struct Shared {
     pub status: Mutex<FleetStatus>,
@@ -101,7 +104,7 @@ struct Loop {
     shared: Arc<Shared>,
     mirror: Arc<Mutex<Mirror>>,
     /// Last valid desired state, kept while newer commits are invalid.
-    good: Option<(String, Arc<Fleet>)>,
+    good: Option<(String, Arc<Fleet>, Policies)>,
     last_seen: Option<String>,
     last_fetch: Option<Instant>,
     fetch_failures: u32,
@@ -204,8 +207,9 @@ impl Loop {
         }
     }
 
-    /// Load a commit's config: the fleet, or its errors as `file:line:col` lines.
-    async fn load(&self, commit: &str) -> Result<Fleet, Vec<String>> {
+    /// Load a commit's config: the fleet and its `policies/*.rego`, or its
+    /// errors as `file:line:col` lines. The tree is read from git once.
+    async fn load(&self, commit: &str) -> Result<(Fleet, Policies), Vec<String>> {
         let path = self.mirror.lock().unwrap().path.clone();
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
@@ -219,14 +223,27 @@ impl Loop {
             };
             let fleet = crate::model::load(&tree).map_err(lines)?;
             // Secrets are decrypted in memory when an identity is configured.
-            match crate::secrets::identity(&fleet.settings) {
-                Ok(None) => Ok(fleet),
-                Ok(Some(id)) => crate::model::load_with_identity(&tree, Some(&id)).map_err(lines),
-                Err(e) => Err(vec![e.to_string()]),
-            }
+            let fleet = match crate::secrets::identity(&fleet.settings) {
+                Ok(None) => fleet,
+                Ok(Some(id)) => {
+                    crate::model::load_with_identity(&tree, Some(&id)).map_err(lines)?
+                }
+                Err(e) => return Err(vec![e.to_string()]),
+            };
+            Ok((fleet, Arc::new(tree.policies())))
         })
         .await
         .expect("load task")
+    }
+
+    /// The hosts this daemon reconciles (`--host`, or all).
+    fn selected(&self, fleet: &Fleet) -> Vec<String> {
+        fleet
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
+            .collect()
     }
 
     fn options(&self, fleet: &Fleet) -> engine::Options {
@@ -240,35 +257,18 @@ impl Loop {
     }
 
     /// Plan (and apply) every host; update host statuses.
-    /// The commit's own `policies/*.rego`.
-    async fn policies(&self, commit: &str) -> Vec<(String, String)> {
-        let path = self.mirror.lock().unwrap().path.clone();
-        let c = commit.to_string();
-        tokio::task::spawn_blocking(move || {
-            ConfigTree::from_git(&path, &c)
-                .map(|t| t.policies())
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default()
-    }
-
     /// Plan (and apply, unless the policies deny the plan) every host; update
     /// host statuses. `Err` carries the policies' denials.
     async fn reconcile(
         &mut self,
         commit: &str,
         fleet: Arc<Fleet>,
+        policies: &Policies,
         apply: bool,
     ) -> Result<Vec<HostStatus>, Vec<String>> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
-        let names: Vec<String> = fleet
-            .hosts
-            .iter()
-            .map(|h| h.name.clone())
-            .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
-            .collect();
+        let names = self.selected(&fleet);
         let quiet: engine::Progress = Arc::new(|_| {});
         let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
         let changes = planned
@@ -277,7 +277,7 @@ impl Loop {
         if apply && changes {
             let refs: Vec<&HostResult> = planned.iter().map(|p| p.result()).collect();
             let input = crate::policy::input(&fleet, &refs);
-            let verdict = crate::policy::evaluate(&input, &self.policies(commit).await, true);
+            let verdict = crate::policy::evaluate(&input, policies, true);
             if verdict.blocks() {
                 engine::finish(planned).await;
                 let mut why: Vec<String> = verdict
@@ -335,6 +335,37 @@ impl Loop {
         Ok(out)
     }
 
+    /// A commit that is not applied (invalid config, or denied by the
+    /// policies): reported in the status and in a note on the commit.
+    async fn reject(&mut self, commit: String, why: &str, errors: Vec<String>) {
+        warn!(errors = errors.len(), "{why} this commit; nothing applied");
+        let note = format!(
+            "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
+            errors.join("\n")
+        );
+        self.shared.status.lock().unwrap().invalid = Some(Invalid {
+            commit: commit.clone(),
+            errors,
+        });
+        self.push_status(Some((commit, note))).await;
+    }
+
+    /// Keys learned on first use are pinned from then on.
+    fn pin_learned_keys(&self, fleet: &mut Fleet) {
+        let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
+        for line in learned {
+            let mut parts = line.split_whitespace();
+            if let (Some(h), Some(t), Some(k)) = (parts.next(), parts.next(), parts.next()) {
+                fleet.known_hosts.push(crate::model::desired::KnownHost {
+                    hosts: vec![h.to_string()],
+                    key_type: t.to_string(),
+                    key: k.to_string(),
+                    line: 0,
+                });
+            }
+        }
+    }
+
     /// A new commit on the branch.
     async fn on_commit(&mut self, commit: String) {
         let span = info_span!("commit", commit = %&commit[..12]);
@@ -349,40 +380,11 @@ impl Loop {
                     return;
                 }
             }
-            let fleet = match self.load(&commit).await {
-                Err(errors) => {
-                    warn!(errors = errors.len(), "invalid config; nothing applied");
-                    {
-                        let mut st = self.shared.status.lock().unwrap();
-                        st.invalid = Some(Invalid {
-                            commit: commit.clone(),
-                            errors: errors.clone(),
-                        });
-                    }
-                    let note = format!(
-                        "tidekeeper: invalid config at {commit}; nothing applied\n\n{}\n",
-                        errors.join("\n")
-                    );
-                    self.push_status(Some((commit, note))).await;
-                    return;
-                }
-                Ok(mut f) => {
-                    // Keys learned on first use are pinned from then on.
-                    let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
-                    for line in learned {
-                        let mut parts = line.split_whitespace();
-                        if let (Some(h), Some(t), Some(k)) =
-                            (parts.next(), parts.next(), parts.next())
-                        {
-                            f.known_hosts.push(crate::model::desired::KnownHost {
-                                hosts: vec![h.to_string()],
-                                key_type: t.to_string(),
-                                key: k.to_string(),
-                                line: 0,
-                            });
-                        }
-                    }
-                    Arc::new(f)
+            let (fleet, policies) = match self.load(&commit).await {
+                Err(errors) => return self.reject(commit, "invalid config at", errors).await,
+                Ok((mut f, policies)) => {
+                    self.pin_learned_keys(&mut f);
+                    (Arc::new(f), policies)
                 }
             };
             let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
@@ -392,7 +394,7 @@ impl Loop {
                 st.invalid = None;
                 st.fleet = fleet.name.clone();
             }
-            self.good = Some((commit.clone(), fleet.clone()));
+            self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
             self.reschedule(chrono::Utc::now());
             if already && !retry {
                 info!("already applied (per the status branch); not applying again");
@@ -400,24 +402,12 @@ impl Loop {
             }
             let started = Instant::now();
             info!("applying");
-            let hosts = match self.reconcile(&commit, fleet.clone(), true).await {
+            let hosts = match self
+                .reconcile(&commit, fleet.clone(), &policies, true)
+                .await
+            {
                 Ok(h) => h,
-                Err(denied) => {
-                    warn!(
-                        denials = denied.len(),
-                        "the policies deny this commit; nothing applied"
-                    );
-                    self.shared.status.lock().unwrap().invalid = Some(Invalid {
-                        commit: commit.clone(),
-                        errors: denied.clone(),
-                    });
-                    let note = format!(
-                        "tidekeeper: the policies deny {commit}; nothing applied\n\n{}\n",
-                        denied.join("\n")
-                    );
-                    self.push_status(Some((commit, note))).await;
-                    return;
-                }
+                Err(denied) => return self.reject(commit, "the policies deny", denied).await,
             };
             let failed: Vec<&HostStatus> = hosts
                 .iter()
@@ -499,7 +489,7 @@ impl Loop {
 
     /// No new commit: look for drift with the last good config.
     async fn drift_check(&mut self) {
-        let Some((commit, fleet)) = self.good.clone() else {
+        let Some((commit, fleet, policies)) = self.good.clone() else {
             return;
         };
         let correct = fleet.settings.drift == DriftMode::Correct;
@@ -516,7 +506,7 @@ impl Loop {
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined;
             let before = self.shared.status.lock().unwrap().files();
-            if let Err(denied) = self.reconcile(&commit, fleet, apply).await {
+            if let Err(denied) = self.reconcile(&commit, fleet, &policies, apply).await {
                 warn!(denials = denied.len(), "the policies deny correcting drift");
             }
             let after = self.shared.status.lock().unwrap().files();
@@ -578,21 +568,17 @@ impl Loop {
                         });
                         return (text, report);
                     }
-                    Ok(f) => Arc::new(f),
+                    Ok((f, policies)) => (Arc::new(f), policies),
                 };
+                let (fleet, policies) = fleet;
                 let opts = Arc::new(self.options(&fleet));
-                let names: Vec<String> = fleet
-                    .hosts
-                    .iter()
-                    .map(|h| h.name.clone())
-                    .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
-                    .collect();
+                let names = self.selected(&fleet);
                 let quiet: engine::Progress = Arc::new(|_| {});
                 let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet).await;
                 let results = engine::finish(planned).await;
                 let refs: Vec<&HostResult> = results.iter().collect();
                 let input = crate::policy::input(&fleet, &refs);
-                let verdict = crate::policy::evaluate(&input, &self.policies(&sha).await, true);
+                let verdict = crate::policy::evaluate(&input, &policies, true);
                 info!(denied = verdict.deny.len(), "proposal planned");
                 let md = crate::report::markdown(&fleet.name, &sha, &results, &verdict, usize::MAX);
                 let mut json = engine::render::json(&results);
@@ -698,7 +684,9 @@ impl Loop {
 
     /// Next due times of every job in the good config.
     fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
-        let Some((_, fleet)) = &self.good else { return };
+        let Some((_, fleet, _)) = &self.good else {
+            return;
+        };
         let mut st = self.shared.status.lock().unwrap();
         st.schedules
             .retain(|name, _| fleet.jobs.iter().any(|j| j.name == *name));
@@ -715,7 +703,7 @@ impl Loop {
 
     /// Run a maintenance job now; record it; note failures on the config commit.
     async fn run_job(&mut self, name: &str) {
-        let Some((commit, fleet)) = self.good.clone() else {
+        let Some((commit, fleet, _)) = self.good.clone() else {
             return;
         };
         let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
@@ -778,7 +766,7 @@ impl Loop {
 
     /// At start-up: runs missed while the daemon was down, within each job's grace.
     async fn catch_up(&mut self) {
-        let Some((_, fleet)) = self.good.clone() else {
+        let Some((_, fleet, _)) = self.good.clone() else {
             return;
         };
         let now = chrono::Utc::now();

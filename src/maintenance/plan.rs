@@ -84,6 +84,10 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
                      apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef upgrade || exit $?\n",
                 );
             }
+            if *reboot != RebootPolicy::Never {
+                // The boot this ran in, so the runner can tell when a reboot is over.
+                s.push_str("printf '@@boot %s\\n' \"$(cat /proc/sys/kernel/random/boot_id)\"\n");
+            }
             match reboot {
                 RebootPolicy::Never => {}
                 RebootPolicy::IfRequired => {

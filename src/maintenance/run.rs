@@ -87,11 +87,9 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
         };
         let script = host_script(job, host_name, secret)?;
         let conn = engine::connect(fleet, host, opts).await.map_err(|e| e.to_string())?;
-        let before = boot_id(&conn).await;
         let out = conn.run_script(&script, timeout).await.map_err(|e| e.to_string())?;
         run.log_tail = tail(&out, opts);
         if !out.success() {
-            let _ = conn.run_script("true", Duration::from_secs(5)).await;
             conn.close().await;
             return Err(format!(
                 "exited with {}: {}",
@@ -100,7 +98,13 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
             ));
         }
         let mut conn = conn;
-        if String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "@@reboot") {
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if stdout.lines().any(|l| l == "@@reboot") {
+            // The script named the boot it ran in; a reboot is over when the id differs.
+            let before = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("@@boot "))
+                .map(String::from);
             // systemd reboots after this connection returned.
             let _ = conn
                 .run_script(
