@@ -115,6 +115,9 @@ struct Loop {
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Proposal ref → head commit last planned.
     proposals_seen: BTreeMap<String, String>,
+    /// One forge client for the daemon's life (it remembers which statuses
+    /// it posted, so repeats are not sent), rebuilt when the settings change.
+    forge: Option<(String, Arc<crate::forge::Forge>)>,
 }
 
 impl Loop {
@@ -350,6 +353,22 @@ impl Loop {
         self.push_status(Some((commit, note))).await;
     }
 
+    /// The forge client for `settings`.
+    fn forge(
+        &mut self,
+        settings: &crate::model::desired::Forge,
+    ) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
+        let key = serde_json::to_string(settings).unwrap_or_default();
+        if let Some((k, f)) = &self.forge
+            && *k == key
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(crate::forge::Forge::new(settings)?);
+        self.forge = Some((key, f.clone()));
+        Ok(f)
+    }
+
     /// Keys learned on first use are pinned from then on.
     fn pin_learned_keys(&self, fleet: &mut Fleet) {
         let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
@@ -459,9 +478,10 @@ impl Loop {
                     format!("```\n{note}```\n"),
                     fleet.name.clone(),
                 );
+                let forge = self.forge(&settings);
                 let sent =
                     tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
-                        let forge = crate::forge::Forge::new(&settings)?;
+                        let forge = forge?;
                         let state = if ok { "success" } else { "failure" };
                         if forge.status(
                             &sha,
@@ -640,9 +660,10 @@ impl Loop {
             if let Some((settings, fleet_name, state, desc, comment)) = report {
                 let pr = crate::forge::pr_number(&name);
                 let sha2 = sha.clone();
+                let forge = self.forge(&settings);
                 let sent =
                     tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
-                        let forge = crate::forge::Forge::new(&settings)?;
+                        let forge = forge?;
                         forge.status(
                             &sha2,
                             &format!("tidekeeper/{fleet_name}/plan"),
@@ -999,6 +1020,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         relook: false,
         due: BTreeMap::new(),
         proposals_seen: BTreeMap::new(),
+        forge: None,
     };
     let mut worker = tokio::spawn(lp.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
