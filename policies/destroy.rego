@@ -2,10 +2,12 @@ package tidekeeper.builtin.destroy
 
 import rego.v1
 
+# Deleting or replacing a server ends it and its disk: only with permission
+# (`allow_destroy: true` on its host, or `tidekeeper apply --allow-destroy`).
 deny contains msg if {
 	some r in input.resources
 	r.type == "server"
-	r.action == "delete"
+	r.action in {"delete", "replace"}
 	not r.before.allow_destroy
-	msg := sprintf("%s would be destroyed, but its host does not set allow_destroy: true", [r.address])
+	msg := sprintf("%s would be destroyed (%s), but its host does not set allow_destroy: true", [r.address, r.action])
 }

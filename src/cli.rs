@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine;
 use crate::model::{self, Fleet, desired::Resource};
+use crate::reconcile;
 use crate::source::{self, ConfigTree};
 
 /// Exit codes scripts can rely on.
@@ -52,6 +53,9 @@ pub struct HostArgs {
     /// Permit deleting more than 20 resources, or more than a quarter of a host's.
     #[arg(long)]
     pub allow_mass_delete: bool,
+    /// Permit deleting or replacing cloud servers whose hosts do not set `allow_destroy: true`.
+    #[arg(long)]
+    pub allow_destroy: bool,
     /// A host rolls back a change to SSH, firewall, sudo or network settings
     /// unless a new SSH connection proves access within this time.
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
@@ -665,6 +669,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         parallel: None,
         ssh_key: None,
         allow_mass_delete: false,
+        allow_destroy: false,
         rollback_after: std::time::Duration::from_secs(120),
     };
     println!(
@@ -758,28 +763,6 @@ fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Judge the plans with the policies; print the verdict.
-fn judge(
-    policies: &[(String, String)],
-    fleet: &Fleet,
-    results: &[&engine::HostResult],
-    print: bool,
-) -> crate::policy::Verdict {
-    // Policies judge changes; a plan without any has nothing to judge.
-    if !results
-        .iter()
-        .any(|r| r.plan.as_ref().is_some_and(|p| p.has_changes()))
-    {
-        return crate::policy::Verdict::default();
-    }
-    let input = crate::policy::input(fleet, results);
-    let verdict = crate::policy::evaluate(&input, policies, true);
-    if print {
-        print!("\n{}", fleet.redact(&verdict.render()));
-    }
-    verdict
-}
-
 /// The fleet (secrets decrypted), the chosen hosts, engine options, and
 /// the repo's policies — all from one read of the commit.
 type Prepared = (Fleet, Vec<String>, engine::Options, Vec<(String, String)>);
@@ -834,6 +817,11 @@ fn progress(total: usize, quiet: bool) -> engine::Progress {
         if quiet {
             return;
         }
+        if let engine::Event::Server { host, message } = &e {
+            // Cloud work is not one of the per-host steps counted below.
+            eprintln!("{host}: {message}");
+            return;
+        }
         let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let line = match e {
             engine::Event::Planned { host, changes } => {
@@ -843,6 +831,7 @@ fn progress(total: usize, quiet: bool) -> engine::Progress {
                 format!("{host}: failed: {}", error.lines().next().unwrap_or(""))
             }
             engine::Event::Applied { host, steps } => format!("{host}: applied ({steps} steps)"),
+            engine::Event::Server { .. } => return,
         };
         eprintln!("[{}/{total}] {line}", n.min(total));
     })
@@ -852,40 +841,58 @@ fn color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
+/// Plan the selected hosts and their servers (the whole fleet when no
+/// `--host` is given: only then are servers of removed hosts planned for deletion).
+fn plan_fleet(
+    rt: &tokio::runtime::Runtime,
+    fleet: Fleet,
+    names: Vec<String>,
+    args: &HostArgs,
+    opts: &std::sync::Arc<engine::Options>,
+    clouds: &crate::cloud::Clouds,
+    quiet: bool,
+) -> reconcile::FleetPlan {
+    let total = names.len();
+    rt.block_on(reconcile::plan(
+        std::sync::Arc::new(fleet),
+        names,
+        args.hosts.is_empty(),
+        opts.clone(),
+        clouds,
+        crate::cloud::plan::PlanOptions {
+            allow_destroy: args.allow_destroy,
+        },
+        progress(total, quiet),
+    ))
+}
+
 fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
     let (fleet, names, opts, policies) = match prepare(repo, args) {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let total = names.len();
-    let redact = opts.clone();
-    let fleet = std::sync::Arc::new(fleet);
-    let results = runtime().block_on(async {
-        let planned = engine::plan_all(
-            fleet.clone(),
-            names,
-            std::sync::Arc::new(opts),
-            progress(total, json),
-        )
-        .await;
-        engine::finish(planned).await
-    });
-    let refs: Vec<&engine::HostResult> = results.iter().collect();
-    let verdict = if json {
-        let verdict = judge(&policies, &fleet, &refs, false);
-        let mut doc = engine::render::json(&results);
+    let opts = std::sync::Arc::new(opts);
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let rt = runtime();
+    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
+    let results = fp.results();
+    let verdict = crate::policy::judge(&fp.fleet, &results, fp.cloud.as_ref(), &policies);
+    if json {
+        let mut doc = reconcile::json(fp.cloud.as_ref(), &results);
         doc["policy"] = serde_json::to_value(&verdict).expect("json");
         let text = serde_json::to_string_pretty(&doc).expect("json");
-        println!("{}", redact.redact(&text));
-        verdict
+        println!("{}", opts.redact(&text));
     } else {
         print!(
             "{}",
-            redact.redact(&engine::render::plan_text(&results, color()))
+            opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
         );
-        judge(&policies, &fleet, &refs, true)
-    };
-    let t = engine::render::totals(&results);
+        if fp.has_changes() {
+            print!("\n{}", opts.redact(&verdict.render()));
+        }
+    }
+    let t = reconcile::totals(fp.cloud.as_ref(), &results);
+    rt.block_on(reconcile::finish(fp));
     if t.errors > 0 || verdict.blocks() {
         EXIT_INVALID
     } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
@@ -903,26 +910,35 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     opts.rolling = rolling;
     let total = names.len();
     let opts = std::sync::Arc::new(opts);
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
     let rt = runtime();
-    let fleet = std::sync::Arc::new(fleet);
-    let planned = rt.block_on(engine::plan_all(
-        fleet.clone(),
-        names,
-        opts.clone(),
-        progress(total, false),
-    ));
-    let results: Vec<&engine::HostResult> = planned.iter().map(|p| p.result()).collect();
-    let text = engine::render::plan_text(&results, color());
-    print!("{}", opts.redact(&text));
-    let t = engine::render::totals(&results);
-    let verdict = judge(&policies, &fleet, &results, true);
+    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, false);
+    let results = fp.results();
+    print!(
+        "{}",
+        opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
+    );
+    let t = reconcile::totals(fp.cloud.as_ref(), &results);
+    let verdict = crate::policy::judge(&fp.fleet, &results, fp.cloud.as_ref(), &policies);
+    if fp.has_changes() {
+        print!("\n{}", opts.redact(&verdict.render()));
+    }
     if verdict.blocks() {
         println!("The policies deny this plan; nothing was applied.");
-        rt.block_on(engine::finish(planned));
+        rt.block_on(reconcile::finish(fp));
+        return EXIT_INVALID;
+    }
+    let refusals = fp.refusals();
+    if !refusals.is_empty() {
+        println!("Not applying this plan; nothing was changed:");
+        for r in refusals {
+            println!("  {r}");
+        }
+        rt.block_on(reconcile::finish(fp));
         return EXIT_INVALID;
     }
     if t.add + t.change + t.destroy + t.run == 0 {
-        let results = rt.block_on(engine::finish(planned));
+        let results = rt.block_on(reconcile::finish(fp));
         return if results.iter().any(|r| r.error.is_some()) {
             EXIT_INVALID
         } else {
@@ -934,7 +950,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
             eprintln!(
                 "error: not applying without confirmation; run with --yes to apply non-interactively"
             );
-            rt.block_on(engine::finish(planned));
+            rt.block_on(reconcile::finish(fp));
             return EXIT_USAGE;
         }
         print!("\nApply these changes? Only 'yes' will be accepted: ");
@@ -943,23 +959,36 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
         let _ = std::io::stdin().read_line(&mut answer);
         if answer.trim() != "yes" {
             println!("Apply cancelled.");
-            rt.block_on(engine::finish(planned));
+            rt.block_on(reconcile::finish(fp));
             return EXIT_OK;
         }
     }
-    let results = rt.block_on(engine::apply_all(
-        planned,
+    let done = rt.block_on(reconcile::apply(
+        fp,
         opts.clone(),
+        &clouds,
         progress(total, false),
     ));
+    println!();
+    print!("{}", opts.redact(&reconcile::cloud_summary(&done.cloud)));
     println!(
-        "\n{}",
-        opts.redact(engine::render::apply_summary(&results).trim_end())
+        "{}",
+        opts.redact(engine::render::apply_summary(&done.hosts).trim_end())
     );
-    let failed = results.iter().filter(|r| r.error.is_some()).count();
+    for r in &done.hosts {
+        if let Some(line) = &r.generated_host_key {
+            println!(
+                "{}: host key generated by tidekeeper and verified; to pin it, add to known_hosts:\n  {line}",
+                r.host
+            );
+        }
+    }
+    let failed = done.hosts.iter().filter(|r| r.error.is_some()).count()
+        + done.cloud.iter().filter(|o| o.error.is_some()).count();
     if failed > 0 {
         println!(
-            "{failed} host{} failed; the others were applied.",
+            "{failed} host{} or server{} failed; the others were applied.",
+            plural(failed),
             plural(failed)
         );
         EXIT_INVALID

@@ -5,16 +5,24 @@
 //! - [`source`]: the config repo at one commit, read from git (never a work tree).
 //! - [`model`]: YAML → checked, resolved desired state, or located diagnostics.
 //! - [`schedule`]: cron, time zones and maintenance windows (pure).
+//! - [`transport`]: SSH (russh) or local, running one script at a time.
+//! - [`engine`]: a host observed in one round trip, planned (pure), applied.
+//! - [`cloud`]: Hetzner and Lightsail servers: observed, planned with costs, applied.
+//! - [`reconcile`]: a whole reconcile, cloud stage then hosts.
+//! - [`policy`]: every plan judged by Rego policies.
+//! - [`daemon`], [`report`], [`forge`]: the long-running loop and what it writes back.
 //! - [`cli`]: the `tidekeeper` command.
 
 pub mod badge;
 pub mod cli;
+pub mod cloud;
 pub mod daemon;
 pub mod engine;
 pub mod forge;
 pub mod maintenance;
 pub mod model;
 pub mod policy;
+pub mod reconcile;
 pub mod report;
 pub mod schedule;
 pub mod secrets;

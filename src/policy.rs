@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::cloud::plan::CloudPlan;
 use crate::engine::HostResult;
 use crate::engine::plan::Action;
 use crate::model::desired::{Fleet, Host, Resource};
@@ -120,9 +121,72 @@ fn sshd_settings(host: &Host) -> BTreeMap<String, String> {
     out
 }
 
-/// The input document for a plan.
-pub fn input(fleet: &Fleet, results: &[&HostResult]) -> Value {
+/// `input.cost`: the fleet's monthly cost before and after the plan. With
+/// servers billed in more than one currency, the top-level figures are those
+/// of the currency with the larger proposed cost; `by_currency` has them all.
+fn cost(cloud: Option<&CloudPlan>) -> Value {
+    let lines = cloud.map(|c| c.cost.clone()).unwrap_or_default();
+    let by_currency: serde_json::Map<String, Value> = lines
+        .iter()
+        .map(|(cur, l)| {
+            (
+                cur.to_string(),
+                json!({"prior": round(l.prior), "proposed": round(l.proposed), "delta": round(l.delta())}),
+            )
+        })
+        .collect();
+    let main = lines
+        .iter()
+        .max_by(|a, b| a.1.proposed.total_cmp(&b.1.proposed));
+    let (currency, line) = match main {
+        Some((c, l)) => (*c, *l),
+        None => ("EUR", Default::default()),
+    };
+    json!({
+        "prior": round(line.prior),
+        "proposed": round(line.proposed),
+        "delta": round(line.delta()),
+        "currency": currency,
+        "by_currency": by_currency,
+    })
+}
+
+/// Cents, so policies compare the figures people see.
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The input document for a plan: the hosts' resources, the cloud servers,
+/// the hosts' effective settings and the fleet's monthly cost.
+pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) -> Value {
     let mut resources = Vec::new();
+    for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
+        let before = c.observed.as_ref().map(|o| {
+            json!({
+                "size": o.size,
+                "image": o.image,
+                "location": o.location,
+                "labels": o.labels,
+                "firewall": o.firewall,
+                "monthly": c.cost_before.map(|m| m.amount),
+                "allow_destroy": c.allow_destroy,
+            })
+        });
+        let after = c.desired.as_ref().map(|d| {
+            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+            v["monthly"] = json!(c.cost_after.map(|m| m.amount));
+            v
+        });
+        resources.push(json!({
+            "address": c.address(),
+            "host": c.host,
+            "type": "server",
+            "provider": format!("{:?}", c.provider).to_lowercase(),
+            "action": c.action.word(),
+            "before": before.unwrap_or(json!({"allow_destroy": c.allow_destroy})),
+            "after": after,
+        }));
+    }
     for r in results {
         let Some(plan) = &r.plan else { continue };
         let host = fleet.host(&r.host);
@@ -163,6 +227,7 @@ pub fn input(fleet: &Fleet, results: &[&HostResult]) -> Value {
                 "labels": h.labels,
                 "roles": h.roles,
                 "allow_destroy": h.allow_destroy,
+                "server": h.server,
                 "sshd": sshd_settings(h),
                 "ssh": h.ssh,
             })
@@ -173,9 +238,26 @@ pub fn input(fleet: &Fleet, results: &[&HostResult]) -> Value {
         "commit": fleet.commit,
         "resources": resources,
         "hosts": hosts,
-        // Cloud prices arrive with the cloud providers; until then nothing costs.
-        "cost": {"prior": 0.0, "proposed": 0.0, "delta": 0.0, "currency": "EUR"},
+        "cost": cost(cloud),
     })
+}
+
+/// Judge a plan by the built-in pack and `repo_policies`. Policies judge
+/// changes: a plan without any has nothing to judge.
+pub fn judge(
+    fleet: &Fleet,
+    results: &[&HostResult],
+    cloud: Option<&CloudPlan>,
+    repo_policies: &[(String, String)],
+) -> Verdict {
+    let changes = cloud.is_some_and(|c| c.has_changes())
+        || results
+            .iter()
+            .any(|r| r.plan.as_ref().is_some_and(|p| p.has_changes()));
+    if !changes {
+        return Verdict::default();
+    }
+    evaluate(&input(fleet, results, cloud), repo_policies, true)
 }
 
 fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<String>, Vec<String>) {
@@ -328,6 +410,55 @@ mod tests {
         ok["hosts"][0]["labels"] = json!({"ssh_public": "true"});
         ok["hosts"][0]["sshd"] = json!({"passwordauthentication": "no"});
         assert!(!evaluate(&ok, &[], true).blocks());
+    }
+
+    fn costs(eur: f64, usd: f64) -> Value {
+        json!({
+            "resources": [], "hosts": [],
+            "cost": {"prior": 0, "proposed": eur, "delta": eur, "currency": "EUR",
+                     "by_currency": {"EUR": {"prior": 0, "proposed": eur, "delta": eur},
+                                     "USD": {"prior": 0, "proposed": usd, "delta": usd}}}
+        })
+    }
+
+    #[test]
+    fn the_budget_is_judged_in_its_own_currency() {
+        let usd = [(
+            "policies/budget.rego".to_string(),
+            "package tidekeeper.budget\nmonthly := 0.10\ncurrency := \"USD\"\n".to_string(),
+        )];
+        let v = evaluate(&costs(5.0, 3.5), &usd, true);
+        assert_eq!(
+            v.deny,
+            ["monthly cost 3.50 USD exceeds the budget of 0.1 USD"],
+            "{v:?}"
+        );
+        assert!(!evaluate(&costs(5.0, 0.05), &usd, true).blocks());
+        // Without a currency, the fleet's main one.
+        let plain = [(
+            "policies/budget.rego".to_string(),
+            "package tidekeeper.budget\nmonthly := 4\n".to_string(),
+        )];
+        let v = evaluate(&costs(5.0, 0.0), &plain, true);
+        assert_eq!(
+            v.deny,
+            ["monthly cost 5.00 EUR exceeds the budget of 4 EUR"]
+        );
+        // No budget: nothing to exceed.
+        assert!(!evaluate(&costs(500.0, 0.0), &[], true).blocks());
+    }
+
+    #[test]
+    fn destroying_a_server_needs_permission() {
+        let delete = |allowed: bool| {
+            json!({"resources": [{"address": "old server", "host": "old", "type": "server",
+                "action": "delete", "before": {"allow_destroy": allowed}, "after": null}],
+                "hosts": [], "cost": {"prior": 0, "proposed": 0, "delta": 0, "currency": "EUR", "by_currency": {}}})
+        };
+        let v = evaluate(&delete(false), &[], true);
+        assert_eq!(v.deny.len(), 1, "{v:?}");
+        assert!(v.deny[0].contains("old server would be destroyed"));
+        assert!(!evaluate(&delete(true), &[], true).blocks());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use std::borrow::Borrow;
 use std::fmt::Write;
 
+use crate::cloud::plan::{CloudPlan, cost_summary};
 use crate::engine::HostResult;
-use crate::engine::render::{summary_line, totals};
+use crate::engine::render::{summary_line, totals, with_cloud};
 use crate::policy::Verdict;
 
 /// GitHub's limit for a comment body.
@@ -20,11 +21,13 @@ pub fn marker(fleet: &str) -> String {
 pub fn markdown<R: Borrow<HostResult>>(
     fleet: &str,
     commit: &str,
+    cloud: Option<&CloudPlan>,
     results: &[R],
     verdict: &Verdict,
     limit: usize,
 ) -> String {
-    let t = totals(results);
+    let refs: Vec<&HostResult> = results.iter().map(|r| r.borrow()).collect();
+    let t = with_cloud(totals(&refs), cloud);
     let mut head = format!(
         "{}\n### tidekeeper plan for `{}` at `{}`\n\n**{}**\n\n",
         marker(fleet),
@@ -32,7 +35,15 @@ pub fn markdown<R: Borrow<HostResult>>(
         &commit[..commit.len().min(12)],
         summary_line(&t).trim().replace('\n', " ")
     );
-    head.push_str("Monthly cost: no change (0.00 EUR).\n\n");
+    match cloud
+        .map(|c| cost_summary(&c.cost))
+        .filter(|c| !c.is_empty())
+    {
+        Some(line) => {
+            let _ = writeln!(head, "{}\n", line.trim_end());
+        }
+        None => head.push_str("Monthly cost: no cloud servers.\n\n"),
+    }
     if verdict.deny.is_empty() && verdict.warn.is_empty() && verdict.errors.is_empty() {
         head.push_str("Policies: all passed.\n\n");
     } else {
@@ -46,6 +57,10 @@ pub fn markdown<R: Borrow<HostResult>>(
             let _ = writeln!(head, "- :warning: warn: {w}");
         }
         head.push('\n');
+    }
+    if let Some(c) = cloud.filter(|c| !c.changes.is_empty() || !c.errors.is_empty()) {
+        // Server changes are few and carry the cost: shown open, before the hosts.
+        let _ = writeln!(head, "```diff\n{}```\n", crate::cloud::plan::text(c, false));
     }
     let mut body = String::new();
     for r in results {
@@ -128,6 +143,8 @@ mod tests {
             host: host.into(),
             address: "10.0.0.1".into(),
             learned_host_key: None,
+            generated_host_key: None,
+            skipped: None,
             plan: Some(HostPlan {
                 host: host.into(),
                 changes,
@@ -156,6 +173,7 @@ mod tests {
         let md = markdown(
             "acme",
             "0123456789abcdef",
+            None,
             &[result("web-1", 1), result("web-2", 2)],
             &v,
             GITHUB_LIMIT,
@@ -176,6 +194,7 @@ mod tests {
         let md = markdown(
             "acme",
             "0123456789abcdef",
+            None,
             &[big],
             &Verdict::default(),
             GITHUB_LIMIT,

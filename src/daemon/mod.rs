@@ -22,6 +22,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::engine::{self, HostResult};
 use crate::model::desired::{DriftMode, Fleet};
+use crate::reconcile;
 use crate::source::ConfigTree;
 use mirror::Mirror;
 use status::{FleetStatus, HostState, HostStatus, Invalid, Metrics, Quarantine};
@@ -259,44 +260,78 @@ impl Loop {
         }
     }
 
-    /// Plan (and apply) every host; update host statuses.
-    /// Plan (and apply, unless the policies deny the plan) every host; update
-    /// host statuses. `Err` carries the policies' denials.
+    /// Plan (and apply, unless the policies deny the plan) the servers and
+    /// hosts; update host statuses. `Err` carries the policies' denials and
+    /// the cloud plan's refusals (a destroy without permission).
     async fn reconcile(
         &mut self,
         commit: &str,
         fleet: Arc<Fleet>,
         policies: &Policies,
         apply: bool,
-    ) -> Result<Vec<HostStatus>, Vec<String>> {
+    ) -> Result<Reconciled, Vec<String>> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
         let names = self.selected(&fleet);
         let quiet: engine::Progress = Arc::new(|_| {});
-        let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet.clone()).await;
-        let changes = planned
-            .iter()
-            .any(|p| p.result().plan.as_ref().is_some_and(|x| x.has_changes()));
-        if apply && changes {
-            let refs: Vec<&HostResult> = planned.iter().map(|p| p.result()).collect();
-            let input = crate::policy::input(&fleet, &refs);
-            let verdict = crate::policy::evaluate(&input, policies, true);
-            if verdict.blocks() {
-                engine::finish(planned).await;
+        let clouds = crate::cloud::Clouds::from_env(&fleet);
+        let plan = reconcile::plan(
+            fleet.clone(),
+            names,
+            self.cfg.hosts.is_empty(),
+            opts.clone(),
+            &clouds,
+            Default::default(),
+            quiet.clone(),
+        )
+        .await;
+        if let Some(c) = &plan.cloud {
+            self.shared.status.lock().unwrap().monthly_cost = c
+                .cost
+                .iter()
+                .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
+                .collect();
+        }
+        let new_servers = plan.new_servers.clone();
+        if apply && plan.has_changes() {
+            let verdict =
+                crate::policy::judge(&plan.fleet, &plan.results(), plan.cloud.as_ref(), policies);
+            let refusals = plan.refusals();
+            if verdict.blocks() || !refusals.is_empty() {
+                reconcile::finish(plan).await;
                 let mut why: Vec<String> = verdict
                     .deny
                     .iter()
                     .map(|d| format!("policy denies: {d}"))
                     .collect();
                 why.extend(verdict.errors.iter().map(|e| format!("policy error: {e}")));
+                why.extend(refusals.into_iter().map(|r| format!("refused: {r}")));
                 return Err(why.into_iter().map(|w| fleet.redact(&w)).collect());
             }
         }
-        let results = if apply {
-            engine::apply_all(planned, opts, quiet).await
+        let cloud_errors: Vec<String> = plan
+            .cloud
+            .as_ref()
+            .map(|c| c.errors.clone())
+            .unwrap_or_default();
+        let (results, outcomes) = if apply {
+            let done = reconcile::apply(plan, opts, &clouds, quiet).await;
+            (done.hosts, done.cloud)
         } else {
-            engine::finish(planned).await
+            (reconcile::finish(plan).await, vec![])
         };
+        let mut cloud_failures = cloud_errors;
+        for o in &outcomes {
+            match &o.error {
+                Some(e) => {
+                    warn!(host = %o.host, action = o.action.word(), error = %e, "server change failed");
+                    cloud_failures.push(format!("{} server: {e}", o.host));
+                }
+                None => {
+                    info!(host = %o.host, action = o.action.word(), seconds = o.seconds, "server changed")
+                }
+            }
+        }
         let mut out = Vec::new();
         let mut st = self.shared.status.lock().unwrap();
         let mut metrics = self.shared.metrics.lock().unwrap();
@@ -307,12 +342,20 @@ impl Loop {
                 warn!(host = %r.host, key = %line, "host key accepted on first use; recorded on the status branch");
                 st.learned_host_keys.push(line.clone());
             }
+            if let Some(line) = &r.generated_host_key {
+                st.generated_host_keys.insert(r.host.clone(), line.clone());
+            }
             let prev = st
                 .hosts
                 .get(&r.host)
                 .cloned()
                 .unwrap_or_else(|| HostStatus::new(&r.host));
-            let h = host_status(prev, r, commit, apply);
+            let mut h = host_status(prev, r, commit, apply);
+            if !apply && new_servers.contains(&r.host) {
+                h.state = HostState::Pending;
+                h.drift.clear();
+                h.last_result = Some("its server is to be created".into());
+            }
             info!(host = %r.host, state = h.state.word(), result = h.last_result.as_deref().unwrap_or(""), "host reconciled");
             let result = h.state.word().to_string();
             *metrics
@@ -330,12 +373,17 @@ impl Loop {
             fleet.host(name).is_some()
                 && (self.cfg.hosts.is_empty() || self.cfg.hosts.contains(name))
         });
+        st.generated_host_keys
+            .retain(|name, _| fleet.host(name).is_some());
         st.last_reconcile = Some(now());
         info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reconcile done"
         );
-        Ok(out)
+        Ok(Reconciled {
+            hosts: out,
+            cloud_failures,
+        })
     }
 
     /// A commit that is not applied (invalid config, or denied by the
@@ -421,11 +469,14 @@ impl Loop {
             }
             let started = Instant::now();
             info!("applying");
-            let hosts = match self
+            let Reconciled {
+                hosts,
+                cloud_failures,
+            } = match self
                 .reconcile(&commit, fleet.clone(), &policies, true)
                 .await
             {
-                Ok(h) => h,
+                Ok(r) => r,
                 Err(denied) => return self.reject(commit, "the policies deny", denied).await,
             };
             let failed: Vec<&HostStatus> = hosts
@@ -439,7 +490,18 @@ impl Loop {
             self.relook = waiting > 0;
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
-                if failed.is_empty() && waiting > 0 {
+                if !cloud_failures.is_empty() {
+                    let reason = cloud_failures.join("; ");
+                    st.quarantined = Some(Quarantine {
+                        commit: commit.clone(),
+                        reason: format!("apply failed: {reason}"),
+                    });
+                    warn!(%reason, "commit quarantined");
+                    format!(
+                        "{} server change(s) failed; commit quarantined",
+                        cloud_failures.len()
+                    )
+                } else if failed.is_empty() && waiting > 0 {
                     format!("{waiting} host(s) locked by another run; applying again shortly")
                 } else if failed.is_empty() {
                     st.applied_commit = Some(commit.clone());
@@ -594,21 +656,42 @@ impl Loop {
                 let opts = Arc::new(self.options(&fleet));
                 let names = self.selected(&fleet);
                 let quiet: engine::Progress = Arc::new(|_| {});
-                let planned = engine::plan_all(fleet.clone(), names, opts.clone(), quiet).await;
-                let results = engine::finish(planned).await;
+                let clouds = crate::cloud::Clouds::from_env(&fleet);
+                let plan = reconcile::plan(
+                    fleet.clone(),
+                    names,
+                    self.cfg.hosts.is_empty(),
+                    opts,
+                    &clouds,
+                    Default::default(),
+                    quiet,
+                )
+                .await;
+                let cloud = plan.cloud.clone();
+                let refs = plan.results();
+                let mut verdict =
+                    crate::policy::judge(&plan.fleet, &refs, cloud.as_ref(), &policies);
+                // A destroy without permission fails the PR like a denial.
+                verdict.deny.extend(plan.refusals());
+                let results = reconcile::finish(plan).await;
                 let refs: Vec<&HostResult> = results.iter().collect();
-                let input = crate::policy::input(&fleet, &refs);
-                let verdict = crate::policy::evaluate(&input, &policies, true);
                 info!(denied = verdict.deny.len(), "proposal planned");
-                let md = crate::report::markdown(&fleet.name, &sha, &results, &verdict, usize::MAX);
-                let mut json = engine::render::json(&results);
+                let md = crate::report::markdown(
+                    &fleet.name,
+                    &sha,
+                    cloud.as_ref(),
+                    &refs,
+                    &verdict,
+                    usize::MAX,
+                );
+                let mut json = reconcile::json(cloud.as_ref(), &refs);
                 json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
                 json["ref"] = name.clone().into();
                 let note = fleet.redact(&format!(
                     "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
                     serde_json::to_string_pretty(&json).unwrap_or_default()
                 ));
-                let t = engine::render::totals(&results);
+                let t = reconcile::totals(cloud.as_ref(), &refs);
                 let (state, desc) = if verdict.blocks() {
                     (
                         "failure",
@@ -625,7 +708,7 @@ impl Loop {
                 } else if t.errors > 0 {
                     (
                         "error",
-                        format!("{} host(s) could not be planned", t.errors),
+                        format!("{} host(s) or server(s) could not be planned", t.errors),
                     )
                 } else {
                     (
@@ -640,7 +723,8 @@ impl Loop {
                 let comment = fleet.redact(&crate::report::markdown(
                     &fleet.name,
                     &sha,
-                    &results,
+                    cloud.as_ref(),
+                    &refs,
                     &verdict,
                     crate::report::GITHUB_LIMIT,
                 ));
@@ -890,6 +974,12 @@ impl Loop {
     }
 }
 
+/// What a reconcile did to the hosts, and which server changes failed.
+struct Reconciled {
+    hosts: Vec<HostStatus>,
+    cloud_failures: Vec<String>,
+}
+
 /// How the engine reports a host locked by another run.
 const LOCKED: &str = "holds this host's lock";
 /// How the engine reports a cloud host without an address.
@@ -954,7 +1044,14 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
                 h.last_result = Some("no drift".into());
             }
         }
-        (None, None) => {}
+        (None, None) => {
+            if let Some(why) = &r.skipped {
+                // A server that is off or not created yet: not a failure.
+                h.state = HostState::Pending;
+                h.last_error = None;
+                h.last_result = Some(why.clone());
+            }
+        }
     }
     h
 }

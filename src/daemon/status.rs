@@ -106,6 +106,14 @@ pub struct FleetStatus {
     /// known_hosts lines; pinned from then on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned_host_keys: Vec<String>,
+    /// Host keys tidekeeper generated for the cloud servers it created, as
+    /// verified on the first login (known_hosts lines, by host). A record:
+    /// the pin is the server's own label, and a replaced server gets a new key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generated_host_keys: BTreeMap<String, String>,
+    /// The fleet's cloud servers: monthly cost per currency, as last planned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub monthly_cost: BTreeMap<String, f64>,
     /// Maintenance jobs: last run and next run.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleStatus>,
@@ -168,6 +176,16 @@ impl FleetStatus {
                 text.push('\n');
             }
             out.insert("known_hosts.learned".into(), text.into_bytes());
+        }
+        if !self.generated_host_keys.is_empty() {
+            let mut text = String::from(
+                "# Host keys tidekeeper generated for the cloud servers it created.\n",
+            );
+            for l in self.generated_host_keys.values() {
+                text.push_str(l);
+                text.push('\n');
+            }
+            out.insert("known_hosts.generated".into(), text.into_bytes());
         }
         for (name, sch) in &self.schedules {
             out.insert(
@@ -275,6 +293,16 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             esc(job),
             esc(result)
         );
+    }
+    if !status.monthly_cost.is_empty() {
+        s.push_str("# HELP tidekeeper_monthly_cost The fleet's cloud servers per month, by currency.\n# TYPE tidekeeper_monthly_cost gauge\n");
+        for (cur, v) in &status.monthly_cost {
+            let _ = writeln!(
+                s,
+                "tidekeeper_monthly_cost{{currency=\"{}\"}} {v:.2}",
+                esc(cur)
+            );
+        }
     }
     for (name, h) in &status.hosts {
         let _ = writeln!(

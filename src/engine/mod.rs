@@ -84,6 +84,13 @@ pub struct HostResult {
     pub address: String,
     /// A known_hosts line for a key accepted on first use (not pinned before).
     pub learned_host_key: Option<String>,
+    /// A known_hosts line for the key tidekeeper generated for a new cloud
+    /// server, as verified on connecting (recorded, not pinned: the server's
+    /// label pins it, and a replaced server gets a new one).
+    pub generated_host_key: Option<String>,
+    /// Why the host was not planned, when that is not an error (a cloud
+    /// server not created yet, or powered off).
+    pub skipped: Option<String>,
     pub plan: Option<HostPlan>,
     pub error: Option<String>,
     pub outcome: Option<Outcome>,
@@ -100,14 +107,33 @@ impl Planned {
     pub fn result(&self) -> &HostResult {
         &self.result
     }
+    /// A host that was not planned over SSH (skipped, failed early, or
+    /// previewed for a server still to be created).
+    pub fn without_connection(result: HostResult) -> Planned {
+        Planned { result, conn: None }
+    }
 }
 
 /// Progress events for a live display.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Planned { host: String, changes: usize },
-    Failed { host: String, error: String },
-    Applied { host: String, steps: usize },
+    Planned {
+        host: String,
+        changes: usize,
+    },
+    Failed {
+        host: String,
+        error: String,
+    },
+    Applied {
+        host: String,
+        steps: usize,
+    },
+    /// The cloud stage at work on a host's server.
+    Server {
+        host: String,
+        message: String,
+    },
 }
 
 pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
@@ -167,8 +193,11 @@ pub async fn connect(
         .next()
         .ok_or_else(|| EngineError::NoAddress(address.clone()))?;
     let pins = pinned_keys(fleet, host, &addr);
-    // Trust on first use only when the repo says so, and only without a pin.
-    let policy = if pins.is_empty() && host.ssh.trust_on_first_use {
+    // A repo pin wins; else the key generated for a cloud server; else
+    // trust on first use, only when the repo says so.
+    let policy = if let (true, Some(fp)) = (pins.is_empty(), &host.cloud_host_key) {
+        HostKeyPolicy::Generated(fp.clone())
+    } else if pins.is_empty() && host.ssh.trust_on_first_use {
         HostKeyPolicy::TrustOnFirstUse
     } else {
         HostKeyPolicy::Pinned(pins)
@@ -199,10 +228,16 @@ fn uses_secrets(host: &Host) -> bool {
     })
 }
 
-/// The known_hosts line of a key accepted on first use.
-fn learned_key(c: &Connection) -> Option<String> {
+/// The known_hosts line of the key accepted under `policy` (first use, or
+/// generated for a cloud server); None for pinned keys.
+fn accepted_key(c: &Connection, generated: bool) -> Option<String> {
     let Connection::Ssh(ssh) = c else { return None };
-    if !matches!(ssh.target().host_keys, HostKeyPolicy::TrustOnFirstUse) {
+    let matches = match ssh.target().host_keys {
+        HostKeyPolicy::TrustOnFirstUse => !generated,
+        HostKeyPolicy::Generated(_) => generated,
+        HostKeyPolicy::Pinned(_) => false,
+    };
+    if !matches {
         return None;
     }
     let (kind, key) = ssh.host_key();
@@ -287,6 +322,8 @@ pub async fn plan_all(
                 host: name.clone(),
                 address,
                 learned_host_key: None,
+                generated_host_key: None,
+                skipped: None,
                 plan: None,
                 error: None,
                 outcome: None,
@@ -303,7 +340,8 @@ pub async fn plan_all(
                 match connect(&fleet, host, &opts).await {
                     Err(e) => result.error = Some(e.to_string()),
                     Ok(c) => {
-                        result.learned_host_key = learned_key(&c);
+                        result.learned_host_key = accepted_key(&c, false);
+                        result.generated_host_key = accepted_key(&c, true);
                         match plan_host(&c, host, &opts).await {
                             Ok(p) => {
                                 result.plan = Some(p);

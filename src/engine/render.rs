@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::HostResult;
 use super::plan::{Action, HostPlan};
+use crate::cloud::plan::{CloudAction, CloudPlan};
 
 #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Totals {
@@ -115,8 +116,34 @@ pub fn host_plan(p: &HostPlan, color: bool) -> String {
     s
 }
 
+/// Cloud changes count like the hosts' (a replace is one add and one destroy).
+pub fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
+    for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
+        match c.action {
+            CloudAction::Create => t.add += 1,
+            CloudAction::Update | CloudAction::Resize => t.change += 1,
+            CloudAction::Replace => {
+                t.add += 1;
+                t.destroy += 1
+            }
+            CloudAction::Delete => t.destroy += 1,
+        }
+    }
+    if let Some(c) = cloud {
+        t.errors += c.errors.len();
+    }
+    t
+}
+
 /// The whole plan: a header per host, changes, and the closing summary line.
 pub fn plan_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
+    let mut s = hosts_text(results, color);
+    s.push_str(&summary_line(&totals(results)));
+    s
+}
+
+/// A header and the changes of each host that has any (errors and skips too).
+pub fn hosts_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
     let mut s = String::new();
     for r in results {
         let r = r.borrow();
@@ -141,8 +168,10 @@ pub fn plan_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
             }
             _ => {}
         }
+        if let Some(why) = &r.skipped {
+            let _ = writeln!(s, "{}: skipped: {why}\n", r.host);
+        }
     }
-    s.push_str(&summary_line(&totals(results)));
     s
 }
 
@@ -167,8 +196,9 @@ pub fn summary_line(t: &Totals) -> String {
     if t.errors > 0 {
         let _ = writeln!(
             s,
-            "{} host{} could not be planned; see the errors above.",
+            "{} host{} or server{} could not be planned; see the errors above.",
             t.errors,
+            if t.errors == 1 { "" } else { "s" },
             if t.errors == 1 { "" } else { "s" }
         );
     }
@@ -199,7 +229,11 @@ pub fn apply_summary(results: &[HostResult]) -> String {
                     "s"
                 }
             ),
-            (None, None) => format!("{:<16} skipped", r.host),
+            (None, None) => format!(
+                "{:<16} skipped {}",
+                r.host,
+                r.skipped.as_deref().unwrap_or("")
+            ),
         };
         s.push_str(line.trim_end());
         s.push('\n');
@@ -215,21 +249,26 @@ struct JsonHost<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a HostPlan>,
 }
 
-pub fn json(results: &[HostResult]) -> serde_json::Value {
+pub fn json<R: Borrow<HostResult>>(results: &[R]) -> serde_json::Value {
     let hosts: Vec<JsonHost> = results
         .iter()
+        .map(|r| r.borrow())
         .map(|r| JsonHost {
             host: &r.host,
             address: &r.address,
             status: match (&r.error, &r.plan) {
                 (Some(_), _) => "error",
                 (None, Some(p)) if p.has_changes() => "changes",
+                (None, None) if r.skipped.is_some() => "skipped",
                 _ => "no-changes",
             },
             error: r.error.as_deref(),
+            skipped: r.skipped.as_deref(),
             plan: r.plan.as_ref(),
         })
         .collect();

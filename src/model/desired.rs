@@ -80,7 +80,7 @@ pub struct Settings {
     pub status_branch: String,
     pub notes_ref: String,
     pub forge: Option<Forge>,
-    pub hetzner_token_env: String,
+    pub hetzner: Hetzner,
     pub lightsail: Option<Lightsail>,
     pub secrets_identity_env: String,
     pub secrets_identity_file: Option<String>,
@@ -95,10 +95,23 @@ pub struct Forge {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct Hetzner {
+    /// tidekeeper.yaml has a `providers.hetzner` section.
+    pub declared: bool,
+    pub token_env: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Lightsail {
     pub region: String,
     pub access_key_env: String,
     pub secret_key_env: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -135,6 +148,10 @@ pub struct Host {
     pub resources: Vec<Resource>,
     pub handlers: Vec<Handler>,
     pub allow_destroy: bool,
+    /// Fingerprint of the host key tidekeeper generated for the cloud server
+    /// (from the server's label); set by the cloud stage with the address.
+    #[serde(skip)]
+    pub cloud_host_key: Option<String>,
     pub origin: Origin,
 }
 

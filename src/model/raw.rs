@@ -64,6 +64,10 @@ pub struct Providers {
 #[serde(deny_unknown_fields)]
 pub struct HetznerSettings {
     pub token_env: Option<S<String>>,
+    /// Another API base than Hetzner's (a proxy, or a test emulator).
+    pub endpoint: Option<S<String>>,
+    /// Limit for one API request.
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +76,8 @@ pub struct LightsailSettings {
     pub region: S<String>,
     pub access_key_env: Option<S<String>>,
     pub secret_key_env: Option<S<String>>,
+    pub endpoint: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -142,7 +148,7 @@ pub struct HostFile {
     pub allow_destroy: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Hetzner,

@@ -471,6 +471,39 @@ impl<'a> Loader<'a> {
         };
         let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
         let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
+        let hz = f.providers.hetzner.as_ref();
+        let hz_timeout = duration(
+            &hz.and_then(|h| h.timeout.clone()),
+            30,
+            1,
+            "providers.hetzner.timeout",
+        );
+        let ls_timeout = duration(
+            &f.providers
+                .lightsail
+                .as_ref()
+                .and_then(|l| l.timeout.clone()),
+            30,
+            1,
+            "providers.lightsail.timeout",
+        );
+        for e in [
+            hz.and_then(|h| h.endpoint.as_ref()),
+            f.providers
+                .lightsail
+                .as_ref()
+                .and_then(|l| l.endpoint.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !(e.value.starts_with("https://") || e.value.starts_with("http://")) {
+                self.err(at(file, e).error(
+                    "invalid-value",
+                    format!("endpoint {:?} must be an http:// or https:// URL", e.value),
+                ));
+            }
+        }
         let forge = f.status.forge.as_ref().map(|fg| {
             let (default_url, default_env) = match fg.kind.value {
                 ForgeKind::Github => (Some("https://api.github.com"), "GITHUB_TOKEN"),
@@ -521,18 +554,22 @@ impl<'a> Loader<'a> {
             status_branch: branch,
             notes_ref: opt(&f.status.notes_ref).unwrap_or_else(|| "refs/notes/tidekeeper".into()),
             forge,
-            hetzner_token_env: f
-                .providers
-                .hetzner
-                .as_ref()
-                .and_then(|h| opt(&h.token_env))
-                .unwrap_or_else(|| "HCLOUD_TOKEN".into()),
+            hetzner: Hetzner {
+                declared: hz.is_some(),
+                token_env: hz
+                    .and_then(|h| opt(&h.token_env))
+                    .unwrap_or_else(|| "HCLOUD_TOKEN".into()),
+                endpoint: hz.and_then(|h| opt(&h.endpoint)),
+                timeout_secs: hz_timeout,
+            },
             lightsail: f.providers.lightsail.as_ref().map(|l| Lightsail {
                 region: l.region.value.clone(),
                 access_key_env: opt(&l.access_key_env)
                     .unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
                 secret_key_env: opt(&l.secret_key_env)
                     .unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+                endpoint: opt(&l.endpoint),
+                timeout_secs: ls_timeout,
             }),
             secrets_identity_env: opt(&f.secrets.identity_env)
                 .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
@@ -1313,6 +1350,7 @@ impl<'a> Loader<'a> {
                 resources: Vec::new(),
                 handlers: Vec::new(),
                 allow_destroy: h.allow_destroy.as_ref().map(|a| a.value).unwrap_or(false),
+                cloud_host_key: None,
                 origin: name_origin.clone(),
             };
             let ctx = self.template_context(&host, fleet_name);
@@ -2072,7 +2110,12 @@ fn default_settings() -> Settings {
         status_branch: "tidekeeper/status".into(),
         notes_ref: "refs/notes/tidekeeper".into(),
         forge: None,
-        hetzner_token_env: "HCLOUD_TOKEN".into(),
+        hetzner: Hetzner {
+            declared: false,
+            token_env: "HCLOUD_TOKEN".into(),
+            endpoint: None,
+            timeout_secs: 30,
+        },
         lightsail: None,
         secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
         secrets_identity_file: None,

@@ -24,6 +24,10 @@ pub enum HostKeyPolicy {
     /// Accept the key offered on first contact (only when the repo enables it);
     /// the learned key is available from [`Ssh::host_key`].
     TrustOnFirstUse,
+    /// The ed25519 key tidekeeper generated for a new cloud server, known by
+    /// its fingerprint (see `cloud::hostkey`); the full key is then available
+    /// from [`Ssh::host_key`].
+    Generated(String),
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +76,16 @@ impl client::Handler for Client {
         );
         let verdict = match &self.policy {
             HostKeyPolicy::TrustOnFirstUse => Verdict::Accepted(offered.0, offered.1),
+            HostKeyPolicy::Generated(fp) => {
+                if crate::cloud::hostkey::fingerprint(&offered.1).as_deref() == Some(fp.as_str()) {
+                    Verdict::Accepted(offered.0, offered.1)
+                } else {
+                    Verdict::Mismatch {
+                        offered,
+                        pinned: ("ssh-ed25519".into(), format!("generated:{fp}")),
+                    }
+                }
+            }
             HostKeyPolicy::Pinned(pins) => {
                 if pins.contains(&offered) {
                     Verdict::Accepted(offered.0, offered.1)
@@ -99,6 +113,9 @@ pub struct Ssh {
 }
 
 fn fingerprint(kind: &str, b64: &str) -> String {
+    if let Some(fp) = b64.strip_prefix("generated:") {
+        return format!("the {kind} key tidekeeper generated for this server (sha256 {fp}…)");
+    }
     match keys::parse_public_key_base64(b64) {
         Ok(k) => format!("{kind} {}", k.fingerprint(Default::default())),
         Err(_) => format!("{kind} (unparseable)"),
@@ -124,6 +141,9 @@ impl Ssh {
             if !algs.is_empty() {
                 preferred.key = Cow::Owned(algs);
             }
+        }
+        if let HostKeyPolicy::Generated(_) = &target.host_keys {
+            preferred.key = Cow::Owned(vec![keys::Algorithm::Ed25519]);
         }
         let config = Arc::new(client::Config {
             inactivity_timeout: Some(Duration::from_secs(600)),

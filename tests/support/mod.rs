@@ -119,6 +119,7 @@ pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }
 
+pub mod cloud;
 pub mod daemon;
 pub mod fleet;
 pub mod testbed;

@@ -212,6 +212,17 @@ pub struct TestHost {
     supervisor: Option<thread::JoinHandle<()>>,
 }
 
+/// What a cloud server's user data gives it, as the test fleet reads it.
+#[derive(Debug, Clone, Default)]
+pub struct CloudInit {
+    /// (OpenSSH private key, `ssh-ed25519 AAAA…`) from `ssh_keys`.
+    pub host_key: Option<(String, String)>,
+    /// `ssh_authorized_keys`, plus the provider's own SSH keys.
+    pub authorized: Vec<String>,
+    /// `text/x-shellscript` parts, run once at first boot.
+    pub scripts: Vec<String>,
+}
+
 /// Everything needed to (re)start a host's container.
 #[derive(Clone)]
 struct Launch {
@@ -366,7 +377,7 @@ impl Testbed {
         // part-way still tears all of them down (through Drop).
         let prepared: Vec<std::thread::Result<TestHost>> = parallel(n, |i| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                bed.prepare(&image, i, kind)
+                bed.prepare(&image, i, kind, None)
             }))
         });
         let mut failure = None;
@@ -389,7 +400,9 @@ impl Testbed {
     }
 
     /// Set up slot, network, file system and keys of host `i`; not started yet.
-    fn prepare(&self, image: &Path, i: usize, kind: Kind) -> TestHost {
+    /// A host for a cloud server takes its host key and login keys from
+    /// `cloud` (its cloud-init), as a real server's cloud-init would.
+    fn prepare(&self, image: &Path, i: usize, kind: Kind, cloud: Option<&CloudInit>) -> TestHost {
         let slot = Slot::claim();
         let name = format!("host{i}-{}", slot.n);
         let sdir = slot.dir();
@@ -398,31 +411,39 @@ impl Testbed {
         let keys = sdir.join("keys");
         fs::create_dir_all(&keys).unwrap();
         let hk = keys.join("ssh_host_ed25519_key");
-        must(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &format!("root@{name}"),
-                "-f",
-                hk.to_str().unwrap(),
-            ],
-        );
+        match cloud.and_then(|c| c.host_key.as_ref()) {
+            Some((private, public)) => {
+                fs::write(&hk, private).unwrap();
+                fs::set_permissions(&hk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+                fs::write(keys.join("ssh_host_ed25519_key.pub"), format!("{public}\n")).unwrap();
+            }
+            None => must(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    &format!("root@{name}"),
+                    "-f",
+                    hk.to_str().unwrap(),
+                ],
+            ),
+        }
         let pubkey = fs::read_to_string(keys.join("ssh_host_ed25519_key.pub")).unwrap();
+        let authorized = match cloud {
+            Some(c) => c.authorized.join("\n") + "\n",
+            None => format!("{}\n", self.public_key),
+        };
         let host_key = pubkey
             .split_whitespace()
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
-        fs::write(
-            keys.join("authorized_keys"),
-            format!("{}\n", self.public_key),
-        )
-        .unwrap();
+        fs::write(keys.join("authorized_keys"), &authorized).unwrap();
         if kind != Kind::Light {
             let (upper, work, merged) =
                 (sdir.join("upper"), sdir.join("work"), sdir.join("merged"));
@@ -470,11 +491,35 @@ impl Testbed {
                 0o600,
             );
             write("etc/ssh/ssh_host_ed25519_key.pub", &pubkey, 0o644);
-            write(
-                "root/.ssh/authorized_keys",
-                &format!("{}\n", self.public_key),
-                0o600,
-            );
+            write("root/.ssh/authorized_keys", &authorized, 0o600);
+            // Hosts made for cloud servers run their user data's scripts on first boot.
+            for (n, script) in cloud
+                .map(|c| c.scripts.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                write(
+                    &format!("var/lib/cloud/scripts/per-instance/{n:02}-user-data"),
+                    script,
+                    0o755,
+                );
+            }
+            if cloud.is_some_and(|c| !c.scripts.is_empty()) {
+                write(
+                    "etc/systemd/system/cloud-user-scripts.service",
+                    "[Unit]\nDescription=Run the user data scripts (cloud-init, emulated)\nAfter=network.target\n\
+                     [Service]\nType=oneshot\nExecStart=/bin/sh -c 'for s in /var/lib/cloud/scripts/per-instance/*; do \"$s\"; done'\nRemainAfterExit=yes\n\
+                     [Install]\nWantedBy=multi-user.target\n",
+                    0o644,
+                );
+                let wants = merged.join("etc/systemd/system/multi-user.target.wants");
+                fs::create_dir_all(&wants).unwrap();
+                let _ = std::os::unix::fs::symlink(
+                    "/etc/systemd/system/cloud-user-scripts.service",
+                    wants.join("cloud-user-scripts.service"),
+                );
+            }
             fs::set_permissions(
                 merged.join("root/.ssh"),
                 std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -667,6 +712,69 @@ impl Testbed {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Boot one more full host, for a cloud server; its index. The host's
+    /// keys come from `cloud`; the bed's own key is not authorized on it.
+    pub fn add_cloud_host(&mut self, cloud: &CloudInit) -> usize {
+        let i = self.hosts.len();
+        let host = self.prepare(&image(), i, Kind::Full, Some(cloud));
+        let line = host.known_hosts_line();
+        self.hosts.push(host);
+        let mut known = fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        known.push_str(&line);
+        known.push('\n');
+        fs::write(&self.known_hosts, known).unwrap();
+        self.spawn(i);
+        i
+    }
+
+    /// Wait until added host `i` is up, as [`Testbed::wait_ready`] does, but
+    /// only by its SSH port (its login keys are not the bed's).
+    pub fn wait_port(&self, i: usize, timeout: Duration) {
+        let host = &self.hosts[i];
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from((host.address, host.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "host {} did not open SSH in {timeout:?}; console:\n{}",
+                host.name,
+                host.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Power host `i` off (its processes end, as at a power cut; the disk stays).
+    pub fn power_off(&self, i: usize) {
+        let host = &self.hosts[i];
+        host.process.lock().unwrap().stopping = true;
+        kill_netns_processes(&host.slot.netns());
+        let child = host.process.lock().unwrap().child.take();
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Power host `i` on again after [`Testbed::power_off`].
+    pub fn power_on(&mut self, i: usize) {
+        if let Some(s) = self.hosts[i].supervisor.take() {
+            let _ = s.join();
+        }
+        self.hosts[i].process.lock().unwrap().stopping = false;
+        self.spawn(i);
+    }
+
+    /// Remove host `i` for good (a deleted server): stopped, its slot freed.
+    /// Its index stays taken.
+    pub fn remove(&mut self, i: usize) {
+        self.power_off(i);
+        if let Some(s) = self.hosts[i].supervisor.take() {
+            let _ = s.join();
+        }
+        self.hosts[i].slot.clean_leftovers();
     }
 }
 

@@ -1,0 +1,555 @@
+//! The AWS Lightsail calls tidekeeper makes, with plain types in and out.
+//!
+//! The real `aws-sdk-lightsail` client does the work: SigV4 signing, the
+//! awsJson1.1 protocol, and retries (standard mode: throttling and 5xx
+//! answers are retried with exponential backoff, honouring the server's
+//! `x-amz-retry-after`). Credentials are passed in by the caller, which reads
+//! them from the environment; they are never logged.
+
+use std::time::Duration;
+
+use aws_sdk_lightsail::config::retry::RetryConfig;
+use aws_sdk_lightsail::config::timeout::TimeoutConfig;
+use aws_sdk_lightsail::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_lightsail::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_lightsail::types;
+
+pub struct Settings {
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Another endpoint than AWS's (a proxy, or a local emulator in tests).
+    pub endpoint: Option<String>,
+    /// Limit for one HTTP attempt.
+    pub timeout: Duration,
+    /// Attempts per call, retries included.
+    pub max_attempts: u32,
+}
+
+/// An error from Lightsail (or from reaching it), after the retries.
+#[derive(Debug, Clone)]
+pub struct Error {
+    /// The service's error code (`NotFoundException`, …), or `""` when none came back.
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.code.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    pub fn not_found(&self) -> bool {
+        self.code == "NotFoundException"
+    }
+}
+
+fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> Error {
+    let code = e.code().unwrap_or_default().to_string();
+    let message = match e.message() {
+        Some(m) => m.to_string(),
+        None => DisplayErrorContext(&e).to_string(),
+    };
+    Error { code, message }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub from: i32,
+    pub to: i32,
+    /// `tcp`, `udp` or `all`.
+    pub protocol: String,
+    pub cidrs: Vec<String>,
+    pub ipv6_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub bundle: String,
+    pub blueprint: String,
+    pub zone: String,
+    /// `pending`, `running`, `stopping`, `stopped`, …
+    pub state: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub is_static_ip: bool,
+    pub tags: Vec<(String, String)>,
+    pub ports: Vec<Port>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub id: String,
+    /// US dollars a month.
+    pub price: f64,
+    pub cpus: i32,
+    pub ram_gb: f32,
+    pub disk_gb: i32,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: String,
+    pub resource: String,
+    /// `Started`, `Succeeded`, `Failed`, `Completed`, …
+    pub status: String,
+    pub error: Option<String>,
+}
+
+impl Operation {
+    pub fn failed(&self) -> bool {
+        self.status == "Failed"
+    }
+    pub fn finished(&self) -> bool {
+        matches!(self.status.as_str(), "Succeeded" | "Completed" | "Failed")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub instance: String,
+    /// `pending`, `available`, `error`.
+    pub state: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StaticIp {
+    pub name: String,
+    pub ip: String,
+    pub attached_to: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: aws_sdk_lightsail::Client,
+}
+
+fn tags(list: &[types::Tag]) -> Vec<(String, String)> {
+    list.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn tag_list(list: &[(String, String)]) -> Vec<types::Tag> {
+    list.iter()
+        .map(|(k, v)| types::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn operation(o: &types::Operation) -> Operation {
+    Operation {
+        id: o.id().unwrap_or_default().to_string(),
+        resource: o.resource_name().unwrap_or_default().to_string(),
+        status: o
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        error: o
+            .error_details()
+            .map(|d| format!("{} {}", o.error_code().unwrap_or_default(), d)),
+    }
+}
+
+fn instance(i: &types::Instance) -> Instance {
+    Instance {
+        name: i.name().unwrap_or_default().to_string(),
+        bundle: i.bundle_id().unwrap_or_default().to_string(),
+        blueprint: i.blueprint_id().unwrap_or_default().to_string(),
+        zone: i
+            .location()
+            .and_then(|l| l.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .unwrap_or_default()
+            .to_string(),
+        public_ip: i.public_ip_address().map(String::from),
+        private_ip: i.private_ip_address().map(String::from),
+        is_static_ip: i.is_static_ip().unwrap_or(false),
+        tags: tags(i.tags()),
+        ports: i
+            .networking()
+            .map(|n| {
+                n.ports()
+                    .iter()
+                    .map(|p| Port {
+                        from: p.from_port(),
+                        to: p.to_port(),
+                        protocol: p
+                            .protocol()
+                            .map(|x| x.as_str().to_string())
+                            .unwrap_or_else(|| "tcp".into()),
+                        cidrs: p.cidrs().to_vec(),
+                        ipv6_cidrs: p.ipv6_cidrs().to_vec(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+impl Client {
+    pub fn new(s: Settings) -> Client {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut config = aws_sdk_lightsail::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(s.region))
+            .credentials_provider(Credentials::new(
+                s.access_key,
+                s.secret_key,
+                None,
+                None,
+                "tidekeeper",
+            ))
+            .http_client(http)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(s.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(500))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10).min(s.timeout))
+                    .operation_attempt_timeout(s.timeout)
+                    .build(),
+            );
+        if let Some(url) = s.endpoint {
+            config = config.endpoint_url(url);
+        }
+        Client {
+            inner: aws_sdk_lightsail::Client::from_conf(config.build()),
+        }
+    }
+
+    /// Every instance in the region (all pages).
+    pub async fn instances(&self) -> Result<Vec<Instance>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .get_instances()
+                .set_page_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(page.instances().iter().map(instance));
+            match page.next_page_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn instance(&self, name: &str) -> Result<Option<Instance>, Error> {
+        match self.inner.get_instance().instance_name(name).send().await {
+            Ok(r) => Ok(r.instance().map(instance)),
+            Err(e) => {
+                let e = err(e);
+                if e.not_found() { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Bundles on offer, with their monthly prices.
+    pub async fn bundles(&self) -> Result<Vec<Bundle>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .get_bundles()
+                .include_inactive(true)
+                .set_page_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(page.bundles().iter().map(|b| Bundle {
+                id: b.bundle_id().unwrap_or_default().to_string(),
+                price: b.price().unwrap_or_default() as f64,
+                cpus: b.cpu_count().unwrap_or_default(),
+                ram_gb: b.ram_size_in_gb().unwrap_or_default(),
+                disk_gb: b.disk_size_in_gb().unwrap_or_default(),
+                active: b.is_active().unwrap_or(true),
+            }));
+            match page.next_page_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_instance(
+        &self,
+        name: &str,
+        zone: &str,
+        blueprint: &str,
+        bundle: &str,
+        key_pair: Option<&str>,
+        user_data: &str,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .create_instances()
+            .instance_names(name)
+            .availability_zone(zone)
+            .blueprint_id(blueprint)
+            .bundle_id(bundle)
+            .set_key_pair_name(key_pair.map(String::from))
+            .user_data(user_data)
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
+    pub async fn delete_instance(&self, name: &str) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .delete_instance()
+            .instance_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
+    pub async fn operation(&self, id: &str) -> Result<Operation, Error> {
+        let r = self
+            .inner
+            .get_operation()
+            .operation_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        r.operation().map(operation).ok_or_else(|| Error {
+            code: String::new(),
+            message: format!("operation {id}: empty answer"),
+        })
+    }
+
+    pub async fn tag(&self, resource: &str, tags: &[(String, String)]) -> Result<(), Error> {
+        self.inner
+            .tag_resource()
+            .resource_name(resource)
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn untag(&self, resource: &str, keys: &[String]) -> Result<(), Error> {
+        self.inner
+            .untag_resource()
+            .resource_name(resource)
+            .set_tag_keys(Some(keys.to_vec()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Replace the instance's open public ports with `ports`.
+    pub async fn put_ports(&self, name: &str, ports: &[Port]) -> Result<(), Error> {
+        let infos: Vec<types::PortInfo> = ports
+            .iter()
+            .map(|p| {
+                types::PortInfo::builder()
+                    .from_port(p.from)
+                    .to_port(p.to)
+                    .protocol(types::NetworkProtocol::from(p.protocol.as_str()))
+                    .set_cidrs(Some(p.cidrs.clone()))
+                    .set_ipv6_cidrs(Some(p.ipv6_cidrs.clone()))
+                    .build()
+            })
+            .collect();
+        self.inner
+            .put_instance_public_ports()
+            .instance_name(name)
+            .set_port_infos(Some(infos))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn start(&self, name: &str) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .start_instance()
+            .instance_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .stop_instance()
+            .instance_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
+    pub async fn static_ips(&self) -> Result<Vec<StaticIp>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .get_static_ips()
+                .set_page_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(page.static_ips().iter().map(|s| {
+                StaticIp {
+                    name: s.name().unwrap_or_default().to_string(),
+                    ip: s.ip_address().unwrap_or_default().to_string(),
+                    attached_to: s
+                        .attached_to()
+                        .filter(|_| s.is_attached().unwrap_or(false))
+                        .map(String::from),
+                }
+            }));
+            match page.next_page_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn allocate_static_ip(&self, name: &str) -> Result<(), Error> {
+        self.inner
+            .allocate_static_ip()
+            .static_ip_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn attach_static_ip(&self, name: &str, instance: &str) -> Result<(), Error> {
+        self.inner
+            .attach_static_ip()
+            .static_ip_name(name)
+            .instance_name(instance)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn release_static_ip(&self, name: &str) -> Result<(), Error> {
+        self.inner
+            .release_static_ip()
+            .static_ip_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        instance: &str,
+        name: &str,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .create_instance_snapshot()
+            .instance_name(instance)
+            .instance_snapshot_name(name)
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .get_instance_snapshots()
+                .set_page_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(page.instance_snapshots().iter().map(|s| {
+                Snapshot {
+                    name: s.name().unwrap_or_default().to_string(),
+                    instance: s.from_instance_name().unwrap_or_default().to_string(),
+                    state: s
+                        .state()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
+                    created_at: s.created_at().map(|t| t.secs()).unwrap_or_default(),
+                    tags: tags(s.tags()),
+                }
+            }));
+            match page.next_page_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), Error> {
+        self.inner
+            .delete_instance_snapshot()
+            .instance_snapshot_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Names of the key pairs in the region.
+    pub async fn key_pairs(&self) -> Result<Vec<String>, Error> {
+        let r = self.inner.get_key_pairs().send().await.map_err(err)?;
+        Ok(r.key_pairs()
+            .iter()
+            .filter_map(|k| k.name().map(String::from))
+            .collect())
+    }
+}

@@ -1,0 +1,137 @@
+//! The servers a fleet asks for: one per `hetzner` or `lightsail` host, with
+//! the ownership labels tidekeeper adds. Pure.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{ALLOW_DESTROY, FLEET, MANAGED_BY, MANAGED_BY_VALUE};
+use crate::model::desired::{CloudPort, Fleet, Host, ProviderKind};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DesiredServer {
+    pub host: String,
+    pub provider: ProviderKind,
+    /// Hetzner server type or Lightsail bundle.
+    pub size: String,
+    /// Hetzner image or Lightsail blueprint.
+    pub image: String,
+    /// Hetzner location or Lightsail availability zone.
+    pub location: String,
+    /// The user's labels plus tidekeeper's ownership labels.
+    pub labels: BTreeMap<String, String>,
+    /// Empty: the provider's defaults are left alone.
+    pub firewall: Vec<CloudPort>,
+    pub static_ip: bool,
+    pub ssh_keys: Vec<String>,
+    #[serde(skip)]
+    pub user_data: Option<String>,
+    pub allow_destroy: bool,
+}
+
+/// The ownership labels for `fleet`.
+pub fn ownership(fleet: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+        (FLEET.to_string(), fleet.to_string()),
+    ])
+}
+
+/// The server behind a cloud host (None for `existing` and `local` hosts).
+pub fn server(fleet: &str, host: &Host) -> Option<DesiredServer> {
+    let s = host.server.as_ref()?;
+    let (size, image, location) = match host.provider {
+        ProviderKind::Hetzner => (&s.server_type, &s.image, &s.location),
+        ProviderKind::Lightsail => (&s.bundle, &s.blueprint, &s.zone),
+        _ => return None,
+    };
+    let mut labels = s.labels.clone();
+    labels.extend(ownership(fleet));
+    if host.allow_destroy {
+        labels.insert(ALLOW_DESTROY.into(), "true".into());
+    }
+    Some(DesiredServer {
+        host: host.name.clone(),
+        provider: host.provider,
+        size: size.clone().unwrap_or_default(),
+        image: image.clone().unwrap_or_default(),
+        location: location.clone().unwrap_or_default(),
+        labels,
+        firewall: normalize(&s.firewall),
+        static_ip: s.static_ip,
+        ssh_keys: s.ssh_keys.clone(),
+        user_data: s.user_data.clone(),
+        allow_destroy: host.allow_destroy,
+    })
+}
+
+/// Every cloud server the fleet asks for.
+pub fn servers(fleet: &Fleet) -> Vec<DesiredServer> {
+    fleet
+        .hosts
+        .iter()
+        .filter_map(|h| server(&fleet.name, h))
+        .collect()
+}
+
+/// Rules in one canonical order, so equal rule sets compare equal.
+pub fn normalize(ports: &[CloudPort]) -> Vec<CloudPort> {
+    let mut out: Vec<CloudPort> = ports
+        .iter()
+        .map(|p| {
+            let mut from = p.from.clone();
+            from.sort();
+            from.dedup();
+            CloudPort {
+                from_port: p.from_port,
+                to_port: p.to_port,
+                proto: p.proto.clone(),
+                from,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.from_port, a.to_port, &a.proto, &a.from).cmp(&(
+            b.from_port,
+            b.to_port,
+            &b.proto,
+            &b.from,
+        ))
+    });
+    out.dedup();
+    out
+}
+
+/// A tcp rule and a udp rule for the same ports and sources read back as
+/// one `any` rule, as the config writes it; the result is normalized.
+pub fn fold_any(rules: Vec<CloudPort>) -> Vec<CloudPort> {
+    let mut out: Vec<CloudPort> = Vec::new();
+    for r in normalize(&rules) {
+        let other = match r.proto.as_str() {
+            "tcp" => "udp",
+            "udp" => "tcp",
+            _ => "",
+        };
+        if let Some(twin) = out.iter_mut().find(|x| {
+            x.from_port == r.from_port
+                && x.to_port == r.to_port
+                && x.proto == other
+                && x.from == r.from
+        }) {
+            twin.proto = "any".into();
+            continue;
+        }
+        out.push(r);
+    }
+    normalize(&out)
+}
+
+/// `22/tcp from 0.0.0.0/0, ::/0` — how a rule reads in a plan.
+pub fn describe_port(p: &CloudPort) -> String {
+    let port = if p.from_port == p.to_port {
+        p.from_port.to_string()
+    } else {
+        format!("{}-{}", p.from_port, p.to_port)
+    };
+    format!("{port}/{} from {}", p.proto, p.from.join(", "))
+}

@@ -1,0 +1,893 @@
+//! Hetzner Cloud through the `hcloud` crate (rustls).
+//!
+//! Each server gets a cloud firewall of its own (`tk-<fleet>-<host>`, with
+//! the ownership labels) when its host lists `server.firewall` rules, and
+//! delete protection from the moment it is created; the protection is lifted
+//! only right before an allowed delete.
+//!
+//! Retries: 429, 423 (locked by a running action), 5xx and timeouts are
+//! retried with exponential backoff from 250 ms (the generated client does
+//! not hand back response headers, so `RateLimit-Reset` cannot be read; the
+//! backoff outlasts Hetzner's refill of one request per second). A create is
+//! never retried blindly: tidekeeper first looks the server up by name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use hcloud::apis::configuration::Configuration;
+use hcloud::apis::{
+    Error as HError, actions_api, firewalls_api, images_api, pricing_api, servers_api,
+};
+use hcloud::models;
+
+use super::desired::{DesiredServer, fold_any, normalize};
+use super::{
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, MANAGED_BY, MANAGED_BY_VALUE, ObservedServer,
+    PowerState, PriceList, Provider, Snapshot, with_retries,
+};
+use crate::model::desired::{CloudPort, Hetzner as Settings, ProviderKind};
+
+const NAME: &str = "hetzner";
+const ATTEMPTS: u32 = 8;
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Hetzner {
+    config: Configuration,
+}
+
+fn retryable<E>(e: &HError<E>) -> Option<Option<Duration>> {
+    match e {
+        HError::Reqwest(r) if r.is_timeout() || r.is_connect() || r.is_request() => Some(None),
+        HError::Io(_) => Some(None),
+        HError::ResponseError(rc)
+            if rc.status.as_u16() == 429
+                || rc.status.as_u16() == 423
+                || rc.status.is_server_error() =>
+        {
+            Some(None)
+        }
+        _ => None,
+    }
+}
+
+/// `uniqueness_error: server name is already used (HTTP 409)`
+fn describe<E>(e: &HError<E>) -> String {
+    match e {
+        HError::ResponseError(rc) => {
+            let v: serde_json::Value = serde_json::from_str(&rc.content).unwrap_or_default();
+            let code = v["error"]["code"].as_str().unwrap_or("error");
+            let msg = v["error"]["message"]
+                .as_str()
+                .unwrap_or(rc.content.as_str());
+            format!("{code}: {msg} (HTTP {})", rc.status.as_u16())
+        }
+        HError::Reqwest(r) => {
+            let mut s = r.to_string();
+            let mut src = std::error::Error::source(r);
+            while let Some(e) = src {
+                s.push_str(&format!(": {e}"));
+                src = e.source();
+            }
+            s
+        }
+        HError::Serde(e) => format!("unexpected answer: {e}"),
+        HError::Io(e) => e.to_string(),
+    }
+}
+
+fn status_is<E>(e: &HError<E>, code: u16) -> bool {
+    matches!(e, HError::ResponseError(rc) if rc.status.as_u16() == code)
+}
+
+fn state(s: models::server::Status) -> PowerState {
+    use models::server::Status as S;
+    match s {
+        S::Running => PowerState::Running,
+        S::Off => PowerState::Off,
+        S::Initializing | S::Starting => PowerState::Starting,
+        S::Stopping => PowerState::Stopping,
+        S::Deleting => PowerState::Other("deleting".into()),
+        S::Migrating => PowerState::Other("migrating".into()),
+        S::Rebuilding => PowerState::Other("rebuilding".into()),
+        S::Unknown => PowerState::Other("unknown".into()),
+    }
+}
+
+fn selector(fleet: &str) -> String {
+    format!("{MANAGED_BY}={MANAGED_BY_VALUE},{FLEET}={fleet}")
+}
+
+fn firewall_name(fleet: &str, host: &str) -> String {
+    format!("tk-{fleet}-{host}")
+}
+
+/// Rules as tidekeeper writes them: one inbound rule per port and protocol.
+fn rules(ports: &[CloudPort]) -> Vec<models::Rule> {
+    let mut out = Vec::new();
+    for p in ports {
+        let protos: &[models::rule::Protocol] = match p.proto.as_str() {
+            "udp" => &[models::rule::Protocol::Udp],
+            "any" => &[models::rule::Protocol::Tcp, models::rule::Protocol::Udp],
+            _ => &[models::rule::Protocol::Tcp],
+        };
+        for proto in protos {
+            let mut r = models::Rule::new(models::rule::Direction::In, *proto);
+            r.port = Some(Some(if p.from_port == p.to_port {
+                p.from_port.to_string()
+            } else {
+                format!("{}-{}", p.from_port, p.to_port)
+            }));
+            r.source_ips = Some(p.from.clone());
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Observed rules back in the config's terms.
+fn ports(rules: &[models::RuleResponse]) -> Vec<CloudPort> {
+    let mut out: Vec<CloudPort> = Vec::new();
+    for r in rules {
+        if r.direction != models::rule_response::Direction::In {
+            continue;
+        }
+        let proto = match r.protocol {
+            models::rule_response::Protocol::Tcp => "tcp",
+            models::rule_response::Protocol::Udp => "udp",
+            _ => continue,
+        };
+        let Some(port) = &r.port else { continue };
+        let (a, b) = match port.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap_or(0), b.parse().unwrap_or(0)),
+            None => {
+                let p = port.parse().unwrap_or(0);
+                (p, p)
+            }
+        };
+        out.push(CloudPort {
+            from_port: a,
+            to_port: b,
+            proto: proto.into(),
+            from: r.source_ips.clone(),
+        });
+    }
+    fold_any(out)
+}
+
+impl Hetzner {
+    pub fn from_env(s: &Settings) -> Result<Hetzner, CloudError> {
+        let token = std::env::var(&s.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| CloudError::Credentials {
+                provider: NAME,
+                var: s.token_env.clone(),
+            })?;
+        let mut config = Configuration::new();
+        config.bearer_access_token = Some(token);
+        config.user_agent = Some(format!("tidekeeper/{}", env!("CARGO_PKG_VERSION")));
+        config.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(s.timeout_secs.max(1)))
+            .connect_timeout(Duration::from_secs(10.min(s.timeout_secs.max(1))))
+            .build()
+            .map_err(|e| CloudError::api(NAME, "setting up the HTTP client", e))?;
+        if let Some(url) = &s.endpoint {
+            config.base_path_mapping.insert(
+                "https://api.hetzner.cloud/v1".into(),
+                url.trim_end_matches('/').to_string(),
+            );
+        }
+        Ok(Hetzner { config })
+    }
+
+    async fn call<T, E, F, Fu>(&self, what: &str, f: F) -> Result<T, CloudError>
+    where
+        F: FnMut() -> Fu,
+        Fu: std::future::Future<Output = Result<T, HError<E>>>,
+    {
+        with_retries(ATTEMPTS, f, retryable)
+            .await
+            .map_err(|e| CloudError::api(NAME, what, describe(&e)))
+    }
+
+    /// Wait for a Hetzner action to finish.
+    async fn wait(&self, action: &models::Action, what: &str) -> Result<(), CloudError> {
+        let start = Instant::now();
+        let mut a = action.clone();
+        loop {
+            match a.status {
+                models::action::Status::Success => return Ok(()),
+                models::action::Status::Error => {
+                    let e = a.error.map(|e| format!("{}: {}", e.code, e.message));
+                    return Err(CloudError::api(
+                        NAME,
+                        what,
+                        e.unwrap_or_else(|| "the action failed".into()),
+                    ));
+                }
+                models::action::Status::Running => {}
+            }
+            if start.elapsed() > ACTION_TIMEOUT {
+                return Err(CloudError::Timeout {
+                    provider: NAME,
+                    what: what.into(),
+                    after: ACTION_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+            let id = a.id;
+            a = *self
+                .call(what, || {
+                    actions_api::get_action(&self.config, actions_api::GetActionParams { id })
+                })
+                .await?
+                .action;
+        }
+    }
+
+    async fn list_servers(&self, name: Option<&str>) -> Result<Vec<models::Server>, CloudError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let params = servers_api::ListServersParams {
+                name: name.map(String::from),
+                page: Some(page),
+                per_page: Some(50),
+                ..Default::default()
+            };
+            let r = self
+                .call("listing servers", || {
+                    servers_api::list_servers(&self.config, params.clone())
+                })
+                .await?;
+            out.extend(r.servers);
+            match r.meta.pagination.next_page {
+                Some(n) if n > page => page = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn list_firewalls(&self) -> Result<Vec<models::Firewall>, CloudError> {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let params = firewalls_api::ListFirewallsParams {
+                label_selector: Some(format!("{MANAGED_BY}={MANAGED_BY_VALUE}")),
+                page: Some(page),
+                per_page: Some(50),
+                ..Default::default()
+            };
+            let r = self
+                .call("listing firewalls", || {
+                    firewalls_api::list_firewalls(&self.config, params.clone())
+                })
+                .await?;
+            out.extend(r.firewalls);
+            match r.meta.pagination.next_page {
+                Some(n) if n > page => page = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn observed(&self, s: &models::Server, firewalls: &[models::Firewall]) -> ObservedServer {
+        let applied = |f: &&models::Firewall| {
+            f.applied_to
+                .iter()
+                .any(|a| a.server.as_ref().is_some_and(|r| r.id == s.id))
+        };
+        ObservedServer {
+            provider: ProviderKind::Hetzner,
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            size: s.server_type.name.clone(),
+            image: s.image.as_ref().and_then(|i| i.name.clone()),
+            location: s.location.name.clone(),
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            state: state(s.status),
+            address: s.public_net.ipv4.as_ref().map(|i| i.ip.clone()),
+            private_address: s.private_net.first().and_then(|n| n.ip.clone()),
+            firewall: firewalls.iter().find(applied).map(|f| ports(&f.rules)),
+            static_ip: false,
+            delete_protection: s.protection.delete,
+        }
+    }
+
+    async fn server(&self, id: i64) -> Result<models::Server, CloudError> {
+        Ok(*self
+            .call("reading the server", || {
+                servers_api::get_server(&self.config, servers_api::GetServerParams { id })
+            })
+            .await?
+            .server
+            .ok_or_else(|| CloudError::api(NAME, "reading the server", "it is gone"))?)
+    }
+
+    /// Wait until the server runs and has an address.
+    async fn until_running(&self, id: i64) -> Result<models::Server, CloudError> {
+        let start = Instant::now();
+        loop {
+            let s = self.server(id).await?;
+            if s.status == models::server::Status::Running && s.public_net.ipv4.is_some() {
+                return Ok(s);
+            }
+            if start.elapsed() > ACTION_TIMEOUT {
+                return Err(CloudError::Timeout {
+                    provider: NAME,
+                    what: format!("server {} to run", s.name),
+                    after: ACTION_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The server's own firewall: created or updated to `rules`, applied to it.
+    async fn ensure_firewall(
+        &self,
+        fleet: &str,
+        host: &str,
+        server: Option<i64>,
+        want: &[CloudPort],
+    ) -> Result<i64, CloudError> {
+        let name = firewall_name(fleet, host);
+        let existing = self
+            .list_firewalls()
+            .await?
+            .into_iter()
+            .find(|f| f.name == name);
+        let fw = match existing {
+            Some(f) => {
+                if ports(&f.rules) != normalize(want) {
+                    let req = models::SetRulesRequest { rules: rules(want) };
+                    let r = self
+                        .call("setting firewall rules", || {
+                            firewalls_api::set_rules(
+                                &self.config,
+                                firewalls_api::SetRulesParams {
+                                    id: f.id,
+                                    set_rules_request: req.clone(),
+                                },
+                            )
+                        })
+                        .await?;
+                    for a in &r.actions {
+                        self.wait(a, "setting firewall rules").await?;
+                    }
+                }
+                f
+            }
+            None => {
+                let mut req = models::CreateFirewallRequest::new(name.clone());
+                let mut labels = super::desired::ownership(fleet);
+                labels.insert("tidekeeper-host".into(), host.into());
+                req.labels = Some(labels.into_iter().collect());
+                req.rules = Some(rules(want));
+                let r = self
+                    .call("creating the firewall", || {
+                        firewalls_api::create_firewall(
+                            &self.config,
+                            firewalls_api::CreateFirewallParams {
+                                create_firewall_request: req.clone(),
+                            },
+                        )
+                    })
+                    .await?;
+                for a in r.actions.iter().flatten() {
+                    self.wait(a, "creating the firewall").await?;
+                }
+                *r.firewall.ok_or_else(|| {
+                    CloudError::api(NAME, "creating the firewall", "no firewall in the answer")
+                })?
+            }
+        };
+        if let Some(id) = server
+            && !fw
+                .applied_to
+                .iter()
+                .any(|a| a.server.as_ref().is_some_and(|r| r.id == id))
+        {
+            let mut res = models::FirewallResource::new(models::firewall_resource::Type::Server);
+            res.server = Some(Box::new(models::ResourceId { id }));
+            let req = models::ApplyToResourcesRequest {
+                apply_to: vec![res],
+            };
+            let r = self
+                .call("applying the firewall", || {
+                    firewalls_api::apply_to_resources(
+                        &self.config,
+                        firewalls_api::ApplyToResourcesParams {
+                            id: fw.id,
+                            apply_to_resources_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            for a in &r.actions {
+                self.wait(a, "applying the firewall").await?;
+            }
+        }
+        Ok(fw.id)
+    }
+
+    async fn drop_firewall(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let name = firewall_name(fleet, host);
+        let Some(fw) = self
+            .list_firewalls()
+            .await?
+            .into_iter()
+            .find(|f| f.name == name)
+        else {
+            return Ok(());
+        };
+        let attached: Vec<models::FirewallResource> = fw
+            .applied_to
+            .iter()
+            .filter_map(|a| a.server.as_ref())
+            .map(|r| {
+                let mut res =
+                    models::FirewallResource::new(models::firewall_resource::Type::Server);
+                res.server = Some(Box::new(models::ResourceId { id: r.id }));
+                res
+            })
+            .collect();
+        if !attached.is_empty() {
+            let req = models::RemoveFromResourcesRequest {
+                remove_from: attached,
+            };
+            let r = self
+                .call("detaching the firewall", || {
+                    firewalls_api::remove_from_resources(
+                        &self.config,
+                        firewalls_api::RemoveFromResourcesParams {
+                            id: fw.id,
+                            remove_from_resources_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            for a in &r.actions {
+                self.wait(a, "detaching the firewall").await?;
+            }
+        }
+        self.call("deleting the firewall", || {
+            firewalls_api::delete_firewall(
+                &self.config,
+                firewalls_api::DeleteFirewallParams { id: fw.id },
+            )
+        })
+        .await
+    }
+
+    async fn protect(&self, id: i64, on: bool) -> Result<(), CloudError> {
+        let req = models::ChangeServerProtectionRequest {
+            delete: Some(on),
+            rebuild: Some(on),
+        };
+        let r = self
+            .call("changing delete protection", || {
+                servers_api::change_server_protection(
+                    &self.config,
+                    servers_api::ChangeServerProtectionParams {
+                        id,
+                        change_server_protection_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+        self.wait(&r.action, "changing delete protection").await
+    }
+
+    async fn create_server(
+        &self,
+        want: &DesiredServer,
+        user_data: &str,
+    ) -> Result<ObservedServer, CloudError> {
+        let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+        let firewall = if want.firewall.is_empty() {
+            None
+        } else {
+            Some(
+                self.ensure_firewall(&fleet, &want.host, None, &want.firewall)
+                    .await?,
+            )
+        };
+        let mut req = models::CreateServerRequest::new(
+            want.image.clone(),
+            want.host.clone(),
+            want.size.clone(),
+        );
+        req.location = Some(want.location.clone());
+        req.labels = Some(want.labels.clone().into_iter().collect());
+        req.user_data = Some(user_data.to_string());
+        req.start_after_create = Some(true);
+        if !want.ssh_keys.is_empty() {
+            req.ssh_keys = Some(want.ssh_keys.clone());
+        }
+        req.firewalls =
+            firewall.map(|id| vec![models::CreateServerRequestFirewalls { firewall: id }]);
+        // Never two servers for one host: before every retry, look it up.
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 0;
+        let created = loop {
+            attempt += 1;
+            let res = servers_api::create_server(
+                &self.config,
+                servers_api::CreateServerParams {
+                    create_server_request: req.clone(),
+                },
+            )
+            .await;
+            match res {
+                Ok(r) => {
+                    self.wait(&r.action, "creating the server").await?;
+                    for a in &r.next_actions {
+                        self.wait(a, "starting the server").await?;
+                    }
+                    break *r.server;
+                }
+                Err(e) => {
+                    let maybe_made = retryable(&e).is_some() || status_is(&e, 409);
+                    if maybe_made
+                        && let Some(s) = self
+                            .list_servers(Some(&want.host))
+                            .await?
+                            .into_iter()
+                            .find(|s| {
+                                s.labels.get(MANAGED_BY).map(String::as_str)
+                                    == Some(MANAGED_BY_VALUE)
+                                    && s.labels.get(FLEET) == Some(&fleet)
+                            })
+                    {
+                        tracing::info!(host = %want.host, "the server was created by an earlier attempt; using it");
+                        break s;
+                    }
+                    if retryable(&e).is_none() || attempt >= ATTEMPTS {
+                        return Err(CloudError::api(NAME, "creating the server", describe(&e)));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(16));
+                }
+            }
+        };
+        if !created.protection.delete {
+            self.protect(created.id, true).await?;
+        }
+        let s = self.until_running(created.id).await?;
+        let firewalls = self.list_firewalls().await?;
+        Ok(self.observed(&s, &firewalls))
+    }
+
+    async fn wait_power(&self, id: i64, want: models::server::Status) -> Result<(), CloudError> {
+        let start = Instant::now();
+        while self.server(id).await?.status != want {
+            if start.elapsed() > ACTION_TIMEOUT {
+                return Err(CloudError::Timeout {
+                    provider: NAME,
+                    what: format!("the server to be {want:?}"),
+                    after: ACTION_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    async fn set_power(&self, id: i64, on: bool) -> Result<(), CloudError> {
+        let current = self.server(id).await?.status;
+        if on {
+            if current == models::server::Status::Running {
+                return Ok(());
+            }
+            let r = self
+                .call("starting the server", || {
+                    servers_api::power_on_server(
+                        &self.config,
+                        servers_api::PowerOnServerParams { id },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "starting the server").await?;
+            self.wait_power(id, models::server::Status::Running).await
+        } else {
+            if current == models::server::Status::Off {
+                return Ok(());
+            }
+            // A clean shutdown first; cut the power if it does not stop in a minute.
+            let r = self
+                .call("shutting the server down", || {
+                    servers_api::shutdown_server(
+                        &self.config,
+                        servers_api::ShutdownServerParams { id },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "shutting the server down").await?;
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if self.server(id).await?.status == models::server::Status::Off {
+                    return Ok(());
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            let r = self
+                .call("powering the server off", || {
+                    servers_api::power_off_server(
+                        &self.config,
+                        servers_api::PowerOffServerParams { id },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "powering the server off").await?;
+            self.wait_power(id, models::server::Status::Off).await
+        }
+    }
+}
+
+fn id_of(s: &ObservedServer) -> Result<i64, CloudError> {
+    s.id.parse()
+        .map_err(|_| CloudError::api(NAME, "reading the server id", &s.id))
+}
+
+fn snapshot(i: &models::Image, server: &str) -> Snapshot {
+    Snapshot {
+        id: i.id.to_string(),
+        name: i.description.clone(),
+        server: server.to_string(),
+        created: chrono::DateTime::parse_from_rfc3339(&i.created)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default(),
+        labels: i
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+impl Provider for Hetzner {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Hetzner
+    }
+
+    fn servers(&self) -> Fut<'_, Vec<ObservedServer>> {
+        Box::pin(async move {
+            let (servers, firewalls) = tokio::join!(self.list_servers(None), self.list_firewalls());
+            let (servers, firewalls) = (servers?, firewalls?);
+            Ok(servers
+                .iter()
+                .map(|s| self.observed(s, &firewalls))
+                .collect())
+        })
+    }
+
+    fn prices(&self) -> Fut<'_, PriceList> {
+        Box::pin(async move {
+            let r = self
+                .call("reading prices", || pricing_api::list_prices(&self.config))
+                .await?;
+            let mut list = PriceList {
+                currency: match r.pricing.currency.as_str() {
+                    "USD" => "USD",
+                    _ => "EUR",
+                },
+                monthly: BTreeMap::new(),
+                bills_stopped: true,
+            };
+            for t in &r.pricing.server_types {
+                for p in &t.prices {
+                    if let Ok(net) = p.price_monthly.net.parse::<f64>() {
+                        list.monthly
+                            .insert((t.name.clone(), p.location.clone()), net);
+                    }
+                }
+            }
+            Ok(list)
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        want: &'a DesiredServer,
+        user_data: &'a str,
+    ) -> Fut<'a, ObservedServer> {
+        Box::pin(self.create_server(want, user_data))
+    }
+
+    fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id = id_of(have)?;
+            let mut labels: HashMap<String, String> = want.labels.clone().into_iter().collect();
+            if let Some(k) = have.labels.get(super::HOST_KEY) {
+                labels.insert(super::HOST_KEY.into(), k.clone());
+            }
+            let current: HashMap<String, String> = have.labels.clone().into_iter().collect();
+            if labels != current {
+                let req = models::ReplaceServerRequest {
+                    labels: Some(labels),
+                    name: None,
+                };
+                self.call("changing labels", || {
+                    servers_api::replace_server(
+                        &self.config,
+                        servers_api::ReplaceServerParams {
+                            id,
+                            replace_server_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            }
+            let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+            if !want.firewall.is_empty() {
+                self.ensure_firewall(&fleet, &want.host, Some(id), &want.firewall)
+                    .await?;
+            } else if have.firewall.is_some() {
+                self.drop_firewall(&fleet, &want.host).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn resize<'a>(&'a self, have: &'a ObservedServer, size: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id = id_of(have)?;
+            let was_running = self.server(id).await?.status != models::server::Status::Off;
+            self.set_power(id, false).await?;
+            // The disk keeps its size, so the server can be made smaller again later.
+            let req = models::ChangeTypeOfServerRequest {
+                server_type: size.to_string(),
+                upgrade_disk: false,
+            };
+            let r = self
+                .call("changing the server type", || {
+                    servers_api::change_type_of_server(
+                        &self.config,
+                        servers_api::ChangeTypeOfServerParams {
+                            id,
+                            change_type_of_server_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "changing the server type").await?;
+            if was_running {
+                self.set_power(id, true).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id = id_of(have)?;
+            if have.delete_protection {
+                self.protect(id, false).await?;
+            }
+            let r = self
+                .call("deleting the server", || {
+                    servers_api::delete_server(&self.config, servers_api::DeleteServerParams { id })
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    if let Some(a) = r.action {
+                        self.wait(&a, "deleting the server").await?;
+                    }
+                }
+                // Gone already (an earlier attempt deleted it).
+                Err(CloudError::Api { message, .. }) if message.contains("HTTP 404") => {}
+                Err(e) => return Err(e),
+            }
+            let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
+            self.drop_firewall(&fleet, &have.name).await
+        })
+    }
+
+    fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()> {
+        Box::pin(async move { self.set_power(id_of(have)?, on).await })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Snapshot> {
+        Box::pin(async move {
+            let id = id_of(have)?;
+            let req = models::CreateImageFromServerRequest {
+                description: Some(name.to_string()),
+                labels: Some(labels.clone().into_iter().collect()),
+                r#type: Some(models::create_image_from_server_request::Type::Snapshot),
+            };
+            let r = self
+                .call("creating a snapshot", || {
+                    servers_api::create_image_from_server(
+                        &self.config,
+                        servers_api::CreateImageFromServerParams {
+                            id,
+                            create_image_from_server_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            if let Some(a) = &r.action {
+                self.wait(a, "creating a snapshot").await?;
+            }
+            let image = r.image.ok_or_else(|| {
+                CloudError::api(NAME, "creating a snapshot", "no image in the answer")
+            })?;
+            Ok(snapshot(&image, &have.name))
+        })
+    }
+
+    fn snapshots<'a>(
+        &'a self,
+        server: &'a ObservedServer,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Vec<Snapshot>> {
+        Box::pin(async move {
+            let id = id_of(server)?;
+            let sel = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut out = Vec::new();
+            let mut page = 1;
+            loop {
+                let params = images_api::ListImagesParams {
+                    r#type: Some(vec!["snapshot".into()]),
+                    label_selector: (!sel.is_empty()).then(|| sel.clone()),
+                    page: Some(page),
+                    per_page: Some(50),
+                    ..Default::default()
+                };
+                let r = self
+                    .call("listing snapshots", || {
+                        images_api::list_images(&self.config, params.clone())
+                    })
+                    .await?;
+                out.extend(
+                    r.images
+                        .iter()
+                        .filter(|i| {
+                            i.created_from.as_ref().is_some_and(|c| c.id == id)
+                                && i.deleted.is_none()
+                        })
+                        .map(|i| snapshot(i, &server.name)),
+                );
+                match r.meta.pagination.next_page {
+                    Some(n) if n > page => page = n,
+                    _ => break,
+                }
+            }
+            out.sort_by_key(|s| s.created);
+            Ok(out)
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id: i64 = snapshot
+                .id
+                .parse()
+                .map_err(|_| CloudError::api(NAME, "reading the snapshot id", &snapshot.id))?;
+            self.call("deleting a snapshot", || {
+                images_api::delete_image(&self.config, images_api::DeleteImageParams { id })
+            })
+            .await
+        })
+    }
+}
+
+/// The label selector of a fleet's resources (for documentation and tests).
+pub fn fleet_selector(fleet: &str) -> String {
+    selector(fleet)
+}

@@ -1,0 +1,497 @@
+//! AWS Lightsail through `aws-sdk-lightsail` (in the `tidekeeper-lightsail`
+//! crate, so the SDK stays out of this crate's rebuilds).
+//!
+//! Instances are tagged with the ownership tags; public ports are managed only
+//! when the host lists `server.firewall` rules; a `static_ip: true` host gets
+//! a static IP named `tk-<fleet>-<host>`, released when the instance is
+//! deleted. Lightsail cannot resize an instance: a new bundle is a replace.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tidekeeper_lightsail as ls;
+
+use super::desired::{DesiredServer, fold_any};
+use super::{
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, MANAGED_BY, MANAGED_BY_VALUE, ObservedServer,
+    PowerState, PriceList, Provider, Snapshot,
+};
+use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
+
+const NAME: &str = "lightsail";
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Lightsail {
+    client: ls::Client,
+}
+
+fn api(what: &str, e: ls::Error) -> CloudError {
+    CloudError::api(NAME, what, e)
+}
+
+fn state(s: &str) -> PowerState {
+    match s {
+        "running" => PowerState::Running,
+        "stopped" => PowerState::Off,
+        "pending" | "starting" => PowerState::Starting,
+        "stopping" => PowerState::Stopping,
+        other => PowerState::Other(other.to_string()),
+    }
+}
+
+fn static_ip_name(fleet: &str, host: &str) -> String {
+    format!("tk-{fleet}-{host}")
+}
+
+fn ports(list: &[ls::Port]) -> Vec<CloudPort> {
+    let mut out = Vec::new();
+    for p in list {
+        let mut from = p.cidrs.clone();
+        from.extend(p.ipv6_cidrs.iter().cloned());
+        out.push(CloudPort {
+            from_port: p.from as u16,
+            to_port: p.to as u16,
+            proto: match p.protocol.as_str() {
+                "all" => "any".into(),
+                other => other.to_string(),
+            },
+            from,
+        });
+    }
+    fold_any(out)
+}
+
+/// Rules in Lightsail's terms: `any` becomes a tcp and a udp port (Lightsail's
+/// `all` protocol would open every port).
+fn port_infos(rules: &[CloudPort]) -> Vec<ls::Port> {
+    let mut out = Vec::new();
+    for r in rules {
+        let protos: &[&str] = match r.proto.as_str() {
+            "any" => &["tcp", "udp"],
+            "udp" => &["udp"],
+            _ => &["tcp"],
+        };
+        for p in protos {
+            out.push(ls::Port {
+                from: r.from_port.into(),
+                to: r.to_port.into(),
+                protocol: p.to_string(),
+                cidrs: r
+                    .from
+                    .iter()
+                    .filter(|c| !c.contains(':'))
+                    .cloned()
+                    .collect(),
+                ipv6_cidrs: r.from.iter().filter(|c| c.contains(':')).cloned().collect(),
+            });
+        }
+    }
+    out
+}
+
+fn owned(tags: &[(String, String)], fleet: &str) -> bool {
+    tags.iter()
+        .any(|(k, v)| k == MANAGED_BY && v == MANAGED_BY_VALUE)
+        && tags.iter().any(|(k, v)| k == FLEET && v == fleet)
+}
+
+impl Lightsail {
+    pub fn from_env(s: &Settings) -> Result<Lightsail, CloudError> {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| CloudError::Credentials {
+                    provider: NAME,
+                    var: name.to_string(),
+                })
+        };
+        Ok(Lightsail {
+            client: ls::Client::new(ls::Settings {
+                region: s.region.clone(),
+                access_key: var(&s.access_key_env)?,
+                secret_key: var(&s.secret_key_env)?,
+                endpoint: s.endpoint.clone(),
+                timeout: Duration::from_secs(s.timeout_secs.max(1)),
+                max_attempts: 8,
+            }),
+        })
+    }
+
+    async fn wait_ops(&self, ops: &[ls::Operation], what: &str) -> Result<(), CloudError> {
+        let start = Instant::now();
+        for op in ops {
+            let mut op = op.clone();
+            while !op.finished() {
+                if start.elapsed() > ACTION_TIMEOUT {
+                    return Err(CloudError::Timeout {
+                        provider: NAME,
+                        what: what.into(),
+                        after: ACTION_TIMEOUT,
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+                op = self
+                    .client
+                    .operation(&op.id)
+                    .await
+                    .map_err(|e| api(what, e))?;
+            }
+            if op.failed() {
+                return Err(CloudError::api(
+                    NAME,
+                    what,
+                    op.error.unwrap_or_else(|| "the operation failed".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_state(&self, name: &str, want: &str) -> Result<ls::Instance, CloudError> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self
+                .client
+                .instance(name)
+                .await
+                .map_err(|e| api("reading the instance", e))?
+                && i.state == want
+                && (want != "running" || i.public_ip.is_some())
+            {
+                return Ok(i);
+            }
+            if start.elapsed() > ACTION_TIMEOUT {
+                return Err(CloudError::Timeout {
+                    provider: NAME,
+                    what: format!("instance {name} to be {want}"),
+                    after: ACTION_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn observed(&self, i: &ls::Instance) -> ObservedServer {
+        ObservedServer {
+            provider: ProviderKind::Lightsail,
+            id: i.name.clone(),
+            name: i.name.clone(),
+            size: i.bundle.clone(),
+            image: Some(i.blueprint.clone()),
+            location: i.zone.clone(),
+            labels: i.tags.iter().cloned().collect(),
+            state: state(&i.state),
+            address: i.public_ip.clone(),
+            private_address: i.private_ip.clone(),
+            firewall: Some(ports(&i.ports)),
+            static_ip: i.is_static_ip,
+            delete_protection: false,
+        }
+    }
+
+    async fn attach_static_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let name = static_ip_name(fleet, host);
+        let ips = self
+            .client
+            .static_ips()
+            .await
+            .map_err(|e| api("listing static IPs", e))?;
+        match ips.iter().find(|s| s.name == name) {
+            Some(s) if s.attached_to.as_deref() == Some(host) => return Ok(()),
+            Some(_) => {}
+            None => self
+                .client
+                .allocate_static_ip(&name)
+                .await
+                .map_err(|e| api("allocating a static IP", e))?,
+        }
+        self.client
+            .attach_static_ip(&name, host)
+            .await
+            .map_err(|e| api("attaching the static IP", e))
+    }
+
+    async fn create_instance(
+        &self,
+        want: &DesiredServer,
+        user_data: &str,
+    ) -> Result<ObservedServer, CloudError> {
+        let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+        let tags: Vec<(String, String)> = want.labels.clone().into_iter().collect();
+        let existing = self
+            .client
+            .instance(&want.host)
+            .await
+            .map_err(|e| api("reading the instance", e))?;
+        match existing {
+            Some(i) if owned(&i.tags, &fleet) => {
+                tracing::info!(host = %want.host, "the instance was created by an earlier attempt; using it")
+            }
+            Some(_) => {
+                return Err(CloudError::Refused(format!(
+                    "{}: an instance of that name exists but is not managed by tidekeeper",
+                    want.host
+                )));
+            }
+            None => {
+                let made = self
+                    .client
+                    .create_instance(
+                        &want.host,
+                        &want.location,
+                        &want.image,
+                        &want.size,
+                        want.ssh_keys.first().map(String::as_str),
+                        user_data,
+                        &tags,
+                    )
+                    .await;
+                match made {
+                    Ok(ops) => self.wait_ops(&ops, "creating the instance").await?,
+                    // The SDK retried; a retry after a create that did land
+                    // says the name is taken. Look before giving up.
+                    Err(e) => match self.client.instance(&want.host).await {
+                        Ok(Some(i)) if owned(&i.tags, &fleet) => {}
+                        _ => return Err(api("creating the instance", e)),
+                    },
+                }
+            }
+        }
+        self.wait_state(&want.host, "running").await?;
+        if want.static_ip {
+            self.attach_static_ip(&fleet, &want.host).await?;
+        }
+        if !want.firewall.is_empty() {
+            self.client
+                .put_ports(&want.host, &port_infos(&want.firewall))
+                .await
+                .map_err(|e| api("opening the public ports", e))?;
+        }
+        let i = self.wait_state(&want.host, "running").await?;
+        Ok(self.observed(&i))
+    }
+}
+
+impl Provider for Lightsail {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Lightsail
+    }
+
+    fn servers(&self) -> Fut<'_, Vec<ObservedServer>> {
+        Box::pin(async move {
+            let list = self
+                .client
+                .instances()
+                .await
+                .map_err(|e| api("listing instances", e))?;
+            Ok(list.iter().map(|i| self.observed(i)).collect())
+        })
+    }
+
+    fn prices(&self) -> Fut<'_, PriceList> {
+        Box::pin(async move {
+            let bundles = self
+                .client
+                .bundles()
+                .await
+                .map_err(|e| api("reading bundle prices", e))?;
+            Ok(PriceList {
+                currency: "USD",
+                monthly: bundles
+                    .into_iter()
+                    .map(|b| ((b.id, "*".to_string()), b.price))
+                    .collect(),
+                bills_stopped: true,
+            })
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        want: &'a DesiredServer,
+        user_data: &'a str,
+    ) -> Fut<'a, ObservedServer> {
+        Box::pin(self.create_instance(want, user_data))
+    }
+
+    fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let stale: Vec<String> = have
+                .labels
+                .keys()
+                .filter(|k| !want.labels.contains_key(*k) && k.as_str() != HOST_KEY)
+                .cloned()
+                .collect();
+            if !stale.is_empty() {
+                self.client
+                    .untag(&have.name, &stale)
+                    .await
+                    .map_err(|e| api("removing tags", e))?;
+            }
+            let changed: Vec<(String, String)> = want
+                .labels
+                .iter()
+                .filter(|(k, v)| have.labels.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !changed.is_empty() {
+                self.client
+                    .tag(&have.name, &changed)
+                    .await
+                    .map_err(|e| api("tagging the instance", e))?;
+            }
+            if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..]) {
+                self.client
+                    .put_ports(&have.name, &port_infos(&want.firewall))
+                    .await
+                    .map_err(|e| api("setting the public ports", e))?;
+            }
+            if want.static_ip && !have.static_ip {
+                let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+                self.attach_static_ip(&fleet, &have.name).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn resize<'a>(&'a self, have: &'a ObservedServer, _size: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            Err(CloudError::Refused(format!(
+                "{}: Lightsail cannot change an instance's bundle in place; it is replaced",
+                have.name
+            )))
+        })
+    }
+
+    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()> {
+        Box::pin(async move {
+            match self.client.delete_instance(&have.name).await {
+                Ok(ops) => self.wait_ops(&ops, "deleting the instance").await?,
+                Err(e) if e.not_found() => {}
+                Err(e) => return Err(api("deleting the instance", e)),
+            }
+            let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
+            let name = static_ip_name(&fleet, &have.name);
+            let ips = self
+                .client
+                .static_ips()
+                .await
+                .map_err(|e| api("listing static IPs", e))?;
+            if ips.iter().any(|s| s.name == name) {
+                self.client
+                    .release_static_ip(&name)
+                    .await
+                    .map_err(|e| api("releasing the static IP", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let (ops, want) = if on {
+                (self.client.start(&have.name).await, "running")
+            } else {
+                (self.client.stop(&have.name).await, "stopped")
+            };
+            let what = if on {
+                "starting the instance"
+            } else {
+                "stopping the instance"
+            };
+            match ops {
+                Ok(ops) => self.wait_ops(&ops, what).await?,
+                // Already in that state.
+                Err(e) if e.code == "InvalidInputException" => {}
+                Err(e) => return Err(api(what, e)),
+            }
+            self.wait_state(&have.name, want).await.map(|_| ())
+        })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Snapshot> {
+        Box::pin(async move {
+            let tags: Vec<(String, String)> = labels.clone().into_iter().collect();
+            let ops = self
+                .client
+                .create_snapshot(&have.name, name, &tags)
+                .await
+                .map_err(|e| api("creating a snapshot", e))?;
+            self.wait_ops(&ops, "creating a snapshot").await?;
+            let start = Instant::now();
+            loop {
+                let all = self
+                    .client
+                    .snapshots()
+                    .await
+                    .map_err(|e| api("listing snapshots", e))?;
+                if let Some(s) = all
+                    .iter()
+                    .find(|s| s.name == name && s.state == "available")
+                {
+                    return Ok(snapshot(s));
+                }
+                if start.elapsed() > ACTION_TIMEOUT {
+                    return Err(CloudError::Timeout {
+                        provider: NAME,
+                        what: format!("snapshot {name}"),
+                        after: ACTION_TIMEOUT,
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+    }
+
+    fn snapshots<'a>(
+        &'a self,
+        server: &'a ObservedServer,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Vec<Snapshot>> {
+        Box::pin(async move {
+            let all = self
+                .client
+                .snapshots()
+                .await
+                .map_err(|e| api("listing snapshots", e))?;
+            let mut out: Vec<Snapshot> = all
+                .iter()
+                .filter(|s| s.instance == server.name)
+                .filter(|s| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| s.tags.iter().any(|(a, b)| a == k && b == v))
+                })
+                .map(snapshot)
+                .collect();
+            out.sort_by_key(|s| s.created);
+            Ok(out)
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()> {
+        Box::pin(async move {
+            match self.client.delete_snapshot(&snapshot.name).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.not_found() => Ok(()),
+                Err(e) => Err(api("deleting a snapshot", e)),
+            }
+        })
+    }
+}
+
+fn snapshot(s: &ls::Snapshot) -> Snapshot {
+    Snapshot {
+        id: s.name.clone(),
+        name: s.name.clone(),
+        server: s.instance.clone(),
+        created: chrono::DateTime::from_timestamp(s.created_at, 0).unwrap_or_default(),
+        labels: s.tags.iter().cloned().collect(),
+    }
+}

@@ -1,0 +1,348 @@
+//! The cloud stage: the servers behind `provider: hetzner` and
+//! `provider: lightsail` hosts. Observe (list calls), plan (pure, with monthly
+//! costs from the provider's own prices), apply (create, update in place,
+//! resize, replace, delete), and the maintenance calls (snapshots, power).
+//!
+//! - [`desired`]: the servers a fleet asks for (pure).
+//! - [`plan`]: desired vs observed servers → changes with costs (pure).
+//! - [`hostkey`]: host keys generated for new servers, and their cloud-init.
+//! - [`apply`]: a cloud plan → provider calls, waiting for each server.
+//! - [`hetzner`], [`lightsail`]: the providers, behind [`Provider`].
+//!
+//! Ownership: every resource tidekeeper creates carries the labels (tags)
+//! [`MANAGED_BY`]` = tidekeeper` and [`FLEET`]` = <fleet>`. Servers without
+//! them are never changed or deleted.
+
+pub mod apply;
+pub mod desired;
+pub mod hetzner;
+pub mod hostkey;
+pub mod lightsail;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::desired::{CloudPort, Fleet, ProviderKind};
+pub use desired::DesiredServer;
+
+pub const MANAGED_BY: &str = "managed-by";
+pub const MANAGED_BY_VALUE: &str = "tidekeeper";
+pub const FLEET: &str = "tidekeeper-fleet";
+/// SHA-256 of the host key tidekeeper generated for the server (hex, 40 digits).
+pub const HOST_KEY: &str = "tidekeeper-host-key";
+/// Set while the host's config allows destroying the server.
+pub const ALLOW_DESTROY: &str = "tidekeeper-allow-destroy";
+/// On snapshots: the job that took them.
+pub const SNAPSHOT_JOB: &str = "tidekeeper-job";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    #[error(
+        "{provider}: no credentials: set the environment variable {var} (named in tidekeeper.yaml under providers.{provider})"
+    )]
+    Credentials { provider: &'static str, var: String },
+    #[error("{provider}: {what} failed: {message}")]
+    Api {
+        provider: &'static str,
+        what: String,
+        message: String,
+    },
+    #[error("{provider}: {what} did not finish within {after:?}")]
+    Timeout {
+        provider: &'static str,
+        what: String,
+        after: Duration,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CloudError {
+    pub fn api(provider: &'static str, what: impl Into<String>, message: impl ToString) -> Self {
+        CloudError::Api {
+            provider,
+            what: what.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A server's power state as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    /// Being created or started.
+    Starting,
+    Running,
+    Stopping,
+    Off,
+    /// Anything else the provider says (`rebuilding`, `migrating`, …).
+    Other(String),
+}
+
+/// One server as the provider lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObservedServer {
+    pub provider: ProviderKind,
+    /// The provider's id (Hetzner: the numeric id; Lightsail: the name).
+    pub id: String,
+    pub name: String,
+    /// Hetzner server type, or Lightsail bundle.
+    pub size: String,
+    /// Hetzner image, or Lightsail blueprint (None when unknown).
+    pub image: Option<String>,
+    /// Hetzner location, or Lightsail availability zone.
+    pub location: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: PowerState,
+    pub address: Option<String>,
+    pub private_address: Option<String>,
+    /// Cloud firewall rules (Hetzner: of the server's managed firewall;
+    /// Lightsail: the public ports), normalized; None when none is managed.
+    pub firewall: Option<Vec<CloudPort>>,
+    pub static_ip: bool,
+    pub delete_protection: bool,
+}
+
+impl ObservedServer {
+    /// Created by tidekeeper for `fleet`?
+    pub fn owned_by(&self, fleet: &str) -> bool {
+        self.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
+            && self.labels.get(FLEET).map(String::as_str) == Some(fleet)
+    }
+}
+
+/// A monthly price.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Monthly {
+    pub amount: f64,
+    pub currency: &'static str,
+}
+
+/// What one provider charges for its server sizes, per location.
+#[derive(Debug, Clone, Default)]
+pub struct PriceList {
+    pub currency: &'static str,
+    /// (size, location) → monthly price; location `*` applies everywhere.
+    pub monthly: BTreeMap<(String, String), f64>,
+    /// Does the provider bill a stopped server? (Both Hetzner and Lightsail do.)
+    pub bills_stopped: bool,
+}
+
+impl PriceList {
+    pub fn price(&self, size: &str, location: &str) -> Option<Monthly> {
+        self.monthly
+            .get(&(size.to_string(), location.to_string()))
+            .or_else(|| self.monthly.get(&(size.to_string(), "*".to_string())))
+            .map(|a| Monthly {
+                amount: *a,
+                currency: self.currency,
+            })
+    }
+    pub fn sizes(&self) -> Vec<&str> {
+        let mut s: Vec<&str> = self.monthly.keys().map(|k| k.0.as_str()).collect();
+        s.dedup();
+        s
+    }
+}
+
+/// A snapshot (Hetzner: an image of type snapshot; Lightsail: an instance snapshot).
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub server: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, CloudError>> + Send + 'a>>;
+
+/// What the cloud stage needs from a provider. Calls that start work on the
+/// provider's side (create, resize, delete, power, snapshot) return when that
+/// work has finished.
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+    /// Every server in the account (project / region), managed or not.
+    fn servers(&self) -> Fut<'_, Vec<ObservedServer>>;
+    fn prices(&self) -> Fut<'_, PriceList>;
+    /// Create the server with `user_data`, wait until it runs; the created server.
+    fn create<'a>(&'a self, want: &'a DesiredServer, user_data: &'a str)
+    -> Fut<'a, ObservedServer>;
+    /// Labels, firewall and static IP in place.
+    fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()>;
+    /// A new size in place (Hetzner: stop, change type, start).
+    fn resize<'a>(&'a self, have: &'a ObservedServer, size: &'a str) -> Fut<'a, ()>;
+    /// Delete the server and what tidekeeper made for it alone (its firewall, its static IP).
+    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()>;
+    fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()>;
+    fn snapshot<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Snapshot>;
+    /// Snapshots of `server` carrying all of `labels`.
+    fn snapshots<'a>(
+        &'a self,
+        server: &'a ObservedServer,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Vec<Snapshot>>;
+    fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()>;
+}
+
+/// How long to wait for the provider's work (create, resize, …).
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The providers a fleet uses, with credentials from the environment.
+#[derive(Default, Clone)]
+pub struct Clouds {
+    pub hetzner: Option<std::sync::Arc<dyn Provider>>,
+    pub lightsail: Option<std::sync::Arc<dyn Provider>>,
+    /// Providers the fleet needs but cannot reach (no credentials), with why.
+    pub missing: Vec<(ProviderKind, CloudError)>,
+}
+
+impl Clouds {
+    /// Clients for the providers the fleet's hosts use, or that
+    /// tidekeeper.yaml configures (so servers whose hosts all left the config
+    /// are still seen). Missing credentials matter only where hosts need them.
+    pub fn from_env(fleet: &Fleet) -> Clouds {
+        let uses = |k: ProviderKind| fleet.hosts.iter().any(|h| h.provider == k);
+        let mut c = Clouds::default();
+        if uses(ProviderKind::Hetzner) || fleet.settings.hetzner.declared {
+            match hetzner::Hetzner::from_env(&fleet.settings.hetzner) {
+                Ok(p) => c.hetzner = Some(std::sync::Arc::new(p)),
+                Err(e) if uses(ProviderKind::Hetzner) => c.missing.push((ProviderKind::Hetzner, e)),
+                Err(_) => {}
+            }
+        }
+        if let Some(settings) = &fleet.settings.lightsail {
+            match lightsail::Lightsail::from_env(settings) {
+                Ok(p) => c.lightsail = Some(std::sync::Arc::new(p)),
+                Err(e) if uses(ProviderKind::Lightsail) => {
+                    c.missing.push((ProviderKind::Lightsail, e))
+                }
+                Err(_) => {}
+            }
+        }
+        c
+    }
+
+    pub fn get(&self, k: ProviderKind) -> Option<&std::sync::Arc<dyn Provider>> {
+        match k {
+            ProviderKind::Hetzner => self.hetzner.as_ref(),
+            ProviderKind::Lightsail => self.lightsail.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &std::sync::Arc<dyn Provider>> {
+        self.hetzner.iter().chain(self.lightsail.iter())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hetzner.is_none() && self.lightsail.is_none()
+    }
+}
+
+/// What the cloud looks like now: every provider's servers and prices.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub servers: Vec<ObservedServer>,
+    pub prices: BTreeMap<ProviderKind, PriceList>,
+}
+
+impl Observed {
+    pub fn server(&self, provider: ProviderKind, name: &str) -> Option<&ObservedServer> {
+        self.servers
+            .iter()
+            .find(|s| s.provider == provider && s.name == name)
+    }
+}
+
+/// List servers and prices of every provider, in parallel.
+pub async fn observe(clouds: &Clouds) -> Result<Observed, CloudError> {
+    let mut out = Observed::default();
+    let work: Vec<_> = clouds
+        .all()
+        .map(|p| async move {
+            let (servers, prices) = tokio::join!(p.servers(), p.prices());
+            Ok::<_, CloudError>((p.kind(), servers?, prices?))
+        })
+        .collect();
+    for r in join_all(work).await {
+        let (kind, servers, prices) = r?;
+        out.servers.extend(servers);
+        out.prices.insert(kind, prices);
+    }
+    Ok(out)
+}
+
+/// Await futures concurrently, results in order (no extra dependency for it).
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut handles: Vec<Option<Pin<Box<F>>>> = handles.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, h) in handles.iter_mut().enumerate() {
+            if let Some(f) = h {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        outs[i] = Some(v);
+                        *h = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// Retry `f` with exponential backoff while it fails with a retryable error.
+/// `after` says how long the server asked to wait (rate limits), if it did.
+pub async fn with_retries<T, E, Fut2>(
+    attempts: u32,
+    mut f: impl FnMut() -> Fut2,
+    retryable: impl Fn(&E) -> Option<Option<Duration>>,
+) -> Result<T, E>
+where
+    Fut2: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => match retryable(&e) {
+                Some(asked) if n < attempts => {
+                    let wait = asked.unwrap_or(delay).min(Duration::from_secs(60));
+                    tracing::debug!(
+                        attempt = n,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying a cloud call"
+                    );
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(16));
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}

@@ -1,0 +1,797 @@
+//! The cloud plan: desired servers against the servers the providers list,
+//! with the monthly cost of each change and of the whole fleet. Pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::desired::{DesiredServer, describe_port};
+use super::{ALLOW_DESTROY, HOST_KEY, Monthly, Observed, ObservedServer};
+use crate::engine::plan::Attr;
+use crate::model::desired::{Fleet, ProviderKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudAction {
+    Create,
+    /// Labels, firewall rules, ports, static IP: changed in place.
+    Update,
+    /// A new server type in place (Hetzner).
+    Resize,
+    /// Deleted and created again: what the provider cannot change in place.
+    Replace,
+    Delete,
+}
+
+impl CloudAction {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CloudAction::Create => "+",
+            CloudAction::Update | CloudAction::Resize => "~",
+            CloudAction::Replace => "-/+",
+            CloudAction::Delete => "-",
+        }
+    }
+    pub fn word(self) -> &'static str {
+        match self {
+            CloudAction::Create => "create",
+            CloudAction::Update => "update",
+            CloudAction::Resize => "resize",
+            CloudAction::Replace => "replace",
+            CloudAction::Delete => "delete",
+        }
+    }
+    /// Does the change end a server (and everything on its disk)?
+    pub fn destroys(self) -> bool {
+        matches!(self, CloudAction::Replace | CloudAction::Delete)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CloudChange {
+    pub host: String,
+    pub provider: ProviderKind,
+    pub action: CloudAction,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attrs: Vec<Attr>,
+    /// Why a replace (or a resize) is needed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Monthly price before and after the change.
+    pub cost_before: Option<Monthly>,
+    pub cost_after: Option<Monthly>,
+    /// For changes that destroy a server: is that permitted?
+    pub allow_destroy: bool,
+    /// Why apply refuses this change as it stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+    #[serde(skip)]
+    pub desired: Option<DesiredServer>,
+    #[serde(skip)]
+    pub observed: Option<ObservedServer>,
+}
+
+impl CloudChange {
+    pub fn address(&self) -> String {
+        format!("{} server", self.host)
+    }
+}
+
+/// Monthly totals in one currency.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct CostLine {
+    pub prior: f64,
+    pub proposed: f64,
+}
+
+impl CostLine {
+    pub fn delta(&self) -> f64 {
+        self.proposed - self.prior
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CloudPlan {
+    pub changes: Vec<CloudChange>,
+    /// Monthly cost of the fleet's servers, per currency.
+    pub cost: BTreeMap<&'static str, CostLine>,
+    /// Problems that stop the plan from being applied (name clashes, unknown sizes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl CloudPlan {
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+    pub fn blocked(&self) -> Vec<String> {
+        self.changes
+            .iter()
+            .filter_map(|c| c.blocked.clone())
+            .chain(self.errors.iter().cloned())
+            .collect()
+    }
+    pub fn change(&self, host: &str) -> Option<&CloudChange> {
+        self.changes.iter().find(|c| c.host == host)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// `--allow-destroy`: permit deleting and replacing servers.
+    pub allow_destroy: bool,
+}
+
+fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
+    Attr {
+        name: name.to_string(),
+        before,
+        after,
+    }
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    l.iter()
+        .filter(|(k, _)| k.as_str() != HOST_KEY)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn rules_text(r: &[crate::model::desired::CloudPort]) -> String {
+    if r.is_empty() {
+        "(none)".into()
+    } else {
+        r.iter().map(describe_port).collect::<Vec<_>>().join("; ")
+    }
+}
+
+fn size_word(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::Lightsail => "bundle",
+        _ => "type",
+    }
+}
+
+fn location_word(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::Lightsail => "zone",
+        _ => "location",
+    }
+}
+
+fn image_word(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::Lightsail => "blueprint",
+        _ => "image",
+    }
+}
+
+/// Is destroying the server of `host` permitted: by `--allow-destroy`, by the
+/// label its host's config put on it, or by its `count:` group's config?
+fn destroy_permitted(fleet: &Fleet, o: &ObservedServer, opts: PlanOptions) -> bool {
+    if opts.allow_destroy || o.labels.get(ALLOW_DESTROY).map(String::as_str) == Some("true") {
+        return true;
+    }
+    // `web-3` after `count:` went down to 2: its group may allow it.
+    let group = o
+        .name
+        .rsplit_once('-')
+        .filter(|(_, n)| n.parse::<u32>().is_ok())
+        .map(|(g, _)| g);
+    fleet.hosts.iter().any(|h| {
+        h.name == o.name && h.allow_destroy
+            || (group.is_some() && h.group.as_deref() == group && h.allow_destroy)
+    })
+}
+
+fn refusal(c: &CloudChange) -> String {
+    let what = if c.action == CloudAction::Replace {
+        "replacing it deletes the server and its disk"
+    } else {
+        "it would be deleted"
+    };
+    format!(
+        "{} server: {what}, but destroying it is not permitted: set `allow_destroy: true` in its \
+         host file (apply that first, then remove the host), or run `tidekeeper apply --allow-destroy`",
+        c.host
+    )
+}
+
+/// Plan the servers of `scope` (None: the whole fleet; only then can servers
+/// whose host left the config be deleted).
+pub fn plan(
+    fleet: &Fleet,
+    desired: &[DesiredServer],
+    observed: &Observed,
+    scope: Option<&[String]>,
+    opts: PlanOptions,
+) -> CloudPlan {
+    let mut plan = CloudPlan::default();
+    let in_scope = |host: &str| scope.is_none_or(|s| s.iter().any(|h| h == host));
+    let price = |p: ProviderKind, size: &str, loc: &str| {
+        observed.prices.get(&p).and_then(|l| l.price(size, loc))
+    };
+    let mut add = |m: Option<Monthly>, prior: bool| {
+        if let Some(m) = m {
+            let line = plan.cost.entry(m.currency).or_default();
+            if prior {
+                line.prior += m.amount;
+            } else {
+                line.proposed += m.amount;
+            }
+        }
+    };
+    // What the fleet pays now, and what it would pay.
+    for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
+        add(price(o.provider, &o.size, &o.location), true);
+    }
+    for d in desired {
+        // A name taken by a server tidekeeper does not manage is never created.
+        let clash = observed
+            .server(d.provider, &d.host)
+            .filter(|o| !o.owned_by(&fleet.name));
+        if clash.is_none() {
+            add(price(d.provider, &d.size, &d.location), false);
+        }
+    }
+    let mut changes = Vec::new();
+    for d in desired.iter().filter(|d| in_scope(&d.host)) {
+        let list = observed.prices.get(&d.provider);
+        if let Some(list) = list
+            && !list.monthly.keys().any(|(s, _)| *s == d.size)
+        {
+            plan.errors.push(format!(
+                "{}: the {} {} {:?} is not offered; it offers: {}",
+                d.host,
+                provider_name(d.provider),
+                size_word(d.provider),
+                d.size,
+                list.sizes().join(", ")
+            ));
+            continue;
+        }
+        let after = price(d.provider, &d.size, &d.location);
+        if list.is_some() && after.is_none() {
+            plan.warnings.push(format!(
+                "{}: no price for {} in {}; its cost is not counted",
+                d.host, d.size, d.location
+            ));
+        }
+        let Some(o) = observed.server(d.provider, &d.host) else {
+            changes.push(CloudChange {
+                host: d.host.clone(),
+                provider: d.provider,
+                action: CloudAction::Create,
+                attrs: vec![
+                    attr(size_word(d.provider), None, Some(d.size.clone())),
+                    attr(image_word(d.provider), None, Some(d.image.clone())),
+                    attr(location_word(d.provider), None, Some(d.location.clone())),
+                ],
+                reason: None,
+                cost_before: None,
+                cost_after: after,
+                allow_destroy: d.allow_destroy,
+                blocked: None,
+                desired: Some(d.clone()),
+                observed: None,
+            });
+            continue;
+        };
+        if !o.owned_by(&fleet.name) {
+            plan.errors.push(format!(
+                "{}: a {} server named {:?} already exists but is not managed by tidekeeper for \
+                 fleet {:?} (it lacks the labels managed-by=tidekeeper, tidekeeper-fleet={}); it is \
+                 left alone. Rename the host, or adopt the server by adding those labels to it",
+                d.host,
+                provider_name(d.provider),
+                o.name,
+                fleet.name,
+                fleet.name
+            ));
+            continue;
+        }
+        let before = price(o.provider, &o.size, &o.location);
+        let mut attrs = Vec::new();
+        let mut replace = Vec::new();
+        if o.location != d.location {
+            attrs.push(attr(
+                location_word(d.provider),
+                Some(o.location.clone()),
+                Some(d.location.clone()),
+            ));
+            replace.push(format!(
+                "a server cannot move to another {}",
+                location_word(d.provider)
+            ));
+        }
+        if let Some(img) = &o.image
+            && *img != d.image
+        {
+            attrs.push(attr(
+                image_word(d.provider),
+                Some(img.clone()),
+                Some(d.image.clone()),
+            ));
+            replace.push(format!(
+                "the {} is chosen only when a server is created",
+                image_word(d.provider)
+            ));
+        }
+        let resize = o.size != d.size;
+        if resize {
+            attrs.push(attr(
+                size_word(d.provider),
+                Some(o.size.clone()),
+                Some(d.size.clone()),
+            ));
+            if d.provider == ProviderKind::Lightsail {
+                replace.push(
+                    "Lightsail cannot change an instance's bundle in place \
+                     (a new instance is created with the new bundle)"
+                        .into(),
+                );
+            }
+        }
+        let mut have_labels = o.labels.clone();
+        have_labels.remove(HOST_KEY);
+        if have_labels != d.labels {
+            attrs.push(attr(
+                "labels",
+                Some(labels_text(&have_labels)),
+                Some(labels_text(&d.labels)),
+            ));
+        }
+        let have_rules = o.firewall.clone().unwrap_or_default();
+        // No rules in the config: Lightsail's default ports are left alone,
+        // and a Hetzner firewall tidekeeper made earlier is removed.
+        let managed =
+            !d.firewall.is_empty() || (o.firewall.is_some() && d.provider == ProviderKind::Hetzner);
+        if managed && have_rules != d.firewall {
+            attrs.push(attr(
+                if d.provider == ProviderKind::Lightsail {
+                    "public ports"
+                } else {
+                    "firewall"
+                },
+                Some(rules_text(&have_rules)),
+                Some(rules_text(&d.firewall)),
+            ));
+        }
+        if d.static_ip && !o.static_ip && d.provider == ProviderKind::Lightsail {
+            attrs.push(attr(
+                "static ip",
+                Some("none".into()),
+                Some("attached".into()),
+            ));
+        }
+        if attrs.is_empty() {
+            continue;
+        }
+        let action = if !replace.is_empty() {
+            CloudAction::Replace
+        } else if resize {
+            CloudAction::Resize
+        } else {
+            CloudAction::Update
+        };
+        let reason = match action {
+            CloudAction::Replace => Some(replace.join("; ")),
+            CloudAction::Resize => {
+                Some("the server is stopped for the change and started again".into())
+            }
+            _ => None,
+        };
+        changes.push(CloudChange {
+            host: d.host.clone(),
+            provider: d.provider,
+            action,
+            attrs,
+            reason,
+            cost_before: before,
+            cost_after: after,
+            allow_destroy: action != CloudAction::Replace || destroy_permitted(fleet, o, opts),
+            blocked: None,
+            desired: Some(d.clone()),
+            observed: Some(o.clone()),
+        });
+    }
+    if scope.is_none() {
+        for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
+            if desired
+                .iter()
+                .any(|d| d.provider == o.provider && d.host == o.name)
+            {
+                continue;
+            }
+            changes.push(CloudChange {
+                host: o.name.clone(),
+                provider: o.provider,
+                action: CloudAction::Delete,
+                attrs: vec![],
+                reason: Some("its host is no longer in the config".into()),
+                cost_before: price(o.provider, &o.size, &o.location),
+                cost_after: None,
+                allow_destroy: destroy_permitted(fleet, o, opts),
+                blocked: None,
+                desired: None,
+                observed: Some(o.clone()),
+            });
+        }
+    }
+    for c in &mut changes {
+        if c.action.destroys() && !c.allow_destroy {
+            c.blocked = Some(refusal(c));
+        }
+    }
+    plan.changes = changes;
+    plan
+}
+
+pub fn provider_name(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::Hetzner => "Hetzner",
+        ProviderKind::Lightsail => "Lightsail",
+        ProviderKind::Existing => "existing",
+        ProviderKind::Local => "local",
+    }
+}
+
+pub fn money(m: &Monthly) -> String {
+    format!("{:.2} {}", m.amount, m.currency)
+}
+
+fn signed(x: f64) -> String {
+    if x >= 0.0 {
+        format!("+{x:.2}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// `8.21 → 15.59 EUR/month (+7.38)`
+pub fn cost_text(c: &CloudChange) -> String {
+    match (&c.cost_before, &c.cost_after) {
+        (None, Some(a)) => format!("+{:.2} {}/month", a.amount, a.currency),
+        (Some(b), None) => format!("-{:.2} {}/month", b.amount, b.currency),
+        (Some(b), Some(a)) if b.currency == a.currency => {
+            if (a.amount - b.amount).abs() < 0.005 {
+                format!("{:.2} {}/month (no change)", a.amount, a.currency)
+            } else {
+                format!(
+                    "{:.2} → {:.2} {}/month ({})",
+                    b.amount,
+                    a.amount,
+                    a.currency,
+                    signed(a.amount - b.amount)
+                )
+            }
+        }
+        (Some(b), Some(a)) => format!("{} → {} a month", money(b), money(a)),
+        (None, None) => "cost unknown".into(),
+    }
+}
+
+/// `Monthly cost: 100.00 → 107.38 EUR (+7.38)`, one entry per currency.
+pub fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
+    if cost.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = cost
+        .iter()
+        .map(|(cur, l)| {
+            format!(
+                "{:.2} → {:.2} {cur} ({})",
+                l.prior,
+                l.proposed,
+                signed(l.delta())
+            )
+        })
+        .collect();
+    format!("Monthly cost: {}\n", parts.join("; "))
+}
+
+/// The cloud part of a plan, as people read it.
+pub fn text(p: &CloudPlan, color: bool) -> String {
+    let (green, yellow, red, bold, reset) = if color {
+        ("\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "", "", "", "")
+    };
+    let mut s = String::new();
+    if p.changes.is_empty() && p.errors.is_empty() && p.warnings.is_empty() {
+        return s;
+    }
+    s.push_str("Cloud servers\n");
+    for c in &p.changes {
+        let col = match c.action {
+            CloudAction::Create => green,
+            CloudAction::Update | CloudAction::Resize => yellow,
+            CloudAction::Replace | CloudAction::Delete => red,
+        };
+        let _ = write!(
+            s,
+            "  {col}{:>3}{reset} {bold}{} server{reset} ({}, {})  {}",
+            c.action.symbol(),
+            c.host,
+            provider_name(c.provider),
+            c.action.word(),
+            cost_text(c)
+        );
+        s.push('\n');
+        if let Some(r) = &c.reason {
+            let _ = writeln!(s, "        why: {r}");
+        }
+        for a in &c.attrs {
+            let line = match (&a.before, &a.after) {
+                (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
+                (None, Some(x)) => format!("{}: {x}", a.name),
+                (Some(b), None) => format!("- {}: {b}", a.name),
+                (None, None) => a.name.clone(),
+            };
+            let _ = writeln!(s, "        {line}");
+        }
+        if let Some(b) = &c.blocked {
+            let _ = writeln!(s, "  {red}blocked:{reset} {b}");
+        }
+    }
+    for e in &p.errors {
+        let _ = writeln!(s, "  {red}error:{reset} {e}");
+    }
+    for w in &p.warnings {
+        let _ = writeln!(s, "  {yellow}warning:{reset} {w}");
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{FLEET, MANAGED_BY, PowerState, PriceList};
+    use crate::model::desired::CloudPort;
+
+    fn fleet(hosts: &str) -> Fleet {
+        let mut t = crate::source::ConfigTree::default();
+        t.insert_file(
+            "tidekeeper.yaml",
+            b"fleet: acme\nproviders: {lightsail: {region: eu-central-1}}\n".to_vec(),
+        );
+        for (i, h) in hosts.split("---\n").enumerate() {
+            t.insert_file(format!("hosts/h{i}.yaml"), h.as_bytes().to_vec());
+        }
+        crate::model::load(&t).expect("valid fleet")
+    }
+
+    fn prices() -> BTreeMap<ProviderKind, PriceList> {
+        let mut h = PriceList {
+            currency: "EUR",
+            bills_stopped: true,
+            ..Default::default()
+        };
+        h.monthly.insert(("cpx21".into(), "fsn1".into()), 8.21);
+        h.monthly.insert(("cpx31".into(), "fsn1".into()), 15.59);
+        let mut l = PriceList {
+            currency: "USD",
+            bills_stopped: true,
+            ..Default::default()
+        };
+        l.monthly.insert(("medium_3_0".into(), "*".into()), 24.0);
+        l.monthly.insert(("large_3_0".into(), "*".into()), 44.0);
+        BTreeMap::from([(ProviderKind::Hetzner, h), (ProviderKind::Lightsail, l)])
+    }
+
+    fn server(name: &str, p: ProviderKind, size: &str, loc: &str, owned: bool) -> ObservedServer {
+        let mut labels = BTreeMap::new();
+        if owned {
+            labels = crate::cloud::desired::ownership("acme");
+        }
+        ObservedServer {
+            provider: p,
+            id: name.into(),
+            name: name.into(),
+            size: size.into(),
+            image: Some(
+                if p == ProviderKind::Hetzner {
+                    "debian-12"
+                } else {
+                    "debian_12"
+                }
+                .into(),
+            ),
+            location: loc.into(),
+            labels,
+            state: PowerState::Running,
+            address: Some("10.0.0.1".into()),
+            private_address: None,
+            firewall: None,
+            static_ip: false,
+            delete_protection: true,
+        }
+    }
+
+    const WEB: &str =
+        "name: web\nprovider: hetzner\nserver: {type: cpx31, image: debian-12, location: fsn1}\n";
+    const AGENT: &str = "name: agent\nprovider: lightsail\nserver: {bundle: large_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
+
+    fn run(f: &Fleet, servers: Vec<ObservedServer>, opts: PlanOptions) -> CloudPlan {
+        let obs = Observed {
+            servers,
+            prices: prices(),
+        };
+        plan(f, &crate::cloud::desired::servers(f), &obs, None, opts)
+    }
+
+    #[test]
+    fn an_empty_account_plans_creates_with_their_monthly_cost() {
+        let f = fleet(&format!("{WEB}---\n{AGENT}"));
+        let p = run(&f, vec![], PlanOptions::default());
+        let actions: Vec<_> = p
+            .changes
+            .iter()
+            .map(|c| (c.host.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [("web", CloudAction::Create), ("agent", CloudAction::Create)]
+        );
+        assert_eq!(
+            p.cost["EUR"],
+            CostLine {
+                prior: 0.0,
+                proposed: 15.59
+            }
+        );
+        assert_eq!(
+            p.cost["USD"],
+            CostLine {
+                prior: 0.0,
+                proposed: 44.0
+            }
+        );
+        assert_eq!(cost_text(&p.changes[0]), "+15.59 EUR/month");
+    }
+
+    #[test]
+    fn a_hetzner_type_change_is_a_resize_with_its_cost_delta() {
+        let f = fleet(WEB);
+        let p = run(
+            &f,
+            vec![server("web", ProviderKind::Hetzner, "cpx21", "fsn1", true)],
+            PlanOptions::default(),
+        );
+        assert_eq!(p.changes.len(), 1);
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Resize);
+        assert_eq!(cost_text(c), "8.21 → 15.59 EUR/month (+7.38)");
+        assert!(c.blocked.is_none());
+        assert!((p.cost["EUR"].delta() - 7.38).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_lightsail_bundle_change_is_a_replace_with_its_reason_and_needs_permission() {
+        let f = fleet(AGENT);
+        let have = vec![server(
+            "agent",
+            ProviderKind::Lightsail,
+            "medium_3_0",
+            "eu-central-1a",
+            true,
+        )];
+        let p = run(&f, have.clone(), PlanOptions::default());
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Replace);
+        assert!(c.reason.as_deref().unwrap().contains("bundle in place"));
+        assert!(c.blocked.as_deref().unwrap().contains("allow_destroy"));
+        let p = run(
+            &f,
+            have,
+            PlanOptions {
+                allow_destroy: true,
+            },
+        );
+        assert!(p.changes[0].blocked.is_none());
+    }
+
+    #[test]
+    fn unmanaged_servers_are_never_touched() {
+        let f = fleet(WEB);
+        let p = run(
+            &f,
+            vec![
+                server("web", ProviderKind::Hetzner, "cpx21", "fsn1", false),
+                server("legacy", ProviderKind::Hetzner, "cpx21", "fsn1", false),
+            ],
+            PlanOptions {
+                allow_destroy: true,
+            },
+        );
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        assert_eq!(p.errors.len(), 1);
+        assert!(
+            p.errors[0].contains("not managed by tidekeeper"),
+            "{}",
+            p.errors[0]
+        );
+        // Neither is counted as the fleet's cost.
+        let eur = p.cost.get("EUR").copied().unwrap_or_default();
+        assert_eq!((eur.prior, eur.proposed), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_removed_host_plans_a_delete_refused_without_permission() {
+        let f = fleet(WEB);
+        let mut gone = server("old", ProviderKind::Hetzner, "cpx21", "fsn1", true);
+        let p = run(&f, vec![gone.clone()], PlanOptions::default());
+        let c = p.changes.iter().find(|c| c.host == "old").unwrap();
+        assert_eq!(c.action, CloudAction::Delete);
+        assert!(c.blocked.is_some());
+        assert_eq!(cost_text(c), "-8.21 EUR/month");
+        // The label put there while its config said allow_destroy permits it.
+        gone.labels.insert(ALLOW_DESTROY.into(), "true".into());
+        let p = run(&f, vec![gone], PlanOptions::default());
+        assert!(p.changes.iter().all(|c| c.blocked.is_none()));
+    }
+
+    #[test]
+    fn lowering_count_deletes_the_highest_numbered_with_the_groups_permission() {
+        let f = fleet(
+            "name: ws\ncount: 1\nallow_destroy: true\nprovider: hetzner\nserver: {type: cpx21, image: debian-12, location: fsn1}\n",
+        );
+        let mut s1 = server("ws-1", ProviderKind::Hetzner, "cpx21", "fsn1", true);
+        s1.labels.insert(ALLOW_DESTROY.into(), "true".into());
+        let s2 = server("ws-2", ProviderKind::Hetzner, "cpx21", "fsn1", true);
+        let p = run(&f, vec![s1, s2], PlanOptions::default());
+        assert_eq!(p.changes.len(), 1, "{:?}", p.changes);
+        assert_eq!(p.changes[0].host, "ws-2");
+        assert_eq!(p.changes[0].action, CloudAction::Delete);
+        assert!(p.changes[0].blocked.is_none());
+    }
+
+    #[test]
+    fn labels_and_firewall_rules_update_in_place_and_the_host_key_label_is_ignored() {
+        let f = fleet(
+            "name: web\nprovider: hetzner\nserver:\n  type: cpx31\n  image: debian-12\n  location: fsn1\n  labels: {role: web}\n  firewall: [{port: \"22\", from: [10.0.0.2/32]}]\n",
+        );
+        let mut s = server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true);
+        s.labels.insert(HOST_KEY.into(), "ab".repeat(20));
+        let p = run(&f, vec![s.clone()], PlanOptions::default());
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Update);
+        let names: Vec<&str> = c.attrs.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["labels", "firewall"]);
+        s.labels.insert("role".into(), "web".into());
+        s.firewall = Some(vec![CloudPort {
+            from_port: 22,
+            to_port: 22,
+            proto: "tcp".into(),
+            from: vec!["10.0.0.2/32".into()],
+        }]);
+        let p = run(&f, vec![s], PlanOptions::default());
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        assert!(
+            labels_text(&BTreeMap::from([
+                (FLEET.to_string(), "acme".to_string()),
+                (MANAGED_BY.to_string(), "x".to_string())
+            ]))
+            .contains("tidekeeper-fleet=acme")
+        );
+    }
+
+    #[test]
+    fn an_unknown_size_names_what_the_provider_offers() {
+        let f = fleet(
+            "name: web\nprovider: hetzner\nserver: {type: cpx311, image: debian-12, location: fsn1}\n",
+        );
+        let p = run(&f, vec![], PlanOptions::default());
+        assert!(p.changes.is_empty());
+        assert!(
+            p.errors[0].contains("\"cpx311\" is not offered; it offers: cpx21, cpx31"),
+            "{}",
+            p.errors[0]
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! A whole reconcile: the cloud stage, then the hosts.
+//!
+//! Plan: list the providers' servers (one listing per provider), plan the
+//! servers (with costs), fill in the addresses and host-key fingerprints of
+//! the cloud hosts whose servers run, and plan every reachable host through
+//! the host engine. A host whose server is still to be created is planned
+//! against an empty machine, so the plan shows what it will get.
+//!
+//! Apply: create, update, resize and replace servers; apply the hosts that
+//! were planned; configure the new servers in the same run (wait for SSH with
+//! the generated host key, plan, apply); delete servers last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cloud::apply::CloudOutcome;
+use crate::cloud::plan::{CloudAction, CloudPlan, PlanOptions as CloudOptions};
+use crate::cloud::{self, Clouds, HOST_KEY, PowerState};
+use crate::engine::{self, Event, HostResult, Options, Planned, Progress};
+use crate::model::desired::{Fleet, ProviderKind};
+
+/// How long a new server may take from "running" to answering SSH.
+const SSH_WAIT: Duration = Duration::from_secs(300);
+
+pub struct FleetPlan {
+    /// The fleet with the addresses and host keys of running cloud servers.
+    pub fleet: Arc<Fleet>,
+    /// None when the fleet has no cloud servers to look at.
+    pub cloud: Option<CloudPlan>,
+    pub hosts: Vec<Planned>,
+    /// Hosts whose server this plan creates (or replaces): configured after.
+    pub new_servers: Vec<String>,
+}
+
+impl FleetPlan {
+    pub fn results(&self) -> Vec<&HostResult> {
+        self.hosts.iter().map(|p| p.result()).collect()
+    }
+    pub fn has_changes(&self) -> bool {
+        self.cloud.as_ref().is_some_and(|c| c.has_changes())
+            || self
+                .hosts
+                .iter()
+                .any(|p| p.result().plan.as_ref().is_some_and(|x| x.has_changes()))
+    }
+    /// What stops this plan from being applied as it stands (the cloud's own
+    /// refusals; hosts report theirs per host).
+    pub fn refusals(&self) -> Vec<String> {
+        self.cloud.as_ref().map(|c| c.blocked()).unwrap_or_default()
+    }
+}
+
+/// Everything a reconcile did.
+pub struct Applied {
+    pub cloud: Vec<CloudOutcome>,
+    pub hosts: Vec<HostResult>,
+}
+
+fn result(host: &str, address: &str) -> HostResult {
+    HostResult {
+        host: host.to_string(),
+        address: address.to_string(),
+        learned_host_key: None,
+        generated_host_key: None,
+        skipped: None,
+        plan: None,
+        error: None,
+        outcome: None,
+        elapsed: Duration::ZERO,
+    }
+}
+
+/// A host planned against an empty machine: what a new server will get.
+fn preview(fleet: &Fleet, name: &str, opts: &Options) -> HostResult {
+    let host = fleet.host(name).expect("selected host exists");
+    let items = engine::item::items(host);
+    let mut r = result(name, "(new server)");
+    let mut p =
+        engine::plan::plan_host(host, &items, &engine::probe::Observed::default(), opts.plan);
+    p.warnings
+        .push("planned against an empty machine: the server does not exist yet".into());
+    r.plan = Some(p);
+    r
+}
+
+fn why_not_running(s: &PowerState) -> String {
+    match s {
+        PowerState::Off => "the server is off (stopped by a power schedule or by hand); it is configured when it runs again".into(),
+        PowerState::Starting => "the server is starting; it is configured on the next pass".into(),
+        PowerState::Stopping => "the server is stopping".into(),
+        PowerState::Other(s) => format!("the server is {s}"),
+        PowerState::Running => "the server has no public address".into(),
+    }
+}
+
+/// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are
+/// servers whose hosts left the config planned for deletion).
+pub async fn plan(
+    fleet: Arc<Fleet>,
+    names: Vec<String>,
+    whole_fleet: bool,
+    opts: Arc<Options>,
+    clouds: &Clouds,
+    cloud_opts: CloudOptions,
+    progress: Progress,
+) -> FleetPlan {
+    let is_cloud = |p: ProviderKind| matches!(p, ProviderKind::Hetzner | ProviderKind::Lightsail);
+    let cloud_hosts: Vec<&str> = names
+        .iter()
+        .filter(|n| fleet.host(n).is_some_and(|h| is_cloud(h.provider)))
+        .map(String::as_str)
+        .collect();
+    if cloud_hosts.is_empty() && (clouds.is_empty() || !whole_fleet) {
+        let hosts = engine::plan_all(fleet.clone(), names, opts, progress).await;
+        return FleetPlan {
+            fleet,
+            cloud: None,
+            hosts,
+            new_servers: vec![],
+        };
+    }
+    let observed = cloud::observe(clouds).await;
+    let mut with_addresses = (*fleet).clone();
+    let mut early: Vec<HostResult> = Vec::new();
+    let mut reachable = Vec::new();
+    let mut new_servers = Vec::new();
+    let cloud_plan = match &observed {
+        Ok(obs) => {
+            let desired = cloud::desired::servers(&fleet);
+            let scope = (!whole_fleet).then_some(names.as_slice());
+            Some(cloud::plan::plan(&fleet, &desired, obs, scope, cloud_opts))
+        }
+        Err(_) => None,
+    };
+    for name in &names {
+        let host = fleet.host(name).expect("selected host exists");
+        if !is_cloud(host.provider) {
+            reachable.push(name.clone());
+            continue;
+        }
+        if let Some((_, e)) = clouds.missing.iter().find(|(k, _)| *k == host.provider) {
+            let mut r = result(name, "-");
+            r.error = Some(e.to_string());
+            early.push(r);
+            continue;
+        }
+        let obs = match &observed {
+            Ok(o) => o,
+            Err(e) => {
+                let mut r = result(name, "-");
+                r.error = Some(format!("cannot see the server: {e}"));
+                early.push(r);
+                continue;
+            }
+        };
+        let change = cloud_plan.as_ref().and_then(|p| p.change(name));
+        let server = obs
+            .server(host.provider, name)
+            .filter(|s| s.owned_by(&fleet.name));
+        let recreated =
+            change.is_some_and(|c| matches!(c.action, CloudAction::Create | CloudAction::Replace));
+        if recreated {
+            new_servers.push(name.clone());
+            early.push(preview(&fleet, name, &opts));
+            continue;
+        }
+        let Some(server) = server else {
+            // A name clash with a server tidekeeper does not manage (in the cloud plan's errors).
+            let mut r = result(name, "-");
+            r.skipped = Some("its server is not managed by tidekeeper (see the cloud plan)".into());
+            early.push(r);
+            continue;
+        };
+        match (&server.state, &server.address) {
+            (PowerState::Running, Some(addr)) => {
+                let h = with_addresses
+                    .hosts
+                    .iter_mut()
+                    .find(|h| h.name == *name)
+                    .expect("host exists");
+                h.address = Some(addr.clone());
+                h.cloud_host_key = server.labels.get(HOST_KEY).cloned();
+                reachable.push(name.clone());
+            }
+            (state, _) => {
+                let mut r = result(name, server.address.as_deref().unwrap_or("-"));
+                r.skipped = Some(why_not_running(state));
+                early.push(r);
+            }
+        }
+    }
+    let fleet = Arc::new(with_addresses);
+    let mut planned = engine::plan_all(fleet.clone(), reachable, opts, progress).await;
+    planned.extend(early.into_iter().map(Planned::without_connection));
+    // Back in the order the hosts were asked for.
+    planned.sort_by_key(|p| names.iter().position(|n| *n == p.result().host));
+    let mut cloud = cloud_plan;
+    if let Err(e) = &observed {
+        cloud = Some(CloudPlan {
+            errors: vec![format!("cannot list the cloud servers: {e}")],
+            ..Default::default()
+        });
+    }
+    FleetPlan {
+        fleet,
+        cloud,
+        hosts: planned,
+        new_servers,
+    }
+}
+
+/// Apply a plan: servers first (deletes last), the planned hosts, then the
+/// hosts of new servers, configured over SSH with their generated host keys.
+pub async fn apply(
+    plan: FleetPlan,
+    opts: Arc<Options>,
+    clouds: &Clouds,
+    progress: Progress,
+) -> Applied {
+    let FleetPlan {
+        fleet,
+        cloud,
+        hosts,
+        new_servers,
+    } = plan;
+    let say = {
+        let progress = progress.clone();
+        move |host: &str, message: &str| {
+            progress(Event::Server {
+                host: host.to_string(),
+                message: message.to_string(),
+            })
+        }
+    };
+    let mut outcomes = Vec::new();
+    let (deletes, rest): (Vec<_>, Vec<_>) = cloud
+        .as_ref()
+        .map(|c| c.changes.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|c| c.action == CloudAction::Delete);
+    let login_keys = if new_servers.is_empty() {
+        vec![]
+    } else {
+        cloud::hostkey::login_keys(
+            opts.ssh_key
+                .as_deref()
+                .or(fleet.settings.ssh.key.as_deref()),
+        )
+        .await
+    };
+    if !rest.is_empty() {
+        let first = CloudPlan {
+            changes: rest,
+            ..Default::default()
+        };
+        outcomes
+            .extend(cloud::apply::apply(&first, clouds, &login_keys, opts.parallel, &say).await);
+    }
+    // The hosts planned over SSH.
+    let (existing, previews): (Vec<Planned>, Vec<Planned>) = hosts
+        .into_iter()
+        .partition(|p| !new_servers.contains(&p.result().host));
+    let mut results = engine::apply_all(existing, opts.clone(), progress.clone()).await;
+    // The new servers: their addresses and generated keys, then plan + apply.
+    let mut fleet2 = (*fleet).clone();
+    let mut ready = Vec::new();
+    for p in previews {
+        let name = p.result().host.clone();
+        let made = outcomes.iter().find(|o| o.host == name);
+        let mut r = p.result;
+        r.plan = None;
+        match made {
+            Some(CloudOutcome {
+                error: None,
+                server: Some(s),
+                ..
+            }) => {
+                let h = fleet2
+                    .hosts
+                    .iter_mut()
+                    .find(|h| h.name == name)
+                    .expect("host exists");
+                h.address = s.address.clone();
+                h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
+                let port = h.ssh.port;
+                let addr = h.address.clone().unwrap_or_default();
+                say(&name, "waiting for SSH…");
+                match cloud::apply::wait_for_port(&addr, port, SSH_WAIT).await {
+                    Ok(()) => ready.push(name),
+                    Err(e) => {
+                        r.error = Some(e);
+                        results.push(r);
+                    }
+                }
+            }
+            Some(o) => {
+                r.error = Some(format!(
+                    "the server was not created: {}",
+                    o.error.as_deref().unwrap_or("unknown error")
+                ));
+                results.push(r);
+            }
+            None => {
+                r.error = Some("the server was not created".into());
+                results.push(r);
+            }
+        }
+    }
+    if !ready.is_empty() {
+        let fleet2 = Arc::new(fleet2);
+        let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone()).await;
+        results.extend(engine::apply_all(planned, opts.clone(), progress.clone()).await);
+    }
+    if !deletes.is_empty() {
+        let last = CloudPlan {
+            changes: deletes,
+            ..Default::default()
+        };
+        outcomes.extend(cloud::apply::apply(&last, clouds, &login_keys, opts.parallel, &say).await);
+    }
+    let order: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+    results.sort_by_key(|r| order.iter().position(|n| *n == r.host));
+    Applied {
+        cloud: outcomes,
+        hosts: results,
+    }
+}
+
+/// Close the connections of a plan that is not applied.
+pub async fn finish(plan: FleetPlan) -> Vec<HostResult> {
+    engine::finish(plan.hosts).await
+}
+
+/// The plan as people read it: servers (with costs), hosts, the fleet's
+/// monthly cost, and the summary line.
+pub fn text(cloud: Option<&CloudPlan>, results: &[&HostResult], color: bool) -> String {
+    let mut s = cloud
+        .map(|c| cloud::plan::text(c, color))
+        .unwrap_or_default();
+    s.push_str(&engine::render::hosts_text(results, color));
+    if let Some(c) = cloud {
+        s.push_str(&cloud::plan::cost_summary(&c.cost));
+    }
+    s.push_str(&engine::render::summary_line(&totals(cloud, results)));
+    s
+}
+
+pub fn totals(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> engine::render::Totals {
+    engine::render::with_cloud(engine::render::totals(results), cloud)
+}
+
+/// The plan as JSON: `hosts`, `cloud` (changes and monthly cost), `summary`.
+pub fn json(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> serde_json::Value {
+    let mut doc = engine::render::json(results);
+    doc["cloud"] = serde_json::to_value(cloud).unwrap_or_default();
+    doc["summary"] = serde_json::to_value(totals(cloud, results)).unwrap_or_default();
+    doc
+}
+
+/// What the cloud stage did, a line per server.
+pub fn cloud_summary(outcomes: &[CloudOutcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        let line = match &o.error {
+            None => format!(
+                "{:<16} ok      server {} ({:.1}s)",
+                o.host,
+                o.action.word(),
+                o.seconds
+            ),
+            Some(e) => format!("{:<16} FAILED  server {}: {e}", o.host, o.action.word()),
+        };
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}

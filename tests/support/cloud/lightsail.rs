@@ -1,0 +1,614 @@
+//! A stateful emulator of the AWS Lightsail API subset tidekeeper uses, in
+//! its wire protocol: `POST /` with `X-Amz-Target: Lightsail_20161128.<Op>`,
+//! awsJson1.1 bodies, SigV4 `Authorization` (access key, region and service
+//! checked), errors as `{"__type", "message"}`, operations that run
+//! asynchronously, and throttling answered with `x-amz-retry-after`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Cloud, Fault, Faults, cloud_init};
+
+pub const ACCESS_KEY: &str = "AKIDTIDEKEEPERTEST";
+pub const SECRET_KEY: &str = "lightsail-test-secret";
+pub const REGION: &str = "eu-central-1";
+
+/// Bundles: (id, USD/month, cpus, RAM GB, disk GB).
+pub const BUNDLES: &[(&str, f64, i32, f64, i32)] = &[
+    ("nano_3_0", 5.0, 2, 0.5, 20),
+    ("micro_3_0", 7.0, 2, 1.0, 40),
+    ("small_3_0", 12.0, 2, 2.0, 60),
+    ("medium_3_0", 24.0, 2, 4.0, 80),
+    ("large_3_0", 44.0, 2, 8.0, 160),
+    ("xlarge_3_0", 84.0, 4, 16.0, 320),
+];
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub bundle: String,
+    pub blueprint: String,
+    pub zone: String,
+    pub state: String,
+    pub tags: Vec<(String, String)>,
+    pub public_ip: Option<String>,
+    pub static_ip: bool,
+    pub ports: Vec<Value>,
+    pub created: f64,
+    pub host: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Operation {
+    id: String,
+    resource: String,
+    kind: String,
+    ready_at: Instant,
+    done: Arc<Mutex<bool>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub instance: String,
+    pub tags: Vec<(String, String)>,
+    pub created: f64,
+}
+
+#[derive(Default)]
+pub struct Account {
+    next: u64,
+    pub instances: BTreeMap<String, Instance>,
+    operations: BTreeMap<String, Operation>,
+    pub snapshots: BTreeMap<String, Snapshot>,
+    /// Static IP name → (address, attached instance).
+    pub static_ips: BTreeMap<String, (String, Option<String>)>,
+    pub key_pairs: BTreeMap<String, String>,
+}
+
+pub struct Lightsail {
+    pub url: String,
+    pub account: Arc<Mutex<Account>>,
+    pub faults: Arc<Faults>,
+    pub cloud: Cloud,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    account: Arc<Mutex<Account>>,
+    faults: Arc<Faults>,
+    cloud: Cloud,
+}
+
+fn error(status: u16, kind: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amzn-requestid", "00000000-0000-0000-0000-000000000000"),
+        ],
+        json!({"__type": kind, "message": message, "code": kind}).to_string(),
+    )
+        .into_response()
+}
+
+fn ok(body: Value) -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/x-amz-json-1.1"),
+            ("x-amzn-requestid", "00000000-0000-0000-0000-000000000001"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn epoch() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
+}
+
+fn location(zone: &str) -> Value {
+    json!({"availabilityZone": zone, "regionName": REGION})
+}
+
+fn tags_json(tags: &[(String, String)]) -> Vec<Value> {
+    tags.iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect()
+}
+
+fn instance_json(i: &Instance) -> Value {
+    let b = BUNDLES
+        .iter()
+        .find(|b| b.0 == i.bundle)
+        .copied()
+        .unwrap_or(BUNDLES[0]);
+    json!({
+        "name": i.name,
+        "arn": format!("arn:aws:lightsail:{REGION}:123456789012:Instance/{}", i.name),
+        "supportCode": "123456789012/i-0abc",
+        "createdAt": i.created,
+        "location": location(&i.zone),
+        "resourceType": "Instance",
+        "tags": tags_json(&i.tags),
+        "blueprintId": i.blueprint,
+        "blueprintName": "Debian",
+        "bundleId": i.bundle,
+        "addOns": [],
+        "isStaticIp": i.static_ip,
+        "privateIpAddress": "172.26.0.10",
+        "publicIpAddress": i.public_ip,
+        "ipv6Addresses": [],
+        "ipAddressType": "dualstack",
+        "hardware": {"cpuCount": b.2, "disks": [], "ramSizeInGb": b.3},
+        "networking": {"monthlyTransfer": {"gbPerMonthAllocated": 3072}, "ports": i.ports.iter().map(|p| {
+            let mut p = p.clone();
+            p["accessFrom"] = json!("Custom");
+            p["accessType"] = json!("public");
+            p["accessDirection"] = json!("inbound");
+            p
+        }).collect::<Vec<_>>()},
+        "state": {"code": if i.state == "running" { 16 } else { 80 }, "name": i.state},
+        "username": "admin",
+        "sshKeyName": "LightsailDefaultKeyPair",
+    })
+}
+
+fn operation_json(o: &Operation) -> Value {
+    let finished = *o.done.lock().unwrap() && Instant::now() >= o.ready_at;
+    json!({
+        "id": o.id, "resourceName": o.resource, "resourceType": "Instance",
+        "createdAt": epoch(), "location": location("eu-central-1a"),
+        "isTerminal": finished, "operationType": o.kind,
+        "status": if finished { "Succeeded" } else { "Started" },
+        "statusChangedAt": epoch(),
+    })
+}
+
+impl Lightsail {
+    pub fn start(cloud: Cloud) -> Lightsail {
+        let account = Arc::new(Mutex::new(Account::default()));
+        account.lock().unwrap().key_pairs.insert(
+            "ops".into(),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdX0q0Ew0s7i0A2mWq5bK3kqJ0x9fQy1mJcS2pD8hZK ops@acme".into(),
+        );
+        let faults = Arc::new(Faults::default());
+        let ctx = Ctx {
+            account: account.clone(),
+            faults: faults.clone(),
+            cloud: cloud.clone(),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(ctx);
+        let (url, _) = super::serve(app);
+        Lightsail {
+            url,
+            account,
+            faults,
+            cloud,
+        }
+    }
+
+    pub fn instance(&self, name: &str) -> Option<Instance> {
+        self.account.lock().unwrap().instances.get(name).cloned()
+    }
+
+    pub fn instances(&self) -> Vec<Instance> {
+        self.account
+            .lock()
+            .unwrap()
+            .instances
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.account
+            .lock()
+            .unwrap()
+            .snapshots
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn op(a: &mut Account, faults: &Faults, resource: &str, kind: &str, done: bool) -> Operation {
+    a.next += 1;
+    let o = Operation {
+        id: format!("{:08x}-0000-4000-8000-{:012x}", a.next, a.next),
+        resource: resource.into(),
+        kind: kind.into(),
+        ready_at: Instant::now() + *faults.action_time.lock().unwrap(),
+        done: Arc::new(Mutex::new(done)),
+    };
+    a.operations.insert(o.id.clone(), o.clone());
+    o
+}
+
+/// Why the request's SigV4 credentials are refused, as (status, code, message).
+fn check_auth(headers: &HeaderMap) -> Result<(), (u16, &'static str, &'static str)> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=") else {
+        return Err((
+            400,
+            "MissingAuthenticationTokenException",
+            "missing authentication token",
+        ));
+    };
+    let scope: Vec<&str> = rest.split(',').next().unwrap_or("").split('/').collect();
+    if scope.first() != Some(&ACCESS_KEY) {
+        return Err((
+            403,
+            "UnrecognizedClientException",
+            "the security token included in the request is invalid",
+        ));
+    }
+    if scope.get(2) != Some(&REGION) || scope.get(3) != Some(&"lightsail") {
+        return Err((
+            403,
+            "InvalidSignatureException",
+            "credential should be scoped to a valid region and service",
+        ));
+    }
+    if !auth.contains("Signature=") || headers.get("x-amz-date").is_none() {
+        return Err((
+            403,
+            "InvalidSignatureException",
+            "the request signature is missing",
+        ));
+    }
+    Ok(())
+}
+
+async fn handle(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(operation) = target.strip_prefix("Lightsail_20161128.") else {
+        return error(400, "UnknownOperationException", "unknown target");
+    };
+    let operation = operation.to_string();
+    if let Err((status, code, message)) = check_auth(&headers) {
+        return error(status, code, message);
+    }
+    let mut after = None;
+    match ctx.faults.take(&operation) {
+        Some(Fault::RateLimited { retry_after }) => {
+            let mut r = error(400, "ThrottlingException", "Rate exceeded");
+            r.headers_mut().insert(
+                "x-amz-retry-after",
+                retry_after.as_millis().to_string().parse().unwrap(),
+            );
+            return r;
+        }
+        Some(Fault::ServerError) => return error(500, "InternalFailure", "internal failure"),
+        Some(f) => after = Some(f),
+        None => {}
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let response = route(&ctx, &operation, &v);
+    match after {
+        Some(Fault::Slow(d)) => {
+            tokio::time::sleep(d).await;
+            response
+        }
+        Some(Fault::DoneButFailed) => error(500, "InternalFailure", "internal failure"),
+        _ => response,
+    }
+}
+
+fn tags_of(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap_or("").to_string(),
+                t["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn not_found(what: &str) -> Response {
+    error(
+        400,
+        "NotFoundException",
+        &format!("The {what} does not exist."),
+    )
+}
+
+fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
+    let mut a = ctx.account.lock().unwrap();
+    let name = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    match operation {
+        "GetBundles" => ok(json!({"bundles": BUNDLES.iter().map(|b| json!({
+            "price": b.1, "cpuCount": b.2, "diskSizeInGb": b.4, "bundleId": b.0,
+            "instanceType": "micro", "isActive": true, "name": b.0.split('_').next().unwrap(),
+            "power": 500, "ramSizeInGb": b.3, "transferPerMonthInGb": 3072,
+            "supportedPlatforms": ["LINUX_UNIX"], "publicIpv4AddressCount": 1
+        })).collect::<Vec<_>>()})),
+        "GetInstances" => {
+            ok(json!({"instances": a.instances.values().map(instance_json).collect::<Vec<_>>()}))
+        }
+        "GetInstance" => match a.instances.get(&name("instanceName")) {
+            Some(i) => ok(json!({"instance": instance_json(i)})),
+            None => not_found("Instance"),
+        },
+        "GetKeyPairs" => ok(
+            json!({"keyPairs": a.key_pairs.keys().map(|k| json!({"name": k})).collect::<Vec<_>>()}),
+        ),
+        "CreateInstances" => {
+            let names: Vec<String> = v["instanceNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect();
+            let bundle = name("bundleId");
+            if !BUNDLES.iter().any(|b| b.0 == bundle) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!("The bundle {bundle} does not exist."),
+                );
+            }
+            if let Some(n) = names.iter().find(|n| a.instances.contains_key(*n)) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!("Some names are already in use: {n}"),
+                );
+            }
+            let mut keys = Vec::new();
+            if let Some(k) = v["keyPairName"].as_str() {
+                match a.key_pairs.get(k) {
+                    Some(pk) => keys.push(pk.clone()),
+                    None => return not_found("KeyPair"),
+                }
+            }
+            let user_data = name("userData");
+            let mut ops = Vec::new();
+            for n in names {
+                a.instances.insert(
+                    n.clone(),
+                    Instance {
+                        name: n.clone(),
+                        bundle: bundle.clone(),
+                        blueprint: name("blueprintId"),
+                        zone: name("availabilityZone"),
+                        state: "pending".into(),
+                        tags: tags_of(&v["tags"]),
+                        public_ip: None,
+                        static_ip: false,
+                        // Lightsail opens 22 (and 80) to everyone on a new instance.
+                        ports: vec![
+                            json!({"fromPort": 22, "toPort": 22, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
+                            json!({"fromPort": 80, "toPort": 80, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
+                        ],
+                        created: epoch(),
+                        host: None,
+                    },
+                );
+                let o = op(&mut a, &ctx.faults, &n, "CreateInstance", false);
+                ops.push(operation_json(&o));
+                let (cloud, account, done) =
+                    (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
+                let init = cloud_init(&user_data, &keys);
+                std::thread::spawn(move || {
+                    let (i, addr) = cloud.boot(&init);
+                    let mut a = account.lock().unwrap();
+                    if let Some(inst) = a.instances.get_mut(&n) {
+                        inst.state = "running".into();
+                        inst.public_ip = Some(addr.to_string());
+                        inst.host = Some(i);
+                    }
+                    *done.lock().unwrap() = true;
+                });
+            }
+            ok(json!({"operations": ops}))
+        }
+        "DeleteInstance" => {
+            let n = name("instanceName");
+            let Some(inst) = a.instances.remove(&n) else {
+                return not_found("Instance");
+            };
+            for ip in a.static_ips.values_mut() {
+                if ip.1.as_deref() == Some(n.as_str()) {
+                    ip.1 = None;
+                }
+            }
+            let o = op(&mut a, &ctx.faults, &n, "DeleteInstance", false);
+            let (cloud, done) = (ctx.cloud.clone(), o.done.clone());
+            std::thread::spawn(move || {
+                if let Some(i) = inst.host {
+                    cloud.remove(i);
+                }
+                *done.lock().unwrap() = true;
+            });
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "GetOperation" => match a.operations.get(&name("operationId")) {
+            Some(o) => ok(json!({"operation": operation_json(o)})),
+            None => not_found("Operation"),
+        },
+        "TagResource" => {
+            let n = name("resourceName");
+            let Some(i) = a.instances.get_mut(&n) else {
+                return not_found("Instance");
+            };
+            for (k, val) in tags_of(&v["tags"]) {
+                i.tags.retain(|t| t.0 != k);
+                i.tags.push((k, val));
+            }
+            let o = op(&mut a, &ctx.faults, &n, "TagResource", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "UntagResource" => {
+            let n = name("resourceName");
+            let Some(i) = a.instances.get_mut(&n) else {
+                return not_found("Instance");
+            };
+            let keys: Vec<String> = v["tagKeys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect();
+            i.tags.retain(|t| !keys.contains(&t.0));
+            let o = op(&mut a, &ctx.faults, &n, "UntagResource", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "PutInstancePublicPorts" => {
+            let n = name("instanceName");
+            let Some(i) = a.instances.get_mut(&n) else {
+                return not_found("Instance");
+            };
+            i.ports = v["portInfos"].as_array().cloned().unwrap_or_default();
+            let o = op(&mut a, &ctx.faults, &n, "PutInstancePublicPorts", true);
+            ok(json!({"operation": operation_json(&o)}))
+        }
+        "StartInstance" | "StopInstance" => {
+            let n = name("instanceName");
+            let start = operation == "StartInstance";
+            let Some(i) = a.instances.get_mut(&n) else {
+                return not_found("Instance");
+            };
+            let (from, to) = if start {
+                ("stopped", "running")
+            } else {
+                ("running", "stopped")
+            };
+            if i.state != from {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!("Instance {n} is not {from}."),
+                );
+            }
+            i.state = if start {
+                "pending".into()
+            } else {
+                "stopping".into()
+            };
+            let host = i.host;
+            let o = op(&mut a, &ctx.faults, &n, operation, false);
+            let (cloud, account, done) = (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
+            std::thread::spawn(move || {
+                if let Some(h) = host {
+                    if start {
+                        cloud.power_on(h)
+                    } else {
+                        cloud.power_off(h)
+                    }
+                }
+                if let Some(i) = account.lock().unwrap().instances.get_mut(&n) {
+                    i.state = to.into();
+                }
+                *done.lock().unwrap() = true;
+            });
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "GetStaticIps" => ok(
+            json!({"staticIps": a.static_ips.iter().map(|(n, (ip, at))| json!({
+            "name": n, "arn": format!("arn:aws:lightsail:{REGION}:123456789012:StaticIp/{n}"),
+            "supportCode": "x", "createdAt": epoch(), "location": location("eu-central-1a"),
+            "resourceType": "StaticIp", "ipAddress": ip, "attachedTo": at, "isAttached": at.is_some()
+        })).collect::<Vec<_>>()}),
+        ),
+        "AllocateStaticIp" => {
+            let n = name("staticIpName");
+            if a.static_ips.contains_key(&n) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The static IP name is already in use.",
+                );
+            }
+            let octet = a.static_ips.len() + 10;
+            a.static_ips
+                .insert(n.clone(), (format!("198.51.100.{octet}"), None));
+            let o = op(&mut a, &ctx.faults, &n, "AllocateStaticIp", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "AttachStaticIp" => {
+            let (n, inst) = (name("staticIpName"), name("instanceName"));
+            if !a.instances.contains_key(&inst) {
+                return not_found("Instance");
+            }
+            let Some(ip) = a.static_ips.get_mut(&n) else {
+                return not_found("StaticIp");
+            };
+            ip.1 = Some(inst.clone());
+            a.instances.get_mut(&inst).unwrap().static_ip = true;
+            let o = op(&mut a, &ctx.faults, &inst, "AttachStaticIp", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "ReleaseStaticIp" => {
+            let n = name("staticIpName");
+            if a.static_ips.remove(&n).is_none() {
+                return not_found("StaticIp");
+            }
+            let o = op(&mut a, &ctx.faults, &n, "ReleaseStaticIp", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "CreateInstanceSnapshot" => {
+            let (inst, snap) = (name("instanceName"), name("instanceSnapshotName"));
+            if !a.instances.contains_key(&inst) {
+                return not_found("Instance");
+            }
+            if a.snapshots.contains_key(&snap) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The snapshot name is already in use.",
+                );
+            }
+            a.snapshots.insert(
+                snap.clone(),
+                Snapshot {
+                    name: snap.clone(),
+                    instance: inst.clone(),
+                    tags: tags_of(&v["tags"]),
+                    created: epoch(),
+                },
+            );
+            let o = op(&mut a, &ctx.faults, &snap, "CreateInstanceSnapshot", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "GetInstanceSnapshots" => ok(
+            json!({"instanceSnapshots": a.snapshots.values().map(|s| json!({
+            "name": s.name, "arn": format!("arn:aws:lightsail:{REGION}:123456789012:InstanceSnapshot/{}", s.name),
+            "createdAt": s.created, "location": location("eu-central-1a"), "resourceType": "InstanceSnapshot",
+            "tags": tags_json(&s.tags), "state": "available", "fromInstanceName": s.instance,
+            "fromBundleId": "small_3_0", "sizeInGb": 20
+        })).collect::<Vec<_>>()}),
+        ),
+        "DeleteInstanceSnapshot" => {
+            let n = name("instanceSnapshotName");
+            if a.snapshots.remove(&n).is_none() {
+                return not_found("InstanceSnapshot");
+            }
+            let o = op(&mut a, &ctx.faults, &n, "DeleteInstanceSnapshot", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        other => error(
+            400,
+            "UnknownOperationException",
+            &format!("unknown operation {other}"),
+        ),
+    }
+}

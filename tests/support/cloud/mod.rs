@@ -1,0 +1,232 @@
+//! Local emulators of the cloud APIs tidekeeper uses, for tests only: a
+//! stateful Hetzner Cloud API (`hetzner`) and Lightsail's awsJson1.1
+//! protocol (`lightsail`). tidekeeper talks to them with the real SDK
+//! clients (`hcloud` with its base path mapped, `aws-sdk-lightsail` with an
+//! endpoint URL).
+//!
+//! Creating a server boots a real test-fleet host (see [`Cloud`]): its host
+//! key and login keys come from the user data tidekeeper sends, read as
+//! cloud-init reads it, so create → SSH → configure runs for real. Actions
+//! take time (the boot itself, plus [`Faults::action_time`]), and faults can
+//! be injected: 429s with rate-limit headers, 500s, slow answers.
+
+#![allow(dead_code)]
+
+pub mod hetzner;
+pub mod lightsail;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::testbed::{CloudInit, Testbed};
+
+/// One injected fault.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429 with the provider's rate-limit headers, asking to wait `retry_after`.
+    RateLimited { retry_after: Duration },
+    /// 500 (Hetzner) / 500 InternalFailure (Lightsail).
+    ServerError,
+    /// The request is carried out, but the answer comes this late.
+    Slow(Duration),
+    /// The request is carried out, then answered with a 500.
+    DoneButFailed,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    fault: Fault,
+    /// Operation name (`create_server`, `CreateInstances`, …); None: any.
+    only: Option<String>,
+    times: u32,
+}
+
+/// Faults to inject, shared with the test.
+#[derive(Default)]
+pub struct Faults {
+    rules: Mutex<VecDeque<Rule>>,
+    /// Extra time every asynchronous action takes.
+    pub action_time: Mutex<Duration>,
+    /// Every request, as `OPERATION` names, in order.
+    pub log: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    /// Inject `fault` into the next `times` requests of `only` (or any).
+    pub fn add(&self, fault: Fault, only: Option<&str>, times: u32) {
+        self.rules.lock().unwrap().push_back(Rule {
+            fault,
+            only: only.map(String::from),
+            times,
+        });
+    }
+    pub fn slow_actions(&self, d: Duration) {
+        *self.action_time.lock().unwrap() = d;
+    }
+    /// The fault for this request, if any (consumed).
+    pub fn take(&self, op: &str) -> Option<Fault> {
+        self.log.lock().unwrap().push(op.to_string());
+        let mut rules = self.rules.lock().unwrap();
+        let i = rules
+            .iter()
+            .position(|r| r.only.as_deref().is_none_or(|o| o == op))?;
+        let fault = rules[i].fault.clone();
+        rules[i].times -= 1;
+        if rules[i].times == 0 {
+            rules.remove(i);
+        }
+        Some(fault)
+    }
+    pub fn count(&self, op: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|o| *o == op).count()
+    }
+    pub fn pending(&self) -> usize {
+        self.rules.lock().unwrap().len()
+    }
+}
+
+/// Read user data as cloud-init does: a `#cloud-config` document, or a MIME
+/// multipart message of cloud-config and shell script parts.
+pub fn cloud_init(user_data: &str, provider_keys: &[String]) -> CloudInit {
+    let mut out = CloudInit {
+        authorized: provider_keys.to_vec(),
+        ..Default::default()
+    };
+    let mut parts: Vec<(String, String)> = Vec::new();
+    if let Some(rest) = user_data.strip_prefix("Content-Type: multipart/mixed") {
+        let boundary = rest
+            .split("boundary=\"")
+            .nth(1)
+            .and_then(|b| b.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        for part in user_data.split(&format!("--{boundary}")).skip(1) {
+            let Some((head, body)) = part.split_once("\n\n") else {
+                continue;
+            };
+            let kind = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Type: "))
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            parts.push((kind, body.trim_end_matches('\n').to_string() + "\n"));
+        }
+    } else if user_data.starts_with("#cloud-config") {
+        parts.push(("text/cloud-config".into(), user_data.to_string()));
+    } else if user_data.starts_with("#!") {
+        parts.push(("text/x-shellscript".into(), user_data.to_string()));
+    }
+    for (kind, body) in parts {
+        match kind.as_str() {
+            "text/cloud-config" => {
+                let v: serde_json::Value = serde_saphyr::from_str(&body).unwrap_or_default();
+                if let (Some(private), Some(public)) = (
+                    v["ssh_keys"]["ed25519_private"].as_str(),
+                    v["ssh_keys"]["ed25519_public"].as_str(),
+                ) {
+                    out.host_key = Some((private.to_string(), public.trim().to_string()));
+                }
+                for k in v["ssh_authorized_keys"].as_array().into_iter().flatten() {
+                    if let Some(k) = k.as_str() {
+                        out.authorized.push(k.to_string());
+                    }
+                }
+            }
+            "text/x-shellscript" => out.scripts.push(body),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The test fleet behind the emulators: creating a server boots a host.
+#[derive(Clone)]
+pub struct Cloud {
+    pub bed: Arc<Mutex<Testbed>>,
+}
+
+impl Cloud {
+    /// A cloud with no servers yet (the bed has `n` ordinary hosts too).
+    pub fn new(n: usize) -> Cloud {
+        Cloud {
+            bed: Arc::new(Mutex::new(Testbed::start(n))),
+        }
+    }
+
+    /// Boot a host for a new server (blocking; run it off the async runtime).
+    pub fn boot(&self, init: &CloudInit) -> (usize, Ipv4Addr) {
+        let i = self.bed.lock().unwrap().add_cloud_host(init);
+        let addr = self.bed.lock().unwrap().host(i).address;
+        wait_port(addr, Duration::from_secs(90));
+        (i, addr)
+    }
+
+    pub fn power_off(&self, i: usize) {
+        self.bed.lock().unwrap().power_off(i);
+    }
+
+    pub fn power_on(&self, i: usize) {
+        self.bed.lock().unwrap().power_on(i);
+        let addr = self.bed.lock().unwrap().host(i).address;
+        wait_port(addr, Duration::from_secs(90));
+    }
+
+    pub fn remove(&self, i: usize) {
+        self.bed.lock().unwrap().remove(i);
+    }
+
+    /// Run `command` on host `i` as root, with `key` (the key the server authorizes).
+    pub fn ssh(&self, i: usize, key: &std::path::Path, command: &str) -> std::process::Output {
+        let bed = self.bed.lock().unwrap();
+        let h = bed.host(i);
+        std::process::Command::new("ssh")
+            .args(["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", bed.known_hosts.display()))
+            .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
+            .arg(format!("root@{}", h.address))
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+}
+
+fn wait_port(addr: Ipv4Addr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let sa = SocketAddr::from((addr, 22));
+    while TcpStream::connect_timeout(&sa, Duration::from_millis(300)).is_err() {
+        assert!(Instant::now() < deadline, "{addr}:22 did not open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Serve `app` on 127.0.0.1 from a runtime of its own; the base URL.
+pub fn serve(app: axum::Router) -> (String, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}"), handle)
+}
+
+/// RFC 3339 time, as both APIs write it (Hetzner) or epoch seconds (AWS).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
