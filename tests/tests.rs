@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod cloud;
 mod daemon;
 mod dockerfile;
 mod engine;

@@ -71,6 +71,24 @@ impl FleetRepo {
         repo
     }
 
+    /// A repo of just `files` (path, text), committed; `key` logs in.
+    pub fn with_files(key: PathBuf, files: &[(&str, &str)]) -> FleetRepo {
+        let tmp = TempDir::new("fleet");
+        let path = tmp.path().join("fleet");
+        fs::create_dir_all(&path).unwrap();
+        git(&path, &["init", "-q", "-b", "main"]);
+        let repo = FleetRepo {
+            _tmp: tmp,
+            path,
+            key,
+        };
+        for (rel, text) in files {
+            repo.write(rel, text);
+        }
+        repo.commit("test fleet");
+        repo
+    }
+
     fn hosts(&self, bed: &Testbed, roles: &[&str]) {
         fs::create_dir_all(self.path.join("hosts")).unwrap();
         let mut known = String::new();
@@ -108,15 +126,25 @@ impl FleetRepo {
 
     /// Run `tidekeeper <args> --repo <this> --ssh-key <testbed key>`.
     pub fn tk(&self, args: &[&str]) -> Output {
-        tidekeeper()
-            .args(args)
+        self.tk_env(args, &[])
+    }
+
+    /// [`FleetRepo::tk`] with extra environment variables (cloud credentials).
+    pub fn tk_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().unwrap()
+    }
+
+    /// The command [`FleetRepo::tk_env`] runs, to spawn it.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+        let mut c = tidekeeper();
+        c.args(args)
             .arg("--repo")
             .arg(&self.path)
             .arg("--ssh-key")
             .arg(&self.key)
             .env_remove("SSH_AUTH_SOCK")
-            .output()
-            .unwrap()
+            .envs(env.iter().copied());
+        c
     }
 }
 

@@ -330,6 +330,7 @@ pub struct Testbed {
     pub key: PathBuf,
     pub public_key: String,
     pub known_hosts: PathBuf,
+    closed: bool,
 }
 
 impl Testbed {
@@ -368,6 +369,7 @@ impl Testbed {
             .to_string();
         let mut bed = Testbed {
             hosts: Vec::new(),
+            closed: false,
             known_hosts: dir.join("known_hosts"),
             dir,
             key,
@@ -717,6 +719,7 @@ impl Testbed {
     /// Boot one more full host, for a cloud server; its index. The host's
     /// keys come from `cloud`; the bed's own key is not authorized on it.
     pub fn add_cloud_host(&mut self, cloud: &CloudInit) -> usize {
+        assert!(!self.closed, "the test fleet is shut down");
         let i = self.hosts.len();
         let host = self.prepare(&image(), i, Kind::Full, Some(cloud));
         let line = host.known_hosts_line();
@@ -798,6 +801,18 @@ fn supervise(process: Arc<Mutex<Process>>, launch: Launch) {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Testbed {
+    /// Kill every host and free what it held; idempotent. Hosts added
+    /// afterwards are refused.
+    pub fn shutdown(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         if std::env::var_os("TESTBED_KEEP").is_some() {
             // Debugging: leave the hosts up. The next claim of their slots cleans them.
             eprintln!(

@@ -200,7 +200,7 @@ fn server_json(s: &Server, firewalls: &BTreeMap<i64, Firewall>) -> Value {
         "outgoing_traffic": 0, "ingoing_traffic": 0, "included_traffic": 21990232555520_i64,
         "protection": {"delete": s.protected, "rebuild": s.protected},
         "labels": s.labels, "volumes": [], "load_balancers": [],
-        "primary_disk_size": TYPES.iter().find(|t| t.1 == s.server_type).map(|t| t.4).unwrap_or(40.0),
+        "primary_disk_size": TYPES.iter().find(|t| t.1 == s.server_type).map(|t| t.4 as i64).unwrap_or(40),
         "placement_group": null
     })
 }

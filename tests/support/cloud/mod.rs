@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::fleet::FleetRepo;
 use super::testbed::{CloudInit, Testbed};
 
 /// One injected fault.
@@ -162,7 +163,12 @@ impl Cloud {
     pub fn boot(&self, init: &CloudInit) -> (usize, Ipv4Addr) {
         let i = self.bed.lock().unwrap().add_cloud_host(init);
         let addr = self.bed.lock().unwrap().host(i).address;
-        wait_port(addr, Duration::from_secs(90));
+        if !wait_port(addr, Duration::from_secs(90)) {
+            panic!(
+                "server host {i} ({addr}) did not open SSH; console:\n{}",
+                self.bed.lock().unwrap().host(i).log()
+            );
+        }
         (i, addr)
     }
 
@@ -173,7 +179,10 @@ impl Cloud {
     pub fn power_on(&self, i: usize) {
         self.bed.lock().unwrap().power_on(i);
         let addr = self.bed.lock().unwrap().host(i).address;
-        wait_port(addr, Duration::from_secs(90));
+        assert!(
+            wait_port(addr, Duration::from_secs(90)),
+            "{addr} did not come back"
+        );
     }
 
     pub fn remove(&self, i: usize) {
@@ -198,13 +207,16 @@ impl Cloud {
     }
 }
 
-fn wait_port(addr: Ipv4Addr, timeout: Duration) {
+fn wait_port(addr: Ipv4Addr, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let sa = SocketAddr::from((addr, 22));
     while TcpStream::connect_timeout(&sa, Duration::from_millis(300)).is_err() {
-        assert!(Instant::now() < deadline, "{addr}:22 did not open");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 /// Serve `app` on 127.0.0.1 from a runtime of its own; the base URL.
@@ -229,4 +241,86 @@ pub fn serve(app: axum::Router) -> (String, std::thread::JoinHandle<()>) {
 /// RFC 3339 time, as both APIs write it (Hetzner) or epoch seconds (AWS).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// Both emulators on one test fleet, and a config repo pointed at them.
+pub struct CloudFleet {
+    pub cloud: Cloud,
+    pub hetzner: hetzner::Hetzner,
+    pub lightsail: lightsail::Lightsail,
+    pub repo: FleetRepo,
+}
+
+/// The environment tidekeeper reads the emulators' credentials from.
+pub const CREDENTIALS: [(&str, &str); 3] = [
+    ("HCLOUD_TOKEN", hetzner::TOKEN),
+    ("AWS_ACCESS_KEY_ID", lightsail::ACCESS_KEY),
+    ("AWS_SECRET_ACCESS_KEY", lightsail::SECRET_KEY),
+];
+
+impl Drop for CloudFleet {
+    /// The emulators live on (their threads hold the fleet), so the test
+    /// fleet is shut down here, not when its last holder goes.
+    fn drop(&mut self) {
+        self.cloud
+            .bed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+    }
+}
+
+impl CloudFleet {
+    /// Emulators on an empty account, and a repo of `files` (hosts, roles)
+    /// whose tidekeeper.yaml (fleet `acme`) points at them; `extra` is added
+    /// to tidekeeper.yaml.
+    pub fn start(files: &[(&str, &str)], extra: &str) -> CloudFleet {
+        let cloud = Cloud::new(0);
+        let hetzner = hetzner::Hetzner::start(cloud.clone());
+        let lightsail = lightsail::Lightsail::start(cloud.clone());
+        let key = cloud.bed.lock().unwrap().key.clone();
+        let settings = format!(
+            "fleet: acme\ndefaults:\n  parallelism: 4\nproviders:\n  hetzner:\n    endpoint: {}\n    timeout: 5s\n  \
+             lightsail:\n    region: {}\n    endpoint: {}\n    timeout: 5s\n{extra}",
+            hetzner.url,
+            lightsail::REGION,
+            lightsail.url
+        );
+        let mut all: Vec<(&str, &str)> = vec![("tidekeeper.yaml", settings.as_str())];
+        all.extend_from_slice(files);
+        let repo = FleetRepo::with_files(key, &all);
+        CloudFleet {
+            cloud,
+            hetzner,
+            lightsail,
+            repo,
+        }
+    }
+
+    /// `tidekeeper ARGS` on the repo, with the emulators' credentials.
+    pub fn tk(&self, args: &[&str]) -> std::process::Output {
+        self.repo.tk_env(args, &CREDENTIALS)
+    }
+
+    /// The test host behind the server or instance named `name`.
+    pub fn host_of(&self, name: &str) -> usize {
+        self.hetzner
+            .server(name)
+            .and_then(|s| s.host)
+            .or_else(|| self.lightsail.instance(name).and_then(|i| i.host))
+            .unwrap_or_else(|| panic!("no booted server named {name}"))
+    }
+
+    /// Run `command` as root on the server `name`; its stdout (must succeed).
+    #[track_caller]
+    pub fn ssh(&self, name: &str, command: &str) -> String {
+        let key = self.repo.key.clone();
+        let out = self.cloud.ssh(self.host_of(name), &key, command);
+        assert!(
+            out.status.success(),
+            "{command:?} on {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
