@@ -22,3 +22,17 @@ ssh_public(host) if {
 	h.name == host
 	h.labels.ssh_public == "true"
 }
+
+# The cloud firewall (Hetzner) or public ports (Lightsail) of a server.
+deny contains msg if {
+	some r in input.resources
+	r.type == "server"
+	r.action in {"create", "update", "replace", "resize"}
+	some port in r.after.firewall
+	port.from_port <= 22
+	port.to_port >= 22
+	some source in port.from
+	source in world
+	not ssh_public(r.host)
+	msg := sprintf("%s lets port 22 in from %s at the cloud firewall; restrict `from`, or label the host ssh_public: \"true\"", [r.address, source])
+}

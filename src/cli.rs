@@ -1168,6 +1168,15 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 return EXIT_OK;
             }
             let now = chrono::Utc::now();
+            // Prices for what power schedules save (only when the provider answers).
+            let power = fleet
+                .jobs
+                .iter()
+                .any(|j| matches!(j.kind, crate::model::desired::JobKind::Power { .. }));
+            let observed = power.then(|| {
+                let clouds = crate::cloud::Clouds::from_env(&fleet);
+                runtime().block_on(crate::cloud::observe(&clouds)).ok()
+            });
             for job in &fleet.jobs {
                 println!(
                     "{} ({}, cron \"{}\" {}){}",
@@ -1186,6 +1195,17 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                         .unwrap_or_default()
                 );
                 println!("  hosts: {}", job.hosts.join(", "));
+                if matches!(job.kind, crate::model::desired::JobKind::Power { .. }) {
+                    print!(
+                        "{}",
+                        crate::maintenance::power_saving(
+                            &fleet,
+                            job,
+                            now,
+                            observed.as_ref().and_then(|o| o.as_ref())
+                        )
+                    );
+                }
                 let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
                 let mut t = now;
                 for _ in 0..next {
@@ -1226,7 +1246,10 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 );
                 return EXIT_USAGE;
             };
-            let run = runtime().block_on(crate::maintenance::run::run_job(&fleet, j, &only, &opts));
+            let clouds = crate::cloud::Clouds::from_env(&fleet);
+            let run = runtime().block_on(crate::maintenance::run::run_job(
+                &fleet, j, &only, &opts, &clouds,
+            ));
             if json {
                 println!("{}", serde_json::to_string_pretty(&run).expect("json"));
             } else {

@@ -449,6 +449,29 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_firewall_open_to_the_world_on_port_22_is_denied() {
+        let server = |from: &str, labels: Value| {
+            json!({"resources": [{"address": "web server", "host": "web", "type": "server",
+                "action": "create", "before": {"allow_destroy": false},
+                "after": {"firewall": [{"from_port": 22, "to_port": 22, "proto": "tcp", "from": [from]}]}}],
+                "hosts": [{"name": "web", "labels": labels, "sshd": {}}],
+                "cost": {"prior": 0, "proposed": 0, "delta": 0, "currency": "EUR", "by_currency": {}}})
+        };
+        let v = evaluate(&server("::/0", json!({})), &[], true);
+        assert_eq!(v.deny.len(), 1, "{v:?}");
+        assert!(v.deny[0].contains("lets port 22 in from ::/0"), "{v:?}");
+        assert!(!evaluate(&server("10.0.0.2/32", json!({})), &[], true).blocks());
+        assert!(
+            !evaluate(
+                &server("0.0.0.0/0", json!({"ssh_public": "true"})),
+                &[],
+                true
+            )
+            .blocks()
+        );
+    }
+
+    #[test]
     fn destroying_a_server_needs_permission() {
         let delete = |allowed: bool| {
             json!({"resources": [{"address": "old server", "host": "old", "type": "server",

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::cloud::{CloudFleet, Fault};
+use crate::support::daemon::Daemon;
 use crate::support::fleet::{stdout, text};
+use crate::support::git;
 
 const BASE: &str = "files:\n  - path: /etc/tk-cloud\n    template: hello.j2\n";
 const HELLO: &str = "hello {{ host.name }}\n";
@@ -323,7 +325,7 @@ fn removing_a_host_deletes_its_server_only_with_permission_and_never_an_unmanage
 }
 
 fn git_revert_last(f: &CloudFleet) {
-    crate::support::git(&f.repo.path, &["reset", "-q", "--hard", "HEAD~1"]);
+    git(&f.repo.path, &["reset", "-q", "--hard", "HEAD~1"]);
 }
 
 #[test]
@@ -373,4 +375,139 @@ fn a_tidekeeper_killed_right_after_a_create_request_makes_no_duplicate() {
     // Configured over SSH, the host key checked against the label the
     // killed run put on the server.
     assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
+}
+
+#[test]
+fn the_daemon_creates_a_server_from_a_commit_and_records_its_generated_host_key() {
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", APP),
+        ],
+        "",
+    );
+    let d = Daemon::start_env(
+        &f.repo.path,
+        &f.repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &crate::support::cloud::CREDENTIALS,
+    );
+    let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    d.wait_applied(&head, Duration::from_secs(60));
+    let st = d.status();
+    assert_eq!(st["hosts"]["web"]["state"], "synced", "{st}");
+    assert_eq!(st["monthly_cost"]["EUR"], 4.35, "{st}");
+    let line = st["generated_host_keys"]["web"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let label = f.hetzner.server("web").unwrap().labels["tidekeeper-host-key"].clone();
+    let key = line.split_whitespace().nth(2).unwrap();
+    assert_eq!(tidekeeper::cloud::hostkey::fingerprint(key).unwrap(), label);
+    assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
+    // On the status branch too, with the cost in /metrics.
+    d.wait_for("the status push", Duration::from_secs(20), |_| {
+        std::process::Command::new("git")
+            .args(["show", "tidekeeper/status:known_hosts.generated"])
+            .current_dir(&f.repo.path)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(key))
+    });
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics.contains("tidekeeper_monthly_cost{currency=\"EUR\"} 4.35"),
+        "{metrics}"
+    );
+}
+
+const JOBS: &str = "jobs:
+  - name: nightly-snap
+    cron: \"0 3 * * *\"
+    hosts: {names: [web, agent]}
+    snapshot: {keep: 2, labels: {kind: nightly}}
+  - name: lights-out
+    cron: \"0 0 1 1 *\"
+    hosts: {names: [web, agent]}
+    power: {running_for: 1h}
+  - name: office-hours
+    cron: \"* * * * *\"
+    hosts: {names: [web, agent]}
+    power: {running_for: 2h}
+    health:
+      - unit: ssh.service
+";
+
+#[test]
+fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", APP),
+            ("hosts/agent.yaml", AGENT),
+            ("schedules.yaml", JOBS),
+        ],
+        "",
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    for _ in 0..3 {
+        let out = f.tk(&["schedule", "run", "nightly-snap"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let hz = f.hetzner.snapshots();
+    assert_eq!(hz.len(), 2, "keep 2 of 3: {hz:?}");
+    assert!(hz.iter().all(|s| s.1 == "web"
+        && s.2["kind"] == "nightly"
+        && s.2["tidekeeper-job"] == "nightly-snap"
+        && s.2["managed-by"] == "tidekeeper"));
+    let ls = f.lightsail.snapshots();
+    assert_eq!(ls.len(), 2, "{ls:?}");
+    // The two kept are the newest: the first run's snapshot is gone.
+    let ids: Vec<i64> = hz.iter().map(|s| s.0).collect();
+    assert!(ids[0] < ids[1]);
+
+    // Outside its period: the servers are stopped.
+    let out = crate::support::tidekeeper()
+        .args(["schedule", "list", "--repo"])
+        .arg(&f.repo.path)
+        .envs(crate::support::cloud::CREDENTIALS)
+        .output()
+        .unwrap();
+    let list = text(&out);
+    assert!(
+        list.contains("up 0 h in the next 30 days (0% of the time)"),
+        "{list}"
+    );
+    assert!(
+        list.contains("up 720 h in the next 30 days (100% of the time)"),
+        "{list}"
+    );
+    assert!(
+        list.contains(
+            "saving: 0.00 EUR/month: the provider bills a stopped server like a running one"
+        ),
+        "{list}"
+    );
+    let out = f.tk(&["schedule", "run", "lights-out"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.hetzner.server("web").unwrap().status, "off");
+    assert_eq!(f.lightsail.instance("agent").unwrap().state, "stopped");
+    // A stopped server is skipped by a plan, not an error.
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("web: skipped: the server is off"),
+        "{}",
+        text(&out)
+    );
+    // Inside its period: started again, and the health gate passes.
+    let out = f.tk(&["schedule", "run", "office-hours"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.hetzner.server("web").unwrap().status, "running");
+    assert_eq!(f.lightsail.instance("agent").unwrap().state, "running");
+    assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
+    assert_eq!(f.ssh("agent", "cat /etc/tk-cloud"), "hello agent\n");
 }

@@ -868,7 +868,7 @@ impl Provider for Hetzner {
                     _ => break,
                 }
             }
-            out.sort_by_key(|s| s.created);
+            out.sort_by_key(|s| (s.created, s.id.parse::<i64>().unwrap_or(0)));
             Ok(out)
         })
     }

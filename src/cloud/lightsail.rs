@@ -470,7 +470,7 @@ impl Provider for Lightsail {
                 })
                 .map(snapshot)
                 .collect();
-            out.sort_by_key(|s| s.created);
+            out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
             Ok(out)
         })
     }
@@ -491,7 +491,7 @@ fn snapshot(s: &ls::Snapshot) -> Snapshot {
         id: s.name.clone(),
         name: s.name.clone(),
         server: s.instance.clone(),
-        created: chrono::DateTime::from_timestamp(s.created_at, 0).unwrap_or_default(),
+        created: chrono::DateTime::from_timestamp_millis(s.created_at_ms).unwrap_or_default(),
         labels: s.tags.iter().cloned().collect(),
     }
 }

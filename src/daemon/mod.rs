@@ -818,7 +818,8 @@ impl Loop {
         async {
             info!("running");
             let opts = self.options(&fleet);
-            let run = crate::maintenance::run::run_job(&fleet, &job, &[], &opts).await;
+            let clouds = crate::cloud::Clouds::from_env(&fleet);
+            let run = crate::maintenance::run::run_job(&fleet, &job, &[], &opts, &clouds).await;
             let result = if run.not_started.is_some() {
                 "not-started"
             } else if run.ok {

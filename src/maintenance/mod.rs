@@ -1,11 +1,68 @@
-//! Scheduled maintenance: backups, upgrades with reboots, commands — on
-//! cron, inside windows, rolling over hosts with health gates.
+//! Scheduled maintenance: backups, upgrades with reboots, commands, cloud
+//! snapshots with retention and power schedules — on cron, inside windows,
+//! rolling over hosts with health gates.
 //!
 //! - [`plan`]: schedule math and the per-host scripts (pure).
 //! - [`run`]: running a job over its hosts.
 
 pub mod plan;
 pub mod run;
+
+/// What a power schedule keeps up and what that saves, for people:
+/// hours up in the next 30 days and, with `observed` prices, the monthly cost
+/// of its servers and the saving under the providers' billing.
+pub fn power_saving(
+    fleet: &crate::model::desired::Fleet,
+    job: &crate::model::desired::Job,
+    now: chrono::DateTime<chrono::Utc>,
+    observed: Option<&crate::cloud::Observed>,
+) -> String {
+    use std::fmt::Write;
+    let hours = plan::power_hours(job, now);
+    let share = hours / 720.0;
+    let mut s = format!(
+        "  up {hours:.0} h in the next 30 days ({:.0}% of the time)\n",
+        share * 100.0
+    );
+    let Some(obs) = observed else {
+        s.push_str("  saving: unknown (the providers' prices could not be read)\n");
+        return s;
+    };
+    let mut by_currency: std::collections::BTreeMap<&str, (f64, f64, bool)> = Default::default();
+    for name in &job.hosts {
+        let Some(host) = fleet.host(name) else {
+            continue;
+        };
+        let Some(server) = crate::cloud::desired::server(&fleet.name, host) else {
+            continue;
+        };
+        let Some(list) = obs.prices.get(&host.provider) else {
+            continue;
+        };
+        let Some(price) = list.price(&server.size, &server.location) else {
+            continue;
+        };
+        let e = by_currency.entry(price.currency).or_default();
+        e.0 += price.amount;
+        e.1 += price.amount * (1.0 - share);
+        e.2 |= list.bills_stopped;
+    }
+    for (cur, (full, by_hours, bills_stopped)) in by_currency {
+        if bills_stopped {
+            let _ = writeln!(
+                s,
+                "  saving: 0.00 {cur}/month: the provider bills a stopped server like a running one \
+                 ({full:.2} {cur}/month either way; billed by running time it would save {by_hours:.2})"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "  saving: {by_hours:.2} {cur}/month of {full:.2} {cur}/month"
+            );
+        }
+    }
+    s
+}
 
 /// A job run for people: one line per host, the log tail of failures.
 pub fn render(run: &run::JobRun) -> String {

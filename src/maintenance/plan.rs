@@ -7,11 +7,68 @@ use crate::model::desired::{HealthCheck, Job, JobKind, RebootPolicy};
 use crate::schedule::{Window, next_run, parse_cron, parse_tz};
 use crate::transport::shell_quote as q;
 
-/// The next scheduled run of `job` strictly after `after`.
+/// The next scheduled run of `job` strictly after `after`. A power job also
+/// runs when a running period ends (to stop the servers).
 pub fn next(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = next_start(job, after);
+    let end = power_period(job, after)
+        .map(|(_, end)| end)
+        .filter(|e| *e > after);
+    match (start, end) {
+        (Some(s), Some(e)) => Some(s.min(e)),
+        (s, e) => s.or(e),
+    }
+}
+
+/// The next cron time of `job` strictly after `after`.
+fn next_start(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let cron = parse_cron(&job.cron).ok()?;
     let tz = parse_tz(&job.timezone).ok()?;
     next_run(&cron, tz, after)
+}
+
+/// For a power job: the running period `[start, end)` that covers `t` — the
+/// latest cron start at or before `t` whose `running_for` has not run out.
+pub fn power_period(job: &Job, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let JobKind::Power { running_for_secs } = job.kind else {
+        return None;
+    };
+    let d = Duration::seconds(running_for_secs as i64);
+    let mut starts = Vec::new();
+    let mut at = t - d;
+    while let Some(n) = next_start(job, at) {
+        if n > t {
+            break;
+        }
+        starts.push(n);
+        at = n;
+    }
+    starts.last().map(|s| (*s, *s + d))
+}
+
+/// Hours a power job keeps its servers up in the 30 days from `from`
+/// (overlapping periods counted once).
+pub fn power_hours(job: &Job, from: DateTime<Utc>) -> f64 {
+    let JobKind::Power { running_for_secs } = job.kind else {
+        return 0.0;
+    };
+    let d = Duration::seconds(running_for_secs as i64);
+    let to = from + Duration::days(30);
+    let mut covered = Duration::zero();
+    let mut until = from;
+    let mut at = from - d;
+    while let Some(s) = next_start(job, at) {
+        if s >= to {
+            break;
+        }
+        let (a, b) = (s.max(until), (s + d).min(to));
+        if b > a {
+            covered += b - a;
+            until = b;
+        }
+        at = s;
+    }
+    covered.num_seconds() as f64 / 3600.0
 }
 
 /// Every scheduled run in `(from, to]`.
@@ -148,7 +205,7 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
         }
         JobKind::Snapshot { .. } | JobKind::Power { .. } => {
             return Err(format!(
-                "{} jobs act through the cloud provider, which this host's provider does not support yet",
+                "{} jobs act through the cloud provider, not on the host",
                 job.kind.name()
             ));
         }
@@ -299,6 +356,51 @@ mod tests {
                 .contains("outside")
         );
         assert_eq!(window_refusal(None, utc(2026, 11, 29, 6, 0), hour), None);
+    }
+
+    fn power(cron: &str, tz: &str, hours: u64) -> Job {
+        let mut j = job(cron, tz);
+        j.kind = JobKind::Power {
+            running_for_secs: hours * 3600,
+        };
+        j
+    }
+
+    #[test]
+    fn a_power_schedule_is_on_for_its_hours_and_wakes_at_both_ends() {
+        // Up at 08:00 Berlin for 5 hours, every day.
+        let j = power("0 8 * * *", "Europe/Berlin", 5);
+        let winter = utc(2026, 1, 15, 6, 59);
+        assert_eq!(power_period(&j, winter), None, "07:59 Berlin: off");
+        let (start, end) = power_period(&j, utc(2026, 1, 15, 7, 0)).unwrap();
+        assert_eq!(
+            (start, end),
+            (utc(2026, 1, 15, 7, 0), utc(2026, 1, 15, 12, 0))
+        );
+        assert_eq!(
+            power_period(&j, utc(2026, 1, 15, 12, 0)),
+            None,
+            "the end is exclusive"
+        );
+        // The daemon wakes to start the servers, then to stop them.
+        assert_eq!(next(&j, winter), Some(utc(2026, 1, 15, 7, 0)));
+        assert_eq!(
+            next(&j, utc(2026, 1, 15, 7, 0)),
+            Some(utc(2026, 1, 15, 12, 0))
+        );
+        assert_eq!(
+            next(&j, utc(2026, 1, 15, 12, 0)),
+            Some(utc(2026, 1, 16, 7, 0))
+        );
+        // Across the spring-forward night the start is 08:00 local, 06:00 UTC.
+        assert_eq!(
+            power_period(&j, utc(2026, 3, 29, 6, 30)).map(|p| p.0),
+            Some(utc(2026, 3, 29, 6, 0))
+        );
+        assert!((power_hours(&j, utc(2026, 1, 1, 0, 0)) - 150.0).abs() < 1e-9);
+        // Periods that overlap are counted once: every 4 hours for 6 hours is always on.
+        let always = power("0 */4 * * *", "UTC", 6);
+        assert!((power_hours(&always, utc(2026, 1, 1, 0, 0)) - 720.0).abs() < 1e-9);
     }
 
     #[test]

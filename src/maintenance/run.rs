@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{health_script, host_script, window_refusal};
+use crate::cloud::{self, Clouds};
 use crate::engine::{self, Options};
-use crate::model::desired::{Fleet, Job, JobKind};
+use crate::model::desired::{Fleet, Host, Job, JobKind};
 use crate::transport::Connection;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,9 +156,158 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
     run
 }
 
+/// Where a snapshot or power job finds its servers.
+struct CloudJob<'a> {
+    clouds: &'a Clouds,
+    servers: Result<cloud::Observed, String>,
+}
+
+/// Health gates on a host, over a new connection.
+async fn health(fleet: &Fleet, job: &Job, host: &Host, opts: &Options) -> Result<(), String> {
+    if job.health.is_empty() {
+        return Ok(());
+    }
+    let conn = engine::connect(fleet, host, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let out = conn
+        .run_script(&health_script(&job.health), Duration::from_secs(300))
+        .await
+        .map_err(|e| e.to_string());
+    conn.close().await;
+    let out = out?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(opts.redact(&out.stderr_text()))
+    }
+}
+
+/// One server of a snapshot or power job: done through the provider's API.
+async fn on_server(
+    fleet: &Fleet,
+    job: &Job,
+    host_name: &str,
+    opts: &Options,
+    cj: &CloudJob<'_>,
+) -> HostRun {
+    let start = Instant::now();
+    let mut run = HostRun {
+        host: host_name.to_string(),
+        result: "failed".into(),
+        error: None,
+        rebooted: false,
+        duration_ms: 0,
+        log_tail: vec![],
+    };
+    let result: Result<(), String> = async {
+        let host = fleet.host(host_name).ok_or("the host left the config")?;
+        let observed = cj.servers.as_ref().map_err(|e| e.clone())?;
+        let server = observed
+            .server(host.provider, host_name)
+            .filter(|s| s.owned_by(&fleet.name))
+            .ok_or("its server does not exist (or is not managed by tidekeeper)")?;
+        let provider = cj
+            .clouds
+            .get(host.provider)
+            .ok_or("no credentials for its cloud provider")?;
+        match &job.kind {
+            JobKind::Snapshot { keep, labels } => {
+                let mut labels = labels.clone();
+                labels.extend(cloud::desired::ownership(&fleet.name));
+                labels.insert(cloud::SNAPSHOT_JOB.into(), job.name.clone());
+                let name = format!(
+                    "{}-{host_name}-{}",
+                    job.name,
+                    chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+                );
+                let made = provider
+                    .snapshot(server, &name, &labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                run.log_tail.push(format!("snapshot {} created", made.name));
+                // Retention: the newest `keep` of this job's snapshots stay.
+                let mine = provider
+                    .snapshots(server, &labels_for_retention(&labels))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let excess = mine.len().saturating_sub(*keep as usize);
+                for old in &mine[..excess] {
+                    provider
+                        .delete_snapshot(old)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    run.log_tail
+                        .push(format!("snapshot {} deleted (keep {keep})", old.name));
+                }
+            }
+            JobKind::Power { .. } => {
+                let on = super::plan::power_period(job, chrono::Utc::now()).is_some();
+                let is_on = server.state == cloud::PowerState::Running;
+                if on == is_on {
+                    run.log_tail
+                        .push(format!("already {}", if on { "running" } else { "off" }));
+                } else {
+                    provider
+                        .power(server, on)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    run.log_tail.push(if on {
+                        "started".into()
+                    } else {
+                        "stopped".into()
+                    });
+                }
+                if on {
+                    let mut host = host.clone();
+                    host.address = server.address.clone();
+                    host.cloud_host_key = server.labels.get(cloud::HOST_KEY).cloned();
+                    let addr = host.address.clone().unwrap_or_default();
+                    cloud::apply::wait_for_port(
+                        &addr,
+                        host.ssh.port,
+                        Duration::from_secs(job.timeout_secs.max(1)),
+                    )
+                    .await?;
+                    health(fleet, job, &host, opts).await?;
+                }
+            }
+            _ => unreachable!("only snapshot and power jobs act on servers"),
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => run.result = "ok".into(),
+        Err(e) => run.error = Some(opts.redact(&e)),
+    }
+    run.duration_ms = start.elapsed().as_millis() as u64;
+    run
+}
+
+/// The labels that mark a job's snapshots (the user's own may change).
+fn labels_for_retention(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| {
+            [cloud::MANAGED_BY, cloud::FLEET, cloud::SNAPSHOT_JOB].contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Run `job` now over its hosts (or `only` those), honouring window,
-/// rolling settings, health gates and stop-on-failure.
-pub async fn run_job(fleet: &Fleet, job: &Job, only: &[String], opts: &Options) -> JobRun {
+/// rolling settings, health gates and stop-on-failure. Snapshot and power
+/// jobs act through the hosts' cloud providers in `clouds`.
+pub async fn run_job(
+    fleet: &Fleet,
+    job: &Job,
+    only: &[String],
+    opts: &Options,
+    clouds: &Clouds,
+) -> JobRun {
     let now = || chrono::Utc::now();
     let started = now();
     let timeout = chrono::Duration::seconds(job.timeout_secs as i64);
@@ -181,6 +331,14 @@ pub async fn run_job(fleet: &Fleet, job: &Job, only: &[String], opts: &Options) 
         run.finished = run.started.clone();
         return run;
     }
+    let cloud_job = if matches!(job.kind, JobKind::Snapshot { .. } | JobKind::Power { .. }) {
+        Some(CloudJob {
+            clouds,
+            servers: cloud::observe(clouds).await.map_err(|e| e.to_string()),
+        })
+    } else {
+        None
+    };
     let batch = job.max_parallel.max(1) as usize;
     let mut stop: Option<String> = None;
     for (i, chunk) in hosts.chunks(batch).enumerate() {
@@ -206,13 +364,26 @@ pub async fn run_job(fleet: &Fleet, job: &Job, only: &[String], opts: &Options) 
             }
             continue;
         }
-        let results = futures_all(
-            chunk
-                .iter()
-                .map(|h| Box::pin(on_host(fleet, job, h, opts)))
-                .collect(),
-        )
-        .await;
+        let results = match &cloud_job {
+            Some(cj) => {
+                futures_all(
+                    chunk
+                        .iter()
+                        .map(|h| Box::pin(on_server(fleet, job, h, opts, cj)))
+                        .collect(),
+                )
+                .await
+            }
+            None => {
+                futures_all(
+                    chunk
+                        .iter()
+                        .map(|h| Box::pin(on_host(fleet, job, h, opts)))
+                        .collect(),
+                )
+                .await
+            }
+        };
         for r in results {
             if r.result != "ok" && job.stop_on_failure && stop.is_none() {
                 stop = Some(format!(

@@ -123,8 +123,8 @@ pub struct Snapshot {
     pub instance: String,
     /// `pending`, `available`, `error`.
     pub state: String,
-    /// Seconds since the epoch.
-    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub created_at_ms: i64,
     pub tags: Vec<(String, String)>,
 }
 
@@ -523,7 +523,10 @@ impl Client {
                         .state()
                         .map(|x| x.as_str().to_string())
                         .unwrap_or_default(),
-                    created_at: s.created_at().map(|t| t.secs()).unwrap_or_default(),
+                    created_at_ms: s
+                        .created_at()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or_default(),
                     tags: tags(s.tags()),
                 }
             }));
