@@ -1,6 +1,8 @@
 //! Reporting to a forge (GitHub or Gitea REST): commit statuses and one
 //! plan comment per pull request, updated in place. Statuses are posted only
-//! when their state changes, so repeats burn no API quota.
+//! when their state changes (remembered across restarts when given a file),
+//! and a comment is never rewritten with the same text or by the plan of an
+//! older commit than the one it shows.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,9 +31,14 @@ pub struct Forge {
     repo: String,
     token: String,
     agent: ureq::Agent,
-    /// (commit, context) → state last posted.
-    posted: Mutex<HashMap<(String, String), String>>,
+    /// "commit context" → state last posted.
+    posted: Mutex<HashMap<String, String>>,
+    /// Where `posted` is kept between runs.
+    memory: Option<std::path::PathBuf>,
 }
+
+/// The line in a plan comment that orders it: the commit time of the plan's head.
+const ORDER: &str = "<!-- tidekeeper-order: ";
 
 #[derive(Deserialize)]
 struct Comment {
@@ -41,24 +48,52 @@ struct Comment {
 }
 
 impl Forge {
+    /// A client with the token from the environment variable the settings name.
     pub fn new(s: &ForgeSettings) -> Result<Forge, ForgeError> {
         let token = std::env::var(&s.token_env)
             .ok()
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| ForgeError::NoToken(s.token_env.clone()))?;
+        Ok(Forge::with_token(s, &token))
+    }
+
+    pub fn with_token(s: &ForgeSettings, token: &str) -> Forge {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(20)))
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Forge {
+        Forge {
             kind: s.kind,
             api: s.url.trim_end_matches('/').to_string(),
             repo: s.repo.clone(),
             token: token.trim().to_string(),
             agent,
             posted: Mutex::new(HashMap::new()),
-        })
+            memory: None,
+        }
+    }
+
+    /// Like [`Forge::new`], remembering the statuses it posted in `file`, so
+    /// a restart does not post them again.
+    pub fn remembering(s: &ForgeSettings, file: std::path::PathBuf) -> Result<Forge, ForgeError> {
+        let mut f = Forge::new(s)?;
+        let known: HashMap<String, String> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        *f.posted.get_mut().unwrap() = known;
+        f.memory = Some(file);
+        Ok(f)
+    }
+
+    fn remember(&self) {
+        let Some(file) = &self.memory else { return };
+        let text = serde_json::to_vec(&*self.posted.lock().unwrap()).unwrap_or_default();
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, file);
+        }
     }
 
     fn auth(&self) -> String {
@@ -121,7 +156,7 @@ impl Forge {
         state: &str,
         description: &str,
     ) -> Result<bool, ForgeError> {
-        let key = (sha.to_string(), context.to_string());
+        let key = format!("{sha} {context}");
         if self.posted.lock().unwrap().get(&key).map(String::as_str) == Some(state) {
             return Ok(false);
         }
@@ -132,11 +167,21 @@ impl Forge {
             Some(json!({"state": state, "context": context, "description": description})),
         )?;
         self.posted.lock().unwrap().insert(key, state.to_string());
+        self.remember();
         Ok(true)
     }
 
-    /// Create, or update in place, the one comment carrying `marker`.
-    pub fn upsert_comment(&self, pr: u64, marker: &str, body: &str) -> Result<(), ForgeError> {
+    /// Create, or update in place, the one comment carrying `marker`. `order`
+    /// (the commit time of the planned head) keeps a late plan of an older
+    /// commit from overwriting a newer one. Whether the comment was written.
+    pub fn upsert_comment(
+        &self,
+        pr: u64,
+        marker: &str,
+        body: &str,
+        order: i64,
+    ) -> Result<bool, ForgeError> {
+        let body = format!("{body}\n{ORDER}{order} -->\n");
         let comments = self.send(
             "GET",
             &format!("/repos/{}/issues/{pr}/comments?per_page=100", self.repo),
@@ -144,6 +189,17 @@ impl Forge {
         )?;
         let comments: Vec<Comment> = serde_json::from_value(comments).unwrap_or_default();
         match comments.iter().find(|c| c.body.contains(marker)) {
+            Some(c) if c.body == body => return Ok(false),
+            Some(c)
+                if c.body
+                    .split(ORDER)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .is_some_and(|theirs| theirs > order) =>
+            {
+                return Ok(false);
+            }
             Some(c) => {
                 self.send(
                     "PATCH",
@@ -159,7 +215,7 @@ impl Forge {
                 )?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A comment on a commit (GitHub; Gitea has no such API: nothing happens).

@@ -8,10 +8,10 @@ use crate::support::daemon::Daemon;
 use crate::support::fleet::{stdout, text};
 use crate::support::git;
 
-const BASE: &str = "files:\n  - path: /etc/tk-cloud\n    template: hello.j2\n";
-const HELLO: &str = "hello {{ host.name }}\n";
+pub const BASE: &str = "files:\n  - path: /etc/tk-cloud\n    template: hello.j2\n";
+pub const HELLO: &str = "hello {{ host.name }}\n";
 
-const WEB: &str = "provider: hetzner
+pub const WEB: &str = "provider: hetzner
 server:
   type: cpx21
   image: debian-12
@@ -23,12 +23,12 @@ server:
 roles: [base]
 ";
 
-const APP: &str = "provider: hetzner
+pub const APP: &str = "provider: hetzner
 server: {type: cpx11, image: debian-12, location: nbg1}
 roles: [base]
 ";
 
-const AGENT: &str = "provider: lightsail
+pub const AGENT: &str = "provider: lightsail
 server:
   bundle: small_3_0
   blueprint: debian_12

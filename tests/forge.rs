@@ -10,6 +10,7 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::support::cloud::CloudFleet;
 use crate::support::daemon::Daemon;
 use crate::support::fleet::FleetRepo;
 use crate::support::git;
@@ -296,4 +297,207 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
         !f.requests.iter().any(|r| r.1.starts_with("commits/")),
         "Gitea has no commit comments API"
     );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_late_plan_of_an_older_commit_never_overwrites_a_newer_comment() {
+    let port = free_port();
+    let fake = fake_github(port);
+    let settings = tidekeeper::model::desired::Forge {
+        kind: tidekeeper::model::desired::ForgeKind::Github,
+        url: format!("http://127.0.0.1:{port}"),
+        repo: "acme/fleet".into(),
+        token_env: "UNUSED".into(),
+    };
+    let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
+    let marker = "<!-- tidekeeper:acme -->";
+    // The plan of the newer head (commit time 200) is posted first…
+    assert!(
+        forge
+            .upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)
+            .unwrap()
+    );
+    // …then a slow plan of the older head (time 100) finishes: it is dropped.
+    assert!(
+        !forge
+            .upsert_comment(3, marker, &format!("{marker}\nolder"), 100)
+            .unwrap()
+    );
+    // The same plan again is not sent again either.
+    assert!(
+        !forge
+            .upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)
+            .unwrap()
+    );
+    // A newer one replaces it.
+    assert!(
+        forge
+            .upsert_comment(3, marker, &format!("{marker}\nnewest"), 300)
+            .unwrap()
+    );
+    let f = fake.lock().unwrap();
+    assert_eq!(f.comments.len(), 1);
+    assert!(f.comments[0].2.contains("newest"), "{}", f.comments[0].2);
+    let writes = f
+        .requests
+        .iter()
+        .filter(|r| r.0 == "PATCH" || r.1.contains("comments"))
+        .count();
+    assert_eq!(writes, 2, "one POST, one PATCH: {:?}", f.requests);
+}
+
+#[test]
+fn a_restarted_daemon_does_not_post_the_same_statuses_or_comment_again() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-r, content: \"one\\n\"}\n",
+        )],
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!("fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\n"),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-r, content: \"two\\n\"}\n",
+    );
+    repo.commit("pr 4");
+    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/4/head", &pr]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    let args = ["--poll", "1s", "--drift", "600s"];
+    let env = [("GITHUB_TOKEN", "t0k")];
+    let state = crate::support::TempDir::new("daemon-restart");
+    let keep = state.path().to_path_buf();
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    d.wait_applied(&main, Duration::from_secs(30));
+    d.wait_for("the PR comment", Duration::from_secs(30), |_| {
+        fake.lock().unwrap().comments.len() == 1
+    });
+    let before = fake.lock().unwrap().requests.len();
+    let state = d.stop_keep_state();
+    assert_eq!(state.path(), keep);
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    d.wait_for("the PR planned again", Duration::from_secs(30), |d| {
+        d.log().contains("proposal planned")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let f = fake.lock().unwrap();
+    assert_eq!(
+        f.requests.len(),
+        before,
+        "nothing new sent after the restart: {:?}",
+        &f.requests[before..]
+    );
+    let statuses = f
+        .requests
+        .iter()
+        .filter(|r| r.1 == format!("statuses/{pr}"))
+        .count();
+    assert_eq!(statuses, 1);
+}
+
+#[test]
+fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the_cost_delta() {
+    use crate::cloud::{APP, BASE, HELLO, WEB};
+    let port = free_port();
+    let fake = fake_github(port);
+    let forge = format!(
+        "status:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\n"
+    );
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", WEB),
+            ("hosts/app.yaml", APP),
+        ],
+        &forge,
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::support::fleet::text(&out)
+    );
+    let main = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    let mut env = vec![("GITHUB_TOKEN", "t0k")];
+    env.extend(crate::support::cloud::CREDENTIALS);
+    let d = Daemon::start_env(
+        &f.repo.path,
+        &f.repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &env,
+    );
+    d.wait_applied(&main, Duration::from_secs(60));
+
+    git(&f.repo.path, &["checkout", "-q", "-b", "pr"]);
+    f.repo
+        .write("templates/hello.j2", "hello v2 {{ host.name }}\n");
+    f.repo
+        .write("hosts/web.yaml", &WEB.replace("type: cpx21", "type: cpx31"));
+    f.repo.commit("pr 7: v2 and a bigger web");
+    let pr1 = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    git(&f.repo.path, &["update-ref", "refs/pull/7/head", &pr1]);
+    git(&f.repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("the PR comment", Duration::from_secs(60), |_| {
+        fake.lock().unwrap().comments.len() == 1
+    });
+    {
+        let fk = fake.lock().unwrap();
+        let body = &fk.comments[0].2;
+        for want in [
+            "**Plan: 0 to add, 3 to change, 0 to destroy.**",
+            "Monthly cost: 11.90 → 17.95 EUR (+6.05)",
+            "~ web server (Hetzner, resize)  7.55 → 13.60 EUR/month (+6.05)",
+            "+hello v2 web",
+            "+hello v2 app",
+            "Policies: all passed.",
+        ] {
+            assert!(body.contains(want), "missing {want:?} in:\n{body}");
+        }
+        // Summary and cost come before the per-host details.
+        assert!(body.find("Monthly cost").unwrap() < body.find("<details>").unwrap());
+        let status = fk
+            .requests
+            .iter()
+            .find(|r| r.1 == format!("statuses/{pr1}"))
+            .expect("a status on the PR head");
+        assert_eq!(status.2["context"], "tidekeeper/acme/plan");
+        assert_eq!(status.2["state"], "success");
+    }
+    // Read-only: nothing of the PR was applied.
+    assert_eq!(f.hetzner.server("web").unwrap().server_type, "cpx21");
+    assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
+
+    git(&f.repo.path, &["checkout", "-q", "pr"]);
+    f.repo
+        .write("templates/hello.j2", "hello v3 {{ host.name }}\n");
+    f.repo.commit("pr 7: v3");
+    let pr2 = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    git(&f.repo.path, &["update-ref", "refs/pull/7/head", &pr2]);
+    git(&f.repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("the comment updated", Duration::from_secs(60), |_| {
+        fake.lock().unwrap().comments[0].2.contains("+hello v3 web")
+    });
+    let fk = fake.lock().unwrap();
+    assert_eq!(fk.comments.len(), 1, "one comment, updated in place");
+    assert!(fk.requests.iter().any(|r| r.1 == format!("statuses/{pr2}")));
 }

@@ -226,8 +226,9 @@ impl Mirror {
         remote.fetch(specs, Some(&mut opts), None)
     }
 
-    /// Fetch proposed changes (e.g. `refs/pull/*/head`) and list their heads.
-    pub fn fetch_proposals(&self, patterns: &[String]) -> Vec<(String, Oid)> {
+    /// Fetch proposed changes (e.g. `refs/pull/*/head`) and list their heads
+    /// with their commit times.
+    pub fn fetch_proposals(&self, patterns: &[String]) -> Vec<(String, Oid, i64)> {
         let mut out = Vec::new();
         for pat in patterns {
             let spec = format!(
@@ -245,7 +246,12 @@ impl Mirror {
                         "refs/{}",
                         name.trim_start_matches("refs/remotes/origin-proposed/")
                     );
-                    out.push((name, id));
+                    let time = self
+                        .repo
+                        .find_commit(id)
+                        .map(|c| c.time().seconds())
+                        .unwrap_or(0);
+                    out.push((name, id, time));
                 }
             }
         }

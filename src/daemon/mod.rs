@@ -412,7 +412,10 @@ impl Loop {
         {
             return Ok(f.clone());
         }
-        let f = Arc::new(crate::forge::Forge::new(settings)?);
+        let f = Arc::new(crate::forge::Forge::remembering(
+            settings,
+            self.cfg.state_dir.join("forge-statuses.json"),
+        )?);
         self.forge = Some((key, f.clone()));
         Ok(f)
     }
@@ -615,7 +618,7 @@ impl Loop {
         }
         let patterns = self.cfg.proposals.clone();
         let heads = self.blocking(move |m| m.fetch_proposals(&patterns)).await;
-        for (name, oid) in heads {
+        for (name, oid, time) in heads {
             let sha = oid.to_string();
             if self.proposals_seen.get(&name) == Some(&sha) {
                 continue;
@@ -754,12 +757,18 @@ impl Loop {
                             &state,
                             &desc,
                         )?;
-                        if let Some(pr) = pr {
-                            forge.upsert_comment(
+                        if let Some(pr) = pr
+                            && !forge.upsert_comment(
                                 pr,
                                 &crate::report::marker(&fleet_name),
                                 &comment,
-                            )?;
+                                time,
+                            )?
+                        {
+                            tracing::debug!(
+                                pr,
+                                "the PR comment already shows this plan or a newer one"
+                            );
                         }
                         Ok(())
                     })

@@ -39,7 +39,8 @@ impl Daemon {
         Self::start_full(repo, key, args, TempDir::new("daemon"), env)
     }
 
-    fn start_full(
+    /// Start with a given state directory and extra environment variables.
+    pub fn start_full(
         repo: &Path,
         key: &Path,
         args: &[&str],
@@ -150,6 +151,12 @@ impl Daemon {
         self.wait_for(&format!("commit {commit} applied"), timeout, |d| {
             d.status()["applied_commit"].as_str() == Some(commit)
         });
+    }
+
+    /// Stop, keeping the state directory for the next daemon.
+    pub fn stop_keep_state(mut self) -> TempDir {
+        let _ = self.terminate();
+        std::mem::replace(&mut self.state, TempDir::new("unused"))
     }
 
     /// SIGTERM; the exit code and how long it took.
