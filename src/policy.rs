@@ -321,7 +321,15 @@ pub fn evaluate(input: &Value, repo_policies: &[(String, String)], builtin: bool
         }
         for (rule, out) in [("deny", &mut verdict.deny), ("warn", &mut verdict.warn)] {
             match engine.eval_rule(format!("{pkg}.{rule}")) {
-                Ok(v) => out.extend(strings(&v)),
+                // Each message names the policy that gave it.
+                Ok(v) => {
+                    let name = pkg.strip_prefix("data.").unwrap_or(&pkg);
+                    out.extend(
+                        strings(&v)
+                            .into_iter()
+                            .map(|m| format!("{m} (policy {name})")),
+                    )
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     // A package without that rule is fine.
@@ -430,7 +438,9 @@ mod tests {
         let v = evaluate(&costs(5.0, 3.5), &usd, true);
         assert_eq!(
             v.deny,
-            ["monthly cost 3.50 USD exceeds the budget of 0.1 USD"],
+            [
+                "monthly cost 3.50 USD exceeds the budget of 0.1 USD (policy tidekeeper.builtin.budget)"
+            ],
             "{v:?}"
         );
         assert!(!evaluate(&costs(5.0, 0.05), &usd, true).blocks());
@@ -442,7 +452,9 @@ mod tests {
         let v = evaluate(&costs(5.0, 0.0), &plain, true);
         assert_eq!(
             v.deny,
-            ["monthly cost 5.00 EUR exceeds the budget of 4 EUR"]
+            [
+                "monthly cost 5.00 EUR exceeds the budget of 4 EUR (policy tidekeeper.builtin.budget)"
+            ]
         );
         // No budget: nothing to exceed.
         assert!(!evaluate(&costs(500.0, 0.0), &[], true).blocks());

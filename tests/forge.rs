@@ -501,3 +501,64 @@ fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the
     assert_eq!(fk.comments.len(), 1, "one comment, updated in place");
     assert!(fk.requests.iter().any(|r| r.1 == format!("statuses/{pr2}")));
 }
+
+#[test]
+fn a_pr_that_opens_ssh_to_the_world_fails_its_status_naming_the_policy() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "app",
+            "files:\n  - {path: /etc/tk-d, content: \"one\\n\"}\n",
+        )],
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!("fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\n"),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
+    repo.write("roles/fw.yaml", crate::policy::OPEN_SSH);
+    let hf = format!("hosts/{}.yaml", bed.host(0).name);
+    let t = repo.read(&hf).replace("roles: [app]", "roles: [app, fw]");
+    repo.write(&hf, &t);
+    repo.commit("pr 11: open ssh");
+    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/11/head", &pr]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("GITHUB_TOKEN", "t0k")],
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    d.wait_for("the PR status", Duration::from_secs(30), |_| {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r.1 == format!("statuses/{pr}"))
+    });
+    let f = fake.lock().unwrap();
+    let status = f
+        .requests
+        .iter()
+        .find(|r| r.1 == format!("statuses/{pr}"))
+        .unwrap();
+    assert_eq!(status.2["state"], "failure", "{:?}", status.2);
+    let desc = status.2["description"].as_str().unwrap();
+    assert!(
+        desc.starts_with("denied by tidekeeper.builtin.exposure: "),
+        "{desc}"
+    );
+    assert!(desc.contains("opens port 22"), "{desc}");
+    let body = &f.comments[0].2;
+    assert!(
+        body.contains(":x: **deny**") && body.contains("(policy tidekeeper.builtin.exposure)"),
+        "{body}"
+    );
+}

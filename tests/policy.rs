@@ -8,7 +8,7 @@ use crate::support::git;
 use crate::support::testbed::Testbed;
 use crate::support::{TempDir, tidekeeper};
 
-const OPEN_SSH: &str =
+pub const OPEN_SSH: &str =
     "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n";
 
 #[test]

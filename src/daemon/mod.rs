@@ -696,18 +696,20 @@ impl Loop {
                 ));
                 let t = reconcile::totals(cloud.as_ref(), &refs);
                 let (state, desc) = if verdict.blocks() {
-                    (
-                        "failure",
-                        format!(
-                            "denied: {}",
-                            verdict
-                                .deny
-                                .first()
-                                .or(verdict.errors.first())
-                                .cloned()
-                                .unwrap_or_default()
-                        ),
-                    )
+                    let first = verdict
+                        .deny
+                        .first()
+                        .or(verdict.errors.first())
+                        .cloned()
+                        .unwrap_or_default();
+                    // The policy's name first: the description is cut at 140 characters.
+                    let desc = match first.rsplit_once(" (policy ") {
+                        Some((msg, policy)) => {
+                            format!("denied by {}: {msg}", policy.trim_end_matches(')'))
+                        }
+                        None => format!("denied: {first}"),
+                    };
+                    ("failure", desc)
                 } else if t.errors > 0 {
                     (
                         "error",
