@@ -163,3 +163,108 @@ fn the_templates_docker_role_makes_gvisor_the_default_runtime() {
         "no restart without a change"
     );
 }
+
+fn two_services(port: u16) -> String {
+    format!(
+        "version: \"2.4\"\nservices:\n  web:\n    image: local/busybox:1\n    command: [\"httpd\", \"-f\", \"-p\", \"{port}\", \"-h\", \"/bin\"]\n    network_mode: host\n  \
+         worker:\n    image: local/busybox:1\n    command: [\"sleep\", \"100000\"]\n"
+    )
+}
+
+fn stack_role(port: u16, extra_gate: &str) -> String {
+    format!(
+        "packages:\n  present: [docker.io, docker-compose, busybox-static, curl]\nstacks:\n  - name: web\n    health:\n      \
+         - container: web\n      - container: worker\n      - http: http://127.0.0.1:{port}/busybox\n{extra_gate}"
+    )
+}
+
+#[test]
+fn of_two_services_only_the_changed_one_is_recreated_image_drift_is_corrected_and_health_gates_hold()
+ {
+    let bed = Testbed::start_kind(1, Kind::Docker);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "docker",
+            "packages:\n  present: [docker.io, docker-compose, busybox-static, curl]\n",
+        )],
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bed.ssh_ok(0, DOCKER_PREP);
+    bed.ssh_ok(0, "docker tag local/busybox:1 local/busybox:2");
+    let id = |svc: &str| {
+        bed.ssh_ok(
+            0,
+            &format!("docker ps -q --no-trunc --filter label=com.docker.compose.project=web --filter label=com.docker.compose.service={svc}"),
+        )
+        .trim()
+        .to_string()
+    };
+
+    repo.write("roles/docker.yaml", &stack_role(8080, ""));
+    repo.write("stacks/web/docker-compose.yml", &two_services(8080));
+    repo.commit("two services");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (web, worker) = (id("web"), id("worker"));
+    assert!(!web.is_empty() && !worker.is_empty(), "both services run");
+
+    // A new port for web: the plan names it, and only web is recreated.
+    repo.write("roles/docker.yaml", &stack_role(8081, ""));
+    repo.write("stacks/web/docker-compose.yml", &two_services(8081));
+    repo.commit("web on 8081");
+    let out = repo.tk(&["plan"]);
+    assert!(
+        stdout(&out).contains("+ recreates service: web"),
+        "{}",
+        text(&out)
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_ne!(id("web"), web, "web recreated");
+    assert_eq!(id("worker"), worker, "worker untouched");
+
+    // Someone runs worker on another image by hand: drift, corrected.
+    bed.ssh_ok(
+        0,
+        "cd /opt/stacks/web && sed 's/local\\/busybox:1/local\\/busybox:2/' docker-compose.yml > /tmp/c.yml && \
+         docker-compose -p web -f /tmp/c.yml up -d worker 2>/dev/null",
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(
+            "image changed: worker runs local/busybox:2, the config says local/busybox:1"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let image = bed.ssh_ok(
+        0,
+        &format!("docker inspect -f '{{{{.Config.Image}}}}' {}", id("worker")),
+    );
+    assert_eq!(image.trim(), "local/busybox:1");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A gate that cannot pass fails the apply, naming it.
+    repo.write(
+        "roles/docker.yaml",
+        &stack_role(
+            8081,
+            "      - http: http://127.0.0.1:9/\n        timeout: 3s\n",
+        ),
+    );
+    repo.write("stacks/web/.env", "TOUCH=1\n");
+    repo.commit("a gate that fails");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("health gate failed after 3s: HTTP http://127.0.0.1:9/"),
+        "{}",
+        text(&out)
+    );
+}

@@ -466,7 +466,13 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 }
                 b.step(what, body);
             }
-            Item::Stack { name, dir, .. } => {
+            Item::Stack {
+                name,
+                dir,
+                health,
+                health_timeout_secs,
+                ..
+            } => {
                 // Compose v2 (`docker compose`) where present, else v1.
                 b.step(
                     what,
@@ -478,6 +484,12 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                         n = q(name)
                     ),
                 );
+                if !health.is_empty() {
+                    b.step(
+                        format!("stack {name} health"),
+                        super::health::wait_script(health, *health_timeout_secs),
+                    );
+                }
             }
             Item::Command(cmd) => {
                 let mut body = owes(c);

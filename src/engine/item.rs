@@ -3,11 +3,13 @@
 //! directory as ordinary path items, so those get diffs, backups and atomic
 //! writes like every other file.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
 
 use crate::model::desired::{
-    CommandResource, Content, Firewall, FirewallRule, Handler, Host, PackageState, Policy,
-    Resource, RuleAction, ServiceState,
+    CommandResource, Content, Firewall, FirewallRule, Handler, HealthCheck, Host, PackageState,
+    Policy, Resource, RuleAction, ServiceState,
 };
 
 #[derive(Debug, Clone)]
@@ -52,6 +54,11 @@ pub enum Item {
         dir: String,
         /// Checksum over every file of the stack.
         hash: String,
+        /// The compose file's name in `dir`, and its services.
+        compose: Option<String>,
+        services: BTreeMap<String, super::compose::Service>,
+        health: Vec<HealthCheck>,
+        health_timeout_secs: u64,
     },
 }
 
@@ -253,12 +260,24 @@ pub fn items(host: &Host) -> Vec<Item> {
                         notify: vec![],
                     }));
                 }
+                let compose = super::compose::FILES
+                    .iter()
+                    .find(|f| st.files.contains_key(**f))
+                    .map(|f| f.to_string());
+                let services = compose
+                    .as_ref()
+                    .and_then(|f| super::compose::services(&st.files[f].bytes))
+                    .unwrap_or_default();
                 rest.push((
                     4,
                     Item::Stack {
                         name: st.name.clone(),
                         dir,
                         hash: sha256_hex(&all)[..16].to_string(),
+                        compose,
+                        services,
+                        health: st.health.clone(),
+                        health_timeout_secs: st.health_timeout_secs,
                     },
                 ));
             }

@@ -8,7 +8,9 @@
 //! - [`render`]: plans and reports for people and machines.
 
 pub mod apply;
+pub mod compose;
 pub mod guard;
+pub mod health;
 pub mod item;
 pub mod plan;
 pub mod probe;

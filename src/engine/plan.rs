@@ -112,6 +112,106 @@ pub struct PlanOptions {
     pub allow_mass_delete: bool,
 }
 
+/// Why a compose project needs `up`, and what that does to its services.
+fn plan_stack(
+    name: &str,
+    dir: &str,
+    hash: &str,
+    compose: Option<&str>,
+    services: &BTreeMap<String, super::compose::Service>,
+    changes: &[Change],
+    obs: &Observed,
+) -> Option<(String, Vec<Attr>)> {
+    let containers = obs.stacks.get(name).cloned().unwrap_or_default();
+    let files_change = changes
+        .iter()
+        .any(|c| c.kind == "file" && c.id.starts_with(&format!("{dir}/")));
+    let mut attrs = Vec::new();
+    let reason = if containers.is_empty() {
+        if obs.inventory.stacks.contains_key(name) {
+            "no containers running".to_string()
+        } else {
+            "first deploy".to_string()
+        }
+    } else if files_change || obs.inventory.stacks.get(name) != Some(&hash.to_string()) {
+        // What `up` does to the services, from the compose file before and after.
+        let old = compose
+            .and_then(|f| obs.contents.get(&format!("{dir}/{f}")))
+            .and_then(|b| super::compose::services(b));
+        match old {
+            Some(old) => {
+                let d = super::compose::changes(&old, services);
+                for (what, list) in [
+                    ("recreates", &d.recreate),
+                    ("creates", &d.create),
+                    ("removes", &d.remove),
+                ] {
+                    if !list.is_empty() {
+                        attrs.push(attr(
+                            &format!("{what} service"),
+                            None,
+                            Some(list.join(", ")),
+                        ));
+                    }
+                }
+                if d == Default::default() {
+                    attrs.push(attr(
+                        "services unchanged; other files of the stack changed",
+                        None,
+                        None,
+                    ));
+                }
+            }
+            None if compose
+                .is_some_and(|f| changes.iter().any(|c| c.id == format!("{dir}/{f}"))) =>
+            {
+                attrs.push(attr("the services it changes cannot be shown (the compose file is sensitive or large)", None, None));
+            }
+            None => {}
+        }
+        "its files changed".to_string()
+    } else {
+        let mut drift = Vec::new();
+        for c in &containers {
+            if c.state != "running" {
+                drift.push(format!("{} ({})", c.service, c.state));
+            }
+        }
+        for svc in services.keys() {
+            if !containers.iter().any(|c| c.service == *svc) {
+                drift.push(format!("{svc} (no container)"));
+            }
+        }
+        let mut images = Vec::new();
+        for c in &containers {
+            if let Some(want) = services.get(&c.service).and_then(|s| s.image.as_ref())
+                && !c.image.is_empty()
+                && c.image != *want
+            {
+                images.push(format!(
+                    "{} runs {}, the config says {want}",
+                    c.service, c.image
+                ));
+            }
+        }
+        if !drift.is_empty() {
+            format!("not running: {}", drift.join(", "))
+        } else if !images.is_empty() {
+            format!("image changed: {}", images.join("; "))
+        } else {
+            return None;
+        }
+    };
+    for c in &containers {
+        attrs.push(attr(
+            &format!("service {}", c.service),
+            Some(c.state.clone()),
+            Some("running".into()),
+        ));
+    }
+    Some((reason, attrs))
+}
+
 /// Deleting more than this many resources on one host needs permission.
 pub const MASS_DELETE_COUNT: usize = 20;
 
@@ -550,42 +650,21 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
                     None
                 }
             }
-            Item::Stack { name, dir, hash } => {
-                let containers = obs.stacks.get(name).cloned().unwrap_or_default();
-                let files_change = changes
-                    .iter()
-                    .any(|c: &Change| c.kind == "file" && c.id.starts_with(&format!("{dir}/")));
-                let down: Vec<String> = containers
-                    .iter()
-                    .filter(|(_, st)| st != "running")
-                    .map(|(svc, st)| format!("{svc} ({st})"))
-                    .collect();
-                let reason = if containers.is_empty() {
-                    Some(if obs.inventory.stacks.contains_key(name) {
-                        "no containers running".to_string()
-                    } else {
-                        "first deploy".to_string()
-                    })
-                } else if files_change || obs.inventory.stacks.get(name) != Some(hash) {
-                    Some("its files changed".to_string())
-                } else if !down.is_empty() {
-                    Some(format!("not running: {}", down.join(", ")))
-                } else {
-                    None
-                };
-                reason.map(|r| {
+            Item::Stack {
+                name,
+                dir,
+                hash,
+                compose,
+                services,
+                ..
+            } => plan_stack(name, dir, hash, compose.as_deref(), services, &changes, obs).map(
+                |(reason, attrs)| {
                     let mut c = change(item, Action::Run);
-                    c.note = Some(format!("docker compose up ({r})"));
-                    for (svc, st) in &containers {
-                        c.attrs.push(attr(
-                            &format!("service {svc}"),
-                            Some(st.clone()),
-                            Some("running".into()),
-                        ));
-                    }
+                    c.note = Some(format!("docker compose up ({reason})"));
+                    c.attrs = attrs;
                     c
-                })
-            }
+                },
+            ),
             Item::Command(cmd) => {
                 let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
                 let reason = if guarded {

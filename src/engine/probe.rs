@@ -34,14 +34,23 @@ pub struct Observed {
     pub sysctl: BTreeMap<String, Option<String>>,
     /// Command name → why it would run (None: guards say skip).
     pub commands: BTreeMap<String, Option<String>>,
-    /// Stack name → (service, container state) of its containers.
-    pub stacks: BTreeMap<String, Vec<(String, String)>>,
+    /// Stack name → its containers.
+    pub stacks: BTreeMap<String, Vec<Container>>,
     pub inventory: Inventory,
     /// Handlers a failed earlier run still owes.
     pub pending_handlers: Vec<String>,
     /// Ancestor directories of managed paths that are symlinks not owned by
     /// root: (path, owner, target). Writing through them could land anywhere.
     pub unsafe_parents: Vec<(String, String)>,
+}
+
+/// A container of a compose project, as `docker ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub service: String,
+    /// `running`, `exited`, …
+    pub state: String,
+    pub image: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,7 +354,7 @@ pub fn script(items: &[Item], root: &str) -> String {
         if let Item::Stack { name, .. } = i {
             s.push_str(&format!(
                 "command -v docker >/dev/null && docker ps -a --filter label=com.docker.compose.project={n} \
-                 --format '{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.State}}}}' | sed 's/^/D\t'{n}'\t/'\n",
+                 --format '{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.State}}}}\t{{{{.Image}}}}' | sed 's/^/D\t'{n}'\t/'\n",
                 n = q(name)
             ));
         }
@@ -593,13 +602,19 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                 }
             }
             "D" => {
-                let [stack, service, state] = cols[..] else {
-                    return Err(bad());
+                let (stack, service, state, image) = match cols[..] {
+                    [stack, service, state, image] => (stack, service, state, image),
+                    [stack, service, state] => (stack, service, state, ""),
+                    _ => return Err(bad()),
                 };
                 o.stacks
                     .entry(stack.to_string())
                     .or_default()
-                    .push((service.to_string(), state.to_string()));
+                    .push(Container {
+                        service: service.to_string(),
+                        state: state.to_string(),
+                        image: image.to_string(),
+                    });
             }
             "E" => ended = true,
             _ => {}

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::model::desired::{HealthCheck, Job, JobKind, RebootPolicy};
+use crate::model::desired::{Job, JobKind, RebootPolicy};
 use crate::schedule::{Window, next_run, parse_cron, parse_tz};
 use crate::transport::shell_quote as q;
 
@@ -213,32 +213,7 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
     Ok(s)
 }
 
-/// Health gates as one script: every check must pass.
-pub fn health_script(checks: &[HealthCheck]) -> String {
-    let mut s = String::from("fail=0\n");
-    for c in checks {
-        let (test, what) = match c {
-            HealthCheck::Unit(u) => (
-                format!("systemctl is-active -q {}", q(u)),
-                format!("unit {u} active"),
-            ),
-            HealthCheck::Command(cmd) => (
-                format!("timeout 120 sh -c {} >/dev/null", q(cmd)),
-                format!("command {cmd}"),
-            ),
-            HealthCheck::Http(url) => (
-                format!("curl -fsS -m 10 -o /dev/null {}", q(url)),
-                format!("HTTP {url}"),
-            ),
-        };
-        s.push_str(&format!(
-            "if ! {test}; then echo {} >&2; fail=1; fi\n",
-            q(&format!("health gate failed: {what}"))
-        ));
-    }
-    s.push_str("exit $fail\n");
-    s
-}
+pub use crate::engine::health::health_script;
 
 #[cfg(test)]
 mod tests {

@@ -134,9 +134,16 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
                 c.close().await;
             }
         }
-        if !job.health.is_empty() {
+        // The job's gates, and those of the host's stacks.
+        let mut gates = job.health.clone();
+        for r in &host.resources {
+            if let crate::model::desired::Resource::Stack(st) = r {
+                gates.extend(st.health.iter().cloned());
+            }
+        }
+        if !gates.is_empty() {
             let out = conn
-                .run_script(&health_script(&job.health), Duration::from_secs(300))
+                .run_script(&health_script(&gates), Duration::from_secs(300))
                 .await
                 .map_err(|e| e.to_string())?;
             if !out.success() {

@@ -346,6 +346,11 @@ pub struct Stack {
     pub dir: String,
     /// Files of `stacks/<name>/`, relative to the stack directory, templates rendered.
     pub files: BTreeMap<String, Content>,
+    /// Checked after the stack is brought up, and after maintenance on its host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthCheck>,
+    /// How long the health gates may take to pass after the stack is brought up.
+    pub health_timeout_secs: u64,
     pub origin: Origin,
 }
 
@@ -456,6 +461,8 @@ pub enum HealthCheck {
     Unit(String),
     Command(String),
     Http(String),
+    /// `project/service` of a compose stack, or a container's name.
+    Container(String),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -359,6 +359,9 @@ pub struct StackSpec {
     pub name: S<String>,
     /// Directory on the host; default `/opt/stacks/<name>`.
     pub dir: Option<S<String>>,
+    /// Checked after the stack is brought up, and after maintenance on its host.
+    #[serde(default)]
+    pub health: Vec<HealthSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,6 +428,9 @@ pub struct HealthSpec {
     pub unit: Option<S<String>>,
     pub command: Option<S<String>>,
     pub http: Option<S<String>>,
+    /// A compose service (in a stack: of that stack) or a container name:
+    /// healthy by its health check, or running when it has none.
+    pub container: Option<S<String>>,
     pub timeout: Option<S<String>>,
 }
 

@@ -1158,11 +1158,23 @@ impl<'a> Loader<'a> {
                     Entry::Submodule => {}
                 }
             }
+            let health =
+                self.health_checks(file, &at(file, &s.name), &s.health, Some(&s.name.value));
+            // How long the gates may take to pass after `up`: the longest `timeout` given.
+            let mut health_timeout_secs = 120;
+            for t in s.health.iter().filter_map(|h| h.timeout.as_ref()) {
+                match check::duration(&t.value) {
+                    Ok(d) => health_timeout_secs = d.as_secs().max(1),
+                    Err(e) => self.err(at(file, t).error("invalid-duration", e)),
+                }
+            }
             items.push(Item::Stack {
                 base: Stack {
                     name: s.name.value.clone(),
                     dir: target,
                     files,
+                    health,
+                    health_timeout_secs,
                     origin: at(file, &s.name),
                 },
             });
@@ -1494,6 +1506,53 @@ impl<'a> Loader<'a> {
             static_ip: s.static_ip.as_ref().map(|v| v.value).unwrap_or(false),
             user_data: opt(&s.user_data),
         })
+    }
+
+    /// Health checks as written (`unit`, `command`, `http` or `container`,
+    /// exactly one each); `stack` names the compose project of a stack's checks.
+    fn health_checks(
+        &mut self,
+        file: &str,
+        o: &Origin,
+        specs: &[raw::HealthSpec],
+        stack: Option<&str>,
+    ) -> Vec<HealthCheck> {
+        let mut health = Vec::new();
+        for hc in specs {
+            let set: Vec<HealthCheck> = [
+                hc.unit.as_ref().map(|v| HealthCheck::Unit(v.value.clone())),
+                hc.command
+                    .as_ref()
+                    .map(|v| HealthCheck::Command(v.value.clone())),
+                hc.http.as_ref().map(|v| HealthCheck::Http(v.value.clone())),
+                hc.container.as_ref().map(|v| {
+                    HealthCheck::Container(match stack {
+                        Some(p) => format!("{p}/{}", v.value),
+                        None => v.value.clone(),
+                    })
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if set.len() != 1 {
+                self.err(o.clone().error(
+                    "invalid-health",
+                    "each health check needs exactly one of unit, command, http, container",
+                ));
+                continue;
+            }
+            if let Some(u) = &hc.http
+                && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
+            {
+                self.err(at(file, u).error(
+                    "invalid-value",
+                    format!("{:?} is not an http:// or https:// URL", u.value),
+                ));
+            }
+            health.extend(set);
+        }
+        health
     }
 
     fn template_context(&self, host: &Host, fleet_name: &str) -> serde_json::Value {
@@ -1861,35 +1920,7 @@ impl<'a> Loader<'a> {
                         "timeout {} is longer than the window {:?} ({} min); the job could never finish inside it",
                         t.value, j.window.as_ref().map(|w| w.value.clone()).unwrap_or_default(), w.length().num_minutes())));
             }
-            let mut health = Vec::new();
-            for hc in &j.health {
-                let set: Vec<HealthCheck> = [
-                    hc.unit.as_ref().map(|v| HealthCheck::Unit(v.value.clone())),
-                    hc.command
-                        .as_ref()
-                        .map(|v| HealthCheck::Command(v.value.clone())),
-                    hc.http.as_ref().map(|v| HealthCheck::Http(v.value.clone())),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                if set.len() != 1 {
-                    self.err(o.error(
-                        "invalid-health",
-                        "each health check needs exactly one of unit, command, http",
-                    ));
-                    continue;
-                }
-                if let Some(u) = &hc.http
-                    && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
-                {
-                    self.err(at(file, u).error(
-                        "invalid-value",
-                        format!("{:?} is not an http:// or https:// URL", u.value),
-                    ));
-                }
-                health.extend(set);
-            }
+            let health = self.health_checks(file, &o, &j.health, None);
             // Host selection.
             let mut selected: Vec<String> = Vec::new();
             for n in &j.hosts.names {
