@@ -115,7 +115,7 @@ pub enum ScheduleCommand {
         #[arg(long, default_value_t = 3)]
         next: usize,
     },
-    /// Run a job now (its window is still respected).
+    /// Run a job now (its window is still respected unless --ignore-window).
     Run {
         job: String,
         #[command(flatten)]
@@ -125,6 +125,9 @@ pub enum ScheduleCommand {
         /// Print the run as JSON.
         #[arg(long)]
         json: bool,
+        /// Run even outside the job's maintenance window (by hand, on purpose).
+        #[arg(long)]
+        ignore_window: bool,
     },
 }
 
@@ -183,8 +186,11 @@ pub enum Command {
         #[command(flatten)]
         hosts: HostArgs,
         /// Print the plan as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "markdown")]
         json: bool,
+        /// Print the plan as the pull-request comment the daemon posts (markdown).
+        #[arg(long)]
+        markdown: bool,
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
         detailed_exitcode: bool,
@@ -307,8 +313,20 @@ pub fn run(cli: Cli) -> ExitCode {
             repo,
             hosts,
             json,
+            markdown,
             detailed_exitcode,
-        } => plan(&repo, &hosts, json, detailed_exitcode),
+        } => plan(
+            &repo,
+            &hosts,
+            if json {
+                PlanFormat::Json
+            } else if markdown {
+                PlanFormat::Markdown
+            } else {
+                PlanFormat::Text
+            },
+            detailed_exitcode,
+        ),
         Command::Apply {
             repo,
             hosts,
@@ -676,7 +694,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
         root.display()
     );
-    let code = plan(&args, &hosts, false, false);
+    let code = plan(&args, &hosts, PlanFormat::Text, false);
     if code != EXIT_OK {
         return code;
     }
@@ -686,7 +704,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         return code;
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
-    let code = plan(&args, &hosts, false, false);
+    let code = plan(&args, &hosts, PlanFormat::Text, false);
     if code != EXIT_OK {
         return code;
     }
@@ -866,7 +884,15 @@ fn plan_fleet(
     ))
 }
 
-fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+fn plan(repo: &RepoArgs, args: &HostArgs, format: PlanFormat, detailed: bool) -> u8 {
+    let json = format != PlanFormat::Text;
     let (fleet, names, opts, policies) = match prepare(repo, args) {
         Ok(x) => x,
         Err(c) => return c,
@@ -877,7 +903,18 @@ fn plan(repo: &RepoArgs, args: &HostArgs, json: bool, detailed: bool) -> u8 {
     let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
     let results = fp.results();
     let verdict = crate::policy::judge(&fp.fleet, &results, fp.cloud.as_ref(), &policies);
-    if json {
+    if format == PlanFormat::Markdown {
+        let commit = fp.fleet.commit.clone().unwrap_or_default();
+        let md = crate::report::markdown(
+            &fp.fleet.name,
+            &commit,
+            fp.cloud.as_ref(),
+            &results,
+            &verdict,
+            crate::report::GITHUB_LIMIT,
+        );
+        print!("{}", opts.redact(&md));
+    } else if json {
         let mut doc = reconcile::json(fp.cloud.as_ref(), &results);
         doc["policy"] = serde_json::to_value(&verdict).expect("json");
         let text = serde_json::to_string_pretty(&doc).expect("json");
@@ -1228,6 +1265,7 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
             repo,
             hosts,
             json,
+            ignore_window,
         } => {
             let only = hosts.hosts.clone();
             let args = HostArgs {
@@ -1247,8 +1285,12 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 return EXIT_USAGE;
             };
             let clouds = crate::cloud::Clouds::from_env(&fleet);
+            let mut j = j.clone();
+            if ignore_window {
+                j.window = None;
+            }
             let run = runtime().block_on(crate::maintenance::run::run_job(
-                &fleet, j, &only, &opts, &clouds,
+                &fleet, &j, &only, &opts, &clouds,
             ));
             if json {
                 println!("{}", serde_json::to_string_pretty(&run).expect("json"));

@@ -74,7 +74,7 @@ fn result(host: &str, address: &str) -> HostResult {
 fn preview(fleet: &Fleet, name: &str, opts: &Options) -> HostResult {
     let host = fleet.host(name).expect("selected host exists");
     let items = engine::item::items(host);
-    let mut r = result(name, "(new server)");
+    let mut r = result(name, "new server");
     let mut p =
         engine::plan::plan_host(host, &items, &engine::probe::Observed::default(), opts.plan);
     p.warnings
@@ -91,6 +91,25 @@ fn why_not_running(s: &PowerState) -> String {
         PowerState::Other(s) => format!("the server is {s}"),
         PowerState::Running => "the server has no public address".into(),
     }
+}
+
+/// The fleet with the address and generated host key of every cloud host
+/// whose server (created by tidekeeper for this fleet) runs.
+pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet {
+    let mut out = fleet.clone();
+    for h in out.hosts.iter_mut() {
+        let Some(s) = observed
+            .server(h.provider, &h.name)
+            .filter(|s| s.owned_by(&fleet.name))
+        else {
+            continue;
+        };
+        if let (PowerState::Running, Some(addr)) = (&s.state, &s.address) {
+            h.address = Some(addr.clone());
+            h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
+        }
+    }
+    out
 }
 
 /// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are
@@ -120,7 +139,10 @@ pub async fn plan(
         };
     }
     let observed = cloud::observe(clouds).await;
-    let mut with_addresses = (*fleet).clone();
+    let with_addresses = match &observed {
+        Ok(obs) => with_cloud_addresses(&fleet, obs),
+        Err(_) => (*fleet).clone(),
+    };
     let mut early: Vec<HostResult> = Vec::new();
     let mut reachable = Vec::new();
     let mut new_servers = Vec::new();
@@ -172,16 +194,7 @@ pub async fn plan(
             continue;
         };
         match (&server.state, &server.address) {
-            (PowerState::Running, Some(addr)) => {
-                let h = with_addresses
-                    .hosts
-                    .iter_mut()
-                    .find(|h| h.name == *name)
-                    .expect("host exists");
-                h.address = Some(addr.clone());
-                h.cloud_host_key = server.labels.get(HOST_KEY).cloned();
-                reachable.push(name.clone());
-            }
+            (PowerState::Running, Some(_)) => reachable.push(name.clone()),
             (state, _) => {
                 let mut r = result(name, server.address.as_deref().unwrap_or("-"));
                 r.skipped = Some(why_not_running(state));

@@ -718,3 +718,42 @@ fn rolling_apply_stops_after_a_failed_canary() {
         assert_eq!(bed.ssh_ok(i, "cat /etc/tk-roll"), "rolled\n");
     }
 }
+
+/// Regression: a user named like a group the same config manages failed
+/// with "useradd: group … exists" (found by the agent-server example).
+#[test]
+fn a_user_named_like_a_managed_group_gets_it_as_primary_group() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "svc",
+            "groups:\n  - name: outpost\nusers:\n  - {name: outpost, groups: [outpost], home: /srv/outpost}\n",
+        )],
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(bed.ssh_ok(0, "id -gn outpost").trim(), "outpost");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Regression: a service its package starts on install, whose config file
+/// is written by the same apply, kept running with the packaged config (the
+/// restart handler was dropped because the plan saw the service stopped).
+#[test]
+fn a_service_started_by_its_package_install_runs_with_the_managed_config() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "web",
+            "packages:\n  present: [nginx-light, curl]\nfiles:\n  - path: /etc/nginx/sites-enabled/default\n    \
+             content: \"server { listen 8081; location / { return 200 'managed'; } }\\n\"\n    notify: [restart-nginx]\n\
+             services:\n  - {name: nginx, enabled: true, state: running}\nhandlers:\n  - {name: restart-nginx, restart: nginx}\n",
+        )],
+    );
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8081/"), "managed");
+}

@@ -7,6 +7,7 @@ mod cloud;
 mod daemon;
 mod dockerfile;
 mod engine;
+mod examples;
 mod forge;
 mod local;
 mod maintenance;

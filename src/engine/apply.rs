@@ -385,8 +385,11 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 }
                 args.push_str(&format!(" -G {}", q(&u.groups.join(","))));
                 let body = if c.action == Action::Create {
+                    // A group of the user's name (managed here, or already
+                    // there) becomes its primary group; useradd would refuse it.
                     format!(
-                        "useradd -m -d {}{}{} {} || return\n",
+                        "if getent group {n} >/dev/null; then ug='-g {n}'; else ug=''; fi\n\
+                         useradd $ug -m -d {}{}{} {n} || return\n",
                         q(&u.home),
                         if u.system { " -r" } else { "" },
                         if u.groups.is_empty() {
@@ -394,7 +397,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                         } else {
                             args
                         },
-                        q(&u.name)
+                        n = q(&u.name)
                     )
                 } else {
                     let home = if c.attrs.iter().any(|a| a.name == "home") {
@@ -455,7 +458,17 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                     Some(false) => body.push_str(&format!("systemctl disable -q {u} || return\n")),
                     None => {}
                 }
+                let starts = c
+                    .attrs
+                    .iter()
+                    .any(|a| a.name == "state" && a.after.as_deref() == Some("running"));
                 match state {
+                    // Not running when planned, so its restart handlers were
+                    // dropped; but installing its package may have started it
+                    // since, with the config as it was then: restart, not start.
+                    Some(ServiceState::Running) if starts => {
+                        body.push_str(&format!("systemctl restart {u} || return\n"))
+                    }
                     Some(ServiceState::Running) => {
                         body.push_str(&format!("systemctl start {u} || return\n"))
                     }

@@ -318,6 +318,16 @@ pub fn handler_command(h: &Handler) -> String {
 }
 
 /// ufw's own words for a rule, as `ufw show added` prints it (minus `ufw `).
+/// ufw shows a single-host network (`/32`, `/128`) as the bare address:
+/// write it that way so what is written and what is read back compare equal.
+fn ufw_source(from: &str) -> &str {
+    match from.rsplit_once('/') {
+        Some((addr, "32")) if addr.contains('.') => addr,
+        Some((addr, "128")) if addr.contains(':') => addr,
+        _ => from,
+    }
+}
+
 pub fn ufw_rule_args(r: &FirewallRule) -> String {
     let action = match r.action {
         RuleAction::Allow => "allow",
@@ -342,13 +352,13 @@ pub fn ufw_rule_args(r: &FirewallRule) -> String {
             }
         }
         (Some(p), false) => {
-            s.push_str(&format!(" from {} to any port {p}", r.from));
+            s.push_str(&format!(" from {} to any port {p}", ufw_source(&r.from)));
             if r.proto != "any" {
                 s.push_str(&format!(" proto {}", r.proto));
             }
         }
         (None, _) => {
-            s.push_str(&format!(" from {}", r.from));
+            s.push_str(&format!(" from {}", ufw_source(&r.from)));
             if r.proto != "any" {
                 s.push_str(&format!(" proto {}", r.proto));
             }
@@ -456,5 +466,32 @@ mod tests {
             assert_eq!(format!("ufw {}", ufw_rule_args(&rule)), line);
         }
         assert!(parse_ufw_rule("ufw route allow in on eth0").is_none());
+    }
+
+    /// Regression: a rule `from: 198.51.100.7/32` was written as such, read
+    /// back from ufw as the bare address, and planned again on every run.
+    #[test]
+    fn a_single_host_network_compares_equal_to_the_address_ufw_shows() {
+        for (config, shown) in [
+            (
+                "198.51.100.7/32",
+                "ufw allow from 198.51.100.7 to any port 22 proto tcp",
+            ),
+            (
+                "2001:db8::1/128",
+                "ufw allow from 2001:db8::1 to any port 22 proto tcp",
+            ),
+        ] {
+            let want = FirewallRule {
+                action: RuleAction::Allow,
+                from_port: Some(22),
+                to_port: Some(22),
+                proto: "tcp".into(),
+                from: config.into(),
+                comment: None,
+            };
+            let have = parse_ufw_rule(shown).unwrap();
+            assert_eq!(ufw_rule_args(&want), ufw_rule_args(&have));
+        }
     }
 }

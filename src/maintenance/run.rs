@@ -346,6 +346,28 @@ pub async fn run_job(
     } else {
         None
     };
+    // Cloud hosts are reached at their servers' addresses, as in a reconcile.
+    let cloud_hosts = hosts.iter().any(|h| {
+        fleet.host(h).is_some_and(|h| {
+            matches!(
+                h.provider,
+                crate::model::desired::ProviderKind::Hetzner
+                    | crate::model::desired::ProviderKind::Lightsail
+            )
+        })
+    });
+    let with_addresses;
+    let fleet = if cloud_job.is_none() && cloud_hosts {
+        match cloud::observe(clouds).await {
+            Ok(obs) => {
+                with_addresses = crate::reconcile::with_cloud_addresses(fleet, &obs);
+                &with_addresses
+            }
+            Err(_) => fleet,
+        }
+    } else {
+        fleet
+    };
     let batch = job.max_parallel.max(1) as usize;
     let mut stop: Option<String> = None;
     for (i, chunk) in hosts.chunks(batch).enumerate() {

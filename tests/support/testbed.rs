@@ -477,6 +477,25 @@ impl Testbed {
                 fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
             };
             write("etc/hostname", &format!("{name}\n"), 0o644);
+            if kind == Kind::Docker {
+                // nspawn mounts the cgroup v1 controllers read-only; dockerd
+                // needs them writable (see docs/testing.md). Done at boot.
+                write(
+                    "etc/systemd/system/tk-cgroups-rw.service",
+                    "[Unit]\nDescription=Writable cgroup controllers for dockerd (test fleet)\nBefore=docker.service\n\
+                     [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do d=$${d%%/}; \
+                     [ -L \"$$d\" ] && continue; n=$$(basename $$d); case $$n in systemd|unified) continue;; esac; \
+                     mount -o remount,rw \"$$d\" 2>/dev/null || { umount -l \"$$d\" && mount -t cgroup -o \"$$n\" cgroup \"$$d\"; }; done; true'\n\
+                     [Install]\nWantedBy=multi-user.target\n",
+                    0o644,
+                );
+                let wants = merged.join("etc/systemd/system/multi-user.target.wants");
+                fs::create_dir_all(&wants).unwrap();
+                let _ = std::os::unix::fs::symlink(
+                    "/etc/systemd/system/tk-cgroups-rw.service",
+                    wants.join("tk-cgroups-rw.service"),
+                );
+            }
             write(
                 "etc/hosts",
                 &format!("127.0.0.1 localhost\n{} {name}\n", slot.address()),
@@ -716,12 +735,12 @@ impl Testbed {
         &self.dir
     }
 
-    /// Boot one more full host, for a cloud server; its index. The host's
+    /// Boot one more host (full, or Docker-capable), for a cloud server; its index. The host's
     /// keys come from `cloud`; the bed's own key is not authorized on it.
-    pub fn add_cloud_host(&mut self, cloud: &CloudInit) -> usize {
+    pub fn add_cloud_host(&mut self, kind: Kind, cloud: &CloudInit) -> usize {
         assert!(!self.closed, "the test fleet is shut down");
         let i = self.hosts.len();
-        let host = self.prepare(&image(), i, Kind::Full, Some(cloud));
+        let host = self.prepare(&image(), i, kind, Some(cloud));
         let line = host.known_hosts_line();
         self.hosts.push(host);
         let mut known = fs::read_to_string(&self.known_hosts).unwrap_or_default();

@@ -116,7 +116,9 @@ fn epoch() -> f64 {
 }
 
 fn location(zone: &str) -> Value {
-    json!({"availabilityZone": zone, "regionName": REGION})
+    // The region is the zone without its letter (eu-west-1a → eu-west-1).
+    let region = zone.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    json!({"availabilityZone": zone, "regionName": if region.is_empty() { REGION } else { region }})
 }
 
 fn tags_json(tags: &[(String, String)]) -> Vec<Value> {
@@ -196,6 +198,45 @@ impl Lightsail {
         }
     }
 
+    /// An instance that already exists (made before tidekeeper managed it),
+    /// booted as a test host with the bed's login key, tagged `tags`.
+    pub fn add_existing(
+        &self,
+        name: &str,
+        bundle: &str,
+        zone: &str,
+        tags: &[(&str, &str)],
+    ) -> Instance {
+        let key = self.cloud.bed.lock().unwrap().public_key.clone();
+        let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
+            host_key: None,
+            authorized: vec![key],
+            scripts: vec![],
+        });
+        let inst = Instance {
+            name: name.into(),
+            bundle: bundle.into(),
+            blueprint: "debian_12".into(),
+            zone: zone.into(),
+            state: "running".into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            public_ip: Some(addr.to_string()),
+            static_ip: false,
+            ports: vec![],
+            created: epoch(),
+            host: Some(i),
+        };
+        self.account
+            .lock()
+            .unwrap()
+            .instances
+            .insert(name.into(), inst.clone());
+        inst
+    }
+
     pub fn instance(&self, name: &str) -> Option<Instance> {
         self.account.lock().unwrap().instances.get(name).cloned()
     }
@@ -255,7 +296,7 @@ fn check_auth(headers: &HeaderMap) -> Result<(), (u16, &'static str, &'static st
             "the security token included in the request is invalid",
         ));
     }
-    if scope.get(2) != Some(&REGION) || scope.get(3) != Some(&"lightsail") {
+    if scope.get(2).is_none_or(|r| r.is_empty()) || scope.get(3) != Some(&"lightsail") {
         return Err((
             403,
             "InvalidSignatureException",

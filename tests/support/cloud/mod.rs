@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fleet::FleetRepo;
-use super::testbed::{CloudInit, Testbed};
+use super::testbed::{CloudInit, Kind, Testbed};
 
 /// One injected fault.
 #[derive(Debug, Clone)]
@@ -149,19 +149,27 @@ pub fn cloud_init(user_data: &str, provider_keys: &[String]) -> CloudInit {
 #[derive(Clone)]
 pub struct Cloud {
     pub bed: Arc<Mutex<Testbed>>,
+    /// What kind of test host a new server gets.
+    pub kind: Kind,
 }
 
 impl Cloud {
     /// A cloud with no servers yet (the bed has `n` ordinary hosts too).
     pub fn new(n: usize) -> Cloud {
+        Self::with_kind(n, Kind::Full)
+    }
+
+    /// A cloud whose servers are `kind` hosts (`Kind::Docker` to run containers).
+    pub fn with_kind(n: usize, kind: Kind) -> Cloud {
         Cloud {
             bed: Arc::new(Mutex::new(Testbed::start(n))),
+            kind,
         }
     }
 
     /// Boot a host for a new server (blocking; run it off the async runtime).
     pub fn boot(&self, init: &CloudInit) -> (usize, Ipv4Addr) {
-        let i = self.bed.lock().unwrap().add_cloud_host(init);
+        let i = self.bed.lock().unwrap().add_cloud_host(self.kind, init);
         let addr = self.bed.lock().unwrap().host(i).address;
         if !wait_port(addr, Duration::from_secs(90)) {
             panic!(
@@ -243,6 +251,38 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
+/// tidekeeper.yaml with `providers.hetzner` and `providers.lightsail` given
+/// the emulators' endpoints and short timeouts (inserted under those keys).
+pub fn point_at(settings: &str, hetzner: &str, lightsail: &str) -> String {
+    let mut out = String::new();
+    for line in settings.lines() {
+        match line.trim_end() {
+            "  hetzner: {}" => {
+                out.push_str(&format!(
+                    "  hetzner:\n    endpoint: {hetzner}\n    timeout: 5s\n"
+                ));
+                continue;
+            }
+            "  hetzner:" => {
+                out.push_str(&format!(
+                    "{line}\n    endpoint: {hetzner}\n    timeout: 5s\n"
+                ));
+                continue;
+            }
+            "  lightsail:" => {
+                out.push_str(&format!(
+                    "{line}\n    endpoint: {lightsail}\n    timeout: 5s\n"
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Both emulators on one test fleet, and a config repo pointed at them.
 pub struct CloudFleet {
     pub cloud: Cloud,
@@ -275,20 +315,32 @@ impl CloudFleet {
     /// whose tidekeeper.yaml (fleet `acme`) points at them; `extra` is added
     /// to tidekeeper.yaml.
     pub fn start(files: &[(&str, &str)], extra: &str) -> CloudFleet {
-        let cloud = Cloud::new(0);
+        let settings = format!(
+            "fleet: acme\ndefaults:\n  parallelism: 4\nproviders:\n  hetzner: {{}}\n  lightsail:\n    region: {}\n{extra}",
+            lightsail::REGION,
+        );
+        let mut all: Vec<(String, String)> = vec![("tidekeeper.yaml".into(), settings)];
+        all.extend(files.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+        Self::with_repo(Kind::Full, all)
+    }
+
+    /// Emulators, servers of `kind`, and a repo of `files` whose
+    /// tidekeeper.yaml's `providers:` are pointed at the emulators.
+    pub fn with_repo(kind: Kind, mut files: Vec<(String, String)>) -> CloudFleet {
+        let cloud = Cloud::with_kind(0, kind);
         let hetzner = hetzner::Hetzner::start(cloud.clone());
         let lightsail = lightsail::Lightsail::start(cloud.clone());
         let key = cloud.bed.lock().unwrap().key.clone();
-        let settings = format!(
-            "fleet: acme\ndefaults:\n  parallelism: 4\nproviders:\n  hetzner:\n    endpoint: {}\n    timeout: 5s\n  \
-             lightsail:\n    region: {}\n    endpoint: {}\n    timeout: 5s\n{extra}",
-            hetzner.url,
-            lightsail::REGION,
-            lightsail.url
-        );
-        let mut all: Vec<(&str, &str)> = vec![("tidekeeper.yaml", settings.as_str())];
-        all.extend_from_slice(files);
-        let repo = FleetRepo::with_files(key, &all);
+        for (path, text) in files.iter_mut() {
+            if path == "tidekeeper.yaml" {
+                *text = point_at(text, &hetzner.url, &lightsail.url);
+            }
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let repo = FleetRepo::with_files(key, &refs);
         CloudFleet {
             cloud,
             hetzner,

@@ -1,0 +1,438 @@
+//! The reference fleets in `examples/`, end to end: each validates, is
+//! reconciled on the test fleet (clouds through the emulators), and then
+//! plans "No changes.". The plan output and PR comment in each example's
+//! README are the ones these tests produce (`TIDEKEEPER_BLESS=1` rewrites
+//! them; otherwise a README that no longer matches fails the test).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::cloud::CloudFleet;
+use crate::support::fleet::{stdout, text};
+use crate::support::testbed::Kind;
+use crate::support::{TempDir, git, tidekeeper};
+
+pub const EXAMPLES: [&str; 2] = ["agent-server", "platform-and-workspaces"];
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+/// Every text file of an example except its README, as (path, text); the
+/// binary ones (age secrets) are made afresh by the tests.
+pub fn files(name: &str) -> Vec<(String, String)> {
+    fn walk(base: &Path, at: &Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(at).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                if rel != "README.md"
+                    && let Ok(text) = std::fs::read_to_string(&p)
+                {
+                    out.push((rel, text));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir(name), &dir(name), &mut out);
+    out
+}
+
+/// Replace `from` with `to` in the file `path` of `files` (adapting an
+/// example to the test fleet, as its README tells users to adapt it).
+pub fn patch(files: &mut [(String, String)], path: &str, from: &str, to: &str) {
+    let f = files
+        .iter_mut()
+        .find(|f| f.0 == path)
+        .unwrap_or_else(|| panic!("no {path} in the example"));
+    assert!(f.1.contains(from), "{path} has no {from:?}");
+    f.1 = f.1.replace(from, to);
+}
+
+/// Output as the README shows it: the test fleet's addresses, commits and
+/// keys replaced by stable stand-ins.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    let mut addrs: Vec<String> = Vec::new();
+    let mut rest = text;
+    // Addresses of the test network, numbered in order of appearance.
+    while let Some(i) = rest.find("10.213.") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(tail.len());
+        let addr = tail[..end].trim_end_matches('.').to_string();
+        let n = match addrs.iter().position(|a| *a == addr) {
+            Some(n) => n,
+            None => {
+                addrs.push(addr.clone());
+                addrs.len() - 1
+            }
+        };
+        out.push_str(&format!("203.0.113.{}", 10 + n));
+        rest = &tail[addr.len()..];
+    }
+    out.push_str(rest);
+    // Commits: 40 or 12 hex digits standing alone.
+    let mut s = String::new();
+    for word in split_keep(&out) {
+        let w = word.trim_matches('`');
+        if (w.len() == 40 || w.len() == 12)
+            && w.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            && w.chars().any(|c| c.is_ascii_digit())
+        {
+            s.push_str(&word.replace(w, &"c0ffee0123456789abcdef0123456789abcdef01"[..w.len()]));
+        } else if w.starts_with("AAAAC3NzaC1lZDI1NTE5") && w.len() > 40 {
+            s.push_str(&word.replace(w, "AAAAC3NzaC1lZDI1NTE5AAAA…"));
+        } else {
+            s.push_str(&word);
+        }
+    }
+    s
+}
+
+/// Split into words and the separators between them, keeping both.
+fn split_keep(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in s.chars() {
+        let sep = c.is_whitespace() || c == '"' || c == '(' || c == ')' || c == ',';
+        if sep {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            out.push(c.to_string());
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The README of `example` must show `content` in its generated `section`
+/// (between `<!-- generated: SECTION -->` and `<!-- end: SECTION -->`).
+/// With TIDEKEEPER_BLESS=1 the README is rewritten instead.
+pub fn readme_shows(example: &str, section: &str, lang: &str, content: &str) {
+    let path = dir(example).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let begin = format!("<!-- generated: {section} -->\n");
+    let end = format!("<!-- end: {section} -->");
+    let (Some(a), Some(b)) = (readme.find(&begin), readme.find(&end)) else {
+        panic!("{} has no generated section {section}", path.display());
+    };
+    let body = normalize(content);
+    // A fence longer than any inside (the PR comment has its own).
+    let fence = if body.contains("```") { "````" } else { "```" };
+    let block = format!("{fence}{lang}\n{}\n{fence}\n", body.trim_end());
+    let now = &readme[a + begin.len()..b];
+    if now == block {
+        return;
+    }
+    if std::env::var_os("TIDEKEEPER_BLESS").is_some() {
+        let updated = format!("{}{block}{}", &readme[..a + begin.len()], &readme[b..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    panic!(
+        "{} section {section} is out of date; run `TIDEKEEPER_BLESS=1 cargo test examples::` to regenerate it.\n--- README has\n{now}\n--- the test produced\n{block}",
+        path.display()
+    );
+}
+
+#[test]
+fn every_example_validates_and_its_policy_tests_pass() {
+    for name in EXAMPLES {
+        let tmp = TempDir::new("example");
+        let repo = tmp.path().join(name);
+        copy_dir(&dir(name), &repo);
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "example"]);
+        let out = tidekeeper()
+            .args(["validate", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        let out = tidekeeper()
+            .args(["policy", "test", "--repo"])
+            .arg(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        assert!(
+            std::fs::read_to_string(dir(name).join("README.md"))
+                .unwrap()
+                .contains("<!-- generated: plan -->"),
+            "{name}'s README shows a generated plan"
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+/// Commit `change` on a branch `pr`, plan it as the PR comment, and go back to main.
+fn pr_comment(f: &CloudFleet, change: impl FnOnce(&CloudFleet)) -> String {
+    git(&f.repo.path, &["checkout", "-q", "-b", "pr"]);
+    change(f);
+    f.repo.commit("pull request");
+    let out = f.tk(&["plan", "--markdown", "--ref", "pr"]);
+    git(&f.repo.path, &["checkout", "-q", "main"]);
+    stdout(&out)
+}
+
+fn merge_pr(f: &CloudFleet) {
+    git(&f.repo.path, &["merge", "-q", "--ff-only", "pr"]);
+    git(&f.repo.path, &["branch", "-q", "-d", "pr"]);
+}
+
+#[test]
+fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
+    let mut files = files("agent-server");
+    // tidekeeper connects from the test network; the operator is elsewhere.
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "tidekeeper_cidr: 192.0.2.10/32",
+        "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    let f = CloudFleet::with_repo(Kind::Full, files);
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    for want in [
+        "+ outpost-hz server (Hetzner, create)  +13.60 EUR/month",
+        "+ outpost server (Lightsail, create)  +24.00 USD/month",
+        "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 24.00 USD (+24.00)",
+        "+ outpost service outpost-dispatcher",
+    ] {
+        assert!(plan.contains(want), "missing {want:?}:\n{plan}");
+    }
+    readme_shows("agent-server", "plan", "text", &plan);
+
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for h in ["outpost", "outpost-hz"] {
+        let health = f.ssh(h, "curl -fsS http://127.0.0.1:8700/health");
+        assert!(health.contains("\"status\": \"ok\""), "{h}: {health}");
+        let queued = f.ssh(
+            h,
+            "curl -fsS -X POST -d '{\"prompt\": \"hello\"}' http://127.0.0.1:8700/tasks && ls /srv/outpost/runs | wc -l",
+        );
+        assert!(queued.trim_end().ends_with('1'), "{h}: {queued}");
+        assert!(
+            f.ssh(h, "ufw status").contains("8700"),
+            "{h}: the host firewall too"
+        );
+    }
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout(&out).contains("No changes."), "{}", text(&out));
+
+    // The pull request: Lightsail medium → large, which Lightsail can only do as a replace.
+    let comment = pr_comment(&f, |f| {
+        let t = f.repo.read("hosts/outpost.yaml");
+        f.repo.write(
+            "hosts/outpost.yaml",
+            &t.replace("bundle: medium_3_0", "bundle: large_3_0")
+                .replace(
+                    "roles:",
+                    "allow_destroy: true      # the runs are disposable; replacing is fine\nroles:",
+                ),
+        );
+    });
+    for want in [
+        "-/+ outpost server (Lightsail, replace)  24.00 → 44.00 USD/month (+20.00)",
+        "Monthly cost: 13.60 → 13.60 EUR (+0.00); 24.00 → 44.00 USD (+20.00)",
+        "Policies: all passed.",
+    ] {
+        assert!(comment.contains(want), "missing {want:?}:\n{comment}");
+    }
+    readme_shows("agent-server", "pr-comment", "markdown", &comment);
+    merge_pr(&f);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.lightsail.instance("outpost").unwrap().bundle, "large_3_0");
+    assert!(
+        f.ssh("outpost", "curl -fsS http://127.0.0.1:8700/health")
+            .contains("ok")
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let _ = Duration::ZERO;
+}
+
+/// The environment for an example whose secrets are encrypted to `identity`.
+fn with_identity<'a>(identity: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut env = crate::support::cloud::CREDENTIALS.to_vec();
+    env.push(("TIDEKEEPER_AGE_IDENTITY", identity));
+    env
+}
+
+#[test]
+fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
+    let mut files = files("platform-and-workspaces");
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "tidekeeper_cidr: 10.0.0.2/32",
+        "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    // This Debian runsc needs host networking and no cgroups inside a test host.
+    let runsc = "  runsc_args: [\"--network=host\", \"--ignore-cgroups\"]\n";
+    for h in ["hosts/platform.yaml", "hosts/workspace.yaml"] {
+        let t = &mut files.iter_mut().find(|f| f.0 == h).unwrap().1;
+        t.push_str(runsc);
+    }
+    // Backups go to a repository on each server instead of the storage box.
+    patch(
+        &mut files,
+        "schedules.yaml",
+        "sftp:u100000@u100000.your-storagebox.de:/podex/{{ host.name }}",
+        "/var/backups/restic/{{ host.name }}",
+    );
+    let f = CloudFleet::with_repo(Kind::Docker, files);
+    let identity = crate::support::fleet::age_identity();
+    f.repo
+        .encrypt_secret(&identity, "restic", "correct horse battery staple");
+    f.repo.commit("our own restic password");
+    let env = with_identity(&identity);
+
+    let out = f.repo.tk_env(&["plan"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    for want in [
+        "+ platform server (Hetzner, create)  +13.60 EUR/month",
+        "+ workspace-2 server (Hetzner, create)  +25.20 EUR/month",
+        "Monthly cost: 0.00 → 64.00 EUR (+64.00)",
+    ] {
+        assert!(plan.contains(want), "missing {want:?}:\n{plan}");
+    }
+    readme_shows("platform-and-workspaces", "plan", "text", &plan);
+    let out = f.repo.tk_env(&["apply", "--yes"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for h in ["platform", "workspace-1", "workspace-2"] {
+        let sshd = f.ssh(h, "sshd -T");
+        assert!(sshd.contains("passwordauthentication no"), "{h}");
+        assert!(sshd.contains("kexalgorithms curve25519-sha256"), "{h}");
+        assert_eq!(
+            f.ssh(h, "systemctl is-active fail2ban unattended-upgrades docker")
+                .lines()
+                .filter(|l| *l == "active")
+                .count(),
+            3,
+            "{h}"
+        );
+        let conf: serde_json::Value =
+            serde_json::from_str(&f.ssh(h, "cat /etc/docker/daemon.json")).unwrap();
+        assert_eq!(conf["icc"], false);
+        assert_eq!(conf["no-new-privileges"], true);
+        assert_eq!(conf["log-opts"]["max-size"], "10m");
+    }
+    assert_eq!(
+        f.ssh("workspace-1", "docker info --format '{{.DefaultRuntime}}'")
+            .trim(),
+        "runsc"
+    );
+    assert_eq!(
+        f.ssh("platform", "docker info --format '{{.DefaultRuntime}}'")
+            .trim(),
+        "runc"
+    );
+    let ufw = f.ssh("workspace-2", "ufw status");
+    assert!(
+        ufw.contains("2376/tcp") && ufw.contains("10.0.0.2"),
+        "{ufw}"
+    );
+    // A user container on a workspace server runs under gVisor.
+    f.ssh(
+        "workspace-1",
+        "mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ 2>/dev/null || (apt-get install -y -qq busybox-static >/dev/null && cp /bin/busybox /tmp/bb/bin/); \
+         ln -sf busybox /tmp/bb/bin/dmesg && tar -C /tmp/bb -c . | docker import - local/busybox:1 >/dev/null",
+    );
+    let dmesg = f.ssh("workspace-1", "docker run --rm local/busybox:1 dmesg");
+    assert!(
+        dmesg.contains("gVisor") || dmesg.contains("Ready!"),
+        "{dmesg}"
+    );
+    let out = f.repo.tk_env(&["plan", "--detailed-exitcode"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The nightly backup, run now.
+    let out = f.repo.tk_env(
+        &["schedule", "run", "nightly-backup", "--ignore-window"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let snaps = f.ssh(
+        "workspace-1",
+        "RESTIC_PASSWORD='correct horse battery staple' restic -r /var/backups/restic/workspace-1 snapshots --json | jq length",
+    );
+    assert_eq!(snaps.trim(), "1");
+
+    // A third workspace server, by pull request.
+    let comment = pr_comment(&f, |f| {
+        let t = f.repo.read("hosts/workspace.yaml");
+        f.repo
+            .write("hosts/workspace.yaml", &t.replace("count: 2", "count: 3"));
+    });
+    for want in [
+        "+ workspace-3 server (Hetzner, create)  +25.20 EUR/month",
+        "Monthly cost: 64.00 → 89.20 EUR (+25.20)",
+        "Policies: all passed.",
+    ] {
+        assert!(comment.contains(want), "missing {want:?}:\n{comment}");
+    }
+    readme_shows(
+        "platform-and-workspaces",
+        "pr-comment",
+        "markdown",
+        &comment,
+    );
+    merge_pr(&f);
+    let out = f.repo.tk_env(&["apply", "--yes"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        f.ssh("workspace-3", "docker info --format '{{.DefaultRuntime}}'")
+            .trim(),
+        "runsc"
+    );
+
+    // Drained, then removed with permission.
+    let t = f.repo.read("hosts/workspace.yaml");
+    f.repo.write(
+        "hosts/workspace.yaml",
+        &t.replace("count: 3", "count: 2")
+            .replace("roles:", "allow_destroy: true\nroles:"),
+    );
+    f.repo.commit("workspace-3 is drained");
+    let out = f.repo.tk_env(&["apply", "--yes"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(f.hetzner.server("workspace-3").is_none());
+    assert_eq!(f.hetzner.servers().len(), 3);
+    let out = f.repo.tk_env(&["plan", "--detailed-exitcode"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
