@@ -286,7 +286,7 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
 }
 
 /// The environment for an example whose secrets are encrypted to `identity`.
-fn with_identity<'a>(identity: &'a str) -> Vec<(&'a str, &'a str)> {
+fn with_identity(identity: &str) -> Vec<(&str, &str)> {
     let mut env = crate::support::cloud::CREDENTIALS.to_vec();
     env.push(("TIDEKEEPER_AGE_IDENTITY", identity));
     env
