@@ -1223,12 +1223,7 @@ fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                     job.timezone,
                     job.window
                         .as_ref()
-                        .map(|w| format!(
-                            ", window {}-{} {}",
-                            w.start.format("%H:%M"),
-                            w.end.format("%H:%M"),
-                            w.timezone
-                        ))
+                        .map(|w| format!(", window {w}"))
                         .unwrap_or_default()
                 );
                 println!("  hosts: {}", job.hosts.join(", "));

@@ -70,6 +70,36 @@ fn day_index(s: &str) -> Option<usize> {
     DAYS.iter().position(|d| s.len() >= 3 && d.starts_with(&s))
 }
 
+impl std::fmt::Display for Window {
+    /// `Sun 03:00-06:00 UTC`, `daily 00:00-06:00 UTC`, `Mon,Fri 01:00-02:00 …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = if self.days.iter().all(|d| *d) {
+            "daily".to_string()
+        } else {
+            DAYS.iter()
+                .zip(self.days)
+                .filter(|(_, on)| *on)
+                .map(|(d, _)| {
+                    let mut c = d[..3].chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase())
+                        .into_iter()
+                        .chain(c)
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        write!(
+            f,
+            "{days} {}-{} {}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M"),
+            self.timezone
+        )
+    }
+}
+
 impl Window {
     pub fn parse(s: &str) -> Result<Window, String> {
         let err = |why: &str| {

@@ -398,7 +398,7 @@ fn schedule_list_shows_next_runs_in_each_jobs_zone() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
-            "nightly-backup (backup, cron \"30 1 * * *\" Europe/Berlin), window 00:00-06:00 UTC"
+            "nightly-backup (backup, cron \"30 1 * * *\" Europe/Berlin), window daily 00:00-06:00 UTC"
         ),
         "{text}"
     );

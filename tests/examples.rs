@@ -12,7 +12,7 @@ use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 use crate::support::{TempDir, git, tidekeeper};
 
-pub const EXAMPLES: [&str; 2] = ["agent-server", "platform-and-workspaces"];
+pub const EXAMPLES: [&str; 3] = ["agent-server", "platform-and-workspaces", "bare-metal"];
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -435,4 +435,122 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     assert_eq!(f.hetzner.servers().len(), 3);
     let out = f.repo.tk_env(&["plan", "--detailed-exitcode"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_status_branch() {
+    use crate::support::daemon::Daemon;
+    use crate::support::fleet::FleetRepo;
+    use crate::support::testbed::Testbed;
+    let bed = Testbed::start(1);
+    let mut files = files("bare-metal");
+    let addr = bed.host(0).address.to_string();
+    patch(&mut files, "hosts/aegis.yaml", "157.180.63.15", &addr);
+    let known = files.iter_mut().find(|f| f.0 == "known_hosts").unwrap();
+    known.1 = format!("{}\n", bed.host(0).known_hosts_line());
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "tidekeeper_cidr: 100.64.0.0/10",
+        "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    patch(
+        &mut files,
+        "schedules.yaml",
+        "sftp:u200000@u200000.your-storagebox.de:/aegis",
+        "/var/backups/restic",
+    );
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let repo = FleetRepo::with_files(bed.key.clone(), &refs);
+    let identity = crate::support::fleet::age_identity();
+    repo.encrypt_secret(&identity, "restic", "aegis backup password");
+    repo.commit("our restic password");
+    let env = [("TIDEKEEPER_AGE_IDENTITY", identity.as_str())];
+
+    let out = repo.tk_env(&["plan"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("+ aegis file /usr/local/bin/aegis-health"),
+        "{plan}"
+    );
+    readme_shows("bare-metal", "plan", "text", &plan);
+    let out = repo.tk_env(&["apply", "--yes"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = repo.tk_env(&["plan", "--detailed-exitcode"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    for job in ["daily-backup", "weekly-verified-backup", "monthly-kernel"] {
+        let out = repo.tk_env(&["schedule", "run", job, "--ignore-window"], &env);
+        assert_eq!(out.status.code(), Some(0), "{job}: {}", text(&out));
+    }
+    let snaps = bed.ssh_ok(
+        0,
+        "RESTIC_PASSWORD='aegis backup password' restic -r /var/backups/restic snapshots --json | jq length",
+    );
+    // Two backups on one day: `keep daily 7` keeps the day's last.
+    assert_eq!(snaps.trim(), "1", "retention applied");
+
+    // A PR that tightens the disk threshold.
+    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
+    let t = repo.read("hosts/aegis.yaml");
+    repo.write(
+        "hosts/aegis.yaml",
+        &t.replace("disk_alert: \"85\"", "disk_alert: \"80\""),
+    );
+    repo.commit("alert on disk above 80%");
+    let out = repo.tk_env(&["plan", "--markdown", "--ref", "pr"], &env);
+    let comment = stdout(&out);
+    assert!(
+        comment.contains("-DISK_ALERT=85") && comment.contains("+DISK_ALERT=80"),
+        "{comment}"
+    );
+    readme_shows("bare-metal", "pr-comment", "markdown", &comment);
+    git(&repo.path, &["checkout", "-q", "main"]);
+
+    // The daemon runs the health check on its cron and reports it on the status branch.
+    let t = repo.read("schedules.yaml");
+    repo.write(
+        "schedules.yaml",
+        &t.replace("cron: \"*/5 * * * *\"", "cron: \"*/2 * * * * *\""),
+    );
+    repo.commit("check every 2 seconds for the test");
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &env,
+    );
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_applied(&head, Duration::from_secs(60));
+    d.wait_for(
+        "the health report on the status branch",
+        Duration::from_secs(60),
+        |_| {
+            std::process::Command::new("git")
+                .args([
+                    "show",
+                    "tidekeeper/status:status/schedules/health-thresholds.json",
+                ])
+                .current_dir(&repo.path)
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("alert above"))
+        },
+    );
+    let report = git(
+        &repo.path,
+        &[
+            "show",
+            "tidekeeper/status:status/schedules/health-thresholds.json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let tail = v["last_run"]["hosts"][0]["log_tail"].to_string();
+    for m in ["cpu", "ram", "disk"] {
+        assert!(tail.contains(&format!(" {m} ")), "{m} reported: {tail}");
+    }
+    assert_eq!(v["last_run"]["ok"], true, "{report}");
 }
