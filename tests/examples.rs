@@ -12,7 +12,12 @@ use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 use crate::support::{TempDir, git, tidekeeper};
 
-pub const EXAMPLES: [&str; 3] = ["agent-server", "platform-and-workspaces", "bare-metal"];
+pub const EXAMPLES: [&str; 4] = [
+    "agent-server",
+    "platform-and-workspaces",
+    "bare-metal",
+    "bastion",
+];
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -553,4 +558,118 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         assert!(tail.contains(&format!(" {m} ")), "{m} reported: {tail}");
     }
     assert_eq!(v["last_run"]["ok"], true, "{report}");
+}
+
+#[test]
+fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforced() {
+    let mut files = files("bastion");
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "tidekeeper_cidr: 192.0.2.10/32",
+        "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    // The test fleet's hosts log in as root.
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "    user: admin                 # Debian on Lightsail logs in as admin\n    sudo: true\n",
+        "    user: root\n",
+    );
+    let f = CloudFleet::with_repo(Kind::Docker, files);
+    // The bastion exists already; adopting it is labelling it as this fleet's.
+    let inst = f.lightsail.add_existing(
+        "bastion",
+        "nano_3_0",
+        "eu-west-1a",
+        &[
+            ("managed-by", "tidekeeper"),
+            ("tidekeeper-fleet", "homelab"),
+        ],
+    );
+    let key = f
+        .cloud
+        .bed
+        .lock()
+        .unwrap()
+        .host(inst.host.unwrap())
+        .host_key
+        .clone();
+    f.repo.write("known_hosts", &format!("bastion {key}\n"));
+    f.repo.commit("pin the bastion's host key");
+
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("~ bastion server (Lightsail, update)  5.00 USD/month (no change)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("stack netboot  docker compose up (first deploy)"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("create"),
+        "the bastion is modified, never recreated: {plan}"
+    );
+    readme_shows("bastion", "plan", "text", &plan);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.lightsail.instances().len(), 1);
+    let ports = f.lightsail.instance("bastion").unwrap().ports;
+    assert_eq!(
+        ports[0]["ipv6Cidrs"],
+        serde_json::json!(["2001:db8:1234::42/128"]),
+        "{ports:?}"
+    );
+    // The seed's phase checks, from the host: they also ran as health gates.
+    assert!(
+        f.ssh(
+            "bastion",
+            "curl -fsS http://127.0.0.1:8080/assets/boot.ipxe"
+        )
+        .contains("#!ipxe")
+    );
+    let running = f.ssh(
+        "bastion",
+        "docker ps --format '{{.Label \"com.docker.compose.service\"}}' | sort | tr '\\n' ' '",
+    );
+    assert_eq!(
+        running.trim(),
+        "dhcp matchbox registry-docker-io registry-ghcr-io"
+    );
+    assert!(f.ssh("bastion", "ufw status").contains("2001:db8:1234::42"));
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = tidekeeper()
+        .args(["schedule", "list", "--repo"])
+        .arg(&f.repo.path)
+        .envs(crate::support::cloud::CREDENTIALS)
+        .output()
+        .unwrap();
+    let list = text(&out);
+    assert!(list.contains("h in the next 30 days"), "{list}");
+    assert!(list.contains("saving: 0.00 USD/month"), "{list}");
+    // Without the next run times, which depend on when the test runs.
+    let shown: String = stdout(&out)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("next:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    readme_shows("bastion", "schedule", "text", &shown);
+
+    // A PR adding a Talos test node on Lightsail: over the lab's budget.
+    let comment = pr_comment(&f, |f| {
+        f.repo.write(
+            "hosts/talos-1.yaml",
+            "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-west-1a}\n",
+        );
+    });
+    assert!(
+        comment.contains("this change adds 5.00 USD a month; the lab's budget allows 0.10 (policy bastion.budget)"),
+        "{comment}"
+    );
+    readme_shows("bastion", "pr-comment", "markdown", &comment);
 }

@@ -1161,13 +1161,14 @@ impl<'a> Loader<'a> {
             let health =
                 self.health_checks(file, &at(file, &s.name), &s.health, Some(&s.name.value));
             // How long the gates may take to pass after `up`: the longest `timeout` given.
-            let mut health_timeout_secs = 120;
+            let mut given: Option<u64> = None;
             for t in s.health.iter().filter_map(|h| h.timeout.as_ref()) {
                 match check::duration(&t.value) {
-                    Ok(d) => health_timeout_secs = d.as_secs().max(1),
+                    Ok(d) => given = Some(given.unwrap_or(0).max(d.as_secs().max(1))),
                     Err(e) => self.err(at(file, t).error("invalid-duration", e)),
                 }
             }
+            let health_timeout_secs = given.unwrap_or(120);
             items.push(Item::Stack {
                 base: Stack {
                     name: s.name.value.clone(),
