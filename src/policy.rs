@@ -223,6 +223,8 @@ pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) 
         .map(|h| {
             json!({
                 "name": h.name,
+                "group": h.group,
+                "index": h.index,
                 "provider": format!("{:?}", h.provider).to_lowercase(),
                 "labels": h.labels,
                 "roles": h.roles,

@@ -12,11 +12,12 @@ use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 use crate::support::{TempDir, git, tidekeeper};
 
-pub const EXAMPLES: [&str; 4] = [
+pub const EXAMPLES: [&str; 5] = [
     "agent-server",
     "platform-and-workspaces",
     "bare-metal",
     "bastion",
+    "task-pool",
 ];
 
 fn dir(name: &str) -> PathBuf {
@@ -672,4 +673,90 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         "{comment}"
     );
     readme_shows("bastion", "pr-comment", "markdown", &comment);
+}
+
+#[test]
+fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
+    let mut files = files("task-pool");
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "tidekeeper_cidr: 10.0.0.2/32",
+        "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    let f = CloudFleet::with_repo(Kind::Docker, files);
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("Monthly cost: 0.00 → 50.40 EUR (+50.40)"),
+        "{plan}"
+    );
+    readme_shows("task-pool", "plan", "text", &plan);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for h in ["tasks-1", "tasks-2"] {
+        let inspect = f.ssh(
+            h,
+            "docker inspect $(docker ps -q --filter label=com.docker.compose.service=canary) \
+             --format '{{json .HostConfig.CapDrop}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.ReadonlyRootfs}}'",
+        );
+        assert_eq!(
+            inspect.trim(),
+            "[\"ALL\"] 256 2147483648 1000000000 [\"no-new-privileges:true\"] true",
+            "{h}"
+        );
+        let conf: serde_json::Value =
+            serde_json::from_str(&f.ssh(h, "cat /etc/docker/daemon.json")).unwrap();
+        assert_eq!(conf["no-new-privileges"], true);
+    }
+    // A task through the launcher: no capabilities, its limits, its own workspace.
+    let task = f.ssh(
+        "tasks-1",
+        "run-task t42 u7 sh -c 'grep CapEff /proc/self/status; echo hi > /workspace/out; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max' && cat /workspace/u7/t42/out",
+    );
+    assert!(task.contains("CapEff:\t0000000000000000"), "{task}");
+    assert!(task.contains("256"), "{task}");
+    assert!(task.trim_end().ends_with("hi"), "{task}");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Scale to 3 by pull request: within the limits, priced.
+    let comment = pr_comment(&f, |f| {
+        let t = f.repo.read("hosts/tasks.yaml");
+        f.repo
+            .write("hosts/tasks.yaml", &t.replace("count: 2", "count: 3"));
+    });
+    assert!(
+        comment.contains("+ tasks-3 server (Hetzner, create)  +25.20 EUR/month"),
+        "{comment}"
+    );
+    assert!(comment.contains("Policies: all passed."), "{comment}");
+    readme_shows("task-pool", "pr-comment", "markdown", &comment);
+    merge_pr(&f);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.hetzner.servers().len(), 3);
+
+    // Six is over the policy's maximum: the plan is denied.
+    let t = f.repo.read("hosts/tasks.yaml");
+    f.repo
+        .write("hosts/tasks.yaml", &t.replace("count: 3", "count: 6"));
+    f.repo.commit("six");
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out)
+            .contains("the task pool would have 6 servers; at most 5 (policy taskpool.size)"),
+        "{}",
+        text(&out)
+    );
+    // Back to 2: the highest-numbered server goes (the group allows destroying).
+    f.repo
+        .write("hosts/tasks.yaml", &t.replace("count: 3", "count: 2"));
+    f.repo.commit("two");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(f.hetzner.server("tasks-3").is_none());
+    assert!(f.hetzner.server("tasks-2").is_some());
 }

@@ -7,13 +7,7 @@ use std::collections::BTreeMap;
 
 use super::item::sha256_hex;
 
-/// The names compose looks for, in its order.
-pub const FILES: [&str; 4] = [
-    "compose.yaml",
-    "compose.yml",
-    "docker-compose.yaml",
-    "docker-compose.yml",
-];
+pub use crate::model::desired::COMPOSE_FILES as FILES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {

@@ -340,6 +340,14 @@ pub struct CommandResource {
     pub origin: Origin,
 }
 
+/// The names compose looks for in a project directory, in its order.
+pub const COMPOSE_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Stack {
     pub name: String,

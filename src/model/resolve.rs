@@ -1121,15 +1121,11 @@ impl<'a> Loader<'a> {
                 );
                 continue;
             }
-            let has_compose = [
-                "compose.yaml",
-                "compose.yml",
-                "docker-compose.yaml",
-                "docker-compose.yml",
-                "compose.yaml.j2",
-            ]
-            .iter()
-            .any(|f| self.tree.file(&format!("{dir}/{f}")).is_some());
+            // Any of compose's own names, or one of them as a template.
+            let has_compose = COMPOSE_FILES.iter().any(|f| {
+                self.tree.file(&format!("{dir}/{f}")).is_some()
+                    || self.tree.file(&format!("{dir}/{f}.j2")).is_some()
+            });
             if !has_compose {
                 self.err(at(file, &s.name).error(
                     "not-found",
