@@ -2,12 +2,13 @@
 
 mod support;
 
+mod browser;
 mod cli;
 mod cloud;
 mod daemon;
 mod dockerfile;
 mod engine;
-mod examples;
+pub mod examples;
 mod forge;
 mod local;
 mod maintenance;

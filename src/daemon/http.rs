@@ -63,14 +63,22 @@ async fn badge(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Respon
     };
     let files = s.status.lock().unwrap().files();
     match files.get(&format!("badges/{name}.svg")) {
-        Some(svg) => (
-            [
-                (header::CONTENT_TYPE, "image/svg+xml"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            svg.clone(),
-        )
-            .into_response(),
+        Some(svg) => {
+            *s.metrics
+                .lock()
+                .unwrap()
+                .badges_served
+                .entry(name.to_string())
+                .or_default() += 1;
+            (
+                [
+                    (header::CONTENT_TYPE, "image/svg+xml"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                svg.clone(),
+            )
+                .into_response()
+        }
         None => (StatusCode::NOT_FOUND, format!("no badge named {name}\n")).into_response(),
     }
 }

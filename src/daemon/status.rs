@@ -233,6 +233,8 @@ pub struct Metrics {
     pub maintenance_runs: BTreeMap<(String, String), u64>,
     pub last_sync_unix: Option<i64>,
     pub queue: u64,
+    /// Badges served (the status page's images, README badges), by badge.
+    pub badges_served: BTreeMap<String, u64>,
 }
 
 pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
@@ -292,6 +294,14 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             "tidekeeper_maintenance_runs_total{{job=\"{}\",result=\"{}\"}} {n}",
             esc(job),
             esc(result)
+        );
+    }
+    s.push_str("# HELP tidekeeper_badge_requests_total Badges served, by badge.\n# TYPE tidekeeper_badge_requests_total counter\n");
+    for (badge, n) in &m.badges_served {
+        let _ = writeln!(
+            s,
+            "tidekeeper_badge_requests_total{{badge=\"{}\"}} {n}",
+            esc(badge)
         );
     }
     if !status.monthly_cost.is_empty() {
@@ -368,7 +378,19 @@ pub fn html(status: &FleetStatus) -> String {
     for w in &status.stale {
         let _ = write!(s, "<p class=\"failed\">Stale: {}</p>", html_escape(w));
     }
-    s.push_str("<table><tr><th>host</th><th>state</th><th>applied</th><th>last reconcile</th><th>drift / error</th></tr>");
+    if !status.monthly_cost.is_empty() {
+        let cost: Vec<String> = status
+            .monthly_cost
+            .iter()
+            .map(|(cur, v)| format!("{v:.2} {}", html_escape(cur)))
+            .collect();
+        let _ = write!(
+            s,
+            "<p id=\"cost\">Cloud servers: {} a month.</p>",
+            cost.join(" + ")
+        );
+    }
+    s.push_str("<h2>Hosts</h2><table id=\"hosts\"><tr><th>host</th><th>state</th><th>applied</th><th>last reconcile</th><th>drift / error</th></tr>");
     for h in status.hosts.values() {
         let detail = match (&h.last_error, h.drift.is_empty()) {
             (Some(e), _) => html_escape(e),
@@ -377,14 +399,32 @@ pub fn html(status: &FleetStatus) -> String {
         };
         let _ = write!(
             s,
-            "<tr><td>{}</td><td class=\"{st}\">{st}</td><td><code>{}</code></td><td>{}</td><td><pre>{detail}</pre></td></tr>",
-            html_escape(&h.host),
+            "<tr><td>{host}</td><td class=\"{st}\"><img src=\"/badges/{host}.svg\" alt=\"{st}\"></td><td><code>{}</code></td><td>{}</td><td><pre>{detail}</pre></td></tr>",
             short(&h.applied_commit),
             html_escape(h.last_reconcile.as_deref().unwrap_or("—")),
+            host = html_escape(&h.host),
             st = h.state.word(),
         );
     }
-    s.push_str("</table></body></html>\n");
+    s.push_str("</table>");
+    if !status.schedules.is_empty() {
+        s.push_str("<h2>Maintenance</h2><table id=\"schedules\"><tr><th>job</th><th>last run</th><th>next run</th></tr>");
+        for (name, sch) in &status.schedules {
+            let last = sch
+                .last_run
+                .as_ref()
+                .map(|r| html_escape(&r.started))
+                .unwrap_or_else(|| "—".into());
+            let _ = write!(
+                s,
+                "<tr><td>{n}</td><td><img src=\"/badges/schedule-{n}.svg\" alt=\"{n}\"> {last}</td><td>{}</td></tr>",
+                html_escape(sch.next_run.as_deref().unwrap_or("—")),
+                n = html_escape(name),
+            );
+        }
+        s.push_str("</table>");
+    }
+    s.push_str("</body></html>\n");
     s
 }
 
