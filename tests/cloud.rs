@@ -511,3 +511,39 @@ fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
     assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
     assert_eq!(f.ssh("agent", "cat /etc/tk-cloud"), "hello agent\n");
 }
+
+#[test]
+fn a_server_answering_with_another_key_than_tidekeeper_generated_is_refused() {
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", APP),
+        ],
+        "",
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Someone swaps the server (or sits in between): its key no longer
+    // matches the fingerprint tidekeeper put on it.
+    f.ssh("web", "rm /etc/tk-cloud");
+    {
+        let mut a = f.hetzner.account.lock().unwrap();
+        let s = a.servers.values_mut().find(|s| s.name == "web").unwrap();
+        s.labels
+            .insert("tidekeeper-host-key".into(), "0".repeat(40));
+    }
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("HOST KEY MISMATCH"), "{all}");
+    assert!(
+        all.contains("the ssh-ed25519 key tidekeeper generated for this server (sha256 0000"),
+        "{all}"
+    );
+    assert!(
+        !f.ssh("web", "test -e /etc/tk-cloud && echo yes || echo no")
+            .contains("yes"),
+        "nothing ran on the host"
+    );
+}

@@ -40,6 +40,40 @@ pub struct JobRun {
     pub hosts: Vec<HostRun>,
 }
 
+impl HostRun {
+    /// A run on `host` that has not succeeded (yet).
+    fn failed(host: &str) -> HostRun {
+        HostRun {
+            host: host.to_string(),
+            result: "failed".into(),
+            error: None,
+            rebooted: false,
+            duration_ms: 0,
+            log_tail: vec![],
+        }
+    }
+
+    fn finish(mut self, result: Result<(), String>, start: Instant, opts: &Options) -> HostRun {
+        match result {
+            Ok(()) => self.result = "ok".into(),
+            Err(e) => self.error = Some(opts.redact(&e)),
+        }
+        self.duration_ms = start.elapsed().as_millis() as u64;
+        self
+    }
+}
+
+/// The health gates after a job on `host`: the job's, and those of the host's stacks.
+fn gates(job: &Job, host: &Host) -> Vec<crate::model::desired::HealthCheck> {
+    let mut gates = job.health.clone();
+    for r in &host.resources {
+        if let crate::model::desired::Resource::Stack(st) = r {
+            gates.extend(st.health.iter().cloned());
+        }
+    }
+    gates
+}
+
 fn tail(out: &crate::transport::Output, opts: &Options) -> Vec<String> {
     let text = format!(
         "{}{}",
@@ -69,14 +103,7 @@ async fn boot_id(c: &Connection) -> Option<String> {
 /// One host: the job, a reboot if it asks for one, then the health gates.
 async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> HostRun {
     let start = Instant::now();
-    let mut run = HostRun {
-        host: host_name.to_string(),
-        result: "failed".into(),
-        error: None,
-        rebooted: false,
-        duration_ms: 0,
-        log_tail: vec![],
-    };
+    let mut run = HostRun::failed(host_name);
     let timeout = Duration::from_secs(job.timeout_secs.max(1));
     let result: Result<(), String> = async {
         let host = fleet.host(host_name).ok_or("the host left the config")?;
@@ -134,13 +161,7 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
                 c.close().await;
             }
         }
-        // The job's gates, and those of the host's stacks.
-        let mut gates = job.health.clone();
-        for r in &host.resources {
-            if let crate::model::desired::Resource::Stack(st) = r {
-                gates.extend(st.health.iter().cloned());
-            }
-        }
+        let gates = gates(job, host);
         if !gates.is_empty() {
             let out = conn
                 .run_script(&health_script(&gates), Duration::from_secs(300))
@@ -155,12 +176,7 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => run.result = "ok".into(),
-        Err(e) => run.error = Some(opts.redact(&e)),
-    }
-    run.duration_ms = start.elapsed().as_millis() as u64;
-    run
+    run.finish(result, start, opts)
 }
 
 /// Where a snapshot or power job finds its servers.
@@ -171,14 +187,15 @@ struct CloudJob<'a> {
 
 /// Health gates on a host, over a new connection.
 async fn health(fleet: &Fleet, job: &Job, host: &Host, opts: &Options) -> Result<(), String> {
-    if job.health.is_empty() {
+    let gates = gates(job, host);
+    if gates.is_empty() {
         return Ok(());
     }
     let conn = engine::connect(fleet, host, opts)
         .await
         .map_err(|e| e.to_string())?;
     let out = conn
-        .run_script(&health_script(&job.health), Duration::from_secs(300))
+        .run_script(&health_script(&gates), Duration::from_secs(300))
         .await
         .map_err(|e| e.to_string());
     conn.close().await;
@@ -199,14 +216,7 @@ async fn on_server(
     cj: &CloudJob<'_>,
 ) -> HostRun {
     let start = Instant::now();
-    let mut run = HostRun {
-        host: host_name.to_string(),
-        result: "failed".into(),
-        error: None,
-        rebooted: false,
-        duration_ms: 0,
-        log_tail: vec![],
-    };
+    let mut run = HostRun::failed(host_name);
     let result: Result<(), String> = async {
         let host = fleet.host(host_name).ok_or("the host left the config")?;
         let observed = cj.servers.as_ref().map_err(|e| e.clone())?;
@@ -284,12 +294,7 @@ async fn on_server(
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => run.result = "ok".into(),
-        Err(e) => run.error = Some(opts.redact(&e)),
-    }
-    run.duration_ms = start.elapsed().as_millis() as u64;
-    run
+    run.finish(result, start, opts)
 }
 
 /// The labels that mark a job's snapshots (the user's own may change).
