@@ -210,7 +210,7 @@ pub async fn plan(
     let mut cloud = cloud_plan;
     if let Err(e) = &observed {
         cloud = Some(CloudPlan {
-            errors: vec![format!("cannot list the cloud servers: {e}")],
+            unavailable: Some(format!("cannot list the cloud servers: {e}")),
             ..Default::default()
         });
     }

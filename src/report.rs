@@ -58,7 +58,9 @@ pub fn markdown<R: Borrow<HostResult>>(
         }
         head.push('\n');
     }
-    if let Some(c) = cloud.filter(|c| !c.changes.is_empty() || !c.errors.is_empty()) {
+    if let Some(c) =
+        cloud.filter(|c| !c.changes.is_empty() || !c.errors.is_empty() || c.unavailable.is_some())
+    {
         // Server changes are few and carry the cost: shown open, before the hosts.
         let _ = writeln!(head, "```diff\n{}```\n", crate::cloud::plan::text(c, false));
     }

@@ -547,3 +547,53 @@ fn a_server_answering_with_another_key_than_tidekeeper_generated_is_refused() {
         "nothing ran on the host"
     );
 }
+
+#[test]
+fn a_cloud_provider_that_cannot_be_listed_fails_its_hosts_only() {
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", APP),
+        ],
+        "",
+    );
+    // An existing machine in the same fleet.
+    let key = f.cloud.bed.lock().unwrap().public_key.clone();
+    let (i, addr) = f.cloud.boot(&crate::support::testbed::CloudInit {
+        host_key: None,
+        authorized: vec![key],
+        scripts: vec![],
+    });
+    let line = f.cloud.bed.lock().unwrap().host(i).known_hosts_line();
+    f.repo.write(
+        "hosts/box.yaml",
+        &format!("provider: existing\naddress: {addr}\nroles: [base]\n"),
+    );
+    f.repo.write("known_hosts", &format!("{line}\n"));
+    f.repo.commit("an existing box");
+    let out = f.repo.tk_env(
+        &["apply", "--yes"],
+        &[
+            ("HCLOUD_TOKEN", "revoked"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "y"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains(
+            "cannot list the cloud servers: hetzner: listing servers failed: unauthorized"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("web: error: cannot see the server"), "{all}");
+    let box_file = f.cloud.ssh(i, &f.repo.key, "cat /etc/tk-cloud");
+    assert_eq!(
+        String::from_utf8_lossy(&box_file.stdout),
+        "hello box\n",
+        "the box was still configured"
+    );
+    assert!(f.hetzner.servers().is_empty());
+}

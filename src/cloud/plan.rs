@@ -99,6 +99,10 @@ pub struct CloudPlan {
     /// Problems that stop the plan from being applied (name clashes, unknown sizes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Why the providers could not be listed (an outage, bad credentials):
+    /// the cloud hosts fail this time, the others are reconciled as usual.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -502,7 +506,11 @@ pub fn text(p: &CloudPlan, color: bool) -> String {
         ("", "", "", "", "")
     };
     let mut s = String::new();
-    if p.changes.is_empty() && p.errors.is_empty() && p.warnings.is_empty() {
+    if p.changes.is_empty()
+        && p.errors.is_empty()
+        && p.warnings.is_empty()
+        && p.unavailable.is_none()
+    {
         return s;
     }
     s.push_str("Cloud servers\n");
@@ -537,6 +545,9 @@ pub fn text(p: &CloudPlan, color: bool) -> String {
         if let Some(b) = &c.blocked {
             let _ = writeln!(s, "  {red}blocked:{reset} {b}");
         }
+    }
+    if let Some(u) = &p.unavailable {
+        let _ = writeln!(s, "  {red}error:{reset} {u}");
     }
     for e in &p.errors {
         let _ = writeln!(s, "  {red}error:{reset} {e}");

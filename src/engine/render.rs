@@ -130,7 +130,7 @@ pub fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
         }
     }
     if let Some(c) = cloud {
-        t.errors += c.errors.len();
+        t.errors += c.errors.len() + usize::from(c.unavailable.is_some());
     }
     t
 }
