@@ -288,7 +288,6 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
     );
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let _ = Duration::ZERO;
 }
 
 /// The environment for an example whose secrets are encrypted to `identity`.

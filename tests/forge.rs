@@ -251,28 +251,18 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
         .unwrap()
         .port();
     let fake = fake_forge(port, "/api/v1", "token t0k");
-    let repo = FleetRepo::minimal(
+    let (repo, main) = forge_repo(
         &bed,
-        &[(
-            "app",
-            "files:\n  - {path: /etc/tk-g, content: \"one\\n\"}\n",
-        )],
+        "/etc/tk-g",
+        "gitea",
+        &format!("http://127.0.0.1:{port}/api/v1"),
     );
-    repo.write(
-        "tidekeeper.yaml",
-        &format!("fleet: test\nstatus:\n  forge:\n    kind: gitea\n    url: http://127.0.0.1:{port}/api/v1\n    repo: acme/fleet\n"),
-    );
-    repo.commit("forge");
-    let main = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
-    repo.write(
-        "roles/app.yaml",
-        "files:\n  - {path: /etc/tk-g, content: \"two\\n\"}\n",
-    );
-    repo.commit("pr 9");
-    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["update-ref", "refs/pull/9/head", &pr]);
-    git(&repo.path, &["checkout", "-q", "main"]);
+    let pr = open_pr(&repo, 9, |r| {
+        r.write(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/tk-g, content: \"two\\n\"}\n",
+        );
+    });
     let d = Daemon::start_env(
         &repo.path,
         &repo.key,
@@ -286,6 +276,10 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
     let f = fake.lock().unwrap();
     assert_eq!(f.bad_auth, 0, "Gitea's `token` scheme");
     assert!(f.comments[0].2.contains("+two"));
+    assert!(
+        f.requests.iter().any(|r| r.1 == format!("statuses/{pr}")),
+        "a plan status on the PR head"
+    );
     let apply = f
         .requests
         .iter()
@@ -297,6 +291,40 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
         !f.requests.iter().any(|r| r.1.starts_with("commits/")),
         "Gitea has no commit comments API"
     );
+}
+
+/// A one-host repo whose role `app` writes `path`, reporting to a forge of
+/// `kind` at `url`; the head of main.
+fn forge_repo(bed: &Testbed, path: &str, kind: &str, url: &str) -> (FleetRepo, String) {
+    let repo = FleetRepo::minimal(
+        bed,
+        &[(
+            "app",
+            &format!("files:\n  - {{path: {path}, content: \"one\\n\"}}\n"),
+        )],
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!("fleet: test\nstatus:\n  forge:\n    kind: {kind}\n    url: {url}\n    repo: acme/fleet\n"),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    (repo, main)
+}
+
+/// Commit `change` on a branch and publish it as pull request `n`
+/// (`refs/pull/N/head`), back on main; the PR's head.
+fn open_pr(repo: &FleetRepo, n: u64, change: impl FnOnce(&FleetRepo)) -> String {
+    git(&repo.path, &["checkout", "-q", "-b", &format!("pr-{n}")]);
+    change(repo);
+    repo.commit(&format!("pr {n}"));
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(
+        &repo.path,
+        &["update-ref", &format!("refs/pull/{n}/head"), &head],
+    );
+    git(&repo.path, &["checkout", "-q", "main"]);
+    head
 }
 
 fn free_port() -> u16 {
@@ -359,28 +387,18 @@ fn a_restarted_daemon_does_not_post_the_same_statuses_or_comment_again() {
     let bed = Testbed::start(1);
     let port = free_port();
     let fake = fake_github(port);
-    let repo = FleetRepo::minimal(
+    let (repo, main) = forge_repo(
         &bed,
-        &[(
-            "app",
-            "files:\n  - {path: /etc/tk-r, content: \"one\\n\"}\n",
-        )],
+        "/etc/tk-r",
+        "github",
+        &format!("http://127.0.0.1:{port}"),
     );
-    repo.write(
-        "tidekeeper.yaml",
-        &format!("fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\n"),
-    );
-    repo.commit("forge");
-    let main = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
-    repo.write(
-        "roles/app.yaml",
-        "files:\n  - {path: /etc/tk-r, content: \"two\\n\"}\n",
-    );
-    repo.commit("pr 4");
-    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["update-ref", "refs/pull/4/head", &pr]);
-    git(&repo.path, &["checkout", "-q", "main"]);
+    let pr = open_pr(&repo, 4, |r| {
+        r.write(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/tk-r, content: \"two\\n\"}\n",
+        );
+    });
     let args = ["--poll", "1s", "--drift", "600s"];
     let env = [("GITHUB_TOKEN", "t0k")];
     let state = crate::support::TempDir::new("daemon-restart");
@@ -507,28 +525,18 @@ fn a_pr_that_opens_ssh_to_the_world_fails_its_status_naming_the_policy() {
     let bed = Testbed::start(1);
     let port = free_port();
     let fake = fake_github(port);
-    let repo = FleetRepo::minimal(
+    let (repo, main) = forge_repo(
         &bed,
-        &[(
-            "app",
-            "files:\n  - {path: /etc/tk-d, content: \"one\\n\"}\n",
-        )],
+        "/etc/tk-d",
+        "github",
+        &format!("http://127.0.0.1:{port}"),
     );
-    repo.write(
-        "tidekeeper.yaml",
-        &format!("fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\n"),
-    );
-    repo.commit("forge");
-    let main = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
-    repo.write("roles/fw.yaml", crate::policy::OPEN_SSH);
-    let hf = format!("hosts/{}.yaml", bed.host(0).name);
-    let t = repo.read(&hf).replace("roles: [app]", "roles: [app, fw]");
-    repo.write(&hf, &t);
-    repo.commit("pr 11: open ssh");
-    let pr = git(&repo.path, &["rev-parse", "HEAD"]);
-    git(&repo.path, &["update-ref", "refs/pull/11/head", &pr]);
-    git(&repo.path, &["checkout", "-q", "main"]);
+    let pr = open_pr(&repo, 11, |r| {
+        r.write("roles/fw.yaml", crate::policy::OPEN_SSH);
+        let hf = format!("hosts/{}.yaml", bed.host(0).name);
+        let t = r.read(&hf).replace("roles: [app]", "roles: [app, fw]");
+        r.write(&hf, &t);
+    });
     let d = Daemon::start_env(
         &repo.path,
         &repo.key,

@@ -93,10 +93,6 @@ fn state(s: models::server::Status) -> PowerState {
     }
 }
 
-fn selector(fleet: &str) -> String {
-    format!("{MANAGED_BY}={MANAGED_BY_VALUE},{FLEET}={fleet}")
-}
-
 fn firewall_name(fleet: &str, host: &str) -> String {
     format!("tk-{fleet}-{host}")
 }
@@ -885,9 +881,4 @@ impl Provider for Hetzner {
             .await
         })
     }
-}
-
-/// The label selector of a fleet's resources (for documentation and tests).
-pub fn fleet_selector(fleet: &str) -> String {
-    selector(fleet)
 }

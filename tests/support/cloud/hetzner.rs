@@ -463,7 +463,7 @@ async fn handle(
         Some(f) => after = Some(f),
         None => {}
     }
-    let response = route(&ctx, &method, &parts, &uri, &body, &op);
+    let response = route(&ctx, &method, &parts, &uri, &body);
     match after {
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
@@ -474,14 +474,7 @@ async fn handle(
     }
 }
 
-fn route(
-    ctx: &Ctx,
-    method: &Method,
-    parts: &[&str],
-    uri: &Uri,
-    body: &Bytes,
-    op: &str,
-) -> Response {
+fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) -> Response {
     let q = query(uri);
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let mut a = ctx.account.lock().unwrap();
@@ -619,7 +612,6 @@ fn route(
                 *done1.lock().unwrap() = true;
                 *done2.lock().unwrap() = true;
             });
-            let _ = op;
             ok(
                 201,
                 json!({"server": json_server, "action": action_json(&create), "next_actions": [action_json(&start)], "root_password": null}),
