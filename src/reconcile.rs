@@ -56,25 +56,11 @@ pub struct Applied {
     pub hosts: Vec<HostResult>,
 }
 
-fn result(host: &str, address: &str) -> HostResult {
-    HostResult {
-        host: host.to_string(),
-        address: address.to_string(),
-        learned_host_key: None,
-        generated_host_key: None,
-        skipped: None,
-        plan: None,
-        error: None,
-        outcome: None,
-        elapsed: Duration::ZERO,
-    }
-}
-
 /// A host planned against an empty machine: what a new server will get.
 fn preview(fleet: &Fleet, name: &str, opts: &Options) -> HostResult {
     let host = fleet.host(name).expect("selected host exists");
     let items = engine::item::items(host);
-    let mut r = result(name, "new server");
+    let mut r = HostResult::new(name, "new server");
     let mut p =
         engine::plan::plan_host(host, &items, &engine::probe::Observed::default(), opts.plan);
     p.warnings
@@ -161,7 +147,7 @@ pub async fn plan(
             continue;
         }
         if let Some((_, e)) = clouds.missing.iter().find(|(k, _)| *k == host.provider) {
-            let mut r = result(name, "-");
+            let mut r = HostResult::new(name, "-");
             r.error = Some(e.to_string());
             early.push(r);
             continue;
@@ -169,7 +155,7 @@ pub async fn plan(
         let obs = match &observed {
             Ok(o) => o,
             Err(e) => {
-                let mut r = result(name, "-");
+                let mut r = HostResult::new(name, "-");
                 r.error = Some(format!("cannot see the server: {e}"));
                 early.push(r);
                 continue;
@@ -188,7 +174,7 @@ pub async fn plan(
         }
         let Some(server) = server else {
             // A name clash with a server tidekeeper does not manage (in the cloud plan's errors).
-            let mut r = result(name, "-");
+            let mut r = HostResult::new(name, "-");
             r.skipped = Some("its server is not managed by tidekeeper (see the cloud plan)".into());
             early.push(r);
             continue;
@@ -196,7 +182,7 @@ pub async fn plan(
         match (&server.state, &server.address) {
             (PowerState::Running, Some(_)) => reachable.push(name.clone()),
             (state, _) => {
-                let mut r = result(name, server.address.as_deref().unwrap_or("-"));
+                let mut r = HostResult::new(name, server.address.as_deref().unwrap_or("-"));
                 r.skipped = Some(why_not_running(state));
                 early.push(r);
             }

@@ -99,6 +99,23 @@ pub struct HostResult {
     pub elapsed: Duration,
 }
 
+impl HostResult {
+    /// A host not planned (yet): no plan, no error.
+    pub fn new(host: &str, address: &str) -> HostResult {
+        HostResult {
+            host: host.to_string(),
+            address: address.to_string(),
+            learned_host_key: None,
+            generated_host_key: None,
+            skipped: None,
+            plan: None,
+            error: None,
+            outcome: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// A planned host with its open connection, ready to apply.
 pub struct Planned {
     pub result: HostResult,
@@ -320,17 +337,7 @@ pub async fn plan_all(
             let start = Instant::now();
             let host = fleet.host(&name).expect("selected host exists");
             let address = address_of(host).unwrap_or_else(|_| "-".into());
-            let mut result = HostResult {
-                host: name.clone(),
-                address,
-                learned_host_key: None,
-                generated_host_key: None,
-                skipped: None,
-                plan: None,
-                error: None,
-                outcome: None,
-                elapsed: Duration::ZERO,
-            };
+            let mut result = HostResult::new(&name, &address);
             let mut conn = None;
             if !fleet.secrets_decrypted && uses_secrets(host) {
                 result.error = Some(format!(

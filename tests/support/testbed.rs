@@ -751,23 +751,6 @@ impl Testbed {
         i
     }
 
-    /// Wait until added host `i` is up, as [`Testbed::wait_ready`] does, but
-    /// only by its SSH port (its login keys are not the bed's).
-    pub fn wait_port(&self, i: usize, timeout: Duration) {
-        let host = &self.hosts[i];
-        let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from((host.address, host.port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "host {} did not open SSH in {timeout:?}; console:\n{}",
-                host.name,
-                host.log()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// Power host `i` off (its processes end, as at a power cut; the disk stays).
     pub fn power_off(&self, i: usize) {
         let host = &self.hosts[i];
