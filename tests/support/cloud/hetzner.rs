@@ -342,6 +342,34 @@ impl Hetzner {
         id
     }
 
+    /// A server this fleet's tidekeeper made earlier, powered off (no test
+    /// host behind it): for benchmarks of the cloud stage alone.
+    pub fn add_owned_off(&self, fleet: &str, name: &str, server_type: &str) -> i64 {
+        let mut a = self.account.lock().unwrap();
+        let id = a.id();
+        a.servers.insert(
+            id,
+            Server {
+                id,
+                name: name.into(),
+                status: "off".into(),
+                server_type: server_type.into(),
+                image: "debian-12".into(),
+                location: "fsn1".into(),
+                labels: BTreeMap::from([
+                    ("managed-by".into(), "tidekeeper".into()),
+                    ("tidekeeper-fleet".into(), fleet.into()),
+                ]),
+                ipv4: Some(format!("192.0.2.{}", id % 250)),
+                protected: true,
+                created: now_rfc3339(),
+                host: None,
+                user_data: String::new(),
+            },
+        );
+        id
+    }
+
     pub fn server(&self, name: &str) -> Option<Server> {
         self.account
             .lock()

@@ -52,6 +52,8 @@ pub struct Faults {
     pub action_time: Mutex<Duration>,
     /// Every request, as `OPERATION` names, in order.
     pub log: Mutex<Vec<String>>,
+    /// Added to every answer (a network between tidekeeper and the API).
+    pub latency: Mutex<Duration>,
 }
 
 impl Faults {
@@ -66,13 +68,18 @@ impl Faults {
     pub fn slow_actions(&self, d: Duration) {
         *self.action_time.lock().unwrap() = d;
     }
-    /// The fault for this request, if any (consumed).
+    /// The fault for this request, if any (consumed); a configured latency
+    /// comes back as a slow answer.
     pub fn take(&self, op: &str) -> Option<Fault> {
         self.log.lock().unwrap().push(op.to_string());
+        let latency = *self.latency.lock().unwrap();
         let mut rules = self.rules.lock().unwrap();
-        let i = rules
+        let Some(i) = rules
             .iter()
-            .position(|r| r.only.as_deref().is_none_or(|o| o == op))?;
+            .position(|r| r.only.as_deref().is_none_or(|o| o == op))
+        else {
+            return (!latency.is_zero()).then_some(Fault::Slow(latency));
+        };
         let fault = rules[i].fault.clone();
         rules[i].times -= 1;
         if rules[i].times == 0 {
