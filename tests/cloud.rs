@@ -597,3 +597,56 @@ fn a_cloud_provider_that_cannot_be_listed_fails_its_hosts_only() {
     );
     assert!(f.hetzner.servers().is_empty());
 }
+
+#[test]
+fn rate_limits_are_waited_out_as_the_providers_headers_say() {
+    let f = CloudFleet::start(
+        &[
+            (
+                "hosts/web.yaml",
+                "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\n",
+            ),
+            (
+                "hosts/agent.yaml",
+                "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n",
+            ),
+        ],
+        "",
+    );
+    let wait = Duration::from_secs(2);
+    f.hetzner.faults.add(
+        Fault::RateLimited { retry_after: wait },
+        Some("list_servers"),
+        1,
+    );
+    f.lightsail.faults.add(
+        Fault::RateLimited { retry_after: wait },
+        Some("GetInstances"),
+        1,
+    );
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (what, times) in [
+        (
+            "Hetzner (RateLimit-* headers)",
+            f.hetzner.faults.times("list_servers"),
+        ),
+        (
+            "Lightsail (x-amz-retry-after)",
+            f.lightsail.faults.times("GetInstances"),
+        ),
+    ] {
+        // One retry, when the bucket holds a request again: plain backoff
+        // would have knocked again after 250 ms, and again, and again.
+        assert_eq!(times.len(), 2, "{what}: {times:?}");
+        let gap = times[1] - times[0];
+        assert!(
+            gap >= Duration::from_millis(1800),
+            "{what}: waited {gap:?}, the headers said {wait:?}"
+        );
+        assert!(
+            gap < Duration::from_secs(6),
+            "{what}: not much longer: {gap:?}"
+        );
+    }
+}

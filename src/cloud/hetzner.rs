@@ -5,11 +5,13 @@
 //! delete protection from the moment it is created; the protection is lifted
 //! only right before an allowed delete.
 //!
-//! Retries: 429, 423 (locked by a running action), 5xx and timeouts are
-//! retried with exponential backoff from 250 ms (the generated client does
-//! not hand back response headers, so `RateLimit-Reset` cannot be read; the
-//! backoff outlasts Hetzner's refill of one request per second). A create is
-//! never retried blindly: tidekeeper first looks the server up by name.
+//! Retries: 423 (locked by a running action), 5xx and timeouts are retried
+//! with exponential backoff from 250 ms, up to 8 attempts. A 429 waits as
+//! long as the rate-limit headers say one request takes to become available
+//! again: the generated client drops response headers, so tidekeeper reads
+//! `RateLimit-Limit`, `-Remaining` and `-Reset` from one small request of its
+//! own. A create is never retried blindly: tidekeeper first looks the server
+//! up by name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use hcloud::models;
 use super::desired::{DesiredServer, fold_any, normalize};
 use super::{
     ACTION_TIMEOUT, CloudError, FLEET, Fut, MANAGED_BY, MANAGED_BY_VALUE, ObservedServer,
-    PowerState, PriceList, Provider, Snapshot, with_retries,
+    PowerState, PriceList, Provider, Snapshot,
 };
 use crate::model::desired::{CloudPort, Hetzner as Settings, ProviderKind};
 
@@ -176,14 +178,67 @@ impl Hetzner {
         Ok(Hetzner { config })
     }
 
-    async fn call<T, E, F, Fu>(&self, what: &str, f: F) -> Result<T, CloudError>
+    async fn call<T, E, F, Fu>(&self, what: &str, mut f: F) -> Result<T, CloudError>
     where
         F: FnMut() -> Fu,
         Fu: std::future::Future<Output = Result<T, HError<E>>>,
     {
-        with_retries(ATTEMPTS, f, retryable)
-            .await
-            .map_err(|e| CloudError::api(NAME, what, describe(&e)))
+        let mut delay = Duration::from_millis(250);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e).is_some() && attempt < ATTEMPTS => {
+                    let wait = self.backoff(&e, delay).await;
+                    tracing::debug!(
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying a Hetzner call"
+                    );
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(16));
+                }
+                Err(e) => return Err(CloudError::api(NAME, what, describe(&e))),
+            }
+        }
+    }
+
+    /// How long to wait before retrying after `e`: for a 429, until one
+    /// request is available again per the rate-limit headers; else `delay`.
+    async fn backoff<E>(&self, e: &HError<E>, delay: Duration) -> Duration {
+        if !status_is(e, 429) {
+            return delay;
+        }
+        self.rate_limit_wait().await.unwrap_or(delay)
+    }
+
+    /// The time until the bucket holds one request: `(reset − now) / limit`
+    /// when none remain (the bucket refills evenly until `reset`).
+    async fn rate_limit_wait(&self) -> Option<Duration> {
+        let base = self.config.get_base_path("https://api.hetzner.cloud/v1");
+        let mut req = self
+            .config
+            .client
+            .get(format!("{base}/locations?per_page=1"));
+        if let Some(t) = &self.config.bearer_access_token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.ok()?;
+        let h = |name: &str| -> Option<f64> {
+            resp.headers().get(name)?.to_str().ok()?.trim().parse().ok()
+        };
+        let (limit, remaining, reset) = (
+            h("ratelimit-limit")?,
+            h("ratelimit-remaining")?,
+            h("ratelimit-reset")?,
+        );
+        if remaining >= 1.0 {
+            return Some(Duration::ZERO);
+        }
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        let secs = ((reset - now) / limit.max(1.0)).clamp(0.25, 60.0);
+        Some(Duration::from_secs_f64(secs))
     }
 
     /// Wait for a Hetzner action to finish.
@@ -546,7 +601,7 @@ impl Hetzner {
                     if retryable(&e).is_none() || attempt >= ATTEMPTS {
                         return Err(CloudError::api(NAME, "creating the server", describe(&e)));
                     }
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(self.backoff(&e, delay).await).await;
                     delay = (delay * 2).min(Duration::from_secs(16));
                 }
             }

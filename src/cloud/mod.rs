@@ -313,36 +313,3 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .map(|o| o.expect("every future finished"))
         .collect()
 }
-
-/// Retry `f` with exponential backoff while it fails with a retryable error.
-/// `after` says how long the server asked to wait (rate limits), if it did.
-pub async fn with_retries<T, E, Fut2>(
-    attempts: u32,
-    mut f: impl FnMut() -> Fut2,
-    retryable: impl Fn(&E) -> Option<Option<Duration>>,
-) -> Result<T, E>
-where
-    Fut2: Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(250);
-    let mut n = 0;
-    loop {
-        n += 1;
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => match retryable(&e) {
-                Some(asked) if n < attempts => {
-                    let wait = asked.unwrap_or(delay).min(Duration::from_secs(60));
-                    tracing::debug!(
-                        attempt = n,
-                        wait_ms = wait.as_millis() as u64,
-                        "retrying a cloud call"
-                    );
-                    tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(16));
-                }
-                _ => return Err(e),
-            },
-        }
-    }
-}

@@ -124,14 +124,32 @@ fn error(status: u16, code: &str, message: &str) -> Response {
 fn ok(status: u16, body: Value) -> Response {
     (
         StatusCode::from_u16(status).unwrap(),
-        [
-            ("content-type", "application/json"),
-            ("ratelimit-limit", "3600"),
-            ("ratelimit-remaining", "3599"),
-        ],
+        [("content-type", "application/json")],
         body.to_string(),
     )
         .into_response()
+}
+
+/// 429 with Hetzner's headers: none remain, and the bucket (3600 an hour)
+/// holds a request again at `until` — so it is full `3600 × (until − now)` later.
+fn rate_limited(until: Instant) -> Response {
+    let left = until
+        .saturating_duration_since(Instant::now())
+        .as_secs_f64();
+    let reset = chrono::Utc::now().timestamp() as f64 + left * 3600.0;
+    let mut r = error(
+        429,
+        "rate_limit_exceeded",
+        "limit of 3600 requests per hour reached",
+    );
+    let h = r.headers_mut();
+    h.insert("ratelimit-limit", "3600".parse().unwrap());
+    h.insert("ratelimit-remaining", "0".parse().unwrap());
+    h.insert(
+        "ratelimit-reset",
+        format!("{}", reset.ceil() as i64).parse().unwrap(),
+    );
+    r
 }
 
 fn price(net: f64) -> Value {
@@ -450,6 +468,7 @@ fn operation(method: &Method, parts: &[&str]) -> String {
         ("GET", ["images"]) => "list_images".into(),
         ("DELETE", ["images", _]) => "delete_image".into(),
         ("GET", ["pricing"]) => "get_pricing".into(),
+        ("GET", ["locations"]) => "list_locations".into(),
         ("GET", ["ssh_keys"]) => "list_ssh_keys".into(),
         _ => "unknown".into(),
     }
@@ -472,26 +491,39 @@ async fn handle(
     if auth != format!("Bearer {TOKEN}") {
         return error(401, "unauthorized", "unable to authenticate");
     }
+    // While the bucket is empty, every request is refused, as the API does.
+    let limited = *ctx.faults.limited_until.lock().unwrap();
+    if let Some(until) = limited.filter(|u| Instant::now() < *u) {
+        ctx.faults
+            .log
+            .lock()
+            .unwrap()
+            .push((op.clone(), Instant::now()));
+        return rate_limited(until);
+    }
     let mut after: Option<Fault> = None;
     match ctx.faults.take(&op) {
         Some(Fault::RateLimited { retry_after }) => {
-            let reset = chrono::Utc::now().timestamp() + retry_after.as_secs().max(1) as i64;
-            let mut r = error(
-                429,
-                "rate_limit_exceeded",
-                "limit of 3600 requests per hour reached",
-            );
-            let h = r.headers_mut();
-            h.insert("ratelimit-limit", "3600".parse().unwrap());
-            h.insert("ratelimit-remaining", "0".parse().unwrap());
-            h.insert("ratelimit-reset", reset.to_string().parse().unwrap());
-            return r;
+            let until = Instant::now() + retry_after;
+            *ctx.faults.limited_until.lock().unwrap() = Some(until);
+            return rate_limited(until);
         }
         Some(Fault::ServerError) => return error(500, "service_error", "service error"),
         Some(f) => after = Some(f),
         None => {}
     }
-    let response = route(&ctx, &method, &parts, &uri, &body);
+    let mut response = route(&ctx, &method, &parts, &uri, &body);
+    // A full bucket of 3600 an hour, refilled at one a second.
+    let h = response.headers_mut();
+    h.insert("ratelimit-limit", "3600".parse().unwrap());
+    h.insert("ratelimit-remaining", "3599".parse().unwrap());
+    h.insert(
+        "ratelimit-reset",
+        (chrono::Utc::now().timestamp() + 1)
+            .to_string()
+            .parse()
+            .unwrap(),
+    );
     match after {
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
@@ -522,6 +554,11 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 "volume": {"price_per_gb_month": price(0.044)}
             }}),
         ),
+        ("GET", ["locations"]) => {
+            let list: Vec<Value> = LOCATIONS.iter().map(|l| location_json(l.1)).collect();
+            let (items, m) = page(list, &q);
+            ok(200, json!({"locations": items, "meta": m}))
+        }
         ("GET", ["ssh_keys"]) => {
             let keys: Vec<Value> = a
                 .ssh_keys

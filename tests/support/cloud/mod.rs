@@ -50,8 +50,10 @@ pub struct Faults {
     rules: Mutex<VecDeque<Rule>>,
     /// Extra time every asynchronous action takes.
     pub action_time: Mutex<Duration>,
-    /// Every request, as `OPERATION` names, in order.
-    pub log: Mutex<Vec<String>>,
+    /// Every request, as `OPERATION` names with when it came, in order.
+    pub log: Mutex<Vec<(String, Instant)>>,
+    /// Hetzner: the bucket is empty until then (every request gets a 429).
+    pub limited_until: Mutex<Option<Instant>>,
     /// Added to every answer (a network between tidekeeper and the API).
     pub latency: Mutex<Duration>,
 }
@@ -71,7 +73,10 @@ impl Faults {
     /// The fault for this request, if any (consumed); a configured latency
     /// comes back as a slow answer.
     pub fn take(&self, op: &str) -> Option<Fault> {
-        self.log.lock().unwrap().push(op.to_string());
+        self.log
+            .lock()
+            .unwrap()
+            .push((op.to_string(), Instant::now()));
         let latency = *self.latency.lock().unwrap();
         let mut rules = self.rules.lock().unwrap();
         let Some(i) = rules
@@ -88,7 +93,17 @@ impl Faults {
         Some(fault)
     }
     pub fn count(&self, op: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|o| *o == op).count()
+        self.times(op).len()
+    }
+    /// When each request of `op` came.
+    pub fn times(&self, op: &str) -> Vec<Instant> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, t)| *t)
+            .collect()
     }
     pub fn pending(&self) -> usize {
         self.rules.lock().unwrap().len()
