@@ -650,3 +650,56 @@ fn rate_limits_are_waited_out_as_the_providers_headers_say() {
         );
     }
 }
+
+#[test]
+fn public_keys_in_ssh_keys_are_uploaded_once_and_let_their_owner_in() {
+    let tmp = crate::support::TempDir::new("alice");
+    let alice = tmp.path().join("id_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice@laptop", "-f"])
+        .arg(&alice)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(alice.with_extension("pub")).unwrap();
+    let public = public.trim();
+    let web = format!(
+        "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: fsn1\n  ssh_keys: [ops, \"{public}\"]\n"
+    );
+    let agent = format!(
+        "provider: lightsail\nserver:\n  bundle: nano_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  ssh_keys: [\"{public}\"]\n"
+    );
+    let f = CloudFleet::start(
+        &[("hosts/web.yaml", &web), ("hosts/agent.yaml", &agent)],
+        "",
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let name = tidekeeper::cloud::desired::uploaded_key_name("acme", public).unwrap();
+    {
+        let a = f.hetzner.account.lock().unwrap();
+        let (key, labels) = a.ssh_keys.get(&name).expect("uploaded to Hetzner");
+        assert_eq!(key, public);
+        assert_eq!(labels["managed-by"], "tidekeeper");
+        let l = f.lightsail.account.lock().unwrap();
+        assert_eq!(
+            l.key_pairs.get(&name).map(String::as_str),
+            Some(public),
+            "imported to Lightsail"
+        );
+    }
+    for server in ["web", "agent"] {
+        let out = f.cloud.ssh(f.host_of(server), &alice, "whoami");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "root",
+            "alice logs in to {server}"
+        );
+    }
+    // A second server with the same key: uploaded once.
+    f.repo.write("hosts/web2.yaml", &web);
+    f.repo.commit("web2");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.hetzner.faults.count("create_ssh_key"), 1);
+}

@@ -766,3 +766,23 @@ fn every_error_in_the_repo_is_reported_in_one_run() {
         ]
     );
 }
+
+#[test]
+fn a_server_ssh_key_given_as_a_public_key_must_be_one() {
+    let d = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\n",
+        )
+        .file(
+            "hosts/web.yaml",
+            "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: fsn1\n  ssh_keys: [ops, 'ssh-ed25519 not*base64 me']\n",
+        )
+        .errors();
+    assert!(
+        d.iter()
+            .any(|d| d.code == "invalid-key" && d.location() == "hosts/web.yaml:6:19"),
+        "{:?}",
+        d.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+    );
+}

@@ -43,7 +43,10 @@ async fn create(
     let key = hostkey::generate().map_err(|e| format!("generating a host key: {e}"))?;
     let mut want = want.clone();
     want.labels.insert(HOST_KEY.into(), key.fingerprint.clone());
-    let user_data = hostkey::user_data(&key, login_keys, want.user_data.as_deref());
+    // Public keys in `ssh_keys` may log in too, whatever the provider does with them.
+    let mut authorized = login_keys.to_vec();
+    authorized.extend(want.ssh_keys.iter().filter(|k| k.contains(' ')).cloned());
+    let user_data = hostkey::user_data(&key, &authorized, want.user_data.as_deref());
     let server = provider
         .create(&want, &user_data)
         .await

@@ -135,3 +135,15 @@ pub fn describe_port(p: &CloudPort) -> String {
     };
     format!("{port}/{} from {}", p.proto, p.from.join(", "))
 }
+
+/// A `server.ssh_keys` entry that is a public key (to upload) rather than the
+/// name of a key the provider has: the name tidekeeper gives it there,
+/// `tk-<fleet>-<12 hex digits of its fingerprint>`.
+pub fn uploaded_key_name(fleet: &str, entry: &str) -> Option<String> {
+    let b64 = entry
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| entry.contains(' '))?;
+    let fp = super::hostkey::fingerprint(b64)?;
+    Some(format!("tk-{fleet}-{}", &fp[..12]))
+}

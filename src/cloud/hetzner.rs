@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hcloud::apis::configuration::Configuration;
 use hcloud::apis::{
-    Error as HError, actions_api, firewalls_api, images_api, pricing_api, servers_api,
+    Error as HError, actions_api, firewalls_api, images_api, pricing_api, servers_api, ssh_keys_api,
 };
 use hcloud::models;
 
@@ -515,6 +515,52 @@ impl Hetzner {
         .await
     }
 
+    /// The provider's names for `entries`: names as they are; a public key is
+    /// uploaded once (with the ownership labels) — or, when the project has
+    /// it already under another name, that key is used.
+    async fn key_names(&self, fleet: &str, entries: &[String]) -> Result<Vec<String>, CloudError> {
+        let mut names = Vec::new();
+        for entry in entries {
+            let Some(name) = super::desired::uploaded_key_name(fleet, entry) else {
+                names.push(entry.clone());
+                continue;
+            };
+            let keys = self
+                .call("listing SSH keys", || {
+                    ssh_keys_api::list_ssh_keys(
+                        &self.config,
+                        ssh_keys_api::ListSshKeysParams {
+                            per_page: Some(50),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .await?
+                .ssh_keys;
+            let blob = entry.split_whitespace().nth(1).unwrap_or_default();
+            if let Some(k) = keys
+                .iter()
+                .find(|k| k.name == name || k.public_key.split_whitespace().nth(1) == Some(blob))
+            {
+                names.push(k.name.clone());
+                continue;
+            }
+            let mut req = models::CreateSshKeyRequest::new(name.clone(), entry.clone());
+            req.labels = Some(super::desired::ownership(fleet).into_iter().collect());
+            self.call("uploading an SSH key", || {
+                ssh_keys_api::create_ssh_key(
+                    &self.config,
+                    ssh_keys_api::CreateSshKeyParams {
+                        create_ssh_key_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
     async fn protect(&self, id: i64, on: bool) -> Result<(), CloudError> {
         let req = models::ChangeServerProtectionRequest {
             delete: Some(on),
@@ -558,7 +604,7 @@ impl Hetzner {
         req.user_data = Some(user_data.to_string());
         req.start_after_create = Some(true);
         if !want.ssh_keys.is_empty() {
-            req.ssh_keys = Some(want.ssh_keys.clone());
+            req.ssh_keys = Some(self.key_names(&fleet, &want.ssh_keys).await?);
         }
         req.firewalls =
             firewall.map(|id| vec![models::CreateServerRequestFirewalls { firewall: id }]);

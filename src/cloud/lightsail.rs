@@ -212,6 +212,29 @@ impl Lightsail {
             .map_err(|e| api("attaching the static IP", e))
     }
 
+    /// The key pair for `entry`: a name as it is; a public key imported once
+    /// as `tk-<fleet>-<fingerprint>`. (Lightsail takes one key pair per
+    /// instance: the first entry; the others reach it through cloud-init.)
+    async fn key_pair(&self, fleet: &str, entry: &str) -> Result<String, CloudError> {
+        let Some(name) = super::desired::uploaded_key_name(fleet, entry) else {
+            return Ok(entry.to_string());
+        };
+        let exists = self
+            .client
+            .key_pair_exists(&name)
+            .await
+            .map_err(|e| api("reading the key pair", e))?;
+        if !exists {
+            let tags: Vec<(String, String)> =
+                super::desired::ownership(fleet).into_iter().collect();
+            self.client
+                .import_key_pair(&name, entry, &tags)
+                .await
+                .map_err(|e| api("importing the key pair", e))?;
+        }
+        Ok(name)
+    }
+
     async fn create_instance(
         &self,
         want: &DesiredServer,
@@ -235,6 +258,10 @@ impl Lightsail {
                 )));
             }
             None => {
+                let key_pair = match want.ssh_keys.first() {
+                    Some(entry) => Some(self.key_pair(&fleet, entry).await?),
+                    None => None,
+                };
                 let made = self
                     .client
                     .create_instance(
@@ -242,7 +269,7 @@ impl Lightsail {
                         &want.location,
                         &want.image,
                         &want.size,
-                        want.ssh_keys.first().map(String::as_str),
+                        key_pair.as_deref(),
                         user_data,
                         &tags,
                     )

@@ -1493,7 +1493,19 @@ impl<'a> Loader<'a> {
             bundle: opt(&s.bundle),
             blueprint: opt(&s.blueprint),
             zone: opt(&s.zone),
-            ssh_keys: s.ssh_keys.iter().map(|k| k.value.clone()).collect(),
+            ssh_keys: s
+                .ssh_keys
+                .iter()
+                .map(|k| {
+                    // A name of a key the provider has, or a public key to upload.
+                    if k.value.contains(' ')
+                        && let Err(e) = check::public_key(&k.value)
+                    {
+                        self.err(at(file, k).error("invalid-key", format!("ssh key: {e}")));
+                    }
+                    k.value.clone()
+                })
+                .collect(),
             labels: s
                 .labels
                 .iter()

@@ -547,6 +547,34 @@ impl Client {
         Ok(())
     }
 
+    pub async fn key_pair_exists(&self, name: &str) -> Result<bool, Error> {
+        match self.inner.get_key_pair().key_pair_name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = err(e);
+                if e.not_found() { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Upload `public_key` (an OpenSSH line) as the key pair `name`.
+    pub async fn import_key_pair(
+        &self,
+        name: &str,
+        public_key: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), Error> {
+        self.inner
+            .import_key_pair()
+            .key_pair_name(name)
+            .public_key_base64(public_key)
+            .send()
+            .await
+            .map_err(err)?;
+        // Key pairs take tags through TagResource.
+        self.tag(name, tags).await
+    }
+
     /// Names of the key pairs in the region.
     pub async fn key_pairs(&self) -> Result<Vec<String>, Error> {
         let r = self.inner.get_key_pairs().send().await.map_err(err)?;

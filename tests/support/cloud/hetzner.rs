@@ -87,8 +87,8 @@ pub struct Account {
     actions: BTreeMap<i64, Action>,
     firewalls: BTreeMap<i64, Firewall>,
     images: BTreeMap<i64, Image>,
-    /// Provider SSH keys by name.
-    pub ssh_keys: BTreeMap<String, String>,
+    /// Provider SSH keys by name: (public key, labels).
+    pub ssh_keys: BTreeMap<String, (String, BTreeMap<String, String>)>,
 }
 
 impl Account {
@@ -318,7 +318,10 @@ impl Hetzner {
         }));
         account.lock().unwrap().ssh_keys.insert(
             "ops".into(),
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdX0q0Ew0s7i0A2mWq5bK3kqJ0x9fQy1mJcS2pD8hZK ops@acme".into(),
+            (
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdX0q0Ew0s7i0A2mWq5bK3kqJ0x9fQy1mJcS2pD8hZK ops@acme".into(),
+                BTreeMap::new(),
+            ),
         );
         let faults = Arc::new(Faults::default());
         let ctx = Ctx {
@@ -470,6 +473,7 @@ fn operation(method: &Method, parts: &[&str]) -> String {
         ("GET", ["pricing"]) => "get_pricing".into(),
         ("GET", ["locations"]) => "list_locations".into(),
         ("GET", ["ssh_keys"]) => "list_ssh_keys".into(),
+        ("POST", ["ssh_keys"]) => "create_ssh_key".into(),
         _ => "unknown".into(),
     }
 }
@@ -554,6 +558,50 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 "volume": {"price_per_gb_month": price(0.044)}
             }}),
         ),
+        ("POST", ["ssh_keys"]) => {
+            let name = v["name"].as_str().unwrap_or("").to_string();
+            let key = v["public_key"].as_str().unwrap_or("").trim().to_string();
+            let blob = key.split_whitespace().nth(1).unwrap_or("").to_string();
+            if name.is_empty() || blob.is_empty() {
+                return error(
+                    422,
+                    "invalid_input",
+                    "invalid input in fields 'name', 'public_key'",
+                );
+            }
+            if a.ssh_keys.contains_key(&name) {
+                return error(
+                    409,
+                    "uniqueness_error",
+                    "SSH key with the same name already exists",
+                );
+            }
+            if a.ssh_keys
+                .values()
+                .any(|(k, _)| k.split_whitespace().nth(1) == Some(blob.as_str()))
+            {
+                return error(
+                    409,
+                    "uniqueness_error",
+                    "SSH key with the same fingerprint already exists",
+                );
+            }
+            let labels: BTreeMap<String, String> = v["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            a.ssh_keys
+                .insert(name.clone(), (key.clone(), labels.clone()));
+            let id = a.ssh_keys.len();
+            ok(
+                201,
+                json!({"ssh_key": {"id": id, "name": name, "public_key": key, "fingerprint": "00:11", "labels": labels, "created": now_rfc3339()}}),
+            )
+        }
         ("GET", ["locations"]) => {
             let list: Vec<Value> = LOCATIONS.iter().map(|l| location_json(l.1)).collect();
             let (items, m) = page(list, &q);
@@ -564,7 +612,7 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 .ssh_keys
                 .iter()
                 .enumerate()
-                .map(|(i, (n, k))| json!({"id": i + 1, "name": n, "public_key": k, "fingerprint": "00:11", "labels": {}, "created": now_rfc3339()}))
+                .map(|(i, (n, (k, labels)))| json!({"id": i + 1, "name": n, "public_key": k, "fingerprint": "00:11", "labels": labels, "created": now_rfc3339()}))
                 .collect();
             let (items, m) = page(keys, &q);
             ok(200, json!({"ssh_keys": items, "meta": m}))
@@ -611,7 +659,7 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
             for k in v["ssh_keys"].as_array().into_iter().flatten() {
                 let k = k.as_str().unwrap_or("");
                 match a.ssh_keys.get(k) {
-                    Some(pk) => keys.push(pk.clone()),
+                    Some((pk, _)) => keys.push(pk.clone()),
                     None => return error(422, "invalid_input", &format!("SSH key {k} not found")),
                 }
             }

@@ -71,6 +71,7 @@ pub struct Account {
     /// Static IP name → (address, attached instance).
     pub static_ips: BTreeMap<String, (String, Option<String>)>,
     pub key_pairs: BTreeMap<String, String>,
+    pub key_pair_tags: BTreeMap<String, Vec<(String, String)>>,
 }
 
 pub struct Lightsail {
@@ -392,6 +393,33 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
         "GetKeyPairs" => ok(
             json!({"keyPairs": a.key_pairs.keys().map(|k| json!({"name": k})).collect::<Vec<_>>()}),
         ),
+        "GetKeyPair" => {
+            let n = name("keyPairName");
+            match a.key_pairs.get(&n) {
+                Some(_) => ok(
+                    json!({"keyPair": {"name": n, "resourceType": "KeyPair", "fingerprint": "00:11",
+                    "tags": tags_json(a.key_pair_tags.get(&n).map(Vec::as_slice).unwrap_or_default())}}),
+                ),
+                None => not_found("KeyPair"),
+            }
+        }
+        "ImportKeyPair" => {
+            let n = name("keyPairName");
+            if a.key_pairs.contains_key(&n) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The key pair name is already in use.",
+                );
+            }
+            let key = name("publicKeyBase64");
+            if key.split_whitespace().count() < 2 {
+                return error(400, "InvalidInputException", "The public key is not valid.");
+            }
+            a.key_pairs.insert(n.clone(), key);
+            let o = op(&mut a, &ctx.faults, &n, "ImportKeyPair", true);
+            ok(json!({"operation": operation_json(&o)}))
+        }
         "CreateInstances" => {
             let names: Vec<String> = v["instanceNames"]
                 .as_array()
@@ -488,6 +516,12 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
         },
         "TagResource" => {
             let n = name("resourceName");
+            if a.key_pairs.contains_key(&n) {
+                let tags = tags_of(&v["tags"]);
+                a.key_pair_tags.entry(n.clone()).or_default().extend(tags);
+                let o = op(&mut a, &ctx.faults, &n, "TagResource", true);
+                return ok(json!({"operations": [operation_json(&o)]}));
+            }
             let Some(i) = a.instances.get_mut(&n) else {
                 return not_found("Instance");
             };
