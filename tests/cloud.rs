@@ -703,3 +703,47 @@ fn public_keys_in_ssh_keys_are_uploaded_once_and_let_their_owner_in() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(f.hetzner.faults.count("create_ssh_key"), 1);
 }
+
+#[test]
+fn a_hetzner_static_ip_is_a_floating_ip_kept_across_a_replace_and_released_with_the_host() {
+    let web = "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1, static_ip: true}\nallow_destroy: true\n";
+    // Another server stays: a fleet without hosts is not a valid config.
+    let db = "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\n";
+    let f = CloudFleet::start(&[("hosts/web.yaml", web), ("hosts/db.yaml", db)], "");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ip = |f: &CloudFleet| {
+        f.hetzner
+            .account
+            .lock()
+            .unwrap()
+            .floating_ips
+            .values()
+            .find(|ip| ip.name == "tk-acme-web")
+            .cloned()
+    };
+    let first = ip(&f).expect("a floating IP for web");
+    assert_eq!(first.server, Some(f.hetzner.server("web").unwrap().id));
+    assert_eq!(first.labels["managed-by"], "tidekeeper");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A new image is a new server: it takes the same address over.
+    f.repo
+        .write("hosts/web.yaml", &web.replace("debian-12", "ubuntu-24.04"));
+    f.repo.commit("ubuntu");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let now = ip(&f).expect("still there");
+    assert_eq!(now.ip, first.ip, "the same address");
+    let server = f.hetzner.server("web").unwrap();
+    assert_ne!(Some(server.id), first.server, "a new server");
+    assert_eq!(now.server, Some(server.id));
+
+    // The host leaves the config: its address goes with it.
+    std::fs::remove_file(f.repo.path.join("hosts/web.yaml")).unwrap();
+    f.repo.commit("no web");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(ip(&f).is_none(), "released");
+}

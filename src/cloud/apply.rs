@@ -77,7 +77,10 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
             }
             CloudAction::Replace => {
                 let have = c.observed.as_ref().ok_or("a replace without a server")?;
-                provider.delete(have).await.map_err(|e| e.to_string())?;
+                provider
+                    .delete(have, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let (s, k) = create(clouds, c, login_keys).await?;
                 out.server = Some(s);
                 out.host_key = Some(k);
@@ -98,7 +101,10 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
             }
             CloudAction::Delete => {
                 let have = c.observed.as_ref().ok_or("a delete without a server")?;
-                provider.delete(have).await.map_err(|e| e.to_string())?;
+                provider
+                    .delete(have, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(())

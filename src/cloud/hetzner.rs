@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use hcloud::apis::configuration::Configuration;
 use hcloud::apis::{
-    Error as HError, actions_api, firewalls_api, images_api, pricing_api, servers_api, ssh_keys_api,
+    Error as HError, actions_api, firewalls_api, floating_ips_api, images_api, pricing_api,
+    servers_api, ssh_keys_api,
 };
 use hcloud::models;
 
@@ -96,6 +97,10 @@ fn state(s: models::server::Status) -> PowerState {
 }
 
 fn firewall_name(fleet: &str, host: &str) -> String {
+    format!("tk-{fleet}-{host}")
+}
+
+fn static_ip_name(fleet: &str, host: &str) -> String {
     format!("tk-{fleet}-{host}")
 }
 
@@ -344,7 +349,7 @@ impl Hetzner {
             address: s.public_net.ipv4.as_ref().map(|i| i.ip.clone()),
             private_address: s.private_net.first().and_then(|n| n.ip.clone()),
             firewall: firewalls.iter().find(applied).map(|f| ports(&f.rules)),
-            static_ip: false,
+            static_ip: !s.public_net.floating_ips.is_empty(),
             delete_protection: s.protection.delete,
         }
     }
@@ -561,6 +566,102 @@ impl Hetzner {
         Ok(names)
     }
 
+    /// The host's floating IPv4 (`tk-<fleet>-<host>`), its `static_ip`:
+    /// created in the server's location, or assigned to the server if it
+    /// exists (a replaced server's successor takes it over).
+    async fn ensure_floating_ip(
+        &self,
+        fleet: &str,
+        host: &str,
+        server: i64,
+        location: &str,
+    ) -> Result<(), CloudError> {
+        let name = static_ip_name(fleet, host);
+        let existing = self
+            .call("listing floating IPs", || {
+                floating_ips_api::list_floating_ips(
+                    &self.config,
+                    floating_ips_api::ListFloatingIpsParams {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await?
+            .floating_ips
+            .into_iter()
+            .next();
+        match existing {
+            Some(ip) if ip.server == Some(server) => Ok(()),
+            Some(ip) => {
+                let r = self
+                    .call("assigning the floating IP", || {
+                        floating_ips_api::assign_floating_ip_to_server(
+                            &self.config,
+                            floating_ips_api::AssignFloatingIpToServerParams {
+                                id: ip.id,
+                                assign_floating_ip_to_server_request:
+                                    models::AssignFloatingIpToServerRequest::new(Some(server)),
+                            },
+                        )
+                    })
+                    .await?;
+                self.wait(&r.action, "assigning the floating IP").await
+            }
+            None => {
+                let mut req = models::CreateFloatingIpRequest::new(models::IpType::Ipv4);
+                req.name = Some(name.clone());
+                req.server = Some(Some(server));
+                req.home_location = Some(location.to_string());
+                req.labels = Some(super::desired::ownership(fleet).into_iter().collect());
+                req.description = Some(Some(format!("{host}'s static address")));
+                let r = self
+                    .call("creating the floating IP", || {
+                        floating_ips_api::create_floating_ip(
+                            &self.config,
+                            floating_ips_api::CreateFloatingIpParams {
+                                create_floating_ip_request: req.clone(),
+                            },
+                        )
+                    })
+                    .await?;
+                if let Some(a) = &r.action {
+                    self.wait(a, "creating the floating IP").await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn drop_floating_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let name = static_ip_name(fleet, host);
+        let ips = self
+            .call("listing floating IPs", || {
+                floating_ips_api::list_floating_ips(
+                    &self.config,
+                    floating_ips_api::ListFloatingIpsParams {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await?
+            .floating_ips;
+        for ip in ips
+            .into_iter()
+            .filter(|ip| ip.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE))
+        {
+            self.call("deleting the floating IP", || {
+                floating_ips_api::delete_floating_ip(
+                    &self.config,
+                    floating_ips_api::DeleteFloatingIpParams { id: ip.id },
+                )
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn protect(&self, id: i64, on: bool) -> Result<(), CloudError> {
         let req = models::ChangeServerProtectionRequest {
             delete: Some(on),
@@ -654,6 +755,10 @@ impl Hetzner {
         };
         if !created.protection.delete {
             self.protect(created.id, true).await?;
+        }
+        if want.static_ip {
+            self.ensure_floating_ip(&fleet, &want.host, created.id, &want.location)
+                .await?;
         }
         let s = self.until_running(created.id).await?;
         let firewalls = self.list_firewalls().await?;
@@ -827,6 +932,10 @@ impl Provider for Hetzner {
             } else if have.firewall.is_some() {
                 self.drop_firewall(&fleet, &want.host).await?;
             }
+            if want.static_ip && !have.static_ip {
+                self.ensure_floating_ip(&fleet, &want.host, id, &want.location)
+                    .await?;
+            }
             Ok(())
         })
     }
@@ -860,7 +969,7 @@ impl Provider for Hetzner {
         })
     }
 
-    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()> {
+    fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()> {
         Box::pin(async move {
             let id = id_of(have)?;
             if have.delete_protection {
@@ -882,6 +991,9 @@ impl Provider for Hetzner {
                 Err(e) => return Err(e),
             }
             let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
+            if !keep_address {
+                self.drop_floating_ip(&fleet, &have.name).await?;
+            }
             self.drop_firewall(&fleet, &have.name).await
         })
     }

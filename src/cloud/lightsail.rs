@@ -391,12 +391,15 @@ impl Provider for Lightsail {
         })
     }
 
-    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()> {
+    fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()> {
         Box::pin(async move {
             match self.client.delete_instance(&have.name).await {
                 Ok(ops) => self.wait_ops(&ops, "deleting the instance").await?,
                 Err(e) if e.not_found() => {}
                 Err(e) => return Err(api("deleting the instance", e)),
+            }
+            if keep_address {
+                return Ok(());
             }
             let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
             let name = static_ip_name(&fleet, &have.name);

@@ -178,8 +178,10 @@ pub trait Provider: Send + Sync {
     fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()>;
     /// A new size in place (Hetzner: stop, change type, start).
     fn resize<'a>(&'a self, have: &'a ObservedServer, size: &'a str) -> Fut<'a, ()>;
-    /// Delete the server and what tidekeeper made for it alone (its firewall, its static IP).
-    fn delete<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, ()>;
+    /// Delete the server and what tidekeeper made for it alone (its
+    /// firewall; its static IP too unless `keep_address`, as when the server
+    /// is replaced and its successor takes the address over).
+    fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()>;
     fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()>;
     fn snapshot<'a>(
         &'a self,

@@ -365,7 +365,7 @@ pub fn plan(
                 Some(rules_text(&d.firewall)),
             ));
         }
-        if d.static_ip && !o.static_ip && d.provider == ProviderKind::Lightsail {
+        if d.static_ip && !o.static_ip {
             attrs.push(attr(
                 "static ip",
                 Some("none".into()),

@@ -80,6 +80,16 @@ struct Image {
     from: (i64, String),
 }
 
+#[derive(Debug, Clone)]
+pub struct FloatingIp {
+    pub id: i64,
+    pub name: String,
+    pub ip: String,
+    pub server: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub location: String,
+}
+
 #[derive(Default)]
 pub struct Account {
     next: i64,
@@ -87,6 +97,7 @@ pub struct Account {
     actions: BTreeMap<i64, Action>,
     firewalls: BTreeMap<i64, Firewall>,
     images: BTreeMap<i64, Image>,
+    pub floating_ips: BTreeMap<i64, FloatingIp>,
     /// Provider SSH keys by name: (public key, labels).
     pub ssh_keys: BTreeMap<String, (String, BTreeMap<String, String>)>,
 }
@@ -196,7 +207,20 @@ fn image_json(name: &str) -> Value {
            "labels": {}, "architecture": "x86"})
 }
 
-fn server_json(s: &Server, firewalls: &BTreeMap<i64, Firewall>) -> Value {
+fn floating_ip_json(f: &FloatingIp) -> Value {
+    json!({"id": f.id, "name": f.name, "description": null, "ip": f.ip, "type": "ipv4", "server": f.server,
+           "dns_ptr": [], "home_location": location_json(&f.location), "blocked": false,
+           "protection": {"delete": false}, "labels": f.labels, "created": now_rfc3339()})
+}
+
+fn server_json(s: &Server, a: &Account) -> Value {
+    let firewalls = &a.firewalls;
+    let floating: Vec<i64> = a
+        .floating_ips
+        .values()
+        .filter(|f| f.server == Some(s.id))
+        .map(|f| f.id)
+        .collect();
     let fws: Vec<Value> = firewalls
         .values()
         .filter(|f| f.servers.contains(&s.id))
@@ -207,7 +231,7 @@ fn server_json(s: &Server, firewalls: &BTreeMap<i64, Firewall>) -> Value {
         "public_net": {
             "ipv4": s.ipv4.as_ref().map(|ip| json!({"id": s.id + 100000, "ip": ip, "blocked": false, "dns_ptr": format!("static.{ip}.clients.your-server.de")})),
             "ipv6": {"id": s.id + 200000, "ip": format!("2a01:4f8:c17:{:x}::/64", s.id), "blocked": false, "dns_ptr": []},
-            "floating_ips": [], "firewalls": fws
+            "floating_ips": floating, "firewalls": fws
         },
         "private_net": [],
         "server_type": type_json(&s.server_type),
@@ -472,6 +496,10 @@ fn operation(method: &Method, parts: &[&str]) -> String {
         ("DELETE", ["images", _]) => "delete_image".into(),
         ("GET", ["pricing"]) => "get_pricing".into(),
         ("GET", ["locations"]) => "list_locations".into(),
+        ("GET", ["floating_ips"]) => "list_floating_ips".into(),
+        ("POST", ["floating_ips"]) => "create_floating_ip".into(),
+        ("POST", ["floating_ips", _, "actions", a]) => format!("floating_ip_{a}"),
+        ("DELETE", ["floating_ips", _]) => "delete_floating_ip".into(),
         ("GET", ["ssh_keys"]) => "list_ssh_keys".into(),
         ("POST", ["ssh_keys"]) => "create_ssh_key".into(),
         _ => "unknown".into(),
@@ -602,6 +630,72 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 json!({"ssh_key": {"id": id, "name": name, "public_key": key, "fingerprint": "00:11", "labels": labels, "created": now_rfc3339()}}),
             )
         }
+        ("GET", ["floating_ips"]) => {
+            let list: Vec<Value> = a
+                .floating_ips
+                .values()
+                .filter(|f| q.get("name").is_none_or(|n| *n == f.name))
+                .map(floating_ip_json)
+                .collect();
+            let (items, m) = page(list, &q);
+            ok(200, json!({"floating_ips": items, "meta": m}))
+        }
+        ("POST", ["floating_ips"]) => {
+            let name = v["name"].as_str().unwrap_or("").to_string();
+            if a.floating_ips.values().any(|f| f.name == name) {
+                return error(409, "uniqueness_error", "floating IP name is already used");
+            }
+            let id = a.id();
+            let f = FloatingIp {
+                id,
+                name,
+                ip: format!("198.51.100.{}", 100 + a.floating_ips.len()),
+                server: v["server"].as_i64(),
+                labels: v["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                location: v["home_location"].as_str().unwrap_or("fsn1").to_string(),
+            };
+            let j = floating_ip_json(&f);
+            a.floating_ips.insert(id, f);
+            let (act, _) = action(
+                &mut a,
+                &ctx.faults,
+                "create_floating_ip",
+                vec![(id, "floating_ip")],
+                true,
+            );
+            ok(201, json!({"floating_ip": j, "action": action_json(&act)}))
+        }
+        ("POST", ["floating_ips", id, "actions", "assign"]) => {
+            let Some(id) = id_of(id).filter(|id| a.floating_ips.contains_key(id)) else {
+                return error(404, "not_found", "floating IP not found");
+            };
+            let server = v["server"].as_i64();
+            if server.is_some_and(|sid| !a.servers.contains_key(&sid)) {
+                return error(404, "not_found", "server not found");
+            }
+            a.floating_ips.get_mut(&id).unwrap().server = server;
+            let (act, _) = action(
+                &mut a,
+                &ctx.faults,
+                "assign_floating_ip",
+                vec![(id, "floating_ip")],
+                true,
+            );
+            ok(201, json!({"action": action_json(&act)}))
+        }
+        ("DELETE", ["floating_ips", id]) => {
+            match id_of(id).and_then(|id| a.floating_ips.remove(&id)) {
+                Some(_) => (StatusCode::NO_CONTENT, "").into_response(),
+                None => error(404, "not_found", "floating IP not found"),
+            }
+        }
         ("GET", ["locations"]) => {
             let list: Vec<Value> = LOCATIONS.iter().map(|l| location_json(l.1)).collect();
             let (items, m) = page(list, &q);
@@ -626,13 +720,13 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                     q.get("label_selector")
                         .is_none_or(|sel| matches(sel, &s.labels))
                 })
-                .map(|s| server_json(s, &a.firewalls))
+                .map(|s| server_json(s, &a))
                 .collect();
             let (items, m) = page(list, &q);
             ok(200, json!({"servers": items, "meta": m}))
         }
         ("GET", ["servers", id]) => match id_of(id).and_then(|id| a.servers.get(&id)) {
-            Some(s) => ok(200, json!({"server": server_json(s, &a.firewalls)})),
+            Some(s) => ok(200, json!({"server": server_json(s, &a)})),
             None => error(404, "not_found", "server not found"),
         },
         ("POST", ["servers"]) => {
@@ -695,7 +789,7 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                     fw.servers.push(id);
                 }
             }
-            let json_server = server_json(&server, &a.firewalls);
+            let json_server = server_json(&server, &a);
             a.servers.insert(id, server);
             let (create, done1) = action(
                 &mut a,
@@ -744,7 +838,7 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 s.name = n.into();
             }
             let s = s.clone();
-            ok(200, json!({"server": server_json(&s, &a.firewalls)}))
+            ok(200, json!({"server": server_json(&s, &a)}))
         }
         ("DELETE", ["servers", id]) => {
             let Some(id) = id_of(id).filter(|id| a.servers.contains_key(id)) else {
@@ -756,6 +850,11 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
             let s = a.servers.remove(&id).unwrap();
             for f in a.firewalls.values_mut() {
                 f.servers.retain(|x| *x != id);
+            }
+            for f in a.floating_ips.values_mut() {
+                if f.server == Some(id) {
+                    f.server = None;
+                }
             }
             let (act, done) = action(
                 &mut a,
