@@ -282,45 +282,57 @@ impl Hetzner {
     }
 
     async fn list_servers(&self, name: Option<&str>) -> Result<Vec<models::Server>, CloudError> {
-        let mut out = Vec::new();
-        let mut page = 1;
-        loop {
+        self.paged(|page| {
             let params = servers_api::ListServersParams {
                 name: name.map(String::from),
                 page: Some(page),
                 per_page: Some(50),
                 ..Default::default()
             };
-            let r = self
-                .call("listing servers", || {
-                    servers_api::list_servers(&self.config, params.clone())
-                })
-                .await?;
-            out.extend(r.servers);
-            match r.meta.pagination.next_page {
-                Some(n) if n > page => page = n,
-                _ => return Ok(out),
+            async move {
+                let r = self
+                    .call("listing servers", || {
+                        servers_api::list_servers(&self.config, params.clone())
+                    })
+                    .await?;
+                Ok((r.servers, r.meta.pagination.next_page))
             }
-        }
+        })
+        .await
     }
 
     async fn list_firewalls(&self) -> Result<Vec<models::Firewall>, CloudError> {
-        let mut out = Vec::new();
-        let mut page = 1;
-        loop {
+        self.paged(|page| {
             let params = firewalls_api::ListFirewallsParams {
                 label_selector: Some(format!("{MANAGED_BY}={MANAGED_BY_VALUE}")),
                 page: Some(page),
                 per_page: Some(50),
                 ..Default::default()
             };
-            let r = self
-                .call("listing firewalls", || {
-                    firewalls_api::list_firewalls(&self.config, params.clone())
-                })
-                .await?;
-            out.extend(r.firewalls);
-            match r.meta.pagination.next_page {
+            async move {
+                let r = self
+                    .call("listing firewalls", || {
+                        firewalls_api::list_firewalls(&self.config, params.clone())
+                    })
+                    .await?;
+                Ok((r.firewalls, r.meta.pagination.next_page))
+            }
+        })
+        .await
+    }
+
+    /// Every page of a listing: `fetch(page)` gives that page's items and
+    /// the number of the next page, if any.
+    async fn paged<T, Fu>(&self, mut fetch: impl FnMut(i64) -> Fu) -> Result<Vec<T>, CloudError>
+    where
+        Fu: std::future::Future<Output = Result<(Vec<T>, Option<i64>), CloudError>>,
+    {
+        let mut out = Vec::new();
+        let mut page = 1;
+        loop {
+            let (items, next) = fetch(page).await?;
+            out.extend(items);
+            match next {
                 Some(n) if n > page => page = n,
                 _ => return Ok(out),
             }
@@ -1048,35 +1060,32 @@ impl Provider for Hetzner {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut out = Vec::new();
-            let mut page = 1;
-            loop {
-                let params = images_api::ListImagesParams {
-                    r#type: Some(vec!["snapshot".into()]),
-                    label_selector: (!sel.is_empty()).then(|| sel.clone()),
-                    page: Some(page),
-                    per_page: Some(50),
-                    ..Default::default()
-                };
-                let r = self
-                    .call("listing snapshots", || {
-                        images_api::list_images(&self.config, params.clone())
-                    })
-                    .await?;
-                out.extend(
-                    r.images
-                        .iter()
-                        .filter(|i| {
-                            i.created_from.as_ref().is_some_and(|c| c.id == id)
-                                && i.deleted.is_none()
-                        })
-                        .map(|i| snapshot(i, &server.name)),
-                );
-                match r.meta.pagination.next_page {
-                    Some(n) if n > page => page = n,
-                    _ => break,
-                }
-            }
+            let images = self
+                .paged(|page| {
+                    let params = images_api::ListImagesParams {
+                        r#type: Some(vec!["snapshot".into()]),
+                        label_selector: (!sel.is_empty()).then(|| sel.clone()),
+                        page: Some(page),
+                        per_page: Some(50),
+                        ..Default::default()
+                    };
+                    async move {
+                        let r = self
+                            .call("listing snapshots", || {
+                                images_api::list_images(&self.config, params.clone())
+                            })
+                            .await?;
+                        Ok((r.images, r.meta.pagination.next_page))
+                    }
+                })
+                .await?;
+            let mut out: Vec<Snapshot> = images
+                .iter()
+                .filter(|i| {
+                    i.created_from.as_ref().is_some_and(|c| c.id == id) && i.deleted.is_none()
+                })
+                .map(|i| snapshot(i, &server.name))
+                .collect();
             out.sort_by_key(|s| (s.created, s.id.parse::<i64>().unwrap_or(0)));
             Ok(out)
         })
