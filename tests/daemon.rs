@@ -81,6 +81,7 @@ fn commits_are_applied_and_reported_back_invalid_ones_are_not() {
     let errors = st["invalid"]["errors"].to_string();
     assert!(errors.contains("roles/app.yaml:2:"), "{errors}");
     assert!(errors.contains("mdoe"), "{errors}");
+    d.wait_noted(&bad, Duration::from_secs(20));
     let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &bad]);
     assert!(
         note.contains("invalid config") && note.contains("roles/app.yaml:2:"),

@@ -544,12 +544,10 @@ fn a_pr_that_opens_ssh_to_the_world_fails_its_status_naming_the_policy() {
         &[("GITHUB_TOKEN", "t0k")],
     );
     d.wait_applied(&main, Duration::from_secs(30));
-    d.wait_for("the PR status", Duration::from_secs(30), |_| {
-        fake.lock()
-            .unwrap()
-            .requests
-            .iter()
-            .any(|r| r.1 == format!("statuses/{pr}"))
+    // The status is posted first, then the comment.
+    d.wait_for("the PR status and comment", Duration::from_secs(30), |_| {
+        let f = fake.lock().unwrap();
+        f.requests.iter().any(|r| r.1 == format!("statuses/{pr}")) && !f.comments.is_empty()
     });
     let f = fake.lock().unwrap();
     let status = f

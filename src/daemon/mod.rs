@@ -188,7 +188,11 @@ impl Loop {
     }
 
     async fn push_status(&self, note: Option<(String, String)>) {
-        let files = self.shared.status.lock().unwrap().files();
+        let (files, applied) = {
+            let st = self.shared.status.lock().unwrap();
+            (st.files(), st.applied_commit.clone())
+        };
+        let noted = note.as_ref().map(|n| n.0.clone());
         let commit_msg = format!("tidekeeper status at {}", now());
         let res = self
             .blocking(move |m| -> Result<(), mirror::MirrorError> {
@@ -201,7 +205,16 @@ impl Loop {
             })
             .await;
         match res {
-            Ok(()) => self.shared.clear_stale("push"),
+            Ok(()) => {
+                self.shared.clear_stale("push");
+                let mut st = self.shared.status.lock().unwrap();
+                let noted = noted.or_else(|| st.written_back.take().and_then(|w| w.noted_commit));
+                st.written_back = Some(status::WrittenBack {
+                    at: now(),
+                    applied_commit: applied,
+                    noted_commit: noted,
+                });
+            }
             Err(e) => {
                 error!(error = %e, "status push failed");
                 self.shared.metrics.lock().unwrap().status_push_failures += 1;
@@ -915,6 +928,11 @@ impl Loop {
                 .and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
             if let Some(p) = prior {
                 let mut st = self.shared.status.lock().unwrap();
+                st.written_back = Some(status::WrittenBack {
+                    at: now(),
+                    applied_commit: p.applied_commit.clone(),
+                    noted_commit: None,
+                });
                 st.applied_commit = p.applied_commit;
                 st.quarantined = p.quarantined;
                 st.hosts = p.hosts;

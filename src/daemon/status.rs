@@ -117,6 +117,21 @@ pub struct FleetStatus {
     /// Maintenance jobs: last run and next run.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleStatus>,
+    /// The last successful write to the status branch. Served live only:
+    /// writing it into the branch would make every push a new commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_back: Option<WrittenBack>,
+}
+
+/// What the status branch showed after the last successful push, or as
+/// read at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WrittenBack {
+    pub at: String,
+    /// The fleet's applied commit as the pushed `status/fleet.json` has it.
+    pub applied_commit: Option<String>,
+    /// The commit whose note was written by that push, if any.
+    pub noted_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -159,6 +174,9 @@ impl FleetStatus {
         let (word, color) = self.state();
         let mut fleet = serde_json::to_value(self).expect("status serializes");
         fleet["state"] = word.into();
+        if let Some(o) = fleet.as_object_mut() {
+            o.remove("written_back");
+        }
         out.insert(
             "status/fleet.json".into(),
             serde_json::to_vec_pretty(&fleet).expect("json"),
@@ -346,8 +364,15 @@ pub fn html(status: &FleetStatus) -> String {
          table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}\
          .synced{{color:#2a2}}.drifted{{color:#a80}}.failed,.unreachable{{color:#c33}}pre{{white-space:pre-wrap;margin:0}}</style></head><body>\
          <h1>{fleet} <img src=\"/badges/fleet.svg\" alt=\"{word}\"></h1>\
-         <p>Branch <code>{branch}</code> of <code>{repo}</code>: head <code>{head}</code>, applied <code>{applied}</code>; last fetch {fetch}; last reconcile {rec}.</p>",
+         <p>Branch <code>{branch}</code> of <code>{repo}</code>: head <code>{head}</code>, applied <code>{applied}</code>; last fetch {fetch}; last reconcile {rec}; status branch written {pushed}.</p>",
         fleet = html_escape(&status.fleet),
+        pushed = html_escape(
+            status
+                .written_back
+                .as_ref()
+                .map(|w| w.at.as_str())
+                .unwrap_or("never")
+        ),
         branch = html_escape(&status.branch),
         repo = html_escape(&status.repo),
         head = short(&status.head_commit),
@@ -443,4 +468,28 @@ pub fn note(commit: &str, summary: &str, hosts: &[HostStatus], seconds: f64) -> 
     }
     let _ = writeln!(s, "\ntook {seconds:.1}s");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_branch_never_holds_when_it_was_written() {
+        let mut st = FleetStatus {
+            fleet: "f".into(),
+            applied_commit: Some("abc".into()),
+            ..Default::default()
+        };
+        let before = st.files();
+        st.written_back = Some(WrittenBack {
+            at: "2026-11-23T10:00:00Z".into(),
+            applied_commit: Some("abc".into()),
+            noted_commit: None,
+        });
+        // Otherwise every push would change the branch and push again.
+        assert_eq!(st.files(), before);
+        let live = serde_json::to_value(&st).unwrap();
+        assert_eq!(live["written_back"]["applied_commit"], "abc");
+    }
 }

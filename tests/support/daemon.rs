@@ -146,10 +146,20 @@ impl Daemon {
         }
     }
 
-    /// Wait until the daemon reports `commit` applied.
+    /// Wait until the daemon reports `commit` applied and has pushed a
+    /// status branch that says so (the live status is ahead of the push).
     pub fn wait_applied(&self, commit: &str, timeout: Duration) {
         self.wait_for(&format!("commit {commit} applied"), timeout, |d| {
-            d.status()["applied_commit"].as_str() == Some(commit)
+            let st = d.status();
+            st["applied_commit"].as_str() == Some(commit)
+                && st["written_back"]["applied_commit"].as_str() == Some(commit)
+        });
+    }
+
+    /// Wait until the daemon has pushed a note on `commit`.
+    pub fn wait_noted(&self, commit: &str, timeout: Duration) {
+        self.wait_for(&format!("a note on {commit} pushed"), timeout, |d| {
+            d.status()["written_back"]["noted_commit"].as_str() == Some(commit)
         });
     }
 
