@@ -19,7 +19,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("repo-template");
+    // Read at run time: a compiled build script is reused when the checkout
+    // moves (the target dir cache), and `env!` would keep the old path.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("repo-template");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     walk(&root, &mut files);
