@@ -174,6 +174,17 @@ fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
         broken.contains("the disk is full"),
         "log tail kept: {broken}"
     );
+    // The note is pushed right after the status branch.
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_for("the failure noted", Duration::from_secs(20), |_| {
+        std::process::Command::new("git")
+            .args(["notes", "--ref=tidekeeper", "show", &head])
+            .current_dir(&repo.path)
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("maintenance job broken failed")
+            })
+    });
     let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", "HEAD"]);
     assert_eq!(
         note.matches("maintenance job broken failed").count(),
