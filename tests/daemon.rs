@@ -127,7 +127,7 @@ fn drift_is_reported_or_corrected() {
     };
     d.wait_for(
         "drift on the status branch",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         |_| host_json().contains("drifted"),
     );
 
@@ -216,7 +216,7 @@ fn webhooks_must_be_signed_and_trigger_at_once() {
         body,
     );
     assert_eq!(code, 202);
-    d.wait_applied(&head(&repo), Duration::from_secs(10));
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
     let took = t.elapsed();
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
     assert!(took < Duration::from_secs(10), "{took:?}");
@@ -299,7 +299,7 @@ fn sigterm_mid_apply_then_restart_finishes_and_never_reapplies() {
         &["--poll", "1s", "--drift", "600s"],
         fresh,
     );
-    d.wait_for("the first fetch", Duration::from_secs(10), |d| {
+    d.wait_for("the first fetch", Duration::from_secs(30), |d| {
         d.get("/readyz").0 == 200
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -528,7 +528,7 @@ fn the_file_watch_wakes_on_commits_only() {
     assert_eq!(fetches(&d), before, "no fetches while nothing happens");
     repo.write("roles/app.yaml", &role("two"));
     repo.commit("two");
-    d.wait_applied(&head(&repo), Duration::from_secs(10));
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
     assert!(
         fetches(&d) <= before + 3,
         "one commit, a few fetches: {}",
@@ -685,7 +685,7 @@ fn an_https_remote_with_a_token() {
             let _ = self.0.wait();
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !port_file.exists() {
         assert!(
             Instant::now() < deadline,
@@ -759,7 +759,7 @@ fn an_https_remote_with_a_token() {
         &format!("\"applied_commit\":\"{c}\""),
     );
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "one\n");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let show = std::process::Command::new("git")
             .args([
