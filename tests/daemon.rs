@@ -777,3 +777,33 @@ fn an_https_remote_with_a_token() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_status_push_that_fails_is_sent_again_with_its_note_on_the_next_poll() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    // Someone else's git holds the status branch's lock file.
+    let lock = repo.path.join(".git/refs/heads/tidekeeper/status.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "600s"]);
+    let c = head(&repo);
+    d.wait_for("the failed push reported", Duration::from_secs(30), |d| {
+        d.status()["stale"]
+            .to_string()
+            .contains("status push failed")
+    });
+    let st = d.status();
+    assert_eq!(st["applied_commit"].as_str(), Some(c.as_str()), "{st}");
+    assert!(st["written_back"].is_null(), "nothing was written: {st}");
+
+    // The lock goes away; nothing else happens in the repo.
+    std::fs::remove_file(&lock).unwrap();
+    d.wait_applied(&c, Duration::from_secs(30));
+    d.wait_noted(&c, Duration::from_secs(30));
+    assert!(d.status()["stale"].as_array().unwrap().is_empty());
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &c]);
+    assert!(note.contains("applied to 1 host(s)"), "{note}");
+    let fleet = git(&repo.path, &["show", "tidekeeper/status:status/fleet.json"]);
+    assert!(fleet.contains(&c), "{fleet}");
+}

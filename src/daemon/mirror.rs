@@ -12,7 +12,7 @@ use git2::{Oid, Repository, Signature};
 pub const NOTES_REF: &str = "refs/notes/tidekeeper";
 const REMOTE_NOTES: &str = "refs/remotes/origin-notes/tidekeeper";
 /// Attempts at a push that keeps losing races before giving up for now.
-const PUSH_ATTEMPTS: usize = 5;
+const PUSH_ATTEMPTS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -88,6 +88,18 @@ fn known_hosts_names(url: &str) -> Vec<String> {
         Some((h, _)) => vec![h.to_string(), format!("[{h}]:22")],
         None => vec![hostport.to_string()],
     }
+}
+
+/// A short, growing, jittered pause before retrying a locked ref, so two
+/// writers that collided do not collide again.
+fn lock_backoff(attempt: usize) {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 20)
+        .unwrap_or(0) as u64;
+    std::thread::sleep(std::time::Duration::from_millis(
+        10 * attempt as u64 + jitter,
+    ));
 }
 
 fn sig() -> Signature<'static> {
@@ -365,6 +377,12 @@ impl Mirror {
                 {
                     continue;
                 }
+                // Another writer (a second daemon, a user's git) holds the
+                // ref's lock file for a moment.
+                Err(e) if e.code() == git2::ErrorCode::Locked => {
+                    lock_backoff(attempt);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -441,9 +459,32 @@ impl Mirror {
     /// Add (or replace) the note on `commit` and push the notes ref without force.
     pub fn push_note(&self, commit: Oid, text: &str) -> Result<usize, MirrorError> {
         if let Some(target) = self.local_target() {
-            target.note(&sig(), &sig(), Some(NOTES_REF), commit, text, true)?;
-            let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
-            return Ok(1);
+            for attempt in 1..=PUSH_ATTEMPTS {
+                match target.note(&sig(), &sig(), Some(NOTES_REF), commit, text, true) {
+                    Ok(_) => {
+                        let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
+                        return Ok(attempt);
+                    }
+                    // libgit2 updates the notes ref with a compare-and-swap:
+                    // a writer in between makes it fail; build on the new tip.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            git2::ErrorCode::Locked
+                                | git2::ErrorCode::Modified
+                                | git2::ErrorCode::Exists
+                        ) =>
+                    {
+                        lock_backoff(attempt);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Err(MirrorError::PushRace {
+                what: "the notes".into(),
+                url: self.url.clone(),
+                attempts: PUSH_ATTEMPTS,
+            });
         }
         for attempt in 1..=PUSH_ATTEMPTS {
             let spec = format!("+{NOTES_REF}:{REMOTE_NOTES}");
@@ -510,4 +551,45 @@ fn build_tree(
         tb.insert(&dir, id, 0o040000)?;
     }
     Ok(tb.write()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_ref_locked_for_a_moment_is_written_once_the_lock_is_gone() {
+        let dir = std::env::temp_dir().join(format!("tk-mirror-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let work = dir.join("fleet");
+        let repo = Repository::init(&work).unwrap();
+        let tree = repo.treebuilder(None).unwrap().write().unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        repo.commit(Some("HEAD"), &sig(), &sig(), "init", &tree, &[])
+            .unwrap();
+        let m = Mirror::open(
+            &dir.join("state"),
+            work.to_str().unwrap(),
+            "master",
+            "tidekeeper/status",
+            Access::default(),
+        )
+        .unwrap();
+        let lock = work.join(".git/refs/heads/tidekeeper/status.lock");
+        std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        let held = lock.clone();
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            std::fs::remove_file(held).unwrap();
+        });
+        let files = BTreeMap::from([("status/fleet.json".to_string(), b"{}".to_vec())]);
+        let attempts = m.push_status(&files, "status").unwrap();
+        other.join().unwrap();
+        assert!(attempts > 1, "the lock was there at first");
+        let id = repo.refname_to_id("refs/heads/tidekeeper/status").unwrap();
+        let tree = repo.find_commit(id).unwrap().tree().unwrap();
+        assert!(tree.get_path(Path::new("status/fleet.json")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

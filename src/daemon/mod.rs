@@ -119,6 +119,9 @@ struct Loop {
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
+    /// A status push failed: the notes it carried (commit → text), pushed
+    /// again with the status on the next poll.
+    unpushed: Mutex<Option<BTreeMap<String, String>>>,
 }
 
 impl Loop {
@@ -187,22 +190,41 @@ impl Loop {
         }
     }
 
+    /// Write the status branch (and `note` on its commit), together with
+    /// whatever an earlier failed push left unsent.
     async fn push_status(&self, note: Option<(String, String)>) {
         let (files, applied) = {
             let st = self.shared.status.lock().unwrap();
             (st.files(), st.applied_commit.clone())
         };
         let noted = note.as_ref().map(|n| n.0.clone());
+        let mut notes = self.unpushed.lock().unwrap().take().unwrap_or_default();
+        let noted = noted.or_else(|| notes.keys().next().cloned());
+        if let Some((commit, text)) = note {
+            notes.insert(commit, text); // the newest note on a commit wins
+        }
         let commit_msg = format!("tidekeeper status at {}", now());
         let res = self
-            .blocking(move |m| -> Result<(), mirror::MirrorError> {
-                m.push_status(&files, &commit_msg)?;
-                if let Some((commit, text)) = note {
-                    let oid = git2::Oid::from_str(&commit).map_err(mirror::MirrorError::Git)?;
-                    m.push_note(oid, &text)?;
-                }
-                Ok(())
-            })
+            .blocking(
+                move |m| -> Result<(), (mirror::MirrorError, BTreeMap<String, String>)> {
+                    if let Err(e) = m.push_status(&files, &commit_msg) {
+                        return Err((e, notes));
+                    }
+                    let mut left = notes.clone();
+                    for (commit, text) in &notes {
+                        let pushed = git2::Oid::from_str(commit)
+                            .map_err(mirror::MirrorError::Git)
+                            .and_then(|oid| m.push_note(oid, text));
+                        match pushed {
+                            Ok(_) => {
+                                left.remove(commit);
+                            }
+                            Err(e) => return Err((e, left)),
+                        }
+                    }
+                    Ok(())
+                },
+            )
             .await;
         match res {
             Ok(()) => {
@@ -215,8 +237,9 @@ impl Loop {
                     noted_commit: noted,
                 });
             }
-            Err(e) => {
-                error!(error = %e, "status push failed");
+            Err((e, left)) => {
+                error!(error = %e, "status push failed; trying again on the next poll");
+                *self.unpushed.lock().unwrap() = Some(left);
                 self.shared.metrics.lock().unwrap().status_push_failures += 1;
                 self.shared
                     .note_stale("push", format!("status push failed: {e}"));
@@ -984,6 +1007,9 @@ impl Loop {
                 // Back off while the remote is unreachable.
                 let backoff = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
                 next_poll = Instant::now() + backoff.min(Duration::from_secs(300));
+                if head.is_some() && self.unpushed.lock().unwrap().is_some() {
+                    self.push_status(None).await;
+                }
                 self.plan_proposals().await;
                 if let Some(head) = head {
                     self.shared.status.lock().unwrap().head_commit = Some(head.clone());
@@ -1148,6 +1174,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         due: BTreeMap::new(),
         proposals_seen: BTreeMap::new(),
         forge: None,
+        unpushed: Mutex::new(None),
     };
     let mut worker = tokio::spawn(lp.run());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
