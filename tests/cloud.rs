@@ -747,3 +747,22 @@ fn a_hetzner_static_ip_is_a_floating_ip_kept_across_a_replace_and_released_with_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(ip(&f).is_none(), "released");
 }
+
+#[test]
+fn a_floating_ip_of_the_same_name_that_tidekeeper_did_not_make_is_never_taken() {
+    let web = "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1, static_ip: true}\n";
+    let f = CloudFleet::start(&[("hosts/web.yaml", web)], "");
+    let theirs = f.hetzner.add_unmanaged_floating_ip("tk-acme-web");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "web: a floating IP named \"tk-acme-web\" exists but is not managed by tidekeeper"
+        ),
+        "{}",
+        text(&out)
+    );
+    let now = f.hetzner.account.lock().unwrap().floating_ips[&theirs.id].clone();
+    assert_eq!(now.server, None, "not assigned to the new server");
+    assert_eq!(now.labels, theirs.labels, "not relabelled");
+}

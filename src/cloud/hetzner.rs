@@ -589,21 +589,12 @@ impl Hetzner {
         location: &str,
     ) -> Result<(), CloudError> {
         let name = static_ip_name(fleet, host);
-        let existing = self
-            .call("listing floating IPs", || {
-                floating_ips_api::list_floating_ips(
-                    &self.config,
-                    floating_ips_api::ListFloatingIpsParams {
-                        name: Some(name.clone()),
-                        ..Default::default()
-                    },
-                )
-            })
-            .await?
-            .floating_ips
-            .into_iter()
-            .next();
+        let existing = self.floating_ips_named(&name).await?.into_iter().next();
         match existing {
+            Some(ip) if !super::owned(&ip.labels, fleet) => Err(CloudError::Refused(format!(
+                "{host}: a floating IP named {name:?} exists but is not managed by tidekeeper; \
+                 rename or delete it, or drop `static_ip` from the host"
+            ))),
             Some(ip) if ip.server == Some(server) => Ok(()),
             Some(ip) => {
                 let r = self
@@ -645,24 +636,25 @@ impl Hetzner {
         }
     }
 
-    async fn drop_floating_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
-        let name = static_ip_name(fleet, host);
-        let ips = self
+    async fn floating_ips_named(&self, name: &str) -> Result<Vec<models::FloatingIp>, CloudError> {
+        Ok(self
             .call("listing floating IPs", || {
                 floating_ips_api::list_floating_ips(
                     &self.config,
                     floating_ips_api::ListFloatingIpsParams {
-                        name: Some(name.clone()),
+                        name: Some(name.to_string()),
                         ..Default::default()
                     },
                 )
             })
             .await?
-            .floating_ips;
-        for ip in ips
-            .into_iter()
-            .filter(|ip| ip.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE))
-        {
+            .floating_ips)
+    }
+
+    async fn drop_floating_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let name = static_ip_name(fleet, host);
+        let ips = self.floating_ips_named(&name).await?;
+        for ip in ips.into_iter().filter(|ip| super::owned(&ip.labels, fleet)) {
             self.call("deleting the floating IP", || {
                 floating_ips_api::delete_floating_ip(
                     &self.config,
@@ -748,11 +740,7 @@ impl Hetzner {
                             .list_servers(Some(&want.host))
                             .await?
                             .into_iter()
-                            .find(|s| {
-                                s.labels.get(MANAGED_BY).map(String::as_str)
-                                    == Some(MANAGED_BY_VALUE)
-                                    && s.labels.get(FLEET) == Some(&fleet)
-                            })
+                            .find(|s| super::owned(&s.labels, &fleet))
                     {
                         tracing::info!(host = %want.host, "the server was created by an earlier attempt; using it");
                         break s;

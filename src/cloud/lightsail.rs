@@ -13,8 +13,8 @@ use tidekeeper_lightsail as ls;
 
 use super::desired::{DesiredServer, fold_any};
 use super::{
-    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, MANAGED_BY, MANAGED_BY_VALUE, ObservedServer,
-    PowerState, PriceList, Provider, Snapshot,
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, ObservedServer, PowerState, PriceList,
+    Provider, Snapshot,
 };
 use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
 
@@ -90,9 +90,7 @@ fn port_infos(rules: &[CloudPort]) -> Vec<ls::Port> {
 }
 
 fn owned(tags: &[(String, String)], fleet: &str) -> bool {
-    tags.iter()
-        .any(|(k, v)| k == MANAGED_BY && v == MANAGED_BY_VALUE)
-        && tags.iter().any(|(k, v)| k == FLEET && v == fleet)
+    super::owned(tags.iter().map(|(k, v)| (k, v)), fleet)
 }
 
 impl Lightsail {

@@ -112,9 +112,18 @@ pub struct ObservedServer {
 impl ObservedServer {
     /// Created by tidekeeper for `fleet`?
     pub fn owned_by(&self, fleet: &str) -> bool {
-        self.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
-            && self.labels.get(FLEET).map(String::as_str) == Some(fleet)
+        owned(&self.labels, fleet)
     }
+}
+
+/// Do these labels say tidekeeper created the resource for `fleet`?
+pub fn owned<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>, fleet: &str) -> bool {
+    let (mut managed, mut ours) = (false, false);
+    for (k, v) in labels {
+        managed |= k == MANAGED_BY && v == MANAGED_BY_VALUE;
+        ours |= k == FLEET && v == fleet;
+    }
+    managed && ours
 }
 
 /// A monthly price.

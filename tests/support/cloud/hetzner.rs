@@ -387,6 +387,22 @@ impl Hetzner {
         id
     }
 
+    /// A floating IP made outside tidekeeper (no ownership labels), unassigned.
+    pub fn add_unmanaged_floating_ip(&self, name: &str) -> FloatingIp {
+        let mut a = self.account.lock().unwrap();
+        let id = a.id();
+        let ip = FloatingIp {
+            id,
+            name: name.into(),
+            ip: "198.51.100.7".into(),
+            server: None,
+            labels: BTreeMap::from([("team".into(), "legacy".into())]),
+            location: "fsn1".into(),
+        };
+        a.floating_ips.insert(id, ip.clone());
+        ip
+    }
+
     /// A server this fleet's tidekeeper made earlier, powered off (no test
     /// host behind it): for benchmarks of the cloud stage alone.
     pub fn add_owned_off(&self, fleet: &str, name: &str, server_type: &str) -> i64 {
