@@ -45,7 +45,12 @@ async fn create(
     want.labels.insert(HOST_KEY.into(), key.fingerprint.clone());
     // Public keys in `ssh_keys` may log in too, whatever the provider does with them.
     let mut authorized = login_keys.to_vec();
-    authorized.extend(want.ssh_keys.iter().filter(|k| k.contains(' ')).cloned());
+    authorized.extend(
+        want.ssh_keys
+            .iter()
+            .filter(|k| crate::model::desired::is_public_key(k))
+            .cloned(),
+    );
     let user_data = hostkey::user_data(&key, &authorized, want.user_data.as_deref());
     let server = provider
         .create(&want, &user_data)

@@ -143,7 +143,7 @@ pub fn uploaded_key_name(fleet: &str, entry: &str) -> Option<String> {
     let b64 = entry
         .split_whitespace()
         .nth(1)
-        .filter(|_| entry.contains(' '))?;
+        .filter(|_| crate::model::desired::is_public_key(entry))?;
     let fp = super::hostkey::fingerprint(b64)?;
     Some(format!("tk-{fleet}-{}", &fp[..12]))
 }

@@ -38,18 +38,16 @@ pub struct Hetzner {
     config: Configuration,
 }
 
-fn retryable<E>(e: &HError<E>) -> Option<Option<Duration>> {
+/// Worth retrying: timeouts, connection failures, 429, 423 (locked by a
+/// running action) and 5xx.
+fn retryable<E>(e: &HError<E>) -> bool {
     match e {
-        HError::Reqwest(r) if r.is_timeout() || r.is_connect() || r.is_request() => Some(None),
-        HError::Io(_) => Some(None),
-        HError::ResponseError(rc)
-            if rc.status.as_u16() == 429
-                || rc.status.as_u16() == 423
-                || rc.status.is_server_error() =>
-        {
-            Some(None)
+        HError::Reqwest(r) => r.is_timeout() || r.is_connect() || r.is_request(),
+        HError::Io(_) => true,
+        HError::ResponseError(rc) => {
+            matches!(rc.status.as_u16(), 429 | 423) || rc.status.is_server_error()
         }
-        _ => None,
+        _ => false,
     }
 }
 
@@ -96,11 +94,9 @@ fn state(s: models::server::Status) -> PowerState {
     }
 }
 
-fn firewall_name(fleet: &str, host: &str) -> String {
-    format!("tk-{fleet}-{host}")
-}
-
-fn static_ip_name(fleet: &str, host: &str) -> String {
+/// The name of what tidekeeper makes for one host alone: its firewall, its
+/// floating IP.
+fn host_resource_name(fleet: &str, host: &str) -> String {
     format!("tk-{fleet}-{host}")
 }
 
@@ -194,7 +190,7 @@ impl Hetzner {
             attempt += 1;
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e).is_some() && attempt < ATTEMPTS => {
+                Err(e) if retryable(&e) && attempt < ATTEMPTS => {
                     let wait = self.backoff(&e, delay).await;
                     tracing::debug!(
                         attempt,
@@ -403,7 +399,7 @@ impl Hetzner {
         server: Option<i64>,
         want: &[CloudPort],
     ) -> Result<i64, CloudError> {
-        let name = firewall_name(fleet, host);
+        let name = host_resource_name(fleet, host);
         let existing = self
             .list_firewalls()
             .await?
@@ -484,7 +480,7 @@ impl Hetzner {
     }
 
     async fn drop_firewall(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
-        let name = firewall_name(fleet, host);
+        let name = host_resource_name(fleet, host);
         let Some(fw) = self
             .list_firewalls()
             .await?
@@ -537,23 +533,17 @@ impl Hetzner {
     /// it already under another name, that key is used.
     async fn key_names(&self, fleet: &str, entries: &[String]) -> Result<Vec<String>, CloudError> {
         let mut names = Vec::new();
+        // The project's keys, listed once and only when a key is to be uploaded.
+        let mut have: Option<Vec<models::SshKey>> = None;
         for entry in entries {
             let Some(name) = super::desired::uploaded_key_name(fleet, entry) else {
                 names.push(entry.clone());
                 continue;
             };
-            let keys = self
-                .call("listing SSH keys", || {
-                    ssh_keys_api::list_ssh_keys(
-                        &self.config,
-                        ssh_keys_api::ListSshKeysParams {
-                            per_page: Some(50),
-                            ..Default::default()
-                        },
-                    )
-                })
-                .await?
-                .ssh_keys;
+            let keys = match &mut have {
+                Some(k) => k,
+                None => have.insert(self.list_ssh_keys().await?),
+            };
             let blob = entry.split_whitespace().nth(1).unwrap_or_default();
             if let Some(k) = keys
                 .iter()
@@ -564,18 +554,39 @@ impl Hetzner {
             }
             let mut req = models::CreateSshKeyRequest::new(name.clone(), entry.clone());
             req.labels = Some(super::desired::ownership(fleet).into_iter().collect());
-            self.call("uploading an SSH key", || {
-                ssh_keys_api::create_ssh_key(
-                    &self.config,
-                    ssh_keys_api::CreateSshKeyParams {
-                        create_ssh_key_request: req.clone(),
-                    },
-                )
-            })
-            .await?;
+            let made = self
+                .call("uploading an SSH key", || {
+                    ssh_keys_api::create_ssh_key(
+                        &self.config,
+                        ssh_keys_api::CreateSshKeyParams {
+                            create_ssh_key_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            keys.push(*made.ssh_key);
             names.push(name);
         }
         Ok(names)
+    }
+
+    async fn list_ssh_keys(&self) -> Result<Vec<models::SshKey>, CloudError> {
+        self.paged(|page| {
+            let params = ssh_keys_api::ListSshKeysParams {
+                page: Some(page),
+                per_page: Some(50),
+                ..Default::default()
+            };
+            async move {
+                let r = self
+                    .call("listing SSH keys", || {
+                        ssh_keys_api::list_ssh_keys(&self.config, params.clone())
+                    })
+                    .await?;
+                Ok((r.ssh_keys, r.meta.pagination.next_page))
+            }
+        })
+        .await
     }
 
     /// The host's floating IPv4 (`tk-<fleet>-<host>`), its `static_ip`:
@@ -588,7 +599,7 @@ impl Hetzner {
         server: i64,
         location: &str,
     ) -> Result<(), CloudError> {
-        let name = static_ip_name(fleet, host);
+        let name = host_resource_name(fleet, host);
         let existing = self.floating_ips_named(&name).await?.into_iter().next();
         match existing {
             Some(ip) if !super::owned(&ip.labels, fleet) => Err(CloudError::Refused(format!(
@@ -652,7 +663,7 @@ impl Hetzner {
     }
 
     async fn drop_floating_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
-        let name = static_ip_name(fleet, host);
+        let name = host_resource_name(fleet, host);
         let ips = self.floating_ips_named(&name).await?;
         for ip in ips.into_iter().filter(|ip| super::owned(&ip.labels, fleet)) {
             self.call("deleting the floating IP", || {
@@ -734,7 +745,7 @@ impl Hetzner {
                     break *r.server;
                 }
                 Err(e) => {
-                    let maybe_made = retryable(&e).is_some() || status_is(&e, 409);
+                    let maybe_made = retryable(&e) || status_is(&e, 409);
                     if maybe_made
                         && let Some(s) = self
                             .list_servers(Some(&want.host))
@@ -745,7 +756,7 @@ impl Hetzner {
                         tracing::info!(host = %want.host, "the server was created by an earlier attempt; using it");
                         break s;
                     }
-                    if retryable(&e).is_none() || attempt >= ATTEMPTS {
+                    if !retryable(&e) || attempt >= ATTEMPTS {
                         return Err(CloudError::api(NAME, "creating the server", describe(&e)));
                     }
                     tokio::time::sleep(self.backoff(&e, delay).await).await;

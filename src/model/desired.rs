@@ -169,12 +169,20 @@ pub struct Server {
     pub blueprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Names of keys the provider has, or public keys to upload (see
+    /// [`is_public_key`]).
     pub ssh_keys: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub firewall: Vec<CloudPort>,
     pub static_ip: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+}
+
+/// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when
+/// it has a space; a provider's key name never does.
+pub fn is_public_key(entry: &str) -> bool {
+    entry.contains(' ')
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -1498,7 +1498,7 @@ impl<'a> Loader<'a> {
                 .iter()
                 .map(|k| {
                     // A name of a key the provider has, or a public key to upload.
-                    if k.value.contains(' ')
+                    if super::desired::is_public_key(&k.value)
                         && let Err(e) = check::public_key(&k.value)
                     {
                         self.err(at(file, k).error("invalid-key", format!("ssh key: {e}")));
