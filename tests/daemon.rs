@@ -327,24 +327,9 @@ fn an_unreachable_remote_is_survived_and_reported_as_stale() {
     );
     let applied = head(&repo);
     d.wait_applied(&applied, Duration::from_secs(30));
-    // The status is served before it is pushed into the repo; moving the repo
-    // under a push in flight would let libgit2 recreate the old path.
-    d.wait_for(
-        "the status and note pushed",
-        Duration::from_secs(30),
-        |_| {
-            let git_out = |args: &[&str]| {
-                std::process::Command::new("git")
-                    .args(args)
-                    .current_dir(&repo.path)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default()
-            };
-            git_out(&["show", "tidekeeper/status:status/fleet.json"]).contains(&applied)
-                && !git_out(&["notes", "--ref=tidekeeper", "show", &applied]).is_empty()
-        },
-    );
+    // Moving the repo under a push in flight would let libgit2 recreate the
+    // old path: wait for the note too (the status push is waited for above).
+    d.wait_noted(&applied, Duration::from_secs(30));
     let moved = repo.path.with_extension("away");
     std::fs::rename(&repo.path, &moved).unwrap();
     d.wait_for("staleness reported", Duration::from_secs(30), |d| {

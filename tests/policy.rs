@@ -86,20 +86,9 @@ fn the_daemon_refuses_a_denied_commit_like_an_invalid_one() {
         errors.contains("policy denies:") && errors.contains("opens port 22"),
         "{errors}"
     );
-    // The status is served before the note is pushed: wait for the note.
-    let note = |_: &Daemon| {
-        std::process::Command::new("git")
-            .args(["notes", "--ref=tidekeeper", "show", &bad])
-            .current_dir(&repo.path)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    d.wait_for(
-        "the note on the denied commit",
-        Duration::from_secs(20),
-        |d| note(d).contains("the policies deny"),
-    );
+    d.wait_noted(&bad, Duration::from_secs(20));
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &bad]);
+    assert!(note.contains("the policies deny"), "{note}");
     assert!(
         !bed.ssh_ok(0, "command -v ufw || true").contains("ufw"),
         "nothing applied"

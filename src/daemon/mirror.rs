@@ -90,6 +90,14 @@ fn known_hosts_names(url: &str) -> Vec<String> {
     }
 }
 
+/// A local ref update that another writer got in the way of.
+fn lost_race(e: &git2::Error) -> bool {
+    matches!(
+        e.code(),
+        git2::ErrorCode::Locked | git2::ErrorCode::Modified | git2::ErrorCode::Exists
+    )
+}
+
 /// A short, growing, jittered pause before retrying a locked ref, so two
 /// writers that collided do not collide again.
 fn lock_backoff(attempt: usize) {
@@ -369,20 +377,9 @@ impl Mirror {
             };
             match updated {
                 Ok(_) => return Ok(attempt),
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        git2::ErrorCode::Modified | git2::ErrorCode::Exists
-                    ) =>
-                {
-                    continue;
-                }
-                // Another writer (a second daemon, a user's git) holds the
-                // ref's lock file for a moment.
-                Err(e) if e.code() == git2::ErrorCode::Locked => {
-                    lock_backoff(attempt);
-                    continue;
-                }
+                // Another writer (a second daemon, a user's git) moved the
+                // ref or holds its lock file for a moment: build on its tip.
+                Err(e) if lost_race(&e) => lock_backoff(attempt),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -465,18 +462,8 @@ impl Mirror {
                         let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
                         return Ok(attempt);
                     }
-                    // libgit2 updates the notes ref with a compare-and-swap:
-                    // a writer in between makes it fail; build on the new tip.
-                    Err(e)
-                        if matches!(
-                            e.code(),
-                            git2::ErrorCode::Locked
-                                | git2::ErrorCode::Modified
-                                | git2::ErrorCode::Exists
-                        ) =>
-                    {
-                        lock_backoff(attempt);
-                    }
+                    // libgit2 updates the notes ref with a compare-and-swap.
+                    Err(e) if lost_race(&e) => lock_backoff(attempt),
                     Err(e) => return Err(e.into()),
                 }
             }

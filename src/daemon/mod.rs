@@ -210,16 +210,15 @@ impl Loop {
                     if let Err(e) = m.push_status(&files, &commit_msg) {
                         return Err((e, notes));
                     }
-                    let mut left = notes.clone();
-                    for (commit, text) in &notes {
-                        let pushed = git2::Oid::from_str(commit)
+                    let mut notes = notes.into_iter();
+                    while let Some((commit, text)) = notes.next() {
+                        let pushed = git2::Oid::from_str(&commit)
                             .map_err(mirror::MirrorError::Git)
-                            .and_then(|oid| m.push_note(oid, text));
-                        match pushed {
-                            Ok(_) => {
-                                left.remove(commit);
-                            }
-                            Err(e) => return Err((e, left)),
+                            .and_then(|oid| m.push_note(oid, &text));
+                        if let Err(e) = pushed {
+                            let mut left: BTreeMap<_, _> = notes.collect();
+                            left.insert(commit, text);
+                            return Err((e, left));
                         }
                     }
                     Ok(())
