@@ -194,6 +194,14 @@ pub enum Command {
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan `--ref` as a proposal from someone not trusted (a pull request):
+        /// with `--base`'s settings, only reading what the base manages, running
+        /// nothing of the proposal and decrypting no secret. For CI jobs that plan PRs.
+        #[arg(long)]
+        untrusted: bool,
+        /// The trusted branch a proposal is planned against (with --untrusted).
+        #[arg(long, default_value = "main", requires = "untrusted")]
+        base: String,
     },
     /// Plan, show the plan, and apply exactly that plan.
     Apply {
@@ -234,6 +242,10 @@ pub enum Command {
         /// Shared secret for webhook signatures (GitHub or Gitea HMAC-SHA256).
         #[arg(long, env = "TIDEKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
+        /// Token that authorizes actions over HTTP (`POST /retry`, sent as
+        /// `Authorization: Bearer …`); without it (and a webhook secret) they are refused.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
         /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
         #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
         ssh_key: Option<String>,
@@ -270,6 +282,9 @@ pub enum Command {
         /// The daemon's HTTP address.
         #[arg(long, default_value = "127.0.0.1:8420")]
         daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
     },
     /// Encrypt and edit age secrets in a config repo's work tree.
     Secrets {
@@ -315,9 +330,12 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
             markdown,
             detailed_exitcode,
+            untrusted,
+            base,
         } => plan(
             &repo,
             &hosts,
+            untrusted.then_some(base.as_str()),
             if json {
                 PlanFormat::Json
             } else if markdown {
@@ -341,6 +359,7 @@ pub fn run(cli: Cli) -> ExitCode {
             poll,
             drift,
             webhook_secret,
+            api_token,
             ssh_key,
             no_watch,
             hosts,
@@ -359,6 +378,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 poll,
                 drift,
                 webhook_secret,
+                api_token,
                 ssh_key: ssh_key.clone(),
                 watch: !no_watch,
                 rollback_after,
@@ -374,7 +394,7 @@ pub fn run(cli: Cli) -> ExitCode {
             },
             log_format,
         ),
-        Command::Retry { daemon } => retry(daemon),
+        Command::Retry { daemon, api_token } => retry(daemon, api_token.as_deref()),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Policy {
@@ -694,7 +714,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
         root.display()
     );
-    let code = plan(&args, &hosts, PlanFormat::Text, false);
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
     if code != EXIT_OK {
         return code;
     }
@@ -704,7 +724,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
         return code;
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
-    let code = plan(&args, &hosts, PlanFormat::Text, false);
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
     if code != EXIT_OK {
         return code;
     }
@@ -745,6 +765,7 @@ fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
             poll: Some(std::time::Duration::from_secs(10)),
             drift: Some(std::time::Duration::from_secs(30)),
             webhook_secret: None,
+            api_token: None,
             ssh_key: None,
             watch: true,
             hosts: vec![DEMO_HOST.into()],
@@ -891,18 +912,83 @@ enum PlanFormat {
     Markdown,
 }
 
-fn plan(repo: &RepoArgs, args: &HostArgs, format: PlanFormat, detailed: bool) -> u8 {
-    let json = format != PlanFormat::Text;
-    let (fleet, names, opts, policies) = match prepare(repo, args) {
-        Ok(x) => x,
-        Err(c) => return c,
+/// Plan a proposal (`repo.refname`) under the trusted `base` branch.
+fn plan_untrusted(
+    rt: &tokio::runtime::Runtime,
+    repo: &RepoArgs,
+    args: &HostArgs,
+    base: &str,
+) -> Result<reconcile::ProposalPlan, u8> {
+    let base_args = RepoArgs {
+        repo: repo.repo.clone(),
+        refname: base.to_string(),
     };
-    let opts = std::sync::Arc::new(opts);
-    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let all_hosts = HostArgs {
+        hosts: vec![],
+        ..args.clone()
+    };
+    let (base_fleet, _, opts, base_policies) = prepare(&base_args, &all_hosts)?;
+    let tree = read_tree(repo)?;
+    // Nothing of a proposal is decrypted.
+    let proposal = load(&tree, Format::Human)?;
+    for n in &args.hosts {
+        if proposal.host(n).is_none() {
+            eprintln!("error: no host named {n:?} in the proposal");
+            return Err(EXIT_USAGE);
+        }
+    }
+    let names = (!args.hosts.is_empty()).then(|| args.hosts.clone());
+    Ok(rt.block_on(reconcile::plan_proposal(
+        &base_fleet,
+        &base_policies,
+        proposal,
+        &tree.policies(),
+        names,
+        opts,
+    )))
+}
+
+fn plan(
+    repo: &RepoArgs,
+    args: &HostArgs,
+    untrusted_base: Option<&str>,
+    format: PlanFormat,
+    detailed: bool,
+) -> u8 {
+    let json = format != PlanFormat::Text;
     let rt = runtime();
-    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
+    let (fp, verdict, after_merge, opts) = match untrusted_base {
+        Some(base) => match plan_untrusted(&rt, repo, args, base) {
+            Ok(p) => {
+                let opts = engine::Options {
+                    redactions: p.plan.fleet.redactions.clone(),
+                    ..Default::default()
+                };
+                (p.plan, p.verdict, p.after_merge, opts)
+            }
+            Err(c) => return c,
+        },
+        None => {
+            let (fleet, names, opts, policies) = match prepare(repo, args) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let opts = std::sync::Arc::new(opts);
+            let clouds = crate::cloud::Clouds::from_env(&fleet);
+            let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
+            let verdict =
+                crate::policy::judge(&fp.fleet, &fp.results(), fp.cloud.as_ref(), &policies);
+            (fp, verdict, vec![], (*opts).clone())
+        }
+    };
     let results = fp.results();
-    let verdict = crate::policy::judge(&fp.fleet, &results, fp.cloud.as_ref(), &policies);
+    if !after_merge.is_empty() && format == PlanFormat::Text {
+        println!("Planned as a proposal: these of its settings take effect only after merge:");
+        for a in &after_merge {
+            println!("  - {a}");
+        }
+        println!();
+    }
     if format == PlanFormat::Markdown {
         let commit = fp.fleet.commit.clone().unwrap_or_default();
         let md = crate::report::markdown(
@@ -911,12 +997,16 @@ fn plan(repo: &RepoArgs, args: &HostArgs, format: PlanFormat, detailed: bool) ->
             fp.cloud.as_ref(),
             &results,
             &verdict,
+            &after_merge,
             crate::report::GITHUB_LIMIT,
         );
         print!("{}", opts.redact(&md));
     } else if json {
         let mut doc = reconcile::json(fp.cloud.as_ref(), &results);
         doc["policy"] = serde_json::to_value(&verdict).expect("json");
+        if untrusted_base.is_some() {
+            doc["after_merge"] = serde_json::to_value(&after_merge).expect("json");
+        }
         let text = serde_json::to_string_pretty(&doc).expect("json");
         println!("{}", opts.redact(&text));
     } else {
@@ -1055,11 +1145,18 @@ fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
 }
 
 /// POST /retry to a running daemon (plain HTTP/1.1 on loopback).
-fn retry(addr: std::net::SocketAddr) -> u8 {
+fn retry(addr: std::net::SocketAddr, token: Option<&str>) -> u8 {
     use std::io::Read;
+    if token.is_some_and(|t| t.contains(['\r', '\n'])) {
+        eprintln!("error: TIDEKEEPER_API_TOKEN must be one line");
+        return EXIT_USAGE;
+    }
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let result = (|| -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        s.write_all(format!("POST /retry HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())?;
+        s.write_all(format!("POST /retry HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)

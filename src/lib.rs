@@ -22,6 +22,7 @@ pub mod forge;
 pub mod maintenance;
 pub mod model;
 pub mod policy;
+pub mod proposal;
 pub mod reconcile;
 pub mod report;
 pub mod schedule;

@@ -59,14 +59,12 @@ pub struct Applied {
 /// A host planned against an empty machine: what a new server will get.
 fn preview(fleet: &Fleet, name: &str, opts: &Options) -> HostResult {
     let host = fleet.host(name).expect("selected host exists");
-    let items = engine::item::items(host);
-    let mut r = HostResult::new(name, "new server");
-    let mut p =
-        engine::plan::plan_host(host, &items, &engine::probe::Observed::default(), opts.plan);
-    p.warnings
-        .push("planned against an empty machine: the server does not exist yet".into());
-    r.plan = Some(p);
-    r
+    engine::preview(
+        host,
+        "new server",
+        "planned against an empty machine: the server does not exist yet",
+        opts,
+    )
 }
 
 fn why_not_running(s: &PowerState) -> String {
@@ -374,4 +372,65 @@ pub fn cloud_summary(outcomes: &[CloudOutcome]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// A proposal (an untrusted commit) planned under its trusted base.
+pub struct ProposalPlan {
+    pub plan: FleetPlan,
+    pub verdict: crate::policy::Verdict,
+    /// What of the proposal takes effect only after merge.
+    pub after_merge: Vec<String>,
+}
+
+/// Plan `proposal` read-only within what `base` (the last good commit of the
+/// followed branch) manages: [`crate::proposal::confine`] decides what may be
+/// contacted and read; nothing of the proposal runs anywhere. `names`: the
+/// hosts to plan (None: every host of the proposal).
+pub async fn plan_proposal(
+    base: &Fleet,
+    base_policies: &[(String, String)],
+    proposal: Fleet,
+    proposal_policies: &[(String, String)],
+    names: Option<Vec<String>>,
+    opts: Options,
+) -> ProposalPlan {
+    let confined = crate::proposal::confine(base, base_policies, proposal, proposal_policies);
+    let fleet = Arc::new(confined.fleet);
+    let whole = names.is_none();
+    let names = names.unwrap_or_else(|| {
+        fleet
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect::<Vec<_>>()
+    });
+    let opts = Options {
+        redactions: base.redactions.clone(),
+        ..opts
+    };
+    let clouds = Clouds::from_env(&fleet);
+    let quiet: Progress = Arc::new(|_| {});
+    let plan = plan(
+        fleet.clone(),
+        names,
+        whole,
+        Arc::new(opts),
+        &clouds,
+        Default::default(),
+        quiet,
+    )
+    .await;
+    let mut verdict = crate::policy::judge(
+        &plan.fleet,
+        &plan.results(),
+        plan.cloud.as_ref(),
+        &confined.policies,
+    );
+    // A destroy without permission fails the proposal like a denial.
+    verdict.deny.extend(plan.refusals());
+    ProposalPlan {
+        plan,
+        verdict,
+        after_merge: confined.after_merge,
+    }
 }

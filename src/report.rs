@@ -24,6 +24,7 @@ pub fn markdown<R: Borrow<HostResult>>(
     cloud: Option<&CloudPlan>,
     results: &[R],
     verdict: &Verdict,
+    after_merge: &[String],
     limit: usize,
 ) -> String {
     let refs: Vec<&HostResult> = results.iter().map(|r| r.borrow()).collect();
@@ -43,6 +44,16 @@ pub fn markdown<R: Borrow<HostResult>>(
             let _ = writeln!(head, "{}\n", line.trim_end());
         }
         None => head.push_str("Monthly cost: no cloud servers.\n\n"),
+    }
+    if !after_merge.is_empty() {
+        // A proposal is planned under the base branch's trust.
+        head.push_str(
+            "Planned as a proposal: these of its settings take effect only after merge:\n\n",
+        );
+        for a in after_merge {
+            let _ = writeln!(head, "- {a}");
+        }
+        head.push('\n');
     }
     if verdict.deny.is_empty() && verdict.warn.is_empty() && verdict.errors.is_empty() {
         head.push_str("Policies: all passed.\n\n");
@@ -178,6 +189,7 @@ mod tests {
             None,
             &[result("web-1", 1), result("web-2", 2)],
             &v,
+            &[],
             GITHUB_LIMIT,
         );
         assert!(md.starts_with("<!-- tidekeeper:acme -->"));
@@ -199,6 +211,7 @@ mod tests {
             None,
             &[big],
             &Verdict::default(),
+            &[],
             GITHUB_LIMIT,
         );
         assert!(md.len() <= GITHUB_LIMIT, "{}", md.len());

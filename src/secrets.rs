@@ -31,11 +31,11 @@ pub fn identity(settings: &Settings) -> Result<Option<String>, SecretsError> {
         return Ok(Some(v));
     }
     if let Some(path) = &settings.secrets_identity_file {
-        return std::fs::read_to_string(path)
+        return crate::transport::read_small_file(path, crate::transport::KEY_FILE_LIMIT)
             .map(Some)
-            .map_err(|e| SecretsError::IdentityFile {
+            .map_err(|reason| SecretsError::IdentityFile {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason,
             });
     }
     Ok(None)

@@ -95,3 +95,81 @@ fn a_confined_local_host_refuses_what_cannot_be_confined() {
         text(&out)
     );
 }
+
+#[test]
+fn local_scripts_run_with_a_cleared_environment() {
+    let root = TempDir::new("local-root");
+    let role = "commands:\n  - {name: env, run: \"env > \\\"$TK_ROOT/env.txt\\\"\"}\n";
+    let repo = repo_with(root.path(), role);
+    let out = tidekeeper()
+        .args(["apply", "--yes", "--repo"])
+        .arg(repo.path())
+        .env("TIDEKEEPER_WEBHOOK_SECRET", "leak-me-4417")
+        .env("HCLOUD_TOKEN", "leak-me-4418")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let env = fs::read_to_string(root.path().join("env.txt")).unwrap();
+    assert!(!env.contains("leak-me"), "{env}");
+    assert!(env.contains("PATH="), "PATH is kept: {env}");
+}
+
+#[test]
+fn an_identity_file_that_is_not_a_small_regular_file_is_refused_with_its_path() {
+    let root = TempDir::new("local-root");
+    let repo = repo_with(
+        root.path(),
+        "files:\n  - {path: /etc/x, content: \"x\\n\"}\n",
+    );
+    fs::write(
+        repo.path().join("tidekeeper.yaml"),
+        "fleet: local-test\nsecrets:\n  identity_file: /dev/zero\n",
+    )
+    .unwrap();
+    git(repo.path(), &["commit", "-qam", "identity"]);
+    let out = tidekeeper()
+        .args(["plan", "--repo"])
+        .arg(repo.path())
+        .env_remove("TIDEKEEPER_AGE_IDENTITY")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("/dev/zero") && text(&out).contains("not a regular file"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn backup_rotation_never_word_splits_a_root_with_a_space() {
+    let tmp = TempDir::new("local-space");
+    // `<tmp>/a b` is the root; `<tmp>/a` is what a word-split `rm -rf` would hit.
+    let root = tmp.path().join("a b");
+    let bystander = tmp.path().join("a");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&bystander).unwrap();
+    fs::write(bystander.join("keep"), "mine").unwrap();
+    let repo = repo_with(
+        &root,
+        "files:\n  - {path: /etc/app.conf, content: \"v0\\n\"}\n",
+    );
+    for i in 1..=12 {
+        fs::write(
+            repo.path().join("roles/app.yaml"),
+            format!("files:\n  - {{path: /etc/app.conf, content: \"v{i}\\n\"}}\n"),
+        )
+        .unwrap();
+        git(repo.path(), &["commit", "-qam", &format!("v{i}")]);
+        let out = tk(repo.path(), &["apply", "--yes"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    assert_eq!(fs::read_to_string(bystander.join("keep")).unwrap(), "mine");
+    let state = root.join("var/lib/tidekeeper");
+    let runs = fs::read_dir(state.join("backups")).unwrap().count();
+    assert_eq!(runs, tidekeeper::engine::apply::BACKUP_RUNS, "rotated");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state.join("backups")), 0o700);
+    assert_eq!(mode(&state.join("step.err")), 0o600);
+}

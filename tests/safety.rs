@@ -372,3 +372,54 @@ fn trust_on_first_use_only_when_enabled_and_the_key_is_recorded() {
     );
     assert!(learned.contains(&line), "{learned}");
 }
+
+#[test]
+fn short_secrets_are_refused_and_secrets_never_reach_load_errors() {
+    let identity = crate::support::fleet::age_identity();
+    // Only with the secret decrypted does the include fail, naming it.
+    let template =
+        "{% if secret(\"name\") != \"(sensitive)\" %}{% include secret(\"name\") %}{% endif %}\n";
+    let repo = FleetRepo::with_files(
+        std::path::PathBuf::from("/nonexistent"),
+        &[
+            ("tidekeeper.yaml", "fleet: t\n"),
+            (
+                "hosts/web.yaml",
+                "provider: existing\naddress: 127.0.0.1\nroles: [app]\n",
+            ),
+            (
+                "roles/app.yaml",
+                "files:\n  - {path: /etc/app.conf, template: app.conf.j2}\n",
+            ),
+            ("templates/app.conf.j2", template),
+        ],
+    );
+    repo.encrypt_secret(&identity, "name", "leaked-template-name-5521");
+    repo.commit("a secret as a template name");
+    let plan = || {
+        crate::support::tidekeeper()
+            .args(["plan", "--repo"])
+            .arg(&repo.path)
+            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+            .output()
+            .unwrap()
+    };
+    let out = plan();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("template not found"), "the error is kept: {t}");
+    assert!(!t.contains("leaked-template-name-5521"), "{t}");
+    assert!(!t.contains("LEAKED-TEMPLATE-NAME-5521"), "{t}");
+
+    repo.write("templates/app.conf.j2", "pin is set\n");
+    repo.encrypt_secret(&identity, "pin", "12345");
+    repo.commit("a short secret");
+    let out = plan();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("secrets/pin.age decrypts to fewer than 8 characters"),
+        "{t}"
+    );
+    assert!(!t.contains("12345"), "{t}");
+}

@@ -10,6 +10,7 @@ mod dockerfile;
 mod engine;
 pub mod examples;
 mod forge;
+mod hostile;
 mod local;
 mod maintenance;
 mod mutate;

@@ -786,3 +786,60 @@ fn a_server_ssh_key_given_as_a_public_key_must_be_one() {
         d.iter().map(|d| d.to_string()).collect::<Vec<_>>()
     );
 }
+
+// --- Names that reach shell scripts (issue 16) ---------------------------
+
+#[test]
+fn a_stack_file_named_with_a_newline_is_refused_before_any_script_sees_it() {
+    let d = minimal()
+        .file("roles/base.yaml", "stacks:\n  - name: web\n")
+        .file("stacks/web/compose.yaml", "services: {}\n")
+        .file("stacks/web/x\nTK_EOF_5f1c\ntouch /tmp/pwned", "boom")
+        .errors();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].code, "invalid-name");
+    assert_eq!(d[0].file, "stacks/web/x\nTK_EOF_5f1c\ntouch /tmp/pwned");
+    assert!(
+        d[0].message.contains("control character"),
+        "{}",
+        d[0].message
+    );
+}
+
+#[test]
+fn names_with_a_leading_dash_or_control_characters_are_refused_where_they_are_written() {
+    minimal()
+        .file("roles/base.yaml", "services:\n  - name: --now\n")
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "invalid-name",
+            "unit name \"--now\" starts with \"-\", which commands would read as an option",
+        );
+    minimal()
+        .file("roles/base.yaml", "packages:\n  present: [-oAPT::x]\n")
+        .fails_with(
+            "roles/base.yaml:2:13",
+            "invalid-name",
+            "\"-oAPT::x\" is not a Debian package name",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "commands:\n  - {name: \"a\\nQ\\tfake\", run: \"true\"}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:12",
+            "invalid-name",
+            "command name \"a\\nQ\\tfake\" contains a control character (newline, tab, escape, …)",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "files:\n  - {path: \"/etc/a\\tb\", content: x}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:12",
+            "invalid-path",
+            "path \"/etc/a\\tb\" contains a control character (newline, tab, escape, …)",
+        );
+}

@@ -103,8 +103,9 @@ pub async fn login_keys(key_file: Option<&str>) -> Vec<String> {
     use russh::keys::ssh_key::PublicKey;
     let line = |k: &PublicKey| k.to_openssh().ok();
     if let Some(path) = key_file {
-        return russh::keys::load_secret_key(path, None)
+        return crate::transport::read_small_file(path, crate::transport::KEY_FILE_LIMIT)
             .ok()
+            .and_then(|text| russh::keys::decode_secret_key(&text, None).ok())
             .and_then(|k| line(k.public_key()))
             .into_iter()
             .collect();

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository, Signature};
 
+/// The notes ref when `status.notes_ref` does not say otherwise.
 pub const NOTES_REF: &str = "refs/notes/tidekeeper";
-const REMOTE_NOTES: &str = "refs/remotes/origin-notes/tidekeeper";
 /// Attempts at a push that keeps losing races before giving up for now.
 const PUSH_ATTEMPTS: usize = 8;
 
@@ -41,6 +41,9 @@ pub struct Mirror {
     pub url: String,
     pub branch: String,
     pub status_branch: String,
+    /// Where notes go (`status.notes_ref`), and where the remote's are fetched to.
+    notes_ref: String,
+    remote_notes: String,
     pub access: Access,
     repo: Repository,
     /// Why the last host key check refused (libgit2 reports it generically).
@@ -88,6 +91,14 @@ fn known_hosts_names(url: &str) -> Vec<String> {
         Some((h, _)) => vec![h.to_string(), format!("[{h}]:22")],
         None => vec![hostport.to_string()],
     }
+}
+
+/// Where the remote's notes ref is fetched to: `refs/notes/x` → `refs/remotes/origin-notes/x`.
+fn remote_notes(notes_ref: &str) -> String {
+    format!(
+        "refs/remotes/origin-notes/{}",
+        notes_ref.strip_prefix("refs/notes/").unwrap_or(notes_ref)
+    )
 }
 
 /// A local ref update that another writer got in the way of.
@@ -146,8 +157,22 @@ impl Mirror {
             url: url.to_string(),
             branch: branch.to_string(),
             status_branch: status_branch.to_string(),
+            notes_ref: NOTES_REF.into(),
+            remote_notes: remote_notes(NOTES_REF),
             repo,
         })
+    }
+
+    /// Write status to `branch` and notes to `notes_ref` (from the followed
+    /// branch's `status:` settings); true when they changed.
+    pub fn set_status_refs(&mut self, branch: &str, notes_ref: &str) -> bool {
+        if self.status_branch == branch && self.notes_ref == notes_ref {
+            return false;
+        }
+        self.status_branch = branch.to_string();
+        self.notes_ref = notes_ref.to_string();
+        self.remote_notes = remote_notes(notes_ref);
+        true
     }
 
     /// Fetch the branch, the status branch and the notes; the branch's head.
@@ -158,7 +183,7 @@ impl Mirror {
                 "+refs/heads/{0}:refs/remotes/origin/{0}",
                 self.status_branch
             ),
-            format!("+{NOTES_REF}:{REMOTE_NOTES}"),
+            format!("+{}:{}", self.notes_ref, self.remote_notes),
         ];
         // A missing status branch or notes ref is normal on first run; fetch
         // the watched branch alone first so its absence is the only error.
@@ -247,17 +272,34 @@ impl Mirror {
     }
 
     /// Fetch proposed changes (e.g. `refs/pull/*/head`) and list their heads
-    /// with their commit times.
-    pub fn fetch_proposals(&self, patterns: &[String]) -> Vec<(String, Oid, i64)> {
+    /// with their commit times. Refs deleted on the remote are gone from the
+    /// list (their objects stay, so the next fetch is cheap).
+    pub fn fetch_proposals(
+        &self,
+        patterns: &[String],
+    ) -> Result<Vec<(String, Oid, i64)>, MirrorError> {
         let mut out = Vec::new();
+        if let Ok(refs) = self.repo.references_glob("refs/remotes/origin-proposed/*") {
+            let names: Vec<String> = refs
+                .flatten()
+                .filter_map(|r| r.name().ok().map(String::from))
+                .collect();
+            for n in names {
+                if let Ok(mut r) = self.repo.find_reference(&n) {
+                    let _ = r.delete();
+                }
+            }
+        }
         for pat in patterns {
             let spec = format!(
                 "+{pat}:refs/remotes/origin-proposed/{}",
                 pat.trim_start_matches("refs/")
             );
-            if self.fetch_refs(&[spec.as_str()]).is_err() {
-                continue;
-            }
+            self.fetch_refs(&[spec.as_str()])
+                .map_err(|e| MirrorError::Fetch {
+                    url: self.url.clone(),
+                    message: e.message().to_string(),
+                })?;
         }
         if let Ok(refs) = self.repo.references_glob("refs/remotes/origin-proposed/*") {
             for r in refs.flatten() {
@@ -276,7 +318,7 @@ impl Mirror {
             }
         }
         out.sort();
-        out
+        Ok(out)
     }
 
     pub fn head(&self) -> Result<Oid, MirrorError> {
@@ -302,8 +344,11 @@ impl Mirror {
 
     /// The note on `commit`, fetched fresh.
     pub fn note(&self, commit: Oid) -> Option<String> {
-        let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
-        let n = self.repo.find_note(Some(REMOTE_NOTES), commit).ok()?;
+        let _ = self.fetch_refs(&[format!("+{}:{}", self.notes_ref, self.remote_notes).as_str()]);
+        let n = self
+            .repo
+            .find_note(Some(self.remote_notes.as_str()), commit)
+            .ok()?;
         n.message().ok().map(String::from)
     }
 
@@ -457,9 +502,20 @@ impl Mirror {
     pub fn push_note(&self, commit: Oid, text: &str) -> Result<usize, MirrorError> {
         if let Some(target) = self.local_target() {
             for attempt in 1..=PUSH_ATTEMPTS {
-                match target.note(&sig(), &sig(), Some(NOTES_REF), commit, text, true) {
+                match target.note(
+                    &sig(),
+                    &sig(),
+                    Some(self.notes_ref.as_str()),
+                    commit,
+                    text,
+                    true,
+                ) {
                     Ok(_) => {
-                        let _ = self.fetch_refs(&[format!("+{NOTES_REF}:{REMOTE_NOTES}").as_str()]);
+                        let _ = self.fetch_refs(&[format!(
+                            "+{}:{}",
+                            self.notes_ref, self.remote_notes
+                        )
+                        .as_str()]);
                         return Ok(attempt);
                     }
                     // libgit2 updates the notes ref with a compare-and-swap.
@@ -474,24 +530,32 @@ impl Mirror {
             });
         }
         for attempt in 1..=PUSH_ATTEMPTS {
-            let spec = format!("+{NOTES_REF}:{REMOTE_NOTES}");
+            let spec = format!("+{}:{}", self.notes_ref, self.remote_notes);
             let _ = self.fetch_refs(&[spec.as_str()]);
             // Start from the remote's notes so nobody's note is lost.
-            match self.repo.refname_to_id(REMOTE_NOTES) {
+            match self.repo.refname_to_id(&self.remote_notes) {
                 Ok(id) => {
-                    self.repo.reference(NOTES_REF, id, true, "sync notes")?;
+                    self.repo
+                        .reference(&self.notes_ref, id, true, "sync notes")?;
                 }
                 Err(_) => {
-                    if let Ok(mut r) = self.repo.find_reference(NOTES_REF) {
+                    if let Ok(mut r) = self.repo.find_reference(&self.notes_ref) {
                         r.delete()?;
                     }
                 }
             }
-            self.repo
-                .note(&sig(), &sig(), Some(NOTES_REF), commit, text, true)?;
-            if self.push(&format!("{NOTES_REF}:{NOTES_REF}"), "the notes")? {
-                let id = self.repo.refname_to_id(NOTES_REF)?;
-                self.repo.reference(REMOTE_NOTES, id, true, "pushed")?;
+            self.repo.note(
+                &sig(),
+                &sig(),
+                Some(self.notes_ref.as_str()),
+                commit,
+                text,
+                true,
+            )?;
+            if self.push(&format!("{0}:{0}", self.notes_ref), "the notes")? {
+                let id = self.repo.refname_to_id(&self.notes_ref)?;
+                self.repo
+                    .reference(&self.remote_notes, id, true, "pushed")?;
                 return Ok(attempt);
             }
         }

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod mirror;
+mod proposals;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct Config {
     /// Overrides the fleet's `intervals.drift`.
     pub drift: Option<Duration>,
     pub webhook_secret: Option<String>,
+    /// Bearer token for actions over HTTP (`POST /retry`).
+    pub api_token: Option<String>,
     pub ssh_key: Option<String>,
     /// Watch a local repo's refs for instant feedback.
     pub watch: bool,
@@ -64,6 +67,7 @@ pub struct Shared {
     pub retry: AtomicBool,
     pub ready: AtomicBool,
     pub webhook_secret: Option<Vec<u8>>,
+    pub api_token: Option<Vec<u8>>,
     stale: Mutex<BTreeMap<&'static str, String>>,
 }
 
@@ -96,6 +100,15 @@ pub enum DaemonError {
     State { path: String, reason: String },
 }
 
+/// Diagnostics as `file:line:col` lines.
+fn lines(d: &crate::model::Diagnostics) -> Vec<String> {
+    d.to_string()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -114,8 +127,8 @@ struct Loop {
     relook: bool,
     /// Next due time of each maintenance job.
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
-    /// Proposal ref → head commit last planned.
-    proposals_seen: BTreeMap<String, String>,
+    /// Proposal ref → the head planned last (kept in the state directory).
+    proposals: proposals::Record,
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
@@ -253,13 +266,7 @@ impl Loop {
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
             let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
-            let lines = |d: crate::model::Diagnostics| -> Vec<String> {
-                d.to_string()
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(String::from)
-                    .collect()
-            };
+            let lines = |d: crate::model::Diagnostics| lines(&d);
             let fleet = crate::model::load(&tree).map_err(lines)?;
             // Secrets are decrypted in memory when an identity is configured.
             let fleet = match crate::secrets::identity(&fleet.settings) {
@@ -489,6 +496,7 @@ impl Loop {
                 Err(errors) => return self.reject(commit, "invalid config at", errors).await,
                 Ok((mut f, policies)) => {
                     self.pin_learned_keys(&mut f);
+                    self.adopt_status_refs(&f).await;
                     (Arc::new(f), policies)
                 }
             };
@@ -645,194 +653,6 @@ impl Loop {
         .await
     }
 
-    /// Plan new heads of proposed changes, read-only, and note each plan
-    /// (markdown and JSON) on its commit.
-    async fn plan_proposals(&mut self) {
-        if self.cfg.proposals.is_empty() {
-            return;
-        }
-        let patterns = self.cfg.proposals.clone();
-        let heads = self.blocking(move |m| m.fetch_proposals(&patterns)).await;
-        for (name, oid, time) in heads {
-            let sha = oid.to_string();
-            if self.proposals_seen.get(&name) == Some(&sha) {
-                continue;
-            }
-            let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12]);
-            // (note, forge report: state, description, comment, fleet settings)
-            let (note, report) = async {
-                let fleet = match self.load(&sha).await {
-                    Err(errors) => {
-                        let text = format!(
-                            "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
-                            errors.join("\n")
-                        );
-                        let forge = self.good.as_ref().and_then(|g| g.1.settings.forge.clone());
-                        let fleet_name = self
-                            .good
-                            .as_ref()
-                            .map(|g| g.1.name.clone())
-                            .unwrap_or_default();
-                        let report = forge.map(|f| {
-                            (
-                                f,
-                                fleet_name.clone(),
-                                "failure".to_string(),
-                                "invalid config".to_string(),
-                                format!(
-                                    "{}\n**Invalid config**\n\n```\n{}\n```\n",
-                                    crate::report::marker(&fleet_name),
-                                    errors.join("\n")
-                                ),
-                            )
-                        });
-                        return (text, report);
-                    }
-                    Ok((f, policies)) => (Arc::new(f), policies),
-                };
-                let (fleet, policies) = fleet;
-                let opts = Arc::new(self.options(&fleet));
-                let names = self.selected(&fleet);
-                let quiet: engine::Progress = Arc::new(|_| {});
-                let clouds = crate::cloud::Clouds::from_env(&fleet);
-                let plan = reconcile::plan(
-                    fleet.clone(),
-                    names,
-                    self.cfg.hosts.is_empty(),
-                    opts,
-                    &clouds,
-                    Default::default(),
-                    quiet,
-                )
-                .await;
-                let cloud = plan.cloud.clone();
-                let refs = plan.results();
-                let mut verdict =
-                    crate::policy::judge(&plan.fleet, &refs, cloud.as_ref(), &policies);
-                // A destroy without permission fails the PR like a denial.
-                verdict.deny.extend(plan.refusals());
-                let results = reconcile::finish(plan).await;
-                let refs: Vec<&HostResult> = results.iter().collect();
-                info!(denied = verdict.deny.len(), "proposal planned");
-                let md = crate::report::markdown(
-                    &fleet.name,
-                    &sha,
-                    cloud.as_ref(),
-                    &refs,
-                    &verdict,
-                    usize::MAX,
-                );
-                let mut json = reconcile::json(cloud.as_ref(), &refs);
-                json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
-                json["ref"] = name.clone().into();
-                let note = fleet.redact(&format!(
-                    "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
-                    serde_json::to_string_pretty(&json).unwrap_or_default()
-                ));
-                let t = reconcile::totals(cloud.as_ref(), &refs);
-                let (state, desc) = if verdict.blocks() {
-                    let first = verdict
-                        .deny
-                        .first()
-                        .or(verdict.errors.first())
-                        .cloned()
-                        .unwrap_or_default();
-                    // The policy's name first: the description is cut at 140 characters.
-                    let desc = match first.rsplit_once(" (policy ") {
-                        Some((msg, policy)) => {
-                            format!("denied by {}: {msg}", policy.trim_end_matches(')'))
-                        }
-                        None => format!("denied: {first}"),
-                    };
-                    ("failure", desc)
-                } else if t.errors > 0 {
-                    (
-                        "error",
-                        format!("{} host(s) or server(s) could not be planned", t.errors),
-                    )
-                } else {
-                    (
-                        "success",
-                        engine::render::summary_line(&t)
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
-                    )
-                };
-                let comment = fleet.redact(&crate::report::markdown(
-                    &fleet.name,
-                    &sha,
-                    cloud.as_ref(),
-                    &refs,
-                    &verdict,
-                    crate::report::GITHUB_LIMIT,
-                ));
-                let report = fleet.settings.forge.clone().map(|f| {
-                    (
-                        f,
-                        fleet.name.clone(),
-                        state.to_string(),
-                        fleet.redact(&desc),
-                        comment,
-                    )
-                });
-                (note, report)
-            }
-            .instrument(span)
-            .await;
-            if let Some((settings, fleet_name, state, desc, comment)) = report {
-                let pr = crate::forge::pr_number(&name);
-                let sha2 = sha.clone();
-                let forge = self.forge(&settings);
-                let sent =
-                    tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
-                        let forge = forge?;
-                        forge.status(
-                            &sha2,
-                            &format!("tidekeeper/{fleet_name}/plan"),
-                            &state,
-                            &desc,
-                        )?;
-                        if let Some(pr) = pr
-                            && !forge.upsert_comment(
-                                pr,
-                                &crate::report::marker(&fleet_name),
-                                &comment,
-                                time,
-                            )?
-                        {
-                            tracing::debug!(
-                                pr,
-                                "the PR comment already shows this plan or a newer one"
-                            );
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .expect("forge task");
-                match sent {
-                    Ok(()) => self.shared.clear_stale("forge"),
-                    Err(e) => {
-                        // Not marked as seen: reported again once the forge answers.
-                        warn!(error = %e, "could not report the plan to the forge");
-                        self.shared
-                            .note_stale("forge", format!("forge unreachable: {e}"));
-                        continue;
-                    }
-                }
-            }
-            self.proposals_seen.insert(name.clone(), sha.clone());
-            let commit = sha.clone();
-            let res = self
-                .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
-                .await;
-            if let Err(e) = res {
-                warn!(error = %e, "could not note the proposal's plan");
-            }
-        }
-    }
-
     /// Next due times of every job in the good config.
     fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
         let Some((_, fleet, _)) = &self.good else {
@@ -941,9 +761,36 @@ impl Loop {
         }
     }
 
+    /// Status and notes go where the followed branch's `status:` says.
+    async fn adopt_status_refs(&mut self, fleet: &Fleet) {
+        let (branch, notes) = (
+            fleet.settings.status_branch.clone(),
+            fleet.settings.notes_ref.clone(),
+        );
+        let moved = self.mirror.lock().unwrap().set_status_refs(&branch, &notes);
+        if moved {
+            info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
+            let _ = self.blocking(|m| m.fetch()).await;
+        }
+    }
+
     async fn run(mut self) {
-        // After a restart, the status branch says what was already applied.
+        // After a restart, the status branch says what was already applied;
+        // which branch that is, the head's config says.
         if let Some(head) = self.fetch().await {
+            let path = self.mirror.lock().unwrap().path.clone();
+            let h = head.clone();
+            let settings = tokio::task::spawn_blocking(move || {
+                ConfigTree::from_git(&path, &h)
+                    .ok()
+                    .and_then(|t| crate::model::load(&t).ok())
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(f) = settings {
+                self.adopt_status_refs(&f).await;
+            }
             let prior = self
                 .blocking(|m| m.status_file("status/fleet.json"))
                 .await
@@ -1137,6 +984,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         retry: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
+        api_token: cfg.api_token.clone().map(String::into_bytes),
         stale: Mutex::new(BTreeMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -1160,6 +1008,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         None
     };
     let shutdown = Arc::new(AtomicBool::new(false));
+    let record = proposals::load_record(&cfg.state_dir);
     let lp = Loop {
         cfg,
         shared: shared.clone(),
@@ -1171,7 +1020,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         shutdown: shutdown.clone(),
         relook: false,
         due: BTreeMap::new(),
-        proposals_seen: BTreeMap::new(),
+        proposals: record,
         forge: None,
         unpushed: Mutex::new(None),
     };

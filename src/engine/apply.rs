@@ -157,6 +157,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
          mkdir -p \"$S\" || exit 1\nexec 9>\"$S/lock\"\n\
          if ! flock -n 9; then echo '@@locked'; exit 75; fi\n\
          B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\
+         mkdir -p \"$S/backups\" && chmod 0700 \"$S/backups\" && (umask 077; : >\"$E\") && chmod 0600 \"$E\" || exit 1\n\
          run() {{ printf '@@begin %s\\n' \"$1\"; if \"$2\" 2>\"$E\"; then printf '@@ok %s\\n' \"$1\"; \
          else printf '@@fail %s\\n' \"$1\"; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
          owe() {{ grep -qxF \"$1\" \"$S/pending-handlers\" 2>/dev/null || printf '%s\\n' \"$1\" >>\"$S/pending-handlers\"; }}\n\
@@ -360,7 +361,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             Item::Absent { path } => {
                 let p = b.p(path);
                 let body = if c.was == Some(super::probe::PathKind::Dir) {
-                    format!("rm -rf {p} || return\n")
+                    format!("rm -rf -- {p} || return\n")
                 } else {
                     format!("backup {} || return\nrm -f {p} || return\n", q(path))
                 };
@@ -373,7 +374,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 } else {
                     "groupmod"
                 };
-                b.step(what, format!("{cmd} {g}{} || return\n", q(name)));
+                b.step(what, format!("{cmd} {g}-- {} || return\n", q(name)));
             }
             Item::User(u) => {
                 let mut args = String::new();
@@ -389,7 +390,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                     // there) becomes its primary group; useradd would refuse it.
                     format!(
                         "if getent group {n} >/dev/null; then ug='-g {n}'; else ug=''; fi\n\
-                         useradd $ug -m -d {}{}{} {n} || return\n",
+                         useradd $ug -m -d {}{}{} -- {n} || return\n",
                         q(&u.home),
                         if u.system { " -r" } else { "" },
                         if u.groups.is_empty() {
@@ -405,7 +406,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                     } else {
                         String::new()
                     };
-                    format!("usermod{args}{home} {} || return\n", q(&u.name))
+                    format!("usermod{args}{home} -- {} || return\n", q(&u.name))
                 };
                 b.step(what, body);
             }
@@ -413,7 +414,10 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 sysctl_changed = true;
                 b.step(
                     what,
-                    format!("sysctl -q -w {} || return\n", q(&format!("{key}={value}"))),
+                    format!(
+                        "sysctl -q -w -- {} || return\n",
+                        q(&format!("{key}={value}"))
+                    ),
                 );
             }
             Item::Firewall(fw) => {
@@ -454,8 +458,10 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 let u = q(name);
                 let mut body = String::new();
                 match enabled {
-                    Some(true) => body.push_str(&format!("systemctl enable -q {u} || return\n")),
-                    Some(false) => body.push_str(&format!("systemctl disable -q {u} || return\n")),
+                    Some(true) => body.push_str(&format!("systemctl enable -q -- {u} || return\n")),
+                    Some(false) => {
+                        body.push_str(&format!("systemctl disable -q -- {u} || return\n"))
+                    }
                     None => {}
                 }
                 let starts = c
@@ -467,13 +473,13 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                     // dropped; but installing its package may have started it
                     // since, with the config as it was then: restart, not start.
                     Some(ServiceState::Running) if starts => {
-                        body.push_str(&format!("systemctl restart {u} || return\n"))
+                        body.push_str(&format!("systemctl restart -- {u} || return\n"))
                     }
                     Some(ServiceState::Running) => {
-                        body.push_str(&format!("systemctl start {u} || return\n"))
+                        body.push_str(&format!("systemctl start -- {u} || return\n"))
                     }
                     Some(ServiceState::Stopped) => {
-                        body.push_str(&format!("systemctl stop {u} || return\n"))
+                        body.push_str(&format!("systemctl stop -- {u} || return\n"))
                     }
                     None => {}
                 }
@@ -567,7 +573,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 q(&format!("directory {} is not empty; left in place", c.id))
             ),
             "service" => format!(
-                "systemctl disable -q --now {} 2>/dev/null; true\n",
+                "systemctl disable -q --now -- {} 2>/dev/null; true\n",
                 q(&c.id)
             ),
             // Containers and network of the project go; its files are pruned after.
@@ -578,8 +584,8 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                  docker network rm {n}_default >/dev/null 2>&1; fi; true\n",
                 n = q(&c.id)
             ),
-            "user" => format!("userdel {} || return\n", q(&c.id)),
-            "group" => format!("groupdel {} || return\n", q(&c.id)),
+            "user" => format!("userdel -- {} || return\n", q(&c.id)),
+            "group" => format!("groupdel -- {} || return\n", q(&c.id)),
             _ => continue,
         };
         b.step(what, body);
@@ -595,8 +601,11 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
     b.step(
         "record the inventory".into(),
         format!(
-            "{final_inv}if [ -d \"$B\" ]; then ls -1dt \"$S\"/backups/*/ | tail -n +{} | xargs -r rm -rf || return; fi\n",
-            BACKUP_RUNS + 1
+            // Run ids sort by time; the glob lists them oldest first. Never
+            // parse `ls` or word-split: the root may hold spaces.
+            "{final_inv}if [ -d \"$B\" ]; then set -- \"$S\"/backups/*/; n=$(( $# - {keep} )); \
+             for d in \"$@\"; do [ \"$n\" -gt 0 ] || break; rm -rf -- \"$d\" || return; n=$((n - 1)); done; fi\n",
+            keep = BACKUP_RUNS
         ),
     );
     if let Some(g) = guarded {

@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod compose;
+pub mod confine;
 pub mod guard;
 pub mod health;
 pub mod item;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::model::desired::{Fleet, Host, ProviderKind};
+use crate::model::desired::{Fleet, Host, ProviderKind, Trust};
 use crate::transport::{Connection, HostKeyPolicy, Local, Ssh, SshTarget, TransportError};
 use apply::Outcome;
 use item::Item;
@@ -296,12 +297,21 @@ pub async fn plan_host(
     host: &Host,
     opts: &Options,
 ) -> Result<HostPlan, EngineError> {
-    let items = item::items(host);
+    let mut items = item::items(host);
     check_local_root(host, &items, conn)?;
-    let script = probe::script(&items, conn.root());
+    // A proposal's host is observed only where the trusted base looks.
+    let (probed, unobserved) = match &host.trust {
+        Trust::Full => (items.clone(), None),
+        Trust::Confined(c) => {
+            let (p, u) = confine::split(&mut items, c);
+            (p, Some(u))
+        }
+        Trust::AfterMerge(why) => return Err(EngineError::Unsupported(why.clone())),
+    };
+    let script = probe::script(&probed, conn.root());
     let out = conn.run_script(&script, opts.probe_timeout).await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let obs = probe::parse(&text, conn.root(), &items).map_err(|e| {
+    let obs = probe::parse(&text, conn.root(), &probed).map_err(|e| {
         let err = out.stderr_text();
         EngineError::Probe(if err.is_empty() {
             e.to_string()
@@ -309,7 +319,22 @@ pub async fn plan_host(
             format!("{e}: {err}")
         })
     })?;
-    Ok(plan::plan_host(host, &items, &obs, opts.plan))
+    let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
+    if let Some(u) = unobserved {
+        confine::annotate(&mut plan, &u, &obs);
+    }
+    Ok(plan)
+}
+
+/// A host planned against an empty machine, without contacting it: what a
+/// new server (or a proposal's new host) will get.
+pub fn preview(host: &Host, address: &str, why: &str, opts: &Options) -> HostResult {
+    let items = item::items(host);
+    let mut r = HostResult::new(&host.name, address);
+    let mut p = plan::plan_host(host, &items, &probe::Observed::default(), opts.plan);
+    p.warnings.push(why.to_string());
+    r.plan = Some(p);
+    r
 }
 
 fn run_id() -> String {
@@ -339,7 +364,15 @@ pub async fn plan_all(
             let address = address_of(host).unwrap_or_else(|_| "-".into());
             let mut result = HostResult::new(&name, &address);
             let mut conn = None;
-            if !fleet.secrets_decrypted && uses_secrets(host) {
+            if let Trust::AfterMerge(why) = &host.trust {
+                result = preview(host, "-", why, &opts);
+                if let Some(p) = result.plan.as_mut() {
+                    confine::new_host(p, &item::items(host));
+                }
+            } else if !fleet.secrets_decrypted
+                && matches!(host.trust, Trust::Full)
+                && uses_secrets(host)
+            {
                 result.error = Some(format!(
                     "{} uses secrets, but they cannot be decrypted: no age identity \
                      (set {} or secrets.identity_file in tidekeeper.yaml)",

@@ -17,8 +17,10 @@ pub fn host_path(p: &str) -> Result<(), String> {
     if p.ends_with('/') {
         return Err(format!("path {p:?} must not end with /"));
     }
-    if p.contains('\0') || p.contains('\n') {
-        return Err(format!("path {p:?} contains a NUL or newline character"));
+    if p.chars().any(char::is_control) {
+        return Err(format!(
+            "path {p:?} contains a control character (newline, tab, escape, …)"
+        ));
     }
     for part in p[1..].split('/') {
         match part {
@@ -66,6 +68,50 @@ pub fn mode(m: &str) -> Result<u32, String> {
         ));
     }
     u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+}
+
+/// A name that reaches a shell command as one word (a unit, a command's
+/// name): no control characters, no leading dash (it would read as an option).
+pub fn shell_word(what: &str, n: &str) -> Result<(), String> {
+    if n.is_empty() {
+        return Err(format!("{what} name is empty"));
+    }
+    if n.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} name {n:?} contains a control character (newline, tab, escape, …)"
+        ));
+    }
+    if n.starts_with('-') {
+        return Err(format!(
+            "{what} name {n:?} starts with \"-\", which commands would read as an option"
+        ));
+    }
+    Ok(())
+}
+
+/// A systemd unit name: one word, no slash or space.
+pub fn unit_name(n: &str) -> Result<(), String> {
+    shell_word("unit", n)?;
+    if n.contains('/') || n.chars().any(char::is_whitespace) {
+        return Err(format!("{n:?} is not a systemd unit name (no / or spaces)"));
+    }
+    Ok(())
+}
+
+/// A Debian package name: lowercase letters, digits and `+-.`, starting
+/// with a letter or digit (Debian policy 5.6.1); `:arch` and `=version` allowed.
+pub fn package_name(n: &str) -> Result<(), String> {
+    let ok = n
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:=~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{n:?} is not a Debian package name"))
+    }
 }
 
 /// A user or group name as `useradd` accepts it.

@@ -152,7 +152,41 @@ pub struct Host {
     /// (from the server's label); set by the cloud stage with the address.
     #[serde(skip)]
     pub cloud_host_key: Option<String>,
+    /// What planning may do on this host: everything for trusted config;
+    /// less for a proposal (see [`crate::proposal`]).
+    #[serde(skip)]
+    pub trust: Trust,
     pub origin: Origin,
+}
+
+/// What planning may do on a host.
+#[derive(Debug, Clone, Default)]
+pub enum Trust {
+    /// Trusted config (the followed branch, or the CLI user's own repo).
+    #[default]
+    Full,
+    /// A proposal's host that the trusted base manages at the same address:
+    /// observed only where the base already looks.
+    Confined(Confinement),
+    /// A proposal's host that is new or moved: never contacted; its plan is
+    /// its whole desired state. The text says why.
+    AfterMerge(String),
+}
+
+/// What the trusted base manages on a host, which bounds what planning a
+/// proposal may observe there.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    /// Paths the base manages (files, directories, links, stack files,
+    /// authorized_keys): only these are observed.
+    pub paths: std::collections::BTreeSet<String>,
+    /// Of those, the ones whose content the base treats as sensitive.
+    pub sensitive: std::collections::BTreeSet<String>,
+    /// Sysctl keys and compose projects the base manages.
+    pub sysctl: std::collections::BTreeSet<String>,
+    pub stacks: std::collections::BTreeSet<String>,
+    /// Command guards exactly as the base has them: (command, unless, onlyif).
+    pub guards: std::collections::BTreeSet<(String, Option<String>, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -61,8 +61,18 @@ pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<F
         return Ok(fleet);
     }
     diags.sort();
+    // A template can push a secret into an error ("template … not found").
+    let hide = redactions(l.plain.values());
+    for d in diags.0.iter_mut() {
+        d.message = super::desired::redact(&hide, &d.message);
+        d.help = d.help.take().map(|h| super::desired::redact(&hide, &h));
+    }
     Err(diags)
 }
+
+/// Shorter secrets are refused: they could not be redacted from output
+/// without blanking ordinary words.
+pub const MIN_SECRET_LEN: usize = 8;
 
 fn yaml_options() -> serde_saphyr::Options {
     let mut alias_limits = serde_saphyr::options::AliasLimits::default();
@@ -150,11 +160,24 @@ struct Loader<'a> {
 /// Strings to blank out of any output: each secret, and each of its lines
 /// long enough not to match ordinary text.
 fn redactions<'s>(plain: impl Iterator<Item = &'s String>) -> Vec<String> {
+    use base64::Engine;
     let mut out: Vec<String> = Vec::new();
     for p in plain {
         for cand in std::iter::once(p.trim()).chain(p.lines().map(str::trim)) {
-            if cand.len() >= 6 && !out.iter().any(|o| o == cand) {
-                out.push(cand.to_string());
+            if cand.chars().count() < MIN_SECRET_LEN {
+                continue;
+            }
+            // The common transforms a template applies (`| upper`, `| b64encode`).
+            let b64 = base64::engine::general_purpose::STANDARD.encode(cand);
+            for v in [
+                cand.to_string(),
+                cand.to_uppercase(),
+                cand.to_lowercase(),
+                b64,
+            ] {
+                if !out.contains(&v) {
+                    out.push(v);
+                }
             }
         }
     }
@@ -545,6 +568,15 @@ impl<'a> Loader<'a> {
                 format!("{:?} is not a valid branch name", b.value),
             ));
         }
+        if let Some(n) = &f.status.notes_ref
+            && (!n.value.starts_with("refs/notes/") || !git2::Reference::is_valid_name(&n.value))
+        {
+            self.err(
+                at(file, n)
+                    .error("invalid-value", format!("{:?} is not a notes ref", n.value))
+                    .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
+            );
+        }
         Settings {
             ssh,
             parallelism: parallelism.unwrap_or(10).max(1),
@@ -631,6 +663,11 @@ impl<'a> Loader<'a> {
                         let bytes = self.tree.file(&path).unwrap_or_default().to_vec();
                         match decrypt_age(identity, &bytes) {
                             Ok(p) => match String::from_utf8(p) {
+                                Ok(text) if text.trim().chars().count() < MIN_SECRET_LEN => self.err(
+                                    Origin::file(&path)
+                                        .error("secret-too-short", format!("{path} decrypts to fewer than {MIN_SECRET_LEN} characters"))
+                                        .with_help("a value this short cannot be told apart from ordinary text, so it could not be kept out of plans and logs; use a longer secret"),
+                                ),
                                 Ok(text) => {
                                     self.plain.insert(name.to_string(), text);
                                 }
@@ -910,15 +947,8 @@ impl<'a> Loader<'a> {
             (&r.packages.absent, PackageState::Absent),
         ] {
             for p in list {
-                let ok = !p.value.is_empty()
-                    && p.value.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:=~".contains(c)
-                    });
-                if !ok {
-                    self.err(at(file, p).error(
-                        "invalid-name",
-                        format!("{:?} is not a Debian package name", p.value),
-                    ));
+                if let Err(e) = check::package_name(&p.value) {
+                    self.err(at(file, p).error("invalid-name", e));
                     continue;
                 }
                 items.push(Item::Ready(Resource::Package {
@@ -929,11 +959,8 @@ impl<'a> Loader<'a> {
             }
         }
         for s in &r.services {
-            if s.name.value.is_empty() || s.name.value.contains('/') || s.name.value.contains(' ') {
-                self.err(at(file, &s.name).error(
-                    "invalid-name",
-                    format!("{:?} is not a systemd unit name", s.name.value),
-                ));
+            if let Err(e) = check::unit_name(&s.name.value) {
+                self.err(at(file, &s.name).error("invalid-name", e));
             }
             items.push(Item::Ready(Resource::Service(ServiceResource {
                 name: s.name.value.clone(),
@@ -1078,6 +1105,9 @@ impl<'a> Loader<'a> {
             if let Some(p) = &c.creates {
                 self.host_path(file, p);
             }
+            if let Err(e) = check::shell_word("command", &c.name.value) {
+                self.err(at(file, &c.name).error("invalid-name", e));
+            }
             if c.run.value.trim().is_empty() {
                 self.err(at(file, &c.run).error("invalid-value", "command `run` is empty"));
             }
@@ -1144,6 +1174,15 @@ impl<'a> Loader<'a> {
                 .collect();
             for (p, e) in entries {
                 let rel = p[dir.len() + 1..].to_string();
+                // The name reaches the plan and apply scripts on the host.
+                if let Err(e) = check::host_path(&format!("{target}/{rel}")) {
+                    self.err(
+                        Origin::file(&p)
+                            .error("invalid-name", format!("stack file: {e}"))
+                            .with_help("rename the file in the config repo"),
+                    );
+                    continue;
+                }
                 match e {
                     Entry::File { bytes, .. } => {
                         files.insert(rel, Content { bytes, sensitive: false });
@@ -1190,6 +1229,14 @@ impl<'a> Loader<'a> {
             .into_iter()
             .flatten()
             .collect();
+            for u in [&h.restart, &h.reload].into_iter().flatten() {
+                if let Err(e) = check::unit_name(&u.value) {
+                    self.err(at(file, u).error("invalid-name", e));
+                }
+            }
+            if let Err(e) = check::shell_word("handler", &h.name.value) {
+                self.err(at(file, &h.name).error("invalid-name", e));
+            }
             if actions.len() != 1 {
                 self.err(at(file, &h.name).error(
                     "invalid-handler",
@@ -1360,6 +1407,7 @@ impl<'a> Loader<'a> {
                 handlers: Vec::new(),
                 allow_destroy: h.allow_destroy.as_ref().map(|a| a.value).unwrap_or(false),
                 cloud_host_key: None,
+                trust: Default::default(),
                 origin: name_origin.clone(),
             };
             let ctx = self.template_context(&host, fleet_name);

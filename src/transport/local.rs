@@ -28,7 +28,16 @@ impl Local {
         script: &str,
         timeout: Duration,
     ) -> Result<Output, TransportError> {
+        // The daemon's environment holds tokens (forge, cloud, webhook secret):
+        // scripts get only what a login shell needs.
+        let keep = |k: &str| std::env::var_os(k).map(|v| (k.to_string(), v));
+        let env: Vec<_> = ["PATH", "LANG", "HOME"]
+            .into_iter()
+            .filter_map(keep)
+            .collect();
         let mut child = tokio::process::Command::new("sh")
+            .env_clear()
+            .envs(env)
             .arg("-c")
             .arg(runner_command(script.len(), false))
             .stdin(Stdio::piped())

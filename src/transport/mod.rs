@@ -144,6 +144,29 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Largest key or identity file tidekeeper reads from the controller.
+pub const KEY_FILE_LIMIT: u64 = 64 * 1024;
+
+/// Read a small file the config names on the controller (an SSH key, an age
+/// identity), refusing anything that is not a regular file or is larger than
+/// `limit`: a path like `/dev/zero` must fail, not fill memory.
+pub fn read_small_file(path: &str, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut buf = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > limit {
+        return Err(format!("larger than {limit} bytes; not a key file"));
+    }
+    String::from_utf8(buf).map_err(|_| "not text".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

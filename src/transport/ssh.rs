@@ -294,10 +294,12 @@ async fn authenticate(handle: &mut Handle<Client>, t: &SshTarget) -> Result<(), 
         .map_err(|e| refused(e.to_string()))?
         .flatten();
     if let Some(path) = &t.key_file {
-        let key = keys::load_secret_key(path, None).map_err(|e| TransportError::Key {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let key = super::read_small_file(path, super::KEY_FILE_LIMIT)
+            .and_then(|text| keys::decode_secret_key(&text, None).map_err(|e| e.to_string()))
+            .map_err(|reason| TransportError::Key {
+                path: path.clone(),
+                reason,
+            })?;
         let res = handle
             .authenticate_publickey(
                 t.user.clone(),

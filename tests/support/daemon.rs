@@ -156,6 +156,18 @@ impl Daemon {
         });
     }
 
+    /// Wait until the daemon has fetched the repo `n` times (since it started).
+    pub fn wait_fetches(&self, n: u32, timeout: Duration) {
+        self.wait_for(&format!("{n} fetches"), timeout, |d| {
+            d.get("/metrics")
+                .1
+                .lines()
+                .find_map(|l| l.strip_prefix("tidekeeper_git_fetches_total "))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .is_some_and(|v| v >= n)
+        });
+    }
+
     /// Wait until the daemon has pushed a note on `commit`.
     pub fn wait_noted(&self, commit: &str, timeout: Duration) {
         self.wait_for(&format!("a note on {commit} pushed"), timeout, |d| {

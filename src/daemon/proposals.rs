@@ -1,0 +1,330 @@
+//! Proposals (pull-request heads, `--proposals` refs): each head commit is
+//! planned once, under the trusted base (see [`crate::proposal`]), noted on
+//! its commit and reported to the forge. The record of what was planned and
+//! what is still to be reported lives in the state directory, so neither a
+//! restart nor a forge outage plans a head again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Loop;
+use crate::engine::{self, HostResult};
+use crate::reconcile;
+use crate::source::ConfigTree;
+
+/// A report owed to the forge for a planned head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub state: String,
+    pub description: String,
+    pub comment: String,
+    pub context: String,
+    pub marker: String,
+    /// The head's commit time: a late plan never overwrites a newer comment.
+    pub time: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Seen {
+    pub commit: String,
+    /// Still to be sent to the forge (it was down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+}
+
+/// Proposal ref → the head planned last.
+pub type Record = BTreeMap<String, Seen>;
+
+const FILE: &str = "proposals.json";
+
+pub fn load_record(state_dir: &Path) -> Record {
+    std::fs::read(state_dir.join(FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Written atomically (temp file + rename): a crash leaves the old record.
+fn save_record(state_dir: &Path, r: &Record) {
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(r).unwrap_or_default();
+    if let Err(e) =
+        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, state_dir.join(FILE)))
+    {
+        warn!(error = %e, "cannot record the planned proposals in the state directory");
+    }
+}
+
+/// The plan of one proposal head: the note for its commit and the report
+/// for the forge (when the base configures one).
+struct Planned {
+    note: String,
+    report: Option<Report>,
+}
+
+impl Loop {
+    /// Plan new heads of proposals, note each plan on its commit and report
+    /// it; send reports a forge outage held back; forget deleted refs.
+    pub(super) async fn plan_proposals(&mut self) {
+        if self.cfg.proposals.is_empty() {
+            return;
+        }
+        let patterns = self.cfg.proposals.clone();
+        let Ok(heads) = self.blocking(move |m| m.fetch_proposals(&patterns)).await else {
+            return; // unreachable remote: the fetch reports it
+        };
+        let before = self.proposals.clone();
+        self.proposals
+            .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
+        for (name, oid, time) in heads {
+            let sha = oid.to_string();
+            let seen = self.proposals.get(&name).cloned();
+            if seen.as_ref().is_none_or(|s| s.commit != sha) {
+                // Without a good base there is nothing to plan a proposal under.
+                let Some((base_commit, _, _)) = self.good.clone() else {
+                    continue;
+                };
+                let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12]);
+                let planned = self.plan_one(&name, &sha, time).instrument(span).await;
+                let commit = sha.clone();
+                let note = planned.note;
+                if let Err(e) = self
+                    .blocking(move |m| {
+                        m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note)
+                    })
+                    .await
+                {
+                    warn!(error = %e, "could not note the proposal's plan");
+                }
+                self.proposals.insert(
+                    name.clone(),
+                    Seen {
+                        commit: sha.clone(),
+                        report: planned.report,
+                    },
+                );
+                save_record(&self.cfg.state_dir, &self.proposals);
+            }
+            self.send_report(&name, &sha).await;
+        }
+        if self.proposals != before {
+            save_record(&self.cfg.state_dir, &self.proposals);
+        }
+    }
+
+    /// Send the report owed for `name` at `sha`, if any; kept on failure.
+    async fn send_report(&mut self, name: &str, sha: &str) {
+        let Some(report) = self.proposals.get(name).and_then(|s| s.report.clone()) else {
+            return;
+        };
+        // The forge is always the base's: a proposal cannot redirect reports.
+        let Some(settings) = self.good.as_ref().and_then(|g| g.1.settings.forge.clone()) else {
+            return;
+        };
+        let pr = crate::forge::pr_number(name);
+        let forge = self.forge(&settings);
+        let (sha2, r) = (sha.to_string(), report.clone());
+        let sent = tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
+            let forge = forge?;
+            forge.status(&sha2, &r.context, &r.state, &r.description)?;
+            if let Some(pr) = pr
+                && !forge.upsert_comment(pr, &r.marker, &r.comment, r.time)?
+            {
+                tracing::debug!(pr, "the PR comment already shows this plan or a newer one");
+            }
+            Ok(())
+        })
+        .await
+        .expect("forge task");
+        match sent {
+            Ok(()) => {
+                self.shared.clear_stale("forge");
+                if let Some(s) = self.proposals.get_mut(name) {
+                    s.report = None;
+                }
+                save_record(&self.cfg.state_dir, &self.proposals);
+            }
+            Err(e) => {
+                // Kept: sent again once the forge answers; never planned again.
+                warn!(error = %e, "could not report the plan to the forge");
+                self.shared
+                    .note_stale("forge", format!("forge unreachable: {e}"));
+            }
+        }
+    }
+
+    /// Plan one proposal head under the last good commit of the branch.
+    async fn plan_one(&mut self, name: &str, sha: &str, time: i64) -> Planned {
+        let (base_commit, base, base_policies) = self.good.clone().expect("checked by the caller");
+        let fleet_name = base.name.clone();
+        let marker = crate::report::marker(&fleet_name);
+        let context = format!("tidekeeper/{fleet_name}/plan");
+        let with_forge = base.settings.forge.is_some();
+        let loaded = self.load_untrusted(sha).await;
+        let (proposal, policies) = match loaded {
+            Err(errors) => {
+                let errors: Vec<String> = errors.iter().map(|e| base.redact(e)).collect();
+                info!(errors = errors.len(), "proposal has an invalid config");
+                let report = with_forge.then(|| Report {
+                    state: "failure".into(),
+                    description: "invalid config".into(),
+                    comment: format!(
+                        "{marker}\n**Invalid config**\n\n```\n{}\n```\n",
+                        errors.join("\n")
+                    ),
+                    context: context.clone(),
+                    marker: marker.clone(),
+                    time,
+                });
+                return Planned {
+                    note: format!(
+                        "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
+                        errors.join("\n")
+                    ),
+                    report,
+                };
+            }
+            Ok(x) => x,
+        };
+        let names = (!self.cfg.hosts.is_empty()).then(|| {
+            proposal
+                .hosts
+                .iter()
+                .map(|h| h.name.clone())
+                .filter(|n| self.cfg.hosts.contains(n))
+                .collect()
+        });
+        let opts = self.options(&base);
+        let p =
+            reconcile::plan_proposal(&base, &base_policies, proposal, &policies, names, opts).await;
+        let cloud = p.plan.cloud.clone();
+        let verdict = p.verdict;
+        let results = reconcile::finish(p.plan).await;
+        let refs: Vec<&HostResult> = results.iter().collect();
+        info!(denied = verdict.deny.len(), "proposal planned");
+        let md = crate::report::markdown(
+            &fleet_name,
+            sha,
+            cloud.as_ref(),
+            &refs,
+            &verdict,
+            &p.after_merge,
+            usize::MAX,
+        );
+        let mut json = reconcile::json(cloud.as_ref(), &refs);
+        json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
+        json["ref"] = name.into();
+        json["base"] = base_commit.clone().into();
+        json["after_merge"] = serde_json::to_value(&p.after_merge).unwrap_or_default();
+        let note = base.redact(&format!(
+            "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        ));
+        let t = reconcile::totals(cloud.as_ref(), &refs);
+        let (state, desc) = if verdict.blocks() {
+            let first = verdict
+                .deny
+                .first()
+                .or(verdict.errors.first())
+                .cloned()
+                .unwrap_or_default();
+            // The policy's name first: the description is cut at 140 characters.
+            let desc = match first.rsplit_once(" (policy ") {
+                Some((msg, policy)) => {
+                    format!("denied by {}: {msg}", policy.trim_end_matches(')'))
+                }
+                None => format!("denied: {first}"),
+            };
+            ("failure", desc)
+        } else if t.errors > 0 {
+            (
+                "error",
+                format!("{} host(s) or server(s) could not be planned", t.errors),
+            )
+        } else {
+            (
+                "success",
+                engine::render::summary_line(&t)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        };
+        let report = with_forge.then(|| Report {
+            state: state.into(),
+            description: base.redact(&desc),
+            comment: base.redact(&crate::report::markdown(
+                &fleet_name,
+                sha,
+                cloud.as_ref(),
+                &refs,
+                &verdict,
+                &p.after_merge,
+                crate::report::GITHUB_LIMIT,
+            )),
+            context,
+            marker,
+            time,
+        });
+        Planned { note, report }
+    }
+
+    /// A proposal's config and policies, never decrypted; or its errors.
+    async fn load_untrusted(
+        &self,
+        commit: &str,
+    ) -> Result<(crate::model::Fleet, Vec<(String, String)>), Vec<String>> {
+        let path = self.mirror.lock().unwrap().path.clone();
+        let c = commit.to_string();
+        tokio::task::spawn_blocking(move || {
+            let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
+            let fleet = crate::model::load(&tree).map_err(|d| super::lines(&d))?;
+            Ok((fleet, tree.policies()))
+        })
+        .await
+        .expect("load task")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_survives_a_round_trip_through_the_state_dir() {
+        let dir = std::env::temp_dir().join(format!("tk-proposals-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Record::new();
+        r.insert(
+            "refs/pull/1/head".into(),
+            Seen {
+                commit: "abc".into(),
+                report: Some(Report {
+                    state: "success".into(),
+                    description: "d".into(),
+                    comment: "c".into(),
+                    context: "x".into(),
+                    marker: "m".into(),
+                    time: 5,
+                }),
+            },
+        );
+        save_record(&dir, &r);
+        assert_eq!(load_record(&dir), r);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_or_garbled_record_is_empty() {
+        let dir = std::env::temp_dir().join(format!("tk-proposals-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load_record(&dir).is_empty());
+        std::fs::write(dir.join(FILE), "{not json").unwrap();
+        assert!(load_record(&dir).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

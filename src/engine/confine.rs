@@ -1,0 +1,134 @@
+//! Planning a proposal's host within what the trusted base manages there
+//! ([`Confinement`]): which items the probe may look at, and how the plan
+//! says what was not looked at. Pure.
+
+use super::item::Item;
+use super::plan::{Action, Change, HostPlan};
+use super::probe::Observed;
+use crate::model::desired::{Confinement, SENSITIVE};
+
+pub const NOT_READ: &str = "current content not shown (not managed on the base branch)";
+pub const GUARD_NOT_RUN: &str = "runs if its guard says so (not evaluated for proposals)";
+
+/// What the probe leaves alone on a confined host.
+#[derive(Debug, Default)]
+pub struct Unobserved {
+    /// Paths, sysctl keys and stacks the base does not manage.
+    pub ids: Vec<String>,
+    /// Commands whose guards differ from the base's.
+    pub guards: Vec<String>,
+    /// Files holding secrets (never decrypted for proposals).
+    pub secrets: Vec<String>,
+}
+
+fn is_placeholder(bytes: &[u8]) -> bool {
+    let p = SENSITIVE.as_bytes();
+    bytes.windows(p.len()).any(|w| w == p)
+}
+
+/// Mark content sensitive where the base does (whatever the proposal says),
+/// then split off what may be probed.
+pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
+    let mut un = Unobserved::default();
+    let mut probed = Vec::new();
+    for i in items.iter_mut() {
+        if let Item::File(f) = i
+            && c.sensitive.contains(&f.path)
+        {
+            f.content.sensitive = true;
+        }
+        let allowed = match &*i {
+            Item::File(f) if f.content.sensitive && is_placeholder(&f.content.bytes) => {
+                un.secrets.push(f.path.clone());
+                false
+            }
+            Item::Sysctl { key, .. } => c.sysctl.contains(key),
+            Item::Stack { name, .. } => c.stacks.contains(name),
+            other => other.path().is_none_or(|p| c.paths.contains(p)),
+        };
+        if !allowed {
+            if !matches!(i, Item::File(f) if un.secrets.last() == Some(&f.path)) {
+                un.ids.push(i.id().to_string());
+            }
+            continue;
+        }
+        if let Item::Command(cmd) = i {
+            let guard = (cmd.name.clone(), cmd.unless.clone(), cmd.onlyif.clone());
+            if (cmd.unless.is_some() || cmd.onlyif.is_some()) && !c.guards.contains(&guard) {
+                un.guards.push(cmd.name.clone());
+                let mut only_path = cmd.clone();
+                only_path.unless = None;
+                only_path.onlyif = None;
+                probed.push(Item::Command(only_path));
+                continue;
+            }
+        }
+        probed.push(i.clone());
+    }
+    (probed, un)
+}
+
+/// A proposal's new host: its guarded commands show as "runs if its guard
+/// says so" (the preview observed nothing, so it cannot say otherwise).
+pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
+    let un = Unobserved {
+        guards: items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Command(c)
+                    if c.unless.is_some() || c.onlyif.is_some() || c.creates.is_some() =>
+                {
+                    Some(c.name.clone())
+                }
+                _ => None,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    annotate(plan, &un, &Observed::default());
+}
+
+/// Say in the plan what was not observed.
+pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
+    plan.changes
+        .retain(|c| !(c.kind == "file" && un.secrets.contains(&c.id)));
+    for c in plan.changes.iter_mut() {
+        if un.ids.contains(&c.id) && c.kind != "command" {
+            c.note = Some(match c.kind.as_str() {
+                "file" | "directory" | "symlink" | "absent" => NOT_READ.into(),
+                _ => "current state not observed (not managed on the base branch)".into(),
+            });
+        }
+    }
+    for name in &un.guards {
+        // A `creates` path test that says skip still holds.
+        if obs.commands.get(name) == Some(&None) {
+            continue;
+        }
+        match plan
+            .changes
+            .iter_mut()
+            .find(|c| c.kind == "command" && c.id == *name)
+        {
+            Some(c) => c.note = Some(GUARD_NOT_RUN.into()),
+            None => plan.changes.push(Change {
+                kind: "command".into(),
+                id: name.clone(),
+                action: Action::Run,
+                attrs: vec![],
+                diff: None,
+                note: Some(GUARD_NOT_RUN.into()),
+                was: None,
+                item: None,
+                prune: false,
+                notify: vec![],
+            }),
+        }
+    }
+    if !un.secrets.is_empty() {
+        plan.warnings.push(format!(
+            "not compared (secrets are never decrypted for proposals): {}",
+            un.secrets.join(", ")
+        ));
+    }
+}

