@@ -38,19 +38,35 @@ fn wait_ssh_back(bed: &Testbed, i: usize, within: Duration) -> Duration {
 }
 
 #[test]
-fn an_sshd_change_that_locks_us_out_is_rolled_back_by_the_host() {
+fn an_sshd_change_that_locks_us_out_is_rolled_back_at_once_through_the_open_session() {
     let bed = Testbed::start(1);
     let repo = FleetRepo::minimal(&bed, &[("ssh", LOCKOUT_SSHD)]);
-    let out = repo.tk(&["apply", "--yes", "--rollback-after", "12s"]);
+    // A long deadline: the host must not stay shut until the timer fires.
+    let t = Instant::now();
+    let out = repo.tk(&["apply", "--yes", "--rollback-after", "300s"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
     assert!(
         report.contains(
             "rolled back: access lost after change (file /etc/ssh/sshd_config.d/50-lockout.conf)"
-        ),
+        ) && report.contains("the previous state was restored at once"),
         "{report}"
     );
-    wait_ssh_back(&bed, 0, Duration::from_secs(30));
+    wait_ssh_back(&bed, 0, Duration::from_secs(60));
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "back long before the 300 s timer: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        bed.ssh_ok(
+            0,
+            "systemctl list-timers --all --no-legend 'tidekeeper-rollback-*' | wc -l"
+        )
+        .trim()
+            == "0",
+        "the fallback timer is stopped once the rollback ran"
+    );
     assert!(
         !bed.ssh(0, "test -e /etc/ssh/sshd_config.d/50-lockout.conf")
             .status
@@ -132,8 +148,9 @@ fn killing_tidekeeper_after_a_risky_apply_still_reverts() {
     let _ = child.kill();
     child.wait().unwrap();
     // Whether or not the reload ran before the kill, the host reverts by
-    // itself: the file goes and logins work, without tidekeeper.
-    let deadline = Instant::now() + Duration::from_secs(40);
+    // itself: the file goes and logins work, without tidekeeper — at its
+    // deadline, not up to a minute later (systemd's default timer accuracy).
+    let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let out = bed.ssh(
             0,
@@ -150,6 +167,48 @@ fn killing_tidekeeper_after_a_risky_apply_still_reverts() {
     }
     assert!(
         bed.ssh(0, "ls /var/lib/tidekeeper/rolled-back/ | grep -q .")
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn stopping_and_disabling_ssh_is_rolled_back_and_removing_its_server_is_refused() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "ssh",
+            "services:\n  - {name: ssh, state: stopped, enabled: false}\n",
+        )],
+    );
+    let out = repo.tk(&["apply", "--yes", "--rollback-after", "300s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("rolled back: access lost after change (service ssh.service)"),
+        "{}",
+        text(&out)
+    );
+    wait_ssh_back(&bed, 0, Duration::from_secs(60));
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "systemctl is-enabled ssh.service; systemctl is-active ssh.service"
+        ),
+        "enabled\nactive\n"
+    );
+
+    repo.write("roles/ssh.yaml", "packages:\n  absent: [openssh-server]\n");
+    repo.commit("no ssh server");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("removing openssh-server would cut tidekeeper"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        bed.ssh(0, "dpkg -s openssh-server >/dev/null")
             .status
             .success()
     );

@@ -11,7 +11,7 @@ use super::plan::{Change, HostPlan};
 use crate::transport::shell_quote as q;
 
 /// Paths whose change can cut off SSH access.
-const ACCESS_PATHS: [&str; 8] = [
+const ACCESS_PATHS: [&str; 10] = [
     "/etc/ssh/",
     "/etc/sudoers",
     "/etc/pam.d/",
@@ -20,7 +20,32 @@ const ACCESS_PATHS: [&str; 8] = [
     "/etc/systemd/network/",
     "/etc/ufw/",
     "/etc/hosts.allow",
+    "/etc/hosts.deny",
+    "/etc/security/access.conf",
 ];
+
+/// Units that serve SSH: stopping, disabling or masking one is risky.
+const SSH_UNITS: [&str; 6] = [
+    "ssh",
+    "sshd",
+    "ssh.service",
+    "sshd.service",
+    "ssh.socket",
+    "sshd.socket",
+];
+
+/// The unit name as systemctl takes it (`ssh` → `ssh.service`).
+fn full_unit(name: &str) -> String {
+    if name.contains('.') {
+        name.to_string()
+    } else {
+        format!("{name}.service")
+    }
+}
+
+/// How systemd timers are asked to fire: at the deadline, not up to a minute
+/// after it (systemd's default AccuracySec=1min).
+const TIMER: &str = "--timer-property=AccuracySec=1s";
 
 /// ufw's own state, saved and restored as a whole.
 pub const UFW_FILES: [&str; 5] = [
@@ -36,6 +61,7 @@ pub fn is_risky(c: &Change, login_user: &str) -> bool {
     match c.kind.as_str() {
         "firewall" => true,
         "user" | "group" => c.id == login_user || c.kind == "user" && c.id == "root",
+        "service" => SSH_UNITS.contains(&c.id.as_str()),
         "sysctl" => c.id.starts_with("net."),
         "file" | "directory" | "symlink" | "absent" => {
             ACCESS_PATHS.iter().any(|p| c.id.starts_with(p))
@@ -61,9 +87,11 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
     let mut paths: Vec<String> = Vec::new();
     let mut ssh = false;
     let mut ufw = false;
+    let mut units: Vec<String> = Vec::new();
     for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
         match c.kind.as_str() {
             "firewall" => ufw = true,
+            "service" => units.push(full_unit(&c.id)),
             "file" | "directory" | "symlink" | "absent" => {
                 if c.id.starts_with("/etc/ssh/") {
                     ssh = true;
@@ -113,6 +141,16 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
             "if [ -e \"$D/files\"{qp} ] || [ -L \"$D/files\"{qp} ]; then cp -a \"$D/files\"{qp} \"$R\"{qp}.tk-restore && mv -f \"$R\"{qp}.tk-restore \"$R\"{qp};{remove} fi\n"
         ));
     }
+    // SSH units go back to how they were: unmasked, enabled and running as saved.
+    for u in &units {
+        let qu = q(u);
+        let f = q(&format!("units/{u}"));
+        rb.push_str(&format!(
+            "if [ -e \"$D\"/{f}.masked ]; then :; else systemctl unmask -- {qu} 2>/dev/null; fi\n\
+             if [ -e \"$D\"/{f}.enabled ]; then systemctl enable -- {qu} 2>/dev/null; fi\n\
+             if [ -e \"$D\"/{f}.active ]; then systemctl start -- {qu} 2>/dev/null; fi\n"
+        ));
+    }
     if ssh {
         rb.push_str("systemctl reload-or-restart ssh.service 2>/dev/null || systemctl reload-or-restart sshd.service 2>/dev/null\n");
     }
@@ -130,13 +168,24 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
              else mkdir -p \"$(dirname \"{saved}/absent\"{qp})\" && : > \"{saved}/absent\"{qp} || return; fi\n"
         ));
     }
+    if !units.is_empty() {
+        s.push_str(&format!("mkdir -p \"{saved}/units\" || return\n"));
+    }
+    for u in &units {
+        let qu = q(u);
+        let f = q(&format!("units/{u}"));
+        s.push_str(&format!(
+            "case \"$(systemctl is-enabled -- {qu} 2>/dev/null)\" in enabled|enabled-runtime|static|alias|indirect) : > \"{saved}\"/{f}.enabled;; masked|masked-runtime) : > \"{saved}\"/{f}.masked;; esac\n\
+             if systemctl is-active -q -- {qu}; then : > \"{saved}\"/{f}.active; fi\n"
+        ));
+    }
     s.push_str(&format!(
         "sed -e \"s|\\$R_VALUE|$R|\" -e \"s|\\$S_VALUE|$S|\" > \"{saved}.sh\" <<'TK_RB_EOF' || return\n{rb}TK_RB_EOF\n"
     ));
     // systemd keeps the timer even if this connection (or tidekeeper) dies.
     s.push_str(&format!(
         "if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
-         systemd-run --quiet --collect --unit={unit} --on-active={deadline_secs} /bin/sh \"{saved}.sh\" || return; \
+         systemd-run --quiet --collect --unit={unit} --on-active={deadline_secs} {TIMER} /bin/sh \"{saved}.sh\" || return; \
          else (sleep {deadline_secs}; [ -e \"{saved}.armed\" ] && /bin/sh \"{saved}.sh\") </dev/null >/dev/null 2>&1 & fi\n\
          : > \"{saved}.armed\"\nprintf '@@armed %s\\n' {run}\n",
         unit = unit(run),
@@ -149,7 +198,7 @@ pub fn rearm(run: &str, deadline_secs: u64) -> String {
     format!(
         "systemctl stop {unit}.timer 2>/dev/null\n\
          if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
-         systemd-run --quiet --collect --unit={unit}-final --on-active={deadline_secs} /bin/sh \"$S/rollback/{run}.sh\" || return; fi\n",
+         systemd-run --quiet --collect --unit={unit}-final --on-active={deadline_secs} {TIMER} /bin/sh \"$S/rollback/{run}.sh\" || return; fi\n",
         unit = unit(run)
     )
 }
@@ -157,6 +206,18 @@ pub fn rearm(run: &str, deadline_secs: u64) -> String {
 /// The transient unit that rolls back `run`.
 pub fn unit(run: &str) -> String {
     format!("tidekeeper-rollback-{run}")
+}
+
+/// Roll back at once, over the connection the change was applied through
+/// (still open while the proving connection failed); the timer stays armed
+/// as the fallback if this does not get through.
+pub fn rollback_now_script(run: &str) -> String {
+    format!(
+        "S=/var/lib/tidekeeper; [ -e \"$S/rolled-back/{run}\" ] && {{ echo rolled-back; exit 0; }}; \
+         [ -e \"$S/rollback/{run}.sh\" ] || exit 3; /bin/sh \"$S/rollback/{run}.sh\" || exit 1; \
+         systemctl stop {unit}.timer {unit}-final.timer 2>/dev/null; rm -f \"$S/rollback/{run}.armed\"; echo rolled-back\n",
+        unit = unit(run)
+    )
 }
 
 /// Disarm the rollback after access was proven (run over the new connection).
@@ -167,4 +228,78 @@ pub fn disarm_script(run: &str) -> String {
          rm -rf \"$S/rollback/{run}\" \"$S/rollback/{run}.sh\"; echo disarmed\n",
         unit = unit(run)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::Action;
+
+    fn change(kind: &str, id: &str) -> Change {
+        Change {
+            kind: kind.into(),
+            id: id.into(),
+            action: Action::Update,
+            attrs: vec![],
+            diff: None,
+            note: None,
+            was: None,
+            item: None,
+            prune: false,
+            notify: vec![],
+        }
+    }
+
+    fn plan(changes: Vec<Change>) -> HostPlan {
+        HostPlan {
+            host: "h".into(),
+            changes,
+            handlers: vec![],
+            daemon_reload: false,
+            warnings: vec![],
+            blocked: vec![],
+            inventory: Default::default(),
+            previous_inventory: Default::default(),
+            settled_handlers: vec![],
+            sysctl_conf: None,
+        }
+    }
+
+    #[test]
+    fn tcp_wrappers_access_conf_and_the_ssh_units_are_risky() {
+        for (kind, id) in [
+            ("file", "/etc/hosts.allow"),
+            ("file", "/etc/hosts.deny"),
+            ("absent", "/etc/security/access.conf"),
+            ("service", "ssh"),
+            ("service", "sshd.service"),
+            ("service", "ssh.socket"),
+        ] {
+            assert!(is_risky(&change(kind, id), "root"), "{kind} {id}");
+        }
+        assert!(!is_risky(&change("service", "nginx"), "root"));
+        assert!(!is_risky(&change("file", "/etc/hosts"), "root"));
+    }
+
+    #[test]
+    fn the_rollback_timer_fires_at_its_deadline_and_restores_ssh_units() {
+        let p = plan(vec![change("service", "ssh")]);
+        let s = arm(&p, "root", "r1", 20);
+        assert!(
+            s.contains("--on-active=20 --timer-property=AccuracySec=1s"),
+            "{s}"
+        );
+        assert!(s.contains("systemctl is-enabled -- ssh.service"), "{s}");
+        assert!(s.contains("systemctl start -- ssh.service"), "{s}");
+        assert!(rearm("r1", 20).contains("AccuracySec=1s"));
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &format!("f() {{\n{s}\n}}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

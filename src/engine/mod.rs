@@ -464,9 +464,11 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
             .rollback_deadline
             .saturating_sub(Duration::from_secs(2))
             .max(Duration::from_secs(1));
+        let mut already = false;
         let verdict = match tokio::time::timeout(limit, proof).await {
             Ok(Ok(out)) if out.success() => None,
             Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("rolled-back") => {
+                already = true;
                 Some("the host had already rolled back (the proof came too late)".to_string())
             }
             Ok(Ok(out)) => Some(format!("the access check failed: {}", out.stderr_text())),
@@ -474,10 +476,28 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
             Err(_) => Some(format!("no new connection within {limit:?}")),
         };
         if let Some(why) = verdict {
+            // The session the change went through is still open: restore now
+            // rather than leave the host shut until the timer fires.
+            let now = if already {
+                false
+            } else {
+                matches!(
+                    conn.run_script(&guard::rollback_now_script(run), Duration::from_secs(30)).await,
+                    Ok(out) if out.success()
+                )
+            };
+            let when = if already {
+                "the host is back to the previous state".to_string()
+            } else if now {
+                "the previous state was restored at once".to_string()
+            } else {
+                format!(
+                    "the host restores the previous state by itself within {}s of the change",
+                    g.deadline_secs
+                )
+            };
             p.result.error = Some(format!(
-                "rolled back: access lost after change ({risky}); {why}; \
-                 the host restores the previous state by itself within {}s of the change",
-                g.deadline_secs
+                "rolled back: access lost after change ({risky}); {why}; {when}"
             ));
             outcome = Outcome::Interrupted { completed: 0 };
         }

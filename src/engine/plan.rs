@@ -112,6 +112,15 @@ pub struct PlanOptions {
     pub allow_mass_delete: bool,
 }
 
+/// The packages that provide the SSH server.
+fn is_ssh_server(package: &str) -> bool {
+    let name = package.split([':', '=']).next().unwrap_or(package);
+    matches!(
+        name,
+        "openssh-server" | "openssh-server-gssapi" | "dropbear" | "dropbear-bin"
+    )
+}
+
 /// Why a compose project needs `up`, and what that does to its services.
 fn plan_stack(
     name: &str,
@@ -689,6 +698,19 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         changes.extend(ch);
     }
 
+    // A host tidekeeper reaches over SSH must keep its SSH server: there is
+    // no rolling back a removed package from a host nobody can log in to.
+    if host.provider != crate::model::desired::ProviderKind::Local
+        && let Some(c) = changes
+            .iter()
+            .find(|c| c.kind == "package" && c.action == Action::Delete && is_ssh_server(&c.id))
+    {
+        blocked.push(format!(
+            "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH;              remove it by hand if that is really meant",
+            c.id
+        ));
+    }
+
     for (dir, owner) in &obs.unsafe_parents {
         blocked.push(format!(
             "{dir} is a symlink owned by {owner}, not root, above managed paths; \
@@ -905,6 +927,28 @@ mod tests {
             size,
             link_target: None,
         }
+    }
+
+    #[test]
+    fn removing_the_ssh_server_of_a_host_reached_over_ssh_is_blocked() {
+        let h = host("packages:\n  absent: [openssh-server]\n");
+        let it = items(&h);
+        let mut obs = Observed::default();
+        obs.packages.insert(
+            "openssh-server".into(),
+            crate::engine::probe::PackageState {
+                installed: Some("1:9.2p1-2".into()),
+                candidate: None,
+            },
+        );
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        assert!(
+            p.blocked
+                .iter()
+                .any(|b| b.contains("removing openssh-server would cut tidekeeper")),
+            "{:?}",
+            p.blocked
+        );
     }
 
     #[test]
