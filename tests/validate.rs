@@ -843,3 +843,28 @@ fn names_with_a_leading_dash_or_control_characters_are_refused_where_they_are_wr
             "path \"/etc/a\\tb\" contains a control character (newline, tab, escape, …)",
         );
 }
+
+#[test]
+fn a_transformed_secret_still_makes_its_file_sensitive() {
+    for (role, template) in [
+        (
+            "files:\n  - {path: /etc/app.env, template: app.env.j2}\n",
+            "PASSWORD={{ secret('db') | upper | reverse }}\n",
+        ),
+        (
+            "files:\n  - {path: /etc/app.env, template: app.env.j2}\n",
+            "{% set p = secret('db') %}PASSWORD={{ p | replace('a', 'b') | tojson }}\n",
+        ),
+    ] {
+        let fleet = minimal()
+            .file("secrets/db.age", "age-encryption.org/v1\n")
+            .file("roles/base.yaml", role)
+            .file("templates/app.env.j2", template)
+            .load()
+            .expect("valid");
+        let tidekeeper::model::desired::Resource::File(f) = &fleet.hosts[0].resources[0] else {
+            panic!("a file")
+        };
+        assert!(f.content.sensitive, "{role}");
+    }
+}
