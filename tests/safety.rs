@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::daemon::Daemon;
 use crate::support::fleet::{FleetRepo, stdout, text};
 use crate::support::git;
-use crate::support::testbed::Testbed;
+use crate::support::testbed::{Kind, Testbed};
 
 const LOCKOUT_SSHD: &str = r#"
 files:
@@ -39,7 +39,28 @@ fn wait_ssh_back(bed: &Testbed, i: usize, within: Duration) -> Duration {
 
 #[test]
 fn an_sshd_change_that_locks_us_out_is_rolled_back_at_once_through_the_open_session() {
-    let bed = Testbed::start(1);
+    locked_out_sshd_is_rolled_back_at_once(Kind::Full);
+}
+
+#[test]
+fn on_debian_13_too_a_locked_out_sshd_is_rolled_back_at_once() {
+    locked_out_sshd_is_rolled_back_at_once(Kind::Trixie);
+}
+
+#[test]
+fn on_debian_13_too_the_host_reverts_by_itself_at_its_deadline() {
+    reverts_by_itself_at_its_deadline(Kind::Trixie);
+}
+
+fn locked_out_sshd_is_rolled_back_at_once(kind: Kind) {
+    let bed = Testbed::start_kind(1, kind);
+    if kind == Kind::Trixie {
+        let v = bed.ssh_ok(
+            0,
+            "cat /etc/debian_version; ssh -V 2>&1; systemctl --version | head -n1",
+        );
+        assert!(v.starts_with("13.") && v.contains("OpenSSH_10"), "{v}");
+    }
     let repo = FleetRepo::minimal(&bed, &[("ssh", LOCKOUT_SSHD)]);
     // A long deadline: the host must not stay shut until the timer fires.
     let t = Instant::now();
@@ -119,7 +140,11 @@ fn a_default_deny_without_an_ssh_rule_is_rolled_back_and_the_commit_not_retried(
 
 #[test]
 fn killing_tidekeeper_after_a_risky_apply_still_reverts() {
-    let bed = Testbed::start(1);
+    reverts_by_itself_at_its_deadline(Kind::Full);
+}
+
+fn reverts_by_itself_at_its_deadline(kind: Kind) {
+    let bed = Testbed::start_kind(1, kind);
     let repo = FleetRepo::minimal(&bed, &[("ssh", LOCKOUT_SSHD)]);
     let mut child = crate::support::tidekeeper()
         .args(["apply", "--yes", "--rollback-after", "10s", "--repo"])

@@ -38,24 +38,30 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/tidekeeper-testbed"))
 }
 
-/// The base image, built on first use (or by scripts/setup ahead of time).
+/// The base image (Debian 12), built on first use (or by scripts/setup ahead of time).
 pub fn image() -> PathBuf {
-    static IMAGE: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut guard = IMAGE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = guard.as_ref() {
+    image_of("bookworm")
+}
+
+/// The base image of a Debian suite (`bookworm`, `trixie`).
+pub fn image_of(suite: &str) -> PathBuf {
+    static IMAGES: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut guard = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = guard.iter().find(|(s, _)| s == suite) {
         return p.clone();
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/build-image");
     let out = Command::new(script)
+        .env("TESTBED_SUITE", suite)
         .stderr(Stdio::inherit())
         .output()
         .expect("run testbed/build-image");
     assert!(
         out.status.success(),
-        "testbed/build-image failed; run scripts/setup as root"
+        "testbed/build-image ({suite}) failed; run scripts/setup as root"
     );
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    *guard = Some(p.clone());
+    guard.push((suite.to_string(), p.clone()));
     p
 }
 
@@ -191,6 +197,17 @@ pub enum Kind {
     /// A full host that can run dockerd (all capabilities, /proc/sys and the
     /// cgroup controllers writable); see docs/testing.md.
     Docker,
+    /// A full host running Debian 13 (trixie): systemd 257, OpenSSH 10.
+    Trixie,
+}
+
+impl Kind {
+    fn image(self) -> PathBuf {
+        match self {
+            Kind::Trixie => image_of("trixie"),
+            _ => image(),
+        }
+    }
 }
 
 struct Process {
@@ -257,7 +274,7 @@ impl Launch {
                     .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "1")
                     .arg("--boot");
             }
-            Kind::Full => {
+            Kind::Full | Kind::Trixie => {
                 // CAP_NET_ADMIN: the host has its own network namespace, so
                 // ufw/iptables and net.* sysctls inside it touch only that.
                 cmd.arg("--directory")
@@ -345,7 +362,7 @@ impl Testbed {
     }
 
     pub fn start_kind(n: usize, kind: Kind) -> Testbed {
-        let image = image();
+        let image = kind.image();
         let dir = cache_dir().join(format!("run-{}-{}", std::process::id(), unique()));
         fs::create_dir_all(&dir).unwrap();
         let key = dir.join("id_ed25519");
@@ -740,7 +757,7 @@ impl Testbed {
     pub fn add_cloud_host(&mut self, kind: Kind, cloud: &CloudInit) -> usize {
         assert!(!self.closed, "the test fleet is shut down");
         let i = self.hosts.len();
-        let host = self.prepare(&image(), i, kind, Some(cloud));
+        let host = self.prepare(&kind.image(), i, kind, Some(cloud));
         let line = host.known_hosts_line();
         self.hosts.push(host);
         let mut known = fs::read_to_string(&self.known_hosts).unwrap_or_default();
