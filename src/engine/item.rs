@@ -311,8 +311,8 @@ pub fn handler_command(h: &Handler) -> String {
     use crate::model::desired::HandlerAction::*;
     use crate::transport::shell_quote;
     match &h.action {
-        Restart(unit) => format!("systemctl restart -- {}", shell_quote(&unit_name(unit))),
-        Reload(unit) => format!("systemctl reload -- {}", shell_quote(&unit_name(unit))),
+        Restart(unit) => format!("systemctl restart {}", shell_quote(&unit_name(unit))),
+        Reload(unit) => format!("systemctl reload {}", shell_quote(&unit_name(unit))),
         Run(cmd) => format!("sh -c {}", shell_quote(cmd)),
     }
 }
