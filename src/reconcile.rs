@@ -146,7 +146,7 @@ pub async fn plan(
         }
         if let Some((_, e)) = clouds.missing.iter().find(|(k, _)| *k == host.provider) {
             let mut r = HostResult::new(name, "-");
-            r.error = Some(e.to_string());
+            r.fail(engine::HostError::Cloud, e.to_string());
             early.push(r);
             continue;
         }
@@ -154,7 +154,10 @@ pub async fn plan(
             Ok(o) => o,
             Err(e) => {
                 let mut r = HostResult::new(name, "-");
-                r.error = Some(format!("cannot see the server: {e}"));
+                r.fail(
+                    engine::HostError::Cloud,
+                    format!("cannot see the server: {e}"),
+                );
                 early.push(r);
                 continue;
             }
@@ -286,20 +289,23 @@ pub async fn apply(
                 match cloud::apply::wait_for_port(&addr, port, SSH_WAIT).await {
                     Ok(()) => ready.push(name),
                     Err(e) => {
-                        r.error = Some(e);
+                        r.fail(engine::HostError::Unreachable, e);
                         results.push(r);
                     }
                 }
             }
             Some(o) => {
-                r.error = Some(format!(
-                    "the server was not created: {}",
-                    o.error.as_deref().unwrap_or("unknown error")
-                ));
+                r.fail(
+                    engine::HostError::Cloud,
+                    format!(
+                        "the server was not created: {}",
+                        o.error.as_deref().unwrap_or("unknown error")
+                    ),
+                );
                 results.push(r);
             }
             None => {
-                r.error = Some("the server was not created".into());
+                r.fail(engine::HostError::Cloud, "the server was not created");
                 results.push(r);
             }
         }

@@ -152,28 +152,20 @@ mod tests {
                 notify: vec![],
             })
             .collect();
-        HostResult {
+        let mut r = HostResult::new(host, "10.0.0.1");
+        r.plan = Some(HostPlan {
             host: host.into(),
-            address: "10.0.0.1".into(),
-            learned_host_key: None,
-            generated_host_key: None,
-            skipped: None,
-            plan: Some(HostPlan {
-                host: host.into(),
-                changes,
-                handlers: vec![],
-                daemon_reload: false,
-                warnings: vec![],
-                blocked: vec![],
-                inventory: Default::default(),
-                previous_inventory: Default::default(),
-                settled_handlers: vec![],
-                sysctl_conf: None,
-            }),
-            error: None,
-            outcome: None,
-            elapsed: Default::default(),
-        }
+            changes,
+            handlers: vec![],
+            daemon_reload: false,
+            warnings: vec![],
+            blocked: vec![],
+            inventory: Default::default(),
+            previous_inventory: Default::default(),
+            settled_handlers: vec![],
+            sysctl_conf: None,
+        });
+        r
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! - [`http`]: the HTTP server.
 
 pub mod http;
+pub mod locks;
 pub mod mirror;
 mod proposals;
+pub mod scheduler;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::engine::{self, HostResult};
+use crate::engine::{self, HostError, HostResult};
 use crate::model::desired::{DriftMode, Fleet};
 use crate::reconcile;
 use crate::source::ConfigTree;
@@ -404,6 +406,9 @@ impl Loop {
                 .reconciles
                 .entry((r.host.clone(), result))
                 .or_default() += 1;
+            if let Some(k) = r.error_kind {
+                *metrics.host_errors.entry(k.metric_label()).or_default() += 1;
+            }
             let d = metrics.durations.entry(r.host.clone()).or_default();
             d.0 += r.elapsed.as_secs_f64();
             d.1 += 1;
@@ -531,9 +536,10 @@ impl Loop {
                 .collect();
             let waiting = hosts
                 .iter()
-                .filter(|h| h.last_error.as_deref().is_some_and(|e| e.contains(LOCKED)))
+                .filter(|h| h.error_kind == Some(HostError::Locked))
                 .count();
             self.relook = waiting > 0;
+            let ok = cloud_failures.is_empty() && failed.is_empty();
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
                 if !cloud_failures.is_empty() {
@@ -580,7 +586,6 @@ impl Loop {
             let note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
             if let Some(settings) = fleet.settings.forge.clone() {
                 // The apply on main, reported on its commit; a forge outage never blocks.
-                let ok = !summary.contains("failed");
                 let (sha, text, name) = (
                     commit.clone(),
                     format!("```\n{note}```\n"),
@@ -882,31 +887,25 @@ struct Reconciled {
     cloud_failures: Vec<String>,
 }
 
-/// How the engine reports a host locked by another run.
-const LOCKED: &str = "holds this host's lock";
-/// How the engine reports a cloud host without an address.
-const NOT_CREATED: &str = "no address to connect to";
-
 fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -> HostStatus {
     h.last_reconcile = Some(now());
     h.duration_ms = Some(r.elapsed.as_millis() as u64);
-    match (&r.error, &r.plan) {
-        (Some(e), _) if e.contains(LOCKED) => {
+    h.error_kind = r.error_kind;
+    match (&r.error, r.error_kind, &r.plan) {
+        (Some(e), Some(HostError::Locked), _) => {
             // Another run holds the host: not a failure of this commit; look again soon.
             h.state = HostState::Pending;
             h.last_error = Some(e.clone());
             h.last_result = Some("waiting for the host's lock".into());
         }
-        (Some(e), _) if e.starts_with(NOT_CREATED) => {
+        (Some(_), Some(HostError::NotCreated), _) => {
             // A cloud server the cloud stage has not created yet.
             h.state = HostState::Pending;
             h.last_error = None;
             h.last_result = Some("not created yet: no address".into());
         }
-        (Some(e), plan) => {
-            h.state = if plan.is_none()
-                && (e.starts_with("cannot reach") || e.contains("connection lost"))
-            {
+        (Some(e), kind, plan) => {
+            h.state = if plan.is_none() && kind == Some(HostError::Unreachable) {
                 HostState::Unreachable
             } else {
                 HostState::Failed
@@ -921,7 +920,7 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
                 .into(),
             );
         }
-        (None, Some(p)) => {
+        (None, _, Some(p)) => {
             h.last_error = None;
             if applied {
                 h.state = HostState::Synced;
@@ -946,7 +945,7 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
                 h.last_result = Some("no drift".into());
             }
         }
-        (None, None) => {
+        (None, _, None) => {
             if let Some(why) = &r.skipped {
                 // A server that is off or not created yet: not a failure.
                 h.state = HostState::Pending;

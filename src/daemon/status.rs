@@ -52,6 +52,9 @@ pub struct HostStatus {
     #[serde(default)]
     pub drift: Vec<String>,
     pub last_error: Option<String>,
+    /// What kind of error `last_error` is (what the daemon acts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<crate::engine::HostError>,
     pub duration_ms: Option<u64>,
 }
 
@@ -65,6 +68,7 @@ impl HostStatus {
             last_result: None,
             drift: vec![],
             last_error: None,
+            error_kind: None,
             duration_ms: None,
         }
     }
@@ -249,6 +253,8 @@ pub struct Metrics {
     pub status_push_failures: u64,
     /// (job, result) → count.
     pub maintenance_runs: BTreeMap<(String, String), u64>,
+    /// Host errors by kind ([`crate::engine::HostError::metric_label`]).
+    pub host_errors: BTreeMap<&'static str, u64>,
     pub last_sync_unix: Option<i64>,
     pub queue: u64,
     /// Badges served (the status page's images, README badges), by badge.
@@ -266,6 +272,12 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             esc(host),
             esc(result)
         );
+    }
+    if !m.host_errors.is_empty() {
+        s.push_str("# HELP tidekeeper_host_errors_total Host errors by kind.\n# TYPE tidekeeper_host_errors_total counter\n");
+        for (kind, n) in &m.host_errors {
+            let _ = writeln!(s, "tidekeeper_host_errors_total{{kind=\"{kind}\"}} {n}");
+        }
     }
     s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds summary\n");
     for (host, (sum, count)) in &m.durations {

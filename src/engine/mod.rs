@@ -81,6 +81,81 @@ impl Default for Options {
     }
 }
 
+/// Why a host was not planned or not applied: what the daemon acts on (wait,
+/// retry, quarantine) and what metrics count, without reading message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostError {
+    /// No connection (refused, timed out, no route, lost).
+    Unreachable,
+    /// The host key is not pinned or does not match.
+    HostKey,
+    /// The server refused the login, or the key could not be read.
+    Login,
+    /// Another tidekeeper run holds the host's lock.
+    Locked,
+    /// A cloud server not created (or not running) yet: no address.
+    NotCreated,
+    /// A step of the apply failed.
+    StepFailed,
+    /// The lockout guard rolled a risky change back.
+    RolledBack,
+    /// The plan may not be applied as it stands (mass delete, planted symlink, …).
+    Blocked,
+    /// The host uses secrets that cannot be decrypted here.
+    Secrets,
+    /// Observing the host failed (the probe's output, or what it may manage).
+    Probe,
+    /// The cloud stage could not see or make the host's server.
+    Cloud,
+    /// The apply stopped without a report.
+    Interrupted,
+}
+
+impl HostError {
+    /// The label in `tidekeeper_host_errors_total{kind=…}`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            HostError::Unreachable => "unreachable",
+            HostError::HostKey => "host_key",
+            HostError::Login => "login",
+            HostError::Locked => "locked",
+            HostError::NotCreated => "not_created",
+            HostError::StepFailed => "step_failed",
+            HostError::RolledBack => "rolled_back",
+            HostError::Blocked => "blocked",
+            HostError::Secrets => "secrets",
+            HostError::Probe => "probe",
+            HostError::Cloud => "cloud",
+            HostError::Interrupted => "interrupted",
+        }
+    }
+
+    /// Not a failure of the commit: the host is busy or not there yet; look again soon.
+    pub fn is_transient(self) -> bool {
+        matches!(self, HostError::Locked | HostError::NotCreated)
+    }
+}
+
+impl EngineError {
+    pub fn kind(&self) -> HostError {
+        match self {
+            EngineError::NoAddress(_) => HostError::NotCreated,
+            EngineError::Unsupported(_) | EngineError::Probe(_) => HostError::Probe,
+            EngineError::Transport(t) => match t {
+                TransportError::Unreachable { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Lost { .. } => HostError::Unreachable,
+                TransportError::UnknownHostKey { .. } | TransportError::HostKeyMismatch { .. } => {
+                    HostError::HostKey
+                }
+                TransportError::AuthFailed { .. } | TransportError::Key { .. } => HostError::Login,
+                TransportError::Local(_) => HostError::Unreachable,
+            },
+        }
+    }
+}
+
 /// Where one host stands after planning (and applying).
 pub struct HostResult {
     pub host: String,
@@ -96,6 +171,8 @@ pub struct HostResult {
     pub skipped: Option<String>,
     pub plan: Option<HostPlan>,
     pub error: Option<String>,
+    /// What kind of error `error` is.
+    pub error_kind: Option<HostError>,
     pub outcome: Option<Outcome>,
     pub elapsed: Duration,
 }
@@ -111,9 +188,16 @@ impl HostResult {
             skipped: None,
             plan: None,
             error: None,
+            error_kind: None,
             outcome: None,
             elapsed: Duration::ZERO,
         }
+    }
+
+    /// Record a failure of `kind`.
+    pub fn fail(&mut self, kind: HostError, message: impl Into<String>) {
+        self.error = Some(message.into());
+        self.error_kind = Some(kind);
     }
 }
 
@@ -373,14 +457,17 @@ pub async fn plan_all(
                 && matches!(host.trust, Trust::Full)
                 && uses_secrets(host)
             {
-                result.error = Some(format!(
-                    "{} uses secrets, but they cannot be decrypted: no age identity \
-                     (set {} or secrets.identity_file in tidekeeper.yaml)",
-                    host.name, fleet.settings.secrets_identity_env
-                ));
+                result.fail(
+                    HostError::Secrets,
+                    format!(
+                        "{} uses secrets, but they cannot be decrypted: no age identity \
+                         (set {} or secrets.identity_file in tidekeeper.yaml)",
+                        host.name, fleet.settings.secrets_identity_env
+                    ),
+                );
             } else {
                 match connect(&fleet, host, &opts).await {
-                    Err(e) => result.error = Some(e.to_string()),
+                    Err(e) => result.fail(e.kind(), e.to_string()),
                     Ok(c) => {
                         result.learned_host_key = accepted_key(&c, false);
                         result.generated_host_key = accepted_key(&c, true);
@@ -389,7 +476,7 @@ pub async fn plan_all(
                                 result.plan = Some(p);
                                 conn = Some(c);
                             }
-                            Err(e) => result.error = Some(e.to_string()),
+                            Err(e) => result.fail(e.kind(), e.to_string()),
                         }
                     }
                 }
@@ -422,7 +509,10 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
         return p;
     };
     if !plan.blocked.is_empty() {
-        p.result.error = Some(format!("not applied: {}", plan.blocked.join("; ")));
+        p.result.fail(
+            HostError::Blocked,
+            format!("not applied: {}", plan.blocked.join("; ")),
+        );
         return p;
     }
     if !plan.has_changes() {
@@ -446,6 +536,7 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
         }
         Err(e) => {
             p.result.error = Some(format!("apply interrupted: {e}"));
+            p.result.error_kind = Some(HostError::Unreachable);
             Outcome::Interrupted { completed: 0 }
         }
     };
@@ -496,9 +587,10 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
                     g.deadline_secs
                 )
             };
-            p.result.error = Some(format!(
-                "rolled back: access lost after change ({risky}); {why}; {when}"
-            ));
+            p.result.fail(
+                HostError::RolledBack,
+                format!("rolled back: access lost after change ({risky}); {why}; {when}"),
+            );
             outcome = Outcome::Interrupted { completed: 0 };
         }
     }
@@ -521,17 +613,18 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
                 host: p.result.host.clone(),
                 error: e.clone(),
             });
-            p.result.error = Some(e);
+            p.result.fail(HostError::StepFailed, e);
         }
-        Outcome::Locked => p.result.error = Some(
-            "another tidekeeper run holds this host's lock (/var/lib/tidekeeper/lock); not applied"
-                .into(),
+        Outcome::Locked => p.result.fail(
+            HostError::Locked,
+            "another tidekeeper run holds this host's lock (/var/lib/tidekeeper/lock); not applied",
         ),
-        Outcome::Interrupted { completed } if p.result.error.is_none() => {
-            p.result.error = Some(format!(
+        Outcome::Interrupted { completed } if p.result.error.is_none() => p.result.fail(
+            HostError::Interrupted,
+            format!(
                 "the apply stopped without a report after {completed} steps (connection lost or host crashed)"
-            ))
-        }
+            ),
+        ),
         Outcome::Interrupted { .. } => {}
     }
     p.result.outcome = Some(outcome);
