@@ -841,3 +841,40 @@ fn status_branch_and_notes_ref_come_from_tidekeeper_yaml() {
         "nothing on the default branch: {branches}"
     );
 }
+
+#[test]
+fn an_unreachable_host_is_retried_with_backoff_not_quarantined_and_catches_up() {
+    let bed = Testbed::start(2);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &["--poll", "600s", "--drift", "600s", "--no-watch"],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    bed.cut_off(1);
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    let c = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    let h1 = bed.host(1).name.clone();
+    d.wait_for("the reachable host applied", Duration::from_secs(60), |d| {
+        d.status()["hosts"][&h1]["state"] == "unreachable"
+    });
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    let st = d.status();
+    assert!(
+        st["quarantined"].is_null(),
+        "an unreachable host quarantines nothing: {st}"
+    );
+    assert_eq!(st["hosts"][&h1]["error_kind"], "unreachable", "{st}");
+    assert!(
+        d.get("/metrics")
+            .1
+            .contains("tidekeeper_host_errors_total{kind=\"unreachable\"}"),
+    );
+    bed.reconnect(1);
+    // No webhook, a 600 s poll: only the backoff brings the commit to it.
+    d.wait_applied(&c, Duration::from_secs(120));
+    assert_eq!(bed.ssh_ok(1, "cat /etc/tk-daemon"), "two\n");
+}

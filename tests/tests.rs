@@ -5,6 +5,7 @@ mod support;
 mod browser;
 mod cli;
 mod cloud;
+mod controller;
 mod daemon;
 mod dockerfile;
 mod engine;

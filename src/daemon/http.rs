@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/badges/{name}", get(badge))
         .route("/hooks/git", post(webhook))
         .route("/retry", post(retry))
+        .route("/jobs/{name}/run", post(run_job))
         .with_state(shared)
 }
 
@@ -185,6 +186,28 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     s.retry.store(true, Ordering::SeqCst);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
+}
+
+/// Run a maintenance job now (an extra backup before a risky change).
+async fn run_job(
+    State(s): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers, &body) {
+        return r.into_response();
+    }
+    if !s.status.lock().unwrap().schedules.contains_key(&name) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no maintenance job named {name:?}\n"),
+        )
+            .into_response();
+    }
+    s.scheduler
+        .now(super::scheduler::Request::RunJob(name.clone()));
+    (StatusCode::ACCEPTED, format!("running {name}\n")).into_response()
 }
 
 #[cfg(test)]

@@ -1,12 +1,23 @@
-//! `tidekeeper run`: the long-running reconciler. Level-triggered: every
-//! trigger (poll timer, webhook, file watch, drift timer, retry) only says
-//! "look again"; the loop fetches, and acts on what it finds.
+//! `tidekeeper run`: the long-running reconciler, built like a controller.
+//! Triggers (poll timer, webhook, file watch, drift timer, cron, retry,
+//! proposals) only ask the [`scheduler`] for a keyed request ("look at the
+//! head", "check drift", "run job X"); the scheduler de-duplicates them and
+//! the loop takes what is due. Every reconcile is level-triggered: it
+//! compares the whole desired state with what is there, so a missed trigger
+//! is healed by the next. Per-host [`locks`] let a maintenance job run on
+//! one host in the background while commits and drift checks go on with the
+//! others; hosts that are busy or unreachable get the commit on a later pass
+//! (with jittered backoff), not a quarantine.
 //!
+//! - [`scheduler`]: keyed requests on tokio time; backoff with jitter.
+//! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
+//! - `jobs`: maintenance under the daemon; `proposals`: planning PR heads.
 //! - [`mirror`]: the bare mirror; status branch and notes pushed with a lease.
 //! - [`status`]: status, badges, metrics, the status page (pure).
 //! - [`http`]: the HTTP server.
 
 pub mod http;
+mod jobs;
 pub mod locks;
 pub mod mirror;
 mod proposals;
@@ -22,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tracing::{Instrument, error, info, info_span, warn};
+
+use locks::HostLocks;
+use scheduler::{Backoff, Request, Scheduler};
 
 use crate::engine::{self, HostError, HostResult};
 use crate::model::desired::{DriftMode, Fleet};
@@ -65,7 +79,8 @@ type Policies = Arc<Vec<(String, String)>>;
 pub struct Shared {
     pub status: Mutex<FleetStatus>,
     pub metrics: Mutex<Metrics>,
-    pub trigger: Notify,
+    /// Every trigger asks here; the runner takes what is due.
+    pub scheduler: Arc<Scheduler>,
     pub retry: AtomicBool,
     pub ready: AtomicBool,
     pub webhook_secret: Option<Vec<u8>>,
@@ -74,10 +89,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// "Look again."
+    /// "Look again" (a webhook, a file watch, a retry).
     pub fn poke(&self) {
-        self.metrics.lock().unwrap().queue = 1;
-        self.trigger.notify_one();
+        self.scheduler.now(Request::Head);
+        self.metrics.lock().unwrap().queue = self.scheduler.len() as u64;
     }
     pub fn note_stale(&self, key: &'static str, why: String) {
         let mut s = self.stale.lock().unwrap();
@@ -124,9 +139,17 @@ struct Loop {
     last_seen: Option<String>,
     last_fetch: Option<Instant>,
     fetch_failures: u32,
-    shutdown: Arc<AtomicBool>,
-    /// A host was locked by another run: apply the commit again soon.
-    relook: bool,
+    shutdown: Arc<Notify>,
+    /// The commit last applied only in part (hosts busy with a job, locked
+    /// by another run, or unreachable): applied again on the next pass.
+    incomplete: Option<String>,
+    sched: Arc<Scheduler>,
+    backoff: Backoff,
+    locks: Arc<HostLocks>,
+    /// Jobs running in the background, and where they report back.
+    jobs_running: std::collections::BTreeSet<String>,
+    job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
+    job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
     /// Next due time of each maintenance job.
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Proposal ref → the head planned last (kept in the state directory).
@@ -316,13 +339,21 @@ impl Loop {
     ) -> Result<Reconciled, Vec<String>> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
-        let names = self.selected(&fleet);
+        // The hosts free now; those a job (or another reconcile) holds wait
+        // for the next pass, and their status says for what.
+        let who = if apply {
+            format!("commit {}", &commit[..commit.len().min(12)])
+        } else {
+            "a drift check".to_string()
+        };
+        let (held, busy) = self.locks.try_take(&self.selected(&fleet), &who);
+        let names = held.hosts();
         let quiet: engine::Progress = Arc::new(|_| {});
         let clouds = crate::cloud::Clouds::from_env(&fleet);
         let plan = reconcile::plan(
             fleet.clone(),
             names,
-            self.cfg.hosts.is_empty(),
+            self.cfg.hosts.is_empty() && busy.is_empty(),
             opts.clone(),
             &clouds,
             Default::default(),
@@ -415,6 +446,23 @@ impl Loop {
             st.hosts.insert(r.host.clone(), h.clone());
             out.push(h);
         }
+        for (host, holder) in busy {
+            let mut h = st
+                .hosts
+                .get(&host)
+                .cloned()
+                .unwrap_or_else(|| HostStatus::new(&host));
+            if apply {
+                h.state = HostState::Pending;
+                h.error_kind = Some(HostError::Locked);
+                h.last_error = Some(format!("busy: {holder} runs on this host"));
+                h.last_result = Some(format!("waiting for {holder}"));
+            }
+            info!(host = %host, %holder, "host busy; left for the next pass");
+            st.hosts.insert(host.clone(), h.clone());
+            out.push(h);
+        }
+        drop(held);
         // Hosts that left the config leave the status too.
         st.hosts.retain(|name, _| {
             fleet.host(name).is_some()
@@ -530,16 +578,37 @@ impl Loop {
                 Ok(r) => r,
                 Err(denied) => return self.reject(commit, "the policies deny", denied).await,
             };
+            // Hosts that could not be reached fail nothing: the commit is
+            // applied to them on a later pass, with backoff. Other failures
+            // need a human: the commit is quarantined.
             let failed: Vec<&HostStatus> = hosts
                 .iter()
-                .filter(|h| matches!(h.state, HostState::Failed | HostState::Unreachable))
+                .filter(|h| {
+                    matches!(h.state, HostState::Failed | HostState::Unreachable)
+                        && h.error_kind != Some(HostError::Unreachable)
+                })
                 .collect();
+            let unreachable = hosts
+                .iter()
+                .filter(|h| h.error_kind == Some(HostError::Unreachable))
+                .count();
             let waiting = hosts
                 .iter()
-                .filter(|h| h.error_kind == Some(HostError::Locked))
+                .filter(|h| h.error_kind.is_some_and(HostError::is_transient))
                 .count();
-            self.relook = waiting > 0;
             let ok = cloud_failures.is_empty() && failed.is_empty();
+            self.incomplete = (ok && waiting + unreachable > 0).then(|| commit.clone());
+            if self.incomplete.is_some() {
+                let wait = if unreachable > 0 {
+                    self.backoff.failed(&Request::Head, Duration::from_secs(300))
+                } else {
+                    Duration::from_secs(2)
+                };
+                info!(waiting, unreachable, retry_in_ms = wait.as_millis() as u64, "commit applied in part; the rest on a later pass");
+                self.sched.after(Request::Head, wait);
+            } else {
+                self.backoff.succeeded(&Request::Head);
+            }
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
                 if !cloud_failures.is_empty() {
@@ -553,8 +622,17 @@ impl Loop {
                         "{} server change(s) failed; commit quarantined",
                         cloud_failures.len()
                     )
+                } else if failed.is_empty() && unreachable > 0 {
+                    format!(
+                        "{unreachable} host(s) unreachable{}; trying again with backoff",
+                        if waiting > 0 {
+                            format!(", {waiting} busy")
+                        } else {
+                            String::new()
+                        }
+                    )
                 } else if failed.is_empty() && waiting > 0 {
-                    format!("{waiting} host(s) locked by another run; applying again shortly")
+                    format!("{waiting} host(s) busy (a maintenance job or another run); applying to them when they are free")
                 } else if failed.is_empty() {
                     st.applied_commit = Some(commit.clone());
                     st.quarantined = None;
@@ -658,114 +736,6 @@ impl Loop {
         .await
     }
 
-    /// Next due times of every job in the good config.
-    fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
-        let Some((_, fleet, _)) = &self.good else {
-            return;
-        };
-        let mut st = self.shared.status.lock().unwrap();
-        st.schedules
-            .retain(|name, _| fleet.jobs.iter().any(|j| j.name == *name));
-        self.due.clear();
-        for job in &fleet.jobs {
-            let next = crate::maintenance::plan::next(job, after);
-            let entry = st.schedules.entry(job.name.clone()).or_default();
-            entry.next_run = next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            if let Some(t) = next {
-                self.due.insert(job.name.clone(), t);
-            }
-        }
-    }
-
-    /// Run a maintenance job now; record it; note failures on the config commit.
-    async fn run_job(&mut self, name: &str) {
-        let Some((commit, fleet, _)) = self.good.clone() else {
-            return;
-        };
-        let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
-            return;
-        };
-        let span = info_span!("maintenance", job = %name);
-        async {
-            info!("running");
-            let opts = self.options(&fleet);
-            let clouds = crate::cloud::Clouds::from_env(&fleet);
-            let run = crate::maintenance::run::run_job(&fleet, &job, &[], &opts, &clouds).await;
-            let result = if run.not_started.is_some() {
-                "not-started"
-            } else if run.ok {
-                "ok"
-            } else {
-                "failed"
-            };
-            info!(result, "maintenance finished");
-            *self
-                .shared
-                .metrics
-                .lock()
-                .unwrap()
-                .maintenance_runs
-                .entry((name.to_string(), result.to_string()))
-                .or_default() += 1;
-            let failed = !run.ok && run.not_started.is_none();
-            let text = crate::maintenance::render(&run);
-            {
-                let mut st = self.shared.status.lock().unwrap();
-                st.schedules.entry(name.to_string()).or_default().last_run = Some(run);
-            }
-            self.reschedule(chrono::Utc::now());
-            let note = if failed {
-                let prior = self
-                    .blocking({
-                        let c = commit.clone();
-                        move |m| git2::Oid::from_str(&c).ok().and_then(|o| m.note(o))
-                    })
-                    .await
-                    .unwrap_or_default();
-                // Keep the reconcile's part of the note and the latest failure only.
-                let head = prior
-                    .split("\n\nmaintenance job ")
-                    .next()
-                    .unwrap_or("")
-                    .trim_end();
-                Some((
-                    commit.clone(),
-                    format!("{head}\n\nmaintenance job {name} failed:\n{text}"),
-                ))
-            } else {
-                None
-            };
-            self.push_status(note).await;
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// At start-up: runs missed while the daemon was down, within each job's grace.
-    async fn catch_up(&mut self) {
-        let Some((_, fleet, _)) = self.good.clone() else {
-            return;
-        };
-        let now = chrono::Utc::now();
-        for job in &fleet.jobs {
-            let last = self
-                .shared
-                .status
-                .lock()
-                .unwrap()
-                .schedules
-                .get(&job.name)
-                .and_then(|s| s.last_run.as_ref())
-                .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.started).ok())
-                .map(|t| t.with_timezone(&chrono::Utc));
-            let Some(last) = last else { continue };
-            if crate::maintenance::plan::catch_up(job, Some(last), now).is_some() {
-                info!(job = %job.name, "catching up a run missed while tidekeeper was down");
-                self.run_job(&job.name).await;
-            }
-        }
-    }
-
     /// Status and notes go where the followed branch's `status:` says.
     async fn adopt_status_refs(&mut self, fleet: &Fleet) {
         let (branch, notes) = (
@@ -776,6 +746,30 @@ impl Loop {
         if moved {
             info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
             let _ = self.blocking(|m| m.fetch()).await;
+        }
+    }
+
+    /// Fetch; apply the head if it is new, was retried, or was applied only in part.
+    async fn on_head(&mut self) {
+        let head = self.fetch().await;
+        // Back off while the remote is unreachable.
+        let wait = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
+        self.sched
+            .after(Request::Head, wait.min(Duration::from_secs(300)));
+        if head.is_some() && self.unpushed.lock().unwrap().is_some() {
+            self.push_status(None).await;
+        }
+        if !self.cfg.proposals.is_empty() {
+            self.sched.now(Request::Proposals);
+        }
+        let Some(head) = head else { return };
+        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+        let retry = self.shared.retry.load(Ordering::SeqCst);
+        if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
+            self.last_seen = Some(head.clone());
+            self.on_commit(head).await;
+            let next = tokio::time::Instant::now() + self.drift_interval();
+            self.sched.reset(Request::Drift, next);
         }
     }
 
@@ -817,64 +811,42 @@ impl Loop {
             self.shared.status.lock().unwrap().head_commit = Some(head.clone());
             self.last_seen = Some(head.clone());
             self.on_commit(head).await;
-            self.catch_up().await;
+            self.catch_up();
         }
-        let mut next_poll = Instant::now() + self.poll_interval();
-        let mut next_drift = Instant::now() + self.drift_interval();
-        while !self.shutdown.load(Ordering::SeqCst) {
-            if self.relook {
-                next_poll = next_poll.min(Instant::now() + Duration::from_secs(2));
-            }
-            let next_job = self
-                .due
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(n, t)| (n.clone(), *t));
-            let job_wake = next_job.as_ref().map(|(_, t)| {
-                let wait = (*t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
-                Instant::now() + wait
-            });
-            let wake = next_poll
-                .min(next_drift)
-                .min(job_wake.unwrap_or(next_drift));
-            let triggered = tokio::select! {
-                _ = self.shared.trigger.notified() => true,
-                _ = tokio::time::sleep_until(wake.into()) => false,
+        let mut done = self.job_rx.take().expect("run once");
+        self.sched.after(Request::Head, self.poll_interval());
+        self.sched.after(Request::Drift, self.drift_interval());
+        if !self.cfg.proposals.is_empty() {
+            self.sched.now(Request::Proposals);
+        }
+        loop {
+            let req = tokio::select! {
+                biased;
+                _ = self.shutdown.notified() => break,
+                Some(d) = done.recv() => {
+                    self.job_finished(d).await;
+                    continue;
+                }
+                r = self.sched.next() => r,
             };
-            if self.shutdown.load(Ordering::SeqCst) {
-                break;
-            }
-            self.shared.metrics.lock().unwrap().queue = 0;
-            if let Some((name, at)) = &next_job
-                && chrono::Utc::now() >= *at
-            {
-                self.run_job(name).await;
-                continue;
-            }
-            let now_i = Instant::now();
-            let retry = self.shared.retry.load(Ordering::SeqCst);
-            if triggered || now_i >= next_poll || retry {
-                let head = self.fetch().await;
-                // Back off while the remote is unreachable.
-                let backoff = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
-                next_poll = Instant::now() + backoff.min(Duration::from_secs(300));
-                if head.is_some() && self.unpushed.lock().unwrap().is_some() {
-                    self.push_status(None).await;
+            self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
+            match req {
+                Request::Head => self.on_head().await,
+                Request::Proposals => self.plan_proposals().await,
+                Request::Drift => {
+                    self.drift_check().await;
+                    let next = tokio::time::Instant::now() + self.drift_interval();
+                    self.sched.reset(Request::Drift, next);
                 }
-                self.plan_proposals().await;
-                if let Some(head) = head {
-                    self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-                    if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.relook {
-                        self.last_seen = Some(head.clone());
-                        self.on_commit(head).await;
-                        next_drift = Instant::now() + self.drift_interval();
-                        continue;
+                Request::Job(name) => match self.due.get(&name).copied() {
+                    // Due by the wall clock (a reschedule may have moved it since).
+                    Some(t) if chrono::Utc::now() + chrono::Duration::seconds(1) >= t => {
+                        self.start_job(&name)
                     }
-                }
-            }
-            if Instant::now() >= next_drift {
-                self.drift_check().await;
-                next_drift = Instant::now() + self.drift_interval();
+                    Some(t) => self.sched.at(Request::Job(name), jobs::instant_of(t)),
+                    None => {}
+                },
+                Request::RunJob(name) => self.start_job(&name),
             }
         }
         info!("reconcile loop stopped");
@@ -957,8 +929,35 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
     h
 }
 
-/// Run the daemon until SIGTERM or SIGINT.
+/// Run the daemon until SIGTERM or SIGINT: binds `cfg.listen` and installs
+/// the signal handlers, then [`serve`]s.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| DaemonError::Listen {
+            addr: cfg.listen,
+            reason: e.to_string(),
+        })?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let signal = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(listener, signal, cfg, |_| {}).await
+}
+
+/// The daemon on `listener` until `shutdown` completes. The listener and the
+/// shutdown come from the caller (a test binds 127.0.0.1:0 and stops it when
+/// it is done); `started` gets the shared state once it exists.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    cfg: Config,
+    started: impl FnOnce(Arc<Shared>),
+) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| DaemonError::State {
         path: cfg.state_dir.display().to_string(),
         reason: e.to_string(),
@@ -972,6 +971,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         &status_branch,
         cfg.git.clone(),
     )?;
+    let sched = Arc::new(Scheduler::default());
     let shared = Arc::new(Shared {
         status: Mutex::new(FleetStatus {
             repo: cfg.repo.clone(),
@@ -979,19 +979,13 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             ..Default::default()
         }),
         metrics: Mutex::new(Metrics::default()),
-        trigger: Notify::new(),
+        scheduler: sched.clone(),
         retry: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
         api_token: cfg.api_token.clone().map(String::into_bytes),
         stale: Mutex::new(BTreeMap::new()),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| DaemonError::Listen {
-            addr: cfg.listen,
-            reason: e.to_string(),
-        })?;
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
         reason: e.to_string(),
@@ -1006,8 +1000,10 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
+    started(shared.clone());
+    let stop = Arc::new(Notify::new());
     let record = proposals::load_record(&cfg.state_dir);
+    let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
     let lp = Loop {
         cfg,
         shared: shared.clone(),
@@ -1016,24 +1012,26 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
         last_seen: None,
         last_fetch: None,
         fetch_failures: 0,
-        shutdown: shutdown.clone(),
-        relook: false,
+        shutdown: stop.clone(),
+        incomplete: None,
+        sched,
+        backoff: Backoff::default(),
+        locks: Arc::new(HostLocks::default()),
+        jobs_running: Default::default(),
+        job_done,
+        job_rx: Some(job_rx),
         due: BTreeMap::new(),
         proposals: record,
         forge: None,
         unpushed: Mutex::new(None),
     };
     let mut worker = tokio::spawn(lp.run());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
     tokio::select! {
         _ = &mut worker => {}
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = shutdown => {}
     }
     info!("shutting down: finishing the current step on each host");
-    shutdown.store(true, Ordering::SeqCst);
-    shared.trigger.notify_one();
+    stop.notify_one();
     // The loop finishes what it is doing (each host's apply is one script
     // that ends on its own) and pushes status; give it until 9 s.
     if tokio::time::timeout(Duration::from_secs(9), &mut worker)

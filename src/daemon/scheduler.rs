@@ -20,8 +20,10 @@ pub enum Request {
     Drift,
     /// Plan proposals whose heads are new.
     Proposals,
-    /// Run a maintenance job.
+    /// Run a maintenance job at its due time.
     Job(String),
+    /// Run a maintenance job now, whatever its schedule (`POST /jobs/NAME/run`).
+    RunJob(String),
 }
 
 impl Request {
@@ -30,7 +32,7 @@ impl Request {
             Request::Head => "head",
             Request::Drift => "drift",
             Request::Proposals => "proposals",
-            Request::Job(_) => "job",
+            Request::Job(_) | Request::RunJob(_) => "job",
         }
     }
 }

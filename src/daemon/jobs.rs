@@ -1,0 +1,214 @@
+//! Maintenance jobs under the daemon: due times from cron (and catch-up
+//! after downtime) become scheduler requests; each run goes on in its own
+//! task holding the locks of its hosts, so a two-hour backup on one host
+//! never holds up a commit for the others. The run's result comes back to
+//! the loop, which records it.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Loop;
+use super::scheduler::Request;
+use crate::maintenance::run::JobRun;
+use crate::model::desired::{Fleet, Job};
+
+/// A job run that finished (or never started).
+pub struct JobDone {
+    pub name: String,
+    pub commit: String,
+    pub run: JobRun,
+}
+
+/// A wall-clock time as a tokio instant (the scheduler runs on tokio time).
+pub(super) fn instant_of(t: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
+    let wait = (t - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::Instant::now() + wait
+}
+
+impl Loop {
+    /// Next due times of every job in the good config, handed to the scheduler.
+    pub(super) fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
+        let Some((_, fleet, _)) = &self.good else {
+            return;
+        };
+        let mut st = self.shared.status.lock().unwrap();
+        st.schedules
+            .retain(|name, _| fleet.jobs.iter().any(|j| j.name == *name));
+        for name in self.due.keys() {
+            if !fleet.jobs.iter().any(|j| j.name == *name) {
+                self.sched.cancel(&Request::Job(name.clone()));
+            }
+        }
+        self.due.clear();
+        for job in &fleet.jobs {
+            let next = crate::maintenance::plan::next(job, after);
+            let entry = st.schedules.entry(job.name.clone()).or_default();
+            entry.next_run = next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            match next {
+                Some(t) => {
+                    self.due.insert(job.name.clone(), t);
+                    self.sched
+                        .reset(Request::Job(job.name.clone()), instant_of(t));
+                }
+                None => self.sched.cancel(&Request::Job(job.name.clone())),
+            }
+        }
+    }
+
+    /// The job's request came due: start it in the background, unless it
+    /// still runs (then this due time is skipped, as cron would overlap).
+    pub(super) fn start_job(&mut self, name: &str) {
+        let Some((commit, fleet, _)) = self.good.clone() else {
+            return;
+        };
+        let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
+            return;
+        };
+        if !self.jobs_running.insert(name.to_string()) {
+            warn!(job = %name, "still running from its last due time; this one is skipped");
+            self.reschedule(chrono::Utc::now());
+            return;
+        }
+        let only = self.cfg.hosts.clone();
+        let opts = self.options(&fleet);
+        let locks = self.locks.clone();
+        let done = self.job_done.clone();
+        let span = info_span!("maintenance", job = %name);
+        tokio::spawn(
+            async move {
+                let run = run_holding_hosts(fleet, job, only, opts, locks).await;
+                let _ = done.send(JobDone {
+                    name: run.job.clone(),
+                    commit,
+                    run,
+                });
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Record a finished run; note a failure on the config commit.
+    pub(super) async fn job_finished(&mut self, d: JobDone) {
+        let JobDone { name, commit, run } = d;
+        self.jobs_running.remove(&name);
+        let result = if run.not_started.is_some() {
+            "not-started"
+        } else if run.ok {
+            "ok"
+        } else {
+            "failed"
+        };
+        info!(job = %name, result, "maintenance finished");
+        *self
+            .shared
+            .metrics
+            .lock()
+            .unwrap()
+            .maintenance_runs
+            .entry((name.clone(), result.to_string()))
+            .or_default() += 1;
+        let failed = !run.ok && run.not_started.is_none();
+        let text = crate::maintenance::render(&run);
+        {
+            let mut st = self.shared.status.lock().unwrap();
+            st.schedules.entry(name.clone()).or_default().last_run = Some(run);
+        }
+        self.reschedule(chrono::Utc::now());
+        let note = if failed {
+            let prior = self
+                .blocking({
+                    let c = commit.clone();
+                    move |m| git2::Oid::from_str(&c).ok().and_then(|o| m.note(o))
+                })
+                .await
+                .unwrap_or_default();
+            // Keep the reconcile's part of the note and the latest failure only.
+            let head = prior
+                .split("\n\nmaintenance job ")
+                .next()
+                .unwrap_or("")
+                .trim_end();
+            Some((
+                commit.clone(),
+                format!("{head}\n\nmaintenance job {name} failed:\n{text}"),
+            ))
+        } else {
+            None
+        };
+        self.push_status(note).await;
+        // A commit that waited for these hosts goes on now.
+        if self.incomplete.is_some() {
+            self.sched.now(Request::Head);
+        }
+    }
+
+    /// At start-up: runs missed while the daemon was down, within each job's grace.
+    pub(super) fn catch_up(&mut self) {
+        let Some((_, fleet, _)) = self.good.clone() else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        for job in &fleet.jobs {
+            let last = self
+                .shared
+                .status
+                .lock()
+                .unwrap()
+                .schedules
+                .get(&job.name)
+                .and_then(|s| s.last_run.as_ref())
+                .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.started).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            let Some(last) = last else { continue };
+            if crate::maintenance::plan::catch_up(job, Some(last), now).is_some() {
+                info!(job = %job.name, "catching up a run missed while tidekeeper was down");
+                self.sched.now(Request::Job(job.name.clone()));
+            }
+        }
+    }
+}
+
+/// Run `job` on its hosts (those of `only`, when the daemon serves only
+/// some), holding each host's lock for the whole run: commits and drift
+/// checks leave these hosts alone meanwhile and say why.
+async fn run_holding_hosts(
+    fleet: Arc<Fleet>,
+    job: Job,
+    only: Vec<String>,
+    opts: crate::engine::Options,
+    locks: Arc<super::locks::HostLocks>,
+) -> JobRun {
+    let mut hosts: Vec<String> = job
+        .hosts
+        .iter()
+        .filter(|h| only.is_empty() || only.contains(h))
+        .cloned()
+        .collect();
+    hosts.sort(); // one order for everyone: two jobs never wait on each other in a cycle
+    if !only.is_empty() && hosts.is_empty() {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        return JobRun {
+            job: job.name.clone(),
+            kind: job.kind.name().into(),
+            started: now.clone(),
+            finished: now,
+            ok: true,
+            not_started: Some(
+                "not started: none of its hosts is served by this daemon (--host)".into(),
+            ),
+            hosts: vec![],
+        };
+    }
+    let who = format!("maintenance job {}", job.name);
+    let mut held = Vec::new();
+    for h in &hosts {
+        held.push(locks.take(h, &who).await);
+    }
+    info!("running");
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let only = if only.is_empty() { vec![] } else { hosts };
+    let run = crate::maintenance::run::run_job(&fleet, &job, &only, &opts, &clouds).await;
+    drop(held);
+    run
+}

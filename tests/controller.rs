@@ -1,0 +1,237 @@
+//! The daemon as a controller, in-process: `daemon::serve` runs in this
+//! test's runtime with a listener bound here and a shutdown the test
+//! completes, on hosts confined to local directories (no SSH needed).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidekeeper::daemon::scheduler::Request;
+use tidekeeper::daemon::{self, Config, Shared};
+
+use crate::support::{TempDir, git};
+
+struct Running {
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+
+    fn applied(&self) -> Option<String> {
+        self.shared.status.lock().unwrap().applied_commit.clone()
+    }
+
+    fn host(&self, name: &str) -> serde_json::Value {
+        let st = self.shared.status.lock().unwrap();
+        serde_json::to_value(st.hosts.get(name)).unwrap()
+    }
+
+    fn reconciles(&self, host: &str) -> u64 {
+        let m = self.shared.metrics.lock().unwrap();
+        m.reconciles
+            .iter()
+            .filter(|((h, _), _)| h == host)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+/// Start the daemon in this runtime on the repo at `repo`.
+async fn start(repo: &Path, state: &Path) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = Config {
+        repo: repo.display().to_string(),
+        branch: "main".into(),
+        state_dir: state.to_path_buf(),
+        listen: listener.local_addr().unwrap(),
+        // Only the test's own requests wake it.
+        poll: Some(Duration::from_secs(3600)),
+        drift: Some(Duration::from_secs(3600)),
+        webhook_secret: None,
+        api_token: None,
+        ssh_key: None,
+        watch: false,
+        hosts: vec![],
+        git: Default::default(),
+        proposals: vec![],
+        rollback_after: Duration::from_secs(120),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::default();
+    let s2 = slot.clone();
+    let task = tokio::spawn(async move {
+        daemon::serve(
+            listener,
+            async {
+                let _ = rx.await;
+            },
+            cfg,
+            move |s| *s2.lock().unwrap() = Some(s),
+        )
+        .await
+        .unwrap();
+    });
+    let shared = loop {
+        if let Some(s) = slot.lock().unwrap().clone() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    Running {
+        shared,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// Wait (real time) until `ok` holds.
+async fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fleet of two local hosts, `a` and `b`, each confined to its own
+/// directory, with a role writing `/etc/app.conf` and a job `slow` on `a`.
+fn fleet(dir: &Path, job: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let repo = dir.join("fleet");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for d in [&repo, &a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let w = |rel: &str, text: &str| {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("tidekeeper.yaml", "fleet: ctl\n");
+    for (name, root) in [("a", &a), ("b", &b)] {
+        w(
+            &format!("hosts/{name}.yaml"),
+            &format!("provider: local\nroot: {}\nroles: [app]\n", root.display()),
+        );
+    }
+    w("roles/app.yaml", &app("v1"));
+    w(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n  - name: slow\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [a]}}\n    timeout: 1h\n    command:\n      run: \"{job}\"\n"
+        ),
+    );
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit(&repo, "v1");
+    (repo, a, b)
+}
+
+fn app(v: &str) -> String {
+    format!("files:\n  - {{path: /etc/app.conf, content: \"{v}\\n\"}}\n")
+}
+
+fn commit(repo: &Path, msg: &str) -> String {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "--allow-empty", "-m", msg]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn read(root: &Path) -> String {
+    std::fs::read_to_string(root.join("etc/app.conf")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
+    let tmp = TempDir::new("controller-job");
+    let (started, done) = (tmp.path().join("job-started"), tmp.path().join("job-done"));
+    let job = format!(
+        "touch {}; sleep 6; touch {}",
+        started.display(),
+        done.display()
+    );
+    let (repo, a, b) = fleet(tmp.path(), &job);
+    let d = start(&repo, &tmp.path().join("state")).await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+
+    d.shared.scheduler.now(Request::RunJob("slow".into()));
+    until("the job running on a", Duration::from_secs(30), || {
+        started.exists()
+    })
+    .await;
+    std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
+    let c2 = commit(&repo, "v2");
+    d.shared.poke();
+    until("b applied", Duration::from_secs(30), || read(&b) == "v2\n").await;
+    assert!(!done.exists(), "b was applied while the job still ran on a");
+    assert_eq!(read(&a), "v1\n", "a is left to the job");
+    let ha = d.host("a");
+    assert_eq!(ha["state"], "pending", "{ha}");
+    assert_eq!(
+        ha["last_result"], "waiting for maintenance job slow",
+        "{ha}"
+    );
+    assert_ne!(
+        d.applied(),
+        Some(c2.clone()),
+        "not applied to every host yet"
+    );
+
+    until("a applied after the job", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert!(done.exists());
+    assert_eq!(read(&a), "v2\n");
+    let runs = d.shared.status.lock().unwrap().schedules["slow"]
+        .last_run
+        .clone()
+        .unwrap();
+    assert!(runs.ok, "{runs:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_quick_commits_are_one_reconcile_of_the_newest() {
+    let tmp = TempDir::new("controller-quick");
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    let d = start(&repo, &tmp.path().join("state")).await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    assert_eq!(d.reconciles("a"), 1);
+    let mut last = String::new();
+    for i in 2..=6 {
+        std::fs::write(repo.join("roles/app.yaml"), app(&format!("v{i}"))).unwrap();
+        last = commit(&repo, &format!("v{i}"));
+    }
+    for _ in 0..5 {
+        d.shared.poke();
+    }
+    until("the newest applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(last.as_str())
+    })
+    .await;
+    // Anything still queued runs before we look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((read(&a), read(&b)), ("v6\n".into(), "v6\n".into()));
+    assert_eq!(
+        (d.reconciles("a"), d.reconciles("b")),
+        (2, 2),
+        "five pokes are one reconcile, of the newest commit"
+    );
+    d.stop().await;
+}
