@@ -286,6 +286,30 @@ pub enum Command {
         #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
     },
+    /// Stop a running daemon's applies and jobs now (planning and reporting go on).
+    Suspend {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+        /// Why, for the status branch.
+        #[arg(long)]
+        reason: String,
+        /// Who, for the status branch (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
+    /// Undo `tidekeeper suspend`.
+    Resume {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
     /// Encrypt and edit age secrets in a config repo's work tree.
     Secrets {
         #[command(subcommand)]
@@ -394,7 +418,37 @@ pub fn run(cli: Cli) -> ExitCode {
             },
             log_format,
         ),
-        Command::Retry { daemon, api_token } => retry(daemon, api_token.as_deref()),
+        Command::Retry { daemon, api_token } => post_daemon(
+            daemon,
+            "/retry",
+            api_token.as_deref(),
+            "",
+            "The daemon at {addr} will retry its quarantined commit.",
+        ),
+        Command::Suspend {
+            daemon,
+            reason,
+            by,
+            api_token,
+        } => {
+            let by = by
+                .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "an operator".into()));
+            let body = serde_json::json!({ "by": by, "reason": reason }).to_string();
+            post_daemon(
+                daemon,
+                "/suspend",
+                api_token.as_deref(),
+                &body,
+                "The daemon at {addr} is suspended: no applies, no jobs, until `tidekeeper resume`.",
+            )
+        }
+        Command::Resume { daemon, api_token } => post_daemon(
+            daemon,
+            "/resume",
+            api_token.as_deref(),
+            "",
+            "The daemon at {addr} applies and runs jobs again.",
+        ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Policy {
@@ -1144,8 +1198,15 @@ fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
     }
 }
 
-/// POST /retry to a running daemon (plain HTTP/1.1 on loopback).
-fn retry(addr: std::net::SocketAddr, token: Option<&str>) -> u8 {
+/// POST to a running daemon (plain HTTP/1.1 on loopback); `done` is said on
+/// success, with `{addr}` filled in.
+fn post_daemon(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    done: &str,
+) -> u8 {
     use std::io::Read;
     if token.is_some_and(|t| t.contains(['\r', '\n'])) {
         eprintln!("error: TIDEKEEPER_API_TOKEN must be one line");
@@ -1156,20 +1217,29 @@ fn retry(addr: std::net::SocketAddr, token: Option<&str>) -> u8 {
         .unwrap_or_default();
     let result = (|| -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        s.write_all(format!("POST /retry HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())?;
+        s.write_all(format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
     })();
     match result {
         Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
-            println!("The daemon at {addr} will retry its quarantined commit.");
+            println!("{}", done.replace("{addr}", &addr.to_string()));
             EXIT_OK
         }
         Ok(resp) => {
+            let said = resp
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.trim())
+                .unwrap_or("");
             eprintln!(
-                "error: the daemon at {addr} answered: {}",
-                resp.lines().next().unwrap_or("")
+                "error: the daemon at {addr} answered: {}{}",
+                resp.lines().next().unwrap_or(""),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  {said}")
+                }
             );
             EXIT_INVALID
         }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::daemon::Daemon;
-use crate::support::fleet::FleetRepo;
+use crate::support::fleet::{FleetRepo, text};
 use crate::support::git;
 use crate::support::testbed::Testbed;
 
@@ -877,4 +877,103 @@ fn an_unreachable_host_is_retried_with_backoff_not_quarantined_and_catches_up() 
     // No webhook, a 600 s poll: only the backoff brings the commit to it.
     d.wait_applied(&c, Duration::from_secs(120));
     assert_eq!(bed.ssh_ok(1, "cat /etc/tk-daemon"), "two\n");
+}
+
+#[test]
+fn suspend_stops_applies_and_jobs_while_planning_and_resume_goes_on() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let host = bed.host(0).name.clone();
+    repo.write(
+        "schedules.yaml",
+        &format!("jobs:\n  - name: tidy\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [{host}]}}\n    timeout: 1h\n    command:\n      run: touch /etc/tk-tidied\n"),
+    );
+    repo.commit("a job");
+    let token = [("TIDEKEEPER_API_TOKEN", "tok-susp-1")];
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &token,
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let cli = |args: &[&str]| {
+        crate::support::tidekeeper()
+            .args(args)
+            .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+            .env("TIDEKEEPER_API_TOKEN", "tok-susp-1")
+            .output()
+            .unwrap()
+    };
+    // Not without the token.
+    assert_eq!(d.request("POST", "/suspend", &[], b"{}").0, 401);
+    let out = cli(&["suspend", "--reason", "incident 42", "--by", "alice"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(d.status()["suspended"]["by"], "alice");
+    assert_eq!(d.status()["state"], "suspended");
+
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    let c2 = head(&repo);
+    d.wait_noted(&c2, Duration::from_secs(30));
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &c2]);
+    assert!(
+        note.contains("suspended by alice (incident 42): planned, nothing applied"),
+        "{note}"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "one\n",
+        "nothing applied"
+    );
+    let on_branch = git(&repo.path, &["show", "tidekeeper/status:status/fleet.json"]);
+    assert!(
+        on_branch.contains("incident 42"),
+        "recorded with who and why: {on_branch}"
+    );
+    // No job runs either.
+    let (code, _) = d.request(
+        "POST",
+        "/jobs/tidy/run",
+        &[("Authorization", "Bearer tok-susp-1")],
+        b"",
+    );
+    assert_eq!(code, 202);
+    d.wait_for("the job refused", Duration::from_secs(30), |d| {
+        d.status()["schedules"]["tidy"]["last_run"]["not_started"]
+            .as_str()
+            .is_some_and(|s| s.contains("suspended by alice"))
+    });
+    assert!(!bed.ssh(0, "test -e /etc/tk-tidied").status.success());
+
+    let out = cli(&["resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_applied(&c2, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+
+    // Committed, so reviewed: only a commit lifts it.
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\nsuspend: true\n",
+    );
+    repo.write("roles/app.yaml", &role("three"));
+    repo.commit("suspend");
+    let c3 = head(&repo);
+    d.wait_noted(&c3, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    let out = cli(&["resume"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("commit `suspend: false`"),
+        "{}",
+        text(&out)
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\n",
+    );
+    repo.commit("resume");
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    assert!(d.status()["suspended"].is_null());
 }

@@ -27,6 +27,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/hooks/git", post(webhook))
         .route("/retry", post(retry))
         .route("/jobs/{name}/run", post(run_job))
+        .route("/suspend", post(suspend))
+        .route("/resume", post(resume))
         .with_state(shared)
 }
 
@@ -186,6 +188,76 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     s.retry.store(true, Ordering::SeqCst);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
+}
+
+/// Who and why, as `tidekeeper suspend` sends them.
+#[derive(serde::Deserialize, Default)]
+struct Why {
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Stop applies and jobs now (an emergency); planning and reporting go on.
+async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&s, &headers, &body) {
+        return r.into_response();
+    }
+    let why: Why = serde_json::from_slice(&body).unwrap_or_default();
+    let clean = |t: &str, d: &str| {
+        let t: String = t.chars().filter(|c| !c.is_control()).take(200).collect();
+        if t.trim().is_empty() {
+            d.to_string()
+        } else {
+            t
+        }
+    };
+    let by = clean(&why.by, "an operator");
+    let reason = clean(&why.reason, "no reason given");
+    {
+        let mut st = s.status.lock().unwrap();
+        if st.suspended.as_ref().is_some_and(|x| x.source == "config") {
+            return (StatusCode::OK, "already suspended by tidekeeper.yaml\n").into_response();
+        }
+        st.suspended = Some(super::status::Suspension {
+            source: "operator".into(),
+            by: by.clone(),
+            reason: reason.clone(),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+    }
+    tracing::warn!(%by, %reason, "suspended over HTTP: no applies, no jobs until resumed");
+    s.poke();
+    (
+        StatusCode::ACCEPTED,
+        "suspended: applies and jobs stop; planning goes on\n",
+    )
+        .into_response()
+}
+
+/// Undo an operator's suspension (not one committed in tidekeeper.yaml).
+async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&s, &headers, &body) {
+        return r.into_response();
+    }
+    {
+        let mut st = s.status.lock().unwrap();
+        match &st.suspended {
+            Some(x) if x.source == "config" => {
+                return (
+                    StatusCode::CONFLICT,
+                    "suspended by tidekeeper.yaml: commit `suspend: false` to resume\n",
+                )
+                    .into_response();
+            }
+            Some(_) => st.suspended = None,
+            None => return (StatusCode::OK, "not suspended\n").into_response(),
+        }
+    }
+    tracing::warn!("resumed over HTTP");
+    s.poke();
+    (StatusCode::ACCEPTED, "resumed\n").into_response()
 }
 
 /// Run a maintenance job now (an extra backup before a risky change).

@@ -65,6 +65,25 @@ impl Loop {
         let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
             return;
         };
+        if let Some(s) = self.suspension(&commit, &fleet) {
+            info!(job = %name, by = %s.by, "suspended: the job does not run");
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let _ = self.job_done.send(JobDone {
+                name: name.to_string(),
+                commit,
+                run: JobRun {
+                    job: name.to_string(),
+                    kind: job.kind.name().into(),
+                    started: now.clone(),
+                    finished: now,
+                    ok: true,
+                    not_started: Some(format!("not started: suspended by {} ({})", s.by, s.reason)),
+                    hosts: vec![],
+                },
+            });
+            self.jobs_running.insert(name.to_string());
+            return;
+        }
         if !self.jobs_running.insert(name.to_string()) {
             warn!(job = %name, "still running from its last due time; this one is skipped");
             self.reschedule(chrono::Utc::now());

@@ -150,6 +150,8 @@ struct Loop {
     jobs_running: std::collections::BTreeSet<String>,
     job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
     job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
+    /// The suspension the status branch shows (pushed when it changes).
+    reported_suspension: Option<status::Suspension>,
     /// Next due time of each maintenance job.
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Proposal ref → the head planned last (kept in the state directory).
@@ -566,6 +568,9 @@ impl Loop {
                 info!("already applied (per the status branch); not applying again");
                 return;
             }
+            if let Some(s) = self.suspension(&commit, &fleet) {
+                return self.hold(commit, fleet, &policies, s).await;
+            }
             let started = Instant::now();
             info!("applying");
             let Reconciled {
@@ -715,7 +720,7 @@ impl Loop {
                 .as_ref()
                 .is_some_and(|q| q.commit == commit);
             // Correcting drift means applying; never for a quarantined commit.
-            let apply = correct && !quarantined;
+            let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
             let before = self.shared.status.lock().unwrap().files();
             if let Err(denied) = self.reconcile(&commit, fleet, &policies, apply).await {
                 warn!(denials = denied.len(), "the policies deny correcting drift");
@@ -749,6 +754,51 @@ impl Loop {
         }
     }
 
+    /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
+    /// the commit's config, or an operator (POST /suspend). Recorded in the status.
+    fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
+        let mut st = self.shared.status.lock().unwrap();
+        if fleet.settings.suspend {
+            let s = st
+                .suspended
+                .clone()
+                .filter(|s| s.source == "config")
+                .unwrap_or_else(|| status::Suspension {
+                    source: "config".into(),
+                    by: format!("tidekeeper.yaml at {}", &commit[..commit.len().min(12)]),
+                    reason: "suspend: true".into(),
+                    at: now(),
+                });
+            st.suspended = Some(s);
+        } else if st.suspended.as_ref().is_some_and(|s| s.source == "config") {
+            st.suspended = None;
+        }
+        st.suspended.clone()
+    }
+
+    /// A suspended fleet: the commit is planned and reported, nothing applied;
+    /// it is applied on the first pass after resuming.
+    async fn hold(
+        &mut self,
+        commit: String,
+        fleet: Arc<Fleet>,
+        policies: &Policies,
+        s: status::Suspension,
+    ) {
+        info!(by = %s.by, reason = %s.reason, "suspended: planning only");
+        self.incomplete = Some(commit.clone());
+        let hosts = match self.reconcile(&commit, fleet, policies, false).await {
+            Ok(r) => r.hosts,
+            Err(_) => vec![],
+        };
+        let summary = format!(
+            "suspended by {} ({}): planned, nothing applied",
+            s.by, s.reason
+        );
+        let note = status::note(&commit, &summary, &hosts, 0.0);
+        self.push_status(Some((commit, note))).await;
+    }
+
     /// Fetch; apply the head if it is new, was retried, or was applied only in part.
     async fn on_head(&mut self) {
         let head = self.fetch().await;
@@ -765,6 +815,16 @@ impl Loop {
         let Some(head) = head else { return };
         self.shared.status.lock().unwrap().head_commit = Some(head.clone());
         let retry = self.shared.retry.load(Ordering::SeqCst);
+        // While suspended, a held commit is not planned again on every poll.
+        let suspended = self.shared.status.lock().unwrap().suspended.clone();
+        let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
+        if suspended != self.reported_suspension {
+            self.reported_suspension = suspended;
+            self.push_status(None).await;
+        }
+        if held && !retry {
+            return;
+        }
         if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
             self.last_seen = Some(head.clone());
             self.on_commit(head).await;
@@ -807,6 +867,9 @@ impl Loop {
                 st.fleet = p.fleet;
                 st.learned_host_keys = p.learned_host_keys;
                 st.schedules = p.schedules;
+                // An operator's suspension outlives a restart; the config's
+                // is read again from the commit.
+                st.suspended = p.suspended.filter(|s| s.source == "operator");
             }
             self.shared.status.lock().unwrap().head_commit = Some(head.clone());
             self.last_seen = Some(head.clone());
@@ -1014,6 +1077,7 @@ pub async fn serve(
         fetch_failures: 0,
         shutdown: stop.clone(),
         incomplete: None,
+        reported_suspension: None,
         sched,
         backoff: Backoff::default(),
         locks: Arc::new(HostLocks::default()),

@@ -125,6 +125,19 @@ pub struct FleetStatus {
     /// writing it into the branch would make every push a new commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_back: Option<WrittenBack>,
+    /// Applies and jobs are stopped: by `suspend: true` in the config, or
+    /// by an operator over HTTP (kept on the status branch across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Suspension {
+    /// `config` (tidekeeper.yaml) or `operator` (POST /suspend).
+    pub source: String,
+    pub by: String,
+    pub reason: String,
+    pub at: String,
 }
 
 /// What the status branch showed after the last successful push, or as
@@ -156,6 +169,9 @@ impl FleetStatus {
         }
         if !self.stale.is_empty() {
             return ("stale", Color::Grey);
+        }
+        if self.suspended.is_some() {
+            return ("suspended", Color::Grey);
         }
         let worst = self
             .hosts

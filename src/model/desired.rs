@@ -84,6 +84,8 @@ pub struct Settings {
     pub lightsail: Option<Lightsail>,
     pub secrets_identity_env: String,
     pub secrets_identity_file: Option<String>,
+    /// `suspend: true`: plan and report, apply nothing, run no job.
+    pub suspend: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -28,6 +28,8 @@ pub struct FleetFile {
     pub intervals: Intervals,
     #[serde(default)]
     pub secrets: SecretSettings,
+    /// Stop applies and maintenance while still planning and reporting.
+    pub suspend: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -606,6 +606,7 @@ impl<'a> Loader<'a> {
             secrets_identity_env: opt(&f.secrets.identity_env)
                 .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
             secrets_identity_file: opt(&f.secrets.identity_file),
+            suspend: f.suspend.as_ref().is_some_and(|s| s.value),
         }
     }
 
@@ -2207,6 +2208,7 @@ fn default_settings() -> Settings {
         lightsail: None,
         secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
         secrets_identity_file: None,
+        suspend: false,
     }
 }
 
