@@ -440,3 +440,40 @@ pub async fn plan_proposal(
         after_merge: confined.after_merge,
     }
 }
+
+/// What a plan would do, one line per change (`host action kind id`), in a
+/// stable order, and its digest: what a reviewer approved on a pull request
+/// and what the daemon compares when the merge arrives. Timings, addresses
+/// and notes are left out: only what would change counts.
+pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (String, Vec<String>) {
+    use sha2::{Digest, Sha256};
+    let mut lines = Vec::new();
+    if let Some(c) = cloud {
+        for ch in &c.changes {
+            lines.push(format!("{} server {}", ch.host, ch.action.word()));
+        }
+    }
+    for r in results {
+        if let Some(p) = &r.plan {
+            for c in &p.changes {
+                lines.push(format!(
+                    "{} {} {} {}",
+                    r.host,
+                    c.action.symbol(),
+                    c.kind,
+                    c.id
+                ));
+            }
+            for h in &p.handlers {
+                lines.push(format!("{} handler {}", r.host, h.name));
+            }
+        }
+        if r.error.is_some() {
+            lines.push(format!("{} not planned", r.host));
+        }
+    }
+    lines.sort();
+    let digest = Sha256::digest(lines.join("\n").as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    (hex, lines)
+}

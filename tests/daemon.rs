@@ -977,3 +977,111 @@ fn suspend_stops_applies_and_jobs_while_planning_and_resume_goes_on() {
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
     assert!(d.status()["suspended"].is_null());
 }
+
+#[test]
+fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
+    let bed = Testbed::start(1);
+    let two_files = |v: &str| {
+        format!(
+            "{}  - {{path: /etc/tk-other, content: \"other\\n\"}}\n",
+            role(v)
+        )
+    };
+    let repo = FleetRepo::minimal(&bed, &[("app", &two_files("one"))]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\napply:\n  require_reviewed_plan: true\n",
+    );
+    repo.commit("reviewed plans only");
+    let token = [("TIDEKEEPER_API_TOKEN", "tok-rev-1")];
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &token,
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let open = |n: u64, v: &str| {
+        let branch = format!("pr-{n}");
+        git(&repo.path, &["checkout", "-q", "-b", &branch]);
+        repo.write("roles/app.yaml", &two_files(v));
+        repo.commit(&format!("pr {n}"));
+        let sha = head(&repo);
+        git(
+            &repo.path,
+            &["update-ref", &format!("refs/pull/{n}/head"), &sha],
+        );
+        git(&repo.path, &["checkout", "-q", "main"]);
+        // Proposal notes are pushed on their own, not with the status.
+        d.wait_for("the proposal noted", Duration::from_secs(30), |_| {
+            note_of(&repo, &sha).is_some_and(|n| n.contains("Plan digest: `"))
+        });
+        branch
+    };
+    let merge = |branch: &str| {
+        git(
+            &repo.path,
+            &["merge", "-q", "--no-ff", "-m", "merge", branch],
+        );
+        let c = head(&repo);
+        d.request("POST", "/hooks/git", &[], b"{}");
+        c
+    };
+
+    // Reviewed: one file changes. Then a host drifts before the merge.
+    let pr1 = open(1, "two");
+    bed.ssh_ok(0, "echo edited > /etc/tk-other");
+    let m1 = merge(&pr1);
+    d.wait_for("the merge held", Duration::from_secs(30), |d| {
+        d.status()["quarantined"]["commit"].as_str() == Some(m1.as_str())
+    });
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "one\n",
+        "nothing applied"
+    );
+    d.wait_noted(&m1, Duration::from_secs(30));
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &m1]);
+    assert!(
+        note.contains("the plan differs from the one reviewed on refs/pull/1/head")
+            && note.contains("now also:")
+            && note.contains("/etc/tk-other"),
+        "{note}"
+    );
+    // Looked at, accepted: retry applies it as it plans now.
+    let out = crate::support::tidekeeper()
+        .args(["retry", "--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", "tok-rev-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_applied(&m1, Duration::from_secs(30));
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon /etc/tk-other"),
+        "two\nother\n"
+    );
+
+    // Nothing changed since review: applied, and the note says it matched.
+    let pr2 = open(2, "three");
+    let m2 = merge(&pr2);
+    d.wait_applied(&m2, Duration::from_secs(30));
+    d.wait_noted(&m2, Duration::from_secs(30));
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &m2]);
+    assert!(
+        note.contains("the plan is the one reviewed on refs/pull/2/head"),
+        "{note}"
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+}
+
+/// The tidekeeper note on `commit`, if there is one yet.
+fn note_of(repo: &FleetRepo, commit: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["notes", "--ref=tidekeeper", "show", commit])
+        .current_dir(&repo.path)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

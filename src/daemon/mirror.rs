@@ -321,6 +321,13 @@ impl Mirror {
         Ok(out)
     }
 
+    /// The tree of `commit` (a merge whose tree equals a PR head's tree
+    /// applies exactly what was reviewed there).
+    pub fn tree_of(&self, commit: &str) -> Option<String> {
+        let oid = Oid::from_str(commit).ok()?;
+        Some(self.repo.find_commit(oid).ok()?.tree_id().to_string())
+    }
+
     pub fn head(&self) -> Result<Oid, MirrorError> {
         self.repo
             .refname_to_id(&format!("refs/remotes/origin/{}", self.branch))

@@ -338,7 +338,8 @@ impl Loop {
         fleet: Arc<Fleet>,
         policies: &Policies,
         apply: bool,
-    ) -> Result<Reconciled, Vec<String>> {
+        review: Option<&Review>,
+    ) -> Result<Reconciled, Refused> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
         // The hosts free now; those a job (or another reconcile) holds wait
@@ -383,7 +384,51 @@ impl Loop {
                     .collect();
                 why.extend(verdict.errors.iter().map(|e| format!("policy error: {e}")));
                 why.extend(refusals.into_iter().map(|r| format!("refused: {r}")));
-                return Err(why.into_iter().map(|w| fleet.redact(&w)).collect());
+                return Err(Refused::Denied(
+                    why.into_iter().map(|w| fleet.redact(&w)).collect(),
+                ));
+            }
+        }
+        // A merge of a reviewed proposal: is this still the reviewed plan?
+        let mut review_note = None;
+        if apply && let Some(r) = review {
+            let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
+            let seen = &r.reviewed;
+            if digest == seen.digest {
+                review_note = Some(format!(
+                    "the plan is the one reviewed on {} (digest {digest})",
+                    r.proposal
+                ));
+            } else {
+                let mut diff: Vec<String> = lines
+                    .iter()
+                    .filter(|l| !seen.lines.contains(l))
+                    .map(|l| format!("  now also:     {l}"))
+                    .collect();
+                diff.extend(
+                    seen.lines
+                        .iter()
+                        .filter(|l| !lines.contains(l))
+                        .map(|l| format!("  reviewed, no longer: {l}")),
+                );
+                let text = fleet.redact(&format!(
+                    "the plan differs from the one reviewed on {} (reviewed {}, now {digest}; a host drifted or changed since review):\n{}",
+                    r.proposal,
+                    seen.digest,
+                    diff.join("\n")
+                ));
+                if fleet.settings.require_reviewed_plan && !r.accept {
+                    reconcile::finish(plan).await;
+                    return Err(Refused::Held(text));
+                }
+                review_note = Some(format!(
+                    "{text}\n(applied: apply.require_reviewed_plan is {})",
+                    if r.accept {
+                        "overridden by retry"
+                    } else {
+                        "off"
+                    }
+                ));
             }
         }
         let cloud_errors: Vec<String> = plan
@@ -480,7 +525,22 @@ impl Loop {
         Ok(Reconciled {
             hosts: out,
             cloud_failures,
+            review: review_note,
         })
+    }
+
+    /// A merge held because its plan is no longer the reviewed one:
+    /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
+    async fn hold_unreviewed(&mut self, commit: String, why: String) {
+        warn!("{why}; held, nothing applied");
+        self.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+            commit: commit.clone(),
+            reason: format!("held: {}", why.lines().next().unwrap_or("")),
+        });
+        let note = format!(
+            "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
+        );
+        self.push_status(Some((commit, note))).await;
     }
 
     /// A commit that is not applied (invalid config, or denied by the
@@ -573,15 +633,27 @@ impl Loop {
             }
             let started = Instant::now();
             info!("applying");
+            let review = self
+                .reviewed_for(&commit)
+                .await
+                .map(|(proposal, reviewed)| Review {
+                    proposal,
+                    reviewed,
+                    accept: retry,
+                });
             let Reconciled {
                 hosts,
                 cloud_failures,
+                review,
             } = match self
-                .reconcile(&commit, fleet.clone(), &policies, true)
+                .reconcile(&commit, fleet.clone(), &policies, true, review.as_ref())
                 .await
             {
                 Ok(r) => r,
-                Err(denied) => return self.reject(commit, "the policies deny", denied).await,
+                Err(Refused::Denied(denied)) => {
+                    return self.reject(commit, "the policies deny", denied).await;
+                }
+                Err(Refused::Held(why)) => return self.hold_unreviewed(commit, why).await,
             };
             // Hosts that could not be reached fail nothing: the commit is
             // applied to them on a later pass, with backoff. Other failures
@@ -666,7 +738,11 @@ impl Loop {
                     )
                 }
             };
-            let note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
+            let mut note =
+                status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
+            if let Some(r) = &review {
+                note.push_str(&format!("\nreview: {r}\n"));
+            }
             if let Some(settings) = fleet.settings.forge.clone() {
                 // The apply on main, reported on its commit; a forge outage never blocks.
                 let (sha, text, name) = (
@@ -722,7 +798,9 @@ impl Loop {
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
             let before = self.shared.status.lock().unwrap().files();
-            if let Err(denied) = self.reconcile(&commit, fleet, &policies, apply).await {
+            if let Err(Refused::Denied(denied)) =
+                self.reconcile(&commit, fleet, &policies, apply, None).await
+            {
                 warn!(denials = denied.len(), "the policies deny correcting drift");
             }
             let after = self.shared.status.lock().unwrap().files();
@@ -787,7 +865,7 @@ impl Loop {
     ) {
         info!(by = %s.by, reason = %s.reason, "suspended: planning only");
         self.incomplete = Some(commit.clone());
-        let hosts = match self.reconcile(&commit, fleet, policies, false).await {
+        let hosts = match self.reconcile(&commit, fleet, policies, false, None).await {
             Ok(r) => r.hosts,
             Err(_) => vec![],
         };
@@ -920,6 +998,24 @@ impl Loop {
 struct Reconciled {
     hosts: Vec<HostStatus>,
     cloud_failures: Vec<String>,
+    /// How the plan compares with the one reviewed on the merged proposal.
+    review: Option<String>,
+}
+
+/// Why a commit was not applied at all.
+enum Refused {
+    /// The policies deny the plan (or a destroy lacks permission).
+    Denied(Vec<String>),
+    /// `apply.require_reviewed_plan`: the plan is not the one reviewed.
+    Held(String),
+}
+
+/// The reviewed plan of the proposal a merge commit's tree comes from.
+struct Review {
+    proposal: String,
+    reviewed: proposals::Reviewed,
+    /// `tidekeeper retry`: apply it as it is now.
+    accept: bool,
 }
 
 fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -> HostStatus {

@@ -27,9 +27,21 @@ pub struct Report {
     pub time: i64,
 }
 
+/// The plan reviewed on a proposal: what its merge is compared with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reviewed {
+    /// The tree of the planned head.
+    pub tree: String,
+    pub digest: String,
+    /// `host action kind id`, one per change.
+    pub lines: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Seen {
     pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed: Option<Reviewed>,
     /// Still to be sent to the forge (it was down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Report>,
@@ -63,6 +75,7 @@ fn save_record(state_dir: &Path, r: &Record) {
 struct Planned {
     note: String,
     report: Option<Report>,
+    reviewed: Option<Reviewed>,
 }
 
 impl Loop {
@@ -104,6 +117,7 @@ impl Loop {
                     Seen {
                         commit: sha.clone(),
                         report: planned.report,
+                        reviewed: planned.reviewed,
                     },
                 );
                 save_record(&self.cfg.state_dir, &self.proposals);
@@ -185,6 +199,7 @@ impl Loop {
                         errors.join("\n")
                     ),
                     report,
+                    reviewed: None,
                 };
             }
             Ok(x) => x,
@@ -205,6 +220,17 @@ impl Loop {
         let results = reconcile::finish(p.plan).await;
         let refs: Vec<&HostResult> = results.iter().collect();
         info!(denied = verdict.deny.len(), "proposal planned");
+        let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
+        let c = sha.to_string();
+        let tree = self.blocking(move |m| m.tree_of(&c)).await;
+        let reviewed = tree.map(|tree| Reviewed {
+            tree,
+            digest: digest.clone(),
+            lines,
+        });
+        let stamp = format!(
+            "\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n"
+        );
         let md = crate::report::markdown(
             &fleet_name,
             sha,
@@ -219,8 +245,9 @@ impl Loop {
         json["ref"] = name.into();
         json["base"] = base_commit.clone().into();
         json["after_merge"] = serde_json::to_value(&p.after_merge).unwrap_or_default();
+        json["digest"] = digest.clone().into();
         let note = base.redact(&format!(
-            "{md}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
+            "{md}{stamp}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
             serde_json::to_string_pretty(&json).unwrap_or_default()
         ));
         let t = reconcile::totals(cloud.as_ref(), &refs);
@@ -257,20 +284,39 @@ impl Loop {
         let report = with_forge.then(|| Report {
             state: state.into(),
             description: base.redact(&desc),
-            comment: base.redact(&crate::report::markdown(
-                &fleet_name,
-                sha,
-                cloud.as_ref(),
-                &refs,
-                &verdict,
-                &p.after_merge,
-                crate::report::GITHUB_LIMIT,
+            comment: base.redact(&format!(
+                "{}{stamp}",
+                crate::report::markdown(
+                    &fleet_name,
+                    sha,
+                    cloud.as_ref(),
+                    &refs,
+                    &verdict,
+                    &p.after_merge,
+                    crate::report::GITHUB_LIMIT - 200,
+                )
             )),
             context,
             marker,
             time,
         });
-        Planned { note, report }
+        Planned {
+            note,
+            report,
+            reviewed,
+        }
+    }
+
+    /// The proposal whose reviewed plan is of the same tree as `commit`.
+    pub(super) async fn reviewed_for(&self, commit: &str) -> Option<(String, Reviewed)> {
+        let c = commit.to_string();
+        let tree = self.blocking(move |m| m.tree_of(&c)).await?;
+        self.proposals.iter().find_map(|(name, s)| {
+            s.reviewed
+                .as_ref()
+                .filter(|r| r.tree == tree)
+                .map(|r| (name.clone(), r.clone()))
+        })
     }
 
     /// A proposal's config and policies, never decrypted; or its errors.
@@ -310,6 +356,11 @@ mod tests {
                     context: "x".into(),
                     marker: "m".into(),
                     time: 5,
+                }),
+                reviewed: Some(Reviewed {
+                    tree: "t".into(),
+                    digest: "d".into(),
+                    lines: vec!["web + file /etc/a".into()],
                 }),
             },
         );

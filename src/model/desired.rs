@@ -86,6 +86,9 @@ pub struct Settings {
     pub secrets_identity_file: Option<String>,
     /// `suspend: true`: plan and report, apply nothing, run no job.
     pub suspend: bool,
+    /// `apply.require_reviewed_plan`: a merge whose plan differs from the
+    /// plan reviewed on its pull request is held, not applied.
+    pub require_reviewed_plan: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -30,6 +30,15 @@ pub struct FleetFile {
     pub secrets: SecretSettings,
     /// Stop applies and maintenance while still planning and reporting.
     pub suspend: Option<S<bool>>,
+    #[serde(default)]
+    pub apply: ApplySettings,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApplySettings {
+    /// Hold a merge whose plan differs from the plan reviewed on its PR.
+    pub require_reviewed_plan: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

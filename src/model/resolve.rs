@@ -607,6 +607,11 @@ impl<'a> Loader<'a> {
                 .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
             secrets_identity_file: opt(&f.secrets.identity_file),
             suspend: f.suspend.as_ref().is_some_and(|s| s.value),
+            require_reviewed_plan: f
+                .apply
+                .require_reviewed_plan
+                .as_ref()
+                .is_some_and(|s| s.value),
         }
     }
 
@@ -2209,6 +2214,7 @@ fn default_settings() -> Settings {
         secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
         secrets_identity_file: None,
         suspend: false,
+        require_reviewed_plan: false,
     }
 }
 
