@@ -1085,3 +1085,74 @@ fn note_of(repo: &FleetRepo, commit: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[test]
+fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouched() {
+    let bed = Testbed::start(3);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let canary = bed.host(0).name.clone();
+    repo.write(
+        "tidekeeper.yaml",
+        &format!(
+            "fleet: test\ndefaults:\n  parallelism: 8\nrollout:\n  canary: [{canary}]\n  batch: 50%\n  pause: 1s\n  health:\n    - command: \"test ! -e /etc/tk-unhealthy\"\n"
+        ),
+    );
+    repo.commit("rollout");
+    let token = [("TIDEKEEPER_API_TOKEN", "tok-roll-1")];
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &token,
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(60));
+    let r = &d.status()["rollout"];
+    assert_eq!(
+        (r["stages"].as_u64(), r["state"].as_str()),
+        (Some(3), Some("done")),
+        "{r}"
+    );
+
+    bed.ssh_ok(0, "touch /etc/tk-unhealthy");
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    let c = head(&repo);
+    d.wait_for("the rollout stopped", Duration::from_secs(60), |d| {
+        d.status()["quarantined"]["commit"].as_str() == Some(c.as_str())
+    });
+    let st = d.status();
+    assert_eq!(
+        st["rollout"]["state"],
+        format!("stopped: {canary} is unhealthy"),
+        "{st}"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "two\n",
+        "the canary got it"
+    );
+    for i in 1..3 {
+        assert_eq!(
+            bed.ssh_ok(i, "cat /etc/tk-daemon"),
+            "one\n",
+            "host {i} untouched"
+        );
+        let h = &st["hosts"][&bed.host(i).name];
+        assert_eq!(h["state"], "pending", "{h}");
+        assert_eq!(h["error_kind"], "rollout_stopped", "{h}");
+    }
+    assert_eq!(st["hosts"][&canary]["error_kind"], "unhealthy", "{st}");
+    // Fixed, retried: the rest follows, batch by batch.
+    bed.ssh_ok(0, "rm /etc/tk-unhealthy");
+    let out = crate::support::tidekeeper()
+        .args(["retry", "--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", "tok-roll-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_applied(&c, Duration::from_secs(60));
+    for i in 0..3 {
+        assert_eq!(bed.ssh_ok(i, "cat /etc/tk-daemon"), "two\n");
+    }
+    assert_eq!(d.status()["rollout"]["state"], "done");
+}

@@ -21,6 +21,7 @@ mod jobs;
 pub mod locks;
 pub mod mirror;
 mod proposals;
+mod rollout;
 pub mod scheduler;
 pub mod status;
 
@@ -436,7 +437,14 @@ impl Loop {
             .as_ref()
             .map(|c| c.errors.clone())
             .unwrap_or_default();
-        let (results, outcomes) = if apply {
+        let rollout = fleet
+            .settings
+            .rollout
+            .clone()
+            .filter(|_| apply && plan.hosts.len() > 1);
+        let (results, outcomes) = if let Some(r) = rollout {
+            self.roll_out(commit, plan, &r, opts, &clouds).await
+        } else if apply {
             let done = reconcile::apply(plan, opts, &clouds, quiet).await;
             (done.hosts, done.cloud)
         } else {
@@ -743,6 +751,16 @@ impl Loop {
             if let Some(r) = &review {
                 note.push_str(&format!("\nreview: {r}\n"));
             }
+            let rollout = self.shared.status.lock().unwrap().rollout.clone();
+            if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
+                note.push_str(&format!(
+                    "\nrollout: {} stage(s); {} at stage {} ({})\n",
+                    r.stages,
+                    r.state,
+                    r.stage,
+                    r.hosts.join(", ")
+                ));
+            }
             if let Some(settings) = fleet.settings.forge.clone() {
                 // The apply on main, reported on its commit; a forge outage never blocks.
                 let (sha, text, name) = (
@@ -1028,6 +1046,12 @@ fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -
             h.state = HostState::Pending;
             h.last_error = Some(e.clone());
             h.last_result = Some("waiting for the host's lock".into());
+        }
+        (Some(e), Some(HostError::RolloutStopped), _) => {
+            // Left as it was: the rollout stopped before reaching it.
+            h.state = HostState::Pending;
+            h.last_error = Some(e.clone());
+            h.last_result = Some("not applied: the rollout stopped".into());
         }
         (Some(_), Some(HostError::NotCreated), _) => {
             // A cloud server the cloud stage has not created yet.

@@ -129,6 +129,22 @@ pub struct FleetStatus {
     /// by an operator over HTTP (kept on the status branch across restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// The rollout of the last commit applied in stages: in progress, done
+    /// or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    pub commit: String,
+    /// 1-based stage now (or last) applied, of `stages`.
+    pub stage: usize,
+    pub stages: usize,
+    /// The hosts of that stage.
+    pub hosts: Vec<String>,
+    /// `applying`, `pausing`, `done`, or `stopped: <why>`.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -430,6 +446,26 @@ pub fn html(status: &FleetStatus) -> String {
     }
     for w in &status.stale {
         let _ = write!(s, "<p class=\"failed\">Stale: {}</p>", html_escape(w));
+    }
+    if let Some(x) = &status.suspended {
+        let _ = write!(
+            s,
+            "<p class=\"failed\">Suspended by {} since {}: {}. Nothing is applied and no job runs; plans go on.</p>",
+            html_escape(&x.by),
+            html_escape(&x.at),
+            html_escape(&x.reason)
+        );
+    }
+    if let Some(r) = &status.rollout {
+        let _ = write!(
+            s,
+            "<p>Rollout of <code>{}</code>: stage {} of {} ({}): {}</p>",
+            html_escape(&r.commit),
+            r.stage,
+            r.stages,
+            html_escape(&r.hosts.join(", ")),
+            html_escape(&r.state)
+        );
     }
     if !status.monthly_cost.is_empty() {
         let cost: Vec<String> = status

@@ -42,6 +42,32 @@ fn test(c: &HealthCheck) -> (String, String) {
     }
 }
 
+/// Run `checks` on `host` over a new connection; the failures, named.
+pub async fn check_host(
+    fleet: &crate::model::desired::Fleet,
+    host: &crate::model::desired::Host,
+    checks: &[HealthCheck],
+    opts: &super::Options,
+) -> Result<(), String> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let conn = super::connect(fleet, host, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let out = conn
+        .run_script(&health_script(checks), std::time::Duration::from_secs(300))
+        .await
+        .map_err(|e| e.to_string());
+    conn.close().await;
+    let out = out?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(opts.redact(out.stderr_text().trim()))
+    }
+}
+
 /// Health gates as one script: every check must pass; each failure is named
 /// on stderr.
 pub fn health_script(checks: &[HealthCheck]) -> String {

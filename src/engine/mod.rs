@@ -110,6 +110,10 @@ pub enum HostError {
     Cloud,
     /// The apply stopped without a report.
     Interrupted,
+    /// A health gate failed after the apply.
+    Unhealthy,
+    /// Not applied: a rollout stopped at an earlier batch.
+    RolloutStopped,
 }
 
 impl HostError {
@@ -128,6 +132,8 @@ impl HostError {
             HostError::Probe => "probe",
             HostError::Cloud => "cloud",
             HostError::Interrupted => "interrupted",
+            HostError::Unhealthy => "unhealthy",
+            HostError::RolloutStopped => "rollout_stopped",
         }
     }
 

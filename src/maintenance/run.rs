@@ -187,24 +187,7 @@ struct CloudJob<'a> {
 
 /// Health gates on a host, over a new connection.
 async fn health(fleet: &Fleet, job: &Job, host: &Host, opts: &Options) -> Result<(), String> {
-    let gates = gates(job, host);
-    if gates.is_empty() {
-        return Ok(());
-    }
-    let conn = engine::connect(fleet, host, opts)
-        .await
-        .map_err(|e| e.to_string())?;
-    let out = conn
-        .run_script(&health_script(&gates), Duration::from_secs(300))
-        .await
-        .map_err(|e| e.to_string());
-    conn.close().await;
-    let out = out?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(opts.redact(&out.stderr_text()))
-    }
+    crate::engine::health::check_host(fleet, host, &gates(job, host), opts).await
 }
 
 /// One server of a snapshot or power job: done through the provider's API.

@@ -89,6 +89,92 @@ pub struct Settings {
     /// `apply.require_reviewed_plan`: a merge whose plan differs from the
     /// plan reviewed on its pull request is held, not applied.
     pub require_reviewed_plan: bool,
+    /// How the daemon applies a commit across hosts (None: all at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rollout {
+    pub canary: Vec<String>,
+    pub batch: Batch,
+    pub pause_secs: u64,
+    pub health: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Batch {
+    Count(u32),
+    Percent(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("web-{i}")).collect()
+    }
+
+    #[test]
+    fn a_rollout_goes_canaries_first_then_batches_of_a_count_or_a_share() {
+        let r = Rollout {
+            canary: vec!["web-3".into(), "gone".into()],
+            batch: Batch::Count(2),
+            pause_secs: 0,
+            health: vec![],
+        };
+        assert_eq!(
+            r.stages(&names(6)),
+            [
+                vec!["web-3"],
+                vec!["web-1", "web-2"],
+                vec!["web-4", "web-5"],
+                vec!["web-6"]
+            ]
+        );
+        let r = Rollout {
+            canary: vec![],
+            batch: Batch::Percent(25),
+            ..r
+        };
+        let stages = r.stages(&names(10));
+        assert_eq!(
+            stages.iter().map(Vec::len).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
+        assert_eq!(
+            stages.concat(),
+            names(10),
+            "every host once, in fleet order"
+        );
+    }
+}
+
+impl Rollout {
+    /// The hosts in the order they are applied: canaries (each alone), then
+    /// the others in batches. Pure.
+    pub fn stages(&self, hosts: &[String]) -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = self
+            .canary
+            .iter()
+            .filter(|c| hosts.contains(c))
+            .map(|c| vec![c.clone()])
+            .collect();
+        let rest: Vec<String> = hosts
+            .iter()
+            .filter(|h| !self.canary.contains(h))
+            .cloned()
+            .collect();
+        let size = match self.batch {
+            Batch::Count(n) => n as usize,
+            Batch::Percent(p) => (rest.len() * p as usize).div_ceil(100),
+        }
+        .max(1);
+        out.extend(rest.chunks(size).map(|c| c.to_vec()));
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,6 +32,23 @@ pub struct FleetFile {
     pub suspend: Option<S<bool>>,
     #[serde(default)]
     pub apply: ApplySettings,
+    /// Apply commits host by host: canaries, then batches, health-gated.
+    pub rollout: Option<RolloutSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// Hosts applied first, alone.
+    #[serde(default)]
+    pub canary: Vec<S<String>>,
+    /// Hosts at once after the canaries: a count (`2`) or a share (`25%`).
+    pub batch: Option<S<String>>,
+    /// Wait between batches.
+    pub pause: Option<S<String>>,
+    /// Checked on every host of a batch before the next one starts.
+    #[serde(default)]
+    pub health: Vec<HealthSpec>,
 }
 
 #[derive(Debug, Deserialize, Default)]

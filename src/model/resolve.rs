@@ -448,6 +448,18 @@ impl<'a> Loader<'a> {
             .collect();
 
         let settings = settings?;
+        if let (Some(r), Some(f)) = (&settings.rollout, &fleet_file)
+            && let Some(spec) = &f.rollout
+        {
+            for (name, s) in r.canary.iter().zip(&spec.canary) {
+                if !hosts.iter().any(|h| h.name == *name) && !broken_hosts.contains(name) {
+                    self.err(at(FLEET_FILE, s).error(
+                        "unknown-host",
+                        format!("rollout canary {name:?} is not a host of the fleet"),
+                    ));
+                }
+            }
+        }
         let fleet_file = fleet_file?;
         Some(Fleet {
             name: fleet_file.fleet.value,
@@ -461,6 +473,50 @@ impl<'a> Loader<'a> {
             redactions: vec![],
             secret_values: Default::default(),
         })
+    }
+
+    fn rollout(&mut self, file: &str, r: &raw::RolloutSpec) -> super::desired::Rollout {
+        use super::desired::Batch;
+        let batch = match &r.batch {
+            None => Batch::Count(1),
+            Some(b) => {
+                let v = b.value.trim();
+                let parsed = match v.strip_suffix('%') {
+                    Some(p) => p
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|p| (1..=100).contains(p))
+                        .map(Batch::Percent),
+                    None => v.parse::<u32>().ok().filter(|n| *n >= 1).map(Batch::Count),
+                };
+                parsed.unwrap_or_else(|| {
+                    self.err(at(file, b).error(
+                        "invalid-value",
+                        format!("rollout batch {v:?} is not a count (2) or a share (25%)"),
+                    ));
+                    Batch::Count(1)
+                })
+            }
+        };
+        let pause_secs = match &r.pause {
+            None => 0,
+            Some(p) => match check::duration(&p.value) {
+                Ok(d) => d.as_secs(),
+                Err(e) => {
+                    self.err(at(file, p).error("invalid-duration", e));
+                    0
+                }
+            },
+        };
+        let origin = Origin::file(file);
+        let health = self.health_checks(file, &origin, &r.health, None);
+        super::desired::Rollout {
+            canary: r.canary.iter().map(|c| c.value.clone()).collect(),
+            batch,
+            pause_secs,
+            health,
+        }
     }
 
     fn settings(&mut self, f: &raw::FleetFile) -> Settings {
@@ -607,6 +663,7 @@ impl<'a> Loader<'a> {
                 .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
             secrets_identity_file: opt(&f.secrets.identity_file),
             suspend: f.suspend.as_ref().is_some_and(|s| s.value),
+            rollout: f.rollout.as_ref().map(|r| self.rollout(file, r)),
             require_reviewed_plan: f
                 .apply
                 .require_reviewed_plan
@@ -2214,6 +2271,7 @@ fn default_settings() -> Settings {
         secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
         secrets_identity_file: None,
         suspend: false,
+        rollout: None,
         require_reviewed_plan: false,
     }
 }
