@@ -12,18 +12,22 @@
 //! - [`scheduler`]: keyed requests on tokio time; backoff with jitter.
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
 //! - `jobs`: maintenance under the daemon; `proposals`: planning PR heads.
-//! - [`mirror`]: the bare mirror; status branch and notes pushed with a lease.
+//! - `commit`, `drift`, `triggers`, `rollout`: what each request does.
+//! - [`mirror`] (in [`crate::source`]): the bare mirror; status branch and
+//!   notes pushed with a lease.
 //! - [`status`]: status, badges, metrics, the status page (pure).
 //! - [`http`]: the HTTP server.
 
+mod commit;
+mod drift;
 pub mod http;
 mod jobs;
 pub mod locks;
-pub mod mirror;
 mod proposals;
 mod rollout;
 pub mod scheduler;
 pub mod status;
+mod triggers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,17 +37,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use locks::HostLocks;
 use scheduler::{Backoff, Request, Scheduler};
 
-use crate::engine::{self, HostError, HostResult};
-use crate::model::desired::{DriftMode, Fleet};
-use crate::reconcile;
+use crate::engine;
+use crate::model::desired::Fleet;
 use crate::source::ConfigTree;
+pub use crate::source::mirror;
 use mirror::Mirror;
-use status::{FleetStatus, HostState, HostStatus, Invalid, Metrics, Quarantine};
+use status::{FleetStatus, Metrics};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -330,242 +334,6 @@ impl Loop {
         }
     }
 
-    /// Plan (and apply, unless the policies deny the plan) the servers and
-    /// hosts; update host statuses. `Err` carries the policies' denials and
-    /// the cloud plan's refusals (a destroy without permission).
-    async fn reconcile(
-        &mut self,
-        commit: &str,
-        fleet: Arc<Fleet>,
-        policies: &Policies,
-        apply: bool,
-        review: Option<&Review>,
-    ) -> Result<Reconciled, Refused> {
-        let started = Instant::now();
-        let opts = Arc::new(self.options(&fleet));
-        // The hosts free now; those a job (or another reconcile) holds wait
-        // for the next pass, and their status says for what.
-        let who = if apply {
-            format!("commit {}", &commit[..commit.len().min(12)])
-        } else {
-            "a drift check".to_string()
-        };
-        let (held, busy) = self.locks.try_take(&self.selected(&fleet), &who);
-        let names = held.hosts();
-        let quiet: engine::Progress = Arc::new(|_| {});
-        let clouds = crate::cloud::Clouds::from_env(&fleet);
-        let plan = reconcile::plan(
-            fleet.clone(),
-            names,
-            self.cfg.hosts.is_empty() && busy.is_empty(),
-            opts.clone(),
-            &clouds,
-            Default::default(),
-            quiet.clone(),
-        )
-        .await;
-        if let Some(c) = &plan.cloud {
-            self.shared.status.lock().unwrap().monthly_cost = c
-                .cost
-                .iter()
-                .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
-                .collect();
-        }
-        let new_servers = plan.new_servers.clone();
-        if apply && plan.has_changes() {
-            let verdict =
-                crate::policy::judge(&plan.fleet, &plan.results(), plan.cloud.as_ref(), policies);
-            let refusals = plan.refusals();
-            if verdict.blocks() || !refusals.is_empty() {
-                reconcile::finish(plan).await;
-                let mut why: Vec<String> = verdict
-                    .deny
-                    .iter()
-                    .map(|d| format!("policy denies: {d}"))
-                    .collect();
-                why.extend(verdict.errors.iter().map(|e| format!("policy error: {e}")));
-                why.extend(refusals.into_iter().map(|r| format!("refused: {r}")));
-                return Err(Refused::Denied(
-                    why.into_iter().map(|w| fleet.redact(&w)).collect(),
-                ));
-            }
-        }
-        // A merge of a reviewed proposal: is this still the reviewed plan?
-        let mut review_note = None;
-        if apply && let Some(r) = review {
-            let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
-            let seen = &r.reviewed;
-            if digest == seen.digest {
-                review_note = Some(format!(
-                    "the plan is the one reviewed on {} (digest {digest})",
-                    r.proposal
-                ));
-            } else {
-                let mut diff: Vec<String> = lines
-                    .iter()
-                    .filter(|l| !seen.lines.contains(l))
-                    .map(|l| format!("  now also:     {l}"))
-                    .collect();
-                diff.extend(
-                    seen.lines
-                        .iter()
-                        .filter(|l| !lines.contains(l))
-                        .map(|l| format!("  reviewed, no longer: {l}")),
-                );
-                let text = fleet.redact(&format!(
-                    "the plan differs from the one reviewed on {} (reviewed {}, now {digest}; a host drifted or changed since review):\n{}",
-                    r.proposal,
-                    seen.digest,
-                    diff.join("\n")
-                ));
-                if fleet.settings.require_reviewed_plan && !r.accept {
-                    reconcile::finish(plan).await;
-                    return Err(Refused::Held(text));
-                }
-                review_note = Some(format!(
-                    "{text}\n(applied: apply.require_reviewed_plan is {})",
-                    if r.accept {
-                        "overridden by retry"
-                    } else {
-                        "off"
-                    }
-                ));
-            }
-        }
-        let cloud_errors: Vec<String> = plan
-            .cloud
-            .as_ref()
-            .map(|c| c.errors.clone())
-            .unwrap_or_default();
-        let rollout = fleet
-            .settings
-            .rollout
-            .clone()
-            .filter(|_| apply && plan.hosts.len() > 1);
-        let (results, outcomes) = if let Some(r) = rollout {
-            self.roll_out(commit, plan, &r, opts, &clouds).await
-        } else if apply {
-            let done = reconcile::apply(plan, opts, &clouds, quiet).await;
-            (done.hosts, done.cloud)
-        } else {
-            (reconcile::finish(plan).await, vec![])
-        };
-        let mut cloud_failures = cloud_errors;
-        for o in &outcomes {
-            match &o.error {
-                Some(e) => {
-                    warn!(host = %o.host, action = o.action.word(), error = %e, "server change failed");
-                    cloud_failures.push(format!("{} server: {e}", o.host));
-                }
-                None => {
-                    info!(host = %o.host, action = o.action.word(), seconds = o.seconds, "server changed")
-                }
-            }
-        }
-        let mut out = Vec::new();
-        let mut st = self.shared.status.lock().unwrap();
-        let mut metrics = self.shared.metrics.lock().unwrap();
-        for r in &results {
-            if let Some(line) = &r.learned_host_key
-                && !st.learned_host_keys.contains(line)
-            {
-                warn!(host = %r.host, key = %line, "host key accepted on first use; recorded on the status branch");
-                st.learned_host_keys.push(line.clone());
-            }
-            if let Some(line) = &r.generated_host_key {
-                st.generated_host_keys.insert(r.host.clone(), line.clone());
-            }
-            let prev = st
-                .hosts
-                .get(&r.host)
-                .cloned()
-                .unwrap_or_else(|| HostStatus::new(&r.host));
-            let mut h = host_status(prev, r, commit, apply);
-            if !apply && new_servers.contains(&r.host) {
-                h.state = HostState::Pending;
-                h.drift.clear();
-                h.last_result = Some("its server is to be created".into());
-            }
-            info!(host = %r.host, state = h.state.word(), result = h.last_result.as_deref().unwrap_or(""), "host reconciled");
-            let result = h.state.word().to_string();
-            *metrics
-                .reconciles
-                .entry((r.host.clone(), result))
-                .or_default() += 1;
-            if let Some(k) = r.error_kind {
-                *metrics.host_errors.entry(k.metric_label()).or_default() += 1;
-            }
-            let d = metrics.durations.entry(r.host.clone()).or_default();
-            d.0 += r.elapsed.as_secs_f64();
-            d.1 += 1;
-            st.hosts.insert(r.host.clone(), h.clone());
-            out.push(h);
-        }
-        for (host, holder) in busy {
-            let mut h = st
-                .hosts
-                .get(&host)
-                .cloned()
-                .unwrap_or_else(|| HostStatus::new(&host));
-            if apply {
-                h.state = HostState::Pending;
-                h.error_kind = Some(HostError::Locked);
-                h.last_error = Some(format!("busy: {holder} runs on this host"));
-                h.last_result = Some(format!("waiting for {holder}"));
-            }
-            info!(host = %host, %holder, "host busy; left for the next pass");
-            st.hosts.insert(host.clone(), h.clone());
-            out.push(h);
-        }
-        drop(held);
-        // Hosts that left the config leave the status too.
-        st.hosts.retain(|name, _| {
-            fleet.host(name).is_some()
-                && (self.cfg.hosts.is_empty() || self.cfg.hosts.contains(name))
-        });
-        st.generated_host_keys
-            .retain(|name, _| fleet.host(name).is_some());
-        st.last_reconcile = Some(now());
-        info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconcile done"
-        );
-        Ok(Reconciled {
-            hosts: out,
-            cloud_failures,
-            review: review_note,
-        })
-    }
-
-    /// A merge held because its plan is no longer the reviewed one:
-    /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
-    async fn hold_unreviewed(&mut self, commit: String, why: String) {
-        warn!("{why}; held, nothing applied");
-        self.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-            commit: commit.clone(),
-            reason: format!("held: {}", why.lines().next().unwrap_or("")),
-        });
-        let note = format!(
-            "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
-        );
-        self.push_status(Some((commit, note))).await;
-    }
-
-    /// A commit that is not applied (invalid config, or denied by the
-    /// policies): reported in the status and in a note on the commit.
-    async fn reject(&mut self, commit: String, why: &str, errors: Vec<String>) {
-        warn!(errors = errors.len(), "{why} this commit; nothing applied");
-        let note = format!(
-            "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
-            errors.join("\n")
-        );
-        self.shared.status.lock().unwrap().invalid = Some(Invalid {
-            commit: commit.clone(),
-            errors,
-        });
-        self.push_status(Some((commit, note))).await;
-    }
-
     /// The forge client for `settings`.
     fn forge(
         &mut self,
@@ -601,242 +369,6 @@ impl Loop {
         }
     }
 
-    /// A new commit on the branch.
-    async fn on_commit(&mut self, commit: String) {
-        let span = info_span!("commit", commit = %&commit[..12]);
-        async {
-            let retry = self.shared.retry.swap(false, Ordering::SeqCst);
-            {
-                let st = self.shared.status.lock().unwrap();
-                if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
-                    info!(
-                        "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
-                    );
-                    return;
-                }
-            }
-            let (fleet, policies) = match self.load(&commit).await {
-                Err(errors) => return self.reject(commit, "invalid config at", errors).await,
-                Ok((mut f, policies)) => {
-                    self.pin_learned_keys(&mut f);
-                    self.adopt_status_refs(&f).await;
-                    (Arc::new(f), policies)
-                }
-            };
-            let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
-                == Some(commit.as_str());
-            {
-                let mut st = self.shared.status.lock().unwrap();
-                st.invalid = None;
-                st.fleet = fleet.name.clone();
-            }
-            self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
-            self.reschedule(chrono::Utc::now());
-            if already && !retry {
-                info!("already applied (per the status branch); not applying again");
-                return;
-            }
-            if let Some(s) = self.suspension(&commit, &fleet) {
-                return self.hold(commit, fleet, &policies, s).await;
-            }
-            let started = Instant::now();
-            info!("applying");
-            let review = self
-                .reviewed_for(&commit)
-                .await
-                .map(|(proposal, reviewed)| Review {
-                    proposal,
-                    reviewed,
-                    accept: retry,
-                });
-            let Reconciled {
-                hosts,
-                cloud_failures,
-                review,
-            } = match self
-                .reconcile(&commit, fleet.clone(), &policies, true, review.as_ref())
-                .await
-            {
-                Ok(r) => r,
-                Err(Refused::Denied(denied)) => {
-                    return self.reject(commit, "the policies deny", denied).await;
-                }
-                Err(Refused::Held(why)) => return self.hold_unreviewed(commit, why).await,
-            };
-            // Hosts that could not be reached fail nothing: the commit is
-            // applied to them on a later pass, with backoff. Other failures
-            // need a human: the commit is quarantined.
-            let failed: Vec<&HostStatus> = hosts
-                .iter()
-                .filter(|h| {
-                    matches!(h.state, HostState::Failed | HostState::Unreachable)
-                        && h.error_kind != Some(HostError::Unreachable)
-                })
-                .collect();
-            let unreachable = hosts
-                .iter()
-                .filter(|h| h.error_kind == Some(HostError::Unreachable))
-                .count();
-            let waiting = hosts
-                .iter()
-                .filter(|h| h.error_kind.is_some_and(HostError::is_transient))
-                .count();
-            let ok = cloud_failures.is_empty() && failed.is_empty();
-            self.incomplete = (ok && waiting + unreachable > 0).then(|| commit.clone());
-            if self.incomplete.is_some() {
-                let wait = if unreachable > 0 {
-                    self.backoff.failed(&Request::Head, Duration::from_secs(300))
-                } else {
-                    Duration::from_secs(2)
-                };
-                info!(waiting, unreachable, retry_in_ms = wait.as_millis() as u64, "commit applied in part; the rest on a later pass");
-                self.sched.after(Request::Head, wait);
-            } else {
-                self.backoff.succeeded(&Request::Head);
-            }
-            let summary = {
-                let mut st = self.shared.status.lock().unwrap();
-                if !cloud_failures.is_empty() {
-                    let reason = cloud_failures.join("; ");
-                    st.quarantined = Some(Quarantine {
-                        commit: commit.clone(),
-                        reason: format!("apply failed: {reason}"),
-                    });
-                    warn!(%reason, "commit quarantined");
-                    format!(
-                        "{} server change(s) failed; commit quarantined",
-                        cloud_failures.len()
-                    )
-                } else if failed.is_empty() && unreachable > 0 {
-                    format!(
-                        "{unreachable} host(s) unreachable{}; trying again with backoff",
-                        if waiting > 0 {
-                            format!(", {waiting} busy")
-                        } else {
-                            String::new()
-                        }
-                    )
-                } else if failed.is_empty() && waiting > 0 {
-                    format!("{waiting} host(s) busy (a maintenance job or another run); applying to them when they are free")
-                } else if failed.is_empty() {
-                    st.applied_commit = Some(commit.clone());
-                    st.quarantined = None;
-                    format!("applied to {} host(s)", hosts.len())
-                } else {
-                    let reason = failed
-                        .iter()
-                        .map(|h| {
-                            format!(
-                                "{}: {}",
-                                h.host,
-                                h.last_error.as_deref().unwrap_or("failed")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    st.quarantined = Some(Quarantine {
-                        commit: commit.clone(),
-                        reason: format!("apply failed: {reason}"),
-                    });
-                    warn!(%reason, "commit quarantined");
-                    format!(
-                        "apply failed on {} of {} host(s); commit quarantined",
-                        failed.len(),
-                        hosts.len()
-                    )
-                }
-            };
-            let mut note =
-                status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
-            if let Some(r) = &review {
-                note.push_str(&format!("\nreview: {r}\n"));
-            }
-            let rollout = self.shared.status.lock().unwrap().rollout.clone();
-            if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
-                note.push_str(&format!(
-                    "\nrollout: {} stage(s); {} at stage {} ({})\n",
-                    r.stages,
-                    r.state,
-                    r.stage,
-                    r.hosts.join(", ")
-                ));
-            }
-            if let Some(settings) = fleet.settings.forge.clone() {
-                // The apply on main, reported on its commit; a forge outage never blocks.
-                let (sha, text, name) = (
-                    commit.clone(),
-                    format!("```\n{note}```\n"),
-                    fleet.name.clone(),
-                );
-                let forge = self.forge(&settings);
-                let sent =
-                    tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
-                        let forge = forge?;
-                        let state = if ok { "success" } else { "failure" };
-                        if forge.status(
-                            &sha,
-                            &format!("tidekeeper/{name}/apply"),
-                            state,
-                            &summary,
-                        )? {
-                            forge.commit_comment(&sha, &text)?;
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .expect("forge task");
-                if let Err(e) = sent {
-                    warn!(error = %e, "could not report the apply to the forge");
-                    self.shared
-                        .note_stale("forge", format!("forge unreachable: {e}"));
-                }
-            }
-            self.push_status(Some((commit, note))).await;
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// No new commit: look for drift with the last good config.
-    async fn drift_check(&mut self) {
-        let Some((commit, fleet, policies)) = self.good.clone() else {
-            return;
-        };
-        let correct = fleet.settings.drift == DriftMode::Correct;
-        let span = info_span!("drift", commit = %&commit[..12], correct);
-        async {
-            let quarantined = self
-                .shared
-                .status
-                .lock()
-                .unwrap()
-                .quarantined
-                .as_ref()
-                .is_some_and(|q| q.commit == commit);
-            // Correcting drift means applying; never for a quarantined commit.
-            let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
-            let before = self.shared.status.lock().unwrap().files();
-            if let Err(Refused::Denied(denied)) =
-                self.reconcile(&commit, fleet, &policies, apply, None).await
-            {
-                warn!(denials = denied.len(), "the policies deny correcting drift");
-            }
-            let after = self.shared.status.lock().unwrap().files();
-            let changed = before
-                .iter()
-                .filter(|(k, _)| k.starts_with("status/hosts/"))
-                .any(|(k, v)| after.get(k) != Some(v));
-            // Push only when something a reader cares about changed.
-            let state_changed =
-                changed || before.get("badges/fleet.svg") != after.get("badges/fleet.svg");
-            if state_changed {
-                self.push_status(None).await;
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
     /// Status and notes go where the followed branch's `status:` says.
     async fn adopt_status_refs(&mut self, fleet: &Fleet) {
         let (branch, notes) = (
@@ -847,85 +379,6 @@ impl Loop {
         if moved {
             info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
             let _ = self.blocking(|m| m.fetch()).await;
-        }
-    }
-
-    /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
-    /// the commit's config, or an operator (POST /suspend). Recorded in the status.
-    fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
-        let mut st = self.shared.status.lock().unwrap();
-        if fleet.settings.suspend {
-            let s = st
-                .suspended
-                .clone()
-                .filter(|s| s.source == "config")
-                .unwrap_or_else(|| status::Suspension {
-                    source: "config".into(),
-                    by: format!("tidekeeper.yaml at {}", &commit[..commit.len().min(12)]),
-                    reason: "suspend: true".into(),
-                    at: now(),
-                });
-            st.suspended = Some(s);
-        } else if st.suspended.as_ref().is_some_and(|s| s.source == "config") {
-            st.suspended = None;
-        }
-        st.suspended.clone()
-    }
-
-    /// A suspended fleet: the commit is planned and reported, nothing applied;
-    /// it is applied on the first pass after resuming.
-    async fn hold(
-        &mut self,
-        commit: String,
-        fleet: Arc<Fleet>,
-        policies: &Policies,
-        s: status::Suspension,
-    ) {
-        info!(by = %s.by, reason = %s.reason, "suspended: planning only");
-        self.incomplete = Some(commit.clone());
-        let hosts = match self.reconcile(&commit, fleet, policies, false, None).await {
-            Ok(r) => r.hosts,
-            Err(_) => vec![],
-        };
-        let summary = format!(
-            "suspended by {} ({}): planned, nothing applied",
-            s.by, s.reason
-        );
-        let note = status::note(&commit, &summary, &hosts, 0.0);
-        self.push_status(Some((commit, note))).await;
-    }
-
-    /// Fetch; apply the head if it is new, was retried, or was applied only in part.
-    async fn on_head(&mut self) {
-        let head = self.fetch().await;
-        // Back off while the remote is unreachable.
-        let wait = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
-        self.sched
-            .after(Request::Head, wait.min(Duration::from_secs(300)));
-        if head.is_some() && self.unpushed.lock().unwrap().is_some() {
-            self.push_status(None).await;
-        }
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
-        }
-        let Some(head) = head else { return };
-        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-        let retry = self.shared.retry.load(Ordering::SeqCst);
-        // While suspended, a held commit is not planned again on every poll.
-        let suspended = self.shared.status.lock().unwrap().suspended.clone();
-        let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
-        if suspended != self.reported_suspension {
-            self.reported_suspension = suspended;
-            self.push_status(None).await;
-        }
-        if held && !retry {
-            return;
-        }
-        if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
-            self.last_seen = Some(head.clone());
-            self.on_commit(head).await;
-            let next = tokio::time::Instant::now() + self.drift_interval();
-            self.sched.reset(Request::Drift, next);
         }
     }
 
@@ -1012,106 +465,6 @@ impl Loop {
     }
 }
 
-/// What a reconcile did to the hosts, and which server changes failed.
-struct Reconciled {
-    hosts: Vec<HostStatus>,
-    cloud_failures: Vec<String>,
-    /// How the plan compares with the one reviewed on the merged proposal.
-    review: Option<String>,
-}
-
-/// Why a commit was not applied at all.
-enum Refused {
-    /// The policies deny the plan (or a destroy lacks permission).
-    Denied(Vec<String>),
-    /// `apply.require_reviewed_plan`: the plan is not the one reviewed.
-    Held(String),
-}
-
-/// The reviewed plan of the proposal a merge commit's tree comes from.
-struct Review {
-    proposal: String,
-    reviewed: proposals::Reviewed,
-    /// `tidekeeper retry`: apply it as it is now.
-    accept: bool,
-}
-
-fn host_status(mut h: HostStatus, r: &HostResult, commit: &str, applied: bool) -> HostStatus {
-    h.last_reconcile = Some(now());
-    h.duration_ms = Some(r.elapsed.as_millis() as u64);
-    h.error_kind = r.error_kind;
-    match (&r.error, r.error_kind, &r.plan) {
-        (Some(e), Some(HostError::Locked), _) => {
-            // Another run holds the host: not a failure of this commit; look again soon.
-            h.state = HostState::Pending;
-            h.last_error = Some(e.clone());
-            h.last_result = Some("waiting for the host's lock".into());
-        }
-        (Some(e), Some(HostError::RolloutStopped), _) => {
-            // Left as it was: the rollout stopped before reaching it.
-            h.state = HostState::Pending;
-            h.last_error = Some(e.clone());
-            h.last_result = Some("not applied: the rollout stopped".into());
-        }
-        (Some(_), Some(HostError::NotCreated), _) => {
-            // A cloud server the cloud stage has not created yet.
-            h.state = HostState::Pending;
-            h.last_error = None;
-            h.last_result = Some("not created yet: no address".into());
-        }
-        (Some(e), kind, plan) => {
-            h.state = if plan.is_none() && kind == Some(HostError::Unreachable) {
-                HostState::Unreachable
-            } else {
-                HostState::Failed
-            };
-            h.last_error = Some(e.clone());
-            h.last_result = Some(
-                if applied {
-                    "apply failed"
-                } else {
-                    "plan failed"
-                }
-                .into(),
-            );
-        }
-        (None, _, Some(p)) => {
-            h.last_error = None;
-            if applied {
-                h.state = HostState::Synced;
-                h.applied_commit = Some(commit.to_string());
-                h.drift.clear();
-                h.last_result = Some(if p.has_changes() {
-                    format!("{} change(s) applied", p.changes.len() + p.handlers.len())
-                } else {
-                    "no changes".into()
-                });
-            } else if p.has_changes() {
-                h.state = HostState::Drifted;
-                h.drift = p
-                    .changes
-                    .iter()
-                    .map(|c| format!("{} {} {}", c.action.symbol(), c.kind, c.id))
-                    .collect();
-                h.last_result = Some(format!("drift: {} resource(s)", h.drift.len()));
-            } else {
-                h.state = HostState::Synced;
-                h.drift.clear();
-                h.last_result = Some("no drift".into());
-            }
-        }
-        (None, _, None) => {
-            if let Some(why) = &r.skipped {
-                // A server that is off or not created yet: not a failure.
-                h.state = HostState::Pending;
-                h.last_error = None;
-                h.last_result = Some(why.clone());
-            }
-        }
-    }
-    h
-}
-
 /// Run the daemon until SIGTERM or SIGINT: binds `cfg.listen` and installs
 /// the signal handlers, then [`serve`]s.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -1179,7 +532,7 @@ pub async fn serve(
         let _ = axum::serve(listener, app).await;
     });
     let _watcher = if cfg.watch {
-        watch(&cfg.repo, &cfg.branch, shared.clone())
+        triggers::watch(&cfg.repo, &cfg.branch, shared.clone())
     } else {
         None
     };
@@ -1228,45 +581,4 @@ pub async fn serve(
     }
     server.abort();
     Ok(())
-}
-
-/// For a repo on this machine: wake on ref updates of the watched branch
-/// (never on tidekeeper's own status and notes writes).
-fn watch(repo: &str, branch: &str, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
-    if !path.exists() {
-        return None;
-    }
-    let git_dir = if path.join(".git").is_dir() {
-        path.join(".git")
-    } else {
-        path.clone()
-    };
-    let branch_ref = git_dir.join("refs/heads").join(branch);
-    let packed = git_dir.join("packed-refs");
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Only writes count: fetching reads the same ref files, and reacting
-        // to reads would make every fetch trigger the next.
-        if let Ok(ev) = ev
-            && matches!(
-                ev.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(_)
-                    | notify::EventKind::Remove(_)
-            )
-            && !matches!(
-                ev.kind,
-                notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
-            )
-            && ev.paths.iter().any(|p| p == &branch_ref || p == &packed)
-        {
-            shared.poke();
-        }
-    })
-    .ok()?;
-    w.watch(&git_dir.join("refs/heads"), RecursiveMode::Recursive)
-        .ok()?;
-    let _ = w.watch(&git_dir, RecursiveMode::NonRecursive);
-    Some(w)
 }

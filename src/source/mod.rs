@@ -3,6 +3,11 @@
 //! The model never reads a working tree: [`ConfigTree`] holds the files of a
 //! commit's tree in memory (read with git2), so what is validated is exactly
 //! what was committed. Tests build trees directly with [`ConfigTree::insert_file`].
+//!
+//! - [`mirror`]: the daemon's bare mirror of the repo: fetch the branch and
+//!   proposals; push the status branch and notes with a lease.
+
+pub mod mirror;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

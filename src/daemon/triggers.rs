@@ -1,0 +1,92 @@
+//! Triggers: the poll (a `Head` request: fetch, and act on a new head), and
+//! the file watch of a local repo. Webhooks and retries come in over HTTP;
+//! each only asks the scheduler to look again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::scheduler::Request;
+use super::{Loop, Shared};
+
+impl Loop {
+    /// Fetch; apply the head if it is new, was retried, or was applied only in part.
+    pub(super) async fn on_head(&mut self) {
+        let head = self.fetch().await;
+        // Back off while the remote is unreachable.
+        let wait = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
+        self.sched
+            .after(Request::Head, wait.min(Duration::from_secs(300)));
+        if head.is_some() && self.unpushed.lock().unwrap().is_some() {
+            self.push_status(None).await;
+        }
+        if !self.cfg.proposals.is_empty() {
+            self.sched.now(Request::Proposals);
+        }
+        let Some(head) = head else { return };
+        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+        let retry = self.shared.retry.load(Ordering::SeqCst);
+        // While suspended, a held commit is not planned again on every poll.
+        let suspended = self.shared.status.lock().unwrap().suspended.clone();
+        let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
+        if suspended != self.reported_suspension {
+            self.reported_suspension = suspended;
+            self.push_status(None).await;
+        }
+        if held && !retry {
+            return;
+        }
+        if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
+            self.last_seen = Some(head.clone());
+            self.on_commit(head).await;
+            let next = tokio::time::Instant::now() + self.drift_interval();
+            self.sched.reset(Request::Drift, next);
+        }
+    }
+}
+
+/// For a repo on this machine: wake on ref updates of the watched branch
+/// (never on tidekeeper's own status and notes writes).
+pub(super) fn watch(
+    repo: &str,
+    branch: &str,
+    shared: Arc<Shared>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
+    if !path.exists() {
+        return None;
+    }
+    let git_dir = if path.join(".git").is_dir() {
+        path.join(".git")
+    } else {
+        path.clone()
+    };
+    let branch_ref = git_dir.join("refs/heads").join(branch);
+    let packed = git_dir.join("packed-refs");
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Only writes count: fetching reads the same ref files, and reacting
+        // to reads would make every fetch trigger the next.
+        if let Ok(ev) = ev
+            && matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            )
+            && !matches!(
+                ev.kind,
+                notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            )
+            && ev.paths.iter().any(|p| p == &branch_ref || p == &packed)
+        {
+            shared.poke();
+        }
+    })
+    .ok()?;
+    w.watch(&git_dir.join("refs/heads"), RecursiveMode::Recursive)
+        .ok()?;
+    let _ = w.watch(&git_dir, RecursiveMode::NonRecursive);
+    Some(w)
+}
