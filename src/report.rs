@@ -153,18 +153,7 @@ mod tests {
             })
             .collect();
         let mut r = HostResult::new(host, "10.0.0.1");
-        r.plan = Some(HostPlan {
-            host: host.into(),
-            changes,
-            handlers: vec![],
-            daemon_reload: false,
-            warnings: vec![],
-            blocked: vec![],
-            inventory: Default::default(),
-            previous_inventory: Default::default(),
-            settled_handlers: vec![],
-            sysctl_conf: None,
-        });
+        r.plan = Some(HostPlan::new(host, changes));
         r
     }
 

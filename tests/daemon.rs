@@ -17,6 +17,26 @@ fn role(v: &str) -> String {
     ROLE.replace("VERSION", v)
 }
 
+/// A daemon polling every second that takes actions with `token`.
+fn daemon_with_token(repo: &FleetRepo, token: &str) -> Daemon {
+    Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("TIDEKEEPER_API_TOKEN", token)],
+    )
+}
+
+/// `tidekeeper ARGS --daemon <d>` with `token`.
+fn tk_at(d: &Daemon, token: &str, args: &[&str]) -> std::process::Output {
+    crate::support::tidekeeper()
+        .args(args)
+        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn commits_are_applied_and_reported_back_invalid_ones_are_not() {
     let bed = Testbed::start(2);
@@ -889,22 +909,9 @@ fn suspend_stops_applies_and_jobs_while_planning_and_resume_goes_on() {
         &format!("jobs:\n  - name: tidy\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [{host}]}}\n    timeout: 1h\n    command:\n      run: touch /etc/tk-tidied\n"),
     );
     repo.commit("a job");
-    let token = [("TIDEKEEPER_API_TOKEN", "tok-susp-1")];
-    let d = Daemon::start_env(
-        &repo.path,
-        &repo.key,
-        &["--poll", "1s", "--drift", "600s"],
-        &token,
-    );
+    let d = daemon_with_token(&repo, "tok-susp-1");
     d.wait_applied(&head(&repo), Duration::from_secs(30));
-    let cli = |args: &[&str]| {
-        crate::support::tidekeeper()
-            .args(args)
-            .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
-            .env("TIDEKEEPER_API_TOKEN", "tok-susp-1")
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| tk_at(&d, "tok-susp-1", args);
     // Not without the token.
     assert_eq!(d.request("POST", "/suspend", &[], b"{}").0, 401);
     let out = cli(&["suspend", "--reason", "incident 42", "--by", "alice"]);
@@ -993,13 +1000,7 @@ fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
         "fleet: test\ndefaults:\n  parallelism: 8\napply:\n  require_reviewed_plan: true\n",
     );
     repo.commit("reviewed plans only");
-    let token = [("TIDEKEEPER_API_TOKEN", "tok-rev-1")];
-    let d = Daemon::start_env(
-        &repo.path,
-        &repo.key,
-        &["--poll", "1s", "--drift", "600s"],
-        &token,
-    );
+    let d = daemon_with_token(&repo, "tok-rev-1");
     d.wait_applied(&head(&repo), Duration::from_secs(30));
     let open = |n: u64, v: &str| {
         let branch = format!("pr-{n}");
@@ -1049,11 +1050,7 @@ fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
         "{note}"
     );
     // Looked at, accepted: retry applies it as it plans now.
-    let out = crate::support::tidekeeper()
-        .args(["retry", "--daemon", &format!("127.0.0.1:{}", d.port)])
-        .env("TIDEKEEPER_API_TOKEN", "tok-rev-1")
-        .output()
-        .unwrap();
+    let out = tk_at(&d, "tok-rev-1", &["retry"]);
     assert!(out.status.success(), "{}", text(&out));
     d.wait_applied(&m1, Duration::from_secs(30));
     assert_eq!(
@@ -1098,13 +1095,7 @@ fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouched() 
         ),
     );
     repo.commit("rollout");
-    let token = [("TIDEKEEPER_API_TOKEN", "tok-roll-1")];
-    let d = Daemon::start_env(
-        &repo.path,
-        &repo.key,
-        &["--poll", "1s", "--drift", "600s"],
-        &token,
-    );
+    let d = daemon_with_token(&repo, "tok-roll-1");
     d.wait_applied(&head(&repo), Duration::from_secs(60));
     let r = &d.status()["rollout"];
     assert_eq!(
@@ -1144,11 +1135,7 @@ fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouched() 
     assert_eq!(st["hosts"][&canary]["error_kind"], "unhealthy", "{st}");
     // Fixed, retried: the rest follows, batch by batch.
     bed.ssh_ok(0, "rm /etc/tk-unhealthy");
-    let out = crate::support::tidekeeper()
-        .args(["retry", "--daemon", &format!("127.0.0.1:{}", d.port)])
-        .env("TIDEKEEPER_API_TOKEN", "tok-roll-1")
-        .output()
-        .unwrap();
+    let out = tk_at(&d, "tok-roll-1", &["retry"]);
     assert!(out.status.success(), "{}", text(&out));
     d.wait_applied(&c, Duration::from_secs(60));
     for i in 0..3 {

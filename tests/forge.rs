@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::support::cloud::CloudFleet;
-use crate::support::daemon::Daemon;
+use crate::support::daemon::{Daemon, free_port};
 use crate::support::fleet::FleetRepo;
 use crate::support::git;
 use crate::support::testbed::Testbed;
@@ -325,14 +325,6 @@ pub(crate) fn open_pr(repo: &FleetRepo, n: u64, change: impl FnOnce(&FleetRepo))
     );
     git(&repo.path, &["checkout", "-q", "main"]);
     head
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -13,21 +13,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, Uri};
 
 use crate::forge::{fake_github, open_pr};
-use crate::support::daemon::Daemon;
+use crate::support::daemon::{Daemon, free_port};
 use crate::support::fleet::{FleetRepo, age_identity, text};
 use crate::support::testbed::Testbed;
 use crate::support::{TempDir, git};
 
 /// Everything that reached the attacker's server: method, path, headers, body.
 type Seen = Arc<Mutex<Vec<String>>>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server a PR author controls: records every request, answers `{}`.
 fn attacker() -> (u16, Seen) {

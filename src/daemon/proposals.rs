@@ -231,15 +231,18 @@ impl Loop {
         let stamp = format!(
             "\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n"
         );
-        let md = crate::report::markdown(
-            &fleet_name,
-            sha,
-            cloud.as_ref(),
-            &refs,
-            &verdict,
-            &p.after_merge,
-            usize::MAX,
-        );
+        let render = |limit| {
+            crate::report::markdown(
+                &fleet_name,
+                sha,
+                cloud.as_ref(),
+                &refs,
+                &verdict,
+                &p.after_merge,
+                limit,
+            )
+        };
+        let md = render(usize::MAX);
         let mut json = reconcile::json(cloud.as_ref(), &refs);
         json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
         json["ref"] = name.into();
@@ -286,15 +289,7 @@ impl Loop {
             description: base.redact(&desc),
             comment: base.redact(&format!(
                 "{}{stamp}",
-                crate::report::markdown(
-                    &fleet_name,
-                    sha,
-                    cloud.as_ref(),
-                    &refs,
-                    &verdict,
-                    &p.after_merge,
-                    crate::report::GITHUB_LIMIT - 200,
-                )
+                render(crate::report::GITHUB_LIMIT - 200)
             )),
             context,
             marker,

@@ -251,18 +251,7 @@ mod tests {
     }
 
     fn plan(changes: Vec<Change>) -> HostPlan {
-        HostPlan {
-            host: "h".into(),
-            changes,
-            handlers: vec![],
-            daemon_reload: false,
-            warnings: vec![],
-            blocked: vec![],
-            inventory: Default::default(),
-            previous_inventory: Default::default(),
-            settled_handlers: vec![],
-            sysctl_conf: None,
-        }
+        HostPlan::new("h", changes)
     }
 
     #[test]

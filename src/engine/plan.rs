@@ -98,6 +98,22 @@ pub struct HostPlan {
 }
 
 impl HostPlan {
+    /// A plan of just `changes` (no handlers, inventory or warnings).
+    pub fn new(host: &str, changes: Vec<Change>) -> HostPlan {
+        HostPlan {
+            host: host.to_string(),
+            changes,
+            handlers: vec![],
+            daemon_reload: false,
+            warnings: vec![],
+            blocked: vec![],
+            inventory: Default::default(),
+            previous_inventory: Default::default(),
+            settled_handlers: vec![],
+            sysctl_conf: None,
+        }
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.changes.is_empty() || !self.handlers.is_empty()
     }
