@@ -77,7 +77,7 @@ pub fn render(run: &run::JobRun) -> String {
             s,
             "  {:<16} {:<8} {:>6.1}s",
             h.host,
-            h.result,
+            h.result.word(),
             h.duration_ms as f64 / 1000.0
         );
         if h.rebooted {
@@ -87,7 +87,7 @@ pub fn render(run: &run::JobRun) -> String {
             let _ = write!(s, "  {e}");
         }
         s.push('\n');
-        if h.result == "failed" {
+        if h.result == run::HostRunResult::Failed {
             for l in &h.log_tail {
                 let _ = writeln!(s, "      | {l}");
             }

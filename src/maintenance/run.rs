@@ -12,11 +12,30 @@ use crate::engine::{self, Options};
 use crate::model::desired::{Fleet, Host, Job, JobKind};
 use crate::transport::Connection;
 
+/// How a job went on one host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRunResult {
+    Ok,
+    Failed,
+    /// Not run there: an earlier host failed, or the window was closing.
+    Skipped,
+}
+
+impl HostRunResult {
+    pub fn word(self) -> &'static str {
+        match self {
+            HostRunResult::Ok => "ok",
+            HostRunResult::Failed => "failed",
+            HostRunResult::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostRun {
     pub host: String,
-    /// `ok`, `failed`, `skipped`.
-    pub result: String,
+    pub result: HostRunResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default)]
@@ -45,7 +64,7 @@ impl HostRun {
     fn failed(host: &str) -> HostRun {
         HostRun {
             host: host.to_string(),
-            result: "failed".into(),
+            result: HostRunResult::Failed,
             error: None,
             rebooted: false,
             duration_ms: 0,
@@ -55,7 +74,7 @@ impl HostRun {
 
     fn finish(mut self, result: Result<(), String>, start: Instant, opts: &Options) -> HostRun {
         match result {
-            Ok(()) => self.result = "ok".into(),
+            Ok(()) => self.result = HostRunResult::Ok,
             Err(e) => self.error = Some(opts.redact(&e)),
         }
         self.duration_ms = start.elapsed().as_millis() as u64;
@@ -372,7 +391,7 @@ pub async fn run_job(
             for h in chunk {
                 run.hosts.push(HostRun {
                     host: h.clone(),
-                    result: "skipped".into(),
+                    result: HostRunResult::Skipped,
                     error: Some(why.clone()),
                     rebooted: false,
                     duration_ms: 0,
@@ -402,7 +421,7 @@ pub async fn run_job(
             }
         };
         for r in results {
-            if r.result != "ok" && job.stop_on_failure && stop.is_none() {
+            if r.result != HostRunResult::Ok && job.stop_on_failure && stop.is_none() {
                 stop = Some(format!(
                     "not run: {} failed and the job stops on failure",
                     r.host
@@ -411,7 +430,7 @@ pub async fn run_job(
             run.hosts.push(r);
         }
     }
-    run.ok = run.hosts.iter().all(|h| h.result == "ok");
+    run.ok = run.hosts.iter().all(|h| h.result == HostRunResult::Ok);
     run.finished = now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     run
 }
