@@ -37,19 +37,20 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
         {
             f.content.sensitive = true;
         }
+        if let Item::File(f) = &*i
+            && f.content.sensitive
+            && is_placeholder(&f.content.bytes)
+        {
+            un.secrets.push(f.path.clone());
+            continue;
+        }
         let allowed = match &*i {
-            Item::File(f) if f.content.sensitive && is_placeholder(&f.content.bytes) => {
-                un.secrets.push(f.path.clone());
-                false
-            }
             Item::Sysctl { key, .. } => c.sysctl.contains(key),
             Item::Stack { name, .. } => c.stacks.contains(name),
             other => other.path().is_none_or(|p| c.paths.contains(p)),
         };
         if !allowed {
-            if !matches!(i, Item::File(f) if un.secrets.last() == Some(&f.path)) {
-                un.ids.push(i.id().to_string());
-            }
+            un.ids.push(i.id().to_string());
             continue;
         }
         if let Item::Command(cmd) = i {
