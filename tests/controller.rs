@@ -13,6 +13,7 @@ use crate::support::{TempDir, git};
 
 struct Running {
     shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,7 +45,46 @@ impl Running {
 
 /// Start the daemon in this runtime on the repo at `repo`.
 async fn start(repo: &Path, state: &Path) -> Running {
+    start_with(repo, state, None).await
+}
+
+/// POST `body` to the daemon at `addr`; the status code and the body.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        text.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+async fn start_with(repo: &Path, state: &Path, api_token: Option<&str>) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let cfg = Config {
         repo: repo.display().to_string(),
         branch: "main".into(),
@@ -54,7 +94,7 @@ async fn start(repo: &Path, state: &Path) -> Running {
         poll: Some(Duration::from_secs(3600)),
         drift: Some(Duration::from_secs(3600)),
         webhook_secret: None,
-        api_token: None,
+        api_token: api_token.map(String::from),
         ssh_key: None,
         watch: false,
         hosts: vec![],
@@ -85,6 +125,7 @@ async fn start(repo: &Path, state: &Path) -> Running {
     };
     Running {
         shared,
+        addr,
         stop: Some(tx),
         task,
     }
@@ -232,6 +273,79 @@ async fn five_quick_commits_are_one_reconcile_of_the_newest() {
         (d.reconciles("a"), d.reconciles("b")),
         (2, 2),
         "five pokes are one reconcile, of the newest commit"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_is_cleaned() {
+    let tmp = TempDir::new("controller-http");
+    let (started, _) = (tmp.path().join("job-started"), ());
+    let (repo, _, _) = fleet(tmp.path(), &format!("touch {}", started.display()));
+    let d = start_with(&repo, &tmp.path().join("state"), Some("tok-http-1")).await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    until("the timers queued", Duration::from_secs(30), || {
+        d.shared.scheduler.len() == 3
+    })
+    .await;
+    // Without the token: refused, nothing changes.
+    for path in ["/suspend", "/resume", "/retry", "/jobs/slow/run"] {
+        let (code, _) = post(d.addr, path, None, b"{}").await;
+        assert_eq!(code, 401, "{path}");
+        let (code, _) = post(d.addr, path, Some("tok-http-2"), b"{}").await;
+        assert_eq!(code, 401, "{path} with a wrong token");
+    }
+    assert!(d.shared.status.lock().unwrap().suspended.is_none());
+    assert!(!started.exists(), "no job ran");
+    // A job name that is not a job: nothing is scheduled.
+    let (code, _) = post(d.addr, "/jobs/..%2F..%2Fetc/run", Some("tok-http-1"), b"").await;
+    assert_eq!(code, 404);
+    assert!(
+        d.shared
+            .scheduler
+            .when(&Request::RunJob("../../etc".into()))
+            .is_none()
+    );
+    assert_eq!(
+        d.shared.scheduler.len(),
+        3,
+        "only the poll, the drift timer and the job's cron are queued"
+    );
+    // An operator's words are kept without control characters, at most 200 characters.
+    let body = serde_json::json!({
+        "by": "eve\n\u{1b}[31mroot",
+        "reason": "x".repeat(5000),
+    });
+    let (code, _) = post(
+        d.addr,
+        "/suspend",
+        Some("tok-http-1"),
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 202);
+    let s = d.shared.status.lock().unwrap().suspended.clone().unwrap();
+    assert_eq!(s.by, "eve[31mroot");
+    assert_eq!(s.reason.len(), 200);
+    // Garbage instead of JSON still suspends (an emergency), with defaults.
+    let (code, _) = post(d.addr, "/resume", Some("tok-http-1"), b"").await;
+    assert_eq!(code, 202);
+    let (code, _) = post(d.addr, "/suspend", Some("tok-http-1"), b"\xff\x00not json").await;
+    assert_eq!(code, 202);
+    assert_eq!(
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .suspended
+            .clone()
+            .unwrap()
+            .reason,
+        "no reason given"
     );
     d.stop().await;
 }
