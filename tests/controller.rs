@@ -45,7 +45,7 @@ impl Running {
 
 /// Start the daemon in this runtime on the repo at `repo`.
 async fn start(repo: &Path, state: &Path) -> Running {
-    start_with(repo, state, None).await
+    start_with(repo, state, None, None).await
 }
 
 /// POST `body` to the daemon at `addr`; the status code and the body.
@@ -55,11 +55,21 @@ async fn post(
     auth: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = auth
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    post_raw(addr, path, &auth, body).await
+}
+
+/// POST with `auth` headers (each ending in CRLF) as given.
+async fn post_raw(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -82,7 +92,12 @@ async fn post(
     )
 }
 
-async fn start_with(repo: &Path, state: &Path, api_token: Option<&str>) -> Running {
+async fn start_with(
+    repo: &Path,
+    state: &Path,
+    api_token: Option<&str>,
+    webhook_secret: Option<&str>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = Config {
@@ -93,7 +108,7 @@ async fn start_with(repo: &Path, state: &Path, api_token: Option<&str>) -> Runni
         // Only the test's own requests wake it.
         poll: Some(Duration::from_secs(3600)),
         drift: Some(Duration::from_secs(3600)),
-        webhook_secret: None,
+        webhook_secret: webhook_secret.map(String::from),
         api_token: api_token.map(String::from),
         ssh_key: None,
         watch: false,
@@ -214,7 +229,11 @@ async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
     std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
     let c2 = commit(&repo, "v2");
     d.shared.poke();
-    until("b applied", Duration::from_secs(30), || read(&b) == "v2\n").await;
+    // The reconcile of the new commit is done when b has it and a says it waits.
+    until("b applied and a waiting", Duration::from_secs(30), || {
+        read(&b) == "v2\n" && d.host("a")["last_result"] == "waiting for maintenance job slow"
+    })
+    .await;
     assert!(!done.exists(), "b was applied while the job still ran on a");
     assert_eq!(read(&a), "v1\n", "a is left to the job");
     let ha = d.host("a");
@@ -282,7 +301,13 @@ async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_
     let tmp = TempDir::new("controller-http");
     let (started, _) = (tmp.path().join("job-started"), ());
     let (repo, _, _) = fleet(tmp.path(), &format!("touch {}", started.display()));
-    let d = start_with(&repo, &tmp.path().join("state"), Some("tok-http-1")).await;
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Some("tok-http-1"),
+        Some("hook-secret-1"),
+    )
+    .await;
     let c1 = git(&repo, &["rev-parse", "HEAD"]);
     until("the first commit applied", Duration::from_secs(30), || {
         d.applied().as_deref() == Some(c1.as_str())
@@ -298,6 +323,17 @@ async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_
         assert_eq!(code, 401, "{path}");
         let (code, _) = post(d.addr, path, Some("tok-http-2"), b"{}").await;
         assert_eq!(code, 401, "{path} with a wrong token");
+    }
+    // A body signed with the webhook secret (say, a push delivery someone
+    // saw in the forge's log) is not an operator: it cannot suspend or run jobs.
+    let delivery = br#"{"ref":"refs/heads/main"}"#;
+    let signed = format!(
+        "X-Hub-Signature-256: sha256={}\r\n",
+        sign("hook-secret-1", delivery)
+    );
+    for path in ["/suspend", "/resume", "/jobs/slow/run"] {
+        let (code, _) = post_raw(d.addr, path, &signed, delivery).await;
+        assert_eq!(code, 401, "{path} with a replayed signed body");
     }
     assert!(d.shared.status.lock().unwrap().suspended.is_none());
     assert!(!started.exists(), "no job ran");
@@ -347,5 +383,20 @@ async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_
             .reason,
         "no reason given"
     );
+    // The delivery that could act on nothing above is a good webhook.
+    let (code, _) = post_raw(d.addr, "/hooks/git", &signed, delivery).await;
+    assert_eq!(code, 202);
     d.stop().await;
+}
+
+/// GitHub's `X-Hub-Signature-256` of `body` (hex).
+pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::controller::sign;
 use crate::support::daemon::Daemon;
 use crate::support::fleet::{FleetRepo, text};
 use crate::support::git;
@@ -158,17 +159,6 @@ fn drift_is_reported_or_corrected() {
     d.wait_for("drift corrected", Duration::from_secs(20), |_| {
         bed.ssh_ok(0, "cat /etc/tk-daemon") == "one\n"
     });
-}
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, KeyInit, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]

@@ -107,18 +107,10 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
     } else {
         Router::new().nest(prefix, api)
     };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
+    crate::support::serve_in_thread(
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        app,
+    );
     shared
 }
 

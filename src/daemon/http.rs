@@ -147,17 +147,29 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A request allowed to act on the daemon: `Authorization: Bearer <api token>`,
-/// or a body signed with the webhook secret.
+/// How a request may prove it acts for an operator.
+#[derive(Clone, Copy, PartialEq)]
+enum Proof {
+    /// Only `Authorization: Bearer <api token>`.
+    Token,
+    /// The token, or a body signed with the webhook secret. A signed body can
+    /// be replayed by whoever saw one (a forge's delivery log), so this is
+    /// only for `retry`, which asks again for what the branch already says.
+    TokenOrSignature,
+}
+
+/// A request allowed to act on the daemon.
 fn authorized(
     s: &Shared,
     headers: &HeaderMap,
     body: &[u8],
+    proof: Proof,
 ) -> Result<(), (StatusCode, &'static str)> {
-    if s.api_token.is_none() && s.webhook_secret.is_none() {
+    let signature_counts = proof == Proof::TokenOrSignature && s.webhook_secret.is_some();
+    if s.api_token.is_none() && !signature_counts {
         return Err((
             StatusCode::FORBIDDEN,
-            "disabled: start the daemon with TIDEKEEPER_API_TOKEN (or a webhook secret) to allow this\n",
+            "disabled: start the daemon with TIDEKEEPER_API_TOKEN to allow this\n",
         ));
     }
     let bearer = headers
@@ -166,10 +178,10 @@ fn authorized(
         .and_then(|v| v.strip_prefix("Bearer "));
     let by_token =
         matches!((&s.api_token, bearer), (Some(t), Some(b)) if same(t, b.trim().as_bytes()));
-    let by_signature = s
-        .webhook_secret
-        .as_ref()
-        .is_some_and(|secret| signature_ok(secret, headers, body));
+    let by_signature = signature_counts
+        && s.webhook_secret
+            .as_ref()
+            .is_some_and(|secret| signature_ok(secret, headers, body));
     if by_token || by_signature {
         Ok(())
     } else {
@@ -182,7 +194,7 @@ fn authorized(
 }
 
 async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&s, &headers, &body) {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::TokenOrSignature) {
         return r.into_response();
     }
     s.retry.store(true, Ordering::SeqCst);
@@ -201,7 +213,7 @@ struct Why {
 
 /// Stop applies and jobs now (an emergency); planning and reporting go on.
 async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&s, &headers, &body) {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
         return r.into_response();
     }
     let why: Why = serde_json::from_slice(&body).unwrap_or_default();
@@ -238,7 +250,7 @@ async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
 
 /// Undo an operator's suspension (not one committed in tidekeeper.yaml).
 async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorized(&s, &headers, &body) {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
         return r.into_response();
     }
     {
@@ -267,7 +279,7 @@ async fn run_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&s, &headers, &body) {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
         return r.into_response();
     }
     if !s.status.lock().unwrap().schedules.contains_key(&name) {
