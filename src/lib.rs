@@ -15,6 +15,7 @@
 
 pub mod badge;
 pub mod cli;
+pub mod clock;
 pub mod cloud;
 pub mod daemon;
 pub mod engine;

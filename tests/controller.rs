@@ -1,14 +1,21 @@
 //! The daemon as a controller, in-process: `daemon::serve` runs in this
 //! test's runtime with a listener bound here and a shutdown the test
-//! completes, on hosts confined to local directories (no SSH needed).
+//! completes. Most tests run it on a virtual clock over tokio's paused time:
+//! work on hosts runs in real time while virtual time stands still, and
+//! virtual time moves only while the daemon waits for its next timer — so
+//! "at once" means "before any timer", and backoff is measured exactly.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tidekeeper::clock::Clock;
 use tidekeeper::daemon::scheduler::Request;
 use tidekeeper::daemon::{self, Config, Shared};
+use tokio::time::Instant;
 
+use crate::support::fleet::FleetRepo;
+use crate::support::testbed::Testbed;
 use crate::support::{TempDir, git};
 
 struct Running {
@@ -43,9 +50,19 @@ impl Running {
     }
 }
 
-/// Start the daemon in this runtime on the repo at `repo`.
+/// What a test daemon differs in.
+#[derive(Default)]
+struct Setup<'a> {
+    api_token: Option<&'a str>,
+    webhook_secret: Option<&'a str>,
+    ssh_key: Option<&'a Path>,
+    /// Real time instead of a virtual clock.
+    real_time: bool,
+}
+
+/// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
 async fn start(repo: &Path, state: &Path) -> Running {
-    start_with(repo, state, None, None).await
+    start_with(repo, state, Setup::default()).await
 }
 
 /// POST `body` to the daemon at `addr`; the status code and the body.
@@ -92,12 +109,7 @@ async fn post_raw(
     )
 }
 
-async fn start_with(
-    repo: &Path,
-    state: &Path,
-    api_token: Option<&str>,
-    webhook_secret: Option<&str>,
-) -> Running {
+async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = Config {
@@ -108,14 +120,23 @@ async fn start_with(
         // Only the test's own requests wake it.
         poll: Some(Duration::from_secs(3600)),
         drift: Some(Duration::from_secs(3600)),
-        webhook_secret: webhook_secret.map(String::from),
-        api_token: api_token.map(String::from),
-        ssh_key: None,
+        webhook_secret: setup.webhook_secret.map(String::from),
+        api_token: setup.api_token.map(String::from),
+        ssh_key: setup.ssh_key.map(|k| k.display().to_string()),
         watch: false,
         hosts: vec![],
         git: Default::default(),
         proposals: vec![],
         rollback_after: Duration::from_secs(120),
+    };
+    let clock = if setup.real_time {
+        Clock::system()
+    } else {
+        Clock::virtual_from(
+            chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+                .unwrap()
+                .into(),
+        )
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let slot: Arc<Mutex<Option<Arc<Shared>>>> = Arc::default();
@@ -126,6 +147,7 @@ async fn start_with(
             async {
                 let _ = rx.await;
             },
+            clock,
             cfg,
             move |s| *s2.lock().unwrap() = Some(s),
         )
@@ -136,7 +158,7 @@ async fn start_with(
         if let Some(s) = slot.lock().unwrap().clone() {
             break s;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
     };
     Running {
         shared,
@@ -146,16 +168,39 @@ async fn start_with(
     }
 }
 
-/// Wait (real time) until `ok` holds.
+/// Wait in real time until `ok` holds, without moving virtual time: each
+/// wait is a blocking task, and tokio does not advance a paused clock
+/// while one runs.
 async fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = std::time::Instant::now() + timeout;
     while !ok() {
         assert!(
-            tokio::time::Instant::now() < deadline,
+            std::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(20)))
+            .await
+            .unwrap();
     }
+}
+
+/// Let virtual time run in `step`s until `ok` holds (at most `limit` of
+/// virtual time); how much virtual time that took.
+async fn until_virtual(
+    what: &str,
+    step: Duration,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(
+            t.elapsed() < limit,
+            "no {what} within {limit:?} of virtual time"
+        );
+        tokio::time::sleep(step).await;
+    }
+    t.elapsed()
 }
 
 /// A fleet of two local hosts, `a` and `b`, each confined to its own
@@ -204,13 +249,19 @@ fn read(root: &Path) -> String {
     std::fs::read_to_string(root.join("etc/app.conf")).unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
     let tmp = TempDir::new("controller-job");
-    let (started, done) = (tmp.path().join("job-started"), tmp.path().join("job-done"));
+    let (started, go, done) = (
+        tmp.path().join("job-started"),
+        tmp.path().join("job-go"),
+        tmp.path().join("job-done"),
+    );
+    // The job runs until the test lets it finish.
     let job = format!(
-        "touch {}; sleep 6; touch {}",
+        "touch {}; while [ ! -e {} ]; do sleep 0.02; done; touch {}",
         started.display(),
+        go.display(),
         done.display()
     );
     let (repo, a, b) = fleet(tmp.path(), &job);
@@ -228,32 +279,41 @@ async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
     .await;
     std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
     let c2 = commit(&repo, "v2");
+    let poked = Instant::now();
     d.shared.poke();
     // The reconcile of the new commit is done when b has it and a says it waits.
     until("b applied and a waiting", Duration::from_secs(30), || {
         read(&b) == "v2\n" && d.host("a")["last_result"] == "waiting for maintenance job slow"
     })
     .await;
+    assert_eq!(
+        poked.elapsed(),
+        Duration::ZERO,
+        "b was applied at once, before any timer"
+    );
     assert!(!done.exists(), "b was applied while the job still ran on a");
     assert_eq!(read(&a), "v1\n", "a is left to the job");
     let ha = d.host("a");
     assert_eq!(ha["state"], "pending", "{ha}");
-    assert_eq!(
-        ha["last_result"], "waiting for maintenance job slow",
-        "{ha}"
-    );
+    assert_eq!(ha["error_kind"], "locked", "{ha}");
     assert_ne!(
         d.applied(),
         Some(c2.clone()),
         "not applied to every host yet"
     );
 
+    std::fs::write(&go, "").unwrap();
     until("a applied after the job", Duration::from_secs(60), || {
         d.applied().as_deref() == Some(c2.as_str())
     })
     .await;
     assert!(done.exists());
     assert_eq!(read(&a), "v2\n");
+    assert_eq!(
+        poked.elapsed(),
+        Duration::ZERO,
+        "a got the commit as soon as the job let go of it"
+    );
     let runs = d.shared.status.lock().unwrap().schedules["slow"]
         .last_run
         .clone()
@@ -262,7 +322,7 @@ async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn five_quick_commits_are_one_reconcile_of_the_newest() {
     let tmp = TempDir::new("controller-quick");
     let (repo, a, b) = fleet(tmp.path(), "true");
@@ -285,14 +345,106 @@ async fn five_quick_commits_are_one_reconcile_of_the_newest() {
         d.applied().as_deref() == Some(last.as_str())
     })
     .await;
-    // Anything still queued runs before we look.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let a minute of virtual time pass: anything still queued would run.
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!((read(&a), read(&b)), ("v6\n".into(), "v6\n".into()));
     assert_eq!(
         (d.reconciles("a"), d.reconciles("b")),
         (2, 2),
         "five pokes are one reconcile, of the newest commit"
     );
+    d.stop().await;
+}
+
+const ROLE: &str = "files:\n  - {path: /etc/tk-ctl, content: \"VERSION\\n\"}\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_cannot_be_reached_is_tried_again_with_growing_jittered_waits_and_recovers() {
+    let bed = Testbed::start_light(2);
+    let repo = FleetRepo::minimal(&bed, &[("app", &ROLE.replace("VERSION", "one"))]);
+    let tmp = TempDir::new("controller-backoff");
+    let d = start_with(
+        &repo.path,
+        &tmp.path().join("state"),
+        Setup {
+            ssh_key: Some(&repo.key),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c1 = git(&repo.path, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    let cut = bed.host(1).name.clone();
+    bed.cut_off(1);
+    repo.write("roles/app.yaml", &ROLE.replace("VERSION", "two"));
+    repo.commit("two");
+    let c2 = git(&repo.path, &["rev-parse", "HEAD"]);
+    let tries = || {
+        let m = d.shared.metrics.lock().unwrap();
+        m.host_errors.get("unreachable").copied().unwrap_or(0)
+    };
+    d.shared.poke();
+    until("the first try", Duration::from_secs(60), || tries() == 1).await;
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-ctl"),
+        "two\n",
+        "the host that is up has it"
+    );
+    let st = d.host(&cut);
+    assert_eq!(
+        (st["state"].as_str(), st["error_kind"].as_str()),
+        (Some("unreachable"), Some("unreachable")),
+        "{st}"
+    );
+    assert!(
+        d.shared.status.lock().unwrap().quarantined.is_none(),
+        "an unreachable host quarantines nothing"
+    );
+    // Four more tries, timed on the virtual clock to 0.1 s: each wait is
+    // 2 s, 4 s, 8 s, 16 s scaled by a jitter factor in [0.5, 1).
+    let step = Duration::from_millis(100);
+    let mut waits = vec![];
+    for n in 2..=5 {
+        let w = until_virtual("next try", step, Duration::from_secs(60), || tries() == n).await;
+        waits.push(w.as_secs_f64());
+    }
+    for (i, w) in waits.iter().enumerate() {
+        let full = f64::from(2u32 << i);
+        assert!(
+            *w >= full / 2.0 - 0.11 && *w <= full + 0.11,
+            "wait {} was {w:.1} s, not in [{}, {full}) s: {waits:?}",
+            i + 1,
+            full / 2.0
+        );
+    }
+    assert!(
+        waits
+            .iter()
+            .enumerate()
+            .any(|(i, w)| *w < 0.95 * f64::from(2u32 << i)),
+        "the waits are jittered, not exact doublings: {waits:?}"
+    );
+    assert!(d.applied().as_deref() != Some(c2.as_str()));
+    // Back on the network: the next try brings the commit, with no poll or webhook.
+    bed.reconnect(1);
+    until_virtual("recovery", step, Duration::from_secs(120), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(bed.ssh_ok(1, "cat /etc/tk-ctl"), "two\n");
+    assert_eq!(d.host(&cut)["state"], "synced");
+    let requeued = d
+        .shared
+        .metrics
+        .lock()
+        .unwrap()
+        .requeues
+        .get("unreachable")
+        .copied();
+    assert_eq!(requeued, Some(5), "one requeue per failed try");
     d.stop().await;
 }
 
@@ -304,8 +456,12 @@ async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_
     let d = start_with(
         &repo,
         &tmp.path().join("state"),
-        Some("tok-http-1"),
-        Some("hook-secret-1"),
+        Setup {
+            api_token: Some("tok-http-1"),
+            webhook_secret: Some("hook-secret-1"),
+            real_time: true,
+            ..Default::default()
+        },
     )
     .await;
     let c1 = git(&repo, &["rev-parse", "HEAD"]);

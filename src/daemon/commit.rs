@@ -4,12 +4,11 @@
 //! not the reviewed plan) and say why.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{Instrument, info, info_span, warn};
 
-use super::scheduler::Request;
+use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
 use super::{Loop, Policies, now, proposals};
 use crate::engine::{self, HostError, HostResult};
@@ -40,17 +39,27 @@ impl Loop {
         let (held, busy) = self.locks.try_take(&self.selected(&fleet), &who);
         let names = held.hosts();
         let quiet: engine::Progress = Arc::new(|_| {});
-        let clouds = crate::cloud::Clouds::from_env(&fleet);
-        let plan = reconcile::plan(
-            fleet.clone(),
-            names,
-            self.cfg.hosts.is_empty() && busy.is_empty(),
-            opts.clone(),
-            &clouds,
-            Default::default(),
-            quiet.clone(),
-        )
-        .await;
+        let clouds = Arc::new(crate::cloud::Clouds::from_env(&fleet));
+        let whole = self.cfg.hosts.is_empty() && busy.is_empty();
+        let plan = self
+            .clock
+            .io({
+                let (fleet, opts, clouds, quiet) =
+                    (fleet.clone(), opts.clone(), clouds.clone(), quiet.clone());
+                async move {
+                    reconcile::plan(
+                        fleet,
+                        names,
+                        whole,
+                        opts,
+                        &clouds,
+                        Default::default(),
+                        quiet,
+                    )
+                    .await
+                }
+            })
+            .await;
         if let Some(c) = &plan.cloud {
             self.shared.status.lock().unwrap().monthly_cost = c
                 .cost
@@ -64,7 +73,7 @@ impl Loop {
                 crate::policy::judge(&plan.fleet, &plan.results(), plan.cloud.as_ref(), policies);
             let refusals = plan.refusals();
             if verdict.blocks() || !refusals.is_empty() {
-                reconcile::finish(plan).await;
+                self.clock.io(reconcile::finish(plan)).await;
                 let mut why: Vec<String> = verdict
                     .deny
                     .iter()
@@ -106,7 +115,7 @@ impl Loop {
                     diff.join("\n")
                 ));
                 if fleet.settings.require_reviewed_plan && !r.accept {
-                    reconcile::finish(plan).await;
+                    self.clock.io(reconcile::finish(plan)).await;
                     return Err(Refused::Held(text));
                 }
                 review_note = Some(format!(
@@ -130,12 +139,15 @@ impl Loop {
             .clone()
             .filter(|_| apply && plan.hosts.len() > 1);
         let (results, outcomes) = if let Some(r) = rollout {
-            self.roll_out(commit, plan, &r, opts, &clouds).await
+            self.roll_out(commit, plan, &r, opts, clouds).await
         } else if apply {
-            let done = reconcile::apply(plan, opts, &clouds, quiet).await;
+            let done = self
+                .clock
+                .io(async move { reconcile::apply(plan, opts, &clouds, quiet).await })
+                .await;
             (done.hosts, done.cloud)
         } else {
-            (reconcile::finish(plan).await, vec![])
+            (self.clock.io(reconcile::finish(plan)).await, vec![])
         };
         let mut cloud_failures = cloud_errors;
         for o in &outcomes {
@@ -253,22 +265,25 @@ impl Loop {
         self.push_status(Some((commit, note))).await;
     }
 
-    /// A new commit on the branch.
-    pub(super) async fn on_commit(&mut self, commit: String) {
+    /// A new commit on the branch (`retry`: even if it is quarantined or held,
+    /// accepting its plan as it is now). `Err` when hosts were not reached.
+    pub(super) async fn on_commit(&mut self, commit: String, retry: bool) -> Result<(), Again> {
         let span = info_span!("commit", commit = %&commit[..12]);
         async {
-            let retry = self.shared.retry.swap(false, Ordering::SeqCst);
             {
                 let st = self.shared.status.lock().unwrap();
                 if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
                     info!(
                         "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
                     );
-                    return;
+                    return Ok(());
                 }
             }
             let (fleet, policies) = match self.load(&commit).await {
-                Err(errors) => return self.reject(commit, "invalid config at", errors).await,
+                Err(errors) => {
+                    self.reject(commit, "invalid config at", errors).await;
+                    return Ok(());
+                }
                 Ok((mut f, policies)) => {
                     self.pin_learned_keys(&mut f);
                     self.adopt_status_refs(&f).await;
@@ -283,13 +298,14 @@ impl Loop {
                 st.fleet = fleet.name.clone();
             }
             self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
-            self.reschedule(chrono::Utc::now());
+            self.reschedule(self.clock.now());
             if already && !retry {
                 info!("already applied (per the status branch); not applying again");
-                return;
+                return Ok(());
             }
             if let Some(s) = self.suspension(&commit, &fleet) {
-                return self.hold(commit, fleet, &policies, s).await;
+                self.hold(commit, fleet, &policies, s).await;
+                return Ok(());
             }
             let started = Instant::now();
             info!("applying");
@@ -311,9 +327,13 @@ impl Loop {
             {
                 Ok(r) => r,
                 Err(Refused::Denied(denied)) => {
-                    return self.reject(commit, "the policies deny", denied).await;
+                    self.reject(commit, "the policies deny", denied).await;
+                    return Ok(());
                 }
-                Err(Refused::Held(why)) => return self.hold_unreviewed(commit, why).await,
+                Err(Refused::Held(why)) => {
+                    self.hold_unreviewed(commit, why).await;
+                    return Ok(());
+                }
             };
             // Hosts that could not be reached fail nothing: the commit is
             // applied to them on a later pass, with backoff. Other failures
@@ -335,16 +355,12 @@ impl Loop {
                 .count();
             let ok = cloud_failures.is_empty() && failed.is_empty();
             self.incomplete = (ok && waiting + unreachable > 0).then(|| commit.clone());
+            let again = self.incomplete.is_some().then_some(Again::Hosts {
+                unreachable,
+                busy: waiting,
+            });
             if self.incomplete.is_some() {
-                let wait = if unreachable > 0 {
-                    self.backoff.failed(&Request::Head, Duration::from_secs(300))
-                } else {
-                    Duration::from_secs(2)
-                };
-                info!(waiting, unreachable, retry_in_ms = wait.as_millis() as u64, "commit applied in part; the rest on a later pass");
-                self.sched.after(Request::Head, wait);
-            } else {
-                self.backoff.succeeded(&Request::Head);
+                info!(waiting, unreachable, "commit applied in part; the rest on a later pass");
             }
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
@@ -444,6 +460,7 @@ impl Loop {
                 }
             }
             self.push_status(Some((commit, note))).await;
+            again.map_or(Ok(()), Err)
         }
         .instrument(span)
         .await

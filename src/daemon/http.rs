@@ -197,7 +197,7 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     if let Err(r) = authorized(&s, &headers, &body, Proof::TokenOrSignature) {
         return r.into_response();
     }
-    s.retry.store(true, Ordering::SeqCst);
+    s.scheduler.now(super::scheduler::Request::Retry);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
 }

@@ -20,12 +20,6 @@ pub struct JobDone {
     pub run: JobRun,
 }
 
-/// A wall-clock time as a tokio instant (the scheduler runs on tokio time).
-pub(super) fn instant_of(t: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
-    let wait = (t - chrono::Utc::now()).to_std().unwrap_or_default();
-    tokio::time::Instant::now() + wait
-}
-
 impl Loop {
     /// Next due times of every job in the good config, handed to the scheduler.
     pub(super) fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
@@ -49,7 +43,7 @@ impl Loop {
                 Some(t) => {
                     self.due.insert(job.name.clone(), t);
                     self.sched
-                        .reset(Request::Job(job.name.clone()), instant_of(t));
+                        .reset(Request::Job(job.name.clone()), self.clock.instant_of(t));
                 }
                 None => self.sched.cancel(&Request::Job(job.name.clone())),
             }
@@ -67,7 +61,7 @@ impl Loop {
         };
         if let Some(s) = self.suspension(&commit, &fleet) {
             info!(job = %name, by = %s.by, "suspended: the job does not run");
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let now = self.clock.stamp();
             let _ = self.job_done.send(JobDone {
                 name: name.to_string(),
                 commit,
@@ -86,7 +80,7 @@ impl Loop {
         }
         if !self.jobs_running.insert(name.to_string()) {
             warn!(job = %name, "still running from its last due time; this one is skipped");
-            self.reschedule(chrono::Utc::now());
+            self.reschedule(self.clock.now());
             return;
         }
         let only = self.cfg.hosts.clone();
@@ -133,7 +127,7 @@ impl Loop {
             let mut st = self.shared.status.lock().unwrap();
             st.schedules.entry(name.clone()).or_default().last_run = Some(run);
         }
-        self.reschedule(chrono::Utc::now());
+        self.reschedule(self.clock.now());
         let note = if failed {
             let prior = self
                 .blocking({
@@ -167,7 +161,7 @@ impl Loop {
         let Some((_, fleet, _)) = self.good.clone() else {
             return;
         };
-        let now = chrono::Utc::now();
+        let now = self.clock.now();
         for job in &fleet.jobs {
             let last = self
                 .shared
@@ -206,7 +200,7 @@ async fn run_holding_hosts(
         .collect();
     hosts.sort(); // one order for everyone: two jobs never wait on each other in a cycle
     if !only.is_empty() && hosts.is_empty() {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let now = opts.clock.stamp();
         return JobRun {
             job: job.name.clone(),
             kind: job.kind.name().into(),
@@ -227,7 +221,13 @@ async fn run_holding_hosts(
     info!("running");
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let only = if only.is_empty() { vec![] } else { hosts };
-    let run = crate::maintenance::run::run_job(&fleet, &job, &only, &opts, &clouds).await;
+    let run =
+        opts.clock
+            .clone()
+            .io(async move {
+                crate::maintenance::run::run_job(&fleet, &job, &only, &opts, &clouds).await
+            })
+            .await;
     drop(held);
     run
 }

@@ -34,14 +34,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use locks::HostLocks;
-use scheduler::{Backoff, Request, Scheduler};
+use scheduler::{Again, Backoff, Request, Requeue, Scheduler};
 
+use crate::clock::Clock;
 use crate::engine;
 use crate::model::desired::Fleet;
 use crate::source::ConfigTree;
@@ -86,7 +89,6 @@ pub struct Shared {
     pub metrics: Mutex<Metrics>,
     /// Every trigger asks here; the runner takes what is due.
     pub scheduler: Arc<Scheduler>,
-    pub retry: AtomicBool,
     pub ready: AtomicBool,
     pub webhook_secret: Option<Vec<u8>>,
     pub api_token: Option<Vec<u8>>,
@@ -137,6 +139,8 @@ fn now() -> String {
 
 struct Loop {
     cfg: Config,
+    /// Wall time for cron and windows; work on hosts goes through it.
+    clock: Clock,
     shared: Arc<Shared>,
     mirror: Arc<Mutex<Mirror>>,
     /// Last valid desired state, kept while newer commits are invalid.
@@ -330,6 +334,7 @@ impl Loop {
             ssh_key: self.cfg.ssh_key.clone(),
             rollback_deadline: self.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
+            clock: self.clock.clone(),
             ..Default::default()
         }
     }
@@ -422,7 +427,9 @@ impl Loop {
             }
             self.shared.status.lock().unwrap().head_commit = Some(head.clone());
             self.last_seen = Some(head.clone());
-            self.on_commit(head).await;
+            if let Err(again) = self.on_commit(head, false).await {
+                self.settle(Request::Head, Err(again));
+            }
             self.catch_up();
         }
         let mut done = self.job_rx.take().expect("run once");
@@ -442,26 +449,77 @@ impl Loop {
                 r = self.sched.next() => r,
             };
             self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
-            match req {
-                Request::Head => self.on_head().await,
-                Request::Proposals => self.plan_proposals().await,
+            let outcome = match &req {
+                Request::Head => self.on_head(false).await,
+                Request::Retry => self.on_head(true).await,
+                Request::Proposals => {
+                    self.plan_proposals().await;
+                    Ok(Requeue::Done)
+                }
                 Request::Drift => {
                     self.drift_check().await;
-                    let next = tokio::time::Instant::now() + self.drift_interval();
-                    self.sched.reset(Request::Drift, next);
+                    Ok(Requeue::After(self.drift_interval()))
                 }
-                Request::Job(name) => match self.due.get(&name).copied() {
+                Request::Job(name) => match self.due.get(name).copied() {
                     // Due by the wall clock (a reschedule may have moved it since).
-                    Some(t) if chrono::Utc::now() + chrono::Duration::seconds(1) >= t => {
-                        self.start_job(&name)
+                    Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
+                        self.start_job(name);
+                        Ok(Requeue::Done)
                     }
-                    Some(t) => self.sched.at(Request::Job(name), jobs::instant_of(t)),
-                    None => {}
+                    Some(t) => {
+                        self.sched.at(req.clone(), self.clock.instant_of(t));
+                        Ok(Requeue::Done)
+                    }
+                    None => Ok(Requeue::Done),
                 },
-                Request::RunJob(name) => self.start_job(&name),
-            }
+                Request::RunJob(name) => {
+                    self.start_job(name);
+                    Ok(Requeue::Done)
+                }
+            };
+            // A retry is a head like any other from here on.
+            let key = if req == Request::Retry {
+                Request::Head
+            } else {
+                req
+            };
+            self.settle(key, outcome);
         }
         info!("reconcile loop stopped");
+    }
+
+    /// What a request asked for next: its regular interval, or the error
+    /// policy's backoff with jitter for its key.
+    fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
+        match outcome {
+            Ok(next) => {
+                self.backoff.succeeded(&req);
+                if let Requeue::After(d) = next {
+                    self.sched.after(req, d);
+                }
+            }
+            Err(again) => {
+                let interval = match req {
+                    Request::Drift => self.drift_interval(),
+                    _ => self.poll_interval(),
+                };
+                let (first, max, keep_interval) = again.policy(interval);
+                let wait = self.backoff.failed(&req, first, max);
+                info!(request = req.label(), reason = %again, failures = self.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
+                *self
+                    .shared
+                    .metrics
+                    .lock()
+                    .unwrap()
+                    .requeues
+                    .entry(again.label())
+                    .or_default() += 1;
+                if keep_interval {
+                    self.sched.after(req.clone(), interval);
+                }
+                self.sched.after(req, wait);
+            }
+        }
     }
 }
 
@@ -482,15 +540,17 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    serve(listener, signal, cfg, |_| {}).await
+    serve(listener, signal, Clock::system(), cfg, |_| {}).await
 }
 
-/// The daemon on `listener` until `shutdown` completes. The listener and the
-/// shutdown come from the caller (a test binds 127.0.0.1:0 and stops it when
-/// it is done); `started` gets the shared state once it exists.
+/// The daemon on `listener` until `shutdown` completes. The listener, the
+/// shutdown and the clock come from the caller (a test binds 127.0.0.1:0,
+/// runs on a virtual clock and stops it when it is done); `started` gets the
+/// shared state once it exists.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
+    clock: Clock,
     cfg: Config,
     started: impl FnOnce(Arc<Shared>),
 ) -> Result<(), DaemonError> {
@@ -516,7 +576,6 @@ pub async fn serve(
         }),
         metrics: Mutex::new(Metrics::default()),
         scheduler: sched.clone(),
-        retry: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
         api_token: cfg.api_token.clone().map(String::into_bytes),
@@ -542,6 +601,7 @@ pub async fn serve(
     let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
     let lp = Loop {
         cfg,
+        clock,
         shared: shared.clone(),
         mirror: Arc::new(Mutex::new(mirror)),
         good: None,

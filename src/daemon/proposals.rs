@@ -213,11 +213,29 @@ impl Loop {
                 .collect()
         });
         let opts = self.options(&base);
-        let p =
-            reconcile::plan_proposal(&base, &base_policies, proposal, &policies, names, opts).await;
-        let cloud = p.plan.cloud.clone();
-        let verdict = p.verdict;
-        let results = reconcile::finish(p.plan).await;
+        let b = base.clone();
+        let (cloud, verdict, after_merge, results) = self
+            .clock
+            .io(async move {
+                let base = b;
+                let p = reconcile::plan_proposal(
+                    &base,
+                    &base_policies,
+                    proposal,
+                    &policies,
+                    names,
+                    opts,
+                )
+                .await;
+                let cloud = p.plan.cloud.clone();
+                (
+                    cloud,
+                    p.verdict,
+                    p.after_merge,
+                    reconcile::finish(p.plan).await,
+                )
+            })
+            .await;
         let refs: Vec<&HostResult> = results.iter().collect();
         info!(denied = verdict.deny.len(), "proposal planned");
         let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
@@ -238,7 +256,7 @@ impl Loop {
                 cloud.as_ref(),
                 &refs,
                 &verdict,
-                &p.after_merge,
+                &after_merge,
                 limit,
             )
         };
@@ -247,7 +265,7 @@ impl Loop {
         json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
         json["ref"] = name.into();
         json["base"] = base_commit.clone().into();
-        json["after_merge"] = serde_json::to_value(&p.after_merge).unwrap_or_default();
+        json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
         json["digest"] = digest.clone().into();
         let note = base.redact(&format!(
             "{md}{stamp}\n<!-- plan as JSON -->\n```json\n{}\n```\n",

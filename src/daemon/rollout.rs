@@ -27,7 +27,7 @@ impl Loop {
         plan: FleetPlan,
         rollout: &Rollout,
         opts: Arc<Options>,
-        clouds: &Clouds,
+        clouds: Arc<Clouds>,
     ) -> (Vec<HostResult>, Vec<CloudOutcome>) {
         let FleetPlan {
             fleet,
@@ -68,7 +68,13 @@ impl Loop {
                     .cloned()
                     .collect(),
             };
-            let done = reconcile::apply(part, opts.clone(), clouds, quiet.clone()).await;
+            let done = self
+                .clock
+                .io({
+                    let (opts, clouds, quiet) = (opts.clone(), clouds.clone(), quiet.clone());
+                    async move { reconcile::apply(part, opts, &clouds, quiet).await }
+                })
+                .await;
             outcomes.extend(done.cloud);
             let mut stage_results = done.hosts;
             let mut why = stage_results
@@ -77,12 +83,15 @@ impl Loop {
                 .map(|r| format!("{} failed", r.host));
             if why.is_none() && !rollout.health.is_empty() {
                 for r in stage_results.iter_mut().filter(|r| r.error.is_none()) {
-                    let Some(host) = fleet.host(&r.host) else {
+                    let Some(host) = fleet.host(&r.host).cloned() else {
                         continue;
                     };
-                    if let Err(e) =
-                        engine::health::check_host(&fleet, host, &rollout.health, &opts).await
-                    {
+                    let (f, gates, o) = (fleet.clone(), rollout.health.clone(), opts.clone());
+                    let healthy = self
+                        .clock
+                        .io(async move { engine::health::check_host(&f, &host, &gates, &o).await })
+                        .await;
+                    if let Err(e) = healthy {
                         r.fail(HostError::Unhealthy, format!("after the apply: {e}"));
                         why = Some(format!("{} is unhealthy", r.host));
                         break;
@@ -98,12 +107,14 @@ impl Loop {
             if i + 1 < total && rollout.pause_secs > 0 {
                 self.show_rollout(short, i + 1, total, stage, "pausing")
                     .await;
-                tokio::time::sleep(Duration::from_secs(rollout.pause_secs)).await;
+                self.clock
+                    .sleep(Duration::from_secs(rollout.pause_secs))
+                    .await;
             }
         }
         // Hosts the rollout did not reach: planned, not applied.
         let left: Vec<Planned> = pending.into_values().collect();
-        for mut r in engine::finish(left).await {
+        for mut r in self.clock.io(engine::finish(left)).await {
             let (stage, why) = stopped.clone().unwrap_or_default();
             r.fail(
                 HostError::RolloutStopped,

@@ -16,6 +16,9 @@ use tokio::time::{Duration, Instant};
 pub enum Request {
     /// Fetch; apply the branch head if it is new (or must be retried).
     Head,
+    /// `tidekeeper retry`: fetch and apply the head even if it is quarantined
+    /// or held, accepting its plan as it is now.
+    Retry,
     /// Plan the last good commit against the hosts; correct if configured.
     Drift,
     /// Plan proposals whose heads are new.
@@ -30,6 +33,7 @@ impl Request {
     pub fn label(&self) -> &'static str {
         match self {
             Request::Head => "head",
+            Request::Retry => "retry",
             Request::Drift => "drift",
             Request::Proposals => "proposals",
             Request::Job(_) | Request::RunJob(_) => "job",
@@ -122,19 +126,64 @@ impl Scheduler {
     }
 }
 
-/// Exponential backoff with jitter per key: 2 s, 4 s, … up to `max`, each
-/// scaled by a factor in [0.5, 1.0) so hosts that failed together do not
-/// retry together.
+/// What a request that went well asks of the scheduler next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Nothing: its next trigger (a due time, a poke) asks again.
+    Done,
+    /// Look again after this long (the poll or drift interval).
+    After(Duration),
+}
+
+/// Why a request must be tried again: the error policy turns it into a wait.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Again {
+    /// The config repo could not be fetched.
+    #[error("the config repo could not be fetched")]
+    Fetch,
+    /// The commit reached only some hosts: the others were unreachable or busy.
+    #[error("{unreachable} host(s) unreachable, {busy} busy")]
+    Hosts { unreachable: usize, busy: usize },
+}
+
+impl Again {
+    /// The error policy: (first wait, longest wait) of the backoff, and
+    /// whether the request's regular interval still runs meanwhile. A remote
+    /// that is down is asked less often than the poll; hosts that were not
+    /// reached are tried again sooner, and the poll for new commits goes on.
+    pub fn policy(&self, interval: Duration) -> (Duration, Duration, bool) {
+        let max = Duration::from_secs(300);
+        match self {
+            Again::Fetch => (interval.min(max), max, false),
+            Again::Hosts { unreachable: 0, .. } => {
+                (Duration::from_secs(2), Duration::from_secs(2), true)
+            }
+            Again::Hosts { .. } => (Duration::from_secs(2), max, true),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Again::Fetch => "fetch",
+            Again::Hosts { unreachable: 0, .. } => "busy",
+            Again::Hosts { .. } => "unreachable",
+        }
+    }
+}
+
+/// Exponential backoff with jitter per key: `first`, twice that, … up to
+/// `max`, each scaled by a factor in [0.5, 1.0) so hosts that failed
+/// together do not retry together.
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: BTreeMap<Request, u32>,
 }
 
 impl Backoff {
-    pub fn failed(&mut self, r: &Request, max: Duration) -> Duration {
+    pub fn failed(&mut self, r: &Request, first: Duration, max: Duration) -> Duration {
         let n = self.failures.entry(r.clone()).or_default();
         *n += 1;
-        let base = Duration::from_secs(2).saturating_mul(1 << (*n - 1).min(10));
+        let base = first.saturating_mul(1 << (*n - 1).min(10));
         let capped = base.min(max);
         capped.mul_f64(0.5 + jitter(*n) / 2.0)
     }
@@ -221,7 +270,8 @@ mod tests {
     fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
         let mut b = Backoff::default();
         let max = Duration::from_secs(60);
-        let waits: Vec<Duration> = (0..8).map(|_| b.failed(&Request::Head, max)).collect();
+        let two = Duration::from_secs(2);
+        let waits: Vec<Duration> = (0..8).map(|_| b.failed(&Request::Head, two, max)).collect();
         for (i, w) in waits.iter().enumerate() {
             let full = Duration::from_secs(2 << i).min(max);
             assert!(
@@ -232,7 +282,38 @@ mod tests {
         assert_eq!(b.failures(&Request::Head), 8);
         b.succeeded(&Request::Head);
         assert_eq!(b.failures(&Request::Head), 0);
-        let first = b.failed(&Request::Head, max);
+        let first = b.failed(&Request::Head, two, max);
         assert!(first < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_error_policy_polls_a_down_remote_less_and_unreached_hosts_sooner() {
+        let poll = Duration::from_secs(60);
+        let (first, max, keep_polling) = Again::Fetch.policy(poll);
+        assert_eq!(
+            (first, max, keep_polling),
+            (poll, Duration::from_secs(300), false)
+        );
+        let hosts = Again::Hosts {
+            unreachable: 1,
+            busy: 2,
+        };
+        let (first, max, keep_polling) = hosts.policy(poll);
+        assert_eq!(first, Duration::from_secs(2));
+        assert_eq!(max, Duration::from_secs(300));
+        assert!(keep_polling, "new commits are still fetched at the poll");
+        let busy = Again::Hosts {
+            unreachable: 0,
+            busy: 1,
+        };
+        assert_eq!(
+            busy.policy(poll).1,
+            Duration::from_secs(2),
+            "busy hosts: no growth"
+        );
+        assert_eq!(
+            (hosts.label(), busy.label(), Again::Fetch.label()),
+            ("unreachable", "busy", "fetch")
+        );
     }
 }

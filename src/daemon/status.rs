@@ -287,6 +287,8 @@ pub struct Metrics {
     pub maintenance_runs: BTreeMap<(String, String), u64>,
     /// Host errors by kind ([`crate::engine::HostError::metric_label`]).
     pub host_errors: BTreeMap<&'static str, u64>,
+    /// Requests tried again by the error policy, by reason.
+    pub requeues: BTreeMap<&'static str, u64>,
     pub last_sync_unix: Option<i64>,
     pub queue: u64,
     /// Badges served (the status page's images, README badges), by badge.
@@ -309,6 +311,12 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
         s.push_str("# HELP tidekeeper_host_errors_total Host errors by kind.\n# TYPE tidekeeper_host_errors_total counter\n");
         for (kind, n) in &m.host_errors {
             let _ = writeln!(s, "tidekeeper_host_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+    }
+    if !m.requeues.is_empty() {
+        s.push_str("# HELP tidekeeper_requeues_total Requests tried again with backoff, by reason.\n# TYPE tidekeeper_requeues_total counter\n");
+        for (reason, n) in &m.requeues {
+            let _ = writeln!(s, "tidekeeper_requeues_total{{reason=\"{reason}\"}} {n}");
         }
     }
     s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds summary\n");

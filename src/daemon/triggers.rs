@@ -4,29 +4,27 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use super::scheduler::Request;
+use super::scheduler::{Again, Request, Requeue};
 use super::{Loop, Shared};
 
 impl Loop {
-    /// Fetch; apply the head if it is new, was retried, or was applied only in part.
-    pub(super) async fn on_head(&mut self) {
+    /// Fetch; apply the head if it is new, was retried, or was applied only
+    /// in part. The poll comes again after its interval; a failed fetch or
+    /// hosts not reached go to the error policy.
+    pub(super) async fn on_head(&mut self, retry: bool) -> Result<Requeue, Again> {
         let head = self.fetch().await;
-        // Back off while the remote is unreachable.
-        let wait = self.poll_interval() * 2u32.pow(self.fetch_failures.min(4));
-        self.sched
-            .after(Request::Head, wait.min(Duration::from_secs(300)));
         if head.is_some() && self.unpushed.lock().unwrap().is_some() {
             self.push_status(None).await;
         }
         if !self.cfg.proposals.is_empty() {
             self.sched.now(Request::Proposals);
         }
-        let Some(head) = head else { return };
+        let Some(head) = head else {
+            return Err(Again::Fetch);
+        };
+        let poll = Ok(Requeue::After(self.poll_interval()));
         self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-        let retry = self.shared.retry.load(Ordering::SeqCst);
         // While suspended, a held commit is not planned again on every poll.
         let suspended = self.shared.status.lock().unwrap().suspended.clone();
         let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
@@ -35,14 +33,16 @@ impl Loop {
             self.push_status(None).await;
         }
         if held && !retry {
-            return;
+            return poll;
         }
         if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
             self.last_seen = Some(head.clone());
-            self.on_commit(head).await;
+            // A drift check right after an apply would find nothing.
             let next = tokio::time::Instant::now() + self.drift_interval();
             self.sched.reset(Request::Drift, next);
+            self.on_commit(head, retry).await?;
         }
+        poll
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Options {
     pub rollback_deadline: Duration,
     /// Secret values to blank out of every error and report.
     pub redactions: Vec<String>,
+    /// Wall time for maintenance windows and power periods.
+    pub clock: crate::clock::Clock,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             rolling: false,
             rollback_deadline: Duration::from_secs(120),
             redactions: vec![],
+            clock: Default::default(),
         }
     }
 }

@@ -238,7 +238,7 @@ async fn on_server(
                 let name = format!(
                     "{}-{host_name}-{}",
                     job.name,
-                    chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+                    opts.clock.now().format("%Y%m%dT%H%M%S%3fZ")
                 );
                 let made = provider
                     .snapshot(server, &name, &labels)
@@ -261,7 +261,7 @@ async fn on_server(
                 }
             }
             JobKind::Power { .. } => {
-                let on = super::plan::power_period(job, chrono::Utc::now()).is_some();
+                let on = super::plan::power_period(job, opts.clock.now()).is_some();
                 let is_on = server.state == cloud::PowerState::Running;
                 if on == is_on {
                     run.log_tail
@@ -322,7 +322,7 @@ pub async fn run_job(
     opts: &Options,
     clouds: &Clouds,
 ) -> JobRun {
-    let now = || chrono::Utc::now();
+    let now = || opts.clock.now();
     let started = now();
     let timeout = chrono::Duration::seconds(job.timeout_secs as i64);
     let mut run = JobRun {

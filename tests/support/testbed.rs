@@ -734,6 +734,11 @@ impl Testbed {
 
     /// Take host `i`'s link down: it stays up but is unreachable.
     pub fn cut_off(&self, i: usize) {
+        // With its link down, a host's /30 route goes; without this, packets
+        // for it would follow the default route off the machine. Connected
+        // routes are more specific, so hosts that are up are unaffected, and
+        // a host cut off answers "no route to host" at once.
+        must("ip", &["route", "replace", "unreachable", "10.213.0.0/16"]);
         must("ip", &["link", "set", &self.hosts[i].slot.link(), "down"]);
     }
 
