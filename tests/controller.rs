@@ -356,6 +356,117 @@ async fn five_quick_commits_are_one_reconcile_of_the_newest() {
     d.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_group_rolls_out_by_its_own_rollout_and_its_pause_holds_up_nothing_else() {
+    let tmp = TempDir::new("controller-rollout");
+    let (repo, a, w) = (
+        tmp.path().join("fleet"),
+        tmp.path().join("a"),
+        tmp.path().join("ws"),
+    );
+    let ran = tmp.path().join("job-ran");
+    for d in [&repo, &a, &w] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let write = |rel: &str, text: &str| {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    // The group's hosts share one directory: one host at a time.
+    write(
+        "tidekeeper.yaml",
+        "fleet: ctl\ndefaults:\n  parallelism: 1\n",
+    );
+    write(
+        "hosts/a.yaml",
+        &format!("provider: local\nroot: {}\nroles: [app]\n", a.display()),
+    );
+    let group = format!(
+        "provider: local\nroot: {}\ncount: 2\nroles: [app]\n",
+        w.display()
+    );
+    write("hosts/ws.yaml", &group);
+    write("roles/app.yaml", &app("v1"));
+    write(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n  - name: slow\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [a]}}\n    command:\n      run: \"touch {}\"\n",
+            ran.display()
+        ),
+    );
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let c1 = commit(&repo, "v1");
+    let d = start(&repo, &tmp.path().join("state")).await;
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+
+    // The group gets its own rollout: one host at a time, ten minutes apart.
+    write(
+        "hosts/ws.yaml",
+        &format!("{group}rollout:\n  batch: 1\n  pause: 10m\n"),
+    );
+    write("roles/app.yaml", &app("v2"));
+    let c2 = commit(&repo, "v2 by rollout");
+    let poked = Instant::now();
+    d.shared.poke();
+    let rollout = || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .rollout
+            .clone()
+            .map(|r| (r.stage, r.stages, r.state, r.hosts))
+    };
+    until("the pause after ws-1", Duration::from_secs(30), || {
+        rollout().is_some_and(|r| r.2 == "pausing")
+    })
+    .await;
+    assert_eq!(
+        rollout(),
+        Some((2, 3, "pausing".into(), vec!["ws-1".to_string()])),
+        "a (outside the group) first, then ws-1, then the pause"
+    );
+    assert_eq!((read(&a), read(&w)), ("v2\n".into(), "v2\n".into()));
+    assert_ne!(d.applied(), Some(c2.clone()));
+
+    // During the pause the loop serves other work: a job on a runs now.
+    d.shared.scheduler.now(Request::RunJob("slow".into()));
+    until("the job on a", Duration::from_secs(30), || {
+        d.shared.status.lock().unwrap().schedules["slow"]
+            .last_run
+            .is_some()
+    })
+    .await;
+    assert!(ran.exists());
+    assert_eq!(poked.elapsed(), Duration::ZERO, "no virtual time passed");
+    assert_eq!(rollout().map(|r| r.2), Some("pausing".into()));
+
+    // The pause is ten minutes of virtual time; then ws-2, and the commit is applied.
+    let took = until_virtual(
+        "the rollout done",
+        Duration::from_secs(5),
+        Duration::from_secs(1200),
+        || d.applied().as_deref() == Some(c2.as_str()),
+    )
+    .await;
+    assert!(
+        took >= Duration::from_secs(600) && took <= Duration::from_secs(605),
+        "the pause took {took:?}"
+    );
+    assert_eq!(
+        rollout(),
+        Some((3, 3, "done".into(), vec!["ws-2".to_string()]))
+    );
+    for h in ["a", "ws-1", "ws-2"] {
+        assert_eq!(d.host(h)["state"], "synced", "{h}: {}", d.host(h));
+    }
+    d.stop().await;
+}
+
 const ROLE: &str = "files:\n  - {path: /etc/tk-ctl, content: \"VERSION\\n\"}\n";
 
 #[tokio::test(start_paused = true)]

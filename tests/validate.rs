@@ -868,3 +868,114 @@ fn a_transformed_secret_still_makes_its_file_sensitive() {
         assert!(f.content.sensitive, "{role}");
     }
 }
+
+#[test]
+fn a_count_group_rolls_out_by_its_own_rollout_after_the_other_hosts() {
+    let fleet = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\nrollout:\n  canary: [db]\n  batch: 1\n",
+        )
+        .file(
+            "hosts/db.yaml",
+            "provider: existing\naddress: 10.213.0.6\nroles: [base]\n",
+        )
+        .file(
+            "hosts/ws.yaml",
+            "provider: local\nroot: /srv/ws\ncount: 4\nroles: [base]\nrollout:\n  canary: [ws-2]\n  batch: 50%\n  pause: 10m\n  health:\n    - unit: nginx\n",
+        )
+        .load()
+        .unwrap();
+    let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+    let stages = fleet.rollout_stages(&names).unwrap();
+    let hosts: Vec<Vec<&str>> = stages
+        .iter()
+        .map(|s| s.hosts.iter().map(String::as_str).collect())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            vec!["db"],
+            vec!["web"],
+            vec!["ws-2"],
+            vec!["ws-1", "ws-3"],
+            vec!["ws-4"]
+        ],
+        "the fleet's rollout for hosts outside the group, then the group's own"
+    );
+    let group: Vec<(Option<&str>, u64, usize)> = stages
+        .iter()
+        .map(|s| (s.group.as_deref(), s.pause_secs, s.health.len()))
+        .collect();
+    assert_eq!(
+        group,
+        [
+            (None, 0, 0),
+            (None, 0, 0),
+            (Some("ws"), 600, 1),
+            (Some("ws"), 600, 1),
+            (Some("ws"), 600, 1)
+        ]
+    );
+    // Only some hosts planned (others busy): stages of those only.
+    let some = fleet
+        .rollout_stages(&["web".into(), "ws-3".into()])
+        .unwrap();
+    assert_eq!(some.len(), 2);
+    assert_eq!(
+        (some[0].hosts.clone(), some[1].hosts.clone()),
+        (vec!["web".to_string()], vec!["ws-3".to_string()])
+    );
+}
+
+#[test]
+fn a_group_rollout_without_a_fleet_one_applies_the_other_hosts_together_first() {
+    let fleet = minimal()
+        .file(
+            "hosts/db.yaml",
+            "provider: existing\naddress: 10.213.0.6\nroles: [base]\n",
+        )
+        .file(
+            "hosts/ws.yaml",
+            "provider: local\nroot: /srv/ws\ncount: 2\nroles: [base]\nrollout: {batch: 1}\n",
+        )
+        .load()
+        .unwrap();
+    let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+    let stages: Vec<Vec<String>> = fleet
+        .rollout_stages(&names)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.hosts)
+        .collect();
+    assert_eq!(stages, [vec!["db", "web"], vec!["ws-1"], vec!["ws-2"]]);
+    let plain = minimal().load().unwrap();
+    assert!(
+        plain.rollout_stages(&["web".into()]).is_none(),
+        "no rollout: all at once"
+    );
+}
+
+#[test]
+fn a_rollout_in_a_single_host_file_or_with_a_canary_outside_its_group_is_an_error() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.213.0.2\nroles: [base]\nrollout:\n  batch: 2\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:5:10",
+            "invalid-key",
+            "`rollout:` in a host file is for `count: N` groups",
+        );
+    minimal()
+        .file(
+            "hosts/ws.yaml",
+            "provider: local\nroot: /srv/ws\ncount: 2\nroles: [base]\nrollout:\n  canary: [web]\n",
+        )
+        .fails_with(
+            "hosts/ws.yaml:6:12",
+            "unknown-host",
+            "rollout canary \"web\" is not a host of this group",
+        );
+}

@@ -26,7 +26,7 @@ impl Loop {
         policies: &Policies,
         apply: bool,
         review: Option<&Review>,
-    ) -> Result<Reconciled, Refused> {
+    ) -> Result<Applied, Refused> {
         let started = Instant::now();
         let opts = Arc::new(self.options(&fleet));
         // The hosts free now; those a job (or another reconcile) holds wait
@@ -133,14 +133,27 @@ impl Loop {
             .as_ref()
             .map(|c| c.errors.clone())
             .unwrap_or_default();
-        let rollout = fleet
-            .settings
-            .rollout
-            .clone()
-            .filter(|_| apply && plan.hosts.len() > 1);
-        let (results, outcomes) = if let Some(r) = rollout {
-            self.roll_out(commit, plan, &r, opts, clouds).await
-        } else if apply {
+        let planned: Vec<String> = plan.hosts.iter().map(|p| p.result().host.clone()).collect();
+        let stages = fleet
+            .rollout_stages(&planned)
+            .filter(|s| apply && (s.len() > 1 || !new_servers.is_empty()));
+        if let Some(stages) = stages {
+            // The rollout goes on in its own task with these hosts' locks;
+            // the loop serves other hosts, jobs and proposals meanwhile.
+            self.roll_out(super::rollout::Start {
+                commit: commit.to_string(),
+                plan,
+                stages,
+                opts,
+                clouds,
+                held,
+                busy,
+                cloud_errors,
+                review: review_note,
+            });
+            return Ok(Applied::RollingOut);
+        }
+        let (results, outcomes) = if apply {
             let done = self
                 .clock
                 .io(async move { reconcile::apply(plan, opts, &clouds, quiet).await })
@@ -149,6 +162,38 @@ impl Loop {
         } else {
             (self.clock.io(reconcile::finish(plan)).await, vec![])
         };
+        let done = self.record(
+            commit,
+            &fleet,
+            Done {
+                results,
+                outcomes,
+                busy,
+                cloud_errors,
+                new_servers,
+                apply,
+                review: review_note,
+            },
+        );
+        drop(held);
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconcile done"
+        );
+        Ok(Applied::Done(done))
+    }
+
+    /// Host statuses and metrics from what a reconcile (or a rollout) did.
+    pub(super) fn record(&mut self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
+        let Done {
+            results,
+            outcomes,
+            busy,
+            cloud_errors,
+            new_servers,
+            apply,
+            review: review_note,
+        } = d;
         let mut cloud_failures = cloud_errors;
         for o in &outcomes {
             match &o.error {
@@ -216,7 +261,6 @@ impl Loop {
             st.hosts.insert(host.clone(), h.clone());
             out.push(h);
         }
-        drop(held);
         // Hosts that left the config leave the status too.
         st.hosts.retain(|name, _| {
             fleet.host(name).is_some()
@@ -225,15 +269,11 @@ impl Loop {
         st.generated_host_keys
             .retain(|name, _| fleet.host(name).is_some());
         st.last_reconcile = Some(now());
-        info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconcile done"
-        );
-        Ok(Reconciled {
+        Reconciled {
             hosts: out,
             cloud_failures,
             review: review_note,
-        })
+        }
     }
 
     /// A merge held because its plan is no longer the reviewed one:
@@ -317,15 +357,18 @@ impl Loop {
                     reviewed,
                     accept: retry,
                 });
-            let Reconciled {
-                hosts,
-                cloud_failures,
-                review,
-            } = match self
+            let done = match self
                 .reconcile(&commit, fleet.clone(), &policies, true, review.as_ref())
                 .await
             {
-                Ok(r) => r,
+                Ok(Applied::Done(r)) => r,
+                Ok(Applied::RollingOut) => {
+                    self.rolling
+                        .insert(commit.clone(), (fleet.clone(), started));
+                    self.incomplete = None;
+                    self.push_status(None).await;
+                    return Ok(());
+                }
                 Err(Refused::Denied(denied)) => {
                     self.reject(commit, "the policies deny", denied).await;
                     return Ok(());
@@ -335,6 +378,27 @@ impl Loop {
                     return Ok(());
                 }
             };
+            self.report(commit, &fleet, done, started).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// What a commit did, in the status, the note on the commit and the forge.
+    /// `Err` when some hosts were not reached (they get it on a later pass).
+    pub(super) async fn report(
+        &mut self,
+        commit: String,
+        fleet: &Fleet,
+        done: Reconciled,
+        started: Instant,
+    ) -> Result<(), Again> {
+        let Reconciled {
+            hosts,
+            cloud_failures,
+            review,
+        } = done;
+        {
             // Hosts that could not be reached fail nothing: the commit is
             // applied to them on a later pass, with backoff. Other failures
             // need a human: the commit is quarantined.
@@ -354,13 +418,20 @@ impl Loop {
                 .filter(|h| h.error_kind.is_some_and(HostError::is_transient))
                 .count();
             let ok = cloud_failures.is_empty() && failed.is_empty();
-            self.incomplete = (ok && waiting + unreachable > 0).then(|| commit.clone());
-            let again = self.incomplete.is_some().then_some(Again::Hosts {
+            let partial = ok && waiting + unreachable > 0;
+            // A rollout that ends after a newer commit came leaves that one's state alone.
+            if self.last_seen.as_deref() == Some(commit.as_str()) {
+                self.incomplete = partial.then(|| commit.clone());
+            }
+            let again = partial.then_some(Again::Hosts {
                 unreachable,
                 busy: waiting,
             });
-            if self.incomplete.is_some() {
-                info!(waiting, unreachable, "commit applied in part; the rest on a later pass");
+            if partial {
+                info!(
+                    waiting,
+                    unreachable, "commit applied in part; the rest on a later pass"
+                );
             }
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
@@ -385,7 +456,9 @@ impl Loop {
                         }
                     )
                 } else if failed.is_empty() && waiting > 0 {
-                    format!("{waiting} host(s) busy (a maintenance job or another run); applying to them when they are free")
+                    format!(
+                        "{waiting} host(s) busy (a maintenance job or another run); applying to them when they are free"
+                    )
                 } else if failed.is_empty() {
                     st.applied_commit = Some(commit.clone());
                     st.quarantined = None;
@@ -414,8 +487,7 @@ impl Loop {
                     )
                 }
             };
-            let mut note =
-                status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
+            let mut note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
             if let Some(r) = &review {
                 note.push_str(&format!("\nreview: {r}\n"));
             }
@@ -462,8 +534,6 @@ impl Loop {
             self.push_status(Some((commit, note))).await;
             again.map_or(Ok(()), Err)
         }
-        .instrument(span)
-        .await
     }
 
     /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
@@ -500,8 +570,8 @@ impl Loop {
         info!(by = %s.by, reason = %s.reason, "suspended: planning only");
         self.incomplete = Some(commit.clone());
         let hosts = match self.reconcile(&commit, fleet, policies, false, None).await {
-            Ok(r) => r.hosts,
-            Err(_) => vec![],
+            Ok(Applied::Done(r)) => r.hosts,
+            _ => vec![], // planning only: never a rollout
         };
         let summary = format!(
             "suspended by {} ({}): planned, nothing applied",
@@ -510,6 +580,26 @@ impl Loop {
         let note = status::note(&commit, &summary, &hosts, 0.0);
         self.push_status(Some((commit, note))).await;
     }
+}
+
+/// A reconcile applied (or planned) and recorded, or a rollout started.
+pub(super) enum Applied {
+    Done(Reconciled),
+    /// Going on in its own task; reported when it ends.
+    RollingOut,
+}
+
+/// What applying did, before it is recorded.
+pub(super) struct Done {
+    pub results: Vec<HostResult>,
+    pub outcomes: Vec<crate::cloud::apply::CloudOutcome>,
+    /// Hosts that were held by other work, with who held them.
+    pub busy: Vec<(String, String)>,
+    /// The cloud plan's own errors.
+    pub cloud_errors: Vec<String>,
+    pub new_servers: Vec<String>,
+    pub apply: bool,
+    pub review: Option<String>,
 }
 
 /// What a reconcile did to the hosts, and which server changes failed.

@@ -24,6 +24,18 @@ impl Held {
     pub fn hosts(&self) -> Vec<String> {
         self.guards.iter().map(|(h, _)| h.clone()).collect()
     }
+
+    /// Let go of `hosts` early (a rollout's stage that is done).
+    pub fn release(&mut self, hosts: &[String]) {
+        let mut holders = self.locks.holders.lock().unwrap();
+        self.guards.retain(|(h, _)| {
+            let keep = !hosts.contains(h);
+            if !keep {
+                holders.remove(h);
+            }
+            keep
+        });
+    }
 }
 
 impl Drop for Held {
@@ -115,5 +127,17 @@ mod tests {
         let (all, busy) = locks.try_take(&hosts, "commit 5678");
         assert_eq!(all.hosts(), ["a", "b"]);
         assert!(busy.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rollout_lets_go_of_the_hosts_of_a_stage_that_is_done() {
+        let locks = Arc::new(HostLocks::default());
+        let hosts = ["a".to_string(), "b".to_string()];
+        let (mut rollout, _) = locks.try_take(&hosts, "commit 1234");
+        rollout.release(&["a".to_string()]);
+        assert_eq!(rollout.hosts(), ["b"]);
+        let (job, busy) = locks.try_take(&hosts, "maintenance job backup");
+        assert_eq!(job.hosts(), ["a"], "a is free for a job");
+        assert_eq!(busy, [("b".to_string(), "commit 1234".to_string())]);
     }
 }

@@ -159,6 +159,10 @@ struct Loop {
     jobs_running: std::collections::BTreeSet<String>,
     job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
     job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
+    /// Rollouts going on in their own tasks: commit → its config and start.
+    rolling: BTreeMap<String, (Arc<Fleet>, std::time::Instant)>,
+    rollout_tx: tokio::sync::mpsc::UnboundedSender<rollout::Event>,
+    rollout_rx: Option<tokio::sync::mpsc::UnboundedReceiver<rollout::Event>>,
     /// The suspension the status branch shows (pushed when it changes).
     reported_suspension: Option<status::Suspension>,
     /// Next due time of each maintenance job.
@@ -433,6 +437,7 @@ impl Loop {
             self.catch_up();
         }
         let mut done = self.job_rx.take().expect("run once");
+        let mut rollouts = self.rollout_rx.take().expect("run once");
         self.sched.after(Request::Head, self.poll_interval());
         self.sched.after(Request::Drift, self.drift_interval());
         if !self.cfg.proposals.is_empty() {
@@ -444,6 +449,10 @@ impl Loop {
                 _ = self.shutdown.notified() => break,
                 Some(d) = done.recv() => {
                     self.job_finished(d).await;
+                    continue;
+                }
+                Some(ev) = rollouts.recv() => {
+                    self.rollout_event(ev).await;
                     continue;
                 }
                 r = self.sched.next() => r,
@@ -490,7 +499,7 @@ impl Loop {
 
     /// What a request asked for next: its regular interval, or the error
     /// policy's backoff with jitter for its key.
-    fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
+    pub(super) fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
         match outcome {
             Ok(next) => {
                 self.backoff.succeeded(&req);
@@ -599,6 +608,7 @@ pub async fn serve(
     let stop = Arc::new(Notify::new());
     let record = proposals::load_record(&cfg.state_dir);
     let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
     let lp = Loop {
         cfg,
         clock,
@@ -617,6 +627,9 @@ pub async fn serve(
         jobs_running: Default::default(),
         job_done,
         job_rx: Some(job_rx),
+        rolling: BTreeMap::new(),
+        rollout_tx,
+        rollout_rx: Some(rollout_rx),
         due: BTreeMap::new(),
         proposals: record,
         forge: None,

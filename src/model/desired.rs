@@ -34,6 +34,9 @@ pub struct Fleet {
     /// Decrypted secrets by name, for maintenance jobs (backup passwords).
     #[serde(skip)]
     pub secret_values: SecretValues,
+    /// `rollout:` of `count: N` groups, by group name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_rollouts: BTreeMap<String, Rollout>,
 }
 
 /// Secret values by name; `Debug` shows only the names.
@@ -107,6 +110,71 @@ pub struct Rollout {
 pub enum Batch {
     Count(u32),
     Percent(u32),
+}
+
+/// Hosts of a rollout applied together, checked with `health` after, and
+/// followed by a pause before the next stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub hosts: Vec<String>,
+    pub health: Vec<HealthCheck>,
+    pub pause_secs: u64,
+    /// The `count:` group whose own rollout this stage belongs to.
+    pub group: Option<String>,
+}
+
+impl Fleet {
+    /// How a commit is rolled out over `hosts`, or None for all at once.
+    /// Hosts outside groups with their own `rollout:` go first (by the
+    /// fleet's rollout, or together), then each such group by its own, in
+    /// name order; the first failure stops what follows. Pure.
+    pub fn rollout_stages(&self, hosts: &[String]) -> Option<Vec<Stage>> {
+        if self.settings.rollout.is_none() && self.group_rollouts.is_empty() {
+            return None;
+        }
+        let group_of = |name: &String| {
+            self.host(name)
+                .and_then(|h| h.group.clone())
+                .filter(|g| self.group_rollouts.contains_key(g))
+        };
+        let stages = |r: &Rollout, members: &[String], group: Option<&String>| {
+            r.stages(members)
+                .into_iter()
+                .map(|hosts| Stage {
+                    hosts,
+                    health: r.health.clone(),
+                    pause_secs: r.pause_secs,
+                    group: group.cloned(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let rest: Vec<String> = hosts
+            .iter()
+            .filter(|h| group_of(h).is_none())
+            .cloned()
+            .collect();
+        let mut out = match (&self.settings.rollout, rest.is_empty()) {
+            (_, true) => vec![],
+            (Some(r), false) => stages(r, &rest, None),
+            (None, false) => vec![Stage {
+                hosts: rest,
+                health: vec![],
+                pause_secs: 0,
+                group: None,
+            }],
+        };
+        for (group, r) in &self.group_rollouts {
+            let members: Vec<String> = hosts
+                .iter()
+                .filter(|h| group_of(h).as_ref() == Some(group))
+                .cloned()
+                .collect();
+            if !members.is_empty() {
+                out.extend(stages(r, &members, Some(group)));
+            }
+        }
+        Some(out)
+    }
 }
 
 #[cfg(test)]

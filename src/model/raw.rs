@@ -174,6 +174,9 @@ pub struct HostFile {
     #[serde(default)]
     pub labels: BTreeMap<String, S<String>>,
     pub allow_destroy: Option<S<bool>>,
+    /// For `count: N` groups: how the daemon rolls a commit out over the
+    /// group's hosts (instead of the fleet's `rollout:`).
+    pub rollout: Option<RolloutSpec>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

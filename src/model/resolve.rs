@@ -397,6 +397,7 @@ impl<'a> Loader<'a> {
         let mut hosts: Vec<Host> = Vec::new();
         let mut names: HashMap<String, Origin> = HashMap::new();
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut group_rollouts = BTreeMap::new();
         // Host files that failed to parse: jobs naming them get no second error.
         let mut broken_hosts: BTreeSet<String> = BTreeSet::new();
         for (stem, path) in host_files {
@@ -407,6 +408,7 @@ impl<'a> Loader<'a> {
             let Some(settings) = &settings else { continue };
             let fleet_defaults = fleet_file.as_ref().map(|f| &f.defaults.vars);
             let fleet_name = settings_fleet_name(fleet_file.as_ref());
+            let first = hosts.len();
             for host in self.hosts(
                 &stem,
                 &path,
@@ -429,6 +431,37 @@ impl<'a> Loader<'a> {
                     groups.entry(g.clone()).or_default().push(host.name.clone());
                 }
                 hosts.push(host);
+            }
+            if let Some(spec) = &h.rollout {
+                let group = hosts[first..].first().and_then(|g| g.group.clone());
+                match (&h.count, group) {
+                    (Some(_), Some(group)) => {
+                        let r = self.rollout(&path, spec);
+                        for (name, s) in r.canary.iter().zip(&spec.canary) {
+                            if !hosts[first..].iter().any(|h| h.name == *name) {
+                                self.err(at(&path, s).error(
+                                    "unknown-host",
+                                    format!("rollout canary {name:?} is not a host of this group"),
+                                ).with_help(format!("the group's hosts are {group}-1 … {group}-N")));
+                            }
+                        }
+                        group_rollouts.insert(group, r);
+                    }
+                    (None, _) => {
+                        let origin = spec
+                            .canary
+                            .first()
+                            .or(spec.batch.as_ref())
+                            .or(spec.pause.as_ref())
+                            .map(|v| at(&path, v))
+                            .unwrap_or_else(|| Origin::file(&path));
+                        let d = origin
+                            .error("invalid-key", "`rollout:` in a host file is for `count: N` groups")
+                            .with_help("a single host is applied at once; for a rollout across hosts, put `rollout:` in tidekeeper.yaml");
+                        self.err(d);
+                    }
+                    (Some(_), None) => {}
+                }
             }
         }
 
@@ -472,6 +505,7 @@ impl<'a> Loader<'a> {
             secrets_decrypted: false,
             redactions: vec![],
             secret_values: Default::default(),
+            group_rollouts,
         })
     }
 
