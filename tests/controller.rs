@@ -58,6 +58,8 @@ struct Setup<'a> {
     ssh_key: Option<&'a Path>,
     /// Real time instead of a virtual clock.
     real_time: bool,
+    /// Refs of proposals to plan.
+    proposals: &'a [&'a str],
 }
 
 /// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
@@ -109,6 +111,36 @@ async fn post_raw(
     )
 }
 
+/// POST from a blocking task: virtual time stands still until the answer.
+async fn post_blocking(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, String) {
+    let (path, token, body) = (path.to_string(), token.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
 async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -126,7 +158,7 @@ async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
         watch: false,
         hosts: vec![],
         git: Default::default(),
-        proposals: vec![],
+        proposals: setup.proposals.iter().map(|p| p.to_string()).collect(),
         rollback_after: Duration::from_secs(120),
     };
     let clock = if setup.real_time {
@@ -666,4 +698,246 @@ pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
+    let tmp = TempDir::new("controller-suspend");
+    let ran = tmp.path().join("job-ran");
+    let (repo, a, b) = fleet(tmp.path(), &format!("touch {}", ran.display()));
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            api_token: Some("tok-susp-1"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    let (code, _) = post_blocking(
+        d.addr,
+        "/suspend",
+        "tok-susp-1",
+        r#"{"by":"ops","reason":"incident 42"}"#,
+    )
+    .await;
+    assert_eq!(code, 202);
+    std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
+    let c2 = commit(&repo, "v2");
+    d.shared.poke();
+    until(
+        "the commit planned, not applied",
+        Duration::from_secs(30),
+        || d.host("a")["state"] == "drifted" && d.host("b")["state"] == "drifted",
+    )
+    .await;
+    d.shared.scheduler.now(Request::RunJob("slow".into()));
+    until("the job turned away", Duration::from_secs(30), || {
+        d.shared.status.lock().unwrap().schedules["slow"]
+            .last_run
+            .as_ref()
+            .is_some_and(|r| r.not_started.is_some())
+    })
+    .await;
+    // Three hours of polls and drift checks (hourly here) change nothing.
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    assert!(d.reconciles("a") >= 4, "it kept planning");
+    assert_eq!((read(&a), read(&b)), ("v1\n".into(), "v1\n".into()));
+    assert!(!ran.exists(), "no job ran while suspended");
+    let run = d.shared.status.lock().unwrap().schedules["slow"]
+        .last_run
+        .clone()
+        .unwrap();
+    assert_eq!(
+        run.not_started.as_deref(),
+        Some("not started: suspended by ops (incident 42)")
+    );
+    assert_ne!(d.applied(), Some(c2.clone()));
+
+    let resumed = Instant::now();
+    let (code, _) = post_blocking(d.addr, "/resume", "tok-susp-1", "").await;
+    assert_eq!(code, 202);
+    until("the held commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(
+        resumed.elapsed(),
+        Duration::ZERO,
+        "at once, not at the next poll"
+    );
+    assert_eq!((read(&a), read(&b)), ("v2\n".into(), "v2\n".into()));
+    d.shared.scheduler.now(Request::RunJob("slow".into()));
+    until("the job ran", Duration::from_secs(30), || ran.exists()).await;
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouched() {
+    let tmp = TempDir::new("controller-canary");
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    let d = start(&repo, &tmp.path().join("state")).await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    // a is the canary; on a the new commit also runs a command that fails.
+    std::fs::write(
+        repo.join("tidekeeper.yaml"),
+        "fleet: ctl\nrollout:\n  canary: [a]\n  pause: 1h\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
+    std::fs::write(
+        repo.join("roles/broken.yaml"),
+        "commands:\n  - {name: migrate, run: \"exit 3\"}\n",
+    )
+    .unwrap();
+    let host_a = std::fs::read_to_string(repo.join("hosts/a.yaml")).unwrap();
+    std::fs::write(
+        repo.join("hosts/a.yaml"),
+        host_a.replace("roles: [app]", "roles: [app, broken]"),
+    )
+    .unwrap();
+    let c2 = commit(&repo, "v2 with a broken migration");
+    let poked = Instant::now();
+    d.shared.poke();
+    until("the commit quarantined", Duration::from_secs(30), || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .quarantined
+            .as_ref()
+            .is_some_and(|q| q.commit == c2)
+    })
+    .await;
+    assert_eq!(poked.elapsed(), Duration::ZERO, "stopped at once, no pause");
+    assert_eq!(read(&b), "v1\n", "b is untouched");
+    let hb = d.host("b");
+    assert_eq!(hb["state"], "pending", "{hb}");
+    assert!(
+        hb["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the rollout stopped at stage 1 (a failed)")),
+        "{hb}"
+    );
+    let ha = d.host("a");
+    assert_eq!(ha["state"], "failed", "{ha}");
+    assert_eq!(read(&a), "v2\n", "the canary got the change it failed on");
+    let r = d.shared.status.lock().unwrap().rollout.clone().unwrap();
+    assert_eq!(
+        (r.stage, r.stages, r.state.as_str()),
+        (1, 2, "stopped: a failed")
+    );
+    // A day later nothing more was tried: a failed rollout waits for a human.
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    assert_eq!(read(&b), "v1\n");
+    assert_ne!(d.applied(), Some(c2));
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
+    let bed = Testbed::start_light(1);
+    let files = |v: &str| {
+        format!(
+            "{}  - {{path: /etc/tk-other, content: \"other\\n\"}}\n",
+            ROLE.replace("VERSION", v)
+        )
+    };
+    let repo = FleetRepo::minimal(&bed, &[("app", &files("one"))]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\napply:\n  require_reviewed_plan: true\n",
+    );
+    repo.commit("reviewed plans only");
+    let tmp = TempDir::new("controller-review");
+    let d = start_with(
+        &repo.path,
+        &tmp.path().join("state"),
+        Setup {
+            ssh_key: Some(&repo.key),
+            proposals: &["refs/pull/*/head"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let head = || git(&repo.path, &["rev-parse", "HEAD"]);
+    let c1 = head();
+    until("the first commit applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    let note = |c: &str| {
+        std::process::Command::new("git")
+            .args(["notes", "--ref=tidekeeper", "show", c])
+            .current_dir(&repo.path)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    git(&repo.path, &["checkout", "-q", "-b", "pr-1"]);
+    repo.write("roles/app.yaml", &files("two"));
+    repo.commit("pr 1");
+    let pr = head();
+    git(&repo.path, &["update-ref", "refs/pull/1/head", &pr]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    d.shared.poke();
+    until("the proposal planned", Duration::from_secs(60), || {
+        note(&pr).contains("Plan digest: `")
+    })
+    .await;
+    // After review, the host drifts; then the PR is merged.
+    bed.ssh_ok(0, "echo edited > /etc/tk-other");
+    git(
+        &repo.path,
+        &["merge", "-q", "--no-ff", "-m", "merge pr 1", "pr-1"],
+    );
+    let m = head();
+    d.shared.poke();
+    until("the merge held", Duration::from_secs(60), || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .quarantined
+            .as_ref()
+            .is_some_and(|q| q.commit == m)
+    })
+    .await;
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-ctl"), "one\n", "nothing applied");
+    until("the note", Duration::from_secs(30), || {
+        note(&m).contains("differs")
+    })
+    .await;
+    let n = note(&m);
+    assert!(
+        n.contains("the plan differs from the one reviewed on refs/pull/1/head")
+            && n.contains("now also:")
+            && n.contains("/etc/tk-other"),
+        "{n}"
+    );
+    // An hour of polls does not apply it.
+    tokio::time::sleep(Duration::from_secs(3600 + 60)).await;
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-ctl"), "one\n");
+    // Looked at and accepted: retry applies it as it plans now.
+    d.shared.scheduler.now(Request::Retry);
+    until("applied after retry", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(m.as_str())
+    })
+    .await;
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-ctl /etc/tk-other"),
+        "two\nother\n"
+    );
+    d.stop().await;
 }
