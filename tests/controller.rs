@@ -60,6 +60,8 @@ struct Setup<'a> {
     real_time: bool,
     /// Refs of proposals to plan.
     proposals: &'a [&'a str],
+    /// The drift interval, if not an hour.
+    drift: Option<Duration>,
 }
 
 /// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
@@ -151,7 +153,7 @@ async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
         listen: listener.local_addr().unwrap(),
         // Only the test's own requests wake it.
         poll: Some(Duration::from_secs(3600)),
-        drift: Some(Duration::from_secs(3600)),
+        drift: Some(setup.drift.unwrap_or(Duration::from_secs(3600))),
         webhook_secret: setup.webhook_secret.map(String::from),
         api_token: setup.api_token.map(String::from),
         ssh_key: setup.ssh_key.map(|k| k.display().to_string()),
@@ -939,5 +941,60 @@ async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
         bed.ssh_ok(0, "cat /etc/tk-ctl /etc/tk-other"),
         "two\nother\n"
     );
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_found_at_its_interval_and_corrected_when_the_config_says_so() {
+    let tmp = TempDir::new("controller-drift");
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            drift: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let c1 = git(&repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c1.as_str())
+    })
+    .await;
+    let conf = a.join("etc/app.conf");
+    std::fs::write(&conf, "tampered\n").unwrap();
+    let step = Duration::from_secs(5);
+    let took = until_virtual("drift found", step, Duration::from_secs(1800), || {
+        d.host("a")["state"] == "drifted"
+    })
+    .await;
+    assert!(
+        took >= Duration::from_secs(600) && took <= Duration::from_secs(605),
+        "found after {took:?}, at the 10 min drift check"
+    );
+    let ha = d.host("a");
+    assert!(ha["drift"].to_string().contains("/etc/app.conf"), "{ha}");
+    assert_eq!(d.host("b")["state"], "synced");
+    assert_eq!(read(&a), "tampered\n", "drift: report changes nothing");
+
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: ctl\ndrift: correct\n").unwrap();
+    let c2 = commit(&repo, "correct drift");
+    d.shared.poke();
+    until("the commit applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(read(&a), "v1\n", "the commit put it back");
+    std::fs::write(&conf, "tampered again\n").unwrap();
+    let took = until_virtual("drift corrected", step, Duration::from_secs(1800), || {
+        read(&a) == "v1\n"
+    })
+    .await;
+    assert!(
+        took >= Duration::from_secs(600) && took <= Duration::from_secs(605),
+        "corrected after {took:?}"
+    );
+    assert_eq!(read(&b), "v1\n");
     d.stop().await;
 }

@@ -11,7 +11,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
 use super::{Loop, Policies, now, proposals};
-use crate::engine::{self, HostError, HostResult};
+use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
 use crate::reconcile;
 
@@ -635,32 +635,33 @@ pub(super) fn host_status(
     h.last_reconcile = Some(now());
     h.duration_ms = Some(r.elapsed.as_millis() as u64);
     h.error_kind = r.error_kind;
-    match (&r.error, r.error_kind, &r.plan) {
-        (Some(e), Some(HostError::Locked), _) => {
+    let error = r.error.clone().unwrap_or_default();
+    match (r.outcome_kind(applied), &r.plan) {
+        (HostOutcome::Failed(HostError::Locked), _) => {
             // Another run holds the host: not a failure of this commit; look again soon.
             h.state = HostState::Pending;
-            h.last_error = Some(e.clone());
+            h.last_error = Some(error);
             h.last_result = Some("waiting for the host's lock".into());
         }
-        (Some(e), Some(HostError::RolloutStopped), _) => {
+        (HostOutcome::Failed(HostError::RolloutStopped), _) => {
             // Left as it was: the rollout stopped before reaching it.
             h.state = HostState::Pending;
-            h.last_error = Some(e.clone());
+            h.last_error = Some(error);
             h.last_result = Some("not applied: the rollout stopped".into());
         }
-        (Some(_), Some(HostError::NotCreated), _) => {
+        (HostOutcome::Failed(HostError::NotCreated), _) => {
             // A cloud server the cloud stage has not created yet.
             h.state = HostState::Pending;
             h.last_error = None;
             h.last_result = Some("not created yet: no address".into());
         }
-        (Some(e), kind, plan) => {
-            h.state = if plan.is_none() && kind == Some(HostError::Unreachable) {
+        (HostOutcome::Failed(kind), plan) => {
+            h.state = if plan.is_none() && kind == HostError::Unreachable {
                 HostState::Unreachable
             } else {
                 HostState::Failed
             };
-            h.last_error = Some(e.clone());
+            h.last_error = Some(error);
             h.last_result = Some(
                 if applied {
                     "apply failed"
@@ -670,32 +671,34 @@ pub(super) fn host_status(
                 .into(),
             );
         }
-        (None, _, Some(p)) => {
+        (HostOutcome::Applied, Some(p)) => {
             h.last_error = None;
-            if applied {
-                h.state = HostState::Synced;
-                h.applied_commit = Some(commit.to_string());
-                h.drift.clear();
-                h.last_result = Some(if p.has_changes() {
-                    format!("{} change(s) applied", p.changes.len() + p.handlers.len())
-                } else {
-                    "no changes".into()
-                });
-            } else if p.has_changes() {
-                h.state = HostState::Drifted;
-                h.drift = p
-                    .changes
-                    .iter()
-                    .map(|c| format!("{} {} {}", c.action.symbol(), c.kind, c.id))
-                    .collect();
-                h.last_result = Some(format!("drift: {} resource(s)", h.drift.len()));
+            h.state = HostState::Synced;
+            h.applied_commit = Some(commit.to_string());
+            h.drift.clear();
+            h.last_result = Some(if p.has_changes() {
+                format!("{} change(s) applied", p.changes.len() + p.handlers.len())
             } else {
-                h.state = HostState::Synced;
-                h.drift.clear();
-                h.last_result = Some("no drift".into());
-            }
+                "no changes".into()
+            });
         }
-        (None, _, None) => {
+        (HostOutcome::Planned, Some(p)) if p.has_changes() => {
+            h.last_error = None;
+            h.state = HostState::Drifted;
+            h.drift = p
+                .changes
+                .iter()
+                .map(|c| format!("{} {} {}", c.action.symbol(), c.kind, c.id))
+                .collect();
+            h.last_result = Some(format!("drift: {} resource(s)", h.drift.len()));
+        }
+        (HostOutcome::Planned, Some(_)) => {
+            h.last_error = None;
+            h.state = HostState::Synced;
+            h.drift.clear();
+            h.last_result = Some("no drift".into());
+        }
+        (HostOutcome::Skipped | HostOutcome::Applied | HostOutcome::Planned, _) => {
             if let Some(why) = &r.skipped {
                 // A server that is off or not created yet: not a failure.
                 h.state = HostState::Pending;

@@ -169,6 +169,8 @@ struct Loop {
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Proposal ref → the head planned last (kept in the state directory).
     proposals: proposals::Record,
+    /// Proposal ref → its head and commit time, as last fetched.
+    proposal_heads: BTreeMap<String, (String, i64)>,
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
@@ -462,9 +464,10 @@ impl Loop {
                 Request::Head => self.on_head(false).await,
                 Request::Retry => self.on_head(true).await,
                 Request::Proposals => {
-                    self.plan_proposals().await;
+                    self.look_at_proposals().await;
                     Ok(Requeue::Done)
                 }
+                Request::Proposal(name) => self.plan_proposal_ref(name).await,
                 Request::Drift => {
                     self.drift_check().await;
                     Ok(Requeue::After(self.drift_interval()))
@@ -632,6 +635,7 @@ pub async fn serve(
         rollout_rx: Some(rollout_rx),
         due: BTreeMap::new(),
         proposals: record,
+        proposal_heads: BTreeMap::new(),
         forge: None,
         unpushed: Mutex::new(None),
     };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Loop;
+use super::scheduler::{Again, Request, Requeue};
 use crate::engine::{self, HostResult};
 use crate::reconcile;
 use crate::source::ConfigTree;
@@ -79,9 +80,9 @@ struct Planned {
 }
 
 impl Loop {
-    /// Plan new heads of proposals, note each plan on its commit and report
-    /// it; send reports a forge outage held back; forget deleted refs.
-    pub(super) async fn plan_proposals(&mut self) {
+    /// Fetch the proposal refs; ask for a `Proposal(ref)` request for each
+    /// new head and each report a forge outage held back; forget deleted refs.
+    pub(super) async fn look_at_proposals(&mut self) {
         if self.cfg.proposals.is_empty() {
             return;
         }
@@ -92,13 +93,39 @@ impl Loop {
         let before = self.proposals.clone();
         self.proposals
             .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
-        for (name, oid, time) in heads {
-            let sha = oid.to_string();
+        if self.proposals != before {
+            save_record(&self.cfg.state_dir, &self.proposals);
+        }
+        self.proposal_heads = heads
+            .into_iter()
+            .map(|(name, oid, time)| (name, (oid.to_string(), time)))
+            .collect();
+        for (name, (sha, _)) in &self.proposal_heads {
+            let seen = self.proposals.get(name);
+            let new = seen.is_none_or(|s| s.commit != *sha);
+            let owed = seen.is_some_and(|s| s.report.is_some());
+            let req = Request::Proposal(name.clone());
+            // An owed report keeps its own backoff; a new head goes at once.
+            if new || (owed && self.sched.when(&req).is_none()) {
+                self.sched.now(req);
+            }
+        }
+    }
+
+    /// One proposal ref: plan its head if it is new, note the plan on its
+    /// commit, and report it. `Err` when the forge did not take the report
+    /// (it is kept and sent on the next try, never planned again).
+    pub(super) async fn plan_proposal_ref(&mut self, name: &str) -> Result<Requeue, Again> {
+        let Some((sha, time)) = self.proposal_heads.get(name).cloned() else {
+            return Ok(Requeue::Done); // the ref is gone
+        };
+        {
+            let name = name.to_string();
             let seen = self.proposals.get(&name).cloned();
             if seen.as_ref().is_none_or(|s| s.commit != sha) {
                 // Without a good base there is nothing to plan a proposal under.
                 let Some((base_commit, _, _)) = self.good.clone() else {
-                    continue;
+                    return Ok(Requeue::Done);
                 };
                 let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12]);
                 let planned = self.plan_one(&name, &sha, time).instrument(span).await;
@@ -122,21 +149,18 @@ impl Loop {
                 );
                 save_record(&self.cfg.state_dir, &self.proposals);
             }
-            self.send_report(&name, &sha).await;
         }
-        if self.proposals != before {
-            save_record(&self.cfg.state_dir, &self.proposals);
-        }
+        self.send_report(name, &sha).await
     }
 
     /// Send the report owed for `name` at `sha`, if any; kept on failure.
-    async fn send_report(&mut self, name: &str, sha: &str) {
+    async fn send_report(&mut self, name: &str, sha: &str) -> Result<Requeue, Again> {
         let Some(report) = self.proposals.get(name).and_then(|s| s.report.clone()) else {
-            return;
+            return Ok(Requeue::Done);
         };
         // The forge is always the base's: a proposal cannot redirect reports.
         let Some(settings) = self.good.as_ref().and_then(|g| g.1.settings.forge.clone()) else {
-            return;
+            return Ok(Requeue::Done);
         };
         let pr = crate::forge::pr_number(name);
         let forge = self.forge(&settings);
@@ -160,12 +184,14 @@ impl Loop {
                     s.report = None;
                 }
                 save_record(&self.cfg.state_dir, &self.proposals);
+                Ok(Requeue::Done)
             }
             Err(e) => {
                 // Kept: sent again once the forge answers; never planned again.
                 warn!(error = %e, "could not report the plan to the forge");
                 self.shared
                     .note_stale("forge", format!("forge unreachable: {e}"));
+                Err(Again::Forge)
             }
         }
     }

@@ -21,8 +21,10 @@ pub enum Request {
     Retry,
     /// Plan the last good commit against the hosts; correct if configured.
     Drift,
-    /// Plan proposals whose heads are new.
+    /// Fetch the proposal refs; ask for each one whose head is new.
     Proposals,
+    /// Plan one proposal ref's head (and send its report).
+    Proposal(String),
     /// Run a maintenance job at its due time.
     Job(String),
     /// Run a maintenance job now, whatever its schedule (`POST /jobs/NAME/run`).
@@ -35,7 +37,7 @@ impl Request {
             Request::Head => "head",
             Request::Retry => "retry",
             Request::Drift => "drift",
-            Request::Proposals => "proposals",
+            Request::Proposals | Request::Proposal(_) => "proposals",
             Request::Job(_) | Request::RunJob(_) => "job",
         }
     }
@@ -144,6 +146,9 @@ pub enum Again {
     /// The commit reached only some hosts: the others were unreachable or busy.
     #[error("{unreachable} host(s) unreachable, {busy} busy")]
     Hosts { unreachable: usize, busy: usize },
+    /// The forge did not take a report (it is kept).
+    #[error("the forge did not take the report")]
+    Forge,
 }
 
 impl Again {
@@ -154,10 +159,9 @@ impl Again {
     pub fn policy(&self, interval: Duration) -> (Duration, Duration, bool) {
         let max = Duration::from_secs(300);
         match self {
-            Again::Fetch => (interval.min(max), max, false),
-            Again::Hosts { unreachable: 0, .. } => {
-                (Duration::from_secs(2), Duration::from_secs(2), true)
-            }
+            Again::Fetch | Again::Forge => (interval.min(max), max, false),
+            // Busy hosts too: the job or rollout holding them pokes when it
+            // ends; the backoff is for holders that do not (another process).
             Again::Hosts { .. } => (Duration::from_secs(2), max, true),
         }
     }
@@ -165,6 +169,7 @@ impl Again {
     pub fn label(&self) -> &'static str {
         match self {
             Again::Fetch => "fetch",
+            Again::Forge => "forge",
             Again::Hosts { unreachable: 0, .. } => "busy",
             Again::Hosts { .. } => "unreachable",
         }
@@ -306,14 +311,15 @@ mod tests {
             unreachable: 0,
             busy: 1,
         };
-        assert_eq!(
-            busy.policy(poll).1,
-            Duration::from_secs(2),
-            "busy hosts: no growth"
-        );
+        assert_eq!(busy.policy(poll), hosts.policy(poll));
         assert_eq!(
             (hosts.label(), busy.label(), Again::Fetch.label()),
             ("unreachable", "busy", "fetch")
+        );
+        assert_eq!(
+            Again::Forge.policy(poll),
+            (poll, Duration::from_secs(300), false),
+            "a forge that is down is asked at most once a poll"
         );
     }
 }

@@ -186,7 +186,33 @@ pub struct HostResult {
     pub elapsed: Duration,
 }
 
+/// What happened to a host, typed: what the daemon decides statuses,
+/// retries and quarantine on, never message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// Not planned, and not an error: a server not created yet, or off.
+    Skipped,
+    /// Planned, nothing applied (a drift check, a proposal, `plan`).
+    Planned,
+    /// Applied, or nothing needed applying.
+    Applied,
+    /// Failed, with its kind.
+    Failed(HostError),
+}
+
 impl HostResult {
+    /// The typed outcome; `applying` says whether the plan was to be applied.
+    pub fn outcome_kind(&self, applying: bool) -> HostOutcome {
+        match (self.error_kind, &self.plan) {
+            (Some(kind), _) => HostOutcome::Failed(kind),
+            // An error without a kind is a bug upstream; count it as a failed step.
+            (None, _) if self.error.is_some() => HostOutcome::Failed(HostError::StepFailed),
+            (None, None) => HostOutcome::Skipped,
+            (None, Some(_)) if applying => HostOutcome::Applied,
+            (None, Some(_)) => HostOutcome::Planned,
+        }
+    }
+
     /// A host not planned (yet): no plan, no error.
     pub fn new(host: &str, address: &str) -> HostResult {
         HostResult {
@@ -708,4 +734,26 @@ pub async fn finish(planned: Vec<Planned>) -> Vec<HostResult> {
         out.push(p.result);
     }
     out
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn a_host_outcome_comes_from_the_error_kind_and_the_plan_never_from_text() {
+        let mut r = HostResult::new("web-1", "10.0.0.5");
+        assert_eq!(r.outcome_kind(true), HostOutcome::Skipped);
+        r.skipped = Some("its server is off".into());
+        assert_eq!(r.outcome_kind(false), HostOutcome::Skipped);
+        // Text that reads like another kind changes nothing: the kind decides.
+        r.fail(HostError::Locked, "cannot reach the host: failed");
+        assert_eq!(r.outcome_kind(true), HostOutcome::Failed(HostError::Locked));
+        r.error_kind = None;
+        assert_eq!(
+            r.outcome_kind(true),
+            HostOutcome::Failed(HostError::StepFailed),
+            "an error is never taken for success"
+        );
+    }
 }
