@@ -1030,8 +1030,7 @@ fn plan(
             let opts = std::sync::Arc::new(opts);
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
-            let verdict =
-                crate::policy::judge(&fp.fleet, &fp.results(), fp.cloud.as_ref(), &policies);
+            let verdict = fp.gate(&policies).verdict;
             (fp, verdict, vec![], (*opts).clone())
         }
     };
@@ -1100,7 +1099,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
         opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
     );
     let t = reconcile::totals(fp.cloud.as_ref(), &results);
-    let verdict = crate::policy::judge(&fp.fleet, &results, fp.cloud.as_ref(), &policies);
+    let reconcile::Gate { verdict, refusals } = fp.gate(&policies);
     if fp.has_changes() {
         print!("\n{}", opts.redact(&verdict.render()));
     }
@@ -1109,7 +1108,6 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
         rt.block_on(reconcile::finish(fp));
         return EXIT_INVALID;
     }
-    let refusals = fp.refusals();
     if !refusals.is_empty() {
         println!("Not applying this plan; nothing was changed:");
         for r in refusals {

@@ -14,10 +14,12 @@
 //! - [`cli`]: the `tidekeeper` command.
 
 pub mod badge;
+pub mod change;
 pub mod cli;
 pub mod clock;
 pub mod cloud;
 pub mod daemon;
+pub mod digest;
 pub mod engine;
 pub mod forge;
 pub mod maintenance;

@@ -48,6 +48,47 @@ impl FleetPlan {
     pub fn refusals(&self) -> Vec<String> {
         self.cloud.as_ref().map(|c| c.blocked()).unwrap_or_default()
     }
+
+    /// The one gate every plan passes before it is applied or reported (CLI
+    /// plan and apply, the daemon's commits, proposals): the policies'
+    /// verdict and the cloud stage's refusals.
+    pub fn gate(&self, policies: &[(String, String)]) -> Gate {
+        Gate {
+            verdict: crate::policy::judge(
+                &self.fleet,
+                &self.results(),
+                self.cloud.as_ref(),
+                policies,
+            ),
+            refusals: self.refusals(),
+        }
+    }
+}
+
+/// What the gate says of a plan.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub verdict: crate::policy::Verdict,
+    /// Changes the cloud stage will not make (a destroy without permission).
+    pub refusals: Vec<String>,
+}
+
+impl Gate {
+    /// The plan may not be applied.
+    pub fn stops(&self) -> bool {
+        self.verdict.blocks() || !self.refusals.is_empty()
+    }
+
+    /// Why it stops, a line each.
+    pub fn reasons(&self) -> Vec<String> {
+        let v = &self.verdict;
+        v.deny
+            .iter()
+            .map(|d| format!("policy denies: {d}"))
+            .chain(v.errors.iter().map(|e| format!("policy error: {e}")))
+            .chain(self.refusals.iter().map(|r| format!("refused: {r}")))
+            .collect()
+    }
 }
 
 /// Everything a reconcile did.
@@ -426,14 +467,12 @@ pub async fn plan_proposal(
         quiet,
     )
     .await;
-    let mut verdict = crate::policy::judge(
-        &plan.fleet,
-        &plan.results(),
-        plan.cloud.as_ref(),
-        &confined.policies,
-    );
+    let Gate {
+        mut verdict,
+        refusals,
+    } = plan.gate(&confined.policies);
     // A destroy without permission fails the proposal like a denial.
-    verdict.deny.extend(plan.refusals());
+    verdict.deny.extend(refusals);
     ProposalPlan {
         plan,
         verdict,
@@ -446,7 +485,6 @@ pub async fn plan_proposal(
 /// and what the daemon compares when the merge arrives. Timings, addresses
 /// and notes are left out: only what would change counts.
 pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (String, Vec<String>) {
-    use sha2::{Digest, Sha256};
     let mut lines = Vec::new();
     if let Some(c) = cloud {
         for ch in &c.changes {
@@ -473,7 +511,6 @@ pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (Strin
         }
     }
     lines.sort();
-    let digest = Sha256::digest(lines.join("\n").as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::digest::sha256_hex(lines.join("\n").as_bytes())[..16].to_string();
     (hex, lines)
 }

@@ -137,7 +137,7 @@ mod tests {
     fn result(host: &str, files: usize) -> HostResult {
         let changes = (0..files)
             .map(|i| Change {
-                kind: "file".into(),
+                kind: crate::change::ResourceKind::File,
                 id: format!("/etc/app/{i}.conf"),
                 action: Action::Update,
                 attrs: vec![],

@@ -8,7 +8,6 @@
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PublicKeyBase64};
-use sha2::{Digest, Sha256};
 
 pub struct HostKey {
     /// OpenSSH private key (goes only into the server's user data).
@@ -24,16 +23,8 @@ impl std::fmt::Debug for HostKey {
     }
 }
 
-/// The label value for a key: hex SHA-256 of its wire blob, 40 digits
-/// (label values are limited to 63 characters on Hetzner).
-pub fn fingerprint(key_b64: &str) -> Option<String> {
-    use base64::Engine;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(key_b64)
-        .ok()?;
-    let digest = Sha256::digest(&blob);
-    Some(digest.iter().take(20).map(|b| format!("{b:02x}")).collect())
-}
+/// The label value for a key (the transport checks offered keys against it).
+pub use crate::transport::host_key_fingerprint as fingerprint;
 
 pub fn generate() -> std::io::Result<HostKey> {
     let mut seed = [0u8; 32];

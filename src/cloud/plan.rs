@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::desired::{DesiredServer, describe_port};
 use super::{ALLOW_DESTROY, HOST_KEY, Monthly, Observed, ObservedServer};
-use crate::engine::plan::Attr;
+use crate::change::Attr;
 use crate::model::desired::{Fleet, ProviderKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -69,20 +69,11 @@ impl Loop {
         }
         let new_servers = plan.new_servers.clone();
         if apply && plan.has_changes() {
-            let verdict =
-                crate::policy::judge(&plan.fleet, &plan.results(), plan.cloud.as_ref(), policies);
-            let refusals = plan.refusals();
-            if verdict.blocks() || !refusals.is_empty() {
+            let gate = plan.gate(policies);
+            if gate.stops() {
                 self.clock.io(reconcile::finish(plan)).await;
-                let mut why: Vec<String> = verdict
-                    .deny
-                    .iter()
-                    .map(|d| format!("policy denies: {d}"))
-                    .collect();
-                why.extend(verdict.errors.iter().map(|e| format!("policy error: {e}")));
-                why.extend(refusals.into_iter().map(|r| format!("refused: {r}")));
                 return Err(Refused::Denied(
-                    why.into_iter().map(|w| fleet.redact(&w)).collect(),
+                    gate.reasons().iter().map(|w| fleet.redact(w)).collect(),
                 ));
             }
         }
@@ -140,7 +131,7 @@ impl Loop {
         if let Some(stages) = stages {
             // The rollout goes on in its own task with these hosts' locks;
             // the loop serves other hosts, jobs and proposals meanwhile.
-            self.roll_out(super::rollout::Start {
+            self.roll_out(Start {
                 commit: commit.to_string(),
                 plan,
                 stages,
@@ -587,6 +578,19 @@ pub(super) enum Applied {
     Done(Reconciled),
     /// Going on in its own task; reported when it ends.
     RollingOut,
+}
+
+/// A rollout about to start: the plan, its stages, and the locks it keeps.
+pub(super) struct Start {
+    pub commit: String,
+    pub plan: reconcile::FleetPlan,
+    pub stages: Vec<crate::model::desired::Stage>,
+    pub opts: Arc<engine::Options>,
+    pub clouds: Arc<crate::cloud::Clouds>,
+    pub held: super::locks::Held,
+    pub busy: Vec<(String, String)>,
+    pub cloud_errors: Vec<String>,
+    pub review: Option<String>,
 }
 
 /// What applying did, before it is recorded.

@@ -18,28 +18,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Loop;
-use super::commit::Done;
-use super::locks::Held;
+use super::commit::{Done, Start};
 use super::scheduler::{Request, Requeue};
 use super::status::RolloutStatus;
 use crate::clock::Clock;
-use crate::cloud::Clouds;
-use crate::engine::{self, HostError, Options, Planned};
+use crate::engine::{self, HostError, Planned};
 use crate::model::desired::Stage;
 use crate::reconcile::{self, FleetPlan};
-
-/// A rollout about to start: the plan, its stages, and the locks it keeps.
-pub(super) struct Start {
-    pub commit: String,
-    pub plan: FleetPlan,
-    pub stages: Vec<Stage>,
-    pub opts: Arc<Options>,
-    pub clouds: Arc<Clouds>,
-    pub held: Held,
-    pub busy: Vec<(String, String)>,
-    pub cloud_errors: Vec<String>,
-    pub review: Option<String>,
-}
 
 /// What a rollout tells the loop.
 pub enum Event {

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::item::{FileItem, Item, policy_word, ufw_rule_args};
-use super::plan::{Action, Change, HostPlan};
+use super::plan::{Action, Change, HostPlan, ResourceKind};
 use super::probe::{Inventory, STATE_DIR};
 use crate::model::desired::{PackageState, ServiceState};
 use crate::transport::shell_quote as q;
@@ -119,7 +119,7 @@ fn write_inventory(state: &str, inv: &Inventory) -> String {
     let paths: String = inv
         .resources
         .iter()
-        .filter(|e| matches!(e.kind.as_str(), "file" | "directory" | "symlink"))
+        .filter(|e| e.kind.is_path())
         .map(|e| format!("{}\n", e.id))
         .collect();
     let mut s = String::new();
@@ -179,7 +179,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 .any(|e| e.kind == c.kind && e.id == c.id)
         {
             union.resources.push(super::probe::InventoryEntry {
-                kind: c.kind.clone(),
+                kind: c.kind,
                 id: c.id.clone(),
                 created: true,
             });
@@ -531,7 +531,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         // Persist the settings so they survive a reboot.
         let f = FileItem {
             path: SYSCTL_CONF.into(),
-            sha256: super::item::sha256_hex(conf.as_bytes()),
+            sha256: crate::digest::sha256_hex(conf.as_bytes()),
             content: crate::model::desired::Content {
                 bytes: conf.clone().into_bytes(),
                 sensitive: false,
@@ -566,26 +566,28 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
     for c in plan.changes.iter().filter(|c| c.prune) {
         let what = format!("{} {} (no longer in the config)", c.kind, c.id);
         let p = b.p(&c.id);
-        let body = match c.kind.as_str() {
-            "file" | "symlink" => format!("backup {} || return\nrm -f {p} || return\n", q(&c.id)),
-            "directory" => format!(
+        let body = match c.kind {
+            ResourceKind::File | ResourceKind::Symlink => {
+                format!("backup {} || return\nrm -f {p} || return\n", q(&c.id))
+            }
+            ResourceKind::Directory => format!(
                 "rmdir {p} 2>/dev/null || printf '@@warn %s\\n' {}\n",
                 q(&format!("directory {} is not empty; left in place", c.id))
             ),
-            "service" => format!(
+            ResourceKind::Service => format!(
                 "systemctl disable -q --now -- {} 2>/dev/null; true\n",
                 q(&c.id)
             ),
             // Containers and network of the project go; its files are pruned after.
-            "stack" => format!(
+            ResourceKind::Stack => format!(
                 "if docker compose version >/dev/null 2>&1; then docker compose -p {n} down --remove-orphans >&2; \
                  else ids=$(docker ps -aq --filter label=com.docker.compose.project={n}); \
                  [ -z \"$ids\" ] || docker rm -f $ids >/dev/null || return; \
                  docker network rm {n}_default >/dev/null 2>&1; fi; true\n",
                 n = q(&c.id)
             ),
-            "user" => format!("userdel -- {} || return\n", q(&c.id)),
-            "group" => format!("groupdel -- {} || return\n", q(&c.id)),
+            ResourceKind::User => format!("userdel -- {} || return\n", q(&c.id)),
+            ResourceKind::Group => format!("groupdel -- {} || return\n", q(&c.id)),
             _ => continue,
         };
         b.step(what, body);

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::item::sha256_hex;
+use crate::digest::sha256_hex;
 
 pub use crate::model::desired::COMPOSE_FILES as FILES;
 

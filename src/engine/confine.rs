@@ -3,7 +3,7 @@
 //! says what was not looked at. Pure.
 
 use super::item::Item;
-use super::plan::{Action, Change, HostPlan};
+use super::plan::{Action, Change, HostPlan, ResourceKind};
 use super::probe::Observed;
 use crate::model::desired::{Confinement, SENSITIVE};
 
@@ -92,11 +92,11 @@ pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
 /// Say in the plan what was not observed.
 pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
     plan.changes
-        .retain(|c| !(c.kind == "file" && un.secrets.contains(&c.id)));
+        .retain(|c| !(c.kind == ResourceKind::File && un.secrets.contains(&c.id)));
     for c in plan.changes.iter_mut() {
-        if un.ids.contains(&c.id) && c.kind != "command" {
-            c.note = Some(match c.kind.as_str() {
-                "file" | "directory" | "symlink" | "absent" => NOT_READ.into(),
+        if un.ids.contains(&c.id) && c.kind != ResourceKind::Command {
+            c.note = Some(match c.kind {
+                k if k.is_path() || k == ResourceKind::Absent => NOT_READ.into(),
                 _ => "current state not observed (not managed on the base branch)".into(),
             });
         }
@@ -109,11 +109,11 @@ pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
         match plan
             .changes
             .iter_mut()
-            .find(|c| c.kind == "command" && c.id == *name)
+            .find(|c| c.kind == ResourceKind::Command && c.id == *name)
         {
             Some(c) => c.note = Some(GUARD_NOT_RUN.into()),
             None => plan.changes.push(Change {
-                kind: "command".into(),
+                kind: ResourceKind::Command,
                 id: name.clone(),
                 action: Action::Run,
                 attrs: vec![],

@@ -7,7 +7,7 @@
 //! rollback script is pure.
 
 use super::item::Item;
-use super::plan::{Change, HostPlan};
+use super::plan::{Change, HostPlan, ResourceKind};
 use crate::transport::shell_quote as q;
 
 /// Paths whose change can cut off SSH access.
@@ -58,12 +58,14 @@ pub const UFW_FILES: [&str; 5] = [
 
 /// Does this change touch what access depends on?
 pub fn is_risky(c: &Change, login_user: &str) -> bool {
-    match c.kind.as_str() {
-        "firewall" => true,
-        "user" | "group" => c.id == login_user || c.kind == "user" && c.id == "root",
-        "service" => SSH_UNITS.contains(&c.id.as_str()),
-        "sysctl" => c.id.starts_with("net."),
-        "file" | "directory" | "symlink" | "absent" => {
+    match c.kind {
+        ResourceKind::Firewall => true,
+        ResourceKind::User | ResourceKind::Group => {
+            c.id == login_user || c.kind == ResourceKind::User && c.id == "root"
+        }
+        ResourceKind::Service => SSH_UNITS.contains(&c.id.as_str()),
+        ResourceKind::Sysctl => c.id.starts_with("net."),
+        k if k.is_path() || k == ResourceKind::Absent => {
             ACCESS_PATHS.iter().any(|p| c.id.starts_with(p))
                 || c.id.ends_with("/.ssh/authorized_keys")
         }
@@ -89,10 +91,10 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
     let mut ufw = false;
     let mut units: Vec<String> = Vec::new();
     for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
-        match c.kind.as_str() {
-            "firewall" => ufw = true,
-            "service" => units.push(full_unit(&c.id)),
-            "file" | "directory" | "symlink" | "absent" => {
+        match c.kind {
+            ResourceKind::Firewall => ufw = true,
+            ResourceKind::Service => units.push(full_unit(&c.id)),
+            k if k.is_path() || k == ResourceKind::Absent => {
                 if c.id.starts_with("/etc/ssh/") {
                     ssh = true;
                 }
@@ -237,7 +239,7 @@ mod tests {
 
     fn change(kind: &str, id: &str) -> Change {
         Change {
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             id: id.into(),
             action: Action::Update,
             attrs: vec![],

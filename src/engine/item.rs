@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
-
+use crate::change::ResourceKind;
+use crate::digest::sha256_hex;
 use crate::model::desired::{
     CommandResource, Content, Firewall, FirewallRule, Handler, HealthCheck, Host, PackageState,
     Policy, Resource, RuleAction, ServiceState,
@@ -85,20 +85,20 @@ pub struct UserItem {
 }
 
 impl Item {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ResourceKind {
         match self {
-            Item::File(_) => "file",
-            Item::Dir { .. } => "directory",
-            Item::Link { .. } => "symlink",
-            Item::Absent { .. } => "absent",
-            Item::Package { .. } => "package",
-            Item::Group { .. } => "group",
-            Item::User(_) => "user",
-            Item::Service { .. } => "service",
-            Item::Firewall(_) => "firewall",
-            Item::Sysctl { .. } => "sysctl",
-            Item::Command(_) => "command",
-            Item::Stack { .. } => "stack",
+            Item::File(_) => ResourceKind::File,
+            Item::Dir { .. } => ResourceKind::Directory,
+            Item::Link { .. } => ResourceKind::Symlink,
+            Item::Absent { .. } => ResourceKind::Absent,
+            Item::Package { .. } => ResourceKind::Package,
+            Item::Group { .. } => ResourceKind::Group,
+            Item::User(_) => ResourceKind::User,
+            Item::Service { .. } => ResourceKind::Service,
+            Item::Firewall(_) => ResourceKind::Firewall,
+            Item::Sysctl { .. } => ResourceKind::Sysctl,
+            Item::Command(_) => ResourceKind::Command,
+            Item::Stack { .. } => ResourceKind::Stack,
         }
     }
 
@@ -125,11 +125,6 @@ impl Item {
             _ => None,
         }
     }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Home directory a user gets when none is configured.

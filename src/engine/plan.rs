@@ -5,45 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::item::{FileItem, Item, handler_command, policy_word, sha256_hex, ufw_rule_args};
+use super::item::{FileItem, Item, handler_command, policy_word, ufw_rule_args};
 use super::probe::{Inventory, InventoryEntry, Observed, PathKind};
+pub use crate::change::{Action, Attr, ResourceKind};
+use crate::digest::sha256_hex;
 use crate::model::desired::{Host, PackageState, ServiceState};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Create,
-    Update,
-    Replace,
-    Delete,
-    /// A command whose guards say it is needed.
-    Run,
-}
-
-impl Action {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Action::Create => "+",
-            Action::Update => "~",
-            Action::Replace => "-/+",
-            Action::Delete => "-",
-            Action::Run => ">",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Attr {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
-    pub kind: String,
+    pub kind: ResourceKind,
     pub id: String,
     pub action: Action,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -150,7 +120,7 @@ fn plan_stack(
     let containers = obs.stacks.get(name).cloned().unwrap_or_default();
     let files_change = changes
         .iter()
-        .any(|c| c.kind == "file" && c.id.starts_with(&format!("{dir}/")));
+        .any(|c| c.kind == ResourceKind::File && c.id.starts_with(&format!("{dir}/")));
     let mut attrs = Vec::new();
     let reason = if containers.is_empty() {
         if obs.inventory.stacks.contains_key(name) {
@@ -254,7 +224,7 @@ fn octal(m: u32) -> String {
 
 fn change(item: &Item, action: Action) -> Change {
     Change {
-        kind: item.kind().to_string(),
+        kind: item.kind(),
         id: item.id().to_string(),
         action,
         attrs: vec![],
@@ -717,9 +687,9 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     // A host tidekeeper reaches over SSH must keep its SSH server: there is
     // no rolling back a removed package from a host nobody can log in to.
     if host.provider != crate::model::desired::ProviderKind::Local
-        && let Some(c) = changes
-            .iter()
-            .find(|c| c.kind == "package" && c.action == Action::Delete && is_ssh_server(&c.id))
+        && let Some(c) = changes.iter().find(|c| {
+            c.kind == ResourceKind::Package && c.action == Action::Delete && is_ssh_server(&c.id)
+        })
     {
         blocked.push(format!(
             "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH;              remove it by hand if that is really meant",
@@ -752,7 +722,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     let started_now: BTreeSet<&str> = changes
         .iter()
         .filter(|c| {
-            c.kind == "service"
+            c.kind == ResourceKind::Service
                 && c.attrs
                     .iter()
                     .any(|a| a.name == "state" && a.after.as_deref() == Some("running"))
@@ -782,24 +752,24 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         .cloned()
         .collect();
     let daemon_reload = changes.iter().any(|c| {
-        c.kind == "file"
+        c.kind == ResourceKind::File
             && ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
                 .iter()
                 .any(|p| c.id.starts_with(p))
     });
 
     // Prune: what the inventory lists but the config no longer has.
-    let desired: BTreeSet<(String, String)> = items
+    let desired: BTreeSet<(ResourceKind, String)> = items
         .iter()
-        .map(|i| (i.kind().to_string(), i.id().to_string()))
+        .map(|i| (i.kind(), i.id().to_string()))
         .collect();
     let mut prunes = Vec::new();
     for e in &obs.inventory.resources {
-        if desired.contains(&(e.kind.clone(), e.id.clone())) {
+        if desired.contains(&(e.kind, e.id.clone())) {
             continue;
         }
         let mut c = Change {
-            kind: e.kind.clone(),
+            kind: e.kind,
             id: e.id.clone(),
             action: Action::Delete,
             attrs: vec![],
@@ -810,15 +780,15 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             prune: true,
             notify: vec![],
         };
-        match e.kind.as_str() {
-            "file" | "directory" | "symlink" => match obs.paths.get(&e.id) {
+        match e.kind {
+            k if k.is_path() => match obs.paths.get(&e.id) {
                 Some(ps) => c.was = Some(ps.kind),
                 None => continue,
             },
-            "service" | "stack" => {}
-            "user" if e.created && obs.users.contains_key(&e.id) => {}
-            "group" if e.created && obs.groups.contains_key(&e.id) => {}
-            "package" => {
+            ResourceKind::Service | ResourceKind::Stack => {}
+            ResourceKind::User if e.created && obs.users.contains_key(&e.id) => {}
+            ResourceKind::Group if e.created && obs.groups.contains_key(&e.id) => {}
+            ResourceKind::Package => {
                 warnings.push(format!(
                     "package {} is no longer managed; it stays installed (declare it absent to remove it)",
                     e.id
@@ -844,19 +814,19 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     // Stacks go down while their files exist; directories go after what is in them.
     prunes.sort_by_key(|c: &Change| {
         (
-            c.kind != "stack",
-            c.kind == "directory",
+            c.kind != ResourceKind::Stack,
+            c.kind == ResourceKind::Directory,
             std::cmp::Reverse(c.id.matches('/').count()),
         )
     });
     changes.extend(prunes);
 
     // The inventory after a successful apply.
-    let old: BTreeMap<(String, String), bool> = obs
+    let old: BTreeMap<(ResourceKind, String), bool> = obs
         .inventory
         .resources
         .iter()
-        .map(|e| ((e.kind.clone(), e.id.clone()), e.created))
+        .map(|e| ((e.kind, e.id.clone()), e.created))
         .collect();
     let mut inventory = Inventory {
         resources: Vec::new(),
@@ -867,7 +837,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         if matches!(i, Item::Absent { .. }) {
             continue;
         }
-        let key = (i.kind().to_string(), i.id().to_string());
+        let key = (i.kind(), i.id().to_string());
         let created_now = changes
             .iter()
             .any(|c| !c.prune && c.kind == key.0 && c.id == key.1 && c.action == Action::Create);
@@ -891,15 +861,18 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             .any(|i| matches!(i, Item::Command(c) if c.name == *name))
     });
 
-    let sysctl_conf = changes.iter().any(|c| c.kind == "sysctl").then(|| {
-        let mut conf = String::from("# Managed by tidekeeper.\n");
-        for i in items {
-            if let Item::Sysctl { key, value } = i {
-                conf.push_str(&format!("{key} = {value}\n"));
+    let sysctl_conf = changes
+        .iter()
+        .any(|c| c.kind == ResourceKind::Sysctl)
+        .then(|| {
+            let mut conf = String::from("# Managed by tidekeeper.\n");
+            for i in items {
+                if let Item::Sysctl { key, value } = i {
+                    conf.push_str(&format!("{key} = {value}\n"));
+                }
             }
-        }
-        conf
-    });
+            conf
+        });
     HostPlan {
         previous_inventory: obs.inventory.clone(),
         settled_handlers,
@@ -1016,7 +989,7 @@ mod tests {
             for path in paths {
                 obs.paths.insert(path.clone(), file_state(2));
                 obs.inventory.resources.push(InventoryEntry {
-                    kind: "file".into(),
+                    kind: ResourceKind::File,
                     id: path,
                     created: false,
                 });

@@ -133,7 +133,7 @@ pub struct Inventory {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InventoryEntry {
-    pub kind: String,
+    pub kind: crate::change::ResourceKind,
     pub id: String,
     /// tidekeeper created it (users and groups are only removed if so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

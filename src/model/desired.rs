@@ -581,20 +581,21 @@ pub struct Handler {
 
 impl Resource {
     /// The resource type as users write it: `file`, `package`, …
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> crate::change::ResourceKind {
+        use crate::change::ResourceKind as K;
         match self {
-            Resource::File(_) => "file",
-            Resource::Directory(_) => "directory",
-            Resource::Symlink { .. } => "symlink",
-            Resource::Absent { .. } => "absent",
-            Resource::Package { .. } => "package",
-            Resource::Service(_) => "service",
-            Resource::User(_) => "user",
-            Resource::Group { .. } => "group",
-            Resource::Firewall(_) => "firewall",
-            Resource::Sysctl { .. } => "sysctl",
-            Resource::Command(_) => "command",
-            Resource::Stack(_) => "stack",
+            Resource::File(_) => K::File,
+            Resource::Directory(_) => K::Directory,
+            Resource::Symlink { .. } => K::Symlink,
+            Resource::Absent { .. } => K::Absent,
+            Resource::Package { .. } => K::Package,
+            Resource::Service(_) => K::Service,
+            Resource::User(_) => K::User,
+            Resource::Group { .. } => K::Group,
+            Resource::Firewall(_) => K::Firewall,
+            Resource::Sysctl { .. } => K::Sysctl,
+            Resource::Command(_) => K::Command,
+            Resource::Stack(_) => K::Stack,
         }
     }
 

@@ -1848,7 +1848,9 @@ impl<'a> Loader<'a> {
                     _ => None,
                 };
                 if let Some((first, first_state)) = claims.get(&claim) {
-                    if resource.kind() == "package" && *first_state == state {
+                    if resource.kind() == crate::change::ResourceKind::Package
+                        && *first_state == state
+                    {
                         continue; // two roles wanting the same package state agree
                     }
                     let d = origin
@@ -2378,7 +2380,7 @@ fn claim_key(r: &Resource) -> (String, String) {
         | Resource::Symlink { .. }
         | Resource::Absent { .. } => "path",
         Resource::Service(_) => "unit",
-        other => other.kind(),
+        other => other.kind().word(),
     };
     (ns.to_string(), r.id().to_string())
 }

@@ -133,6 +133,16 @@ pub(crate) fn runner_command(len: usize, sudo: bool) -> String {
     }
 }
 
+/// A host key's fingerprint as cloud labels carry it: hex SHA-256 of its
+/// wire blob, 40 digits (label values are limited to 63 characters on Hetzner).
+pub fn host_key_fingerprint(key_b64: &str) -> Option<String> {
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(key_b64)
+        .ok()?;
+    Some(crate::digest::sha256_hex(&blob)[..40].to_string())
+}
+
 /// Quote a string for POSIX sh.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()

@@ -77,7 +77,7 @@ impl client::Handler for Client {
         let verdict = match &self.policy {
             HostKeyPolicy::TrustOnFirstUse => Verdict::Accepted(offered.0, offered.1),
             HostKeyPolicy::Generated(fp) => {
-                if crate::cloud::hostkey::fingerprint(&offered.1).as_deref() == Some(fp.as_str()) {
+                if super::host_key_fingerprint(&offered.1).as_deref() == Some(fp.as_str()) {
                     Verdict::Accepted(offered.0, offered.1)
                 } else {
                     Verdict::Mismatch {
