@@ -23,7 +23,7 @@ pub const BACKUP_RUNS: usize = 10;
 /// Where sysctl settings are persisted.
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-tidekeeper.conf";
 
-const EOF: &str = "TK_EOF_5f1c";
+use super::sh::HEREDOC as EOF;
 
 /// One step of the script, and the plan entries it carries out.
 #[derive(Debug, Clone)]

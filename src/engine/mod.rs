@@ -16,6 +16,7 @@ pub mod item;
 pub mod plan;
 pub mod probe;
 pub mod render;
+pub mod sh;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;

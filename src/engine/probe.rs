@@ -150,7 +150,7 @@ pub enum ProbeError {
     Garbled(String),
 }
 
-const HEREDOC: &str = "TK_EOF_5f1c";
+use super::sh::{HEREDOC, Tag};
 
 /// The probe script for a host's items. `root` prefixes every path.
 pub fn script(items: &[Item], root: &str) -> String {
@@ -163,7 +163,10 @@ pub fn script(items: &[Item], root: &str) -> String {
     paths.sort();
     paths.dedup();
     if !paths.is_empty() {
-        s.push_str("stat -c 'S\t%F\t%a\t%U\t%G\t%s\t%n' --");
+        s.push_str(&format!(
+            "stat -c '{}\t%F\t%a\t%U\t%G\t%s\t%n' --",
+            Tag::Stat
+        ));
         for path in &paths {
             s.push(' ');
             s.push_str(&q(path));
@@ -188,12 +191,12 @@ pub fn script(items: &[Item], root: &str) -> String {
     ancestors.sort();
     ancestors.dedup();
     if !ancestors.is_empty() {
-        s.push_str("stat -c 'Y\t%F\t%U\t%n' --");
+        s.push_str(&format!("stat -c '{}\t%F\t%U\t%n' --", Tag::Ancestor));
         for a in &ancestors {
             s.push(' ');
             s.push_str(&q(a));
         }
-        s.push_str(" | grep '^Y\tsymbolic link'\n");
+        s.push_str(&format!(" | grep '^{}\tsymbolic link'\n", Tag::Ancestor));
     }
     // Paths tidekeeper managed before (to prune what left the config).
     let sed_root = root
@@ -201,15 +204,17 @@ pub fn script(items: &[Item], root: &str) -> String {
         .replace('|', "\\|")
         .replace('&', "\\&");
     s.push_str(&format!(
-        "[ -f {list} ] && sed 's|^|{sed_root}|' {list} | xargs -d '\\n' -r stat -c 'S\t%F\t%a\t%U\t%G\t%s\t%n' --\n",
+        "[ -f {list} ] && sed 's|^|{sed_root}|' {list} | xargs -d '\\n' -r stat -c '{stat}\t%F\t%a\t%U\t%G\t%s\t%n' --\n",
         list = q(&format!("{state}/managed-paths")),
+        stat = Tag::Stat,
     ));
     // Symlink targets (few; one readlink each).
     for i in items {
         if let Item::Link { path, .. } = i {
             let rp = q(&p(path));
             s.push_str(&format!(
-                "[ -L {rp} ] && printf 'L\\t%s\\t%s\\n' {rp} \"$(readlink -- {rp})\"\n"
+                "[ -L {rp} ] && printf '{t}\\t%s\\t%s\\n' {rp} \"$(readlink -- {rp})\"\n",
+                t = Tag::Link
             ));
         }
     }
@@ -227,11 +232,15 @@ pub fn script(items: &[Item], root: &str) -> String {
         }
         s.push_str("sha256sum -c --quiet <<'");
         s.push_str(HEREDOC);
-        s.push_str("' | while IFS= read -r l; do f=\"${l%: FAILED*}\"; printf 'X\\t%s\\n' \"$f\"");
+        s.push_str(&format!(
+            "' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf '{}\\t%s\\n' \"$f\"",
+            Tag::Differs
+        ));
         if !sensitive {
             s.push_str(&format!(
                 "; if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {DIFF_LIMIT} ]; then \
-                 printf 'C\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi"
+                 printf '{t}\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi",
+                t = Tag::Content
             ));
         }
         s.push_str("; done\n");
@@ -250,7 +259,10 @@ pub fn script(items: &[Item], root: &str) -> String {
         })
         .collect();
     if !pkgs.is_empty() {
-        s.push_str("dpkg-query -W -f='P\\t${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' --");
+        s.push_str(&format!(
+            "dpkg-query -W -f='{}\\t${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' --",
+            Tag::Package
+        ));
         for n in &pkgs {
             s.push(' ');
             s.push_str(&q(n));
@@ -264,8 +276,9 @@ pub fn script(items: &[Item], root: &str) -> String {
         } = i
         {
             s.push_str(&format!(
-                "printf 'A\\t%s\\t%s\\n' {n} \"$(apt-cache policy -- {n} | sed -n 's/^ *Candidate: //p')\"\n",
-                n = q(name)
+                "printf '{t}\\t%s\\t%s\\n' {n} \"$(apt-cache policy -- {n} | sed -n 's/^ *Candidate: //p')\"\n",
+                n = q(name),
+                t = Tag::Candidate
             ));
         }
     }
@@ -283,24 +296,32 @@ pub fn script(items: &[Item], root: &str) -> String {
             s.push(' ');
             s.push_str(&q(u));
         }
-        s.push_str(" | sed 's/^/U\\t/'\n");
+        s.push_str(&format!(" | sed 's/^/{}\\t/'\n", Tag::Unit));
     }
     // Users and groups: the whole databases (small), no per-user forks.
     if items
         .iter()
         .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
     {
-        s.push_str("getent passwd | sed 's/^/W\\t/'\ngetent group | sed 's/^/G\\t/'\n");
+        s.push_str(&format!(
+            "getent passwd | sed 's/^/{}\\t/'\ngetent group | sed 's/^/{}\\t/'\n",
+            Tag::Passwd,
+            Tag::GroupLine
+        ));
     }
     // Firewall.
     if items.iter().any(|i| matches!(i, Item::Firewall(_))) {
         s.push_str(&format!(
-            "if command -v ufw >/dev/null; then printf 'F\\tinstalled\\n'; \
-             ufw show added | sed '1d;s/^/FR\\t/'; \
-             sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\)_POLICY=\"\\(.*\\)\"/FP\\t\\1\\t\\2/p' {}; \
-             sed -n 's/^ENABLED=\\(.*\\)/FE\\t\\1/p' {}; fi\n",
-            q(&p("/etc/default/ufw")),
-            q(&p("/etc/ufw/ufw.conf"))
+            "if command -v ufw >/dev/null; then printf '{ufw}\\tinstalled\\n'; \
+             ufw show added | sed '1d;s/^/{rule}\\t/'; \
+             sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
+             sed -n 's/^ENABLED=\\(.*\\)/{enabled}\\t\\1/p' {conf}; fi\n",
+            defaults = q(&p("/etc/default/ufw")),
+            conf = q(&p("/etc/ufw/ufw.conf")),
+            ufw = Tag::Ufw,
+            rule = Tag::UfwRule,
+            policy = Tag::UfwPolicy,
+            enabled = Tag::UfwEnabled,
         ));
     }
     // Sysctl: one grep over all the /proc/sys files ("path:value").
@@ -313,8 +334,9 @@ pub fn script(items: &[Item], root: &str) -> String {
         .collect();
     if !sysctl_files.is_empty() {
         s.push_str(&format!(
-            "grep -H '' -- {} | sed 's/^/K\t/'\n",
-            sysctl_files.join(" ")
+            "grep -H '' -- {} | sed 's/^/{}\t/'\n",
+            sysctl_files.join(" "),
+            Tag::Sysctl
         ));
     }
     // Command guards.
@@ -344,8 +366,9 @@ pub fn script(items: &[Item], root: &str) -> String {
                 continue;
             }
             s.push_str(&format!(
-                "g() {{ {}; echo run; }}; printf 'Q\\t%s\\t%s\\n' {name} \"$(g)\"\n",
-                checks.join("; ")
+                "g() {{ {}; echo run; }}; printf '{}\\t%s\\t%s\\n' {name} \"$(g)\"\n",
+                checks.join("; "),
+                Tag::Guard
             ));
         }
     }
@@ -354,18 +377,22 @@ pub fn script(items: &[Item], root: &str) -> String {
         if let Item::Stack { name, .. } = i {
             s.push_str(&format!(
                 "command -v docker >/dev/null && docker ps -a --filter label=com.docker.compose.project={n} \
-                 --format '{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.State}}}}\t{{{{.Image}}}}' | sed 's/^/D\t'{n}'\t/'\n",
-                n = q(name)
+                 --format '{{{{.Label \"com.docker.compose.service\"}}}}\t{{{{.State}}}}\t{{{{.Image}}}}' | sed 's/^/{t}\t'{n}'\t/'\n",
+                n = q(name),
+                t = Tag::Container
             ));
         }
     }
     // tidekeeper's own state.
     s.push_str(&format!(
-        "[ -f {inv} ] && printf 'I\\t%s\\n' \"$(base64 -w0 < {inv})\"\n\
-         [ -f {pend} ] && sed 's/^/H\\t/' {pend}\n\
-         printf 'E\\tend\\n'\n",
+        "[ -f {inv} ] && printf '{inventory}\\t%s\\n' \"$(base64 -w0 < {inv})\"\n\
+         [ -f {pend} ] && sed 's/^/{handler}\\t/' {pend}\n\
+         printf '{end}\\tend\\n'\n",
         inv = q(&format!("{state}/inventory.json")),
         pend = q(&format!("{state}/pending-handlers")),
+        inventory = Tag::Inventory,
+        handler = Tag::Handler,
+        end = Tag::End,
     ));
     s
 }
@@ -417,8 +444,8 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
         let rest = f.next().unwrap_or("");
         let cols: Vec<&str> = rest.split('\t').collect();
         let bad = || ProbeError::Garbled(line.chars().take(200).collect());
-        match tag {
-            "S" => {
+        match Tag::parse(tag) {
+            Some(Tag::Stat) => {
                 let mut c = rest.splitn(6, '\t');
                 let (kind, mode, owner, group, size, name) = (
                     c.next().ok_or_else(bad)?,
@@ -446,21 +473,21 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     },
                 );
             }
-            "L" => {
+            Some(Tag::Link) => {
                 let (path, target) = rest.split_once('\t').ok_or_else(bad)?;
                 if let Some(ps) = o.paths.get_mut(&strip(path)) {
                     ps.link_target = Some(target.to_string());
                 }
             }
-            "X" => {
+            Some(Tag::Differs) => {
                 o.content_differs.insert(strip(rest));
             }
-            "C" => {
+            Some(Tag::Content) => {
                 let (path, data) = rest.rsplit_once('\t').ok_or_else(bad)?;
                 let bytes = B64.decode(data.trim()).map_err(|_| bad())?;
                 o.contents.insert(strip(path), bytes);
             }
-            "P" => {
+            Some(Tag::Package) => {
                 let [name, status, version] = cols[..] else {
                     return Err(bad());
                 };
@@ -474,7 +501,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     },
                 );
             }
-            "A" => {
+            Some(Tag::Candidate) => {
                 let [name, candidate] = cols[..] else {
                     return Err(bad());
                 };
@@ -488,7 +515,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     })
                     .candidate = cand;
             }
-            "U" => {
+            Some(Tag::Unit) => {
                 if rest.is_empty() {
                     flush_unit(&mut unit_block, &mut unit_order, &mut unit_ids);
                 } else if let Some((k, v)) = rest.split_once('=') {
@@ -498,7 +525,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     unit_block.push((k.to_string(), v.to_string()));
                 }
             }
-            "W" => {
+            Some(Tag::Passwd) => {
                 let c: Vec<&str> = rest.split(':').collect();
                 if c.len() >= 7 {
                     o.users.insert(
@@ -512,7 +539,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     );
                 }
             }
-            "G" => {
+            Some(Tag::GroupLine) => {
                 let c: Vec<&str> = rest.split(':').collect();
                 if c.len() >= 4 {
                     o.groups.insert(
@@ -528,8 +555,8 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     );
                 }
             }
-            "F" => fw_seen = true,
-            "FR" => {
+            Some(Tag::Ufw) => fw_seen = true,
+            Some(Tag::UfwRule) => {
                 if rest.trim() == "(None)" {
                     continue;
                 }
@@ -538,7 +565,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     None => fw.foreign.push(rest.to_string()),
                 }
             }
-            "FP" => {
+            Some(Tag::UfwPolicy) => {
                 let [which, policy] = cols[..] else {
                     return Err(bad());
                 };
@@ -555,8 +582,8 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     fw.outgoing = word;
                 }
             }
-            "FE" => fw.enabled = rest.trim() == "yes",
-            "K" => {
+            Some(Tag::UfwEnabled) => fw.enabled = rest.trim() == "yes",
+            Some(Tag::Sysctl) => {
                 let (file, value) = rest.split_once(':').ok_or_else(bad)?;
                 let key = items.iter().find_map(|i| match i {
                     Item::Sysctl { key, .. } if sysctl_path(key) == file => Some(key.clone()),
@@ -570,7 +597,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     );
                 }
             }
-            "Q" => {
+            Some(Tag::Guard) => {
                 let [name, verdict] = cols[..] else {
                     return Err(bad());
                 };
@@ -579,18 +606,18 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     (verdict == "run").then(|| "guards say it is needed".to_string()),
                 );
             }
-            "I" => {
+            Some(Tag::Inventory) => {
                 let bytes = B64.decode(rest.trim()).map_err(|_| bad())?;
                 o.inventory = serde_json::from_slice(&bytes)
                     .map_err(|e| ProbeError::Garbled(format!("{STATE_DIR}/inventory.json: {e}")))?;
             }
-            "H" => {
+            Some(Tag::Handler) => {
                 let h = rest.trim().to_string();
                 if !h.is_empty() && !o.pending_handlers.contains(&h) {
                     o.pending_handlers.push(h);
                 }
             }
-            "Y" => {
+            Some(Tag::Ancestor) => {
                 let mut c = rest.splitn(3, '\t');
                 let (kind, owner, name) = (
                     c.next().ok_or_else(bad)?,
@@ -601,7 +628,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                     o.unsafe_parents.push((strip(name), owner.to_string()));
                 }
             }
-            "D" => {
+            Some(Tag::Container) => {
                 let (stack, service, state, image) = match cols[..] {
                     [stack, service, state, image] => (stack, service, state, image),
                     [stack, service, state] => (stack, service, state, ""),
@@ -616,7 +643,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                         image: image.to_string(),
                     });
             }
-            "E" => ended = true,
+            Some(Tag::End) => ended = true,
             _ => {}
         }
     }
