@@ -40,6 +40,12 @@ impl Running {
         serde_json::to_value(st.hosts.get(name)).unwrap()
     }
 
+    /// The commit quarantined (or held), if any.
+    fn quarantined(&self) -> Option<String> {
+        let st = self.shared.status.lock().unwrap();
+        st.quarantined.as_ref().map(|q| q.commit.clone())
+    }
+
     fn reconciles(&self, host: &str) -> u64 {
         let m = self.shared.metrics.lock().unwrap();
         m.reconciles
@@ -202,6 +208,16 @@ async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
     }
 }
 
+/// Wait until the repo's HEAD is applied; that commit.
+async fn first_applied(d: &Running, repo: &Path) -> String {
+    let c = git(repo, &["rev-parse", "HEAD"]);
+    until("the first commit applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(c.as_str())
+    })
+    .await;
+    c
+}
+
 /// Wait in real time until `ok` holds, without moving virtual time: each
 /// wait is a blocking task, and tokio does not advance a paused clock
 /// while one runs.
@@ -300,11 +316,7 @@ async fn a_long_job_on_one_host_never_holds_up_a_commit_for_the_others() {
     );
     let (repo, a, b) = fleet(tmp.path(), &job);
     let d = start(&repo, &tmp.path().join("state")).await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
 
     d.shared.scheduler.now(Request::RunJob("slow".into()));
     until("the job running on a", Duration::from_secs(30), || {
@@ -361,11 +373,7 @@ async fn five_quick_commits_are_one_reconcile_of_the_newest() {
     let tmp = TempDir::new("controller-quick");
     let (repo, a, b) = fleet(tmp.path(), "true");
     let d = start(&repo, &tmp.path().join("state")).await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
     assert_eq!(d.reconciles("a"), 1);
     let mut last = String::new();
     for i in 2..=6 {
@@ -517,11 +525,7 @@ async fn a_host_that_cannot_be_reached_is_tried_again_with_growing_jittered_wait
         },
     )
     .await;
-    let c1 = git(&repo.path, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(60), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo.path).await;
     let cut = bed.host(1).name.clone();
     bed.cut_off(1);
     repo.write("roles/app.yaml", &ROLE.replace("VERSION", "two"));
@@ -609,11 +613,7 @@ async fn what_anyone_can_send_over_http_changes_nothing_and_what_operators_send_
         },
     )
     .await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
     until("the timers queued", Duration::from_secs(30), || {
         d.shared.scheduler.len() == 3
     })
@@ -716,11 +716,7 @@ async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
         },
     )
     .await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
     let (code, _) = post_blocking(
         d.addr,
         "/suspend",
@@ -784,11 +780,7 @@ async fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouc
     let tmp = TempDir::new("controller-canary");
     let (repo, a, b) = fleet(tmp.path(), "true");
     let d = start(&repo, &tmp.path().join("state")).await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
     // a is the canary; on a the new commit also runs a command that fails.
     std::fs::write(
         repo.join("tidekeeper.yaml"),
@@ -811,13 +803,7 @@ async fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouc
     let poked = Instant::now();
     d.shared.poke();
     until("the commit quarantined", Duration::from_secs(30), || {
-        d.shared
-            .status
-            .lock()
-            .unwrap()
-            .quarantined
-            .as_ref()
-            .is_some_and(|q| q.commit == c2)
+        d.quarantined().as_deref() == Some(c2.as_str())
     })
     .await;
     assert_eq!(poked.elapsed(), Duration::ZERO, "stopped at once, no pause");
@@ -872,11 +858,7 @@ async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
     )
     .await;
     let head = || git(&repo.path, &["rev-parse", "HEAD"]);
-    let c1 = head();
-    until("the first commit applied", Duration::from_secs(60), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo.path).await;
     let note = |c: &str| {
         std::process::Command::new("git")
             .args(["notes", "--ref=tidekeeper", "show", c])
@@ -907,13 +889,7 @@ async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
     let m = head();
     d.shared.poke();
     until("the merge held", Duration::from_secs(60), || {
-        d.shared
-            .status
-            .lock()
-            .unwrap()
-            .quarantined
-            .as_ref()
-            .is_some_and(|q| q.commit == m)
+        d.quarantined().as_deref() == Some(m.as_str())
     })
     .await;
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-ctl"), "one\n", "nothing applied");
@@ -957,11 +933,7 @@ async fn drift_is_found_at_its_interval_and_corrected_when_the_config_says_so() 
         },
     )
     .await;
-    let c1 = git(&repo, &["rev-parse", "HEAD"]);
-    until("the first commit applied", Duration::from_secs(30), || {
-        d.applied().as_deref() == Some(c1.as_str())
-    })
-    .await;
+    first_applied(&d, &repo).await;
     let conf = a.join("etc/app.conf");
     std::fs::write(&conf, "tampered\n").unwrap();
     let step = Duration::from_secs(5);

@@ -176,16 +176,10 @@ impl Loop {
 
     /// Host statuses and metrics from what a reconcile (or a rollout) did.
     pub(super) fn record(&mut self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
-        let Done {
-            results,
-            outcomes,
-            busy,
-            cloud_errors,
-            new_servers,
-            apply,
-            review: review_note,
-        } = d;
-        let mut cloud_failures = cloud_errors;
+        let (results, busy, new_servers, apply) = (d.results, d.busy, d.new_servers, d.apply);
+        let outcomes = d.outcomes;
+        let review_note = d.review;
+        let mut cloud_failures = d.cloud_errors;
         for o in &outcomes {
             match &o.error {
                 Some(e) => {
