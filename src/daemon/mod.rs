@@ -9,6 +9,7 @@
 //! others; hosts that are busy or unreachable get the commit on a later pass
 //! (with jittered backoff), not a quarantine.
 //!
+//! - `runner`: the loop that takes what is due and settles what comes next.
 //! - [`scheduler`]: keyed requests on tokio time; backoff with jitter.
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
 //! - `jobs`: maintenance under the daemon; `proposals`: planning PR heads.
@@ -25,6 +26,7 @@ mod jobs;
 pub mod locks;
 mod proposals;
 mod rollout;
+mod runner;
 pub mod scheduler;
 pub mod status;
 mod triggers;
@@ -42,7 +44,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use locks::HostLocks;
-use scheduler::{Again, Backoff, Request, Requeue, Scheduler};
+use scheduler::{Backoff, Request, Scheduler};
 
 use crate::clock::Clock;
 use crate::engine;
@@ -390,147 +392,6 @@ impl Loop {
         if moved {
             info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
             let _ = self.blocking(|m| m.fetch()).await;
-        }
-    }
-
-    async fn run(mut self) {
-        // After a restart, the status branch says what was already applied;
-        // which branch that is, the head's config says.
-        if let Some(head) = self.fetch().await {
-            let path = self.mirror.lock().unwrap().path.clone();
-            let h = head.clone();
-            let settings = tokio::task::spawn_blocking(move || {
-                ConfigTree::from_git(&path, &h)
-                    .ok()
-                    .and_then(|t| crate::model::load(&t).ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(f) = settings {
-                self.adopt_status_refs(&f).await;
-            }
-            let prior = self
-                .blocking(|m| m.status_file("status/fleet.json"))
-                .await
-                .and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
-            if let Some(p) = prior {
-                let mut st = self.shared.status.lock().unwrap();
-                st.written_back = Some(status::WrittenBack {
-                    at: now(),
-                    applied_commit: p.applied_commit.clone(),
-                    noted_commit: None,
-                });
-                st.applied_commit = p.applied_commit;
-                st.quarantined = p.quarantined;
-                st.hosts = p.hosts;
-                st.fleet = p.fleet;
-                st.learned_host_keys = p.learned_host_keys;
-                st.schedules = p.schedules;
-                // An operator's suspension outlives a restart; the config's
-                // is read again from the commit.
-                st.suspended = p.suspended.filter(|s| s.source == "operator");
-            }
-            self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-            self.last_seen = Some(head.clone());
-            if let Err(again) = self.on_commit(head, false).await {
-                self.settle(Request::Head, Err(again));
-            }
-            self.catch_up();
-        }
-        let mut done = self.job_rx.take().expect("run once");
-        let mut rollouts = self.rollout_rx.take().expect("run once");
-        self.sched.after(Request::Head, self.poll_interval());
-        self.sched.after(Request::Drift, self.drift_interval());
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
-        }
-        loop {
-            let req = tokio::select! {
-                biased;
-                _ = self.shutdown.notified() => break,
-                Some(d) = done.recv() => {
-                    self.job_finished(d).await;
-                    continue;
-                }
-                Some(ev) = rollouts.recv() => {
-                    self.rollout_event(ev).await;
-                    continue;
-                }
-                r = self.sched.next() => r,
-            };
-            self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
-            let outcome = match &req {
-                Request::Head => self.on_head(false).await,
-                Request::Retry => self.on_head(true).await,
-                Request::Proposals => {
-                    self.look_at_proposals().await;
-                    Ok(Requeue::Done)
-                }
-                Request::Proposal(name) => self.plan_proposal_ref(name).await,
-                Request::Drift => {
-                    self.drift_check().await;
-                    Ok(Requeue::After(self.drift_interval()))
-                }
-                Request::Job(name) => match self.due.get(name).copied() {
-                    // Due by the wall clock (a reschedule may have moved it since).
-                    Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
-                        self.start_job(name);
-                        Ok(Requeue::Done)
-                    }
-                    Some(t) => {
-                        self.sched.at(req.clone(), self.clock.instant_of(t));
-                        Ok(Requeue::Done)
-                    }
-                    None => Ok(Requeue::Done),
-                },
-                Request::RunJob(name) => {
-                    self.start_job(name);
-                    Ok(Requeue::Done)
-                }
-            };
-            // A retry is a head like any other from here on.
-            let key = if req == Request::Retry {
-                Request::Head
-            } else {
-                req
-            };
-            self.settle(key, outcome);
-        }
-        info!("reconcile loop stopped");
-    }
-
-    /// What a request asked for next: its regular interval, or the error
-    /// policy's backoff with jitter for its key.
-    pub(super) fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
-        match outcome {
-            Ok(next) => {
-                self.backoff.succeeded(&req);
-                if let Requeue::After(d) = next {
-                    self.sched.after(req, d);
-                }
-            }
-            Err(again) => {
-                let interval = match req {
-                    Request::Drift => self.drift_interval(),
-                    _ => self.poll_interval(),
-                };
-                let (first, max, keep_interval) = again.policy(interval);
-                let wait = self.backoff.failed(&req, first, max);
-                info!(request = req.label(), reason = %again, failures = self.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
-                *self
-                    .shared
-                    .metrics
-                    .lock()
-                    .unwrap()
-                    .requeues
-                    .entry(again.label())
-                    .or_default() += 1;
-                if keep_interval {
-                    self.sched.after(req.clone(), interval);
-                }
-                self.sched.after(req, wait);
-            }
         }
     }
 }
