@@ -20,8 +20,7 @@ use crate::transport::shell_quote as q;
 /// Backups of this many runs are kept on each host.
 pub const BACKUP_RUNS: usize = 10;
 
-/// Where sysctl settings are persisted.
-pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-tidekeeper.conf";
+use super::kinds::sysctl::CONF as SYSCTL_CONF;
 
 use super::sh::HEREDOC as EOF;
 
@@ -412,13 +411,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             }
             Item::Sysctl { key, value } => {
                 sysctl_changed = true;
-                b.step(
-                    what,
-                    format!(
-                        "sysctl -q -w -- {} || return\n",
-                        q(&format!("{key}={value}"))
-                    ),
-                );
+                b.step(what, super::kinds::sysctl::apply(key, value));
             }
             Item::Firewall(fw) => {
                 let mut body = String::new();

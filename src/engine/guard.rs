@@ -64,7 +64,7 @@ pub fn is_risky(c: &Change, login_user: &str) -> bool {
             c.id == login_user || c.kind == ResourceKind::User && c.id == "root"
         }
         ResourceKind::Service => SSH_UNITS.contains(&c.id.as_str()),
-        ResourceKind::Sysctl => c.id.starts_with("net."),
+        ResourceKind::Sysctl => super::kinds::sysctl::is_risky(&c.id),
         k if k.is_path() || k == ResourceKind::Absent => {
             ACCESS_PATHS.iter().any(|p| c.id.starts_with(p))
                 || c.id.ends_with("/.ssh/authorized_keys")

@@ -13,6 +13,7 @@ pub mod confine;
 pub mod guard;
 pub mod health;
 pub mod item;
+pub mod kinds;
 pub mod plan;
 pub mod probe;
 pub mod render;

@@ -350,10 +350,6 @@ fn unit_enabled(file_state: &str) -> bool {
     )
 }
 
-fn normalize_ws(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
     sha256_hex(c.run.as_bytes())[..16].to_string()
 }
@@ -637,13 +633,11 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             }
             Item::Sysctl { key, value } => {
                 let have = obs.sysctl.get(key).cloned().flatten();
-                if have.as_deref().map(normalize_ws) != Some(normalize_ws(value)) {
+                super::kinds::sysctl::plan(have.as_deref(), value).map(|want| {
                     let mut c = change(item, Action::Update);
-                    c.attrs.push(attr("value", have, Some(value.clone())));
-                    Some(c)
-                } else {
-                    None
-                }
+                    c.attrs.push(attr("value", have, Some(want)));
+                    c
+                })
             }
             Item::Stack {
                 name,
@@ -864,15 +858,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     let sysctl_conf = changes
         .iter()
         .any(|c| c.kind == ResourceKind::Sysctl)
-        .then(|| {
-            let mut conf = String::from("# Managed by tidekeeper.\n");
-            for i in items {
-                if let Item::Sysctl { key, value } = i {
-                    conf.push_str(&format!("{key} = {value}\n"));
-                }
-            }
-            conf
-        });
+        .then(|| super::kinds::sysctl::conf(items));
     HostPlan {
         previous_inventory: obs.inventory.clone(),
         settled_handlers,

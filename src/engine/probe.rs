@@ -324,21 +324,7 @@ pub fn script(items: &[Item], root: &str) -> String {
             enabled = Tag::UfwEnabled,
         ));
     }
-    // Sysctl: one grep over all the /proc/sys files ("path:value").
-    let sysctl_files: Vec<String> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Sysctl { key, .. } => Some(q(&sysctl_path(key))),
-            _ => None,
-        })
-        .collect();
-    if !sysctl_files.is_empty() {
-        s.push_str(&format!(
-            "grep -H '' -- {} | sed 's/^/{}\t/'\n",
-            sysctl_files.join(" "),
-            Tag::Sysctl
-        ));
-    }
+    s.push_str(&super::kinds::sysctl::probe(items));
     // Command guards.
     for i in items {
         if let Item::Command(c) = i {
@@ -395,11 +381,6 @@ pub fn script(items: &[Item], root: &str) -> String {
         end = Tag::End,
     ));
     s
-}
-
-/// The file under /proc/sys holding a setting.
-pub fn sysctl_path(key: &str) -> String {
-    format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
 /// Parse the probe's output. `root` is stripped from paths again.
@@ -584,17 +565,9 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
             }
             Some(Tag::UfwEnabled) => fw.enabled = rest.trim() == "yes",
             Some(Tag::Sysctl) => {
-                let (file, value) = rest.split_once(':').ok_or_else(bad)?;
-                let key = items.iter().find_map(|i| match i {
-                    Item::Sysctl { key, .. } if sysctl_path(key) == file => Some(key.clone()),
-                    _ => None,
-                });
-                if let Some(key) = key {
-                    // Multi-field values (tab-separated in /proc) are compared by words.
-                    o.sysctl.insert(
-                        key,
-                        Some(value.split_whitespace().collect::<Vec<_>>().join(" ")),
-                    );
+                let read = super::kinds::sysctl::parse(rest, items).map_err(|_| bad())?;
+                if let Some((key, value)) = read {
+                    o.sysctl.insert(key, Some(value));
                 }
             }
             Some(Tag::Guard) => {
