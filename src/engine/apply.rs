@@ -367,13 +367,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 b.step(what, body);
             }
             Item::Group { name, gid } => {
-                let g = gid.map(|g| format!("-g {g} ")).unwrap_or_default();
-                let cmd = if c.action == Action::Create {
-                    "groupadd"
-                } else {
-                    "groupmod"
-                };
-                b.step(what, format!("{cmd} {g}-- {} || return\n", q(name)));
+                b.step(what, super::kinds::group::apply(c.action, name, *gid));
             }
             Item::User(u) => {
                 let mut args = String::new();

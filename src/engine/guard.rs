@@ -60,9 +60,8 @@ pub const UFW_FILES: [&str; 5] = [
 pub fn is_risky(c: &Change, login_user: &str) -> bool {
     match c.kind {
         ResourceKind::Firewall => true,
-        ResourceKind::User | ResourceKind::Group => {
-            c.id == login_user || c.kind == ResourceKind::User && c.id == "root"
-        }
+        ResourceKind::Group => super::kinds::group::is_risky(&c.id, login_user),
+        ResourceKind::User => c.id == login_user || c.id == "root",
         ResourceKind::Service => SSH_UNITS.contains(&c.id.as_str()),
         ResourceKind::Sysctl => super::kinds::sysctl::is_risky(&c.id),
         k if k.is_path() || k == ResourceKind::Absent => {

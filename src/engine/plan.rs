@@ -456,24 +456,13 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
                     _ => None,
                 }
             }
-            Item::Group { name, gid } => match obs.groups.get(name) {
-                None => {
-                    let mut c = change(item, Action::Create);
-                    if let Some(g) = gid {
-                        c.attrs.push(attr("gid", None, Some(g.to_string())));
-                    }
-                    Some(c)
-                }
-                Some(g) => match gid {
-                    Some(want) if *want != g.gid => {
-                        let mut c = change(item, Action::Update);
-                        c.attrs
-                            .push(attr("gid", Some(g.gid.to_string()), Some(want.to_string())));
-                        Some(c)
-                    }
-                    _ => None,
-                },
-            },
+            Item::Group { name, gid } => {
+                super::kinds::group::plan(obs.groups.get(name), *gid).map(|(action, attrs)| {
+                    let mut c = change(item, action);
+                    c.attrs = attrs;
+                    c
+                })
+            }
             Item::User(u) => {
                 let member_of: BTreeSet<String> = obs
                     .groups

@@ -303,12 +303,9 @@ pub fn script(items: &[Item], root: &str) -> String {
         .iter()
         .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
     {
-        s.push_str(&format!(
-            "getent passwd | sed 's/^/{}\\t/'\ngetent group | sed 's/^/{}\\t/'\n",
-            Tag::Passwd,
-            Tag::GroupLine
-        ));
+        s.push_str(&format!("getent passwd | sed 's/^/{}\\t/'\n", Tag::Passwd));
     }
+    s.push_str(&super::kinds::group::probe(items));
     // Firewall.
     if items.iter().any(|i| matches!(i, Item::Firewall(_))) {
         s.push_str(&format!(
@@ -521,19 +518,8 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                 }
             }
             Some(Tag::GroupLine) => {
-                let c: Vec<&str> = rest.split(':').collect();
-                if c.len() >= 4 {
-                    o.groups.insert(
-                        c[0].to_string(),
-                        GroupEntry {
-                            gid: c[2].parse().map_err(|_| bad())?,
-                            members: c[3]
-                                .split(',')
-                                .filter(|m| !m.is_empty())
-                                .map(String::from)
-                                .collect(),
-                        },
-                    );
+                if let Some((name, g)) = super::kinds::group::parse(rest).map_err(|_| bad())? {
+                    o.groups.insert(name, g);
                 }
             }
             Some(Tag::Ufw) => fw_seen = true,

@@ -2,8 +2,9 @@
 //! record is read back, when it needs a change, what the apply runs, and
 //! whether a change to it risks tidekeeper's own access. The shared stages
 //! (probe, plan, apply, guard) call into these, so a kind's rules live in
-//! one file. Moved here so far: `sysctl`.
+//! one file. Moved here so far: `group`, `sysctl`.
 
+pub mod group;
 pub mod sysctl;
 
 /// A probe record that does not read as its tag says.
