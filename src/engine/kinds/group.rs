@@ -79,18 +79,7 @@ pub fn is_risky(name: &str, login_user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sh_n(script: &str) {
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    use crate::engine::kinds::sh_n;
 
     #[test]
     fn its_script_fragments_are_these_and_parse_as_sh() {

@@ -10,3 +10,17 @@ pub mod sysctl;
 /// A probe record that does not read as its tag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Garbled;
+
+/// `sh -n` over a generated fragment: it must at least parse.
+#[cfg(test)]
+pub(crate) fn sh_n(script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-n", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -82,6 +82,7 @@ fn words(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::kinds::sh_n;
 
     fn items() -> Vec<Item> {
         vec![
@@ -94,18 +95,6 @@ mod tests {
                 value: "32768 60999".into(),
             },
         ]
-    }
-
-    fn sh_n(script: &str) {
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     #[test]
