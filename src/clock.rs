@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 #[derive(Clone, Default)]
 pub struct Clock(Inner);
@@ -76,10 +76,6 @@ impl Clock {
         })))
     }
 
-    pub fn is_virtual(&self) -> bool {
-        matches!(self.0, Inner::Virtual(_))
-    }
-
     /// Wall time now.
     pub fn now(&self) -> DateTime<Utc> {
         match &self.0 {
@@ -123,16 +119,12 @@ impl Clock {
             }
         }
     }
-
-    /// Sleep `d` on the controller's clock.
-    pub async fn sleep(&self, d: Duration) {
-        tokio::time::sleep(d).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn a_virtual_clock_moves_with_paused_time_and_io_runs_in_real_time() {

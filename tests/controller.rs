@@ -88,62 +88,27 @@ async fn post(
     post_raw(addr, path, &auth, body).await
 }
 
-/// POST with `auth` headers (each ending in CRLF) as given.
+/// POST with `auth` headers (each ending in CRLF) as given, from a blocking
+/// task: on a virtual clock, time stands still until the answer.
 async fn post_raw(
     addr: std::net::SocketAddr,
     path: &str,
     auth: &str,
     body: &[u8],
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        text.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
-}
-
-/// POST from a blocking task: virtual time stands still until the answer.
-async fn post_blocking(
-    addr: std::net::SocketAddr,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> (u16, String) {
-    let (path, token, body) = (path.to_string(), token.to_string(), body.to_string());
+    let body = body.to_vec();
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        crate::support::http_response(&out)
     })
     .await
     .unwrap()
@@ -717,11 +682,11 @@ async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
     )
     .await;
     first_applied(&d, &repo).await;
-    let (code, _) = post_blocking(
+    let (code, _) = post(
         d.addr,
         "/suspend",
-        "tok-susp-1",
-        r#"{"by":"ops","reason":"incident 42"}"#,
+        Some("tok-susp-1"),
+        br#"{"by":"ops","reason":"incident 42"}"#,
     )
     .await;
     assert_eq!(code, 202);
@@ -758,7 +723,7 @@ async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
     assert_ne!(d.applied(), Some(c2.clone()));
 
     let resumed = Instant::now();
-    let (code, _) = post_blocking(d.addr, "/resume", "tok-susp-1", "").await;
+    let (code, _) = post(d.addr, "/resume", Some("tok-susp-1"), b"").await;
     assert_eq!(code, 202);
     until("the held commit applied", Duration::from_secs(30), || {
         d.applied().as_deref() == Some(c2.as_str())

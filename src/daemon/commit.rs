@@ -420,13 +420,15 @@ impl Loop {
             }
             let summary = {
                 let mut st = self.shared.status.lock().unwrap();
-                if !cloud_failures.is_empty() {
-                    let reason = cloud_failures.join("; ");
+                let mut quarantine = |reason: String| {
+                    warn!(%reason, "commit quarantined");
                     st.quarantined = Some(Quarantine {
                         commit: commit.clone(),
                         reason: format!("apply failed: {reason}"),
                     });
-                    warn!(%reason, "commit quarantined");
+                };
+                if !cloud_failures.is_empty() {
+                    quarantine(cloud_failures.join("; "));
                     format!(
                         "{} server change(s) failed; commit quarantined",
                         cloud_failures.len()
@@ -460,11 +462,7 @@ impl Loop {
                         })
                         .collect::<Vec<_>>()
                         .join("; ");
-                    st.quarantined = Some(Quarantine {
-                        commit: commit.clone(),
-                        reason: format!("apply failed: {reason}"),
-                    });
-                    warn!(%reason, "commit quarantined");
+                    quarantine(reason);
                     format!(
                         "apply failed on {} of {} host(s); commit quarantined",
                         failed.len(),

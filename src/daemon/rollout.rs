@@ -184,7 +184,8 @@ async fn run(s: Start, clock: Clock, tx: UnboundedSender<Event>) {
                 &stage.hosts,
                 "pausing".into(),
             )));
-            clock.sleep(Duration::from_secs(stage.pause_secs)).await;
+            // On the controller's clock: virtual in tests.
+            tokio::time::sleep(Duration::from_secs(stage.pause_secs)).await;
         }
     }
     // Hosts the rollout did not reach: planned, not applied.

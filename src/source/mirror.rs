@@ -505,18 +505,23 @@ impl Mirror {
         })
     }
 
+    /// Add (or replace) the note on `commit` in `repo`'s notes ref.
+    fn write_note(&self, repo: &Repository, commit: Oid, text: &str) -> Result<Oid, git2::Error> {
+        repo.note(
+            &sig(),
+            &sig(),
+            Some(self.notes_ref.as_str()),
+            commit,
+            text,
+            true,
+        )
+    }
+
     /// Add (or replace) the note on `commit` and push the notes ref without force.
     pub fn push_note(&self, commit: Oid, text: &str) -> Result<usize, MirrorError> {
         if let Some(target) = self.local_target() {
             for attempt in 1..=PUSH_ATTEMPTS {
-                match target.note(
-                    &sig(),
-                    &sig(),
-                    Some(self.notes_ref.as_str()),
-                    commit,
-                    text,
-                    true,
-                ) {
+                match self.write_note(&target, commit, text) {
                     Ok(_) => {
                         let _ = self.fetch_refs(&[format!(
                             "+{}:{}",
@@ -551,14 +556,7 @@ impl Mirror {
                     }
                 }
             }
-            self.repo.note(
-                &sig(),
-                &sig(),
-                Some(self.notes_ref.as_str()),
-                commit,
-                text,
-                true,
-            )?;
+            self.write_note(&self.repo, commit, text)?;
             if self.push(&format!("{0}:{0}", self.notes_ref), "the notes")? {
                 let id = self.repo.refname_to_id(&self.notes_ref)?;
                 self.repo

@@ -108,18 +108,8 @@ impl Daemon {
         }
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).to_string();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default();
         // Chunked bodies: good enough to search in.
-        (code, body)
+        super::http_response(&out)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

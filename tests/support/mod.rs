@@ -131,6 +131,22 @@ pub fn serve_in_thread(listener: std::net::TcpListener, app: axum::Router) {
 }
 
 /// The tidekeeper binary built for these tests.
+/// An HTTP/1.1 response as read off the socket: its status code (0 if
+/// there is none) and its body.
+pub fn http_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
 pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }
