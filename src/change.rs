@@ -29,7 +29,7 @@ impl Action {
 }
 
 /// One attribute of a resource, before and after.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Attr {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]

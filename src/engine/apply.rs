@@ -11,10 +11,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::item::{FileItem, Item, policy_word, ufw_rule_args};
+use super::item::{FileItem, Item};
+use super::kinds;
+use super::observed::{Inventory, STATE_DIR};
 use super::plan::{Action, Change, HostPlan, ResourceKind};
-use super::probe::{Inventory, STATE_DIR};
-use crate::model::desired::{PackageState, ServiceState};
+use crate::model::desired::PackageState;
 use crate::transport::shell_quote as q;
 
 /// Backups of this many runs are kept on each host.
@@ -44,10 +45,6 @@ struct Builder {
 }
 
 impl Builder {
-    fn p(&self, path: &str) -> String {
-        q(&format!("{}{path}", self.root))
-    }
-
     /// Add a step: `body` is shell code where each command ends in `|| return`.
     fn step(&mut self, what: String, body: String) {
         let n = self.steps.len();
@@ -55,60 +52,6 @@ impl Builder {
             .push_str(&format!("s{n}() {{\n{body}}}\nrun {n} s{n}\n"));
         self.steps.push(Step { what });
     }
-}
-
-fn parent(path: &str) -> &str {
-    match path.rfind('/') {
-        Some(0) => "/",
-        Some(i) => &path[..i],
-        None => ".",
-    }
-}
-
-fn write_file(b: &Builder, f: &FileItem, exists: bool) -> String {
-    let p = b.p(&f.path);
-    let d = b.p(parent(&f.path));
-    let mut s = format!(
-        "p={p}; d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
-         for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n\
-         t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\n"
-    );
-    let data = B64.encode(&f.content.bytes);
-    s.push_str(&format!("base64 -d >\"$t\" <<'{EOF}' || return\n"));
-    for chunk in data.as_bytes().chunks(76) {
-        s.push_str(std::str::from_utf8(chunk).unwrap());
-        s.push('\n');
-    }
-    s.push_str(EOF);
-    s.push('\n');
-    match f.mode {
-        Some(m) => s.push_str(&format!("chmod {m:04o} \"$t\" || return\n")),
-        None if exists => s.push_str("chmod --reference=\"$p\" \"$t\" || return\n"),
-        None => s.push_str("chmod 0644 \"$t\" || return\n"),
-    }
-    if exists && (f.owner.is_none() || f.group.is_none()) {
-        s.push_str("chown --reference=\"$p\" \"$t\" || return\n");
-    }
-    if let Some(o) = &f.owner {
-        s.push_str(&format!("chown {} \"$t\" || return\n", q(o)));
-    }
-    if let Some(g) = &f.group {
-        s.push_str(&format!("chgrp {} \"$t\" || return\n", q(g)));
-    }
-    s.push_str("sync \"$t\" || return\n");
-    if let Some(v) = &f.validate {
-        let cmd = v.replace("%s", "\"$t\"");
-        s.push_str(&format!(
-            // A group, so `a; b` as a validator is judged by its last command.
-            "if ! {{ {cmd}\n}}; then rm -f \"$t\"; echo {} >&2; return 1; fi\n",
-            q(&format!(
-                "validation failed ({v}); the live file is untouched"
-            ))
-        ));
-    }
-    s.push_str(&format!("backup {} || return\n", q(&f.path)));
-    s.push_str("mv -f \"$t\" \"$p\" || return\n");
-    s
 }
 
 /// The inventory as JSON, written atomically by the script.
@@ -204,54 +147,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
     };
     let desired: Vec<&Change> = plan.changes.iter().filter(|c| !c.prune).collect();
 
-    // Packages: one install and one removal for all of them.
-    let mut install = Vec::new();
-    let mut upgrade = Vec::new();
-    let mut remove = Vec::new();
-    for c in &desired {
-        if let Some(Item::Package { name, state }) = &c.item {
-            match (c.action, state) {
-                (Action::Delete, _) => remove.push(name.clone()),
-                (Action::Update, PackageState::Latest) => upgrade.push(name.clone()),
-                _ => install.push(name.clone()),
-            }
-        }
-    }
-    let fw_needs_ufw = desired
-        .iter()
-        .any(|c| matches!(c.item, Some(Item::Firewall(_))) && c.action == Action::Create);
-    if fw_needs_ufw && !install.iter().any(|p| p == "ufw") {
-        install.push("ufw".into());
-    }
-    if !install.is_empty() || !upgrade.is_empty() {
-        let all: Vec<String> = install.iter().chain(&upgrade).map(|p| q(p)).collect();
-        let all = all.join(" ");
-        let mut body = format!(
-            "if ! apt-cache show {all} >/dev/null 2>&1 || [ -n \"$(find /var/lib/apt/lists -maxdepth 0 -mmin +1440)\" ]; \
-             then apt-get update -qq || return; fi\n"
-        );
-        if !install.is_empty() {
-            body.push_str(&format!(
-                "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold {} >/dev/null || return\n",
-                install.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
-            ));
-        }
-        if !upgrade.is_empty() {
-            body.push_str(&format!(
-                "apt-get install -y -q --only-upgrade -o Dpkg::Options::=--force-confold {} >/dev/null || return\n",
-                upgrade.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
-            ));
-        }
-        let names: Vec<&str> = install.iter().chain(&upgrade).map(String::as_str).collect();
-        b.step(format!("install packages {}", names.join(" ")), body);
-    }
-    if !remove.is_empty() {
-        let list = remove.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ");
-        b.step(
-            format!("remove packages {}", remove.join(" ")),
-            format!("apt-get remove -y -q {list} >/dev/null || return\n"),
-        );
-    }
+    package_steps(&mut b, &desired);
 
     // Packages first (they can take long and are not risky), then the guard
     // is armed before anything access depends on changes.
@@ -283,230 +179,10 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
                 );
             }
         }
-        let what = format!("{} {}", c.kind, c.id);
-        match item {
-            Item::Package { .. } => {}
-            Item::File(f) => {
-                let mut body = owes(c);
-                if c.action == Action::Replace {
-                    body.push_str(&format!(
-                        "backup {} || return\nrm -f {} || return\n",
-                        q(&f.path),
-                        b.p(&f.path)
-                    ));
-                }
-                let exists = c.action == Action::Update;
-                let content_changes =
-                    c.action != Action::Update || c.diff.is_some() || c.note.is_some();
-                if content_changes {
-                    body.push_str(&write_file(&b, f, exists));
-                    b.written
-                        .push((f.sha256.clone(), format!("{}{}", b.root, f.path)));
-                } else {
-                    // Only mode or ownership differ: change them in place.
-                    let p = b.p(&f.path);
-                    if let Some(m) = f.mode {
-                        body.push_str(&format!("chmod {m:04o} {p} || return\n"));
-                    }
-                    if let Some(o) = &f.owner {
-                        body.push_str(&format!("chown {} {p} || return\n", q(o)));
-                    }
-                    if let Some(g) = &f.group {
-                        body.push_str(&format!("chgrp {} {p} || return\n", q(g)));
-                    }
-                }
-                b.step(what, body);
-            }
-            Item::Dir {
-                path,
-                mode,
-                owner,
-                group,
-            } => {
-                let p = b.p(path);
-                let mut body = String::new();
-                if c.action == Action::Replace {
-                    body.push_str(&format!(
-                        "backup {} || return\nrm -f {p} || return\n",
-                        q(path)
-                    ));
-                }
-                body.push_str(&format!("mkdir -p {p} || return\n"));
-                body.push_str(&format!(
-                    "chmod {:04o} {p} || return\n",
-                    mode.unwrap_or(0o755)
-                ));
-                if let Some(o) = owner {
-                    body.push_str(&format!("chown {} {p} || return\n", q(o)));
-                }
-                if let Some(g) = group {
-                    body.push_str(&format!("chgrp {} {p} || return\n", q(g)));
-                }
-                b.step(what, body);
-            }
-            Item::Link { path, target } => {
-                let p = b.p(path);
-                let d = b.p(parent(path));
-                let mut body = format!("[ -d {d} ] || mkdir -p {d} || return\n");
-                if c.action == Action::Replace {
-                    body.push_str(&format!("backup {} || return\n", q(path)));
-                }
-                body.push_str(&format!(
-                    "t={d}/.tidekeeper.link.$$; rm -f \"$t\"; ln -s {} \"$t\" && mv -Tf \"$t\" {p} || return\n",
-                    q(target)
-                ));
-                b.step(what, body);
-            }
-            Item::Absent { path } => {
-                let p = b.p(path);
-                let body = if c.was == Some(super::probe::PathKind::Dir) {
-                    format!("rm -rf -- {p} || return\n")
-                } else {
-                    format!("backup {} || return\nrm -f {p} || return\n", q(path))
-                };
-                b.step(what, body);
-            }
-            Item::Group { name, gid } => {
-                b.step(what, super::kinds::group::apply(c.action, name, *gid));
-            }
-            Item::User(u) => {
-                let mut args = String::new();
-                if let Some(uid) = u.uid {
-                    args.push_str(&format!(" -u {uid}"));
-                }
-                if let Some(s) = &u.shell {
-                    args.push_str(&format!(" -s {}", q(s)));
-                }
-                args.push_str(&format!(" -G {}", q(&u.groups.join(","))));
-                let body = if c.action == Action::Create {
-                    // A group of the user's name (managed here, or already
-                    // there) becomes its primary group; useradd would refuse it.
-                    format!(
-                        "if getent group {n} >/dev/null; then ug='-g {n}'; else ug=''; fi\n\
-                         useradd $ug -m -d {}{}{} -- {n} || return\n",
-                        q(&u.home),
-                        if u.system { " -r" } else { "" },
-                        if u.groups.is_empty() {
-                            args.replace(" -G ''", "")
-                        } else {
-                            args
-                        },
-                        n = q(&u.name)
-                    )
-                } else {
-                    let home = if c.attrs.iter().any(|a| a.name == "home") {
-                        format!(" -d {} -m", q(&u.home))
-                    } else {
-                        String::new()
-                    };
-                    format!("usermod{args}{home} -- {} || return\n", q(&u.name))
-                };
-                b.step(what, body);
-            }
-            Item::Sysctl { key, value } => {
-                sysctl_changed = true;
-                b.step(what, super::kinds::sysctl::apply(key, value));
-            }
-            Item::Firewall(fw) => {
-                let mut body = String::new();
-                // Allow rules first, so SSH is in force before a default deny.
-                for a in &c.attrs {
-                    if a.name == "rule"
-                        && let (None, Some(r)) = (&a.before, &a.after)
-                    {
-                        body.push_str(&format!("ufw {r} >/dev/null || return\n"));
-                    }
-                }
-                if c.action == Action::Create {
-                    for r in &fw.rules {
-                        body.push_str(&format!("ufw {} >/dev/null || return\n", ufw_rule_args(r)));
-                    }
-                }
-                for a in &c.attrs {
-                    if a.name == "rule"
-                        && let (Some(r), None) = (&a.before, &a.after)
-                    {
-                        body.push_str(&format!("ufw delete {r} >/dev/null || return\n"));
-                    }
-                }
-                body.push_str(&format!(
-                    "ufw default {} incoming >/dev/null || return\nufw default {} outgoing >/dev/null || return\n\
-                     ufw --force enable >/dev/null || return\n",
-                    policy_word(fw.incoming),
-                    policy_word(fw.outgoing)
-                ));
-                b.step(what, body);
-            }
-            Item::Service {
-                name,
-                enabled,
-                state,
-            } => {
-                let u = q(name);
-                let mut body = String::new();
-                match enabled {
-                    Some(true) => body.push_str(&format!("systemctl enable -q -- {u} || return\n")),
-                    Some(false) => {
-                        body.push_str(&format!("systemctl disable -q -- {u} || return\n"))
-                    }
-                    None => {}
-                }
-                let starts = c
-                    .attrs
-                    .iter()
-                    .any(|a| a.name == "state" && a.after.as_deref() == Some("running"));
-                match state {
-                    // Not running when planned, so its restart handlers were
-                    // dropped; but installing its package may have started it
-                    // since, with the config as it was then: restart, not start.
-                    Some(ServiceState::Running) if starts => {
-                        body.push_str(&format!("systemctl restart -- {u} || return\n"))
-                    }
-                    Some(ServiceState::Running) => {
-                        body.push_str(&format!("systemctl start -- {u} || return\n"))
-                    }
-                    Some(ServiceState::Stopped) => {
-                        body.push_str(&format!("systemctl stop -- {u} || return\n"))
-                    }
-                    None => {}
-                }
-                b.step(what, body);
-            }
-            Item::Stack {
-                name,
-                dir,
-                health,
-                health_timeout_secs,
-                ..
-            } => {
-                // Compose v2 (`docker compose`) where present, else v1.
-                b.step(
-                    what,
-                    format!(
-                        "cd {} || return\nif docker compose version >/dev/null 2>&1; then \
-                         docker compose -p {n} up -d --remove-orphans >&2 || return; \
-                         else docker-compose -p {n} up -d --remove-orphans >&2 || return; fi\n",
-                        b.p(dir),
-                        n = q(name)
-                    ),
-                );
-                if !health.is_empty() {
-                    b.step(
-                        format!("stack {name} health"),
-                        super::health::wait_script(health, *health_timeout_secs),
-                    );
-                }
-            }
-            Item::Command(cmd) => {
-                let mut body = owes(c);
-                body.push_str(&format!(
-                    "timeout {} sh -c {} </dev/null >&2 || return\n",
-                    cmd.timeout_secs,
-                    q(&cmd.run)
-                ));
-                b.step(format!("command {}", cmd.name), body);
-            }
+        if let Item::Sysctl { .. } = item {
+            sysctl_changed = true;
         }
+        item_steps(&mut b, c, item, &owes(c));
     }
     if plan.daemon_reload && !reloaded {
         b.step(
@@ -529,7 +205,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             validate: None,
             notify: vec![],
         };
-        let body = write_file(&b, &f, false);
+        let body = kinds::file::write(&b.root, &f, false);
         b.written
             .push((f.sha256.clone(), format!("{}{}", b.root, f.path)));
         b.step(format!("file {SYSCTL_CONF}"), body);
@@ -551,33 +227,12 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
     }
     // Prune only once everything else succeeded.
     for c in plan.changes.iter().filter(|c| c.prune) {
-        let what = format!("{} {} (no longer in the config)", c.kind, c.id);
-        let p = b.p(&c.id);
-        let body = match c.kind {
-            ResourceKind::File | ResourceKind::Symlink => {
-                format!("backup {} || return\nrm -f {p} || return\n", q(&c.id))
-            }
-            ResourceKind::Directory => format!(
-                "rmdir {p} 2>/dev/null || printf '@@warn %s\\n' {}\n",
-                q(&format!("directory {} is not empty; left in place", c.id))
-            ),
-            ResourceKind::Service => format!(
-                "systemctl disable -q --now -- {} 2>/dev/null; true\n",
-                q(&c.id)
-            ),
-            // Containers and network of the project go; its files are pruned after.
-            ResourceKind::Stack => format!(
-                "if docker compose version >/dev/null 2>&1; then docker compose -p {n} down --remove-orphans >&2; \
-                 else ids=$(docker ps -aq --filter label=com.docker.compose.project={n}); \
-                 [ -z \"$ids\" ] || docker rm -f $ids >/dev/null || return; \
-                 docker network rm {n}_default >/dev/null 2>&1; fi; true\n",
-                n = q(&c.id)
-            ),
-            ResourceKind::User => format!("userdel -- {} || return\n", q(&c.id)),
-            ResourceKind::Group => format!("groupdel -- {} || return\n", q(&c.id)),
-            _ => continue,
-        };
-        b.step(what, body);
+        if let Some(body) = prune(&b.root, c.kind, &c.id) {
+            b.step(
+                format!("{} {} (no longer in the config)", c.kind, c.id),
+                body,
+            );
+        }
     }
     let mut final_inv = if plan.inventory == plan.previous_inventory {
         String::new()
@@ -610,6 +265,126 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         text: b.text,
         steps: b.steps,
     }
+}
+
+/// Packages: one install (with ufw when a firewall is new) and one removal
+/// for all of them.
+fn package_steps(b: &mut Builder, desired: &[&Change]) {
+    let mut install = Vec::new();
+    let mut upgrade = Vec::new();
+    let mut remove = Vec::new();
+    for c in desired {
+        if let Some(Item::Package { name, state }) = &c.item {
+            match (c.action, state) {
+                (Action::Delete, _) => remove.push(name.clone()),
+                (Action::Update, PackageState::Latest) => upgrade.push(name.clone()),
+                _ => install.push(name.clone()),
+            }
+        }
+    }
+    let fw_needs_ufw = desired
+        .iter()
+        .any(|c| matches!(c.item, Some(Item::Firewall(_))) && c.action == Action::Create);
+    if fw_needs_ufw && !install.iter().any(|p| p == "ufw") {
+        install.push("ufw".into());
+    }
+    if let Some(body) = kinds::package::install(&install, &upgrade) {
+        let names: Vec<&str> = install.iter().chain(&upgrade).map(String::as_str).collect();
+        b.step(format!("install packages {}", names.join(" ")), body);
+    }
+    if !remove.is_empty() {
+        b.step(
+            format!("remove packages {}", remove.join(" ")),
+            kinds::package::remove(&remove),
+        );
+    }
+}
+
+/// The steps of one planned change, by its kind. `owes` records the
+/// handlers it notifies before it runs.
+fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
+    use kinds::*;
+    let what = format!("{} {}", c.kind, c.id);
+    let root = b.root.clone();
+    let body = match item {
+        Item::Package { .. } => return,
+        Item::File(f) => {
+            let content_changes =
+                c.action != Action::Update || c.diff.is_some() || c.note.is_some();
+            if content_changes {
+                b.written
+                    .push((f.sha256.clone(), format!("{root}{}", f.path)));
+            }
+            format!("{owes}{}", file::apply(&root, f, c.action, content_changes))
+        }
+        Item::Dir {
+            path,
+            mode,
+            owner,
+            group,
+        } => directory::apply(
+            &root,
+            path,
+            c.action,
+            *mode,
+            owner.as_deref(),
+            group.as_deref(),
+        ),
+        Item::Link { path, target } => symlink::apply(&root, path, target, c.action),
+        Item::Absent { path } => absent::apply(&root, path, c.was),
+        Item::Group { name, gid } => group::apply(c.action, name, *gid),
+        Item::User(u) => user::apply(u, c.action, c.attrs.iter().any(|a| a.name == "home")),
+        Item::Sysctl { key, value } => sysctl::apply(key, value),
+        Item::Firewall(fw) => firewall::apply(fw, c.action, &c.attrs),
+        Item::Service {
+            name,
+            enabled,
+            state,
+        } => {
+            let starts = c
+                .attrs
+                .iter()
+                .any(|a| a.name == "state" && a.after.as_deref() == Some("running"));
+            service::apply(name, *enabled, *state, starts)
+        }
+        Item::Stack {
+            name,
+            dir,
+            health,
+            health_timeout_secs,
+            ..
+        } => {
+            b.step(what, stack::apply(&root, name, dir));
+            if !health.is_empty() {
+                b.step(
+                    format!("stack {name} health"),
+                    super::health::wait_script(health, *health_timeout_secs),
+                );
+            }
+            return;
+        }
+        Item::Command(cmd) => format!("{owes}{}", command::apply(cmd)),
+    };
+    let what = match item {
+        Item::Command(cmd) => format!("command {}", cmd.name),
+        _ => what,
+    };
+    b.step(what, body);
+}
+
+/// Removing what left the config, by its kind; None for kinds that are
+/// never removed that way.
+fn prune(root: &str, kind: ResourceKind, id: &str) -> Option<String> {
+    use kinds::*;
+    Some(match kind {
+        ResourceKind::File | ResourceKind::Symlink => file::prune(root, id),
+        ResourceKind::Directory => directory::prune(root, id),
+        ResourceKind::Service => service::prune(id),
+        ResourceKind::Stack => stack::prune(id),
+        ResourceKind::User => user::prune(id),
+        ResourceKind::Group => group::prune(id),
+        _ => return None,
+    })
 }
 
 /// How an apply went on one host, read from the script's markers.

@@ -10,39 +10,6 @@ use super::item::Item;
 use super::plan::{Change, HostPlan, ResourceKind};
 use crate::transport::shell_quote as q;
 
-/// Paths whose change can cut off SSH access.
-const ACCESS_PATHS: [&str; 10] = [
-    "/etc/ssh/",
-    "/etc/sudoers",
-    "/etc/pam.d/",
-    "/etc/network/",
-    "/etc/netplan/",
-    "/etc/systemd/network/",
-    "/etc/ufw/",
-    "/etc/hosts.allow",
-    "/etc/hosts.deny",
-    "/etc/security/access.conf",
-];
-
-/// Units that serve SSH: stopping, disabling or masking one is risky.
-const SSH_UNITS: [&str; 6] = [
-    "ssh",
-    "sshd",
-    "ssh.service",
-    "sshd.service",
-    "ssh.socket",
-    "sshd.socket",
-];
-
-/// The unit name as systemctl takes it (`ssh` → `ssh.service`).
-fn full_unit(name: &str) -> String {
-    if name.contains('.') {
-        name.to_string()
-    } else {
-        format!("{name}.service")
-    }
-}
-
 /// How systemd timers are asked to fire: at the deadline, not up to a minute
 /// after it (systemd's default AccuracySec=1min).
 const TIMER: &str = "--timer-property=AccuracySec=1s";
@@ -56,18 +23,16 @@ pub const UFW_FILES: [&str; 5] = [
     "/etc/ufw/before.rules",
 ];
 
-/// Does this change touch what access depends on?
+/// Does this change touch what access depends on? Each kind says.
 pub fn is_risky(c: &Change, login_user: &str) -> bool {
+    use super::kinds::*;
     match c.kind {
-        ResourceKind::Firewall => true,
-        ResourceKind::Group => super::kinds::group::is_risky(&c.id, login_user),
-        ResourceKind::User => c.id == login_user || c.id == "root",
-        ResourceKind::Service => SSH_UNITS.contains(&c.id.as_str()),
-        ResourceKind::Sysctl => super::kinds::sysctl::is_risky(&c.id),
-        k if k.is_path() || k == ResourceKind::Absent => {
-            ACCESS_PATHS.iter().any(|p| c.id.starts_with(p))
-                || c.id.ends_with("/.ssh/authorized_keys")
-        }
+        ResourceKind::Firewall => firewall::is_risky(),
+        ResourceKind::Group => group::is_risky(&c.id, login_user),
+        ResourceKind::User => user::is_risky(&c.id, login_user),
+        ResourceKind::Service => service::is_risky(&c.id),
+        ResourceKind::Sysctl => sysctl::is_risky(&c.id),
+        k if k.is_path() || k == ResourceKind::Absent => path::is_risky(&c.id),
         _ => false,
     }
 }
@@ -92,7 +57,7 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
     for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
         match c.kind {
             ResourceKind::Firewall => ufw = true,
-            ResourceKind::Service => units.push(full_unit(&c.id)),
+            ResourceKind::Service => units.push(super::kinds::service::full_unit(&c.id)),
             k if k.is_path() || k == ResourceKind::Absent => {
                 if c.id.starts_with("/etc/ssh/") {
                     ssh = true;

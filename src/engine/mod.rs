@@ -14,6 +14,7 @@ pub mod guard;
 pub mod health;
 pub mod item;
 pub mod kinds;
+pub mod observed;
 pub mod plan;
 pub mod probe;
 pub mod render;

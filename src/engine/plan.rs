@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::item::{FileItem, Item, handler_command, policy_word, ufw_rule_args};
-use super::probe::{Inventory, InventoryEntry, Observed, PathKind};
+use super::item::{Item, handler_command};
+use super::kinds::{self, Need};
+use super::observed::{Inventory, InventoryEntry, Observed, PathKind};
 pub use crate::change::{Action, Attr, ResourceKind};
-use crate::digest::sha256_hex;
-use crate::model::desired::{Host, PackageState, ServiceState};
+use crate::model::desired::Host;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
@@ -98,260 +98,111 @@ pub struct PlanOptions {
     pub allow_mass_delete: bool,
 }
 
-/// The packages that provide the SSH server.
-fn is_ssh_server(package: &str) -> bool {
-    let name = package.split([':', '=']).next().unwrap_or(package);
-    matches!(
-        name,
-        "openssh-server" | "openssh-server-gssapi" | "dropbear" | "dropbear-bin"
-    )
-}
-
-/// Why a compose project needs `up`, and what that does to its services.
-fn plan_stack(
-    name: &str,
-    dir: &str,
-    hash: &str,
-    compose: Option<&str>,
-    services: &BTreeMap<String, super::compose::Service>,
-    changes: &[Change],
-    obs: &Observed,
-) -> Option<(String, Vec<Attr>)> {
-    let containers = obs.stacks.get(name).cloned().unwrap_or_default();
-    let files_change = changes
-        .iter()
-        .any(|c| c.kind == ResourceKind::File && c.id.starts_with(&format!("{dir}/")));
-    let mut attrs = Vec::new();
-    let reason = if containers.is_empty() {
-        if obs.inventory.stacks.contains_key(name) {
-            "no containers running".to_string()
-        } else {
-            "first deploy".to_string()
-        }
-    } else if files_change || obs.inventory.stacks.get(name) != Some(&hash.to_string()) {
-        // What `up` does to the services, from the compose file before and after.
-        let old = compose
-            .and_then(|f| obs.contents.get(&format!("{dir}/{f}")))
-            .and_then(|b| super::compose::services(b));
-        match old {
-            Some(old) => {
-                let d = super::compose::changes(&old, services);
-                for (what, list) in [
-                    ("recreates", &d.recreate),
-                    ("creates", &d.create),
-                    ("removes", &d.remove),
-                ] {
-                    if !list.is_empty() {
-                        attrs.push(attr(
-                            &format!("{what} service"),
-                            None,
-                            Some(list.join(", ")),
-                        ));
-                    }
-                }
-                if d == Default::default() {
-                    attrs.push(attr(
-                        "services unchanged; other files of the stack changed",
-                        None,
-                        None,
-                    ));
-                }
-            }
-            None if compose
-                .is_some_and(|f| changes.iter().any(|c| c.id == format!("{dir}/{f}"))) =>
-            {
-                attrs.push(attr("the services it changes cannot be shown (the compose file is sensitive or large)", None, None));
-            }
-            None => {}
-        }
-        "its files changed".to_string()
-    } else {
-        let mut drift = Vec::new();
-        for c in &containers {
-            if c.state != "running" {
-                drift.push(format!("{} ({})", c.service, c.state));
-            }
-        }
-        for svc in services.keys() {
-            if !containers.iter().any(|c| c.service == *svc) {
-                drift.push(format!("{svc} (no container)"));
-            }
-        }
-        let mut images = Vec::new();
-        for c in &containers {
-            if let Some(want) = services.get(&c.service).and_then(|s| s.image.as_ref())
-                && !c.image.is_empty()
-                && c.image != *want
-            {
-                images.push(format!(
-                    "{} runs {}, the config says {want}",
-                    c.service, c.image
-                ));
-            }
-        }
-        if !drift.is_empty() {
-            format!("not running: {}", drift.join(", "))
-        } else if !images.is_empty() {
-            format!("image changed: {}", images.join("; "))
-        } else {
-            return None;
-        }
-    };
-    for c in &containers {
-        attrs.push(attr(
-            &format!("service {}", c.service),
-            Some(c.state.clone()),
-            Some("running".into()),
-        ));
-    }
-    Some((reason, attrs))
-}
-
 /// Deleting more than this many resources on one host needs permission.
 pub const MASS_DELETE_COUNT: usize = 20;
 
-fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
-    Attr {
-        name: name.to_string(),
-        before,
-        after,
-    }
+pub use super::kinds::file::text_diff;
+
+/// The checksum of a command's definition kept in the inventory.
+pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
+    kinds::command::hash(c)
 }
 
-fn octal(m: u32) -> String {
-    format!("{m:04o}")
-}
-
-fn change(item: &Item, action: Action) -> Change {
+fn change(item: &Item, need: Need) -> Change {
+    let notify = match item {
+        Item::File(f) => f.notify.clone(),
+        Item::Command(c) => c.notify.clone(),
+        _ => vec![],
+    };
     Change {
         kind: item.kind(),
         id: item.id().to_string(),
-        action,
-        attrs: vec![],
-        diff: None,
-        note: None,
-        was: None,
+        action: need.action,
+        attrs: need.attrs,
+        diff: need.diff,
+        note: need.note,
+        was: need.was,
         item: Some(item.clone()),
         prune: false,
-        notify: vec![],
+        notify,
     }
 }
 
-pub fn text_diff(path: &str, before: &[u8], after: &[u8]) -> Option<String> {
-    let (Ok(a), Ok(b)) = (std::str::from_utf8(before), std::str::from_utf8(after)) else {
-        return None;
-    };
-    let diff = similar::TextDiff::from_lines(a, b);
-    Some(
-        diff.unified_diff()
-            .context_radius(3)
-            .header(path, path)
-            .to_string(),
-    )
-}
-
-fn plan_file(
-    f: &FileItem,
+/// What one item needs, by its kind's rule. `Err` says why it must not be
+/// touched; `earlier` are the changes planned before it (a stack looks at
+/// its files').
+fn need(
     item: &Item,
     obs: &Observed,
-    blocked: &mut Vec<String>,
-) -> Option<Change> {
-    let ps = obs.paths.get(&f.path);
-    let mut c = match ps {
-        None => {
-            let mut c = change(item, Action::Create);
-            if f.content.sensitive {
-                c.note = Some("(sensitive content)".into());
-            } else {
-                c.diff = text_diff(&f.path, b"", &f.content.bytes);
-                if c.diff.is_none() {
-                    c.note = Some(format!("(binary, {} bytes)", f.content.bytes.len()));
-                }
-            }
-            c
+    earlier: &[Change],
+    warnings: &mut Vec<String>,
+) -> Result<Option<Need>, String> {
+    use kinds::*;
+    let at = |path: &str| obs.paths.get(path);
+    Ok(match item {
+        Item::File(f) => return file::plan(f, obs),
+        Item::Dir {
+            path,
+            mode,
+            owner,
+            group,
+        } => directory::plan(at(path), *mode, owner.as_deref(), group.as_deref()),
+        Item::Link { path, target } => return symlink::plan(path, target, at(path)),
+        Item::Absent { path } => absent::plan(at(path)),
+        Item::Package { name, state } => package::plan(*state, obs.packages.get(name)),
+        Item::Group { name, gid } => {
+            group::plan(obs.groups.get(name), *gid).map(|(action, attrs)| {
+                let mut need = Need::new(action);
+                need.attrs = attrs;
+                need
+            })
         }
-        Some(ps) if ps.kind == PathKind::Dir => {
-            blocked.push(format!(
-                "{} is a directory on the host; tidekeeper will not replace a directory with a file \
-                 (remove it by hand or declare it `absent` first)",
-                f.path
-            ));
-            return None;
+        Item::User(u) => user::plan(u, obs.users.get(&u.name), &obs.groups),
+        Item::Service {
+            name,
+            enabled,
+            state,
+        } => service::plan(
+            &obs.units.get(name).cloned().unwrap_or_default(),
+            *enabled,
+            *state,
+        ),
+        Item::Firewall(fw) => {
+            let (need, foreign) = firewall::plan(fw, obs.firewall.as_ref());
+            warnings.extend(foreign);
+            need
         }
-        Some(ps) if ps.kind == PathKind::Link => {
-            blocked.push(format!(
-                "{} is a symlink on the host (owned by {}); tidekeeper never writes through or replaces \
-                 a symlink it did not create, since one may have been planted to redirect the write \
-                 (remove it by hand, or declare the path `absent` first)",
-                f.path, ps.owner
-            ));
-            return None;
+        Item::Sysctl { key, value } => {
+            let have = obs.sysctl.get(key).cloned().flatten();
+            sysctl::plan(have.as_deref(), value)
+                .map(|want| Need::new(Action::Update).attr("value", have, Some(want)))
         }
-        Some(ps) if ps.kind != PathKind::File => {
-            let mut c = change(item, Action::Replace);
-            c.was = Some(ps.kind);
-            c.note = Some(format!("replaces a {}", ps.kind.word()));
-            c
+        Item::Stack {
+            name,
+            dir,
+            hash,
+            compose,
+            services,
+            ..
+        } => {
+            let in_dir = format!("{dir}/");
+            let files_change = earlier
+                .iter()
+                .any(|c| c.kind == ResourceKind::File && c.id.starts_with(&in_dir));
+            let compose_changes = compose
+                .as_ref()
+                .is_some_and(|f| earlier.iter().any(|c| c.id == format!("{dir}/{f}")));
+            let want = stack::Wanted {
+                name,
+                dir,
+                hash,
+                compose: compose.as_deref(),
+                services,
+            };
+            stack::plan(&want, obs, files_change, compose_changes)
         }
-        Some(ps) => {
-            let mut c = change(item, Action::Update);
-            if obs.content_differs.contains(&f.path) {
-                if f.content.sensitive {
-                    c.note = Some("(sensitive content changed)".into());
-                } else if let Some(before) = obs.contents.get(&f.path) {
-                    c.diff = text_diff(&f.path, before, &f.content.bytes);
-                    if c.diff.is_none() {
-                        c.note = Some(format!(
-                            "(binary content changed: {} → {} bytes)",
-                            before.len(),
-                            f.content.bytes.len()
-                        ));
-                    }
-                } else {
-                    c.note = Some(format!(
-                        "(content changed: {} → {} bytes; too large or unreadable to diff)",
-                        ps.size,
-                        f.content.bytes.len()
-                    ));
-                }
-            }
-            if let Some(m) = f.mode
-                && m != ps.mode
-            {
-                c.attrs
-                    .push(attr("mode", Some(octal(ps.mode)), Some(octal(m))));
-            }
-            if let Some(o) = &f.owner
-                && *o != ps.owner
-            {
-                c.attrs
-                    .push(attr("owner", Some(ps.owner.clone()), Some(o.clone())));
-            }
-            if let Some(g) = &f.group
-                && *g != ps.group
-            {
-                c.attrs
-                    .push(attr("group", Some(ps.group.clone()), Some(g.clone())));
-            }
-            if c.diff.is_none() && c.note.is_none() && c.attrs.is_empty() {
-                return None;
-            }
-            c
-        }
-    };
-    c.notify = f.notify.clone();
-    Some(c)
-}
-
-fn unit_enabled(file_state: &str) -> bool {
-    matches!(
-        file_state,
-        "enabled" | "enabled-runtime" | "static" | "alias" | "indirect" | "generated"
-    )
-}
-
-pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
-    sha256_hex(c.run.as_bytes())[..16].to_string()
+        Item::Command(cmd) => command::plan(cmd, obs),
+    })
 }
 
 /// Compute the plan for one host.
@@ -360,336 +211,74 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     let mut warnings = Vec::new();
     let mut blocked = Vec::new();
     for item in items {
-        let ch = match item {
-            Item::File(f) => plan_file(f, item, obs, &mut blocked),
-            Item::Dir {
-                path,
-                mode,
-                owner,
-                group,
-            } => match obs.paths.get(path) {
-                None => Some(change(item, Action::Create)),
-                Some(ps) if ps.kind != PathKind::Dir => {
-                    let mut c = change(item, Action::Replace);
-                    c.was = Some(ps.kind);
-                    c.note = Some(format!("replaces a {}", ps.kind.word()));
-                    Some(c)
-                }
-                Some(ps) => {
-                    let mut c = change(item, Action::Update);
-                    if let Some(m) = mode
-                        && *m != ps.mode
-                    {
-                        c.attrs
-                            .push(attr("mode", Some(octal(ps.mode)), Some(octal(*m))));
-                    }
-                    if let Some(o) = owner
-                        && *o != ps.owner
-                    {
-                        c.attrs
-                            .push(attr("owner", Some(ps.owner.clone()), Some(o.clone())));
-                    }
-                    if let Some(g) = group
-                        && *g != ps.group
-                    {
-                        c.attrs
-                            .push(attr("group", Some(ps.group.clone()), Some(g.clone())));
-                    }
-                    (!c.attrs.is_empty()).then_some(c)
-                }
-            },
-            Item::Link { path, target } => match obs.paths.get(path) {
-                None => {
-                    let mut c = change(item, Action::Create);
-                    c.attrs.push(attr("target", None, Some(target.clone())));
-                    Some(c)
-                }
-                Some(ps) if ps.kind == PathKind::Dir => {
-                    blocked.push(format!(
-                        "{path} is a directory on the host; tidekeeper will not replace it with a symlink"
-                    ));
-                    None
-                }
-                Some(ps) if ps.kind != PathKind::Link => {
-                    let mut c = change(item, Action::Replace);
-                    c.was = Some(ps.kind);
-                    c.note = Some(format!("replaces a {}", ps.kind.word()));
-                    c.attrs.push(attr("target", None, Some(target.clone())));
-                    Some(c)
-                }
-                Some(ps) if ps.link_target.as_deref() != Some(target.as_str()) => {
-                    let mut c = change(item, Action::Update);
-                    c.attrs
-                        .push(attr("target", ps.link_target.clone(), Some(target.clone())));
-                    Some(c)
-                }
-                Some(_) => None,
-            },
-            Item::Absent { path } => obs.paths.get(path).map(|ps| {
-                let mut c = change(item, Action::Delete);
-                c.was = Some(ps.kind);
-                c.note = Some(format!("removes a {}", ps.kind.word()));
-                c
-            }),
-            Item::Package { name, state } => {
-                let installed = obs.packages.get(name).and_then(|p| p.installed.clone());
-                match (state, installed) {
-                    (PackageState::Present | PackageState::Latest, None) => {
-                        Some(change(item, Action::Create))
-                    }
-                    (PackageState::Absent, Some(v)) => {
-                        let mut c = change(item, Action::Delete);
-                        c.attrs.push(attr("version", Some(v), None));
-                        Some(c)
-                    }
-                    (PackageState::Latest, Some(v)) => {
-                        let cand = obs.packages.get(name).and_then(|p| p.candidate.clone());
-                        match cand {
-                            Some(cand) if cand != v => {
-                                let mut c = change(item, Action::Update);
-                                c.attrs.push(attr("version", Some(v), Some(cand)));
-                                Some(c)
-                            }
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                }
-            }
-            Item::Group { name, gid } => {
-                super::kinds::group::plan(obs.groups.get(name), *gid).map(|(action, attrs)| {
-                    let mut c = change(item, action);
-                    c.attrs = attrs;
-                    c
-                })
-            }
-            Item::User(u) => {
-                let member_of: BTreeSet<String> = obs
-                    .groups
-                    .iter()
-                    .filter(|(_, g)| g.members.contains(&u.name))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                let want_groups: BTreeSet<String> = u.groups.iter().cloned().collect();
-                match obs.users.get(&u.name) {
-                    None => {
-                        let mut c = change(item, Action::Create);
-                        if let Some(uid) = u.uid {
-                            c.attrs.push(attr("uid", None, Some(uid.to_string())));
-                        }
-                        if !u.groups.is_empty() {
-                            c.attrs.push(attr("groups", None, Some(u.groups.join(","))));
-                        }
-                        if let Some(s) = &u.shell {
-                            c.attrs.push(attr("shell", None, Some(s.clone())));
-                        }
-                        c.attrs.push(attr("home", None, Some(u.home.clone())));
-                        Some(c)
-                    }
-                    Some(pw) => {
-                        let mut c = change(item, Action::Update);
-                        if let Some(uid) = u.uid
-                            && uid != pw.uid
-                        {
-                            c.attrs.push(attr(
-                                "uid",
-                                Some(pw.uid.to_string()),
-                                Some(uid.to_string()),
-                            ));
-                        }
-                        if let Some(s) = &u.shell
-                            && *s != pw.shell
-                        {
-                            c.attrs
-                                .push(attr("shell", Some(pw.shell.clone()), Some(s.clone())));
-                        }
-                        if u.home != pw.home {
-                            c.attrs
-                                .push(attr("home", Some(pw.home.clone()), Some(u.home.clone())));
-                        }
-                        if want_groups != member_of {
-                            let join = |s: &BTreeSet<String>| {
-                                s.iter().cloned().collect::<Vec<_>>().join(",")
-                            };
-                            c.attrs.push(attr(
-                                "groups",
-                                Some(join(&member_of)),
-                                Some(join(&want_groups)),
-                            ));
-                        }
-                        (!c.attrs.is_empty()).then_some(c)
-                    }
-                }
-            }
-            Item::Service {
-                name,
-                enabled,
-                state,
-            } => {
-                let u = obs.units.get(name).cloned().unwrap_or_default();
-                let missing = u.load == "not-found" || u.load.is_empty();
-                let mut c = change(
-                    item,
-                    if missing {
-                        Action::Create
-                    } else {
-                        Action::Update
-                    },
-                );
-                if let Some(e) = enabled
-                    && (missing || unit_enabled(&u.file_state) != *e)
-                {
-                    c.attrs.push(attr(
-                        "enabled",
-                        (!missing).then(|| u.file_state.clone()),
-                        Some(e.to_string()),
-                    ));
-                }
-                if let Some(s) = state {
-                    let running =
-                        matches!(u.active.as_str(), "active" | "reloading" | "activating");
-                    let want = *s == ServiceState::Running;
-                    if missing || running != want {
-                        c.attrs.push(attr(
-                            "state",
-                            (!missing).then(|| u.active.clone()),
-                            Some(if want { "running" } else { "stopped" }.into()),
-                        ));
-                    }
-                }
-                (!c.attrs.is_empty()).then_some(c)
-            }
-            Item::Firewall(fw) => {
-                let want: Vec<String> = fw.rules.iter().map(ufw_rule_args).collect();
-                match &obs.firewall {
-                    None => {
-                        let mut c = change(item, Action::Create);
-                        c.attrs.push(attr(
-                            "incoming",
-                            None,
-                            Some(policy_word(fw.incoming).into()),
-                        ));
-                        c.attrs.push(attr(
-                            "outgoing",
-                            None,
-                            Some(policy_word(fw.outgoing).into()),
-                        ));
-                        for r in &want {
-                            c.attrs.push(attr("rule", None, Some(r.clone())));
-                        }
-                        c.note = Some("installs ufw".into());
-                        Some(c)
-                    }
-                    Some(o) => {
-                        let mut c = change(item, Action::Update);
-                        let have: Vec<String> = o.rules.iter().map(ufw_rule_args).collect();
-                        for r in &want {
-                            if !have.contains(r) {
-                                c.attrs.push(attr("rule", None, Some(r.clone())));
-                            }
-                        }
-                        for r in &have {
-                            if !want.contains(r) {
-                                c.attrs.push(attr("rule", Some(r.clone()), None));
-                            }
-                        }
-                        if o.incoming != policy_word(fw.incoming) {
-                            c.attrs.push(attr(
-                                "incoming",
-                                Some(o.incoming.clone()),
-                                Some(policy_word(fw.incoming).into()),
-                            ));
-                        }
-                        if o.outgoing != policy_word(fw.outgoing) {
-                            c.attrs.push(attr(
-                                "outgoing",
-                                Some(o.outgoing.clone()),
-                                Some(policy_word(fw.outgoing).into()),
-                            ));
-                        }
-                        if !o.enabled {
-                            c.attrs
-                                .push(attr("enabled", Some("no".into()), Some("yes".into())));
-                        }
-                        for f in &o.foreign {
-                            warnings.push(format!(
-                                "ufw rule not written by tidekeeper left in place: {f}"
-                            ));
-                        }
-                        (!c.attrs.is_empty()).then_some(c)
-                    }
-                }
-            }
-            Item::Sysctl { key, value } => {
-                let have = obs.sysctl.get(key).cloned().flatten();
-                super::kinds::sysctl::plan(have.as_deref(), value).map(|want| {
-                    let mut c = change(item, Action::Update);
-                    c.attrs.push(attr("value", have, Some(want)));
-                    c
-                })
-            }
-            Item::Stack {
-                name,
-                dir,
-                hash,
-                compose,
-                services,
-                ..
-            } => plan_stack(name, dir, hash, compose.as_deref(), services, &changes, obs).map(
-                |(reason, attrs)| {
-                    let mut c = change(item, Action::Run);
-                    c.note = Some(format!("docker compose up ({reason})"));
-                    c.attrs = attrs;
-                    c
-                },
-            ),
-            Item::Command(cmd) => {
-                let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
-                let reason = if guarded {
-                    obs.commands.get(&cmd.name).cloned().flatten()
-                } else {
-                    match obs.inventory.commands.get(&cmd.name) {
-                        None => Some("first run".to_string()),
-                        Some(h) if *h != command_hash(cmd) => {
-                            Some("its command changed".to_string())
-                        }
-                        Some(_) => None,
-                    }
-                };
-                reason.map(|r| {
-                    let mut c = change(item, Action::Run);
-                    c.note = Some(r);
-                    c.notify = cmd.notify.clone();
-                    c
-                })
-            }
-        };
-        changes.extend(ch);
+        match need(item, obs, &changes, &mut warnings) {
+            Ok(Some(need)) => changes.push(change(item, need)),
+            Ok(None) => {}
+            Err(why) => blocked.push(why),
+        }
     }
+    blocked.extend(lockouts(host, &changes, obs));
+    let (handlers, settled_handlers) = handlers(host, &changes, obs);
+    let daemon_reload = changes.iter().any(|c| {
+        c.kind == ResourceKind::File
+            && ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
+                .iter()
+                .any(|p| c.id.starts_with(p))
+    });
+    let prunes = prunes(items, obs, opts, &mut warnings, &mut blocked);
+    changes.extend(prunes);
+    let inventory = inventory_after(items, &changes, obs);
+    let sysctl_conf = changes
+        .iter()
+        .any(|c| c.kind == ResourceKind::Sysctl)
+        .then(|| kinds::sysctl::conf(items));
+    HostPlan {
+        previous_inventory: obs.inventory.clone(),
+        settled_handlers,
+        sysctl_conf,
+        host: host.name.clone(),
+        changes,
+        handlers,
+        daemon_reload,
+        warnings,
+        blocked,
+        inventory,
+    }
+}
 
-    // A host tidekeeper reaches over SSH must keep its SSH server: there is
-    // no rolling back a removed package from a host nobody can log in to.
+/// Changes no plan may make: removing the SSH server of a host reached over
+/// SSH, or writing through a planted symlink.
+fn lockouts(host: &Host, changes: &[Change], obs: &Observed) -> Vec<String> {
+    let mut blocked = Vec::new();
+    // There is no rolling back a removed package from a host nobody can
+    // log in to.
     if host.provider != crate::model::desired::ProviderKind::Local
         && let Some(c) = changes.iter().find(|c| {
-            c.kind == ResourceKind::Package && c.action == Action::Delete && is_ssh_server(&c.id)
+            c.kind == ResourceKind::Package
+                && c.action == Action::Delete
+                && kinds::package::is_ssh_server(&c.id)
         })
     {
         blocked.push(format!(
-            "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH;              remove it by hand if that is really meant",
+            "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH; \
+             remove it by hand if that is really meant",
             c.id
         ));
     }
-
     for (dir, owner) in &obs.unsafe_parents {
         blocked.push(format!(
             "{dir} is a symlink owned by {owner}, not root, above managed paths; \
              tidekeeper will not write through it (it may have been planted to redirect writes)"
         ));
     }
+    blocked
+}
 
-    // Handlers: notified by what changes now, or owed by a failed earlier run.
+/// The handlers to run — notified by what changes now, or owed by a failed
+/// earlier run — and those owed that need not run any more.
+fn handlers(host: &Host, changes: &[Change], obs: &Observed) -> (Vec<HandlerRun>, Vec<String>) {
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
-    for c in &changes {
+    for c in changes {
         for n in &c.notify {
             reasons
                 .entry(n.clone())
@@ -712,7 +301,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
         })
         .map(|c| c.id.as_str())
         .collect();
-    let handlers: Vec<HandlerRun> = host
+    let runs: Vec<HandlerRun> = host
         .handlers
         .iter()
         .filter(|h| match &h.action {
@@ -729,19 +318,24 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             })
         })
         .collect();
-    let settled_handlers: Vec<String> = reasons
+    let settled = reasons
         .keys()
-        .filter(|n| !handlers.iter().any(|h: &HandlerRun| h.name == **n))
+        .filter(|n| !runs.iter().any(|h| h.name == **n))
         .cloned()
         .collect();
-    let daemon_reload = changes.iter().any(|c| {
-        c.kind == ResourceKind::File
-            && ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
-                .iter()
-                .any(|p| c.id.starts_with(p))
-    });
+    (runs, settled)
+}
 
-    // Prune: what the inventory lists but the config no longer has.
+/// What the inventory lists but the config no longer has, in the order it
+/// goes: stacks while their files exist, directories after what is in them.
+/// Too many at once is blocked unless allowed.
+fn prunes(
+    items: &[Item],
+    obs: &Observed,
+    opts: PlanOptions,
+    warnings: &mut Vec<String>,
+    blocked: &mut Vec<String>,
+) -> Vec<Change> {
     let desired: BTreeSet<(ResourceKind, String)> = items
         .iter()
         .map(|i| (i.kind(), i.id().to_string()))
@@ -794,7 +388,6 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             prunes.len()
         ));
     }
-    // Stacks go down while their files exist; directories go after what is in them.
     prunes.sort_by_key(|c: &Change| {
         (
             c.kind != ResourceKind::Stack,
@@ -802,9 +395,11 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             std::cmp::Reverse(c.id.matches('/').count()),
         )
     });
-    changes.extend(prunes);
+    prunes
+}
 
-    // The inventory after a successful apply.
+/// The inventory after a successful apply.
+fn inventory_after(items: &[Item], changes: &[Change], obs: &Observed) -> Inventory {
     let old: BTreeMap<(ResourceKind, String), bool> = obs
         .inventory
         .resources
@@ -843,23 +438,7 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
             .iter()
             .any(|i| matches!(i, Item::Command(c) if c.name == *name))
     });
-
-    let sysctl_conf = changes
-        .iter()
-        .any(|c| c.kind == ResourceKind::Sysctl)
-        .then(|| super::kinds::sysctl::conf(items));
-    HostPlan {
-        previous_inventory: obs.inventory.clone(),
-        settled_handlers,
-        sysctl_conf,
-        host: host.name.clone(),
-        changes,
-        handlers,
-        daemon_reload,
-        warnings,
-        blocked,
-        inventory,
-    }
+    inventory
 }
 
 #[cfg(test)]
@@ -993,7 +572,7 @@ mod tests {
         let p = plan_host(&h, &it, &obs, PlanOptions::default());
         let script = crate::engine::apply::script(&p, "", "run", None).text;
         let allow = script
-            .find("ufw allow 22/tcp comment 'ssh'")
+            .find("ufw allow 22/tcp comment ssh >")
             .expect("allow rule");
         let deny = script
             .find("ufw default deny incoming")

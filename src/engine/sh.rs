@@ -2,6 +2,136 @@
 //! that open each record the probe prints — one definition used by the
 //! script that prints a record and by the parser that reads it back.
 
+use crate::transport::shell_quote;
+
+/// One shell word that stands for exactly the text it was made from: the
+/// only thing a [`Cmd`] takes, so config values reach a generated script
+/// quoted or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word(String);
+
+impl Word {
+    /// Any text, quoted where it needs to be.
+    pub fn quoted(text: &str) -> Word {
+        Word(shell_quote(text))
+    }
+
+    /// A fixed word of the script (a program, a flag). Panics on anything
+    /// the shell would interpret: literals are written here, never read.
+    pub fn lit(text: &'static str) -> Word {
+        assert!(
+            !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,%".contains(&b)),
+            "not a plain shell word: {text:?}"
+        );
+        Word(text.to_string())
+    }
+
+    /// A number.
+    pub fn num(n: impl Into<u64>) -> Word {
+        Word(n.into().to_string())
+    }
+
+    /// A file mode in octal.
+    pub fn mode(m: u32) -> Word {
+        Word(format!("{m:04o}"))
+    }
+
+    /// A shell variable of the script, expanded as one word.
+    pub fn var(name: &'static str) -> Word {
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "not a variable name: {name:?}"
+        );
+        Word(format!("\"${name}\""))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A command line of quoted words. A step's commands end in `|| return`
+/// (see [`Cmd::step`]) so the first failure ends the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd {
+    words: Vec<Word>,
+    quiet: bool,
+}
+
+/// A command: `program` and then its arguments.
+pub fn cmd(program: &'static str) -> Cmd {
+    Cmd {
+        words: vec![Word::lit(program)],
+        quiet: false,
+    }
+}
+
+impl Cmd {
+    /// A fixed flag or word.
+    pub fn lit(mut self, word: &'static str) -> Cmd {
+        self.words.push(Word::lit(word));
+        self
+    }
+
+    /// A value, quoted.
+    pub fn arg(mut self, value: &str) -> Cmd {
+        self.words.push(Word::quoted(value));
+        self
+    }
+
+    /// A word made elsewhere (a number, a mode, a variable).
+    pub fn word(mut self, word: Word) -> Cmd {
+        self.words.push(word);
+        self
+    }
+
+    /// Values, each quoted.
+    pub fn args<S: AsRef<str>>(mut self, values: impl IntoIterator<Item = S>) -> Cmd {
+        self.words
+            .extend(values.into_iter().map(|v| Word::quoted(v.as_ref())));
+        self
+    }
+
+    /// `flag value` when there is a value.
+    pub fn opt(self, flag: &'static str, value: Option<Word>) -> Cmd {
+        match value {
+            Some(v) => self.lit(flag).word(v),
+            None => self,
+        }
+    }
+
+    /// Standard output goes to /dev/null.
+    pub fn quiet(mut self) -> Cmd {
+        self.quiet = true;
+        self
+    }
+
+    /// The command as a line of a step: it ends the step when it fails.
+    pub fn step(&self) -> String {
+        format!("{self} || return\n")
+    }
+}
+
+impl std::fmt::Display for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<&str> = self.words.iter().map(Word::as_str).collect();
+        f.write_str(&words.join(" "))?;
+        if self.quiet {
+            f.write_str(" >/dev/null")?;
+        }
+        Ok(())
+    }
+}
+
 /// Ends every heredoc in generated scripts (never a line of a config file:
 /// files travel base64-encoded).
 pub const HEREDOC: &str = "TK_EOF_5f1c";
@@ -114,7 +244,40 @@ impl std::fmt::Display for Tag {
 
 #[cfg(test)]
 mod tests {
-    use super::Tag;
+    use super::*;
+
+    #[test]
+    fn a_command_takes_only_quoted_words() {
+        let line = cmd("useradd")
+            .opt("-u", Some(Word::num(1001u32)))
+            .opt("-s", None)
+            .lit("--")
+            .arg("x'; reboot #")
+            .quiet()
+            .step();
+        assert_eq!(
+            line,
+            "useradd -u 1001 -- 'x'\\''; reboot #' >/dev/null || return\n"
+        );
+        crate::engine::kinds::sh_n(&format!("f() {{\n{line}}}"));
+        assert_eq!(
+            cmd("chmod")
+                .word(Word::mode(0o640))
+                .word(Word::var("t"))
+                .to_string(),
+            "chmod 0640 \"$t\""
+        );
+        assert_eq!(
+            cmd("x").args(["a b", "$HOME", ""]).to_string(),
+            "x 'a b' '$HOME' ''"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not a plain shell word")]
+    fn a_literal_with_shell_syntax_is_refused() {
+        let _ = cmd("rm").lit("-rf;reboot");
+    }
 
     #[test]
     fn every_tag_is_distinct_and_reads_back() {

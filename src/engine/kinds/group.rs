@@ -70,6 +70,11 @@ pub fn apply(action: Action, name: &str, gid: Option<u32>) -> String {
     format!("{cmd} {g}-- {} || return\n", q(name))
 }
 
+/// Prune a group tidekeeper made that left the config.
+pub fn prune(name: &str) -> String {
+    format!("groupdel -- {} || return\n", q(name))
+}
+
 /// Changing the group named like the login user can take its access (its
 /// primary group, sudo rules by group).
 pub fn is_risky(name: &str, login_user: &str) -> bool {

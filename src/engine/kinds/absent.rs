@@ -1,0 +1,70 @@
+//! `absent:` — paths that must not exist. Observed by the shared `stat`; a
+//! file or link is backed up and removed, a directory removed with what is
+//! in it.
+
+use super::Need;
+use super::path::on_host;
+use crate::change::Action;
+use crate::engine::observed::{PathKind, PathState};
+use crate::engine::sh::cmd;
+
+/// A path that is there goes.
+pub fn plan(have: Option<&PathState>) -> Option<Need> {
+    have.map(|ps| {
+        let mut need = Need::new(Action::Delete).note(format!("removes a {}", ps.kind.word()));
+        need.was = Some(ps.kind);
+        need
+    })
+}
+
+/// Apply: remove it (a file or link backed up first).
+pub fn apply(root: &str, path: &str, was: Option<PathKind>) -> String {
+    let p = on_host(root, path);
+    if was == Some(PathKind::Dir) {
+        format!("rm -rf -- {p} || return\n")
+    } else {
+        format!("{}rm -f {p} || return\n", cmd("backup").arg(path).step())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kinds::sh_n_step;
+
+    #[test]
+    fn its_script_fragments_are_these_and_parse_as_sh() {
+        assert_eq!(
+            apply("", "/tmp/-rf *", Some(PathKind::Dir)),
+            "rm -rf -- '/tmp/-rf *' || return\n"
+        );
+        let body = apply("/r", "/etc/cron.d/old;x", Some(PathKind::File));
+        assert_eq!(
+            body,
+            "backup '/etc/cron.d/old;x' || return\nrm -f '/r/etc/cron.d/old;x' || return\n"
+        );
+        sh_n_step(&body);
+    }
+
+    #[test]
+    fn only_a_path_that_is_there_is_removed() {
+        assert_eq!(plan(None), None);
+        let ps = PathState {
+            kind: PathKind::Dir,
+            mode: 0o755,
+            owner: "root".into(),
+            group: "root".into(),
+            size: 0,
+            link_target: None,
+        };
+        let need = plan(Some(&ps)).unwrap();
+        assert_eq!(
+            (need.action, need.was, need.note.as_deref()),
+            (
+                Action::Delete,
+                Some(PathKind::Dir),
+                Some("removes a directory")
+            )
+        );
+    }
+}

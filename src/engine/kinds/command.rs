@@ -1,0 +1,176 @@
+//! `commands:` — commands run on the host. A guarded one (`creates`,
+//! `unless`, `onlyif`) runs when its guards, asked by the probe, say so; an
+//! unguarded one when it is new or its command changed (its checksum is
+//! kept in the host's inventory).
+
+use super::{Garbled, Need};
+use crate::change::Action;
+use crate::digest::sha256_hex;
+use crate::engine::item::Item;
+use crate::engine::observed::Observed;
+use crate::engine::sh::{Tag, Word, cmd};
+use crate::model::desired::CommandResource;
+
+/// Probe: for each guarded command, a [`Tag::Guard`] record with its name
+/// and `run` or `skip`. Guards run with a 60 s limit and no input; `creates`
+/// is looked for under `root`.
+pub fn probe(items: &[Item], root: &str) -> String {
+    let mut s = String::new();
+    for i in items {
+        let Item::Command(c) = i else { continue };
+        let sh = |check: &str| {
+            cmd("timeout")
+                .lit("60")
+                .lit("sh")
+                .lit("-c")
+                .arg(check)
+                .to_string()
+        };
+        let mut checks = Vec::new();
+        if let Some(path) = &c.creates {
+            checks.push(format!(
+                "if [ -e {} ]; then echo skip; return; fi",
+                Word::quoted(&format!("{root}{path}"))
+            ));
+        }
+        if let Some(u) = &c.unless {
+            checks.push(format!(
+                "if {} </dev/null >/dev/null; then echo skip; return; fi",
+                sh(u)
+            ));
+        }
+        if let Some(o) = &c.onlyif {
+            checks.push(format!(
+                "if ! {} </dev/null >/dev/null; then echo skip; return; fi",
+                sh(o)
+            ));
+        }
+        if checks.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "g() {{ {}; echo run; }}; printf '{}\\t%s\\t%s\\n' {} \"$(g)\"\n",
+            checks.join("; "),
+            Tag::Guard,
+            Word::quoted(&c.name)
+        ));
+    }
+    s
+}
+
+/// Read a [`Tag::Guard`] record: the command's name and why it would run
+/// (None: its guards say skip).
+pub fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
+    let (name, verdict) = record.split_once('\t').ok_or(Garbled)?;
+    if verdict.contains('\t') {
+        return Err(Garbled);
+    }
+    Ok((
+        name,
+        (verdict == "run").then(|| "guards say it is needed".to_string()),
+    ))
+}
+
+/// Whether a command runs, and why (in the change's note).
+pub fn plan(c: &CommandResource, obs: &Observed) -> Option<Need> {
+    let guarded = c.creates.is_some() || c.unless.is_some() || c.onlyif.is_some();
+    let reason = if guarded {
+        obs.commands.get(&c.name).cloned().flatten()
+    } else {
+        match obs.inventory.commands.get(&c.name) {
+            None => Some("first run".to_string()),
+            Some(h) if *h != hash(c) => Some("its command changed".to_string()),
+            Some(_) => None,
+        }
+    };
+    reason.map(|r| Need::new(Action::Run).note(r))
+}
+
+/// Apply: run it with its time limit and no input; its output goes to the
+/// step's error log.
+pub fn apply(c: &CommandResource) -> String {
+    format!(
+        "{} </dev/null >&2 || return\n",
+        cmd("timeout")
+            .word(Word::num(c.timeout_secs))
+            .lit("sh")
+            .lit("-c")
+            .arg(&c.run)
+    )
+}
+
+/// The checksum of a command's definition kept in the inventory.
+pub fn hash(c: &CommandResource) -> String {
+    sha256_hex(c.run.as_bytes())[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kinds::{sh_n, sh_n_step};
+
+    fn command(run: &str) -> CommandResource {
+        CommandResource {
+            name: "migrate db".into(),
+            run: run.into(),
+            creates: Some("/srv/.done".into()),
+            unless: Some("test -f /x".into()),
+            onlyif: None,
+            timeout_secs: 300,
+            notify: vec![],
+            origin: Default::default(),
+        }
+    }
+
+    #[test]
+    fn its_script_fragments_are_these_and_parse_as_sh() {
+        let c = command("echo it's done");
+        let s = probe(&[Item::Command(c.clone())], "/r");
+        assert_eq!(
+            s,
+            "g() { if [ -e /r/srv/.done ]; then echo skip; return; fi; \
+             if timeout 60 sh -c 'test -f /x' </dev/null >/dev/null; then echo skip; return; fi; echo run; }; \
+             printf 'Q\\t%s\\t%s\\n' 'migrate db' \"$(g)\"\n"
+        );
+        sh_n(&s);
+        let mut bare = c.clone();
+        (bare.creates, bare.unless) = (None, None);
+        assert_eq!(
+            probe(&[Item::Command(bare)], ""),
+            "",
+            "unguarded: nothing to ask"
+        );
+        let body = apply(&c);
+        assert_eq!(
+            body,
+            "timeout 300 sh -c 'echo it'\\''s done' </dev/null >&2 || return\n"
+        );
+        sh_n_step(&body);
+    }
+
+    #[test]
+    fn a_guard_record_reads_back_and_a_command_runs_only_when_needed() {
+        assert_eq!(
+            parse("migrate db\trun").unwrap(),
+            ("migrate db", Some("guards say it is needed".to_string()))
+        );
+        assert_eq!(parse("migrate db\tskip").unwrap(), ("migrate db", None));
+        assert_eq!(parse("no verdict").unwrap_err(), Garbled);
+
+        let mut obs = Observed::default();
+        let mut c = command("true");
+        assert_eq!(plan(&c, &obs), None, "guards not asked: nothing to run");
+        obs.commands
+            .insert(c.name.clone(), Some("guards say it is needed".into()));
+        assert_eq!(plan(&c, &obs).unwrap().action, Action::Run);
+        (c.creates, c.unless) = (None, None);
+        assert_eq!(plan(&c, &obs).unwrap().note.as_deref(), Some("first run"));
+        obs.inventory.commands.insert(c.name.clone(), hash(&c));
+        assert_eq!(plan(&c, &obs), None);
+        c.run = "false".into();
+        assert_eq!(
+            plan(&c, &obs).unwrap().note.as_deref(),
+            Some("its command changed")
+        );
+    }
+}

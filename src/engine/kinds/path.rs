@@ -1,0 +1,247 @@
+//! What the four path kinds (file, directory, symlink, absent) share: one
+//! `stat` over every managed path and every path tidekeeper managed before,
+//! the check of their ancestors for planted symlinks, the comparison of
+//! mode and ownership, and the lockout rule for paths access depends on.
+
+use super::{Garbled, Need};
+use crate::engine::item::Item;
+use crate::engine::observed::{PathKind, PathState, STATE_DIR};
+use crate::engine::sh::Tag;
+use crate::transport::shell_quote as q;
+
+/// Paths whose change can cut off SSH access.
+const ACCESS_PATHS: [&str; 10] = [
+    "/etc/ssh/",
+    "/etc/sudoers",
+    "/etc/pam.d/",
+    "/etc/network/",
+    "/etc/netplan/",
+    "/etc/systemd/network/",
+    "/etc/ufw/",
+    "/etc/hosts.allow",
+    "/etc/hosts.deny",
+    "/etc/security/access.conf",
+];
+
+/// Probe: [`Tag::Stat`] records for every managed path and every path the
+/// host's list of managed paths holds, and [`Tag::Ancestor`] records for
+/// ancestors that are symlinks. `root` prefixes every path.
+pub fn probe(items: &[Item], root: &str) -> String {
+    let p = |path: &str| format!("{root}{path}");
+    let mut s = String::new();
+    let mut paths: Vec<String> = items.iter().filter_map(|i| i.path()).map(p).collect();
+    paths.sort();
+    paths.dedup();
+    if !paths.is_empty() {
+        s.push_str(&format!(
+            "stat -c '{}\t%F\t%a\t%U\t%G\t%s\t%n' --",
+            Tag::Stat
+        ));
+        for path in &paths {
+            s.push(' ');
+            s.push_str(&q(path));
+        }
+        s.push('\n');
+    }
+    // A symlink among the ancestors that root does not own may have been
+    // planted to redirect a write.
+    let mut ancestors: Vec<String> = items
+        .iter()
+        .filter_map(|i| i.path())
+        .flat_map(|path| {
+            path.match_indices('/')
+                .filter(|(i, _)| *i > 0)
+                .map(|(i, _)| p(&path[..i]))
+        })
+        .collect();
+    ancestors.sort();
+    ancestors.dedup();
+    if !ancestors.is_empty() {
+        s.push_str(&format!("stat -c '{}\t%F\t%U\t%n' --", Tag::Ancestor));
+        for a in &ancestors {
+            s.push(' ');
+            s.push_str(&q(a));
+        }
+        s.push_str(&format!(" | grep '^{}\tsymbolic link'\n", Tag::Ancestor));
+    }
+    // Paths tidekeeper managed before (to prune what left the config).
+    let sed_root = root
+        .replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('&', "\\&");
+    s.push_str(&format!(
+        "[ -f {list} ] && sed 's|^|{sed_root}|' {list} | xargs -d '\\n' -r stat -c '{stat}\t%F\t%a\t%U\t%G\t%s\t%n' --\n",
+        list = q(&format!("{root}{STATE_DIR}/managed-paths")),
+        stat = Tag::Stat,
+    ));
+    s
+}
+
+/// Read a [`Tag::Stat`] record: the path (with the root still on it) and
+/// its state.
+pub fn parse_stat(record: &str) -> Result<(&str, PathState), Garbled> {
+    let mut c = record.splitn(6, '\t');
+    let mut next = || c.next().ok_or(Garbled);
+    let (kind, mode, owner, group, size, name) =
+        (next()?, next()?, next()?, next()?, next()?, next()?);
+    let kind = match kind {
+        "regular file" | "regular empty file" => PathKind::File,
+        "directory" => PathKind::Dir,
+        "symbolic link" => PathKind::Link,
+        _ => PathKind::Other,
+    };
+    Ok((
+        name,
+        PathState {
+            kind,
+            mode: u32::from_str_radix(mode, 8).map_err(|_| Garbled)?,
+            owner: owner.into(),
+            group: group.into(),
+            size: size.parse().map_err(|_| Garbled)?,
+            link_target: None,
+        },
+    ))
+}
+
+/// Read a [`Tag::Ancestor`] record: a symlink above managed paths that root
+/// does not own, as (path, owner); `Ok(None)` for one root owns.
+pub fn parse_ancestor(record: &str) -> Result<Option<(&str, &str)>, Garbled> {
+    let mut c = record.splitn(3, '\t');
+    let mut next = || c.next().ok_or(Garbled);
+    let (kind, owner, name) = (next()?, next()?, next()?);
+    Ok((kind == "symbolic link" && owner != "root").then_some((name, owner)))
+}
+
+/// Mode and ownership that differ from what is wanted, as attributes.
+pub fn ownership(
+    need: Need,
+    ps: &PathState,
+    mode: Option<u32>,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Need {
+    let mut need = need;
+    if let Some(m) = mode
+        && m != ps.mode
+    {
+        need = need.attr("mode", Some(octal(ps.mode)), Some(octal(m)));
+    }
+    if let Some(o) = owner
+        && o != ps.owner
+    {
+        need = need.attr("owner", Some(ps.owner.clone()), Some(o.to_string()));
+    }
+    if let Some(g) = group
+        && g != ps.group
+    {
+        need = need.attr("group", Some(ps.group.clone()), Some(g.to_string()));
+    }
+    need
+}
+
+/// Something of another type is in the way: it is replaced.
+pub fn replaces(ps: &PathState) -> Need {
+    let mut need =
+        Need::new(crate::change::Action::Replace).note(format!("replaces a {}", ps.kind.word()));
+    need.was = Some(ps.kind);
+    need
+}
+
+fn octal(m: u32) -> String {
+    format!("{m:04o}")
+}
+
+/// The directory a path is in.
+pub fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => ".",
+    }
+}
+
+/// A path as the apply script writes it: under the root `$R`.
+pub fn on_host(root: &str, path: &str) -> String {
+    q(&format!("{root}{path}"))
+}
+
+/// Changing sshd's or the firewall's files, sudoers, PAM, the network
+/// configuration or an authorized_keys file can take tidekeeper's access.
+pub fn is_risky(path: &str) -> bool {
+    ACCESS_PATHS.iter().any(|p| path.starts_with(p)) || path.ends_with("/.ssh/authorized_keys")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kinds::sh_n;
+
+    #[test]
+    fn one_stat_covers_every_path_and_ancestor_under_the_root() {
+        let items = [
+            Item::Dir {
+                path: "/srv/app".into(),
+                mode: None,
+                owner: None,
+                group: None,
+            },
+            Item::Absent {
+                path: "/srv/it's here".into(),
+            },
+        ];
+        let s = probe(&items, "/r oot");
+        assert_eq!(
+            s,
+            "stat -c 'S\t%F\t%a\t%U\t%G\t%s\t%n' -- '/r oot/srv/app' '/r oot/srv/it'\\''s here'\n\
+             stat -c 'Y\t%F\t%U\t%n' -- '/r oot/srv' | grep '^Y\tsymbolic link'\n\
+             [ -f '/r oot/var/lib/tidekeeper/managed-paths' ] && sed 's|^|/r oot|' '/r oot/var/lib/tidekeeper/managed-paths' \
+             | xargs -d '\\n' -r stat -c 'S\t%F\t%a\t%U\t%G\t%s\t%n' --\n"
+        );
+        sh_n(&s);
+        // A root with sed's own characters in it stays literal.
+        sh_n(&probe(&items, "/a|b&c\\d"));
+        assert!(probe(&items, "/a|b&c\\d").contains("sed 's|^|/a\\|b\\&c\\\\d|'"));
+    }
+
+    #[test]
+    fn stat_and_ancestor_records_read_back() {
+        let (path, ps) = parse_stat("regular empty file\t640\troot\tadm\t0\t/etc/a b").unwrap();
+        assert_eq!(path, "/etc/a b");
+        assert_eq!(
+            (
+                ps.kind,
+                ps.mode,
+                ps.owner.as_str(),
+                ps.group.as_str(),
+                ps.size
+            ),
+            (PathKind::File, 0o640, "root", "adm", 0)
+        );
+        assert_eq!(parse_stat("directory\t755\troot").unwrap_err(), Garbled);
+        assert_eq!(
+            parse_stat("directory\tNaN\troot\troot\t0\t/x").unwrap_err(),
+            Garbled
+        );
+        assert_eq!(
+            parse_ancestor("symbolic link\tmallory\t/srv").unwrap(),
+            Some(("/srv", "mallory"))
+        );
+        assert_eq!(parse_ancestor("symbolic link\troot\t/lib").unwrap(), None);
+        assert_eq!(parse_ancestor("junk").unwrap_err(), Garbled);
+    }
+
+    #[test]
+    fn access_paths_are_risky() {
+        for p in [
+            "/etc/ssh/sshd_config",
+            "/etc/sudoers.d/ops",
+            "/home/ops/.ssh/authorized_keys",
+            "/etc/ufw/user.rules",
+        ] {
+            assert!(is_risky(p), "{p}");
+        }
+        assert!(!is_risky("/etc/motd"));
+        assert_eq!(parent("/etc/motd"), "/etc");
+        assert_eq!(parent("/motd"), "/");
+    }
+}

@@ -1,0 +1,135 @@
+//! What the probe saw on a host: plain data, read by every kind's plan
+//! rule. Kept apart from the probe script so the kinds depend on the data
+//! and the probe depends on the kinds, never both ways.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::desired::FirewallRule;
+
+/// Where tidekeeper keeps its state on a host.
+pub const STATE_DIR: &str = "/var/lib/tidekeeper";
+/// Text files up to this size are fetched when they differ, for diffs.
+pub const DIFF_LIMIT: u64 = 256 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub paths: BTreeMap<String, PathState>,
+    /// Paths whose content differs from the desired checksum (or are unreadable).
+    pub content_differs: BTreeSet<String>,
+    /// Current content of differing, non-sensitive, small files.
+    pub contents: BTreeMap<String, Vec<u8>>,
+    pub packages: BTreeMap<String, PackageState>,
+    pub units: BTreeMap<String, UnitState>,
+    pub users: BTreeMap<String, PasswdEntry>,
+    pub groups: BTreeMap<String, GroupEntry>,
+    pub firewall: Option<FirewallState>,
+    pub sysctl: BTreeMap<String, Option<String>>,
+    /// Command name → why it would run (None: guards say skip).
+    pub commands: BTreeMap<String, Option<String>>,
+    /// Stack name → its containers.
+    pub stacks: BTreeMap<String, Vec<Container>>,
+    pub inventory: Inventory,
+    /// Handlers a failed earlier run still owes.
+    pub pending_handlers: Vec<String>,
+    /// Ancestor directories of managed paths that are symlinks not owned by
+    /// root: (path, owner, target). Writing through them could land anywhere.
+    pub unsafe_parents: Vec<(String, String)>,
+}
+
+/// A container of a compose project, as `docker ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub service: String,
+    /// `running`, `exited`, …
+    pub state: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathState {
+    pub kind: PathKind,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    pub size: u64,
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Dir,
+    Link,
+    Other,
+}
+
+impl PathKind {
+    pub fn word(self) -> &'static str {
+        match self {
+            PathKind::File => "file",
+            PathKind::Dir => "directory",
+            PathKind::Link => "symlink",
+            PathKind::Other => "special file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageState {
+    pub installed: Option<String>,
+    pub candidate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitState {
+    pub load: String,
+    pub active: String,
+    pub file_state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FirewallState {
+    pub enabled: bool,
+    pub incoming: String,
+    pub outgoing: String,
+    pub rules: Vec<FirewallRule>,
+    /// Rules in forms tidekeeper does not write (left alone).
+    pub foreign: Vec<String>,
+}
+
+/// What tidekeeper manages on a host, kept in `/var/lib/tidekeeper/inventory.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inventory {
+    pub resources: Vec<InventoryEntry>,
+    /// Command name → checksum of its definition when it last ran.
+    #[serde(default)]
+    pub commands: BTreeMap<String, String>,
+    /// Stack name → checksum of its files when it was last brought up.
+    #[serde(default)]
+    pub stacks: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InventoryEntry {
+    pub kind: crate::change::ResourceKind,
+    pub id: String,
+    /// tidekeeper created it (users and groups are only removed if so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
+}
