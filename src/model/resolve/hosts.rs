@@ -1,0 +1,727 @@
+//! Stage 5: each host file under hosts/ (one host, or a `count: N` group):
+//! its server, its roles instantiated with its variables, known host keys.
+
+use super::templates::is_template;
+use super::*;
+
+/// The hosts of the fleet as the host files define them.
+pub(super) struct Loaded {
+    pub hosts: Vec<Host>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub group_rollouts: BTreeMap<String, crate::model::desired::Rollout>,
+    /// Host files that failed to parse: jobs naming them get no second error.
+    pub broken_hosts: BTreeSet<String>,
+}
+
+impl Loader<'_> {
+    /// Every host file under hosts/: the hosts (names unique across files),
+    /// the `count: N` groups and their rollouts, and the files that did not
+    /// parse.
+    pub(super) fn all_hosts(
+        &mut self,
+        fleet_file: Option<&raw::FleetFile>,
+        settings: Option<&Settings>,
+        roles: &BTreeMap<String, RoleDef>,
+        broken_roles: &BTreeSet<String>,
+        templates: &Templates,
+    ) -> Loaded {
+        let host_files = self.yaml_files("hosts");
+        if host_files.is_empty() && fleet_file.is_some() {
+            self.err(
+                Origin::file("hosts")
+                    .error("no-hosts", "the config repo defines no hosts")
+                    .with_help("add a file hosts/<name>.yaml; see docs/config.md"),
+            );
+        }
+        let mut hosts: Vec<Host> = Vec::new();
+        let mut names: HashMap<String, Origin> = HashMap::new();
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut group_rollouts = BTreeMap::new();
+        // Host files that failed to parse: jobs naming them get no second error.
+        let mut broken_hosts: BTreeSet<String> = BTreeSet::new();
+        for (stem, path) in host_files {
+            let Some(h) = self.parse::<raw::HostFile>(&path) else {
+                broken_hosts.insert(stem);
+                continue;
+            };
+            let Some(settings) = settings else { continue };
+            let fleet_defaults = fleet_file.map(|f| &f.defaults.vars);
+            let fleet_name = super::settings::settings_fleet_name(fleet_file);
+            let first = hosts.len();
+            for host in self.hosts(
+                &stem,
+                &path,
+                &h,
+                settings,
+                fleet_defaults,
+                &fleet_name,
+                roles,
+                broken_roles,
+                templates,
+            ) {
+                if let Some(first) = names.get(&host.name) {
+                    let d = host.origin.error("duplicate-host", format!("host name {:?} is already used by {first}", host.name))
+                        .with_help("host names must be unique across hosts/; rename one (count: N groups are named <name>-1 … <name>-N)");
+                    self.err(d);
+                    continue;
+                }
+                names.insert(host.name.clone(), host.origin.clone());
+                if let Some(g) = &host.group {
+                    groups.entry(g.clone()).or_default().push(host.name.clone());
+                }
+                hosts.push(host);
+            }
+            if let Some(spec) = &h.rollout {
+                let group = hosts[first..].first().and_then(|g| g.group.clone());
+                match (&h.count, group) {
+                    (Some(_), Some(group)) => {
+                        let r = self.rollout(&path, spec);
+                        for (name, s) in r.canary.iter().zip(&spec.canary) {
+                            if !hosts[first..].iter().any(|h| h.name == *name) {
+                                self.err(at(&path, s).error(
+                                    "unknown-host",
+                                    format!("rollout canary {name:?} is not a host of this group"),
+                                ).with_help(format!("the group's hosts are {group}-1 … {group}-N")));
+                            }
+                        }
+                        group_rollouts.insert(group, r);
+                    }
+                    (None, _) => {
+                        let origin = spec
+                            .canary
+                            .first()
+                            .or(spec.batch.as_ref())
+                            .or(spec.pause.as_ref())
+                            .map(|v| at(&path, v))
+                            .unwrap_or_else(|| Origin::file(&path));
+                        let d = origin
+                            .error("invalid-key", "`rollout:` in a host file is for `count: N` groups")
+                            .with_help("a single host is applied at once; for a rollout across hosts, put `rollout:` in tidekeeper.yaml");
+                        self.err(d);
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+        }
+
+        Loaded {
+            hosts,
+            groups,
+            group_rollouts,
+            broken_hosts,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn hosts(
+        &mut self,
+        stem: &str,
+        file: &str,
+        h: &raw::HostFile,
+        settings: &Settings,
+        fleet_vars: Option<&Vars>,
+        fleet_name: &str,
+        roles: &BTreeMap<String, RoleDef>,
+        broken_roles: &BTreeSet<String>,
+        templates: &Templates,
+    ) -> Vec<Host> {
+        let name_origin = h
+            .name
+            .as_ref()
+            .map(|n| at(file, n))
+            .unwrap_or_else(|| Origin::file(file));
+        let base_name = h
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| stem.to_string());
+        let count = h.count.as_ref().map(|c| c.value);
+        let check_name = match count {
+            Some(n) => format!("{base_name}-{n}"),
+            None => base_name.clone(),
+        };
+        if let Err(e) = check::host_name(&check_name) {
+            self.err(
+                name_origin
+                    .error("invalid-name", e)
+                    .with_help("host names come from `name:` or the file name"),
+            );
+            return Vec::new();
+        }
+        if let Some(c) = &h.count
+            && (c.value == 0 || c.value > 1000)
+        {
+            self.err(at(file, c).error("invalid-value", "count must be from 1 to 1000"));
+            return Vec::new();
+        }
+        let provider = h.provider.value;
+        let p_at = at(file, &h.provider);
+        let server = self.server(file, &p_at, provider, h, settings);
+        match (provider, &h.address) {
+            (ProviderKind::Existing, None) => self.err(p_at.error("missing-key", "an existing host needs `address` (IP or DNS name)")),
+            (ProviderKind::Existing, Some(a)) if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) => {
+                self.err(at(file, a).error("invalid-value", format!("address {:?} is not an IP address or DNS name", a.value)))
+            }
+            (ProviderKind::Existing, Some(_)) if count.is_some() => {
+                self.err(p_at.error("invalid-value", "count cannot be used with provider: existing").with_help("write one file per existing host, each with its address"))
+            }
+            (ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Local, Some(a)) => self.err(at(file, a).error(
+                "invalid-key",
+                format!("`address` is only for provider: existing; a {} host's address comes from {}", provider_name(provider), if provider == ProviderKind::Local { "the machine itself" } else { "the cloud" }),
+            )),
+            _ => {}
+        }
+        if let Some(r) = &h.root {
+            if provider != ProviderKind::Local {
+                self.err(at(file, r).error("invalid-key", "`root` is only for provider: local"));
+            } else {
+                self.host_path(file, r);
+            }
+        }
+        let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
+
+        let (host_roles, role_names) = self.host_roles(file, h, roles, broken_roles);
+
+        let labels: BTreeMap<String, String> = h
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        let mut vars = serde_json::Map::new();
+        for (k, v) in fleet_vars.into_iter().flatten() {
+            vars.insert(k.clone(), v.clone());
+        }
+        for role in &host_roles {
+            for (k, v) in &role.vars {
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &h.vars {
+            vars.insert(k.clone(), v.clone());
+        }
+
+        let members: Vec<(String, Option<u32>)> = match count {
+            Some(n) => (1..=n)
+                .map(|i| (format!("{base_name}-{i}"), Some(i)))
+                .collect(),
+            None => vec![(base_name.clone(), None)],
+        };
+        let mut out = Vec::new();
+        for (name, index) in members {
+            let mut host = Host {
+                name: name.clone(),
+                group: count.map(|_| base_name.clone()),
+                index,
+                provider,
+                server: server.clone(),
+                address: opt(&h.address),
+                root: opt(&h.root),
+                ssh: ssh.clone(),
+                labels: labels.clone(),
+                roles: role_names.clone(),
+                vars: vars.clone(),
+                resources: Vec::new(),
+                handlers: Vec::new(),
+                allow_destroy: h.allow_destroy.as_ref().map(|a| a.value).unwrap_or(false),
+                cloud_host_key: None,
+                trust: Default::default(),
+                origin: name_origin.clone(),
+            };
+            let ctx = self.template_context(&host, fleet_name);
+            self.instantiate(&mut host, &host_roles, &ctx, templates);
+            out.push(host);
+        }
+        out
+    }
+
+    /// The roles a host file lists, each once; every name must exist.
+    fn host_roles<'r>(
+        &mut self,
+        file: &str,
+        h: &raw::HostFile,
+        roles: &'r BTreeMap<String, RoleDef>,
+        broken_roles: &BTreeSet<String>,
+    ) -> (Vec<&'r RoleDef>, Vec<String>) {
+        let mut host_roles: Vec<&RoleDef> = Vec::new();
+        let mut role_names = Vec::new();
+        for r in &h.roles {
+            match roles.get(&r.value) {
+                Some(def) => {
+                    if role_names.contains(&r.value) {
+                        self.err(at(file, r).error(
+                            "duplicate-role",
+                            format!("role {:?} is listed twice", r.value),
+                        ));
+                        continue;
+                    }
+                    host_roles.push(def);
+                    role_names.push(r.value.clone());
+                }
+                None if broken_roles.contains(&r.value) => {}
+                None => {
+                    let available: Vec<&str> = roles.keys().map(|s| s.as_str()).collect();
+                    let help = match closest(&r.value, &available) {
+                        Some(c) => format!("did you mean {c:?}? Roles are the files in roles/"),
+                        None => format!(
+                            "add roles/{}.yaml or fix the name; roles: {}",
+                            r.value,
+                            available.join(", ")
+                        ),
+                    };
+                    self.err(
+                        at(file, r)
+                            .error("unknown-role", format!("unknown role {:?}", r.value))
+                            .with_help(help),
+                    );
+                }
+            }
+        }
+        (host_roles, role_names)
+    }
+
+    pub(super) fn server(
+        &mut self,
+        file: &str,
+        p_at: &Origin,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+        settings: &Settings,
+    ) -> Option<Server> {
+        let cloud = matches!(provider, ProviderKind::Hetzner | ProviderKind::Lightsail);
+        let Some(s) = &h.server else {
+            if cloud {
+                self.err(p_at.error("missing-key", format!("a {} host needs a `server:` section", provider_name(provider)))
+                    .with_help(match provider {
+                        ProviderKind::Hetzner => "e.g. server: {type: cpx31, image: debian-12, location: fsn1}",
+                        _ => "e.g. server: {bundle: medium_3_0, blueprint: debian_12, zone: eu-central-1a}",
+                    }));
+            }
+            return None;
+        };
+        if !cloud {
+            self.err(p_at.error(
+                "invalid-key",
+                format!(
+                    "`server:` is only for cloud hosts (hetzner, lightsail), not provider: {}",
+                    provider_name(provider)
+                ),
+            ));
+            return None;
+        }
+        let (need, forbid): (&[NamedSetting], &[NamedSetting]) = match provider {
+            ProviderKind::Hetzner => (
+                &[
+                    ("type", &s.server_type),
+                    ("image", &s.image),
+                    ("location", &s.location),
+                ],
+                &[
+                    ("bundle", &s.bundle),
+                    ("blueprint", &s.blueprint),
+                    ("zone", &s.zone),
+                ],
+            ),
+            _ => (
+                &[
+                    ("bundle", &s.bundle),
+                    ("blueprint", &s.blueprint),
+                    ("zone", &s.zone),
+                ],
+                &[
+                    ("type", &s.server_type),
+                    ("image", &s.image),
+                    ("location", &s.location),
+                ],
+            ),
+        };
+        for (key, v) in need {
+            if v.is_none() {
+                self.err(p_at.error(
+                    "missing-key",
+                    format!("a {} server needs `server.{key}`", provider_name(provider)),
+                ));
+            }
+        }
+        for (key, v) in forbid {
+            if let Some(v) = v {
+                self.err(
+                    at(file, v)
+                        .error(
+                            "invalid-key",
+                            format!(
+                                "`{key}` is not a {} server setting",
+                                provider_name(provider)
+                            ),
+                        )
+                        .with_help(match provider {
+                            ProviderKind::Hetzner => "Hetzner servers use type, image, location",
+                            _ => "Lightsail instances use bundle, blueprint, zone",
+                        }),
+                );
+            }
+        }
+        if provider == ProviderKind::Lightsail && settings.lightsail.is_none() {
+            self.err(p_at.error("missing-key", "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail.region")
+                .with_help("add providers: {lightsail: {region: eu-central-1}} to tidekeeper.yaml"));
+        }
+        let mut firewall = Vec::new();
+        for p in &s.firewall {
+            let (a, b) = match check::port_spec(&p.port.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.err(at(file, &p.port).error("invalid-port", e));
+                    continue;
+                }
+            };
+            let proto = opt(&p.proto).unwrap_or_else(|| "tcp".into());
+            if let Some(pr) = &p.proto
+                && let Err(e) = check::proto(&pr.value)
+            {
+                self.err(at(file, pr).error("invalid-value", e));
+            }
+            for c in &p.from {
+                if let Err(e) = check::cidr(&c.value) {
+                    self.err(at(file, c).error("invalid-cidr", e));
+                }
+            }
+            let from = if p.from.is_empty() {
+                vec!["0.0.0.0/0".into(), "::/0".into()]
+            } else {
+                p.from.iter().map(|c| c.value.clone()).collect()
+            };
+            firewall.push(CloudPort {
+                from_port: a,
+                to_port: b,
+                proto,
+                from,
+            });
+        }
+        Some(Server {
+            server_type: opt(&s.server_type),
+            image: opt(&s.image),
+            location: opt(&s.location),
+            bundle: opt(&s.bundle),
+            blueprint: opt(&s.blueprint),
+            zone: opt(&s.zone),
+            ssh_keys: s
+                .ssh_keys
+                .iter()
+                .map(|k| {
+                    // A name of a key the provider has, or a public key to upload.
+                    if crate::model::desired::is_public_key(&k.value)
+                        && let Err(e) = check::public_key(&k.value)
+                    {
+                        self.err(at(file, k).error("invalid-key", format!("ssh key: {e}")));
+                    }
+                    k.value.clone()
+                })
+                .collect(),
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+            firewall,
+            static_ip: s.static_ip.as_ref().map(|v| v.value).unwrap_or(false),
+            user_data: opt(&s.user_data),
+        })
+    }
+
+    /// Merge the roles' resources into `host`, rendering templates for it and
+    /// checking that no two resources claim the same thing.
+    pub(super) fn instantiate(
+        &mut self,
+        host: &mut Host,
+        roles: &[&RoleDef],
+        ctx: &serde_json::Value,
+        t: &Templates,
+    ) {
+        let mut claims: HashMap<(String, String), (Origin, Option<PackageState>)> = HashMap::new();
+        let (handlers, firewall) = self.merge_roles(&host.name, roles);
+        for role in roles {
+            for item in &role.items {
+                let Some(resource) = self.render_item(item, t, ctx, &host.name) else {
+                    continue;
+                };
+                let claim = claim_key(&resource);
+                let origin = resource.origin().clone();
+                let state = match &resource {
+                    Resource::Package { state, .. } => Some(*state),
+                    _ => None,
+                };
+                if let Some((first, first_state)) = claims.get(&claim) {
+                    if resource.kind() == crate::change::ResourceKind::Package
+                        && *first_state == state
+                    {
+                        continue; // two roles wanting the same package state agree
+                    }
+                    let d = origin
+                        .error("conflict", format!("{} {} is also declared at {}", resource.kind(), resource.id(), first))
+                        .with_help(format!("each path, user, unit and package may be managed once per host (both apply to host {}); keep one", host.name));
+                    self.err_once(format!("claim:{first}:{origin}"), d);
+                    continue;
+                }
+                claims.insert(claim, (origin, state));
+                host.resources.push(resource);
+            }
+        }
+        if let Some(fw) = firewall {
+            let resource = self.host_firewall(fw, t, ctx, &host.name);
+            host.resources.push(resource);
+        }
+        // Every notify must name a handler the host has.
+        for r in &host.resources {
+            let notify = match r {
+                Resource::File(f) => &f.notify,
+                Resource::Command(c) => &c.notify,
+                _ => continue,
+            };
+            for n in notify {
+                if !handlers.contains_key(n) {
+                    let d = r.origin().error("unknown-handler", format!("{} {} notifies {n:?}, but no role of host {} defines that handler", r.kind(), r.id(), host.name))
+                        .with_help("add it under `handlers:` in one of the host's roles, e.g. {name: ssh, restart: ssh}");
+                    self.err_once(format!("notify:{}:{n}", r.origin()), d);
+                }
+            }
+        }
+        host.handlers = handlers.into_values().collect();
+    }
+
+    /// The handlers and the firewall of a host's roles together; a handler
+    /// or default policy defined differently by two roles is an error.
+    fn merge_roles(
+        &mut self,
+        host_name: &str,
+        roles: &[&RoleDef],
+    ) -> (BTreeMap<String, Handler>, Option<RoleFirewall>) {
+        let mut firewall: Option<RoleFirewall> = None;
+        let mut handlers: BTreeMap<String, Handler> = BTreeMap::new();
+        for role in roles {
+            for h in &role.handlers {
+                match handlers.get(&h.name) {
+                    Some(first) if first.action != h.action => {
+                        let d = h.origin.error(
+                            "duplicate-name",
+                            format!(
+                                "handler {:?} is also defined differently at {}",
+                                h.name, first.origin
+                            ),
+                        );
+                        self.err_once(format!("handler:{}:{}", first.origin, h.origin), d);
+                    }
+                    Some(_) => {}
+                    None => {
+                        handlers.insert(h.name.clone(), h.clone());
+                    }
+                }
+            }
+            if let Some(fw) = &role.firewall {
+                let acc = firewall.get_or_insert_with(|| RoleFirewall {
+                    incoming: None,
+                    outgoing: None,
+                    rules: Vec::new(),
+                    origin: fw.origin.clone(),
+                });
+                for (mine, theirs) in [
+                    (&mut acc.incoming, fw.incoming),
+                    (&mut acc.outgoing, fw.outgoing),
+                ] {
+                    match (*mine, theirs) {
+                        (Some(a), Some(b)) if a != b => {
+                            let d = fw.origin.error("conflict", format!("firewall default policies differ from those at {}", acc.origin))
+                                .with_help(format!("set incoming/outgoing in one role only (both roles apply to host {})", host_name));
+                            self.err_once(format!("fw:{}:{}", acc.origin, fw.origin), d);
+                        }
+                        (None, Some(b)) => {
+                            *mine = Some(b);
+                            acc.origin = fw.origin.clone();
+                        }
+                        _ => {}
+                    }
+                }
+                acc.rules.extend(fw.rules.iter().cloned());
+            }
+        }
+        (handlers, firewall)
+    }
+
+    /// A role's item for one host: templates rendered with its variables.
+    /// None when a render failed (the error is reported).
+    fn render_item(
+        &mut self,
+        item: &Item,
+        t: &Templates,
+        ctx: &serde_json::Value,
+        host_name: &str,
+    ) -> Option<Resource> {
+        Some(match item {
+            Item::Ready(Resource::Sysctl { key, value, origin }) if is_template(value) => {
+                let value = self.render_str(t, value, ctx, origin, host_name)?;
+                Resource::Sysctl {
+                    key: key.clone(),
+                    value,
+                    origin: origin.clone(),
+                }
+            }
+            Item::Ready(r) => r.clone(),
+            Item::Template { base, template } => {
+                let mut f = base.clone();
+                match self.render(t, template, ctx, host_name) {
+                    Some((bytes, used_secret)) => {
+                        f.content.bytes = bytes;
+                        f.content.sensitive |= used_secret;
+                        if used_secret && f.mode.is_none() {
+                            f.mode = Some(0o600);
+                        }
+                    }
+                    None => return None,
+                }
+                Resource::File(f)
+            }
+            Item::Stack { base } => {
+                let mut s = base.clone();
+                let mut rendered = BTreeMap::new();
+                for (rel, content) in &base.files {
+                    match rel.strip_suffix(".j2") {
+                        Some(plain) => {
+                            let name = format!("stacks/{}/{rel}", base.name);
+                            if let Some((bytes, used_secret)) =
+                                self.render(t, &name, ctx, host_name)
+                            {
+                                rendered.insert(
+                                    plain.to_string(),
+                                    Content {
+                                        bytes,
+                                        sensitive: used_secret,
+                                    },
+                                );
+                            }
+                        }
+                        None => {
+                            rendered.insert(rel.clone(), content.clone());
+                        }
+                    }
+                }
+                s.files = rendered;
+                Resource::Stack(s)
+            }
+        })
+    }
+
+    /// The host's firewall: its roles' rules, `from` rendered for the host,
+    /// duplicates once, and deny incoming / allow outgoing by default.
+    fn host_firewall(
+        &mut self,
+        fw: RoleFirewall,
+        t: &Templates,
+        ctx: &serde_json::Value,
+        host_name: &str,
+    ) -> Resource {
+        let mut rules: Vec<FirewallRule> = Vec::new();
+        for (mut rule, from_at) in fw.rules {
+            if is_template(&rule.from) {
+                let Some(from) = self.render_str(t, &rule.from, ctx, &from_at, host_name) else {
+                    continue;
+                };
+                if let Err(e) = check::cidr(&from) {
+                    let d = from_at.error(
+                        "invalid-cidr",
+                        format!("{e} (rendered for host {})", host_name),
+                    );
+                    self.err_once(format!("cidr:{from_at}:{from}"), d);
+                    continue;
+                }
+                rule.from = from;
+            }
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
+        }
+        Resource::Firewall(Firewall {
+            incoming: fw.incoming.unwrap_or(Policy::Deny),
+            outgoing: fw.outgoing.unwrap_or(Policy::Allow),
+            rules,
+            origin: fw.origin,
+        })
+    }
+
+    pub(super) fn known_hosts(&mut self) -> Vec<KnownHost> {
+        let Some(bytes) = self.tree.file(KNOWN_HOSTS_FILE) else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let o = Origin::new(KNOWN_HOSTS_FILE, i as u64 + 1, 1);
+            if l.starts_with('@') {
+                self.err(
+                    o.error(
+                        "invalid-known-host",
+                        "markers such as @cert-authority and @revoked are not supported",
+                    )
+                    .with_help("pin each host's key on its own line: \"<host> <type> <key>\""),
+                );
+                continue;
+            }
+            let Some((hosts, key)) = l.split_once(char::is_whitespace) else {
+                self.err(o.error(
+                    "invalid-known-host",
+                    "expected \"<host>[,<host>…] <type> <key>\"",
+                ));
+                continue;
+            };
+            match check::public_key(key.trim()) {
+                Ok((key_type, key)) => out.push(KnownHost {
+                    hosts: hosts.split(',').map(str::to_string).collect(),
+                    key_type,
+                    key,
+                    line: i as u64 + 1,
+                }),
+                Err(e) => self.err(
+                    Origin::new(
+                        KNOWN_HOSTS_FILE,
+                        i as u64 + 1,
+                        hosts.chars().count() as u64 + 2,
+                    )
+                    .error("invalid-known-host", e),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn cloud_only(
+        &mut self,
+        o: &Origin,
+        job: &str,
+        kind: &str,
+        selected: &[String],
+        hosts: &[Host],
+    ) {
+        for name in selected {
+            if let Some(h) = hosts.iter().find(|h| &h.name == name)
+                && !matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail)
+            {
+                self.err(o.error("cloud-only", format!("job {job:?} is a {kind} job but selects host {name:?}, which is provider: {}", provider_name(h.provider)))
+                        .with_help(format!("{kind} jobs act through a cloud API; select only hetzner or lightsail hosts")));
+                return;
+            }
+        }
+    }
+}
+
+pub(super) fn claim_key(r: &Resource) -> (String, String) {
+    let ns = match r {
+        Resource::File(_)
+        | Resource::Directory(_)
+        | Resource::Symlink { .. }
+        | Resource::Absent { .. } => "path",
+        Resource::Service(_) => "unit",
+        other => other.kind().word(),
+    };
+    (ns.to_string(), r.id().to_string())
+}

@@ -1,0 +1,285 @@
+//! Stage 6: schedules.yaml's maintenance jobs, checked against the hosts.
+
+use super::*;
+
+/// What a job is checked against: the hosts resolved before it.
+pub(super) struct Fleetwide<'h> {
+    pub hosts: &'h [Host],
+    pub groups: &'h BTreeMap<String, Vec<String>>,
+    pub secrets: &'h BTreeSet<String>,
+    /// Host files that failed to parse: jobs naming them get no second error.
+    pub broken_hosts: &'h BTreeSet<String>,
+}
+
+impl Loader<'_> {
+    pub(super) fn jobs(&mut self, s: raw::SchedulesFile, fleet: &Fleetwide) -> Vec<Job> {
+        let mut names: HashMap<String, Origin> = HashMap::new();
+        let mut out = Vec::new();
+        for j in s.jobs {
+            let o = at(SCHEDULES_FILE, &j.name);
+            if let Some(first) = names.insert(j.name.value.clone(), o.clone()) {
+                self.err(o.error(
+                    "duplicate-name",
+                    format!("job {:?} is already defined at {first}", j.name.value),
+                ));
+            }
+            out.extend(self.job(&j, fleet));
+        }
+        out
+    }
+
+    /// One job: its schedule, window, limits, hosts and kind.
+    fn job(&mut self, j: &raw::JobSpec, fleet: &Fleetwide) -> Option<Job> {
+        let file = SCHEDULES_FILE;
+        let hosts = fleet.hosts;
+        let o = at(file, &j.name);
+        if let Err(e) = check::host_name(&j.name.value) {
+            self.err(o.error("invalid-name", format!("job name: {e}")));
+        }
+        let cron_ok = match schedule::parse_cron(&j.cron.value) {
+            Ok(_) => true,
+            Err(e) => {
+                self.err(at(file, &j.cron).error("invalid-cron", e).with_help("see docs/config.md#schedules for the syntax; e.g. \"0 3 * * 0\" is Sundays at 03:00"));
+                false
+            }
+        };
+        let timezone = opt(&j.timezone).unwrap_or_else(|| "UTC".into());
+        if let Some(tz) = &j.timezone
+            && let Err(e) = schedule::parse_tz(&tz.value)
+        {
+            self.err(at(file, tz).error("invalid-timezone", e));
+        }
+        let window = j
+            .window
+            .as_ref()
+            .and_then(|w| match Window::parse(&w.value) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.err(at(file, w).error("invalid-window", e));
+                    None
+                }
+            });
+        let mut dur = |v: &Option<S<String>>, default: Option<u64>| -> Option<u64> {
+            match v {
+                None => default,
+                Some(v) => match check::duration(&v.value) {
+                    Ok(d) => Some(d.as_secs()),
+                    Err(e) => {
+                        self.err(at(file, v).error("invalid-duration", e));
+                        default
+                    }
+                },
+            }
+        };
+        let timeout = dur(&j.timeout, Some(3600)).unwrap_or(3600);
+        let catch_up = dur(&j.catch_up, None);
+        let pause = dur(&j.rolling.pause, Some(0)).unwrap_or(0);
+        if let (Some(w), Some(t)) = (&window, &j.timeout)
+            && timeout as i64 > w.length().num_seconds()
+        {
+            self.err(at(file, t).error("window-too-short", format!(
+                        "timeout {} is longer than the window {:?} ({} min); the job could never finish inside it",
+                        t.value, j.window.as_ref().map(|w| w.value.clone()).unwrap_or_default(), w.length().num_minutes())));
+        }
+        let health = self.health_checks(file, &o, &j.health, None);
+        let selected = self.job_hosts(j, fleet);
+        let kind = self.job_kind(j, &o, &selected, hosts, fleet.secrets)?;
+        if !cron_ok {
+            return None;
+        }
+        Some(Job {
+            name: j.name.value.clone(),
+            cron: j.cron.value.clone(),
+            timezone,
+            hosts: selected,
+            window,
+            max_parallel: j
+                .rolling
+                .max_parallel
+                .as_ref()
+                .map(|v| v.value.max(1))
+                .unwrap_or(1),
+            pause_secs: pause,
+            stop_on_failure: j
+                .rolling
+                .stop_on_failure
+                .as_ref()
+                .map(|v| v.value)
+                .unwrap_or(true),
+            health,
+            timeout_secs: timeout,
+            catch_up_secs: catch_up,
+            kind,
+            origin: o,
+        })
+    }
+
+    /// The hosts a job selects: by name (or group name), by group, by
+    /// labels; all hosts when it names none. Unknown names are errors.
+    fn job_hosts(&mut self, j: &raw::JobSpec, fleet: &Fleetwide) -> Vec<String> {
+        let file = SCHEDULES_FILE;
+        let (hosts, groups, broken_hosts) = (fleet.hosts, fleet.groups, fleet.broken_hosts);
+        let o = at(file, &j.name);
+        let mut selected: Vec<String> = Vec::new();
+        for n in &j.hosts.names {
+            let known = hosts.iter().any(|h| h.name == n.value) || groups.contains_key(&n.value);
+            if !known && !broken_hosts.contains(&n.value) {
+                let all: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                let d = at(file, n).error(
+                    "unknown-host",
+                    format!("job {:?} selects unknown host {:?}", j.name.value, n.value),
+                );
+                let d = match closest(&n.value, &all) {
+                    Some(c) => d.with_help(format!("did you mean {c:?}?")),
+                    None => d.with_help("hosts are defined in hosts/*.yaml"),
+                };
+                self.err(d);
+            }
+        }
+        for g in &j.hosts.groups {
+            if !groups.contains_key(&g.value) {
+                self.err(
+                    at(file, g)
+                        .error(
+                            "unknown-group",
+                            format!("job {:?} selects unknown group {:?}", j.name.value, g.value),
+                        )
+                        .with_help("groups are host files with `count: N`"),
+                );
+            }
+        }
+        let empty =
+            j.hosts.names.is_empty() && j.hosts.groups.is_empty() && j.hosts.labels.is_empty();
+        for h in hosts {
+            let by_name = j
+                .hosts
+                .names
+                .iter()
+                .any(|n| n.value == h.name || h.group.as_deref() == Some(n.value.as_str()));
+            let by_group = j
+                .hosts
+                .groups
+                .iter()
+                .any(|g| h.group.as_deref() == Some(g.value.as_str()));
+            let by_labels = !j.hosts.labels.is_empty()
+                && j.hosts
+                    .labels
+                    .iter()
+                    .all(|(k, v)| h.labels.get(k) == Some(&v.value));
+            if empty || by_name || by_group || by_labels {
+                selected.push(h.name.clone());
+            }
+        }
+        if selected.is_empty() && !hosts.is_empty() && broken_hosts.is_empty() {
+            self.err(
+                o.error(
+                    "no-hosts",
+                    format!("job {:?} selects no hosts", j.name.value),
+                )
+                .with_help("check hosts.names, hosts.groups and hosts.labels"),
+            );
+        }
+        selected
+    }
+
+    /// What a job does: exactly one of backup, snapshot, upgrade, power,
+    /// command.
+    fn job_kind(
+        &mut self,
+        j: &raw::JobSpec,
+        o: &Origin,
+        selected: &[String],
+        hosts: &[Host],
+        secrets: &BTreeSet<String>,
+    ) -> Option<JobKind> {
+        let file = SCHEDULES_FILE;
+        let kinds = [
+            j.backup.is_some(),
+            j.snapshot.is_some(),
+            j.upgrade.is_some(),
+            j.power.is_some(),
+            j.command.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.err(o.error(
+                "job-kind",
+                format!(
+                    "job {:?} needs exactly one of backup, snapshot, upgrade, power, command",
+                    j.name.value
+                ),
+            ));
+            return None;
+        }
+        Some(if let Some(b) = &j.backup {
+            if !secrets.contains(&b.password_secret.value) {
+                self.err(missing_secret(file, &b.password_secret));
+            }
+            for p in &b.paths {
+                self.host_path(file, p);
+            }
+            if b.paths.is_empty() && b.pg_dump.is_none() {
+                self.err(at(file, &b.repository).error(
+                    "invalid-value",
+                    "a backup needs `paths`, `pg_dump`, or both",
+                ));
+            }
+            JobKind::Backup {
+                repository: b.repository.value.clone(),
+                password_secret: b.password_secret.value.clone(),
+                paths: b.paths.iter().map(|p| p.value.clone()).collect(),
+                pg_dump: opt(&b.pg_dump),
+                keep_daily: b.keep.daily.as_ref().map(|v| v.value).unwrap_or(7),
+                keep_weekly: b.keep.weekly.as_ref().map(|v| v.value).unwrap_or(4),
+                keep_monthly: b.keep.monthly.as_ref().map(|v| v.value).unwrap_or(6),
+                check: b.check.as_ref().map(|v| v.value).unwrap_or(false),
+            }
+        } else if let Some(sn) = &j.snapshot {
+            self.cloud_only(o, &j.name.value, "snapshot", selected, hosts);
+            if sn.keep.value == 0 {
+                self.err(at(file, &sn.keep).error("invalid-value", "keep must be at least 1"));
+            }
+            JobKind::Snapshot {
+                keep: sn.keep.value,
+                labels: sn
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+            }
+        } else if let Some(u) = &j.upgrade {
+            JobKind::Upgrade {
+                reboot: u
+                    .reboot
+                    .as_ref()
+                    .map(|r| r.value)
+                    .unwrap_or(RebootPolicy::IfRequired),
+                unattended: u.unattended.as_ref().map(|v| v.value).unwrap_or(false),
+            }
+        } else if let Some(p) = &j.power {
+            self.cloud_only(o, &j.name.value, "power", selected, hosts);
+            let secs = match check::duration(&p.running_for.value) {
+                Ok(d) if d.as_secs() > 0 && d.as_secs() < 86400 => d.as_secs(),
+                Ok(_) => {
+                    self.err(at(file, &p.running_for).error(
+                        "invalid-value",
+                        "running_for must be more than 0 and less than 24h",
+                    ));
+                    0
+                }
+                Err(e) => {
+                    self.err(at(file, &p.running_for).error("invalid-duration", e));
+                    0
+                }
+            };
+            JobKind::Power {
+                running_for_secs: secs,
+            }
+        } else if let Some(c) = &j.command {
+            JobKind::Command {
+                run: c.run.value.clone(),
+            }
+        } else {
+            unreachable!("exactly one job kind was checked above")
+        })
+    }
+}

@@ -1,0 +1,567 @@
+//! Resolution: raw spec → desired state, with every semantic check.
+//!
+//! A pipeline of section resolvers, each in its own file and each using
+//! only what the ones before it produced: `settings` (tidekeeper.yaml),
+//! `secrets`, `templates`, `roles`, `hosts` (host files, with their
+//! roles instantiated), `jobs` (schedules.yaml). This file holds the
+//! loader they share (file parsing, diagnostics, the checks every section
+//! uses) and `run`, which calls them in order.
+//!
+//! Variable precedence, lowest first: `tidekeeper.yaml` `defaults.vars`, then
+//! each role's `vars` in the order the host lists its roles, then the host's
+//! own `vars`. Merging is per top-level key: a later level replaces the whole
+//! value of a key.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::de::DeserializeOwned;
+use serde_saphyr::Spanned;
+
+mod hosts;
+mod jobs;
+mod roles;
+mod secrets;
+mod settings;
+mod templates;
+
+pub use secrets::decrypt_secret;
+
+use crate::model::check;
+use crate::model::desired::*;
+use crate::model::diag::{Diagnostic, Diagnostics, Origin};
+use crate::model::raw::{self, S, Vars};
+use crate::schedule::{self, Window};
+use crate::source::{ConfigTree, Entry};
+
+/// Config files (YAML) larger than this are refused before parsing.
+pub const MAX_YAML_BYTES: usize = 1024 * 1024;
+/// Deepest nesting accepted in a config file.
+pub const MAX_YAML_DEPTH: usize = 32;
+/// Most nodes an alias may expand to across a file (defuses "billion laughs").
+pub const MAX_ALIAS_EVENTS: usize = 100_000;
+/// Instructions one template render may execute.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+const FLEET_FILE: &str = "tidekeeper.yaml";
+const SCHEDULES_FILE: &str = "schedules.yaml";
+const KNOWN_HOSTS_FILE: &str = "known_hosts";
+
+/// Load, check and resolve the config repo in `tree`.
+pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
+    load_with_identity(tree, None)
+}
+
+/// Load with the age identity (the text of an identity file: one or more
+/// `AGE-SECRET-KEY-1…` lines), so secrets are decrypted, in memory only.
+/// Without one, secret values stay `(sensitive)` placeholders.
+pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<Fleet, Diagnostics> {
+    let mut l = Loader {
+        tree,
+        diags: Diagnostics::default(),
+        reported: HashSet::new(),
+        identity,
+        plain: HashMap::new(),
+    };
+    let fleet = l.run();
+    let mut diags = l.diags;
+    if diags.is_empty()
+        && let Some(mut fleet) = fleet
+    {
+        fleet.commit = tree.commit.clone();
+        fleet.secrets_decrypted = identity.is_some();
+        fleet.redactions = secrets::redactions(l.plain.values());
+        fleet.secret_values =
+            crate::model::desired::SecretValues(l.plain.clone().into_iter().collect());
+        return Ok(fleet);
+    }
+    diags.sort();
+    // A template can push a secret into an error ("template … not found").
+    let hide = secrets::redactions(l.plain.values());
+    for d in diags.0.iter_mut() {
+        d.message = crate::model::desired::redact(&hide, &d.message);
+        d.help = d
+            .help
+            .take()
+            .map(|h| crate::model::desired::redact(&hide, &h));
+    }
+    Err(diags)
+}
+
+/// Shorter secrets are refused: they could not be redacted from output
+/// without blanking ordinary words.
+pub const MIN_SECRET_LEN: usize = 8;
+
+fn yaml_options() -> serde_saphyr::Options {
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+    alias_limits.max_replay_stack_depth = MAX_YAML_DEPTH;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_YAML_DEPTH,
+            max_events: 500_000,
+            max_nodes: 200_000,
+            max_aliases: 10_000,
+        },
+        alias_limits: alias_limits,
+    }
+}
+
+pub(crate) fn at<T>(file: &str, s: &Spanned<T>) -> Origin {
+    Origin::new(file, s.referenced.line(), s.referenced.column())
+}
+
+/// Turn a YAML/serde error into a diagnostic in the user's words.
+fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let origin = match e.location() {
+        Some(l) if l.line() > 0 => Origin::new(file, l.line(), l.column()),
+        _ => Origin::file(file),
+    };
+    let mut msg = e.without_snippet().to_string();
+    if let Some(i) = msg.rfind(" at line ") {
+        msg.truncate(i);
+    }
+    let tick = |s: &str| s.split('`').nth(1).unwrap_or("").to_string();
+    if msg.starts_with("unknown field") {
+        let expected = msg
+            .split_once("expected ")
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default();
+        origin
+            .error("unknown-key", format!("unknown key `{}`", tick(&msg)))
+            .with_help(format!("{expected}; see docs/config.md"))
+    } else if msg.starts_with("missing field") {
+        origin
+            .error(
+                "missing-key",
+                format!("missing required key `{}`", tick(&msg)),
+            )
+            .with_help("add it; see docs/config.md")
+    } else if msg.starts_with("unknown variant") {
+        let expected = msg
+            .split_once("expected ")
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_default();
+        origin
+            .error(
+                "invalid-value",
+                format!("`{}` is not allowed here", tick(&msg)),
+            )
+            .with_help(expected)
+    } else if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest);
+        origin
+            .error(
+                "duplicate-key",
+                format!("key `{key}` appears twice in the same mapping"),
+            )
+            .with_help("remove one of them")
+    } else if msg.contains("budget") || msg.contains("limit") || msg.contains("recursion") {
+        origin.error("too-complex", format!("the YAML is too deeply nested or expands too many aliases ({msg})")).with_help(
+            format!("config files may nest at most {MAX_YAML_DEPTH} levels and aliases may expand to at most {MAX_ALIAS_EVENTS} nodes"),
+        )
+    } else {
+        origin.error("yaml", msg)
+    }
+}
+
+struct Loader<'a> {
+    tree: &'a ConfigTree,
+    diags: Diagnostics,
+    /// Keys of problems already reported, so a role used by 500 hosts reports once.
+    reported: HashSet<String>,
+    identity: Option<&'a str>,
+    /// Decrypted secrets by name (only with an identity).
+    plain: HashMap<String, String>,
+}
+
+/// A server setting and its key, for provider-specific checks.
+type NamedSetting<'s> = (&'static str, &'s Option<S<String>>);
+
+/// A role with its checks done; templates are rendered per host.
+struct RoleDef {
+    vars: Vars,
+    items: Vec<Item>,
+    handlers: Vec<Handler>,
+    firewall: Option<RoleFirewall>,
+}
+
+/// A role's firewall part: default policies only where the role sets them.
+#[derive(Clone)]
+struct RoleFirewall {
+    incoming: Option<Policy>,
+    outgoing: Option<Policy>,
+    rules: Vec<(FirewallRule, Origin)>,
+    origin: Origin,
+}
+
+enum Item {
+    Ready(Resource),
+    Template {
+        base: FileResource,
+        template: String,
+    },
+    Stack {
+        base: Stack,
+    },
+}
+
+struct Templates {
+    env: Environment<'static>,
+    used_secret: Arc<AtomicBool>,
+    /// Template name → repo path, for error locations.
+    paths: HashMap<String, String>,
+}
+
+impl<'a> Loader<'a> {
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Report `d` only the first time `key` is seen.
+    fn err_once(&mut self, key: String, d: Diagnostic) {
+        if self.reported.insert(key) {
+            self.diags.push(d);
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&mut self, path: &str) -> Option<T> {
+        let bytes = match self.tree.get(path) {
+            Some(Entry::File { bytes, .. }) => bytes,
+            Some(Entry::Symlink(t)) => {
+                self.err(Origin::file(path).error("symlink", format!("{path} is a symlink (to {t:?})"))
+                    .with_help("config files must be regular files in the repo; replace the link with the file"));
+                return None;
+            }
+            Some(Entry::TooLarge(n)) => {
+                self.err(too_large(path, *n as usize));
+                return None;
+            }
+            _ => return None,
+        };
+        if bytes.len() > MAX_YAML_BYTES {
+            self.err(too_large(path, bytes.len()));
+            return None;
+        }
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let before = &bytes[..e.valid_up_to()];
+                let line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+                let col = before
+                    .rsplit(|b| *b == b'\n')
+                    .next()
+                    .map(|l| String::from_utf8_lossy(l).chars().count())
+                    .unwrap_or(0) as u64
+                    + 1;
+                self.err(
+                    Origin::new(path, line, col)
+                        .error("not-utf8", "the file is not valid UTF-8")
+                        .with_help("save it as UTF-8"),
+                );
+                return None;
+            }
+        };
+        match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(yaml_diagnostic(path, &e));
+                None
+            }
+        }
+    }
+
+    /// YAML files directly in `dir`, as (stem, path).
+    fn yaml_files(&mut self, dir: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (path, _) in self.tree.under(dir) {
+            let rel = &path[dir.len() + 1..];
+            let Some(stem) = rel
+                .strip_suffix(".yaml")
+                .or_else(|| rel.strip_suffix(".yml"))
+            else {
+                continue;
+            };
+            if rel.contains('/') {
+                self.err(
+                    Origin::file(path)
+                        .error(
+                            "misplaced-file",
+                            format!("{path} is in a subdirectory of {dir}/"),
+                        )
+                        .with_help(format!("put it directly in {dir}/")),
+                );
+                continue;
+            }
+            if let Some(first) = seen.insert(stem.to_string(), path.to_string()) {
+                self.err(
+                    Origin::file(path)
+                        .error(
+                            "duplicate-name",
+                            format!("{path} and {first} both define {stem:?}"),
+                        )
+                        .with_help("remove or rename one of them"),
+                );
+                continue;
+            }
+            out.push((stem.to_string(), path.to_string()));
+        }
+        out
+    }
+
+    fn mode(&mut self, file: &str, m: &Option<S<String>>) -> Option<u32> {
+        let m = m.as_ref()?;
+        match check::mode(&m.value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(at(file, m).error("invalid-mode", e));
+                None
+            }
+        }
+    }
+
+    fn host_path(&mut self, file: &str, p: &S<String>) {
+        if let Err(e) = check::host_path(&p.value) {
+            self.err(at(file, p).error("invalid-path", e));
+        }
+    }
+
+    fn account(&mut self, file: &str, n: &Option<S<String>>) {
+        if let Some(n) = n
+            && let Err(e) = check::account_name(&n.value)
+        {
+            self.err(at(file, n).error("invalid-name", e));
+        }
+    }
+
+    /// Health checks as written (`unit`, `command`, `http` or `container`,
+    /// exactly one each); `stack` names the compose project of a stack's checks.
+    fn health_checks(
+        &mut self,
+        file: &str,
+        o: &Origin,
+        specs: &[raw::HealthSpec],
+        stack: Option<&str>,
+    ) -> Vec<HealthCheck> {
+        let mut health = Vec::new();
+        for hc in specs {
+            let set: Vec<HealthCheck> = [
+                hc.unit.as_ref().map(|v| HealthCheck::Unit(v.value.clone())),
+                hc.command
+                    .as_ref()
+                    .map(|v| HealthCheck::Command(v.value.clone())),
+                hc.http.as_ref().map(|v| HealthCheck::Http(v.value.clone())),
+                hc.container.as_ref().map(|v| {
+                    HealthCheck::Container(match stack {
+                        Some(p) => format!("{p}/{}", v.value),
+                        None => v.value.clone(),
+                    })
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if set.len() != 1 {
+                self.err(o.clone().error(
+                    "invalid-health",
+                    "each health check needs exactly one of unit, command, http, container",
+                ));
+                continue;
+            }
+            if let Some(u) = &hc.http
+                && !(u.value.starts_with("http://") || u.value.starts_with("https://"))
+            {
+                self.err(at(file, u).error(
+                    "invalid-value",
+                    format!("{:?} is not an http:// or https:// URL", u.value),
+                ));
+            }
+            health.extend(set);
+        }
+        health
+    }
+
+    fn run(&mut self) -> Option<Fleet> {
+        if self.tree.get(FLEET_FILE).is_none() {
+            self.err(
+                Origin::file(FLEET_FILE)
+                    .error(
+                        "missing-file",
+                        "the config repo has no tidekeeper.yaml at its top level",
+                    )
+                    .with_help(
+                        "create it with at least `fleet: <name>`, or start from `tidekeeper init`",
+                    ),
+            );
+        }
+        let fleet_file: Option<raw::FleetFile> = self.parse(FLEET_FILE);
+        // With a broken tidekeeper.yaml, the rest is still checked against defaults
+        // so that one run shows every error.
+        let settings = Some(match fleet_file.as_ref() {
+            Some(f) => self.settings(f),
+            None => settings::default_settings(),
+        });
+
+        let secrets = self.secrets();
+        let templates = self.templates(&secrets);
+
+        let mut roles: BTreeMap<String, RoleDef> = BTreeMap::new();
+        let mut broken_roles: BTreeSet<String> = BTreeSet::new();
+        for (name, path) in self.yaml_files("roles") {
+            match self.parse::<raw::RoleFile>(&path) {
+                Some(r) => {
+                    let def = self.role(&path, r, &secrets);
+                    roles.insert(name, def);
+                }
+                None => {
+                    broken_roles.insert(name);
+                }
+            }
+        }
+
+        let loaded = self.all_hosts(
+            fleet_file.as_ref(),
+            settings.as_ref(),
+            &roles,
+            &broken_roles,
+            &templates,
+        );
+        let hosts::Loaded {
+            hosts,
+            groups,
+            group_rollouts,
+            broken_hosts,
+        } = loaded;
+        let known_hosts = self.known_hosts();
+        let jobs = match self.tree.get(SCHEDULES_FILE) {
+            Some(_) => self
+                .parse::<raw::SchedulesFile>(SCHEDULES_FILE)
+                .map(|s| {
+                    let fleet = jobs::Fleetwide {
+                        hosts: &hosts,
+                        groups: &groups,
+                        secrets: &secrets,
+                        broken_hosts: &broken_hosts,
+                    };
+                    self.jobs(s, &fleet)
+                })
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let policies = self
+            .tree
+            .under("policies")
+            .filter(|(p, _)| p.ends_with(".rego"))
+            .map(|(p, _)| p.to_string())
+            .collect();
+
+        let settings = settings?;
+        if let (Some(r), Some(f)) = (&settings.rollout, &fleet_file)
+            && let Some(spec) = &f.rollout
+        {
+            for (name, s) in r.canary.iter().zip(&spec.canary) {
+                if !hosts.iter().any(|h| h.name == *name) && !broken_hosts.contains(name) {
+                    self.err(at(FLEET_FILE, s).error(
+                        "unknown-host",
+                        format!("rollout canary {name:?} is not a host of the fleet"),
+                    ));
+                }
+            }
+        }
+        let fleet_file = fleet_file?;
+        Some(Fleet {
+            name: fleet_file.fleet.value,
+            commit: None,
+            settings,
+            hosts,
+            jobs,
+            known_hosts,
+            policies,
+            secrets_decrypted: false,
+            redactions: vec![],
+            secret_values: Default::default(),
+            group_rollouts,
+        })
+    }
+}
+
+fn entry_bytes(e: &Entry) -> Option<Vec<u8>> {
+    match e {
+        Entry::File { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    }
+}
+
+fn opt(s: &Option<S<String>>) -> Option<String> {
+    s.as_ref().map(|s| s.value.clone())
+}
+
+fn clone_s(s: &S<String>) -> S<String> {
+    Spanned {
+        value: s.value.clone(),
+        referenced: s.referenced,
+        defined: s.defined,
+    }
+}
+
+fn provider_name(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::Hetzner => "hetzner",
+        ProviderKind::Lightsail => "lightsail",
+        ProviderKind::Existing => "existing",
+        ProviderKind::Local => "local",
+    }
+}
+
+fn too_large(path: &str, n: usize) -> Diagnostic {
+    Origin::file(path)
+        .error(
+            "file-too-large",
+            format!("{path} is {n} bytes; config files may be at most {MAX_YAML_BYTES} bytes"),
+        )
+        .with_help("split it into several files (one per host or role)")
+}
+
+fn missing_secret(file: &str, s: &S<String>) -> Diagnostic {
+    at(file, s)
+        .error(
+            "missing-secret",
+            format!(
+                "secret {:?} is referenced but secrets/{}.age does not exist",
+                s.value, s.value
+            ),
+        )
+        .with_help(format!(
+            "create it with `tidekeeper secrets encrypt {}`, or fix the name",
+            s.value
+        ))
+}
+
+/// The candidate closest to `word` by edit distance, if close enough to be a typo.
+fn closest<'b>(word: &str, candidates: &[&'b str]) -> Option<&'b str> {
+    fn dist(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .iter()
+        .map(|c| (dist(word, c), *c))
+        .filter(|(d, _)| *d <= 2.max(word.len() / 4))
+        .min()
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,277 @@
+//! Stage 1: tidekeeper.yaml's settings (SSH, rollout, health, forge, cost
+//! limits), with defaults where the file is missing or broken, so the
+//! later stages are still checked.
+
+use super::*;
+
+impl Loader<'_> {
+    pub(super) fn rollout(
+        &mut self,
+        file: &str,
+        r: &raw::RolloutSpec,
+    ) -> crate::model::desired::Rollout {
+        use crate::model::desired::Batch;
+        let batch = match &r.batch {
+            None => Batch::Count(1),
+            Some(b) => {
+                let v = b.value.trim();
+                let parsed = match v.strip_suffix('%') {
+                    Some(p) => p
+                        .trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|p| (1..=100).contains(p))
+                        .map(Batch::Percent),
+                    None => v.parse::<u32>().ok().filter(|n| *n >= 1).map(Batch::Count),
+                };
+                parsed.unwrap_or_else(|| {
+                    self.err(at(file, b).error(
+                        "invalid-value",
+                        format!("rollout batch {v:?} is not a count (2) or a share (25%)"),
+                    ));
+                    Batch::Count(1)
+                })
+            }
+        };
+        let pause_secs = match &r.pause {
+            None => 0,
+            Some(p) => match check::duration(&p.value) {
+                Ok(d) => d.as_secs(),
+                Err(e) => {
+                    self.err(at(file, p).error("invalid-duration", e));
+                    0
+                }
+            },
+        };
+        let origin = Origin::file(file);
+        let health = self.health_checks(file, &origin, &r.health, None);
+        crate::model::desired::Rollout {
+            canary: r.canary.iter().map(|c| c.value.clone()).collect(),
+            batch,
+            pause_secs,
+            health,
+        }
+    }
+
+    pub(super) fn settings(&mut self, f: &raw::FleetFile) -> Settings {
+        let file = FLEET_FILE;
+        if let Err(e) = check::host_name(&f.fleet.value) {
+            self.err(at(file, &f.fleet).error("invalid-name", format!("fleet name: {e}")));
+        }
+        let ssh = self.ssh(file, &f.defaults.ssh, None);
+        let parallelism = f.defaults.parallelism.as_ref().map(|p| {
+            if p.value == 0 {
+                self.err(at(file, p).error("invalid-value", "parallelism must be at least 1"));
+            }
+            p.value
+        });
+        let mut duration = |v: &Option<S<String>>, default: u64, min: u64, what: &str| -> u64 {
+            let Some(v) = v else { return default };
+            match check::duration(&v.value) {
+                Ok(d) if d.as_secs() >= min => d.as_secs(),
+                Ok(_) => {
+                    self.err(
+                        at(file, v)
+                            .error("invalid-value", format!("{what} must be at least {min}s")),
+                    );
+                    default
+                }
+                Err(e) => {
+                    self.err(at(file, v).error("invalid-duration", e));
+                    default
+                }
+            }
+        };
+        let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
+        let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
+        let hz = f.providers.hetzner.as_ref();
+        let hz_timeout = duration(
+            &hz.and_then(|h| h.timeout.clone()),
+            30,
+            1,
+            "providers.hetzner.timeout",
+        );
+        let ls_timeout = duration(
+            &f.providers
+                .lightsail
+                .as_ref()
+                .and_then(|l| l.timeout.clone()),
+            30,
+            1,
+            "providers.lightsail.timeout",
+        );
+        for e in [
+            hz.and_then(|h| h.endpoint.as_ref()),
+            f.providers
+                .lightsail
+                .as_ref()
+                .and_then(|l| l.endpoint.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !(e.value.starts_with("https://") || e.value.starts_with("http://")) {
+                self.err(at(file, e).error(
+                    "invalid-value",
+                    format!("endpoint {:?} must be an http:// or https:// URL", e.value),
+                ));
+            }
+        }
+        let forge = f.status.forge.as_ref().map(|fg| self.forge(fg));
+        let branch = opt(&f.status.branch).unwrap_or_else(|| "tidekeeper/status".into());
+        if let Some(b) = &f.status.branch
+            && (b.value.is_empty()
+                || b.value.contains("..")
+                || b.value.contains(' ')
+                || b.value.starts_with('/'))
+        {
+            self.err(at(file, b).error(
+                "invalid-value",
+                format!("{:?} is not a valid branch name", b.value),
+            ));
+        }
+        if let Some(n) = &f.status.notes_ref
+            && (!n.value.starts_with("refs/notes/") || !git2::Reference::is_valid_name(&n.value))
+        {
+            self.err(
+                at(file, n)
+                    .error("invalid-value", format!("{:?} is not a notes ref", n.value))
+                    .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
+            );
+        }
+        Settings {
+            ssh,
+            parallelism: parallelism.unwrap_or(10).max(1),
+            drift: f.drift.as_ref().map(|d| d.value).unwrap_or_default(),
+            poll_interval_secs: poll,
+            drift_interval_secs: drift,
+            status_branch: branch,
+            notes_ref: opt(&f.status.notes_ref).unwrap_or_else(|| "refs/notes/tidekeeper".into()),
+            forge,
+            hetzner: Hetzner {
+                declared: hz.is_some(),
+                token_env: hz
+                    .and_then(|h| opt(&h.token_env))
+                    .unwrap_or_else(|| "HCLOUD_TOKEN".into()),
+                endpoint: hz.and_then(|h| opt(&h.endpoint)),
+                timeout_secs: hz_timeout,
+            },
+            lightsail: f.providers.lightsail.as_ref().map(|l| Lightsail {
+                region: l.region.value.clone(),
+                access_key_env: opt(&l.access_key_env)
+                    .unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
+                secret_key_env: opt(&l.secret_key_env)
+                    .unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+                endpoint: opt(&l.endpoint),
+                timeout_secs: ls_timeout,
+            }),
+            secrets_identity_env: opt(&f.secrets.identity_env)
+                .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
+            secrets_identity_file: opt(&f.secrets.identity_file),
+            suspend: f.suspend.as_ref().is_some_and(|s| s.value),
+            rollout: f.rollout.as_ref().map(|r| self.rollout(file, r)),
+            require_reviewed_plan: f
+                .apply
+                .require_reviewed_plan
+                .as_ref()
+                .is_some_and(|s| s.value),
+        }
+    }
+
+    /// `status.forge`: where plans and statuses are posted.
+    fn forge(&mut self, fg: &raw::ForgeSettings) -> Forge {
+        let (default_url, default_env) = match fg.kind.value {
+            ForgeKind::Github => (Some("https://api.github.com"), "GITHUB_TOKEN"),
+            ForgeKind::Gitea => (None, "GITEA_TOKEN"),
+        };
+        let url = match (&fg.url, default_url) {
+            (Some(u), _) => u.value.clone(),
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                self.err(at(FLEET_FILE, &fg.kind).error(
+                    "missing-key",
+                    "a gitea forge needs `url`, e.g. https://gitea.example.com/api/v1",
+                ));
+                String::new()
+            }
+        };
+        if !fg.repo.value.contains('/') {
+            self.err(at(FLEET_FILE, &fg.repo).error(
+                "invalid-value",
+                format!("forge repo {:?} must be \"owner/name\"", fg.repo.value),
+            ));
+        }
+        Forge {
+            kind: fg.kind.value,
+            url,
+            repo: fg.repo.value.clone(),
+            token_env: opt(&fg.token_env).unwrap_or_else(|| default_env.into()),
+        }
+    }
+
+    pub(super) fn ssh(&mut self, file: &str, s: &raw::SshSettings, base: Option<&Ssh>) -> Ssh {
+        if let Some(u) = &s.user
+            && let Err(e) = check::account_name(&u.value)
+        {
+            self.err(at(file, u).error("invalid-value", format!("ssh user: {e}")));
+        }
+        if let Some(p) = &s.port
+            && p.value == 0
+        {
+            self.err(at(file, p).error("invalid-port", "ssh port must be 1 to 65535"));
+        }
+        let base = base.cloned().unwrap_or(Ssh {
+            user: "root".into(),
+            port: 22,
+            key: None,
+            sudo: false,
+            trust_on_first_use: false,
+        });
+        Ssh {
+            user: opt(&s.user).unwrap_or(base.user),
+            port: s.port.as_ref().map(|p| p.value).unwrap_or(base.port),
+            key: opt(&s.key).or(base.key),
+            sudo: s.sudo.as_ref().map(|p| p.value).unwrap_or(base.sudo),
+            trust_on_first_use: s
+                .trust_on_first_use
+                .as_ref()
+                .map(|p| p.value)
+                .unwrap_or(base.trust_on_first_use),
+        }
+    }
+}
+
+pub(super) fn default_settings() -> Settings {
+    Settings {
+        ssh: Ssh {
+            user: "root".into(),
+            port: 22,
+            key: None,
+            sudo: false,
+            trust_on_first_use: false,
+        },
+        parallelism: 10,
+        drift: DriftMode::Report,
+        poll_interval_secs: 60,
+        drift_interval_secs: 600,
+        status_branch: "tidekeeper/status".into(),
+        notes_ref: "refs/notes/tidekeeper".into(),
+        forge: None,
+        hetzner: Hetzner {
+            declared: false,
+            token_env: "HCLOUD_TOKEN".into(),
+            endpoint: None,
+            timeout_secs: 30,
+        },
+        lightsail: None,
+        secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
+        secrets_identity_file: None,
+        suspend: false,
+        rollout: None,
+        require_reviewed_plan: false,
+    }
+}
+
+pub(super) fn settings_fleet_name(f: Option<&raw::FleetFile>) -> String {
+    f.map(|f| f.fleet.value.clone()).unwrap_or_default()
+}
