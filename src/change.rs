@@ -58,6 +58,10 @@ pub enum ResourceKind {
     Sysctl,
     Command,
     Stack,
+    /// A scheduled command as a systemd timer (two unit files and the timer).
+    Timer,
+    /// A scheduled command as a file in /etc/cron.d.
+    Cron,
     /// A kind a newer tidekeeper recorded in a host's inventory: left alone.
     #[serde(other)]
     Unknown,
@@ -78,6 +82,8 @@ impl ResourceKind {
             ResourceKind::Sysctl => "sysctl",
             ResourceKind::Command => "command",
             ResourceKind::Stack => "stack",
+            ResourceKind::Timer => "timer",
+            ResourceKind::Cron => "cron",
             ResourceKind::Unknown => "unknown",
         }
     }

@@ -649,6 +649,8 @@ fn describe(r: &Resource) -> String {
         Resource::Stack(s) => format!("{} files in {}", s.files.len(), s.dir),
         Resource::User(u) => format!("{} keys", u.authorized_keys.len()),
         Resource::Sysctl { value, .. } => value.clone(),
+        Resource::Timer(t) => t.on_calendar.join("; "),
+        Resource::Cron(c) => format!("{} as {}", c.schedule, c.user),
         _ => String::new(),
     }
 }

@@ -757,3 +757,90 @@ fn a_service_started_by_its_package_install_runs_with_the_managed_config() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8081/"), "managed");
 }
+
+/// Timers live in systemd: units written, the timer enabled and started
+/// with the cron schedule's meaning, the command run exactly as written,
+/// a new schedule taken up, and everything gone when the config drops it.
+/// Cron entries are files in /etc/cron.d with `%` escaped.
+#[test]
+fn timers_and_cron_entries_are_written_run_rescheduled_and_pruned() {
+    let bed = Testbed::start(1);
+    let role = r#"
+timers:
+  - name: stamp
+    cron: "30 3 1,15 * sun"
+    run: 'echo "a \"b\" $(echo sub) 50%" > /var/tmp/stamp.out; echo ''x'' >> /var/tmp/stamp.out'
+    timeout: 1m
+cron:
+  - name: rotate
+    schedule: "15 4 * * 1-5"
+    run: "date +%F > /tmp/rotated"
+"#;
+    let repo = FleetRepo::minimal(&bed, &[("sched", role)]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "systemctl is-enabled stamp.timer; systemctl is-active stamp.timer"
+        ),
+        "enabled\nactive\n"
+    );
+    let calendar = |bed: &Testbed| bed.ssh_ok(0, "systemctl show -p TimersCalendar stamp.timer");
+    let shown = calendar(&bed);
+    assert!(
+        shown.contains("OnCalendar=*-*-01,15 03:30:00")
+            && shown.contains("OnCalendar=Sun *-*-* 03:30:00"),
+        "{shown}"
+    );
+    // The command runs as written: quotes, `$(…)` and `%` reach sh intact.
+    bed.ssh_ok(0, "systemctl start stamp.service");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /var/tmp/stamp.out"),
+        "a \"b\" sub 50%\nx\n"
+    );
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "stat -c '%a %U' /etc/cron.d/rotate; tail -1 /etc/cron.d/rotate"
+        ),
+        "644 root\n15 4 * * 1-5 root date +\\%F > /tmp/rotated\n"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing left to do: {}",
+        text(&out)
+    );
+
+    // A new schedule is in force after the apply.
+    repo.write(
+        "roles/sched.yaml",
+        &role.replace("30 3 1,15 * sun", "0 5 * * *"),
+    );
+    repo.commit("reschedule");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = calendar(&bed);
+    assert!(
+        shown.contains("OnCalendar=*-*-* 05:00:00") && !shown.contains("03:30"),
+        "{shown}"
+    );
+
+    // Dropped from the config: the timer stops and its files go.
+    repo.write("roles/sched.yaml", "packages:\n  present: []\n");
+    repo.commit("no schedules");
+    let out = repo.tk(&["apply", "--yes", "--allow-mass-delete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "systemctl show -p LoadState -p ActiveState --value stamp.timer; \
+             cd /etc/systemd/system && ls stamp.timer stamp.service timers.target.wants/stamp.timer /etc/cron.d/rotate 2>&1 \
+             | grep -c 'No such file'"
+        ),
+        "not-found\ninactive\n4\n",
+        "the timer is stopped and disabled while its unit file exists, then the files go"
+    );
+}

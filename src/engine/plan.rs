@@ -219,12 +219,9 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     }
     blocked.extend(lockouts(host, &changes, obs));
     let (handlers, settled_handlers) = handlers(host, &changes, obs);
-    let daemon_reload = changes.iter().any(|c| {
-        c.kind == ResourceKind::File
-            && ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
-                .iter()
-                .any(|p| c.id.starts_with(p))
-    });
+    let daemon_reload = changes
+        .iter()
+        .any(|c| c.kind == ResourceKind::File && kinds::service::is_unit_path(&c.id));
     let prunes = prunes(items, obs, opts, &mut warnings, &mut blocked);
     changes.extend(prunes);
     let inventory = inventory_after(items, &changes, obs);
@@ -327,7 +324,8 @@ fn handlers(host: &Host, changes: &[Change], obs: &Observed) -> (Vec<HandlerRun>
 }
 
 /// What the inventory lists but the config no longer has, in the order it
-/// goes: stacks while their files exist, directories after what is in them.
+/// goes: stacks and units while their files exist, directories after what
+/// is in them.
 /// Too many at once is blocked unless allowed.
 fn prunes(
     items: &[Item],
@@ -388,12 +386,15 @@ fn prunes(
             prunes.len()
         ));
     }
+    // Units stop while their unit files still exist.
     prunes.sort_by_key(|c: &Change| {
-        (
-            c.kind != ResourceKind::Stack,
-            c.kind == ResourceKind::Directory,
-            std::cmp::Reverse(c.id.matches('/').count()),
-        )
+        let rank = match c.kind {
+            ResourceKind::Stack => 0,
+            ResourceKind::Service => 1,
+            ResourceKind::Directory => 3,
+            _ => 2,
+        };
+        (rank, std::cmp::Reverse(c.id.matches('/').count()))
     });
     prunes
 }

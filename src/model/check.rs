@@ -98,6 +98,23 @@ pub fn unit_name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of a timer or cron entry: it names unit files and a file in
+/// /etc/cron.d, where cron ignores names with a dot.
+pub fn schedule_name(what: &str, n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && !n.starts_with('-')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {n:?} must be 1-64 letters, digits, _ and -, not starting with - (it names files on the host)"
+        ))
+    }
+}
+
 /// A Debian package name: lowercase letters, digits and `+-.`, starting
 /// with a letter or digit (Debian policy 5.6.1); `:arch` and `=version` allowed.
 pub fn package_name(n: &str) -> Result<(), String> {

@@ -458,6 +458,8 @@ pub enum Resource {
     },
     Command(CommandResource),
     Stack(Stack),
+    Timer(TimerResource),
+    Cron(CronResource),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -541,6 +543,31 @@ pub struct CommandResource {
     pub origin: Origin,
 }
 
+/// A command run on a schedule by a systemd timer.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimerResource {
+    pub name: String,
+    /// systemd `OnCalendar=` lines (a `cron:` schedule already translated).
+    pub on_calendar: Vec<String>,
+    pub run: String,
+    pub user: Option<String>,
+    pub timeout_secs: u64,
+    /// Run once at boot when a run was missed while the host was down.
+    pub persistent: bool,
+    pub origin: Origin,
+}
+
+/// A command run on a schedule by cron, from a file in /etc/cron.d.
+#[derive(Debug, Clone, Serialize)]
+pub struct CronResource {
+    pub name: String,
+    /// Five cron fields.
+    pub schedule: String,
+    pub user: String,
+    pub run: String,
+    pub origin: Origin,
+}
+
 /// The names compose looks for in a project directory, in its order.
 pub const COMPOSE_FILES: [&str; 4] = [
     "compose.yaml",
@@ -596,6 +623,8 @@ impl Resource {
             Resource::Sysctl { .. } => K::Sysctl,
             Resource::Command(_) => K::Command,
             Resource::Stack(_) => K::Stack,
+            Resource::Timer(_) => K::Timer,
+            Resource::Cron(_) => K::Cron,
         }
     }
 
@@ -612,6 +641,8 @@ impl Resource {
             Resource::Sysctl { key, .. } => key,
             Resource::Command(c) => &c.name,
             Resource::Stack(s) => &s.name,
+            Resource::Timer(t) => &t.name,
+            Resource::Cron(c) => &c.name,
         }
     }
 
@@ -629,6 +660,8 @@ impl Resource {
             Resource::Firewall(f) => &f.origin,
             Resource::Command(c) => &c.origin,
             Resource::Stack(s) => &s.origin,
+            Resource::Timer(t) => &t.origin,
+            Resource::Cron(c) => &c.origin,
         }
     }
 

@@ -252,6 +252,10 @@ pub struct RoleFile {
     pub stacks: Vec<StackSpec>,
     #[serde(default)]
     pub handlers: Vec<HandlerSpec>,
+    #[serde(default)]
+    pub timers: Vec<TimerSpec>,
+    #[serde(default)]
+    pub cron: Vec<CronSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,6 +386,33 @@ pub struct CommandSpec {
     pub timeout: Option<S<String>>,
     #[serde(default)]
     pub notify: Vec<S<String>>,
+}
+
+/// `timers:` in a role: a command on a schedule, as a systemd timer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSpec {
+    pub name: S<String>,
+    /// A systemd calendar expression, e.g. `Mon..Fri 03:00`.
+    pub on_calendar: Option<S<String>>,
+    /// Or five cron fields, translated to calendar expressions.
+    pub cron: Option<S<String>>,
+    /// IANA zone of the schedule; the host's own zone if not given.
+    pub timezone: Option<S<String>>,
+    pub run: S<String>,
+    pub user: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub persistent: Option<S<bool>>,
+}
+
+/// `cron:` in a role: a command on a schedule, as a file in /etc/cron.d.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronSpec {
+    pub name: S<String>,
+    pub schedule: S<String>,
+    pub run: S<String>,
+    pub user: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

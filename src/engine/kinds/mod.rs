@@ -7,6 +7,7 @@
 
 pub mod absent;
 pub mod command;
+pub mod cron;
 pub mod directory;
 pub mod file;
 pub mod firewall;
@@ -17,6 +18,7 @@ pub mod service;
 pub mod stack;
 pub mod symlink;
 pub mod sysctl;
+pub mod timer;
 pub mod user;
 
 use crate::change::{Action, Attr};

@@ -174,6 +174,13 @@ pub fn prune(name: &str) -> String {
     )
 }
 
+/// A unit file: systemd must be told when one changes or goes.
+pub fn is_unit_path(path: &str) -> bool {
+    ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
 /// A unit that serves SSH.
 pub fn is_risky(name: &str) -> bool {
     SSH_UNITS.contains(&name)

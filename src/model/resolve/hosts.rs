@@ -721,6 +721,9 @@ pub(super) fn claim_key(r: &Resource) -> (String, String) {
         | Resource::Symlink { .. }
         | Resource::Absent { .. } => "path",
         Resource::Service(_) => "unit",
+        // What they write on the host: a timer unit, a file in /etc/cron.d.
+        Resource::Timer(t) => return ("unit".into(), format!("{}.timer", t.name)),
+        Resource::Cron(c) => return ("path".into(), format!("/etc/cron.d/{}", c.name)),
         other => other.kind().word(),
     };
     (ns.to_string(), r.id().to_string())

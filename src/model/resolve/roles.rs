@@ -22,6 +22,7 @@ impl Loader<'_> {
         for s in &r.stacks {
             items.extend(self.role_stack(file, s));
         }
+        self.role_schedules(file, &r, &mut items);
         let handlers = self.role_handlers(file, &r);
         RoleDef {
             vars: r.vars,
@@ -440,6 +441,121 @@ impl Loader<'_> {
         })
     }
 
+    /// `timers:` and `cron:` — commands on a schedule.
+    fn role_schedules(&mut self, file: &str, r: &raw::RoleFile, items: &mut Vec<Item>) {
+        for t in &r.timers {
+            if let Some(timer) = self.role_timer(file, t) {
+                items.push(Item::Ready(Resource::Timer(timer)));
+            }
+        }
+        for c in &r.cron {
+            let o = at(file, &c.name);
+            if let Err(e) = check::schedule_name("cron", &c.name.value) {
+                self.err(o.error("invalid-name", e));
+            }
+            if let Err(e) = cron_schedule(&c.schedule.value) {
+                self.err(at(file, &c.schedule).error("invalid-cron", e));
+            }
+            self.account(file, &c.user);
+            self.command_text(file, &c.run, true);
+            items.push(Item::Ready(Resource::Cron(CronResource {
+                name: c.name.value.clone(),
+                schedule: c
+                    .schedule
+                    .value
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                user: opt(&c.user).unwrap_or_else(|| "root".into()),
+                run: c.run.value.clone(),
+                origin: o,
+            })));
+        }
+    }
+
+    /// One timer: exactly one of `on_calendar` and `cron` (translated), an
+    /// optional zone, user, time limit.
+    fn role_timer(&mut self, file: &str, t: &raw::TimerSpec) -> Option<TimerResource> {
+        let o = at(file, &t.name);
+        if let Err(e) = check::schedule_name("timer", &t.name.value) {
+            self.err(o.error("invalid-name", e));
+        }
+        self.account(file, &t.user);
+        self.command_text(file, &t.run, false);
+        let mut on_calendar = match (&t.on_calendar, &t.cron) {
+            (Some(c), None) => {
+                let v = c.value.trim();
+                if v.is_empty() || v.chars().any(char::is_control) {
+                    self.err(at(file, c).error(
+                        "invalid-value",
+                        "on_calendar must be one systemd calendar expression, e.g. \"Mon..Fri 03:00\"",
+                    ));
+                }
+                vec![v.to_string()]
+            }
+            (None, Some(c)) => match cron_schedule(&c.value)
+                .and_then(|_| crate::schedule::cron_to_on_calendar(&c.value))
+            {
+                Ok(lines) => lines,
+                Err(e) => {
+                    self.err(at(file, c).error("invalid-cron", e));
+                    return None;
+                }
+            },
+            _ => {
+                self.err(o.error(
+                    "invalid-timer",
+                    format!("timer {:?} needs exactly one of on_calendar, cron", t.name.value),
+                ).with_help("on_calendar: a systemd calendar expression (\"*-*-* 03:30\"); cron: five cron fields (\"30 3 * * *\")"));
+                return None;
+            }
+        };
+        if let Some(tz) = &t.timezone {
+            match crate::schedule::parse_tz(&tz.value) {
+                Ok(_) => on_calendar
+                    .iter_mut()
+                    .for_each(|l| *l = format!("{l} {}", tz.value)),
+                Err(e) => self.err(at(file, tz).error("invalid-timezone", e)),
+            }
+        }
+        let timeout_secs = match &t.timeout {
+            Some(v) => match check::duration(&v.value) {
+                Ok(d) => d.as_secs().max(1),
+                Err(e) => {
+                    self.err(at(file, v).error("invalid-duration", e));
+                    3600
+                }
+            },
+            None => 3600,
+        };
+        Some(TimerResource {
+            name: t.name.value.clone(),
+            on_calendar,
+            run: t.run.value.clone(),
+            user: opt(&t.user),
+            timeout_secs,
+            persistent: t.persistent.as_ref().is_none_or(|p| p.value),
+            origin: o,
+        })
+    }
+
+    /// A command a timer or cron entry runs: not empty; for cron one line
+    /// (a newline would start an entry of its own in the crontab).
+    fn command_text(&mut self, file: &str, run: &S<String>, one_line: bool) {
+        if run.value.trim().is_empty() {
+            self.err(at(file, run).error("invalid-value", "`run` is empty"));
+        } else if one_line && run.value.chars().any(char::is_control) {
+            self.err(
+                at(file, run)
+                    .error(
+                        "invalid-value",
+                        "a cron command must be one line without control characters",
+                    )
+                    .with_help("put a longer script in a file and run that, or use `timers:`"),
+            );
+        }
+    }
+
     /// `handlers:` — each exactly one of restart, reload, run.
     fn role_handlers(&mut self, file: &str, r: &raw::RoleFile) -> Vec<Handler> {
         let mut handlers = Vec::new();
@@ -539,4 +655,14 @@ impl Loader<'_> {
             }
         }
     }
+}
+
+/// Five cron fields, as cron itself reads them.
+fn cron_schedule(expr: &str) -> Result<(), String> {
+    if expr.split_whitespace().count() != 5 || expr.trim_start().starts_with('@') {
+        return Err(format!(
+            "{expr:?} must be five cron fields (minute hour day-of-month month day-of-week), e.g. \"30 3 * * *\""
+        ));
+    }
+    crate::schedule::parse_cron(expr).map(|_| ())
 }
