@@ -62,6 +62,8 @@ pub enum ResourceKind {
     Timer,
     /// A scheduled command as a file in /etc/cron.d.
     Cron,
+    /// A filesystem in /etc/fstab.
+    Mount,
     /// A kind a newer tidekeeper recorded in a host's inventory: left alone.
     #[serde(other)]
     Unknown,
@@ -84,6 +86,7 @@ impl ResourceKind {
             ResourceKind::Stack => "stack",
             ResourceKind::Timer => "timer",
             ResourceKind::Cron => "cron",
+            ResourceKind::Mount => "mount",
             ResourceKind::Unknown => "unknown",
         }
     }

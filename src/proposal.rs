@@ -44,6 +44,9 @@ pub fn confinement(host: &Host) -> Confinement {
             Item::Stack { name, .. } => {
                 c.stacks.insert(name);
             }
+            Item::Mount { path, .. } => {
+                c.mounts.insert(path);
+            }
             Item::Command(cmd) => {
                 c.guards.insert((cmd.name, cmd.unless, cmd.onlyif));
             }

@@ -844,3 +844,71 @@ cron:
         "the timer is stopped and disabled while its unit file exists, then the files go"
     );
 }
+
+/// A mount goes into fstab and is mounted before the files that live on
+/// it; new options remount it in place (its files stay); `unmounted` keeps
+/// the entry, `absent` removes it.
+#[test]
+fn mounts_are_written_to_fstab_mounted_remounted_unmounted_and_removed() {
+    let bed = Testbed::start(1);
+    let role = |options: &str, state: &str, with_file: bool| {
+        let mut r = format!(
+            "mounts:\n  - {{path: /srv/scratch, device: tmpfs, fstype: tmpfs, options: \"{options}\", state: {state}}}\n"
+        );
+        if with_file {
+            r.push_str("files:\n  - {path: /srv/scratch/hello, content: \"hi\\n\"}\n");
+        }
+        r
+    };
+    let repo = FleetRepo::minimal(&bed, &[("disk", &role("size=8m", "mounted", true))]);
+    let apply = |repo: &FleetRepo| {
+        let out = repo.tk(&["apply", "--yes", "--allow-mass-delete"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    };
+    apply(&repo);
+    let fstab = |bed: &Testbed| {
+        bed.ssh_ok(
+            0,
+            "grep -c ' /srv/scratch ' /etc/fstab; grep ' /srv/scratch ' /etc/fstab || true",
+        )
+    };
+    assert_eq!(fstab(&bed), "1\ntmpfs /srv/scratch tmpfs size=8m 0 0\n");
+    assert_eq!(
+        bed.ssh_ok(0, "findmnt -rn -M /srv/scratch -o FSTYPE,OPTIONS | grep -o '^tmpfs .*size=8192k' | cut -d' ' -f1; cat /srv/scratch/hello"),
+        "tmpfs\nhi\n",
+        "mounted, and the file written onto it"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing left to do: {}",
+        text(&out)
+    );
+
+    repo.write("roles/disk.yaml", &role("size=16m", "mounted", true));
+    repo.commit("bigger");
+    apply(&repo);
+    assert_eq!(fstab(&bed), "1\ntmpfs /srv/scratch tmpfs size=16m 0 0\n");
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "findmnt -rn -M /srv/scratch -o OPTIONS | grep -c size=16384k; cat /srv/scratch/hello"
+        ),
+        "1\nhi\n",
+        "remounted in place: a tmpfs unmounted and mounted again would have lost the file"
+    );
+
+    repo.write("roles/disk.yaml", &role("size=16m", "unmounted", false));
+    repo.commit("unmount");
+    apply(&repo);
+    assert_eq!(fstab(&bed), "1\ntmpfs /srv/scratch tmpfs size=16m 0 0\n");
+    assert!(!bed.ssh(0, "findmnt -M /srv/scratch").status.success());
+
+    repo.write("roles/disk.yaml", &role("size=16m", "absent", false));
+    repo.commit("gone");
+    apply(&repo);
+    assert_eq!(fstab(&bed), "0\n");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

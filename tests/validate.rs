@@ -1067,3 +1067,37 @@ fn a_cron_entry_is_one_line_and_its_name_has_no_dot() {
             "\"@reboot\" must be five cron fields (minute hour day-of-month month day-of-week), e.g. \"30 3 * * *\"",
         );
 }
+
+#[test]
+fn a_mount_over_a_system_directory_or_with_a_blank_in_a_field_is_refused() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "mounts:\n  - {path: /etc, device: tmpfs, fstype: tmpfs}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:12",
+            "invalid-value",
+            "/etc is a system directory; tidekeeper will not mount over it",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "mounts:\n  - {path: /srv/data, device: \"/dev/sdb1 /etc\", fstype: ext4}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:31",
+            "invalid-value",
+            "mount device \"/dev/sdb1 /etc\" must be one word without blanks, \\ or #",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "mounts:\n  - {path: /srv/data, fstype: ext4}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:12",
+            "missing-key",
+            "mount /srv/data needs `device`",
+        );
+}

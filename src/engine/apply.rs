@@ -134,7 +134,11 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         // systemd must see new unit files before services are touched.
         if !matches!(
             item,
-            Item::File(_) | Item::Dir { .. } | Item::Link { .. } | Item::Absent { .. }
+            Item::File(_)
+                | Item::Dir { .. }
+                | Item::Link { .. }
+                | Item::Absent { .. }
+                | Item::Mount { .. }
         ) && !files_done
         {
             files_done = true;
@@ -388,6 +392,7 @@ fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
             return;
         }
         Item::Command(cmd) => format!("{owes}{}", command::apply(cmd)),
+        Item::Mount { path, entry, state } => mount::apply(path, entry, *state, &c.attrs),
     };
     let what = match item {
         Item::Command(cmd) => format!("command {}", cmd.name),

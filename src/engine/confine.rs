@@ -47,6 +47,7 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
         let allowed = match &*i {
             Item::Sysctl { key, .. } => c.sysctl.contains(key),
             Item::Stack { name, .. } => c.stacks.contains(name),
+            Item::Mount { path, .. } => c.mounts.contains(path),
             other => other.path().is_none_or(|p| c.paths.contains(p)),
         };
         if !allowed {

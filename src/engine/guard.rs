@@ -32,6 +32,7 @@ pub fn is_risky(c: &Change, login_user: &str) -> bool {
         ResourceKind::User => user::is_risky(&c.id, login_user),
         ResourceKind::Service => service::is_risky(&c.id),
         ResourceKind::Sysctl => sysctl::is_risky(&c.id),
+        ResourceKind::Mount => mount::is_risky(&c.id),
         k if k.is_path() || k == ResourceKind::Absent => path::is_risky(&c.id),
         _ => false,
     }
@@ -54,9 +55,15 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
     let mut ssh = false;
     let mut ufw = false;
     let mut units: Vec<String> = Vec::new();
+    let mut mounts: Vec<String> = Vec::new();
     for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
         match c.kind {
             ResourceKind::Firewall => ufw = true,
+            // fstab comes back, then the mount point is as it says.
+            ResourceKind::Mount => {
+                paths.push(super::kinds::mount::FSTAB.to_string());
+                mounts.push(c.id.clone());
+            }
             ResourceKind::Service => units.push(super::kinds::service::full_unit(&c.id)),
             k if k.is_path() || k == ResourceKind::Absent => {
                 if c.id.starts_with("/etc/ssh/") {
@@ -116,6 +123,9 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
              if [ -e \"$D\"/{f}.enabled ]; then systemctl enable -- {qu} 2>/dev/null; fi\n\
              if [ -e \"$D\"/{f}.active ]; then systemctl start -- {qu} 2>/dev/null; fi\n"
         ));
+    }
+    for m in &mounts {
+        rb.push_str(&super::kinds::mount::rollback(m));
     }
     if ssh {
         rb.push_str("systemctl reload-or-restart ssh.service 2>/dev/null || systemctl reload-or-restart sshd.service 2>/dev/null\n");
@@ -234,6 +244,23 @@ mod tests {
         }
         assert!(!is_risky(&change("service", "nginx"), "root"));
         assert!(!is_risky(&change("file", "/etc/hosts"), "root"));
+    }
+
+    #[test]
+    fn a_mount_over_home_saves_fstab_and_its_rollback_unmounts_it() {
+        assert!(!is_risky(&change("mount", "/srv/data"), "root"));
+        let p = plan(vec![change("mount", "/home")]);
+        assert!(is_risky(&p.changes[0], "root"));
+        let s = arm(&p, "root", "r1", 20);
+        assert!(
+            s.contains("cp -a \"$R\"/etc/fstab \"$S/rollback/r1/files\"/etc/fstab"),
+            "{s}"
+        );
+        assert!(
+            s.contains("umount -l /home 2>/dev/null; mount /home 2>/dev/null"),
+            "{s}"
+        );
+        crate::engine::kinds::sh_n_step(&s);
     }
 
     #[test]

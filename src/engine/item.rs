@@ -48,6 +48,12 @@ pub enum Item {
         value: String,
     },
     Command(CommandResource),
+    /// A filesystem in fstab.
+    Mount {
+        path: String,
+        entry: super::observed::FstabEntry,
+        state: crate::model::desired::MountState,
+    },
     /// A compose project: its files are File items under `dir`.
     Stack {
         name: String,
@@ -99,6 +105,7 @@ impl Item {
             Item::Sysctl { .. } => ResourceKind::Sysctl,
             Item::Command(_) => ResourceKind::Command,
             Item::Stack { .. } => ResourceKind::Stack,
+            Item::Mount { .. } => ResourceKind::Mount,
         }
     }
 
@@ -114,6 +121,7 @@ impl Item {
             Item::Sysctl { key, .. } => key,
             Item::Command(c) => &c.name,
             Item::Stack { name, .. } => name,
+            Item::Mount { path, .. } => path,
         }
     }
 
@@ -137,12 +145,13 @@ pub fn default_home(name: &str) -> String {
 }
 
 /// Flatten a host's resources into items, in the order they are applied:
-/// packages, groups, users, directories (parents first), files and links,
-/// sysctl, firewall, services, commands. Stacks are handled elsewhere.
+/// packages, groups, users, mounts, directories (parents first), files and
+/// links, sysctl, firewall, services, commands, stacks.
 pub fn items(host: &Host) -> Vec<Item> {
     let mut packages = Vec::new();
     let mut groups = Vec::new();
     let mut users = Vec::new();
+    let mut mounts = Vec::new();
     let mut dirs = Vec::new();
     let mut paths = Vec::new();
     let mut rest = Vec::new();
@@ -245,6 +254,15 @@ pub fn items(host: &Host) -> Vec<Item> {
                     },
                 ));
             }
+            Resource::Mount(m) => mounts.push(Item::Mount {
+                path: m.path.clone(),
+                entry: super::observed::FstabEntry {
+                    device: m.device.clone(),
+                    fstype: m.fstype.clone(),
+                    options: m.options.clone(),
+                },
+                state: m.state,
+            }),
             Resource::Cron(c) => {
                 let (path, text) = super::kinds::cron::file(c);
                 paths.push(Item::File(text_file(path, text)));
@@ -301,6 +319,8 @@ pub fn items(host: &Host) -> Vec<Item> {
     let mut out = packages;
     out.extend(groups);
     out.extend(users);
+    // Filesystems before the directories and files that may live on them.
+    out.extend(mounts);
     out.extend(dirs);
     out.extend(paths);
     out.extend(rest.into_iter().map(|(_, i)| i));

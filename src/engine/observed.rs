@@ -26,6 +26,10 @@ pub struct Observed {
     pub groups: BTreeMap<String, GroupEntry>,
     pub firewall: Option<FirewallState>,
     pub sysctl: BTreeMap<String, Option<String>>,
+    /// fstab entries by mount point.
+    pub fstab: BTreeMap<String, FstabEntry>,
+    /// Managed mount points that are mounted: what is mounted there.
+    pub mounted: BTreeMap<String, String>,
     /// Command name → why it would run (None: guards say skip).
     pub commands: BTreeMap<String, Option<String>>,
     /// Stack name → its containers.
@@ -101,6 +105,14 @@ pub struct PasswdEntry {
 pub struct GroupEntry {
     pub gid: u32,
     pub members: Vec<String>,
+}
+
+/// An fstab entry: what is mounted at its mount point, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabEntry {
+    pub device: String,
+    pub fstype: String,
+    pub options: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -202,6 +202,12 @@ fn need(
             stack::plan(&want, obs, files_change, compose_changes)
         }
         Item::Command(cmd) => command::plan(cmd, obs),
+        Item::Mount { path, entry, state } => mount::plan(
+            Some(entry),
+            *state,
+            obs.fstab.get(path),
+            obs.mounted.get(path).map(String::as_str),
+        ),
     })
 }
 
@@ -366,6 +372,14 @@ fn prunes(
             ResourceKind::Package => {
                 warnings.push(format!(
                     "package {} is no longer managed; it stays installed (declare it absent to remove it)",
+                    e.id
+                ));
+                continue;
+            }
+            // Data stays where it is unless the config says otherwise.
+            ResourceKind::Mount => {
+                warnings.push(format!(
+                    "mount {} is no longer managed; it stays in fstab (declare it with state: absent to remove it)",
                     e.id
                 ));
                 continue;

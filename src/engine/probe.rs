@@ -40,6 +40,7 @@ pub fn script(items: &[Item], root: &str) -> String {
         group::probe(items),
         firewall::probe(items, root),
         sysctl::probe(items),
+        mount::probe(items),
         command::probe(items, root),
         stack::probe(items),
     ] {
@@ -163,6 +164,14 @@ fn read(
         Tag::Guard => {
             let (name, why) = command::parse(record)?;
             o.commands.insert(name.to_string(), why);
+        }
+        Tag::Fstab => {
+            let (path, entry) = mount::parse_fstab(record)?;
+            o.fstab.insert(path.to_string(), entry);
+        }
+        Tag::Mounted => {
+            let (path, what) = mount::parse_mounted(record)?;
+            o.mounted.insert(path.to_string(), what.to_string());
         }
         Tag::Container => {
             let (stack, c) = stack::parse(record)?;

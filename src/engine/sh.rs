@@ -177,12 +177,16 @@ pub enum Tag {
     Handler,
     /// A compose container: project, service, state, image.
     Container,
+    /// An fstab entry: mount point, device, type, options.
+    Fstab,
+    /// A managed mount point that is mounted, and what is mounted there.
+    Mounted,
     /// The end marker: output that lacks it was cut short.
     End,
 }
 
 impl Tag {
-    pub const ALL: [Tag; 20] = [
+    pub const ALL: [Tag; 22] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -202,6 +206,8 @@ impl Tag {
         Tag::Inventory,
         Tag::Handler,
         Tag::Container,
+        Tag::Fstab,
+        Tag::Mounted,
         Tag::End,
     ];
 
@@ -227,6 +233,8 @@ impl Tag {
             Tag::Inventory => "I",
             Tag::Handler => "H",
             Tag::Container => "D",
+            Tag::Fstab => "T",
+            Tag::Mounted => "N",
             Tag::End => "E",
         }
     }

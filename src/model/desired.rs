@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::diag::Origin;
 pub use super::raw::{
@@ -344,6 +344,8 @@ pub struct Confinement {
     /// Sysctl keys and compose projects the base manages.
     pub sysctl: std::collections::BTreeSet<String>,
     pub stacks: std::collections::BTreeSet<String>,
+    /// Mount points the base manages.
+    pub mounts: std::collections::BTreeSet<String>,
     /// Command guards exactly as the base has them: (command, unless, onlyif).
     pub guards: std::collections::BTreeSet<(String, Option<String>, Option<String>)>,
 }
@@ -460,6 +462,7 @@ pub enum Resource {
     Stack(Stack),
     Timer(TimerResource),
     Cron(CronResource),
+    Mount(MountResource),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -568,6 +571,29 @@ pub struct CronResource {
     pub origin: Origin,
 }
 
+/// A filesystem in /etc/fstab.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountResource {
+    pub path: String,
+    pub device: String,
+    pub fstype: String,
+    pub options: String,
+    pub state: MountState,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MountState {
+    /// In fstab and mounted.
+    #[default]
+    Mounted,
+    /// In fstab, not mounted.
+    Unmounted,
+    /// Neither.
+    Absent,
+}
+
 /// The names compose looks for in a project directory, in its order.
 pub const COMPOSE_FILES: [&str; 4] = [
     "compose.yaml",
@@ -625,6 +651,7 @@ impl Resource {
             Resource::Stack(_) => K::Stack,
             Resource::Timer(_) => K::Timer,
             Resource::Cron(_) => K::Cron,
+            Resource::Mount(_) => K::Mount,
         }
     }
 
@@ -643,6 +670,7 @@ impl Resource {
             Resource::Stack(s) => &s.name,
             Resource::Timer(t) => &t.name,
             Resource::Cron(c) => &c.name,
+            Resource::Mount(m) => &m.path,
         }
     }
 
@@ -662,6 +690,7 @@ impl Resource {
             Resource::Stack(s) => &s.origin,
             Resource::Timer(t) => &t.origin,
             Resource::Cron(c) => &c.origin,
+            Resource::Mount(m) => &m.origin,
         }
     }
 

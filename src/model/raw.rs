@@ -256,6 +256,8 @@ pub struct RoleFile {
     pub timers: Vec<TimerSpec>,
     #[serde(default)]
     pub cron: Vec<CronSpec>,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,6 +405,17 @@ pub struct TimerSpec {
     pub user: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub persistent: Option<S<bool>>,
+}
+
+/// `mounts:` in a role: a filesystem in /etc/fstab.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub path: S<String>,
+    pub device: Option<S<String>>,
+    pub fstype: Option<S<String>>,
+    pub options: Option<S<String>>,
+    pub state: Option<S<crate::model::desired::MountState>>,
 }
 
 /// `cron:` in a role: a command on a schedule, as a file in /etc/cron.d.

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod file;
 pub mod firewall;
 pub mod group;
+pub mod mount;
 pub mod package;
 pub mod path;
 pub mod service;

@@ -721,6 +721,7 @@ pub(super) fn claim_key(r: &Resource) -> (String, String) {
         | Resource::Symlink { .. }
         | Resource::Absent { .. } => "path",
         Resource::Service(_) => "unit",
+        Resource::Mount(_) => "mount",
         // What they write on the host: a timer unit, a file in /etc/cron.d.
         Resource::Timer(t) => return ("unit".into(), format!("{}.timer", t.name)),
         Resource::Cron(c) => return ("path".into(), format!("/etc/cron.d/{}", c.name)),

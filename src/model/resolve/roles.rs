@@ -23,6 +23,12 @@ impl Loader<'_> {
             items.extend(self.role_stack(file, s));
         }
         self.role_schedules(file, &r, &mut items);
+        for m in &r.mounts {
+            items.extend(
+                self.role_mount(file, m)
+                    .map(|m| Item::Ready(Resource::Mount(m))),
+            );
+        }
         let handlers = self.role_handlers(file, &r);
         RoleDef {
             vars: r.vars,
@@ -438,6 +444,88 @@ impl Loader<'_> {
                 health_timeout_secs,
                 origin: at(file, &s.name),
             },
+        })
+    }
+
+    /// One of `mounts:`: a mount point tidekeeper may take (never a system
+    /// directory, whose contents the host needs), and fstab fields without
+    /// blanks (fstab separates fields by them).
+    fn role_mount(&mut self, file: &str, m: &raw::MountSpec) -> Option<MountResource> {
+        self.host_path(file, &m.path);
+        let path = m.path.value.trim_end_matches('/');
+        let path = if path.is_empty() { "/" } else { path };
+        const SYSTEM: [&str; 11] = [
+            "/",
+            "/etc",
+            "/usr",
+            "/boot",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib64",
+            "/var",
+            "/var/lib",
+            "/var/lib/tidekeeper",
+        ];
+        let under = |dir: &str| path.starts_with(&format!("{dir}/"));
+        if SYSTEM.contains(&path)
+            || ["/proc", "/sys", "/dev", "/run", "/etc", "/usr"]
+                .iter()
+                .any(|d| under(d))
+        {
+            self.err(
+                at(file, &m.path)
+                    .error(
+                        "invalid-value",
+                        format!("{path} is a system directory; tidekeeper will not mount over it"),
+                    )
+                    .with_help(
+                        "mount data under a directory of its own, e.g. /srv/data or /mnt/backup",
+                    ),
+            );
+            return None;
+        }
+        let state = m.state.as_ref().map(|s| s.value).unwrap_or_default();
+        let mut field = |v: Option<&S<String>>, what: &str, default: Option<&str>| -> String {
+            match (v, default) {
+                (Some(v), _) => {
+                    if v.value.is_empty()
+                        || v.value
+                            .contains(|c: char| c.is_whitespace() || c == '\\' || c == '#')
+                    {
+                        self.err(at(file, v).error(
+                            "invalid-value",
+                            format!(
+                                "mount {what} {:?} must be one word without blanks, \\ or #",
+                                v.value
+                            ),
+                        ));
+                    }
+                    v.value.clone()
+                }
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    if state != MountState::Absent {
+                        self.err(
+                            at(file, &m.path)
+                                .error("missing-key", format!("mount {path} needs `{what}`"))
+                                .with_help("e.g. device: UUID=… (see blkid), fstype: ext4"),
+                        );
+                    }
+                    String::new()
+                }
+            }
+        };
+        let device = field(m.device.as_ref(), "device", None);
+        let fstype = field(m.fstype.as_ref(), "fstype", None);
+        let options = field(m.options.as_ref(), "options", Some("defaults"));
+        Some(MountResource {
+            path: path.to_string(),
+            device,
+            fstype,
+            options,
+            state,
+            origin: at(file, &m.path),
         })
     }
 
