@@ -64,6 +64,9 @@ pub enum ResourceKind {
     Cron,
     /// A filesystem in /etc/fstab.
     Mount,
+    /// An APT repository (its source and key files).
+    #[serde(rename = "apt_repository")]
+    AptRepo,
     /// A kind a newer tidekeeper recorded in a host's inventory: left alone.
     #[serde(other)]
     Unknown,
@@ -87,6 +90,7 @@ impl ResourceKind {
             ResourceKind::Timer => "timer",
             ResourceKind::Cron => "cron",
             ResourceKind::Mount => "mount",
+            ResourceKind::AptRepo => "apt_repository",
             ResourceKind::Unknown => "unknown",
         }
     }
@@ -134,7 +138,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<ResourceKind>(&json).unwrap(), k);
         }
         assert_eq!(
-            serde_json::from_str::<ResourceKind>("\"aptrepo\"").unwrap(),
+            serde_json::from_str::<ResourceKind>("\"vault\"").unwrap(),
             ResourceKind::Unknown,
             "an inventory written by a newer version still reads"
         );

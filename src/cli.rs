@@ -651,6 +651,7 @@ fn describe(r: &Resource) -> String {
         Resource::Sysctl { value, .. } => value.clone(),
         Resource::Timer(t) => t.on_calendar.join("; "),
         Resource::Cron(c) => format!("{} as {}", c.schedule, c.user),
+        Resource::AptRepo(r) => format!("{} {}", r.uris.join(" "), r.suites.join(" ")),
         Resource::Mount(m) => format!("{} {} ({:?})", m.device, m.fstype, m.state).to_lowercase(),
         _ => String::new(),
     }

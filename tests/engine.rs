@@ -912,3 +912,69 @@ fn mounts_are_written_to_fstab_mounted_remounted_unmounted_and_removed() {
     let out = repo.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Publish version `v` of the package `tk-hello` in a flat APT repository
+/// at /srv/repo on test host `i` (dpkg-deb and a Packages index by hand,
+/// compressed: APT reads an uncompressed index of a `file:` source in
+/// place, so only a compressed one shows whether the lists were updated).
+fn publish_package(bed: &Testbed, i: usize, v: &str) {
+    bed.ssh_ok(
+        i,
+        &format!(
+            "set -e; d=/srv/repo/build-{v}; mkdir -p $d/DEBIAN /srv/repo; \
+             printf 'Package: tk-hello\\nVersion: {v}\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nDescription: test\\n' > $d/DEBIAN/control; \
+             dpkg-deb -Zgzip --build $d /srv/repo/tk-hello_{v}_all.deb >/dev/null; rm -rf $d; \
+             f=tk-hello_{v}_all.deb; \
+             printf 'Package: tk-hello\\nVersion: {v}\\nArchitecture: all\\nMaintainer: t <t@example.org>\\nFilename: ./%s\\nSize: %s\\nSHA256: %s\\nDescription: test\\n\\n' \
+               $f $(stat -c %s /srv/repo/$f) $(sha256sum /srv/repo/$f | cut -d' ' -f1) >> /srv/repo/index; \
+             gzip -9n < /srv/repo/index > /srv/repo/Packages.gz"
+        ),
+    );
+}
+
+/// A repository added in the same run as a package from it: the source is
+/// written and the lists updated before the install. `apt-get update` runs
+/// only when APT's sources change, not on every apply.
+#[test]
+fn an_apt_repository_is_in_place_before_its_packages_and_lists_update_only_when_it_changes() {
+    let bed = Testbed::start(1);
+    publish_package(&bed, 0, "1.0");
+    let role = |extra: &str| {
+        format!(
+            "apt_repositories:\n  - {{name: local, uris: [\"file:/srv/repo\"], suites: [\"./\"], trusted: true{extra}}}\n\
+             packages:\n  latest: [tk-hello]\n"
+        )
+    };
+    let repo = FleetRepo::minimal(&bed, &[("apt", &role(""))]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let version = |bed: &Testbed| bed.ssh_ok(0, "dpkg-query -W -f '${Version}' tk-hello");
+    assert_eq!(version(&bed), "1.0");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/apt/sources.list.d/local.sources"),
+        "# Managed by tidekeeper.\nTypes: deb\nURIs: file:/srv/repo\nSuites: ./\nTrusted: yes\n"
+    );
+
+    // A new version in the repository, sources unchanged: lists are not
+    // updated, so nothing is planned.
+    publish_package(&bed, 0, "2.0");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        version(&bed),
+        "1.0",
+        "no apt-get update without a source change"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The source changes: lists are updated in that run (its plan was made
+    // from the old lists), and the next run brings the newer version in.
+    repo.write("roles/apt.yaml", &role(", architectures: [all, amd64]"));
+    repo.commit("architectures");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(version(&bed), "2.0");
+}

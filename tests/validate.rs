@@ -1101,3 +1101,51 @@ fn a_mount_over_a_system_directory_or_with_a_blank_in_a_field_is_refused() {
             "mount /srv/data needs `device`",
         );
 }
+
+#[test]
+fn an_apt_repository_needs_fetchable_uris_one_word_values_and_its_key_in_files() {
+    let fleet = minimal()
+        .file(
+            "roles/base.yaml",
+            "apt_repositories:\n  - {name: docker, uris: [\"https://download.docker.com/linux/debian\"], suites: [bookworm], components: [stable], key: docker.asc}\n",
+        )
+        .file("files/docker.asc", "-----BEGIN PGP PUBLIC KEY BLOCK-----\n…\n")
+        .load()
+        .expect("valid");
+    assert!(fleet.hosts[0].resources.iter().any(|r| matches!(
+        r,
+        tidekeeper::model::desired::Resource::AptRepo(a) if a.key.is_some()
+    )));
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "apt_repositories:\n  - {name: x, uris: [\"https://a.example/ bookworm main\\nTypes: deb-src\"], suites: [bookworm], components: [main]}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:22",
+            "invalid-value",
+            "uris \"https://a.example/ bookworm main\\nTypes: deb-src\" must be one word",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "apt_repositories:\n  - {name: x, uris: [\"ftp://a.example/\"], suites: [bookworm]}\n",
+        )
+        .errors()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .contains("not a URI APT fetches")
+        .then_some(())
+        .expect("ftp is refused");
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "apt_repositories:\n  - {name: x, uris: [\"https://a.example/\"], suites: [bookworm], components: [main], key: ../../etc/shadow}\n",
+        )
+        .errors()
+        .iter()
+        .find(|d| d.code == "path-escape")
+        .expect("a key outside files/ is refused");
+}

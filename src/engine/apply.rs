@@ -114,7 +114,23 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
     };
     let desired: Vec<&Change> = plan.changes.iter().filter(|c| !c.prune).collect();
 
-    package_steps(&mut b, &desired);
+    // APT's sources and keys go before packages, and a change to them is
+    // followed by `apt-get update` (and only then).
+    let (apt, desired): (Vec<&Change>, Vec<&Change>) = desired.into_iter().partition(
+        |c| matches!(&c.item, Some(Item::File(f)) if kinds::apt_repo::is_apt_config(&f.path)),
+    );
+    for c in &apt {
+        if let Some(item) = &c.item {
+            item_steps(&mut b, c, item, &owes(c));
+        }
+    }
+    if !apt.is_empty() {
+        b.step(
+            "apt-get update (APT sources changed)".into(),
+            kinds::package::update(),
+        );
+    }
+    package_steps(&mut b, &desired, !apt.is_empty());
 
     // Packages first (they can take long and are not risky), then the guard
     // is armed before anything access depends on changes.
@@ -297,7 +313,7 @@ fn touched(plan: &HostPlan) -> Inventory {
 
 /// Packages: one install (with ufw when a firewall is new) and one removal
 /// for all of them.
-fn package_steps(b: &mut Builder, desired: &[&Change]) {
+fn package_steps(b: &mut Builder, desired: &[&Change], updated: bool) {
     let mut install = Vec::new();
     let mut upgrade = Vec::new();
     let mut remove = Vec::new();
@@ -316,7 +332,7 @@ fn package_steps(b: &mut Builder, desired: &[&Change]) {
     if fw_needs_ufw && !install.iter().any(|p| p == "ufw") {
         install.push("ufw".into());
     }
-    if let Some(body) = kinds::package::install(&install, &upgrade) {
+    if let Some(body) = kinds::package::install(&install, &upgrade, updated) {
         let names: Vec<&str> = install.iter().chain(&upgrade).map(String::as_str).collect();
         b.step(format!("install packages {}", names.join(" ")), body);
     }

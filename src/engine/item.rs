@@ -243,7 +243,7 @@ pub fn items(host: &Host) -> Vec<Item> {
             // Timers and cron entries are files, and a timer also its unit.
             Resource::Timer(t) => {
                 for (path, text) in super::kinds::timer::unit_files(t) {
-                    paths.push(Item::File(text_file(path, text)));
+                    paths.push(Item::File(text_file(path, text.into_bytes())));
                 }
                 rest.push((
                     2,
@@ -265,7 +265,12 @@ pub fn items(host: &Host) -> Vec<Item> {
             }),
             Resource::Cron(c) => {
                 let (path, text) = super::kinds::cron::file(c);
-                paths.push(Item::File(text_file(path, text)));
+                paths.push(Item::File(text_file(path, text.into_bytes())));
+            }
+            Resource::AptRepo(r) => {
+                for (path, bytes) in super::kinds::apt_repo::files(r) {
+                    paths.push(Item::File(text_file(path, bytes)));
+                }
             }
             Resource::Stack(st) => {
                 let dir = st.dir.trim_end_matches('/').to_string();
@@ -327,13 +332,13 @@ pub fn items(host: &Host) -> Vec<Item> {
     out
 }
 
-/// A file tidekeeper writes from text it made: root's, mode 0644.
-fn text_file(path: String, text: String) -> FileItem {
+/// A file tidekeeper writes from content it made: root's, mode 0644.
+fn text_file(path: String, bytes: Vec<u8>) -> FileItem {
     FileItem {
         path,
-        sha256: sha256_hex(text.as_bytes()),
+        sha256: sha256_hex(&bytes),
         content: Content {
-            bytes: text.into_bytes(),
+            bytes,
             sensitive: false,
         },
         mode: Some(0o644),

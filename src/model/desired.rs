@@ -463,6 +463,7 @@ pub enum Resource {
     Timer(TimerResource),
     Cron(CronResource),
     Mount(MountResource),
+    AptRepo(AptRepoResource),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -571,6 +572,22 @@ pub struct CronResource {
     pub origin: Origin,
 }
 
+/// An APT repository: a deb822 source and its signing key.
+#[derive(Debug, Clone, Serialize)]
+pub struct AptRepoResource {
+    pub name: String,
+    pub uris: Vec<String>,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    pub architectures: Vec<String>,
+    /// The signing key (armored or binary), from files/.
+    #[serde(skip)]
+    pub key: Option<Content>,
+    /// Accept the repository unsigned (a local or flat repository).
+    pub trusted: bool,
+    pub origin: Origin,
+}
+
 /// A filesystem in /etc/fstab.
 #[derive(Debug, Clone, Serialize)]
 pub struct MountResource {
@@ -652,6 +669,7 @@ impl Resource {
             Resource::Timer(_) => K::Timer,
             Resource::Cron(_) => K::Cron,
             Resource::Mount(_) => K::Mount,
+            Resource::AptRepo(_) => K::AptRepo,
         }
     }
 
@@ -671,6 +689,7 @@ impl Resource {
             Resource::Timer(t) => &t.name,
             Resource::Cron(c) => &c.name,
             Resource::Mount(m) => &m.path,
+            Resource::AptRepo(r) => &r.name,
         }
     }
 
@@ -691,6 +710,7 @@ impl Resource {
             Resource::Timer(t) => &t.origin,
             Resource::Cron(c) => &c.origin,
             Resource::Mount(m) => &m.origin,
+            Resource::AptRepo(r) => &r.origin,
         }
     }
 

@@ -258,6 +258,8 @@ pub struct RoleFile {
     pub cron: Vec<CronSpec>,
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub apt_repositories: Vec<AptRepoSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +407,22 @@ pub struct TimerSpec {
     pub user: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub persistent: Option<S<bool>>,
+}
+
+/// `apt_repositories:` in a role: an APT source and its signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptRepoSpec {
+    pub name: S<String>,
+    pub uris: Vec<S<String>>,
+    pub suites: Vec<S<String>>,
+    #[serde(default)]
+    pub components: Vec<S<String>>,
+    #[serde(default)]
+    pub architectures: Vec<S<String>>,
+    /// A file under files/ holding the repository's signing key.
+    pub key: Option<S<String>>,
+    pub trusted: Option<S<bool>>,
 }
 
 /// `mounts:` in a role: a filesystem in /etc/fstab.

@@ -6,6 +6,7 @@
 //! shell helpers; nothing here depends on the stages that call it.
 
 pub mod absent;
+pub mod apt_repo;
 pub mod command;
 pub mod cron;
 pub mod directory;

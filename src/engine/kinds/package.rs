@@ -83,19 +83,28 @@ pub fn plan(want: PackageState, have: Option<&Have>) -> Option<Need> {
     }
 }
 
+/// Apply: refresh the package lists (APT's sources changed).
+pub fn update() -> String {
+    cmd("apt-get").lit("update").lit("-qq").step()
+}
+
 /// Apply: one step that installs and upgrades, with `apt-get update` only
-/// when a package is unknown or the lists are a day old. None when there
-/// is nothing to install.
-pub fn install(install: &[String], upgrade: &[String]) -> Option<String> {
+/// when a package is unknown or the lists are a day old (and the lists were
+/// not just `updated`). None when there is nothing to install.
+pub fn install(install: &[String], upgrade: &[String], updated: bool) -> Option<String> {
     if install.is_empty() && upgrade.is_empty() {
         return None;
     }
     let all: Vec<&String> = install.iter().chain(upgrade).collect();
-    let mut body = format!(
-        "if ! {} 2>&1 || [ -n \"$(find /var/lib/apt/lists -maxdepth 0 -mmin +1440)\" ]; \
-         then apt-get update -qq || return; fi\n",
-        cmd("apt-cache").lit("show").args(&all).quiet()
-    );
+    let mut body = if updated {
+        String::new()
+    } else {
+        format!(
+            "if ! {} 2>&1 || [ -n \"$(find /var/lib/apt/lists -maxdepth 0 -mmin +1440)\" ]; \
+             then apt-get update -qq || return; fi\n",
+            cmd("apt-cache").lit("show").args(&all).quiet()
+        )
+    };
     let apt = |extra: &'static str| {
         cmd("apt-get")
             .lit("install")
@@ -168,7 +177,12 @@ mod tests {
         );
         sh_n(&s);
         assert_eq!(probe(&[]), "");
-        let body = install(&["nginx".into(), "x;reboot".into()], &["restic".into()]).unwrap();
+        let body = install(
+            &["nginx".into(), "x;reboot".into()],
+            &["restic".into()],
+            false,
+        )
+        .unwrap();
         assert_eq!(
             body,
             "if ! apt-cache show nginx 'x;reboot' restic >/dev/null 2>&1 || [ -n \"$(find /var/lib/apt/lists -maxdepth 0 -mmin +1440)\" ]; \
@@ -177,7 +191,13 @@ mod tests {
              apt-get install -y -q --only-upgrade -o Dpkg::Options::=--force-confold restic >/dev/null || return\n"
         );
         sh_n_step(&body);
-        assert_eq!(install(&[], &[]), None);
+        assert_eq!(install(&[], &[], false), None);
+        let fresh = install(&["nginx".into()], &[], true).unwrap();
+        assert!(
+            fresh.starts_with("apt-get install"),
+            "lists just updated: {fresh}"
+        );
+        assert_eq!(update(), "apt-get update -qq || return\n");
         let rm = remove(&["telnet".into()]);
         assert_eq!(rm, "apt-get remove -y -q telnet >/dev/null || return\n");
         sh_n_step(&rm);

@@ -722,6 +722,12 @@ pub(super) fn claim_key(r: &Resource) -> (String, String) {
         | Resource::Absent { .. } => "path",
         Resource::Service(_) => "unit",
         Resource::Mount(_) => "mount",
+        Resource::AptRepo(r) => {
+            return (
+                "path".into(),
+                format!("/etc/apt/sources.list.d/{}.sources", r.name),
+            );
+        }
         // What they write on the host: a timer unit, a file in /etc/cron.d.
         Resource::Timer(t) => return ("unit".into(), format!("{}.timer", t.name)),
         Resource::Cron(c) => return ("path".into(), format!("/etc/cron.d/{}", c.name)),

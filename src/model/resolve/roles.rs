@@ -23,6 +23,12 @@ impl Loader<'_> {
             items.extend(self.role_stack(file, s));
         }
         self.role_schedules(file, &r, &mut items);
+        for a in &r.apt_repositories {
+            items.extend(
+                self.role_apt_repo(file, a)
+                    .map(|a| Item::Ready(Resource::AptRepo(a))),
+            );
+        }
         for m in &r.mounts {
             items.extend(
                 self.role_mount(file, m)
@@ -526,6 +532,78 @@ impl Loader<'_> {
             options,
             state,
             origin: at(file, &m.path),
+        })
+    }
+
+    /// One of `apt_repositories:`: URIs APT can fetch, words without
+    /// blanks (deb822 separates values by them), a flat repository's suite
+    /// ending in `/`, and the key a file of the config repo.
+    fn role_apt_repo(&mut self, file: &str, a: &raw::AptRepoSpec) -> Option<AptRepoResource> {
+        let o = at(file, &a.name);
+        if let Err(e) = check::schedule_name("apt repository", &a.name.value) {
+            self.err(o.error("invalid-name", e));
+        }
+        let mut words = |list: &[S<String>], what: &str, required: bool| -> Vec<String> {
+            if required && list.is_empty() {
+                self.err(o.error(
+                    "missing-key",
+                    format!("apt repository {:?} needs `{what}`", a.name.value),
+                ));
+            }
+            for v in list {
+                if v.value.is_empty()
+                    || v.value
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+                {
+                    self.err(at(file, v).error(
+                        "invalid-value",
+                        format!("{what} {:?} must be one word", v.value),
+                    ));
+                }
+            }
+            list.iter().map(|v| v.value.clone()).collect()
+        };
+        let uris = words(&a.uris, "uris", true);
+        let suites = words(&a.suites, "suites", true);
+        let components = words(&a.components, "components", false);
+        let architectures = words(&a.architectures, "architectures", false);
+        for u in &a.uris {
+            if !["https://", "http://", "file:", "mirror+", "tor+"]
+                .iter()
+                .any(|p| u.value.starts_with(p))
+            {
+                self.err(at(file, u).error(
+                    "invalid-value",
+                    format!(
+                        "{:?} is not a URI APT fetches (https://, http://, file:)",
+                        u.value
+                    ),
+                ));
+            }
+        }
+        if components.is_empty() && suites.iter().any(|s| !s.ends_with('/')) {
+            self.err(o.error("missing-key", format!("apt repository {:?} needs `components`, or suites ending in / (a flat repository)", a.name.value)));
+        }
+        let key = match &a.key {
+            Some(k) => {
+                let full = self.repo_file(file, k, "files", "key")?;
+                Some(Content {
+                    bytes: self.tree.file(&full).unwrap_or_default().to_vec(),
+                    sensitive: false,
+                })
+            }
+            None => None,
+        };
+        Some(AptRepoResource {
+            name: a.name.value.clone(),
+            uris,
+            suites,
+            components,
+            architectures,
+            key,
+            trusted: a.trusted.as_ref().is_some_and(|t| t.value),
+            origin: o,
         })
     }
 
