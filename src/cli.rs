@@ -940,6 +940,7 @@ fn color() -> bool {
 
 /// Plan the selected hosts and their servers (the whole fleet when no
 /// `--host` is given: only then are servers of removed hosts planned for deletion).
+#[allow(clippy::too_many_arguments)]
 fn plan_fleet(
     rt: &tokio::runtime::Runtime,
     fleet: Fleet,
@@ -948,6 +949,7 @@ fn plan_fleet(
     opts: &std::sync::Arc<engine::Options>,
     clouds: &crate::cloud::Clouds,
     quiet: bool,
+    pool: &engine::Pool,
 ) -> reconcile::FleetPlan {
     let total = names.len();
     rt.block_on(reconcile::plan(
@@ -960,6 +962,7 @@ fn plan_fleet(
             allow_destroy: args.allow_destroy,
         },
         progress(total, quiet),
+        pool,
     ))
 }
 
@@ -1015,6 +1018,7 @@ fn plan(
 ) -> u8 {
     let json = format != PlanFormat::Text;
     let rt = runtime();
+    let pool = engine::Pool::new();
     let (fp, verdict, after_merge, opts) = match untrusted_base {
         Some(base) => match plan_untrusted(&rt, repo, args, base) {
             Ok(p) => {
@@ -1033,7 +1037,7 @@ fn plan(
             };
             let opts = std::sync::Arc::new(opts);
             let clouds = crate::cloud::Clouds::from_env(&fleet);
-            let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json);
+            let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);
             let verdict = fp.gate(&policies).verdict;
             (fp, verdict, vec![], (*opts).clone())
         }
@@ -1076,7 +1080,7 @@ fn plan(
         }
     }
     let t = reconcile::totals(fp.cloud.as_ref(), &results);
-    rt.block_on(reconcile::finish(fp));
+    rt.block_on(reconcile::finish(fp, pool.clone()));
     if t.errors > 0 || verdict.blocks() {
         EXIT_INVALID
     } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
@@ -1096,7 +1100,8 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     let opts = std::sync::Arc::new(opts);
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let rt = runtime();
-    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, false);
+    let pool = engine::Pool::new();
+    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, false, &pool);
     let results = fp.results();
     print!(
         "{}",
@@ -1109,7 +1114,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
     }
     if verdict.blocks() {
         println!("The policies deny this plan; nothing was applied.");
-        rt.block_on(reconcile::finish(fp));
+        rt.block_on(reconcile::finish(fp, pool.clone()));
         return EXIT_INVALID;
     }
     if !refusals.is_empty() {
@@ -1117,11 +1122,11 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
         for r in refusals {
             println!("  {r}");
         }
-        rt.block_on(reconcile::finish(fp));
+        rt.block_on(reconcile::finish(fp, pool.clone()));
         return EXIT_INVALID;
     }
     if t.add + t.change + t.destroy + t.run == 0 {
-        let results = rt.block_on(reconcile::finish(fp));
+        let results = rt.block_on(reconcile::finish(fp, pool.clone()));
         return if results.iter().any(|r| r.error.is_some()) {
             EXIT_INVALID
         } else {
@@ -1133,7 +1138,7 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
             eprintln!(
                 "error: not applying without confirmation; run with --yes to apply non-interactively"
             );
-            rt.block_on(reconcile::finish(fp));
+            rt.block_on(reconcile::finish(fp, pool.clone()));
             return EXIT_USAGE;
         }
         print!("\nApply these changes? Only 'yes' will be accepted: ");
@@ -1142,12 +1147,13 @@ fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
         let _ = std::io::stdin().read_line(&mut answer);
         if answer.trim() != "yes" {
             println!("Apply cancelled.");
-            rt.block_on(reconcile::finish(fp));
+            rt.block_on(reconcile::finish(fp, pool.clone()));
             return EXIT_OK;
         }
     }
     let done = rt.block_on(reconcile::apply(
         fp,
+        &pool,
         opts.clone(),
         &clouds,
         progress(total, false),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::cloud::apply::CloudOutcome;
 use crate::cloud::plan::{CloudAction, CloudPlan, PlanOptions as CloudOptions};
 use crate::cloud::{self, Clouds, HOST_KEY, PowerState};
-use crate::engine::{self, Event, HostResult, Options, Planned, Progress};
+use crate::engine::{self, Event, HostResult, Options, Pool, Progress};
 use crate::model::desired::{Fleet, ProviderKind};
 
 /// How long a new server may take from "running" to answering SSH.
@@ -27,21 +27,22 @@ pub struct FleetPlan {
     pub fleet: Arc<Fleet>,
     /// None when the fleet has no cloud servers to look at.
     pub cloud: Option<CloudPlan>,
-    pub hosts: Vec<Planned>,
+    /// Plain data: the hosts' connections stay in the caller's [`Pool`].
+    pub hosts: Vec<HostResult>,
     /// Hosts whose server this plan creates (or replaces): configured after.
     pub new_servers: Vec<String>,
 }
 
 impl FleetPlan {
     pub fn results(&self) -> Vec<&HostResult> {
-        self.hosts.iter().map(|p| p.result()).collect()
+        self.hosts.iter().collect()
     }
     pub fn has_changes(&self) -> bool {
         self.cloud.as_ref().is_some_and(|c| c.has_changes())
             || self
                 .hosts
                 .iter()
-                .any(|p| p.result().plan.as_ref().is_some_and(|x| x.has_changes()))
+                .any(|p| p.plan.as_ref().is_some_and(|x| x.has_changes()))
     }
     /// What stops this plan from being applied as it stands (the cloud's own
     /// refusals; hosts report theirs per host).
@@ -138,7 +139,9 @@ pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet 
 }
 
 /// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are
-/// servers whose hosts left the config planned for deletion).
+/// servers whose hosts left the config planned for deletion). The hosts'
+/// connections are kept in `pool` for [`apply`] or [`finish`].
+#[allow(clippy::too_many_arguments)]
 pub async fn plan(
     fleet: Arc<Fleet>,
     names: Vec<String>,
@@ -147,6 +150,7 @@ pub async fn plan(
     clouds: &Clouds,
     cloud_opts: CloudOptions,
     progress: Progress,
+    pool: &Pool,
 ) -> FleetPlan {
     let is_cloud = |p: ProviderKind| matches!(p, ProviderKind::Hetzner | ProviderKind::Lightsail);
     let cloud_hosts: Vec<&str> = names
@@ -155,7 +159,7 @@ pub async fn plan(
         .map(String::as_str)
         .collect();
     if cloud_hosts.is_empty() && (clouds.is_empty() || !whole_fleet) {
-        let hosts = engine::plan_all(fleet.clone(), names, opts, progress).await;
+        let hosts = engine::plan_all(fleet.clone(), names, opts, progress, pool).await;
         return FleetPlan {
             fleet,
             cloud: None,
@@ -231,10 +235,10 @@ pub async fn plan(
         }
     }
     let fleet = Arc::new(with_addresses);
-    let mut planned = engine::plan_all(fleet.clone(), reachable, opts, progress).await;
-    planned.extend(early.into_iter().map(Planned::without_connection));
+    let mut planned = engine::plan_all(fleet.clone(), reachable, opts, progress, pool).await;
+    planned.extend(early);
     // Back in the order the hosts were asked for.
-    planned.sort_by_key(|p| names.iter().position(|n| *n == p.result().host));
+    planned.sort_by_key(|p| names.iter().position(|n| *n == p.host));
     let mut cloud = cloud_plan;
     if let Err(e) = &observed {
         cloud = Some(CloudPlan {
@@ -254,6 +258,7 @@ pub async fn plan(
 /// hosts of new servers, configured over SSH with their generated host keys.
 pub async fn apply(
     plan: FleetPlan,
+    pool: &Pool,
     opts: Arc<Options>,
     clouds: &Clouds,
     progress: Progress,
@@ -299,17 +304,17 @@ pub async fn apply(
             .extend(cloud::apply::apply(&first, clouds, &login_keys, opts.parallel, &say).await);
     }
     // The hosts planned over SSH.
-    let (existing, previews): (Vec<Planned>, Vec<Planned>) = hosts
+    let (existing, previews): (Vec<HostResult>, Vec<HostResult>) = hosts
         .into_iter()
-        .partition(|p| !new_servers.contains(&p.result().host));
-    let mut results = engine::apply_all(existing, opts.clone(), progress.clone()).await;
+        .partition(|p| !new_servers.contains(&p.host));
+    let mut results = engine::apply_all(existing, pool, opts.clone(), progress.clone()).await;
     // The new servers: their addresses and generated keys, then plan + apply.
     let mut fleet2 = (*fleet).clone();
     let mut ready = Vec::new();
     for p in previews {
-        let name = p.result().host.clone();
+        let name = p.host.clone();
         let made = outcomes.iter().find(|o| o.host == name);
-        let mut r = p.result;
+        let mut r = p;
         r.plan = None;
         match made {
             Some(CloudOutcome {
@@ -353,8 +358,8 @@ pub async fn apply(
     }
     if !ready.is_empty() {
         let fleet2 = Arc::new(fleet2);
-        let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone()).await;
-        results.extend(engine::apply_all(planned, opts.clone(), progress.clone()).await);
+        let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone(), pool).await;
+        results.extend(engine::apply_all(planned, pool, opts.clone(), progress.clone()).await);
     }
     if !deletes.is_empty() {
         let last = CloudPlan {
@@ -372,8 +377,10 @@ pub async fn apply(
 }
 
 /// Close the connections of a plan that is not applied.
-pub async fn finish(plan: FleetPlan) -> Vec<HostResult> {
-    engine::finish(plan.hosts).await
+pub async fn finish(plan: FleetPlan, pool: Pool) -> Vec<HostResult> {
+    pool.close(plan.hosts.iter().map(|h| h.host.clone()).collect())
+        .await;
+    plan.hosts
 }
 
 /// The plan as people read it: servers (with costs), hosts, the fleet's
@@ -457,6 +464,8 @@ pub async fn plan_proposal(
     };
     let clouds = Clouds::from_env(&fleet);
     let quiet: Progress = Arc::new(|_| {});
+    // A proposal is never applied: its connections close with its plan.
+    let pool = Pool::new();
     let plan = plan(
         fleet.clone(),
         names,
@@ -465,8 +474,11 @@ pub async fn plan_proposal(
         &clouds,
         Default::default(),
         quiet,
+        &pool,
     )
     .await;
+    pool.close(plan.hosts.iter().map(|h| h.host.clone()).collect())
+        .await;
     let Gate {
         mut verdict,
         refusals,

@@ -173,3 +173,55 @@ fn backup_rotation_never_word_splits_a_root_with_a_space() {
     assert_eq!(mode(&state.join("backups")), 0o700);
     assert_eq!(mode(&state.join("step.err")), 0o600);
 }
+
+/// The plan is plain data: a host's connection waits in the caller's pool
+/// from plan to apply, the apply takes it, and a plan not applied gives it
+/// back when finished.
+#[test]
+fn connections_live_in_the_callers_pool_from_plan_to_apply() {
+    use std::sync::Arc;
+    use tidekeeper::{cloud::Clouds, engine, reconcile};
+    let root = TempDir::new("local-pool");
+    let role = "files:\n  - {path: /etc/pool.conf, content: \"x\\n\"}\n";
+    let repo = repo_with(root.path(), role);
+    let tree = tidekeeper::source::ConfigTree::from_git(repo.path(), "HEAD").unwrap();
+    let fleet = Arc::new(tidekeeper::model::load(&tree).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = Arc::new(engine::Options::default());
+    let quiet: engine::Progress = Arc::new(|_| {});
+    let clouds = Clouds::from_env(&fleet);
+    let plan = |pool: &engine::Pool| {
+        rt.block_on(reconcile::plan(
+            fleet.clone(),
+            vec!["dev".into()],
+            true,
+            opts.clone(),
+            &clouds,
+            Default::default(),
+            quiet.clone(),
+            pool,
+        ))
+    };
+    let pool = engine::Pool::new();
+    let fp = plan(&pool);
+    assert_eq!(pool.len(), 1, "planned, its connection kept");
+    assert!(fp.has_changes());
+    let done = rt.block_on(reconcile::apply(
+        fp,
+        &pool,
+        opts.clone(),
+        &clouds,
+        quiet.clone(),
+    ));
+    assert!(pool.is_empty(), "the apply took it");
+    assert!(done.hosts[0].error.is_none(), "{:?}", done.hosts[0].error);
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/pool.conf")).unwrap(),
+        "x\n"
+    );
+    let fp = plan(&pool);
+    assert_eq!(pool.len(), 1);
+    let results = rt.block_on(reconcile::finish(fp, pool.clone()));
+    assert!(pool.is_empty(), "finished without an apply: closed");
+    assert!(!results[0].plan.as_ref().unwrap().has_changes());
+}

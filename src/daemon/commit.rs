@@ -41,11 +41,18 @@ impl Loop {
         let quiet: engine::Progress = Arc::new(|_| {});
         let clouds = Arc::new(crate::cloud::Clouds::from_env(&fleet));
         let whole = self.cfg.hosts.is_empty() && busy.is_empty();
+        // This reconcile's connections, from its plan to its apply.
+        let pool = engine::Pool::new();
         let plan = self
             .clock
             .io({
-                let (fleet, opts, clouds, quiet) =
-                    (fleet.clone(), opts.clone(), clouds.clone(), quiet.clone());
+                let (fleet, opts, clouds, quiet, pool) = (
+                    fleet.clone(),
+                    opts.clone(),
+                    clouds.clone(),
+                    quiet.clone(),
+                    pool.clone(),
+                );
                 async move {
                     reconcile::plan(
                         fleet,
@@ -55,6 +62,7 @@ impl Loop {
                         &clouds,
                         Default::default(),
                         quiet,
+                        &pool,
                     )
                     .await
                 }
@@ -71,7 +79,7 @@ impl Loop {
         if apply && plan.has_changes() {
             let gate = plan.gate(policies);
             if gate.stops() {
-                self.clock.io(reconcile::finish(plan)).await;
+                self.clock.io(reconcile::finish(plan, pool.clone())).await;
                 return Err(Refused::Denied(
                     gate.reasons().iter().map(|w| fleet.redact(w)).collect(),
                 ));
@@ -106,7 +114,7 @@ impl Loop {
                     diff.join("\n")
                 ));
                 if fleet.settings.require_reviewed_plan && !r.accept {
-                    self.clock.io(reconcile::finish(plan)).await;
+                    self.clock.io(reconcile::finish(plan, pool.clone())).await;
                     return Err(Refused::Held(text));
                 }
                 review_note = Some(format!(
@@ -124,7 +132,7 @@ impl Loop {
             .as_ref()
             .map(|c| c.errors.clone())
             .unwrap_or_default();
-        let planned: Vec<String> = plan.hosts.iter().map(|p| p.result().host.clone()).collect();
+        let planned: Vec<String> = plan.hosts.iter().map(|p| p.host.clone()).collect();
         let stages = fleet
             .rollout_stages(&planned)
             .filter(|s| apply && (s.len() > 1 || !new_servers.is_empty()));
@@ -134,6 +142,7 @@ impl Loop {
             self.roll_out(Start {
                 commit: commit.to_string(),
                 plan,
+                pool,
                 stages,
                 opts,
                 clouds,
@@ -147,11 +156,14 @@ impl Loop {
         let (results, outcomes) = if apply {
             let done = self
                 .clock
-                .io(async move { reconcile::apply(plan, opts, &clouds, quiet).await })
+                .io(async move { reconcile::apply(plan, &pool, opts, &clouds, quiet).await })
                 .await;
             (done.hosts, done.cloud)
         } else {
-            (self.clock.io(reconcile::finish(plan)).await, vec![])
+            (
+                self.clock.io(reconcile::finish(plan, pool.clone())).await,
+                vec![],
+            )
         };
         let done = self.record(
             commit,
@@ -576,6 +588,8 @@ pub(super) enum Applied {
 pub(super) struct Start {
     pub commit: String,
     pub plan: reconcile::FleetPlan,
+    /// The plan's connections, applied stage by stage.
+    pub pool: engine::Pool,
     pub stages: Vec<crate::model::desired::Stage>,
     pub opts: Arc<engine::Options>,
     pub clouds: Arc<crate::cloud::Clouds>,

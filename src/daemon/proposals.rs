@@ -254,12 +254,7 @@ impl Loop {
                 )
                 .await;
                 let cloud = p.plan.cloud.clone();
-                (
-                    cloud,
-                    p.verdict,
-                    p.after_merge,
-                    reconcile::finish(p.plan).await,
-                )
+                (cloud, p.verdict, p.after_merge, p.plan.hosts)
             })
             .await;
         let refs: Vec<&HostResult> = results.iter().collect();

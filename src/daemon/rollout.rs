@@ -22,7 +22,7 @@ use super::commit::{Done, Start};
 use super::scheduler::{Request, Requeue};
 use super::status::RolloutStatus;
 use crate::clock::Clock;
-use crate::engine::{self, HostError, Planned};
+use crate::engine::{self, HostError, HostResult};
 use crate::model::desired::Stage;
 use crate::reconcile::{self, FleetPlan};
 
@@ -75,6 +75,7 @@ async fn run(s: Start, clock: Clock, tx: UnboundedSender<Event>) {
     let Start {
         commit,
         plan,
+        pool,
         mut stages,
         opts,
         clouds,
@@ -105,10 +106,8 @@ async fn run(s: Start, clock: Clock, tx: UnboundedSender<Event>) {
             },
         );
     }
-    let mut pending: HashMap<String, Planned> = hosts
-        .into_iter()
-        .map(|p| (p.result().host.clone(), p))
-        .collect();
+    let mut pending: HashMap<String, HostResult> =
+        hosts.into_iter().map(|p| (p.host.clone(), p)).collect();
     let quiet: engine::Progress = Arc::new(|_| {});
     let (mut results, mut outcomes) = (Vec::new(), Vec::new());
     let total = stages.len();
@@ -144,8 +143,9 @@ async fn run(s: Start, clock: Clock, tx: UnboundedSender<Event>) {
         };
         let done = clock
             .io({
-                let (opts, clouds, quiet) = (opts.clone(), clouds.clone(), quiet.clone());
-                async move { reconcile::apply(part, opts, &clouds, quiet).await }
+                let (opts, clouds, quiet, pool) =
+                    (opts.clone(), clouds.clone(), quiet.clone(), pool.clone());
+                async move { reconcile::apply(part, &pool, opts, &clouds, quiet).await }
             })
             .await;
         outcomes.extend(done.cloud);
@@ -189,8 +189,10 @@ async fn run(s: Start, clock: Clock, tx: UnboundedSender<Event>) {
         }
     }
     // Hosts the rollout did not reach: planned, not applied.
-    let left: Vec<Planned> = pending.into_values().collect();
-    for mut r in clock.io(engine::finish(left)).await {
+    let left: Vec<HostResult> = pending.into_values().collect();
+    let names: Vec<String> = left.iter().map(|r| r.host.clone()).collect();
+    clock.io(async move { pool.close(names).await }).await;
+    for mut r in left {
         let (stage, why) = stopped.clone().unwrap_or_default();
         r.fail(
             HostError::RolloutStopped,

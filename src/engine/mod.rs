@@ -239,20 +239,46 @@ impl HostResult {
     }
 }
 
-/// A planned host with its open connection, ready to apply.
-pub struct Planned {
-    pub result: HostResult,
-    conn: Option<Connection>,
-}
+/// The open connections of planned hosts, by host name, kept from plan to
+/// apply. Owned by whoever runs a reconcile (a CLI command, a daemon
+/// commit), so a plan is plain data; clones share the connections.
+#[derive(Clone, Default)]
+pub struct Pool(Arc<std::sync::Mutex<std::collections::HashMap<String, Connection>>>);
 
-impl Planned {
-    pub fn result(&self) -> &HostResult {
-        &self.result
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
     }
-    /// A host that was not planned over SSH (skipped, failed early, or
-    /// previewed for a server still to be created).
-    pub fn without_connection(result: HostResult) -> Planned {
-        Planned { result, conn: None }
+
+    fn put(&self, host: &str, conn: Connection) {
+        let old = self
+            .0
+            .lock()
+            .expect("pool lock")
+            .insert(host.to_string(), conn);
+        debug_assert!(old.is_none(), "{host} planned twice in one pool");
+    }
+
+    fn take(&self, host: &str) -> Option<Connection> {
+        self.0.lock().expect("pool lock").remove(host)
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("pool lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Close the connections of `hosts` (planned, not applied).
+    pub async fn close(&self, hosts: Vec<String>) {
+        for h in hosts {
+            if let Some(c) = self.take(&h) {
+                c.close().await;
+            }
+        }
     }
 }
 
@@ -467,25 +493,31 @@ fn run_id() -> String {
     )
 }
 
-/// Plan every selected host, in parallel, keeping the connections open.
+/// Plan every selected host, in parallel, keeping the connections open in
+/// `pool` for the apply.
 pub async fn plan_all(
     fleet: Arc<Fleet>,
     hosts: Vec<String>,
     opts: Arc<Options>,
     progress: Progress,
-) -> Vec<Planned> {
+    pool: &Pool,
+) -> Vec<HostResult> {
     let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
     let mut tasks = Vec::new();
     for name in hosts {
-        let (fleet, opts, sem, progress) =
-            (fleet.clone(), opts.clone(), sem.clone(), progress.clone());
+        let (fleet, opts, sem, progress, pool) = (
+            fleet.clone(),
+            opts.clone(),
+            sem.clone(),
+            progress.clone(),
+            pool.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let start = Instant::now();
             let host = fleet.host(&name).expect("selected host exists");
             let address = address_of(host).unwrap_or_else(|_| "-".into());
             let mut result = HostResult::new(&name, &address);
-            let mut conn = None;
             if let Trust::AfterMerge(why) = &host.trust {
                 result = preview(host, "-", why, &opts);
                 if let Some(p) = result.plan.as_mut() {
@@ -512,7 +544,7 @@ pub async fn plan_all(
                         match plan_host(&c, host, &opts).await {
                             Ok(p) => {
                                 result.plan = Some(p);
-                                conn = Some(c);
+                                pool.put(&name, c);
                             }
                             Err(e) => result.fail(e.kind(), e.to_string()),
                         }
@@ -532,7 +564,7 @@ pub async fn plan_all(
                 },
                 (None, None) => unreachable!("a host is planned or failed"),
             });
-            Planned { result, conn }
+            result
         }));
     }
     let mut out = Vec::new();
@@ -542,19 +574,42 @@ pub async fn plan_all(
     out
 }
 
-async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progress) -> Planned {
-    let (Some(conn), Some(plan)) = (&p.conn, &p.result.plan) else {
+async fn apply_one(
+    mut p: HostResult,
+    conn: Option<Connection>,
+    opts: &Options,
+    run: &str,
+    progress: &Progress,
+) -> HostResult {
+    let Some(conn) = conn else {
         return p;
     };
+    // The plan is read while the result is written: taken out meanwhile.
+    if let Some(plan) = p.plan.take() {
+        apply_with(&mut p, &plan, &conn, opts, run, progress).await;
+        p.plan = Some(plan);
+    }
+    conn.close().await;
+    p
+}
+
+async fn apply_with(
+    p: &mut HostResult,
+    plan: &HostPlan,
+    conn: &Connection,
+    opts: &Options,
+    run: &str,
+    progress: &Progress,
+) {
     if !plan.blocked.is_empty() {
-        p.result.fail(
+        p.fail(
             HostError::Blocked,
             format!("not applied: {}", plan.blocked.join("; ")),
         );
-        return p;
+        return;
     }
     if !plan.has_changes() {
-        return p;
+        return;
     }
     let start = Instant::now();
     let guard = match conn {
@@ -573,8 +628,8 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
             apply::read_report(&stdout, &out.stderr_text(), &script.steps)
         }
         Err(e) => {
-            p.result.error = Some(format!("apply interrupted: {e}"));
-            p.result.error_kind = Some(HostError::Unreachable);
+            p.error = Some(format!("apply interrupted: {e}"));
+            p.error_kind = Some(HostError::Unreachable);
             Outcome::Interrupted { completed: 0 }
         }
     };
@@ -625,7 +680,7 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
                     g.deadline_secs
                 )
             };
-            p.result.fail(
+            p.fail(
                 HostError::RolledBack,
                 format!("rolled back: access lost after change ({risky}); {why}; {when}"),
             );
@@ -634,7 +689,7 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
     }
     match &outcome {
         Outcome::Done { steps, .. } => progress(Event::Applied {
-            host: p.result.host.clone(),
+            host: p.host.clone(),
             steps: *steps,
         }),
         Outcome::Failed {
@@ -648,16 +703,16 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
                 if *completed == 1 { "" } else { "s" }
             ));
             progress(Event::Failed {
-                host: p.result.host.clone(),
+                host: p.host.clone(),
                 error: e.clone(),
             });
-            p.result.fail(HostError::StepFailed, e);
+            p.fail(HostError::StepFailed, e);
         }
-        Outcome::Locked => p.result.fail(
+        Outcome::Locked => p.fail(
             HostError::Locked,
             "another tidekeeper run holds this host's lock (/var/lib/tidekeeper/lock); not applied",
         ),
-        Outcome::Interrupted { completed } if p.result.error.is_none() => p.result.fail(
+        Outcome::Interrupted { completed } if p.error.is_none() => p.fail(
             HostError::Interrupted,
             format!(
                 "the apply stopped without a report after {completed} steps (connection lost or host crashed)"
@@ -665,21 +720,22 @@ async fn apply_one(mut p: Planned, opts: &Options, run: &str, progress: &Progres
         ),
         Outcome::Interrupted { .. } => {}
     }
-    p.result.outcome = Some(outcome);
-    p.result.elapsed += start.elapsed();
-    p
+    p.outcome = Some(outcome);
+    p.elapsed += start.elapsed();
 }
 
-/// Apply planned hosts: in parallel up to `parallel`, or rolling (canary
-/// first, then batches, stopping at the first failure).
+/// Apply planned hosts with their connections from `pool`: in parallel up
+/// to `parallel`, or rolling (canary first, then batches, stopping at the
+/// first failure). Hosts without a connection pass through as they are.
 pub async fn apply_all(
-    planned: Vec<Planned>,
+    planned: Vec<HostResult>,
+    pool: &Pool,
     opts: Arc<Options>,
     progress: Progress,
 ) -> Vec<HostResult> {
     let run = Arc::new(run_id());
     let mut results = Vec::new();
-    let mut queue: std::collections::VecDeque<Planned> = planned.into();
+    let mut queue: std::collections::VecDeque<HostResult> = planned.into();
     let mut failed = false;
     let mut first = opts.rolling;
     while !queue.is_empty() {
@@ -693,11 +749,13 @@ pub async fn apply_all(
         first = false;
         let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
         let mut tasks = Vec::new();
-        for p in queue.drain(..batch.min(queue.len())) {
+        for mut p in queue.drain(..batch.min(queue.len())) {
+            let conn = pool.take(&p.host);
             if failed {
-                let mut p = p;
-                p.result
-                    .error
+                if let Some(c) = conn {
+                    c.close().await;
+                }
+                p.error
                     .get_or_insert_with(|| "not applied: an earlier host failed (rolling)".into());
                 results.push(p);
                 continue;
@@ -706,37 +764,18 @@ pub async fn apply_all(
                 (opts.clone(), sem.clone(), run.clone(), progress.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
-                apply_one(p, &opts, &run, &progress).await
+                apply_one(p, conn, &opts, &run, &progress).await
             }));
         }
         for t in tasks {
             let p = t.await.expect("apply task");
-            if opts.rolling && p.result.error.is_some() {
+            if opts.rolling && p.error.is_some() {
                 failed = true;
             }
             results.push(p);
         }
     }
-    let mut out = Vec::new();
-    for p in results {
-        if let Some(c) = p.conn {
-            c.close().await;
-        }
-        out.push(p.result);
-    }
-    out
-}
-
-/// Close the connections of planned hosts without applying.
-pub async fn finish(planned: Vec<Planned>) -> Vec<HostResult> {
-    let mut out = Vec::new();
-    for p in planned {
-        if let Some(c) = p.conn {
-            c.close().await;
-        }
-        out.push(p.result);
-    }
-    out
+    results
 }
 
 #[cfg(test)]
