@@ -13,7 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::item::{self, Item};
+use crate::engine::item::Item;
+use crate::engine::kinds;
 use crate::model::desired::{Confinement, Fleet, Host, ProviderKind, Trust};
 
 /// A proposal made safe to plan.
@@ -30,7 +31,7 @@ pub struct Confined {
 /// What the base manages on `host`, which bounds what a proposal may observe.
 pub fn confinement(host: &Host) -> Confinement {
     let mut c = Confinement::default();
-    for i in item::items(host) {
+    for i in kinds::items(host) {
         if let Some(p) = i.path() {
             c.paths.insert(p.to_string());
         }

@@ -12,6 +12,7 @@ mod engine;
 pub mod examples;
 mod forge;
 mod hostile;
+mod layout;
 mod local;
 mod maintenance;
 mod mutate;

@@ -106,12 +106,6 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         );
     }
 
-    let owes = |c: &Change| -> String {
-        c.notify
-            .iter()
-            .map(|n| format!("owe {} || return\n", q(n)))
-            .collect()
-    };
     let desired: Vec<&Change> = plan.changes.iter().filter(|c| !c.prune).collect();
 
     // APT's sources and keys go before packages, and a change to them is
@@ -142,10 +136,56 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         );
     }
 
+    change_steps(&mut b, plan, &desired);
+    check_and_prune_steps(&mut b, plan);
+    let mut final_inv = if plan.inventory == plan.previous_inventory {
+        String::new()
+    } else {
+        write_inventory("\"$S\"", &plan.inventory)
+    };
+    for h in &plan.settled_handlers {
+        final_inv.push_str(&format!("paid {} || return\n", q(h)));
+    }
+    b.step(
+        "record the inventory".into(),
+        format!(
+            // Run ids sort by time; the glob lists them oldest first. Never
+            // parse `ls` or word-split: the root may hold spaces.
+            "{final_inv}if [ -d \"$B\" ]; then set -- \"$S\"/backups/*/; n=$(( $# - {keep} )); \
+             for d in \"$@\"; do [ \"$n\" -gt 0 ] || break; rm -rf -- \"$d\" || return; n=$((n - 1)); done; fi\n",
+            keep = BACKUP_RUNS
+        ),
+    );
+    if let Some(g) = guarded {
+        // The countdown starts again now that everything is applied, so a
+        // long apply never eats the time left to prove access.
+        b.step(
+            "restart the lockout countdown".into(),
+            super::guard::rearm(run_id, g.deadline_secs),
+        );
+    }
+    b.text.push_str("echo '@@done'\n");
+    Script {
+        text: b.text,
+        steps: b.steps,
+    }
+}
+
+/// Handlers a change notifies, recorded as owed before it runs.
+fn owes(c: &Change) -> String {
+    c.notify
+        .iter()
+        .map(|n| format!("owe {} || return\n", q(n)))
+        .collect()
+}
+
+/// The desired changes in order, with `daemon-reload` once unit files are
+/// written and before any unit is touched, and the sysctl settings persisted.
+fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
     let mut sysctl_changed = false;
     let mut reloaded = false;
     let mut files_done = false;
-    for c in &desired {
+    for c in desired {
         let Some(item) = &c.item else { continue };
         // systemd must see new unit files before services are touched.
         if !matches!(
@@ -169,7 +209,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         if let Item::Sysctl { .. } = item {
             sysctl_changed = true;
         }
-        item_steps(&mut b, c, item, &owes(c));
+        item_steps(b, c, item, &owes(c));
     }
     if plan.daemon_reload && !reloaded {
         b.step(
@@ -197,6 +237,11 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             .push((f.sha256.clone(), format!("{}{}", b.root, f.path)));
         b.step(format!("file {SYSCTL_CONF}"), body);
     }
+}
+
+/// What follows the changes: written files checked, handlers, then (only
+/// when everything else succeeded) what left the config.
+fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
     if !b.written.is_empty() {
         let mut body = format!("sha256sum -c --quiet >&2 <<'{EOF}' || return\n");
         for (h, p) in &b.written {
@@ -231,37 +276,6 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
             "systemctl daemon-reload".into(),
             "systemctl daemon-reload || return\n".into(),
         );
-    }
-    let mut final_inv = if plan.inventory == plan.previous_inventory {
-        String::new()
-    } else {
-        write_inventory("\"$S\"", &plan.inventory)
-    };
-    for h in &plan.settled_handlers {
-        final_inv.push_str(&format!("paid {} || return\n", q(h)));
-    }
-    b.step(
-        "record the inventory".into(),
-        format!(
-            // Run ids sort by time; the glob lists them oldest first. Never
-            // parse `ls` or word-split: the root may hold spaces.
-            "{final_inv}if [ -d \"$B\" ]; then set -- \"$S\"/backups/*/; n=$(( $# - {keep} )); \
-             for d in \"$@\"; do [ \"$n\" -gt 0 ] || break; rm -rf -- \"$d\" || return; n=$((n - 1)); done; fi\n",
-            keep = BACKUP_RUNS
-        ),
-    );
-    if let Some(g) = guarded {
-        // The countdown starts again now that everything is applied, so a
-        // long apply never eats the time left to prove access.
-        b.step(
-            "restart the lockout countdown".into(),
-            super::guard::rearm(run_id, g.deadline_secs),
-        );
-    }
-    b.text.push_str("echo '@@done'\n");
-    Script {
-        text: b.text,
-        steps: b.steps,
     }
 }
 
@@ -347,7 +361,10 @@ fn package_steps(b: &mut Builder, desired: &[&Change], updated: bool) {
 /// The steps of one planned change, by its kind. `owes` records the
 /// handlers it notifies before it runs.
 fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
-    use kinds::*;
+    use kinds::{
+        absent, command, directory, file, firewall, group, mount, service, stack, symlink, sysctl,
+        user,
+    };
     let what = format!("{} {}", c.kind, c.id);
     let root = b.root.clone();
     let body = match item {
@@ -420,7 +437,7 @@ fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
 /// Removing what left the config, by its kind; None for kinds that are
 /// never removed that way.
 fn prune(root: &str, kind: ResourceKind, id: &str) -> Option<String> {
-    use kinds::*;
+    use kinds::{directory, file, group, service, stack, user};
     Some(match kind {
         ResourceKind::File | ResourceKind::Symlink => file::prune(root, id),
         ResourceKind::Directory => directory::prune(root, id),

@@ -25,7 +25,7 @@ pub const UFW_FILES: [&str; 5] = [
 
 /// Does this change touch what access depends on? Each kind says.
 pub fn is_risky(c: &Change, login_user: &str) -> bool {
-    use super::kinds::*;
+    use super::kinds::{firewall, group, mount, path, service, sysctl, user};
     match c.kind {
         ResourceKind::Firewall => firewall::is_risky(),
         ResourceKind::Group => group::is_risky(&c.id, login_user),

@@ -445,7 +445,7 @@ pub async fn plan_host(
     host: &Host,
     opts: &Options,
 ) -> Result<HostPlan, EngineError> {
-    let mut items = item::items(host);
+    let mut items = kinds::items(host);
     check_local_root(host, &items, conn)?;
     // A proposal's host is observed only where the trusted base looks.
     let (probed, unobserved) = match &host.trust {
@@ -477,7 +477,7 @@ pub async fn plan_host(
 /// A host planned against an empty machine, without contacting it: what a
 /// new server (or a proposal's new host) will get.
 pub fn preview(host: &Host, address: &str, why: &str, opts: &Options) -> HostResult {
-    let items = item::items(host);
+    let items = kinds::items(host);
     let mut r = HostResult::new(&host.name, address);
     let mut p = plan::plan_host(host, &items, &probe::Observed::default(), opts.plan);
     p.warnings.push(why.to_string());
@@ -521,7 +521,7 @@ pub async fn plan_all(
             if let Trust::AfterMerge(why) = &host.trust {
                 result = preview(host, "-", why, &opts);
                 if let Some(p) = result.plan.as_mut() {
-                    confine::new_host(p, &item::items(host));
+                    confine::new_host(p, &kinds::items(host));
                 }
             } else if !fleet.secrets_decrypted
                 && matches!(host.trust, Trust::Full)

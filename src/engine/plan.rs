@@ -137,7 +137,10 @@ fn need(
     earlier: &[Change],
     warnings: &mut Vec<String>,
 ) -> Result<Option<Need>, String> {
-    use kinds::*;
+    use kinds::{
+        absent, command, directory, file, firewall, group, mount, package, service, stack, symlink,
+        sysctl, user,
+    };
     let at = |path: &str| obs.paths.get(path);
     Ok(match item {
         Item::File(f) => return file::plan(f, obs),
@@ -459,7 +462,7 @@ fn inventory_after(items: &[Item], changes: &[Change], obs: &Observed) -> Invent
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::item::items;
+    use crate::engine::kinds::items;
     use crate::engine::probe::{self, PathState};
     use crate::source::ConfigTree;
 

@@ -27,7 +27,9 @@ use super::sh::Tag;
 
 /// The probe script for a host's items. `root` prefixes every path.
 pub fn script(items: &[Item], root: &str) -> String {
-    use super::kinds::*;
+    use super::kinds::{
+        command, file, firewall, group, mount, package, path, service, stack, symlink, sysctl, user,
+    };
     // Guards see the local root as TK_ROOT, like the commands they guard.
     let mut s = format!("exec 2>/dev/null\nTK_ROOT={}; export TK_ROOT\n", q(root));
     for fragment in [
@@ -99,7 +101,7 @@ fn read(
     root: &str,
     items: &[Item],
 ) -> Result<(), kinds::Garbled> {
-    use kinds::*;
+    use kinds::{command, file, group, mount, package, path, stack, symlink, sysctl, user};
     let strip = |p: &str| p.strip_prefix(root).unwrap_or(p).to_string();
     match tag {
         Tag::Stat => {

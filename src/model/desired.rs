@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use super::diag::Origin;
 pub use super::raw::{
-    DriftMode, ForgeKind, Policy, ProviderKind, RebootPolicy, RuleAction, ServiceState,
+    DriftMode, ForgeKind, MountState, Policy, ProviderKind, RebootPolicy, RuleAction, ServiceState,
 };
 use crate::schedule::Window;
 
@@ -597,18 +597,6 @@ pub struct MountResource {
     pub options: String,
     pub state: MountState,
     pub origin: Origin,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MountState {
-    /// In fstab and mounted.
-    #[default]
-    Mounted,
-    /// In fstab, not mounted.
-    Unmounted,
-    /// Neither.
-    Absent,
 }
 
 /// The names compose looks for in a project directory, in its order.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 pub type S<T> = Spanned<T>;
@@ -433,7 +433,20 @@ pub struct MountSpec {
     pub device: Option<S<String>>,
     pub fstype: Option<S<String>>,
     pub options: Option<S<String>>,
-    pub state: Option<S<crate::model::desired::MountState>>,
+    pub state: Option<S<MountState>>,
+}
+
+/// What a mount should be.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MountState {
+    /// In fstab and mounted.
+    #[default]
+    Mounted,
+    /// In fstab, not mounted.
+    Unmounted,
+    /// Neither.
+    Absent,
 }
 
 /// `cron:` in a role: a command on a schedule, as a file in /etc/cron.d.

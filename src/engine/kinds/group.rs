@@ -5,7 +5,7 @@
 use super::Garbled;
 use crate::change::{Action, Attr};
 use crate::engine::item::Item;
-use crate::engine::probe::GroupEntry;
+use crate::engine::observed::GroupEntry;
 use crate::engine::sh::Tag;
 use crate::transport::shell_quote as q;
 

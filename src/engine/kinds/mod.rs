@@ -24,7 +24,10 @@ pub mod timer;
 pub mod user;
 
 use crate::change::{Action, Attr};
+use crate::digest::sha256_hex;
+use crate::engine::item::{FileItem, Item, UserItem, default_home, unit_name};
 use crate::engine::observed::PathKind;
+use crate::model::desired::{Content, Host, Resource, ServiceState};
 
 /// A probe record that does not read as its tag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,237 @@ pub fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
         name: name.to_string(),
         before,
         after,
+    }
+}
+
+/// Flatten a host's resources into items, in the order they are applied:
+/// packages, groups, users, mounts, directories (parents first), files and
+/// links, sysctl, firewall, services, commands, stacks.
+pub fn items(host: &Host) -> Vec<Item> {
+    let mut b = Buckets::default();
+    for r in &host.resources {
+        b.add(r);
+    }
+    b.into_items()
+}
+
+/// Items by when they are applied.
+#[derive(Default)]
+struct Buckets {
+    packages: Vec<Item>,
+    groups: Vec<Item>,
+    users: Vec<Item>,
+    mounts: Vec<Item>,
+    dirs: Vec<Item>,
+    paths: Vec<Item>,
+    /// Ranked: sysctl, firewall, services, commands, stacks.
+    rest: Vec<(u8, Item)>,
+}
+
+impl Buckets {
+    /// A resource as its items, each kind expanded as its module says.
+    fn add(&mut self, r: &Resource) {
+        match r {
+            Resource::Package { name, state, .. } => self.packages.push(Item::Package {
+                name: name.clone(),
+                state: *state,
+            }),
+            Resource::Group { name, gid, .. } => self.groups.push(Item::Group {
+                name: name.clone(),
+                gid: *gid,
+            }),
+            Resource::User(u) => self.user(u),
+            Resource::Directory(d) => self.dirs.push(Item::Dir {
+                path: d.path.clone(),
+                mode: d.mode,
+                owner: d.owner.clone(),
+                group: d.group.clone(),
+            }),
+            Resource::File(f) => self.paths.push(Item::File(FileItem {
+                path: f.path.clone(),
+                sha256: sha256_hex(&f.content.bytes),
+                content: f.content.clone(),
+                mode: f.mode,
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+                validate: f.validate.clone(),
+                notify: f.notify.clone(),
+            })),
+            Resource::Symlink { path, target, .. } => self.paths.push(Item::Link {
+                path: path.clone(),
+                target: target.clone(),
+            }),
+            Resource::Absent { path, .. } => self.paths.push(Item::Absent { path: path.clone() }),
+            Resource::Sysctl { key, value, .. } => self.rest.push((
+                0,
+                Item::Sysctl {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            )),
+            Resource::Firewall(fw) => self.rest.push((1, Item::Firewall(fw.clone()))),
+            Resource::Service(s) => self.rest.push((
+                2,
+                Item::Service {
+                    name: unit_name(&s.name),
+                    enabled: s.enabled,
+                    state: s.state,
+                },
+            )),
+            Resource::Command(c) => self.rest.push((3, Item::Command(c.clone()))),
+            // Timers and cron entries are files, and a timer also its unit.
+            Resource::Timer(t) => {
+                for (path, text) in timer::unit_files(t) {
+                    self.paths
+                        .push(Item::File(text_file(path, text.into_bytes())));
+                }
+                self.rest.push((
+                    2,
+                    Item::Service {
+                        name: timer::timer_name(t),
+                        enabled: Some(true),
+                        state: Some(ServiceState::Running),
+                    },
+                ));
+            }
+            Resource::Mount(m) => self.mounts.push(Item::Mount {
+                path: m.path.clone(),
+                entry: super::observed::FstabEntry {
+                    device: m.device.clone(),
+                    fstype: m.fstype.clone(),
+                    options: m.options.clone(),
+                },
+                state: m.state,
+            }),
+            Resource::Cron(c) => {
+                let (path, text) = cron::file(c);
+                self.paths
+                    .push(Item::File(text_file(path, text.into_bytes())));
+            }
+            Resource::AptRepo(r) => {
+                for (path, bytes) in apt_repo::files(r) {
+                    self.paths.push(Item::File(text_file(path, bytes)));
+                }
+            }
+            Resource::Stack(st) => self.stack(st),
+        }
+    }
+
+    /// A user, with its authorized_keys file and .ssh directory as path items.
+    fn user(&mut self, u: &crate::model::desired::UserResource) {
+        let home = u.home.clone().unwrap_or_else(|| default_home(&u.name));
+        if !u.authorized_keys.is_empty() {
+            let mut text = String::from("# Managed by tidekeeper.\n");
+            for k in &u.authorized_keys {
+                text.push_str(k.trim());
+                text.push('\n');
+            }
+            self.dirs.push(Item::Dir {
+                path: format!("{home}/.ssh"),
+                mode: Some(0o700),
+                owner: Some(u.name.clone()),
+                group: None,
+            });
+            self.paths.push(Item::File(FileItem {
+                path: format!("{home}/.ssh/authorized_keys"),
+                sha256: sha256_hex(text.as_bytes()),
+                content: Content {
+                    bytes: text.into_bytes(),
+                    sensitive: false,
+                },
+                mode: Some(0o600),
+                owner: Some(u.name.clone()),
+                group: None,
+                validate: None,
+                notify: vec![],
+            }));
+        }
+        self.users.push(Item::User(UserItem {
+            name: u.name.clone(),
+            uid: u.uid,
+            groups: u.groups.clone(),
+            shell: u.shell.clone(),
+            home,
+            system: u.system,
+        }));
+    }
+
+    /// A compose stack: its directory, its files, and the project.
+    fn stack(&mut self, st: &crate::model::desired::Stack) {
+        let dir = st.dir.trim_end_matches('/').to_string();
+        let mut all = Vec::new();
+        self.dirs.push(Item::Dir {
+            path: dir.clone(),
+            mode: Some(0o750),
+            owner: None,
+            group: None,
+        });
+        for (rel, content) in &st.files {
+            let sha = sha256_hex(&content.bytes);
+            all.extend_from_slice(rel.as_bytes());
+            all.extend_from_slice(sha.as_bytes());
+            self.paths.push(Item::File(FileItem {
+                path: format!("{dir}/{rel}"),
+                sha256: sha,
+                content: content.clone(),
+                mode: Some(if content.sensitive { 0o600 } else { 0o644 }),
+                owner: None,
+                group: None,
+                validate: None,
+                notify: vec![],
+            }));
+        }
+        let compose = crate::engine::compose::FILES
+            .iter()
+            .find(|f| st.files.contains_key(**f))
+            .map(|f| f.to_string());
+        let services = compose
+            .as_ref()
+            .and_then(|f| crate::engine::compose::services(&st.files[f].bytes))
+            .unwrap_or_default();
+        self.rest.push((
+            4,
+            Item::Stack {
+                name: st.name.clone(),
+                dir,
+                hash: sha256_hex(&all)[..16].to_string(),
+                compose,
+                services,
+                health: st.health.clone(),
+                health_timeout_secs: st.health_timeout_secs,
+            },
+        ));
+    }
+
+    fn into_items(mut self) -> Vec<Item> {
+        self.dirs.sort_by_key(|d| d.id().matches('/').count());
+        self.rest.sort_by_key(|(rank, _)| *rank);
+        let mut out = self.packages;
+        out.extend(self.groups);
+        out.extend(self.users);
+        // Filesystems before the directories and files that may live on them.
+        out.extend(self.mounts);
+        out.extend(self.dirs);
+        out.extend(self.paths);
+        out.extend(self.rest.into_iter().map(|(_, i)| i));
+        out
+    }
+}
+
+/// A file tidekeeper writes from content it made: root's, mode 0644.
+fn text_file(path: String, bytes: Vec<u8>) -> FileItem {
+    FileItem {
+        path,
+        sha256: sha256_hex(&bytes),
+        content: Content {
+            bytes,
+            sensitive: false,
+        },
+        mode: Some(0o644),
+        owner: Some("root".into()),
+        group: Some("root".into()),
+        validate: None,
+        notify: vec![],
     }
 }
 

@@ -1,0 +1,74 @@
+//! `tidekeeper run`, `retry`, `suspend`, `resume`: the daemon and requests to it.
+
+use super::*;
+
+pub(super) fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+    match runtime().block_on(crate::daemon::run(cfg)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// POST to a running daemon (plain HTTP/1.1 on loopback); `done` is said on
+/// success, with `{addr}` filled in.
+pub(super) fn post_daemon(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    done: &str,
+) -> u8 {
+    use std::io::Read;
+    if token.is_some_and(|t| t.contains(['\r', '\n'])) {
+        eprintln!("error: TIDEKEEPER_API_TOKEN must be one line");
+        return EXIT_USAGE;
+    }
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.write_all(format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
+            println!("{}", done.replace("{addr}", &addr.to_string()));
+            EXIT_OK
+        }
+        Ok(resp) => {
+            let said = resp
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.trim())
+                .unwrap_or("");
+            eprintln!(
+                "error: the daemon at {addr} answered: {}{}",
+                resp.lines().next().unwrap_or(""),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n  {said}")
+                }
+            );
+            EXIT_INVALID
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the daemon at {addr}: {e}");
+            EXIT_USAGE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `tidekeeper init` and `tidekeeper demo`: a new config repo from the template, and the demo on this machine.
+
+use super::*;
+
+pub(super) fn init(dir: &Path) -> u8 {
+    match source::init_repo(
+        dir,
+        &source::template_tree(),
+        "Start a tidekeeper fleet from the example template",
+    ) {
+        Ok(commit) => {
+            println!(
+                "Created config repo {} (commit {}).\nNext: tidekeeper validate --repo {}",
+                dir.display(),
+                &commit[..12],
+                dir.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// The demo's own host: this machine, confined to a directory next to the repo.
+pub(super) const DEMO_HOST: &str = "demo-local";
+
+pub(super) const DEMO_ROLE: &str = r#"description: What the demo applies to this machine, confined to a directory (see hosts/demo-local.yaml).
+directories:
+  - {path: /etc/acme, mode: "0755"}
+  - {path: /srv/www, mode: "0755"}
+files:
+  - {path: /etc/motd, source: motd, mode: "0644"}
+  - {path: /etc/acme/fleet.json, template: demo-fleet.json.j2, mode: "0644"}
+  - path: /srv/www/index.html
+    content: |
+      <h1>Hello from the acme fleet</h1>
+    mode: "0644"
+symlinks:
+  - {path: /srv/www/current, target: /srv/www/index.html}
+commands:
+  - name: first-boot-marker
+    run: date -u > "${TK_ROOT:-}/etc/acme/.first-boot"
+    creates: /etc/acme/.first-boot
+"#;
+
+pub(super) const DEMO_TEMPLATE: &str = r#"{"fleet": {{ fleet.name | tojson }}, "host": {{ host.name | tojson }}, "admin": {{ admin_email | tojson }}}
+"#;
+
+pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
+    if !dir.join(".git").exists() {
+        let code = init(dir);
+        if code != EXIT_OK {
+            return code;
+        }
+    } else {
+        println!("Using the existing demo repo {}.", dir.display());
+    }
+    let args = RepoArgs {
+        repo: dir.to_path_buf(),
+        refname: "HEAD".into(),
+    };
+    let code = validate(&args, Format::Human);
+    if code != EXIT_OK {
+        return code;
+    }
+    // The cloud and existing hosts of the example cannot be reached from
+    // here, so the demo adds this machine, confined to a directory, and
+    // reconciles it: plan, apply, plan again.
+    let abs = match std::fs::canonicalize(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    };
+    let root = PathBuf::from(format!("{}-root", abs.display()));
+    let host_file = dir.join("hosts").join(format!("{DEMO_HOST}.yaml"));
+    if !host_file.exists() {
+        let written = (|| -> Result<String, String> {
+            std::fs::write(
+                &host_file,
+                format!(
+                    "# This machine, in pull mode, confined to a directory for the demo.\n\
+                     provider: local\nroot: {}\nroles: [demo-local]\n",
+                    root.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("roles/demo-local.yaml"), DEMO_ROLE)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("templates/demo-fleet.json.j2"), DEMO_TEMPLATE)
+                .map_err(|e| e.to_string())?;
+            let git = git2::Repository::open(dir).map_err(|e| e.to_string())?;
+            source::commit_all(
+                &git,
+                "demo: reconcile this machine, confined to a directory",
+            )
+            .map_err(|e| e.to_string())
+        })();
+        if let Err(e) = written {
+            eprintln!("error: cannot add the demo host to {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    }
+    let hosts = HostArgs {
+        hosts: vec![DEMO_HOST.into()],
+        parallel: None,
+        ssh_key: None,
+        allow_mass_delete: false,
+        allow_destroy: false,
+        rollback_after: std::time::Duration::from_secs(120),
+    };
+    println!(
+        "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
+        root.display()
+    );
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
+    if code != EXIT_OK {
+        return code;
+    }
+    println!("\n$ tidekeeper apply --host {DEMO_HOST} --yes");
+    let code = apply(&args, &hosts, true, false);
+    if code != EXIT_OK {
+        return code;
+    }
+    println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
+    if code != EXIT_OK {
+        return code;
+    }
+    if no_daemon {
+        println!(
+            "\nTry it: edit {0}/etc/motd by hand and run `tidekeeper plan --repo {1} --host {DEMO_HOST}` to see the drift;\n\
+             `tidekeeper apply --repo {1} --host {DEMO_HOST}` puts it back. Edit roles/demo-local.yaml, commit, and plan again.",
+            root.display(),
+            dir.display()
+        );
+        return EXIT_OK;
+    }
+    let branch = git2::Repository::open(&abs)
+        .ok()
+        .and_then(|r| {
+            r.head()
+                .ok()
+                .and_then(|h| h.shorthand().ok().map(String::from))
+        })
+        .unwrap_or_else(|| "main".into());
+    println!(
+        "\nNow the daemon: it follows branch {branch} of {repo} and reconciles every commit.\n\
+         Status page: http://{listen}/   (also /status, /metrics, /badges/fleet.svg)\n\
+         Try: edit {repo}/roles/demo-local.yaml (e.g. the text of /srv/www/index.html), then\n\
+         \x20 git -C {repo} commit -qam 'change the page'\n\
+         and watch {root}/srv/www/index.html change; edit {root}/etc/motd by hand to see drift.\n\
+         The daemon reconciles only {DEMO_HOST}: the example's other hosts are not reachable from here.\n\
+         Ctrl-C stops the daemon.\n",
+        repo = abs.display(),
+        root = root.display(),
+    );
+    run_daemon(
+        crate::daemon::Config {
+            repo: abs.display().to_string(),
+            branch,
+            state_dir: PathBuf::from(format!("{}-state", abs.display())),
+            listen,
+            poll: Some(std::time::Duration::from_secs(10)),
+            drift: Some(std::time::Duration::from_secs(30)),
+            webhook_secret: None,
+            api_token: None,
+            ssh_key: None,
+            watch: true,
+            hosts: vec![DEMO_HOST.into()],
+            git: Default::default(),
+            rollback_after: std::time::Duration::from_secs(120),
+            proposals: vec![],
+        },
+        LogFormat::Human,
+    )
+}

@@ -1,0 +1,155 @@
+//! `tidekeeper plan`: what would change, as text, JSON or Markdown, and for untrusted proposals.
+
+use super::*;
+
+/// Plan the selected hosts and their servers (the whole fleet when no
+/// `--host` is given: only then are servers of removed hosts planned for deletion).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_fleet(
+    rt: &tokio::runtime::Runtime,
+    fleet: Fleet,
+    names: Vec<String>,
+    args: &HostArgs,
+    opts: &std::sync::Arc<engine::Options>,
+    clouds: &crate::cloud::Clouds,
+    quiet: bool,
+    pool: &engine::Pool,
+) -> reconcile::FleetPlan {
+    let total = names.len();
+    rt.block_on(reconcile::plan(
+        std::sync::Arc::new(fleet),
+        names,
+        args.hosts.is_empty(),
+        opts.clone(),
+        clouds,
+        crate::cloud::plan::PlanOptions {
+            allow_destroy: args.allow_destroy,
+        },
+        progress(total, quiet),
+        pool,
+    ))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// Plan a proposal (`repo.refname`) under the trusted `base` branch.
+pub(super) fn plan_untrusted(
+    rt: &tokio::runtime::Runtime,
+    repo: &RepoArgs,
+    args: &HostArgs,
+    base: &str,
+) -> Result<reconcile::ProposalPlan, u8> {
+    let base_args = RepoArgs {
+        repo: repo.repo.clone(),
+        refname: base.to_string(),
+    };
+    let all_hosts = HostArgs {
+        hosts: vec![],
+        ..args.clone()
+    };
+    let (base_fleet, _, opts, base_policies) = prepare(&base_args, &all_hosts)?;
+    let tree = read_tree(repo)?;
+    // Nothing of a proposal is decrypted.
+    let proposal = load(&tree, Format::Human)?;
+    for n in &args.hosts {
+        if proposal.host(n).is_none() {
+            eprintln!("error: no host named {n:?} in the proposal");
+            return Err(EXIT_USAGE);
+        }
+    }
+    let names = (!args.hosts.is_empty()).then(|| args.hosts.clone());
+    Ok(rt.block_on(reconcile::plan_proposal(
+        &base_fleet,
+        &base_policies,
+        proposal,
+        &tree.policies(),
+        names,
+        opts,
+    )))
+}
+
+pub(super) fn plan(
+    repo: &RepoArgs,
+    args: &HostArgs,
+    untrusted_base: Option<&str>,
+    format: PlanFormat,
+    detailed: bool,
+) -> u8 {
+    let json = format != PlanFormat::Text;
+    let rt = runtime();
+    let pool = engine::Pool::new();
+    let (fp, verdict, after_merge, opts) = match untrusted_base {
+        Some(base) => match plan_untrusted(&rt, repo, args, base) {
+            Ok(p) => {
+                let opts = engine::Options {
+                    redactions: p.plan.fleet.redactions.clone(),
+                    ..Default::default()
+                };
+                (p.plan, p.verdict, p.after_merge, opts)
+            }
+            Err(c) => return c,
+        },
+        None => {
+            let (fleet, names, opts, policies) = match prepare(repo, args) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let opts = std::sync::Arc::new(opts);
+            let clouds = crate::cloud::Clouds::from_env(&fleet);
+            let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);
+            let verdict = fp.gate(&policies).verdict;
+            (fp, verdict, vec![], (*opts).clone())
+        }
+    };
+    let results = fp.results();
+    if !after_merge.is_empty() && format == PlanFormat::Text {
+        println!("Planned as a proposal: these of its settings take effect only after merge:");
+        for a in &after_merge {
+            println!("  - {a}");
+        }
+        println!();
+    }
+    if format == PlanFormat::Markdown {
+        let commit = fp.fleet.commit.clone().unwrap_or_default();
+        let md = crate::report::markdown(
+            &fp.fleet.name,
+            &commit,
+            fp.cloud.as_ref(),
+            &results,
+            &verdict,
+            &after_merge,
+            crate::report::GITHUB_LIMIT,
+        );
+        print!("{}", opts.redact(&md));
+    } else if json {
+        let mut doc = reconcile::json(fp.cloud.as_ref(), &results);
+        doc["policy"] = serde_json::to_value(&verdict).expect("json");
+        if untrusted_base.is_some() {
+            doc["after_merge"] = serde_json::to_value(&after_merge).expect("json");
+        }
+        let text = serde_json::to_string_pretty(&doc).expect("json");
+        println!("{}", opts.redact(&text));
+    } else {
+        print!(
+            "{}",
+            opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
+        );
+        if fp.has_changes() {
+            print!("\n{}", opts.redact(&verdict.render()));
+        }
+    }
+    let t = reconcile::totals(fp.cloud.as_ref(), &results);
+    rt.block_on(reconcile::finish(fp, pool.clone()));
+    if t.errors > 0 || verdict.blocks() {
+        EXIT_INVALID
+    } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
+        2
+    } else {
+        EXIT_OK
+    }
+}

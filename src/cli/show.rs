@@ -1,0 +1,103 @@
+//! `tidekeeper show HOST`: a host's resources as resolved.
+
+use super::*;
+
+pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> u8 {
+    let tree = match read_tree(repo) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let fleet = match load(&tree, Format::Human) {
+        Ok(f) => f,
+        Err(c) => return c,
+    };
+    let Some(h) = fleet.host(host) else {
+        let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+        eprintln!(
+            "error: no host named {host:?} in fleet {:?}\n  help: hosts are: {}",
+            fleet.name,
+            names.join(", ")
+        );
+        return EXIT_USAGE;
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(h).expect("host serializes")
+        );
+        return EXIT_OK;
+    }
+    let mut out = String::new();
+    out.push_str(&format!("host {} ({})\n", h.name, h.origin));
+    out.push_str(&format!("  provider: {:?}\n", h.provider).to_lowercase());
+    if let Some(a) = &h.address {
+        out.push_str(&format!("  address: {a}\n"));
+    }
+    if let Some(s) = &h.server {
+        out.push_str(&format!(
+            "  server: {}\n",
+            serde_json::to_string(s).unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "  ssh: {}@…:{}{}\n",
+        h.ssh.user,
+        h.ssh.port,
+        if h.ssh.sudo { " (sudo)" } else { "" }
+    ));
+    out.push_str(&format!("  roles: {}\n", h.roles.join(", ")));
+    out.push_str("  resources:\n");
+    for r in &h.resources {
+        out.push_str(&format!(
+            "    {:<10} {:<48} {}\n",
+            r.kind(),
+            r.id(),
+            describe(r)
+        ));
+    }
+    if !h.handlers.is_empty() {
+        out.push_str("  handlers:\n");
+        for hd in &h.handlers {
+            out.push_str(&format!("    {:<10} {:?}\n", hd.name, hd.action));
+        }
+    }
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    EXIT_OK
+}
+
+pub(super) fn describe(r: &Resource) -> String {
+    match r {
+        Resource::File(f) => {
+            let what = if f.content.sensitive {
+                "(sensitive)".to_string()
+            } else {
+                format!("{} bytes", f.content.bytes.len())
+            };
+            let mode = f.mode.map(|m| format!(" mode {m:04o}")).unwrap_or_default();
+            format!("{what}{mode}")
+        }
+        Resource::Package { state, .. } => format!("{state:?}").to_lowercase(),
+        Resource::Service(s) => format!(
+            "{}{}",
+            s.state
+                .map(|x| format!("{x:?}").to_lowercase())
+                .unwrap_or_default(),
+            match s.enabled {
+                Some(true) => ", enabled",
+                Some(false) => ", disabled",
+                None => "",
+            }
+        ),
+        Resource::Firewall(f) => {
+            format!("incoming {:?}, {} rules", f.incoming, f.rules.len()).to_lowercase()
+        }
+        Resource::Stack(s) => format!("{} files in {}", s.files.len(), s.dir),
+        Resource::User(u) => format!("{} keys", u.authorized_keys.len()),
+        Resource::Sysctl { value, .. } => value.clone(),
+        Resource::Timer(t) => t.on_calendar.join("; "),
+        Resource::Cron(c) => format!("{} as {}", c.schedule, c.user),
+        Resource::AptRepo(r) => format!("{} {}", r.uris.join(" "), r.suites.join(" ")),
+        Resource::Mount(m) => format!("{} {} ({:?})", m.device, m.fstype, m.state).to_lowercase(),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,61 @@
+//! `tidekeeper validate`: check the config repo and say what it defines.
+
+use super::*;
+
+pub(super) fn validate(repo: &RepoArgs, format: Format) -> u8 {
+    let tree = match read_tree(repo) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let fleet = match load(&tree, format) {
+        Ok(f) => f,
+        Err(c) => return c,
+    };
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "valid": true,
+                "fleet": fleet.name,
+                "commit": fleet.commit,
+                "hosts": fleet.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+                "jobs": fleet.jobs.iter().map(|j| &j.name).collect::<Vec<_>>(),
+            })
+        ),
+        _ => println!("{}", summary(&fleet, &tree)),
+    }
+    EXIT_OK
+}
+
+pub(super) fn summary(fleet: &Fleet, tree: &ConfigTree) -> String {
+    let resources: usize = fleet.hosts.iter().map(|h| h.resources.len()).sum();
+    let mut s = format!(
+        "valid: fleet {:?}{}: {} host{}, {} resource{}, {} maintenance job{}\n",
+        fleet.name,
+        at_commit(tree),
+        fleet.hosts.len(),
+        plural(fleet.hosts.len()),
+        resources,
+        plural(resources),
+        fleet.jobs.len(),
+        plural(fleet.jobs.len()),
+    );
+    for h in &fleet.hosts {
+        s.push_str(&format!(
+            "  {:<16} {:<10} {:>3} resources  roles: {}\n",
+            h.name,
+            format!("{:?}", h.provider).to_lowercase(),
+            h.resources.len(),
+            h.roles.join(", ")
+        ));
+    }
+    s.pop();
+    s
+}
+
+pub(super) fn at_commit(tree: &ConfigTree) -> String {
+    tree.commit
+        .as_deref()
+        .map(|c| format!(" at {}", &c[..c.len().min(12)]))
+        .unwrap_or_default()
+}

@@ -1,0 +1,179 @@
+//! The shape of the source tree: no import cycles between modules (stages
+//! at the top, and the parts of the engine and the model), and no function
+//! too long to read in one go in the engine or the model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `src/engine/kinds/file.rs` → ["engine", "kinds", "file"].
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The code outside the file's unit tests.
+fn code(text: &str) -> &str {
+    text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text)
+}
+
+/// Edges between modules cut to `depth` path segments (1: stages such as
+/// `engine`, `model`; 2: their parts such as `engine::kinds`).
+fn edges(depth: usize) -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let cut = |m: &[String]| m[..m.len().min(depth)].join("::");
+    for f in files {
+        let m = module_of(&src, &f);
+        if m.is_empty() || m == ["lib"] || m == ["main"] || m.len() < depth {
+            continue;
+        }
+        let from = cut(&m);
+        let text = std::fs::read_to_string(&f).unwrap();
+        let body = code(&text);
+        let mut targets = Vec::new();
+        for (i, _) in body.match_indices("crate::") {
+            let path: Vec<String> = body[i + 7..]
+                .split("::")
+                .take(depth)
+                .map(|s| {
+                    s.chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect()
+                })
+                .collect();
+            targets.push(path);
+        }
+        // `super::x` in a file of module a::b::c names a::b::x (a::b for mod.rs).
+        let parent: Vec<String> = m[..m.len() - 1].to_vec();
+        for (i, _) in body.match_indices("super::") {
+            if i > 0 && body.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let name: String = body[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let mut path = parent.clone();
+            path.push(name);
+            targets.push(path);
+        }
+        for t in targets {
+            if t.len() < depth || t.iter().any(|s| s.is_empty()) {
+                continue;
+            }
+            let to = cut(&t);
+            if to != from && (depth == 1 || t[0] == m[0]) {
+                g.entry(from.clone()).or_default().insert(to);
+            }
+        }
+    }
+    g
+}
+
+/// A cycle in the graph, if there is one.
+fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        g: &BTreeMap<String, BTreeSet<String>>,
+        n: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut c = path[i..].to_vec();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for m in g.get(n).into_iter().flatten() {
+            if let Some(c) = visit(g, m, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    g.keys()
+        .find_map(|n| visit(g, n, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let stages = edges(1);
+    assert!(
+        stages.contains_key("engine") && stages["engine"].contains("model"),
+        "{stages:?}"
+    );
+    assert_eq!(cycle(&stages), None, "between stages");
+    let parts = edges(2);
+    assert!(parts["engine::plan"].contains("engine::kinds"), "{parts:?}");
+    assert_eq!(cycle(&parts), None, "between the parts of a stage");
+    // The check finds a cycle when there is one.
+    let mut bad = parts.clone();
+    bad.entry("engine::kinds".into())
+        .or_default()
+        .insert("engine::plan".into());
+    assert!(cycle(&bad).is_some());
+}
+
+#[test]
+fn no_function_in_the_engine_or_the_model_runs_over_150_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("engine"), &mut files);
+    rust_files(&src.join("model"), &mut files);
+    let mut long = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = code(&text).lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let indent = &l[..l.len() - t.len()];
+            let is_fn = [
+                "fn ",
+                "pub fn ",
+                "pub(super) fn ",
+                "pub(crate) fn ",
+                "async fn ",
+                "pub async fn ",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p));
+            if !is_fn || t.ends_with(';') {
+                continue;
+            }
+            let end = lines[i..]
+                .iter()
+                .position(|x| *x == format!("{indent}}}"))
+                .unwrap_or(0);
+            if end + 1 > 150 {
+                long.push(format!("{}:{} ({} lines)", f.display(), i + 1, end + 1));
+            }
+        }
+    }
+    assert!(long.is_empty(), "{}", long.join("\n"));
+}
