@@ -94,7 +94,8 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         steps: vec![],
         written: vec![],
     };
-    b.text.push_str(&prelude(root, &state, run_id));
+    b.text
+        .push_str(&super::sh::apply_prelude(root, &state, run_id));
 
     // First record that everything about to be touched is managed, so a run
     // cut short can still prune what it created.
@@ -277,26 +278,6 @@ fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
             "systemctl daemon-reload || return\n".into(),
         );
     }
-}
-
-/// The script's prelude: strict mode, the lock, and the helpers every
-/// step uses (run, owe, paid, backup).
-fn prelude(root: &str, state: &str, run_id: &str) -> String {
-    format!(
-        "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nTK_ROOT=\"$R\"; export TK_ROOT\nS={state}\n\
-         mkdir -p \"$S\" || exit 1\nexec 9>\"$S/lock\"\n\
-         if ! flock -n 9; then echo '@@locked'; exit 75; fi\n\
-         B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\
-         mkdir -p \"$S/backups\" && chmod 0700 \"$S/backups\" && (umask 077; : >\"$E\") && chmod 0600 \"$E\" || exit 1\n\
-         run() {{ printf '@@begin %s\\n' \"$1\"; if \"$2\" 2>\"$E\"; then printf '@@ok %s\\n' \"$1\"; \
-         else printf '@@fail %s\\n' \"$1\"; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
-         owe() {{ grep -qxF \"$1\" \"$S/pending-handlers\" 2>/dev/null || printf '%s\\n' \"$1\" >>\"$S/pending-handlers\"; }}\n\
-         paid() {{ [ -f \"$S/pending-handlers\" ] || return 0; grep -vxF \"$1\" \"$S/pending-handlers\" >\"$S/pending.tmp\"; \
-         mv -f \"$S/pending.tmp\" \"$S/pending-handlers\"; }}\n\
-         backup() {{ p=\"$R$1\"; [ -e \"$p\" ] || [ -L \"$p\" ] || return 0; \
-         mkdir -p \"$B$(dirname \"$1\")\" && cp -a \"$p\" \"$B$1\"; }}\n",
-        root = q(root),
-    )
 }
 
 /// The inventory as it must be recorded before anything is touched: what

@@ -80,7 +80,7 @@ impl PathKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PackageState {
     pub installed: Option<String>,
     pub candidate: Option<String>,

@@ -479,6 +479,72 @@ mod tests {
         fleet.hosts[0].clone()
     }
 
+    /// Every kind in one role: the whole probe script and the whole apply
+    /// script (first run, all created; guard armed) parse as sh.
+    #[test]
+    fn the_whole_probe_and_apply_scripts_of_every_kind_parse_as_sh() {
+        let h = host(
+            r#"
+files:
+  - {path: /etc/app/app.conf, content: "a = 1\n", validate: "test -s %s", notify: [restart-app]}
+directories:
+  - {path: /srv/app, mode: "0750", owner: root}
+symlinks:
+  - {path: /srv/app/current, target: /srv/app/releases/1}
+absent: [/etc/cron.d/legacy]
+packages:
+  present: [jq]
+  latest: [curl]
+  absent: [telnet]
+services:
+  - {name: ssh, enabled: true, state: running}
+groups:
+  - {name: ops, gid: 2000}
+users:
+  - {name: deploy, groups: [ops], authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aT8ngnVVzMX+O1a4t2mC6x3Ksq9k7G3dZ8x4m ops"]}
+firewall:
+  rules:
+    - {port: "22", from: 10.0.0.0/8, comment: ssh}
+sysctl:
+  net.ipv4.ip_forward: "1"
+commands:
+  - {name: migrate, run: "echo 'it''s $(date)'", unless: "test -f /x"}
+timers:
+  - {name: dump, cron: "30 3 1,15 * sun", run: "echo \"%s $HOME\""}
+cron:
+  - {name: rotate, schedule: "0 4 * * *", run: "date +%F"}
+mounts:
+  - {path: /srv/scratch, device: tmpfs, fstype: tmpfs, options: size=8m}
+apt_repositories:
+  - {name: local, uris: ["file:/srv/repo"], suites: ["./"], trusted: true}
+handlers:
+  - {name: restart-app, restart: app}
+"#,
+        );
+        let it = items(&h);
+        let declared: BTreeSet<ResourceKind> = h.resources.iter().map(|r| r.kind()).collect();
+        assert_eq!(declared.len(), 15, "every kind but stacks: {declared:?}");
+        let kinds: BTreeSet<ResourceKind> = it.iter().map(Item::kind).collect();
+        assert_eq!(kinds.len(), 12, "timers, cron and APT are files: {kinds:?}");
+        let probe_script = probe::script(&it, "");
+        crate::engine::kinds::sh_n(&probe_script);
+        let obs = probe::parse("E\tend\n", "", &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        assert!(p.blocked.is_empty(), "{:?}", p.blocked);
+        let guard = crate::engine::apply::GuardSettings {
+            login_user: "root".into(),
+            deadline_secs: 60,
+        };
+        let script = crate::engine::apply::script(&p, "", "run-1", Some(&guard));
+        assert!(
+            script
+                .steps
+                .iter()
+                .any(|s| s.what == "arm the lockout guard")
+        );
+        crate::engine::kinds::sh_n(&script.text);
+    }
+
     fn file_state(size: u64) -> PathState {
         PathState {
             kind: PathKind::File,

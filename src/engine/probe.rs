@@ -30,8 +30,7 @@ pub fn script(items: &[Item], root: &str) -> String {
     use super::kinds::{
         command, file, firewall, group, mount, package, path, service, stack, symlink, sysctl, user,
     };
-    // Guards see the local root as TK_ROOT, like the commands they guard.
-    let mut s = format!("exec 2>/dev/null\nTK_ROOT={}; export TK_ROOT\n", q(root));
+    let mut s = super::sh::probe_prelude(root);
     for fragment in [
         path::probe(items, root),
         symlink::probe(items, root),
@@ -128,23 +127,11 @@ fn read(
         }
         Tag::Package => {
             let (name, installed) = package::parse(record)?;
-            o.packages
-                .entry(name.to_string())
-                .or_insert(PackageState {
-                    installed: None,
-                    candidate: None,
-                })
-                .installed = installed;
+            o.packages.entry(name.to_string()).or_default().installed = installed;
         }
         Tag::Candidate => {
             let (name, candidate) = package::parse_candidate(record)?;
-            o.packages
-                .entry(name.to_string())
-                .or_insert(PackageState {
-                    installed: None,
-                    candidate: None,
-                })
-                .candidate = candidate;
+            o.packages.entry(name.to_string()).or_default().candidate = candidate;
         }
         Tag::Unit => units.record(record),
         Tag::Passwd => {

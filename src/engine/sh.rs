@@ -1,6 +1,7 @@
-//! What the generated shell scripts share: the heredoc marker, and the tags
-//! that open each record the probe prints — one definition used by the
-//! script that prints a record and by the parser that reads it back.
+//! What the generated shell scripts share: their preludes, the heredoc
+//! marker, the tags that open each record the probe prints (one definition
+//! used by the script that prints a record and by the parser that reads it
+//! back), and commands built from quoted words only.
 
 use crate::transport::shell_quote;
 
@@ -130,6 +131,37 @@ impl std::fmt::Display for Cmd {
         }
         Ok(())
     }
+}
+
+/// The apply script's prelude: strict mode, the root `$R` and state
+/// directory `$S`, the host's lock, and the helpers every step uses (`run`
+/// reports a step, `owe`/`paid` keep the handlers owed, `backup` keeps the
+/// old copy of a path).
+pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
+    format!(
+        "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nTK_ROOT=\"$R\"; export TK_ROOT\nS={state}\n\
+         mkdir -p \"$S\" || exit 1\nexec 9>\"$S/lock\"\n\
+         if ! flock -n 9; then echo '@@locked'; exit 75; fi\n\
+         B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\
+         mkdir -p \"$S/backups\" && chmod 0700 \"$S/backups\" && (umask 077; : >\"$E\") && chmod 0600 \"$E\" || exit 1\n\
+         run() {{ printf '@@begin %s\\n' \"$1\"; if \"$2\" 2>\"$E\"; then printf '@@ok %s\\n' \"$1\"; \
+         else printf '@@fail %s\\n' \"$1\"; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
+         owe() {{ grep -qxF \"$1\" \"$S/pending-handlers\" 2>/dev/null || printf '%s\\n' \"$1\" >>\"$S/pending-handlers\"; }}\n\
+         paid() {{ [ -f \"$S/pending-handlers\" ] || return 0; grep -vxF \"$1\" \"$S/pending-handlers\" >\"$S/pending.tmp\"; \
+         mv -f \"$S/pending.tmp\" \"$S/pending-handlers\"; }}\n\
+         backup() {{ p=\"$R$1\"; [ -e \"$p\" ] || [ -L \"$p\" ] || return 0; \
+         mkdir -p \"$B$(dirname \"$1\")\" && cp -a \"$p\" \"$B$1\"; }}\n",
+        root = shell_quote(root),
+    )
+}
+
+/// The probe script's prelude: no error output (a missing path is an
+/// answer, not a failure), and the local root as `TK_ROOT` for guards.
+pub fn probe_prelude(root: &str) -> String {
+    format!(
+        "exec 2>/dev/null\nTK_ROOT={}; export TK_ROOT\n",
+        shell_quote(root)
+    )
 }
 
 /// Ends every heredoc in generated scripts (never a line of a config file:
