@@ -66,20 +66,8 @@ pub enum LogFormat {
 
 /// `500ms`, `30s`, `10m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 60s"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    Ok(std::time::Duration::from_millis(ms))
+    // The same words as durations in the config files.
+    crate::model::check::duration(s)
 }
 
 #[derive(Subcommand, Debug)]
@@ -328,4 +316,23 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8420")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    /// Regression: `--rollback-after 1h30m` was refused while the same
+    /// words were a valid duration in the config files.
+    #[test]
+    fn the_command_line_reads_durations_as_the_config_does() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_duration("1h30m"),
+            Ok(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            super::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert!(super::parse_duration("60").is_err(), "a unit is needed");
+    }
 }

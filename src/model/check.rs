@@ -222,20 +222,27 @@ pub fn cidr(s: &str) -> Result<(), String> {
 
 /// A duration such as `90s`, `10m`, `2h`, `1d`, or combined `1h30m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("duration {s:?} is not like \"30s\", \"10m\", \"2h\" or \"1h30m\"");
+    let err =
+        || format!("duration {s:?} is not like \"500ms\", \"30s\", \"10m\", \"2h\" or \"1h30m\"");
     let mut total: u64 = 0;
     let mut num = String::new();
     let mut seen_unit = false;
-    for c in s.trim().chars() {
+    let mut chars = s.trim().chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             num.push(c);
             continue;
         }
+        // In milliseconds.
         let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
             _ => return Err(err()),
         };
         let n: u64 = num.parse().map_err(|_| err())?;
@@ -248,7 +255,7 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     if !num.is_empty() || !seen_unit {
         return Err(err());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
 }
 
 const KEY_TYPES: &[&str] = &[
@@ -291,6 +298,19 @@ pub fn public_key(line: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_duration_parser_reads_every_unit_and_refuses_bare_numbers() {
+        let ms = |s: &str| duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("1h30m"), Ok(5_400_000));
+        assert_eq!(ms("1m30s"), Ok(90_000));
+        assert_eq!(ms("2d"), Ok(172_800_000));
+        assert_eq!(ms("1s500ms"), Ok(1_500));
+        for bad in ["90", "", "10 minutes", "5x", "m", "18446744073709551615h"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn modes_accept_octal_strings_only() {

@@ -12,10 +12,7 @@ use crate::transport::shell_quote as q;
 /// Probe: the group database as [`Tag::GroupLine`] records, when the host
 /// has groups or users (whose memberships it holds).
 pub fn probe(items: &[Item]) -> String {
-    if items
-        .iter()
-        .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
-    {
+    if super::has_accounts(items) {
         format!("getent group | sed 's/^/{}\\t/'\n", Tag::GroupLine)
     } else {
         String::new()

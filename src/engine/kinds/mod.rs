@@ -74,6 +74,15 @@ impl Need {
     }
 }
 
+/// The host has users or groups: both read both account databases (a
+/// user's memberships are in the group database, a group may be named
+/// like a user).
+pub fn has_accounts(items: &[Item]) -> bool {
+    items
+        .iter()
+        .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
+}
+
 pub fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
     Attr {
         name: name.to_string(),

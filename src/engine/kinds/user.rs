@@ -14,10 +14,7 @@ use crate::engine::sh::{Tag, Word, cmd};
 /// Probe: the passwd database as [`Tag::Passwd`] records, when the host
 /// has users or groups (a group's name may be a user's).
 pub fn probe(items: &[Item]) -> String {
-    if items
-        .iter()
-        .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
-    {
+    if super::has_accounts(items) {
         format!("getent passwd | sed 's/^/{}\\t/'\n", Tag::Passwd)
     } else {
         String::new()

@@ -328,7 +328,7 @@ impl Loader<'_> {
         for c in &r.commands {
             let timeout = match &c.timeout {
                 Some(t) => match check::duration(&t.value) {
-                    Ok(d) => d.as_secs(),
+                    Ok(d) => d.as_secs().max(1),
                     Err(e) => {
                         self.err(at(file, t).error("invalid-duration", e));
                         0
