@@ -1090,6 +1090,17 @@ fn a_mount_over_a_system_directory_or_with_a_blank_in_a_field_is_refused() {
             "invalid-value",
             "mount device \"/dev/sdb1 /etc\" must be one word without blanks, \\ or #",
         );
+    // A blank in the mount point would turn the fstab line into another one.
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "mounts:\n  - {path: \"/srv/a / tmpfs\", device: tmpfs, fstype: tmpfs}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:2:12",
+            "invalid-value",
+            "mount point \"/srv/a / tmpfs\" must be one word without blanks, \\ or #",
+        );
     minimal()
         .file(
             "roles/base.yaml",

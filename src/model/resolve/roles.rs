@@ -460,6 +460,15 @@ impl Loader<'_> {
         self.host_path(file, &m.path);
         let path = m.path.value.trim_end_matches('/');
         let path = if path.is_empty() { "/" } else { path };
+        // fstab separates its fields by blanks: a blank in the mount point
+        // would make the line say something else.
+        if path.contains(|c: char| c.is_whitespace() || c == '\\' || c == '#') {
+            self.err(at(file, &m.path).error(
+                "invalid-value",
+                format!("mount point {path:?} must be one word without blanks, \\ or #"),
+            ));
+            return None;
+        }
         const SYSTEM: [&str; 11] = [
             "/",
             "/etc",
