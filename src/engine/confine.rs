@@ -134,3 +134,33 @@ pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::observed::FstabEntry;
+    use crate::model::desired::MountState;
+
+    /// A proposal's mount is looked at (fstab, findmnt) only where the base
+    /// manages that mount point: a proposal cannot use the probe to learn
+    /// what is mounted elsewhere.
+    #[test]
+    fn a_proposal_observes_a_mount_only_where_the_base_has_it() {
+        let mount = |path: &str| Item::Mount {
+            path: path.into(),
+            entry: FstabEntry {
+                device: "tmpfs".into(),
+                fstype: "tmpfs".into(),
+                options: "defaults".into(),
+            },
+            state: MountState::Mounted,
+        };
+        let mut c = Confinement::default();
+        c.mounts.insert("/srv/data".into());
+        let mut items = vec![mount("/srv/data"), mount("/home")];
+        let (probed, un) = split(&mut items, &c);
+        assert_eq!(probed.len(), 1);
+        assert_eq!(probed[0].id(), "/srv/data");
+        assert_eq!(un.ids, ["/home"]);
+    }
+}
