@@ -24,6 +24,7 @@ pub mod engine;
 pub mod forge;
 pub mod maintenance;
 pub mod model;
+pub mod notify;
 pub mod policy;
 pub mod proposal;
 pub mod reconcile;

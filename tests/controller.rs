@@ -18,20 +18,20 @@ use crate::support::fleet::FleetRepo;
 use crate::support::testbed::Testbed;
 use crate::support::{TempDir, git};
 
-struct Running {
-    shared: Arc<Shared>,
-    addr: std::net::SocketAddr,
+pub(crate) struct Running {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let _ = self.task.await;
     }
 
-    fn applied(&self) -> Option<String> {
+    pub(crate) fn applied(&self) -> Option<String> {
         self.shared.status.lock().unwrap().applied_commit.clone()
     }
 
@@ -58,16 +58,16 @@ impl Running {
 
 /// What a test daemon differs in.
 #[derive(Default)]
-struct Setup<'a> {
-    api_token: Option<&'a str>,
-    webhook_secret: Option<&'a str>,
-    ssh_key: Option<&'a Path>,
+pub(crate) struct Setup<'a> {
+    pub(crate) api_token: Option<&'a str>,
+    pub(crate) webhook_secret: Option<&'a str>,
+    pub(crate) ssh_key: Option<&'a Path>,
     /// Real time instead of a virtual clock.
-    real_time: bool,
+    pub(crate) real_time: bool,
     /// Refs of proposals to plan.
-    proposals: &'a [&'a str],
+    pub(crate) proposals: &'a [&'a str],
     /// The drift interval, if not an hour.
-    drift: Option<Duration>,
+    pub(crate) drift: Option<Duration>,
 }
 
 /// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
@@ -114,7 +114,7 @@ async fn post_raw(
     .unwrap()
 }
 
-async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
+pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = Config {
@@ -186,7 +186,7 @@ async fn first_applied(d: &Running, repo: &Path) -> String {
 /// Wait in real time until `ok` holds, without moving virtual time: each
 /// wait is a blocking task, and tokio does not advance a paused clock
 /// while one runs.
-async fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !ok() {
         assert!(
@@ -254,7 +254,7 @@ fn app(v: &str) -> String {
     format!("files:\n  - {{path: /etc/app.conf, content: \"{v}\\n\"}}\n")
 }
 
-fn commit(repo: &Path, msg: &str) -> String {
+pub(crate) fn commit(repo: &Path, msg: &str) -> String {
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "--allow-empty", "-m", msg]);
     git(repo, &["rev-parse", "HEAD"])

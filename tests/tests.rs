@@ -16,6 +16,7 @@ mod layout;
 mod local;
 mod maintenance;
 mod mutate;
+mod notify;
 mod policy;
 mod safety;
 mod stacks;

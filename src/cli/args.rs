@@ -106,6 +106,16 @@ pub enum ScheduleCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NotifyCommand {
+    /// Send a test message to SINK now, with the credentials the daemon would use.
+    Test {
+        sink: String,
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
     /// Encrypt standard input into secrets/NAME.age (then commit it).
     Encrypt {
@@ -293,6 +303,11 @@ pub enum Command {
     Schedule {
         #[command(subcommand)]
         command: ScheduleCommand,
+    },
+    /// Notifications: send a test message to a sink of `notify:`.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
     },
     /// Policy-as-code: run the repo's Rego tests (`test_*` rules).
     Policy {

@@ -8,6 +8,7 @@ mod apply;
 mod args;
 mod daemon;
 mod init;
+mod notify;
 mod plan;
 mod policy;
 mod schedule;
@@ -143,6 +144,9 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
+        Command::Notify {
+            command: NotifyCommand::Test { sink, repo },
+        } => notify::test(&repo, &sink),
         Command::Policy {
             command: PolicyCommand::Test { repo },
         } => policy_test(&repo),

@@ -298,6 +298,7 @@ impl Loop {
         self.shared.status.lock().unwrap().invalid = Some(Invalid {
             commit: commit.clone(),
             errors,
+            denied: why.contains("policies"),
         });
         self.push_status(Some((commit, note))).await;
     }
@@ -335,6 +336,7 @@ impl Loop {
                 st.fleet = fleet.name.clone();
             }
             self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
+            self.shared.notifier.configure(&fleet);
             self.reschedule(self.clock.now());
             if already && !retry {
                 info!("already applied (per the status branch); not applying again");
@@ -614,7 +616,7 @@ pub(super) struct Done {
 
 /// What a reconcile did to the hosts, and which server changes failed.
 pub(super) struct Reconciled {
-    hosts: Vec<HostStatus>,
+    pub(super) hosts: Vec<HostStatus>,
     cloud_failures: Vec<String>,
     /// How the plan compares with the one reviewed on the merged proposal.
     review: Option<String>,

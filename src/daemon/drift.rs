@@ -5,7 +5,8 @@
 use tracing::{Instrument, info_span, warn};
 
 use super::Loop;
-use super::commit::Refused;
+use super::commit::{Applied, Refused};
+use super::status::HostState;
 use crate::model::desired::DriftMode;
 
 impl Loop {
@@ -28,10 +29,44 @@ impl Loop {
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
             let before = self.shared.status.lock().unwrap().files();
-            if let Err(Refused::Denied(denied)) =
-                self.reconcile(&commit, fleet, &policies, apply, None).await
+            match self
+                .reconcile(&commit, fleet.clone(), &policies, apply, None)
+                .await
             {
-                warn!(denials = denied.len(), "the policies deny correcting drift");
+                Err(Refused::Denied(denied)) => {
+                    warn!(denials = denied.len(), "the policies deny correcting drift");
+                }
+                Ok(Applied::Done(done)) if apply => {
+                    // Found and corrected in one pass: the host never shows as
+                    // drifted, so this is the only word of it.
+                    let now = self.clock.now();
+                    let news = done
+                        .hosts
+                        .iter()
+                        .filter(|h| h.state == HostState::Synced)
+                        .filter(|h| {
+                            h.last_result
+                                .as_deref()
+                                .is_some_and(|r| r.ends_with("change(s) applied"))
+                        })
+                        .map(|h| {
+                            crate::notify::info(
+                                &fleet.name,
+                                crate::notify::EventKind::DriftCorrected,
+                                Some(&h.host),
+                                &format!("host {}", h.host),
+                                &format!(
+                                    "drift corrected on {}: {}",
+                                    h.host,
+                                    h.last_result.as_deref().unwrap_or("")
+                                ),
+                                now,
+                            )
+                        })
+                        .collect();
+                    self.shared.notifier.send(news);
+                }
+                _ => {}
             }
             let after = self.shared.status.lock().unwrap().files();
             let changed = before

@@ -45,7 +45,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let text = status::prometheus(&s.status.lock().unwrap(), &s.metrics.lock().unwrap());
+    let mut text = status::prometheus(&s.status.lock().unwrap(), &s.metrics.lock().unwrap());
+    text.push_str(&s.notifier.metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -53,6 +54,7 @@ async fn status_json(State(s): State<Arc<Shared>>) -> Response {
     let st = s.status.lock().unwrap().clone();
     let mut v = serde_json::to_value(&st).expect("status serializes");
     v["state"] = st.state().0.into();
+    v["notifications"] = serde_json::to_value(s.notifier.status()).unwrap_or_default();
     axum::Json(v).into_response()
 }
 

@@ -123,6 +123,32 @@ impl Loop {
             .or_default() += 1;
         let failed = !run.ok && run.not_started.is_none();
         let text = crate::maintenance::render(&run);
+        if let Some((_, fleet, _)) = &self.good
+            && run.not_started.is_none()
+        {
+            // Good news is sent only where a route names job_succeeded.
+            let now = self.clock.now();
+            let news = run
+                .hosts
+                .iter()
+                .filter(|h| h.result == crate::maintenance::run::HostRunResult::Ok)
+                .map(|h| {
+                    crate::notify::info(
+                        &fleet.name,
+                        crate::notify::EventKind::JobSucceeded,
+                        Some(&h.host),
+                        &format!("job {name} on {}", h.host),
+                        &format!(
+                            "{name} succeeded on {} in {:.1} s",
+                            h.host,
+                            h.duration_ms as f64 / 1000.0
+                        ),
+                        now,
+                    )
+                })
+                .collect();
+            self.shared.notifier.send(news);
+        }
         {
             let mut st = self.shared.status.lock().unwrap();
             st.schedules.entry(name.clone()).or_default().last_run = Some(run);

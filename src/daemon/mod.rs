@@ -19,6 +19,7 @@
 //! - [`status`]: status, badges, metrics, the status page (pure).
 //! - [`http`]: the HTTP server.
 
+mod alerts;
 mod commit;
 mod drift;
 pub mod http;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub webhook_secret: Option<Vec<u8>>,
     pub api_token: Option<Vec<u8>>,
     stale: Mutex<BTreeMap<&'static str, String>>,
+    /// Alerts and their messages (outbox in the state directory).
+    pub notifier: crate::notify::deliver::Notifier,
 }
 
 impl Shared {
@@ -366,6 +369,32 @@ impl Loop {
         Ok(f)
     }
 
+    /// Read the status for problems a human should hear about, and queue
+    /// the messages (level-triggered: after every step).
+    fn alerts(&self) {
+        let Some((_, fleet, _)) = &self.good else {
+            return;
+        };
+        let n = self.shared.notifier.settings();
+        if n.sinks.is_empty() {
+            return;
+        }
+        let obs = {
+            let st = self.shared.status.lock().unwrap();
+            let mut obs = alerts::observations(&st, fleet, &n, self.fetch_failures > 0);
+            obs.extend(alerts::cost(
+                &st.monthly_cost,
+                &n,
+                "fleet".into(),
+                "the fleet",
+            ));
+            obs
+        };
+        self.shared
+            .notifier
+            .observe("status", self.clock.now(), obs);
+    }
+
     /// Keys learned on first use are pinned from then on.
     fn pin_learned_keys(&self, fleet: &mut Fleet) {
         let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
@@ -453,6 +482,7 @@ pub async fn serve(
         webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
         api_token: cfg.api_token.clone().map(String::into_bytes),
         stale: Mutex::new(BTreeMap::new()),
+        notifier: crate::notify::deliver::Notifier::open(Some(&cfg.state_dir)),
     });
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
@@ -518,5 +548,6 @@ pub async fn serve(
         );
     }
     server.abort();
+    shared.notifier.stop();
     Ok(())
 }

@@ -93,6 +93,12 @@ impl Loop {
         let before = self.proposals.clone();
         self.proposals
             .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
+        for gone in before.keys().filter(|n| !self.proposals.contains_key(*n)) {
+            // A closed proposal's alerts are resolved.
+            self.shared
+                .notifier
+                .observe(&format!("proposal/{gone}"), self.clock.now(), vec![]);
+        }
         if self.proposals != before {
             save_record(&self.cfg.state_dir, &self.proposals);
         }
@@ -259,6 +265,7 @@ impl Loop {
             .await;
         let refs: Vec<&HostResult> = results.iter().collect();
         info!(denied = verdict.deny.len(), "proposal planned");
+        self.proposal_alerts(name, &verdict, cloud.as_ref());
         let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
         let c = sha.to_string();
         let tree = self.blocking(move |m| m.tree_of(&c)).await;
@@ -339,6 +346,61 @@ impl Loop {
             report,
             reviewed,
         }
+    }
+
+    /// A proposal denied by policy, or raising the monthly cost above the
+    /// limit, is an alert until a newer head is allowed (or it is closed).
+    fn proposal_alerts(
+        &self,
+        name: &str,
+        verdict: &crate::policy::Verdict,
+        cloud: Option<&crate::cloud::plan::CloudPlan>,
+    ) {
+        use crate::notify::{EventKind, Observation, Seen};
+        let n = self.shared.notifier.settings();
+        if n.sinks.is_empty() {
+            return;
+        }
+        let denied = verdict.blocks();
+        let mut obs = vec![Observation {
+            key: "policy".into(),
+            kind: EventKind::PolicyDenied,
+            host: None,
+            subject: format!("proposal {name}"),
+            summary: if denied {
+                format!("the policies deny proposal {name}")
+            } else {
+                format!("the policies allow proposal {name} now")
+            },
+            details: verdict
+                .deny
+                .iter()
+                .chain(&verdict.errors)
+                .cloned()
+                .collect(),
+            seen: if denied {
+                Seen::Problem { after_secs: 0 }
+            } else {
+                Seen::Fine
+            },
+        }];
+        if let Some(c) = cloud {
+            let raised = c
+                .cost
+                .iter()
+                .filter(|(_, l)| l.delta() > 0.0)
+                .map(|(cur, l)| (cur.to_string(), l.proposed))
+                .collect();
+            obs.extend(super::alerts::cost(
+                &raised,
+                &n,
+                "plan".into(),
+                &format!("proposal {name}"),
+            ));
+        }
+        self.shared
+            .notifier
+            .observe(&format!("proposal/{name}"), self.clock.now(), obs);
     }
 
     /// The proposal whose reviewed plan is of the same tree as `commit`.

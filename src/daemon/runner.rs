@@ -69,10 +69,12 @@ impl Loop {
                 _ = self.shutdown.notified() => break,
                 Some(d) = done.recv() => {
                     self.job_finished(d).await;
+                    self.alerts();
                     continue;
                 }
                 Some(ev) = rollouts.recv() => {
                     self.rollout_event(ev).await;
+                    self.alerts();
                     continue;
                 }
                 r = self.sched.next() => r,
@@ -114,6 +116,7 @@ impl Loop {
                 req
             };
             self.settle(key, outcome);
+            self.alerts();
         }
         info!("reconcile loop stopped");
     }

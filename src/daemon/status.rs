@@ -79,6 +79,9 @@ pub struct Invalid {
     pub commit: String,
     /// `file:line:column: error[code]: message`, one per problem.
     pub errors: Vec<String>,
+    /// Not applied because the policies deny its plan (the errors are the denials).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub denied: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -234,6 +234,7 @@ mod tests {
             health: vec![],
             timeout_secs: 3600,
             catch_up_secs: Some(6 * 3600),
+            alert: crate::model::notify::EventKind::JobFailed,
             kind: JobKind::Command { run: "true".into() },
             origin: Origin::file("schedules.yaml"),
         }

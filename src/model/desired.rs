@@ -95,6 +95,8 @@ pub struct Settings {
     /// How the daemon applies a commit across hosts (None: all at once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// `notify:`: who is told what (no sinks: nobody).
+    pub notify: crate::model::notify::Notify,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -731,6 +733,8 @@ pub struct Job {
     pub health: Vec<HealthCheck>,
     pub timeout_secs: u64,
     pub catch_up_secs: Option<u64>,
+    /// What a failure is reported as (job_failed or health_threshold).
+    pub alert: crate::model::notify::EventKind,
     pub kind: JobKind,
     pub origin: Origin,
 }

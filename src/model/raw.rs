@@ -34,6 +34,91 @@ pub struct FleetFile {
     pub apply: ApplySettings,
     /// Apply commits host by host: canaries, then batches, health-gated.
     pub rollout: Option<RolloutSpec>,
+    /// Messages to people when something needs a human.
+    pub notify: Option<NotifySpec>,
+}
+
+/// `notify:`: sinks, routes and the limits that make a state an alert.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Repeat a firing alert after this long (`0s`: never).
+    pub remind_every: Option<S<String>>,
+    /// A host unreachable for this long is an alert.
+    pub unreachable_after: Option<S<String>>,
+    /// No successful fetch of the config repo for this long is an alert.
+    pub fetch_stale_after: Option<S<String>>,
+    /// A plan that raises the monthly cost above this is an alert.
+    pub monthly_cost_above: Option<S<f64>>,
+}
+
+/// One sink; which keys apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    #[serde(rename = "type")]
+    pub kind: S<String>,
+    pub url: Option<S<CredentialSpec>>,
+    pub secret: Option<S<CredentialSpec>>,
+    pub token: Option<S<CredentialSpec>>,
+    pub topic: Option<S<CredentialSpec>>,
+    pub password: Option<S<CredentialSpec>>,
+    pub server: Option<S<String>>,
+    pub chat_id: Option<S<ChatId>>,
+    pub room: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub port: Option<S<u16>>,
+    pub tls: Option<S<crate::model::notify::SmtpTls>>,
+    pub username: Option<S<String>>,
+    pub from: Option<S<String>>,
+    #[serde(default)]
+    pub to: Vec<S<String>>,
+    pub ca_file: Option<S<String>>,
+    pub per_minute: Option<S<u32>>,
+}
+
+/// `{env: VAR}` or `{secret: name}`; a plain value is refused when resolved.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CredentialSpec {
+    Plain(String),
+    From(CredentialRef),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRef {
+    pub env: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// Telegram chat ids are numbers; YAML reads them as such unless quoted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ChatId {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// One sink or several.
+    pub sink: Option<S<String>>,
+    #[serde(default)]
+    pub sinks: Vec<S<String>>,
+    #[serde(default)]
+    pub events: Vec<S<String>>,
+    /// The least severity sent (info, warning, critical).
+    pub severity: Option<S<String>>,
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,6 +592,9 @@ pub struct JobSpec {
     pub upgrade: Option<UpgradeSpec>,
     pub power: Option<PowerSpec>,
     pub command: Option<JobCommandSpec>,
+    /// What a failure is reported as: `job_failed` (the default) or
+    /// `health_threshold` (a job that checks thresholds).
+    pub alert: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -154,4 +154,5 @@ pub fn tidekeeper() -> Command {
 pub mod cloud;
 pub mod daemon;
 pub mod fleet;
+pub mod receivers;
 pub mod testbed;

@@ -1,6 +1,7 @@
 //! Stage 6: schedules.yaml's maintenance jobs, checked against the hosts.
 
 use super::*;
+use crate::model::notify::EventKind;
 
 /// What a job is checked against: the hosts resolved before it.
 pub(super) struct Fleetwide<'h> {
@@ -82,6 +83,7 @@ impl Loader<'_> {
                         t.value, j.window.as_ref().map(|w| w.value.clone()).unwrap_or_default(), w.length().num_minutes())));
         }
         let health = self.health_checks(file, &o, &j.health, None);
+        let alert = self.job_alert(j);
         let selected = self.job_hosts(j, fleet);
         let kind = self.job_kind(j, &o, &selected, hosts, fleet.secrets)?;
         if !cron_ok {
@@ -109,9 +111,28 @@ impl Loader<'_> {
             health,
             timeout_secs: timeout,
             catch_up_secs: catch_up,
+            alert,
             kind,
             origin: o,
         })
+    }
+
+    /// `alert:`: what the job's failure is reported as.
+    fn job_alert(&mut self, j: &raw::JobSpec) -> EventKind {
+        let Some(a) = &j.alert else {
+            return EventKind::JobFailed;
+        };
+        match EventKind::parse(&a.value) {
+            Some(k @ (EventKind::JobFailed | EventKind::HealthThreshold)) => k,
+            _ => {
+                self.err(
+                    at(SCHEDULES_FILE, a)
+                        .error("invalid-value", format!("alert {:?} is not what a job's failure can be reported as", a.value))
+                        .with_help("job_failed (the default) or health_threshold (a job that checks thresholds)"),
+                );
+                EventKind::JobFailed
+            }
+        }
     }
 
     /// The hosts a job selects: by name (or group name), by group, by

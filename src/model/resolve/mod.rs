@@ -22,6 +22,7 @@ use serde_saphyr::Spanned;
 
 mod hosts;
 mod jobs;
+mod notify;
 mod roles;
 mod secrets;
 mod settings;
@@ -458,7 +459,10 @@ impl<'a> Loader<'a> {
             .map(|(p, _)| p.to_string())
             .collect();
 
-        let settings = settings?;
+        let mut settings = settings?;
+        if let Some(n) = fleet_file.as_ref().and_then(|f| f.notify.as_ref()) {
+            settings.notify = self.notify(n, &secrets, &hosts, &broken_hosts);
+        }
         if let (Some(r), Some(f)) = (&settings.rollout, &fleet_file)
             && let Some(spec) = &f.rollout
         {

@@ -175,6 +175,7 @@ impl Loader<'_> {
                 .require_reviewed_plan
                 .as_ref()
                 .is_some_and(|s| s.value),
+            notify: Default::default(),
         }
     }
 
@@ -269,6 +270,7 @@ pub(super) fn default_settings() -> Settings {
         suspend: false,
         rollout: None,
         require_reviewed_plan: false,
+        notify: Default::default(),
     }
 }
 

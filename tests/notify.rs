@@ -1,0 +1,631 @@
+//! Notifications, end to end: the daemon in-process on local hosts, real
+//! receivers on 127.0.0.1 (an HTTP server checking each chat service's
+//! request format and auth; aiosmtpd with STARTTLS and a login), and
+//! credentials from age secrets.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::controller::{Running, Setup, commit, start_with, until};
+use crate::support::fleet::{age_identity, text};
+use crate::support::receivers::*;
+use crate::support::{TempDir, git, tidekeeper};
+
+/// `tidekeeper secrets encrypt NAME` into `repo` with `value`.
+fn encrypt(repo: &Path, identity: &str, name: &str, value: &str) {
+    use std::io::Write;
+    let mut enc = tidekeeper()
+        .args(["secrets", "encrypt", name, "--repo"])
+        .arg(repo)
+        .env("TIDEKEEPER_AGE_IDENTITY", identity)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    enc.stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    assert!(enc.wait().unwrap().success(), "secrets encrypt {name}");
+}
+
+struct Fleet {
+    repo: PathBuf,
+    /// Present: the backup job on `a` succeeds.
+    backup_ok: PathBuf,
+    /// Present: the threshold check on `b` passes.
+    thresholds_ok: PathBuf,
+}
+
+/// Two local hosts: `a` (labels role=db) with a `nightly-backup` job and
+/// `b` with a `thresholds` job (alert: health_threshold). The backup job's
+/// output carries the webhook's signing key, which no message may show.
+fn fleet(dir: &Path, notify: &str, secrets: &[(&str, &str)]) -> Fleet {
+    let repo = dir.join("fleet");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for d in [&repo, &a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let identity = age_identity();
+    let id_file = dir.join("identity.txt");
+    std::fs::write(&id_file, &identity).unwrap();
+    let leak = dir.join("leak.txt");
+    std::fs::write(&leak, format!("debug: signing key {WEBHOOK_SECRET}\n")).unwrap();
+    let backup_ok = dir.join("backup-ok");
+    let thresholds_ok = dir.join("thresholds-ok");
+    let w = |rel: &str, text: &str| {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "tidekeeper.yaml",
+        &format!(
+            "fleet: ntf\nsecrets:\n  identity_file: {}\n{notify}",
+            id_file.display()
+        ),
+    );
+    w(
+        "hosts/a.yaml",
+        &format!(
+            "provider: local\nroot: {}\nlabels: {{role: db}}\nroles: [app]\n",
+            a.display()
+        ),
+    );
+    w(
+        "hosts/b.yaml",
+        &format!("provider: local\nroot: {}\nroles: [app]\n", b.display()),
+    );
+    w(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\n",
+    );
+    w(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n  - name: nightly-backup\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [a]}}\n    command:\n      run: \"cat {}; test -e {}\"\n  - name: thresholds\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [b]}}\n    alert: health_threshold\n    command:\n      run: \"test -e {}\"\n",
+            leak.display(),
+            backup_ok.display(),
+            thresholds_ok.display()
+        ),
+    );
+    for (name, value) in secrets {
+        encrypt(&repo, &identity, name, value);
+    }
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit(&repo, "fleet");
+    Fleet {
+        repo,
+        backup_ok,
+        thresholds_ok,
+    }
+}
+
+async fn start(f: &Fleet, state: &Path) -> Running {
+    let d = start_with(
+        &f.repo,
+        state,
+        Setup {
+            real_time: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let c = git(&f.repo, &["rev-parse", "HEAD"]);
+    until("the commit applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(c.as_str())
+    })
+    .await;
+    d
+}
+
+/// Run `job` and wait until its run is recorded.
+async fn run_job(d: &Running, job: &str) {
+    let before = last_run(d, job);
+    d.shared
+        .scheduler
+        .now(tidekeeper::daemon::scheduler::Request::RunJob(job.into()));
+    until(&format!("job {job} run"), Duration::from_secs(60), || {
+        last_run(d, job) != before && last_run(d, job).is_some()
+    })
+    .await;
+}
+
+/// How many runs of `job` finished (a run's times are in whole seconds).
+fn last_run(d: &Running, job: &str) -> Option<u64> {
+    let m = d.shared.metrics.lock().unwrap();
+    let n: u64 = m
+        .maintenance_runs
+        .iter()
+        .filter(|((j, _), _)| j == job)
+        .map(|(_, n)| *n)
+        .sum();
+    (n > 0).then_some(n)
+}
+
+/// Let the loop finish what it was doing (a request after the job's report
+/// is taken only after the job's alerts are queued), then let every message
+/// be delivered.
+async fn counts_settle(d: &Running) {
+    let fetches = d.shared.metrics.lock().unwrap().fetches;
+    d.shared.poke();
+    until(
+        "the loop past the job's report",
+        Duration::from_secs(30),
+        || d.shared.metrics.lock().unwrap().fetches > fetches,
+    )
+    .await;
+    assert!(
+        d.shared.notifier.flushed(Duration::from_secs(30)).await,
+        "messages still waiting: {:?}",
+        d.shared.notifier.status()
+    );
+}
+
+fn all_sinks(r: &Receivers, smtp: &Smtp, ca: &Path) -> String {
+    format!(
+        r#"notify:
+  remind_every: 0s
+  sinks:
+    hook: {{type: webhook, url: {{secret: hook-url}}, secret: {{secret: hook-key}}}}
+    team-slack: {{type: slack, url: {{secret: slack-url}}}}
+    team-discord: {{type: discord, url: {{secret: discord-url}}}}
+    phone: {{type: telegram, server: "{tg}", token: {{secret: tg-token}}, chat_id: 1275129801}}
+    push: {{type: ntfy, server: "{ntfy}", topic: {{secret: ntfy-topic}}, token: {{secret: ntfy-token}}}}
+    room: {{type: matrix, server: "{matrix}", room: "{MATRIX_ROOM}", token: {{secret: matrix-token}}}}
+    mail:
+      type: email
+      host: 127.0.0.1
+      port: {port}
+      tls: starttls
+      username: alerts
+      password: {{secret: smtp-password}}
+      from: tidekeeper@example.org
+      to: [ops@example.org]
+      ca_file: {ca}
+  routes:
+    - sinks: [hook, team-slack, team-discord, phone, push, room, mail]
+      events: [job_failed]
+    - sink: hook
+      events: [health_threshold]
+      labels: {{}}
+"#,
+        tg = r.url("/telegram"),
+        ntfy = r.url("/ntfy"),
+        matrix = r.url("/matrix"),
+        port = smtp.port,
+        ca = ca.display(),
+    )
+}
+
+fn all_secrets(r: &Receivers) -> Vec<(&'static str, String)> {
+    vec![
+        ("hook-url", r.url("/hook")),
+        ("hook-key", WEBHOOK_SECRET.to_string()),
+        ("slack-url", r.url(SLACK_PATH)),
+        ("discord-url", r.url(DISCORD_PATH)),
+        ("tg-token", TELEGRAM_TOKEN.to_string()),
+        ("ntfy-topic", NTFY_TOPIC.to_string()),
+        ("ntfy-token", NTFY_TOKEN.to_string()),
+        ("matrix-token", MATRIX_TOKEN.to_string()),
+        ("smtp-password", "correct-horse-battery".to_string()),
+    ]
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+const CHAT: [&str; 6] = ["webhook", "slack", "discord", "telegram", "ntfy", "matrix"];
+
+/// The text a chat service shows for a message.
+fn shown(service: &str, m: &serde_json::Value) -> String {
+    let key = match service {
+        "webhook" => "summary",
+        "slack" => "text",
+        "discord" => "content",
+        "telegram" => "text",
+        "ntfy" => "message",
+        _ => "body",
+    };
+    m[key].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_its_sinks_once_and_its_resolution_once_even_across_a_restart() {
+    let tmp = TempDir::new("notify-e2e");
+    let r = Receivers::start(0).await;
+    let (ca, cert, key) = tls_files(tmp.path());
+    let smtp = Smtp::start(
+        tmp.path(),
+        "starttls",
+        &cert,
+        &key,
+        "alerts",
+        "correct-horse-battery",
+    );
+    let secrets = all_secrets(&r);
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), &all_sinks(&r, &smtp, &ca), &secrets);
+    let state = tmp.path().join("state");
+    let d = start(&f, &state).await;
+
+    // The backup fails: one message on every sink routed job_failed.
+    run_job(&d, "nightly-backup").await;
+    counts_settle(&d).await;
+    for s in CHAT {
+        let got = r.of(s);
+        assert_eq!(got.len(), 1, "{s}: {got:?}");
+        let t = shown(s, &got[0]);
+        assert!(t.contains("nightly-backup failed on a"), "{s}: {t}");
+    }
+    let hook = &r.of("webhook")[0];
+    assert_eq!(hook["kind"], "job_failed");
+    assert_eq!(hook["status"], "firing");
+    assert_eq!(hook["severity"], "warning");
+    assert_eq!(hook["host"], "a");
+    assert_eq!(hook["fleet"], "ntf");
+    assert_eq!(r.of("telegram")[0]["chat_id"], TELEGRAM_CHAT);
+    assert_eq!(r.of("ntfy")[0]["priority"], 4);
+    assert!(
+        r.of("ntfy")[0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("[ntf] warning: nightly-backup failed on a")
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].0["tls"], true, "sent over STARTTLS");
+    assert_eq!(mails[0].0["login"], true, "logged in");
+    assert_eq!(mails[0].0["to"], serde_json::json!(["ops@example.org"]));
+    assert!(
+        mails[0]
+            .1
+            .contains("Subject: [ntf] warning: nightly-backup failed on a"),
+        "{}",
+        mails[0].1
+    );
+    // The job's output went into the message, its secret did not.
+    let everything = format!("{:?}{:?}", r.got.lock().unwrap().messages, mails);
+    assert!(
+        everything.contains("debug: signing key"),
+        "the log tail is in the message"
+    );
+    assert!(
+        !everything.contains(WEBHOOK_SECRET),
+        "a secret reached a message"
+    );
+    assert!(!everything.contains(NTFY_TOKEN) && !everything.contains(MATRIX_TOKEN));
+
+    // It fails again: nothing new (remind_every is 0s: never repeated).
+    run_job(&d, "nightly-backup").await;
+    // The threshold check fails: only the route naming health_threshold.
+    run_job(&d, "thresholds").await;
+    counts_settle(&d).await;
+    assert_eq!(r.of("webhook").len(), 2);
+    let t = &r.of("webhook")[1];
+    assert_eq!(t["kind"], "health_threshold");
+    assert_eq!(t["severity"], "critical");
+    assert_eq!(t["host"], "b");
+    for s in &CHAT[1..] {
+        assert_eq!(
+            r.of(s).len(),
+            1,
+            "{s} got a repeat or a message not routed to it"
+        );
+    }
+
+    // A restart remembers what was already said.
+    d.stop().await;
+    let d = start(&f, &state).await;
+    until("the notifier configured", Duration::from_secs(30), || {
+        !d.shared.notifier.status().sinks.is_empty()
+    })
+    .await;
+    run_job(&d, "nightly-backup").await;
+    counts_settle(&d).await;
+    assert_eq!(r.of("webhook").len(), 2, "{:?}", r.of("webhook"));
+    assert_eq!(smtp.mails().len(), 1);
+
+    // Fixed: one resolved message each.
+    std::fs::write(&f.backup_ok, "").unwrap();
+    std::fs::write(&f.thresholds_ok, "").unwrap();
+    run_job(&d, "nightly-backup").await;
+    run_job(&d, "thresholds").await;
+    counts_settle(&d).await;
+    for s in &CHAT[1..] {
+        let got = r.of(s);
+        assert_eq!(got.len(), 2, "{s}: {got:?}");
+        assert!(
+            shown(s, &got[1]).contains("resolved"),
+            "{s}: {}",
+            shown(s, &got[1])
+        );
+    }
+    let hook = r.of("webhook");
+    assert_eq!(hook.len(), 4, "{hook:?}");
+    let resolved: Vec<_> = hook.iter().filter(|m| m["status"] == "resolved").collect();
+    assert_eq!(resolved.len(), 2);
+    assert_eq!(
+        resolved.iter().find(|m| m["kind"] == "job_failed").unwrap()["id"],
+        format!("{}-resolved", hook[0]["id"].as_str().unwrap())
+    );
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[1].1.contains("Subject: [ntf] resolved:"),
+        "{}",
+        mails[1].1
+    );
+    assert!(
+        r.got.lock().unwrap().refused.is_empty(),
+        "{:?}",
+        r.got.lock().unwrap().refused
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_is_down_or_slow_holds_up_nothing_else_and_gets_its_messages_when_it_recovers()
+{
+    let tmp = TempDir::new("notify-down");
+    let r = Receivers::start(0).await;
+    // Telegram's server is not listening at all yet: connection refused.
+    let tg_port = crate::support::daemon::free_port();
+    let notify = format!(
+        r#"notify:
+  sinks:
+    hook: {{type: webhook, url: {{secret: hook-url}}, secret: {{secret: hook-key}}}}
+    down: {{type: slack, url: {{secret: slack-url}}}}
+    slow: {{type: discord, url: {{secret: discord-url}}}}
+    refused: {{type: telegram, server: "http://127.0.0.1:{tg_port}/telegram", token: {{secret: tg-token}}, chat_id: "{TELEGRAM_CHAT}"}}
+  routes:
+    - sinks: [hook, down, slow, refused]
+"#
+    );
+    let secrets = [
+        ("hook-url", r.url("/hook")),
+        ("hook-key", WEBHOOK_SECRET.to_string()),
+        ("slack-url", r.url(SLACK_PATH)),
+        ("discord-url", r.url(DISCORD_PATH)),
+        ("tg-token", TELEGRAM_TOKEN.to_string()),
+    ];
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), &notify, &secrets);
+    r.set_fail("slack", Some(500));
+    r.set_slow("discord", true);
+    let state = tmp.path().join("state");
+    let d = start(&f, &state).await;
+
+    run_job(&d, "nightly-backup").await;
+    until("the webhook message", Duration::from_secs(10), || {
+        r.of("webhook").len() == 1
+    })
+    .await;
+    // The daemon goes on: a new commit is applied while one sink hangs.
+    std::fs::write(
+        f.repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"v2\\n\"}\n",
+    )
+    .unwrap();
+    let c2 = commit(&f.repo, "v2");
+    d.shared.poke();
+    until(
+        "v2 applied while a sink hangs",
+        Duration::from_secs(10),
+        || d.applied().as_deref() == Some(c2.as_str()),
+    )
+    .await;
+    until("the failures recorded", Duration::from_secs(10), || {
+        let s = d.shared.notifier.status();
+        s.sinks["down"].stats.failed_attempts >= 1 && s.sinks["refused"].stats.failed_attempts >= 1
+    })
+    .await;
+    // Kept, and shown in /status and /metrics.
+    let status = get(d.addr, "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let n = &v["notifications"]["sinks"];
+    assert_eq!(n["down"]["waiting"], 1, "{n}");
+    assert!(
+        n["down"]["last_error"].as_str().unwrap().contains("500"),
+        "{n}"
+    );
+    assert_eq!(n["refused"]["waiting"], 1, "{n}");
+    assert_eq!(n["hook"]["waiting"], 0, "{n}");
+    assert_eq!(n["hook"]["sent"], 1, "{n}");
+    assert!(
+        !status.contains(TELEGRAM_TOKEN),
+        "an error named the token (it is in the URL)"
+    );
+    let metrics = get(d.addr, "/metrics").await;
+    assert!(
+        metrics.contains("tidekeeper_notifications_waiting{sink=\"down\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE tidekeeper_notification_failures_total counter"));
+
+    // Stopped while the sinks are down: nothing is lost.
+    d.stop().await;
+    r.set_fail("slack", None);
+    r.set_slow("discord", false);
+    let _tg = Receivers::start(tg_port).await;
+    let d = start(&f, &state).await;
+    until("every sink caught up", Duration::from_secs(60), || {
+        r.of("slack").len() == 1 && r.of("discord").len() == 1 && _tg.of("telegram").len() == 1
+    })
+    .await;
+    counts_settle(&d).await;
+    assert_eq!(
+        r.of("webhook").len(),
+        1,
+        "delivered once, not again after the restart"
+    );
+    assert_eq!(r.of("slack").len(), 1);
+    assert_eq!(r.of("discord").len(), 1);
+    let s = d.shared.notifier.status();
+    assert!(s.sinks.values().all(|s| s.waiting == 0), "{s:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_sends_one_message_and_says_what_is_missing() {
+    let tmp = TempDir::new("notify-cli");
+    let r = Receivers::start(0).await;
+    let (ca, cert, key) = tls_files(tmp.path());
+    // Implicit TLS this time (port 465 style).
+    let smtp = Smtp::start(
+        tmp.path(),
+        "tls",
+        &cert,
+        &key,
+        "alerts",
+        "correct-horse-battery",
+    );
+    let notify = format!(
+        r#"notify:
+  sinks:
+    push: {{type: ntfy, server: "{}", topic: {{env: TK_TEST_NTFY_TOPIC}}, token: {{env: TK_TEST_NTFY_TOKEN}}}}
+    mail: {{type: email, host: 127.0.0.1, port: {}, tls: tls, username: alerts, password: {{env: TK_TEST_SMTP_PASSWORD}}, from: tk@example.org, to: [ops@example.org], ca_file: {}}}
+"#,
+        r.url("/ntfy"),
+        smtp.port,
+        ca.display()
+    );
+    let f = fleet(tmp.path(), &notify, &[]);
+    let run = move |args: Vec<&'static str>, env: Vec<(&'static str, &'static str)>| {
+        let repo = f.repo.clone();
+        tokio::task::spawn_blocking(move || {
+            tidekeeper()
+                .args(&args)
+                .arg("--repo")
+                .arg(&repo)
+                .env_remove("TK_TEST_NTFY_TOKEN")
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+    };
+    let ok_env = vec![
+        ("TK_TEST_NTFY_TOPIC", NTFY_TOPIC),
+        ("TK_TEST_NTFY_TOKEN", NTFY_TOKEN),
+        ("TK_TEST_SMTP_PASSWORD", "correct-horse-battery"),
+    ];
+    let out = run(vec!["notify", "test", "push"], ok_env.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Sent a test message to push (ntfy)"));
+    let got = r.of("ntfy");
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("test message from tidekeeper"),
+        "{got:?}"
+    );
+
+    let out = run(vec!["notify", "test", "mail"], ok_env.clone())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].0["tls"], true);
+
+    // A missing credential is named; nothing is sent.
+    let out = run(
+        vec!["notify", "test", "push"],
+        vec![("TK_TEST_NTFY_TOPIC", NTFY_TOPIC)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("environment variable TK_TEST_NTFY_TOKEN is not set"),
+        "{}",
+        text(&out)
+    );
+    // A wrong token: the service's refusal, without the token.
+    let out = run(
+        vec!["notify", "test", "push"],
+        vec![
+            ("TK_TEST_NTFY_TOPIC", NTFY_TOPIC),
+            ("TK_TEST_NTFY_TOKEN", "tk_wrong_wrong_wrong_wrong"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        text(&out)
+    );
+    // A wrong mail password.
+    let out = run(
+        vec!["notify", "test", "mail"],
+        vec![("TK_TEST_SMTP_PASSWORD", "wrong-password-here")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("wrong-password-here"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(smtp.mails().len(), 1);
+    let out = run(vec!["notify", "test", "pager"], ok_env).await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("there are: mail, push"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(r.of("ntfy").len(), 1);
+}
+
+#[test]
+fn credentials_in_plain_text_and_unknown_names_are_refused_with_file_and_line() {
+    use crate::support::minimal;
+    let yaml = r#"fleet: test
+notify:
+  sinks:
+    chat:
+      type: slak
+      url: https://hooks.slack.com/services/T0/B0/SECRETSECRET
+    ok: {type: slack, url: {env: SLACK_URL}}
+    hook: {type: webhook, url: https://example.org/hook-token-1234}
+    pager: {type: ntfy, topic: {env: T}, room: "!x:y"}
+  routes:
+    - sink: okk
+      events: [job_faild]
+      hosts: [webb]
+"#;
+    let errors = minimal().file("tidekeeper.yaml", yaml).errors();
+    let text: String = errors.iter().map(|d| format!("{d}\n")).collect();
+    let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    has("tidekeeper.yaml:5:");
+    has("unknown type \"slak\"");
+    has("did you mean \"slack\"");
+    has("tidekeeper.yaml:8:");
+    has("`url` is written in the repo in plain text");
+    has("a ntfy sink has no `room`");
+    has("route names sink \"okk\"");
+    has("did you mean \"ok\"");
+    has("unknown event \"job_faild\"");
+    has("did you mean \"job_failed\"");
+    has("route names host \"webb\"");
+    assert!(
+        !text.contains("hook-token-1234"),
+        "the error repeated a credential:\n{text}"
+    );
+}
