@@ -469,11 +469,40 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
+    // The example's Telegram and Discord sinks, at receivers here.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chat = rt.block_on(crate::support::receivers::Receivers::start(0));
+    let refs: Vec<(String, String)> = refs
+        .iter()
+        .map(|(p, t)| {
+            let t = if *p == "tidekeeper.yaml" {
+                t.replace(
+                    "chat_id: 1275129801}",
+                    &format!(
+                        "chat_id: 1275129801, server: \"{}\"}}",
+                        chat.url("/telegram")
+                    ),
+                )
+            } else {
+                t.to_string()
+            };
+            (p.to_string(), t)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = refs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let repo = FleetRepo::with_files(bed.key.clone(), &refs);
     let identity = crate::support::fleet::age_identity();
     repo.encrypt_secret(&identity, "restic", "aegis backup password");
     repo.commit("our restic password");
-    let env = [("TIDEKEEPER_AGE_IDENTITY", identity.as_str())];
+    let discord = chat.url(crate::support::receivers::DISCORD_PATH);
+    let env = [
+        ("TIDEKEEPER_AGE_IDENTITY", identity.as_str()),
+        (
+            "AEGIS_TELEGRAM_BOT_TOKEN",
+            crate::support::receivers::TELEGRAM_TOKEN,
+        ),
+        ("AEGIS_DISCORD_WEBHOOK_URL", discord.as_str()),
+    ];
 
     let out = repo.tk_env(&["plan"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -569,6 +598,44 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         assert!(tail.contains(&format!(" {m} ")), "{m} reported: {tail}");
     }
     assert_eq!(v["last_run"]["ok"], true, "{report}");
+    assert!(chat.of("telegram").is_empty(), "no alert while all is well");
+
+    // The disk threshold is crossed: the phone and the channel hear of it once.
+    let t = repo.read("hosts/aegis.yaml");
+    repo.write(
+        "hosts/aegis.yaml",
+        &t.replace("disk_alert: \"85\"", "disk_alert: \"0\""),
+    );
+    repo.commit("a threshold every disk crosses");
+    d.wait_for(
+        "the threshold alert on the phone",
+        Duration::from_secs(60),
+        |_| !chat.of("telegram").is_empty() && !chat.of("discord").is_empty(),
+    );
+    let phone = chat.of("telegram");
+    let text = phone[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("[aegis] critical: health-thresholds is over a threshold on aegis"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ALERT disk"),
+        "the figures are in the message: {text}"
+    );
+    assert_eq!(phone[0]["chat_id"], "1275129801");
+    // Later failed runs of the same check send nothing more.
+    let mut runs = std::collections::BTreeSet::new();
+    d.wait_for("two more runs of the check", Duration::from_secs(60), |d| {
+        let st = d.status();
+        if let Some(f) = st["schedules"]["health-thresholds"]["last_run"]["finished"].as_str() {
+            runs.insert(f.to_string());
+        }
+        runs.len() >= 3
+    });
+    let st = d.status();
+    assert_eq!(st["notifications"]["sinks"]["phone"]["waiting"], 0, "{st}");
+    assert_eq!(chat.of("telegram").len(), 1, "{:?}", chat.of("telegram"));
+    assert!(chat.got.lock().unwrap().refused.is_empty());
 }
 
 #[test]

@@ -629,3 +629,128 @@ notify:
         "the error repeated a credential:\n{text}"
     );
 }
+
+/// (kind, status, host) of every webhook message.
+fn seen(r: &Receivers) -> Vec<(String, String, String)> {
+    r.of("webhook")
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap_or("").to_string(),
+                m["status"].as_str().unwrap_or("").to_string(),
+                m["host"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_seen(r: &Receivers, kind: &str, status: &str, host: &str) {
+    until(
+        &format!("{kind} {status} {host}"),
+        Duration::from_secs(30),
+        || seen(r).contains(&(kind.into(), status.into(), host.into())),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commits_failed_applies_drift_and_a_lost_repo_are_announced_and_resolved() {
+    let tmp = TempDir::new("notify-events");
+    let r = Receivers::start(0).await;
+    let notify = r#"notify:
+  fetch_stale_after: 0s
+  sinks:
+    hook: {type: webhook, url: {secret: hook-url}, secret: {secret: hook-key}}
+  routes:
+    - sink: hook
+    - sink: hook
+      events: [job_succeeded, drift_corrected]
+"#;
+    let secrets = [
+        ("hook-url", r.url("/hook")),
+        ("hook-key", WEBHOOK_SECRET.to_string()),
+    ];
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), notify, &secrets);
+    let d = start(&f, &tmp.path().join("state")).await;
+    let role = f.repo.join("roles/app.yaml");
+    let push = |text: &str, msg: &str| {
+        std::fs::write(&role, text).unwrap();
+        commit(&f.repo, msg);
+        d.shared.poke();
+    };
+
+    // An invalid commit.
+    push(
+        "files:\n  - {path: etc/app.conf, content: x}\n",
+        "relative path",
+    );
+    wait_seen(&r, "invalid_commit", "firing", "").await;
+    // A valid one whose apply fails on both hosts: quarantined.
+    push(
+        "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\ncommands:\n  - {name: migrate, run: \"exit 3\"}\n",
+        "a failing migration",
+    );
+    wait_seen(&r, "invalid_commit", "resolved", "").await;
+    wait_seen(&r, "apply_failed", "firing", "a").await;
+    wait_seen(&r, "apply_failed", "firing", "b").await;
+    wait_seen(&r, "quarantined", "firing", "").await;
+    // Fixed.
+    push(
+        "files:\n  - {path: /etc/app.conf, content: \"v2\\n\"}\n",
+        "fixed",
+    );
+    wait_seen(&r, "apply_failed", "resolved", "a").await;
+    wait_seen(&r, "apply_failed", "resolved", "b").await;
+    wait_seen(&r, "quarantined", "resolved", "").await;
+
+    // Someone edits a file by hand: drift, reported.
+    let conf = tmp.path().join("a/etc/app.conf");
+    std::fs::write(&conf, "by hand\n").unwrap();
+    d.shared
+        .scheduler
+        .now(tidekeeper::daemon::scheduler::Request::Drift);
+    wait_seen(&r, "drift", "firing", "a").await;
+    // The config now corrects drift: the commit puts the file back.
+    let yaml = f.repo.join("tidekeeper.yaml");
+    let t = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{t}drift: correct\n")).unwrap();
+    commit(&f.repo, "correct drift");
+    d.shared.poke();
+    wait_seen(&r, "drift", "resolved", "a").await;
+    // Drift again: corrected on the next check, and said so.
+    std::fs::write(&conf, "by hand again\n").unwrap();
+    d.shared
+        .scheduler
+        .now(tidekeeper::daemon::scheduler::Request::Drift);
+    wait_seen(&r, "drift_corrected", "info", "a").await;
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "v2\n");
+
+    // Good news only where a route names it.
+    std::fs::write(&f.backup_ok, "").unwrap();
+    run_job(&d, "nightly-backup").await;
+    wait_seen(&r, "job_succeeded", "info", "a").await;
+
+    // The config repo is gone: fetch_stale (0s here), until it is back.
+    let away = tmp.path().join("fleet-away");
+    std::fs::rename(&f.repo, &away).unwrap();
+    d.shared.poke();
+    wait_seen(&r, "fetch_stale", "firing", "").await;
+    std::fs::rename(&away, &f.repo).unwrap();
+    d.shared.poke();
+    wait_seen(&r, "fetch_stale", "resolved", "").await;
+    counts_settle(&d).await;
+
+    let all = seen(&r);
+    let mut once = all.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), all.len(), "a message came twice: {all:#?}");
+    assert!(
+        !all.iter()
+            .any(|(k, _, _)| k == "job_failed" || k == "host_unreachable"),
+        "{all:#?}"
+    );
+    assert!(r.got.lock().unwrap().refused.is_empty());
+    d.stop().await;
+}
