@@ -754,3 +754,145 @@ async fn bad_commits_failed_applies_drift_and_a_lost_repo_are_announced_and_reso
     assert!(r.got.lock().unwrap().refused.is_empty());
     d.stop().await;
 }
+
+fn hook_only(r: &Receivers, extra: &str) -> (String, Vec<(&'static str, String)>) {
+    (
+        format!(
+            "notify:\n{extra}  sinks:\n    hook: {{type: webhook, url: {{secret: hook-url}}, secret: {{secret: hook-key}}}}\n  routes:\n    - sink: hook\n"
+        ),
+        vec![
+            ("hook-url", r.url("/hook")),
+            ("hook-key", WEBHOOK_SECRET.to_string()),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_commit_and_a_denied_pull_request_are_announced_until_allowed_or_closed() {
+    let tmp = TempDir::new("notify-policy");
+    let r = Receivers::start(0).await;
+    let (notify, secrets) = hook_only(&r, "");
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), &notify, &secrets);
+    std::fs::create_dir_all(f.repo.join("policies")).unwrap();
+    std::fs::write(
+        f.repo.join("policies/files.rego"),
+        "package acme.files\n\nimport rego.v1\n\ndeny contains msg if {\n\tsome r in input.resources\n\tr.type == \"file\"\n\tcontains(r.after.path, \"forbidden\")\n\tmsg := sprintf(\"%s is forbidden\", [r.address])\n}\n",
+    )
+    .unwrap();
+    commit(&f.repo, "a policy");
+    let d = start_with(
+        &f.repo,
+        &tmp.path().join("state"),
+        Setup {
+            real_time: true,
+            proposals: &["refs/pull/*/head"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let role = f.repo.join("roles/app.yaml");
+    let allowed = std::fs::read_to_string(&role).unwrap();
+    let forbidden = format!("{allowed}  - {{path: /etc/forbidden.conf, content: x}}\n");
+
+    // A pull request the policies deny.
+    git(&f.repo, &["checkout", "-q", "-b", "pr-1"]);
+    std::fs::write(&role, &forbidden).unwrap();
+    let pr = commit(&f.repo, "pr 1");
+    git(&f.repo, &["update-ref", "refs/pull/1/head", &pr]);
+    git(&f.repo, &["checkout", "-q", "main"]);
+    d.shared.poke();
+    wait_seen(&r, "policy_denied", "firing", "").await;
+    let m = r.of("webhook").last().unwrap().clone();
+    assert_eq!(m["subject"], "proposal refs/pull/1/head", "{m}");
+    assert!(
+        m["details"]
+            .to_string()
+            .contains("/etc/forbidden.conf is forbidden"),
+        "{m}"
+    );
+    // Closed: resolved.
+    git(&f.repo, &["update-ref", "-d", "refs/pull/1/head"]);
+    d.shared.poke();
+    wait_seen(&r, "policy_denied", "resolved", "").await;
+
+    // The same change merged straight to main: denied, not applied.
+    std::fs::write(&role, &forbidden).unwrap();
+    commit(&f.repo, "forbidden on main");
+    d.shared.poke();
+    until("the second denial", Duration::from_secs(30), || {
+        seen(&r)
+            .iter()
+            .filter(|s| s.0 == "policy_denied" && s.1 == "firing")
+            .count()
+            == 2
+    })
+    .await;
+    assert!(!tmp.path().join("a/etc/forbidden.conf").exists());
+    std::fs::write(&role, &allowed).unwrap();
+    commit(&f.repo, "revert");
+    d.shared.poke();
+    until("the second resolution", Duration::from_secs(30), || {
+        seen(&r)
+            .iter()
+            .filter(|s| s.0 == "policy_denied" && s.1 == "resolved")
+            .count()
+            == 2
+    })
+    .await;
+    counts_settle(&d).await;
+    assert_eq!(seen(&r).len(), 4, "{:#?}", seen(&r));
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_unreachable_for_longer_than_the_limit_is_announced() {
+    let tmp = TempDir::new("notify-unreachable");
+    let r = Receivers::start(0).await;
+    let (notify, secrets) = hook_only(&r, "  unreachable_after: 1s\n");
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), &notify, &secrets);
+    // Nothing listens on this port: every connection is refused.
+    let port = crate::support::daemon::free_port();
+    std::fs::write(
+        f.repo.join("hosts/gone.yaml"),
+        format!("provider: existing\naddress: 127.0.0.1\nssh: {{port: {port}}}\nroles: [app]\n"),
+    )
+    .unwrap();
+    commit(&f.repo, "a host that is off");
+    let d = start_with(
+        &f.repo,
+        &tmp.path().join("state"),
+        Setup {
+            real_time: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    until("gone unreachable", Duration::from_secs(30), || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .hosts
+            .get("gone")
+            .is_some_and(|h| h.state.word() == "unreachable")
+    })
+    .await;
+    until("the alert", Duration::from_secs(30), || {
+        d.shared.poke();
+        seen(&r).contains(&("host_unreachable".into(), "firing".into(), "gone".into()))
+    })
+    .await;
+    assert_eq!(seen(&r).len(), 1, "{:?}", seen(&r));
+    // Not at once: only once it had lasted unreachable_after.
+    let m = &r.of("webhook")[0];
+    let t = |k: &str| chrono::DateTime::parse_from_rfc3339(m[k].as_str().unwrap()).unwrap();
+    assert!(t("at") - t("since") >= chrono::Duration::seconds(1), "{m}");
+    // Taken out of the fleet: resolved.
+    std::fs::remove_file(f.repo.join("hosts/gone.yaml")).unwrap();
+    commit(&f.repo, "retired");
+    d.shared.poke();
+    wait_seen(&r, "host_unreachable", "resolved", "gone").await;
+    d.stop().await;
+}

@@ -135,11 +135,14 @@ impl Notifier {
         let file = state_dir.map(|d| d.join("notify.json"));
         let saved: Saved = file
             .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| match serde_json::from_slice(&b) {
+            .and_then(|f| std::fs::read(f).ok().map(|b| (f, b)))
+            .and_then(|(f, b)| match serde_json::from_slice(&b) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    warn!(error = %e, "notify.json in the state directory is unreadable; starting with no alerts");
+                    // Kept aside, not overwritten: what it held can still be read.
+                    let aside = f.with_extension("json.unreadable");
+                    let _ = std::fs::rename(f, &aside);
+                    warn!(error = %e, kept = %aside.display(), "notify.json in the state directory is unreadable; starting with no alerts");
                     None
                 }
             })
@@ -461,7 +464,7 @@ fn save(inner: &Inner, st: &State) {
 
 /// One sink's messages, in order.
 async fn worker(inner: Arc<Inner>, sink: String, wake: Arc<tokio::sync::Notify>) {
-    let mut sent: VecDeque<Instant> = VecDeque::new();
+    let mut limit = RateLimit::default();
     loop {
         let next = {
             let st = inner.state.lock().unwrap();
@@ -487,19 +490,10 @@ async fn worker(inner: Arc<Inner>, sink: String, wake: Arc<tokio::sync::Notify>)
             }
             continue;
         }
-        // At most per_minute in any 60 s.
-        while sent
-            .front()
-            .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
-        {
-            sent.pop_front();
-        }
-        if sent.len() >= per_minute as usize {
-            let until = sent[0] + Duration::from_secs(60);
+        if let Some(until) = limit.take(Instant::now(), per_minute) {
             tokio::time::sleep_until(until).await;
             continue;
         }
-        sent.push_back(Instant::now());
         let result = deliver(&inner.http, &ready, &sink, &q.event).await;
         let mut st = inner.state.lock().unwrap();
         let Some(i) = st
@@ -521,9 +515,7 @@ async fn worker(inner: Arc<Inner>, sink: String, wake: Arc<tokio::sync::Notify>)
                 let e = crate::model::desired::redact(&ready.redactions, &e.to_string());
                 let o = &mut st.outbox[i];
                 o.attempts += 1;
-                let backoff = Duration::from_secs(1u64 << o.attempts.min(9).saturating_sub(1))
-                    .min(MAX_BACKOFF)
-                    .max(retry_after.unwrap_or_default());
+                let backoff = backoff(o.attempts).max(retry_after.unwrap_or_default());
                 o.next_try = Some(Instant::now() + backoff);
                 o.last_error = Some(e.clone());
                 warn!(%sink, error = %e, attempts = o.attempts, retry_in_s = backoff.as_secs(), "notification not delivered; kept for a retry");
@@ -534,6 +526,36 @@ async fn worker(inner: Arc<Inner>, sink: String, wake: Arc<tokio::sync::Notify>)
         }
         save(&inner, &st);
     }
+}
+
+/// At most `per_minute` sends in any 60 s.
+#[derive(Default)]
+struct RateLimit {
+    sent: VecDeque<Instant>,
+}
+
+impl RateLimit {
+    /// Take a send at `now`; or, when the minute is full, when to ask again.
+    fn take(&mut self, now: Instant, per_minute: u32) -> Option<Instant> {
+        let minute = Duration::from_secs(60);
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
+            self.sent.pop_front();
+        }
+        if self.sent.len() >= per_minute as usize {
+            return Some(self.sent[0] + minute);
+        }
+        self.sent.push_back(now);
+        None
+    }
+}
+
+/// The wait after `attempts` failed attempts: 1 s, 2 s, 4 s … 5 min.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.clamp(1, 10).saturating_sub(1)).min(MAX_BACKOFF)
 }
 
 fn value(ready: &Ready, c: &Credential) -> Result<String, NotifyError> {
@@ -659,4 +681,61 @@ async fn email(target: &Target, password: Option<&String>, ev: &Event) -> Result
         .await
         .map_err(|e| err(&format!("mail server {host}:{port}"), &e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_per_minute_in_any_sixty_seconds() {
+        let t0 = Instant::now();
+        let mut l = RateLimit::default();
+        for i in 0..3 {
+            assert_eq!(l.take(t0 + Duration::from_secs(i), 3), None);
+        }
+        // The fourth waits until the first is a minute old.
+        assert_eq!(
+            l.take(t0 + Duration::from_secs(5), 3),
+            Some(t0 + Duration::from_secs(60))
+        );
+        assert_eq!(l.take(t0 + Duration::from_secs(60), 3), None);
+        assert_eq!(
+            l.take(t0 + Duration::from_secs(60), 3),
+            Some(t0 + Duration::from_secs(61))
+        );
+    }
+
+    #[test]
+    fn retries_back_off_from_a_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    #[test]
+    fn a_garbled_state_file_starts_empty_and_a_good_one_is_read_back() {
+        let dir = std::env::temp_dir().join(format!("tk-notify-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("notify.json"), b"{not json").unwrap();
+        let n = Notifier::open(Some(&dir));
+        assert!(n.status().firing.is_empty());
+        assert_eq!(
+            std::fs::read(dir.join("notify.json.unreadable")).unwrap(),
+            b"{not json"
+        );
+        {
+            let mut st = n.inner.state.lock().unwrap();
+            st.stats.insert(
+                "s".into(),
+                SinkStats {
+                    sent: 3,
+                    ..Default::default()
+                },
+            );
+            save(&n.inner, &st);
+        }
+        let back = Notifier::open(Some(&dir));
+        assert_eq!(back.status().sinks["s"].stats.sent, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
