@@ -11,25 +11,6 @@ use crate::support::fleet::{age_identity, text};
 use crate::support::receivers::*;
 use crate::support::{TempDir, git, tidekeeper};
 
-/// `tidekeeper secrets encrypt NAME` into `repo` with `value`.
-fn encrypt(repo: &Path, identity: &str, name: &str, value: &str) {
-    use std::io::Write;
-    let mut enc = tidekeeper()
-        .args(["secrets", "encrypt", name, "--repo"])
-        .arg(repo)
-        .env("TIDEKEEPER_AGE_IDENTITY", identity)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    enc.stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    assert!(enc.wait().unwrap().success(), "secrets encrypt {name}");
-}
-
 struct Fleet {
     repo: PathBuf,
     /// Present: the backup job on `a` succeeds.
@@ -91,7 +72,7 @@ fn fleet(dir: &Path, notify: &str, secrets: &[(&str, &str)]) -> Fleet {
         ),
     );
     for (name, value) in secrets {
-        encrypt(&repo, &identity, name, value);
+        crate::support::fleet::encrypt_secret(&repo, &identity, name, value);
     }
     git(&repo, &["init", "-q", "-b", "main"]);
     commit(&repo, "fleet");

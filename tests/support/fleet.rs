@@ -2,7 +2,7 @@
 //! the testbed's hosts, with their host keys pinned in known_hosts.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use super::testbed::Testbed;
@@ -160,22 +160,27 @@ pub fn age_identity() -> String {
 impl FleetRepo {
     /// `tidekeeper secrets encrypt NAME` with `value` on stdin (not committed).
     pub fn encrypt_secret(&self, identity: &str, name: &str, value: &str) {
-        use std::io::Write;
-        let mut enc = tidekeeper()
-            .args(["secrets", "encrypt", name, "--repo"])
-            .arg(&self.path)
-            .env("TIDEKEEPER_AGE_IDENTITY", identity)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        enc.stdin
-            .take()
-            .unwrap()
-            .write_all(value.as_bytes())
-            .unwrap();
-        assert!(enc.wait().unwrap().success(), "secrets encrypt {name}");
+        encrypt_secret(&self.path, identity, name, value)
     }
+}
+
+/// `tidekeeper secrets encrypt NAME` in the repo at `repo`, with `value` on stdin.
+pub fn encrypt_secret(repo: &Path, identity: &str, name: &str, value: &str) {
+    use std::io::Write;
+    let mut enc = tidekeeper()
+        .args(["secrets", "encrypt", name, "--repo"])
+        .arg(repo)
+        .env("TIDEKEEPER_AGE_IDENTITY", identity)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    enc.stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    assert!(enc.wait().unwrap().success(), "secrets encrypt {name}");
 }
 
 /// stdout and stderr of a run, for assertion messages.
