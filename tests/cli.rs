@@ -42,7 +42,7 @@ fn init_refuses_a_non_empty_directory() {
     let tmp = TempDir::new("init-nonempty");
     std::fs::write(tmp.path().join("keep.txt"), "mine").unwrap();
     let out = tidekeeper().arg("init").arg(tmp.path()).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("keep.txt")).unwrap(),
@@ -123,8 +123,9 @@ fn validate_reads_the_commit_not_the_work_tree() {
             .success()
     );
     let first = git(&repo, &["rev-parse", "HEAD"]);
-    // Uncommitted breakage is invisible…
-    std::fs::write(repo.join("tidekeeper.yaml"), "not: [valid").unwrap();
+    // Uncommitted breakage: HEAD is what is checked, and the warning says so…
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: x\nnot: [valid").unwrap();
+    std::fs::write(repo.join("NOTES.txt"), "not config").unwrap();
     let out = tidekeeper()
         .args(["validate", "--repo"])
         .arg(&repo)
@@ -135,6 +136,23 @@ fn validate_reads_the_commit_not_the_work_tree() {
         Some(0),
         "work tree edits are not validated"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: 1 config file with uncommitted changes (tidekeeper.yaml)")
+            && stderr.contains("validate --worktree"),
+        "{stderr}"
+    );
+    // …and --worktree checks the files on disk, from a subdirectory too.
+    let out = tidekeeper()
+        .args(["validate", "--worktree"])
+        .current_dir(repo.join("roles"))
+        .env_remove("TIDEKEEPER_REPO")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tidekeeper.yaml:2"), "{stderr}");
+    assert!(stderr.contains("in the work tree"), "{stderr}");
     // …until committed; and --ref still reads the older commit.
     git(&repo, &["commit", "-qam", "break"]);
     let out = tidekeeper()
@@ -152,14 +170,14 @@ fn validate_reads_the_commit_not_the_work_tree() {
 }
 
 #[test]
-fn missing_repo_or_ref_is_a_usage_error() {
+fn a_missing_repo_ref_or_host_is_an_error_exit_1_and_only_a_bad_command_line_is_2() {
     let tmp = TempDir::new("norepo");
     let out = tidekeeper()
         .args(["validate", "--repo"])
         .arg(tmp.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open git repository"));
 
     let repo = tmp.path().join("fleet");
@@ -176,8 +194,29 @@ fn missing_repo_or_ref_is_a_usage_error() {
         .arg(&repo)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot find no-such-branch"));
+    // With --detailed-exitcode, 2 means "changes": an error must never say so.
+    for args in [
+        &["plan", "--detailed-exitcode", "--ref", "no-such-branch"][..],
+        &["plan", "--detailed-exitcode", "--host", "no-such-host"][..],
+    ] {
+        let out = tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    }
+    // From a subdirectory, the repo around it is found.
+    let out = tidekeeper()
+        .arg("validate")
+        .current_dir(repo.join("hosts"))
+        .env_remove("TIDEKEEPER_REPO")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     let out = tidekeeper()
         .args(["validate", "--bogus-flag"])
@@ -242,7 +281,7 @@ fn show_prints_a_resolved_host() {
         .arg(&repo)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("hosts are: agent, metal, platform, workspace-1")

@@ -52,7 +52,7 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
                 "error: not applying without confirmation; run with --yes to apply non-interactively"
             );
             rt.block_on(reconcile::finish(fp, pool.clone()));
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
         print!("\nApply these changes? Only 'yes' will be accepted: ");
         let _ = std::io::stdout().flush();

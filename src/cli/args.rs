@@ -150,6 +150,9 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         repo: RepoArgs,
+        /// Check the files on disk (uncommitted changes included) instead of a commit.
+        #[arg(long, conflicts_with = "refname")]
+        worktree: bool,
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },

@@ -16,7 +16,7 @@ pub(super) fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_USAGE
+            EXIT_ERROR
         }
     }
 }
@@ -33,7 +33,7 @@ pub(super) fn post_daemon(
     use std::io::Read;
     if token.is_some_and(|t| t.contains(['\r', '\n'])) {
         eprintln!("error: TIDEKEEPER_API_TOKEN must be one line");
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -68,7 +68,7 @@ pub(super) fn post_daemon(
         }
         Err(e) => {
             eprintln!("error: cannot reach the daemon at {addr}: {e}");
-            EXIT_USAGE
+            EXIT_ERROR
         }
     }
 }

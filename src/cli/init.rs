@@ -19,7 +19,7 @@ pub(super) fn init(dir: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_USAGE
+            EXIT_ERROR
         }
     }
 }
@@ -62,7 +62,7 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         repo: dir.to_path_buf(),
         refname: "HEAD".into(),
     };
-    let code = validate(&args, Format::Human);
+    let code = validate(&args, false, Format::Human);
     if code != EXIT_OK {
         return code;
     }
@@ -73,7 +73,7 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", dir.display());
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
     };
     let root = PathBuf::from(format!("{}-root", abs.display()));
@@ -102,7 +102,7 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         })();
         if let Err(e) = written {
             eprintln!("error: cannot add the demo host to {}: {e}", dir.display());
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
     }
     let hosts = HostArgs {

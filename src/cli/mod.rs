@@ -32,14 +32,21 @@ use crate::model::{self, Fleet, desired::Resource};
 use crate::reconcile;
 use crate::source::{self, ConfigTree};
 
-/// Exit codes scripts can rely on.
+/// Exit codes scripts can rely on, as Terraform's: 0 ok; 1 an invalid
+/// config or any other error (a missing repo or ref, an unknown host, an
+/// unreachable service); 2 only for a command line that cannot be parsed,
+/// and for `plan --detailed-exitcode`, "there are changes".
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_ERROR: u8 = 1;
 
 pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
-        Command::Validate { repo, format } => validate(&repo, format),
+        Command::Validate {
+            repo,
+            worktree,
+            format,
+        } => validate(&repo, worktree, format),
         Command::Show { host, repo, json } => show(&repo, &host, json),
         Command::Plan {
             repo,
@@ -161,10 +168,12 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, u8> {
-    ConfigTree::from_git(&repo.repo, &repo.refname).map_err(|e| {
+    let fail = |e: source::SourceError| {
         eprintln!("error: {e}");
-        EXIT_USAGE
-    })
+        EXIT_ERROR
+    };
+    let path = source::discover(&repo.repo).map_err(fail)?;
+    ConfigTree::from_git(&path, &repo.refname).map_err(fail)
 }
 
 /// Load the fleet, printing diagnostics on failure.
@@ -208,7 +217,7 @@ fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, u8> {
         }),
         Err(e) => {
             eprintln!("error: {e}");
-            Err(EXIT_USAGE)
+            Err(EXIT_ERROR)
         }
     }
 }
@@ -238,7 +247,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, u8> {
                     fleet.name,
                     all.join(", ")
                 );
-                return Err(EXIT_USAGE);
+                return Err(EXIT_ERROR);
             }
         }
         args.hosts.clone()

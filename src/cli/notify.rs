@@ -27,7 +27,7 @@ pub(super) fn test(repo: &RepoArgs, sink: &str) -> u8 {
                 sinks.join(", ")
             );
         }
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     let kind = fleet.settings.notify.sinks[sink].target.kind();
     let sent = runtime().block_on(async {

@@ -59,7 +59,7 @@ pub(super) fn plan_untrusted(
     for n in &args.hosts {
         if proposal.host(n).is_none() {
             eprintln!("error: no host named {n:?} in the proposal");
-            return Err(EXIT_USAGE);
+            return Err(EXIT_ERROR);
         }
     }
     let names = (!args.hosts.is_empty()).then(|| args.hosts.clone());

@@ -90,7 +90,7 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                     "error: no job named {job:?}\n  help: jobs are: {}",
                     names.join(", ")
                 );
-                return EXIT_USAGE;
+                return EXIT_ERROR;
             };
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let mut j = j.clone();

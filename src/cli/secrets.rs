@@ -14,7 +14,7 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         eprintln!("error: secret names are letters, digits, '-', '_' and '.': {name:?}");
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     let mut recipients = keys.recipients.clone();
     if recipients.is_empty()
@@ -24,19 +24,19 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
     }
     if recipients.is_empty() {
         eprintln!("error: no recipients: pass --recipient age1… or set TIDEKEEPER_AGE_IDENTITY");
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     let plaintext = if edit {
         let Some(id) = &keys.identity else {
             eprintln!("error: editing needs the identity to decrypt: set TIDEKEEPER_AGE_IDENTITY");
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         };
         let path = keys.repo.join("secrets").join(format!("{name}.age"));
         let current = match std::fs::read(&path) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());
-                return EXIT_USAGE;
+                return EXIT_ERROR;
             }
         };
         let plain = match crate::model::resolve::decrypt_secret(id, &current) {
@@ -54,7 +54,7 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
         };
         if let Err(e) = made {
             eprintln!("error: {}: {e}", dir.display());
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
         let file = dir.join(&name);
         let result = (|| -> std::io::Result<Vec<u8>> {
@@ -78,14 +78,14 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e}");
-                return EXIT_USAGE;
+                return EXIT_ERROR;
             }
         }
     } else {
         let mut buf = Vec::new();
         if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
             eprintln!("error: reading the secret from stdin: {e}");
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
         buf
     };
@@ -103,7 +103,7 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_USAGE
+            EXIT_ERROR
         }
     }
 }

@@ -18,7 +18,7 @@ pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> u8 {
             fleet.name,
             names.join(", ")
         );
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     };
     if json {
         println!(

@@ -2,11 +2,38 @@
 
 use super::*;
 
-pub(super) fn validate(repo: &RepoArgs, format: Format) -> u8 {
-    let tree = match read_tree(repo) {
-        Ok(t) => t,
-        Err(c) => return c,
+pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> u8 {
+    let tree = if worktree {
+        match source::discover(&repo.repo).and_then(|p| ConfigTree::from_worktree(&p)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_ERROR;
+            }
+        }
+    } else {
+        match read_tree(repo) {
+            Ok(t) => t,
+            Err(c) => return c,
+        }
     };
+    if !worktree && repo.refname == "HEAD" {
+        // A user about to commit should not be told "valid" about files
+        // that are not what they are committing.
+        let changed = source::discover(&repo.repo)
+            .map(|p| source::uncommitted(&p))
+            .unwrap_or_default();
+        if !changed.is_empty() {
+            let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
+            eprintln!(
+                "warning: {} config file{} with uncommitted changes ({}{}): this checks HEAD, not them; `tidekeeper validate --worktree` checks the files on disk",
+                changed.len(),
+                plural(changed.len()),
+                shown.join(", "),
+                if changed.len() > 5 { ", …" } else { "" }
+            );
+        }
+    }
     let fleet = match load(&tree, format) {
         Ok(f) => f,
         Err(c) => return c,
@@ -57,5 +84,5 @@ pub(super) fn at_commit(tree: &ConfigTree) -> String {
     tree.commit
         .as_deref()
         .map(|c| format!(" at {}", &c[..c.len().min(12)]))
-        .unwrap_or_default()
+        .unwrap_or_else(|| " in the work tree".into())
 }

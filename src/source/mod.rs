@@ -232,6 +232,123 @@ impl ConfigTree {
     }
 }
 
+/// The top of the work tree of the git repository `path` is in (a
+/// subdirectory of a config repo finds the repo, as git does).
+pub fn discover(path: &Path) -> Result<PathBuf, SourceError> {
+    let git = git2::Repository::discover(path).map_err(|e| SourceError::Open {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    Ok(git
+        .workdir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| git.path().to_path_buf()))
+}
+
+/// Config files in the work tree that differ from HEAD (changed, new or
+/// deleted; ignored files left out), by path. Empty for a bare repository.
+pub fn uncommitted(repo: &Path) -> Vec<String> {
+    let Ok(git) = git2::Repository::open(repo) else {
+        return vec![];
+    };
+    if git.is_bare() {
+        return vec![];
+    }
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false);
+    let Ok(statuses) = git.statuses(Some(&mut opts)) else {
+        return vec![];
+    };
+    statuses
+        .iter()
+        .filter(|s| s.status() != git2::Status::CURRENT)
+        .filter_map(|s| s.path().ok().map(String::from))
+        .filter(|p| is_config_path(p))
+        .collect()
+}
+
+/// What the model reads (everything else in a config repo is the user's).
+fn is_config_path(p: &str) -> bool {
+    matches!(p, "tidekeeper.yaml" | "schedules.yaml" | "known_hosts")
+        || [
+            "hosts/",
+            "roles/",
+            "templates/",
+            "files/",
+            "secrets/",
+            "policies/",
+            "stacks/",
+        ]
+        .iter()
+        .any(|d| p.starts_with(d))
+}
+
+impl ConfigTree {
+    /// The files on disk in the work tree of `repo` (not ignored by git,
+    /// `.git` left out), with the same limits as a commit's tree.
+    pub fn from_worktree(repo: &Path) -> Result<ConfigTree, SourceError> {
+        let git = git2::Repository::open(repo).map_err(|e| SourceError::Open {
+            path: repo.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        let root = git.workdir().ok_or_else(|| SourceError::Read {
+            refname: "the work tree".into(),
+            message: format!(
+                "{} is a bare repository: it has no work tree",
+                repo.display()
+            ),
+        })?;
+        let mut out = ConfigTree::default();
+        let mut total = 0u64;
+        let mut stack = vec![root.to_path_buf()];
+        let io = |p: &Path, e: std::io::Error| SourceError::Read {
+            refname: "the work tree".into(),
+            message: format!("{}: {e}", p.display()),
+        };
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+                let e = e.map_err(|e| io(&dir, e))?;
+                let path = e.path();
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("under the root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                if rel == ".git" || git.is_path_ignored(Path::new(&rel)).unwrap_or(false) {
+                    continue;
+                }
+                let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+                if out.entries.len() >= MAX_TREE_ENTRIES || total > MAX_TREE_BYTES {
+                    return Err(SourceError::TooLarge {
+                        refname: "the work tree".into(),
+                        what: format!("{} entries, {total} bytes so far", out.entries.len()),
+                    });
+                }
+                let entry = if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                } else if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(&path).map_err(|e| io(&path, e))?;
+                    Entry::Symlink(target.to_string_lossy().into_owned())
+                } else if meta.len() > MAX_FILE_BYTES {
+                    Entry::TooLarge(meta.len())
+                } else {
+                    use std::os::unix::fs::PermissionsExt;
+                    total += meta.len();
+                    Entry::File {
+                        bytes: std::fs::read(&path).map_err(|e| io(&path, e))?,
+                        executable: meta.permissions().mode() & 0o111 != 0,
+                    }
+                };
+                out.entries.insert(rel, entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn read_err(refname: &str, e: git2::Error) -> SourceError {
     SourceError::Read {
         refname: refname.to_string(),
