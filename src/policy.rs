@@ -262,7 +262,9 @@ pub fn judge(
     evaluate(&input(fleet, results, cloud), repo_policies, true)
 }
 
-fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<String>, Vec<String>) {
+/// An engine with `policies` loaded; each file's package (None where the
+/// file did not load, in the same order as `policies`); the load errors.
+fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<Option<String>>, Vec<String>) {
     let mut engine = regorus::Engine::new();
     engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
         limit: TIME_LIMIT,
@@ -272,8 +274,11 @@ fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<String>, Vec<S
     let mut errors = Vec::new();
     for (path, text) in policies {
         match engine.add_policy(path.clone(), text.clone()) {
-            Ok(pkg) => packages.push(pkg),
-            Err(e) => errors.push(format!("{path}: {e}")),
+            Ok(pkg) => packages.push(Some(pkg)),
+            Err(e) => {
+                packages.push(None);
+                errors.push(format!("{path}: {e}"));
+            }
         }
     }
     (engine, packages, errors)
@@ -317,7 +322,7 @@ pub fn evaluate(input: &Value, repo_policies: &[(String, String)], builtin: bool
         }
     }
     let mut seen = std::collections::BTreeSet::new();
-    for pkg in packages {
+    for pkg in packages.into_iter().flatten() {
         if !seen.insert(pkg.clone()) {
             continue;
         }
@@ -357,7 +362,9 @@ pub fn run_tests(repo_policies: &[(String, String)]) -> Vec<(String, Result<(), 
     let (mut engine, packages, errors) = engine(repo_policies);
     let mut out: Vec<(String, Result<(), String>)> =
         errors.into_iter().map(|e| (e.clone(), Err(e))).collect();
+    // A file that did not load is one failure; the others' tests still run.
     for ((_, text), pkg) in repo_policies.iter().zip(packages) {
+        let Some(pkg) = pkg else { continue };
         let mut names: Vec<String> = text
             .lines()
             .filter_map(|l| {

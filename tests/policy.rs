@@ -138,6 +138,28 @@ fn policy_test_runs_the_repos_rego_tests() {
         "{s}"
     );
     assert!(s.contains("2 passed, 1 failed"), "{s}");
+
+    // A broken file fails, and every other file's tests still run.
+    std::fs::write(
+        repo.join("policies/aaa_broken.rego"),
+        "package broken\nimport rego.v1\ndeny contains msg if {\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a broken policy"]);
+    let out = tidekeeper()
+        .args(["policy", "test", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let s = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(s.contains("FAIL policies/aaa_broken.rego"), "{s}");
+    assert!(
+        s.contains("PASS data.tidekeeper.policies.budget_test.test_over_budget_is_denied"),
+        "{s}"
+    );
+    assert!(s.contains("2 passed, 2 failed"), "{s}");
 }
 
 #[test]
