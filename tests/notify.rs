@@ -424,7 +424,14 @@ async fn a_sink_that_is_down_or_slow_holds_up_nothing_else_and_gets_its_messages
         !status.contains(TELEGRAM_TOKEN),
         "an error named the token (it is in the URL)"
     );
-    let metrics = get(d.addr, "/metrics").await;
+    let resp = reqwest::get(format!("http://{}/metrics", d.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let metrics = resp.text().await.unwrap();
     assert!(
         metrics.contains("tidekeeper_notifications_waiting{sink=\"down\"} 1"),
         "{metrics}"

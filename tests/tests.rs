@@ -15,6 +15,7 @@ mod hostile;
 mod layout;
 mod local;
 mod maintenance;
+mod metrics;
 mod mutate;
 mod notify;
 mod policy;

@@ -236,9 +236,11 @@ impl Loop {
             if let Some(k) = r.error_kind {
                 *metrics.host_errors.entry(k.metric_label()).or_default() += 1;
             }
-            let d = metrics.durations.entry(r.host.clone()).or_default();
-            d.0 += r.elapsed.as_secs_f64();
-            d.1 += 1;
+            metrics
+                .durations
+                .entry(r.host.clone())
+                .or_default()
+                .observe(r.elapsed.as_secs_f64());
             st.hosts.insert(r.host.clone(), h.clone());
             out.push(h);
         }

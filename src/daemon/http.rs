@@ -47,7 +47,14 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let mut text = status::prometheus(&s.status.lock().unwrap(), &s.metrics.lock().unwrap());
     text.push_str(&s.notifier.metrics());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn status_json(State(s): State<Arc<Shared>>) -> Response {

@@ -20,6 +20,14 @@ pub enum HostState {
 }
 
 impl HostState {
+    pub const ALL: [HostState; 5] = [
+        HostState::Pending,
+        HostState::Synced,
+        HostState::Drifted,
+        HostState::Failed,
+        HostState::Unreachable,
+    ];
+
     pub fn word(self) -> &'static str {
         match self {
             HostState::Pending => "pending",
@@ -274,13 +282,37 @@ impl FleetStatus {
     }
 }
 
+/// Upper bounds of the reconcile duration buckets, in seconds: a no-op
+/// is well under a second, a cold apply with packages minutes.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// A Prometheus histogram: counts per bucket (not cumulative), sum, count.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub buckets: [u64; DURATION_BUCKETS.len()],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
 /// Counters for /metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     /// (host, result) → count.
     pub reconciles: BTreeMap<(String, String), u64>,
-    /// host → (sum of seconds, count) of reconcile durations.
-    pub durations: BTreeMap<String, (f64, u64)>,
+    /// host → its reconcile durations.
+    pub durations: BTreeMap<String, Histogram>,
     pub fetch_failures: u64,
     pub fetches: u64,
     pub webhook_rejected: u64,
@@ -322,17 +354,29 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             let _ = writeln!(s, "tidekeeper_requeues_total{{reason=\"{reason}\"}} {n}");
         }
     }
-    s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds summary\n");
-    for (host, (sum, count)) in &m.durations {
+    s.push_str("# HELP tidekeeper_build_info The running tidekeeper's version.\n# TYPE tidekeeper_build_info gauge\n");
+    let _ = writeln!(
+        s,
+        "tidekeeper_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds histogram\n");
+    for (host, h) in &m.durations {
+        let host = esc(host);
+        let mut cumulative = 0;
+        for (le, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                s,
+                "tidekeeper_reconcile_duration_seconds_bucket{{host=\"{host}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
         let _ = writeln!(
             s,
-            "tidekeeper_reconcile_duration_seconds_sum{{host=\"{}\"}} {sum:.3}",
-            esc(host)
-        );
-        let _ = writeln!(
-            s,
-            "tidekeeper_reconcile_duration_seconds_count{{host=\"{}\"}} {count}",
-            esc(host)
+            "tidekeeper_reconcile_duration_seconds_bucket{{host=\"{host}\",le=\"+Inf\"}} {}\n\
+             tidekeeper_reconcile_duration_seconds_sum{{host=\"{host}\"}} {:.3}\n\
+             tidekeeper_reconcile_duration_seconds_count{{host=\"{host}\"}} {}",
+            h.count, h.sum, h.count
         );
     }
     s.push_str("# HELP tidekeeper_last_successful_sync_timestamp_seconds When the config repo was last fetched successfully.\n# TYPE tidekeeper_last_successful_sync_timestamp_seconds gauge\n");
@@ -387,13 +431,18 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             );
         }
     }
+    // One series per state, 1 for the host's own (as kube-state-metrics does).
+    s.push_str("# HELP tidekeeper_host_state A host's state: 1 for the state it is in, 0 for the others.\n# TYPE tidekeeper_host_state gauge\n");
     for (name, h) in &status.hosts {
-        let _ = writeln!(
-            s,
-            "tidekeeper_host_state{{host=\"{}\",state=\"{}\"}} 1",
-            esc(name),
-            h.state.word()
-        );
+        for state in HostState::ALL {
+            let _ = writeln!(
+                s,
+                "tidekeeper_host_state{{host=\"{}\",state=\"{}\"}} {}",
+                esc(name),
+                state.word(),
+                u8::from(h.state == state)
+            );
+        }
     }
     s
 }
