@@ -356,12 +356,14 @@ fn demo_starts_the_daemon_which_reconciles_new_commits() {
         .local_addr()
         .unwrap()
         .port();
+    let log = tmp.path().join("demo.log");
     let mut child = tidekeeper()
         .arg("demo")
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("TIDEKEEPER_LOG")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let get = |path: &str| -> String {
@@ -409,6 +411,51 @@ fn demo_starts_the_daemon_which_reconciles_new_commits() {
     );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    // stderr is a file here, as under journald: plain text, no colour codes.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("INFO") && log.contains("listening"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escapes in a log that is not a terminal:\n{log:?}"
+    );
+}
+
+#[test]
+fn quiet_and_verbose_and_json_logs_work_on_every_command() {
+    let tmp = TempDir::new("log-flags");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The flags go before or after the command, on any command.
+    for args in [
+        &["-q", "validate"][..],
+        &["validate", "-vv"][..],
+        &["--log-format", "json", "validate"][..],
+        &["schedule", "list", "-v", "--log-format", "json"][..],
+    ] {
+        let out = tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    }
+    let out = tidekeeper()
+        .args(["-q", "-v", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "-q and -v contradict each other"
+    );
 }
 
 #[test]

@@ -13,6 +13,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (TIDEKEEPER_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log lines as text, or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -261,8 +270,6 @@ pub enum Command {
         /// Refs of proposed changes to plan read-only (repeatable; globs).
         #[arg(long = "proposals", default_value = "refs/pull/*/head")]
         proposals: Vec<String>,
-        #[arg(long, value_enum, default_value = "human")]
-        log_format: LogFormat,
     },
     /// Ask a running daemon to retry its quarantined commit.
     Retry {

@@ -2,16 +2,7 @@
 
 use super::*;
 
-pub(super) fn run_daemon(cfg: crate::daemon::Config, format: LogFormat) -> u8 {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEKEEPER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
+pub(super) fn run_daemon(cfg: crate::daemon::Config) -> u8 {
     match runtime().block_on(crate::daemon::run(cfg)) {
         Ok(()) => EXIT_OK,
         Err(e) => {

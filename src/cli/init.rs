@@ -159,23 +159,20 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         repo = abs.display(),
         root = root.display(),
     );
-    run_daemon(
-        crate::daemon::Config {
-            repo: abs.display().to_string(),
-            branch,
-            state_dir: PathBuf::from(format!("{}-state", abs.display())),
-            listen,
-            poll: Some(std::time::Duration::from_secs(10)),
-            drift: Some(std::time::Duration::from_secs(30)),
-            webhook_secret: None,
-            api_token: None,
-            ssh_key: None,
-            watch: true,
-            hosts: vec![DEMO_HOST.into()],
-            git: Default::default(),
-            rollback_after: std::time::Duration::from_secs(120),
-            proposals: vec![],
-        },
-        LogFormat::Human,
-    )
+    run_daemon(crate::daemon::Config {
+        repo: abs.display().to_string(),
+        branch,
+        state_dir: PathBuf::from(format!("{}-state", abs.display())),
+        listen,
+        poll: Some(std::time::Duration::from_secs(10)),
+        drift: Some(std::time::Duration::from_secs(30)),
+        webhook_secret: None,
+        api_token: None,
+        ssh_key: None,
+        watch: true,
+        hosts: vec![DEMO_HOST.into()],
+        git: Default::default(),
+        rollback_after: std::time::Duration::from_secs(120),
+        proposals: vec![],
+    })
 }

@@ -41,6 +41,7 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_ERROR: u8 = 1;
 
 pub fn run(cli: Cli) -> ExitCode {
+    logging(&cli);
     let code = match cli.command {
         Command::Validate {
             repo,
@@ -92,32 +93,28 @@ pub fn run(cli: Cli) -> ExitCode {
             git_token,
             rollback_after,
             proposals,
-            log_format,
-        } => run_daemon(
-            crate::daemon::Config {
-                repo,
-                branch,
-                state_dir,
-                listen,
-                poll,
-                drift,
-                webhook_secret,
-                api_token,
-                ssh_key: ssh_key.clone(),
-                watch: !no_watch,
-                rollback_after,
-                proposals,
-                hosts,
-                git: crate::daemon::mirror::Access {
-                    ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
-                    known_hosts: std::fs::read_to_string(&git_known_hosts)
-                        .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
-                        .unwrap_or_default(),
-                    token: git_token,
-                },
+        } => run_daemon(crate::daemon::Config {
+            repo,
+            branch,
+            state_dir,
+            listen,
+            poll,
+            drift,
+            webhook_secret,
+            api_token,
+            ssh_key: ssh_key.clone(),
+            watch: !no_watch,
+            rollback_after,
+            proposals,
+            hosts,
+            git: crate::daemon::mirror::Access {
+                ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
+                known_hosts: std::fs::read_to_string(&git_known_hosts)
+                    .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
+                    .unwrap_or_default(),
+                token: git_token,
             },
-            log_format,
-        ),
+        }),
         Command::Retry { daemon, api_token } => post_daemon(
             daemon,
             "/retry",
@@ -165,6 +162,31 @@ pub fn run(cli: Cli) -> ExitCode {
         } => demo(&dir, no_daemon, listen),
     };
     ExitCode::from(code)
+}
+
+/// Log lines on stderr for every command: warnings and errors by default
+/// (the daemon and the demo: info), more with -v, fewer with -q; colours
+/// only on a terminal (journald and files get plain text).
+fn logging(cli: &Cli) {
+    let chatty = matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
+    let level = match (cli.quiet, cli.verbose, chatty) {
+        (true, _, _) => "error",
+        (_, 0, false) => "warn",
+        (_, 0, true) | (_, 1, _) => "info",
+        (_, 2, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEKEEPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
 }
 
 fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, u8> {
