@@ -116,6 +116,13 @@ impl Forge {
             reason,
         };
         let result = match (method, body) {
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &self.auth())
+                .header("Accept", "application/json")
+                .header("User-Agent", "tidekeeper")
+                .call(),
             ("GET", _) => self
                 .agent
                 .get(&url)
@@ -182,12 +189,7 @@ impl Forge {
         order: i64,
     ) -> Result<bool, ForgeError> {
         let body = format!("{body}\n{ORDER}{order} -->\n");
-        let comments = self.send(
-            "GET",
-            &format!("/repos/{}/issues/{pr}/comments?per_page=100", self.repo),
-            None,
-        )?;
-        let comments: Vec<Comment> = serde_json::from_value(comments).unwrap_or_default();
+        let comments = self.comments(pr)?;
         match comments.iter().find(|c| c.body.contains(marker)) {
             Some(c) if c.body == body => return Ok(false),
             Some(c)
@@ -216,6 +218,100 @@ impl Forge {
             }
         }
         Ok(true)
+    }
+
+    /// Every comment on `pr`, page by page (100 a page; a forge that does
+    /// not page answers the same list again, which ends it too).
+    fn comments(&self, pr: u64) -> Result<Vec<Comment>, ForgeError> {
+        let mut all: Vec<Comment> = Vec::new();
+        for page in 1..=100 {
+            let v = self.send(
+                "GET",
+                &format!(
+                    "/repos/{}/issues/{pr}/comments?per_page=100&limit=100&page={page}",
+                    self.repo
+                ),
+                None,
+            )?;
+            let batch: Vec<Comment> = serde_json::from_value(v).unwrap_or_default();
+            let full = batch.len() >= 100;
+            let repeated = batch
+                .first()
+                .is_some_and(|c| all.iter().any(|a| a.id == c.id));
+            if repeated {
+                break;
+            }
+            all.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// A plan as several comments (see [`crate::report::comments`]): part k
+    /// found again by its marker and updated in place; parts an earlier,
+    /// longer plan left are deleted. Nothing changes when the comments show
+    /// a newer commit's plan; false when nothing needed changing.
+    pub fn upsert_comments(
+        &self,
+        pr: u64,
+        marker: &str,
+        parts: &[String],
+        order: i64,
+    ) -> Result<bool, ForgeError> {
+        let existing = self.comments(pr)?;
+        let order_of = |c: &Comment| {
+            c.body
+                .split(ORDER)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        let find = |k: usize| {
+            let m = crate::report::part_marker(marker, k);
+            existing.iter().find(move |c| c.body.contains(&m))
+        };
+        if find(1)
+            .and_then(order_of)
+            .is_some_and(|theirs| theirs > order)
+        {
+            return Ok(false);
+        }
+        let mut changed = false;
+        for (i, part) in parts.iter().enumerate() {
+            let body = format!("{part}\n{ORDER}{order} -->\n");
+            match find(i + 1) {
+                Some(c) if c.body == body => {}
+                Some(c) => {
+                    self.send(
+                        "PATCH",
+                        &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
+                        Some(json!({"body": body})),
+                    )?;
+                    changed = true;
+                }
+                None => {
+                    self.send(
+                        "POST",
+                        &format!("/repos/{}/issues/{pr}/comments", self.repo),
+                        Some(json!({"body": body})),
+                    )?;
+                    changed = true;
+                }
+            }
+        }
+        let mut k = parts.len() + 1;
+        while let Some(c) = find(k) {
+            self.send(
+                "DELETE",
+                &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
+                None,
+            )?;
+            changed = true;
+            k += 1;
+        }
+        Ok(changed)
     }
 
     /// A comment on a commit (GitHub; Gitea has no such API: nothing happens).

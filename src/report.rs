@@ -17,23 +17,75 @@ pub fn marker(fleet: &str) -> String {
     format!("<!-- tidekeeper:{fleet} -->")
 }
 
-/// The PR comment for a plan of `commit`.
-pub fn markdown<R: Borrow<HostResult>>(
+/// A plan's text for a ```diff block: each line's marker moved to column 0
+/// (GitHub colours a diff line only by its first character), `~` shown as
+/// `!` (changed), the indentation kept after the marker.
+pub fn diff_markers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        let body = line.trim_start_matches(' ');
+        let indent = line.len() - body.len();
+        // A diff's own `---`/`+++` header is not a change.
+        let header = body.starts_with("--- ") || body.starts_with("+++ ");
+        let marker = body
+            .chars()
+            .next()
+            .filter(|c| !header && matches!(c, '+' | '-' | '~'));
+        match marker {
+            // A replacement keeps its `-/+`.
+            Some('-') if body.starts_with("-/+") => {
+                out.push_str("-/+");
+                out.push_str(&" ".repeat(indent));
+                out.push_str(&body[3..]);
+            }
+            Some(m) if indent > 0 => {
+                out.push(if m == '~' { '!' } else { m });
+                out.push_str(&" ".repeat(indent));
+                out.push_str(&body[1..]);
+            }
+            Some('~') => {
+                out.push('!');
+                out.push_str(&body[1..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One host's folded details: its summary line and the text of its code block.
+struct Section {
+    title: String,
+    fence: &'static str,
+    text: String,
+}
+
+impl Section {
+    fn render(&self, text: &str, continued: bool) -> String {
+        let more = if continued { " (continued)" } else { "" };
+        format!(
+            "<details><summary>{}{more}</summary>\n\n```{}\n{}```\n</details>\n\n",
+            self.title, self.fence, text
+        )
+    }
+}
+
+/// The summary, cost and verdicts (with the marker), and the per-host sections.
+fn parts_of<R: Borrow<HostResult>>(
     fleet: &str,
     commit: &str,
     cloud: Option<&CloudPlan>,
     results: &[R],
     verdict: &Verdict,
     after_merge: &[String],
-    limit: usize,
-) -> String {
+) -> (String, Vec<Section>) {
     let refs: Vec<&HostResult> = results.iter().map(|r| r.borrow()).collect();
     let t = with_cloud(totals(&refs), cloud);
     let mut head = format!(
-        "{}\n### tidekeeper plan for `{}` at `{}`\n\n**{}**\n\n",
+        "{}\n{}\n\n**{}**\n\n",
         marker(fleet),
-        fleet,
-        &commit[..commit.len().min(12)],
+        heading(fleet, commit),
         summary_line(&t).trim().replace('\n', " ")
     );
     match cloud
@@ -73,37 +125,70 @@ pub fn markdown<R: Borrow<HostResult>>(
         cloud.filter(|c| !c.changes.is_empty() || !c.errors.is_empty() || c.unavailable.is_some())
     {
         // Server changes are few and carry the cost: shown open, before the hosts.
-        let _ = writeln!(head, "```diff\n{}```\n", crate::cloud::plan::text(c, false));
+        let _ = writeln!(
+            head,
+            "```diff\n{}```\n",
+            diff_markers(&crate::cloud::plan::text(c, false))
+        );
     }
-    let mut body = String::new();
+    let mut sections = Vec::new();
     for r in results {
         let r = r.borrow();
         if let Some(e) = &r.error {
-            let _ = writeln!(
-                body,
-                "<details><summary><b>{}</b>: error</summary>\n\n```\n{}\n```\n</details>\n",
-                r.host,
-                e.trim()
-            );
+            sections.push(Section {
+                title: format!("<b>{}</b>: error", r.host),
+                fence: "",
+                text: format!("{}\n", e.trim()),
+            });
             continue;
         }
         let Some(p) = &r.plan else { continue };
         if !p.has_changes() {
             continue;
         }
-        let _ = writeln!(
-            body,
-            "<details><summary><b>{}</b>: {} change{}</summary>\n\n```diff\n{}```\n</details>\n",
-            r.host,
-            p.changes.len() + p.handlers.len(),
-            if p.changes.len() + p.handlers.len() == 1 {
-                ""
-            } else {
-                "s"
-            },
-            crate::engine::render::host_plan(p, false)
-        );
+        let n = p.changes.len() + p.handlers.len();
+        sections.push(Section {
+            title: format!(
+                "<b>{}</b>: {n} change{}",
+                r.host,
+                if n == 1 { "" } else { "s" }
+            ),
+            fence: "diff",
+            text: diff_markers(&crate::engine::render::host_plan(p, false)),
+        });
     }
+    (head, sections)
+}
+
+fn heading(fleet: &str, commit: &str) -> String {
+    format!(
+        "### tidekeeper plan for `{fleet}` at `{}`",
+        &commit[..commit.len().min(12)]
+    )
+}
+
+/// The marker of part `k` (from 1) of a plan's comments; part 1 has the
+/// plain [`marker`].
+pub fn part_marker(marker: &str, k: usize) -> String {
+    if k <= 1 {
+        return marker.to_string();
+    }
+    format!("{}:part-{k} -->", marker.trim_end_matches(" -->"))
+}
+
+/// The plan of `commit` as one markdown text (for the note on a commit and
+/// `plan --markdown`): cut in the middle of the details when over `limit`.
+pub fn markdown<R: Borrow<HostResult>>(
+    fleet: &str,
+    commit: &str,
+    cloud: Option<&CloudPlan>,
+    results: &[R],
+    verdict: &Verdict,
+    after_merge: &[String],
+    limit: usize,
+) -> String {
+    let (head, sections) = parts_of(fleet, commit, cloud, results, verdict, after_merge);
+    let body: String = sections.iter().map(|s| s.render(&s.text, false)).collect();
     let mut out = head.clone();
     out.push_str(&body);
     if out.len() <= limit {
@@ -127,6 +212,83 @@ pub fn markdown<R: Borrow<HostResult>>(
         back_start += 1;
     }
     format!("{head}{}{note}{}", &body[..front_end], &body[back_start..])
+}
+
+/// The plan as pull-request comments of at most `limit` bytes each, as
+/// Atlantis splits them: the summary, cost and verdicts in the first, then
+/// each host's details; a host's diff too long for what is left goes on in
+/// the next comment, its code block closed and opened again — never cut
+/// inside one. Each comment after the first has its own marker.
+pub fn comments<R: Borrow<HostResult>>(
+    fleet: &str,
+    commit: &str,
+    cloud: Option<&CloudPlan>,
+    results: &[R],
+    verdict: &Verdict,
+    after_merge: &[String],
+    limit: usize,
+) -> Vec<String> {
+    let (head, sections) = parts_of(fleet, commit, cloud, results, verdict, after_merge);
+    // Room for the forge's own footer and a part's heading.
+    let cap = limit.saturating_sub(300).max(1000);
+    let next_head = |k: usize| {
+        format!(
+            "{}\n{} (part {k} of {{N}})\n\n",
+            part_marker(&marker(fleet), k),
+            heading(fleet, commit)
+        )
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = head;
+    for s in &sections {
+        let whole = s.render(&s.text, false);
+        if cur.len() + whole.len() <= cap {
+            cur.push_str(&whole);
+            continue;
+        }
+        if next_head(parts.len() + 2).len() + whole.len() <= cap {
+            parts.push(std::mem::replace(&mut cur, next_head(parts.len() + 2)));
+            cur.push_str(&whole);
+            continue;
+        }
+        // Longer than a comment: line by line, closing the block at each break.
+        let wrap = s.render("", true).len();
+        let mut chunk = String::new();
+        let mut continued = false;
+        for line in s.text.split_inclusive('\n') {
+            let line = if line.len() > cap / 2 {
+                let mut end = cap / 2;
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{} …\n", &line[..end])
+            } else {
+                line.to_string()
+            };
+            if cur.len() + wrap + chunk.len() + line.len() > cap {
+                if !chunk.is_empty() {
+                    cur.push_str(&s.render(&chunk, continued));
+                    continued = true;
+                    chunk.clear();
+                }
+                parts.push(std::mem::replace(&mut cur, next_head(parts.len() + 2)));
+            }
+            chunk.push_str(&line);
+        }
+        if !chunk.is_empty() {
+            cur.push_str(&s.render(&chunk, continued));
+        }
+    }
+    parts.push(cur);
+    let n = parts.len();
+    if n > 1 {
+        let first = heading(fleet, commit);
+        parts[0] = parts[0].replacen(&first, &format!("{first} (part 1 of {n})"), 1);
+    }
+    parts
+        .into_iter()
+        .map(|p| p.replacen("{N}", &n.to_string(), 1))
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,7 +342,7 @@ mod tests {
         let deny = md.find(":x: **deny**").unwrap();
         let details = md.find("<details>").unwrap();
         assert!(summary < deny && deny < details, "{md}");
-        assert!(md.contains("+new 1"), "{md}");
+        assert!(md.contains("\n+        new 1"), "{md}");
     }
 
     #[test]
@@ -201,5 +363,78 @@ mod tests {
         assert!(md.contains("/etc/app/0.conf"), "the start stays");
         assert!(md.contains("/etc/app/1999.conf"), "the end stays");
         assert!(!md.contains("/etc/app/1000.conf"), "the middle goes");
+    }
+
+    #[test]
+    fn diff_markers_are_at_column_zero_so_github_colours_them() {
+        let plan = "    -/+ aegis server\n    ~ aegis file /etc/x\n        --- /etc/x\n        +++ /etc/x\n        @@ -1,2 +1,2 @@\n         same\n        -old\n        +new\n    + aegis dir /srv\n";
+        let md = diff_markers(plan);
+        assert_eq!(
+            md,
+            "-/+     aegis server\n!     aegis file /etc/x\n        --- /etc/x\n        +++ /etc/x\n        @@ -1,2 +1,2 @@\n         same\n-        old\n+        new\n+     aegis dir /srv\n"
+        );
+        for l in md.lines() {
+            let first = l.chars().next().unwrap();
+            assert!(matches!(first, '+' | '-' | '!' | ' '), "{l}");
+        }
+    }
+
+    #[test]
+    fn a_plan_too_long_for_one_comment_is_split_never_inside_a_code_block() {
+        let big = result("web-1", 2000);
+        let small = result("web-2", 3);
+        let parts = comments(
+            "acme",
+            "0123456789abcdef",
+            None,
+            &[small, big],
+            &Verdict::default(),
+            &[],
+            GITHUB_LIMIT,
+        );
+        assert!(parts.len() >= 2, "{}", parts.len());
+        let n = parts.len();
+        for (k, p) in parts.iter().enumerate() {
+            assert!(p.len() <= GITHUB_LIMIT - 200, "part {k}: {}", p.len());
+            assert_eq!(
+                p.matches("```").count() % 2,
+                0,
+                "part {k} leaves a code block open"
+            );
+            assert_eq!(
+                p.matches("<details>").count(),
+                p.matches("</details>").count()
+            );
+            assert!(p.contains(&format!("(part {} of {n})", k + 1)), "part {k}");
+            assert!(
+                p.starts_with(&part_marker(&marker("acme"), k + 1)),
+                "part {k}"
+            );
+        }
+        assert!(parts[0].contains("Plan: 0 to add, 2003 to change, 0 to destroy."));
+        let all = parts.concat();
+        for i in [0, 1000, 1999] {
+            assert!(
+                all.contains(&format!("/etc/app/{i}.conf")),
+                "{i} is in some part"
+            );
+        }
+        assert!(parts[1].contains("<b>web-1</b>: 2000 changes (continued)"));
+        // A plan that fits is one comment with the plain marker.
+        let one = comments(
+            "acme",
+            "0123456789abcdef",
+            None,
+            &[result("web-1", 3)],
+            &Verdict::default(),
+            &[],
+            GITHUB_LIMIT,
+        );
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].contains("(part"));
+        assert_eq!(
+            part_marker("<!-- tidekeeper:acme -->", 3),
+            "<!-- tidekeeper:acme:part-3 -->"
+        );
     }
 }

@@ -12,6 +12,18 @@ fn init_then_validate_exits_zero() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It says what is still a placeholder and which credentials are needed.
+    let said = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Before the first apply:",
+        "  - metal: 203.0.113.10 is a placeholder; set the address",
+        "  - platform, workspace-1: Hetzner Cloud servers, created by the first apply; put an API token in HCLOUD_TOKEN",
+        "  - agent: Lightsail instances in eu-central-1, created by the first apply; put AWS credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "  - secrets/restic.age is encrypted to a throwaway key: replace it with `tidekeeper secrets encrypt restic`",
+        "tidekeeper validate --worktree",
+    ] {
+        assert!(said.contains(needle), "missing {needle:?} in:\n{said}");
+    }
     assert_eq!(
         git(&repo, &["rev-list", "--count", "HEAD"]),
         "1",
@@ -506,4 +518,35 @@ fn schedule_list_shows_next_runs_in_each_jobs_zone() {
         assert!((1..=7).contains(&day), "{n}");
         assert!(n.contains("03:00 UTC"), "{n}");
     }
+}
+
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tidekeeper().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["validate", "plan", "apply", "notify", "schedule"] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let out = tidekeeper().args(["completions", "bash"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--detailed-exitcode"));
+    let out = tidekeeper().arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH tidekeeper"),
+        "{page}"
+    );
+    assert!(page.contains("validate"), "{page}");
+    let tmp = TempDir::new("man");
+    let out = tidekeeper()
+        .args(["man", "--out-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let plan = std::fs::read_to_string(tmp.path().join("tidekeeper-plan.1")).unwrap();
+    assert!(plan.contains("detailed\\-exitcode"), "{plan}");
+    assert!(tmp.path().join("tidekeeper.1").exists());
 }

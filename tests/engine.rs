@@ -605,6 +605,21 @@ files:
     let repo = FleetRepo::minimal(&bed, &[("access", &role)]);
     let out = repo.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The user's own files have the user's login group, as ssh-copy-id leaves them.
+    assert_eq!(
+        bed.ssh_ok(
+            0,
+            "stat -c '%U %G %a' /home/deploy/.ssh /home/deploy/.ssh/authorized_keys"
+        ),
+        "deploy deploy 700\ndeploy deploy 600\n"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "no drift from the group: {}",
+        text(&out)
+    );
 
     repo.write(
         "tidekeeper.yaml",

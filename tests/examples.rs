@@ -270,8 +270,15 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
                 ),
         );
     });
+    assert!(
+        crate::support::diff_line(
+            &comment,
+            "-/+",
+            "outpost server (Lightsail, replace)  24.00 → 44.00 USD/month (+20.00)"
+        ),
+        "{comment}"
+    );
     for want in [
-        "-/+ outpost server (Lightsail, replace)  24.00 → 44.00 USD/month (+20.00)",
         "Monthly cost: 13.60 → 13.60 EUR (+0.00); 24.00 → 44.00 USD (+20.00)",
         "Policies: all passed.",
     ] {
@@ -404,8 +411,15 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
         f.repo
             .write("hosts/workspace.yaml", &t.replace("count: 2", "count: 3"));
     });
+    assert!(
+        crate::support::diff_line(
+            &comment,
+            "+",
+            "workspace-3 server (Hetzner, create)  +25.20 EUR/month"
+        ),
+        "{comment}"
+    );
     for want in [
-        "+ workspace-3 server (Hetzner, create)  +25.20 EUR/month",
         "Monthly cost: 64.00 → 89.20 EUR (+25.20)",
         "Policies: all passed.",
     ] {
@@ -528,7 +542,8 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     let out = repo.tk_env(&["plan", "--markdown", "--ref", "pr"], &env);
     let comment = stdout(&out);
     assert!(
-        comment.contains("-DISK_ALERT=85") && comment.contains("+DISK_ALERT=80"),
+        crate::support::diff_line(&comment, "-", "DISK_ALERT=85")
+            && crate::support::diff_line(&comment, "+", "DISK_ALERT=80"),
         "{comment}"
     );
     readme_shows("bare-metal", "pr-comment", "markdown", &comment);
@@ -805,7 +820,11 @@ fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
             .write("hosts/tasks.yaml", &t.replace("count: 2", "count: 3"));
     });
     assert!(
-        comment.contains("+ tasks-3 server (Hetzner, create)  +25.20 EUR/month"),
+        crate::support::diff_line(
+            &comment,
+            "+",
+            "tasks-3 server (Hetzner, create)  +25.20 EUR/month"
+        ),
         "{comment}"
     );
     assert!(comment.contains("Policies: all passed."), "{comment}");

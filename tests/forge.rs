@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -37,6 +37,12 @@ fn authorized(s: &Shared, h: &HeaderMap) -> bool {
     ok
 }
 
+/// A line added in a ```diff block: `+` at column 0, then the text.
+fn added(body: &str, text: &str) -> bool {
+    body.lines()
+        .any(|l| l.strip_prefix('+').is_some_and(|r| r.trim_start() == text))
+}
+
 pub(crate) fn fake_github(port: u16) -> Shared {
     fake_forge(port, "", "Bearer t0k")
 }
@@ -62,8 +68,12 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
         )
         .route(
             "/repos/acme/fleet/issues/{pr}/comments",
-            get(|State(s): State<Shared>, Path(pr): Path<u64>| async move {
+            // Paged as GitHub pages: `per_page` (default 30, at most 100) and `page`.
+            get(|State(s): State<Shared>, Path(pr): Path<u64>, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                let per: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
+                let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
                 let list: Vec<Value> = s.lock().unwrap().comments.iter().filter(|c| c.0 == pr)
+                    .skip((page - 1) * per).take(per)
                     .map(|c| json!({"id": c.1, "body": c.2, "user": {"login": "tidekeeper-bot"}})).collect();
                 Json(Value::Array(list))
             })
@@ -92,6 +102,19 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                 }
                 f.requests.push(("PATCH".into(), format!("issues/comments/{id}"), b.clone()));
                 (StatusCode::OK, Json(json!({"id": id, "body": b["body"]})))
+            })
+            .delete(|State(s): State<Shared>, Path(id): Path<u64>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let mut f = s.lock().unwrap();
+                let before = f.comments.len();
+                f.comments.retain(|c| c.1 != id);
+                if f.comments.len() == before {
+                    return StatusCode::NOT_FOUND;
+                }
+                f.requests.push(("DELETE".into(), format!("issues/comments/{id}"), Value::Null));
+                StatusCode::NO_CONTENT
             }),
         )
         .route(
@@ -200,7 +223,7 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
         let body = &f.comments[0].2;
         assert!(body.starts_with("<!-- tidekeeper:test -->"), "{body}");
         assert!(
-            body.contains("Plan: 0 to add, 1 to change, 0 to destroy.") && body.contains("+two"),
+            body.contains("Plan: 0 to add, 1 to change, 0 to destroy.") && added(body, "two"),
             "{body}"
         );
     }
@@ -222,7 +245,7 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
         ],
     );
     d.wait_for("the comment updated", Duration::from_secs(30), |_| {
-        fake.lock().unwrap().comments[0].2.contains("+three")
+        added(&fake.lock().unwrap().comments[0].2, "three")
     });
     let f = fake.lock().unwrap();
     assert_eq!(f.comments.len(), 1, "one comment, updated in place");
@@ -267,7 +290,7 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
     });
     let f = fake.lock().unwrap();
     assert_eq!(f.bad_auth, 0, "Gitea's `token` scheme");
-    assert!(f.comments[0].2.contains("+two"));
+    assert!(added(&f.comments[0].2, "two"), "{}", f.comments[0].2);
     assert!(
         f.requests.iter().any(|r| r.1 == format!("statuses/{pr}")),
         "a plan status on the PR head"
@@ -468,9 +491,10 @@ fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the
         for want in [
             "**Plan: 0 to add, 3 to change, 0 to destroy.**",
             "Monthly cost: 11.90 → 17.95 EUR (+6.05)",
-            "~ web server (Hetzner, resize)  7.55 → 13.60 EUR/month (+6.05)",
-            "+hello v2 web",
-            "+hello v2 app",
+            // Markers at column 0, so GitHub colours the lines; `~` shown as `!`.
+            "\n!     web server (Hetzner, resize)  7.55 → 13.60 EUR/month (+6.05)",
+            "\n+        hello v2 web",
+            "\n+        hello v2 app",
             "Policies: all passed.",
         ] {
             assert!(body.contains(want), "missing {want:?} in:\n{body}");
@@ -497,7 +521,7 @@ fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the
     git(&f.repo.path, &["update-ref", "refs/pull/7/head", &pr2]);
     git(&f.repo.path, &["checkout", "-q", "main"]);
     d.wait_for("the comment updated", Duration::from_secs(60), |_| {
-        fake.lock().unwrap().comments[0].2.contains("+hello v3 web")
+        added(&fake.lock().unwrap().comments[0].2, "hello v3 web")
     });
     let fk = fake.lock().unwrap();
     assert_eq!(fk.comments.len(), 1, "one comment, updated in place");
@@ -550,5 +574,90 @@ fn a_pr_that_opens_ssh_to_the_world_fails_its_status_naming_the_policy() {
     assert!(
         body.contains(":x: **deny**") && body.contains("(policy tidekeeper.builtin.exposure)"),
         "{body}"
+    );
+}
+
+#[test]
+fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_parts_are_deleted() {
+    let port = free_port();
+    let fake = fake_github(port);
+    // 150 comments by people come first: tidekeeper's are on the second page.
+    for i in 0..150u64 {
+        fake.lock()
+            .unwrap()
+            .comments
+            .push((5, i, format!("LGTM {i}")));
+    }
+    let settings = tidekeeper::model::desired::Forge {
+        kind: tidekeeper::model::raw::ForgeKind::Github,
+        url: format!("http://127.0.0.1:{port}"),
+        repo: "acme/fleet".into(),
+        token_env: "UNUSED".into(),
+    };
+    let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
+    let marker = tidekeeper::report::marker("acme");
+    let parts = |tag: &str, n: usize| -> Vec<String> {
+        (1..=n)
+            .map(|k| {
+                format!(
+                    "{}\nplan {tag} part {k}",
+                    tidekeeper::report::part_marker(&marker, k)
+                )
+            })
+            .collect()
+    };
+    let ours = |f: &Shared| -> Vec<String> {
+        f.lock()
+            .unwrap()
+            .comments
+            .iter()
+            .filter(|c| c.2.contains("<!-- tidekeeper:acme"))
+            .map(|c| c.2.clone())
+            .collect()
+    };
+    assert!(
+        forge
+            .upsert_comments(5, &marker, &parts("a", 3), 10)
+            .unwrap()
+    );
+    assert_eq!(ours(&fake).len(), 3);
+    let posts = fake.lock().unwrap().requests.len();
+    // The same plan again: found on page 2, nothing posted.
+    assert!(
+        !forge
+            .upsert_comments(5, &marker, &parts("a", 3), 10)
+            .unwrap()
+    );
+    assert_eq!(
+        fake.lock().unwrap().requests.len(),
+        posts,
+        "{:?}",
+        fake.lock().unwrap().requests
+    );
+    // A newer, shorter plan: part 1 edited, parts 2 and 3 deleted.
+    assert!(
+        forge
+            .upsert_comments(5, &marker, &parts("b", 1), 11)
+            .unwrap()
+    );
+    let now = ours(&fake);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(now[0].contains("plan b part 1"));
+    let reqs: Vec<String> = fake.lock().unwrap().requests[posts..]
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(reqs, ["PATCH", "DELETE", "DELETE"]);
+    // An older plan arriving late changes nothing.
+    assert!(
+        !forge
+            .upsert_comments(5, &marker, &parts("old", 2), 9)
+            .unwrap()
+    );
+    assert_eq!(ours(&fake).len(), 1);
+    assert_eq!(
+        fake.lock().unwrap().comments.len(),
+        151,
+        "the people's comments are untouched"
     );
 }

@@ -207,7 +207,10 @@ fn hostile_pull_requests_run_nothing_read_nothing_and_send_no_credential() {
         !c1.contains("command seeded"),
         "a guard exactly as on main is evaluated (it says skip): {c1}"
     );
-    assert!(c1.contains("+two"), "managed files keep their diffs: {c1}");
+    assert!(
+        crate::support::diff_line(&c1, "+", "two"),
+        "managed files keep their diffs: {c1}"
+    );
 
     // No request reached the attacker; the base's forge got every report with its token.
     assert!(

@@ -249,7 +249,10 @@ fn pull_requests_are_planned_read_only_and_noted() {
         n7.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
         "{n7}"
     );
-    assert!(n7.contains("+two") && n7.contains("-one"), "the diff: {n7}");
+    assert!(
+        crate::support::diff_line(&n7, "+", "two") && crate::support::diff_line(&n7, "-", "one"),
+        "the diff: {n7}"
+    );
     assert!(n7.contains("Policies: all passed."), "{n7}");
     assert!(
         n7.contains("\"ref\": \"refs/pull/7/head\""),

@@ -314,6 +314,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// Shell completions on stdout: `tidekeeper completions bash > /etc/bash_completion.d/tidekeeper`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, or one page per command into --out-dir.
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Notifications: send a test message to a sink of `notify:`.
     Notify {
         #[command(subcommand)]

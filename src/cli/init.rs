@@ -10,11 +10,14 @@ pub(super) fn init(dir: &Path) -> u8 {
     ) {
         Ok(commit) => {
             println!(
-                "Created config repo {} (commit {}).\nNext: tidekeeper validate --repo {}",
+                "Created config repo {} (commit {}).",
                 dir.display(),
-                &commit[..12],
-                dir.display()
+                &commit[..12]
             );
+            let tree = source::template_tree();
+            if let Ok(fleet) = model::load(&tree) {
+                print!("{}", next_steps(&fleet, &tree, dir));
+            }
             EXIT_OK
         }
         Err(e) => {
@@ -22,6 +25,87 @@ pub(super) fn init(dir: &Path) -> u8 {
             EXIT_ERROR
         }
     }
+}
+
+/// Documentation addresses (RFC 5737): a host file that still has one is
+/// the template's placeholder.
+fn is_placeholder(addr: &str) -> bool {
+    ["192.0.2.", "198.51.100.", "203.0.113."]
+        .iter()
+        .any(|p| addr.starts_with(p))
+}
+
+/// What a new config repo still needs before its first apply, and the
+/// commands to run next. Pure.
+pub(super) fn next_steps(fleet: &Fleet, tree: &ConfigTree, dir: &Path) -> String {
+    use crate::model::desired::ProviderKind;
+    let mut todo: Vec<String> = Vec::new();
+    for h in &fleet.hosts {
+        if let Some(a) = h.address.as_deref().filter(|a| is_placeholder(a)) {
+            todo.push(format!(
+                "{}: {a} is a placeholder; set the address in its host file and pin the server's SSH key in known_hosts (`ssh-keyscan -t ed25519 ADDRESS`, checked out of band)",
+                h.name
+            ));
+        }
+    }
+    let names = |p: ProviderKind| -> Vec<&str> {
+        fleet
+            .hosts
+            .iter()
+            .filter(|h| h.provider == p)
+            .map(|h| h.name.as_str())
+            .collect()
+    };
+    let hetzner = names(ProviderKind::Hetzner);
+    if !hetzner.is_empty() {
+        todo.push(format!(
+            "{}: Hetzner Cloud servers, created by the first apply; put an API token in {}",
+            hetzner.join(", "),
+            fleet.settings.hetzner.token_env
+        ));
+    }
+    let lightsail = names(ProviderKind::Lightsail);
+    if let (false, Some(l)) = (lightsail.is_empty(), &fleet.settings.lightsail) {
+        todo.push(format!(
+            "{}: Lightsail instances in {}, created by the first apply; put AWS credentials in {} and {}",
+            lightsail.join(", "),
+            l.region,
+            l.access_key_env,
+            l.secret_key_env
+        ));
+    }
+    let secrets: Vec<String> = tree
+        .under("secrets")
+        .filter_map(|(p, _)| {
+            p.strip_prefix("secrets/")?
+                .strip_suffix(".age")
+                .map(String::from)
+        })
+        .collect();
+    for s in &secrets {
+        todo.push(format!(
+            "secrets/{s}.age is encrypted to a throwaway key: replace it with `tidekeeper secrets encrypt {s}`, with your own age identity in {}",
+            fleet.settings.secrets_identity_env
+        ));
+    }
+    if let Some(f) = &fleet.settings.forge {
+        todo.push(format!(
+            "plan comments on {}: put a token in {}",
+            f.repo, f.token_env
+        ));
+    }
+    let mut out = String::new();
+    if !todo.is_empty() {
+        out.push_str("\nBefore the first apply:\n");
+        for t in todo {
+            out.push_str(&format!("  - {t}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "\nThen:\n  cd {}\n  tidekeeper validate --worktree   # after each edit\n  git commit -am \"our fleet\"\n  tidekeeper plan\n",
+        dir.display()
+    ));
+    out
 }
 
 /// The demo's own host: this machine, confined to a directory next to the repo.

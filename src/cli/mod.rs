@@ -148,6 +148,12 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tidekeeper", &mut std::io::stdout());
+            EXIT_OK
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
         Command::Notify {
             command: NotifyCommand::Test { sink, repo },
         } => notify::test(&repo, &sink),
@@ -187,6 +193,47 @@ fn logging(cli: &Cli) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// `tidekeeper man`: the page for tidekeeper on stdout, or into `dir` the
+/// page for tidekeeper and one for each command (tidekeeper-plan.1, …).
+fn man(dir: Option<&Path>) -> u8 {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_ERROR
+            }
+        };
+    };
+    let write = |name: &str, c: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)
+    };
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| write("tidekeeper", cmd.clone()))
+        .and_then(|_| {
+            cmd.get_subcommands().try_for_each(|s| {
+                let name = format!("tidekeeper-{}", s.get_name());
+                write(&name, s.clone().name(name.clone()))
+            })
+        });
+    match written {
+        Ok(()) => {
+            println!("Wrote the manual pages to {}.", dir.display());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the manual pages to {}: {e}",
+                dir.display()
+            );
+            EXIT_ERROR
+        }
+    }
 }
 
 fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, u8> {

@@ -21,7 +21,11 @@ use crate::source::ConfigTree;
 pub struct Report {
     pub state: String,
     pub description: String,
+    /// The plan comment, or its first part.
     pub comment: String,
+    /// Its other parts, when the plan is too long for one comment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<String>,
     pub context: String,
     pub marker: String,
     /// The head's commit time: a late plan never overwrites a newer comment.
@@ -174,8 +178,11 @@ impl Loop {
         let sent = tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
             let forge = forge?;
             forge.status(&sha2, &r.context, &r.state, &r.description)?;
+            let parts: Vec<String> = std::iter::once(r.comment.clone())
+                .chain(r.more.iter().cloned())
+                .collect();
             if let Some(pr) = pr
-                && !forge.upsert_comment(pr, &r.marker, &r.comment, r.time)?
+                && !forge.upsert_comments(pr, &r.marker, &parts, r.time)?
             {
                 tracing::debug!(pr, "the PR comment already shows this plan or a newer one");
             }
@@ -221,6 +228,7 @@ impl Loop {
                         "{marker}\n**Invalid config**\n\n```\n{}\n```\n",
                         errors.join("\n")
                     ),
+                    more: vec![],
                     context: context.clone(),
                     marker: marker.clone(),
                     time,
@@ -330,16 +338,29 @@ impl Loop {
                     .to_string(),
             )
         };
-        let report = with_forge.then(|| Report {
-            state: state.into(),
-            description: base.redact(&desc),
-            comment: base.redact(&format!(
-                "{}{stamp}",
-                render(crate::report::GITHUB_LIMIT - 200)
-            )),
-            context,
-            marker,
-            time,
+        let report = with_forge.then(|| {
+            // As many comments as the plan needs; the digest stamp on the first.
+            let mut parts = crate::report::comments(
+                &fleet_name,
+                sha,
+                cloud.as_ref(),
+                &refs,
+                &verdict,
+                &after_merge,
+                crate::report::GITHUB_LIMIT - stamp.len() - 200,
+            )
+            .into_iter()
+            .map(|p| base.redact(&p));
+            let first = parts.next().unwrap_or_default();
+            Report {
+                state: state.into(),
+                description: base.redact(&desc),
+                comment: format!("{first}{stamp}"),
+                more: parts.collect(),
+                context,
+                marker,
+                time,
+            }
         });
         Planned {
             note,
@@ -449,6 +470,7 @@ mod tests {
                     state: "success".into(),
                     description: "d".into(),
                     comment: "c".into(),
+                    more: vec!["part 2".into()],
                     context: "x".into(),
                     marker: "m".into(),
                     time: 5,

@@ -147,6 +147,15 @@ pub fn http_response(raw: &[u8]) -> (u16, String) {
     (code, body)
 }
 
+/// A ```diff line of a plan comment or note: `marker` at column 0, then
+/// (after the indentation) `text`.
+pub fn diff_line(body: &str, marker: &str, text: &str) -> bool {
+    body.lines().any(|l| {
+        l.strip_prefix(marker)
+            .is_some_and(|r| r.trim_start().starts_with(text))
+    })
+}
+
 pub fn tidekeeper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
 }

@@ -49,7 +49,7 @@ pub fn apply(
         body.push_str(&format!("chown {} {p} || return\n", Word::quoted(o)));
     }
     if let Some(g) = group {
-        body.push_str(&format!("chgrp {} {p} || return\n", Word::quoted(g)));
+        body.push_str(&super::path::set_group(g, owner, &p));
     }
     body
 }

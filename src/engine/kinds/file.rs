@@ -7,7 +7,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::path::{on_host, ownership, parent, replaces};
+use super::path::{on_host, ownership, parent, replaces, set_group};
 use super::{Garbled, Need};
 use crate::change::Action;
 use crate::engine::item::{FileItem, Item};
@@ -149,7 +149,7 @@ pub fn apply(root: &str, f: &FileItem, action: Action, content_changes: bool) ->
         body.push_str(&format!("chown {} {p} || return\n", q(o)));
     }
     if let Some(g) = &f.group {
-        body.push_str(&format!("chgrp {} {p} || return\n", q(g)));
+        body.push_str(&set_group(g, f.owner.as_deref(), &p));
     }
     body
 }
@@ -185,7 +185,7 @@ pub fn write(root: &str, f: &FileItem, exists: bool) -> String {
         s.push_str(&cmd("chown").arg(o).word(Word::var("t")).step());
     }
     if let Some(g) = &f.group {
-        s.push_str(&cmd("chgrp").arg(g).word(Word::var("t")).step());
+        s.push_str(&set_group(g, f.owner.as_deref(), "\"$t\""));
     }
     s.push_str("sync \"$t\" || return\n");
     if let Some(v) = &f.validate {

@@ -213,11 +213,12 @@ impl Buckets {
                 text.push_str(k.trim());
                 text.push('\n');
             }
+            // The user's login group, as ssh-copy-id leaves them.
             self.dirs.push(Item::Dir {
                 path: format!("{home}/.ssh"),
                 mode: Some(0o700),
                 owner: Some(u.name.clone()),
-                group: None,
+                group: Some(path::LOGIN_GROUP.into()),
             });
             self.paths.push(Item::File(FileItem {
                 path: format!("{home}/.ssh/authorized_keys"),
@@ -228,7 +229,7 @@ impl Buckets {
                 },
                 mode: Some(0o600),
                 owner: Some(u.name.clone()),
-                group: None,
+                group: Some(path::LOGIN_GROUP.into()),
                 validate: None,
                 notify: vec![],
             }));

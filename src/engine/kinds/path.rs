@@ -112,6 +112,23 @@ pub fn parse_ancestor(record: &str) -> Result<Option<(&str, &str)>, Garbled> {
     Ok((kind == "symbolic link" && owner != "root").then_some((name, owner)))
 }
 
+/// The group "the owner's login group", for what tidekeeper makes for a
+/// user (~/.ssh, authorized_keys), as `ssh-copy-id` would: set with
+/// `chown OWNER:` on apply, not compared (the probe does not know it).
+pub const LOGIN_GROUP: &str = "";
+
+/// `chgrp GROUP P`, or for [`LOGIN_GROUP`] `chown OWNER: P`.
+pub fn set_group(group: &str, owner: Option<&str>, p: &str) -> String {
+    use crate::engine::sh::Word;
+    match (group, owner) {
+        (LOGIN_GROUP, Some(o)) => {
+            format!("chown {} {p} || return\n", Word::quoted(&format!("{o}:")))
+        }
+        (LOGIN_GROUP, None) => String::new(),
+        (g, _) => format!("chgrp {} {p} || return\n", Word::quoted(g)),
+    }
+}
+
 /// Mode and ownership that differ from what is wanted, as attributes.
 pub fn ownership(
     need: Need,
@@ -132,6 +149,7 @@ pub fn ownership(
         need = need.attr("owner", Some(ps.owner.clone()), Some(o.to_string()));
     }
     if let Some(g) = group
+        && g != LOGIN_GROUP
         && g != ps.group
     {
         need = need.attr("group", Some(ps.group.clone()), Some(g.to_string()));
