@@ -379,19 +379,29 @@ fn a_tidekeeper_killed_right_after_a_create_request_makes_no_duplicate() {
 
 #[test]
 fn the_daemon_creates_a_server_from_a_commit_and_records_its_generated_host_key() {
+    use crate::support::receivers::{Receivers, WEBHOOK_SECRET};
+    // A fleet over its monthly budget is an alert (a webhook here).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hook = rt.block_on(Receivers::start(0));
     let f = CloudFleet::start(
         &[
             ("roles/base.yaml", BASE),
             ("templates/hello.j2", HELLO),
             ("hosts/web.yaml", APP),
         ],
-        "",
+        "notify:\n  monthly_cost_above: 4\n  sinks:\n    hook: {type: webhook, url: {env: TK_HOOK_URL}, secret: {env: TK_HOOK_KEY}}\n  routes:\n    - sink: hook\n",
     );
+    let url = hook.url("/hook");
+    let mut env = crate::support::cloud::CREDENTIALS.to_vec();
+    env.extend([
+        ("TK_HOOK_URL", url.as_str()),
+        ("TK_HOOK_KEY", WEBHOOK_SECRET),
+    ]);
     let d = Daemon::start_env(
         &f.repo.path,
         &f.repo.key,
         &["--poll", "1s", "--drift", "600s"],
-        &crate::support::cloud::CREDENTIALS,
+        &env,
     );
     let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
     d.wait_applied(&head, Duration::from_secs(60));
@@ -419,6 +429,31 @@ fn the_daemon_creates_a_server_from_a_commit_and_records_its_generated_host_key(
         metrics.contains("tidekeeper_monthly_cost{currency=\"EUR\"} 4.35"),
         "{metrics}"
     );
+    d.wait_for("the cost alert", Duration::from_secs(30), |_| {
+        !hook.of("webhook").is_empty()
+    });
+    let m = &hook.of("webhook")[0];
+    assert_eq!(m["kind"], "cost_threshold", "{m}");
+    assert_eq!(m["status"], "firing", "{m}");
+    assert!(
+        m["summary"]
+            .as_str()
+            .unwrap()
+            .contains("4.35 EUR/month, above the limit of 4.00"),
+        "{m}"
+    );
+    // A budget raised above the cost: resolved.
+    let t = f.repo.read("tidekeeper.yaml");
+    f.repo.write(
+        "tidekeeper.yaml",
+        &t.replace("monthly_cost_above: 4", "monthly_cost_above: 10"),
+    );
+    f.repo.commit("a bigger budget");
+    d.wait_for("the cost alert resolved", Duration::from_secs(30), |_| {
+        hook.of("webhook").len() >= 2
+    });
+    assert_eq!(hook.of("webhook")[1]["status"], "resolved");
+    assert_eq!(hook.of("webhook").len(), 2);
 }
 
 const JOBS: &str = "jobs:
