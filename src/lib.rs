@@ -32,4 +32,5 @@ pub mod report;
 pub mod schedule;
 pub mod secrets;
 pub mod source;
+pub mod suggest;
 pub mod transport;

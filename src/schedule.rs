@@ -136,7 +136,19 @@ fn cron_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<Option<
 
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
     Tz::from_str(name).map_err(|_| {
-        format!("time zone {name:?} is not an IANA time zone such as \"UTC\" or \"Europe/Berlin\"")
+        let names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()).collect();
+        // Case first (europe/berlin), then typos (Europe/Berln).
+        let guess = names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(name))
+            .copied()
+            .or_else(|| crate::suggest::closest(name, &names));
+        match guess {
+            Some(g) => format!("time zone {name:?} is not an IANA time zone; did you mean {g:?}?"),
+            None => format!(
+                "time zone {name:?} is not an IANA time zone such as \"UTC\" or \"Europe/Berlin\""
+            ),
+        }
     })
 }
 

@@ -76,7 +76,11 @@ fn wrong_value_type() {
             "hosts/web.yaml",
             "provider: existing\naddress: 10.0.0.1\ncount: many\n",
         )
-        .fails_with("hosts/web.yaml:3:8", "yaml", "invalid u32");
+        .fails_with(
+            "hosts/web.yaml:3:8",
+            "invalid-type",
+            "expected a whole number (0 or more)",
+        );
 }
 
 #[test]
@@ -487,7 +491,15 @@ fn invalid_timezone() {
         .fails_with(
             "schedules.yaml:4:15",
             "invalid-timezone",
-            "time zone \"Europe/Berlinn\" is not an IANA time zone such as \"UTC\" or \"Europe/Berlin\"",
+            "time zone \"Europe/Berlinn\" is not an IANA time zone; did you mean \"Europe/Berlin\"?",
+        );
+    // Nothing close: the examples instead.
+    minimal()
+        .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * *'\n    timezone: Mars/Olympus\n    upgrade: {}\n")
+        .fails_with(
+            "schedules.yaml:4:15",
+            "invalid-timezone",
+            "time zone \"Mars/Olympus\" is not an IANA time zone such as \"UTC\" or \"Europe/Berlin\"",
         );
 }
 
@@ -1185,4 +1197,79 @@ fn a_timer_schedule_cannot_add_lines_to_its_unit() {
             "invalid-name",
             "\"root\\nExecStartPre=/bin/false\" is not a valid user or group name (lowercase letters, digits, _ and -, starting with a letter or _, at most 32)",
         );
+}
+
+#[test]
+fn type_errors_say_what_was_expected_in_config_terms() {
+    let cases = [
+        (
+            "tidekeeper.yaml",
+            "fleet: test\ndefaults:\n  ssh:\n    port: 70000\n",
+            "tidekeeper.yaml:4:11",
+            "expected a whole number from 0 to 65535",
+        ),
+        (
+            "tidekeeper.yaml",
+            "fleet: test\ndefaults:\n  ssh:\n    sudo: maybe\n",
+            "tidekeeper.yaml:4:11",
+            "expected true or false",
+        ),
+        (
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.213.0.2\nroles: base\n",
+            "hosts/web.yaml:3:8",
+            "expected a list here",
+        ),
+        (
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.213.0.2\nlabels: [a]\nroles: [base]\n",
+            "hosts/web.yaml:3:9",
+            "expected a mapping (key: value) here",
+        ),
+    ];
+    for (file, text, at, message) in cases {
+        let d = minimal()
+            .file(file, text)
+            .fails_with(at, "invalid-type", message);
+        assert!(d.help.as_ref().is_some_and(|h| !h.is_empty()), "{d}");
+        assert!(
+            !d.to_string().contains("u16") && !d.to_string().contains("u32"),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn unknown_time_zones_and_canaries_get_a_suggestion() {
+    for (tz, want) in [
+        ("Europe/Berln", "Europe/Berlin"),
+        ("europe/berlin", "Europe/Berlin"),
+        ("utc", "UTC"),
+    ] {
+        let errors = minimal()
+            .file(
+                "schedules.yaml",
+                format!("jobs:\n  - {{name: j, cron: \"0 3 * * *\", timezone: {tz}, command: {{run: x}}}}\n"),
+            )
+            .errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains(&format!("did you mean {want:?}?")),
+            "{}",
+            errors[0]
+        );
+    }
+    let d = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\nrollout:\n  canary: [wbe]\n",
+        )
+        .fails_with(
+            "tidekeeper.yaml:3:12",
+            "unknown-host",
+            "rollout canary \"wbe\" is not a host of the fleet",
+        );
+    assert_eq!(d.help.as_deref(), Some("did you mean \"web\"?"));
 }

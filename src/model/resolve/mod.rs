@@ -114,6 +114,42 @@ pub(crate) fn at<T>(file: &str, s: &Spanned<T>) -> Origin {
     Origin::new(file, s.referenced.line(), s.referenced.column())
 }
 
+/// The YAML reader's type errors ("invalid u16", "expected sequence start")
+/// said in config terms, with how to write the value.
+fn expected_in_config_terms(msg: &str) -> Option<(&'static str, &'static str)> {
+    Some(match msg.trim() {
+        "invalid u16" => (
+            "expected a whole number from 0 to 65535",
+            "a port is 1 to 65535, written as digits without quotes",
+        ),
+        "invalid u8" | "invalid u32" | "invalid u64" | "invalid usize" => (
+            "expected a whole number (0 or more)",
+            "write digits only, e.g. 3",
+        ),
+        "invalid i8" | "invalid i16" | "invalid i32" | "invalid i64" => {
+            ("expected a whole number", "write digits only, e.g. 3")
+        }
+        "invalid f32" | "invalid f64" => ("expected a number", "e.g. 12.5"),
+        "invalid boolean" => (
+            "expected true or false",
+            "write true or false (yes, no, on and off are not booleans here)",
+        ),
+        "expected sequence start" => (
+            "expected a list here",
+            "write it as [a, b], or as lines that start with \"- \"",
+        ),
+        "expected mapping start" => (
+            "expected a mapping (key: value) here",
+            "write it as {key: value}, or as indented key: value lines",
+        ),
+        "expected string scalar" => (
+            "expected one value here, not a list or a mapping",
+            "quote it if it has special characters: key: \"value\"",
+        ),
+        _ => return None,
+    })
+}
+
 /// Turn a YAML/serde error into a diagnostic in the user's words.
 fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let origin = match e.location() {
@@ -159,6 +195,8 @@ fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
                 format!("key `{key}` appears twice in the same mapping"),
             )
             .with_help("remove one of them")
+    } else if let Some((what, help)) = expected_in_config_terms(&msg) {
+        origin.error("invalid-type", what).with_help(help)
     } else if msg.contains("budget") || msg.contains("limit") || msg.contains("recursion") {
         origin.error("too-complex", format!("the YAML is too deeply nested or expands too many aliases ({msg})")).with_help(
             format!("config files may nest at most {MAX_YAML_DEPTH} levels and aliases may expand to at most {MAX_ALIAS_EVENTS} nodes"),
@@ -468,10 +506,15 @@ impl<'a> Loader<'a> {
         {
             for (name, s) in r.canary.iter().zip(&spec.canary) {
                 if !hosts.iter().any(|h| h.name == *name) && !broken_hosts.contains(name) {
-                    self.err(at(FLEET_FILE, s).error(
+                    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                    let d = at(FLEET_FILE, s).error(
                         "unknown-host",
                         format!("rollout canary {name:?} is not a host of the fleet"),
-                    ));
+                    );
+                    self.err(match closest(name, &names) {
+                        Some(c) => d.with_help(format!("did you mean {c:?}?")),
+                        None => d,
+                    });
                 }
             }
         }
@@ -546,26 +589,5 @@ fn missing_secret(file: &str, s: &S<String>) -> Diagnostic {
 
 /// The candidate closest to `word` by edit distance, if close enough to be a typo.
 fn closest<'b>(word: &str, candidates: &[&'b str]) -> Option<&'b str> {
-    fn dist(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut prev: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut cur = vec![i + 1];
-            for (j, cb) in b.iter().enumerate() {
-                cur.push(
-                    (prev[j] + usize::from(ca != *cb))
-                        .min(prev[j + 1] + 1)
-                        .min(cur[j] + 1),
-                );
-            }
-            prev = cur;
-        }
-        prev[b.len()]
-    }
-    candidates
-        .iter()
-        .map(|c| (dist(word, c), *c))
-        .filter(|(d, _)| *d <= 2.max(word.len() / 4))
-        .min()
-        .map(|(_, c)| c)
+    crate::suggest::closest(word, candidates)
 }
