@@ -94,6 +94,12 @@ fn parts_of<R: Borrow<HostResult>>(
     {
         Some(line) => {
             let _ = writeln!(head, "{}\n", line.trim_end());
+            let table = cloud
+                .map(crate::cloud::plan::cost_table)
+                .unwrap_or_default();
+            if !table.is_empty() {
+                let _ = writeln!(head, "{table}");
+            }
         }
         None => head.push_str("Monthly cost: no cloud servers.\n\n"),
     }

@@ -491,6 +491,9 @@ fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the
         for want in [
             "**Plan: 0 to add, 3 to change, 0 to destroy.**",
             "Monthly cost: 11.90 → 17.95 EUR (+6.05)",
+            // The cost per server and provider, as a table.
+            "| web | Hetzner | 7.55 EUR | 13.60 EUR | +6.05 EUR |",
+            "| **fleet** | | 11.90 EUR | 17.95 EUR | **+6.05 EUR** |",
             // Markers at column 0, so GitHub colours the lines; `~` shown as `!`.
             "\n!     web server (Hetzner, resize)  7.55 → 13.60 EUR/month (+6.05)",
             "\n+        hello v2 web",

@@ -498,6 +498,55 @@ pub fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
     format!("Monthly cost: {}\n", parts.join("; "))
 }
 
+/// The servers whose monthly cost a plan changes, per host and provider,
+/// and the totals per currency, as a markdown table (empty when no price
+/// changes).
+pub fn cost_table(plan: &CloudPlan) -> String {
+    let priced: Vec<&CloudChange> = plan
+        .changes
+        .iter()
+        .filter(|c| {
+            let (b, a) = (
+                c.cost_before.map(|m| m.amount),
+                c.cost_after.map(|m| m.amount),
+            );
+            b != a && (b.is_some() || a.is_some())
+        })
+        .collect();
+    if priced.is_empty() {
+        return String::new();
+    }
+    let or_dash = |m: Option<Monthly>| m.map(|m| money(&m)).unwrap_or_else(|| "—".into());
+    let mut t =
+        String::from("| server | provider | now | after | change |\n|---|---|---:|---:|---:|\n");
+    for c in priced {
+        let cur = c
+            .cost_after
+            .or(c.cost_before)
+            .map(|m| m.currency)
+            .unwrap_or("");
+        let delta =
+            c.cost_after.map_or(0.0, |m| m.amount) - c.cost_before.map_or(0.0, |m| m.amount);
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} {cur} |\n",
+            c.host,
+            provider_name(c.provider),
+            or_dash(c.cost_before),
+            or_dash(c.cost_after),
+            signed(delta)
+        ));
+    }
+    for (cur, l) in &plan.cost {
+        t.push_str(&format!(
+            "| **fleet** | | {:.2} {cur} | {:.2} {cur} | **{} {cur}** |\n",
+            l.prior,
+            l.proposed,
+            signed(l.delta())
+        ));
+    }
+    t
+}
+
 /// The cloud part of a plan, as people read it.
 pub fn text(p: &CloudPlan, color: bool) -> String {
     let (green, yellow, red, bold, reset) = if color {
@@ -680,6 +729,25 @@ mod tests {
         assert_eq!(cost_text(c), "8.21 → 15.59 EUR/month (+7.38)");
         assert!(c.blocked.is_none());
         assert!((p.cost["EUR"].delta() - 7.38).abs() < 1e-9);
+        // Per server and provider, then the fleet, as a table for the PR comment.
+        let t = cost_table(&p);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows[0], "| server | provider | now | after | change |");
+        assert_eq!(
+            rows[2],
+            "| web | Hetzner | 8.21 EUR | 15.59 EUR | +7.38 EUR |"
+        );
+        assert!(
+            rows[3].starts_with("| **fleet** | |") && rows[3].ends_with("**+7.38 EUR** |"),
+            "{t}"
+        );
+        // No price change: no table.
+        let same = run(
+            &f,
+            vec![server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true)],
+            PlanOptions::default(),
+        );
+        assert_eq!(cost_table(&same), "", "{same:?}");
     }
 
     #[test]
