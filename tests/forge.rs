@@ -119,9 +119,15 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
         )
         .route(
             "/repos/acme/fleet/commits/{sha}/comments",
-            post(|State(s): State<Shared>, Path(sha): Path<String>, Json(b): Json<Value>| async move {
+            post(|State(s): State<Shared>, Path(sha): Path<String>, h: HeaderMap, Json(b): Json<Value>| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                if b["body"].as_str().is_none_or(str::is_empty) {
+                    return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"message": "Validation Failed", "errors": [{"field": "body", "code": "missing_field"}]})));
+                }
                 s.lock().unwrap().requests.push(("POST".into(), format!("commits/{sha}/comments"), b.clone()));
-                (StatusCode::CREATED, Json(json!({"id": 7, "body": b["body"]})))
+                (StatusCode::CREATED, Json(json!({"id": 7, "body": b["body"], "commit_id": sha})))
             }),
         )
         .with_state(shared.clone());
@@ -255,6 +261,47 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
         f.requests
     );
     assert!(f.requests.iter().any(|r| r.1 == format!("statuses/{pr2}")));
+    drop(f);
+
+    // Merged: the apply on main gets its status and one commit comment.
+    git(&repo.path, &["checkout", "-q", "main"]);
+    git(
+        &repo.path,
+        &["merge", "-q", "--no-ff", "-m", "merge pr 5", "pr"],
+    );
+    let merged = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(
+        &repo.path,
+        &["push", "-q", server.to_str().unwrap(), "main"],
+    );
+    d.wait_applied(&merged, Duration::from_secs(30));
+    d.wait_for("the commit comment", Duration::from_secs(30), |_| {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r.1 == format!("commits/{merged}/comments"))
+    });
+    let f = fake.lock().unwrap();
+    let apply = f
+        .requests
+        .iter()
+        .find(|r| r.1 == format!("statuses/{merged}") && r.2["context"] == "tidekeeper/test/apply")
+        .expect("an apply status on the merge");
+    assert_eq!(apply.2["state"], "success", "{:?}", apply.2);
+    let comments: Vec<&(String, String, Value)> = f
+        .requests
+        .iter()
+        .filter(|r| r.1 == format!("commits/{merged}/comments"))
+        .collect();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    let body = comments[0].2["body"].as_str().unwrap();
+    assert!(
+        body.starts_with("```") && body.contains(&merged[..12]),
+        "{body}"
+    );
+    assert!(body.contains("1 change(s) applied"), "{body}");
+    assert_eq!(f.bad_auth, 0);
 }
 
 #[test]
