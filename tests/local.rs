@@ -55,6 +55,10 @@ symlinks:
     assert!(stdout(&out).contains("+port = 8080"), "{}", text(&out));
     let out = tk(repo.path(), &["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // One count of changes: the plan's three items, in the progress line and the summary.
+    let all = text(&out);
+    assert!(all.contains("[1/1] dev: applied, 3 changes"), "{all}");
+    assert!(all.contains("3 changes applied"), "{all}");
     let conf = root.path().join("etc/app/app.conf");
     assert_eq!(fs::read_to_string(&conf).unwrap(), "port = 8080\n");
     use std::os::unix::fs::PermissionsExt;

@@ -365,7 +365,9 @@ fn progress(total: usize, quiet: bool) -> engine::Progress {
             engine::Event::Failed { host, error } => {
                 format!("{host}: failed: {}", error.lines().next().unwrap_or(""))
             }
-            engine::Event::Applied { host, steps } => format!("{host}: applied ({steps} steps)"),
+            engine::Event::Applied { host, changes } => {
+                format!("{host}: applied, {changes} change{}", plural(changes))
+            }
             engine::Event::Server { .. } => return,
         };
         eprintln!("[{}/{total}] {line}", n.min(total));

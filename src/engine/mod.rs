@@ -295,7 +295,9 @@ pub enum Event {
     },
     Applied {
         host: String,
-        steps: usize,
+        /// The plan's changes and handlers: the count the plan and the
+        /// summary use too (not the script's steps).
+        changes: usize,
     },
     /// The cloud stage at work on a host's server.
     Server {
@@ -688,9 +690,9 @@ async fn apply_with(
         }
     }
     match &outcome {
-        Outcome::Done { steps, .. } => progress(Event::Applied {
+        Outcome::Done { .. } => progress(Event::Applied {
             host: p.host.clone(),
-            steps: *steps,
+            changes: plan.changes.len() + plan.handlers.len(),
         }),
         Outcome::Failed {
             what,
