@@ -36,7 +36,47 @@ fn dockerfile_passes_hadolint() {
 }
 
 #[test]
-fn the_systemd_unit_verifies() {
+fn the_systemd_units_verify() {
+    for unit in ["tidekeeper.service", "tidekeeper-pull.service"] {
+        verify_unit(unit);
+    }
+    let pull = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tidekeeper-pull.service"
+    ))
+    .unwrap();
+    // Pull mode manages this machine: nothing may make /etc, /usr or /home read-only.
+    for blocked in [
+        "ProtectSystem=",
+        "ProtectHome=",
+        "ReadOnlyPaths=",
+        "DynamicUser=",
+    ] {
+        assert!(
+            !pull.lines().any(|l| l.starts_with(blocked)),
+            "{blocked} would block pull mode"
+        );
+    }
+    assert!(
+        pull.contains("User=root") && pull.contains("Why root"),
+        "it says why it runs as root"
+    );
+    assert!(
+        pull.contains("--host %H"),
+        "it reconciles this machine only"
+    );
+    let controller = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tidekeeper.service"
+    ))
+    .unwrap();
+    assert!(
+        controller.contains("ProtectSystem=strict"),
+        "the controller stays sandboxed"
+    );
+}
+
+fn verify_unit(name: &str) {
     if std::process::Command::new("systemd-analyze")
         .arg("--version")
         .output()
@@ -49,10 +89,11 @@ fn the_systemd_unit_verifies() {
         return;
     }
     let tmp = crate::support::TempDir::new("unit");
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/contrib/tidekeeper.service"
-    ))
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib")
+            .join(name),
+    )
     .unwrap()
     .replace(
         "/usr/local/bin/tidekeeper",
@@ -62,7 +103,7 @@ fn the_systemd_unit_verifies() {
         "EnvironmentFile=/etc/tidekeeper/env",
         "EnvironmentFile=-/etc/tidekeeper/env",
     );
-    let path = tmp.path().join("tidekeeper.service");
+    let path = tmp.path().join(name);
     std::fs::write(&path, unit).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
@@ -71,7 +112,7 @@ fn the_systemd_unit_verifies() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && !err.contains("tidekeeper.service:"),
-        "{err}"
+        out.status.success() && !err.contains(&format!("{name}:")),
+        "{name}: {err}"
     );
 }
