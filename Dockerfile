@@ -1,14 +1,33 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t tidekeeper .
 FROM rust:1.95-slim-bookworm AS build
+# libgit2 and libssh2 are built against OpenSSL: its headers, and pkg-config to find them.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends pkg-config=1.8.* libssl-dev=3.0.* \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The dependencies in a layer of their own: a change to tidekeeper's source
+# does not build them again. Empty targets stand in for the sources here.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY crates crates
+COPY repo-template repo-template
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && for b in validate testbed fleet daemon_idle cloud; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && cargo build --release --locked --bin tidekeeper \
+    && rm -rf src benches
 COPY . .
-RUN cargo build --release --locked --bin tidekeeper \
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked --bin tidekeeper \
     && strip target/release/tidekeeper
 
 FROM debian:bookworm-slim
+# What the binary needs at run time and nothing else: OpenSSL (git over
+# https, libssh2), CA roots, ssh-keygen (host keys for new cloud servers),
+# and curl for the health check.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git=1:2.39.* ca-certificates=20230311* openssh-client=1:9.2p1-* curl=7.88.* \
+    && apt-get install -y --no-install-recommends libssl3=3.0.* ca-certificates=20230311* openssh-client=1:9.2p1-* curl=7.88.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/tidekeeper --shell /usr/sbin/nologin tidekeeper
 COPY --from=build /src/target/release/tidekeeper /usr/local/bin/tidekeeper
