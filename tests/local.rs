@@ -57,7 +57,14 @@ symlinks:
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // One count of changes: the plan's three items, in the progress line and the summary.
     let all = text(&out);
-    assert!(all.contains("[1/1] dev: applied, 3 changes"), "{all}");
+    assert!(all.contains("[1/1] dev: applied, 3 changes ("), "{all}");
+    // A line when the host starts, and the time it took.
+    assert!(
+        all.contains("dev: planning…") && all.contains("dev: applying…"),
+        "{all}"
+    );
+    let line = all.lines().find(|l| l.contains("dev: applied")).unwrap();
+    assert!(line.trim_end().ends_with("s)"), "{line}");
     assert!(all.contains("3 changes applied"), "{all}");
     let conf = root.path().join("etc/app/app.conf");
     assert_eq!(fs::read_to_string(&conf).unwrap(), "port = 8080\n");

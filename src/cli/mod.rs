@@ -357,18 +357,42 @@ fn progress(total: usize, quiet: bool) -> engine::Progress {
             eprintln!("{host}: {message}");
             return;
         }
+        if let engine::Event::Started { host, what } = &e {
+            // A line when a host starts, so a slow one shows which it is.
+            eprintln!("{host}: {what}…");
+            return;
+        }
         let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let secs = |d: std::time::Duration| format!("{:.1}s", d.as_secs_f64());
         let line = match e {
-            engine::Event::Planned { host, changes } => {
-                format!("{host}: planned, {changes} change{}", plural(changes))
-            }
-            engine::Event::Failed { host, error } => {
-                format!("{host}: failed: {}", error.lines().next().unwrap_or(""))
-            }
-            engine::Event::Applied { host, changes } => {
-                format!("{host}: applied, {changes} change{}", plural(changes))
-            }
-            engine::Event::Server { .. } => return,
+            engine::Event::Planned {
+                host,
+                changes,
+                elapsed,
+            } => format!(
+                "{host}: planned, {changes} change{} ({})",
+                plural(changes),
+                secs(elapsed)
+            ),
+            engine::Event::Failed {
+                host,
+                error,
+                elapsed,
+            } => format!(
+                "{host}: failed after {}: {}",
+                secs(elapsed),
+                error.lines().next().unwrap_or("")
+            ),
+            engine::Event::Applied {
+                host,
+                changes,
+                elapsed,
+            } => format!(
+                "{host}: applied, {changes} change{} ({})",
+                plural(changes),
+                secs(elapsed)
+            ),
+            engine::Event::Server { .. } | engine::Event::Started { .. } => return,
         };
         eprintln!("[{}/{total}] {line}", n.min(total));
     })

@@ -285,25 +285,27 @@ impl Pool {
 /// Progress events for a live display.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// Work on a host begins (`planning` or `applying`).
+    Started { host: String, what: &'static str },
     Planned {
         host: String,
         changes: usize,
+        elapsed: Duration,
     },
     Failed {
         host: String,
         error: String,
+        elapsed: Duration,
     },
     Applied {
         host: String,
         /// The plan's changes and handlers: the count the plan and the
         /// summary use too (not the script's steps).
         changes: usize,
+        elapsed: Duration,
     },
     /// The cloud stage at work on a host's server.
-    Server {
-        host: String,
-        message: String,
-    },
+    Server { host: String, message: String },
 }
 
 pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
@@ -517,6 +519,10 @@ pub async fn plan_all(
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let start = Instant::now();
+            progress(Event::Started {
+                host: name.clone(),
+                what: "planning",
+            });
             let host = fleet.host(&name).expect("selected host exists");
             let address = address_of(host).unwrap_or_else(|_| "-".into());
             let mut result = HostResult::new(&name, &address);
@@ -559,10 +565,12 @@ pub async fn plan_all(
                 (_, Some(e)) => Event::Failed {
                     host: name.clone(),
                     error: e.clone(),
+                    elapsed: result.elapsed,
                 },
                 (Some(p), None) => Event::Planned {
                     host: name.clone(),
                     changes: p.changes.len() + p.handlers.len(),
+                    elapsed: result.elapsed,
                 },
                 (None, None) => unreachable!("a host is planned or failed"),
             });
@@ -614,6 +622,10 @@ async fn apply_with(
         return;
     }
     let start = Instant::now();
+    progress(Event::Started {
+        host: p.host.clone(),
+        what: "applying",
+    });
     let guard = match conn {
         crate::transport::Connection::Ssh(s) => Some(apply::GuardSettings {
             login_user: s.target().user.clone(),
@@ -693,6 +705,7 @@ async fn apply_with(
         Outcome::Done { .. } => progress(Event::Applied {
             host: p.host.clone(),
             changes: plan.changes.len() + plan.handlers.len(),
+            elapsed: start.elapsed(),
         }),
         Outcome::Failed {
             what,
@@ -707,6 +720,7 @@ async fn apply_with(
             progress(Event::Failed {
                 host: p.host.clone(),
                 error: e.clone(),
+                elapsed: start.elapsed(),
             });
             p.fail(HostError::StepFailed, e);
         }
