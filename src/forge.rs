@@ -116,20 +116,16 @@ impl Forge {
             reason,
         };
         let result = match (method, body) {
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("Authorization", &self.auth())
-                .header("Accept", "application/json")
-                .header("User-Agent", "tidekeeper")
-                .call(),
-            ("GET", _) => self
-                .agent
-                .get(&url)
-                .header("Authorization", &self.auth())
-                .header("Accept", "application/json")
-                .header("User-Agent", "tidekeeper")
-                .call(),
+            (m @ ("GET" | "DELETE"), _) => {
+                let req = match m {
+                    "GET" => self.agent.get(&url),
+                    _ => self.agent.delete(&url),
+                };
+                req.header("Authorization", &self.auth())
+                    .header("Accept", "application/json")
+                    .header("User-Agent", "tidekeeper")
+                    .call()
+            }
             (m, Some(b)) => {
                 let req = match m {
                     "PATCH" => self.agent.patch(&url),

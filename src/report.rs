@@ -71,15 +71,27 @@ impl Section {
     }
 }
 
+/// A plan as reviewers read it: what the markdown is made of.
+pub struct Review<'a, R> {
+    pub fleet: &'a str,
+    pub commit: &'a str,
+    pub cloud: Option<&'a CloudPlan>,
+    pub results: &'a [R],
+    pub verdict: &'a Verdict,
+    /// A proposal's settings that take effect only after merge.
+    pub after_merge: &'a [String],
+}
+
 /// The summary, cost and verdicts (with the marker), and the per-host sections.
-fn parts_of<R: Borrow<HostResult>>(
-    fleet: &str,
-    commit: &str,
-    cloud: Option<&CloudPlan>,
-    results: &[R],
-    verdict: &Verdict,
-    after_merge: &[String],
-) -> (String, Vec<Section>) {
+fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) {
+    let Review {
+        fleet,
+        commit,
+        cloud,
+        results,
+        verdict,
+        after_merge,
+    } = *r;
     let refs: Vec<&HostResult> = results.iter().map(|r| r.borrow()).collect();
     let t = with_cloud(totals(&refs), cloud);
     let mut head = format!(
@@ -184,16 +196,8 @@ pub fn part_marker(marker: &str, k: usize) -> String {
 
 /// The plan of `commit` as one markdown text (for the note on a commit and
 /// `plan --markdown`): cut in the middle of the details when over `limit`.
-pub fn markdown<R: Borrow<HostResult>>(
-    fleet: &str,
-    commit: &str,
-    cloud: Option<&CloudPlan>,
-    results: &[R],
-    verdict: &Verdict,
-    after_merge: &[String],
-    limit: usize,
-) -> String {
-    let (head, sections) = parts_of(fleet, commit, cloud, results, verdict, after_merge);
+pub fn markdown<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> String {
+    let (head, sections) = parts_of(r);
     let body: String = sections.iter().map(|s| s.render(&s.text, false)).collect();
     let mut out = head.clone();
     out.push_str(&body);
@@ -225,16 +229,9 @@ pub fn markdown<R: Borrow<HostResult>>(
 /// each host's details; a host's diff too long for what is left goes on in
 /// the next comment, its code block closed and opened again — never cut
 /// inside one. Each comment after the first has its own marker.
-pub fn comments<R: Borrow<HostResult>>(
-    fleet: &str,
-    commit: &str,
-    cloud: Option<&CloudPlan>,
-    results: &[R],
-    verdict: &Verdict,
-    after_merge: &[String],
-    limit: usize,
-) -> Vec<String> {
-    let (head, sections) = parts_of(fleet, commit, cloud, results, verdict, after_merge);
+pub fn comments<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Vec<String> {
+    let (head, sections) = parts_of(r);
+    let (fleet, commit) = (r.fleet, r.commit);
     // Room for the forge's own footer and a part's heading.
     let cap = limit.saturating_sub(300).max(1000);
     let next_head = |k: usize| {
@@ -333,12 +330,14 @@ mod tests {
             errors: vec![],
         };
         let md = markdown(
-            "acme",
-            "0123456789abcdef",
-            None,
-            &[result("web-1", 1), result("web-2", 2)],
-            &v,
-            &[],
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &[result("web-1", 1), result("web-2", 2)],
+                verdict: &v,
+                after_merge: &[],
+            },
             GITHUB_LIMIT,
         );
         assert!(md.starts_with("<!-- tidekeeper:acme -->"));
@@ -355,12 +354,14 @@ mod tests {
     fn a_long_plan_is_cut_in_the_middle_with_the_summary_intact() {
         let big = result("web-1", 2000);
         let md = markdown(
-            "acme",
-            "0123456789abcdef",
-            None,
-            &[big],
-            &Verdict::default(),
-            &[],
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &[big],
+                verdict: &Verdict::default(),
+                after_merge: &[],
+            },
             GITHUB_LIMIT,
         );
         assert!(md.len() <= GITHUB_LIMIT, "{}", md.len());
@@ -390,12 +391,14 @@ mod tests {
         let big = result("web-1", 2000);
         let small = result("web-2", 3);
         let parts = comments(
-            "acme",
-            "0123456789abcdef",
-            None,
-            &[small, big],
-            &Verdict::default(),
-            &[],
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &[small, big],
+                verdict: &Verdict::default(),
+                after_merge: &[],
+            },
             GITHUB_LIMIT,
         );
         assert!(parts.len() >= 2, "{}", parts.len());
@@ -428,12 +431,14 @@ mod tests {
         assert!(parts[1].contains("<b>web-1</b>: 2000 changes (continued)"));
         // A plan that fits is one comment with the plain marker.
         let one = comments(
-            "acme",
-            "0123456789abcdef",
-            None,
-            &[result("web-1", 3)],
-            &Verdict::default(),
-            &[],
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &[result("web-1", 3)],
+                verdict: &Verdict::default(),
+                after_merge: &[],
+            },
             GITHUB_LIMIT,
         );
         assert_eq!(one.len(), 1);

@@ -117,12 +117,14 @@ pub(super) fn plan(
     if format == PlanFormat::Markdown {
         let commit = fp.fleet.commit.clone().unwrap_or_default();
         let md = crate::report::markdown(
-            &fp.fleet.name,
-            &commit,
-            fp.cloud.as_ref(),
-            &results,
-            &verdict,
-            &after_merge,
+            &crate::report::Review {
+                fleet: &fp.fleet.name,
+                commit: &commit,
+                cloud: fp.cloud.as_ref(),
+                results: &results,
+                verdict: &verdict,
+                after_merge: &after_merge,
+            },
             crate::report::GITHUB_LIMIT,
         );
         print!("{}", opts.redact(&md));

@@ -285,18 +285,15 @@ impl Loop {
         let stamp = format!(
             "\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n"
         );
-        let render = |limit| {
-            crate::report::markdown(
-                &fleet_name,
-                sha,
-                cloud.as_ref(),
-                &refs,
-                &verdict,
-                &after_merge,
-                limit,
-            )
+        let review = crate::report::Review {
+            fleet: &fleet_name,
+            commit: sha,
+            cloud: cloud.as_ref(),
+            results: &refs,
+            verdict: &verdict,
+            after_merge: &after_merge,
         };
-        let md = render(usize::MAX);
+        let md = crate::report::markdown(&review, usize::MAX);
         let mut json = reconcile::json(cloud.as_ref(), &refs);
         json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
         json["ref"] = name.into();
@@ -340,17 +337,10 @@ impl Loop {
         };
         let report = with_forge.then(|| {
             // As many comments as the plan needs; the digest stamp on the first.
-            let mut parts = crate::report::comments(
-                &fleet_name,
-                sha,
-                cloud.as_ref(),
-                &refs,
-                &verdict,
-                &after_merge,
-                crate::report::GITHUB_LIMIT - stamp.len() - 200,
-            )
-            .into_iter()
-            .map(|p| base.redact(&p));
+            let mut parts =
+                crate::report::comments(&review, crate::report::GITHUB_LIMIT - stamp.len() - 200)
+                    .into_iter()
+                    .map(|p| base.redact(&p));
             let first = parts.next().unwrap_or_default();
             Report {
                 state: state.into(),
