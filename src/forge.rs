@@ -184,36 +184,7 @@ impl Forge {
         body: &str,
         order: i64,
     ) -> Result<bool, ForgeError> {
-        let body = format!("{body}\n{ORDER}{order} -->\n");
-        let comments = self.comments(pr)?;
-        match comments.iter().find(|c| c.body.contains(marker)) {
-            Some(c) if c.body == body => return Ok(false),
-            Some(c)
-                if c.body
-                    .split(ORDER)
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .is_some_and(|theirs| theirs > order) =>
-            {
-                return Ok(false);
-            }
-            Some(c) => {
-                self.send(
-                    "PATCH",
-                    &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
-                    Some(json!({"body": body})),
-                )?;
-            }
-            None => {
-                self.send(
-                    "POST",
-                    &format!("/repos/{}/issues/{pr}/comments", self.repo),
-                    Some(json!({"body": body})),
-                )?;
-            }
-        }
-        Ok(true)
+        self.upsert_comments(pr, marker, &[body.to_string()], order)
     }
 
     /// Every comment on `pr`, page by page (100 a page; a forge that does

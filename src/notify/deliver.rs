@@ -411,7 +411,7 @@ impl Notifier {
         out
     }
 
-    /// Wait until nothing is waiting (tests and shutdown); false on timeout.
+    /// Wait until nothing is waiting (for tests); false on timeout.
     pub async fn flushed(&self, within: Duration) -> bool {
         let end = Instant::now() + within;
         while Instant::now() < end {
