@@ -40,19 +40,26 @@ fn floor(url: &str) -> Duration {
     let t = Instant::now();
     let out = support::tidekeeper().arg("--version").output().unwrap();
     assert!(out.status.success());
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    for path in [
-        "/servers?page=1&per_page=50",
-        "/firewalls?label_selector=managed-by%3Dtidekeeper&page=1&per_page=50",
-        "/pricing",
-    ] {
-        let mut r = agent
-            .get(&format!("{url}{path}"))
-            .header("Authorization", &format!("Bearer {}", hetzner::TOKEN))
-            .call()
-            .unwrap();
-        let _ = r.body_mut().read_to_string().unwrap();
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    rt.block_on(async {
+        for path in [
+            "/servers?page=1&per_page=50",
+            "/firewalls?label_selector=managed-by%3Dtidekeeper&page=1&per_page=50",
+            "/pricing",
+        ] {
+            let r = http
+                .get(format!("{url}{path}"))
+                .header("Authorization", format!("Bearer {}", hetzner::TOKEN))
+                .send()
+                .await
+                .unwrap();
+            let _ = r.text().await.unwrap();
+        }
+    });
     t.elapsed()
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -30,7 +31,7 @@ pub struct Forge {
     api: String,
     repo: String,
     token: String,
-    agent: ureq::Agent,
+    http: reqwest::Client,
     /// "commit context" → state last posted.
     posted: Mutex<HashMap<String, String>>,
     /// Where `posted` is kept between runs.
@@ -58,17 +59,12 @@ impl Forge {
     }
 
     pub fn with_token(s: &ForgeSettings, token: &str) -> Forge {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(20)))
-            .http_status_as_error(false)
-            .build()
-            .into();
         Forge {
             kind: s.kind,
             api: s.url.trim_end_matches('/').to_string(),
             repo: s.repo.clone(),
             token: token.trim().to_string(),
-            agent,
+            http: crate::http::client(Duration::from_secs(20)),
             posted: Mutex::new(HashMap::new()),
             memory: None,
         }
@@ -103,44 +99,31 @@ impl Forge {
         }
     }
 
-    fn send(
+    async fn send(
         &self,
-        method: &'static str,
+        method: Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, ForgeError> {
         let url = format!("{}{path}", self.api);
         let err = |reason: String| ForgeError::Request {
-            method,
+            method: method_name(&method),
             url: url.clone(),
             reason,
         };
-        let result = match (method, body) {
-            (m @ ("GET" | "DELETE"), _) => {
-                let req = match m {
-                    "GET" => self.agent.get(&url),
-                    _ => self.agent.delete(&url),
-                };
-                req.header("Authorization", &self.auth())
-                    .header("Accept", "application/json")
-                    .header("User-Agent", "tidekeeper")
-                    .call()
-            }
-            (m, Some(b)) => {
-                let req = match m {
-                    "PATCH" => self.agent.patch(&url),
-                    _ => self.agent.post(&url),
-                };
-                req.header("Authorization", &self.auth())
-                    .header("Accept", "application/json")
-                    .header("User-Agent", "tidekeeper")
-                    .send_json(b)
-            }
-            (_, None) => return Err(err("no body".into())),
-        };
-        let mut resp = result.map_err(|e| err(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", self.auth())
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.map_err(|e| err(crate::http::reason(e)))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let text = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
             return Err(err(format!(
                 "HTTP {status}: {}",
@@ -152,7 +135,7 @@ impl Forge {
 
     /// Set a commit status unless it already has that state.
     /// `state`: pending, success, failure or error.
-    pub fn status(
+    pub async fn status(
         &self,
         sha: &str,
         context: &str,
@@ -165,10 +148,11 @@ impl Forge {
         }
         let description: String = description.chars().take(140).collect();
         self.send(
-            "POST",
+            Method::POST,
             &format!("/repos/{}/statuses/{sha}", self.repo),
             Some(json!({"state": state, "context": context, "description": description})),
-        )?;
+        )
+        .await?;
         self.posted.lock().unwrap().insert(key, state.to_string());
         self.remember();
         Ok(true)
@@ -177,7 +161,7 @@ impl Forge {
     /// Create, or update in place, the one comment carrying `marker`. `order`
     /// (the commit time of the planned head) keeps a late plan of an older
     /// commit from overwriting a newer one. Whether the comment was written.
-    pub fn upsert_comment(
+    pub async fn upsert_comment(
         &self,
         pr: u64,
         marker: &str,
@@ -185,21 +169,24 @@ impl Forge {
         order: i64,
     ) -> Result<bool, ForgeError> {
         self.upsert_comments(pr, marker, &[body.to_string()], order)
+            .await
     }
 
     /// Every comment on `pr`, page by page (100 a page; a forge that does
     /// not page answers the same list again, which ends it too).
-    fn comments(&self, pr: u64) -> Result<Vec<Comment>, ForgeError> {
+    async fn comments(&self, pr: u64) -> Result<Vec<Comment>, ForgeError> {
         let mut all: Vec<Comment> = Vec::new();
         for page in 1..=100 {
-            let v = self.send(
-                "GET",
-                &format!(
-                    "/repos/{}/issues/{pr}/comments?per_page=100&limit=100&page={page}",
-                    self.repo
-                ),
-                None,
-            )?;
+            let v = self
+                .send(
+                    Method::GET,
+                    &format!(
+                        "/repos/{}/issues/{pr}/comments?per_page=100&limit=100&page={page}",
+                        self.repo
+                    ),
+                    None,
+                )
+                .await?;
             let batch: Vec<Comment> = serde_json::from_value(v).unwrap_or_default();
             let full = batch.len() >= 100;
             let repeated = batch
@@ -220,14 +207,14 @@ impl Forge {
     /// found again by its marker and updated in place; parts an earlier,
     /// longer plan left are deleted. Nothing changes when the comments show
     /// a newer commit's plan; false when nothing needed changing.
-    pub fn upsert_comments(
+    pub async fn upsert_comments(
         &self,
         pr: u64,
         marker: &str,
         parts: &[String],
         order: i64,
     ) -> Result<bool, ForgeError> {
-        let existing = self.comments(pr)?;
+        let existing = self.comments(pr).await?;
         let order_of = |c: &Comment| {
             c.body
                 .split(ORDER)
@@ -252,18 +239,20 @@ impl Forge {
                 Some(c) if c.body == body => {}
                 Some(c) => {
                     self.send(
-                        "PATCH",
+                        Method::PATCH,
                         &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
                         Some(json!({"body": body})),
-                    )?;
+                    )
+                    .await?;
                     changed = true;
                 }
                 None => {
                     self.send(
-                        "POST",
+                        Method::POST,
                         &format!("/repos/{}/issues/{pr}/comments", self.repo),
                         Some(json!({"body": body})),
-                    )?;
+                    )
+                    .await?;
                     changed = true;
                 }
             }
@@ -271,10 +260,11 @@ impl Forge {
         let mut k = parts.len() + 1;
         while let Some(c) = find(k) {
             self.send(
-                "DELETE",
+                Method::DELETE,
                 &format!("/repos/{}/issues/comments/{}", self.repo, c.id),
                 None,
-            )?;
+            )
+            .await?;
             changed = true;
             k += 1;
         }
@@ -282,16 +272,27 @@ impl Forge {
     }
 
     /// A comment on a commit (GitHub; Gitea has no such API: nothing happens).
-    pub fn commit_comment(&self, sha: &str, body: &str) -> Result<(), ForgeError> {
+    pub async fn commit_comment(&self, sha: &str, body: &str) -> Result<(), ForgeError> {
         if self.kind == ForgeKind::Gitea {
             return Ok(());
         }
         self.send(
-            "POST",
+            Method::POST,
             &format!("/repos/{}/commits/{sha}/comments", self.repo),
             Some(json!({"body": body})),
         )
+        .await
         .map(|_| ())
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "request",
     }
 }
 

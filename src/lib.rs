@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod digest;
 pub mod engine;
 pub mod forge;
+pub mod http;
 pub mod maintenance;
 pub mod model;
 pub mod notify;

@@ -37,6 +37,15 @@ fn authorized(s: &Shared, h: &HeaderMap) -> bool {
     ok
 }
 
+/// Run one forge call to its end.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// A line added in a ```diff block: `+` at column 0, then the text.
 fn added(body: &str, text: &str) -> bool {
     body.lines()
@@ -355,6 +364,63 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
     );
 }
 
+#[test]
+fn a_gitea_behind_a_private_ca_is_trusted_once_its_ca_is_in_the_system_roots() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_forge(port, "/api/v1", "token t0k");
+    let dir = crate::support::TempDir::new("forge-ca");
+    let (ca, leaf, key) = crate::support::receivers::tls_files(dir.path());
+    let https = crate::support::receivers::https_front(port, &leaf, &key);
+    let url = format!("https://127.0.0.1:{https}/api/v1");
+
+    // Without the CA the certificate is refused, and the error says so.
+    if std::env::var_os("SSL_CERT_FILE").is_none() {
+        let settings = tidekeeper::model::desired::Forge {
+            kind: tidekeeper::model::desired::ForgeKind::Gitea,
+            url: url.clone(),
+            repo: "acme/fleet".into(),
+            token_env: "UNUSED".into(),
+        };
+        let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
+        let err = block(forge.status("abc", "ctx", "pending", "x"))
+            .expect_err("an unknown CA is refused")
+            .to_string();
+        assert!(err.contains("certificate"), "{err}");
+        assert!(fake.lock().unwrap().requests.is_empty());
+    }
+
+    // With it (SSL_CERT_FILE, as for curl and git): statuses and the comment arrive.
+    let (repo, main) = forge_repo(&bed, "/etc/tk-ca", "gitea", &url);
+    open_pr(&repo, 4, |r| {
+        r.write(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/tk-ca, content: \"two\\n\"}\n",
+        );
+    });
+    let ca = ca.display().to_string();
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("GITEA_TOKEN", "t0k"), ("SSL_CERT_FILE", &ca)],
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    d.wait_for("the PR comment over HTTPS", Duration::from_secs(30), |_| {
+        fake.lock().unwrap().comments.len() == 1
+    });
+    let f = fake.lock().unwrap();
+    assert_eq!(f.bad_auth, 0);
+    assert!(added(&f.comments[0].2, "two"), "{}", f.comments[0].2);
+    assert!(
+        f.requests
+            .iter()
+            .any(|r| r.1 == format!("statuses/{main}") && r.2["state"] == "success"),
+        "the apply status on main: {:?}",
+        f.requests
+    );
+}
+
 /// A one-host repo whose role `app` writes `path`, reporting to a forge of
 /// `kind` at `url`; the head of main.
 fn forge_repo(bed: &Testbed, path: &str, kind: &str, url: &str) -> (FleetRepo, String) {
@@ -402,29 +468,13 @@ fn a_late_plan_of_an_older_commit_never_overwrites_a_newer_comment() {
     let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
     let marker = "<!-- tidekeeper:acme -->";
     // The plan of the newer head (commit time 200) is posted first…
-    assert!(
-        forge
-            .upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)
-            .unwrap()
-    );
+    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)).unwrap());
     // …then a slow plan of the older head (time 100) finishes: it is dropped.
-    assert!(
-        !forge
-            .upsert_comment(3, marker, &format!("{marker}\nolder"), 100)
-            .unwrap()
-    );
+    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nolder"), 100)).unwrap());
     // The same plan again is not sent again either.
-    assert!(
-        !forge
-            .upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)
-            .unwrap()
-    );
+    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)).unwrap());
     // A newer one replaces it.
-    assert!(
-        forge
-            .upsert_comment(3, marker, &format!("{marker}\nnewest"), 300)
-            .unwrap()
-    );
+    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewest"), 300)).unwrap());
     let f = fake.lock().unwrap();
     assert_eq!(f.comments.len(), 1);
     assert!(f.comments[0].2.contains("newest"), "{}", f.comments[0].2);
@@ -665,19 +715,11 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
             .map(|c| c.2.clone())
             .collect()
     };
-    assert!(
-        forge
-            .upsert_comments(5, &marker, &parts("a", 3), 10)
-            .unwrap()
-    );
+    assert!(block(forge.upsert_comments(5, &marker, &parts("a", 3), 10)).unwrap());
     assert_eq!(ours(&fake).len(), 3);
     let posts = fake.lock().unwrap().requests.len();
     // The same plan again: found on page 2, nothing posted.
-    assert!(
-        !forge
-            .upsert_comments(5, &marker, &parts("a", 3), 10)
-            .unwrap()
-    );
+    assert!(!block(forge.upsert_comments(5, &marker, &parts("a", 3), 10)).unwrap());
     assert_eq!(
         fake.lock().unwrap().requests.len(),
         posts,
@@ -685,11 +727,7 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         fake.lock().unwrap().requests
     );
     // A newer, shorter plan: part 1 edited, parts 2 and 3 deleted.
-    assert!(
-        forge
-            .upsert_comments(5, &marker, &parts("b", 1), 11)
-            .unwrap()
-    );
+    assert!(block(forge.upsert_comments(5, &marker, &parts("b", 1), 11)).unwrap());
     let now = ours(&fake);
     assert_eq!(now.len(), 1, "{now:?}");
     assert!(now[0].contains("plan b part 1"));
@@ -699,11 +737,7 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         .collect();
     assert_eq!(reqs, ["PATCH", "DELETE", "DELETE"]);
     // An older plan arriving late changes nothing.
-    assert!(
-        !forge
-            .upsert_comments(5, &marker, &parts("old", 2), 9)
-            .unwrap()
-    );
+    assert!(!block(forge.upsert_comments(5, &marker, &parts("old", 2), 9)).unwrap());
     assert_eq!(ours(&fake).len(), 1);
     assert_eq!(
         fake.lock().unwrap().comments.len(),

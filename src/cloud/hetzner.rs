@@ -165,9 +165,7 @@ impl Hetzner {
         let mut config = Configuration::new();
         config.bearer_access_token = Some(token);
         config.user_agent = Some(format!("tidekeeper/{}", env!("CARGO_PKG_VERSION")));
-        config.client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(s.timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(10.min(s.timeout_secs.max(1))))
+        config.client = crate::http::builder(Duration::from_secs(s.timeout_secs.max(1)))
             .build()
             .map_err(|e| CloudError::api(NAME, "setting up the HTTP client", e))?;
         if let Some(url) = &s.endpoint {

@@ -508,22 +508,18 @@ impl Loop {
                     fleet.name.clone(),
                 );
                 let forge = self.forge(&settings);
-                let sent =
-                    tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
-                        let forge = forge?;
-                        let state = if ok { "success" } else { "failure" };
-                        if forge.status(
-                            &sha,
-                            &format!("tidekeeper/{name}/apply"),
-                            state,
-                            &summary,
-                        )? {
-                            forge.commit_comment(&sha, &text)?;
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .expect("forge task");
+                let sent = async move {
+                    let forge = forge?;
+                    let state = if ok { "success" } else { "failure" };
+                    if forge
+                        .status(&sha, &format!("tidekeeper/{name}/apply"), state, &summary)
+                        .await?
+                    {
+                        forge.commit_comment(&sha, &text).await?;
+                    }
+                    Ok::<(), crate::forge::ForgeError>(())
+                }
+                .await;
                 if let Err(e) = sent {
                     warn!(error = %e, "could not report the apply to the forge");
                     self.shared

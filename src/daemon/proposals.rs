@@ -175,21 +175,22 @@ impl Loop {
         let pr = crate::forge::pr_number(name);
         let forge = self.forge(&settings);
         let (sha2, r) = (sha.to_string(), report.clone());
-        let sent = tokio::task::spawn_blocking(move || -> Result<(), crate::forge::ForgeError> {
+        let sent = async move {
             let forge = forge?;
-            forge.status(&sha2, &r.context, &r.state, &r.description)?;
+            forge
+                .status(&sha2, &r.context, &r.state, &r.description)
+                .await?;
             let parts: Vec<String> = std::iter::once(r.comment.clone())
                 .chain(r.more.iter().cloned())
                 .collect();
             if let Some(pr) = pr
-                && !forge.upsert_comments(pr, &r.marker, &parts, r.time)?
+                && !forge.upsert_comments(pr, &r.marker, &parts, r.time).await?
             {
                 tracing::debug!(pr, "the PR comment already shows this plan or a newer one");
             }
-            Ok(())
-        })
-        .await
-        .expect("forge task");
+            Ok::<(), crate::forge::ForgeError>(())
+        }
+        .await;
         match sent {
             Ok(()) => {
                 self.shared.clear_stale("forge");

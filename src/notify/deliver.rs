@@ -162,7 +162,7 @@ impl Notifier {
                     stats: saved.stats,
                     ..Default::default()
                 }),
-                http: http_client(),
+                http: crate::http::client(ATTEMPT_TIMEOUT),
             }),
         }
     }
@@ -439,14 +439,6 @@ type Family = (
     fn(&SinkStatus) -> u64,
 );
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(ATTEMPT_TIMEOUT)
-        .user_agent(concat!("tidekeeper/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("HTTP client")
-}
-
 fn save(inner: &Inner, st: &State) {
     let Some(file) = &inner.file else { return };
     let saved = serde_json::json!({
@@ -606,7 +598,7 @@ async fn deliver(
         b = b.header(k, v);
     }
     // The URL may hold a credential (Slack, Discord, Telegram): never in an error.
-    let hide = |e: reqwest::Error| NotifyError::Send(e.without_url().to_string());
+    let hide = |e: reqwest::Error| NotifyError::Send(crate::http::reason(e));
     let resp = b.send().await.map_err(|e| (hide(e), None))?;
     let status = resp.status();
     if status.is_success() {
