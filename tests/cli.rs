@@ -18,7 +18,7 @@ fn init_then_validate_exits_zero() {
         "Before the first apply:",
         "  - metal: 203.0.113.10 is a placeholder; set the address",
         "  - platform, workspace-1: Hetzner Cloud servers, created by the first apply; put an API token in HCLOUD_TOKEN",
-        "  - agent: Lightsail instances in eu-central-1, created by the first apply; put AWS credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "  - agent: Lightsail instances in eu-central-1, created by the first apply; AWS credentials are found as the AWS CLI finds them: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE, SSO, or an instance role",
         "  - secrets/restic.age is encrypted to a throwaway key: replace it with `tidekeeper secrets encrypt restic`",
         "tidekeeper validate --worktree",
     ] {

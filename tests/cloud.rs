@@ -7,6 +7,7 @@ use crate::support::cloud::{CloudFleet, Fault};
 use crate::support::daemon::Daemon;
 use crate::support::fleet::{stdout, text};
 use crate::support::git;
+use crate::support::testbed::Kind;
 
 pub const BASE: &str = "files:\n  - path: /etc/tk-cloud\n    template: hello.j2\n";
 pub const HELLO: &str = "hello {{ host.name }}\n";
@@ -800,4 +801,125 @@ fn a_floating_ip_of_the_same_name_that_tidekeeper_did_not_make_is_never_taken() 
     let now = f.hetzner.account.lock().unwrap().floating_ips[&theirs.id].clone();
     assert_eq!(now.server, None, "not assigned to the new server");
     assert_eq!(now.labels, theirs.labels, "not relabelled");
+}
+
+/// AWS credentials and the region as the AWS CLI finds them: temporary keys
+/// with their session token in the environment, a named profile (the
+/// credentials file and the config file's region), an instance role from
+/// the metadata service; and clear refusals when they are wrong or missing.
+#[test]
+fn lightsail_credentials_and_region_come_from_the_aws_sdk_chain() {
+    use crate::support::cloud::lightsail::{
+        SESSION_TOKEN, TEMP_ACCESS_KEY, TEMP_SECRET_KEY, instance_metadata,
+    };
+    let host = "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
+    // No region and no key variables in tidekeeper.yaml: the chain's.
+    let f = CloudFleet::with_repo(
+        Kind::Full,
+        vec![
+            (
+                "tidekeeper.yaml".into(),
+                "fleet: acme\nproviders:\n  lightsail:\n".into(),
+            ),
+            ("hosts/agent.yaml".into(), host.into()),
+        ],
+    );
+    let dir = crate::support::TempDir::new("aws");
+    let plan = |env: &[(&str, &str)]| {
+        let out = f.repo.tk_env(&["plan"], env);
+        (out.status.code(), text(&out))
+    };
+    let planned = |(code, all): (Option<i32>, String), how: &str| {
+        assert_eq!(code, Some(0), "{how}: {all}");
+        assert!(
+            all.contains("agent") && all.contains("create"),
+            "{how}: {all}"
+        );
+    };
+
+    // Temporary credentials from the environment, with their session token.
+    let temp = [
+        ("AWS_ACCESS_KEY_ID", TEMP_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", TEMP_SECRET_KEY),
+        ("AWS_REGION", "eu-central-1"),
+    ];
+    let mut with_token = temp.to_vec();
+    with_token.push(("AWS_SESSION_TOKEN", SESSION_TOKEN));
+    planned(plan(&with_token), "env with session token");
+    // Without the token the service refuses them, and the error says why.
+    let (code, all) = plan(&temp);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        all.contains("security token included in the request is invalid"),
+        "{all}"
+    );
+    // A wrong secret fails the signature the emulator recomputes.
+    let mut wrong = with_token.clone();
+    wrong[1] = ("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let (code, all) = plan(&wrong);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        all.contains("signature we calculated does not match"),
+        "{all}"
+    );
+
+    // A named profile: keys in the credentials file, region in the config file.
+    let (config, credentials) = (dir.path().join("config"), dir.path().join("credentials"));
+    std::fs::write(&config, "[profile ci]\nregion = eu-central-1\n").unwrap();
+    std::fs::write(
+        &credentials,
+        format!(
+            "[ci]\naws_access_key_id = {TEMP_ACCESS_KEY}\naws_secret_access_key = {TEMP_SECRET_KEY}\naws_session_token = {SESSION_TOKEN}\n"
+        ),
+    )
+    .unwrap();
+    let (config, credentials) = (
+        config.display().to_string(),
+        credentials.display().to_string(),
+    );
+    let files = [
+        ("AWS_CONFIG_FILE", config.as_str()),
+        ("AWS_SHARED_CREDENTIALS_FILE", credentials.as_str()),
+    ];
+    let mut by_env = files.to_vec();
+    by_env.push(("AWS_PROFILE", "ci"));
+    planned(plan(&by_env), "AWS_PROFILE");
+    let yaml = "fleet: acme\nproviders:\n  lightsail:\n    profile: ci\n";
+    f.repo.write(
+        "tidekeeper.yaml",
+        &crate::support::cloud::point_at(yaml, &f.hetzner.url, &f.lightsail.url),
+    );
+    f.repo.commit("the ci profile");
+    planned(plan(&files), "profile in tidekeeper.yaml");
+
+    // An instance role: credentials and region from the metadata service.
+    let yaml = "fleet: acme\nproviders:\n  lightsail:\n";
+    f.repo.write(
+        "tidekeeper.yaml",
+        &crate::support::cloud::point_at(yaml, &f.hetzner.url, &f.lightsail.url),
+    );
+    f.repo.commit("no profile");
+    let imds = instance_metadata();
+    planned(
+        plan(&[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds),
+        ]),
+        "instance role",
+    );
+
+    // Nothing at all: the run says where credentials are looked for.
+    f.repo.write(
+        "tidekeeper.yaml",
+        &crate::support::cloud::point_at(
+            "fleet: acme\nproviders:\n  lightsail:\n    region: eu-central-1\n",
+            &f.hetzner.url,
+            &f.lightsail.url,
+        ),
+    );
+    f.repo.commit("back to the default chain");
+    let (code, all) = plan(&[]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("no AWS credentials"), "{all}");
+    assert!(all.contains("AWS_PROFILE"), "{all}");
 }

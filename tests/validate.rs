@@ -682,7 +682,7 @@ fn lightsail_host_without_provider_settings() {
         .fails_with(
             "hosts/web.yaml:1:11",
             "missing-key",
-            "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail.region",
+            "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail",
         );
 }
 
@@ -1272,4 +1272,44 @@ fn unknown_time_zones_and_canaries_get_a_suggestion() {
             "rollout canary \"wbe\" is not a host of the fleet",
         );
     assert_eq!(d.help.as_deref(), Some("did you mean \"web\"?"));
+}
+
+#[test]
+fn aws_key_variables_go_together_and_exclude_a_profile() {
+    minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\nproviders:\n  lightsail:\n    access_key_env: MY_KEY\n",
+        )
+        .fails_with(
+            "tidekeeper.yaml:4:21",
+            "missing-key",
+            "access_key_env and secret_key_env go together",
+        );
+    minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\nproviders:\n  lightsail:\n    profile: ci\n    access_key_env: K\n    secret_key_env: S\n",
+        )
+        .fails_with(
+            "tidekeeper.yaml:4:14",
+            "invalid-value",
+            "a profile and access_key_env exclude each other",
+        );
+    // Neither: the SDK's chain, with the region from wherever it finds one.
+    let fleet = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\nproviders:\n  lightsail: {profile: ci}\n",
+        )
+        .load()
+        .expect("valid");
+    let l = fleet.settings.lightsail.expect("lightsail settings");
+    assert_eq!(l.region, None);
+    assert_eq!(
+        l.credentials,
+        tidekeeper::model::desired::AwsCredentials::Chain {
+            profile: Some("ci".into())
+        }
+    );
 }

@@ -1,6 +1,7 @@
 //! `tidekeeper init` and `tidekeeper demo`: a new config repo from the template, and the demo on this machine.
 
 use super::*;
+use crate::model::desired::AwsCredentials;
 
 pub(super) fn init(dir: &Path) -> u8 {
     match source::init_repo(
@@ -66,12 +67,23 @@ pub(super) fn next_steps(fleet: &Fleet, tree: &ConfigTree, dir: &Path) -> String
     }
     let lightsail = names(ProviderKind::Lightsail);
     if let (false, Some(l)) = (lightsail.is_empty(), &fleet.settings.lightsail) {
+        let region = l.region.as_deref().unwrap_or("the region of AWS_REGION");
+        let credentials = match &l.credentials {
+            AwsCredentials::Env {
+                access_key_env,
+                secret_key_env,
+                ..
+            } => format!("put AWS credentials in {access_key_env} and {secret_key_env}"),
+            AwsCredentials::Chain { profile: Some(p) } => {
+                format!("AWS credentials come from the profile {p:?} (aws configure / aws sso login)")
+            }
+            AwsCredentials::Chain { profile: None } => "AWS credentials are found as the AWS CLI finds them: \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE, SSO, or an instance role"
+                .to_string(),
+        };
         todo.push(format!(
-            "{}: Lightsail instances in {}, created by the first apply; put AWS credentials in {} and {}",
+            "{}: Lightsail instances in {region}, created by the first apply; {credentials}",
             lightsail.join(", "),
-            l.region,
-            l.access_key_env,
-            l.secret_key_env
         ));
     }
     let secrets: Vec<String> = tree

@@ -16,13 +16,25 @@ use super::{
     ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, ObservedServer, PowerState, PriceList,
     Provider, Snapshot,
 };
-use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
+use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
+
+fn env_var(name: &str) -> Result<String, CloudError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| CloudError::Credentials {
+            provider: NAME,
+            var: name.to_string(),
+        })
+}
 
 const NAME: &str = "lightsail";
 const POLL: Duration = Duration::from_millis(500);
 
 pub struct Lightsail {
-    client: ls::Client,
+    settings: Settings,
+    /// Made on first use: the SDK's chain reads profiles asynchronously.
+    client: tokio::sync::OnceCell<ls::Client>,
 }
 
 fn api(what: &str, e: ls::Error) -> CloudError {
@@ -94,26 +106,54 @@ fn owned(tags: &[(String, String)], fleet: &str) -> bool {
 }
 
 impl Lightsail {
+    /// A client for `s`. Credentials named in tidekeeper.yaml must be set
+    /// now; the SDK's chain is asked on the first call.
     pub fn from_env(s: &Settings) -> Result<Lightsail, CloudError> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| CloudError::Credentials {
-                    provider: NAME,
-                    var: name.to_string(),
-                })
-        };
+        if let AwsCredentials::Env {
+            access_key_env,
+            secret_key_env,
+            ..
+        } = &s.credentials
+        {
+            for name in [access_key_env, secret_key_env] {
+                env_var(name)?;
+            }
+        }
         Ok(Lightsail {
-            client: ls::Client::new(ls::Settings {
-                region: s.region.clone(),
-                access_key: var(&s.access_key_env)?,
-                secret_key: var(&s.secret_key_env)?,
-                endpoint: s.endpoint.clone(),
-                timeout: Duration::from_secs(s.timeout_secs.max(1)),
-                max_attempts: 8,
-            }),
+            settings: s.clone(),
+            client: tokio::sync::OnceCell::new(),
         })
+    }
+
+    async fn client(&self) -> Result<&ls::Client, CloudError> {
+        self.client
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                let auth = match &s.credentials {
+                    AwsCredentials::Env {
+                        access_key_env,
+                        secret_key_env,
+                        session_token_env,
+                    } => ls::Auth::Keys {
+                        access_key: env_var(access_key_env)?,
+                        secret_key: env_var(secret_key_env)?,
+                        session_token: session_token_env.as_deref().map(env_var).transpose()?,
+                    },
+                    AwsCredentials::Chain { profile } => ls::Auth::Chain {
+                        profile: profile.clone(),
+                    },
+                };
+                ls::Client::new(ls::Settings {
+                    region: s.region.clone(),
+                    auth,
+                    endpoint: s.endpoint.clone(),
+                    timeout: Duration::from_secs(s.timeout_secs.max(1)),
+                    max_attempts: 8,
+                })
+                .await
+                .map_err(|e| api("setting up the client", e))
+            })
+            .await
     }
 
     async fn wait_ops(&self, ops: &[ls::Operation], what: &str) -> Result<(), CloudError> {
@@ -130,7 +170,8 @@ impl Lightsail {
                 }
                 tokio::time::sleep(POLL).await;
                 op = self
-                    .client
+                    .client()
+                    .await?
                     .operation(&op.id)
                     .await
                     .map_err(|e| api(what, e))?;
@@ -150,7 +191,8 @@ impl Lightsail {
         let start = Instant::now();
         loop {
             if let Some(i) = self
-                .client
+                .client()
+                .await?
                 .instance(name)
                 .await
                 .map_err(|e| api("reading the instance", e))?
@@ -191,7 +233,8 @@ impl Lightsail {
     async fn attach_static_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
         let name = static_ip_name(fleet, host);
         let ips = self
-            .client
+            .client()
+            .await?
             .static_ips()
             .await
             .map_err(|e| api("listing static IPs", e))?;
@@ -199,12 +242,14 @@ impl Lightsail {
             Some(s) if s.attached_to.as_deref() == Some(host) => return Ok(()),
             Some(_) => {}
             None => self
-                .client
+                .client()
+                .await?
                 .allocate_static_ip(&name)
                 .await
                 .map_err(|e| api("allocating a static IP", e))?,
         }
-        self.client
+        self.client()
+            .await?
             .attach_static_ip(&name, host)
             .await
             .map_err(|e| api("attaching the static IP", e))
@@ -218,14 +263,16 @@ impl Lightsail {
             return Ok(entry.to_string());
         };
         let exists = self
-            .client
+            .client()
+            .await?
             .key_pair_exists(&name)
             .await
             .map_err(|e| api("reading the key pair", e))?;
         if !exists {
             let tags: Vec<(String, String)> =
                 super::desired::ownership(fleet).into_iter().collect();
-            self.client
+            self.client()
+                .await?
                 .import_key_pair(&name, entry, &tags)
                 .await
                 .map_err(|e| api("importing the key pair", e))?;
@@ -241,7 +288,8 @@ impl Lightsail {
         let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
         let tags: Vec<(String, String)> = want.labels.clone().into_iter().collect();
         let existing = self
-            .client
+            .client()
+            .await?
             .instance(&want.host)
             .await
             .map_err(|e| api("reading the instance", e))?;
@@ -261,7 +309,8 @@ impl Lightsail {
                     None => None,
                 };
                 let made = self
-                    .client
+                    .client()
+                    .await?
                     .create_instance(
                         &want.host,
                         &want.location,
@@ -276,7 +325,7 @@ impl Lightsail {
                     Ok(ops) => self.wait_ops(&ops, "creating the instance").await?,
                     // The SDK retried; a retry after a create that did land
                     // says the name is taken. Look before giving up.
-                    Err(e) => match self.client.instance(&want.host).await {
+                    Err(e) => match self.client().await?.instance(&want.host).await {
                         Ok(Some(i)) if owned(&i.tags, &fleet) => {}
                         _ => return Err(api("creating the instance", e)),
                     },
@@ -288,7 +337,8 @@ impl Lightsail {
             self.attach_static_ip(&fleet, &want.host).await?;
         }
         if !want.firewall.is_empty() {
-            self.client
+            self.client()
+                .await?
                 .put_ports(&want.host, &port_infos(&want.firewall))
                 .await
                 .map_err(|e| api("opening the public ports", e))?;
@@ -306,7 +356,8 @@ impl Provider for Lightsail {
     fn servers(&self) -> Fut<'_, Vec<ObservedServer>> {
         Box::pin(async move {
             let list = self
-                .client
+                .client()
+                .await?
                 .instances()
                 .await
                 .map_err(|e| api("listing instances", e))?;
@@ -317,7 +368,8 @@ impl Provider for Lightsail {
     fn prices(&self) -> Fut<'_, PriceList> {
         Box::pin(async move {
             let bundles = self
-                .client
+                .client()
+                .await?
                 .bundles()
                 .await
                 .map_err(|e| api("reading bundle prices", e))?;
@@ -349,7 +401,8 @@ impl Provider for Lightsail {
                 .cloned()
                 .collect();
             if !stale.is_empty() {
-                self.client
+                self.client()
+                    .await?
                     .untag(&have.name, &stale)
                     .await
                     .map_err(|e| api("removing tags", e))?;
@@ -361,13 +414,15 @@ impl Provider for Lightsail {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if !changed.is_empty() {
-                self.client
+                self.client()
+                    .await?
                     .tag(&have.name, &changed)
                     .await
                     .map_err(|e| api("tagging the instance", e))?;
             }
             if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..]) {
-                self.client
+                self.client()
+                    .await?
                     .put_ports(&have.name, &port_infos(&want.firewall))
                     .await
                     .map_err(|e| api("setting the public ports", e))?;
@@ -391,7 +446,7 @@ impl Provider for Lightsail {
 
     fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()> {
         Box::pin(async move {
-            match self.client.delete_instance(&have.name).await {
+            match self.client().await?.delete_instance(&have.name).await {
                 Ok(ops) => self.wait_ops(&ops, "deleting the instance").await?,
                 Err(e) if e.not_found() => {}
                 Err(e) => return Err(api("deleting the instance", e)),
@@ -402,12 +457,14 @@ impl Provider for Lightsail {
             let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
             let name = static_ip_name(&fleet, &have.name);
             let ips = self
-                .client
+                .client()
+                .await?
                 .static_ips()
                 .await
                 .map_err(|e| api("listing static IPs", e))?;
             if ips.iter().any(|s| s.name == name) {
-                self.client
+                self.client()
+                    .await?
                     .release_static_ip(&name)
                     .await
                     .map_err(|e| api("releasing the static IP", e))?;
@@ -419,9 +476,9 @@ impl Provider for Lightsail {
     fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()> {
         Box::pin(async move {
             let (ops, want) = if on {
-                (self.client.start(&have.name).await, "running")
+                (self.client().await?.start(&have.name).await, "running")
             } else {
-                (self.client.stop(&have.name).await, "stopped")
+                (self.client().await?.stop(&have.name).await, "stopped")
             };
             let what = if on {
                 "starting the instance"
@@ -447,7 +504,8 @@ impl Provider for Lightsail {
         Box::pin(async move {
             let tags: Vec<(String, String)> = labels.clone().into_iter().collect();
             let ops = self
-                .client
+                .client()
+                .await?
                 .create_snapshot(&have.name, name, &tags)
                 .await
                 .map_err(|e| api("creating a snapshot", e))?;
@@ -455,7 +513,8 @@ impl Provider for Lightsail {
             let start = Instant::now();
             loop {
                 let all = self
-                    .client
+                    .client()
+                    .await?
                     .snapshots()
                     .await
                     .map_err(|e| api("listing snapshots", e))?;
@@ -484,7 +543,8 @@ impl Provider for Lightsail {
     ) -> Fut<'a, Vec<Snapshot>> {
         Box::pin(async move {
             let all = self
-                .client
+                .client()
+                .await?
                 .snapshots()
                 .await
                 .map_err(|e| api("listing snapshots", e))?;
@@ -505,7 +565,7 @@ impl Provider for Lightsail {
 
     fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()> {
         Box::pin(async move {
-            match self.client.delete_snapshot(&snapshot.name).await {
+            match self.client().await?.delete_snapshot(&snapshot.name).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.not_found() => Ok(()),
                 Err(e) => Err(api("deleting a snapshot", e)),

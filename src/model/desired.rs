@@ -265,11 +265,27 @@ pub struct Hetzner {
     pub timeout_secs: u64,
 }
 
+/// Where Lightsail's credentials come from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AwsCredentials {
+    /// The SDK's default chain, as the AWS CLI finds them; `profile` picks
+    /// a profile other than `AWS_PROFILE`'s.
+    Chain { profile: Option<String> },
+    /// A key pair from the environment variables named in tidekeeper.yaml.
+    Env {
+        access_key_env: String,
+        secret_key_env: String,
+        session_token_env: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Lightsail {
-    pub region: String,
-    pub access_key_env: String,
-    pub secret_key_env: String,
+    /// None: the SDK's region chain (`AWS_REGION`, the profile, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub credentials: AwsCredentials,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     pub timeout_secs: u64,

@@ -186,9 +186,11 @@ pub struct HetznerSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LightsailSettings {
-    pub region: S<String>,
+    pub region: Option<S<String>>,
+    pub profile: Option<S<String>>,
     pub access_key_env: Option<S<String>>,
     pub secret_key_env: Option<S<String>>,
+    pub session_token_env: Option<S<String>>,
     pub endpoint: Option<S<String>>,
     pub timeout: Option<S<String>>,
 }

@@ -156,8 +156,23 @@ pub fn diff_line(body: &str, marker: &str, text: &str) -> bool {
     })
 }
 
+/// The binary, with nothing of the machine's AWS set-up: no profile
+/// files, no instance metadata service (its address is not ours to reach),
+/// no AWS variables unless a test passes them.
 pub fn tidekeeper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tidekeeper"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidekeeper"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/tidekeeper-test/aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/tidekeeper-test/aws-credentials",
+        );
+    c
 }
 
 pub mod cloud;

@@ -3,8 +3,8 @@
 //! The real `aws-sdk-lightsail` client does the work: SigV4 signing, the
 //! awsJson1.1 protocol, and retries (standard mode: throttling and 5xx
 //! answers are retried with exponential backoff, honouring the server's
-//! `x-amz-retry-after`). Credentials are passed in by the caller, which reads
-//! them from the environment; they are never logged.
+//! `x-amz-retry-after`). Credentials are either a key pair the caller read
+//! from the environment, or the SDK's default chain; they are never logged.
 
 use std::time::Duration;
 
@@ -14,10 +14,25 @@ use aws_sdk_lightsail::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_lightsail::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_lightsail::types;
 
+/// Where the credentials come from.
+pub enum Auth {
+    /// A key pair (and a session token, for temporary credentials).
+    Keys {
+        access_key: String,
+        secret_key: String,
+        session_token: Option<String>,
+    },
+    /// The SDK's default chain, as the AWS CLI does: `AWS_ACCESS_KEY_ID` …
+    /// (with `AWS_SESSION_TOKEN`), then the profile (`profile`, else
+    /// `AWS_PROFILE`, else `default`, with SSO and `credential_process`),
+    /// web identity, the container's and the instance's role.
+    Chain { profile: Option<String> },
+}
+
 pub struct Settings {
-    pub region: String,
-    pub access_key: String,
-    pub secret_key: String,
+    /// None: `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's, the instance's.
+    pub region: Option<String>,
+    pub auth: Auth,
     /// Another endpoint than AWS's (a proxy, or a local emulator in tests).
     pub endpoint: Option<String>,
     /// Limit for one HTTP attempt.
@@ -46,6 +61,15 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+fn no_region() -> Error {
+    Error {
+        code: "NoRegion".into(),
+        message: "no AWS region: set providers.lightsail.region in tidekeeper.yaml, \
+                  or AWS_REGION, or a region in the AWS profile"
+            .into(),
+    }
+}
+
 impl Error {
     pub fn not_found(&self) -> bool {
         self.code == "NotFoundException"
@@ -56,6 +80,25 @@ fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug
     e: SdkError<E, R>,
 ) -> Error {
     let code = e.code().unwrap_or_default().to_string();
+    if code.is_empty()
+        && matches!(
+            e,
+            SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_)
+        )
+    {
+        let context = DisplayErrorContext(&e).to_string();
+        if context.contains("credentials") {
+            return Error {
+                code: "NoCredentials".into(),
+                message: format!(
+                    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (with AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE \
+                     (aws configure, aws sso login), or run where a container or \
+                     instance role applies ({context})"
+                ),
+            };
+        }
+    }
     let message = match e.message() {
         Some(m) => m.to_string(),
         None => DisplayErrorContext(&e).to_string(),
@@ -212,22 +255,56 @@ fn instance(i: &types::Instance) -> Instance {
 }
 
 impl Client {
-    pub fn new(s: Settings) -> Client {
+    /// A client; with [`Auth::Chain`] the profile files are read now and
+    /// the credentials fetched on the first call.
+    pub async fn new(s: Settings) -> Result<Client, Error> {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let mut config = aws_sdk_lightsail::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(s.region))
-            .credentials_provider(Credentials::new(
-                s.access_key,
-                s.secret_key,
-                None,
-                None,
-                "tidekeeper",
-            ))
+        let mut config = match s.auth {
+            Auth::Keys {
+                access_key,
+                secret_key,
+                session_token,
+            } => {
+                let region = match s.region {
+                    Some(r) => Region::new(r),
+                    None => aws_config::meta::region::ProvideRegion::region(
+                        &aws_config::default_provider::region::default_provider(),
+                    )
+                    .await
+                    .ok_or_else(no_region)?,
+                };
+                aws_sdk_lightsail::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region)
+                    .credentials_provider(Credentials::new(
+                        access_key,
+                        secret_key,
+                        session_token,
+                        None,
+                        "tidekeeper",
+                    ))
+            }
+            Auth::Chain { profile } => {
+                let mut loader =
+                    aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
+                if let Some(p) = profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(r) = s.region {
+                    loader = loader.region(Region::new(r));
+                }
+                let shared = loader.load().await;
+                if shared.region().is_none() {
+                    return Err(no_region());
+                }
+                aws_sdk_lightsail::config::Builder::from(&shared)
+            }
+        };
+        config = config
             .http_client(http)
             .retry_config(
                 RetryConfig::standard()
@@ -244,9 +321,9 @@ impl Client {
         if let Some(url) = s.endpoint {
             config = config.endpoint_url(url);
         }
-        Client {
+        Ok(Client {
             inner: aws_sdk_lightsail::Client::from_conf(config.build()),
-        }
+        })
     }
 
     /// Every instance in the region (all pages).

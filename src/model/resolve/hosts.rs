@@ -361,8 +361,8 @@ impl Loader<'_> {
             }
         }
         if provider == ProviderKind::Lightsail && settings.lightsail.is_none() {
-            self.err(p_at.error("missing-key", "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail.region")
-                .with_help("add providers: {lightsail: {region: eu-central-1}} to tidekeeper.yaml"));
+            self.err(p_at.error("missing-key", "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail")
+                .with_help("add providers: {lightsail: {region: eu-central-1}} to tidekeeper.yaml (the region may also come from AWS_REGION or the AWS profile: `lightsail: {}`)"));
         }
         let mut firewall = Vec::new();
         for p in &s.firewall {

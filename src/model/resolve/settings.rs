@@ -157,11 +157,8 @@ impl Loader<'_> {
                 timeout_secs: hz_timeout,
             },
             lightsail: f.providers.lightsail.as_ref().map(|l| Lightsail {
-                region: l.region.value.clone(),
-                access_key_env: opt(&l.access_key_env)
-                    .unwrap_or_else(|| "AWS_ACCESS_KEY_ID".into()),
-                secret_key_env: opt(&l.secret_key_env)
-                    .unwrap_or_else(|| "AWS_SECRET_ACCESS_KEY".into()),
+                region: opt(&l.region),
+                credentials: self.aws_credentials(l),
                 endpoint: opt(&l.endpoint),
                 timeout_secs: ls_timeout,
             }),
@@ -180,6 +177,61 @@ impl Loader<'_> {
     }
 
     /// `status.forge`: where plans and statuses are posted.
+    /// A key pair from named variables when tidekeeper.yaml names them;
+    /// otherwise the SDK's chain, as the AWS CLI does.
+    fn aws_credentials(&mut self, l: &raw::LightsailSettings) -> AwsCredentials {
+        let (access, secret) = (opt(&l.access_key_env), opt(&l.secret_key_env));
+        let named = [&l.access_key_env, &l.secret_key_env, &l.session_token_env];
+        match (&access, &secret) {
+            (Some(_), None) | (None, Some(_)) => {
+                let given = named.iter().find_map(|n| n.as_ref()).expect("one is set");
+                self.err(
+                    at(FLEET_FILE, given)
+                        .error(
+                            "missing-key",
+                            "access_key_env and secret_key_env go together",
+                        )
+                        .with_help(
+                            "name both variables, or neither to use the AWS SDK's credential \
+                             chain (AWS_ACCESS_KEY_ID…, AWS_PROFILE, SSO, instance roles)",
+                        ),
+                );
+            }
+            (None, None) if l.session_token_env.is_some() => {
+                let t = l.session_token_env.as_ref().expect("set");
+                self.err(
+                    at(FLEET_FILE, t)
+                        .error(
+                            "missing-key",
+                            "session_token_env needs access_key_env and secret_key_env",
+                        )
+                        .with_help("without them the chain reads AWS_SESSION_TOKEN itself"),
+                );
+            }
+            _ => {}
+        }
+        if let (Some(p), Some(_)) = (&l.profile, &access) {
+            self.err(
+                at(FLEET_FILE, p)
+                    .error(
+                        "invalid-value",
+                        "a profile and access_key_env exclude each other",
+                    )
+                    .with_help("keep one: the profile's credentials, or the named variables"),
+            );
+        }
+        match (access, secret) {
+            (Some(access_key_env), Some(secret_key_env)) => AwsCredentials::Env {
+                access_key_env,
+                secret_key_env,
+                session_token_env: opt(&l.session_token_env),
+            },
+            _ => AwsCredentials::Chain {
+                profile: opt(&l.profile),
+            },
+        }
+    }
+
     fn forge(&mut self, fg: &raw::ForgeSettings) -> Forge {
         let (default_url, default_env) = match fg.kind.value {
             ForgeKind::Github => (Some("https://api.github.com"), "GITHUB_TOKEN"),

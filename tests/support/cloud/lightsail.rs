@@ -1,7 +1,7 @@
 //! A stateful emulator of the AWS Lightsail API subset tidekeeper uses, in
 //! its wire protocol: `POST /` with `X-Amz-Target: Lightsail_20161128.<Op>`,
-//! awsJson1.1 bodies, SigV4 `Authorization` (access key, region and service
-//! checked), errors as `{"__type", "message"}`, operations that run
+//! awsJson1.1 bodies, SigV4 `Authorization` (the signature recomputed and
+//! checked, session tokens included), errors as `{"__type", "message"}`, operations that run
 //! asynchronously, and throttling answered with `x-amz-retry-after`.
 
 use std::collections::BTreeMap;
@@ -276,45 +276,133 @@ fn op(a: &mut Account, faults: &Faults, resource: &str, kind: &str, done: bool) 
     o
 }
 
-/// Why the request's SigV4 credentials are refused, as (status, code, message).
-fn check_auth(headers: &HeaderMap) -> Result<(), (u16, &'static str, &'static str)> {
+/// Temporary credentials (as STS, SSO or an instance role hand out): valid
+/// only with their session token in `X-Amz-Security-Token`.
+pub const TEMP_ACCESS_KEY: &str = "ASIATIDEKEEPERTEMP";
+pub const TEMP_SECRET_KEY: &str = "lightsail-temporary-secret";
+pub const SESSION_TOKEN: &str = "tidekeeper-session-token/with+odd=chars";
+
+fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(data.as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Why the request's SigV4 signature is refused, as (status, code,
+/// message): the signature is recomputed from the request as AWS does
+/// (canonical request, string to sign, derived key), so a wrong secret, an
+/// unsigned or wrong session token, or another region's scope fail here.
+fn check_auth(
+    headers: &HeaderMap,
+    method: &str,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<(), (u16, &'static str, &'static str)> {
+    const INVALID_TOKEN: (u16, &str, &str) = (
+        403,
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    );
+    const MISMATCH: (u16, &str, &str) = (
+        403,
+        "InvalidSignatureException",
+        "The request signature we calculated does not match the signature you provided.",
+    );
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=") else {
+    let Some(rest) = auth.strip_prefix("AWS4-HMAC-SHA256 ") else {
         return Err((
             400,
             "MissingAuthenticationTokenException",
             "missing authentication token",
         ));
     };
-    let scope: Vec<&str> = rest.split(',').next().unwrap_or("").split('/').collect();
-    if scope.first() != Some(&ACCESS_KEY) {
-        return Err((
-            403,
-            "UnrecognizedClientException",
-            "the security token included in the request is invalid",
-        ));
-    }
-    if scope.get(2).is_none_or(|r| r.is_empty()) || scope.get(3) != Some(&"lightsail") {
+    let field = |name: &str| {
+        rest.split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let (credential, signed, signature) = (
+        field("Credential"),
+        field("SignedHeaders"),
+        field("Signature"),
+    );
+    let scope: Vec<&str> = credential.split('/').collect();
+    let token = headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok());
+    let secret = match (scope[0], token) {
+        (ACCESS_KEY, None) => SECRET_KEY,
+        (TEMP_ACCESS_KEY, Some(SESSION_TOKEN)) => TEMP_SECRET_KEY,
+        _ => return Err(INVALID_TOKEN),
+    };
+    if scope.len() != 5
+        || scope[2].is_empty()
+        || scope[3] != "lightsail"
+        || scope[4] != "aws4_request"
+    {
         return Err((
             403,
             "InvalidSignatureException",
-            "credential should be scoped to a valid region and service",
+            "Credential should be scoped to a valid region and service.",
         ));
     }
-    if !auth.contains("Signature=") || headers.get("x-amz-date").is_none() {
-        return Err((
-            403,
-            "InvalidSignatureException",
-            "the request signature is missing",
-        ));
+    let signed: Vec<&str> = signed.split(';').collect();
+    let date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !signed.contains(&"host")
+        || !signed.contains(&"x-amz-date")
+        || (token.is_some() && !signed.contains(&"x-amz-security-token"))
+        || !date.starts_with(scope[1])
+    {
+        return Err(MISMATCH);
+    }
+    let canonical_headers: String = signed
+        .iter()
+        .map(|h| {
+            let v = headers.get(*h).and_then(|v| v.to_str().ok()).unwrap_or("");
+            format!("{h}:{}\n", v.trim())
+        })
+        .collect();
+    let payload = tidekeeper::digest::sha256_hex(body);
+    let canonical = format!(
+        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{payload}",
+        uri.path(),
+        uri.query().unwrap_or(""),
+        signed.join(";")
+    );
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date}\n{}\n{}",
+        scope[1..].join("/"),
+        tidekeeper::digest::sha256_hex(canonical.as_bytes())
+    );
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), scope[1]);
+    for part in &scope[2..] {
+        key = hmac(&key, part);
+    }
+    if hex(&hmac(&key, &to_sign)) != signature {
+        return Err(MISMATCH);
     }
     Ok(())
 }
 
-async fn handle(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(ctx): State<Ctx>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -323,7 +411,7 @@ async fn handle(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Resp
         return error(400, "UnknownOperationException", "unknown target");
     };
     let operation = operation.to_string();
-    if let Err((status, code, message)) = check_auth(&headers) {
+    if let Err((status, code, message)) = check_auth(&headers, method.as_str(), &uri, &body) {
         return error(status, code, message);
     }
     let mut after = None;
@@ -686,4 +774,78 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
             &format!("unknown operation {other}"),
         ),
     }
+}
+
+/// The EC2 instance metadata service (IMDSv2) as an instance with a role
+/// sees it: a session token by PUT, then the role's temporary credentials
+/// and the region, each only with that token. Its base URL.
+pub fn instance_metadata() -> String {
+    use axum::routing::{get, put};
+    const IMDS_TOKEN: &str = "imds-session-1";
+    let authorized = |h: &HeaderMap| {
+        h.get("x-aws-ec2-metadata-token")
+            .and_then(|v| v.to_str().ok())
+            == Some(IMDS_TOKEN)
+    };
+    let app = axum::Router::new()
+        .route(
+            "/latest/api/token",
+            put(|h: HeaderMap| async move {
+                let Some(ttl) = h.get("x-aws-ec2-metadata-token-ttl-seconds").cloned() else {
+                    return (StatusCode::BAD_REQUEST, String::new()).into_response();
+                };
+                ([("x-aws-ec2-metadata-token-ttl-seconds", ttl)], IMDS_TOKEN).into_response()
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            get(move |h: HeaderMap| async move {
+                if !authorized(&h) {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                "tidekeeper-role".into_response()
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/tidekeeper-role",
+            get(move |h: HeaderMap| async move {
+                if !authorized(&h) {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                let expires = chrono::Utc::now() + chrono::Duration::hours(6);
+                axum::Json(json!({
+                    "Code": "Success",
+                    "LastUpdated": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": TEMP_ACCESS_KEY,
+                    "SecretAccessKey": TEMP_SECRET_KEY,
+                    "Token": SESSION_TOKEN,
+                    "Expiration": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }))
+                .into_response()
+            }),
+        )
+        .route(
+            "/latest/meta-data/placement/region",
+            get(move |h: HeaderMap| async move {
+                if !authorized(&h) {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                REGION.into_response()
+            }),
+        );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(l, app).await.unwrap();
+            });
+    });
+    url
 }
