@@ -20,6 +20,7 @@ mod mutate;
 mod notify;
 mod policy;
 mod safety;
+mod schema;
 mod stacks;
 mod template;
 mod testbed;

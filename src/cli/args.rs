@@ -319,6 +319,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// JSON Schema of a config file for editors (yaml-language-server), on
+    /// stdout; or all of them into --out-dir (a repo's .tidekeeper/schema).
+    Schema {
+        #[arg(value_enum, default_value = "fleet")]
+        file: crate::model::schema::ConfigFile,
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// The manual page (roff) on stdout, or one page per command into --out-dir.
     Man {
         #[arg(long)]

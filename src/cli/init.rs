@@ -3,10 +3,33 @@
 use super::*;
 use crate::model::desired::AwsCredentials;
 
+/// The template as `init` writes it: each config file opens with the
+/// modeline that gives editors its schema, and the schemas are included.
+fn repo_tree() -> ConfigTree {
+    use crate::model::schema::{self, ConfigFile};
+    let template = source::template_tree();
+    let mut tree = ConfigTree::new();
+    for (path, entry) in template.paths() {
+        if let source::Entry::File { bytes, .. } = entry {
+            let text = std::str::from_utf8(bytes).ok();
+            match text.and_then(|t| schema::with_modeline(path, t)) {
+                Some(t) => tree.insert_file(path, t),
+                None => tree.insert_file(path, bytes.clone()),
+            }
+        }
+    }
+    for f in ConfigFile::ALL {
+        let text = serde_json::to_string_pretty(&f.schema()).expect("json") + "\n";
+        tree.insert_file(format!("{}/{}", schema::DIR, f.file_name()), text);
+    }
+    tree
+}
+
 pub(super) fn init(dir: &Path) -> u8 {
+    let tree = repo_tree();
     match source::init_repo(
         dir,
-        &source::template_tree(),
+        &tree,
         "Start a tidekeeper fleet from the example template",
     ) {
         Ok(commit) => {
@@ -15,7 +38,6 @@ pub(super) fn init(dir: &Path) -> u8 {
                 dir.display(),
                 &commit[..12]
             );
-            let tree = source::template_tree();
             if let Ok(fleet) = model::load(&tree) {
                 print!("{}", next_steps(&fleet, &tree, dir));
             }

@@ -154,6 +154,7 @@ pub fn run(cli: Cli) -> ExitCode {
             EXIT_OK
         }
         Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Schema { file, out_dir } => schema(file, out_dir.as_deref()),
         Command::Notify {
             command: NotifyCommand::Test { sink, repo },
         } => notify::test(&repo, &sink),
@@ -197,6 +198,34 @@ fn logging(cli: &Cli) {
 
 /// `tidekeeper man`: the page for tidekeeper on stdout, or into `dir` the
 /// page for tidekeeper and one for each command (tidekeeper-plan.1, …).
+fn schema(file: crate::model::schema::ConfigFile, dir: Option<&Path>) -> u8 {
+    use crate::model::schema::ConfigFile;
+    let text = |f: ConfigFile| serde_json::to_string_pretty(&f.schema()).expect("json") + "\n";
+    let Some(dir) = dir else {
+        print!("{}", text(file));
+        return EXIT_OK;
+    };
+    let written = std::fs::create_dir_all(dir).and_then(|_| {
+        ConfigFile::ALL
+            .iter()
+            .try_for_each(|f| std::fs::write(dir.join(f.file_name()), text(*f)))
+    });
+    match written {
+        Ok(()) => {
+            println!(
+                "Wrote {} schemas to {}.",
+                ConfigFile::ALL.len(),
+                dir.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: writing into {}: {e}", dir.display());
+            EXIT_ERROR
+        }
+    }
+}
+
 fn man(dir: Option<&Path>) -> u8 {
     let cmd = <Cli as clap::CommandFactory>::command();
     let Some(dir) = dir else {

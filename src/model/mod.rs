@@ -13,6 +13,7 @@ pub mod diag;
 pub mod notify;
 pub mod raw;
 pub mod resolve;
+pub mod schema;
 
 pub use desired::Fleet;
 pub use diag::{Diagnostic, Diagnostics, Origin};

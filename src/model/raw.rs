@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
@@ -13,9 +14,10 @@ pub type S<T> = Spanned<T>;
 pub type Vars = BTreeMap<String, serde_json::Value>;
 
 /// `tidekeeper.yaml`: the fleet's own settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FleetFile {
+    #[schemars(with = "String")]
     pub fleet: S<String>,
     #[serde(default)]
     pub defaults: Defaults,
@@ -23,12 +25,14 @@ pub struct FleetFile {
     pub providers: Providers,
     #[serde(default)]
     pub status: StatusSettings,
+    #[schemars(with = "Option<DriftMode>")]
     pub drift: Option<S<DriftMode>>,
     #[serde(default)]
     pub intervals: Intervals,
     #[serde(default)]
     pub secrets: SecretSettings,
     /// Stop applies and maintenance while still planning and reporting.
+    #[schemars(with = "Option<bool>")]
     pub suspend: Option<S<bool>>,
     #[serde(default)]
     pub apply: ApplySettings,
@@ -39,7 +43,7 @@ pub struct FleetFile {
 }
 
 /// `notify:`: sinks, routes and the limits that make a state an alert.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifySpec {
     #[serde(default)]
@@ -47,49 +51,70 @@ pub struct NotifySpec {
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
     /// Repeat a firing alert after this long (`0s`: never).
+    #[schemars(with = "Option<String>")]
     pub remind_every: Option<S<String>>,
     /// A host unreachable for this long is an alert.
+    #[schemars(with = "Option<String>")]
     pub unreachable_after: Option<S<String>>,
     /// No successful fetch of the config repo for this long is an alert.
+    #[schemars(with = "Option<String>")]
     pub fetch_stale_after: Option<S<String>>,
     /// A plan that raises the monthly cost above this is an alert.
+    #[schemars(with = "Option<f64>")]
     pub monthly_cost_above: Option<S<f64>>,
 }
 
 /// One sink; which keys apply depends on `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSpec {
     #[serde(rename = "type")]
+    #[schemars(with = "String")]
     pub kind: S<String>,
+    #[schemars(with = "Option<CredentialSpec>")]
     pub url: Option<S<CredentialSpec>>,
+    #[schemars(with = "Option<CredentialSpec>")]
     pub secret: Option<S<CredentialSpec>>,
+    #[schemars(with = "Option<CredentialSpec>")]
     pub token: Option<S<CredentialSpec>>,
+    #[schemars(with = "Option<CredentialSpec>")]
     pub topic: Option<S<CredentialSpec>>,
+    #[schemars(with = "Option<CredentialSpec>")]
     pub password: Option<S<CredentialSpec>>,
+    #[schemars(with = "Option<String>")]
     pub server: Option<S<String>>,
+    #[schemars(with = "Option<ChatId>")]
     pub chat_id: Option<S<ChatId>>,
+    #[schemars(with = "Option<String>")]
     pub room: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub host: Option<S<String>>,
+    #[schemars(with = "Option<u16>")]
     pub port: Option<S<u16>>,
+    #[schemars(with = "Option<crate::model::notify::SmtpTls>")]
     pub tls: Option<S<crate::model::notify::SmtpTls>>,
+    #[schemars(with = "Option<String>")]
     pub username: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub from: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub to: Vec<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<S<String>>,
+    #[schemars(with = "Option<u32>")]
     pub per_minute: Option<S<u32>>,
 }
 
 /// `{env: VAR}` or `{secret: name}`; a plain value is refused when resolved.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum CredentialSpec {
     Plain(String),
     From(CredentialRef),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRef {
     pub env: Option<String>,
@@ -97,129 +122,161 @@ pub struct CredentialRef {
 }
 
 /// Telegram chat ids are numbers; YAML reads them as such unless quoted.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ChatId {
     Number(i64),
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// One sink or several.
+    #[schemars(with = "Option<String>")]
     pub sink: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub sinks: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub events: Vec<S<String>>,
     /// The least severity sent (info, warning, critical).
+    #[schemars(with = "Option<String>")]
     pub severity: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub hosts: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub labels: BTreeMap<String, S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// Hosts applied first, alone.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub canary: Vec<S<String>>,
     /// Hosts at once after the canaries: a count (`2`) or a share (`25%`).
+    #[schemars(with = "Option<String>")]
     pub batch: Option<S<String>>,
     /// Wait between batches.
+    #[schemars(with = "Option<String>")]
     pub pause: Option<S<String>>,
     /// Checked on every host of a batch before the next one starts.
     #[serde(default)]
     pub health: Vec<HealthSpec>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplySettings {
     /// Hold a merge whose plan differs from the plan reviewed on its PR.
+    #[schemars(with = "Option<bool>")]
     pub require_reviewed_plan: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default)]
     pub ssh: SshSettings,
+    #[schemars(with = "Option<u32>")]
     pub parallelism: Option<S<u32>>,
     #[serde(default)]
     pub vars: Vars,
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SshSettings {
+    #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
+    #[schemars(with = "Option<u16>")]
     pub port: Option<S<u16>>,
     /// Private key file on the machine tidekeeper runs on.
+    #[schemars(with = "Option<String>")]
     pub key: Option<S<String>>,
     /// Run commands through sudo when the login user is not root.
+    #[schemars(with = "Option<bool>")]
     pub sudo: Option<S<bool>>,
     /// Accept and record a host's key on first contact when none is pinned.
+    #[schemars(with = "Option<bool>")]
     pub trust_on_first_use: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Providers {
     pub hetzner: Option<HetznerSettings>,
     pub lightsail: Option<LightsailSettings>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HetznerSettings {
+    #[schemars(with = "Option<String>")]
     pub token_env: Option<S<String>>,
     /// Another API base than Hetzner's (a proxy, or a test emulator).
+    #[schemars(with = "Option<String>")]
     pub endpoint: Option<S<String>>,
     /// Limit for one API request.
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LightsailSettings {
+    #[schemars(with = "Option<String>")]
     pub region: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub profile: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub access_key_env: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub secret_key_env: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub session_token_env: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub endpoint: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusSettings {
+    #[schemars(with = "Option<String>")]
     pub branch: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub notes_ref: Option<S<String>>,
     pub forge: Option<ForgeSettings>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgeSettings {
+    #[schemars(with = "ForgeKind")]
     pub kind: S<ForgeKind>,
+    #[schemars(with = "Option<String>")]
     pub url: Option<S<String>>,
+    #[schemars(with = "String")]
     pub repo: S<String>,
+    #[schemars(with = "Option<String>")]
     pub token_env: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ForgeKind {
     Github,
     Gitea,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, Default)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftMode {
     #[default]
@@ -227,46 +284,60 @@ pub enum DriftMode {
     Correct,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Intervals {
+    #[schemars(with = "Option<String>")]
     pub poll: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub drift: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSettings {
+    #[schemars(with = "Option<String>")]
     pub identity_env: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub identity_file: Option<S<String>>,
 }
 
 /// `hosts/*.yaml`: one host, or `count` identical ones.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostFile {
+    #[schemars(with = "Option<String>")]
     pub name: Option<S<String>>,
+    #[schemars(with = "Option<u32>")]
     pub count: Option<S<u32>>,
+    #[schemars(with = "ProviderKind")]
     pub provider: S<ProviderKind>,
     pub server: Option<ServerSpec>,
+    #[schemars(with = "Option<String>")]
     pub address: Option<S<String>>,
     /// For `provider: local`: confine every managed path under this directory.
+    #[schemars(with = "Option<String>")]
     pub root: Option<S<String>>,
     #[serde(default)]
     pub ssh: SshSettings,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub roles: Vec<S<String>>,
     #[serde(default)]
     pub vars: Vars,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub labels: BTreeMap<String, S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub allow_destroy: Option<S<bool>>,
     /// For `count: N` groups: how the daemon rolls a commit out over the
     /// group's hosts (instead of the fleet's `rollout:`).
     pub rollout: Option<RolloutSpec>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Hetzner,
@@ -277,38 +348,51 @@ pub enum ProviderKind {
 
 /// The cloud server behind a host. Hetzner uses type/image/location,
 /// Lightsail bundle/blueprint/zone.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     #[serde(rename = "type")]
+    #[schemars(with = "Option<String>")]
     pub server_type: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub image: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub location: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub bundle: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub blueprint: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub zone: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub ssh_keys: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub labels: BTreeMap<String, S<String>>,
     /// Cloud firewall (Hetzner) or instance public ports (Lightsail).
     #[serde(default)]
     pub firewall: Vec<CloudPort>,
+    #[schemars(with = "Option<bool>")]
     pub static_ip: Option<S<bool>>,
+    #[schemars(with = "Option<String>")]
     pub user_data: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudPort {
+    #[schemars(with = "String")]
     pub port: S<String>,
+    #[schemars(with = "Option<String>")]
     pub proto: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub from: Vec<S<String>>,
 }
 
 /// `roles/*.yaml`: a reusable bundle of host resources.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleFile {
     pub description: Option<String>,
@@ -321,6 +405,7 @@ pub struct RoleFile {
     #[serde(default)]
     pub symlinks: Vec<SymlinkSpec>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub absent: Vec<S<String>>,
     #[serde(default)]
     pub packages: PackagesSpec,
@@ -332,6 +417,7 @@ pub struct RoleFile {
     pub groups: Vec<GroupSpec>,
     pub firewall: Option<FirewallSpec>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub sysctl: BTreeMap<String, S<String>>,
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
@@ -349,97 +435,131 @@ pub struct RoleFile {
     pub apt_repositories: Vec<AptRepoSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
+    #[schemars(with = "String")]
     pub path: S<String>,
+    #[schemars(with = "Option<String>")]
     pub content: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub source: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub template: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub secret: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub mode: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub owner: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub group: Option<S<String>>,
     /// Command run on the candidate file before it replaces the live one; `%s` is its path.
+    #[schemars(with = "Option<String>")]
     pub validate: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub notify: Vec<S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub sensitive: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectorySpec {
+    #[schemars(with = "String")]
     pub path: S<String>,
+    #[schemars(with = "Option<String>")]
     pub mode: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub owner: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub group: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SymlinkSpec {
+    #[schemars(with = "String")]
     pub path: S<String>,
+    #[schemars(with = "String")]
     pub target: S<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackagesSpec {
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub present: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub latest: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub absent: Vec<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "Option<bool>")]
     pub enabled: Option<S<bool>>,
+    #[schemars(with = "Option<ServiceState>")]
     pub state: Option<S<ServiceState>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
     Running,
     Stopped,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "Option<u32>")]
     pub uid: Option<S<u32>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub groups: Vec<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub shell: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub home: Option<S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub system: Option<S<bool>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub authorized_keys: Vec<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "Option<u32>")]
     pub gid: Option<S<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallSpec {
+    #[schemars(with = "Option<Policy>")]
     pub incoming: Option<S<Policy>>,
+    #[schemars(with = "Option<Policy>")]
     pub outgoing: Option<S<Policy>>,
     #[serde(default)]
     pub rules: Vec<FirewallRuleSpec>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     Allow,
@@ -447,17 +567,22 @@ pub enum Policy {
     Reject,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallRuleSpec {
+    #[schemars(with = "Option<RuleAction>")]
     pub action: Option<S<RuleAction>>,
+    #[schemars(with = "Option<String>")]
     pub port: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub proto: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub from: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub comment: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleAction {
     Allow,
@@ -466,65 +591,92 @@ pub enum RuleAction {
     Limit,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "String")]
     pub run: S<String>,
+    #[schemars(with = "Option<String>")]
     pub creates: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub unless: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub onlyif: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub notify: Vec<S<String>>,
 }
 
 /// `timers:` in a role: a command on a schedule, as a systemd timer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
     /// A systemd calendar expression, e.g. `Mon..Fri 03:00`.
+    #[schemars(with = "Option<String>")]
     pub on_calendar: Option<S<String>>,
     /// Or five cron fields, translated to calendar expressions.
+    #[schemars(with = "Option<String>")]
     pub cron: Option<S<String>>,
     /// IANA zone of the schedule; the host's own zone if not given.
+    #[schemars(with = "Option<String>")]
     pub timezone: Option<S<String>>,
+    #[schemars(with = "String")]
     pub run: S<String>,
+    #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub persistent: Option<S<bool>>,
 }
 
 /// `apt_repositories:` in a role: an APT source and its signing key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AptRepoSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "Vec<String>")]
     pub uris: Vec<S<String>>,
+    #[schemars(with = "Vec<String>")]
     pub suites: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub components: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub architectures: Vec<S<String>>,
     /// A file under files/ holding the repository's signing key.
+    #[schemars(with = "Option<String>")]
     pub key: Option<S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub trusted: Option<S<bool>>,
 }
 
 /// `mounts:` in a role: a filesystem in /etc/fstab.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
+    #[schemars(with = "String")]
     pub path: S<String>,
+    #[schemars(with = "Option<String>")]
     pub device: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub fstype: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub options: Option<S<String>>,
+    #[schemars(with = "Option<MountState>")]
     pub state: Option<S<MountState>>,
 }
 
 /// What a mount should be.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MountState {
     /// In fstab and mounted.
@@ -537,57 +689,73 @@ pub enum MountState {
 }
 
 /// `cron:` in a role: a command on a schedule, as a file in /etc/cron.d.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CronSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "String")]
     pub schedule: S<String>,
+    #[schemars(with = "String")]
     pub run: S<String>,
+    #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StackSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
     /// Directory on the host; default `/opt/stacks/<name>`.
+    #[schemars(with = "Option<String>")]
     pub dir: Option<S<String>>,
     /// Checked after the stack is brought up, and after maintenance on its host.
     #[serde(default)]
     pub health: Vec<HealthSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "Option<String>")]
     pub restart: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub reload: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub run: Option<S<String>>,
 }
 
 /// `schedules.yaml`: the maintenance calendar.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulesFile {
     #[serde(default)]
     pub jobs: Vec<JobSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    #[schemars(with = "String")]
     pub name: S<String>,
+    #[schemars(with = "String")]
     pub cron: S<String>,
+    #[schemars(with = "Option<String>")]
     pub timezone: Option<S<String>>,
     #[serde(default)]
     pub hosts: HostSelector,
+    #[schemars(with = "Option<String>")]
     pub window: Option<S<String>>,
     #[serde(default)]
     pub rolling: Rolling,
     #[serde(default)]
     pub health: Vec<HealthSpec>,
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub catch_up: Option<S<String>>,
     pub backup: Option<BackupSpec>,
     pub snapshot: Option<SnapshotSpec>,
@@ -596,77 +764,101 @@ pub struct JobSpec {
     pub command: Option<JobCommandSpec>,
     /// What a failure is reported as: `job_failed` (the default) or
     /// `health_threshold` (a job that checks thresholds).
+    #[schemars(with = "Option<String>")]
     pub alert: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostSelector {
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub names: Vec<S<String>>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub labels: BTreeMap<String, S<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub groups: Vec<S<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rolling {
+    #[schemars(with = "Option<u32>")]
     pub max_parallel: Option<S<u32>>,
+    #[schemars(with = "Option<String>")]
     pub pause: Option<S<String>>,
+    #[schemars(with = "Option<bool>")]
     pub stop_on_failure: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
+    #[schemars(with = "Option<String>")]
     pub unit: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub command: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub http: Option<S<String>>,
     /// A compose service (in a stack: of that stack) or a container name:
     /// healthy by its health check, or running when it has none.
+    #[schemars(with = "Option<String>")]
     pub container: Option<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupSpec {
+    #[schemars(with = "String")]
     pub repository: S<String>,
+    #[schemars(with = "String")]
     pub password_secret: S<String>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub paths: Vec<S<String>>,
+    #[schemars(with = "Option<String>")]
     pub pg_dump: Option<S<String>>,
     #[serde(default)]
     pub keep: Retention,
+    #[schemars(with = "Option<bool>")]
     pub check: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
+    #[schemars(with = "Option<u32>")]
     pub daily: Option<S<u32>>,
+    #[schemars(with = "Option<u32>")]
     pub weekly: Option<S<u32>>,
+    #[schemars(with = "Option<u32>")]
     pub monthly: Option<S<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSpec {
+    #[schemars(with = "u32")]
     pub keep: S<u32>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub labels: BTreeMap<String, S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeSpec {
+    #[schemars(with = "Option<RebootPolicy>")]
     pub reboot: Option<S<RebootPolicy>>,
+    #[schemars(with = "Option<bool>")]
     pub unattended: Option<S<bool>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RebootPolicy {
     Never,
@@ -674,15 +866,17 @@ pub enum RebootPolicy {
     Always,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PowerSpec {
     /// How long the servers stay up after the cron start time, e.g. `5h`.
+    #[schemars(with = "String")]
     pub running_for: S<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobCommandSpec {
+    #[schemars(with = "String")]
     pub run: S<String>,
 }
