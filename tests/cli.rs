@@ -322,7 +322,7 @@ fn demo_sets_up_and_validates_the_example_fleet() {
         stdout.contains("Plan: 6 to add, 0 to change, 0 to destroy, 1 to run."),
         "{stdout}"
     );
-    assert!(stdout.contains("Apply complete."), "{stdout}");
+    assert!(stdout.contains("Apply complete: "), "{stdout}");
     assert!(
         stdout
             .trim_end()

@@ -76,7 +76,7 @@ fn an_empty_account_gets_its_servers_created_and_configured_in_one_apply() {
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let done = stdout(&out);
-    assert!(done.contains("Apply complete."), "{done}");
+    assert!(done.contains("Apply complete: "), "{done}");
     eprintln!(
         "three servers created and configured in {:?}",
         started.elapsed()

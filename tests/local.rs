@@ -57,7 +57,7 @@ symlinks:
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // One count of changes: the plan's three items, in the progress line and the summary.
     let all = text(&out);
-    assert!(all.contains("[1/1] dev: applied, 3 changes ("), "{all}");
+    assert!(all.contains("[1/1] dev: applied, 3 added ("), "{all}");
     // A line when the host starts, and the time it took.
     assert!(
         all.contains("dev: planning…") && all.contains("dev: applying…"),
@@ -65,7 +65,17 @@ symlinks:
     );
     let line = all.lines().find(|l| l.contains("dev: applied")).unwrap();
     assert!(line.trim_end().ends_with("s)"), "{line}");
-    assert!(all.contains("3 changes applied"), "{all}");
+    assert!(
+        all.contains("Plan: 3 to add, 0 to change, 0 to destroy."),
+        "{all}"
+    );
+    assert!(all.contains(" ok      3 added ("), "{all}");
+    assert!(
+        all.contains("Apply complete: 3 added, 0 changed, 0 destroyed, 0 run."),
+        "{all}"
+    );
+    // Off a terminal: plain lines, no spinner, no escapes.
+    assert!(!all.contains('\x1b') && !all.contains('\r'), "{all:?}");
     let conf = root.path().join("etc/app/app.conf");
     assert_eq!(fs::read_to_string(&conf).unwrap(), "port = 8080\n");
     use std::os::unix::fs::PermissionsExt;
@@ -235,4 +245,34 @@ fn connections_live_in_the_callers_pool_from_plan_to_apply() {
     let results = rt.block_on(reconcile::finish(fp, pool.clone()));
     assert!(pool.is_empty(), "finished without an apply: closed");
     assert!(!results[0].plan.as_ref().unwrap().has_changes());
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), plan shows a
+/// spinner naming the host at work, then clears it; the lines stay.
+#[test]
+fn on_a_terminal_a_spinner_names_the_hosts_at_work_and_is_cleared() {
+    let root = TempDir::new("local-tty");
+    let role = "files:\n  - {path: /etc/tty-test, content: \"x\\n\"}\n";
+    let repo = repo_with(root.path(), role);
+    let bin = env!("CARGO_BIN_EXE_tidekeeper");
+    let command = format!("{bin} plan --repo {} 2>&1", repo.path().display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("script (util-linux) runs");
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("planning dev"),
+        "the spinner names the host: {all:?}"
+    );
+    assert!(all.contains("[0/1]"), "and counts: {all:?}");
+    assert!(all.contains("[1/1] dev: planned, 1 to add ("), "{all:?}");
+    // Cleared: the last spinner frame is erased (ESC [ 2K or ESC [ K), and
+    // nothing of it follows the summary.
+    assert!(all.contains("\x1b[2K") || all.contains("\x1b[K"), "{all:?}");
+    let tail = all.rsplit("Plan: 1 to add").next().unwrap();
+    assert!(!tail.contains("planning"), "{tail:?}");
 }

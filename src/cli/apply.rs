@@ -87,15 +87,24 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     }
     let failed = done.hosts.iter().filter(|r| r.error.is_some()).count()
         + done.cloud.iter().filter(|o| o.error.is_some()).count();
+    // Counted as the plan's line was: what was applied, on the hosts that were.
+    let applied = engine::render::totals(
+        &done
+            .hosts
+            .iter()
+            .filter(|r| r.error.is_none())
+            .collect::<Vec<_>>(),
+    );
     if failed > 0 {
         println!(
-            "{failed} host{} or server{} failed; the others were applied.",
+            "{failed} host{} or server{} failed; the others were applied: {}.",
             plural(failed),
-            plural(failed)
+            plural(failed),
+            applied.done()
         );
         EXIT_INVALID
     } else {
-        println!("Apply complete.");
+        println!("Apply complete: {}.", applied.done());
         EXIT_OK
     }
 }

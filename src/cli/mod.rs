@@ -374,56 +374,106 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("start the async runtime")
 }
 
-/// Live progress on stderr while hosts are worked on.
+/// Live progress on stderr while hosts are worked on: a line per host
+/// finished (and, off a terminal, per host started); on a terminal also a
+/// spinner naming the hosts in flight, cleared when the last is done.
 fn progress(total: usize, quiet: bool) -> engine::Progress {
-    let done = std::sync::atomic::AtomicUsize::new(0);
+    if quiet {
+        return std::sync::Arc::new(|_| {});
+    }
+    let live = std::io::stderr().is_terminal()
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        && total > 0;
+    let bar = live.then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+                .expect("template"),
+        );
+        b.set_message("starting");
+        b.enable_steady_tick(std::time::Duration::from_millis(100));
+        b
+    });
+    let state = std::sync::Mutex::new((0usize, std::collections::BTreeMap::<String, &str>::new()));
     std::sync::Arc::new(move |e: engine::Event| {
-        if quiet {
-            return;
-        }
-        if let engine::Event::Server { host, message } = &e {
-            // Cloud work is not one of the per-host steps counted below.
-            eprintln!("{host}: {message}");
-            return;
-        }
-        if let engine::Event::Started { host, what } = &e {
-            // A line when a host starts, so a slow one shows which it is.
-            eprintln!("{host}: {what}…");
-            return;
-        }
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let say = |line: String| match &bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        };
+        let mut st = state.lock().unwrap();
         let secs = |d: std::time::Duration| format!("{:.1}s", d.as_secs_f64());
         let line = match e {
+            // Cloud work is not one of the per-host steps counted below.
+            engine::Event::Server { host, message } => return say(format!("{host}: {message}")),
+            engine::Event::Started { host, what } => {
+                if bar.is_none() {
+                    // A line when a host starts, so a slow one shows which it is.
+                    eprintln!("{host}: {what}…");
+                }
+                st.1.insert(host, what);
+                None
+            }
             engine::Event::Planned {
                 host,
                 changes,
                 elapsed,
-            } => format!(
-                "{host}: planned, {changes} change{} ({})",
-                plural(changes),
-                secs(elapsed)
-            ),
+            } => Some((
+                host.clone(),
+                format!(
+                    "{host}: planned, {} ({})",
+                    changes.to_do_short(),
+                    secs(elapsed)
+                ),
+            )),
             engine::Event::Failed {
                 host,
                 error,
                 elapsed,
-            } => format!(
-                "{host}: failed after {}: {}",
-                secs(elapsed),
-                error.lines().next().unwrap_or("")
-            ),
+            } => Some((
+                host.clone(),
+                format!(
+                    "{host}: failed after {}: {}",
+                    secs(elapsed),
+                    error.lines().next().unwrap_or("")
+                ),
+            )),
             engine::Event::Applied {
                 host,
                 changes,
                 elapsed,
-            } => format!(
-                "{host}: applied, {changes} change{} ({})",
-                plural(changes),
-                secs(elapsed)
-            ),
-            engine::Event::Server { .. } | engine::Event::Started { .. } => return,
+            } => Some((
+                host.clone(),
+                format!(
+                    "{host}: applied, {} ({})",
+                    changes.done_short(),
+                    secs(elapsed)
+                ),
+            )),
         };
-        eprintln!("[{}/{total}] {line}", n.min(total));
+        if let Some((host, line)) = line {
+            st.0 += 1;
+            st.1.remove(&host);
+            say(format!("[{}/{total}] {line}", st.0.min(total)));
+        }
+        if let Some(b) = &bar {
+            b.set_position(st.0.min(total) as u64);
+            if st.0 >= total {
+                b.finish_and_clear();
+                return;
+            }
+            let mut names: Vec<&str> = st.1.keys().map(String::as_str).take(3).collect();
+            let more = st.1.len().saturating_sub(names.len());
+            let what = st.1.values().next().copied().unwrap_or("working");
+            let more = if more > 0 {
+                format!(" +{more}")
+            } else {
+                String::new()
+            };
+            if names.is_empty() {
+                names.push("…");
+            }
+            b.set_message(format!("{what} {}{more}", names.join(", ")));
+        }
     })
 }
 

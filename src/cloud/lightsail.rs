@@ -38,6 +38,12 @@ pub struct Lightsail {
 }
 
 fn api(what: &str, e: ls::Error) -> CloudError {
+    if e.code == "NoCredentials" {
+        return CloudError::NoCredentials {
+            provider: NAME,
+            message: e.message,
+        };
+    }
     CloudError::api(NAME, what, e)
 }
 

@@ -46,6 +46,12 @@ pub enum CloudError {
         "{provider}: no credentials: set the environment variable {var} (named in tidekeeper.yaml under providers.{provider})"
     )]
     Credentials { provider: &'static str, var: String },
+    /// The SDK's credential chain found nothing.
+    #[error("{provider}: {message}")]
+    NoCredentials {
+        provider: &'static str,
+        message: String,
+    },
     #[error("{provider}: {what} failed: {message}")]
     Api {
         provider: &'static str,
@@ -63,6 +69,14 @@ pub enum CloudError {
 }
 
 impl CloudError {
+    /// No credentials at all, as opposed to refused or failing ones.
+    pub fn is_missing_credentials(&self) -> bool {
+        matches!(
+            self,
+            CloudError::Credentials { .. } | CloudError::NoCredentials { .. }
+        )
+    }
+
     pub fn api(provider: &'static str, what: impl Into<String>, message: impl ToString) -> Self {
         CloudError::Api {
             provider,
@@ -217,6 +231,9 @@ pub struct Clouds {
     pub lightsail: Option<std::sync::Arc<dyn Provider>>,
     /// Providers the fleet needs but cannot reach (no credentials), with why.
     pub missing: Vec<(ProviderKind, CloudError)>,
+    /// Providers tidekeeper.yaml configures but no host uses: listed when
+    /// they have credentials, skipped quietly when they have none.
+    pub unused: Vec<ProviderKind>,
 }
 
 impl Clouds {
@@ -225,7 +242,13 @@ impl Clouds {
     /// are still seen). Missing credentials matter only where hosts need them.
     pub fn from_env(fleet: &Fleet) -> Clouds {
         let uses = |k: ProviderKind| fleet.hosts.iter().any(|h| h.provider == k);
-        let mut c = Clouds::default();
+        let mut c = Clouds {
+            unused: [ProviderKind::Hetzner, ProviderKind::Lightsail]
+                .into_iter()
+                .filter(|k| !uses(*k))
+                .collect(),
+            ..Default::default()
+        };
         if uses(ProviderKind::Hetzner) || fleet.settings.hetzner.declared {
             match hetzner::Hetzner::from_env(&fleet.settings.hetzner) {
                 Ok(p) => c.hetzner = Some(std::sync::Arc::new(p)),
@@ -284,11 +307,16 @@ pub async fn observe(clouds: &Clouds) -> Result<Observed, CloudError> {
         .all()
         .map(|p| async move {
             let (servers, prices) = tokio::join!(p.servers(), p.prices());
-            Ok::<_, CloudError>((p.kind(), servers?, prices?))
+            let r = servers.and_then(|s| Ok((s, prices?)));
+            (p.kind(), r)
         })
         .collect();
-    for r in join_all(work).await {
-        let (kind, servers, prices) = r?;
+    for (kind, r) in join_all(work).await {
+        let (servers, prices) = match r {
+            Ok(v) => v,
+            Err(e) if e.is_missing_credentials() && clouds.unused.contains(&kind) => continue,
+            Err(e) => return Err(e),
+        };
         out.servers.extend(servers);
         out.prices.insert(kind, prices);
     }

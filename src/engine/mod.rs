@@ -289,7 +289,8 @@ pub enum Event {
     Started { host: String, what: &'static str },
     Planned {
         host: String,
-        changes: usize,
+        /// Counted as the plan's summary line counts.
+        changes: render::Totals,
         elapsed: Duration,
     },
     Failed {
@@ -299,9 +300,9 @@ pub enum Event {
     },
     Applied {
         host: String,
-        /// The plan's changes and handlers: the count the plan and the
-        /// summary use too (not the script's steps).
-        changes: usize,
+        /// The applied plan, counted as the plan and the summary count it
+        /// (not the script's steps).
+        changes: render::Totals,
         elapsed: Duration,
     },
     /// The cloud stage at work on a host's server.
@@ -569,7 +570,7 @@ pub async fn plan_all(
                 },
                 (Some(p), None) => Event::Planned {
                     host: name.clone(),
-                    changes: p.changes.len() + p.handlers.len(),
+                    changes: render::Totals::of(p),
                     elapsed: result.elapsed,
                 },
                 (None, None) => unreachable!("a host is planned or failed"),
@@ -704,7 +705,7 @@ async fn apply_with(
     match &outcome {
         Outcome::Done { .. } => progress(Event::Applied {
             host: p.host.clone(),
-            changes: plan.changes.len() + plan.handlers.len(),
+            changes: render::Totals::of(plan),
             elapsed: start.elapsed(),
         }),
         Outcome::Failed {

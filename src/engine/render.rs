@@ -19,6 +19,65 @@ pub struct Totals {
     pub errors: usize,
 }
 
+impl Totals {
+    /// One host's plan, counted as everywhere: a replace is one add and
+    /// one destroy (as Terraform counts it), a handler is one run.
+    pub fn of(p: &HostPlan) -> Totals {
+        Totals {
+            add: p.count(Action::Create) + p.count(Action::Replace),
+            change: p.count(Action::Update),
+            destroy: p.count(Action::Delete) + p.count(Action::Replace),
+            run: p.count(Action::Run) + p.handlers.len(),
+            errors: 0,
+        }
+    }
+
+    fn add_up(&mut self, o: &Totals) {
+        self.add += o.add;
+        self.change += o.change;
+        self.destroy += o.destroy;
+        self.run += o.run;
+        self.errors += o.errors;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add + self.change + self.destroy + self.run == 0
+    }
+
+    /// After the work: `6 added, 0 changed, 0 destroyed, 1 run`.
+    pub fn done(&self) -> String {
+        format!(
+            "{} added, {} changed, {} destroyed, {} run",
+            self.add, self.change, self.destroy, self.run
+        )
+    }
+
+    /// The same, only what is not zero (`6 added, 1 run`), for one host.
+    pub fn done_short(&self) -> String {
+        self.parts(["added", "changed", "destroyed", "run"])
+    }
+
+    /// Before the work, only what is not zero: `6 to add, 1 to run`.
+    pub fn to_do_short(&self) -> String {
+        self.parts(["to add", "to change", "to destroy", "to run"])
+    }
+
+    fn parts(&self, words: [&str; 4]) -> String {
+        let n = [self.add, self.change, self.destroy, self.run];
+        let parts: Vec<String> = n
+            .iter()
+            .zip(words)
+            .filter(|(n, _)| **n > 0)
+            .map(|(n, w)| format!("{n} {w}"))
+            .collect();
+        if parts.is_empty() {
+            "no changes".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
     let mut t = Totals::default();
     for r in results {
@@ -27,10 +86,7 @@ pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
             t.errors += 1;
         }
         if let Some(p) = &r.plan {
-            t.add += p.count(Action::Create) + p.count(Action::Replace);
-            t.change += p.count(Action::Update);
-            t.destroy += p.count(Action::Delete) + p.count(Action::Replace);
-            t.run += p.count(Action::Run) + p.handlers.len();
+            t.add_up(&Totals::of(p));
         }
     }
     t
@@ -220,14 +276,9 @@ pub fn apply_summary(results: &[HostResult]) -> String {
                 format!("{:<16} ok      no changes ({secs:.1}s)", r.host)
             }
             (None, Some(p)) => format!(
-                "{:<16} ok      {} change{} applied ({secs:.1}s)",
+                "{:<16} ok      {} ({secs:.1}s)",
                 r.host,
-                p.changes.len() + p.handlers.len(),
-                if p.changes.len() + p.handlers.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                }
+                Totals::of(p).done_short()
             ),
             (None, None) => format!(
                 "{:<16} skipped {}",
