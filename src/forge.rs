@@ -296,6 +296,18 @@ fn method_name(m: &Method) -> &'static str {
     }
 }
 
+/// The repository's address in a browser: `https://github.com/owner/name`
+/// for GitHub's API, the API URL without `/api/v1` for Gitea.
+pub fn web_url(s: &ForgeSettings) -> String {
+    let base = s.url.trim_end_matches('/');
+    let base = match s.kind {
+        ForgeKind::Github if base == "https://api.github.com" => "https://github.com".to_string(),
+        ForgeKind::Github => base.trim_end_matches("/api/v3").to_string(),
+        ForgeKind::Gitea => base.trim_end_matches("/api/v1").to_string(),
+    };
+    format!("{base}/{}", s.repo)
+}
+
 /// The pull request number of `refs/pull/N/head`.
 pub fn pr_number(refname: &str) -> Option<u64> {
     refname

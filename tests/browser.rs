@@ -1,7 +1,8 @@
-//! The daemon's status page in a real browser: headless Chromium (Debian's
-//! package) loads the page of a reconciled example fleet; the test checks
-//! what it rendered — the hosts, their states, the cost — and that it fetched
-//! every badge, and saves the screenshot `docs/status-page.png` shows.
+//! The daemon's dashboard in a real browser: headless Chromium (Debian's
+//! package) loads the pages of a reconciled example fleet; the test checks
+//! what it rendered — hosts, states, cost, charts, timeline, a host's plan —
+//! that it fetched every badge, and keeps the screenshots docs/ shows
+//! (desktop, phone, host page).
 
 use std::path::Path;
 use std::process::Command;
@@ -34,8 +35,56 @@ fn chromium(profile: &Path) -> Option<Command> {
     Some(c)
 }
 
+/// Chromium's rendering of `url` as a PNG at `width`×`height`.
+fn screenshot(profile: &Path, url: &str, width: u32, height: u32) -> Vec<u8> {
+    let shot = profile.join(format!("shot-{width}.png"));
+    let out = chromium(profile)
+        .unwrap()
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    // The PNG's own header says how wide the page was drawn.
+    let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert_eq!(w, width, "drawn at the window's width");
+    assert!(
+        png.len() > 10_000,
+        "a page, not a blank: {} bytes",
+        png.len()
+    );
+    png
+}
+
+fn rendered(profile: &Path, url: &str) -> String {
+    let out = chromium(profile)
+        .unwrap()
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kept in docs/ (rewritten with TIDEKEEPER_BLESS=1 or when missing).
+fn keep(name: &str, png: &[u8]) {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    if std::env::var_os("TIDEKEEPER_BLESS").is_some() || !doc.exists() {
+        std::fs::write(&doc, png).unwrap();
+    }
+}
+
 #[test]
-fn the_status_page_shows_the_reconciled_fleet_and_its_badges_in_chromium() {
+fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
     let profile = TempDir::new("chromium");
     let Some(_) = chromium(profile.path()) else {
         assert!(
@@ -61,48 +110,77 @@ fn the_status_page_shows_the_reconciled_fleet_and_its_badges_in_chromium() {
     );
     let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
     d.wait_applied(&head, Duration::from_secs(90));
+    // The status branch records the apply before the timeline can show it.
+    d.wait_for("the status branch written", Duration::from_secs(30), |d| {
+        d.status()["written_back"]["applied_commit"] == head.as_str()
+    });
     let url = format!("http://127.0.0.1:{}/", d.port);
 
-    // What Chromium rendered.
-    let out = chromium(profile.path())
-        .unwrap()
-        .arg("--dump-dom")
-        .arg(&url)
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    // What Chromium rendered: hosts linking to their pages, the cost, the
+    // charts drawn from the history, the applied commit in the timeline.
+    let dom = rendered(profile.path(), &url);
     assert!(dom.contains("<h1>outpost"), "{dom}");
+    assert!(dom.contains("name=\"viewport\""), "made for phones too");
     for host in ["outpost", "outpost-hz"] {
         assert!(
-            dom.contains(&format!("<td>{host}</td><td class=\"synced\"><img src=\"/badges/{host}.svg\" alt=\"synced\"></td>")),
-            "{host} shown synced with its badge:\n{dom}"
+            dom.contains(&format!("<td><a href=\"/hosts/{host}\">{host}</a></td><td class=\"synced\"><img src=\"/badges/{host}.svg\" alt=\"synced\"></td>")),
+            "{host} shown synced with its badge and a link to its page:\n{dom}"
         );
     }
+    assert!(dom.contains("13.60 EUR + 24.00 USD"), "{dom}");
     assert!(
-        dom.contains("Cloud servers: 13.60 EUR + 24.00 USD a month."),
-        "{dom}"
+        dom.contains("<td>Lightsail</td><td class=\"num\">1</td><td class=\"num\">24.00 USD</td>"),
+        "cost per provider:\n{dom}"
+    );
+    for chart in ["chart-duration", "chart-changes", "chart-cost"] {
+        let at = dom
+            .find(&format!("id=\"{chart}\""))
+            .unwrap_or_else(|| panic!("{chart}:\n{dom}"));
+        let figure = &dom[at..at + dom[at..].find("</figure>").unwrap()];
+        assert!(figure.contains("<svg"), "{chart}: {figure}");
+        if chart != "chart-cost" {
+            assert!(
+                figure.contains("<rect class=\"bar\""),
+                "{chart} has bars: {figure}"
+            );
+        } else {
+            assert!(figure.contains("<polyline"), "{figure}");
+        }
+    }
+    let timeline = &dom[dom.find("id=\"timeline\"").expect("timeline")..];
+    assert!(timeline.contains(&head[..12]), "{timeline}");
+    assert!(
+        dom.contains("<time datetime="),
+        "times are machine-readable"
     );
 
-    // The screenshot; loading the page for it fetches every badge.
-    let shot = profile.path().join("status-page.png");
-    let out = chromium(profile.path())
-        .unwrap()
-        .arg("--window-size=1100,520")
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(&url)
-        .output()
-        .unwrap();
-    let png = std::fs::read(&shot).unwrap_or_else(|e| {
-        panic!(
-            "no screenshot ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    // A host's page: its last plan with the diffs, and its runs.
+    let host = rendered(profile.path(), &format!("{url}hosts/outpost"));
+    assert!(host.contains("<h1>outpost"), "{host}");
+    let plan = &host[host.find("id=\"plan\"").expect("a plan")..];
     assert!(
-        png.len() > 10_000,
-        "a page, not a blank: {} bytes",
-        png.len()
+        plan.contains("<span class=\"add\">"),
+        "diff lines coloured: {plan}"
+    );
+    assert!(
+        host.contains("<table id=\"runs\">") && host.contains("<td>apply</td>"),
+        "{host}"
+    );
+    let missing = rendered(profile.path(), &format!("{url}hosts/%3Cscript%3E"));
+    assert!(missing.contains("No host &lt;script&gt;"), "{missing}");
+
+    // Screenshots at desktop and phone widths; loading the page fetches every badge.
+    keep(
+        "dashboard.png",
+        &screenshot(profile.path(), &url, 1280, 1000),
+    );
+    keep(
+        "dashboard-phone.png",
+        &screenshot(profile.path(), &url, 390, 1400),
+    );
+    keep(
+        "dashboard-host.png",
+        &screenshot(profile.path(), &format!("{url}hosts/outpost"), 1100, 900),
     );
     let (_, metrics) = d.get("/metrics");
     for badge in ["fleet", "outpost", "outpost-hz"] {
@@ -112,9 +190,5 @@ fn the_status_page_shows_the_reconciled_fleet_and_its_badges_in_chromium() {
             )),
             "Chromium fetched the {badge} badge:\n{metrics}"
         );
-    }
-    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
-    if std::env::var_os("TIDEKEEPER_BLESS").is_some() || !doc.exists() {
-        std::fs::write(&doc, &png).unwrap();
     }
 }

@@ -309,7 +309,7 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
         body.starts_with("```") && body.contains(&merged[..12]),
         "{body}"
     );
-    assert!(body.contains("1 change(s) applied"), "{body}");
+    assert!(body.contains("applied: 1 changed"), "{body}");
     assert_eq!(f.bad_auth, 0);
 }
 

@@ -1313,3 +1313,39 @@ fn aws_key_variables_go_together_and_exclude_a_profile() {
         }
     );
 }
+
+#[test]
+fn a_typo_in_a_key_is_one_error_with_the_key_it_meant() {
+    let errors = minimal()
+        .file(
+            "roles/base.yaml",
+            "pakages:\n  present: [jq]\nfiles:\n  - pth: /etc/motd\n    content: hi\n",
+        )
+        .errors();
+    // serde-saphyr stops a file at its first error: one error, the real one.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].code, "unknown-key");
+    assert!(errors[0].message.contains("`pakages`"), "{}", errors[0]);
+    assert!(
+        errors[0]
+            .help
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("did you mean `packages`?"),
+        "{:?}",
+        errors[0].help
+    );
+    let errors = minimal()
+        .file("tidekeeper.yaml", "fleet: test\ndrift: corect\n")
+        .errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .help
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("did you mean `correct`?"),
+        "{:?}",
+        errors[0].help
+    );
+}

@@ -105,6 +105,9 @@ pub struct CloudPlan {
     pub unavailable: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What each host's server costs a month once the plan is applied.
+    #[serde(skip)]
+    pub server_cost: BTreeMap<String, (ProviderKind, Monthly)>,
 }
 
 impl CloudPlan {
@@ -239,7 +242,11 @@ pub fn plan(
             .server(d.provider, &d.host)
             .filter(|o| !o.owned_by(&fleet.name));
         if clash.is_none() {
-            add(price(d.provider, &d.size, &d.location), false);
+            let m = price(d.provider, &d.size, &d.location);
+            add(m, false);
+            if let Some(m) = m {
+                plan.server_cost.insert(d.host.clone(), (d.provider, m));
+            }
         }
     }
     let mut changes = Vec::new();

@@ -3,6 +3,7 @@
 //! are free, and report what happened; or hold it (invalid, denied, suspended,
 //! not the reviewed plan) and say why.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -69,11 +70,21 @@ impl Loop {
             })
             .await;
         if let Some(c) = &plan.cloud {
-            self.shared.status.lock().unwrap().monthly_cost = c
+            let cost: BTreeMap<String, f64> = c
                 .cost
                 .iter()
                 .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
                 .collect();
+            let mut board = self.shared.board.lock().unwrap();
+            board.history.cost_on(&now()[..10], &cost);
+            for (host, (provider, m)) in &c.server_cost {
+                board.history.hosts.entry(host.clone()).or_default().cost = Some((
+                    crate::cloud::plan::provider_name(*provider).to_string(),
+                    m.amount,
+                    m.currency.to_string(),
+                ));
+            }
+            self.shared.status.lock().unwrap().monthly_cost = cost;
         }
         let new_servers = plan.new_servers.clone();
         if apply && plan.has_changes() {
@@ -268,11 +279,69 @@ impl Loop {
         st.generated_host_keys
             .retain(|name, _| fleet.host(name).is_some());
         st.last_reconcile = Some(now());
+        drop(st);
+        drop(metrics);
+        self.remember(commit, fleet, &results, apply);
         Reconciled {
             hosts: out,
             cloud_failures,
             review: review_note,
         }
+    }
+
+    /// The run in the dashboard's history: its figures, each host's entry
+    /// and last plan with changes (redacted as notes are).
+    fn remember(&self, commit: &str, fleet: &Fleet, results: &[HostResult], apply: bool) {
+        use super::history::{HostEntry, HostRun, Run};
+        let at = now();
+        let applied =
+            |r: &HostResult| r.error.is_none() && r.plan.as_ref().is_some_and(|p| p.has_changes());
+        let counted: Vec<&HostResult> = results.iter().filter(|r| applied(r)).collect();
+        let t = engine::render::totals(&counted);
+        let changed = t.add + t.change + t.destroy + t.run;
+        let run = Run {
+            at: at.clone(),
+            commit: commit.to_string(),
+            apply,
+            seconds: results
+                .iter()
+                .map(|r| r.elapsed.as_secs_f64())
+                .fold(0.0, f64::max),
+            changes: if apply { changed } else { 0 },
+            drift: if apply { 0 } else { changed },
+            failed: results.iter().filter(|r| r.error.is_some()).count(),
+            hosts: results.len(),
+        };
+        let st = self.shared.status.lock().unwrap();
+        let hosts = results
+            .iter()
+            .map(|r| {
+                let h = st.hosts.get(&r.host);
+                let entry = HostEntry {
+                    run: HostRun {
+                        at: at.clone(),
+                        commit: commit.to_string(),
+                        apply,
+                        state: h.map(|h| h.state).unwrap_or(HostState::Pending),
+                        result: h.and_then(|h| h.last_result.clone()).unwrap_or_default(),
+                        ms: r.elapsed.as_millis() as u64,
+                    },
+                    plan: r
+                        .plan
+                        .as_ref()
+                        .filter(|p| p.has_changes())
+                        .map(|p| fleet.redact(&engine::render::host_plan(p, false))),
+                    cost: None,
+                };
+                (r.host.clone(), entry)
+            })
+            .collect();
+        drop(st);
+        let mut board = self.shared.board.lock().unwrap();
+        board.history.record(run, hosts);
+        board.history.keep_hosts(|h| fleet.host(h).is_some());
+        board.web = fleet.settings.forge.as_ref().map(crate::forge::web_url);
+        board.save();
     }
 
     /// A merge held because its plan is no longer the reviewed one:
@@ -687,7 +756,8 @@ pub(super) fn host_status(
             h.applied_commit = Some(commit.to_string());
             h.drift.clear();
             h.last_result = Some(if p.has_changes() {
-                format!("{} change(s) applied", p.changes.len() + p.handlers.len())
+                // Counted as the plan and the CLI count it.
+                format!("applied: {}", engine::render::Totals::of(p).done_short())
             } else {
                 "no changes".into()
             });

@@ -47,7 +47,7 @@ impl Loop {
                         .filter(|h| {
                             h.last_result
                                 .as_deref()
-                                .is_some_and(|r| r.ends_with("change(s) applied"))
+                                .is_some_and(|r| r.starts_with("applied: "))
                         })
                         .map(|h| {
                             crate::notify::info(

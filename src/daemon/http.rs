@@ -19,6 +19,7 @@ use super::status;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(page))
+        .route("/hosts/{name}", get(host_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -66,7 +67,38 @@ async fn status_json(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn page(State(s): State<Arc<Shared>>) -> Html<String> {
-    Html(status::html(&s.status.lock().unwrap()))
+    let status = s.status.lock().unwrap().clone();
+    let board = s.board.lock().unwrap();
+    Html(super::dashboard::page(&view(&status, &board)))
+}
+
+fn view<'a>(
+    status: &'a super::status::FleetStatus,
+    board: &'a super::Board,
+) -> super::dashboard::View<'a> {
+    super::dashboard::View {
+        status,
+        history: &board.history,
+        timeline: &board.timeline,
+        web: board.web.as_deref(),
+        now: chrono::Utc::now(),
+    }
+}
+
+async fn host_page(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    let status = s.status.lock().unwrap().clone();
+    let board = s.board.lock().unwrap();
+    match super::dashboard::host_page(&view(&status, &board), &name) {
+        Some(page) => Html(page).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(format!(
+                "<!doctype html><title>not found</title><p>No host {} in this fleet. <a href=\"/\">Back</a></p>",
+                super::dashboard::esc(&name)
+            )),
+        )
+            .into_response(),
+    }
 }
 
 async fn badge(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {

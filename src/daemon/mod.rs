@@ -21,7 +21,9 @@
 
 mod alerts;
 mod commit;
+pub mod dashboard;
 mod drift;
+pub mod history;
 pub mod http;
 mod jobs;
 pub mod locks;
@@ -98,6 +100,43 @@ pub struct Shared {
     stale: Mutex<BTreeMap<&'static str, String>>,
     /// Alerts and their messages (outbox in the state directory).
     pub notifier: crate::notify::deliver::Notifier,
+    /// What the dashboard draws beyond the status.
+    pub board: Mutex<Board>,
+}
+
+/// The dashboard's own data: the history (kept in the state directory),
+/// the applied commits read from the status branch, the forge's web address.
+#[derive(Default)]
+pub struct Board {
+    pub history: history::History,
+    pub timeline: Vec<(i64, String)>,
+    pub web: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Board {
+    fn open(state_dir: &std::path::Path) -> Board {
+        let file = state_dir.join("history.json");
+        let history = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Board {
+            history,
+            file: Some(file),
+            ..Default::default()
+        }
+    }
+
+    /// Written atomically; a failure costs only history.
+    pub fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let tmp = file.with_extension("json.tmp");
+        let text = serde_json::to_vec(&self.history).unwrap_or_default();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, file)) {
+            warn!(error = %e, "cannot keep the dashboard's history in the state directory");
+        }
+    }
 }
 
 impl Shared {
@@ -137,6 +176,14 @@ fn lines(d: &crate::model::Diagnostics) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Applied commits the dashboard lists, from the status branch.
+const TIMELINE: usize = 50;
+
+/// (time, commit) of the applied commits, newest first.
+type Timeline = Vec<(i64, String)>;
+/// Notes not pushed yet, by commit.
+type Unsent = BTreeMap<String, String>;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -266,10 +313,11 @@ impl Loop {
         let commit_msg = format!("tidekeeper status at {}", now());
         let res = self
             .blocking(
-                move |m| -> Result<(), (mirror::MirrorError, BTreeMap<String, String>)> {
+                move |m| -> Result<Timeline, (mirror::MirrorError, Unsent)> {
                     if let Err(e) = m.push_status(&files, &commit_msg) {
                         return Err((e, notes));
                     }
+                    let timeline = m.status_timeline(TIMELINE);
                     let mut notes = notes.into_iter();
                     while let Some((commit, text)) = notes.next() {
                         let pushed = git2::Oid::from_str(&commit)
@@ -281,12 +329,13 @@ impl Loop {
                             return Err((e, left));
                         }
                     }
-                    Ok(())
+                    Ok(timeline)
                 },
             )
             .await;
         match res {
-            Ok(()) => {
+            Ok(timeline) => {
+                self.shared.board.lock().unwrap().timeline = timeline;
                 self.shared.clear_stale("push");
                 let mut st = self.shared.status.lock().unwrap();
                 let noted = noted.or_else(|| st.written_back.take().and_then(|w| w.noted_commit));
@@ -483,6 +532,7 @@ pub async fn serve(
         api_token: cfg.api_token.clone().map(String::into_bytes),
         stale: Mutex::new(BTreeMap::new()),
         notifier: crate::notify::deliver::Notifier::open(Some(&cfg.state_dir)),
+        board: Mutex::new(Board::open(&cfg.state_dir)),
     });
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,

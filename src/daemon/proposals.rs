@@ -81,6 +81,8 @@ struct Planned {
     note: String,
     report: Option<Report>,
     reviewed: Option<Reviewed>,
+    /// The commit status it earns (success, failure, error) and why.
+    verdict: (String, String),
 }
 
 impl Loop {
@@ -96,6 +98,13 @@ impl Loop {
         };
         let before = self.proposals.clone();
         self.proposals
+            .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
+        self.shared
+            .board
+            .lock()
+            .unwrap()
+            .history
+            .proposals
             .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
         for gone in before.keys().filter(|n| !self.proposals.contains_key(*n)) {
             // A closed proposal's alerts are resolved.
@@ -139,6 +148,19 @@ impl Loop {
                 };
                 let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12]);
                 let planned = self.plan_one(&name, &sha, time).instrument(span).await;
+                {
+                    let mut board = self.shared.board.lock().unwrap();
+                    board.history.proposals.insert(
+                        name.clone(),
+                        super::history::ProposalPlan {
+                            commit: sha.clone(),
+                            at: super::now(),
+                            state: planned.verdict.0.clone(),
+                            description: planned.verdict.1.clone(),
+                        },
+                    );
+                    board.save();
+                }
                 let commit = sha.clone();
                 let note = planned.note;
                 if let Err(e) = self
@@ -241,6 +263,7 @@ impl Loop {
                     ),
                     report,
                     reviewed: None,
+                    verdict: ("failure".into(), "invalid config".into()),
                 };
             }
             Ok(x) => x,
@@ -357,6 +380,7 @@ impl Loop {
             note,
             report,
             reviewed,
+            verdict: (state.to_string(), base.redact(&desc)),
         }
     }
 

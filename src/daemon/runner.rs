@@ -28,10 +28,16 @@ impl Loop {
             if let Some(f) = settings {
                 self.adopt_status_refs(&f).await;
             }
-            let prior = self
-                .blocking(|m| m.status_file("status/fleet.json"))
-                .await
-                .and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
+            let (prior, timeline) = self
+                .blocking(|m| {
+                    (
+                        m.status_file("status/fleet.json"),
+                        m.status_timeline(super::TIMELINE),
+                    )
+                })
+                .await;
+            self.shared.board.lock().unwrap().timeline = timeline;
+            let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
             if let Some(p) = prior {
                 let mut st = self.shared.status.lock().unwrap();
                 st.written_back = Some(status::WrittenBack {

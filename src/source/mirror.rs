@@ -349,6 +349,47 @@ impl Mirror {
         Some(blob.content().to_vec())
     }
 
+    /// The commits applied to the whole fleet, newest first, as the status
+    /// branch's history records them: (time of the status commit that first
+    /// showed it, commit), at most `limit`, looking back at most 2,000
+    /// status commits.
+    pub fn status_timeline(&self, limit: usize) -> Vec<(i64, String)> {
+        let Ok(id) = self
+            .repo
+            .refname_to_id(&format!("refs/remotes/origin/{}", self.status_branch))
+        else {
+            return vec![];
+        };
+        let applied_in = |c: &git2::Commit| -> Option<String> {
+            let tree = c.tree().ok()?;
+            let entry = tree.get_path(Path::new("status/fleet.json")).ok()?;
+            let blob = self.repo.find_blob(entry.id()).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(blob.content()).ok()?;
+            v["applied_commit"].as_str().map(str::to_string)
+        };
+        // Newest first; an entry is where the applied commit changed.
+        let mut out: Vec<(i64, String)> = Vec::new();
+        let mut newer: Option<(i64, String)> = None;
+        let mut commit = self.repo.find_commit(id).ok();
+        for _ in 0..2000 {
+            let Some(c) = commit else { break };
+            let applied = applied_in(&c);
+            if let Some((t, a)) = newer.take()
+                && applied.as_deref() != Some(a.as_str())
+            {
+                out.push((t, a));
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+            newer = applied.map(|a| (c.time().seconds(), a));
+            commit = c.parent(0).ok();
+        }
+        out.extend(newer);
+        out.truncate(limit);
+        out
+    }
+
     /// The note on `commit`, fetched fresh.
     pub fn note(&self, commit: Oid) -> Option<String> {
         let _ = self.fetch_refs(&[format!("+{}:{}", self.notes_ref, self.remote_notes).as_str()]);

@@ -161,14 +161,30 @@ fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
         msg.truncate(i);
     }
     let tick = |s: &str| s.split('`').nth(1).unwrap_or("").to_string();
+    // "did you mean `packages`? " for a typo of one of the `expected` names.
+    let guess = |word: &str, expected: &str| -> String {
+        let names: Vec<&str> = expected
+            .trim_start_matches("one of ")
+            .split(',')
+            .map(|n| n.trim().trim_matches('`'))
+            .filter(|n| !n.is_empty())
+            .collect();
+        crate::suggest::closest(word, &names)
+            .map(|n| format!("did you mean `{n}`? "))
+            .unwrap_or_default()
+    };
     if msg.starts_with("unknown field") {
         let expected = msg
             .split_once("expected ")
             .map(|(_, r)| r.to_string())
             .unwrap_or_default();
+        let key = tick(&msg);
         origin
-            .error("unknown-key", format!("unknown key `{}`", tick(&msg)))
-            .with_help(format!("{expected}; see docs/config.md"))
+            .error("unknown-key", format!("unknown key `{key}`"))
+            .with_help(format!(
+                "{}{expected}; see docs/config.md",
+                guess(&key, &expected)
+            ))
     } else if msg.starts_with("missing field") {
         origin
             .error(
@@ -181,12 +197,10 @@ fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
             .split_once("expected ")
             .map(|(_, r)| r.to_string())
             .unwrap_or_default();
+        let value = tick(&msg);
         origin
-            .error(
-                "invalid-value",
-                format!("`{}` is not allowed here", tick(&msg)),
-            )
-            .with_help(expected)
+            .error("invalid-value", format!("`{value}` is not allowed here"))
+            .with_help(format!("{}{expected}", guess(&value, &expected)))
     } else if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest);
         origin
