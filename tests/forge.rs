@@ -362,6 +362,27 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
         !f.requests.iter().any(|r| r.1.starts_with("commits/")),
         "Gitea has no commit comments API"
     );
+    drop(f);
+    // The dashboard lists the PR's plan and its verdict, linked on the forge.
+    let (_, page) = d.get("/");
+    let prs = &page[page.find("<table id=\"proposals\">").expect("a PR table")..];
+    assert!(
+        prs.contains(&format!(
+            "<a href=\"http://127.0.0.1:{port}/acme/fleet/pull/9\">#9</a>"
+        )),
+        "{prs}"
+    );
+    assert!(
+        prs.contains(&format!(
+            "/acme/fleet/commit/{pr}\"><code>{}</code>",
+            &pr[..12]
+        )),
+        "{prs}"
+    );
+    assert!(
+        prs.contains("<td class=\"success\">success: Plan: 0 to add, 1 to change"),
+        "{prs}"
+    );
 }
 
 #[test]
