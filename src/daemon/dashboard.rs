@@ -155,23 +155,51 @@ fn state_counts(hosts: &[&HostStatus]) -> String {
         .join(", ")
 }
 
+/// Every chart's size: width, height, the left margin for the scale, the
+/// bottom margin for the labels.
+const W: f64 = 600.0;
+const H: f64 = 170.0;
+const LEFT: f64 = 44.0;
+const BOTTOM: f64 = 22.0;
+
+/// A chart's opening: the SVG element and a scale of three lines up to `top`.
+fn frame(top: f64) -> String {
+    let mut s = format!("<svg viewBox=\"0 0 {W} {H}\" role=\"img\">");
+    for frac in [0.0, 0.5, 1.0] {
+        let y = (H - BOTTOM) * (1.0 - frac) + 4.0;
+        let _ = write!(
+            s,
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{W}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text x=\"0\" y=\"{:.1}\">{}</text>",
+            y + 4.0,
+            short_number(top * frac)
+        );
+    }
+    s
+}
+
+/// A chart's closing: the first and last labels under the axis.
+fn ends(first: Option<&str>, last: Option<&str>) -> String {
+    let mut s = String::new();
+    if let (Some(first), Some(last)) = (first, last) {
+        let _ = write!(
+            s,
+            "<text x=\"{LEFT}\" y=\"{H}\">{}</text><text x=\"{W}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
+            esc(first),
+            esc(last)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 /// Bars for `values` (label, value), with the largest value marked.
 fn bars(values: &[(String, f64)], unit: &str, class: &str) -> String {
-    let (w, h, left, bottom) = (600.0, 170.0, 44.0, 22.0);
+    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
     let max = values.iter().map(|v| v.1).fold(0.0_f64, f64::max);
     let top = if max > 0.0 { max * 1.1 } else { 1.0 };
     let n = values.len().max(1) as f64;
     let slot = (w - left) / n;
-    let mut s = format!("<svg viewBox=\"0 0 {w} {h}\" role=\"img\">");
-    for frac in [0.0, 0.5, 1.0] {
-        let y = (h - bottom) * (1.0 - frac) + 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{left}\" x2=\"{w}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text x=\"0\" y=\"{:.1}\">{}</text>",
-            y + 4.0,
-            short_number(top * frac / 1.1 * 1.1)
-        );
-    }
+    let mut s = frame(top);
     for (i, (label, v)) in values.iter().enumerate() {
         let bh = (h - bottom - 4.0) * (v / top);
         let x = left + slot * i as f64 + slot * 0.15;
@@ -185,34 +213,20 @@ fn bars(values: &[(String, f64)], unit: &str, class: &str) -> String {
         );
     }
     // First and last labels under the axis.
-    if let (Some(first), Some(last)) = (values.first(), values.last()) {
-        let _ = write!(
-            s,
-            "<text x=\"{left}\" y=\"{h}\">{}</text><text x=\"{w}\" y=\"{h}\" text-anchor=\"end\">{}</text>",
-            esc(&first.0),
-            esc(&last.0)
-        );
-    }
-    s.push_str("</svg>");
+    s.push_str(&ends(
+        values.first().map(|v| v.0.as_str()),
+        values.last().map(|v| v.0.as_str()),
+    ));
     s
 }
 
 /// Two series per slot side by side (changes, drift).
 fn paired_bars(values: &[(String, f64, f64)]) -> String {
-    let (w, h, left, bottom) = (600.0, 170.0, 44.0, 22.0);
+    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
     let max = values.iter().map(|v| v.1.max(v.2)).fold(0.0_f64, f64::max);
     let top = if max > 0.0 { max * 1.1 } else { 1.0 };
     let slot = (w - left) / values.len().max(1) as f64;
-    let mut s = format!("<svg viewBox=\"0 0 {w} {h}\" role=\"img\">");
-    for frac in [0.0, 0.5, 1.0] {
-        let y = (h - bottom) * (1.0 - frac) + 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{left}\" x2=\"{w}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text x=\"0\" y=\"{:.1}\">{}</text>",
-            y + 4.0,
-            short_number(top * frac)
-        );
-    }
+    let mut s = frame(top);
     for (i, (label, a, b)) in values.iter().enumerate() {
         for (k, (v, class, what)) in [(a, "bar", "changes"), (b, "bar2", "drift")]
             .into_iter()
@@ -230,37 +244,23 @@ fn paired_bars(values: &[(String, f64, f64)]) -> String {
             );
         }
     }
-    if let (Some(first), Some(last)) = (values.first(), values.last()) {
-        let _ = write!(
-            s,
-            "<text x=\"{left}\" y=\"{h}\">{}</text><text x=\"{w}\" y=\"{h}\" text-anchor=\"end\">{}</text>",
-            esc(&first.0),
-            esc(&last.0)
-        );
-    }
-    s.push_str("</svg>");
+    s.push_str(&ends(
+        values.first().map(|v| v.0.as_str()),
+        values.last().map(|v| v.0.as_str()),
+    ));
     s
 }
 
 /// One line per currency over the days.
 fn cost_lines(points: &[(String, std::collections::BTreeMap<String, f64>)]) -> String {
-    let (w, h, left, bottom) = (600.0, 170.0, 44.0, 22.0);
+    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
     let max = points
         .iter()
         .flat_map(|p| p.1.values())
         .fold(0.0_f64, |a, b| a.max(*b));
     let top = if max > 0.0 { max * 1.15 } else { 1.0 };
     let n = points.len().max(2) as f64 - 1.0;
-    let mut s = format!("<svg viewBox=\"0 0 {w} {h}\" role=\"img\">");
-    for frac in [0.0, 0.5, 1.0] {
-        let y = (h - bottom) * (1.0 - frac) + 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{left}\" x2=\"{w}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text x=\"0\" y=\"{:.1}\">{}</text>",
-            y + 4.0,
-            short_number(top * frac)
-        );
-    }
+    let mut s = frame(top);
     let currencies: std::collections::BTreeSet<&String> =
         points.iter().flat_map(|p| p.1.keys()).collect();
     for (k, cur) in currencies.iter().enumerate() {
@@ -292,15 +292,10 @@ fn cost_lines(points: &[(String, std::collections::BTreeMap<String, f64>)]) -> S
             );
         }
     }
-    if let (Some(first), Some(last)) = (points.first(), points.last()) {
-        let _ = write!(
-            s,
-            "<text x=\"{left}\" y=\"{h}\">{}</text><text x=\"{w}\" y=\"{h}\" text-anchor=\"end\">{}</text>",
-            esc(&first.0),
-            esc(&last.0)
-        );
-    }
-    s.push_str("</svg>");
+    s.push_str(&ends(
+        points.first().map(|p| p.0.as_str()),
+        points.last().map(|p| p.0.as_str()),
+    ));
     s
 }
 

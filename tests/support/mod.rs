@@ -118,15 +118,20 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 /// attacker's server), for as long as the test process lives.
 pub fn serve_in_thread(listener: std::net::TcpListener, app: axum::Router) {
     listener.set_nonblocking(true).unwrap();
+    in_thread(async move {
+        let l = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(l, app).await.unwrap();
+    });
+}
+
+/// Run `work` on a runtime in a thread of its own.
+pub fn in_thread(work: impl std::future::Future<Output = ()> + Send + 'static) {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
+            .unwrap()
+            .block_on(work);
     });
 }
 
