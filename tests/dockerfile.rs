@@ -1,4 +1,7 @@
-//! The Dockerfile is linted with hadolint (no Docker engine runs here).
+//! The Dockerfile is linted with hadolint, and its runtime image is built
+//! and run for real: Docker runs inside a test host (this machine has no
+//! engine of its own), on a base image imported from a debootstrapped root
+//! file system (no registry).
 
 use std::process::Command;
 
@@ -115,4 +118,143 @@ fn verify_unit(name: &str) {
         out.status.success() && !err.contains(&format!("{name}:")),
         "{name}: {err}"
     );
+}
+
+/// The runtime stage of the Dockerfile, built and started as written, with
+/// two stand-ins: the base image is imported from the test host's own
+/// debootstrapped root file system (tagged as the Dockerfile's `FROM`, with
+/// its local apt repository's index, so the stage's `apt-get update` and
+/// `apt-get install` run unchanged and find the pinned packages installed), and the binary is the one this test suite built instead of the
+/// builder stage's (which would need a Rust image from a registry).
+#[test]
+fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
+    use crate::support::testbed::{Kind, Testbed};
+    let bed = Testbed::start_kind(1, Kind::Docker);
+    bed.ssh_ok(
+        0,
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io curl busybox-static >/dev/null",
+    );
+    bed.ssh_ok(0, crate::stacks::DOCKER_PREP);
+
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let runtime = &dockerfile[dockerfile.rfind("\nFROM ").expect("a runtime stage") + 1..];
+    let base = runtime
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("FROM ")
+        .trim();
+    assert_eq!(base, "debian:bookworm-slim", "the base the test imports");
+    let copy = "COPY --from=build /src/target/release/tidekeeper /usr/local/bin/tidekeeper";
+    assert!(runtime.contains(copy), "{runtime}");
+    let runtime = runtime.replace(copy, "COPY tidekeeper /usr/local/bin/tidekeeper");
+
+    // The build context and a config repo, written into the host's file system.
+    let root = bed.root(0);
+    let ctx = root.join("root/ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), &runtime).unwrap();
+    let out = Command::new("objcopy")
+        .args(["--strip-debug", env!("CARGO_BIN_EXE_tidekeeper")])
+        .arg(ctx.join("tidekeeper"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fleet = root.join("srv/fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    std::fs::write(fleet.join("tidekeeper.yaml"), "fleet: boxed\n").unwrap();
+    crate::support::git(&fleet, &["init", "-q", "-b", "main"]);
+    crate::support::git(&fleet, &["add", "-A"]);
+    crate::support::git(&fleet, &["commit", "-q", "-m", "a fleet"]);
+    let head = crate::support::git(&fleet, &["rev-parse", "HEAD"]);
+
+    // The base: the host's root file system, imported (no registry pull).
+    bed.ssh_ok(
+        0,
+        "tar -C / -c --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./run --exclude=./tmp \
+         --exclude=./var/lib/docker --exclude=./root/ctx --exclude=./srv/fleet \
+         --exclude='./srv/tk-apt/*.deb' --exclude=./usr/share/doc --exclude=./usr/share/man \
+         --exclude=./usr/share/locale --exclude='./usr/bin/docker*' --exclude=./usr/sbin/dockerd \
+         --exclude='./usr/bin/containerd*' --exclude=./usr/sbin/runc --exclude=./usr/bin/runsc . \
+         | docker import - debian:bookworm-slim >/dev/null",
+    );
+    let built = bed.ssh(0, "cd /root/ctx && docker build -t tidekeeper:test . 2>&1");
+    assert!(
+        built.status.success(),
+        "docker build:\n{}",
+        String::from_utf8_lossy(&built.stdout)
+    );
+    // The daemon's user owns the repo it reads (libgit2 refuses others' repositories).
+    bed.ssh_ok(0, "chown -R 10001:10001 /srv/fleet");
+    bed.ssh_ok(
+        0,
+        "docker run -d --name tk --network host -v /srv/fleet:/fleet -e TIDEKEEPER_REPO=/fleet \
+         --health-interval 1s --health-start-period 0s tidekeeper:test >/dev/null",
+    );
+    // The image's own health check (its curl, its URL) turns it healthy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let health = bed.ssh_ok(0, "docker inspect --format '{{.State.Health.Status}}' tk");
+        if health.trim() == "healthy" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not healthy ({}): {}",
+            health.trim(),
+            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/healthz")
+            .trim(),
+        "ok"
+    );
+    // Not root, inside and as configured.
+    assert_eq!(bed.ssh_ok(0, "docker exec tk id -u").trim(), "10001");
+    assert_eq!(
+        bed.ssh_ok(0, "docker inspect --format '{{.Config.User}}' tk")
+            .trim(),
+        "10001:10001"
+    );
+    // It read the repo, as the user it runs as: the head is on its status,
+    // and the status branch it wrote back is in the repo.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !bed
+        .ssh_ok(0, "curl -fsS http://127.0.0.1:8420/status")
+        .contains(&format!("\"head_commit\":\"{head}\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let written = || {
+        Command::new("git")
+            .args(["-c", "safe.directory=*", "rev-parse", "--verify", "-q"])
+            .arg("refs/heads/tidekeeper/status")
+            .current_dir(&fleet)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    while !written() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status branch: {}",
+            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    bed.ssh_ok(0, "docker rm -f tk >/dev/null");
 }

@@ -5,7 +5,7 @@ use crate::support::testbed::{Kind, Testbed};
 
 /// Debian's docker in a test host: the cgroup v1 controllers come mounted
 /// read-only inside the container; remount them (see docs/testing.md).
-const DOCKER_PREP: &str = "for d in /sys/fs/cgroup/*/; do d=${d%/}; [ -L \"$d\" ] && continue; n=$(basename $d); \
+pub(crate) const DOCKER_PREP: &str = "for d in /sys/fs/cgroup/*/; do d=${d%/}; [ -L \"$d\" ] && continue; n=$(basename $d); \
     case $n in systemd|unified) continue;; esac; mount -o remount,rw \"$d\" 2>/dev/null || \
     { umount -l \"$d\" && mount -t cgroup -o \"$n\" cgroup \"$d\"; }; done; \
     systemctl restart docker && mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && \

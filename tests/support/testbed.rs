@@ -659,6 +659,16 @@ impl Testbed {
         &self.hosts[i]
     }
 
+    /// Host `i`'s root file system as this machine sees it (full hosts: an
+    /// overlay mounted here), to put files in without copying over SSH.
+    pub fn root(&self, i: usize) -> PathBuf {
+        assert!(
+            self.hosts[i].kind != Kind::Light,
+            "light hosts share a read-only base"
+        );
+        self.hosts[i].launch.dir.join("merged")
+    }
+
     /// Run `command` on host `i` as root with the system ssh client, host key pinned.
     pub fn ssh(&self, i: usize, command: &str) -> Output {
         let h = &self.hosts[i];
