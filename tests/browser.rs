@@ -35,11 +35,13 @@ fn chromium(profile: &Path) -> Option<Command> {
     Some(c)
 }
 
-/// Chromium's rendering of `url` as a PNG at `width`×`height`.
-fn screenshot(profile: &Path, url: &str, width: u32, height: u32) -> Vec<u8> {
+/// Chromium's rendering of `url` as a PNG at `width`×`height` (`extra`:
+/// more flags, e.g. dark mode).
+fn screenshot(profile: &Path, url: &str, width: u32, height: u32, extra: &[&str]) -> Vec<u8> {
     let shot = profile.join(format!("shot-{width}.png"));
     let out = chromium(profile)
         .unwrap()
+        .args(extra)
         .arg(format!("--window-size={width},{height}"))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(url)
@@ -170,18 +172,31 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
     assert!(missing.contains("No host &lt;script&gt;"), "{missing}");
 
     // Screenshots at desktop and phone widths; loading the page fetches every badge.
-    keep(
-        "dashboard.png",
-        &screenshot(profile.path(), &url, 1280, 1000),
-    );
+    let light = screenshot(profile.path(), &url, 1280, 1000, &[]);
+    keep("dashboard.png", &light);
     keep(
         "dashboard-phone.png",
-        &screenshot(profile.path(), &url, 390, 1400),
+        &screenshot(profile.path(), &url, 390, 1400, &[]),
     );
     keep(
         "dashboard-host.png",
-        &screenshot(profile.path(), &format!("{url}hosts/outpost"), 1100, 900),
+        &screenshot(
+            profile.path(),
+            &format!("{url}hosts/outpost"),
+            1100,
+            900,
+            &[],
+        ),
     );
+    // The system's dark mode turns the page dark (the corner's pixel: the background).
+    let dark = screenshot(profile.path(), &url, 1280, 1000, &["--force-dark-mode"]);
+    keep("dashboard-dark.png", &dark);
+    let (bright, dim) = (first_pixel(&light), first_pixel(&dark));
+    assert!(
+        bright.iter().all(|c| *c > 0xf0),
+        "light background: {bright:?}"
+    );
+    assert!(dim.iter().all(|c| *c < 0x30), "dark background: {dim:?}");
     let (_, metrics) = d.get("/metrics");
     for badge in ["fleet", "outpost", "outpost-hz"] {
         assert!(
@@ -191,4 +206,28 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
             "Chromium fetched the {badge} badge:\n{metrics}"
         );
     }
+}
+
+/// The top-left pixel's RGB. Row 0's first pixel is stored as it is under
+/// every PNG filter, so inflating the first IDAT chunk is enough (Python's
+/// zlib does that; no image crate needed).
+fn first_pixel(png: &[u8]) -> [u8; 3] {
+    let script = "import sys,zlib,struct\n\
+d=sys.stdin.buffer.read();i=d.find(b'IDAT');n=struct.unpack('>I',d[i-4:i])[0]\n\
+r=zlib.decompressobj().decompress(d[i+4:i+4+n]);print(r[1],r[2],r[3])";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(png).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u8> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    [v[0], v[1], v[2]]
 }
