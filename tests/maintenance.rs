@@ -294,3 +294,85 @@ fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
     );
     assert_eq!(bed.ssh_ok(0, "sha256sum /srv/data/a.txt"), before);
 }
+
+/// A backup with `pg_dump` streams a real PostgreSQL database into restic;
+/// a dump that fails fails the job, and its partial snapshot is not kept.
+#[test]
+fn a_pg_dump_backup_holds_the_rows_and_a_failed_dump_fails_the_job_and_is_not_kept() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[("db", "packages:\n  present: [restic, postgresql]\n")],
+    );
+    let identity = crate::support::fleet::age_identity();
+    let password = "restic-pw-pg-41d2";
+    repo.encrypt_secret(&identity, "restic", password);
+    let h0 = bed.host(0).name.clone();
+    let job = |name: &str, db: &str| {
+        format!(
+            "  - name: {name}\n    cron: \"30 1 * * *\"\n    timezone: UTC\n    timeout: 10m\n    backup:\n      repository: \"/srv/restic/{{{{ host.name }}}}\"\n      password_secret: restic\n      pg_dump: {db}\n"
+        )
+    };
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n{}{}",
+            job("db-backup", "app"),
+            job("broken-backup", "missing")
+        ),
+    );
+    repo.commit("database backups");
+    let tk = |args: &[&str]| {
+        crate::support::tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo.path)
+            .arg("--ssh-key")
+            .arg(&repo.key)
+            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
+            .output()
+            .unwrap()
+    };
+    let out = tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bed.ssh_ok(
+        0,
+        "runuser -u postgres -- psql -qc 'CREATE DATABASE app' && \
+         runuser -u postgres -- psql -q -d app -c \"CREATE TABLE tides (id int, name text); INSERT INTO tides VALUES (1, 'spring'), (2, 'neap')\"",
+    );
+    let out = tk(&["schedule", "run", "db-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let restic = format!("RESTIC_PASSWORD={password} restic -q -r /srv/restic/{h0}");
+    let snapshots = || -> Vec<serde_json::Value> {
+        let json = bed.ssh_ok(0, &format!("{restic} snapshots --json"));
+        serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before = snapshots();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0]["tags"].is_null(),
+        "no longer tagged partial: {before:?}"
+    );
+    // The rows are in the dump restic holds.
+    let dump = bed.ssh_ok(0, &format!("{restic} dump latest /app.sql"));
+    assert!(dump.contains("CREATE TABLE public.tides"), "{dump}");
+    assert!(
+        dump.contains("1\tspring") && dump.contains("2\tneap"),
+        "{dump}"
+    );
+
+    // A database that is not there: pg_dump fails, so does the job.
+    let out = tk(&["schedule", "run", "broken-backup"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("pg_dump missing failed"),
+        "{}",
+        text(&out)
+    );
+    let after = snapshots();
+    assert_eq!(after, before, "the partial dump was forgotten");
+}

@@ -1349,3 +1349,18 @@ fn a_typo_in_a_key_is_one_error_with_the_key_it_meant() {
         errors[0].help
     );
 }
+
+#[test]
+fn a_pg_dump_database_name_that_is_not_a_plain_name_is_refused() {
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file(
+            "schedules.yaml",
+            "jobs:\n  - name: backup\n    cron: '0 1 * * *'\n    backup:\n      repository: /srv/restic\n      password_secret: restic\n      pg_dump: \"app; rm -rf /\"\n",
+        )
+        .fails_with(
+            "schedules.yaml:7:16",
+            "invalid-value",
+            "\"app; rm -rf /\" is not a database name tidekeeper dumps",
+        );
+}

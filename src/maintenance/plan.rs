@@ -123,6 +123,9 @@ fn days(w: &Window) -> String {
 /// What a job does on one host, as a shell script run under the host's
 /// tidekeeper lock (so apply and maintenance never overlap). Output lines
 /// `@@reboot` ask the runner to reboot the host afterwards.
+/// The tag of a `pg_dump` snapshot until the dump is known to be whole.
+const PARTIAL: &str = "tidekeeper-partial";
+
 pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
     let mut s = String::from(
         "set -u\nexport DEBIAN_FRONTEND=noninteractive\nmkdir -p /var/lib/tidekeeper\nexec 9>/var/lib/tidekeeper/lock\n\
@@ -188,11 +191,27 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
                 ));
             }
             if let Some(db) = pg_dump {
+                // sh has no pipefail: the dump's status goes through a file.
+                // The snapshot is tagged partial until the dump is known to
+                // have succeeded, and forgotten when it failed, so a broken
+                // dump is never kept as a good backup.
                 s.push_str(&format!(
-                    "pg_dump {} | restic backup -q --host {} --stdin --stdin-filename {} || exit $?\n",
-                    q(db),
-                    q(host),
-                    q(&format!("{db}.sql"))
+                    "st=$(mktemp) || exit 1\n\
+                     {{ (cd / && runuser -u postgres -- pg_dump {db}); echo $? > \"$st\"; }} \
+                     | restic backup -q --host {h} --tag {PARTIAL} --stdin --stdin-filename {file}\n\
+                     saved=$?; dumped=$(cat \"$st\"); rm -f \"$st\"\n\
+                     if [ \"$dumped\" != 0 ]; then\n\
+                     \x20 ids=$(restic snapshots -q --host {h} --tag {PARTIAL} --json | grep -o '\"id\":\"[0-9a-f]*\"' | cut -d'\"' -f4)\n\
+                     \x20 [ -z \"$ids\" ] || restic forget -q $ids >/dev/null\n\
+                     \x20 echo \"pg_dump {dbname} failed (exit $dumped): the partial dump was not kept\" >&2\n\
+                     \x20 exit 1\n\
+                     fi\n\
+                     [ \"$saved\" = 0 ] || exit \"$saved\"\n\
+                     restic tag -q --host {h} --tag {PARTIAL} --remove {PARTIAL} >/dev/null || exit $?\n",
+                    db = q(db),
+                    dbname = db,
+                    h = q(host),
+                    file = q(&format!("{db}.sql")),
                 ));
             }
             s.push_str(&format!(
