@@ -554,6 +554,15 @@ fn a_restarted_daemon_does_not_post_the_same_statuses_or_comment_again() {
         .filter(|r| r.1 == format!("statuses/{pr}"))
         .count();
     assert_eq!(statuses, 1);
+    drop(f);
+    // The dashboard after the restart: the applied commit read back from the
+    // status branch's history, the PR's plan from the history kept in the
+    // state directory.
+    let (_, page) = d.get("/");
+    let timeline = &page[page.find("<table id=\"timeline\">").expect("a timeline")..];
+    assert!(timeline.contains(&main[..12]), "{timeline}");
+    let prs = &page[page.find("<table id=\"proposals\">").expect("the PR")..];
+    assert!(prs.contains(&pr[..12]), "{prs}");
 }
 
 #[test]

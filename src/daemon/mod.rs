@@ -177,13 +177,9 @@ fn lines(d: &crate::model::Diagnostics) -> Vec<String> {
         .collect()
 }
 
-/// Applied commits the dashboard lists, from the status branch.
+/// Applied commits the dashboard lists (read from the status branch at
+/// start, then added as they are pushed).
 const TIMELINE: usize = 50;
-
-/// (time, commit) of the applied commits, newest first.
-type Timeline = Vec<(i64, String)>;
-/// Notes not pushed yet, by commit.
-type Unsent = BTreeMap<String, String>;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -313,11 +309,10 @@ impl Loop {
         let commit_msg = format!("tidekeeper status at {}", now());
         let res = self
             .blocking(
-                move |m| -> Result<Timeline, (mirror::MirrorError, Unsent)> {
+                move |m| -> Result<(), (mirror::MirrorError, BTreeMap<String, String>)> {
                     if let Err(e) = m.push_status(&files, &commit_msg) {
                         return Err((e, notes));
                     }
-                    let timeline = m.status_timeline(TIMELINE);
                     let mut notes = notes.into_iter();
                     while let Some((commit, text)) = notes.next() {
                         let pushed = git2::Oid::from_str(&commit)
@@ -329,13 +324,24 @@ impl Loop {
                             return Err((e, left));
                         }
                     }
-                    Ok(timeline)
+                    Ok(())
                 },
             )
             .await;
         match res {
-            Ok(timeline) => {
-                self.shared.board.lock().unwrap().timeline = timeline;
+            Ok(()) => {
+                // The timeline grows by what was just pushed: reading the
+                // branch's history again on every push would cost a walk
+                // through hundreds of status commits each time.
+                if let Some(a) = &applied {
+                    let mut board = self.shared.board.lock().unwrap();
+                    if board.timeline.first().map(|t| &t.1) != Some(a) {
+                        board
+                            .timeline
+                            .insert(0, (chrono::Utc::now().timestamp(), a.clone()));
+                        board.timeline.truncate(TIMELINE);
+                    }
+                }
                 self.shared.clear_stale("push");
                 let mut st = self.shared.status.lock().unwrap();
                 let noted = noted.or_else(|| st.written_back.take().and_then(|w| w.noted_commit));

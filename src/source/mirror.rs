@@ -351,8 +351,8 @@ impl Mirror {
 
     /// The commits applied to the whole fleet, newest first, as the status
     /// branch's history records them: (time of the status commit that first
-    /// showed it, commit), at most `limit`, looking back at most 2,000
-    /// status commits.
+    /// showed it, commit), at most `limit`, looking back at most 500 status
+    /// commits (read once, at start).
     pub fn status_timeline(&self, limit: usize) -> Vec<(i64, String)> {
         let Ok(id) = self
             .repo
@@ -371,7 +371,7 @@ impl Mirror {
         let mut out: Vec<(i64, String)> = Vec::new();
         let mut newer: Option<(i64, String)> = None;
         let mut commit = self.repo.find_commit(id).ok();
-        for _ in 0..2000 {
+        for _ in 0..500 {
             let Some(c) = commit else { break };
             let applied = applied_in(&c);
             if let Some((t, a)) = newer.take()
