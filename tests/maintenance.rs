@@ -259,17 +259,7 @@ fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
         ),
     );
     repo.commit("backups");
-    let tk = |args: &[&str]| {
-        crate::support::tidekeeper()
-            .args(args)
-            .arg("--repo")
-            .arg(&repo.path)
-            .arg("--ssh-key")
-            .arg(&repo.key)
-            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
-            .output()
-            .unwrap()
-    };
+    let tk = |args: &[&str]| repo.tk_env(args, &[("TIDEKEEPER_AGE_IDENTITY", &identity)]);
     let out = tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for _ in 0..3 {
@@ -322,17 +312,7 @@ fn a_pg_dump_backup_holds_the_rows_and_a_failed_dump_fails_the_job_and_is_not_ke
         ),
     );
     repo.commit("database backups");
-    let tk = |args: &[&str]| {
-        crate::support::tidekeeper()
-            .args(args)
-            .arg("--repo")
-            .arg(&repo.path)
-            .arg("--ssh-key")
-            .arg(&repo.key)
-            .env("TIDEKEEPER_AGE_IDENTITY", &identity)
-            .output()
-            .unwrap()
-    };
+    let tk = |args: &[&str]| repo.tk_env(args, &[("TIDEKEEPER_AGE_IDENTITY", &identity)]);
     let out = tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     bed.ssh_ok(
