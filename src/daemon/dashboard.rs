@@ -82,7 +82,7 @@ impl View<'_> {
         let Some(sha) = sha.filter(|s| !s.is_empty()) else {
             return "—".into();
         };
-        let short = esc(&sha[..sha.len().min(12)]);
+        let short = esc(&sha.chars().take(12).collect::<String>());
         match self.web {
             Some(web) if sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 format!(
@@ -743,6 +743,55 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-11-28T12:00:00Z".parse().unwrap()
+    }
+
+    /// Proposal refs and plan descriptions come from whoever pushed the
+    /// branch: git allows `<`, `>`, `"` and `&` in ref names.
+    #[test]
+    fn a_proposal_named_and_described_by_an_attacker_is_shown_as_text() {
+        let st = FleetStatus::default();
+        let mut history = History::default();
+        history.proposals.insert(
+            "refs/heads/feature/<img src=x onerror=alert(1)>".into(),
+            crate::daemon::history::ProposalPlan {
+                commit: "\"><script>x</script>".into(),
+                at: "2026-11-28T11:00:00Z".into(),
+                state: "failure\" onmouseover=\"alert(2)".into(),
+                description: "denied: <b>host</b> & \"name\"".into(),
+            },
+        );
+        // A commit that is no commit id, cut by characters, never mid-character.
+        history.proposals.insert(
+            "refs/pull/7/head".into(),
+            crate::daemon::history::ProposalPlan {
+                commit: format!("a{}", "é".repeat(20)),
+                at: "2026-11-28T11:00:00Z".into(),
+                state: "success".into(),
+                description: "ok".into(),
+            },
+        );
+        let v = View {
+            status: &st,
+            history: &history,
+            timeline: &[],
+            web: Some("https://github.com/acme/fleet"),
+            now: now(),
+        };
+        let page = page(&v);
+        let at = page.find("<table id=\"proposals\">").unwrap();
+        let prs = &page[at..at + page[at..].find("</table>").unwrap()];
+        assert!(
+            !prs.contains("<img") && !prs.contains("<script>") && !prs.contains("<b>"),
+            "{prs}"
+        );
+        assert!(!prs.contains("\" onmouseover"), "{prs}");
+        assert!(prs.contains("&lt;img src=x onerror=alert(1)&gt;"), "{prs}");
+        assert!(
+            prs.contains(&format!("<code>a{}</code>", "é".repeat(11))),
+            "{prs}"
+        );
+        // Not a hex commit: no link is made of it.
+        assert!(!prs.contains("/commit/"), "{prs}");
     }
 
     #[test]
