@@ -76,6 +76,7 @@ fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> Duration {
                 host_keys: HostKeyPolicy::Pinned(vec![(kind, key)]),
                 sudo: false,
                 connect_timeout: Duration::from_secs(10),
+                via: None,
             }
         })
         .collect();

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::item::Item;
 use crate::engine::kinds;
-use crate::model::desired::{Confinement, Fleet, Host, ProviderKind, Trust};
+use crate::model::desired::{Confinement, Fleet, Host, Jump, ProviderKind, Trust};
 
 /// A proposal made safe to plan.
 #[derive(Debug, Clone)]
@@ -170,6 +170,36 @@ pub fn confine(
         }
     }
 
+    // A host reached through a jump host is reached as the base reaches it
+    // only while every jump host on the way is: a proposal that moves the
+    // bastion must not route the base's hosts (and their login) through it.
+    let unreachable: Vec<(String, String)> = proposal
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.trust, Trust::Confined(_)))
+        .filter_map(|h| {
+            let mut next = h.ssh.via.clone();
+            let mut hops = 0;
+            while let Some(Jump::Host(j)) = next {
+                hops += 1;
+                match proposal.host(&j) {
+                    Some(jh) if matches!(jh.trust, Trust::Confined(_)) && hops < 9 => {
+                        next = jh.ssh.via.clone()
+                    }
+                    _ => return Some((h.name.clone(), j)),
+                }
+            }
+            None
+        })
+        .collect();
+    for (name, jump) in unreachable {
+        if let Some(h) = proposal.hosts.iter_mut().find(|h| h.name == name) {
+            h.trust = Trust::AfterMerge(format!(
+                "its jump host {jump} is not contacted from this proposal: configured after merge"
+            ));
+        }
+    }
+
     // Policies: every base policy as the base has it; new files are added.
     let base_paths: BTreeMap<&str, &str> = base_policies
         .iter()
@@ -280,6 +310,48 @@ mod tests {
                 (t, n) => panic!("{n} may be contacted: {t:?}"),
             }
         }
+    }
+
+    #[test]
+    fn hosts_behind_a_bastion_the_proposal_moves_are_not_contacted() {
+        let bastion = "provider: existing\naddress: 10.0.0.5\nroles: [r]\n";
+        let app = "provider: existing\naddress: 10.1.0.2\nssh: {via: bastion}\nroles: [r]\n";
+        let base = fleet(&[("hosts/bastion.yaml", bastion), ("hosts/app.yaml", app)]);
+        // The proposal moves the bastion to an address of its choosing and
+        // routes web through it too; app and web keep their addresses.
+        let pr = fleet(&[
+            (
+                "hosts/bastion.yaml",
+                "provider: existing\naddress: 10.6.6.6\nroles: [r]\n",
+            ),
+            ("hosts/app.yaml", app),
+            (
+                "hosts/web.yaml",
+                "provider: existing\naddress: 10.0.0.1\nssh: {via: bastion}\nroles: [r]\n",
+            ),
+        ]);
+        let c = confine(&base, &[], pr, &[]);
+        let trust = |n: &str| c.fleet.host(n).unwrap().trust.clone();
+        assert!(matches!(trust("bastion"), Trust::AfterMerge(w) if w.contains("address")));
+        assert!(
+            matches!(trust("app"), Trust::AfterMerge(w) if w.contains("jump host bastion")),
+            "app would be reached through the proposal's bastion: {:?}",
+            trust("app")
+        );
+        // web keeps the base's way in: directly, not through the bastion.
+        assert!(matches!(trust("web"), Trust::Confined(_)));
+        assert_eq!(c.fleet.host("web").unwrap().ssh.via, None);
+        // Unmoved, the bastion carries app as on the base.
+        let c = confine(
+            &base,
+            &[],
+            fleet(&[("hosts/bastion.yaml", bastion), ("hosts/app.yaml", app)]),
+            &[],
+        );
+        assert!(matches!(
+            c.fleet.host("app").unwrap().trust,
+            Trust::Confined(_)
+        ));
     }
 
     #[test]

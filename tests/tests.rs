@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bastion;
 mod browser;
 mod cli;
 mod cloud;

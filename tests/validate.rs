@@ -1364,3 +1364,106 @@ fn a_pg_dump_database_name_that_is_not_a_plain_name_is_refused() {
             "\"app; rm -rf /\" is not a database name tidekeeper dumps",
         );
 }
+
+// --- Jump hosts (ssh.via) ----------------------------------------------
+
+#[test]
+fn a_jump_host_that_is_not_in_the_fleet_is_named_with_the_closest_host() {
+    let d = minimal()
+        .file(
+            "hosts/bastion.yaml",
+            "provider: existing\naddress: 10.213.0.6\n",
+        )
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\nssh:\n  via: bastoin\nroles: [base]\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:4:8",
+            "unknown-host",
+            "ssh.via of web: \"bastoin\" is not a host of the fleet",
+        );
+    assert_eq!(d.help.as_deref(), Some("did you mean \"bastion\"?"));
+}
+
+#[test]
+fn jump_hosts_that_loop_are_refused() {
+    minimal()
+        .file(
+            "hosts/a.yaml",
+            "provider: existing\naddress: 10.1.0.3\nssh: {via: web}\n",
+        )
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\nssh: {via: a}\nroles: [base]\n",
+        )
+        .fails_with(
+            "hosts/a.yaml:3:12",
+            "jump-loop",
+            "jump hosts form a loop: a → web → a",
+        );
+}
+
+#[test]
+fn a_host_cannot_jump_through_itself_but_a_default_via_skips_the_bastion() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\nssh: {via: web}\nroles: [base]\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:3:12",
+            "invalid-value",
+            "web cannot be its own jump host",
+        );
+    // `defaults.ssh.via` puts every host behind the bastion but the bastion.
+    let fleet = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\ndefaults:\n  ssh: {via: bastion}\n",
+        )
+        .file(
+            "hosts/bastion.yaml",
+            "provider: existing\naddress: 10.213.0.6\n",
+        )
+        .load()
+        .expect("valid");
+    assert_eq!(fleet.host("bastion").unwrap().ssh.via, None);
+    assert_eq!(
+        fleet.host("web").unwrap().ssh.via,
+        Some(tidekeeper::model::desired::Jump::Host("bastion".into()))
+    );
+}
+
+#[test]
+fn a_jump_address_is_user_at_address_colon_port_and_nothing_a_shell_could_read() {
+    let fleet = minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\nssh: {via: \"jump@203.0.113.7:2222\"}\nroles: [base]\n",
+        )
+        .load()
+        .expect("valid");
+    assert_eq!(
+        fleet.hosts[0].ssh.via.as_ref().unwrap().to_string(),
+        "jump@203.0.113.7:2222"
+    );
+    for bad in [
+        "root@-oProxyCommand=x:22",
+        "root@host:0",
+        "root@a b:22",
+        "$(reboot)@203.0.113.7",
+    ] {
+        let d = minimal()
+            .file(
+                "hosts/web.yaml",
+                format!("provider: existing\naddress: 10.1.0.2\nssh: {{via: \"{bad}\"}}\nroles: [base]\n"),
+            )
+            .load()
+            .expect_err(bad);
+        assert!(
+            d.0.iter().any(|d| d.message.contains("ssh.via")),
+            "{bad}: {d}"
+        );
+    }
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::model::desired::{Fleet, Host, ProviderKind, Trust};
+use crate::model::desired::{Fleet, Host, Jump, ProviderKind, Trust};
 use crate::transport::{Connection, HostKeyPolicy, Local, Ssh, SshTarget, TransportError};
 use apply::Outcome;
 use item::Item;
@@ -359,12 +359,28 @@ pub async fn connect(
             host.root.as_deref().unwrap_or(""),
         )));
     }
+    let target = ssh_target(fleet, host, opts, 0)?;
+    Ok(Connection::Ssh(Box::new(Ssh::connect(target).await?)))
+}
+
+/// How to reach `host` over SSH: its address, user, key and pinned host
+/// key, and the same for each jump host on the way (`ssh.via`).
+fn ssh_target(
+    fleet: &Fleet,
+    host: &Host,
+    opts: &Options,
+    depth: usize,
+) -> Result<SshTarget, EngineError> {
     let address = address_of(host)?;
+    let behind = |what: &str| match &host.ssh.via {
+        Some(j) => format!("{what} (reached through {j})"),
+        None => what.to_string(),
+    };
     let addr = (address.as_str(), host.ssh.port)
         .to_socket_addrs()
-        .map_err(|e| EngineError::NoAddress(format!("{address}: {e}")))?
+        .map_err(|e| EngineError::NoAddress(behind(&format!("{address}: {e}"))))?
         .next()
-        .ok_or_else(|| EngineError::NoAddress(address.clone()))?;
+        .ok_or_else(|| EngineError::NoAddress(behind(&address)))?;
     let pins = pinned_keys(fleet, host, &addr);
     // A repo pin wins; else the key generated for a cloud server; else
     // trust on first use, only when the repo says so.
@@ -375,16 +391,74 @@ pub async fn connect(
     } else {
         HostKeyPolicy::Pinned(pins)
     };
-    let target = SshTarget {
+    let key_file = opts.ssh_key.clone().or_else(|| host.ssh.key.clone());
+    // Validation refuses loops; the bound keeps a bug from recursing forever.
+    if depth > 8 {
+        return Err(EngineError::NoAddress(format!(
+            "{}: more than 8 jump hosts on the way",
+            host.name
+        )));
+    }
+    let via = match &host.ssh.via {
+        None => None,
+        Some(Jump::Host(name)) => {
+            let jump = fleet.host(name).ok_or_else(|| {
+                EngineError::NoAddress(format!(
+                    "{}: jump host {name} is not in the fleet",
+                    host.name
+                ))
+            })?;
+            Some(Box::new(ssh_target(fleet, jump, opts, depth + 1)?))
+        }
+        Some(Jump::Address {
+            user,
+            address,
+            port,
+        }) => {
+            let addr = (address.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| EngineError::NoAddress(format!("jump host {address}: {e}")))?
+                .next()
+                .ok_or_else(|| EngineError::NoAddress(format!("jump host {address}")))?;
+            // A jump host outside the fleet is known only by its pinned key.
+            let names = [
+                address.clone(),
+                addr.ip().to_string(),
+                format!("[{address}]:{port}"),
+                format!("[{}]:{port}", addr.ip()),
+            ];
+            let pins = fleet
+                .known_hosts
+                .iter()
+                .filter(|k| {
+                    k.hosts
+                        .iter()
+                        .any(|h| names.contains(h) && (*port == 22 || h.starts_with('[')))
+                })
+                .map(|k| (k.key_type.clone(), k.key.clone()))
+                .collect();
+            Some(Box::new(SshTarget {
+                name: format!("jump host {address}"),
+                addr,
+                user: user.clone(),
+                key_file: key_file.clone(),
+                host_keys: HostKeyPolicy::Pinned(pins),
+                sudo: false,
+                connect_timeout: opts.connect_timeout,
+                via: None,
+            }))
+        }
+    };
+    Ok(SshTarget {
         name: host.name.clone(),
         addr,
         user: host.ssh.user.clone(),
-        key_file: opts.ssh_key.clone().or_else(|| host.ssh.key.clone()),
+        key_file,
         host_keys: policy,
         sudo: host.ssh.sudo && host.ssh.user != "root",
         connect_timeout: opts.connect_timeout,
-    };
-    Ok(Connection::Ssh(Box::new(Ssh::connect(target).await?)))
+        via,
+    })
 }
 
 /// Does the host's desired state carry secret values (placeholders when

@@ -165,6 +165,43 @@ pub fn host_name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A jump host written `[user@]address[:port]`: (user, address, port).
+/// The address is an IP or a DNS name (IPv6 in brackets when a port follows).
+pub fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {
+    let (user, rest) = match s.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, s),
+    };
+    let (addr, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (a, after) = r
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: an IPv6 address opened with [ is not closed"))?;
+        (a, after.strip_prefix(':'))
+    } else if rest.matches(':').count() == 1 {
+        let (a, p) = rest.split_once(':').unwrap_or((rest, ""));
+        (a, Some(p))
+    } else {
+        (rest, None)
+    };
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("{s:?}: the port {p:?} is not 1 to 65535")),
+        },
+        None => 22,
+    };
+    let ok = !addr.is_empty()
+        && addr.len() <= 253
+        && (addr.parse::<std::net::IpAddr>().is_ok()
+            || addr
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    if !ok || addr.starts_with('-') {
+        return Err(format!("{s:?}: {addr:?} is not an IP address or DNS name"));
+    }
+    Ok((user, addr.to_string(), port))
+}
+
 /// A port or a port range: `22`, `8000:8100` (ufw's syntax).
 pub fn port_spec(p: &str) -> Result<(u16, u16), String> {
     let one = |s: &str| -> Result<u16, String> {

@@ -300,6 +300,37 @@ pub struct Ssh {
     pub sudo: bool,
     /// Accept and record a host's key on first contact when none is pinned.
     pub trust_on_first_use: bool,
+    /// The jump host the connection tunnels through (none: direct).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Jump>,
+}
+
+/// A jump host (`ssh.via`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Jump {
+    /// A host of the fleet, reached as that host is (its own address, user,
+    /// pinned key, and its own `via`).
+    Host(String),
+    /// A machine outside the fleet; its key must be pinned in known_hosts.
+    Address {
+        user: String,
+        address: String,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Jump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Jump::Host(h) => write!(f, "{h}"),
+            Jump::Address {
+                user,
+                address,
+                port,
+            } => write!(f, "{user}@{address}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -205,6 +205,10 @@ pub struct SshSettings {
     /// Accept and record a host's key on first contact when none is pinned.
     #[schemars(with = "Option<bool>")]
     pub trust_on_first_use: Option<S<bool>>,
+    /// Reach the host through a jump host: a host of the fleet by name, or
+    /// `[user@]address[:port]` whose key is pinned in known_hosts.
+    #[schemars(with = "Option<String>")]
+    pub via: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

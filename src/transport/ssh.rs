@@ -41,6 +41,57 @@ pub struct SshTarget {
     pub host_keys: HostKeyPolicy,
     pub sudo: bool,
     pub connect_timeout: Duration,
+    /// The jump host to tunnel through (direct-tcpip), itself a target with
+    /// its own pinned key; None: connect directly.
+    pub via: Option<Box<SshTarget>>,
+}
+
+impl SshTarget {
+    /// `addr`, or `addr via jump` for messages.
+    fn describe(&self) -> String {
+        match &self.via {
+            Some(j) => format!("{} via {}", self.addr, j.describe()),
+            None => self.addr.to_string(),
+        }
+    }
+
+    /// Which shared jump connection serves this target.
+    fn jump_key(&self) -> String {
+        format!(
+            "{}@{}/{:?}/{}",
+            self.user,
+            self.addr,
+            self.key_file,
+            self.via.as_ref().map(|v| v.jump_key()).unwrap_or_default()
+        )
+    }
+}
+
+/// Jump connections in use, shared by every host behind the same jump host:
+/// one SSH connection to a bastion carries the tunnels of all of them. Held
+/// weakly: the last host behind a bastion to close its connection closes it.
+static JUMPS: tokio::sync::Mutex<Vec<JumpEntry>> = tokio::sync::Mutex::const_new(Vec::new());
+
+/// A jump connection by its [`SshTarget::jump_key`].
+type JumpEntry = (String, std::sync::Weak<Ssh>);
+
+/// The shared connection to jump host `target`, opened if none is alive.
+async fn jump(target: &SshTarget) -> Result<Arc<Ssh>, TransportError> {
+    let key = target.jump_key();
+    let mut jumps = JUMPS.lock().await;
+    jumps.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(live) = jumps
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
+        .filter(|s| !s.handle.is_closed())
+    {
+        return Ok(live);
+    }
+    let ssh = Arc::new(Box::pin(Ssh::connect(target.clone())).await?);
+    jumps.retain(|(k, _)| *k != key);
+    jumps.push((key, Arc::downgrade(&ssh)));
+    Ok(ssh)
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +161,8 @@ pub struct Ssh {
     target: SshTarget,
     channels: Semaphore,
     host_key: (String, String),
+    /// The jump connection the tunnel runs in, kept open while this is.
+    _jump: Option<Arc<Ssh>>,
 }
 
 fn fingerprint(kind: &str, b64: &str) -> String {
@@ -124,7 +177,7 @@ fn fingerprint(kind: &str, b64: &str) -> String {
 
 impl Ssh {
     pub async fn connect(target: SshTarget) -> Result<Ssh, TransportError> {
-        let addr = target.addr.to_string();
+        let addr = target.describe();
         let mut preferred = russh::Preferred::default();
         if let HostKeyPolicy::Pinned(pins) = &target.host_keys {
             // Ask only for key types we have pinned, so a server with several
@@ -158,7 +211,39 @@ impl Ssh {
             policy: target.host_keys.clone(),
             verdict: verdict.clone(),
         };
-        let connecting = client::connect(config, target.addr, handler);
+        let mut jump_conn = None;
+        let unreachable = |e: russh::Error| TransportError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let connecting = async {
+            let Some(via) = &target.via else {
+                return client::connect(config, target.addr, handler)
+                    .await
+                    .map_err(unreachable);
+            };
+            let j = jump(via).await?;
+            let tunnel = j
+                .handle
+                .channel_open_direct_tcpip(
+                    target.addr.ip().to_string(),
+                    target.addr.port().into(),
+                    "127.0.0.1",
+                    0,
+                )
+                .await
+                .map_err(|e| TransportError::Unreachable {
+                    addr: addr.clone(),
+                    reason: format!(
+                        "the jump host {} opened no tunnel ({e}); does its sshd allow TCP forwarding, and can it reach {}?",
+                        via.addr, target.addr
+                    ),
+                })?;
+            jump_conn = Some(j);
+            client::connect_stream(config, tunnel.into_stream(), handler)
+                .await
+                .map_err(unreachable)
+        };
         let result = tokio::time::timeout(target.connect_timeout, connecting).await;
         let key_verdict = verdict.lock().unwrap().clone();
         let mut handle = match result {
@@ -169,6 +254,10 @@ impl Ssh {
                 });
             }
             Ok(Err(e)) => {
+                let TransportError::Unreachable { reason, .. } = &e else {
+                    return Err(e); // the jump host's own error
+                };
+                let reason = reason.clone();
                 return Err(match key_verdict {
                     Some(Verdict::Unknown(kind, b64)) => TransportError::UnknownHostKey {
                         offered: fingerprint(&kind, &b64),
@@ -182,10 +271,7 @@ impl Ssh {
                             pinned: fingerprint(&pinned.0, &pinned.1),
                         }
                     }
-                    _ => TransportError::Unreachable {
-                        addr,
-                        reason: e.to_string(),
-                    },
+                    _ => TransportError::Unreachable { addr, reason },
                 });
             }
             Ok(Ok(h)) => h,
@@ -200,6 +286,7 @@ impl Ssh {
             target,
             channels: Semaphore::new(MAX_CHANNELS),
             host_key,
+            _jump: jump_conn,
         })
     }
 

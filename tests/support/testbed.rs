@@ -661,6 +661,54 @@ impl Testbed {
 
     /// Host `i`'s root file system as this machine sees it (full hosts: an
     /// overlay mounted here), to put files in without copying over SSH.
+    /// The address host `i`'s packets from this machine come from (its
+    /// link's controller side), as the host's sshd logs them.
+    pub fn controller_address(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i].slot.gateway()
+    }
+
+    /// Let only `sources` reach TCP `port` of host `i`; anyone else is
+    /// refused (a TCP reset). nftables in the host's network namespace,
+    /// outside the host's own control, as a provider's firewall is. An empty
+    /// `sources` shuts the port; calling again replaces the rule.
+    pub fn restrict_port(&self, i: usize, port: u16, sources: &[Ipv4Addr]) {
+        let allow = if sources.is_empty() {
+            String::new()
+        } else {
+            let set: Vec<String> = sources.iter().map(|a| a.to_string()).collect();
+            format!(
+                "tcp dport {port} ip saddr {{ {} }} accept\n",
+                set.join(", ")
+            )
+        };
+        let rules = format!(
+            "table inet testbed_fw\ndelete table inet testbed_fw\n\
+             table inet testbed_fw {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
+             {allow}  tcp dport {port} reject with tcp reset\n }}\n}}\n"
+        );
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[i].slot.netns(),
+                "nft",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft (scripts/setup installs nftables)");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn root(&self, i: usize) -> PathBuf {
         assert!(
             self.hosts[i].kind != Kind::Light,

@@ -39,6 +39,8 @@ impl Loader<'_> {
         let mut group_rollouts = BTreeMap::new();
         // Host files that failed to parse: jobs naming them get no second error.
         let mut broken_hosts: BTreeSet<String> = BTreeSet::new();
+        // Where each host's own `ssh.via` is written (not inherited).
+        let mut explicit_via: HashMap<String, Origin> = HashMap::new();
         for (stem, path) in host_files {
             let Some(h) = self.parse::<raw::HostFile>(&path) else {
                 broken_hosts.insert(stem);
@@ -66,6 +68,9 @@ impl Loader<'_> {
                     continue;
                 }
                 names.insert(host.name.clone(), host.origin.clone());
+                if let Some(v) = &h.ssh.via {
+                    explicit_via.insert(host.name.clone(), at(&path, v));
+                }
                 if let Some(g) = &host.group {
                     groups.entry(g.clone()).or_default().push(host.name.clone());
                 }
@@ -103,12 +108,117 @@ impl Loader<'_> {
                 }
             }
         }
+        let default_via = fleet_file
+            .and_then(|f| f.defaults.ssh.via.as_ref())
+            .map(|v| at(FLEET_FILE, v));
+        self.check_jumps(&mut hosts, &explicit_via, default_via, &broken_hosts);
 
         Loaded {
             hosts,
             groups,
             group_rollouts,
             broken_hosts,
+        }
+    }
+
+    /// Every `ssh.via` names a host of the fleet that can be jumped through,
+    /// and jumps do not loop. A jump host inherits `defaults.ssh.via` naming
+    /// itself: it is then reached directly.
+    fn check_jumps(
+        &mut self,
+        hosts: &mut [Host],
+        explicit: &HashMap<String, Origin>,
+        default_via: Option<Origin>,
+        broken: &BTreeSet<String>,
+    ) {
+        let origin_of = |h: &Host| {
+            explicit
+                .get(&h.name)
+                .cloned()
+                .or(default_via.clone())
+                .unwrap_or_else(|| h.origin.clone())
+        };
+        for h in hosts.iter_mut() {
+            if h.ssh.via == Some(Jump::Host(h.name.clone())) && !explicit.contains_key(&h.name) {
+                h.ssh.via = None;
+            }
+        }
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        let mut errors = Vec::new();
+        let mut looped: BTreeSet<String> = BTreeSet::new();
+        for h in hosts.iter() {
+            let Some(Jump::Host(first)) = &h.ssh.via else {
+                continue;
+            };
+            let at = origin_of(h);
+            if *first == h.name {
+                errors.push(
+                    at.error(
+                        "invalid-value",
+                        format!("{} cannot be its own jump host", h.name),
+                    )
+                    .with_help("remove ssh.via from this host, or name another host"),
+                );
+                continue;
+            }
+            let Some(jump) = hosts.iter().find(|j| j.name == *first) else {
+                if !broken.contains(first) {
+                    let d = at.error(
+                        "unknown-host",
+                        format!(
+                            "ssh.via of {}: {first:?} is not a host of the fleet",
+                            h.name
+                        ),
+                    );
+                    errors.push(match closest(first, &names) {
+                        Some(c) => d.with_help(format!("did you mean {c:?}?")),
+                        None => d.with_help(
+                            "name a host of the fleet, or write user@address:port of a jump host pinned in known_hosts",
+                        ),
+                    });
+                }
+                continue;
+            };
+            if jump.provider == ProviderKind::Local && jump.address.is_none() {
+                errors.push(at.error(
+                    "invalid-value",
+                    format!(
+                        "ssh.via of {}: {first} is a local host, which is not reached over SSH",
+                        h.name
+                    ),
+                ));
+                continue;
+            }
+            // Follow the chain; a loop never reaches a direct host.
+            if looped.contains(&h.name) {
+                continue; // reported with the first host of its loop
+            }
+            let mut chain = vec![h.name.clone(), first.clone()];
+            let mut next = jump.ssh.via.clone();
+            while let Some(Jump::Host(n)) = next {
+                if chain.contains(&n) {
+                    chain.push(n);
+                    looped.extend(chain.iter().cloned());
+                    errors.push(
+                        at.clone()
+                            .error(
+                                "jump-loop",
+                                format!("jump hosts form a loop: {}", chain.join(" → ")),
+                            )
+                            .with_help("one host on the way must be reached directly (no ssh.via)"),
+                    );
+                    break;
+                }
+                chain.push(n.clone());
+                next = hosts
+                    .iter()
+                    .find(|j| j.name == n)
+                    .and_then(|j| j.ssh.via.clone());
+            }
+        }
+        for d in errors {
+            // Once per place: a `count: N` group writes its via once.
+            self.err_once(format!("via:{}:{}:{}", d.file, d.line, d.column), d);
         }
     }
 

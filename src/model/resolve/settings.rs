@@ -279,8 +279,14 @@ impl Loader<'_> {
             key: None,
             sudo: false,
             trust_on_first_use: false,
+            via: None,
         });
+        let via = match &s.via {
+            Some(v) => self.jump(file, v, base.user.as_str()),
+            None => base.via.clone(),
+        };
         Ssh {
+            via,
             user: opt(&s.user).unwrap_or(base.user),
             port: s.port.as_ref().map(|p| p.value).unwrap_or(base.port),
             key: opt(&s.key).or(base.key),
@@ -294,6 +300,44 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// `ssh.via`: a fleet host's name, or `[user@]address[:port]`.
+    fn jump(&mut self, file: &str, v: &S<String>, user: &str) -> Option<Jump> {
+        let text = v.value.trim();
+        if !text.contains(['@', ':', '.']) {
+            return match check::host_name(text) {
+                Ok(()) => Some(Jump::Host(text.to_string())),
+                Err(e) => {
+                    self.err(at(file, v).error("invalid-value", format!("ssh.via: {e}")).with_help(
+                        "name a host of the fleet, or write user@address:port of a jump host pinned in known_hosts",
+                    ));
+                    None
+                }
+            };
+        }
+        match check::jump_address(text) {
+            Ok((u, address, port)) => {
+                let user = u.unwrap_or(user).to_string();
+                if let Err(e) = check::account_name(&user) {
+                    self.err(at(file, v).error("invalid-value", format!("ssh.via user: {e}")));
+                    return None;
+                }
+                Some(Jump::Address {
+                    user,
+                    address,
+                    port,
+                })
+            }
+            Err(e) => {
+                self.err(at(file, v).error("invalid-value", format!("ssh.via: {e}")).with_help(
+                    "write [user@]address[:port], e.g. admin@203.0.113.7:22, or a host of the fleet by name",
+                ));
+                None
+            }
+        }
+    }
+}
+
 pub(super) fn default_settings() -> Settings {
     Settings {
         ssh: Ssh {
@@ -302,6 +346,7 @@ pub(super) fn default_settings() -> Settings {
             key: None,
             sudo: false,
             trust_on_first_use: false,
+            via: None,
         },
         parallelism: 10,
         drift: DriftMode::Report,
