@@ -161,8 +161,8 @@ pub async fn plan(
     if cloud_hosts.is_empty() && (clouds.is_empty() || !whole_fleet) {
         let hosts = engine::plan_all(fleet.clone(), names, opts, progress, pool).await;
         return FleetPlan {
+            cloud: cloud::plan::costs_only(&fleet),
             fleet,
-            cloud: None,
             hosts,
             new_servers: vec![],
         };

@@ -276,3 +276,31 @@ fn on_a_terminal_a_spinner_names_the_hosts_at_work_and_is_cleared() {
     let tail = all.rsplit("Plan: 1 to add").next().unwrap();
     assert!(!tail.contains("planning"), "{tail:?}");
 }
+
+#[test]
+fn a_stated_monthly_cost_is_counted_in_the_plan_and_its_json() {
+    let root = TempDir::new("local-root");
+    let repo = repo_with(
+        root.path(),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+    );
+    let p = repo.path();
+    let host = fs::read_to_string(p.join("hosts/dev.yaml")).unwrap();
+    fs::write(
+        p.join("hosts/dev.yaml"),
+        format!("{host}cost: {{monthly: 49.5, currency: EUR}}\n"),
+    )
+    .unwrap();
+    git(p, &["commit", "-qam", "cost"]);
+    let out = tk(p, &["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("Monthly cost: 49.50 → 49.50 EUR (+0.00)"),
+        "{}",
+        text(&out)
+    );
+    let out = tk(p, &["plan", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    assert_eq!(doc["cloud"]["cost"]["EUR"]["proposed"], 49.5, "{doc}");
+    assert_eq!(doc["cloud"]["cost"]["EUR"]["prior"], 49.5, "{doc}");
+}

@@ -1467,3 +1467,27 @@ fn a_jump_address_is_user_at_address_colon_port_and_nothing_a_shell_could_read()
         );
     }
 }
+
+#[test]
+fn a_stated_cost_is_for_machines_no_provider_prices_in_a_currency_code() {
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\ncost: {monthly: 40, currency: euro}\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:3:31",
+            "invalid-value",
+            "\"euro\" is not a currency code",
+        );
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: hetzner\nserver: {type: cx22, image: debian-12, location: fsn1}\ncost: {monthly: 4, currency: EUR}\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:3:17",
+            "invalid-key",
+            "`cost` is for machines no provider prices; a hetzner server's price comes from the provider",
+        );
+}

@@ -208,6 +208,43 @@ fn refusal(c: &CloudChange) -> String {
     )
 }
 
+/// Add the `cost:` of machines no provider prices (existing hosts): paid
+/// before and after alike.
+pub fn stated_costs(fleet: &Fleet, plan: &mut CloudPlan) {
+    for h in &fleet.hosts {
+        let Some(c) = &h.cost else { continue };
+        let m = Monthly {
+            amount: c.monthly,
+            currency: currency(&c.currency),
+        };
+        let line = plan.cost.entry(m.currency).or_default();
+        line.prior += m.amount;
+        line.proposed += m.amount;
+        plan.server_cost.insert(h.name.clone(), (h.provider, m));
+    }
+}
+
+/// The plan of a fleet without cloud servers: only the stated costs, or
+/// None when there are none.
+pub fn costs_only(fleet: &Fleet) -> Option<CloudPlan> {
+    let mut plan = CloudPlan::default();
+    stated_costs(fleet, &mut plan);
+    (!plan.cost.is_empty()).then_some(plan)
+}
+
+/// A currency code as the `&'static str` prices carry. Codes are three
+/// capitals (checked at validation), so at most 26³ are ever kept.
+fn currency(code: &str) -> &'static str {
+    static KNOWN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = known.iter().find(|c| **c == code) {
+        return c;
+    }
+    let c: &'static str = Box::leak(code.to_string().into_boxed_str());
+    known.push(c);
+    c
+}
+
 /// Plan the servers of `scope` (None: the whole fleet; only then can servers
 /// whose host left the config be deleted).
 pub fn plan(
@@ -218,6 +255,7 @@ pub fn plan(
     opts: PlanOptions,
 ) -> CloudPlan {
     let mut plan = CloudPlan::default();
+    stated_costs(fleet, &mut plan);
     let in_scope = |host: &str| scope.is_none_or(|s| s.iter().any(|h| h == host));
     let price = |p: ProviderKind, size: &str, loc: &str| {
         observed.prices.get(&p).and_then(|l| l.price(size, loc))
@@ -236,6 +274,7 @@ pub fn plan(
     for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
         add(price(o.provider, &o.size, &o.location), true);
     }
+
     for d in desired {
         // A name taken by a server tidekeeper does not manage is never created.
         let clash = observed

@@ -356,6 +356,9 @@ pub struct Host {
     pub resources: Vec<Resource>,
     pub handlers: Vec<Handler>,
     pub allow_destroy: bool,
+    /// `cost:` of a machine no provider prices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<HostCost>,
     /// Fingerprint of the host key tidekeeper generated for the cloud server
     /// (from the server's label); set by the cloud stage with the address.
     #[serde(skip)]
@@ -365,6 +368,13 @@ pub struct Host {
     #[serde(skip)]
     pub trust: Trust,
     pub origin: Origin,
+}
+
+/// A monthly cost stated in the config (`cost:` of an existing host).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostCost {
+    pub monthly: f64,
+    pub currency: String,
 }
 
 /// What planning may do on a host.

@@ -337,6 +337,20 @@ pub struct HostFile {
     /// For `count: N` groups: how the daemon rolls a commit out over the
     /// group's hosts (instead of the fleet's `rollout:`).
     pub rollout: Option<RolloutSpec>,
+    /// What a machine the provider does not price costs a month
+    /// (`provider: existing` or `local`), counted in plans and the status page.
+    pub cost: Option<CostSpec>,
+}
+
+/// `cost: {monthly: 49, currency: EUR}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostSpec {
+    #[schemars(with = "f64")]
+    pub monthly: S<f64>,
+    /// ISO 4217 code, e.g. EUR or USD.
+    #[schemars(with = "String")]
+    pub currency: S<String>,
 }
 
 #[derive(

@@ -289,6 +289,10 @@ impl Loader<'_> {
             }
         }
         let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
+        let cost = h
+            .cost
+            .as_ref()
+            .and_then(|c| self.host_cost(file, provider, c));
 
         let (host_roles, role_names) = self.host_roles(file, h, roles, broken_roles);
 
@@ -333,6 +337,7 @@ impl Loader<'_> {
                 resources: Vec::new(),
                 handlers: Vec::new(),
                 allow_destroy: h.allow_destroy.as_ref().map(|a| a.value).unwrap_or(false),
+                cost: cost.clone(),
                 cloud_host_key: None,
                 trust: Default::default(),
                 origin: name_origin.clone(),
@@ -342,6 +347,44 @@ impl Loader<'_> {
             out.push(host);
         }
         out
+    }
+
+    /// `cost:`: for machines no provider prices; a plain amount and an
+    /// ISO 4217 currency code.
+    fn host_cost(
+        &mut self,
+        file: &str,
+        provider: ProviderKind,
+        c: &raw::CostSpec,
+    ) -> Option<HostCost> {
+        if matches!(provider, ProviderKind::Hetzner | ProviderKind::Lightsail) {
+            self.err(at(file, &c.monthly).error(
+                "invalid-key",
+                format!("`cost` is for machines no provider prices; a {} server's price comes from the provider", provider_name(provider)),
+            ).with_help("remove `cost:` from this host file"));
+            return None;
+        }
+        let m = c.monthly.value;
+        if !m.is_finite() || !(0.0..=1_000_000.0).contains(&m) {
+            self.err(at(file, &c.monthly).error(
+                "invalid-value",
+                format!("monthly cost {m} is not an amount from 0 to 1000000"),
+            ));
+            return None;
+        }
+        let cur = c.currency.value.as_str();
+        if cur.len() != 3 || !cur.chars().all(|ch| ch.is_ascii_uppercase()) {
+            self.err(
+                at(file, &c.currency)
+                    .error("invalid-value", format!("{cur:?} is not a currency code"))
+                    .with_help("write the ISO 4217 code in capitals, e.g. EUR or USD"),
+            );
+            return None;
+        }
+        Some(HostCost {
+            monthly: m,
+            currency: cur.to_string(),
+        })
     }
 
     /// The roles a host file lists, each once; every name must exist.
