@@ -356,3 +356,134 @@ fn a_pg_dump_backup_holds_the_rows_and_a_failed_dump_fails_the_job_and_is_not_ke
     let after = snapshots();
     assert_eq!(after, before, "the partial dump was forgotten");
 }
+
+/// Build a `.deb` of `name` `version` into `dir` with dpkg-deb: `depends`
+/// as its Depends, and a postinst that asks for a reboot when `kernel`.
+fn deb(dir: &std::path::Path, name: &str, version: &str, depends: &str, kernel: bool) {
+    let root = dir.join(format!("build-{name}-{version}"));
+    let debian = root.join("DEBIAN");
+    std::fs::create_dir_all(&debian).unwrap();
+    std::fs::create_dir_all(root.join("usr/share/tk")).unwrap();
+    std::fs::write(
+        root.join(format!("usr/share/tk/{name}")),
+        format!("{version}\n"),
+    )
+    .unwrap();
+    let depends = if depends.is_empty() {
+        String::new()
+    } else {
+        format!("Depends: {depends}\n")
+    };
+    std::fs::write(
+        debian.join("control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: test <t@example.org>\n{depends}Description: test package\n"
+        ),
+    )
+    .unwrap();
+    if kernel {
+        // As Debian's kernel packages do.
+        let post = debian.join("postinst");
+        std::fs::write(&post, "#!/bin/sh\ntouch /var/run/reboot-required\n").unwrap();
+        std::fs::set_permissions(&post, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let out = std::process::Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(dir.join(format!("{name}_{version}_all.deb")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// An apt repository in `dir` (flat, unsigned) of the debs in it.
+fn index(dir: &std::path::Path) {
+    let out = std::process::Command::new("dpkg-scanpackages")
+        .args(["-m", "."])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(dir.join("Packages"), out.stdout).unwrap();
+}
+
+/// `apt-get upgrade` keeps back a kernel that comes as a new package; the
+/// job that may reboot runs `full-upgrade`, which installs it, and reboots
+/// because the kernel asks to. A held package stays at its version.
+#[test]
+fn a_kernel_job_full_upgrades_keeps_held_packages_and_reboots_when_required() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("base", "packages:\n  present: [jq]\n")]);
+    let h0 = bed.host(0).name.clone();
+    let apt = bed.root(0).join("srv/tk-apt");
+    std::fs::create_dir_all(&apt).unwrap();
+    deb(&apt, "tk-kernel", "1.0", "", false);
+    deb(&apt, "tk-held", "1.0", "", false);
+    index(&apt);
+    std::fs::write(
+        bed.root(0).join("etc/apt/sources.list.d/tk-test.list"),
+        "deb [trusted=yes] file:/srv/tk-apt ./\n",
+    )
+    .unwrap();
+    bed.ssh_ok(
+        0,
+        "apt-get update -qq && apt-get install -y -qq tk-kernel tk-held >/dev/null && apt-mark hold tk-held",
+    );
+    // Version 2: the kernel now needs a package the host does not have.
+    deb(&apt, "tk-kernel-image-2", "2.0", "", true);
+    deb(&apt, "tk-kernel", "2.0", "tk-kernel-image-2", false);
+    deb(&apt, "tk-held", "2.0", "", false);
+    index(&apt);
+    let job = |name: &str, upgrade: &str| {
+        format!(
+            "  - name: {name}\n    cron: \"0 3 * * SUN#1\"\n    hosts: {{names: [{h0}]}}\n    timeout: 10m\n    upgrade: {upgrade}\n"
+        )
+    };
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n{}{}",
+            job("security", "{reboot: never}"),
+            job("monthly-kernel", "{reboot: if-required}")
+        ),
+    );
+    repo.commit("upgrade jobs");
+    let version = |p: &str| {
+        bed.ssh_ok(
+            0,
+            &format!("dpkg-query -W -f '${{Version}}' {p} 2>/dev/null || echo none"),
+        )
+        .trim()
+        .to_string()
+    };
+    let boot = bed.boot_id(0);
+
+    // reboot: never → `upgrade`: the kernel is kept back.
+    let out = repo.tk(&["schedule", "run", "security", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(version("tk-kernel"), "1.0");
+    assert_eq!(version("tk-kernel-image-2"), "none");
+    assert!(
+        stdout(&out).contains("held, left as they are: tk-held"),
+        "{}",
+        text(&out)
+    );
+
+    // reboot: if-required → `full-upgrade`: the kernel comes, with its new
+    // package, the host reboots; the held package does not move.
+    let out = repo.tk(&["schedule", "run", "monthly-kernel", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(run["hosts"][0]["rebooted"], true, "{run}");
+    assert_ne!(bed.boot_id(0), boot, "the host rebooted");
+    assert_eq!(version("tk-kernel"), "2.0");
+    assert_eq!(version("tk-kernel-image-2"), "2.0");
+    assert_eq!(version("tk-held"), "1.0");
+}

@@ -1491,3 +1491,17 @@ fn a_stated_cost_is_for_machines_no_provider_prices_in_a_currency_code() {
             "`cost` is for machines no provider prices; a hetzner server's price comes from the provider",
         );
 }
+
+#[test]
+fn an_upgrade_mode_is_for_apt_get_not_unattended_upgrade() {
+    minimal()
+        .file(
+            "schedules.yaml",
+            "jobs:\n  - name: up\n    cron: '0 3 * * *'\n    upgrade: {unattended: true, mode: full-upgrade}\n",
+        )
+        .fails_with(
+            "schedules.yaml:4:39",
+            "invalid-key",
+            "`mode` chooses what apt-get runs; with `unattended: true`, unattended-upgrade follows its own configuration",
+        );
+}

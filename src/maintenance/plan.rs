@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::model::desired::{Job, JobKind, RebootPolicy};
+use crate::model::desired::{Job, JobKind, RebootPolicy, UpgradeMode};
 use crate::schedule::{Window, next_run, parse_cron, parse_tz};
 use crate::transport::shell_quote as q;
 
@@ -135,14 +135,26 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
         JobKind::Command { run } => {
             s.push_str(&format!("sh -c {} </dev/null\n", q(run)));
         }
-        JobKind::Upgrade { reboot, unattended } => {
+        JobKind::Upgrade {
+            reboot,
+            unattended,
+            mode,
+        } => {
             if *unattended {
                 s.push_str("unattended-upgrade -v || exit $?\n");
             } else {
-                s.push_str(
+                // Held packages (apt-mark hold) stay as they are: apt-get
+                // changes them only when told to, which this never does.
+                let verb = match mode {
+                    UpgradeMode::Upgrade => "upgrade",
+                    UpgradeMode::FullUpgrade => "full-upgrade",
+                };
+                s.push_str(&format!(
                     "apt-get update -qq || exit $?\n\
-                     apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef upgrade || exit $?\n",
-                );
+                     held=$(apt-mark showhold | tr '\\n' ' ')\n\
+                     [ -z \"$held\" ] || echo \"held, left as they are: $held\"\n\
+                     apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef {verb} || exit $?\n",
+                ));
             }
             if *reboot != RebootPolicy::Never {
                 // The boot this ran in, so the runner can tell when a reboot is over.

@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 use super::diag::Origin;
 pub use super::raw::{
     DriftMode, ForgeKind, MountState, Policy, ProviderKind, RebootPolicy, RuleAction, ServiceState,
+    UpgradeMode,
 };
 use crate::schedule::Window;
 
@@ -826,6 +827,8 @@ pub enum JobKind {
     Upgrade {
         reboot: RebootPolicy,
         unattended: bool,
+        /// apt-get's `upgrade` or `full-upgrade` (unused when unattended).
+        mode: UpgradeMode,
     },
     Power {
         running_for_secs: u64,

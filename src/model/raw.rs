@@ -874,6 +874,18 @@ pub struct UpgradeSpec {
     pub reboot: Option<S<RebootPolicy>>,
     #[schemars(with = "Option<bool>")]
     pub unattended: Option<S<bool>>,
+    /// `upgrade` never installs or removes packages (a new kernel is kept
+    /// back); `full-upgrade` does. Default: full-upgrade for jobs that may
+    /// reboot, upgrade for the others.
+    #[schemars(with = "Option<UpgradeMode>")]
+    pub mode: Option<S<UpgradeMode>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    Upgrade,
+    FullUpgrade,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]

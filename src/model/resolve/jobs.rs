@@ -282,13 +282,28 @@ impl Loader<'_> {
                     .collect(),
             }
         } else if let Some(u) = &j.upgrade {
+            let reboot = u
+                .reboot
+                .as_ref()
+                .map(|r| r.value)
+                .unwrap_or(RebootPolicy::IfRequired);
+            let unattended = u.unattended.as_ref().map(|v| v.value).unwrap_or(false);
+            if let (true, Some(m)) = (unattended, &u.mode) {
+                self.err(at(file, m).error(
+                    "invalid-key",
+                    "`mode` chooses what apt-get runs; with `unattended: true`, unattended-upgrade follows its own configuration",
+                ).with_help("remove `mode`, or `unattended`"));
+            }
+            // A job that may reboot is the one meant to take new kernels,
+            // which `apt-get upgrade` keeps back (they are new packages).
+            let mode = u.mode.as_ref().map(|m| m.value).unwrap_or(match reboot {
+                RebootPolicy::Never => UpgradeMode::Upgrade,
+                _ => UpgradeMode::FullUpgrade,
+            });
             JobKind::Upgrade {
-                reboot: u
-                    .reboot
-                    .as_ref()
-                    .map(|r| r.value)
-                    .unwrap_or(RebootPolicy::IfRequired),
-                unattended: u.unattended.as_ref().map(|v| v.value).unwrap_or(false),
+                reboot,
+                unattended,
+                mode,
             }
         } else if let Some(p) = &j.power {
             self.cloud_only(o, &j.name.value, "power", selected, hosts);
