@@ -275,14 +275,65 @@ fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
     let snaps = bed.ssh_ok(0, &format!("{restic} snapshots --json"));
     let v: serde_json::Value = serde_json::from_str(&snaps).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{snaps}");
-    // A deleted file comes back byte for byte.
+    // A deleted file comes back byte for byte, through `tidekeeper restore`:
+    // first a preview that names the snapshot and what it holds.
     let before = bed.ssh_ok(0, "sha256sum /srv/data/a.txt");
-    bed.ssh_ok(0, "rm /srv/data/a.txt");
     bed.ssh_ok(
         0,
-        &format!("{restic} restore latest --target / --include /srv/data/a.txt"),
+        "rm /srv/data/a.txt && echo changed > /srv/data/sub/b.conf",
+    );
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "nightly-backup", "--host", h0.as_str()];
+        args.extend_from_slice(extra);
+        tk(&args)
+    };
+    // Without a terminal and without --yes, nothing is restored.
+    let out = restore(&["--path", "/srv/data/a.txt"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(
+            "restores 1 files and 0 directories (18 bytes) under /srv/data/a.txt into /: in place"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("without confirmation"),
+        "{}",
+        text(&out)
+    );
+    assert!(bed.ssh(0, "test -e /srv/data/a.txt").status.code() == Some(1));
+    let out = restore(&["--path", "/srv/data/a.txt", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("Restore complete: snapshot "),
+        "{}",
+        text(&out)
     );
     assert_eq!(bed.ssh_ok(0, "sha256sum /srv/data/a.txt"), before);
+    assert_eq!(
+        bed.ssh_ok(0, "cat /srv/data/sub/b.conf"),
+        "changed\n",
+        "only --path was restored"
+    );
+    // The whole snapshot into another directory leaves the live files alone.
+    let out = restore(&["--target", "/srv/restored", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("restores 2 files and 3 directories"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "cat /srv/restored/srv/data/sub/b.conf"),
+        "beta = 2\n"
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /srv/data/sub/b.conf"), "changed\n");
+    // A snapshot id that is not one never reaches the host's shell.
+    let out = restore(&["--snapshot", "latest;touch /pwned", "--yes"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("is not a snapshot"), "{}", text(&out));
+    assert!(bed.ssh(0, "test -e /pwned").status.code() == Some(1));
 }
 
 /// A backup with `pg_dump` streams a real PostgreSQL database into restic;
@@ -355,6 +406,50 @@ fn a_pg_dump_backup_holds_the_rows_and_a_failed_dump_fails_the_job_and_is_not_ke
     );
     let after = snapshots();
     assert_eq!(after, before, "the partial dump was forgotten");
+
+    // Restore: into a new database, then over the live one (which has
+    // lost a row since), and the rows are back.
+    let rows = |db: &str| {
+        bed.ssh_ok(
+            0,
+            &format!("runuser -u postgres -- psql -tA -d {db} -c 'SELECT id, name FROM tides ORDER BY id'"),
+        )
+    };
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "db-backup", "--host", h0.as_str(), "--yes"];
+        args.extend_from_slice(extra);
+        tk(&args)
+    };
+    let out = restore(&["--database", "app_copy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("loads the database dump /app.sql"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rows("app_copy"), "1|spring\n2|neap\n");
+    bed.ssh_ok(
+        0,
+        "runuser -u postgres -- psql -q -d app -c 'DELETE FROM tides WHERE id = 2'",
+    );
+    // The live database has tables: loading over them is refused…
+    let out = restore(&[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("database app already has 1 tables"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rows("app"), "1|spring\n");
+    // …unless it is replaced.
+    let out = restore(&["--replace"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("DROPS the database first"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rows("app"), "1|spring\n2|neap\n");
 }
 
 /// Build a `.deb` of `name` `version` into `dir` with dpkg-deb: `depends`

@@ -114,6 +114,35 @@ pub enum ScheduleCommand {
     },
 }
 
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup job (schedules.yaml).
+    pub job: String,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The host to restore (--host NAME, once), with the SSH options.
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// `latest` (the host's newest snapshot) or a snapshot id.
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Only this path of the snapshot (files jobs).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Restore into this directory instead of in place (files jobs).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Load a pg_dump into this database instead of the job's own.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Drop the database first (pg_dump jobs).
+    #[arg(long)]
+    pub replace: bool,
+    /// Restore without asking.
+    #[arg(long)]
+    pub yes: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NotifyCommand {
     /// Send a test message to SINK now, with the credentials the daemon would use.
@@ -314,6 +343,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// Restore a backup job's snapshot onto its host (files, or a pg_dump
+    /// database), after a preview of what it holds.
+    Restore(RestoreArgs),
     /// Shell completions on stdout: `tidekeeper completions bash > /etc/bash_completion.d/tidekeeper`.
     Completions {
         #[arg(value_enum)]

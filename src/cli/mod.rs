@@ -11,6 +11,7 @@ mod init;
 mod notify;
 mod plan;
 mod policy;
+mod restore;
 mod schedule;
 mod secrets;
 mod show;
@@ -22,6 +23,7 @@ use daemon::{post_daemon, run_daemon};
 use init::{demo, init};
 use plan::{PlanFormat, plan};
 use policy::policy_test;
+use restore::restore_cmd;
 use schedule::schedule_cmd;
 use secrets::secrets_cmd;
 use show::show;
@@ -148,6 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
+        Command::Restore(r) => restore_cmd(r),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tidekeeper", &mut std::io::stdout());

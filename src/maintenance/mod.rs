@@ -4,8 +4,10 @@
 //!
 //! - [`plan`]: schedule math and the per-host scripts (pure).
 //! - [`run`]: running a job over its hosts.
+//! - [`restore`]: a backup's snapshot back onto its host.
 
 pub mod plan;
+pub mod restore;
 pub mod run;
 
 /// What a power schedule keeps up and what that saves, for people:

@@ -126,11 +126,35 @@ fn days(w: &Window) -> String {
 /// The tag of a `pg_dump` snapshot until the dump is known to be whole.
 const PARTIAL: &str = "tidekeeper-partial";
 
-pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
-    let mut s = String::from(
+/// The start of every maintenance script: strict variables and the host's
+/// tidekeeper lock, so applies, jobs and restores never overlap.
+pub(crate) fn locked_prelude() -> String {
+    String::from(
         "set -u\nexport DEBIAN_FRONTEND=noninteractive\nmkdir -p /var/lib/tidekeeper\nexec 9>/var/lib/tidekeeper/lock\n\
          if ! flock -w 600 9; then echo 'another tidekeeper run held the host for 10 minutes' >&2; exit 75; fi\n",
-    );
+    )
+}
+
+/// A backup job's restic repository for `host` (`{{ host.name }}` filled in).
+pub(crate) fn repository_of(repository: &str, host: &str) -> String {
+    repository
+        .replace("{{ host.name }}", host)
+        .replace("{{host.name}}", host)
+}
+
+/// Shell lines that point restic at `repo` with `password` (in a file
+/// removed on exit, never in the environment of other processes).
+pub(crate) fn restic_env(password: &str, repo: &str) -> String {
+    format!(
+        "pw=$(mktemp) || exit 1\ntrap 'rm -f \"$pw\"' EXIT\nprintf '%s' {} > \"$pw\"\n\
+         export RESTIC_REPOSITORY={} RESTIC_PASSWORD_FILE=\"$pw\"\n",
+        q(password),
+        q(repo)
+    )
+}
+
+pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
+    let mut s = locked_prelude();
     match &job.kind {
         JobKind::Command { run } => {
             s.push_str(&format!("sh -c {} </dev/null\n", q(run)));
@@ -184,16 +208,8 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
                     "the backup needs its password secret decrypted (no age identity)".into(),
                 );
             };
-            let repo = repository
-                .replace("{{ host.name }}", host)
-                .replace("{{host.name}}", host);
-            s.push_str(&format!(
-                "pw=$(mktemp) || exit 1\ntrap 'rm -f \"$pw\"' EXIT\nprintf '%s' {} > \"$pw\"\n\
-                 export RESTIC_REPOSITORY={} RESTIC_PASSWORD_FILE=\"$pw\"\n\
-                 restic cat config >/dev/null 2>&1 || restic init -q || exit $?\n",
-                q(password),
-                q(&repo)
-            ));
+            s.push_str(&restic_env(password, &repository_of(repository, host)));
+            s.push_str("restic cat config >/dev/null 2>&1 || restic init -q || exit $?\n");
             let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
             if !list.is_empty() {
                 s.push_str(&format!(

@@ -315,6 +315,23 @@ fn labels_for_retention(
 /// Run `job` now over its hosts (or `only` those), honouring window,
 /// rolling settings, health gates and stop-on-failure. Snapshot and power
 /// jobs act through the hosts' cloud providers in `clouds`.
+/// The fleet with its cloud hosts' addresses, as a reconcile reaches them
+/// (unchanged without cloud hosts, or when the providers do not answer:
+/// connecting then says the address is not known).
+pub async fn with_addresses(fleet: &Fleet, clouds: &Clouds) -> Fleet {
+    let cloud = fleet.hosts.iter().any(|h| {
+        matches!(
+            h.provider,
+            crate::model::desired::ProviderKind::Hetzner
+                | crate::model::desired::ProviderKind::Lightsail
+        )
+    });
+    if cloud && let Ok(obs) = cloud::observe(clouds).await {
+        return crate::reconcile::with_cloud_addresses(fleet, &obs);
+    }
+    fleet.clone()
+}
+
 pub async fn run_job(
     fleet: &Fleet,
     job: &Job,

@@ -165,6 +165,15 @@ pub fn host_name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A PostgreSQL database name tidekeeper dumps and restores: plain
+/// characters only, since it reaches a shell script (quoted there too).
+pub fn database_name(n: &str) -> bool {
+    (1..=63).contains(&n.len())
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c))
+        && !n.starts_with('-')
+}
+
 /// A jump host written `[user@]address[:port]`: (user, address, port).
 /// The address is an IP or a DNS name (IPv6 in brackets when a port follows).
 pub fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {

@@ -238,19 +238,19 @@ impl Loader<'_> {
             for p in &b.paths {
                 self.host_path(file, p);
             }
-            if let Some(db) = &b.pg_dump {
-                let ok = (1..=63).contains(&db.value.len())
-                    && db
-                        .value
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c));
-                if !ok {
-                    self.err(
-                        at(file, db)
-                            .error("invalid-value", format!("{:?} is not a database name tidekeeper dumps", db.value))
-                            .with_help("letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)"),
-                    );
-                }
+            if let Some(db) = &b.pg_dump
+                && !check::database_name(&db.value)
+            {
+                self.err(
+                    at(file, db)
+                        .error(
+                            "invalid-value",
+                            format!("{:?} is not a database name tidekeeper dumps", db.value),
+                        )
+                        .with_help(
+                            "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
+                        ),
+                );
             }
             if b.paths.is_empty() && b.pg_dump.is_none() {
                 self.err(at(file, &b.repository).error(
