@@ -133,6 +133,15 @@ pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet 
         if let (PowerState::Running, Some(addr)) = (&s.state, &s.address) {
             h.address = Some(addr.clone());
             h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
+            // The address in the server's first network, as attached.
+            let first = h
+                .server
+                .as_ref()
+                .and_then(|sv| sv.networks.first())
+                .and_then(|n| s.networks.iter().find(|(name, _)| *name == n.name));
+            if let Some((_, ip)) = first {
+                h.private_address = Some(ip.clone());
+            }
         }
     }
     out
@@ -295,9 +304,18 @@ pub async fn apply(
         )
         .await
     };
-    if !rest.is_empty() {
+    let (gone_networks, networks): (Vec<_>, Vec<_>) = cloud
+        .as_ref()
+        .map(|c| c.networks.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|n| n.action == CloudAction::Delete);
+    let fleet_name = fleet.name.clone();
+    if !rest.is_empty() || !networks.is_empty() {
         let first = CloudPlan {
+            fleet: fleet_name.clone(),
             changes: rest,
+            networks,
             ..Default::default()
         };
         outcomes
@@ -311,9 +329,12 @@ pub async fn apply(
     // The new servers: their addresses and generated keys, then plan + apply.
     let mut fleet2 = (*fleet).clone();
     let mut ready = Vec::new();
+    let mut behind = Vec::new();
     for p in previews {
         let name = p.host.clone();
-        let made = outcomes.iter().find(|o| o.host == name);
+        let made = outcomes
+            .iter()
+            .find(|o| o.host == name && o.what == "server");
         let mut r = p;
         r.plan = None;
         match made {
@@ -328,10 +349,17 @@ pub async fn apply(
                     .find(|h| h.name == name)
                     .expect("host exists");
                 h.address = s.address.clone();
+                h.private_address = s.private_address.clone().or(h.private_address.take());
                 h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
                 let port = h.ssh.port;
                 let addr = h.address.clone().unwrap_or_default();
                 say(&name, "waiting for SSH…");
+                // Behind a jump host, only the jump host can see the port:
+                // connecting (with its retries) is the wait.
+                if h.ssh.via.is_some() {
+                    behind.push((name, r));
+                    continue;
+                }
                 match cloud::apply::wait_for_port(&addr, port, SSH_WAIT).await {
                     Ok(()) => ready.push(name),
                     Err(e) => {
@@ -356,14 +384,37 @@ pub async fn apply(
             }
         }
     }
+    // Servers behind a jump host: only a connection through it can tell
+    // when their sshd answers.
+    for (name, mut r) in behind {
+        let host = fleet2.host(&name).expect("host exists");
+        let start = std::time::Instant::now();
+        loop {
+            match engine::connect(&fleet2, host, &opts).await {
+                Ok(c) => {
+                    c.close().await;
+                    ready.push(name);
+                    break;
+                }
+                Err(e) if start.elapsed() > SSH_WAIT => {
+                    r.fail(engine::HostError::Unreachable, e.to_string());
+                    results.push(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+    }
     if !ready.is_empty() {
         let fleet2 = Arc::new(fleet2);
         let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone(), pool).await;
         results.extend(engine::apply_all(planned, pool, opts.clone(), progress.clone()).await);
     }
-    if !deletes.is_empty() {
+    if !deletes.is_empty() || !gone_networks.is_empty() {
         let last = CloudPlan {
+            fleet: fleet_name,
             changes: deletes,
+            networks: gone_networks,
             ..Default::default()
         };
         outcomes.extend(cloud::apply::apply(&last, clouds, &login_keys, opts.parallel, &say).await);
@@ -415,12 +466,13 @@ pub fn cloud_summary(outcomes: &[CloudOutcome]) -> String {
     for o in outcomes {
         let line = match &o.error {
             None => format!(
-                "{:<16} ok      server {} ({:.1}s)",
+                "{:<16} ok      {} {} ({:.1}s)",
                 o.host,
+                o.what,
                 o.action.word(),
                 o.seconds
             ),
-            Some(e) => format!("{:<16} FAILED  server {}: {e}", o.host, o.action.word()),
+            Some(e) => format!("{:<16} FAILED  {} {}: {e}", o.host, o.what, o.action.word()),
         };
         s.push_str(&line);
         s.push('\n');

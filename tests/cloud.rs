@@ -923,3 +923,134 @@ fn lightsail_credentials_and_region_come_from_the_aws_sdk_chain() {
     assert!(all.contains("no AWS credentials"), "{all}");
     assert!(all.contains("AWS_PROFILE"), "{all}");
 }
+
+const GATE: &str = "provider: hetzner
+server:
+  type: cpx11
+  image: debian-12
+  location: fsn1
+  networks: [{name: private, ip: 10.0.1.2}]
+roles: [base]
+";
+
+const INSIDE: &str = "provider: hetzner
+server:
+  type: cpx11
+  image: debian-12
+  location: fsn1
+  networks: [private]
+ssh: {via: gate, address: private}
+roles: [base]
+";
+
+/// A private network: created (free) before the servers, which are
+/// attached to it; a server reached only at its private address is
+/// configured through the bastion, which alone can reach it (this
+/// machine has no route to the network). Detached and deleted again, the
+/// delete only with permission.
+#[test]
+fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted_with_permission() {
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/gate.yaml", GATE),
+            ("hosts/inside.yaml", INSIDE),
+        ],
+        "networks:\n  private: {ip_range: 10.0.0.0/16, subnets: [10.0.1.0/24]}\n",
+    );
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(plan.contains("+ private network (Hetzner)  free"), "{plan}");
+    assert!(plan.contains("ip range: 10.0.0.0/16"), "{plan}");
+    assert!(
+        plan.contains("networks: private (next free address)"),
+        "{plan}"
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let net = f
+        .hetzner
+        .network("private")
+        .expect("the network was created");
+    assert_eq!(
+        net.labels.get("managed-by").map(String::as_str),
+        Some("tidekeeper")
+    );
+    assert!(net.protected, "protected against deletion, as servers are");
+    let gate = f.hetzner.server("gate").unwrap();
+    let inside = f.hetzner.server("inside").unwrap();
+    assert_eq!(
+        net.servers.get(&gate.id).map(String::as_str),
+        Some("10.0.1.2")
+    );
+    let inside_ip = net
+        .servers
+        .get(&inside.id)
+        .cloned()
+        .expect("inside attached");
+    assert_eq!(inside_ip, "10.0.1.3", "the next free address");
+    // Configured through the bastion, over the private network.
+    assert_eq!(f.ssh("inside", "cat /etc/tk-cloud"), "hello inside\n");
+    assert_eq!(
+        f.ssh("gate", "ip -4 -o addr show dev ens10 | awk '{print $4}'")
+            .trim(),
+        "10.0.1.2/24"
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+
+    // inside leaves the network (and is reached at its public address).
+    f.repo.write(
+        "hosts/inside.yaml",
+        "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\nroles: [base]\n",
+    );
+    f.repo.commit("inside leaves the network");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("networks: private 10.0.1.3 → (none)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !f.hetzner
+            .network("private")
+            .unwrap()
+            .servers
+            .contains_key(&inside.id)
+    );
+
+    // The network leaves the config: not deleted without permission…
+    f.repo.write(
+        "hosts/gate.yaml",
+        &GATE.replace("  networks: [{name: private, ip: 10.0.1.2}]\n", ""),
+    );
+    let yaml = f.repo.read("tidekeeper.yaml");
+    f.repo.write(
+        "tidekeeper.yaml",
+        &yaml.replace(
+            "networks:\n  private: {ip_range: 10.0.0.0/16, subnets: [10.0.1.0/24]}\n",
+            "",
+        ),
+    );
+    f.repo.commit("no more network");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("network private: it would be deleted, but destroying it is not permitted"),
+        "{}",
+        text(&out)
+    );
+    assert!(f.hetzner.network("private").is_some());
+    // …and with it.
+    let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(f.hetzner.network("private").is_none(), "deleted");
+    assert!(
+        f.hetzner.server("gate").unwrap().id == gate.id,
+        "the servers stay"
+    );
+}

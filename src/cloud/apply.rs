@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::plan::{CloudAction, CloudChange, CloudPlan};
+use super::plan::{CloudAction, CloudChange, CloudPlan, NetworkChange};
 use super::{Clouds, HOST_KEY, ObservedServer, hostkey};
 
 /// What happened to one server.
 #[derive(Debug, Clone, Serialize)]
 pub struct CloudOutcome {
+    /// The host whose server this is, or the network's name.
     pub host: String,
+    /// `server` or `network`.
+    pub what: &'static str,
     pub action: CloudAction,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -63,6 +66,7 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
     let start = Instant::now();
     let mut out = CloudOutcome {
         host: c.host.clone(),
+        what: "server",
         action: c.action,
         error: None,
         server: None,
@@ -131,6 +135,14 @@ pub async fn apply(
     progress: &(dyn Fn(&str, &str) + Send + Sync),
 ) -> Vec<CloudOutcome> {
     let mut outcomes = Vec::new();
+    // Networks first: servers are attached to them as they are created.
+    let (gone, made): (Vec<_>, Vec<_>) = plan
+        .networks
+        .iter()
+        .partition(|n| n.action == CloudAction::Delete);
+    for n in made {
+        outcomes.push(network(clouds, plan.fleet.clone(), n, progress).await);
+    }
     let (deletes, rest): (Vec<&CloudChange>, Vec<&CloudChange>) = plan
         .changes
         .iter()
@@ -145,6 +157,7 @@ pub async fn apply(
                     if let Some(b) = &c.blocked {
                         return CloudOutcome {
                             host: c.host.clone(),
+                            what: "server",
                             action: c.action,
                             error: Some(format!("refused: {b}")),
                             server: None,
@@ -168,7 +181,57 @@ pub async fn apply(
             .collect();
         outcomes.extend(super::join_all(work).await);
     }
+    // Networks last to go: after the servers on them.
+    for n in gone {
+        outcomes.push(network(clouds, plan.fleet.clone(), n, progress).await);
+    }
     outcomes
+}
+
+/// Create, extend or delete one network.
+async fn network(
+    clouds: &Clouds,
+    fleet: String,
+    n: &NetworkChange,
+    progress: &(dyn Fn(&str, &str) + Send + Sync),
+) -> CloudOutcome {
+    let start = Instant::now();
+    let label = format!("network {}", n.name);
+    let mut out = CloudOutcome {
+        host: n.name.clone(),
+        what: "network",
+        action: n.action,
+        error: None,
+        server: None,
+        host_key: None,
+        seconds: 0.0,
+    };
+    let result: Result<(), String> = async {
+        if let Some(b) = &n.blocked {
+            return Err(format!("refused: {b}"));
+        }
+        let provider = clouds
+            .get(n.provider)
+            .ok_or_else(|| format!("no client for {:?}", n.provider))?;
+        progress(&label, &format!("{} network…", gerund(n.action)));
+        match (&n.desired, &n.observed) {
+            (_, Some(o)) if n.action == CloudAction::Delete => provider.delete_network(o).await,
+            (Some(d), _) => provider.ensure_network(&fleet, d).await,
+            _ => return Err("a network change without a network".into()),
+        }
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    out.error = result.err();
+    out.seconds = start.elapsed().as_secs_f64();
+    match &out.error {
+        None => progress(
+            &label,
+            &format!("network {} ({:.0}s)", past(n.action), out.seconds),
+        ),
+        Some(e) => progress(&label, &format!("network failed: {e}")),
+    }
+    out
 }
 
 fn gerund(a: CloudAction) -> &'static str {

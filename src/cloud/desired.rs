@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{ALLOW_DESTROY, FLEET, MANAGED_BY, MANAGED_BY_VALUE};
-use crate::model::desired::{CloudPort, Fleet, Host, ProviderKind};
+use crate::model::desired::{CloudPort, Fleet, Host, ProviderKind, ServerNetwork};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DesiredServer {
@@ -27,6 +27,8 @@ pub struct DesiredServer {
     #[serde(skip)]
     pub user_data: Option<String>,
     pub allow_destroy: bool,
+    /// Private networks to be attached to (Hetzner).
+    pub networks: Vec<ServerNetwork>,
 }
 
 /// The ownership labels for `fleet`.
@@ -62,6 +64,7 @@ pub fn server(fleet: &str, host: &Host) -> Option<DesiredServer> {
         ssh_keys: s.ssh_keys.clone(),
         user_data: s.user_data.clone(),
         allow_destroy: host.allow_destroy,
+        networks: s.networks.clone(),
     })
 }
 

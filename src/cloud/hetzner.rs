@@ -18,17 +18,17 @@ use std::time::{Duration, Instant};
 
 use hcloud::apis::configuration::Configuration;
 use hcloud::apis::{
-    Error as HError, actions_api, firewalls_api, floating_ips_api, images_api, pricing_api,
-    servers_api, ssh_keys_api,
+    Error as HError, actions_api, firewalls_api, floating_ips_api, images_api, networks_api,
+    pricing_api, servers_api, ssh_keys_api,
 };
 use hcloud::models;
 
 use super::desired::{DesiredServer, fold_any, normalize};
 use super::{
-    ACTION_TIMEOUT, CloudError, FLEET, Fut, MANAGED_BY, MANAGED_BY_VALUE, ObservedServer,
-    PowerState, PriceList, Provider, Snapshot,
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, MANAGED_BY, MANAGED_BY_VALUE, ObservedNetwork,
+    ObservedServer, PowerState, PriceList, Provider, Snapshot,
 };
-use crate::model::desired::{CloudPort, Hetzner as Settings, ProviderKind};
+use crate::model::desired::{CloudPort, Hetzner as Settings, Network, ProviderKind};
 
 const NAME: &str = "hetzner";
 const ATTEMPTS: u32 = 8;
@@ -333,6 +333,113 @@ impl Hetzner {
         }
     }
 
+    async fn list_networks(&self) -> Result<Vec<models::Network>, CloudError> {
+        self.paged(|page| {
+            let params = networks_api::ListNetworksParams {
+                page: Some(page),
+                per_page: Some(50),
+                ..Default::default()
+            };
+            async move {
+                let r = self
+                    .call("listing networks", || {
+                        networks_api::list_networks(&self.config, params.clone())
+                    })
+                    .await?;
+                Ok((r.networks, r.meta.pagination.next_page))
+            }
+        })
+        .await
+    }
+
+    async fn network_protection(&self, id: i64, on: bool) -> Result<(), CloudError> {
+        let req = models::ChangeNetworkProtectionRequest { delete: Some(on) };
+        let r = self
+            .call("changing the network's delete protection", || {
+                networks_api::change_network_protection(
+                    &self.config,
+                    networks_api::ChangeNetworkProtectionParams {
+                        id,
+                        change_network_protection_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+        self.wait(&r.action, "changing the network's delete protection")
+            .await
+    }
+
+    /// Attach the server to the networks `want` names (at its fixed
+    /// address where one is asked for) and detach it from the others.
+    async fn sync_networks(&self, id: i64, want: &DesiredServer) -> Result<(), CloudError> {
+        let server = self.server(id).await?;
+        if want.networks.is_empty() && server.private_net.is_empty() {
+            return Ok(());
+        }
+        let networks = self.list_networks().await?;
+        let id_of = |name: &str| networks.iter().find(|n| n.name == name).map(|n| n.id);
+        for have in &server.private_net {
+            let Some(net) = have.network else { continue };
+            let name = networks
+                .iter()
+                .find(|n| n.id == net)
+                .map(|n| n.name.as_str());
+            let keep = want.networks.iter().any(|w| {
+                Some(w.name.as_str()) == name
+                    && w.ip.as_ref().is_none_or(|ip| have.ip.as_ref() == Some(ip))
+            });
+            if keep {
+                continue;
+            }
+            let req = models::DetachServerFromNetworkRequest { network: net };
+            let r = self
+                .call("detaching the server from a network", || {
+                    servers_api::detach_server_from_network(
+                        &self.config,
+                        servers_api::DetachServerFromNetworkParams {
+                            id,
+                            detach_server_from_network_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "detaching the server from a network")
+                .await?;
+        }
+        let server = self.server(id).await?;
+        for w in &want.networks {
+            let net = id_of(&w.name).ok_or_else(|| {
+                CloudError::api(
+                    NAME,
+                    "attaching the server to a network",
+                    format!("there is no network {}", w.name),
+                )
+            })?;
+            if server.private_net.iter().any(|p| p.network == Some(net)) {
+                continue;
+            }
+            let req = models::AttachServerToNetworkRequest {
+                network: net,
+                ip: w.ip.clone(),
+                ..Default::default()
+            };
+            let r = self
+                .call("attaching the server to a network", || {
+                    servers_api::attach_server_to_network(
+                        &self.config,
+                        servers_api::AttachServerToNetworkParams {
+                            id,
+                            attach_server_to_network_request: req.clone(),
+                        },
+                    )
+                })
+                .await?;
+            self.wait(&r.action, "attaching the server to a network")
+                .await?;
+        }
+        Ok(())
+    }
+
     fn observed(&self, s: &models::Server, firewalls: &[models::Firewall]) -> ObservedServer {
         let applied = |f: &&models::Firewall| {
             f.applied_to
@@ -357,6 +464,7 @@ impl Hetzner {
             firewall: firewalls.iter().find(applied).map(|f| ports(&f.rules)),
             static_ip: !s.public_net.floating_ips.is_empty(),
             delete_protection: s.protection.delete,
+            networks: Vec::new(),
         }
     }
 
@@ -769,9 +877,12 @@ impl Hetzner {
             self.ensure_floating_ip(&fleet, &want.host, created.id, &want.location)
                 .await?;
         }
+        self.sync_networks(created.id, want).await?;
         let s = self.until_running(created.id).await?;
-        let firewalls = self.list_firewalls().await?;
-        Ok(self.observed(&s, &firewalls))
+        let (firewalls, networks) = (self.list_firewalls().await?, self.list_networks().await?);
+        let mut o = self.observed(&s, &firewalls);
+        o.networks = attached(&s, &networks);
+        Ok(o)
     }
 
     async fn wait_power(&self, id: i64, want: models::server::Status) -> Result<(), CloudError> {
@@ -840,6 +951,21 @@ impl Hetzner {
     }
 }
 
+/// The networks a server is attached to, by name, with its address there.
+fn attached(s: &models::Server, networks: &[models::Network]) -> Vec<(String, String)> {
+    s.private_net
+        .iter()
+        .map(|p| {
+            let name = networks
+                .iter()
+                .find(|n| Some(n.id) == p.network)
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| format!("#{}", p.network.unwrap_or_default()));
+            (name, p.ip.clone().unwrap_or_default())
+        })
+        .collect()
+}
+
 fn id_of(s: &ObservedServer) -> Result<i64, CloudError> {
     s.id.parse()
         .map_err(|_| CloudError::api(NAME, "reading the server id", &s.id))
@@ -868,11 +994,19 @@ impl Provider for Hetzner {
 
     fn servers(&self) -> Fut<'_, Vec<ObservedServer>> {
         Box::pin(async move {
-            let (servers, firewalls) = tokio::join!(self.list_servers(None), self.list_firewalls());
-            let (servers, firewalls) = (servers?, firewalls?);
+            let (servers, firewalls, networks) = tokio::join!(
+                self.list_servers(None),
+                self.list_firewalls(),
+                self.list_networks()
+            );
+            let (servers, firewalls, networks) = (servers?, firewalls?, networks?);
             Ok(servers
                 .iter()
-                .map(|s| self.observed(s, &firewalls))
+                .map(|s| {
+                    let mut o = self.observed(s, &firewalls);
+                    o.networks = attached(s, &networks);
+                    o
+                })
                 .collect())
         })
     }
@@ -945,7 +1079,7 @@ impl Provider for Hetzner {
                 self.ensure_floating_ip(&fleet, &want.host, id, &want.location)
                     .await?;
             }
-            Ok(())
+            self.sync_networks(id, want).await
         })
     }
 
@@ -1096,6 +1230,119 @@ impl Provider for Hetzner {
                 .map_err(|_| CloudError::api(NAME, "reading the snapshot id", &snapshot.id))?;
             self.call("deleting a snapshot", || {
                 images_api::delete_image(&self.config, images_api::DeleteImageParams { id })
+            })
+            .await
+        })
+    }
+
+    fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
+        Box::pin(async move {
+            Ok(self
+                .list_networks()
+                .await?
+                .into_iter()
+                .map(|n| ObservedNetwork {
+                    provider: ProviderKind::Hetzner,
+                    id: n.id.to_string(),
+                    name: n.name,
+                    ip_range: n.ip_range,
+                    subnets: n.subnets.into_iter().filter_map(|s| s.ip_range).collect(),
+                    labels: n.labels.into_iter().collect(),
+                    delete_protection: n.protection.delete,
+                })
+                .collect())
+        })
+    }
+
+    fn ensure_network<'a>(&'a self, fleet: &'a str, want: &'a Network) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let subnet = |range: &str| {
+                let mut s = models::Subnet::new(want.zone.clone(), models::subnet::Type::Cloud);
+                s.ip_range = Some(range.to_string());
+                s
+            };
+            let found = self
+                .list_networks()
+                .await?
+                .into_iter()
+                .find(|n| n.name == want.name);
+            let (id, protected) = match found {
+                Some(n) => {
+                    if !super::owned(&n.labels, fleet) {
+                        return Err(CloudError::api(
+                            NAME,
+                            "creating a network",
+                            format!(
+                                "a network named {} exists but is not managed by tidekeeper for fleet {fleet}",
+                                want.name
+                            ),
+                        ));
+                    }
+                    for range in &want.subnets {
+                        if n.subnets.iter().any(|s| s.ip_range.as_ref() == Some(range)) {
+                            continue;
+                        }
+                        let params = networks_api::AddSubnetToNetworkParams {
+                            id: n.id,
+                            subnet: subnet(range),
+                        };
+                        let r = self
+                            .call("adding a subnet", || {
+                                networks_api::add_subnet_to_network(&self.config, params.clone())
+                            })
+                            .await?;
+                        self.wait(&r.action, "adding a subnet").await?;
+                    }
+                    (n.id, n.protection.delete)
+                }
+                None => {
+                    let mut labels: HashMap<String, String> =
+                        super::desired::ownership(fleet).into_iter().collect();
+                    if want.allow_destroy {
+                        labels.insert(super::ALLOW_DESTROY.into(), "true".into());
+                    }
+                    let req = models::CreateNetworkRequest {
+                        ip_range: want.ip_range.clone(),
+                        name: want.name.clone(),
+                        labels: Some(labels),
+                        subnets: Some(want.subnets.iter().map(|r| subnet(r)).collect()),
+                        ..Default::default()
+                    };
+                    let r = self
+                        .call("creating a network", || {
+                            networks_api::create_network(
+                                &self.config,
+                                networks_api::CreateNetworkParams {
+                                    create_network_request: req.clone(),
+                                },
+                            )
+                        })
+                        .await?;
+                    let n = r.network.ok_or_else(|| {
+                        CloudError::api(NAME, "creating a network", "the answer named no network")
+                    })?;
+                    (n.id, n.protection.delete)
+                }
+            };
+            // Protected as servers are: deleted only when the config allows.
+            if protected == want.allow_destroy {
+                self.network_protection(id, !want.allow_destroy).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_network<'a>(&'a self, have: &'a ObservedNetwork) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id: i64 = have
+                .id
+                .parse()
+                .map_err(|_| CloudError::api(NAME, "reading the network id", &have.id))?;
+            if have.delete_protection {
+                self.network_protection(id, false).await?;
+            }
+            self.call("deleting a network", || {
+                networks_api::delete_network(&self.config, networks_api::DeleteNetworkParams { id })
             })
             .await
         })

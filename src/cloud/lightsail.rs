@@ -230,6 +230,7 @@ impl Lightsail {
             state: state(&i.state),
             address: i.public_ip.clone(),
             private_address: i.private_ip.clone(),
+            networks: Vec::new(),
             firewall: Some(ports(&i.ports)),
             static_ip: i.is_static_ip,
             delete_protection: false,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::desired::{CloudPort, Fleet, ProviderKind};
+use crate::model::desired::{CloudPort, Fleet, Network, ProviderKind};
 pub use desired::DesiredServer;
 
 pub const MANAGED_BY: &str = "managed-by";
@@ -121,6 +121,26 @@ pub struct ObservedServer {
     pub firewall: Option<Vec<CloudPort>>,
     pub static_ip: bool,
     pub delete_protection: bool,
+    /// Private networks it is attached to: (network name, its address there).
+    pub networks: Vec<(String, String)>,
+}
+
+/// A private network as the provider lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObservedNetwork {
+    pub provider: ProviderKind,
+    pub id: String,
+    pub name: String,
+    pub ip_range: String,
+    pub subnets: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub delete_protection: bool,
+}
+
+impl ObservedNetwork {
+    pub fn owned_by(&self, fleet: &str) -> bool {
+        owned(&self.labels, fleet)
+    }
 }
 
 impl ObservedServer {
@@ -219,6 +239,31 @@ pub trait Provider: Send + Sync {
         labels: &'a BTreeMap<String, String>,
     ) -> Fut<'a, Vec<Snapshot>>;
     fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()>;
+    /// Private networks in the account (none where the provider has none).
+    fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Create network `want` for `fleet`, or add the subnets it lacks.
+    fn ensure_network<'a>(&'a self, fleet: &'a str, want: &'a Network) -> Fut<'a, ()> {
+        let _ = (fleet, want);
+        Box::pin(async move {
+            Err(CloudError::api(
+                "provider",
+                "creating a network",
+                "this provider has no private networks",
+            ))
+        })
+    }
+    fn delete_network<'a>(&'a self, have: &'a ObservedNetwork) -> Fut<'a, ()> {
+        let _ = have;
+        Box::pin(async move {
+            Err(CloudError::api(
+                "provider",
+                "deleting a network",
+                "this provider has no private networks",
+            ))
+        })
+    }
 }
 
 /// How long to wait for the provider's work (create, resize, …).
@@ -289,6 +334,7 @@ impl Clouds {
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub servers: Vec<ObservedServer>,
+    pub networks: Vec<ObservedNetwork>,
     pub prices: BTreeMap<ProviderKind, PriceList>,
 }
 
@@ -306,18 +352,19 @@ pub async fn observe(clouds: &Clouds) -> Result<Observed, CloudError> {
     let work: Vec<_> = clouds
         .all()
         .map(|p| async move {
-            let (servers, prices) = tokio::join!(p.servers(), p.prices());
-            let r = servers.and_then(|s| Ok((s, prices?)));
+            let (servers, prices, networks) = tokio::join!(p.servers(), p.prices(), p.networks());
+            let r = servers.and_then(|s| Ok((s, prices?, networks?)));
             (p.kind(), r)
         })
         .collect();
     for (kind, r) in join_all(work).await {
-        let (servers, prices) = match r {
+        let (servers, prices, networks) = match r {
             Ok(v) => v,
             Err(e) if e.is_missing_credentials() && clouds.unused.contains(&kind) => continue,
             Err(e) => return Err(e),
         };
         out.servers.extend(servers);
+        out.networks.extend(networks);
         out.prices.insert(kind, prices);
     }
     Ok(out)

@@ -93,6 +93,9 @@ impl CostLine {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CloudPlan {
+    /// The fleet planned (its name labels what the plan creates).
+    #[serde(skip)]
+    pub fleet: String,
     pub changes: Vec<CloudChange>,
     /// Monthly cost of the fleet's servers, per currency.
     pub cost: BTreeMap<&'static str, CostLine>,
@@ -108,16 +111,37 @@ pub struct CloudPlan {
     /// What each host's server costs a month once the plan is applied.
     #[serde(skip)]
     pub server_cost: BTreeMap<String, (ProviderKind, Monthly)>,
+    /// Private networks to create, extend or delete (they cost nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkChange>,
+}
+
+/// A change to a private network.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkChange {
+    pub name: String,
+    pub provider: ProviderKind,
+    /// Create, Update (subnets added) or Delete.
+    pub action: CloudAction,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attrs: Vec<Attr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+    #[serde(skip)]
+    pub desired: Option<crate::model::desired::Network>,
+    #[serde(skip)]
+    pub observed: Option<crate::cloud::ObservedNetwork>,
 }
 
 impl CloudPlan {
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty()
+        !self.changes.is_empty() || !self.networks.is_empty()
     }
     pub fn blocked(&self) -> Vec<String> {
         self.changes
             .iter()
             .filter_map(|c| c.blocked.clone())
+            .chain(self.networks.iter().filter_map(|n| n.blocked.clone()))
             .chain(self.errors.iter().cloned())
             .collect()
     }
@@ -154,6 +178,131 @@ fn rules_text(r: &[crate::model::desired::CloudPort]) -> String {
     } else {
         r.iter().map(describe_port).collect::<Vec<_>>().join("; ")
     }
+}
+
+/// Does the server need attaching or detaching? (A fixed address that
+/// differs means detaching and attaching again.)
+fn networks_differ(d: &DesiredServer, o: &ObservedServer) -> bool {
+    d.networks.len() != o.networks.len()
+        || d.networks.iter().any(|w| {
+            !o.networks
+                .iter()
+                .any(|(n, ip)| *n == w.name && w.ip.as_ref().is_none_or(|want| want == ip))
+        })
+}
+
+fn networks_text(n: &[crate::model::desired::ServerNetwork]) -> String {
+    if n.is_empty() {
+        return "(none)".into();
+    }
+    n.iter()
+        .map(|n| match &n.ip {
+            Some(ip) => format!("{} {ip}", n.name),
+            None => format!("{} (next free address)", n.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn observed_networks_text(n: &[(String, String)]) -> String {
+    if n.is_empty() {
+        return "(none)".into();
+    }
+    n.iter()
+        .map(|(name, ip)| format!("{name} {ip}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Networks the fleet declares against those the providers have: create
+/// the missing, add subnets, and (planning the whole fleet) delete the
+/// fleet's networks no longer declared, where their config allowed it.
+pub fn plan_networks(
+    fleet: &Fleet,
+    observed: &Observed,
+    whole: bool,
+    opts: PlanOptions,
+) -> (Vec<NetworkChange>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for n in &fleet.networks {
+        let have = observed
+            .networks
+            .iter()
+            .find(|o| o.provider == ProviderKind::Hetzner && o.name == n.name);
+        let Some(o) = have else {
+            out.push(NetworkChange {
+                name: n.name.clone(),
+                provider: ProviderKind::Hetzner,
+                action: CloudAction::Create,
+                attrs: vec![
+                    attr("ip range", None, Some(n.ip_range.clone())),
+                    attr("subnets", None, Some(n.subnets.join(", "))),
+                    attr("zone", None, Some(n.zone.clone())),
+                ],
+                blocked: None,
+                desired: Some(n.clone()),
+                observed: None,
+            });
+            continue;
+        };
+        if !o.owned_by(&fleet.name) {
+            errors.push(format!(
+                "network {}: a network of that name exists but is not managed by tidekeeper for fleet {:?}; rename the network in tidekeeper.yaml, or adopt it by adding the labels managed-by=tidekeeper, tidekeeper-fleet={}",
+                n.name, fleet.name, fleet.name
+            ));
+            continue;
+        }
+        if o.ip_range != n.ip_range {
+            errors.push(format!(
+                "network {}: its range is {} and the config asks for {}; a network's range is not changed in place (create a new network and move the servers)",
+                n.name, o.ip_range, n.ip_range
+            ));
+            continue;
+        }
+        let missing: Vec<&String> = n
+            .subnets
+            .iter()
+            .filter(|s| !o.subnets.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            out.push(NetworkChange {
+                name: n.name.clone(),
+                provider: ProviderKind::Hetzner,
+                action: CloudAction::Update,
+                attrs: vec![attr(
+                    "subnets",
+                    Some(o.subnets.join(", ")),
+                    Some(n.subnets.join(", ")),
+                )],
+                blocked: None,
+                desired: Some(n.clone()),
+                observed: Some(o.clone()),
+            });
+        }
+    }
+    if whole {
+        for o in observed.networks.iter().filter(|o| o.owned_by(&fleet.name)) {
+            if fleet.networks.iter().any(|n| n.name == o.name) {
+                continue;
+            }
+            let permitted = opts.allow_destroy
+                || o.labels.get(ALLOW_DESTROY).map(String::as_str) == Some("true");
+            out.push(NetworkChange {
+                name: o.name.clone(),
+                provider: o.provider,
+                action: CloudAction::Delete,
+                attrs: vec![],
+                blocked: (!permitted).then(|| format!(
+                    "network {}: it would be deleted, but destroying it is not permitted: set `allow_destroy: true` on it in tidekeeper.yaml (apply that first, then remove it), or run `tidekeeper apply --allow-destroy`",
+                    o.name
+                )),
+                desired: None,
+                observed: Some(o.clone()),
+            });
+        }
+    }
+    (out, errors)
 }
 
 fn size_word(p: ProviderKind) -> &'static str {
@@ -254,7 +403,10 @@ pub fn plan(
     scope: Option<&[String]>,
     opts: PlanOptions,
 ) -> CloudPlan {
-    let mut plan = CloudPlan::default();
+    let mut plan = CloudPlan {
+        fleet: fleet.name.clone(),
+        ..Default::default()
+    };
     stated_costs(fleet, &mut plan);
     let in_scope = |host: &str| scope.is_none_or(|s| s.iter().any(|h| h == host));
     let price = |p: ProviderKind, size: &str, loc: &str| {
@@ -312,15 +464,19 @@ pub fn plan(
             ));
         }
         let Some(o) = observed.server(d.provider, &d.host) else {
+            let mut attrs = vec![
+                attr(size_word(d.provider), None, Some(d.size.clone())),
+                attr(image_word(d.provider), None, Some(d.image.clone())),
+                attr(location_word(d.provider), None, Some(d.location.clone())),
+            ];
+            if !d.networks.is_empty() {
+                attrs.push(attr("networks", None, Some(networks_text(&d.networks))));
+            }
             changes.push(CloudChange {
                 host: d.host.clone(),
                 provider: d.provider,
                 action: CloudAction::Create,
-                attrs: vec![
-                    attr(size_word(d.provider), None, Some(d.size.clone())),
-                    attr(image_word(d.provider), None, Some(d.image.clone())),
-                    attr(location_word(d.provider), None, Some(d.location.clone())),
-                ],
+                attrs,
                 reason: None,
                 cost_before: None,
                 cost_after: after,
@@ -411,6 +567,13 @@ pub fn plan(
                 Some(rules_text(&d.firewall)),
             ));
         }
+        if networks_differ(d, o) {
+            attrs.push(attr(
+                "networks",
+                Some(observed_networks_text(&o.networks)),
+                Some(networks_text(&d.networks)),
+            ));
+        }
         if d.static_ip && !o.static_ip {
             attrs.push(attr(
                 "static ip",
@@ -478,6 +641,9 @@ pub fn plan(
         }
     }
     plan.changes = changes;
+    let (networks, errors) = plan_networks(fleet, observed, scope.is_none(), opts);
+    plan.networks = networks;
+    plan.errors.extend(errors);
     plan
 }
 
@@ -601,6 +767,36 @@ pub fn text(p: &CloudPlan, color: bool) -> String {
         ("", "", "", "", "")
     };
     let mut s = String::new();
+    if !p.networks.is_empty() {
+        s.push_str("Private networks\n");
+        for n in &p.networks {
+            let col = match n.action {
+                CloudAction::Create => green,
+                CloudAction::Delete => red,
+                _ => yellow,
+            };
+            let _ = writeln!(
+                s,
+                "  {col}{:>3}{reset} {bold}{} network{reset} ({})  free",
+                n.action.symbol(),
+                n.name,
+                provider_name(n.provider)
+            );
+            for a in &n.attrs {
+                let line = match (&a.before, &a.after) {
+                    (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
+                    (None, Some(x)) => format!("{}: {x}", a.name),
+                    (Some(b), None) => format!("- {}: {b}", a.name),
+                    (None, None) => a.name.clone(),
+                };
+                let _ = writeln!(s, "        {line}");
+            }
+            if let Some(b) = &n.blocked {
+                let _ = writeln!(s, "  {red}blocked:{reset} {b}");
+            }
+        }
+        s.push('\n');
+    }
     if p.changes.is_empty()
         && p.errors.is_empty()
         && p.warnings.is_empty()
@@ -713,6 +909,7 @@ mod tests {
             state: PowerState::Running,
             address: Some("10.0.0.1".into()),
             private_address: None,
+            networks: vec![],
             firewall: None,
             static_ip: false,
             delete_protection: true,
@@ -727,6 +924,7 @@ mod tests {
         let obs = Observed {
             servers,
             prices: prices(),
+            networks: vec![],
         };
         plan(f, &crate::cloud::desired::servers(f), &obs, None, opts)
     }

@@ -207,7 +207,7 @@ impl Loop {
             match &o.error {
                 Some(e) => {
                     warn!(host = %o.host, action = o.action.word(), error = %e, "server change failed");
-                    cloud_failures.push(format!("{} server: {e}", o.host));
+                    cloud_failures.push(format!("{} {}: {e}", o.host, o.what));
                 }
                 None => {
                     info!(host = %o.host, action = o.action.word(), seconds = o.seconds, "server changed")

@@ -312,6 +312,14 @@ pub enum Event {
 pub type Progress = Arc<dyn Fn(Event) + Send + Sync>;
 
 fn address_of(host: &Host) -> Result<String, EngineError> {
+    if host.ssh.address == crate::model::desired::SshAddress::Private {
+        return host.private_address.clone().ok_or_else(|| {
+            EngineError::NoAddress(format!(
+                "{} connects to its private address, which is not known yet (its server is created and attached by the cloud stage)",
+                host.name
+            ))
+        });
+    }
     match (&host.address, host.provider) {
         (Some(a), _) => Ok(a.clone()),
         (None, ProviderKind::Local) => Ok("local".into()),

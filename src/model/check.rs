@@ -266,6 +266,53 @@ pub fn cidr(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A parsed network (`10.0.0.0/16`, or one address as its /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    /// `any` is the whole IPv4 internet (use [`Net::any_v6`] for IPv6).
+    pub fn parse(s: &str) -> Option<Net> {
+        if s == "any" {
+            return Some(Net {
+                addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                prefix: 0,
+            });
+        }
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() { max } else { p.parse().ok()? };
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    fn bits(a: IpAddr) -> (u128, u8) {
+        match a {
+            IpAddr::V4(v) => (u32::from(v) as u128, 32),
+            IpAddr::V6(v) => (u128::from(v), 128),
+        }
+    }
+
+    /// Is all of `inner` inside this network?
+    pub fn contains(&self, inner: &Net) -> bool {
+        let ((a, w), (b, w2)) = (Self::bits(self.addr), Self::bits(inner.addr));
+        if w != w2 || inner.prefix < self.prefix {
+            return false;
+        }
+        let shift = (w - self.prefix) as u32;
+        shift >= 128 || (a >> shift) == (b >> shift)
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A duration such as `90s`, `10m`, `2h`, `1d`, or combined `1h30m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let err =
@@ -401,6 +448,20 @@ mod tests {
         assert!(cidr("any").is_ok());
         assert!(cidr("10.0.0.0/33").is_err());
         assert!(cidr("10.0.0").is_err());
+    }
+
+    #[test]
+    fn networks_contain_networks_of_their_family() {
+        let n = |s: &str| Net::parse(s).unwrap();
+        assert!(n("10.0.0.0/16").contains(&n("10.0.1.0/24")));
+        assert!(n("10.0.0.0/16").contains(&n("10.0.255.7")));
+        assert!(!n("10.0.0.0/16").contains(&n("10.1.0.2")));
+        assert!(!n("10.0.1.0/24").contains(&n("10.0.0.0/16")));
+        assert!(n("0.0.0.0/0").contains(&n("203.0.113.9")));
+        assert!(n("any").contains(&n("203.0.113.9")));
+        assert!(!n("0.0.0.0/0").contains(&n("2001:db8::1")));
+        assert!(n("::/0").contains(&n("2001:db8::1")));
+        assert!(Net::parse("10.0.0.0/33").is_none());
     }
 
     #[test]

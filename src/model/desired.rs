@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 use super::diag::Origin;
 pub use super::raw::{
     DriftMode, ForgeKind, MountState, Policy, ProviderKind, RebootPolicy, RuleAction, ServiceState,
-    UpgradeMode,
+    SshAddress, UpgradeMode,
 };
 use crate::schedule::Window;
 
@@ -35,6 +35,9 @@ pub struct Fleet {
     /// Decrypted secrets by name, for maintenance jobs (backup passwords).
     #[serde(skip)]
     pub secret_values: SecretValues,
+    /// Private networks (`networks:` in tidekeeper.yaml), by name order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
     /// `rollout:` of `count: N` groups, by group name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub group_rollouts: BTreeMap<String, Rollout>,
@@ -98,6 +101,10 @@ pub struct Settings {
     pub rollout: Option<Rollout>,
     /// `notify:`: who is told what (no sinks: nobody).
     pub notify: crate::model::notify::Notify,
+    /// `networks:`, for checking hosts while loading; the fleet's own copy
+    /// ([`Fleet::networks`]) is what the cloud stage uses.
+    #[serde(skip)]
+    pub networks: Vec<Network>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -304,6 +311,29 @@ pub struct Ssh {
     /// The jump host the connection tunnels through (none: direct).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<Jump>,
+    /// Connect to a cloud server's public or private (network) address.
+    pub address: SshAddress,
+    /// Where tidekeeper connects from (CIDRs; empty: not stated).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
+}
+
+/// A Hetzner private network.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub ip_range: String,
+    pub subnets: Vec<String>,
+    pub zone: String,
+    pub allow_destroy: bool,
+}
+
+/// A server's place in a network: fixed `ip`, or the next free one.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerNetwork {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
 }
 
 /// A jump host (`ssh.via`).
@@ -347,6 +377,10 @@ pub struct Host {
     pub server: Option<Server>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The address in the server's first private network: fixed in the
+    /// config, or assigned by the provider (filled in by the cloud stage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_address: Option<String>,
     /// For `provider: local`: every managed path lives under this directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
@@ -432,6 +466,8 @@ pub struct Server {
     pub static_ip: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<ServerNetwork>,
 }
 
 /// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when

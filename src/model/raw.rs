@@ -40,6 +40,9 @@ pub struct FleetFile {
     pub rollout: Option<RolloutSpec>,
     /// Messages to people when something needs a human.
     pub notify: Option<NotifySpec>,
+    /// Hetzner private networks servers attach to (`server.networks`), by name.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkSpec>,
 }
 
 /// `notify:`: sinks, routes and the limits that make a state an alert.
@@ -209,6 +212,22 @@ pub struct SshSettings {
     /// `[user@]address[:port]` whose key is pinned in known_hosts.
     #[schemars(with = "Option<String>")]
     pub via: Option<S<String>>,
+    /// Which address of a cloud server to connect to: `public` (default)
+    /// or `private` (its first network's, usually with `via`).
+    #[schemars(with = "Option<SshAddress>")]
+    pub address: Option<S<SshAddress>>,
+    /// Where tidekeeper's connections come from (CIDRs), for the check
+    /// that a firewall lets SSH in from there.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub from: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SshAddress {
+    Public,
+    Private,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -342,6 +361,37 @@ pub struct HostFile {
     pub cost: Option<CostSpec>,
 }
 
+/// A private network: `{ip_range: 10.0.0.0/16, subnets: [10.0.1.0/24], zone: eu-central}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The network's whole range (RFC 1918).
+    #[schemars(with = "String")]
+    pub ip_range: S<String>,
+    /// Cloud subnets servers get addresses from (default: the whole range).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub subnets: Vec<S<String>>,
+    /// Hetzner network zone (default eu-central).
+    #[schemars(with = "Option<String>")]
+    pub zone: Option<S<String>>,
+    /// Let tidekeeper delete the network once no host names it.
+    #[schemars(with = "Option<bool>")]
+    pub allow_destroy: Option<S<bool>>,
+}
+
+/// A server's network: its name, or `{name, ip}` for a fixed address.
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum NetworkRef {
+    Name(String),
+    Fixed {
+        name: String,
+        /// The server's address in the network (default: the next free one).
+        ip: Option<String>,
+    },
+}
+
 /// `cost: {monthly: 49, currency: EUR}`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -395,6 +445,10 @@ pub struct ServerSpec {
     pub static_ip: Option<S<bool>>,
     #[schemars(with = "Option<String>")]
     pub user_data: Option<S<String>>,
+    /// Private networks (Hetzner) from tidekeeper.yaml's `networks:`.
+    #[serde(default)]
+    #[schemars(with = "Vec<NetworkRef>")]
+    pub networks: Vec<S<NetworkRef>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

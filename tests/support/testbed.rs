@@ -348,6 +348,8 @@ pub struct Testbed {
     pub public_key: String,
     pub known_hosts: PathBuf,
     closed: bool,
+    /// Private networks made by [`Testbed::network_attach`]: their namespaces.
+    networks: Vec<String>,
 }
 
 impl Testbed {
@@ -387,6 +389,7 @@ impl Testbed {
         let mut bed = Testbed {
             hosts: Vec::new(),
             closed: false,
+            networks: Vec::new(),
             known_hosts: dir.join("known_hosts"),
             dir,
             key,
@@ -939,7 +942,63 @@ impl Testbed {
         for host in &self.hosts {
             host.slot.clean_leftovers();
         }
+        for ns in std::mem::take(&mut self.networks) {
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private network between test hosts (as a provider's private network):
+/// a bridge in a namespace of its own, which this machine has no address
+/// on, so only hosts attached to it reach each other there.
+impl Testbed {
+    /// A new, empty private network; its name for the other calls.
+    pub fn network_create(&mut self) -> String {
+        let ns = format!("tkn{}x{}", std::process::id(), unique());
+        must("ip", &["netns", "add", &ns]);
+        must("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        must("ip", &["-n", &ns, "link", "set", "br0", "up"]);
+        self.networks.push(ns.clone());
+        ns
+    }
+
+    fn network_link(&self, net: &str, i: usize) -> (String, String) {
+        let n = self.hosts[i].slot.n;
+        let k = net.rsplit('x').next().unwrap_or("0");
+        (format!("tkp{n}n{k}"), format!("tkq{n}n{k}"))
+    }
+
+    /// Attach host `i` to `net` with `address` (`10.0.0.2/24`), as `ifname`.
+    pub fn network_attach(&self, net: &str, i: usize, address: &str, ifname: &str) {
+        let (a, b) = self.network_link(net, i);
+        let host_ns = self.hosts[i].slot.netns();
+        must(
+            "ip",
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+        );
+        must("ip", &["link", "set", &a, "netns", &host_ns]);
+        must("ip", &["-n", &host_ns, "link", "set", &a, "name", ifname]);
+        must(
+            "ip",
+            &["-n", &host_ns, "addr", "add", address, "dev", ifname],
+        );
+        must("ip", &["-n", &host_ns, "link", "set", ifname, "up"]);
+        must("ip", &["link", "set", &b, "netns", net]);
+        must("ip", &["-n", net, "link", "set", &b, "master", "br0"]);
+        must("ip", &["-n", net, "link", "set", &b, "up"]);
+    }
+
+    /// Detach host `i` from `net`.
+    pub fn network_detach(&self, net: &str, i: usize) {
+        let (_, b) = self.network_link(net, i);
+        let _ = run("ip", &["-n", net, "link", "del", &b]);
+    }
+
+    /// Remove `net` (its hosts lose their link to it).
+    pub fn network_remove(&mut self, net: &str) {
+        let _ = run("ip", &["netns", "del", net]);
+        self.networks.retain(|n| n != net);
     }
 }
 

@@ -112,6 +112,7 @@ impl Loader<'_> {
             .and_then(|f| f.defaults.ssh.via.as_ref())
             .map(|v| at(FLEET_FILE, v));
         self.check_jumps(&mut hosts, &explicit_via, default_via, &broken_hosts);
+        self.check_private(&hosts);
 
         Loaded {
             hosts,
@@ -222,6 +223,34 @@ impl Loader<'_> {
         }
     }
 
+    /// Fixed network addresses are each one host's; `ssh.address: private`
+    /// needs a network to have an address in.
+    fn check_private(&mut self, hosts: &[Host]) {
+        let mut taken: HashMap<(String, String), &str> = HashMap::new();
+        for h in hosts {
+            for n in h.server.iter().flat_map(|s| &s.networks) {
+                let Some(ip) = &n.ip else { continue };
+                if let Some(first) = taken.insert((n.name.clone(), ip.clone()), &h.name) {
+                    self.err(h.origin.error(
+                        "duplicate-address",
+                        format!(
+                            "{} and {first} both ask for {ip} in network {}",
+                            h.name, n.name
+                        ),
+                    ));
+                }
+            }
+            let networks = h.server.as_ref().map(|s| s.networks.len()).unwrap_or(0);
+            if h.ssh.address == SshAddress::Private && networks == 0 {
+                self.err_once(
+                    format!("private:{}", h.origin.file),
+                    h.origin.clone().error("invalid-value", format!("{} connects to its private address (ssh.address: private) but its server is on no network", h.name))
+                        .with_help("add server.networks, or connect to the public address"),
+                );
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn hosts(
         &mut self,
@@ -329,6 +358,10 @@ impl Loader<'_> {
                 provider,
                 server: server.clone(),
                 address: opt(&h.address),
+                private_address: server
+                    .as_ref()
+                    .and_then(|s| s.networks.first())
+                    .and_then(|n| n.ip.clone()),
                 root: opt(&h.root),
                 ssh: ssh.clone(),
                 labels: labels.clone(),
@@ -385,6 +418,80 @@ impl Loader<'_> {
             monthly: m,
             currency: cur.to_string(),
         })
+    }
+
+    /// `server.networks`: networks of tidekeeper.yaml (Hetzner), each once,
+    /// a fixed address inside one of its subnets and only for a single host.
+    fn server_networks(
+        &mut self,
+        file: &str,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+        s: &raw::ServerSpec,
+        settings: &Settings,
+    ) -> Vec<ServerNetwork> {
+        let mut out: Vec<ServerNetwork> = Vec::new();
+        for r in &s.networks {
+            let (name, ip) = match &r.value {
+                raw::NetworkRef::Name(n) => (n.clone(), None),
+                raw::NetworkRef::Fixed { name, ip } => (name.clone(), ip.clone()),
+            };
+            let o = at(file, r);
+            if provider != ProviderKind::Hetzner {
+                self.err(
+                    o.error(
+                        "invalid-key",
+                        "`server.networks` are Hetzner private networks",
+                    )
+                    .with_help("Lightsail instances have no private networks tidekeeper manages"),
+                );
+                return Vec::new();
+            }
+            let Some(net) = settings.networks.iter().find(|n| n.name == name) else {
+                let names: Vec<&str> = settings.networks.iter().map(|n| n.name.as_str()).collect();
+                let d = o.error(
+                    "unknown-network",
+                    format!("network {name:?} is not in tidekeeper.yaml's `networks:`"),
+                );
+                self.err(match closest(&name, &names) {
+                    Some(c) => d.with_help(format!("did you mean {c:?}?")),
+                    None => d.with_help("declare it: networks: {NAME: {ip_range: 10.0.0.0/16}}"),
+                });
+                continue;
+            };
+            if out.iter().any(|n| n.name == name) {
+                self.err(o.error(
+                    "duplicate-name",
+                    format!("network {name:?} is listed twice"),
+                ));
+                continue;
+            }
+            if let Some(ip) = &ip {
+                let addr = check::Net::parse(ip).filter(|a| a.addr.is_ipv4() && a.prefix == 32);
+                let inside = addr.is_some_and(|a| {
+                    net.subnets
+                        .iter()
+                        .filter_map(|s| check::Net::parse(s))
+                        .any(|s| s.contains(&a))
+                });
+                if !inside {
+                    self.err(o.error(
+                        "invalid-value",
+                        format!(
+                            "{ip:?} is not an address in network {name}'s subnets ({})",
+                            net.subnets.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+                if h.count.is_some() {
+                    self.err(o.error("invalid-value", "a fixed network address cannot be shared by a count: N group").with_help("leave out `ip` (each server gets the next free address), or write one host file per server"));
+                    continue;
+                }
+            }
+            out.push(ServerNetwork { name, ip });
+        }
+        out
     }
 
     /// The roles a host file lists, each once; every name must exist.
@@ -549,7 +656,9 @@ impl Loader<'_> {
                 from,
             });
         }
+        let networks = self.server_networks(file, provider, h, s, settings);
         Some(Server {
+            networks,
             server_type: opt(&s.server_type),
             image: opt(&s.image),
             location: opt(&s.location),

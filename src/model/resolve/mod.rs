@@ -536,7 +536,6 @@ impl<'a> Loader<'a> {
         Some(Fleet {
             name: fleet_file.fleet.value,
             commit: None,
-            settings,
             hosts,
             jobs,
             known_hosts,
@@ -544,6 +543,8 @@ impl<'a> Loader<'a> {
             secrets_decrypted: false,
             redactions: vec![],
             secret_values: Default::default(),
+            networks: settings.networks.clone(),
+            settings,
             group_rollouts,
         })
     }

@@ -173,7 +173,62 @@ impl Loader<'_> {
                 .as_ref()
                 .is_some_and(|s| s.value),
             notify: Default::default(),
+            networks: self.networks(f),
         }
+    }
+
+    /// `networks:`: private RFC 1918 ranges, subnets inside them.
+    fn networks(&mut self, f: &raw::FleetFile) -> Vec<Network> {
+        let file = FLEET_FILE;
+        let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+            .map(|n| check::Net::parse(n).expect("literal"));
+        let mut out = Vec::new();
+        for (name, n) in &f.networks {
+            if let Err(e) = check::host_name(name) {
+                self.err(at(file, &n.ip_range).error("invalid-name", format!("network name: {e}")));
+                continue;
+            }
+            let Some(range) = check::Net::parse(&n.ip_range.value).filter(|r| r.addr.is_ipv4())
+            else {
+                self.err(at(file, &n.ip_range).error(
+                    "invalid-cidr",
+                    format!(
+                        "{:?} is not an IPv4 network such as 10.0.0.0/16",
+                        n.ip_range.value
+                    ),
+                ));
+                continue;
+            };
+            if !private.iter().any(|p| p.contains(&range)) || range.prefix > 24 {
+                self.err(at(file, &n.ip_range).error("invalid-cidr", format!("network {name}: {range} is not a private range of /24 or more"))
+                    .with_help("use part of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16, e.g. 10.0.0.0/16"));
+                continue;
+            }
+            let mut subnets = Vec::new();
+            for sn in &n.subnets {
+                match check::Net::parse(&sn.value) {
+                    Some(sub) if range.contains(&sub) => subnets.push(sub.to_string()),
+                    _ => self.err(at(file, sn).error(
+                        "invalid-cidr",
+                        format!(
+                            "subnet {:?} is not inside network {name} ({range})",
+                            sn.value
+                        ),
+                    )),
+                }
+            }
+            if subnets.is_empty() {
+                subnets.push(range.to_string());
+            }
+            out.push(Network {
+                name: name.clone(),
+                ip_range: range.to_string(),
+                subnets,
+                zone: opt(&n.zone).unwrap_or_else(|| "eu-central".into()),
+                allow_destroy: n.allow_destroy.as_ref().is_some_and(|a| a.value),
+            });
+        }
+        out
     }
 
     /// `status.forge`: where plans and statuses are posted.
@@ -280,13 +335,26 @@ impl Loader<'_> {
             sudo: false,
             trust_on_first_use: false,
             via: None,
+            address: SshAddress::Public,
+            from: Vec::new(),
         });
+        for c in &s.from {
+            if let Err(e) = check::cidr(&c.value) {
+                self.err(at(file, c).error("invalid-cidr", format!("ssh.from: {e}")));
+            }
+        }
         let via = match &s.via {
             Some(v) => self.jump(file, v, base.user.as_str()),
             None => base.via.clone(),
         };
         Ssh {
             via,
+            address: s.address.as_ref().map(|a| a.value).unwrap_or(base.address),
+            from: if s.from.is_empty() {
+                base.from
+            } else {
+                s.from.iter().map(|c| c.value.clone()).collect()
+            },
             user: opt(&s.user).unwrap_or(base.user),
             port: s.port.as_ref().map(|p| p.value).unwrap_or(base.port),
             key: opt(&s.key).or(base.key),
@@ -347,6 +415,8 @@ pub(super) fn default_settings() -> Settings {
             sudo: false,
             trust_on_first_use: false,
             via: None,
+            address: SshAddress::Public,
+            from: Vec::new(),
         },
         parallelism: 10,
         drift: DriftMode::Report,
@@ -368,6 +438,7 @@ pub(super) fn default_settings() -> Settings {
         rollout: None,
         require_reviewed_plan: false,
         notify: Default::default(),
+        networks: Vec::new(),
     }
 }
 

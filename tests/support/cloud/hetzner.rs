@@ -90,6 +90,63 @@ pub struct FloatingIp {
     pub location: String,
 }
 
+/// A private network, with a real bridge between the hosts attached to it.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub id: i64,
+    pub name: String,
+    pub ip_range: String,
+    /// (ip range, network zone)
+    pub subnets: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub protected: bool,
+    /// Attached servers and their addresses.
+    pub servers: BTreeMap<i64, String>,
+    /// The test fleet's bridge for it.
+    bridge: String,
+}
+
+fn network_json(n: &Network) -> Value {
+    json!({
+        "id": n.id, "name": n.name, "ip_range": n.ip_range, "created": now_rfc3339(),
+        "labels": n.labels, "protection": {"delete": n.protected},
+        "subnets": n.subnets.iter().map(|(r, z)| {
+            let gw = net_addr(r).map(|(b, _)| ip4(b + 1)).unwrap_or_default();
+            json!({"type": "cloud", "ip_range": r, "network_zone": z, "gateway": gw, "vswitch_id": null})
+        }).collect::<Vec<_>>(),
+        "routes": [], "servers": n.servers.keys().collect::<Vec<_>>(), "load_balancers": [],
+        "expose_routes_to_vswitch": false
+    })
+}
+
+/// `10.0.1.0/24` → (base as a number, prefix).
+fn net_addr(cidr: &str) -> Option<(u32, u32)> {
+    let (a, p) = cidr.split_once('/')?;
+    let a: std::net::Ipv4Addr = a.parse().ok()?;
+    let p: u32 = p.parse().ok()?;
+    (p <= 32).then(|| {
+        (
+            u32::from(a) & if p == 0 { 0 } else { u32::MAX << (32 - p) },
+            p,
+        )
+    })
+}
+
+fn ip4(n: u32) -> String {
+    std::net::Ipv4Addr::from(n).to_string()
+}
+
+/// Is `ip` a host address of `cidr` (not its network, gateway or broadcast)?
+fn usable(cidr: &str, ip: &str) -> bool {
+    let (Some((base, p)), Ok(a)) = (net_addr(cidr), ip.parse::<std::net::Ipv4Addr>()) else {
+        return false;
+    };
+    let a = u32::from(a);
+    let size = 1u64 << (32 - p);
+    let off = (a as u64).wrapping_sub(base as u64);
+    off >= 2 && off < size - 1
+}
+
 #[derive(Default)]
 pub struct Account {
     next: i64,
@@ -98,6 +155,7 @@ pub struct Account {
     firewalls: BTreeMap<i64, Firewall>,
     images: BTreeMap<i64, Image>,
     pub floating_ips: BTreeMap<i64, FloatingIp>,
+    pub networks: BTreeMap<i64, Network>,
     /// Provider SSH keys by name: (public key, labels).
     pub ssh_keys: BTreeMap<String, (String, BTreeMap<String, String>)>,
 }
@@ -233,7 +291,9 @@ fn server_json(s: &Server, a: &Account) -> Value {
             "ipv6": {"id": s.id + 200000, "ip": format!("2a01:4f8:c17:{:x}::/64", s.id), "blocked": false, "dns_ptr": []},
             "floating_ips": floating, "firewalls": fws
         },
-        "private_net": [],
+        "private_net": a.networks.values().filter_map(|n| n.servers.get(&s.id).map(|ip| json!({
+            "network": n.id, "ip": ip, "alias_ips": [], "mac_address": format!("86:00:00:{:02x}:{:02x}:01", n.id & 255, s.id & 255)
+        }))).collect::<Vec<_>>(),
         "server_type": type_json(&s.server_type),
         "datacenter": {"id": 4, "name": format!("{}-dc14", s.location), "description": "DC 14", "location": location_json(&s.location)},
         "location": location_json(&s.location),
@@ -451,6 +511,16 @@ impl Hetzner {
             .collect()
     }
 
+    pub fn network(&self, name: &str) -> Option<Network> {
+        self.account
+            .lock()
+            .unwrap()
+            .networks
+            .values()
+            .find(|n| n.name == name)
+            .cloned()
+    }
+
     pub fn firewall_rules(&self, name: &str) -> Option<Vec<Value>> {
         self.account
             .lock()
@@ -504,6 +574,10 @@ fn operation(method: &Method, parts: &[&str]) -> String {
         ("DELETE", ["servers", _]) => "delete_server".into(),
         ("POST", ["servers", _, "actions", a]) => format!("server_{a}"),
         ("GET", ["actions", _]) => "get_action".into(),
+        ("GET", ["networks"]) => "list_networks".into(),
+        ("POST", ["networks"]) => "create_network".into(),
+        ("DELETE", ["networks", _]) => "delete_network".into(),
+        ("POST", ["networks", _, "actions", a]) => format!("network_{a}"),
         ("GET", ["firewalls"]) => "list_firewalls".into(),
         ("POST", ["firewalls"]) => "create_firewall".into(),
         ("DELETE", ["firewalls", _]) => "delete_firewall".into(),
@@ -867,6 +941,9 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
             for f in a.firewalls.values_mut() {
                 f.servers.retain(|x| *x != id);
             }
+            for n in a.networks.values_mut() {
+                n.servers.remove(&id);
+            }
             for f in a.floating_ips.values_mut() {
                 if f.server == Some(id) {
                     f.server = None;
@@ -893,6 +970,113 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
                 return error(404, "not_found", "server not found");
             };
             server_action(ctx, &mut a, id, what, &v)
+        }
+        ("GET", ["networks"]) => {
+            let list: Vec<Value> = a
+                .networks
+                .values()
+                .filter(|n| q.get("name").is_none_or(|x| *x == n.name))
+                .filter(|n| {
+                    q.get("label_selector")
+                        .is_none_or(|sel| matches(sel, &n.labels))
+                })
+                .map(network_json)
+                .collect();
+            let (items, m) = page(list, &q);
+            ok(200, json!({"networks": items, "meta": m}))
+        }
+        ("POST", ["networks"]) => {
+            let name = v["name"].as_str().unwrap_or("").to_string();
+            let range = v["ip_range"].as_str().unwrap_or("").to_string();
+            if name.is_empty() || net_addr(&range).is_none() {
+                return error(
+                    422,
+                    "invalid_input",
+                    "invalid input in fields 'name', 'ip_range'",
+                );
+            }
+            if a.networks.values().any(|n| n.name == name) {
+                return error(409, "uniqueness_error", "network name is already used");
+            }
+            let mut subnets = Vec::new();
+            for sn in v["subnets"].as_array().into_iter().flatten() {
+                let r = sn["ip_range"].as_str().unwrap_or("").to_string();
+                let inside = matches!((net_addr(&range), net_addr(&r)), (Some((b, p)), Some((x, q))) if q >= p && (x & if p == 0 { 0 } else { u32::MAX << (32 - p) }) == b);
+                if !inside || sn["type"].as_str() != Some("cloud") {
+                    return error(
+                        422,
+                        "invalid_input",
+                        "subnet ip_range must be a cloud subnet inside the network's ip_range",
+                    );
+                }
+                subnets.push((
+                    r,
+                    sn["network_zone"]
+                        .as_str()
+                        .unwrap_or("eu-central")
+                        .to_string(),
+                ));
+            }
+            let id = a.id();
+            let bridge = ctx.cloud.bed.lock().unwrap().network_create();
+            let n = Network {
+                id,
+                name,
+                ip_range: range,
+                subnets,
+                labels: v["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                protected: false,
+                servers: BTreeMap::new(),
+                bridge,
+            };
+            let j = network_json(&n);
+            a.networks.insert(id, n);
+            ok(201, json!({"network": j}))
+        }
+        ("DELETE", ["networks", id]) => {
+            let Some(id) = id_of(id).filter(|id| a.networks.contains_key(id)) else {
+                return error(404, "not_found", "network not found");
+            };
+            if a.networks[&id].protected {
+                return error(403, "protected", "network is protected against deletion");
+            }
+            // Attached servers are detached with it.
+            let n = a.networks.remove(&id).unwrap();
+            ctx.cloud.bed.lock().unwrap().network_remove(&n.bridge);
+            ok(204, Value::Null)
+        }
+        ("POST", ["networks", id, "actions", what]) => {
+            let Some(id) = id_of(id).filter(|id| a.networks.contains_key(id)) else {
+                return error(404, "not_found", "network not found");
+            };
+            match *what {
+                "change_protection" => {
+                    if let Some(d) = v["delete"].as_bool() {
+                        a.networks.get_mut(&id).unwrap().protected = d;
+                    }
+                }
+                "add_subnet" => {
+                    let r = v["ip_range"].as_str().unwrap_or("").to_string();
+                    if net_addr(&r).is_none() {
+                        return error(422, "invalid_input", "invalid input in field 'ip_range'");
+                    }
+                    let z = v["network_zone"]
+                        .as_str()
+                        .unwrap_or("eu-central")
+                        .to_string();
+                    a.networks.get_mut(&id).unwrap().subnets.push((r, z));
+                }
+                _ => return error(404, "not_found", &format!("unknown action {what}")),
+            }
+            let (act, _) = action(&mut a, &ctx.faults, what, vec![(id, "network")], true);
+            ok(201, json!({"action": action_json(&act)}))
         }
         ("GET", ["actions", id]) => match id_of(id).and_then(|id| a.actions.get(&id)) {
             Some(act) => ok(200, json!({"action": action_json(act)})),
@@ -1061,6 +1245,120 @@ fn server_action(ctx: &Ctx, a: &mut Account, id: i64, what: &str, v: &Value) -> 
                 }
                 *done.lock().unwrap() = true;
             });
+            ok(201, json!({"action": action_json(&act)}))
+        }
+        "attach_to_network" => {
+            let Some(nid) = v["network"].as_i64().filter(|n| a.networks.contains_key(n)) else {
+                return error(404, "not_found", "network not found");
+            };
+            let n = &a.networks[&nid];
+            if n.servers.contains_key(&id) {
+                return error(
+                    422,
+                    "server_already_attached",
+                    "server is already attached to this network",
+                );
+            }
+            let taken = |ip: &str| n.servers.values().any(|x| x == ip);
+            let ip = match v["ip"].as_str() {
+                Some(ip) => {
+                    if !n.subnets.iter().any(|(r, _)| usable(r, ip)) {
+                        return error(
+                            422,
+                            "invalid_input",
+                            &format!("ip {ip} is not in a subnet of the network"),
+                        );
+                    }
+                    if taken(ip) {
+                        return error(
+                            422,
+                            "ip_not_available",
+                            &format!("ip {ip} is already in use"),
+                        );
+                    }
+                    ip.to_string()
+                }
+                None => {
+                    let Some((r, _)) = n.subnets.first() else {
+                        return error(422, "no_subnet_available", "the network has no subnet");
+                    };
+                    let (base, p) = net_addr(r).unwrap();
+                    match (2..(1u32 << (32 - p)) - 1)
+                        .map(|o| ip4(base + o))
+                        .find(|ip| !taken(ip))
+                    {
+                        Some(ip) => ip,
+                        None => {
+                            return error(422, "ip_not_available", "no address left in the subnet");
+                        }
+                    }
+                }
+            };
+            let prefix = n
+                .subnets
+                .iter()
+                .find(|(r, _)| usable(r, &ip))
+                .and_then(|(r, _)| net_addr(r))
+                .map(|(_, p)| p)
+                .unwrap_or(32);
+            let bridge = n.bridge.clone();
+            let ifname = format!(
+                "ens{}",
+                10 + a
+                    .networks
+                    .values()
+                    .filter(|x| x.servers.contains_key(&id))
+                    .count()
+            );
+            if let Some(host) = a.servers[&id].host {
+                ctx.cloud.bed.lock().unwrap().network_attach(
+                    &bridge,
+                    host,
+                    &format!("{ip}/{prefix}"),
+                    &ifname,
+                );
+            }
+            a.networks.get_mut(&nid).unwrap().servers.insert(id, ip);
+            let (act, _) = action(
+                a,
+                &ctx.faults,
+                "attach_to_network",
+                vec![(id, "server"), (nid, "network")],
+                true,
+            );
+            ok(201, json!({"action": action_json(&act)}))
+        }
+        "detach_from_network" => {
+            let Some(nid) = v["network"].as_i64().filter(|n| a.networks.contains_key(n)) else {
+                return error(404, "not_found", "network not found");
+            };
+            if a.networks
+                .get_mut(&nid)
+                .unwrap()
+                .servers
+                .remove(&id)
+                .is_none()
+            {
+                return error(
+                    422,
+                    "server_not_attached",
+                    "server is not attached to this network",
+                );
+            }
+            if let Some(host) = a.servers[&id].host {
+                ctx.cloud
+                    .bed
+                    .lock()
+                    .unwrap()
+                    .network_detach(&a.networks[&nid].bridge, host);
+            }
+            let (act, _) = action(
+                a,
+                &ctx.faults,
+                "detach_from_network",
+                vec![(id, "server"), (nid, "network")],
+                true,
+            );
             ok(201, json!({"action": action_json(&act)}))
         }
         "change_type" => {
