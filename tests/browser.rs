@@ -96,14 +96,7 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
         eprintln!("skipping: chromium not installed; run scripts/test to install it");
         return;
     };
-    let mut files = crate::examples::files("agent-server");
-    crate::examples::patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "tidekeeper_cidr: 192.0.2.10/32",
-        "tidekeeper_cidr: 10.213.0.0/16",
-    );
-    let f = CloudFleet::with_repo(Kind::Full, files);
+    let f = CloudFleet::with_repo(Kind::Full, crate::examples::agent_server_here());
     let d = Daemon::start_env(
         &f.repo.path,
         &f.repo.key,

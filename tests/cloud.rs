@@ -940,7 +940,7 @@ server:
   location: fsn1
   networks: [private]
 ssh: {via: gate, address: private}
-roles: [base]
+roles: [base, peer]
 ";
 
 /// A private network: created (free) before the servers, which are
@@ -956,6 +956,14 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
             ("templates/hello.j2", HELLO),
             ("hosts/gate.yaml", GATE),
             ("hosts/inside.yaml", INSIDE),
+            (
+                "roles/peer.yaml",
+                "files:\n  - {path: /etc/tk-gate, template: gate.j2}\n",
+            ),
+            (
+                "templates/gate.j2",
+                "gate {{ hosts.gate.private_address }} in {{ hosts | length }} hosts\n",
+            ),
         ],
         "networks:\n  private: {ip_range: 10.0.0.0/16, subnets: [10.0.1.0/24]}\n",
     );
@@ -993,6 +1001,11 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
     assert_eq!(inside_ip, "10.0.1.3", "the next free address");
     // Configured through the bastion, over the private network.
     assert_eq!(f.ssh("inside", "cat /etc/tk-cloud"), "hello inside\n");
+    // The network's (fixed) addresses reach templates through `hosts`.
+    assert_eq!(
+        f.ssh("inside", "cat /etc/tk-gate"),
+        "gate 10.0.1.2 in 2 hosts\n"
+    );
     assert_eq!(
         f.ssh("gate", "ip -4 -o addr show dev ens10 | awk '{print $4}'")
             .trim(),
@@ -1004,7 +1017,7 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
     // inside leaves the network (and is reached at its public address).
     f.repo.write(
         "hosts/inside.yaml",
-        "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\nroles: [base]\n",
+        "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\nroles: [base, peer]\n",
     );
     f.repo.commit("inside leaves the network");
     let out = f.tk(&["apply", "--yes"]);
@@ -1053,4 +1066,180 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
         f.hetzner.server("gate").unwrap().id == gate.id,
         "the servers stay"
     );
+}
+
+/// The emulators enforce the firewalls they store on the hosts behind
+/// their servers: a rule that admits SSH only from where tidekeeper does
+/// not connect (stated wrongly, so the lockout check cannot tell) shuts
+/// tidekeeper out, as it would in production.
+#[test]
+fn cloud_firewalls_are_enforced_on_the_servers_so_a_wrong_rule_shuts_tidekeeper_out() {
+    let web = "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: fsn1\n  firewall:\n    - {port: \"22\", from: [10.213.0.0/16]}\nroles: [base]\n";
+    let agent = "provider: lightsail\nserver:\n  bundle: small_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  firewall:\n    - {port: \"22\", from: [10.213.0.0/16]}\nroles: [base]\n";
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", web),
+            ("hosts/agent.yaml", agent),
+        ],
+        "",
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let addr = |name: &str| {
+        let bed = f.cloud.bed.lock().unwrap();
+        bed.host(f.host_of(name)).address
+    };
+    // Port 80 is not in either firewall: dropped (no answer), where a
+    // closed port without a firewall would refuse at once.
+    for name in ["web", "agent"] {
+        let e = std::net::TcpStream::connect_timeout(
+            &(addr(name), 80).into(),
+            Duration::from_millis(500),
+        )
+        .expect_err("port 80 is closed");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{name}: {e}");
+    }
+    // SSH admitted from somewhere tidekeeper is not.
+    let yaml = f.repo.read("tidekeeper.yaml");
+    f.repo.write(
+        "tidekeeper.yaml",
+        &yaml.replace("from: [10.213.0.0/16]", "from: [192.0.2.0/24]"),
+    );
+    for (h, text) in [("hosts/web.yaml", web), ("hosts/agent.yaml", agent)] {
+        f.repo.write(
+            h,
+            &text.replace("from: [10.213.0.0/16]", "from: [192.0.2.0/24]"),
+        );
+    }
+    f.repo
+        .commit("SSH from the office only (but tidekeeper is not there)");
+    let out = f.tk(&["apply", "--yes"]);
+    assert!(
+        stdout(&out).contains("firewall: 22/tcp from 10.213.0.0/16 → 22/tcp from 192.0.2.0/24")
+            || text(&out).contains("192.0.2.0/24"),
+        "{}",
+        text(&out)
+    );
+    let out = f.tk(&["plan"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    for name in ["web", "agent"] {
+        assert!(
+            text(&out).contains(&format!("cannot reach {}:22", addr(name))),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// `tidekeeper import`: an existing server is labelled as the fleet's,
+/// renamed to its host (Hetzner), and its host file written for review;
+/// once committed, the plan creates nothing.
+#[test]
+fn import_adopts_an_existing_server_and_writes_its_host_file() {
+    // `import` takes no SSH key: it only talks to the provider.
+    let import = |f: &CloudFleet, args: &[&str]| {
+        crate::support::tidekeeper()
+            .arg("import")
+            .args(args)
+            .arg("--repo")
+            .arg(&f.repo.path)
+            .envs(crate::support::cloud::CREDENTIALS)
+            .output()
+            .unwrap()
+    };
+    let ctl = crate::support::TempDir::new("import-ctl");
+    let local = format!("provider: local\nroot: {}\n", ctl.path().display());
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/ctl.yaml", &local),
+        ],
+        "",
+    );
+    let id = f.hetzner.add_unmanaged_booted("legacy-web-01", "cpx21");
+    let inst = f
+        .lightsail
+        .add_existing("agent-box", "small_3_0", "eu-central-1a", &[]);
+    // A name the fleet cannot use, and a server that is not there.
+    let out = import(&f, &["hetzner", "legacy-web-01", "--as", "Web_1"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("not a valid host name"),
+        "{}",
+        text(&out)
+    );
+    let out = import(&f, &["hetzner", "nope", "--as", "web"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("legacy-web-01"),
+        "names what is there: {}",
+        text(&out)
+    );
+    assert!(
+        !f.hetzner
+            .server("legacy-web-01")
+            .unwrap()
+            .labels
+            .contains_key("managed-by")
+    );
+
+    let out = import(&f, &["hetzner", "legacy-web-01", "--as", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = f.hetzner.server("web").expect("renamed to its host");
+    assert_eq!(s.id, id);
+    assert_eq!(
+        s.labels.get("managed-by").map(String::as_str),
+        Some("tidekeeper")
+    );
+    assert_eq!(
+        s.labels.get("tidekeeper-fleet").map(String::as_str),
+        Some("acme")
+    );
+    assert_eq!(
+        s.labels.get("team").map(String::as_str),
+        Some("legacy"),
+        "its own labels stay"
+    );
+    let file = f.repo.read("hosts/web.yaml");
+    for want in [
+        "provider: hetzner",
+        "type: cpx21",
+        "image: debian-12",
+        "location: nbg1",
+        "team: legacy",
+    ] {
+        assert!(file.contains(want), "{want}: {file}");
+    }
+    assert!(stdout(&out).contains("known_hosts"), "{}", text(&out));
+    // Again: it is the fleet's already, and the file is not overwritten.
+    let out = import(&f, &["hetzner", "web", "--as", "web"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("hosts/web.yaml exists"),
+        "{}",
+        text(&out)
+    );
+
+    // Lightsail cannot rename an instance.
+    let out = import(&f, &["lightsail", "agent-box", "--as", "agent"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out).contains("--as agent-box"), "{}", text(&out));
+    let out = import(&f, &["lightsail", "agent-box", "--as", "agent-box"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let tags = f.lightsail.instance("agent-box").unwrap().tags;
+    assert!(
+        tags.contains(&("tidekeeper-fleet".to_string(), "acme".to_string())),
+        "{tags:?}"
+    );
+    assert_eq!(inst.name, "agent-box");
+
+    // Pinned and committed, the imported servers are the fleet's: nothing to create.
+    let known = std::fs::read_to_string(&f.cloud.bed.lock().unwrap().known_hosts).unwrap();
+    f.repo.write("known_hosts", &known);
+    f.repo.commit("imported web and agent-box");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
 }

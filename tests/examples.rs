@@ -215,16 +215,31 @@ fn merge_pr(f: &CloudFleet) {
     git(&f.repo.path, &["branch", "-q", "-d", "pr"]);
 }
 
-#[test]
-fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
+/// The agent-server example as the test fleet runs it: tidekeeper connects
+/// from the test network (the operator's address stays elsewhere).
+pub fn agent_server_here() -> Vec<(String, String)> {
     let mut files = files("agent-server");
-    // tidekeeper connects from the test network; the operator is elsewhere.
     patch(
         &mut files,
         "tidekeeper.yaml",
         "tidekeeper_cidr: 192.0.2.10/32",
         "tidekeeper_cidr: 10.213.0.0/16",
     );
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "from: [192.0.2.10/32]",
+        "from: [10.213.0.0/16]",
+    );
+    for h in ["hosts/outpost-hz.yaml", "hosts/outpost.yaml"] {
+        patch(&mut files, h, "192.0.2.10/32", "10.213.0.0/16");
+    }
+    files
+}
+
+#[test]
+fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
+    let files = agent_server_here();
     let f = CloudFleet::with_repo(Kind::Full, files);
     let out = f.tk(&["plan"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -307,11 +322,18 @@ fn with_identity(identity: &str) -> Vec<(&str, &str)> {
 #[test]
 fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     let mut files = files("platform-and-workspaces");
+    // tidekeeper runs on this machine, not in the office.
     patch(
         &mut files,
         "tidekeeper.yaml",
-        "tidekeeper_cidr: 10.0.0.2/32",
-        "tidekeeper_cidr: 10.213.0.0/16",
+        "203.0.113.0/24",
+        "10.213.0.0/16",
+    );
+    patch(
+        &mut files,
+        "hosts/platform.yaml",
+        "203.0.113.0/24",
+        "10.213.0.0/16",
     );
     // This Debian runsc needs host networking and no cgroups inside a test host.
     let runsc = "  runsc_args: [\"--network=host\", \"--ignore-cgroups\"]\n";
@@ -349,6 +371,12 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     for h in ["platform", "workspace-1", "workspace-2"] {
         let sshd = f.ssh(h, "sshd -T");
         assert!(sshd.contains("passwordauthentication no"), "{h}");
+        // Only the jump host opens tunnels.
+        let forwarding = if h == "platform" { "local" } else { "no" };
+        assert!(
+            sshd.contains(&format!("allowtcpforwarding {forwarding}")),
+            "{h}"
+        );
         assert!(sshd.contains("kexalgorithms curve25519-sha256"), "{h}");
         assert_eq!(
             f.ssh(h, "systemctl is-active fail2ban unattended-upgrades docker")
@@ -464,7 +492,13 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     let bed = Testbed::start(1);
     let mut files = files("bare-metal");
     let addr = bed.host(0).address.to_string();
-    patch(&mut files, "hosts/aegis.yaml", "157.180.63.15", &addr);
+    patch(&mut files, "hosts/aegis.yaml", "100.92.17.41", &addr);
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "from: [100.64.0.0/10]",
+        "from: [10.213.0.0/16]",
+    );
     let known = files.iter_mut().find(|f| f.0 == "known_hosts").unwrap();
     known.1 = format!("{}\n", bed.host(0).known_hosts_line());
     patch(
@@ -549,12 +583,14 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     readme_shows("bare-metal", "pr-comment", "markdown", &comment);
     git(&repo.path, &["checkout", "-q", "main"]);
 
-    // The test machine runs many hosts on two cores: its load is no measure
-    // of this host's health, so the CPU threshold is lifted for what follows.
+    // The test machine runs many hosts on two cores and one disk they all
+    // share: its load and disk are no measure of this host's health, so
+    // those thresholds are lifted for what follows.
     let t = repo.read("hosts/aegis.yaml");
     repo.write(
         "hosts/aegis.yaml",
-        &t.replace("cpu_alert: \"90\"", "cpu_alert: \"100000\""),
+        &t.replace("cpu_alert: \"90\"", "cpu_alert: \"100000\"")
+            .replace("disk_alert: \"85\"", "disk_alert: \"100\""),
     );
     repo.commit("the test machine is busy");
     let out = repo.tk_env(&["apply", "--yes"], &env);
@@ -619,7 +655,7 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     let t = repo.read("hosts/aegis.yaml");
     repo.write(
         "hosts/aegis.yaml",
-        &t.replace("disk_alert: \"85\"", "disk_alert: \"0\""),
+        &t.replace("disk_alert: \"100\"", "disk_alert: \"0\""),
     );
     repo.commit("a threshold every disk crosses");
     d.wait_for(
@@ -661,6 +697,18 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         "tidekeeper.yaml",
         "tidekeeper_cidr: 192.0.2.10/32",
         "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "from: [192.0.2.10/32]",
+        "from: [10.213.0.0/16]",
+    );
+    patch(
+        &mut files,
+        "hosts/bastion.yaml",
+        "192.0.2.10/32",
+        "10.213.0.0/16",
     );
     // The test fleet's hosts log in as root.
     patch(
@@ -770,11 +818,31 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
 #[test]
 fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
     let mut files = files("task-pool");
+    // tidekeeper runs on this machine, not on the scheduler inside the
+    // network: it reaches the task servers at their public addresses.
     patch(
         &mut files,
         "tidekeeper.yaml",
         "tidekeeper_cidr: 10.0.0.2/32",
         "tidekeeper_cidr: 10.213.0.0/16",
+    );
+    patch(
+        &mut files,
+        "tidekeeper.yaml",
+        "from: [10.0.0.2/32]",
+        "from: [10.213.0.0/16]",
+    );
+    patch(
+        &mut files,
+        "hosts/tasks.yaml",
+        "from: [10.0.0.2/32]",
+        "from: [10.213.0.0/16]",
+    );
+    patch(
+        &mut files,
+        "hosts/tasks.yaml",
+        "  address: private",
+        "  address: public",
     );
     let f = CloudFleet::with_repo(Kind::Docker, files);
     let out = f.tk(&["plan"]);

@@ -18,11 +18,14 @@ handlers:
   - {name: reload-ssh, reload: ssh}
 "#;
 
+/// SSH only from where the config says tidekeeper connects from, which is
+/// not where it really does: the lockout check cannot tell, the rollback can.
 const LOCKOUT_UFW: &str = r#"
 firewall:
   incoming: deny
   rules:
-    - {port: "80", comment: http only}
+    - {port: "22", from: 192.0.2.0/24, comment: the office}
+    - {port: "80", comment: http}
 "#;
 
 fn wait_ssh_back(bed: &Testbed, i: usize, within: Duration) -> Duration {
@@ -102,9 +105,14 @@ fn locked_out_sshd_is_rolled_back_at_once(kind: Kind) {
 }
 
 #[test]
-fn a_default_deny_without_an_ssh_rule_is_rolled_back_and_the_commit_not_retried() {
+fn a_firewall_shutting_out_where_tidekeeper_really_connects_from_is_rolled_back_and_not_retried() {
     let bed = Testbed::start(1);
     let repo = FleetRepo::minimal(&bed, &[("fw", LOCKOUT_UFW)]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\n  ssh: {from: [192.0.2.0/24]}\n",
+    );
+    repo.commit("tidekeeper is said to connect from the office");
     let d = Daemon::start(
         &repo.path,
         &repo.key,

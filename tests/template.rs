@@ -147,3 +147,63 @@ fn a_role_used_by_many_hosts_reports_its_error_once() {
         .errors();
     assert_eq!(errors.len(), 1, "{errors:?}");
 }
+
+#[test]
+fn templates_see_every_hosts_facts_in_hosts() {
+    let tmpl = "{% for name, h in hosts|dictsort %}{% if h.labels.tier == \"app\" %}{{ name }} {{ h.private_address or h.address }} {{ h.group or \"-\" }}\n{% endif %}{% endfor %}";
+    let fleet = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\ndefaults: {ssh: {from: [10.213.0.0/16]}}\nnetworks:\n  private: {ip_range: 10.0.0.0/16}\n",
+        )
+        .file("templates/allow.j2", tmpl)
+        .file(
+            "roles/base.yaml",
+            "files:\n  - {path: /etc/allow, template: allow.j2}\n",
+        )
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.213.0.2\nroles: [base]\nlabels: {tier: app}\n",
+        )
+        .file(
+            "hosts/db.yaml",
+            "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  networks: [{name: private, ip: 10.0.0.7}]\nlabels: {tier: app}\n",
+        )
+        .file(
+            "hosts/pool.yaml",
+            "provider: existing\naddress: 10.213.0.9\nlabels: {tier: cache}\n",
+        )
+        .load()
+        .unwrap_or_else(|d| panic!("{d}"));
+    let web = fleet.host("web").unwrap();
+    let allow = web
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::File(f) if f.path == "/etc/allow" => Some(f),
+            _ => None,
+        })
+        .expect("rendered");
+    assert_eq!(
+        String::from_utf8_lossy(&allow.content.bytes),
+        "db 10.0.0.7 -\nweb 10.213.0.2 -\n"
+    );
+    // A variable named `hosts` is the user's own.
+    let fleet = minimal()
+        .file("templates/allow.j2", "{{ hosts }}")
+        .file(
+            "roles/base.yaml",
+            "vars: {hosts: mine}\nfiles:\n  - {path: /etc/allow, template: allow.j2}\n",
+        )
+        .load()
+        .unwrap_or_else(|d| panic!("{d}"));
+    let f = fleet.hosts[0]
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::File(f) if f.path == "/etc/allow" => Some(f),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&f.content.bytes), "mine");
+}

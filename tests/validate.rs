@@ -1505,3 +1505,80 @@ fn an_upgrade_mode_is_for_apt_get_not_unattended_upgrade() {
             "`mode` chooses what apt-get runs; with `unattended: true`, unattended-upgrade follows its own configuration",
         );
 }
+
+// --- The lockout check ---------------------------------------------------
+
+#[test]
+fn a_firewall_that_would_shut_tidekeeper_out_is_refused_before_anything_is_applied() {
+    let deny_all_but_http = "firewall:\n  incoming: deny\n  rules:\n    - {port: \"80\"}\n";
+    let d = minimal()
+        .file("roles/base.yaml", deny_all_but_http)
+        .fails_with(
+            "roles/base.yaml:2:13",
+            "lockout",
+            "web: its ufw firewall lets SSH (port 22) in nowhere, but tidekeeper's own address is not stated (defaults.ssh.from): applying it could lock tidekeeper out",
+        );
+    assert!(d.help.unwrap().contains("ssh.via"));
+    // SSH from an office range, and tidekeeper stated elsewhere.
+    let office =
+        "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", from: 192.0.2.0/24}\n";
+    minimal()
+        .file("tidekeeper.yaml", "fleet: test\ndefaults:\n  ssh: {from: [198.51.100.7/32]}\n")
+        .file("roles/base.yaml", office)
+        .fails_with(
+            "roles/base.yaml:2:13",
+            "lockout",
+            "web: its ufw firewall lets SSH (port 22) in only from 192.0.2.0/24, but tidekeeper connects from 198.51.100.7: applying it would lock tidekeeper out",
+        );
+    // Stated inside the range: fine. Through a bastion the rule admits: fine.
+    minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\ndefaults:\n  ssh: {from: [192.0.2.10/32]}\n",
+        )
+        .file("roles/base.yaml", office)
+        .load()
+        .expect("tidekeeper is inside the allowed range");
+    minimal()
+        .file("roles/base.yaml", office)
+        .file("roles/open.yaml", "packages:\n  present: [jq]\n")
+        .file(
+            "hosts/gate.yaml",
+            "provider: existing\naddress: 192.0.2.9\nroles: [open]\n",
+        )
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 10.1.0.2\nssh: {via: gate}\nroles: [base]\n",
+        )
+        .load()
+        .expect("the bastion is inside the allowed range");
+}
+
+#[test]
+fn a_cloud_firewall_counts_for_public_connections_only() {
+    let host = |ssh: &str| {
+        format!(
+            "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  firewall:\n    - {{port: \"22\", from: [10.0.0.2/32]}}\n  networks: [{{name: private, ip: 10.0.0.5}}]\n{ssh}"
+        )
+    };
+    let fleet = "fleet: test\ndefaults:\n  ssh: {from: [203.0.113.0/24]}\nnetworks:\n  private: {ip_range: 10.0.0.0/16}\n";
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file("hosts/web.yaml", host(""))
+        .fails_with(
+            "hosts/web.yaml:7:14",
+            "lockout",
+            "web: its cloud firewall lets SSH (port 22) in only from 10.0.0.2/32, but tidekeeper connects from 203.0.113.0/24: applying it would lock tidekeeper out",
+        );
+    // At its private address (through a bastion there), the cloud firewall
+    // is not in the way.
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file(
+            "hosts/gate.yaml",
+            "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  networks: [{name: private, ip: 10.0.0.2}]\n",
+        )
+        .file("hosts/web.yaml", host("ssh: {via: gate, address: private}\n"))
+        .load()
+        .expect("reached over the private network");
+}

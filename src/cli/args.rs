@@ -114,6 +114,12 @@ pub enum ScheduleCommand {
     },
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportProvider {
+    Hetzner,
+    Lightsail,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
     /// The backup job (schedules.yaml).
@@ -342,6 +348,18 @@ pub enum Command {
     Schedule {
         #[command(subcommand)]
         command: ScheduleCommand,
+    },
+    /// Adopt a server made elsewhere: label it as this fleet's (renamed to
+    /// HOST where the provider can) and write hosts/HOST.yaml for review.
+    Import {
+        provider: ImportProvider,
+        /// The server's name at the provider.
+        server: String,
+        /// The host name it gets in the fleet.
+        #[arg(long = "as", value_name = "HOST")]
+        host: String,
+        #[command(flatten)]
+        repo: RepoArgs,
     },
     /// Restore a backup job's snapshot onto its host (files, or a pg_dump
     /// database), after a preview of what it holds.

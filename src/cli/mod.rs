@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod apply;
 mod args;
 mod daemon;
+mod import;
 mod init;
 mod notify;
 mod plan;
@@ -20,6 +21,7 @@ mod validate;
 use apply::apply;
 pub use args::*;
 use daemon::{post_daemon, run_daemon};
+use import::import_cmd;
 use init::{demo, init};
 use plan::{PlanFormat, plan};
 use policy::policy_test;
@@ -151,6 +153,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Restore(r) => restore_cmd(r),
+        Command::Import {
+            provider,
+            server,
+            host,
+            repo,
+        } => import_cmd(provider, &server, &host, &repo),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tidekeeper", &mut std::io::stdout());

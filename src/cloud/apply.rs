@@ -147,7 +147,14 @@ pub async fn apply(
         .changes
         .iter()
         .partition(|c| c.action == CloudAction::Delete);
-    for batch in [rest, deletes] {
+    // Servers with fixed network addresses first: a server given the next
+    // free address at the same time could take one of theirs.
+    let (fixed, rest): (Vec<&CloudChange>, Vec<&CloudChange>) = rest.into_iter().partition(|c| {
+        c.desired
+            .as_ref()
+            .is_some_and(|d| d.networks.iter().any(|n| n.ip.is_some()))
+    });
+    for batch in [fixed, rest, deletes] {
         let sem = Arc::new(Semaphore::new(parallel.max(1)));
         let work: Vec<_> = batch
             .into_iter()

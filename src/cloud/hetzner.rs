@@ -1235,6 +1235,29 @@ impl Provider for Hetzner {
         })
     }
 
+    fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let id = id_of(have)?;
+            let mut labels: HashMap<String, String> = have.labels.clone().into_iter().collect();
+            labels.extend(super::desired::ownership(fleet));
+            let req = models::ReplaceServerRequest {
+                labels: Some(labels),
+                name: (have.name != host).then(|| host.to_string()),
+            };
+            self.call("labelling the server", || {
+                servers_api::replace_server(
+                    &self.config,
+                    servers_api::ReplaceServerParams {
+                        id,
+                        replace_server_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
     fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
         Box::pin(async move {
             Ok(self

@@ -399,6 +399,28 @@ impl Provider for Lightsail {
         Box::pin(self.create_instance(want, user_data))
     }
 
+    fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            if have.name != host {
+                return Err(CloudError::api(
+                    "lightsail",
+                    "adopting the instance",
+                    format!(
+                        "Lightsail cannot rename an instance; import it as its own name: --as {}",
+                        have.name
+                    ),
+                ));
+            }
+            let tags: Vec<(String, String)> =
+                super::desired::ownership(fleet).into_iter().collect();
+            self.client()
+                .await?
+                .tag(&have.name, &tags)
+                .await
+                .map_err(|e| api("tagging the instance", e))
+        })
+    }
+
     fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()> {
         Box::pin(async move {
             let stale: Vec<String> = have

@@ -239,6 +239,10 @@ pub trait Provider: Send + Sync {
         labels: &'a BTreeMap<String, String>,
     ) -> Fut<'a, Vec<Snapshot>>;
     fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()>;
+    /// Make a server made elsewhere `fleet`'s, as host `host`: add the
+    /// ownership labels (its own labels stay) and, where the provider can,
+    /// rename it to `host`.
+    fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()>;
     /// Private networks in the account (none where the provider has none).
     fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
         Box::pin(async { Ok(Vec::new()) })

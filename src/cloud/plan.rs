@@ -225,7 +225,15 @@ pub fn plan_networks(
 ) -> (Vec<NetworkChange>, Vec<String>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for n in &fleet.networks {
+    // A network no server names is not made (a template may declare it).
+    let used = |name: &str| {
+        fleet.hosts.iter().any(|h| {
+            h.server
+                .as_ref()
+                .is_some_and(|s| s.networks.iter().any(|n| n.name == name))
+        })
+    };
+    for n in fleet.networks.iter().filter(|n| used(&n.name)) {
         let have = observed
             .networks
             .iter()
@@ -537,7 +545,8 @@ pub fn plan(
             if d.provider == ProviderKind::Lightsail {
                 replace.push(
                     "Lightsail cannot change an instance's bundle in place \
-                     (a new instance is created with the new bundle)"
+                     (a new instance is created with the new bundle); the old disk is not kept: \
+                     take a snapshot first, or keep the data elsewhere"
                         .into(),
                 );
             }
@@ -594,7 +603,7 @@ pub fn plan(
         let reason = match action {
             CloudAction::Replace => Some(replace.join("; ")),
             CloudAction::Resize => {
-                Some("the server is stopped for the change and started again".into())
+                Some("the server is stopped for the change and started again; its disk and data are kept".into())
             }
             _ => None,
         };
@@ -860,7 +869,7 @@ mod tests {
         let mut t = crate::source::ConfigTree::default();
         t.insert_file(
             "tidekeeper.yaml",
-            b"fleet: acme\nproviders: {lightsail: {region: eu-central-1}}\n".to_vec(),
+            b"fleet: acme\ndefaults: {ssh: {from: [10.0.0.2/32]}}\nproviders: {lightsail: {region: eu-central-1}}\n".to_vec(),
         );
         for (i, h) in hosts.split("---\n").enumerate() {
             t.insert_file(format!("hosts/h{i}.yaml"), h.as_bytes().to_vec());

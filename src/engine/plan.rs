@@ -468,7 +468,11 @@ mod tests {
 
     fn host(role: &str) -> Host {
         let mut t = ConfigTree::new();
-        t.insert_file("tidekeeper.yaml", "fleet: t\n");
+        // tidekeeper inside 10.0.0.0/8, which the roles' firewalls admit.
+        t.insert_file(
+            "tidekeeper.yaml",
+            "fleet: t\ndefaults: {ssh: {from: [10.9.0.1/32]}}\n",
+        );
         t.insert_file(
             "hosts/h.yaml",
             "provider: existing\naddress: 10.0.0.1\nroles: [r]\n",

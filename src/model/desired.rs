@@ -468,6 +468,9 @@ pub struct Server {
     pub user_data: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<ServerNetwork>,
+    /// Where `firewall:` is written, for the lockout check.
+    #[serde(skip)]
+    pub firewall_origin: Option<Origin>,
 }
 
 /// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod desired;
 pub mod diag;
+pub mod lockout;
 pub mod notify;
 pub mod raw;
 pub mod resolve;

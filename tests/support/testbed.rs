@@ -664,6 +664,11 @@ impl Testbed {
 
     /// Host `i`'s root file system as this machine sees it (full hosts: an
     /// overlay mounted here), to put files in without copying over SSH.
+    /// The network namespace host `i` lives in.
+    pub fn netns(&self, i: usize) -> String {
+        self.hosts[i].slot.netns()
+    }
+
     /// The address host `i`'s packets from this machine come from (its
     /// link's controller side), as the host's sshd logs them.
     pub fn controller_address(&self, i: usize) -> Ipv4Addr {
@@ -689,6 +694,12 @@ impl Testbed {
              table inet testbed_fw {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
              {allow}  tcp dport {port} reject with tcp reset\n }}\n}}\n"
         );
+        self.nft(i, &rules);
+    }
+
+    /// Load an nftables script in host `i`'s network namespace (outside the
+    /// host's own control: the host's ufw keeps tables of its own).
+    pub fn nft(&self, i: usize, rules: &str) {
         let mut child = Command::new("ip")
             .args([
                 "netns",

@@ -4,6 +4,53 @@
 use super::templates::is_template;
 use super::*;
 
+/// `hosts` for templates, from the host files as written: name, group,
+/// index, provider, labels, `address` (existing hosts) and
+/// `private_address` (a fixed address in the server's first network).
+/// Addresses a provider assigns are not known while the config is read, so
+/// they are null here.
+fn facts(files: &[(String, String, raw::HostFile)]) -> minijinja::Value {
+    let mut out = serde_json::Map::new();
+    for (stem, _, h) in files {
+        let base = h
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| stem.clone());
+        let labels: BTreeMap<&String, &String> =
+            h.labels.iter().map(|(k, v)| (k, &v.value)).collect();
+        let private = h
+            .server
+            .as_ref()
+            .and_then(|s| s.networks.first())
+            .and_then(|n| match &n.value {
+                raw::NetworkRef::Fixed { ip, .. } => ip.clone(),
+                raw::NetworkRef::Name(_) => None,
+            });
+        let members: Vec<(String, Option<u32>)> = match &h.count {
+            Some(c) => (1..=c.value.min(1000))
+                .map(|i| (format!("{base}-{i}"), Some(i)))
+                .collect(),
+            None => vec![(base.clone(), None)],
+        };
+        for (name, index) in members {
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "name": name,
+                    "group": h.count.as_ref().map(|_| base.clone()),
+                    "index": index,
+                    "provider": provider_name(h.provider.value),
+                    "labels": labels,
+                    "address": h.address.as_ref().map(|a| a.value.clone()),
+                    "private_address": if h.count.is_some() { None } else { private.clone() },
+                }),
+            );
+        }
+    }
+    minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(out)))
+}
+
 /// The hosts of the fleet as the host files define them.
 pub(super) struct Loaded {
     pub hosts: Vec<Host>,
@@ -41,11 +88,17 @@ impl Loader<'_> {
         let mut broken_hosts: BTreeSet<String> = BTreeSet::new();
         // Where each host's own `ssh.via` is written (not inherited).
         let mut explicit_via: HashMap<String, Origin> = HashMap::new();
+        let mut parsed = Vec::new();
         for (stem, path) in host_files {
             let Some(h) = self.parse::<raw::HostFile>(&path) else {
                 broken_hosts.insert(stem);
                 continue;
             };
+            parsed.push((stem, path, h));
+        }
+        // Every host's facts first: a template of one host may list them all.
+        self.host_facts = facts(&parsed);
+        for (stem, path, h) in parsed {
             let Some(settings) = settings else { continue };
             let fleet_defaults = fleet_file.map(|f| &f.defaults.vars);
             let fleet_name = super::settings::settings_fleet_name(fleet_file);
@@ -659,6 +712,7 @@ impl Loader<'_> {
         let networks = self.server_networks(file, provider, h, s, settings);
         Some(Server {
             networks,
+            firewall_origin: s.firewall.first().map(|p| at(file, &p.port)),
             server_type: opt(&s.server_type),
             image: opt(&s.image),
             location: opt(&s.location),
@@ -695,7 +749,7 @@ impl Loader<'_> {
         &mut self,
         host: &mut Host,
         roles: &[&RoleDef],
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         t: &Templates,
     ) {
         let mut claims: HashMap<(String, String), (Origin, Option<PackageState>)> = HashMap::new();
@@ -813,7 +867,7 @@ impl Loader<'_> {
         &mut self,
         item: &Item,
         t: &Templates,
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         host_name: &str,
     ) -> Option<Resource> {
         Some(match item {
@@ -876,7 +930,7 @@ impl Loader<'_> {
         &mut self,
         fw: RoleFirewall,
         t: &Templates,
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         host_name: &str,
     ) -> Resource {
         let mut rules: Vec<FirewallRule> = Vec::new();

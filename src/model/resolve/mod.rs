@@ -65,6 +65,7 @@ pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<F
         reported: HashSet::new(),
         identity,
         plain: HashMap::new(),
+        host_facts: minijinja::Value::UNDEFINED,
     };
     let fleet = l.run();
     let mut diags = l.diags;
@@ -228,6 +229,9 @@ struct Loader<'a> {
     identity: Option<&'a str>,
     /// Decrypted secrets by name (only with an identity).
     plain: HashMap<String, String>,
+    /// `hosts` in templates: every host's name, group, index, labels and
+    /// addresses, by name (see [`hosts::facts`]).
+    host_facts: minijinja::Value,
 }
 
 /// A server setting and its key, for provider-specific checks.
@@ -533,7 +537,7 @@ impl<'a> Loader<'a> {
             }
         }
         let fleet_file = fleet_file?;
-        Some(Fleet {
+        let fleet = Fleet {
             name: fleet_file.fleet.value,
             commit: None,
             hosts,
@@ -546,7 +550,15 @@ impl<'a> Loader<'a> {
             networks: settings.networks.clone(),
             settings,
             group_rollouts,
-        })
+        };
+        // Only for a config that is otherwise sound: a broken rule is
+        // reported as itself, not as a lockout too.
+        if self.diags.is_empty() {
+            for d in crate::model::lockout::check(&fleet) {
+                self.err(d);
+            }
+        }
+        Some(fleet)
     }
 }
 

@@ -76,7 +76,7 @@ impl Loader<'_> {
         }
     }
 
-    pub(super) fn template_context(&self, host: &Host, fleet_name: &str) -> serde_json::Value {
+    pub(super) fn template_context(&self, host: &Host, fleet_name: &str) -> minijinja::Value {
         let mut ctx = host.vars.clone();
         ctx.insert(
             "host".into(),
@@ -86,12 +86,18 @@ impl Loader<'_> {
                 "index": host.index,
                 "provider": provider_name(host.provider),
                 "address": host.address,
+                "private_address": host.private_address,
                 "labels": host.labels,
                 "roles": host.roles,
             }),
         );
         ctx.insert("fleet".into(), serde_json::json!({ "name": fleet_name }));
-        serde_json::Value::Object(ctx)
+        // `hosts`: every host's facts, shared (not copied) by all renders;
+        // a variable of that name wins (the later map wins a merge).
+        minijinja::value::merge_maps([
+            minijinja::context! { hosts => self.host_facts.clone() },
+            minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(ctx))),
+        ])
     }
 
     /// Render template `name` for a host; errors are reported once per template location.
@@ -99,12 +105,12 @@ impl Loader<'_> {
         &mut self,
         t: &Templates,
         name: &str,
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         host: &str,
     ) -> Option<(Vec<u8>, bool)> {
         let tmpl = t.env.get_template(name).ok()?; // syntax errors were reported when loading
         t.used_secret.store(false, Ordering::Relaxed);
-        match tmpl.render(minijinja::value::Serde(ctx)) {
+        match tmpl.render(ctx) {
             Ok(s) => Some((s.into_bytes(), t.used_secret.load(Ordering::Relaxed))),
             Err(e) => {
                 let tname = e.name().unwrap_or(name).to_string();
@@ -127,11 +133,11 @@ impl Loader<'_> {
         &mut self,
         t: &Templates,
         src: &str,
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         origin: &Origin,
         host: &str,
     ) -> Option<String> {
-        match t.env.render_str(src, minijinja::value::Serde(ctx)) {
+        match t.env.render_str(src, ctx) {
             Ok(s) => Some(s),
             Err(e) => {
                 let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();

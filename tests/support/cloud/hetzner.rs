@@ -179,6 +179,8 @@ struct Ctx {
     account: Arc<Mutex<Account>>,
     faults: Arc<Faults>,
     cloud: Cloud,
+    /// The firewall each server's host has, as last applied.
+    enforced: Arc<Mutex<std::collections::HashMap<usize, String>>>,
 }
 
 fn error(status: u16, code: &str, message: &str) -> Response {
@@ -412,6 +414,7 @@ impl Hetzner {
             account: account.clone(),
             faults: faults.clone(),
             cloud: cloud.clone(),
+            enforced: Default::default(),
         };
         let app = axum::Router::new().fallback(handle).with_state(ctx);
         let (url, _) = super::serve(app);
@@ -635,6 +638,7 @@ async fn handle(
         None => {}
     }
     let mut response = route(&ctx, &method, &parts, &uri, &body);
+    enforce(&ctx);
     // A full bucket of 3600 an hour, refilled at one a second.
     let h = response.headers_mut();
     h.insert("ratelimit-limit", "3600".parse().unwrap());
@@ -654,6 +658,47 @@ async fn handle(
         Some(Fault::DoneButFailed) => error(500, "service_error", "service error"),
         _ => response,
     }
+}
+
+/// Every server's host gets the firewalls applied to it, enforced with
+/// nftables on its public interface (no firewall: all open), as Hetzner's
+/// firewalls sit in front of its servers.
+fn enforce(ctx: &Ctx) {
+    let wanted: Vec<(usize, String)> = {
+        let a = ctx.account.lock().unwrap();
+        a.servers
+            .values()
+            .filter_map(|s| {
+                let host = s.host?;
+                let fws: Vec<&Firewall> = a
+                    .firewalls
+                    .values()
+                    .filter(|f| f.servers.contains(&s.id))
+                    .collect();
+                let rules: Option<Vec<super::PortRule>> = (!fws.is_empty()).then(|| {
+                    fws.iter()
+                        .flat_map(|f| f.rules.iter())
+                        .filter(|r| r["direction"].as_str() == Some("in"))
+                        .map(|r| super::PortRule {
+                            proto: r["protocol"].as_str().unwrap_or("tcp").to_string(),
+                            ports: r["port"].as_str().and_then(|p| {
+                                let (a, b) = p.split_once('-').unwrap_or((p, p));
+                                Some((a.parse().ok()?, b.parse().ok()?))
+                            }),
+                            from: r["source_ips"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|c| c.as_str().map(String::from))
+                                .collect(),
+                        })
+                        .collect()
+                });
+                Some((host, super::cloud_firewall_nft(rules.as_deref())))
+            })
+            .collect()
+    };
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
 }
 
 fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) -> Response {
@@ -1411,5 +1456,38 @@ fn server_action(ctx: &Ctx, a: &mut Account, id: i64, what: &str, v: &Value) -> 
             ok(201, json!({"image": j, "action": action_json(&act)}))
         }
         _ => error(404, "not_found", &format!("unknown action {what}")),
+    }
+}
+
+impl Hetzner {
+    /// A running server made outside tidekeeper (no ownership labels), with
+    /// a test host behind it that the bed's key logs in to.
+    pub fn add_unmanaged_booted(&self, name: &str, server_type: &str) -> i64 {
+        let key = self.cloud.bed.lock().unwrap().public_key.clone();
+        let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
+            host_key: None,
+            authorized: vec![key],
+            scripts: vec![],
+        });
+        let mut a = self.account.lock().unwrap();
+        let id = a.id();
+        a.servers.insert(
+            id,
+            Server {
+                id,
+                name: name.into(),
+                status: "running".into(),
+                server_type: server_type.into(),
+                image: "debian-12".into(),
+                location: "nbg1".into(),
+                labels: BTreeMap::from([("team".into(), "legacy".into())]),
+                ipv4: Some(addr.to_string()),
+                protected: false,
+                created: now_rfc3339(),
+                host: Some(i),
+                user_data: String::new(),
+            },
+        );
+        id
     }
 }

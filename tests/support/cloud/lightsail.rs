@@ -86,6 +86,8 @@ struct Ctx {
     account: Arc<Mutex<Account>>,
     faults: Arc<Faults>,
     cloud: Cloud,
+    /// The public ports each instance's host has, as last applied.
+    enforced: Arc<Mutex<std::collections::HashMap<usize, String>>>,
 }
 
 fn error(status: u16, kind: &str, message: &str) -> Response {
@@ -188,6 +190,7 @@ impl Lightsail {
             account: account.clone(),
             faults: faults.clone(),
             cloud: cloud.clone(),
+            enforced: Default::default(),
         };
         let app = axum::Router::new().fallback(handle).with_state(ctx);
         let (url, _) = super::serve(app);
@@ -226,7 +229,7 @@ impl Lightsail {
                 .collect(),
             public_ip: Some(addr.to_string()),
             static_ip: false,
-            ports: vec![],
+            ports: default_ports(),
             created: epoch(),
             host: Some(i),
         };
@@ -430,6 +433,7 @@ async fn handle(
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let response = route(&ctx, &operation, &v);
+    enforce(&ctx);
     match after {
         Some(Fault::Slow(d)) => {
             tokio::time::sleep(d).await;
@@ -459,6 +463,52 @@ fn not_found(what: &str) -> Response {
         "NotFoundException",
         &format!("The {what} does not exist."),
     )
+}
+
+/// Lightsail opens 22 (and 80) to everyone on a new instance.
+fn default_ports() -> Vec<Value> {
+    vec![
+        json!({"fromPort": 22, "toPort": 22, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
+        json!({"fromPort": 80, "toPort": 80, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
+    ]
+}
+
+/// Every instance's host admits only its public ports (as Lightsail's
+/// firewall in front of an instance does), enforced with nftables.
+fn enforce(ctx: &Ctx) {
+    let wanted: Vec<(usize, String)> = {
+        let a = ctx.account.lock().unwrap();
+        a.instances
+            .values()
+            .filter_map(|i| {
+                let host = i.host?;
+                let rules: Vec<super::PortRule> = i
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let from = p["cidrs"]
+                            .as_array()
+                            .into_iter()
+                            .chain(p["ipv6Cidrs"].as_array())
+                            .flatten()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect();
+                        let proto = match p["protocol"].as_str().unwrap_or("tcp") {
+                            "all" => "any".to_string(),
+                            other => other.to_string(),
+                        };
+                        let ports = match (p["fromPort"].as_i64(), p["toPort"].as_i64()) {
+                            (Some(a), Some(b)) if a >= 0 => Some((a as u16, b as u16)),
+                            _ => None,
+                        };
+                        super::PortRule { proto, ports, from }
+                    })
+                    .collect();
+                Some((host, super::cloud_firewall_nft(Some(&rules))))
+            })
+            .collect()
+    };
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
 }
 
 fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
@@ -551,11 +601,7 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
                         tags: tags_of(&v["tags"]),
                         public_ip: None,
                         static_ip: false,
-                        // Lightsail opens 22 (and 80) to everyone on a new instance.
-                        ports: vec![
-                            json!({"fromPort": 22, "toPort": 22, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
-                            json!({"fromPort": 80, "toPort": 80, "protocol": "tcp", "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": ["::/0"]}),
-                        ],
+                        ports: default_ports(),
                         created: epoch(),
                         host: None,
                     },

@@ -219,11 +219,14 @@ impl Cloud {
         self.bed.lock().unwrap().remove(i);
     }
 
-    /// Run `command` on host `i` as root, with `key` (the key the server authorizes).
+    /// Run `command` on host `i` as root, with `key` (the key the server
+    /// authorizes). From inside the host's own network namespace, as a
+    /// provider's console is: its cloud firewall does not stand in the way.
     pub fn ssh(&self, i: usize, key: &std::path::Path, command: &str) -> std::process::Output {
         let bed = self.bed.lock().unwrap();
         let h = bed.host(i);
-        std::process::Command::new("ssh")
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &bed.netns(i), "ssh"])
             .args(["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes"])
             .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
@@ -338,7 +341,7 @@ impl CloudFleet {
     /// to tidekeeper.yaml.
     pub fn start(files: &[(&str, &str)], extra: &str) -> CloudFleet {
         let settings = format!(
-            "fleet: acme\ndefaults:\n  parallelism: 4\nproviders:\n  hetzner: {{}}\n  lightsail:\n    region: {}\n{extra}",
+            "fleet: acme\ndefaults:\n  parallelism: 4\n  ssh: {{from: [10.213.0.0/16]}}\nproviders:\n  hetzner: {{}}\n  lightsail:\n    region: {}\n{extra}",
             lightsail::REGION,
         );
         let mut all: Vec<(String, String)> = vec![("tidekeeper.yaml".into(), settings)];
@@ -396,5 +399,65 @@ impl CloudFleet {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// One inbound rule of a cloud firewall (Hetzner rules, Lightsail public
+/// ports), as the emulators enforce it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortRule {
+    /// `tcp`, `udp`, `icmp` or `any`.
+    pub proto: String,
+    /// None: every port.
+    pub ports: Option<(u16, u16)>,
+    pub from: Vec<String>,
+}
+
+/// The nftables script that makes a host's public interface (eth0) admit
+/// only `rules` (None: no firewall, everything admitted), as the provider's
+/// firewall in front of a server does. Private networks are not filtered.
+pub fn cloud_firewall_nft(rules: Option<&[PortRule]>) -> String {
+    let mut s = String::from("table inet cloud_fw\ndelete table inet cloud_fw\n");
+    let Some(rules) = rules else { return s };
+    s.push_str("table inet cloud_fw {\n chain input {\n  type filter hook input priority -20; policy accept;\n");
+    s.push_str("  iifname != \"eth0\" accept\n  ct state established,related accept\n");
+    for r in rules {
+        let l4 = match (r.proto.as_str(), r.ports) {
+            ("tcp" | "udp", Some((a, b))) if a == b => format!("{} dport {a}", r.proto),
+            ("tcp" | "udp", Some((a, b))) => format!("{} dport {a}-{b}", r.proto),
+            ("tcp" | "udp", None) => format!("meta l4proto {}", r.proto),
+            ("icmp", _) => "meta l4proto { icmp, ipv6-icmp }".into(),
+            _ => String::new(),
+        };
+        let (v4, v6): (Vec<&String>, Vec<&String>) = r.from.iter().partition(|c| !c.contains(':'));
+        for (family, nets) in [("ip", v4), ("ip6", v6)] {
+            if nets.is_empty() {
+                continue;
+            }
+            let set: Vec<&str> = nets.iter().map(|n| n.as_str()).collect();
+            s.push_str(&format!(
+                "  {family} saddr {{ {} }} {l4} accept\n",
+                set.join(", ")
+            ));
+        }
+    }
+    s.push_str("  drop\n }\n}\n");
+    s
+}
+
+/// Apply `wanted` (host index → script) where it differs from what was
+/// last applied.
+pub fn enforce_firewalls(
+    cloud: &Cloud,
+    applied: &Mutex<std::collections::HashMap<usize, String>>,
+    wanted: Vec<(usize, String)>,
+) {
+    let mut done = applied.lock().unwrap();
+    for (host, script) in wanted {
+        if done.get(&host) == Some(&script) {
+            continue;
+        }
+        cloud.bed.lock().unwrap().nft(host, &script);
+        done.insert(host, script);
     }
 }
