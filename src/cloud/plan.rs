@@ -769,6 +769,19 @@ pub fn cost_table(plan: &CloudPlan) -> String {
 }
 
 /// The cloud part of a plan, as people read it.
+/// A change's attributes, a line each: `name: before → after`.
+fn attr_lines(s: &mut String, attrs: &[Attr]) {
+    for a in attrs {
+        let line = match (&a.before, &a.after) {
+            (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
+            (None, Some(x)) => format!("{}: {x}", a.name),
+            (Some(b), None) => format!("- {}: {b}", a.name),
+            (None, None) => a.name.clone(),
+        };
+        let _ = writeln!(s, "        {line}");
+    }
+}
+
 pub fn text(p: &CloudPlan, color: bool) -> String {
     let (green, yellow, red, bold, reset) = if color {
         ("\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[1m", "\x1b[0m")
@@ -791,15 +804,7 @@ pub fn text(p: &CloudPlan, color: bool) -> String {
                 n.name,
                 provider_name(n.provider)
             );
-            for a in &n.attrs {
-                let line = match (&a.before, &a.after) {
-                    (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
-                    (None, Some(x)) => format!("{}: {x}", a.name),
-                    (Some(b), None) => format!("- {}: {b}", a.name),
-                    (None, None) => a.name.clone(),
-                };
-                let _ = writeln!(s, "        {line}");
-            }
+            attr_lines(&mut s, &n.attrs);
             if let Some(b) = &n.blocked {
                 let _ = writeln!(s, "  {red}blocked:{reset} {b}");
             }
@@ -833,15 +838,7 @@ pub fn text(p: &CloudPlan, color: bool) -> String {
         if let Some(r) = &c.reason {
             let _ = writeln!(s, "        why: {r}");
         }
-        for a in &c.attrs {
-            let line = match (&a.before, &a.after) {
-                (Some(b), Some(x)) => format!("{}: {b} → {x}", a.name),
-                (None, Some(x)) => format!("{}: {x}", a.name),
-                (Some(b), None) => format!("- {}: {b}", a.name),
-                (None, None) => a.name.clone(),
-            };
-            let _ = writeln!(s, "        {line}");
-        }
+        attr_lines(&mut s, &c.attrs);
         if let Some(b) = &c.blocked {
             let _ = writeln!(s, "  {red}blocked:{reset} {b}");
         }
