@@ -121,6 +121,15 @@ fn why_not_running(s: &PowerState) -> String {
 
 /// The fleet with the address and generated host key of every cloud host
 /// whose server (created by tidekeeper for this fleet) runs.
+/// Could this error go away while a new server is still booting?
+fn settling(e: &engine::EngineError) -> bool {
+    use crate::transport::TransportError as T;
+    matches!(
+        e,
+        engine::EngineError::Transport(T::Unreachable { .. } | T::Timeout { .. } | T::Lost { .. })
+    )
+}
+
 pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet {
     let mut out = fleet.clone();
     for h in out.hosts.iter_mut() {
@@ -396,7 +405,8 @@ pub async fn apply(
                     ready.push(name);
                     break;
                 }
-                Err(e) if start.elapsed() > SSH_WAIT => {
+                // A wrong key or a refused login does not go away by waiting.
+                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => {
                     r.fail(engine::HostError::Unreachable, e.to_string());
                     results.push(r);
                     break;
@@ -577,4 +587,32 @@ pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (Strin
     lines.sort();
     let hex = crate::digest::sha256_hex(lines.join("\n").as_bytes())[..16].to_string();
     (hex, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+    use crate::transport::TransportError as T;
+
+    #[test]
+    fn a_new_server_behind_a_jump_host_is_waited_for_only_while_it_may_be_booting() {
+        let unreachable = EngineError::Transport(T::Unreachable {
+            addr: "10.0.0.3:22 via 10.213.0.2:22".into(),
+            reason: "connection refused".into(),
+        });
+        assert!(settling(&unreachable));
+        let mismatch = EngineError::Transport(T::HostKeyMismatch {
+            addr: "10.0.0.3:22".into(),
+            offered: "a".into(),
+            pinned: "b".into(),
+        });
+        assert!(!settling(&mismatch), "a wrong key is refused at once");
+        let refused = EngineError::Transport(T::AuthFailed {
+            user: "root".into(),
+            addr: "10.0.0.3:22".into(),
+            reason: "no".into(),
+        });
+        assert!(!settling(&refused));
+    }
 }
