@@ -183,6 +183,7 @@ pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) 
             "type": "server",
             "provider": format!("{:?}", c.provider).to_lowercase(),
             "action": c.action.word(),
+            "new_server": c.new_server(),
             "before": before.unwrap_or(json!({"allow_destroy": c.allow_destroy})),
             "after": after,
         }));
@@ -503,6 +504,16 @@ mod tests {
         assert_eq!(v.deny.len(), 1, "{v:?}");
         assert!(v.deny[0].contains("old server would be destroyed"));
         assert!(!evaluate(&delete(true), &[], true).blocks());
+        // A Lightsail resize deletes the old instance once its copy runs.
+        let copy = |new_server: bool| {
+            json!({"resources": [{"address": "agent server", "host": "agent", "type": "server",
+                "action": "resize", "new_server": new_server, "before": {"allow_destroy": false}, "after": {}}],
+                "hosts": [], "cost": {"prior": 0, "proposed": 0, "delta": 0, "currency": "USD", "by_currency": {}}})
+        };
+        let v = evaluate(&copy(true), &[], true);
+        assert_eq!(v.deny.len(), 1, "{v:?}");
+        assert!(v.deny[0].contains("copied to a new instance and the old one destroyed"));
+        assert!(!evaluate(&copy(false), &[], true).blocks(), "a resize in place");
     }
 
     #[test]

@@ -229,12 +229,14 @@ pub async fn plan(
         let server = obs
             .server(host.provider, name)
             .filter(|s| s.owned_by(&fleet.name));
-        let recreated =
-            change.is_some_and(|c| matches!(c.action, CloudAction::Create | CloudAction::Replace));
-        if recreated {
+        if change.is_some_and(|c| c.new_server()) {
             new_servers.push(name.clone());
-            early.push(preview(&fleet, name, &opts));
-            continue;
+            // A copy (a Lightsail resize) holds what the old server holds:
+            // planned against that one, applied to the copy once it runs.
+            if !change.is_some_and(|c| c.action == CloudAction::Resize) {
+                early.push(preview(&fleet, name, &opts));
+                continue;
+            }
         }
         let Some(server) = server else {
             // A name clash with a server tidekeeper does not manage (in the cloud plan's errors).
@@ -296,6 +298,9 @@ pub async fn apply(
             })
         }
     };
+    // A host copied to a new server (a Lightsail resize) was planned over a
+    // connection to the old one, which the copy deletes.
+    pool.close(new_servers.clone()).await;
     let mut outcomes = Vec::new();
     let (deletes, rest): (Vec<_>, Vec<_>) = cloud
         .as_ref()

@@ -183,7 +183,7 @@ fn faults_429_500_and_slow_actions_still_converge_without_duplicates() {
 }
 
 #[test]
-fn a_type_change_resizes_in_place_and_a_bundle_change_replaces_with_permission() {
+fn a_type_change_resizes_in_place_and_a_lightsail_bundle_change_copies_the_disk_with_permission() {
     let f = CloudFleet::start(
         &[
             ("roles/base.yaml", BASE),
@@ -220,6 +220,8 @@ fn a_type_change_resizes_in_place_and_a_bundle_change_replaces_with_permission()
     assert_eq!(f.host_of("web"), web_host, "the same server, not a new one");
     assert_eq!(f.ssh("web", "cat /root/data"), "kept\n");
 
+    let old_agent = f.host_of("agent");
+    f.ssh("agent", "echo agent-memory > /root/data");
     f.repo.write(
         "hosts/agent.yaml",
         &AGENT.replace("bundle: small_3_0", "bundle: medium_3_0"),
@@ -228,18 +230,21 @@ fn a_type_change_resizes_in_place_and_a_bundle_change_replaces_with_permission()
     let out = f.tk(&["plan"]);
     let plan = stdout(&out);
     assert!(
-        plan.contains("-/+ agent server (Lightsail, replace)  12.00 → 24.00 USD/month (+12.00)"),
+        plan.contains("~ agent server (Lightsail, resize)  12.00 → 24.00 USD/month (+12.00)"),
         "{plan}"
     );
-    assert!(
-        plan.contains("why: Lightsail cannot change an instance's bundle in place"),
-        "{plan}"
-    );
+    for said in [
+        "a new instance \"agent-medium_3_0\" is made from it",
+        "the static IP moves to it",
+        "its disk and data are kept",
+    ] {
+        assert!(plan.contains(said), "{said:?} in {plan}");
+    }
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let refused = stdout(&out);
     assert!(
-        refused.contains("destroying it is not permitted: set `allow_destroy: true`"),
+        refused.contains("the resize deletes the old instance once its copy runs, but destroying it is not permitted"),
         "{refused}"
     );
     assert!(
@@ -250,11 +255,63 @@ fn a_type_change_resizes_in_place_and_a_bundle_change_replaces_with_permission()
 
     let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(f.lightsail.instances().len(), 1);
-    assert_eq!(f.lightsail.instance("agent").unwrap().bundle, "medium_3_0");
+    let names: Vec<String> = f
+        .lightsail
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["agent-medium_3_0"], "the old instance is deleted");
+    let copy = f.lightsail.instance("agent-medium_3_0").unwrap();
+    assert_eq!(copy.bundle, "medium_3_0");
+    assert_ne!(f.host_of("agent"), old_agent, "a new machine");
+    assert_eq!(
+        f.ssh("agent", "cat /root/data"),
+        "agent-memory\n",
+        "the file written on the old instance is on its copy"
+    );
     assert_eq!(f.ssh("agent", "cat /etc/tk-cloud"), "hello agent\n");
+    let ip = f.lightsail.account.lock().unwrap().static_ips["tk-acme-agent"].clone();
+    assert_eq!(
+        ip.1.as_deref(),
+        Some("agent-medium_3_0"),
+        "the static IP moved"
+    );
+    assert!(
+        f.lightsail.snapshots().is_empty(),
+        "the resize's snapshot is deleted"
+    );
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A smaller disk cannot be made from the snapshot: a replace, and the plan says the data goes.
+    f.repo.write(
+        "hosts/agent.yaml",
+        &AGENT.replace("bundle: small_3_0", "bundle: nano_3_0"),
+    );
+    f.repo.commit("smaller agent");
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("-/+ agent server (Lightsail, replace)  24.00 → 5.00 USD/month (-19.00)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("disk (20 GB) is smaller than the old one's (80 GB)"),
+        "{plan}"
+    );
+    assert!(plan.contains("the disk is not kept"), "{plan}");
+    let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let names: Vec<String> = f
+        .lightsail
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["agent"], "a new instance, named as its host again");
+    assert_eq!(f.ssh("agent", "cat /etc/tk-cloud"), "hello agent\n");
+    assert_eq!(f.ssh("agent", "test -e /root/data || echo gone"), "gone\n");
 }
 
 #[test]
@@ -599,7 +656,7 @@ fn a_cloud_provider_that_cannot_be_listed_fails_its_hosts_only() {
     let (i, addr) = f.cloud.boot(&crate::support::testbed::CloudInit {
         host_key: None,
         authorized: vec![key],
-        scripts: vec![],
+        ..Default::default()
     });
     let line = f.cloud.bed.lock().unwrap().host(i).known_hosts_line();
     f.repo.write(

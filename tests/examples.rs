@@ -273,7 +273,7 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).contains("No changes."), "{}", text(&out));
 
-    // The pull request: Lightsail medium → large, which Lightsail can only do as a replace.
+    // The pull request: Lightsail medium → large, which Lightsail can only do as a copy.
     let comment = pr_comment(&f, |f| {
         let t = f.repo.read("hosts/outpost.yaml");
         f.repo.write(
@@ -281,17 +281,21 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
             &t.replace("bundle: medium_3_0", "bundle: large_3_0")
                 .replace(
                     "roles:",
-                    "allow_destroy: true      # the runs are disposable; replacing is fine\nroles:",
+                    "allow_destroy: true      # a resize deletes the old instance once its copy runs\nroles:",
                 ),
         );
     });
     assert!(
         crate::support::diff_line(
             &comment,
-            "-/+",
-            "outpost server (Lightsail, replace)  24.00 → 44.00 USD/month (+20.00)"
+            "!",
+            "outpost server (Lightsail, resize)  24.00 → 44.00 USD/month (+20.00)"
         ),
         "{comment}"
+    );
+    assert!(
+        comment.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "planned against the instance it copies: {comment}"
     );
     for want in [
         "Monthly cost: 13.60 → 13.60 EUR (+0.00); 24.00 → 44.00 USD (+20.00)",
@@ -303,10 +307,19 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
     merge_pr(&f);
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(f.lightsail.instance("outpost").unwrap().bundle, "large_3_0");
+    assert!(f.lightsail.instance("outpost").is_none(), "the old instance is gone");
+    assert_eq!(
+        f.lightsail.instance("outpost-large_3_0").unwrap().bundle,
+        "large_3_0"
+    );
     assert!(
         f.ssh("outpost", "curl -fsS http://127.0.0.1:8700/health")
             .contains("ok")
+    );
+    assert_eq!(
+        f.ssh("outpost", "ls /srv/outpost/runs | wc -l").trim(),
+        "1",
+        "the queued run was copied with the disk"
     );
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

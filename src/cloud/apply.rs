@@ -31,10 +31,13 @@ pub struct CloudOutcome {
     pub seconds: f64,
 }
 
+/// A new server for `c`: made from scratch, or (`copy_of`) from a
+/// snapshot of the old one. Either way it gets a host key generated here.
 async fn create(
     clouds: &Clouds,
     c: &CloudChange,
     login_keys: &[String],
+    copy_of: Option<&ObservedServer>,
 ) -> Result<(ObservedServer, String), String> {
     let want = c
         .desired
@@ -55,10 +58,11 @@ async fn create(
             .cloned(),
     );
     let user_data = hostkey::user_data(&key, &authorized, want.user_data.as_deref());
-    let server = provider
-        .create(&want, &user_data)
-        .await
-        .map_err(|e| e.to_string())?;
+    let server = match copy_of {
+        Some(have) => provider.resize_by_copy(have, &want, &user_data).await,
+        None => provider.create(&want, &user_data).await,
+    }
+    .map_err(|e| e.to_string())?;
     Ok((server, key.public))
 }
 
@@ -80,7 +84,13 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
     let result: Result<(), String> = async {
         match c.action {
             CloudAction::Create => {
-                let (s, k) = create(clouds, c, login_keys).await?;
+                let (s, k) = create(clouds, c, login_keys, None).await?;
+                out.server = Some(s);
+                out.host_key = Some(k);
+            }
+            CloudAction::Resize if provider.resizes_by_copy() => {
+                let have = c.observed.as_ref().ok_or("a resize without a server")?;
+                let (s, k) = create(clouds, c, login_keys, Some(have)).await?;
                 out.server = Some(s);
                 out.host_key = Some(k);
             }
@@ -90,7 +100,7 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
                     .delete(have, true)
                     .await
                     .map_err(|e| e.to_string())?;
-                let (s, k) = create(clouds, c, login_keys).await?;
+                let (s, k) = create(clouds, c, login_keys, None).await?;
                 out.server = Some(s);
                 out.host_key = Some(k);
             }

@@ -1023,6 +1023,7 @@ impl Provider for Hetzner {
                 },
                 monthly: BTreeMap::new(),
                 bills_stopped: true,
+                disk_gb: BTreeMap::new(),
             };
             for t in &r.pricing.server_types {
                 for p in &t.prices {

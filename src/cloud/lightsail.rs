@@ -4,7 +4,9 @@
 //! Instances are tagged with the ownership tags; public ports are managed only
 //! when the host lists `server.firewall` rules; a `static_ip: true` host gets
 //! a static IP named `tk-<fleet>-<host>`, released when the instance is
-//! deleted. Lightsail cannot resize an instance: a new bundle is a replace.
+//! deleted. Lightsail cannot resize or rename an instance: a new bundle is
+//! a new instance made from a snapshot of the old one, named
+//! `<host>-<bundle>` and tagged with the host it is for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use tidekeeper_lightsail as ls;
 
 use super::desired::{DesiredServer, fold_any};
 use super::{
-    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, ObservedServer, PowerState, PriceList,
-    Provider, Snapshot,
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, HOST_NAME, ObservedServer, PowerState,
+    PriceList, Provider, Snapshot,
 };
 use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
 
@@ -109,6 +111,15 @@ fn port_infos(rules: &[CloudPort]) -> Vec<ls::Port> {
 
 fn owned(tags: &[(String, String)], fleet: &str) -> bool {
     super::owned(tags.iter().map(|(k, v)| (k, v)), fleet)
+}
+
+/// The host an instance is for: its tag, else its name.
+fn host_of(i: &ls::Instance) -> &str {
+    i.tags
+        .iter()
+        .find(|(k, _)| k == HOST_NAME)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(&i.name)
 }
 
 impl Lightsail {
@@ -219,14 +230,16 @@ impl Lightsail {
     }
 
     fn observed(&self, i: &ls::Instance) -> ObservedServer {
+        let mut labels: BTreeMap<String, String> = i.tags.iter().cloned().collect();
+        labels.remove(HOST_NAME);
         ObservedServer {
             provider: ProviderKind::Lightsail,
             id: i.name.clone(),
-            name: i.name.clone(),
+            name: host_of(i).to_string(),
             size: i.bundle.clone(),
             image: Some(i.blueprint.clone()),
             location: i.zone.clone(),
-            labels: i.tags.iter().cloned().collect(),
+            labels,
             state: state(&i.state),
             address: i.public_ip.clone(),
             private_address: i.private_ip.clone(),
@@ -237,7 +250,14 @@ impl Lightsail {
         }
     }
 
-    async fn attach_static_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+    /// Attach `host`'s static IP to `instance`, taking it from the
+    /// instance it is attached to (a resized host's old one).
+    async fn attach_static_ip(
+        &self,
+        fleet: &str,
+        host: &str,
+        instance: &str,
+    ) -> Result<(), CloudError> {
         let name = static_ip_name(fleet, host);
         let ips = self
             .client()
@@ -246,7 +266,13 @@ impl Lightsail {
             .await
             .map_err(|e| api("listing static IPs", e))?;
         match ips.iter().find(|s| s.name == name) {
-            Some(s) if s.attached_to.as_deref() == Some(host) => return Ok(()),
+            Some(s) if s.attached_to.as_deref() == Some(instance) => return Ok(()),
+            Some(s) if s.attached_to.is_some() => self
+                .client()
+                .await?
+                .detach_static_ip(&name)
+                .await
+                .map_err(|e| api("detaching the static IP", e))?,
             Some(_) => {}
             None => self
                 .client()
@@ -257,7 +283,7 @@ impl Lightsail {
         }
         self.client()
             .await?
-            .attach_static_ip(&name, host)
+            .attach_static_ip(&name, instance)
             .await
             .map_err(|e| api("attaching the static IP", e))
     }
@@ -287,26 +313,36 @@ impl Lightsail {
         Ok(name)
     }
 
-    async fn create_instance(
+    /// Make instance `name` for `want` (from `snapshot`'s disk, or from
+    /// its blueprint), wait until it runs, and give it its static IP and
+    /// public ports.
+    async fn launch(
         &self,
+        name: &str,
         want: &DesiredServer,
         user_data: &str,
+        snapshot: Option<&str>,
     ) -> Result<ObservedServer, CloudError> {
         let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
-        let tags: Vec<(String, String)> = want.labels.clone().into_iter().collect();
+        let mut tags: Vec<(String, String)> = want.labels.clone().into_iter().collect();
+        if name != want.host {
+            tags.push((HOST_NAME.into(), want.host.clone()));
+        }
+        let ours = |i: &ls::Instance| owned(&i.tags, &fleet) && host_of(i) == want.host;
         let existing = self
             .client()
             .await?
-            .instance(&want.host)
+            .instance(name)
             .await
             .map_err(|e| api("reading the instance", e))?;
         match existing {
-            Some(i) if owned(&i.tags, &fleet) => {
-                tracing::info!(host = %want.host, "the instance was created by an earlier attempt; using it")
+            Some(i) if ours(&i) => {
+                tracing::info!(host = %want.host, instance = name, "the instance was created by an earlier attempt; using it")
             }
             Some(_) => {
                 return Err(CloudError::Refused(format!(
-                    "{}: an instance of that name exists but is not managed by tidekeeper",
+                    "{}: an instance named {name:?} exists but is not this host's (not managed by \
+                     tidekeeper for it); rename or delete it",
                     want.host
                 )));
             }
@@ -315,42 +351,124 @@ impl Lightsail {
                     Some(entry) => Some(self.key_pair(&fleet, entry).await?),
                     None => None,
                 };
-                let made = self
-                    .client()
-                    .await?
-                    .create_instance(
-                        &want.host,
-                        &want.location,
-                        &want.image,
-                        &want.size,
-                        key_pair.as_deref(),
-                        user_data,
-                        &tags,
-                    )
-                    .await;
+                let client = self.client().await?;
+                let made = match snapshot {
+                    Some(snap) => {
+                        client
+                            .create_instance_from_snapshot(
+                                name,
+                                &want.location,
+                                snap,
+                                &want.size,
+                                key_pair.as_deref(),
+                                user_data,
+                                &tags,
+                            )
+                            .await
+                    }
+                    None => {
+                        client
+                            .create_instance(
+                                name,
+                                &want.location,
+                                &want.image,
+                                &want.size,
+                                key_pair.as_deref(),
+                                user_data,
+                                &tags,
+                            )
+                            .await
+                    }
+                };
                 match made {
                     Ok(ops) => self.wait_ops(&ops, "creating the instance").await?,
                     // The SDK retried; a retry after a create that did land
                     // says the name is taken. Look before giving up.
-                    Err(e) => match self.client().await?.instance(&want.host).await {
-                        Ok(Some(i)) if owned(&i.tags, &fleet) => {}
+                    Err(e) => match self.client().await?.instance(name).await {
+                        Ok(Some(i)) if ours(&i) => {}
                         _ => return Err(api("creating the instance", e)),
                     },
                 }
             }
         }
-        self.wait_state(&want.host, "running").await?;
+        self.wait_state(name, "running").await?;
         if want.static_ip {
-            self.attach_static_ip(&fleet, &want.host).await?;
+            self.attach_static_ip(&fleet, &want.host, name).await?;
         }
         if !want.firewall.is_empty() {
             self.client()
                 .await?
-                .put_ports(&want.host, &port_infos(&want.firewall))
+                .put_ports(name, &port_infos(&want.firewall))
                 .await
                 .map_err(|e| api("opening the public ports", e))?;
         }
-        let i = self.wait_state(&want.host, "running").await?;
+        let i = self.wait_state(name, "running").await?;
+        Ok(self.observed(&i))
+    }
+
+    /// A resize: snapshot `have`, launch its copy with the new bundle, move
+    /// the static IP, delete `have`. Until the copy runs, a failure leaves
+    /// `have` as it was (and removes the copy and the snapshot).
+    async fn copy_to_new_bundle(
+        &self,
+        have: &ObservedServer,
+        want: &DesiredServer,
+        user_data: &str,
+    ) -> Result<ObservedServer, CloudError> {
+        let name = super::plan::copy_name(&want.host, &want.size);
+        if name == have.id {
+            return Err(CloudError::Refused(format!(
+                "{}: its instance is already named {name:?}",
+                want.host
+            )));
+        }
+        let mut labels =
+            super::desired::ownership(&want.labels.get(FLEET).cloned().unwrap_or_default());
+        labels.insert(super::SNAPSHOT_JOB.into(), "resize".into());
+        let snap_name = format!(
+            "tk-resize-{}-{}",
+            want.host,
+            chrono::Utc::now().format("%Y%m%d%H%M%S")
+        );
+        let snap = self.snapshot(have, &snap_name, &labels).await?;
+        if let Err(e) = self.launch(&name, want, user_data, Some(&snap.name)).await {
+            {
+                // The old instance still serves: leave nothing else behind.
+                if let Ok(Some(i)) = self.client().await?.instance(&name).await
+                    && host_of(&i) == want.host
+                    && let Ok(ops) = self.client().await?.delete_instance(&name).await
+                {
+                    let _ = self.wait_ops(&ops, "deleting the unfinished copy").await;
+                }
+                let _ = self.delete_snapshot(&snap).await;
+                return Err(e);
+            }
+        }
+        if have.static_ip && !want.static_ip {
+            // The address stays the host's: it moves to the copy too.
+            let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+            self.attach_static_ip(&fleet, &want.host, &name).await?;
+        }
+        let old = match self.client().await?.delete_instance(&have.id).await {
+            Ok(ops) => self.wait_ops(&ops, "deleting the old instance").await,
+            Err(e) if e.not_found() => Ok(()),
+            Err(e) => Err(api("deleting the old instance", e)),
+        };
+        if let Err(e) = old {
+            return Err(CloudError::api(
+                NAME,
+                "deleting the old instance",
+                format!(
+                    "{e}; the copy {name:?} runs and holds the host's data: delete the old \
+                     instance {:?} in the Lightsail console",
+                    have.id
+                ),
+            ));
+        }
+        if let Err(e) = self.delete_snapshot(&snap).await {
+            tracing::warn!(host = %want.host, snapshot = %snap.name, "the resize's snapshot is left: {e}");
+        }
+        let i = self.wait_state(&name, "running").await?;
         Ok(self.observed(&i))
     }
 }
@@ -382,6 +500,10 @@ impl Provider for Lightsail {
                 .map_err(|e| api("reading bundle prices", e))?;
             Ok(PriceList {
                 currency: "USD",
+                disk_gb: bundles
+                    .iter()
+                    .map(|b| (b.id.clone(), b.disk_gb.max(0) as u32))
+                    .collect(),
                 monthly: bundles
                     .into_iter()
                     .map(|b| ((b.id, "*".to_string()), b.price))
@@ -396,7 +518,7 @@ impl Provider for Lightsail {
         want: &'a DesiredServer,
         user_data: &'a str,
     ) -> Fut<'a, ObservedServer> {
-        Box::pin(self.create_instance(want, user_data))
+        Box::pin(self.launch(&want.host, want, user_data, None))
     }
 
     fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
@@ -415,7 +537,7 @@ impl Provider for Lightsail {
                 super::desired::ownership(fleet).into_iter().collect();
             self.client()
                 .await?
-                .tag(&have.name, &tags)
+                .tag(&have.id, &tags)
                 .await
                 .map_err(|e| api("tagging the instance", e))
         })
@@ -432,7 +554,7 @@ impl Provider for Lightsail {
             if !stale.is_empty() {
                 self.client()
                     .await?
-                    .untag(&have.name, &stale)
+                    .untag(&have.id, &stale)
                     .await
                     .map_err(|e| api("removing tags", e))?;
             }
@@ -445,20 +567,20 @@ impl Provider for Lightsail {
             if !changed.is_empty() {
                 self.client()
                     .await?
-                    .tag(&have.name, &changed)
+                    .tag(&have.id, &changed)
                     .await
                     .map_err(|e| api("tagging the instance", e))?;
             }
             if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..]) {
                 self.client()
                     .await?
-                    .put_ports(&have.name, &port_infos(&want.firewall))
+                    .put_ports(&have.id, &port_infos(&want.firewall))
                     .await
                     .map_err(|e| api("setting the public ports", e))?;
             }
             if want.static_ip && !have.static_ip {
                 let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
-                self.attach_static_ip(&fleet, &have.name).await?;
+                self.attach_static_ip(&fleet, &have.name, &have.id).await?;
             }
             Ok(())
         })
@@ -467,15 +589,28 @@ impl Provider for Lightsail {
     fn resize<'a>(&'a self, have: &'a ObservedServer, _size: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             Err(CloudError::Refused(format!(
-                "{}: Lightsail cannot change an instance's bundle in place; it is replaced",
+                "{}: Lightsail cannot change an instance's bundle in place; it is copied",
                 have.name
             )))
         })
     }
 
+    fn resizes_by_copy(&self) -> bool {
+        true
+    }
+
+    fn resize_by_copy<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        want: &'a DesiredServer,
+        user_data: &'a str,
+    ) -> Fut<'a, ObservedServer> {
+        Box::pin(self.copy_to_new_bundle(have, want, user_data))
+    }
+
     fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()> {
         Box::pin(async move {
-            match self.client().await?.delete_instance(&have.name).await {
+            match self.client().await?.delete_instance(&have.id).await {
                 Ok(ops) => self.wait_ops(&ops, "deleting the instance").await?,
                 Err(e) if e.not_found() => {}
                 Err(e) => return Err(api("deleting the instance", e)),
@@ -505,9 +640,9 @@ impl Provider for Lightsail {
     fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()> {
         Box::pin(async move {
             let (ops, want) = if on {
-                (self.client().await?.start(&have.name).await, "running")
+                (self.client().await?.start(&have.id).await, "running")
             } else {
-                (self.client().await?.stop(&have.name).await, "stopped")
+                (self.client().await?.stop(&have.id).await, "stopped")
             };
             let what = if on {
                 "starting the instance"
@@ -520,7 +655,7 @@ impl Provider for Lightsail {
                 Err(e) if e.code == "InvalidInputException" => {}
                 Err(e) => return Err(api(what, e)),
             }
-            self.wait_state(&have.name, want).await.map(|_| ())
+            self.wait_state(&have.id, want).await.map(|_| ())
         })
     }
 
@@ -531,11 +666,13 @@ impl Provider for Lightsail {
         labels: &'a BTreeMap<String, String>,
     ) -> Fut<'a, Snapshot> {
         Box::pin(async move {
-            let tags: Vec<(String, String)> = labels.clone().into_iter().collect();
+            let mut tags: Vec<(String, String)> = labels.clone().into_iter().collect();
+            // Its host, so retention finds it after a resize renamed the instance.
+            tags.push((HOST_NAME.into(), have.name.clone()));
             let ops = self
                 .client()
                 .await?
-                .create_snapshot(&have.name, name, &tags)
+                .create_snapshot(&have.id, name, &tags)
                 .await
                 .map_err(|e| api("creating a snapshot", e))?;
             self.wait_ops(&ops, "creating a snapshot").await?;
@@ -579,7 +716,12 @@ impl Provider for Lightsail {
                 .map_err(|e| api("listing snapshots", e))?;
             let mut out: Vec<Snapshot> = all
                 .iter()
-                .filter(|s| s.instance == server.name)
+                .filter(|s| {
+                    s.instance == server.id
+                        || s.tags
+                            .iter()
+                            .any(|(k, v)| k == HOST_NAME && *v == server.name)
+                })
                 .filter(|s| {
                     labels
                         .iter()

@@ -39,6 +39,9 @@ pub const HOST_KEY: &str = "tidekeeper-host-key";
 pub const ALLOW_DESTROY: &str = "tidekeeper-allow-destroy";
 /// On snapshots: the job that took them.
 pub const SNAPSHOT_JOB: &str = "tidekeeper-job";
+/// The host a Lightsail instance (or snapshot) is for, where its name cannot
+/// say so: Lightsail cannot rename, so a resized host's instance has a new name.
+pub const HOST_NAME: &str = "tidekeeper-host";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CloudError {
@@ -175,6 +178,8 @@ pub struct PriceList {
     pub monthly: BTreeMap<(String, String), f64>,
     /// Does the provider bill a stopped server? (Both Hetzner and Lightsail do.)
     pub bills_stopped: bool,
+    /// Size → its disk in GB, where the provider says.
+    pub disk_gb: BTreeMap<String, u32>,
 }
 
 impl PriceList {
@@ -221,6 +226,27 @@ pub trait Provider: Send + Sync {
     fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()>;
     /// A new size in place (Hetzner: stop, change type, start).
     fn resize<'a>(&'a self, have: &'a ObservedServer, size: &'a str) -> Fut<'a, ()>;
+    /// A new size where the provider cannot resize in place (Lightsail): a
+    /// snapshot, a new server from it with `want`'s size and `user_data`, the
+    /// static IP moved over, the old server deleted. The new server.
+    fn resize_by_copy<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        want: &'a DesiredServer,
+        user_data: &'a str,
+    ) -> Fut<'a, ObservedServer> {
+        let _ = (want, user_data);
+        Box::pin(async move {
+            Err(CloudError::Refused(format!(
+                "{}: this provider resizes servers in place",
+                have.name
+            )))
+        })
+    }
+    /// Does a new size need [`Provider::resize_by_copy`]?
+    fn resizes_by_copy(&self) -> bool {
+        false
+    }
     /// Delete the server and what tidekeeper made for it alone (its
     /// firewall; its static IP too unless `keep_address`, as when the server
     /// is replaced and its successor takes the address over).

@@ -76,6 +76,16 @@ impl CloudChange {
     pub fn address(&self) -> String {
         format!("{} server", self.host)
     }
+
+    /// Does carrying it out leave the host on a new server (new address,
+    /// new host key)? A Lightsail resize does: the copy is a new instance.
+    pub fn new_server(&self) -> bool {
+        match self.action {
+            CloudAction::Create | CloudAction::Replace => true,
+            CloudAction::Resize => self.provider == ProviderKind::Lightsail,
+            _ => false,
+        }
+    }
 }
 
 /// Monthly totals in one currency.
@@ -352,11 +362,17 @@ fn destroy_permitted(fleet: &Fleet, o: &ObservedServer, opts: PlanOptions) -> bo
     })
 }
 
+/// The name of the instance a Lightsail resize makes for `host` (Lightsail
+/// cannot rename, and the old instance holds the old name until the end).
+pub fn copy_name(host: &str, size: &str) -> String {
+    format!("{host}-{size}")
+}
+
 fn refusal(c: &CloudChange) -> String {
-    let what = if c.action == CloudAction::Replace {
-        "replacing it deletes the server and its disk"
-    } else {
-        "it would be deleted"
+    let what = match c.action {
+        CloudAction::Replace => "replacing it deletes the server and its disk",
+        CloudAction::Resize => "the resize deletes the old instance once its copy runs",
+        _ => "it would be deleted",
     };
     format!(
         "{} server: {what}, but destroying it is not permitted: set `allow_destroy: true` in its \
@@ -448,8 +464,39 @@ pub fn plan(
             }
         }
     }
+    // Two servers for one host: a Lightsail resize stopped between making
+    // the copy and deleting the old instance. Which holds the newer data is
+    // for a person to say.
+    let mut claimed: Vec<(ProviderKind, &str, Vec<&str>)> = Vec::new();
+    for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
+        match claimed
+            .iter_mut()
+            .find(|(p, h, _)| *p == o.provider && *h == o.name)
+        {
+            Some((_, _, ids)) => ids.push(&o.id),
+            None => claimed.push((o.provider, &o.name, vec![&o.id])),
+        }
+    }
+    let twice: Vec<&str> = claimed
+        .iter()
+        .filter(|(_, _, ids)| ids.len() > 1)
+        .map(|(p, host, ids)| {
+            plan.errors.push(format!(
+                "{host}: {} {} servers are this host ({}); a resize stopped between making the \
+                 copy and deleting the old one. Check which holds the data, delete the other \
+                 in the provider's console, and run again",
+                ids.len(),
+                provider_name(*p),
+                ids.join(", ")
+            ));
+            *host
+        })
+        .collect();
     let mut changes = Vec::new();
-    for d in desired.iter().filter(|d| in_scope(&d.host)) {
+    for d in desired
+        .iter()
+        .filter(|d| in_scope(&d.host) && !twice.contains(&d.host.as_str()))
+    {
         let list = observed.prices.get(&d.provider);
         if let Some(list) = list
             && !list.monthly.keys().any(|(s, _)| *s == d.size)
@@ -536,6 +583,8 @@ pub fn plan(
             ));
         }
         let resize = o.size != d.size;
+        // Lightsail: a new instance from a snapshot of this one.
+        let mut copy = false;
         if resize {
             attrs.push(attr(
                 size_word(d.provider),
@@ -543,12 +592,22 @@ pub fn plan(
                 Some(d.size.clone()),
             ));
             if d.provider == ProviderKind::Lightsail {
-                replace.push(
-                    "Lightsail cannot change an instance's bundle in place \
-                     (a new instance is created with the new bundle); the old disk is not kept: \
-                     take a snapshot first, or keep the data elsewhere"
-                        .into(),
-                );
+                let disk = |size: &str| {
+                    observed
+                        .prices
+                        .get(&d.provider)
+                        .and_then(|l| l.disk_gb.get(size))
+                        .copied()
+                };
+                match (disk(&o.size), disk(&d.size)) {
+                    (Some(old), Some(new)) if new < old => replace.push(format!(
+                        "the new bundle's disk ({new} GB) is smaller than the old one's \
+                         ({old} GB), and Lightsail makes an instance from a snapshot only onto \
+                         a disk at least as large: the old disk is not kept; keep the data \
+                         elsewhere first"
+                    )),
+                    _ => copy = true,
+                }
             }
         }
         let mut have_labels = o.labels.clone();
@@ -601,7 +660,19 @@ pub fn plan(
             CloudAction::Update
         };
         let reason = match action {
-            CloudAction::Replace => Some(replace.join("; ")),
+            CloudAction::Replace => Some(replace.join("; ") + "; the disk is not kept"),
+            CloudAction::Resize if copy => Some(format!(
+                "Lightsail cannot change an instance's bundle in place: a snapshot is taken, \
+                 a new instance {:?} is made from it with the new bundle and a new host key, {}, \
+                 and the old instance is deleted; its disk and data are kept (what is written \
+                 during the copy is not)",
+                copy_name(&d.host, &d.size),
+                if o.static_ip || d.static_ip {
+                    "the static IP moves to it"
+                } else {
+                    "its public address changes (no static IP)"
+                }
+            )),
             CloudAction::Resize => {
                 Some("the server is stopped for the change and started again; its disk and data are kept".into())
             }
@@ -615,7 +686,8 @@ pub fn plan(
             reason,
             cost_before: before,
             cost_after: after,
-            allow_destroy: action != CloudAction::Replace || destroy_permitted(fleet, o, opts),
+            allow_destroy: !(action == CloudAction::Replace || copy)
+                || destroy_permitted(fleet, o, opts),
             blocked: None,
             desired: Some(d.clone()),
             observed: Some(o.clone()),
@@ -645,7 +717,7 @@ pub fn plan(
         }
     }
     for c in &mut changes {
-        if c.action.destroys() && !c.allow_destroy {
+        if (c.action.destroys() || c.action == CloudAction::Resize) && !c.allow_destroy {
             c.blocked = Some(refusal(c));
         }
     }
@@ -1001,7 +1073,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lightsail_bundle_change_is_a_replace_with_its_reason_and_needs_permission() {
+    fn a_lightsail_bundle_change_copies_the_disk_and_needs_permission_to_delete_the_old_one() {
         let f = fleet(AGENT);
         let have = vec![server(
             "agent",
@@ -1012,8 +1084,12 @@ mod tests {
         )];
         let p = run(&f, have.clone(), PlanOptions::default());
         let c = &p.changes[0];
-        assert_eq!(c.action, CloudAction::Replace);
-        assert!(c.reason.as_deref().unwrap().contains("bundle in place"));
+        assert_eq!(c.action, CloudAction::Resize);
+        assert!(c.new_server(), "the copy is a new instance");
+        let why = c.reason.as_deref().unwrap();
+        assert!(why.contains("a new instance \"agent-large_3_0\""), "{why}");
+        assert!(why.contains("its disk and data are kept"), "{why}");
+        assert!(why.contains("its public address changes"), "{why}");
         assert!(c.blocked.as_deref().unwrap().contains("allow_destroy"));
         let p = run(
             &f,
@@ -1023,6 +1099,58 @@ mod tests {
             },
         );
         assert!(p.changes[0].blocked.is_none());
+    }
+
+    #[test]
+    fn a_lightsail_bundle_with_a_smaller_disk_is_a_replace_that_says_the_disk_is_lost() {
+        let f = fleet(&AGENT.replace("large_3_0", "medium_3_0"));
+        let have = vec![server(
+            "agent",
+            ProviderKind::Lightsail,
+            "large_3_0",
+            "eu-central-1a",
+            true,
+        )];
+        let mut o = Observed {
+            servers: have,
+            prices: prices(),
+            networks: vec![],
+        };
+        let l = o.prices.get_mut(&ProviderKind::Lightsail).unwrap();
+        l.disk_gb.insert("medium_3_0".into(), 80);
+        l.disk_gb.insert("large_3_0".into(), 160);
+        let desired = crate::cloud::desired::servers(&f);
+        let p = plan(&f, &desired, &o, None, PlanOptions::default());
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Replace);
+        let why = c.reason.as_deref().unwrap();
+        assert!(
+            why.contains("disk (80 GB) is smaller than the old one's (160 GB)"),
+            "{why}"
+        );
+        assert!(why.ends_with("the disk is not kept"), "{why}");
+    }
+
+    #[test]
+    fn two_servers_for_one_host_are_an_error_naming_both_and_nothing_is_planned_for_it() {
+        let f = fleet(AGENT);
+        let old = server(
+            "agent",
+            ProviderKind::Lightsail,
+            "medium_3_0",
+            "eu-central-1a",
+            true,
+        );
+        let mut copy = old.clone();
+        copy.id = "agent-large_3_0".into();
+        copy.size = "large_3_0".into();
+        let p = run(&f, vec![old, copy], PlanOptions::default());
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+        let e = p.errors.join("\n");
+        assert!(
+            e.contains("2 Lightsail servers are this host (agent, agent-large_3_0)"),
+            "{e}"
+        );
     }
 
     #[test]

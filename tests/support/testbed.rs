@@ -238,6 +238,9 @@ pub struct CloudInit {
     pub authorized: Vec<String>,
     /// `text/x-shellscript` parts, run once at first boot.
     pub scripts: Vec<String>,
+    /// A disk to start from (see [`Testbed::snapshot_disk`]), as a server
+    /// made from a snapshot does; None: the image as it is.
+    pub disk: Option<PathBuf>,
 }
 
 /// Everything needed to (re)start a host's container.
@@ -471,6 +474,17 @@ impl Testbed {
                 (sdir.join("upper"), sdir.join("work"), sdir.join("merged"));
             for d in [&upper, &work, &merged] {
                 fs::create_dir_all(d).unwrap();
+            }
+            if let Some(disk) = cloud.and_then(|c| c.disk.as_ref()) {
+                // Whiteouts and the overlay's xattrs come along: the copy is the disk as it was.
+                must(
+                    "cp",
+                    &[
+                        "-a",
+                        &format!("{}/.", disk.display()),
+                        upper.to_str().unwrap(),
+                    ],
+                );
             }
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
@@ -843,6 +857,23 @@ impl Testbed {
         fs::write(&self.known_hosts, known).unwrap();
         self.spawn(i);
         i
+    }
+
+    /// A copy of host `i`'s disk as it is now (what differs from its
+    /// image), kept until the bed shuts down: a snapshot to boot others from.
+    pub fn snapshot_disk(&self, i: usize) -> PathBuf {
+        let to = self.dir.join("disks").join(unique().to_string());
+        fs::create_dir_all(&to).unwrap();
+        let upper = self.hosts[i].slot.dir().join("upper");
+        must(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", upper.display()),
+                to.to_str().unwrap(),
+            ],
+        );
+        to
     }
 
     /// Power host `i` off (its processes end, as at a power cut; the disk stays).

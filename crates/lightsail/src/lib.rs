@@ -169,6 +169,8 @@ pub struct Snapshot {
     /// Milliseconds since the epoch.
     pub created_at_ms: i64,
     pub tags: Vec<(String, String)>,
+    /// The disk size it holds (an instance made from it needs at least this).
+    pub size_gb: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -411,6 +413,34 @@ impl Client {
         Ok(r.operations().iter().map(operation).collect())
     }
 
+    /// A new instance whose disk is a copy of `snapshot`'s.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_instance_from_snapshot(
+        &self,
+        name: &str,
+        zone: &str,
+        snapshot: &str,
+        bundle: &str,
+        key_pair: Option<&str>,
+        user_data: &str,
+        tags: &[(String, String)],
+    ) -> Result<Vec<Operation>, Error> {
+        let r = self
+            .inner
+            .create_instances_from_snapshot()
+            .instance_names(name)
+            .availability_zone(zone)
+            .instance_snapshot_name(snapshot)
+            .bundle_id(bundle)
+            .set_key_pair_name(key_pair.map(String::from))
+            .user_data(user_data)
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.operations().iter().map(operation).collect())
+    }
+
     pub async fn delete_instance(&self, name: &str) -> Result<Vec<Operation>, Error> {
         let r = self
             .inner
@@ -553,6 +583,16 @@ impl Client {
         Ok(())
     }
 
+    pub async fn detach_static_ip(&self, name: &str) -> Result<(), Error> {
+        self.inner
+            .detach_static_ip()
+            .static_ip_name(name)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     pub async fn release_static_ip(&self, name: &str) -> Result<(), Error> {
         self.inner
             .release_static_ip()
@@ -605,6 +645,7 @@ impl Client {
                         .and_then(|t| t.to_millis().ok())
                         .unwrap_or_default(),
                     tags: tags(s.tags()),
+                    size_gb: s.size_in_gb().unwrap_or_default(),
                 }
             }));
             match page.next_page_token() {

@@ -1467,7 +1467,7 @@ impl Hetzner {
         let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
             host_key: None,
             authorized: vec![key],
-            scripts: vec![],
+            ..Default::default()
         });
         let mut a = self.account.lock().unwrap();
         let id = a.id();

@@ -60,6 +60,21 @@ pub struct Snapshot {
     pub instance: String,
     pub tags: Vec<(String, String)>,
     pub created: f64,
+    /// `pending` while the disk is copied, then `available`.
+    pub state: String,
+    pub bundle: String,
+    pub blueprint: String,
+    /// The instance's disk as it was (instances without a test host have none).
+    pub disk: Option<std::path::PathBuf>,
+}
+
+/// The disk size of `bundle` in GB.
+fn disk_gb(bundle: &str) -> i32 {
+    BUNDLES
+        .iter()
+        .find(|b| b.0 == bundle)
+        .map(|b| b.4)
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -215,7 +230,7 @@ impl Lightsail {
         let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
             host_key: None,
             authorized: vec![key],
-            scripts: vec![],
+            ..Default::default()
         });
         let inst = Instance {
             name: name.into(),
@@ -243,6 +258,21 @@ impl Lightsail {
 
     pub fn instance(&self, name: &str) -> Option<Instance> {
         self.account.lock().unwrap().instances.get(name).cloned()
+    }
+
+    /// The instance for tidekeeper host `host`: named so, or tagged so (a
+    /// resized host's copy).
+    pub fn instance_for(&self, host: &str) -> Option<Instance> {
+        let a = self.account.lock().unwrap();
+        a.instances
+            .values()
+            .find(|i| {
+                i.tags
+                    .iter()
+                    .any(|(k, v)| k == "tidekeeper-host" && v == host)
+            })
+            .or_else(|| a.instances.get(host))
+            .cloned()
     }
 
     pub fn instances(&self) -> Vec<Instance> {
@@ -624,6 +654,93 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
             }
             ok(json!({"operations": ops}))
         }
+        "CreateInstancesFromSnapshot" => {
+            let names: Vec<String> = v["instanceNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect();
+            let bundle = name("bundleId");
+            let Some(snap) = a.snapshots.get(&name("instanceSnapshotName")).cloned() else {
+                return not_found("InstanceSnapshot");
+            };
+            if snap.state != "available" {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The instance snapshot is not available yet.",
+                );
+            }
+            if !BUNDLES.iter().any(|b| b.0 == bundle) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!("The bundle {bundle} does not exist."),
+                );
+            }
+            if disk_gb(&bundle) < disk_gb(&snap.bundle) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!(
+                        "The bundle {bundle} has a smaller disk than the instance snapshot ({} GB).",
+                        disk_gb(&snap.bundle)
+                    ),
+                );
+            }
+            if let Some(n) = names.iter().find(|n| a.instances.contains_key(*n)) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    &format!("Some names are already in use: {n}"),
+                );
+            }
+            let mut keys = Vec::new();
+            if let Some(k) = v["keyPairName"].as_str() {
+                match a.key_pairs.get(k) {
+                    Some(pk) => keys.push(pk.clone()),
+                    None => return not_found("KeyPair"),
+                }
+            }
+            let user_data = name("userData");
+            let mut ops = Vec::new();
+            for n in names {
+                a.instances.insert(
+                    n.clone(),
+                    Instance {
+                        name: n.clone(),
+                        bundle: bundle.clone(),
+                        blueprint: snap.blueprint.clone(),
+                        zone: name("availabilityZone"),
+                        state: "pending".into(),
+                        tags: tags_of(&v["tags"]),
+                        public_ip: None,
+                        static_ip: false,
+                        ports: default_ports(),
+                        created: epoch(),
+                        host: None,
+                    },
+                );
+                let o = op(&mut a, &ctx.faults, &n, "CreateInstance", false);
+                ops.push(operation_json(&o));
+                let (cloud, account, done) =
+                    (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
+                let mut init = cloud_init(&user_data, &keys);
+                init.disk = snap.disk.clone();
+                std::thread::spawn(move || {
+                    let (i, addr) = cloud.boot(&init);
+                    let mut a = account.lock().unwrap();
+                    if let Some(inst) = a.instances.get_mut(&n) {
+                        inst.state = "running".into();
+                        inst.public_ip = Some(addr.to_string());
+                        inst.host = Some(i);
+                    }
+                    *done.lock().unwrap() = true;
+                });
+            }
+            ok(json!({"operations": ops}))
+        }
         "DeleteInstance" => {
             let n = name("instanceName");
             let Some(inst) = a.instances.remove(&n) else {
@@ -761,9 +878,34 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
             let Some(ip) = a.static_ips.get_mut(&n) else {
                 return not_found("StaticIp");
             };
+            if ip.1.as_ref().is_some_and(|at| *at != inst) {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The static IP is attached to another instance; detach it first.",
+                );
+            }
             ip.1 = Some(inst.clone());
             a.instances.get_mut(&inst).unwrap().static_ip = true;
             let o = op(&mut a, &ctx.faults, &inst, "AttachStaticIp", true);
+            ok(json!({"operations": [operation_json(&o)]}))
+        }
+        "DetachStaticIp" => {
+            let n = name("staticIpName");
+            let Some(ip) = a.static_ips.get_mut(&n) else {
+                return not_found("StaticIp");
+            };
+            let Some(inst) = ip.1.take() else {
+                return error(
+                    400,
+                    "InvalidInputException",
+                    "The static IP is not attached.",
+                );
+            };
+            if let Some(i) = a.instances.get_mut(&inst) {
+                i.static_ip = false;
+            }
+            let o = op(&mut a, &ctx.faults, &inst, "DetachStaticIp", true);
             ok(json!({"operations": [operation_json(&o)]}))
         }
         "ReleaseStaticIp" => {
@@ -776,9 +918,9 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
         }
         "CreateInstanceSnapshot" => {
             let (inst, snap) = (name("instanceName"), name("instanceSnapshotName"));
-            if !a.instances.contains_key(&inst) {
+            let Some(source) = a.instances.get(&inst).cloned() else {
                 return not_found("Instance");
-            }
+            };
             if a.snapshots.contains_key(&snap) {
                 return error(
                     400,
@@ -793,8 +935,24 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
                     instance: inst.clone(),
                     tags: tags_of(&v["tags"]),
                     created: epoch(),
+                    state: "pending".into(),
+                    bundle: source.bundle.clone(),
+                    blueprint: source.blueprint.clone(),
+                    disk: None,
                 },
             );
+            // The disk is copied in the background; the snapshot is
+            // `pending` until then, as a real one is.
+            let (cloud, account, name) = (ctx.cloud.clone(), ctx.account.clone(), snap.clone());
+            std::thread::spawn(move || {
+                let disk = source
+                    .host
+                    .map(|h| cloud.bed.lock().unwrap().snapshot_disk(h));
+                if let Some(s) = account.lock().unwrap().snapshots.get_mut(&name) {
+                    s.disk = disk;
+                    s.state = "available".into();
+                }
+            });
             let o = op(&mut a, &ctx.faults, &snap, "CreateInstanceSnapshot", true);
             ok(json!({"operations": [operation_json(&o)]}))
         }
@@ -802,14 +960,17 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
             json!({"instanceSnapshots": a.snapshots.values().map(|s| json!({
             "name": s.name, "arn": format!("arn:aws:lightsail:{REGION}:123456789012:InstanceSnapshot/{}", s.name),
             "createdAt": s.created, "location": location("eu-central-1a"), "resourceType": "InstanceSnapshot",
-            "tags": tags_json(&s.tags), "state": "available", "fromInstanceName": s.instance,
-            "fromBundleId": "small_3_0", "sizeInGb": 20
+            "tags": tags_json(&s.tags), "state": s.state, "fromInstanceName": s.instance,
+            "fromBundleId": s.bundle, "fromBlueprintId": s.blueprint, "sizeInGb": disk_gb(&s.bundle)
         })).collect::<Vec<_>>()}),
         ),
         "DeleteInstanceSnapshot" => {
             let n = name("instanceSnapshotName");
-            if a.snapshots.remove(&n).is_none() {
+            let Some(gone) = a.snapshots.remove(&n) else {
                 return not_found("InstanceSnapshot");
+            };
+            if let Some(disk) = gone.disk {
+                let _ = std::fs::remove_dir_all(disk);
             }
             let o = op(&mut a, &ctx.faults, &n, "DeleteInstanceSnapshot", true);
             ok(json!({"operations": [operation_json(&o)]}))

@@ -384,7 +384,7 @@ impl CloudFleet {
         self.hetzner
             .server(name)
             .and_then(|s| s.host)
-            .or_else(|| self.lightsail.instance(name).and_then(|i| i.host))
+            .or_else(|| self.lightsail.instance_for(name).and_then(|i| i.host))
             .unwrap_or_else(|| panic!("no booted server named {name}"))
     }
 
