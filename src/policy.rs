@@ -513,7 +513,10 @@ mod tests {
         let v = evaluate(&copy(true), &[], true);
         assert_eq!(v.deny.len(), 1, "{v:?}");
         assert!(v.deny[0].contains("copied to a new instance and the old one destroyed"));
-        assert!(!evaluate(&copy(false), &[], true).blocks(), "a resize in place");
+        assert!(
+            !evaluate(&copy(false), &[], true).blocks(),
+            "a resize in place"
+        );
     }
 
     #[test]

@@ -130,6 +130,37 @@ fn settling(e: &engine::EngineError) -> bool {
     )
 }
 
+/// Render the hosts' templates again where addresses the providers
+/// assigned are now known (`host.address`, `hosts.NAME.private_address`).
+/// Only what templates make (resources, handlers) is taken from the new
+/// reading: settings, pins, SSH and trust stay as the caller set them (a
+/// proposal's are the base branch's).
+pub fn rerender(mut fleet: Fleet) -> Fleet {
+    let known: crate::model::desired::KnownAddresses = fleet
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail))
+        .filter(|h| h.address.is_some() || h.private_address.is_some())
+        .map(|h| {
+            (
+                h.name.clone(),
+                (h.address.clone(), h.private_address.clone()),
+            )
+        })
+        .collect();
+    let Some(again) = crate::model::reload_with_addresses(&fleet, &known) else {
+        return fleet;
+    };
+    for h in fleet.hosts.iter_mut() {
+        if let Some(n) = again.host(&h.name) {
+            h.resources = n.resources.clone();
+            h.handlers = n.handlers.clone();
+        }
+    }
+    fleet.source = again.source;
+    fleet
+}
+
 pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet {
     let mut out = fleet.clone();
     for h in out.hosts.iter_mut() {
@@ -153,7 +184,7 @@ pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet 
             }
         }
     }
-    out
+    rerender(out)
 }
 
 /// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are
@@ -421,7 +452,8 @@ pub async fn apply(
         }
     }
     if !ready.is_empty() {
-        let fleet2 = Arc::new(fleet2);
+        // The new servers' addresses, now known, reach their templates.
+        let fleet2 = Arc::new(rerender(fleet2));
         let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone(), pool).await;
         results.extend(engine::apply_all(planned, pool, opts.clone(), progress.clone()).await);
     }
@@ -619,5 +651,49 @@ mod tests {
             reason: "no".into(),
         });
         assert!(!settling(&refused));
+    }
+
+    #[test]
+    fn addresses_a_provider_assigned_reach_templates_and_nothing_else_is_read_again() {
+        use crate::model::desired::{Resource, Trust};
+        let mut t = crate::source::ConfigTree::default();
+        for (p, text) in [
+            (
+                "tidekeeper.yaml",
+                "fleet: acme\nproviders:\n  hetzner: {}\n",
+            ),
+            (
+                "hosts/web.yaml",
+                "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1}\nroles: [r]\n",
+            ),
+            (
+                "roles/r.yaml",
+                "files:\n  - {path: /etc/peers, template: peers.j2}\n",
+            ),
+            (
+                "templates/peers.j2",
+                "{{ host.address }} {{ hosts.web.address }}\n",
+            ),
+        ] {
+            t.insert_file(p.to_string(), text.as_bytes().to_vec());
+        }
+        let content = |f: &Fleet| match &f.hosts[0].resources[0] {
+            Resource::File(r) => String::from_utf8(r.content.bytes.clone()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let mut fleet = crate::model::load(&t).unwrap();
+        assert_eq!(content(&fleet), "None None\n", "not known while reading");
+        // A caller's changes (a proposal's trust) are not read again.
+        fleet.hosts[0].trust = Trust::AfterMerge("moved".into());
+        fleet.hosts[0].address = Some("203.0.113.5".into());
+        let fleet = rerender(fleet);
+        assert_eq!(content(&fleet), "203.0.113.5 203.0.113.5\n");
+        assert!(matches!(fleet.hosts[0].trust, Trust::AfterMerge(_)));
+        // Nothing new: not read again.
+        let again = crate::model::reload_with_addresses(
+            &fleet,
+            &fleet.source.as_ref().unwrap().known.clone(),
+        );
+        assert!(again.is_none());
     }
 }

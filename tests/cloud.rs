@@ -1019,7 +1019,8 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
             ),
             (
                 "templates/gate.j2",
-                "gate {{ hosts.gate.private_address }} in {{ hosts | length }} hosts\n",
+                "gate {{ hosts.gate.private_address }} in {{ hosts | length }} hosts\n\
+                 gate public {{ hosts.gate.address }}, me {{ host.private_address }}\n",
             ),
         ],
         "networks:\n  private: {ip_range: 10.0.0.0/16, subnets: [10.0.1.0/24]}\n",
@@ -1058,10 +1059,14 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
     assert_eq!(inside_ip, "10.0.1.3", "the next free address");
     // Configured through the bastion, over the private network.
     assert_eq!(f.ssh("inside", "cat /etc/tk-cloud"), "hello inside\n");
-    // The network's (fixed) addresses reach templates through `hosts`.
+    // The network's addresses reach templates through `hosts`: fixed ones,
+    // and (once the servers exist) those the provider assigned.
     assert_eq!(
         f.ssh("inside", "cat /etc/tk-gate"),
-        "gate 10.0.1.2 in 2 hosts\n"
+        format!(
+            "gate 10.0.1.2 in 2 hosts\ngate public {}, me 10.0.1.3\n",
+            gate.ipv4.as_deref().unwrap()
+        )
     );
     assert_eq!(
         f.ssh("gate", "ip -4 -o addr show dev ens10 | awk '{print $4}'")

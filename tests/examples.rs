@@ -307,7 +307,10 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
     merge_pr(&f);
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(f.lightsail.instance("outpost").is_none(), "the old instance is gone");
+    assert!(
+        f.lightsail.instance("outpost").is_none(),
+        "the old instance is gone"
+    );
     assert_eq!(
         f.lightsail.instance("outpost-large_3_0").unwrap().bundle,
         "large_3_0"

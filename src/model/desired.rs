@@ -41,6 +41,31 @@ pub struct Fleet {
     /// `rollout:` of `count: N` groups, by group name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub group_rollouts: BTreeMap<String, Rollout>,
+    /// What the fleet was read from, kept when its templates may show
+    /// addresses a provider assigns: it is read again once they are known.
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<Source>>,
+}
+
+/// Addresses providers assigned, by host: (public, private).
+pub type KnownAddresses = BTreeMap<String, (Option<String>, Option<String>)>;
+
+/// The config a fleet was read from, and what it was read with.
+#[derive(Clone)]
+pub struct Source {
+    pub tree: crate::source::ConfigTree,
+    pub identity: Option<String>,
+    /// The provider-assigned addresses the templates saw.
+    pub known: KnownAddresses,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("commit", &self.tree.commit)
+            .field("known", &self.known)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Secret values by name; `Debug` shows only the names.

@@ -7,9 +7,9 @@ use super::*;
 /// `hosts` for templates, from the host files as written: name, group,
 /// index, provider, labels, `address` (existing hosts) and
 /// `private_address` (a fixed address in the server's first network).
-/// Addresses a provider assigns are not known while the config is read, so
-/// they are null here.
-fn facts(files: &[(String, String, raw::HostFile)]) -> minijinja::Value {
+/// Addresses a provider assigns come from `known`; until the servers have
+/// been seen they are null.
+fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> minijinja::Value {
     let mut out = serde_json::Map::new();
     for (stem, _, h) in files {
         let base = h
@@ -34,6 +34,12 @@ fn facts(files: &[(String, String, raw::HostFile)]) -> minijinja::Value {
             None => vec![(base.clone(), None)],
         };
         for (name, index) in members {
+            let (public, private_known) = known.get(&name).cloned().unwrap_or_default();
+            let fixed = if h.count.is_some() {
+                None
+            } else {
+                private.clone()
+            };
             out.insert(
                 name.clone(),
                 serde_json::json!({
@@ -42,8 +48,8 @@ fn facts(files: &[(String, String, raw::HostFile)]) -> minijinja::Value {
                     "index": index,
                     "provider": provider_name(h.provider.value),
                     "labels": labels,
-                    "address": h.address.as_ref().map(|a| a.value.clone()),
-                    "private_address": if h.count.is_some() { None } else { private.clone() },
+                    "address": h.address.as_ref().map(|a| a.value.clone()).or(public),
+                    "private_address": fixed.or(private_known),
                 }),
             );
         }
@@ -97,7 +103,7 @@ impl Loader<'_> {
             parsed.push((stem, path, h));
         }
         // Every host's facts first: a template of one host may list them all.
-        self.host_facts = facts(&parsed);
+        self.host_facts = facts(&parsed, self.known);
         for (stem, path, h) in parsed {
             let Some(settings) = settings else { continue };
             let fleet_defaults = fleet_file.map(|f| &f.defaults.vars);
@@ -404,17 +410,19 @@ impl Loader<'_> {
         };
         let mut out = Vec::new();
         for (name, index) in members {
+            let (public, private) = self.known.get(&name).cloned().unwrap_or_default();
             let mut host = Host {
                 name: name.clone(),
                 group: count.map(|_| base_name.clone()),
                 index,
                 provider,
                 server: server.clone(),
-                address: opt(&h.address),
+                address: opt(&h.address).or(public),
                 private_address: server
                     .as_ref()
                     .and_then(|s| s.networks.first())
-                    .and_then(|n| n.ip.clone()),
+                    .and_then(|n| n.ip.clone())
+                    .or(private),
                 root: opt(&h.root),
                 ssh: ssh.clone(),
                 labels: labels.clone(),

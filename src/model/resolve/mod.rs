@@ -59,6 +59,34 @@ pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
 /// `AGE-SECRET-KEY-1…` lines), so secrets are decrypted, in memory only.
 /// Without one, secret values stay `(sensitive)` placeholders.
 pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<Fleet, Diagnostics> {
+    load_knowing(tree, identity, &KnownAddresses::new())
+}
+
+/// Read `fleet`'s config again with the addresses providers assigned, so
+/// its templates see them (`host.address`, `hosts.NAME.private_address`).
+/// None when nothing new is known, or the fleet keeps no source (its
+/// templates cannot show them).
+pub fn reload_with_addresses(fleet: &Fleet, known: &KnownAddresses) -> Option<Fleet> {
+    let src = fleet.source.as_ref()?;
+    if src.known == *known {
+        return None;
+    }
+    match load_knowing(&src.tree, src.identity.as_deref(), known) {
+        Ok(f) => Some(f),
+        Err(d) => {
+            // It loaded without them; an address cannot make it invalid
+            // except through a template, which the error names.
+            tracing::warn!("the config does not load with the servers' addresses: {d}");
+            None
+        }
+    }
+}
+
+fn load_knowing(
+    tree: &ConfigTree,
+    identity: Option<&str>,
+    known: &KnownAddresses,
+) -> Result<Fleet, Diagnostics> {
     let mut l = Loader {
         tree,
         diags: Diagnostics::default(),
@@ -66,6 +94,7 @@ pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<F
         identity,
         plain: HashMap::new(),
         host_facts: minijinja::Value::UNDEFINED,
+        known,
     };
     let fleet = l.run();
     let mut diags = l.diags;
@@ -73,6 +102,19 @@ pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<F
         && let Some(mut fleet) = fleet
     {
         fleet.commit = tree.commit.clone();
+        // Only a fleet whose servers get their addresses from a provider and
+        // that has templates can render differently once they are known.
+        let assigned = fleet
+            .hosts
+            .iter()
+            .any(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail));
+        if assigned && tree.under("templates").next().is_some() {
+            fleet.source = Some(Arc::new(Source {
+                tree: tree.clone(),
+                identity: identity.map(String::from),
+                known: known.clone(),
+            }));
+        }
         fleet.secrets_decrypted = identity.is_some();
         fleet.redactions = secrets::redactions(l.plain.values());
         fleet.secret_values =
@@ -232,6 +274,8 @@ struct Loader<'a> {
     /// `hosts` in templates: every host's name, group, index, labels and
     /// addresses, by name (see [`hosts::facts`]).
     host_facts: minijinja::Value,
+    /// Addresses providers assigned, where known.
+    known: &'a KnownAddresses,
 }
 
 /// A server setting and its key, for provider-specific checks.
@@ -550,6 +594,7 @@ impl<'a> Loader<'a> {
             networks: settings.networks.clone(),
             settings,
             group_rollouts,
+            source: None,
         };
         // Only for a config that is otherwise sound: a broken rule is
         // reported as itself, not as a lockout too.
