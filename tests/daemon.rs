@@ -161,6 +161,65 @@ fn drift_is_reported_or_corrected() {
     });
 }
 
+/// On the host, make the stat cache vouch for `path` as it is now, with
+/// `sha` (what a file hashing as it should would have recorded).
+pub(crate) fn vouch_on_host(bed: &Testbed, i: usize, path: &str, sha: &str) {
+    bed.ssh_ok(
+        i,
+        &format!(
+            "c=/var/lib/tidekeeper/filestat; s=$(stat -c '%s %i %.9Y %.9Z' {path}); \
+             awk -v p={path} -v l=\"{sha} $s\" 'BEGIN {{ FS = \"\\t\" }} $2 == p {{ print l \"\\t\" p; next }} {{ print }}' $c > $c.t && mv $c.t $c"
+        ),
+    );
+}
+
+#[test]
+fn drift_checks_between_full_checks_hash_only_the_files_whose_stat_moved() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    let d = Daemon::start(&repo.path, &repo.key, &["--poll", "1s", "--drift", "1s"]);
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let h = bed.host(0).name.clone();
+    let history = d.state.path().join("state").join("history.json");
+    let drift_checks = || -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&history).unwrap_or_default())
+                .unwrap_or_default();
+        v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["apply"] == false)
+            .count()
+    };
+    // The first drift check hashes every file and records what it saw.
+    d.wait_for("a first drift check", Duration::from_secs(20), |_| {
+        drift_checks() >= 1
+    });
+    let cached = bed.ssh_ok(0, "cut -f2 /var/lib/tidekeeper/filestat");
+    assert_eq!(cached, "/etc/tk-daemon\n");
+    // A change the stat cache vouches for is not hashed by the next ones…
+    bed.ssh_ok(0, "echo two > /etc/tk-daemon");
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"one\n")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    vouch_on_host(&bed, 0, "/etc/tk-daemon", &sha);
+    let n = drift_checks();
+    d.wait_for("two more drift checks", Duration::from_secs(20), |_| {
+        drift_checks() >= n + 2
+    });
+    assert_eq!(d.status()["hosts"][&h]["state"], "synced", "not hashed");
+    // …while a change that moves the stat is.
+    bed.ssh_ok(0, "echo three > /etc/tk-daemon");
+    d.wait_for("drift reported", Duration::from_secs(20), |d| {
+        d.status()["hosts"][&h]["state"] == "drifted"
+    });
+}
+
 #[test]
 fn webhooks_must_be_signed_and_trigger_at_once() {
     let bed = Testbed::start(1);

@@ -1,7 +1,7 @@
 //! Plan and apply on real hosts over SSH.
 
 use crate::support::fleet::{FleetRepo, stdout, text};
-use crate::support::testbed::Testbed;
+use crate::support::testbed::{Kind, Testbed};
 
 /// The template's roles minus what a container cannot do: `vm.swappiness` is
 /// global to the machine's kernel, not per network namespace.
@@ -26,7 +26,21 @@ fn template_fleet(bed: &Testbed) -> FleetRepo {
 
 #[test]
 fn cold_apply_converges_then_drift_is_shown_and_corrected() {
-    let bed = Testbed::start(3);
+    cold_apply_converges(Kind::Full, 3);
+}
+
+/// Debian 13: OpenSSH 10, systemd 257, apt 3, and ufw on nftables.
+#[test]
+fn on_debian_13_too_cold_apply_converges_then_drift_is_shown_and_corrected() {
+    cold_apply_converges(Kind::Trixie, 2);
+}
+
+fn cold_apply_converges(kind: Kind, hosts: usize) {
+    let bed = Testbed::start_kind(hosts, kind);
+    if kind == Kind::Trixie {
+        let v = bed.ssh_ok(0, "cat /etc/debian_version; apt-get --version | head -n1");
+        assert!(v.starts_with("13.") && v.contains("apt 3."), "{v}");
+    }
     let repo = template_fleet(&bed);
 
     let out = repo.tk(&["plan", "--detailed-exitcode"]);
@@ -54,11 +68,17 @@ fn cold_apply_converges_then_drift_is_shown_and_corrected() {
     );
 
     // The hosts really are configured.
-    for i in 0..3 {
+    for i in 0..hosts {
         let sshd = bed.ssh_ok(i, "sshd -T | grep -i '^passwordauthentication'");
         assert_eq!(sshd.trim(), "passwordauthentication no");
         assert_eq!(bed.ssh_ok(i, "id -nG deploy").trim(), "deploy sudo ops");
         assert!(bed.ssh_ok(i, "ufw status").contains("Status: active"));
+        if kind == Kind::Trixie {
+            // ufw's rules live in nftables there (iptables-nft).
+            let fw = bed.ssh_ok(i, "iptables -V; iptables -S ufw-user-input");
+            assert!(fw.contains("(nf_tables)"), "{fw}");
+            assert!(fw.contains("--dport 22"), "{fw}");
+        }
         assert_eq!(
             bed.ssh_ok(i, "systemctl is-active fail2ban").trim(),
             "active"
@@ -313,9 +333,64 @@ fn many_files(n: usize, version: &str) -> String {
 }
 
 #[test]
-fn sigkill_mid_apply_leaves_every_file_wholly_old_or_new() {
-    use std::collections::HashSet;
+fn a_plan_of_changed_files_only_hashes_what_moved_and_a_full_plan_hashes_everything() {
     let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("many", &many_files(40, "v1"))]);
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let quick = ["plan", "--detailed-exitcode", "--changed-files-only"];
+    let out = repo.tk(&quick);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh_ok(0, "wc -l < /var/lib/tidekeeper/filestat").trim(),
+        "40",
+        "every file that hashed as it should is in the stat cache"
+    );
+    let name = bed.host(0).name.clone();
+    // A hand edit moves the file's stat: found.
+    bed.ssh_ok(0, "echo edited >> /srv/many/f007.conf");
+    let out = repo.tk(&quick);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("~ {name} file /srv/many/f007.conf")),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("+edited") || stdout(&out).contains("-edited"));
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // What the stat cache vouches for is not hashed; a full plan finds it.
+    let line = bed.ssh_ok(
+        0,
+        "grep -P '\t/srv/many/f003.conf$' /var/lib/tidekeeper/filestat",
+    );
+    let sha = line.split(' ').next().unwrap().to_string();
+    bed.ssh_ok(0, "echo swapped > /srv/many/f003.conf");
+    crate::daemon::vouch_on_host(&bed, 0, "/srv/many/f003.conf", &sha);
+    let out = repo.tk(&quick);
+    assert_eq!(out.status.code(), Some(0), "not hashed: {}", text(&out));
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("~ {name} file /srv/many/f003.conf")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn sigkill_mid_apply_leaves_every_file_wholly_old_or_new() {
+    sigkill_mid_apply(Kind::Full);
+}
+
+#[test]
+fn on_debian_13_too_sigkill_mid_apply_leaves_every_file_wholly_old_or_new() {
+    sigkill_mid_apply(Kind::Trixie);
+}
+
+fn sigkill_mid_apply(kind: Kind) {
+    use std::collections::HashSet;
+    let bed = Testbed::start_kind(1, kind);
     let n = 300;
     let repo = FleetRepo::minimal(&bed, &[("many", &many_files(n, "v1"))]);
     let out = repo.tk(&["apply", "--yes"]);
@@ -446,7 +521,16 @@ fn service_role(version: &str, command: &str) -> String {
 
 #[test]
 fn handlers_run_once_and_a_restart_owed_by_a_failed_run_is_done_next_time() {
-    let bed = Testbed::start(1);
+    handlers_run_once(Kind::Full);
+}
+
+#[test]
+fn on_debian_13_too_handlers_run_once_and_an_owed_restart_is_done_next_time() {
+    handlers_run_once(Kind::Trixie);
+}
+
+fn handlers_run_once(kind: Kind) {
+    let bed = Testbed::start_kind(1, kind);
     let repo = FleetRepo::minimal(&bed, &[("svc", &service_role("1", "true"))]);
     let out = repo.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

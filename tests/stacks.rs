@@ -23,19 +23,32 @@ fn compose(port: u16) -> String {
 
 #[test]
 fn a_compose_stack_is_brought_up_corrected_after_drift_and_taken_down() {
-    let bed = Testbed::start_kind(1, Kind::Docker);
-    let repo = FleetRepo::minimal(
-        &bed,
-        &[(
-            "docker",
-            "packages:\n  present: [docker.io, docker-compose, busybox-static]\n",
-        )],
-    );
+    compose_stack_lifecycle(Kind::Docker);
+}
+
+/// Debian 13's docker.io and docker-compose.
+#[test]
+fn on_debian_13_too_a_compose_stack_is_brought_up_corrected_and_taken_down() {
+    compose_stack_lifecycle(Kind::TrixieDocker);
+}
+
+fn compose_stack_lifecycle(kind: Kind) {
+    let bed = Testbed::start_kind(1, kind);
+    // Debian 13 ships the docker command in a package of its own.
+    let packages = if kind == Kind::TrixieDocker {
+        "packages:\n  present: [docker.io, docker-cli, docker-compose, busybox-static]\n"
+    } else {
+        "packages:\n  present: [docker.io, docker-compose, busybox-static]\n"
+    };
+    let repo = FleetRepo::minimal(&bed, &[("docker", packages)]);
     let out = repo.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     bed.ssh_ok(0, DOCKER_PREP);
 
-    repo.write("roles/docker.yaml", ROLE);
+    repo.write(
+        "roles/docker.yaml",
+        &format!("{packages}stacks:{}", ROLE.split_once("stacks:").unwrap().1),
+    );
     repo.write("stacks/web/docker-compose.yml", &compose(8080));
     repo.commit("web stack");
     let out = repo.tk(&["plan"]);
@@ -93,10 +106,7 @@ fn a_compose_stack_is_brought_up_corrected_after_drift_and_taken_down() {
     assert!(cmd.contains("8081"), "{cmd}");
 
     // Removed from the config: down, files pruned.
-    repo.write(
-        "roles/docker.yaml",
-        "packages:\n  present: [docker.io, docker-compose, busybox-static]\n",
-    );
+    repo.write("roles/docker.yaml", packages);
     repo.commit("no stack");
     // Three of six managed resources go: more than a quarter needs permission.
     let out = repo.tk(&["apply", "--yes", "--allow-mass-delete"]);

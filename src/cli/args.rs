@@ -225,6 +225,11 @@ pub enum Command {
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Hash only the managed files whose size, inode, mtime or ctime
+        /// changed since they last hashed as they should: fast on hosts with
+        /// many files (the daemon's drift checks do this between full checks).
+        #[arg(long, conflicts_with = "untrusted")]
+        changed_files_only: bool,
         /// Plan `--ref` as a proposal from someone not trusted (a pull request):
         /// with `--base`'s settings, only reading what the base manages, running
         /// nothing of the proposal and decrypting no secret. For CI jobs that plan PRs.

@@ -235,7 +235,7 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
         root.display()
     );
-    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false, false);
     if code != EXIT_OK {
         return code;
     }
@@ -245,7 +245,7 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         return code;
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
-    let code = plan(&args, &hosts, None, PlanFormat::Text, false);
+    let code = plan(&args, &hosts, None, PlanFormat::Text, false, false);
     if code != EXIT_OK {
         return code;
     }

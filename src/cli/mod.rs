@@ -59,6 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
             markdown,
             detailed_exitcode,
+            changed_files_only,
             untrusted,
             base,
         } => plan(
@@ -73,6 +74,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 PlanFormat::Text
             },
             detailed_exitcode,
+            changed_files_only,
         ),
         Command::Apply {
             repo,

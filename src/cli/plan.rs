@@ -79,6 +79,7 @@ pub(super) fn plan(
     untrusted_base: Option<&str>,
     format: PlanFormat,
     detailed: bool,
+    changed_files_only: bool,
 ) -> u8 {
     let json = format != PlanFormat::Text;
     let rt = runtime();
@@ -95,10 +96,11 @@ pub(super) fn plan(
             Err(c) => return c,
         },
         None => {
-            let (fleet, names, opts, policies) = match prepare(repo, args) {
+            let (fleet, names, mut opts, policies) = match prepare(repo, args) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
+            opts.changed_files_only = changed_files_only;
             let opts = std::sync::Arc::new(opts);
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);

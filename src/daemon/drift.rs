@@ -29,10 +29,19 @@ impl Loop {
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
             let before = self.shared.status.lock().unwrap().files();
-            match self
+            // Between full checks only files whose stat moved are hashed.
+            let now = self.clock.now();
+            let every = std::time::Duration::from_secs(fleet.settings.full_check_secs);
+            let full = super::full_check_due(self.last_full_check, now, every);
+            self.changed_files_only = !full;
+            let result = self
                 .reconcile(&commit, fleet.clone(), &policies, apply, None)
-                .await
-            {
+                .await;
+            self.changed_files_only = false;
+            if full && result.is_ok() {
+                self.last_full_check = Some(now);
+            }
+            match result {
                 Err(Refused::Denied(denied)) => {
                     warn!(denials = denied.len(), "the policies deny correcting drift");
                 }

@@ -225,6 +225,21 @@ struct Loop {
     /// A status push failed: the notes it carried (commit → text), pushed
     /// again with the status on the next poll.
     unpushed: Mutex<Option<BTreeMap<String, String>>>,
+    /// When a drift check last hashed every managed file; until
+    /// `intervals.full_check` has passed, drift checks hash only files
+    /// whose stat changed.
+    last_full_check: Option<chrono::DateTime<chrono::Utc>>,
+    /// The reconcile under way is such a drift check.
+    changed_files_only: bool,
+}
+
+/// Is a drift check at `now` due to hash every file?
+fn full_check_due(
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    every: Duration,
+) -> bool {
+    last.is_none_or(|l| now.signed_duration_since(l).to_std().unwrap_or_default() >= every)
 }
 
 impl Loop {
@@ -401,6 +416,7 @@ impl Loop {
             rollback_deadline: self.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
             clock: self.clock.clone(),
+            changed_files_only: self.changed_files_only,
             ..Default::default()
         }
     }
@@ -585,6 +601,8 @@ pub async fn serve(
         proposal_heads: BTreeMap::new(),
         forge: None,
         unpushed: Mutex::new(None),
+        last_full_check: None,
+        changed_files_only: false,
     };
     let mut worker = tokio::spawn(lp.run());
     tokio::select! {
@@ -606,4 +624,24 @@ pub async fn serve(
     server.abort();
     shared.notifier.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drift_check_hashes_every_file_first_and_then_once_per_full_check_interval() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let day = Duration::from_secs(86_400);
+        assert!(full_check_due(None, t0, day), "the first one is full");
+        let later = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert!(!full_check_due(Some(t0), later(600), day));
+        assert!(!full_check_due(Some(t0), later(86_399), day));
+        assert!(full_check_due(Some(t0), later(86_400), day));
+        // A clock set back does not postpone it for ever.
+        assert!(!full_check_due(Some(t0), later(-60), day));
+    }
 }

@@ -62,6 +62,9 @@ pub struct Options {
     pub redactions: Vec<String>,
     /// Wall time for maintenance windows and power periods.
     pub clock: crate::clock::Clock,
+    /// Hash only managed files whose stat changed since they last hashed as
+    /// they should (drift checks between full checks).
+    pub changed_files_only: bool,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             rollback_deadline: Duration::from_secs(120),
             redactions: vec![],
             clock: Default::default(),
+            changed_files_only: false,
         }
     }
 }
@@ -543,7 +547,12 @@ pub async fn plan_host(
         }
         Trust::AfterMerge(why) => return Err(EngineError::Unsupported(why.clone())),
     };
-    let script = probe::script(&probed, conn.root());
+    // A proposal's plan leaves no trace on a host: no stat cache written.
+    let content = probe::ContentCheck {
+        changed_only: opts.changed_files_only,
+        record: matches!(host.trust, Trust::Full),
+    };
+    let script = probe::script(&probed, conn.root(), content);
     let out = conn.run_script(&script, opts.probe_timeout).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     let obs = probe::parse(&text, conn.root(), &probed).map_err(|e| {

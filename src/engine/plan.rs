@@ -530,8 +530,13 @@ handlers:
         assert_eq!(declared.len(), 15, "every kind but stacks: {declared:?}");
         let kinds: BTreeSet<ResourceKind> = it.iter().map(Item::kind).collect();
         assert_eq!(kinds.len(), 12, "timers, cron and APT are files: {kinds:?}");
-        let probe_script = probe::script(&it, "");
-        crate::engine::kinds::sh_n(&probe_script);
+        for changed_only in [false, true] {
+            let check = probe::ContentCheck {
+                changed_only,
+                record: true,
+            };
+            crate::engine::kinds::sh_n(&probe::script(&it, "", check));
+        }
         let obs = probe::parse("E\tend\n", "", &it).unwrap();
         let p = plan_host(&h, &it, &obs, PlanOptions::default());
         assert!(p.blocked.is_empty(), "{:?}", p.blocked);

@@ -25,8 +25,10 @@ pub enum ProbeError {
 
 use super::sh::Tag;
 
+pub use super::kinds::file::ContentCheck;
+
 /// The probe script for a host's items. `root` prefixes every path.
-pub fn script(items: &[Item], root: &str) -> String {
+pub fn script(items: &[Item], root: &str, content: ContentCheck) -> String {
     use super::kinds::{
         command, file, firewall, group, mount, package, path, service, stack, symlink, sysctl, user,
     };
@@ -34,7 +36,7 @@ pub fn script(items: &[Item], root: &str) -> String {
     for fragment in [
         path::probe(items, root),
         symlink::probe(items, root),
-        file::probe(items, root),
+        file::probe(items, root, content),
         package::probe(items),
         service::probe(items),
         user::probe(items),

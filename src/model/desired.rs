@@ -109,6 +109,8 @@ pub struct Settings {
     pub drift: DriftMode,
     pub poll_interval_secs: u64,
     pub drift_interval_secs: u64,
+    /// A drift check hashes every managed file at least this often.
+    pub full_check_secs: u64,
     pub status_branch: String,
     pub notes_ref: String,
     pub forge: Option<Forge>,

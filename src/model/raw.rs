@@ -314,6 +314,10 @@ pub struct Intervals {
     pub poll: Option<S<String>>,
     #[schemars(with = "Option<String>")]
     pub drift: Option<S<String>>,
+    /// How often a drift check hashes every managed file (default 1d); in
+    /// between, only files whose size, inode, mtime or ctime changed.
+    #[schemars(with = "Option<String>")]
+    pub full_check: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

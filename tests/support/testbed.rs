@@ -199,12 +199,14 @@ pub enum Kind {
     Docker,
     /// A full host running Debian 13 (trixie): systemd 257, OpenSSH 10.
     Trixie,
+    /// A Debian 13 host that can run dockerd, as [`Kind::Docker`].
+    TrixieDocker,
 }
 
 impl Kind {
     fn image(self) -> PathBuf {
         match self {
-            Kind::Trixie => image_of("trixie"),
+            Kind::Trixie | Kind::TrixieDocker => image_of("trixie"),
             _ => image(),
         }
     }
@@ -269,7 +271,7 @@ impl Launch {
                 self.netns
             ));
         match self.kind {
-            Kind::Docker => {
+            Kind::Docker | Kind::TrixieDocker => {
                 cmd.arg("--directory")
                     .arg(self.dir.join("merged"))
                     .arg("--capability=all")
@@ -511,7 +513,15 @@ impl Testbed {
                 fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
             };
             write("etc/hostname", &format!("{name}\n"), 0o644);
-            if kind == Kind::Docker {
+            if kind == Kind::TrixieDocker {
+                // With every capability, systemd 257 tries to load kernel
+                // modules, which a container cannot: masked, as on a VM without them.
+                let _ = std::os::unix::fs::symlink(
+                    "/dev/null",
+                    merged.join("etc/systemd/system/systemd-modules-load.service"),
+                );
+            }
+            if matches!(kind, Kind::Docker | Kind::TrixieDocker) {
                 // nspawn mounts the cgroup v1 controllers read-only; dockerd
                 // needs them writable (see docs/testing.md). Done at boot.
                 write(

@@ -11,28 +11,72 @@ use super::path::{on_host, ownership, parent, replaces, set_group};
 use super::{Garbled, Need};
 use crate::change::Action;
 use crate::engine::item::{FileItem, Item};
-use crate::engine::observed::{DIFF_LIMIT, Observed, PathKind};
+use crate::engine::observed::{DIFF_LIMIT, Observed, PathKind, STATE_DIR};
 use crate::engine::sh::{HEREDOC as EOF, Tag, Word, cmd};
 use crate::transport::shell_quote as q;
 
-/// Probe: one `sha256sum -c` per sensitivity. A file that differs prints a
-/// [`Tag::Differs`] record; a non-sensitive one up to [`DIFF_LIMIT`] bytes
-/// also its content as a [`Tag::Content`] record.
-pub fn probe(items: &[Item], root: &str) -> String {
-    let mut s = String::new();
-    for sensitive in [false, true] {
-        let files: Vec<_> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::File(f) if f.content.sensitive == sensitive => Some(f),
-                _ => None,
-            })
-            .collect();
-        if files.is_empty() {
-            continue;
+/// How the probe looks at file content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentCheck {
+    /// Hash only files whose size, inode, mtime or ctime differ from when
+    /// they last hashed as they should (the host's stat cache); otherwise
+    /// hash every file.
+    pub changed_only: bool,
+    /// Record in the host's stat cache what hashed as it should (trusted
+    /// runs only: a proposal's plan writes nothing on a host).
+    pub record: bool,
+}
+
+/// The host's stat cache: `sha256 size inode mtime ctime<TAB>path` of every
+/// managed file as it last hashed. ctime cannot be set by hand, so a file
+/// whose four values are unchanged was not written since.
+pub const STAT_CACHE: &str = "filestat";
+
+/// Probe: one `sha256sum -c` per sensitivity, over every file or (with
+/// `changed_only`) over the files whose stat moved. A file that differs
+/// prints a [`Tag::Differs`] record; a non-sensitive one up to
+/// [`DIFF_LIMIT`] bytes also its content as a [`Tag::Content`] record.
+pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
+    let list = |sensitive: bool| {
+        let mut l = String::new();
+        for i in items {
+            if let Item::File(f) = i
+                && f.content.sensitive == sensitive
+            {
+                l.push_str(&format!("{}  {root}{}\n", f.sha256, f.path));
+            }
+        }
+        l
+    };
+    let (plain, sensitive) = (list(false), list(true));
+    if plain.is_empty() && sensitive.is_empty() {
+        return String::new();
+    }
+    let cache = q(&format!("{root}{STATE_DIR}/{STAT_CACHE}"));
+    let mut s = format!(
+        "fc={cache}; ft=$(mktemp) || ft=/tmp/tk-files.$$\n\
+         cat >\"$ft.n\" <<'{EOF}'\n{plain}{EOF}\n\
+         cat >\"$ft.s\" <<'{EOF}'\n{sensitive}{EOF}\n\
+         cat \"$ft.n\" \"$ft.s\" | cut -c67- | tr '\\n' '\\0' | xargs -0r stat -c '%s %i %.9Y %.9Z\t%n' -- >\"$ft.now\"\n\
+         : >\"$ft.bad\"\n"
+    );
+    // Keys: `path`; values: `sha size inode mtime ctime` (cache), `size
+    // inode mtime ctime` (now). A line whose cached values are the desired
+    // hash and today's stat is not hashed again.
+    let maps = "function load(f, m,  l, i) { while ((getline l < f) > 0) { i = index(l, \"\\t\"); m[substr(l, i + 1)] = substr(l, 1, i - 1) } }";
+    for (list, sensitive) in [("n", false), ("s", true)] {
+        if check.changed_only {
+            s.push_str(&format!(
+                "awk -v c=\"$fc\" -v n=\"$ft.now\" '{maps} BEGIN {{ load(c, C); load(n, N) }} \
+                 {{ p = substr($0, 67); if ((p in C) && (p in N) && C[p] == substr($0, 1, 64) \" \" N[p]) next; print }}' \
+                 \"$ft.{list}\" >\"$ft.{list}c\"\n"
+            ));
+        } else {
+            s.push_str(&format!("cp \"$ft.{list}\" \"$ft.{list}c\"\n"));
         }
         s.push_str(&format!(
-            "sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf '{}\\t%s\\n' \"$f\"",
+            "[ -s \"$ft.{list}c\" ] && sha256sum -c --quiet \"$ft.{list}c\" | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; \
+             printf '%s\\n' \"$f\" >>\"$ft.bad\"; printf '{}\\t%s\\n' \"$f\"",
             Tag::Differs
         ));
         if !sensitive {
@@ -43,12 +87,18 @@ pub fn probe(items: &[Item], root: &str) -> String {
             ));
         }
         s.push_str("; done\n");
-        for f in files {
-            s.push_str(&format!("{}  {root}{}\n", f.sha256, f.path));
-        }
-        s.push_str(EOF);
-        s.push('\n');
     }
+    if check.record {
+        // What hashed as it should, with the stat taken before hashing: a
+        // write during the check shows as a changed stat next time.
+        s.push_str(&format!(
+            "if [ -d \"${{fc%/*}}\" ]; then (umask 077; awk -v b=\"$ft.bad\" -v n=\"$ft.now\" '{maps} \
+             BEGIN {{ while ((getline l < b) > 0) B[l] = 1; load(n, N) }} \
+             {{ p = substr($0, 67); if ((p in N) && !(p in B)) print substr($0, 1, 64) \" \" N[p] \"\\t\" p }}' \
+             \"$ft.n\" \"$ft.s\" >\"$fc.tmp\" && {{ cmp -s \"$fc.tmp\" \"$fc\" && rm -f \"$fc.tmp\" || mv -f \"$fc.tmp\" \"$fc\"; }}); fi\n"
+        ));
+    }
+    s.push_str("rm -f \"$ft\" \"$ft\".*\n");
     s
 }
 
@@ -236,6 +286,90 @@ mod tests {
         }
     }
 
+    /// Run the file probe against files under a scratch root, as the host's
+    /// shell would: the records it prints.
+    fn run_probe(root: &std::path::Path, items: &[Item], check: ContentCheck) -> Vec<String> {
+        let script = probe(items, root.to_str().unwrap(), check);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let prefix = root.to_str().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("X\t"))
+            .map(|l| l[2..].strip_prefix(prefix).unwrap_or(&l[2..]).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn between_full_checks_only_files_whose_stat_moved_are_hashed() {
+        let dir = std::env::temp_dir().join(format!("tk-filestat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.as_path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("var/lib/tidekeeper")).unwrap();
+        std::fs::write(root.join("etc/motd"), "hi\n").unwrap();
+        std::fs::write(root.join("etc/my key"), "k").unwrap();
+        let items = [
+            Item::File(file("/etc/motd", "hi\n", false)),
+            Item::File(file("/etc/my key", "k", true)),
+        ];
+        let (full, quick) = (
+            ContentCheck {
+                changed_only: false,
+                record: true,
+            },
+            ContentCheck {
+                changed_only: true,
+                record: true,
+            },
+        );
+        let cache = root.join("var/lib/tidekeeper").join(STAT_CACHE);
+        assert!(run_probe(root, &items, full).is_empty());
+        let recorded = std::fs::read_to_string(&cache).unwrap();
+        assert_eq!(recorded.lines().count(), 2, "{recorded}");
+        assert!(recorded.contains("/etc/my key\n"), "{recorded}");
+
+        // A hand edit of the same size: its ctime moved, so it is hashed.
+        std::fs::write(root.join("etc/motd"), "ho\n").unwrap();
+        assert_eq!(run_probe(root, &items, quick), ["/etc/motd"]);
+        std::fs::write(root.join("etc/motd"), "hi\n").unwrap();
+        assert!(run_probe(root, &items, quick).is_empty());
+
+        // What the cache vouches for is not hashed: a cache that lies (the
+        // desired hash next to today's stat of a changed file) hides the
+        // change from a quick check, and a full check still finds it.
+        std::fs::write(root.join("etc/motd"), "XX\n").unwrap();
+        assert_eq!(run_probe(root, &items, quick), ["/etc/motd"]);
+        let stat = std::process::Command::new("stat")
+            .args(["-c", "%s %i %.9Y %.9Z"])
+            .arg(root.join("etc/motd"))
+            .output()
+            .unwrap();
+        let lie = format!(
+            "{} {}\t{}/etc/motd\n",
+            crate::digest::sha256_hex(b"hi\n"),
+            String::from_utf8_lossy(&stat.stdout).trim(),
+            root.display()
+        );
+        std::fs::write(&cache, lie).unwrap();
+        assert!(run_probe(root, &items, quick).is_empty(), "not hashed");
+        assert_eq!(run_probe(root, &items, full), ["/etc/motd"]);
+
+        // Without `record` (a proposal's plan) the cache is left as it is.
+        let before = std::fs::read_to_string(&cache).unwrap();
+        std::fs::write(root.join("etc/motd"), "hi\n").unwrap();
+        let no_record = ContentCheck {
+            changed_only: false,
+            record: false,
+        };
+        assert!(run_probe(root, &items, no_record).is_empty());
+        assert_eq!(std::fs::read_to_string(&cache).unwrap(), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn its_script_fragments_are_these_and_parse_as_sh() {
         let f = file("/etc/motd", "hi\n", false);
@@ -243,19 +377,18 @@ mod tests {
             Item::File(f.clone()),
             Item::File(file("/etc/key", "k", true)),
         ];
-        let s = probe(&items, "");
-        assert_eq!(
-            s,
-            format!(
-                "sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf 'X\\t%s\\n' \"$f\"; \
-                 if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le 262144 ]; then printf 'C\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi; done\n\
-                 {}  /etc/motd\n{EOF}\n\
-                 sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf 'X\\t%s\\n' \"$f\"; done\n\
-                 {}  /etc/key\n{EOF}\n",
-                f.sha256,
-                crate::digest::sha256_hex(b"k"),
-            )
-        );
+        for changed_only in [false, true] {
+            sh_n(&probe(
+                &items,
+                "/r",
+                ContentCheck {
+                    changed_only,
+                    record: true,
+                },
+            ));
+        }
+        let s = probe(&items, "", ContentCheck::default());
+        assert!(s.contains(&format!("{}  /etc/key\n", crate::digest::sha256_hex(b"k"))));
         sh_n(&s);
         let w = write("/r", &f, false);
         assert_eq!(

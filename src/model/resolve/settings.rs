@@ -84,6 +84,7 @@ impl Loader<'_> {
         };
         let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
         let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
+        let full_check = duration(&f.intervals.full_check, 86_400, 60, "intervals.full_check");
         let hz = f.providers.hetzner.as_ref();
         let hz_timeout = duration(
             &hz.and_then(|h| h.timeout.clone()),
@@ -145,6 +146,7 @@ impl Loader<'_> {
             drift: f.drift.as_ref().map(|d| d.value).unwrap_or_default(),
             poll_interval_secs: poll,
             drift_interval_secs: drift,
+            full_check_secs: full_check,
             status_branch: branch,
             notes_ref: opt(&f.status.notes_ref).unwrap_or_else(|| "refs/notes/tidekeeper".into()),
             forge,
@@ -422,6 +424,7 @@ pub(super) fn default_settings() -> Settings {
         drift: DriftMode::Report,
         poll_interval_secs: 60,
         drift_interval_secs: 600,
+        full_check_secs: 86_400,
         status_branch: "tidekeeper/status".into(),
         notes_ref: "refs/notes/tidekeeper".into(),
         forge: None,
