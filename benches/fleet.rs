@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use support::fleet::{FleetRepo, text};
 use support::testbed::Testbed;
-use tidekeeper::transport::{HostKeyPolicy, Ssh, SshTarget};
+use tidekeeper::transport::{Ssh, SshTarget};
 
 const HOSTS: usize = 8;
 const FILES: usize = 200;
@@ -62,23 +62,7 @@ fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> Duration {
     let targets: Vec<SshTarget> = bed
         .hosts
         .iter()
-        .map(|h| {
-            let mut parts = h.host_key.split_whitespace();
-            let (kind, key) = (
-                parts.next().unwrap().to_string(),
-                parts.next().unwrap().to_string(),
-            );
-            SshTarget {
-                name: h.name.clone(),
-                addr: (h.address, h.port).into(),
-                user: "root".into(),
-                key_file: Some(bed.key.to_str().unwrap().to_string()),
-                host_keys: HostKeyPolicy::Pinned(vec![(kind, key)]),
-                sudo: false,
-                connect_timeout: Duration::from_secs(10),
-                via: None,
-            }
-        })
+        .map(|h| support::ssh_target(h, &bed.key))
         .collect();
     let t = Instant::now();
     rt.block_on(async {

@@ -13,6 +13,10 @@
 //!   per host with the same concurrency and running one `sha256sum` over the
 //!   host's 50 files.
 //!
+//! Then the drift check of one host with `BENCH_DRIFT_FILES` (default
+//! 10,000) managed files, hashing every file and only the changed ones,
+//! next to `sha256sum` and `stat` over all of them on that host.
+//!
 //! `cargo bench --bench scale` (as root); results go in docs/benchmarks.md.
 
 #[allow(dead_code)]
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 use support::fleet::{FleetRepo, text};
 use support::testbed::Testbed;
-use tidekeeper::transport::{HostKeyPolicy, Ssh, SshTarget};
+use tidekeeper::transport::{Ssh, SshTarget};
 
 const FILES: usize = 50;
 const PARALLEL: usize = 10;
@@ -99,23 +103,7 @@ fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> (Duration, usize) {
     let targets: Vec<SshTarget> = bed
         .hosts
         .iter()
-        .map(|h| {
-            let mut parts = h.host_key.split_whitespace();
-            let (kind, key) = (
-                parts.next().unwrap().to_string(),
-                parts.next().unwrap().to_string(),
-            );
-            SshTarget {
-                name: h.name.clone(),
-                addr: (h.address, h.port).into(),
-                user: "root".into(),
-                key_file: Some(bed.key.to_str().unwrap().to_string()),
-                host_keys: HostKeyPolicy::Pinned(vec![(kind, key)]),
-                sudo: false,
-                connect_timeout: Duration::from_secs(30),
-                via: None,
-            }
-        })
+        .map(|h| support::ssh_target(h, &bed.key))
         .collect();
     let t = Instant::now();
     rt.block_on(async {
@@ -231,6 +219,91 @@ fn median_of(v: &[Measured]) -> &Measured {
     &v[idx[v.len() / 2]]
 }
 
+/// A role of `n` files (under `/srv/many`), `version` in the first.
+fn many_files(n: usize, version: &str) -> String {
+    let mut s = String::from("files:\n");
+    for i in 0..n {
+        let v = if i == 0 { version } else { "v1" };
+        s.push_str(&format!(
+            "  - {{path: /srv/many/d{:02}/f{i:05}.conf, content: \"{v} setting {i}\\n\"}}\n",
+            i % 100
+        ));
+    }
+    s
+}
+
+/// The drift check of one host with `files` managed files: a full plan
+/// (every file hashed), a plan of changed files only (stat compared with the
+/// host's stat cache), and their floors on the same host: one `sha256sum`
+/// and one `stat` over every file.
+fn drift_check(files: usize, rt: &tokio::runtime::Runtime) {
+    let bed = Testbed::start_light(1);
+    let repo = FleetRepo::minimal(&bed, &[("many", &many_files(files, "v1"))]);
+    let t = Instant::now();
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cold = t.elapsed();
+    let target = support::ssh_target(&bed.hosts[0], &bed.key);
+    let floor = |cmd: &'static str| -> Duration {
+        let target = target.clone();
+        let t = Instant::now();
+        rt.block_on(async move {
+            let ssh = Ssh::connect(target).await.expect("connect");
+            let out = ssh
+                .run_script(cmd, Duration::from_secs(600))
+                .await
+                .expect("floor");
+            assert!(out.success());
+            ssh.close().await;
+        });
+        t.elapsed()
+    };
+    let hash_floor = median(
+        (0..RUNS)
+            .map(|_| floor("find /srv/many -type f -print0 | xargs -0 sha256sum >/dev/null"))
+            .collect(),
+    );
+    let stat_floor = median(
+        (0..RUNS)
+            .map(|_| floor("find /srv/many -type f -print0 | xargs -0 stat -c '%s %i %.9Y %.9Z' >/dev/null"))
+            .collect(),
+    );
+    let full: Vec<Measured> = (0..RUNS)
+        .map(|_| measure(&repo, &bed, &["plan", "--detailed-exitcode"], 0))
+        .collect();
+    let quick: Vec<Measured> = (0..RUNS)
+        .map(|_| {
+            measure(
+                &repo,
+                &bed,
+                &["plan", "--detailed-exitcode", "--changed-files-only"],
+                0,
+            )
+        })
+        .collect();
+    let (full, quick) = (median_of(&full), median_of(&quick));
+    println!(
+        "drift check, 1 light host with {files} managed files (cold apply {:.1} s)",
+        cold.as_secs_f64()
+    );
+    println!(
+        "  floors: sha256sum of every file {}; stat of every file {}",
+        ms(hash_floor),
+        ms(stat_floor)
+    );
+    for (what, m) in [
+        ("full (every file hashed)", full),
+        ("changed files only", quick),
+    ] {
+        println!(
+            "  {what:<26} {}; CPU {:.2} s; peak RSS {:.1} MiB",
+            ms(m.wall),
+            m.cpu,
+            m.rss_mib
+        );
+    }
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("BENCH_SCALE_HOSTS")
         .unwrap_or_else(|_| "200,500".into())
@@ -295,5 +368,12 @@ fn main() {
                 m.logins
             );
         }
+    }
+    let files: usize = std::env::var("BENCH_DRIFT_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    if files > 0 {
+        drift_check(files, &rt);
     }
 }

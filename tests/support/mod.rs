@@ -180,6 +180,27 @@ pub fn tidekeeper() -> Command {
     c
 }
 
+/// How tidekeeper's own SSH client reaches test host `h` as root with
+/// `key`, its host key pinned (for floors measured next to tidekeeper).
+#[allow(dead_code)] // the benchmarks' floors use it, the tests do not
+pub fn ssh_target(h: &testbed::TestHost, key: &Path) -> tidekeeper::transport::SshTarget {
+    let mut parts = h.host_key.split_whitespace();
+    let (kind, k) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    tidekeeper::transport::SshTarget {
+        name: h.name.clone(),
+        addr: (h.address, h.port).into(),
+        user: "root".into(),
+        key_file: Some(key.to_str().unwrap().to_string()),
+        host_keys: tidekeeper::transport::HostKeyPolicy::Pinned(vec![(kind, k)]),
+        sudo: false,
+        connect_timeout: std::time::Duration::from_secs(30),
+        via: None,
+    }
+}
+
 pub mod cloud;
 pub mod daemon;
 pub mod fleet;

@@ -541,6 +541,82 @@ fn enforce(ctx: &Ctx) {
     super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
 }
 
+/// Instances `instanceNames` of `v`, each booting a test host (from `disk`
+/// when made from a snapshot) with the user data and key pair asked for.
+fn create_instances(
+    ctx: &Ctx,
+    a: &mut Account,
+    v: &Value,
+    bundle: &str,
+    blueprint: &str,
+    disk: Option<std::path::PathBuf>,
+) -> Response {
+    let text = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let names: Vec<String> = v["instanceNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect();
+    if !BUNDLES.iter().any(|b| b.0 == bundle) {
+        return error(
+            400,
+            "InvalidInputException",
+            &format!("The bundle {bundle} does not exist."),
+        );
+    }
+    if let Some(n) = names.iter().find(|n| a.instances.contains_key(*n)) {
+        return error(
+            400,
+            "InvalidInputException",
+            &format!("Some names are already in use: {n}"),
+        );
+    }
+    let mut keys = Vec::new();
+    if let Some(k) = v["keyPairName"].as_str() {
+        match a.key_pairs.get(k) {
+            Some(pk) => keys.push(pk.clone()),
+            None => return not_found("KeyPair"),
+        }
+    }
+    let user_data = text("userData");
+    let mut ops = Vec::new();
+    for n in names {
+        a.instances.insert(
+            n.clone(),
+            Instance {
+                name: n.clone(),
+                bundle: bundle.to_string(),
+                blueprint: blueprint.to_string(),
+                zone: text("availabilityZone"),
+                state: "pending".into(),
+                tags: tags_of(&v["tags"]),
+                public_ip: None,
+                static_ip: false,
+                ports: default_ports(),
+                created: epoch(),
+                host: None,
+            },
+        );
+        let o = op(a, &ctx.faults, &n, "CreateInstance", false);
+        ops.push(operation_json(&o));
+        let (cloud, account, done) = (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
+        let mut init = cloud_init(&user_data, &keys);
+        init.disk = disk.clone();
+        std::thread::spawn(move || {
+            let (i, addr) = cloud.boot(&init);
+            let mut a = account.lock().unwrap();
+            if let Some(inst) = a.instances.get_mut(&n) {
+                inst.state = "running".into();
+                inst.public_ip = Some(addr.to_string());
+                inst.host = Some(i);
+            }
+            *done.lock().unwrap() = true;
+        });
+    }
+    ok(json!({"operations": ops}))
+}
+
 fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
     let mut a = ctx.account.lock().unwrap();
     let name = |k: &str| v[k].as_str().unwrap_or("").to_string();
@@ -589,78 +665,11 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
             ok(json!({"operation": operation_json(&o)}))
         }
         "CreateInstances" => {
-            let names: Vec<String> = v["instanceNames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|n| n.as_str().map(String::from))
-                .collect();
             let bundle = name("bundleId");
-            if !BUNDLES.iter().any(|b| b.0 == bundle) {
-                return error(
-                    400,
-                    "InvalidInputException",
-                    &format!("The bundle {bundle} does not exist."),
-                );
-            }
-            if let Some(n) = names.iter().find(|n| a.instances.contains_key(*n)) {
-                return error(
-                    400,
-                    "InvalidInputException",
-                    &format!("Some names are already in use: {n}"),
-                );
-            }
-            let mut keys = Vec::new();
-            if let Some(k) = v["keyPairName"].as_str() {
-                match a.key_pairs.get(k) {
-                    Some(pk) => keys.push(pk.clone()),
-                    None => return not_found("KeyPair"),
-                }
-            }
-            let user_data = name("userData");
-            let mut ops = Vec::new();
-            for n in names {
-                a.instances.insert(
-                    n.clone(),
-                    Instance {
-                        name: n.clone(),
-                        bundle: bundle.clone(),
-                        blueprint: name("blueprintId"),
-                        zone: name("availabilityZone"),
-                        state: "pending".into(),
-                        tags: tags_of(&v["tags"]),
-                        public_ip: None,
-                        static_ip: false,
-                        ports: default_ports(),
-                        created: epoch(),
-                        host: None,
-                    },
-                );
-                let o = op(&mut a, &ctx.faults, &n, "CreateInstance", false);
-                ops.push(operation_json(&o));
-                let (cloud, account, done) =
-                    (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
-                let init = cloud_init(&user_data, &keys);
-                std::thread::spawn(move || {
-                    let (i, addr) = cloud.boot(&init);
-                    let mut a = account.lock().unwrap();
-                    if let Some(inst) = a.instances.get_mut(&n) {
-                        inst.state = "running".into();
-                        inst.public_ip = Some(addr.to_string());
-                        inst.host = Some(i);
-                    }
-                    *done.lock().unwrap() = true;
-                });
-            }
-            ok(json!({"operations": ops}))
+            let blueprint = name("blueprintId");
+            create_instances(ctx, &mut a, v, &bundle, &blueprint, None)
         }
         "CreateInstancesFromSnapshot" => {
-            let names: Vec<String> = v["instanceNames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|n| n.as_str().map(String::from))
-                .collect();
             let bundle = name("bundleId");
             let Some(snap) = a.snapshots.get(&name("instanceSnapshotName")).cloned() else {
                 return not_found("InstanceSnapshot");
@@ -672,14 +681,7 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
                     "The instance snapshot is not available yet.",
                 );
             }
-            if !BUNDLES.iter().any(|b| b.0 == bundle) {
-                return error(
-                    400,
-                    "InvalidInputException",
-                    &format!("The bundle {bundle} does not exist."),
-                );
-            }
-            if disk_gb(&bundle) < disk_gb(&snap.bundle) {
+            if disk_gb(&bundle) < disk_gb(&snap.bundle) && BUNDLES.iter().any(|b| b.0 == bundle) {
                 return error(
                     400,
                     "InvalidInputException",
@@ -689,57 +691,7 @@ fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {
                     ),
                 );
             }
-            if let Some(n) = names.iter().find(|n| a.instances.contains_key(*n)) {
-                return error(
-                    400,
-                    "InvalidInputException",
-                    &format!("Some names are already in use: {n}"),
-                );
-            }
-            let mut keys = Vec::new();
-            if let Some(k) = v["keyPairName"].as_str() {
-                match a.key_pairs.get(k) {
-                    Some(pk) => keys.push(pk.clone()),
-                    None => return not_found("KeyPair"),
-                }
-            }
-            let user_data = name("userData");
-            let mut ops = Vec::new();
-            for n in names {
-                a.instances.insert(
-                    n.clone(),
-                    Instance {
-                        name: n.clone(),
-                        bundle: bundle.clone(),
-                        blueprint: snap.blueprint.clone(),
-                        zone: name("availabilityZone"),
-                        state: "pending".into(),
-                        tags: tags_of(&v["tags"]),
-                        public_ip: None,
-                        static_ip: false,
-                        ports: default_ports(),
-                        created: epoch(),
-                        host: None,
-                    },
-                );
-                let o = op(&mut a, &ctx.faults, &n, "CreateInstance", false);
-                ops.push(operation_json(&o));
-                let (cloud, account, done) =
-                    (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
-                let mut init = cloud_init(&user_data, &keys);
-                init.disk = snap.disk.clone();
-                std::thread::spawn(move || {
-                    let (i, addr) = cloud.boot(&init);
-                    let mut a = account.lock().unwrap();
-                    if let Some(inst) = a.instances.get_mut(&n) {
-                        inst.state = "running".into();
-                        inst.public_ip = Some(addr.to_string());
-                        inst.host = Some(i);
-                    }
-                    *done.lock().unwrap() = true;
-                });
-            }
-            ok(json!({"operations": ops}))
+            create_instances(ctx, &mut a, v, &bundle, &snap.blueprint, snap.disk.clone())
         }
         "DeleteInstance" => {
             let n = name("instanceName");
