@@ -42,6 +42,9 @@ struct Builder {
     steps: Vec<Step>,
     /// Files written, to verify at the end: (sha256, path).
     written: Vec<(String, String)>,
+    /// Files whose new content was staged (see [`kinds::file::stage`]):
+    /// path → the number of its `$tk_t<n>`.
+    staged: std::collections::HashMap<String, usize>,
 }
 
 impl Builder {
@@ -93,6 +96,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         text: String::new(),
         steps: vec![],
         written: vec![],
+        staged: Default::default(),
     };
     b.text
         .push_str(&super::sh::apply_prelude(root, &state, run_id));
@@ -186,8 +190,31 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
     let mut sysctl_changed = false;
     let mut reloaded = false;
     let mut files_done = false;
-    for c in desired {
+    // Every new content is written and synced once, before the first file
+    // is renamed into place.
+    let staged: Vec<&FileItem> = desired
+        .iter()
+        .filter_map(|c| match &c.item {
+            Some(Item::File(f)) if content_changes(c) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let first_staged = desired
+        .iter()
+        .position(|c| matches!(&c.item, Some(Item::File(_))) && content_changes(c));
+    for (i, c) in desired.iter().enumerate() {
         let Some(item) = &c.item else { continue };
+        if Some(i) == first_staged {
+            let numbered: Vec<(&FileItem, usize)> =
+                staged.iter().enumerate().map(|(n, f)| (*f, n)).collect();
+            for (f, n) in &numbered {
+                b.staged.insert(f.path.clone(), *n);
+            }
+            b.step(
+                format!("write {} new file content(s), one sync", numbered.len()),
+                kinds::file::stage(&b.root, &numbered),
+            );
+        }
         // systemd must see new unit files before services are touched.
         if !matches!(
             item,
@@ -233,7 +260,7 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
             validate: None,
             notify: vec![],
         };
-        let body = kinds::file::write(&b.root, &f, false);
+        let body = kinds::file::write(&b.root, &f, false, None);
         b.written
             .push((f.sha256.clone(), format!("{}{}", b.root, f.path)));
         b.step(format!("file {SYSCTL_CONF}"), body);
@@ -341,6 +368,11 @@ fn package_steps(b: &mut Builder, desired: &[&Change], updated: bool) {
 
 /// The steps of one planned change, by its kind. `owes` records the
 /// handlers it notifies before it runs.
+/// Does a file change write its content (not only mode or owner)?
+fn content_changes(c: &Change) -> bool {
+    c.action != Action::Update || c.diff.is_some() || c.note.is_some()
+}
+
 fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
     use kinds::{
         absent, command, directory, file, firewall, group, mount, service, stack, symlink, sysctl,
@@ -351,13 +383,13 @@ fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
     let body = match item {
         Item::Package { .. } => return,
         Item::File(f) => {
-            let content_changes =
-                c.action != Action::Update || c.diff.is_some() || c.note.is_some();
-            if content_changes {
+            let content = content_changes(c);
+            if content {
                 b.written
                     .push((f.sha256.clone(), format!("{root}{}", f.path)));
             }
-            format!("{owes}{}", file::apply(&root, f, c.action, content_changes))
+            let staged = b.staged.get(&f.path).copied();
+            format!("{owes}{}", file::apply(&root, f, c.action, content, staged))
         }
         Item::Dir {
             path,

@@ -642,11 +642,20 @@ pub async fn plan_all(
                         result.learned_host_key = accepted_key(&c, false);
                         result.generated_host_key = accepted_key(&c, true);
                         match plan_host(&c, host, &opts).await {
+                            // Nothing to apply: the connection is not held
+                            // while hundreds of other hosts are planned.
+                            Ok(p) if !p.has_changes() => {
+                                result.plan = Some(p);
+                                c.close().await;
+                            }
                             Ok(p) => {
                                 result.plan = Some(p);
                                 pool.put(&name, c);
                             }
-                            Err(e) => result.fail(e.kind(), e.to_string()),
+                            Err(e) => {
+                                result.fail(e.kind(), e.to_string());
+                                c.close().await;
+                            }
                         }
                     }
                 }

@@ -658,6 +658,42 @@ handlers:
     }
 
     #[test]
+    fn new_file_content_is_staged_and_synced_once_before_any_file_is_renamed() {
+        let h = host(
+            "directories:\n  - {path: /srv/app}\nfiles:\n  - {path: /etc/a.conf, content: \"a\\n\"}\n  - {path: /etc/b.conf, content: \"b\\n\"}\n  - {path: /srv/app/c, content: \"c\\n\"}\n",
+        );
+        let it = items(&h);
+        let obs = probe::parse("E\tend\n", "", &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, "", "run", None);
+        let text = &script.text;
+        crate::engine::kinds::sh_n(text);
+        let whats: Vec<&str> = script.steps.iter().map(|s| s.what.as_str()).collect();
+        let stage = whats
+            .iter()
+            .position(|w| *w == "write 3 new file content(s), one sync")
+            .expect("one staging step");
+        let first_file = whats.iter().position(|w| w.starts_with("file ")).unwrap();
+        assert!(stage < first_file, "{whats:?}");
+        assert!(
+            whats
+                .iter()
+                .position(|w| w.starts_with("directory "))
+                .unwrap()
+                < stage,
+            "{whats:?}"
+        );
+        assert_eq!(text.matches("sync || return").count(), 1, "{text}");
+        assert!(!text.contains("sync \"$t\""), "no fsync per file: {text}");
+        // Leftovers are cleared once per directory, before anything is staged there.
+        assert_eq!(text.matches("for x in \"$d\"/.tidekeeper.*").count(), 2);
+        for n in 0..3 {
+            assert!(text.contains(&format!("tk_t{n}=$t")), "{text}");
+            assert!(text.contains(&format!("t=$tk_t{n}\n")), "{text}");
+        }
+    }
+
+    #[test]
     fn ufw_allow_rules_come_before_the_default_deny() {
         let h = host("firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n");
         let it = items(&h);

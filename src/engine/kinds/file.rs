@@ -181,14 +181,20 @@ pub fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
 
 /// Apply: replace what is in the way, then write the content, or, when
 /// only mode or ownership differ, change them in place.
-pub fn apply(root: &str, f: &FileItem, action: Action, content_changes: bool) -> String {
+pub fn apply(
+    root: &str,
+    f: &FileItem,
+    action: Action,
+    content_changes: bool,
+    staged: Option<usize>,
+) -> String {
     let mut body = String::new();
     if action == Action::Replace {
         body.push_str(&cmd("backup").arg(&f.path).step());
         body.push_str(&format!("rm -f {} || return\n", on_host(root, &f.path)));
     }
     if content_changes {
-        body.push_str(&write(root, f, action == Action::Update));
+        body.push_str(&write(root, f, action == Action::Update, staged));
         return body;
     }
     let p = on_host(root, &f.path);
@@ -204,17 +210,8 @@ pub fn apply(root: &str, f: &FileItem, action: Action, content_changes: bool) ->
     body
 }
 
-/// Write a file atomically: a temporary file in its directory, synced,
-/// validated, the old file backed up, then renamed over it. `exists` keeps
-/// the old file's mode and ownership where the config does not set them.
-pub fn write(root: &str, f: &FileItem, exists: bool) -> String {
-    let p = on_host(root, &f.path);
-    let d = on_host(root, parent(&f.path));
-    let mut s = format!(
-        "p={p}; d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
-         for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n\
-         t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\n"
-    );
+/// The content of a file into the temporary file `"$t"`.
+fn content_into_t(s: &mut String, f: &FileItem) {
     let data = B64.encode(&f.content.bytes);
     s.push_str(&format!("base64 -d >\"$t\" <<'{EOF}' || return\n"));
     for chunk in data.as_bytes().chunks(76) {
@@ -223,6 +220,54 @@ pub fn write(root: &str, f: &FileItem, exists: bool) -> String {
     }
     s.push_str(EOF);
     s.push('\n');
+}
+
+/// Stage the new content of `files` (each with its number `n`) before any
+/// of them is renamed into place: every temporary file `"$tk_t<n>"` is
+/// written in its file's directory, then ONE `sync` makes them all durable
+/// (instead of an fsync per file). A crash before a rename leaves the old
+/// file; after it, the new one, wholly.
+pub fn stage(root: &str, files: &[(&FileItem, usize)]) -> String {
+    let mut s = String::new();
+    let mut cleaned = std::collections::BTreeSet::new();
+    for (f, n) in files {
+        let d = on_host(root, parent(&f.path));
+        s.push_str(&format!("d={d}\n"));
+        // Leftovers of a killed run go, once per directory (not the files
+        // staged here a moment ago).
+        if cleaned.insert(d) {
+            s.push_str(
+                "[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
+                 for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n",
+            );
+        }
+        s.push_str(&format!(
+            "t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\ntk_t{n}=$t\n"
+        ));
+        content_into_t(&mut s, f);
+    }
+    s.push_str("sync || return\n");
+    s
+}
+
+/// Write a file atomically: a temporary file in its directory, synced,
+/// validated, the old file backed up, then renamed over it. `exists` keeps
+/// the old file's mode and ownership where the config does not set them.
+/// With `staged`, the content is already in `"$tk_t<n>"`, synced (see [`stage`]).
+pub fn write(root: &str, f: &FileItem, exists: bool, staged: Option<usize>) -> String {
+    let p = on_host(root, &f.path);
+    let mut s;
+    if let Some(n) = staged {
+        s = format!("p={p}; t=$tk_t{n}\n");
+    } else {
+        let d = on_host(root, parent(&f.path));
+        s = format!(
+            "p={p}; d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
+             for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n\
+             t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\n"
+        );
+        content_into_t(&mut s, f);
+    }
     match f.mode {
         Some(m) => s.push_str(&cmd("chmod").word(Word::mode(m)).word(Word::var("t")).step()),
         None if exists => s.push_str("chmod --reference=\"$p\" \"$t\" || return\n"),
@@ -237,7 +282,9 @@ pub fn write(root: &str, f: &FileItem, exists: bool) -> String {
     if let Some(g) = &f.group {
         s.push_str(&set_group(g, f.owner.as_deref(), "\"$t\""));
     }
-    s.push_str("sync \"$t\" || return\n");
+    if staged.is_none() {
+        s.push_str("sync \"$t\" || return\n");
+    }
     if let Some(v) = &f.validate {
         // The validator is the config's own shell command, run as written.
         let validator = v.replace("%s", "\"$t\"");
@@ -390,7 +437,7 @@ mod tests {
         let s = probe(&items, "", ContentCheck::default());
         assert!(s.contains(&format!("{}  /etc/key\n", crate::digest::sha256_hex(b"k"))));
         sh_n(&s);
-        let w = write("/r", &f, false);
+        let w = write("/r", &f, false, None);
         assert_eq!(
             w,
             format!(
@@ -403,7 +450,7 @@ mod tests {
             )
         );
         sh_n_step(&w);
-        let in_place = apply("", &f, Action::Update, false);
+        let in_place = apply("", &f, Action::Update, false, None);
         assert_eq!(
             in_place,
             "chmod 0640 /etc/motd || return\nchown root /etc/motd || return\nchgrp adm /etc/motd || return\n"
@@ -417,7 +464,7 @@ mod tests {
         let mut f = file("/etc/$(reboot)/a'b", "x", false);
         f.owner = Some("x; reboot".into());
         f.validate = Some("visudo -cf %s".into());
-        let body = apply("", &f, Action::Replace, true);
+        let body = apply("", &f, Action::Replace, true, None);
         assert!(body.contains("p='/etc/$(reboot)/a'\\''b'"), "{body}");
         assert!(body.contains("chown 'x; reboot' \"$t\""), "{body}");
         assert!(body.contains("if ! { visudo -cf \"$t\"\n}; then"), "{body}");
