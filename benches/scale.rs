@@ -130,6 +130,33 @@ fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> (Duration, usize) {
     (t.elapsed(), logins(bed) - before)
 }
 
+/// `Threads`, `RssAnon`, `RssFile` and `VmHWM` of a live process, as /proc shows them.
+fn proc_memory(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| {
+            ["Threads:", "RssAnon:", "RssFile:", "VmHWM:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The wall times of the daemon's reconciles, in order, from its log.
+fn reconcile_seconds(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("reconcile done"))
+        .filter_map(|l| {
+            let at = l.find("\"elapsed_ms\":")? + "\"elapsed_ms\":".len();
+            let digits: String = l[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse::<f64>().ok().map(|ms| ms / 1000.0)
+        })
+        .collect()
+}
+
 /// (utime + stime in seconds, VmHWM in MiB) of a live process.
 fn proc_usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -164,7 +191,11 @@ struct DaemonRun {
 /// as its history records them.
 fn daemon(repo: &FleetRepo, bed: &Testbed, n: usize) -> DaemonRun {
     let before = logins(bed);
-    let mut d = Daemon::start(&repo.path, &repo.key, &["--poll", "1h", "--drift", "5s"]);
+    let mut d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1h", "--drift", "5s", "--log-format", "json"],
+    );
     let history = d.state.path().join("state").join("history.json");
     let runs = |apply: bool| -> Vec<f64> {
         let text = std::fs::read_to_string(&history).unwrap_or_default();
@@ -185,18 +216,27 @@ fn daemon(repo: &FleetRepo, bed: &Testbed, n: usize) -> DaemonRun {
         std::thread::sleep(Duration::from_millis(200));
     }
     let apply_logins = logins(bed) - before;
+    let after_apply = proc_memory(d.child.id());
     while runs(false).is_empty() {
         assert!(Instant::now() < deadline, "no drift check:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
     let drift_logins = logins(bed) - before - apply_logins;
     let (cpu, rss_mib) = proc_usage(d.child.id());
+    println!(
+        "  daemon memory after its first apply: {after_apply}; after the drift check: {}",
+        proc_memory(d.child.id())
+    );
+    let walls = reconcile_seconds(&d.log());
     let _ = d.terminate();
-    let status = d.status();
-    assert!(status.is_null() || status["hosts"].is_array() || status.is_object());
+    assert!(
+        walls.len() >= 2,
+        "the daemon logs each reconcile:\n{}",
+        d.log()
+    );
     DaemonRun {
-        first_apply: runs(true)[0],
-        drift: runs(false)[0],
+        first_apply: walls[0],
+        drift: walls[1],
         cpu,
         rss_mib,
         apply_logins,

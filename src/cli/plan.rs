@@ -101,6 +101,7 @@ pub(super) fn plan(
                 Err(c) => return c,
             };
             opts.changed_files_only = changed_files_only;
+            opts.record_file_stats = changed_files_only;
             let opts = std::sync::Arc::new(opts);
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);

@@ -417,6 +417,7 @@ impl Loop {
             redactions: fleet.redactions.clone(),
             clock: self.clock.clone(),
             changed_files_only: self.changed_files_only,
+            record_file_stats: true,
             ..Default::default()
         }
     }

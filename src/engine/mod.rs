@@ -65,6 +65,9 @@ pub struct Options {
     /// Hash only managed files whose stat changed since they last hashed as
     /// they should (drift checks between full checks).
     pub changed_files_only: bool,
+    /// Keep each host's stat cache up to date (the daemon, whose drift
+    /// checks use it).
+    pub record_file_stats: bool,
 }
 
 impl Options {
@@ -87,6 +90,7 @@ impl Default for Options {
             redactions: vec![],
             clock: Default::default(),
             changed_files_only: false,
+            record_file_stats: false,
         }
     }
 }
@@ -547,10 +551,11 @@ pub async fn plan_host(
         }
         Trust::AfterMerge(why) => return Err(EngineError::Unsupported(why.clone())),
     };
-    // A proposal's plan leaves no trace on a host: no stat cache written.
+    // The stat cache is kept where it is used: by the daemon (and plans of
+    // changed files only). A proposal's plan leaves no trace on a host.
     let content = probe::ContentCheck {
         changed_only: opts.changed_files_only,
-        record: matches!(host.trust, Trust::Full),
+        record: opts.record_file_stats && matches!(host.trust, Trust::Full),
     };
     let script = probe::script(&probed, conn.root(), content);
     let out = conn.run_script(&script, opts.probe_timeout).await?;

@@ -52,6 +52,9 @@ pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
     if plain.is_empty() && sensitive.is_empty() {
         return String::new();
     }
+    if check == ContentCheck::default() {
+        return hash_all(&plain, &sensitive);
+    }
     let cache = q(&format!("{root}{STATE_DIR}/{STAT_CACHE}"));
     let mut s = format!(
         "fc={cache}; ft=$(mktemp) || ft=/tmp/tk-files.$$\n\
@@ -99,6 +102,30 @@ pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
         ));
     }
     s.push_str("rm -f \"$ft\" \"$ft\".*\n");
+    s
+}
+
+/// Every file hashed, nothing recorded: one `sha256sum -c` per
+/// sensitivity, and no other process.
+fn hash_all(plain: &str, sensitive: &str) -> String {
+    let mut s = String::new();
+    for (list, sensitive) in [(plain, false), (sensitive, true)] {
+        if list.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf '{}\\t%s\\n' \"$f\"",
+            Tag::Differs
+        ));
+        if !sensitive {
+            s.push_str(&format!(
+                "; if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {DIFF_LIMIT} ]; then \
+                 printf '{t}\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi",
+                t = Tag::Content
+            ));
+        }
+        s.push_str(&format!("; done\n{list}{EOF}\n"));
+    }
     s
 }
 
@@ -434,8 +461,20 @@ mod tests {
                 },
             ));
         }
+        // Nothing to record or compare: the plain check, one process per sensitivity.
         let s = probe(&items, "", ContentCheck::default());
-        assert!(s.contains(&format!("{}  /etc/key\n", crate::digest::sha256_hex(b"k"))));
+        assert_eq!(
+            s,
+            format!(
+                "sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf 'X\\t%s\\n' \"$f\"; \
+                 if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le 262144 ]; then printf 'C\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi; done\n\
+                 {}  /etc/motd\n{EOF}\n\
+                 sha256sum -c --quiet <<'{EOF}' | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; printf 'X\\t%s\\n' \"$f\"; done\n\
+                 {}  /etc/key\n{EOF}\n",
+                f.sha256,
+                crate::digest::sha256_hex(b"k"),
+            )
+        );
         sh_n(&s);
         let w = write("/r", &f, false, None);
         assert_eq!(
