@@ -378,6 +378,61 @@ fn a_plan_of_changed_files_only_hashes_what_moved_and_a_full_plan_hashes_everyth
     );
 }
 
+/// Beyond its open limit the pool closes a host's connection after the plan
+/// and opens a new one for the apply, with the host key seen at plan time.
+#[test]
+fn beyond_its_open_limit_the_pool_connects_again_for_each_apply() {
+    use std::sync::Arc;
+    use tidekeeper::{cloud::Clouds, engine, reconcile};
+    let bed = Testbed::start_light(3);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[("f", "files:\n  - {path: /etc/tk-pool, content: \"x\\n\"}\n")],
+    );
+    let tree = tidekeeper::source::ConfigTree::from_git(&repo.path, "HEAD").unwrap();
+    let fleet = Arc::new(tidekeeper::model::load(&tree).unwrap());
+    let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
+    let opts = Arc::new(engine::Options {
+        ssh_key: Some(repo.key.to_str().unwrap().to_string()),
+        ..Default::default()
+    });
+    let quiet: engine::Progress = Arc::new(|_| {});
+    let clouds = Clouds::from_env(&fleet);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let logins = || -> usize {
+        bed.hosts
+            .iter()
+            .map(|h| h.log().matches("Accepted publickey").count())
+            .sum()
+    };
+    let pool = engine::Pool::with_open_limit(1);
+    let fp = rt.block_on(reconcile::plan(
+        fleet.clone(),
+        names,
+        true,
+        opts.clone(),
+        &clouds,
+        Default::default(),
+        quiet.clone(),
+        &pool,
+    ));
+    assert_eq!(pool.len(), 3, "every planned host waits for its apply");
+    assert_eq!(pool.open(), 1, "but only one connection stays open");
+    let before = logins();
+    let done = rt.block_on(reconcile::apply(fp, &pool, opts, &clouds, quiet));
+    for h in &done.hosts {
+        assert!(h.error.is_none(), "{}: {:?}", h.host, h.error);
+    }
+    assert_eq!(
+        logins() - before,
+        2,
+        "the two parked hosts were reached again"
+    );
+    for i in 0..3 {
+        assert_eq!(bed.ssh_ok(i, "cat /etc/tk-pool"), "x\n");
+    }
+}
+
 #[test]
 fn sigkill_mid_apply_leaves_every_file_wholly_old_or_new() {
     sigkill_mid_apply(Kind::Full);

@@ -247,33 +247,99 @@ impl HostResult {
     }
 }
 
-/// The open connections of planned hosts, by host name, kept from plan to
+/// The connections of planned hosts, by host name, kept from plan to
 /// apply. Owned by whoever runs a reconcile (a CLI command, a daemon
 /// commit), so a plan is plain data; clones share the connections.
-#[derive(Clone, Default)]
-pub struct Pool(Arc<std::sync::Mutex<std::collections::HashMap<String, Connection>>>);
+///
+/// At most [`POOL_OPEN`] stay open: beyond that a host's connection is
+/// closed after its plan and opened again for its apply, to the same
+/// address with the host key seen at plan time pinned. Memory then stays
+/// flat however many hosts a plan has (about 100 KB per open connection).
+#[derive(Clone)]
+pub struct Pool {
+    held: Arc<std::sync::Mutex<std::collections::HashMap<String, Held>>>,
+    open_limit: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::with_open_limit(POOL_OPEN)
+    }
+}
+
+/// Connections held open at once from plan to apply.
+pub const POOL_OPEN: usize = 64;
+
+enum Held {
+    Open(Connection),
+    /// Closed after the plan; how to reach the host again.
+    Parked(Box<SshTarget>),
+}
+
+impl Held {
+    async fn close(self) {
+        if let Held::Open(c) = self {
+            c.close().await;
+        }
+    }
+}
 
 impl Pool {
     pub fn new() -> Pool {
         Pool::default()
     }
 
-    fn put(&self, host: &str, conn: Connection) {
-        let old = self
-            .0
+    /// A pool that keeps at most `n` connections open.
+    pub fn with_open_limit(n: usize) -> Pool {
+        Pool {
+            held: Default::default(),
+            open_limit: n,
+        }
+    }
+
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.held
             .lock()
             .expect("pool lock")
-            .insert(host.to_string(), conn);
-        debug_assert!(old.is_none(), "{host} planned twice in one pool");
+            .values()
+            .filter(|h| matches!(h, Held::Open(_)))
+            .count()
     }
 
-    fn take(&self, host: &str) -> Option<Connection> {
-        self.0.lock().expect("pool lock").remove(host)
+    async fn put(&self, host: &str, conn: Connection) {
+        let to_close = {
+            let mut held = self.held.lock().expect("pool lock");
+            let open = held.values().filter(|h| matches!(h, Held::Open(_))).count();
+            let parked = match &conn {
+                Connection::Ssh(s) if open >= self.open_limit => {
+                    let mut t = s.target().clone();
+                    t.host_keys = HostKeyPolicy::Pinned(vec![s.host_key().clone()]);
+                    Some(Held::Parked(Box::new(t)))
+                }
+                _ => None,
+            };
+            let (entry, to_close) = match parked {
+                Some(p) => (p, Some(conn)),
+                None => (Held::Open(conn), None),
+            };
+            let old = held.insert(host.to_string(), entry);
+            debug_assert!(old.is_none(), "{host} planned twice in one pool");
+            to_close
+        };
+        if let Some(c) = to_close {
+            c.close().await;
+        }
     }
 
-    /// How many connections are open.
+    fn take(&self, host: &str) -> Option<Held> {
+        self.held.lock().expect("pool lock").remove(host)
+    }
+
+    /// How many planned hosts have a connection waiting for their apply
+    /// (open, or parked to be opened again).
     pub fn len(&self) -> usize {
-        self.0.lock().expect("pool lock").len()
+        self.held.lock().expect("pool lock").len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -655,7 +721,7 @@ pub async fn plan_all(
                             }
                             Ok(p) => {
                                 result.plan = Some(p);
-                                pool.put(&name, c);
+                                pool.put(&name, c).await;
                             }
                             Err(e) => {
                                 result.fail(e.kind(), e.to_string());
@@ -692,13 +758,24 @@ pub async fn plan_all(
 
 async fn apply_one(
     mut p: HostResult,
-    conn: Option<Connection>,
+    conn: Option<Held>,
     opts: &Options,
     run: &str,
     progress: &Progress,
 ) -> HostResult {
-    let Some(conn) = conn else {
-        return p;
+    let conn = match conn {
+        None => return p,
+        Some(Held::Open(c)) => c,
+        Some(Held::Parked(target)) => match Ssh::connect(*target).await {
+            Ok(s) => Connection::Ssh(Box::new(s)),
+            Err(e) => {
+                p.fail(
+                    HostError::Unreachable,
+                    opts.redact(&format!("cannot connect again to apply: {e}")),
+                );
+                return p;
+            }
+        },
     };
     // The plan is read while the result is written: taken out meanwhile.
     if let Some(plan) = p.plan.take() {
