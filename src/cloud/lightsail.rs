@@ -432,17 +432,15 @@ impl Lightsail {
         );
         let snap = self.snapshot(have, &snap_name, &labels).await?;
         if let Err(e) = self.launch(&name, want, user_data, Some(&snap.name)).await {
+            // The old instance still serves: leave nothing else behind.
+            if let Ok(Some(i)) = self.client().await?.instance(&name).await
+                && host_of(&i) == want.host
+                && let Ok(ops) = self.client().await?.delete_instance(&name).await
             {
-                // The old instance still serves: leave nothing else behind.
-                if let Ok(Some(i)) = self.client().await?.instance(&name).await
-                    && host_of(&i) == want.host
-                    && let Ok(ops) = self.client().await?.delete_instance(&name).await
-                {
-                    let _ = self.wait_ops(&ops, "deleting the unfinished copy").await;
-                }
-                let _ = self.delete_snapshot(&snap).await;
-                return Err(e);
+                let _ = self.wait_ops(&ops, "deleting the unfinished copy").await;
             }
+            let _ = self.delete_snapshot(&snap).await;
+            return Err(e);
         }
         if have.static_ip && !want.static_ip {
             // The address stays the host's: it moves to the copy too.

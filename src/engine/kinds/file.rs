@@ -83,11 +83,7 @@ pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
             Tag::Differs
         ));
         if !sensitive {
-            s.push_str(&format!(
-                "; if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {DIFF_LIMIT} ]; then \
-                 printf '{t}\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi",
-                t = Tag::Content
-            ));
+            s.push_str(&content_record());
         }
         s.push_str("; done\n");
     }
@@ -118,15 +114,21 @@ fn hash_all(plain: &str, sensitive: &str) -> String {
             Tag::Differs
         ));
         if !sensitive {
-            s.push_str(&format!(
-                "; if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {DIFF_LIMIT} ]; then \
-                 printf '{t}\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi",
-                t = Tag::Content
-            ));
+            s.push_str(&content_record());
         }
         s.push_str(&format!("; done\n{list}{EOF}\n"));
     }
     s
+}
+
+/// In a check's loop over differing files `$f`: the content of a small one
+/// as a [`Tag::Content`] record (for the diff).
+fn content_record() -> String {
+    format!(
+        "; if [ -f \"$f\" ] && [ \"$(stat -c %s -- \"$f\")\" -le {DIFF_LIMIT} ]; then \
+         printf '{t}\\t%s\\t' \"$f\"; base64 -w0 -- \"$f\"; echo; fi",
+        t = Tag::Content
+    )
 }
 
 /// Read a [`Tag::Content`] record: the path (root still on it) and content.
