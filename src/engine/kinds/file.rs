@@ -381,7 +381,8 @@ mod tests {
 
     #[test]
     fn between_full_checks_only_files_whose_stat_moved_are_hashed() {
-        let dir = std::env::temp_dir().join(format!("tk-filestat-{}", std::process::id()));
+        // A root with a space and a quote: nothing in the check may split or unquote it.
+        let dir = std::env::temp_dir().join(format!("tk file'stat {}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.as_path();
         std::fs::create_dir_all(root.join("etc")).unwrap();
