@@ -8,9 +8,6 @@
 //! wholly new. Handlers a step owes are recorded on the host before the step
 //! runs, so a restart owed by a failed run is still done by the next one.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-
 use super::item::{FileItem, Item};
 use super::kinds;
 use super::observed::{Inventory, STATE_DIR};
@@ -43,8 +40,10 @@ struct Builder {
     /// Files written, to verify at the end: (sha256, path).
     written: Vec<(String, String)>,
     /// Files whose new content was staged (see [`kinds::file::stage`]):
-    /// path → the number of its `$tk_t<n>`.
+    /// path → the number of its staging directory `$tk_d<k>`.
     staged: std::collections::HashMap<String, usize>,
+    /// How many staging directories there are.
+    staging_dirs: usize,
 }
 
 impl Builder {
@@ -70,8 +69,8 @@ fn write_inventory(state: &str, inv: &Inventory) -> String {
     let mut s = String::new();
     for (name, data) in [("inventory.json", json), ("managed-paths", paths)] {
         s.push_str(&format!(
-            "t=$(mktemp {state}/.inventory.XXXXXX) && base64 -d >\"$t\" <<'{EOF}' && mv -f \"$t\" {state}/{name} || return\n{}\n{EOF}\n",
-            B64.encode(data)
+            "t=$(mktemp {state}/.inventory.XXXXXX) && printf %s {} >\"$t\" && mv -f \"$t\" {state}/{name} || return\n",
+            super::sh::Word::quoted(&data)
         ));
     }
     s
@@ -97,6 +96,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         steps: vec![],
         written: vec![],
         staged: Default::default(),
+        staging_dirs: 0,
     };
     b.text
         .push_str(&super::sh::apply_prelude(root, &state, run_id));
@@ -192,28 +192,46 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
     let mut files_done = false;
     // Every new content is written and synced once, before the first file
     // is renamed into place.
-    let staged: Vec<&FileItem> = desired
+    let staged: Vec<kinds::file::ToStage> = desired
         .iter()
         .filter_map(|c| match &c.item {
-            Some(Item::File(f)) if content_changes(c) => Some(f),
+            Some(Item::File(f)) if content_changes(c) => Some(kinds::file::ToStage {
+                file: f,
+                new: c.action != Action::Update,
+            }),
             _ => None,
         })
         .collect();
     let first_staged = desired
         .iter()
         .position(|c| matches!(&c.item, Some(Item::File(_))) && content_changes(c));
-    for (i, c) in desired.iter().enumerate() {
+    let mut i = 0;
+    while i < desired.len() {
+        let c = desired[i];
+        i += 1;
         let Some(item) = &c.item else { continue };
-        if Some(i) == first_staged {
-            let numbered: Vec<(&FileItem, usize)> =
-                staged.iter().enumerate().map(|(n, f)| (*f, n)).collect();
-            for (f, n) in &numbered {
-                b.staged.insert(f.path.clone(), *n);
+        if Some(i - 1) == first_staged {
+            let (body, ks) = kinds::file::stage(&b.root, &staged);
+            for (f, k) in staged.iter().zip(&ks) {
+                b.staged.insert(f.file.path.clone(), *k);
             }
+            b.staging_dirs = ks.iter().max().map_or(0, |k| k + 1);
             b.step(
-                format!("write {} new file content(s), one sync", numbered.len()),
-                kinds::file::stage(&b.root, &numbered),
+                format!("write {} new file content(s), one sync", staged.len()),
+                body,
             );
+        }
+        // New files in a row (nothing to validate) go into place together.
+        if new_file(b, c).is_some() {
+            let run = 1 + desired[i..]
+                .iter()
+                .take_while(|c| new_file(b, c).is_some())
+                .count();
+            if run > 1 {
+                new_files_step(b, &desired[i - 1..i - 1 + run]);
+                i += run - 1;
+                continue;
+            }
         }
         // systemd must see new unit files before services are touched.
         if !matches!(
@@ -267,6 +285,41 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
     }
 }
 
+/// A new file whose content was staged and that has nothing to validate.
+fn new_file<'a>(b: &Builder, c: &'a Change) -> Option<&'a FileItem> {
+    match &c.item {
+        Some(Item::File(f))
+            if c.action == Action::Create
+                && f.validate.is_none()
+                && b.staged.contains_key(&f.path) =>
+        {
+            Some(f)
+        }
+        _ => None,
+    }
+}
+
+/// One step that renames new files into place, one `mv` per directory
+/// instead of one per file: their content, mode and owner were staged.
+fn new_files_step(b: &mut Builder, changes: &[&Change]) {
+    let mut body: String = changes.iter().map(|c| owes(c)).collect();
+    let mut moves = Vec::with_capacity(changes.len());
+    for c in changes {
+        let f = new_file(b, c).expect("only new files");
+        moves.push((f.path.as_str(), b.staged[&f.path]));
+    }
+    body.push_str(&kinds::file::move_new(&b.root, &moves));
+    let (first, last) = (moves[0].0, moves[moves.len() - 1].0);
+    let what = format!("{} new files: {first} … {last}", moves.len());
+    let written: Vec<(String, String)> = changes
+        .iter()
+        .filter_map(|c| new_file(b, c))
+        .map(|f| (f.sha256.clone(), format!("{}{}", b.root, f.path)))
+        .collect();
+    b.written.extend(written);
+    b.step(what, body);
+}
+
 /// What follows the changes: written files checked, handlers, then (only
 /// when everything else succeeded) what left the config.
 fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
@@ -277,6 +330,7 @@ fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
         }
         body.push_str(EOF);
         body.push('\n');
+        body.push_str(&kinds::file::unstage(b.staging_dirs));
         b.step("verify written files".into(), body);
     }
     for h in &plan.handlers {

@@ -673,24 +673,132 @@ handlers:
             .iter()
             .position(|w| *w == "write 3 new file content(s), one sync")
             .expect("one staging step");
-        let first_file = whats.iter().position(|w| w.starts_with("file ")).unwrap();
-        assert!(stage < first_file, "{whats:?}");
-        assert!(
-            whats
-                .iter()
-                .position(|w| w.starts_with("directory "))
-                .unwrap()
-                < stage,
-            "{whats:?}"
-        );
+        let moved = whats
+            .iter()
+            .position(|w| *w == "3 new files: /etc/a.conf … /srv/app/c")
+            .expect("one step renames the new files");
+        assert!(stage < moved, "{whats:?}");
+        assert!(!whats.iter().any(|w| w.starts_with("file ")), "{whats:?}");
+        let dir = whats.iter().position(|w| w.starts_with("directory "));
+        assert!(dir.unwrap() < stage, "{whats:?}");
         assert_eq!(text.matches("sync || return").count(), 1, "{text}");
         assert!(!text.contains("sync \"$t\""), "no fsync per file: {text}");
-        // Leftovers are cleared once per directory, before anything is staged there.
+        // Per directory, not per file: the leftovers' sweep, the staging
+        // directory, the rename.
         assert_eq!(text.matches("for x in \"$d\"/.tidekeeper.*").count(), 2);
-        for n in 0..3 {
-            assert!(text.contains(&format!("tk_t{n}=$t")), "{text}");
-            assert!(text.contains(&format!("t=$tk_t{n}\n")), "{text}");
+        assert_eq!(text.matches("mktemp -d").count(), 2, "{text}");
+        assert_eq!(text.matches("mv -f -- ").count(), 2, "{text}");
+        assert!(!text.contains("base64"), "text travels as text: {text}");
+        assert!(
+            text.contains("rmdir -- \"$tk_d0\" \"$tk_d1\" || return\n"),
+            "{text}"
+        );
+    }
+
+    /// The apply script of new files, run on a scratch root: every content,
+    /// mode and owner as configured (setuid kept though the owner changed),
+    /// a validated file still validated on its own, nothing left staged.
+    #[test]
+    fn new_files_land_with_their_content_mode_and_owner_and_nothing_left_staged() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give files away");
+            return;
         }
+        let h = host(
+            r##"
+files:
+  - {path: /etc/a.conf, content: "a\n"}
+  - {path: /etc/b.conf, content: "it's $HOME `x`\n", mode: "0600", owner: nobody, group: nogroup}
+  - {path: /srv/app/tool, content: "#!/bin/sh\n", mode: "4755", owner: nobody}
+  - {path: /srv/app/bin.dat, content: "a\0b"}
+  - {path: /srv/app/empty, content: ""}
+  - {path: /etc/v.conf, content: "ok\n", validate: "grep -q ok %s"}
+"##,
+        );
+        let dir = std::env::temp_dir().join(format!("tk staged'{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.to_str().unwrap();
+        let it = items(&h);
+        let obs = probe::parse("E\tend\n", root, &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, root, "run", None);
+        let whats: Vec<&str> = script.steps.iter().map(|s| s.what.as_str()).collect();
+        assert!(
+            whats.contains(&"5 new files: /etc/a.conf … /srv/app/empty"),
+            "{whats:?}"
+        );
+        assert!(whats.contains(&"file /etc/v.conf"), "{whats:?}");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script.text)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.ends_with("@@done\n"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap();
+        let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
+        assert_eq!(read("etc/a.conf"), b"a\n");
+        assert_eq!(read("etc/b.conf"), b"it's $HOME `x`\n");
+        assert_eq!(read("srv/app/bin.dat"), b"a\0b");
+        assert_eq!(read("srv/app/empty"), b"");
+        assert_eq!(read("etc/v.conf"), b"ok\n");
+        let mode = |p: &str| meta(p).permissions().mode() & 0o7777;
+        assert_eq!(mode("etc/a.conf"), 0o644);
+        assert_eq!(mode("etc/b.conf"), 0o600);
+        assert_eq!(mode("srv/app/tool"), 0o4755, "setuid kept after chown");
+        assert_eq!(mode("etc/v.conf"), 0o644);
+        let nobody = 65534;
+        assert_eq!(
+            (meta("etc/b.conf").uid(), meta("etc/b.conf").gid()),
+            (nobody, nobody)
+        );
+        assert_eq!(
+            (meta("srv/app/tool").uid(), meta("srv/app/tool").gid()),
+            (nobody, 0)
+        );
+        assert_eq!(meta("etc/a.conf").uid(), 0);
+        for d in ["etc", "srv/app"] {
+            let left: Vec<_> = std::fs::read_dir(dir.join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().starts_with(".tidekeeper"))
+                .collect();
+            assert!(left.is_empty(), "{d}: {left:?}");
+        }
+
+        // A validator that says no ends the run and leaves nothing staged.
+        let h = host(
+            "files:\n  - {path: /etc/x.conf, content: \"x\\n\"}\n  - {path: /etc/bad.conf, content: \"b\\n\", validate: \"grep -q never %s\"}\n",
+        );
+        let it = items(&h);
+        let obs = probe::parse("E\tend\n", root, &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, root, "run2", None);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script.text)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("@@fail"), "{stdout}");
+        assert!(
+            stdout.contains("validation failed (grep -q never %s)"),
+            "{stdout}"
+        );
+        assert!(!dir.join("etc/bad.conf").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".tidekeeper"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -49,6 +49,21 @@ impl Word {
         Word(format!("\"${name}\""))
     }
 
+    /// Staging directory `k` of an apply (see `kinds::file::stage`).
+    pub fn staged_dir(k: usize) -> Word {
+        Word(format!("\"$tk_d{k}\""))
+    }
+
+    /// A file `name` in staging directory `k`.
+    pub fn staged(k: usize, name: &str) -> Word {
+        Word(format!("\"$tk_d{k}\"/{}", shell_quote(name)))
+    }
+
+    /// A directory as the target of `mv SOURCES... DIR/`.
+    pub fn dir(path: &str) -> Word {
+        Word(format!("{}/", shell_quote(path)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -135,8 +150,9 @@ impl std::fmt::Display for Cmd {
 
 /// The apply script's prelude: strict mode, the root `$R` and state
 /// directory `$S`, the host's lock, and the helpers every step uses (`run`
-/// reports a step, `owe`/`paid` keep the handlers owed, `backup` keeps the
-/// old copy of a path).
+/// reports a step, and on a failure removes what was staged but not put in
+/// place; `owe`/`paid` keep the handlers owed, `backup` keeps the old copy
+/// of a path).
 pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
     format!(
         "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nTK_ROOT=\"$R\"; export TK_ROOT\nS={state}\n\
@@ -145,7 +161,8 @@ pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
          B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\
          mkdir -p \"$S/backups\" && chmod 0700 \"$S/backups\" && (umask 077; : >\"$E\") && chmod 0600 \"$E\" || exit 1\n\
          run() {{ printf '@@begin %s\\n' \"$1\"; if \"$2\" 2>\"$E\"; then printf '@@ok %s\\n' \"$1\"; \
-         else printf '@@fail %s\\n' \"$1\"; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
+         else printf '@@fail %s\\n' \"$1\"; tk_unstage; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
+         tk_unstage() {{ :; }}\n\
          owe() {{ grep -qxF \"$1\" \"$S/pending-handlers\" 2>/dev/null || printf '%s\\n' \"$1\" >>\"$S/pending-handlers\"; }}\n\
          paid() {{ [ -f \"$S/pending-handlers\" ] || return 0; grep -vxF \"$1\" \"$S/pending-handlers\" >\"$S/pending.tmp\"; \
          mv -f \"$S/pending.tmp\" \"$S/pending-handlers\"; }}\n\
@@ -165,7 +182,7 @@ pub fn probe_prelude(root: &str) -> String {
 }
 
 /// Ends every heredoc in generated scripts (never a line of a config file:
-/// files travel base64-encoded).
+/// text files travel as one quoted word, other files base64-encoded).
 pub const HEREDOC: &str = "TK_EOF_5f1c";
 
 /// The first field of a probe record.

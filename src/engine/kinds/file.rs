@@ -7,12 +7,12 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::path::{on_host, ownership, parent, replaces, set_group};
+use super::path::{LOGIN_GROUP, on_host, ownership, parent, replaces, set_group};
 use super::{Garbled, Need};
 use crate::change::Action;
 use crate::engine::item::{FileItem, Item};
 use crate::engine::observed::{DIFF_LIMIT, Observed, PathKind, STATE_DIR};
-use crate::engine::sh::{HEREDOC as EOF, Tag, Word, cmd};
+use crate::engine::sh::{Cmd, HEREDOC as EOF, Tag, Word, cmd};
 use crate::transport::shell_quote as q;
 
 /// How the probe looks at file content.
@@ -239,10 +239,22 @@ pub fn apply(
     body
 }
 
-/// The content of a file into the temporary file `"$t"`.
-fn content_into_t(s: &mut String, f: &FileItem) {
-    let data = B64.encode(&f.content.bytes);
-    s.push_str(&format!("base64 -d >\"$t\" <<'{EOF}' || return\n"));
+/// The content of a file into `target` (a shell word). Text goes as one
+/// quoted `printf` argument (a shell builtin: no process per file); bytes
+/// that are not UTF-8 text, or hold a NUL, go base64-encoded.
+fn content_into(s: &mut String, f: &FileItem, target: &str) {
+    let bytes = &f.content.bytes;
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && !bytes.contains(&0)
+    {
+        s.push_str(&format!(
+            "printf %s {} >{target} || return\n",
+            Word::quoted(text)
+        ));
+        return;
+    }
+    let data = B64.encode(bytes);
+    s.push_str(&format!("base64 -d >{target} <<'{EOF}' || return\n"));
     for chunk in data.as_bytes().chunks(76) {
         s.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
         s.push('\n');
@@ -251,65 +263,189 @@ fn content_into_t(s: &mut String, f: &FileItem) {
     s.push('\n');
 }
 
-/// Stage the new content of `files` (each with its number `n`) before any
-/// of them is renamed into place: every temporary file `"$tk_t<n>"` is
-/// written in its file's directory, then ONE `sync` makes them all durable
-/// (instead of an fsync per file). A crash before a rename leaves the old
-/// file; after it, the new one, wholly.
-pub fn stage(root: &str, files: &[(&FileItem, usize)]) -> String {
+/// The file's name in its directory.
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The umask that makes a new file (created 0666) exactly `mode`, when one
+/// can: no execute or special bits.
+fn umask_for(mode: u32) -> Option<u32> {
+    (mode & !0o666 == 0).then_some(0o777 & !mode)
+}
+
+/// A file to stage: its item, and whether it is new (nothing at its path).
+pub struct ToStage<'a> {
+    pub file: &'a FileItem,
+    pub new: bool,
+}
+
+/// Stage the new content of `files` before any of them is renamed into
+/// place. Each directory gets one private staging directory (`"$tk_d<k>"`,
+/// made by `mktemp -d` next to the files, so a rename out of it is atomic)
+/// holding the files under their own names. A new file is written with
+/// its mode (by umask, or one `chmod` per mode) and owner (one `chown` per
+/// owner) already set; then ONE `sync` makes everything durable, instead
+/// of an fsync per file. A crash before a rename leaves the old file;
+/// after it, the new one, wholly. Returns the script and, for each file,
+/// the number `k` of its staging directory.
+pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
     let mut s = String::new();
-    let mut cleaned = std::collections::BTreeSet::new();
-    for (f, n) in files {
+    let mut dirs: Vec<String> = Vec::new();
+    let mut ks = Vec::with_capacity(files.len());
+    let mut umask = 0o022;
+    type Owner<'a> = (Option<&'a str>, Option<&'a str>);
+    let mut owned: std::collections::BTreeMap<Owner, Vec<Word>> = Default::default();
+    let mut modes: std::collections::BTreeMap<u32, Vec<Word>> = Default::default();
+    for ToStage { file: f, new } in files {
         let d = on_host(root, parent(&f.path));
-        s.push_str(&format!("d={d}\n"));
-        // Leftovers of a killed run go, once per directory (not the files
-        // staged here a moment ago).
-        if cleaned.insert(d) {
-            s.push_str(
-                "[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
-                 for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n",
-            );
+        let k = match dirs.iter().position(|x| *x == d) {
+            Some(k) => k,
+            None => {
+                // Leftovers of a killed run go first (never what this run staged).
+                s.push_str(&format!(
+                    "d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
+                     for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] || [ -L \"$x\" ] || continue; rm -rf -- \"$x\" || return; done\n\
+                     tk_d{k}=$(mktemp -d \"$d/.tidekeeper.XXXXXX\") || return\n",
+                    k = dirs.len()
+                ));
+                dirs.push(d);
+                dirs.len() - 1
+            }
+        };
+        ks.push(k);
+        let t = Word::staged(k, basename(&f.path));
+        let mask = match f.mode {
+            Some(m) if *new => umask_for(m).unwrap_or(0o022),
+            _ => 0o022,
+        };
+        if mask != umask {
+            s.push_str(&format!("umask {mask:03o}\n"));
+            umask = mask;
         }
-        s.push_str(&format!(
-            "t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\ntk_t{n}=$t\n"
-        ));
-        content_into_t(&mut s, f);
+        content_into(&mut s, f, t.as_str());
+        if *new {
+            if let Some(m) = f.mode.filter(|m| umask_for(*m).is_none()) {
+                modes.entry(m).or_default().push(t.clone());
+            }
+            if f.owner.is_some() || f.group.is_some() {
+                let key = (f.owner.as_deref(), f.group.as_deref());
+                owned.entry(key).or_default().push(t);
+            }
+        }
+    }
+    if umask != 0o022 {
+        s.push_str("umask 022\n");
+    }
+    // A failed step (a validator saying no, a full disk while staging)
+    // leaves nothing staged behind.
+    let all: Vec<String> = (0..dirs.len())
+        .map(|k| format!("${{tk_d{k}:+\"$tk_d{k}\"}}"))
+        .collect();
+    s = format!("tk_unstage() {{ rm -rf -- {}; }}\n{s}", all.join(" "));
+    // Ownership before mode: chown clears the setuid and setgid bits.
+    for ((owner, group), ts) in owned {
+        let c = match (owner, group) {
+            (Some(o), Some(LOGIN_GROUP)) => cmd("chown").arg(&format!("{o}:")),
+            (Some(o), Some(g)) => cmd("chown").arg(&format!("{o}:{g}")),
+            (Some(o), None) => cmd("chown").arg(o),
+            (None, Some(LOGIN_GROUP)) | (None, None) => continue,
+            (None, Some(g)) => cmd("chgrp").arg(g),
+        };
+        for chunk in ts.chunks(ARGS_PER_COMMAND) {
+            s.push_str(&chunk.iter().cloned().fold(c.clone(), Cmd::word).step());
+        }
+    }
+    for (m, ts) in modes {
+        for chunk in ts.chunks(ARGS_PER_COMMAND) {
+            let c = cmd("chmod").word(Word::mode(m));
+            s.push_str(&chunk.iter().cloned().fold(c, Cmd::word).step());
+        }
     }
     s.push_str("sync || return\n");
+    (s, ks)
+}
+
+/// Paths per command line, well inside the kernel's limit on arguments.
+pub const ARGS_PER_COMMAND: usize = 500;
+
+/// Rename new staged files into place: one `mv` per directory (and per
+/// [`ARGS_PER_COMMAND`] files), each rename atomic. `files` are the files'
+/// paths with the numbers of their staging directories (see [`stage`]).
+pub fn move_new(root: &str, files: &[(&str, usize)]) -> String {
+    let mut by_dir: Vec<(usize, &str, Vec<Word>)> = Vec::new();
+    for (path, k) in files {
+        let t = Word::staged(*k, basename(path));
+        match by_dir.iter_mut().find(|(d, _, _)| d == k) {
+            Some((_, _, ts)) => ts.push(t),
+            None => by_dir.push((*k, parent(path), vec![t])),
+        }
+    }
+    let mut s = String::new();
+    for (_, dir, ts) in by_dir {
+        let into = Word::dir(&format!("{root}{dir}"));
+        for chunk in ts.chunks(ARGS_PER_COMMAND) {
+            let c = cmd("mv").lit("-f").lit("--");
+            s.push_str(
+                &chunk
+                    .iter()
+                    .cloned()
+                    .fold(c, Cmd::word)
+                    .word(into.clone())
+                    .step(),
+            );
+        }
+    }
     s
+}
+
+/// Remove the (by now empty) staging directories `"$tk_d0"` … of a run.
+pub fn unstage(dirs: usize) -> String {
+    if dirs == 0 {
+        return String::new();
+    }
+    let mut c = cmd("rmdir").lit("--");
+    for k in 0..dirs {
+        c = c.word(Word::staged_dir(k));
+    }
+    c.step()
 }
 
 /// Write a file atomically: a temporary file in its directory, synced,
 /// validated, the old file backed up, then renamed over it. `exists` keeps
 /// the old file's mode and ownership where the config does not set them.
-/// With `staged`, the content is already in `"$tk_t<n>"`, synced (see [`stage`]).
+/// With `staged` (the number of its staging directory, see [`stage`]), the
+/// content is already there, synced, and a new file's mode and owner set.
 pub fn write(root: &str, f: &FileItem, exists: bool, staged: Option<usize>) -> String {
     let p = on_host(root, &f.path);
     let mut s;
-    if let Some(n) = staged {
-        s = format!("p={p}; t=$tk_t{n}\n");
+    if let Some(k) = staged {
+        s = format!("p={p}; t={}\n", Word::staged(k, basename(&f.path)));
     } else {
         let d = on_host(root, parent(&f.path));
         s = format!(
             "p={p}; d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
-             for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n\
+             for x in \"$d\"/.tidekeeper.*; do [ -f \"$x\" ] && rm -f \"$x\"; done\n\
              t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\n"
         );
-        content_into_t(&mut s, f);
+        content_into(&mut s, f, "\"$t\"");
     }
-    match f.mode {
-        Some(m) => s.push_str(&cmd("chmod").word(Word::mode(m)).word(Word::var("t")).step()),
-        None if exists => s.push_str("chmod --reference=\"$p\" \"$t\" || return\n"),
-        None => s.push_str("chmod 0644 \"$t\" || return\n"),
-    }
-    if exists && (f.owner.is_none() || f.group.is_none()) {
-        s.push_str("chown --reference=\"$p\" \"$t\" || return\n");
-    }
-    if let Some(o) = &f.owner {
-        s.push_str(&cmd("chown").arg(o).word(Word::var("t")).step());
-    }
-    if let Some(g) = &f.group {
-        s.push_str(&set_group(g, f.owner.as_deref(), "\"$t\""));
+    if staged.is_none() || exists {
+        // Ownership before mode: chown clears the setuid and setgid bits.
+        if exists && (f.owner.is_none() || f.group.is_none()) {
+            s.push_str("chown --reference=\"$p\" \"$t\" || return\n");
+        }
+        if let Some(o) = &f.owner {
+            s.push_str(&cmd("chown").arg(o).word(Word::var("t")).step());
+        }
+        if let Some(g) = &f.group {
+            s.push_str(&set_group(g, f.owner.as_deref(), "\"$t\""));
+        }
+        match f.mode {
+            Some(m) => s.push_str(&cmd("chmod").word(Word::mode(m)).word(Word::var("t")).step()),
+            None if exists => s.push_str("chmod --reference=\"$p\" \"$t\" || return\n"),
+            None => s.push_str("chmod 0644 \"$t\" || return\n"),
+        }
     }
     if staged.is_none() {
         s.push_str("sync \"$t\" || return\n");
@@ -484,10 +620,10 @@ mod tests {
             w,
             format!(
                 "p=/r/etc/motd; d=/r/etc\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
-                 for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] && rm -f \"$x\"; done\n\
+                 for x in \"$d\"/.tidekeeper.*; do [ -f \"$x\" ] && rm -f \"$x\"; done\n\
                  t=$(mktemp \"$d/.tidekeeper.XXXXXX\") || return\n\
-                 base64 -d >\"$t\" <<'{EOF}' || return\naGkK\n{EOF}\n\
-                 chmod 0640 \"$t\" || return\nchown root \"$t\" || return\nchgrp adm \"$t\" || return\n\
+                 printf %s 'hi\n' >\"$t\" || return\n\
+                 chown root \"$t\" || return\nchgrp adm \"$t\" || return\nchmod 0640 \"$t\" || return\n\
                  sync \"$t\" || return\nbackup /etc/motd || return\nmv -f \"$t\" \"$p\" || return\n"
             )
         );
