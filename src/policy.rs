@@ -158,17 +158,27 @@ fn round(x: f64) -> f64 {
 
 /// The input document for a plan: the hosts' resources, the cloud servers,
 /// the hosts' effective settings and the fleet's monthly cost.
-/// The input document as JSON text, written one resource at a time: a
-/// first apply of 500 hosts has some 26,000 resources, and a tree of JSON
-/// values for all of them at once would be ten times the text.
-pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) -> String {
-    let mut out = String::from("{\"resources\":[");
-    let mut first = true;
+/// The input document, made one resource at a time straight into the
+/// engine's values: a first apply of 500 hosts has some 26,000 resources,
+/// and neither a JSON tree of them all nor their text is ever held.
+pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) -> regorus::Value {
+    let mut rego = Rego::default();
+    let mut resources = Vec::new();
+    // The address and host are the resource's own; what it is before and
+    // after is shared with every host that has it the same.
     let mut push = |v: Value| {
-        if !std::mem::take(&mut first) {
-            out.push(',');
-        }
-        out.push_str(&v.to_string());
+        let Value::Object(o) = v else { return };
+        let doc: BTreeMap<regorus::Value, regorus::Value> = o
+            .iter()
+            .map(|(k, x)| {
+                let x = match k.as_str() {
+                    "before" | "after" => rego.shared(x),
+                    _ => rego.value(x),
+                };
+                (rego.string(k), x)
+            })
+            .collect();
+        resources.push(regorus::Value::from(doc));
     };
     for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
         let before = c.observed.as_ref().map(|o| {
@@ -251,12 +261,70 @@ pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) 
         "commit": fleet.commit,
         "hosts": hosts,
         "cost": cost(cloud),
-    })
-    .to_string();
-    // `{"fleet":…}` after the resources: `],"fleet":…}`.
-    out.push_str("],");
-    out.push_str(&rest[1..]);
-    out
+    });
+    let mut doc = BTreeMap::new();
+    doc.insert(rego.string("resources"), regorus::Value::from(resources));
+    if let Value::Object(rest) = rest {
+        for (k, v) in rest {
+            doc.insert(rego.string(&k), rego.value(&v));
+        }
+    }
+    regorus::Value::from(doc)
+}
+
+/// JSON as the policy engine's values, each distinct string stored once:
+/// the keys of 26,000 resource objects, the hosts' names and contents
+/// repeated across hosts are shared instead of allocated each time.
+#[derive(Default)]
+struct Rego {
+    strings: std::collections::HashSet<regorus::Rc<str>>,
+    /// Whole values by the SHA-256 of their JSON text: what a resource
+    /// looks like after the change is the same on every host of a role.
+    values: std::collections::HashMap<[u8; 32], regorus::Value>,
+}
+
+impl Rego {
+    /// A value stored once however often it occurs.
+    fn shared(&mut self, v: &Value) -> regorus::Value {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(v.to_string().as_bytes()).into();
+        if let Some(x) = self.values.get(&key) {
+            return x.clone();
+        }
+        let x = self.value(v);
+        self.values.insert(key, x.clone());
+        x
+    }
+
+    fn string(&mut self, s: &str) -> regorus::Value {
+        if let Some(x) = self.strings.get(s) {
+            return regorus::Value::String(x.clone());
+        }
+        let x: regorus::Rc<str> = regorus::Rc::from(s);
+        self.strings.insert(x.clone());
+        regorus::Value::String(x)
+    }
+
+    fn value(&mut self, v: &Value) -> regorus::Value {
+        match v {
+            Value::Null => regorus::Value::Null,
+            Value::Bool(b) => regorus::Value::from(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => regorus::Value::from(u),
+                (None, Some(i)) => regorus::Value::from(i),
+                _ => regorus::Value::from(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => self.string(s),
+            Value::Array(a) => {
+                regorus::Value::from(a.iter().map(|x| self.value(x)).collect::<Vec<_>>())
+            }
+            Value::Object(o) => regorus::Value::from(
+                o.iter()
+                    .map(|(k, x)| (self.string(k), self.value(x)))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+        }
+    }
 }
 
 /// Judge a plan by the built-in pack and `repo_policies`. Policies judge
@@ -274,7 +342,7 @@ pub fn judge(
     if !changes {
         return Verdict::default();
     }
-    evaluate_text(&input(fleet, results, cloud), repo_policies, true)
+    evaluate_input(input(fleet, results, cloud), repo_policies, true)
 }
 
 /// An engine with `policies` loaded; each file's package (None where the
@@ -315,11 +383,15 @@ fn strings(v: &regorus::Value) -> Vec<String> {
 /// Judge the input with the built-in pack (unless `builtin` is false) and
 /// the repo's policies: `(path, text)` pairs.
 pub fn evaluate(input: &Value, repo_policies: &[(String, String)], builtin: bool) -> Verdict {
-    evaluate_text(&input.to_string(), repo_policies, builtin)
+    evaluate_input(Rego::default().value(input), repo_policies, builtin)
 }
 
-/// [`evaluate`] of an input already written as JSON text.
-pub fn evaluate_text(input: &str, repo_policies: &[(String, String)], builtin: bool) -> Verdict {
+/// [`evaluate`] of an input already made the engine's value.
+fn evaluate_input(
+    input: regorus::Value,
+    repo_policies: &[(String, String)],
+    builtin: bool,
+) -> Verdict {
     let mut all: Vec<(String, String)> = Vec::new();
     if builtin {
         all.extend(
@@ -334,13 +406,7 @@ pub fn evaluate_text(input: &str, repo_policies: &[(String, String)], builtin: b
         errors,
         ..Default::default()
     };
-    match regorus::Value::from_json_str(input) {
-        Ok(v) => engine.set_input(v),
-        Err(e) => {
-            verdict.errors.push(format!("input: {e}"));
-            return verdict;
-        }
-    }
+    engine.set_input(input);
     let mut seen = std::collections::BTreeSet::new();
     for pkg in packages.into_iter().flatten() {
         if !seen.insert(pkg.clone()) {
@@ -534,7 +600,7 @@ mod tests {
             .map(|h| crate::engine::preview(h, "-", "new", &opts))
             .collect();
         let refs: Vec<&crate::engine::HostResult> = results.iter().collect();
-        let v: Value = serde_json::from_str(&input(&fleet, &refs, None)).unwrap();
+        let v: Value = serde_json::to_value(input(&fleet, &refs, None)).unwrap();
         let addresses: Vec<&str> = v["resources"]
             .as_array()
             .unwrap()
@@ -554,7 +620,7 @@ mod tests {
         assert_eq!(v["hosts"].as_array().unwrap().len(), 2);
         assert_eq!(v["resources"][0]["after"]["content"], "a\n");
         // No resources at all is still a document.
-        let empty: Value = serde_json::from_str(&input(&fleet, &[], None)).unwrap();
+        let empty: Value = serde_json::to_value(input(&fleet, &[], None)).unwrap();
         assert_eq!(empty["resources"], json!([]));
     }
 
