@@ -33,7 +33,7 @@ pub fn is_risky(c: &Change, login_user: &str) -> bool {
         ResourceKind::Service => service::is_risky(&c.id),
         ResourceKind::Sysctl => sysctl::is_risky(&c.id),
         ResourceKind::Mount => mount::is_risky(&c.id),
-        k if k.is_path() || k == ResourceKind::Absent => path::is_risky(&c.id),
+        k if k.is_path() || k == ResourceKind::Absent => path::is_risky(&c.id, login_user),
         _ => false,
     }
 }

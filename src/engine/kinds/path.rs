@@ -185,8 +185,17 @@ pub fn on_host(root: &str, path: &str) -> String {
 
 /// Changing sshd's or the firewall's files, sudoers, PAM, the network
 /// configuration or an authorized_keys file can take tidekeeper's access.
-pub fn is_risky(path: &str) -> bool {
-    ACCESS_PATHS.iter().any(|p| path.starts_with(p)) || path.ends_with("/.ssh/authorized_keys")
+/// Not another user's keys when tidekeeper logs in as root (whose keys are
+/// in /root): a file under `/home/<user>/` lets that user in, and only them.
+pub fn is_risky(path: &str, login_user: &str) -> bool {
+    if ACCESS_PATHS.iter().any(|p| path.starts_with(p)) {
+        return true;
+    }
+    let Some(home) = path.strip_suffix("/.ssh/authorized_keys") else {
+        return false;
+    };
+    let someone_else = |u: &str| !u.is_empty() && !u.contains('/') && u != login_user;
+    !(login_user == "root" && home.strip_prefix("/home/").is_some_and(someone_else))
 }
 
 #[cfg(test)]
@@ -255,10 +264,23 @@ mod tests {
             "/etc/sudoers.d/ops",
             "/home/ops/.ssh/authorized_keys",
             "/etc/ufw/user.rules",
+            "/root/.ssh/authorized_keys",
+            "/srv/deploy/.ssh/authorized_keys",
         ] {
-            assert!(is_risky(p), "{p}");
+            assert!(is_risky(p, "ops"), "{p}");
         }
-        assert!(!is_risky("/etc/motd"));
+        assert!(!is_risky("/etc/motd", "ops"));
+        // Logged in as root: other users' keys under /home cannot shut it out.
+        assert!(!is_risky("/home/alice/.ssh/authorized_keys", "root"));
+        for p in [
+            "/root/.ssh/authorized_keys",
+            "/home/root/.ssh/authorized_keys",
+            "/home/a/b/.ssh/authorized_keys",
+            "/srv/alice/.ssh/authorized_keys",
+            "/etc/ssh/sshd_config",
+        ] {
+            assert!(is_risky(p, "root"), "{p}");
+        }
         assert_eq!(parent("/etc/motd"), "/etc");
         assert_eq!(parent("/motd"), "/");
     }
