@@ -708,7 +708,7 @@ handlers:
         let h = host(
             r##"
 files:
-  - {path: /etc/a.conf, content: "a\n"}
+  - {path: /etc/a.conf, content: "a é ✓\n"}
   - {path: /etc/b.conf, content: "it's $HOME `x`\n", mode: "0600", owner: nobody, group: nogroup}
   - {path: /srv/app/tool, content: "#!/bin/sh\n", mode: "4755", owner: nobody}
   - {path: /srv/app/bin.dat, content: "a\0b"}
@@ -743,7 +743,7 @@ files:
         );
         let meta = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap();
         let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
-        assert_eq!(read("etc/a.conf"), b"a\n");
+        assert_eq!(read("etc/a.conf"), "a é ✓\n".as_bytes());
         assert_eq!(read("etc/b.conf"), b"it's $HOME `x`\n");
         assert_eq!(read("srv/app/bin.dat"), b"a\0b");
         assert_eq!(read("srv/app/empty"), b"");
