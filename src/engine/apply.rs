@@ -66,8 +66,20 @@ fn write_inventory(state: &str, inv: &Inventory) -> String {
         .filter(|e| e.kind.is_path())
         .map(|e| format!("{}\n", e.id))
         .collect();
-    let mut s = String::new();
-    for (name, data) in [("inventory.json", json), ("managed-paths", paths)] {
+    let digest = kinds::path::managed_digest(
+        inv.resources
+            .iter()
+            .filter(|e| e.kind.is_path())
+            .map(|e| e.id.as_str()),
+    );
+    // The digest goes first and comes back last: one that is there always
+    // speaks for the list beside it.
+    let mut s = format!("rm -f {state}/{} || return\n", kinds::path::MANAGED_DIGEST);
+    for (name, data) in [
+        ("inventory.json", json),
+        ("managed-paths", paths),
+        (kinds::path::MANAGED_DIGEST, format!("{digest}\n")),
+    ] {
         s.push_str(&format!(
             "t=$(mktemp {state}/.inventory.XXXXXX) && printf %s {} >\"$t\" && mv -f \"$t\" {state}/{name} || return\n",
             super::sh::Word::quoted(&data)

@@ -801,6 +801,50 @@ files:
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// After an apply, a probe of the same config stats each path once: the
+    /// digest beside the host's list of managed paths says it is this
+    /// config's. A config that dropped a path, or a host without the
+    /// digest, has the list statted as well, so what left is seen.
+    #[test]
+    fn the_list_of_managed_paths_is_statted_only_when_it_is_not_this_configs() {
+        let role = "directories:\n  - {path: /srv/app}\nfiles:\n  - {path: /srv/app/a, content: \"a\\n\"}\n  - {path: /srv/app/b, content: \"b\\n\"}\n";
+        let dir = std::env::temp_dir().join(format!("tk managed'{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.to_str().unwrap();
+        let h = host(role);
+        let it = items(&h);
+        let obs = probe::parse("E\tend\n", root, &it).unwrap();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, root, "run", None);
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(sh(&script.text).ends_with("@@done\n"));
+        let stats_of = |items: &[Item], path: &str| {
+            let out = sh(&crate::engine::kinds::path::probe(items, root));
+            out.lines()
+                .filter(|l| l.starts_with("S\t") && l.ends_with(&format!("{root}{path}")))
+                .count()
+        };
+        assert_eq!(stats_of(&it, "/srv/app/b"), 1, "statted once");
+        // b left the config: the list is statted too, and b is seen.
+        let fewer = items(&host(
+            &role.replace("  - {path: /srv/app/b, content: \"b\\n\"}\n", ""),
+        ));
+        assert_eq!(stats_of(&fewer, "/srv/app/b"), 1, "seen to prune");
+        assert_eq!(stats_of(&fewer, "/srv/app/a"), 2);
+        // A host whose list has no digest beside it (an older tidekeeper).
+        std::fs::remove_file(dir.join("var/lib/tidekeeper/managed-paths.sha256")).unwrap();
+        assert_eq!(stats_of(&it, "/srv/app/b"), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn ufw_allow_rules_come_before_the_default_deny() {
         let h = host("firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n");
