@@ -695,6 +695,26 @@ handlers:
         );
     }
 
+    /// Run a generated script with `sh`: its stdout and stderr.
+    fn run_sh(script: &str) -> (String, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (text(&out.stdout), text(&out.stderr))
+    }
+
+    /// What a run left staged in `dir`.
+    fn staged_in(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".tidekeeper"))
+            .collect()
+    }
+
     /// The apply script of new files, run on a scratch root: every content,
     /// mode and owner as configured (setuid kept though the owner changed),
     /// a validated file still validated on its own, nothing left staged.
@@ -730,17 +750,8 @@ files:
             "{whats:?}"
         );
         assert!(whats.contains(&"file /etc/v.conf"), "{whats:?}");
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script.text)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.ends_with("@@done\n"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, stderr) = run_sh(&script.text);
+        assert!(stdout.ends_with("@@done\n"), "{stdout}{stderr}");
         let meta = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap();
         let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
         assert_eq!(read("etc/a.conf"), "a é ✓\n".as_bytes());
@@ -764,12 +775,11 @@ files:
         );
         assert_eq!(meta("etc/a.conf").uid(), 0);
         for d in ["etc", "srv/app"] {
-            let left: Vec<_> = std::fs::read_dir(dir.join(d))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .filter(|n| n.to_string_lossy().starts_with(".tidekeeper"))
-                .collect();
-            assert!(left.is_empty(), "{d}: {left:?}");
+            assert_eq!(
+                staged_in(&dir.join(d)),
+                Vec::<std::ffi::OsString>::new(),
+                "{d}"
+            );
         }
 
         // A validator that says no ends the run and leaves nothing staged.
@@ -780,24 +790,17 @@ files:
         let obs = probe::parse("E\tend\n", root, &it).unwrap();
         let p = plan_host(&h, &it, &obs, PlanOptions::default());
         let script = crate::engine::apply::script(&p, root, "run2", None);
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script.text)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (stdout, _) = run_sh(&script.text);
         assert!(stdout.contains("@@fail"), "{stdout}");
         assert!(
             stdout.contains("validation failed (grep -q never %s)"),
             "{stdout}"
         );
         assert!(!dir.join("etc/bad.conf").exists());
-        let left: Vec<_> = std::fs::read_dir(dir.join("etc"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .filter(|n| n.to_string_lossy().starts_with(".tidekeeper"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(
+            staged_in(&dir.join("etc")),
+            Vec::<std::ffi::OsString>::new()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -817,17 +820,9 @@ files:
         let obs = probe::parse("E\tend\n", root, &it).unwrap();
         let p = plan_host(&h, &it, &obs, PlanOptions::default());
         let script = crate::engine::apply::script(&p, root, "run", None);
-        let sh = |script: &str| {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(script)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        assert!(sh(&script.text).ends_with("@@done\n"));
+        assert!(run_sh(&script.text).0.ends_with("@@done\n"));
         let stats_of = |items: &[Item], path: &str| {
-            let out = sh(&crate::engine::kinds::path::probe(items, root));
+            let (out, _) = run_sh(&crate::engine::kinds::path::probe(items, root));
             out.lines()
                 .filter(|l| l.starts_with("S\t") && l.ends_with(&format!("{root}{path}")))
                 .count()
