@@ -291,7 +291,9 @@ pub struct ToStage<'a> {
 /// the number `k` of its staging directory.
 pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
     let mut s = String::new();
-    let mut dirs: Vec<String> = Vec::new();
+    // Directory → its staging directory's number (a map: 10,000 files may
+    // live in as many directories).
+    let mut dirs: std::collections::HashMap<String, usize> = Default::default();
     let mut ks = Vec::with_capacity(files.len());
     let mut umask = 0o022;
     type Owner<'a> = (Option<&'a str>, Option<&'a str>);
@@ -299,8 +301,8 @@ pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
     let mut modes: std::collections::BTreeMap<u32, Vec<Word>> = Default::default();
     for ToStage { file: f, new } in files {
         let d = on_host(root, parent(&f.path));
-        let k = match dirs.iter().position(|x| *x == d) {
-            Some(k) => k,
+        let k = match dirs.get(&d) {
+            Some(k) => *k,
             None => {
                 // Leftovers of a killed run go first (never what this run staged).
                 s.push_str(&format!(
@@ -309,8 +311,9 @@ pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
                      tk_d{k}=$(mktemp -d \"$d/.tidekeeper.XXXXXX\") || return\n",
                     k = dirs.len()
                 ));
-                dirs.push(d);
-                dirs.len() - 1
+                let k = dirs.len();
+                dirs.insert(d, k);
+                k
             }
         };
         ks.push(k);
@@ -373,16 +376,21 @@ pub const ARGS_PER_COMMAND: usize = 500;
 /// [`ARGS_PER_COMMAND`] files), each rename atomic. `files` are the files'
 /// paths with the numbers of their staging directories (see [`stage`]).
 pub fn move_new(root: &str, files: &[(&str, usize)]) -> String {
-    let mut by_dir: Vec<(usize, &str, Vec<Word>)> = Vec::new();
+    // In the order the directories first come, each with its files.
+    let mut by_dir: Vec<(&str, Vec<Word>)> = Vec::new();
+    let mut at: std::collections::HashMap<usize, usize> = Default::default();
     for (path, k) in files {
         let t = Word::staged(*k, basename(path));
-        match by_dir.iter_mut().find(|(d, _, _)| d == k) {
-            Some((_, _, ts)) => ts.push(t),
-            None => by_dir.push((*k, parent(path), vec![t])),
+        match at.get(k) {
+            Some(i) => by_dir[*i].1.push(t),
+            None => {
+                at.insert(*k, by_dir.len());
+                by_dir.push((parent(path), vec![t]));
+            }
         }
     }
     let mut s = String::new();
-    for (_, dir, ts) in by_dir {
+    for (dir, ts) in by_dir {
         let into = Word::dir(&format!("{root}{dir}"));
         for chunk in ts.chunks(ARGS_PER_COMMAND) {
             let c = cmd("mv").lit("-f").lit("--");
