@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use support::fleet::{FleetRepo, text};
 use support::testbed::Testbed;
-use tidekeeper::transport::{Ssh, SshTarget};
 
 const HOSTS: usize = 8;
 const FILES: usize = 200;
@@ -60,31 +59,17 @@ fn timed(repo: &FleetRepo, args: &[&str], want: i32) -> Duration {
 }
 
 fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> Duration {
-    let targets: Vec<SshTarget> = bed
-        .hosts
-        .iter()
-        .map(|h| support::ssh_target(h, &bed.key))
-        .collect();
-    let t = Instant::now();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for target in targets {
-            tasks.push(tokio::spawn(async move {
-                let ssh = Ssh::connect(target).await.expect("connect");
-                let out = ssh
-                    .run_script("sha256sum /srv/bench/*.conf", Duration::from_secs(30))
-                    .await
-                    .expect("sha256sum");
-                assert!(out.success());
-                assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), FILES);
-                ssh.close().await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    t.elapsed()
+    support::on_every_host(
+        bed,
+        rt,
+        HOSTS,
+        "sha256sum /srv/bench/*.conf",
+        Duration::from_secs(30),
+        |out| {
+            assert!(out.success());
+            assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), FILES);
+        },
+    )
 }
 
 /// The cold floor: on fresh hosts, all in parallel over one connection
@@ -117,31 +102,9 @@ fn cold_floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> Duration {
     script.push_str(
         "systemctl daemon-reload\nsystemctl enable --now bench.service 2>/dev/null\nsync\n",
     );
-    let targets: Vec<SshTarget> = bed
-        .hosts
-        .iter()
-        .map(|h| support::ssh_target(h, &bed.key))
-        .collect();
-    let t = Instant::now();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for target in targets {
-            let script = script.clone();
-            tasks.push(tokio::spawn(async move {
-                let ssh = Ssh::connect(target).await.expect("connect");
-                let out = ssh
-                    .run_script(&script, Duration::from_secs(300))
-                    .await
-                    .expect("cold floor");
-                assert!(out.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                ssh.close().await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    t.elapsed()
+    support::on_every_host(bed, rt, HOSTS, &script, Duration::from_secs(300), |out| {
+        assert!(out.success(), "{}", String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -23,13 +23,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
 use support::fleet::{FleetRepo, text};
 use support::testbed::Testbed;
-use tidekeeper::transport::{Ssh, SshTarget};
+use tidekeeper::transport::Ssh;
 
 const FILES: usize = 50;
 const PARALLEL: usize = 10;
@@ -100,34 +99,18 @@ fn measure(repo: &FleetRepo, bed: &Testbed, args: &[&str], want: i32) -> Measure
 
 fn floor(bed: &Testbed, rt: &tokio::runtime::Runtime) -> (Duration, usize) {
     let before = logins(bed);
-    let targets: Vec<SshTarget> = bed
-        .hosts
-        .iter()
-        .map(|h| support::ssh_target(h, &bed.key))
-        .collect();
-    let t = Instant::now();
-    rt.block_on(async {
-        let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
-        let mut tasks = Vec::new();
-        for target in targets {
-            let limit = limit.clone();
-            tasks.push(tokio::spawn(async move {
-                let _slot = limit.acquire().await.unwrap();
-                let ssh = Ssh::connect(target).await.expect("connect");
-                let out = ssh
-                    .run_script("sha256sum /srv/scale/*.conf", Duration::from_secs(60))
-                    .await
-                    .expect("sha256sum");
-                assert!(out.success());
-                assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), FILES);
-                ssh.close().await;
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    (t.elapsed(), logins(bed) - before)
+    let t = support::on_every_host(
+        bed,
+        rt,
+        PARALLEL,
+        "sha256sum /srv/scale/*.conf",
+        Duration::from_secs(60),
+        |out| {
+            assert!(out.success());
+            assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), FILES);
+        },
+    );
+    (t, logins(bed) - before)
 }
 
 /// `Threads`, `RssAnon`, `RssFile` and `VmHWM` of a live process, as /proc shows them.

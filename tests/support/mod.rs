@@ -201,6 +201,44 @@ pub fn ssh_target(h: &testbed::TestHost, key: &Path) -> tidekeeper::transport::S
     }
 }
 
+/// How long it takes tidekeeper's own SSH client to run `script` on every
+/// host of `bed`, one new connection each, `parallel` at a time: the floor
+/// the benchmarks compare with. `check` judges each host's output.
+#[allow(dead_code)] // the benchmarks' floors use it, the tests do not
+pub fn on_every_host(
+    bed: &testbed::Testbed,
+    rt: &tokio::runtime::Runtime,
+    parallel: usize,
+    script: &str,
+    timeout: std::time::Duration,
+    check: fn(&tidekeeper::transport::Output),
+) -> std::time::Duration {
+    use std::sync::Arc;
+    let targets: Vec<_> = bed.hosts.iter().map(|h| ssh_target(h, &bed.key)).collect();
+    let script: Arc<str> = Arc::from(script);
+    let t = std::time::Instant::now();
+    rt.block_on(async {
+        let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
+        let mut tasks = Vec::new();
+        for target in targets {
+            let (limit, script) = (limit.clone(), script.clone());
+            tasks.push(tokio::spawn(async move {
+                let _slot = limit.acquire().await.unwrap();
+                let ssh = tidekeeper::transport::Ssh::connect(target)
+                    .await
+                    .expect("connect");
+                let out = ssh.run_script(&script, timeout).await.expect("run");
+                check(&out);
+                ssh.close().await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    t.elapsed()
+}
+
 pub mod cloud;
 pub mod daemon;
 pub mod fleet;
