@@ -733,6 +733,7 @@ files:
   - {path: /srv/app/tool, content: "#!/bin/sh\n", mode: "4755", owner: nobody}
   - {path: /srv/app/bin.dat, content: "a\0b"}
   - {path: /srv/app/empty, content: ""}
+  - {path: "/srv/app/it's $(touch pwned) `x`", content: "q\n"}
   - {path: /etc/v.conf, content: "ok\n", validate: "grep -q ok %s"}
 "##,
         );
@@ -746,7 +747,7 @@ files:
         let script = crate::engine::apply::script(&p, root, "run", None);
         let whats: Vec<&str> = script.steps.iter().map(|s| s.what.as_str()).collect();
         assert!(
-            whats.contains(&"5 new files: /etc/a.conf … /srv/app/empty"),
+            whats.contains(&"6 new files: /etc/a.conf … /srv/app/it's $(touch pwned) `x`"),
             "{whats:?}"
         );
         assert!(whats.contains(&"file /etc/v.conf"), "{whats:?}");
@@ -758,6 +759,9 @@ files:
         assert_eq!(read("etc/b.conf"), b"it's $HOME `x`\n");
         assert_eq!(read("srv/app/bin.dat"), b"a\0b");
         assert_eq!(read("srv/app/empty"), b"");
+        // A name full of shell syntax is a name, and nothing ran.
+        assert_eq!(read("srv/app/it's $(touch pwned) `x`"), b"q\n");
+        assert!(!std::path::Path::new("pwned").exists() && !dir.join("pwned").exists());
         assert_eq!(read("etc/v.conf"), b"ok\n");
         let mode = |p: &str| meta(p).permissions().mode() & 0o7777;
         assert_eq!(mode("etc/a.conf"), 0o644);
