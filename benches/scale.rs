@@ -14,8 +14,10 @@
 //!   host's 50 files.
 //!
 //! Then the drift check of one host with `BENCH_DRIFT_FILES` (default
-//! 10,000) managed files, hashing every file and only the changed ones,
-//! next to `sha256sum` and `stat` over all of them on that host.
+//! 10,000) managed files, hashing every file and only the changed ones
+//! (`tidekeeper plan`, and the daemon's drift checks: its first, a full
+//! check, then the ones between full checks), next to `sha256sum` and
+//! `stat` over all of them on that host.
 //!
 //! `cargo bench --bench scale` (as root); results go in docs/benchmarks.md.
 
@@ -294,6 +296,14 @@ fn drift_check(files: usize, rt: &tokio::runtime::Runtime) {
     let full: Vec<Measured> = (0..RUNS)
         .map(|_| measure(&repo, &bed, &["plan", "--detailed-exitcode"], 0))
         .collect();
+    // The first quick plan finds no record of settled files: it probes in
+    // full and vouches for the stat cache. The ones measured use it.
+    measure(
+        &repo,
+        &bed,
+        &["plan", "--detailed-exitcode", "--changed-files-only"],
+        0,
+    );
     let quick: Vec<Measured> = (0..RUNS)
         .map(|_| {
             measure(
@@ -319,12 +329,39 @@ fn drift_check(files: usize, rt: &tokio::runtime::Runtime) {
         ("changed files only", quick),
     ] {
         println!(
-            "  {what:<26} {}; CPU {:.2} s; peak RSS {:.1} MiB",
+            "  plan, {what:<26} {}; CPU {:.2} s; peak RSS {:.1} MiB",
             ms(m.wall),
             m.cpu,
             m.rss_mib
         );
     }
+    // The daemon holds the config: its first drift check is a full one
+    // (every file hashed; the stat cache vouched for), the ones after it
+    // run between full checks.
+    let mut d = Daemon::start(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1h", "--drift", "2s", "--log-format", "json"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while reconcile_seconds(&d.log()).len() < 2 + RUNS {
+        assert!(Instant::now() < deadline, "no drift checks:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let walls = reconcile_seconds(&d.log());
+    let (cpu, rss_mib) = proc_usage(d.child.id());
+    let _ = d.terminate();
+    let between = median(
+        walls[2..2 + RUNS]
+            .iter()
+            .map(|s| Duration::from_secs_f64(*s))
+            .collect(),
+    );
+    println!(
+        "  daemon drift check, full: {}; between full checks: {} (median of {RUNS}); daemon CPU {cpu:.1} s in all, peak RSS {rss_mib:.1} MiB",
+        ms(Duration::from_secs_f64(walls[1])),
+        ms(between)
+    );
 }
 
 fn main() {

@@ -168,12 +168,14 @@ pub(crate) fn vouch_on_host(bed: &Testbed, i: usize, path: &str, sha: &str) {
 }
 
 /// The shell that makes the stat cache vouch for `path` (its line added
-/// when a check since dropped it).
+/// when a check since dropped it), and the record of settled files vouch
+/// for the cache as it now is, when there is one.
 fn vouch(path: &str, sha: &str) -> String {
     format!(
         "c=/var/lib/tidekeeper/filestat; s=$(stat -c '%s %i %.9Y %.9Z' {path}); \
          awk -v p={path} -v l=\"{sha} $s\" 'BEGIN {{ FS = \"\\t\" }} $2 == p {{ print l \"\\t\" p; n = 1; next }} {{ print }} \
-         END {{ if (!n) print l \"\\t\" p }}' $c > $c.t && mv $c.t $c"
+         END {{ if (!n) print l \"\\t\" p }}' $c > $c.t && mv $c.t $c && \
+         if [ -f $c.settled ]; then read -r d _ < $c.settled; h=$(sha256sum < $c | cut -c1-64); printf '%s %s\\n' $d $h > $c.settled; fi"
     )
 }
 

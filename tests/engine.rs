@@ -325,7 +325,7 @@ fn many_files(n: usize, version: &str) -> String {
     let mut s = String::from("files:\n");
     for i in 0..n {
         s.push_str(&format!(
-            "  - {{path: /srv/many/f{i:03}.conf, content: \"{version} {i} {}\\n\"}}\n",
+            "  - {{path: /srv/many/f{i:03}.conf, mode: \"0644\", content: \"{version} {i} {}\\n\"}}\n",
             "x".repeat(2000)
         ));
     }
@@ -345,6 +345,13 @@ fn a_plan_of_changed_files_only_hashes_what_moved_and_a_full_plan_hashes_everyth
         bed.ssh_ok(0, "wc -l < /var/lib/tidekeeper/filestat").trim(),
         "40",
         "every file that hashed as it should is in the stat cache"
+    );
+    // Every file was as wanted: the record of settled files vouches for the
+    // cache, and the quick plans from here send no file's path.
+    assert_eq!(
+        bed.ssh_ok(0, "wc -w < /var/lib/tidekeeper/filestat.settled")
+            .trim(),
+        "2"
     );
     let name = bed.host(0).name.clone();
     // A hand edit moves the file's stat: found.
@@ -369,13 +376,26 @@ fn a_plan_of_changed_files_only_hashes_what_moved_and_a_full_plan_hashes_everyth
     crate::daemon::vouch_on_host(&bed, 0, "/srv/many/f003.conf", &sha);
     let out = repo.tk(&quick);
     assert_eq!(out.status.code(), Some(0), "not hashed: {}", text(&out));
+    // Nor statted for its mode: only the record of settled files stands in
+    // for a file's stat (a probe that statted every file would see this).
+    let line = bed.ssh_ok(
+        0,
+        "grep -P '\t/srv/many/f004.conf$' /var/lib/tidekeeper/filestat",
+    );
+    let sha = line.split(' ').next().unwrap().to_string();
+    bed.ssh_ok(0, "chmod 600 /srv/many/f004.conf");
+    crate::daemon::vouch_on_host(&bed, 0, "/srv/many/f004.conf", &sha);
+    let out = repo.tk(&quick);
+    assert_eq!(out.status.code(), Some(0), "not statted: {}", text(&out));
     let out = repo.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        stdout(&out).contains(&format!("~ {name} file /srv/many/f003.conf")),
-        "{}",
-        text(&out)
-    );
+    for f in ["f003", "f004"] {
+        assert!(
+            stdout(&out).contains(&format!("~ {name} file /srv/many/{f}.conf")),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 /// Beyond its open limit the pool closes a host's connection after the plan

@@ -619,26 +619,67 @@ pub async fn plan_host(
     };
     // The stat cache is kept where it is used: by the daemon (and plans of
     // changed files only). A proposal's plan leaves no trace on a host.
-    let content = probe::ContentCheck {
+    let trusted = matches!(host.trust, Trust::Full);
+    let mut content = probe::ContentCheck {
         changed_only: opts.changed_files_only,
-        record: opts.record_file_stats && matches!(host.trust, Trust::Full),
+        record: opts.record_file_stats && trusted,
+        // Between full checks, a record of settled files stands in for
+        // statting and hashing every file; when it cannot, probe in full.
+        settled: opts.changed_files_only && trusted,
     };
-    let script = probe::script(&probed, conn.root(), content);
+    let mut obs = probe_once(conn, &probed, content, opts).await?;
+    if obs.settled == probe::Settled::Miss {
+        content.settled = false;
+        obs = probe_once(conn, &probed, content, opts).await?;
+    }
+    if let probe::Settled::Hit { moved } = obs.settled {
+        tracing::debug!(host = %host.name, moved, "the record of settled files stood in for the rest");
+    }
+    let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
+    if let Some(u) = unobserved {
+        confine::annotate(&mut plan, &u, &obs);
+    }
+    // Every file as wanted, with the stat just recorded: vouch for it, so
+    // the checks until the next full one stat the files and send no path.
+    if let Some(recorded) = &obs.recorded
+        && content.record
+        && probed.iter().all(|i| match i {
+            Item::File(f) => matches!(kinds::file::plan(f, &obs), Ok(None)),
+            _ => true,
+        })
+    {
+        let script = kinds::file::settle(&probed, conn.root(), recorded);
+        match conn.run_script(&script, opts.probe_timeout).await {
+            Ok(out) if out.success() => {}
+            Ok(out) => {
+                tracing::debug!(host = %host.name, err = %out.stderr_text(), "the stat cache changed before it was vouched for")
+            }
+            Err(e) => {
+                tracing::debug!(host = %host.name, error = %e, "cannot vouch for the stat cache")
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Run the probe once and read what it saw.
+async fn probe_once(
+    conn: &Connection,
+    items: &[Item],
+    content: probe::ContentCheck,
+    opts: &Options,
+) -> Result<probe::Observed, EngineError> {
+    let script = probe::script(items, conn.root(), content);
     let out = conn.run_script(&script, opts.probe_timeout).await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let obs = probe::parse(&text, conn.root(), &probed).map_err(|e| {
+    probe::parse(&text, conn.root(), items).map_err(|e| {
         let err = out.stderr_text();
         EngineError::Probe(if err.is_empty() {
             e.to_string()
         } else {
             format!("{e}: {err}")
         })
-    })?;
-    let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
-    if let Some(u) = unobserved {
-        confine::annotate(&mut plan, &u, &obs);
-    }
-    Ok(plan)
+    })
 }
 
 /// A host planned against an empty machine, without contacting it: what a

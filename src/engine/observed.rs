@@ -40,6 +40,23 @@ pub struct Observed {
     /// Ancestor directories of managed paths that are symlinks not owned by
     /// root: (path, owner, target). Writing through them could land anywhere.
     pub unsafe_parents: Vec<(String, String)>,
+    /// Between full checks: whether the host's record of settled files
+    /// stood in for statting and hashing every managed file.
+    pub settled: Settled,
+    /// The SHA-256 of the stat cache this probe recorded, if it did.
+    pub recorded: Option<String>,
+}
+
+/// The record of settled files, as a probe found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Settled {
+    /// Not asked: every managed path was probed.
+    #[default]
+    NotAsked,
+    /// Not this config's, or not the stat cache's as it is: probe in full.
+    Miss,
+    /// Used: `moved` files were probed; the rest are as wanted.
+    Hit { moved: usize },
 }
 
 /// A container of a compose project, as `docker ps` shows it.

@@ -530,10 +530,11 @@ handlers:
         assert_eq!(declared.len(), 15, "every kind but stacks: {declared:?}");
         let kinds: BTreeSet<ResourceKind> = it.iter().map(Item::kind).collect();
         assert_eq!(kinds.len(), 12, "timers, cron and APT are files: {kinds:?}");
-        for changed_only in [false, true] {
+        for (changed_only, settled) in [(false, false), (true, false), (true, true)] {
             let check = probe::ContentCheck {
                 changed_only,
                 record: true,
+                settled,
             };
             crate::engine::kinds::sh_n(&probe::script(&it, "", check));
         }
@@ -826,7 +827,7 @@ files:
         let script = crate::engine::apply::script(&p, root, "run", None);
         assert!(run_sh(&script.text).0.ends_with("@@done\n"));
         let stats_of = |items: &[Item], path: &str| {
-            let (out, _) = run_sh(&crate::engine::kinds::path::probe(items, root));
+            let (out, _) = run_sh(&crate::engine::kinds::path::probe(items, root, false));
             out.lines()
                 .filter(|l| l.starts_with("S\t") && l.ends_with(&format!("{root}{path}")))
                 .count()
@@ -841,6 +842,154 @@ files:
         // A host whose list has no digest beside it (an older tidekeeper).
         std::fs::remove_file(dir.join("var/lib/tidekeeper/managed-paths.sha256")).unwrap();
         assert_eq!(stats_of(&it, "/srv/app/b"), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Between full checks, once a plan found every file as wanted and the
+    /// stat cache it recorded was vouched for, a probe sends no file's path:
+    /// it stats what the cache lists and reports only what moved. A config
+    /// or a cache changed since is not used; the caller probes in full.
+    #[test]
+    fn between_full_checks_the_record_of_settled_files_stands_in_for_every_file() {
+        use crate::engine::kinds::file::{SETTLED, STAT_CACHE, settle};
+        use crate::engine::probe::{ContentCheck, Settled};
+        let role = r##"
+directories:
+  - {path: /srv/app}
+files:
+  - {path: /srv/app/a.conf, content: "a\n", mode: "0600"}
+  - {path: /srv/app/b.conf, content: "b\n"}
+  - {path: /srv/app/key, content: "secret\n", sensitive: true}
+  - {path: "/srv/app/it's $(touch pwned) `x`", content: "q\n"}
+"##;
+        let dir = std::env::temp_dir().join(format!("tk settled'{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.to_str().unwrap();
+        let h = host(role);
+        let it = items(&h);
+        let apply = |p: &HostPlan| {
+            let script = crate::engine::apply::script(p, root, "run", None);
+            let (out, err) = run_sh(&script.text);
+            assert!(out.ends_with("@@done\n"), "{out}{err}");
+        };
+        apply(&plan_host(
+            &h,
+            &it,
+            &probe::parse("E\tend\n", root, &it).unwrap(),
+            PlanOptions::default(),
+        ));
+        let check = |items: &[Item], content: ContentCheck| {
+            let script = probe::script(items, root, content);
+            let (out, err) = run_sh(&script);
+            let obs = probe::parse(&out, root, items).unwrap_or_else(|e| panic!("{e}: {err}"));
+            (script, obs, out)
+        };
+        let full = ContentCheck {
+            changed_only: false,
+            record: true,
+            settled: false,
+        };
+        let quick = ContentCheck {
+            changed_only: true,
+            record: true,
+            settled: true,
+        };
+        let state = dir.join("var/lib/tidekeeper");
+        assert_eq!(SETTLED, format!("{STAT_CACHE}.settled"));
+        // What is vouched for: the files, in any order, with their modes.
+        let digest = crate::engine::kinds::file::settled_digest;
+        let reversed: Vec<Item> = it.iter().rev().cloned().collect();
+        assert_eq!(digest(&reversed), digest(&it));
+        let mode = items(&host(&role.replace("\"0600\"", "\"0640\"")));
+        assert_ne!(digest(&mode), digest(&it));
+
+        // Nothing vouched for yet.
+        assert_eq!(check(&it, quick).1.settled, Settled::Miss);
+        // A full check records the stat cache; its plan is clean: vouch.
+        let (_, obs, _) = check(&it, full);
+        let recorded = obs.recorded.clone().expect("the cache was recorded");
+        assert!(!plan_host(&h, &it, &obs, PlanOptions::default()).has_changes());
+        let (out, err) = run_sh(&settle(&it, root, &recorded));
+        assert!(state.join(SETTLED).exists(), "{out}{err}");
+
+        // No file's path is sent, and nothing moved.
+        let (script, obs, _) = check(&it, quick);
+        assert!(
+            !script.contains("a.conf") && !script.contains("pwned"),
+            "{script}"
+        );
+        assert_eq!(obs.settled, Settled::Hit { moved: 0 });
+        assert!(!plan_host(&h, &it, &obs, PlanOptions::default()).has_changes());
+
+        // Hand edits: content of the same size, a mode, the secret, and a
+        // file removed. Each is reported, and only these.
+        let app = dir.join("srv/app");
+        std::fs::write(app.join("b.conf"), "B\n").unwrap();
+        std::fs::set_permissions(
+            app.join("a.conf"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::write(app.join("key"), "SECRET\n").unwrap();
+        std::fs::remove_file(app.join("it's $(touch pwned) `x`")).unwrap();
+        let (_, obs, out) = check(&it, quick);
+        assert_eq!(obs.settled, Settled::Hit { moved: 4 });
+        assert!(
+            !out.contains("U0VDUkVU"),
+            "a secret's content never comes back: {out}"
+        );
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let summary: Vec<String> = p
+            .changes
+            .iter()
+            .map(|c| format!("{:?} {} {:?} {:?}", c.action, c.id, c.attrs, c.note))
+            .collect();
+        assert_eq!(p.changes.len(), 4, "{summary:#?}");
+        let change = |id: &str| p.changes.iter().find(|c| c.id.ends_with(id)).unwrap();
+        assert!(
+            change("/b.conf")
+                .diff
+                .as_deref()
+                .unwrap()
+                .contains("-B\n+b\n")
+        );
+        assert_eq!(change("/a.conf").attrs.len(), 1, "{summary:#?}");
+        assert_eq!(
+            change("/key").note.as_deref(),
+            Some("(sensitive content changed)")
+        );
+        assert_eq!(change("`x`").action, Action::Create);
+        assert!(!dir.join("pwned").exists() && !app.join("pwned").exists());
+        // Put right: what moved is hashed again until the next full check.
+        apply(&p);
+        let (_, obs, _) = check(&it, quick);
+        assert_eq!(obs.settled, Settled::Hit { moved: 4 });
+        assert!(!plan_host(&h, &it, &obs, PlanOptions::default()).has_changes());
+
+        // Another config (b's content changed) is not vouched for.
+        let other = items(&host(&role.replace("\"b\\n\"", "\"b2\\n\"")));
+        assert_eq!(check(&other, quick).1.settled, Settled::Miss);
+        // Nor is a cache changed since: a line dropped by hand.
+        let cache = state.join(STAT_CACHE);
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let first = text.lines().next().unwrap();
+        std::fs::write(&cache, text.replacen(&format!("{first}\n"), "", 1)).unwrap();
+        assert_eq!(check(&it, quick).1.settled, Settled::Miss);
+        // A cache that changed after it was recorded is not vouched for.
+        let before = std::fs::read_to_string(state.join(SETTLED)).unwrap();
+        let (_, obs, _) = check(&it, full);
+        let recorded = obs.recorded.unwrap();
+        std::fs::write(&cache, "").unwrap();
+        run_sh(&settle(&it, root, &recorded));
+        assert_eq!(
+            std::fs::read_to_string(state.join(SETTLED)).unwrap(),
+            before
+        );
+        // A record listing fewer files than the config has is not used.
+        let obs = probe::parse("V\thit\t3\nE\tend\n", root, &it).unwrap();
+        assert_eq!(obs.settled, Settled::Miss);
+        assert!(obs.paths.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

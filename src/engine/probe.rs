@@ -28,15 +28,25 @@ use super::sh::Tag;
 pub use super::kinds::file::ContentCheck;
 
 /// The probe script for a host's items. `root` prefixes every path.
+/// With `content.settled`, the output says whether the host's record of
+/// settled files was used ([`Settled`]); when it was not, probe again
+/// without it.
 pub fn script(items: &[Item], root: &str, content: ContentCheck) -> String {
     use super::kinds::{
         command, file, firewall, group, mount, package, path, service, stack, symlink, sysctl, user,
     };
     let mut s = super::sh::probe_prelude(root);
+    // Between full checks the record of settled files stands in for every
+    // file's stat and hash: no file's path is sent.
+    let files = if content.settled {
+        file::settled_probe(items, root)
+    } else {
+        file::probe(items, root, content)
+    };
     for fragment in [
-        path::probe(items, root),
+        path::probe(items, root, content.settled),
         symlink::probe(items, root),
-        file::probe(items, root, content),
+        files,
         package::probe(items),
         service::probe(items),
         user::probe(items),
@@ -70,6 +80,8 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
     let mut units = kinds::service::Units::default();
     let mut ufw = kinds::firewall::Ufw::default();
     let mut ended = false;
+    let mut settled: Option<&str> = None;
+    let mut moved = std::collections::BTreeSet::new();
     for line in out.lines() {
         let (tag, record) = line.split_once('\t').unwrap_or((line, ""));
         let Some(tag) = Tag::parse(tag) else { continue };
@@ -77,19 +89,65 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
             ended = true;
             continue;
         }
-        if tag == Tag::Inventory {
-            o.inventory = inventory(record)?;
-            continue;
+        match tag {
+            Tag::Inventory => o.inventory = inventory(record)?,
+            Tag::Settled => settled = Some(record),
+            Tag::Moved => {
+                moved.insert(strip(root, record));
+            }
+            Tag::Recorded => o.recorded = Some(record.trim().to_string()),
+            _ => {
+                read(&mut o, &mut units, &mut ufw, tag, record, root, items)
+                    .map_err(|_| ProbeError::Garbled(line.chars().take(200).collect()))?;
+            }
         }
-        read(&mut o, &mut units, &mut ufw, tag, record, root, items)
-            .map_err(|_| ProbeError::Garbled(line.chars().take(200).collect()))?;
     }
     if !ended {
         return Err(ProbeError::Truncated);
     }
     o.units = units.finish(items);
     o.firewall = ufw.finish();
+    if let Some(record) = settled {
+        use_settled(&mut o, record, &moved, items);
+    }
     Ok(o)
+}
+
+/// Between full checks: every file the record of settled files vouches
+/// for and that did not move is as the config wants it. A record that
+/// does not list every managed file is not used.
+fn use_settled(
+    o: &mut Observed,
+    record: &str,
+    moved: &std::collections::BTreeSet<String>,
+    items: &[Item],
+) {
+    let files: std::collections::BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File(f) => Some(f.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let listed = record
+        .strip_prefix("hit\t")
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    if listed != Some(files.len()) {
+        o.settled = Settled::Miss;
+        return;
+    }
+    o.settled = Settled::Hit { moved: moved.len() };
+    for i in items {
+        if let Item::File(f) = i
+            && !moved.contains(&f.path)
+        {
+            o.paths.insert(f.path.clone(), kinds::file::as_wanted(f));
+        }
+    }
+}
+
+fn strip(root: &str, p: &str) -> String {
+    p.strip_prefix(root).unwrap_or(p).to_string()
 }
 
 /// Read one record into what was observed: each kind reads its own.
@@ -103,7 +161,7 @@ fn read(
     items: &[Item],
 ) -> Result<(), kinds::Garbled> {
     use kinds::{command, file, group, mount, package, path, stack, symlink, sysctl, user};
-    let strip = |p: &str| p.strip_prefix(root).unwrap_or(p).to_string();
+    let strip = |p: &str| strip(root, p);
     match tag {
         Tag::Stat => {
             let (path, ps) = path::parse_stat(record)?;
@@ -174,7 +232,7 @@ fn read(
                 o.pending_handlers.push(h);
             }
         }
-        Tag::End | Tag::Inventory => {}
+        Tag::End | Tag::Inventory | Tag::Settled | Tag::Moved | Tag::Recorded => {}
     }
     Ok(())
 }

@@ -230,12 +230,19 @@ pub enum Tag {
     Fstab,
     /// A managed mount point that is mounted, and what is mounted there.
     Mounted,
+    /// Whether the host's record of settled files was used (`hit` and the
+    /// number of files it lists) or not (`miss`).
+    Settled,
+    /// A file the record of settled files lists whose stat moved.
+    Moved,
+    /// The SHA-256 of the stat cache this probe recorded.
+    Recorded,
     /// The end marker: output that lacks it was cut short.
     End,
 }
 
 impl Tag {
-    pub const ALL: [Tag; 22] = [
+    pub const ALL: [Tag; 25] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -257,6 +264,9 @@ impl Tag {
         Tag::Container,
         Tag::Fstab,
         Tag::Mounted,
+        Tag::Settled,
+        Tag::Moved,
+        Tag::Recorded,
         Tag::End,
     ];
 
@@ -284,6 +294,9 @@ impl Tag {
             Tag::Container => "D",
             Tag::Fstab => "T",
             Tag::Mounted => "N",
+            Tag::Settled => "V",
+            Tag::Moved => "M",
+            Tag::Recorded => "R",
             Tag::End => "E",
         }
     }

@@ -25,12 +25,25 @@ pub struct ContentCheck {
     /// Record in the host's stat cache what hashed as it should (trusted
     /// runs only: a proposal's plan writes nothing on a host).
     pub record: bool,
+    /// Between full checks: when the host's record of settled files is
+    /// this config's, stat only the files it lists and report those whose
+    /// stat moved ([`settled_probe`]); no path is sent.
+    pub settled: bool,
 }
 
 /// The host's stat cache: `sha256 size inode mtime ctime<TAB>path` of every
 /// managed file as it last hashed. ctime cannot be set by hand, so a file
-/// whose four values are unchanged was not written since.
+/// whose four values are unchanged was not written since (nor chmod-ed,
+/// chown-ed or renamed).
 pub const STAT_CACHE: &str = "filestat";
+
+/// Beside the stat cache: `DIGEST SHA256`, written after a plan found every
+/// managed file as the config wants it. It says: the stat cache whose own
+/// SHA-256 is `SHA256` lists every file of the config whose
+/// [`settled_digest`] is `DIGEST`, each with the stat it had while it was
+/// as wanted (content, mode, owner and group). A file with that stat still
+/// is; a changed cache or config no longer matches.
+pub const SETTLED: &str = "filestat.settled";
 
 /// Probe: one `sha256sum -c` per sensitivity, over every file or (with
 /// `changed_only`) over the files whose stat moved. A file that differs
@@ -77,15 +90,7 @@ pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
         } else {
             s.push_str(&format!("cp \"$ft.{list}\" \"$ft.{list}c\"\n"));
         }
-        s.push_str(&format!(
-            "[ -s \"$ft.{list}c\" ] && sha256sum -c --quiet \"$ft.{list}c\" | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; \
-             printf '%s\\n' \"$f\" >>\"$ft.bad\"; printf '{}\\t%s\\n' \"$f\"",
-            Tag::Differs
-        ));
-        if !sensitive {
-            s.push_str(&content_record());
-        }
-        s.push_str("; done\n");
+        s.push_str(&hash_listed(&format!("\"$ft.{list}c\""), sensitive));
     }
     if check.record {
         // What hashed as it should, with the stat taken before hashing: a
@@ -94,11 +99,136 @@ pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
             "if [ -d \"${{fc%/*}}\" ]; then (umask 077; awk -v b=\"$ft.bad\" -v n=\"$ft.now\" '{maps} \
              BEGIN {{ while ((getline l < b) > 0) B[l] = 1; load(n, N) }} \
              {{ p = substr($0, 67); if ((p in N) && !(p in B)) print substr($0, 1, 64) \" \" N[p] \"\\t\" p }}' \
-             \"$ft.n\" \"$ft.s\" >\"$fc.tmp\" && {{ cmp -s \"$fc.tmp\" \"$fc\" && rm -f \"$fc.tmp\" || mv -f \"$fc.tmp\" \"$fc\"; }}); fi\n"
+             \"$ft.n\" \"$ft.s\" >\"$fc.tmp\" && {{ cmp -s \"$fc.tmp\" \"$fc\" && rm -f \"$fc.tmp\" || mv -f \"$fc.tmp\" \"$fc\"; }} && \
+             sha256sum <\"$fc\" | {{ read -r h _ && printf '{}\\t%s\\n' \"$h\"; }}); fi\n",
+            Tag::Recorded
         ));
     }
     s.push_str("rm -f \"$ft\" \"$ft\".*\n");
     s
+}
+
+/// Hash the `sha256  path` lines in `list` (a shell word): each file that
+/// differs is added to `"$ft.bad"` and printed as a [`Tag::Differs`] record
+/// (a non-sensitive one with its content).
+fn hash_listed(list: &str, sensitive: bool) -> String {
+    let mut s = format!(
+        "[ -s {list} ] && sha256sum -c --quiet {list} | while IFS= read -r l; do f=\"${{l%: FAILED*}}\"; \
+         printf '%s\\n' \"$f\" >>\"$ft.bad\"; printf '{}\\t%s\\n' \"$f\"",
+        Tag::Differs
+    );
+    if !sensitive {
+        s.push_str(&content_record());
+    }
+    s.push_str("; done\n");
+    s
+}
+
+/// What the record of settled files vouches for: every managed file's
+/// path, desired hash, mode, owner and group (in any order).
+pub fn settled_digest(items: &[Item]) -> String {
+    use sha2::Digest;
+    let mut files: Vec<&FileItem> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.dedup_by(|a, b| a.path == b.path);
+    let mut h = sha2::Sha256::new();
+    h.update(b"tidekeeper settled files v1\n");
+    for f in files {
+        let mode = f.mode.map_or("-".into(), |m| format!("{m:o}"));
+        for field in [
+            f.sha256.as_str(),
+            &mode,
+            f.owner.as_deref().unwrap_or("-"),
+            f.group.as_deref().unwrap_or("-"),
+        ] {
+            h.update(field.as_bytes());
+            h.update(b"\t");
+        }
+        h.update(f.path.as_bytes());
+        h.update(b"\n");
+    }
+    crate::digest::hex(&h.finalize())
+}
+
+/// Probe between full checks, with no path sent: when the record of
+/// settled files ([`SETTLED`]) is this config's and vouches for the stat
+/// cache as it is, `stat` every file the cache lists and report each whose
+/// stat moved or that is gone as a [`Tag::Moved`] record, with its
+/// [`Tag::Stat`] record and its hash checked against the cache's (the
+/// config's). Prints [`Tag::Settled`] `hit`, or `miss` when the record
+/// cannot be used (then the caller probes in full). Every file not
+/// reported is as the config wants it.
+pub fn settled_probe(items: &[Item], root: &str) -> String {
+    let mut sensitive = String::new();
+    let mut any = false;
+    for i in items {
+        if let Item::File(f) = i {
+            any = true;
+            if f.content.sensitive {
+                sensitive.push_str(&format!("{root}{}\n", f.path));
+            }
+        }
+    }
+    if !any {
+        return String::new();
+    }
+    let cache = q(&format!("{root}{STATE_DIR}/{STAT_CACHE}"));
+    let digest = settled_digest(items);
+    let (hit, moved, stat) = (Tag::Settled, Tag::Moved, Tag::Stat);
+    // Keys: `path`; values: `size inode mtime ctime`. A cache line is
+    // `sha(64) size inode mtime ctime<TAB>path`; its stat starts at 66.
+    let mut s = format!(
+        "fc={cache}; tk_s=; tk_h=; [ -f \"$fc.settled\" ] && read -r tk_s tk_h <\"$fc.settled\"\n\
+         if [ \"$tk_s\" = {digest} ] && [ -n \"$tk_h\" ] && printf '%s  %s\\n' \"$tk_h\" \"$fc\" | sha256sum -c --status 2>/dev/null; then\n\
+         ft=$(mktemp) || ft=/tmp/tk-files.$$\n\
+         cat >\"$ft.sens\" <<'{EOF}'\n{sensitive}{EOF}\n\
+         : >\"$ft.n\"; : >\"$ft.s\"; : >\"$ft.bad\"\n\
+         cut -f2- \"$fc\" | tr '\\n' '\\0' | xargs -0r stat -c '%s %i %.9Y %.9Z\t%n' -- >\"$ft.now\" 2>/dev/null\n\
+         awk -v n=\"$ft.now\" -v s=\"$ft.sens\" -v o=\"$ft\" '\
+         BEGIN {{ while ((getline l < n) > 0) {{ i = index(l, \"\\t\"); N[substr(l, i + 1)] = substr(l, 1, i - 1) }} while ((getline l < s) > 0) S[l] = 1 }} \
+         {{ i = index($0, \"\\t\"); p = substr($0, i + 1); if ((p in N) && substr($0, 66, i - 66) == N[p]) next; \
+         print \"{moved}\\t\" p; print substr($0, 1, 64) \"  \" p > (o ((p in S) ? \".s\" : \".n\")) }} \
+         END {{ print \"{hit}\\thit\\t\" NR }}' \"$fc\"\n\
+         cat \"$ft.n\" \"$ft.s\" | cut -c67- | tr '\\n' '\\0' | xargs -0r stat -c '{stat}\t%F\t%a\t%U\t%G\t%s\t%n' -- 2>/dev/null\n"
+    );
+    s.push_str(&hash_listed("\"$ft.n\"", false));
+    s.push_str(&hash_listed("\"$ft.s\"", true));
+    s.push_str(&format!(
+        "rm -f \"$ft\" \"$ft\".*\nelse printf '{hit}\\tmiss\\n'; fi\n"
+    ));
+    s
+}
+
+/// After a plan found every managed file as the config wants it: vouch
+/// that the stat cache the probe just recorded (its SHA-256 `recorded`)
+/// lists them settled, unless the cache changed since.
+pub fn settle(items: &[Item], root: &str, recorded: &str) -> String {
+    let cache = q(&format!("{root}{STATE_DIR}/{STAT_CACHE}"));
+    format!(
+        "fc={cache}; printf '%s  %s\\n' {h} \"$fc\" | sha256sum -c --status && \
+         {{ printf '%s %s\\n' {d} {h} >\"$fc.settled.tmp\" && mv -f \"$fc.settled.tmp\" \"$fc.settled\"; }}\n",
+        h = q(recorded),
+        d = settled_digest(items),
+    )
+}
+
+/// A file the record of settled files vouches for: as the config wants it.
+/// Mode, owner and group the config leaves open are never compared.
+pub fn as_wanted(f: &FileItem) -> crate::engine::observed::PathState {
+    crate::engine::observed::PathState {
+        kind: PathKind::File,
+        mode: f.mode.unwrap_or(0o644),
+        owner: f.owner.clone().unwrap_or_default(),
+        group: f.group.clone().unwrap_or_default(),
+        size: f.content.bytes.len() as u64,
+        link_target: None,
+    }
 }
 
 /// Every file hashed, nothing recorded: one `sha256sum -c` per
@@ -541,10 +671,12 @@ mod tests {
             ContentCheck {
                 changed_only: false,
                 record: true,
+                settled: false,
             },
             ContentCheck {
                 changed_only: true,
                 record: true,
+                settled: false,
             },
         );
         let cache = root.join("var/lib/tidekeeper").join(STAT_CACHE);
@@ -585,6 +717,7 @@ mod tests {
         let no_record = ContentCheck {
             changed_only: false,
             record: false,
+            settled: false,
         };
         assert!(run_probe(root, &items, no_record).is_empty());
         assert_eq!(std::fs::read_to_string(&cache).unwrap(), before);
@@ -605,6 +738,7 @@ mod tests {
                 ContentCheck {
                     changed_only,
                     record: true,
+                    settled: false,
                 },
             ));
         }

@@ -23,13 +23,19 @@ const ACCESS_PATHS: [&str; 10] = [
     "/etc/security/access.conf",
 ];
 
-/// Probe: [`Tag::Stat`] records for every managed path and every path the
-/// host's list of managed paths holds, and [`Tag::Ancestor`] records for
-/// ancestors that are symlinks. `root` prefixes every path.
-pub fn probe(items: &[Item], root: &str) -> String {
+/// Probe: [`Tag::Stat`] records for every managed path (but files, with
+/// `settled_files`: the record of settled files stands in for them) and
+/// every path the host's list of managed paths holds, and [`Tag::Ancestor`]
+/// records for ancestors that are symlinks. `root` prefixes every path.
+pub fn probe(items: &[Item], root: &str, settled_files: bool) -> String {
     let p = |path: &str| format!("{root}{path}");
     let mut s = String::new();
-    let mut paths: Vec<String> = items.iter().filter_map(|i| i.path()).map(p).collect();
+    let mut paths: Vec<String> = items
+        .iter()
+        .filter(|i| !(settled_files && matches!(i, Item::File(_))))
+        .filter_map(|i| i.path())
+        .map(p)
+        .collect();
     paths.sort();
     paths.dedup();
     if !paths.is_empty() {
@@ -45,22 +51,20 @@ pub fn probe(items: &[Item], root: &str) -> String {
     }
     // A symlink among the ancestors that root does not own may have been
     // planted to redirect a write.
-    let mut ancestors: Vec<String> = items
+    let ancestors: std::collections::BTreeSet<&str> = items
         .iter()
         .filter_map(|i| i.path())
         .flat_map(|path| {
             path.match_indices('/')
                 .filter(|(i, _)| *i > 0)
-                .map(|(i, _)| p(&path[..i]))
+                .map(|(i, _)| &path[..i])
         })
         .collect();
-    ancestors.sort();
-    ancestors.dedup();
     if !ancestors.is_empty() {
         s.push_str(&format!("stat -c '{}\t%F\t%U\t%n' --", Tag::Ancestor));
         for a in &ancestors {
             s.push(' ');
-            s.push_str(&q(a));
+            s.push_str(&q(&p(a)));
         }
         s.push_str(&format!(" | grep '^{}\tsymbolic link'\n", Tag::Ancestor));
     }
@@ -239,7 +243,7 @@ mod tests {
                 path: "/srv/it's here".into(),
             },
         ];
-        let s = probe(&items, "/r oot");
+        let s = probe(&items, "/r oot", false);
         assert_eq!(
             s,
             format!(
@@ -253,8 +257,8 @@ mod tests {
         );
         sh_n(&s);
         // A root with sed's own characters in it stays literal.
-        sh_n(&probe(&items, "/a|b&c\\d"));
-        assert!(probe(&items, "/a|b&c\\d").contains("sed 's|^|/a\\|b\\&c\\\\d|'"));
+        sh_n(&probe(&items, "/a|b&c\\d", false));
+        assert!(probe(&items, "/a|b&c\\d", false).contains("sed 's|^|/a\\|b\\&c\\\\d|'"));
     }
 
     #[test]
