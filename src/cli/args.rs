@@ -225,9 +225,10 @@ pub enum Command {
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
         detailed_exitcode: bool,
-        /// Hash only the managed files whose size, inode, mtime or ctime
-        /// changed since they last hashed as they should: fast on hosts with
-        /// many files (the daemon's drift checks do this between full checks).
+        /// Look only at the managed files whose size, inode, mtime or ctime
+        /// changed since they were last seen as the config wants them: fast
+        /// on hosts with many files (the daemon's drift checks do this
+        /// between full checks). Keeps the host's stat cache up to date.
         #[arg(long, conflicts_with = "untrusted")]
         changed_files_only: bool,
         /// Plan `--ref` as a proposal from someone not trusted (a pull request):

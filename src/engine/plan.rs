@@ -986,6 +986,14 @@ files:
             std::fs::read_to_string(state.join(SETTLED)).unwrap(),
             before
         );
+        // What a host printed as the cache's hash is one quoted word.
+        let (out, err) = run_sh(&settle(&it, root, "$(touch pwned)'; touch pwned #"));
+        assert!(!dir.join("pwned").exists() && !std::path::Path::new("pwned").exists());
+        assert_eq!(
+            std::fs::read_to_string(state.join(SETTLED)).unwrap(),
+            before,
+            "{out}{err}"
+        );
         // A record listing fewer files than the config has is not used.
         let obs = probe::parse("V\thit\t3\nE\tend\n", root, &it).unwrap();
         assert_eq!(obs.settled, Settled::Miss);
