@@ -634,6 +634,12 @@ pub async fn plan_host(
     }
     if let probe::Settled::Hit { moved } = obs.settled {
         tracing::debug!(host = %host.name, moved, "the record of settled files stood in for the rest");
+        // Files that moved but are as wanted (touched, restored) would be
+        // hashed by every check until the next full one: record them again.
+        if moved > 0 && content.record && files_as_wanted(&probed, &obs) {
+            content.settled = false;
+            obs = probe_once(conn, &probed, content, opts).await?;
+        }
     }
     let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
     if let Some(u) = unobserved {
@@ -643,10 +649,7 @@ pub async fn plan_host(
     // the checks until the next full one stat the files and send no path.
     if let Some(recorded) = &obs.recorded
         && content.record
-        && probed.iter().all(|i| match i {
-            Item::File(f) => matches!(kinds::file::plan(f, &obs), Ok(None)),
-            _ => true,
-        })
+        && files_as_wanted(&probed, &obs)
     {
         let script = kinds::file::settle(&probed, conn.root(), recorded);
         match conn.run_script(&script, opts.probe_timeout).await {
@@ -660,6 +663,14 @@ pub async fn plan_host(
         }
     }
     Ok(plan)
+}
+
+/// Every managed file is as the config wants it (content, mode, owner, group).
+fn files_as_wanted(items: &[Item], obs: &probe::Observed) -> bool {
+    items.iter().all(|i| match i {
+        Item::File(f) => matches!(kinds::file::plan(f, obs), Ok(None)),
+        _ => true,
+    })
 }
 
 /// Run the probe once and read what it saw.

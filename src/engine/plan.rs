@@ -1001,6 +1001,92 @@ files:
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// What a drift check between full checks does, through the engine on
+    /// a local root: the first probes in full and vouches for the stat
+    /// cache; files that moved but are as wanted are recorded again, so the
+    /// next check hears of nothing; a file drifted is found, and nothing is
+    /// vouched for until it is put right.
+    #[test]
+    fn a_drift_check_vouches_for_what_it_saw_as_wanted_and_records_moved_files_again() {
+        use crate::engine::kinds::file::SETTLED;
+        use crate::engine::probe::{ContentCheck, Settled};
+        let role = "files:\n  - {path: /srv/app/a.conf, content: \"a\\n\", mode: \"0600\"}\n  - {path: /srv/app/b.conf, content: \"b\\n\"}\n";
+        let dir = std::env::temp_dir().join(format!("tk drift'{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.to_str().unwrap();
+        let h = host(role);
+        let it = items(&h);
+        let apply = |p: &HostPlan| {
+            let script = crate::engine::apply::script(p, root, "run", None);
+            assert!(run_sh(&script.text).0.ends_with("@@done\n"));
+        };
+        apply(&plan_host(
+            &h,
+            &it,
+            &probe::parse("E\tend\n", root, &it).unwrap(),
+            PlanOptions::default(),
+        ));
+        let conn = crate::transport::Connection::Local(crate::transport::Local::new(root));
+        let opts = crate::engine::Options {
+            changed_files_only: true,
+            record_file_stats: true,
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let drift_check = || {
+            rt.block_on(crate::engine::plan_host(&conn, &h, &opts))
+                .unwrap()
+        };
+        // What the next check will find, without changing anything.
+        let quick = || {
+            let check = ContentCheck {
+                changed_only: true,
+                record: false,
+                settled: true,
+            };
+            let (out, _) = run_sh(&probe::script(&it, root, check));
+            probe::parse(&out, root, &it).unwrap().settled
+        };
+        let settled = dir.join("var/lib/tidekeeper").join(SETTLED);
+
+        assert!(!drift_check().has_changes());
+        assert!(settled.exists(), "vouched for");
+        assert_eq!(quick(), Settled::Hit { moved: 0 });
+        // Touched (moved, still as wanted): recorded again by the check.
+        let b = dir.join("srv/app/b.conf");
+        std::fs::write(&b, "b\n").unwrap();
+        assert_eq!(quick(), Settled::Hit { moved: 1 });
+        assert!(!drift_check().has_changes());
+        assert_eq!(quick(), Settled::Hit { moved: 0 });
+        // Drifted: found by every check, as a file that moved; nothing is
+        // recorded or vouched for while it stays so.
+        std::fs::write(&b, "drift\n").unwrap();
+        let before = std::fs::read_to_string(&settled).unwrap();
+        for _ in 0..2 {
+            let p = drift_check();
+            assert_eq!(p.changes.len(), 1);
+            assert!(
+                p.changes[0]
+                    .diff
+                    .as_deref()
+                    .unwrap()
+                    .contains("-drift\n+b\n")
+            );
+            assert_eq!(quick(), Settled::Hit { moved: 1 });
+        }
+        assert_eq!(std::fs::read_to_string(&settled).unwrap(), before);
+        let p = drift_check();
+        // Put right: the next check vouches again.
+        apply(&p);
+        assert!(!drift_check().has_changes());
+        assert_eq!(quick(), Settled::Hit { moved: 0 });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn ufw_allow_rules_come_before_the_default_deny() {
         let h = host("firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\", comment: ssh}\n");
