@@ -231,6 +231,8 @@ struct Loop {
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
     /// The reconcile under way is such a drift check.
     changed_files_only: bool,
+    /// Vouches for hosts' stat caches, waiting for their next drift check.
+    vouches: Arc<engine::Vouches>,
 }
 
 /// Is a drift check at `now` due to hash every file?
@@ -418,6 +420,7 @@ impl Loop {
             clock: self.clock.clone(),
             changed_files_only: self.changed_files_only,
             record_file_stats: true,
+            vouches: Some(self.vouches.clone()),
             ..Default::default()
         }
     }
@@ -604,6 +607,7 @@ pub async fn serve(
         unpushed: Mutex::new(None),
         last_full_check: None,
         changed_files_only: false,
+        vouches: Default::default(),
     };
     let mut worker = tokio::spawn(lp.run());
     tokio::select! {

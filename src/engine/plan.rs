@@ -1084,6 +1084,24 @@ files:
         apply(&p);
         assert!(!drift_check().has_changes());
         assert_eq!(quick(), Settled::Hit { moved: 0 });
+
+        // The daemon's way: the vouch waits for the host's next check and
+        // runs first in it, with no round trip of its own.
+        std::fs::remove_file(&settled).unwrap();
+        let opts = crate::engine::Options {
+            vouches: Some(Default::default()),
+            ..opts.clone()
+        };
+        let drift_check = || {
+            rt.block_on(crate::engine::plan_host(&conn, &h, &opts))
+                .unwrap()
+        };
+        assert!(!drift_check().has_changes());
+        assert!(!settled.exists(), "owed, not sent");
+        assert_eq!(quick(), Settled::Miss);
+        assert!(!drift_check().has_changes());
+        assert!(settled.exists(), "sent with the next check");
+        assert_eq!(quick(), Settled::Hit { moved: 0 });
         let _ = std::fs::remove_dir_all(&dir);
     }
 

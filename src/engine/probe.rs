@@ -32,10 +32,17 @@ pub use super::kinds::file::ContentCheck;
 /// settled files was used ([`Settled`]); when it was not, probe again
 /// without it.
 pub fn script(items: &[Item], root: &str, content: ContentCheck) -> String {
+    script_after(items, root, content, "")
+}
+
+/// [`script`], running `first` (a vouch owed to the stat cache, see
+/// [`super::Vouches`]) before it looks at anything.
+pub fn script_after(items: &[Item], root: &str, content: ContentCheck, first: &str) -> String {
     use super::kinds::{
         command, file, firewall, group, mount, package, path, service, stack, symlink, sysctl, user,
     };
     let mut s = super::sh::probe_prelude(root);
+    s.push_str(first);
     // Between full checks the record of settled files stands in for every
     // file's stat and hash: no file's path is sent.
     let files = if content.settled {
