@@ -366,25 +366,24 @@ fn a_plan_of_changed_files_only_hashes_what_moved_and_a_full_plan_hashes_everyth
     assert!(stdout(&out).contains("+edited") || stdout(&out).contains("-edited"));
     let out = repo.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Change a file by `how`, and make the stat cache (and the record of
+    // settled files) vouch for it as it now is.
+    let change_vouched = |path: &str, how: &str| {
+        let line = bed.ssh_ok(
+            0,
+            &format!("grep -P '\t{path}$' /var/lib/tidekeeper/filestat"),
+        );
+        let sha = line.split(' ').next().unwrap().to_string();
+        bed.ssh_ok(0, &format!("{how} {path}"));
+        crate::daemon::vouch_on_host(&bed, 0, path, &sha);
+    };
     // What the stat cache vouches for is not hashed; a full plan finds it.
-    let line = bed.ssh_ok(
-        0,
-        "grep -P '\t/srv/many/f003.conf$' /var/lib/tidekeeper/filestat",
-    );
-    let sha = line.split(' ').next().unwrap().to_string();
-    bed.ssh_ok(0, "echo swapped > /srv/many/f003.conf");
-    crate::daemon::vouch_on_host(&bed, 0, "/srv/many/f003.conf", &sha);
+    change_vouched("/srv/many/f003.conf", "echo swapped >");
     let out = repo.tk(&quick);
     assert_eq!(out.status.code(), Some(0), "not hashed: {}", text(&out));
     // Nor statted for its mode: only the record of settled files stands in
     // for a file's stat (a probe that statted every file would see this).
-    let line = bed.ssh_ok(
-        0,
-        "grep -P '\t/srv/many/f004.conf$' /var/lib/tidekeeper/filestat",
-    );
-    let sha = line.split(' ').next().unwrap().to_string();
-    bed.ssh_ok(0, "chmod 600 /srv/many/f004.conf");
-    crate::daemon::vouch_on_host(&bed, 0, "/srv/many/f004.conf", &sha);
+    change_vouched("/srv/many/f004.conf", "chmod 600");
     let out = repo.tk(&quick);
     assert_eq!(out.status.code(), Some(0), "not statted: {}", text(&out));
     let out = repo.tk(&["plan", "--detailed-exitcode"]);

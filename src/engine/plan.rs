@@ -696,6 +696,27 @@ handlers:
         );
     }
 
+    /// An empty scratch root named after `what`, with a quote in its name.
+    fn scratch(what: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tk {what}'{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Apply `p` on a scratch root; it must run to the end.
+    fn apply_on(root: &str, p: &HostPlan) {
+        let script = crate::engine::apply::script(p, root, "run", None);
+        let (out, err) = run_sh(&script.text);
+        assert!(out.ends_with("@@done\n"), "{out}{err}");
+    }
+
+    /// What `h` wants, applied to an empty scratch root.
+    fn apply_fresh(h: &Host, it: &[Item], root: &str) {
+        let obs = probe::parse("E\tend\n", root, it).unwrap();
+        apply_on(root, &plan_host(h, it, &obs, PlanOptions::default()));
+    }
+
     /// Run a generated script with `sh`: its stdout and stderr.
     fn run_sh(script: &str) -> (String, String) {
         let out = std::process::Command::new("sh")
@@ -738,9 +759,7 @@ files:
   - {path: /etc/v.conf, content: "ok\n", validate: "grep -q ok %s"}
 "##,
         );
-        let dir = std::env::temp_dir().join(format!("tk staged'{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("staged");
         let root = dir.to_str().unwrap();
         let it = items(&h);
         let obs = probe::parse("E\tend\n", root, &it).unwrap();
@@ -816,16 +835,11 @@ files:
     #[test]
     fn the_list_of_managed_paths_is_statted_only_when_it_is_not_this_configs() {
         let role = "directories:\n  - {path: /srv/app}\nfiles:\n  - {path: /srv/app/a, content: \"a\\n\"}\n  - {path: /srv/app/b, content: \"b\\n\"}\n";
-        let dir = std::env::temp_dir().join(format!("tk managed'{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("managed");
         let root = dir.to_str().unwrap();
         let h = host(role);
         let it = items(&h);
-        let obs = probe::parse("E\tend\n", root, &it).unwrap();
-        let p = plan_host(&h, &it, &obs, PlanOptions::default());
-        let script = crate::engine::apply::script(&p, root, "run", None);
-        assert!(run_sh(&script.text).0.ends_with("@@done\n"));
+        apply_fresh(&h, &it, root);
         let stats_of = |items: &[Item], path: &str| {
             let (out, _) = run_sh(&crate::engine::kinds::path::probe(items, root, false));
             out.lines()
@@ -862,23 +876,11 @@ files:
   - {path: /srv/app/key, content: "secret\n", sensitive: true}
   - {path: "/srv/app/it's $(touch pwned) `x`", content: "q\n"}
 "##;
-        let dir = std::env::temp_dir().join(format!("tk settled'{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("settled");
         let root = dir.to_str().unwrap();
         let h = host(role);
         let it = items(&h);
-        let apply = |p: &HostPlan| {
-            let script = crate::engine::apply::script(p, root, "run", None);
-            let (out, err) = run_sh(&script.text);
-            assert!(out.ends_with("@@done\n"), "{out}{err}");
-        };
-        apply(&plan_host(
-            &h,
-            &it,
-            &probe::parse("E\tend\n", root, &it).unwrap(),
-            PlanOptions::default(),
-        ));
+        apply_fresh(&h, &it, root);
         let check = |items: &[Item], content: ContentCheck| {
             let script = probe::script(items, root, content);
             let (out, err) = run_sh(&script);
@@ -962,7 +964,7 @@ files:
         assert_eq!(change("`x`").action, Action::Create);
         assert!(!dir.join("pwned").exists() && !app.join("pwned").exists());
         // Put right: what moved is hashed again until the next full check.
-        apply(&p);
+        apply_on(root, &p);
         let (_, obs, _) = check(&it, quick);
         assert_eq!(obs.settled, Settled::Hit { moved: 4 });
         assert!(!plan_host(&h, &it, &obs, PlanOptions::default()).has_changes());
@@ -1011,22 +1013,11 @@ files:
         use crate::engine::kinds::file::SETTLED;
         use crate::engine::probe::{ContentCheck, Settled};
         let role = "files:\n  - {path: /srv/app/a.conf, content: \"a\\n\", mode: \"0600\"}\n  - {path: /srv/app/b.conf, content: \"b\\n\"}\n";
-        let dir = std::env::temp_dir().join(format!("tk drift'{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("drift");
         let root = dir.to_str().unwrap();
         let h = host(role);
         let it = items(&h);
-        let apply = |p: &HostPlan| {
-            let script = crate::engine::apply::script(p, root, "run", None);
-            assert!(run_sh(&script.text).0.ends_with("@@done\n"));
-        };
-        apply(&plan_host(
-            &h,
-            &it,
-            &probe::parse("E\tend\n", root, &it).unwrap(),
-            PlanOptions::default(),
-        ));
+        apply_fresh(&h, &it, root);
         let conn = crate::transport::Connection::Local(crate::transport::Local::new(root));
         let opts = crate::engine::Options {
             changed_files_only: true,
@@ -1081,7 +1072,7 @@ files:
         assert_eq!(std::fs::read_to_string(&settled).unwrap(), before);
         let p = drift_check();
         // Put right: the next check vouches again.
-        apply(&p);
+        apply_on(root, &p);
         assert!(!drift_check().has_changes());
         assert_eq!(quick(), Settled::Hit { moved: 0 });
 
