@@ -24,6 +24,9 @@ pub struct Clock(Inner);
 enum Inner {
     #[default]
     System,
+    /// The wall clock moved to start at a given time (`--now`): previews of
+    /// a schedule, and tests that must not depend on today's date.
+    Shifted(chrono::Duration),
     Virtual(Arc<Virtual>),
 }
 
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Inner::System => f.write_str("Clock::System"),
+            Inner::Shifted(by) => write!(f, "Clock::Shifted({by})"),
             Inner::Virtual(v) => write!(f, "Clock::Virtual(from {})", v.wall),
         }
     }
@@ -49,6 +53,23 @@ impl std::fmt::Debug for Clock {
 impl Clock {
     pub fn system() -> Clock {
         Clock(Inner::System)
+    }
+
+    /// The machine's clock, or, when `TIDEKEEPER_NOW` holds an RFC 3339
+    /// time, the clock starting at that time: tests of a whole daemon
+    /// process must not depend on today's date.
+    pub fn from_env() -> Result<Clock, String> {
+        match std::env::var("TIDEKEEPER_NOW") {
+            Ok(t) if !t.is_empty() => DateTime::parse_from_rfc3339(&t)
+                .map(|t| Clock::starting_at(t.with_timezone(&Utc)))
+                .map_err(|e| format!("TIDEKEEPER_NOW={t:?} is not an RFC 3339 time: {e}")),
+            _ => Ok(Clock::system()),
+        }
+    }
+
+    /// The wall clock, reading `start` now and moving in real time from there.
+    pub fn starting_at(start: DateTime<Utc>) -> Clock {
+        Clock(Inner::Shifted(start - Utc::now()))
     }
 
     /// A virtual clock reading `start` now and moving with the current
@@ -80,6 +101,7 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         match &self.0 {
             Inner::System => Utc::now(),
+            Inner::Shifted(by) => Utc::now() + *by,
             Inner::Virtual(v) => {
                 // Read the controller's clock even from an I/O thread.
                 let _in = v.controller.enter();
@@ -110,7 +132,7 @@ impl Clock {
         F::Output: Send + 'static,
     {
         match &self.0 {
-            Inner::System => work.await,
+            Inner::System | Inner::Shifted(_) => work.await,
             Inner::Virtual(v) => {
                 let io = v.io.clone();
                 tokio::task::spawn_blocking(move || io.block_on(work))
@@ -125,6 +147,16 @@ impl Clock {
 mod tests {
     use super::*;
     use tokio::time::Duration;
+
+    #[test]
+    fn a_clock_starting_at_a_time_reads_that_time_and_moves_on() {
+        let start = DateTime::parse_from_rfc3339("2027-02-28T23:59:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = Clock::starting_at(start);
+        let read = c.now();
+        assert!(read >= start && read - start < chrono::Duration::seconds(5));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_virtual_clock_moves_with_paused_time_and_io_runs_in_real_time() {

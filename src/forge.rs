@@ -74,10 +74,9 @@ impl Forge {
     /// a restart does not post them again.
     pub fn remembering(s: &ForgeSettings, file: std::path::PathBuf) -> Result<Forge, ForgeError> {
         let mut f = Forge::new(s)?;
-        let known: HashMap<String, String> = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        // An unreadable record is set aside (and warned of): statuses are
+        // then posted again, which rebuilds it.
+        let (known, _): (HashMap<String, String>, _) = crate::state_file::read(&file);
         *f.posted.get_mut().unwrap() = known;
         f.memory = Some(file);
         Ok(f)
@@ -85,10 +84,9 @@ impl Forge {
 
     fn remember(&self) {
         let Some(file) = &self.memory else { return };
-        let text = serde_json::to_vec(&*self.posted.lock().unwrap()).unwrap_or_default();
-        let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, file);
+        let posted = self.posted.lock().unwrap().clone();
+        if let Err(e) = crate::state_file::write(file, &posted) {
+            tracing::warn!(error = %e, file = %file.display(), "cannot remember the forge's statuses");
         }
     }
 

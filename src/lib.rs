@@ -11,6 +11,7 @@
 //! - [`reconcile`]: a whole reconcile, cloud stage then hosts.
 //! - [`policy`]: every plan judged by Rego policies.
 //! - [`daemon`], [`report`], [`forge`]: the long-running loop and what it writes back.
+//! - [`state_file`]: the daemon's state directory, written atomically, never dropped unseen.
 //! - [`cli`]: the `tidekeeper` command.
 
 pub mod badge;
@@ -33,5 +34,6 @@ pub mod report;
 pub mod schedule;
 pub mod secrets;
 pub mod source;
+pub mod state_file;
 pub mod suggest;
 pub mod transport;

@@ -50,6 +50,40 @@ pub fn recipients_of(identity: &str) -> Vec<String> {
         .collect()
 }
 
+pub use crate::model::resolve::{RECIPIENTS_FILE, parse_recipients};
+
+/// How many recipients an age file was encrypted to (its header's stanzas).
+/// age does not name them, but it does count them.
+pub fn recipient_count(ciphertext: &[u8]) -> Result<usize, SecretsError> {
+    use std::io::Read;
+    let mut r = age::armor::ArmoredReader::new(ciphertext);
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The header ends with its MAC line; never read past a small bound.
+    while !head.windows(4).any(|w| w == b"\n---") && head.len() < 1 << 20 {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let header = text.split("\n---").next().unwrap_or("");
+    if !header.starts_with("age-encryption.org/") {
+        return Err(SecretsError::Age("not an age file".into()));
+    }
+    // Stanzas of real recipient types; age also writes random "grease" ones.
+    Ok(header
+        .lines()
+        .filter_map(|l| l.strip_prefix("-> "))
+        .filter(|l| {
+            let kind = l.split(' ').next().unwrap_or("");
+            matches!(kind, "X25519" | "ssh-ed25519" | "ssh-rsa" | "scrypt")
+                || kind.starts_with("piv-p256")
+        })
+        .count())
+}
+
 /// Encrypt `plaintext` to `recipients` (age1… public keys), ASCII-armored.
 pub fn encrypt(recipients: &[String], plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
     let rs: Vec<age::x25519::Recipient> = recipients

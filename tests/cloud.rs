@@ -531,6 +531,10 @@ const JOBS: &str = "jobs:
       - unit: ssh.service
 ";
 
+/// A fixed "now" for the power schedules: outside `0 0 1 1 *` + 1 h whatever
+/// today's date is (issue 33: this test was red from 2 to 31 December).
+const MIDSUMMER: &str = "2026-06-15T12:00:00Z";
+
 #[test]
 fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
     let f = CloudFleet::start(
@@ -564,7 +568,7 @@ fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
 
     // Outside its period: the servers are stopped.
     let out = crate::support::tidekeeper()
-        .args(["schedule", "list", "--repo"])
+        .args(["schedule", "list", "--now", MIDSUMMER, "--repo"])
         .arg(&f.repo.path)
         .envs(crate::support::cloud::CREDENTIALS)
         .output()
@@ -584,7 +588,7 @@ fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
         ),
         "{list}"
     );
-    let out = f.tk(&["schedule", "run", "lights-out"]);
+    let out = f.tk(&["schedule", "run", "lights-out", "--now", MIDSUMMER]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(f.hetzner.server("web").unwrap().status, "off");
     assert_eq!(f.lightsail.instance("agent").unwrap().state, "stopped");
@@ -597,7 +601,7 @@ fn snapshots_keep_the_newest_and_power_schedules_stop_and_start_servers() {
         text(&out)
     );
     // Inside its period: started again, and the health gate passes.
-    let out = f.tk(&["schedule", "run", "office-hours"]);
+    let out = f.tk(&["schedule", "run", "office-hours", "--now", MIDSUMMER]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(f.hetzner.server("web").unwrap().status, "running");
     assert_eq!(f.lightsail.instance("agent").unwrap().state, "running");

@@ -41,12 +41,12 @@ impl Running {
     }
 
     /// The commit quarantined (or held), if any.
-    fn quarantined(&self) -> Option<String> {
+    pub(crate) fn quarantined(&self) -> Option<String> {
         let st = self.shared.status.lock().unwrap();
         st.quarantined.as_ref().map(|q| q.commit.clone())
     }
 
-    fn reconciles(&self, host: &str) -> u64 {
+    pub(crate) fn reconciles(&self, host: &str) -> u64 {
         let m = self.shared.metrics.lock().unwrap();
         m.reconciles
             .iter()
@@ -135,7 +135,13 @@ pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> R
         rollback_after: Duration::from_secs(120),
     };
     let clock = if setup.real_time {
-        Clock::system()
+        // Real time, but never today's date: the fleets' "0 0 1 1 *" jobs
+        // must not come due on 1 January (issue 33).
+        Clock::starting_at(
+            chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+                .unwrap()
+                .into(),
+        )
     } else {
         Clock::virtual_from(
             chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")

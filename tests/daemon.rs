@@ -980,7 +980,16 @@ fn suspend_stops_applies_and_jobs_while_planning_and_resume_goes_on() {
         &format!("jobs:\n  - name: tidy\n    cron: \"0 0 1 1 *\"\n    hosts: {{names: [{host}]}}\n    timeout: 1h\n    command:\n      run: touch /etc/tk-tidied\n"),
     );
     repo.commit("a job");
-    let d = daemon_with_token(&repo, "tok-susp-1");
+    // Far from the job's 1 January whatever today's date is (issue 33).
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[
+            ("TIDEKEEPER_API_TOKEN", "tok-susp-1"),
+            ("TIDEKEEPER_NOW", "2026-06-15T12:00:00Z"),
+        ],
+    );
     d.wait_applied(&head(&repo), Duration::from_secs(30));
     let cli = |args: &[&str]| tk_at(&d, "tok-susp-1", args);
     // Not without the token.

@@ -67,10 +67,10 @@ fn a_rolling_upgrade_reboots_one_host_at_a_time_and_stops_at_a_failed_health_gat
 fn a_job_that_would_outlast_its_window_does_not_start() {
     let bed = Testbed::start(1);
     let repo = FleetRepo::minimal(&bed, &[("base", "packages:\n  present: [jq]\n")]);
-    // A window that is open now but closes within the job's timeout.
-    let now = chrono::Utc::now();
-    let start = (now - chrono::Duration::hours(3)).format("%H:%M");
-    let end = (now + chrono::Duration::minutes(20)).format("%H:%M");
+    // A window that is open at `now` but closes within the job's timeout;
+    // a fixed `now`, never today's clock (issue 33).
+    let now = "2026-06-15T12:00:00Z";
+    let (start, end) = ("09:00", "12:20");
     repo.write(
         "schedules.yaml",
         &format!(
@@ -79,7 +79,7 @@ fn a_job_that_would_outlast_its_window_does_not_start() {
         ),
     );
     repo.commit("tidy job");
-    let out = repo.tk(&["schedule", "run", "tidy"]);
+    let out = repo.tk(&["schedule", "run", "tidy", "--now", now]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         stdout(&out).contains("not started: the window closes at"),
@@ -93,7 +93,7 @@ fn a_job_that_would_outlast_its_window_does_not_start() {
         .replace("timeout: 1h", "timeout: 10m");
     repo.write("schedules.yaml", &fits);
     repo.commit("shorter");
-    let out = repo.tk(&["schedule", "run", "tidy"]);
+    let out = repo.tk(&["schedule", "run", "tidy", "--now", now]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(bed.ssh(0, "test -e /etc/tk-tidied").status.success());
 }

@@ -884,3 +884,111 @@ async fn a_host_unreachable_for_longer_than_the_limit_is_announced() {
     wait_seen(&r, "host_unreachable", "resolved", "gone").await;
     d.stop().await;
 }
+
+/// Issue 33: a drift check of a quarantined commit found the host "synced"
+/// and sent the apply_failed alert as resolved, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_stays_firing_through_drift_checks_until_a_commit_applies() {
+    let tmp = TempDir::new("notify-failed-apply");
+    let r = Receivers::start(0).await;
+    let notify = "notify:\n  sinks:\n    hook: {type: webhook, url: {secret: hook-url}, secret: {secret: hook-key}}\n  routes:\n    - sinks: [hook]\n      events: [apply_failed]\n";
+    let secrets = [
+        ("hook-url", r.url("/hook")),
+        ("hook-key", WEBHOOK_SECRET.to_string()),
+    ];
+    let secrets: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let f = fleet(tmp.path(), notify, &secrets);
+    let state = tmp.path().join("state");
+    let d = start(&f, &state).await;
+
+    std::fs::write(
+        f.repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\ncommands:\n  - {name: will-fail, run: \"echo boom >&2; exit 3\"}\n",
+    )
+    .unwrap();
+    let bad = commit(&f.repo, "a failing command");
+    d.shared.poke();
+    until("the commit quarantined", Duration::from_secs(30), || {
+        d.quarantined().as_deref() == Some(bad.as_str())
+    })
+    .await;
+    until("apply_failed firing", Duration::from_secs(30), || {
+        r.of("webhook").iter().any(|m| m["status"] == "firing")
+    })
+    .await;
+    // Drift checks plan the quarantined commit again: the host is not synced
+    // (the command is still to run), and nothing is resolved.
+    for _ in 0..2 {
+        let before = d.reconciles("a");
+        d.shared
+            .scheduler
+            .now(tidekeeper::daemon::scheduler::Request::Drift);
+        until("a drift check", Duration::from_secs(30), || {
+            d.reconciles("a") > before
+        })
+        .await;
+    }
+    counts_settle(&d).await;
+    let sent = r.of("webhook");
+    assert!(
+        sent.iter().all(|m| m["status"] == "firing"),
+        "resolved while still quarantined: {sent:#?}"
+    );
+    let host = d.shared.status.lock().unwrap().hosts["a"].clone();
+    assert_eq!(host.state.word(), "drifted", "{host:?}");
+    assert!(
+        host.drift.iter().any(|c| c.contains("will-fail")),
+        "{host:?}"
+    );
+
+    // A commit that applies: resolved, once per host.
+    std::fs::write(
+        f.repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"v2\\n\"}\n",
+    )
+    .unwrap();
+    let good = commit(&f.repo, "no failing command");
+    d.shared.poke();
+    until("the fix applied", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(good.as_str())
+    })
+    .await;
+    counts_settle(&d).await;
+    let resolved = r
+        .of("webhook")
+        .into_iter()
+        .filter(|m| m["status"] == "resolved")
+        .count();
+    assert_eq!(resolved, 2, "{:#?}", r.of("webhook"));
+    d.stop().await;
+}
+
+/// Issue 33: a state file that cannot be read is set aside, named in a
+/// warning and in /status, never dropped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_state_files_are_set_aside_and_named_in_status() {
+    let tmp = TempDir::new("notify-state-files");
+    let f = fleet(tmp.path(), "", &[]);
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for name in ["proposals.json", "history.json", "notify.json"] {
+        std::fs::write(state.join(name), b"{\"truncated\": ").unwrap();
+    }
+    let d = start(&f, &state).await;
+    let status: serde_json::Value = serde_json::from_str(&get(d.addr, "/status").await).unwrap();
+    let named: Vec<String> = status["unreadable_state"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no unreadable_state in {status}"))
+        .iter()
+        .map(|u| u["kept_as"].as_str().unwrap().to_string())
+        .collect();
+    for name in ["proposals.json", "history.json", "notify.json"] {
+        let kept = state.join(format!("{name}.unreadable"));
+        assert!(
+            named.contains(&kept.display().to_string()),
+            "{name} not named: {named:?}"
+        );
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{\"truncated\": ");
+    }
+    d.stop().await;
+}

@@ -25,4 +25,5 @@ mod schema;
 mod stacks;
 mod template;
 mod testbed;
+mod truth;
 mod validate;

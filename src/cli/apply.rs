@@ -87,17 +87,12 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     }
     let failed = done.hosts.iter().filter(|r| r.error.is_some()).count()
         + done.cloud.iter().filter(|o| o.error.is_some()).count();
-    // Counted as the plan's line was: what was applied, on the hosts that were.
-    let applied = engine::render::totals(
-        &done
-            .hosts
-            .iter()
-            .filter(|r| r.error.is_none())
-            .collect::<Vec<_>>(),
-    );
+    // Counted from what each host reported done, failed hosts included:
+    // the totals are what changed on the hosts, not what was planned.
+    let applied = engine::render::done_totals(&done.hosts);
     if failed > 0 {
         println!(
-            "{failed} host{} or server{} failed; the others were applied: {}.",
+            "{failed} host{} or server{} failed; done in all: {}.",
             plural(failed),
             plural(failed),
             applied.done()

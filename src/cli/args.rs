@@ -97,6 +97,8 @@ pub enum ScheduleCommand {
         /// How many upcoming runs to show per job.
         #[arg(long, default_value_t = 3)]
         next: usize,
+        #[command(flatten)]
+        now: NowArg,
     },
     /// Run a job now (its window is still respected unless --ignore-window).
     Run {
@@ -111,7 +113,34 @@ pub enum ScheduleCommand {
         /// Run even outside the job's maintenance window (by hand, on purpose).
         #[arg(long)]
         ignore_window: bool,
+        #[command(flatten)]
+        now: NowArg,
     },
+}
+
+/// The time a schedule is read at.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NowArg {
+    /// Read the schedule as if it were this time (RFC 3339, e.g.
+    /// 2027-01-01T00:30:00Z): windows, power periods and next runs
+    /// (default: the machine's clock).
+    #[arg(long, value_name = "TIME", value_parser = parse_now)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl NowArg {
+    pub fn clock(&self) -> crate::clock::Clock {
+        match self.now {
+            Some(t) => crate::clock::Clock::starting_at(t),
+            None => crate::clock::Clock::system(),
+        }
+    }
+}
+
+fn parse_now(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}; write a time like 2027-01-01T00:30:00Z"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -167,9 +196,16 @@ pub enum SecretsCommand {
         #[command(flatten)]
         keys: SecretKeys,
     },
-    /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again.
+    /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again,
+    /// to the same number of recipients or more (never fewer).
     Edit {
         name: String,
+        #[command(flatten)]
+        keys: SecretKeys,
+    },
+    /// Encrypt every secrets/*.age again to the recipients in
+    /// secrets/.recipients (after adding or removing a person).
+    Rekey {
         #[command(flatten)]
         keys: SecretKeys,
     },
@@ -180,7 +216,8 @@ pub struct SecretKeys {
     /// The config repo's work tree.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
-    /// age public keys to encrypt to (repeatable); default: the identity's own.
+    /// age public keys to encrypt to (repeatable); default: the keys in
+    /// secrets/.recipients, else the identity's own.
     #[arg(long = "recipient", value_name = "AGE1…")]
     pub recipients: Vec<String>,
     /// The age identity (its text), as the daemon gets it.

@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
     match cmd {
-        ScheduleCommand::List { repo, next } => {
+        ScheduleCommand::List { repo, next, now } => {
             let tree = match read_tree(&repo) {
                 Ok(t) => t,
                 Err(c) => return c,
@@ -17,7 +17,7 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 println!("No maintenance jobs (schedules.yaml).");
                 return EXIT_OK;
             }
-            let now = chrono::Utc::now();
+            let now = now.clock().now();
             // Prices for what power schedules save (only when the provider answers).
             let power = fleet
                 .jobs
@@ -74,13 +74,14 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
             hosts,
             json,
             ignore_window,
+            now,
         } => {
             let only = hosts.hosts.clone();
             let args = HostArgs {
                 hosts: vec![],
                 ..hosts
             };
-            let (fleet, _, opts, _) = match prepare(&repo, &args) {
+            let (fleet, _, mut opts, _) = match prepare(&repo, &args) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
@@ -92,6 +93,7 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
                 );
                 return EXIT_ERROR;
             };
+            opts.clock = now.clock();
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let mut j = j.clone();
             if ignore_window {

@@ -44,14 +44,29 @@ pub fn observations(
         };
         let name = h.name.as_str();
         let subject = format!("host {name}");
-        let error = hs.last_error.clone().unwrap_or_default();
-        let (failed, rolled_back) = match (hs.state, hs.error_kind) {
-            (HostState::Failed, Some(HostError::RolledBack)) => (Seen::Unknown, NOW),
-            (HostState::Failed, _) => (NOW, Seen::Unknown),
-            (HostState::Synced | HostState::Drifted, _) => (Seen::Fine, Seen::Fine),
-            (HostState::Pending | HostState::Unreachable, _) => (Seen::Unknown, Seen::Unknown),
+        let mut error = hs.last_error.clone().unwrap_or_default();
+        // An apply that failed stays a problem until an apply succeeds on
+        // the host, whatever drift checks of the same commit say since.
+        let (failed, rolled_back) = match (&hs.failed_apply, hs.state, hs.error_kind) {
+            (Some(f), _, _) => {
+                error = f.error.clone();
+                if f.kind == HostError::RolledBack {
+                    (Seen::Unknown, NOW)
+                } else {
+                    (NOW, Seen::Unknown)
+                }
+            }
+            (None, HostState::Failed, Some(HostError::RolledBack)) => (Seen::Unknown, NOW),
+            (None, HostState::Failed, _) => (NOW, Seen::Unknown),
+            (None, HostState::Synced | HostState::Drifted, _) => (Seen::Fine, Seen::Fine),
+            (None, HostState::Pending | HostState::Unreachable, _) => {
+                (Seen::Unknown, Seen::Unknown)
+            }
         };
-        let result = hs.last_result.clone().unwrap_or_default();
+        let result = match &hs.failed_apply {
+            Some(_) => "apply failed".to_string(),
+            None => hs.last_result.clone().unwrap_or_default(),
+        };
         let mut o = obs(
             format!("host/{name}/apply_failed"),
             EventKind::ApplyFailed,
@@ -64,7 +79,10 @@ pub fn observations(
             },
             failed,
         );
-        o.details = hs.last_error.iter().cloned().collect();
+        o.details = (!error.is_empty())
+            .then(|| error.clone())
+            .into_iter()
+            .collect();
         out.push(o);
         out.push(obs(
             format!("host/{name}/rolled_back"),
@@ -458,6 +476,49 @@ mod tests {
             a.active.len() == 1,
             "only the drift is left: {:?}",
             a.active.keys()
+        );
+    }
+
+    /// Issue 33: a drift check of a quarantined commit found the host
+    /// "synced" and resolved the apply_failed alert with nothing changed.
+    #[test]
+    fn a_failed_apply_stays_firing_through_drift_checks_until_an_apply_succeeds() {
+        let mut a = Alerts::default();
+        let mut st = FleetStatus::default();
+        let mut h = host("a", HostState::Failed, Some(HostError::StepFailed));
+        h.failed_apply = Some(crate::daemon::status::FailedApply {
+            commit: "c1".into(),
+            error: "command will-fail: boom".into(),
+            kind: HostError::StepFailed,
+        });
+        st.hosts.insert("a".into(), h.clone());
+        let e = fire(&mut a, &st, 0, false);
+        assert!(
+            e.iter()
+                .any(|(k, s)| k == "apply_failed" && s.starts_with("Firing")),
+            "{e:?}"
+        );
+        // The drift check plans the same commit: no error of its own.
+        for state in [HostState::Synced, HostState::Drifted] {
+            h.state = state;
+            h.last_error = None;
+            h.error_kind = None;
+            st.hosts.insert("a".into(), h.clone());
+            let e = fire(&mut a, &st, 1, false);
+            assert!(
+                !e.iter().any(|(k, _)| k == "apply_failed"),
+                "still firing, not resolved: {e:?}"
+            );
+        }
+        // An apply succeeds: resolved.
+        h.failed_apply = None;
+        h.state = HostState::Synced;
+        st.hosts.insert("a".into(), h);
+        let e = fire(&mut a, &st, 2, false);
+        assert!(
+            e.iter()
+                .any(|(k, s)| k == "apply_failed" && s.starts_with("Resolved")),
+            "{e:?}"
         );
     }
 

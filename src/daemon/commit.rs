@@ -297,7 +297,12 @@ impl Loop {
         let applied =
             |r: &HostResult| r.error.is_none() && r.plan.as_ref().is_some_and(|p| p.has_changes());
         let counted: Vec<&HostResult> = results.iter().filter(|r| applied(r)).collect();
-        let t = engine::render::totals(&counted);
+        // An apply counts what the hosts reported done, failed ones too.
+        let t = if apply {
+            engine::render::done_totals(results)
+        } else {
+            engine::render::totals(&counted)
+        };
         let changed = t.add + t.change + t.destroy + t.run;
         let run = Run {
             at: at.clone(),
@@ -740,24 +745,32 @@ pub(super) fn host_status(
             } else {
                 HostState::Failed
             };
+            // An unreachable host has an alert of its own.
+            if applied && h.state == HostState::Failed {
+                h.failed_apply = Some(super::status::FailedApply {
+                    commit: commit.to_string(),
+                    error: error.clone(),
+                    kind,
+                });
+            }
             h.last_error = Some(error);
-            h.last_result = Some(
-                if applied {
-                    "apply failed"
-                } else {
-                    "plan failed"
-                }
-                .into(),
-            );
+            h.last_result = Some(match (applied, r.done.filter(|d| !d.is_empty())) {
+                // What the host reported done before the failure, as the CLI counts it.
+                (true, Some(d)) => format!("apply failed after {}", d.done_short()),
+                (true, None) => "apply failed".into(),
+                (false, _) => "plan failed".into(),
+            });
         }
         (HostOutcome::Applied, Some(p)) => {
+            h.failed_apply = None;
             h.last_error = None;
             h.state = HostState::Synced;
             h.applied_commit = Some(commit.to_string());
             h.drift.clear();
             h.last_result = Some(if p.has_changes() {
-                // Counted as the plan and the CLI count it.
-                format!("applied: {}", engine::render::Totals::of(p).done_short())
+                // Counted as the CLI counts it: what the host reported done.
+                let done = r.done.unwrap_or_else(|| engine::render::Totals::of(p));
+                format!("applied: {}", done.done_short())
             } else {
                 "no changes".into()
             });

@@ -115,25 +115,21 @@ pub struct Board {
 }
 
 impl Board {
-    fn open(state_dir: &std::path::Path) -> Board {
+    fn open(state_dir: &std::path::Path) -> (Board, Option<crate::state_file::Unreadable>) {
         let file = state_dir.join("history.json");
-        let history = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Board {
+        let (history, unreadable) = crate::state_file::read(&file);
+        let board = Board {
             history,
             file: Some(file),
             ..Default::default()
-        }
+        };
+        (board, unreadable)
     }
 
     /// Written atomically; a failure costs only history.
     pub fn save(&self) {
         let Some(file) = &self.file else { return };
-        let tmp = file.with_extension("json.tmp");
-        let text = serde_json::to_vec(&self.history).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, file)) {
+        if let Err(e) = crate::state_file::write(file, &self.history) {
             warn!(error = %e, "cannot keep the dashboard's history in the state directory");
         }
     }
@@ -166,6 +162,8 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, reason: String },
     #[error("state directory {path}: {reason}")]
     State { path: String, reason: String },
+    #[error("{0}")]
+    Clock(String),
 }
 
 /// Diagnostics as `file:line:col` lines.
@@ -503,6 +501,7 @@ impl Loop {
 /// Run the daemon until SIGTERM or SIGINT: binds `cfg.listen` and installs
 /// the signal handlers, then [`serve`]s.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let clock = Clock::from_env().map_err(DaemonError::Clock)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| DaemonError::Listen {
@@ -517,7 +516,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    serve(listener, signal, Clock::system(), cfg, |_| {}).await
+    serve(listener, signal, clock, cfg, |_| {}).await
 }
 
 /// The daemon on `listener` until `shutdown` completes. The listener, the
@@ -545,10 +544,21 @@ pub async fn serve(
         cfg.git.clone(),
     )?;
     let sched = Arc::new(Scheduler::default());
+    // Every state file is read here, at start; what cannot be read is set
+    // aside and shown in /status until the daemon restarts.
+    let (notifier, unreadable_notify) =
+        crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
+    let (board, unreadable_history) = Board::open(&cfg.state_dir);
+    let (record, unreadable_record) = proposals::load_record(&cfg.state_dir);
+    let unreadable_state: Vec<_> = [unreadable_notify, unreadable_history, unreadable_record]
+        .into_iter()
+        .flatten()
+        .collect();
     let shared = Arc::new(Shared {
         status: Mutex::new(FleetStatus {
             repo: cfg.repo.clone(),
             branch: cfg.branch.clone(),
+            unreadable_state,
             ..Default::default()
         }),
         metrics: Mutex::new(Metrics::default()),
@@ -557,8 +567,8 @@ pub async fn serve(
         webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
         api_token: cfg.api_token.clone().map(String::into_bytes),
         stale: Mutex::new(BTreeMap::new()),
-        notifier: crate::notify::deliver::Notifier::open(Some(&cfg.state_dir)),
-        board: Mutex::new(Board::open(&cfg.state_dir)),
+        notifier,
+        board: Mutex::new(board),
     });
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
@@ -576,7 +586,6 @@ pub async fn serve(
     };
     started(shared.clone());
     let stop = Arc::new(Notify::new());
-    let record = proposals::load_record(&cfg.state_dir);
     let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
     let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
     let lp = Loop {

@@ -57,20 +57,15 @@ pub type Record = BTreeMap<String, Seen>;
 
 const FILE: &str = "proposals.json";
 
-pub fn load_record(state_dir: &Path) -> Record {
-    std::fs::read(state_dir.join(FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+/// The record of planned heads; an unreadable one is set aside and named
+/// (the proposals are then planned again: that rebuilds it).
+pub fn load_record(state_dir: &Path) -> (Record, Option<crate::state_file::Unreadable>) {
+    crate::state_file::read(&state_dir.join(FILE))
 }
 
-/// Written atomically (temp file + rename): a crash leaves the old record.
+/// Written atomically: a crash leaves the old record.
 fn save_record(state_dir: &Path, r: &Record) {
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(r).unwrap_or_default();
-    if let Err(e) =
-        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, state_dir.join(FILE)))
-    {
+    if let Err(e) = crate::state_file::write(&state_dir.join(FILE), r) {
         warn!(error = %e, "cannot record the planned proposals in the state directory");
     }
 }
@@ -498,17 +493,29 @@ mod tests {
             },
         );
         save_record(&dir, &r);
-        assert_eq!(load_record(&dir), r);
+        assert_eq!(load_record(&dir), (r, None));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn a_missing_or_garbled_record_is_empty() {
+    fn a_missing_record_is_empty_and_a_garbled_one_is_set_aside_and_named() {
         let dir = std::env::temp_dir().join(format!("tk-proposals-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(load_record(&dir).is_empty());
+        assert_eq!(load_record(&dir), (Record::new(), None));
         std::fs::write(dir.join(FILE), "{not json").unwrap();
-        assert!(load_record(&dir).is_empty());
+        let (r, unreadable) = load_record(&dir);
+        assert!(r.is_empty());
+        assert!(
+            unreadable
+                .unwrap()
+                .kept_as
+                .ends_with("proposals.json.unreadable"),
+            "issue 33: never dropped without a word"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("proposals.json.unreadable")).unwrap(),
+            b"{not json"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -64,6 +64,19 @@ pub struct HostStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<crate::engine::HostError>,
     pub duration_ms: Option<u64>,
+    /// The last apply on this host that failed, until an apply succeeds
+    /// there: a drift check that plans the same commit again does not make
+    /// the failure go away (issue 33).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_apply: Option<FailedApply>,
+}
+
+/// An apply that failed on a host, kept until one succeeds there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailedApply {
+    pub commit: String,
+    pub error: String,
+    pub kind: crate::engine::HostError,
 }
 
 impl HostStatus {
@@ -78,6 +91,7 @@ impl HostStatus {
             last_error: None,
             error_kind: None,
             duration_ms: None,
+            failed_apply: None,
         }
     }
 }
@@ -140,6 +154,9 @@ pub struct FleetStatus {
     /// by an operator over HTTP (kept on the status branch across restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// State files that could not be read at start and were set aside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_state: Vec<crate::state_file::Unreadable>,
     /// The rollout of the last commit applied in stages: in progress, done
     /// or stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,6 +26,11 @@ use super::sh::HEREDOC as EOF;
 #[derive(Debug, Clone)]
 pub struct Step {
     pub what: String,
+    /// The planned changes this step completes (kind, id): what a failed
+    /// run counts as done when the step reported success.
+    pub carries: Vec<(ResourceKind, String)>,
+    /// The handler this step runs, if it is one.
+    pub handler: Option<String>,
 }
 
 pub struct Script {
@@ -44,6 +49,8 @@ struct Builder {
     staged: std::collections::HashMap<String, usize>,
     /// How many staging directories there are.
     staging_dirs: usize,
+    /// The changes the next step completes (taken by [`Builder::step`]).
+    carry: Vec<(ResourceKind, String)>,
 }
 
 impl Builder {
@@ -52,8 +59,40 @@ impl Builder {
         let n = self.steps.len();
         self.text
             .push_str(&format!("s{n}() {{\n{body}}}\nrun {n} s{n}\n"));
-        self.steps.push(Step { what });
+        self.steps.push(Step {
+            what,
+            carries: std::mem::take(&mut self.carry),
+            handler: None,
+        });
     }
+
+    /// The next step completes these changes.
+    fn carrying<'c>(&mut self, changes: impl IntoIterator<Item = &'c Change>) {
+        self.carry = changes
+            .into_iter()
+            .map(|c| (c.kind, c.id.clone()))
+            .collect();
+    }
+}
+
+/// What a run that stopped after its first `completed` steps did of the
+/// plan, counted as the plan counts: a change is done when every step that
+/// carries it reported success (steps run in order and stop at the first
+/// failure); a handler when its step did.
+pub fn done(plan: &HostPlan, steps: &[Step], completed: usize) -> super::render::Totals {
+    let completed = completed.min(steps.len());
+    let (ok, not) = steps.split_at(completed);
+    let carried = |set: &[Step], c: &Change| {
+        set.iter()
+            .any(|s| s.carries.iter().any(|(k, id)| *k == c.kind && *id == c.id))
+    };
+    let mut done = plan.clone();
+    done.changes.retain(|c| carried(ok, c) && !carried(not, c));
+    done.handlers.retain(|h| {
+        ok.iter()
+            .any(|s| s.handler.as_deref() == Some(h.name.as_str()))
+    });
+    super::render::Totals::of(&done)
 }
 
 /// The inventory as JSON, written atomically by the script.
@@ -109,6 +148,7 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
         written: vec![],
         staged: Default::default(),
         staging_dirs: 0,
+        carry: vec![],
     };
     b.text
         .push_str(&super::sh::apply_prelude(root, &state, run_id));
@@ -155,10 +195,16 @@ pub fn script(plan: &HostPlan, root: &str, run_id: &str, guard: Option<&GuardSet
 
     change_steps(&mut b, plan, &desired);
     check_and_prune_steps(&mut b, plan);
+    // The whole inventory folds in the steps recorded one by one.
     let mut final_inv = if plan.inventory == plan.previous_inventory {
         String::new()
     } else {
-        write_inventory("\"$S\"", &plan.inventory)
+        format!(
+            "{}rm -f \"$S/{}\" \"$S/{}\" || return\n",
+            write_inventory("\"$S\"", &plan.inventory),
+            super::observed::RAN,
+            super::observed::FAILED
+        )
     };
     for h in &plan.settled_handlers {
         final_inv.push_str(&format!("paid {} || return\n", q(h)));
@@ -329,6 +375,7 @@ fn new_files_step(b: &mut Builder, changes: &[&Change]) {
         .map(|f| (f.sha256.clone(), format!("{}{}", b.root, f.path)))
         .collect();
     b.written.extend(written);
+    b.carrying(changes.iter().copied());
     b.step(what, body);
 }
 
@@ -350,10 +397,14 @@ fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
             format!("handler {} ({})", h.name, h.command),
             format!("{} || return\npaid {} || return\n", h.command, q(&h.name)),
         );
+        if let Some(last) = b.steps.last_mut() {
+            last.handler = Some(h.name.clone());
+        }
     }
     // Prune only once everything else succeeded.
     for c in plan.changes.iter().filter(|c| c.prune) {
         if let Some(body) = prune(&b.root, c.kind, &c.id) {
+            b.carrying([c]);
             b.step(
                 format!("{} {} (no longer in the config)", c.kind, c.id),
                 body,
@@ -377,6 +428,10 @@ fn check_and_prune_steps(b: &mut Builder, plan: &HostPlan) {
 /// the plan will manage, what it prunes, and what was managed before.
 fn touched(plan: &HostPlan) -> Inventory {
     let mut union = plan.inventory.clone();
+    // Which commands ran and which stacks are up is recorded by each step
+    // once it succeeded, never ahead of it (issue 33).
+    union.commands = plan.previous_inventory.commands.clone();
+    union.stacks = plan.previous_inventory.stacks.clone();
     for c in &plan.changes {
         if c.prune
             && !union
@@ -420,11 +475,18 @@ fn package_steps(b: &mut Builder, desired: &[&Change], updated: bool) {
     if fw_needs_ufw && !install.iter().any(|p| p == "ufw") {
         install.push("ufw".into());
     }
+    let packages = |delete: bool| {
+        desired.iter().copied().filter(move |c| {
+            matches!(c.item, Some(Item::Package { .. })) && (c.action == Action::Delete) == delete
+        })
+    };
     if let Some(body) = kinds::package::install(&install, &upgrade, updated) {
         let names: Vec<&str> = install.iter().chain(&upgrade).map(String::as_str).collect();
+        b.carrying(packages(false));
         b.step(format!("install packages {}", names.join(" ")), body);
     }
     if !remove.is_empty() {
+        b.carrying(packages(true));
         b.step(
             format!("remove packages {}", remove.join(" ")),
             kinds::package::remove(&remove),
@@ -490,15 +552,26 @@ fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
         Item::Stack {
             name,
             dir,
+            hash,
             health,
             health_timeout_secs,
             ..
         } => {
-            b.step(what, stack::apply(&root, name, dir));
-            if !health.is_empty() {
+            // Recorded as up only once it is up and healthy.
+            let record = stack::record(name, hash);
+            if health.is_empty() {
+                b.carrying([c]);
+                b.step(what, format!("{}{record}", stack::apply(&root, name, dir)));
+            } else {
+                b.carrying([c]);
+                b.step(what, stack::apply(&root, name, dir));
+                b.carrying([c]);
                 b.step(
                     format!("stack {name} health"),
-                    super::health::wait_script(health, *health_timeout_secs),
+                    format!(
+                        "{}{record}",
+                        super::health::wait_script(health, *health_timeout_secs)
+                    ),
                 );
             }
             return;
@@ -510,6 +583,7 @@ fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
         Item::Command(cmd) => format!("command {}", cmd.name),
         _ => what,
     };
+    b.carrying([c]);
     b.step(what, body);
 }
 

@@ -219,6 +219,9 @@ pub struct HostResult {
     /// What kind of error `error` is.
     pub error_kind: Option<HostError>,
     pub outcome: Option<Outcome>,
+    /// What an apply did, counted from the steps that reported success
+    /// (on a failed host too); None when nothing was applied.
+    pub done: Option<render::Totals>,
     pub elapsed: Duration,
 }
 
@@ -261,6 +264,7 @@ impl HostResult {
             error: None,
             error_kind: None,
             outcome: None,
+            done: None,
             elapsed: Duration::ZERO,
         }
     }
@@ -973,6 +977,15 @@ async fn apply_with(
             outcome = Outcome::Interrupted { completed: 0 };
         }
     }
+    // Counted from what the host reported done, never from the plan alone
+    // (a rolled-back run did nothing that stayed).
+    p.done = Some(match &outcome {
+        Outcome::Done { .. } => render::Totals::of(plan),
+        Outcome::Failed { completed, .. } | Outcome::Interrupted { completed } => {
+            apply::done(plan, &script.steps, *completed)
+        }
+        Outcome::Locked => render::Totals::default(),
+    });
     match &outcome {
         Outcome::Done { .. } => progress(Event::Applied {
             host: p.host.clone(),

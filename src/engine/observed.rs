@@ -37,6 +37,8 @@ pub struct Observed {
     pub inventory: Inventory,
     /// Handlers a failed earlier run still owes.
     pub pending_handlers: Vec<String>,
+    /// Commands whose last run failed, and how ("failed at …: exit 3").
+    pub failed: BTreeMap<String, String>,
     /// Ancestor directories of managed paths that are symlinks not owned by
     /// root: (path, owner, target). Writing through them could land anywhere.
     pub unsafe_parents: Vec<(String, String)>,
@@ -141,6 +143,14 @@ pub struct FirewallState {
     /// Rules in forms tidekeeper does not write (left alone).
     pub foreign: Vec<String>,
 }
+
+/// Steps that completed since the inventory was last written whole, one
+/// line each (`kind\tname\tchecksum`), appended by the step itself right
+/// after it succeeded; the next whole write of the inventory folds them in.
+pub const RAN: &str = "ran";
+/// Commands that failed since the inventory was last written whole
+/// (`name\twhen\texit code`): why the next plan runs them again.
+pub const FAILED: &str = "failed";
 
 /// What tidekeeper manages on a host, kept in `/var/lib/tidekeeper/inventory.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -71,11 +71,17 @@ pub fn script_after(items: &[Item], root: &str, content: ContentCheck, first: &s
     s.push_str(&format!(
         "[ -f {inv} ] && printf '{inventory}\\t%s\\n' \"$(base64 -w0 < {inv})\"\n\
          [ -f {pend} ] && sed 's/^/{handler}\\t/' {pend}\n\
+         [ -f {ran} ] && sed 's/^/{ran_tag}\\t/' {ran}\n\
+         [ -f {failed} ] && sed 's/^/{failed_tag}\\t/' {failed}\n\
          printf '{end}\\tend\\n'\n",
         inv = q(&format!("{state}/inventory.json")),
         pend = q(&format!("{state}/pending-handlers")),
+        ran = q(&format!("{state}/{RAN}")),
+        failed = q(&format!("{state}/{FAILED}")),
         inventory = Tag::Inventory,
         handler = Tag::Handler,
+        ran_tag = Tag::Ran,
+        failed_tag = Tag::Failed,
         end = Tag::End,
     ));
     s
@@ -89,6 +95,7 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
     let mut ended = false;
     let mut settled: Option<&str> = None;
     let mut moved = std::collections::BTreeSet::new();
+    let mut ran = Vec::new();
     for line in out.lines() {
         let (tag, record) = line.split_once('\t').unwrap_or((line, ""));
         let Some(tag) = Tag::parse(tag) else { continue };
@@ -103,6 +110,14 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
                 moved.insert(strip(root, record));
             }
             Tag::Recorded => o.recorded = Some(record.trim().to_string()),
+            Tag::Ran => ran.push(record),
+            Tag::Failed => {
+                let mut f = record.splitn(3, '\t');
+                if let (Some(name), Some(at), Some(code)) = (f.next(), f.next(), f.next()) {
+                    o.failed
+                        .insert(name.to_string(), format!("failed at {at}: exit {code}"));
+                }
+            }
             _ => {
                 read(&mut o, &mut units, &mut ufw, tag, record, root, items)
                     .map_err(|_| ProbeError::Garbled(line.chars().take(200).collect()))?;
@@ -114,6 +129,20 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
     }
     o.units = units.finish(items);
     o.firewall = ufw.finish();
+    // In the order they ran: the last record of a name stands.
+    for r in ran {
+        let mut f = r.splitn(3, '\t');
+        match (f.next(), f.next(), f.next()) {
+            (Some("command"), Some(name), Some(sum)) => {
+                o.inventory.commands.insert(name.into(), sum.into());
+                o.failed.remove(name);
+            }
+            (Some("stack"), Some(name), Some(sum)) => {
+                o.inventory.stacks.insert(name.into(), sum.into());
+            }
+            _ => return Err(ProbeError::Garbled(r.chars().take(200).collect())),
+        }
+    }
     if let Some(record) = settled {
         use_settled(&mut o, record, &moved, items);
     }
@@ -239,7 +268,13 @@ fn read(
                 o.pending_handlers.push(h);
             }
         }
-        Tag::End | Tag::Inventory | Tag::Settled | Tag::Moved | Tag::Recorded => {}
+        Tag::End
+        | Tag::Inventory
+        | Tag::Settled
+        | Tag::Moved
+        | Tag::Recorded
+        | Tag::Ran
+        | Tag::Failed => {}
     }
     Ok(())
 }

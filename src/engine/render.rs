@@ -92,6 +92,22 @@ pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
     t
 }
 
+/// What applies did, over hosts that failed too: counted from the steps
+/// each host reported done.
+pub fn done_totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
+    let mut t = Totals::default();
+    for r in results {
+        let r = r.borrow();
+        if r.error.is_some() {
+            t.errors += 1;
+        }
+        if let Some(d) = &r.done {
+            t.add_up(d);
+        }
+    }
+    t
+}
+
 fn indent(text: &str, by: &str) -> String {
     text.lines().map(|l| format!("{by}{l}\n")).collect()
 }
@@ -267,11 +283,19 @@ pub fn apply_summary(results: &[HostResult]) -> String {
     for r in results {
         let secs = r.elapsed.as_secs_f64();
         let line = match (&r.error, &r.plan) {
-            (Some(e), _) => format!(
-                "{:<16} FAILED  {}",
-                r.host,
-                indent(e, "                 ").trim_start()
-            ),
+            (Some(e), _) => {
+                // What it did before it stopped, so the totals add up.
+                let done = r
+                    .done
+                    .filter(|d| !d.is_empty())
+                    .map(|d| format!("done before it stopped: {}\n", d.done_short()))
+                    .unwrap_or_default();
+                format!(
+                    "{:<16} FAILED  {}",
+                    r.host,
+                    indent(&format!("{done}{e}"), "                 ").trim_start()
+                )
+            }
             (None, Some(p)) if !p.has_changes() => {
                 format!("{:<16} ok      no changes ({secs:.1}s)", r.host)
             }

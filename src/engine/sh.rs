@@ -237,12 +237,18 @@ pub enum Tag {
     Moved,
     /// The SHA-256 of the stat cache this probe recorded.
     Recorded,
+    /// A step that completed since the inventory was last written whole:
+    /// kind (`command`, `stack`), name, checksum.
+    Ran,
+    /// A command that failed since the inventory was last written whole:
+    /// name, when (UTC), exit code.
+    Failed,
     /// The end marker: output that lacks it was cut short.
     End,
 }
 
 impl Tag {
-    pub const ALL: [Tag; 25] = [
+    pub const ALL: [Tag; 27] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -267,6 +273,8 @@ impl Tag {
         Tag::Settled,
         Tag::Moved,
         Tag::Recorded,
+        Tag::Ran,
+        Tag::Failed,
         Tag::End,
     ];
 
@@ -297,6 +305,8 @@ impl Tag {
             Tag::Settled => "V",
             Tag::Moved => "M",
             Tag::Recorded => "R",
+            Tag::Ran => "RN",
+            Tag::Failed => "RF",
             Tag::End => "E",
         }
     }

@@ -132,28 +132,26 @@ impl Notifier {
     /// The notifier whose alerts and outbox live in `state_dir` (read back
     /// after a restart).
     pub fn open(state_dir: Option<&Path>) -> Notifier {
+        Notifier::open_reporting(state_dir).0
+    }
+
+    /// [`Notifier::open`], and the state file if it was unreadable (set
+    /// aside as `notify.json.unreadable`).
+    pub fn open_reporting(
+        state_dir: Option<&Path>,
+    ) -> (Notifier, Option<crate::state_file::Unreadable>) {
         let file = state_dir.map(|d| d.join("notify.json"));
-        let saved: Saved = file
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok().map(|b| (f, b)))
-            .and_then(|(f, b)| match serde_json::from_slice(&b) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    // Kept aside, not overwritten: what it held can still be read.
-                    let aside = f.with_extension("json.unreadable");
-                    let _ = std::fs::rename(f, &aside);
-                    warn!(error = %e, kept = %aside.display(), "notify.json in the state directory is unreadable; starting with no alerts");
-                    None
-                }
-            })
-            .unwrap_or_default();
+        let (saved, unreadable): (Saved, _) = match &file {
+            Some(f) => crate::state_file::read(f),
+            None => (Saved::default(), None),
+        };
         if !saved.outbox.is_empty() {
             info!(
                 waiting = saved.outbox.len(),
                 "messages from before the restart are waiting for delivery"
             );
         }
-        Notifier {
+        let n = Notifier {
             inner: Arc::new(Inner {
                 file,
                 state: Mutex::new(State {
@@ -164,7 +162,8 @@ impl Notifier {
                 }),
                 http: crate::http::client(ATTEMPT_TIMEOUT),
             }),
-        }
+        };
+        (n, unreadable)
     }
 
     /// Take the sinks and routes of a (trusted) config, and start a worker
@@ -446,10 +445,7 @@ fn save(inner: &Inner, st: &State) {
         "outbox": st.outbox,
         "stats": st.stats,
     });
-    let tmp = file.with_extension("json.tmp");
-    let res = std::fs::write(&tmp, serde_json::to_vec(&saved).expect("json"))
-        .and_then(|_| std::fs::rename(&tmp, file));
-    if let Err(e) = res {
+    if let Err(e) = crate::state_file::write(file, &saved) {
         warn!(error = %e, file = %file.display(), "cannot save the notification outbox");
     }
 }

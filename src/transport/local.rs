@@ -35,9 +35,17 @@ impl Local {
             .into_iter()
             .filter_map(keep)
             .collect();
-        let mut child = tokio::process::Command::new("sh")
-            .env_clear()
-            .envs(env)
+        let mut child = tokio::process::Command::new("sh");
+        child.env_clear().envs(env);
+        // Confined under a root: every script (jobs too) sees it as
+        // `$TK_ROOT` and starts there, never in the daemon's directory.
+        if !self.root.is_empty() {
+            child.env("TK_ROOT", &self.root);
+            if std::path::Path::new(&self.root).is_dir() {
+                child.current_dir(&self.root);
+            }
+        }
+        let mut child = child
             .arg("-c")
             .arg(runner_command(script.len(), false))
             .stdin(Stdio::piped())

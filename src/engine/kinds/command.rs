@@ -83,19 +83,32 @@ pub fn plan(c: &CommandResource, obs: &Observed) -> Option<Need> {
             Some(_) => None,
         }
     };
+    // A run that failed is not a run: say so beside why it runs.
+    let reason = reason.map(|r| match obs.failed.get(&c.name) {
+        Some(failed) => format!("{r}; {failed}"),
+        None => r,
+    });
     reason.map(|r| Need::new(Action::Run).note(r))
 }
 
 /// Apply: run it with its time limit and no input; its output goes to the
 /// step's error log.
+/// Only a run that exited 0 is recorded as run (in `$S/ran`, right after
+/// it); a failed one is recorded as failed, with when and its exit code.
 pub fn apply(c: &CommandResource) -> String {
+    let name = Word::quoted(&c.name);
     format!(
-        "{} </dev/null >&2 || return\n",
+        "{} </dev/null >&2; rc=$?\n\
+         if [ \"$rc\" -ne 0 ]; then printf '%s\\t%s\\t%s\\n' {name} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$rc\" >>\"$S/{failed}\"; return \"$rc\"; fi\n\
+         printf 'command\\t%s\\t%s\\n' {name} {sum} >>\"$S/{ran}\" || return\n",
         cmd("timeout")
             .word(Word::num(c.timeout_secs))
             .lit("sh")
             .lit("-c")
-            .arg(&c.run)
+            .arg(&c.run),
+        sum = hash(c),
+        ran = crate::engine::observed::RAN,
+        failed = crate::engine::observed::FAILED,
     )
 }
 
@@ -141,9 +154,19 @@ mod tests {
             "unguarded: nothing to ask"
         );
         let body = apply(&c);
-        assert_eq!(
-            body,
-            "timeout 300 sh -c 'echo it'\\''s done' </dev/null >&2 || return\n"
+        assert!(
+            body.starts_with("timeout 300 sh -c 'echo it'\\''s done' </dev/null >&2; rc=$?\n"),
+            "{body}"
+        );
+        // Recorded as run only after it exited 0, as failed otherwise.
+        let (failed, ran) = body.split_once("fi\n").unwrap();
+        assert!(failed.contains("\"$S/failed\"; return \"$rc\""), "{body}");
+        assert!(
+            ran.starts_with(&format!(
+                "printf 'command\\t%s\\t%s\\n' 'migrate db' {} >>\"$S/ran\"",
+                hash(&c)
+            )),
+            "{body}"
         );
         sh_n_step(&body);
     }
@@ -171,6 +194,15 @@ mod tests {
         assert_eq!(
             plan(&c, &obs).unwrap().note.as_deref(),
             Some("its command changed")
+        );
+        // Issue 33: a failed run says so, and runs again.
+        obs.failed.insert(
+            c.name.clone(),
+            "failed at 2026-12-06T10:00:00Z: exit 3".into(),
+        );
+        assert_eq!(
+            plan(&c, &obs).unwrap().note.as_deref(),
+            Some("its command changed; failed at 2026-12-06T10:00:00Z: exit 3")
         );
     }
 }

@@ -161,6 +161,17 @@ fn drift(services: &BTreeMap<String, Service>, containers: &[Container]) -> Opti
     (!images.is_empty()).then(|| format!("image changed: {}", images.join("; ")))
 }
 
+/// Record a stack as brought up with `hash` (in `$S/ran`), once `up` and
+/// its health checks succeeded.
+pub fn record(name: &str, hash: &str) -> String {
+    format!(
+        "printf 'stack\\t%s\\t%s\\n' {} {} >>\"$S/{}\" || return\n",
+        Word::quoted(name),
+        Word::quoted(hash),
+        crate::engine::observed::RAN
+    )
+}
+
 /// Apply: `up` in the stack's directory, with compose v2 (`docker compose`)
 /// where present, else v1.
 pub fn apply(root: &str, name: &str, dir: &str) -> String {

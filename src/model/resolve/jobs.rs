@@ -86,6 +86,7 @@ impl Loader<'_> {
         let alert = self.job_alert(j);
         let selected = self.job_hosts(j, fleet);
         let kind = self.job_kind(j, &o, &selected, hosts, fleet.secrets)?;
+        self.confined_hosts(j, &kind, &selected, hosts);
         if !cron_ok {
             return None;
         }
@@ -115,6 +116,43 @@ impl Loader<'_> {
             kind,
             origin: o,
         })
+    }
+
+    /// A host confined under `root:` is a directory of this machine, not a
+    /// machine: commands run there with `$TK_ROOT` and the root as their
+    /// working directory, like role commands; a backup or an upgrade would
+    /// act on the machine itself, so it is refused here (issue 33).
+    fn confined_hosts(
+        &mut self,
+        j: &raw::JobSpec,
+        kind: &JobKind,
+        selected: &[String],
+        hosts: &[Host],
+    ) {
+        if !matches!(kind, JobKind::Backup { .. } | JobKind::Upgrade { .. }) {
+            return;
+        }
+        for h in hosts.iter().filter(|h| selected.contains(&h.name)) {
+            if let Some(root) = h
+                .root
+                .as_deref()
+                .filter(|r| !r.trim_matches('/').is_empty())
+            {
+                self.err(
+                    at(SCHEDULES_FILE, &j.name)
+                        .error(
+                            "job-on-confined-host",
+                            format!(
+                                "job {:?} ({}) would run on this machine itself, but host {:?} is confined under {root:?}",
+                                j.name.value,
+                                kind.name(),
+                                h.name
+                            ),
+                        )
+                        .with_help("leave the host out of the job's hosts:, or use a command job, which runs inside the root with $TK_ROOT"),
+                );
+            }
+        }
     }
 
     /// `alert:`: what the job's failure is reported as.
@@ -232,9 +270,7 @@ impl Loader<'_> {
             return None;
         }
         Some(if let Some(b) = &j.backup {
-            if !secrets.contains(&b.password_secret.value) {
-                self.err(missing_secret(file, &b.password_secret));
-            }
+            self.use_secret(file, &b.password_secret, secrets);
             for p in &b.paths {
                 self.host_path(file, p);
             }

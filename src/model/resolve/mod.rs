@@ -28,7 +28,7 @@ mod secrets;
 mod settings;
 mod templates;
 
-pub use secrets::decrypt_secret;
+pub use secrets::{RECIPIENTS_FILE, decrypt_secret, parse_recipients};
 
 use crate::model::check;
 use crate::model::desired::*;
@@ -93,6 +93,7 @@ fn load_knowing(
         reported: HashSet::new(),
         identity,
         plain: HashMap::new(),
+        undecryptable: HashMap::new(),
         host_facts: minijinja::Value::UNDEFINED,
         known,
     };
@@ -271,6 +272,9 @@ struct Loader<'a> {
     identity: Option<&'a str>,
     /// Decrypted secrets by name (only with an identity).
     plain: HashMap<String, String>,
+    /// Secrets the identity cannot open: an error only where one is used,
+    /// so an unused secret never stops a plan (issue 33).
+    undecryptable: HashMap<String, String>,
     /// `hosts` in templates: every host's name, group, index, labels and
     /// addresses, by name (see [`hosts::facts`]).
     host_facts: minijinja::Value,
@@ -642,6 +646,31 @@ fn too_large(path: &str, n: usize) -> Diagnostic {
             format!("{path} is {n} bytes; config files may be at most {MAX_YAML_BYTES} bytes"),
         )
         .with_help("split it into several files (one per host or role)")
+}
+
+impl Loader<'_> {
+    /// A reference to secret `s` from `file`: an error if it does not exist
+    /// or if it is used but the identity cannot open it.
+    fn use_secret(&mut self, file: &str, s: &S<String>, secrets: &BTreeSet<String>) -> bool {
+        if !secrets.contains(&s.value) {
+            self.err(missing_secret(file, s));
+            return false;
+        }
+        if let Some(why) = self.undecryptable.get(&s.value).cloned() {
+            self.err(undecryptable_secret(file, s, &why));
+            return false;
+        }
+        true
+    }
+}
+
+fn undecryptable_secret(file: &str, s: &S<String>, why: &str) -> Diagnostic {
+    at(file, s)
+        .error(
+            "secret-decrypt",
+            format!("secret {:?} is used here but secrets/{}.age cannot be decrypted: {why}", s.value, s.value),
+        )
+        .with_help("encrypt it to a recipient whose identity tidekeeper has (secrets/.recipients, then `tidekeeper secrets rekey`)")
 }
 
 fn missing_secret(file: &str, s: &S<String>) -> Diagnostic {

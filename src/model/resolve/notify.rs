@@ -127,6 +127,12 @@ impl Loader<'_> {
                                 .error("missing-secret", format!("sink {sink:?}: secret {s:?} is referenced but secrets/{s}.age does not exist"))
                                 .with_help(format!("create it with `tidekeeper secrets encrypt {s}`, or fix the name")),
                         );
+                    } else if let Some(why) = self.undecryptable.get(s).cloned() {
+                        self.err(
+                            at(file, c)
+                                .error("secret-decrypt", format!("sink {sink:?}: secret {s:?} is used but secrets/{s}.age cannot be decrypted: {why}"))
+                                .with_help("encrypt it to a recipient whose identity tidekeeper has (secrets/.recipients, then `tidekeeper secrets rekey`)"),
+                        );
                     }
                     Some(Credential::Secret(s.clone()))
                 }

@@ -113,16 +113,14 @@ impl Loader<'_> {
                         template: t.value.clone(),
                     });
                 }
-            } else if let Some(s) = &f.secret {
-                if !secrets.contains(&s.value) {
-                    self.err(missing_secret(file, s));
-                } else {
-                    base.content.bytes = match self.plain.get(&s.value) {
-                        Some(p) => p.clone().into_bytes(),
-                        None => SENSITIVE.as_bytes().to_vec(),
-                    };
-                    items.push(Item::Ready(Resource::File(base)));
-                }
+            } else if let Some(s) = &f.secret
+                && self.use_secret(file, s, secrets)
+            {
+                base.content.bytes = match self.plain.get(&s.value) {
+                    Some(p) => p.clone().into_bytes(),
+                    None => SENSITIVE.as_bytes().to_vec(),
+                };
+                items.push(Item::Ready(Resource::File(base)));
             }
         }
     }

@@ -20,6 +20,15 @@ impl Loader<'_> {
             ) {
                 continue;
             }
+            if path == RECIPIENTS_FILE && is_file {
+                let text =
+                    String::from_utf8_lossy(self.tree.file(&path).unwrap_or_default()).to_string();
+                if let Err((line, key)) = parse_recipients(&text) {
+                    self.err(Origin::new(&path, line as u64, 1).error("invalid-recipient", format!("{key:?} is not an age public key"))
+                        .with_help("one age1… public key a line (`age-keygen -y KEYFILE` prints it); `#` starts a comment"));
+                }
+                continue;
+            }
             match rel.strip_suffix(".age") {
                 Some(name) if is_file => {
                     names.insert(name.to_string());
@@ -37,11 +46,11 @@ impl Loader<'_> {
                                 }
                                 Err(_) => self.err(Origin::file(&path).error("secret-not-text", "the decrypted secret is not UTF-8 text")),
                             },
-                            Err(e) => self.err(
-                                Origin::file(&path)
-                                    .error("secret-decrypt", format!("cannot decrypt {path}: {e}"))
-                                    .with_help("encrypt it to a recipient whose identity tidekeeper has (secrets.identity_env / identity_file)"),
-                            ),
+                            // An error where it is used, not here: a secret
+                            // no host uses never stops a plan.
+                            Err(e) => {
+                                self.undecryptable.insert(name.to_string(), e);
+                            }
                         }
                     }
                 }
@@ -51,6 +60,29 @@ impl Loader<'_> {
         }
         names
     }
+}
+
+/// The file that lists who secrets are encrypted to: one age public key a
+/// line, `#` comments (like SOPS' creation rules, kept beside the secrets).
+pub const RECIPIENTS_FILE: &str = "secrets/.recipients";
+
+/// The recipients listed in `text` (a `.recipients` file), or the line
+/// number and text of the first that is not an age public key.
+pub fn parse_recipients(text: &str) -> Result<Vec<String>, (usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let key = line.split('#').next().unwrap_or("").trim();
+        if key.is_empty() {
+            continue;
+        }
+        if <age::x25519::Recipient as std::str::FromStr>::from_str(key).is_err() {
+            return Err((n + 1, key.to_string()));
+        }
+        if !out.iter().any(|k| k == key) {
+            out.push(key.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Strings to blank out of any output: each secret, and each of its lines

@@ -20,12 +20,18 @@ impl Loader<'_> {
         let flag = used_secret.clone();
         let known = secrets.clone();
         let plain = self.plain.clone();
+        let closed = self.undecryptable.clone();
         env.add_function(
             "secret",
             move |name: String| -> Result<String, minijinja::Error> {
                 flag.store(true, Ordering::Relaxed);
                 if let Some(p) = plain.get(&name) {
                     Ok(p.clone())
+                } else if let Some(why) = closed.get(&name) {
+                    Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("secret {name:?} is used but secrets/{name}.age cannot be decrypted: {why}"),
+                    ))
                 } else if known.contains(&name) {
                     // No identity here (validate): the value stays hidden.
                     Ok(SENSITIVE.to_string())
