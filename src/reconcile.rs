@@ -546,6 +546,7 @@ pub async fn plan_proposal(
     proposal_policies: &[(String, String)],
     names: Option<Vec<String>>,
     opts: Options,
+    seen: Option<cloud::Observed>,
 ) -> ProposalPlan {
     let confined = crate::proposal::confine(base, base_policies, proposal, proposal_policies);
     let fleet = Arc::new(confined.fleet);
@@ -561,7 +562,12 @@ pub async fn plan_proposal(
         redactions: base.redactions.clone(),
         ..opts
     };
-    let clouds = Clouds::from_env(&fleet);
+    let mut clouds = Clouds::from_env(&fleet);
+    // A worker has no cloud credential: the clouds as the daemon saw them.
+    if let Some(seen) = seen {
+        clouds.seen = Some(seen);
+        clouds.missing.clear();
+    }
     let quiet: Progress = Arc::new(|_| {});
     // A proposal is never applied: its connections close with its plan.
     let pool = Pool::new();

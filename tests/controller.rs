@@ -133,6 +133,7 @@ pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> R
         git: Default::default(),
         proposals: setup.proposals.iter().map(|p| p.to_string()).collect(),
         rollback_after: Duration::from_secs(120),
+        worker: PathBuf::from(env!("CARGO_BIN_EXE_tidekeeper")),
     };
     let clock = if setup.real_time {
         // Real time, but never today's date: the fleets' "0 0 1 1 *" jobs

@@ -21,6 +21,7 @@ mod mutate;
 mod notify;
 mod policy;
 mod safety;
+mod sandbox;
 mod schema;
 mod stacks;
 mod template;

@@ -227,6 +227,10 @@ pub struct SecretKeys {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The daemon's worker that plans one proposal (a job on stdin, its
+    /// plan as JSON on stdout), under the limits the daemon set.
+    #[command(name = "proposal-worker", hide = true)]
+    ProposalWorker,
     /// Check the config repo at a commit; report every problem with file:line:column.
     Validate {
         #[command(flatten)]

@@ -292,5 +292,6 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         git: Default::default(),
         rollback_after: std::time::Duration::from_secs(120),
         proposals: vec![],
+        worker: this_exe(),
     })
 }

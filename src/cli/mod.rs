@@ -45,8 +45,13 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_ERROR: u8 = 1;
 
 pub fn run(cli: Cli) -> ExitCode {
+    if let Command::ProposalWorker = cli.command {
+        // No logging: its stderr is read only to name how it died.
+        return crate::daemon::worker::main();
+    }
     logging(&cli);
     let code = match cli.command {
+        Command::ProposalWorker => unreachable!("handled above"),
         Command::Validate {
             repo,
             worktree,
@@ -113,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
             rollback_after,
             proposals,
             hosts,
+            worker: this_exe(),
             git: crate::daemon::mirror::Access {
                 ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
                 known_hosts: std::fs::read_to_string(&git_known_hosts)
@@ -377,6 +383,11 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, u8> {
         ..Default::default()
     };
     Ok((fleet, names, opts, tree.policies()))
+}
+
+/// This executable: the daemon starts its proposal workers from it.
+fn this_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tidekeeper"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -70,6 +70,7 @@ pub(super) fn plan_untrusted(
         &tree.policies(),
         names,
         opts,
+        None,
     )))
 }
 

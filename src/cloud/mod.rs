@@ -90,7 +90,7 @@ impl CloudError {
 }
 
 /// A server's power state as the provider reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PowerState {
     /// Being created or started.
@@ -103,7 +103,7 @@ pub enum PowerState {
 }
 
 /// One server as the provider lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ObservedServer {
     pub provider: ProviderKind,
     /// The provider's id (Hetzner: the numeric id; Lightsail: the name).
@@ -129,7 +129,7 @@ pub struct ObservedServer {
 }
 
 /// A private network as the provider lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ObservedNetwork {
     pub provider: ProviderKind,
     pub id: String,
@@ -302,6 +302,10 @@ pub const ACTION_TIMEOUT: Duration = Duration::from_secs(600);
 /// The providers a fleet uses, with credentials from the environment.
 #[derive(Default, Clone)]
 pub struct Clouds {
+    /// What the providers were seen to hold, handed over by a process that
+    /// has their credentials (a proposal's worker has none): observing
+    /// returns it instead of asking.
+    pub seen: Option<Observed>,
     pub hetzner: Option<std::sync::Arc<dyn Provider>>,
     pub lightsail: Option<std::sync::Arc<dyn Provider>>,
     /// Providers the fleet needs but cannot reach (no credentials), with why.
@@ -356,7 +360,7 @@ impl Clouds {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hetzner.is_none() && self.lightsail.is_none()
+        self.seen.is_none() && self.hetzner.is_none() && self.lightsail.is_none()
     }
 }
 
@@ -366,6 +370,79 @@ pub struct Observed {
     pub servers: Vec<ObservedServer>,
     pub networks: Vec<ObservedNetwork>,
     pub prices: BTreeMap<ProviderKind, PriceList>,
+}
+
+/// [`Observed`] as data that crosses a process boundary (JSON): price
+/// lists flattened, since their keys are pairs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CloudSnapshot {
+    pub servers: Vec<ObservedServer>,
+    pub networks: Vec<ObservedNetwork>,
+    pub prices: Vec<SnapshotPrices>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SnapshotPrices {
+    pub provider: ProviderKind,
+    pub currency: String,
+    /// (size, location, monthly price).
+    pub monthly: Vec<(String, String, f64)>,
+    pub bills_stopped: bool,
+    pub disk_gb: BTreeMap<String, u32>,
+}
+
+impl From<&Observed> for CloudSnapshot {
+    fn from(o: &Observed) -> CloudSnapshot {
+        CloudSnapshot {
+            servers: o.servers.clone(),
+            networks: o.networks.clone(),
+            prices: o
+                .prices
+                .iter()
+                .map(|(k, p)| SnapshotPrices {
+                    provider: *k,
+                    currency: p.currency.to_string(),
+                    monthly: p
+                        .monthly
+                        .iter()
+                        .map(|((s, l), v)| (s.clone(), l.clone(), *v))
+                        .collect(),
+                    bills_stopped: p.bills_stopped,
+                    disk_gb: p.disk_gb.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<CloudSnapshot> for Observed {
+    fn from(s: CloudSnapshot) -> Observed {
+        Observed {
+            servers: s.servers,
+            networks: s.networks,
+            prices: s
+                .prices
+                .into_iter()
+                .map(|p| {
+                    // Currencies are a handful of static names.
+                    let currency: &'static str = match p.currency.as_str() {
+                        "EUR" => "EUR",
+                        "USD" => "USD",
+                        other => Box::leak(other.to_string().into_boxed_str()),
+                    };
+                    (
+                        p.provider,
+                        PriceList {
+                            currency,
+                            monthly: p.monthly.into_iter().map(|(s, l, v)| ((s, l), v)).collect(),
+                            bills_stopped: p.bills_stopped,
+                            disk_gb: p.disk_gb,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Observed {
@@ -378,6 +455,9 @@ impl Observed {
 
 /// List servers and prices of every provider, in parallel.
 pub async fn observe(clouds: &Clouds) -> Result<Observed, CloudError> {
+    if let Some(seen) = &clouds.seen {
+        return Ok(seen.clone());
+    }
     let mut out = Observed::default();
     let work: Vec<_> = clouds
         .all()

@@ -33,6 +33,7 @@ mod runner;
 pub mod scheduler;
 pub mod status;
 mod triggers;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,6 +84,9 @@ pub struct Config {
     pub proposals: Vec<String>,
     /// A host rolls back a risky change unless access is proven within this time.
     pub rollback_after: Duration,
+    /// The executable whose hidden `proposal-worker` command plans a
+    /// proposal (this binary; in-process tests name the built one).
+    pub worker: PathBuf,
 }
 
 /// A commit's `policies/*.rego`, as (path, text).
@@ -217,6 +221,10 @@ struct Loop {
     proposals: proposals::Record,
     /// Proposal ref → its head and commit time, as last fetched.
     proposal_heads: BTreeMap<String, (String, i64)>,
+    /// Proposal ref → the head its worker is planning now.
+    planning: BTreeMap<String, String>,
+    proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,
+    proposal_rx: Option<tokio::sync::mpsc::UnboundedReceiver<proposals::ProposalDone>>,
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
@@ -588,6 +596,7 @@ pub async fn serve(
     let stop = Arc::new(Notify::new());
     let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
     let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
     let lp = Loop {
         cfg,
         clock,
@@ -612,6 +621,9 @@ pub async fn serve(
         due: BTreeMap::new(),
         proposals: record,
         proposal_heads: BTreeMap::new(),
+        planning: BTreeMap::new(),
+        proposal_tx,
+        proposal_rx: Some(proposal_rx),
         forge: None,
         unpushed: Mutex::new(None),
         last_full_check: None,

@@ -8,13 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use super::Loop;
 use super::scheduler::{Again, Request, Requeue};
-use crate::engine::{self, HostResult};
-use crate::reconcile;
-use crate::source::ConfigTree;
 
 /// A report owed to the forge for a planned head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,6 +42,10 @@ pub struct Reviewed {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Seen {
     pub commit: String,
+    /// Recorded before its worker starts, cleared with its verdict: a head
+    /// whose planning took the daemon down is never planned again by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub planning: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reviewed: Option<Reviewed>,
     /// Still to be sent to the forge (it was down).
@@ -70,14 +71,12 @@ fn save_record(state_dir: &Path, r: &Record) {
     }
 }
 
-/// The plan of one proposal head: the note for its commit and the report
-/// for the forge (when the base configures one).
-struct Planned {
-    note: String,
-    report: Option<Report>,
-    reviewed: Option<Reviewed>,
-    /// The commit status it earns (success, failure, error) and why.
-    verdict: (String, String),
+/// A proposal's worker finished (or died): its verdict, back to the loop.
+pub struct ProposalDone {
+    pub name: String,
+    pub sha: String,
+    pub time: i64,
+    pub result: Result<super::worker::Planned, String>,
 }
 
 impl Loop {
@@ -117,7 +116,11 @@ impl Loop {
         for (name, (sha, _)) in &self.proposal_heads {
             let seen = self.proposals.get(name);
             let new = seen.is_none_or(|s| s.commit != *sha);
-            let owed = seen.is_some_and(|s| s.report.is_some());
+            // Owed: a report the forge did not take, or the verdict of a head
+            // whose planning never finished.
+            let owed = seen.is_some_and(|s| {
+                s.report.is_some() || (s.planning && !self.planning.contains_key(name))
+            });
             let req = Request::Proposal(name.clone());
             // An owed report keeps its own backoff; a new head goes at once.
             if new || (owed && self.sched.when(&req).is_none()) {
@@ -126,58 +129,173 @@ impl Loop {
         }
     }
 
-    /// One proposal ref: plan its head if it is new, note the plan on its
-    /// commit, and report it. `Err` when the forge did not take the report
-    /// (it is kept and sent on the next try, never planned again).
+    /// One proposal ref: if its head is new, start a worker to plan it (at
+    /// most `proposals.workers` at once) and return at once — the loop never
+    /// waits on a proposal; the verdict comes back as a [`ProposalDone`].
+    /// Otherwise send the report still owed, if any.
     pub(super) async fn plan_proposal_ref(&mut self, name: &str) -> Result<Requeue, Again> {
         let Some((sha, time)) = self.proposal_heads.get(name).cloned() else {
             return Ok(Requeue::Done); // the ref is gone
         };
-        {
-            let name = name.to_string();
-            let seen = self.proposals.get(&name).cloned();
-            if seen.as_ref().is_none_or(|s| s.commit != sha) {
-                // Without a good base there is nothing to plan a proposal under.
-                let Some((base_commit, _, _)) = self.good.clone() else {
-                    return Ok(Requeue::Done);
-                };
-                let span = info_span!("proposal", r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12]);
-                let planned = self.plan_one(&name, &sha, time).instrument(span).await;
-                {
-                    let mut board = self.shared.board.lock().unwrap();
-                    board.history.proposals.insert(
-                        name.clone(),
-                        super::history::ProposalPlan {
-                            commit: sha.clone(),
-                            at: super::now(),
-                            state: planned.verdict.0.clone(),
-                            description: planned.verdict.1.clone(),
-                        },
-                    );
-                    board.save();
-                }
-                let commit = sha.clone();
-                let note = planned.note;
-                if let Err(e) = self
-                    .blocking(move |m| {
-                        m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note)
-                    })
-                    .await
-                {
-                    warn!(error = %e, "could not note the proposal's plan");
-                }
-                self.proposals.insert(
-                    name.clone(),
-                    Seen {
-                        commit: sha.clone(),
-                        report: planned.report,
-                        reviewed: planned.reviewed,
-                    },
-                );
-                save_record(&self.cfg.state_dir, &self.proposals);
-            }
+        let seen = self.proposals.get(name).cloned();
+        if self.planning.contains_key(name) {
+            // Its worker is still at work on an older head: after it.
+            return Ok(Requeue::After(std::time::Duration::from_secs(1)));
         }
-        self.send_report(name, &sha).await
+        if let Some(s) = &seen
+            && s.commit == sha
+        {
+            if s.planning {
+                // Recorded as planning, and no worker: the daemon stopped
+                // while it planned (or the worker took it down). Never again
+                // by itself: the verdict says so, once.
+                warn!(r#ref = %name, commit = %&sha[..12], "a proposal head whose planning did not finish is not planned again");
+                let why = "its planning did not finish (the daemon stopped while planning it); push a new commit to plan again";
+                self.proposal_planned(ProposalDone {
+                    name: name.to_string(),
+                    sha,
+                    time,
+                    result: Err(why.into()),
+                })
+                .await;
+                return Ok(Requeue::Done);
+            }
+            return self.send_report(name, &sha).await;
+        }
+        // Without a good base there is nothing to plan a proposal under.
+        let Some((base_commit, base, _)) = self.good.clone() else {
+            return Ok(Requeue::Done);
+        };
+        let limits = base.settings.proposals.clone();
+        if self.planning.len() >= limits.workers {
+            return Ok(Requeue::After(std::time::Duration::from_secs(1)));
+        }
+        // Recorded before the worker starts.
+        self.proposals.insert(
+            name.to_string(),
+            Seen {
+                commit: sha.clone(),
+                planning: true,
+                ..Default::default()
+            },
+        );
+        save_record(&self.cfg.state_dir, &self.proposals);
+        self.planning.insert(name.to_string(), sha.clone());
+        info!(r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12], "planning a proposal in a worker");
+        let job = super::worker::Job {
+            mirror: self.mirror.lock().unwrap().path.clone(),
+            base_commit,
+            name: name.to_string(),
+            head: sha.clone(),
+            time,
+            hosts: (!self.cfg.hosts.is_empty()).then(|| self.cfg.hosts.clone()),
+            ssh_key: self.cfg.ssh_key.clone(),
+            cloud: None,
+            cloud_error: None,
+            limits,
+        };
+        let exe = self.cfg.worker.clone();
+        let done = self.proposal_tx.clone();
+        let clock = self.clock.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let result = clock
+                .io(async move {
+                    let mut job = job;
+                    // The clouds as the daemon sees them: the worker has no
+                    // credential to look for itself.
+                    let clouds = crate::cloud::Clouds::from_env(&base);
+                    if !clouds.is_empty() {
+                        match crate::cloud::observe(&clouds).await {
+                            Ok(o) => job.cloud = Some((&o).into()),
+                            Err(e) => job.cloud_error = Some(e.to_string()),
+                        }
+                    }
+                    super::worker::plan(&exe, &job).await
+                })
+                .await;
+            let _ = done.send(ProposalDone {
+                name,
+                sha,
+                time,
+                result,
+            });
+        });
+        Ok(Requeue::Done)
+    }
+
+    /// A proposal's verdict is in: note it on its commit, record it, show
+    /// it on the dashboard, raise or resolve its alerts, and report it.
+    pub(super) async fn proposal_planned(&mut self, done: ProposalDone) {
+        let ProposalDone {
+            name,
+            sha,
+            time,
+            result,
+        } = done;
+        self.planning.remove(&name);
+        let Some((_, base, _)) = self.good.clone() else {
+            return;
+        };
+        let planned = match result {
+            Ok(p) => p,
+            Err(why) => {
+                warn!(r#ref = %name, commit = %&sha[..12], why = %why, "proposal not planned");
+                super::worker::Planned::not_planned(
+                    &name,
+                    &sha,
+                    &base.name,
+                    &why,
+                    time,
+                    base.settings.forge.is_some(),
+                )
+            }
+        };
+        info!(r#ref = %name, commit = %&sha[..12], verdict = %planned.verdict.0, "proposal planned");
+        // Everything the worker wrote passes the base's redaction again.
+        let redact = |t: &str| base.redact(t);
+        let report = planned.report.map(|mut r| {
+            r.comment = redact(&r.comment);
+            r.description = redact(&r.description);
+            r.more = r.more.iter().map(|m| redact(m)).collect();
+            r
+        });
+        let verdict = (planned.verdict.0.clone(), redact(&planned.verdict.1));
+        {
+            let mut board = self.shared.board.lock().unwrap();
+            board.history.proposals.insert(
+                name.clone(),
+                super::history::ProposalPlan {
+                    commit: sha.clone(),
+                    at: super::now(),
+                    state: verdict.0.clone(),
+                    description: verdict.1.clone(),
+                },
+            );
+            board.save();
+        }
+        self.proposal_alerts(&name, &planned.denials, &planned.raised_cost);
+        let note = redact(&planned.note);
+        let commit = sha.clone();
+        if let Err(e) = self
+            .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
+            .await
+        {
+            warn!(error = %e, "could not note the proposal's plan");
+        }
+        self.proposals.insert(
+            name.clone(),
+            Seen {
+                commit: sha.clone(),
+                planning: false,
+                report,
+                reviewed: planned.reviewed,
+            },
+        );
+        save_record(&self.cfg.state_dir, &self.proposals);
+        if let Err(again) = self.send_report(&name, &sha).await {
+            self.settle(Request::Proposal(name), Err(again));
+        }
     }
 
     /// Send the report owed for `name` at `sha`, if any; kept on failure.
@@ -227,172 +345,15 @@ impl Loop {
         }
     }
 
-    /// Plan one proposal head under the last good commit of the branch.
-    async fn plan_one(&mut self, name: &str, sha: &str, time: i64) -> Planned {
-        let (base_commit, base, base_policies) = self.good.clone().expect("checked by the caller");
-        let fleet_name = base.name.clone();
-        let marker = crate::report::marker(&fleet_name);
-        let context = format!("tidekeeper/{fleet_name}/plan");
-        let with_forge = base.settings.forge.is_some();
-        let loaded = self.load_untrusted(sha).await;
-        let (proposal, policies) = match loaded {
-            Err(errors) => {
-                let errors: Vec<String> = errors.iter().map(|e| base.redact(e)).collect();
-                info!(errors = errors.len(), "proposal has an invalid config");
-                let report = with_forge.then(|| Report {
-                    state: "failure".into(),
-                    description: "invalid config".into(),
-                    comment: format!(
-                        "{marker}\n**Invalid config**\n\n```\n{}\n```\n",
-                        errors.join("\n")
-                    ),
-                    more: vec![],
-                    context: context.clone(),
-                    marker: marker.clone(),
-                    time,
-                });
-                return Planned {
-                    note: format!(
-                        "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
-                        errors.join("\n")
-                    ),
-                    report,
-                    reviewed: None,
-                    verdict: ("failure".into(), "invalid config".into()),
-                };
-            }
-            Ok(x) => x,
-        };
-        let names = (!self.cfg.hosts.is_empty()).then(|| {
-            proposal
-                .hosts
-                .iter()
-                .map(|h| h.name.clone())
-                .filter(|n| self.cfg.hosts.contains(n))
-                .collect()
-        });
-        let opts = self.options(&base);
-        let b = base.clone();
-        let (cloud, verdict, after_merge, results) = self
-            .clock
-            .io(async move {
-                let base = b;
-                let p = reconcile::plan_proposal(
-                    &base,
-                    &base_policies,
-                    proposal,
-                    &policies,
-                    names,
-                    opts,
-                )
-                .await;
-                let cloud = p.plan.cloud.clone();
-                (cloud, p.verdict, p.after_merge, p.plan.hosts)
-            })
-            .await;
-        let refs: Vec<&HostResult> = results.iter().collect();
-        info!(denied = verdict.deny.len(), "proposal planned");
-        self.proposal_alerts(name, &verdict, cloud.as_ref());
-        let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
-        let c = sha.to_string();
-        let tree = self.blocking(move |m| m.tree_of(&c)).await;
-        let reviewed = tree.map(|tree| Reviewed {
-            tree,
-            digest: digest.clone(),
-            lines,
-        });
-        let stamp = format!(
-            "\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n"
-        );
-        let review = crate::report::Review {
-            fleet: &fleet_name,
-            commit: sha,
-            cloud: cloud.as_ref(),
-            results: &refs,
-            verdict: &verdict,
-            after_merge: &after_merge,
-        };
-        let md = crate::report::markdown(&review, usize::MAX);
-        let mut json = reconcile::json(cloud.as_ref(), &refs);
-        json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
-        json["ref"] = name.into();
-        json["base"] = base_commit.clone().into();
-        json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
-        json["digest"] = digest.clone().into();
-        let note = base.redact(&format!(
-            "{md}{stamp}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
-            serde_json::to_string_pretty(&json).unwrap_or_default()
-        ));
-        let t = reconcile::totals(cloud.as_ref(), &refs);
-        let (state, desc) = if verdict.blocks() {
-            let first = verdict
-                .deny
-                .first()
-                .or(verdict.errors.first())
-                .cloned()
-                .unwrap_or_default();
-            // The policy's name first: the description is cut at 140 characters.
-            let desc = match first.rsplit_once(" (policy ") {
-                Some((msg, policy)) => {
-                    format!("denied by {}: {msg}", policy.trim_end_matches(')'))
-                }
-                None => format!("denied: {first}"),
-            };
-            ("failure", desc)
-        } else if t.errors > 0 {
-            (
-                "error",
-                format!("{} host(s) or server(s) could not be planned", t.errors),
-            )
-        } else {
-            (
-                "success",
-                engine::render::summary_line(&t)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        };
-        let report = with_forge.then(|| {
-            // As many comments as the plan needs; the digest stamp on the first.
-            let mut parts =
-                crate::report::comments(&review, crate::report::GITHUB_LIMIT - stamp.len() - 200)
-                    .into_iter()
-                    .map(|p| base.redact(&p));
-            let first = parts.next().unwrap_or_default();
-            Report {
-                state: state.into(),
-                description: base.redact(&desc),
-                comment: format!("{first}{stamp}"),
-                more: parts.collect(),
-                context,
-                marker,
-                time,
-            }
-        });
-        Planned {
-            note,
-            report,
-            reviewed,
-            verdict: (state.to_string(), base.redact(&desc)),
-        }
-    }
-
     /// A proposal denied by policy, or raising the monthly cost above the
     /// limit, is an alert until a newer head is allowed (or it is closed).
-    fn proposal_alerts(
-        &self,
-        name: &str,
-        verdict: &crate::policy::Verdict,
-        cloud: Option<&crate::cloud::plan::CloudPlan>,
-    ) {
+    fn proposal_alerts(&self, name: &str, denials: &[String], raised: &BTreeMap<String, f64>) {
         use crate::notify::{EventKind, Observation, Seen};
         let n = self.shared.notifier.settings();
         if n.sinks.is_empty() {
             return;
         }
-        let denied = verdict.blocks();
+        let denied = !denials.is_empty();
         let mut obs = vec![Observation {
             key: "policy".into(),
             kind: EventKind::PolicyDenied,
@@ -403,32 +364,19 @@ impl Loop {
             } else {
                 format!("the policies allow proposal {name} now")
             },
-            details: verdict
-                .deny
-                .iter()
-                .chain(&verdict.errors)
-                .cloned()
-                .collect(),
+            details: denials.to_vec(),
             seen: if denied {
                 Seen::Problem { after_secs: 0 }
             } else {
                 Seen::Fine
             },
         }];
-        if let Some(c) = cloud {
-            let raised = c
-                .cost
-                .iter()
-                .filter(|(_, l)| l.delta() > 0.0)
-                .map(|(cur, l)| (cur.to_string(), l.proposed))
-                .collect();
-            obs.extend(super::alerts::cost(
-                &raised,
-                &n,
-                "plan".into(),
-                &format!("proposal {name}"),
-            ));
-        }
+        obs.extend(super::alerts::cost(
+            raised,
+            &n,
+            "plan".into(),
+            &format!("proposal {name}"),
+        ));
         self.shared
             .notifier
             .observe(&format!("proposal/{name}"), self.clock.now(), obs);
@@ -445,22 +393,6 @@ impl Loop {
                 .map(|r| (name.clone(), r.clone()))
         })
     }
-
-    /// A proposal's config and policies, never decrypted; or its errors.
-    async fn load_untrusted(
-        &self,
-        commit: &str,
-    ) -> Result<(crate::model::Fleet, Vec<(String, String)>), Vec<String>> {
-        let path = self.mirror.lock().unwrap().path.clone();
-        let c = commit.to_string();
-        tokio::task::spawn_blocking(move || {
-            let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
-            let fleet = crate::model::load(&tree).map_err(|d| super::lines(&d))?;
-            Ok((fleet, tree.policies()))
-        })
-        .await
-        .expect("load task")
-    }
 }
 
 #[cfg(test)]
@@ -476,6 +408,7 @@ mod tests {
             "refs/pull/1/head".into(),
             Seen {
                 commit: "abc".into(),
+                planning: false,
                 report: Some(Report {
                     state: "success".into(),
                     description: "d".into(),

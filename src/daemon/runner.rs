@@ -64,6 +64,7 @@ impl Loop {
         }
         let mut done = self.job_rx.take().expect("run once");
         let mut rollouts = self.rollout_rx.take().expect("run once");
+        let mut planned = self.proposal_rx.take().expect("run once");
         self.sched.after(Request::Head, self.poll_interval());
         self.sched.after(Request::Drift, self.drift_interval());
         if !self.cfg.proposals.is_empty() {
@@ -80,6 +81,11 @@ impl Loop {
                 }
                 Some(ev) = rollouts.recv() => {
                     self.rollout_event(ev).await;
+                    self.alerts();
+                    continue;
+                }
+                Some(p) = planned.recv() => {
+                    self.proposal_planned(p).await;
                     self.alerts();
                     continue;
                 }

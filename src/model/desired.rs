@@ -104,6 +104,8 @@ impl Fleet {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
+    /// Limits and budgets of planning one proposal (`proposals:`).
+    pub proposals: ProposalLimits,
     pub ssh: Ssh,
     pub parallelism: u32,
     pub drift: DriftMode,
@@ -506,7 +508,7 @@ pub fn is_public_key(entry: &str) -> bool {
     entry.contains(' ')
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct CloudPort {
     pub from_port: u16,
     pub to_port: u16,
@@ -912,6 +914,49 @@ impl JobKind {
             JobKind::Upgrade { .. } => "upgrade",
             JobKind::Power { .. } => "power",
             JobKind::Command { .. } => "command",
+        }
+    }
+}
+
+/// `proposals:` in the base's tidekeeper.yaml: what planning one proposal
+/// (untrusted computation, in a worker process) may use. Over a budget is a
+/// verdict on the proposal, never an outage of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ProposalLimits {
+    /// The worker's address space.
+    pub memory_bytes: u64,
+    /// The worker's CPU time.
+    pub cpu_secs: u64,
+    /// Wall-clock time, probing included.
+    pub deadline_secs: u64,
+    pub open_files: u64,
+    /// What the worker may print (its plan, as JSON).
+    pub output_bytes: usize,
+    /// Proposals planned at once.
+    pub workers: usize,
+    /// Hosts after `count:` expansion.
+    pub max_hosts: usize,
+    /// Bytes rendered from templates, over every host.
+    pub max_rendered_bytes: u64,
+    /// Values in every host's variables after merging (YAML aliases expanded).
+    pub max_var_nodes: u64,
+    /// Managed resources over every host.
+    pub max_resources: usize,
+}
+
+impl Default for ProposalLimits {
+    fn default() -> Self {
+        ProposalLimits {
+            memory_bytes: 1 << 30,
+            cpu_secs: 60,
+            deadline_secs: 120,
+            open_files: 1024,
+            output_bytes: 64 << 20,
+            workers: 2,
+            max_hosts: 2000,
+            max_rendered_bytes: 256 << 20,
+            max_var_nodes: 5_000_000,
+            max_resources: 500_000,
         }
     }
 }

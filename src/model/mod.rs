@@ -18,4 +18,4 @@ pub mod schema;
 
 pub use desired::Fleet;
 pub use diag::{Diagnostic, Diagnostics, Origin};
-pub use resolve::{load, load_with_identity, reload_with_addresses};
+pub use resolve::{load, load_with_identity, load_within, reload_with_addresses};

@@ -43,6 +43,37 @@ pub struct FleetFile {
     /// Hetzner private networks servers attach to (`server.networks`), by name.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkSpec>,
+    /// What planning one proposal (a pull request) may use.
+    #[serde(default)]
+    pub proposals: ProposalSpec,
+}
+
+/// `proposals:`: limits of the worker process that plans a proposal, and
+/// budgets of one proposal. Defaults: 1024 MiB, 60 s CPU, 120 s, 2 at once.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalSpec {
+    /// The worker's memory (address space), in MiB (default 1024).
+    #[schemars(with = "Option<u64>")]
+    pub memory_mib: Option<S<u64>>,
+    /// The worker's CPU time, e.g. `60s`.
+    #[schemars(with = "Option<String>")]
+    pub cpu: Option<S<String>>,
+    /// Wall-clock time for one proposal, probing included, e.g. `120s`.
+    #[schemars(with = "Option<String>")]
+    pub deadline: Option<S<String>>,
+    /// Proposals planned at once (default 2).
+    #[schemars(with = "Option<usize>")]
+    pub workers: Option<S<usize>>,
+    /// Hosts after `count:` (default 2000).
+    #[schemars(with = "Option<usize>")]
+    pub max_hosts: Option<S<usize>>,
+    /// MiB rendered from templates over all hosts (default 256).
+    #[schemars(with = "Option<u64>")]
+    pub max_rendered_mib: Option<S<u64>>,
+    /// Managed resources over all hosts (default 500000).
+    #[schemars(with = "Option<usize>")]
+    pub max_resources: Option<S<usize>>,
 }
 
 /// `notify:`: sinks, routes and the limits that make a state an alert.

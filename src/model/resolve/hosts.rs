@@ -408,6 +408,10 @@ impl Loader<'_> {
                 .collect(),
             None => vec![(base_name.clone(), None)],
         };
+        // An untrusted config pays for its hosts before they are made.
+        if !self.spend_hosts(file, members.len(), &vars) {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (name, index) in members {
             let (public, private) = self.known.get(&name).cloned().unwrap_or_default();

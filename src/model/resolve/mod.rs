@@ -82,11 +82,41 @@ pub fn reload_with_addresses(fleet: &Fleet, known: &KnownAddresses) -> Option<Fl
     }
 }
 
+/// Load an untrusted config (a proposal) within the budgets of one
+/// proposal: hosts after `count:`, bytes rendered, variables after merging,
+/// resources. Over a budget is an error naming it, found before the work
+/// it would cost is done where it can be.
+pub fn load_within(
+    tree: &ConfigTree,
+    limits: &crate::model::desired::ProposalLimits,
+) -> Result<Fleet, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let fleet = load_budgeted(tree, None, &KnownAddresses::new(), Some(limits), &mut diags);
+    match fleet {
+        Some(f) if diags.is_empty() => Ok(f),
+        _ => Err(diags),
+    }
+}
+
 fn load_knowing(
     tree: &ConfigTree,
     identity: Option<&str>,
     known: &KnownAddresses,
 ) -> Result<Fleet, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    match load_budgeted(tree, identity, known, None, &mut diags) {
+        Some(f) if diags.is_empty() => Ok(f),
+        _ => Err(diags),
+    }
+}
+
+fn load_budgeted(
+    tree: &ConfigTree,
+    identity: Option<&str>,
+    known: &KnownAddresses,
+    budget: Option<&crate::model::desired::ProposalLimits>,
+    out: &mut Diagnostics,
+) -> Option<Fleet> {
     let mut l = Loader {
         tree,
         diags: Diagnostics::default(),
@@ -94,6 +124,8 @@ fn load_knowing(
         identity,
         plain: HashMap::new(),
         undecryptable: HashMap::new(),
+        budget: budget.cloned(),
+        spent: Spent::default(),
         host_facts: minijinja::Value::UNDEFINED,
         known,
     };
@@ -120,7 +152,17 @@ fn load_knowing(
         fleet.redactions = secrets::redactions(l.plain.values());
         fleet.secret_values =
             crate::model::desired::SecretValues(l.plain.clone().into_iter().collect());
-        return Ok(fleet);
+        if let Some(b) = &l.budget {
+            let resources: usize = fleet.hosts.iter().map(|h| h.resources.len()).sum();
+            if resources > b.max_resources {
+                out.push(Origin::file(FLEET_FILE).error(
+                    "proposal-budget",
+                    format!("this proposal declares {resources} resources over its hosts; a proposal may declare at most {} (proposals.max_resources)", b.max_resources),
+                ));
+                return None;
+            }
+        }
+        return Some(fleet);
     }
     diags.sort();
     // A template can push a secret into an error ("template … not found").
@@ -132,7 +174,109 @@ fn load_knowing(
             .take()
             .map(|h| crate::model::desired::redact(&hide, &h));
     }
-    Err(diags)
+    *out = diags;
+    None
+}
+
+/// What an untrusted config has used of its budgets so far.
+#[derive(Default)]
+struct Spent {
+    hosts: usize,
+    rendered: u64,
+    var_nodes: u64,
+}
+
+impl Loader<'_> {
+    /// Count `n` more hosts with `vars` each; false (and one error) once a
+    /// budget is exceeded: the caller stops expanding.
+    fn spend_hosts(
+        &mut self,
+        file: &str,
+        n: usize,
+        vars: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        let Some(b) = self.budget.clone() else {
+            return true;
+        };
+        fn nodes(v: &serde_json::Value, budget: u64) -> u64 {
+            match v {
+                serde_json::Value::Array(a) => {
+                    let mut n = 1;
+                    for x in a {
+                        n += nodes(x, budget);
+                        if n > budget {
+                            break;
+                        }
+                    }
+                    n
+                }
+                serde_json::Value::Object(o) => {
+                    let mut n = 1;
+                    for x in o.values() {
+                        n += nodes(x, budget);
+                        if n > budget {
+                            break;
+                        }
+                    }
+                    n
+                }
+                serde_json::Value::String(s) => 1 + s.len() as u64 / 64,
+                _ => 1,
+            }
+        }
+        let per_host: u64 = vars.values().map(|v| nodes(v, b.max_var_nodes)).sum();
+        self.spent.hosts += n;
+        self.spent.var_nodes = self
+            .spent
+            .var_nodes
+            .saturating_add(per_host.saturating_mul(n as u64));
+        if self.spent.hosts > b.max_hosts {
+            self.err_once(
+                "budget:hosts".into(),
+                Origin::file(file).error(
+                    "proposal-budget",
+                    format!(
+                        "this proposal has more than {} hosts after count: (proposals.max_hosts)",
+                        b.max_hosts
+                    ),
+                ),
+            );
+            return false;
+        }
+        if self.spent.var_nodes > b.max_var_nodes {
+            self.err_once("budget:vars".into(), Origin::file(file).error(
+                "proposal-budget",
+                format!("this proposal's variables, merged into every host, exceed {} values (aliases expanded)", b.max_var_nodes),
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Count `n` bytes rendered; false (and one error) over the budget.
+    fn spend_rendered(&mut self, file: &str, n: usize) -> bool {
+        let Some(max) = self.budget.as_ref().map(|b| b.max_rendered_bytes) else {
+            return true;
+        };
+        self.spent.rendered = self.spent.rendered.saturating_add(n as u64);
+        if self.spent.rendered > max {
+            self.err_once("budget:rendered".into(), Origin::file(file).error(
+                "proposal-budget",
+                format!("this proposal renders more than {} MiB from templates over its hosts (proposals.max_rendered_mib)", max >> 20),
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Over a budget already: render nothing more.
+    fn over_budget(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| {
+            self.spent.rendered > b.max_rendered_bytes
+                || self.spent.hosts > b.max_hosts
+                || self.spent.var_nodes > b.max_var_nodes
+        })
+    }
 }
 
 /// Shorter secrets are refused: they could not be redacted from output
@@ -272,6 +416,9 @@ struct Loader<'a> {
     identity: Option<&'a str>,
     /// Decrypted secrets by name (only with an identity).
     plain: HashMap<String, String>,
+    /// The budgets of an untrusted config, and what it has used of them.
+    budget: Option<crate::model::desired::ProposalLimits>,
+    spent: Spent,
     /// Secrets the identity cannot open: an error only where one is used,
     /// so an unused secret never stops a plan (issue 33).
     undecryptable: HashMap<String, String>,

@@ -85,6 +85,14 @@ impl Loader<'_> {
         let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
         let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
         let full_check = duration(&f.intervals.full_check, 86_400, 60, "intervals.full_check");
+        let limits = ProposalLimits::default();
+        let proposal_cpu = duration(&f.proposals.cpu, limits.cpu_secs, 1, "proposals.cpu");
+        let proposal_deadline = duration(
+            &f.proposals.deadline,
+            limits.deadline_secs,
+            1,
+            "proposals.deadline",
+        );
         let hz = f.providers.hetzner.as_ref();
         let hz_timeout = duration(
             &hz.and_then(|h| h.timeout.clone()),
@@ -140,7 +148,41 @@ impl Loader<'_> {
                     .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
             );
         }
+        let proposals = {
+            let p = &f.proposals;
+            let d = ProposalLimits::default();
+            let mut positive = |v: &Option<S<u64>>, default: u64, what: &str| match v {
+                Some(v) if v.value == 0 => {
+                    self.err(
+                        at(file, v).error("invalid-value", format!("{what} must be at least 1")),
+                    );
+                    default
+                }
+                Some(v) => v.value,
+                None => default,
+            };
+            let memory = positive(&p.memory_mib, d.memory_bytes >> 20, "proposals.memory_mib");
+            let rendered = positive(
+                &p.max_rendered_mib,
+                d.max_rendered_bytes >> 20,
+                "proposals.max_rendered_mib",
+            );
+            ProposalLimits {
+                memory_bytes: memory.saturating_mul(1 << 20).max(64 << 20),
+                cpu_secs: proposal_cpu,
+                deadline_secs: proposal_deadline,
+                workers: p.workers.as_ref().map_or(d.workers, |w| w.value.max(1)),
+                max_hosts: p.max_hosts.as_ref().map_or(d.max_hosts, |v| v.value),
+                max_rendered_bytes: rendered.saturating_mul(1 << 20),
+                max_resources: p
+                    .max_resources
+                    .as_ref()
+                    .map_or(d.max_resources, |v| v.value),
+                ..d
+            }
+        };
         Settings {
+            proposals,
             ssh,
             parallelism: parallelism.unwrap_or(10).max(1),
             drift: f.drift.as_ref().map(|d| d.value).unwrap_or_default(),
@@ -410,6 +452,7 @@ impl Loader<'_> {
 
 pub(super) fn default_settings() -> Settings {
     Settings {
+        proposals: ProposalLimits::default(),
         ssh: Ssh {
             user: "root".into(),
             port: 22,

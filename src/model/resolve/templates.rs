@@ -115,9 +115,20 @@ impl Loader<'_> {
         host: &str,
     ) -> Option<(Vec<u8>, bool)> {
         let tmpl = t.env.get_template(name).ok()?; // syntax errors were reported when loading
+        if self.over_budget() {
+            return None;
+        }
         t.used_secret.store(false, Ordering::Relaxed);
         match tmpl.render(ctx) {
-            Ok(s) => Some((s.into_bytes(), t.used_secret.load(Ordering::Relaxed))),
+            Ok(s) => {
+                let path = t
+                    .paths
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| format!("templates/{name}"));
+                self.spend_rendered(&path, s.len())
+                    .then(|| (s.into_bytes(), t.used_secret.load(Ordering::Relaxed)))
+            }
             Err(e) => {
                 let tname = e.name().unwrap_or(name).to_string();
                 let path = t
@@ -143,8 +154,11 @@ impl Loader<'_> {
         origin: &Origin,
         host: &str,
     ) -> Option<String> {
+        if self.over_budget() {
+            return None;
+        }
         match t.env.render_str(src, ctx) {
-            Ok(s) => Some(s),
+            Ok(s) => self.spend_rendered(&origin.file, s.len()).then_some(s),
             Err(e) => {
                 let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
                 let d = origin

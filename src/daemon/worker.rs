@@ -1,0 +1,461 @@
+//! Planning a proposal is untrusted computation: its YAML, templates, Rego
+//! and `count` are written by whoever opened the pull request. It runs in a
+//! worker process — this binary's hidden `proposal-worker` command — with an
+//! empty environment, rlimits (address space, CPU seconds, open files), a
+//! wall-clock deadline and a cap on what it may print. Whatever the proposal
+//! makes it do, the daemon gets a verdict: a plan, or "not planned: exceeded
+//! its 1024 MiB memory limit".
+//!
+//! The worker holds the SSH key (it probes hosts read-only, as the base
+//! allows) and nothing else: no cloud, forge or webhook credential, no age
+//! identity. The daemon observes the clouds and hands the worker a snapshot.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::proposals::{Report, Reviewed};
+use crate::engine::{self, HostResult};
+use crate::model::desired::ProposalLimits;
+use crate::reconcile;
+use crate::source::ConfigTree;
+
+/// The hidden subcommand the daemon starts.
+pub const COMMAND: &str = "proposal-worker";
+
+/// What the worker is asked to plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// The daemon's git mirror, read only.
+    pub mirror: PathBuf,
+    pub base_commit: String,
+    /// The proposal ref and its head.
+    pub name: String,
+    pub head: String,
+    pub time: i64,
+    /// Only these hosts (the daemon's `--host`), or all.
+    pub hosts: Option<Vec<String>>,
+    pub ssh_key: Option<String>,
+    /// What the clouds held when the daemon looked (None: no cloud hosts,
+    /// or the daemon could not see them: `cloud_error`).
+    pub cloud: Option<crate::cloud::CloudSnapshot>,
+    pub cloud_error: Option<String>,
+    /// The budgets of one proposal (from the base's tidekeeper.yaml).
+    pub limits: ProposalLimits,
+}
+
+/// The plan of one proposal head: the note for its commit, the report for
+/// the forge (when the base configures one), the reviewed plan, the commit
+/// status it earns, and what alerts need.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Planned {
+    pub note: String,
+    pub report: Option<Report>,
+    pub reviewed: Option<Reviewed>,
+    /// The commit status (success, failure, error) and why.
+    pub verdict: (String, String),
+    /// Denials and policy errors, for the policy alert.
+    pub denials: Vec<String>,
+    /// Currency → the proposed monthly cost, where the proposal raises it.
+    pub raised_cost: BTreeMap<String, f64>,
+}
+
+impl Planned {
+    /// A head that was not planned, and why: its note, status and comment.
+    pub fn not_planned(
+        name: &str,
+        head: &str,
+        fleet: &str,
+        why: &str,
+        time: i64,
+        forge: bool,
+    ) -> Planned {
+        let marker = crate::report::marker(fleet);
+        let desc = format!("not planned: {why}");
+        Planned {
+            note: format!("tidekeeper plan for {name} at {head}: {desc}\n"),
+            report: forge.then(|| Report {
+                state: "error".into(),
+                description: desc.clone(),
+                comment: format!(
+                    "{marker}\n**Not planned**: {}\n\nPush a new commit to plan again.\n",
+                    escape_text(why)
+                ),
+                more: vec![],
+                context: format!("tidekeeper/{fleet}/plan"),
+                marker,
+                time,
+            }),
+            reviewed: None,
+            verdict: ("error".into(), desc),
+            denials: vec![],
+            raised_cost: BTreeMap::new(),
+        }
+    }
+}
+
+/// Run the worker for `job` and wait for its verdict, within `limits`. An
+/// `Err` is why the head was not planned, in words for its reviewers.
+pub async fn plan(exe: &Path, job: &Job) -> Result<Planned, String> {
+    let limits = job.limits.clone();
+    let input = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg(COMMAND)
+        .env_clear()
+        // The probe of a local host runs sh; nothing else is inherited.
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        // Few malloc arenas: each reserves address space the limit counts.
+        .env("MALLOC_ARENA_MAX", "2")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let (memory, cpu, files) = (limits.memory_bytes, limits.cpu_secs, limits.open_files);
+    // SAFETY: between fork and exec only async-signal-safe calls: setrlimit.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (res, v) in [
+                (libc::RLIMIT_AS, memory),
+                (libc::RLIMIT_CPU, cpu),
+                (libc::RLIMIT_NOFILE, files),
+                (libc::RLIMIT_CORE, 0),
+            ] {
+                let l = libc::rlimit {
+                    rlim_cur: v as libc::rlim_t,
+                    rlim_max: v as libc::rlim_t,
+                };
+                if libc::setrlimit(res, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("the planning worker could not start: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let cap = limits.output_bytes;
+    let work = async {
+        let feed = async {
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+        };
+        let out = async {
+            let mut buf = Vec::new();
+            let _ = (&mut stdout)
+                .take(cap as u64 + 1)
+                .read_to_end(&mut buf)
+                .await;
+            buf
+        };
+        let err = async {
+            let mut buf = Vec::new();
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
+            buf
+        };
+        let ((), out, err) = tokio::join!(feed, out, err);
+        (out, err)
+    };
+    let deadline = Duration::from_secs(limits.deadline_secs);
+    let (out, err) = match tokio::time::timeout(deadline, work).await {
+        Ok(x) => x,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(format!("exceeded its {} s deadline", limits.deadline_secs));
+        }
+    };
+    if out.len() > cap {
+        let _ = child.kill().await;
+        return Err(format!("its output exceeded the {} MiB limit", cap >> 20));
+    }
+    let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            let _ = child.kill().await;
+            return Err(format!("exceeded its {} s deadline", limits.deadline_secs));
+        }
+    };
+    if status.success()
+        && let Ok(p) = serde_json::from_slice::<Planned>(&out)
+    {
+        return Ok(p);
+    }
+    Err(death(status, &String::from_utf8_lossy(&err), &limits))
+}
+
+/// Why a worker died, in the words of the limit it met.
+fn death(status: std::process::ExitStatus, stderr: &str, limits: &ProposalLimits) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let signal = status.signal();
+    let memory = stderr.contains("memory allocation of")
+        || stderr.contains("out of memory")
+        || stderr.contains("Cannot allocate memory");
+    if memory {
+        return format!(
+            "exceeded its {} MiB memory limit",
+            limits.memory_bytes >> 20
+        );
+    }
+    if signal == Some(libc::SIGXCPU) || (signal == Some(libc::SIGKILL) && !memory) {
+        return format!("exceeded its {} s CPU limit", limits.cpu_secs);
+    }
+    // The worker's own words, one line, cut: never raw text into a comment.
+    let last: String = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    match (status.code(), signal) {
+        (Some(c), _) => format!("the planning worker exited with {c}: {last}"),
+        (None, Some(s)) => format!("the planning worker was killed by signal {s}: {last}"),
+        _ => format!("the planning worker failed: {last}"),
+    }
+}
+
+/// The worker's side: read a [`Job`] on stdin, plan it, print [`Planned`]
+/// as JSON. Its stderr is read by the daemon only to name a failure.
+pub fn main() -> std::process::ExitCode {
+    let mut input = Vec::new();
+    if std::io::stdin()
+        .take(16 << 20)
+        .read_to_end(&mut input)
+        .is_err()
+    {
+        return std::process::ExitCode::from(2);
+    }
+    let job: Job = match serde_json::from_slice(&input) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("proposal-worker: bad job: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // One thread: fewer stacks and arenas under the address-space limit.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let planned = rt.block_on(plan_job(&job));
+    match planned {
+        Ok(p) => {
+            println!("{}", serde_json::to_string(&p).expect("json"));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proposal-worker: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Plan the job's head under its base: what `plan_one` did in the daemon.
+async fn plan_job(job: &Job) -> Result<Planned, String> {
+    let base_tree =
+        ConfigTree::from_git(&job.mirror, &job.base_commit).map_err(|e| e.to_string())?;
+    // The base without its secrets: a proposal never needs them.
+    let base = crate::model::load(&base_tree).map_err(|d| d.to_string())?;
+    let base_policies = base_tree.policies();
+    let fleet_name = base.name.clone();
+    let marker = crate::report::marker(&fleet_name);
+    let context = format!("tidekeeper/{fleet_name}/plan");
+    let with_forge = base.settings.forge.is_some();
+    let (name, sha, time) = (job.name.as_str(), job.head.as_str(), job.time);
+    let loaded = ConfigTree::from_git(&job.mirror, sha)
+        .map_err(|e| vec![e.to_string()])
+        .and_then(|tree| {
+            let fleet =
+                crate::model::load_within(&tree, &job.limits).map_err(|d| super::lines(&d))?;
+            Ok((fleet, tree.policies()))
+        });
+    let (proposal, policies) = match loaded {
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(|e| base.redact(e)).collect();
+            let block = fenced(&errors.join("\n"));
+            let report = with_forge.then(|| Report {
+                state: "failure".into(),
+                description: "invalid config".into(),
+                comment: format!("{marker}\n**Invalid config**\n\n{block}\n"),
+                more: vec![],
+                context: context.clone(),
+                marker: marker.clone(),
+                time,
+            });
+            return Ok(Planned {
+                note: format!(
+                    "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
+                    errors.join("\n")
+                ),
+                report,
+                reviewed: None,
+                verdict: ("failure".into(), "invalid config".into()),
+                denials: vec![],
+                raised_cost: BTreeMap::new(),
+            });
+        }
+        Ok(x) => x,
+    };
+    let names = job.hosts.as_ref().map(|only| {
+        proposal
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| only.contains(n))
+            .collect()
+    });
+    let opts = engine::Options {
+        parallel: base.settings.parallelism.max(1) as usize,
+        ssh_key: job.ssh_key.clone(),
+        redactions: base.redactions.clone(),
+        ..Default::default()
+    };
+    let seen = job.cloud.clone().map(crate::cloud::Observed::from);
+    let p = reconcile::plan_proposal(
+        &base,
+        &base_policies,
+        proposal,
+        &policies,
+        names,
+        opts,
+        seen,
+    )
+    .await;
+    let (cloud, verdict, after_merge, results) =
+        (p.plan.cloud.clone(), p.verdict, p.after_merge, p.plan.hosts);
+    let refs: Vec<&HostResult> = results.iter().collect();
+    let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
+    let tree = git2::Repository::open_bare(&job.mirror)
+        .or_else(|_| git2::Repository::open(&job.mirror))
+        .ok()
+        .and_then(|r| {
+            let oid = git2::Oid::from_str(sha).ok()?;
+            Some(r.find_commit(oid).ok()?.tree_id().to_string())
+        });
+    let reviewed = tree.map(|tree| Reviewed {
+        tree,
+        digest: digest.clone(),
+        lines,
+    });
+    let stamp =
+        format!("\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n");
+    let review = crate::report::Review {
+        fleet: &fleet_name,
+        commit: sha,
+        cloud: cloud.as_ref(),
+        results: &refs,
+        verdict: &verdict,
+        after_merge: &after_merge,
+    };
+    let md = crate::report::markdown(&review, usize::MAX);
+    let mut json = reconcile::json(cloud.as_ref(), &refs);
+    json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
+    json["ref"] = name.into();
+    json["base"] = job.base_commit.clone().into();
+    json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
+    json["digest"] = digest.clone().into();
+    let note = base.redact(&format!(
+        "{md}{stamp}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    ));
+    let t = reconcile::totals(cloud.as_ref(), &refs);
+    let (state, desc) = if verdict.blocks() {
+        let first = verdict
+            .deny
+            .first()
+            .or(verdict.errors.first())
+            .cloned()
+            .unwrap_or_default();
+        // The policy's name first: the description is cut at 140 characters.
+        let desc = match first.rsplit_once(" (policy ") {
+            Some((msg, policy)) => format!("denied by {}: {msg}", policy.trim_end_matches(')')),
+            None => format!("denied: {first}"),
+        };
+        ("failure", desc)
+    } else if t.errors > 0 {
+        (
+            "error",
+            format!("{} host(s) or server(s) could not be planned", t.errors),
+        )
+    } else {
+        (
+            "success",
+            engine::render::summary_line(&t)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    let report = with_forge.then(|| {
+        // As many comments as the plan needs; the digest stamp on the first.
+        let mut parts =
+            crate::report::comments(&review, crate::report::GITHUB_LIMIT - stamp.len() - 200)
+                .into_iter()
+                .map(|p| base.redact(&p));
+        let first = parts.next().unwrap_or_default();
+        Report {
+            state: state.into(),
+            description: base.redact(&desc),
+            comment: format!("{first}{stamp}"),
+            more: parts.collect(),
+            context,
+            marker,
+            time,
+        }
+    });
+    let raised_cost = cloud
+        .as_ref()
+        .map(|c| {
+            c.cost
+                .iter()
+                .filter(|(_, l)| l.delta() > 0.0)
+                .map(|(cur, l)| (cur.to_string(), l.proposed))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Planned {
+        note,
+        report,
+        reviewed,
+        verdict: (state.to_string(), base.redact(&desc)),
+        denials: verdict
+            .deny
+            .iter()
+            .chain(&verdict.errors)
+            .cloned()
+            .collect(),
+        raised_cost,
+    })
+}
+
+/// Markdown text that cannot open a tag, a comment or an entity.
+fn escape_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A code block that no run of backticks inside can close.
+fn fenced(s: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}\n{s}\n{fence}")
+}

@@ -1,0 +1,293 @@
+//! Issue 34: planning a pull request is untrusted computation, done in a
+//! worker process with limits. Whatever a PR makes it do — exhaust memory,
+//! spin, stall, blow up `count:` or templates — the daemon stays up (these
+//! tests run it in this very process), main is applied meanwhile, and the
+//! PR's verdict names the limit it met.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::controller::{Running, Setup, commit, start_with, until};
+use crate::support::{TempDir, git};
+
+/// A fleet of one local host confined under `dir/a`, with small limits so
+/// a runaway proposal is cut short quickly.
+fn fleet(dir: &Path, limits: &str) -> PathBuf {
+    let repo = dir.join("fleet");
+    let a = dir.join("a");
+    for d in [&repo, &a] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let w = |rel: &str, text: &str| {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "tidekeeper.yaml",
+        &format!("fleet: sandbox\nproposals:\n{limits}"),
+    );
+    w(
+        "hosts/a.yaml",
+        &format!("provider: local\nroot: {}\nroles: [app]\n", a.display()),
+    );
+    w(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\n",
+    );
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit(&repo, "fleet");
+    repo
+}
+
+const LIMITS: &str = "  cpu: 4s\n  deadline: 6s\n  workers: 2\n";
+
+/// Open pull request `n` whose head adds `files`; its head commit.
+fn open_pr(repo: &Path, n: u32, files: &[(&str, &str)]) -> String {
+    git(repo, &["checkout", "-q", "-b", &format!("pr-{n}")]);
+    for (rel, text) in files {
+        let p = repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let head = commit(repo, &format!("pr {n}"));
+    git(repo, &["update-ref", &format!("refs/pull/{n}/head"), &head]);
+    git(repo, &["checkout", "-q", "main"]);
+    head
+}
+
+fn note(repo: &Path, commit: &str) -> String {
+    std::process::Command::new("git")
+        .args(["notes", "--ref=tidekeeper", "show", commit])
+        .current_dir(repo)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+}
+
+async fn daemon(repo: &Path, state: &Path) -> Running {
+    let d = start_with(
+        repo,
+        state,
+        Setup {
+            real_time: true,
+            proposals: &["refs/pull/*/head"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let head = git(repo, &["rev-parse", "HEAD"]);
+    until("main applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(head.as_str())
+    })
+    .await;
+    d
+}
+
+/// The peak resident size of this process (the daemon runs in it), in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_that_exhausts_memory_or_stalls_is_its_own_verdict_while_main_is_applied() {
+    let tmp = TempDir::new("sandbox-limits");
+    let repo = fleet(tmp.path(), LIMITS);
+    let d = daemon(&repo, &tmp.path().join("state")).await;
+    let rss_before = peak_rss_mib();
+
+    // Three ways to eat memory or time, from a policy and a template.
+    let oom = open_pr(
+        &repo,
+        1,
+        &[(
+            "policies/eat.rego",
+            "package eat\n\nimport rego.v1\n\nn := count(numbers.range(1, 100000000000))\n\ndeny contains \"x\" if n > 0\n",
+        )],
+    );
+    let spin = open_pr(
+        &repo,
+        2,
+        &[(
+            "policies/spin.rego",
+            "package spin\n\nimport rego.v1\n\nnever if {\n  some i in numbers.range(1, 1000000)\n  some j in numbers.range(1, 1000000)\n  i == j - 2000000\n}\n\ndeny contains \"x\" if never\n",
+        )],
+    );
+    let big = open_pr(
+        &repo,
+        3,
+        &[(
+            "policies/big.rego",
+            "package big\n\nimport rego.v1\n\ns := concat(\"\", [\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" | some i in numbers.range(1, 40000000)])\n\ndeny contains \"x\" if count(s) > 0\n",
+        )],
+    );
+    d.shared.poke();
+    // While they are being planned, a commit to main is applied at once.
+    until("the workers started", Duration::from_secs(20), || {
+        d.shared.status.lock().unwrap().hosts.contains_key("a")
+    })
+    .await;
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"v2\\n\"}\n",
+    )
+    .unwrap();
+    let main = commit(&repo, "v2 while proposals plan");
+    let pushed = std::time::Instant::now();
+    d.shared.poke();
+    until(
+        "main applied while proposals plan",
+        Duration::from_secs(10),
+        || d.applied().as_deref() == Some(main.as_str()),
+    )
+    .await;
+    assert!(pushed.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("a/etc/app.conf")).unwrap(),
+        "v2\n"
+    );
+
+    for (head, what) in [(&oom, "oom"), (&spin, "spin"), (&big, "big")] {
+        until(
+            &format!("the {what} verdict"),
+            Duration::from_secs(60),
+            || note(&repo, head).contains("not planned: exceeded its"),
+        )
+        .await;
+    }
+    assert!(
+        note(&repo, &oom).contains("not planned: exceeded its 1024 MiB memory limit"),
+        "{}",
+        note(&repo, &oom)
+    );
+    let spun = note(&repo, &spin);
+    assert!(
+        spun.contains("exceeded its 4 s CPU limit") || spun.contains("exceeded its 6 s deadline"),
+        "{spun}"
+    );
+    // The daemon is up and was never near the worker's memory.
+    let health = reqwest::get(format!("http://{}/healthz", d.addr))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    assert!(
+        peak_rss_mib() < rss_before + 256,
+        "the daemon's own memory grew: {} MiB -> {} MiB",
+        rss_before,
+        peak_rss_mib()
+    );
+    // Each verdict is recorded once: not planned again by itself.
+    let record = std::fs::read_to_string(tmp.path().join("state/proposals.json")).unwrap();
+    assert!(!record.contains("\"planning\""), "{record}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_whose_planning_took_the_daemon_down_is_never_planned_again_by_itself() {
+    let tmp = TempDir::new("sandbox-crashed");
+    let repo = fleet(tmp.path(), LIMITS);
+    let head = open_pr(
+        &repo,
+        1,
+        &[(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/app.conf, content: \"pr\\n\"}\n",
+        )],
+    );
+    // The record says a worker was planning it when the daemon stopped.
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("proposals.json"),
+        format!("{{\"refs/pull/1/head\": {{\"commit\": \"{head}\", \"planning\": true}}}}"),
+    )
+    .unwrap();
+    let d = daemon(&repo, &state).await;
+    until("the verdict", Duration::from_secs(30), || {
+        note(&repo, &head).contains("not planned")
+    })
+    .await;
+    let n = note(&repo, &head);
+    assert!(n.contains("its planning did not finish"), "{n}");
+    assert!(!n.contains("Plan digest"), "it was planned after all: {n}");
+    // A new head is planned as usual.
+    git(&repo, &["checkout", "-q", "pr-1"]);
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"pr2\\n\"}\n",
+    )
+    .unwrap();
+    let next = commit(&repo, "pr 1, again");
+    git(&repo, &["update-ref", "refs/pull/1/head", &next]);
+    git(&repo, &["checkout", "-q", "main"]);
+    d.shared.poke();
+    until("the new head planned", Duration::from_secs(30), || {
+        note(&repo, &next).contains("Plan digest")
+    })
+    .await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_per_proposal_not_per_file() {
+    let tmp = TempDir::new("sandbox-budgets");
+    let repo = fleet(
+        tmp.path(),
+        &format!("{LIMITS}  max_rendered_mib: 16\n  max_hosts: 1500\n"),
+    );
+    let d = daemon(&repo, &tmp.path().join("state")).await;
+    // Each render is small enough alone; 50 hosts × 20 files are not.
+    let files: String = (0..20)
+        .map(|i| format!("  - {{path: /etc/big-{i}, template: big.j2}}\n"))
+        .collect();
+    let rendered = open_pr(
+        &repo,
+        1,
+        &[
+            ("templates/big.j2", "{{ \"x\" * 100000 }}\n"),
+            ("roles/big.yaml", &format!("files:\n{files}")),
+            (
+                "hosts/many.yaml",
+                &format!(
+                    "count: 50\nprovider: local\nroot: {}\nroles: [big]\n",
+                    tmp.path().join("many").display()
+                ),
+            ),
+        ],
+    );
+    // 1000 hosts in each of two files: more hosts than the budget.
+    let group = |name: &str| {
+        (
+            format!("hosts/{name}.yaml"),
+            format!(
+                "count: 1000\nprovider: local\nroot: {}\nroles: [app]\n",
+                tmp.path().join(name).display()
+            ),
+        )
+    };
+    let (g1, g2) = (group("g1"), group("g2"));
+    let hosts = open_pr(&repo, 2, &[(&g1.0, &g1.1), (&g2.0, &g2.1)]);
+    d.shared.poke();
+    for (head, what, budget) in [
+        (&rendered, "rendered", "proposals.max_rendered_mib"),
+        (&hosts, "hosts", "proposals.max_hosts"),
+    ] {
+        until(
+            &format!("the {what} verdict"),
+            Duration::from_secs(60),
+            || note(&repo, head).contains("invalid config"),
+        )
+        .await;
+        let n = note(&repo, head);
+        assert!(n.contains("proposal-budget") && n.contains(budget), "{n}");
+    }
+    d.stop().await;
+}
