@@ -45,6 +45,14 @@ pub struct Verdict {
     pub warn: Vec<String>,
     /// Policies that failed to load or evaluate (these also block).
     pub errors: Vec<String>,
+    /// A proposal's own new or changed policies, judged apart from the
+    /// base's (they take effect after merge and block nothing now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposed: Option<Box<Verdict>>,
+    /// What the policies' `print` calls said: kept here (and redacted with
+    /// everything else that is shown), never written raw to a log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prints: Vec<String>,
 }
 
 impl Verdict {
@@ -81,8 +89,97 @@ impl Verdict {
         for e in &self.errors {
             s.push_str(&format!("  error: {e}\n"));
         }
+        s.push_str(&self.proposed_text());
         s
     }
+
+    /// The proposal's own policies, as plain text lines.
+    fn proposed_text(&self) -> String {
+        let Some(p) = &self.proposed else {
+            return String::new();
+        };
+        let mut s = String::from("Proposed policies (take effect after merge):\n");
+        for (what, lines) in [("deny", &p.deny), ("warn", &p.warn), ("error", &p.errors)] {
+            for l in lines {
+                s.push_str(&format!("  {what}: {l}\n"));
+            }
+        }
+        if p.deny.is_empty() && p.warn.is_empty() && p.errors.is_empty() {
+            s.push_str("  all passed\n");
+        }
+        s
+    }
+
+    /// The proposal's own policies for a markdown comment (their messages
+    /// are the proposal's text: escaped).
+    pub fn proposed_markdown(&self) -> String {
+        let Some(p) = &self.proposed else {
+            return String::new();
+        };
+        let esc = |t: &str| {
+            t.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('`', "&#96;")
+        };
+        let mut s = String::from(
+            "**Proposed policies** (take effect after merge; they judge nothing now):\n\n",
+        );
+        for (what, lines) in [("deny", &p.deny), ("warn", &p.warn), ("error", &p.errors)] {
+            for l in lines {
+                s.push_str(&format!("- {what}: {}\n", esc(l)));
+            }
+        }
+        if p.deny.is_empty() && p.warn.is_empty() && p.errors.is_empty() {
+            s.push_str("- all passed\n");
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// Judge a proposal's own new or changed policy files, in an engine that
+/// holds nothing else: no base file, no built-in. A file that declares a
+/// package the base's files or the built-ins declare is refused, never
+/// loaded: a proposal cannot add rules to (or switch off) the base's.
+pub fn judge_proposed(
+    fleet: &Fleet,
+    results: &[&HostResult],
+    cloud: Option<&CloudPlan>,
+    proposed: &[(String, String)],
+    base: &[(String, String)],
+) -> Verdict {
+    let reserved: std::collections::BTreeSet<String> = {
+        let all: Vec<(String, String)> = BUILTIN
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .chain(base.iter().cloned())
+            .collect();
+        engine(&all).1.into_iter().flatten().collect()
+    };
+    let mut kept = Vec::new();
+    let mut errors = Vec::new();
+    for (path, text) in proposed {
+        let (_, pkgs, errs) = engine(std::slice::from_ref(&(path.clone(), text.clone())));
+        errors.extend(errs);
+        match pkgs.into_iter().flatten().next() {
+            Some(pkg) if reserved.contains(&pkg) || pkg.starts_with("data.tidekeeper") => {
+                errors.push(format!(
+                    "{path}: declares package {}, which the base's policies own; refused (a proposal cannot add rules to the base's policies)",
+                    pkg.strip_prefix("data.").unwrap_or(&pkg)
+                ));
+            }
+            Some(_) => kept.push((path.clone(), text.clone())),
+            None => {}
+        }
+    }
+    let mut v = if kept.is_empty() {
+        Verdict::default()
+    } else {
+        evaluate_input(input(fleet, results, cloud), &kept, false)
+    };
+    v.errors.extend(errors);
+    v
 }
 
 /// Effective sshd settings of a host, from the sshd config files it
@@ -349,6 +446,9 @@ pub fn judge(
 /// file did not load, in the same order as `policies`); the load errors.
 fn engine(policies: &[(String, String)]) -> (regorus::Engine, Vec<Option<String>>, Vec<String>) {
     let mut engine = regorus::Engine::new();
+    // `print` output is gathered into the verdict, not sent to stderr where
+    // it could pose as the daemon's own log lines.
+    engine.set_gather_prints(true);
     engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
         limit: TIME_LIMIT,
         check_interval: NonZeroU32::new(100).expect("non-zero"),
@@ -436,6 +536,13 @@ fn evaluate_input(
             }
         }
     }
+    verdict.prints = engine
+        .take_prints()
+        .unwrap_or_default()
+        .into_iter()
+        .take(100)
+        .map(|p| p.chars().filter(|c| !c.is_control()).take(500).collect())
+        .collect();
     verdict.deny.sort();
     verdict.deny.dedup();
     verdict.warn.sort();

@@ -21,9 +21,12 @@ use crate::model::desired::{Confinement, Fleet, Host, Jump, ProviderKind, Trust}
 #[derive(Debug, Clone)]
 pub struct Confined {
     pub fleet: Fleet,
-    /// The policies the plan is judged by: the base's, plus files the
-    /// proposal adds (a proposal cannot remove or weaken a base policy).
+    /// The policies the plan is judged by: the base's files, exactly
+    /// (a proposal cannot remove, weaken or add to a base policy).
     pub policies: Vec<(String, String)>,
+    /// Policy files the proposal adds or changes: judged apart, in an
+    /// engine of their own, and shown as taking effect after merge.
+    pub proposed_policies: Vec<(String, String)>,
     /// What of the proposal takes effect only after merge, for the comment.
     pub after_merge: Vec<String>,
 }
@@ -49,7 +52,8 @@ pub fn confinement(host: &Host) -> Confinement {
                 c.mounts.insert(path);
             }
             Item::Command(cmd) => {
-                c.guards.insert((cmd.name, cmd.unless, cmd.onlyif));
+                c.guards
+                    .insert((cmd.name, cmd.creates, cmd.unless, cmd.onlyif));
             }
             _ => {}
         }
@@ -205,13 +209,22 @@ pub fn confine(
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    let mut policies: Vec<(String, String)> = base_policies.to_vec();
+    let policies: Vec<(String, String)> = base_policies.to_vec();
+    let mut proposed_policies = Vec::new();
     for (p, t) in proposal_policies {
         match base_paths.get(p.as_str()) {
-            None => policies.push((p.clone(), t.clone())),
-            Some(bt) if bt != t => after_merge.push(format!(
-                "{p}: judged by the base branch's version until merge"
-            )),
+            None => {
+                after_merge.push(format!(
+                    "{p}: a new policy, judged apart (shown below) and in effect after merge"
+                ));
+                proposed_policies.push((p.clone(), t.clone()));
+            }
+            Some(bt) if bt != t => {
+                after_merge.push(format!(
+                    "{p}: judged by the base branch's version until merge"
+                ));
+                proposed_policies.push((p.clone(), t.clone()));
+            }
             Some(_) => {}
         }
     }
@@ -222,7 +235,11 @@ pub fn confine(
             ));
         }
     }
-    proposal.policies = policies.iter().map(|(p, _)| p.clone()).collect();
+    proposal.policies = policies
+        .iter()
+        .chain(&proposed_policies)
+        .map(|(p, _)| p.clone())
+        .collect();
     // Nothing of a proposal is decrypted; outputs are still cleaned of the
     // base's secrets (a base-managed file may hold one).
     proposal.secrets_decrypted = false;
@@ -231,6 +248,7 @@ pub fn confine(
     Confined {
         fleet: proposal,
         policies,
+        proposed_policies,
         after_merge,
     }
 }
@@ -391,8 +409,11 @@ mod tests {
         assert_eq!(for_web.len(), 1);
         assert_eq!(for_web[0].key, KEY);
         assert!(c.fleet.known_hosts.iter().any(|k| k.hosts == ["10.0.0.7"]));
+        // Judged by the base's files alone; the new one apart (issue 34).
         let paths: Vec<&str> = c.policies.iter().map(|p| p.0.as_str()).collect();
-        assert_eq!(paths, ["policies/deny.rego", "policies/new.rego"]);
+        assert_eq!(paths, ["policies/deny.rego"]);
+        let proposed: Vec<&str> = c.proposed_policies.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(proposed, ["policies/new.rego"]);
         assert!(
             c.after_merge
                 .iter()

@@ -590,6 +590,16 @@ pub async fn plan_proposal(
     } = plan.gate(&confined.policies);
     // A destroy without permission fails the proposal like a denial.
     verdict.deny.extend(refusals);
+    if !confined.proposed_policies.is_empty() {
+        let results = plan.results();
+        verdict.proposed = Some(Box::new(crate::policy::judge_proposed(
+            &plan.fleet,
+            &results,
+            plan.cloud.as_ref(),
+            &confined.proposed_policies,
+            &confined.policies,
+        )));
+    }
     ProposalPlan {
         plan,
         verdict,

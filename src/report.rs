@@ -139,6 +139,7 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
         }
         head.push('\n');
     }
+    head.push_str(&verdict.proposed_markdown());
     if let Some(c) =
         cloud.filter(|c| !c.changes.is_empty() || !c.errors.is_empty() || c.unavailable.is_some())
     {
@@ -328,6 +329,8 @@ mod tests {
             deny: vec!["web-1 firewall ufw opens port 22 to the whole internet".into()],
             warn: vec![],
             errors: vec![],
+            proposed: None,
+            prints: vec![],
         };
         let md = markdown(
             &Review {

@@ -159,9 +159,20 @@ async fn a_proposal_that_exhausts_memory_or_stalls_is_its_own_verdict_while_main
         until(
             &format!("the {what} verdict"),
             Duration::from_secs(60),
-            || note(&repo, head).contains("not planned: exceeded its"),
+            || {
+                let n = note(&repo, head);
+                n.contains("not planned") || n.contains("Plan digest")
+            },
         )
         .await;
+        let n = note(&repo, head);
+        // A spinning policy meets the worker's CPU limit, or first the
+        // policy engine's own time limit: either way a verdict, in seconds.
+        assert!(
+            n.contains("not planned: exceeded its")
+                || (what == "spin" && n.contains("execution exceeded time limit")),
+            "{what}: {n}"
+        );
     }
     assert!(
         note(&repo, &oom).contains("not planned: exceeded its 1024 MiB memory limit"),
@@ -170,7 +181,9 @@ async fn a_proposal_that_exhausts_memory_or_stalls_is_its_own_verdict_while_main
     );
     let spun = note(&repo, &spin);
     assert!(
-        spun.contains("exceeded its 4 s CPU limit") || spun.contains("exceeded its 6 s deadline"),
+        spun.contains("exceeded its 4 s CPU limit")
+            || spun.contains("exceeded its 6 s deadline")
+            || spun.contains("execution exceeded time limit"),
         "{spun}"
     );
     // The daemon is up and was never near the worker's memory.
@@ -289,5 +302,200 @@ async fn budgets_are_per_proposal_not_per_file() {
         let n = note(&repo, head);
         assert!(n.contains("proposal-budget") && n.contains(budget), "{n}");
     }
+    d.stop().await;
+}
+
+const GUARD: &str = "package guard\n\nimport rego.v1\n\ndeny contains msg if {\n\tsome r in input.resources\n\tr.type == \"file\"\n\tstartswith(r.address, \"a file /etc/forbidden\")\n\tmsg := \"no forbidden files\"\n}\n\ndeny contains msg if {\n\tsome r in input.resources\n\tr.type == \"file\"\n\tcontains(r.address, \"forbidden\")\n\tmsg := sprintf(\"%s is forbidden\", [r.address])\n}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_cannot_switch_off_or_add_to_the_bases_policies() {
+    let tmp = TempDir::new("sandbox-provenance");
+    let repo = fleet(tmp.path(), LIMITS);
+    std::fs::create_dir_all(repo.join("policies")).unwrap();
+    std::fs::write(repo.join("policies/guard.rego"), GUARD).unwrap();
+    commit(&repo, "a guard");
+    let d = daemon(&repo, &tmp.path().join("state")).await;
+    let forbidden = "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\n  - {path: /etc/forbidden, content: \"x\\n\"}\n";
+    // The same forbidden file, with files that try to switch the guard off:
+    // rules in the base's own package, in a built-in package, and a changed
+    // copy of the guard itself.
+    let head = open_pr(
+        &repo,
+        1,
+        &[
+            ("roles/app.yaml", forbidden),
+            (
+                "policies/zz-override.rego",
+                "package guard\n\nimport rego.v1\n\ndefault allow := true\n\ndeny := set()\n",
+            ),
+            (
+                "policies/builtin.rego",
+                "package tidekeeper.builtin.ssh\n\nimport rego.v1\n\ndeny := set()\n",
+            ),
+            ("policies/guard.rego", "package guard\n\nimport rego.v1\n"),
+            (
+                "policies/new.rego",
+                "package proposed\n\nimport rego.v1\n\nwarn contains \"<!-- hidden --> ```\" if true\n",
+            ),
+        ],
+    );
+    d.shared.poke();
+    until("the verdict", Duration::from_secs(60), || {
+        note(&repo, &head).contains("Plan digest")
+    })
+    .await;
+    let n = note(&repo, &head);
+    assert!(
+        n.contains("is forbidden (policy guard)"),
+        "still judged by the base: {n}"
+    );
+    assert!(!n.contains("Policies: all passed"), "{n}");
+    assert!(
+        n.contains("policies/zz-override.rego: declares package guard, which the base's policies own; refused"),
+        "{n}"
+    );
+    assert!(
+        n.contains("policies/builtin.rego: declares package tidekeeper.builtin.ssh"),
+        "{n}"
+    );
+    assert!(
+        n.contains("policies/guard.rego: judged by the base branch's version until merge"),
+        "{n}"
+    );
+    // A new policy of its own is judged apart, and its text is escaped.
+    assert!(n.contains("**Proposed policies**"), "{n}");
+    assert!(n.contains("&lt;!-- hidden --&gt; &#96;&#96;&#96;"), "{n}");
+    let status = d.shared.board.lock().unwrap().history.proposals["refs/pull/1/head"].clone();
+    assert_eq!(status.state, "failure", "{status:?}");
+    assert!(status.description.contains("denied by guard"), "{status:?}");
+    d.stop().await;
+}
+
+#[test]
+fn a_policys_print_never_reaches_the_log_raw() {
+    let tmp = TempDir::new("sandbox-print");
+    let repo = fleet(tmp.path(), LIMITS);
+    std::fs::create_dir_all(repo.join("policies")).unwrap();
+    std::fs::write(
+        repo.join("policies/chatty.rego"),
+        "package chatty\n\nimport rego.v1\n\nwarn contains \"w\" if {\n\tprint(\"2026-12-06T00:00:00Z  INFO tidekeeper: applied, all good\")\n\ttrue\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"v2\\n\"}\n",
+    )
+    .unwrap();
+    commit(&repo, "chatty");
+    let out = crate::support::tidekeeper()
+        .args(["plan", "--json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!stderr.contains("applied, all good"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["policy"]["warn"][0], "w (policy chatty)", "{v}");
+    assert!(
+        v["policy"]["prints"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("applied, all good")),
+        "{v}"
+    );
+}
+
+/// The plan digest a note records.
+fn digest(note: &str) -> String {
+    note.split("Plan digest: `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("no digest in {note}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_learns_nothing_from_creates_paths_or_guessed_secret_content() {
+    use crate::support::fleet::FleetRepo;
+    use crate::support::testbed::Testbed;
+    // A real host: local hosts are never contacted for a proposal at all.
+    let bed = Testbed::start_light(1);
+    let base = "files:\n  - {path: /etc/tk-app, content: \"v1\\n\"}\n  - {path: /etc/tk-token, content: \"real-token-4471\\n\", sensitive: true}\n";
+    let repo = FleetRepo::minimal(&bed, &[("app", base)]);
+    let tmp = TempDir::new("sandbox-oracles");
+    let d = start_with(
+        &repo.path,
+        &tmp.path().join("state"),
+        Setup {
+            real_time: true,
+            ssh_key: Some(&repo.key),
+            proposals: &["refs/pull/*/head"],
+            ..Default::default()
+        },
+    )
+    .await;
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    until("main applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(head.as_str())
+    })
+    .await;
+    bed.ssh_ok(0, "touch /etc/tk-present");
+    let role =
+        |extra: &str| format!("files:\n  - {{path: /etc/tk-app, content: \"v1\\n\"}}\n{extra}");
+    // Two guesses at the token, one right: the plans must not tell them apart.
+    let right = open_pr(
+        &repo.path,
+        1,
+        &[(
+            "roles/app.yaml",
+            &role("  - {path: /etc/tk-token, content: \"real-token-4471\\n\"}\n"),
+        )],
+    );
+    let wrong = open_pr(
+        &repo.path,
+        2,
+        &[(
+            "roles/app.yaml",
+            &role("  - {path: /etc/tk-token, content: \"guess-0000-0000\\n\"}\n"),
+        )],
+    );
+    // Two `creates:` paths, one that exists: the same.
+    let cmd = |path: &str| {
+        role(&format!(
+            "  - {{path: /etc/tk-token, content: \"real-token-4471\\n\", sensitive: true}}\ncommands:\n  - {{name: look, run: \"true\", creates: {path}}}\n"
+        ))
+    };
+    let exists = open_pr(
+        &repo.path,
+        3,
+        &[("roles/app.yaml", &cmd("/etc/tk-present"))],
+    );
+    let absent = open_pr(&repo.path, 4, &[("roles/app.yaml", &cmd("/etc/tk-absent"))]);
+    d.shared.poke();
+    for head in [&right, &wrong, &exists, &absent] {
+        until("planned", Duration::from_secs(60), || {
+            note(&repo.path, head).contains("Plan digest")
+        })
+        .await;
+    }
+    let (r, w) = (note(&repo.path, &right), note(&repo.path, &wrong));
+    assert_eq!(
+        digest(&r),
+        digest(&w),
+        "a guess was confirmed:\n{r}\n---\n{w}"
+    );
+    assert!(
+        r.contains("not compared (secrets are never decrypted for proposals): /etc/tk-token"),
+        "{r}"
+    );
+    let (e, a) = (note(&repo.path, &exists), note(&repo.path, &absent));
+    assert_eq!(
+        digest(&e),
+        digest(&a),
+        "a path's existence leaked:\n{e}\n---\n{a}"
+    );
+    assert!(e.contains("runs if its guard says so"), "{e}");
     d.stop().await;
 }

@@ -4,7 +4,6 @@
 
 use super::item::Item;
 use super::plan::{Action, Change, HostPlan, ResourceKind};
-use super::probe::Observed;
 use crate::model::desired::{Confinement, SENSITIVE};
 
 pub const NOT_READ: &str = "current content not shown (not managed on the base branch)";
@@ -37,9 +36,11 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
         {
             f.content.sensitive = true;
         }
+        // A path the base treats as secret is never compared, whatever
+        // content the proposal gives it: a guess would be confirmed.
         if let Item::File(f) = &*i
             && f.content.sensitive
-            && is_placeholder(&f.content.bytes)
+            && (is_placeholder(&f.content.bytes) || c.sensitive.contains(&f.path))
         {
             un.secrets.push(f.path.clone());
             continue;
@@ -55,13 +56,22 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
             continue;
         }
         if let Item::Command(cmd) = i {
-            let guard = (cmd.name.clone(), cmd.unless.clone(), cmd.onlyif.clone());
-            if (cmd.unless.is_some() || cmd.onlyif.is_some()) && !c.guards.contains(&guard) {
+            let guard = (
+                cmd.name.clone(),
+                cmd.creates.clone(),
+                cmd.unless.clone(),
+                cmd.onlyif.clone(),
+            );
+            let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
+            if guarded && !c.guards.contains(&guard) {
+                // Not even its `creates:` path is looked at: it would tell
+                // whether a path the base does not show exists.
                 un.guards.push(cmd.name.clone());
-                let mut only_path = cmd.clone();
-                only_path.unless = None;
-                only_path.onlyif = None;
-                probed.push(Item::Command(only_path));
+                let mut unguarded = cmd.clone();
+                unguarded.creates = None;
+                unguarded.unless = None;
+                unguarded.onlyif = None;
+                probed.push(Item::Command(unguarded));
                 continue;
             }
         }
@@ -87,11 +97,11 @@ pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
             .collect(),
         ..Default::default()
     };
-    annotate(plan, &un, &Observed::default());
+    annotate(plan, &un);
 }
 
 /// Say in the plan what was not observed.
-pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
+pub fn annotate(plan: &mut HostPlan, un: &Unobserved) {
     plan.changes
         .retain(|c| !(c.kind == ResourceKind::File && un.secrets.contains(&c.id)));
     for c in plan.changes.iter_mut() {
@@ -103,10 +113,6 @@ pub fn annotate(plan: &mut HostPlan, un: &Unobserved, obs: &Observed) {
         }
     }
     for name in &un.guards {
-        // A `creates` path test that says skip still holds.
-        if obs.commands.get(name) == Some(&None) {
-            continue;
-        }
         match plan
             .changes
             .iter_mut()

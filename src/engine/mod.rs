@@ -677,7 +677,7 @@ pub async fn plan_host(
     }
     let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
     if let Some(u) = unobserved {
-        confine::annotate(&mut plan, &u, &obs);
+        confine::annotate(&mut plan, &u);
     }
     // Every file as wanted, with the stat just recorded: vouch for it, so
     // the checks until the next full one stat the files and send no path.

@@ -469,8 +469,11 @@ pub struct Confinement {
     pub stacks: std::collections::BTreeSet<String>,
     /// Mount points the base manages.
     pub mounts: std::collections::BTreeSet<String>,
-    /// Command guards exactly as the base has them: (command, unless, onlyif).
-    pub guards: std::collections::BTreeSet<(String, Option<String>, Option<String>)>,
+    /// Command guards exactly as the base has them: (command, creates,
+    /// unless, onlyif). Any other guard is not run for a proposal: even a
+    /// `creates:` path test tells whether a path exists.
+    pub guards:
+        std::collections::BTreeSet<(String, Option<String>, Option<String>, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
