@@ -89,6 +89,7 @@ fn hostile_pull_requests_run_nothing_read_nothing_and_send_no_credential() {
     let ctrl = controller.path().display().to_string();
 
     let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    fake.lock().unwrap().pulls_from(&repo.path);
     let identity = age_identity();
     repo.encrypt_secret(&identity, "db", DB_PASSWORD);
     repo.write(
