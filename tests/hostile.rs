@@ -337,3 +337,157 @@ fn the_cli_plans_an_untrusted_branch_under_the_base_branch() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(bed.ssh(0, "test -e /tmp/tk-pwned-cli").status.success());
 }
+
+/// Read from `s` until the daemon closes it (EOF or reset): whether it did
+/// within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn half_open_idle_and_oversized_requests_do_not_wear_the_daemon_down() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[
+            ("TIDEKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            // Short, so the test is quick: the default is 10 s and 256.
+            ("TIDEKEEPER_HTTP_HEADER_TIMEOUT_MS", "500"),
+            ("TIDEKEEPER_HTTP_MAX_CONNECTIONS", "16"),
+        ],
+    );
+    let addr = ("127.0.0.1", d.port);
+
+    // Half a header, then nothing: the daemon hangs up after the timeout,
+    // and answers /healthz meanwhile.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    assert_eq!(d.get("/healthz").0, 200);
+    assert!(
+        closed_within(&mut half, Duration::from_secs(20)),
+        "a half-open connection is closed"
+    );
+
+    // Far more idle connections than the cap: each is closed in its turn,
+    // and the daemon keeps answering.
+    let mut idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    d.wait_for(
+        "/healthz past the idle connections",
+        Duration::from_secs(30),
+        |d| d.get("/healthz").0 == 200,
+    );
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(30)),
+            "idle connection {i} closed"
+        );
+    }
+    assert_eq!(d.get("/healthz").0, 200);
+
+    // A webhook body over 1 MiB is refused before it is looked at.
+    let body = vec![b'{'; 1024 * 1024 + 512 * 1024];
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let head = format!(
+        "POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Hub-Signature-256: sha256=00\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let writer = std::thread::spawn(move || {
+        let _ = s
+            .write_all(head.as_bytes())
+            .and_then(|_| s.write_all(&body));
+    });
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let _ = writer.join();
+    let (code, _) = crate::support::http_response(&got);
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&got));
+    // A webhook of ordinary size still gets its answer (unsigned: 401).
+    assert_eq!(d.request("POST", "/hooks/git", &[], b"{}").0, 401);
+}
+
+#[test]
+fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
+    let state = TempDir::new("empty-secret");
+    for (var, value) in [
+        ("TIDEKEEPER_WEBHOOK_SECRET", ""),
+        ("TIDEKEEPER_WEBHOOK_SECRET", "   "),
+        ("TIDEKEEPER_API_TOKEN", ""),
+        ("TIDEKEEPER_API_TOKEN", " \t"),
+    ] {
+        let log = state.path().join("log");
+        let mut child = crate::support::tidekeeper()
+            .args([
+                "run",
+                "--repo",
+                "/nonexistent/tk-repo",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .env_remove("TIDEKEEPER_WEBHOOK_SECRET")
+            .env_remove("TIDEKEEPER_API_TOKEN")
+            .env(var, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{var}={value:?} accepted: the daemon started: {t}"
+        );
+        assert!(
+            t.contains(&format!("{var} (--")) && t.contains("is empty"),
+            "{var}={value:?}: {t}"
+        );
+    }
+}
