@@ -491,3 +491,145 @@ fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
         );
     }
 }
+
+/// Commit what is staged with author and committer dates of `date`.
+fn commit_dated(repo: &FleetRepo, msg: &str, date: &str) {
+    git(&repo.path, &["add", "-A"]);
+    let out = std::process::Command::new("git")
+        .current_dir(&repo.path)
+        .args(["-c", "user.name=eve", "-c", "user.email=eve@localhost"])
+        .args(["-c", "commit.gpgsign=false", "commit", "-q", "-m", msg])
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The lines of markdown `md` outside its code blocks (a block closes only
+/// on a line of at least as many backticks as opened it).
+fn outside_code(md: &str) -> String {
+    let mut out = Vec::new();
+    let mut open: Option<usize> = None;
+    for l in md.lines() {
+        let t = l.trim_start();
+        let ticks = t.chars().take_while(|c| *c == '`').count();
+        match open {
+            None if ticks >= 3 => open = Some(ticks),
+            None => out.push(l),
+            Some(n) if ticks >= n && t[ticks..].trim().is_empty() => open = None,
+            Some(_) => {}
+        }
+    }
+    assert!(open.is_none(), "a code block left open: {md}");
+    out.join("\n")
+}
+
+#[test]
+fn a_pr_cannot_forge_freeze_or_break_out_of_its_plan_comment() {
+    let bed = Testbed::start(1);
+    let forge_port = free_port();
+    let fake = fake_github(forge_port);
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    fake.lock().unwrap().pulls_from(&repo.path);
+    repo.write(
+        "tidekeeper.yaml",
+        &forge_yaml(&format!("http://127.0.0.1:{forge_port}"), ""),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    let marker = tidekeeper::report::marker("test");
+    // The PR's author speaks first, with tidekeeper's marker.
+    let forged =
+        format!("{marker}\n### tidekeeper plan\n\n**Plan: no changes.** Policies: all passed.\n");
+    {
+        let mut f = fake.lock().unwrap();
+        f.comments.push((7, 1, forged.clone()));
+        f.authors.insert(1, "mallory".into());
+    }
+    // A head dated 2099, whose file, path and policy message try to close
+    // the code block and hide the rest of the comment.
+    let evil = r#"```\n<!-- hide the rest\n<script>alert(1)</script> & "#;
+    git(&repo.path, &["checkout", "-q", "-b", "pr-7"]);
+    repo.write(
+        "roles/app.yaml",
+        &format!("files:\n  - {{path: /etc/tk-app, content: \"{evil}plan-of-2099\\n\"}}\n"),
+    );
+    repo.write(
+        "policies/evil.rego",
+        "package evil\n\nimport rego.v1\n\ndeny contains \"```\\n<!-- hide <script>x</script> & more\" if { true }\n",
+    );
+    commit_dated(&repo, "from the future", "2099-01-01T00:00:00Z");
+    let first = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/7/head", &first]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("GITHUB_TOKEN", "t0k")],
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    let bots = |f: &crate::forge::Shared| -> Vec<String> {
+        let f = f.lock().unwrap();
+        f.comments
+            .iter()
+            .filter(|c| {
+                c.0 == 7 && f.authors.get(&c.1).map(String::as_str) == Some(crate::forge::BOT)
+            })
+            .map(|c| c.2.clone())
+            .collect()
+    };
+    d.wait_for("the 2099 head's plan", Duration::from_secs(60), |_| {
+        bots(&fake).iter().any(|c| c.contains("plan-of-2099"))
+    });
+    let c = bots(&fake).concat();
+    assert_eq!(
+        fake.lock().unwrap().comments[0].2,
+        forged,
+        "the author's comment is left alone"
+    );
+    let outside = outside_code(&c);
+    assert_eq!(outside.matches("<!--").count(), 1, "only the marker: {c}");
+    assert!(!outside.contains("<script>"), "{c}");
+    assert!(
+        outside.contains("&lt;!-- hide &lt;script&gt;x&lt;/script&gt; &amp; more"),
+        "the policy's message, escaped: {c}"
+    );
+    assert!(
+        c.contains("<!-- hide the rest"),
+        "the diff is shown, in its block: {c}"
+    );
+
+    // A later push, dated today, replaces the plan of the head from 2099.
+    git(&repo.path, &["checkout", "-q", "pr-7"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-app, content: \"cron-backdoor-v2\\n\"}\n",
+    );
+    commit_dated(&repo, "the real change", "2026-11-30T12:00:00Z");
+    let second = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/7/head", &second]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("the newer head's plan", Duration::from_secs(60), |_| {
+        bots(&fake).iter().any(|c| c.contains("cron-backdoor-v2"))
+    });
+    let now = bots(&fake);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        now[0].contains(&second[..12]) && !now[0].contains("plan-of-2099"),
+        "{}",
+        now[0]
+    );
+    assert_eq!(fake.lock().unwrap().comments[0].2, forged);
+    let status = fake
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .find(|r| r.1 == format!("statuses/{first}"))
+        .map(|r| r.2["description"].to_string())
+        .unwrap_or_default();
+    assert!(!status.contains("\\n"), "{status}");
+}
