@@ -1,8 +1,11 @@
 //! Reporting to a forge (GitHub or Gitea REST): commit statuses and one
 //! plan comment per pull request, updated in place. Statuses are posted only
-//! when their state changes (remembered across restarts when given a file),
-//! and a comment is never rewritten with the same text or by the plan of an
-//! older commit than the one it shows.
+//! when their state changes (remembered across restarts when given a file).
+//! tidekeeper's comments are found by their author — the user its token is
+//! (`GET /user`) — never by their marker alone, so a comment anyone else
+//! writes is never taken for the plan; and a plan is written only while its
+//! head is still the pull request's head (`GET .../pulls/N`), never ordered
+//! by commit metadata a proposal's author chooses.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,16 +39,23 @@ pub struct Forge {
     posted: Mutex<HashMap<String, String>>,
     /// Where `posted` is kept between runs.
     memory: Option<std::path::PathBuf>,
+    /// The login of the user the token is (`GET /user`), asked once.
+    login: tokio::sync::OnceCell<String>,
 }
-
-/// The line in a plan comment that orders it: the commit time of the plan's head.
-const ORDER: &str = "<!-- tidekeeper-order: ";
 
 #[derive(Deserialize)]
 struct Comment {
     id: u64,
     #[serde(default)]
     body: String,
+    #[serde(default)]
+    user: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    #[serde(default)]
+    login: String,
 }
 
 impl Forge {
@@ -67,6 +77,7 @@ impl Forge {
             http: crate::http::client(Duration::from_secs(20)),
             posted: Mutex::new(HashMap::new()),
             memory: None,
+            login: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -144,7 +155,9 @@ impl Forge {
         if self.posted.lock().unwrap().get(&key).map(String::as_str) == Some(state) {
             return Ok(false);
         }
-        let description: String = description.chars().take(140).collect();
+        // Plain text of at most 140 characters: a proposal's words cannot
+        // add lines or control characters to it.
+        let description = crate::report::status_text(description);
         self.send(
             Method::POST,
             &format!("/repos/{}/statuses/{sha}", self.repo),
@@ -156,18 +169,56 @@ impl Forge {
         Ok(true)
     }
 
-    /// Create, or update in place, the one comment carrying `marker`. `order`
-    /// (the commit time of the planned head) keeps a late plan of an older
-    /// commit from overwriting a newer one. Whether the comment was written.
+    /// Create, or update in place, the one comment carrying `marker`, for
+    /// the plan of `head`. Whether the comment was written.
     pub async fn upsert_comment(
         &self,
         pr: u64,
         marker: &str,
         body: &str,
-        order: i64,
+        head: &str,
     ) -> Result<bool, ForgeError> {
-        self.upsert_comments(pr, marker, &[body.to_string()], order)
+        self.upsert_comments(pr, marker, &[body.to_string()], head)
             .await
+    }
+
+    /// The login of the user the token is: tidekeeper's comments are the
+    /// ones this user wrote (asked once; GitHub and Gitea both answer
+    /// `GET /user` with `{"login": ...}`).
+    pub async fn login(&self) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                let v = self.send(Method::GET, "/user", None).await?;
+                match v["login"].as_str().filter(|l| !l.trim().is_empty()) {
+                    Some(l) => Ok(l.to_string()),
+                    None => Err(ForgeError::Request {
+                        method: "GET",
+                        url: format!("{}/user", self.api),
+                        reason: "the answer names no login".into(),
+                    }),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// The sha of the pull request's head, as the forge has it now.
+    pub async fn pr_head(&self, pr: u64) -> Result<String, ForgeError> {
+        let v = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/pulls/{pr}", self.repo),
+                None,
+            )
+            .await?;
+        match v["head"]["sha"].as_str() {
+            Some(sha) => Ok(sha.to_string()),
+            None => Err(ForgeError::Request {
+                method: "GET",
+                url: format!("{}/repos/{}/pulls/{pr}", self.api, self.repo),
+                reason: "the answer names no head sha".into(),
+            }),
+        }
     }
 
     /// Every comment on `pr`, page by page (100 a page; a forge that does
@@ -201,38 +252,47 @@ impl Forge {
         Ok(all)
     }
 
-    /// A plan as several comments (see [`crate::report::comments`]): part k
-    /// found again by its marker and updated in place; parts an earlier,
-    /// longer plan left are deleted. Nothing changes when the comments show
-    /// a newer commit's plan; false when nothing needed changing.
+    /// A plan of `head` as several comments (see [`crate::report::comments`]):
+    /// part k — a comment tidekeeper's user wrote, carrying part k's marker —
+    /// updated in place; parts an earlier, longer plan left are deleted.
+    /// Comments by anyone else are never read as a plan nor touched, whatever
+    /// they carry. Nothing is written unless `head` is still the pull
+    /// request's head (a plan of an older head finishing late, or a forge
+    /// outage's leftover): false then, and when nothing needed changing.
     pub async fn upsert_comments(
         &self,
         pr: u64,
         marker: &str,
         parts: &[String],
-        order: i64,
+        head: &str,
     ) -> Result<bool, ForgeError> {
-        let existing = self.comments(pr).await?;
-        let order_of = |c: &Comment| {
-            c.body
-                .split(ORDER)
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<i64>().ok())
-        };
-        let find = |k: usize| {
-            let m = crate::report::part_marker(marker, k);
-            existing.iter().find(move |c| c.body.contains(&m))
-        };
-        if find(1)
-            .and_then(order_of)
-            .is_some_and(|theirs| theirs > order)
-        {
+        let current = self.pr_head(pr).await?;
+        if !current.eq_ignore_ascii_case(head) {
+            tracing::debug!(pr, planned = head, current = %current, "a plan of an older head is not shown");
             return Ok(false);
         }
+        let me = self.login().await?;
+        let existing: Vec<Comment> = self
+            .comments(pr)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.user
+                    .as_ref()
+                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
+            })
+            .collect();
+        // Each part's marker sits on its first line: a quote of it further
+        // down (a reply quoting the bot) is not the part.
+        let find = |k: usize| {
+            let m = crate::report::part_marker(marker, k);
+            existing
+                .iter()
+                .find(move |c| c.body.lines().next().is_some_and(|l| l.trim() == m))
+        };
         let mut changed = false;
         for (i, part) in parts.iter().enumerate() {
-            let body = format!("{part}\n{ORDER}{order} -->\n");
+            let body = part.to_string();
             match find(i + 1) {
                 Some(c) if c.body == body => {}
                 Some(c) => {

@@ -17,6 +17,116 @@ pub fn marker(fleet: &str) -> String {
     format!("<!-- tidekeeper:{fleet} -->")
 }
 
+/// At most this many comments for one plan on a pull request: the rest is
+/// summarised, with a pointer to the dashboard and the git note.
+pub const MAX_COMMENTS: usize = 5;
+/// At most this many bytes in a plan's git note.
+pub const NOTE_LIMIT: usize = 256 * 1024;
+/// Where the dashboard the daemon serves lists the proposals' plans.
+pub const DASHBOARD_PROPOSALS: &str = "/#proposals";
+
+/// A code fence for `text`: longer than any run of backticks in it (at
+/// least three), so nothing inside can close the block.
+pub fn fence_for(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if c == '`' {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    "`".repeat((longest + 1).max(3))
+}
+
+/// `text` in a fenced code block (with `info`, e.g. `diff`), whatever it holds.
+pub fn fenced(info: &str, text: &str) -> String {
+    let f = fence_for(text);
+    let nl = if text.is_empty() || text.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    format!("{f}{info}\n{text}{nl}{f}\n")
+}
+
+/// Text a proposal controls (a policy message, a name, an error) as one
+/// line of markdown that shows as written: HTML (`<!--`, `<script>`) and
+/// entities neutralised, backticks, pipes, brackets and backslashes escaped,
+/// line breaks and control characters made spaces — it cannot open a code
+/// block, a comment, a link or a table cell of its own.
+pub fn md_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\\' | '`' | '|' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A commit status description: plain text of at most 140 characters, on
+/// one line, without control characters.
+pub fn status_text(text: &str) -> String {
+    let one: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let one = one.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= 140 {
+        return one;
+    }
+    let mut cut: String = one.chars().take(139).collect();
+    cut.push('…');
+    cut
+}
+
+/// A git note as plain text: no control characters but line breaks and
+/// tabs (nothing a terminal showing `git notes show` would act on), and at
+/// most [`NOTE_LIMIT`] bytes, cut at a line with what was left out said.
+pub fn note_text(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect();
+    if clean.len() <= NOTE_LIMIT {
+        return clean;
+    }
+    let room = NOTE_LIMIT - 300;
+    let mut end = room;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Some(nl) = clean[..end].rfind('\n') {
+        end = nl + 1;
+    }
+    let more = clean[end..].lines().count();
+    format!(
+        "{}\n… {more} more lines not shown (the note is capped at {} KiB); see the dashboard's page for this pull request at {DASHBOARD_PROPOSALS} on the tidekeeper daemon\n",
+        &clean[..end],
+        NOTE_LIMIT / 1024
+    )
+}
+
+/// The comment for a proposal whose config does not load: its errors, in a
+/// code block they cannot close.
+pub fn invalid_config(marker: &str, errors: &[String]) -> String {
+    format!(
+        "{marker}\n**Invalid config**\n\n{}",
+        fenced("", &errors.join("\n"))
+    )
+}
+
 /// A plan's text for a ```diff block: each line's marker moved to column 0
 /// (GitHub colours a diff line only by its first character), `~` shown as
 /// `!` (changed), the indentation kept after the marker.
@@ -56,6 +166,7 @@ pub fn diff_markers(text: &str) -> String {
 
 /// One host's folded details: its summary line and the text of its code block.
 struct Section {
+    /// Already escaped (see [`md_text`]).
     title: String,
     fence: &'static str,
     text: String,
@@ -65,8 +176,9 @@ impl Section {
     fn render(&self, text: &str, continued: bool) -> String {
         let more = if continued { " (continued)" } else { "" };
         format!(
-            "<details><summary>{}{more}</summary>\n\n```{}\n{}```\n</details>\n\n",
-            self.title, self.fence, text
+            "<details><summary>{}{more}</summary>\n\n{}</details>\n\n",
+            self.title,
+            fenced(self.fence, text)
         )
     }
 }
@@ -121,7 +233,7 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
             "Planned as a proposal: these of its settings take effect only after merge:\n\n",
         );
         for a in after_merge {
-            let _ = writeln!(head, "- {a}");
+            let _ = writeln!(head, "- {}", md_text(a));
         }
         head.push('\n');
     }
@@ -129,13 +241,13 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
         head.push_str("Policies: all passed.\n\n");
     } else {
         for d in &verdict.deny {
-            let _ = writeln!(head, "- :x: **deny**: {d}");
+            let _ = writeln!(head, "- :x: **deny**: {}", md_text(d));
         }
         for e in &verdict.errors {
-            let _ = writeln!(head, "- :x: **policy error**: {e}");
+            let _ = writeln!(head, "- :x: **policy error**: {}", md_text(e));
         }
         for w in &verdict.warn {
-            let _ = writeln!(head, "- :warning: warn: {w}");
+            let _ = writeln!(head, "- :warning: warn: {}", md_text(w));
         }
         head.push('\n');
     }
@@ -146,8 +258,8 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
         // Server changes are few and carry the cost: shown open, before the hosts.
         let _ = writeln!(
             head,
-            "```diff\n{}```\n",
-            diff_markers(&crate::cloud::plan::text(c, false))
+            "{}",
+            fenced("diff", &diff_markers(&crate::cloud::plan::text(c, false)))
         );
     }
     let mut sections = Vec::new();
@@ -155,7 +267,7 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
         let r = r.borrow();
         if let Some(e) = &r.error {
             sections.push(Section {
-                title: format!("<b>{}</b>: error", r.host),
+                title: format!("<b>{}</b>: error", md_text(&r.host)),
                 fence: "",
                 text: format!("{}\n", e.trim()),
             });
@@ -169,7 +281,7 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
         sections.push(Section {
             title: format!(
                 "<b>{}</b>: {n} change{}",
-                r.host,
+                md_text(&r.host),
                 if n == 1 { "" } else { "s" }
             ),
             fence: "diff",
@@ -181,8 +293,13 @@ fn parts_of<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (String, Vec<Section>) 
 
 fn heading(fleet: &str, commit: &str) -> String {
     format!(
-        "### tidekeeper plan for `{fleet}` at `{}`",
-        &commit[..commit.len().min(12)]
+        "### tidekeeper plan for `{}` at `{}`",
+        fleet.replace(['`', '\n', '\r'], ""),
+        commit
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(12)
+            .collect::<String>()
     )
 }
 
@@ -196,7 +313,8 @@ pub fn part_marker(marker: &str, k: usize) -> String {
 }
 
 /// The plan of `commit` as one markdown text (for the note on a commit and
-/// `plan --markdown`): cut in the middle of the details when over `limit`.
+/// `plan --markdown`): when over `limit`, the middle of the details is left
+/// out — whole lines, each host's code block closed — and counted.
 pub fn markdown<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> String {
     let (head, sections) = parts_of(r);
     let body: String = sections.iter().map(|s| s.render(&s.text, false)).collect();
@@ -206,23 +324,72 @@ pub fn markdown<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Strin
         return out;
     }
     // Cut the middle of the details, never the summary.
-    let note = "\n\n… (plan cut here to fit the comment limit; the full plan is in the git note on this commit) …\n\n";
-    let room = limit.saturating_sub(head.len() + note.len());
-    let keep_front = room / 2;
-    let keep_back = room - keep_front;
-    let cut = |s: &str, at: usize| {
-        let mut i = at.min(s.len());
-        while !s.is_char_boundary(i) {
-            i -= 1;
+    let lines: Vec<(usize, &str)> = sections
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.text.split_inclusive('\n').map(move |l| (i, l)))
+        .collect();
+    let wrap =
+        |i: usize| sections[i].render("", true).len() + 2 * fence_for(&sections[i].text).len();
+    let room = limit.saturating_sub(head.len() + 600);
+    let (mut front, mut used, mut open) = (0, 0, None);
+    while front < lines.len() {
+        let (i, l) = lines[front];
+        let cost = l.len() + if open == Some(i) { 0 } else { wrap(i) };
+        if used + cost > room / 2 {
+            break;
         }
-        i
-    };
-    let front_end = cut(&body, keep_front);
-    let mut back_start = cut(&body, body.len().saturating_sub(keep_back));
-    while back_start < body.len() && !body.is_char_boundary(back_start) {
-        back_start += 1;
+        used += cost;
+        open = Some(i);
+        front += 1;
     }
-    format!("{head}{}{note}{}", &body[..front_end], &body[back_start..])
+    let (mut back, mut used, mut open) = (lines.len(), 0, None);
+    while back > front {
+        let (i, l) = lines[back - 1];
+        let cost = l.len() + if open == Some(i) { 0 } else { wrap(i) };
+        if used + cost > room - room / 2 {
+            break;
+        }
+        used += cost;
+        open = Some(i);
+        back -= 1;
+    }
+    let render = |range: &[(usize, &str)], continued_first: bool| {
+        let mut text = String::new();
+        let mut k = 0;
+        while k < range.len() {
+            let i = range[k].0;
+            let mut chunk = String::new();
+            while k < range.len() && range[k].0 == i {
+                chunk.push_str(range[k].1);
+                k += 1;
+            }
+            let continued = continued_first && text.is_empty();
+            text.push_str(&sections[i].render(&chunk, continued));
+        }
+        text
+    };
+    let kept: std::collections::BTreeSet<usize> = lines[..front]
+        .iter()
+        .chain(&lines[back..])
+        .map(|(i, _)| *i)
+        .collect();
+    let hidden_hosts = sections.len() - kept.len();
+    let continued = front > 0 && back < lines.len() && lines[front - 1].0 == lines[back].0;
+    let hosts = if hidden_hosts > 0 {
+        format!(" ({hidden_hosts} more hosts)")
+    } else {
+        String::new()
+    };
+    let note = format!(
+        "\n\n… (plan cut here to fit the comment limit: {} more lines{hosts} not shown; the full plan is in the git note on this commit and on the dashboard's page for this pull request at {DASHBOARD_PROPOSALS}) …\n\n",
+        back - front
+    );
+    format!(
+        "{head}{}{note}{}",
+        render(&lines[..front], false),
+        render(&lines[back..], continued)
+    )
 }
 
 /// The plan as pull-request comments of at most `limit` bytes each, as
@@ -243,22 +410,32 @@ pub fn comments<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Vec<S
         )
     };
     let mut parts: Vec<String> = Vec::new();
+    // Per part: the hosts it starts and the lines it shows.
+    let mut shown: Vec<(usize, usize)> = vec![(0, 0)];
     let mut cur = head;
     for s in &sections {
         let whole = s.render(&s.text, false);
+        let n_lines = s.text.lines().count();
         if cur.len() + whole.len() <= cap {
             cur.push_str(&whole);
+            let last = shown.last_mut().expect("one per part");
+            last.0 += 1;
+            last.1 += n_lines;
             continue;
         }
         if next_head(parts.len() + 2).len() + whole.len() <= cap {
             parts.push(std::mem::replace(&mut cur, next_head(parts.len() + 2)));
+            shown.push((1, n_lines));
             cur.push_str(&whole);
             continue;
         }
+        shown.last_mut().expect("one per part").0 += 1;
         // Longer than a comment: line by line, closing the block at each break.
         let wrap = s.render("", true).len();
         let mut chunk = String::new();
         let mut continued = false;
+        // The longest fence the chunk needs so far.
+        let mut fence = 3;
         for line in s.text.split_inclusive('\n') {
             let line = if line.len() > cap / 2 {
                 let mut end = cap / 2;
@@ -269,21 +446,36 @@ pub fn comments<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Vec<S
             } else {
                 line.to_string()
             };
-            if cur.len() + wrap + chunk.len() + line.len() > cap {
+            fence = fence.max(fence_for(&line).len());
+            if cur.len() + wrap + 2 * fence + chunk.len() + line.len() > cap {
                 if !chunk.is_empty() {
                     cur.push_str(&s.render(&chunk, continued));
                     continued = true;
                     chunk.clear();
                 }
+                fence = fence_for(&line).len();
                 parts.push(std::mem::replace(&mut cur, next_head(parts.len() + 2)));
+                shown.push((0, 0));
             }
             chunk.push_str(&line);
+            shown.last_mut().expect("one per part").1 += 1;
         }
         if !chunk.is_empty() {
             cur.push_str(&s.render(&chunk, continued));
         }
     }
     parts.push(cur);
+    if parts.len() > MAX_COMMENTS {
+        // A flood of comments helps nobody: the rest is counted.
+        let (hosts, lines) = shown[MAX_COMMENTS..]
+            .iter()
+            .fold((0, 0), |(h, l), (h2, l2)| (h + h2, l + l2));
+        parts.truncate(MAX_COMMENTS);
+        let _ = write!(
+            parts[MAX_COMMENTS - 1],
+            "\n… {hosts} more hosts and {lines} more lines not shown: at most {MAX_COMMENTS} comments per pull request; see the git note on this commit and the dashboard's page for this pull request at {DASHBOARD_PROPOSALS} on the tidekeeper daemon.\n"
+        );
+    }
     let n = parts.len();
     if n > 1 {
         let first = heading(fleet, commit);
@@ -391,7 +583,7 @@ mod tests {
 
     #[test]
     fn a_plan_too_long_for_one_comment_is_split_never_inside_a_code_block() {
-        let big = result("web-1", 2000);
+        let big = result("web-1", 800);
         let small = result("web-2", 3);
         let parts = comments(
             &Review {
@@ -423,15 +615,15 @@ mod tests {
                 "part {k}"
             );
         }
-        assert!(parts[0].contains("Plan: 0 to add, 2003 to change, 0 to destroy."));
+        assert!(parts[0].contains("Plan: 0 to add, 803 to change, 0 to destroy."));
         let all = parts.concat();
-        for i in [0, 1000, 1999] {
+        for i in [0, 400, 799] {
             assert!(
                 all.contains(&format!("/etc/app/{i}.conf")),
                 "{i} is in some part"
             );
         }
-        assert!(parts[1].contains("<b>web-1</b>: 2000 changes (continued)"));
+        assert!(parts[1].contains("<b>web-1</b>: 800 changes (continued)"));
         // A plan that fits is one comment with the plain marker.
         let one = comments(
             &Review {
@@ -450,5 +642,165 @@ mod tests {
             part_marker("<!-- tidekeeper:acme -->", 3),
             "<!-- tidekeeper:acme:part-3 -->"
         );
+    }
+
+    /// The lines of `md` outside its code blocks, as CommonMark reads the
+    /// fences: a block closes only on a line of at least as many backticks.
+    fn outside_code(md: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut open: Option<usize> = None;
+        for l in md.lines() {
+            let t = l.trim_start();
+            let ticks = t.chars().take_while(|c| *c == '`').count();
+            match open {
+                None if ticks >= 3 => open = Some(ticks),
+                None => out.push(l.to_string()),
+                Some(n) if ticks >= n && t[ticks..].trim().is_empty() => open = None,
+                Some(_) => {}
+            }
+        }
+        assert!(open.is_none(), "a code block left open: {md}");
+        out
+    }
+
+    fn hostile_review_parts() -> (Vec<String>, String) {
+        let evil =
+            "x\n```\n<!-- hide the rest\n<script>alert(1)</script> & | `tick` [link](http://evil)";
+        let mut r = result("web-1", 1);
+        r.host = "web-1<!--".into();
+        let plan = r.plan.as_mut().unwrap();
+        plan.changes[0].id = format!("/etc/{evil}");
+        plan.changes[0].diff = Some(format!(
+            "--- a\n+++ b\n@@ -1 +1 @@\n-old\n+````\n+<!-- hidden\n+{evil}\n"
+        ));
+        let v = Verdict {
+            deny: vec![format!("denied {evil}")],
+            warn: vec![format!("warned {evil}")],
+            errors: vec![],
+        };
+        let after = vec![format!("after merge {evil}")];
+        let review = Review {
+            fleet: "acme",
+            commit: "0123456789abcdef",
+            cloud: None,
+            results: &[r],
+            verdict: &v,
+            after_merge: &after,
+        };
+        (
+            comments(&review, GITHUB_LIMIT),
+            markdown(&review, GITHUB_LIMIT),
+        )
+    }
+
+    #[test]
+    fn proposal_text_is_escaped_and_cannot_leave_its_code_block() {
+        let (parts, md) = hostile_review_parts();
+        assert_eq!(parts.len(), 1);
+        for text in [&parts[0], &md] {
+            let outside = outside_code(text).join("\n");
+            // Only tidekeeper's own marker is an HTML comment.
+            assert_eq!(outside.matches("<!--").count(), 1, "{text}");
+            assert!(!outside.contains("<script>"), "{outside}");
+            assert!(!outside.contains("[link](http"), "no link: {outside}");
+            assert!(
+                outside.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; \\| \\`tick\\`"),
+                "{outside}"
+            );
+            assert!(
+                outside.contains("<b>web-1&lt;!--</b>: 1 change"),
+                "{outside}"
+            );
+            assert!(
+                outside.contains("- :x: **deny**: denied x \\`\\`\\` &lt;!-- hide the rest"),
+                "{outside}"
+            );
+            // The diff is all there, inside a fence longer than its backticks.
+            assert!(text.contains("`````diff\n"), "{text}");
+            assert!(text.contains("\n+        <!-- hidden\n"), "{text}");
+            assert!(text.contains("</details>"), "{text}");
+        }
+        assert_eq!(fence_for("a ```` b"), "`````");
+        assert_eq!(fence_for("none"), "```");
+        let ic = invalid_config("<!-- m -->", &["bad ```\n<!-- x".into()]);
+        assert_eq!(
+            outside_code(&ic).join("\n").matches("<!--").count(),
+            1,
+            "{ic}"
+        );
+    }
+
+    #[test]
+    fn status_descriptions_and_notes_are_plain_capped_text() {
+        let d = status_text(&format!("denied: a\nb\x1b[31m {}", "y".repeat(300)));
+        assert_eq!(d.chars().count(), 140, "{d}");
+        assert!(
+            d.starts_with("denied: a b [31m y") && d.ends_with('…'),
+            "{d}"
+        );
+        assert!(!d.contains(['\n', '\x1b']));
+        assert_eq!(status_text("short"), "short");
+        // A 43 MB plan makes a note of at most 256 KiB, saying what it left out.
+        let huge = format!(
+            "head\x1b]0;title\x07\n{}",
+            "+ line of a 1 MB file\n".repeat(200_000)
+        );
+        let n = note_text(&huge);
+        assert!(n.len() <= NOTE_LIMIT, "{}", n.len());
+        assert!(
+            n.starts_with("head]0;title\n"),
+            "no escape sequences: {}",
+            &n[..40]
+        );
+        assert!(n.contains("more lines not shown") && n.contains(DASHBOARD_PROPOSALS));
+        assert_eq!(note_text("small\n"), "small\n");
+    }
+
+    #[test]
+    fn a_huge_plan_makes_at_most_five_comments_and_says_what_it_left_out() {
+        // A 1 MB file on 20 hosts.
+        let hosts: Vec<HostResult> = (0..20).map(|i| result(&format!("web-{i}"), 400)).collect();
+        let parts = comments(
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &hosts,
+                verdict: &Verdict::default(),
+                after_merge: &[],
+            },
+            GITHUB_LIMIT,
+        );
+        assert_eq!(parts.len(), MAX_COMMENTS);
+        for (k, p) in parts.iter().enumerate() {
+            assert!(p.len() <= GITHUB_LIMIT, "part {k}: {}", p.len());
+            assert!(
+                p.contains(&format!("(part {} of {MAX_COMMENTS})", k + 1)),
+                "part {k}"
+            );
+            outside_code(p);
+        }
+        let last = &parts[MAX_COMMENTS - 1];
+        assert!(
+            last.contains("15 more hosts and "),
+            "{}",
+            &last[last.len() - 400..]
+        );
+        assert!(last.contains("more lines not shown") && last.contains(DASHBOARD_PROPOSALS));
+        // The note of the same plan is cut to whole lines, its blocks closed.
+        let md = markdown(
+            &Review {
+                fleet: "acme",
+                commit: "0123456789abcdef",
+                cloud: None,
+                results: &hosts,
+                verdict: &Verdict::default(),
+                after_merge: &[],
+            },
+            NOTE_LIMIT,
+        );
+        assert!(md.len() <= NOTE_LIMIT, "{}", md.len());
+        outside_code(&md);
+        assert!(md.contains("more hosts) not shown"), "{}", md.len());
     }
 }

@@ -24,6 +24,43 @@ pub(crate) struct Fake {
     pub(crate) bad_auth: usize,
     /// The Authorization header the forge expects.
     auth: String,
+    /// Comment id → its author's login; a comment not here was written by
+    /// a person (`octocat`), one posted with the token by its user.
+    pub(crate) authors: std::collections::HashMap<u64, String>,
+    /// PR number → its head sha, as `GET .../pulls/N` answers; else the
+    /// `refs/pull/N/head` of `git_dir`.
+    pub(crate) heads: std::collections::HashMap<u64, String>,
+    pub(crate) git_dir: Option<std::path::PathBuf>,
+}
+
+/// The user the token `t0k` is.
+pub(crate) const BOT: &str = "tidekeeper-bot";
+
+impl Fake {
+    /// Read PR heads from the `refs/pull/N/head` of the repo at `dir`.
+    pub(crate) fn pulls_from(&mut self, dir: &std::path::Path) {
+        self.git_dir = Some(dir.to_path_buf());
+    }
+
+    fn head_of(&self, pr: u64) -> Option<String> {
+        if let Some(h) = self.heads.get(&pr) {
+            return Some(h.clone());
+        }
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(self.git_dir.as_ref()?)
+            .args([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/pull/{pr}/head"),
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
 }
 
 pub(crate) type Shared = Arc<Mutex<Fake>>;
@@ -81,9 +118,10 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
             get(|State(s): State<Shared>, Path(pr): Path<u64>, Query(q): Query<std::collections::HashMap<String, String>>| async move {
                 let per: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30).min(100);
                 let page: usize = q.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-                let list: Vec<Value> = s.lock().unwrap().comments.iter().filter(|c| c.0 == pr)
+                let f = s.lock().unwrap();
+                let list: Vec<Value> = f.comments.iter().filter(|c| c.0 == pr)
                     .skip((page - 1) * per).take(per)
-                    .map(|c| json!({"id": c.1, "body": c.2, "user": {"login": "tidekeeper-bot"}})).collect();
+                    .map(|c| json!({"id": c.1, "body": c.2, "user": {"login": f.authors.get(&c.1).cloned().unwrap_or_else(|| "octocat".into())}})).collect();
                 Json(Value::Array(list))
             })
             .post(|State(s): State<Shared>, Path(pr): Path<u64>, h: HeaderMap, Json(b): Json<Value>| async move {
@@ -93,6 +131,7 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                 let mut f = s.lock().unwrap();
                 let id = 1000 + f.comments.len() as u64;
                 f.comments.push((pr, id, b["body"].as_str().unwrap_or("").to_string()));
+                f.authors.insert(id, BOT.into());
                 f.requests.push(("POST".into(), format!("issues/{pr}/comments"), b.clone()));
                 (StatusCode::CREATED, Json(json!({"id": id, "body": b["body"]})))
             }),
@@ -124,6 +163,28 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                 }
                 f.requests.push(("DELETE".into(), format!("issues/comments/{id}"), Value::Null));
                 StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/user",
+            get(|State(s): State<Shared>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                s.lock().unwrap().requests.push(("GET".into(), "user".into(), Value::Null));
+                (StatusCode::OK, Json(json!({"login": BOT, "id": 4242, "type": "Bot"})))
+            }),
+        )
+        .route(
+            "/repos/acme/fleet/pulls/{pr}",
+            get(|State(s): State<Shared>, Path(pr): Path<u64>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                match s.lock().unwrap().head_of(pr) {
+                    Some(sha) => (StatusCode::OK, Json(json!({"number": pr, "state": "open", "head": {"ref": format!("pr-{pr}"), "sha": sha}}))),
+                    None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
+                }
             }),
         )
         .route(
@@ -222,6 +283,7 @@ fn pull_request_plans_become_one_updated_comment_and_statuses_even_after_a_forge
 
     // The forge comes back: the status and the comment are posted.
     let fake = fake_github(port);
+    fake.lock().unwrap().pulls_from(&server);
     d.wait_for("the PR reported", Duration::from_secs(30), |_| {
         fake.lock().unwrap().comments.len() == 1
     });
@@ -328,6 +390,7 @@ fn gitea_gets_the_same_reports_under_its_api_with_its_token_scheme() {
         "gitea",
         &format!("http://127.0.0.1:{port}/api/v1"),
     );
+    fake.lock().unwrap().pulls_from(&repo.path);
     let pr = open_pr(&repo, 9, |r| {
         r.write(
             "roles/app.yaml",
@@ -413,6 +476,7 @@ fn a_gitea_behind_a_private_ca_is_trusted_once_its_ca_is_in_the_system_roots() {
 
     // With it (SSL_CERT_FILE, as for curl and git): statuses and the comment arrive.
     let (repo, main) = forge_repo(&bed, "/etc/tk-ca", "gitea", &url);
+    fake.lock().unwrap().pulls_from(&repo.path);
     open_pr(&repo, 4, |r| {
         r.write(
             "roles/app.yaml",
@@ -476,35 +540,120 @@ pub(crate) fn open_pr(repo: &FleetRepo, n: u64, change: impl FnOnce(&FleetRepo))
     head
 }
 
-#[test]
-fn a_late_plan_of_an_older_commit_never_overwrites_a_newer_comment() {
-    let port = free_port();
-    let fake = fake_github(port);
-    let settings = tidekeeper::model::desired::Forge {
+fn settings(port: u16) -> tidekeeper::model::desired::Forge {
+    tidekeeper::model::desired::Forge {
         kind: tidekeeper::model::desired::ForgeKind::Github,
         url: format!("http://127.0.0.1:{port}"),
         repo: "acme/fleet".into(),
         token_env: "UNUSED".into(),
-    };
-    let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
+    }
+}
+
+#[test]
+fn a_late_plan_of_an_older_head_never_overwrites_the_comment() {
+    let port = free_port();
+    let fake = fake_github(port);
+    let forge = tidekeeper::forge::Forge::with_token(&settings(port), "t0k");
     let marker = "<!-- tidekeeper:acme -->";
-    // The plan of the newer head (commit time 200) is posted first…
-    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)).unwrap());
-    // …then a slow plan of the older head (time 100) finishes: it is dropped.
-    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nolder"), 100)).unwrap());
+    let (older, newer, newest) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+    fake.lock().unwrap().heads.insert(3, newer.clone());
+    // The plan of the PR's head is posted first…
+    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), &newer)).unwrap());
+    // …then a slow plan of an older head finishes: it is dropped, whatever
+    // its commit says its date is.
+    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nolder"), &older)).unwrap());
     // The same plan again is not sent again either.
-    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), 200)).unwrap());
-    // A newer one replaces it.
-    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewest"), 300)).unwrap());
+    assert!(!block(forge.upsert_comment(3, marker, &format!("{marker}\nnewer"), &newer)).unwrap());
+    // The next head's plan replaces it.
+    fake.lock().unwrap().heads.insert(3, newest.clone());
+    assert!(block(forge.upsert_comment(3, marker, &format!("{marker}\nnewest"), &newest)).unwrap());
     let f = fake.lock().unwrap();
     assert_eq!(f.comments.len(), 1);
     assert!(f.comments[0].2.contains("newest"), "{}", f.comments[0].2);
     let writes = f
         .requests
         .iter()
-        .filter(|r| r.0 == "PATCH" || r.1.contains("comments"))
+        .filter(|r| r.0 == "PATCH" || r.0 == "POST" && r.1.contains("comments"))
         .count();
     assert_eq!(writes, 2, "one POST, one PATCH: {:?}", f.requests);
+    let whoami = f.requests.iter().filter(|r| r.1 == "user").count();
+    assert_eq!(
+        whoami, 1,
+        "who the token is is asked once: {:?}",
+        f.requests
+    );
+}
+
+#[test]
+fn a_comment_carrying_the_marker_by_anyone_else_is_never_taken_for_the_plan() {
+    let port = free_port();
+    let fake = fake_github(port);
+    let forge = tidekeeper::forge::Forge::with_token(&settings(port), "t0k");
+    let marker = tidekeeper::report::marker("acme");
+    let head = "d".repeat(40);
+    let forged = format!(
+        "{marker}\n### tidekeeper plan for `acme`\n\n**Plan: no changes.** Policies: all passed.\n"
+    );
+    {
+        let mut f = fake.lock().unwrap();
+        f.heads.insert(8, head.clone());
+        // The PR's author comments first, with tidekeeper's marker (and the
+        // markers of later parts).
+        f.comments.push((8, 1, forged.clone()));
+        f.authors.insert(1, "mallory".into());
+        f.comments.push((
+            8,
+            2,
+            format!("{}\nspare", tidekeeper::report::part_marker(&marker, 2)),
+        ));
+        f.authors.insert(2, "mallory".into());
+    }
+    let plan = format!("{marker}\nthe real plan: 1 to change");
+    assert!(block(forge.upsert_comments(8, &marker, std::slice::from_ref(&plan), &head)).unwrap());
+    let f = fake.lock().unwrap();
+    assert_eq!(
+        f.comments.len(),
+        3,
+        "tidekeeper posts its own: {:?}",
+        f.comments
+    );
+    assert_eq!(
+        f.comments[0].2, forged,
+        "the author's comment is not edited"
+    );
+    assert!(
+        f.comments[1].2.contains("spare"),
+        "nor deleted as a leftover part"
+    );
+    assert_eq!(f.comments[2].2, plan);
+    assert_eq!(f.authors[&f.comments[2].1], BOT);
+    assert!(
+        !f.requests.iter().any(|r| r.0 == "PATCH" || r.0 == "DELETE"),
+        "{:?}",
+        f.requests
+    );
+    drop(f);
+    // The next plan edits tidekeeper's comment, still not the author's.
+    let again = format!("{marker}\nthe real plan: 2 to change");
+    assert!(block(forge.upsert_comments(8, &marker, std::slice::from_ref(&again), &head)).unwrap());
+    let f = fake.lock().unwrap();
+    assert_eq!(f.comments[0].2, forged);
+    assert_eq!(f.comments[2].2, again);
+    assert_eq!(f.comments.len(), 3);
+}
+
+#[test]
+fn a_status_description_is_one_line_of_plain_text_capped_at_140() {
+    let port = free_port();
+    let fake = fake_github(port);
+    let forge = tidekeeper::forge::Forge::with_token(&settings(port), "t0k");
+    let evil = format!("denied by x: <!-- a\nb\r\x1b[2J {}", "z".repeat(400));
+    assert!(block(forge.status(&"e".repeat(40), "ctx", "failure", &evil)).unwrap());
+    let f = fake.lock().unwrap();
+    let d = f.requests[0].2["description"].as_str().unwrap().to_string();
+    assert_eq!(d.chars().count(), 140, "{d}");
+    assert!(d.starts_with("denied by x: <!-- a b [2J z"), "{d}");
+    assert!(!d.contains(['\n', '\r', '\x1b']), "{d:?}");
 }
 
 #[test]
@@ -518,6 +667,7 @@ fn a_restarted_daemon_does_not_post_the_same_statuses_or_comment_again() {
         "github",
         &format!("http://127.0.0.1:{port}"),
     );
+    fake.lock().unwrap().pulls_from(&repo.path);
     let pr = open_pr(&repo, 4, |r| {
         r.write(
             "roles/app.yaml",
@@ -590,6 +740,7 @@ fn a_pr_that_changes_files_on_two_hosts_and_resizes_a_server_shows_diffs_and_the
         crate::support::fleet::text(&out)
     );
     let main = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    fake.lock().unwrap().pulls_from(&f.repo.path);
     let mut env = vec![("GITHUB_TOKEN", "t0k")];
     env.extend(crate::support::cloud::CREDENTIALS);
     let d = Daemon::start_env(
@@ -669,6 +820,7 @@ fn a_pr_that_opens_ssh_to_the_world_fails_its_status_naming_the_policy() {
         "github",
         &format!("http://127.0.0.1:{port}"),
     );
+    fake.lock().unwrap().pulls_from(&repo.path);
     let pr = open_pr(&repo, 11, |r| {
         r.write("roles/fw.yaml", crate::policy::OPEN_SSH);
         let hf = format!("hosts/{}.yaml", bed.host(0).name);
@@ -725,6 +877,8 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         token_env: "UNUSED".into(),
     };
     let forge = tidekeeper::forge::Forge::with_token(&settings, "t0k");
+    let (h9, h10, h11) = ("9".repeat(40), "a".repeat(40), "b".repeat(40));
+    fake.lock().unwrap().heads.insert(5, h10.clone());
     let marker = tidekeeper::report::marker("acme");
     let parts = |tag: &str, n: usize| -> Vec<String> {
         (1..=n)
@@ -745,11 +899,11 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
             .map(|c| c.2.clone())
             .collect()
     };
-    assert!(block(forge.upsert_comments(5, &marker, &parts("a", 3), 10)).unwrap());
+    assert!(block(forge.upsert_comments(5, &marker, &parts("a", 3), &h10)).unwrap());
     assert_eq!(ours(&fake).len(), 3);
     let posts = fake.lock().unwrap().requests.len();
     // The same plan again: found on page 2, nothing posted.
-    assert!(!block(forge.upsert_comments(5, &marker, &parts("a", 3), 10)).unwrap());
+    assert!(!block(forge.upsert_comments(5, &marker, &parts("a", 3), &h10)).unwrap());
     assert_eq!(
         fake.lock().unwrap().requests.len(),
         posts,
@@ -757,17 +911,19 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         fake.lock().unwrap().requests
     );
     // A newer, shorter plan: part 1 edited, parts 2 and 3 deleted.
-    assert!(block(forge.upsert_comments(5, &marker, &parts("b", 1), 11)).unwrap());
+    fake.lock().unwrap().heads.insert(5, h11.clone());
+    assert!(block(forge.upsert_comments(5, &marker, &parts("b", 1), &h11)).unwrap());
     let now = ours(&fake);
     assert_eq!(now.len(), 1, "{now:?}");
     assert!(now[0].contains("plan b part 1"));
     let reqs: Vec<String> = fake.lock().unwrap().requests[posts..]
         .iter()
+        .filter(|r| r.0 != "GET")
         .map(|r| r.0.clone())
         .collect();
     assert_eq!(reqs, ["PATCH", "DELETE", "DELETE"]);
     // An older plan arriving late changes nothing.
-    assert!(!block(forge.upsert_comments(5, &marker, &parts("old", 2), 9)).unwrap());
+    assert!(!block(forge.upsert_comments(5, &marker, &parts("old", 2), &h9)).unwrap());
     assert_eq!(ours(&fake).len(), 1);
     assert_eq!(
         fake.lock().unwrap().comments.len(),

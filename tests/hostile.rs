@@ -89,6 +89,7 @@ fn hostile_pull_requests_run_nothing_read_nothing_and_send_no_credential() {
     let ctrl = controller.path().display().to_string();
 
     let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    fake.lock().unwrap().pulls_from(&repo.path);
     let identity = age_identity();
     repo.encrypt_secret(&identity, "db", DB_PASSWORD);
     repo.write(
@@ -335,4 +336,300 @@ fn the_cli_plans_an_untrusted_branch_under_the_base_branch() {
     let out = repo.tk(&["plan", "--ref", "pr", "--host", &bed.host(0).name]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(bed.ssh(0, "test -e /tmp/tk-pwned-cli").status.success());
+}
+
+/// Read from `s` until the daemon closes it (EOF or reset): whether it did
+/// within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn half_open_idle_and_oversized_requests_do_not_wear_the_daemon_down() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[
+            ("TIDEKEEPER_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            // Short, so the test is quick: the default is 10 s and 256.
+            ("TIDEKEEPER_HTTP_HEADER_TIMEOUT_MS", "500"),
+            ("TIDEKEEPER_HTTP_MAX_CONNECTIONS", "16"),
+        ],
+    );
+    let addr = ("127.0.0.1", d.port);
+
+    // Half a header, then nothing: the daemon hangs up after the timeout,
+    // and answers /healthz meanwhile.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    assert_eq!(d.get("/healthz").0, 200);
+    assert!(
+        closed_within(&mut half, Duration::from_secs(20)),
+        "a half-open connection is closed"
+    );
+
+    // Far more idle connections than the cap: each is closed in its turn,
+    // and the daemon keeps answering.
+    let mut idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    d.wait_for(
+        "/healthz past the idle connections",
+        Duration::from_secs(30),
+        |d| d.get("/healthz").0 == 200,
+    );
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(30)),
+            "idle connection {i} closed"
+        );
+    }
+    assert_eq!(d.get("/healthz").0, 200);
+
+    // A webhook body over 1 MiB is refused before it is looked at.
+    let body = vec![b'{'; 1024 * 1024 + 512 * 1024];
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let head = format!(
+        "POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Hub-Signature-256: sha256=00\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let writer = std::thread::spawn(move || {
+        let _ = s
+            .write_all(head.as_bytes())
+            .and_then(|_| s.write_all(&body));
+    });
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let _ = writer.join();
+    let (code, _) = crate::support::http_response(&got);
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&got));
+    // A webhook of ordinary size still gets its answer (unsigned: 401).
+    assert_eq!(d.request("POST", "/hooks/git", &[], b"{}").0, 401);
+}
+
+#[test]
+fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
+    let state = TempDir::new("empty-secret");
+    for (var, value) in [
+        ("TIDEKEEPER_WEBHOOK_SECRET", ""),
+        ("TIDEKEEPER_WEBHOOK_SECRET", "   "),
+        ("TIDEKEEPER_API_TOKEN", ""),
+        ("TIDEKEEPER_API_TOKEN", " \t"),
+    ] {
+        let log = state.path().join("log");
+        let mut child = crate::support::tidekeeper()
+            .args([
+                "run",
+                "--repo",
+                "/nonexistent/tk-repo",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .env_remove("TIDEKEEPER_WEBHOOK_SECRET")
+            .env_remove("TIDEKEEPER_API_TOKEN")
+            .env(var, value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{var}={value:?} accepted: the daemon started: {t}"
+        );
+        assert!(
+            t.contains(&format!("{var} (--")) && t.contains("is empty"),
+            "{var}={value:?}: {t}"
+        );
+    }
+}
+
+/// Commit what is staged with author and committer dates of `date`.
+fn commit_dated(repo: &FleetRepo, msg: &str, date: &str) {
+    git(&repo.path, &["add", "-A"]);
+    let out = std::process::Command::new("git")
+        .current_dir(&repo.path)
+        .args(["-c", "user.name=eve", "-c", "user.email=eve@localhost"])
+        .args(["-c", "commit.gpgsign=false", "commit", "-q", "-m", msg])
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The lines of markdown `md` outside its code blocks (a block closes only
+/// on a line of at least as many backticks as opened it).
+fn outside_code(md: &str) -> String {
+    let mut out = Vec::new();
+    let mut open: Option<usize> = None;
+    for l in md.lines() {
+        let t = l.trim_start();
+        let ticks = t.chars().take_while(|c| *c == '`').count();
+        match open {
+            None if ticks >= 3 => open = Some(ticks),
+            None => out.push(l),
+            Some(n) if ticks >= n && t[ticks..].trim().is_empty() => open = None,
+            Some(_) => {}
+        }
+    }
+    assert!(open.is_none(), "a code block left open: {md}");
+    out.join("\n")
+}
+
+#[test]
+fn a_pr_cannot_forge_freeze_or_break_out_of_its_plan_comment() {
+    let bed = Testbed::start(1);
+    let forge_port = free_port();
+    let fake = fake_github(forge_port);
+    let repo = FleetRepo::minimal(&bed, &[("app", BASE_ROLE)]);
+    fake.lock().unwrap().pulls_from(&repo.path);
+    repo.write(
+        "tidekeeper.yaml",
+        &forge_yaml(&format!("http://127.0.0.1:{forge_port}"), ""),
+    );
+    repo.commit("forge");
+    let main = git(&repo.path, &["rev-parse", "HEAD"]);
+    let marker = tidekeeper::report::marker("test");
+    // The PR's author speaks first, with tidekeeper's marker.
+    let forged =
+        format!("{marker}\n### tidekeeper plan\n\n**Plan: no changes.** Policies: all passed.\n");
+    {
+        let mut f = fake.lock().unwrap();
+        f.comments.push((7, 1, forged.clone()));
+        f.authors.insert(1, "mallory".into());
+    }
+    // A head dated 2099, whose file, path and policy message try to close
+    // the code block and hide the rest of the comment.
+    let evil = r#"```\n<!-- hide the rest\n<script>alert(1)</script> & "#;
+    git(&repo.path, &["checkout", "-q", "-b", "pr-7"]);
+    repo.write(
+        "roles/app.yaml",
+        &format!("files:\n  - {{path: /etc/tk-app, content: \"{evil}plan-of-2099\\n\"}}\n"),
+    );
+    repo.write(
+        "policies/evil.rego",
+        "package evil\n\nimport rego.v1\n\ndeny contains \"```\\n<!-- hide <script>x</script> & more\" if { true }\n",
+    );
+    commit_dated(&repo, "from the future", "2099-01-01T00:00:00Z");
+    let first = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/7/head", &first]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &[("GITHUB_TOKEN", "t0k")],
+    );
+    d.wait_applied(&main, Duration::from_secs(30));
+    let bots = |f: &crate::forge::Shared| -> Vec<String> {
+        let f = f.lock().unwrap();
+        f.comments
+            .iter()
+            .filter(|c| {
+                c.0 == 7 && f.authors.get(&c.1).map(String::as_str) == Some(crate::forge::BOT)
+            })
+            .map(|c| c.2.clone())
+            .collect()
+    };
+    d.wait_for("the 2099 head's plan", Duration::from_secs(60), |_| {
+        bots(&fake).iter().any(|c| c.contains("plan-of-2099"))
+    });
+    let c = bots(&fake).concat();
+    assert_eq!(
+        fake.lock().unwrap().comments[0].2,
+        forged,
+        "the author's comment is left alone"
+    );
+    let outside = outside_code(&c);
+    assert_eq!(outside.matches("<!--").count(), 1, "only the marker: {c}");
+    assert!(!outside.contains("<script>"), "{c}");
+    assert!(
+        outside.contains("&lt;!-- hide &lt;script&gt;x&lt;/script&gt; &amp; more"),
+        "the policy's message, escaped: {c}"
+    );
+    assert!(
+        c.contains("<!-- hide the rest"),
+        "the diff is shown, in its block: {c}"
+    );
+
+    // A later push, dated today, replaces the plan of the head from 2099.
+    git(&repo.path, &["checkout", "-q", "pr-7"]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-app, content: \"cron-backdoor-v2\\n\"}\n",
+    );
+    commit_dated(&repo, "the real change", "2026-11-30T12:00:00Z");
+    let second = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/7/head", &second]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("the newer head's plan", Duration::from_secs(60), |_| {
+        bots(&fake).iter().any(|c| c.contains("cron-backdoor-v2"))
+    });
+    let now = bots(&fake);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(
+        now[0].contains(&second[..12]) && !now[0].contains("plan-of-2099"),
+        "{}",
+        now[0]
+    );
+    assert_eq!(fake.lock().unwrap().comments[0].2, forged);
+    let status = fake
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .find(|r| r.1 == format!("statuses/{first}"))
+        .map(|r| r.2["description"].to_string())
+        .unwrap_or_default();
+    assert!(!status.contains("\\n"), "{status}");
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +16,96 @@ use sha2::Sha256;
 
 use super::Shared;
 use super::status;
+
+/// The largest request body taken (a webhook's payload): larger is 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// A client has this long to send a request's headers (a connection that
+/// sends nothing, or half a header, is closed after it).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request (its body read, its answer made) takes at most this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The limits of the daemon's HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: HEADER_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, or what `TIDEKEEPER_HTTP_HEADER_TIMEOUT_MS` and
+    /// `TIDEKEEPER_HTTP_MAX_CONNECTIONS` say (positive numbers; for tests
+    /// and small machines).
+    pub fn from_env() -> Limits {
+        let num = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        let d = Limits::default();
+        Limits {
+            header_timeout: num("TIDEKEEPER_HTTP_HEADER_TIMEOUT_MS")
+                .map(Duration::from_millis)
+                .unwrap_or(d.header_timeout),
+            max_connections: num("TIDEKEEPER_HTTP_MAX_CONNECTIONS")
+                .map(|n| n as usize)
+                .unwrap_or(d.max_connections),
+        }
+    }
+}
+
+/// Serve `app` on `listener` for ever: HTTP/1.1, each connection with a
+/// header read timeout, at most `limits.max_connections` at once (the next
+/// one is accepted when one closes), so neither half-open nor idle
+/// connections can use up the daemon's file descriptors.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait, and try again.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+/// A request that takes too long (a body sent a byte at a time) is answered 408.
+async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n").into_response(),
+    }
+}
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -30,6 +121,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/jobs/{name}/run", post(run_job))
         .route("/suspend", post(suspend))
         .route("/resume", post(resume))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(deadline))
         .with_state(shared)
 }
 

@@ -168,6 +168,26 @@ pub enum DaemonError {
     State { path: String, reason: String },
     #[error("{0}")]
     Clock(String),
+    #[error(
+        "{0} is empty: an empty secret is no secret; set it to a long random value, or unset it"
+    )]
+    EmptySecret(&'static str),
+}
+
+/// Secrets given but empty (or blank) are refused at start, by name.
+pub fn check_secrets(cfg: &Config) -> Result<(), DaemonError> {
+    let blank = |v: &Option<String>| v.as_ref().is_some_and(|s| s.trim().is_empty());
+    if blank(&cfg.webhook_secret) {
+        return Err(DaemonError::EmptySecret(
+            "TIDEKEEPER_WEBHOOK_SECRET (--webhook-secret)",
+        ));
+    }
+    if blank(&cfg.api_token) {
+        return Err(DaemonError::EmptySecret(
+            "TIDEKEEPER_API_TOKEN (--api-token)",
+        ));
+    }
+    Ok(())
 }
 
 /// Diagnostics as `file:line:col` lines.
@@ -509,6 +529,7 @@ impl Loop {
 /// Run the daemon until SIGTERM or SIGINT: binds `cfg.listen` and installs
 /// the signal handlers, then [`serve`]s.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    check_secrets(&cfg)?;
     let clock = Clock::from_env().map_err(DaemonError::Clock)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -538,6 +559,7 @@ pub async fn serve(
     cfg: Config,
     started: impl FnOnce(Arc<Shared>),
 ) -> Result<(), DaemonError> {
+    check_secrets(&cfg)?;
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| DaemonError::State {
         path: cfg.state_dir.display().to_string(),
         reason: e.to_string(),
@@ -584,9 +606,7 @@ pub async fn serve(
     })?;
     info!(%addr, repo = %cfg.repo, branch = %cfg.branch, "tidekeeper daemon listening");
     let app = http::router(shared.clone());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let server = tokio::spawn(http::serve(listener, app, http::Limits::from_env()));
     let _watcher = if cfg.watch {
         triggers::watch(&cfg.repo, &cfg.branch, shared.clone())
     } else {

@@ -319,9 +319,12 @@ impl Loop {
                 .chain(r.more.iter().cloned())
                 .collect();
             if let Some(pr) = pr
-                && !forge.upsert_comments(pr, &r.marker, &parts, r.time).await?
+                && !forge.upsert_comments(pr, &r.marker, &parts, &sha2).await?
             {
-                tracing::debug!(pr, "the PR comment already shows this plan or a newer one");
+                tracing::debug!(
+                    pr,
+                    "the PR comment already shows this plan, or the head moved on"
+                );
             }
             Ok::<(), crate::forge::ForgeError>(())
         }
