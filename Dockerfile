@@ -11,12 +11,15 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY crates crates
 COPY repo-template repo-template
-RUN mkdir -p src benches \
+# Every bench and test target the manifest names gets a stand-in, read from
+# Cargo.toml itself, so this layer cannot fall behind it.
+RUN mkdir -p src benches tests \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for b in validate testbed fleet daemon_idle cloud; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && for b in $(awk '/^\[\[bench\]\]/ { getline; gsub(/name = |"/, ""); print }' Cargo.toml); do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && echo 'fn main() {}' > tests/tests.rs \
     && cargo build --release --locked --bin tidekeeper \
-    && rm -rf src benches
+    && rm -rf src benches tests
 COPY . .
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin tidekeeper \

@@ -677,6 +677,7 @@ mod tests {
             deny: vec![format!("denied {evil}")],
             warn: vec![format!("warned {evil}")],
             errors: vec![],
+            ..Default::default()
         };
         let after = vec![format!("after merge {evil}")];
         let review = Review {

@@ -83,7 +83,7 @@ impl Planned {
                 description: desc.clone(),
                 comment: format!(
                     "{marker}\n**Not planned**: {}\n\nPush a new commit to plan again.\n",
-                    escape_text(why)
+                    crate::report::md_text(why)
                 ),
                 more: vec![],
                 context: format!("tidekeeper/{fleet}/plan"),
@@ -262,7 +262,14 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// Plan the job's head under its base: what `plan_one` did in the daemon.
+/// The same planning without the process boundary or its limits: what the
+/// worker does inside, for the benchmark that measures what the boundary
+/// costs. Never call it on a proposal in the daemon.
+pub async fn plan_in_process(job: &Job) -> Result<Planned, String> {
+    plan_job(job).await
+}
+
+/// Plan the job's head under its base (the worker's side).
 async fn plan_job(job: &Job) -> Result<Planned, String> {
     let base_tree =
         ConfigTree::from_git(&job.mirror, &job.base_commit).map_err(|e| e.to_string())?;
@@ -284,11 +291,10 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
     let (proposal, policies) = match loaded {
         Err(errors) => {
             let errors: Vec<String> = errors.iter().map(|e| base.redact(e)).collect();
-            let block = fenced(&errors.join("\n"));
             let report = with_forge.then(|| Report {
                 state: "failure".into(),
                 description: "invalid config".into(),
-                comment: format!("{marker}\n**Invalid config**\n\n{block}\n"),
+                comment: crate::report::invalid_config(&marker, &errors),
                 more: vec![],
                 context: context.clone(),
                 marker: marker.clone(),
@@ -367,8 +373,11 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
     json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
     json["digest"] = digest.clone().into();
     let note = base.redact(&format!(
-        "{md}{stamp}\n<!-- plan as JSON -->\n```json\n{}\n```\n",
-        serde_json::to_string_pretty(&json).unwrap_or_default()
+        "{md}{stamp}\n<!-- plan as JSON -->\n{}",
+        crate::report::fenced(
+            "json",
+            &serde_json::to_string_pretty(&json).unwrap_or_default()
+        )
     ));
     let t = reconcile::totals(cloud.as_ref(), &refs);
     let (state, desc) = if verdict.blocks() {
@@ -439,23 +448,4 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
             .collect(),
         raised_cost,
     })
-}
-
-/// Markdown text that cannot open a tag, a comment or an entity.
-fn escape_text(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A code block that no run of backticks inside can close.
-fn fenced(s: &str) -> String {
-    let mut longest = 0;
-    let mut run = 0;
-    for c in s.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    let fence = "`".repeat(longest.max(2) + 1);
-    format!("{fence}\n{s}\n{fence}")
 }

@@ -472,9 +472,11 @@ pub struct Confinement {
     /// Command guards exactly as the base has them: (command, creates,
     /// unless, onlyif). Any other guard is not run for a proposal: even a
     /// `creates:` path test tells whether a path exists.
-    pub guards:
-        std::collections::BTreeSet<(String, Option<String>, Option<String>, Option<String>)>,
+    pub guards: std::collections::BTreeSet<CommandGuard>,
 }
+
+/// A command's guards: (name, creates, unless, onlyif).
+pub type CommandGuard = (String, Option<String>, Option<String>, Option<String>);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Server {
