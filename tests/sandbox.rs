@@ -499,3 +499,150 @@ async fn a_proposal_learns_nothing_from_creates_paths_or_guessed_secret_content(
     assert!(e.contains("runs if its guard says so"), "{e}");
     d.stop().await;
 }
+
+/// A small deterministic generator (xorshift): the same trees every run,
+/// a different corpus with `TIDEKEEPER_HOSTILE_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+    fn upto(&mut self, n: u64) -> u64 {
+        1 + self.next() % n
+    }
+}
+
+/// One hostile file: something that is expensive, deep, huge or malformed.
+fn hostile_file(rng: &mut Rng, i: usize) -> (String, String) {
+    let n = rng.upto(1000);
+    match rng.next() % 9 {
+        0 => (
+            format!("hosts/h{i}.yaml"),
+            format!("count: {n}\nprovider: local\nroot: /nonexistent/tk-hostile-{}\nroles: [r{i}]\nvars:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n  d: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n", 1 + i % 250),
+        ),
+        1 => (
+            format!("templates/t{i}.j2"),
+            format!("{{% for i in range({}) %}}{{{{ \"{}\" * {} }}}}{{% endfor %}}", rng.upto(1_000_000), rng.pick(&["x", "<!--", "```"]), rng.upto(100_000)),
+        ),
+        2 => (
+            format!("roles/r{i}.yaml"),
+            format!("files:\n{}", (0..rng.upto(50)).map(|k| format!("  - {{path: /etc/h{k}, template: t{}.j2}}\n", rng.upto(8))).collect::<String>()),
+        ),
+        3 => (
+            format!("policies/p{i}.rego"),
+            format!("package p{i}\n\nimport rego.v1\n\n{}\n", rng.pick(&[
+                "x := count(numbers.range(1, 100000000000))",
+                "x := concat(\"\", [\"yyyyyyyyyyyyyyyy\" | some i in numbers.range(1, 90000000)])",
+                "deny contains m if { some i in numbers.range(1, 100000000); m := sprintf(\"%d\", [i]) }",
+                "x if { some i in numbers.range(1, 2000000); some j in numbers.range(1, 2000000); i == -j }",
+                "deny contains \"```\\n<!-- closes the fence -->\" if true",
+                "r(n) := r(n + 1)\nx := r(0)",
+                "this is not rego {{{",
+            ])),
+        ),
+        4 => (
+            format!("hosts/deep{i}.yaml"),
+            format!("{}{}", "[".repeat(rng.upto(5000) as usize), "]".repeat(rng.upto(5000) as usize)),
+        ),
+        5 => (
+            format!("roles/r{i}.yaml"),
+            format!("files:\n  - {{path: \"/etc/{}\", content: \"{}\"}}\n", "a/".repeat(rng.upto(2000) as usize), "z".repeat(rng.upto(2_000_000) as usize)),
+        ),
+        6 => (
+            format!("hosts/u{i}.yaml"),
+            String::from_utf8_lossy(&[0xff, 0xfe, b'\n', 0, 1, 2]).to_string(),
+        ),
+        7 => ("tidekeeper.yaml".into(), format!("fleet: sandbox\nproposals:\n  memory_mib: {}\n  cpu: 1h\n  deadline: 1h\n  workers: 100\n", rng.upto(100_000))),
+        _ => (
+            format!("hosts/c{i}.yaml"),
+            format!("count: {n}\nprovider: local\nroot: /nonexistent/tk-hostile\nroles: [r{}]\n", rng.upto(8)),
+        ),
+    }
+}
+
+#[test]
+fn random_hostile_trees_end_as_verdicts_within_their_limits() {
+    use tidekeeper::daemon::worker::{self, Job};
+    let tmp = TempDir::new("sandbox-random");
+    let repo = fleet(tmp.path(), "  cpu: 3s\n  deadline: 4s\n");
+    let base = git(&repo, &["rev-parse", "HEAD"]);
+    let seed: u64 = std::env::var("TIDEKEEPER_HOSTILE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_7d1e);
+    let trees: usize = std::env::var("TIDEKEEPER_HOSTILE_TREES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut rng = Rng(seed);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = peak_rss_mib();
+    let mut limits = tidekeeper::model::desired::ProposalLimits::default();
+    limits.cpu_secs = 3;
+    limits.deadline_secs = 4;
+    for t in 0..trees {
+        git(&repo, &["checkout", "-q", "-B", "hostile", &base]);
+        let files: Vec<(String, String)> = (0..rng.upto(4) as usize)
+            .map(|i| hostile_file(&mut rng, i))
+            .collect();
+        for (rel, text) in &files {
+            let p = repo.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let head = commit(&repo, &format!("hostile tree {t}"));
+        git(&repo, &["checkout", "-q", "main"]);
+        let job = Job {
+            mirror: repo.clone(),
+            base_commit: base.clone(),
+            name: format!("refs/pull/{t}/head"),
+            head,
+            time: 0,
+            hosts: None,
+            ssh_key: None,
+            cloud: None,
+            cloud_error: None,
+            limits: limits.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = rt.block_on(worker::plan(
+            Path::new(env!("CARGO_BIN_EXE_tidekeeper")),
+            &job,
+        ));
+        let took = started.elapsed();
+        let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        // Whatever the tree, an answer within the deadline (and the grace
+        // of reading a killed worker's pipes).
+        assert!(
+            took < Duration::from_secs(10),
+            "tree {t} {names:?} took {took:?}"
+        );
+        match result {
+            Ok(p) => {
+                assert!(!p.note.is_empty(), "tree {t} {names:?}");
+                assert!(
+                    !p.verdict.1.chars().any(|c| c.is_control()),
+                    "tree {t}: {:?}",
+                    p.verdict
+                );
+            }
+            Err(why) => {
+                assert!(!why.chars().any(|c| c.is_control()), "tree {t}: {why:?}");
+                assert!(why.len() < 400, "tree {t}: {why}");
+            }
+        }
+    }
+    // None of it landed in this process.
+    assert!(
+        peak_rss_mib() < before + 256,
+        "{before} MiB -> {} MiB",
+        peak_rss_mib()
+    );
+}
