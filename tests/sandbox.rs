@@ -584,9 +584,11 @@ fn random_hostile_trees_end_as_verdicts_within_their_limits() {
     let mut rng = Rng(seed);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let before = peak_rss_mib();
-    let mut limits = tidekeeper::model::desired::ProposalLimits::default();
-    limits.cpu_secs = 3;
-    limits.deadline_secs = 4;
+    let limits = tidekeeper::model::desired::ProposalLimits {
+        cpu_secs: 3,
+        deadline_secs: 4,
+        ..Default::default()
+    };
     for t in 0..trees {
         git(&repo, &["checkout", "-q", "-B", "hostile", &base]);
         let files: Vec<(String, String)> = (0..rng.upto(4) as usize)
