@@ -16,7 +16,8 @@ COPY repo-template repo-template
 RUN mkdir -p src benches tests \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for b in $(awk '/^\[\[bench\]\]/ { getline; gsub(/name = |"/, ""); print }' Cargo.toml); do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && awk '/^\[\[bench\]\]/ { getline; gsub(/name = |"/, ""); print }' Cargo.toml > benches/names \
+    && while read -r b; do echo 'fn main() {}' > "benches/$b.rs"; done < benches/names \
     && echo 'fn main() {}' > tests/tests.rs \
     && cargo build --release --locked --bin tidekeeper \
     && rm -rf src benches tests

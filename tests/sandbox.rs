@@ -166,11 +166,12 @@ async fn a_proposal_that_exhausts_memory_or_stalls_is_its_own_verdict_while_main
         )
         .await;
         let n = note(&repo, head);
-        // A spinning policy meets the worker's CPU limit, or first the
-        // policy engine's own time limit: either way a verdict, in seconds.
+        // A slow policy meets the worker's CPU or memory limit, or first
+        // the policy engine's own time limit (on a busy machine): either way
+        // a verdict, in seconds. The huge allocation always meets memory.
         assert!(
             n.contains("not planned: exceeded its")
-                || (what == "spin" && n.contains("execution exceeded time limit")),
+                || (what != "oom" && n.contains("execution exceeded time limit")),
             "{what}: {n}"
         );
     }

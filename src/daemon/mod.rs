@@ -360,7 +360,7 @@ impl Loop {
                     while let Some((commit, text)) = notes.next() {
                         let pushed = git2::Oid::from_str(&commit)
                             .map_err(mirror::MirrorError::Git)
-                            .and_then(|oid| m.push_note(oid, &text));
+                            .and_then(|oid| m.push_note(oid, &crate::report::note_text(&text)));
                         if let Err(e) = pushed {
                             let mut left: BTreeMap<_, _> = notes.collect();
                             left.insert(commit, text);

@@ -275,7 +275,8 @@ impl Loop {
             board.save();
         }
         self.proposal_alerts(&name, &planned.denials, &planned.raised_cost);
-        let note = redact(&planned.note);
+        // Plain text, capped: a proposal's plan cannot flood the notes ref.
+        let note = crate::report::note_text(&redact(&planned.note));
         let commit = sha.clone();
         if let Err(e) = self
             .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))

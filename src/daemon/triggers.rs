@@ -52,8 +52,8 @@ pub(super) fn watch(
     repo: &str,
     branch: &str,
     shared: Arc<Shared>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
+) -> Option<fs_watch::RecommendedWatcher> {
+    use fs_watch::{RecursiveMode, Watcher};
     let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
     if !path.exists() {
         return None;
@@ -65,19 +65,19 @@ pub(super) fn watch(
     };
     let branch_ref = git_dir.join("refs/heads").join(branch);
     let packed = git_dir.join("packed-refs");
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+    let mut w = fs_watch::recommended_watcher(move |ev: fs_watch::Result<fs_watch::Event>| {
         // Only writes count: fetching reads the same ref files, and reacting
         // to reads would make every fetch trigger the next.
         if let Ok(ev) = ev
             && matches!(
                 ev.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(_)
-                    | notify::EventKind::Remove(_)
+                fs_watch::EventKind::Create(_)
+                    | fs_watch::EventKind::Modify(_)
+                    | fs_watch::EventKind::Remove(_)
             )
             && !matches!(
                 ev.kind,
-                notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                fs_watch::EventKind::Modify(fs_watch::event::ModifyKind::Metadata(_))
             )
             && ev.paths.iter().any(|p| p == &branch_ref || p == &packed)
         {

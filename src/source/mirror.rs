@@ -560,8 +560,6 @@ impl Mirror {
 
     /// Add (or replace) the note on `commit` and push the notes ref without force.
     pub fn push_note(&self, commit: Oid, text: &str) -> Result<usize, MirrorError> {
-        // Plain text, capped: a proposal's plan cannot flood the notes ref.
-        let text = &crate::report::note_text(text);
         if let Some(target) = self.local_target() {
             for attempt in 1..=PUSH_ATTEMPTS {
                 match self.write_note(&target, commit, text) {

@@ -53,6 +53,54 @@ impl Loader<'_> {
         }
     }
 
+    /// `proposals:`: the worker's limits and one proposal's budgets.
+    fn proposal_limits(&mut self, file: &str, p: &raw::ProposalSpec) -> ProposalLimits {
+        let d = ProposalLimits::default();
+        let mut secs = |v: &Option<S<String>>, default: u64| match v {
+            None => default,
+            Some(v) => match check::duration(&v.value) {
+                Ok(t) if t.as_secs() >= 1 => t.as_secs(),
+                Ok(_) => {
+                    self.err(at(file, v).error("invalid-value", "must be at least 1s"));
+                    default
+                }
+                Err(e) => {
+                    self.err(at(file, v).error("invalid-duration", e));
+                    default
+                }
+            },
+        };
+        let cpu_secs = secs(&p.cpu, d.cpu_secs);
+        let deadline_secs = secs(&p.deadline, d.deadline_secs);
+        let mut positive = |v: &Option<S<u64>>, default: u64, what: &str| match v {
+            Some(v) if v.value == 0 => {
+                self.err(at(file, v).error("invalid-value", format!("{what} must be at least 1")));
+                default
+            }
+            Some(v) => v.value,
+            None => default,
+        };
+        let memory = positive(&p.memory_mib, d.memory_bytes >> 20, "proposals.memory_mib");
+        let rendered = positive(
+            &p.max_rendered_mib,
+            d.max_rendered_bytes >> 20,
+            "proposals.max_rendered_mib",
+        );
+        ProposalLimits {
+            memory_bytes: memory.saturating_mul(1 << 20).max(64 << 20),
+            cpu_secs,
+            deadline_secs,
+            workers: p.workers.as_ref().map_or(d.workers, |w| w.value.max(1)),
+            max_hosts: p.max_hosts.as_ref().map_or(d.max_hosts, |v| v.value),
+            max_rendered_bytes: rendered.saturating_mul(1 << 20),
+            max_resources: p
+                .max_resources
+                .as_ref()
+                .map_or(d.max_resources, |v| v.value),
+            ..d
+        }
+    }
+
     pub(super) fn settings(&mut self, f: &raw::FleetFile) -> Settings {
         let file = FLEET_FILE;
         if let Err(e) = check::host_name(&f.fleet.value) {
@@ -85,14 +133,6 @@ impl Loader<'_> {
         let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
         let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
         let full_check = duration(&f.intervals.full_check, 86_400, 60, "intervals.full_check");
-        let limits = ProposalLimits::default();
-        let proposal_cpu = duration(&f.proposals.cpu, limits.cpu_secs, 1, "proposals.cpu");
-        let proposal_deadline = duration(
-            &f.proposals.deadline,
-            limits.deadline_secs,
-            1,
-            "proposals.deadline",
-        );
         let hz = f.providers.hetzner.as_ref();
         let hz_timeout = duration(
             &hz.and_then(|h| h.timeout.clone()),
@@ -148,39 +188,7 @@ impl Loader<'_> {
                     .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
             );
         }
-        let proposals = {
-            let p = &f.proposals;
-            let d = ProposalLimits::default();
-            let mut positive = |v: &Option<S<u64>>, default: u64, what: &str| match v {
-                Some(v) if v.value == 0 => {
-                    self.err(
-                        at(file, v).error("invalid-value", format!("{what} must be at least 1")),
-                    );
-                    default
-                }
-                Some(v) => v.value,
-                None => default,
-            };
-            let memory = positive(&p.memory_mib, d.memory_bytes >> 20, "proposals.memory_mib");
-            let rendered = positive(
-                &p.max_rendered_mib,
-                d.max_rendered_bytes >> 20,
-                "proposals.max_rendered_mib",
-            );
-            ProposalLimits {
-                memory_bytes: memory.saturating_mul(1 << 20).max(64 << 20),
-                cpu_secs: proposal_cpu,
-                deadline_secs: proposal_deadline,
-                workers: p.workers.as_ref().map_or(d.workers, |w| w.value.max(1)),
-                max_hosts: p.max_hosts.as_ref().map_or(d.max_hosts, |v| v.value),
-                max_rendered_bytes: rendered.saturating_mul(1 << 20),
-                max_resources: p
-                    .max_resources
-                    .as_ref()
-                    .map_or(d.max_resources, |v| v.value),
-                ..d
-            }
-        };
+        let proposals = self.proposal_limits(file, &f.proposals);
         Settings {
             proposals,
             ssh,
