@@ -198,7 +198,11 @@ pub enum Op {
     Arm(usize),
     Disarm(usize),
     Edit(usize, Edit),
-    Kill(u64),
+    /// Kill an apply `ms` after it started, or after it started applying.
+    Kill {
+        applying: bool,
+        ms: u64,
+    },
     Plan,
 }
 
@@ -247,7 +251,7 @@ fn op() -> impl Strategy<Value = Op> {
             prop_oneof![Just(Edit::Content), Just(Edit::Mode), Just(Edit::Delete)]
         )
             .prop_map(|(f, e)| Op::Edit(f, e)),
-        2 => (0u64..=60).prop_map(Op::Kill),
+        2 => (any::<bool>(), 0u64..=60).prop_map(|(applying, ms)| Op::Kill { applying, ms }),
         1 => Just(Op::Plan),
     ]
 }
@@ -560,6 +564,7 @@ impl World {
         }
         match out.status.code() {
             Some(0) if !doomed => {
+                self.forget_dropped_commands(false);
                 // Converged: nothing left by the model, nothing by the plan.
                 let left = self.expected();
                 if !left.must.is_empty() || !left.maybe.is_empty() {
@@ -601,21 +606,52 @@ impl World {
         }
     }
 
-    fn kill(&mut self, delay: u64) {
+    fn kill(&mut self, applying: bool, delay: u64) {
         let mut child = tidekeeper()
             .args(["apply", "--yes", "--allow-mass-delete", "--repo"])
             .arg(self.repo.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
             .unwrap();
+        // Planning takes longer than the delay: to land inside the apply
+        // script, wait for its progress line ("dev: applying…") first.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("applying") {
+                    tx.take().map(|t| t.send(()));
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if applying {
+            // A message, or the end of stderr: there was nothing to apply.
+            let _ = rx.recv();
+        }
         std::thread::sleep(Duration::from_millis(delay));
         let pid = child.id() as i32;
         // SAFETY: kill(2) on our own child, by its PID (not yet reaped).
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = child.wait();
+        let said = reader.join().unwrap_or_default();
+        let when = if said.contains("Apply complete") || said.contains("FAILED") {
+            "after it finished"
+        } else if said.contains("applying") {
+            "while applying"
+        } else {
+            "before applying"
+        };
+        self.note(format!("  (killed {when})"));
         // The script tidekeeper started may outlive it: wait until nothing
         // of its process group is left.
         let start = Instant::now();
@@ -626,9 +662,25 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // A command that completed may or may not have been recorded.
+        // A command that completed may or may not have been recorded, and
+        // the run may or may not have got as far as forgetting the others.
         for (i, v) in self.completions() {
             self.recorded[i].insert(Some(v));
+        }
+        self.forget_dropped_commands(true);
+    }
+
+    /// An apply that gets to its end forgets the commands the config no
+    /// longer has: added again, a command runs again (tidekeeper's choice,
+    /// `inventory_after`). After a kill, perhaps.
+    fn forget_dropped_commands(&mut self, perhaps: bool) {
+        for i in 0..COMMANDS.len() {
+            if self.config.commands[i].is_none() {
+                if !perhaps {
+                    self.recorded[i].clear();
+                }
+                self.recorded[i].insert(None);
+            }
         }
     }
 
@@ -647,8 +699,16 @@ impl World {
         }
     }
 
+    /// A line of the trail (printed as it goes with TK_MODEL_TRACE=1).
+    fn note(&mut self, line: String) {
+        if std::env::var_os("TK_MODEL_TRACE").is_some() {
+            eprintln!("model: {line}");
+        }
+        self.trail.push(line);
+    }
+
     fn step(&mut self, op: &Op) {
-        self.trail.push(format!("{op:?}"));
+        self.note(format!("{op:?}"));
         match op {
             Op::Commit(c) => self.commit(c.clone()),
             Op::Apply => {
@@ -662,12 +722,12 @@ impl World {
                 let _ = fs::remove_file(self.root.path().join(format!("fail-{}", COMMANDS[*i])));
             }
             Op::Edit(f, e) => self.edit(*f, *e),
-            Op::Kill(ms) => {
-                self.kill(*ms);
+            Op::Kill { applying, ms } => {
+                self.kill(*applying, *ms);
                 // Nothing armed: the next apply converges and the plan
                 // after it is empty.
                 if !self.armed() {
-                    self.trail.push("Apply (after the kill)".into());
+                    self.note("Apply (after the kill)".into());
                     let plan = self.check_plan();
                     self.apply(&plan);
                 }
@@ -748,4 +808,28 @@ fn a_managed_file_that_becomes_a_symlink_is_replaced_and_not_pruned() {
     );
     let out = w.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Not a defect (the model was wrong): a command dropped from the config is
+/// forgotten by the next apply that completes, and runs again when it is
+/// added back.
+#[test]
+fn seed_a_command_dropped_from_the_config_runs_again_when_it_is_back() {
+    let with = |c1, c2| Config {
+        commands: [c1, c2],
+        ..nothing()
+    };
+    run(
+        with(None, Some(0)),
+        &[
+            Op::Kill {
+                applying: false,
+                ms: 0,
+            },
+            Op::Commit(with(Some(0), None)),
+            Op::Apply,
+            Op::Commit(with(None, Some(0))),
+            Op::Apply,
+        ],
+    );
 }
