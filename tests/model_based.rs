@@ -39,6 +39,16 @@ const DIR_MODES: [u32; 3] = [0o755, 0o750, 0o700];
 /// Relative to /srv/app, where the links are.
 const TARGETS: [&str; 3] = ["a.conf", "b.conf", "d/c.conf"];
 const COMMANDS: [&str; 2] = ["c1", "c2"];
+/// A path that is a file in one config and a symlink in another.
+const FLEX: &str = "/srv/app/x";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flex {
+    /// (content index, mode index)
+    File(usize, usize),
+    /// target index
+    Link(usize),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot<T> {
@@ -55,6 +65,7 @@ pub struct Config {
     dirs: [Slot<usize>; 2],
     /// target index
     links: [Slot<usize>; 2],
+    flex: Slot<Flex>,
     /// The version of each command's `run` text, if declared.
     commands: [Option<u8>; 2],
 }
@@ -71,7 +82,7 @@ impl Config {
 
     fn yaml(&self) -> String {
         let mut s = String::from("description: model-based test\n");
-        let files: Vec<String> = (0..FILES.len())
+        let mut files: Vec<String> = (0..FILES.len())
             .filter_map(|i| match self.files[i] {
                 Slot::Present((c, m)) => Some(format!(
                     "  - {{path: {}, content: {:?}, mode: \"{:04o}\"}}\n",
@@ -80,6 +91,12 @@ impl Config {
                 _ => None,
             })
             .collect();
+        if let Slot::Present(Flex::File(c, m)) = self.flex {
+            files.push(format!(
+                "  - {{path: {FLEX}, content: {:?}, mode: \"{:04o}\"}}\n",
+                CONTENTS[c], FILE_MODES[m]
+            ));
+        }
         if !files.is_empty() {
             s.push_str("files:\n");
             s.push_str(&files.concat());
@@ -97,7 +114,7 @@ impl Config {
             s.push_str("directories:\n");
             s.push_str(&dirs.concat());
         }
-        let links: Vec<String> = (0..LINKS.len())
+        let mut links: Vec<String> = (0..LINKS.len())
             .filter_map(|i| match self.links[i] {
                 Slot::Present(t) => Some(format!(
                     "  - {{path: {}, target: {}}}\n",
@@ -106,6 +123,9 @@ impl Config {
                 _ => None,
             })
             .collect();
+        if let Slot::Present(Flex::Link(t)) = self.flex {
+            links.push(format!("  - {{path: {FLEX}, target: {}}}\n", TARGETS[t]));
+        }
         if !links.is_empty() {
             s.push_str("symlinks:\n");
             s.push_str(&links.concat());
@@ -149,6 +169,9 @@ impl Config {
                 v.push(LINKS[i]);
             }
         }
+        if self.flex == Slot::Absent {
+            v.push(FLEX);
+        }
         v
     }
 
@@ -169,6 +192,9 @@ impl Config {
             if matches!(l, Slot::Present(_)) {
                 v.insert(LINKS[i]);
             }
+        }
+        if matches!(self.flex, Slot::Present(_)) {
+            v.insert(FLEX);
         }
         v
     }
@@ -223,17 +249,23 @@ fn config() -> impl Strategy<Value = Config> {
     let dir = || slot(0..DIR_MODES.len());
     let link = || slot(0..TARGETS.len());
     let command = || proptest::option::of(0u8..3);
+    let flex = slot(prop_oneof![
+        (0..CONTENTS.len(), 0..FILE_MODES.len()).prop_map(|(c, m)| Flex::File(c, m)),
+        (0..TARGETS.len()).prop_map(Flex::Link),
+    ]);
     (
         [file(), file(), file()],
         [dir(), dir()],
         [link(), link()],
+        flex,
         [command(), command()],
     )
-        .prop_map(|(files, dirs, links, commands)| {
+        .prop_map(|(files, dirs, links, flex, commands)| {
             Config {
                 files,
                 dirs,
                 links,
+                flex,
                 commands,
             }
             .normalized()
@@ -247,7 +279,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..COMMANDS.len()).prop_map(Op::Arm),
         1 => (0..COMMANDS.len()).prop_map(Op::Disarm),
         2 => (
-            0..FILES.len(),
+            0..=FILES.len(),
             prop_oneof![Just(Edit::Content), Just(Edit::Mode), Just(Edit::Delete)]
         )
             .prop_map(|(f, e)| Op::Edit(f, e)),
@@ -459,6 +491,24 @@ impl World {
                 Slot::Absent if self.exists(LINKS[i]) => must("absent", LINKS[i]),
                 _ => {}
             }
+        }
+        match c.flex {
+            Slot::Present(Flex::File(content, mode)) => {
+                let p = self.at(FLEX);
+                let ok = fs::symlink_metadata(&p).is_ok_and(|m| {
+                    m.file_type().is_file() && m.permissions().mode() & 0o7777 == FILE_MODES[mode]
+                }) && fs::read(&p).is_ok_and(|b| b == CONTENTS[content].as_bytes());
+                if !ok {
+                    must("file", FLEX);
+                }
+            }
+            Slot::Present(Flex::Link(t))
+                if !fs::read_link(self.at(FLEX)).is_ok_and(|got| got == Path::new(TARGETS[t])) =>
+            {
+                must("symlink", FLEX)
+            }
+            Slot::Absent if self.exists(FLEX) => must("absent", FLEX),
+            _ => {}
         }
         // Managed before, not in the config now, still there: pruned.
         let named = c.paths();
@@ -685,7 +735,7 @@ impl World {
     }
 
     fn edit(&mut self, file: usize, edit: Edit) {
-        let p = self.at(FILES[file]);
+        let p = self.at(FILES.get(file).copied().unwrap_or(FLEX));
         let Ok(m) = fs::symlink_metadata(&p) else {
             return;
         };
@@ -755,6 +805,7 @@ fn nothing() -> Config {
         files: [Slot::Unmanaged; 3],
         dirs: [Slot::Unmanaged; 2],
         links: [Slot::Unmanaged; 2],
+        flex: Slot::Unmanaged,
         commands: [None; 2],
     }
 }
