@@ -39,6 +39,7 @@ const DIR_MODES: [u32; 3] = [0o755, 0o750, 0o700];
 /// Relative to /srv/app, where the links are.
 const TARGETS: [&str; 3] = ["a.conf", "b.conf", "d/c.conf"];
 const COMMANDS: [&str; 2] = ["c1", "c2"];
+const EDITED: &str = "edited by hand\n";
 /// A path that is a file in one config and a symlink in another.
 const FLEX: &str = "/srv/app/x";
 
@@ -718,6 +719,16 @@ impl World {
             self.recorded[i].insert(Some(v));
         }
         self.forget_dropped_commands(true);
+        // Whatever the moment, each file is wholly old or wholly new.
+        for path in FILES.iter().chain([&FLEX]) {
+            let p = self.at(path);
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file()) {
+                let got = fs::read_to_string(&p).unwrap_or_default();
+                if !CONTENTS.contains(&got.as_str()) && got != EDITED {
+                    self.fail(&format!("after a kill {path} holds {got:?}"));
+                }
+            }
+        }
     }
 
     /// An apply that gets to its end forgets the commands the config no
@@ -743,7 +754,7 @@ impl World {
             return;
         }
         match edit {
-            Edit::Content => fs::write(&p, "edited by hand\n").unwrap(),
+            Edit::Content => fs::write(&p, EDITED).unwrap(),
             Edit::Mode => fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap(),
             Edit::Delete => fs::remove_file(&p).unwrap(),
         }
