@@ -895,3 +895,23 @@ fn seed_a_command_dropped_from_the_config_runs_again_when_it_is_back() {
         ],
     );
 }
+
+/// A symlink tidekeeper created, that the config then wants to be a file,
+/// blocked the plan ("a symlink it did not create") with no change listed:
+/// the host could never get there without a hand.
+#[test]
+fn seed_a_symlink_tidekeeper_created_can_become_a_file() {
+    let flex = |f| Config {
+        flex: Slot::Present(f),
+        ..nothing()
+    };
+    run(
+        nothing(),
+        &[
+            Op::Commit(flex(Flex::Link(0))),
+            Op::Apply,
+            Op::Commit(flex(Flex::File(0, 0))),
+            Op::Apply,
+        ],
+    );
+}
