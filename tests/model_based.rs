@@ -896,11 +896,11 @@ fn seed_a_command_dropped_from_the_config_runs_again_when_it_is_back() {
     );
 }
 
-/// A symlink tidekeeper created, that the config then wants to be a file,
+/// A symlink tidekeeper manages, that the config then wants to be a file,
 /// blocked the plan ("a symlink it did not create") with no change listed:
 /// the host could never get there without a hand.
 #[test]
-fn seed_a_symlink_tidekeeper_created_can_become_a_file() {
+fn seed_a_symlink_tidekeeper_manages_can_become_a_file() {
     let flex = |f| Config {
         flex: Slot::Present(f),
         ..nothing()
@@ -911,6 +911,18 @@ fn seed_a_symlink_tidekeeper_created_can_become_a_file() {
             Op::Commit(flex(Flex::Link(0))),
             Op::Apply,
             Op::Commit(flex(Flex::File(0, 0))),
+            Op::Apply,
+        ],
+    );
+    // Also when the symlink itself replaced a file: file, symlink, file.
+    run(
+        nothing(),
+        &[
+            Op::Commit(flex(Flex::File(2, 1))),
+            Op::Apply,
+            Op::Commit(flex(Flex::Link(1))),
+            Op::Apply,
+            Op::Commit(flex(Flex::File(2, 2))),
             Op::Apply,
         ],
     );

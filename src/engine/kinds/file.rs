@@ -302,12 +302,15 @@ pub fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
              (remove it by hand or declare it `absent` first)",
             f.path
         )),
-        // A symlink tidekeeper created there itself, that the config now
-        // wants to be a file: replaced (removed, never written through).
+        // A symlink tidekeeper manages there (the config declared it), that
+        // the config now wants to be a file: replaced (removed, never
+        // written through). Not one planted there.
         PathKind::Link
-            if obs.inventory.resources.iter().any(|e| {
-                e.kind == crate::change::ResourceKind::Symlink && e.id == f.path && e.created
-            }) =>
+            if obs
+                .inventory
+                .resources
+                .iter()
+                .any(|e| e.kind == crate::change::ResourceKind::Symlink && e.id == f.path) =>
         {
             Ok(Some(replaces(ps)))
         }
