@@ -17,6 +17,7 @@ mod layout;
 mod local;
 mod maintenance;
 mod metrics;
+mod model_based;
 mod mutate;
 mod notify;
 mod policy;

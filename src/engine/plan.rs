@@ -347,9 +347,15 @@ fn prunes(
         .iter()
         .map(|i| (i.kind(), i.id().to_string()))
         .collect();
+    // A path the config still names (as another kind, or absent) is that
+    // item's to change: pruning it as well would count it twice, or remove
+    // what the item has just put there.
+    let named: BTreeSet<&str> = items.iter().filter_map(Item::path).collect();
     let mut prunes = Vec::new();
     for e in &obs.inventory.resources {
-        if desired.contains(&(e.kind, e.id.clone())) {
+        if desired.contains(&(e.kind, e.id.clone()))
+            || (e.kind.is_path() && named.contains(e.id.as_str()))
+        {
             continue;
         }
         let mut c = Change {

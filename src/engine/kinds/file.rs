@@ -302,6 +302,18 @@ pub fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
              (remove it by hand or declare it `absent` first)",
             f.path
         )),
+        // A symlink tidekeeper manages there (the config declared it), that
+        // the config now wants to be a file: replaced (removed, never
+        // written through). Not one planted there.
+        PathKind::Link
+            if obs
+                .inventory
+                .resources
+                .iter()
+                .any(|e| e.kind == crate::change::ResourceKind::Symlink && e.id == f.path) =>
+        {
+            Ok(Some(replaces(ps)))
+        }
         PathKind::Link => Err(format!(
             "{} is a symlink on the host (owned by {}); tidekeeper never writes through or replaces \
              a symlink it did not create, since one may have been planted to redirect the write \
