@@ -13,31 +13,7 @@ use tracing::{info, warn};
 use super::Loop;
 use super::scheduler::{Again, Request, Requeue};
 
-/// A report owed to the forge for a planned head.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    pub state: String,
-    pub description: String,
-    /// The plan comment, or its first part.
-    pub comment: String,
-    /// Its other parts, when the plan is too long for one comment.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub more: Vec<String>,
-    pub context: String,
-    pub marker: String,
-    /// The head's commit time: a late plan never overwrites a newer comment.
-    pub time: i64,
-}
-
-/// The plan reviewed on a proposal: what its merge is compared with.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Reviewed {
-    /// The tree of the planned head.
-    pub tree: String,
-    pub digest: String,
-    /// `host action kind id`, one per change.
-    pub lines: Vec<String>,
-}
+pub use super::worker::{Report, Reviewed};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Seen {

@@ -18,7 +18,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::proposals::{Report, Reviewed};
 use crate::engine::{self, HostResult};
 use crate::model::desired::ProposalLimits;
 use crate::reconcile;
@@ -26,6 +25,32 @@ use crate::source::ConfigTree;
 
 /// The hidden subcommand the daemon starts.
 pub const COMMAND: &str = "proposal-worker";
+
+/// A report owed to the forge for a planned head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub state: String,
+    pub description: String,
+    /// The plan comment, or its first part.
+    pub comment: String,
+    /// Its other parts, when the plan is too long for one comment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<String>,
+    pub context: String,
+    pub marker: String,
+    /// The head's commit time: a late plan never overwrites a newer comment.
+    pub time: i64,
+}
+
+/// The plan reviewed on a proposal: what its merge is compared with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reviewed {
+    /// The tree of the planned head.
+    pub tree: String,
+    pub digest: String,
+    /// `host action kind id`, one per change.
+    pub lines: Vec<String>,
+}
 
 /// What the worker is asked to plan.
 #[derive(Debug, Clone, Serialize, Deserialize)]
