@@ -309,3 +309,40 @@ fn a_secret_no_host_uses_is_never_an_error_and_a_used_one_is_named_where_it_is_u
         "{all}"
     );
 }
+
+/// Found by the model-based test: a host whose only planned work is blocked
+/// (a symlink planted where a file is wanted) reported "No changes", and
+/// apply exited 0 with the configuration unmet.
+#[test]
+fn a_blocked_host_is_never_reported_as_matching_the_configuration() {
+    let root = TempDir::new("truth-blocked-root");
+    let repo = repo(
+        root.path(),
+        &[(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+        )],
+    );
+    fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.path().join("etc/app.conf")).unwrap();
+    let out = tk(repo.path(), &["plan", "--detailed-exitcode"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let plan = stdout(&out);
+    assert!(!plan.contains("No changes"), "{plan}");
+    assert!(
+        plan.contains("Nothing can be applied: 1 host is blocked"),
+        "{plan}"
+    );
+    let out = tk(repo.path(), &["plan", "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hosts"][0]["status"], "blocked", "{v}");
+    let out = tk(repo.path(), &["apply", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        fs::symlink_metadata(root.path().join("etc/app.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "nothing written through the planted link"
+    );
+}

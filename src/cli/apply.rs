@@ -40,7 +40,8 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     }
     if t.add + t.change + t.destroy + t.run == 0 {
         let results = rt.block_on(reconcile::finish(fp, pool.clone()));
-        return if results.iter().any(|r| r.error.is_some()) {
+        // A blocked host has work left that cannot be done: not a success.
+        return if t.blocked > 0 || results.iter().any(|r| r.error.is_some()) {
             EXIT_INVALID
         } else {
             EXIT_OK

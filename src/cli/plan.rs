@@ -151,7 +151,7 @@ pub(super) fn plan(
     }
     let t = reconcile::totals(fp.cloud.as_ref(), &results);
     rt.block_on(reconcile::finish(fp, pool.clone()));
-    if t.errors > 0 || verdict.blocks() {
+    if t.errors > 0 || t.blocked > 0 || verdict.blocks() {
         EXIT_INVALID
     } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
         2

@@ -775,13 +775,15 @@ pub(super) fn host_status(
                 "no changes".into()
             });
         }
-        (HostOutcome::Planned, Some(p)) if p.has_changes() => {
+        (HostOutcome::Planned, Some(p)) if p.has_changes() || !p.blocked.is_empty() => {
+            // A blocked plan is work left undone, never "no drift".
             h.last_error = None;
             h.state = HostState::Drifted;
             h.drift = p
                 .changes
                 .iter()
                 .map(|c| format!("{} {} {}", c.action.symbol(), c.kind, c.id))
+                .chain(p.blocked.iter().map(|b| format!("blocked: {b}")))
                 .collect();
             h.last_result = Some(format!("drift: {} resource(s)", h.drift.len()));
         }

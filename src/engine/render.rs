@@ -17,6 +17,14 @@ pub struct Totals {
     pub destroy: usize,
     pub run: usize,
     pub errors: usize,
+    /// Hosts whose plan may not be carried out as it stands (a planted
+    /// symlink, a mass delete): never "no changes".
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blocked: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Totals {
@@ -29,6 +37,7 @@ impl Totals {
             destroy: p.count(Action::Delete) + p.count(Action::Replace),
             run: p.count(Action::Run) + p.handlers.len(),
             errors: 0,
+            blocked: 0,
         }
     }
 
@@ -38,6 +47,7 @@ impl Totals {
         self.destroy += o.destroy;
         self.run += o.run;
         self.errors += o.errors;
+        self.blocked += o.blocked;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,6 +97,9 @@ pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
         }
         if let Some(p) = &r.plan {
             t.add_up(&Totals::of(p));
+            if !p.blocked.is_empty() {
+                t.blocked += 1;
+            }
         }
     }
     t
@@ -248,7 +261,13 @@ pub fn hosts_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
 }
 
 pub fn summary_line(t: &Totals) -> String {
-    let mut s = if t.add + t.change + t.destroy + t.run == 0 {
+    let mut s = if t.add + t.change + t.destroy + t.run == 0 && t.blocked > 0 {
+        format!(
+            "Nothing can be applied: {} host{} blocked (see above); the configuration is not met.\n",
+            t.blocked,
+            if t.blocked == 1 { " is" } else { "s are" }
+        )
+    } else if t.add + t.change + t.destroy + t.run == 0 {
         if t.errors == 0 {
             "No changes. Hosts match the configuration.\n".to_string()
         } else {
@@ -338,6 +357,7 @@ pub fn json<R: Borrow<HostResult>>(results: &[R]) -> serde_json::Value {
             address: &r.address,
             status: match (&r.error, &r.plan) {
                 (Some(_), _) => "error",
+                (None, Some(p)) if !p.blocked.is_empty() => "blocked",
                 (None, Some(p)) if p.has_changes() => "changes",
                 (None, None) if r.skipped.is_some() => "skipped",
                 _ => "no-changes",
