@@ -88,34 +88,32 @@ impl Totals {
     }
 }
 
+/// What plans would do, over the hosts planned.
 pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
-    let mut t = Totals::default();
-    for r in results {
-        let r = r.borrow();
-        if r.error.is_some() {
-            t.errors += 1;
-        }
-        if let Some(p) = &r.plan {
-            t.add_up(&Totals::of(p));
-            if !p.blocked.is_empty() {
-                t.blocked += 1;
-            }
-        }
-    }
-    t
+    sum(results, |r| {
+        r.plan.as_ref().map(|p| Totals {
+            blocked: usize::from(!p.blocked.is_empty()),
+            ..Totals::of(p)
+        })
+    })
 }
 
 /// What applies did, over hosts that failed too: counted from the steps
 /// each host reported done.
 pub fn done_totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
+    sum(results, |r| r.done)
+}
+
+/// Each host's figures added up, and the hosts that failed counted.
+fn sum<R: Borrow<HostResult>>(results: &[R], of: impl Fn(&HostResult) -> Option<Totals>) -> Totals {
     let mut t = Totals::default();
     for r in results {
         let r = r.borrow();
         if r.error.is_some() {
             t.errors += 1;
         }
-        if let Some(d) = &r.done {
-            t.add_up(d);
+        if let Some(one) = of(r) {
+            t.add_up(&one);
         }
     }
     t
