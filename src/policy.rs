@@ -53,9 +53,35 @@ pub struct Verdict {
     /// everything else that is shown), never written raw to a log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prints: Vec<String>,
+    /// Each policy denial, typed: which policy, which rule, what it said
+    /// (`deny` holds the same as lines for people).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Denial>,
+}
+
+/// One denial by one policy rule.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Denial {
+    /// The policy's package, e.g. `guard` or `tidekeeper.builtin.ssh`.
+    pub policy: String,
+    pub rule: String,
+    pub message: String,
+}
+
+impl Denial {
+    /// The line people read in `deny`.
+    pub fn line(&self) -> String {
+        format!("{} (policy {})", self.message, self.policy)
+    }
 }
 
 impl Verdict {
+    /// The typed denial behind a line of `deny` (none for a refusal that
+    /// no policy gave, such as a destroy without permission).
+    pub fn denial_of(&self, line: &str) -> Option<&Denial> {
+        self.denials.iter().find(|d| d.line() == line)
+    }
+
     pub fn blocks(&self) -> bool {
         !self.deny.is_empty() || !self.errors.is_empty()
     }
@@ -508,6 +534,7 @@ fn evaluate_input(
     };
     engine.set_input(input);
     let mut seen = std::collections::BTreeSet::new();
+    let mut denials = Vec::new();
     for pkg in packages.into_iter().flatten() {
         if !seen.insert(pkg.clone()) {
             continue;
@@ -517,11 +544,17 @@ fn evaluate_input(
                 // Each message names the policy that gave it.
                 Ok(v) => {
                     let name = pkg.strip_prefix("data.").unwrap_or(&pkg);
-                    out.extend(
-                        strings(&v)
-                            .into_iter()
-                            .map(|m| format!("{m} (policy {name})")),
-                    )
+                    for m in strings(&v) {
+                        let d = Denial {
+                            policy: name.to_string(),
+                            rule: rule.to_string(),
+                            message: m,
+                        };
+                        out.push(d.line());
+                        if rule == "deny" {
+                            denials.push(d);
+                        }
+                    }
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -543,6 +576,9 @@ fn evaluate_input(
         .take(100)
         .map(|p| p.chars().filter(|c| !c.is_control()).take(500).collect())
         .collect();
+    denials.sort_by(|a: &Denial, b: &Denial| (&a.policy, &a.message).cmp(&(&b.policy, &b.message)));
+    denials.dedup();
+    verdict.denials = denials;
     verdict.deny.sort();
     verdict.deny.dedup();
     verdict.warn.sort();
@@ -591,6 +627,28 @@ pub fn run_tests(repo_policies: &[(String, String)]) -> Vec<(String, Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denial_is_typed_with_its_policy_and_rule_and_never_parsed_back() {
+        let policy = "package team.guard\n\nimport rego.v1\n\ndeny contains \"no (policy x) here\" if true\n";
+        let v = evaluate(
+            &serde_json::json!({"resources": []}),
+            &[("policies/guard.rego".into(), policy.into())],
+            false,
+        );
+        assert_eq!(
+            v.denials,
+            [Denial {
+                policy: "team.guard".into(),
+                rule: "deny".into(),
+                message: "no (policy x) here".into(),
+            }]
+        );
+        assert_eq!(v.deny, ["no (policy x) here (policy team.guard)"]);
+        // A message that itself holds " (policy " names the right policy.
+        assert_eq!(v.denial_of(&v.deny[0]).unwrap().policy, "team.guard");
+        assert!(v.denial_of("the server would be destroyed").is_none());
+    }
 
     #[test]
     fn the_builtin_pack_loads_and_judges() {

@@ -521,8 +521,7 @@ mod tests {
             deny: vec!["web-1 firewall ufw opens port 22 to the whole internet".into()],
             warn: vec![],
             errors: vec![],
-            proposed: None,
-            prints: vec![],
+            ..Default::default()
         };
         let md = markdown(
             &Review {

@@ -413,8 +413,8 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
             .cloned()
             .unwrap_or_default();
         // The policy's name first: the description is cut at 140 characters.
-        let desc = match first.rsplit_once(" (policy ") {
-            Some((msg, policy)) => format!("denied by {}: {msg}", policy.trim_end_matches(')')),
+        let desc = match verdict.denial_of(&first) {
+            Some(d) => format!("denied by {}: {}", d.policy, d.message),
             None => format!("denied: {first}"),
         };
         ("failure", desc)
