@@ -942,3 +942,84 @@ async fn drift_is_found_at_its_interval_and_corrected_when_the_config_says_so() 
     assert_eq!(read(&b), "v1\n");
     d.stop().await;
 }
+
+/// Issue 39: `suspend`, `resume` and `retry` say what is true and succeed
+/// when what was asked for already holds; `--daemon` takes what people
+/// write (a URL, a host name); a 401 says which token is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_resume_and_retry_are_idempotent_and_take_urls() {
+    let tmp = TempDir::new("controller-cli");
+    let (repo, _a, _b) = fleet(tmp.path(), "true");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            api_token: Some("tok-cli-1"),
+            real_time: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    until("applied", Duration::from_secs(60), || {
+        d.applied().as_deref() == Some(head.as_str())
+    })
+    .await;
+    let port = d.addr.port();
+    let tk = move |args: Vec<String>, token: Option<&'static str>| {
+        tokio::task::spawn_blocking(move || {
+            let mut c = crate::support::tidekeeper();
+            c.args(&args).env_remove("TIDEKEEPER_API_TOKEN");
+            if let Some(t) = token {
+                c.env("TIDEKEEPER_API_TOKEN", t);
+            }
+            let out = c.output().unwrap();
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+    };
+    let url = format!("http://localhost:{port}/");
+    let by_url = |cmd: &str| vec![cmd.to_string(), "--daemon".into(), url.clone()];
+    // Nothing quarantined: nothing to retry, and that is not an error.
+    let (code, said) = tk(by_url("retry"), Some("tok-cli-1")).await.unwrap();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("nothing to retry"), "{said}");
+    // Not suspended: resume succeeds and says so.
+    let (code, said) = tk(by_url("resume"), Some("tok-cli-1")).await.unwrap();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("not suspended; nothing to do"), "{said}");
+    let mut suspend = by_url("suspend");
+    suspend.extend([
+        "--reason".into(),
+        "cli test".into(),
+        "--by".into(),
+        "ada".into(),
+    ]);
+    let (code, said) = tk(suspend, Some("tok-cli-1")).await.unwrap();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(d.shared.status.lock().unwrap().suspended.is_some());
+    // A host name with a port, no scheme.
+    let (code, said) = tk(
+        vec![
+            "resume".into(),
+            "--daemon".into(),
+            format!("localhost:{port}"),
+        ],
+        Some("tok-cli-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(d.shared.status.lock().unwrap().suspended.is_none());
+    // Without the token: refused, and told what to set.
+    let (code, said) = tk(by_url("resume"), None).await.unwrap();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("TIDEKEEPER_API_TOKEN"), "{said}");
+    d.stop().await;
+}

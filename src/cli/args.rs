@@ -137,6 +137,30 @@ impl NowArg {
     }
 }
 
+/// A daemon's address as people write it: `localhost:8420`, `ops-1`,
+/// `http://10.0.0.5:8420/`, `[::1]:8420`; resolved here.
+fn parse_daemon(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s);
+    let host_port = rest.split('/').next().unwrap_or("");
+    if host_port.is_empty() {
+        return Err("no host; write HOST:PORT, e.g. localhost:8420".into());
+    }
+    let with_port = if host_port.ends_with(']') || !host_port.contains(':') {
+        format!("{host_port}:8420")
+    } else {
+        host_port.to_string()
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {with_port:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{with_port:?} resolves to no address"))
+}
+
 fn parse_now(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -355,8 +379,8 @@ pub enum Command {
     },
     /// Ask a running daemon to retry its quarantined commit.
     Retry {
-        /// The daemon's HTTP address.
-        #[arg(long, default_value = "127.0.0.1:8420")]
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
         daemon: std::net::SocketAddr,
         /// The daemon's API token.
         #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
@@ -364,8 +388,8 @@ pub enum Command {
     },
     /// Stop a running daemon's applies and jobs now (planning and reporting go on).
     Suspend {
-        /// The daemon's HTTP address.
-        #[arg(long, default_value = "127.0.0.1:8420")]
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
         daemon: std::net::SocketAddr,
         /// Why, for the status branch.
         #[arg(long)]
@@ -379,8 +403,8 @@ pub enum Command {
     },
     /// Undo `tidekeeper suspend`.
     Resume {
-        /// The daemon's HTTP address.
-        #[arg(long, default_value = "127.0.0.1:8420")]
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
         daemon: std::net::SocketAddr,
         /// The daemon's API token.
         #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]

@@ -36,16 +36,29 @@ pub(super) fn post_daemon(
         s.read_to_string(&mut out)?;
         Ok(out)
     })();
+    let said = |resp: &str| {
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .unwrap_or_default()
+    };
     match result {
         Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
             println!("{}", done.replace("{addr}", &addr.to_string()));
             EXIT_OK
         }
+        // Already so (resumed, nothing to retry): what was asked for holds.
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => {
+            println!("The daemon at {addr}: {}; nothing to do.", said(&resp));
+            EXIT_OK
+        }
+        Ok(resp) if resp.starts_with("HTTP/1.1 401") => {
+            eprintln!(
+                "error: the daemon at {addr} refused the request: 401 Unauthorized\n  help: pass the daemon's API token with --api-token or TIDEKEEPER_API_TOKEN"
+            );
+            EXIT_INVALID
+        }
         Ok(resp) => {
-            let said = resp
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.trim())
-                .unwrap_or("");
+            let said = said(&resp);
             eprintln!(
                 "error: the daemon at {addr} answered: {}{}",
                 resp.lines().next().unwrap_or(""),

@@ -331,6 +331,21 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     if let Err(r) = authorized(&s, &headers, &body, Proof::TokenOrSignature) {
         return r.into_response();
     }
+    let waiting = {
+        let st = s.status.lock().unwrap();
+        st.quarantined.is_some()
+            || st
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.state.starts_with("stopped"))
+    };
+    if !waiting {
+        return (
+            StatusCode::OK,
+            "nothing is quarantined, held or stopped: nothing to retry\n",
+        )
+            .into_response();
+    }
     s.scheduler.now(super::scheduler::Request::Retry);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
