@@ -549,4 +549,29 @@ fn completions_and_manual_pages_cover_every_command() {
     let plan = std::fs::read_to_string(tmp.path().join("tidekeeper-plan.1")).unwrap();
     assert!(plan.contains("detailed\\-exitcode"), "{plan}");
     assert!(tmp.path().join("tidekeeper.1").exists());
+    // Issue 39: nested subcommands get pages of their own; hidden ones none.
+    let rekey = std::fs::read_to_string(tmp.path().join("tidekeeper-secrets-rekey.1")).unwrap();
+    assert!(rekey.contains("recipients"), "{rekey}");
+    assert!(tmp.path().join("tidekeeper-schedule-list.1").exists());
+    assert!(!tmp.path().join("tidekeeper-proposal-worker.1").exists());
+    // `tidekeeper man | head -1`: the closed pipe is no error.
+    let mut child = tidekeeper()
+        .arg("man")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -250,28 +250,30 @@ fn man(dir: Option<&Path>) -> u8 {
     let Some(dir) = dir else {
         return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
             Ok(()) => EXIT_OK,
+            // `tidekeeper man | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
             Err(e) => {
                 eprintln!("error: {e}");
                 EXIT_ERROR
             }
         };
     };
-    let write = |name: &str, c: clap::Command| -> std::io::Result<()> {
+    /// A page for `c` and one for each of its subcommands, nested ones too
+    /// (`tidekeeper-secrets-rekey.1`); hidden commands get none.
+    fn pages(dir: &Path, name: &str, c: clap::Command) -> std::io::Result<usize> {
         let mut buf = Vec::new();
-        clap_mangen::Man::new(c).render(&mut buf)?;
-        std::fs::write(dir.join(format!("{name}.1")), buf)
-    };
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|_| write("tidekeeper", cmd.clone()))
-        .and_then(|_| {
-            cmd.get_subcommands().try_for_each(|s| {
-                let name = format!("tidekeeper-{}", s.get_name());
-                write(&name, s.clone().name(name.clone()))
-            })
-        });
+        clap_mangen::Man::new(c.clone().name(name.to_string())).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        let mut n = 1;
+        for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            n += pages(dir, &format!("{name}-{}", s.get_name()), s.clone())?;
+        }
+        Ok(n)
+    }
+    let written = std::fs::create_dir_all(dir).and_then(|_| pages(dir, "tidekeeper", cmd));
     match written {
-        Ok(()) => {
-            println!("Wrote the manual pages to {}.", dir.display());
+        Ok(n) => {
+            println!("Wrote {n} manual pages to {}.", dir.display());
             EXIT_OK
         }
         Err(e) => {
