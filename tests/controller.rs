@@ -68,6 +68,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) proposals: &'a [&'a str],
     /// The drift interval, if not an hour.
     pub(crate) drift: Option<Duration>,
+    /// Only these hosts (`--host`).
+    pub(crate) hosts: &'a [&'a str],
 }
 
 /// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
@@ -129,7 +131,7 @@ pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> R
         api_token: setup.api_token.map(String::from),
         ssh_key: setup.ssh_key.map(|k| k.display().to_string()),
         watch: false,
-        hosts: vec![],
+        hosts: setup.hosts.iter().map(|h| h.to_string()).collect(),
         git: Default::default(),
         proposals: setup.proposals.iter().map(|p| p.to_string()).collect(),
         rollback_after: Duration::from_secs(120),
@@ -1021,5 +1023,34 @@ async fn suspend_resume_and_retry_are_idempotent_and_take_urls() {
     let (code, said) = tk(by_url("resume"), None).await.unwrap();
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("TIDEKEEPER_API_TOKEN"), "{said}");
+    d.stop().await;
+}
+
+/// Issue 39: a `--host` the fleet does not have is said, not silently
+/// reconciled as nothing (the pull-mode unit passes `--host %H`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_the_fleet_does_not_have_is_an_error_in_the_status() {
+    let tmp = TempDir::new("controller-unknown-host");
+    let (repo, _a, _b) = fleet(tmp.path(), "true");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            real_time: true,
+            hosts: &["web-01"],
+            ..Default::default()
+        },
+    )
+    .await;
+    until("the error in /status", Duration::from_secs(30), || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .stale
+            .iter()
+            .any(|s| s.contains("--host web-01 is not in fleet") && s.contains("hosts are: a, b"))
+    })
+    .await;
     d.stop().await;
 }

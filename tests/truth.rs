@@ -346,3 +346,29 @@ fn a_blocked_host_is_never_reported_as_matching_the_configuration() {
         "nothing written through the planted link"
     );
 }
+
+/// Issue 39: `-q` means only errors on stderr — the progress lines too.
+#[test]
+fn quiet_plan_and_apply_print_no_progress() {
+    let root = TempDir::new("truth-quiet-root");
+    let repo = repo(
+        root.path(),
+        &[(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+        )],
+    );
+    for cmd in [&["-q", "plan"][..], &["-q", "apply", "--yes"][..]] {
+        let out = tk(repo.path(), cmd, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stderr.is_empty(), "{cmd:?}: {}", text(&out));
+    }
+    let out = tk(repo.path(), &["apply", "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tk(repo.path(), &["plan"], &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dev: planning"),
+        "{}",
+        text(&out)
+    );
+}

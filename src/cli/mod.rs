@@ -44,7 +44,11 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_ERROR: u8 = 1;
 
+/// `-q`: only errors on stderr, progress lines included.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn run(cli: Cli) -> ExitCode {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     if let Command::ProposalWorker = cli.command {
         // No logging: its stderr is read only to name how it died.
         return crate::daemon::worker::main();
@@ -404,7 +408,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// finished (and, off a terminal, per host started); on a terminal also a
 /// spinner naming the hosts in flight, cleared when the last is done.
 fn progress(total: usize, quiet: bool) -> engine::Progress {
-    if quiet {
+    if quiet || QUIET.load(std::sync::atomic::Ordering::Relaxed) {
         return std::sync::Arc::new(|_| {});
     }
     let live = std::io::stderr().is_terminal()

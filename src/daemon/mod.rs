@@ -427,8 +427,31 @@ impl Loop {
         .expect("load task")
     }
 
-    /// The hosts this daemon reconciles (`--host`, or all).
+    /// The hosts this daemon reconciles (`--host`, or all). A `--host`
+    /// the fleet does not have is said loudly, in the log and in /status:
+    /// a pull-mode daemon whose hostname is not the host's name would
+    /// otherwise manage nothing without a word.
     fn selected(&self, fleet: &Fleet) -> Vec<String> {
+        let unknown: Vec<&str> = self
+            .cfg
+            .hosts
+            .iter()
+            .filter(|n| fleet.host(n).is_none())
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            self.shared.clear_stale("hosts");
+        } else {
+            let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+            let why = format!(
+                "--host {} is not in fleet {:?}: nothing is reconciled for it (hosts are: {})",
+                unknown.join(", "),
+                fleet.name,
+                all.join(", ")
+            );
+            tracing::error!(hosts = %unknown.join(","), "{why}");
+            self.shared.note_stale("hosts", why);
+        }
         fleet
             .hosts
             .iter()
