@@ -188,22 +188,13 @@ fn secrets_keep_their_recipients_through_edit_and_rekey() {
     let repo = tmp.path();
     let file = repo.join("secrets/db.age");
     // Encrypted to two people; the daemon is one of them.
-    let mut enc = tidekeeper()
-        .args(["secrets", "encrypt", "db", "--repo"])
-        .arg(repo)
-        .args(["--recipient", &public_key(&alice)])
-        .args(["--recipient", &public_key(&daemon)])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    enc.stdin
-        .take()
-        .unwrap()
-        .write_all(b"password-one-long-enough")
-        .unwrap();
-    assert!(enc.wait().unwrap().success());
+    crate::support::fleet::encrypt_secret_to(
+        repo,
+        "db",
+        "password-one-long-enough",
+        &[&public_key(&alice), &public_key(&daemon)],
+        None,
+    );
     assert!(age_decrypts(&daemon, &file).is_some());
 
     // Alice edits with nothing naming the daemon: refused, the file untouched.

@@ -166,11 +166,28 @@ impl FleetRepo {
 
 /// `tidekeeper secrets encrypt NAME` in the repo at `repo`, with `value` on stdin.
 pub fn encrypt_secret(repo: &Path, identity: &str, name: &str, value: &str) {
+    encrypt_secret_to(repo, name, value, &[], Some(identity));
+}
+
+/// `tidekeeper secrets encrypt NAME --recipient R…` with `value` on stdin,
+/// and the identity in the environment if given.
+pub fn encrypt_secret_to(
+    repo: &Path,
+    name: &str,
+    value: &str,
+    recipients: &[&str],
+    identity: Option<&str>,
+) {
     use std::io::Write;
-    let mut enc = tidekeeper()
-        .args(["secrets", "encrypt", name, "--repo"])
-        .arg(repo)
-        .env("TIDEKEEPER_AGE_IDENTITY", identity)
+    let mut cmd = tidekeeper();
+    cmd.args(["secrets", "encrypt", name, "--repo"]).arg(repo);
+    for r in recipients {
+        cmd.args(["--recipient", r]);
+    }
+    if let Some(id) = identity {
+        cmd.env("TIDEKEEPER_AGE_IDENTITY", id);
+    }
+    let mut enc = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
