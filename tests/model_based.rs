@@ -647,6 +647,14 @@ impl World {
                         "after a good apply tidekeeper manages {managed:?}, the config {desired:?}"
                     ));
                 }
+                // An apply that ran leaves no staging directory, not even
+                // one a killed apply left (it lists them before it stages).
+                if !plan.is_empty() {
+                    let left = leftovers(self.root.path());
+                    if !left.is_empty() {
+                        self.fail(&format!("staging directories left behind: {left:?}"));
+                    }
+                }
             }
             Some(1) if doomed => {}
             _ => self.fail(&format!(
@@ -926,4 +934,22 @@ fn seed_a_symlink_tidekeeper_manages_can_become_a_file() {
             Op::Apply,
         ],
     );
+}
+
+/// `.tidekeeper.*` staging directories anywhere under `dir`.
+fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if e.file_name().to_string_lossy().starts_with(".tidekeeper.") {
+            out.push(p);
+        } else if is_dir {
+            out.extend(leftovers(&p));
+        }
+    }
+    out
 }

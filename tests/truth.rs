@@ -363,3 +363,47 @@ fn quiet_plan_and_apply_print_no_progress() {
         text(&out)
     );
 }
+
+/// Found by the model-based test: an apply killed after its files were
+/// renamed into place, before their staging directory was removed, left
+/// `<dir>/.tidekeeper.XXXXXX` behind until an apply wrote into that very
+/// directory. Now every staging directory is listed in the state directory
+/// first, and the next apply — whatever it writes — removes what is listed.
+#[test]
+fn a_staging_directory_left_by_a_killed_apply_is_removed_by_the_next_apply() {
+    let root = TempDir::new("truth-staging-root");
+    let repo = repo(
+        root.path(),
+        &[(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/app/a.conf, content: \"a\\n\"}\n  - {path: /srv/b.conf, content: \"b\\n\"}\n",
+        )],
+    );
+    let out = tk(repo.path(), &["apply", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = root.path().join("var/lib/tidekeeper");
+    assert!(
+        !state.join("staging").exists(),
+        "a finished apply lists none"
+    );
+    // What a kill at that point leaves: the directory, and the list naming it.
+    let left = root.path().join("etc/app/.tidekeeper.Xk3p9Q");
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("a.conf"), "a\n").unwrap();
+    fs::write(state.join("staging"), format!("{}\n", left.display())).unwrap();
+    // The next apply writes elsewhere only (/srv), and still cleans up.
+    fs::write(
+        repo.path().join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app/a.conf, content: \"a\\n\"}\n  - {path: /srv/b.conf, content: \"b2\\n\"}\n",
+    )
+    .unwrap();
+    commit(repo.path(), "b2");
+    let out = tk(repo.path(), &["apply", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!left.exists(), "the leftover is gone");
+    assert!(!state.join("staging").exists());
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/app/a.conf")).unwrap(),
+        "a\n"
+    );
+}

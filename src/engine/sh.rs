@@ -160,6 +160,7 @@ pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
          if ! flock -n 9; then echo '@@locked'; exit 75; fi\n\
          B=\"$S/backups/{run_id}\"; E=\"$S/step.err\"\n\
          mkdir -p \"$S/backups\" && chmod 0700 \"$S/backups\" && (umask 077; : >\"$E\") && chmod 0600 \"$E\" || exit 1\n\
+         if [ -f \"$S/staging\" ]; then while IFS= read -r x; do case \"$x\" in */.tidekeeper.*) rm -rf -- \"$x\";; esac; done <\"$S/staging\"; rm -f \"$S/staging\"; fi\n\
          run() {{ printf '@@begin %s\\n' \"$1\"; if \"$2\" 2>\"$E\"; then printf '@@ok %s\\n' \"$1\"; \
          else printf '@@fail %s\\n' \"$1\"; tk_unstage; cat \"$E\"; printf '\\n@@end\\n'; exit 1; fi; }}\n\
          tk_unstage() {{ :; }}\n\

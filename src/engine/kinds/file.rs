@@ -450,7 +450,8 @@ pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
                 s.push_str(&format!(
                     "d={d}\n[ -d \"$d\" ] || mkdir -p \"$d\" || return\n\
                      for x in \"$d\"/.tidekeeper.*; do [ -e \"$x\" ] || [ -L \"$x\" ] || continue; rm -rf -- \"$x\" || return; done\n\
-                     tk_d{k}=$(mktemp -d \"$d/.tidekeeper.XXXXXX\") || return\n",
+                     tk_d{k}=$(mktemp -d \"$d/.tidekeeper.XXXXXX\") || return\n\
+                     printf '%s\\n' \"$tk_d{k}\" >>\"$S/staging\" || return\n",
                     k = dirs.len()
                 ));
                 let k = dirs.len();
@@ -558,7 +559,8 @@ pub fn unstage(dirs: usize) -> String {
     for k in 0..dirs {
         c = c.word(Word::staged_dir(k));
     }
-    c.step()
+    // A kill before this leaves the list: the next apply removes what it names.
+    format!("{}rm -f \"$S/staging\" || return\n", c.step())
 }
 
 /// Write a file atomically: a temporary file in its directory, synced,
