@@ -83,7 +83,6 @@ fn main() {
         base_commit: base,
         name: "refs/pull/1/head".into(),
         head,
-        time: 0,
         hosts: None,
         ssh_key: None,
         cloud: None,

@@ -546,7 +546,7 @@ pub async fn plan_proposal(
     proposal_policies: &[(String, String)],
     names: Option<Vec<String>>,
     opts: Options,
-    seen: Option<cloud::Observed>,
+    seen: Option<Result<cloud::Observed, String>>,
 ) -> ProposalPlan {
     let confined = crate::proposal::confine(base, base_policies, proposal, proposal_policies);
     let fleet = Arc::new(confined.fleet);
@@ -563,10 +563,21 @@ pub async fn plan_proposal(
         ..opts
     };
     let mut clouds = Clouds::from_env(&fleet);
-    // A worker has no cloud credential: the clouds as the daemon saw them.
-    if let Some(seen) = seen {
-        clouds.seen = Some(seen);
-        clouds.missing.clear();
+    // A worker has no cloud credential: the clouds as the daemon saw them,
+    // or why the daemon could not see them.
+    match seen {
+        Some(Ok(seen)) => {
+            clouds.seen = Some(seen);
+            clouds.missing.clear();
+        }
+        Some(Err(why)) => {
+            for (_, e) in clouds.missing.iter_mut() {
+                *e = cloud::CloudError::Refused(format!(
+                    "the daemon could not see the clouds: {why}"
+                ));
+            }
+        }
+        None => {}
     }
     let quiet: Progress = Arc::new(|_| {});
     // A proposal is never applied: its connections close with its plan.

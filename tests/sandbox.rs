@@ -607,7 +607,6 @@ fn random_hostile_trees_end_as_verdicts_within_their_limits() {
             base_commit: base.clone(),
             name: format!("refs/pull/{t}/head"),
             head,
-            time: 0,
             hosts: None,
             ssh_key: None,
             cloud: None,

@@ -239,8 +239,8 @@ struct Loop {
     due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Proposal ref → the head planned last (kept in the state directory).
     proposals: proposals::Record,
-    /// Proposal ref → its head and commit time, as last fetched.
-    proposal_heads: BTreeMap<String, (String, i64)>,
+    /// Proposal ref → its head, as last fetched.
+    proposal_heads: BTreeMap<String, String>,
     /// Proposal ref → the head its worker is planning now.
     planning: BTreeMap<String, String>,
     proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,

@@ -51,7 +51,6 @@ fn save_record(state_dir: &Path, r: &Record) {
 pub struct ProposalDone {
     pub name: String,
     pub sha: String,
-    pub time: i64,
     pub result: Result<super::worker::Planned, String>,
 }
 
@@ -87,9 +86,9 @@ impl Loop {
         }
         self.proposal_heads = heads
             .into_iter()
-            .map(|(name, oid, time)| (name, (oid.to_string(), time)))
+            .map(|(name, oid, _)| (name, oid.to_string()))
             .collect();
-        for (name, (sha, _)) in &self.proposal_heads {
+        for (name, sha) in &self.proposal_heads {
             let seen = self.proposals.get(name);
             let new = seen.is_none_or(|s| s.commit != *sha);
             // Owed: a report the forge did not take, or the verdict of a head
@@ -110,7 +109,7 @@ impl Loop {
     /// waits on a proposal; the verdict comes back as a [`ProposalDone`].
     /// Otherwise send the report still owed, if any.
     pub(super) async fn plan_proposal_ref(&mut self, name: &str) -> Result<Requeue, Again> {
-        let Some((sha, time)) = self.proposal_heads.get(name).cloned() else {
+        let Some(sha) = self.proposal_heads.get(name).cloned() else {
             return Ok(Requeue::Done); // the ref is gone
         };
         let seen = self.proposals.get(name).cloned();
@@ -130,7 +129,6 @@ impl Loop {
                 self.proposal_planned(ProposalDone {
                     name: name.to_string(),
                     sha,
-                    time,
                     result: Err(why.into()),
                 })
                 .await;
@@ -163,7 +161,6 @@ impl Loop {
             base_commit,
             name: name.to_string(),
             head: sha.clone(),
-            time,
             hosts: (!self.cfg.hosts.is_empty()).then(|| self.cfg.hosts.clone()),
             ssh_key: self.cfg.ssh_key.clone(),
             cloud: None,
@@ -190,12 +187,7 @@ impl Loop {
                     super::worker::plan(&exe, &job).await
                 })
                 .await;
-            let _ = done.send(ProposalDone {
-                name,
-                sha,
-                time,
-                result,
-            });
+            let _ = done.send(ProposalDone { name, sha, result });
         });
         Ok(Requeue::Done)
     }
@@ -203,12 +195,7 @@ impl Loop {
     /// A proposal's verdict is in: note it on its commit, record it, show
     /// it on the dashboard, raise or resolve its alerts, and report it.
     pub(super) async fn proposal_planned(&mut self, done: ProposalDone) {
-        let ProposalDone {
-            name,
-            sha,
-            time,
-            result,
-        } = done;
+        let ProposalDone { name, sha, result } = done;
         self.planning.remove(&name);
         let Some((_, base, _)) = self.good.clone() else {
             return;
@@ -222,7 +209,6 @@ impl Loop {
                     &sha,
                     &base.name,
                     &why,
-                    time,
                     base.settings.forge.is_some(),
                 )
             }
@@ -396,7 +382,6 @@ mod tests {
                     more: vec!["part 2".into()],
                     context: "x".into(),
                     marker: "m".into(),
-                    time: 5,
                 }),
                 reviewed: Some(Reviewed {
                     tree: "t".into(),

@@ -38,8 +38,6 @@ pub struct Report {
     pub more: Vec<String>,
     pub context: String,
     pub marker: String,
-    /// The head's commit time: a late plan never overwrites a newer comment.
-    pub time: i64,
 }
 
 /// The plan reviewed on a proposal: what its merge is compared with.
@@ -61,7 +59,6 @@ pub struct Job {
     /// The proposal ref and its head.
     pub name: String,
     pub head: String,
-    pub time: i64,
     /// Only these hosts (the daemon's `--host`), or all.
     pub hosts: Option<Vec<String>>,
     pub ssh_key: Option<String>,
@@ -91,14 +88,7 @@ pub struct Planned {
 
 impl Planned {
     /// A head that was not planned, and why: its note, status and comment.
-    pub fn not_planned(
-        name: &str,
-        head: &str,
-        fleet: &str,
-        why: &str,
-        time: i64,
-        forge: bool,
-    ) -> Planned {
+    pub fn not_planned(name: &str, head: &str, fleet: &str, why: &str, forge: bool) -> Planned {
         let marker = crate::report::marker(fleet);
         let desc = format!("not planned: {why}");
         Planned {
@@ -113,7 +103,6 @@ impl Planned {
                 more: vec![],
                 context: format!("tidekeeper/{fleet}/plan"),
                 marker,
-                time,
             }),
             reviewed: None,
             verdict: ("error".into(), desc),
@@ -305,7 +294,7 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
     let marker = crate::report::marker(&fleet_name);
     let context = format!("tidekeeper/{fleet_name}/plan");
     let with_forge = base.settings.forge.is_some();
-    let (name, sha, time) = (job.name.as_str(), job.head.as_str(), job.time);
+    let (name, sha) = (job.name.as_str(), job.head.as_str());
     let loaded = ConfigTree::from_git(&job.mirror, sha)
         .map_err(|e| vec![e.to_string()])
         .and_then(|tree| {
@@ -323,7 +312,6 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
                 more: vec![],
                 context: context.clone(),
                 marker: marker.clone(),
-                time,
             });
             return Ok(Planned {
                 note: format!(
@@ -353,7 +341,11 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         redactions: base.redactions.clone(),
         ..Default::default()
     };
-    let seen = job.cloud.clone().map(crate::cloud::Observed::from);
+    let seen = match (&job.cloud, &job.cloud_error) {
+        (Some(c), _) => Some(Ok(crate::cloud::Observed::from(c.clone()))),
+        (None, Some(e)) => Some(Err(e.clone())),
+        (None, None) => None,
+    };
     let p = reconcile::plan_proposal(
         &base,
         &base_policies,
@@ -447,7 +439,6 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
             more: parts.collect(),
             context,
             marker,
-            time,
         }
     });
     let raised_cost = cloud
