@@ -2,8 +2,9 @@
 //! `notify.json`, `forge-statuses.json`): each written atomically (a
 //! temporary file, synced, renamed over the old one, the directory synced),
 //! and never dropped without a word: one that cannot be read is set aside as
-//! `NAME.unreadable`, named in a warning and in `/status`, and the daemon
-//! starts from what it can rebuild.
+//! `NAME.unreadable` and named in a warning (the three read at start —
+//! proposals, history, notify — in `/status` too), and the daemon starts
+//! from what it can rebuild.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
