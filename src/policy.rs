@@ -303,64 +303,8 @@ pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) 
             .collect();
         resources.push(regorus::Value::from(doc));
     };
-    for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
-        let before = c.observed.as_ref().map(|o| {
-            json!({
-                "size": o.size,
-                "image": o.image,
-                "location": o.location,
-                "labels": o.labels,
-                "firewall": o.firewall,
-                "monthly": c.cost_before.map(|m| m.amount),
-                "allow_destroy": c.allow_destroy,
-            })
-        });
-        let after = c.desired.as_ref().map(|d| {
-            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
-            v["monthly"] = json!(c.cost_after.map(|m| m.amount));
-            v
-        });
-        push(json!({
-            "address": c.address(),
-            "host": c.host,
-            "type": "server",
-            "provider": format!("{:?}", c.provider).to_lowercase(),
-            "action": c.action.word(),
-            "new_server": c.new_server(),
-            "before": before.unwrap_or(json!({"allow_destroy": c.allow_destroy})),
-            "after": after,
-        }));
-    }
-    for r in results {
-        let Some(plan) = &r.plan else { continue };
-        let host = fleet.host(&r.host);
-        for c in &plan.changes {
-            let desired = host.and_then(|h| {
-                h.resources
-                    .iter()
-                    .find(|x| x.kind() == c.kind && x.id() == c.id)
-            });
-            let after = match c.action {
-                Action::Delete if c.prune => Value::Null,
-                _ => desired
-                    .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
-                    .unwrap_or(Value::Null),
-            };
-            let before: serde_json::Map<String, Value> = c
-                .attrs
-                .iter()
-                .filter_map(|a| a.before.clone().map(|b| (a.name.clone(), Value::String(b))))
-                .collect();
-            push(json!({
-                "address": format!("{} {} {}", r.host, c.kind, c.id),
-                "host": r.host,
-                "type": c.kind,
-                "action": c.action,
-                "before": before,
-                "after": after,
-            }));
-        }
-    }
+    server_changes(cloud, &mut push);
+    host_changes(fleet, results, &mut push);
     let hosts: Vec<Value> = fleet
         .hosts
         .iter()
@@ -393,6 +337,72 @@ pub fn input(fleet: &Fleet, results: &[&HostResult], cloud: Option<&CloudPlan>) 
         }
     }
     regorus::Value::from(doc)
+}
+
+/// One resource document per cloud server change.
+fn server_changes(cloud: Option<&CloudPlan>, push: &mut impl FnMut(Value)) {
+    for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
+        let before = c.observed.as_ref().map(|o| {
+            json!({
+                "size": o.size,
+                "image": o.image,
+                "location": o.location,
+                "labels": o.labels,
+                "firewall": o.firewall,
+                "monthly": c.cost_before.map(|m| m.amount),
+                "allow_destroy": c.allow_destroy,
+            })
+        });
+        let after = c.desired.as_ref().map(|d| {
+            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+            v["monthly"] = json!(c.cost_after.map(|m| m.amount));
+            v
+        });
+        push(json!({
+            "address": c.address(),
+            "host": c.host,
+            "type": "server",
+            "provider": format!("{:?}", c.provider).to_lowercase(),
+            "action": c.action.word(),
+            "new_server": c.new_server(),
+            "before": before.unwrap_or(json!({"allow_destroy": c.allow_destroy})),
+            "after": after,
+        }));
+    }
+}
+
+/// One resource document per change planned on a host.
+fn host_changes(fleet: &Fleet, results: &[&HostResult], push: &mut impl FnMut(Value)) {
+    for r in results {
+        let Some(plan) = &r.plan else { continue };
+        let host = fleet.host(&r.host);
+        for c in &plan.changes {
+            let desired = host.and_then(|h| {
+                h.resources
+                    .iter()
+                    .find(|x| x.kind() == c.kind && x.id() == c.id)
+            });
+            let after = match c.action {
+                Action::Delete if c.prune => Value::Null,
+                _ => desired
+                    .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null),
+            };
+            let before: serde_json::Map<String, Value> = c
+                .attrs
+                .iter()
+                .filter_map(|a| a.before.clone().map(|b| (a.name.clone(), Value::String(b))))
+                .collect();
+            push(json!({
+                "address": format!("{} {} {}", r.host, c.kind, c.id),
+                "host": r.host,
+                "type": c.kind,
+                "action": c.action,
+                "before": before,
+                "after": after,
+            }));
+        }
+    }
 }
 
 /// JSON as the policy engine's values, each distinct string stored once:

@@ -153,6 +153,66 @@ pub(crate) fn restic_env(password: &str, repo: &str) -> String {
     )
 }
 
+/// An apt upgrade, and whether it asks the runner for a reboot.
+fn upgrade_script(reboot: RebootPolicy, unattended: bool, mode: UpgradeMode) -> String {
+    let mut s = String::new();
+    if unattended {
+        s.push_str("unattended-upgrade -v || exit $?\n");
+    } else {
+        // Held packages (apt-mark hold) stay as they are: apt-get
+        // changes them only when told to, which this never does.
+        let verb = match mode {
+            UpgradeMode::Upgrade => "upgrade",
+            UpgradeMode::FullUpgrade => "full-upgrade",
+        };
+        s.push_str(&format!(
+            "apt-get update -qq || exit $?\n\
+             held=$(apt-mark showhold | tr '\\n' ' ')\n\
+             [ -z \"$held\" ] || echo \"held, left as they are: $held\"\n\
+             apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef {verb} || exit $?\n",
+        ));
+    }
+    if reboot != RebootPolicy::Never {
+        // The boot this ran in, so the runner can tell when a reboot is over.
+        s.push_str("printf '@@boot %s\\n' \"$(cat /proc/sys/kernel/random/boot_id)\"\n");
+    }
+    match reboot {
+        RebootPolicy::Never => {}
+        RebootPolicy::IfRequired => {
+            s.push_str("[ -f /var/run/reboot-required ] && echo @@reboot\n")
+        }
+        RebootPolicy::Always => s.push_str("echo @@reboot\n"),
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+/// A PostgreSQL dump into restic, kept only when the dump succeeded.
+fn pg_dump_script(db: &str, host: &str) -> String {
+    // sh has no pipefail: the dump's status goes through a file.
+    // The snapshot is tagged partial until the dump is known to
+    // have succeeded, and forgotten when it failed, so a broken
+    // dump is never kept as a good backup.
+    format!(
+        "st=$(mktemp) || exit 1\n\
+         {{ (cd / && runuser -u postgres -- pg_dump {db}); echo $? > \"$st\"; }} \
+         | restic backup -q --host {h} --tag {PARTIAL} --stdin --stdin-filename {file}\n\
+         saved=$?; dumped=$(cat \"$st\"); rm -f \"$st\"\n\
+         if [ \"$dumped\" != 0 ]; then\n\
+         \x20 ids=$(restic snapshots -q --host {h} --tag {PARTIAL} --json | grep -o '\"id\":\"[0-9a-f]*\"' | cut -d'\"' -f4)\n\
+         \x20 [ -z \"$ids\" ] || restic forget -q $ids >/dev/null\n\
+         \x20 echo \"pg_dump {dbname} failed (exit $dumped): the partial dump was not kept\" >&2\n\
+         \x20 exit 1\n\
+         fi\n\
+         [ \"$saved\" = 0 ] || exit \"$saved\"\n\
+         restic tag -q --host {h} --tag {PARTIAL} --remove {PARTIAL} >/dev/null || exit $?\n",
+        db = q(db),
+        dbname = db,
+        h = q(host),
+        file = q(&format!("{db}.sql")),
+    )
+}
+
 pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
     let mut s = locked_prelude();
     match &job.kind {
@@ -164,34 +224,7 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
             unattended,
             mode,
         } => {
-            if *unattended {
-                s.push_str("unattended-upgrade -v || exit $?\n");
-            } else {
-                // Held packages (apt-mark hold) stay as they are: apt-get
-                // changes them only when told to, which this never does.
-                let verb = match mode {
-                    UpgradeMode::Upgrade => "upgrade",
-                    UpgradeMode::FullUpgrade => "full-upgrade",
-                };
-                s.push_str(&format!(
-                    "apt-get update -qq || exit $?\n\
-                     held=$(apt-mark showhold | tr '\\n' ' ')\n\
-                     [ -z \"$held\" ] || echo \"held, left as they are: $held\"\n\
-                     apt-get -y -q -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef {verb} || exit $?\n",
-                ));
-            }
-            if *reboot != RebootPolicy::Never {
-                // The boot this ran in, so the runner can tell when a reboot is over.
-                s.push_str("printf '@@boot %s\\n' \"$(cat /proc/sys/kernel/random/boot_id)\"\n");
-            }
-            match reboot {
-                RebootPolicy::Never => {}
-                RebootPolicy::IfRequired => {
-                    s.push_str("[ -f /var/run/reboot-required ] && echo @@reboot\n")
-                }
-                RebootPolicy::Always => s.push_str("echo @@reboot\n"),
-            }
-            s.push_str("exit 0\n");
+            s.push_str(&upgrade_script(*reboot, *unattended, *mode));
         }
         JobKind::Backup {
             repository,
@@ -219,28 +252,7 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
                 ));
             }
             if let Some(db) = pg_dump {
-                // sh has no pipefail: the dump's status goes through a file.
-                // The snapshot is tagged partial until the dump is known to
-                // have succeeded, and forgotten when it failed, so a broken
-                // dump is never kept as a good backup.
-                s.push_str(&format!(
-                    "st=$(mktemp) || exit 1\n\
-                     {{ (cd / && runuser -u postgres -- pg_dump {db}); echo $? > \"$st\"; }} \
-                     | restic backup -q --host {h} --tag {PARTIAL} --stdin --stdin-filename {file}\n\
-                     saved=$?; dumped=$(cat \"$st\"); rm -f \"$st\"\n\
-                     if [ \"$dumped\" != 0 ]; then\n\
-                     \x20 ids=$(restic snapshots -q --host {h} --tag {PARTIAL} --json | grep -o '\"id\":\"[0-9a-f]*\"' | cut -d'\"' -f4)\n\
-                     \x20 [ -z \"$ids\" ] || restic forget -q $ids >/dev/null\n\
-                     \x20 echo \"pg_dump {dbname} failed (exit $dumped): the partial dump was not kept\" >&2\n\
-                     \x20 exit 1\n\
-                     fi\n\
-                     [ \"$saved\" = 0 ] || exit \"$saved\"\n\
-                     restic tag -q --host {h} --tag {PARTIAL} --remove {PARTIAL} >/dev/null || exit $?\n",
-                    db = q(db),
-                    dbname = db,
-                    h = q(host),
-                    file = q(&format!("{db}.sql")),
-                ));
+                s.push_str(&pg_dump_script(db, host));
             }
             s.push_str(&format!(
                 "restic forget -q --host {} --prune --keep-daily {keep_daily} --keep-weekly {keep_weekly} --keep-monthly {keep_monthly} || exit $?\n",

@@ -405,38 +405,10 @@ pub async fn run_job(
             stop = Some(format!("not run: {why}"));
         }
         if let Some(why) = &stop {
-            for h in chunk {
-                run.hosts.push(HostRun {
-                    host: h.clone(),
-                    result: HostRunResult::Skipped,
-                    error: Some(why.clone()),
-                    rebooted: false,
-                    duration_ms: 0,
-                    log_tail: vec![],
-                });
-            }
+            run.hosts.extend(chunk.iter().map(|h| skipped(h, why)));
             continue;
         }
-        let results = match &cloud_job {
-            Some(cj) => {
-                futures_all(
-                    chunk
-                        .iter()
-                        .map(|h| Box::pin(on_server(fleet, job, h, opts, cj)))
-                        .collect(),
-                )
-                .await
-            }
-            None => {
-                futures_all(
-                    chunk
-                        .iter()
-                        .map(|h| Box::pin(on_host(fleet, job, h, opts)))
-                        .collect(),
-                )
-                .await
-            }
-        };
+        let results = run_chunk(fleet, job, chunk, opts, cloud_job.as_ref()).await;
         for r in results {
             if r.result != HostRunResult::Ok && job.stop_on_failure && stop.is_none() {
                 stop = Some(format!(
@@ -450,6 +422,49 @@ pub async fn run_job(
     run.ok = run.hosts.iter().all(|h| h.result == HostRunResult::Ok);
     run.finished = now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     run
+}
+
+/// A host the job did not start on, and why.
+fn skipped(host: &str, why: &str) -> HostRun {
+    HostRun {
+        host: host.to_string(),
+        result: HostRunResult::Skipped,
+        error: Some(why.to_string()),
+        rebooted: false,
+        duration_ms: 0,
+        log_tail: vec![],
+    }
+}
+
+/// One batch of hosts at once: on their cloud servers for cloud jobs, over
+/// SSH for the others.
+async fn run_chunk(
+    fleet: &Fleet,
+    job: &Job,
+    chunk: &[String],
+    opts: &Options,
+    cloud_job: Option<&CloudJob<'_>>,
+) -> Vec<HostRun> {
+    match cloud_job {
+        Some(cj) => {
+            futures_all(
+                chunk
+                    .iter()
+                    .map(|h| Box::pin(on_server(fleet, job, h, opts, cj)))
+                    .collect(),
+            )
+            .await
+        }
+        None => {
+            futures_all(
+                chunk
+                    .iter()
+                    .map(|h| Box::pin(on_host(fleet, job, h, opts)))
+                    .collect(),
+            )
+            .await
+        }
+    }
 }
 
 /// Await several futures at once (a rolling batch), keeping their order.

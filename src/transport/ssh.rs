@@ -175,37 +175,69 @@ fn fingerprint(kind: &str, b64: &str) -> String {
     }
 }
 
+/// The client's settings: keepalives, and the host key types it asks for.
+fn client_config(policy: &HostKeyPolicy) -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    if let HostKeyPolicy::Pinned(pins) = policy {
+        // Ask only for key types we have pinned, so a server with several
+        // host keys presents one we can check.
+        let algs: Vec<keys::Algorithm> = preferred
+            .key
+            .iter()
+            .filter(|a| {
+                pins.iter()
+                    .any(|p| p.0 == a.as_str() || alg_family(a) == p.0)
+            })
+            .cloned()
+            .collect();
+        if !algs.is_empty() {
+            preferred.key = Cow::Owned(algs);
+        }
+    }
+    if let HostKeyPolicy::Generated(_) = policy {
+        preferred.key = Cow::Owned(vec![keys::Algorithm::Ed25519]);
+    }
+    Arc::new(client::Config {
+        inactivity_timeout: Some(Duration::from_secs(600)),
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        preferred,
+        ..Default::default()
+    })
+}
+
+/// Why a connection failed, told by what the key check saw: an unknown or
+/// changed host key, or no route.
+fn refusal(
+    e: TransportError,
+    key_verdict: Option<Verdict>,
+    at: &SocketAddr,
+    addr: String,
+) -> TransportError {
+    let TransportError::Unreachable { reason, .. } = &e else {
+        return e; // the jump host's own error
+    };
+    let reason = reason.clone();
+    match key_verdict {
+        Some(Verdict::Unknown(kind, b64)) => TransportError::UnknownHostKey {
+            offered: fingerprint(&kind, &b64),
+            line: format!("{} {kind} {b64}", known_hosts_pattern(at)),
+            addr,
+        },
+        Some(Verdict::Mismatch { offered, pinned }) => TransportError::HostKeyMismatch {
+            addr,
+            offered: fingerprint(&offered.0, &offered.1),
+            pinned: fingerprint(&pinned.0, &pinned.1),
+        },
+        _ => TransportError::Unreachable { addr, reason },
+    }
+}
+
 impl Ssh {
     pub async fn connect(target: SshTarget) -> Result<Ssh, TransportError> {
         let addr = target.describe();
-        let mut preferred = russh::Preferred::default();
-        if let HostKeyPolicy::Pinned(pins) = &target.host_keys {
-            // Ask only for key types we have pinned, so a server with several
-            // host keys presents one we can check.
-            let algs: Vec<keys::Algorithm> = preferred
-                .key
-                .iter()
-                .filter(|a| {
-                    pins.iter()
-                        .any(|p| p.0 == a.as_str() || alg_family(a) == p.0)
-                })
-                .cloned()
-                .collect();
-            if !algs.is_empty() {
-                preferred.key = Cow::Owned(algs);
-            }
-        }
-        if let HostKeyPolicy::Generated(_) = &target.host_keys {
-            preferred.key = Cow::Owned(vec![keys::Algorithm::Ed25519]);
-        }
-        let config = Arc::new(client::Config {
-            inactivity_timeout: Some(Duration::from_secs(600)),
-            keepalive_interval: Some(Duration::from_secs(15)),
-            keepalive_max: 4,
-            nodelay: true,
-            preferred,
-            ..Default::default()
-        });
+        let config = client_config(&target.host_keys);
         let verdict = Arc::new(Mutex::new(None));
         let handler = Client {
             policy: target.host_keys.clone(),
@@ -253,27 +285,7 @@ impl Ssh {
                     reason: format!("no answer within {:?}", target.connect_timeout),
                 });
             }
-            Ok(Err(e)) => {
-                let TransportError::Unreachable { reason, .. } = &e else {
-                    return Err(e); // the jump host's own error
-                };
-                let reason = reason.clone();
-                return Err(match key_verdict {
-                    Some(Verdict::Unknown(kind, b64)) => TransportError::UnknownHostKey {
-                        offered: fingerprint(&kind, &b64),
-                        line: format!("{} {kind} {b64}", known_hosts_pattern(&target.addr)),
-                        addr,
-                    },
-                    Some(Verdict::Mismatch { offered, pinned }) => {
-                        TransportError::HostKeyMismatch {
-                            addr,
-                            offered: fingerprint(&offered.0, &offered.1),
-                            pinned: fingerprint(&pinned.0, &pinned.1),
-                        }
-                    }
-                    _ => TransportError::Unreachable { addr, reason },
-                });
-            }
+            Ok(Err(e)) => return Err(refusal(e, key_verdict, &target.addr, addr)),
             Ok(Ok(h)) => h,
         };
         let host_key = match key_verdict {

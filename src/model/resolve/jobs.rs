@@ -270,40 +270,7 @@ impl Loader<'_> {
             return None;
         }
         Some(if let Some(b) = &j.backup {
-            self.use_secret(file, &b.password_secret, secrets);
-            for p in &b.paths {
-                self.host_path(file, p);
-            }
-            if let Some(db) = &b.pg_dump
-                && !check::database_name(&db.value)
-            {
-                self.err(
-                    at(file, db)
-                        .error(
-                            "invalid-value",
-                            format!("{:?} is not a database name tidekeeper dumps", db.value),
-                        )
-                        .with_help(
-                            "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
-                        ),
-                );
-            }
-            if b.paths.is_empty() && b.pg_dump.is_none() {
-                self.err(at(file, &b.repository).error(
-                    "invalid-value",
-                    "a backup needs `paths`, `pg_dump`, or both",
-                ));
-            }
-            JobKind::Backup {
-                repository: b.repository.value.clone(),
-                password_secret: b.password_secret.value.clone(),
-                paths: b.paths.iter().map(|p| p.value.clone()).collect(),
-                pg_dump: opt(&b.pg_dump),
-                keep_daily: b.keep.daily.as_ref().map(|v| v.value).unwrap_or(7),
-                keep_weekly: b.keep.weekly.as_ref().map(|v| v.value).unwrap_or(4),
-                keep_monthly: b.keep.monthly.as_ref().map(|v| v.value).unwrap_or(6),
-                check: b.check.as_ref().map(|v| v.value).unwrap_or(false),
-            }
+            self.backup(b, secrets)
         } else if let Some(sn) = &j.snapshot {
             self.cloud_only(o, &j.name.value, "snapshot", selected, hosts);
             if sn.keep.value == 0 {
@@ -318,29 +285,7 @@ impl Loader<'_> {
                     .collect(),
             }
         } else if let Some(u) = &j.upgrade {
-            let reboot = u
-                .reboot
-                .as_ref()
-                .map(|r| r.value)
-                .unwrap_or(RebootPolicy::IfRequired);
-            let unattended = u.unattended.as_ref().map(|v| v.value).unwrap_or(false);
-            if let (true, Some(m)) = (unattended, &u.mode) {
-                self.err(at(file, m).error(
-                    "invalid-key",
-                    "`mode` chooses what apt-get runs; with `unattended: true`, unattended-upgrade follows its own configuration",
-                ).with_help("remove `mode`, or `unattended`"));
-            }
-            // A job that may reboot is the one meant to take new kernels,
-            // which `apt-get upgrade` keeps back (they are new packages).
-            let mode = u.mode.as_ref().map(|m| m.value).unwrap_or(match reboot {
-                RebootPolicy::Never => UpgradeMode::Upgrade,
-                _ => UpgradeMode::FullUpgrade,
-            });
-            JobKind::Upgrade {
-                reboot,
-                unattended,
-                mode,
-            }
+            self.upgrade(u)
         } else if let Some(p) = &j.power {
             self.cloud_only(o, &j.name.value, "power", selected, hosts);
             let secs = match check::duration(&p.running_for.value) {
@@ -367,5 +312,70 @@ impl Loader<'_> {
         } else {
             unreachable!("exactly one job kind was checked above")
         })
+    }
+
+    fn backup(&mut self, b: &raw::BackupSpec, secrets: &BTreeSet<String>) -> JobKind {
+        let file = SCHEDULES_FILE;
+        self.use_secret(file, &b.password_secret, secrets);
+        for p in &b.paths {
+            self.host_path(file, p);
+        }
+        if let Some(db) = &b.pg_dump
+            && !check::database_name(&db.value)
+        {
+            self.err(
+                at(file, db)
+                    .error(
+                        "invalid-value",
+                        format!("{:?} is not a database name tidekeeper dumps", db.value),
+                    )
+                    .with_help(
+                        "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
+                    ),
+            );
+        }
+        if b.paths.is_empty() && b.pg_dump.is_none() {
+            self.err(at(file, &b.repository).error(
+                "invalid-value",
+                "a backup needs `paths`, `pg_dump`, or both",
+            ));
+        }
+        JobKind::Backup {
+            repository: b.repository.value.clone(),
+            password_secret: b.password_secret.value.clone(),
+            paths: b.paths.iter().map(|p| p.value.clone()).collect(),
+            pg_dump: opt(&b.pg_dump),
+            keep_daily: b.keep.daily.as_ref().map(|v| v.value).unwrap_or(7),
+            keep_weekly: b.keep.weekly.as_ref().map(|v| v.value).unwrap_or(4),
+            keep_monthly: b.keep.monthly.as_ref().map(|v| v.value).unwrap_or(6),
+            check: b.check.as_ref().map(|v| v.value).unwrap_or(false),
+        }
+    }
+
+    fn upgrade(&mut self, u: &raw::UpgradeSpec) -> JobKind {
+        let file = SCHEDULES_FILE;
+        let reboot = u
+            .reboot
+            .as_ref()
+            .map(|r| r.value)
+            .unwrap_or(RebootPolicy::IfRequired);
+        let unattended = u.unattended.as_ref().map(|v| v.value).unwrap_or(false);
+        if let (true, Some(m)) = (unattended, &u.mode) {
+            self.err(at(file, m).error(
+                "invalid-key",
+                "`mode` chooses what apt-get runs; with `unattended: true`, unattended-upgrade follows its own configuration",
+            ).with_help("remove `mode`, or `unattended`"));
+        }
+        // A job that may reboot is the one meant to take new kernels,
+        // which `apt-get upgrade` keeps back (they are new packages).
+        let mode = u.mode.as_ref().map(|m| m.value).unwrap_or(match reboot {
+            RebootPolicy::Never => UpgradeMode::Upgrade,
+            _ => UpgradeMode::FullUpgrade,
+        });
+        JobKind::Upgrade {
+            reboot,
+            unattended,
+            mode,
+        }
     }
 }

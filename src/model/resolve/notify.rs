@@ -165,58 +165,7 @@ impl Loader<'_> {
             });
             return None;
         }
-        // (key, present) for every type-specific key; checked against what the type takes.
-        let present: [(&str, bool); 15] = [
-            ("url", s.url.is_some()),
-            ("secret", s.secret.is_some()),
-            ("token", s.token.is_some()),
-            ("topic", s.topic.is_some()),
-            ("password", s.password.is_some()),
-            ("server", s.server.is_some()),
-            ("chat_id", s.chat_id.is_some()),
-            ("room", s.room.is_some()),
-            ("host", s.host.is_some()),
-            ("port", s.port.is_some()),
-            ("tls", s.tls.is_some()),
-            ("username", s.username.is_some()),
-            ("from", s.from.is_some()),
-            ("to", !s.to.is_empty()),
-            ("ca_file", s.ca_file.is_some()),
-        ];
-        let (takes, needs): (&[&str], &[&str]) = match kind {
-            "webhook" => (&["url", "secret"], &["url"]),
-            "slack" | "discord" => (&["url"], &["url"]),
-            "telegram" => (&["token", "chat_id", "server"], &["token", "chat_id"]),
-            "ntfy" => (&["topic", "token", "server"], &["topic"]),
-            "matrix" => (&["server", "room", "token"], &["server", "room", "token"]),
-            _ => (
-                &[
-                    "host", "port", "tls", "username", "password", "from", "to", "ca_file",
-                ],
-                &["host", "from", "to"],
-            ),
-        };
-        let mut ok = true;
-        for (key, here) in present {
-            if here && !takes.contains(&key) {
-                self.err(
-                    at(file, &s.kind)
-                        .error(
-                            "unknown-key",
-                            format!("sink {name:?}: a {kind} sink has no `{key}`"),
-                        )
-                        .with_help(format!("a {kind} sink takes {}", takes.join(", "))),
-                );
-                ok = false;
-            }
-            if !here && needs.contains(&key) {
-                self.err(at(file, &s.kind).error(
-                    "missing-key",
-                    format!("sink {name:?}: a {kind} sink needs `{key}`"),
-                ));
-                ok = false;
-            }
-        }
+        let ok = self.sink_keys(name, kind, s);
         let cred = |key: &str, c: &Option<S<CredentialSpec>>, this: &mut Self| {
             c.as_ref()
                 .and_then(|c| this.credential(name, key, c, secrets))
@@ -278,6 +227,65 @@ impl Loader<'_> {
             _ => self.email(name, s, password)?,
         };
         ok.then_some(target)
+    }
+
+    /// The type-specific keys a sink has: each one its type takes, and
+    /// every one it needs. False after reporting what is wrong.
+    fn sink_keys(&mut self, name: &str, kind: &str, s: &SinkSpec) -> bool {
+        let file = FLEET_FILE;
+        // (key, present) for every type-specific key; checked against what the type takes.
+        let present: [(&str, bool); 15] = [
+            ("url", s.url.is_some()),
+            ("secret", s.secret.is_some()),
+            ("token", s.token.is_some()),
+            ("topic", s.topic.is_some()),
+            ("password", s.password.is_some()),
+            ("server", s.server.is_some()),
+            ("chat_id", s.chat_id.is_some()),
+            ("room", s.room.is_some()),
+            ("host", s.host.is_some()),
+            ("port", s.port.is_some()),
+            ("tls", s.tls.is_some()),
+            ("username", s.username.is_some()),
+            ("from", s.from.is_some()),
+            ("to", !s.to.is_empty()),
+            ("ca_file", s.ca_file.is_some()),
+        ];
+        let (takes, needs): (&[&str], &[&str]) = match kind {
+            "webhook" => (&["url", "secret"], &["url"]),
+            "slack" | "discord" => (&["url"], &["url"]),
+            "telegram" => (&["token", "chat_id", "server"], &["token", "chat_id"]),
+            "ntfy" => (&["topic", "token", "server"], &["topic"]),
+            "matrix" => (&["server", "room", "token"], &["server", "room", "token"]),
+            _ => (
+                &[
+                    "host", "port", "tls", "username", "password", "from", "to", "ca_file",
+                ],
+                &["host", "from", "to"],
+            ),
+        };
+        let mut ok = true;
+        for (key, here) in present {
+            if here && !takes.contains(&key) {
+                self.err(
+                    at(file, &s.kind)
+                        .error(
+                            "unknown-key",
+                            format!("sink {name:?}: a {kind} sink has no `{key}`"),
+                        )
+                        .with_help(format!("a {kind} sink takes {}", takes.join(", "))),
+                );
+                ok = false;
+            }
+            if !here && needs.contains(&key) {
+                self.err(at(file, &s.kind).error(
+                    "missing-key",
+                    format!("sink {name:?}: a {kind} sink needs `{key}`"),
+                ));
+                ok = false;
+            }
+        }
+        ok
     }
 
     fn email(&mut self, name: &str, s: &SinkSpec, password: Option<Credential>) -> Option<Target> {

@@ -113,34 +113,17 @@ impl Loader<'_> {
             }
             p.value
         });
-        let mut duration = |v: &Option<S<String>>, default: u64, min: u64, what: &str| -> u64 {
-            let Some(v) = v else { return default };
-            match check::duration(&v.value) {
-                Ok(d) if d.as_secs() >= min => d.as_secs(),
-                Ok(_) => {
-                    self.err(
-                        at(file, v)
-                            .error("invalid-value", format!("{what} must be at least {min}s")),
-                    );
-                    default
-                }
-                Err(e) => {
-                    self.err(at(file, v).error("invalid-duration", e));
-                    default
-                }
-            }
-        };
-        let poll = duration(&f.intervals.poll, 60, 5, "intervals.poll");
-        let drift = duration(&f.intervals.drift, 600, 30, "intervals.drift");
-        let full_check = duration(&f.intervals.full_check, 86_400, 60, "intervals.full_check");
+        let poll = self.duration(&f.intervals.poll, 60, 5, "intervals.poll");
+        let drift = self.duration(&f.intervals.drift, 600, 30, "intervals.drift");
+        let full_check = self.duration(&f.intervals.full_check, 86_400, 60, "intervals.full_check");
         let hz = f.providers.hetzner.as_ref();
-        let hz_timeout = duration(
+        let hz_timeout = self.duration(
             &hz.and_then(|h| h.timeout.clone()),
             30,
             1,
             "providers.hetzner.timeout",
         );
-        let ls_timeout = duration(
+        let ls_timeout = self.duration(
             &f.providers
                 .lightsail
                 .as_ref()
@@ -149,45 +132,10 @@ impl Loader<'_> {
             1,
             "providers.lightsail.timeout",
         );
-        for e in [
-            hz.and_then(|h| h.endpoint.as_ref()),
-            f.providers
-                .lightsail
-                .as_ref()
-                .and_then(|l| l.endpoint.as_ref()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !(e.value.starts_with("https://") || e.value.starts_with("http://")) {
-                self.err(at(file, e).error(
-                    "invalid-value",
-                    format!("endpoint {:?} must be an http:// or https:// URL", e.value),
-                ));
-            }
-        }
+        self.endpoints(f);
         let forge = f.status.forge.as_ref().map(|fg| self.forge(fg));
         let branch = opt(&f.status.branch).unwrap_or_else(|| "tidekeeper/status".into());
-        if let Some(b) = &f.status.branch
-            && (b.value.is_empty()
-                || b.value.contains("..")
-                || b.value.contains(' ')
-                || b.value.starts_with('/'))
-        {
-            self.err(at(file, b).error(
-                "invalid-value",
-                format!("{:?} is not a valid branch name", b.value),
-            ));
-        }
-        if let Some(n) = &f.status.notes_ref
-            && (!n.value.starts_with("refs/notes/") || !git2::Reference::is_valid_name(&n.value))
-        {
-            self.err(
-                at(file, n)
-                    .error("invalid-value", format!("{:?} is not a notes ref", n.value))
-                    .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
-            );
-        }
+        self.status_refs(f);
         let proposals = self.proposal_limits(file, &f.proposals);
         Settings {
             proposals,
@@ -226,6 +174,73 @@ impl Loader<'_> {
                 .is_some_and(|s| s.value),
             notify: Default::default(),
             networks: self.networks(f),
+        }
+    }
+
+    /// A duration setting in seconds: `default` when unset, at least `min`.
+    fn duration(&mut self, v: &Option<S<String>>, default: u64, min: u64, what: &str) -> u64 {
+        let file = FLEET_FILE;
+        let Some(v) = v else { return default };
+        match check::duration(&v.value) {
+            Ok(d) if d.as_secs() >= min => d.as_secs(),
+            Ok(_) => {
+                self.err(
+                    at(file, v).error("invalid-value", format!("{what} must be at least {min}s")),
+                );
+                default
+            }
+            Err(e) => {
+                self.err(at(file, v).error("invalid-duration", e));
+                default
+            }
+        }
+    }
+
+    /// Cloud API endpoints are URLs.
+    fn endpoints(&mut self, f: &raw::FleetFile) {
+        let file = FLEET_FILE;
+        let hz = f.providers.hetzner.as_ref();
+        for e in [
+            hz.and_then(|h| h.endpoint.as_ref()),
+            f.providers
+                .lightsail
+                .as_ref()
+                .and_then(|l| l.endpoint.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !(e.value.starts_with("https://") || e.value.starts_with("http://")) {
+                self.err(at(file, e).error(
+                    "invalid-value",
+                    format!("endpoint {:?} must be an http:// or https:// URL", e.value),
+                ));
+            }
+        }
+    }
+
+    /// The status branch and the notes ref are names git takes.
+    fn status_refs(&mut self, f: &raw::FleetFile) {
+        let file = FLEET_FILE;
+        if let Some(b) = &f.status.branch
+            && (b.value.is_empty()
+                || b.value.contains("..")
+                || b.value.contains(' ')
+                || b.value.starts_with('/'))
+        {
+            self.err(at(file, b).error(
+                "invalid-value",
+                format!("{:?} is not a valid branch name", b.value),
+            ));
+        }
+        if let Some(n) = &f.status.notes_ref
+            && (!n.value.starts_with("refs/notes/") || !git2::Reference::is_valid_name(&n.value))
+        {
+            self.err(
+                at(file, n)
+                    .error("invalid-value", format!("{:?} is not a notes ref", n.value))
+                    .with_help("a ref under refs/notes/, e.g. refs/notes/tidekeeper"),
+            );
         }
     }
 
