@@ -1,6 +1,6 @@
 //! The shape of the source tree: no import cycles between modules (stages
-//! at the top, and the parts of the engine and the model), and no function
-//! too long to read in one go in the engine or the model.
+//! at the top, and the parts of each stage), and no function anywhere in
+//! src/ too long to read in one go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,9 +29,65 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The code outside the file's unit tests.
-fn code(text: &str) -> &str {
-    text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text)
+/// The code outside the file's unit tests: every `#[cfg(test)]` item (a
+/// test module or helper, wherever it sits in the file) blanked out, so
+/// line numbers stay those of the file.
+fn code(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() == "#[cfg(test)]" && i + 1 < lines.len() {
+            let item = lines[i + 1];
+            let indent = &item[..item.len() - item.trim_start().len()];
+            let end = if item.trim_end().ends_with(';') {
+                i + 1
+            } else {
+                lines[i + 1..]
+                    .iter()
+                    .position(|l| *l == format!("{indent}}}"))
+                    .map_or(lines.len() - 1, |n| i + 1 + n)
+            };
+            out.extend(std::iter::repeat_n("", end + 1 - i));
+            i = end + 1;
+            continue;
+        }
+        out.push(lines[i]);
+        i += 1;
+    }
+    out.join("\n")
+}
+
+/// Functions longer than `max` lines in `text`: (first line, length).
+fn long_functions(text: &str, max: usize) -> Vec<(usize, usize)> {
+    let code = code(text);
+    let lines: Vec<&str> = code.lines().collect();
+    let mut long = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let t = l.trim_start();
+        let indent = &l[..l.len() - t.len()];
+        let mut head = t;
+        for prefix in [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "const ",
+            "async ",
+            "unsafe ",
+        ] {
+            head = head.strip_prefix(prefix).unwrap_or(head);
+        }
+        if !head.starts_with("fn ") || t.ends_with(';') {
+            continue;
+        }
+        let Some(end) = lines[i..].iter().position(|x| *x == format!("{indent}}}")) else {
+            continue;
+        };
+        if end + 1 > max {
+            long.push((i + 1, end + 1));
+        }
+    }
+    long
 }
 
 /// Edges between modules cut to `depth` path segments (1: stages such as
@@ -49,7 +105,13 @@ fn edges(depth: usize) -> BTreeMap<String, BTreeSet<String>> {
         }
         let from = cut(&m);
         let text = std::fs::read_to_string(&f).unwrap();
-        let body = code(&text);
+        // Doc links such as [`crate::x`] are not imports.
+        let body: String = code(&text)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let body = body.as_str();
         let mut targets = Vec::new();
         for (i, _) in body.match_indices("crate::") {
             let path: Vec<String> = body[i + 7..]
@@ -140,40 +202,97 @@ fn no_module_imports_one_that_imports_it_back() {
     assert!(cycle(&bad).is_some());
 }
 
+/// The longest a function may be, anywhere in src/.
+const MAX_FUNCTION_LINES: usize = 100;
+
+/// Functions still over the limit, being split; the list only shrinks.
+const KNOWN_LONG: &[&str] = &[
+    "proposal.rs confine",
+    "model/resolve/mod.rs run",
+    "model/resolve/hosts.rs all_hosts",
+    "model/resolve/hosts.rs hosts",
+    "model/resolve/hosts.rs server",
+    "daemon/rollout.rs run",
+    "daemon/alerts.rs observations",
+    "daemon/dashboard.rs page",
+    "daemon/commit.rs reconcile",
+    "daemon/commit.rs report",
+    "daemon/worker.rs plan_job",
+    "daemon/mod.rs serve",
+    "daemon/runner.rs run",
+    "daemon/status.rs prometheus",
+    "engine/mod.rs apply_with",
+    "engine/guard.rs arm",
+    "cli/init.rs demo",
+    "cli/restore.rs restore_cmd",
+    "cli/secrets.rs secrets_cmd",
+    "cli/mod.rs run",
+    "cli/schedule.rs schedule_cmd",
+    "cli/import.rs import_cmd",
+    "cli/apply.rs apply",
+    "cloud/plan.rs plan",
+    "reconcile.rs plan",
+    "reconcile.rs apply",
+];
+
 #[test]
-fn no_function_in_the_engine_or_the_model_runs_over_150_lines() {
+fn no_function_anywhere_in_src_runs_over_100_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
-    rust_files(&src.join("engine"), &mut files);
-    rust_files(&src.join("model"), &mut files);
+    rust_files(&src, &mut files);
     let mut long = Vec::new();
+    let mut seen = BTreeSet::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let lines: Vec<&str> = code(&text).lines().collect();
-        for (i, l) in lines.iter().enumerate() {
-            let t = l.trim_start();
-            let indent = &l[..l.len() - t.len()];
-            let is_fn = [
-                "fn ",
-                "pub fn ",
-                "pub(super) fn ",
-                "pub(crate) fn ",
-                "async fn ",
-                "pub async fn ",
-            ]
-            .iter()
-            .any(|p| t.starts_with(p));
-            if !is_fn || t.ends_with(';') {
-                continue;
-            }
-            let end = lines[i..]
-                .iter()
-                .position(|x| *x == format!("{indent}}}"))
-                .unwrap_or(0);
-            if end + 1 > 150 {
-                long.push(format!("{}:{} ({} lines)", f.display(), i + 1, end + 1));
+        let rel = f.strip_prefix(&src).unwrap().display().to_string();
+        for (line, len) in long_functions(&text, MAX_FUNCTION_LINES) {
+            let head = text.lines().nth(line - 1).unwrap_or("");
+            let name = head.split("fn ").nth(1).unwrap_or("");
+            let name = name.split(['(', '<']).next().unwrap_or(name);
+            let at = format!("{rel} {name}");
+            seen.insert(at.clone());
+            if !KNOWN_LONG.contains(&at.as_str()) {
+                long.push(format!("src/{rel}:{line}: fn {name} is {len} lines"));
             }
         }
     }
-    assert!(long.is_empty(), "{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines; split them into named steps:\n{}",
+        long.join("\n")
+    );
+    let fixed: Vec<_> = KNOWN_LONG.iter().filter(|k| !seen.contains(**k)).collect();
+    assert!(
+        fixed.is_empty(),
+        "no longer over the limit; remove from KNOWN_LONG: {fixed:?}"
+    );
+}
+
+#[test]
+fn the_length_check_reads_past_test_modules_and_skips_only_them() {
+    let body = |n: usize| "    let x = 1;\n".repeat(n);
+    let text = format!(
+        "fn short() {{\n{}}}\n\n#[cfg(test)]\nmod tests {{\n    fn long_test() {{\n{}    }}\n}}\n\n\
+         pub(crate) async fn after_the_tests() {{\n{}}}\n\n#[cfg(test)]\nfn helper() {{\n{}}}\n",
+        body(10),
+        body(200),
+        body(120),
+        body(300)
+    );
+    let long = long_functions(&text, MAX_FUNCTION_LINES);
+    assert_eq!(long.len(), 1, "{long:?}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("after_the_tests"))
+        .unwrap()
+        + 1;
+    assert_eq!(long[0], (line, 122));
+    // Blanking keeps line numbers.
+    assert!(
+        code(&text)
+            .lines()
+            .nth(line - 1)
+            .unwrap()
+            .contains("after_the_tests")
+    );
 }
