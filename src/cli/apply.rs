@@ -15,18 +15,17 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     let stop = match show(&fp, &policies, &opts) {
         Shown::Changes if yes => None,
         Shown::Changes => confirm(),
-        stop => Some(stop),
+        Shown::Stop(stop) => Some(stop),
     };
     if let Some(stop) = stop {
         let results = rt.block_on(reconcile::finish(fp, pool.clone()));
         return match stop {
-            Shown::Refused(e) => Err(e),
-            Shown::Stop(o) => Ok(o),
+            Stop::Refused(e) => Err(e),
+            Stop::Said(o) => Ok(o),
             // A blocked host has work left that cannot be done: not a success.
-            Shown::NothingToDo { blocked } => Ok(Outcome::failed_if(
+            Stop::NothingToDo { blocked } => Ok(Outcome::failed_if(
                 blocked || results.iter().any(|r| r.error.is_some()),
             )),
-            Shown::Changes => unreachable!("changes are applied"),
         };
     }
     let done = rt.block_on(reconcile::apply(
@@ -43,11 +42,16 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
 enum Shown {
     /// Changes to apply, once confirmed.
     Changes,
+    Stop(Stop),
+}
+
+/// Why nothing is applied.
+enum Stop {
     /// Nothing to apply; `blocked`: hosts have work left that cannot be done.
     NothingToDo { blocked: bool },
-    /// Not applied, and said why on stdout.
-    Stop(Outcome),
-    /// Not applied, for an error.
+    /// Said why on stdout.
+    Said(Outcome),
+    /// For an error.
     Refused(CliError),
 }
 
@@ -65,32 +69,32 @@ fn show(fp: &reconcile::FleetPlan, policies: &[(String, String)], opts: &engine:
     }
     if verdict.blocks() {
         println!("The policies deny this plan; nothing was applied.");
-        return Shown::Stop(Outcome::Failed);
+        return Shown::Stop(Stop::Said(Outcome::Failed));
     }
     if !refusals.is_empty() {
         println!("Not applying this plan; nothing was changed:");
         for r in refusals {
             println!("  {r}");
         }
-        return Shown::Stop(Outcome::Failed);
+        return Shown::Stop(Stop::Said(Outcome::Failed));
     }
     if t.add + t.change + t.destroy + t.run == 0 {
-        return Shown::NothingToDo {
+        return Shown::Stop(Stop::NothingToDo {
             blocked: t.blocked > 0,
-        };
+        });
     }
     Shown::Changes
 }
 
 /// Ask before applying; None: go ahead.
-fn confirm() -> Option<Shown> {
+fn confirm() -> Option<Stop> {
     match ask("Apply these changes?") {
         Some(true) => None,
         Some(false) => {
             println!("Apply cancelled.");
-            Some(Shown::Stop(Outcome::Done))
+            Some(Stop::Said(Outcome::Done))
         }
-        None => Some(Shown::Refused(CliError::new(
+        None => Some(Stop::Refused(CliError::new(
             "not applying without confirmation; run with --yes to apply non-interactively",
         ))),
     }
