@@ -1,13 +1,10 @@
-//! `tidekeeper apply`: plan, show, confirm, apply.
+//! `tidekeeper apply`: plan, show, confirm, apply, and say what was done.
 
 use super::plan::plan_fleet;
 use super::*;
 
-pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> u8 {
-    let (fleet, names, mut opts, policies) = match prepare(repo, args) {
-        Ok(x) => x,
-        Err(c) => return c,
-    };
+pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> CliResult {
+    let (fleet, names, mut opts, policies) = prepare(repo, args)?;
     opts.rolling = rolling;
     let total = names.len();
     let opts = std::sync::Arc::new(opts);
@@ -15,55 +12,21 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     let rt = runtime();
     let pool = engine::Pool::new();
     let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, false, &pool);
-    let results = fp.results();
-    print!(
-        "{}",
-        opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
-    );
-    let t = reconcile::totals(fp.cloud.as_ref(), &results);
-    let reconcile::Gate { verdict, refusals } = fp.gate(&policies);
-    if fp.has_changes() {
-        print!("\n{}", opts.redact(&verdict.render()));
-    }
-    if verdict.blocks() {
-        println!("The policies deny this plan; nothing was applied.");
-        rt.block_on(reconcile::finish(fp, pool.clone()));
-        return EXIT_INVALID;
-    }
-    if !refusals.is_empty() {
-        println!("Not applying this plan; nothing was changed:");
-        for r in refusals {
-            println!("  {r}");
-        }
-        rt.block_on(reconcile::finish(fp, pool.clone()));
-        return EXIT_INVALID;
-    }
-    if t.add + t.change + t.destroy + t.run == 0 {
+    let stop = match show(&fp, &policies, &opts) {
+        Shown::Changes if yes => None,
+        Shown::Changes => confirm(),
+        Shown::Stop(stop) => Some(stop),
+    };
+    if let Some(stop) = stop {
         let results = rt.block_on(reconcile::finish(fp, pool.clone()));
-        // A blocked host has work left that cannot be done: not a success.
-        return if t.blocked > 0 || results.iter().any(|r| r.error.is_some()) {
-            EXIT_INVALID
-        } else {
-            EXIT_OK
+        return match stop {
+            Stop::Refused(e) => Err(e),
+            Stop::Said(o) => Ok(o),
+            // A blocked host has work left that cannot be done: not a success.
+            Stop::NothingToDo { blocked } => Ok(Outcome::failed_if(
+                blocked || results.iter().any(|r| r.error.is_some()),
+            )),
         };
-    }
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            eprintln!(
-                "error: not applying without confirmation; run with --yes to apply non-interactively"
-            );
-            rt.block_on(reconcile::finish(fp, pool.clone()));
-            return EXIT_ERROR;
-        }
-        print!("\nApply these changes? Only 'yes' will be accepted: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if answer.trim() != "yes" {
-            println!("Apply cancelled.");
-            rt.block_on(reconcile::finish(fp, pool.clone()));
-            return EXIT_OK;
-        }
     }
     let done = rt.block_on(reconcile::apply(
         fp,
@@ -72,6 +35,73 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
         &clouds,
         progress(total, false),
     ));
+    Ok(summary(&done, &opts))
+}
+
+/// What the plan, once shown, leaves to do.
+enum Shown {
+    /// Changes to apply, once confirmed.
+    Changes,
+    Stop(Stop),
+}
+
+/// Why nothing is applied.
+enum Stop {
+    /// Nothing to apply; `blocked`: hosts have work left that cannot be done.
+    NothingToDo { blocked: bool },
+    /// Said why on stdout.
+    Said(Outcome),
+    /// For an error.
+    Refused(CliError),
+}
+
+/// Print the plan and the policies' verdict; whether it may be applied.
+fn show(fp: &reconcile::FleetPlan, policies: &[(String, String)], opts: &engine::Options) -> Shown {
+    let results = fp.results();
+    print!(
+        "{}",
+        opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
+    );
+    let t = reconcile::totals(fp.cloud.as_ref(), &results);
+    let reconcile::Gate { verdict, refusals } = fp.gate(policies);
+    if fp.has_changes() {
+        print!("\n{}", opts.redact(&verdict.render()));
+    }
+    if verdict.blocks() {
+        println!("The policies deny this plan; nothing was applied.");
+        return Shown::Stop(Stop::Said(Outcome::Failed));
+    }
+    if !refusals.is_empty() {
+        println!("Not applying this plan; nothing was changed:");
+        for r in refusals {
+            println!("  {r}");
+        }
+        return Shown::Stop(Stop::Said(Outcome::Failed));
+    }
+    if t.add + t.change + t.destroy + t.run == 0 {
+        return Shown::Stop(Stop::NothingToDo {
+            blocked: t.blocked > 0,
+        });
+    }
+    Shown::Changes
+}
+
+/// Ask before applying; None: go ahead.
+fn confirm() -> Option<Stop> {
+    match ask("Apply these changes?") {
+        Some(true) => None,
+        Some(false) => {
+            println!("Apply cancelled.");
+            Some(Stop::Said(Outcome::Done))
+        }
+        None => Some(Stop::Refused(CliError::new(
+            "not applying without confirmation; run with --yes to apply non-interactively",
+        ))),
+    }
+}
+
+/// What was done, host by host and in all.
+fn summary(done: &reconcile::Applied, opts: &engine::Options) -> Outcome {
     println!();
     print!("{}", opts.redact(&reconcile::cloud_summary(&done.cloud)));
     println!(
@@ -98,9 +128,9 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
             plural(failed),
             applied.done()
         );
-        EXIT_INVALID
+        Outcome::Failed
     } else {
         println!("Apply complete: {}.", applied.done());
-        EXIT_OK
+        Outcome::Done
     }
 }

@@ -2,14 +2,11 @@
 
 use super::*;
 
-pub(super) fn run_daemon(cfg: crate::daemon::Config) -> u8 {
-    match runtime().block_on(crate::daemon::run(cfg)) {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
-            eprintln!("error: {e}");
-            EXIT_ERROR
-        }
-    }
+pub(super) fn run_daemon(cfg: crate::daemon::Config) -> CliResult {
+    runtime()
+        .block_on(crate::daemon::run(cfg))
+        .map_err(CliError::new)?;
+    Ok(Outcome::Done)
 }
 
 /// POST to a running daemon (plain HTTP/1.1 on loopback); `done` is said on
@@ -20,11 +17,10 @@ pub(super) fn post_daemon(
     token: Option<&str>,
     body: &str,
     done: &str,
-) -> u8 {
+) -> CliResult {
     use std::io::Read;
     if token.is_some_and(|t| t.contains(['\r', '\n'])) {
-        eprintln!("error: TIDEKEEPER_API_TOKEN must be one line");
-        return EXIT_ERROR;
+        return Err(CliError::new("TIDEKEEPER_API_TOKEN must be one line"));
     }
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -44,35 +40,31 @@ pub(super) fn post_daemon(
     match result {
         Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
             println!("{}", done.replace("{addr}", &addr.to_string()));
-            EXIT_OK
+            Ok(Outcome::Done)
         }
         // Already so (resumed, nothing to retry): what was asked for holds.
         Ok(resp) if resp.starts_with("HTTP/1.1 200") => {
             println!("The daemon at {addr}: {}; nothing to do.", said(&resp));
-            EXIT_OK
+            Ok(Outcome::Done)
         }
-        Ok(resp) if resp.starts_with("HTTP/1.1 401") => {
-            eprintln!(
-                "error: the daemon at {addr} refused the request: 401 Unauthorized\n  help: pass the daemon's API token with --api-token or TIDEKEEPER_API_TOKEN"
-            );
-            EXIT_INVALID
-        }
+        Ok(resp) if resp.starts_with("HTTP/1.1 401") => Err(CliError::invalid(format!(
+            "the daemon at {addr} refused the request: 401 Unauthorized"
+        ))
+        .help("pass the daemon's API token with --api-token or TIDEKEEPER_API_TOKEN")),
         Ok(resp) => {
             let said = said(&resp);
-            eprintln!(
-                "error: the daemon at {addr} answered: {}{}",
+            Err(CliError::invalid(format!(
+                "the daemon at {addr} answered: {}{}",
                 resp.lines().next().unwrap_or(""),
                 if said.is_empty() {
                     String::new()
                 } else {
                     format!("\n  {said}")
                 }
-            );
-            EXIT_INVALID
+            )))
         }
-        Err(e) => {
-            eprintln!("error: cannot reach the daemon at {addr}: {e}");
-            EXIT_ERROR
-        }
+        Err(e) => Err(CliError::new(format!(
+            "cannot reach the daemon at {addr}: {e}"
+        ))),
     }
 }

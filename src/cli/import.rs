@@ -12,90 +12,42 @@ pub(super) fn import_cmd(
     server: &str,
     host: &str,
     repo: &RepoArgs,
-) -> u8 {
-    if let Err(e) = crate::model::check::host_name(host) {
-        eprintln!("error: --as {host}: {e}");
-        return EXIT_ERROR;
-    }
-    let tree = match read_tree(repo) {
-        Ok(t) => t,
-        Err(c) => return c,
-    };
-    let fleet = match load(&tree, Format::Human) {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+) -> CliResult {
+    crate::model::check::host_name(host).map_err(|e| CliError::new(format!("--as {host}: {e}")))?;
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Human)?;
     let kind = match provider {
         ImportProvider::Hetzner => ProviderKind::Hetzner,
         ImportProvider::Lightsail => ProviderKind::Lightsail,
     };
     let Ok(root) = source::discover(&repo.repo) else {
-        eprintln!("error: {} is not a config repo", repo.repo.display());
-        return EXIT_ERROR;
+        return Err(CliError::new(format!(
+            "{} is not a config repo",
+            repo.repo.display()
+        )));
     };
     let file = root.join("hosts").join(format!("{host}.yaml"));
     if file.exists() || fleet.host(host).is_some() {
-        eprintln!(
-            "error: hosts/{host}.yaml exists (or a host {host} is in the fleet); choose another name with --as"
-        );
-        return EXIT_ERROR;
+        return Err(CliError::new(format!(
+            "hosts/{host}.yaml exists (or a host {host} is in the fleet); choose another name with --as"
+        )));
     }
     let clouds = crate::cloud::Clouds::from_env(&fleet);
-    let Some(p) = clouds.get(kind) else {
-        let why = clouds
-            .missing
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, e)| e.to_string())
-            .unwrap_or_else(|| "the provider is not configured in tidekeeper.yaml".into());
-        eprintln!("error: {why}");
-        return EXIT_ERROR;
-    };
+    let p = provider_of(&clouds, kind)?;
     let rt = runtime();
-    let servers = match rt.block_on(p.servers()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    let Some(have) = servers.iter().find(|s| s.name == server) else {
-        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
-        eprintln!(
-            "error: no {} server named {server:?}\n  help: the account has: {}",
-            crate::cloud::plan::provider_name(kind),
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-        return EXIT_ERROR;
-    };
-    if have.labels.contains_key(crate::cloud::MANAGED_BY) {
-        eprintln!(
-            "error: {server} is managed by tidekeeper already (fleet {:?}); it is not imported again",
-            have.labels
-                .get(crate::cloud::FLEET)
-                .cloned()
-                .unwrap_or_default()
-        );
-        return EXIT_ERROR;
-    }
-    if let Err(e) = rt.block_on(p.adopt(have, &fleet.name, host)) {
-        eprintln!("error: {e}");
-        return EXIT_ERROR;
-    }
+    let servers = rt.block_on(p.servers()).map_err(CliError::new)?;
+    let have = unmanaged(&servers, server, kind)?;
+    rt.block_on(p.adopt(have, &fleet.name, host))
+        .map_err(CliError::new)?;
     let text = host_file(kind, have);
-    if let Err(e) =
-        std::fs::create_dir_all(root.join("hosts")).and_then(|_| std::fs::write(&file, &text))
-    {
-        eprintln!(
-            "error: the server is labelled, but {} could not be written: {e}",
-            file.display()
-        );
-        return EXIT_ERROR;
-    }
+    std::fs::create_dir_all(root.join("hosts"))
+        .and_then(|_| std::fs::write(&file, &text))
+        .map_err(|e| {
+            CliError::new(format!(
+                "the server is labelled, but {} could not be written: {e}",
+                file.display()
+            ))
+        })?;
     let renamed = if have.name != host {
         format!(", renamed to {host}")
     } else {
@@ -110,7 +62,56 @@ pub(super) fn import_cmd(
     println!(
         "Next:\n  1. Pin its SSH host key in known_hosts, checked out of band (the provider's console):\n       ssh-keyscan -t ed25519 {addr} >> known_hosts\n  2. Give it its roles in hosts/{host}.yaml, then `tidekeeper plan` and commit."
     );
-    EXIT_OK
+    Ok(Outcome::Done)
+}
+
+/// The provider of `kind`, or why it cannot be used.
+fn provider_of(
+    clouds: &crate::cloud::Clouds,
+    kind: ProviderKind,
+) -> Result<&std::sync::Arc<dyn crate::cloud::Provider>, CliError> {
+    clouds.get(kind).ok_or_else(|| {
+        let why = clouds
+            .missing
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, e)| e.to_string())
+            .unwrap_or_else(|| "the provider is not configured in tidekeeper.yaml".into());
+        CliError::new(why)
+    })
+}
+
+/// The server named `name` in the account, when tidekeeper does not manage it yet.
+fn unmanaged<'a>(
+    servers: &'a [ObservedServer],
+    name: &str,
+    kind: ProviderKind,
+) -> Result<&'a ObservedServer, CliError> {
+    let Some(have) = servers.iter().find(|s| s.name == name) else {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        return Err(CliError::new(format!(
+            "no {} server named {name:?}",
+            crate::cloud::plan::provider_name(kind)
+        ))
+        .help(format!(
+            "the account has: {}",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    if have.labels.contains_key(crate::cloud::MANAGED_BY) {
+        return Err(CliError::new(format!(
+            "{name} is managed by tidekeeper already (fleet {:?}); it is not imported again",
+            have.labels
+                .get(crate::cloud::FLEET)
+                .cloned()
+                .unwrap_or_default()
+        )));
+    }
+    Ok(have)
 }
 
 /// The host file of an imported server: what it is now, so the first plan

@@ -1,4 +1,5 @@
-//! `tidekeeper init` and `tidekeeper demo`: a new config repo from the template, and the demo on this machine.
+//! `tidekeeper init` and `tidekeeper demo`: a new config repo from the
+//! template (and what it still needs), and the demo on this machine.
 
 use super::*;
 use crate::model::desired::AwsCredentials;
@@ -25,29 +26,23 @@ fn repo_tree() -> ConfigTree {
     tree
 }
 
-pub(super) fn init(dir: &Path) -> u8 {
+pub(super) fn init(dir: &Path) -> CliResult {
     let tree = repo_tree();
-    match source::init_repo(
+    let commit = source::init_repo(
         dir,
         &tree,
         "Start a tidekeeper fleet from the example template",
-    ) {
-        Ok(commit) => {
-            println!(
-                "Created config repo {} (commit {}).",
-                dir.display(),
-                &commit[..12]
-            );
-            if let Ok(fleet) = model::load(&tree) {
-                print!("{}", next_steps(&fleet, &tree, dir));
-            }
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            EXIT_ERROR
-        }
+    )
+    .map_err(CliError::new)?;
+    println!(
+        "Created config repo {} (commit {}).",
+        dir.display(),
+        &commit[..12]
+    );
+    if let Ok(fleet) = model::load(&tree) {
+        print!("{}", next_steps(&fleet, &tree, dir));
     }
+    Ok(Outcome::Done)
 }
 
 /// Documentation addresses (RFC 5737): a host file that still has one is
@@ -167,12 +162,11 @@ commands:
 pub(super) const DEMO_TEMPLATE: &str = r#"{"fleet": {{ fleet.name | tojson }}, "host": {{ host.name | tojson }}, "admin": {{ admin_email | tojson }}}
 "#;
 
-pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> u8 {
+/// `tidekeeper demo`: the template repo (made when missing) validated,
+/// this machine added to it and reconciled, then the daemon following it.
+pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) -> CliResult {
     if !dir.join(".git").exists() {
-        let code = init(dir);
-        if code != EXIT_OK {
-            return code;
-        }
+        init(dir)?;
     } else {
         println!("Using the existing demo repo {}.", dir.display());
     }
@@ -180,49 +174,64 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         repo: dir.to_path_buf(),
         refname: "HEAD".into(),
     };
-    let code = validate(&args, false, Format::Human);
-    if code != EXIT_OK {
-        return code;
-    }
+    validate(&args, false, Format::Human)?;
     // The cloud and existing hosts of the example cannot be reached from
     // here, so the demo adds this machine, confined to a directory, and
     // reconciles it: plan, apply, plan again.
-    let abs = match std::fs::canonicalize(dir) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: {e}", dir.display());
-            return EXIT_ERROR;
-        }
-    };
+    let abs =
+        std::fs::canonicalize(dir).map_err(|e| CliError::new(format!("{}: {e}", dir.display())))?;
     let root = PathBuf::from(format!("{}-root", abs.display()));
     let host_file = dir.join("hosts").join(format!("{DEMO_HOST}.yaml"));
     if !host_file.exists() {
-        let written = (|| -> Result<String, String> {
-            std::fs::write(
-                &host_file,
-                format!(
-                    "# This machine, in pull mode, confined to a directory for the demo.\n\
-                     provider: local\nroot: {}\nroles: [demo-local]\n",
-                    root.display()
-                ),
-            )
-            .map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("roles/demo-local.yaml"), DEMO_ROLE)
-                .map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("templates/demo-fleet.json.j2"), DEMO_TEMPLATE)
-                .map_err(|e| e.to_string())?;
-            let git = git2::Repository::open(dir).map_err(|e| e.to_string())?;
-            source::commit_all(
-                &git,
-                "demo: reconcile this machine, confined to a directory",
-            )
-            .map_err(|e| e.to_string())
-        })();
-        if let Err(e) = written {
-            eprintln!("error: cannot add the demo host to {}: {e}", dir.display());
-            return EXIT_ERROR;
-        }
+        add_demo_host(dir, &root).map_err(|e| {
+            CliError::new(format!(
+                "cannot add the demo host to {}: {e}",
+                dir.display()
+            ))
+        })?;
     }
+    let reconciled = reconcile_demo_host(&args, &root)?;
+    if reconciled != Outcome::Done {
+        return Ok(reconciled);
+    }
+    if no_daemon {
+        println!(
+            "\nTry it: edit {0}/etc/motd by hand and run `tidekeeper plan --repo {1} --host {DEMO_HOST}` to see the drift;\n\
+             `tidekeeper apply --repo {1} --host {DEMO_HOST}` puts it back. Edit roles/demo-local.yaml, commit, and plan again.",
+            root.display(),
+            dir.display()
+        );
+        return Ok(Outcome::Done);
+    }
+    follow_demo_repo(&abs, &root, listen)
+}
+
+/// The demo host (this machine, confined under `root`), its role and
+/// template written into the repo at `dir` and committed.
+fn add_demo_host(dir: &Path, root: &Path) -> Result<String, String> {
+    std::fs::write(
+        dir.join("hosts").join(format!("{DEMO_HOST}.yaml")),
+        format!(
+            "# This machine, in pull mode, confined to a directory for the demo.\n\
+             provider: local\nroot: {}\nroles: [demo-local]\n",
+            root.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("roles/demo-local.yaml"), DEMO_ROLE).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("templates/demo-fleet.json.j2"), DEMO_TEMPLATE)
+        .map_err(|e| e.to_string())?;
+    let git = git2::Repository::open(dir).map_err(|e| e.to_string())?;
+    source::commit_all(
+        &git,
+        "demo: reconcile this machine, confined to a directory",
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Plan, apply and plan again the demo host, each shown as the command
+/// that does it; stops at the first that is not done.
+fn reconcile_demo_host(args: &RepoArgs, root: &Path) -> CliResult {
     let hosts = HostArgs {
         hosts: vec![DEMO_HOST.into()],
         parallel: None,
@@ -235,30 +244,22 @@ pub(super) fn demo(dir: &Path, no_daemon: bool, listen: std::net::SocketAddr) ->
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
         root.display()
     );
-    let code = plan(&args, &hosts, None, PlanFormat::Text, false, false);
-    if code != EXIT_OK {
-        return code;
+    let planned = plan(args, &hosts, None, PlanFormat::Text, false, false)?;
+    if planned != Outcome::Done {
+        return Ok(planned);
     }
     println!("\n$ tidekeeper apply --host {DEMO_HOST} --yes");
-    let code = apply(&args, &hosts, true, false);
-    if code != EXIT_OK {
-        return code;
+    let applied = apply(args, &hosts, true, false)?;
+    if applied != Outcome::Done {
+        return Ok(applied);
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
-    let code = plan(&args, &hosts, None, PlanFormat::Text, false, false);
-    if code != EXIT_OK {
-        return code;
-    }
-    if no_daemon {
-        println!(
-            "\nTry it: edit {0}/etc/motd by hand and run `tidekeeper plan --repo {1} --host {DEMO_HOST}` to see the drift;\n\
-             `tidekeeper apply --repo {1} --host {DEMO_HOST}` puts it back. Edit roles/demo-local.yaml, commit, and plan again.",
-            root.display(),
-            dir.display()
-        );
-        return EXIT_OK;
-    }
-    let branch = git2::Repository::open(&abs)
+    plan(args, &hosts, None, PlanFormat::Text, false, false)
+}
+
+/// The daemon, following the demo repo at `abs` and reconciling only the demo host.
+fn follow_demo_repo(abs: &Path, root: &Path, listen: std::net::SocketAddr) -> CliResult {
+    let branch = git2::Repository::open(abs)
         .ok()
         .and_then(|r| {
             r.head()

@@ -1,4 +1,7 @@
-//! The `tidekeeper` command: argument handling and glue, no logic of its own.
+//! The `tidekeeper` command: arguments handed to the stages that do the
+//! work, and what they return shown on the terminal; no logic of its own.
+//! Every command returns a [`CliResult`]; [`run`] prints a command's error
+//! and maps its end to the exit code, in one place.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,6 +10,7 @@ use std::process::ExitCode;
 mod apply;
 mod args;
 mod daemon;
+mod error;
 mod import;
 mod init;
 mod notify;
@@ -21,6 +25,7 @@ mod validate;
 use apply::apply;
 pub use args::*;
 use daemon::{post_daemon, run_daemon};
+use error::{CliError, Outcome};
 use import::import_cmd;
 use init::{demo, init};
 use plan::{PlanFormat, plan};
@@ -44,9 +49,13 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_ERROR: u8 = 1;
 
+/// What a command returns: how it ended, or why it could not.
+type CliResult = Result<Outcome, CliError>;
+
 /// `-q`: only errors on stderr, progress lines included.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Run a command; its error, if any, is printed here and nowhere else.
 pub fn run(cli: Cli) -> ExitCode {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     if let Command::ProposalWorker = cli.command {
@@ -54,8 +63,19 @@ pub fn run(cli: Cli) -> ExitCode {
         return crate::daemon::worker::main();
     }
     logging(&cli);
-    let code = match cli.command {
-        Command::ProposalWorker => unreachable!("handled above"),
+    match dispatch(cli.command) {
+        Ok(outcome) => outcome.into(),
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
+/// The command's function, with its arguments.
+fn dispatch(command: Command) -> CliResult {
+    match command {
+        Command::ProposalWorker => unreachable!("run handles it"),
         Command::Validate {
             repo,
             worktree,
@@ -75,13 +95,7 @@ pub fn run(cli: Cli) -> ExitCode {
             &repo,
             &hosts,
             untrusted.then_some(base.as_str()),
-            if json {
-                PlanFormat::Json
-            } else if markdown {
-                PlanFormat::Markdown
-            } else {
-                PlanFormat::Text
-            },
+            PlanFormat::of(json, markdown),
             detailed_exitcode,
             changed_files_only,
         ),
@@ -91,46 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
             yes,
             rolling,
         } => apply(&repo, &hosts, yes, rolling),
-        Command::Run {
-            repo,
-            branch,
-            state_dir,
-            listen,
-            poll,
-            drift,
-            webhook_secret,
-            api_token,
-            ssh_key,
-            no_watch,
-            hosts,
-            git_ssh_key,
-            git_known_hosts,
-            git_token,
-            rollback_after,
-            proposals,
-        } => run_daemon(crate::daemon::Config {
-            repo,
-            branch,
-            state_dir,
-            listen,
-            poll,
-            drift,
-            webhook_secret,
-            api_token,
-            ssh_key: ssh_key.clone(),
-            watch: !no_watch,
-            rollback_after,
-            proposals,
-            hosts,
-            worker: this_exe(),
-            git: crate::daemon::mirror::Access {
-                ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
-                known_hosts: std::fs::read_to_string(&git_known_hosts)
-                    .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
-                    .unwrap_or_default(),
-                token: git_token,
-            },
-        }),
+        run @ Command::Run { .. } => run_daemon(daemon_config(run)),
         Command::Retry { daemon, api_token } => post_daemon(
             daemon,
             "/retry",
@@ -143,18 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
             reason,
             by,
             api_token,
-        } => {
-            let by = by
-                .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "an operator".into()));
-            let body = serde_json::json!({ "by": by, "reason": reason }).to_string();
-            post_daemon(
-                daemon,
-                "/suspend",
-                api_token.as_deref(),
-                &body,
-                "The daemon at {addr} is suspended: no applies, no jobs, until `tidekeeper resume`.",
-            )
-        }
+        } => suspend(daemon, reason, by, api_token.as_deref()),
         Command::Resume { daemon, api_token } => post_daemon(
             daemon,
             "/resume",
@@ -174,7 +138,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "tidekeeper", &mut std::io::stdout());
-            EXIT_OK
+            Ok(Outcome::Done)
         }
         Command::Man { out_dir } => man(out_dir.as_deref()),
         Command::Schema { file, out_dir } => schema(file, out_dir.as_deref()),
@@ -190,8 +154,73 @@ pub fn run(cli: Cli) -> ExitCode {
             no_daemon,
             listen,
         } => demo(&dir, no_daemon, listen),
+    }
+}
+
+/// The daemon's configuration from `tidekeeper run`'s arguments.
+fn daemon_config(run: Command) -> crate::daemon::Config {
+    let Command::Run {
+        repo,
+        branch,
+        state_dir,
+        listen,
+        poll,
+        drift,
+        webhook_secret,
+        api_token,
+        ssh_key,
+        no_watch,
+        hosts,
+        git_ssh_key,
+        git_known_hosts,
+        git_token,
+        rollback_after,
+        proposals,
+    } = run
+    else {
+        unreachable!("called for `tidekeeper run` only");
     };
-    ExitCode::from(code)
+    crate::daemon::Config {
+        repo,
+        branch,
+        state_dir,
+        listen,
+        poll,
+        drift,
+        webhook_secret,
+        api_token,
+        ssh_key: ssh_key.clone(),
+        watch: !no_watch,
+        rollback_after,
+        proposals,
+        hosts,
+        worker: this_exe(),
+        git: crate::daemon::mirror::Access {
+            ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
+            known_hosts: std::fs::read_to_string(&git_known_hosts)
+                .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
+                .unwrap_or_default(),
+            token: git_token,
+        },
+    }
+}
+
+/// `tidekeeper suspend`: by whom (default: `$USER`) and why, to the daemon.
+fn suspend(
+    daemon: std::net::SocketAddr,
+    reason: String,
+    by: Option<String>,
+    api_token: Option<&str>,
+) -> CliResult {
+    let by = by.unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "an operator".into()));
+    let body = serde_json::json!({ "by": by, "reason": reason }).to_string();
+    post_daemon(
+        daemon,
+        "/suspend",
+        api_token,
+        &body,
+        "The daemon at {addr} is suspended: no applies, no jobs, until `tidekeeper resume`.",
+    )
 }
 
 /// Log lines on stderr for every command: warnings and errors by default
@@ -219,47 +248,40 @@ fn logging(cli: &Cli) {
     };
 }
 
-/// `tidekeeper man`: the page for tidekeeper on stdout, or into `dir` the
-/// page for tidekeeper and one for each command (tidekeeper-plan.1, …).
-fn schema(file: crate::model::schema::ConfigFile, dir: Option<&Path>) -> u8 {
+/// `tidekeeper schema`: a config file's JSON schema on stdout, or every
+/// schema into `dir`.
+fn schema(file: crate::model::schema::ConfigFile, dir: Option<&Path>) -> CliResult {
     use crate::model::schema::ConfigFile;
     let text = |f: ConfigFile| serde_json::to_string_pretty(&f.schema()).expect("json") + "\n";
     let Some(dir) = dir else {
         print!("{}", text(file));
-        return EXIT_OK;
+        return Ok(Outcome::Done);
     };
-    let written = std::fs::create_dir_all(dir).and_then(|_| {
-        ConfigFile::ALL
-            .iter()
-            .try_for_each(|f| std::fs::write(dir.join(f.file_name()), text(*f)))
-    });
-    match written {
-        Ok(()) => {
-            println!(
-                "Wrote {} schemas to {}.",
-                ConfigFile::ALL.len(),
-                dir.display()
-            );
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: writing into {}: {e}", dir.display());
-            EXIT_ERROR
-        }
-    }
+    std::fs::create_dir_all(dir)
+        .and_then(|_| {
+            ConfigFile::ALL
+                .iter()
+                .try_for_each(|f| std::fs::write(dir.join(f.file_name()), text(*f)))
+        })
+        .map_err(|e| CliError::new(format!("writing into {}: {e}", dir.display())))?;
+    println!(
+        "Wrote {} schemas to {}.",
+        ConfigFile::ALL.len(),
+        dir.display()
+    );
+    Ok(Outcome::Done)
 }
 
-fn man(dir: Option<&Path>) -> u8 {
+/// `tidekeeper man`: the page for tidekeeper on stdout, or into `dir` the
+/// page for tidekeeper and one for each command (tidekeeper-plan.1, …).
+fn man(dir: Option<&Path>) -> CliResult {
     let cmd = <Cli as clap::CommandFactory>::command();
     let Some(dir) = dir else {
         return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-            Ok(()) => EXIT_OK,
+            Ok(()) => Ok(Outcome::Done),
             // `tidekeeper man | head`: the reader has what it wanted.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                EXIT_ERROR
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Done),
+            Err(e) => Err(CliError::new(e)),
         };
     };
     /// A page for `c` and one for each of its subcommands, nested ones too
@@ -274,52 +296,51 @@ fn man(dir: Option<&Path>) -> u8 {
         }
         Ok(n)
     }
-    let written = std::fs::create_dir_all(dir).and_then(|_| pages(dir, "tidekeeper", cmd));
-    match written {
-        Ok(n) => {
-            println!("Wrote {n} manual pages to {}.", dir.display());
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!(
-                "error: cannot write the manual pages to {}: {e}",
+    let n = std::fs::create_dir_all(dir)
+        .and_then(|_| pages(dir, "tidekeeper", cmd))
+        .map_err(|e| {
+            CliError::new(format!(
+                "cannot write the manual pages to {}: {e}",
                 dir.display()
-            );
-            EXIT_ERROR
-        }
-    }
+            ))
+        })?;
+    println!("Wrote {n} manual pages to {}.", dir.display());
+    Ok(Outcome::Done)
 }
 
-fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, u8> {
-    let fail = |e: source::SourceError| {
-        eprintln!("error: {e}");
-        EXIT_ERROR
-    };
-    let path = source::discover(&repo.repo).map_err(fail)?;
-    ConfigTree::from_git(&path, &repo.refname).map_err(fail)
+fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
+    let path = source::discover(&repo.repo).map_err(CliError::new)?;
+    ConfigTree::from_git(&path, &repo.refname).map_err(CliError::new)
 }
 
-/// Load the fleet, printing diagnostics on failure.
-fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, u8> {
+/// Load the fleet; when it does not load, its diagnostics laid out for `format`.
+fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
     model::load(tree).map_err(|diags| {
         let n = diags.len();
-        match format {
-            Format::Json => println!("{}", serde_json::json!({ "valid": false, "errors": diags })),
-            Format::Short => eprint!("{diags}"),
+        let (stdout, mut stderr) = match format {
+            Format::Json => (
+                format!(
+                    "{}\n",
+                    serde_json::json!({ "valid": false, "errors": diags })
+                ),
+                String::new(),
+            ),
+            Format::Short => (String::new(), diags.to_string()),
             Format::Human => {
                 let color =
                     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-                eprint!("{}", model::diag::render(&diags, &|f| tree.text(f), color));
+                let text = model::diag::render(&diags, &|f| tree.text(f), color);
+                (String::new(), text)
             }
-        }
+        };
         if format != Format::Json {
-            eprintln!(
-                "{n} error{} in the config repo{}",
-                if n == 1 { "" } else { "s" },
+            stderr.push_str(&format!(
+                "{n} error{} in the config repo{}\n",
+                plural(n),
                 at_commit(tree)
-            );
+            ));
         }
-        EXIT_INVALID
+        CliError::diagnostics(stdout, stderr)
     })
 }
 
@@ -327,22 +348,29 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// Load the fleet and choose hosts, for plan and apply.
 /// Load, and load again with the age identity when one is configured, so
 /// secrets are decrypted (in memory only).
-fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, u8> {
+fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, CliError> {
     let fleet = load(tree, Format::Human)?;
     match crate::secrets::identity(&fleet.settings) {
         Ok(None) => Ok(fleet),
-        Ok(Some(id)) => model::load_with_identity(tree, Some(&id)).map_err(|diags| {
-            eprint!("{diags}");
-            EXIT_INVALID
-        }),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(EXIT_ERROR)
-        }
+        Ok(Some(id)) => model::load_with_identity(tree, Some(&id))
+            .map_err(|diags| CliError::diagnostics(String::new(), diags.to_string())),
+        Err(e) => Err(CliError::new(e)),
     }
+}
+
+/// Ask on the terminal: `question`, and only "yes" is a yes. None:
+/// without a terminal there is no one to ask.
+fn ask(question: &str) -> Option<bool> {
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    print!("\n{question} Only 'yes' will be accepted: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    Some(answer.trim() == "yes")
 }
 
 /// The config repo's own `policies/*.rego`, as (path, text).
@@ -356,7 +384,7 @@ fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
 /// the repo's policies — all from one read of the commit.
 type Prepared = (Fleet, Vec<String>, engine::Options, Vec<(String, String)>);
 
-fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, u8> {
+fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
     let names: Vec<String> = if args.hosts.is_empty() {
@@ -365,12 +393,11 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, u8> {
         for n in &args.hosts {
             if fleet.host(n).is_none() {
                 let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
-                eprintln!(
-                    "error: no host named {n:?} in fleet {:?}\n  help: hosts are: {}",
-                    fleet.name,
-                    all.join(", ")
-                );
-                return Err(EXIT_ERROR);
+                return Err(CliError::new(format!(
+                    "no host named {n:?} in fleet {:?}",
+                    fleet.name
+                ))
+                .help(format!("hosts are: {}", all.join(", "))));
             }
         }
         args.hosts.clone()

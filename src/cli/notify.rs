@@ -2,15 +2,9 @@
 
 use super::*;
 
-pub(super) fn test(repo: &RepoArgs, sink: &str) -> u8 {
-    let tree = match read_tree(repo) {
-        Ok(t) => t,
-        Err(c) => return c,
-    };
-    let fleet = match load_decrypted(&tree) {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+pub(super) fn test(repo: &RepoArgs, sink: &str) -> CliResult {
+    let tree = read_tree(repo)?;
+    let fleet = load_decrypted(&tree)?;
     let sinks: Vec<&str> = fleet
         .settings
         .notify
@@ -19,15 +13,14 @@ pub(super) fn test(repo: &RepoArgs, sink: &str) -> u8 {
         .map(String::as_str)
         .collect();
     if !sinks.contains(&sink) {
-        if sinks.is_empty() {
-            eprintln!("error: tidekeeper.yaml has no sinks under notify.sinks");
+        return Err(CliError::new(if sinks.is_empty() {
+            "tidekeeper.yaml has no sinks under notify.sinks".to_string()
         } else {
-            eprintln!(
-                "error: no sink {sink:?} in notify.sinks (there are: {})",
+            format!(
+                "no sink {sink:?} in notify.sinks (there are: {})",
                 sinks.join(", ")
-            );
-        }
-        return EXIT_ERROR;
+            )
+        }));
     }
     let kind = fleet.settings.notify.sinks[sink].target.kind();
     let sent = runtime().block_on(async {
@@ -35,14 +28,9 @@ pub(super) fn test(repo: &RepoArgs, sink: &str) -> u8 {
         n.configure(&fleet);
         n.test(sink).await
     });
-    match sent {
-        Ok(()) => {
-            println!("Sent a test message to {sink} ({kind}).");
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: {sink} ({kind}): {}", fleet.redact(&e.to_string()));
-            EXIT_INVALID
-        }
-    }
+    sent.map_err(|e| {
+        CliError::invalid(format!("{sink} ({kind}): {}", fleet.redact(&e.to_string())))
+    })?;
+    println!("Sent a test message to {sink} ({kind}).");
+    Ok(Outcome::Done)
 }

@@ -37,13 +37,26 @@ pub(super) enum PlanFormat {
     Markdown,
 }
 
+impl PlanFormat {
+    /// From `--json` and `--markdown` (which clap keeps apart).
+    pub(super) fn of(json: bool, markdown: bool) -> PlanFormat {
+        if json {
+            PlanFormat::Json
+        } else if markdown {
+            PlanFormat::Markdown
+        } else {
+            PlanFormat::Text
+        }
+    }
+}
+
 /// Plan a proposal (`repo.refname`) under the trusted `base` branch.
 pub(super) fn plan_untrusted(
     rt: &tokio::runtime::Runtime,
     repo: &RepoArgs,
     args: &HostArgs,
     base: &str,
-) -> Result<reconcile::ProposalPlan, u8> {
+) -> Result<reconcile::ProposalPlan, CliError> {
     let base_args = RepoArgs {
         repo: repo.repo.clone(),
         refname: base.to_string(),
@@ -58,8 +71,9 @@ pub(super) fn plan_untrusted(
     let proposal = load(&tree, Format::Human)?;
     for n in &args.hosts {
         if proposal.host(n).is_none() {
-            eprintln!("error: no host named {n:?} in the proposal");
-            return Err(EXIT_ERROR);
+            return Err(CliError::new(format!(
+                "no host named {n:?} in the proposal"
+            )));
         }
     }
     let names = (!args.hosts.is_empty()).then(|| args.hosts.clone());
@@ -81,26 +95,21 @@ pub(super) fn plan(
     format: PlanFormat,
     detailed: bool,
     changed_files_only: bool,
-) -> u8 {
+) -> CliResult {
     let json = format != PlanFormat::Text;
     let rt = runtime();
     let pool = engine::Pool::new();
     let (fp, verdict, after_merge, opts) = match untrusted_base {
-        Some(base) => match plan_untrusted(&rt, repo, args, base) {
-            Ok(p) => {
-                let opts = engine::Options {
-                    redactions: p.plan.fleet.redactions.clone(),
-                    ..Default::default()
-                };
-                (p.plan, p.verdict, p.after_merge, opts)
-            }
-            Err(c) => return c,
-        },
-        None => {
-            let (fleet, names, mut opts, policies) = match prepare(repo, args) {
-                Ok(x) => x,
-                Err(c) => return c,
+        Some(base) => {
+            let p = plan_untrusted(&rt, repo, args, base)?;
+            let opts = engine::Options {
+                redactions: p.plan.fleet.redactions.clone(),
+                ..Default::default()
             };
+            (p.plan, p.verdict, p.after_merge, opts)
+        }
+        None => {
+            let (fleet, names, mut opts, policies) = prepare(repo, args)?;
             opts.changed_files_only = changed_files_only;
             opts.record_file_stats = changed_files_only;
             let opts = std::sync::Arc::new(opts);
@@ -151,11 +160,11 @@ pub(super) fn plan(
     }
     let t = reconcile::totals(fp.cloud.as_ref(), &results);
     rt.block_on(reconcile::finish(fp, pool.clone()));
-    if t.errors > 0 || t.blocked > 0 || verdict.blocks() {
-        EXIT_INVALID
+    Ok(if t.errors > 0 || t.blocked > 0 || verdict.blocks() {
+        Outcome::Failed
     } else if detailed && t.add + t.change + t.destroy + t.run > 0 {
-        2
+        Outcome::Changes
     } else {
-        EXIT_OK
-    }
+        Outcome::Done
+    })
 }

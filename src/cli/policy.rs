@@ -2,11 +2,11 @@
 
 use super::*;
 
-pub(super) fn policy_test(repo: &RepoArgs) -> u8 {
+pub(super) fn policy_test(repo: &RepoArgs) -> CliResult {
     let results = crate::policy::run_tests(&repo_policies(repo));
     if results.is_empty() {
         println!("No policy tests (test_* rules in policies/*.rego).");
-        return EXIT_OK;
+        return Ok(Outcome::Done);
     }
     let mut failed = 0;
     for (name, r) in &results {
@@ -19,5 +19,5 @@ pub(super) fn policy_test(repo: &RepoArgs) -> u8 {
         }
     }
     println!("{} passed, {failed} failed", results.len() - failed);
-    if failed > 0 { EXIT_INVALID } else { EXIT_OK }
+    Ok(Outcome::failed_if(failed > 0))
 }

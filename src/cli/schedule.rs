@@ -1,73 +1,12 @@
-//! `tidekeeper schedule …`: the maintenance jobs' schedules.
+//! `tidekeeper schedule list` and `schedule run`: the maintenance jobs'
+//! schedules, and one job run now.
 
 use super::*;
+use crate::model::desired::{Job, JobKind};
 
-pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
+pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> CliResult {
     match cmd {
-        ScheduleCommand::List { repo, next, now } => {
-            let tree = match read_tree(&repo) {
-                Ok(t) => t,
-                Err(c) => return c,
-            };
-            let fleet = match load(&tree, Format::Human) {
-                Ok(f) => f,
-                Err(c) => return c,
-            };
-            if fleet.jobs.is_empty() {
-                println!("No maintenance jobs (schedules.yaml).");
-                return EXIT_OK;
-            }
-            let now = now.clock().now();
-            // Prices for what power schedules save (only when the provider answers).
-            let power = fleet
-                .jobs
-                .iter()
-                .any(|j| matches!(j.kind, crate::model::desired::JobKind::Power { .. }));
-            let observed = power.then(|| {
-                let clouds = crate::cloud::Clouds::from_env(&fleet);
-                runtime().block_on(crate::cloud::observe(&clouds)).ok()
-            });
-            for job in &fleet.jobs {
-                println!(
-                    "{} ({}, cron \"{}\" {}){}",
-                    job.name,
-                    job.kind.name(),
-                    job.cron,
-                    job.timezone,
-                    job.window
-                        .as_ref()
-                        .map(|w| format!(", window {w}"))
-                        .unwrap_or_default()
-                );
-                println!("  hosts: {}", job.hosts.join(", "));
-                if matches!(job.kind, crate::model::desired::JobKind::Power { .. }) {
-                    print!(
-                        "{}",
-                        crate::maintenance::power_saving(
-                            &fleet,
-                            job,
-                            now,
-                            observed.as_ref().and_then(|o| o.as_ref())
-                        )
-                    );
-                }
-                let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
-                let mut t = now;
-                for _ in 0..next {
-                    match crate::maintenance::plan::next(job, t) {
-                        Some(n) => {
-                            println!(
-                                "  next: {}",
-                                n.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z")
-                            );
-                            t = n;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            EXIT_OK
-        }
+        ScheduleCommand::List { repo, next, now } => list(&repo, next, &now),
         ScheduleCommand::Run {
             job,
             repo,
@@ -75,43 +14,137 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> u8 {
             json,
             ignore_window,
             now,
-        } => {
-            let only = hosts.hosts.clone();
-            let args = HostArgs {
-                hosts: vec![],
-                ..hosts
-            };
-            let (fleet, _, mut opts, _) = match prepare(&repo, &args) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
-            let Some(j) = fleet.jobs.iter().find(|j| j.name == job) else {
-                let names: Vec<&str> = fleet.jobs.iter().map(|j| j.name.as_str()).collect();
-                eprintln!(
-                    "error: no job named {job:?}\n  help: jobs are: {}",
-                    names.join(", ")
-                );
-                return EXIT_ERROR;
-            };
-            opts.clock = now.clock();
-            let clouds = crate::cloud::Clouds::from_env(&fleet);
-            let mut j = j.clone();
-            if ignore_window {
-                j.window = None;
-            }
-            let run = runtime().block_on(crate::maintenance::run::run_job(
-                &fleet, &j, &only, &opts, &clouds,
-            ));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&run).expect("json"));
-            } else {
-                print!("{}", crate::maintenance::render(&run));
-            }
-            if run.ok && run.not_started.is_none() {
-                EXIT_OK
-            } else {
-                EXIT_INVALID
-            }
+        } => run_now(&job, &repo, hosts, json, ignore_window, &now),
+    }
+}
+
+/// `schedule list`: each job, its hosts, what a power schedule saves,
+/// and its next `next` runs.
+fn list(repo: &RepoArgs, next: usize, now: &NowArg) -> CliResult {
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Human)?;
+    if fleet.jobs.is_empty() {
+        println!("No maintenance jobs (schedules.yaml).");
+        return Ok(Outcome::Done);
+    }
+    let now = now.clock().now();
+    // Prices for what power schedules save (only when the provider answers).
+    let power = fleet
+        .jobs
+        .iter()
+        .any(|j| matches!(j.kind, JobKind::Power { .. }));
+    let observed = power.then(|| {
+        let clouds = crate::cloud::Clouds::from_env(&fleet);
+        runtime().block_on(crate::cloud::observe(&clouds)).ok()
+    });
+    for job in &fleet.jobs {
+        println!(
+            "{} ({}, cron \"{}\" {}){}",
+            job.name,
+            job.kind.name(),
+            job.cron,
+            job.timezone,
+            job.window
+                .as_ref()
+                .map(|w| format!(", window {w}"))
+                .unwrap_or_default()
+        );
+        println!("  hosts: {}", job.hosts.join(", "));
+        if matches!(job.kind, JobKind::Power { .. }) {
+            print!(
+                "{}",
+                crate::maintenance::power_saving(
+                    &fleet,
+                    job,
+                    now,
+                    observed.as_ref().and_then(|o| o.as_ref())
+                )
+            );
         }
+        print!("{}", next_runs(job, now, next));
+    }
+    Ok(Outcome::Done)
+}
+
+/// The job's next `n` runs after `now`, in its time zone, a line each.
+fn next_runs(job: &Job, now: chrono::DateTime<chrono::Utc>, n: usize) -> String {
+    let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+    let mut out = String::new();
+    let mut t = now;
+    for _ in 0..n {
+        let Some(next) = crate::maintenance::plan::next(job, t) else {
+            break;
+        };
+        out.push_str(&format!(
+            "  next: {}\n",
+            next.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z")
+        ));
+        t = next;
+    }
+    out
+}
+
+/// `schedule run`: the job now, on its hosts (or only `hosts.hosts`).
+fn run_now(
+    job: &str,
+    repo: &RepoArgs,
+    hosts: HostArgs,
+    json: bool,
+    ignore_window: bool,
+    now: &NowArg,
+) -> CliResult {
+    let only = hosts.hosts.clone();
+    let args = HostArgs {
+        hosts: vec![],
+        ..hosts
+    };
+    let (fleet, _, mut opts, _) = prepare(repo, &args)?;
+    let Some(j) = fleet.jobs.iter().find(|j| j.name == job) else {
+        let names: Vec<&str> = fleet.jobs.iter().map(|j| j.name.as_str()).collect();
+        return Err(CliError::new(format!("no job named {job:?}"))
+            .help(format!("jobs are: {}", names.join(", "))));
+    };
+    opts.clock = now.clock();
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let mut j = j.clone();
+    if ignore_window {
+        j.window = None;
+    }
+    let run = runtime().block_on(crate::maintenance::run::run_job(
+        &fleet, &j, &only, &opts, &clouds,
+    ));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+    } else {
+        print!("{}", crate::maintenance::render(&run));
+    }
+    Ok(Outcome::failed_if(!run.ok || run.not_started.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn next_runs_are_listed_in_the_jobs_time_zone() {
+        let mut tree = ConfigTree::default();
+        tree.insert_file("tidekeeper.yaml", b"fleet: f\n".to_vec());
+        tree.insert_file(
+            "hosts/a.yaml",
+            b"provider: existing\naddress: 10.0.0.9\n".to_vec(),
+        );
+        tree.insert_file(
+            "schedules.yaml",
+            b"jobs:\n  - {name: tidy, cron: \"30 3 * * *\", timezone: Europe/Berlin, hosts: {names: [a]}, command: {run: x}}\n"
+                .to_vec(),
+        );
+        let fleet = model::load(&tree).unwrap_or_else(|d| panic!("{d}"));
+        let now = chrono::Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            next_runs(&fleet.jobs[0], now, 2),
+            "  next: Sat 2027-01-02 03:30 CET\n  next: Sun 2027-01-03 03:30 CET\n"
+        );
+        assert_eq!(next_runs(&fleet.jobs[0], now, 0), "");
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 
 /// Who secrets are encrypted to: `--recipient` flags, else
 /// secrets/.recipients, else the identity's own key.
-fn recipients(keys: &SecretKeys) -> Result<(Vec<String>, &'static str), u8> {
+fn recipients(keys: &SecretKeys) -> Result<(Vec<String>, &'static str), CliError> {
     if !keys.recipients.is_empty() {
         return Ok((keys.recipients.clone(), "--recipient"));
     }
@@ -14,44 +14,34 @@ fn recipients(keys: &SecretKeys) -> Result<(Vec<String>, &'static str), u8> {
             Ok(r) if !r.is_empty() => return Ok((r, crate::secrets::RECIPIENTS_FILE)),
             Ok(_) => {}
             Err((line, key)) => {
-                eprintln!(
-                    "error: {}:{line}: {key:?} is not an age public key\n  help: one age1… key a line",
+                return Err(CliError::new(format!(
+                    "{}:{line}: {key:?} is not an age public key",
                     file.display()
-                );
-                return Err(EXIT_ERROR);
+                ))
+                .help("one age1… key a line"));
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            eprintln!("error: {}: {e}", file.display());
-            return Err(EXIT_ERROR);
-        }
+        Err(e) => return Err(CliError::new(format!("{}: {e}", file.display()))),
     }
     match &keys.identity {
         Some(id) if !crate::secrets::recipients_of(id).is_empty() => {
             Ok((crate::secrets::recipients_of(id), "the identity"))
         }
-        _ => {
-            eprintln!(
-                "error: no recipients: list them in {}, pass --recipient age1…, or set TIDEKEEPER_AGE_IDENTITY",
-                crate::secrets::RECIPIENTS_FILE
-            );
-            Err(EXIT_ERROR)
-        }
+        _ => Err(CliError::new(format!(
+            "no recipients: list them in {}, pass --recipient age1…, or set TIDEKEEPER_AGE_IDENTITY",
+            crate::secrets::RECIPIENTS_FILE
+        ))),
     }
 }
 
 /// `secrets rekey`: every secret again, to the listed recipients.
-fn rekey(keys: &SecretKeys) -> u8 {
-    let (to, from) = match recipients(keys) {
-        Ok(r) => r,
-        Err(c) => return c,
-    };
+fn rekey(keys: &SecretKeys) -> CliResult {
+    let (to, from) = recipients(keys)?;
     let Some(id) = &keys.identity else {
-        eprintln!(
-            "error: rekeying needs an identity that opens every secret: set TIDEKEEPER_AGE_IDENTITY"
-        );
-        return EXIT_ERROR;
+        return Err(CliError::new(
+            "rekeying needs an identity that opens every secret: set TIDEKEEPER_AGE_IDENTITY",
+        ));
     };
     let dir = keys.repo.join("secrets");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -71,31 +61,18 @@ fn rekey(keys: &SecretKeys) -> u8 {
     let mut plain = Vec::new();
     for name in &names {
         let path = dir.join(format!("{name}.age"));
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
-                return EXIT_ERROR;
-            }
-        };
-        match crate::model::resolve::decrypt_secret(id, &bytes) {
-            Ok(p) => plain.push((name, p)),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot decrypt {}: {e}\n  help: nothing was rewritten; rekey with an identity that opens every secret",
-                    path.display()
-                );
-                return EXIT_INVALID;
-            }
-        }
+        let bytes =
+            std::fs::read(&path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+        let p = crate::model::resolve::decrypt_secret(id, &bytes).map_err(|e| {
+            CliError::invalid(format!("cannot decrypt {}: {e}", path.display()))
+                .help("nothing was rewritten; rekey with an identity that opens every secret")
+        })?;
+        plain.push((name, p));
     }
     for (name, p) in &plain {
-        let written = crate::secrets::encrypt(&to, p)
-            .and_then(|c| crate::secrets::write_secret(&keys.repo, name, &c));
-        if let Err(e) = written {
-            eprintln!("error: secrets/{name}.age: {e}");
-            return EXIT_ERROR;
-        }
+        crate::secrets::encrypt(&to, p)
+            .and_then(|c| crate::secrets::write_secret(&keys.repo, name, &c))
+            .map_err(|e| CliError::new(format!("secrets/{name}.age: {e}")))?;
     }
     println!(
         "Rekeyed {} secret{} to {} recipient{} (from {from}). Commit them.",
@@ -104,10 +81,12 @@ fn rekey(keys: &SecretKeys) -> u8 {
         to.len(),
         plural(to.len())
     );
-    EXIT_OK
+    Ok(Outcome::Done)
 }
 
-pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
+/// `secrets encrypt` (the secret from stdin) and `secrets edit` (in
+/// `$EDITOR`): secrets/NAME.age written, encrypted to the recipients.
+pub(super) fn secrets_cmd(cmd: SecretsCommand) -> CliResult {
     use std::io::Read;
     let (name, keys, edit) = match cmd {
         SecretsCommand::Encrypt { name, keys } => (name, keys, false),
@@ -119,103 +98,91 @@ pub(super) fn secrets_cmd(cmd: SecretsCommand) -> u8 {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        eprintln!("error: secret names are letters, digits, '-', '_' and '.': {name:?}");
-        return EXIT_ERROR;
+        return Err(CliError::new(format!(
+            "secret names are letters, digits, '-', '_' and '.': {name:?}"
+        )));
     }
-    let (recipients, from) = match recipients(&keys) {
-        Ok(r) => r,
-        Err(c) => return c,
-    };
+    let (recipients, from) = recipients(&keys)?;
     let plaintext = if edit {
-        let Some(id) = &keys.identity else {
-            eprintln!("error: editing needs the identity to decrypt: set TIDEKEEPER_AGE_IDENTITY");
-            return EXIT_ERROR;
-        };
-        let path = keys.repo.join("secrets").join(format!("{name}.age"));
-        let current = match std::fs::read(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
-                return EXIT_ERROR;
-            }
-        };
-        // age does not name an age file's recipients, but counts them: an
-        // edit that would encrypt to fewer locks someone out (the daemon too).
-        let before = crate::secrets::recipient_count(&current).unwrap_or(0);
-        if recipients.len() < before {
-            eprintln!(
-                "error: {} is encrypted to {before} recipients; this edit would encrypt it to {} (from {from})\n  help: list every recipient in {} (or pass --recipient for each), then edit again",
-                path.display(),
-                recipients.len(),
-                crate::secrets::RECIPIENTS_FILE
-            );
-            return EXIT_ERROR;
-        }
-        let plain = match crate::model::resolve::decrypt_secret(id, &current) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: cannot decrypt {}: {e}", path.display());
-                return EXIT_INVALID;
-            }
-        };
-        // A private temporary file, removed afterwards.
-        let dir = std::env::temp_dir().join(format!("tidekeeper-secret-{}", std::process::id()));
-        let made = {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir)
-        };
-        if let Err(e) = made {
-            eprintln!("error: {}: {e}", dir.display());
-            return EXIT_ERROR;
-        }
-        let file = dir.join(&name);
-        let result = (|| -> std::io::Result<Vec<u8>> {
-            std::fs::write(&file, &plain)?;
-            let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
-            let status = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("{editor} \"$1\""))
-                .arg("sh")
-                .arg(&file)
-                .status()?;
-            if !status.success() {
-                return Err(std::io::Error::other(format!(
-                    "{editor} exited with {status}"
-                )));
-            }
-            std::fs::read(&file)
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        match result {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_ERROR;
-            }
-        }
+        edited(&keys, &name, recipients.len(), from)?
     } else {
         let mut buf = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
-            eprintln!("error: reading the secret from stdin: {e}");
-            return EXIT_ERROR;
-        }
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| CliError::new(format!("reading the secret from stdin: {e}")))?;
         buf
     };
-    let written = crate::secrets::encrypt(&recipients, &plaintext)
-        .and_then(|c| crate::secrets::write_secret(&keys.repo, &name, &c));
-    match written {
-        Ok(path) => {
-            println!(
-                "Wrote {} (encrypted to {} recipient{}). Commit it; the plaintext is never stored.",
-                path.display(),
-                recipients.len(),
-                plural(recipients.len())
-            );
-            EXIT_OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            EXIT_ERROR
-        }
+    let path = crate::secrets::encrypt(&recipients, &plaintext)
+        .and_then(|c| crate::secrets::write_secret(&keys.repo, &name, &c))
+        .map_err(CliError::new)?;
+    println!(
+        "Wrote {} (encrypted to {} recipient{}). Commit it; the plaintext is never stored.",
+        path.display(),
+        recipients.len(),
+        plural(recipients.len())
+    );
+    Ok(Outcome::Done)
+}
+
+/// secrets/NAME.age decrypted, edited in `$EDITOR`, and the result, when
+/// it goes to no fewer than the `recipients` it had.
+fn edited(
+    keys: &SecretKeys,
+    name: &str,
+    recipients: usize,
+    from: &str,
+) -> Result<Vec<u8>, CliError> {
+    let Some(id) = &keys.identity else {
+        return Err(CliError::new(
+            "editing needs the identity to decrypt: set TIDEKEEPER_AGE_IDENTITY",
+        ));
+    };
+    let path = keys.repo.join("secrets").join(format!("{name}.age"));
+    let current =
+        std::fs::read(&path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))?;
+    // age does not name an age file's recipients, but counts them: an
+    // edit that would encrypt to fewer locks someone out (the daemon too).
+    let before = crate::secrets::recipient_count(&current).unwrap_or(0);
+    if recipients < before {
+        return Err(CliError::new(format!(
+            "{} is encrypted to {before} recipients; this edit would encrypt it to {recipients} (from {from})",
+            path.display(),
+        ))
+        .help(format!(
+            "list every recipient in {} (or pass --recipient for each), then edit again",
+            crate::secrets::RECIPIENTS_FILE
+        )));
     }
+    let plain = crate::model::resolve::decrypt_secret(id, &current)
+        .map_err(|e| CliError::invalid(format!("cannot decrypt {}: {e}", path.display())))?;
+    in_editor(name, &plain)
+}
+
+/// `plain` edited in `$EDITOR`, in a private temporary file removed afterwards.
+fn in_editor(name: &str, plain: &[u8]) -> Result<Vec<u8>, CliError> {
+    let dir = std::env::temp_dir().join(format!("tidekeeper-secret-{}", std::process::id()));
+    let made = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)
+    };
+    made.map_err(|e| CliError::new(format!("{}: {e}", dir.display())))?;
+    let file = dir.join(name);
+    let result = (|| -> std::io::Result<Vec<u8>> {
+        std::fs::write(&file, plain)?;
+        let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&file)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "{editor} exited with {status}"
+            )));
+        }
+        std::fs::read(&file)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(CliError::new)
 }

@@ -2,30 +2,22 @@
 
 use super::*;
 
-pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> u8 {
-    let tree = match read_tree(repo) {
-        Ok(t) => t,
-        Err(c) => return c,
-    };
-    let fleet = match load(&tree, Format::Human) {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Human)?;
     let Some(h) = fleet.host(host) else {
         let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
-        eprintln!(
-            "error: no host named {host:?} in fleet {:?}\n  help: hosts are: {}",
-            fleet.name,
-            names.join(", ")
+        return Err(
+            CliError::new(format!("no host named {host:?} in fleet {:?}", fleet.name))
+                .help(format!("hosts are: {}", names.join(", "))),
         );
-        return EXIT_ERROR;
     };
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(h).expect("host serializes")
         );
-        return EXIT_OK;
+        return Ok(Outcome::Done);
     }
     let mut out = String::new();
     out.push_str(&format!("host {} ({})\n", h.name, h.origin));
@@ -62,7 +54,7 @@ pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> u8 {
         }
     }
     let _ = std::io::stdout().write_all(out.as_bytes());
-    EXIT_OK
+    Ok(Outcome::Done)
 }
 
 pub(super) fn describe(r: &Resource) -> String {

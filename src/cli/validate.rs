@@ -2,20 +2,13 @@
 
 use super::*;
 
-pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> u8 {
+pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> CliResult {
     let tree = if worktree {
-        match source::discover(&repo.repo).and_then(|p| ConfigTree::from_worktree(&p)) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_ERROR;
-            }
-        }
+        source::discover(&repo.repo)
+            .and_then(|p| ConfigTree::from_worktree(&p))
+            .map_err(CliError::new)?
     } else {
-        match read_tree(repo) {
-            Ok(t) => t,
-            Err(c) => return c,
-        }
+        read_tree(repo)?
     };
     if !worktree && repo.refname == "HEAD" {
         // A user about to commit should not be told "valid" about files
@@ -34,10 +27,7 @@ pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> u8 {
             );
         }
     }
-    let fleet = match load(&tree, format) {
-        Ok(f) => f,
-        Err(c) => return c,
-    };
+    let fleet = load(&tree, format)?;
     match format {
         Format::Json => println!(
             "{}",
@@ -51,7 +41,7 @@ pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> u8 {
         ),
         _ => println!("{}", summary(&fleet, &tree)),
     }
-    EXIT_OK
+    Ok(Outcome::Done)
 }
 
 pub(super) fn summary(fleet: &Fleet, tree: &ConfigTree) -> String {

@@ -4,7 +4,9 @@
 //!
 //! - [`plan`]: schedule math and the per-host scripts (pure).
 //! - [`run`]: running a job over its hosts.
-//! - [`restore`]: a backup's snapshot back onto its host.
+//! - [`restore`]: a backup's snapshot back onto its host: the request
+//!   checked, the preview, the confirmation asked through the caller, the
+//!   restore.
 
 pub mod plan;
 pub mod restore;

@@ -1,14 +1,19 @@
-//! `tidekeeper restore`: a backup job's snapshot back onto its host, files
-//! (restic restore) or a `pg_dump` database (loaded with psql). First a
-//! preview that names the snapshot and what it holds, then the restore of
-//! exactly that snapshot (a `latest` resolved once, so a backup finishing in
-//! between cannot change what is restored). Scripts and parsing are pure.
+//! Restoring a backup job's snapshot onto its host, files (restic restore)
+//! or a `pg_dump` database (loaded with psql): the request checked, the
+//! flow ([`run`]), its scripts and the preview. First a preview that names
+//! the snapshot and what it holds, then, once the caller's [`Confirm`]
+//! says yes, the restore of exactly that snapshot (a `latest` resolved
+//! once, so a backup finishing in between cannot change what is restored).
+//! Scripts and parsing are pure; the flow talks to the host and to no
+//! terminal.
 
 use serde::Serialize;
 
 use super::plan::{locked_prelude, repository_of, restic_env};
+use crate::cloud::Clouds;
+use crate::engine;
 use crate::model::check;
-use crate::model::desired::{Job, JobKind};
+use crate::model::desired::{Fleet, Job, JobKind};
 use crate::transport::shell_quote as q;
 
 /// What to restore.
@@ -36,10 +41,84 @@ pub struct Request {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RestoreError {
+    #[error("no job named {name:?}")]
+    NoSuchJob {
+        name: String,
+        /// The fleet's backup jobs, the ones that can be restored.
+        backups: Vec<String>,
+    },
     #[error("job {0:?} is a {1} job; only backup jobs can be restored")]
     NotABackup(String, &'static str),
     #[error("{0}")]
     Invalid(String),
+    #[error("the backup's password secret {0:?} could not be decrypted")]
+    NoPassword(String),
+    /// The host could not be reached, or the connection failed.
+    #[error("{host}: {error}")]
+    Unreachable { host: String, error: String },
+    /// The host ran what it was asked and it failed (said redacted).
+    #[error("{host}: {said}")]
+    Failed { host: String, said: String },
+    #[error("snapshot {short_id} holds no database dump of job {job}")]
+    NoDump { short_id: String, job: String },
+    #[error("not restoring without confirmation; run with --yes to restore non-interactively")]
+    Unconfirmed,
+}
+
+impl RestoreError {
+    /// What the person can do about it.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            RestoreError::NoSuchJob { backups, .. } => {
+                Some(format!("backup jobs are: {}", backups.join(", ")))
+            }
+            RestoreError::NoPassword(_) => Some(
+                "give the age identity (TIDEKEEPER_AGE_IDENTITY or secrets.identity_file)".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The host, or what the host has, is not as asked (rather than
+    /// the request or the way to the host).
+    pub fn is_invalid(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::Failed { .. } | RestoreError::NoDump { .. }
+        )
+    }
+}
+
+/// What the person asked said to the preview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    No,
+    /// There was no one to ask: nothing is restored.
+    Unasked,
+}
+
+/// Asks whether to restore what the preview (its text for people) shows.
+pub trait Confirm {
+    fn confirm(&mut self, preview: &str) -> Answer;
+}
+
+impl<F: FnMut(&str) -> Answer> Confirm for F {
+    fn confirm(&mut self, preview: &str) -> Answer {
+        self(preview)
+    }
+}
+
+/// How a restore that ran to the end ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restored {
+    /// The snapshot is back, in `elapsed`.
+    Done {
+        short_id: String,
+        elapsed: std::time::Duration,
+    },
+    /// The person said no to the preview.
+    Cancelled,
 }
 
 /// What the snapshot holds, as the preview found it.
@@ -308,6 +387,123 @@ pub fn render_preview(job: &Job, req: &Request, p: &Preview) -> String {
     s
 }
 
+/// The backup job named `name`.
+pub fn job<'a>(fleet: &'a Fleet, name: &str) -> Result<&'a Job, RestoreError> {
+    fleet
+        .jobs
+        .iter()
+        .find(|j| j.name == name)
+        .ok_or_else(|| RestoreError::NoSuchJob {
+            name: name.to_string(),
+            backups: fleet
+                .jobs
+                .iter()
+                .filter(|j| matches!(j.kind, JobKind::Backup { .. }))
+                .map(|j| j.name.clone())
+                .collect(),
+        })
+}
+
+/// The restic repository's password, decrypted with the fleet.
+pub fn password(fleet: &Fleet, job: &Job) -> Result<String, RestoreError> {
+    let JobKind::Backup {
+        password_secret, ..
+    } = &job.kind
+    else {
+        return Err(RestoreError::NotABackup(job.name.clone(), job.kind.name()));
+    };
+    fleet
+        .secret_values
+        .0
+        .get(password_secret)
+        .cloned()
+        .ok_or_else(|| RestoreError::NoPassword(password_secret.clone()))
+}
+
+/// Restore `req` from `job` onto its host: preview the snapshot, ask
+/// `confirm` with the preview, then restore exactly the snapshot shown.
+pub async fn run(
+    fleet: &Fleet,
+    clouds: &Clouds,
+    job: &Job,
+    req: &Request,
+    opts: &engine::Options,
+    mut confirm: impl Confirm,
+) -> Result<Restored, RestoreError> {
+    let password = password(fleet, job)?;
+    let host = req.host.as_str();
+    let unreachable = |e: &dyn std::fmt::Display| RestoreError::Unreachable {
+        host: host.to_string(),
+        error: e.to_string(),
+    };
+    let fleet = super::run::with_addresses(fleet, clouds).await;
+    let h = fleet
+        .host(host)
+        .ok_or_else(|| unreachable(&"not a host of the fleet"))?;
+    let conn = engine::connect(&fleet, h, opts)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let timeout = std::time::Duration::from_secs(job.timeout_secs.max(60));
+    let script = preview_script(job, req, &password);
+    let out = conn
+        .run_script(&script, timeout)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let preview = checked_preview(job, req, &out, opts)?;
+    match confirm.confirm(&render_preview(job, req, &preview)) {
+        Answer::Yes => {}
+        Answer::No => return Ok(Restored::Cancelled),
+        Answer::Unasked => return Err(RestoreError::Unconfirmed),
+    }
+    let start = std::time::Instant::now();
+    let script = restore_script(job, req, &password, &preview.snapshot);
+    let out = conn
+        .run_script(&script, timeout)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    if out.success() && String::from_utf8_lossy(&out.stdout).contains("@@restored") {
+        Ok(Restored::Done {
+            short_id: preview.short_id,
+            elapsed: start.elapsed(),
+        })
+    } else {
+        Err(RestoreError::Failed {
+            host: host.to_string(),
+            said: format!("the restore failed: {}", opts.redact(&out.stderr_text())),
+        })
+    }
+}
+
+/// The preview from what the preview script printed, when it holds
+/// what the request restores.
+fn checked_preview(
+    job: &Job,
+    req: &Request,
+    out: &crate::transport::Output,
+    opts: &engine::Options,
+) -> Result<Preview, RestoreError> {
+    let failed = |said: String| RestoreError::Failed {
+        host: req.host.clone(),
+        said,
+    };
+    if !out.success() {
+        return Err(failed(format!(
+            "restic could not list {} of job {}: {}",
+            req.snapshot,
+            job.name,
+            opts.redact(&out.stderr_text())
+        )));
+    }
+    let preview = parse_preview(&String::from_utf8_lossy(&out.stdout)).map_err(failed)?;
+    if matches!(req.what, What::Database { .. }) && preview.files == 0 {
+        return Err(RestoreError::NoDump {
+            short_id: preview.short_id,
+            job: job.name.clone(),
+        });
+    }
+    Ok(preview)
+}
+
 fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
@@ -386,6 +582,83 @@ mod tests {
         let r = Request::new(&j, "db", "latest", Some("/srv/da ta"), None, None, false).unwrap();
         let script = restore_script(&j, &r, "pw", "0123abcd");
         assert!(script.contains("--include '/srv/da ta'"), "{script}");
+    }
+
+    fn fleet() -> Fleet {
+        let mut tree = crate::source::ConfigTree::default();
+        tree.insert_file("tidekeeper.yaml", b"fleet: f\n".to_vec());
+        tree.insert_file(
+            "hosts/db.yaml",
+            b"provider: existing\naddress: 10.0.0.9\n".to_vec(),
+        );
+        tree.insert_file(
+            "schedules.yaml",
+            b"jobs:\n  - {name: tidy, cron: \"0 3 * * *\", hosts: {names: [db]}, command: {run: x}}\n"
+                .to_vec(),
+        );
+        let mut fleet = crate::model::load(&tree).unwrap_or_else(|d| panic!("{d}"));
+        fleet.jobs.push(job(None));
+        fleet
+    }
+
+    #[test]
+    fn only_a_backup_job_of_the_fleet_is_restored_and_its_password_must_open() {
+        let mut f = fleet();
+        let e = super::job(&f, "nightli").unwrap_err();
+        assert_eq!(e.to_string(), "no job named \"nightli\"");
+        assert_eq!(e.help().as_deref(), Some("backup jobs are: nightly"));
+        let tidy = super::job(&f, "tidy").unwrap();
+        assert!(matches!(
+            password(&f, tidy),
+            Err(RestoreError::NotABackup(n, _)) if n == "tidy"
+        ));
+        let nightly = super::job(&f, "nightly").unwrap().clone();
+        let e = password(&f, &nightly).unwrap_err();
+        assert_eq!(e, RestoreError::NoPassword("restic".into()));
+        assert!(e.help().unwrap().contains("TIDEKEEPER_AGE_IDENTITY"));
+        f.secret_values.0.insert("restic".into(), "pw".into());
+        assert_eq!(password(&f, &nightly).unwrap(), "pw");
+    }
+
+    #[test]
+    fn a_preview_must_hold_what_is_restored() {
+        let out = |status: u32, stdout: &str, stderr: &str| crate::transport::Output {
+            status: Some(status),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let opts = engine::Options {
+            redactions: vec!["s3cret".into()],
+            ..Default::default()
+        };
+        let j = job(Some("app"));
+        let r = Request::new(&j, "db", "latest", None, None, None, false).unwrap();
+        let e = checked_preview(&j, &r, &out(1, "", "wrong password s3cret"), &opts).unwrap_err();
+        assert!(e.is_invalid());
+        assert!(
+            e.to_string()
+                .starts_with("db: restic could not list latest of job nightly: wrong password"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let snapshot = r#"{"id":"0123abcd99","short_id":"0123abcd","struct_type":"snapshot"}"#;
+        assert_eq!(
+            checked_preview(&j, &r, &out(0, snapshot, ""), &opts).unwrap_err(),
+            RestoreError::NoDump {
+                short_id: "0123abcd".into(),
+                job: "nightly".into()
+            }
+        );
+        let dump = format!(
+            "{snapshot}\n{}",
+            r#"{"type":"file","path":"/app.sql","size":9,"struct_type":"node"}"#
+        );
+        assert_eq!(
+            checked_preview(&j, &r, &out(0, &dump, ""), &opts)
+                .unwrap()
+                .files,
+            1
+        );
     }
 
     #[test]
