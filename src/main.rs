@@ -1,3 +1,5 @@
+//! The `tidekeeper` binary: arguments parsed, then everything is in [`tidekeeper::cli`].
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
