@@ -17,5 +17,6 @@ pub mod resolve;
 pub mod schema;
 
 pub use desired::Fleet;
+pub use desired::{AddressBook, Addresses};
 pub use diag::{Diagnostic, Diagnostics, Origin};
-pub use resolve::{load, load_with_identity, load_within, reload_with_addresses};
+pub use resolve::{assign_addresses, load, load_with_identity, load_within, render_with};

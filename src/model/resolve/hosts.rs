@@ -9,7 +9,7 @@ use super::*;
 /// `private_address` (a fixed address in the server's first network).
 /// Addresses a provider assigns come from `known`; until the servers have
 /// been seen they are null.
-fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> minijinja::Value {
+fn facts(files: &[(String, String, raw::HostFile)], known: &AddressBook) -> minijinja::Value {
     let mut out = serde_json::Map::new();
     for (stem, _, h) in files {
         let base = h
@@ -34,7 +34,7 @@ fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> m
             None => vec![(base.clone(), None)],
         };
         for (name, index) in members {
-            let (public, private_known) = known.get(&name).cloned().unwrap_or_default();
+            let (public, private_known) = assigned(known, &name);
             let fixed = if h.count.is_some() {
                 None
             } else {
@@ -55,6 +55,13 @@ fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> m
         }
     }
     minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(out)))
+}
+
+/// The public and private address `book` has for host `name`.
+fn assigned(book: &AddressBook, name: &str) -> (Option<String>, Option<String>) {
+    book.get(name)
+        .map(|a| (a.public.clone(), a.private.clone()))
+        .unwrap_or_default()
 }
 
 /// The hosts of the fleet as the host files define them.
@@ -414,7 +421,7 @@ impl Loader<'_> {
         }
         let mut out = Vec::new();
         for (name, index) in members {
-            let (public, private) = self.known.get(&name).cloned().unwrap_or_default();
+            let (public, private) = assigned(self.known, &name);
             let mut host = Host {
                 name: name.clone(),
                 group: count.map(|_| base_name.clone()),
