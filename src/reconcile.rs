@@ -695,6 +695,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_plan_is_applied_with_its_deletions_last_and_empty_parts_skipped() {
+        use crate::cloud::plan::CloudChange;
+        let change = |host: &str, action| CloudChange {
+            host: host.into(),
+            provider: ProviderKind::Hetzner,
+            action,
+            attrs: vec![],
+            reason: None,
+            cost_before: None,
+            cost_after: None,
+            allow_destroy: true,
+            blocked: None,
+            desired: None,
+            observed: None,
+        };
+        let plan = CloudPlan {
+            changes: vec![
+                change("old", CloudAction::Delete),
+                change("web", CloudAction::Create),
+                change("db", CloudAction::Update),
+            ],
+            ..Default::default()
+        };
+        let (first, last) = in_order("acme", &plan);
+        let hosts = |p: &CloudPlan| p.changes.iter().map(|c| c.host.clone()).collect::<Vec<_>>();
+        assert_eq!(hosts(first.as_ref().unwrap()), ["web", "db"]);
+        assert_eq!(hosts(last.as_ref().unwrap()), ["old"]);
+        assert_eq!(last.unwrap().fleet, "acme");
+        let creates_only = CloudPlan {
+            changes: vec![change("web", CloudAction::Create)],
+            ..Default::default()
+        };
+        assert!(in_order("acme", &creates_only).1.is_none());
+    }
+
+    #[test]
     fn addresses_a_provider_assigned_reach_templates_and_nothing_else_is_read_again() {
         use crate::model::desired::{Resource, Trust};
         let mut t = crate::source::ConfigTree::default();
