@@ -1,9 +1,12 @@
-//! A whole reconcile: the cloud stage, then the hosts.
+//! A whole reconcile: the cloud stage, then the hosts. This module owns
+//! their order and what passes between them (the cloud stage's address book,
+//! the gate every plan passes), the plan's text, JSON and digest, and the
+//! planning of proposals under their base.
 //!
 //! Plan: list the providers' servers (one listing per provider), plan the
-//! servers (with costs), fill in the addresses and host-key fingerprints of
-//! the cloud hosts whose servers run, and plan every reachable host through
-//! the host engine. A host whose server is still to be created is planned
+//! servers (with costs), render the fleet with the address book of the
+//! cloud hosts whose servers run (addresses, generated host keys), and plan
+//! every reachable host through the host engine. A host whose server is still to be created is planned
 //! against an empty machine, so the plan shows what it will get.
 //!
 //! Apply: create, update, resize and replace servers; apply the hosts that

@@ -5,7 +5,8 @@
 //! turns that into a [`desired::Fleet`] — roles merged into hosts, templates
 //! rendered, defaults applied — or into [`diag::Diagnostics`] naming every
 //! problem by file, line and column. Pure: the input is an in-memory
-//! [`crate::source::ConfigTree`].
+//! [`crate::source::ConfigTree`]. [`render_with`] renders a loaded fleet
+//! again with the [`AddressBook`] the cloud stage learned.
 
 pub mod check;
 pub mod desired;

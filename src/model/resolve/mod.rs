@@ -5,7 +5,9 @@
 //! `secrets`, `templates`, `roles`, `hosts` (host files, with their
 //! roles instantiated), `jobs` (schedules.yaml). This file holds the
 //! loader they share (file parsing, diagnostics, the checks every section
-//! uses) and `run`, which calls them in order.
+//! uses) and `run`, which calls them in order. `render` makes the hosts'
+//! templated resources again once providers have assigned addresses, from
+//! what loading kept in [`Fleet::source`].
 //!
 //! Variable precedence, lowest first: `tidekeeper.yaml` `defaults.vars`, then
 //! each role's `vars` in the order the host lists its roles, then the host's
