@@ -1,6 +1,6 @@
 //! The cloud plan: desired servers against the servers the providers list,
 //! with the monthly cost of each change and of the whole fleet. Pure, in
-//! named steps: [`costs`], a change per server (`server_change`: create,
+//! named steps: `costs`, a change per server (`server_change`: create,
 //! update, resize, replace), `deletions` of servers whose hosts left, and
 //! the destroy gate (`gate_destroys`) over them; private networks in
 //! [`plan_networks`]. Also the plan's text and cost tables.
@@ -465,19 +465,19 @@ pub fn plan(
 
 /// What a fleet pays a month, now and once a plan is applied.
 #[derive(Debug, Default)]
-pub struct Costs {
+struct Costs {
     /// Per currency: the stated costs, the servers the fleet has now
     /// (prior) and the servers it asks for (proposed).
-    pub total: BTreeMap<&'static str, CostLine>,
+    total: BTreeMap<&'static str, CostLine>,
     /// What each host's server costs once the plan is applied.
-    pub per_server: BTreeMap<String, (ProviderKind, Monthly)>,
+    per_server: BTreeMap<String, (ProviderKind, Monthly)>,
 }
 
 /// The fleet's monthly costs: what it states for machines no provider
 /// prices, what its servers cost now, and what the servers it asks for
 /// would cost (a name taken by a server tidekeeper does not manage is never
 /// created, so it costs nothing).
-pub fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs {
+fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs {
     let mut plan = CloudPlan::default();
     stated_costs(fleet, &mut plan);
     let mut out = Costs {
