@@ -1,9 +1,12 @@
-//! A whole reconcile: the cloud stage, then the hosts.
+//! A whole reconcile: the cloud stage, then the hosts. This module owns
+//! their order and what passes between them (the cloud stage's address book,
+//! the gate every plan passes), the plan's text, JSON and digest, and the
+//! planning of proposals under their base.
 //!
 //! Plan: list the providers' servers (one listing per provider), plan the
-//! servers (with costs), fill in the addresses and host-key fingerprints of
-//! the cloud hosts whose servers run, and plan every reachable host through
-//! the host engine. A host whose server is still to be created is planned
+//! servers (with costs), render the fleet with the address book of the
+//! cloud hosts whose servers run (addresses, generated host keys), and plan
+//! every reachable host through the host engine. A host whose server is still to be created is planned
 //! against an empty machine, so the plan shows what it will get.
 //!
 //! Apply: create, update, resize and replace servers; apply the hosts that
@@ -17,7 +20,7 @@ use crate::cloud::apply::CloudOutcome;
 use crate::cloud::plan::{CloudAction, CloudPlan, PlanOptions as CloudOptions};
 use crate::cloud::{self, Clouds, HOST_KEY, PowerState};
 use crate::engine::{self, Event, HostResult, Options, Pool, Progress};
-use crate::model::desired::{Fleet, ProviderKind};
+use crate::model::desired::{AddressBook, Addresses, Fleet, ProviderKind};
 
 /// How long a new server may take from "running" to answering SSH.
 const SSH_WAIT: Duration = Duration::from_secs(300);
@@ -119,8 +122,6 @@ fn why_not_running(s: &PowerState) -> String {
     }
 }
 
-/// The fleet with the address and generated host key of every cloud host
-/// whose server (created by tidekeeper for this fleet) runs.
 /// Could this error go away while a new server is still booting?
 fn settling(e: &engine::EngineError) -> bool {
     use crate::transport::TransportError as T;
@@ -130,61 +131,15 @@ fn settling(e: &engine::EngineError) -> bool {
     )
 }
 
-/// Render the hosts' templates again where addresses the providers
-/// assigned are now known (`host.address`, `hosts.NAME.private_address`).
-/// Only what templates make (resources, handlers) is taken from the new
-/// reading: settings, pins, SSH and trust stay as the caller set them (a
-/// proposal's are the base branch's).
-pub fn rerender(mut fleet: Fleet) -> Fleet {
-    let known: crate::model::desired::KnownAddresses = fleet
-        .hosts
-        .iter()
-        .filter(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail))
-        .filter(|h| h.address.is_some() || h.private_address.is_some())
-        .map(|h| {
-            (
-                h.name.clone(),
-                (h.address.clone(), h.private_address.clone()),
-            )
-        })
-        .collect();
-    let Some(again) = crate::model::reload_with_addresses(&fleet, &known) else {
-        return fleet;
-    };
-    for h in fleet.hosts.iter_mut() {
-        if let Some(n) = again.host(&h.name) {
-            h.resources = n.resources.clone();
-            h.handlers = n.handlers.clone();
-        }
-    }
-    fleet.source = again.source;
-    fleet
+/// The fleet with the address and generated host key of every cloud host
+/// whose server (created by tidekeeper for this fleet) runs, its templates
+/// rendered with them.
+pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet {
+    crate::model::render_with(fleet, &cloud::address_book(fleet, observed))
 }
 
-pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet {
-    let mut out = fleet.clone();
-    for h in out.hosts.iter_mut() {
-        let Some(s) = observed
-            .server(h.provider, &h.name)
-            .filter(|s| s.owned_by(&fleet.name))
-        else {
-            continue;
-        };
-        if let (PowerState::Running, Some(addr)) = (&s.state, &s.address) {
-            h.address = Some(addr.clone());
-            h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
-            // The address in the server's first network, as attached.
-            let first = h
-                .server
-                .as_ref()
-                .and_then(|sv| sv.networks.first())
-                .and_then(|n| s.networks.iter().find(|(name, _)| *name == n.name));
-            if let Some((_, ip)) = first {
-                h.private_address = Some(ip.clone());
-            }
-        }
-    }
-    rerender(out)
+fn is_cloud(p: ProviderKind) -> bool {
+    matches!(p, ProviderKind::Hetzner | ProviderKind::Lightsail)
 }
 
 /// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are
@@ -201,13 +156,10 @@ pub async fn plan(
     progress: Progress,
     pool: &Pool,
 ) -> FleetPlan {
-    let is_cloud = |p: ProviderKind| matches!(p, ProviderKind::Hetzner | ProviderKind::Lightsail);
-    let cloud_hosts: Vec<&str> = names
+    let no_cloud_host = !names
         .iter()
-        .filter(|n| fleet.host(n).is_some_and(|h| is_cloud(h.provider)))
-        .map(String::as_str)
-        .collect();
-    if cloud_hosts.is_empty() && (clouds.is_empty() || !whole_fleet) {
+        .any(|n| fleet.host(n).is_some_and(|h| is_cloud(h.provider)));
+    if no_cloud_host && (clouds.is_empty() || !whole_fleet) {
         let hosts = engine::plan_all(fleet.clone(), names, opts, progress, pool).await;
         return FleetPlan {
             cloud: cloud::plan::costs_only(&fleet),
@@ -217,71 +169,41 @@ pub async fn plan(
         };
     }
     let observed = cloud::observe(clouds).await;
-    let with_addresses = match &observed {
-        Ok(obs) => with_cloud_addresses(&fleet, obs),
-        Err(_) => (*fleet).clone(),
-    };
-    let mut early: Vec<HostResult> = Vec::new();
-    let mut reachable = Vec::new();
-    let mut new_servers = Vec::new();
-    let cloud_plan = match &observed {
+    let (with_addresses, cloud_plan) = match &observed {
         Ok(obs) => {
             let desired = cloud::desired::servers(&fleet);
             let scope = (!whole_fleet).then_some(names.as_slice());
-            Some(cloud::plan::plan(&fleet, &desired, obs, scope, cloud_opts))
+            let plan = cloud::plan::plan(&fleet, &desired, obs, scope, cloud_opts);
+            (with_cloud_addresses(&fleet, obs), Some(plan))
         }
-        Err(_) => None,
+        Err(e) => {
+            let unavailable = CloudPlan {
+                unavailable: Some(format!("cannot list the cloud servers: {e}")),
+                ..Default::default()
+            };
+            ((*fleet).clone(), Some(unavailable))
+        }
     };
+    let seen = Seen {
+        fleet: &fleet,
+        clouds,
+        observed: observed.as_ref().map_err(|e| e.to_string()),
+        plan: cloud_plan.as_ref(),
+        opts: &opts,
+    };
+    let mut reachable = Vec::new();
+    let mut early: Vec<HostResult> = Vec::new();
+    let mut new_servers = Vec::new();
     for name in &names {
-        let host = fleet.host(name).expect("selected host exists");
-        if !is_cloud(host.provider) {
-            reachable.push(name.clone());
-            continue;
-        }
-        if let Some((_, e)) = clouds.missing.iter().find(|(k, _)| *k == host.provider) {
-            let mut r = HostResult::new(name, "-");
-            r.fail(engine::HostError::Cloud, e.to_string());
-            early.push(r);
-            continue;
-        }
-        let obs = match &observed {
-            Ok(o) => o,
-            Err(e) => {
-                let mut r = HostResult::new(name, "-");
-                r.fail(
-                    engine::HostError::Cloud,
-                    format!("cannot see the server: {e}"),
-                );
-                early.push(r);
-                continue;
-            }
-        };
-        let change = cloud_plan.as_ref().and_then(|p| p.change(name));
-        let server = obs
-            .server(host.provider, name)
-            .filter(|s| s.owned_by(&fleet.name));
-        if change.is_some_and(|c| c.new_server()) {
-            new_servers.push(name.clone());
-            // A copy (a Lightsail resize) holds what the old server holds:
-            // planned against that one, applied to the copy once it runs.
-            if !change.is_some_and(|c| c.action == CloudAction::Resize) {
-                early.push(preview(&fleet, name, &opts));
-                continue;
-            }
-        }
-        let Some(server) = server else {
-            // A name clash with a server tidekeeper does not manage (in the cloud plan's errors).
-            let mut r = HostResult::new(name, "-");
-            r.skipped = Some("its server is not managed by tidekeeper (see the cloud plan)".into());
-            early.push(r);
-            continue;
-        };
-        match (&server.state, &server.address) {
-            (PowerState::Running, Some(_)) => reachable.push(name.clone()),
-            (state, _) => {
-                let mut r = HostResult::new(name, server.address.as_deref().unwrap_or("-"));
-                r.skipped = Some(why_not_running(state));
-                early.push(r);
+        match seen.place(name) {
+            Place::Reachable => reachable.push(name.clone()),
+            Place::Early(r) => early.push(*r),
+            Place::NewServer(r) => {
+                new_servers.push(name.clone());
+                match r {
+                    Some(r) => early.push(*r),
+                    None => reachable.push(name.clone()),
+                }
             }
         }
     }
@@ -290,18 +212,92 @@ pub async fn plan(
     planned.extend(early);
     // Back in the order the hosts were asked for.
     planned.sort_by_key(|p| names.iter().position(|n| *n == p.host));
-    let mut cloud = cloud_plan;
-    if let Err(e) = &observed {
-        cloud = Some(CloudPlan {
-            unavailable: Some(format!("cannot list the cloud servers: {e}")),
-            ..Default::default()
-        });
-    }
     FleetPlan {
         fleet,
-        cloud,
+        cloud: cloud_plan,
         hosts: planned,
         new_servers,
+    }
+}
+
+/// What planning a host learns from the cloud stage.
+struct Seen<'a> {
+    fleet: &'a Fleet,
+    clouds: &'a Clouds,
+    observed: Result<&'a cloud::Observed, String>,
+    plan: Option<&'a CloudPlan>,
+    opts: &'a Options,
+}
+
+/// How a host is planned.
+enum Place {
+    /// Over SSH, where it runs.
+    Reachable,
+    /// Not over SSH: why, as its result.
+    Early(Box<HostResult>),
+    /// Its server is created (or replaced) by this plan: planned against
+    /// an empty machine (the result), or over SSH (a copy holds what the
+    /// old server holds).
+    NewServer(Option<Box<HostResult>>),
+}
+
+impl Seen<'_> {
+    fn place(&self, name: &str) -> Place {
+        let host = self.fleet.host(name).expect("selected host exists");
+        if !is_cloud(host.provider) {
+            return Place::Reachable;
+        }
+        let failed = |why: String| {
+            let mut r = HostResult::new(name, "-");
+            r.fail(engine::HostError::Cloud, why);
+            Place::Early(Box::new(r))
+        };
+        let missing = self
+            .clouds
+            .missing
+            .iter()
+            .find(|(k, _)| *k == host.provider);
+        if let Some((_, e)) = missing {
+            return failed(e.to_string());
+        }
+        let obs = match &self.observed {
+            Ok(o) => o,
+            Err(e) => return failed(format!("cannot see the server: {e}")),
+        };
+        let change = self.plan.and_then(|p| p.change(name));
+        if change.is_some_and(|c| c.new_server()) {
+            // A copy (a Lightsail resize) holds what the old server holds:
+            // planned against that one, applied to the copy once it runs.
+            if !change.is_some_and(|c| c.action == CloudAction::Resize) {
+                return Place::NewServer(Some(Box::new(preview(self.fleet, name, self.opts))));
+            }
+            return Place::NewServer(match self.running(obs, host.provider, name) {
+                Place::Early(r) => Some(r),
+                _ => None,
+            });
+        }
+        self.running(obs, host.provider, name)
+    }
+
+    /// Reachable when its server runs with an address; why not otherwise.
+    fn running(&self, obs: &cloud::Observed, provider: ProviderKind, name: &str) -> Place {
+        let server = obs
+            .server(provider, name)
+            .filter(|s| s.owned_by(&self.fleet.name));
+        let Some(server) = server else {
+            // A name clash with a server tidekeeper does not manage (in the cloud plan's errors).
+            let mut r = HostResult::new(name, "-");
+            r.skipped = Some("its server is not managed by tidekeeper (see the cloud plan)".into());
+            return Place::Early(Box::new(r));
+        };
+        match (&server.state, &server.address) {
+            (PowerState::Running, Some(_)) => Place::Reachable,
+            (state, _) => {
+                let mut r = HostResult::new(name, server.address.as_deref().unwrap_or("-"));
+                r.skipped = Some(why_not_running(state));
+                Place::Early(Box::new(r))
+            }
+        }
     }
 }
 
@@ -332,37 +328,18 @@ pub async fn apply(
     // A host copied to a new server (a Lightsail resize) was planned over a
     // connection to the old one, which the copy deletes.
     pool.close(new_servers.clone()).await;
-    let mut outcomes = Vec::new();
-    let (deletes, rest): (Vec<_>, Vec<_>) = cloud
+    let (first, last) = cloud
         .as_ref()
-        .map(|c| c.changes.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .partition(|c| c.action == CloudAction::Delete);
+        .map(|c| in_order(&fleet.name, c))
+        .unwrap_or_default();
     let login_keys = if new_servers.is_empty() {
         vec![]
     } else {
-        cloud::hostkey::login_keys(
-            opts.ssh_key
-                .as_deref()
-                .or(fleet.settings.ssh.key.as_deref()),
-        )
-        .await
+        let key = opts.ssh_key.as_deref();
+        cloud::hostkey::login_keys(key.or(fleet.settings.ssh.key.as_deref())).await
     };
-    let (gone_networks, networks): (Vec<_>, Vec<_>) = cloud
-        .as_ref()
-        .map(|c| c.networks.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .partition(|n| n.action == CloudAction::Delete);
-    let fleet_name = fleet.name.clone();
-    if !rest.is_empty() || !networks.is_empty() {
-        let first = CloudPlan {
-            fleet: fleet_name.clone(),
-            changes: rest,
-            networks,
-            ..Default::default()
-        };
+    let mut outcomes = Vec::new();
+    if let Some(first) = first {
         outcomes
             .extend(cloud::apply::apply(&first, clouds, &login_keys, opts.parallel, &say).await);
     }
@@ -371,99 +348,15 @@ pub async fn apply(
         .into_iter()
         .partition(|p| !new_servers.contains(&p.host));
     let mut results = engine::apply_all(existing, pool, opts.clone(), progress.clone()).await;
-    // The new servers: their addresses and generated keys, then plan + apply.
-    let mut fleet2 = (*fleet).clone();
-    let mut ready = Vec::new();
-    let mut behind = Vec::new();
-    for p in previews {
-        let name = p.host.clone();
-        let made = outcomes
-            .iter()
-            .find(|o| o.host == name && o.what == "server");
-        let mut r = p;
-        r.plan = None;
-        match made {
-            Some(CloudOutcome {
-                error: None,
-                server: Some(s),
-                ..
-            }) => {
-                let h = fleet2
-                    .hosts
-                    .iter_mut()
-                    .find(|h| h.name == name)
-                    .expect("host exists");
-                h.address = s.address.clone();
-                h.private_address = s.private_address.clone().or(h.private_address.take());
-                h.cloud_host_key = s.labels.get(HOST_KEY).cloned();
-                let port = h.ssh.port;
-                let addr = h.address.clone().unwrap_or_default();
-                say(&name, "waiting for SSH…");
-                // Behind a jump host, only the jump host can see the port:
-                // connecting (with its retries) is the wait.
-                if h.ssh.via.is_some() {
-                    behind.push((name, r));
-                    continue;
-                }
-                match cloud::apply::wait_for_port(&addr, port, SSH_WAIT).await {
-                    Ok(()) => ready.push(name),
-                    Err(e) => {
-                        r.fail(engine::HostError::Unreachable, e);
-                        results.push(r);
-                    }
-                }
-            }
-            Some(o) => {
-                r.fail(
-                    engine::HostError::Cloud,
-                    format!(
-                        "the server was not created: {}",
-                        o.error.as_deref().unwrap_or("unknown error")
-                    ),
-                );
-                results.push(r);
-            }
-            None => {
-                r.fail(engine::HostError::Cloud, "the server was not created");
-                results.push(r);
-            }
-        }
-    }
-    // Servers behind a jump host: only a connection through it can tell
-    // when their sshd answers.
-    for (name, mut r) in behind {
-        let host = fleet2.host(&name).expect("host exists");
-        let start = std::time::Instant::now();
-        loop {
-            match engine::connect(&fleet2, host, &opts).await {
-                Ok(c) => {
-                    c.close().await;
-                    ready.push(name);
-                    break;
-                }
-                // A wrong key or a refused login does not go away by waiting.
-                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => {
-                    r.fail(engine::HostError::Unreachable, e.to_string());
-                    results.push(r);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-        }
-    }
-    if !ready.is_empty() {
-        // The new servers' addresses, now known, reach their templates.
-        let fleet2 = Arc::new(rerender(fleet2));
-        let planned = engine::plan_all(fleet2, ready, opts.clone(), progress.clone(), pool).await;
-        results.extend(engine::apply_all(planned, pool, opts.clone(), progress.clone()).await);
-    }
-    if !deletes.is_empty() || !gone_networks.is_empty() {
-        let last = CloudPlan {
-            fleet: fleet_name,
-            changes: deletes,
-            networks: gone_networks,
-            ..Default::default()
-        };
+    let new = NewServers {
+        fleet: &fleet,
+        pool,
+        opts: &opts,
+        progress: &progress,
+        say: &say,
+    };
+    results.extend(new.configure(previews, &outcomes).await);
+    if let Some(last) = last {
         outcomes.extend(cloud::apply::apply(&last, clouds, &login_keys, opts.parallel, &say).await);
     }
     let order: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
@@ -471,6 +364,130 @@ pub async fn apply(
     Applied {
         cloud: outcomes,
         hosts: results,
+    }
+}
+
+/// A cloud plan in the order it is applied: everything but deletions
+/// first, deletions (servers and networks) last, after the hosts. None
+/// where a part has nothing to do.
+fn in_order(fleet: &str, c: &CloudPlan) -> (Option<CloudPlan>, Option<CloudPlan>) {
+    let (deletes, rest): (Vec<_>, Vec<_>) = c
+        .changes
+        .iter()
+        .cloned()
+        .partition(|c| c.action == CloudAction::Delete);
+    let (gone_networks, networks): (Vec<_>, Vec<_>) = c
+        .networks
+        .iter()
+        .cloned()
+        .partition(|n| n.action == CloudAction::Delete);
+    let part = |changes: Vec<_>, networks: Vec<_>| {
+        (!changes.is_empty() || !networks.is_empty()).then(|| CloudPlan {
+            fleet: fleet.to_string(),
+            changes,
+            networks,
+            ..Default::default()
+        })
+    };
+    (part(rest, networks), part(deletes, gone_networks))
+}
+
+/// Configuring the servers a plan created: their addresses and generated
+/// keys from the cloud stage, a wait for SSH, then plan + apply.
+struct NewServers<'a, S> {
+    fleet: &'a Fleet,
+    pool: &'a Pool,
+    opts: &'a Arc<Options>,
+    progress: &'a Progress,
+    say: &'a S,
+}
+
+impl<S: Fn(&str, &str)> NewServers<'_, S> {
+    /// The results of the hosts whose servers were to be created.
+    async fn configure(
+        &self,
+        previews: Vec<HostResult>,
+        outcomes: &[CloudOutcome],
+    ) -> Vec<HostResult> {
+        let mut results = Vec::new();
+        let mut book = AddressBook::new();
+        let mut waiting = Vec::new();
+        for mut r in previews {
+            r.plan = None;
+            match outcomes
+                .iter()
+                .find(|o| o.host == r.host && o.what == "server")
+            {
+                Some(CloudOutcome {
+                    error: None,
+                    server: Some(s),
+                    ..
+                }) => {
+                    let a = Addresses {
+                        public: s.address.clone(),
+                        private: s.private_address.clone(),
+                        host_key: s.labels.get(HOST_KEY).cloned(),
+                    };
+                    book.insert(r.host.clone(), a);
+                    waiting.push(r);
+                }
+                made => {
+                    let why = match made {
+                        Some(o) => format!(
+                            "the server was not created: {}",
+                            o.error.as_deref().unwrap_or("unknown error")
+                        ),
+                        None => "the server was not created".into(),
+                    };
+                    r.fail(engine::HostError::Cloud, why);
+                    results.push(r);
+                }
+            }
+        }
+        let mut fleet = self.fleet.clone();
+        crate::model::assign_addresses(&mut fleet, &book);
+        let mut ready = Vec::new();
+        for mut r in waiting {
+            match self.wait_for_ssh(&fleet, &r.host).await {
+                Ok(()) => ready.push(r.host),
+                Err(e) => {
+                    r.fail(engine::HostError::Unreachable, e);
+                    results.push(r);
+                }
+            }
+        }
+        if !ready.is_empty() {
+            // The new servers' addresses, now known, reach their templates.
+            let fleet = Arc::new(crate::model::render_with(&fleet, &book));
+            let (opts, progress) = (self.opts.clone(), self.progress.clone());
+            let planned = engine::plan_all(fleet, ready, opts.clone(), progress.clone(), self.pool);
+            results.extend(engine::apply_all(planned.await, self.pool, opts, progress).await);
+        }
+        results
+    }
+
+    /// Wait until the new server of host `name` answers SSH.
+    async fn wait_for_ssh(&self, fleet: &Fleet, name: &str) -> Result<(), String> {
+        let host = fleet.host(name).expect("host exists");
+        (self.say)(name, "waiting for SSH…");
+        // Behind a jump host, only the jump host can see the port:
+        // connecting (with its retries) is the wait.
+        if host.ssh.via.is_none() {
+            let addr = host.address.clone().unwrap_or_default();
+            return cloud::apply::wait_for_port(&addr, host.ssh.port, SSH_WAIT).await;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            match engine::connect(fleet, host, self.opts).await {
+                Ok(c) => {
+                    c.close().await;
+                    return Ok(());
+                }
+                // A wrong key or a refused login does not go away by waiting.
+                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => return Err(e.to_string()),
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
     }
 }
 
@@ -681,6 +698,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_plan_is_applied_with_its_deletions_last_and_empty_parts_skipped() {
+        use crate::cloud::plan::CloudChange;
+        let change = |host: &str, action| CloudChange {
+            host: host.into(),
+            provider: ProviderKind::Hetzner,
+            action,
+            attrs: vec![],
+            reason: None,
+            cost_before: None,
+            cost_after: None,
+            allow_destroy: true,
+            blocked: None,
+            desired: None,
+            observed: None,
+        };
+        let plan = CloudPlan {
+            changes: vec![
+                change("old", CloudAction::Delete),
+                change("web", CloudAction::Create),
+                change("db", CloudAction::Update),
+            ],
+            ..Default::default()
+        };
+        let (first, last) = in_order("acme", &plan);
+        let hosts = |p: &CloudPlan| p.changes.iter().map(|c| c.host.clone()).collect::<Vec<_>>();
+        assert_eq!(hosts(first.as_ref().unwrap()), ["web", "db"]);
+        assert_eq!(hosts(last.as_ref().unwrap()), ["old"]);
+        assert_eq!(last.unwrap().fleet, "acme");
+        let creates_only = CloudPlan {
+            changes: vec![change("web", CloudAction::Create)],
+            ..Default::default()
+        };
+        assert!(in_order("acme", &creates_only).1.is_none());
+    }
+
+    #[test]
     fn addresses_a_provider_assigned_reach_templates_and_nothing_else_is_read_again() {
         use crate::model::desired::{Resource, Trust};
         let mut t = crate::source::ConfigTree::default();
@@ -713,14 +766,18 @@ mod tests {
         // A caller's changes (a proposal's trust) are not read again.
         fleet.hosts[0].trust = Trust::AfterMerge("moved".into());
         fleet.hosts[0].address = Some("203.0.113.5".into());
-        let fleet = rerender(fleet);
+        let fleet = crate::model::render_with(&fleet, &AddressBook::new());
         assert_eq!(content(&fleet), "203.0.113.5 203.0.113.5\n");
         assert!(matches!(fleet.hosts[0].trust, Trust::AfterMerge(_)));
-        // Nothing new: not read again.
-        let again = crate::model::reload_with_addresses(
-            &fleet,
-            &fleet.source.as_ref().unwrap().known.clone(),
+        // Nothing new: not rendered again.
+        let seen = fleet.source.as_ref().unwrap().book.clone();
+        assert_eq!(
+            seen.get("web").and_then(|a| a.public.as_deref()),
+            Some("203.0.113.5")
         );
-        assert!(again.is_none());
+        let mut stale = fleet.clone();
+        stale.hosts[0].resources.clear();
+        let again = crate::model::render_with(&stale, &AddressBook::new());
+        assert!(again.hosts[0].resources.is_empty(), "not rendered again");
     }
 }

@@ -3,6 +3,7 @@
 //! costs from the provider's own prices), apply (create, update in place,
 //! resize, replace, delete), and the maintenance calls (snapshots, power).
 //!
+//! - [`address_book`]: the addresses servers were given, for rendering.
 //! - [`desired`]: the servers a fleet asks for (pure).
 //! - [`plan`]: desired vs observed servers → changes with costs (pure).
 //! - [`hostkey`]: host keys generated for new servers, and their cloud-init.
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::desired::{CloudPort, Fleet, Network, ProviderKind};
+use crate::model::desired::{AddressBook, Addresses, CloudPort, Fleet, Network, ProviderKind};
 pub use desired::DesiredServer;
 
 pub const MANAGED_BY: &str = "managed-by";
@@ -446,11 +447,49 @@ impl From<CloudSnapshot> for Observed {
 }
 
 impl Observed {
+    /// The monthly price of a server of `size` in `location`, where the
+    /// provider's price list has one.
+    pub fn price(&self, provider: ProviderKind, size: &str, location: &str) -> Option<Monthly> {
+        self.prices
+            .get(&provider)
+            .and_then(|l| l.price(size, location))
+    }
+
     pub fn server(&self, provider: ProviderKind, name: &str) -> Option<&ObservedServer> {
         self.servers
             .iter()
             .find(|s| s.provider == provider && s.name == name)
     }
+}
+
+/// What the cloud stage learned for rendering: the addresses and generated
+/// host key of every host whose server (created by tidekeeper for this
+/// fleet) runs and has a public address. The private address is the one
+/// in the server's first network, as attached.
+pub fn address_book(fleet: &Fleet, observed: &Observed) -> AddressBook {
+    let mut book = AddressBook::new();
+    for h in &fleet.hosts {
+        let Some(s) = observed
+            .server(h.provider, &h.name)
+            .filter(|s| s.owned_by(&fleet.name))
+        else {
+            continue;
+        };
+        let (PowerState::Running, Some(public)) = (&s.state, &s.address) else {
+            continue;
+        };
+        let first = h.server.as_ref().and_then(|sv| sv.networks.first());
+        let private = first
+            .and_then(|n| s.networks.iter().find(|(name, _)| *name == n.name))
+            .map(|(_, ip)| ip.clone());
+        let a = Addresses {
+            public: Some(public.clone()),
+            private,
+            host_key: s.labels.get(HOST_KEY).cloned(),
+        };
+        book.insert(h.name.clone(), a);
+    }
+    book
 }
 
 /// List servers and prices of every provider, in parallel.

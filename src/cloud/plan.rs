@@ -1,5 +1,9 @@
 //! The cloud plan: desired servers against the servers the providers list,
-//! with the monthly cost of each change and of the whole fleet. Pure.
+//! with the monthly cost of each change and of the whole fleet. Pure, in
+//! named steps: `costs`, a change per server (`server_change`: create,
+//! update, resize, replace), `deletions` of servers whose hosts left, and
+//! the destroy gate (`gate_destroys`) over them; private networks in
+//! [`plan_networks`]. Also the plan's text and cost tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -419,7 +423,8 @@ fn currency(code: &str) -> &'static str {
 }
 
 /// Plan the servers of `scope` (None: the whole fleet; only then can servers
-/// whose host left the config be deleted).
+/// whose host left the config be deleted): the fleet's costs, a change per
+/// server that differs, deletions, and the destroy gate over them all.
 pub fn plan(
     fleet: &Fleet,
     desired: &[DesiredServer],
@@ -427,18 +432,61 @@ pub fn plan(
     scope: Option<&[String]>,
     opts: PlanOptions,
 ) -> CloudPlan {
+    let Costs { total, per_server } = costs(fleet, desired, observed);
     let mut plan = CloudPlan {
         fleet: fleet.name.clone(),
+        cost: total,
+        server_cost: per_server,
         ..Default::default()
     };
-    stated_costs(fleet, &mut plan);
+    let (twice, errors) = doubled(fleet, observed);
+    plan.errors.extend(errors);
     let in_scope = |host: &str| scope.is_none_or(|s| s.iter().any(|h| h == host));
-    let price = |p: ProviderKind, size: &str, loc: &str| {
-        observed.prices.get(&p).and_then(|l| l.price(size, loc))
+    let mut changes = Vec::new();
+    for d in desired
+        .iter()
+        .filter(|d| in_scope(&d.host) && !twice.contains(&d.host))
+    {
+        let found = server_change(fleet, d, observed, opts);
+        plan.warnings.extend(found.warning);
+        plan.errors.extend(found.error);
+        changes.extend(found.change);
+    }
+    if scope.is_none() {
+        changes.extend(deletions(fleet, desired, observed, opts));
+    }
+    gate_destroys(&mut changes);
+    plan.changes = changes;
+    let (networks, errors) = plan_networks(fleet, observed, scope.is_none(), opts);
+    plan.networks = networks;
+    plan.errors.extend(errors);
+    plan
+}
+
+/// What a fleet pays a month, now and once a plan is applied.
+#[derive(Debug, Default)]
+struct Costs {
+    /// Per currency: the stated costs, the servers the fleet has now
+    /// (prior) and the servers it asks for (proposed).
+    total: BTreeMap<&'static str, CostLine>,
+    /// What each host's server costs once the plan is applied.
+    per_server: BTreeMap<String, (ProviderKind, Monthly)>,
+}
+
+/// The fleet's monthly costs: what it states for machines no provider
+/// prices, what its servers cost now, and what the servers it asks for
+/// would cost (a name taken by a server tidekeeper does not manage is never
+/// created, so it costs nothing).
+fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs {
+    let mut plan = CloudPlan::default();
+    stated_costs(fleet, &mut plan);
+    let mut out = Costs {
+        total: plan.cost,
+        per_server: plan.server_cost,
     };
     let mut add = |m: Option<Monthly>, prior: bool| {
         if let Some(m) = m {
-            let line = plan.cost.entry(m.currency).or_default();
+            let line = out.total.entry(m.currency).or_default();
             if prior {
                 line.prior += m.amount;
             } else {
@@ -446,27 +494,30 @@ pub fn plan(
             }
         }
     };
-    // What the fleet pays now, and what it would pay.
     for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
-        add(price(o.provider, &o.size, &o.location), true);
+        add(observed.price(o.provider, &o.size, &o.location), true);
     }
-
+    let mut priced = Vec::new();
     for d in desired {
-        // A name taken by a server tidekeeper does not manage is never created.
         let clash = observed
             .server(d.provider, &d.host)
             .filter(|o| !o.owned_by(&fleet.name));
         if clash.is_none() {
-            let m = price(d.provider, &d.size, &d.location);
+            let m = observed.price(d.provider, &d.size, &d.location);
             add(m, false);
             if let Some(m) = m {
-                plan.server_cost.insert(d.host.clone(), (d.provider, m));
+                priced.push((d.host.clone(), (d.provider, m)));
             }
         }
     }
-    // Two servers for one host: a Lightsail resize stopped between making
-    // the copy and deleting the old instance. Which holds the newer data is
-    // for a person to say.
+    out.per_server.extend(priced);
+    out
+}
+
+/// Hosts with two servers: a Lightsail resize stopped between making the
+/// copy and deleting the old instance. Which holds the newer data is for a
+/// person to say: such hosts are not planned, and each is an error.
+fn doubled(fleet: &Fleet, observed: &Observed) -> (Vec<String>, Vec<String>) {
     let mut claimed: Vec<(ProviderKind, &str, Vec<&str>)> = Vec::new();
     for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
         match claimed
@@ -477,191 +528,153 @@ pub fn plan(
             None => claimed.push((o.provider, &o.name, vec![&o.id])),
         }
     }
-    let twice: Vec<&str> = claimed
+    claimed
         .iter()
         .filter(|(_, _, ids)| ids.len() > 1)
         .map(|(p, host, ids)| {
-            plan.errors.push(format!(
+            let error = format!(
                 "{host}: {} {} servers are this host ({}); a resize stopped between making the \
                  copy and deleting the old one. Check which holds the data, delete the other \
                  in the provider's console, and run again",
                 ids.len(),
                 provider_name(*p),
                 ids.join(", ")
-            ));
-            *host
+            );
+            (host.to_string(), error)
         })
-        .collect();
-    let mut changes = Vec::new();
-    for d in desired
-        .iter()
-        .filter(|d| in_scope(&d.host) && !twice.contains(&d.host.as_str()))
+        .unzip()
+}
+
+/// What planning one desired server found.
+#[derive(Debug, Default)]
+struct ServerPlan {
+    change: Option<CloudChange>,
+    /// What stops it from being planned (the plan cannot be applied).
+    error: Option<String>,
+    warning: Option<String>,
+}
+
+/// The change that makes the server `d` as the config asks: created when
+/// there is none, changed where it differs, nothing when it is as asked.
+fn server_change(
+    fleet: &Fleet,
+    d: &DesiredServer,
+    observed: &Observed,
+    opts: PlanOptions,
+) -> ServerPlan {
+    let mut out = ServerPlan::default();
+    let list = observed.prices.get(&d.provider);
+    if let Some(list) = list
+        && !list.monthly.keys().any(|(s, _)| *s == d.size)
     {
-        let list = observed.prices.get(&d.provider);
-        if let Some(list) = list
-            && !list.monthly.keys().any(|(s, _)| *s == d.size)
-        {
-            plan.errors.push(format!(
-                "{}: the {} {} {:?} is not offered; it offers: {}",
-                d.host,
-                provider_name(d.provider),
-                size_word(d.provider),
-                d.size,
-                list.sizes().join(", ")
-            ));
-            continue;
-        }
-        let after = price(d.provider, &d.size, &d.location);
-        if list.is_some() && after.is_none() {
-            plan.warnings.push(format!(
-                "{}: no price for {} in {}; its cost is not counted",
-                d.host, d.size, d.location
-            ));
-        }
-        let Some(o) = observed.server(d.provider, &d.host) else {
-            let mut attrs = vec![
-                attr(size_word(d.provider), None, Some(d.size.clone())),
-                attr(image_word(d.provider), None, Some(d.image.clone())),
-                attr(location_word(d.provider), None, Some(d.location.clone())),
-            ];
-            if !d.networks.is_empty() {
-                attrs.push(attr("networks", None, Some(networks_text(&d.networks))));
-            }
-            changes.push(CloudChange {
-                host: d.host.clone(),
-                provider: d.provider,
-                action: CloudAction::Create,
-                attrs,
-                reason: None,
-                cost_before: None,
-                cost_after: after,
-                allow_destroy: d.allow_destroy,
-                blocked: None,
-                desired: Some(d.clone()),
-                observed: None,
-            });
-            continue;
-        };
-        if !o.owned_by(&fleet.name) {
-            plan.errors.push(format!(
-                "{}: a {} server named {:?} already exists but is not managed by tidekeeper for \
-                 fleet {:?} (it lacks the labels managed-by=tidekeeper, tidekeeper-fleet={}); it is \
-                 left alone. Rename the host, or adopt the server by adding those labels to it",
-                d.host,
-                provider_name(d.provider),
-                o.name,
-                fleet.name,
-                fleet.name
-            ));
-            continue;
-        }
-        let before = price(o.provider, &o.size, &o.location);
-        let mut attrs = Vec::new();
-        let mut replace = Vec::new();
-        if o.location != d.location {
-            attrs.push(attr(
-                location_word(d.provider),
-                Some(o.location.clone()),
-                Some(d.location.clone()),
-            ));
-            replace.push(format!(
-                "a server cannot move to another {}",
-                location_word(d.provider)
-            ));
-        }
-        if let Some(img) = &o.image
-            && *img != d.image
-        {
-            attrs.push(attr(
-                image_word(d.provider),
-                Some(img.clone()),
-                Some(d.image.clone()),
-            ));
-            replace.push(format!(
-                "the {} is chosen only when a server is created",
-                image_word(d.provider)
-            ));
-        }
-        let resize = o.size != d.size;
-        // Lightsail: a new instance from a snapshot of this one.
-        let mut copy = false;
-        if resize {
-            attrs.push(attr(
-                size_word(d.provider),
-                Some(o.size.clone()),
-                Some(d.size.clone()),
-            ));
-            if d.provider == ProviderKind::Lightsail {
-                let disk = |size: &str| {
-                    observed
-                        .prices
-                        .get(&d.provider)
-                        .and_then(|l| l.disk_gb.get(size))
-                        .copied()
-                };
-                match (disk(&o.size), disk(&d.size)) {
-                    (Some(old), Some(new)) if new < old => replace.push(format!(
-                        "the new bundle's disk ({new} GB) is smaller than the old one's \
-                         ({old} GB), and Lightsail makes an instance from a snapshot only onto \
-                         a disk at least as large: the old disk is not kept; keep the data \
-                         elsewhere first"
-                    )),
-                    _ => copy = true,
-                }
-            }
-        }
-        let mut have_labels = o.labels.clone();
-        have_labels.remove(HOST_KEY);
-        if have_labels != d.labels {
-            attrs.push(attr(
-                "labels",
-                Some(labels_text(&have_labels)),
-                Some(labels_text(&d.labels)),
-            ));
-        }
-        let have_rules = o.firewall.clone().unwrap_or_default();
-        // No rules in the config: Lightsail's default ports are left alone,
-        // and a Hetzner firewall tidekeeper made earlier is removed.
-        let managed =
-            !d.firewall.is_empty() || (o.firewall.is_some() && d.provider == ProviderKind::Hetzner);
-        if managed && have_rules != d.firewall {
-            attrs.push(attr(
-                if d.provider == ProviderKind::Lightsail {
-                    "public ports"
-                } else {
-                    "firewall"
-                },
-                Some(rules_text(&have_rules)),
-                Some(rules_text(&d.firewall)),
-            ));
-        }
-        if networks_differ(d, o) {
-            attrs.push(attr(
-                "networks",
-                Some(observed_networks_text(&o.networks)),
-                Some(networks_text(&d.networks)),
-            ));
-        }
-        if d.static_ip && !o.static_ip {
-            attrs.push(attr(
-                "static ip",
-                Some("none".into()),
-                Some("attached".into()),
-            ));
-        }
-        if attrs.is_empty() {
-            continue;
-        }
-        let action = if !replace.is_empty() {
+        out.error = Some(format!(
+            "{}: the {} {} {:?} is not offered; it offers: {}",
+            d.host,
+            provider_name(d.provider),
+            size_word(d.provider),
+            d.size,
+            list.sizes().join(", ")
+        ));
+        return out;
+    }
+    let after = observed.price(d.provider, &d.size, &d.location);
+    if list.is_some() && after.is_none() {
+        out.warning = Some(format!(
+            "{}: no price for {} in {}; its cost is not counted",
+            d.host, d.size, d.location
+        ));
+    }
+    let Some(o) = observed.server(d.provider, &d.host) else {
+        out.change = Some(creation(d, after));
+        return out;
+    };
+    if !o.owned_by(&fleet.name) {
+        out.error = Some(format!(
+            "{}: a {} server named {:?} already exists but is not managed by tidekeeper for \
+             fleet {:?} (it lacks the labels managed-by=tidekeeper, tidekeeper-fleet={}); it is \
+             left alone. Rename the host, or adopt the server by adding those labels to it",
+            d.host,
+            provider_name(d.provider),
+            o.name,
+            fleet.name,
+            fleet.name
+        ));
+        return out;
+    }
+    let diff = differences(d, o, observed);
+    if diff.attrs.is_empty() {
+        return out;
+    }
+    let action = diff.action();
+    out.change = Some(CloudChange {
+        host: d.host.clone(),
+        provider: d.provider,
+        action,
+        reason: diff.reason(d, o),
+        attrs: diff.attrs,
+        cost_before: observed.price(o.provider, &o.size, &o.location),
+        cost_after: after,
+        allow_destroy: !(action == CloudAction::Replace || diff.copy)
+            || destroy_permitted(fleet, o, opts),
+        blocked: None,
+        desired: Some(d.clone()),
+        observed: Some(o.clone()),
+    });
+    out
+}
+
+/// A server to create.
+fn creation(d: &DesiredServer, after: Option<Monthly>) -> CloudChange {
+    let mut attrs = vec![
+        attr(size_word(d.provider), None, Some(d.size.clone())),
+        attr(image_word(d.provider), None, Some(d.image.clone())),
+        attr(location_word(d.provider), None, Some(d.location.clone())),
+    ];
+    if !d.networks.is_empty() {
+        attrs.push(attr("networks", None, Some(networks_text(&d.networks))));
+    }
+    CloudChange {
+        host: d.host.clone(),
+        provider: d.provider,
+        action: CloudAction::Create,
+        attrs,
+        reason: None,
+        cost_before: None,
+        cost_after: after,
+        allow_destroy: d.allow_destroy,
+        blocked: None,
+        desired: Some(d.clone()),
+        observed: None,
+    }
+}
+
+/// How a server differs from what the config asks.
+#[derive(Debug, Default)]
+struct Differences {
+    attrs: Vec<Attr>,
+    /// Why it must be replaced (what cannot change in place).
+    replace: Vec<String>,
+    resize: bool,
+    /// A Lightsail resize: a new instance from a snapshot of this one.
+    copy: bool,
+}
+
+impl Differences {
+    fn action(&self) -> CloudAction {
+        if !self.replace.is_empty() {
             CloudAction::Replace
-        } else if resize {
+        } else if self.resize {
             CloudAction::Resize
         } else {
             CloudAction::Update
-        };
-        let reason = match action {
-            CloudAction::Replace => Some(replace.join("; ") + "; the disk is not kept"),
-            CloudAction::Resize if copy => Some(format!(
+        }
+    }
+
+    /// Why a replace or a resize, in words.
+    fn reason(&self, d: &DesiredServer, o: &ObservedServer) -> Option<String> {
+        match self.action() {
+            CloudAction::Replace => Some(self.replace.join("; ") + "; the disk is not kept"),
+            CloudAction::Resize if self.copy => Some(format!(
                 "Lightsail cannot change an instance's bundle in place: a snapshot is taken, \
                  a new instance {:?} is made from it with the new bundle and a new host key, {}, \
                  and the old instance is deleted; its disk and data are kept (what is written \
@@ -677,55 +690,163 @@ pub fn plan(
                 Some("the server is stopped for the change and started again; its disk and data are kept".into())
             }
             _ => None,
-        };
-        changes.push(CloudChange {
-            host: d.host.clone(),
-            provider: d.provider,
-            action,
-            attrs,
-            reason,
-            cost_before: before,
-            cost_after: after,
-            allow_destroy: !(action == CloudAction::Replace || copy)
-                || destroy_permitted(fleet, o, opts),
-            blocked: None,
-            desired: Some(d.clone()),
-            observed: Some(o.clone()),
-        });
-    }
-    if scope.is_none() {
-        for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
-            if desired
-                .iter()
-                .any(|d| d.provider == o.provider && d.host == o.name)
-            {
-                continue;
-            }
-            changes.push(CloudChange {
-                host: o.name.clone(),
-                provider: o.provider,
-                action: CloudAction::Delete,
-                attrs: vec![],
-                reason: Some("its host is no longer in the config".into()),
-                cost_before: price(o.provider, &o.size, &o.location),
-                cost_after: None,
-                allow_destroy: destroy_permitted(fleet, o, opts),
-                blocked: None,
-                desired: None,
-                observed: Some(o.clone()),
-            });
         }
     }
-    for c in &mut changes {
+}
+
+/// What differs between server `o` and what the config asks (`d`), and
+/// what of it cannot change in place.
+fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Differences {
+    let mut out = Differences::default();
+    if o.location != d.location {
+        out.attrs.push(attr(
+            location_word(d.provider),
+            Some(o.location.clone()),
+            Some(d.location.clone()),
+        ));
+        out.replace.push(format!(
+            "a server cannot move to another {}",
+            location_word(d.provider)
+        ));
+    }
+    if let Some(img) = &o.image
+        && *img != d.image
+    {
+        out.attrs.push(attr(
+            image_word(d.provider),
+            Some(img.clone()),
+            Some(d.image.clone()),
+        ));
+        out.replace.push(format!(
+            "the {} is chosen only when a server is created",
+            image_word(d.provider)
+        ));
+    }
+    out.resize = o.size != d.size;
+    if out.resize {
+        out.attrs.push(attr(
+            size_word(d.provider),
+            Some(o.size.clone()),
+            Some(d.size.clone()),
+        ));
+        if d.provider == ProviderKind::Lightsail {
+            match resize_loses_disk(d, o, observed) {
+                Some(why) => out.replace.push(why),
+                None => out.copy = true,
+            }
+        }
+    }
+    out.attrs.extend(in_place(d, o));
+    out
+}
+
+/// Why a Lightsail resize cannot keep the disk (a smaller one), if so.
+fn resize_loses_disk(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Option<String> {
+    let disk = |size: &str| {
+        observed
+            .prices
+            .get(&d.provider)
+            .and_then(|l| l.disk_gb.get(size))
+            .copied()
+    };
+    match (disk(&o.size), disk(&d.size)) {
+        (Some(old), Some(new)) if new < old => Some(format!(
+            "the new bundle's disk ({new} GB) is smaller than the old one's \
+             ({old} GB), and Lightsail makes an instance from a snapshot only onto \
+             a disk at least as large: the old disk is not kept; keep the data \
+             elsewhere first"
+        )),
+        _ => None,
+    }
+}
+
+/// What differs that changes in place: labels, firewall or public ports,
+/// networks, a static IP to attach.
+fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
+    let mut attrs = Vec::new();
+    let mut have_labels = o.labels.clone();
+    have_labels.remove(HOST_KEY);
+    if have_labels != d.labels {
+        attrs.push(attr(
+            "labels",
+            Some(labels_text(&have_labels)),
+            Some(labels_text(&d.labels)),
+        ));
+    }
+    let have_rules = o.firewall.clone().unwrap_or_default();
+    // No rules in the config: Lightsail's default ports are left alone,
+    // and a Hetzner firewall tidekeeper made earlier is removed.
+    let managed =
+        !d.firewall.is_empty() || (o.firewall.is_some() && d.provider == ProviderKind::Hetzner);
+    if managed && have_rules != d.firewall {
+        attrs.push(attr(
+            if d.provider == ProviderKind::Lightsail {
+                "public ports"
+            } else {
+                "firewall"
+            },
+            Some(rules_text(&have_rules)),
+            Some(rules_text(&d.firewall)),
+        ));
+    }
+    if networks_differ(d, o) {
+        attrs.push(attr(
+            "networks",
+            Some(observed_networks_text(&o.networks)),
+            Some(networks_text(&d.networks)),
+        ));
+    }
+    if d.static_ip && !o.static_ip {
+        attrs.push(attr(
+            "static ip",
+            Some("none".into()),
+            Some("attached".into()),
+        ));
+    }
+    attrs
+}
+
+/// The fleet's servers whose hosts left the config: deleted (gated like
+/// every destroy).
+fn deletions(
+    fleet: &Fleet,
+    desired: &[DesiredServer],
+    observed: &Observed,
+    opts: PlanOptions,
+) -> Vec<CloudChange> {
+    observed
+        .servers
+        .iter()
+        .filter(|o| o.owned_by(&fleet.name))
+        .filter(|o| {
+            !desired
+                .iter()
+                .any(|d| d.provider == o.provider && d.host == o.name)
+        })
+        .map(|o| CloudChange {
+            host: o.name.clone(),
+            provider: o.provider,
+            action: CloudAction::Delete,
+            attrs: vec![],
+            reason: Some("its host is no longer in the config".into()),
+            cost_before: observed.price(o.provider, &o.size, &o.location),
+            cost_after: None,
+            allow_destroy: destroy_permitted(fleet, o, opts),
+            blocked: None,
+            desired: None,
+            observed: Some(o.clone()),
+        })
+        .collect()
+}
+
+/// The destroy gate: a change that ends a server (or a resize that deletes
+/// the old instance) without permission is refused, saying how to permit it.
+fn gate_destroys(changes: &mut [CloudChange]) {
+    for c in changes {
         if (c.action.destroys() || c.action == CloudAction::Resize) && !c.allow_destroy {
             c.blocked = Some(refusal(c));
         }
     }
-    plan.changes = changes;
-    let (networks, errors) = plan_networks(fleet, observed, scope.is_none(), opts);
-    plan.networks = networks;
-    plan.errors.extend(errors);
-    plan
 }
 
 pub fn provider_name(p: ProviderKind) -> &'static str {
@@ -1250,5 +1371,127 @@ mod tests {
             "{}",
             p.errors[0]
         );
+    }
+
+    fn observed(servers: Vec<ObservedServer>) -> Observed {
+        Observed {
+            servers,
+            prices: prices(),
+            networks: vec![],
+        }
+    }
+
+    #[test]
+    fn costs_count_what_the_fleet_has_and_what_it_asks_for_but_never_a_clashing_name() {
+        let f = fleet(&format!("{WEB}---\n{AGENT}"));
+        let desired = crate::cloud::desired::servers(&f);
+        let obs = observed(vec![
+            server("web", ProviderKind::Hetzner, "cpx21", "fsn1", true),
+            server(
+                "agent",
+                ProviderKind::Lightsail,
+                "medium_3_0",
+                "eu-central-1a",
+                false,
+            ),
+        ]);
+        let c = costs(&f, &desired, &obs);
+        assert_eq!(
+            c.total["EUR"],
+            CostLine {
+                prior: 8.21,
+                proposed: 15.59
+            }
+        );
+        assert!(
+            !c.total.contains_key("USD"),
+            "the clash is neither had nor made"
+        );
+        assert_eq!(c.per_server.len(), 1);
+        assert_eq!(c.per_server["web"].1.amount, 15.59);
+    }
+
+    #[test]
+    fn a_host_with_two_servers_is_not_planned_and_says_why() {
+        let f = fleet(AGENT);
+        let mut copy = server(
+            "agent",
+            ProviderKind::Lightsail,
+            "large_3_0",
+            "eu-central-1a",
+            true,
+        );
+        copy.id = "agent-large".into();
+        let obs = observed(vec![
+            server(
+                "agent",
+                ProviderKind::Lightsail,
+                "medium_3_0",
+                "eu-central-1a",
+                true,
+            ),
+            copy,
+        ]);
+        let (twice, errors) = doubled(&f, &obs);
+        assert_eq!(twice, ["agent"]);
+        assert!(errors[0].contains("agent, agent-large"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_server_as_asked_needs_no_change_and_a_moved_one_is_replaced() {
+        let f = fleet(WEB);
+        let d = &crate::cloud::desired::servers(&f)[0];
+        let same = observed(vec![server(
+            "web",
+            ProviderKind::Hetzner,
+            "cpx31",
+            "fsn1",
+            true,
+        )]);
+        let found = server_change(&f, d, &same, PlanOptions::default());
+        assert!(found.change.is_none() && found.error.is_none(), "{found:?}");
+        let moved = observed(vec![server(
+            "web",
+            ProviderKind::Hetzner,
+            "cpx31",
+            "nbg1",
+            true,
+        )]);
+        let c = server_change(&f, d, &moved, PlanOptions::default())
+            .change
+            .expect("a change");
+        assert_eq!(c.action, CloudAction::Replace);
+        assert!(!c.allow_destroy, "not permitted without allow_destroy");
+        let none = observed(vec![]);
+        let c = server_change(&f, d, &none, PlanOptions::default()).change;
+        assert_eq!(c.map(|c| c.action), Some(CloudAction::Create));
+    }
+
+    #[test]
+    fn only_servers_whose_hosts_left_are_deleted_and_the_gate_refuses_them_without_permission() {
+        let f = fleet(WEB);
+        let desired = crate::cloud::desired::servers(&f);
+        let obs = observed(vec![
+            server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true),
+            server("old", ProviderKind::Hetzner, "cpx21", "fsn1", true),
+            server("theirs", ProviderKind::Hetzner, "cpx21", "fsn1", false),
+        ]);
+        let mut gone = deletions(&f, &desired, &obs, PlanOptions::default());
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].host, "old");
+        gate_destroys(&mut gone);
+        assert!(
+            gone[0]
+                .blocked
+                .as_deref()
+                .unwrap()
+                .contains("allow_destroy")
+        );
+        let permitted = PlanOptions {
+            allow_destroy: true,
+        };
+        let mut gone = deletions(&f, &desired, &obs, permitted);
+        gate_destroys(&mut gone);
+        assert!(gone[0].blocked.is_none());
     }
 }

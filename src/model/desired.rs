@@ -41,31 +41,105 @@ pub struct Fleet {
     /// `rollout:` of `count: N` groups, by group name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub group_rollouts: BTreeMap<String, Rollout>,
-    /// What the fleet was read from, kept when its templates may show
-    /// addresses a provider assigns: it is read again once they are known.
+    /// What the hosts' templates are rendered from, kept when they may show
+    /// addresses a provider assigns: rendered again once they are known.
     #[serde(skip)]
-    pub source: Option<std::sync::Arc<Source>>,
+    pub source: Option<Source>,
 }
 
-/// Addresses providers assigned, by host: (public, private).
-pub type KnownAddresses = BTreeMap<String, (Option<String>, Option<String>)>;
+/// What one server is reached at, as its provider assigned it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub public: Option<String>,
+    /// In the server's first private network.
+    pub private: Option<String>,
+    /// The public host key generated for the server (its `HOST_KEY` label).
+    pub host_key: Option<String>,
+}
 
-/// The config a fleet was read from, and what it was read with.
+/// The addresses providers assigned, by server (host) name: what the cloud
+/// stage learns and what templates see as `host.address` and
+/// `hosts.NAME.private_address`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressBook(BTreeMap<String, Addresses>);
+
+impl AddressBook {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn get(&self, host: &str) -> Option<&Addresses> {
+        self.0.get(host)
+    }
+    pub fn insert(&mut self, host: impl Into<String>, a: Addresses) {
+        self.0.insert(host.into(), a);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Addresses)> {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(String, Addresses)> for AddressBook {
+    fn from_iter<I: IntoIterator<Item = (String, Addresses)>>(it: I) -> Self {
+        Self(it.into_iter().collect())
+    }
+}
+
+/// What a fleet's templates are rendered from: the config's text and its
+/// roles as resolved, templates not yet rendered. No key material: the
+/// secrets templates use are the fleet's decrypted values.
 #[derive(Clone)]
 pub struct Source {
-    pub tree: crate::source::ConfigTree,
-    pub identity: Option<String>,
+    /// The config repo's files (templates are read from it; nothing is
+    /// parsed again).
+    pub tree: std::sync::Arc<crate::source::ConfigTree>,
+    pub(crate) roles: std::sync::Arc<BTreeMap<String, RoleDef>>,
+    /// The names under secrets/, and why those the identity could not
+    /// open could not be.
+    pub(crate) secrets: std::sync::Arc<std::collections::BTreeSet<String>>,
+    pub(crate) undecryptable: std::sync::Arc<BTreeMap<String, String>>,
     /// The provider-assigned addresses the templates saw.
-    pub known: KnownAddresses,
+    pub book: AddressBook,
 }
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
             .field("commit", &self.tree.commit)
-            .field("known", &self.known)
+            .field("book", &self.book)
             .finish_non_exhaustive()
     }
+}
+
+/// A role with its checks done; templates are rendered per host.
+pub(crate) struct RoleDef {
+    pub(crate) vars: super::raw::Vars,
+    pub(crate) items: Vec<Item>,
+    pub(crate) handlers: Vec<Handler>,
+    pub(crate) firewall: Option<RoleFirewall>,
+}
+
+/// A role's firewall part: default policies only where the role sets them.
+#[derive(Clone)]
+pub(crate) struct RoleFirewall {
+    pub(crate) incoming: Option<Policy>,
+    pub(crate) outgoing: Option<Policy>,
+    pub(crate) rules: Vec<(FirewallRule, Origin)>,
+    pub(crate) origin: Origin,
+}
+
+/// A role's resource before it is made for a host.
+pub(crate) enum Item {
+    Ready(Resource),
+    Template {
+        base: FileResource,
+        template: String,
+    },
+    Stack {
+        base: Stack,
+    },
 }
 
 /// Secret values by name; `Debug` shows only the names.

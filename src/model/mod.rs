@@ -5,7 +5,8 @@
 //! turns that into a [`desired::Fleet`] — roles merged into hosts, templates
 //! rendered, defaults applied — or into [`diag::Diagnostics`] naming every
 //! problem by file, line and column. Pure: the input is an in-memory
-//! [`crate::source::ConfigTree`].
+//! [`crate::source::ConfigTree`]. [`render_with`] renders a loaded fleet
+//! again with the [`AddressBook`] the cloud stage learned.
 
 pub mod check;
 pub mod desired;
@@ -17,5 +18,6 @@ pub mod resolve;
 pub mod schema;
 
 pub use desired::Fleet;
+pub use desired::{AddressBook, Addresses};
 pub use diag::{Diagnostic, Diagnostics, Origin};
-pub use resolve::{load, load_with_identity, load_within, reload_with_addresses};
+pub use resolve::{assign_addresses, load, load_with_identity, load_within, render_with};

@@ -9,7 +9,7 @@ use super::*;
 /// `private_address` (a fixed address in the server's first network).
 /// Addresses a provider assigns come from `known`; until the servers have
 /// been seen they are null.
-fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> minijinja::Value {
+fn facts(files: &[(String, String, raw::HostFile)], known: &AddressBook) -> minijinja::Value {
     let mut out = serde_json::Map::new();
     for (stem, _, h) in files {
         let base = h
@@ -34,7 +34,7 @@ fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> m
             None => vec![(base.clone(), None)],
         };
         for (name, index) in members {
-            let (public, private_known) = known.get(&name).cloned().unwrap_or_default();
+            let (public, private_known) = assigned(known, &name);
             let fixed = if h.count.is_some() {
                 None
             } else {
@@ -55,6 +55,35 @@ fn facts(files: &[(String, String, raw::HostFile)], known: &KnownAddresses) -> m
         }
     }
     minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(out)))
+}
+
+/// The public and private address `book` has for host `name`.
+fn assigned(book: &AddressBook, name: &str) -> (Option<String>, Option<String>) {
+    book.get(name)
+        .map(|a| (a.public.clone(), a.private.clone()))
+        .unwrap_or_default()
+}
+
+/// A host's variables: the fleet's defaults, then each role's in the order
+/// the host lists them, then the host's own; a later level replaces a key.
+fn host_vars(
+    fleet_vars: Option<&Vars>,
+    roles: &[&RoleDef],
+    h: &raw::HostFile,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut vars = serde_json::Map::new();
+    for (k, v) in fleet_vars.into_iter().flatten() {
+        vars.insert(k.clone(), v.clone());
+    }
+    for role in roles {
+        for (k, v) in &role.vars {
+            vars.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in &h.vars {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars
 }
 
 /// The hosts of the fleet as the host files define them.
@@ -135,36 +164,10 @@ impl Loader<'_> {
                 }
                 hosts.push(host);
             }
-            if let Some(spec) = &h.rollout {
-                let group = hosts[first..].first().and_then(|g| g.group.clone());
-                match (&h.count, group) {
-                    (Some(_), Some(group)) => {
-                        let r = self.rollout(&path, spec);
-                        for (name, s) in r.canary.iter().zip(&spec.canary) {
-                            if !hosts[first..].iter().any(|h| h.name == *name) {
-                                self.err(at(&path, s).error(
-                                    "unknown-host",
-                                    format!("rollout canary {name:?} is not a host of this group"),
-                                ).with_help(format!("the group's hosts are {group}-1 … {group}-N")));
-                            }
-                        }
-                        group_rollouts.insert(group, r);
-                    }
-                    (None, _) => {
-                        let origin = spec
-                            .canary
-                            .first()
-                            .or(spec.batch.as_ref())
-                            .or(spec.pause.as_ref())
-                            .map(|v| at(&path, v))
-                            .unwrap_or_else(|| Origin::file(&path));
-                        let d = origin
-                            .error("invalid-key", "`rollout:` in a host file is for `count: N` groups")
-                            .with_help("a single host is applied at once; for a rollout across hosts, put `rollout:` in tidekeeper.yaml");
-                        self.err(d);
-                    }
-                    (Some(_), None) => {}
-                }
+            if let Some(spec) = &h.rollout
+                && let Some((group, r)) = self.group_rollout(&path, &h, spec, &hosts[first..])
+            {
+                group_rollouts.insert(group, r);
             }
         }
         let default_via = fleet_file
@@ -178,6 +181,51 @@ impl Loader<'_> {
             groups,
             group_rollouts,
             broken_hosts,
+        }
+    }
+
+    /// The `rollout:` of a host file: its group's, for a `count: N` group
+    /// (every canary one of `members`); an error for a single host.
+    fn group_rollout(
+        &mut self,
+        path: &str,
+        h: &raw::HostFile,
+        spec: &raw::RolloutSpec,
+        members: &[Host],
+    ) -> Option<(String, crate::model::desired::Rollout)> {
+        let group = members.first().and_then(|g| g.group.clone());
+        match (&h.count, group) {
+            (Some(_), Some(group)) => {
+                let r = self.rollout(path, spec);
+                for (name, s) in r.canary.iter().zip(&spec.canary) {
+                    if !members.iter().any(|h| h.name == *name) {
+                        self.err(
+                            at(path, s)
+                                .error(
+                                    "unknown-host",
+                                    format!("rollout canary {name:?} is not a host of this group"),
+                                )
+                                .with_help(format!("the group's hosts are {group}-1 … {group}-N")),
+                        );
+                    }
+                }
+                Some((group, r))
+            }
+            (None, _) => {
+                let origin = spec
+                    .canary
+                    .first()
+                    .or(spec.batch.as_ref())
+                    .or(spec.pause.as_ref())
+                    .map(|v| at(path, v))
+                    .unwrap_or_else(|| Origin::file(path));
+                let d = origin
+                    .error("invalid-key", "`rollout:` in a host file is for `count: N` groups")
+                    .with_help("a single host is applied at once; for a rollout across hosts, put `rollout:` in tidekeeper.yaml");
+                self.err(d);
+                None
+            }
+            (Some(_), None) => None,
         }
     }
 
@@ -323,59 +371,14 @@ impl Loader<'_> {
         broken_roles: &BTreeSet<String>,
         templates: &Templates,
     ) -> Vec<Host> {
-        let name_origin = h
-            .name
-            .as_ref()
-            .map(|n| at(file, n))
-            .unwrap_or_else(|| Origin::file(file));
-        let base_name = h
-            .name
-            .as_ref()
-            .map(|n| n.value.clone())
-            .unwrap_or_else(|| stem.to_string());
-        let count = h.count.as_ref().map(|c| c.value);
-        let check_name = match count {
-            Some(n) => format!("{base_name}-{n}"),
-            None => base_name.clone(),
+        let Some((base_name, name_origin)) = self.host_name(stem, file, h) else {
+            return Vec::new();
         };
-        if let Err(e) = check::host_name(&check_name) {
-            self.err(
-                name_origin
-                    .error("invalid-name", e)
-                    .with_help("host names come from `name:` or the file name"),
-            );
-            return Vec::new();
-        }
-        if let Some(c) = &h.count
-            && (c.value == 0 || c.value > 1000)
-        {
-            self.err(at(file, c).error("invalid-value", "count must be from 1 to 1000"));
-            return Vec::new();
-        }
+        let count = h.count.as_ref().map(|c| c.value);
         let provider = h.provider.value;
         let p_at = at(file, &h.provider);
         let server = self.server(file, &p_at, provider, h, settings);
-        match (provider, &h.address) {
-            (ProviderKind::Existing, None) => self.err(p_at.error("missing-key", "an existing host needs `address` (IP or DNS name)")),
-            (ProviderKind::Existing, Some(a)) if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) => {
-                self.err(at(file, a).error("invalid-value", format!("address {:?} is not an IP address or DNS name", a.value)))
-            }
-            (ProviderKind::Existing, Some(_)) if count.is_some() => {
-                self.err(p_at.error("invalid-value", "count cannot be used with provider: existing").with_help("write one file per existing host, each with its address"))
-            }
-            (ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Local, Some(a)) => self.err(at(file, a).error(
-                "invalid-key",
-                format!("`address` is only for provider: existing; a {} host's address comes from {}", provider_name(provider), if provider == ProviderKind::Local { "the machine itself" } else { "the cloud" }),
-            )),
-            _ => {}
-        }
-        if let Some(r) = &h.root {
-            if provider != ProviderKind::Local {
-                self.err(at(file, r).error("invalid-key", "`root` is only for provider: local"));
-            } else {
-                self.host_path(file, r);
-            }
-        }
+        self.check_address(file, &p_at, provider, h);
         let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
         let cost = h
             .cost
@@ -389,18 +392,7 @@ impl Loader<'_> {
             .iter()
             .map(|(k, v)| (k.clone(), v.value.clone()))
             .collect();
-        let mut vars = serde_json::Map::new();
-        for (k, v) in fleet_vars.into_iter().flatten() {
-            vars.insert(k.clone(), v.clone());
-        }
-        for role in &host_roles {
-            for (k, v) in &role.vars {
-                vars.insert(k.clone(), v.clone());
-            }
-        }
-        for (k, v) in &h.vars {
-            vars.insert(k.clone(), v.clone());
-        }
+        let vars = host_vars(fleet_vars, &host_roles, h);
 
         let members: Vec<(String, Option<u32>)> = match count {
             Some(n) => (1..=n)
@@ -414,7 +406,7 @@ impl Loader<'_> {
         }
         let mut out = Vec::new();
         for (name, index) in members {
-            let (public, private) = self.known.get(&name).cloned().unwrap_or_default();
+            let (public, private) = assigned(self.known, &name);
             let mut host = Host {
                 name: name.clone(),
                 group: count.map(|_| base_name.clone()),
@@ -445,6 +437,75 @@ impl Loader<'_> {
             out.push(host);
         }
         out
+    }
+
+    /// The name of a host file's host(s) (`name:` or the file's stem) and
+    /// where it is written; None (and an error) when the name, or a `count:`
+    /// group's last member's, is not a valid host name, or `count` is out of
+    /// range.
+    fn host_name(&mut self, stem: &str, file: &str, h: &raw::HostFile) -> Option<(String, Origin)> {
+        let name_origin = h
+            .name
+            .as_ref()
+            .map(|n| at(file, n))
+            .unwrap_or_else(|| Origin::file(file));
+        let base_name = h
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| stem.to_string());
+        let check_name = match &h.count {
+            Some(n) => format!("{base_name}-{}", n.value),
+            None => base_name.clone(),
+        };
+        if let Err(e) = check::host_name(&check_name) {
+            self.err(
+                name_origin
+                    .error("invalid-name", e)
+                    .with_help("host names come from `name:` or the file name"),
+            );
+            return None;
+        }
+        if let Some(c) = &h.count
+            && (c.value == 0 || c.value > 1000)
+        {
+            self.err(at(file, c).error("invalid-value", "count must be from 1 to 1000"));
+            return None;
+        }
+        Some((base_name, name_origin))
+    }
+
+    /// `address` only for (and required by) existing hosts, one each;
+    /// `root` only for local hosts.
+    fn check_address(
+        &mut self,
+        file: &str,
+        p_at: &Origin,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+    ) {
+        let count = h.count.as_ref().map(|c| c.value);
+        match (provider, &h.address) {
+            (ProviderKind::Existing, None) => self.err(p_at.error("missing-key", "an existing host needs `address` (IP or DNS name)")),
+            (ProviderKind::Existing, Some(a)) if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) => {
+                self.err(at(file, a).error("invalid-value", format!("address {:?} is not an IP address or DNS name", a.value)))
+            }
+            (ProviderKind::Existing, Some(_)) if count.is_some() => {
+                self.err(p_at.error("invalid-value", "count cannot be used with provider: existing").with_help("write one file per existing host, each with its address"))
+            }
+            (ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Local, Some(a)) => self.err(at(file, a).error(
+                "invalid-key",
+                format!("`address` is only for provider: existing; a {} host's address comes from {}", provider_name(provider), if provider == ProviderKind::Local { "the machine itself" } else { "the cloud" }),
+            )),
+            _ => {}
+        }
+        if let Some(r) = &h.root {
+            if provider != ProviderKind::Local {
+                self.err(at(file, r).error("invalid-key", "`root` is only for provider: local"));
+            } else {
+                self.host_path(file, r);
+            }
+        }
     }
 
     /// `cost:`: for machines no provider prices; a plain amount and an
@@ -633,6 +694,43 @@ impl Loader<'_> {
             ));
             return None;
         }
+        self.provider_settings(file, p_at, provider, s);
+        if provider == ProviderKind::Lightsail && settings.lightsail.is_none() {
+            self.err(p_at.error("missing-key", "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail")
+                .with_help("add providers: {lightsail: {region: eu-central-1}} to tidekeeper.yaml (the region may also come from AWS_REGION or the AWS profile: `lightsail: {}`)"));
+        }
+        let firewall = self.cloud_firewall(file, s);
+        let networks = self.server_networks(file, provider, h, s, settings);
+        Some(Server {
+            networks,
+            firewall_origin: s.firewall.first().map(|p| at(file, &p.port)),
+            server_type: opt(&s.server_type),
+            image: opt(&s.image),
+            location: opt(&s.location),
+            bundle: opt(&s.bundle),
+            blueprint: opt(&s.blueprint),
+            zone: opt(&s.zone),
+            ssh_keys: self.server_ssh_keys(file, s),
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+            firewall,
+            static_ip: s.static_ip.as_ref().map(|v| v.value).unwrap_or(false),
+            user_data: opt(&s.user_data),
+        })
+    }
+
+    /// The settings `server:` needs for its provider are there, and those
+    /// of the other provider are not.
+    fn provider_settings(
+        &mut self,
+        file: &str,
+        p_at: &Origin,
+        provider: ProviderKind,
+        s: &raw::ServerSpec,
+    ) {
         let (need, forbid): (&[NamedSetting], &[NamedSetting]) = match provider {
             ProviderKind::Hetzner => (
                 &[
@@ -685,10 +783,11 @@ impl Loader<'_> {
                 );
             }
         }
-        if provider == ProviderKind::Lightsail && settings.lightsail.is_none() {
-            self.err(p_at.error("missing-key", "this host uses provider: lightsail but tidekeeper.yaml has no providers.lightsail")
-                .with_help("add providers: {lightsail: {region: eu-central-1}} to tidekeeper.yaml (the region may also come from AWS_REGION or the AWS profile: `lightsail: {}`)"));
-        }
+    }
+
+    /// `server.firewall`: the provider's firewall rules (Hetzner) or public
+    /// ports (Lightsail); from everywhere unless `from` says otherwise.
+    fn cloud_firewall(&mut self, file: &str, s: &raw::ServerSpec) -> Vec<CloudPort> {
         let mut firewall = Vec::new();
         for p in &s.firewall {
             let (a, b) = match check::port_spec(&p.port.value) {
@@ -721,38 +820,24 @@ impl Loader<'_> {
                 from,
             });
         }
-        let networks = self.server_networks(file, provider, h, s, settings);
-        Some(Server {
-            networks,
-            firewall_origin: s.firewall.first().map(|p| at(file, &p.port)),
-            server_type: opt(&s.server_type),
-            image: opt(&s.image),
-            location: opt(&s.location),
-            bundle: opt(&s.bundle),
-            blueprint: opt(&s.blueprint),
-            zone: opt(&s.zone),
-            ssh_keys: s
-                .ssh_keys
-                .iter()
-                .map(|k| {
-                    // A name of a key the provider has, or a public key to upload.
-                    if crate::model::desired::is_public_key(&k.value)
-                        && let Err(e) = check::public_key(&k.value)
-                    {
-                        self.err(at(file, k).error("invalid-key", format!("ssh key: {e}")));
-                    }
-                    k.value.clone()
-                })
-                .collect(),
-            labels: s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-            firewall,
-            static_ip: s.static_ip.as_ref().map(|v| v.value).unwrap_or(false),
-            user_data: opt(&s.user_data),
-        })
+        firewall
+    }
+
+    /// `server.ssh_keys`: names of keys the provider has, or public keys
+    /// to upload (checked).
+    fn server_ssh_keys(&mut self, file: &str, s: &raw::ServerSpec) -> Vec<String> {
+        s.ssh_keys
+            .iter()
+            .map(|k| {
+                // A name of a key the provider has, or a public key to upload.
+                if crate::model::desired::is_public_key(&k.value)
+                    && let Err(e) = check::public_key(&k.value)
+                {
+                    self.err(at(file, k).error("invalid-key", format!("ssh key: {e}")));
+                }
+                k.value.clone()
+            })
+            .collect()
     }
 
     /// Merge the roles' resources into `host`, rendering templates for it and

@@ -5,7 +5,9 @@
 //! `secrets`, `templates`, `roles`, `hosts` (host files, with their
 //! roles instantiated), `jobs` (schedules.yaml). This file holds the
 //! loader they share (file parsing, diagnostics, the checks every section
-//! uses) and `run`, which calls them in order.
+//! uses) and `run`, which calls them in order. `render` makes the hosts'
+//! templated resources again once providers have assigned addresses, from
+//! what loading kept in [`Fleet::source`].
 //!
 //! Variable precedence, lowest first: `tidekeeper.yaml` `defaults.vars`, then
 //! each role's `vars` in the order the host lists its roles, then the host's
@@ -23,11 +25,13 @@ use serde_saphyr::Spanned;
 mod hosts;
 mod jobs;
 mod notify;
+mod render;
 mod roles;
 mod secrets;
 mod settings;
 mod templates;
 
+pub use render::{assign_addresses, render_with};
 pub use secrets::{RECIPIENTS_FILE, decrypt_secret, parse_recipients};
 
 use crate::model::check;
@@ -56,30 +60,11 @@ pub fn load(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
 }
 
 /// Load with the age identity (the text of an identity file: one or more
-/// `AGE-SECRET-KEY-1…` lines), so secrets are decrypted, in memory only.
+/// `AGE-SECRET-KEY-1…` lines), so secrets are decrypted, in memory only:
+/// the fleet keeps the secrets' values, never the identity.
 /// Without one, secret values stay `(sensitive)` placeholders.
 pub fn load_with_identity(tree: &ConfigTree, identity: Option<&str>) -> Result<Fleet, Diagnostics> {
-    load_knowing(tree, identity, &KnownAddresses::new())
-}
-
-/// Read `fleet`'s config again with the addresses providers assigned, so
-/// its templates see them (`host.address`, `hosts.NAME.private_address`).
-/// None when nothing new is known, or the fleet keeps no source (its
-/// templates cannot show them).
-pub fn reload_with_addresses(fleet: &Fleet, known: &KnownAddresses) -> Option<Fleet> {
-    let src = fleet.source.as_ref()?;
-    if src.known == *known {
-        return None;
-    }
-    match load_knowing(&src.tree, src.identity.as_deref(), known) {
-        Ok(f) => Some(f),
-        Err(d) => {
-            // It loaded without them; an address cannot make it invalid
-            // except through a template, which the error names.
-            tracing::warn!("the config does not load with the servers' addresses: {d}");
-            None
-        }
-    }
+    load_knowing(tree, identity, &AddressBook::new())
 }
 
 /// Load an untrusted config (a proposal) within the budgets of one
@@ -91,20 +76,21 @@ pub fn load_within(
     limits: &crate::model::desired::ProposalLimits,
 ) -> Result<Fleet, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let fleet = load_budgeted(tree, None, &KnownAddresses::new(), Some(limits), &mut diags);
+    let fleet = load_budgeted(tree, None, &AddressBook::new(), Some(limits), &mut diags);
     match fleet {
         Some(f) if diags.is_empty() => Ok(f),
         _ => Err(diags),
     }
 }
 
+/// Load as if the providers' addresses in `book` were known from the start.
 fn load_knowing(
     tree: &ConfigTree,
     identity: Option<&str>,
-    known: &KnownAddresses,
+    book: &AddressBook,
 ) -> Result<Fleet, Diagnostics> {
     let mut diags = Diagnostics::default();
-    match load_budgeted(tree, identity, known, None, &mut diags) {
+    match load_budgeted(tree, identity, book, None, &mut diags) {
         Some(f) if diags.is_empty() => Ok(f),
         _ => Err(diags),
     }
@@ -113,26 +99,19 @@ fn load_knowing(
 fn load_budgeted(
     tree: &ConfigTree,
     identity: Option<&str>,
-    known: &KnownAddresses,
+    book: &AddressBook,
     budget: Option<&crate::model::desired::ProposalLimits>,
     out: &mut Diagnostics,
 ) -> Option<Fleet> {
-    let mut l = Loader {
-        tree,
-        diags: Diagnostics::default(),
-        reported: HashSet::new(),
-        identity,
-        plain: HashMap::new(),
-        undecryptable: HashMap::new(),
-        budget: budget.cloned(),
-        spent: Spent::default(),
-        host_facts: minijinja::Value::UNDEFINED,
-        known,
-    };
-    let fleet = l.run();
-    let mut diags = l.diags;
+    let mut l = Loader::new(tree, identity, book, budget.cloned());
+    let resolved = l.run();
+    let mut diags = std::mem::take(&mut l.diags);
     if diags.is_empty()
-        && let Some(mut fleet) = fleet
+        && let Some(Resolved {
+            mut fleet,
+            roles,
+            secrets,
+        }) = resolved
     {
         fleet.commit = tree.commit.clone();
         // Only a fleet whose servers get their addresses from a provider and
@@ -142,11 +121,13 @@ fn load_budgeted(
             .iter()
             .any(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail));
         if assigned && tree.under("templates").next().is_some() {
-            fleet.source = Some(Arc::new(Source {
-                tree: tree.clone(),
-                identity: identity.map(String::from),
-                known: known.clone(),
-            }));
+            fleet.source = Some(Source {
+                tree: Arc::new(tree.clone()),
+                roles: Arc::new(roles),
+                secrets: Arc::new(secrets),
+                undecryptable: Arc::new(l.undecryptable.clone().into_iter().collect()),
+                book: book.clone(),
+            });
         }
         fleet.secrets_decrypted = identity.is_some();
         fleet.redactions = secrets::redactions(l.plain.values());
@@ -426,39 +407,19 @@ struct Loader<'a> {
     /// addresses, by name (see [`hosts::facts`]).
     host_facts: minijinja::Value,
     /// Addresses providers assigned, where known.
-    known: &'a KnownAddresses,
+    known: &'a AddressBook,
+}
+
+/// What resolving produced: the fleet, and what rendering it again needs.
+struct Resolved {
+    fleet: Fleet,
+    roles: BTreeMap<String, RoleDef>,
+    /// The names under secrets/.
+    secrets: BTreeSet<String>,
 }
 
 /// A server setting and its key, for provider-specific checks.
 type NamedSetting<'s> = (&'static str, &'s Option<S<String>>);
-
-/// A role with its checks done; templates are rendered per host.
-struct RoleDef {
-    vars: Vars,
-    items: Vec<Item>,
-    handlers: Vec<Handler>,
-    firewall: Option<RoleFirewall>,
-}
-
-/// A role's firewall part: default policies only where the role sets them.
-#[derive(Clone)]
-struct RoleFirewall {
-    incoming: Option<Policy>,
-    outgoing: Option<Policy>,
-    rules: Vec<(FirewallRule, Origin)>,
-    origin: Origin,
-}
-
-enum Item {
-    Ready(Resource),
-    Template {
-        base: FileResource,
-        template: String,
-    },
-    Stack {
-        base: Stack,
-    },
-}
 
 struct Templates {
     env: Environment<'static>,
@@ -468,6 +429,26 @@ struct Templates {
 }
 
 impl<'a> Loader<'a> {
+    fn new(
+        tree: &'a ConfigTree,
+        identity: Option<&'a str>,
+        known: &'a AddressBook,
+        budget: Option<crate::model::desired::ProposalLimits>,
+    ) -> Self {
+        Loader {
+            tree,
+            diags: Diagnostics::default(),
+            reported: HashSet::new(),
+            identity,
+            plain: HashMap::new(),
+            undecryptable: HashMap::new(),
+            budget,
+            spent: Spent::default(),
+            host_facts: minijinja::Value::UNDEFINED,
+            known,
+        }
+    }
+
     fn err(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
@@ -636,20 +617,10 @@ impl<'a> Loader<'a> {
         health
     }
 
-    fn run(&mut self) -> Option<Fleet> {
-        if self.tree.get(FLEET_FILE).is_none() {
-            self.err(
-                Origin::file(FLEET_FILE)
-                    .error(
-                        "missing-file",
-                        "the config repo has no tidekeeper.yaml at its top level",
-                    )
-                    .with_help(
-                        "create it with at least `fleet: <name>`, or start from `tidekeeper init`",
-                    ),
-            );
-        }
-        let fleet_file: Option<raw::FleetFile> = self.parse(FLEET_FILE);
+    /// The whole pipeline, section by section; None when tidekeeper.yaml
+    /// (or what every section needs) is missing. Errors are in `diags`.
+    fn run(&mut self) -> Option<Resolved> {
+        let fleet_file = self.fleet_file();
         // With a broken tidekeeper.yaml, the rest is still checked against defaults
         // so that one run shows every error.
         let settings = Some(match fleet_file.as_ref() {
@@ -659,50 +630,28 @@ impl<'a> Loader<'a> {
 
         let secrets = self.secrets();
         let templates = self.templates(&secrets);
+        let (roles, broken_roles) = self.roles(&secrets);
 
-        let mut roles: BTreeMap<String, RoleDef> = BTreeMap::new();
-        let mut broken_roles: BTreeSet<String> = BTreeSet::new();
-        for (name, path) in self.yaml_files("roles") {
-            match self.parse::<raw::RoleFile>(&path) {
-                Some(r) => {
-                    let def = self.role(&path, r, &secrets);
-                    roles.insert(name, def);
-                }
-                None => {
-                    broken_roles.insert(name);
-                }
-            }
-        }
-
-        let loaded = self.all_hosts(
+        let hosts::Loaded {
+            hosts,
+            groups,
+            group_rollouts,
+            broken_hosts,
+        } = self.all_hosts(
             fleet_file.as_ref(),
             settings.as_ref(),
             &roles,
             &broken_roles,
             &templates,
         );
-        let hosts::Loaded {
-            hosts,
-            groups,
-            group_rollouts,
-            broken_hosts,
-        } = loaded;
         let known_hosts = self.known_hosts();
-        let jobs = match self.tree.get(SCHEDULES_FILE) {
-            Some(_) => self
-                .parse::<raw::SchedulesFile>(SCHEDULES_FILE)
-                .map(|s| {
-                    let fleet = jobs::Fleetwide {
-                        hosts: &hosts,
-                        groups: &groups,
-                        secrets: &secrets,
-                        broken_hosts: &broken_hosts,
-                    };
-                    self.jobs(s, &fleet)
-                })
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let fleetwide = jobs::Fleetwide {
+            hosts: &hosts,
+            groups: &groups,
+            secrets: &secrets,
+            broken_hosts: &broken_hosts,
         };
+        let jobs = self.schedules(&fleetwide);
         let policies = self
             .tree
             .under("policies")
@@ -714,26 +663,11 @@ impl<'a> Loader<'a> {
         if let Some(n) = fleet_file.as_ref().and_then(|f| f.notify.as_ref()) {
             settings.notify = self.notify(n, &secrets, &hosts, &broken_hosts);
         }
-        if let (Some(r), Some(f)) = (&settings.rollout, &fleet_file)
-            && let Some(spec) = &f.rollout
-        {
-            for (name, s) in r.canary.iter().zip(&spec.canary) {
-                if !hosts.iter().any(|h| h.name == *name) && !broken_hosts.contains(name) {
-                    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-                    let d = at(FLEET_FILE, s).error(
-                        "unknown-host",
-                        format!("rollout canary {name:?} is not a host of the fleet"),
-                    );
-                    self.err(match closest(name, &names) {
-                        Some(c) => d.with_help(format!("did you mean {c:?}?")),
-                        None => d,
-                    });
-                }
-            }
+        if let Some(f) = &fleet_file {
+            self.check_canaries(&settings, f, &hosts, &broken_hosts);
         }
-        let fleet_file = fleet_file?;
         let fleet = Fleet {
-            name: fleet_file.fleet.value,
+            name: fleet_file?.fleet.value,
             commit: None,
             hosts,
             jobs,
@@ -754,7 +688,87 @@ impl<'a> Loader<'a> {
                 self.err(d);
             }
         }
-        Some(fleet)
+        Some(Resolved {
+            fleet,
+            roles,
+            secrets,
+        })
+    }
+
+    /// tidekeeper.yaml, parsed; its absence is an error.
+    fn fleet_file(&mut self) -> Option<raw::FleetFile> {
+        if self.tree.get(FLEET_FILE).is_none() {
+            self.err(
+                Origin::file(FLEET_FILE)
+                    .error(
+                        "missing-file",
+                        "the config repo has no tidekeeper.yaml at its top level",
+                    )
+                    .with_help(
+                        "create it with at least `fleet: <name>`, or start from `tidekeeper init`",
+                    ),
+            );
+        }
+        self.parse(FLEET_FILE)
+    }
+
+    /// Every role under roles/, checked; and the names of those that did
+    /// not parse (hosts naming them get no second error).
+    fn roles(
+        &mut self,
+        secrets: &BTreeSet<String>,
+    ) -> (BTreeMap<String, RoleDef>, BTreeSet<String>) {
+        let mut roles: BTreeMap<String, RoleDef> = BTreeMap::new();
+        let mut broken_roles: BTreeSet<String> = BTreeSet::new();
+        for (name, path) in self.yaml_files("roles") {
+            match self.parse::<raw::RoleFile>(&path) {
+                Some(r) => {
+                    let def = self.role(&path, r, secrets);
+                    roles.insert(name, def);
+                }
+                None => {
+                    broken_roles.insert(name);
+                }
+            }
+        }
+        (roles, broken_roles)
+    }
+
+    /// The jobs of schedules.yaml, when there is one.
+    fn schedules(&mut self, fleet: &jobs::Fleetwide) -> Vec<Job> {
+        match self.tree.get(SCHEDULES_FILE) {
+            Some(_) => self
+                .parse::<raw::SchedulesFile>(SCHEDULES_FILE)
+                .map(|s| self.jobs(s, fleet))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every canary of tidekeeper.yaml's `rollout:` is a host of the fleet.
+    fn check_canaries(
+        &mut self,
+        settings: &Settings,
+        f: &raw::FleetFile,
+        hosts: &[Host],
+        broken_hosts: &BTreeSet<String>,
+    ) {
+        let (Some(r), Some(spec)) = (&settings.rollout, &f.rollout) else {
+            return;
+        };
+        for (name, s) in r.canary.iter().zip(&spec.canary) {
+            if !hosts.iter().any(|h| h.name == *name) && !broken_hosts.contains(name) {
+                let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                let d = at(FLEET_FILE, s).error(
+                    "unknown-host",
+                    format!("rollout canary {name:?} is not a host of the fleet"),
+                );
+                self.err(match closest(name, &names) {
+                    Some(c) => d.with_help(format!("did you mean {c:?}?")),
+                    None => d,
+                });
+            }
+        }
     }
 }
 
