@@ -4,6 +4,10 @@
 //! validated, backed up and renamed over the original, so a crash leaves
 //! each file wholly old or wholly new.
 
+use super::{ApplyCx, Change, Kind, Observe, PlanCx, ProbeCx, Prune, ReadCx, Saves, each, step};
+use crate::change::ResourceKind;
+use crate::engine::observed::InventoryEntry;
+use crate::model::desired::Confinement;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
@@ -625,6 +629,127 @@ pub fn prune(root: &str, path: &str) -> String {
         cmd("backup").arg(path).step(),
         on_host(root, path)
     )
+}
+
+/// `files:` as a [`Kind`] (and everything written as files: timers, cron
+/// entries, APT sources, authorized_keys).
+pub struct File;
+
+impl Kind for File {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::File
+    }
+
+    /// Between full checks the record of settled files stands in for every
+    /// file's stat and hash: no file's path is sent.
+    fn probe(&self, items: &[Item], cx: &ProbeCx) -> String {
+        if cx.content.settled {
+            settled_probe(items, cx.root)
+        } else {
+            probe(items, cx.root, cx.content)
+        }
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Differs, Tag::Content]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |tag, record| {
+            if tag == Tag::Differs {
+                o.content_differs.insert(cx.strip(record));
+            } else {
+                let (path, bytes) = parse_content(record)?;
+                o.contents.insert(cx.strip(path), bytes);
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::File(f) = item else {
+            return Ok(None);
+        };
+        plan(f, cx.obs)
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::File(f) = item else {
+            return vec![];
+        };
+        let content = writes_content(c);
+        if content {
+            cx.written
+                .push((f.sha256.clone(), format!("{}{}", cx.root, f.path)));
+        }
+        let staged = cx.staged.get(&f.path).copied();
+        step(
+            c,
+            format!(
+                "{}{}",
+                cx.owes,
+                apply(cx.root, f, c.action, content, staged)
+            ),
+        )
+    }
+
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        super::path::prune(e, obs)
+    }
+
+    fn remove(&self, root: &str, id: &str) -> Option<String> {
+        Some(prune(root, id))
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        super::path::is_risky(id, login_user)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        super::path::save(c, s);
+    }
+
+    /// Sensitive where the base says so, whatever the proposal says; a
+    /// path the base treats as secret is never compared, whatever content
+    /// the proposal gives it: a guess would be confirmed.
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        let Item::File(f) = item else {
+            return Observe::NotManaged;
+        };
+        if base.sensitive.contains(&f.path) {
+            f.content.sensitive = true;
+        }
+        let placeholder = crate::model::desired::SENSITIVE.as_bytes();
+        let is_placeholder = f
+            .content
+            .bytes
+            .windows(placeholder.len())
+            .any(|w| w == placeholder);
+        if f.content.sensitive && (is_placeholder || base.sensitive.contains(&f.path)) {
+            Observe::Secret
+        } else if base.paths.contains(&f.path) {
+            Observe::Yes
+        } else {
+            Observe::NotManaged
+        }
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        if let Item::File(f) = item
+            && f.content.sensitive
+        {
+            base.sensitive.insert(f.path.clone());
+        }
+    }
+}
+
+/// Does a file change write its content (not only mode or owner)?
+pub fn writes_content(c: &Change) -> bool {
+    c.action != Action::Update || c.diff.is_some() || c.note.is_some()
 }
 
 #[cfg(test)]
