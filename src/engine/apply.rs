@@ -1,5 +1,7 @@
 //! Turn a host plan into ONE shell script that carries all changed content
-//! and applies exactly the plan, step by step, under a lock on the host.
+//! and applies exactly the plan, step by step, under a lock on the host:
+//! the order (APT sources, packages, the guard, the changes, checks,
+//! handlers, prunes) is this module's; each change's steps are its kind's.
 //! Building the script and reading its report are pure.
 //!
 //! Every file is written to a temporary file in its own directory, synced,

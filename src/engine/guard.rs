@@ -3,8 +3,9 @@
 //! authorized_keys, the login user — the host arms its own rollback (a
 //! transient systemd timer), the change is applied, and access is proven with
 //! a NEW SSH connection. Proof disarms the timer; no proof (or tidekeeper
-//! dying) lets the host restore the previous state by itself. Building the
-//! rollback script is pure.
+//! dying) lets the host restore the previous state by itself. Which changes
+//! are risky and what to save for them each kind says; building the save
+//! and rollback scripts from that is pure.
 
 use super::kinds::{self, Saves};
 use super::plan::{Change, HostPlan};

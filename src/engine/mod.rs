@@ -2,9 +2,13 @@
 //! exactly that plan in one round trip, for many hosts at once.
 //!
 //! - [`item`]: a host's desired state flattened into items.
+//! - [`kinds`]: one file per resource kind, each owning all of its phases
+//!   behind the `Kind` trait, and the registry the stages go through.
 //! - [`probe`]: the one-round-trip observation script and its parser.
 //! - [`plan`]: desired vs observed → typed changes.
 //! - [`apply`]: a plan → one script; its report → an outcome.
+//! - [`guard`]: the lockout guard around risky changes.
+//! - [`confine`]: what a proposal's plan may observe.
 //! - [`render`]: plans and reports for people and machines.
 
 pub mod apply;

@@ -1,5 +1,7 @@
 //! The plan: what must change on a host, computed from desired items and what
-//! the probe observed. Pure: no I/O, same inputs, same plan.
+//! the probe observed, each item by its kind's rule; then lockouts, handlers,
+//! prunes (each kind says what becomes of its own) and the inventory after.
+//! Pure: no I/O, same inputs, same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -389,3 +389,60 @@ pub(crate) fn sh_n(script: &str) {
 pub(crate) fn sh_n_step(body: &str) {
     sh_n(&format!("f() {{\n:\n{body}}}"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::observed::Observed;
+
+    /// Each kind is found by what it owns, once; a setting no kind owns
+    /// and a kind a newer tidekeeper recorded fall to [`Unowned`], which
+    /// blocks a plan and is never pruned.
+    #[test]
+    fn the_registry_finds_each_kind_by_what_it_owns() {
+        for k in KINDS {
+            let id = k.setting().unwrap_or("x");
+            assert!(std::ptr::addr_eq(of(k.kind(), id), *k), "{}", k.kind());
+            let owners = KINDS
+                .iter()
+                .filter(|o| o.kind() == k.kind() && o.setting() == k.setting())
+                .count();
+            assert_eq!(owners, 1, "{} is owned once", k.kind());
+        }
+        let unowned = Item::Setting {
+            name: "no_such".into(),
+            value: "1".into(),
+        };
+        assert_eq!(unowned.kind_impl().kind(), ResourceKind::Unknown);
+        let obs = Observed::default();
+        let mut warnings = vec![];
+        let mut cx = PlanCx {
+            obs: &obs,
+            earlier: &[],
+            warnings: &mut warnings,
+        };
+        let why = unowned.kind_impl().plan(&unowned, &mut cx).unwrap_err();
+        assert!(why.contains("no such setting"), "{why}");
+        let e = crate::engine::observed::InventoryEntry {
+            kind: ResourceKind::Unknown,
+            id: "vault".into(),
+            created: true,
+        };
+        assert_eq!(of(e.kind, &e.id).prune(&e, &obs), Prune::Keep);
+    }
+
+    /// The tags the kinds read are theirs alone, but for host settings,
+    /// whose records start with the setting's name.
+    #[test]
+    fn no_two_kinds_read_the_same_records() {
+        let mut seen: Vec<crate::engine::sh::Tag> = vec![];
+        for k in KINDS {
+            for t in k.tags() {
+                if *t != crate::engine::sh::Tag::Setting {
+                    assert!(!seen.contains(t), "{t:?} read twice");
+                    seen.push(*t);
+                }
+            }
+        }
+    }
+}
