@@ -612,22 +612,28 @@ fn accepted_key(c: &Connection, generated: bool) -> Option<String> {
     Some(format!("{pattern} {kind} {key}"))
 }
 
-/// Resource kinds that cannot be confined to a directory.
+/// Resource kinds that cannot be confined to a directory: each kind says.
 fn check_local_root(host: &Host, items: &[Item], conn: &Connection) -> Result<(), EngineError> {
     if conn.root().is_empty() {
         return Ok(());
     }
-    if let Some(i) = items
-        .iter()
-        .find(|i| i.path().is_none() && !matches!(i, Item::Command(_)))
-    {
+    if let Some(i) = items.iter().find(|i| !i.kind_impl().under_root()) {
+        let can: Vec<String> = kinds::KINDS
+            .iter()
+            .filter(|k| k.under_root())
+            .map(|k| match k.setting() {
+                Some(name) => format!("setting {name}"),
+                None => k.kind().to_string(),
+            })
+            .collect();
         return Err(EngineError::Unsupported(format!(
             "{} manages {} {}, which cannot be confined to the local root {}; \
-             only files, directories, symlinks, absent paths and commands can",
+             only these can: {}",
             host.name,
             i.kind(),
             i.id(),
-            conn.root()
+            conn.root(),
+            can.join(", ")
         )));
     }
     Ok(())

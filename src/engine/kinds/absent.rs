@@ -38,6 +38,10 @@ impl Kind for Absent {
         ResourceKind::Absent
     }
 
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::Absent { path } = item else {
             return Ok(None);

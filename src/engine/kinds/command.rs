@@ -144,6 +144,10 @@ impl Kind for Command {
         })
     }
 
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::Command(cmd) = item else {
             return Ok(None);

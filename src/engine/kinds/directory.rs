@@ -75,6 +75,10 @@ impl Kind for Directory {
         ResourceKind::Directory
     }
 
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::Dir {
             path,

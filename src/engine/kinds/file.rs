@@ -666,6 +666,10 @@ impl Kind for File {
         })
     }
 
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::File(f) = item else {
             return Ok(None);

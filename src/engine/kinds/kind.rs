@@ -185,6 +185,13 @@ pub trait Kind: Sync {
     /// The steps (what, shell body) that carry out a planned change.
     fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)>;
 
+    /// Can it be managed under a local root (a directory standing in for
+    /// the host's `/`)? Only what lives in the filesystem, every path of
+    /// it prefixed with the root, can.
+    fn under_root(&self) -> bool {
+        false
+    }
+
     /// Applied with the filesystem: before systemd reloads its units.
     fn on_filesystem(&self) -> bool {
         false

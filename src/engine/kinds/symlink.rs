@@ -92,6 +92,10 @@ impl Kind for Symlink {
         })
     }
 
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::Link { path, target } = item else {
             return Ok(None);

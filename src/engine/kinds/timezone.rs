@@ -56,6 +56,11 @@ impl Kind for Timezone {
         })
     }
 
+    /// Its files are under the root like any other.
+    fn under_root(&self) -> bool {
+        true
+    }
+
     fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
         let Item::Setting { value, .. } = item else {
             return Ok(None);
