@@ -73,8 +73,6 @@ pub fn script_after(items: &[Item], root: &str, content: ContentCheck, first: &s
 pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeError> {
     let mut o = Observed::default();
     let mut ended = false;
-    let mut settled: Option<&str> = None;
-    let mut moved = std::collections::BTreeSet::new();
     let mut ran = Vec::new();
     // The kinds' records, read by their kinds once all are in.
     let mut records: Vec<(Tag, &str)> = Vec::new();
@@ -84,11 +82,6 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
         match tag {
             Tag::End => ended = true,
             Tag::Inventory => o.inventory = inventory(record)?,
-            Tag::Settled => settled = Some(record),
-            Tag::Moved => {
-                moved.insert(strip(root, record));
-            }
-            Tag::Recorded => o.recorded = Some(record.trim().to_string()),
             Tag::Ran => ran.push(record),
             Tag::Failed => failed(&mut o, record),
             Tag::Handler => {
@@ -129,9 +122,6 @@ pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeErr
             _ => return Err(ProbeError::Garbled(r.chars().take(200).collect())),
         }
     }
-    if let Some(record) = settled {
-        use_settled(&mut o, record, &moved, items);
-    }
     Ok(o)
 }
 
@@ -154,39 +144,6 @@ fn path(o: &mut Observed, tag: Tag, record: &str, root: &str) -> Result<(), kind
         o.unsafe_parents.push((strip(root, dir), owner.to_string()));
     }
     Ok(())
-}
-
-/// Between full checks: every file the record of settled files vouches
-/// for and that did not move is as the config wants it. A record that
-/// does not list every managed file is not used.
-fn use_settled(
-    o: &mut Observed,
-    record: &str,
-    moved: &std::collections::BTreeSet<String>,
-    items: &[Item],
-) {
-    let files: std::collections::BTreeSet<&str> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::File(f) => Some(f.path.as_str()),
-            _ => None,
-        })
-        .collect();
-    let listed = record
-        .strip_prefix("hit\t")
-        .and_then(|n| n.trim().parse::<usize>().ok());
-    if listed != Some(files.len()) {
-        o.settled = Settled::Miss;
-        return;
-    }
-    o.settled = Settled::Hit { moved: moved.len() };
-    for i in items {
-        if let Item::File(f) = i
-            && !moved.contains(&f.path)
-        {
-            o.paths.insert(f.path.clone(), kinds::file::as_wanted(f));
-        }
-    }
 }
 
 fn strip(root: &str, p: &str) -> String {

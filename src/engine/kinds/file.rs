@@ -4,19 +4,23 @@
 //! validated, backed up and renamed over the original, so a crash leaves
 //! each file wholly old or wholly new.
 
-use super::{ApplyCx, Change, Kind, Observe, PlanCx, ProbeCx, Prune, ReadCx, Saves, each, step};
-use crate::change::ResourceKind;
-use crate::engine::observed::InventoryEntry;
-use crate::model::desired::Confinement;
+use std::collections::BTreeSet;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::path::{LOGIN_GROUP, on_host, ownership, parent, replaces, set_group};
-use super::{Garbled, Need};
-use crate::change::Action;
+use super::{
+    ApplyCx, Change, Garbled, Kind, Need, Observe, PlanCx, ProbeCx, Prune, ReadCx, Saves, each,
+    step,
+};
+use crate::change::{Action, ResourceKind};
 use crate::engine::item::{FileItem, Item};
-use crate::engine::observed::{DIFF_LIMIT, Observed, PathKind, STATE_DIR};
+use crate::engine::observed::{
+    DIFF_LIMIT, InventoryEntry, Observed, PathKind, STATE_DIR, Settled,
+};
 use crate::engine::sh::{Cmd, HEREDOC as EOF, Tag, Word, cmd};
+use crate::model::desired::Confinement;
 use crate::transport::shell_quote as q;
 
 /// How the probe looks at file content.
@@ -631,6 +635,39 @@ pub fn prune(root: &str, path: &str) -> String {
     )
 }
 
+/// Between full checks: every file the record of settled files vouches
+/// for and that did not move is as the config wants it. A record that
+/// does not list every managed file is not used.
+fn use_settled(
+    o: &mut Observed,
+    record: &str,
+    moved: &BTreeSet<String>,
+    items: &[Item],
+) {
+    let files: BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File(f) => Some(f.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let listed = record
+        .strip_prefix("hit\t")
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    if listed != Some(files.len()) {
+        o.settled = Settled::Miss;
+        return;
+    }
+    o.settled = Settled::Hit { moved: moved.len() };
+    for i in items {
+        if let Item::File(f) = i
+            && !moved.contains(&f.path)
+        {
+            o.paths.insert(f.path.clone(), as_wanted(f));
+        }
+    }
+}
+
 /// `files:` as a [`Kind`] (and everything written as files: timers, cron
 /// entries, APT sources, authorized_keys).
 pub struct File;
@@ -651,19 +688,39 @@ impl Kind for File {
     }
 
     fn tags(&self) -> &'static [Tag] {
-        &[Tag::Differs, Tag::Content]
+        &[
+            Tag::Differs,
+            Tag::Content,
+            Tag::Settled,
+            Tag::Moved,
+            Tag::Recorded,
+        ]
     }
 
     fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        let mut settled = None;
+        let mut moved = BTreeSet::new();
         each(records, |tag, record| {
-            if tag == Tag::Differs {
-                o.content_differs.insert(cx.strip(record));
-            } else {
-                let (path, bytes) = parse_content(record)?;
-                o.contents.insert(cx.strip(path), bytes);
+            match tag {
+                Tag::Differs => {
+                    o.content_differs.insert(cx.strip(record));
+                }
+                Tag::Content => {
+                    let (path, bytes) = parse_content(record)?;
+                    o.contents.insert(cx.strip(path), bytes);
+                }
+                Tag::Settled => settled = Some(record),
+                Tag::Moved => {
+                    moved.insert(cx.strip(record));
+                }
+                _ => o.recorded = Some(record.trim().to_string()),
             }
             Ok(())
-        })
+        })?;
+        if let Some(record) = settled {
+            use_settled(o, record, &moved, cx.items);
+        }
+        Ok(())
     }
 
     fn under_root(&self) -> bool {
