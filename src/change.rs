@@ -67,6 +67,9 @@ pub enum ResourceKind {
     /// An APT repository (its source and key files).
     #[serde(rename = "apt_repository")]
     AptRepo,
+    /// A host setting (one value per host) under `settings:`; its id is
+    /// the setting's name, and the engine's kind of that name owns it.
+    Setting,
     /// A kind a newer tidekeeper recorded in a host's inventory: left alone.
     #[serde(other)]
     Unknown,
@@ -91,6 +94,7 @@ impl ResourceKind {
             ResourceKind::Cron => "cron",
             ResourceKind::Mount => "mount",
             ResourceKind::AptRepo => "apt_repository",
+            ResourceKind::Setting => "setting",
             ResourceKind::Unknown => "unknown",
         }
     }

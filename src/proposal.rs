@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::item::Item;
 use crate::engine::kinds;
 use crate::model::desired::{Confinement, Fleet, Host, Jump, ProviderKind, Trust};
 
@@ -38,25 +37,7 @@ pub fn confinement(host: &Host) -> Confinement {
         if let Some(p) = i.path() {
             c.paths.insert(p.to_string());
         }
-        match i {
-            Item::File(f) if f.content.sensitive => {
-                c.sensitive.insert(f.path);
-            }
-            Item::Sysctl { key, .. } => {
-                c.sysctl.insert(key);
-            }
-            Item::Stack { name, .. } => {
-                c.stacks.insert(name);
-            }
-            Item::Mount { path, .. } => {
-                c.mounts.insert(path);
-            }
-            Item::Command(cmd) => {
-                c.guards
-                    .insert((cmd.name, cmd.creates, cmd.unless, cmd.onlyif));
-            }
-            _ => {}
-        }
+        i.kind_impl().limit(&i, &mut c);
     }
     c
 }
@@ -98,7 +79,33 @@ pub fn confine(
     mut proposal: Fleet,
     proposal_policies: &[(String, String)],
 ) -> Confined {
-    let mut after_merge = Vec::new();
+    let mut after_merge = settings_after_merge(&proposal, base);
+    proposal.settings = base.settings.clone();
+    proposal.known_hosts = known_hosts(base, &proposal, &mut after_merge);
+    trust_hosts(base, &mut proposal, &mut after_merge);
+    let (policies, proposed_policies) =
+        judged_policies(base_policies, proposal_policies, &mut after_merge);
+    proposal.policies = policies
+        .iter()
+        .chain(&proposed_policies)
+        .map(|(p, _)| p.clone())
+        .collect();
+    // Nothing of a proposal is decrypted; outputs are still cleaned of the
+    // base's secrets (a base-managed file may hold one).
+    proposal.secrets_decrypted = false;
+    proposal.secret_values = Default::default();
+    proposal.redactions = base.redactions.clone();
+    Confined {
+        fleet: proposal,
+        policies,
+        proposed_policies,
+        after_merge,
+    }
+}
+
+/// The trust-bearing settings the proposal changes: planned with the
+/// base's values, in effect after merge.
+fn settings_after_merge(proposal: &Fleet, base: &Fleet) -> Vec<String> {
     let s = &proposal.settings;
     let b = &base.settings;
     let checks: [(&str, bool); 8] = [
@@ -124,15 +131,20 @@ pub fn confine(
         ("status.notes_ref", s.notes_ref != b.notes_ref),
         ("parallelism", s.parallelism != b.parallelism),
     ];
-    for (what, changed) in checks {
-        if changed {
-            after_merge.push(format!("{what}: planned with the base branch's values"));
-        }
-    }
-    proposal.settings = base.settings.clone();
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(what, _)| format!("{what}: planned with the base branch's values"))
+        .collect()
+}
 
-    // Host keys: the base's pins; a proposal may add lines for names the base
-    // pins nothing for (new hosts, which are not contacted anyway).
+/// Host keys: the base's pins; a proposal may add lines for names the base
+/// pins nothing for (new hosts, which are not contacted anyway).
+fn known_hosts(
+    base: &Fleet,
+    proposal: &Fleet,
+    after_merge: &mut Vec<String>,
+) -> Vec<crate::model::desired::KnownHost> {
     let pinned: BTreeSet<&String> = base.known_hosts.iter().flat_map(|k| &k.hosts).collect();
     let key =
         |k: &crate::model::desired::KnownHost| (k.hosts.clone(), k.key_type.clone(), k.key.clone());
@@ -155,8 +167,13 @@ pub fn confine(
                 .into(),
         );
     }
-    proposal.known_hosts = known;
+    known
+}
 
+/// Each host's trust: confined to what the base manages where the base has
+/// it at the same place and every jump host on the way is so too; else
+/// configured after merge.
+fn trust_hosts(base: &Fleet, proposal: &mut Fleet, after_merge: &mut Vec<String>) {
     for h in proposal.hosts.iter_mut() {
         let on_base = base.host(&h.name);
         match (not_contacted(on_base, h), on_base) {
@@ -173,7 +190,6 @@ pub fn confine(
             (why, _) => h.trust = Trust::AfterMerge(why.unwrap_or_default()),
         }
     }
-
     // A host reached through a jump host is reached as the base reaches it
     // only while every jump host on the way is: a proposal that moves the
     // bastion must not route the base's hosts (and their login) through it.
@@ -203,13 +219,22 @@ pub fn confine(
             ));
         }
     }
+}
 
-    // Policies: every base policy as the base has it; new files are added.
+/// A policy file: its path and text.
+type PolicyFile = (String, String);
+
+/// Policies: every base policy as the base has it; the files the proposal
+/// adds or changes apart, in effect after merge.
+fn judged_policies(
+    base_policies: &[(String, String)],
+    proposal_policies: &[(String, String)],
+    after_merge: &mut Vec<String>,
+) -> (Vec<PolicyFile>, Vec<PolicyFile>) {
     let base_paths: BTreeMap<&str, &str> = base_policies
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    let policies: Vec<(String, String)> = base_policies.to_vec();
     let mut proposed_policies = Vec::new();
     for (p, t) in proposal_policies {
         match base_paths.get(p.as_str()) {
@@ -235,22 +260,7 @@ pub fn confine(
             ));
         }
     }
-    proposal.policies = policies
-        .iter()
-        .chain(&proposed_policies)
-        .map(|(p, _)| p.clone())
-        .collect();
-    // Nothing of a proposal is decrypted; outputs are still cleaned of the
-    // base's secrets (a base-managed file may hold one).
-    proposal.secrets_decrypted = false;
-    proposal.secret_values = Default::default();
-    proposal.redactions = base.redactions.clone();
-    Confined {
-        fleet: proposal,
-        policies,
-        proposed_policies,
-        after_merge,
-    }
+    (base_policies.to_vec(), proposed_policies)
 }
 
 /// Settings compared by their JSON form (they carry no secret values).

@@ -1151,3 +1151,78 @@ fn an_apt_repository_is_in_place_before_its_packages_and_lists_update_only_when_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(version(&bed), "2.0");
 }
+
+/// A host setting through the kinds' registry alone: the time zone is
+/// shown from what the host has to what the config wants, set (the
+/// /etc/localtime link and /etc/timezone), then clean; a hand edit is put
+/// right; a zone the host does not have fails its step and says why; a
+/// setting no kind owns blocks the plan.
+#[test]
+fn the_timezone_setting_is_planned_before_to_after_applied_and_kept() {
+    let bed = Testbed::start(1);
+    let role = "settings:\n  timezone: Europe/Berlin\n";
+    let repo = FleetRepo::minimal(&bed, &[("tz", role)]);
+    let was = bed.ssh_ok(0, "readlink /etc/localtime");
+    let was = was.trim().trim_start_matches("/usr/share/zoneinfo/");
+    let out = repo.tk(&["plan"]);
+    assert!(
+        stdout(&out).contains("setting timezone") && stdout(&out).contains(was),
+        "before: {was}\n{}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("Europe/Berlin"), "{}", text(&out));
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let zone = || {
+        (
+            bed.ssh_ok(0, "readlink /etc/localtime").trim().to_string(),
+            bed.ssh_ok(0, "cat /etc/timezone").trim().to_string(),
+        )
+    };
+    assert_eq!(
+        zone(),
+        (
+            "/usr/share/zoneinfo/Europe/Berlin".to_string(),
+            "Europe/Berlin".to_string()
+        )
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "env -u TZ date -d 2026-01-15T12:00Z +%Z")
+            .trim(),
+        "CET"
+    );
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Set back by hand: seen, and put right.
+    bed.ssh_ok(0, "ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stdout(&out).contains("Etc/UTC"), "{}", text(&out));
+    assert_eq!(repo.tk(&["apply", "--yes"]).status.code(), Some(0));
+    assert_eq!(zone().1, "Europe/Berlin");
+    assert_eq!(zone().0, "/usr/share/zoneinfo/Europe/Berlin");
+
+    // A zone the host has no file for: the step fails, nothing changes.
+    repo.write("roles/tz.yaml", "settings:\n  timezone: Mars/Olympus\n");
+    repo.commit("no such zone");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no time zone Mars/Olympus"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(zone().0, "/usr/share/zoneinfo/Europe/Berlin");
+
+    // A setting no kind owns: blocked, with what there is.
+    repo.write("roles/tz.yaml", "settings:\n  timezon: Europe/Berlin\n");
+    repo.commit("typo");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("no such setting (it knows timezone)"),
+        "{}",
+        text(&out)
+    );
+}

@@ -282,3 +282,47 @@ fn the_length_check_reads_past_test_modules_and_skips_only_them() {
             .contains("after_the_tests")
     );
 }
+
+/// Adding a kind is its file and one line in the registry: the time zone
+/// (a host setting) is named nowhere else in src/ — not in the probe, the
+/// planner, the applier, the guard, the confinement of proposals, the
+/// resource kinds, the items or the model.
+#[test]
+fn a_kind_is_its_own_file_and_one_line_of_the_registry() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let own = src.join("engine/kinds/timezone.rs");
+    let registry = src.join("engine/kinds/mod.rs");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    // The kind's type and its module; "timezone" alone is also the word of
+    // maintenance schedules, which are not this kind.
+    let names = |line: &str| {
+        let t = line.trim_start();
+        let type_name = line.match_indices("Timezone").any(|(i, _)| {
+            !line[i + 8..].starts_with(|c: char| c.is_alphanumeric())
+                && (i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric())
+        });
+        type_name
+            || line.contains("timezone::")
+            || t.starts_with("mod timezone")
+            || t.starts_with("pub mod timezone")
+    };
+    let mut found: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for f in files.iter().filter(|f| **f != own) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for line in code(&text).lines().filter(|l| names(l)) {
+            found
+                .entry(f.clone())
+                .or_default()
+                .push(line.trim().to_string());
+        }
+    }
+    let lines: Vec<String> = found.values().flatten().cloned().collect();
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        [&registry],
+        "the time zone kind is named outside its file and the registry: {found:#?}"
+    );
+    assert_eq!(lines, ["timezone::Timezone,"], "one line of the registry");
+    assert!(own.exists());
+}

@@ -85,7 +85,7 @@ pub(super) fn describe(r: &Resource) -> String {
         }
         Resource::Stack(s) => format!("{} files in {}", s.files.len(), s.dir),
         Resource::User(u) => format!("{} keys", u.authorized_keys.len()),
-        Resource::Sysctl { value, .. } => value.clone(),
+        Resource::Sysctl { value, .. } | Resource::Setting { value, .. } => value.clone(),
         Resource::Timer(t) => t.on_calendar.join("; "),
         Resource::Cron(c) => format!("{} as {}", c.schedule, c.user),
         Resource::AptRepo(r) => format!("{} {}", r.uris.join(" "), r.suites.join(" ")),

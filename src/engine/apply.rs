@@ -1,5 +1,7 @@
 //! Turn a host plan into ONE shell script that carries all changed content
-//! and applies exactly the plan, step by step, under a lock on the host.
+//! and applies exactly the plan, step by step, under a lock on the host:
+//! the order (APT sources, packages, the guard, the changes, checks,
+//! handlers, prunes) is this module's; each change's steps are its kind's.
 //! Building the script and reading its report are pure.
 //!
 //! Every file is written to a temporary file in its own directory, synced,
@@ -12,13 +14,10 @@ use super::item::{FileItem, Item};
 use super::kinds;
 use super::observed::{Inventory, STATE_DIR};
 use super::plan::{Action, Change, HostPlan, ResourceKind};
-use crate::model::desired::PackageState;
 use crate::transport::shell_quote as q;
 
 /// Backups of this many runs are kept on each host.
 pub const BACKUP_RUNS: usize = 10;
-
-use super::kinds::sysctl::CONF as SYSCTL_CONF;
 
 use super::sh::HEREDOC as EOF;
 
@@ -243,9 +242,9 @@ fn owes(c: &Change) -> String {
 }
 
 /// The desired changes in order, with `daemon-reload` once unit files are
-/// written and before any unit is touched, and the sysctl settings persisted.
+/// written and before any unit is touched, and the files kinds persist
+/// their state in written last.
 fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
-    let mut sysctl_changed = false;
     let mut reloaded = false;
     let mut files_done = false;
     // Every new content is written and synced once, before the first file
@@ -253,7 +252,7 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
     let staged: Vec<kinds::file::ToStage> = desired
         .iter()
         .filter_map(|c| match &c.item {
-            Some(Item::File(f)) if content_changes(c) => Some(kinds::file::ToStage {
+            Some(Item::File(f)) if kinds::file::writes_content(c) => Some(kinds::file::ToStage {
                 file: f,
                 new: c.action != Action::Update,
             }),
@@ -262,7 +261,7 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
         .collect();
     let first_staged = desired
         .iter()
-        .position(|c| matches!(&c.item, Some(Item::File(_))) && content_changes(c));
+        .position(|c| matches!(&c.item, Some(Item::File(_))) && kinds::file::writes_content(c));
     let mut i = 0;
     while i < desired.len() {
         let c = desired[i];
@@ -292,15 +291,7 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
             }
         }
         // systemd must see new unit files before services are touched.
-        if !matches!(
-            item,
-            Item::File(_)
-                | Item::Dir { .. }
-                | Item::Link { .. }
-                | Item::Absent { .. }
-                | Item::Mount { .. }
-        ) && !files_done
-        {
+        if !item.kind_impl().on_filesystem() && !files_done {
             files_done = true;
             if plan.daemon_reload && !reloaded {
                 reloaded = true;
@@ -310,9 +301,6 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
                 );
             }
         }
-        if let Item::Sysctl { .. } = item {
-            sysctl_changed = true;
-        }
         item_steps(b, c, item, &owes(c));
     }
     if plan.daemon_reload && !reloaded {
@@ -321,25 +309,11 @@ fn change_steps(b: &mut Builder, plan: &HostPlan, desired: &[&Change]) {
             "systemctl daemon-reload || return\n".into(),
         );
     }
-    if sysctl_changed && let Some(conf) = &plan.sysctl_conf {
-        // Persist the settings so they survive a reboot.
-        let f = FileItem {
-            path: SYSCTL_CONF.into(),
-            sha256: crate::digest::sha256_hex(conf.as_bytes()),
-            content: crate::model::desired::Content {
-                bytes: conf.clone().into_bytes(),
-                sensitive: false,
-            },
-            mode: Some(0o644),
-            owner: None,
-            group: None,
-            validate: None,
-            notify: vec![],
-        };
-        let body = kinds::file::write(&b.root, &f, false, None);
+    for f in &plan.persist {
+        let body = kinds::file::write(&b.root, f, false, None);
         b.written
             .push((f.sha256.clone(), format!("{}{}", b.root, f.path)));
-        b.step(format!("file {SYSCTL_CONF}"), body);
+        b.step(format!("file {}", f.path), body);
     }
 }
 
@@ -457,149 +431,33 @@ fn touched(plan: &HostPlan) -> Inventory {
 /// Packages: one install (with ufw when a firewall is new) and one removal
 /// for all of them.
 fn package_steps(b: &mut Builder, desired: &[&Change], updated: bool) {
-    let mut install = Vec::new();
-    let mut upgrade = Vec::new();
-    let mut remove = Vec::new();
-    for c in desired {
-        if let Some(Item::Package { name, state }) = &c.item {
-            match (c.action, state) {
-                (Action::Delete, _) => remove.push(name.clone()),
-                (Action::Update, PackageState::Latest) => upgrade.push(name.clone()),
-                _ => install.push(name.clone()),
-            }
-        }
-    }
-    let fw_needs_ufw = desired
-        .iter()
-        .any(|c| matches!(c.item, Some(Item::Firewall(_))) && c.action == Action::Create);
-    if fw_needs_ufw && !install.iter().any(|p| p == "ufw") {
-        install.push("ufw".into());
-    }
-    let packages = |delete: bool| {
-        desired.iter().copied().filter(move |c| {
-            matches!(c.item, Some(Item::Package { .. })) && (c.action == Action::Delete) == delete
-        })
-    };
-    if let Some(body) = kinds::package::install(&install, &upgrade, updated) {
-        let names: Vec<&str> = install.iter().chain(&upgrade).map(String::as_str).collect();
-        b.carrying(packages(false));
-        b.step(format!("install packages {}", names.join(" ")), body);
-    }
-    if !remove.is_empty() {
-        b.carrying(packages(true));
-        b.step(
-            format!("remove packages {}", remove.join(" ")),
-            kinds::package::remove(&remove),
-        );
+    for (what, body, carries) in kinds::package::steps(desired, updated) {
+        b.carrying(carries);
+        b.step(what, body);
     }
 }
 
 /// The steps of one planned change, by its kind. `owes` records the
 /// handlers it notifies before it runs.
-/// Does a file change write its content (not only mode or owner)?
-fn content_changes(c: &Change) -> bool {
-    c.action != Action::Update || c.diff.is_some() || c.note.is_some()
-}
-
 fn item_steps(b: &mut Builder, c: &Change, item: &Item, owes: &str) {
-    use kinds::{
-        absent, command, directory, file, firewall, group, mount, service, stack, symlink, sysctl,
-        user,
-    };
-    let what = format!("{} {}", c.kind, c.id);
     let root = b.root.clone();
-    let body = match item {
-        Item::Package { .. } => return,
-        Item::File(f) => {
-            let content = content_changes(c);
-            if content {
-                b.written
-                    .push((f.sha256.clone(), format!("{root}{}", f.path)));
-            }
-            let staged = b.staged.get(&f.path).copied();
-            format!("{owes}{}", file::apply(&root, f, c.action, content, staged))
-        }
-        Item::Dir {
-            path,
-            mode,
-            owner,
-            group,
-        } => directory::apply(
-            &root,
-            path,
-            c.action,
-            *mode,
-            owner.as_deref(),
-            group.as_deref(),
-        ),
-        Item::Link { path, target } => symlink::apply(&root, path, target, c.action),
-        Item::Absent { path } => absent::apply(&root, path, c.was),
-        Item::Group { name, gid } => group::apply(c.action, name, *gid),
-        Item::User(u) => user::apply(u, c.action, c.attrs.iter().any(|a| a.name == "home")),
-        Item::Sysctl { key, value } => sysctl::apply(key, value),
-        Item::Firewall(fw) => firewall::apply(fw, c.action, &c.attrs),
-        Item::Service {
-            name,
-            enabled,
-            state,
-        } => {
-            let starts = c
-                .attrs
-                .iter()
-                .any(|a| a.name == "state" && a.after.as_deref() == Some("running"));
-            service::apply(name, *enabled, *state, starts)
-        }
-        Item::Stack {
-            name,
-            dir,
-            hash,
-            health,
-            health_timeout_secs,
-            ..
-        } => {
-            // Recorded as up only once it is up and healthy.
-            let record = stack::record(name, hash);
-            if health.is_empty() {
-                b.carrying([c]);
-                b.step(what, format!("{}{record}", stack::apply(&root, name, dir)));
-            } else {
-                b.carrying([c]);
-                b.step(what, stack::apply(&root, name, dir));
-                b.carrying([c]);
-                b.step(
-                    format!("stack {name} health"),
-                    format!(
-                        "{}{record}",
-                        super::health::wait_script(health, *health_timeout_secs)
-                    ),
-                );
-            }
-            return;
-        }
-        Item::Command(cmd) => format!("{owes}{}", command::apply(cmd)),
-        Item::Mount { path, entry, state } => mount::apply(path, entry, *state, &c.attrs),
+    let mut cx = kinds::ApplyCx {
+        root: &root,
+        owes,
+        staged: &b.staged,
+        written: &mut b.written,
     };
-    let what = match item {
-        Item::Command(cmd) => format!("command {}", cmd.name),
-        _ => what,
-    };
-    b.carrying([c]);
-    b.step(what, body);
+    let steps = item.kind_impl().apply(c, item, &mut cx);
+    for (what, body) in steps {
+        b.carrying([c]);
+        b.step(what, body);
+    }
 }
 
 /// Removing what left the config, by its kind; None for kinds that are
 /// never removed that way.
 fn prune(root: &str, kind: ResourceKind, id: &str) -> Option<String> {
-    use kinds::{directory, file, group, service, stack, user};
-    Some(match kind {
-        ResourceKind::File | ResourceKind::Symlink => file::prune(root, id),
-        ResourceKind::Directory => directory::prune(root, id),
-        ResourceKind::Service => service::prune(id),
-        ResourceKind::Stack => stack::prune(id),
-        ResourceKind::User => user::prune(id),
-        ResourceKind::Group => group::prune(id),
-        _ => return None,
-    })
+    kinds::of(kind, id).remove(root, id)
 }
 
 /// How an apply went on one host, read from the script's markers.

@@ -1,10 +1,12 @@
 //! Planning a proposal's host within what the trusted base manages there
-//! ([`Confinement`]): which items the probe may look at, and how the plan
-//! says what was not looked at. Pure.
+//! ([`Confinement`]): which items the probe may look at (each kind says,
+//! through [`Kind::confine`](super::kinds::Kind::confine)), and how the
+//! plan says what was not looked at. Pure.
 
 use super::item::Item;
+use super::kinds::Observe;
 use super::plan::{Action, Change, HostPlan, ResourceKind};
-use crate::model::desired::{Confinement, SENSITIVE};
+use crate::model::desired::Confinement;
 
 pub const NOT_READ: &str = "current content not shown (not managed on the base branch)";
 pub const GUARD_NOT_RUN: &str = "runs if its guard says so (not evaluated for proposals)";
@@ -20,62 +22,21 @@ pub struct Unobserved {
     pub secrets: Vec<String>,
 }
 
-fn is_placeholder(bytes: &[u8]) -> bool {
-    let p = SENSITIVE.as_bytes();
-    bytes.windows(p.len()).any(|w| w == p)
-}
-
 /// Mark content sensitive where the base does (whatever the proposal says),
 /// then split off what may be probed.
 pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
     let mut un = Unobserved::default();
     let mut probed = Vec::new();
     for i in items.iter_mut() {
-        if let Item::File(f) = i
-            && c.sensitive.contains(&f.path)
-        {
-            f.content.sensitive = true;
-        }
-        // A path the base treats as secret is never compared, whatever
-        // content the proposal gives it: a guess would be confirmed.
-        if let Item::File(f) = &*i
-            && f.content.sensitive
-            && (is_placeholder(&f.content.bytes) || c.sensitive.contains(&f.path))
-        {
-            un.secrets.push(f.path.clone());
-            continue;
-        }
-        let allowed = match &*i {
-            Item::Sysctl { key, .. } => c.sysctl.contains(key),
-            Item::Stack { name, .. } => c.stacks.contains(name),
-            Item::Mount { path, .. } => c.mounts.contains(path),
-            other => other.path().is_none_or(|p| c.paths.contains(p)),
-        };
-        if !allowed {
-            un.ids.push(i.id().to_string());
-            continue;
-        }
-        if let Item::Command(cmd) = i {
-            let guard = (
-                cmd.name.clone(),
-                cmd.creates.clone(),
-                cmd.unless.clone(),
-                cmd.onlyif.clone(),
-            );
-            let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
-            if guarded && !c.guards.contains(&guard) {
-                // Not even its `creates:` path is looked at: it would tell
-                // whether a path the base does not show exists.
-                un.guards.push(cmd.name.clone());
-                let mut unguarded = cmd.clone();
-                unguarded.creates = None;
-                unguarded.unless = None;
-                unguarded.onlyif = None;
-                probed.push(Item::Command(unguarded));
-                continue;
+        match i.kind_impl().confine(i, c) {
+            Observe::Yes => probed.push(i.clone()),
+            Observe::NotManaged => un.ids.push(i.id().to_string()),
+            Observe::Secret => un.secrets.push(i.id().to_string()),
+            Observe::Unguarded(unguarded) => {
+                un.guards.push(i.id().to_string());
+                probed.push(unguarded);
             }
         }
-        probed.push(i.clone());
     }
     (probed, un)
 }
@@ -83,17 +44,18 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
 /// A proposal's new host: its guarded commands show as "runs if its guard
 /// says so" (the preview observed nothing, so it cannot say otherwise).
 pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
+    let nothing = Confinement::default();
     let un = Unobserved {
         guards: items
             .iter()
-            .filter_map(|i| match i {
-                Item::Command(c)
-                    if c.unless.is_some() || c.onlyif.is_some() || c.creates.is_some() =>
-                {
-                    Some(c.name.clone())
-                }
-                _ => None,
+            .filter(|i| {
+                let mut i = (*i).clone();
+                matches!(
+                    i.kind_impl().confine(&mut i, &nothing),
+                    Observe::Unguarded(_)
+                )
             })
+            .map(|i| i.id().to_string())
             .collect(),
         ..Default::default()
     };
@@ -119,18 +81,11 @@ pub fn annotate(plan: &mut HostPlan, un: &Unobserved) {
             .find(|c| c.kind == ResourceKind::Command && c.id == *name)
         {
             Some(c) => c.note = Some(GUARD_NOT_RUN.into()),
-            None => plan.changes.push(Change {
-                kind: ResourceKind::Command,
-                id: name.clone(),
-                action: Action::Run,
-                attrs: vec![],
-                diff: None,
-                note: Some(GUARD_NOT_RUN.into()),
-                was: None,
-                item: None,
-                prune: false,
-                notify: vec![],
-            }),
+            None => {
+                let mut c = Change::bare(ResourceKind::Command, name, Action::Run);
+                c.note = Some(GUARD_NOT_RUN.into());
+                plan.changes.push(c);
+            }
         }
     }
     if !un.secrets.is_empty() {
@@ -162,7 +117,7 @@ mod tests {
             state: MountState::Mounted,
         };
         let mut c = Confinement::default();
-        c.mounts.insert("/srv/data".into());
+        c.managed.insert((ResourceKind::Mount, "/srv/data".into()));
         let mut items = vec![mount("/srv/data"), mount("/home")];
         let (probed, un) = split(&mut items, &c);
         assert_eq!(probed.len(), 1);

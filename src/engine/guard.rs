@@ -3,11 +3,12 @@
 //! authorized_keys, the login user — the host arms its own rollback (a
 //! transient systemd timer), the change is applied, and access is proven with
 //! a NEW SSH connection. Proof disarms the timer; no proof (or tidekeeper
-//! dying) lets the host restore the previous state by itself. Building the
-//! rollback script is pure.
+//! dying) lets the host restore the previous state by itself. Which changes
+//! are risky and what to save for them each kind says; building the save
+//! and rollback scripts from that is pure.
 
-use super::item::Item;
-use super::plan::{Change, HostPlan, ResourceKind};
+use super::kinds::{self, Saves};
+use super::plan::{Change, HostPlan};
 use crate::transport::shell_quote as q;
 
 /// How systemd timers are asked to fire: at the deadline, not up to a minute
@@ -25,17 +26,7 @@ pub const UFW_FILES: [&str; 5] = [
 
 /// Does this change touch what access depends on? Each kind says.
 pub fn is_risky(c: &Change, login_user: &str) -> bool {
-    use super::kinds::{firewall, group, mount, path, service, sysctl, user};
-    match c.kind {
-        ResourceKind::Firewall => firewall::is_risky(),
-        ResourceKind::Group => group::is_risky(&c.id, login_user),
-        ResourceKind::User => user::is_risky(&c.id, login_user),
-        ResourceKind::Service => service::is_risky(&c.id),
-        ResourceKind::Sysctl => sysctl::is_risky(&c.id),
-        ResourceKind::Mount => mount::is_risky(&c.id),
-        k if k.is_path() || k == ResourceKind::Absent => path::is_risky(&c.id, login_user),
-        _ => false,
-    }
+    kinds::of(c.kind, &c.id).is_risky(&c.id, login_user)
 }
 
 /// The risky changes of a plan, as `kind id` for reports.
@@ -51,41 +42,41 @@ pub fn risky(plan: &HostPlan, login_user: &str) -> Vec<String> {
 /// saves the current state of every risky path and arms the rollback timer.
 /// `$S` is the state directory and `$R` the root prefix.
 pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> String {
-    let mut paths: Vec<String> = Vec::new();
-    let mut ssh = false;
-    let mut ufw = false;
-    let mut units: Vec<String> = Vec::new();
-    let mut mounts: Vec<String> = Vec::new();
-    for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
-        match c.kind {
-            ResourceKind::Firewall => ufw = true,
-            // fstab comes back, then the mount point is as it says.
-            ResourceKind::Mount => {
-                paths.push(super::kinds::mount::FSTAB.to_string());
-                mounts.push(c.id.clone());
-            }
-            ResourceKind::Service => units.push(super::kinds::service::full_unit(&c.id)),
-            k if k.is_path() || k == ResourceKind::Absent => {
-                if c.id.starts_with("/etc/ssh/") {
-                    ssh = true;
-                }
-                if c.id.starts_with("/etc/ufw/") {
-                    ufw = true;
-                }
-                if !matches!(c.item, Some(Item::Dir { .. })) {
-                    paths.push(c.id.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-    if ufw {
-        paths.extend(UFW_FILES.iter().map(|s| s.to_string()));
-    }
-    paths.sort();
-    paths.dedup();
+    let saves = saves(plan, login_user);
     let saved = format!("$S/rollback/{run}");
-    // The rollback script: restore what existed, remove what did not.
+    let mut s = save_script(&saves, &saved);
+    s.push_str(&format!(
+        "sed -e \"s|\\$R_VALUE|$R|\" -e \"s|\\$S_VALUE|$S|\" > \"{saved}.sh\" <<'TK_RB_EOF' || return\n{}TK_RB_EOF\n",
+        rollback_script(&saves, run)
+    ));
+    // systemd keeps the timer even if this connection (or tidekeeper) dies.
+    s.push_str(&format!(
+        "if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
+         systemd-run --quiet --collect --unit={unit} --on-active={deadline_secs} {TIMER} /bin/sh \"{saved}.sh\" || return; \
+         else (sleep {deadline_secs}; [ -e \"{saved}.armed\" ] && /bin/sh \"{saved}.sh\") </dev/null >/dev/null 2>&1 & fi\n\
+         : > \"{saved}.armed\"\nprintf '@@armed %s\\n' {run}\n",
+        unit = unit(run),
+    ));
+    s
+}
+
+/// What the risky changes of a plan need saved, as their kinds say.
+fn saves(plan: &HostPlan, login_user: &str) -> Saves {
+    let mut saves = Saves::default();
+    for c in plan.changes.iter().filter(|c| is_risky(c, login_user)) {
+        kinds::of(c.kind, &c.id).save(c, &mut saves);
+    }
+    if saves.ufw {
+        saves.paths.extend(UFW_FILES.iter().map(|s| s.to_string()));
+    }
+    saves.paths.sort();
+    saves.paths.dedup();
+    saves
+}
+
+/// The rollback script: restore what existed, remove what did not, put
+/// units and mounts back as they were.
+fn rollback_script(saves: &Saves, run: &str) -> String {
     let mut rb = String::from(
         "#!/bin/sh\n# tidekeeper: restore access-critical files after a change that was not confirmed.\n",
     );
@@ -94,7 +85,7 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
         q("$R_VALUE"),
         q("$S_VALUE")
     ));
-    if ufw {
+    if saves.ufw {
         // A firewall that was off before goes off first, while ufw still has
         // its files; one that was on is reloaded after its files are back.
         rb.push_str(
@@ -102,7 +93,7 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
              if [ $UFW_WAS = off ] && command -v ufw >/dev/null; then ufw --force disable; fi\n",
         );
     }
-    for p in &paths {
+    for p in &saves.paths {
         let qp = q(p);
         // ufw's own files that did not exist came with the package: keep them.
         let remove = if UFW_FILES.contains(&p.as_str()) {
@@ -115,7 +106,7 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
         ));
     }
     // SSH units go back to how they were: unmasked, enabled and running as saved.
-    for u in &units {
+    for u in &saves.units {
         let qu = q(u);
         let f = q(&format!("units/{u}"));
         rb.push_str(&format!(
@@ -124,30 +115,36 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
              if [ -e \"$D\"/{f}.active ]; then systemctl start -- {qu} 2>/dev/null; fi\n"
         ));
     }
-    for m in &mounts {
-        rb.push_str(&super::kinds::mount::rollback(m));
+    for m in &saves.mounts {
+        rb.push_str(&kinds::mount::rollback(m));
     }
-    if ssh {
+    if saves.ssh {
         rb.push_str("systemctl reload-or-restart ssh.service 2>/dev/null || systemctl reload-or-restart sshd.service 2>/dev/null\n");
     }
-    if ufw {
+    if saves.ufw {
         rb.push_str("if [ $UFW_WAS = on ]; then ufw reload; fi\n");
     }
     rb.push_str(&format!(
         "mkdir -p \"$S/rolled-back\" && date -u +%FT%TZ > \"$S/rolled-back/{run}\"\n"
     ));
+    rb
+}
+
+/// Shell code that saves every path (or notes that it is absent) and the
+/// state of every unit under `saved`.
+fn save_script(saves: &Saves, saved: &str) -> String {
     let mut s = format!("mkdir -p \"{saved}/files\" \"{saved}/absent\" || return\n");
-    for p in &paths {
+    for p in &saves.paths {
         let qp = q(p);
         s.push_str(&format!(
             "if [ -e \"$R\"{qp} ] || [ -L \"$R\"{qp} ]; then mkdir -p \"$(dirname \"{saved}/files\"{qp})\" && cp -a \"$R\"{qp} \"{saved}/files\"{qp} || return; \
              else mkdir -p \"$(dirname \"{saved}/absent\"{qp})\" && : > \"{saved}/absent\"{qp} || return; fi\n"
         ));
     }
-    if !units.is_empty() {
+    if !saves.units.is_empty() {
         s.push_str(&format!("mkdir -p \"{saved}/units\" || return\n"));
     }
-    for u in &units {
+    for u in &saves.units {
         let qu = q(u);
         let f = q(&format!("units/{u}"));
         s.push_str(&format!(
@@ -155,17 +152,6 @@ pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> 
              if systemctl is-active -q -- {qu}; then : > \"{saved}\"/{f}.active; fi\n"
         ));
     }
-    s.push_str(&format!(
-        "sed -e \"s|\\$R_VALUE|$R|\" -e \"s|\\$S_VALUE|$S|\" > \"{saved}.sh\" <<'TK_RB_EOF' || return\n{rb}TK_RB_EOF\n"
-    ));
-    // systemd keeps the timer even if this connection (or tidekeeper) dies.
-    s.push_str(&format!(
-        "if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
-         systemd-run --quiet --collect --unit={unit} --on-active={deadline_secs} {TIMER} /bin/sh \"{saved}.sh\" || return; \
-         else (sleep {deadline_secs}; [ -e \"{saved}.armed\" ] && /bin/sh \"{saved}.sh\") </dev/null >/dev/null 2>&1 & fi\n\
-         : > \"{saved}.armed\"\nprintf '@@armed %s\\n' {run}\n",
-        unit = unit(run),
-    ));
     s
 }
 

@@ -1,5 +1,6 @@
 //! A host's desired state flattened into the items the probe, planner and
-//! applier work on. Users bring their `authorized_keys` file and its
+//! applier work on (each finds its kind through `Item::kind_impl`, which
+//! the kinds' registry defines). Users bring their `authorized_keys` file and its
 //! directory as ordinary path items, so those get diffs, backups and atomic
 //! writes like every other file.
 
@@ -43,6 +44,11 @@ pub enum Item {
     Firewall(Firewall),
     Sysctl {
         key: String,
+        value: String,
+    },
+    /// A host setting (one value per host), owned by the kind of its name.
+    Setting {
+        name: String,
         value: String,
     },
     Command(CommandResource),
@@ -101,6 +107,7 @@ impl Item {
             Item::Service { .. } => ResourceKind::Service,
             Item::Firewall(_) => ResourceKind::Firewall,
             Item::Sysctl { .. } => ResourceKind::Sysctl,
+            Item::Setting { .. } => ResourceKind::Setting,
             Item::Command(_) => ResourceKind::Command,
             Item::Stack { .. } => ResourceKind::Stack,
             Item::Mount { .. } => ResourceKind::Mount,
@@ -117,9 +124,19 @@ impl Item {
             Item::User(u) => &u.name,
             Item::Firewall(_) => "ufw",
             Item::Sysctl { key, .. } => key,
+            Item::Setting { name, .. } => name,
             Item::Command(c) => &c.name,
             Item::Stack { name, .. } => name,
             Item::Mount { path, .. } => path,
+        }
+    }
+
+    /// The handlers a change to the item notifies.
+    pub fn notify(&self) -> &[String] {
+        match self {
+            Item::File(f) => &f.notify,
+            Item::Command(c) => &c.notify,
+            _ => &[],
         }
     }
 

@@ -2,9 +2,13 @@
 //! exactly that plan in one round trip, for many hosts at once.
 //!
 //! - [`item`]: a host's desired state flattened into items.
+//! - [`kinds`]: one file per resource kind, each owning all of its phases
+//!   behind the `Kind` trait, and the registry the stages go through.
 //! - [`probe`]: the one-round-trip observation script and its parser.
 //! - [`plan`]: desired vs observed → typed changes.
 //! - [`apply`]: a plan → one script; its report → an outcome.
+//! - [`guard`]: the lockout guard around risky changes.
+//! - [`confine`]: what a proposal's plan may observe.
 //! - [`render`]: plans and reports for people and machines.
 
 pub mod apply;
@@ -608,22 +612,28 @@ fn accepted_key(c: &Connection, generated: bool) -> Option<String> {
     Some(format!("{pattern} {kind} {key}"))
 }
 
-/// Resource kinds that cannot be confined to a directory.
+/// Resource kinds that cannot be confined to a directory: each kind says.
 fn check_local_root(host: &Host, items: &[Item], conn: &Connection) -> Result<(), EngineError> {
     if conn.root().is_empty() {
         return Ok(());
     }
-    if let Some(i) = items
-        .iter()
-        .find(|i| i.path().is_none() && !matches!(i, Item::Command(_)))
-    {
+    if let Some(i) = items.iter().find(|i| !i.kind_impl().under_root()) {
+        let can: Vec<String> = kinds::KINDS
+            .iter()
+            .filter(|k| k.under_root())
+            .map(|k| match k.setting() {
+                Some(name) => format!("setting {name}"),
+                None => k.kind().to_string(),
+            })
+            .collect();
         return Err(EngineError::Unsupported(format!(
             "{} manages {} {}, which cannot be confined to the local root {}; \
-             only files, directories, symlinks, absent paths and commands can",
+             only these can: {}",
             host.name,
             i.kind(),
             i.id(),
-            conn.root()
+            conn.root(),
+            can.join(", ")
         )));
     }
     Ok(())
@@ -923,66 +933,89 @@ async fn apply_with(
             Outcome::Interrupted { completed: 0 }
         }
     };
-    if armed && let Some(g) = &guard {
-        // Prove access with a NEW connection; only that disarms the rollback.
-        let risky = guard::risky(plan, &g.login_user).join(", ");
-        let proof = async {
-            let fresh = conn.reconnect().await?;
-            let out = fresh
-                .run_script(&guard::disarm_script(run), Duration::from_secs(30))
-                .await;
-            fresh.close().await;
-            out
-        };
-        let limit = opts
-            .rollback_deadline
-            .saturating_sub(Duration::from_secs(2))
-            .max(Duration::from_secs(1));
-        let mut already = false;
-        let verdict = match tokio::time::timeout(limit, proof).await {
-            Ok(Ok(out)) if out.success() => None,
-            Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("rolled-back") => {
-                already = true;
-                Some("the host had already rolled back (the proof came too late)".to_string())
-            }
-            Ok(Ok(out)) => Some(format!("the access check failed: {}", out.stderr_text())),
-            Ok(Err(e)) => Some(format!("a new connection failed: {e}")),
-            Err(_) => Some(format!("no new connection within {limit:?}")),
-        };
-        if let Some(why) = verdict {
-            // The session the change went through is still open: restore now
-            // rather than leave the host shut until the timer fires.
-            let now = if already {
-                false
-            } else {
-                matches!(
-                    conn.run_script(&guard::rollback_now_script(run), Duration::from_secs(30)).await,
-                    Ok(out) if out.success()
-                )
-            };
-            let when = if already {
-                "the host is back to the previous state".to_string()
-            } else if now {
-                "the previous state was restored at once".to_string()
-            } else {
-                format!(
-                    "the host restores the previous state by itself within {}s of the change",
-                    g.deadline_secs
-                )
-            };
-            p.fail(
-                HostError::RolledBack,
-                format!("rolled back: access lost after change ({risky}); {why}; {when}"),
-            );
-            outcome = Outcome::Interrupted { completed: 0 };
-        }
+    if armed
+        && let Some(g) = &guard
+        && let Some(lost) = prove_access(plan, conn, opts, run, g).await
+    {
+        p.fail(HostError::RolledBack, lost);
+        outcome = Outcome::Interrupted { completed: 0 };
     }
+    report_outcome(p, plan, &script.steps, outcome, opts, start, progress);
+}
+
+/// Prove access with a NEW connection after a risky change; only that
+/// disarms the rollback. `Some`: why access is lost, and how the host
+/// gets (or got) back to the previous state.
+async fn prove_access(
+    plan: &HostPlan,
+    conn: &Connection,
+    opts: &Options,
+    run: &str,
+    g: &apply::GuardSettings,
+) -> Option<String> {
+    let risky = guard::risky(plan, &g.login_user).join(", ");
+    let proof = async {
+        let fresh = conn.reconnect().await?;
+        let out = fresh
+            .run_script(&guard::disarm_script(run), Duration::from_secs(30))
+            .await;
+        fresh.close().await;
+        out
+    };
+    let limit = opts
+        .rollback_deadline
+        .saturating_sub(Duration::from_secs(2))
+        .max(Duration::from_secs(1));
+    let mut already = false;
+    let why = match tokio::time::timeout(limit, proof).await {
+        Ok(Ok(out)) if out.success() => return None,
+        Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).contains("rolled-back") => {
+            already = true;
+            "the host had already rolled back (the proof came too late)".to_string()
+        }
+        Ok(Ok(out)) => format!("the access check failed: {}", out.stderr_text()),
+        Ok(Err(e)) => format!("a new connection failed: {e}"),
+        Err(_) => format!("no new connection within {limit:?}"),
+    };
+    // The session the change went through is still open: restore now
+    // rather than leave the host shut until the timer fires.
+    let now = !already
+        && matches!(
+            conn.run_script(&guard::rollback_now_script(run), Duration::from_secs(30)).await,
+            Ok(out) if out.success()
+        );
+    let when = if already {
+        "the host is back to the previous state".to_string()
+    } else if now {
+        "the previous state was restored at once".to_string()
+    } else {
+        format!(
+            "the host restores the previous state by itself within {}s of the change",
+            g.deadline_secs
+        )
+    };
+    Some(format!(
+        "rolled back: access lost after change ({risky}); {why}; {when}"
+    ))
+}
+
+/// Record how the apply went: what was done (from what the host reported,
+/// never from the plan alone), the progress event, and the host's error.
+fn report_outcome(
+    p: &mut HostResult,
+    plan: &HostPlan,
+    steps: &[apply::Step],
+    outcome: Outcome,
+    opts: &Options,
+    start: Instant,
+    progress: &Progress,
+) {
     // Counted from what the host reported done, never from the plan alone
     // (a rolled-back run did nothing that stayed).
     p.done = Some(match &outcome {
         Outcome::Done { .. } => render::Totals::of(plan),
         Outcome::Failed { completed, .. } | Outcome::Interrupted { completed } => {
-            apply::done(plan, &script.steps, *completed)
+            apply::done(plan, steps, *completed)
         }
         Outcome::Locked => render::Totals::default(),
     });

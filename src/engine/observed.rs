@@ -26,6 +26,8 @@ pub struct Observed {
     pub groups: BTreeMap<String, GroupEntry>,
     pub firewall: Option<FirewallState>,
     pub sysctl: BTreeMap<String, Option<String>>,
+    /// Host settings by name: what the setting's probe printed.
+    pub settings: BTreeMap<String, String>,
     /// fstab entries by mount point.
     pub fstab: BTreeMap<String, FstabEntry>,
     /// Managed mount points that are mounted: what is mounted there.

@@ -1,5 +1,7 @@
 //! The plan: what must change on a host, computed from desired items and what
-//! the probe observed. Pure: no I/O, same inputs, same plan.
+//! the probe observed, each item by its kind's rule; then lockouts, handlers,
+//! prunes (each kind says what becomes of its own) and the inventory after.
+//! Pure: no I/O, same inputs, same plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,33 +9,11 @@ use serde::Serialize;
 
 use super::item::{Item, handler_command};
 use super::kinds::{self, Need};
-use super::observed::{Inventory, InventoryEntry, Observed, PathKind};
+use super::observed::{Inventory, InventoryEntry, Observed};
 pub use crate::change::{Action, Attr, ResourceKind};
 use crate::model::desired::Host;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub kind: ResourceKind,
-    pub id: String,
-    pub action: Action,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub attrs: Vec<Attr>,
-    /// Unified diff of a text file's content (never for sensitive files).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// What the host has there now, for deletions and replacements.
-    #[serde(skip)]
-    pub was: Option<PathKind>,
-    #[serde(skip)]
-    pub item: Option<Item>,
-    /// Removal of something no longer in the config (from the host's inventory).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub prune: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notify: Vec<String>,
-}
+pub use super::kinds::Change;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HandlerRun {
@@ -62,9 +42,10 @@ pub struct HostPlan {
     /// fresh by this run, or the handler left the config): cleared on apply.
     #[serde(skip)]
     pub settled_handlers: Vec<String>,
-    /// Content of the persisted sysctl file, when a sysctl setting changes.
+    /// Files kinds persist their state in for the next boot (sysctl's),
+    /// written when one of their items changes.
     #[serde(skip)]
-    pub sysctl_conf: Option<String>,
+    pub persist: Vec<super::item::FileItem>,
 }
 
 impl HostPlan {
@@ -80,7 +61,7 @@ impl HostPlan {
             inventory: Default::default(),
             previous_inventory: Default::default(),
             settled_handlers: vec![],
-            sysctl_conf: None,
+            persist: vec![],
         }
     }
 
@@ -109,11 +90,7 @@ pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
 }
 
 fn change(item: &Item, need: Need) -> Change {
-    let notify = match item {
-        Item::File(f) => f.notify.clone(),
-        Item::Command(c) => c.notify.clone(),
-        _ => vec![],
-    };
+    let notify = item.notify().to_vec();
     Change {
         kind: item.kind(),
         id: item.id().to_string(),
@@ -128,99 +105,18 @@ fn change(item: &Item, need: Need) -> Change {
     }
 }
 
-/// What one item needs, by its kind's rule. `Err` says why it must not be
-/// touched; `earlier` are the changes planned before it (a stack looks at
-/// its files').
-fn need(
-    item: &Item,
-    obs: &Observed,
-    earlier: &[Change],
-    warnings: &mut Vec<String>,
-) -> Result<Option<Need>, String> {
-    use kinds::{
-        absent, command, directory, file, firewall, group, mount, package, service, stack, symlink,
-        sysctl, user,
-    };
-    let at = |path: &str| obs.paths.get(path);
-    Ok(match item {
-        Item::File(f) => return file::plan(f, obs),
-        Item::Dir {
-            path,
-            mode,
-            owner,
-            group,
-        } => directory::plan(at(path), *mode, owner.as_deref(), group.as_deref()),
-        Item::Link { path, target } => return symlink::plan(path, target, at(path)),
-        Item::Absent { path } => absent::plan(at(path)),
-        Item::Package { name, state } => package::plan(*state, obs.packages.get(name)),
-        Item::Group { name, gid } => {
-            group::plan(obs.groups.get(name), *gid).map(|(action, attrs)| {
-                let mut need = Need::new(action);
-                need.attrs = attrs;
-                need
-            })
-        }
-        Item::User(u) => user::plan(u, obs.users.get(&u.name), &obs.groups),
-        Item::Service {
-            name,
-            enabled,
-            state,
-        } => service::plan(
-            &obs.units.get(name).cloned().unwrap_or_default(),
-            *enabled,
-            *state,
-        ),
-        Item::Firewall(fw) => {
-            let (need, foreign) = firewall::plan(fw, obs.firewall.as_ref());
-            warnings.extend(foreign);
-            need
-        }
-        Item::Sysctl { key, value } => {
-            let have = obs.sysctl.get(key).cloned().flatten();
-            sysctl::plan(have.as_deref(), value)
-                .map(|want| Need::new(Action::Update).attr("value", have, Some(want)))
-        }
-        Item::Stack {
-            name,
-            dir,
-            hash,
-            compose,
-            services,
-            ..
-        } => {
-            let in_dir = format!("{dir}/");
-            let files_change = earlier
-                .iter()
-                .any(|c| c.kind == ResourceKind::File && c.id.starts_with(&in_dir));
-            let compose_changes = compose
-                .as_ref()
-                .is_some_and(|f| earlier.iter().any(|c| c.id == format!("{dir}/{f}")));
-            let want = stack::Wanted {
-                name,
-                dir,
-                hash,
-                compose: compose.as_deref(),
-                services,
-            };
-            stack::plan(&want, obs, files_change, compose_changes)
-        }
-        Item::Command(cmd) => command::plan(cmd, obs),
-        Item::Mount { path, entry, state } => mount::plan(
-            Some(entry),
-            *state,
-            obs.fstab.get(path),
-            obs.mounted.get(path).map(String::as_str),
-        ),
-    })
-}
-
 /// Compute the plan for one host.
 pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions) -> HostPlan {
     let mut changes = Vec::new();
     let mut warnings = Vec::new();
     let mut blocked = Vec::new();
     for item in items {
-        match need(item, obs, &changes, &mut warnings) {
+        let mut cx = kinds::PlanCx {
+            obs,
+            earlier: &changes,
+            warnings: &mut warnings,
+        };
+        match item.kind_impl().plan(item, &mut cx) {
             Ok(Some(need)) => changes.push(change(item, need)),
             Ok(None) => {}
             Err(why) => blocked.push(why),
@@ -234,14 +130,11 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     let prunes = prunes(items, obs, opts, &mut warnings, &mut blocked);
     changes.extend(prunes);
     let inventory = inventory_after(items, &changes, obs);
-    let sysctl_conf = changes
-        .iter()
-        .any(|c| c.kind == ResourceKind::Sysctl)
-        .then(|| kinds::sysctl::conf(items));
+    let persist = persisted(items, &changes);
     HostPlan {
         previous_inventory: obs.inventory.clone(),
         settled_handlers,
-        sysctl_conf,
+        persist,
         host: host.name.clone(),
         changes,
         handlers,
@@ -252,24 +145,32 @@ pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions)
     }
 }
 
+/// The files kinds persist their state in, for each kind an item of which
+/// changes (by its desired item, never by a prune).
+fn persisted(items: &[Item], changes: &[Change]) -> Vec<super::item::FileItem> {
+    let mut kinds: Vec<&'static dyn kinds::Kind> = Vec::new();
+    for c in changes.iter().filter(|c| !c.prune) {
+        if let Some(item) = &c.item {
+            let k = item.kind_impl();
+            if !kinds.iter().any(|seen| std::ptr::addr_eq(*seen, k)) {
+                kinds.push(k);
+            }
+        }
+    }
+    kinds.iter().filter_map(|k| k.persist(items)).collect()
+}
+
 /// Changes no plan may make: removing the SSH server of a host reached over
 /// SSH, or writing through a planted symlink.
 fn lockouts(host: &Host, changes: &[Change], obs: &Observed) -> Vec<String> {
     let mut blocked = Vec::new();
-    // There is no rolling back a removed package from a host nobody can
-    // log in to.
+    // Each kind says which of its changes no rollback could undo.
     if host.provider != crate::model::desired::ProviderKind::Local
-        && let Some(c) = changes.iter().find(|c| {
-            c.kind == ResourceKind::Package
-                && c.action == Action::Delete
-                && kinds::package::is_ssh_server(&c.id)
-        })
+        && let Some(why) = changes
+            .iter()
+            .find_map(|c| kinds::of(c.kind, &c.id).lockout(c))
     {
-        blocked.push(format!(
-            "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH; \
-             remove it by hand if that is really meant",
-            c.id
-        ));
+        blocked.push(why);
     }
     for (dir, owner) in &obs.unsafe_parents {
         blocked.push(format!(
@@ -358,42 +259,16 @@ fn prunes(
         {
             continue;
         }
-        let mut c = Change {
-            kind: e.kind,
-            id: e.id.clone(),
-            action: Action::Delete,
-            attrs: vec![],
-            diff: None,
-            note: Some("no longer in the config".into()),
-            was: None,
-            item: None,
-            prune: true,
-            notify: vec![],
-        };
-        match e.kind {
-            k if k.is_path() => match obs.paths.get(&e.id) {
-                Some(ps) => c.was = Some(ps.kind),
-                None => continue,
-            },
-            ResourceKind::Service | ResourceKind::Stack => {}
-            ResourceKind::User if e.created && obs.users.contains_key(&e.id) => {}
-            ResourceKind::Group if e.created && obs.groups.contains_key(&e.id) => {}
-            ResourceKind::Package => {
-                warnings.push(format!(
-                    "package {} is no longer managed; it stays installed (declare it absent to remove it)",
-                    e.id
-                ));
+        let mut c = Change::bare(e.kind, &e.id, Action::Delete);
+        c.note = Some("no longer in the config".into());
+        c.prune = true;
+        match kinds::of(e.kind, &e.id).prune(e, obs) {
+            kinds::Prune::Delete(was) => c.was = was,
+            kinds::Prune::Warn(why) => {
+                warnings.push(why);
                 continue;
             }
-            // Data stays where it is unless the config says otherwise.
-            ResourceKind::Mount => {
-                warnings.push(format!(
-                    "mount {} is no longer managed; it stays in fstab (declare it with state: absent to remove it)",
-                    e.id
-                ));
-                continue;
-            }
-            _ => continue,
+            kinds::Prune::Keep => continue,
         }
         prunes.push(c);
     }
@@ -411,12 +286,7 @@ fn prunes(
     }
     // Units stop while their unit files still exist.
     prunes.sort_by_key(|c: &Change| {
-        let rank = match c.kind {
-            ResourceKind::Stack => 0,
-            ResourceKind::Service => 1,
-            ResourceKind::Directory => 3,
-            _ => 2,
-        };
+        let rank = kinds::of(c.kind, &c.id).prune_rank();
         (rank, std::cmp::Reverse(c.id.matches('/').count()))
     });
     prunes
@@ -436,7 +306,8 @@ fn inventory_after(items: &[Item], changes: &[Change], obs: &Observed) -> Invent
         stacks: obs.inventory.stacks.clone(),
     };
     for i in items {
-        if matches!(i, Item::Absent { .. }) {
+        let kind = i.kind_impl();
+        if !kind.inventoried() {
             continue;
         }
         let key = (i.kind(), i.id().to_string());
@@ -448,19 +319,12 @@ fn inventory_after(items: &[Item], changes: &[Change], obs: &Observed) -> Invent
             kind: key.0,
             id: key.1,
         });
-        if let Item::Command(cmd) = i {
-            inventory
-                .commands
-                .insert(cmd.name.clone(), command_hash(cmd));
-        }
-        if let Item::Stack { name, hash, .. } = i {
-            inventory.stacks.insert(name.clone(), hash.clone());
-        }
+        kind.record(i, &mut inventory);
     }
     inventory.commands.retain(|name, _| {
         items
             .iter()
-            .any(|i| matches!(i, Item::Command(c) if c.name == *name))
+            .any(|i| i.kind() == ResourceKind::Command && i.id() == name)
     });
     inventory
 }
@@ -469,6 +333,7 @@ fn inventory_after(items: &[Item], changes: &[Change], obs: &Observed) -> Invent
 mod tests {
     use super::*;
     use crate::engine::kinds::items;
+    use crate::engine::observed::PathKind;
     use crate::engine::probe::{self, PathState};
     use crate::source::ConfigTree;
 
@@ -517,6 +382,8 @@ firewall:
     - {port: "22", from: 10.0.0.0/8, comment: ssh}
 sysctl:
   net.ipv4.ip_forward: "1"
+settings:
+  timezone: Europe/Berlin
 commands:
   - {name: migrate, run: "echo 'it''s $(date)'", unless: "test -f /x"}
 timers:
@@ -533,9 +400,9 @@ handlers:
         );
         let it = items(&h);
         let declared: BTreeSet<ResourceKind> = h.resources.iter().map(|r| r.kind()).collect();
-        assert_eq!(declared.len(), 15, "every kind but stacks: {declared:?}");
+        assert_eq!(declared.len(), 16, "every kind but stacks: {declared:?}");
         let kinds: BTreeSet<ResourceKind> = it.iter().map(Item::kind).collect();
-        assert_eq!(kinds.len(), 12, "timers, cron and APT are files: {kinds:?}");
+        assert_eq!(kinds.len(), 13, "timers, cron and APT are files: {kinds:?}");
         for (changed_only, settled) in [(false, false), (true, false), (true, true)] {
             let check = probe::ContentCheck {
                 changed_only,

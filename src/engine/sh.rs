@@ -219,6 +219,9 @@ pub enum Tag {
     UfwEnabled,
     /// A sysctl file and its value.
     Sysctl,
+    /// A host setting as the host has it: its name, then what its kind
+    /// printed.
+    Setting,
     /// A command guard's verdict (`run` or `skip`).
     Guard,
     /// tidekeeper's inventory on the host (base64).
@@ -249,7 +252,7 @@ pub enum Tag {
 }
 
 impl Tag {
-    pub const ALL: [Tag; 27] = [
+    pub const ALL: [Tag; 28] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -265,6 +268,7 @@ impl Tag {
         Tag::UfwPolicy,
         Tag::UfwEnabled,
         Tag::Sysctl,
+        Tag::Setting,
         Tag::Guard,
         Tag::Inventory,
         Tag::Handler,
@@ -297,6 +301,7 @@ impl Tag {
             Tag::UfwPolicy => "FP",
             Tag::UfwEnabled => "FE",
             Tag::Sysctl => "K",
+            Tag::Setting => "ST",
             Tag::Guard => "Q",
             Tag::Inventory => "I",
             Tag::Handler => "H",

@@ -538,11 +538,10 @@ pub struct Confinement {
     pub paths: std::collections::BTreeSet<String>,
     /// Of those, the ones whose content the base treats as sensitive.
     pub sensitive: std::collections::BTreeSet<String>,
-    /// Sysctl keys and compose projects the base manages.
-    pub sysctl: std::collections::BTreeSet<String>,
-    pub stacks: std::collections::BTreeSet<String>,
-    /// Mount points the base manages.
-    pub mounts: std::collections::BTreeSet<String>,
+    /// What else the base manages, by kind and id (sysctl keys, stacks,
+    /// mount points, host settings): each kind says which of its own it
+    /// records and looks at.
+    pub managed: std::collections::BTreeSet<(crate::change::ResourceKind, String)>,
     /// Command guards exactly as the base has them: (command, creates,
     /// unless, onlyif). Any other guard is not run for a proposal: even a
     /// `creates:` path test tells whether a path exists.
@@ -662,6 +661,13 @@ pub enum Resource {
     Firewall(Firewall),
     Sysctl {
         key: String,
+        value: String,
+        origin: Origin,
+    },
+    /// A host setting under `settings:` (one value per host); the engine's
+    /// kind of that name owns it.
+    Setting {
+        name: String,
         value: String,
         origin: Origin,
     },
@@ -859,6 +865,7 @@ impl Resource {
             Resource::Group { .. } => K::Group,
             Resource::Firewall(_) => K::Firewall,
             Resource::Sysctl { .. } => K::Sysctl,
+            Resource::Setting { .. } => K::Setting,
             Resource::Command(_) => K::Command,
             Resource::Stack(_) => K::Stack,
             Resource::Timer(_) => K::Timer,
@@ -879,6 +886,7 @@ impl Resource {
             Resource::User(u) => &u.name,
             Resource::Firewall(_) => "ufw",
             Resource::Sysctl { key, .. } => key,
+            Resource::Setting { name, .. } => name,
             Resource::Command(c) => &c.name,
             Resource::Stack(s) => &s.name,
             Resource::Timer(t) => &t.name,
@@ -896,7 +904,8 @@ impl Resource {
             | Resource::Absent { origin, .. }
             | Resource::Package { origin, .. }
             | Resource::Group { origin, .. }
-            | Resource::Sysctl { origin, .. } => origin,
+            | Resource::Sysctl { origin, .. }
+            | Resource::Setting { origin, .. } => origin,
             Resource::Service(s) => &s.origin,
             Resource::User(u) => &u.origin,
             Resource::Firewall(f) => &f.origin,

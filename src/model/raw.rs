@@ -526,6 +526,11 @@ pub struct RoleFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub sysctl: BTreeMap<String, S<String>>,
+    /// Host settings, one value per host, each owned by the engine's kind
+    /// of its name.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub settings: BTreeMap<String, S<String>>,
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
     #[serde(default)]

@@ -4,7 +4,10 @@
 
 use super::Need;
 use super::path::on_host;
+use super::{ApplyCx, Change, Kind, PlanCx, Saves, step};
 use crate::change::Action;
+use crate::change::ResourceKind;
+use crate::engine::item::Item;
 use crate::engine::observed::{PathKind, PathState};
 use crate::engine::sh::cmd;
 
@@ -24,6 +27,50 @@ pub fn apply(root: &str, path: &str, was: Option<PathKind>) -> String {
         format!("rm -rf -- {p} || return\n")
     } else {
         format!("{}rm -f {p} || return\n", cmd("backup").arg(path).step())
+    }
+}
+
+/// `absent:` as a [`Kind`].
+pub struct Absent;
+
+impl Kind for Absent {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Absent
+    }
+
+    fn under_root(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Absent { path } = item else {
+            return Ok(None);
+        };
+        Ok(plan(cx.obs.paths.get(path)))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Absent { path } = item else {
+            return vec![];
+        };
+        step(c, apply(cx.root, path, c.was))
+    }
+
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    /// Nothing is there to manage once it is gone.
+    fn inventoried(&self) -> bool {
+        false
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        super::path::is_risky(id, login_user)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        super::path::save(c, s);
     }
 }
 

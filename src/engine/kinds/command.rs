@@ -3,13 +3,16 @@
 //! unguarded one when it is new or its command changed (its checksum is
 //! kept in the host's inventory).
 
+use super::{ApplyCx, Change, Kind, Observe, PlanCx, ProbeCx, ReadCx, each, step};
 use super::{Garbled, Need};
 use crate::change::Action;
+use crate::change::ResourceKind;
 use crate::digest::sha256_hex;
 use crate::engine::item::Item;
-use crate::engine::observed::Observed;
+use crate::engine::observed::{Inventory, Observed};
 use crate::engine::sh::{Tag, Word, cmd};
 use crate::model::desired::CommandResource;
+use crate::model::desired::Confinement;
 
 /// Probe: for each guarded command, a [`Tag::Guard`] record with its name
 /// and `run` or `skip`. Guards run with a 60 s limit and no input; `creates`
@@ -115,6 +118,91 @@ pub fn apply(c: &CommandResource) -> String {
 /// The checksum of a command's definition kept in the inventory.
 pub fn hash(c: &CommandResource) -> String {
     sha256_hex(c.run.as_bytes())[..16].to_string()
+}
+
+/// `commands:` as a [`Kind`].
+pub struct Command;
+
+impl Kind for Command {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Command
+    }
+
+    fn probe(&self, items: &[Item], cx: &ProbeCx) -> String {
+        probe(items, cx.root)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Guard]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            let (name, why) = parse(record)?;
+            o.commands.insert(name.to_string(), why);
+            Ok(())
+        })
+    }
+
+    fn under_root(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Command(cmd) = item else {
+            return Ok(None);
+        };
+        Ok(plan(cmd, cx.obs))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Command(cmd) = item else {
+            return vec![];
+        };
+        step(c, format!("{}{}", cx.owes, apply(cmd)))
+    }
+
+    fn record(&self, item: &Item, inv: &mut Inventory) {
+        if let Item::Command(cmd) = item {
+            inv.commands.insert(cmd.name.clone(), hash(cmd));
+        }
+    }
+
+    /// Its guards run for a proposal only as the base has them: not even
+    /// its `creates:` path is looked at otherwise (it would tell whether a
+    /// path the base does not show exists).
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        let Item::Command(cmd) = item else {
+            return Observe::NotManaged;
+        };
+        let guard = (
+            cmd.name.clone(),
+            cmd.creates.clone(),
+            cmd.unless.clone(),
+            cmd.onlyif.clone(),
+        );
+        let guarded = cmd.creates.is_some() || cmd.unless.is_some() || cmd.onlyif.is_some();
+        if guarded && !base.guards.contains(&guard) {
+            let mut unguarded = cmd.clone();
+            unguarded.creates = None;
+            unguarded.unless = None;
+            unguarded.onlyif = None;
+            Observe::Unguarded(Item::Command(unguarded))
+        } else {
+            Observe::Yes
+        }
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        if let Item::Command(cmd) = item {
+            base.guards.insert((
+                cmd.name.clone(),
+                cmd.creates.clone(),
+                cmd.unless.clone(),
+                cmd.onlyif.clone(),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 
 use super::Need;
 use super::path::{on_host, ownership, replaces};
+use super::{ApplyCx, Change, Kind, PlanCx, Prune, Saves, step};
 use crate::change::Action;
+use crate::change::ResourceKind;
+use crate::engine::item::Item;
+use crate::engine::observed::{InventoryEntry, Observed};
 use crate::engine::observed::{PathKind, PathState};
 use crate::engine::sh::{Word, cmd};
 
@@ -61,6 +65,85 @@ pub fn prune(root: &str, path: &str) -> String {
         on_host(root, path),
         Word::quoted(&format!("directory {path} is not empty; left in place"))
     )
+}
+
+/// `directories:` as a [`Kind`].
+pub struct Directory;
+
+impl Kind for Directory {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Directory
+    }
+
+    fn under_root(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Dir {
+            path,
+            mode,
+            owner,
+            group,
+        } = item
+        else {
+            return Ok(None);
+        };
+        Ok(plan(
+            cx.obs.paths.get(path),
+            *mode,
+            owner.as_deref(),
+            group.as_deref(),
+        ))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Dir {
+            path,
+            mode,
+            owner,
+            group,
+        } = item
+        else {
+            return vec![];
+        };
+        step(
+            c,
+            apply(
+                cx.root,
+                path,
+                c.action,
+                *mode,
+                owner.as_deref(),
+                group.as_deref(),
+            ),
+        )
+    }
+
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        super::path::prune(e, obs)
+    }
+
+    fn remove(&self, root: &str, id: &str) -> Option<String> {
+        Some(prune(root, id))
+    }
+
+    /// After what is in them.
+    fn prune_rank(&self) -> u8 {
+        3
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        super::path::is_risky(id, login_user)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        super::path::save(c, s);
+    }
 }
 
 #[cfg(test)]

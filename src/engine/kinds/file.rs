@@ -4,15 +4,23 @@
 //! validated, backed up and renamed over the original, so a crash leaves
 //! each file wholly old or wholly new.
 
+use std::collections::BTreeSet;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::path::{LOGIN_GROUP, on_host, ownership, parent, replaces, set_group};
-use super::{Garbled, Need};
-use crate::change::Action;
+use super::{
+    ApplyCx, Change, Garbled, Kind, Need, Observe, PlanCx, ProbeCx, Prune, ReadCx, Saves, each,
+    step,
+};
+use crate::change::{Action, ResourceKind};
 use crate::engine::item::{FileItem, Item};
-use crate::engine::observed::{DIFF_LIMIT, Observed, PathKind, STATE_DIR};
+use crate::engine::observed::{
+    DIFF_LIMIT, InventoryEntry, Observed, PathKind, STATE_DIR, Settled,
+};
 use crate::engine::sh::{Cmd, HEREDOC as EOF, Tag, Word, cmd};
+use crate::model::desired::Confinement;
 use crate::transport::shell_quote as q;
 
 /// How the probe looks at file content.
@@ -625,6 +633,184 @@ pub fn prune(root: &str, path: &str) -> String {
         cmd("backup").arg(path).step(),
         on_host(root, path)
     )
+}
+
+/// Between full checks: every file the record of settled files vouches
+/// for and that did not move is as the config wants it. A record that
+/// does not list every managed file is not used.
+fn use_settled(
+    o: &mut Observed,
+    record: &str,
+    moved: &BTreeSet<String>,
+    items: &[Item],
+) {
+    let files: BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::File(f) => Some(f.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let listed = record
+        .strip_prefix("hit\t")
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    if listed != Some(files.len()) {
+        o.settled = Settled::Miss;
+        return;
+    }
+    o.settled = Settled::Hit { moved: moved.len() };
+    for i in items {
+        if let Item::File(f) = i
+            && !moved.contains(&f.path)
+        {
+            o.paths.insert(f.path.clone(), as_wanted(f));
+        }
+    }
+}
+
+/// `files:` as a [`Kind`] (and everything written as files: timers, cron
+/// entries, APT sources, authorized_keys).
+pub struct File;
+
+impl Kind for File {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::File
+    }
+
+    /// Between full checks the record of settled files stands in for every
+    /// file's stat and hash: no file's path is sent.
+    fn probe(&self, items: &[Item], cx: &ProbeCx) -> String {
+        if cx.content.settled {
+            settled_probe(items, cx.root)
+        } else {
+            probe(items, cx.root, cx.content)
+        }
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[
+            Tag::Differs,
+            Tag::Content,
+            Tag::Settled,
+            Tag::Moved,
+            Tag::Recorded,
+        ]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        let mut settled = None;
+        let mut moved = BTreeSet::new();
+        each(records, |tag, record| {
+            match tag {
+                Tag::Differs => {
+                    o.content_differs.insert(cx.strip(record));
+                }
+                Tag::Content => {
+                    let (path, bytes) = parse_content(record)?;
+                    o.contents.insert(cx.strip(path), bytes);
+                }
+                Tag::Settled => settled = Some(record),
+                Tag::Moved => {
+                    moved.insert(cx.strip(record));
+                }
+                _ => o.recorded = Some(record.trim().to_string()),
+            }
+            Ok(())
+        })?;
+        if let Some(record) = settled {
+            use_settled(o, record, &moved, cx.items);
+        }
+        Ok(())
+    }
+
+    fn under_root(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::File(f) = item else {
+            return Ok(None);
+        };
+        plan(f, cx.obs)
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::File(f) = item else {
+            return vec![];
+        };
+        let content = writes_content(c);
+        if content {
+            cx.written
+                .push((f.sha256.clone(), format!("{}{}", cx.root, f.path)));
+        }
+        let staged = cx.staged.get(&f.path).copied();
+        step(
+            c,
+            format!(
+                "{}{}",
+                cx.owes,
+                apply(cx.root, f, c.action, content, staged)
+            ),
+        )
+    }
+
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        super::path::prune(e, obs)
+    }
+
+    fn remove(&self, root: &str, id: &str) -> Option<String> {
+        Some(prune(root, id))
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        super::path::is_risky(id, login_user)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        super::path::save(c, s);
+    }
+
+    /// Sensitive where the base says so, whatever the proposal says; a
+    /// path the base treats as secret is never compared, whatever content
+    /// the proposal gives it: a guess would be confirmed.
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        let Item::File(f) = item else {
+            return Observe::NotManaged;
+        };
+        if base.sensitive.contains(&f.path) {
+            f.content.sensitive = true;
+        }
+        let placeholder = crate::model::desired::SENSITIVE.as_bytes();
+        let is_placeholder = f
+            .content
+            .bytes
+            .windows(placeholder.len())
+            .any(|w| w == placeholder);
+        if f.content.sensitive && (is_placeholder || base.sensitive.contains(&f.path)) {
+            Observe::Secret
+        } else if base.paths.contains(&f.path) {
+            Observe::Yes
+        } else {
+            Observe::NotManaged
+        }
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        if let Item::File(f) = item
+            && f.content.sensitive
+        {
+            base.sensitive.insert(f.path.clone());
+        }
+    }
+}
+
+/// Does a file change write its content (not only mode or owner)?
+pub fn writes_content(c: &Change) -> bool {
+    c.action != Action::Update || c.diff.is_some() || c.note.is_some()
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@
 //! write are left in place and reported.
 
 use super::Need;
+use super::{ApplyCx, Change, Kind, PlanCx, ProbeCx, ReadCx, Saves, each, step};
+use crate::change::ResourceKind;
 use crate::change::{Action, Attr};
 use crate::engine::item::Item;
 use crate::engine::observed::FirewallState;
+use crate::engine::observed::Observed;
 use crate::engine::sh::{Tag, Word, cmd};
-use crate::model::desired::{Firewall, FirewallRule, Policy, RuleAction};
+use crate::model::desired::{Firewall as Rules, FirewallRule, Policy, RuleAction};
 
 /// Probe: when ufw is installed, a [`Tag::Ufw`] record, its rules as
 /// [`Tag::UfwRule`] records, its default policies and its ENABLED setting.
@@ -79,7 +82,7 @@ impl Ufw {
 /// What the firewall needs: ufw installed with all rules, or the rules
 /// added and removed and the defaults set; plus warnings for rules in
 /// forms tidekeeper does not write.
-pub fn plan(fw: &Firewall, have: Option<&FirewallState>) -> (Option<Need>, Vec<String>) {
+pub fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, Vec<String>) {
     let want: Vec<String> = fw.rules.iter().map(rule_args).collect();
     let (incoming, outgoing) = (policy_word(fw.incoming), policy_word(fw.outgoing));
     let Some(o) = have else {
@@ -118,7 +121,7 @@ pub fn plan(fw: &Firewall, have: Option<&FirewallState>) -> (Option<Need>, Vec<S
 
 /// Apply: allow rules first (so SSH is in force before a default deny),
 /// then removals, the defaults, and enable.
-pub fn apply(fw: &Firewall, action: Action, attrs: &[Attr]) -> String {
+pub fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
     let ufw = |words: Vec<String>| cmd("ufw").args(words).quiet().step();
     let mut body = String::new();
     for r in &fw.rules {
@@ -295,6 +298,54 @@ pub fn policy_word(p: Policy) -> &'static str {
     }
 }
 
+/// `firewall:` as a [`Kind`].
+pub struct Firewall;
+
+impl Kind for Firewall {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Firewall
+    }
+
+    fn probe(&self, items: &[Item], cx: &ProbeCx) -> String {
+        probe(items, cx.root)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Ufw, Tag::UfwRule, Tag::UfwPolicy, Tag::UfwEnabled]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        let mut ufw = Ufw::default();
+        each(records, |tag, record| ufw.record(tag, record))?;
+        o.firewall = ufw.finish();
+        Ok(())
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Firewall(fw) = item else {
+            return Ok(None);
+        };
+        let (need, foreign) = plan(fw, cx.obs.firewall.as_ref());
+        cx.warnings.extend(foreign);
+        Ok(need)
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Firewall(fw) = item else {
+            return vec![];
+        };
+        step(c, apply(fw, c.action, &c.attrs))
+    }
+
+    fn is_risky(&self, _id: &str, _login_user: &str) -> bool {
+        is_risky()
+    }
+
+    fn save(&self, _c: &Change, s: &mut Saves) {
+        s.ufw = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,8 +362,8 @@ mod tests {
         }
     }
 
-    fn firewall(rules: Vec<FirewallRule>) -> Firewall {
-        Firewall {
+    fn firewall(rules: Vec<FirewallRule>) -> Rules {
+        Rules {
             incoming: Policy::Deny,
             outgoing: Policy::Allow,
             rules,

@@ -3,9 +3,12 @@
 //! changed with `groupmod`. Removed only if tidekeeper created them.
 
 use super::Garbled;
+use super::{ApplyCx, Change, Kind, Need, PlanCx, ProbeCx, Prune, ReadCx, each, step};
+use crate::change::ResourceKind;
 use crate::change::{Action, Attr};
 use crate::engine::item::Item;
 use crate::engine::observed::GroupEntry;
+use crate::engine::observed::{InventoryEntry, Observed};
 use crate::engine::sh::Tag;
 use crate::transport::shell_quote as q;
 
@@ -76,6 +79,67 @@ pub fn prune(name: &str) -> String {
 /// primary group, sudo rules by group).
 pub fn is_risky(name: &str, login_user: &str) -> bool {
     name == login_user
+}
+
+/// `groups:` as a [`Kind`].
+pub struct Group;
+
+impl Kind for Group {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Group
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::GroupLine]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            if let Some((name, g)) = parse(record)? {
+                o.groups.insert(name, g);
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Group { name, gid } = item else {
+            return Ok(None);
+        };
+        Ok(plan(cx.obs.groups.get(name), *gid).map(|(action, attrs)| {
+            let mut need = Need::new(action);
+            need.attrs = attrs;
+            need
+        }))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Group { name, gid } = item else {
+            return vec![];
+        };
+        step(c, apply(c.action, name, *gid))
+    }
+
+    /// Only a group tidekeeper made, and that is still there.
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        if e.created && obs.groups.contains_key(&e.id) {
+            Prune::Delete(None)
+        } else {
+            Prune::Keep
+        }
+    }
+
+    fn remove(&self, _root: &str, id: &str) -> Option<String> {
+        Some(prune(id))
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        is_risky(id, login_user)
+    }
 }
 
 #[cfg(test)]

@@ -1,33 +1,73 @@
-//! One module per resource kind: what the probe asks about it, how its
-//! record is read back, when it needs a change, what the apply runs, and
-//! whether a change to it risks tidekeeper's own access. The shared stages
-//! (probe, plan, apply, guard) only call into these, so a kind's rules live
-//! in one file. The kinds depend on the items, the observed state and the
-//! shell helpers; nothing here depends on the stages that call it.
+//! One module per resource kind, each owning all of its phases behind the
+//! [`Kind`] trait: what the probe asks about it, how its records are read
+//! back, when it needs a change, what the apply runs, what happens when it
+//! leaves the config, whether a change to it risks tidekeeper's own access,
+//! and what a proposal may observe of it. [`KINDS`] is the registry the
+//! stages (probe, plan, apply, guard, confine) go through; adding a kind is
+//! its file and one line there. The kinds depend on the items, the observed
+//! state and the shell helpers; nothing here depends on the stages that
+//! call it.
 
-pub mod absent;
+// What several kinds share, and resources written as files of other kinds.
 pub mod apt_repo;
-pub mod command;
 pub mod cron;
-pub mod directory;
-pub mod file;
-pub mod firewall;
-pub mod group;
-pub mod mount;
-pub mod package;
 pub mod path;
-pub mod service;
-pub mod stack;
-pub mod symlink;
-pub mod sysctl;
 pub mod timer;
-pub mod user;
 
-use crate::change::{Action, Attr};
+mod kind;
+pub use kind::*;
+
+use crate::change::{Action, Attr, ResourceKind};
 use crate::digest::sha256_hex;
 use crate::engine::item::{FileItem, Item, UserItem, default_home, unit_name};
 use crate::engine::observed::PathKind;
 use crate::model::desired::{Content, Host, Resource, ServiceState};
+
+/// Declares each kind's module and lists it in [`KINDS`].
+macro_rules! registry {
+    ($($module:ident::$kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// Every kind, in the order the probe asks about them.
+        pub static KINDS: &[&dyn Kind] = &[$(&$module::$kind),*];
+    };
+}
+
+// The registry. Adding a kind: its file, and its line here.
+registry! {
+    symlink::Symlink,
+    file::File,
+    package::Package,
+    service::Service,
+    user::User,
+    group::Group,
+    firewall::Firewall,
+    sysctl::Sysctl,
+    mount::Mount,
+    command::Command,
+    stack::Stack,
+    directory::Directory,
+    absent::Absent,
+    timezone::Timezone,
+}
+
+/// The kind that owns `(kind, id)`: a host setting by its name, any other
+/// by its [`ResourceKind`]. A kind no registered one owns (an unknown
+/// setting, a kind a newer tidekeeper recorded) gets [`Unowned`].
+pub fn of(kind: ResourceKind, id: &str) -> &'static dyn Kind {
+    KINDS
+        .iter()
+        .copied()
+        .find(|k| k.kind() == kind && (kind != ResourceKind::Setting || k.setting() == Some(id)))
+        .unwrap_or(&Unowned)
+}
+
+impl Item {
+    /// The kind that owns this item: every stage reaches it through here.
+    pub fn kind_impl(&self) -> &'static dyn Kind {
+        of(self.kind(), self.id())
+    }
+}
 
 /// A probe record that does not read as its tag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +133,7 @@ pub fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
 
 /// Flatten a host's resources into items, in the order they are applied:
 /// packages, groups, users, mounts, directories (parents first), files and
-/// links, sysctl, firewall, services, commands, stacks.
+/// links, sysctl and host settings, firewall, services, commands, stacks.
 pub fn items(host: &Host) -> Vec<Item> {
     let mut b = Buckets::default();
     for r in &host.resources {
@@ -111,7 +151,7 @@ struct Buckets {
     mounts: Vec<Item>,
     dirs: Vec<Item>,
     paths: Vec<Item>,
-    /// Ranked: sysctl, firewall, services, commands, stacks.
+    /// Ranked: sysctl and settings, firewall, services, commands, stacks.
     rest: Vec<(u8, Item)>,
 }
 
@@ -153,6 +193,13 @@ impl Buckets {
                 0,
                 Item::Sysctl {
                     key: key.clone(),
+                    value: value.clone(),
+                },
+            )),
+            Resource::Setting { name, value, .. } => self.rest.push((
+                0,
+                Item::Setting {
+                    name: name.clone(),
                     value: value.clone(),
                 },
             )),
@@ -341,4 +388,61 @@ pub(crate) fn sh_n(script: &str) {
 #[cfg(test)]
 pub(crate) fn sh_n_step(body: &str) {
     sh_n(&format!("f() {{\n:\n{body}}}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::observed::Observed;
+
+    /// Each kind is found by what it owns, once; a setting no kind owns
+    /// and a kind a newer tidekeeper recorded fall to [`Unowned`], which
+    /// blocks a plan and is never pruned.
+    #[test]
+    fn the_registry_finds_each_kind_by_what_it_owns() {
+        for k in KINDS {
+            let id = k.setting().unwrap_or("x");
+            assert!(std::ptr::addr_eq(of(k.kind(), id), *k), "{}", k.kind());
+            let owners = KINDS
+                .iter()
+                .filter(|o| o.kind() == k.kind() && o.setting() == k.setting())
+                .count();
+            assert_eq!(owners, 1, "{} is owned once", k.kind());
+        }
+        let unowned = Item::Setting {
+            name: "no_such".into(),
+            value: "1".into(),
+        };
+        assert_eq!(unowned.kind_impl().kind(), ResourceKind::Unknown);
+        let obs = Observed::default();
+        let mut warnings = vec![];
+        let mut cx = PlanCx {
+            obs: &obs,
+            earlier: &[],
+            warnings: &mut warnings,
+        };
+        let why = unowned.kind_impl().plan(&unowned, &mut cx).unwrap_err();
+        assert!(why.contains("no such setting"), "{why}");
+        let e = crate::engine::observed::InventoryEntry {
+            kind: ResourceKind::Unknown,
+            id: "vault".into(),
+            created: true,
+        };
+        assert_eq!(of(e.kind, &e.id).prune(&e, &obs), Prune::Keep);
+    }
+
+    /// The tags the kinds read are theirs alone, but for host settings,
+    /// whose records start with the setting's name.
+    #[test]
+    fn no_two_kinds_read_the_same_records() {
+        let mut seen: Vec<crate::engine::sh::Tag> = vec![];
+        for k in KINDS {
+            for t in k.tags() {
+                if *t != crate::engine::sh::Tag::Setting {
+                    assert!(!seen.contains(t), "{t:?} read twice");
+                    seen.push(*t);
+                }
+            }
+        }
+    }
 }

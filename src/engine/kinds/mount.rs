@@ -4,11 +4,17 @@
 //! A mount at or under /home or /root can hide the login user's keys, so a
 //! change to one is guarded like an sshd change.
 
+use super::{
+    ApplyCx, Change, Kind, Observe, PlanCx, ProbeCx, Prune, ReadCx, Saves, each, managed, step,
+};
 use super::{Garbled, Need};
+use crate::change::ResourceKind;
 use crate::change::{Action, Attr};
 use crate::engine::item::Item;
 use crate::engine::observed::FstabEntry;
+use crate::engine::observed::{InventoryEntry, Observed};
 use crate::engine::sh::{Tag, Word, cmd};
+use crate::model::desired::Confinement;
 use crate::model::desired::MountState;
 
 pub const FSTAB: &str = "/etc/fstab";
@@ -174,6 +180,86 @@ pub fn is_risky(path: &str) -> bool {
 pub fn rollback(path: &str) -> String {
     let p = Word::quoted(path);
     format!("umount -l {p} 2>/dev/null; mount {p} 2>/dev/null\n")
+}
+
+/// `mounts:` as a [`Kind`].
+pub struct Mount;
+
+impl Kind for Mount {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Mount
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Fstab, Tag::Mounted]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |tag, record| {
+            if tag == Tag::Fstab {
+                let (path, entry) = parse_fstab(record)?;
+                o.fstab.insert(path.to_string(), entry);
+            } else {
+                let (path, what) = parse_mounted(record)?;
+                o.mounted.insert(path.to_string(), what.to_string());
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Mount { path, entry, state } = item else {
+            return Ok(None);
+        };
+        Ok(plan(
+            Some(entry),
+            *state,
+            cx.obs.fstab.get(path),
+            cx.obs.mounted.get(path).map(String::as_str),
+        ))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Mount { path, entry, state } = item else {
+            return vec![];
+        };
+        step(c, apply(path, entry, *state, &c.attrs))
+    }
+
+    /// Filesystems go before the directories and files on them.
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    /// Data stays where it is unless the config says otherwise.
+    fn prune(&self, e: &InventoryEntry, _obs: &Observed) -> Prune {
+        Prune::Warn(format!(
+            "mount {} is no longer managed; it stays in fstab (declare it with state: absent to remove it)",
+            e.id
+        ))
+    }
+
+    fn is_risky(&self, id: &str, _login_user: &str) -> bool {
+        is_risky(id)
+    }
+
+    /// fstab comes back, then the mount point is as it says.
+    fn save(&self, c: &Change, s: &mut Saves) {
+        s.paths.push(FSTAB.to_string());
+        s.mounts.push(c.id.clone());
+    }
+
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        managed(item, base)
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        base.managed.insert((item.kind(), item.id().to_string()));
+    }
 }
 
 #[cfg(test)]

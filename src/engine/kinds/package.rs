@@ -3,10 +3,13 @@
 //! removed in one apt transaction each. The SSH server of a host reached
 //! over SSH is never removed.
 
+use super::{ApplyCx, Change, Kind, PlanCx, ProbeCx, Prune, ReadCx, each};
 use super::{Garbled, Need};
 use crate::change::Action;
+use crate::change::ResourceKind;
 use crate::engine::item::Item;
 use crate::engine::observed::PackageState as Have;
+use crate::engine::observed::{InventoryEntry, Observed};
 use crate::engine::sh::{Tag, Word, cmd};
 use crate::model::desired::PackageState;
 
@@ -150,6 +153,122 @@ fn words(names: &[&str]) -> String {
         .map(|n| Word::quoted(n).to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `packages:` as a [`Kind`]. Its changes are applied together, in one
+/// install and one removal ([`steps`]), before anything else.
+pub struct Package;
+
+impl Kind for Package {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Package
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Package, Tag::Candidate]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |tag, record| {
+            if tag == Tag::Package {
+                let (name, installed) = parse(record)?;
+                o.packages.entry(name.to_string()).or_default().installed = installed;
+            } else {
+                let (name, candidate) = parse_candidate(record)?;
+                o.packages.entry(name.to_string()).or_default().candidate = candidate;
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Package { name, state } = item else {
+            return Ok(None);
+        };
+        Ok(plan(*state, cx.obs.packages.get(name)))
+    }
+
+    /// Applied by [`steps`], all at once.
+    fn apply(&self, _c: &Change, _item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        vec![]
+    }
+
+    /// There is no rolling back a removed SSH server from a host nobody
+    /// can log in to.
+    fn lockout(&self, c: &Change) -> Option<String> {
+        (c.action == Action::Delete && is_ssh_server(&c.id)).then(|| {
+            format!(
+                "removing {} would cut tidekeeper (and everyone) off from this host, which it reaches over SSH; \
+                 remove it by hand if that is really meant",
+                c.id
+            )
+        })
+    }
+
+    fn prune(&self, e: &InventoryEntry, _obs: &Observed) -> Prune {
+        Prune::Warn(format!(
+            "package {} is no longer managed; it stays installed (declare it absent to remove it)",
+            e.id
+        ))
+    }
+}
+
+/// The package steps of a plan: one install (with ufw when a firewall is
+/// new) and one removal for all of them, each with the changes it carries.
+pub fn steps<'c>(desired: &[&'c Change], updated: bool) -> Vec<(String, String, Vec<&'c Change>)> {
+    let mut installs = Vec::new();
+    let mut upgrade = Vec::new();
+    let mut removals = Vec::new();
+    for c in desired {
+        if let Some(Item::Package { name, state }) = &c.item {
+            match (c.action, state) {
+                (Action::Delete, _) => removals.push(name.clone()),
+                (Action::Update, PackageState::Latest) => upgrade.push(name.clone()),
+                _ => installs.push(name.clone()),
+            }
+        }
+    }
+    let fw_needs_ufw = desired
+        .iter()
+        .any(|c| c.kind == ResourceKind::Firewall && c.action == Action::Create);
+    if fw_needs_ufw && !installs.iter().any(|p| p == "ufw") {
+        installs.push("ufw".into());
+    }
+    let packages = |delete: bool| -> Vec<&'c Change> {
+        desired
+            .iter()
+            .copied()
+            .filter(|c| {
+                matches!(c.item, Some(Item::Package { .. }))
+                    && (c.action == Action::Delete) == delete
+            })
+            .collect()
+    };
+    let mut steps = Vec::new();
+    if let Some(body) = install(&installs, &upgrade, updated) {
+        let names: Vec<&str> = installs
+            .iter()
+            .chain(&upgrade)
+            .map(String::as_str)
+            .collect();
+        steps.push((
+            format!("install packages {}", names.join(" ")),
+            body,
+            packages(false),
+        ));
+    }
+    if !removals.is_empty() {
+        steps.push((
+            format!("remove packages {}", removals.join(" ")),
+            remove(&removals),
+            packages(true),
+        ));
+    }
+    steps
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! the check of their ancestors for planted symlinks, the comparison of
 //! mode and ownership, and the lockout rule for paths access depends on.
 
-use super::{Garbled, Need};
+use super::{Change, Garbled, Need, Prune, Saves};
 use crate::engine::item::Item;
-use crate::engine::observed::{PathKind, PathState, STATE_DIR};
+use crate::engine::observed::{InventoryEntry, Observed, PathKind, PathState, STATE_DIR};
 use crate::engine::sh::Tag;
 use crate::transport::shell_quote as q;
 
@@ -223,6 +223,30 @@ pub fn is_risky(path: &str, login_user: &str) -> bool {
     };
     let someone_else = |u: &str| !u.is_empty() && !u.contains('/') && u != login_user;
     !(login_user == "root" && home.strip_prefix("/home/").is_some_and(someone_else))
+}
+
+/// What becomes of a path that left the config: removed when it is
+/// there.
+pub fn prune(e: &InventoryEntry, obs: &Observed) -> Prune {
+    match obs.paths.get(&e.id) {
+        Some(ps) => Prune::Delete(Some(ps.kind)),
+        None => Prune::Keep,
+    }
+}
+
+/// What the lockout guard saves for a risky path: the path itself (a
+/// directory's content is saved by the files in it), and all of sshd's or
+/// ufw's state when the path is theirs.
+pub fn save(c: &Change, s: &mut Saves) {
+    if c.id.starts_with("/etc/ssh/") {
+        s.ssh = true;
+    }
+    if c.id.starts_with("/etc/ufw/") {
+        s.ufw = true;
+    }
+    if !matches!(c.item, Some(Item::Dir { .. })) {
+        s.paths.push(c.id.clone());
+    }
 }
 
 #[cfg(test)]

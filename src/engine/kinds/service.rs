@@ -2,6 +2,9 @@
 //! of them; enabled, disabled, started, stopped with `systemctl`. Stopping,
 //! disabling or masking a unit that serves SSH is guarded.
 
+use super::{ApplyCx, Change, Kind, PlanCx, ProbeCx, Prune, ReadCx, Saves, step};
+use crate::change::ResourceKind;
+use crate::engine::observed::{InventoryEntry, Observed};
 use std::collections::BTreeMap;
 
 use super::Need;
@@ -200,6 +203,81 @@ fn names(items: &[Item]) -> impl Iterator<Item = &str> {
         Item::Service { name, .. } => Some(name.as_str()),
         _ => None,
     })
+}
+
+/// `services:` as a [`Kind`] (and the units of timers).
+pub struct Service;
+
+impl Kind for Service {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Service
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Unit]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        let mut units = Units::default();
+        for (_, record) in records {
+            units.record(record);
+        }
+        o.units = units.finish(cx.items);
+        Ok(())
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Service {
+            name,
+            enabled,
+            state,
+        } = item
+        else {
+            return Ok(None);
+        };
+        Ok(plan(
+            &cx.obs.units.get(name).cloned().unwrap_or_default(),
+            *enabled,
+            *state,
+        ))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Service {
+            name,
+            enabled,
+            state,
+        } = item
+        else {
+            return vec![];
+        };
+        step(c, apply(name, *enabled, *state, c.sets("state", "running")))
+    }
+
+    fn prune(&self, _e: &InventoryEntry, _obs: &Observed) -> Prune {
+        Prune::Delete(None)
+    }
+
+    fn remove(&self, _root: &str, id: &str) -> Option<String> {
+        Some(prune(id))
+    }
+
+    /// Units stop while their unit files still exist.
+    fn prune_rank(&self) -> u8 {
+        1
+    }
+
+    fn is_risky(&self, id: &str, _login_user: &str) -> bool {
+        is_risky(id)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        s.units.push(full_unit(&c.id));
+    }
 }
 
 #[cfg(test)]

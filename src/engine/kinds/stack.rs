@@ -3,6 +3,10 @@
 //! `docker ps` per project and brought up with `docker compose up` when its
 //! files changed or a container is not running as the config says.
 
+use super::{ApplyCx, Change, Kind, Observe, PlanCx, ProbeCx, Prune, ReadCx, each, step};
+use crate::change::ResourceKind;
+use crate::engine::observed::{Inventory, InventoryEntry};
+use crate::model::desired::Confinement;
 use std::collections::BTreeMap;
 
 use super::path::on_host;
@@ -194,6 +198,118 @@ pub fn prune(name: &str) -> String {
          docker network rm {n}_default >/dev/null 2>&1; fi; true\n",
         n = Word::quoted(name)
     )
+}
+
+/// `stacks:` as a [`Kind`].
+pub struct Stack;
+
+impl Kind for Stack {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Stack
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Container]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            let (stack, c) = parse(record)?;
+            o.stacks.entry(stack.to_string()).or_default().push(c);
+            Ok(())
+        })
+    }
+
+    /// Brought up again when its files change (looked up among the changes
+    /// planned before it).
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Stack {
+            name,
+            dir,
+            hash,
+            compose,
+            services,
+            ..
+        } = item
+        else {
+            return Ok(None);
+        };
+        let in_dir = format!("{dir}/");
+        let files_change = cx
+            .earlier
+            .iter()
+            .any(|c| c.kind == ResourceKind::File && c.id.starts_with(&in_dir));
+        let compose_changes = compose
+            .as_ref()
+            .is_some_and(|f| cx.earlier.iter().any(|c| c.id == format!("{dir}/{f}")));
+        let want = Wanted {
+            name,
+            dir,
+            hash,
+            compose: compose.as_deref(),
+            services,
+        };
+        Ok(plan(&want, cx.obs, files_change, compose_changes))
+    }
+
+    /// Recorded as up only once it is up and healthy.
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Stack {
+            name,
+            dir,
+            hash,
+            health,
+            health_timeout_secs,
+            ..
+        } = item
+        else {
+            return vec![];
+        };
+        let record = record(name, hash);
+        if health.is_empty() {
+            return step(c, format!("{}{record}", apply(cx.root, name, dir)));
+        }
+        let mut steps = step(c, apply(cx.root, name, dir));
+        steps.push((
+            format!("stack {name} health"),
+            format!(
+                "{}{record}",
+                crate::engine::health::wait_script(health, *health_timeout_secs)
+            ),
+        ));
+        steps
+    }
+
+    fn record(&self, item: &Item, inv: &mut Inventory) {
+        if let Item::Stack { name, hash, .. } = item {
+            inv.stacks.insert(name.clone(), hash.clone());
+        }
+    }
+
+    fn prune(&self, _e: &InventoryEntry, _obs: &Observed) -> Prune {
+        Prune::Delete(None)
+    }
+
+    fn remove(&self, _root: &str, id: &str) -> Option<String> {
+        Some(prune(id))
+    }
+
+    /// Stopped first, while its files still exist.
+    fn prune_rank(&self) -> u8 {
+        0
+    }
+
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        super::managed(item, base)
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        base.managed.insert((item.kind(), item.id().to_string()));
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,12 @@
 //! link is never missing. Never made over a directory.
 
 use super::path::{on_host, parent, replaces};
+use super::{ApplyCx, Change, Kind, PlanCx, ProbeCx, Prune, ReadCx, Saves, each, step};
 use super::{Garbled, Need};
 use crate::change::Action;
+use crate::change::ResourceKind;
 use crate::engine::item::Item;
+use crate::engine::observed::{InventoryEntry, Observed};
 use crate::engine::observed::{PathKind, PathState};
 use crate::engine::sh::{Tag, Word, cmd};
 
@@ -61,6 +64,71 @@ pub fn apply(root: &str, path: &str, target: &str, action: Action) -> String {
         Word::quoted(target)
     ));
     body
+}
+
+/// `links:` as a [`Kind`].
+pub struct Symlink;
+
+impl Kind for Symlink {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Symlink
+    }
+
+    fn probe(&self, items: &[Item], cx: &ProbeCx) -> String {
+        probe(items, cx.root)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Link]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            let (path, target) = parse(record)?;
+            if let Some(ps) = o.paths.get_mut(&cx.strip(path)) {
+                ps.link_target = Some(target.to_string());
+            }
+            Ok(())
+        })
+    }
+
+    fn under_root(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Link { path, target } = item else {
+            return Ok(None);
+        };
+        plan(path, target, cx.obs.paths.get(path))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Link { path, target } = item else {
+            return vec![];
+        };
+        step(c, apply(cx.root, path, target, c.action))
+    }
+
+    fn on_filesystem(&self) -> bool {
+        true
+    }
+
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        super::path::prune(e, obs)
+    }
+
+    fn remove(&self, root: &str, id: &str) -> Option<String> {
+        Some(super::file::prune(root, id))
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        super::path::is_risky(id, login_user)
+    }
+
+    fn save(&self, c: &Change, s: &mut Saves) {
+        super::path::save(c, s);
+    }
 }
 
 #[cfg(test)]

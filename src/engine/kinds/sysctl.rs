@@ -2,8 +2,13 @@
 //! persisted in one file under /etc/sysctl.d so they survive a reboot.
 
 use super::Garbled;
+use super::{ApplyCx, Change, Kind, Need, Observe, PlanCx, ProbeCx, ReadCx, each, managed, step};
+use crate::change::{Action, ResourceKind};
+use crate::engine::item::FileItem;
 use crate::engine::item::Item;
+use crate::engine::observed::Observed;
 use crate::engine::sh::Tag;
+use crate::model::desired::Confinement;
 use crate::transport::shell_quote as q;
 
 /// Where the settings are persisted.
@@ -77,6 +82,78 @@ fn keys(items: &[Item]) -> impl Iterator<Item = (&str, &str)> {
 
 fn words(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `sysctl:` as a [`Kind`].
+pub struct Sysctl;
+
+impl Kind for Sysctl {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::Sysctl
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Sysctl]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            if let Some((key, value)) = parse(record, cx.items)? {
+                o.sysctl.insert(key, Some(value));
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::Sysctl { key, value } = item else {
+            return Ok(None);
+        };
+        let have = cx.obs.sysctl.get(key).cloned().flatten();
+        Ok(plan(have.as_deref(), value)
+            .map(|want| Need::new(Action::Update).attr("value", have, Some(want))))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::Sysctl { key, value } = item else {
+            return vec![];
+        };
+        step(c, apply(key, value))
+    }
+
+    /// Every setting of the host, persisted so it survives a reboot.
+    fn persist(&self, items: &[Item]) -> Option<FileItem> {
+        let conf = conf(items);
+        Some(FileItem {
+            path: CONF.into(),
+            sha256: crate::digest::sha256_hex(conf.as_bytes()),
+            content: crate::model::desired::Content {
+                bytes: conf.into_bytes(),
+                sensitive: false,
+            },
+            mode: Some(0o644),
+            owner: None,
+            group: None,
+            validate: None,
+            notify: vec![],
+        })
+    }
+
+    fn is_risky(&self, id: &str, _login_user: &str) -> bool {
+        is_risky(id)
+    }
+
+    fn confine(&self, item: &mut Item, base: &Confinement) -> Observe {
+        managed(item, base)
+    }
+
+    fn limit(&self, item: &Item, base: &mut Confinement) {
+        base.managed.insert((item.kind(), item.id().to_string()));
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! `useradd`, changed with `usermod`, removed only if tidekeeper made them.
 //! Their authorized_keys come as ordinary file items.
 
+use super::{ApplyCx, Change, Kind, PlanCx, ProbeCx, Prune, ReadCx, each, step};
+use crate::change::ResourceKind;
+use crate::engine::observed::{InventoryEntry, Observed};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Garbled, Need};
@@ -134,6 +137,66 @@ pub fn prune(name: &str) -> String {
 /// Changing the login user or root can take tidekeeper's access.
 pub fn is_risky(name: &str, login_user: &str) -> bool {
     name == login_user || name == "root"
+}
+
+/// `users:` as a [`Kind`].
+pub struct User;
+
+impl Kind for User {
+    fn kind(&self) -> ResourceKind {
+        ResourceKind::User
+    }
+
+    fn probe(&self, items: &[Item], _cx: &ProbeCx) -> String {
+        probe(items)
+    }
+
+    fn tags(&self) -> &'static [Tag] {
+        &[Tag::Passwd]
+    }
+
+    fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
+        each(records, |_, record| {
+            if let Some((name, pw)) = parse(record)? {
+                o.users.insert(name, pw);
+            }
+            Ok(())
+        })
+    }
+
+    fn plan(&self, item: &Item, cx: &mut PlanCx) -> Result<Option<Need>, String> {
+        let Item::User(u) = item else {
+            return Ok(None);
+        };
+        Ok(plan(u, cx.obs.users.get(&u.name), &cx.obs.groups))
+    }
+
+    fn apply(&self, c: &Change, item: &Item, _cx: &mut ApplyCx) -> Vec<(String, String)> {
+        let Item::User(u) = item else {
+            return vec![];
+        };
+        step(
+            c,
+            apply(u, c.action, c.attrs.iter().any(|a| a.name == "home")),
+        )
+    }
+
+    /// Only a user tidekeeper made, and that is still there.
+    fn prune(&self, e: &InventoryEntry, obs: &Observed) -> Prune {
+        if e.created && obs.users.contains_key(&e.id) {
+            Prune::Delete(None)
+        } else {
+            Prune::Keep
+        }
+    }
+
+    fn remove(&self, _root: &str, id: &str) -> Option<String> {
+        Some(prune(id))
+    }
+
+    fn is_risky(&self, id: &str, login_user: &str) -> bool {
+        is_risky(id, login_user)
+    }
 }
 
 #[cfg(test)]

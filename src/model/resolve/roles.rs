@@ -1,6 +1,6 @@
 //! Stage 4: each role under roles/, checked once, however many hosts use it:
-//! its files, paths, packages, services, accounts, firewall, sysctl,
-//! commands, stacks and handlers.
+//! its files, paths, packages, services, accounts, firewall, sysctl, host
+//! settings, commands, stacks and handlers.
 
 use super::templates::is_template;
 use super::*;
@@ -304,8 +304,30 @@ impl Loader<'_> {
         }
     }
 
-    /// `sysctl:` and `commands:`.
+    /// `sysctl:`, `settings:` and `commands:`.
     fn role_settings(&mut self, file: &str, r: &raw::RoleFile, items: &mut Vec<Item>) {
+        // A setting's value reaches the host's shell as one word; which
+        // names there are, the engine's kinds say.
+        for (name, value) in &r.settings {
+            let named = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !named {
+                self.err(at(file, value).error(
+                    "invalid-name",
+                    format!("{name:?} is not a setting name (lowercase letters, digits and _)"),
+                ));
+            }
+            if let Err(e) = check::shell_word("setting", &value.value) {
+                self.err(at(file, value).error("invalid-value", e));
+            }
+            items.push(Item::Ready(Resource::Setting {
+                name: name.clone(),
+                value: value.value.clone(),
+                origin: at(file, value),
+            }));
+        }
         for (key, value) in &r.sysctl {
             let ok = !key.is_empty()
                 && key
