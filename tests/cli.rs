@@ -575,3 +575,42 @@ fn completions_and_manual_pages_cover_every_command() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A host setting no kind knows is a located error of `validate` (and of
+/// every command that loads the config), not a surprise at plan time.
+#[test]
+fn a_misspelt_setting_is_a_located_validate_error() {
+    let tmp = TempDir::new("setting");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let role = repo.join("roles/base.yaml");
+    let mut text = std::fs::read_to_string(&role).unwrap();
+    let line = text.lines().count() + 2;
+    text.push_str("settings:\n  timezon: Europe/Berlin\n");
+    std::fs::write(&role, text).unwrap();
+    git(&repo, &["commit", "-qam", "typo"]);
+    for cmd in ["validate", "plan"] {
+        let out = tidekeeper()
+            .args([cmd, "--repo"])
+            .arg(&repo)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("roles/base.yaml:{line}:"))
+                && stderr.contains("unknown-setting")
+                && stderr.contains("tidekeeper has no setting \"timezon\"")
+                && stderr.contains("did you mean \"timezone\"?"),
+            "{cmd}: {stderr}"
+        );
+    }
+}

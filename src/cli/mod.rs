@@ -315,7 +315,15 @@ fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
-    model::load(tree).map_err(|diags| {
+    let checked = model::load(tree).and_then(|fleet| {
+        let unknown = crate::engine::kinds::unknown_settings(&fleet);
+        if unknown.is_empty() {
+            Ok(fleet)
+        } else {
+            Err(model::Diagnostics(unknown))
+        }
+    });
+    checked.map_err(|diags| {
         let n = diags.len();
         let (stdout, mut stderr) = match format {
             Format::Json => (

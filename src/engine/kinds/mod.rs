@@ -62,6 +62,35 @@ pub fn of(kind: ResourceKind, id: &str) -> &'static dyn Kind {
         .unwrap_or(&Unowned)
 }
 
+/// Host settings no kind knows, each located where the config names it:
+/// the model cannot ask the registry (it sits below the engine), so the
+/// commands that load a config ask here before planning.
+pub fn unknown_settings(fleet: &crate::model::Fleet) -> Vec<crate::model::Diagnostic> {
+    let known: Vec<&str> = KINDS.iter().filter_map(|k| k.setting()).collect();
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in fleet.hosts.iter().flat_map(|h| &h.resources) {
+        let Resource::Setting { name, origin, .. } = r else {
+            continue;
+        };
+        if known.contains(&name.as_str()) || !seen.insert((name, origin.to_string())) {
+            continue;
+        }
+        let d = origin.error(
+            "unknown-setting",
+            format!("tidekeeper has no setting {name:?}"),
+        );
+        out.push(match crate::suggest::closest(name, &known) {
+            Some(c) => d.with_help(format!(
+                "did you mean {c:?}? Settings: {}",
+                known.join(", ")
+            )),
+            None => d.with_help(format!("settings: {}", known.join(", "))),
+        });
+    }
+    out
+}
+
 impl Item {
     /// The kind that owns this item: every stage reaches it through here.
     pub fn kind_impl(&self) -> &'static dyn Kind {
