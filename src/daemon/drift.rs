@@ -5,7 +5,7 @@
 use tracing::{Instrument, info_span, warn};
 
 use super::Loop;
-use super::commit::{Applied, Refused};
+use super::commit::{Applied, Mode, Refused};
 use super::status::HostState;
 use crate::model::desired::DriftMode;
 
@@ -33,11 +33,14 @@ impl Loop {
             let now = self.clock.now();
             let every = std::time::Duration::from_secs(fleet.settings.full_check_secs);
             let full = super::full_check_due(self.last_full_check, now, every);
-            self.changed_files_only = !full;
+            let mode = Mode {
+                apply,
+                changed_files_only: !full,
+                review: None,
+            };
             let result = self
-                .reconcile(&commit, fleet.clone(), &policies, apply, None)
+                .reconcile(&commit, fleet.clone(), &policies, mode)
                 .await;
-            self.changed_files_only = false;
             if full && result.is_ok() {
                 self.last_full_check = Some(now);
             }

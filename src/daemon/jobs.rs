@@ -84,7 +84,7 @@ impl Loop {
             return;
         }
         let only = self.cfg.hosts.clone();
-        let opts = self.options(&fleet);
+        let opts = self.options(&fleet, false);
         let locks = self.locks.clone();
         let done = self.job_done.clone();
         let span = info_span!("maintenance", job = %name);

@@ -255,8 +255,6 @@ struct Loop {
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
-    /// The reconcile under way is such a drift check.
-    changed_files_only: bool,
     /// Vouches for hosts' stat caches, waiting for their next drift check.
     vouches: Arc<engine::Vouches>,
 }
@@ -460,14 +458,16 @@ impl Loop {
             .collect()
     }
 
-    fn options(&self, fleet: &Fleet) -> engine::Options {
+    /// How the engine works on `fleet`'s hosts; `changed_files_only`: a
+    /// drift check hashes only files whose stat moved.
+    fn options(&self, fleet: &Fleet, changed_files_only: bool) -> engine::Options {
         engine::Options {
             parallel: fleet.settings.parallelism.max(1) as usize,
             ssh_key: self.cfg.ssh_key.clone(),
             rollback_deadline: self.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
             clock: self.clock.clone(),
-            changed_files_only: self.changed_files_only,
+            changed_files_only,
             record_file_stats: true,
             vouches: Some(self.vouches.clone()),
             ..Default::default()
@@ -670,7 +670,6 @@ pub async fn serve(
         forge: None,
         unpushed: Mutex::new(None),
         last_full_check: None,
-        changed_files_only: false,
         vouches: Default::default(),
     };
     let mut worker = tokio::spawn(lp.run());
