@@ -372,8 +372,6 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         digest: digest.clone(),
         lines,
     });
-    let stamp =
-        format!("\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n");
     let review = crate::report::Review {
         fleet: &fleet_name,
         commit: sha,
@@ -382,60 +380,20 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         verdict: &verdict,
         after_merge: &after_merge,
     };
-    let md = crate::report::markdown(&review, usize::MAX);
-    let mut json = reconcile::json(cloud.as_ref(), &refs);
-    json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
-    json["ref"] = name.into();
-    json["base"] = job.base_commit.clone().into();
-    json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
-    json["digest"] = digest.clone().into();
-    let note = base.redact(&format!(
-        "{md}{stamp}\n<!-- plan as JSON -->\n{}",
-        crate::report::fenced(
-            "json",
-            &serde_json::to_string_pretty(&json).unwrap_or_default()
-        )
-    ));
-    let t = reconcile::totals(cloud.as_ref(), &refs);
-    let (state, desc) = if verdict.blocks() {
-        let first = verdict
-            .deny
-            .first()
-            .or(verdict.errors.first())
-            .cloned()
-            .unwrap_or_default();
-        // The policy's name first: the description is cut at 140 characters.
-        let desc = match verdict.denial_of(&first) {
-            Some(d) => format!("denied by {}: {}", d.policy, d.message),
-            None => format!("denied: {first}"),
-        };
-        ("failure", desc)
-    } else if t.errors > 0 {
-        (
-            "error",
-            format!("{} host(s) or server(s) could not be planned", t.errors),
-        )
-    } else {
-        (
-            "success",
-            engine::render::summary_line(&t)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        )
+    let proposed = crate::report::Proposed {
+        name,
+        base: &job.base_commit,
+        digest: &digest,
     };
+    let formatted = crate::report::proposal(&review, &proposed);
+    let note = base.redact(&formatted.note);
+    let (state, desc) = (formatted.status.0, base.redact(&formatted.status.1));
     let report = with_forge.then(|| {
-        // As many comments as the plan needs; the digest stamp on the first.
-        let mut parts =
-            crate::report::comments(&review, crate::report::GITHUB_LIMIT - stamp.len() - 200)
-                .into_iter()
-                .map(|p| base.redact(&p));
-        let first = parts.next().unwrap_or_default();
+        let mut parts = formatted.comments.iter().map(|p| base.redact(p));
         Report {
             state: state.into(),
-            description: base.redact(&desc),
-            comment: format!("{first}{stamp}"),
+            description: desc.clone(),
+            comment: parts.next().unwrap_or_default(),
             more: parts.collect(),
             context,
             marker,
@@ -455,7 +413,7 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         note,
         report,
         reviewed,
-        verdict: (state.to_string(), base.redact(&desc)),
+        verdict: (state.to_string(), desc),
         denials: verdict
             .deny
             .iter()
