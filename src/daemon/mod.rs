@@ -549,6 +549,86 @@ impl Loop {
     }
 }
 
+/// The state shared with the HTTP server. Every state file is read here,
+/// at start; what cannot be read is set aside and shown in /status until
+/// the daemon restarts. The proposals' record goes to the loop.
+fn open_shared(cfg: &Config, sched: Arc<Scheduler>) -> (Arc<Shared>, proposals::Record) {
+    let (notifier, unreadable_notify) =
+        crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
+    let (board, unreadable_history) = Board::open(&cfg.state_dir);
+    let (record, unreadable_record) = proposals::load_record(&cfg.state_dir);
+    let unreadable_state: Vec<_> = [unreadable_notify, unreadable_history, unreadable_record]
+        .into_iter()
+        .flatten()
+        .collect();
+    let shared = Arc::new(Shared {
+        status: Mutex::new(FleetStatus {
+            repo: cfg.repo.clone(),
+            branch: cfg.branch.clone(),
+            unreadable_state,
+            ..Default::default()
+        }),
+        metrics: Mutex::new(Metrics::default()),
+        scheduler: sched,
+        ready: AtomicBool::new(false),
+        webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
+        api_token: cfg.api_token.clone().map(String::into_bytes),
+        stale: Mutex::new(BTreeMap::new()),
+        notifier,
+        board: Mutex::new(board),
+    });
+    (shared, record)
+}
+
+impl Loop {
+    /// The loop as it starts: nothing seen yet, nothing running.
+    fn new(
+        cfg: Config,
+        clock: Clock,
+        shared: Arc<Shared>,
+        mirror: Mirror,
+        sched: Arc<Scheduler>,
+        record: proposals::Record,
+        stop: Arc<Notify>,
+    ) -> Loop {
+        let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
+        Loop {
+            cfg,
+            clock,
+            shared,
+            mirror: Arc::new(Mutex::new(mirror)),
+            good: None,
+            last_seen: None,
+            last_fetch: None,
+            fetch_failures: 0,
+            shutdown: stop,
+            incomplete: None,
+            reported_suspension: None,
+            sched,
+            backoff: Backoff::default(),
+            locks: Arc::new(HostLocks::default()),
+            jobs_running: Default::default(),
+            job_done,
+            job_rx: Some(job_rx),
+            rolling: BTreeMap::new(),
+            rollout_tx,
+            rollout_rx: Some(rollout_rx),
+            due: BTreeMap::new(),
+            proposals: record,
+            proposal_heads: BTreeMap::new(),
+            planning: BTreeMap::new(),
+            proposal_tx,
+            proposal_rx: Some(proposal_rx),
+            forge: None,
+            unpushed: Mutex::new(None),
+            last_full_check: None,
+            vouches: Default::default(),
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT: binds `cfg.listen` and installs
 /// the signal handlers, then [`serve`]s.
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
@@ -597,32 +677,7 @@ pub async fn serve(
         cfg.git.clone(),
     )?;
     let sched = Arc::new(Scheduler::default());
-    // Every state file is read here, at start; what cannot be read is set
-    // aside and shown in /status until the daemon restarts.
-    let (notifier, unreadable_notify) =
-        crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
-    let (board, unreadable_history) = Board::open(&cfg.state_dir);
-    let (record, unreadable_record) = proposals::load_record(&cfg.state_dir);
-    let unreadable_state: Vec<_> = [unreadable_notify, unreadable_history, unreadable_record]
-        .into_iter()
-        .flatten()
-        .collect();
-    let shared = Arc::new(Shared {
-        status: Mutex::new(FleetStatus {
-            repo: cfg.repo.clone(),
-            branch: cfg.branch.clone(),
-            unreadable_state,
-            ..Default::default()
-        }),
-        metrics: Mutex::new(Metrics::default()),
-        scheduler: sched.clone(),
-        ready: AtomicBool::new(false),
-        webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
-        api_token: cfg.api_token.clone().map(String::into_bytes),
-        stale: Mutex::new(BTreeMap::new()),
-        notifier,
-        board: Mutex::new(board),
-    });
+    let (shared, record) = open_shared(&cfg, sched.clone());
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
         reason: e.to_string(),
@@ -637,41 +692,15 @@ pub async fn serve(
     };
     started(shared.clone());
     let stop = Arc::new(Notify::new());
-    let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
-    let lp = Loop {
+    let lp = Loop::new(
         cfg,
         clock,
-        shared: shared.clone(),
-        mirror: Arc::new(Mutex::new(mirror)),
-        good: None,
-        last_seen: None,
-        last_fetch: None,
-        fetch_failures: 0,
-        shutdown: stop.clone(),
-        incomplete: None,
-        reported_suspension: None,
+        shared.clone(),
+        mirror,
         sched,
-        backoff: Backoff::default(),
-        locks: Arc::new(HostLocks::default()),
-        jobs_running: Default::default(),
-        job_done,
-        job_rx: Some(job_rx),
-        rolling: BTreeMap::new(),
-        rollout_tx,
-        rollout_rx: Some(rollout_rx),
-        due: BTreeMap::new(),
-        proposals: record,
-        proposal_heads: BTreeMap::new(),
-        planning: BTreeMap::new(),
-        proposal_tx,
-        proposal_rx: Some(proposal_rx),
-        forge: None,
-        unpushed: Mutex::new(None),
-        last_full_check: None,
-        vouches: Default::default(),
-    };
+        record,
+        stop.clone(),
+    );
     let mut worker = tokio::spawn(lp.run());
     tokio::select! {
         _ = &mut worker => {}

@@ -15,52 +15,7 @@ impl Loop {
         // After a restart, the status branch says what was already applied;
         // which branch that is, the head's config says.
         if let Some(head) = self.fetch().await {
-            let path = self.mirror.lock().unwrap().path.clone();
-            let h = head.clone();
-            let settings = tokio::task::spawn_blocking(move || {
-                ConfigTree::from_git(&path, &h)
-                    .ok()
-                    .and_then(|t| crate::model::load(&t).ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(f) = settings {
-                self.adopt_status_refs(&f).await;
-            }
-            let (prior, timeline) = self
-                .blocking(|m| {
-                    (
-                        m.status_file("status/fleet.json"),
-                        m.status_timeline(super::TIMELINE),
-                    )
-                })
-                .await;
-            self.shared.board.lock().unwrap().timeline = timeline;
-            let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
-            if let Some(p) = prior {
-                let mut st = self.shared.status.lock().unwrap();
-                st.written_back = Some(status::WrittenBack {
-                    at: now(),
-                    applied_commit: p.applied_commit.clone(),
-                    noted_commit: None,
-                });
-                st.applied_commit = p.applied_commit;
-                st.quarantined = p.quarantined;
-                st.hosts = p.hosts;
-                st.fleet = p.fleet;
-                st.learned_host_keys = p.learned_host_keys;
-                st.schedules = p.schedules;
-                // An operator's suspension outlives a restart; the config's
-                // is read again from the commit.
-                st.suspended = p.suspended.filter(|s| s.source == "operator");
-            }
-            self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-            self.last_seen = Some(head.clone());
-            if let Err(again) = self.on_commit(head, false).await {
-                self.settle(Request::Head, Err(again));
-            }
-            self.catch_up();
+            self.resume(head).await;
         }
         let mut done = self.job_rx.take().expect("run once");
         let mut rollouts = self.rollout_rx.take().expect("run once");
@@ -92,35 +47,7 @@ impl Loop {
                 r = self.sched.next() => r,
             };
             self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
-            let outcome = match &req {
-                Request::Head => self.on_head(false).await,
-                Request::Retry => self.on_head(true).await,
-                Request::Proposals => {
-                    self.look_at_proposals().await;
-                    Ok(Requeue::Done)
-                }
-                Request::Proposal(name) => self.plan_proposal_ref(name).await,
-                Request::Drift => {
-                    self.drift_check().await;
-                    Ok(Requeue::After(self.drift_interval()))
-                }
-                Request::Job(name) => match self.due.get(name).copied() {
-                    // Due by the wall clock (a reschedule may have moved it since).
-                    Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
-                        self.start_job(name);
-                        Ok(Requeue::Done)
-                    }
-                    Some(t) => {
-                        self.sched.at(req.clone(), self.clock.instant_of(t));
-                        Ok(Requeue::Done)
-                    }
-                    None => Ok(Requeue::Done),
-                },
-                Request::RunJob(name) => {
-                    self.start_job(name);
-                    Ok(Requeue::Done)
-                }
-            };
+            let outcome = self.handle(&req).await;
             // A retry is a head like any other from here on.
             let key = if req == Request::Retry {
                 Request::Head
@@ -132,6 +59,91 @@ impl Loop {
             release_memory();
         }
         info!("reconcile loop stopped");
+    }
+
+    /// After a restart, the status branch says what was already applied
+    /// (which branch that is, the head's config says); then the head is
+    /// looked at, and jobs due meanwhile are caught up.
+    async fn resume(&mut self, head: String) {
+        let path = self.mirror.lock().unwrap().path.clone();
+        let h = head.clone();
+        let settings = tokio::task::spawn_blocking(move || {
+            ConfigTree::from_git(&path, &h)
+                .ok()
+                .and_then(|t| crate::model::load(&t).ok())
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(f) = settings {
+            self.adopt_status_refs(&f).await;
+        }
+        let (prior, timeline) = self
+            .blocking(|m| {
+                (
+                    m.status_file("status/fleet.json"),
+                    m.status_timeline(super::TIMELINE),
+                )
+            })
+            .await;
+        self.shared.board.lock().unwrap().timeline = timeline;
+        let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
+        if let Some(p) = prior {
+            let mut st = self.shared.status.lock().unwrap();
+            st.written_back = Some(status::WrittenBack {
+                at: now(),
+                applied_commit: p.applied_commit.clone(),
+                noted_commit: None,
+            });
+            st.applied_commit = p.applied_commit;
+            st.quarantined = p.quarantined;
+            st.hosts = p.hosts;
+            st.fleet = p.fleet;
+            st.learned_host_keys = p.learned_host_keys;
+            st.schedules = p.schedules;
+            // An operator's suspension outlives a restart; the config's
+            // is read again from the commit.
+            st.suspended = p.suspended.filter(|s| s.source == "operator");
+        }
+        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+        self.last_seen = Some(head.clone());
+        if let Err(again) = self.on_commit(head, false).await {
+            self.settle(Request::Head, Err(again));
+        }
+        self.catch_up();
+    }
+
+    /// What a request does; what it asks for next.
+    async fn handle(&mut self, req: &Request) -> Result<Requeue, Again> {
+        match req {
+            Request::Head => self.on_head(false).await,
+            Request::Retry => self.on_head(true).await,
+            Request::Proposals => {
+                self.look_at_proposals().await;
+                Ok(Requeue::Done)
+            }
+            Request::Proposal(name) => self.plan_proposal_ref(name).await,
+            Request::Drift => {
+                self.drift_check().await;
+                Ok(Requeue::After(self.drift_interval()))
+            }
+            Request::Job(name) => match self.due.get(name).copied() {
+                // Due by the wall clock (a reschedule may have moved it since).
+                Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
+                    self.start_job(name);
+                    Ok(Requeue::Done)
+                }
+                Some(t) => {
+                    self.sched.at(req.clone(), self.clock.instant_of(t));
+                    Ok(Requeue::Done)
+                }
+                None => Ok(Requeue::Done),
+            },
+            Request::RunJob(name) => {
+                self.start_job(name);
+                Ok(Requeue::Done)
+            }
+        }
     }
 
     /// What a request asked for next: its regular interval, or the error
