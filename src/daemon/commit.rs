@@ -33,7 +33,8 @@ impl Loop {
         let review = match gate(&planned.plan, &fleet, policies, mode) {
             Ok(review) => review,
             Err(refused) => {
-                self.clock
+                self.ctx
+                    .clock
                     .io(reconcile::finish(planned.plan, planned.pool))
                     .await;
                 return Err(refused);
@@ -86,12 +87,16 @@ impl Loop {
         let (results, outcomes) = if mode.apply {
             let quiet: engine::Progress = Arc::new(|_| {});
             let done = self
+                .ctx
                 .clock
                 .io(async move { reconcile::apply(plan, &pool, opts, &clouds, quiet).await })
                 .await;
             (done.hosts, done.cloud)
         } else {
-            (self.clock.io(reconcile::finish(plan, pool)).await, vec![])
+            (
+                self.ctx.clock.io(reconcile::finish(plan, pool)).await,
+                vec![],
+            )
         };
         let done = self.record(
             commit,
@@ -123,13 +128,14 @@ impl Loop {
         } else {
             "a drift check".to_string()
         };
-        let (held, busy) = self.locks.try_take(&self.selected(fleet), &who);
+        let (held, busy) = self.ctx.locks.try_take(&self.selected(fleet), &who);
         let names = held.hosts();
         let clouds = Arc::new(crate::cloud::Clouds::from_env(fleet));
-        let whole = self.cfg.hosts.is_empty() && busy.is_empty();
+        let whole = self.ctx.cfg.hosts.is_empty() && busy.is_empty();
         // This reconcile's connections, from its plan to its apply.
         let pool = engine::Pool::new();
         let plan = self
+            .ctx
             .clock
             .io({
                 let (fleet, opts, clouds, pool) =
@@ -168,7 +174,7 @@ impl Loop {
             .iter()
             .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
             .collect();
-        let mut board = self.shared.board.lock().unwrap();
+        let mut board = self.ctx.shared.board.lock().unwrap();
         board.history.cost_on(&now()[..10], &cost);
         for (host, (provider, m)) in &c.server_cost {
             board.history.hosts.entry(host.clone()).or_default().cost = Some((
@@ -177,7 +183,7 @@ impl Loop {
                 m.currency.to_string(),
             ));
         }
-        self.shared.status.lock().unwrap().monthly_cost = cost;
+        self.ctx.shared.status.lock().unwrap().monthly_cost = cost;
     }
 
     /// Host statuses and metrics from what a reconcile (or a rollout) did.
@@ -198,8 +204,8 @@ impl Loop {
             }
         }
         let mut out = Vec::new();
-        let mut st = self.shared.status.lock().unwrap();
-        let mut metrics = self.shared.metrics.lock().unwrap();
+        let mut st = self.ctx.shared.status.lock().unwrap();
+        let mut metrics = self.ctx.shared.metrics.lock().unwrap();
         for r in &results {
             if let Some(line) = &r.learned_host_key
                 && !st.learned_host_keys.contains(line)
@@ -257,7 +263,7 @@ impl Loop {
         // Hosts that left the config leave the status too.
         st.hosts.retain(|name, _| {
             fleet.host(name).is_some()
-                && (self.cfg.hosts.is_empty() || self.cfg.hosts.contains(name))
+                && (self.ctx.cfg.hosts.is_empty() || self.ctx.cfg.hosts.contains(name))
         });
         st.generated_host_keys
             .retain(|name, _| fleet.host(name).is_some());
@@ -300,7 +306,7 @@ impl Loop {
             failed: results.iter().filter(|r| r.error.is_some()).count(),
             hosts: results.len(),
         };
-        let st = self.shared.status.lock().unwrap();
+        let st = self.ctx.shared.status.lock().unwrap();
         let hosts = results
             .iter()
             .map(|r| {
@@ -325,7 +331,7 @@ impl Loop {
             })
             .collect();
         drop(st);
-        let mut board = self.shared.board.lock().unwrap();
+        let mut board = self.ctx.shared.board.lock().unwrap();
         board.history.record(run, hosts);
         board.history.keep_hosts(|h| fleet.host(h).is_some());
         board.web = fleet.settings.forge.as_ref().map(crate::forge::web_url);
@@ -336,7 +342,7 @@ impl Loop {
     /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
     pub(super) async fn hold_unreviewed(&mut self, commit: String, why: String) {
         warn!("{why}; held, nothing applied");
-        self.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+        self.ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
             commit: commit.clone(),
             reason: format!("held: {}", why.lines().next().unwrap_or("")),
         });
@@ -354,7 +360,7 @@ impl Loop {
             "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
             errors.join("\n")
         );
-        self.shared.status.lock().unwrap().invalid = Some(Invalid {
+        self.ctx.shared.status.lock().unwrap().invalid = Some(Invalid {
             commit: commit.clone(),
             errors,
             denied: why.contains("policies"),
@@ -368,7 +374,7 @@ impl Loop {
         let span = info_span!("commit", commit = %&commit[..12]);
         async {
             {
-                let st = self.shared.status.lock().unwrap();
+                let st = self.ctx.shared.status.lock().unwrap();
                 if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
                     info!(
                         "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
@@ -387,16 +393,23 @@ impl Loop {
                     (Arc::new(f), policies)
                 }
             };
-            let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
+            let already = self
+                .ctx
+                .shared
+                .status
+                .lock()
+                .unwrap()
+                .applied_commit
+                .as_deref()
                 == Some(commit.as_str());
             {
-                let mut st = self.shared.status.lock().unwrap();
+                let mut st = self.ctx.shared.status.lock().unwrap();
                 st.invalid = None;
                 st.fleet = fleet.name.clone();
             }
-            self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
-            self.shared.notifier.configure(&fleet);
-            self.reschedule(self.clock.now());
+            self.st.head.good = Some((commit.clone(), fleet.clone(), policies.clone()));
+            self.ctx.shared.notifier.configure(&fleet);
+            self.reschedule(self.ctx.clock.now());
             if already && !retry {
                 info!("already applied (per the status branch); not applying again");
                 return Ok(());
@@ -430,9 +443,10 @@ impl Loop {
             {
                 Ok(Applied::Done(r)) => r,
                 Ok(Applied::RollingOut) => {
-                    self.rolling
+                    self.st
+                        .rolling
                         .insert(commit.clone(), (fleet.clone(), started));
-                    self.incomplete = None;
+                    self.st.head.incomplete = None;
                     self.push_status(None).await;
                     return Ok(());
                 }
@@ -483,11 +497,11 @@ impl Loop {
     /// next pass does; its one-line summary.
     fn record_verdict(&mut self, commit: &str, verdict: &Verdict, hosts: usize) -> String {
         // A rollout that ends after a newer commit came leaves that one's state alone.
-        if self.last_seen.as_deref() == Some(commit) {
-            self.incomplete =
+        if self.st.head.last_seen.as_deref() == Some(commit) {
+            self.st.head.incomplete =
                 matches!(verdict, Verdict::Partial { .. }).then(|| commit.to_string());
         }
-        let mut st = self.shared.status.lock().unwrap();
+        let mut st = self.ctx.shared.status.lock().unwrap();
         match verdict {
             Verdict::Applied => {
                 st.applied_commit = Some(commit.to_string());
@@ -528,7 +542,7 @@ impl Loop {
         if let Some(r) = &done.review {
             note.push_str(&format!("\nreview: {r}\n"));
         }
-        let rollout = self.shared.status.lock().unwrap().rollout.clone();
+        let rollout = self.ctx.shared.status.lock().unwrap().rollout.clone();
         if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
             note.push_str(&format!(
                 "\nrollout: {} stage(s); {} at stage {} ({})\n",
@@ -566,7 +580,8 @@ impl Loop {
         .await;
         if let Err(e) = sent {
             warn!(error = %e, "could not report the apply to the forge");
-            self.shared
+            self.ctx
+                .shared
                 .note_stale("forge", format!("forge unreachable: {e}"));
         }
     }
@@ -574,7 +589,7 @@ impl Loop {
     /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
     /// the commit's config, or an operator (POST /suspend). Recorded in the status.
     pub(super) fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
-        let mut st = self.shared.status.lock().unwrap();
+        let mut st = self.ctx.shared.status.lock().unwrap();
         if fleet.settings.suspend {
             let s = st
                 .suspended
@@ -603,7 +618,7 @@ impl Loop {
         s: status::Suspension,
     ) {
         info!(by = %s.by, reason = %s.reason, "suspended: planning only");
-        self.incomplete = Some(commit.clone());
+        self.st.head.incomplete = Some(commit.clone());
         let hosts = match self.reconcile(&commit, fleet, policies, Mode::plan()).await {
             Ok(Applied::Done(r)) => r.hosts,
             _ => vec![], // planning only: never a rollout

@@ -12,13 +12,14 @@ use crate::model::desired::DriftMode;
 impl Loop {
     /// No new commit: look for drift with the last good config.
     pub(super) async fn drift_check(&mut self) {
-        let Some((commit, fleet, policies)) = self.good.clone() else {
+        let Some((commit, fleet, policies)) = self.st.head.good.clone() else {
             return;
         };
         let correct = fleet.settings.drift == DriftMode::Correct;
         let span = info_span!("drift", commit = %&commit[..12], correct);
         async {
             let quarantined = self
+                .ctx
                 .shared
                 .status
                 .lock()
@@ -28,11 +29,11 @@ impl Loop {
                 .is_some_and(|q| q.commit == commit);
             // Correcting drift means applying; never for a quarantined commit.
             let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
-            let before = self.shared.status.lock().unwrap().files();
+            let before = self.ctx.shared.status.lock().unwrap().files();
             // Between full checks only files whose stat moved are hashed.
-            let now = self.clock.now();
+            let now = self.ctx.clock.now();
             let every = std::time::Duration::from_secs(fleet.settings.full_check_secs);
-            let full = super::full_check_due(self.last_full_check, now, every);
+            let full = super::full_check_due(self.st.last_full_check, now, every);
             let mode = Mode {
                 apply,
                 changed_files_only: !full,
@@ -42,7 +43,7 @@ impl Loop {
                 .reconcile(&commit, fleet.clone(), &policies, mode)
                 .await;
             if full && result.is_ok() {
-                self.last_full_check = Some(now);
+                self.st.last_full_check = Some(now);
             }
             match result {
                 Err(Refused::Denied(denied)) => {
@@ -51,7 +52,7 @@ impl Loop {
                 Ok(Applied::Done(done)) if apply => {
                     // Found and corrected in one pass: the host never shows as
                     // drifted, so this is the only word of it.
-                    let now = self.clock.now();
+                    let now = self.ctx.clock.now();
                     let news = done
                         .hosts
                         .iter()
@@ -76,11 +77,11 @@ impl Loop {
                             )
                         })
                         .collect();
-                    self.shared.notifier.send(news);
+                    self.ctx.shared.notifier.send(news);
                 }
                 _ => {}
             }
-            let after = self.shared.status.lock().unwrap().files();
+            let after = self.ctx.shared.status.lock().unwrap().files();
             let changed = before
                 .iter()
                 .filter(|(k, _)| k.starts_with("status/hosts/"))

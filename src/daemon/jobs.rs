@@ -23,29 +23,30 @@ pub struct JobDone {
 impl Loop {
     /// Next due times of every job in the good config, handed to the scheduler.
     pub(super) fn reschedule(&mut self, after: chrono::DateTime<chrono::Utc>) {
-        let Some((_, fleet, _)) = &self.good else {
+        let Some((_, fleet, _)) = &self.st.head.good else {
             return;
         };
-        let mut st = self.shared.status.lock().unwrap();
+        let mut st = self.ctx.shared.status.lock().unwrap();
         st.schedules
             .retain(|name, _| fleet.jobs.iter().any(|j| j.name == *name));
-        for name in self.due.keys() {
+        for name in self.st.jobs.due.keys() {
             if !fleet.jobs.iter().any(|j| j.name == *name) {
-                self.sched.cancel(&Request::Job(name.clone()));
+                self.ctx.sched.cancel(&Request::Job(name.clone()));
             }
         }
-        self.due.clear();
+        self.st.jobs.due.clear();
         for job in &fleet.jobs {
             let next = crate::maintenance::plan::next(job, after);
             let entry = st.schedules.entry(job.name.clone()).or_default();
             entry.next_run = next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             match next {
                 Some(t) => {
-                    self.due.insert(job.name.clone(), t);
-                    self.sched
-                        .reset(Request::Job(job.name.clone()), self.clock.instant_of(t));
+                    self.st.jobs.due.insert(job.name.clone(), t);
+                    self.ctx
+                        .sched
+                        .reset(Request::Job(job.name.clone()), self.ctx.clock.instant_of(t));
                 }
-                None => self.sched.cancel(&Request::Job(job.name.clone())),
+                None => self.ctx.sched.cancel(&Request::Job(job.name.clone())),
             }
         }
     }
@@ -53,7 +54,7 @@ impl Loop {
     /// The job's request came due: start it in the background, unless it
     /// still runs (then this due time is skipped, as cron would overlap).
     pub(super) fn start_job(&mut self, name: &str) {
-        let Some((commit, fleet, _)) = self.good.clone() else {
+        let Some((commit, fleet, _)) = self.st.head.good.clone() else {
             return;
         };
         let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
@@ -61,8 +62,8 @@ impl Loop {
         };
         if let Some(s) = self.suspension(&commit, &fleet) {
             info!(job = %name, by = %s.by, "suspended: the job does not run");
-            let now = self.clock.stamp();
-            let _ = self.job_done.send(JobDone {
+            let now = self.ctx.clock.stamp();
+            let _ = self.ctx.job_done.send(JobDone {
                 name: name.to_string(),
                 commit,
                 run: JobRun {
@@ -75,18 +76,18 @@ impl Loop {
                     hosts: vec![],
                 },
             });
-            self.jobs_running.insert(name.to_string());
+            self.st.jobs.running.insert(name.to_string());
             return;
         }
-        if !self.jobs_running.insert(name.to_string()) {
+        if !self.st.jobs.running.insert(name.to_string()) {
             warn!(job = %name, "still running from its last due time; this one is skipped");
-            self.reschedule(self.clock.now());
+            self.reschedule(self.ctx.clock.now());
             return;
         }
-        let only = self.cfg.hosts.clone();
+        let only = self.ctx.cfg.hosts.clone();
         let opts = self.options(&fleet, false);
-        let locks = self.locks.clone();
-        let done = self.job_done.clone();
+        let locks = self.ctx.locks.clone();
+        let done = self.ctx.job_done.clone();
         let span = info_span!("maintenance", job = %name);
         tokio::spawn(
             async move {
@@ -104,7 +105,7 @@ impl Loop {
     /// Record a finished run; note a failure on the config commit.
     pub(super) async fn job_finished(&mut self, d: JobDone) {
         let JobDone { name, commit, run } = d;
-        self.jobs_running.remove(&name);
+        self.st.jobs.running.remove(&name);
         let result = if run.not_started.is_some() {
             "not-started"
         } else if run.ok {
@@ -114,6 +115,7 @@ impl Loop {
         };
         info!(job = %name, result, "maintenance finished");
         *self
+            .ctx
             .shared
             .metrics
             .lock()
@@ -123,11 +125,11 @@ impl Loop {
             .or_default() += 1;
         let failed = !run.ok && run.not_started.is_none();
         let text = crate::maintenance::render(&run);
-        if let Some((_, fleet, _)) = &self.good
+        if let Some((_, fleet, _)) = &self.st.head.good
             && run.not_started.is_none()
         {
             // Good news is sent only where a route names job_succeeded.
-            let now = self.clock.now();
+            let now = self.ctx.clock.now();
             let news = run
                 .hosts
                 .iter()
@@ -147,13 +149,13 @@ impl Loop {
                     )
                 })
                 .collect();
-            self.shared.notifier.send(news);
+            self.ctx.shared.notifier.send(news);
         }
         {
-            let mut st = self.shared.status.lock().unwrap();
+            let mut st = self.ctx.shared.status.lock().unwrap();
             st.schedules.entry(name.clone()).or_default().last_run = Some(run);
         }
-        self.reschedule(self.clock.now());
+        self.reschedule(self.ctx.clock.now());
         let note = if failed {
             let prior = self
                 .blocking({
@@ -177,19 +179,20 @@ impl Loop {
         };
         self.push_status(note).await;
         // A commit that waited for these hosts goes on now.
-        if self.incomplete.is_some() {
-            self.sched.now(Request::Head);
+        if self.st.head.incomplete.is_some() {
+            self.ctx.sched.now(Request::Head);
         }
     }
 
     /// At start-up: runs missed while the daemon was down, within each job's grace.
     pub(super) fn catch_up(&mut self) {
-        let Some((_, fleet, _)) = self.good.clone() else {
+        let Some((_, fleet, _)) = self.st.head.good.clone() else {
             return;
         };
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         for job in &fleet.jobs {
             let last = self
+                .ctx
                 .shared
                 .status
                 .lock()
@@ -202,7 +205,7 @@ impl Loop {
             let Some(last) = last else { continue };
             if crate::maintenance::plan::catch_up(job, Some(last), now).is_some() {
                 info!(job = %job.name, "catching up a run missed while tidekeeper was down");
-                self.sched.now(Request::Job(job.name.clone()));
+                self.ctx.sched.now(Request::Job(job.name.clone()));
             }
         }
     }

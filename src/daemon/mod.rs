@@ -207,44 +207,35 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-struct Loop {
+/// What every handler reads and never changes: the daemon's settings, the
+/// clock, the shared status, the mirror, the host locks, the scheduler, and
+/// where work in its own task reports back.
+struct Ctx {
     cfg: Config,
     /// Wall time for cron and windows; work on hosts goes through it.
     clock: Clock,
     shared: Arc<Shared>,
     mirror: Arc<Mutex<Mirror>>,
-    /// Last valid desired state, kept while newer commits are invalid.
-    good: Option<(String, Arc<Fleet>, Policies)>,
-    last_seen: Option<String>,
-    last_fetch: Option<Instant>,
-    fetch_failures: u32,
-    shutdown: Arc<Notify>,
-    /// The commit last applied only in part (hosts busy with a job, locked
-    /// by another run, or unreachable): applied again on the next pass.
-    incomplete: Option<String>,
     sched: Arc<Scheduler>,
-    backoff: Backoff,
     locks: Arc<HostLocks>,
-    /// Jobs running in the background, and where they report back.
-    jobs_running: std::collections::BTreeSet<String>,
+    /// Vouches for hosts' stat caches, waiting for their next drift check.
+    vouches: Arc<engine::Vouches>,
+    shutdown: Arc<Notify>,
     job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
-    job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
+    rollout_tx: tokio::sync::mpsc::UnboundedSender<rollout::Event>,
+    proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,
+}
+
+/// What the runner owns and the handlers change, grouped by meaning.
+#[derive(Default)]
+struct State {
+    head: Head,
+    fetch: Fetching,
+    backoff: Backoff,
+    jobs: Jobs,
     /// Rollouts going on in their own tasks: commit → its config and start.
     rolling: BTreeMap<String, (Arc<Fleet>, std::time::Instant)>,
-    rollout_tx: tokio::sync::mpsc::UnboundedSender<rollout::Event>,
-    rollout_rx: Option<tokio::sync::mpsc::UnboundedReceiver<rollout::Event>>,
-    /// The suspension the status branch shows (pushed when it changes).
-    reported_suspension: Option<status::Suspension>,
-    /// Next due time of each maintenance job.
-    due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
-    /// Proposal ref → the head planned last (kept in the state directory).
-    proposals: proposals::Record,
-    /// Proposal ref → its head, as last fetched.
-    proposal_heads: BTreeMap<String, String>,
-    /// Proposal ref → the head its worker is planning now.
-    planning: BTreeMap<String, String>,
-    proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,
-    proposal_rx: Option<tokio::sync::mpsc::UnboundedReceiver<proposals::ProposalDone>>,
+    proposals: Proposals,
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
@@ -255,8 +246,54 @@ struct Loop {
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
-    /// Vouches for hosts' stat caches, waiting for their next drift check.
-    vouches: Arc<engine::Vouches>,
+}
+
+/// The followed branch as the loop last saw it.
+#[derive(Default)]
+struct Head {
+    /// Last valid desired state, kept while newer commits are invalid.
+    good: Option<(String, Arc<Fleet>, Policies)>,
+    last_seen: Option<String>,
+    /// The commit last applied only in part (hosts busy with a job, locked
+    /// by another run, or unreachable): applied again on the next pass.
+    incomplete: Option<String>,
+    /// The suspension the status branch shows (pushed when it changes).
+    reported_suspension: Option<status::Suspension>,
+}
+
+/// How fetching the config repo goes.
+#[derive(Default)]
+struct Fetching {
+    last_ok: Option<Instant>,
+    failures: u32,
+}
+
+/// Maintenance jobs: which run in the background, and when each is due.
+#[derive(Default)]
+struct Jobs {
+    running: std::collections::BTreeSet<String>,
+    due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+}
+
+/// Proposals: what was planned, what was fetched, what is being planned.
+#[derive(Default)]
+struct Proposals {
+    /// Proposal ref → the head planned last (kept in the state directory).
+    record: proposals::Record,
+    /// Proposal ref → its head, as last fetched.
+    heads: BTreeMap<String, String>,
+    /// Proposal ref → the head its worker is planning now.
+    planning: BTreeMap<String, String>,
+}
+
+/// The reconciler: its context, its state, and where background work
+/// reports (taken once, by the runner).
+struct Loop {
+    ctx: Ctx,
+    st: State,
+    job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
+    rollout_rx: Option<tokio::sync::mpsc::UnboundedReceiver<rollout::Event>>,
+    proposal_rx: Option<tokio::sync::mpsc::UnboundedReceiver<proposals::ProposalDone>>,
 }
 
 /// Is a drift check at `now` due to hash every file?
@@ -270,9 +307,11 @@ fn full_check_due(
 
 impl Loop {
     fn poll_interval(&self) -> Duration {
-        self.cfg.poll.unwrap_or_else(|| {
+        self.ctx.cfg.poll.unwrap_or_else(|| {
             Duration::from_secs(
-                self.good
+                self.st
+                    .head
+                    .good
                     .as_ref()
                     .map(|g| g.1.settings.poll_interval_secs)
                     .unwrap_or(60),
@@ -280,9 +319,11 @@ impl Loop {
         })
     }
     fn drift_interval(&self) -> Duration {
-        self.cfg.drift.unwrap_or_else(|| {
+        self.ctx.cfg.drift.unwrap_or_else(|| {
             Duration::from_secs(
-                self.good
+                self.st
+                    .head
+                    .good
                     .as_ref()
                     .map(|g| g.1.settings.drift_interval_secs)
                     .unwrap_or(600),
@@ -294,7 +335,7 @@ impl Loop {
         &self,
         f: impl FnOnce(&Mirror) -> T + Send + 'static,
     ) -> T {
-        let m = self.mirror.clone();
+        let m = self.ctx.mirror.clone();
         tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
             .await
             .expect("git task")
@@ -302,30 +343,34 @@ impl Loop {
 
     /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
     async fn fetch(&mut self) -> Option<String> {
-        self.shared.metrics.lock().unwrap().fetches += 1;
+        self.ctx.shared.metrics.lock().unwrap().fetches += 1;
         match self.blocking(|m| m.fetch()).await {
             Ok(oid) => {
-                self.fetch_failures = 0;
-                self.last_fetch = Some(Instant::now());
-                self.shared.ready.store(true, Ordering::SeqCst);
-                self.shared.clear_stale("fetch");
-                let mut m = self.shared.metrics.lock().unwrap();
+                self.st.fetch.failures = 0;
+                self.st.fetch.last_ok = Some(Instant::now());
+                self.ctx.shared.ready.store(true, Ordering::SeqCst);
+                self.ctx.shared.clear_stale("fetch");
+                let mut m = self.ctx.shared.metrics.lock().unwrap();
                 m.last_sync_unix = Some(chrono::Utc::now().timestamp());
-                self.shared.status.lock().unwrap().last_fetch_ok = Some(now());
+                self.ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
                 Some(oid.to_string())
             }
             Err(e) => {
-                self.fetch_failures += 1;
-                self.shared.metrics.lock().unwrap().fetch_failures += 1;
-                warn!(error = %e, failures = self.fetch_failures, "fetch failed");
+                self.st.fetch.failures += 1;
+                self.ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
+                warn!(error = %e, failures = self.st.fetch.failures, "fetch failed");
                 let stale_after = self.poll_interval() * 3;
-                let stale = self.last_fetch.is_none_or(|t| t.elapsed() >= stale_after);
-                if stale || self.fetch_failures >= 3 {
-                    self.shared.note_stale(
+                let stale = self
+                    .st
+                    .fetch
+                    .last_ok
+                    .is_none_or(|t| t.elapsed() >= stale_after);
+                if stale || self.st.fetch.failures >= 3 {
+                    self.ctx.shared.note_stale(
                         "fetch",
                         format!(
                             "no successful fetch of {} for {} attempts: {e}",
-                            self.cfg.repo, self.fetch_failures
+                            self.ctx.cfg.repo, self.st.fetch.failures
                         ),
                     );
                 }
@@ -338,11 +383,11 @@ impl Loop {
     /// whatever an earlier failed push left unsent.
     async fn push_status(&self, note: Option<(String, String)>) {
         let (files, applied) = {
-            let st = self.shared.status.lock().unwrap();
+            let st = self.ctx.shared.status.lock().unwrap();
             (st.files(), st.applied_commit.clone())
         };
         let noted = note.as_ref().map(|n| n.0.clone());
-        let mut notes = self.unpushed.lock().unwrap().take().unwrap_or_default();
+        let mut notes = self.st.unpushed.lock().unwrap().take().unwrap_or_default();
         let noted = noted.or_else(|| notes.keys().next().cloned());
         if let Some((commit, text)) = note {
             notes.insert(commit, text); // the newest note on a commit wins
@@ -375,7 +420,7 @@ impl Loop {
                 // branch's history again on every push would cost a walk
                 // through hundreds of status commits each time.
                 if let Some(a) = &applied {
-                    let mut board = self.shared.board.lock().unwrap();
+                    let mut board = self.ctx.shared.board.lock().unwrap();
                     if board.timeline.first().map(|t| &t.1) != Some(a) {
                         board
                             .timeline
@@ -383,8 +428,8 @@ impl Loop {
                         board.timeline.truncate(TIMELINE);
                     }
                 }
-                self.shared.clear_stale("push");
-                let mut st = self.shared.status.lock().unwrap();
+                self.ctx.shared.clear_stale("push");
+                let mut st = self.ctx.shared.status.lock().unwrap();
                 let noted = noted.or_else(|| st.written_back.take().and_then(|w| w.noted_commit));
                 st.written_back = Some(status::WrittenBack {
                     at: now(),
@@ -394,9 +439,10 @@ impl Loop {
             }
             Err((e, left)) => {
                 error!(error = %e, "status push failed; trying again on the next poll");
-                *self.unpushed.lock().unwrap() = Some(left);
-                self.shared.metrics.lock().unwrap().status_push_failures += 1;
-                self.shared
+                *self.st.unpushed.lock().unwrap() = Some(left);
+                self.ctx.shared.metrics.lock().unwrap().status_push_failures += 1;
+                self.ctx
+                    .shared
                     .note_stale("push", format!("status push failed: {e}"));
             }
         }
@@ -405,7 +451,7 @@ impl Loop {
     /// Load a commit's config: the fleet and its `policies/*.rego`, or its
     /// errors as `file:line:col` lines. The tree is read from git once.
     async fn load(&self, commit: &str) -> Result<(Fleet, Policies), Vec<String>> {
-        let path = self.mirror.lock().unwrap().path.clone();
+        let path = self.ctx.mirror.lock().unwrap().path.clone();
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
             let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
@@ -431,6 +477,7 @@ impl Loop {
     /// otherwise manage nothing without a word.
     fn selected(&self, fleet: &Fleet) -> Vec<String> {
         let unknown: Vec<&str> = self
+            .ctx
             .cfg
             .hosts
             .iter()
@@ -438,7 +485,7 @@ impl Loop {
             .map(String::as_str)
             .collect();
         if unknown.is_empty() {
-            self.shared.clear_stale("hosts");
+            self.ctx.shared.clear_stale("hosts");
         } else {
             let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
             let why = format!(
@@ -448,13 +495,13 @@ impl Loop {
                 all.join(", ")
             );
             tracing::error!(hosts = %unknown.join(","), "{why}");
-            self.shared.note_stale("hosts", why);
+            self.ctx.shared.note_stale("hosts", why);
         }
         fleet
             .hosts
             .iter()
             .map(|h| h.name.clone())
-            .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
+            .filter(|n| self.ctx.cfg.hosts.is_empty() || self.ctx.cfg.hosts.contains(n))
             .collect()
     }
 
@@ -463,13 +510,13 @@ impl Loop {
     fn options(&self, fleet: &Fleet, changed_files_only: bool) -> engine::Options {
         engine::Options {
             parallel: fleet.settings.parallelism.max(1) as usize,
-            ssh_key: self.cfg.ssh_key.clone(),
-            rollback_deadline: self.cfg.rollback_after,
+            ssh_key: self.ctx.cfg.ssh_key.clone(),
+            rollback_deadline: self.ctx.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
-            clock: self.clock.clone(),
+            clock: self.ctx.clock.clone(),
             changed_files_only,
             record_file_stats: true,
-            vouches: Some(self.vouches.clone()),
+            vouches: Some(self.ctx.vouches.clone()),
             ..Default::default()
         }
     }
@@ -480,32 +527,32 @@ impl Loop {
         settings: &crate::model::desired::Forge,
     ) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
         let key = serde_json::to_string(settings).unwrap_or_default();
-        if let Some((k, f)) = &self.forge
+        if let Some((k, f)) = &self.st.forge
             && *k == key
         {
             return Ok(f.clone());
         }
         let f = Arc::new(crate::forge::Forge::remembering(
             settings,
-            self.cfg.state_dir.join("forge-statuses.json"),
+            self.ctx.cfg.state_dir.join("forge-statuses.json"),
         )?);
-        self.forge = Some((key, f.clone()));
+        self.st.forge = Some((key, f.clone()));
         Ok(f)
     }
 
     /// Read the status for problems a human should hear about, and queue
     /// the messages (level-triggered: after every step).
     fn alerts(&self) {
-        let Some((_, fleet, _)) = &self.good else {
+        let Some((_, fleet, _)) = &self.st.head.good else {
             return;
         };
-        let n = self.shared.notifier.settings();
+        let n = self.ctx.shared.notifier.settings();
         if n.sinks.is_empty() {
             return;
         }
         let obs = {
-            let st = self.shared.status.lock().unwrap();
-            let mut obs = alerts::observations(&st, fleet, &n, self.fetch_failures > 0);
+            let st = self.ctx.shared.status.lock().unwrap();
+            let mut obs = alerts::observations(&st, fleet, &n, self.st.fetch.failures > 0);
             obs.extend(alerts::cost(
                 &st.monthly_cost,
                 &n,
@@ -514,14 +561,22 @@ impl Loop {
             ));
             obs
         };
-        self.shared
+        self.ctx
+            .shared
             .notifier
-            .observe("status", self.clock.now(), obs);
+            .observe("status", self.ctx.clock.now(), obs);
     }
 
     /// Keys learned on first use are pinned from then on.
     fn pin_learned_keys(&self, fleet: &mut Fleet) {
-        let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
+        let learned = self
+            .ctx
+            .shared
+            .status
+            .lock()
+            .unwrap()
+            .learned_host_keys
+            .clone();
         for line in learned {
             let mut parts = line.split_whitespace();
             if let (Some(h), Some(t), Some(k)) = (parts.next(), parts.next(), parts.next()) {
@@ -541,7 +596,12 @@ impl Loop {
             fleet.settings.status_branch.clone(),
             fleet.settings.notes_ref.clone(),
         );
-        let moved = self.mirror.lock().unwrap().set_status_refs(&branch, &notes);
+        let moved = self
+            .ctx
+            .mirror
+            .lock()
+            .unwrap()
+            .set_status_refs(&branch, &notes);
         if moved {
             info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
             let _ = self.blocking(|m| m.fetch()).await;
@@ -595,36 +655,29 @@ impl Loop {
         let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
         let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
         Loop {
-            cfg,
-            clock,
-            shared,
-            mirror: Arc::new(Mutex::new(mirror)),
-            good: None,
-            last_seen: None,
-            last_fetch: None,
-            fetch_failures: 0,
-            shutdown: stop,
-            incomplete: None,
-            reported_suspension: None,
-            sched,
-            backoff: Backoff::default(),
-            locks: Arc::new(HostLocks::default()),
-            jobs_running: Default::default(),
-            job_done,
+            ctx: Ctx {
+                cfg,
+                clock,
+                shared,
+                mirror: Arc::new(Mutex::new(mirror)),
+                sched,
+                locks: Arc::new(HostLocks::default()),
+                vouches: Default::default(),
+                shutdown: stop,
+                job_done,
+                rollout_tx,
+                proposal_tx,
+            },
+            st: State {
+                proposals: Proposals {
+                    record,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             job_rx: Some(job_rx),
-            rolling: BTreeMap::new(),
-            rollout_tx,
             rollout_rx: Some(rollout_rx),
-            due: BTreeMap::new(),
-            proposals: record,
-            proposal_heads: BTreeMap::new(),
-            planning: BTreeMap::new(),
-            proposal_tx,
             proposal_rx: Some(proposal_rx),
-            forge: None,
-            unpushed: Mutex::new(None),
-            last_full_check: None,
-            vouches: Default::default(),
         }
     }
 }

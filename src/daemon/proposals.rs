@@ -58,48 +58,56 @@ impl Loop {
     /// Fetch the proposal refs; ask for a `Proposal(ref)` request for each
     /// new head and each report a forge outage held back; forget deleted refs.
     pub(super) async fn look_at_proposals(&mut self) {
-        if self.cfg.proposals.is_empty() {
+        if self.ctx.cfg.proposals.is_empty() {
             return;
         }
-        let patterns = self.cfg.proposals.clone();
+        let patterns = self.ctx.cfg.proposals.clone();
         let Ok(heads) = self.blocking(move |m| m.fetch_proposals(&patterns)).await else {
             return; // unreachable remote: the fetch reports it
         };
-        let before = self.proposals.clone();
-        self.proposals
+        let before = self.st.proposals.record.clone();
+        self.st
+            .proposals
+            .record
             .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
-        self.shared
+        self.ctx
+            .shared
             .board
             .lock()
             .unwrap()
             .history
             .proposals
             .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
-        for gone in before.keys().filter(|n| !self.proposals.contains_key(*n)) {
+        for gone in before
+            .keys()
+            .filter(|n| !self.st.proposals.record.contains_key(*n))
+        {
             // A closed proposal's alerts are resolved.
-            self.shared
-                .notifier
-                .observe(&format!("proposal/{gone}"), self.clock.now(), vec![]);
+            self.ctx.shared.notifier.observe(
+                &format!("proposal/{gone}"),
+                self.ctx.clock.now(),
+                vec![],
+            );
         }
-        if self.proposals != before {
-            save_record(&self.cfg.state_dir, &self.proposals);
+        if self.st.proposals.record != before {
+            save_record(&self.ctx.cfg.state_dir, &self.st.proposals.record);
         }
-        self.proposal_heads = heads
+        self.st.proposals.heads = heads
             .into_iter()
             .map(|(name, oid, _)| (name, oid.to_string()))
             .collect();
-        for (name, sha) in &self.proposal_heads {
-            let seen = self.proposals.get(name);
+        for (name, sha) in &self.st.proposals.heads {
+            let seen = self.st.proposals.record.get(name);
             let new = seen.is_none_or(|s| s.commit != *sha);
             // Owed: a report the forge did not take, or the verdict of a head
             // whose planning never finished.
             let owed = seen.is_some_and(|s| {
-                s.report.is_some() || (s.planning && !self.planning.contains_key(name))
+                s.report.is_some() || (s.planning && !self.st.proposals.planning.contains_key(name))
             });
             let req = Request::Proposal(name.clone());
             // An owed report keeps its own backoff; a new head goes at once.
-            if new || (owed && self.sched.when(&req).is_none()) {
-                self.sched.now(req);
+            if new || (owed && self.ctx.sched.when(&req).is_none()) {
+                self.ctx.sched.now(req);
             }
         }
     }
@@ -109,11 +117,11 @@ impl Loop {
     /// waits on a proposal; the verdict comes back as a [`ProposalDone`].
     /// Otherwise send the report still owed, if any.
     pub(super) async fn plan_proposal_ref(&mut self, name: &str) -> Result<Requeue, Again> {
-        let Some(sha) = self.proposal_heads.get(name).cloned() else {
+        let Some(sha) = self.st.proposals.heads.get(name).cloned() else {
             return Ok(Requeue::Done); // the ref is gone
         };
-        let seen = self.proposals.get(name).cloned();
-        if self.planning.contains_key(name) {
+        let seen = self.st.proposals.record.get(name).cloned();
+        if self.st.proposals.planning.contains_key(name) {
             // Its worker is still at work on an older head: after it.
             return Ok(Requeue::After(std::time::Duration::from_secs(1)));
         }
@@ -137,15 +145,15 @@ impl Loop {
             return self.send_report(name, &sha).await;
         }
         // Without a good base there is nothing to plan a proposal under.
-        let Some((base_commit, base, _)) = self.good.clone() else {
+        let Some((base_commit, base, _)) = self.st.head.good.clone() else {
             return Ok(Requeue::Done);
         };
         let limits = base.settings.proposals.clone();
-        if self.planning.len() >= limits.workers {
+        if self.st.proposals.planning.len() >= limits.workers {
             return Ok(Requeue::After(std::time::Duration::from_secs(1)));
         }
         // Recorded before the worker starts.
-        self.proposals.insert(
+        self.st.proposals.record.insert(
             name.to_string(),
             Seen {
                 commit: sha.clone(),
@@ -153,23 +161,26 @@ impl Loop {
                 ..Default::default()
             },
         );
-        save_record(&self.cfg.state_dir, &self.proposals);
-        self.planning.insert(name.to_string(), sha.clone());
+        save_record(&self.ctx.cfg.state_dir, &self.st.proposals.record);
+        self.st
+            .proposals
+            .planning
+            .insert(name.to_string(), sha.clone());
         info!(r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12], "planning a proposal in a worker");
         let job = super::worker::Job {
-            mirror: self.mirror.lock().unwrap().path.clone(),
+            mirror: self.ctx.mirror.lock().unwrap().path.clone(),
             base_commit,
             name: name.to_string(),
             head: sha.clone(),
-            hosts: (!self.cfg.hosts.is_empty()).then(|| self.cfg.hosts.clone()),
-            ssh_key: self.cfg.ssh_key.clone(),
+            hosts: (!self.ctx.cfg.hosts.is_empty()).then(|| self.ctx.cfg.hosts.clone()),
+            ssh_key: self.ctx.cfg.ssh_key.clone(),
             cloud: None,
             cloud_error: None,
             limits,
         };
-        let exe = self.cfg.worker.clone();
-        let done = self.proposal_tx.clone();
-        let clock = self.clock.clone();
+        let exe = self.ctx.cfg.worker.clone();
+        let done = self.ctx.proposal_tx.clone();
+        let clock = self.ctx.clock.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             let result = clock
@@ -196,8 +207,8 @@ impl Loop {
     /// it on the dashboard, raise or resolve its alerts, and report it.
     pub(super) async fn proposal_planned(&mut self, done: ProposalDone) {
         let ProposalDone { name, sha, result } = done;
-        self.planning.remove(&name);
-        let Some((_, base, _)) = self.good.clone() else {
+        self.st.proposals.planning.remove(&name);
+        let Some((_, base, _)) = self.st.head.good.clone() else {
             return;
         };
         let planned = match result {
@@ -224,7 +235,7 @@ impl Loop {
         });
         let verdict = (planned.verdict.0.clone(), redact(&planned.verdict.1));
         {
-            let mut board = self.shared.board.lock().unwrap();
+            let mut board = self.ctx.shared.board.lock().unwrap();
             board.history.proposals.insert(
                 name.clone(),
                 super::history::ProposalPlan {
@@ -246,7 +257,7 @@ impl Loop {
         {
             warn!(error = %e, "could not note the proposal's plan");
         }
-        self.proposals.insert(
+        self.st.proposals.record.insert(
             name.clone(),
             Seen {
                 commit: sha.clone(),
@@ -255,7 +266,7 @@ impl Loop {
                 reviewed: planned.reviewed,
             },
         );
-        save_record(&self.cfg.state_dir, &self.proposals);
+        save_record(&self.ctx.cfg.state_dir, &self.st.proposals.record);
         if let Err(again) = self.send_report(&name, &sha).await {
             self.settle(Request::Proposal(name), Err(again));
         }
@@ -263,11 +274,23 @@ impl Loop {
 
     /// Send the report owed for `name` at `sha`, if any; kept on failure.
     async fn send_report(&mut self, name: &str, sha: &str) -> Result<Requeue, Again> {
-        let Some(report) = self.proposals.get(name).and_then(|s| s.report.clone()) else {
+        let Some(report) = self
+            .st
+            .proposals
+            .record
+            .get(name)
+            .and_then(|s| s.report.clone())
+        else {
             return Ok(Requeue::Done);
         };
         // The forge is always the base's: a proposal cannot redirect reports.
-        let Some(settings) = self.good.as_ref().and_then(|g| g.1.settings.forge.clone()) else {
+        let Some(settings) = self
+            .st
+            .head
+            .good
+            .as_ref()
+            .and_then(|g| g.1.settings.forge.clone())
+        else {
             return Ok(Requeue::Done);
         };
         let pr = crate::forge::pr_number(name);
@@ -294,17 +317,18 @@ impl Loop {
         .await;
         match sent {
             Ok(()) => {
-                self.shared.clear_stale("forge");
-                if let Some(s) = self.proposals.get_mut(name) {
+                self.ctx.shared.clear_stale("forge");
+                if let Some(s) = self.st.proposals.record.get_mut(name) {
                     s.report = None;
                 }
-                save_record(&self.cfg.state_dir, &self.proposals);
+                save_record(&self.ctx.cfg.state_dir, &self.st.proposals.record);
                 Ok(Requeue::Done)
             }
             Err(e) => {
                 // Kept: sent again once the forge answers; never planned again.
                 warn!(error = %e, "could not report the plan to the forge");
-                self.shared
+                self.ctx
+                    .shared
                     .note_stale("forge", format!("forge unreachable: {e}"));
                 Err(Again::Forge)
             }
@@ -315,7 +339,7 @@ impl Loop {
     /// limit, is an alert until a newer head is allowed (or it is closed).
     fn proposal_alerts(&self, name: &str, denials: &[String], raised: &BTreeMap<String, f64>) {
         use crate::notify::{EventKind, Observation, Seen};
-        let n = self.shared.notifier.settings();
+        let n = self.ctx.shared.notifier.settings();
         if n.sinks.is_empty() {
             return;
         }
@@ -343,16 +367,17 @@ impl Loop {
             "plan".into(),
             &format!("proposal {name}"),
         ));
-        self.shared
+        self.ctx
+            .shared
             .notifier
-            .observe(&format!("proposal/{name}"), self.clock.now(), obs);
+            .observe(&format!("proposal/{name}"), self.ctx.clock.now(), obs);
     }
 
     /// The proposal whose reviewed plan is of the same tree as `commit`.
     pub(super) async fn reviewed_for(&self, commit: &str) -> Option<(String, Reviewed)> {
         let c = commit.to_string();
         let tree = self.blocking(move |m| m.tree_of(&c)).await?;
-        self.proposals.iter().find_map(|(name, s)| {
+        self.st.proposals.record.iter().find_map(|(name, s)| {
             s.reviewed
                 .as_ref()
                 .filter(|r| r.tree == tree)

@@ -42,13 +42,13 @@ impl Loop {
     /// Start `s` in its own task.
     pub(super) fn roll_out(&mut self, s: Start) {
         let span = info_span!("rollout", commit = %&s.commit[..s.commit.len().min(12)]);
-        tokio::spawn(run(s, self.clock.clone(), self.rollout_tx.clone()).instrument(span));
+        tokio::spawn(run(s, self.ctx.clock.clone(), self.ctx.rollout_tx.clone()).instrument(span));
     }
 
     pub(super) async fn rollout_event(&mut self, ev: Event) {
         match ev {
             Event::Progress(st) => {
-                self.shared.status.lock().unwrap().rollout = Some(st);
+                self.ctx.shared.status.lock().unwrap().rollout = Some(st);
                 self.push_status(None).await;
             }
             Event::Ended {
@@ -56,15 +56,15 @@ impl Loop {
                 done,
                 status,
             } => {
-                self.shared.status.lock().unwrap().rollout = Some(status);
-                let Some((fleet, started)) = self.rolling.remove(&commit) else {
+                self.ctx.shared.status.lock().unwrap().rollout = Some(status);
+                let Some((fleet, started)) = self.st.rolling.remove(&commit) else {
                     return;
                 };
                 let reconciled = self.record(&commit, &fleet, *done);
                 let outcome = self.report(commit, &fleet, reconciled, started).await;
                 self.settle(Request::Head, outcome.map(|()| Requeue::Done));
                 // A commit that came meanwhile waited for these hosts.
-                self.sched.now(Request::Head);
+                self.ctx.sched.now(Request::Head);
             }
         }
     }

@@ -20,15 +20,15 @@ impl Loop {
         let mut done = self.job_rx.take().expect("run once");
         let mut rollouts = self.rollout_rx.take().expect("run once");
         let mut planned = self.proposal_rx.take().expect("run once");
-        self.sched.after(Request::Head, self.poll_interval());
-        self.sched.after(Request::Drift, self.drift_interval());
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
+        self.ctx.sched.after(Request::Head, self.poll_interval());
+        self.ctx.sched.after(Request::Drift, self.drift_interval());
+        if !self.ctx.cfg.proposals.is_empty() {
+            self.ctx.sched.now(Request::Proposals);
         }
         loop {
             let req = tokio::select! {
                 biased;
-                _ = self.shutdown.notified() => break,
+                _ = self.ctx.shutdown.notified() => break,
                 Some(d) = done.recv() => {
                     self.job_finished(d).await;
                     self.alerts();
@@ -44,9 +44,9 @@ impl Loop {
                     self.alerts();
                     continue;
                 }
-                r = self.sched.next() => r,
+                r = self.ctx.sched.next() => r,
             };
-            self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
+            self.ctx.shared.metrics.lock().unwrap().queue = self.ctx.sched.len() as u64;
             let outcome = self.handle(&req).await;
             // A retry is a head like any other from here on.
             let key = if req == Request::Retry {
@@ -65,7 +65,7 @@ impl Loop {
     /// (which branch that is, the head's config says); then the head is
     /// looked at, and jobs due meanwhile are caught up.
     async fn resume(&mut self, head: String) {
-        let path = self.mirror.lock().unwrap().path.clone();
+        let path = self.ctx.mirror.lock().unwrap().path.clone();
         let h = head.clone();
         let settings = tokio::task::spawn_blocking(move || {
             ConfigTree::from_git(&path, &h)
@@ -86,10 +86,10 @@ impl Loop {
                 )
             })
             .await;
-        self.shared.board.lock().unwrap().timeline = timeline;
+        self.ctx.shared.board.lock().unwrap().timeline = timeline;
         let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
         if let Some(p) = prior {
-            let mut st = self.shared.status.lock().unwrap();
+            let mut st = self.ctx.shared.status.lock().unwrap();
             st.written_back = Some(status::WrittenBack {
                 at: now(),
                 applied_commit: p.applied_commit.clone(),
@@ -105,8 +105,8 @@ impl Loop {
             // is read again from the commit.
             st.suspended = p.suspended.filter(|s| s.source == "operator");
         }
-        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-        self.last_seen = Some(head.clone());
+        self.ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
+        self.st.head.last_seen = Some(head.clone());
         if let Err(again) = self.on_commit(head, false).await {
             self.settle(Request::Head, Err(again));
         }
@@ -127,14 +127,14 @@ impl Loop {
                 self.drift_check().await;
                 Ok(Requeue::After(self.drift_interval()))
             }
-            Request::Job(name) => match self.due.get(name).copied() {
+            Request::Job(name) => match self.st.jobs.due.get(name).copied() {
                 // Due by the wall clock (a reschedule may have moved it since).
-                Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
+                Some(t) if self.ctx.clock.now() + chrono::Duration::seconds(1) >= t => {
                     self.start_job(name);
                     Ok(Requeue::Done)
                 }
                 Some(t) => {
-                    self.sched.at(req.clone(), self.clock.instant_of(t));
+                    self.ctx.sched.at(req.clone(), self.ctx.clock.instant_of(t));
                     Ok(Requeue::Done)
                 }
                 None => Ok(Requeue::Done),
@@ -151,9 +151,9 @@ impl Loop {
     pub(super) fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
         match outcome {
             Ok(next) => {
-                self.backoff.succeeded(&req);
+                self.st.backoff.succeeded(&req);
                 if let Requeue::After(d) = next {
-                    self.sched.after(req, d);
+                    self.ctx.sched.after(req, d);
                 }
             }
             Err(again) => {
@@ -162,9 +162,10 @@ impl Loop {
                     _ => self.poll_interval(),
                 };
                 let (first, max, keep_interval) = again.policy(interval);
-                let wait = self.backoff.failed(&req, first, max);
-                info!(request = req.label(), reason = %again, failures = self.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
+                let wait = self.st.backoff.failed(&req, first, max);
+                info!(request = req.label(), reason = %again, failures = self.st.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
                 *self
+                    .ctx
                     .shared
                     .metrics
                     .lock()
@@ -173,9 +174,9 @@ impl Loop {
                     .entry(again.label())
                     .or_default() += 1;
                 if keep_interval {
-                    self.sched.after(req.clone(), interval);
+                    self.ctx.sched.after(req.clone(), interval);
                 }
-                self.sched.after(req, wait);
+                self.ctx.sched.after(req, wait);
             }
         }
     }

@@ -14,32 +14,35 @@ impl Loop {
     /// hosts not reached go to the error policy.
     pub(super) async fn on_head(&mut self, retry: bool) -> Result<Requeue, Again> {
         let head = self.fetch().await;
-        if head.is_some() && self.unpushed.lock().unwrap().is_some() {
+        if head.is_some() && self.st.unpushed.lock().unwrap().is_some() {
             self.push_status(None).await;
         }
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
+        if !self.ctx.cfg.proposals.is_empty() {
+            self.ctx.sched.now(Request::Proposals);
         }
         let Some(head) = head else {
             return Err(Again::Fetch);
         };
         let poll = Ok(Requeue::After(self.poll_interval()));
-        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
+        self.ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
         // While suspended, a held commit is not planned again on every poll.
-        let suspended = self.shared.status.lock().unwrap().suspended.clone();
-        let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
-        if suspended != self.reported_suspension {
-            self.reported_suspension = suspended;
+        let suspended = self.ctx.shared.status.lock().unwrap().suspended.clone();
+        let held = suspended.is_some() && self.st.head.last_seen.as_deref() == Some(head.as_str());
+        if suspended != self.st.head.reported_suspension {
+            self.st.head.reported_suspension = suspended;
             self.push_status(None).await;
         }
         if held && !retry {
             return poll;
         }
-        if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
-            self.last_seen = Some(head.clone());
+        if self.st.head.last_seen.as_deref() != Some(head.as_str())
+            || retry
+            || self.st.head.incomplete.is_some()
+        {
+            self.st.head.last_seen = Some(head.clone());
             // A drift check right after an apply would find nothing.
             let next = tokio::time::Instant::now() + self.drift_interval();
-            self.sched.reset(Request::Drift, next);
+            self.ctx.sched.reset(Request::Drift, next);
             self.on_commit(head, retry).await?;
         }
         poll

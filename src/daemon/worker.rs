@@ -389,16 +389,8 @@ async fn plan_valid(
         (None, Some(e)) => Some(Err(e.clone())),
         (None, None) => None,
     };
-    let p = reconcile::plan_proposal(
-        base,
-        base_policies,
-        proposal,
-        policies,
-        names,
-        opts,
-        seen,
-    )
-    .await;
+    let p =
+        reconcile::plan_proposal(base, base_policies, proposal, policies, names, opts, seen).await;
     let (cloud, verdict, after_merge, results) =
         (p.plan.cloud.clone(), p.verdict, p.after_merge, p.plan.hosts);
     let refs: Vec<&HostResult> = results.iter().collect();
