@@ -11,17 +11,17 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
-use super::{Loop, Policies, now, proposals};
+use super::{Ctx, Loop, Policies, now, proposals};
 use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
 use crate::reconcile;
 
-impl Loop {
+impl Ctx {
     /// Plan (and apply, unless the policies deny the plan) the servers and
     /// hosts; update host statuses. `Err` carries the policies' denials and
     /// the cloud plan's refusals (a destroy without permission).
     pub(super) async fn reconcile(
-        &mut self,
+        &self,
         commit: &str,
         fleet: Arc<Fleet>,
         policies: &Policies,
@@ -33,8 +33,7 @@ impl Loop {
         let review = match gate(&planned.plan, &fleet, policies, mode) {
             Ok(review) => review,
             Err(refused) => {
-                self.ctx
-                    .clock
+                self.clock
                     .io(reconcile::finish(planned.plan, planned.pool))
                     .await;
                 return Err(refused);
@@ -87,16 +86,12 @@ impl Loop {
         let (results, outcomes) = if mode.apply {
             let quiet: engine::Progress = Arc::new(|_| {});
             let done = self
-                .ctx
                 .clock
                 .io(async move { reconcile::apply(plan, &pool, opts, &clouds, quiet).await })
                 .await;
             (done.hosts, done.cloud)
         } else {
-            (
-                self.ctx.clock.io(reconcile::finish(plan, pool)).await,
-                vec![],
-            )
+            (self.clock.io(reconcile::finish(plan, pool)).await, vec![])
         };
         let done = self.record(
             commit,
@@ -121,21 +116,20 @@ impl Loop {
 
     /// Plan the servers and the hosts free now; those a job (or another
     /// reconcile) holds wait for the next pass, and their status says for what.
-    async fn plan(&mut self, commit: &str, fleet: &Arc<Fleet>, mode: Mode<'_>) -> Planned {
+    async fn plan(&self, commit: &str, fleet: &Arc<Fleet>, mode: Mode<'_>) -> Planned {
         let opts = Arc::new(self.options(fleet, mode.changed_files_only));
         let who = if mode.apply {
             format!("commit {}", &commit[..commit.len().min(12)])
         } else {
             "a drift check".to_string()
         };
-        let (held, busy) = self.ctx.locks.try_take(&self.selected(fleet), &who);
+        let (held, busy) = self.locks.try_take(&self.selected(fleet), &who);
         let names = held.hosts();
         let clouds = Arc::new(crate::cloud::Clouds::from_env(fleet));
-        let whole = self.ctx.cfg.hosts.is_empty() && busy.is_empty();
+        let whole = self.cfg.hosts.is_empty() && busy.is_empty();
         // This reconcile's connections, from its plan to its apply.
         let pool = engine::Pool::new();
         let plan = self
-            .ctx
             .clock
             .io({
                 let (fleet, opts, clouds, pool) =
@@ -174,7 +168,7 @@ impl Loop {
             .iter()
             .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
             .collect();
-        let mut board = self.ctx.shared.board.lock().unwrap();
+        let mut board = self.shared.board.lock().unwrap();
         board.history.cost_on(&now()[..10], &cost);
         for (host, (provider, m)) in &c.server_cost {
             board.history.hosts.entry(host.clone()).or_default().cost = Some((
@@ -183,11 +177,11 @@ impl Loop {
                 m.currency.to_string(),
             ));
         }
-        self.ctx.shared.status.lock().unwrap().monthly_cost = cost;
+        self.shared.status.lock().unwrap().monthly_cost = cost;
     }
 
     /// Host statuses and metrics from what a reconcile (or a rollout) did.
-    pub(super) fn record(&mut self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
+    pub(super) fn record(&self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
         let (results, busy, new_servers, apply) = (d.results, d.busy, d.new_servers, d.apply);
         let outcomes = d.outcomes;
         let review_note = d.review;
@@ -204,8 +198,8 @@ impl Loop {
             }
         }
         let mut out = Vec::new();
-        let mut st = self.ctx.shared.status.lock().unwrap();
-        let mut metrics = self.ctx.shared.metrics.lock().unwrap();
+        let mut st = self.shared.status.lock().unwrap();
+        let mut metrics = self.shared.metrics.lock().unwrap();
         for r in &results {
             if let Some(line) = &r.learned_host_key
                 && !st.learned_host_keys.contains(line)
@@ -263,7 +257,7 @@ impl Loop {
         // Hosts that left the config leave the status too.
         st.hosts.retain(|name, _| {
             fleet.host(name).is_some()
-                && (self.ctx.cfg.hosts.is_empty() || self.ctx.cfg.hosts.contains(name))
+                && (self.cfg.hosts.is_empty() || self.cfg.hosts.contains(name))
         });
         st.generated_host_keys
             .retain(|name, _| fleet.host(name).is_some());
@@ -306,7 +300,7 @@ impl Loop {
             failed: results.iter().filter(|r| r.error.is_some()).count(),
             hosts: results.len(),
         };
-        let st = self.ctx.shared.status.lock().unwrap();
+        let st = self.shared.status.lock().unwrap();
         let hosts = results
             .iter()
             .map(|r| {
@@ -331,13 +325,68 @@ impl Loop {
             })
             .collect();
         drop(st);
-        let mut board = self.ctx.shared.board.lock().unwrap();
+        let mut board = self.shared.board.lock().unwrap();
         board.history.record(run, hosts);
         board.history.keep_hosts(|h| fleet.host(h).is_some());
         board.web = fleet.settings.forge.as_ref().map(crate::forge::web_url);
         board.save();
     }
 
+    /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
+    /// the commit's config, or an operator (POST /suspend). Recorded in the status.
+    pub(super) fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
+        let mut st = self.shared.status.lock().unwrap();
+        if fleet.settings.suspend {
+            let s = st
+                .suspended
+                .clone()
+                .filter(|s| s.source == "config")
+                .unwrap_or_else(|| status::Suspension {
+                    source: "config".into(),
+                    by: format!("tidekeeper.yaml at {}", &commit[..commit.len().min(12)]),
+                    reason: "suspend: true".into(),
+                    at: now(),
+                });
+            st.suspended = Some(s);
+        } else if st.suspended.as_ref().is_some_and(|s| s.source == "config") {
+            st.suspended = None;
+        }
+        st.suspended.clone()
+    }
+
+    /// The note on the commit: the hosts, how the plan compares with the
+    /// reviewed one, and the rollout it was part of.
+    fn apply_note(
+        &self,
+        commit: &str,
+        summary: &str,
+        done: &Reconciled,
+        started: Instant,
+    ) -> String {
+        let mut note = status::note(
+            commit,
+            summary,
+            &done.hosts,
+            started.elapsed().as_secs_f64(),
+        );
+        if let Some(r) = &done.review {
+            note.push_str(&format!("\nreview: {r}\n"));
+        }
+        let rollout = self.shared.status.lock().unwrap().rollout.clone();
+        if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
+            note.push_str(&format!(
+                "\nrollout: {} stage(s); {} at stage {} ({})\n",
+                r.stages,
+                r.state,
+                r.stage,
+                r.hosts.join(", ")
+            ));
+        }
+        note
+    }
+}
+
+impl Loop {
     /// A merge held because its plan is no longer the reviewed one:
     /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
     pub(super) async fn hold_unreviewed(&mut self, commit: String, why: String) {
@@ -349,7 +398,7 @@ impl Loop {
         let note = format!(
             "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
         );
-        self.push_status(Some((commit, note))).await;
+        self.ctx.push_status(Some((commit, note))).await;
     }
 
     /// A commit that is not applied (invalid config, or denied by the
@@ -365,7 +414,7 @@ impl Loop {
             errors,
             denied: why.contains("policies"),
         });
-        self.push_status(Some((commit, note))).await;
+        self.ctx.push_status(Some((commit, note))).await;
     }
 
     /// A new commit on the branch (`retry`: even if it is quarantined or held,
@@ -382,14 +431,14 @@ impl Loop {
                     return Ok(());
                 }
             }
-            let (fleet, policies) = match self.load(&commit).await {
+            let (fleet, policies) = match self.ctx.load(&commit).await {
                 Err(errors) => {
                     self.reject(commit, "invalid config at", errors).await;
                     return Ok(());
                 }
                 Ok((mut f, policies)) => {
-                    self.pin_learned_keys(&mut f);
-                    self.adopt_status_refs(&f).await;
+                    self.ctx.pin_learned_keys(&mut f);
+                    self.ctx.adopt_status_refs(&f).await;
                     (Arc::new(f), policies)
                 }
             };
@@ -414,7 +463,7 @@ impl Loop {
                 info!("already applied (per the status branch); not applying again");
                 return Ok(());
             }
-            if let Some(s) = self.suspension(&commit, &fleet) {
+            if let Some(s) = self.ctx.suspension(&commit, &fleet) {
                 self.hold(commit, fleet, &policies, s).await;
                 return Ok(());
             }
@@ -429,6 +478,7 @@ impl Loop {
                     accept: retry,
                 });
             let done = match self
+                .ctx
                 .reconcile(
                     &commit,
                     fleet.clone(),
@@ -447,7 +497,7 @@ impl Loop {
                         .rolling
                         .insert(commit.clone(), (fleet.clone(), started));
                     self.st.head.incomplete = None;
-                    self.push_status(None).await;
+                    self.ctx.push_status(None).await;
                     return Ok(());
                 }
                 Err(Refused::Denied(denied)) => {
@@ -476,7 +526,7 @@ impl Loop {
     ) -> Result<(), Again> {
         let verdict = verdict(&done.hosts, &done.cloud_failures);
         let summary = self.record_verdict(&commit, &verdict, done.hosts.len());
-        let note = self.apply_note(&commit, &summary, &done, started);
+        let note = self.ctx.apply_note(&commit, &summary, &done, started);
         if let Some(settings) = fleet.settings.forge.clone() {
             let state = if matches!(verdict, Verdict::Quarantined { .. }) {
                 "failure"
@@ -486,7 +536,7 @@ impl Loop {
             self.report_to_forge(&settings, &fleet.name, &commit, state, &summary, &note)
                 .await;
         }
-        self.push_status(Some((commit, note))).await;
+        self.ctx.push_status(Some((commit, note))).await;
         match verdict {
             Verdict::Partial { unreachable, busy } => Err(Again::Hosts { unreachable, busy }),
             _ => Ok(()),
@@ -524,37 +574,6 @@ impl Loop {
         verdict.summary(hosts)
     }
 
-    /// The note on the commit: the hosts, how the plan compares with the
-    /// reviewed one, and the rollout it was part of.
-    fn apply_note(
-        &self,
-        commit: &str,
-        summary: &str,
-        done: &Reconciled,
-        started: Instant,
-    ) -> String {
-        let mut note = status::note(
-            commit,
-            summary,
-            &done.hosts,
-            started.elapsed().as_secs_f64(),
-        );
-        if let Some(r) = &done.review {
-            note.push_str(&format!("\nreview: {r}\n"));
-        }
-        let rollout = self.ctx.shared.status.lock().unwrap().rollout.clone();
-        if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
-            note.push_str(&format!(
-                "\nrollout: {} stage(s); {} at stage {} ({})\n",
-                r.stages,
-                r.state,
-                r.stage,
-                r.hosts.join(", ")
-            ));
-        }
-        note
-    }
-
     /// The apply on main, reported on its commit; a forge outage never blocks.
     async fn report_to_forge(
         &mut self,
@@ -586,28 +605,6 @@ impl Loop {
         }
     }
 
-    /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
-    /// the commit's config, or an operator (POST /suspend). Recorded in the status.
-    pub(super) fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
-        let mut st = self.ctx.shared.status.lock().unwrap();
-        if fleet.settings.suspend {
-            let s = st
-                .suspended
-                .clone()
-                .filter(|s| s.source == "config")
-                .unwrap_or_else(|| status::Suspension {
-                    source: "config".into(),
-                    by: format!("tidekeeper.yaml at {}", &commit[..commit.len().min(12)]),
-                    reason: "suspend: true".into(),
-                    at: now(),
-                });
-            st.suspended = Some(s);
-        } else if st.suspended.as_ref().is_some_and(|s| s.source == "config") {
-            st.suspended = None;
-        }
-        st.suspended.clone()
-    }
-
     /// A suspended fleet: the commit is planned and reported, nothing applied;
     /// it is applied on the first pass after resuming.
     pub(super) async fn hold(
@@ -619,7 +616,11 @@ impl Loop {
     ) {
         info!(by = %s.by, reason = %s.reason, "suspended: planning only");
         self.st.head.incomplete = Some(commit.clone());
-        let hosts = match self.reconcile(&commit, fleet, policies, Mode::plan()).await {
+        let hosts = match self
+            .ctx
+            .reconcile(&commit, fleet, policies, Mode::plan())
+            .await
+        {
             Ok(Applied::Done(r)) => r.hosts,
             _ => vec![], // planning only: never a rollout
         };
@@ -628,7 +629,7 @@ impl Loop {
             s.by, s.reason
         );
         let note = status::note(&commit, &summary, &hosts, 0.0);
-        self.push_status(Some((commit, note))).await;
+        self.ctx.push_status(Some((commit, note))).await;
     }
 }
 

@@ -60,7 +60,7 @@ impl Loop {
         let Some(job) = fleet.jobs.iter().find(|j| j.name == name).cloned() else {
             return;
         };
-        if let Some(s) = self.suspension(&commit, &fleet) {
+        if let Some(s) = self.ctx.suspension(&commit, &fleet) {
             info!(job = %name, by = %s.by, "suspended: the job does not run");
             let now = self.ctx.clock.stamp();
             let _ = self.ctx.job_done.send(JobDone {
@@ -85,7 +85,7 @@ impl Loop {
             return;
         }
         let only = self.ctx.cfg.hosts.clone();
-        let opts = self.options(&fleet, false);
+        let opts = self.ctx.options(&fleet, false);
         let locks = self.ctx.locks.clone();
         let done = self.ctx.job_done.clone();
         let span = info_span!("maintenance", job = %name);
@@ -158,6 +158,7 @@ impl Loop {
         self.reschedule(self.ctx.clock.now());
         let note = if failed {
             let prior = self
+                .ctx
                 .blocking({
                     let c = commit.clone();
                     move |m| git2::Oid::from_str(&c).ok().and_then(|o| m.note(o))
@@ -177,7 +178,7 @@ impl Loop {
         } else {
             None
         };
-        self.push_status(note).await;
+        self.ctx.push_status(note).await;
         // A commit that waited for these hosts goes on now.
         if self.st.head.incomplete.is_some() {
             self.ctx.sched.now(Request::Head);

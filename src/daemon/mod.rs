@@ -224,6 +224,9 @@ struct Ctx {
     job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
     rollout_tx: tokio::sync::mpsc::UnboundedSender<rollout::Event>,
     proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,
+    /// A status push failed: the notes it carried (commit → text), pushed
+    /// again with the status on the next poll.
+    unpushed: Mutex<Option<BTreeMap<String, String>>>,
 }
 
 /// What the runner owns and the handlers change, grouped by meaning.
@@ -239,9 +242,6 @@ struct State {
     /// One forge client for the daemon's life (it remembers which statuses
     /// it posted, so repeats are not sent), rebuilt when the settings change.
     forge: Option<(String, Arc<crate::forge::Forge>)>,
-    /// A status push failed: the notes it carried (commit → text), pushed
-    /// again with the status on the next poll.
-    unpushed: Mutex<Option<BTreeMap<String, String>>>,
     /// When a drift check last hashed every managed file; until
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
@@ -305,89 +305,16 @@ fn full_check_due(
     last.is_none_or(|l| now.signed_duration_since(l).to_std().unwrap_or_default() >= every)
 }
 
-impl Loop {
-    fn poll_interval(&self) -> Duration {
-        self.ctx.cfg.poll.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.st
-                    .head
-                    .good
-                    .as_ref()
-                    .map(|g| g.1.settings.poll_interval_secs)
-                    .unwrap_or(60),
-            )
-        })
-    }
-    fn drift_interval(&self) -> Duration {
-        self.ctx.cfg.drift.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.st
-                    .head
-                    .good
-                    .as_ref()
-                    .map(|g| g.1.settings.drift_interval_secs)
-                    .unwrap_or(600),
-            )
-        })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Mirror) -> T + Send + 'static,
-    ) -> T {
-        let m = self.ctx.mirror.clone();
-        tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
-            .await
-            .expect("git task")
-    }
-
-    /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
-    async fn fetch(&mut self) -> Option<String> {
-        self.ctx.shared.metrics.lock().unwrap().fetches += 1;
-        match self.blocking(|m| m.fetch()).await {
-            Ok(oid) => {
-                self.st.fetch.failures = 0;
-                self.st.fetch.last_ok = Some(Instant::now());
-                self.ctx.shared.ready.store(true, Ordering::SeqCst);
-                self.ctx.shared.clear_stale("fetch");
-                let mut m = self.ctx.shared.metrics.lock().unwrap();
-                m.last_sync_unix = Some(chrono::Utc::now().timestamp());
-                self.ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
-                Some(oid.to_string())
-            }
-            Err(e) => {
-                self.st.fetch.failures += 1;
-                self.ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
-                warn!(error = %e, failures = self.st.fetch.failures, "fetch failed");
-                let stale_after = self.poll_interval() * 3;
-                let stale = self
-                    .st
-                    .fetch
-                    .last_ok
-                    .is_none_or(|t| t.elapsed() >= stale_after);
-                if stale || self.st.fetch.failures >= 3 {
-                    self.ctx.shared.note_stale(
-                        "fetch",
-                        format!(
-                            "no successful fetch of {} for {} attempts: {e}",
-                            self.ctx.cfg.repo, self.st.fetch.failures
-                        ),
-                    );
-                }
-                None
-            }
-        }
-    }
-
+impl Ctx {
     /// Write the status branch (and `note` on its commit), together with
     /// whatever an earlier failed push left unsent.
     async fn push_status(&self, note: Option<(String, String)>) {
         let (files, applied) = {
-            let st = self.ctx.shared.status.lock().unwrap();
+            let st = self.shared.status.lock().unwrap();
             (st.files(), st.applied_commit.clone())
         };
         let noted = note.as_ref().map(|n| n.0.clone());
-        let mut notes = self.st.unpushed.lock().unwrap().take().unwrap_or_default();
+        let mut notes = self.unpushed.lock().unwrap().take().unwrap_or_default();
         let noted = noted.or_else(|| notes.keys().next().cloned());
         if let Some((commit, text)) = note {
             notes.insert(commit, text); // the newest note on a commit wins
@@ -420,7 +347,7 @@ impl Loop {
                 // branch's history again on every push would cost a walk
                 // through hundreds of status commits each time.
                 if let Some(a) = &applied {
-                    let mut board = self.ctx.shared.board.lock().unwrap();
+                    let mut board = self.shared.board.lock().unwrap();
                     if board.timeline.first().map(|t| &t.1) != Some(a) {
                         board
                             .timeline
@@ -428,8 +355,8 @@ impl Loop {
                         board.timeline.truncate(TIMELINE);
                     }
                 }
-                self.ctx.shared.clear_stale("push");
-                let mut st = self.ctx.shared.status.lock().unwrap();
+                self.shared.clear_stale("push");
+                let mut st = self.shared.status.lock().unwrap();
                 let noted = noted.or_else(|| st.written_back.take().and_then(|w| w.noted_commit));
                 st.written_back = Some(status::WrittenBack {
                     at: now(),
@@ -439,19 +366,28 @@ impl Loop {
             }
             Err((e, left)) => {
                 error!(error = %e, "status push failed; trying again on the next poll");
-                *self.st.unpushed.lock().unwrap() = Some(left);
-                self.ctx.shared.metrics.lock().unwrap().status_push_failures += 1;
-                self.ctx
-                    .shared
+                *self.unpushed.lock().unwrap() = Some(left);
+                self.shared.metrics.lock().unwrap().status_push_failures += 1;
+                self.shared
                     .note_stale("push", format!("status push failed: {e}"));
             }
         }
     }
 
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mirror) -> T + Send + 'static,
+    ) -> T {
+        let m = self.mirror.clone();
+        tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
+            .await
+            .expect("git task")
+    }
+
     /// Load a commit's config: the fleet and its `policies/*.rego`, or its
     /// errors as `file:line:col` lines. The tree is read from git once.
     async fn load(&self, commit: &str) -> Result<(Fleet, Policies), Vec<String>> {
-        let path = self.ctx.mirror.lock().unwrap().path.clone();
+        let path = self.mirror.lock().unwrap().path.clone();
         let c = commit.to_string();
         tokio::task::spawn_blocking(move || {
             let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
@@ -477,7 +413,6 @@ impl Loop {
     /// otherwise manage nothing without a word.
     fn selected(&self, fleet: &Fleet) -> Vec<String> {
         let unknown: Vec<&str> = self
-            .ctx
             .cfg
             .hosts
             .iter()
@@ -485,7 +420,7 @@ impl Loop {
             .map(String::as_str)
             .collect();
         if unknown.is_empty() {
-            self.ctx.shared.clear_stale("hosts");
+            self.shared.clear_stale("hosts");
         } else {
             let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
             let why = format!(
@@ -495,13 +430,13 @@ impl Loop {
                 all.join(", ")
             );
             tracing::error!(hosts = %unknown.join(","), "{why}");
-            self.ctx.shared.note_stale("hosts", why);
+            self.shared.note_stale("hosts", why);
         }
         fleet
             .hosts
             .iter()
             .map(|h| h.name.clone())
-            .filter(|n| self.ctx.cfg.hosts.is_empty() || self.ctx.cfg.hosts.contains(n))
+            .filter(|n| self.cfg.hosts.is_empty() || self.cfg.hosts.contains(n))
             .collect()
     }
 
@@ -510,14 +445,108 @@ impl Loop {
     fn options(&self, fleet: &Fleet, changed_files_only: bool) -> engine::Options {
         engine::Options {
             parallel: fleet.settings.parallelism.max(1) as usize,
-            ssh_key: self.ctx.cfg.ssh_key.clone(),
-            rollback_deadline: self.ctx.cfg.rollback_after,
+            ssh_key: self.cfg.ssh_key.clone(),
+            rollback_deadline: self.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
-            clock: self.ctx.clock.clone(),
+            clock: self.clock.clone(),
             changed_files_only,
             record_file_stats: true,
-            vouches: Some(self.ctx.vouches.clone()),
+            vouches: Some(self.vouches.clone()),
             ..Default::default()
+        }
+    }
+
+    /// Keys learned on first use are pinned from then on.
+    fn pin_learned_keys(&self, fleet: &mut Fleet) {
+        let learned = self.shared.status.lock().unwrap().learned_host_keys.clone();
+        for line in learned {
+            let mut parts = line.split_whitespace();
+            if let (Some(h), Some(t), Some(k)) = (parts.next(), parts.next(), parts.next()) {
+                fleet.known_hosts.push(crate::model::desired::KnownHost {
+                    hosts: vec![h.to_string()],
+                    key_type: t.to_string(),
+                    key: k.to_string(),
+                    line: 0,
+                });
+            }
+        }
+    }
+
+    /// Status and notes go where the followed branch's `status:` says.
+    async fn adopt_status_refs(&self, fleet: &Fleet) {
+        let (branch, notes) = (
+            fleet.settings.status_branch.clone(),
+            fleet.settings.notes_ref.clone(),
+        );
+        let moved = self.mirror.lock().unwrap().set_status_refs(&branch, &notes);
+        if moved {
+            info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
+            let _ = self.blocking(|m| m.fetch()).await;
+        }
+    }
+}
+
+impl Loop {
+    fn poll_interval(&self) -> Duration {
+        self.ctx.cfg.poll.unwrap_or_else(|| {
+            Duration::from_secs(
+                self.st
+                    .head
+                    .good
+                    .as_ref()
+                    .map(|g| g.1.settings.poll_interval_secs)
+                    .unwrap_or(60),
+            )
+        })
+    }
+    fn drift_interval(&self) -> Duration {
+        self.ctx.cfg.drift.unwrap_or_else(|| {
+            Duration::from_secs(
+                self.st
+                    .head
+                    .good
+                    .as_ref()
+                    .map(|g| g.1.settings.drift_interval_secs)
+                    .unwrap_or(600),
+            )
+        })
+    }
+
+    /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
+    async fn fetch(&mut self) -> Option<String> {
+        self.ctx.shared.metrics.lock().unwrap().fetches += 1;
+        match self.ctx.blocking(|m| m.fetch()).await {
+            Ok(oid) => {
+                self.st.fetch.failures = 0;
+                self.st.fetch.last_ok = Some(Instant::now());
+                self.ctx.shared.ready.store(true, Ordering::SeqCst);
+                self.ctx.shared.clear_stale("fetch");
+                let mut m = self.ctx.shared.metrics.lock().unwrap();
+                m.last_sync_unix = Some(chrono::Utc::now().timestamp());
+                self.ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
+                Some(oid.to_string())
+            }
+            Err(e) => {
+                self.st.fetch.failures += 1;
+                self.ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
+                warn!(error = %e, failures = self.st.fetch.failures, "fetch failed");
+                let stale_after = self.poll_interval() * 3;
+                let stale = self
+                    .st
+                    .fetch
+                    .last_ok
+                    .is_none_or(|t| t.elapsed() >= stale_after);
+                if stale || self.st.fetch.failures >= 3 {
+                    self.ctx.shared.note_stale(
+                        "fetch",
+                        format!(
+                            "no successful fetch of {} for {} attempts: {e}",
+                            self.ctx.cfg.repo, self.st.fetch.failures
+                        ),
+                    );
+                }
+                None
+            }
         }
     }
 
@@ -565,47 +594,6 @@ impl Loop {
             .shared
             .notifier
             .observe("status", self.ctx.clock.now(), obs);
-    }
-
-    /// Keys learned on first use are pinned from then on.
-    fn pin_learned_keys(&self, fleet: &mut Fleet) {
-        let learned = self
-            .ctx
-            .shared
-            .status
-            .lock()
-            .unwrap()
-            .learned_host_keys
-            .clone();
-        for line in learned {
-            let mut parts = line.split_whitespace();
-            if let (Some(h), Some(t), Some(k)) = (parts.next(), parts.next(), parts.next()) {
-                fleet.known_hosts.push(crate::model::desired::KnownHost {
-                    hosts: vec![h.to_string()],
-                    key_type: t.to_string(),
-                    key: k.to_string(),
-                    line: 0,
-                });
-            }
-        }
-    }
-
-    /// Status and notes go where the followed branch's `status:` says.
-    async fn adopt_status_refs(&mut self, fleet: &Fleet) {
-        let (branch, notes) = (
-            fleet.settings.status_branch.clone(),
-            fleet.settings.notes_ref.clone(),
-        );
-        let moved = self
-            .ctx
-            .mirror
-            .lock()
-            .unwrap()
-            .set_status_refs(&branch, &notes);
-        if moved {
-            info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
-            let _ = self.blocking(|m| m.fetch()).await;
-        }
     }
 }
 
@@ -667,6 +655,7 @@ impl Loop {
                 job_done,
                 rollout_tx,
                 proposal_tx,
+                unpushed: Mutex::new(None),
             },
             st: State {
                 proposals: Proposals {

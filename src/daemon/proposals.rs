@@ -62,7 +62,11 @@ impl Loop {
             return;
         }
         let patterns = self.ctx.cfg.proposals.clone();
-        let Ok(heads) = self.blocking(move |m| m.fetch_proposals(&patterns)).await else {
+        let Ok(heads) = self
+            .ctx
+            .blocking(move |m| m.fetch_proposals(&patterns))
+            .await
+        else {
             return; // unreachable remote: the fetch reports it
         };
         let before = self.st.proposals.record.clone();
@@ -252,6 +256,7 @@ impl Loop {
         let note = crate::report::note_text(&redact(&planned.note));
         let commit = sha.clone();
         if let Err(e) = self
+            .ctx
             .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
             .await
         {
@@ -376,7 +381,7 @@ impl Loop {
     /// The proposal whose reviewed plan is of the same tree as `commit`.
     pub(super) async fn reviewed_for(&self, commit: &str) -> Option<(String, Reviewed)> {
         let c = commit.to_string();
-        let tree = self.blocking(move |m| m.tree_of(&c)).await?;
+        let tree = self.ctx.blocking(move |m| m.tree_of(&c)).await?;
         self.st.proposals.record.iter().find_map(|(name, s)| {
             s.reviewed
                 .as_ref()

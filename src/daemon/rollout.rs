@@ -17,10 +17,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::Loop;
 use super::commit::{Done, Start};
 use super::scheduler::{Request, Requeue};
 use super::status::RolloutStatus;
+use super::{Ctx, Loop};
 use crate::clock::Clock;
 use crate::engine::{self, HostError, HostResult};
 use crate::model::desired::{Fleet, Stage};
@@ -38,18 +38,20 @@ pub enum Event {
     },
 }
 
-impl Loop {
+impl Ctx {
     /// Start `s` in its own task.
-    pub(super) fn roll_out(&mut self, s: Start) {
+    pub(super) fn roll_out(&self, s: Start) {
         let span = info_span!("rollout", commit = %&s.commit[..s.commit.len().min(12)]);
-        tokio::spawn(run(s, self.ctx.clock.clone(), self.ctx.rollout_tx.clone()).instrument(span));
+        tokio::spawn(run(s, self.clock.clone(), self.rollout_tx.clone()).instrument(span));
     }
+}
 
+impl Loop {
     pub(super) async fn rollout_event(&mut self, ev: Event) {
         match ev {
             Event::Progress(st) => {
                 self.ctx.shared.status.lock().unwrap().rollout = Some(st);
-                self.push_status(None).await;
+                self.ctx.push_status(None).await;
             }
             Event::Ended {
                 commit,
@@ -60,7 +62,7 @@ impl Loop {
                 let Some((fleet, started)) = self.st.rolling.remove(&commit) else {
                     return;
                 };
-                let reconciled = self.record(&commit, &fleet, *done);
+                let reconciled = self.ctx.record(&commit, &fleet, *done);
                 let outcome = self.report(commit, &fleet, reconciled, started).await;
                 self.settle(Request::Head, outcome.map(|()| Requeue::Done));
                 // A commit that came meanwhile waited for these hosts.

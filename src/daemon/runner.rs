@@ -76,9 +76,10 @@ impl Loop {
         .ok()
         .flatten();
         if let Some(f) = settings {
-            self.adopt_status_refs(&f).await;
+            self.ctx.adopt_status_refs(&f).await;
         }
         let (prior, timeline) = self
+            .ctx
             .blocking(|m| {
                 (
                     m.status_file("status/fleet.json"),
@@ -124,7 +125,7 @@ impl Loop {
             }
             Request::Proposal(name) => self.plan_proposal_ref(name).await,
             Request::Drift => {
-                self.drift_check().await;
+                super::drift::on_drift(&self.ctx, &mut self.st).await;
                 Ok(Requeue::After(self.drift_interval()))
             }
             Request::Job(name) => match self.st.jobs.due.get(name).copied() {

@@ -14,8 +14,8 @@ impl Loop {
     /// hosts not reached go to the error policy.
     pub(super) async fn on_head(&mut self, retry: bool) -> Result<Requeue, Again> {
         let head = self.fetch().await;
-        if head.is_some() && self.st.unpushed.lock().unwrap().is_some() {
-            self.push_status(None).await;
+        if head.is_some() && self.ctx.unpushed.lock().unwrap().is_some() {
+            self.ctx.push_status(None).await;
         }
         if !self.ctx.cfg.proposals.is_empty() {
             self.ctx.sched.now(Request::Proposals);
@@ -30,7 +30,7 @@ impl Loop {
         let held = suspended.is_some() && self.st.head.last_seen.as_deref() == Some(head.as_str());
         if suspended != self.st.head.reported_suspension {
             self.st.head.reported_suspension = suspended;
-            self.push_status(None).await;
+            self.ctx.push_status(None).await;
         }
         if held && !retry {
             return poll;
