@@ -11,7 +11,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
-use super::{Ctx, Loop, Policies, now, proposals};
+use super::{Ctx, Policies, State, now, proposals};
 use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
 use crate::reconcile;
@@ -386,251 +386,250 @@ impl Ctx {
     }
 }
 
-impl Loop {
-    /// A merge held because its plan is no longer the reviewed one:
-    /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
-    pub(super) async fn hold_unreviewed(&mut self, commit: String, why: String) {
-        warn!("{why}; held, nothing applied");
-        self.ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-            commit: commit.clone(),
-            reason: format!("held: {}", why.lines().next().unwrap_or("")),
-        });
-        let note = format!(
-            "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
-        );
-        self.ctx.push_status(Some((commit, note))).await;
-    }
+/// A merge held because its plan is no longer the reviewed one:
+/// quarantined until a newer commit, or `tidekeeper retry` accepts it.
+pub(super) async fn hold_unreviewed(ctx: &Ctx, commit: String, why: String) {
+    warn!("{why}; held, nothing applied");
+    ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+        commit: commit.clone(),
+        reason: format!("held: {}", why.lines().next().unwrap_or("")),
+    });
+    let note = format!(
+        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
+    );
+    ctx.push_status(Some((commit, note))).await;
+}
 
-    /// A commit that is not applied (invalid config, or denied by the
-    /// policies): reported in the status and in a note on the commit.
-    pub(super) async fn reject(&mut self, commit: String, why: &str, errors: Vec<String>) {
-        warn!(errors = errors.len(), "{why} this commit; nothing applied");
-        let note = format!(
-            "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
-            errors.join("\n")
-        );
-        self.ctx.shared.status.lock().unwrap().invalid = Some(Invalid {
-            commit: commit.clone(),
-            errors,
-            denied: why.contains("policies"),
-        });
-        self.ctx.push_status(Some((commit, note))).await;
-    }
+/// A commit that is not applied (invalid config, or denied by the
+/// policies): reported in the status and in a note on the commit.
+pub(super) async fn reject(ctx: &Ctx, commit: String, why: &str, errors: Vec<String>) {
+    warn!(errors = errors.len(), "{why} this commit; nothing applied");
+    let note = format!(
+        "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
+        errors.join("\n")
+    );
+    ctx.shared.status.lock().unwrap().invalid = Some(Invalid {
+        commit: commit.clone(),
+        errors,
+        denied: why.contains("policies"),
+    });
+    ctx.push_status(Some((commit, note))).await;
+}
 
-    /// A new commit on the branch (`retry`: even if it is quarantined or held,
-    /// accepting its plan as it is now). `Err` when hosts were not reached.
-    pub(super) async fn on_commit(&mut self, commit: String, retry: bool) -> Result<(), Again> {
-        let span = info_span!("commit", commit = %&commit[..12]);
-        async {
-            {
-                let st = self.ctx.shared.status.lock().unwrap();
-                if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
-                    info!(
-                        "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
-                    );
-                    return Ok(());
-                }
-            }
-            let (fleet, policies) = match self.ctx.load(&commit).await {
-                Err(errors) => {
-                    self.reject(commit, "invalid config at", errors).await;
-                    return Ok(());
-                }
-                Ok((mut f, policies)) => {
-                    self.ctx.pin_learned_keys(&mut f);
-                    self.ctx.adopt_status_refs(&f).await;
-                    (Arc::new(f), policies)
-                }
-            };
-            let already = self
-                .ctx
-                .shared
-                .status
-                .lock()
-                .unwrap()
-                .applied_commit
-                .as_deref()
-                == Some(commit.as_str());
-            {
-                let mut st = self.ctx.shared.status.lock().unwrap();
-                st.invalid = None;
-                st.fleet = fleet.name.clone();
-            }
-            self.st.head.good = Some((commit.clone(), fleet.clone(), policies.clone()));
-            self.ctx.shared.notifier.configure(&fleet);
-            self.reschedule(self.ctx.clock.now());
-            if already && !retry {
-                info!("already applied (per the status branch); not applying again");
+/// A new commit on the branch (`retry`: even if it is quarantined or held,
+/// accepting its plan as it is now). `Err` when hosts were not reached.
+pub(super) async fn on_commit(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    retry: bool,
+) -> Result<(), Again> {
+    let span = info_span!("commit", commit = %&commit[..12]);
+    async {
+        {
+            let st = ctx.shared.status.lock().unwrap();
+            if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
+                info!("commit is quarantined; waiting for a newer commit or `tidekeeper retry`");
                 return Ok(());
             }
-            if let Some(s) = self.ctx.suspension(&commit, &fleet) {
-                self.hold(commit, fleet, &policies, s).await;
+        }
+        let (fleet, policies) = match ctx.load(&commit).await {
+            Err(errors) => {
+                reject(ctx, commit, "invalid config at", errors).await;
                 return Ok(());
             }
-            let started = Instant::now();
-            info!("applying");
-            let review = self
-                .reviewed_for(&commit)
-                .await
-                .map(|(proposal, reviewed)| Review {
-                    proposal,
-                    reviewed,
-                    accept: retry,
-                });
-            let done = match self
-                .ctx
-                .reconcile(
-                    &commit,
-                    fleet.clone(),
-                    &policies,
-                    Mode {
-                        apply: true,
-                        review: review.as_ref(),
-                        ..Mode::default()
-                    },
-                )
-                .await
-            {
-                Ok(Applied::Done(r)) => r,
-                Ok(Applied::RollingOut) => {
-                    self.st
-                        .rolling
-                        .insert(commit.clone(), (fleet.clone(), started));
-                    self.st.head.incomplete = None;
-                    self.ctx.push_status(None).await;
-                    return Ok(());
-                }
-                Err(Refused::Denied(denied)) => {
-                    self.reject(commit, "the policies deny", denied).await;
-                    return Ok(());
-                }
-                Err(Refused::Held(why)) => {
-                    self.hold_unreviewed(commit, why).await;
-                    return Ok(());
-                }
-            };
-            self.report(commit, &fleet, done, started).await
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// What a commit did, in the status, the note on the commit and the forge.
-    /// `Err` when some hosts were not reached (they get it on a later pass).
-    pub(super) async fn report(
-        &mut self,
-        commit: String,
-        fleet: &Fleet,
-        done: Reconciled,
-        started: Instant,
-    ) -> Result<(), Again> {
-        let verdict = verdict(&done.hosts, &done.cloud_failures);
-        let summary = self.record_verdict(&commit, &verdict, done.hosts.len());
-        let note = self.ctx.apply_note(&commit, &summary, &done, started);
-        if let Some(settings) = fleet.settings.forge.clone() {
-            let state = if matches!(verdict, Verdict::Quarantined { .. }) {
-                "failure"
-            } else {
-                "success"
-            };
-            self.report_to_forge(&settings, &fleet.name, &commit, state, &summary, &note)
-                .await;
-        }
-        self.ctx.push_status(Some((commit, note))).await;
-        match verdict {
-            Verdict::Partial { unreachable, busy } => Err(Again::Hosts { unreachable, busy }),
-            _ => Ok(()),
-        }
-    }
-
-    /// The verdict in the status (applied, or quarantined) and in what the
-    /// next pass does; its one-line summary.
-    fn record_verdict(&mut self, commit: &str, verdict: &Verdict, hosts: usize) -> String {
-        // A rollout that ends after a newer commit came leaves that one's state alone.
-        if self.st.head.last_seen.as_deref() == Some(commit) {
-            self.st.head.incomplete =
-                matches!(verdict, Verdict::Partial { .. }).then(|| commit.to_string());
-        }
-        let mut st = self.ctx.shared.status.lock().unwrap();
-        match verdict {
-            Verdict::Applied => {
-                st.applied_commit = Some(commit.to_string());
-                st.quarantined = None;
+            Ok((mut f, policies)) => {
+                ctx.pin_learned_keys(&mut f);
+                ctx.adopt_status_refs(&f).await;
+                (Arc::new(f), policies)
             }
-            Verdict::Partial { unreachable, busy } => {
-                info!(
-                    waiting = busy,
-                    unreachable, "commit applied in part; the rest on a later pass"
-                );
-            }
-            Verdict::Quarantined { reason, .. } => {
-                warn!(%reason, "commit quarantined");
-                st.quarantined = Some(Quarantine {
-                    commit: commit.to_string(),
-                    reason: format!("apply failed: {reason}"),
-                });
-            }
+        };
+        let already =
+            ctx.shared.status.lock().unwrap().applied_commit.as_deref() == Some(commit.as_str());
+        {
+            let mut st = ctx.shared.status.lock().unwrap();
+            st.invalid = None;
+            st.fleet = fleet.name.clone();
         }
-        verdict.summary(hosts)
-    }
-
-    /// The apply on main, reported on its commit; a forge outage never blocks.
-    async fn report_to_forge(
-        &mut self,
-        settings: &crate::model::desired::Forge,
-        fleet: &str,
-        commit: &str,
-        state: &str,
-        summary: &str,
-        note: &str,
-    ) {
-        let text = format!("```\n{note}```\n");
-        let forge = self.forge(settings);
-        let sent = async move {
-            let forge = forge?;
-            if forge
-                .status(commit, &format!("tidekeeper/{fleet}/apply"), state, summary)
-                .await?
-            {
-                forge.commit_comment(commit, &text).await?;
-            }
-            Ok::<(), crate::forge::ForgeError>(())
+        state.head.good = Some((commit.clone(), fleet.clone(), policies.clone()));
+        ctx.shared.notifier.configure(&fleet);
+        super::jobs::reschedule(ctx, state, ctx.clock.now());
+        if already && !retry {
+            info!("already applied (per the status branch); not applying again");
+            return Ok(());
         }
-        .await;
-        if let Err(e) = sent {
-            warn!(error = %e, "could not report the apply to the forge");
-            self.ctx
-                .shared
-                .note_stale("forge", format!("forge unreachable: {e}"));
+        if let Some(s) = ctx.suspension(&commit, &fleet) {
+            hold(ctx, state, commit, fleet, &policies, s).await;
+            return Ok(());
         }
-    }
-
-    /// A suspended fleet: the commit is planned and reported, nothing applied;
-    /// it is applied on the first pass after resuming.
-    pub(super) async fn hold(
-        &mut self,
-        commit: String,
-        fleet: Arc<Fleet>,
-        policies: &Policies,
-        s: status::Suspension,
-    ) {
-        info!(by = %s.by, reason = %s.reason, "suspended: planning only");
-        self.st.head.incomplete = Some(commit.clone());
-        let hosts = match self
-            .ctx
-            .reconcile(&commit, fleet, policies, Mode::plan())
+        let started = Instant::now();
+        info!("applying");
+        let review = super::proposals::reviewed_for(ctx, state, &commit)
+            .await
+            .map(|(proposal, reviewed)| Review {
+                proposal,
+                reviewed,
+                accept: retry,
+            });
+        let done = match ctx
+            .reconcile(
+                &commit,
+                fleet.clone(),
+                &policies,
+                Mode {
+                    apply: true,
+                    review: review.as_ref(),
+                    ..Mode::default()
+                },
+            )
             .await
         {
-            Ok(Applied::Done(r)) => r.hosts,
-            _ => vec![], // planning only: never a rollout
+            Ok(Applied::Done(r)) => r,
+            Ok(Applied::RollingOut) => {
+                state
+                    .rolling
+                    .insert(commit.clone(), (fleet.clone(), started));
+                state.head.incomplete = None;
+                ctx.push_status(None).await;
+                return Ok(());
+            }
+            Err(Refused::Denied(denied)) => {
+                reject(ctx, commit, "the policies deny", denied).await;
+                return Ok(());
+            }
+            Err(Refused::Held(why)) => {
+                hold_unreviewed(ctx, commit, why).await;
+                return Ok(());
+            }
         };
-        let summary = format!(
-            "suspended by {} ({}): planned, nothing applied",
-            s.by, s.reason
-        );
-        let note = status::note(&commit, &summary, &hosts, 0.0);
-        self.ctx.push_status(Some((commit, note))).await;
+        report(ctx, state, commit, &fleet, done, started).await
     }
+    .instrument(span)
+    .await
+}
+
+/// What a commit did, in the status, the note on the commit and the forge.
+/// `Err` when some hosts were not reached (they get it on a later pass).
+pub(super) async fn report(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: &Fleet,
+    done: Reconciled,
+    started: Instant,
+) -> Result<(), Again> {
+    let verdict = verdict(&done.hosts, &done.cloud_failures);
+    let summary = record_verdict(ctx, state, &commit, &verdict, done.hosts.len());
+    let note = ctx.apply_note(&commit, &summary, &done, started);
+    if let Some(settings) = fleet.settings.forge.clone() {
+        let outcome = if matches!(verdict, Verdict::Quarantined { .. }) {
+            "failure"
+        } else {
+            "success"
+        };
+        let forge = super::forge(ctx, state, &settings);
+        report_to_forge(ctx, forge, &fleet.name, &commit, outcome, &summary, &note).await;
+    }
+    ctx.push_status(Some((commit, note))).await;
+    match verdict {
+        Verdict::Partial { unreachable, busy } => Err(Again::Hosts { unreachable, busy }),
+        _ => Ok(()),
+    }
+}
+
+/// The verdict in the status (applied, or quarantined) and in what the
+/// next pass does; its one-line summary.
+fn record_verdict(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: &str,
+    verdict: &Verdict,
+    hosts: usize,
+) -> String {
+    // A rollout that ends after a newer commit came leaves that one's state alone.
+    if state.head.last_seen.as_deref() == Some(commit) {
+        state.head.incomplete =
+            matches!(verdict, Verdict::Partial { .. }).then(|| commit.to_string());
+    }
+    let mut st = ctx.shared.status.lock().unwrap();
+    match verdict {
+        Verdict::Applied => {
+            st.applied_commit = Some(commit.to_string());
+            st.quarantined = None;
+        }
+        Verdict::Partial { unreachable, busy } => {
+            info!(
+                waiting = busy,
+                unreachable, "commit applied in part; the rest on a later pass"
+            );
+        }
+        Verdict::Quarantined { reason, .. } => {
+            warn!(%reason, "commit quarantined");
+            st.quarantined = Some(Quarantine {
+                commit: commit.to_string(),
+                reason: format!("apply failed: {reason}"),
+            });
+        }
+    }
+    verdict.summary(hosts)
+}
+
+/// The apply on main, reported on its commit; a forge outage never blocks.
+async fn report_to_forge(
+    ctx: &Ctx,
+    forge: Result<Arc<crate::forge::Forge>, crate::forge::ForgeError>,
+    fleet: &str,
+    commit: &str,
+    outcome: &str,
+    summary: &str,
+    note: &str,
+) {
+    let text = format!("```\n{note}```\n");
+    let sent = async move {
+        let forge = forge?;
+        if forge
+            .status(
+                commit,
+                &format!("tidekeeper/{fleet}/apply"),
+                outcome,
+                summary,
+            )
+            .await?
+        {
+            forge.commit_comment(commit, &text).await?;
+        }
+        Ok::<(), crate::forge::ForgeError>(())
+    }
+    .await;
+    if let Err(e) = sent {
+        warn!(error = %e, "could not report the apply to the forge");
+        ctx.shared
+            .note_stale("forge", format!("forge unreachable: {e}"));
+    }
+}
+
+/// A suspended fleet: the commit is planned and reported, nothing applied;
+/// it is applied on the first pass after resuming.
+pub(super) async fn hold(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: Arc<Fleet>,
+    policies: &Policies,
+    s: status::Suspension,
+) {
+    info!(by = %s.by, reason = %s.reason, "suspended: planning only");
+    state.head.incomplete = Some(commit.clone());
+    let hosts = match ctx.reconcile(&commit, fleet, policies, Mode::plan()).await {
+        Ok(Applied::Done(r)) => r.hosts,
+        _ => vec![], // planning only: never a rollout
+    };
+    let summary = format!(
+        "suspended by {} ({}): planned, nothing applied",
+        s.by, s.reason
+    );
+    let note = status::note(&commit, &summary, &hosts, 0.0);
+    ctx.push_status(Some((commit, note))).await;
 }
 
 /// A reconcile applied (or planned) and recorded, or a rollout started.

@@ -486,115 +486,111 @@ impl Ctx {
     }
 }
 
-impl Loop {
-    fn poll_interval(&self) -> Duration {
-        self.ctx.cfg.poll.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.st
-                    .head
-                    .good
-                    .as_ref()
-                    .map(|g| g.1.settings.poll_interval_secs)
-                    .unwrap_or(60),
-            )
-        })
-    }
-    fn drift_interval(&self) -> Duration {
-        self.ctx.cfg.drift.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.st
-                    .head
-                    .good
-                    .as_ref()
-                    .map(|g| g.1.settings.drift_interval_secs)
-                    .unwrap_or(600),
-            )
-        })
-    }
+fn poll_interval(ctx: &Ctx, state: &State) -> Duration {
+    ctx.cfg.poll.unwrap_or_else(|| {
+        Duration::from_secs(
+            state
+                .head
+                .good
+                .as_ref()
+                .map(|g| g.1.settings.poll_interval_secs)
+                .unwrap_or(60),
+        )
+    })
+}
 
-    /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
-    async fn fetch(&mut self) -> Option<String> {
-        self.ctx.shared.metrics.lock().unwrap().fetches += 1;
-        match self.ctx.blocking(|m| m.fetch()).await {
-            Ok(oid) => {
-                self.st.fetch.failures = 0;
-                self.st.fetch.last_ok = Some(Instant::now());
-                self.ctx.shared.ready.store(true, Ordering::SeqCst);
-                self.ctx.shared.clear_stale("fetch");
-                let mut m = self.ctx.shared.metrics.lock().unwrap();
-                m.last_sync_unix = Some(chrono::Utc::now().timestamp());
-                self.ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
-                Some(oid.to_string())
+fn drift_interval(ctx: &Ctx, state: &State) -> Duration {
+    ctx.cfg.drift.unwrap_or_else(|| {
+        Duration::from_secs(
+            state
+                .head
+                .good
+                .as_ref()
+                .map(|g| g.1.settings.drift_interval_secs)
+                .unwrap_or(600),
+        )
+    })
+}
+
+/// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
+async fn fetch(ctx: &Ctx, state: &mut State) -> Option<String> {
+    ctx.shared.metrics.lock().unwrap().fetches += 1;
+    match ctx.blocking(|m| m.fetch()).await {
+        Ok(oid) => {
+            state.fetch.failures = 0;
+            state.fetch.last_ok = Some(Instant::now());
+            ctx.shared.ready.store(true, Ordering::SeqCst);
+            ctx.shared.clear_stale("fetch");
+            let mut m = ctx.shared.metrics.lock().unwrap();
+            m.last_sync_unix = Some(chrono::Utc::now().timestamp());
+            ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
+            Some(oid.to_string())
+        }
+        Err(e) => {
+            state.fetch.failures += 1;
+            ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
+            warn!(error = %e, failures = state.fetch.failures, "fetch failed");
+            let stale_after = poll_interval(ctx, state) * 3;
+            let stale = state
+                .fetch
+                .last_ok
+                .is_none_or(|t| t.elapsed() >= stale_after);
+            if stale || state.fetch.failures >= 3 {
+                ctx.shared.note_stale(
+                    "fetch",
+                    format!(
+                        "no successful fetch of {} for {} attempts: {e}",
+                        ctx.cfg.repo, state.fetch.failures
+                    ),
+                );
             }
-            Err(e) => {
-                self.st.fetch.failures += 1;
-                self.ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
-                warn!(error = %e, failures = self.st.fetch.failures, "fetch failed");
-                let stale_after = self.poll_interval() * 3;
-                let stale = self
-                    .st
-                    .fetch
-                    .last_ok
-                    .is_none_or(|t| t.elapsed() >= stale_after);
-                if stale || self.st.fetch.failures >= 3 {
-                    self.ctx.shared.note_stale(
-                        "fetch",
-                        format!(
-                            "no successful fetch of {} for {} attempts: {e}",
-                            self.ctx.cfg.repo, self.st.fetch.failures
-                        ),
-                    );
-                }
-                None
-            }
+            None
         }
     }
+}
 
-    /// The forge client for `settings`.
-    fn forge(
-        &mut self,
-        settings: &crate::model::desired::Forge,
-    ) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
-        let key = serde_json::to_string(settings).unwrap_or_default();
-        if let Some((k, f)) = &self.st.forge
-            && *k == key
-        {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(crate::forge::Forge::remembering(
-            settings,
-            self.ctx.cfg.state_dir.join("forge-statuses.json"),
-        )?);
-        self.st.forge = Some((key, f.clone()));
-        Ok(f)
+/// The forge client for `settings`.
+fn forge(
+    ctx: &Ctx,
+    state: &mut State,
+    settings: &crate::model::desired::Forge,
+) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
+    let key = serde_json::to_string(settings).unwrap_or_default();
+    if let Some((k, f)) = &state.forge
+        && *k == key
+    {
+        return Ok(f.clone());
     }
+    let f = Arc::new(crate::forge::Forge::remembering(
+        settings,
+        ctx.cfg.state_dir.join("forge-statuses.json"),
+    )?);
+    state.forge = Some((key, f.clone()));
+    Ok(f)
+}
 
-    /// Read the status for problems a human should hear about, and queue
-    /// the messages (level-triggered: after every step).
-    fn alerts(&self) {
-        let Some((_, fleet, _)) = &self.st.head.good else {
-            return;
-        };
-        let n = self.ctx.shared.notifier.settings();
-        if n.sinks.is_empty() {
-            return;
-        }
-        let obs = {
-            let st = self.ctx.shared.status.lock().unwrap();
-            let mut obs = alerts::observations(&st, fleet, &n, self.st.fetch.failures > 0);
-            obs.extend(alerts::cost(
-                &st.monthly_cost,
-                &n,
-                "fleet".into(),
-                "the fleet",
-            ));
-            obs
-        };
-        self.ctx
-            .shared
-            .notifier
-            .observe("status", self.ctx.clock.now(), obs);
+/// Read the status for problems a human should hear about, and queue
+/// the messages (level-triggered: after every step).
+fn alerts(ctx: &Ctx, state: &State) {
+    let Some((_, fleet, _)) = &state.head.good else {
+        return;
+    };
+    let n = ctx.shared.notifier.settings();
+    if n.sinks.is_empty() {
+        return;
     }
+    let obs = {
+        let st = ctx.shared.status.lock().unwrap();
+        let mut obs = alerts::observations(&st, fleet, &n, state.fetch.failures > 0);
+        obs.extend(alerts::cost(
+            &st.monthly_cost,
+            &n,
+            "fleet".into(),
+            "the fleet",
+        ));
+        obs
+    };
+    ctx.shared.notifier.observe("status", ctx.clock.now(), obs);
 }
 
 /// The state shared with the HTTP server. Every state file is read here,

@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::commit::{Done, Start};
 use super::scheduler::{Request, Requeue};
 use super::status::RolloutStatus;
-use super::{Ctx, Loop};
+use super::{Ctx, State};
 use crate::clock::Clock;
 use crate::engine::{self, HostError, HostResult};
 use crate::model::desired::{Fleet, Stage};
@@ -46,28 +46,27 @@ impl Ctx {
     }
 }
 
-impl Loop {
-    pub(super) async fn rollout_event(&mut self, ev: Event) {
-        match ev {
-            Event::Progress(st) => {
-                self.ctx.shared.status.lock().unwrap().rollout = Some(st);
-                self.ctx.push_status(None).await;
-            }
-            Event::Ended {
-                commit,
-                done,
-                status,
-            } => {
-                self.ctx.shared.status.lock().unwrap().rollout = Some(status);
-                let Some((fleet, started)) = self.st.rolling.remove(&commit) else {
-                    return;
-                };
-                let reconciled = self.ctx.record(&commit, &fleet, *done);
-                let outcome = self.report(commit, &fleet, reconciled, started).await;
-                self.settle(Request::Head, outcome.map(|()| Requeue::Done));
-                // A commit that came meanwhile waited for these hosts.
-                self.ctx.sched.now(Request::Head);
-            }
+pub(super) async fn rollout_event(ctx: &Ctx, state: &mut State, ev: Event) {
+    match ev {
+        Event::Progress(st) => {
+            ctx.shared.status.lock().unwrap().rollout = Some(st);
+            ctx.push_status(None).await;
+        }
+        Event::Ended {
+            commit,
+            done,
+            status,
+        } => {
+            ctx.shared.status.lock().unwrap().rollout = Some(status);
+            let Some((fleet, started)) = state.rolling.remove(&commit) else {
+                return;
+            };
+            let reconciled = ctx.record(&commit, &fleet, *done);
+            let outcome =
+                super::commit::report(ctx, state, commit, &fleet, reconciled, started).await;
+            super::runner::settle(ctx, state, Request::Head, outcome.map(|()| Requeue::Done));
+            // A commit that came meanwhile waited for these hosts.
+            ctx.sched.now(Request::Head);
         }
     }
 }
