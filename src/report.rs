@@ -1,6 +1,8 @@
 //! Plans as reviewers read them on a pull request: markdown with the summary,
 //! cost and policy verdicts first, per-host details folded, diffs last; cut
-//! in the middle to fit a forge's comment limit. Pure.
+//! in the middle to fit a forge's comment limit; a proposal's whole report
+//! (note, comments, commit status) and the plan's JSON, formatted once for
+//! the daemon and the CLI alike. Pure.
 
 use std::borrow::Borrow;
 use std::fmt::Write;

@@ -1,7 +1,10 @@
 //! A new commit on the followed branch: load it, plan it, judge it (policies,
 //! the reviewed plan), apply it — at once, or as a rollout — on the hosts that
 //! are free, and report what happened; or hold it (invalid, denied, suspended,
-//! not the reviewed plan) and say why.
+//! not the reviewed plan) and say why. The steps are named: plan, gate,
+//! apply, record; then the verdict (a pure function of the hosts' and
+//! servers' outcomes: applied, partial, quarantined), the note, the forge
+//! and the status push.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -9,6 +9,13 @@
 //! others; hosts that are busy or unreachable get the commit on a later pass
 //! (with jittered backoff), not a quarantine.
 //!
+//! Built as kube-runtime's reconciler: a read-only `Ctx` (settings,
+//! clock, shared status, mirror, locks, scheduler, report channels) and a
+//! `State` the runner owns; each request's handler is a free function of
+//! `(&Ctx, &mut State, …)` returning what comes next (`Requeue`) or why to
+//! try again (`Again`); modes (apply, changed files only, the reviewed plan)
+//! are arguments, never fields toggled around a call.
+//!
 //! - `runner`: the loop that takes what is due and settles what comes next.
 //! - [`scheduler`]: keyed requests on tokio time; backoff with jitter.
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
@@ -48,7 +55,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use locks::HostLocks;
-use scheduler::{Backoff, Request, Scheduler};
+use scheduler::{Again, Backoff, Request, Requeue, Scheduler};
 
 use crate::clock::Clock;
 use crate::engine;
@@ -663,6 +670,39 @@ impl Loop {
             job_rx: Some(job_rx),
             rollout_rx: Some(rollout_rx),
             proposal_rx: Some(proposal_rx),
+        }
+    }
+}
+
+/// What a request asked for next: its regular interval, or the error
+/// policy's backoff with jitter for its key.
+fn settle(ctx: &Ctx, state: &mut State, req: Request, outcome: Result<Requeue, Again>) {
+    match outcome {
+        Ok(next) => {
+            state.backoff.succeeded(&req);
+            if let Requeue::After(d) = next {
+                ctx.sched.after(req, d);
+            }
+        }
+        Err(again) => {
+            let interval = match req {
+                Request::Drift => drift_interval(ctx, state),
+                _ => poll_interval(ctx, state),
+            };
+            let (first, max, keep_interval) = again.policy(interval);
+            let wait = state.backoff.failed(&req, first, max);
+            info!(request = req.label(), reason = %again, failures = state.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
+            *ctx.shared
+                .metrics
+                .lock()
+                .unwrap()
+                .requeues
+                .entry(again.label())
+                .or_default() += 1;
+            if keep_interval {
+                ctx.sched.after(req.clone(), interval);
+            }
+            ctx.sched.after(req, wait);
         }
     }
 }

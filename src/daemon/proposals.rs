@@ -272,7 +272,7 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
     );
     save_record(&ctx.cfg.state_dir, &state.proposals.record);
     if let Err(again) = send_report(ctx, state, &name, &sha).await {
-        super::runner::settle(ctx, state, Request::Proposal(name), Err(again));
+        super::settle(ctx, state, Request::Proposal(name), Err(again));
     }
 }
 

@@ -64,7 +64,7 @@ pub(super) async fn rollout_event(ctx: &Ctx, state: &mut State, ev: Event) {
             let reconciled = ctx.record(&commit, &fleet, *done);
             let outcome =
                 super::commit::report(ctx, state, commit, &fleet, reconciled, started).await;
-            super::runner::settle(ctx, state, Request::Head, outcome.map(|()| Requeue::Done));
+            super::settle(ctx, state, Request::Head, outcome.map(|()| Requeue::Done));
             // A commit that came meanwhile waited for these hosts.
             ctx.sched.now(Request::Head);
         }

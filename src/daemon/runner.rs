@@ -58,7 +58,7 @@ impl Loop {
             } else {
                 req
             };
-            settle(&self.ctx, &mut self.st, key, outcome);
+            super::settle(&self.ctx, &mut self.st, key, outcome);
             super::alerts(&self.ctx, &self.st);
             release_memory();
         }
@@ -113,7 +113,7 @@ async fn resume(ctx: &Ctx, state: &mut State, head: String) {
     ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
     state.head.last_seen = Some(head.clone());
     if let Err(again) = super::commit::on_commit(ctx, state, head, false).await {
-        settle(ctx, state, Request::Head, Err(again));
+        super::settle(ctx, state, Request::Head, Err(again));
     }
     super::jobs::catch_up(ctx, state);
 }
@@ -147,39 +147,6 @@ async fn handle(ctx: &Ctx, state: &mut State, req: &Request) -> Result<Requeue, 
         Request::RunJob(name) => {
             super::jobs::start_job(ctx, state, name);
             Ok(Requeue::Done)
-        }
-    }
-}
-
-/// What a request asked for next: its regular interval, or the error
-/// policy's backoff with jitter for its key.
-pub(super) fn settle(ctx: &Ctx, state: &mut State, req: Request, outcome: Result<Requeue, Again>) {
-    match outcome {
-        Ok(next) => {
-            state.backoff.succeeded(&req);
-            if let Requeue::After(d) = next {
-                ctx.sched.after(req, d);
-            }
-        }
-        Err(again) => {
-            let interval = match req {
-                Request::Drift => super::drift_interval(ctx, state),
-                _ => super::poll_interval(ctx, state),
-            };
-            let (first, max, keep_interval) = again.policy(interval);
-            let wait = state.backoff.failed(&req, first, max);
-            info!(request = req.label(), reason = %again, failures = state.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
-            *ctx.shared
-                .metrics
-                .lock()
-                .unwrap()
-                .requeues
-                .entry(again.label())
-                .or_default() += 1;
-            if keep_interval {
-                ctx.sched.after(req.clone(), interval);
-            }
-            ctx.sched.after(req, wait);
         }
     }
 }
