@@ -1,6 +1,8 @@
 //! Plans as reviewers read them on a pull request: markdown with the summary,
 //! cost and policy verdicts first, per-host details folded, diffs last; cut
-//! in the middle to fit a forge's comment limit. Pure.
+//! in the middle to fit a forge's comment limit; a proposal's whole report
+//! (note, comments, commit status) and the plan's JSON, formatted once for
+//! the daemon and the CLI alike. Pure.
 
 use std::borrow::Borrow;
 use std::fmt::Write;
@@ -487,6 +489,103 @@ pub fn comments<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Vec<S
         .collect()
 }
 
+/// The plan as JSON: the plan's own document (`hosts`, `cloud`, `summary`)
+/// with the policies' verdict; `after_merge` too for a proposal planned
+/// under a trusted base.
+pub fn plan_json<R: Borrow<HostResult>>(r: &Review<'_, R>, after_merge: bool) -> serde_json::Value {
+    let results: Vec<&HostResult> = r.results.iter().map(Borrow::borrow).collect();
+    let mut doc = crate::reconcile::json(r.cloud, &results);
+    doc["policy"] = serde_json::to_value(r.verdict).unwrap_or_default();
+    if after_merge {
+        doc["after_merge"] = serde_json::to_value(r.after_merge).unwrap_or_default();
+    }
+    doc
+}
+
+/// Which proposal was planned, and its plan's digest.
+pub struct Proposed<'a> {
+    /// The proposal's ref.
+    pub name: &'a str,
+    /// The trusted base it was planned under.
+    pub base: &'a str,
+    pub digest: &'a str,
+}
+
+/// A proposal's plan as it is reported: the note on its commit, the
+/// comments on its pull request, and the commit status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProposalReport {
+    /// The markdown, the digest and the plan as JSON.
+    pub note: String,
+    /// As many comments as the plan needs; the digest stamp on the first.
+    pub comments: Vec<String>,
+    /// The commit status: `success`, `failure` (denied) or `error` (some
+    /// host or server could not be planned), and its description.
+    pub status: (&'static str, String),
+}
+
+/// A proposal's report, formatted once for the daemon and the CLI alike.
+/// Not redacted: the caller redacts with the fleet it trusts.
+pub fn proposal<R: Borrow<HostResult>>(r: &Review<'_, R>, p: &Proposed<'_>) -> ProposalReport {
+    let digest = p.digest;
+    let stamp =
+        format!("\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n");
+    let md = markdown(r, usize::MAX);
+    let mut json = plan_json(r, true);
+    json["ref"] = p.name.into();
+    json["base"] = p.base.into();
+    json["digest"] = digest.into();
+    let note = format!(
+        "{md}{stamp}\n<!-- plan as JSON -->\n{}",
+        fenced(
+            "json",
+            &serde_json::to_string_pretty(&json).unwrap_or_default()
+        )
+    );
+    let mut parts = comments(r, GITHUB_LIMIT - stamp.len() - 200);
+    match parts.first_mut() {
+        Some(first) => first.push_str(&stamp),
+        None => parts.push(stamp),
+    }
+    ProposalReport {
+        note,
+        comments: parts,
+        status: proposal_status(r),
+    }
+}
+
+/// The commit status of a proposal's plan.
+fn proposal_status<R: Borrow<HostResult>>(r: &Review<'_, R>) -> (&'static str, String) {
+    let verdict = r.verdict;
+    if verdict.blocks() {
+        let first = verdict
+            .deny
+            .first()
+            .or(verdict.errors.first())
+            .cloned()
+            .unwrap_or_default();
+        // The policy's name first: the description is cut at 140 characters.
+        let desc = match verdict.denial_of(&first) {
+            Some(d) => format!("denied by {}: {}", d.policy, d.message),
+            None => format!("denied: {first}"),
+        };
+        return ("failure", desc);
+    }
+    let results: Vec<&HostResult> = r.results.iter().map(Borrow::borrow).collect();
+    let t = crate::reconcile::totals(r.cloud, &results);
+    if t.errors > 0 {
+        (
+            "error",
+            format!("{} host(s) or server(s) could not be planned", t.errors),
+        )
+    } else {
+        (
+            "success",
+            summary_line(&t).lines().next().unwrap_or("").to_string(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,5 +901,75 @@ mod tests {
         assert!(md.len() <= NOTE_LIMIT, "{}", md.len());
         outside_code(&md);
         assert!(md.contains("more hosts) not shown"), "{}", md.len());
+    }
+
+    #[test]
+    fn a_proposal_report_carries_its_digest_json_and_status_once() {
+        let results = [result("web-1", 1)];
+        let verdict = Verdict::default();
+        let review = Review {
+            fleet: "acme",
+            commit: "0123456789abcdef",
+            cloud: None,
+            results: &results,
+            verdict: &verdict,
+            after_merge: &[],
+        };
+        let p = proposal(
+            &review,
+            &Proposed {
+                name: "refs/pull/7/head",
+                base: "fedcba9876543210",
+                digest: "d1g35t",
+            },
+        );
+        assert!(p.note.starts_with("<!-- tidekeeper:acme -->"), "{}", p.note);
+        assert!(p.note.contains("Plan digest: `d1g35t`"));
+        assert!(
+            p.note.contains("\"ref\": \"refs/pull/7/head\""),
+            "{}",
+            p.note
+        );
+        assert!(p.note.contains("\"base\": \"fedcba9876543210\""));
+        assert!(p.note.contains("\"after_merge\": []"));
+        assert_eq!(p.comments.len(), 1);
+        assert!(p.comments[0].ends_with(
+            "\nPlan digest: `d1g35t` (a merge with this tree is compared with this plan)\n"
+        ));
+        assert_eq!(p.status.0, "success");
+        assert!(p.status.1.contains("1 to change"), "{}", p.status.1);
+    }
+
+    #[test]
+    fn a_denied_proposal_names_the_denial_first_in_its_status() {
+        let results = [result("web-1", 1)];
+        let verdict = Verdict {
+            deny: vec!["web-1 opens port 22 to the world".into()],
+            ..Default::default()
+        };
+        let review = Review {
+            fleet: "acme",
+            commit: "0123456789abcdef",
+            cloud: None,
+            results: &results,
+            verdict: &verdict,
+            after_merge: &[],
+        };
+        let p = proposal(
+            &review,
+            &Proposed {
+                name: "refs/pull/7/head",
+                base: "fedcba9876543210",
+                digest: "d1g35t",
+            },
+        );
+        assert_eq!(
+            p.status,
+            ("failure", "denied: web-1 opens port 22 to the world".into())
+        );
+        // The CLI's JSON is the same document, without the proposal's fields.
+        let doc = plan_json(&review, false);
+        assert_eq!(doc["policy"]["deny"][0], "web-1 opens port 22 to the world");
+        assert!(doc.get("after_merge").is_none() && doc.get("digest").is_none());
     }
 }

@@ -118,6 +118,68 @@ pub enum ScheduleCommand {
     },
 }
 
+/// `tidekeeper run`'s arguments; the daemon's [`crate::daemon::Config`] is
+/// made from them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The config repo to follow: a path or a URL git can fetch (file://).
+    #[arg(long, env = "TIDEKEEPER_REPO")]
+    pub repo: String,
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Where the daemon keeps its mirror of the repo.
+    #[arg(
+        long,
+        default_value = "/var/lib/tidekeeper-daemon",
+        env = "TIDEKEEPER_STATE_DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Address of the HTTP server (status page, metrics, webhook).
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    pub listen: std::net::SocketAddr,
+    /// Poll interval (e.g. 60s, 5m); default: the fleet's `intervals.poll`.
+    #[arg(long, value_parser = parse_duration)]
+    pub poll: Option<std::time::Duration>,
+    /// Drift check interval; default: the fleet's `intervals.drift`.
+    #[arg(long, value_parser = parse_duration)]
+    pub drift: Option<std::time::Duration>,
+    /// Shared secret for webhook signatures (GitHub or Gitea HMAC-SHA256).
+    #[arg(long, env = "TIDEKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Token that authorizes actions over HTTP (`POST /retry`, sent as
+    /// `Authorization: Bearer …`); without it (and a webhook secret) they are refused.
+    #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+    pub ssh_key: Option<String>,
+    /// Do not watch a local repo for commits (polling and webhooks still work).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
+    pub git_ssh_key: Option<PathBuf>,
+    /// known_hosts file pinning the git server's host key (required for ssh://).
+    #[arg(
+        long,
+        env = "TIDEKEEPER_GIT_KNOWN_HOSTS",
+        default_value = "/etc/tidekeeper/git_known_hosts"
+    )]
+    pub git_known_hosts: PathBuf,
+    /// Token for an https:// config repo.
+    #[arg(long, env = "TIDEKEEPER_GIT_TOKEN", hide_env_values = true)]
+    pub git_token: Option<String>,
+    /// A host rolls back a risky change unless access is proven within this time.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub rollback_after: std::time::Duration,
+    /// Refs of proposed changes to plan read-only (repeatable; globs).
+    #[arg(long = "proposals", default_value = "refs/pull/*/head")]
+    pub proposals: Vec<String>,
+}
+
 /// The time a schedule is read at.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct NowArg {
@@ -319,64 +381,7 @@ pub enum Command {
         rolling: bool,
     },
     /// Run the reconciler: poll (and take webhooks), apply new commits, watch for drift, report back.
-    Run {
-        /// The config repo to follow: a path or a URL git can fetch (file://).
-        #[arg(long, env = "TIDEKEEPER_REPO")]
-        repo: String,
-        #[arg(long, default_value = "main")]
-        branch: String,
-        /// Where the daemon keeps its mirror of the repo.
-        #[arg(
-            long,
-            default_value = "/var/lib/tidekeeper-daemon",
-            env = "TIDEKEEPER_STATE_DIR"
-        )]
-        state_dir: PathBuf,
-        /// Address of the HTTP server (status page, metrics, webhook).
-        #[arg(long, default_value = "127.0.0.1:8420")]
-        listen: std::net::SocketAddr,
-        /// Poll interval (e.g. 60s, 5m); default: the fleet's `intervals.poll`.
-        #[arg(long, value_parser = parse_duration)]
-        poll: Option<std::time::Duration>,
-        /// Drift check interval; default: the fleet's `intervals.drift`.
-        #[arg(long, value_parser = parse_duration)]
-        drift: Option<std::time::Duration>,
-        /// Shared secret for webhook signatures (GitHub or Gitea HMAC-SHA256).
-        #[arg(long, env = "TIDEKEEPER_WEBHOOK_SECRET", hide_env_values = true)]
-        webhook_secret: Option<String>,
-        /// Token that authorizes actions over HTTP (`POST /retry`, sent as
-        /// `Authorization: Bearer …`); without it (and a webhook secret) they are refused.
-        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
-        api_token: Option<String>,
-        /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
-        #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
-        ssh_key: Option<String>,
-        /// Do not watch a local repo for commits (polling and webhooks still work).
-        #[arg(long)]
-        no_watch: bool,
-        /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
-        #[arg(long = "host", value_name = "NAME")]
-        hosts: Vec<String>,
-        /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
-        #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
-        git_ssh_key: Option<PathBuf>,
-        /// known_hosts file pinning the git server's host key (required for ssh://).
-        #[arg(
-            long,
-            env = "TIDEKEEPER_GIT_KNOWN_HOSTS",
-            default_value = "/etc/tidekeeper/git_known_hosts"
-        )]
-        git_known_hosts: PathBuf,
-        /// Token for an https:// config repo.
-        #[arg(long, env = "TIDEKEEPER_GIT_TOKEN", hide_env_values = true)]
-        git_token: Option<String>,
-        /// A host rolls back a risky change unless access is proven within this time.
-        #[arg(long, value_parser = parse_duration, default_value = "120s")]
-        rollback_after: std::time::Duration,
-        /// Refs of proposed changes to plan read-only (repeatable; globs).
-        #[arg(long = "proposals", default_value = "refs/pull/*/head")]
-        proposals: Vec<String>,
-    },
+    Run(RunArgs),
     /// Ask a running daemon to retry its quarantined commit.
     Retry {
         /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).

@@ -2,6 +2,39 @@
 
 use super::*;
 
+impl From<super::args::RunArgs> for crate::daemon::Config {
+    /// The daemon's settings as given; the git server's known_hosts file is
+    /// read here (missing: nothing pinned).
+    fn from(a: super::args::RunArgs) -> Self {
+        let git = crate::daemon::mirror::Access {
+            ssh_key: a
+                .git_ssh_key
+                .or_else(|| a.ssh_key.as_ref().map(std::path::PathBuf::from)),
+            known_hosts: std::fs::read_to_string(&a.git_known_hosts)
+                .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
+                .unwrap_or_default(),
+            token: a.git_token,
+        };
+        crate::daemon::Config {
+            repo: a.repo,
+            branch: a.branch,
+            state_dir: a.state_dir,
+            listen: a.listen,
+            poll: a.poll,
+            drift: a.drift,
+            webhook_secret: a.webhook_secret,
+            api_token: a.api_token,
+            ssh_key: a.ssh_key,
+            watch: !a.no_watch,
+            hosts: a.hosts,
+            git,
+            proposals: a.proposals,
+            rollback_after: a.rollback_after,
+            worker: this_exe(),
+        }
+    }
+}
+
 pub(super) fn run_daemon(cfg: crate::daemon::Config) -> CliResult {
     runtime()
         .block_on(crate::daemon::run(cfg))

@@ -105,7 +105,7 @@ fn dispatch(command: Command) -> CliResult {
             yes,
             rolling,
         } => apply(&repo, &hosts, yes, rolling),
-        run @ Command::Run { .. } => run_daemon(daemon_config(run)),
+        Command::Run(args) => run_daemon(args.into()),
         Command::Retry { daemon, api_token } => post_daemon(
             daemon,
             "/retry",
@@ -157,54 +157,6 @@ fn dispatch(command: Command) -> CliResult {
     }
 }
 
-/// The daemon's configuration from `tidekeeper run`'s arguments.
-fn daemon_config(run: Command) -> crate::daemon::Config {
-    let Command::Run {
-        repo,
-        branch,
-        state_dir,
-        listen,
-        poll,
-        drift,
-        webhook_secret,
-        api_token,
-        ssh_key,
-        no_watch,
-        hosts,
-        git_ssh_key,
-        git_known_hosts,
-        git_token,
-        rollback_after,
-        proposals,
-    } = run
-    else {
-        unreachable!("called for `tidekeeper run` only");
-    };
-    crate::daemon::Config {
-        repo,
-        branch,
-        state_dir,
-        listen,
-        poll,
-        drift,
-        webhook_secret,
-        api_token,
-        ssh_key: ssh_key.clone(),
-        watch: !no_watch,
-        rollback_after,
-        proposals,
-        hosts,
-        worker: this_exe(),
-        git: crate::daemon::mirror::Access {
-            ssh_key: git_ssh_key.or_else(|| ssh_key.as_ref().map(PathBuf::from)),
-            known_hosts: std::fs::read_to_string(&git_known_hosts)
-                .map(|t| crate::daemon::mirror::Access::parse_known_hosts(&t))
-                .unwrap_or_default(),
-            token: git_token,
-        },
-    }
-}
-
 /// `tidekeeper suspend`: by whom (default: `$USER`) and why, to the daemon.
 fn suspend(
     daemon: std::net::SocketAddr,
@@ -227,7 +179,7 @@ fn suspend(
 /// (the daemon and the demo: info), more with -v, fewer with -q; colours
 /// only on a terminal (journald and files get plain text).
 fn logging(cli: &Cli) {
-    let chatty = matches!(cli.command, Command::Run { .. } | Command::Demo { .. });
+    let chatty = matches!(cli.command, Command::Run(_) | Command::Demo { .. });
     let level = match (cli.quiet, cli.verbose, chatty) {
         (true, _, _) => "error",
         (_, 0, false) => "warn",

@@ -142,11 +142,16 @@ pub(super) fn plan(
         );
         print!("{}", opts.redact(&md));
     } else if json {
-        let mut doc = reconcile::json(fp.cloud.as_ref(), &results);
-        doc["policy"] = serde_json::to_value(&verdict).expect("json");
-        if untrusted_base.is_some() {
-            doc["after_merge"] = serde_json::to_value(&after_merge).expect("json");
-        }
+        let commit = fp.fleet.commit.clone().unwrap_or_default();
+        let review = crate::report::Review {
+            fleet: &fp.fleet.name,
+            commit: &commit,
+            cloud: fp.cloud.as_ref(),
+            results: &results,
+            verdict: &verdict,
+            after_merge: &after_merge,
+        };
+        let doc = crate::report::plan_json(&review, untrusted_base.is_some());
         let text = serde_json::to_string_pretty(&doc).expect("json");
         println!("{}", opts.redact(&text));
     } else {

@@ -39,105 +39,117 @@ pub fn observations(
 ) -> Vec<Observation> {
     let mut out = Vec::new();
     for h in &fleet.hosts {
-        let Some(hs) = st.hosts.get(&h.name) else {
-            continue;
-        };
-        let name = h.name.as_str();
-        let subject = format!("host {name}");
-        let mut error = hs.last_error.clone().unwrap_or_default();
-        // An apply that failed stays a problem until an apply succeeds on
-        // the host, whatever drift checks of the same commit say since.
-        let (failed, rolled_back) = match (&hs.failed_apply, hs.state, hs.error_kind) {
-            (Some(f), _, _) => {
-                error = f.error.clone();
-                if f.kind == HostError::RolledBack {
-                    (Seen::Unknown, NOW)
-                } else {
-                    (NOW, Seen::Unknown)
-                }
-            }
-            (None, HostState::Failed, Some(HostError::RolledBack)) => (Seen::Unknown, NOW),
-            (None, HostState::Failed, _) => (NOW, Seen::Unknown),
-            (None, HostState::Synced | HostState::Drifted, _) => (Seen::Fine, Seen::Fine),
-            (None, HostState::Pending | HostState::Unreachable, _) => {
-                (Seen::Unknown, Seen::Unknown)
-            }
-        };
-        let result = match &hs.failed_apply {
-            Some(_) => "apply failed".to_string(),
-            None => hs.last_result.clone().unwrap_or_default(),
-        };
-        let mut o = obs(
-            format!("host/{name}/apply_failed"),
-            EventKind::ApplyFailed,
-            Some(name),
-            subject.clone(),
-            if failed == Seen::Fine {
-                format!("{name}: {result}")
-            } else {
-                format!("{result} on {name}: {error}")
-            },
-            failed,
-        );
-        o.details = (!error.is_empty())
-            .then(|| error.clone())
-            .into_iter()
-            .collect();
-        out.push(o);
-        out.push(obs(
-            format!("host/{name}/rolled_back"),
-            EventKind::RolledBack,
-            Some(name),
-            subject.clone(),
-            if rolled_back == Seen::Fine {
-                format!("{name}: {result}")
-            } else {
-                format!("{name} rolled a change back: {error}")
-            },
-            rolled_back,
-        ));
-        let unreachable = match hs.state {
-            HostState::Unreachable => Seen::Problem {
-                after_secs: n.unreachable_after_secs,
-            },
-            HostState::Pending => Seen::Unknown,
-            _ => Seen::Fine,
-        };
-        out.push(obs(
-            format!("host/{name}/unreachable"),
-            EventKind::HostUnreachable,
-            Some(name),
-            subject.clone(),
-            if unreachable == Seen::Fine {
-                format!("{name} is reachable again")
-            } else {
-                format!("{name} is unreachable: {error}")
-            },
-            unreachable,
-        ));
-        let drift = match hs.state {
-            HostState::Drifted => NOW,
-            HostState::Synced => Seen::Fine,
-            _ => Seen::Unknown,
-        };
-        let mut o = obs(
-            format!("host/{name}/drift"),
-            EventKind::Drift,
-            Some(name),
-            subject,
-            if drift == Seen::Fine {
-                format!("{name} matches the config again")
-            } else {
-                format!(
-                    "{name} drifted: {} resource(s) differ from the config",
-                    hs.drift.len()
-                )
-            },
-            drift,
-        );
-        o.details = hs.drift.clone();
-        out.push(o);
+        if let Some(hs) = st.hosts.get(&h.name) {
+            out.extend(host_observations(&h.name, hs, n));
+        }
     }
+    out.extend(commit_observations(st));
+    out.push(fetch_observation(st, n, fetch_failing));
+    out.extend(job_observations(st, fleet));
+    out
+}
+
+/// A host's: its apply failed, it rolled a change back, it is unreachable, it drifted.
+fn host_observations(name: &str, hs: &super::status::HostStatus, n: &Notify) -> Vec<Observation> {
+    let mut out = Vec::new();
+    let subject = format!("host {name}");
+    let mut error = hs.last_error.clone().unwrap_or_default();
+    // An apply that failed stays a problem until an apply succeeds on
+    // the host, whatever drift checks of the same commit say since.
+    let (failed, rolled_back) = match (&hs.failed_apply, hs.state, hs.error_kind) {
+        (Some(f), _, _) => {
+            error = f.error.clone();
+            if f.kind == HostError::RolledBack {
+                (Seen::Unknown, NOW)
+            } else {
+                (NOW, Seen::Unknown)
+            }
+        }
+        (None, HostState::Failed, Some(HostError::RolledBack)) => (Seen::Unknown, NOW),
+        (None, HostState::Failed, _) => (NOW, Seen::Unknown),
+        (None, HostState::Synced | HostState::Drifted, _) => (Seen::Fine, Seen::Fine),
+        (None, HostState::Pending | HostState::Unreachable, _) => (Seen::Unknown, Seen::Unknown),
+    };
+    let result = match &hs.failed_apply {
+        Some(_) => "apply failed".to_string(),
+        None => hs.last_result.clone().unwrap_or_default(),
+    };
+    let mut o = obs(
+        format!("host/{name}/apply_failed"),
+        EventKind::ApplyFailed,
+        Some(name),
+        subject.clone(),
+        if failed == Seen::Fine {
+            format!("{name}: {result}")
+        } else {
+            format!("{result} on {name}: {error}")
+        },
+        failed,
+    );
+    o.details = (!error.is_empty())
+        .then(|| error.clone())
+        .into_iter()
+        .collect();
+    out.push(o);
+    out.push(obs(
+        format!("host/{name}/rolled_back"),
+        EventKind::RolledBack,
+        Some(name),
+        subject.clone(),
+        if rolled_back == Seen::Fine {
+            format!("{name}: {result}")
+        } else {
+            format!("{name} rolled a change back: {error}")
+        },
+        rolled_back,
+    ));
+    let unreachable = match hs.state {
+        HostState::Unreachable => Seen::Problem {
+            after_secs: n.unreachable_after_secs,
+        },
+        HostState::Pending => Seen::Unknown,
+        _ => Seen::Fine,
+    };
+    out.push(obs(
+        format!("host/{name}/unreachable"),
+        EventKind::HostUnreachable,
+        Some(name),
+        subject.clone(),
+        if unreachable == Seen::Fine {
+            format!("{name} is reachable again")
+        } else {
+            format!("{name} is unreachable: {error}")
+        },
+        unreachable,
+    ));
+    let drift = match hs.state {
+        HostState::Drifted => NOW,
+        HostState::Synced => Seen::Fine,
+        _ => Seen::Unknown,
+    };
+    let mut o = obs(
+        format!("host/{name}/drift"),
+        EventKind::Drift,
+        Some(name),
+        subject,
+        if drift == Seen::Fine {
+            format!("{name} matches the config again")
+        } else {
+            format!(
+                "{name} drifted: {} resource(s) differ from the config",
+                hs.drift.len()
+            )
+        },
+        drift,
+    );
+    o.details = hs.drift.clone();
+    out.push(o);
+    out
+}
+
+/// The followed branch's: its newest commit is invalid, denied, or quarantined.
+fn commit_observations(st: &FleetStatus) -> Vec<Observation> {
+    let mut out = Vec::new();
     let commit = |c: &str| c[..c.len().min(12)].to_string();
     for (key, kind, denied) in [
         ("commit/invalid", EventKind::InvalidCommit, false),
@@ -189,7 +201,12 @@ pub fn observations(
             Seen::Fine,
         ),
     });
-    out.push(obs(
+    out
+}
+
+/// The config repo cannot be fetched.
+fn fetch_observation(st: &FleetStatus, n: &Notify, fetch_failing: bool) -> Observation {
+    obs(
         "fetch".into(),
         EventKind::FetchStale,
         None,
@@ -209,7 +226,12 @@ pub fn observations(
         } else {
             Seen::Fine
         },
-    ));
+    )
+}
+
+/// Each maintenance job's last run, per host.
+fn job_observations(st: &FleetStatus, fleet: &Fleet) -> Vec<Observation> {
+    let mut out = Vec::new();
     for job in &fleet.jobs {
         let run = st
             .schedules

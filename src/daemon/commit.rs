@@ -1,7 +1,10 @@
 //! A new commit on the followed branch: load it, plan it, judge it (policies,
 //! the reviewed plan), apply it — at once, or as a rollout — on the hosts that
 //! are free, and report what happened; or hold it (invalid, denied, suspended,
-//! not the reviewed plan) and say why.
+//! not the reviewed plan) and say why. The steps are named: plan, gate,
+//! apply, record; then the verdict (a pure function of the hosts' and
+//! servers' outcomes: applied, partial, quarantined), the note, the forge
+//! and the status push.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,49 +14,130 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
-use super::{Loop, Policies, now, proposals};
+use super::{Ctx, Policies, State, now, proposals};
 use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
 use crate::reconcile;
 
-impl Loop {
+impl Ctx {
     /// Plan (and apply, unless the policies deny the plan) the servers and
     /// hosts; update host statuses. `Err` carries the policies' denials and
     /// the cloud plan's refusals (a destroy without permission).
     pub(super) async fn reconcile(
-        &mut self,
+        &self,
         commit: &str,
         fleet: Arc<Fleet>,
         policies: &Policies,
-        apply: bool,
-        review: Option<&Review>,
+        mode: Mode<'_>,
     ) -> Result<Applied, Refused> {
         let started = Instant::now();
-        let opts = Arc::new(self.options(&fleet));
-        // The hosts free now; those a job (or another reconcile) holds wait
-        // for the next pass, and their status says for what.
-        let who = if apply {
+        let planned = self.plan(commit, &fleet, mode).await;
+        self.record_cost(&planned.plan);
+        let review = match gate(&planned.plan, &fleet, policies, mode) {
+            Ok(review) => review,
+            Err(refused) => {
+                self.clock
+                    .io(reconcile::finish(planned.plan, planned.pool))
+                    .await;
+                return Err(refused);
+            }
+        };
+        let cloud_errors: Vec<String> = planned
+            .plan
+            .cloud
+            .as_ref()
+            .map(|c| c.errors.clone())
+            .unwrap_or_default();
+        let hosts: Vec<String> = planned.plan.hosts.iter().map(|p| p.host.clone()).collect();
+        let new_servers = planned.plan.new_servers.clone();
+        let stages = fleet
+            .rollout_stages(&hosts)
+            .filter(|s| mode.apply && (s.len() > 1 || !new_servers.is_empty()));
+        if let Some(stages) = stages {
+            // The rollout goes on in its own task with these hosts' locks;
+            // the loop serves other hosts, jobs and proposals meanwhile.
+            let Planned {
+                plan,
+                pool,
+                opts,
+                clouds,
+                held,
+                busy,
+            } = planned;
+            self.roll_out(Start {
+                commit: commit.to_string(),
+                plan,
+                pool,
+                stages,
+                opts,
+                clouds,
+                held,
+                busy,
+                cloud_errors,
+                review,
+            });
+            return Ok(Applied::RollingOut);
+        }
+        let Planned {
+            plan,
+            pool,
+            opts,
+            clouds,
+            held,
+            busy,
+        } = planned;
+        let (results, outcomes) = if mode.apply {
+            let quiet: engine::Progress = Arc::new(|_| {});
+            let done = self
+                .clock
+                .io(async move { reconcile::apply(plan, &pool, opts, &clouds, quiet).await })
+                .await;
+            (done.hosts, done.cloud)
+        } else {
+            (self.clock.io(reconcile::finish(plan, pool)).await, vec![])
+        };
+        let done = self.record(
+            commit,
+            &fleet,
+            Done {
+                results,
+                outcomes,
+                busy,
+                cloud_errors,
+                new_servers,
+                apply: mode.apply,
+                review,
+            },
+        );
+        drop(held);
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconcile done"
+        );
+        Ok(Applied::Done(done))
+    }
+
+    /// Plan the servers and the hosts free now; those a job (or another
+    /// reconcile) holds wait for the next pass, and their status says for what.
+    async fn plan(&self, commit: &str, fleet: &Arc<Fleet>, mode: Mode<'_>) -> Planned {
+        let opts = Arc::new(self.options(fleet, mode.changed_files_only));
+        let who = if mode.apply {
             format!("commit {}", &commit[..commit.len().min(12)])
         } else {
             "a drift check".to_string()
         };
-        let (held, busy) = self.locks.try_take(&self.selected(&fleet), &who);
+        let (held, busy) = self.locks.try_take(&self.selected(fleet), &who);
         let names = held.hosts();
-        let quiet: engine::Progress = Arc::new(|_| {});
-        let clouds = Arc::new(crate::cloud::Clouds::from_env(&fleet));
+        let clouds = Arc::new(crate::cloud::Clouds::from_env(fleet));
         let whole = self.cfg.hosts.is_empty() && busy.is_empty();
         // This reconcile's connections, from its plan to its apply.
         let pool = engine::Pool::new();
         let plan = self
             .clock
             .io({
-                let (fleet, opts, clouds, quiet, pool) = (
-                    fleet.clone(),
-                    opts.clone(),
-                    clouds.clone(),
-                    quiet.clone(),
-                    pool.clone(),
-                );
+                let (fleet, opts, clouds, pool) =
+                    (fleet.clone(), opts.clone(), clouds.clone(), pool.clone());
+                let quiet: engine::Progress = Arc::new(|_| {});
                 async move {
                     reconcile::plan(
                         fleet,
@@ -69,136 +153,38 @@ impl Loop {
                 }
             })
             .await;
-        if let Some(c) = &plan.cloud {
-            let cost: BTreeMap<String, f64> = c
-                .cost
-                .iter()
-                .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
-                .collect();
-            let mut board = self.shared.board.lock().unwrap();
-            board.history.cost_on(&now()[..10], &cost);
-            for (host, (provider, m)) in &c.server_cost {
-                board.history.hosts.entry(host.clone()).or_default().cost = Some((
-                    crate::cloud::plan::provider_name(*provider).to_string(),
-                    m.amount,
-                    m.currency.to_string(),
-                ));
-            }
-            self.shared.status.lock().unwrap().monthly_cost = cost;
+        Planned {
+            plan,
+            pool,
+            opts,
+            clouds,
+            held,
+            busy,
         }
-        let new_servers = plan.new_servers.clone();
-        if apply && plan.has_changes() {
-            let gate = plan.gate(policies);
-            if gate.stops() {
-                self.clock.io(reconcile::finish(plan, pool.clone())).await;
-                return Err(Refused::Denied(
-                    gate.reasons().iter().map(|w| fleet.redact(w)).collect(),
-                ));
-            }
+    }
+
+    /// The cloud plan's monthly cost, in the status and the dashboard's history.
+    fn record_cost(&self, plan: &reconcile::FleetPlan) {
+        let Some(c) = &plan.cloud else { return };
+        let cost: BTreeMap<String, f64> = c
+            .cost
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.proposed * 100.0).round() / 100.0))
+            .collect();
+        let mut board = self.shared.board.lock().unwrap();
+        board.history.cost_on(&now()[..10], &cost);
+        for (host, (provider, m)) in &c.server_cost {
+            board.history.hosts.entry(host.clone()).or_default().cost = Some((
+                crate::cloud::plan::provider_name(*provider).to_string(),
+                m.amount,
+                m.currency.to_string(),
+            ));
         }
-        // A merge of a reviewed proposal: is this still the reviewed plan?
-        let mut review_note = None;
-        if apply && let Some(r) = review {
-            let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
-            let seen = &r.reviewed;
-            if digest == seen.digest {
-                review_note = Some(format!(
-                    "the plan is the one reviewed on {} (digest {digest})",
-                    r.proposal
-                ));
-            } else {
-                let mut diff: Vec<String> = lines
-                    .iter()
-                    .filter(|l| !seen.lines.contains(l))
-                    .map(|l| format!("  now also:     {l}"))
-                    .collect();
-                diff.extend(
-                    seen.lines
-                        .iter()
-                        .filter(|l| !lines.contains(l))
-                        .map(|l| format!("  reviewed, no longer: {l}")),
-                );
-                let text = fleet.redact(&format!(
-                    "the plan differs from the one reviewed on {} (reviewed {}, now {digest}; a host drifted or changed since review):\n{}",
-                    r.proposal,
-                    seen.digest,
-                    diff.join("\n")
-                ));
-                if fleet.settings.require_reviewed_plan && !r.accept {
-                    self.clock.io(reconcile::finish(plan, pool.clone())).await;
-                    return Err(Refused::Held(text));
-                }
-                review_note = Some(format!(
-                    "{text}\n(applied: apply.require_reviewed_plan is {})",
-                    if r.accept {
-                        "overridden by retry"
-                    } else {
-                        "off"
-                    }
-                ));
-            }
-        }
-        let cloud_errors: Vec<String> = plan
-            .cloud
-            .as_ref()
-            .map(|c| c.errors.clone())
-            .unwrap_or_default();
-        let planned: Vec<String> = plan.hosts.iter().map(|p| p.host.clone()).collect();
-        let stages = fleet
-            .rollout_stages(&planned)
-            .filter(|s| apply && (s.len() > 1 || !new_servers.is_empty()));
-        if let Some(stages) = stages {
-            // The rollout goes on in its own task with these hosts' locks;
-            // the loop serves other hosts, jobs and proposals meanwhile.
-            self.roll_out(Start {
-                commit: commit.to_string(),
-                plan,
-                pool,
-                stages,
-                opts,
-                clouds,
-                held,
-                busy,
-                cloud_errors,
-                review: review_note,
-            });
-            return Ok(Applied::RollingOut);
-        }
-        let (results, outcomes) = if apply {
-            let done = self
-                .clock
-                .io(async move { reconcile::apply(plan, &pool, opts, &clouds, quiet).await })
-                .await;
-            (done.hosts, done.cloud)
-        } else {
-            (
-                self.clock.io(reconcile::finish(plan, pool.clone())).await,
-                vec![],
-            )
-        };
-        let done = self.record(
-            commit,
-            &fleet,
-            Done {
-                results,
-                outcomes,
-                busy,
-                cloud_errors,
-                new_servers,
-                apply,
-                review: review_note,
-            },
-        );
-        drop(held);
-        info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconcile done"
-        );
-        Ok(Applied::Done(done))
+        self.shared.status.lock().unwrap().monthly_cost = cost;
     }
 
     /// Host statuses and metrics from what a reconcile (or a rollout) did.
-    pub(super) fn record(&mut self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
+    pub(super) fn record(&self, commit: &str, fleet: &Fleet, d: Done) -> Reconciled {
         let (results, busy, new_servers, apply) = (d.results, d.busy, d.new_servers, d.apply);
         let outcomes = d.outcomes;
         let review_note = d.review;
@@ -349,262 +335,6 @@ impl Loop {
         board.save();
     }
 
-    /// A merge held because its plan is no longer the reviewed one:
-    /// quarantined until a newer commit, or `tidekeeper retry` accepts it.
-    pub(super) async fn hold_unreviewed(&mut self, commit: String, why: String) {
-        warn!("{why}; held, nothing applied");
-        self.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-            commit: commit.clone(),
-            reason: format!("held: {}", why.lines().next().unwrap_or("")),
-        });
-        let note = format!(
-            "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
-        );
-        self.push_status(Some((commit, note))).await;
-    }
-
-    /// A commit that is not applied (invalid config, or denied by the
-    /// policies): reported in the status and in a note on the commit.
-    pub(super) async fn reject(&mut self, commit: String, why: &str, errors: Vec<String>) {
-        warn!(errors = errors.len(), "{why} this commit; nothing applied");
-        let note = format!(
-            "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
-            errors.join("\n")
-        );
-        self.shared.status.lock().unwrap().invalid = Some(Invalid {
-            commit: commit.clone(),
-            errors,
-            denied: why.contains("policies"),
-        });
-        self.push_status(Some((commit, note))).await;
-    }
-
-    /// A new commit on the branch (`retry`: even if it is quarantined or held,
-    /// accepting its plan as it is now). `Err` when hosts were not reached.
-    pub(super) async fn on_commit(&mut self, commit: String, retry: bool) -> Result<(), Again> {
-        let span = info_span!("commit", commit = %&commit[..12]);
-        async {
-            {
-                let st = self.shared.status.lock().unwrap();
-                if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
-                    info!(
-                        "commit is quarantined; waiting for a newer commit or `tidekeeper retry`"
-                    );
-                    return Ok(());
-                }
-            }
-            let (fleet, policies) = match self.load(&commit).await {
-                Err(errors) => {
-                    self.reject(commit, "invalid config at", errors).await;
-                    return Ok(());
-                }
-                Ok((mut f, policies)) => {
-                    self.pin_learned_keys(&mut f);
-                    self.adopt_status_refs(&f).await;
-                    (Arc::new(f), policies)
-                }
-            };
-            let already = self.shared.status.lock().unwrap().applied_commit.as_deref()
-                == Some(commit.as_str());
-            {
-                let mut st = self.shared.status.lock().unwrap();
-                st.invalid = None;
-                st.fleet = fleet.name.clone();
-            }
-            self.good = Some((commit.clone(), fleet.clone(), policies.clone()));
-            self.shared.notifier.configure(&fleet);
-            self.reschedule(self.clock.now());
-            if already && !retry {
-                info!("already applied (per the status branch); not applying again");
-                return Ok(());
-            }
-            if let Some(s) = self.suspension(&commit, &fleet) {
-                self.hold(commit, fleet, &policies, s).await;
-                return Ok(());
-            }
-            let started = Instant::now();
-            info!("applying");
-            let review = self
-                .reviewed_for(&commit)
-                .await
-                .map(|(proposal, reviewed)| Review {
-                    proposal,
-                    reviewed,
-                    accept: retry,
-                });
-            let done = match self
-                .reconcile(&commit, fleet.clone(), &policies, true, review.as_ref())
-                .await
-            {
-                Ok(Applied::Done(r)) => r,
-                Ok(Applied::RollingOut) => {
-                    self.rolling
-                        .insert(commit.clone(), (fleet.clone(), started));
-                    self.incomplete = None;
-                    self.push_status(None).await;
-                    return Ok(());
-                }
-                Err(Refused::Denied(denied)) => {
-                    self.reject(commit, "the policies deny", denied).await;
-                    return Ok(());
-                }
-                Err(Refused::Held(why)) => {
-                    self.hold_unreviewed(commit, why).await;
-                    return Ok(());
-                }
-            };
-            self.report(commit, &fleet, done, started).await
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// What a commit did, in the status, the note on the commit and the forge.
-    /// `Err` when some hosts were not reached (they get it on a later pass).
-    pub(super) async fn report(
-        &mut self,
-        commit: String,
-        fleet: &Fleet,
-        done: Reconciled,
-        started: Instant,
-    ) -> Result<(), Again> {
-        let Reconciled {
-            hosts,
-            cloud_failures,
-            review,
-        } = done;
-        {
-            // Hosts that could not be reached fail nothing: the commit is
-            // applied to them on a later pass, with backoff. Other failures
-            // need a human: the commit is quarantined.
-            let failed: Vec<&HostStatus> = hosts
-                .iter()
-                .filter(|h| {
-                    matches!(h.state, HostState::Failed | HostState::Unreachable)
-                        && h.error_kind != Some(HostError::Unreachable)
-                })
-                .collect();
-            let unreachable = hosts
-                .iter()
-                .filter(|h| h.error_kind == Some(HostError::Unreachable))
-                .count();
-            let waiting = hosts
-                .iter()
-                .filter(|h| h.error_kind.is_some_and(HostError::is_transient))
-                .count();
-            let ok = cloud_failures.is_empty() && failed.is_empty();
-            let partial = ok && waiting + unreachable > 0;
-            // A rollout that ends after a newer commit came leaves that one's state alone.
-            if self.last_seen.as_deref() == Some(commit.as_str()) {
-                self.incomplete = partial.then(|| commit.clone());
-            }
-            let again = partial.then_some(Again::Hosts {
-                unreachable,
-                busy: waiting,
-            });
-            if partial {
-                info!(
-                    waiting,
-                    unreachable, "commit applied in part; the rest on a later pass"
-                );
-            }
-            let summary = {
-                let mut st = self.shared.status.lock().unwrap();
-                let mut quarantine = |reason: String| {
-                    warn!(%reason, "commit quarantined");
-                    st.quarantined = Some(Quarantine {
-                        commit: commit.clone(),
-                        reason: format!("apply failed: {reason}"),
-                    });
-                };
-                if !cloud_failures.is_empty() {
-                    quarantine(cloud_failures.join("; "));
-                    format!(
-                        "{} server change(s) failed; commit quarantined",
-                        cloud_failures.len()
-                    )
-                } else if failed.is_empty() && unreachable > 0 {
-                    format!(
-                        "{unreachable} host(s) unreachable{}; trying again with backoff",
-                        if waiting > 0 {
-                            format!(", {waiting} busy")
-                        } else {
-                            String::new()
-                        }
-                    )
-                } else if failed.is_empty() && waiting > 0 {
-                    format!(
-                        "{waiting} host(s) busy (a maintenance job or another run); applying to them when they are free"
-                    )
-                } else if failed.is_empty() {
-                    st.applied_commit = Some(commit.clone());
-                    st.quarantined = None;
-                    format!("applied to {} host(s)", hosts.len())
-                } else {
-                    let reason = failed
-                        .iter()
-                        .map(|h| {
-                            format!(
-                                "{}: {}",
-                                h.host,
-                                h.last_error.as_deref().unwrap_or("failed")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    quarantine(reason);
-                    format!(
-                        "apply failed on {} of {} host(s); commit quarantined",
-                        failed.len(),
-                        hosts.len()
-                    )
-                }
-            };
-            let mut note = status::note(&commit, &summary, &hosts, started.elapsed().as_secs_f64());
-            if let Some(r) = &review {
-                note.push_str(&format!("\nreview: {r}\n"));
-            }
-            let rollout = self.shared.status.lock().unwrap().rollout.clone();
-            if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
-                note.push_str(&format!(
-                    "\nrollout: {} stage(s); {} at stage {} ({})\n",
-                    r.stages,
-                    r.state,
-                    r.stage,
-                    r.hosts.join(", ")
-                ));
-            }
-            if let Some(settings) = fleet.settings.forge.clone() {
-                // The apply on main, reported on its commit; a forge outage never blocks.
-                let (sha, text, name) = (
-                    commit.clone(),
-                    format!("```\n{note}```\n"),
-                    fleet.name.clone(),
-                );
-                let forge = self.forge(&settings);
-                let sent = async move {
-                    let forge = forge?;
-                    let state = if ok { "success" } else { "failure" };
-                    if forge
-                        .status(&sha, &format!("tidekeeper/{name}/apply"), state, &summary)
-                        .await?
-                    {
-                        forge.commit_comment(&sha, &text).await?;
-                    }
-                    Ok::<(), crate::forge::ForgeError>(())
-                }
-                .await;
-                if let Err(e) = sent {
-                    warn!(error = %e, "could not report the apply to the forge");
-                    self.shared
-                        .note_stale("forge", format!("forge unreachable: {e}"));
-                }
-            }
-            self.push_status(Some((commit, note))).await;
-            again.map_or(Ok(()), Err)
-        }
-    }
-
     /// Whether applies and jobs are stopped, and by whom: `suspend: true` in
     /// the commit's config, or an operator (POST /suspend). Recorded in the status.
     pub(super) fn suspension(&self, commit: &str, fleet: &Fleet) -> Option<status::Suspension> {
@@ -627,28 +357,282 @@ impl Loop {
         st.suspended.clone()
     }
 
-    /// A suspended fleet: the commit is planned and reported, nothing applied;
-    /// it is applied on the first pass after resuming.
-    pub(super) async fn hold(
-        &mut self,
-        commit: String,
-        fleet: Arc<Fleet>,
-        policies: &Policies,
-        s: status::Suspension,
-    ) {
-        info!(by = %s.by, reason = %s.reason, "suspended: planning only");
-        self.incomplete = Some(commit.clone());
-        let hosts = match self.reconcile(&commit, fleet, policies, false, None).await {
-            Ok(Applied::Done(r)) => r.hosts,
-            _ => vec![], // planning only: never a rollout
-        };
-        let summary = format!(
-            "suspended by {} ({}): planned, nothing applied",
-            s.by, s.reason
+    /// The note on the commit: the hosts, how the plan compares with the
+    /// reviewed one, and the rollout it was part of.
+    fn apply_note(
+        &self,
+        commit: &str,
+        summary: &str,
+        done: &Reconciled,
+        started: Instant,
+    ) -> String {
+        let mut note = status::note(
+            commit,
+            summary,
+            &done.hosts,
+            started.elapsed().as_secs_f64(),
         );
-        let note = status::note(&commit, &summary, &hosts, 0.0);
-        self.push_status(Some((commit, note))).await;
+        if let Some(r) = &done.review {
+            note.push_str(&format!("\nreview: {r}\n"));
+        }
+        let rollout = self.shared.status.lock().unwrap().rollout.clone();
+        if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
+            note.push_str(&format!(
+                "\nrollout: {} stage(s); {} at stage {} ({})\n",
+                r.stages,
+                r.state,
+                r.stage,
+                r.hosts.join(", ")
+            ));
+        }
+        note
     }
+}
+
+/// A merge held because its plan is no longer the reviewed one:
+/// quarantined until a newer commit, or `tidekeeper retry` accepts it.
+pub(super) async fn hold_unreviewed(ctx: &Ctx, commit: String, why: String) {
+    warn!("{why}; held, nothing applied");
+    ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+        commit: commit.clone(),
+        reason: format!("held: {}", why.lines().next().unwrap_or("")),
+    });
+    let note = format!(
+        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
+    );
+    ctx.push_status(Some((commit, note))).await;
+}
+
+/// A commit that is not applied (invalid config, or denied by the
+/// policies): reported in the status and in a note on the commit.
+pub(super) async fn reject(ctx: &Ctx, commit: String, why: &str, errors: Vec<String>) {
+    warn!(errors = errors.len(), "{why} this commit; nothing applied");
+    let note = format!(
+        "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
+        errors.join("\n")
+    );
+    ctx.shared.status.lock().unwrap().invalid = Some(Invalid {
+        commit: commit.clone(),
+        errors,
+        denied: why.contains("policies"),
+    });
+    ctx.push_status(Some((commit, note))).await;
+}
+
+/// A new commit on the branch (`retry`: even if it is quarantined or held,
+/// accepting its plan as it is now). `Err` when hosts were not reached.
+pub(super) async fn on_commit(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    retry: bool,
+) -> Result<(), Again> {
+    let span = info_span!("commit", commit = %&commit[..12]);
+    async {
+        {
+            let st = ctx.shared.status.lock().unwrap();
+            if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
+                info!("commit is quarantined; waiting for a newer commit or `tidekeeper retry`");
+                return Ok(());
+            }
+        }
+        let (fleet, policies) = match ctx.load(&commit).await {
+            Err(errors) => {
+                reject(ctx, commit, "invalid config at", errors).await;
+                return Ok(());
+            }
+            Ok((mut f, policies)) => {
+                ctx.pin_learned_keys(&mut f);
+                ctx.adopt_status_refs(&f).await;
+                (Arc::new(f), policies)
+            }
+        };
+        let already =
+            ctx.shared.status.lock().unwrap().applied_commit.as_deref() == Some(commit.as_str());
+        {
+            let mut st = ctx.shared.status.lock().unwrap();
+            st.invalid = None;
+            st.fleet = fleet.name.clone();
+        }
+        state.head.good = Some((commit.clone(), fleet.clone(), policies.clone()));
+        ctx.shared.notifier.configure(&fleet);
+        super::jobs::reschedule(ctx, state, ctx.clock.now());
+        if already && !retry {
+            info!("already applied (per the status branch); not applying again");
+            return Ok(());
+        }
+        if let Some(s) = ctx.suspension(&commit, &fleet) {
+            hold(ctx, state, commit, fleet, &policies, s).await;
+            return Ok(());
+        }
+        let started = Instant::now();
+        info!("applying");
+        let review = super::proposals::reviewed_for(ctx, state, &commit)
+            .await
+            .map(|(proposal, reviewed)| Review {
+                proposal,
+                reviewed,
+                accept: retry,
+            });
+        let done = match ctx
+            .reconcile(
+                &commit,
+                fleet.clone(),
+                &policies,
+                Mode {
+                    apply: true,
+                    review: review.as_ref(),
+                    ..Mode::default()
+                },
+            )
+            .await
+        {
+            Ok(Applied::Done(r)) => r,
+            Ok(Applied::RollingOut) => {
+                state
+                    .rolling
+                    .insert(commit.clone(), (fleet.clone(), started));
+                state.head.incomplete = None;
+                ctx.push_status(None).await;
+                return Ok(());
+            }
+            Err(Refused::Denied(denied)) => {
+                reject(ctx, commit, "the policies deny", denied).await;
+                return Ok(());
+            }
+            Err(Refused::Held(why)) => {
+                hold_unreviewed(ctx, commit, why).await;
+                return Ok(());
+            }
+        };
+        report(ctx, state, commit, &fleet, done, started).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// What a commit did, in the status, the note on the commit and the forge.
+/// `Err` when some hosts were not reached (they get it on a later pass).
+pub(super) async fn report(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: &Fleet,
+    done: Reconciled,
+    started: Instant,
+) -> Result<(), Again> {
+    let verdict = verdict(&done.hosts, &done.cloud_failures);
+    let summary = record_verdict(ctx, state, &commit, &verdict, done.hosts.len());
+    let note = ctx.apply_note(&commit, &summary, &done, started);
+    if let Some(settings) = fleet.settings.forge.clone() {
+        let outcome = if matches!(verdict, Verdict::Quarantined { .. }) {
+            "failure"
+        } else {
+            "success"
+        };
+        let forge = super::forge(ctx, state, &settings);
+        report_to_forge(ctx, forge, &fleet.name, &commit, outcome, &summary, &note).await;
+    }
+    ctx.push_status(Some((commit, note))).await;
+    match verdict {
+        Verdict::Partial { unreachable, busy } => Err(Again::Hosts { unreachable, busy }),
+        _ => Ok(()),
+    }
+}
+
+/// The verdict in the status (applied, or quarantined) and in what the
+/// next pass does; its one-line summary.
+fn record_verdict(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: &str,
+    verdict: &Verdict,
+    hosts: usize,
+) -> String {
+    // A rollout that ends after a newer commit came leaves that one's state alone.
+    if state.head.last_seen.as_deref() == Some(commit) {
+        state.head.incomplete =
+            matches!(verdict, Verdict::Partial { .. }).then(|| commit.to_string());
+    }
+    let mut st = ctx.shared.status.lock().unwrap();
+    match verdict {
+        Verdict::Applied => {
+            st.applied_commit = Some(commit.to_string());
+            st.quarantined = None;
+        }
+        Verdict::Partial { unreachable, busy } => {
+            info!(
+                waiting = busy,
+                unreachable, "commit applied in part; the rest on a later pass"
+            );
+        }
+        Verdict::Quarantined { reason, .. } => {
+            warn!(%reason, "commit quarantined");
+            st.quarantined = Some(Quarantine {
+                commit: commit.to_string(),
+                reason: format!("apply failed: {reason}"),
+            });
+        }
+    }
+    verdict.summary(hosts)
+}
+
+/// The apply on main, reported on its commit; a forge outage never blocks.
+async fn report_to_forge(
+    ctx: &Ctx,
+    forge: Result<Arc<crate::forge::Forge>, crate::forge::ForgeError>,
+    fleet: &str,
+    commit: &str,
+    outcome: &str,
+    summary: &str,
+    note: &str,
+) {
+    let text = format!("```\n{note}```\n");
+    let sent = async move {
+        let forge = forge?;
+        if forge
+            .status(
+                commit,
+                &format!("tidekeeper/{fleet}/apply"),
+                outcome,
+                summary,
+            )
+            .await?
+        {
+            forge.commit_comment(commit, &text).await?;
+        }
+        Ok::<(), crate::forge::ForgeError>(())
+    }
+    .await;
+    if let Err(e) = sent {
+        warn!(error = %e, "could not report the apply to the forge");
+        ctx.shared
+            .note_stale("forge", format!("forge unreachable: {e}"));
+    }
+}
+
+/// A suspended fleet: the commit is planned and reported, nothing applied;
+/// it is applied on the first pass after resuming.
+pub(super) async fn hold(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: Arc<Fleet>,
+    policies: &Policies,
+    s: status::Suspension,
+) {
+    info!(by = %s.by, reason = %s.reason, "suspended: planning only");
+    state.head.incomplete = Some(commit.clone());
+    let hosts = match ctx.reconcile(&commit, fleet, policies, Mode::plan()).await {
+        Ok(Applied::Done(r)) => r.hosts,
+        _ => vec![], // planning only: never a rollout
+    };
+    let summary = format!(
+        "suspended by {} ({}): planned, nothing applied",
+        s.by, s.reason
+    );
+    let note = status::note(&commit, &summary, &hosts, 0.0);
+    ctx.push_status(Some((commit, note))).await;
 }
 
 /// A reconcile applied (or planned) and recorded, or a rollout started.
@@ -708,6 +692,203 @@ pub(super) struct Review {
     reviewed: proposals::Reviewed,
     /// `tidekeeper retry`: apply it as it is now.
     accept: bool,
+}
+
+/// How a reconcile runs: applying or only planning, hashing every managed
+/// file or only those whose stat moved, and against which reviewed plan.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Mode<'a> {
+    pub apply: bool,
+    /// A drift check between full checks.
+    pub changed_files_only: bool,
+    /// A merge of a reviewed proposal.
+    pub review: Option<&'a Review>,
+}
+
+impl Mode<'_> {
+    /// Plan only: a drift check that reports, a suspended fleet.
+    pub(super) fn plan() -> Self {
+        Mode::default()
+    }
+}
+
+/// A reconcile's plan, with what applying it needs.
+struct Planned {
+    plan: reconcile::FleetPlan,
+    pool: engine::Pool,
+    opts: Arc<engine::Options>,
+    clouds: Arc<crate::cloud::Clouds>,
+    held: super::locks::Held,
+    busy: Vec<(String, String)>,
+}
+
+/// May the plan be applied? The policies judge a plan with changes; a merge
+/// of a reviewed proposal is compared with the reviewed plan. `Ok` carries
+/// what the note says of the review.
+fn gate(
+    plan: &reconcile::FleetPlan,
+    fleet: &Fleet,
+    policies: &Policies,
+    mode: Mode<'_>,
+) -> Result<Option<String>, Refused> {
+    if !mode.apply {
+        return Ok(None);
+    }
+    if plan.has_changes() {
+        let gate = plan.gate(policies);
+        if gate.stops() {
+            return Err(Refused::Denied(
+                gate.reasons().iter().map(|w| fleet.redact(w)).collect(),
+            ));
+        }
+    }
+    let Some(r) = mode.review else {
+        return Ok(None);
+    };
+    let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
+    match compare_review(r, &digest, &lines) {
+        None => Ok(Some(format!(
+            "the plan is the one reviewed on {} (digest {digest})",
+            r.proposal
+        ))),
+        Some(text) => {
+            let text = fleet.redact(&text);
+            if fleet.settings.require_reviewed_plan && !r.accept {
+                return Err(Refused::Held(text));
+            }
+            Ok(Some(format!(
+                "{text}\n(applied: apply.require_reviewed_plan is {})",
+                if r.accept {
+                    "overridden by retry"
+                } else {
+                    "off"
+                }
+            )))
+        }
+    }
+}
+
+/// How the plan (`digest`, `lines`) differs from the reviewed one; `None`
+/// when it is the same.
+fn compare_review(r: &Review, digest: &str, lines: &[String]) -> Option<String> {
+    let seen = &r.reviewed;
+    if digest == seen.digest {
+        return None;
+    }
+    let mut diff: Vec<String> = lines
+        .iter()
+        .filter(|l| !seen.lines.contains(l))
+        .map(|l| format!("  now also:     {l}"))
+        .collect();
+    diff.extend(
+        seen.lines
+            .iter()
+            .filter(|l| !lines.contains(l))
+            .map(|l| format!("  reviewed, no longer: {l}")),
+    );
+    Some(format!(
+        "the plan differs from the one reviewed on {} (reviewed {}, now {digest}; a host drifted or changed since review):\n{}",
+        r.proposal,
+        seen.digest,
+        diff.join("\n")
+    ))
+}
+
+/// What applying a commit comes to, from the hosts' and the servers' outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Every host got it: the commit is the applied one.
+    Applied,
+    /// Nothing failed, but some hosts were unreachable or busy: they get
+    /// it on a later pass, with backoff.
+    Partial { unreachable: usize, busy: usize },
+    /// A failure that needs a human: the commit is held until a newer one
+    /// or `tidekeeper retry`.
+    Quarantined {
+        reason: String,
+        /// Server changes that failed (0: hosts failed).
+        servers: usize,
+        /// Hosts whose apply failed.
+        hosts: usize,
+    },
+}
+
+/// The verdict on a commit's apply. Hosts that could not be reached fail
+/// nothing (the commit is applied to them on a later pass); any other host
+/// failure, or a failed server change, quarantines the commit.
+pub(super) fn verdict(hosts: &[HostStatus], cloud_failures: &[String]) -> Verdict {
+    let failed: Vec<&HostStatus> = hosts
+        .iter()
+        .filter(|h| {
+            matches!(h.state, HostState::Failed | HostState::Unreachable)
+                && h.error_kind != Some(HostError::Unreachable)
+        })
+        .collect();
+    let unreachable = hosts
+        .iter()
+        .filter(|h| h.error_kind == Some(HostError::Unreachable))
+        .count();
+    let busy = hosts
+        .iter()
+        .filter(|h| h.error_kind.is_some_and(HostError::is_transient))
+        .count();
+    if !cloud_failures.is_empty() {
+        Verdict::Quarantined {
+            reason: cloud_failures.join("; "),
+            servers: cloud_failures.len(),
+            hosts: failed.len(),
+        }
+    } else if !failed.is_empty() {
+        let reason = failed
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}: {}",
+                    h.host,
+                    h.last_error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Verdict::Quarantined {
+            reason,
+            servers: 0,
+            hosts: failed.len(),
+        }
+    } else if unreachable + busy > 0 {
+        Verdict::Partial { unreachable, busy }
+    } else {
+        Verdict::Applied
+    }
+}
+
+impl Verdict {
+    /// One line for the note and the forge's status, of `total` hosts.
+    pub(super) fn summary(&self, total: usize) -> String {
+        match self {
+            Verdict::Applied => format!("applied to {total} host(s)"),
+            Verdict::Partial {
+                unreachable: 0,
+                busy,
+            } => format!(
+                "{busy} host(s) busy (a maintenance job or another run); applying to them when they are free"
+            ),
+            Verdict::Partial { unreachable, busy } => format!(
+                "{unreachable} host(s) unreachable{}; trying again with backoff",
+                if *busy > 0 {
+                    format!(", {busy} busy")
+                } else {
+                    String::new()
+                }
+            ),
+            Verdict::Quarantined { servers, .. } if *servers > 0 => {
+                format!("{servers} server change(s) failed; commit quarantined")
+            }
+            Verdict::Quarantined { hosts, .. } => {
+                format!("apply failed on {hosts} of {total} host(s); commit quarantined")
+            }
+        }
+    }
 }
 
 pub(super) fn host_status(
@@ -803,4 +984,105 @@ pub(super) fn host_status(
         }
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, state: HostState, kind: Option<HostError>) -> HostStatus {
+        let mut h = HostStatus::new(name);
+        h.state = state;
+        h.error_kind = kind;
+        if kind.is_some() {
+            h.last_error = Some(format!("{name} broke"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_commit_every_host_took_is_applied() {
+        let hosts = [
+            host("web1", HostState::Synced, None),
+            host("web2", HostState::Synced, None),
+        ];
+        let v = verdict(&hosts, &[]);
+        assert_eq!(v, Verdict::Applied);
+        assert_eq!(v.summary(hosts.len()), "applied to 2 host(s)");
+    }
+
+    #[test]
+    fn unreachable_and_busy_hosts_leave_the_commit_applied_in_part() {
+        let hosts = [
+            host("web1", HostState::Synced, None),
+            host("web2", HostState::Unreachable, Some(HostError::Unreachable)),
+            host("web3", HostState::Pending, Some(HostError::Locked)),
+        ];
+        let v = verdict(&hosts, &[]);
+        assert_eq!(
+            v,
+            Verdict::Partial {
+                unreachable: 1,
+                busy: 1
+            }
+        );
+        assert_eq!(
+            v.summary(3),
+            "1 host(s) unreachable, 1 busy; trying again with backoff"
+        );
+        let busy = [host(
+            "web3",
+            HostState::Pending,
+            Some(HostError::NotCreated),
+        )];
+        assert_eq!(
+            verdict(&busy, &[]),
+            Verdict::Partial {
+                unreachable: 0,
+                busy: 1
+            }
+        );
+        assert!(verdict(&busy, &[]).summary(1).starts_with("1 host(s) busy"));
+    }
+
+    #[test]
+    fn a_failed_host_quarantines_the_commit_even_beside_unreachable_ones() {
+        let hosts = [
+            host("web1", HostState::Failed, Some(HostError::StepFailed)),
+            host("web2", HostState::Unreachable, Some(HostError::Unreachable)),
+            host("web3", HostState::Synced, None),
+        ];
+        let v = verdict(&hosts, &[]);
+        assert_eq!(
+            v,
+            Verdict::Quarantined {
+                reason: "web1: web1 broke".into(),
+                servers: 0,
+                hosts: 1
+            }
+        );
+        assert_eq!(
+            v.summary(3),
+            "apply failed on 1 of 3 host(s); commit quarantined"
+        );
+    }
+
+    #[test]
+    fn a_failed_server_change_quarantines_the_commit_whatever_the_hosts_did() {
+        let hosts = [host("web1", HostState::Synced, None)];
+        let failures = vec!["db1 create: quota".to_string(), "db2 resize: no".into()];
+        let v = verdict(&hosts, &failures);
+        assert_eq!(
+            v,
+            Verdict::Quarantined {
+                reason: "db1 create: quota; db2 resize: no".into(),
+                servers: 2,
+                hosts: 0
+            }
+        );
+        assert_eq!(
+            v.summary(1),
+            "2 server change(s) failed; commit quarantined"
+        );
+    }
 }

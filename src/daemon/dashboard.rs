@@ -309,9 +309,25 @@ fn short_number(v: f64) -> String {
 
 /// The dashboard.
 pub fn page(v: &View) -> String {
+    let mut s = head(&v.status.fleet, true);
+    title(v, &mut s);
+    alerts(v, &mut s);
+    at_a_glance(v, &mut s);
+    trends(v, &mut s);
+    hosts_table(v, &mut s);
+    cost_section(v, &mut s);
+    timeline(v, &mut s);
+    maintenance(v, &mut s);
+    proposals(v, &mut s);
+    s.push_str("<p class=\"muted\"><small>Also: <a href=\"/status\">/status</a> (JSON) · <a href=\"/metrics\">/metrics</a> · <a href=\"/badges/fleet.svg\">badges</a></small></p>");
+    s.push_str(&foot());
+    s
+}
+
+/// The fleet, its badge, and when it was last fetched, reconciled and written back.
+fn title(v: &View, s: &mut String) {
     let st = v.status;
     let (word, _) = st.state();
-    let mut s = head(&st.fleet, true);
     let _ = write!(
         s,
         "<h1>{fleet} <img src=\"/badges/fleet.svg\" alt=\"{word}\"></h1>\
@@ -324,9 +340,11 @@ pub fn page(v: &View) -> String {
         rec = v.time(st.last_reconcile.as_deref()),
         pushed = v.time(st.written_back.as_ref().map(|w| w.at.as_str())),
     );
-    alerts(v, &mut s);
+}
 
-    // At a glance.
+/// Cards: hosts by state, the applied commit, cost, the last run, drift.
+fn at_a_glance(v: &View, s: &mut String) {
+    let st = v.status;
     let hosts: Vec<&HostStatus> = st.hosts.values().collect();
     let cost: Vec<String> = st
         .monthly_cost
@@ -366,8 +384,10 @@ pub fn page(v: &View) -> String {
         .unwrap_or_default(),
         if drift == 1 { "" } else { "s" },
     );
+}
 
-    // Charts from the history.
+/// Charts from the history: durations, changes and drift per day, cost.
+fn trends(v: &View, s: &mut String) {
     s.push_str("<h2>Trends</h2><section class=\"charts\" id=\"charts\">");
     let runs: Vec<(String, f64)> = v
         .history
@@ -412,8 +432,11 @@ pub fn page(v: &View) -> String {
         if points.len() == 1 { "" } else { "s" },
         cost_lines(&points)
     );
+}
 
-    // Hosts.
+/// Each host: its state, applied commit, last run, cost, and drift or error.
+fn hosts_table(v: &View, s: &mut String) {
+    let hosts: Vec<&HostStatus> = v.status.hosts.values().collect();
     s.push_str("<h2>Hosts</h2><div class=\"scroll\"><table id=\"hosts\"><tr><th>host</th><th>state</th><th class=\"wide\">applied</th><th>last run</th><th class=\"num wide\">a month</th><th>drift / error</th></tr>");
     for h in &hosts {
         let detail = match (&h.last_error, h.drift.len()) {
@@ -442,14 +465,6 @@ pub fn page(v: &View) -> String {
         );
     }
     s.push_str("</table></div>");
-
-    cost_section(v, &mut s);
-    timeline(v, &mut s);
-    maintenance(v, &mut s);
-    proposals(v, &mut s);
-    s.push_str("<p class=\"muted\"><small>Also: <a href=\"/status\">/status</a> (JSON) · <a href=\"/metrics\">/metrics</a> · <a href=\"/badges/fleet.svg\">badges</a></small></p>");
-    s.push_str(&foot());
-    s
 }
 
 fn rfc3339(t: i64) -> String {

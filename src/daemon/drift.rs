@@ -4,92 +4,91 @@
 
 use tracing::{Instrument, info_span, warn};
 
-use super::Loop;
-use super::commit::{Applied, Refused};
+use super::commit::{Applied, Mode, Refused};
 use super::status::HostState;
+use super::{Ctx, State};
 use crate::model::desired::DriftMode;
 
-impl Loop {
-    /// No new commit: look for drift with the last good config.
-    pub(super) async fn drift_check(&mut self) {
-        let Some((commit, fleet, policies)) = self.good.clone() else {
-            return;
+/// No new commit: look for drift with the last good config.
+pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
+    let Some((commit, fleet, policies)) = st.head.good.clone() else {
+        return;
+    };
+    let correct = fleet.settings.drift == DriftMode::Correct;
+    let span = info_span!("drift", commit = %&commit[..12], correct);
+    async {
+        let quarantined = ctx
+            .shared
+            .status
+            .lock()
+            .unwrap()
+            .quarantined
+            .as_ref()
+            .is_some_and(|q| q.commit == commit);
+        // Correcting drift means applying; never for a quarantined commit.
+        let apply = correct && !quarantined && ctx.suspension(&commit, &fleet).is_none();
+        let before = ctx.shared.status.lock().unwrap().files();
+        // Between full checks only files whose stat moved are hashed.
+        let now = ctx.clock.now();
+        let every = std::time::Duration::from_secs(fleet.settings.full_check_secs);
+        let full = super::full_check_due(st.last_full_check, now, every);
+        let mode = Mode {
+            apply,
+            changed_files_only: !full,
+            review: None,
         };
-        let correct = fleet.settings.drift == DriftMode::Correct;
-        let span = info_span!("drift", commit = %&commit[..12], correct);
-        async {
-            let quarantined = self
-                .shared
-                .status
-                .lock()
-                .unwrap()
-                .quarantined
-                .as_ref()
-                .is_some_and(|q| q.commit == commit);
-            // Correcting drift means applying; never for a quarantined commit.
-            let apply = correct && !quarantined && self.suspension(&commit, &fleet).is_none();
-            let before = self.shared.status.lock().unwrap().files();
-            // Between full checks only files whose stat moved are hashed.
-            let now = self.clock.now();
-            let every = std::time::Duration::from_secs(fleet.settings.full_check_secs);
-            let full = super::full_check_due(self.last_full_check, now, every);
-            self.changed_files_only = !full;
-            let result = self
-                .reconcile(&commit, fleet.clone(), &policies, apply, None)
-                .await;
-            self.changed_files_only = false;
-            if full && result.is_ok() {
-                self.last_full_check = Some(now);
-            }
-            match result {
-                Err(Refused::Denied(denied)) => {
-                    warn!(denials = denied.len(), "the policies deny correcting drift");
-                }
-                Ok(Applied::Done(done)) if apply => {
-                    // Found and corrected in one pass: the host never shows as
-                    // drifted, so this is the only word of it.
-                    let now = self.clock.now();
-                    let news = done
-                        .hosts
-                        .iter()
-                        .filter(|h| h.state == HostState::Synced)
-                        .filter(|h| {
-                            h.last_result
-                                .as_deref()
-                                .is_some_and(|r| r.starts_with("applied: "))
-                        })
-                        .map(|h| {
-                            crate::notify::info(
-                                &fleet.name,
-                                crate::notify::EventKind::DriftCorrected,
-                                Some(&h.host),
-                                &format!("host {}", h.host),
-                                &format!(
-                                    "drift corrected on {}: {}",
-                                    h.host,
-                                    h.last_result.as_deref().unwrap_or("")
-                                ),
-                                now,
-                            )
-                        })
-                        .collect();
-                    self.shared.notifier.send(news);
-                }
-                _ => {}
-            }
-            let after = self.shared.status.lock().unwrap().files();
-            let changed = before
-                .iter()
-                .filter(|(k, _)| k.starts_with("status/hosts/"))
-                .any(|(k, v)| after.get(k) != Some(v));
-            // Push only when something a reader cares about changed.
-            let state_changed =
-                changed || before.get("badges/fleet.svg") != after.get("badges/fleet.svg");
-            if state_changed {
-                self.push_status(None).await;
-            }
+        let result = ctx.reconcile(&commit, fleet.clone(), &policies, mode).await;
+        if full && result.is_ok() {
+            st.last_full_check = Some(now);
         }
-        .instrument(span)
-        .await
+        match result {
+            Err(Refused::Denied(denied)) => {
+                warn!(denials = denied.len(), "the policies deny correcting drift");
+            }
+            Ok(Applied::Done(done)) if apply => {
+                // Found and corrected in one pass: the host never shows as
+                // drifted, so this is the only word of it.
+                let now = ctx.clock.now();
+                let news = done
+                    .hosts
+                    .iter()
+                    .filter(|h| h.state == HostState::Synced)
+                    .filter(|h| {
+                        h.last_result
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with("applied: "))
+                    })
+                    .map(|h| {
+                        crate::notify::info(
+                            &fleet.name,
+                            crate::notify::EventKind::DriftCorrected,
+                            Some(&h.host),
+                            &format!("host {}", h.host),
+                            &format!(
+                                "drift corrected on {}: {}",
+                                h.host,
+                                h.last_result.as_deref().unwrap_or("")
+                            ),
+                            now,
+                        )
+                    })
+                    .collect();
+                ctx.shared.notifier.send(news);
+            }
+            _ => {}
+        }
+        let after = ctx.shared.status.lock().unwrap().files();
+        let changed = before
+            .iter()
+            .filter(|(k, _)| k.starts_with("status/hosts/"))
+            .any(|(k, v)| after.get(k) != Some(v));
+        // Push only when something a reader cares about changed.
+        let state_changed =
+            changed || before.get("badges/fleet.svg") != after.get("badges/fleet.svg");
+        if state_changed {
+            ctx.push_status(None).await;
+        }
     }
+    .instrument(span)
+    .await
 }

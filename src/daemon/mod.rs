@@ -9,6 +9,13 @@
 //! others; hosts that are busy or unreachable get the commit on a later pass
 //! (with jittered backoff), not a quarantine.
 //!
+//! Built as kube-runtime's reconciler: a read-only `Ctx` (settings,
+//! clock, shared status, mirror, locks, scheduler, report channels) and a
+//! `State` the runner owns; each request's handler is a free function of
+//! `(&Ctx, &mut State, …)` returning what comes next (`Requeue`) or why to
+//! try again (`Again`); modes (apply, changed files only, the reviewed plan)
+//! are arguments, never fields toggled around a call.
+//!
 //! - `runner`: the loop that takes what is due and settles what comes next.
 //! - [`scheduler`]: keyed requests on tokio time; backoff with jitter.
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
@@ -48,7 +55,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use locks::HostLocks;
-use scheduler::{Backoff, Request, Scheduler};
+use scheduler::{Again, Backoff, Request, Requeue, Scheduler};
 
 use crate::clock::Clock;
 use crate::engine;
@@ -207,58 +214,93 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-struct Loop {
+/// What every handler reads and never changes: the daemon's settings, the
+/// clock, the shared status, the mirror, the host locks, the scheduler, and
+/// where work in its own task reports back.
+struct Ctx {
     cfg: Config,
     /// Wall time for cron and windows; work on hosts goes through it.
     clock: Clock,
     shared: Arc<Shared>,
     mirror: Arc<Mutex<Mirror>>,
-    /// Last valid desired state, kept while newer commits are invalid.
-    good: Option<(String, Arc<Fleet>, Policies)>,
-    last_seen: Option<String>,
-    last_fetch: Option<Instant>,
-    fetch_failures: u32,
-    shutdown: Arc<Notify>,
-    /// The commit last applied only in part (hosts busy with a job, locked
-    /// by another run, or unreachable): applied again on the next pass.
-    incomplete: Option<String>,
     sched: Arc<Scheduler>,
-    backoff: Backoff,
     locks: Arc<HostLocks>,
-    /// Jobs running in the background, and where they report back.
-    jobs_running: std::collections::BTreeSet<String>,
+    /// Vouches for hosts' stat caches, waiting for their next drift check.
+    vouches: Arc<engine::Vouches>,
+    shutdown: Arc<Notify>,
     job_done: tokio::sync::mpsc::UnboundedSender<jobs::JobDone>,
-    job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
-    /// Rollouts going on in their own tasks: commit → its config and start.
-    rolling: BTreeMap<String, (Arc<Fleet>, std::time::Instant)>,
     rollout_tx: tokio::sync::mpsc::UnboundedSender<rollout::Event>,
-    rollout_rx: Option<tokio::sync::mpsc::UnboundedReceiver<rollout::Event>>,
-    /// The suspension the status branch shows (pushed when it changes).
-    reported_suspension: Option<status::Suspension>,
-    /// Next due time of each maintenance job.
-    due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
-    /// Proposal ref → the head planned last (kept in the state directory).
-    proposals: proposals::Record,
-    /// Proposal ref → its head, as last fetched.
-    proposal_heads: BTreeMap<String, String>,
-    /// Proposal ref → the head its worker is planning now.
-    planning: BTreeMap<String, String>,
     proposal_tx: tokio::sync::mpsc::UnboundedSender<proposals::ProposalDone>,
-    proposal_rx: Option<tokio::sync::mpsc::UnboundedReceiver<proposals::ProposalDone>>,
-    /// One forge client for the daemon's life (it remembers which statuses
-    /// it posted, so repeats are not sent), rebuilt when the settings change.
-    forge: Option<(String, Arc<crate::forge::Forge>)>,
     /// A status push failed: the notes it carried (commit → text), pushed
     /// again with the status on the next poll.
     unpushed: Mutex<Option<BTreeMap<String, String>>>,
+}
+
+/// What the runner owns and the handlers change, grouped by meaning.
+#[derive(Default)]
+struct State {
+    head: Head,
+    fetch: Fetching,
+    backoff: Backoff,
+    jobs: Jobs,
+    /// Rollouts going on in their own tasks: commit → its config and start.
+    rolling: BTreeMap<String, (Arc<Fleet>, std::time::Instant)>,
+    proposals: Proposals,
+    /// One forge client for the daemon's life (it remembers which statuses
+    /// it posted, so repeats are not sent), rebuilt when the settings change.
+    forge: Option<(String, Arc<crate::forge::Forge>)>,
     /// When a drift check last hashed every managed file; until
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
-    /// The reconcile under way is such a drift check.
-    changed_files_only: bool,
-    /// Vouches for hosts' stat caches, waiting for their next drift check.
-    vouches: Arc<engine::Vouches>,
+}
+
+/// The followed branch as the loop last saw it.
+#[derive(Default)]
+struct Head {
+    /// Last valid desired state, kept while newer commits are invalid.
+    good: Option<(String, Arc<Fleet>, Policies)>,
+    last_seen: Option<String>,
+    /// The commit last applied only in part (hosts busy with a job, locked
+    /// by another run, or unreachable): applied again on the next pass.
+    incomplete: Option<String>,
+    /// The suspension the status branch shows (pushed when it changes).
+    reported_suspension: Option<status::Suspension>,
+}
+
+/// How fetching the config repo goes.
+#[derive(Default)]
+struct Fetching {
+    last_ok: Option<Instant>,
+    failures: u32,
+}
+
+/// Maintenance jobs: which run in the background, and when each is due.
+#[derive(Default)]
+struct Jobs {
+    running: std::collections::BTreeSet<String>,
+    due: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+}
+
+/// Proposals: what was planned, what was fetched, what is being planned.
+#[derive(Default)]
+struct Proposals {
+    /// Proposal ref → the head planned last (kept in the state directory).
+    record: proposals::Record,
+    /// Proposal ref → its head, as last fetched.
+    heads: BTreeMap<String, String>,
+    /// Proposal ref → the head its worker is planning now.
+    planning: BTreeMap<String, String>,
+}
+
+/// The reconciler: its context, its state, and where background work
+/// reports (taken once, by the runner).
+struct Loop {
+    ctx: Ctx,
+    st: State,
+    job_rx: Option<tokio::sync::mpsc::UnboundedReceiver<jobs::JobDone>>,
+    rollout_rx: Option<tokio::sync::mpsc::UnboundedReceiver<rollout::Event>>,
+    proposal_rx: Option<tokio::sync::mpsc::UnboundedReceiver<proposals::ProposalDone>>,
 }
 
 /// Is a drift check at `now` due to hash every file?
@@ -270,72 +312,7 @@ fn full_check_due(
     last.is_none_or(|l| now.signed_duration_since(l).to_std().unwrap_or_default() >= every)
 }
 
-impl Loop {
-    fn poll_interval(&self) -> Duration {
-        self.cfg.poll.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.good
-                    .as_ref()
-                    .map(|g| g.1.settings.poll_interval_secs)
-                    .unwrap_or(60),
-            )
-        })
-    }
-    fn drift_interval(&self) -> Duration {
-        self.cfg.drift.unwrap_or_else(|| {
-            Duration::from_secs(
-                self.good
-                    .as_ref()
-                    .map(|g| g.1.settings.drift_interval_secs)
-                    .unwrap_or(600),
-            )
-        })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Mirror) -> T + Send + 'static,
-    ) -> T {
-        let m = self.mirror.clone();
-        tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
-            .await
-            .expect("git task")
-    }
-
-    /// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
-    async fn fetch(&mut self) -> Option<String> {
-        self.shared.metrics.lock().unwrap().fetches += 1;
-        match self.blocking(|m| m.fetch()).await {
-            Ok(oid) => {
-                self.fetch_failures = 0;
-                self.last_fetch = Some(Instant::now());
-                self.shared.ready.store(true, Ordering::SeqCst);
-                self.shared.clear_stale("fetch");
-                let mut m = self.shared.metrics.lock().unwrap();
-                m.last_sync_unix = Some(chrono::Utc::now().timestamp());
-                self.shared.status.lock().unwrap().last_fetch_ok = Some(now());
-                Some(oid.to_string())
-            }
-            Err(e) => {
-                self.fetch_failures += 1;
-                self.shared.metrics.lock().unwrap().fetch_failures += 1;
-                warn!(error = %e, failures = self.fetch_failures, "fetch failed");
-                let stale_after = self.poll_interval() * 3;
-                let stale = self.last_fetch.is_none_or(|t| t.elapsed() >= stale_after);
-                if stale || self.fetch_failures >= 3 {
-                    self.shared.note_stale(
-                        "fetch",
-                        format!(
-                            "no successful fetch of {} for {} attempts: {e}",
-                            self.cfg.repo, self.fetch_failures
-                        ),
-                    );
-                }
-                None
-            }
-        }
-    }
-
+impl Ctx {
     /// Write the status branch (and `note` on its commit), together with
     /// whatever an earlier failed push left unsent.
     async fn push_status(&self, note: Option<(String, String)>) {
@@ -404,6 +381,16 @@ impl Loop {
         }
     }
 
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Mirror) -> T + Send + 'static,
+    ) -> T {
+        let m = self.mirror.clone();
+        tokio::task::spawn_blocking(move || f(&m.lock().unwrap()))
+            .await
+            .expect("git task")
+    }
+
     /// Load a commit's config: the fleet and its `policies/*.rego`, or its
     /// errors as `file:line:col` lines. The tree is read from git once.
     async fn load(&self, commit: &str) -> Result<(Fleet, Policies), Vec<String>> {
@@ -460,63 +447,20 @@ impl Loop {
             .collect()
     }
 
-    fn options(&self, fleet: &Fleet) -> engine::Options {
+    /// How the engine works on `fleet`'s hosts; `changed_files_only`: a
+    /// drift check hashes only files whose stat moved.
+    fn options(&self, fleet: &Fleet, changed_files_only: bool) -> engine::Options {
         engine::Options {
             parallel: fleet.settings.parallelism.max(1) as usize,
             ssh_key: self.cfg.ssh_key.clone(),
             rollback_deadline: self.cfg.rollback_after,
             redactions: fleet.redactions.clone(),
             clock: self.clock.clone(),
-            changed_files_only: self.changed_files_only,
+            changed_files_only,
             record_file_stats: true,
             vouches: Some(self.vouches.clone()),
             ..Default::default()
         }
-    }
-
-    /// The forge client for `settings`.
-    fn forge(
-        &mut self,
-        settings: &crate::model::desired::Forge,
-    ) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
-        let key = serde_json::to_string(settings).unwrap_or_default();
-        if let Some((k, f)) = &self.forge
-            && *k == key
-        {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(crate::forge::Forge::remembering(
-            settings,
-            self.cfg.state_dir.join("forge-statuses.json"),
-        )?);
-        self.forge = Some((key, f.clone()));
-        Ok(f)
-    }
-
-    /// Read the status for problems a human should hear about, and queue
-    /// the messages (level-triggered: after every step).
-    fn alerts(&self) {
-        let Some((_, fleet, _)) = &self.good else {
-            return;
-        };
-        let n = self.shared.notifier.settings();
-        if n.sinks.is_empty() {
-            return;
-        }
-        let obs = {
-            let st = self.shared.status.lock().unwrap();
-            let mut obs = alerts::observations(&st, fleet, &n, self.fetch_failures > 0);
-            obs.extend(alerts::cost(
-                &st.monthly_cost,
-                &n,
-                "fleet".into(),
-                "the fleet",
-            ));
-            obs
-        };
-        self.shared
-            .notifier
-            .observe("status", self.clock.now(), obs);
     }
 
     /// Keys learned on first use are pinned from then on.
@@ -536,7 +480,7 @@ impl Loop {
     }
 
     /// Status and notes go where the followed branch's `status:` says.
-    async fn adopt_status_refs(&mut self, fleet: &Fleet) {
+    async fn adopt_status_refs(&self, fleet: &Fleet) {
         let (branch, notes) = (
             fleet.settings.status_branch.clone(),
             fleet.settings.notes_ref.clone(),
@@ -545,6 +489,220 @@ impl Loop {
         if moved {
             info!(status_branch = %branch, notes_ref = %notes, "status and notes refs from tidekeeper.yaml");
             let _ = self.blocking(|m| m.fetch()).await;
+        }
+    }
+}
+
+fn poll_interval(ctx: &Ctx, state: &State) -> Duration {
+    ctx.cfg.poll.unwrap_or_else(|| {
+        Duration::from_secs(
+            state
+                .head
+                .good
+                .as_ref()
+                .map(|g| g.1.settings.poll_interval_secs)
+                .unwrap_or(60),
+        )
+    })
+}
+
+fn drift_interval(ctx: &Ctx, state: &State) -> Duration {
+    ctx.cfg.drift.unwrap_or_else(|| {
+        Duration::from_secs(
+            state
+                .head
+                .good
+                .as_ref()
+                .map(|g| g.1.settings.drift_interval_secs)
+                .unwrap_or(600),
+        )
+    })
+}
+
+/// Fetch; the branch head, or None (recorded as a failure) when the remote is unreachable.
+async fn fetch(ctx: &Ctx, state: &mut State) -> Option<String> {
+    ctx.shared.metrics.lock().unwrap().fetches += 1;
+    match ctx.blocking(|m| m.fetch()).await {
+        Ok(oid) => {
+            state.fetch.failures = 0;
+            state.fetch.last_ok = Some(Instant::now());
+            ctx.shared.ready.store(true, Ordering::SeqCst);
+            ctx.shared.clear_stale("fetch");
+            let mut m = ctx.shared.metrics.lock().unwrap();
+            m.last_sync_unix = Some(chrono::Utc::now().timestamp());
+            ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
+            Some(oid.to_string())
+        }
+        Err(e) => {
+            state.fetch.failures += 1;
+            ctx.shared.metrics.lock().unwrap().fetch_failures += 1;
+            warn!(error = %e, failures = state.fetch.failures, "fetch failed");
+            let stale_after = poll_interval(ctx, state) * 3;
+            let stale = state
+                .fetch
+                .last_ok
+                .is_none_or(|t| t.elapsed() >= stale_after);
+            if stale || state.fetch.failures >= 3 {
+                ctx.shared.note_stale(
+                    "fetch",
+                    format!(
+                        "no successful fetch of {} for {} attempts: {e}",
+                        ctx.cfg.repo, state.fetch.failures
+                    ),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// The forge client for `settings`.
+fn forge(
+    ctx: &Ctx,
+    state: &mut State,
+    settings: &crate::model::desired::Forge,
+) -> Result<Arc<crate::forge::Forge>, crate::forge::ForgeError> {
+    let key = serde_json::to_string(settings).unwrap_or_default();
+    if let Some((k, f)) = &state.forge
+        && *k == key
+    {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(crate::forge::Forge::remembering(
+        settings,
+        ctx.cfg.state_dir.join("forge-statuses.json"),
+    )?);
+    state.forge = Some((key, f.clone()));
+    Ok(f)
+}
+
+/// Read the status for problems a human should hear about, and queue
+/// the messages (level-triggered: after every step).
+fn alerts(ctx: &Ctx, state: &State) {
+    let Some((_, fleet, _)) = &state.head.good else {
+        return;
+    };
+    let n = ctx.shared.notifier.settings();
+    if n.sinks.is_empty() {
+        return;
+    }
+    let obs = {
+        let st = ctx.shared.status.lock().unwrap();
+        let mut obs = alerts::observations(&st, fleet, &n, state.fetch.failures > 0);
+        obs.extend(alerts::cost(
+            &st.monthly_cost,
+            &n,
+            "fleet".into(),
+            "the fleet",
+        ));
+        obs
+    };
+    ctx.shared.notifier.observe("status", ctx.clock.now(), obs);
+}
+
+/// The state shared with the HTTP server. Every state file is read here,
+/// at start; what cannot be read is set aside and shown in /status until
+/// the daemon restarts. The proposals' record goes to the loop.
+fn open_shared(cfg: &Config, sched: Arc<Scheduler>) -> (Arc<Shared>, proposals::Record) {
+    let (notifier, unreadable_notify) =
+        crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
+    let (board, unreadable_history) = Board::open(&cfg.state_dir);
+    let (record, unreadable_record) = proposals::load_record(&cfg.state_dir);
+    let unreadable_state: Vec<_> = [unreadable_notify, unreadable_history, unreadable_record]
+        .into_iter()
+        .flatten()
+        .collect();
+    let shared = Arc::new(Shared {
+        status: Mutex::new(FleetStatus {
+            repo: cfg.repo.clone(),
+            branch: cfg.branch.clone(),
+            unreadable_state,
+            ..Default::default()
+        }),
+        metrics: Mutex::new(Metrics::default()),
+        scheduler: sched,
+        ready: AtomicBool::new(false),
+        webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
+        api_token: cfg.api_token.clone().map(String::into_bytes),
+        stale: Mutex::new(BTreeMap::new()),
+        notifier,
+        board: Mutex::new(board),
+    });
+    (shared, record)
+}
+
+impl Loop {
+    /// The loop as it starts: nothing seen yet, nothing running.
+    fn new(
+        cfg: Config,
+        clock: Clock,
+        shared: Arc<Shared>,
+        mirror: Mirror,
+        sched: Arc<Scheduler>,
+        record: proposals::Record,
+        stop: Arc<Notify>,
+    ) -> Loop {
+        let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
+        Loop {
+            ctx: Ctx {
+                cfg,
+                clock,
+                shared,
+                mirror: Arc::new(Mutex::new(mirror)),
+                sched,
+                locks: Arc::new(HostLocks::default()),
+                vouches: Default::default(),
+                shutdown: stop,
+                job_done,
+                rollout_tx,
+                proposal_tx,
+                unpushed: Mutex::new(None),
+            },
+            st: State {
+                proposals: Proposals {
+                    record,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            job_rx: Some(job_rx),
+            rollout_rx: Some(rollout_rx),
+            proposal_rx: Some(proposal_rx),
+        }
+    }
+}
+
+/// What a request asked for next: its regular interval, or the error
+/// policy's backoff with jitter for its key.
+fn settle(ctx: &Ctx, state: &mut State, req: Request, outcome: Result<Requeue, Again>) {
+    match outcome {
+        Ok(next) => {
+            state.backoff.succeeded(&req);
+            if let Requeue::After(d) = next {
+                ctx.sched.after(req, d);
+            }
+        }
+        Err(again) => {
+            let interval = match req {
+                Request::Drift => drift_interval(ctx, state),
+                _ => poll_interval(ctx, state),
+            };
+            let (first, max, keep_interval) = again.policy(interval);
+            let wait = state.backoff.failed(&req, first, max);
+            info!(request = req.label(), reason = %again, failures = state.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
+            *ctx.shared
+                .metrics
+                .lock()
+                .unwrap()
+                .requeues
+                .entry(again.label())
+                .or_default() += 1;
+            if keep_interval {
+                ctx.sched.after(req.clone(), interval);
+            }
+            ctx.sched.after(req, wait);
         }
     }
 }
@@ -597,32 +755,7 @@ pub async fn serve(
         cfg.git.clone(),
     )?;
     let sched = Arc::new(Scheduler::default());
-    // Every state file is read here, at start; what cannot be read is set
-    // aside and shown in /status until the daemon restarts.
-    let (notifier, unreadable_notify) =
-        crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
-    let (board, unreadable_history) = Board::open(&cfg.state_dir);
-    let (record, unreadable_record) = proposals::load_record(&cfg.state_dir);
-    let unreadable_state: Vec<_> = [unreadable_notify, unreadable_history, unreadable_record]
-        .into_iter()
-        .flatten()
-        .collect();
-    let shared = Arc::new(Shared {
-        status: Mutex::new(FleetStatus {
-            repo: cfg.repo.clone(),
-            branch: cfg.branch.clone(),
-            unreadable_state,
-            ..Default::default()
-        }),
-        metrics: Mutex::new(Metrics::default()),
-        scheduler: sched.clone(),
-        ready: AtomicBool::new(false),
-        webhook_secret: cfg.webhook_secret.clone().map(String::into_bytes),
-        api_token: cfg.api_token.clone().map(String::into_bytes),
-        stale: Mutex::new(BTreeMap::new()),
-        notifier,
-        board: Mutex::new(board),
-    });
+    let (shared, record) = open_shared(&cfg, sched.clone());
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
         reason: e.to_string(),
@@ -637,42 +770,15 @@ pub async fn serve(
     };
     started(shared.clone());
     let stop = Arc::new(Notify::new());
-    let (job_done, job_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (rollout_tx, rollout_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (proposal_tx, proposal_rx) = tokio::sync::mpsc::unbounded_channel();
-    let lp = Loop {
+    let lp = Loop::new(
         cfg,
         clock,
-        shared: shared.clone(),
-        mirror: Arc::new(Mutex::new(mirror)),
-        good: None,
-        last_seen: None,
-        last_fetch: None,
-        fetch_failures: 0,
-        shutdown: stop.clone(),
-        incomplete: None,
-        reported_suspension: None,
+        shared.clone(),
+        mirror,
         sched,
-        backoff: Backoff::default(),
-        locks: Arc::new(HostLocks::default()),
-        jobs_running: Default::default(),
-        job_done,
-        job_rx: Some(job_rx),
-        rolling: BTreeMap::new(),
-        rollout_tx,
-        rollout_rx: Some(rollout_rx),
-        due: BTreeMap::new(),
-        proposals: record,
-        proposal_heads: BTreeMap::new(),
-        planning: BTreeMap::new(),
-        proposal_tx,
-        proposal_rx: Some(proposal_rx),
-        forge: None,
-        unpushed: Mutex::new(None),
-        last_full_check: None,
-        changed_files_only: false,
-        vouches: Default::default(),
-    };
+        record,
+        stop.clone(),
+    );
     let mut worker = tokio::spawn(lp.run());
     tokio::select! {
         _ = &mut worker => {}

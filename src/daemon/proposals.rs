@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::Loop;
 use super::scheduler::{Again, Request, Requeue};
+use super::{Ctx, State};
 
 pub use super::worker::{Report, Reviewed};
 
@@ -54,311 +54,344 @@ pub struct ProposalDone {
     pub result: Result<super::worker::Planned, String>,
 }
 
-impl Loop {
-    /// Fetch the proposal refs; ask for a `Proposal(ref)` request for each
-    /// new head and each report a forge outage held back; forget deleted refs.
-    pub(super) async fn look_at_proposals(&mut self) {
-        if self.cfg.proposals.is_empty() {
-            return;
-        }
-        let patterns = self.cfg.proposals.clone();
-        let Ok(heads) = self.blocking(move |m| m.fetch_proposals(&patterns)).await else {
-            return; // unreachable remote: the fetch reports it
-        };
-        let before = self.proposals.clone();
-        self.proposals
-            .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
-        self.shared
-            .board
-            .lock()
-            .unwrap()
-            .history
-            .proposals
-            .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
-        for gone in before.keys().filter(|n| !self.proposals.contains_key(*n)) {
-            // A closed proposal's alerts are resolved.
-            self.shared
-                .notifier
-                .observe(&format!("proposal/{gone}"), self.clock.now(), vec![]);
-        }
-        if self.proposals != before {
-            save_record(&self.cfg.state_dir, &self.proposals);
-        }
-        self.proposal_heads = heads
-            .into_iter()
-            .map(|(name, oid, _)| (name, oid.to_string()))
-            .collect();
-        for (name, sha) in &self.proposal_heads {
-            let seen = self.proposals.get(name);
-            let new = seen.is_none_or(|s| s.commit != *sha);
-            // Owed: a report the forge did not take, or the verdict of a head
-            // whose planning never finished.
-            let owed = seen.is_some_and(|s| {
-                s.report.is_some() || (s.planning && !self.planning.contains_key(name))
-            });
-            let req = Request::Proposal(name.clone());
-            // An owed report keeps its own backoff; a new head goes at once.
-            if new || (owed && self.sched.when(&req).is_none()) {
-                self.sched.now(req);
-            }
+/// Fetch the proposal refs; ask for a `Proposal(ref)` request for each
+/// new head and each report a forge outage held back; forget deleted refs.
+pub(super) async fn look_at_proposals(ctx: &Ctx, state: &mut State) {
+    if ctx.cfg.proposals.is_empty() {
+        return;
+    }
+    let patterns = ctx.cfg.proposals.clone();
+    let Ok(heads) = ctx.blocking(move |m| m.fetch_proposals(&patterns)).await else {
+        return; // unreachable remote: the fetch reports it
+    };
+    let before = state.proposals.record.clone();
+    state
+        .proposals
+        .record
+        .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
+    ctx.shared
+        .board
+        .lock()
+        .unwrap()
+        .history
+        .proposals
+        .retain(|name, _| heads.iter().any(|(n, _, _)| n == name));
+    for gone in before
+        .keys()
+        .filter(|n| !state.proposals.record.contains_key(*n))
+    {
+        // A closed proposal's alerts are resolved.
+        ctx.shared
+            .notifier
+            .observe(&format!("proposal/{gone}"), ctx.clock.now(), vec![]);
+    }
+    if state.proposals.record != before {
+        save_record(&ctx.cfg.state_dir, &state.proposals.record);
+    }
+    state.proposals.heads = heads
+        .into_iter()
+        .map(|(name, oid, _)| (name, oid.to_string()))
+        .collect();
+    for (name, sha) in &state.proposals.heads {
+        let seen = state.proposals.record.get(name);
+        let new = seen.is_none_or(|s| s.commit != *sha);
+        // Owed: a report the forge did not take, or the verdict of a head
+        // whose planning never finished.
+        let owed = seen.is_some_and(|s| {
+            s.report.is_some() || (s.planning && !state.proposals.planning.contains_key(name))
+        });
+        let req = Request::Proposal(name.clone());
+        // An owed report keeps its own backoff; a new head goes at once.
+        if new || (owed && ctx.sched.when(&req).is_none()) {
+            ctx.sched.now(req);
         }
     }
+}
 
-    /// One proposal ref: if its head is new, start a worker to plan it (at
-    /// most `proposals.workers` at once) and return at once — the loop never
-    /// waits on a proposal; the verdict comes back as a [`ProposalDone`].
-    /// Otherwise send the report still owed, if any.
-    pub(super) async fn plan_proposal_ref(&mut self, name: &str) -> Result<Requeue, Again> {
-        let Some(sha) = self.proposal_heads.get(name).cloned() else {
-            return Ok(Requeue::Done); // the ref is gone
-        };
-        let seen = self.proposals.get(name).cloned();
-        if self.planning.contains_key(name) {
-            // Its worker is still at work on an older head: after it.
-            return Ok(Requeue::After(std::time::Duration::from_secs(1)));
-        }
-        if let Some(s) = &seen
-            && s.commit == sha
-        {
-            if s.planning {
-                // Recorded as planning, and no worker: the daemon stopped
-                // while it planned (or the worker took it down). Never again
-                // by itself: the verdict says so, once.
-                warn!(r#ref = %name, commit = %&sha[..12], "a proposal head whose planning did not finish is not planned again");
-                let why = "its planning did not finish (the daemon stopped while planning it); push a new commit to plan again";
-                self.proposal_planned(ProposalDone {
+/// One proposal ref: if its head is new, start a worker to plan it (at
+/// most `proposals.workers` at once) and return at once — the loop never
+/// waits on a proposal; the verdict comes back as a [`ProposalDone`].
+/// Otherwise send the report still owed, if any.
+pub(super) async fn plan_proposal_ref(
+    ctx: &Ctx,
+    state: &mut State,
+    name: &str,
+) -> Result<Requeue, Again> {
+    let Some(sha) = state.proposals.heads.get(name).cloned() else {
+        return Ok(Requeue::Done); // the ref is gone
+    };
+    let seen = state.proposals.record.get(name).cloned();
+    if state.proposals.planning.contains_key(name) {
+        // Its worker is still at work on an older head: after it.
+        return Ok(Requeue::After(std::time::Duration::from_secs(1)));
+    }
+    if let Some(s) = &seen
+        && s.commit == sha
+    {
+        if s.planning {
+            // Recorded as planning, and no worker: the daemon stopped
+            // while it planned (or the worker took it down). Never again
+            // by itself: the verdict says so, once.
+            warn!(r#ref = %name, commit = %&sha[..12], "a proposal head whose planning did not finish is not planned again");
+            let why = "its planning did not finish (the daemon stopped while planning it); push a new commit to plan again";
+            proposal_planned(
+                ctx,
+                state,
+                ProposalDone {
                     name: name.to_string(),
                     sha,
                     result: Err(why.into()),
-                })
-                .await;
-                return Ok(Requeue::Done);
-            }
-            return self.send_report(name, &sha).await;
-        }
-        // Without a good base there is nothing to plan a proposal under.
-        let Some((base_commit, base, _)) = self.good.clone() else {
-            return Ok(Requeue::Done);
-        };
-        let limits = base.settings.proposals.clone();
-        if self.planning.len() >= limits.workers {
-            return Ok(Requeue::After(std::time::Duration::from_secs(1)));
-        }
-        // Recorded before the worker starts.
-        self.proposals.insert(
-            name.to_string(),
-            Seen {
-                commit: sha.clone(),
-                planning: true,
-                ..Default::default()
-            },
-        );
-        save_record(&self.cfg.state_dir, &self.proposals);
-        self.planning.insert(name.to_string(), sha.clone());
-        info!(r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12], "planning a proposal in a worker");
-        let job = super::worker::Job {
-            mirror: self.mirror.lock().unwrap().path.clone(),
-            base_commit,
-            name: name.to_string(),
-            head: sha.clone(),
-            hosts: (!self.cfg.hosts.is_empty()).then(|| self.cfg.hosts.clone()),
-            ssh_key: self.cfg.ssh_key.clone(),
-            cloud: None,
-            cloud_error: None,
-            limits,
-        };
-        let exe = self.cfg.worker.clone();
-        let done = self.proposal_tx.clone();
-        let clock = self.clock.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let result = clock
-                .io(async move {
-                    let mut job = job;
-                    // The clouds as the daemon sees them: the worker has no
-                    // credential to look for itself.
-                    let clouds = crate::cloud::Clouds::from_env(&base);
-                    if !clouds.is_empty() {
-                        match crate::cloud::observe(&clouds).await {
-                            Ok(o) => job.cloud = Some((&o).into()),
-                            Err(e) => job.cloud_error = Some(e.to_string()),
-                        }
-                    }
-                    super::worker::plan(&exe, &job).await
-                })
-                .await;
-            let _ = done.send(ProposalDone { name, sha, result });
-        });
-        Ok(Requeue::Done)
-    }
-
-    /// A proposal's verdict is in: note it on its commit, record it, show
-    /// it on the dashboard, raise or resolve its alerts, and report it.
-    pub(super) async fn proposal_planned(&mut self, done: ProposalDone) {
-        let ProposalDone { name, sha, result } = done;
-        self.planning.remove(&name);
-        let Some((_, base, _)) = self.good.clone() else {
-            return;
-        };
-        let planned = match result {
-            Ok(p) => p,
-            Err(why) => {
-                warn!(r#ref = %name, commit = %&sha[..12], why = %why, "proposal not planned");
-                super::worker::Planned::not_planned(
-                    &name,
-                    &sha,
-                    &base.name,
-                    &why,
-                    base.settings.forge.is_some(),
-                )
-            }
-        };
-        info!(r#ref = %name, commit = %&sha[..12], verdict = %planned.verdict.0, "proposal planned");
-        // Everything the worker wrote passes the base's redaction again.
-        let redact = |t: &str| base.redact(t);
-        let report = planned.report.map(|mut r| {
-            r.comment = redact(&r.comment);
-            r.description = redact(&r.description);
-            r.more = r.more.iter().map(|m| redact(m)).collect();
-            r
-        });
-        let verdict = (planned.verdict.0.clone(), redact(&planned.verdict.1));
-        {
-            let mut board = self.shared.board.lock().unwrap();
-            board.history.proposals.insert(
-                name.clone(),
-                super::history::ProposalPlan {
-                    commit: sha.clone(),
-                    at: super::now(),
-                    state: verdict.0.clone(),
-                    description: verdict.1.clone(),
                 },
-            );
-            board.save();
+            )
+            .await;
+            return Ok(Requeue::Done);
         }
-        self.proposal_alerts(&name, &planned.denials, &planned.raised_cost);
-        // Plain text, capped: a proposal's plan cannot flood the notes ref.
-        let note = crate::report::note_text(&redact(&planned.note));
-        let commit = sha.clone();
-        if let Err(e) = self
-            .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
-            .await
-        {
-            warn!(error = %e, "could not note the proposal's plan");
+        return send_report(ctx, state, name, &sha).await;
+    }
+    // Without a good base there is nothing to plan a proposal under.
+    let Some((base_commit, base, _)) = state.head.good.clone() else {
+        return Ok(Requeue::Done);
+    };
+    let limits = base.settings.proposals.clone();
+    if state.proposals.planning.len() >= limits.workers {
+        return Ok(Requeue::After(std::time::Duration::from_secs(1)));
+    }
+    // Recorded before the worker starts.
+    state.proposals.record.insert(
+        name.to_string(),
+        Seen {
+            commit: sha.clone(),
+            planning: true,
+            ..Default::default()
+        },
+    );
+    save_record(&ctx.cfg.state_dir, &state.proposals.record);
+    state
+        .proposals
+        .planning
+        .insert(name.to_string(), sha.clone());
+    info!(r#ref = %name, commit = %&sha[..12], base = %&base_commit[..12], "planning a proposal in a worker");
+    let job = super::worker::Job {
+        mirror: ctx.mirror.lock().unwrap().path.clone(),
+        base_commit,
+        name: name.to_string(),
+        head: sha.clone(),
+        hosts: (!ctx.cfg.hosts.is_empty()).then(|| ctx.cfg.hosts.clone()),
+        ssh_key: ctx.cfg.ssh_key.clone(),
+        cloud: None,
+        cloud_error: None,
+        limits,
+    };
+    let exe = ctx.cfg.worker.clone();
+    let done = ctx.proposal_tx.clone();
+    let clock = ctx.clock.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let result = clock
+            .io(async move {
+                let mut job = job;
+                // The clouds as the daemon sees them: the worker has no
+                // credential to look for itself.
+                let clouds = crate::cloud::Clouds::from_env(&base);
+                if !clouds.is_empty() {
+                    match crate::cloud::observe(&clouds).await {
+                        Ok(o) => job.cloud = Some((&o).into()),
+                        Err(e) => job.cloud_error = Some(e.to_string()),
+                    }
+                }
+                super::worker::plan(&exe, &job).await
+            })
+            .await;
+        let _ = done.send(ProposalDone { name, sha, result });
+    });
+    Ok(Requeue::Done)
+}
+
+/// A proposal's verdict is in: note it on its commit, record it, show
+/// it on the dashboard, raise or resolve its alerts, and report it.
+pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: ProposalDone) {
+    let ProposalDone { name, sha, result } = done;
+    state.proposals.planning.remove(&name);
+    let Some((_, base, _)) = state.head.good.clone() else {
+        return;
+    };
+    let planned = match result {
+        Ok(p) => p,
+        Err(why) => {
+            warn!(r#ref = %name, commit = %&sha[..12], why = %why, "proposal not planned");
+            super::worker::Planned::not_planned(
+                &name,
+                &sha,
+                &base.name,
+                &why,
+                base.settings.forge.is_some(),
+            )
         }
-        self.proposals.insert(
+    };
+    info!(r#ref = %name, commit = %&sha[..12], verdict = %planned.verdict.0, "proposal planned");
+    // Everything the worker wrote passes the base's redaction again.
+    let redact = |t: &str| base.redact(t);
+    let report = planned.report.map(|mut r| {
+        r.comment = redact(&r.comment);
+        r.description = redact(&r.description);
+        r.more = r.more.iter().map(|m| redact(m)).collect();
+        r
+    });
+    let verdict = (planned.verdict.0.clone(), redact(&planned.verdict.1));
+    {
+        let mut board = ctx.shared.board.lock().unwrap();
+        board.history.proposals.insert(
             name.clone(),
-            Seen {
+            super::history::ProposalPlan {
                 commit: sha.clone(),
-                planning: false,
-                report,
-                reviewed: planned.reviewed,
+                at: super::now(),
+                state: verdict.0.clone(),
+                description: verdict.1.clone(),
             },
         );
-        save_record(&self.cfg.state_dir, &self.proposals);
-        if let Err(again) = self.send_report(&name, &sha).await {
-            self.settle(Request::Proposal(name), Err(again));
-        }
+        board.save();
     }
+    proposal_alerts(ctx, &name, &planned.denials, &planned.raised_cost);
+    // Plain text, capped: a proposal's plan cannot flood the notes ref.
+    let note = crate::report::note_text(&redact(&planned.note));
+    let commit = sha.clone();
+    if let Err(e) = ctx
+        .blocking(move |m| m.push_note(git2::Oid::from_str(&commit).expect("sha"), &note))
+        .await
+    {
+        warn!(error = %e, "could not note the proposal's plan");
+    }
+    state.proposals.record.insert(
+        name.clone(),
+        Seen {
+            commit: sha.clone(),
+            planning: false,
+            report,
+            reviewed: planned.reviewed,
+        },
+    );
+    save_record(&ctx.cfg.state_dir, &state.proposals.record);
+    if let Err(again) = send_report(ctx, state, &name, &sha).await {
+        super::settle(ctx, state, Request::Proposal(name), Err(again));
+    }
+}
 
-    /// Send the report owed for `name` at `sha`, if any; kept on failure.
-    async fn send_report(&mut self, name: &str, sha: &str) -> Result<Requeue, Again> {
-        let Some(report) = self.proposals.get(name).and_then(|s| s.report.clone()) else {
-            return Ok(Requeue::Done);
-        };
-        // The forge is always the base's: a proposal cannot redirect reports.
-        let Some(settings) = self.good.as_ref().and_then(|g| g.1.settings.forge.clone()) else {
-            return Ok(Requeue::Done);
-        };
-        let pr = crate::forge::pr_number(name);
-        let forge = self.forge(&settings);
-        let (sha2, r) = (sha.to_string(), report.clone());
-        let sent = async move {
-            let forge = forge?;
-            forge
-                .status(&sha2, &r.context, &r.state, &r.description)
-                .await?;
-            let parts: Vec<String> = std::iter::once(r.comment.clone())
-                .chain(r.more.iter().cloned())
-                .collect();
-            if let Some(pr) = pr
-                && !forge.upsert_comments(pr, &r.marker, &parts, &sha2).await?
-            {
-                tracing::debug!(
-                    pr,
-                    "the PR comment already shows this plan, or the head moved on"
-                );
-            }
-            Ok::<(), crate::forge::ForgeError>(())
+/// Send the report owed for `name` at `sha`, if any; kept on failure.
+async fn send_report(
+    ctx: &Ctx,
+    state: &mut State,
+    name: &str,
+    sha: &str,
+) -> Result<Requeue, Again> {
+    let Some(report) = state
+        .proposals
+        .record
+        .get(name)
+        .and_then(|s| s.report.clone())
+    else {
+        return Ok(Requeue::Done);
+    };
+    // The forge is always the base's: a proposal cannot redirect reports.
+    let Some(settings) = state
+        .head
+        .good
+        .as_ref()
+        .and_then(|g| g.1.settings.forge.clone())
+    else {
+        return Ok(Requeue::Done);
+    };
+    let pr = crate::forge::pr_number(name);
+    let forge = super::forge(ctx, state, &settings);
+    let (sha2, r) = (sha.to_string(), report.clone());
+    let sent = async move {
+        let forge = forge?;
+        forge
+            .status(&sha2, &r.context, &r.state, &r.description)
+            .await?;
+        let parts: Vec<String> = std::iter::once(r.comment.clone())
+            .chain(r.more.iter().cloned())
+            .collect();
+        if let Some(pr) = pr
+            && !forge.upsert_comments(pr, &r.marker, &parts, &sha2).await?
+        {
+            tracing::debug!(
+                pr,
+                "the PR comment already shows this plan, or the head moved on"
+            );
         }
-        .await;
-        match sent {
-            Ok(()) => {
-                self.shared.clear_stale("forge");
-                if let Some(s) = self.proposals.get_mut(name) {
-                    s.report = None;
-                }
-                save_record(&self.cfg.state_dir, &self.proposals);
-                Ok(Requeue::Done)
+        Ok::<(), crate::forge::ForgeError>(())
+    }
+    .await;
+    match sent {
+        Ok(()) => {
+            ctx.shared.clear_stale("forge");
+            if let Some(s) = state.proposals.record.get_mut(name) {
+                s.report = None;
             }
-            Err(e) => {
-                // Kept: sent again once the forge answers; never planned again.
-                warn!(error = %e, "could not report the plan to the forge");
-                self.shared
-                    .note_stale("forge", format!("forge unreachable: {e}"));
-                Err(Again::Forge)
-            }
+            save_record(&ctx.cfg.state_dir, &state.proposals.record);
+            Ok(Requeue::Done)
+        }
+        Err(e) => {
+            // Kept: sent again once the forge answers; never planned again.
+            warn!(error = %e, "could not report the plan to the forge");
+            ctx.shared
+                .note_stale("forge", format!("forge unreachable: {e}"));
+            Err(Again::Forge)
         }
     }
+}
 
-    /// A proposal denied by policy, or raising the monthly cost above the
-    /// limit, is an alert until a newer head is allowed (or it is closed).
-    fn proposal_alerts(&self, name: &str, denials: &[String], raised: &BTreeMap<String, f64>) {
-        use crate::notify::{EventKind, Observation, Seen};
-        let n = self.shared.notifier.settings();
-        if n.sinks.is_empty() {
-            return;
-        }
-        let denied = !denials.is_empty();
-        let mut obs = vec![Observation {
-            key: "policy".into(),
-            kind: EventKind::PolicyDenied,
-            host: None,
-            subject: format!("proposal {name}"),
-            summary: if denied {
-                format!("the policies deny proposal {name}")
-            } else {
-                format!("the policies allow proposal {name} now")
-            },
-            details: denials.to_vec(),
-            seen: if denied {
-                Seen::Problem { after_secs: 0 }
-            } else {
-                Seen::Fine
-            },
-        }];
-        obs.extend(super::alerts::cost(
-            raised,
-            &n,
-            "plan".into(),
-            &format!("proposal {name}"),
-        ));
-        self.shared
-            .notifier
-            .observe(&format!("proposal/{name}"), self.clock.now(), obs);
+/// A proposal denied by policy, or raising the monthly cost above the
+/// limit, is an alert until a newer head is allowed (or it is closed).
+fn proposal_alerts(ctx: &Ctx, name: &str, denials: &[String], raised: &BTreeMap<String, f64>) {
+    use crate::notify::{EventKind, Observation, Seen};
+    let n = ctx.shared.notifier.settings();
+    if n.sinks.is_empty() {
+        return;
     }
+    let denied = !denials.is_empty();
+    let mut obs = vec![Observation {
+        key: "policy".into(),
+        kind: EventKind::PolicyDenied,
+        host: None,
+        subject: format!("proposal {name}"),
+        summary: if denied {
+            format!("the policies deny proposal {name}")
+        } else {
+            format!("the policies allow proposal {name} now")
+        },
+        details: denials.to_vec(),
+        seen: if denied {
+            Seen::Problem { after_secs: 0 }
+        } else {
+            Seen::Fine
+        },
+    }];
+    obs.extend(super::alerts::cost(
+        raised,
+        &n,
+        "plan".into(),
+        &format!("proposal {name}"),
+    ));
+    ctx.shared
+        .notifier
+        .observe(&format!("proposal/{name}"), ctx.clock.now(), obs);
+}
 
-    /// The proposal whose reviewed plan is of the same tree as `commit`.
-    pub(super) async fn reviewed_for(&self, commit: &str) -> Option<(String, Reviewed)> {
-        let c = commit.to_string();
-        let tree = self.blocking(move |m| m.tree_of(&c)).await?;
-        self.proposals.iter().find_map(|(name, s)| {
-            s.reviewed
-                .as_ref()
-                .filter(|r| r.tree == tree)
-                .map(|r| (name.clone(), r.clone()))
-        })
-    }
+/// The proposal whose reviewed plan is of the same tree as `commit`.
+pub(super) async fn reviewed_for(
+    ctx: &Ctx,
+    state: &State,
+    commit: &str,
+) -> Option<(String, Reviewed)> {
+    let c = commit.to_string();
+    let tree = ctx.blocking(move |m| m.tree_of(&c)).await?;
+    state.proposals.record.iter().find_map(|(name, s)| {
+        s.reviewed
+            .as_ref()
+            .filter(|r| r.tree == tree)
+            .map(|r| (name.clone(), r.clone()))
+    })
 }
 
 #[cfg(test)]

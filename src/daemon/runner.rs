@@ -7,164 +7,146 @@ use tracing::info;
 
 use super::scheduler::{Again, Request, Requeue};
 use super::status::{self, FleetStatus};
-use super::{Loop, now};
+use super::{Ctx, Loop, State, now};
 use crate::source::ConfigTree;
 
 impl Loop {
     pub(super) async fn run(mut self) {
         // After a restart, the status branch says what was already applied;
         // which branch that is, the head's config says.
-        if let Some(head) = self.fetch().await {
-            let path = self.mirror.lock().unwrap().path.clone();
-            let h = head.clone();
-            let settings = tokio::task::spawn_blocking(move || {
-                ConfigTree::from_git(&path, &h)
-                    .ok()
-                    .and_then(|t| crate::model::load(&t).ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(f) = settings {
-                self.adopt_status_refs(&f).await;
-            }
-            let (prior, timeline) = self
-                .blocking(|m| {
-                    (
-                        m.status_file("status/fleet.json"),
-                        m.status_timeline(super::TIMELINE),
-                    )
-                })
-                .await;
-            self.shared.board.lock().unwrap().timeline = timeline;
-            let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
-            if let Some(p) = prior {
-                let mut st = self.shared.status.lock().unwrap();
-                st.written_back = Some(status::WrittenBack {
-                    at: now(),
-                    applied_commit: p.applied_commit.clone(),
-                    noted_commit: None,
-                });
-                st.applied_commit = p.applied_commit;
-                st.quarantined = p.quarantined;
-                st.hosts = p.hosts;
-                st.fleet = p.fleet;
-                st.learned_host_keys = p.learned_host_keys;
-                st.schedules = p.schedules;
-                // An operator's suspension outlives a restart; the config's
-                // is read again from the commit.
-                st.suspended = p.suspended.filter(|s| s.source == "operator");
-            }
-            self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-            self.last_seen = Some(head.clone());
-            if let Err(again) = self.on_commit(head, false).await {
-                self.settle(Request::Head, Err(again));
-            }
-            self.catch_up();
+        if let Some(head) = super::fetch(&self.ctx, &mut self.st).await {
+            resume(&self.ctx, &mut self.st, head).await;
         }
         let mut done = self.job_rx.take().expect("run once");
         let mut rollouts = self.rollout_rx.take().expect("run once");
         let mut planned = self.proposal_rx.take().expect("run once");
-        self.sched.after(Request::Head, self.poll_interval());
-        self.sched.after(Request::Drift, self.drift_interval());
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
+        self.ctx
+            .sched
+            .after(Request::Head, super::poll_interval(&self.ctx, &self.st));
+        self.ctx
+            .sched
+            .after(Request::Drift, super::drift_interval(&self.ctx, &self.st));
+        if !self.ctx.cfg.proposals.is_empty() {
+            self.ctx.sched.now(Request::Proposals);
         }
         loop {
             let req = tokio::select! {
                 biased;
-                _ = self.shutdown.notified() => break,
+                _ = self.ctx.shutdown.notified() => break,
                 Some(d) = done.recv() => {
-                    self.job_finished(d).await;
-                    self.alerts();
+                    super::jobs::job_finished(&self.ctx, &mut self.st, d).await;
+                    super::alerts(&self.ctx, &self.st);
                     continue;
                 }
                 Some(ev) = rollouts.recv() => {
-                    self.rollout_event(ev).await;
-                    self.alerts();
+                    super::rollout::rollout_event(&self.ctx, &mut self.st, ev).await;
+                    super::alerts(&self.ctx, &self.st);
                     continue;
                 }
                 Some(p) = planned.recv() => {
-                    self.proposal_planned(p).await;
-                    self.alerts();
+                    super::proposals::proposal_planned(&self.ctx, &mut self.st, p).await;
+                    super::alerts(&self.ctx, &self.st);
                     continue;
                 }
-                r = self.sched.next() => r,
+                r = self.ctx.sched.next() => r,
             };
-            self.shared.metrics.lock().unwrap().queue = self.sched.len() as u64;
-            let outcome = match &req {
-                Request::Head => self.on_head(false).await,
-                Request::Retry => self.on_head(true).await,
-                Request::Proposals => {
-                    self.look_at_proposals().await;
-                    Ok(Requeue::Done)
-                }
-                Request::Proposal(name) => self.plan_proposal_ref(name).await,
-                Request::Drift => {
-                    self.drift_check().await;
-                    Ok(Requeue::After(self.drift_interval()))
-                }
-                Request::Job(name) => match self.due.get(name).copied() {
-                    // Due by the wall clock (a reschedule may have moved it since).
-                    Some(t) if self.clock.now() + chrono::Duration::seconds(1) >= t => {
-                        self.start_job(name);
-                        Ok(Requeue::Done)
-                    }
-                    Some(t) => {
-                        self.sched.at(req.clone(), self.clock.instant_of(t));
-                        Ok(Requeue::Done)
-                    }
-                    None => Ok(Requeue::Done),
-                },
-                Request::RunJob(name) => {
-                    self.start_job(name);
-                    Ok(Requeue::Done)
-                }
-            };
+            self.ctx.shared.metrics.lock().unwrap().queue = self.ctx.sched.len() as u64;
+            let outcome = handle(&self.ctx, &mut self.st, &req).await;
             // A retry is a head like any other from here on.
             let key = if req == Request::Retry {
                 Request::Head
             } else {
                 req
             };
-            self.settle(key, outcome);
-            self.alerts();
+            super::settle(&self.ctx, &mut self.st, key, outcome);
+            super::alerts(&self.ctx, &self.st);
             release_memory();
         }
         info!("reconcile loop stopped");
     }
+}
 
-    /// What a request asked for next: its regular interval, or the error
-    /// policy's backoff with jitter for its key.
-    pub(super) fn settle(&mut self, req: Request, outcome: Result<Requeue, Again>) {
-        match outcome {
-            Ok(next) => {
-                self.backoff.succeeded(&req);
-                if let Requeue::After(d) = next {
-                    self.sched.after(req, d);
-                }
+/// After a restart, the status branch says what was already applied
+/// (which branch that is, the head's config says); then the head is
+/// looked at, and jobs due meanwhile are caught up.
+async fn resume(ctx: &Ctx, state: &mut State, head: String) {
+    let path = ctx.mirror.lock().unwrap().path.clone();
+    let h = head.clone();
+    let settings = tokio::task::spawn_blocking(move || {
+        ConfigTree::from_git(&path, &h)
+            .ok()
+            .and_then(|t| crate::model::load(&t).ok())
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(f) = settings {
+        ctx.adopt_status_refs(&f).await;
+    }
+    let (prior, timeline) = ctx
+        .blocking(|m| {
+            (
+                m.status_file("status/fleet.json"),
+                m.status_timeline(super::TIMELINE),
+            )
+        })
+        .await;
+    ctx.shared.board.lock().unwrap().timeline = timeline;
+    let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
+    if let Some(p) = prior {
+        let mut st = ctx.shared.status.lock().unwrap();
+        st.written_back = Some(status::WrittenBack {
+            at: now(),
+            applied_commit: p.applied_commit.clone(),
+            noted_commit: None,
+        });
+        st.applied_commit = p.applied_commit;
+        st.quarantined = p.quarantined;
+        st.hosts = p.hosts;
+        st.fleet = p.fleet;
+        st.learned_host_keys = p.learned_host_keys;
+        st.schedules = p.schedules;
+        // An operator's suspension outlives a restart; the config's
+        // is read again from the commit.
+        st.suspended = p.suspended.filter(|s| s.source == "operator");
+    }
+    ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
+    state.head.last_seen = Some(head.clone());
+    if let Err(again) = super::commit::on_commit(ctx, state, head, false).await {
+        super::settle(ctx, state, Request::Head, Err(again));
+    }
+    super::jobs::catch_up(ctx, state);
+}
+
+/// What a request does; what it asks for next.
+async fn handle(ctx: &Ctx, state: &mut State, req: &Request) -> Result<Requeue, Again> {
+    match req {
+        Request::Head => super::triggers::on_head(ctx, state, false).await,
+        Request::Retry => super::triggers::on_head(ctx, state, true).await,
+        Request::Proposals => {
+            super::proposals::look_at_proposals(ctx, state).await;
+            Ok(Requeue::Done)
+        }
+        Request::Proposal(name) => super::proposals::plan_proposal_ref(ctx, state, name).await,
+        Request::Drift => {
+            super::drift::on_drift(ctx, state).await;
+            Ok(Requeue::After(super::drift_interval(ctx, state)))
+        }
+        Request::Job(name) => match state.jobs.due.get(name).copied() {
+            // Due by the wall clock (a reschedule may have moved it since).
+            Some(t) if ctx.clock.now() + chrono::Duration::seconds(1) >= t => {
+                super::jobs::start_job(ctx, state, name);
+                Ok(Requeue::Done)
             }
-            Err(again) => {
-                let interval = match req {
-                    Request::Drift => self.drift_interval(),
-                    _ => self.poll_interval(),
-                };
-                let (first, max, keep_interval) = again.policy(interval);
-                let wait = self.backoff.failed(&req, first, max);
-                info!(request = req.label(), reason = %again, failures = self.backoff.failures(&req), retry_in_ms = wait.as_millis() as u64, "trying again");
-                *self
-                    .shared
-                    .metrics
-                    .lock()
-                    .unwrap()
-                    .requeues
-                    .entry(again.label())
-                    .or_default() += 1;
-                if keep_interval {
-                    self.sched.after(req.clone(), interval);
-                }
-                self.sched.after(req, wait);
+            Some(t) => {
+                ctx.sched.at(req.clone(), ctx.clock.instant_of(t));
+                Ok(Requeue::Done)
             }
+            None => Ok(Requeue::Done),
+        },
+        Request::RunJob(name) => {
+            super::jobs::start_job(ctx, state, name);
+            Ok(Requeue::Done)
         }
     }
 }

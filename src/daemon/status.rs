@@ -349,7 +349,19 @@ pub struct Metrics {
 
 pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
     let mut s = String::new();
-    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    host_metrics(&mut s, m);
+    loop_metrics(&mut s, status, m);
+    fleet_metrics(&mut s, status, m);
+    s
+}
+
+/// A label value, escaped as the text format wants.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Per host: reconciles, errors and durations; requeues; the build.
+fn host_metrics(s: &mut String, m: &Metrics) {
     s.push_str("# HELP tidekeeper_reconciles_total Host reconciles by result.\n# TYPE tidekeeper_reconciles_total counter\n");
     for ((host, result), n) in &m.reconciles {
         let _ = writeln!(
@@ -396,6 +408,10 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             h.count, h.sum, h.count
         );
     }
+}
+
+/// The loop's own: fetches, drift, the queue, webhooks, status pushes, staleness.
+fn loop_metrics(s: &mut String, status: &FleetStatus, m: &Metrics) {
     s.push_str("# HELP tidekeeper_last_successful_sync_timestamp_seconds When the config repo was last fetched successfully.\n# TYPE tidekeeper_last_successful_sync_timestamp_seconds gauge\n");
     let _ = writeln!(
         s,
@@ -421,6 +437,10 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
         m.status_push_failures,
         u8::from(!status.stale.is_empty()),
     );
+}
+
+/// The fleet's: maintenance runs, badges served, cost, each host's state.
+fn fleet_metrics(s: &mut String, status: &FleetStatus, m: &Metrics) {
     s.push_str("# HELP tidekeeper_maintenance_runs_total Maintenance job runs by result.\n# TYPE tidekeeper_maintenance_runs_total counter\n");
     for ((job, result), n) in &m.maintenance_runs {
         let _ = writeln!(
@@ -461,7 +481,6 @@ pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
             );
         }
     }
-    s
 }
 
 /// The git note on a reconciled commit.

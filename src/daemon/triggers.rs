@@ -6,44 +6,45 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::scheduler::{Again, Request, Requeue};
-use super::{Loop, Shared};
+use super::{Ctx, Shared, State};
 
-impl Loop {
-    /// Fetch; apply the head if it is new, was retried, or was applied only
-    /// in part. The poll comes again after its interval; a failed fetch or
-    /// hosts not reached go to the error policy.
-    pub(super) async fn on_head(&mut self, retry: bool) -> Result<Requeue, Again> {
-        let head = self.fetch().await;
-        if head.is_some() && self.unpushed.lock().unwrap().is_some() {
-            self.push_status(None).await;
-        }
-        if !self.cfg.proposals.is_empty() {
-            self.sched.now(Request::Proposals);
-        }
-        let Some(head) = head else {
-            return Err(Again::Fetch);
-        };
-        let poll = Ok(Requeue::After(self.poll_interval()));
-        self.shared.status.lock().unwrap().head_commit = Some(head.clone());
-        // While suspended, a held commit is not planned again on every poll.
-        let suspended = self.shared.status.lock().unwrap().suspended.clone();
-        let held = suspended.is_some() && self.last_seen.as_deref() == Some(head.as_str());
-        if suspended != self.reported_suspension {
-            self.reported_suspension = suspended;
-            self.push_status(None).await;
-        }
-        if held && !retry {
-            return poll;
-        }
-        if self.last_seen.as_deref() != Some(head.as_str()) || retry || self.incomplete.is_some() {
-            self.last_seen = Some(head.clone());
-            // A drift check right after an apply would find nothing.
-            let next = tokio::time::Instant::now() + self.drift_interval();
-            self.sched.reset(Request::Drift, next);
-            self.on_commit(head, retry).await?;
-        }
-        poll
+/// Fetch; apply the head if it is new, was retried, or was applied only
+/// in part. The poll comes again after its interval; a failed fetch or
+/// hosts not reached go to the error policy.
+pub(super) async fn on_head(ctx: &Ctx, state: &mut State, retry: bool) -> Result<Requeue, Again> {
+    let head = super::fetch(ctx, state).await;
+    if head.is_some() && ctx.unpushed.lock().unwrap().is_some() {
+        ctx.push_status(None).await;
     }
+    if !ctx.cfg.proposals.is_empty() {
+        ctx.sched.now(Request::Proposals);
+    }
+    let Some(head) = head else {
+        return Err(Again::Fetch);
+    };
+    let poll = Ok(Requeue::After(super::poll_interval(ctx, state)));
+    ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
+    // While suspended, a held commit is not planned again on every poll.
+    let suspended = ctx.shared.status.lock().unwrap().suspended.clone();
+    let held = suspended.is_some() && state.head.last_seen.as_deref() == Some(head.as_str());
+    if suspended != state.head.reported_suspension {
+        state.head.reported_suspension = suspended;
+        ctx.push_status(None).await;
+    }
+    if held && !retry {
+        return poll;
+    }
+    if state.head.last_seen.as_deref() != Some(head.as_str())
+        || retry
+        || state.head.incomplete.is_some()
+    {
+        state.head.last_seen = Some(head.clone());
+        // A drift check right after an apply would find nothing.
+        let next = tokio::time::Instant::now() + super::drift_interval(ctx, state);
+        ctx.sched.reset(Request::Drift, next);
+        super::commit::on_commit(ctx, state, head, retry).await?;
+    }
+    poll
 }
 
 /// For a repo on this machine: wake on ref updates of the watched branch

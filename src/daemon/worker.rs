@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::{self, HostResult};
-use crate::model::desired::ProposalLimits;
+use crate::model::desired::{Fleet, ProposalLimits};
 use crate::reconcile;
 use crate::source::ConfigTree;
 
@@ -88,6 +88,21 @@ pub struct Planned {
 
 impl Planned {
     /// A head that was not planned, and why: its note, status and comment.
+    /// A head whose config does not load: its errors (redacted) are the note.
+    fn invalid(name: &str, sha: &str, errors: &[String], report: Option<Report>) -> Planned {
+        Planned {
+            note: format!(
+                "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
+                errors.join("\n")
+            ),
+            report,
+            reviewed: None,
+            verdict: ("failure".into(), "invalid config".into()),
+            denials: vec![],
+            raised_cost: BTreeMap::new(),
+        }
+    }
+
     pub fn not_planned(name: &str, head: &str, fleet: &str, why: &str, forge: bool) -> Planned {
         let marker = crate::report::marker(fleet);
         let desc = format!("not planned: {why}");
@@ -283,6 +298,28 @@ pub async fn plan_in_process(job: &Job) -> Result<Planned, String> {
     plan_job(job).await
 }
 
+/// The tree of commit `sha` in the mirror: what a merge is matched by.
+fn tree_of(mirror: &Path, sha: &str) -> Option<String> {
+    let r = git2::Repository::open_bare(mirror)
+        .or_else(|_| git2::Repository::open(mirror))
+        .ok()?;
+    let oid = git2::Oid::from_str(sha).ok()?;
+    Some(r.find_commit(oid).ok()?.tree_id().to_string())
+}
+
+/// The proposed monthly cost per currency where the plan raises it.
+fn raised_cost(cloud: Option<&crate::cloud::plan::CloudPlan>) -> BTreeMap<String, f64> {
+    cloud
+        .map(|c| {
+            c.cost
+                .iter()
+                .filter(|(_, l)| l.delta() > 0.0)
+                .map(|(cur, l)| (cur.to_string(), l.proposed))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Plan the job's head under its base (the worker's side).
 async fn plan_job(job: &Job) -> Result<Planned, String> {
     let base_tree =
@@ -313,20 +350,26 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
                 context: context.clone(),
                 marker: marker.clone(),
             });
-            return Ok(Planned {
-                note: format!(
-                    "tidekeeper plan for {name} at {sha}: invalid config\n\n{}\n",
-                    errors.join("\n")
-                ),
-                report,
-                reviewed: None,
-                verdict: ("failure".into(), "invalid config".into()),
-                denials: vec![],
-                raised_cost: BTreeMap::new(),
-            });
+            return Ok(Planned::invalid(name, sha, &errors, report));
         }
         Ok(x) => x,
     };
+    Ok(plan_valid(job, &base, &base_policies, proposal, &policies).await)
+}
+
+/// Plan a head whose config loads, under its base, and report it.
+async fn plan_valid(
+    job: &Job,
+    base: &Fleet,
+    base_policies: &[(String, String)],
+    proposal: Fleet,
+    policies: &[(String, String)],
+) -> Planned {
+    let fleet_name = base.name.clone();
+    let marker = crate::report::marker(&fleet_name);
+    let context = format!("tidekeeper/{fleet_name}/plan");
+    let with_forge = base.settings.forge.is_some();
+    let (name, sha) = (job.name.as_str(), job.head.as_str());
     let names = job.hosts.as_ref().map(|only| {
         proposal
             .hosts
@@ -346,34 +389,17 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         (None, Some(e)) => Some(Err(e.clone())),
         (None, None) => None,
     };
-    let p = reconcile::plan_proposal(
-        &base,
-        &base_policies,
-        proposal,
-        &policies,
-        names,
-        opts,
-        seen,
-    )
-    .await;
+    let p =
+        reconcile::plan_proposal(base, base_policies, proposal, policies, names, opts, seen).await;
     let (cloud, verdict, after_merge, results) =
         (p.plan.cloud.clone(), p.verdict, p.after_merge, p.plan.hosts);
     let refs: Vec<&HostResult> = results.iter().collect();
     let (digest, lines) = reconcile::plan_digest(cloud.as_ref(), &refs);
-    let tree = git2::Repository::open_bare(&job.mirror)
-        .or_else(|_| git2::Repository::open(&job.mirror))
-        .ok()
-        .and_then(|r| {
-            let oid = git2::Oid::from_str(sha).ok()?;
-            Some(r.find_commit(oid).ok()?.tree_id().to_string())
-        });
-    let reviewed = tree.map(|tree| Reviewed {
+    let reviewed = tree_of(&job.mirror, sha).map(|tree| Reviewed {
         tree,
         digest: digest.clone(),
         lines,
     });
-    let stamp =
-        format!("\nPlan digest: `{digest}` (a merge with this tree is compared with this plan)\n");
     let review = crate::report::Review {
         fleet: &fleet_name,
         commit: sha,
@@ -382,80 +408,31 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
         verdict: &verdict,
         after_merge: &after_merge,
     };
-    let md = crate::report::markdown(&review, usize::MAX);
-    let mut json = reconcile::json(cloud.as_ref(), &refs);
-    json["policy"] = serde_json::to_value(&verdict).unwrap_or_default();
-    json["ref"] = name.into();
-    json["base"] = job.base_commit.clone().into();
-    json["after_merge"] = serde_json::to_value(&after_merge).unwrap_or_default();
-    json["digest"] = digest.clone().into();
-    let note = base.redact(&format!(
-        "{md}{stamp}\n<!-- plan as JSON -->\n{}",
-        crate::report::fenced(
-            "json",
-            &serde_json::to_string_pretty(&json).unwrap_or_default()
-        )
-    ));
-    let t = reconcile::totals(cloud.as_ref(), &refs);
-    let (state, desc) = if verdict.blocks() {
-        let first = verdict
-            .deny
-            .first()
-            .or(verdict.errors.first())
-            .cloned()
-            .unwrap_or_default();
-        // The policy's name first: the description is cut at 140 characters.
-        let desc = match verdict.denial_of(&first) {
-            Some(d) => format!("denied by {}: {}", d.policy, d.message),
-            None => format!("denied: {first}"),
-        };
-        ("failure", desc)
-    } else if t.errors > 0 {
-        (
-            "error",
-            format!("{} host(s) or server(s) could not be planned", t.errors),
-        )
-    } else {
-        (
-            "success",
-            engine::render::summary_line(&t)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        )
+    let proposed = crate::report::Proposed {
+        name,
+        base: &job.base_commit,
+        digest: &digest,
     };
+    let formatted = crate::report::proposal(&review, &proposed);
+    let note = base.redact(&formatted.note);
+    let (state, desc) = (formatted.status.0, base.redact(&formatted.status.1));
     let report = with_forge.then(|| {
-        // As many comments as the plan needs; the digest stamp on the first.
-        let mut parts =
-            crate::report::comments(&review, crate::report::GITHUB_LIMIT - stamp.len() - 200)
-                .into_iter()
-                .map(|p| base.redact(&p));
-        let first = parts.next().unwrap_or_default();
+        let mut parts = formatted.comments.iter().map(|p| base.redact(p));
         Report {
             state: state.into(),
-            description: base.redact(&desc),
-            comment: format!("{first}{stamp}"),
+            description: desc.clone(),
+            comment: parts.next().unwrap_or_default(),
             more: parts.collect(),
             context,
             marker,
         }
     });
-    let raised_cost = cloud
-        .as_ref()
-        .map(|c| {
-            c.cost
-                .iter()
-                .filter(|(_, l)| l.delta() > 0.0)
-                .map(|(cur, l)| (cur.to_string(), l.proposed))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Planned {
+    let raised_cost = raised_cost(cloud.as_ref());
+    Planned {
         note,
         report,
         reviewed,
-        verdict: (state.to_string(), base.redact(&desc)),
+        verdict: (state.to_string(), desc),
         denials: verdict
             .deny
             .iter()
@@ -463,5 +440,5 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
             .cloned()
             .collect(),
         raised_cost,
-    })
+    }
 }
