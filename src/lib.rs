@@ -14,6 +14,8 @@
 //! - [`state_file`]: the daemon's state directory, written atomically, never dropped unseen.
 //! - [`cli`]: the `tidekeeper` command.
 
+#![warn(unreachable_pub)]
+
 pub mod badge;
 pub mod change;
 pub mod cli;

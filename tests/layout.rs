@@ -300,3 +300,19 @@ fn a_kind_is_its_own_file_and_one_line_of_the_registry() {
     assert_eq!(lines, ["timezone::Timezone,"], "one line of the registry");
     assert!(own.exists());
 }
+
+/// What other stages, the binary, tests and benches do not use is
+/// `pub(crate)`: the compiler's `unreachable_pub` lint says so of every
+/// item, and CI's `clippy -D warnings` makes it an error.
+#[test]
+fn items_no_one_outside_uses_stay_inside_the_crate() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    assert!(
+        lib.lines().any(|l| l.trim() == "#![warn(unreachable_pub)]"),
+        "src/lib.rs keeps #![warn(unreachable_pub)]"
+    );
+    let ci = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test"))
+        .unwrap();
+    assert!(ci.contains("clippy --locked --all-targets -- -D warnings"));
+}

@@ -47,7 +47,7 @@ impl From<Outcome> for ExitCode {
 
 /// Why a command could not do what it was asked.
 #[derive(Debug)]
-pub struct CliError {
+pub(super) struct CliError {
     said: Said,
     code: u8,
 }
@@ -64,7 +64,7 @@ enum Said {
 impl CliError {
     /// Something failed: a missing repo or ref, an unknown name, an
     /// unreachable host or service, a file that cannot be written.
-    pub fn new(what: impl fmt::Display) -> CliError {
+    pub(super) fn new(what: impl fmt::Display) -> CliError {
         CliError {
             said: Said::Error {
                 what: what.to_string(),
@@ -76,7 +76,7 @@ impl CliError {
 
     /// What the command worked on is wrong: a config, a secret that does
     /// not open, a host that refused or failed what it was asked.
-    pub fn invalid(what: impl fmt::Display) -> CliError {
+    pub(super) fn invalid(what: impl fmt::Display) -> CliError {
         CliError {
             code: EXIT_INVALID,
             ..CliError::new(what)
@@ -84,7 +84,7 @@ impl CliError {
     }
 
     /// The config repo does not load: its diagnostics, already laid out.
-    pub fn diagnostics(stdout: String, stderr: String) -> CliError {
+    pub(super) fn diagnostics(stdout: String, stderr: String) -> CliError {
         CliError {
             said: Said::Diagnostics { stdout, stderr },
             code: EXIT_INVALID,
@@ -92,19 +92,19 @@ impl CliError {
     }
 
     /// What the person can do about it.
-    pub fn help(mut self, text: impl Into<String>) -> CliError {
+    pub(super) fn help(mut self, text: impl Into<String>) -> CliError {
         if let Said::Error { help, .. } = &mut self.said {
             *help = Some(text.into());
         }
         self
     }
 
-    pub fn exit_code(&self) -> ExitCode {
+    pub(super) fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
 
     /// What goes to stdout (only a JSON report of diagnostics).
-    pub fn stdout(&self) -> &str {
+    pub(super) fn stdout(&self) -> &str {
         match &self.said {
             Said::Diagnostics { stdout, .. } => stdout,
             Said::Error { .. } => "",
@@ -112,7 +112,7 @@ impl CliError {
     }
 
     /// Print it: the one place a command's error reaches the terminal.
-    pub fn report(&self) {
+    pub(super) fn report(&self) {
         if !self.stdout().is_empty() {
             print!("{}", self.stdout());
         }

@@ -438,7 +438,7 @@ fn progress(total: usize, quiet: bool) -> engine::Progress {
                 host.clone(),
                 format!(
                     "{host}: planned, {} ({})",
-                    changes.to_do_short(),
+                    changes.pending_short(),
                     secs(elapsed)
                 ),
             )),

@@ -137,7 +137,7 @@ async fn one(clouds: &Clouds, c: &CloudChange, login_keys: &[String]) -> CloudOu
 /// Apply every change of `plan` that is not blocked: creates, updates,
 /// resizes and replaces `parallel` at a time, then deletes. Blocked changes
 /// are reported as refused.
-pub async fn apply(
+pub(crate) async fn apply(
     plan: &CloudPlan,
     clouds: &Clouds,
     login_keys: &[String],
@@ -272,7 +272,7 @@ fn past(a: CloudAction) -> &'static str {
 }
 
 /// Wait until `addr:port` accepts TCP connections (a new server's sshd).
-pub async fn wait_for_port(addr: &str, port: u16, limit: Duration) -> Result<(), String> {
+pub(crate) async fn wait_for_port(addr: &str, port: u16, limit: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         let attempt = tokio::time::timeout(

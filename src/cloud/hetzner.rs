@@ -34,7 +34,7 @@ const NAME: &str = "hetzner";
 const ATTEMPTS: u32 = 8;
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Hetzner {
+pub(crate) struct Hetzner {
     config: Configuration,
 }
 
@@ -154,7 +154,7 @@ fn ports(rules: &[models::RuleResponse]) -> Vec<CloudPort> {
 }
 
 impl Hetzner {
-    pub fn from_env(s: &Settings) -> Result<Hetzner, CloudError> {
+    pub(crate) fn from_env(s: &Settings) -> Result<Hetzner, CloudError> {
         let token = std::env::var(&s.token_env)
             .ok()
             .filter(|t| !t.is_empty())

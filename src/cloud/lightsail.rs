@@ -33,7 +33,7 @@ fn env_var(name: &str) -> Result<String, CloudError> {
 const NAME: &str = "lightsail";
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Lightsail {
+pub(crate) struct Lightsail {
     settings: Settings,
     /// Made on first use: the SDK's chain reads profiles asynchronously.
     client: tokio::sync::OnceCell<ls::Client>,
@@ -125,7 +125,7 @@ fn host_of(i: &ls::Instance) -> &str {
 impl Lightsail {
     /// A client for `s`. Credentials named in tidekeeper.yaml must be set
     /// now; the SDK's chain is asked on the first call.
-    pub fn from_env(s: &Settings) -> Result<Lightsail, CloudError> {
+    pub(crate) fn from_env(s: &Settings) -> Result<Lightsail, CloudError> {
         if let AwsCredentials::Env {
             access_key_env,
             secret_key_env,

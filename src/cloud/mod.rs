@@ -14,12 +14,12 @@
 //! [`MANAGED_BY`]` = tidekeeper` and [`FLEET`]` = <fleet>`. Servers without
 //! them are never changed or deleted.
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod desired;
-pub mod hetzner;
+pub(crate) mod hetzner;
 pub mod hostkey;
-pub mod lightsail;
-pub mod plan;
+pub(crate) mod lightsail;
+pub(crate) mod plan;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -231,7 +231,7 @@ fn observed_networks_text(n: &[(String, String)]) -> String {
 /// Networks the fleet declares against those the providers have: create
 /// the missing, add subnets, and (planning the whole fleet) delete the
 /// fleet's networks no longer declared, where their config allowed it.
-pub fn plan_networks(
+pub(crate) fn plan_networks(
     fleet: &Fleet,
     observed: &Observed,
     whole: bool,
@@ -368,7 +368,7 @@ fn destroy_permitted(fleet: &Fleet, o: &ObservedServer, opts: PlanOptions) -> bo
 
 /// The name of the instance a Lightsail resize makes for `host` (Lightsail
 /// cannot rename, and the old instance holds the old name until the end).
-pub fn copy_name(host: &str, size: &str) -> String {
+pub(crate) fn copy_name(host: &str, size: &str) -> String {
     format!("{host}-{size}")
 }
 
@@ -387,7 +387,7 @@ fn refusal(c: &CloudChange) -> String {
 
 /// Add the `cost:` of machines no provider prices (existing hosts): paid
 /// before and after alike.
-pub fn stated_costs(fleet: &Fleet, plan: &mut CloudPlan) {
+pub(crate) fn stated_costs(fleet: &Fleet, plan: &mut CloudPlan) {
     for h in &fleet.hosts {
         let Some(c) = &h.cost else { continue };
         let m = Monthly {
@@ -403,7 +403,7 @@ pub fn stated_costs(fleet: &Fleet, plan: &mut CloudPlan) {
 
 /// The plan of a fleet without cloud servers: only the stated costs, or
 /// None when there are none.
-pub fn costs_only(fleet: &Fleet) -> Option<CloudPlan> {
+pub(crate) fn costs_only(fleet: &Fleet) -> Option<CloudPlan> {
     let mut plan = CloudPlan::default();
     stated_costs(fleet, &mut plan);
     (!plan.cost.is_empty()).then_some(plan)
@@ -425,7 +425,7 @@ fn currency(code: &str) -> &'static str {
 /// Plan the servers of `scope` (None: the whole fleet; only then can servers
 /// whose host left the config be deleted): the fleet's costs, a change per
 /// server that differs, deletions, and the destroy gate over them all.
-pub fn plan(
+pub(crate) fn plan(
     fleet: &Fleet,
     desired: &[DesiredServer],
     observed: &Observed,
@@ -849,7 +849,7 @@ fn gate_destroys(changes: &mut [CloudChange]) {
     }
 }
 
-pub fn provider_name(p: ProviderKind) -> &'static str {
+pub(crate) fn provider_name(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Hetzner => "Hetzner",
         ProviderKind::Lightsail => "Lightsail",
@@ -858,7 +858,7 @@ pub fn provider_name(p: ProviderKind) -> &'static str {
     }
 }
 
-pub fn money(m: &Monthly) -> String {
+pub(crate) fn money(m: &Monthly) -> String {
     format!("{:.2} {}", m.amount, m.currency)
 }
 
@@ -871,7 +871,7 @@ fn signed(x: f64) -> String {
 }
 
 /// `8.21 → 15.59 EUR/month (+7.38)`
-pub fn cost_text(c: &CloudChange) -> String {
+pub(crate) fn cost_text(c: &CloudChange) -> String {
     match (&c.cost_before, &c.cost_after) {
         (None, Some(a)) => format!("+{:.2} {}/month", a.amount, a.currency),
         (Some(b), None) => format!("-{:.2} {}/month", b.amount, b.currency),
@@ -894,7 +894,7 @@ pub fn cost_text(c: &CloudChange) -> String {
 }
 
 /// `Monthly cost: 100.00 → 107.38 EUR (+7.38)`, one entry per currency.
-pub fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
+pub(crate) fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
     if cost.is_empty() {
         return String::new();
     }
@@ -915,7 +915,7 @@ pub fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
 /// The servers whose monthly cost a plan changes, per host and provider,
 /// and the totals per currency, as a markdown table (empty when no price
 /// changes).
-pub fn cost_table(plan: &CloudPlan) -> String {
+pub(crate) fn cost_table(plan: &CloudPlan) -> String {
     let priced: Vec<&CloudChange> = plan
         .changes
         .iter()
@@ -975,7 +975,7 @@ fn attr_lines(s: &mut String, attrs: &[Attr]) {
     }
 }
 
-pub fn text(p: &CloudPlan, color: bool) -> String {
+pub(crate) fn text(p: &CloudPlan, color: bool) -> String {
     let (green, yellow, red, bold, reset) = if color {
         ("\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[1m", "\x1b[0m")
     } else {

@@ -31,7 +31,7 @@ fn obs(
 const NOW: Seen = Seen::Problem { after_secs: 0 };
 
 /// The `status` scope's observations. Pure.
-pub fn observations(
+pub(super) fn observations(
     st: &FleetStatus,
     fleet: &Fleet,
     n: &Notify,
@@ -275,7 +275,7 @@ fn job_observations(st: &FleetStatus, fleet: &Fleet) -> Vec<Observation> {
 }
 
 /// A monthly cost above `notify.monthly_cost_above` (in any currency).
-pub fn cost(
+pub(super) fn cost(
     cost: &std::collections::BTreeMap<String, f64>,
     n: &Notify,
     key: String,

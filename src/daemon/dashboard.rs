@@ -14,7 +14,7 @@ use super::history::History;
 use super::status::{FleetStatus, HostState, HostStatus};
 
 /// What a page is drawn from.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub status: &'a FleetStatus,
     pub history: &'a History,
     /// Applied commits from the status branch's history: (time, commit), newest first.
@@ -24,7 +24,7 @@ pub struct View<'a> {
     pub now: DateTime<Utc>,
 }
 
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -43,7 +43,7 @@ fn url_part(s: &str) -> String {
 }
 
 /// "5 min ago", "in 2 h", "3 days ago".
-pub fn relative(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
+pub(crate) fn relative(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
     let secs = (now - at).num_seconds();
     let (n, future) = (secs.unsigned_abs(), secs < 0);
     let text = match n {
@@ -308,7 +308,7 @@ fn short_number(v: f64) -> String {
 }
 
 /// The dashboard.
-pub fn page(v: &View) -> String {
+pub(crate) fn page(v: &View) -> String {
     let mut s = head(&v.status.fleet, true);
     title(v, &mut s);
     alerts(v, &mut s);
@@ -656,7 +656,7 @@ fn proposals(v: &View, s: &mut String) {
 }
 
 /// A host's own page; None for a host the fleet does not have.
-pub fn host_page(v: &View, host: &str) -> Option<String> {
+pub(crate) fn host_page(v: &View, host: &str) -> Option<String> {
     let h = v.status.hosts.get(host)?;
     let x = v.history.hosts.get(host);
     let mut s = head(host, true);

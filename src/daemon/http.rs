@@ -18,18 +18,18 @@ use super::Shared;
 use super::status;
 
 /// The largest request body taken (a webhook's payload): larger is 413.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// A client has this long to send a request's headers (a connection that
 /// sends nothing, or half a header, is closed after it).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many connections at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 256;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// A request (its body read, its answer made) takes at most this long.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The limits of the daemon's HTTP server.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub header_timeout: Duration,
     pub max_connections: usize,
 }
@@ -47,7 +47,7 @@ impl Limits {
     /// The defaults, or what `TIDEKEEPER_HTTP_HEADER_TIMEOUT_MS` and
     /// `TIDEKEEPER_HTTP_MAX_CONNECTIONS` say (positive numbers; for tests
     /// and small machines).
-    pub fn from_env() -> Limits {
+    pub(crate) fn from_env() -> Limits {
         let num = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -70,7 +70,7 @@ impl Limits {
 /// header read timeout, at most `limits.max_connections` at once (the next
 /// one is accepted when one closes), so neither half-open nor idle
 /// connections can use up the daemon's file descriptors.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -107,7 +107,7 @@ async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> 
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/hosts/{name}", get(host_page))
@@ -222,7 +222,7 @@ async fn badge(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Respon
 
 /// Check a webhook body against GitHub's `X-Hub-Signature-256: sha256=<hex>`
 /// or Gitea's `X-Gitea-Signature: <hex>`, in constant time.
-pub fn signature_ok(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn signature_ok(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
     let given = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())

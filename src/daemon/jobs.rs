@@ -14,7 +14,7 @@ use crate::maintenance::run::JobRun;
 use crate::model::desired::{Fleet, Job};
 
 /// A job run that finished (or never started).
-pub struct JobDone {
+pub(super) struct JobDone {
     pub name: String,
     pub commit: String,
     pub run: JobRun,

@@ -8,25 +8,25 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 #[derive(Default)]
-pub struct HostLocks {
+pub(crate) struct HostLocks {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Who holds each busy host, for the status page ("maintenance job backup").
     holders: Mutex<BTreeMap<String, String>>,
 }
 
 /// Hosts held by one piece of work; released on drop.
-pub struct Held {
+pub(crate) struct Held {
     guards: Vec<(String, OwnedMutexGuard<()>)>,
     locks: Arc<HostLocks>,
 }
 
 impl Held {
-    pub fn hosts(&self) -> Vec<String> {
+    pub(crate) fn hosts(&self) -> Vec<String> {
         self.guards.iter().map(|(h, _)| h.clone()).collect()
     }
 
     /// Let go of `hosts` early (a rollout's stage that is done).
-    pub fn release(&mut self, hosts: &[String]) {
+    pub(crate) fn release(&mut self, hosts: &[String]) {
         let mut holders = self.locks.holders.lock().unwrap();
         self.guards.retain(|(h, _)| {
             let keep = !hosts.contains(h);
@@ -58,7 +58,7 @@ impl HostLocks {
     }
 
     /// Take every free host of `hosts` for `who`; the busy ones with their holders.
-    pub fn try_take(
+    pub(crate) fn try_take(
         self: &Arc<Self>,
         hosts: &[String],
         who: &str,
@@ -94,7 +94,7 @@ impl HostLocks {
     }
 
     /// Wait for `host` and take it for `who`.
-    pub async fn take(self: &Arc<Self>, host: &str, who: &str) -> Held {
+    pub(crate) async fn take(self: &Arc<Self>, host: &str, who: &str) -> Held {
         let g = self.lock_of(host).lock_owned().await;
         self.holders
             .lock()

@@ -28,12 +28,12 @@
 
 mod alerts;
 mod commit;
-pub mod dashboard;
+pub(crate) mod dashboard;
 mod drift;
-pub mod history;
-pub mod http;
+pub(crate) mod history;
+pub(crate) mod http;
 mod jobs;
-pub mod locks;
+pub(crate) mod locks;
 mod proposals;
 mod rollout;
 mod runner;

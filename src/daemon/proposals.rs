@@ -13,10 +13,10 @@ use tracing::{info, warn};
 use super::scheduler::{Again, Request, Requeue};
 use super::{Ctx, State};
 
-pub use super::worker::{Report, Reviewed};
+pub(super) use super::worker::{Report, Reviewed};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Seen {
+pub(super) struct Seen {
     pub commit: String,
     /// Recorded before its worker starts, cleared with its verdict: a head
     /// whose planning took the daemon down is never planned again by itself.
@@ -30,13 +30,13 @@ pub struct Seen {
 }
 
 /// Proposal ref → the head planned last.
-pub type Record = BTreeMap<String, Seen>;
+pub(super) type Record = BTreeMap<String, Seen>;
 
 const FILE: &str = "proposals.json";
 
 /// The record of planned heads; an unreadable one is set aside and named
 /// (the proposals are then planned again: that rebuilds it).
-pub fn load_record(state_dir: &Path) -> (Record, Option<crate::state_file::Unreadable>) {
+pub(super) fn load_record(state_dir: &Path) -> (Record, Option<crate::state_file::Unreadable>) {
     crate::state_file::read(&state_dir.join(FILE))
 }
 
@@ -48,7 +48,7 @@ fn save_record(state_dir: &Path, r: &Record) {
 }
 
 /// A proposal's worker finished (or died): its verdict, back to the loop.
-pub struct ProposalDone {
+pub(super) struct ProposalDone {
     pub name: String,
     pub sha: String,
     pub result: Result<super::worker::Planned, String>,

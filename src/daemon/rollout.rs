@@ -27,7 +27,7 @@ use crate::model::desired::{Fleet, Stage};
 use crate::reconcile::{self, FleetPlan};
 
 /// What a rollout tells the loop.
-pub enum Event {
+pub(super) enum Event {
     /// A stage starts, or a pause.
     Progress(RolloutStatus),
     /// It ended (done or stopped); its hosts are free again.

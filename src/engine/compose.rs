@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::digest::sha256_hex;
 
-pub use crate::model::desired::COMPOSE_FILES as FILES;
+pub(crate) use crate::model::desired::COMPOSE_FILES as FILES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -18,7 +18,7 @@ pub struct Service {
 
 /// The services of a compose file; None when it is not YAML with a
 /// `services:` mapping (compose itself will say what is wrong).
-pub fn services(text: &[u8]) -> Option<BTreeMap<String, Service>> {
+pub(crate) fn services(text: &[u8]) -> Option<BTreeMap<String, Service>> {
     let text = std::str::from_utf8(text).ok()?;
     let doc: serde_json::Value = serde_saphyr::from_str(text).ok()?;
     let map = doc.get("services")?.as_object()?;
@@ -40,13 +40,16 @@ pub fn services(text: &[u8]) -> Option<BTreeMap<String, Service>> {
 
 /// Old and new services compared: what `up` recreates, creates and removes.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ServiceChanges {
+pub(crate) struct ServiceChanges {
     pub recreate: Vec<String>,
     pub create: Vec<String>,
     pub remove: Vec<String>,
 }
 
-pub fn changes(old: &BTreeMap<String, Service>, new: &BTreeMap<String, Service>) -> ServiceChanges {
+pub(crate) fn changes(
+    old: &BTreeMap<String, Service>,
+    new: &BTreeMap<String, Service>,
+) -> ServiceChanges {
     let mut c = ServiceChanges::default();
     for (name, s) in new {
         match old.get(name) {

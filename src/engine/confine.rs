@@ -8,12 +8,12 @@ use super::kinds::Observe;
 use super::plan::{Action, Change, HostPlan, ResourceKind};
 use crate::model::desired::Confinement;
 
-pub const NOT_READ: &str = "current content not shown (not managed on the base branch)";
-pub const GUARD_NOT_RUN: &str = "runs if its guard says so (not evaluated for proposals)";
+pub(crate) const NOT_READ: &str = "current content not shown (not managed on the base branch)";
+pub(crate) const GUARD_NOT_RUN: &str = "runs if its guard says so (not evaluated for proposals)";
 
 /// What the probe leaves alone on a confined host.
 #[derive(Debug, Default)]
-pub struct Unobserved {
+pub(crate) struct Unobserved {
     /// Paths, sysctl keys and stacks the base does not manage.
     pub ids: Vec<String>,
     /// Commands whose guards differ from the base's.
@@ -24,7 +24,7 @@ pub struct Unobserved {
 
 /// Mark content sensitive where the base does (whatever the proposal says),
 /// then split off what may be probed.
-pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
+pub(crate) fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
     let mut un = Unobserved::default();
     let mut probed = Vec::new();
     for i in items.iter_mut() {
@@ -43,7 +43,7 @@ pub fn split(items: &mut [Item], c: &Confinement) -> (Vec<Item>, Unobserved) {
 
 /// A proposal's new host: its guarded commands show as "runs if its guard
 /// says so" (the preview observed nothing, so it cannot say otherwise).
-pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
+pub(crate) fn new_host(plan: &mut HostPlan, items: &[Item]) {
     let nothing = Confinement::default();
     let un = Unobserved {
         guards: items
@@ -63,7 +63,7 @@ pub fn new_host(plan: &mut HostPlan, items: &[Item]) {
 }
 
 /// Say in the plan what was not observed.
-pub fn annotate(plan: &mut HostPlan, un: &Unobserved) {
+pub(crate) fn annotate(plan: &mut HostPlan, un: &Unobserved) {
     plan.changes
         .retain(|c| !(c.kind == ResourceKind::File && un.secrets.contains(&c.id)));
     for c in plan.changes.iter_mut() {

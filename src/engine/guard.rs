@@ -16,7 +16,7 @@ use crate::transport::shell_quote as q;
 const TIMER: &str = "--timer-property=AccuracySec=1s";
 
 /// ufw's own state, saved and restored as a whole.
-pub const UFW_FILES: [&str; 5] = [
+pub(crate) const UFW_FILES: [&str; 5] = [
     "/etc/ufw/user.rules",
     "/etc/ufw/user6.rules",
     "/etc/ufw/ufw.conf",
@@ -25,12 +25,12 @@ pub const UFW_FILES: [&str; 5] = [
 ];
 
 /// Does this change touch what access depends on? Each kind says.
-pub fn is_risky(c: &Change, login_user: &str) -> bool {
+pub(crate) fn is_risky(c: &Change, login_user: &str) -> bool {
     kinds::of(c.kind, &c.id).is_risky(&c.id, login_user)
 }
 
 /// The risky changes of a plan, as `kind id` for reports.
-pub fn risky(plan: &HostPlan, login_user: &str) -> Vec<String> {
+pub(crate) fn risky(plan: &HostPlan, login_user: &str) -> Vec<String> {
     plan.changes
         .iter()
         .filter(|c| is_risky(c, login_user))
@@ -41,7 +41,7 @@ pub fn risky(plan: &HostPlan, login_user: &str) -> Vec<String> {
 /// Shell code (run inside the apply script, after the lock is taken) that
 /// saves the current state of every risky path and arms the rollback timer.
 /// `$S` is the state directory and `$R` the root prefix.
-pub fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> String {
+pub(crate) fn arm(plan: &HostPlan, login_user: &str, run: &str, deadline_secs: u64) -> String {
     let saves = saves(plan, login_user);
     let saved = format!("$S/rollback/{run}");
     let mut s = save_script(&saves, &saved);
@@ -156,7 +156,7 @@ fn save_script(saves: &Saves, saved: &str) -> String {
 }
 
 /// Start the rollback countdown again at the end of the apply.
-pub fn rearm(run: &str, deadline_secs: u64) -> String {
+pub(crate) fn rearm(run: &str, deadline_secs: u64) -> String {
     format!(
         "systemctl stop {unit}.timer 2>/dev/null\n\
          if command -v systemd-run >/dev/null && [ -d /run/systemd/system ]; then \
@@ -166,14 +166,14 @@ pub fn rearm(run: &str, deadline_secs: u64) -> String {
 }
 
 /// The transient unit that rolls back `run`.
-pub fn unit(run: &str) -> String {
+pub(crate) fn unit(run: &str) -> String {
     format!("tidekeeper-rollback-{run}")
 }
 
 /// Roll back at once, over the connection the change was applied through
 /// (still open while the proving connection failed); the timer stays armed
 /// as the fallback if this does not get through.
-pub fn rollback_now_script(run: &str) -> String {
+pub(crate) fn rollback_now_script(run: &str) -> String {
     format!(
         "S=/var/lib/tidekeeper; [ -e \"$S/rolled-back/{run}\" ] && {{ echo rolled-back; exit 0; }}; \
          [ -e \"$S/rollback/{run}.sh\" ] || exit 3; /bin/sh \"$S/rollback/{run}.sh\" || exit 1; \
@@ -183,7 +183,7 @@ pub fn rollback_now_script(run: &str) -> String {
 }
 
 /// Disarm the rollback after access was proven (run over the new connection).
-pub fn disarm_script(run: &str) -> String {
+pub(crate) fn disarm_script(run: &str) -> String {
     format!(
         "S=/var/lib/tidekeeper; systemctl stop {unit}.timer {unit}-final.timer 2>/dev/null; rm -f \"$S/rollback/{run}.armed\"; \
          if [ -e \"$S/rolled-back/{run}\" ]; then echo rolled-back; exit 3; fi; \

@@ -43,7 +43,7 @@ fn test(c: &HealthCheck) -> (String, String) {
 }
 
 /// Run `checks` on `host` over a new connection; the failures, named.
-pub async fn check_host(
+pub(crate) async fn check_host(
     fleet: &crate::model::desired::Fleet,
     host: &crate::model::desired::Host,
     checks: &[HealthCheck],
@@ -70,7 +70,7 @@ pub async fn check_host(
 
 /// Health gates as one script: every check must pass; each failure is named
 /// on stderr.
-pub fn health_script(checks: &[HealthCheck]) -> String {
+pub(crate) fn health_script(checks: &[HealthCheck]) -> String {
     let mut s = String::from("fail=0\n");
     for c in checks {
         let (test, what) = test(c);
@@ -85,7 +85,7 @@ pub fn health_script(checks: &[HealthCheck]) -> String {
 
 /// A shell function body that waits up to `secs` for every check to pass
 /// (containers take a while to report healthy), then names what failed.
-pub fn wait_script(checks: &[HealthCheck], secs: u64) -> String {
+pub(crate) fn wait_script(checks: &[HealthCheck], secs: u64) -> String {
     let all: Vec<String> = checks.iter().map(|c| test(c).0).collect();
     let mut s = format!(
         "i=0; while [ $i -lt {secs} ]; do if {{ {}; }} 2>/dev/null; then break; fi; i=$((i+1)); sleep 1; done\n",

@@ -151,7 +151,7 @@ impl Item {
 }
 
 /// Home directory a user gets when none is configured.
-pub fn default_home(name: &str) -> String {
+pub(crate) fn default_home(name: &str) -> String {
     if name == "root" {
         "/root".into()
     } else {
@@ -160,7 +160,7 @@ pub fn default_home(name: &str) -> String {
 }
 
 /// `ssh` → `ssh.service`; names with a unit suffix stay as they are.
-pub fn unit_name(name: &str) -> String {
+pub(crate) fn unit_name(name: &str) -> String {
     const SUFFIXES: [&str; 6] = [
         ".service", ".timer", ".socket", ".target", ".mount", ".path",
     ];
@@ -172,7 +172,7 @@ pub fn unit_name(name: &str) -> String {
 }
 
 /// What a handler does, as a shell command.
-pub fn handler_command(h: &Handler) -> String {
+pub(crate) fn handler_command(h: &Handler) -> String {
     use crate::model::desired::HandlerAction::*;
     use crate::transport::shell_quote;
     match &h.action {

@@ -12,17 +12,17 @@
 //! - [`render`]: plans and reports for people and machines.
 
 pub mod apply;
-pub mod compose;
-pub mod confine;
-pub mod guard;
-pub mod health;
-pub mod item;
-pub mod kinds;
-pub mod observed;
-pub mod plan;
-pub mod probe;
-pub mod render;
-pub mod sh;
+pub(crate) mod compose;
+pub(crate) mod confine;
+pub(crate) mod guard;
+pub(crate) mod health;
+pub(crate) mod item;
+pub(crate) mod kinds;
+pub(crate) mod observed;
+pub(crate) mod plan;
+pub(crate) mod probe;
+pub(crate) mod render;
+pub(crate) mod sh;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::desired::FirewallRule;
 
 /// Where tidekeeper keeps its state on a host.
-pub const STATE_DIR: &str = "/var/lib/tidekeeper";
+pub(crate) const STATE_DIR: &str = "/var/lib/tidekeeper";
 /// Text files up to this size are fetched when they differ, for diffs.
-pub const DIFF_LIMIT: u64 = 256 * 1024;
+pub(crate) const DIFF_LIMIT: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
@@ -149,10 +149,10 @@ pub struct FirewallState {
 /// Steps that completed since the inventory was last written whole, one
 /// line each (`kind\tname\tchecksum`), appended by the step itself right
 /// after it succeeded; the next whole write of the inventory folds them in.
-pub const RAN: &str = "ran";
+pub(crate) const RAN: &str = "ran";
 /// Commands that failed since the inventory was last written whole
 /// (`name\twhen\texit code`): why the next plan runs them again.
-pub const FAILED: &str = "failed";
+pub(crate) const FAILED: &str = "failed";
 
 /// What tidekeeper manages on a host, kept in `/var/lib/tidekeeper/inventory.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

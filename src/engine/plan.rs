@@ -10,10 +10,10 @@ use serde::Serialize;
 use super::item::{Item, handler_command};
 use super::kinds::{self, Need};
 use super::observed::{Inventory, InventoryEntry, Observed};
-pub use crate::change::{Action, Attr, ResourceKind};
+pub(crate) use crate::change::{Action, ResourceKind};
 use crate::model::desired::Host;
 
-pub use super::kinds::Change;
+pub(crate) use super::kinds::Change;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HandlerRun {
@@ -80,14 +80,7 @@ pub struct PlanOptions {
 }
 
 /// Deleting more than this many resources on one host needs permission.
-pub const MASS_DELETE_COUNT: usize = 20;
-
-pub use super::kinds::file::text_diff;
-
-/// The checksum of a command's definition kept in the inventory.
-pub fn command_hash(c: &crate::model::desired::CommandResource) -> String {
-    kinds::command::hash(c)
-}
+pub(crate) const MASS_DELETE_COUNT: usize = 20;
 
 fn change(item: &Item, need: Need) -> Change {
     let notify = item.notify().to_vec();
@@ -106,7 +99,12 @@ fn change(item: &Item, need: Need) -> Change {
 }
 
 /// Compute the plan for one host.
-pub fn plan_host(host: &Host, items: &[Item], obs: &Observed, opts: PlanOptions) -> HostPlan {
+pub(crate) fn plan_host(
+    host: &Host,
+    items: &[Item],
+    obs: &Observed,
+    opts: PlanOptions,
+) -> HostPlan {
     let mut changes = Vec::new();
     let mut warnings = Vec::new();
     let mut blocked = Vec::new();

@@ -13,10 +13,10 @@ use super::item::Item;
 use super::kinds;
 use crate::transport::shell_quote as q;
 
-pub use super::observed::*;
+pub(crate) use super::observed::*;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error(
         "the probe's output ended early (no end marker); the host may be out of disk or memory"
     )]
@@ -27,19 +27,25 @@ pub enum ProbeError {
 
 use super::sh::Tag;
 
-pub use super::kinds::file::ContentCheck;
+pub(crate) use super::kinds::file::ContentCheck;
 
 /// The probe script for a host's items. `root` prefixes every path.
 /// With `content.settled`, the output says whether the host's record of
 /// settled files was used ([`Settled`]); when it was not, probe again
 /// without it.
-pub fn script(items: &[Item], root: &str, content: ContentCheck) -> String {
+#[cfg(test)]
+pub(crate) fn script(items: &[Item], root: &str, content: ContentCheck) -> String {
     script_after(items, root, content, "")
 }
 
 /// [`script`], running `first` (a vouch owed to the stat cache, see
 /// [`super::Vouches`]) before it looks at anything.
-pub fn script_after(items: &[Item], root: &str, content: ContentCheck, first: &str) -> String {
+pub(crate) fn script_after(
+    items: &[Item],
+    root: &str,
+    content: ContentCheck,
+    first: &str,
+) -> String {
     let mut s = super::sh::probe_prelude(root);
     s.push_str(first);
     // Every path's stat, shared by the path kinds, then each kind's own.
@@ -70,7 +76,7 @@ pub fn script_after(items: &[Item], root: &str, content: ContentCheck, first: &s
 }
 
 /// Parse the probe's output. `root` is stripped from paths again.
-pub fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeError> {
+pub(crate) fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, ProbeError> {
     let mut o = Observed::default();
     let mut ended = false;
     let mut ran = Vec::new();

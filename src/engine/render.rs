@@ -68,7 +68,7 @@ impl Totals {
     }
 
     /// Before the work, only what is not zero: `6 to add, 1 to run`.
-    pub fn to_do_short(&self) -> String {
+    pub fn pending_short(&self) -> String {
         self.parts(["to add", "to change", "to destroy", "to run"])
     }
 
@@ -89,7 +89,7 @@ impl Totals {
 }
 
 /// What plans would do, over the hosts planned.
-pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
+pub(crate) fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
     sum(results, |r| {
         r.plan.as_ref().map(|p| Totals {
             blocked: usize::from(!p.blocked.is_empty()),
@@ -100,7 +100,7 @@ pub fn totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
 
 /// What applies did, over hosts that failed too: counted from the steps
 /// each host reported done.
-pub fn done_totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
+pub(crate) fn done_totals<R: Borrow<HostResult>>(results: &[R]) -> Totals {
     sum(results, |r| r.done)
 }
 
@@ -123,7 +123,7 @@ fn indent(text: &str, by: &str) -> String {
     text.lines().map(|l| format!("{by}{l}\n")).collect()
 }
 
-pub fn host_plan(p: &HostPlan, color: bool) -> String {
+pub(crate) fn host_plan(p: &HostPlan, color: bool) -> String {
     let (green, yellow, red, cyan, bold, reset) = if color {
         (
             "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[36m", "\x1b[1m", "\x1b[0m",
@@ -200,7 +200,7 @@ pub fn host_plan(p: &HostPlan, color: bool) -> String {
 }
 
 /// Cloud changes count like the hosts' (a replace is one add and one destroy).
-pub fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
+pub(crate) fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
     for c in cloud.map(|c| c.changes.as_slice()).unwrap_or_default() {
         match c.action {
             CloudAction::Create => t.add += 1,
@@ -218,15 +218,8 @@ pub fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
     t
 }
 
-/// The whole plan: a header per host, changes, and the closing summary line.
-pub fn plan_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
-    let mut s = hosts_text(results, color);
-    s.push_str(&summary_line(&totals(results)));
-    s
-}
-
 /// A header and the changes of each host that has any (errors and skips too).
-pub fn hosts_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
+pub(crate) fn hosts_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
     let mut s = String::new();
     for r in results {
         let r = r.borrow();
@@ -258,7 +251,7 @@ pub fn hosts_text<R: Borrow<HostResult>>(results: &[R], color: bool) -> String {
     s
 }
 
-pub fn summary_line(t: &Totals) -> String {
+pub(crate) fn summary_line(t: &Totals) -> String {
     let mut s = if t.add + t.change + t.destroy + t.run == 0 && t.blocked > 0 {
         format!(
             "Nothing can be applied: {} host{} blocked (see above); the configuration is not met.\n",
@@ -295,7 +288,7 @@ pub fn summary_line(t: &Totals) -> String {
 }
 
 /// After an apply: one line per host.
-pub fn apply_summary(results: &[HostResult]) -> String {
+pub(crate) fn apply_summary(results: &[HostResult]) -> String {
     let mut s = String::new();
     for r in results {
         let secs = r.elapsed.as_secs_f64();
@@ -346,7 +339,7 @@ struct JsonHost<'a> {
     plan: Option<&'a HostPlan>,
 }
 
-pub fn json<R: Borrow<HostResult>>(results: &[R]) -> serde_json::Value {
+pub(crate) fn json<R: Borrow<HostResult>>(results: &[R]) -> serde_json::Value {
     let hosts: Vec<JsonHost> = results
         .iter()
         .map(|r| r.borrow())

@@ -9,17 +9,17 @@ use crate::transport::shell_quote;
 /// only thing a [`Cmd`] takes, so config values reach a generated script
 /// quoted or not at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Word(String);
+pub(crate) struct Word(String);
 
 impl Word {
     /// Any text, quoted where it needs to be.
-    pub fn quoted(text: &str) -> Word {
+    pub(crate) fn quoted(text: &str) -> Word {
         Word(shell_quote(text))
     }
 
     /// A fixed word of the script (a program, a flag). Panics on anything
     /// the shell would interpret: literals are written here, never read.
-    pub fn lit(text: &'static str) -> Word {
+    pub(crate) fn lit(text: &'static str) -> Word {
         assert!(
             !text.is_empty()
                 && text
@@ -31,17 +31,17 @@ impl Word {
     }
 
     /// A number.
-    pub fn num(n: impl Into<u64>) -> Word {
+    pub(crate) fn num(n: impl Into<u64>) -> Word {
         Word(n.into().to_string())
     }
 
     /// A file mode in octal.
-    pub fn mode(m: u32) -> Word {
+    pub(crate) fn mode(m: u32) -> Word {
         Word(format!("{m:04o}"))
     }
 
     /// A shell variable of the script, expanded as one word.
-    pub fn var(name: &'static str) -> Word {
+    pub(crate) fn var(name: &'static str) -> Word {
         assert!(
             name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "not a variable name: {name:?}"
@@ -50,21 +50,21 @@ impl Word {
     }
 
     /// Staging directory `k` of an apply (see `kinds::file::stage`).
-    pub fn staged_dir(k: usize) -> Word {
+    pub(crate) fn staged_dir(k: usize) -> Word {
         Word(format!("\"$tk_d{k}\""))
     }
 
     /// A file `name` in staging directory `k`.
-    pub fn staged(k: usize, name: &str) -> Word {
+    pub(crate) fn staged(k: usize, name: &str) -> Word {
         Word(format!("\"$tk_d{k}\"/{}", shell_quote(name)))
     }
 
     /// A directory as the target of `mv SOURCES... DIR/`.
-    pub fn dir(path: &str) -> Word {
+    pub(crate) fn dir(path: &str) -> Word {
         Word(format!("{}/", shell_quote(path)))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -78,13 +78,13 @@ impl std::fmt::Display for Word {
 /// A command line of quoted words. A step's commands end in `|| return`
 /// (see [`Cmd::step`]) so the first failure ends the step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmd {
+pub(crate) struct Cmd {
     words: Vec<Word>,
     quiet: bool,
 }
 
 /// A command: `program` and then its arguments.
-pub fn cmd(program: &'static str) -> Cmd {
+pub(crate) fn cmd(program: &'static str) -> Cmd {
     Cmd {
         words: vec![Word::lit(program)],
         quiet: false,
@@ -93,32 +93,32 @@ pub fn cmd(program: &'static str) -> Cmd {
 
 impl Cmd {
     /// A fixed flag or word.
-    pub fn lit(mut self, word: &'static str) -> Cmd {
+    pub(crate) fn lit(mut self, word: &'static str) -> Cmd {
         self.words.push(Word::lit(word));
         self
     }
 
     /// A value, quoted.
-    pub fn arg(mut self, value: &str) -> Cmd {
+    pub(crate) fn arg(mut self, value: &str) -> Cmd {
         self.words.push(Word::quoted(value));
         self
     }
 
     /// A word made elsewhere (a number, a mode, a variable).
-    pub fn word(mut self, word: Word) -> Cmd {
+    pub(crate) fn word(mut self, word: Word) -> Cmd {
         self.words.push(word);
         self
     }
 
     /// Values, each quoted.
-    pub fn args<S: AsRef<str>>(mut self, values: impl IntoIterator<Item = S>) -> Cmd {
+    pub(crate) fn args<S: AsRef<str>>(mut self, values: impl IntoIterator<Item = S>) -> Cmd {
         self.words
             .extend(values.into_iter().map(|v| Word::quoted(v.as_ref())));
         self
     }
 
     /// `flag value` when there is a value.
-    pub fn opt(self, flag: &'static str, value: Option<Word>) -> Cmd {
+    pub(crate) fn opt(self, flag: &'static str, value: Option<Word>) -> Cmd {
         match value {
             Some(v) => self.lit(flag).word(v),
             None => self,
@@ -126,13 +126,13 @@ impl Cmd {
     }
 
     /// Standard output goes to /dev/null.
-    pub fn quiet(mut self) -> Cmd {
+    pub(crate) fn quiet(mut self) -> Cmd {
         self.quiet = true;
         self
     }
 
     /// The command as a line of a step: it ends the step when it fails.
-    pub fn step(&self) -> String {
+    pub(crate) fn step(&self) -> String {
         format!("{self} || return\n")
     }
 }
@@ -153,7 +153,7 @@ impl std::fmt::Display for Cmd {
 /// reports a step, and on a failure removes what was staged but not put in
 /// place; `owe`/`paid` keep the handlers owed, `backup` keeps the old copy
 /// of a path).
-pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
+pub(crate) fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
     format!(
         "set -u\numask 022\nexport DEBIAN_FRONTEND=noninteractive\nR={root}\nTK_ROOT=\"$R\"; export TK_ROOT\nS={state}\n\
          mkdir -p \"$S\" || exit 1\nexec 9>\"$S/lock\"\n\
@@ -175,7 +175,7 @@ pub fn apply_prelude(root: &str, state: &str, run_id: &str) -> String {
 
 /// The probe script's prelude: no error output (a missing path is an
 /// answer, not a failure), and the local root as `TK_ROOT` for guards.
-pub fn probe_prelude(root: &str) -> String {
+pub(crate) fn probe_prelude(root: &str) -> String {
     format!(
         "exec 2>/dev/null\nTK_ROOT={}; export TK_ROOT\n",
         shell_quote(root)
@@ -184,7 +184,7 @@ pub fn probe_prelude(root: &str) -> String {
 
 /// Ends every heredoc in generated scripts (never a line of a config file:
 /// text files travel as one quoted word, other files base64-encoded).
-pub const HEREDOC: &str = "TK_EOF_5f1c";
+pub(crate) const HEREDOC: &str = "TK_EOF_5f1c";
 
 /// The first field of a probe record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,9 +8,9 @@
 //!   checked, the preview, the confirmation asked through the caller, the
 //!   restore.
 
-pub mod plan;
-pub mod restore;
-pub mod run;
+pub(crate) mod plan;
+pub(crate) mod restore;
+pub(crate) mod run;
 
 /// What a power schedule keeps up and what that saves, for people:
 /// hours up in the next 30 days and, with `observed` prices, the monthly cost

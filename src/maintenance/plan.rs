@@ -9,7 +9,7 @@ use crate::transport::shell_quote as q;
 
 /// The next scheduled run of `job` strictly after `after`. A power job also
 /// runs when a running period ends (to stop the servers).
-pub fn next(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let start = next_start(job, after);
     let end = power_period(job, after)
         .map(|(_, end)| end)
@@ -29,7 +29,7 @@ fn next_start(job: &Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
 
 /// For a power job: the running period `[start, end)` that covers `t` — the
 /// latest cron start at or before `t` whose `running_for` has not run out.
-pub fn power_period(job: &Job, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+pub(crate) fn power_period(job: &Job, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let JobKind::Power { running_for_secs } = job.kind else {
         return None;
     };
@@ -48,7 +48,7 @@ pub fn power_period(job: &Job, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateT
 
 /// Hours a power job keeps its servers up in the 30 days from `from`
 /// (overlapping periods counted once).
-pub fn power_hours(job: &Job, from: DateTime<Utc>) -> f64 {
+pub(crate) fn power_hours(job: &Job, from: DateTime<Utc>) -> f64 {
     let JobKind::Power { running_for_secs } = job.kind else {
         return 0.0;
     };
@@ -72,7 +72,11 @@ pub fn power_hours(job: &Job, from: DateTime<Utc>) -> f64 {
 }
 
 /// Every scheduled run in `(from, to]`.
-pub fn runs_between(job: &Job, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+pub(crate) fn runs_between(
+    job: &Job,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
     let mut out = Vec::new();
     let mut t = from;
     while let Some(n) = next(job, t) {
@@ -87,7 +91,7 @@ pub fn runs_between(job: &Job, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Da
 
 /// At start-up: a run missed while tidekeeper was down (after `last_run`,
 /// before `now`) is caught up once if it was due within the job's grace.
-pub fn catch_up(
+pub(crate) fn catch_up(
     job: &Job,
     last_run: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
@@ -99,7 +103,7 @@ pub fn catch_up(
 
 /// Why a job (or the next host of a job) may not start now: the window is
 /// closed, or would close before the job's timeout.
-pub fn window_refusal(
+pub(crate) fn window_refusal(
     window: Option<&Window>,
     now: DateTime<Utc>,
     timeout: Duration,
@@ -213,7 +217,7 @@ fn pg_dump_script(db: &str, host: &str) -> String {
     )
 }
 
-pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
+pub(crate) fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
     let mut s = locked_prelude();
     match &job.kind {
         JobKind::Command { run } => {
@@ -272,7 +276,7 @@ pub fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String
     Ok(s)
 }
 
-pub use crate::engine::health::health_script;
+pub(crate) use crate::engine::health::health_script;
 
 #[cfg(test)]
 mod tests {

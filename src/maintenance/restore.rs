@@ -18,7 +18,7 @@ use crate::transport::shell_quote as q;
 
 /// What to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum What {
+pub(crate) enum What {
     /// Files under `path` (None: the whole snapshot) into `target`
     /// (`/`: in place).
     Files {
@@ -32,7 +32,7 @@ pub enum What {
 
 /// A restore asked for on the command line, checked.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub host: String,
     /// `latest` or a snapshot id (hex, 8 to 64 digits).
     pub snapshot: String,
@@ -40,7 +40,7 @@ pub struct Request {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RestoreError {
+pub(crate) enum RestoreError {
     #[error("no job named {name:?}")]
     NoSuchJob {
         name: String,
@@ -67,7 +67,7 @@ pub enum RestoreError {
 
 impl RestoreError {
     /// What the person can do about it.
-    pub fn help(&self) -> Option<String> {
+    pub(crate) fn help(&self) -> Option<String> {
         match self {
             RestoreError::NoSuchJob { backups, .. } => {
                 Some(format!("backup jobs are: {}", backups.join(", ")))
@@ -81,7 +81,7 @@ impl RestoreError {
 
     /// The host, or what the host has, is not as asked (rather than
     /// the request or the way to the host).
-    pub fn is_invalid(&self) -> bool {
+    pub(crate) fn is_invalid(&self) -> bool {
         matches!(
             self,
             RestoreError::Failed { .. } | RestoreError::NoDump { .. }
@@ -91,7 +91,7 @@ impl RestoreError {
 
 /// What the person asked said to the preview.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Yes,
     No,
     /// There was no one to ask: nothing is restored.
@@ -99,7 +99,7 @@ pub enum Answer {
 }
 
 /// Asks whether to restore what the preview (its text for people) shows.
-pub trait Confirm {
+pub(crate) trait Confirm {
     fn confirm(&mut self, preview: &str) -> Answer;
 }
 
@@ -111,7 +111,7 @@ impl<F: FnMut(&str) -> Answer> Confirm for F {
 
 /// How a restore that ran to the end ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Restored {
+pub(crate) enum Restored {
     /// The snapshot is back, in `elapsed`.
     Done {
         short_id: String,
@@ -123,7 +123,7 @@ pub enum Restored {
 
 /// What the snapshot holds, as the preview found it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Preview {
+pub(crate) struct Preview {
     pub snapshot: String,
     pub short_id: String,
     pub time: String,
@@ -136,12 +136,12 @@ pub struct Preview {
 }
 
 /// How many paths the preview names.
-pub const SAMPLE: usize = 20;
+pub(crate) const SAMPLE: usize = 20;
 
 impl Request {
     /// Check what came from the command line against `job`; everything
     /// here reaches a shell script (quoted, and checked first).
-    pub fn new(
+    pub(crate) fn new(
         job: &Job,
         host: &str,
         snapshot: &str,
@@ -234,7 +234,7 @@ fn repo(job: &Job, host: &str) -> String {
 
 /// Lists the snapshot (resolving `latest` among the host's snapshots):
 /// restic's JSON lines, the snapshot first.
-pub fn preview_script(job: &Job, req: &Request, password: &str) -> String {
+pub(crate) fn preview_script(job: &Job, req: &Request, password: &str) -> String {
     let mut s = locked_prelude();
     s.push_str(&restic_env(password, &repo(job, &req.host)));
     let path = req.listed(job).map(|p| q(&p)).unwrap_or_default();
@@ -247,7 +247,7 @@ pub fn preview_script(job: &Job, req: &Request, password: &str) -> String {
 }
 
 /// Parse restic's `ls --json` lines.
-pub fn parse_preview(out: &str) -> Result<Preview, String> {
+pub(crate) fn parse_preview(out: &str) -> Result<Preview, String> {
     let mut p = Preview::default();
     for line in out.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value =
@@ -282,7 +282,7 @@ pub fn parse_preview(out: &str) -> Result<Preview, String> {
 }
 
 /// Restores snapshot `id` (as the preview resolved it).
-pub fn restore_script(job: &Job, req: &Request, password: &str, id: &str) -> String {
+pub(crate) fn restore_script(job: &Job, req: &Request, password: &str, id: &str) -> String {
     let mut s = locked_prelude();
     s.push_str(&restic_env(password, &repo(job, &req.host)));
     match &req.what {
@@ -335,7 +335,7 @@ pub fn restore_script(job: &Job, req: &Request, password: &str, id: &str) -> Str
 }
 
 /// The preview for people.
-pub fn render_preview(job: &Job, req: &Request, p: &Preview) -> String {
+pub(crate) fn render_preview(job: &Job, req: &Request, p: &Preview) -> String {
     let mut s = format!(
         "Restore on {} from job {} (repository {}):\n  snapshot {} of {} (host {})\n",
         req.host,
@@ -388,7 +388,7 @@ pub fn render_preview(job: &Job, req: &Request, p: &Preview) -> String {
 }
 
 /// The backup job named `name`.
-pub fn job<'a>(fleet: &'a Fleet, name: &str) -> Result<&'a Job, RestoreError> {
+pub(crate) fn job<'a>(fleet: &'a Fleet, name: &str) -> Result<&'a Job, RestoreError> {
     fleet
         .jobs
         .iter()
@@ -405,7 +405,7 @@ pub fn job<'a>(fleet: &'a Fleet, name: &str) -> Result<&'a Job, RestoreError> {
 }
 
 /// The restic repository's password, decrypted with the fleet.
-pub fn password(fleet: &Fleet, job: &Job) -> Result<String, RestoreError> {
+pub(crate) fn password(fleet: &Fleet, job: &Job) -> Result<String, RestoreError> {
     let JobKind::Backup {
         password_secret, ..
     } = &job.kind
@@ -422,7 +422,7 @@ pub fn password(fleet: &Fleet, job: &Job) -> Result<String, RestoreError> {
 
 /// Restore `req` from `job` onto its host: preview the snapshot, ask
 /// `confirm` with the preview, then restore exactly the snapshot shown.
-pub async fn run(
+pub(crate) async fn run(
     fleet: &Fleet,
     clouds: &Clouds,
     job: &Job,

@@ -318,7 +318,7 @@ fn labels_for_retention(
 /// The fleet with its cloud hosts' addresses, as a reconcile reaches them
 /// (unchanged without cloud hosts, or when the providers do not answer:
 /// connecting then says the address is not known).
-pub async fn with_addresses(fleet: &Fleet, clouds: &Clouds) -> Fleet {
+pub(crate) async fn with_addresses(fleet: &Fleet, clouds: &Clouds) -> Fleet {
     let cloud = fleet.hosts.iter().any(|h| {
         matches!(
             h.provider,
@@ -332,7 +332,7 @@ pub async fn with_addresses(fleet: &Fleet, clouds: &Clouds) -> Fleet {
     fleet.clone()
 }
 
-pub async fn run_job(
+pub(crate) async fn run_job(
     fleet: &Fleet,
     job: &Job,
     only: &[String],

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 /// An absolute, normalised path on a host: `/etc/ssh/sshd_config`.
-pub fn host_path(p: &str) -> Result<(), String> {
+pub(crate) fn host_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("path {p:?} must be absolute (start with /)"));
     }
@@ -38,7 +38,7 @@ pub fn host_path(p: &str) -> Result<(), String> {
 
 /// A path inside a directory of the config repo (`files/`, `templates/`…):
 /// relative, no `..`, no absolute paths.
-pub fn repo_relative(p: &str) -> Result<(), String> {
+pub(crate) fn repo_relative(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("the path is empty".into());
     }
@@ -59,7 +59,7 @@ pub fn repo_relative(p: &str) -> Result<(), String> {
 }
 
 /// Octal file mode, written as a string: `"0644"`, `"755"`, `"1777"`.
-pub fn mode(m: &str) -> Result<u32, String> {
+pub(crate) fn mode(m: &str) -> Result<u32, String> {
     let digits = m.trim();
     let ok = (3..=4).contains(&digits.len()) && digits.chars().all(|c| ('0'..='7').contains(&c));
     if !ok {
@@ -72,7 +72,7 @@ pub fn mode(m: &str) -> Result<u32, String> {
 
 /// A name that reaches a shell command as one word (a unit, a command's
 /// name): no control characters, no leading dash (it would read as an option).
-pub fn shell_word(what: &str, n: &str) -> Result<(), String> {
+pub(crate) fn shell_word(what: &str, n: &str) -> Result<(), String> {
     if n.is_empty() {
         return Err(format!("{what} name is empty"));
     }
@@ -90,7 +90,7 @@ pub fn shell_word(what: &str, n: &str) -> Result<(), String> {
 }
 
 /// A systemd unit name: one word, no slash or space.
-pub fn unit_name(n: &str) -> Result<(), String> {
+pub(crate) fn unit_name(n: &str) -> Result<(), String> {
     shell_word("unit", n)?;
     if n.contains('/') || n.chars().any(char::is_whitespace) {
         return Err(format!("{n:?} is not a systemd unit name (no / or spaces)"));
@@ -100,7 +100,7 @@ pub fn unit_name(n: &str) -> Result<(), String> {
 
 /// The name of a timer or cron entry: it names unit files and a file in
 /// /etc/cron.d, where cron ignores names with a dot.
-pub fn schedule_name(what: &str, n: &str) -> Result<(), String> {
+pub(crate) fn schedule_name(what: &str, n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 64
         && !n.starts_with('-')
@@ -117,7 +117,7 @@ pub fn schedule_name(what: &str, n: &str) -> Result<(), String> {
 
 /// A Debian package name: lowercase letters, digits and `+-.`, starting
 /// with a letter or digit (Debian policy 5.6.1); `:arch` and `=version` allowed.
-pub fn package_name(n: &str) -> Result<(), String> {
+pub(crate) fn package_name(n: &str) -> Result<(), String> {
     let ok = n
         .chars()
         .next()
@@ -132,7 +132,7 @@ pub fn package_name(n: &str) -> Result<(), String> {
 }
 
 /// A user or group name as `useradd` accepts it.
-pub fn account_name(n: &str) -> Result<(), String> {
+pub(crate) fn account_name(n: &str) -> Result<(), String> {
     let mut chars = n.chars();
     let first_ok = chars
         .next()
@@ -150,7 +150,7 @@ pub fn account_name(n: &str) -> Result<(), String> {
 }
 
 /// A host name: a DNS label of lowercase letters, digits and dashes.
-pub fn host_name(n: &str) -> Result<(), String> {
+pub(crate) fn host_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 63
         && n.chars()
@@ -167,7 +167,7 @@ pub fn host_name(n: &str) -> Result<(), String> {
 
 /// A PostgreSQL database name tidekeeper dumps and restores: plain
 /// characters only, since it reaches a shell script (quoted there too).
-pub fn database_name(n: &str) -> bool {
+pub(crate) fn database_name(n: &str) -> bool {
     (1..=63).contains(&n.len())
         && n.bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c))
@@ -176,7 +176,7 @@ pub fn database_name(n: &str) -> bool {
 
 /// A jump host written `[user@]address[:port]`: (user, address, port).
 /// The address is an IP or a DNS name (IPv6 in brackets when a port follows).
-pub fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {
+pub(crate) fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {
     let (user, rest) = match s.rsplit_once('@') {
         Some((u, r)) => (Some(u), r),
         None => (None, s),
@@ -212,7 +212,7 @@ pub fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {
 }
 
 /// A port or a port range: `22`, `8000:8100` (ufw's syntax).
-pub fn port_spec(p: &str) -> Result<(u16, u16), String> {
+pub(crate) fn port_spec(p: &str) -> Result<(u16, u16), String> {
     let one = |s: &str| -> Result<u16, String> {
         match s.trim().parse::<u32>() {
             Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
@@ -233,7 +233,7 @@ pub fn port_spec(p: &str) -> Result<(u16, u16), String> {
     }
 }
 
-pub fn proto(p: &str) -> Result<(), String> {
+pub(crate) fn proto(p: &str) -> Result<(), String> {
     match p {
         "tcp" | "udp" | "any" => Ok(()),
         _ => Err(format!("protocol {p:?} is not one of tcp, udp, any")),
@@ -241,7 +241,7 @@ pub fn proto(p: &str) -> Result<(), String> {
 }
 
 /// An address or network: `10.0.0.2`, `10.0.0.0/16`, `2001:db8::1/128`, or `any`.
-pub fn cidr(s: &str) -> Result<(), String> {
+pub(crate) fn cidr(s: &str) -> Result<(), String> {
     if s == "any" {
         return Ok(());
     }
@@ -268,14 +268,14 @@ pub fn cidr(s: &str) -> Result<(), String> {
 
 /// A parsed network (`10.0.0.0/16`, or one address as its /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
+pub(crate) struct Net {
     pub addr: IpAddr,
     pub prefix: u8,
 }
 
 impl Net {
     /// `any` is the whole IPv4 internet (use [`Net::any_v6`] for IPv6).
-    pub fn parse(s: &str) -> Option<Net> {
+    pub(crate) fn parse(s: &str) -> Option<Net> {
         if s == "any" {
             return Some(Net {
                 addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -297,7 +297,7 @@ impl Net {
     }
 
     /// Is all of `inner` inside this network?
-    pub fn contains(&self, inner: &Net) -> bool {
+    pub(crate) fn contains(&self, inner: &Net) -> bool {
         let ((a, w), (b, w2)) = (Self::bits(self.addr), Self::bits(inner.addr));
         if w != w2 || inner.prefix < self.prefix {
             return false;
@@ -314,7 +314,7 @@ impl std::fmt::Display for Net {
 }
 
 /// A duration such as `90s`, `10m`, `2h`, `1d`, or combined `1h30m`.
-pub fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     let err =
         || format!("duration {s:?} is not like \"500ms\", \"30s\", \"10m\", \"2h\" or \"1h30m\"");
     let mut total: u64 = 0;
@@ -362,7 +362,7 @@ const KEY_TYPES: &[&str] = &[
 ];
 
 /// A public key line: `ssh-ed25519 AAAA… comment`. Returns (type, base64 blob).
-pub fn public_key(line: &str) -> Result<(String, String), String> {
+pub(crate) fn public_key(line: &str) -> Result<(String, String), String> {
     let mut parts = line.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
         return Err(

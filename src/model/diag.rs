@@ -139,7 +139,7 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// Byte offset of a 1-based (line, character column) in `text`, for snippets.
-pub fn byte_offset(text: &str, line: u64, column: u64) -> Option<usize> {
+pub(crate) fn byte_offset(text: &str, line: u64, column: u64) -> Option<usize> {
     if line == 0 {
         return None;
     }
@@ -156,7 +156,11 @@ pub fn byte_offset(text: &str, line: u64, column: u64) -> Option<usize> {
 }
 
 /// Render diagnostics with source snippets, as the CLI shows them.
-pub fn render(diags: &Diagnostics, source: &dyn Fn(&str) -> Option<String>, color: bool) -> String {
+pub(crate) fn render(
+    diags: &Diagnostics,
+    source: &dyn Fn(&str) -> Option<String>,
+    color: bool,
+) -> String {
     use miette::{
         GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, NamedSource,
     };

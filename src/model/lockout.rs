@@ -104,7 +104,7 @@ fn allowed_from(rules: &[Rule<'_>], port: u16) -> String {
 }
 
 /// A diagnostic per host whose firewall would shut tidekeeper out.
-pub fn check(fleet: &Fleet) -> Vec<Diagnostic> {
+pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
     let mut out: Vec<Diagnostic> = Vec::new();
     for h in &fleet.hosts {
         if h.address.is_none() && h.server.is_none() {

@@ -8,14 +8,14 @@
 //! [`crate::source::ConfigTree`]. [`render_with`] renders a loaded fleet
 //! again with the [`AddressBook`] the cloud stage learned.
 
-pub mod check;
+pub(crate) mod check;
 pub mod desired;
-pub mod diag;
-pub mod lockout;
-pub mod notify;
+pub(crate) mod diag;
+pub(crate) mod lockout;
+pub(crate) mod notify;
 pub mod raw;
-pub mod resolve;
-pub mod schema;
+pub(crate) mod resolve;
+pub(crate) mod schema;
 
 pub use desired::Fleet;
 pub use desired::{AddressBook, Addresses};

@@ -8,7 +8,7 @@ use super::raw;
 
 /// Where `init` puts the schemas in a config repo (and `tidekeeper schema
 /// --out` refreshes them).
-pub const DIR: &str = ".tidekeeper/schema";
+pub(crate) const DIR: &str = ".tidekeeper/schema";
 
 /// The kinds of config file, with the schema file each is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,7 +78,7 @@ impl ConfigFile {
 
 /// The yaml-language-server modeline for the config file at `path`: the
 /// schema by a path relative to the file, so it works in any checkout.
-pub fn modeline(path: &str) -> Option<String> {
+pub(crate) fn modeline(path: &str) -> Option<String> {
     let kind = ConfigFile::of(path)?;
     let up = "../".repeat(path.matches('/').count());
     Some(format!(
@@ -88,7 +88,7 @@ pub fn modeline(path: &str) -> Option<String> {
 }
 
 /// `text` with its modeline first, unless it has one.
-pub fn with_modeline(path: &str, text: &str) -> Option<String> {
+pub(crate) fn with_modeline(path: &str, text: &str) -> Option<String> {
     let line = modeline(path)?;
     if text.starts_with("# yaml-language-server:") {
         return None;

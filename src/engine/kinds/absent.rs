@@ -12,7 +12,7 @@ use crate::engine::observed::{PathKind, PathState};
 use crate::engine::sh::cmd;
 
 /// A path that is there goes.
-pub fn plan(have: Option<&PathState>) -> Option<Need> {
+pub(crate) fn plan(have: Option<&PathState>) -> Option<Need> {
     have.map(|ps| {
         let mut need = Need::new(Action::Delete).note(format!("removes a {}", ps.kind.word()));
         need.was = Some(ps.kind);
@@ -21,7 +21,7 @@ pub fn plan(have: Option<&PathState>) -> Option<Need> {
 }
 
 /// Apply: remove it (a file or link backed up first).
-pub fn apply(root: &str, path: &str, was: Option<PathKind>) -> String {
+pub(crate) fn apply(root: &str, path: &str, was: Option<PathKind>) -> String {
     let p = on_host(root, path);
     if was == Some(PathKind::Dir) {
         format!("rm -rf -- {p} || return\n")
@@ -31,7 +31,7 @@ pub fn apply(root: &str, path: &str, was: Option<PathKind>) -> String {
 }
 
 /// `absent:` as a [`Kind`].
-pub struct Absent;
+pub(crate) struct Absent;
 
 impl Kind for Absent {
     fn kind(&self) -> ResourceKind {

@@ -7,18 +7,18 @@
 use crate::model::desired::AptRepoResource;
 
 /// Where sources and keys go.
-pub const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
-pub const KEYRINGS_DIR: &str = "/etc/apt/keyrings";
+pub(crate) const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+pub(crate) const KEYRINGS_DIR: &str = "/etc/apt/keyrings";
 
 /// APT's own configuration: a change to any of it needs `apt-get update`
 /// before packages are installed.
-pub fn is_apt_config(path: &str) -> bool {
+pub(crate) fn is_apt_config(path: &str) -> bool {
     path.starts_with("/etc/apt/")
 }
 
 /// The key file's path: `.asc` for an ASCII-armored key, `.gpg` for a
 /// binary one (APT tells them apart by the name).
-pub fn key_path(r: &AptRepoResource) -> Option<String> {
+pub(crate) fn key_path(r: &AptRepoResource) -> Option<String> {
     let key = r.key.as_ref()?;
     let armored = key
         .bytes
@@ -31,7 +31,7 @@ pub fn key_path(r: &AptRepoResource) -> Option<String> {
 }
 
 /// The files of a repository: its key (if any) and its source, (path, content).
-pub fn files(r: &AptRepoResource) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files(r: &AptRepoResource) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let key = key_path(r);
     if let (Some(path), Some(k)) = (&key, &r.key) {
@@ -45,7 +45,7 @@ pub fn files(r: &AptRepoResource) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The deb822 source.
-pub fn source(r: &AptRepoResource, key: Option<&str>) -> String {
+pub(crate) fn source(r: &AptRepoResource, key: Option<&str>) -> String {
     let mut s = format!(
         "# Managed by tidekeeper.\nTypes: deb\nURIs: {}\nSuites: {}\n",
         r.uris.join(" "),

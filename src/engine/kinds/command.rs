@@ -17,7 +17,7 @@ use crate::model::desired::Confinement;
 /// Probe: for each guarded command, a [`Tag::Guard`] record with its name
 /// and `run` or `skip`. Guards run with a 60 s limit and no input; `creates`
 /// is looked for under `root`.
-pub fn probe(items: &[Item], root: &str) -> String {
+pub(crate) fn probe(items: &[Item], root: &str) -> String {
     let mut s = String::new();
     for i in items {
         let Item::Command(c) = i else { continue };
@@ -63,7 +63,7 @@ pub fn probe(items: &[Item], root: &str) -> String {
 
 /// Read a [`Tag::Guard`] record: the command's name and why it would run
 /// (None: its guards say skip).
-pub fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
+pub(crate) fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
     let (name, verdict) = record.split_once('\t').ok_or(Garbled)?;
     if verdict.contains('\t') {
         return Err(Garbled);
@@ -75,7 +75,7 @@ pub fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
 }
 
 /// Whether a command runs, and why (in the change's note).
-pub fn plan(c: &CommandResource, obs: &Observed) -> Option<Need> {
+pub(crate) fn plan(c: &CommandResource, obs: &Observed) -> Option<Need> {
     let guarded = c.creates.is_some() || c.unless.is_some() || c.onlyif.is_some();
     let reason = if guarded {
         obs.commands.get(&c.name).cloned().flatten()
@@ -98,7 +98,7 @@ pub fn plan(c: &CommandResource, obs: &Observed) -> Option<Need> {
 /// step's error log.
 /// Only a run that exited 0 is recorded as run (in `$S/ran`, right after
 /// it); a failed one is recorded as failed, with when and its exit code.
-pub fn apply(c: &CommandResource) -> String {
+pub(crate) fn apply(c: &CommandResource) -> String {
     let name = Word::quoted(&c.name);
     format!(
         "{} </dev/null >&2; rc=$?\n\
@@ -116,12 +116,12 @@ pub fn apply(c: &CommandResource) -> String {
 }
 
 /// The checksum of a command's definition kept in the inventory.
-pub fn hash(c: &CommandResource) -> String {
+pub(crate) fn hash(c: &CommandResource) -> String {
     sha256_hex(c.run.as_bytes())[..16].to_string()
 }
 
 /// `commands:` as a [`Kind`].
-pub struct Command;
+pub(crate) struct Command;
 
 impl Kind for Command {
     fn kind(&self) -> ResourceKind {

@@ -6,10 +6,10 @@
 use crate::model::desired::CronResource;
 
 /// Where the entries are written.
-pub const DIR: &str = "/etc/cron.d";
+pub(crate) const DIR: &str = "/etc/cron.d";
 
 /// The entry's file: (path, content).
-pub fn file(c: &CronResource) -> (String, String) {
+pub(crate) fn file(c: &CronResource) -> (String, String) {
     (
         format!("{DIR}/{}", c.name),
         format!(

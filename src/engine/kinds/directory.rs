@@ -13,7 +13,7 @@ use crate::engine::observed::{PathKind, PathState};
 use crate::engine::sh::{Word, cmd};
 
 /// What a directory needs.
-pub fn plan(
+pub(crate) fn plan(
     have: Option<&PathState>,
     mode: Option<u32>,
     owner: Option<&str>,
@@ -28,7 +28,7 @@ pub fn plan(
 
 /// Apply: move what is in the way aside, make the directory, set its mode
 /// (0755 unless the config says) and ownership.
-pub fn apply(
+pub(crate) fn apply(
     root: &str,
     path: &str,
     action: Action,
@@ -59,7 +59,7 @@ pub fn apply(
 }
 
 /// Prune: removed only when empty; otherwise a warning, and it stays.
-pub fn prune(root: &str, path: &str) -> String {
+pub(crate) fn prune(root: &str, path: &str) -> String {
     format!(
         "rmdir {} 2>/dev/null || printf '@@warn %s\\n' {}\n",
         on_host(root, path),
@@ -68,7 +68,7 @@ pub fn prune(root: &str, path: &str) -> String {
 }
 
 /// `directories:` as a [`Kind`].
-pub struct Directory;
+pub(crate) struct Directory;
 
 impl Kind for Directory {
     fn kind(&self) -> ResourceKind {

@@ -43,7 +43,7 @@ pub struct ContentCheck {
 /// managed file as it last hashed. ctime cannot be set by hand, so a file
 /// whose four values are unchanged was not written since (nor chmod-ed,
 /// chown-ed or renamed).
-pub const STAT_CACHE: &str = "filestat";
+pub(crate) const STAT_CACHE: &str = "filestat";
 
 /// Beside the stat cache: `DIGEST SHA256`, written after a plan found every
 /// managed file as the config wants it. It says: the stat cache whose own
@@ -51,13 +51,14 @@ pub const STAT_CACHE: &str = "filestat";
 /// [`settled_digest`] is `DIGEST`, each with the stat it had while it was
 /// as wanted (content, mode, owner and group). A file with that stat still
 /// is; a changed cache or config no longer matches.
-pub const SETTLED: &str = "filestat.settled";
+#[cfg(test)]
+pub(crate) const SETTLED: &str = "filestat.settled";
 
 /// Probe: one `sha256sum -c` per sensitivity, over every file or (with
 /// `changed_only`) over the files whose stat moved. A file that differs
 /// prints a [`Tag::Differs`] record; a non-sensitive one up to
 /// [`DIFF_LIMIT`] bytes also its content as a [`Tag::Content`] record.
-pub fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
+pub(crate) fn probe(items: &[Item], root: &str, check: ContentCheck) -> String {
     let list = |sensitive: bool| {
         let mut l = String::new();
         for i in items {
@@ -134,7 +135,7 @@ fn hash_listed(list: &str, sensitive: bool) -> String {
 
 /// What the record of settled files vouches for: every managed file's
 /// path, desired hash, mode, owner and group (in any order).
-pub fn settled_digest(items: &[Item]) -> String {
+pub(crate) fn settled_digest(items: &[Item]) -> String {
     use sha2::Digest;
     let mut files: Vec<&FileItem> = items
         .iter()
@@ -172,7 +173,7 @@ pub fn settled_digest(items: &[Item]) -> String {
 /// config's). Prints [`Tag::Settled`] `hit`, or `miss` when the record
 /// cannot be used (then the caller probes in full). Every file not
 /// reported is as the config wants it.
-pub fn settled_probe(items: &[Item], root: &str) -> String {
+pub(crate) fn settled_probe(items: &[Item], root: &str) -> String {
     let mut sensitive = String::new();
     let mut any = false;
     for i in items {
@@ -216,7 +217,7 @@ pub fn settled_probe(items: &[Item], root: &str) -> String {
 /// After a plan found every managed file as the config wants it: vouch
 /// that the stat cache the probe just recorded (its SHA-256 `recorded`)
 /// lists them settled, unless the cache changed since.
-pub fn settle(items: &[Item], root: &str, recorded: &str) -> String {
+pub(crate) fn settle(items: &[Item], root: &str, recorded: &str) -> String {
     let cache = q(&format!("{root}{STATE_DIR}/{STAT_CACHE}"));
     format!(
         "fc={cache}; printf '%s  %s\\n' {h} \"$fc\" | sha256sum -c --status && \
@@ -228,7 +229,7 @@ pub fn settle(items: &[Item], root: &str, recorded: &str) -> String {
 
 /// A file the record of settled files vouches for: as the config wants it.
 /// Mode, owner and group the config leaves open are never compared.
-pub fn as_wanted(f: &FileItem) -> crate::engine::observed::PathState {
+pub(crate) fn as_wanted(f: &FileItem) -> crate::engine::observed::PathState {
     crate::engine::observed::PathState {
         kind: PathKind::File,
         mode: f.mode.unwrap_or(0o644),
@@ -270,13 +271,13 @@ fn content_record() -> String {
 }
 
 /// Read a [`Tag::Content`] record: the path (root still on it) and content.
-pub fn parse_content(record: &str) -> Result<(&str, Vec<u8>), Garbled> {
+pub(crate) fn parse_content(record: &str) -> Result<(&str, Vec<u8>), Garbled> {
     let (path, data) = record.rsplit_once('\t').ok_or(Garbled)?;
     Ok((path, B64.decode(data.trim()).map_err(|_| Garbled)?))
 }
 
 /// A unified diff of a text file's content; None for binary content.
-pub fn text_diff(path: &str, before: &[u8], after: &[u8]) -> Option<String> {
+pub(crate) fn text_diff(path: &str, before: &[u8], after: &[u8]) -> Option<String> {
     let (Ok(a), Ok(b)) = (std::str::from_utf8(before), std::str::from_utf8(after)) else {
         return None;
     };
@@ -291,7 +292,7 @@ pub fn text_diff(path: &str, before: &[u8], after: &[u8]) -> Option<String> {
 
 /// What a file needs, with its diff (never for sensitive content). `Err`
 /// says why it must not be touched: a directory or a symlink is in its place.
-pub fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
+pub(crate) fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
     let Some(ps) = obs.paths.get(&f.path) else {
         let mut need = Need::new(Action::Create);
         if f.content.sensitive {
@@ -360,7 +361,7 @@ pub fn plan(f: &FileItem, obs: &Observed) -> Result<Option<Need>, String> {
 
 /// Apply: replace what is in the way, then write the content, or, when
 /// only mode or ownership differ, change them in place.
-pub fn apply(
+pub(crate) fn apply(
     root: &str,
     f: &FileItem,
     action: Action,
@@ -425,7 +426,7 @@ fn umask_for(mode: u32) -> Option<u32> {
 }
 
 /// A file to stage: its item, and whether it is new (nothing at its path).
-pub struct ToStage<'a> {
+pub(crate) struct ToStage<'a> {
     pub file: &'a FileItem,
     pub new: bool,
 }
@@ -439,7 +440,7 @@ pub struct ToStage<'a> {
 /// of an fsync per file. A crash before a rename leaves the old file;
 /// after it, the new one, wholly. Returns the script and, for each file,
 /// the number `k` of its staging directory.
-pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
+pub(crate) fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
     let mut s = String::new();
     // Directory → its staging directory's number (a map: 10,000 files may
     // live in as many directories).
@@ -521,12 +522,12 @@ pub fn stage(root: &str, files: &[ToStage]) -> (String, Vec<usize>) {
 }
 
 /// Paths per command line, well inside the kernel's limit on arguments.
-pub const ARGS_PER_COMMAND: usize = 500;
+pub(crate) const ARGS_PER_COMMAND: usize = 500;
 
 /// Rename new staged files into place: one `mv` per directory (and per
 /// [`ARGS_PER_COMMAND`] files), each rename atomic. `files` are the files'
 /// paths with the numbers of their staging directories (see [`stage`]).
-pub fn move_new(root: &str, files: &[(&str, usize)]) -> String {
+pub(crate) fn move_new(root: &str, files: &[(&str, usize)]) -> String {
     // In the order the directories first come, each with its files.
     let mut by_dir: Vec<(&str, Vec<Word>)> = Vec::new();
     let mut at: std::collections::HashMap<usize, usize> = Default::default();
@@ -559,7 +560,7 @@ pub fn move_new(root: &str, files: &[(&str, usize)]) -> String {
 }
 
 /// Remove the (by now empty) staging directories `"$tk_d0"` … of a run.
-pub fn unstage(dirs: usize) -> String {
+pub(crate) fn unstage(dirs: usize) -> String {
     if dirs == 0 {
         return String::new();
     }
@@ -576,7 +577,7 @@ pub fn unstage(dirs: usize) -> String {
 /// the old file's mode and ownership where the config does not set them.
 /// With `staged` (the number of its staging directory, see [`stage`]), the
 /// content is already there, synced, and a new file's mode and owner set.
-pub fn write(root: &str, f: &FileItem, exists: bool, staged: Option<usize>) -> String {
+pub(crate) fn write(root: &str, f: &FileItem, exists: bool, staged: Option<usize>) -> String {
     let p = on_host(root, &f.path);
     let mut s;
     if let Some(k) = staged {
@@ -627,7 +628,7 @@ pub fn write(root: &str, f: &FileItem, exists: bool, staged: Option<usize>) -> S
 }
 
 /// Prune a file (or symlink) that left the config: backed up, then removed.
-pub fn prune(root: &str, path: &str) -> String {
+pub(crate) fn prune(root: &str, path: &str) -> String {
     format!(
         "{}rm -f {} || return\n",
         cmd("backup").arg(path).step(),
@@ -670,7 +671,7 @@ fn use_settled(
 
 /// `files:` as a [`Kind`] (and everything written as files: timers, cron
 /// entries, APT sources, authorized_keys).
-pub struct File;
+pub(crate) struct File;
 
 impl Kind for File {
     fn kind(&self) -> ResourceKind {
@@ -809,7 +810,7 @@ impl Kind for File {
 }
 
 /// Does a file change write its content (not only mode or owner)?
-pub fn writes_content(c: &Change) -> bool {
+pub(crate) fn writes_content(c: &Change) -> bool {
     c.action != Action::Update || c.diff.is_some() || c.note.is_some()
 }
 

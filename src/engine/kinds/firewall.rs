@@ -16,7 +16,7 @@ use crate::model::desired::{Firewall as Rules, FirewallRule, Policy, RuleAction}
 
 /// Probe: when ufw is installed, a [`Tag::Ufw`] record, its rules as
 /// [`Tag::UfwRule`] records, its default policies and its ENABLED setting.
-pub fn probe(items: &[Item], root: &str) -> String {
+pub(crate) fn probe(items: &[Item], root: &str) -> String {
     if !items.iter().any(|i| matches!(i, Item::Firewall(_))) {
         return String::new();
     }
@@ -36,14 +36,14 @@ pub fn probe(items: &[Item], root: &str) -> String {
 
 /// Reads the ufw records back.
 #[derive(Debug, Default)]
-pub struct Ufw {
+pub(crate) struct Ufw {
     seen: bool,
     state: FirewallState,
 }
 
 impl Ufw {
     /// One record with its tag. `Err` for a policy record that is garbled.
-    pub fn record(&mut self, tag: Tag, record: &str) -> Result<(), super::Garbled> {
+    pub(crate) fn record(&mut self, tag: Tag, record: &str) -> Result<(), super::Garbled> {
         let fw = &mut self.state;
         match tag {
             Tag::Ufw => self.seen = true,
@@ -74,7 +74,7 @@ impl Ufw {
     }
 
     /// The firewall, if ufw is installed.
-    pub fn finish(self) -> Option<FirewallState> {
+    pub(crate) fn finish(self) -> Option<FirewallState> {
         self.seen.then_some(self.state)
     }
 }
@@ -82,7 +82,7 @@ impl Ufw {
 /// What the firewall needs: ufw installed with all rules, or the rules
 /// added and removed and the defaults set; plus warnings for rules in
 /// forms tidekeeper does not write.
-pub fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, Vec<String>) {
+pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, Vec<String>) {
     let want: Vec<String> = fw.rules.iter().map(rule_args).collect();
     let (incoming, outgoing) = (policy_word(fw.incoming), policy_word(fw.outgoing));
     let Some(o) = have else {
@@ -121,7 +121,7 @@ pub fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, Vec<Stri
 
 /// Apply: allow rules first (so SSH is in force before a default deny),
 /// then removals, the defaults, and enable.
-pub fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
+pub(crate) fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
     let ufw = |words: Vec<String>| cmd("ufw").args(words).quiet().step();
     let mut body = String::new();
     for r in &fw.rules {
@@ -158,7 +158,7 @@ pub fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
 }
 
 /// Every firewall change can cut tidekeeper off.
-pub fn is_risky() -> bool {
+pub(crate) fn is_risky() -> bool {
     true
 }
 
@@ -174,7 +174,7 @@ fn ufw_source(from: &str) -> &str {
 
 /// A rule as the words of its `ufw` command (minus `ufw`), in the form
 /// `ufw show added` prints it back.
-pub fn rule_words(r: &FirewallRule) -> Vec<String> {
+pub(crate) fn rule_words(r: &FirewallRule) -> Vec<String> {
     let mut w = rule_core(r);
     if let Some(c) = &r.comment {
         w.extend(["comment".into(), c.replace('\'', "")]);
@@ -184,7 +184,7 @@ pub fn rule_words(r: &FirewallRule) -> Vec<String> {
 
 /// A rule as `ufw show added` prints it (minus `ufw `): how rules are
 /// compared and shown in plans.
-pub fn rule_args(r: &FirewallRule) -> String {
+pub(crate) fn rule_args(r: &FirewallRule) -> String {
     let mut s = rule_core(r).join(" ");
     if let Some(c) = &r.comment {
         s.push_str(&format!(" comment '{}'", c.replace('\'', "")));
@@ -223,7 +223,7 @@ fn rule_core(r: &FirewallRule) -> Vec<String> {
 
 /// Parse one line of `ufw show added` back into a rule (None for forms
 /// tidekeeper does not write; those are reported as unmanaged).
-pub fn parse_rule(line: &str) -> Option<FirewallRule> {
+pub(crate) fn parse_rule(line: &str) -> Option<FirewallRule> {
     let line = line.trim().strip_prefix("ufw ")?;
     let (main, comment) = match line.find(" comment '") {
         Some(i) => (
@@ -290,7 +290,7 @@ pub fn parse_rule(line: &str) -> Option<FirewallRule> {
     Some(rule)
 }
 
-pub fn policy_word(p: Policy) -> &'static str {
+pub(crate) fn policy_word(p: Policy) -> &'static str {
     match p {
         Policy::Allow => "allow",
         Policy::Deny => "deny",
@@ -299,7 +299,7 @@ pub fn policy_word(p: Policy) -> &'static str {
 }
 
 /// `firewall:` as a [`Kind`].
-pub struct Firewall;
+pub(crate) struct Firewall;
 
 impl Kind for Firewall {
     fn kind(&self) -> ResourceKind {

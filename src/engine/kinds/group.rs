@@ -14,7 +14,7 @@ use crate::transport::shell_quote as q;
 
 /// Probe: the group database as [`Tag::GroupLine`] records, when the host
 /// has groups or users (whose memberships it holds).
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     if super::has_accounts(items) {
         format!("getent group | sed 's/^/{}\\t/'\n", Tag::GroupLine)
     } else {
@@ -25,7 +25,7 @@ pub fn probe(items: &[Item]) -> String {
 /// Read one `getent group` line (after its tag): name and entry. Lines with
 /// fewer fields are not groups (`Ok(None)`); a gid that is not a number is
 /// garbled output.
-pub fn parse(record: &str) -> Result<Option<(String, GroupEntry)>, Garbled> {
+pub(crate) fn parse(record: &str) -> Result<Option<(String, GroupEntry)>, Garbled> {
     let c: Vec<&str> = record.split(':').collect();
     if c.len() < 4 {
         return Ok(None);
@@ -41,7 +41,7 @@ pub fn parse(record: &str) -> Result<Option<(String, GroupEntry)>, Garbled> {
 
 /// What a group needs: made when missing (with its gid if given), its gid
 /// changed when given and different; None when it is as wanted.
-pub fn plan(have: Option<&GroupEntry>, gid: Option<u32>) -> Option<(Action, Vec<Attr>)> {
+pub(crate) fn plan(have: Option<&GroupEntry>, gid: Option<u32>) -> Option<(Action, Vec<Attr>)> {
     let attr = |before: Option<u32>, after: u32| Attr {
         name: "gid".into(),
         before: before.map(|g| g.to_string()),
@@ -60,7 +60,7 @@ pub fn plan(have: Option<&GroupEntry>, gid: Option<u32>) -> Option<(Action, Vec<
 }
 
 /// Apply: make or change the group.
-pub fn apply(action: Action, name: &str, gid: Option<u32>) -> String {
+pub(crate) fn apply(action: Action, name: &str, gid: Option<u32>) -> String {
     let g = gid.map(|g| format!("-g {g} ")).unwrap_or_default();
     let cmd = if action == Action::Create {
         "groupadd"
@@ -71,18 +71,18 @@ pub fn apply(action: Action, name: &str, gid: Option<u32>) -> String {
 }
 
 /// Prune a group tidekeeper made that left the config.
-pub fn prune(name: &str) -> String {
+pub(crate) fn prune(name: &str) -> String {
     format!("groupdel -- {} || return\n", q(name))
 }
 
 /// Changing the group named like the login user can take its access (its
 /// primary group, sudo rules by group).
-pub fn is_risky(name: &str, login_user: &str) -> bool {
+pub(crate) fn is_risky(name: &str, login_user: &str) -> bool {
     name == login_user
 }
 
 /// `groups:` as a [`Kind`].
-pub struct Group;
+pub(crate) struct Group;
 
 impl Kind for Group {
     fn kind(&self) -> ResourceKind {

@@ -15,7 +15,7 @@ use crate::engine::observed::{Inventory, InventoryEntry, Observed, PathKind};
 use crate::engine::sh::Tag;
 use crate::model::desired::Confinement;
 
-pub use super::file::ContentCheck;
+pub(crate) use super::file::ContentCheck;
 
 /// One planned change to a resource of a host.
 #[derive(Debug, Clone, Serialize)]
@@ -260,7 +260,7 @@ pub trait Kind: Sync {
 
 /// The kind of what no registered kind owns: a host setting of a name no
 /// kind has, or a kind a newer tidekeeper recorded in the inventory.
-pub struct Unowned;
+pub(crate) struct Unowned;
 
 impl Kind for Unowned {
     fn kind(&self) -> ResourceKind {
@@ -287,12 +287,12 @@ impl Kind for Unowned {
 }
 
 /// One step of `body` that says what it does as the change does.
-pub fn step(c: &Change, body: String) -> Vec<(String, String)> {
+pub(crate) fn step(c: &Change, body: String) -> Vec<(String, String)> {
     vec![(format!("{} {}", c.kind, c.id), body)]
 }
 
 /// Read each record with `f`; the first that is garbled is the error.
-pub fn each<'r>(
+pub(crate) fn each<'r>(
     records: &[(Tag, &'r str)],
     mut f: impl FnMut(Tag, &'r str) -> Result<(), super::Garbled>,
 ) -> Result<(), String> {
@@ -303,7 +303,7 @@ pub fn each<'r>(
 }
 
 /// Observed for a proposal where the base manages the same (kind, id).
-pub fn managed(item: &Item, base: &Confinement) -> Observe {
+pub(crate) fn managed(item: &Item, base: &Confinement) -> Observe {
     if base.managed.contains(&(item.kind(), item.id().to_string())) {
         Observe::Yes
     } else {

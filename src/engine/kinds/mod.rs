@@ -9,13 +9,13 @@
 //! call it.
 
 // What several kinds share, and resources written as files of other kinds.
-pub mod apt_repo;
-pub mod cron;
-pub mod path;
-pub mod timer;
+pub(crate) mod apt_repo;
+pub(crate) mod cron;
+pub(crate) mod path;
+pub(crate) mod timer;
 
 mod kind;
-pub use kind::*;
+pub(crate) use kind::*;
 
 use crate::change::{Action, Attr, ResourceKind};
 use crate::digest::sha256_hex;
@@ -26,10 +26,10 @@ use crate::model::desired::{Content, Host, Resource, ServiceState};
 /// Declares each kind's module and lists it in [`KINDS`].
 macro_rules! registry {
     ($($module:ident::$kind:ident),* $(,)?) => {
-        $(pub mod $module;)*
+        $(pub(crate) mod $module;)*
 
         /// Every kind, in the order the probe asks about them.
-        pub static KINDS: &[&dyn Kind] = &[$(&$module::$kind),*];
+        pub(crate) static KINDS: &[&dyn Kind] = &[$(&$module::$kind),*];
     };
 }
 
@@ -54,7 +54,7 @@ registry! {
 /// The kind that owns `(kind, id)`: a host setting by its name, any other
 /// by its [`ResourceKind`]. A kind no registered one owns (an unknown
 /// setting, a kind a newer tidekeeper recorded) gets [`Unowned`].
-pub fn of(kind: ResourceKind, id: &str) -> &'static dyn Kind {
+pub(crate) fn of(kind: ResourceKind, id: &str) -> &'static dyn Kind {
     KINDS
         .iter()
         .copied()
@@ -65,7 +65,7 @@ pub fn of(kind: ResourceKind, id: &str) -> &'static dyn Kind {
 /// Host settings no kind knows, each located where the config names it:
 /// the model cannot ask the registry (it sits below the engine), so the
 /// commands that load a config ask here before planning.
-pub fn unknown_settings(fleet: &crate::model::Fleet) -> Vec<crate::model::Diagnostic> {
+pub(crate) fn unknown_settings(fleet: &crate::model::Fleet) -> Vec<crate::model::Diagnostic> {
     let known: Vec<&str> = KINDS.iter().filter_map(|k| k.setting()).collect();
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -100,7 +100,7 @@ impl Item {
 
 /// A probe record that does not read as its tag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Garbled;
+pub(crate) struct Garbled;
 
 /// What a kind's plan rule says an item needs. The planner turns it into a
 /// change of the plan.
@@ -146,13 +146,13 @@ impl Need {
 /// The host has users or groups: both read both account databases (a
 /// user's memberships are in the group database, a group may be named
 /// like a user).
-pub fn has_accounts(items: &[Item]) -> bool {
+pub(crate) fn has_accounts(items: &[Item]) -> bool {
     items
         .iter()
         .any(|i| matches!(i, Item::User(_) | Item::Group { .. }))
 }
 
-pub fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
+pub(crate) fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
     Attr {
         name: name.to_string(),
         before,
@@ -163,7 +163,7 @@ pub fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
 /// Flatten a host's resources into items, in the order they are applied:
 /// packages, groups, users, mounts, directories (parents first), files and
 /// links, sysctl and host settings, firewall, services, commands, stacks.
-pub fn items(host: &Host) -> Vec<Item> {
+pub(crate) fn items(host: &Host) -> Vec<Item> {
     let mut b = Buckets::default();
     for r in &host.resources {
         b.add(r);

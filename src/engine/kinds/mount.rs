@@ -17,12 +17,12 @@ use crate::engine::sh::{Tag, Word, cmd};
 use crate::model::desired::Confinement;
 use crate::model::desired::MountState;
 
-pub const FSTAB: &str = "/etc/fstab";
+pub(crate) const FSTAB: &str = "/etc/fstab";
 
 /// Probe: every fstab entry as a [`Tag::Fstab`] record (mount point,
 /// device, type, options), and each managed mount point that is mounted as
 /// a [`Tag::Mounted`] record (with its source and type).
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     let paths: Vec<&str> = items
         .iter()
         .filter_map(|i| match i {
@@ -48,7 +48,7 @@ pub fn probe(items: &[Item]) -> String {
 }
 
 /// Read a [`Tag::Fstab`] record: the mount point and its entry.
-pub fn parse_fstab(record: &str) -> Result<(&str, FstabEntry), Garbled> {
+pub(crate) fn parse_fstab(record: &str) -> Result<(&str, FstabEntry), Garbled> {
     let cols: Vec<&str> = record.split('\t').collect();
     let [path, device, fstype, options] = cols[..] else {
         return Err(Garbled);
@@ -64,18 +64,18 @@ pub fn parse_fstab(record: &str) -> Result<(&str, FstabEntry), Garbled> {
 }
 
 /// Read a [`Tag::Mounted`] record: the mount point and what is mounted.
-pub fn parse_mounted(record: &str) -> Result<(&str, &str), Garbled> {
+pub(crate) fn parse_mounted(record: &str) -> Result<(&str, &str), Garbled> {
     record.split_once('\t').ok_or(Garbled)
 }
 
 /// An entry as plans show it and as the apply reads it back.
-pub fn shown(e: &FstabEntry) -> String {
+pub(crate) fn shown(e: &FstabEntry) -> String {
     format!("{} {} {}", e.device, e.fstype, e.options)
 }
 
 /// What a mount needs: its fstab entry written or removed, and the
 /// filesystem mounted or unmounted.
-pub fn plan(
+pub(crate) fn plan(
     want: Option<&FstabEntry>,
     state: MountState,
     have: Option<&FstabEntry>,
@@ -109,7 +109,7 @@ pub fn plan(
 
 /// Apply: rewrite fstab without the mount point's old entry and with its
 /// new one, then mount, remount (options changed) or unmount.
-pub fn apply(path: &str, want: &FstabEntry, state: MountState, attrs: &[Attr]) -> String {
+pub(crate) fn apply(path: &str, want: &FstabEntry, state: MountState, attrs: &[Attr]) -> String {
     let mut body = String::new();
     let fstab = attrs.iter().find(|a| a.name == "fstab");
     if let Some(change) = fstab {
@@ -169,7 +169,7 @@ fn same_fs(a: Option<&str>, b: Option<&str>) -> bool {
 }
 
 /// A mount at or under /home or /root can hide the login user's keys.
-pub fn is_risky(path: &str) -> bool {
+pub(crate) fn is_risky(path: &str) -> bool {
     ["/home", "/root"]
         .iter()
         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
@@ -177,13 +177,13 @@ pub fn is_risky(path: &str) -> bool {
 
 /// Rollback lines for the lockout guard: undo the mount, then mount what
 /// the restored fstab says (if anything).
-pub fn rollback(path: &str) -> String {
+pub(crate) fn rollback(path: &str) -> String {
     let p = Word::quoted(path);
     format!("umount -l {p} 2>/dev/null; mount {p} 2>/dev/null\n")
 }
 
 /// `mounts:` as a [`Kind`].
-pub struct Mount;
+pub(crate) struct Mount;
 
 impl Kind for Mount {
     fn kind(&self) -> ResourceKind {

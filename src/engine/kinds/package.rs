@@ -15,7 +15,7 @@ use crate::model::desired::PackageState;
 
 /// Probe: a [`Tag::Package`] record (name, status, version) per package,
 /// and a [`Tag::Candidate`] record for each `latest` one.
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     let mut s = String::new();
     let names: Vec<&str> = items
         .iter()
@@ -49,7 +49,7 @@ pub fn probe(items: &[Item]) -> String {
 
 /// Read a [`Tag::Package`] record: the name, and the installed version
 /// (only `ii` is installed; `rc`, removed with its config left, is not).
-pub fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
+pub(crate) fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
     let cols: Vec<&str> = record.split('\t').collect();
     let [name, status, version] = cols[..] else {
         return Err(Garbled);
@@ -59,7 +59,7 @@ pub fn parse(record: &str) -> Result<(&str, Option<String>), Garbled> {
 
 /// Read a [`Tag::Candidate`] record: the name and the version apt would
 /// install, if any.
-pub fn parse_candidate(record: &str) -> Result<(&str, Option<String>), Garbled> {
+pub(crate) fn parse_candidate(record: &str) -> Result<(&str, Option<String>), Garbled> {
     let cols: Vec<&str> = record.split('\t').collect();
     let [name, candidate] = cols[..] else {
         return Err(Garbled);
@@ -69,7 +69,7 @@ pub fn parse_candidate(record: &str) -> Result<(&str, Option<String>), Garbled> 
 }
 
 /// What a package needs.
-pub fn plan(want: PackageState, have: Option<&Have>) -> Option<Need> {
+pub(crate) fn plan(want: PackageState, have: Option<&Have>) -> Option<Need> {
     let installed = have.and_then(|p| p.installed.clone());
     match (want, installed) {
         (PackageState::Present | PackageState::Latest, None) => Some(Need::new(Action::Create)),
@@ -87,14 +87,14 @@ pub fn plan(want: PackageState, have: Option<&Have>) -> Option<Need> {
 }
 
 /// Apply: refresh the package lists (APT's sources changed).
-pub fn update() -> String {
+pub(crate) fn update() -> String {
     cmd("apt-get").lit("update").lit("-qq").step()
 }
 
 /// Apply: one step that installs and upgrades, with `apt-get update` only
 /// when a package is unknown or the lists are a day old (and the lists were
 /// not just `updated`). None when there is nothing to install.
-pub fn install(install: &[String], upgrade: &[String], updated: bool) -> Option<String> {
+pub(crate) fn install(install: &[String], upgrade: &[String], updated: bool) -> Option<String> {
     if install.is_empty() && upgrade.is_empty() {
         return None;
     }
@@ -127,7 +127,7 @@ pub fn install(install: &[String], upgrade: &[String], updated: bool) -> Option<
 }
 
 /// Apply: one removal for all of them.
-pub fn remove(names: &[String]) -> String {
+pub(crate) fn remove(names: &[String]) -> String {
     cmd("apt-get")
         .lit("remove")
         .lit("-y")
@@ -139,7 +139,7 @@ pub fn remove(names: &[String]) -> String {
 
 /// The packages that provide the SSH server: removing one from a host
 /// tidekeeper reaches over SSH would leave nobody able to log in.
-pub fn is_ssh_server(package: &str) -> bool {
+pub(crate) fn is_ssh_server(package: &str) -> bool {
     let name = package.split([':', '=']).next().unwrap_or(package);
     matches!(
         name,
@@ -157,7 +157,7 @@ fn words(names: &[&str]) -> String {
 
 /// `packages:` as a [`Kind`]. Its changes are applied together, in one
 /// install and one removal ([`steps`]), before anything else.
-pub struct Package;
+pub(crate) struct Package;
 
 impl Kind for Package {
     fn kind(&self) -> ResourceKind {
@@ -219,7 +219,7 @@ impl Kind for Package {
 
 /// The package steps of a plan: one install (with ufw when a firewall is
 /// new) and one removal for all of them, each with the changes it carries.
-pub fn steps<'c>(desired: &[&'c Change], updated: bool) -> Vec<(String, String, Vec<&'c Change>)> {
+pub(crate) fn steps<'c>(desired: &[&'c Change], updated: bool) -> Vec<(String, String, Vec<&'c Change>)> {
     let mut installs = Vec::new();
     let mut upgrade = Vec::new();
     let mut removals = Vec::new();

@@ -27,7 +27,7 @@ const ACCESS_PATHS: [&str; 10] = [
 /// `settled_files`: the record of settled files stands in for them) and
 /// every path the host's list of managed paths holds, and [`Tag::Ancestor`]
 /// records for ancestors that are symlinks. `root` prefixes every path.
-pub fn probe(items: &[Item], root: &str, settled_files: bool) -> String {
+pub(crate) fn probe(items: &[Item], root: &str, settled_files: bool) -> String {
     let p = |path: &str| format!("{root}{path}");
     let mut s = String::new();
     let mut paths: Vec<String> = items
@@ -91,10 +91,10 @@ pub fn probe(items: &[Item], root: &str, settled_files: bool) -> String {
 }
 
 /// Beside the host's list of managed paths: the [`managed_digest`] of it.
-pub const MANAGED_DIGEST: &str = "managed-paths.sha256";
+pub(crate) const MANAGED_DIGEST: &str = "managed-paths.sha256";
 
 /// A digest of a set of paths (in any order, repeats counted once).
-pub fn managed_digest<'a>(paths: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn managed_digest<'a>(paths: impl Iterator<Item = &'a str>) -> String {
     let set: std::collections::BTreeSet<&str> = paths.collect();
     let mut text = String::new();
     for p in set {
@@ -106,7 +106,7 @@ pub fn managed_digest<'a>(paths: impl Iterator<Item = &'a str>) -> String {
 
 /// Read a [`Tag::Stat`] record: the path (with the root still on it) and
 /// its state.
-pub fn parse_stat(record: &str) -> Result<(&str, PathState), Garbled> {
+pub(crate) fn parse_stat(record: &str) -> Result<(&str, PathState), Garbled> {
     let mut c = record.splitn(6, '\t');
     let mut next = || c.next().ok_or(Garbled);
     let (kind, mode, owner, group, size, name) =
@@ -132,7 +132,7 @@ pub fn parse_stat(record: &str) -> Result<(&str, PathState), Garbled> {
 
 /// Read a [`Tag::Ancestor`] record: a symlink above managed paths that root
 /// does not own, as (path, owner); `Ok(None)` for one root owns.
-pub fn parse_ancestor(record: &str) -> Result<Option<(&str, &str)>, Garbled> {
+pub(crate) fn parse_ancestor(record: &str) -> Result<Option<(&str, &str)>, Garbled> {
     let mut c = record.splitn(3, '\t');
     let mut next = || c.next().ok_or(Garbled);
     let (kind, owner, name) = (next()?, next()?, next()?);
@@ -142,10 +142,10 @@ pub fn parse_ancestor(record: &str) -> Result<Option<(&str, &str)>, Garbled> {
 /// The group "the owner's login group", for what tidekeeper makes for a
 /// user (~/.ssh, authorized_keys), as `ssh-copy-id` would: set with
 /// `chown OWNER:` on apply, not compared (the probe does not know it).
-pub const LOGIN_GROUP: &str = "";
+pub(crate) const LOGIN_GROUP: &str = "";
 
 /// `chgrp GROUP P`, or for [`LOGIN_GROUP`] `chown OWNER: P`.
-pub fn set_group(group: &str, owner: Option<&str>, p: &str) -> String {
+pub(crate) fn set_group(group: &str, owner: Option<&str>, p: &str) -> String {
     use crate::engine::sh::Word;
     match (group, owner) {
         (LOGIN_GROUP, Some(o)) => {
@@ -157,7 +157,7 @@ pub fn set_group(group: &str, owner: Option<&str>, p: &str) -> String {
 }
 
 /// Mode and ownership that differ from what is wanted, as attributes.
-pub fn ownership(
+pub(crate) fn ownership(
     need: Need,
     ps: &PathState,
     mode: Option<u32>,
@@ -185,7 +185,7 @@ pub fn ownership(
 }
 
 /// Something of another type is in the way: it is replaced.
-pub fn replaces(ps: &PathState) -> Need {
+pub(crate) fn replaces(ps: &PathState) -> Need {
     let mut need =
         Need::new(crate::change::Action::Replace).note(format!("replaces a {}", ps.kind.word()));
     need.was = Some(ps.kind);
@@ -197,7 +197,7 @@ fn octal(m: u32) -> String {
 }
 
 /// The directory a path is in.
-pub fn parent(path: &str) -> &str {
+pub(crate) fn parent(path: &str) -> &str {
     match path.rfind('/') {
         Some(0) => "/",
         Some(i) => &path[..i],
@@ -206,7 +206,7 @@ pub fn parent(path: &str) -> &str {
 }
 
 /// A path as the apply script writes it: under the root `$R`.
-pub fn on_host(root: &str, path: &str) -> String {
+pub(crate) fn on_host(root: &str, path: &str) -> String {
     q(&format!("{root}{path}"))
 }
 
@@ -214,7 +214,7 @@ pub fn on_host(root: &str, path: &str) -> String {
 /// configuration or an authorized_keys file can take tidekeeper's access.
 /// Not another user's keys when tidekeeper logs in as root (whose keys are
 /// in /root): a file under `/home/<user>/` lets that user in, and only them.
-pub fn is_risky(path: &str, login_user: &str) -> bool {
+pub(crate) fn is_risky(path: &str, login_user: &str) -> bool {
     if ACCESS_PATHS.iter().any(|p| path.starts_with(p)) {
         return true;
     }
@@ -227,7 +227,7 @@ pub fn is_risky(path: &str, login_user: &str) -> bool {
 
 /// What becomes of a path that left the config: removed when it is
 /// there.
-pub fn prune(e: &InventoryEntry, obs: &Observed) -> Prune {
+pub(crate) fn prune(e: &InventoryEntry, obs: &Observed) -> Prune {
     match obs.paths.get(&e.id) {
         Some(ps) => Prune::Delete(Some(ps.kind)),
         None => Prune::Keep,
@@ -237,7 +237,7 @@ pub fn prune(e: &InventoryEntry, obs: &Observed) -> Prune {
 /// What the lockout guard saves for a risky path: the path itself (a
 /// directory's content is saved by the files in it), and all of sshd's or
 /// ufw's state when the path is theirs.
-pub fn save(c: &Change, s: &mut Saves) {
+pub(crate) fn save(c: &Change, s: &mut Saves) {
     if c.id.starts_with("/etc/ssh/") {
         s.ssh = true;
     }

@@ -26,7 +26,7 @@ const SSH_UNITS: [&str; 6] = [
 
 /// Probe: `systemctl show` of every unit, its lines as [`Tag::Unit`]
 /// records, a blank record between units.
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     let units: Vec<&str> = names(items).collect();
     if units.is_empty() {
         return String::new();
@@ -51,14 +51,14 @@ pub fn probe(items: &[Item]) -> String {
 
 /// Reads the [`Tag::Unit`] records back, unit by unit.
 #[derive(Debug, Default)]
-pub struct Units {
+pub(crate) struct Units {
     block: Vec<(String, String)>,
     read: Vec<UnitState>,
 }
 
 impl Units {
     /// One `Key=Value` line, or a blank one between units.
-    pub fn record(&mut self, record: &str) {
+    pub(crate) fn record(&mut self, record: &str) {
         if record.is_empty() {
             self.flush();
         } else if let Some((k, v)) = record.split_once('=') {
@@ -91,14 +91,14 @@ impl Units {
     /// The state of each unit the items name. systemctl answers in argument
     /// order, and an alias (sshd → ssh.service) keeps the name the config
     /// used.
-    pub fn finish(mut self, items: &[Item]) -> BTreeMap<String, UnitState> {
+    pub(crate) fn finish(mut self, items: &[Item]) -> BTreeMap<String, UnitState> {
         self.flush();
         names(items).map(String::from).zip(self.read).collect()
     }
 }
 
 /// What a unit needs: enabled or disabled, started or stopped as asked.
-pub fn plan(have: &UnitState, enabled: Option<bool>, state: Option<ServiceState>) -> Option<Need> {
+pub(crate) fn plan(have: &UnitState, enabled: Option<bool>, state: Option<ServiceState>) -> Option<Need> {
     let missing = have.load == "not-found" || have.load.is_empty();
     let mut need = Need::new(if missing {
         Action::Create
@@ -139,7 +139,7 @@ fn is_enabled(file_state: &str) -> bool {
 /// plan found it stopped. Its restart handlers were dropped then, but
 /// installing its package may have started it since, with the config as it
 /// was: so it is restarted, not started.
-pub fn apply(
+pub(crate) fn apply(
     name: &str,
     enabled: Option<bool>,
     state: Option<ServiceState>,
@@ -165,7 +165,7 @@ pub fn apply(
 }
 
 /// Prune a unit that left the config: disabled and stopped, whatever it is.
-pub fn prune(name: &str) -> String {
+pub(crate) fn prune(name: &str) -> String {
     format!(
         "{} 2>/dev/null; true\n",
         cmd("systemctl")
@@ -178,19 +178,19 @@ pub fn prune(name: &str) -> String {
 }
 
 /// A unit file: systemd must be told when one changes or goes.
-pub fn is_unit_path(path: &str) -> bool {
+pub(crate) fn is_unit_path(path: &str) -> bool {
     ["/etc/systemd/", "/lib/systemd/", "/usr/lib/systemd/"]
         .iter()
         .any(|p| path.starts_with(p))
 }
 
 /// A unit that serves SSH.
-pub fn is_risky(name: &str) -> bool {
+pub(crate) fn is_risky(name: &str) -> bool {
     SSH_UNITS.contains(&name)
 }
 
 /// The unit name as systemctl takes it (`ssh` → `ssh.service`).
-pub fn full_unit(name: &str) -> String {
+pub(crate) fn full_unit(name: &str) -> String {
     if name.contains('.') {
         name.to_string()
     } else {
@@ -206,7 +206,7 @@ fn names(items: &[Item]) -> impl Iterator<Item = &str> {
 }
 
 /// `services:` as a [`Kind`] (and the units of timers).
-pub struct Service;
+pub(crate) struct Service;
 
 impl Kind for Service {
     fn kind(&self) -> ResourceKind {

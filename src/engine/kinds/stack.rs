@@ -19,7 +19,7 @@ use crate::engine::sh::{Tag, Word};
 
 /// Probe: each project's containers as [`Tag::Container`] records (stack,
 /// service, state, image), when docker is installed.
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     let mut s = String::new();
     for i in items {
         if let Item::Stack { name, .. } = i {
@@ -36,7 +36,7 @@ pub fn probe(items: &[Item]) -> String {
 
 /// Read a [`Tag::Container`] record: the stack and one of its containers
 /// (docker before 23 prints no image).
-pub fn parse(record: &str) -> Result<(&str, Container), Garbled> {
+pub(crate) fn parse(record: &str) -> Result<(&str, Container), Garbled> {
     let cols: Vec<&str> = record.split('\t').collect();
     let (stack, service, state, image) = match cols[..] {
         [stack, service, state, image] => (stack, service, state, image),
@@ -54,7 +54,7 @@ pub fn parse(record: &str) -> Result<(&str, Container), Garbled> {
 }
 
 /// The stack as the plan sees it.
-pub struct Wanted<'a> {
+pub(crate) struct Wanted<'a> {
     pub name: &'a str,
     pub dir: &'a str,
     /// Checksum over every file of the stack.
@@ -67,7 +67,7 @@ pub struct Wanted<'a> {
 /// Whether the project needs `up`, why, and what that does to its
 /// services. `files_change`: a file of the stack changes in this plan;
 /// `compose_changes`: its compose file does.
-pub fn plan(
+pub(crate) fn plan(
     want: &Wanted,
     obs: &Observed,
     files_change: bool,
@@ -167,7 +167,7 @@ fn drift(services: &BTreeMap<String, Service>, containers: &[Container]) -> Opti
 
 /// Record a stack as brought up with `hash` (in `$S/ran`), once `up` and
 /// its health checks succeeded.
-pub fn record(name: &str, hash: &str) -> String {
+pub(crate) fn record(name: &str, hash: &str) -> String {
     format!(
         "printf 'stack\\t%s\\t%s\\n' {} {} >>\"$S/{}\" || return\n",
         Word::quoted(name),
@@ -178,7 +178,7 @@ pub fn record(name: &str, hash: &str) -> String {
 
 /// Apply: `up` in the stack's directory, with compose v2 (`docker compose`)
 /// where present, else v1.
-pub fn apply(root: &str, name: &str, dir: &str) -> String {
+pub(crate) fn apply(root: &str, name: &str, dir: &str) -> String {
     format!(
         "cd {} || return\nif docker compose version >/dev/null 2>&1; then \
          docker compose -p {n} up -d --remove-orphans >&2 || return; \
@@ -190,7 +190,7 @@ pub fn apply(root: &str, name: &str, dir: &str) -> String {
 
 /// Prune a stack that left the config: its containers and network go (its
 /// files are pruned after, as files).
-pub fn prune(name: &str) -> String {
+pub(crate) fn prune(name: &str) -> String {
     format!(
         "if docker compose version >/dev/null 2>&1; then docker compose -p {n} down --remove-orphans >&2; \
          else ids=$(docker ps -aq --filter label=com.docker.compose.project={n}); \
@@ -201,7 +201,7 @@ pub fn prune(name: &str) -> String {
 }
 
 /// `stacks:` as a [`Kind`].
-pub struct Stack;
+pub(crate) struct Stack;
 
 impl Kind for Stack {
     fn kind(&self) -> ResourceKind {

@@ -14,7 +14,7 @@ use crate::engine::sh::{Tag, Word, cmd};
 
 /// Probe: a [`Tag::Link`] record (path, target) for each managed link that
 /// is a link on the host.
-pub fn probe(items: &[Item], root: &str) -> String {
+pub(crate) fn probe(items: &[Item], root: &str) -> String {
     let mut s = String::new();
     for i in items {
         if let Item::Link { path, .. } = i {
@@ -29,12 +29,12 @@ pub fn probe(items: &[Item], root: &str) -> String {
 }
 
 /// Read a [`Tag::Link`] record: the path (root still on it) and its target.
-pub fn parse(record: &str) -> Result<(&str, &str), Garbled> {
+pub(crate) fn parse(record: &str) -> Result<(&str, &str), Garbled> {
     record.split_once('\t').ok_or(Garbled)
 }
 
 /// What a link needs. `Err` when a directory is in its place.
-pub fn plan(path: &str, target: &str, have: Option<&PathState>) -> Result<Option<Need>, String> {
+pub(crate) fn plan(path: &str, target: &str, have: Option<&PathState>) -> Result<Option<Need>, String> {
     let to = || Some(target.to_string());
     Ok(match have {
         None => Some(Need::new(Action::Create).attr("target", None, to())),
@@ -52,7 +52,7 @@ pub fn plan(path: &str, target: &str, have: Option<&PathState>) -> Result<Option
 }
 
 /// Apply: a new link beside the old path, renamed over it.
-pub fn apply(root: &str, path: &str, target: &str, action: Action) -> String {
+pub(crate) fn apply(root: &str, path: &str, target: &str, action: Action) -> String {
     let p = on_host(root, path);
     let d = on_host(root, parent(path));
     let mut body = format!("[ -d {d} ] || mkdir -p {d} || return\n");
@@ -67,7 +67,7 @@ pub fn apply(root: &str, path: &str, target: &str, action: Action) -> String {
 }
 
 /// `links:` as a [`Kind`].
-pub struct Symlink;
+pub(crate) struct Symlink;
 
 impl Kind for Symlink {
     fn kind(&self) -> ResourceKind {

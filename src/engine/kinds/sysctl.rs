@@ -12,16 +12,16 @@ use crate::model::desired::Confinement;
 use crate::transport::shell_quote as q;
 
 /// Where the settings are persisted.
-pub const CONF: &str = "/etc/sysctl.d/90-tidekeeper.conf";
+pub(crate) const CONF: &str = "/etc/sysctl.d/90-tidekeeper.conf";
 
 /// The file under /proc/sys holding a setting.
-pub fn path(key: &str) -> String {
+pub(crate) fn path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
 /// Probe: one `grep` over every setting's file, printing `path:value` as
 /// [`Tag::Sysctl`] records. Empty when the host has no settings.
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     let files: Vec<String> = keys(items).map(|(k, _)| q(&path(k))).collect();
     if files.is_empty() {
         return String::new();
@@ -37,7 +37,7 @@ pub fn probe(items: &[Item]) -> String {
 /// and its value with runs of blanks as one space (/proc separates the
 /// fields of some values with tabs). `Err` when the record is garbled;
 /// `Ok(None)` for a file no setting names.
-pub fn parse(record: &str, items: &[Item]) -> Result<Option<(String, String)>, Garbled> {
+pub(crate) fn parse(record: &str, items: &[Item]) -> Result<Option<(String, String)>, Garbled> {
     let (file, value) = record.split_once(':').ok_or(Garbled)?;
     Ok(keys(items)
         .find(|(k, _)| path(k) == file)
@@ -46,12 +46,12 @@ pub fn parse(record: &str, items: &[Item]) -> Result<Option<(String, String)>, G
 
 /// The value to set when it differs from what the host has (compared by
 /// words); None when nothing needs doing.
-pub fn plan(have: Option<&str>, want: &str) -> Option<String> {
+pub(crate) fn plan(have: Option<&str>, want: &str) -> Option<String> {
     (have.map(words) != Some(words(want))).then(|| want.to_string())
 }
 
 /// Apply: set the value now.
-pub fn apply(key: &str, value: &str) -> String {
+pub(crate) fn apply(key: &str, value: &str) -> String {
     format!(
         "sysctl -q -w -- {} || return\n",
         q(&format!("{key}={value}"))
@@ -59,7 +59,7 @@ pub fn apply(key: &str, value: &str) -> String {
 }
 
 /// The persisted file: every setting of the host, in config order.
-pub fn conf(items: &[Item]) -> String {
+pub(crate) fn conf(items: &[Item]) -> String {
     let mut conf = String::from("# Managed by tidekeeper.\n");
     for (key, value) in keys(items) {
         conf.push_str(&format!("{key} = {value}\n"));
@@ -69,7 +69,7 @@ pub fn conf(items: &[Item]) -> String {
 
 /// A network setting can cut tidekeeper off (forwarding, rp_filter,
 /// SYN cookies): its change is guarded like a firewall change.
-pub fn is_risky(key: &str) -> bool {
+pub(crate) fn is_risky(key: &str) -> bool {
     key.starts_with("net.")
 }
 
@@ -85,7 +85,7 @@ fn words(s: &str) -> String {
 }
 
 /// `sysctl:` as a [`Kind`].
-pub struct Sysctl;
+pub(crate) struct Sysctl;
 
 impl Kind for Sysctl {
     fn kind(&self) -> ResourceKind {

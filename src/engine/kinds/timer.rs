@@ -8,10 +8,10 @@
 use crate::model::desired::TimerResource;
 
 /// Where the units are written.
-pub const UNIT_DIR: &str = "/etc/systemd/system";
+pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
 
 /// The two unit files of a timer: (path, content).
-pub fn unit_files(t: &TimerResource) -> [(String, String); 2] {
+pub(crate) fn unit_files(t: &TimerResource) -> [(String, String); 2] {
     [
         (format!("{UNIT_DIR}/{}.service", t.name), service_unit(t)),
         (format!("{UNIT_DIR}/{}.timer", t.name), timer_unit(t)),
@@ -19,13 +19,13 @@ pub fn unit_files(t: &TimerResource) -> [(String, String); 2] {
 }
 
 /// The timer unit's name, enabled and started as a service.
-pub fn timer_name(t: &TimerResource) -> String {
+pub(crate) fn timer_name(t: &TimerResource) -> String {
     format!("{}.timer", t.name)
 }
 
 /// The oneshot service: the command through `/bin/sh -c`, as the timer's
 /// user, with its time limit.
-pub fn service_unit(t: &TimerResource) -> String {
+pub(crate) fn service_unit(t: &TimerResource) -> String {
     let mut s = format!(
         "# Managed by tidekeeper.\n[Unit]\nDescription=tidekeeper timer {}\n\n[Service]\nType=oneshot\n",
         t.name
@@ -42,7 +42,7 @@ pub fn service_unit(t: &TimerResource) -> String {
 }
 
 /// The timer: one `OnCalendar=` per schedule line.
-pub fn timer_unit(t: &TimerResource) -> String {
+pub(crate) fn timer_unit(t: &TimerResource) -> String {
     let mut s = format!(
         "# Managed by tidekeeper.\n[Unit]\nDescription=tidekeeper timer {}\n\n[Timer]\n",
         t.name
@@ -60,7 +60,7 @@ pub fn timer_unit(t: &TimerResource) -> String {
 /// One argument of `ExecStart=` that systemd hands to the command exactly
 /// as written: double-quoted with C escapes, `%` specifiers and `$`
 /// variable expansion turned off.
-pub fn exec_arg(text: &str) -> String {
+pub(crate) fn exec_arg(text: &str) -> String {
     let mut s = String::from("\"");
     for c in text.chars() {
         match c {

@@ -17,7 +17,7 @@ const NAME: &str = "timezone";
 const ZONEINFO: &str = "/usr/share/zoneinfo/";
 
 /// The host's time zone as a [`Kind`].
-pub struct Timezone;
+pub(crate) struct Timezone;
 
 impl Kind for Timezone {
     fn kind(&self) -> ResourceKind {

@@ -16,7 +16,7 @@ use crate::engine::sh::{Tag, Word, cmd};
 
 /// Probe: the passwd database as [`Tag::Passwd`] records, when the host
 /// has users or groups (a group's name may be a user's).
-pub fn probe(items: &[Item]) -> String {
+pub(crate) fn probe(items: &[Item]) -> String {
     if super::has_accounts(items) {
         format!("getent passwd | sed 's/^/{}\\t/'\n", Tag::Passwd)
     } else {
@@ -26,7 +26,7 @@ pub fn probe(items: &[Item]) -> String {
 
 /// Read one `getent passwd` line: the name and entry. Lines with fewer
 /// fields are not accounts (`Ok(None)`).
-pub fn parse(record: &str) -> Result<Option<(String, PasswdEntry)>, Garbled> {
+pub(crate) fn parse(record: &str) -> Result<Option<(String, PasswdEntry)>, Garbled> {
     let c: Vec<&str> = record.split(':').collect();
     if c.len() < 7 {
         return Ok(None);
@@ -44,7 +44,7 @@ pub fn parse(record: &str) -> Result<Option<(String, PasswdEntry)>, Garbled> {
 
 /// What a user needs: made when missing; uid, shell, home and the list of
 /// supplementary groups changed when they differ.
-pub fn plan(
+pub(crate) fn plan(
     u: &UserItem,
     have: Option<&PasswdEntry>,
     groups: &BTreeMap<String, GroupEntry>,
@@ -91,7 +91,7 @@ pub fn plan(
 
 /// Apply: `useradd` (with the group of its name as primary group when there
 /// is one) or `usermod`, moving the home when it changes.
-pub fn apply(u: &UserItem, action: Action, home_changes: bool) -> String {
+pub(crate) fn apply(u: &UserItem, action: Action, home_changes: bool) -> String {
     let with = |c: crate::engine::sh::Cmd| {
         let c = c
             .opt("-u", u.uid.map(Word::num))
@@ -130,17 +130,17 @@ pub fn apply(u: &UserItem, action: Action, home_changes: bool) -> String {
 }
 
 /// Prune a user tidekeeper made that left the config.
-pub fn prune(name: &str) -> String {
+pub(crate) fn prune(name: &str) -> String {
     cmd("userdel").lit("--").arg(name).step()
 }
 
 /// Changing the login user or root can take tidekeeper's access.
-pub fn is_risky(name: &str, login_user: &str) -> bool {
+pub(crate) fn is_risky(name: &str, login_user: &str) -> bool {
     name == login_user || name == "root"
 }
 
 /// `users:` as a [`Kind`].
-pub struct User;
+pub(crate) struct User;
 
 impl Kind for User {
     fn kind(&self) -> ResourceKind {

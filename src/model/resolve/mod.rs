@@ -32,7 +32,8 @@ mod settings;
 mod templates;
 
 pub use render::{assign_addresses, render_with};
-pub use secrets::{RECIPIENTS_FILE, decrypt_secret, parse_recipients};
+pub(crate) use secrets::decrypt_secret;
+pub use secrets::{RECIPIENTS_FILE, parse_recipients};
 
 use crate::model::check;
 use crate::model::desired::*;
@@ -42,13 +43,13 @@ use crate::schedule::{self, Window};
 use crate::source::{ConfigTree, Entry};
 
 /// Config files (YAML) larger than this are refused before parsing.
-pub const MAX_YAML_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_YAML_BYTES: usize = 1024 * 1024;
 /// Deepest nesting accepted in a config file.
-pub const MAX_YAML_DEPTH: usize = 32;
+pub(crate) const MAX_YAML_DEPTH: usize = 32;
 /// Most nodes an alias may expand to across a file (defuses "billion laughs").
-pub const MAX_ALIAS_EVENTS: usize = 100_000;
+pub(crate) const MAX_ALIAS_EVENTS: usize = 100_000;
 /// Instructions one template render may execute.
-pub const TEMPLATE_FUEL: u64 = 2_000_000;
+pub(crate) const TEMPLATE_FUEL: u64 = 2_000_000;
 
 const FLEET_FILE: &str = "tidekeeper.yaml";
 const SCHEDULES_FILE: &str = "schedules.yaml";
@@ -262,7 +263,7 @@ impl Loader<'_> {
 
 /// Shorter secrets are refused: they could not be redacted from output
 /// without blanking ordinary words.
-pub const MIN_SECRET_LEN: usize = 8;
+pub(crate) const MIN_SECRET_LEN: usize = 8;
 
 fn yaml_options() -> serde_saphyr::Options {
     let mut alias_limits = serde_saphyr::options::AliasLimits::default();

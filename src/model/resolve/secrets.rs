@@ -115,7 +115,7 @@ pub(super) fn redactions<'s>(plain: impl Iterator<Item = &'s String>) -> Vec<Str
 }
 
 /// Decrypt one age file with the identity text (for `tidekeeper secrets edit`).
-pub fn decrypt_secret(identity: &str, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn decrypt_secret(identity: &str, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
     decrypt_age(identity, ciphertext)
 }
 
