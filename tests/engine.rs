@@ -1215,14 +1215,18 @@ fn the_timezone_setting_is_planned_before_to_after_applied_and_kept() {
     );
     assert_eq!(zone().0, "/usr/share/zoneinfo/Europe/Berlin");
 
-    // A setting no kind owns: blocked, with what there is.
+    // A setting no kind owns: refused before anything is planned, at its
+    // line, with what there is.
     repo.write("roles/tz.yaml", "settings:\n  timezon: Europe/Berlin\n");
     repo.commit("typo");
     let out = repo.tk(&["apply", "--yes"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("no such setting (it knows timezone)"),
+        text(&out).contains("roles/tz.yaml:2:")
+            && text(&out).contains("tidekeeper has no setting \"timezon\"")
+            && text(&out).contains("did you mean \"timezone\"?"),
         "{}",
         text(&out)
     );
+    assert_eq!(zone().0, "/usr/share/zoneinfo/Europe/Berlin");
 }

@@ -267,14 +267,7 @@ fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
-    let checked = model::load(tree).and_then(|fleet| {
-        let unknown = crate::engine::kinds::unknown_settings(&fleet);
-        if unknown.is_empty() {
-            Ok(fleet)
-        } else {
-            Err(model::Diagnostics(unknown))
-        }
-    });
+    let checked = model::load(tree).and_then(crate::engine::kinds::known_settings);
     checked.map_err(|diags| {
         let n = diags.len();
         let (stdout, mut stderr) = match format {

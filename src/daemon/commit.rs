@@ -53,17 +53,17 @@ impl Ctx {
         let stages = fleet
             .rollout_stages(&hosts)
             .filter(|s| mode.apply && (s.len() > 1 || !new_servers.is_empty()));
+        let Planned {
+            plan,
+            pool,
+            opts,
+            clouds,
+            held,
+            busy,
+        } = planned;
         if let Some(stages) = stages {
             // The rollout goes on in its own task with these hosts' locks;
             // the loop serves other hosts, jobs and proposals meanwhile.
-            let Planned {
-                plan,
-                pool,
-                opts,
-                clouds,
-                held,
-                busy,
-            } = planned;
             self.roll_out(Start {
                 commit: commit.to_string(),
                 plan,
@@ -78,14 +78,6 @@ impl Ctx {
             });
             return Ok(Applied::RollingOut);
         }
-        let Planned {
-            plan,
-            pool,
-            opts,
-            clouds,
-            held,
-            busy,
-        } = planned;
         let (results, outcomes) = if mode.apply {
             let quiet: engine::Progress = Arc::new(|_| {});
             let done = self

@@ -399,7 +399,9 @@ impl Ctx {
         tokio::task::spawn_blocking(move || {
             let tree = ConfigTree::from_git(&path, &c).map_err(|e| vec![e.to_string()])?;
             let lines = |d: crate::model::Diagnostics| lines(&d);
-            let fleet = crate::model::load(&tree).map_err(lines)?;
+            let fleet = crate::model::load(&tree)
+                .and_then(crate::engine::kinds::known_settings)
+                .map_err(lines)?;
             // Secrets are decrypted in memory when an identity is configured.
             let fleet = match crate::secrets::identity(&fleet.settings) {
                 Ok(None) => fleet,

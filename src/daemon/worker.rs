@@ -335,8 +335,9 @@ async fn plan_job(job: &Job) -> Result<Planned, String> {
     let loaded = ConfigTree::from_git(&job.mirror, sha)
         .map_err(|e| vec![e.to_string()])
         .and_then(|tree| {
-            let fleet =
-                crate::model::load_within(&tree, &job.limits).map_err(|d| super::lines(&d))?;
+            let fleet = crate::model::load_within(&tree, &job.limits)
+                .and_then(crate::engine::kinds::known_settings)
+                .map_err(|d| super::lines(&d))?;
             Ok((fleet, tree.policies()))
         });
     let (proposal, policies) = match loaded {

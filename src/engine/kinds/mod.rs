@@ -91,6 +91,20 @@ pub(crate) fn unknown_settings(fleet: &crate::model::Fleet) -> Vec<crate::model:
     out
 }
 
+/// The fleet, if every host setting it names is one a kind knows: what
+/// every loader (the commands, the daemon, the proposal worker) passes a
+/// loaded config through.
+pub(crate) fn known_settings(
+    fleet: crate::model::Fleet,
+) -> Result<crate::model::Fleet, crate::model::Diagnostics> {
+    let unknown = unknown_settings(&fleet);
+    if unknown.is_empty() {
+        Ok(fleet)
+    } else {
+        Err(crate::model::Diagnostics(unknown))
+    }
+}
+
 impl Item {
     /// The kind that owns this item: every stage reaches it through here.
     pub fn kind_impl(&self) -> &'static dyn Kind {
@@ -427,6 +441,34 @@ mod tests {
     /// Each kind is found by what it owns, once; a setting no kind owns
     /// and a kind a newer tidekeeper recorded fall to [`Unowned`], which
     /// blocks a plan and is never pruned.
+    /// A setting no kind knows is a located error when the config loads,
+    /// with the names there are; a known one passes.
+    #[test]
+    fn unknown_settings_are_located_with_the_names_there_are() {
+        let load = |role: &str| {
+            let mut t = crate::source::ConfigTree::default();
+            t.insert_file("tidekeeper.yaml", "fleet: t\n");
+            t.insert_file(
+                "hosts/h.yaml",
+                "provider: existing\naddress: 10.0.0.1\nroles: [r]\n",
+            );
+            t.insert_file("roles/r.yaml", role);
+            known_settings(crate::model::load(&t).unwrap_or_else(|d| panic!("{d}")))
+        };
+        assert!(load("settings:\n  timezone: Europe/Berlin\n").is_ok());
+        let d = load("settings:\n  timezon: Europe/Berlin\n").unwrap_err();
+        assert_eq!(d.0.len(), 1);
+        assert_eq!((d.0[0].file.as_str(), d.0[0].line), ("roles/r.yaml", 2));
+        assert_eq!(d.0[0].code, "unknown-setting");
+        assert!(
+            d.0[0]
+                .help
+                .as_deref()
+                .unwrap()
+                .contains("did you mean \"timezone\"?")
+        );
+    }
+
     #[test]
     fn the_registry_finds_each_kind_by_what_it_owns() {
         for k in KINDS {
