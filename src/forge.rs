@@ -151,6 +151,20 @@ impl Forge {
         state: &str,
         description: &str,
     ) -> Result<bool, ForgeError> {
+        self.status_linked(sha, context, state, description, None)
+            .await
+    }
+
+    /// [`Forge::status`] with a link (`target_url`) to say more, e.g. the
+    /// daemon's status page.
+    pub async fn status_linked(
+        &self,
+        sha: &str,
+        context: &str,
+        state: &str,
+        description: &str,
+        link: Option<&str>,
+    ) -> Result<bool, ForgeError> {
         let key = format!("{sha} {context}");
         if self.posted.lock().unwrap().get(&key).map(String::as_str) == Some(state) {
             return Ok(false);
@@ -161,7 +175,12 @@ impl Forge {
         self.send(
             Method::POST,
             &format!("/repos/{}/statuses/{sha}", self.repo),
-            Some(json!({"state": state, "context": context, "description": description})),
+            Some(match link {
+                Some(url) => {
+                    json!({"state": state, "context": context, "description": description, "target_url": url})
+                }
+                None => json!({"state": state, "context": context, "description": description}),
+            }),
         )
         .await?;
         self.posted.lock().unwrap().insert(key, state.to_string());

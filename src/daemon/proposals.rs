@@ -261,6 +261,7 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
     {
         warn!(error = %e, "could not note the proposal's plan");
     }
+    release_by_review(ctx, state, planned.reviewed.as_ref());
     state.proposals.record.insert(
         name.clone(),
         Seen {
@@ -378,20 +379,34 @@ fn proposal_alerts(ctx: &Ctx, name: &str, denials: &[String], raised: &BTreeMap<
         .observe(&format!("proposal/{name}"), ctx.clock.now(), obs);
 }
 
-/// The proposal whose reviewed plan is of the same tree as `commit`.
-pub(super) async fn reviewed_for(
-    ctx: &Ctx,
-    state: &State,
-    commit: &str,
-) -> Option<(String, Reviewed)> {
+/// The tree of `commit`, from the mirror.
+pub(super) async fn tree_of(ctx: &Ctx, commit: &str) -> Option<String> {
     let c = commit.to_string();
-    let tree = ctx.blocking(move |m| m.tree_of(&c)).await?;
+    ctx.blocking(move |m| m.tree_of(&c)).await
+}
+
+/// The proposal whose reviewed plan is of `tree`.
+pub(super) fn reviewed_in(state: &State, tree: &str) -> Option<(String, Reviewed)> {
     state.proposals.record.iter().find_map(|(name, s)| {
         s.reviewed
             .as_ref()
             .filter(|r| r.tree == tree)
             .map(|r| (name.clone(), r.clone()))
     })
+}
+
+/// A proposal planned with the tree of the commit held for want of a
+/// reviewed plan: that commit is judged again, against this plan.
+fn release_by_review(ctx: &Ctx, state: &mut State, reviewed: Option<&Reviewed>) {
+    let Some(r) = reviewed else { return };
+    let held = ctx.shared.status.lock().unwrap().held.clone();
+    if let Some(h) = held
+        .filter(|h| h.tree == r.tree && state.head.last_seen.as_deref() == Some(h.commit.as_str()))
+    {
+        info!(commit = %&h.commit[..12], "a proposal planned the held commit's tree; judging it again");
+        state.head.incomplete = Some(h.commit);
+        ctx.sched.now(Request::Head);
+    }
 }
 
 #[cfg(test)]

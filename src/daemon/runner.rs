@@ -102,6 +102,7 @@ async fn resume(ctx: &Ctx, state: &mut State, head: String) {
         });
         st.applied_commit = p.applied_commit;
         st.quarantined = p.quarantined;
+        st.held = p.held;
         st.hosts = p.hosts;
         st.fleet = p.fleet;
         st.learned_host_keys = p.learned_host_keys;
