@@ -931,3 +931,73 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         "the people's comments are untouched"
     );
 }
+
+#[test]
+fn a_commit_held_for_want_of_a_reviewed_plan_gets_a_pending_status_linking_the_daemon() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let (repo, main) = forge_repo(
+        &bed,
+        "/etc/tk-h",
+        "github",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    let config = format!(
+        "fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\napply:\n  require_reviewed_plan: true\n"
+    );
+    repo.write("tidekeeper.yaml", &config);
+    repo.commit("reviewed plans only");
+    let first = git(&repo.path, &["rev-parse", "HEAD"]);
+    assert_ne!(first, main);
+    let args = ["--poll", "1s", "--drift", "600s"];
+    let env = [("GITHUB_TOKEN", "t0k"), ("TIDEKEEPER_API_TOKEN", "tok-h")];
+    let state = crate::support::TempDir::new("daemon-held-forge");
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    d.wait_applied(&first, Duration::from_secs(30));
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-h, content: \"two\\n\"}\n",
+    );
+    repo.commit("pushed directly");
+    let pushed = git(&repo.path, &["rev-parse", "HEAD"]);
+    let status_of = |sha: &str, state: &str| {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .find(|r| r.1 == format!("statuses/{sha}") && r.2["state"] == state)
+            .map(|r| r.2.clone())
+    };
+    d.wait_for("the held status", Duration::from_secs(30), |_| {
+        status_of(&pushed, "pending").is_some()
+    });
+    let s = status_of(&pushed, "pending").unwrap();
+    assert_eq!(
+        s["description"], "held: no reviewed plan of this tree",
+        "{s}"
+    );
+    assert_eq!(s["context"], "tidekeeper/test/apply", "{s}");
+    assert_eq!(
+        s["target_url"],
+        format!("http://127.0.0.1:{}/", d.port),
+        "{s}"
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "one\n");
+    let out = crate::support::tidekeeper()
+        .args(["release", &pushed, "--by", "bob"])
+        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", "tok-h")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::fleet::text(&out)
+    );
+    d.wait_applied(&pushed, Duration::from_secs(30));
+    d.wait_for("the success status", Duration::from_secs(30), |_| {
+        status_of(&pushed, "success").is_some()
+    });
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "two\n");
+}
