@@ -240,6 +240,31 @@ impl Forge {
         }
     }
 
+    /// Who approved pull request `pr` at exactly `head` (GitHub and Gitea
+    /// both answer `GET .../pulls/N/reviews` with `state` and `commit_id`):
+    /// the first such reviewer that is not the token's own user, if any. A
+    /// review of an older head, dismissed or stale, never counts.
+    pub async fn approved_by(&self, pr: u64, head: &str) -> Result<Option<String>, ForgeError> {
+        let me = self.login().await?;
+        let v = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/pulls/{pr}/reviews?per_page=100", self.repo),
+                None,
+            )
+            .await?;
+        let by = v.as_array().into_iter().flatten().find_map(|r| {
+            let login = r["user"]["login"].as_str()?;
+            (r["state"] == "APPROVED"
+                && r["commit_id"] == head
+                && r["dismissed"] != true
+                && r["stale"] != true
+                && login != me)
+                .then(|| login.to_string())
+        });
+        Ok(by)
+    }
+
     /// Every comment on `pr`, page by page (100 a page; a forge that does
     /// not page answers the same list again, which ends it too).
     async fn comments(&self, pr: u64) -> Result<Vec<Comment>, ForgeError> {

@@ -1274,11 +1274,19 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
     let st = d.status();
     assert!(st["quarantined"].is_null(), "{st}");
-    // Its tree planned as a proposal of its own lets it through.
+    // Its tree planned as a proposal of its own is no approval by itself
+    // (anyone who can push can open one): still held.
     git(&repo.path, &["update-ref", "refs/pull/3/head", &merged]);
     d.request("POST", "/hooks/git", &[], b"{}");
-    d.wait_applied(&merged, Duration::from_secs(60));
-    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "four\n");
+    d.wait_for("the proposal planned", Duration::from_secs(30), |d| {
+        d.log()
+            .lines()
+            .any(|l| l.contains("refs/pull/3/head") && l.contains("proposal planned"))
+    });
+    d.request("POST", "/hooks/git", &[], b"{}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(held(&d, &merged), "{}", d.status());
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
 }
 
 /// The tidekeeper note on `commit`, if there is one yet.
