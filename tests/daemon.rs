@@ -1287,6 +1287,34 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     std::thread::sleep(Duration::from_secs(2));
     assert!(held(&d, &merged), "{}", d.status());
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+
+    // A push turning the setting off is judged by the applied commit's
+    // setting too: held, and still after a restart.
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\n",
+    );
+    repo.commit("no more reviews");
+    let off = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the switch held", Duration::from_secs(30), |d| {
+        held(d, &off)
+    });
+    let state = d.stop_keep_state();
+    let d = Daemon::start_full(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        state,
+        &[("TIDEKEEPER_API_TOKEN", "tok-held-1")],
+    );
+    d.wait_fetches(3, Duration::from_secs(30));
+    assert!(held(&d, &off), "{}", d.status());
+    assert_eq!(
+        d.status()["applied_commit"].as_str(),
+        Some(squashed.as_str())
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
 }
 
 /// The tidekeeper note on `commit`, if there is one yet.

@@ -945,7 +945,8 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
 }
 
 #[test]
-fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_release_or_approval() {
+fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_release_or_approval()
+{
     let bed = Testbed::start(1);
     let port = free_port();
     let fake = fake_github(port);
