@@ -151,6 +151,20 @@ impl Forge {
         state: &str,
         description: &str,
     ) -> Result<bool, ForgeError> {
+        self.status_linked(sha, context, state, description, None)
+            .await
+    }
+
+    /// [`Forge::status`] with a link (`target_url`) to say more, e.g. the
+    /// daemon's status page.
+    pub async fn status_linked(
+        &self,
+        sha: &str,
+        context: &str,
+        state: &str,
+        description: &str,
+        link: Option<&str>,
+    ) -> Result<bool, ForgeError> {
         let key = format!("{sha} {context}");
         if self.posted.lock().unwrap().get(&key).map(String::as_str) == Some(state) {
             return Ok(false);
@@ -161,7 +175,12 @@ impl Forge {
         self.send(
             Method::POST,
             &format!("/repos/{}/statuses/{sha}", self.repo),
-            Some(json!({"state": state, "context": context, "description": description})),
+            Some(match link {
+                Some(url) => {
+                    json!({"state": state, "context": context, "description": description, "target_url": url})
+                }
+                None => json!({"state": state, "context": context, "description": description}),
+            }),
         )
         .await?;
         self.posted.lock().unwrap().insert(key, state.to_string());
@@ -219,6 +238,31 @@ impl Forge {
                 reason: "the answer names no head sha".into(),
             }),
         }
+    }
+
+    /// Who approved pull request `pr` at exactly `head` (GitHub and Gitea
+    /// both answer `GET .../pulls/N/reviews` with `state` and `commit_id`):
+    /// the first such reviewer that is not the token's own user, if any. A
+    /// review of an older head, dismissed or stale, never counts.
+    pub async fn approved_by(&self, pr: u64, head: &str) -> Result<Option<String>, ForgeError> {
+        let me = self.login().await?;
+        let v = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/pulls/{pr}/reviews?per_page=100", self.repo),
+                None,
+            )
+            .await?;
+        let by = v.as_array().into_iter().flatten().find_map(|r| {
+            let login = r["user"]["login"].as_str()?;
+            (r["state"] == "APPROVED"
+                && r["commit_id"] == head
+                && r["dismissed"] != true
+                && r["stale"] != true
+                && login != me)
+                .then(|| login.to_string())
+        });
+        Ok(by)
     }
 
     /// Every comment on `pr`, page by page (100 a page; a forge that does

@@ -635,10 +635,15 @@ pub async fn plan_proposal(
     }
 }
 
-/// What a plan would do, one line per change (`host action kind id`), in a
-/// stable order, and its digest: what a reviewer approved on a pull request
-/// and what the daemon compares when the merge arrives. Timings, addresses
-/// and notes are left out: only what would change counts.
+/// What a plan would do, one line per change (`host action kind id`, and
+/// for a file its new content's sha256), in a stable order, and its digest:
+/// what a reviewer approved on a pull request and what the daemon compares
+/// when the merge arrives. Timings, addresses and notes are left out: only
+/// what would change counts. Both sides count the same: a command with a
+/// guard (whether it runs is the host's answer at apply time, never
+/// evaluated for a proposal) and a secret file (never decrypted for a
+/// proposal; its ciphertext is in the tree, which the merge must share
+/// with the reviewed head) are left out.
 pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (String, Vec<String>) {
     let mut lines = Vec::new();
     if let Some(c) = cloud {
@@ -648,14 +653,8 @@ pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (Strin
     }
     for r in results {
         if let Some(p) = &r.plan {
-            for c in &p.changes {
-                lines.push(format!(
-                    "{} {} {} {}",
-                    r.host,
-                    c.action.symbol(),
-                    c.kind,
-                    c.id
-                ));
+            for c in p.changes.iter().filter(|c| digested(c)) {
+                lines.push(digest_line(&r.host, c));
             }
             for h in &p.handlers {
                 lines.push(format!("{} handler {}", r.host, h.name));
@@ -670,11 +669,134 @@ pub fn plan_digest(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> (Strin
     (hex, lines)
 }
 
+/// Does a change count in the plan's digest? Not a guarded command, not a
+/// secret file: see [`plan_digest`].
+fn digested(c: &crate::engine::plan::Change) -> bool {
+    use crate::engine::item::Item;
+    if c.note.as_deref() == Some(crate::engine::confine::GUARD_NOT_RUN) {
+        return false;
+    }
+    match &c.item {
+        Some(Item::Command(cmd)) => {
+            cmd.unless.is_none() && cmd.onlyif.is_none() && cmd.creates.is_none()
+        }
+        Some(Item::File(f)) => !f.content.sensitive,
+        _ => true,
+    }
+}
+
+/// One change in the digest: `host action kind id`, and a file's content.
+fn digest_line(host: &str, c: &crate::engine::plan::Change) -> String {
+    let line = format!("{host} {} {} {}", c.action.symbol(), c.kind, c.id);
+    match &c.item {
+        Some(crate::engine::item::Item::File(f)) if c.action != crate::change::Action::Delete => {
+            let sha = crate::digest::sha256_hex(&f.content.bytes);
+            format!("{line} content {}", &sha[..16])
+        }
+        _ => line,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::EngineError;
     use crate::transport::TransportError as T;
+
+    /// A host's result planning `changes`.
+    fn planned(changes: Vec<engine::plan::Change>) -> HostResult {
+        let mut r = HostResult::new("web1", "10.0.0.1");
+        r.plan = Some(engine::plan::HostPlan::new("web1", changes));
+        r
+    }
+
+    fn file_change(path: &str, text: &str, sensitive: bool) -> engine::plan::Change {
+        use crate::change::{Action, ResourceKind};
+        use crate::engine::item::{FileItem, Item};
+        let mut c = engine::plan::Change::bare(ResourceKind::File, path, Action::Update);
+        c.item = Some(Item::File(FileItem {
+            path: path.into(),
+            sha256: crate::digest::sha256_hex(text.as_bytes()),
+            content: crate::model::desired::Content {
+                bytes: text.as_bytes().to_vec(),
+                sensitive,
+            },
+            mode: None,
+            owner: None,
+            group: None,
+            validate: None,
+            notify: vec![],
+        }));
+        c
+    }
+
+    fn command_change(guarded: bool) -> engine::plan::Change {
+        use crate::change::{Action, ResourceKind};
+        let mut c = engine::plan::Change::bare(ResourceKind::Command, "migrate", Action::Run);
+        c.item = Some(crate::engine::item::Item::Command(
+            crate::model::desired::CommandResource {
+                name: "migrate".into(),
+                run: "migrate".into(),
+                creates: None,
+                unless: guarded.then(|| "test -f /srv/done".into()),
+                onlyif: None,
+                timeout_secs: 60,
+                notify: vec![],
+                origin: Default::default(),
+            },
+        ));
+        c
+    }
+
+    #[test]
+    fn a_plan_digest_moves_with_what_a_file_will_contain() {
+        let a = planned(vec![file_change("/etc/app.conf", "port = 1\n", false)]);
+        let b = planned(vec![file_change("/etc/app.conf", "port = 2\n", false)]);
+        let (da, la) = plan_digest(None, &[&a]);
+        let (db, lb) = plan_digest(None, &[&b]);
+        assert_ne!(da, db, "a template whose inputs moved changes the digest");
+        assert!(
+            la[0].starts_with("web1 ~ file /etc/app.conf content "),
+            "{la:?}"
+        );
+        assert_ne!(la, lb);
+        assert_eq!(plan_digest(None, &[&a]).0, da, "stable");
+    }
+
+    #[test]
+    fn what_a_proposal_cannot_see_counts_the_same_on_both_sides() {
+        // The proposal: a secret never decrypted (so no change), a guarded
+        // command whose guard was not evaluated.
+        let mut unevaluated = engine::plan::Change::bare(
+            crate::change::ResourceKind::Command,
+            "migrate",
+            crate::change::Action::Run,
+        );
+        unevaluated.note = Some(crate::engine::confine::GUARD_NOT_RUN.into());
+        let proposal = planned(vec![
+            file_change("/etc/app.conf", "x\n", false),
+            unevaluated,
+        ]);
+        // The merge: the secret decrypted and changed, the guard said run.
+        let merge = planned(vec![
+            file_change("/etc/app.conf", "x\n", false),
+            file_change("/etc/secret", "s3cret", true),
+            command_change(true),
+        ]);
+        assert_eq!(
+            plan_digest(None, &[&proposal]),
+            plan_digest(None, &[&merge])
+        );
+        // An unguarded command always runs: it counts.
+        let runs = planned(vec![
+            file_change("/etc/app.conf", "x\n", false),
+            command_change(false),
+        ]);
+        assert_ne!(
+            plan_digest(None, &[&proposal]).0,
+            plan_digest(None, &[&runs]).0
+        );
+    }
 
     #[test]
     fn a_new_server_behind_a_jump_host_is_waited_for_only_while_it_may_be_booting() {

@@ -1151,6 +1151,172 @@ fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
 }
 
+#[test]
+fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_applied() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\napply:\n  require_reviewed_plan: true\n",
+    );
+    repo.commit("reviewed plans only");
+    let d = daemon_with_token(&repo, "tok-held-1");
+    // The fleet's first commit is its start, not a change to review.
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    let note = |c: &str| git(&repo.path, &["notes", "--ref=tidekeeper", "show", c]);
+    let held = |d: &Daemon, c: &str| d.status()["held"]["commit"].as_str() == Some(c);
+
+    // A direct push: held, not quarantined, nothing applied; the note says why.
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("pushed directly");
+    let pushed = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the push held", Duration::from_secs(30), |d| {
+        held(d, &pushed)
+    });
+    let st = d.status();
+    assert!(st["quarantined"].is_null(), "{st}");
+    assert!(
+        st["held"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no reviewed plan of this tree")),
+        "{st}"
+    );
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-daemon"),
+        "one\n",
+        "nothing applied"
+    );
+    d.wait_noted(&pushed, Duration::from_secs(30));
+    let n = note(&pushed);
+    assert!(
+        n.contains("held") && n.contains("no reviewed plan of this tree"),
+        "{n}"
+    );
+    let page = d.request("GET", "/", &[], b"").1;
+    assert!(page.contains("Held commit"), "{page}");
+
+    // Only the held commit can be released, and only with the token.
+    let out = tk_at(&d, "tok-held-1", &["release", "0000000", "--by", "alice"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is not held"), "{}", text(&out));
+    let out = tk_at(&d, "wrong", &["release", &pushed[..12], "--by", "alice"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "one\n");
+    // Released: applied once as it plans now; the note says who.
+    let out = tk_at(
+        &d,
+        "tok-held-1",
+        &["release", &pushed[..12], "--by", "alice"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_applied(&pushed, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+    assert!(d.status()["held"].is_null(), "{}", d.status());
+    d.wait_noted(&pushed, Duration::from_secs(30));
+    let n = note(&pushed);
+    assert!(n.contains("released by alice at "), "{n}");
+
+    let open = |n: u64, v: &str| {
+        let branch = format!("pr-{n}");
+        git(&repo.path, &["checkout", "-q", "-b", &branch]);
+        repo.write("roles/app.yaml", &role(v));
+        repo.commit(&format!("pr {n}"));
+        let sha = head(&repo);
+        git(
+            &repo.path,
+            &["update-ref", &format!("refs/pull/{n}/head"), &sha],
+        );
+        git(&repo.path, &["checkout", "-q", "main"]);
+        d.wait_for("the proposal noted", Duration::from_secs(30), |_| {
+            note_of(&repo, &sha).is_some_and(|n| n.contains("Plan digest: `"))
+        });
+        branch
+    };
+
+    // A squash merge of a reviewed PR: a new commit of the reviewed tree.
+    let pr1 = open(1, "three");
+    git(&repo.path, &["merge", "-q", "--squash", &pr1]);
+    git(&repo.path, &["commit", "-q", "-m", "squashed pr 1"]);
+    let squashed = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_applied(&squashed, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    d.wait_noted(&squashed, Duration::from_secs(30));
+    let n = note(&squashed);
+    assert!(
+        n.contains("the plan is the one reviewed on refs/pull/1/head"),
+        "{n}"
+    );
+
+    // A PR reviewed before the branch moved on: its merge is a tree no one
+    // reviewed, held like a direct push.
+    let pr2 = open(2, "four");
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\napply:\n  require_reviewed_plan: true\n# moved on\n",
+    );
+    repo.commit("the branch moves on");
+    let moved = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the move held", Duration::from_secs(30), |d| {
+        held(d, &moved)
+    });
+    git(
+        &repo.path,
+        &["merge", "-q", "--no-ff", "-m", "merge pr 2", &pr2],
+    );
+    let merged = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the stale merge held", Duration::from_secs(30), |d| {
+        held(d, &merged)
+    });
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    let st = d.status();
+    assert!(st["quarantined"].is_null(), "{st}");
+    // Its tree planned as a proposal of its own is no approval by itself
+    // (anyone who can push can open one): still held.
+    git(&repo.path, &["update-ref", "refs/pull/3/head", &merged]);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the proposal planned", Duration::from_secs(30), |d| {
+        d.log()
+            .lines()
+            .any(|l| l.contains("refs/pull/3/head") && l.contains("proposal planned"))
+    });
+    d.request("POST", "/hooks/git", &[], b"{}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(held(&d, &merged), "{}", d.status());
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+
+    // A push turning the setting off is judged by the applied commit's
+    // setting too: held, and still after a restart.
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  parallelism: 8\n",
+    );
+    repo.commit("no more reviews");
+    let off = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the switch held", Duration::from_secs(30), |d| {
+        held(d, &off)
+    });
+    let state = d.stop_keep_state();
+    let d = Daemon::start_full(
+        &repo.path,
+        &repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        state,
+        &[("TIDEKEEPER_API_TOKEN", "tok-held-1")],
+    );
+    d.wait_fetches(3, Duration::from_secs(30));
+    assert!(held(&d, &off), "{}", d.status());
+    assert_eq!(
+        d.status()["applied_commit"].as_str(),
+        Some(squashed.as_str())
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+}
+
 /// The tidekeeper note on `commit`, if there is one yet.
 fn note_of(repo: &FleetRepo, commit: &str) -> Option<String> {
     let out = std::process::Command::new("git")

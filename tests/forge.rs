@@ -31,6 +31,8 @@ pub(crate) struct Fake {
     /// `refs/pull/N/head` of `git_dir`.
     pub(crate) heads: std::collections::HashMap<u64, String>,
     pub(crate) git_dir: Option<std::path::PathBuf>,
+    /// PR number → its reviews, as `GET .../pulls/N/reviews` answers.
+    pub(crate) reviews: std::collections::HashMap<u64, Vec<Value>>,
 }
 
 /// The user the token `t0k` is.
@@ -185,6 +187,16 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                     Some(sha) => (StatusCode::OK, Json(json!({"number": pr, "state": "open", "head": {"ref": format!("pr-{pr}"), "sha": sha}}))),
                     None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
                 }
+            }),
+        )
+        .route(
+            "/repos/acme/fleet/pulls/{pr}/reviews",
+            get(|State(s): State<Shared>, Path(pr): Path<u64>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                let f = s.lock().unwrap();
+                (StatusCode::OK, Json(Value::Array(f.reviews.get(&pr).cloned().unwrap_or_default())))
             }),
         )
         .route(
@@ -930,4 +942,117 @@ fn a_plan_in_several_comments_is_updated_in_place_across_pages_and_leftover_part
         151,
         "the people's comments are untouched"
     );
+}
+
+#[test]
+fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_release_or_approval()
+{
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let (repo, main) = forge_repo(
+        &bed,
+        "/etc/tk-h",
+        "github",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    let config = format!(
+        "fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\napply:\n  require_reviewed_plan: true\n"
+    );
+    repo.write("tidekeeper.yaml", &config);
+    repo.commit("reviewed plans only");
+    let first = git(&repo.path, &["rev-parse", "HEAD"]);
+    assert_ne!(first, main);
+    let args = ["--poll", "1s", "--drift", "600s"];
+    let env = [("GITHUB_TOKEN", "t0k"), ("TIDEKEEPER_API_TOKEN", "tok-h")];
+    let state = crate::support::TempDir::new("daemon-held-forge");
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    d.wait_applied(&first, Duration::from_secs(30));
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-h, content: \"two\\n\"}\n",
+    );
+    repo.commit("pushed directly");
+    let pushed = git(&repo.path, &["rev-parse", "HEAD"]);
+    let status_of = |sha: &str, state: &str| {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .find(|r| r.1 == format!("statuses/{sha}") && r.2["state"] == state)
+            .map(|r| r.2.clone())
+    };
+    d.wait_for("the held status", Duration::from_secs(30), |_| {
+        status_of(&pushed, "pending").is_some()
+    });
+    let s = status_of(&pushed, "pending").unwrap();
+    assert_eq!(
+        s["description"], "held: no reviewed plan of this tree",
+        "{s}"
+    );
+    assert_eq!(s["context"], "tidekeeper/test/apply", "{s}");
+    assert_eq!(
+        s["target_url"],
+        format!("http://127.0.0.1:{}/", d.port),
+        "{s}"
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "one\n");
+    let out = crate::support::tidekeeper()
+        .args(["release", &pushed, "--by", "bob"])
+        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", "tok-h")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::fleet::text(&out)
+    );
+    d.wait_applied(&pushed, Duration::from_secs(30));
+    d.wait_for("the success status", Duration::from_secs(30), |_| {
+        status_of(&pushed, "success").is_some()
+    });
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "two\n");
+
+    // Another push, held; a PR of exactly its tree, planned: still held
+    // until someone other than tidekeeper approves that head.
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-h, content: \"three\\n\"}\n",
+    );
+    repo.commit("pushed again");
+    let again = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_for("held", Duration::from_secs(30), |d| {
+        d.status()["held"]["commit"].as_str() == Some(again.as_str())
+    });
+    fake.lock().unwrap().pulls_from(&repo.path);
+    git(&repo.path, &["update-ref", "refs/pull/9/head", &again]);
+    let review = |by: &str, sha: &str| json!({"id": 1, "state": "APPROVED", "commit_id": sha, "user": {"login": by}});
+    // The bot's own approval, or one of an older head, does not count.
+    fake.lock()
+        .unwrap()
+        .reviews
+        .insert(9, vec![review(BOT, &again), review("carol", &pushed)]);
+    d.wait_for("the PR planned", Duration::from_secs(30), |_| {
+        status_of(&again, "success").is_some() || !fake.lock().unwrap().comments.is_empty()
+    });
+    d.wait_fetches(
+        d.get("/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("tidekeeper_git_fetches_total "))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            + 2,
+        Duration::from_secs(30),
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "two\n", "not approved yet");
+    fake.lock()
+        .unwrap()
+        .reviews
+        .get_mut(&9)
+        .unwrap()
+        .push(review("carol", &again));
+    d.wait_applied(&again, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "three\n");
 }

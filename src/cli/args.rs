@@ -406,6 +406,21 @@ pub enum Command {
         #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
     },
+    /// Ask a running daemon to apply a commit it holds for want of a
+    /// reviewed plan (`apply.require_reviewed_plan`), once; who is recorded.
+    Release {
+        /// The held commit (at least 7 hex digits).
+        commit: String,
+        /// Who releases it, for the note and the history.
+        #[arg(long)]
+        by: String,
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
+        daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+    },
     /// Undo `tidekeeper suspend`.
     Resume {
         /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).

@@ -16,6 +16,7 @@ mod init;
 mod notify;
 mod plan;
 mod policy;
+mod release;
 mod restore;
 mod schedule;
 mod secrets;
@@ -119,6 +120,12 @@ fn dispatch(command: Command) -> CliResult {
             by,
             api_token,
         } => suspend(daemon, reason, by, api_token.as_deref()),
+        Command::Release {
+            commit,
+            by,
+            daemon,
+            api_token,
+        } => release::release(daemon, commit, by, api_token.as_deref()),
         Command::Resume { daemon, api_token } => post_daemon(
             daemon,
             "/resume",

@@ -381,18 +381,109 @@ impl Ctx {
     }
 }
 
-/// A merge held because its plan is no longer the reviewed one:
-/// quarantined until a newer commit, or `tidekeeper retry` accepts it.
-pub(super) async fn hold_unreviewed(ctx: &Ctx, commit: String, why: String) {
+/// A commit held by `apply.require_reviewed_plan` (no reviewed plan of
+/// its tree, or the plan is no longer the reviewed one): nothing applied,
+/// nothing quarantined. The status, the note and the forge say why; a
+/// proposal planned with its tree or `tidekeeper release` lets it through.
+pub(super) async fn hold_unreviewed(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: &Fleet,
+    why: String,
+) {
     warn!("{why}; held, nothing applied");
-    ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+    let tree = proposals::tree_of(ctx, &commit).await.unwrap_or_default();
+    state.head.incomplete = None;
+    let reason = format!("held: {}", why.lines().next().unwrap_or(""));
+    ctx.shared.status.lock().unwrap().held = Some(status::Held {
         commit: commit.clone(),
-        reason: format!("held: {}", why.lines().next().unwrap_or("")),
+        tree,
+        reason: reason.clone(),
+        at: now(),
     });
     let note = format!(
-        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n`tidekeeper retry` applies it as it plans now.\n"
+        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\nA proposal planned with this tree lets it through; `tidekeeper release {} --by NAME` (or, for a plan that differs from the reviewed one, `tidekeeper retry`) applies it as it plans now.\n",
+        &commit[..12]
     );
+    if let Some(settings) = fleet.settings.forge.clone() {
+        let forge = super::forge(ctx, state, &settings);
+        let description = if why.starts_with("no reviewed plan") {
+            "held: no reviewed plan of this tree"
+        } else {
+            "held: the plan differs from the reviewed one"
+        };
+        let link =
+            (!ctx.cfg.listen.ip().is_unspecified()).then(|| format!("http://{}/", ctx.cfg.listen));
+        let (c, context) = (commit.clone(), format!("tidekeeper/{}/apply", fleet.name));
+        let sent = async move {
+            forge?
+                .status_linked(&c, &context, "pending", description, link.as_deref())
+                .await
+        }
+        .await;
+        if let Err(e) = sent {
+            warn!(error = %e, "could not report the held commit to the forge");
+            ctx.shared
+                .note_stale("forge", format!("forge unreachable: {e}"));
+        }
+    }
     ctx.push_status(Some((commit, note))).await;
+}
+
+/// The reviewed plan `commit` is compared with, and an operator's release
+/// of it. `None`: held, for `apply.require_reviewed_plan` is on and there
+/// is neither a reviewed plan of its tree nor a release — a direct push, a
+/// merge of a head planned before the branch moved on, a squash or rebase
+/// merge whose tree no proposal had.
+async fn review_of(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: &str,
+    fleet: &Fleet,
+    retry: bool,
+) -> Option<(Option<Review>, Option<status::Release>)> {
+    let tree = proposals::tree_of(ctx, commit).await.unwrap_or_default();
+    let release = ctx
+        .shared
+        .release
+        .lock()
+        .unwrap()
+        .take_if(|r| r.commit == commit);
+    if let Some(r) = &release {
+        info!(by = %r.by, "released by an operator");
+        state.head.released = Some(commit.to_string());
+        let mut board = ctx.shared.board.lock().unwrap();
+        board.history.released(r.clone());
+        board.save();
+    }
+    let released = state.head.released.as_deref() == Some(commit);
+    // The first commit a fleet ever has applied is its start, not a change
+    // to review; from then on the last applied commit's setting counts too,
+    // so a commit turning it off is itself held.
+    let first = ctx.shared.status.lock().unwrap().applied_commit.is_none();
+    let required = (fleet.settings.require_reviewed_plan && !first) || state.head.reviewed_only;
+    let review = proposals::reviewed_in(state, &tree).map(|(proposal, reviewed)| Review {
+        proposal,
+        reviewed,
+        accept: retry || released,
+        required,
+    });
+    if required && review.is_none() && !released {
+        let why = format!(
+            "no reviewed plan of this tree ({}): no proposal was planned with it (a direct push, a merge of a head planned before the branch moved on, or a squash or rebase merge of one)",
+            &tree[..tree.len().min(12)]
+        );
+        hold_unreviewed(ctx, state, commit.to_string(), fleet, why).await;
+        return None;
+    }
+    ctx.shared
+        .status
+        .lock()
+        .unwrap()
+        .held
+        .take_if(|h| h.commit == commit);
+    Some((review, release))
 }
 
 /// A commit that is not applied (invalid config, or denied by the
@@ -423,7 +514,14 @@ pub(super) async fn on_commit(
     async {
         {
             let st = ctx.shared.status.lock().unwrap();
-            if !retry && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
+            let released = ctx
+                .shared
+                .release
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|r| r.commit == commit);
+            if !retry && !released && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
                 info!("commit is quarantined; waiting for a newer commit or `tidekeeper retry`");
                 return Ok(());
             }
@@ -445,6 +543,8 @@ pub(super) async fn on_commit(
             let mut st = ctx.shared.status.lock().unwrap();
             st.invalid = None;
             st.fleet = fleet.name.clone();
+            // A newer commit is judged on its own.
+            st.held.take_if(|h| h.commit != commit);
         }
         state.head.good = Some((commit.clone(), fleet.clone(), policies.clone()));
         ctx.shared.notifier.configure(&fleet);
@@ -458,14 +558,10 @@ pub(super) async fn on_commit(
             return Ok(());
         }
         let started = Instant::now();
+        let Some((review, release)) = review_of(ctx, state, &commit, &fleet, retry).await else {
+            return Ok(());
+        };
         info!("applying");
-        let review = super::proposals::reviewed_for(ctx, state, &commit)
-            .await
-            .map(|(proposal, reviewed)| Review {
-                proposal,
-                reviewed,
-                accept: retry,
-            });
         let done = match ctx
             .reconcile(
                 &commit,
@@ -474,6 +570,7 @@ pub(super) async fn on_commit(
                 Mode {
                     apply: true,
                     review: review.as_ref(),
+                    release: release.as_ref(),
                     ..Mode::default()
                 },
             )
@@ -493,7 +590,12 @@ pub(super) async fn on_commit(
                 return Ok(());
             }
             Err(Refused::Held(why)) => {
-                hold_unreviewed(ctx, commit, why).await;
+                // A plan that changed since review needs a human: quarantined too.
+                ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+                    commit: commit.clone(),
+                    reason: format!("held: {}", why.lines().next().unwrap_or("")),
+                });
+                hold_unreviewed(ctx, state, commit, &fleet, why).await;
                 return Ok(());
             }
         };
@@ -514,6 +616,9 @@ pub(super) async fn report(
     started: Instant,
 ) -> Result<(), Again> {
     let verdict = verdict(&done.hosts, &done.cloud_failures);
+    if !matches!(verdict, Verdict::Quarantined { .. }) {
+        state.head.reviewed_only = fleet.settings.require_reviewed_plan;
+    }
     let summary = record_verdict(ctx, state, &commit, &verdict, done.hosts.len());
     let note = ctx.apply_note(&commit, &summary, &done, started);
     if let Some(settings) = fleet.settings.forge.clone() {
@@ -551,6 +656,7 @@ fn record_verdict(
         Verdict::Applied => {
             st.applied_commit = Some(commit.to_string());
             st.quarantined = None;
+            st.held = None;
         }
         Verdict::Partial { unreachable, busy } => {
             info!(
@@ -684,6 +790,8 @@ pub(super) struct Review {
     reviewed: proposals::Reviewed,
     /// `tidekeeper retry`: apply it as it is now.
     accept: bool,
+    /// `apply.require_reviewed_plan`, of this commit or the last applied.
+    required: bool,
 }
 
 /// How a reconcile runs: applying or only planning, hashing every managed
@@ -695,6 +803,8 @@ pub(super) struct Mode<'a> {
     pub changed_files_only: bool,
     /// A merge of a reviewed proposal.
     pub review: Option<&'a Review>,
+    /// An operator's release of a held commit (`tidekeeper release`).
+    pub release: Option<&'a status::Release>,
 }
 
 impl Mode<'_> {
@@ -734,8 +844,11 @@ fn gate(
             ));
         }
     }
+    let released = mode
+        .release
+        .map(|r| format!("released by {} at {}", r.by, r.at));
     let Some(r) = mode.review else {
-        return Ok(None);
+        return Ok(released.map(|r| format!("{r} (no reviewed plan of this tree)")));
     };
     let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
     match compare_review(r, &digest, &lines) {
@@ -745,15 +858,15 @@ fn gate(
         ))),
         Some(text) => {
             let text = fleet.redact(&text);
-            if fleet.settings.require_reviewed_plan && !r.accept {
+            if r.required && !r.accept {
                 return Err(Refused::Held(text));
             }
             Ok(Some(format!(
                 "{text}\n(applied: apply.require_reviewed_plan is {})",
-                if r.accept {
-                    "overridden by retry"
-                } else {
-                    "off"
+                match (released, r.accept) {
+                    (Some(by), _) => format!("overridden: {by}"),
+                    (None, true) => "overridden by retry".into(),
+                    (None, false) => "off".into(),
                 }
             )))
         }
@@ -990,6 +1103,33 @@ mod tests {
             h.last_error = Some(format!("{name} broke"));
         }
         h
+    }
+
+    #[test]
+    fn a_plan_whose_file_content_moved_since_review_differs_and_names_the_file() {
+        let r = Review {
+            proposal: "refs/pull/4/head".into(),
+            reviewed: proposals::Reviewed {
+                tree: "t".into(),
+                digest: "aaaa".into(),
+                lines: vec!["web1 ~ file /etc/app.conf content 1111".into()],
+            },
+            accept: false,
+            required: true,
+        };
+        assert_eq!(compare_review(&r, "aaaa", &r.reviewed.lines.clone()), None);
+        let text = compare_review(
+            &r,
+            "bbbb",
+            &["web1 ~ file /etc/app.conf content 2222".into()],
+        )
+        .unwrap();
+        assert!(
+            text.contains("refs/pull/4/head")
+                && text.contains("now also:     web1 ~ file /etc/app.conf content 2222")
+                && text.contains("reviewed, no longer: web1 ~ file /etc/app.conf content 1111"),
+            "{text}"
+        );
     }
 
     #[test]

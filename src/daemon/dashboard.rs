@@ -496,6 +496,14 @@ fn alerts(v: &View, s: &mut String) {
             esc(&q.reason)
         );
     }
+    if let Some(h) = &st.held {
+        let _ = write!(
+            s,
+            "<div class=\"alert\"><b>Held commit {}</b><p>{}</p><p>Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.</p></div>",
+            v.commit(Some(&h.commit)),
+            esc(&h.reason)
+        );
+    }
     for w in &st.stale {
         let _ = write!(s, "<div class=\"alert\">Stale: {}</div>", esc(w));
     }

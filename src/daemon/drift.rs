@@ -17,15 +17,12 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
     let correct = fleet.settings.drift == DriftMode::Correct;
     let span = info_span!("drift", commit = %&commit[..12], correct);
     async {
-        let quarantined = ctx
-            .shared
-            .status
-            .lock()
-            .unwrap()
-            .quarantined
-            .as_ref()
-            .is_some_and(|q| q.commit == commit);
-        // Correcting drift means applying; never for a quarantined commit.
+        let quarantined = {
+            let st = ctx.shared.status.lock().unwrap();
+            st.quarantined.as_ref().is_some_and(|q| q.commit == commit)
+                || st.held.as_ref().is_some_and(|h| h.commit == commit)
+        };
+        // Correcting drift means applying; never for a quarantined or held commit.
         let apply = correct && !quarantined && ctx.suspension(&commit, &fleet).is_none();
         let before = ctx.shared.status.lock().unwrap().files();
         // Between full checks only files whose stat moved are hashed.
@@ -36,6 +33,7 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
             apply,
             changed_files_only: !full,
             review: None,
+            release: None,
         };
         let result = ctx.reconcile(&commit, fleet.clone(), &policies, mode).await;
         if full && result.is_ok() {

@@ -28,6 +28,22 @@ pub struct History {
     /// Proposal ref → its last plan's verdict.
     #[serde(default)]
     pub proposals: BTreeMap<String, ProposalPlan>,
+    /// Held commits operators released (`tidekeeper release`), newest last.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub releases: VecDeque<super::status::Release>,
+}
+
+/// Releases kept.
+const RELEASES: usize = 100;
+
+impl History {
+    /// An operator released a held commit.
+    pub fn released(&mut self, r: super::status::Release) {
+        self.releases.push_back(r);
+        while self.releases.len() > RELEASES {
+            self.releases.pop_front();
+        }
+    }
 }
 
 /// One reconcile of the fleet (or of the hosts a trigger asked for).

@@ -118,6 +118,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/badges/{name}", get(badge))
         .route("/hooks/git", post(webhook))
         .route("/retry", post(retry))
+        .route("/release", post(release))
         .route("/jobs/{name}/run", post(run_job))
         .route("/suspend", post(suspend))
         .route("/resume", post(resume))
@@ -334,6 +335,7 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     let waiting = {
         let st = s.status.lock().unwrap();
         st.quarantined.is_some()
+            || st.held.is_some()
             || st
                 .rollout
                 .as_ref()
@@ -349,6 +351,65 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     s.scheduler.now(super::scheduler::Request::Retry);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
+}
+
+/// What `tidekeeper release` sends.
+#[derive(serde::Deserialize)]
+struct ReleaseAsked {
+    commit: String,
+    by: String,
+}
+
+/// `POST /release` (`{"commit", "by"}`, the API token): apply the commit
+/// held for want of a reviewed plan once, as it plans now, recording who
+/// released it. Refused (409) for a commit that is not the held one.
+async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
+        return r.into_response();
+    }
+    let Ok(asked) = serde_json::from_slice::<ReleaseAsked>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"commit\": SHA, \"by\": NAME}\n",
+        )
+            .into_response();
+    };
+    let by = asked.by.trim();
+    let commit = asked.commit.trim().to_ascii_lowercase();
+    if by.is_empty() || by.len() > 100 || by.chars().any(char::is_control) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "--by: a name of one line, at most 100 characters\n",
+        )
+            .into_response();
+    }
+    if commit.len() < 7 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "COMMIT: at least 7 hex digits of a commit id\n",
+        )
+            .into_response();
+    }
+    let held = s.status.lock().unwrap().held.clone();
+    let Some(h) = held.filter(|h| h.commit.starts_with(&commit)) else {
+        return (
+            StatusCode::CONFLICT,
+            format!("commit {commit} is not held: nothing to release\n"),
+        )
+            .into_response();
+    };
+    tracing::info!(commit = %&h.commit[..12], by, "held commit released by an operator");
+    *s.release.lock().unwrap() = Some(super::status::Release {
+        commit: h.commit.clone(),
+        by: by.to_string(),
+        at: super::now(),
+    });
+    s.poke();
+    (
+        StatusCode::ACCEPTED,
+        format!("releasing held commit {}\n", &h.commit[..12]),
+    )
+        .into_response()
 }
 
 /// Who and why, as `tidekeeper suspend` sends them.

@@ -113,6 +113,8 @@ pub struct Shared {
     pub notifier: crate::notify::deliver::Notifier,
     /// What the dashboard draws beyond the status.
     pub board: Mutex<Board>,
+    /// A held commit an operator released, waiting for the loop.
+    pub release: Mutex<Option<status::Release>>,
 }
 
 /// The dashboard's own data: the history (kept in the state directory),
@@ -266,6 +268,12 @@ struct Head {
     incomplete: Option<String>,
     /// The suspension the status branch shows (pushed when it changes).
     reported_suspension: Option<status::Suspension>,
+    /// The commit an operator released (`tidekeeper release`): not held
+    /// again on the passes that finish applying it.
+    released: Option<String>,
+    /// The last commit applied had `apply.require_reviewed_plan` on: a
+    /// commit turning it off is itself held until reviewed or released.
+    reviewed_only: bool,
 }
 
 /// How fetching the config repo goes.
@@ -629,6 +637,7 @@ fn open_shared(cfg: &Config, sched: Arc<Scheduler>) -> (Arc<Shared>, proposals::
         stale: Mutex::new(BTreeMap::new()),
         notifier,
         board: Mutex::new(board),
+        release: Mutex::new(None),
     });
     (shared, record)
 }

@@ -92,6 +92,7 @@ pub(super) async fn look_at_proposals(ctx: &Ctx, state: &mut State) {
         .into_iter()
         .map(|(name, oid, _)| (name, oid.to_string()))
         .collect();
+    approved_held(ctx, state).await;
     for (name, sha) in &state.proposals.heads {
         let seen = state.proposals.record.get(name);
         let new = seen.is_none_or(|s| s.commit != *sha);
@@ -261,6 +262,7 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
     {
         warn!(error = %e, "could not note the proposal's plan");
     }
+    release_by_review(ctx, state, &name, &sha, planned.reviewed.as_ref()).await;
     state.proposals.record.insert(
         name.clone(),
         Seen {
@@ -378,20 +380,94 @@ fn proposal_alerts(ctx: &Ctx, name: &str, denials: &[String], raised: &BTreeMap<
         .observe(&format!("proposal/{name}"), ctx.clock.now(), obs);
 }
 
-/// The proposal whose reviewed plan is of the same tree as `commit`.
-pub(super) async fn reviewed_for(
-    ctx: &Ctx,
-    state: &State,
-    commit: &str,
-) -> Option<(String, Reviewed)> {
+/// The tree of `commit`, from the mirror.
+pub(super) async fn tree_of(ctx: &Ctx, commit: &str) -> Option<String> {
     let c = commit.to_string();
-    let tree = ctx.blocking(move |m| m.tree_of(&c)).await?;
+    ctx.blocking(move |m| m.tree_of(&c)).await
+}
+
+/// The proposal whose reviewed plan is of `tree`.
+pub(super) fn reviewed_in(state: &State, tree: &str) -> Option<(String, Reviewed)> {
     state.proposals.record.iter().find_map(|(name, s)| {
         s.reviewed
             .as_ref()
             .filter(|r| r.tree == tree)
             .map(|r| (name.clone(), r.clone()))
     })
+}
+
+/// While a commit is held, the proposals planned with its tree are asked
+/// about on each look: an approval may come after the plan.
+async fn approved_held(ctx: &Ctx, state: &mut State) {
+    let Some(tree) = ctx
+        .shared
+        .status
+        .lock()
+        .unwrap()
+        .held
+        .clone()
+        .map(|h| h.tree)
+    else {
+        return;
+    };
+    let planned: Vec<(String, Seen)> = state
+        .proposals
+        .record
+        .iter()
+        .filter(|(_, s)| s.reviewed.as_ref().is_some_and(|r| r.tree == tree))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    for (name, seen) in planned {
+        release_by_review(ctx, state, &name, &seen.commit, seen.reviewed.as_ref()).await;
+    }
+}
+
+/// A proposal planned with the tree of the commit held for want of a
+/// reviewed plan, and approved on the forge at that head by someone other
+/// than tidekeeper: the held commit is judged again, against this plan.
+/// A plan alone is no approval (anyone who can push can open a proposal).
+async fn release_by_review(
+    ctx: &Ctx,
+    state: &mut State,
+    name: &str,
+    sha: &str,
+    reviewed: Option<&Reviewed>,
+) {
+    let Some(r) = reviewed else { return };
+    let held = ctx.shared.status.lock().unwrap().held.clone();
+    // Held for want of a reviewed plan (one that differs needs a human).
+    let Some(h) = held.filter(|h| {
+        h.tree == r.tree
+            && h.reason.starts_with("held: no reviewed plan")
+            && state.head.last_seen.as_deref() == Some(h.commit.as_str())
+    }) else {
+        return;
+    };
+    let (Some(pr), Some(settings)) = (
+        crate::forge::pr_number(name),
+        state
+            .head
+            .good
+            .as_ref()
+            .and_then(|g| g.1.settings.forge.clone()),
+    ) else {
+        return;
+    };
+    let approved = match super::forge(ctx, state, &settings) {
+        Ok(forge) => forge.approved_by(pr, sha).await,
+        Err(e) => Err(e),
+    };
+    match approved {
+        Ok(Some(by)) => {
+            info!(commit = %&h.commit[..12], r#ref = %name, %by, "the held commit's tree is approved on a proposal; judging it again");
+            state.head.incomplete = Some(h.commit);
+            ctx.sched.now(Request::Head);
+        }
+        Ok(None) => {
+            info!(commit = %&h.commit[..12], r#ref = %name, "a proposal has the held commit's tree, not approved at its head");
+        }
+        Err(e) => warn!(error = %e, "could not ask the forge whether the proposal is approved"),
+    }
 }
 
 #[cfg(test)]

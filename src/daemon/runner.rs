@@ -102,6 +102,7 @@ async fn resume(ctx: &Ctx, state: &mut State, head: String) {
         });
         st.applied_commit = p.applied_commit;
         st.quarantined = p.quarantined;
+        st.held = p.held;
         st.hosts = p.hosts;
         st.fleet = p.fleet;
         st.learned_host_keys = p.learned_host_keys;
@@ -110,12 +111,31 @@ async fn resume(ctx: &Ctx, state: &mut State, head: String) {
         // is read again from the commit.
         st.suspended = p.suspended.filter(|s| s.source == "operator");
     }
+    state.head.reviewed_only = applied_requires_review(ctx).await;
     ctx.shared.status.lock().unwrap().head_commit = Some(head.clone());
     state.head.last_seen = Some(head.clone());
     if let Err(again) = super::commit::on_commit(ctx, state, head, false).await {
         super::settle(ctx, state, Request::Head, Err(again));
     }
     super::jobs::catch_up(ctx, state);
+}
+
+/// Whether the commit the status branch says was applied has
+/// `apply.require_reviewed_plan` on: after a restart as before it, a commit
+/// turning the setting off is itself held.
+async fn applied_requires_review(ctx: &Ctx) -> bool {
+    let Some(applied) = ctx.shared.status.lock().unwrap().applied_commit.clone() else {
+        return false;
+    };
+    let path = ctx.mirror.lock().unwrap().path.clone();
+    tokio::task::spawn_blocking(move || {
+        ConfigTree::from_git(&path, &applied)
+            .ok()
+            .and_then(|t| crate::model::load(&t).ok())
+            .is_some_and(|f| f.settings.require_reviewed_plan)
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// What a request does; what it asks for next.

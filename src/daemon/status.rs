@@ -112,6 +112,26 @@ pub struct Quarantine {
     pub reason: String,
 }
 
+/// A commit held by `apply.require_reviewed_plan`: not applied and not
+/// quarantined (nothing failed) until a reviewed plan of its tree matches
+/// or an operator releases it (`tidekeeper release`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Held {
+    pub commit: String,
+    /// Its tree: a proposal planned with the same tree may release it.
+    pub tree: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// `tidekeeper release COMMIT --by NAME`: a held commit applied once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    pub commit: String,
+    pub by: String,
+    pub at: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct FleetStatus {
     pub fleet: String,
@@ -123,6 +143,9 @@ pub struct FleetStatus {
     pub applied_commit: Option<String>,
     pub invalid: Option<Invalid>,
     pub quarantined: Option<Quarantine>,
+    /// Held for want of a reviewed plan of its tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
     pub last_fetch_ok: Option<String>,
     pub last_reconcile: Option<String>,
     /// Why the status may be out of date: fetch failing, webhook secret

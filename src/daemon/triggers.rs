@@ -34,8 +34,16 @@ pub(super) async fn on_head(ctx: &Ctx, state: &mut State, retry: bool) -> Result
     if held && !retry {
         return poll;
     }
+    let released = ctx
+        .shared
+        .release
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|r| r.commit == head);
     if state.head.last_seen.as_deref() != Some(head.as_str())
         || retry
+        || released
         || state.head.incomplete.is_some()
     {
         state.head.last_seen = Some(head.clone());
