@@ -373,6 +373,26 @@ pub struct Observed {
     pub prices: BTreeMap<ProviderKind, PriceList>,
 }
 
+impl Observed {
+    /// SHA-256 of the servers and networks that concern `fleet` (its own,
+    /// and any named as one of its `hosts`), as hex: what a saved plan's
+    /// cloud changes were planned against. Prices are left out: the plan's
+    /// costs carry them.
+    pub fn digest(&self, fleet: &str, hosts: &[&str]) -> String {
+        let mut servers: Vec<&ObservedServer> = self
+            .servers
+            .iter()
+            .filter(|s| s.owned_by(fleet) || hosts.contains(&s.name.as_str()))
+            .collect();
+        servers.sort_by(|a, b| (a.provider, &a.name, &a.id).cmp(&(b.provider, &b.name, &b.id)));
+        let mut networks: Vec<&ObservedNetwork> =
+            self.networks.iter().filter(|n| n.owned_by(fleet)).collect();
+        networks.sort_by(|a, b| (a.provider, &a.name, &a.id).cmp(&(b.provider, &b.name, &b.id)));
+        let seen = serde_json::json!({ "servers": servers, "networks": networks });
+        crate::digest::sha256_hex(seen.to_string().as_bytes())
+    }
+}
+
 /// [`Observed`] as data that crosses a process boundary (JSON): price
 /// lists flattened, since their keys are pairs.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -51,6 +51,47 @@ pub struct Observed {
     pub recorded: Option<String>,
 }
 
+impl Observed {
+    /// SHA-256 of everything the probe saw on the host, as hex: what a saved
+    /// plan was planned against. How the probe looked (`settled`, the stat
+    /// cache it `recorded`) is left out: it is not what is there.
+    pub fn digest(&self) -> String {
+        let Observed {
+            paths,
+            content_differs,
+            contents,
+            packages,
+            units,
+            users,
+            groups,
+            firewall,
+            sysctl,
+            settings,
+            fstab,
+            mounted,
+            commands,
+            stacks,
+            inventory,
+            pending_handlers,
+            failed,
+            unsafe_parents,
+            settled: _,
+            recorded: _,
+        } = self;
+        // Every map is ordered: the same state writes the same text.
+        let seen = format!(
+            "{:?}",
+            (
+                (paths, content_differs, contents, packages, units, users),
+                (groups, firewall, sysctl, settings, fstab, mounted),
+                (commands, stacks, inventory, pending_handlers, failed),
+                unsafe_parents,
+            )
+        );
+        crate::digest::sha256_hex(seen.as_bytes())
+    }
+}
+
 /// The record of settled files, as a probe found it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Settled {
