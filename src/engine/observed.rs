@@ -215,3 +215,36 @@ pub struct InventoryEntry {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_of_what_a_probe_saw_moves_with_the_host_not_with_how_it_looked() {
+        let mut seen = Observed::default();
+        seen.paths.insert(
+            "/etc/motd".into(),
+            PathState {
+                kind: PathKind::File,
+                mode: 0o644,
+                owner: "root".into(),
+                group: "root".into(),
+                size: 4,
+                link_target: None,
+            },
+        );
+        let digest = seen.digest();
+        assert_eq!(digest.len(), 64);
+        let mut looked = seen.clone();
+        looked.settled = Settled::Hit { moved: 0 };
+        looked.recorded = Some("abc".into());
+        assert_eq!(looked.digest(), digest, "how the probe looked is left out");
+        let mut edited = seen.clone();
+        edited.content_differs.insert("/etc/motd".into());
+        assert_ne!(edited.digest(), digest);
+        let mut chmod = seen.clone();
+        chmod.paths.get_mut("/etc/motd").unwrap().mode = 0o600;
+        assert_ne!(chmod.digest(), digest);
+    }
+}
