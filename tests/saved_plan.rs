@@ -159,3 +159,56 @@ fn a_saved_plan_is_applied_exactly_and_refused_once_what_it_saw_moved() {
         assert_eq!(on_host(&bed, i, "/etc/motd-saved"), "three\n");
     }
 }
+
+#[test]
+fn a_saved_cloud_plan_creates_its_server_and_is_refused_once_the_fleets_servers_moved() {
+    use crate::cloud::{BASE, HELLO, WEB};
+    use crate::support::cloud::CloudFleet;
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/web.yaml", WEB),
+        ],
+        "",
+    );
+    let dir = TempDir::new("saved-cloud-plan");
+    let file = dir.path().join("web.plan");
+    let file_arg = file.to_str().unwrap();
+    let out = f.tk(&["plan", "--out", file_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = show(&file, &["--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(doc["plan"]["cloud"]["observed"].is_string(), "{doc}");
+    assert_eq!(doc["plan"]["cloud"]["changes"][0]["host"], "web");
+
+    // Applied as saved: the server created and configured.
+    let out = f.tk(&["apply", file_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.ssh("web", "cat /etc/tk-cloud"), "hello web\n");
+
+    // Saved again; then a server of the fleet appears (made by another
+    // run, or by hand) before it is applied.
+    repo_edit(&f);
+    let out = f.tk(&["plan", "--out", file_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    f.hetzner.add_owned_off("acme", "old", "cpx11");
+    let out = f.tk(&["apply", file_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cloud: the servers or networks changed since the plan"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        f.ssh("web", "cat /etc/tk-cloud"),
+        "hello web\n",
+        "nothing applied"
+    );
+}
+
+/// A change to the cloud fleet's files, committed.
+fn repo_edit(f: &crate::support::cloud::CloudFleet) {
+    f.repo.write("templates/hello.j2", "bye {{ host.name }}\n");
+    f.repo.commit("bye");
+}
