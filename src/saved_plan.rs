@@ -294,6 +294,16 @@ fn redact_all(v: &mut Value, r: &dyn Fn(&str) -> String) {
     }
 }
 
+/// Text from a saved plan made safe for a terminal: no control character
+/// but line breaks and tabs. The file may have been written by anyone (its
+/// digest proves nothing of its author), and an escape sequence in it must
+/// not act on the terminal of the person reviewing it.
+pub fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect()
+}
+
 /// What moved between the `saved` plan and a `fresh` plan of the same
 /// config, a line each (none: the fresh plan is the saved plan).
 pub fn differences(saved: &SavedPlan, fresh: &SavedPlan) -> Vec<String> {
@@ -573,6 +583,14 @@ mod tests {
         assert_eq!(
             differences(&p, &other),
             ["the plan differs from the saved plan"]
+        );
+    }
+
+    #[test]
+    fn a_saved_plans_text_cannot_act_on_a_terminal() {
+        assert_eq!(
+            terminal_safe("~ file /etc/x\u{1b}]0;owned\u{7}\r\n\tok\u{9b}2J"),
+            "~ file /etc/x]0;owned\n\tok2J"
         );
     }
 

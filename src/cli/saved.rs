@@ -63,26 +63,41 @@ pub(super) fn read(path: &Path) -> Result<SavedPlan, CliError> {
     })
 }
 
-/// Does `name` (the argument of `show`) name a saved plan rather than a host?
+/// Does `name` (the argument of `show`) name a saved plan rather than a
+/// host? A file holding a JSON object does; any other file of a host's
+/// name in this directory does not stand in the host's way.
 pub(super) fn names_a_file(name: &str) -> bool {
-    Path::new(name).is_file()
+    let Ok(mut f) = std::fs::File::open(name) else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let n = f.read(&mut head).unwrap_or(0);
+    head[..n]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{')
 }
 
 /// `tidekeeper show FILE`: a saved plan as text, markdown or JSON.
 pub(super) fn show(path: &Path, format: ShowFormat) -> CliResult {
     let saved = read(path)?;
+    let safe = saved_plan::terminal_safe;
     match format {
         ShowFormat::Text => {
             println!(
                 "Saved plan of {} at {} (format {}, digest {}):\n",
-                saved.plan.fleet,
-                saved.plan.commit,
+                safe(&saved.plan.fleet),
+                safe(&saved.plan.commit),
                 saved.format_version,
-                &saved.digest[..16]
+                saved.digest.get(..16).unwrap_or_default()
             );
-            print!("{}", saved.shown.text);
+            print!("{}", safe(&saved.shown.text));
         }
-        ShowFormat::Markdown => print!("{}", saved.shown.markdown),
+        ShowFormat::Markdown => print!("{}", safe(&saved.shown.markdown)),
+        // JSON escapes every control character.
         ShowFormat::Json => print!("{}", saved.to_json()),
     }
     Ok(Outcome::Done)
@@ -105,7 +120,7 @@ pub(super) fn stale(moved: &[String]) -> CliError {
     let mut what = String::from("the saved plan is stale; nothing was applied. What moved:");
     for m in moved {
         what.push_str("\n  ");
-        what.push_str(m);
+        what.push_str(&saved_plan::terminal_safe(m));
     }
     CliError::new(what).help("plan again (`tidekeeper plan --out FILE`), review, and apply that")
 }
