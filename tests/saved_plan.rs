@@ -212,3 +212,37 @@ fn repo_edit(f: &crate::support::cloud::CloudFleet) {
     f.repo.write("templates/hello.j2", "bye {{ host.name }}\n");
     f.repo.commit("bye");
 }
+
+#[test]
+fn a_saved_plan_keeps_only_the_digest_of_a_secret_files_content() {
+    use crate::support::fleet::age_identity;
+    const PASSWORD: &str = "saved-plan-secret-4471-long";
+    let bed = Testbed::start_light(1);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[("app", "files:\n  - {path: /etc/db-password, secret: db}\n")],
+    );
+    let identity = age_identity();
+    repo.encrypt_secret(&identity, "db", PASSWORD);
+    repo.commit("a secret file");
+    let env = [("TIDEKEEPER_AGE_IDENTITY", identity.as_str())];
+    let dir = TempDir::new("saved-secret-plan");
+    let file = dir.path().join("secret.plan");
+    let file_arg = file.to_str().unwrap();
+    let out = repo.tk_env(&["plan", "--out", file_arg], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let saved = fs::read_to_string(&file).unwrap();
+    assert!(!saved.contains(PASSWORD), "{saved}");
+    let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let change = &doc["plan"]["hosts"][0]["changes"][0];
+    assert_eq!(change["id"], "/etc/db-password");
+    assert_eq!(
+        change["content"],
+        tidekeeper::digest::sha256_hex(PASSWORD.as_bytes())
+    );
+
+    let out = repo.tk_env(&["apply", file_arg], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    assert_eq!(on_host(&bed, 0, "/etc/db-password"), PASSWORD);
+}
