@@ -378,7 +378,7 @@ impl Observed {
     /// and any named as one of its `hosts`), as hex: what a saved plan's
     /// cloud changes were planned against. Prices are left out: the plan's
     /// costs carry them.
-    pub fn digest(&self, fleet: &str, hosts: &[&str]) -> String {
+    pub(crate) fn digest(&self, fleet: &str, hosts: &[&str]) -> String {
         let mut servers: Vec<&ObservedServer> = self
             .servers
             .iter()

@@ -55,7 +55,7 @@ impl Observed {
     /// SHA-256 of everything the probe saw on the host, as hex: what a saved
     /// plan was planned against. How the probe looked (`settled`, the stat
     /// cache it `recorded`) is left out: it is not what is there.
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         let Observed {
             paths,
             content_differs,
