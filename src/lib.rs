@@ -11,6 +11,7 @@
 //! - [`reconcile`]: a whole reconcile, cloud stage then hosts.
 //! - [`policy`]: every plan judged by Rego policies.
 //! - [`daemon`], [`report`], [`forge`]: the long-running loop and what it writes back.
+//! - [`saved_plan`]: a plan saved to a file, applied only while it is what a fresh plan says.
 //! - [`state_file`]: the daemon's state directory, written atomically, never dropped unseen.
 //! - [`cli`]: the `tidekeeper` command.
 
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod proposal;
 pub mod reconcile;
 pub mod report;
+pub mod saved_plan;
 pub mod schedule;
 pub mod secrets;
 pub mod source;

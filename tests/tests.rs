@@ -23,6 +23,7 @@ mod notify;
 mod policy;
 mod safety;
 mod sandbox;
+mod saved_plan;
 mod schema;
 mod stacks;
 mod template;

@@ -1,4 +1,5 @@
-//! `tidekeeper apply`: plan, show, confirm, apply, and say what was done.
+//! `tidekeeper apply`: plan, show, confirm, apply, and say what was done;
+//! `apply FILE`: the same for a saved plan that still holds.
 
 use super::plan::plan_fleet;
 use super::*;
@@ -17,25 +18,99 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
         Shown::Changes => confirm(),
         Shown::Stop(stop) => Some(stop),
     };
-    if let Some(stop) = stop {
-        let results = rt.block_on(reconcile::finish(fp, pool.clone()));
-        return match stop {
-            Stop::Refused(e) => Err(e),
-            Stop::Said(o) => Ok(o),
-            // A blocked host has work left that cannot be done: not a success.
-            Stop::NothingToDo { blocked } => Ok(Outcome::failed_if(
-                blocked || results.iter().any(|r| r.error.is_some()),
-            )),
-        };
+    let run = Run {
+        rt: &rt,
+        pool: &pool,
+        opts: &opts,
+        clouds: &clouds,
+        total,
+    };
+    run.finish(fp, stop)
+}
+
+/// `tidekeeper apply FILE`: plan the saved plan's commit and hosts again,
+/// and apply the fresh plan only when it is the saved plan; otherwise
+/// refuse, naming what moved. Nothing is asked: the plan was reviewed.
+pub(super) fn apply_saved(
+    repo: &RepoArgs,
+    args: &HostArgs,
+    rolling: bool,
+    file: &Path,
+) -> CliResult {
+    let saved = super::saved::read(file)?;
+    if !args.hosts.is_empty() {
+        return Err(
+            CliError::new("a saved plan is applied to the hosts it was planned for")
+                .help("leave out --host (or plan again with it)"),
+        );
     }
-    let done = rt.block_on(reconcile::apply(
-        fp,
-        &pool,
-        opts.clone(),
-        &clouds,
-        progress(total, false),
-    ));
-    Ok(summary(&done, &opts))
+    super::saved::same_commit(&saved, &read_tree(repo)?)?;
+    let args = HostArgs {
+        hosts: saved.plan.selected.clone(),
+        allow_destroy: saved.plan.allow_destroy,
+        allow_mass_delete: saved.plan.allow_mass_delete,
+        ..args.clone()
+    };
+    let (fleet, names, mut opts, policies) = prepare(repo, &args)?;
+    opts.rolling = rolling;
+    opts.digest_observed = true;
+    let total = names.len();
+    let opts = std::sync::Arc::new(opts);
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let rt = runtime();
+    let pool = engine::Pool::new();
+    let fp = plan_fleet(&rt, fleet, names, &args, &opts, &clouds, false, &pool);
+    let fresh = super::saved::of(&fp, &fp.gate(&policies), &args, &opts);
+    let moved = crate::saved_plan::differences(&saved, &fresh);
+    let run = Run {
+        rt: &rt,
+        pool: &pool,
+        opts: &opts,
+        clouds: &clouds,
+        total,
+    };
+    if !moved.is_empty() {
+        return run.finish(fp, Some(Stop::Refused(super::saved::stale(&moved))));
+    }
+    let stop = match show(&fp, &policies, &opts) {
+        Shown::Changes => None,
+        Shown::Stop(stop) => Some(stop),
+    };
+    run.finish(fp, stop)
+}
+
+/// What applying a shown plan needs.
+struct Run<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    pool: &'a engine::Pool,
+    opts: &'a std::sync::Arc<engine::Options>,
+    clouds: &'a crate::cloud::Clouds,
+    total: usize,
+}
+
+impl Run<'_> {
+    /// Apply `fp`, or close its connections and say why not (`stop`).
+    fn finish(&self, fp: reconcile::FleetPlan, stop: Option<Stop>) -> CliResult {
+        if let Some(stop) = stop {
+            let results = self.rt.block_on(reconcile::finish(fp, self.pool.clone()));
+            return match stop {
+                Stop::Refused(e) => Err(e),
+                Stop::Said(o) => Ok(o),
+                // A blocked host has work left that cannot be done: not a success.
+                Stop::NothingToDo { blocked } => Ok(Outcome::failed_if(
+                    blocked || results.iter().any(|r| r.error.is_some()),
+                )),
+            };
+        }
+        let done = self.rt.block_on(reconcile::apply(
+            fp,
+            self.pool,
+            self.opts.clone(),
+            self.clouds,
+            progress(self.total, false),
+        ));
+        Ok(summary(&done, self.opts))
+    }
 }
 
 /// What the plan, once shown, leaves to do.

@@ -34,6 +34,14 @@ pub struct RepoArgs {
     pub refname: String,
 }
 
+/// How `show` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShowFormat {
+    Text,
+    Markdown,
+    Json,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct HostArgs {
     /// Only these hosts (repeatable); default: every host in the fleet.
@@ -327,15 +335,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },
-    /// Print a host's fully resolved desired state.
+    /// Print a host's fully resolved desired state, or a saved plan (`plan --out FILE`).
     Show {
-        /// Host name (as in `tidekeeper validate`'s list).
+        /// Host name (as in `tidekeeper validate`'s list), or the path of a
+        /// saved plan (an existing file).
         host: String,
         #[command(flatten)]
         repo: RepoArgs,
-        /// Print JSON instead of text.
-        #[arg(long)]
+        /// Print JSON instead of text (the same as `--format json`).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// How to print: text, markdown (a saved plan as the pull-request
+        /// comment the daemon posts) or json.
+        #[arg(long, value_enum)]
+        format: Option<ShowFormat>,
     },
     /// Show what would change on the hosts (read-only).
     Plan {
@@ -366,6 +379,11 @@ pub enum Command {
         /// The trusted branch a proposal is planned against (with --untrusted).
         #[arg(long, default_value = "main", requires = "untrusted")]
         base: String,
+        /// Also save the plan to FILE, for `tidekeeper apply FILE` (which
+        /// applies exactly this plan, or refuses when what it saw moved) and
+        /// `tidekeeper show FILE`.
+        #[arg(long, short = 'o', value_name = "FILE", conflicts_with_all = ["untrusted", "changed_files_only"])]
+        out: Option<PathBuf>,
     },
     /// Plan, show the plan, and apply exactly that plan.
     Apply {
@@ -379,6 +397,11 @@ pub enum Command {
         /// One canary host first, then `--parallel` at a time; stop at the first failure.
         #[arg(long)]
         rolling: bool,
+        /// A plan saved by `plan --out FILE`: planned again and applied
+        /// without asking when it is still what a fresh plan says, refused
+        /// (naming what moved) when it is not.
+        #[arg(value_name = "FILE")]
+        plan_file: Option<PathBuf>,
     },
     /// Run the reconciler: poll (and take webhooks), apply new commits, watch for drift, report back.
     Run(RunArgs),

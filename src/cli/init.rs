@@ -244,7 +244,7 @@ fn reconcile_demo_host(args: &RepoArgs, root: &Path) -> CliResult {
         "\n$ tidekeeper plan --host {DEMO_HOST}        # what would change under {}",
         root.display()
     );
-    let planned = plan(args, &hosts, None, PlanFormat::Text, false, false)?;
+    let planned = plan(args, &hosts, None, PlanFormat::Text, false, false, None)?;
     if planned != Outcome::Done {
         return Ok(planned);
     }
@@ -254,7 +254,7 @@ fn reconcile_demo_host(args: &RepoArgs, root: &Path) -> CliResult {
         return Ok(applied);
     }
     println!("\n$ tidekeeper plan --host {DEMO_HOST}        # again: nothing left to do");
-    plan(args, &hosts, None, PlanFormat::Text, false, false)
+    plan(args, &hosts, None, PlanFormat::Text, false, false, None)
 }
 
 /// The daemon, following the demo repo at `abs` and reconciling only the demo host.

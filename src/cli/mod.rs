@@ -18,12 +18,13 @@ mod plan;
 mod policy;
 mod release;
 mod restore;
+mod saved;
 mod schedule;
 mod secrets;
 mod show;
 mod validate;
 
-use apply::apply;
+use apply::{apply, apply_saved};
 pub use args::*;
 use daemon::{post_daemon, run_daemon};
 use error::{CliError, Outcome};
@@ -82,7 +83,12 @@ fn dispatch(command: Command) -> CliResult {
             worktree,
             format,
         } => validate(&repo, worktree, format),
-        Command::Show { host, repo, json } => show(&repo, &host, json),
+        Command::Show {
+            host,
+            repo,
+            json,
+            format,
+        } => show(&repo, &host, json, format),
         Command::Plan {
             repo,
             hosts,
@@ -92,6 +98,7 @@ fn dispatch(command: Command) -> CliResult {
             changed_files_only,
             untrusted,
             base,
+            out,
         } => plan(
             &repo,
             &hosts,
@@ -99,13 +106,22 @@ fn dispatch(command: Command) -> CliResult {
             PlanFormat::of(json, markdown),
             detailed_exitcode,
             changed_files_only,
+            out.as_deref(),
         ),
         Command::Apply {
             repo,
             hosts,
             yes,
             rolling,
+            plan_file: None,
         } => apply(&repo, &hosts, yes, rolling),
+        Command::Apply {
+            repo,
+            hosts,
+            rolling,
+            plan_file: Some(file),
+            ..
+        } => apply_saved(&repo, &hosts, rolling, &file),
         Command::Run(args) => run_daemon(args.into()),
         Command::Retry { daemon, api_token } => post_daemon(
             daemon,

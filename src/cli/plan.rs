@@ -95,6 +95,7 @@ pub(super) fn plan(
     format: PlanFormat,
     detailed: bool,
     changed_files_only: bool,
+    out: Option<&Path>,
 ) -> CliResult {
     let json = format != PlanFormat::Text;
     let rt = runtime();
@@ -112,11 +113,15 @@ pub(super) fn plan(
             let (fleet, names, mut opts, policies) = prepare(repo, args)?;
             opts.changed_files_only = changed_files_only;
             opts.record_file_stats = changed_files_only;
+            opts.digest_observed = out.is_some();
             let opts = std::sync::Arc::new(opts);
             let clouds = crate::cloud::Clouds::from_env(&fleet);
             let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);
-            let verdict = fp.gate(&policies).verdict;
-            (fp, verdict, vec![], (*opts).clone())
+            let gate = fp.gate(&policies);
+            if let Some(path) = out {
+                super::saved::write(&super::saved::of(&fp, &gate, args, &opts), path)?;
+            }
+            (fp, gate.verdict, vec![], (*opts).clone())
         }
     };
     let results = fp.results();
@@ -162,6 +167,13 @@ pub(super) fn plan(
         if fp.has_changes() {
             print!("\n{}", opts.redact(&verdict.render()));
         }
+    }
+    if let (Some(path), PlanFormat::Text) = (out, format) {
+        println!(
+            "\nSaved this plan to {}; `tidekeeper apply {}` applies exactly it.",
+            path.display(),
+            path.display()
+        );
     }
     let t = reconcile::totals(fp.cloud.as_ref(), &results);
     rt.block_on(reconcile::finish(fp, pool.clone()));

@@ -1,8 +1,34 @@
-//! `tidekeeper show HOST`: a host's resources as resolved.
+//! `tidekeeper show HOST`: a host's resources as resolved; `show FILE`: a
+//! saved plan.
 
 use super::*;
 
-pub(super) fn show(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
+/// A saved plan when `name` is a file, else the host of that name.
+pub(super) fn show(
+    repo: &RepoArgs,
+    name: &str,
+    json: bool,
+    format: Option<ShowFormat>,
+) -> CliResult {
+    let format = if json {
+        ShowFormat::Json
+    } else {
+        format.unwrap_or(ShowFormat::Text)
+    };
+    if super::saved::names_a_file(name) {
+        return super::saved::show(Path::new(name), format);
+    }
+    if format == ShowFormat::Markdown {
+        return Err(
+            CliError::new("--format markdown is for saved plans").help(format!(
+                "no file named {name:?}; a host is shown as text or json"
+            )),
+        );
+    }
+    show_host(repo, name, format == ShowFormat::Json)
+}
+
+fn show_host(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
     let tree = read_tree(repo)?;
     let fleet = load(&tree, Format::Human)?;
     let Some(h) = fleet.host(host) else {

@@ -373,6 +373,26 @@ pub struct Observed {
     pub prices: BTreeMap<ProviderKind, PriceList>,
 }
 
+impl Observed {
+    /// SHA-256 of the servers and networks that concern `fleet` (its own,
+    /// and any named as one of its `hosts`), as hex: what a saved plan's
+    /// cloud changes were planned against. Prices are left out: the plan's
+    /// costs carry them.
+    pub(crate) fn digest(&self, fleet: &str, hosts: &[&str]) -> String {
+        let mut servers: Vec<&ObservedServer> = self
+            .servers
+            .iter()
+            .filter(|s| s.owned_by(fleet) || hosts.contains(&s.name.as_str()))
+            .collect();
+        servers.sort_by(|a, b| (a.provider, &a.name, &a.id).cmp(&(b.provider, &b.name, &b.id)));
+        let mut networks: Vec<&ObservedNetwork> =
+            self.networks.iter().filter(|n| n.owned_by(fleet)).collect();
+        networks.sort_by(|a, b| (a.provider, &a.name, &a.id).cmp(&(b.provider, &b.name, &b.id)));
+        let seen = serde_json::json!({ "servers": servers, "networks": networks });
+        crate::digest::sha256_hex(seen.to_string().as_bytes())
+    }
+}
+
 /// [`Observed`] as data that crosses a process boundary (JSON): price
 /// lists flattened, since their keys are pairs.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -547,4 +567,65 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outs.into_iter()
         .map(|o| o.expect("every future finished"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, fleet: Option<&str>, size: &str) -> ObservedServer {
+        let mut labels = BTreeMap::new();
+        if let Some(f) = fleet {
+            labels.insert(MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string());
+            labels.insert(FLEET.to_string(), f.to_string());
+        }
+        ObservedServer {
+            provider: ProviderKind::Hetzner,
+            id: name.len().to_string(),
+            name: name.into(),
+            size: size.into(),
+            image: None,
+            location: "fsn1".into(),
+            labels,
+            state: PowerState::Running,
+            address: None,
+            private_address: None,
+            firewall: None,
+            static_ip: false,
+            delete_protection: false,
+            networks: vec![],
+        }
+    }
+
+    #[test]
+    fn the_digest_of_the_cloud_moves_with_the_fleets_servers_and_name_clashes_only() {
+        let obs = |servers| Observed {
+            servers,
+            ..Default::default()
+        };
+        let ours = obs(vec![
+            server("web", Some("acme"), "cx22"),
+            server("db", None, "cx22"),
+        ]);
+        let digest = ours.digest("acme", &["web"]);
+        let resized = obs(vec![
+            server("web", Some("acme"), "cx32"),
+            server("db", None, "cx22"),
+        ]);
+        assert_ne!(resized.digest("acme", &["web"]), digest);
+        let others = obs(vec![
+            server("db", None, "cx52"),
+            server("web", Some("acme"), "cx22"),
+        ]);
+        assert_eq!(
+            others.digest("acme", &["web"]),
+            digest,
+            "another's server, in any order"
+        );
+        assert_ne!(
+            others.digest("acme", &["web", "db"]),
+            ours.digest("acme", &["web", "db"]),
+            "a server named as one of the fleet's hosts counts"
+        );
+    }
 }

@@ -128,6 +128,10 @@ pub struct CloudPlan {
     /// Private networks to create, extend or delete (they cost nothing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkChange>,
+    /// A digest of the servers and networks planned against
+    /// ([`Observed::digest`]): what a saved plan records.
+    #[serde(skip)]
+    pub observed: Option<String>,
 }
 
 /// A change to a private network.
@@ -433,10 +437,12 @@ pub(crate) fn plan(
     opts: PlanOptions,
 ) -> CloudPlan {
     let Costs { total, per_server } = costs(fleet, desired, observed);
+    let hosts: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
     let mut plan = CloudPlan {
         fleet: fleet.name.clone(),
         cost: total,
         server_cost: per_server,
+        observed: Some(observed.digest(&fleet.name, &hosts)),
         ..Default::default()
     };
     let (twice, errors) = doubled(fleet, observed);

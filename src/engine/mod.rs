@@ -75,6 +75,9 @@ pub struct Options {
     /// Where a vouch for a host's stat cache waits for the host's next
     /// probe (the daemon's); without it, it is sent at once.
     pub vouches: Option<Arc<Vouches>>,
+    /// Keep a digest of what each host's probe saw in its plan (a saved
+    /// plan records it; `apply FILE` refuses when it moved).
+    pub digest_observed: bool,
 }
 
 /// Vouches owed to hosts' stat caches, by host: a check that found every
@@ -120,6 +123,7 @@ impl Default for Options {
             changed_files_only: false,
             record_file_stats: false,
             vouches: None,
+            digest_observed: false,
         }
     }
 }
@@ -686,6 +690,9 @@ pub async fn plan_host(
         }
     }
     let mut plan = plan::plan_host(host, &items, &obs, opts.plan);
+    if opts.digest_observed {
+        plan.observed = Some(obs.digest());
+    }
     if let Some(u) = unobserved {
         confine::annotate(&mut plan, &u);
     }

@@ -51,6 +51,47 @@ pub struct Observed {
     pub recorded: Option<String>,
 }
 
+impl Observed {
+    /// SHA-256 of everything the probe saw on the host, as hex: what a saved
+    /// plan was planned against. How the probe looked (`settled`, the stat
+    /// cache it `recorded`) is left out: it is not what is there.
+    pub(crate) fn digest(&self) -> String {
+        let Observed {
+            paths,
+            content_differs,
+            contents,
+            packages,
+            units,
+            users,
+            groups,
+            firewall,
+            sysctl,
+            settings,
+            fstab,
+            mounted,
+            commands,
+            stacks,
+            inventory,
+            pending_handlers,
+            failed,
+            unsafe_parents,
+            settled: _,
+            recorded: _,
+        } = self;
+        // Every map is ordered: the same state writes the same text.
+        let seen = format!(
+            "{:?}",
+            (
+                (paths, content_differs, contents, packages, units, users),
+                (groups, firewall, sysctl, settings, fstab, mounted),
+                (commands, stacks, inventory, pending_handlers, failed),
+                unsafe_parents,
+            )
+        );
+        crate::digest::sha256_hex(seen.as_bytes())
+    }
+}
+
 /// The record of settled files, as a probe found it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Settled {
@@ -173,4 +214,37 @@ pub struct InventoryEntry {
     /// tidekeeper created it (users and groups are only removed if so).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub created: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_of_what_a_probe_saw_moves_with_the_host_not_with_how_it_looked() {
+        let mut seen = Observed::default();
+        seen.paths.insert(
+            "/etc/motd".into(),
+            PathState {
+                kind: PathKind::File,
+                mode: 0o644,
+                owner: "root".into(),
+                group: "root".into(),
+                size: 4,
+                link_target: None,
+            },
+        );
+        let digest = seen.digest();
+        assert_eq!(digest.len(), 64);
+        let mut looked = seen.clone();
+        looked.settled = Settled::Hit { moved: 0 };
+        looked.recorded = Some("abc".into());
+        assert_eq!(looked.digest(), digest, "how the probe looked is left out");
+        let mut edited = seen.clone();
+        edited.content_differs.insert("/etc/motd".into());
+        assert_ne!(edited.digest(), digest);
+        let mut chmod = seen.clone();
+        chmod.paths.get_mut("/etc/motd").unwrap().mode = 0o600;
+        assert_ne!(chmod.digest(), digest);
+    }
 }

@@ -46,6 +46,10 @@ pub struct HostPlan {
     /// written when one of their items changes.
     #[serde(skip)]
     pub persist: Vec<super::item::FileItem>,
+    /// A digest of what the probe saw ([`Observed::digest`]), when the
+    /// options asked for it: what a saved plan was planned against.
+    #[serde(skip)]
+    pub observed: Option<String>,
 }
 
 impl HostPlan {
@@ -62,6 +66,7 @@ impl HostPlan {
             previous_inventory: Default::default(),
             settled_handlers: vec![],
             persist: vec![],
+            observed: None,
         }
     }
 
@@ -140,6 +145,7 @@ pub(crate) fn plan_host(
         warnings,
         blocked,
         inventory,
+        observed: None,
     }
 }
 
