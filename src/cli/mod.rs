@@ -122,33 +122,11 @@ fn dispatch(command: Command) -> CliResult {
             plan_file: Some(file),
             ..
         } => apply_saved(&repo, &hosts, rolling, &file),
-        Command::Run(args) => run_daemon(args.into()),
-        Command::Retry { daemon, api_token } => post_daemon(
-            daemon,
-            "/retry",
-            api_token.as_deref(),
-            "",
-            "The daemon at {addr} will retry its quarantined commit.",
-        ),
-        Command::Suspend {
-            daemon,
-            reason,
-            by,
-            api_token,
-        } => suspend(daemon, reason, by, api_token.as_deref()),
-        Command::Release {
-            commit,
-            by,
-            daemon,
-            api_token,
-        } => release::release(daemon, commit, by, api_token.as_deref()),
-        Command::Resume { daemon, api_token } => post_daemon(
-            daemon,
-            "/resume",
-            api_token.as_deref(),
-            "",
-            "The daemon at {addr} applies and runs jobs again.",
-        ),
+        c @ (Command::Run(_)
+        | Command::Retry { .. }
+        | Command::Suspend { .. }
+        | Command::Release { .. }
+        | Command::Resume { .. }) => to_daemon(c),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Restore(r) => restore_cmd(r),
@@ -177,6 +155,40 @@ fn dispatch(command: Command) -> CliResult {
             no_daemon,
             listen,
         } => demo(&dir, no_daemon, listen),
+    }
+}
+
+/// The commands that run the daemon or ask a running one.
+fn to_daemon(command: Command) -> CliResult {
+    match command {
+        Command::Run(args) => run_daemon(args.into()),
+        Command::Retry { daemon, api_token } => post_daemon(
+            daemon,
+            "/retry",
+            api_token.as_deref(),
+            "",
+            "The daemon at {addr} will retry its quarantined commit.",
+        ),
+        Command::Suspend {
+            daemon,
+            reason,
+            by,
+            api_token,
+        } => suspend(daemon, reason, by, api_token.as_deref()),
+        Command::Release {
+            commit,
+            by,
+            daemon,
+            api_token,
+        } => release::release(daemon, commit, by, api_token.as_deref()),
+        Command::Resume { daemon, api_token } => post_daemon(
+            daemon,
+            "/resume",
+            api_token.as_deref(),
+            "",
+            "The daemon at {addr} applies and runs jobs again.",
+        ),
+        _ => unreachable!("dispatch sends only the daemon's commands here"),
     }
 }
 
