@@ -514,13 +514,7 @@ pub(super) async fn on_commit(
     async {
         {
             let st = ctx.shared.status.lock().unwrap();
-            let released = ctx
-                .shared
-                .release
-                .lock()
-                .unwrap()
-                .as_ref()
-                .is_some_and(|r| r.commit == commit);
+            let released = ctx.release_asked(&commit);
             if !retry && !released && st.quarantined.as_ref().is_some_and(|q| q.commit == commit) {
                 info!("commit is quarantined; waiting for a newer commit or `tidekeeper retry`");
                 return Ok(());

@@ -321,6 +321,17 @@ fn full_check_due(
 }
 
 impl Ctx {
+    /// An operator asked to release `commit` (`tidekeeper release`) and it
+    /// has not been taken up yet.
+    fn release_asked(&self, commit: &str) -> bool {
+        self.shared
+            .release
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|r| r.commit == commit)
+    }
+
     /// Write the status branch (and `note` on its commit), together with
     /// whatever an earlier failed push left unsent.
     async fn push_status(&self, note: Option<(String, String)>) {

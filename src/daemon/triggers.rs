@@ -34,13 +34,7 @@ pub(super) async fn on_head(ctx: &Ctx, state: &mut State, retry: bool) -> Result
     if held && !retry {
         return poll;
     }
-    let released = ctx
-        .shared
-        .release
-        .lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|r| r.commit == head);
+    let released = ctx.release_asked(&head);
     if state.head.last_seen.as_deref() != Some(head.as_str())
         || retry
         || released
