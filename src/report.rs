@@ -489,12 +489,20 @@ pub fn comments<R: Borrow<HostResult>>(r: &Review<'_, R>, limit: usize) -> Vec<S
         .collect()
 }
 
-/// The plan as JSON: the plan's own document (`hosts`, `cloud`, `summary`)
-/// with the policies' verdict; `after_merge` too for a proposal planned
-/// under a trusted base.
+/// The layout of the plan as JSON (`plan --json`, notes, saved plans);
+/// raised when a field changes meaning or goes away.
+pub const PLAN_JSON_VERSION: u32 = 1;
+
+/// The plan as JSON: the format version, fleet and commit, the plan's own
+/// document (`hosts`, `cloud`, `summary`) with the policies' verdict;
+/// `after_merge` too for a proposal planned under a trusted base.
 pub fn plan_json<R: Borrow<HostResult>>(r: &Review<'_, R>, after_merge: bool) -> serde_json::Value {
     let results: Vec<&HostResult> = r.results.iter().map(Borrow::borrow).collect();
     let mut doc = crate::reconcile::json(r.cloud, &results);
+    // Machines reading it know which layout and which commit it is.
+    doc["format_version"] = serde_json::json!(PLAN_JSON_VERSION);
+    doc["fleet"] = serde_json::json!(r.fleet);
+    doc["commit"] = serde_json::json!(r.commit);
     doc["policy"] = serde_json::to_value(r.verdict).unwrap_or_default();
     if after_merge {
         doc["after_merge"] = serde_json::to_value(r.after_merge).unwrap_or_default();

@@ -303,3 +303,57 @@ fn a_stated_monthly_cost_is_counted_in_the_plan_and_its_json() {
     assert_eq!(doc["cloud"]["cost"]["EUR"]["proposed"], 49.5, "{doc}");
     assert_eq!(doc["cloud"]["cost"]["EUR"]["prior"], 49.5, "{doc}");
 }
+
+/// `plan --json` says which layout and which commit it is; plan and apply
+/// say when the work tree has edits they do not see (they read HEAD).
+#[test]
+fn plan_json_names_its_version_and_commit_and_uncommitted_edits_are_said() {
+    let root = TempDir::new("local-root");
+    let repo = repo_with(
+        root.path(),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+    );
+    let p = repo.path();
+    let head = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(p)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let out = tk(p, &["plan", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    assert_eq!(doc["format_version"], 1, "{doc}");
+    assert_eq!(doc["fleet"], "local-test", "{doc}");
+    assert_eq!(doc["commit"], head.trim(), "{doc}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("uncommitted"),
+        "{}",
+        text(&out)
+    );
+
+    // An edit not committed: planned and applied is HEAD, and both say so.
+    fs::write(
+        p.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"y\\n\"}\n",
+    )
+    .unwrap();
+    for args in [&["plan"][..], &["apply", "--yes"][..]] {
+        let out = tk(p, args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(
+                "warning: 1 config file with uncommitted changes (roles/app.yaml): this uses HEAD, not them; commit them first"
+            ),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/app.conf")).unwrap(),
+        "x\n",
+        "HEAD's content was applied"
+    );
+}

@@ -295,6 +295,28 @@ fn man(dir: Option<&Path>) -> CliResult {
     Ok(Outcome::Done)
 }
 
+/// Config files edited but not committed, said on stderr when the command
+/// reads HEAD: plan and apply act on the commit, never on the work tree,
+/// and a user who forgot to commit would otherwise see an old plan.
+fn warn_uncommitted(repo: &RepoArgs, what_happens: &str) {
+    if repo.refname != "HEAD" {
+        return;
+    }
+    let changed = source::discover(&repo.repo)
+        .map(|p| source::uncommitted(&p))
+        .unwrap_or_default();
+    if !changed.is_empty() {
+        let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
+        eprintln!(
+            "warning: {} config file{} with uncommitted changes ({}{}): {what_happens}",
+            changed.len(),
+            plural(changed.len()),
+            shown.join(", "),
+            if changed.len() > 5 { ", …" } else { "" }
+        );
+    }
+}
+
 fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
     let path = source::discover(&repo.repo).map_err(CliError::new)?;
     ConfigTree::from_git(&path, &repo.refname).map_err(CliError::new)
@@ -373,6 +395,7 @@ fn repo_policies(repo: &RepoArgs) -> Vec<(String, String)> {
 type Prepared = (Fleet, Vec<String>, engine::Options, Vec<(String, String)>);
 
 fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
+    warn_uncommitted(repo, "this uses HEAD, not them; commit them first");
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
     let names: Vec<String> = if args.hosts.is_empty() {

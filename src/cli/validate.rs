@@ -10,22 +10,13 @@ pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> CliRe
     } else {
         read_tree(repo)?
     };
-    if !worktree && repo.refname == "HEAD" {
+    if !worktree {
         // A user about to commit should not be told "valid" about files
         // that are not what they are committing.
-        let changed = source::discover(&repo.repo)
-            .map(|p| source::uncommitted(&p))
-            .unwrap_or_default();
-        if !changed.is_empty() {
-            let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
-            eprintln!(
-                "warning: {} config file{} with uncommitted changes ({}{}): this checks HEAD, not them; `tidekeeper validate --worktree` checks the files on disk",
-                changed.len(),
-                plural(changed.len()),
-                shown.join(", "),
-                if changed.len() > 5 { ", …" } else { "" }
-            );
-        }
+        warn_uncommitted(
+            repo,
+            "this checks HEAD, not them; `tidekeeper validate --worktree` checks the files on disk",
+        );
     }
     let fleet = load(&tree, format)?;
     match format {
