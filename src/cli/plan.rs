@@ -132,30 +132,19 @@ pub(super) fn plan(
         }
         println!();
     }
+    let commit = fp.fleet.commit.clone().unwrap_or_default();
+    let review = crate::report::Review {
+        fleet: &fp.fleet.name,
+        commit: &commit,
+        cloud: fp.cloud.as_ref(),
+        results: &results,
+        verdict: &verdict,
+        after_merge: &after_merge,
+    };
     if format == PlanFormat::Markdown {
-        let commit = fp.fleet.commit.clone().unwrap_or_default();
-        let md = crate::report::markdown(
-            &crate::report::Review {
-                fleet: &fp.fleet.name,
-                commit: &commit,
-                cloud: fp.cloud.as_ref(),
-                results: &results,
-                verdict: &verdict,
-                after_merge: &after_merge,
-            },
-            crate::report::GITHUB_LIMIT,
-        );
+        let md = crate::report::markdown(&review, crate::report::GITHUB_LIMIT);
         print!("{}", opts.redact(&md));
     } else if json {
-        let commit = fp.fleet.commit.clone().unwrap_or_default();
-        let review = crate::report::Review {
-            fleet: &fp.fleet.name,
-            commit: &commit,
-            cloud: fp.cloud.as_ref(),
-            results: &results,
-            verdict: &verdict,
-            after_merge: &after_merge,
-        };
         let doc = crate::report::plan_json(&review, untrusted_base.is_some());
         let text = serde_json::to_string_pretty(&doc).expect("json");
         println!("{}", opts.redact(&text));

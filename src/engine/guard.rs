@@ -198,18 +198,7 @@ mod tests {
     use crate::engine::plan::Action;
 
     fn change(kind: &str, id: &str) -> Change {
-        Change {
-            kind: kind.parse().unwrap(),
-            id: id.into(),
-            action: Action::Update,
-            attrs: vec![],
-            diff: None,
-            note: None,
-            was: None,
-            item: None,
-            prune: false,
-            notify: vec![],
-        }
+        Change::bare(kind.parse().unwrap(), id, Action::Update)
     }
 
     fn plan(changes: Vec<Change>) -> HostPlan {
