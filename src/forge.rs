@@ -43,6 +43,20 @@ pub struct Forge {
     login: tokio::sync::OnceCell<String>,
 }
 
+/// A pull request as the forge has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pull {
+    pub number: u64,
+    /// The sha of its head.
+    pub head: String,
+    /// Merged by the forge (through its branch protection and checks).
+    pub merged: bool,
+    /// The forge's answer for an open pull request (`None`: not computed yet).
+    pub mergeable: Option<bool>,
+    pub merged_by: Option<String>,
+    pub author: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Comment {
     id: u64,
@@ -240,11 +254,19 @@ impl Forge {
         }
     }
 
-    /// Who approved pull request `pr` at exactly `head` (GitHub and Gitea
-    /// both answer `GET .../pulls/N/reviews` with `state` and `commit_id`):
-    /// the first such reviewer that is not the token's own user, if any. A
-    /// review of an older head, dismissed or stale, never counts.
+    /// Who approved pull request `pr` at exactly `head`: the first of
+    /// [`Forge::approvals`], if any.
     pub async fn approved_by(&self, pr: u64, head: &str) -> Result<Option<String>, ForgeError> {
+        Ok(self.approvals(pr, head).await?.into_iter().next())
+    }
+
+    /// Everyone whose review of pull request `pr` stands approved at exactly
+    /// `head` (GitHub and Gitea both answer `GET .../pulls/N/reviews` with
+    /// `state`, `commit_id` and `user.login`), in the order they approved.
+    /// A reviewer's latest approving or change-requesting review counts (a
+    /// later "changes requested" takes an approval back); a review of an
+    /// older head, dismissed or stale, never counts, nor tidekeeper's own.
+    pub async fn approvals(&self, pr: u64, head: &str) -> Result<Vec<String>, ForgeError> {
         let me = self.login().await?;
         let v = self
             .send(
@@ -253,16 +275,101 @@ impl Forge {
                 None,
             )
             .await?;
-        let by = v.as_array().into_iter().flatten().find_map(|r| {
-            let login = r["user"]["login"].as_str()?;
-            (r["state"] == "APPROVED"
-                && r["commit_id"] == head
-                && r["dismissed"] != true
-                && r["stale"] != true
-                && login != me)
-                .then(|| login.to_string())
-        });
-        Ok(by)
+        let mut last: Vec<(String, bool)> = Vec::new();
+        for r in v.as_array().into_iter().flatten() {
+            let Some(login) = r["user"]["login"].as_str().filter(|l| *l != me) else {
+                continue;
+            };
+            let approves = match r["state"].as_str() {
+                Some("APPROVED") => {
+                    r["commit_id"] == head && r["dismissed"] != true && r["stale"] != true
+                }
+                Some("CHANGES_REQUESTED" | "REQUEST_CHANGES" | "DISMISSED") => false,
+                _ => continue, // a comment neither approves nor takes back
+            };
+            last.retain(|(l, _)| l != login);
+            last.push((login.to_string(), approves));
+        }
+        Ok(last
+            .into_iter()
+            .filter(|(_, a)| *a)
+            .map(|(l, _)| l)
+            .collect())
+    }
+
+    /// The pull request `commit` was merged from, if the forge knows one
+    /// (GitHub: `GET .../commits/SHA/pulls`, preferring the one whose merge
+    /// commit it is; Gitea: `GET .../commits/SHA/pull`).
+    pub async fn pull_of_commit(&self, commit: &str) -> Result<Option<u64>, ForgeError> {
+        let path = match self.kind {
+            ForgeKind::Github => format!("/repos/{}/commits/{commit}/pulls", self.repo),
+            ForgeKind::Gitea => format!("/repos/{}/commits/{commit}/pull", self.repo),
+        };
+        let v = match self.send(Method::GET, &path, None).await {
+            Err(ForgeError::Request { reason, .. }) if reason.starts_with("HTTP 404") => {
+                return Ok(None);
+            }
+            other => other?,
+        };
+        let list = match v {
+            serde_json::Value::Array(a) => a,
+            one => vec![one],
+        };
+        let pick = list
+            .iter()
+            .find(|p| p["merge_commit_sha"] == commit)
+            .or_else(|| {
+                list.iter()
+                    .find(|p| p["merged"] == true || !p["merged_at"].is_null())
+            })
+            .or(list.first());
+        Ok(pick.and_then(|p| p["number"].as_u64()))
+    }
+
+    /// Pull request `pr` as the forge has it now.
+    pub async fn pull(&self, pr: u64) -> Result<Pull, ForgeError> {
+        let v = self
+            .send(
+                Method::GET,
+                &format!("/repos/{}/pulls/{pr}", self.repo),
+                None,
+            )
+            .await?;
+        let login = |u: &serde_json::Value| u["login"].as_str().map(str::to_string);
+        Ok(Pull {
+            number: pr,
+            head: v["head"]["sha"].as_str().unwrap_or_default().to_string(),
+            merged: v["merged"] == true || !v["merged_at"].is_null(),
+            mergeable: v["mergeable"].as_bool(),
+            merged_by: login(&v["merged_by"]),
+            author: login(&v["user"]),
+        })
+    }
+
+    /// The logins of team `org/team` (GitHub: `GET /orgs/O/teams/T/members`).
+    /// Gitea names teams by id, not slug: owners there are written as users.
+    pub async fn team_members(&self, org: &str, team: &str) -> Result<Vec<String>, ForgeError> {
+        if self.kind == ForgeKind::Gitea {
+            return Err(ForgeError::Request {
+                method: "GET",
+                url: format!("{}/orgs/{org}/teams", self.api),
+                reason: format!(
+                    "team owner @{org}/{team}: Gitea teams are not read; name its members as @login"
+                ),
+            });
+        }
+        let v = self
+            .send(
+                Method::GET,
+                &format!("/orgs/{org}/teams/{team}/members?per_page=100"),
+                None,
+            )
+            .await?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["login"].as_str().map(str::to_string))
+            .collect())
     }
 
     /// Every comment on `pr`, page by page (100 a page; a forge that does

@@ -22,6 +22,7 @@ pub mod change;
 pub mod cli;
 pub mod clock;
 pub mod cloud;
+pub(crate) mod codeowners;
 pub mod daemon;
 pub mod digest;
 pub mod engine;

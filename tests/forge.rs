@@ -33,6 +33,14 @@ pub(crate) struct Fake {
     pub(crate) git_dir: Option<std::path::PathBuf>,
     /// PR number → its reviews, as `GET .../pulls/N/reviews` answers.
     pub(crate) reviews: std::collections::HashMap<u64, Vec<Value>>,
+    /// Merge commit sha → the PR merged by it, as `GET .../commits/SHA/pulls`
+    /// (GitHub) and `GET .../commits/SHA/pull` (Gitea) answer.
+    pub(crate) merges: std::collections::HashMap<String, u64>,
+    /// PR number → fields its `GET .../pulls/N` answer has besides its head
+    /// (`merged`, `merged_by`, `mergeable`).
+    pub(crate) pulls: std::collections::HashMap<u64, Value>,
+    /// `org/team` → its members' logins.
+    pub(crate) teams: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// The user the token `t0k` is.
@@ -42,6 +50,19 @@ impl Fake {
     /// Read PR heads from the `refs/pull/N/head` of the repo at `dir`.
     pub(crate) fn pulls_from(&mut self, dir: &std::path::Path) {
         self.git_dir = Some(dir.to_path_buf());
+    }
+
+    /// `GET .../pulls/N` as GitHub and Gitea answer it.
+    fn pull_json(&self, pr: u64, head: &str) -> Value {
+        let mut v = json!({"number": pr, "state": "open", "merged": false, "mergeable": null,
+            "merged_by": null, "user": {"login": "octocat"},
+            "head": {"ref": format!("pr-{pr}"), "sha": head}});
+        if let Some(Value::Object(extra)) = self.pulls.get(&pr) {
+            for (k, x) in extra {
+                v[k] = x.clone();
+            }
+        }
+        v
     }
 
     fn head_of(&self, pr: u64) -> Option<String> {
@@ -183,8 +204,9 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                 if !authorized(&s, &h) {
                     return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
                 }
-                match s.lock().unwrap().head_of(pr) {
-                    Some(sha) => (StatusCode::OK, Json(json!({"number": pr, "state": "open", "head": {"ref": format!("pr-{pr}"), "sha": sha}}))),
+                let f = s.lock().unwrap();
+                match f.head_of(pr) {
+                    Some(sha) => (StatusCode::OK, Json(f.pull_json(pr, &sha))),
                     None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
                 }
             }),
@@ -197,6 +219,45 @@ fn fake_forge(port: u16, prefix: &str, auth: &str) -> Shared {
                 }
                 let f = s.lock().unwrap();
                 (StatusCode::OK, Json(Value::Array(f.reviews.get(&pr).cloned().unwrap_or_default())))
+            }),
+        )
+        .route(
+            "/repos/acme/fleet/commits/{sha}/pulls",
+            get(|State(s): State<Shared>, Path(sha): Path<String>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                let f = s.lock().unwrap();
+                let list: Vec<Value> = f.merges.get(&sha).into_iter()
+                    .filter_map(|pr| Some(f.pull_json(*pr, &f.head_of(*pr)?)))
+                    .map(|mut p| { p["merge_commit_sha"] = json!(sha); p })
+                    .collect();
+                (StatusCode::OK, Json(Value::Array(list)))
+            }),
+        )
+        .route(
+            "/repos/acme/fleet/commits/{sha}/pull",
+            get(|State(s): State<Shared>, Path(sha): Path<String>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                let f = s.lock().unwrap();
+                match f.merges.get(&sha).and_then(|pr| Some(f.pull_json(*pr, &f.head_of(*pr)?))) {
+                    Some(p) => (StatusCode::OK, Json(p)),
+                    None => (StatusCode::NOT_FOUND, Json(json!({"message": "pull request does not exist"}))),
+                }
+            }),
+        )
+        .route(
+            "/orgs/{org}/teams/{team}/members",
+            get(|State(s): State<Shared>, Path((org, team)): Path<(String, String)>, h: HeaderMap| async move {
+                if !authorized(&s, &h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+                }
+                match s.lock().unwrap().teams.get(&format!("{org}/{team}")) {
+                    Some(m) => (StatusCode::OK, Json(Value::Array(m.iter().map(|l| json!({"login": l})).collect()))),
+                    None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))),
+                }
             }),
         )
         .route(
@@ -1055,4 +1116,257 @@ fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_re
         .push(review("carol", &again));
     d.wait_applied(&again, Duration::from_secs(30));
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "three\n");
+}
+
+/// A merge of `branch` into main, with a merge commit; its sha.
+fn merge(repo: &FleetRepo, branch: &str, message: &str) -> String {
+    git(
+        &repo.path,
+        &["merge", "-q", "--no-ff", branch, "-m", message],
+    );
+    git(&repo.path, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let (repo, _) = forge_repo(&bed, "/etc/tk-r", "github", &url);
+    repo.write(
+        "tidekeeper.yaml",
+        &format!(
+            "fleet: test\nstatus:\n  forge:\n    kind: github\n    url: {url}\n    repo: acme/fleet\napply:\n  apply_requirements:\n    approved: 2\n    owners: [\"tidekeeper.yaml @acme/leads\"]\n    mergeable: true\n    undiverged: true\n"
+        ),
+    );
+    // The base's CODEOWNERS: roles are erin's.
+    repo.write(".github/CODEOWNERS", "# owners\nroles/ @erin\n");
+    repo.commit("apply requirements");
+    let base = git(&repo.path, &["rev-parse", "HEAD"]);
+    let env = [("GITHUB_TOKEN", "t0k"), ("TIDEKEEPER_API_TOKEN", "tok-r")];
+    let state = crate::support::TempDir::new("daemon-requirements");
+    let args = ["--poll", "1s", "--drift", "600s"];
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    d.wait_applied(&base, Duration::from_secs(30));
+    fake.lock().unwrap().pulls_from(&repo.path);
+    let review = |by: &str, sha: &str| json!({"id": 1, "state": "APPROVED", "commit_id": sha, "user": {"login": by}});
+    let held_for = |d: &Daemon, commit: &str| {
+        let s = d.status();
+        (s["held"]["commit"].as_str() == Some(commit))
+            .then(|| s["held"]["reason"].as_str().unwrap_or("").to_string())
+    };
+
+    // Pull request 5, merged by the forge with one approval (carol's), and
+    // none by the owner of roles/: held, with both reasons.
+    let head5 = open_pr(&repo, 5, |r| {
+        r.write(
+            "roles/app.yaml",
+            "files:\n  - {path: /etc/tk-r, content: \"two\\n\"}\n",
+        );
+    });
+    {
+        let mut f = fake.lock().unwrap();
+        f.pulls
+            .insert(5, json!({"merged": true, "merged_by": {"login": "alice"}}));
+        f.reviews.insert(5, vec![review("carol", &head5)]);
+    }
+    let merge5 = merge(&repo, "pr-5", "Merge pull request #5");
+    fake.lock().unwrap().merges.insert(merge5.clone(), 5);
+    d.wait_for("held for its approvals", Duration::from_secs(30), |d| {
+        held_for(d, &merge5).is_some()
+    });
+    let why = held_for(&d, &merge5).unwrap();
+    assert!(
+        why.contains("2 approval(s) asked, 1 at its head") && why.contains("(carol)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("roles/app.yaml need(s) an approval by @erin"),
+        "{why}"
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "one\n");
+    let pending = fake
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .rev()
+        .find(|r| r.1 == format!("statuses/{merge5}"))
+        .map(|r| r.2.clone())
+        .expect("a status on the held merge");
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert_eq!(
+        pending["description"], "held: apply requirements not met",
+        "{pending}"
+    );
+    // A second approval, but carol takes hers back: still short.
+    fake.lock().unwrap().reviews.get_mut(&5).unwrap().extend([
+        review("dave", &head5),
+        json!({"id": 2, "state": "CHANGES_REQUESTED", "commit_id": head5, "user": {"login": "carol"}}),
+    ]);
+    d.wait_fetches(fetches(&d) + 2, Duration::from_secs(30));
+    assert!(held_for(&d, &merge5).is_some_and(|w| w.contains("1 at its head")));
+    // erin (the owner) approves too: judged again on the next poll, applied.
+    fake.lock()
+        .unwrap()
+        .reviews
+        .get_mut(&5)
+        .unwrap()
+        .push(review("erin", &head5));
+    d.wait_applied(&merge5, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "two\n");
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &merge5]);
+    assert!(
+        note.contains("approval: pull request #5, merged by alice, approved by dave, erin"),
+        "{note}"
+    );
+
+    // A direct push: no pull request merged it.
+    repo.write("README.md", "pushed around review\n");
+    repo.commit("direct push");
+    let pushed = git(&repo.path, &["rev-parse", "HEAD"]);
+    d.wait_for("the push held", Duration::from_secs(30), |d| {
+        held_for(d, &pushed).is_some()
+    });
+    assert!(
+        held_for(&d, &pushed)
+            .unwrap()
+            .contains("no pull request merged"),
+        "{}",
+        d.status()
+    );
+
+    // Pull request 6 was opened before that push; its merge brings the push
+    // in (diverged), the forge did not merge it, and tidekeeper.yaml is the
+    // leads' team's, whom nobody of it approved.
+    git(&repo.path, &["checkout", "-q", "-b", "pr-6", &merge5]);
+    repo.write(
+        "roles/app.yaml",
+        "files:\n  - {path: /etc/tk-r, content: \"three\\n\"}\n",
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!(
+            "fleet: test\nstatus:\n  forge:\n    kind: github\n    url: {url}\n    repo: acme/fleet\napply:\n  apply_requirements:\n    approved: 1\n"
+        ),
+    );
+    repo.commit("pr 6: lower the bar");
+    let head6 = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/6/head", &head6]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    {
+        let mut f = fake.lock().unwrap();
+        f.teams.insert("acme/leads".into(), vec!["lena".into()]);
+        f.pulls
+            .insert(6, json!({"merged": false, "mergeable": false}));
+        f.reviews
+            .insert(6, vec![review("erin", &head6), review("dave", &head6)]);
+    }
+    let merge6 = merge(&repo, "pr-6", "Merge pull request #6");
+    fake.lock().unwrap().merges.insert(merge6.clone(), 6);
+    d.wait_for("held as diverged", Duration::from_secs(30), |d| {
+        held_for(d, &merge6).is_some()
+    });
+    let why = held_for(&d, &merge6).unwrap();
+    for part in [
+        "pull request #6",
+        "not merged by the forge",
+        "it diverged",
+        "tidekeeper.yaml need(s) an approval by @acme/leads",
+    ] {
+        assert!(why.contains(part), "{part:?} in {why}");
+    }
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "two\n", "nothing applied");
+    // An operator's release is the break-glass, and the note says who.
+    let out = crate::support::tidekeeper()
+        .args(["release", &merge6, "--by", "olga"])
+        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", "tok-r")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::fleet::text(&out)
+    );
+    d.wait_applied(&merge6, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "three\n");
+    let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &merge6]);
+    assert!(note.contains("released by olga"), "{note}");
+}
+
+/// Fetches the daemon has made so far.
+fn fetches(d: &Daemon) -> u32 {
+    d.get("/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("tidekeeper_git_fetches_total "))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn approvals_pull_requests_and_teams_read_alike_from_github_and_gitea() {
+    for (prefix, auth, kind) in [
+        (
+            "",
+            "Bearer t0k",
+            tidekeeper::model::desired::ForgeKind::Github,
+        ),
+        (
+            "/api/v1",
+            "token t0k",
+            tidekeeper::model::desired::ForgeKind::Gitea,
+        ),
+    ] {
+        let port = free_port();
+        let fake = fake_forge(port, prefix, auth);
+        let head = "a".repeat(40);
+        {
+            let mut f = fake.lock().unwrap();
+            f.heads.insert(3, head.clone());
+            f.merges.insert("m".repeat(40), 3);
+            f.pulls
+                .insert(3, json!({"merged": true, "merged_by": {"login": "alice"}}));
+            f.teams.insert("acme/ops".into(), vec!["bob".into()]);
+            f.reviews.insert(
+                3,
+                vec![
+                    json!({"state": "APPROVED", "commit_id": head, "user": {"login": "bob"}}),
+                    json!({"state": "APPROVED", "commit_id": "old", "user": {"login": "carol"}}),
+                    json!({"state": "APPROVED", "commit_id": head, "user": {"login": BOT}}),
+                    json!({"state": "APPROVED", "commit_id": head, "user": {"login": "dave"}}),
+                    json!({"state": "COMMENTED", "commit_id": head, "user": {"login": "dave"}}),
+                    json!({"state": "APPROVED", "commit_id": head, "dismissed": true, "user": {"login": "erin"}}),
+                ],
+            );
+        }
+        let s = tidekeeper::model::desired::Forge {
+            kind,
+            url: format!("http://127.0.0.1:{port}{prefix}"),
+            repo: "acme/fleet".into(),
+            token_env: "UNUSED".into(),
+        };
+        let forge = tidekeeper::forge::Forge::with_token(&s, "t0k");
+        assert_eq!(
+            block(forge.approvals(3, &head)).unwrap(),
+            ["bob", "dave"],
+            "{kind:?}: a comment keeps an approval; old heads, dismissals and the bot do not count"
+        );
+        assert_eq!(
+            block(forge.pull_of_commit(&"m".repeat(40))).unwrap(),
+            Some(3)
+        );
+        assert_eq!(block(forge.pull_of_commit(&"n".repeat(40))).unwrap(), None);
+        let pull = block(forge.pull(3)).unwrap();
+        assert!(pull.merged, "{kind:?}");
+        assert_eq!(pull.merged_by.as_deref(), Some("alice"));
+        assert_eq!(pull.head, head);
+        let team = block(forge.team_members("acme", "ops"));
+        match kind {
+            tidekeeper::model::desired::ForgeKind::Github => assert_eq!(team.unwrap(), ["bob"]),
+            _ => assert!(team.unwrap_err().to_string().contains("name its members")),
+        }
+    }
 }

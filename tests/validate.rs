@@ -1582,3 +1582,37 @@ fn a_cloud_firewall_counts_for_public_connections_only() {
         .load()
         .expect("reached over the private network");
 }
+
+#[test]
+fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
+    let d = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\napply:\n  apply_requirements:\n    approved: 1\n    owners:\n      - \"hosts/ @alice\"\n      - \"roles/ ops@example.com\"\n",
+        )
+        .fails_with(
+            "tidekeeper.yaml:7:9",
+            "invalid-value",
+            "apply_requirements owners: owner \"ops@example.com\" of \"roles/\" is not an @login or @org/team (e-mail owners are not read)",
+        );
+    assert!(d.help.is_none(), "{d:?}");
+    minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\napply:\n  apply_requirements:\n    owners: []\n",
+        )
+        .file(
+            ".github/CODEOWNERS",
+            "# who owns what\n* @ops\n!hosts/ @alice\n",
+        )
+        .fails_with(
+            ".github/CODEOWNERS:3:1",
+            "invalid-value",
+            "\"!hosts/\": CODEOWNERS has no negation or character ranges; write the paths out",
+        );
+    // Owners not asked for: the file is the forge's business, not read.
+    minimal()
+        .file(".github/CODEOWNERS", "!hosts/ @alice\n")
+        .load()
+        .expect("valid");
+}

@@ -357,6 +357,7 @@ impl Ctx {
         summary: &str,
         done: &Reconciled,
         started: Instant,
+        approval: Option<&(String, super::requirements::Approval)>,
     ) -> String {
         let mut note = status::note(
             commit,
@@ -366,6 +367,9 @@ impl Ctx {
         );
         if let Some(r) = &done.review {
             note.push_str(&format!("\nreview: {r}\n"));
+        }
+        if let Some(a) = approval.filter(|(c, _)| c == commit) {
+            note.push_str(&format!("\napproval: {}\n", a.1.line()));
         }
         let rollout = self.shared.status.lock().unwrap().rollout.clone();
         if let Some(r) = rollout.filter(|r| commit.starts_with(&r.commit)) {
@@ -402,14 +406,21 @@ pub(super) async fn hold_unreviewed(
         reason: reason.clone(),
         at: now(),
     });
+    let through = if why.starts_with(super::requirements::HELD) {
+        "It is judged again on every poll: it goes through once its pull request meets them"
+    } else {
+        "A proposal planned with this tree lets it through"
+    };
     let note = format!(
-        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\nA proposal planned with this tree lets it through; `tidekeeper release {} --by NAME` (or, for a plan that differs from the reviewed one, `tidekeeper retry`) applies it as it plans now.\n",
+        "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n{through}; `tidekeeper release {} --by NAME` (or, for a plan that differs from the reviewed one, `tidekeeper retry`) applies it as it plans now.\n",
         &commit[..12]
     );
     if let Some(settings) = fleet.settings.forge.clone() {
         let forge = super::forge(ctx, state, &settings);
         let description = if why.starts_with("no reviewed plan") {
             "held: no reviewed plan of this tree"
+        } else if why.starts_with(super::requirements::HELD) {
+            "held: apply requirements not met"
         } else {
             "held: the plan differs from the reviewed one"
         };
@@ -435,7 +446,8 @@ pub(super) async fn hold_unreviewed(
 /// of it. `None`: held, for `apply.require_reviewed_plan` is on and there
 /// is neither a reviewed plan of its tree nor a release — a direct push, a
 /// merge of a head planned before the branch moved on, a squash or rebase
-/// merge whose tree no proposal had.
+/// merge whose tree no proposal had — or for `apply.apply_requirements` its
+/// pull request does not meet (see [`super::requirements`]).
 async fn review_of(
     ctx: &Ctx,
     state: &mut State,
@@ -477,6 +489,18 @@ async fn review_of(
         hold_unreviewed(ctx, state, commit.to_string(), fleet, why).await;
         return None;
     }
+    state.head.approval = match super::requirements::check(ctx, state, commit, fleet).await {
+        Ok(a) => a.map(|a| (commit.to_string(), a)),
+        // An operator's release is the break-glass: recorded, applied.
+        Err(why) if released || retry => {
+            warn!("{why}; applied anyway: released by an operator");
+            None
+        }
+        Err(why) => {
+            hold_unreviewed(ctx, state, commit.to_string(), fleet, why).await;
+            return None;
+        }
+    };
     ctx.shared
         .status
         .lock()
@@ -614,7 +638,13 @@ pub(super) async fn report(
         state.head.reviewed_only = fleet.settings.require_reviewed_plan;
     }
     let summary = record_verdict(ctx, state, &commit, &verdict, done.hosts.len());
-    let note = ctx.apply_note(&commit, &summary, &done, started);
+    let note = ctx.apply_note(
+        &commit,
+        &summary,
+        &done,
+        started,
+        state.head.approval.as_ref(),
+    );
     if let Some(settings) = fleet.settings.forge.clone() {
         let outcome = if matches!(verdict, Verdict::Quarantined { .. }) {
             "failure"

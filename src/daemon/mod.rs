@@ -35,6 +35,7 @@ pub(crate) mod http;
 mod jobs;
 pub(crate) mod locks;
 mod proposals;
+mod requirements;
 mod rollout;
 mod runner;
 pub mod scheduler;
@@ -274,6 +275,9 @@ struct Head {
     /// The last commit applied had `apply.require_reviewed_plan` on: a
     /// commit turning it off is itself held until reviewed or released.
     reviewed_only: bool,
+    /// The pull request the commit being applied came from, as
+    /// `apply.apply_requirements` found it (for its note).
+    approval: Option<(String, requirements::Approval)>,
 }
 
 /// How fetching the config repo goes.

@@ -199,6 +199,10 @@ pub struct Settings {
     /// `apply.require_reviewed_plan`: a merge whose plan differs from the
     /// plan reviewed on its pull request is held, not applied.
     pub require_reviewed_plan: bool,
+    /// `apply.apply_requirements`: what the forge must show of a merged
+    /// commit's pull request (None: nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_requirements: Option<ApplyRequirements>,
     /// How the daemon applies a commit across hosts (None: all at once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
@@ -208,6 +212,19 @@ pub struct Settings {
     /// ([`Fleet::networks`]) is what the cloud stage uses.
     #[serde(skip)]
     pub networks: Vec<Network>,
+}
+
+/// What the forge must show of a merged commit's pull request before it is
+/// applied (`apply.apply_requirements`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ApplyRequirements {
+    /// Approvals at the merged head (0: none asked).
+    pub approved: u32,
+    /// `owners:` lines in CODEOWNERS syntax; `None`: owners are not asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owners: Option<Vec<String>>,
+    pub mergeable: bool,
+    pub undiverged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -210,6 +210,32 @@ pub struct ApplySettings {
     /// Hold a merge whose plan differs from the plan reviewed on its PR.
     #[schemars(with = "Option<bool>")]
     pub require_reviewed_plan: Option<S<bool>>,
+    /// What the forge must show of a merged commit's pull request before
+    /// the daemon applies it (read from the last applied commit's config).
+    pub apply_requirements: Option<RequirementsSpec>,
+}
+
+/// `apply.apply_requirements:`, as Atlantis names them.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementsSpec {
+    /// Approvals the pull request needs at the head that was merged, from
+    /// reviewers other than tidekeeper's own user.
+    #[schemars(with = "Option<u32>")]
+    pub approved: Option<S<u32>>,
+    /// Who must approve a change of which files, one CODEOWNERS line each
+    /// (`hosts/prod-* @alice @bob`); `.github/CODEOWNERS` of the applied
+    /// commit is read first, these lines after it (the last match wins).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub owners: Option<Vec<S<String>>>,
+    /// The pull request was merged by the forge (its branch protection and
+    /// required checks passed), not pushed around it.
+    #[schemars(with = "Option<bool>")]
+    pub mergeable: Option<S<bool>>,
+    /// The merged commit's tree is the pull request head's tree: merging
+    /// brought in nothing the reviewers did not see.
+    #[schemars(with = "Option<bool>")]
+    pub undiverged: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

@@ -172,8 +172,54 @@ impl Loader<'_> {
                 .require_reviewed_plan
                 .as_ref()
                 .is_some_and(|s| s.value),
+            apply_requirements: self.requirements(f.apply.apply_requirements.as_ref()),
             notify: Default::default(),
             networks: self.networks(f),
+        }
+    }
+
+    /// `apply.apply_requirements`; each `owners:` line is read as a
+    /// CODEOWNERS line, and one that is not is an error at its place.
+    fn requirements(
+        &mut self,
+        r: Option<&raw::RequirementsSpec>,
+    ) -> Option<crate::model::desired::ApplyRequirements> {
+        let r = r?;
+        let owners = r.owners.as_ref().map(|lines| {
+            let mut kept = Vec::new();
+            for l in lines {
+                match crate::codeowners::parse_line(&l.value) {
+                    Ok(_) => kept.push(l.value.clone()),
+                    Err(why) => self.err(
+                        at(FLEET_FILE, l)
+                            .error("invalid-value", format!("apply_requirements owners: {why}")),
+                    ),
+                }
+            }
+            kept
+        });
+        if owners.is_some() {
+            self.check_codeowners();
+        }
+        Some(crate::model::desired::ApplyRequirements {
+            approved: r.approved.as_ref().map_or(0, |a| a.value),
+            owners,
+            mergeable: r.mergeable.as_ref().is_some_and(|m| m.value),
+            undiverged: r.undiverged.as_ref().is_some_and(|m| m.value),
+        })
+    }
+
+    /// The repo's CODEOWNERS (where GitHub looks for it), read once it is
+    /// asked for: a line that is not one is an error at its line.
+    fn check_codeowners(&mut self) {
+        let Some((file, text)) = crate::codeowners::FILES
+            .iter()
+            .find_map(|f| self.tree.text(f).map(|t| (*f, t)))
+        else {
+            return;
+        };
+        if let Err((line, why)) = crate::codeowners::parse(&text) {
+            self.err(Origin::new(file, line as u64, 1).error("invalid-value", why));
         }
     }
 
@@ -506,6 +552,7 @@ pub(super) fn default_settings() -> Settings {
         suspend: false,
         rollout: None,
         require_reviewed_plan: false,
+        apply_requirements: None,
         notify: Default::default(),
         networks: Vec::new(),
     }
