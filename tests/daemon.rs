@@ -1249,6 +1249,22 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
         "{n}"
     );
 
+    // A rebase merge of a reviewed PR: its commits again on the branch, new
+    // shas, the reviewed tree.
+    let pr4 = open(4, "five");
+    git(&repo.path, &["cherry-pick", "--allow-empty", &pr4]);
+    let rebased = head(&repo);
+    assert_ne!(rebased, git(&repo.path, &["rev-parse", &pr4]));
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_applied(&rebased, Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "five\n");
+    d.wait_noted(&rebased, Duration::from_secs(30));
+    assert!(
+        note(&rebased).contains("the plan is the one reviewed on refs/pull/4/head"),
+        "{}",
+        note(&rebased)
+    );
+
     // A PR reviewed before the branch moved on: its merge is a tree no one
     // reviewed, held like a direct push.
     let pr2 = open(2, "four");
@@ -1271,7 +1287,7 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     d.wait_for("the stale merge held", Duration::from_secs(30), |d| {
         held(d, &merged)
     });
-    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "five\n");
     let st = d.status();
     assert!(st["quarantined"].is_null(), "{st}");
     // Its tree planned as a proposal of its own is no approval by itself
@@ -1286,7 +1302,7 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     d.request("POST", "/hooks/git", &[], b"{}");
     std::thread::sleep(Duration::from_secs(2));
     assert!(held(&d, &merged), "{}", d.status());
-    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "five\n");
 
     // A push turning the setting off is judged by the applied commit's
     // setting too: held, and still after a restart.
@@ -1312,9 +1328,9 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     assert!(held(&d, &off), "{}", d.status());
     assert_eq!(
         d.status()["applied_commit"].as_str(),
-        Some(squashed.as_str())
+        Some(rebased.as_str())
     );
-    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "three\n");
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "five\n");
 }
 
 /// The tidekeeper note on `commit`, if there is one yet.
