@@ -1405,3 +1405,71 @@ fn a_rollout_stops_after_a_failed_canary_and_leaves_the_other_hosts_untouched() 
     }
     assert_eq!(d.status()["rollout"]["state"], "done");
 }
+
+#[test]
+fn a_merge_that_brings_in_a_template_input_changed_after_review_is_held_naming_the_file() {
+    let bed = Testbed::start(1);
+    let app = |v: &str| {
+        format!(
+            "files:\n  - {{path: /etc/tk-motd, template: motd.j2}}\n  - {{path: /etc/tk-daemon, content: \"{v}\\n\"}}\n"
+        )
+    };
+    let repo = FleetRepo::minimal(&bed, &[("app", &app("one"))]);
+    repo.write("templates/motd.j2", "run by {{ team }}\n");
+    let config = |team: &str| {
+        format!(
+            "fleet: test\ndefaults:\n  vars: {{team: {team}}}\napply:\n  require_reviewed_plan: true\n"
+        )
+    };
+    repo.write("tidekeeper.yaml", &config("ops"));
+    repo.commit("reviewed plans only");
+    let d = daemon_with_token(&repo, "tok-stale");
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-motd"), "run by ops\n");
+
+    // PR 1 changes one file; its plan is reviewed.
+    git(&repo.path, &["checkout", "-q", "-b", "pr-1"]);
+    repo.write("roles/app.yaml", &app("two"));
+    repo.commit("pr 1");
+    let pr = head(&repo);
+    git(&repo.path, &["update-ref", "refs/pull/1/head", &pr]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("the proposal noted", Duration::from_secs(30), |_| {
+        note_of(&repo, &pr).is_some_and(|n| n.contains("Plan digest: `"))
+    });
+    // Then the branch moves on: the template's input changes (held, as a
+    // direct push), and PR 1 is merged on top without being planned again.
+    repo.write("tidekeeper.yaml", &config("platform"));
+    repo.commit("the team changes");
+    let moved = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the push held", Duration::from_secs(30), |d| {
+        d.status()["held"]["commit"].as_str() == Some(moved.as_str())
+    });
+    git(
+        &repo.path,
+        &["merge", "-q", "--no-ff", "-m", "merge pr 1", "pr-1"],
+    );
+    let merged = head(&repo);
+    d.request("POST", "/hooks/git", &[], b"{}");
+    d.wait_for("the stale merge held", Duration::from_secs(30), |d| {
+        d.status()["held"]["commit"].as_str() == Some(merged.as_str())
+    });
+    d.wait_noted(&merged, Duration::from_secs(30));
+    let n = note_of(&repo, &merged).unwrap();
+    assert!(
+        n.contains("it merges refs/pull/1/head, planned before the branch moved on"),
+        "{n}"
+    );
+    let named: Vec<&str> = n.lines().filter(|l| l.contains("now also:")).collect();
+    assert!(
+        named.len() == 1 && named[0].contains("file /etc/tk-motd content"),
+        "only the file whose input moved is new: {n}"
+    );
+    let st = d.status();
+    assert!(st["quarantined"].is_null(), "waits for a review: {st}");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-motd /etc/tk-daemon"),
+        "run by ops\none\n"
+    );
+}

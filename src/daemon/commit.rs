@@ -417,7 +417,7 @@ pub(super) async fn hold_unreviewed(
     );
     if let Some(settings) = fleet.settings.forge.clone() {
         let forge = super::forge(ctx, state, &settings);
-        let description = if why.starts_with("no reviewed plan") {
+        let description = if why.starts_with(UNREVIEWED) {
             "held: no reviewed plan of this tree"
         } else if why.starts_with(super::requirements::HELD) {
             "held: apply requirements not met"
@@ -480,15 +480,32 @@ async fn review_of(
         reviewed,
         accept: retry || released,
         required,
+        stale: None,
     });
-    if required && review.is_none() && !released {
+    // A merge of a head reviewed before the branch moved on: held all the
+    // same, but planned first, so its note names what the plan changes
+    // beyond the reviewed one (a template whose inputs moved).
+    let stale = match review {
+        None => stale_merge(ctx, state, commit).await,
+        Some(_) => None,
+    };
+    if required && review.is_none() && !released && stale.is_none() {
         let why = format!(
-            "no reviewed plan of this tree ({}): no proposal was planned with it (a direct push, a merge of a head planned before the branch moved on, or a squash or rebase merge of one)",
+            "{UNREVIEWED} ({}): no proposal was planned with it (a direct push, a merge of a head planned before the branch moved on, or a squash or rebase merge of one)",
             &tree[..tree.len().min(12)]
         );
         hold_unreviewed(ctx, state, commit.to_string(), fleet, why).await;
         return None;
     }
+    let review = review.or(stale
+        .filter(|_| required && !released)
+        .map(|(proposal, reviewed)| Review {
+            proposal,
+            reviewed,
+            accept: false,
+            required,
+            stale: Some(tree.clone()),
+        }));
     state.head.approval = match super::requirements::check(ctx, state, commit, fleet).await {
         Ok(a) => a.map(|a| (commit.to_string(), a)),
         // An operator's release is the break-glass: recorded, applied.
@@ -508,6 +525,27 @@ async fn review_of(
         .held
         .take_if(|h| h.commit == commit);
     Some((review, release))
+}
+
+/// Why a commit without a reviewed plan of its tree is held (the start of
+/// the reason, which an approved proposal of that tree releases).
+const UNREVIEWED: &str = "no reviewed plan of this tree";
+
+/// The reviewed proposal `commit` merges (one of its parents is a planned
+/// head) when the merge's tree is not that head's: the branch moved on.
+async fn stale_merge(
+    ctx: &Ctx,
+    state: &State,
+    commit: &str,
+) -> Option<(String, proposals::Reviewed)> {
+    let c = commit.to_string();
+    let parents = ctx.blocking(move |m| m.parents_of(&c)).await;
+    state.proposals.record.iter().find_map(|(name, seen)| {
+        let r = seen.reviewed.as_ref()?;
+        parents
+            .contains(&seen.commit)
+            .then(|| (name.clone(), r.clone()))
+    })
 }
 
 /// A commit that is not applied (invalid config, or denied by the
@@ -608,11 +646,14 @@ pub(super) async fn on_commit(
                 return Ok(());
             }
             Err(Refused::Held(why)) => {
-                // A plan that changed since review needs a human: quarantined too.
-                ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-                    commit: commit.clone(),
-                    reason: format!("held: {}", why.lines().next().unwrap_or("")),
-                });
+                // A plan that changed since review needs a human: quarantined
+                // too. A stale merge waits for a review of its own tree.
+                if !why.starts_with(UNREVIEWED) {
+                    ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+                        commit: commit.clone(),
+                        reason: format!("held: {}", why.lines().next().unwrap_or("")),
+                    });
+                }
                 hold_unreviewed(ctx, state, commit, &fleet, why).await;
                 return Ok(());
             }
@@ -816,6 +857,9 @@ pub(super) struct Review {
     accept: bool,
     /// `apply.require_reviewed_plan`, of this commit or the last applied.
     required: bool,
+    /// A merge of the reviewed head after the branch moved on: its tree
+    /// (not the head's); held whatever its plan, which the note compares.
+    stale: Option<String>,
 }
 
 /// How a reconcile runs: applying or only planning, hashing every managed
@@ -875,6 +919,19 @@ fn gate(
         return Ok(released.map(|r| format!("{r} (no reviewed plan of this tree)")));
     };
     let (digest, lines) = reconcile::plan_digest(plan.cloud.as_ref(), &plan.results());
+    if let Some(tree) = &r.stale {
+        let what = compare_review(r, &digest, &lines).unwrap_or_else(|| {
+            format!(
+                "its plan is the one reviewed on {} (digest {digest})",
+                r.proposal
+            )
+        });
+        return Err(Refused::Held(fleet.redact(&format!(
+            "{UNREVIEWED} ({}): it merges {}, planned before the branch moved on; {what}",
+            &tree[..tree.len().min(12)],
+            r.proposal
+        ))));
+    }
     match compare_review(r, &digest, &lines) {
         None => Ok(Some(format!(
             "the plan is the one reviewed on {} (digest {digest})",
@@ -1140,6 +1197,7 @@ mod tests {
             },
             accept: false,
             required: true,
+            stale: None,
         };
         assert_eq!(compare_review(&r, "aaaa", &r.reviewed.lines.clone()), None);
         let text = compare_review(

@@ -328,6 +328,17 @@ impl Mirror {
         Some(self.repo.find_commit(oid).ok()?.tree_id().to_string())
     }
 
+    /// The parents of `commit` (a merge's second parent is the head merged).
+    pub fn parents_of(&self, commit: &str) -> Vec<String> {
+        let Some(c) = Oid::from_str(commit)
+            .ok()
+            .and_then(|oid| self.repo.find_commit(oid).ok())
+        else {
+            return Vec::new();
+        };
+        c.parent_ids().map(|p| p.to_string()).collect()
+    }
+
     pub fn head(&self) -> Result<Oid, MirrorError> {
         self.repo
             .refname_to_id(&format!("refs/remotes/origin/{}", self.branch))
