@@ -553,6 +553,8 @@ fn completions_and_manual_pages_cover_every_command() {
     let rekey = std::fs::read_to_string(tmp.path().join("tidekeeper-secrets-rekey.1")).unwrap();
     assert!(rekey.contains("recipients"), "{rekey}");
     assert!(tmp.path().join("tidekeeper-schedule-list.1").exists());
+    let log = std::fs::read_to_string(tmp.path().join("tidekeeper-log.1")).unwrap();
+    assert!(log.contains("audit trail"), "{log}");
     assert!(!tmp.path().join("tidekeeper-proposal-worker.1").exists());
     // `tidekeeper man | head -1`: the closed pipe is no error.
     let mut child = tidekeeper()
@@ -747,4 +749,7 @@ fn log_shows_the_audit_trail_from_the_notes_as_a_table_and_as_json() {
     let (_, json, _) = log(&["--json", "--since", "2999-01-01T00:00:00Z"]);
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(doc["commits"], serde_json::json!([]), "nothing that recent");
+    let (code, _, err) = log(&["--ref", "no-such-branch"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot find no-such-branch"), "{err}");
 }

@@ -31,7 +31,10 @@ pub(super) fn log(
     let path = source::discover(&repo.repo).map_err(CliError::new)?;
     let git = git2::Repository::open(&path)
         .map_err(|e| CliError::new(format!("{}: {}", path.display(), e.message())))?;
-    let notes_ref = notes_ref(repo);
+    // The commit read first: a ref that is not there is that, not a config
+    // that does not load.
+    let tree = read_tree(repo)?;
+    let notes_ref = notes_ref(&tree, &repo.refname);
     if git.find_reference(&notes_ref).is_err() {
         return Err(no_notes(&git, &path, &notes_ref));
     }
@@ -49,17 +52,13 @@ pub(super) fn log(
 
 /// The fleet's `status.notes_ref` at the commit read; the default when the
 /// config there does not load (its notes are still worth reading).
-fn notes_ref(repo: &RepoArgs) -> String {
-    let fleet = read_tree(repo)
-        .ok()
-        .and_then(|tree| model::load(&tree).ok());
-    match fleet {
-        Some(f) => f.settings.notes_ref,
-        None => {
+fn notes_ref(tree: &ConfigTree, refname: &str) -> String {
+    match model::load(tree) {
+        Ok(f) => f.settings.notes_ref,
+        Err(_) => {
             let default = crate::model::desired::DEFAULT_NOTES_REF;
             eprintln!(
-                "warning: the config at {} does not load; reading the notes in {default} (`tidekeeper validate` says why)",
-                repo.refname
+                "warning: the config at {refname} does not load; reading the notes in {default} (`tidekeeper validate` says why)"
             );
             default.to_string()
         }
