@@ -223,6 +223,17 @@ impl Audit {
         })
     }
 
+    /// A note split into what comes before its trailer block and the block
+    /// (with the blank line before it), so that what is added to the note
+    /// later goes before the block and the block stays last.
+    pub fn split(note: &str) -> (&str, &str) {
+        let text = note.trim_end();
+        match text.rfind("\n\n") {
+            Some(i) if Audit::parse(&text[i..]).is_some() => (&text[..i], &note[i..]),
+            _ => (note, ""),
+        }
+    }
+
     /// `body` with the trailer block at its end, after a blank line; the
     /// body is cut first so that the whole stays within `limit` bytes and
     /// the block is never what a cap cuts off.
@@ -354,6 +365,21 @@ mod tests {
         assert_eq!(
             read.merged_by.as_deref(),
             Some("mallory_Released-By:_root_at_2020-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn what_is_added_to_a_note_later_goes_before_its_block() {
+        let a = full();
+        let note = a.append_to("tidekeeper reconcile of x\n\napplied\n", 4096);
+        let (body, block) = Audit::split(&note);
+        assert_eq!(body, "tidekeeper reconcile of x\n\napplied");
+        assert_eq!(block, format!("\n\n{}", a.render()));
+        let later = format!("{body}\n\nmaintenance job backup failed:\nweb1: exit 1{block}");
+        assert_eq!(Audit::parse(&later), Some(a));
+        assert_eq!(
+            Audit::split("no block\n\nhere\n"),
+            ("no block\n\nhere\n", "")
         );
     }
 
