@@ -909,6 +909,14 @@ async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
             && n.contains("/etc/tk-other"),
         "{n}"
     );
+    let audit = tidekeeper::audit::Audit::parse(&n).expect("an audit trail");
+    assert_eq!(audit.verdict, tidekeeper::audit::Verdict::Held, "{n}");
+    let reviewed = audit.reviewed.expect("the reviewed plan of its tree");
+    assert_eq!(reviewed.proposal, "refs/pull/1/head");
+    assert!(
+        note(&pr).contains(&format!("Plan digest: `{}", reviewed.digest)),
+        "the digest the proposal's note gave: {reviewed:?}"
+    );
     // An hour of polls does not apply it.
     tokio::time::sleep(Duration::from_secs(3600 + 60)).await;
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-ctl"), "one\n");
