@@ -11,12 +11,14 @@
 //! - [`reconcile`]: a whole reconcile, cloud stage then hosts.
 //! - [`policy`]: every plan judged by Rego policies.
 //! - [`daemon`], [`report`], [`forge`]: the long-running loop and what it writes back.
+//! - [`audit`]: the audit trail at the end of each note on a reconciled commit (pure).
 //! - [`saved_plan`]: a plan saved to a file, applied only while it is what a fresh plan says.
 //! - [`state_file`]: the daemon's state directory, written atomically, never dropped unseen.
 //! - [`cli`]: the `tidekeeper` command.
 
 #![warn(unreachable_pub)]
 
+pub mod audit;
 pub mod badge;
 pub mod change;
 pub mod cli;

@@ -97,14 +97,19 @@ pub fn status_text(text: &str) -> String {
 /// tabs (nothing a terminal showing `git notes show` would act on), and at
 /// most [`NOTE_LIMIT`] bytes, cut at a line with what was left out said.
 pub fn note_text(text: &str) -> String {
+    note_text_within(text, NOTE_LIMIT)
+}
+
+/// [`note_text`] within `limit` bytes (room left for what follows it).
+pub fn note_text_within(text: &str, limit: usize) -> String {
     let clean: String = text
         .chars()
         .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
         .collect();
-    if clean.len() <= NOTE_LIMIT {
+    if clean.len() <= limit {
         return clean;
     }
-    let room = NOTE_LIMIT - 300;
+    let room = limit.saturating_sub(300);
     let mut end = room;
     while !clean.is_char_boundary(end) {
         end -= 1;

@@ -553,6 +553,8 @@ fn completions_and_manual_pages_cover_every_command() {
     let rekey = std::fs::read_to_string(tmp.path().join("tidekeeper-secrets-rekey.1")).unwrap();
     assert!(rekey.contains("recipients"), "{rekey}");
     assert!(tmp.path().join("tidekeeper-schedule-list.1").exists());
+    let log = std::fs::read_to_string(tmp.path().join("tidekeeper-log.1")).unwrap();
+    assert!(log.contains("audit trail"), "{log}");
     assert!(!tmp.path().join("tidekeeper-proposal-worker.1").exists());
     // `tidekeeper man | head -1`: the closed pipe is no error.
     let mut child = tidekeeper()
@@ -613,4 +615,141 @@ fn a_misspelt_setting_is_a_located_validate_error() {
             "{cmd}: {stderr}"
         );
     }
+}
+
+/// `tidekeeper log` reads the notes ref the fleet names, newest first along
+/// first parents: the audit trailers of a note, the first line of a note
+/// written before notes carried them, and commits never reconciled.
+#[test]
+fn log_shows_the_audit_trail_from_the_notes_as_a_table_and_as_json() {
+    let tmp = TempDir::new("log");
+    let repo = tmp.path().join("fleet");
+    let out = tidekeeper().arg("init").arg(&repo).output().unwrap();
+    assert!(out.status.success());
+    let yaml = std::fs::read_to_string(repo.join("tidekeeper.yaml"))
+        .unwrap()
+        .replace(
+            "  branch: tidekeeper/status",
+            "  branch: tidekeeper/status\n  notes_ref: refs/notes/audit",
+        );
+    std::fs::write(repo.join("tidekeeper.yaml"), yaml).unwrap();
+    git(&repo, &["commit", "-qam", "notes in refs/notes/audit"]);
+    let old = git(&repo, &["rev-parse", "HEAD"]);
+    git(
+        &repo,
+        &["commit", "-q", "--allow-empty", "-m", "never reconciled"],
+    );
+    let skipped = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "released"]);
+    let released = git(&repo, &["rev-parse", "HEAD"]);
+    let log = |args: &[&str]| {
+        let out = tidekeeper()
+            .arg("log")
+            .arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // No notes fetched yet: the command that brings them.
+    git(
+        &repo,
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://git.example/acme/fleet.git",
+        ],
+    );
+    let (code, _, err) = log(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no notes ref refs/notes/audit")
+            && err.contains("fetch origin refs/notes/audit:refs/notes/audit"),
+        "{err}"
+    );
+    let note = |commit: &str, text: &str| {
+        git(
+            &repo,
+            &[
+                "notes",
+                "--ref",
+                "refs/notes/audit",
+                "add",
+                "-m",
+                text,
+                commit,
+            ],
+        );
+    };
+    note(
+        &old,
+        "tidekeeper reconcile of an old commit\n\napplied to 1 host(s)",
+    );
+    note(
+        &released,
+        "tidekeeper reconcile of it\n\napplied to 1 host(s)\n\n\
+         Tidekeeper-Verdict: applied\n\
+         Tidekeeper-At: 2026-12-07T02:00:00Z\n\
+         Tidekeeper-Commit: x\n\
+         Approved-By: carol\n\
+         Reviewed-Plan: refs/pull/9/head 0123456789abcdef0123\n\
+         Released-By: bob at 2026-12-07T01:00:00Z, at once\n\
+         Tidekeeper-Summary: applied to 1 host(s)",
+    );
+    let (code, table, err) = log(&["-n", "3"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(
+        rows[0].starts_with("COMMIT") && rows[0].contains("RELEASED BY"),
+        "{table}"
+    );
+    assert!(rows[1].starts_with(&released[..12]), "{table}");
+    for cell in [
+        "2026-12-07T02:00:00Z",
+        "applied",
+        "carol",
+        "refs/pull/9/head 0123456789ab",
+        "bob at 2026-12-07T01:00:00Z",
+    ] {
+        assert!(rows[1].contains(cell), "{cell} missing in\n{table}");
+    }
+    assert!(
+        rows[2].starts_with(&skipped[..12]) && rows[2].contains("not reconciled"),
+        "{table}"
+    );
+    assert!(
+        rows[3].starts_with(&old[..12])
+            && rows[3].ends_with("tidekeeper reconcile of an old commit"),
+        "{table}"
+    );
+    let (code, json, err) = log(&["-n", "2", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["format_version"], 1);
+    assert_eq!(doc["notes_ref"], "refs/notes/audit");
+    let commits = doc["commits"].as_array().unwrap();
+    assert_eq!(commits.len(), 2, "-n 2: {json}");
+    assert_eq!(commits[0]["commit"], released.as_str());
+    assert_eq!(commits[0]["verdict"], "applied");
+    assert_eq!(commits[0]["approved_by"], serde_json::json!(["carol"]));
+    assert_eq!(commits[0]["released"]["by"], "bob");
+    assert_eq!(commits[0]["released"]["at"], "2026-12-07T01:00:00Z");
+    assert_eq!(commits[0]["reviewed_plan"]["proposal"], "refs/pull/9/head");
+    assert_eq!(commits[0]["merged_by"], serde_json::Value::Null);
+    assert_eq!(commits[1]["commit"], skipped.as_str());
+    assert_eq!(commits[1]["reconciled"], false);
+    assert_eq!(commits[1]["verdict"], serde_json::Value::Null);
+    let (_, json, _) = log(&["--json", "--since", "2999-01-01T00:00:00Z"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["commits"], serde_json::json!([]), "nothing that recent");
+    let (code, _, err) = log(&["--ref", "no-such-branch"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot find no-such-branch"), "{err}");
 }

@@ -730,6 +730,26 @@ async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
         Some("not started: suspended by ops (incident 42)")
     );
     assert_ne!(d.applied(), Some(c2.clone()));
+    // The note's audit trail says so, at the daemon's clock's time.
+    let audit = |c: &str| {
+        let out = std::process::Command::new("git")
+            .args(["notes", "--ref=tidekeeper", "show", c])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        tidekeeper::audit::Audit::parse(&String::from_utf8_lossy(&out.stdout))
+    };
+    until("the planned-only note", Duration::from_secs(30), || {
+        audit(&c2).is_some()
+    })
+    .await;
+    let planned = audit(&c2).unwrap();
+    assert_eq!(planned.verdict, tidekeeper::audit::Verdict::PlannedOnly);
+    assert!(planned.at.starts_with("2026-06-01T1"), "{planned:?}");
+    assert!(
+        planned.summary.starts_with("suspended by ops"),
+        "{planned:?}"
+    );
 
     let resumed = Instant::now();
     let (code, _) = post(d.addr, "/resume", Some("tok-susp-1"), b"").await;
@@ -744,6 +764,17 @@ async fn suspend_stops_applies_and_jobs_for_hours_and_resume_goes_on() {
         "at once, not at the next poll"
     );
     assert_eq!((read(&a), read(&b)), ("v2\n".into(), "v2\n".into()));
+    until("the applied note", Duration::from_secs(30), || {
+        audit(&c2).is_some_and(|a| a.verdict == tidekeeper::audit::Verdict::Applied)
+    })
+    .await;
+    let applied = audit(&c2).unwrap();
+    assert!(
+        applied.at.starts_with("2026-06-01T15:0"),
+        "three hours of the virtual clock later: {applied:?}"
+    );
+    assert_eq!(applied.summary, "applied to 2 host(s)");
+    assert_eq!(applied.commit, c2);
     d.shared.scheduler.now(Request::RunJob("slow".into()));
     until("the job ran", Duration::from_secs(30), || ran.exists()).await;
     d.stop().await;
@@ -877,6 +908,14 @@ async fn a_merge_whose_plan_is_not_the_reviewed_one_is_held_until_retried() {
             && n.contains("now also:")
             && n.contains("/etc/tk-other"),
         "{n}"
+    );
+    let audit = tidekeeper::audit::Audit::parse(&n).expect("an audit trail");
+    assert_eq!(audit.verdict, tidekeeper::audit::Verdict::Held, "{n}");
+    let reviewed = audit.reviewed.expect("the reviewed plan of its tree");
+    assert_eq!(reviewed.proposal, "refs/pull/1/head");
+    assert!(
+        note(&pr).contains(&format!("Plan digest: `{}", reviewed.digest)),
+        "the digest the proposal's note gave: {reviewed:?}"
     );
     // An hour of polls does not apply it.
     tokio::time::sleep(Duration::from_secs(3600 + 60)).await;

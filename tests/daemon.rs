@@ -108,6 +108,13 @@ fn commits_are_applied_and_reported_back_invalid_ones_are_not() {
         note.contains("invalid config") && note.contains("roles/app.yaml:2:"),
         "{note}"
     );
+    let audit = tidekeeper::audit::Audit::parse(&note).expect("an audit trail");
+    assert_eq!(
+        audit.verdict,
+        tidekeeper::audit::Verdict::Rejected,
+        "{note}"
+    );
+    assert_eq!(audit.commit, bad);
     assert_eq!(
         bed.ssh_ok(0, "cat /etc/tk-daemon"),
         "two\n",
@@ -1193,6 +1200,9 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
         n.contains("held") && n.contains("no reviewed plan of this tree"),
         "{n}"
     );
+    let audit = tidekeeper::audit::Audit::parse(&n).expect("an audit trail");
+    assert_eq!(audit.verdict, tidekeeper::audit::Verdict::Held, "{n}");
+    assert_eq!(audit.released, None, "{n}");
     let page = d.request("GET", "/", &[], b"").1;
     assert!(page.contains("Held commit"), "{page}");
 
@@ -1216,6 +1226,9 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     d.wait_noted(&pushed, Duration::from_secs(30));
     let n = note(&pushed);
     assert!(n.contains("released by alice at "), "{n}");
+    let audit = tidekeeper::audit::Audit::parse(&n).expect("an audit trail");
+    assert_eq!(audit.verdict, tidekeeper::audit::Verdict::Applied, "{n}");
+    assert_eq!(audit.released.map(|r| r.by), Some("alice".into()), "{n}");
 
     let open = |n: u64, v: &str| {
         let branch = format!("pr-{n}");

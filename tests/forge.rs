@@ -1116,6 +1116,91 @@ fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_re
         .push(review("carol", &again));
     d.wait_applied(&again, Duration::from_secs(30));
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "three\n");
+
+    // The audit trail in the notes, as `tidekeeper log` reads it.
+    let log = |format: &str| {
+        let out = crate::support::tidekeeper()
+            .args(["log", "-n", "5", "--format", format, "--repo"])
+            .arg(&repo.path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            crate::support::fleet::text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let entry = |doc: &Value, sha: &str| {
+        doc["commits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["commit"] == sha)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    d.wait_for(
+        "the applied note on the approved commit",
+        Duration::from_secs(30),
+        |_| {
+            let doc: Value = serde_json::from_str(&log("json")).unwrap();
+            entry(&doc, &again)["verdict"] == "applied"
+        },
+    );
+    let doc: Value = serde_json::from_str(&log("json")).unwrap();
+    assert_eq!(doc["format_version"], 1, "{doc}");
+    let released = entry(&doc, &pushed);
+    assert_eq!(released["verdict"], "applied", "{doc}");
+    assert_eq!(released["released"]["by"], "bob", "{doc}");
+    assert_eq!(released["released"]["now"], true, "{doc}");
+    assert!(
+        released["released"]["at"]
+            .as_str()
+            .is_some_and(|t| t.len() == 20),
+        "{doc}"
+    );
+    assert_eq!(released["approved_by"], json!([]), "{doc}");
+    assert_eq!(
+        released["reviewed_plan"],
+        Value::Null,
+        "no proposal had its tree: {doc}"
+    );
+    let approved = entry(&doc, &again);
+    assert_eq!(approved["approved_by"], json!(["carol"]), "{doc}");
+    assert_eq!(approved["released"], Value::Null, "{doc}");
+    assert_eq!(
+        approved["reviewed_plan"]["proposal"], "refs/pull/9/head",
+        "{doc}"
+    );
+    assert!(
+        approved["reviewed_plan"]["digest"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{doc}"
+    );
+    assert_eq!(entry(&doc, &first)["verdict"], "applied", "{doc}");
+    assert_eq!(
+        entry(&doc, &main)["reconciled"],
+        false,
+        "before the daemon: {doc}"
+    );
+    let table = log("text");
+    let row = |sha: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&sha[..12]))
+            .unwrap_or_else(|| panic!("no row for {sha} in\n{table}"))
+            .to_string()
+    };
+    assert!(
+        row(&pushed).contains(" applied ") && row(&pushed).contains("bob at "),
+        "{table}"
+    );
+    assert!(
+        row(&again).contains("carol") && row(&again).contains("refs/pull/9/head"),
+        "{table}"
+    );
 }
 
 /// A merge of `branch` into main, with a merge commit; its sha.
@@ -1221,6 +1306,23 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
         note.contains("approval: pull request #5, merged by alice, approved by dave, erin"),
         "{note}"
     );
+    // `tidekeeper log` reads who merged and approved back from the note.
+    let out = crate::support::tidekeeper()
+        .args(["log", "-n", "3", "--format", "json", "--repo"])
+        .arg(&repo.path)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = doc["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["commit"] == merge5.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(e["merged_by"], "alice", "{doc}");
+    assert_eq!(e["approved_by"], json!(["dave", "erin"]), "{doc}");
+    assert_eq!(e["verdict"], "applied", "{doc}");
 
     // A direct push: no pull request merged it.
     repo.write("README.md", "pushed around review\n");

@@ -195,6 +195,12 @@ fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
         note.contains("applied to 1 host(s)"),
         "the reconcile note is kept: {note}"
     );
+    let audit = tidekeeper::audit::Audit::parse(&note);
+    assert_eq!(
+        audit.map(|a| a.verdict),
+        Some(tidekeeper::audit::Verdict::Applied),
+        "the audit trail stays last: {note}"
+    );
     let metrics = d.get("/metrics").1;
     assert!(
         metrics.contains("tidekeeper_maintenance_runs_total{job=\"tick\",result=\"ok\"}"),

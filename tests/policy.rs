@@ -89,6 +89,11 @@ fn the_daemon_refuses_a_denied_commit_like_an_invalid_one() {
     d.wait_noted(&bad, Duration::from_secs(20));
     let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &bad]);
     assert!(note.contains("the policies deny"), "{note}");
+    assert_eq!(
+        tidekeeper::audit::Audit::parse(&note).map(|a| a.verdict),
+        Some(tidekeeper::audit::Verdict::Rejected),
+        "{note}"
+    );
     assert!(
         !bed.ssh_ok(0, "command -v ufw || true").contains("ufw"),
         "nothing applied"

@@ -42,6 +42,13 @@ pub enum ShowFormat {
     Json,
 }
 
+/// How `log` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogOutput {
+    Text,
+    Json,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct HostArgs {
     /// Only these hosts (repeatable); default: every host in the fleet.
@@ -443,6 +450,26 @@ pub enum Command {
         /// The daemon's API token.
         #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+    },
+    /// The audit trail: the branch's commits, newest first, with what the
+    /// daemon did with each (verdict, when, who merged, approved or
+    /// released it, the reviewed plan), read from the notes it pushed.
+    Log {
+        /// Which branch to walk: `--ref main` for the branch the daemon follows.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// How many commits (first parents only), newest first.
+        #[arg(short = 'n', long = "max-count", default_value_t = 20)]
+        count: usize,
+        /// Only commits made at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_now)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print JSON instead of a table (the same as `--format json`).
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// How to print: a table (text) or a versioned JSON document.
+        #[arg(long, value_enum)]
+        format: Option<LogOutput>,
     },
     /// Undo `tidekeeper suspend`.
     Resume {

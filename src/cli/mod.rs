@@ -13,6 +13,7 @@ mod daemon;
 mod error;
 mod import;
 mod init;
+mod log;
 mod notify;
 mod plan;
 mod policy;
@@ -127,6 +128,22 @@ fn dispatch(command: Command) -> CliResult {
         | Command::Suspend { .. }
         | Command::Release { .. }
         | Command::Resume { .. }) => to_daemon(c),
+        Command::Log {
+            repo,
+            count,
+            since,
+            json,
+            format,
+        } => log::log(
+            &repo,
+            count,
+            since,
+            format.unwrap_or(if json {
+                LogOutput::Json
+            } else {
+                LogOutput::Text
+            }),
+        ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Restore(r) => restore_cmd(r),

@@ -14,7 +14,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
-use super::{Ctx, Policies, State, now, proposals};
+use super::{Ctx, Policies, State, now, proposals, trail};
+use crate::audit;
 use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
 use crate::reconcile;
@@ -439,6 +440,7 @@ pub(super) async fn hold_unreviewed(
                 .note_stale("forge", format!("forge unreachable: {e}"));
         }
     }
+    let note = trail::noted(ctx, state, &commit, audit::Verdict::Held, &reason, note).await;
     ctx.push_status(Some((commit, note))).await;
 }
 
@@ -550,7 +552,13 @@ async fn stale_merge(
 
 /// A commit that is not applied (invalid config, or denied by the
 /// policies): reported in the status and in a note on the commit.
-pub(super) async fn reject(ctx: &Ctx, commit: String, why: &str, errors: Vec<String>) {
+pub(super) async fn reject(
+    ctx: &Ctx,
+    state: &State,
+    commit: String,
+    why: &str,
+    errors: Vec<String>,
+) {
     warn!(errors = errors.len(), "{why} this commit; nothing applied");
     let note = format!(
         "tidekeeper: {why} {commit}; nothing applied\n\n{}\n",
@@ -561,6 +569,16 @@ pub(super) async fn reject(ctx: &Ctx, commit: String, why: &str, errors: Vec<Str
         errors,
         denied: why.contains("policies"),
     });
+    let summary = format!("{why} this commit; nothing applied");
+    let note = trail::noted(
+        ctx,
+        state,
+        &commit,
+        audit::Verdict::Rejected,
+        &summary,
+        note,
+    )
+    .await;
     ctx.push_status(Some((commit, note))).await;
 }
 
@@ -584,7 +602,7 @@ pub(super) async fn on_commit(
         }
         let (fleet, policies) = match ctx.load(&commit).await {
             Err(errors) => {
-                reject(ctx, commit, "invalid config at", errors).await;
+                reject(ctx, state, commit, "invalid config at", errors).await;
                 return Ok(());
             }
             Ok((mut f, policies)) => {
@@ -642,7 +660,7 @@ pub(super) async fn on_commit(
                 return Ok(());
             }
             Err(Refused::Denied(denied)) => {
-                reject(ctx, commit, "the policies deny", denied).await;
+                reject(ctx, state, commit, "the policies deny", denied).await;
                 return Ok(());
             }
             Err(Refused::Held(why)) => {
@@ -686,6 +704,7 @@ pub(super) async fn report(
         started,
         state.head.approval.as_ref(),
     );
+    let note = trail::noted(ctx, state, &commit, verdict.audit(), &summary, note).await;
     if let Some(settings) = fleet.settings.forge.clone() {
         let outcome = if matches!(verdict, Verdict::Quarantined { .. }) {
             "failure"
@@ -795,6 +814,15 @@ pub(super) async fn hold(
         s.by, s.reason
     );
     let note = status::note(&commit, &summary, &hosts, 0.0);
+    let note = trail::noted(
+        ctx,
+        state,
+        &commit,
+        audit::Verdict::PlannedOnly,
+        &summary,
+        note,
+    )
+    .await;
     ctx.push_status(Some((commit, note))).await;
 }
 
@@ -1049,6 +1077,15 @@ pub(super) fn verdict(hosts: &[HostStatus], cloud_failures: &[String]) -> Verdic
 }
 
 impl Verdict {
+    /// The verdict as the note's audit trail names it.
+    fn audit(&self) -> audit::Verdict {
+        match self {
+            Verdict::Applied => audit::Verdict::Applied,
+            Verdict::Partial { .. } => audit::Verdict::AppliedInPart,
+            Verdict::Quarantined { .. } => audit::Verdict::Quarantined,
+        }
+    }
+
     /// One line for the note and the forge's status, of `total` hosts.
     pub(super) fn summary(&self, total: usize) -> String {
         match self {

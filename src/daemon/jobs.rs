@@ -160,7 +160,9 @@ pub(super) async fn job_finished(ctx: &Ctx, state: &mut State, d: JobDone) {
             })
             .await
             .unwrap_or_default();
-        // Keep the reconcile's part of the note and the latest failure only.
+        // Keep the reconcile's part of the note and the latest failure
+        // only; the audit trail stays last.
+        let (prior, audit) = crate::audit::Audit::split(&prior);
         let head = prior
             .split("\n\nmaintenance job ")
             .next()
@@ -168,7 +170,10 @@ pub(super) async fn job_finished(ctx: &Ctx, state: &mut State, d: JobDone) {
             .trim_end();
         Some((
             commit.clone(),
-            format!("{head}\n\nmaintenance job {name} failed:\n{text}"),
+            format!(
+                "{head}\n\nmaintenance job {name} failed:\n{}{audit}",
+                text.trim_end()
+            ),
         ))
     } else {
         None

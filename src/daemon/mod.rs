@@ -40,6 +40,7 @@ mod rollout;
 mod runner;
 pub mod scheduler;
 pub mod status;
+mod trail;
 mod triggers;
 pub mod worker;
 
@@ -272,6 +273,9 @@ struct Head {
     /// The commit an operator released (`tidekeeper release`): not held
     /// again on the passes that finish applying it.
     released: Option<String>,
+    /// The held commit a forge approval let through, and who approved it
+    /// (for its note's audit trail).
+    approved: Option<(String, String)>,
     /// The last commit applied had `apply.require_reviewed_plan` on: a
     /// commit turning it off is itself held until reviewed or released.
     reviewed_only: bool,

@@ -460,6 +460,7 @@ async fn release_by_review(
     match approved {
         Ok(Some(by)) => {
             info!(commit = %&h.commit[..12], r#ref = %name, %by, "the held commit's tree is approved on a proposal; judging it again");
+            state.head.approved = Some((h.commit.clone(), by));
             state.head.incomplete = Some(h.commit);
             ctx.sched.now(Request::Head);
         }

@@ -176,6 +176,9 @@ impl Fleet {
     }
 }
 
+/// `status.notes_ref` when a fleet does not set it.
+pub const DEFAULT_NOTES_REF: &str = "refs/notes/tidekeeper";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// Limits and budgets of planning one proposal (`proposals:`).
@@ -188,6 +191,7 @@ pub struct Settings {
     /// A drift check hashes every managed file at least this often.
     pub full_check_secs: u64,
     pub status_branch: String,
+    /// Where the notes on reconciled commits go (`status.notes_ref`).
     pub notes_ref: String,
     pub forge: Option<Forge>,
     pub hetzner: Hetzner,

@@ -146,7 +146,8 @@ impl Loader<'_> {
             drift_interval_secs: drift,
             full_check_secs: full_check,
             status_branch: branch,
-            notes_ref: opt(&f.status.notes_ref).unwrap_or_else(|| "refs/notes/tidekeeper".into()),
+            notes_ref: opt(&f.status.notes_ref)
+                .unwrap_or_else(|| crate::model::desired::DEFAULT_NOTES_REF.into()),
             forge,
             hetzner: Hetzner {
                 declared: hz.is_some(),
@@ -538,7 +539,7 @@ pub(super) fn default_settings() -> Settings {
         drift_interval_secs: 600,
         full_check_secs: 86_400,
         status_branch: "tidekeeper/status".into(),
-        notes_ref: "refs/notes/tidekeeper".into(),
+        notes_ref: crate::model::desired::DEFAULT_NOTES_REF.into(),
         forge: None,
         hetzner: Hetzner {
             declared: false,
