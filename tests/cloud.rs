@@ -30,6 +30,7 @@ roles: [base]
 ";
 
 pub const AGENT: &str = "provider: lightsail
+ssh: {user: admin, sudo: true}
 server:
   bundle: small_3_0
   blueprint: debian_12
@@ -110,6 +111,18 @@ fn an_empty_account_gets_its_servers_created_and_configured_in_one_apply() {
     let agent = f.lightsail.instance("agent").unwrap();
     assert!(agent.static_ip);
     assert_eq!(agent.ports.len(), 2, "{:?}", agent.ports);
+    // Lightsail's Debian lets the key in as admin only; root hears which
+    // user to log in as (what cloud-init's disable_root writes).
+    let as_root = f
+        .cloud
+        .ssh_as(f.host_of("agent"), &f.repo.key, "root", "id -u");
+    assert_eq!(as_root.status.code(), Some(142));
+    assert!(
+        String::from_utf8_lossy(&as_root.stdout)
+            .contains("Please login as the user \"admin\" rather than the user \"root\"."),
+        "{as_root:?}"
+    );
+    assert_eq!(f.ssh("agent", "id -un"), "root\n", "admin, through sudo");
     // The host key on the server is the one tidekeeper generated and labelled.
     let hk = f.ssh("web", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub");
     assert_eq!(
@@ -705,7 +718,7 @@ fn rate_limits_are_waited_out_as_the_providers_headers_say() {
             ),
             (
                 "hosts/agent.yaml",
-                "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n",
+                "provider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n",
             ),
         ],
         "",
@@ -764,7 +777,7 @@ fn public_keys_in_ssh_keys_are_uploaded_once_and_let_their_owner_in() {
         "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: fsn1\n  ssh_keys: [ops, \"{public}\"]\n"
     );
     let agent = format!(
-        "provider: lightsail\nserver:\n  bundle: nano_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  ssh_keys: [\"{public}\"]\n"
+        "provider: lightsail\nssh: {{user: admin, sudo: true}}\nserver:\n  bundle: nano_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  ssh_keys: [\"{public}\"]\n"
     );
     let f = CloudFleet::start(
         &[("hosts/web.yaml", &web), ("hosts/agent.yaml", &agent)],
@@ -873,7 +886,7 @@ fn lightsail_credentials_and_region_come_from_the_aws_sdk_chain() {
     use crate::support::cloud::lightsail::{
         SESSION_TOKEN, TEMP_ACCESS_KEY, TEMP_SECRET_KEY, instance_metadata,
     };
-    let host = "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
+    let host = "provider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
     // No region and no key variables in tidekeeper.yaml: the chain's.
     let f = CloudFleet::with_repo(
         Kind::Full,
@@ -1141,7 +1154,7 @@ fn a_private_network_is_created_attached_reached_through_its_bastion_and_deleted
 #[test]
 fn cloud_firewalls_are_enforced_on_the_servers_so_a_wrong_rule_shuts_tidekeeper_out() {
     let web = "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: fsn1\n  firewall:\n    - {port: \"22\", from: [10.213.0.0/16]}\nroles: [base]\n";
-    let agent = "provider: lightsail\nserver:\n  bundle: small_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  firewall:\n    - {port: \"22\", from: [10.213.0.0/16]}\nroles: [base]\n";
+    let agent = "provider: lightsail\nssh: {user: admin, sudo: true}\nserver:\n  bundle: small_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n  firewall:\n    - {port: \"22\", from: [10.213.0.0/16]}\nroles: [base]\n";
     let f = CloudFleet::start(
         &[
             ("roles/base.yaml", BASE),
@@ -1295,6 +1308,11 @@ fn import_adopts_an_existing_server_and_writes_its_host_file() {
     assert!(text(&out).contains("--as agent-box"), "{}", text(&out));
     let out = import(&f, &["lightsail", "agent-box", "--as", "agent-box"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let file = std::fs::read_to_string(f.repo.path.join("hosts/agent-box.yaml")).unwrap();
+    assert!(
+        file.contains("ssh: {user: admin, sudo: true}"),
+        "Lightsail's Debian is reached as admin: {file}"
+    );
     let tags = f.lightsail.instance("agent-box").unwrap().tags;
     assert!(
         tags.contains(&("tidekeeper-fleet".to_string(), "acme".to_string())),

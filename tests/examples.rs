@@ -726,13 +726,6 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         "192.0.2.10/32",
         "10.213.0.0/16",
     );
-    // The test fleet's hosts log in as root.
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "    user: admin                 # Debian on Lightsail logs in as admin\n    sudo: true\n",
-        "    user: root\n",
-    );
     let f = CloudFleet::with_repo(Kind::Docker, files);
     // The bastion exists already; adopting it is labelling it as this fleet's.
     let inst = f.lightsail.add_existing(

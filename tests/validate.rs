@@ -678,7 +678,7 @@ fn hetzner_host_without_server() {
 #[test]
 fn lightsail_host_without_provider_settings() {
     minimal()
-        .file("hosts/web.yaml", "provider: lightsail\nserver: {bundle: small_3_0, blueprint: debian_12, zone: eu-central-1a}\n")
+        .file("hosts/web.yaml", "provider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: small_3_0, blueprint: debian_12, zone: eu-central-1a}\n")
         .fails_with(
             "hosts/web.yaml:1:11",
             "missing-key",
@@ -1615,4 +1615,43 @@ fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_l
         .file(".github/CODEOWNERS", "!hosts/ @alice\n")
         .load()
         .expect("valid");
+}
+
+#[test]
+fn a_lightsail_debian_host_logging_in_as_root_is_told_to_log_in_as_admin() {
+    let ls = "fleet: test\nproviders:\n  lightsail: {region: eu-central-1}\n";
+    let d = minimal()
+        .file("tidekeeper.yaml", ls)
+        .file(
+            "hosts/web.yaml",
+            "provider: lightsail\nserver:\n  bundle: small_3_0\n  blueprint: debian_12\n  zone: eu-central-1a\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:4:14",
+            "wrong-login",
+            "Lightsail \"debian_12\" lets the server's keys in as `admin`, not as root",
+        );
+    assert!(
+        d.help.unwrap().contains("ssh: {user: admin, sudo: true}"),
+        "the fix is named"
+    );
+    minimal()
+        .file("tidekeeper.yaml", ls)
+        .file(
+            "hosts/web.yaml",
+            "provider: lightsail\nssh: {user: root}\nserver: {bundle: small_3_0, blueprint: ubuntu_24_04, zone: eu-central-1a}\n",
+        )
+        .fails_with(
+            "hosts/web.yaml:2:13",
+            "wrong-login",
+            "Lightsail \"ubuntu_24_04\" lets the server's keys in as `ubuntu`, not as root",
+        );
+    minimal()
+        .file("tidekeeper.yaml", ls)
+        .file(
+            "hosts/web.yaml",
+            "provider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: small_3_0, blueprint: debian_12, zone: eu-central-1a}\n",
+        )
+        .load()
+        .expect("admin through sudo is how Lightsail's Debian is reached");
 }

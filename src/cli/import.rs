@@ -146,6 +146,15 @@ fn host_file(kind: ProviderKind, s: &ObservedServer) -> String {
             out.push_str(&format!("    {}: {}\n", yaml_str(k), yaml_str(v)));
         }
     }
+    if let Some(user) = s
+        .image
+        .as_deref()
+        .and_then(|i| crate::model::desired::image_login(kind, i))
+    {
+        out.push_str(&format!(
+            "ssh: {{user: {user}, sudo: true}}   # the image lets its keys in as {user}\n"
+        ));
+    }
     out.push_str("roles: []\n");
     out
 }

@@ -1123,7 +1123,7 @@ mod tests {
 
     const WEB: &str =
         "name: web\nprovider: hetzner\nserver: {type: cpx31, image: debian-12, location: fsn1}\n";
-    const AGENT: &str = "name: agent\nprovider: lightsail\nserver: {bundle: large_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
+    const AGENT: &str = "name: agent\nprovider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: large_3_0, blueprint: debian_12, zone: eu-central-1a}\n";
 
     fn run(f: &Fleet, servers: Vec<ObservedServer>, opts: PlanOptions) -> CloudPlan {
         let obs = Observed {

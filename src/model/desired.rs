@@ -218,6 +218,21 @@ pub struct Settings {
     pub networks: Vec<Network>,
 }
 
+/// The user a provider's image lets the server's keys in as, where that is
+/// not root: Lightsail's Debian `admin`, Ubuntu `ubuntu`, Amazon Linux
+/// `ec2-user` (Hetzner's images let root in).
+pub fn image_login(provider: ProviderKind, image: &str) -> Option<&'static str> {
+    if provider != ProviderKind::Lightsail {
+        return None;
+    }
+    match image.split('_').next().unwrap_or_default() {
+        "debian" => Some("admin"),
+        "ubuntu" => Some("ubuntu"),
+        "amazon" => Some("ec2-user"),
+        _ => None,
+    }
+}
+
 /// What the forge must show of a merged commit's pull request before it is
 /// applied (`apply.apply_requirements`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

@@ -244,3 +244,8 @@ pub mod daemon;
 pub mod fleet;
 pub mod receivers;
 pub mod testbed;
+
+/// `s` as one POSIX shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

@@ -225,6 +225,8 @@ pub struct TestHost {
     /// The host's public SSH host key, `ssh-ed25519 AAAA…`.
     pub host_key: String,
     pub kind: Kind,
+    /// Who logs in with the keys: root, or a cloud image's default user.
+    pub login: String,
     slot: Slot,
     launch: Launch,
     process: Arc<Mutex<Process>>,
@@ -243,6 +245,11 @@ pub struct CloudInit {
     /// A disk to start from (see [`Testbed::snapshot_disk`]), as a server
     /// made from a snapshot does; None: the image as it is.
     pub disk: Option<PathBuf>,
+    /// The image's default user, who gets the keys and passwordless sudo
+    /// (`admin` on Debian's cloud images); None: root, as on Hetzner.
+    /// Root's keys then only print "Please login as the user …" and exit
+    /// 142, as cloud-init's `disable_root` writes them.
+    pub login: Option<String>,
 }
 
 /// Everything needed to (re)start a host's container.
@@ -556,7 +563,10 @@ impl Testbed {
                 0o600,
             );
             write("etc/ssh/ssh_host_ed25519_key.pub", &pubkey, 0o644);
-            write("root/.ssh/authorized_keys", &authorized, 0o600);
+            match cloud.and_then(|c| c.login.as_deref()) {
+                Some(user) if user != "root" => default_user(&merged, user, &authorized),
+                _ => write("root/.ssh/authorized_keys", &authorized, 0o600),
+            }
             // Hosts made for cloud servers run their user data's scripts on first boot.
             for (n, script) in cloud
                 .map(|c| c.scripts.as_slice())
@@ -604,6 +614,9 @@ impl Testbed {
             port: 22,
             host_key,
             kind,
+            login: cloud
+                .and_then(|c| c.login.clone())
+                .unwrap_or_else(|| "root".into()),
             slot,
             launch,
             process: Arc::new(Mutex::new(Process {
@@ -1093,4 +1106,63 @@ fn machine_id(n: u32) -> u128 {
         .unwrap()
         .as_nanos();
     (t << 20) ^ u128::from(n) ^ 0x7a3c_0000_0000_0000_0000_0000_0000_0001
+}
+
+/// A cloud image's default user on the file system at `root`: uid 1000
+/// with the keys and passwordless sudo (the file cloud-init writes); root's
+/// keys refuse with the message cloud-init's `disable_root` gives.
+fn default_user(root: &Path, user: &str, authorized: &str) {
+    let append = |rel: &str, line: &str| {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join(rel))
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    };
+    append(
+        "etc/passwd",
+        &format!("{user}:x:1000:1000:Debian:/home/{user}:/bin/bash"),
+    );
+    append("etc/group", &format!("{user}:x:1000:"));
+    append("etc/shadow", &format!("{user}:*:20000:0:99999:7:::"));
+    let ssh = root.join(format!("home/{user}/.ssh"));
+    fs::create_dir_all(&ssh).unwrap();
+    fs::write(ssh.join("authorized_keys"), authorized).unwrap();
+    for p in [
+        ssh.join("authorized_keys"),
+        ssh.clone(),
+        root.join(format!("home/{user}")),
+    ] {
+        std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+    }
+    fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let sudoers = root.join("etc/sudoers.d/90-cloud-init-users");
+    fs::create_dir_all(sudoers.parent().unwrap()).unwrap();
+    fs::write(
+        &sudoers,
+        format!("# Created by cloud-init v. 22.4.2\n\n# User rules for {user}\n{user} ALL=(ALL) NOPASSWD:ALL\n"),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &sudoers,
+        std::os::unix::fs::PermissionsExt::from_mode(0o440),
+    )
+    .unwrap();
+    let refuse = format!(
+        "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"{user}\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\" "
+    );
+    let root_keys: String = authorized
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|k| format!("{refuse}{k}\n"))
+        .collect();
+    let dir = root.join("root/.ssh");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("authorized_keys"), root_keys).unwrap();
+    fs::set_permissions(
+        dir.join("authorized_keys"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
 }

@@ -380,6 +380,7 @@ impl Loader<'_> {
         let server = self.server(file, &p_at, provider, h, settings);
         self.check_address(file, &p_at, provider, h);
         let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
+        self.check_image_login(file, provider, h, &ssh);
         let cost = h
             .cost
             .as_ref()
@@ -473,6 +474,44 @@ impl Loader<'_> {
             return None;
         }
         Some((base_name, name_origin))
+    }
+
+    /// A cloud image that lets the server's keys in as its default user
+    /// only (Lightsail's Debian: `admin`) cannot be reached as root: root's
+    /// keys there only print which user to log in as.
+    fn check_image_login(
+        &mut self,
+        file: &str,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+        ssh: &crate::model::desired::Ssh,
+    ) {
+        let Some(image) = h.server.as_ref().and_then(|s| s.blueprint.as_ref()) else {
+            return;
+        };
+        let Some(user) = crate::model::desired::image_login(provider, &image.value) else {
+            return;
+        };
+        if ssh.user != "root" {
+            return;
+        }
+        let origin = match &h.ssh.user {
+            Some(u) => at(file, u),
+            None => at(file, image),
+        };
+        self.err(
+            origin
+                .error(
+                    "wrong-login",
+                    format!(
+                        "Lightsail {:?} lets the server's keys in as `{user}`, not as root",
+                        image.value
+                    ),
+                )
+                .with_help(format!(
+                    "log in as its default user, through sudo: `ssh: {{user: {user}, sudo: true}}` in this host's file (or under defaults in tidekeeper.yaml)"
+                )),
+        );
     }
 
     /// `address` only for (and required by) existing hosts, one each;

@@ -230,6 +230,7 @@ impl Lightsail {
         let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
             host_key: None,
             authorized: vec![key],
+            login: default_user("debian_12"),
             ..Default::default()
         });
         let inst = Instance {
@@ -602,6 +603,7 @@ fn create_instances(
         ops.push(operation_json(&o));
         let (cloud, account, done) = (ctx.cloud.clone(), ctx.account.clone(), o.done.clone());
         let mut init = cloud_init(&user_data, &keys);
+        init.login = default_user(blueprint);
         init.disk = disk.clone();
         std::thread::spawn(move || {
             let (i, addr) = cloud.boot(&init);
@@ -615,6 +617,19 @@ fn create_instances(
         });
     }
     ok(json!({"operations": ops}))
+}
+
+/// Who a blueprint's image lets in with the instance's keys, as Lightsail's
+/// images do: Debian `admin`, Ubuntu `ubuntu`, Amazon Linux `ec2-user`
+/// (root only hears which user to log in as).
+fn default_user(blueprint: &str) -> Option<String> {
+    let user = match blueprint.split('_').next().unwrap_or_default() {
+        "debian" => "admin",
+        "ubuntu" => "ubuntu",
+        "amazon" => "ec2-user",
+        _ => return None,
+    };
+    Some(user.into())
 }
 
 fn route(ctx: &Ctx, operation: &str, v: &Value) -> Response {

@@ -219,10 +219,28 @@ impl Cloud {
         self.bed.lock().unwrap().remove(i);
     }
 
-    /// Run `command` on host `i` as root, with `key` (the key the server
-    /// authorizes). From inside the host's own network namespace, as a
-    /// provider's console is: its cloud firewall does not stand in the way.
+    /// Run `command` on host `i` as root (through sudo where the image's
+    /// default user logs in), with `key` (the key the server authorizes).
+    /// From inside the host's own network namespace, as a provider's
+    /// console is: its cloud firewall does not stand in the way.
     pub fn ssh(&self, i: usize, key: &std::path::Path, command: &str) -> std::process::Output {
+        let login = self.bed.lock().unwrap().host(i).login.clone();
+        if login == "root" {
+            self.ssh_as(i, key, "root", command)
+        } else {
+            let command = format!("sudo -n sh -c {}", crate::support::shell_quote(command));
+            self.ssh_as(i, key, &login, &command)
+        }
+    }
+
+    /// Run `command` on host `i` as `user`, as it is.
+    pub fn ssh_as(
+        &self,
+        i: usize,
+        key: &std::path::Path,
+        user: &str,
+        command: &str,
+    ) -> std::process::Output {
         let bed = self.bed.lock().unwrap();
         let h = bed.host(i);
         std::process::Command::new("ip")
@@ -232,7 +250,7 @@ impl Cloud {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", bed.known_hosts.display()))
             .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
-            .arg(format!("root@{}", h.address))
+            .arg(format!("{user}@{}", h.address))
             .arg(command)
             .stdin(std::process::Stdio::null())
             .output()
