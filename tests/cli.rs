@@ -89,7 +89,7 @@ fn invalid_commit_exits_one_with_located_errors() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("hosts/agent.yaml:13:9: error[unknown-role]: unknown role \"bsae\""),
+        stderr.contains("hosts/agent.yaml:14:9: error[unknown-role]: unknown role \"bsae\""),
         "{stderr}"
     );
     assert!(stderr.contains("1 error in the config repo at"), "{stderr}");
@@ -104,7 +104,7 @@ fn invalid_commit_exits_one_with_located_errors() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
     assert_eq!(v["errors"][0]["file"], "hosts/agent.yaml");
-    assert_eq!(v["errors"][0]["line"], 13);
+    assert_eq!(v["errors"][0]["line"], 14);
     assert_eq!(v["errors"][0]["column"], 9);
 
     // Human output shows the offending line.
