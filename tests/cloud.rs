@@ -1239,6 +1239,14 @@ fn import_adopts_an_existing_server_and_writes_its_host_file() {
         "",
     );
     let id = f.hetzner.add_unmanaged_booted("legacy-web-01", "cpx21");
+    // Made by hand: a firewall and a private network around it.
+    f.hetzner.add_unmanaged_firewall(
+        "web-fw",
+        serde_json::json!([{"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["10.0.0.0/8"]}]),
+        id,
+    );
+    f.hetzner
+        .add_unmanaged_network("backend", "10.70.0.0/16", id, "10.70.0.5");
     let inst = f
         .lightsail
         .add_existing("agent-box", "small_3_0", "eu-central-1a", &[]);
@@ -1289,9 +1297,32 @@ fn import_adopts_an_existing_server_and_writes_its_host_file() {
         "image: debian-12",
         "location: nbg1",
         "team: legacy",
+        "  firewall:\n    - port: \"22\"\n      from: [10.0.0.0/8]\n",
+        "  networks: [{name: backend, ip: 10.70.0.5}]\n",
     ] {
         assert!(file.contains(want), "{want}: {file}");
     }
+    // Its firewall and network are the fleet's now, the firewall under the
+    // name tidekeeper keeps it by; the network is to be declared.
+    let labels = f.hetzner.firewall_labels("tk-acme-web").expect("renamed");
+    assert_eq!(
+        labels.get("tidekeeper-fleet").map(String::as_str),
+        Some("acme")
+    );
+    assert_eq!(
+        f.hetzner
+            .network("backend")
+            .unwrap()
+            .labels
+            .get("tidekeeper-fleet")
+            .map(String::as_str),
+        Some("acme")
+    );
+    assert!(
+        stdout(&out).contains("networks:\n  backend:\n    ip_range: 10.70.0.0/16"),
+        "{}",
+        text(&out)
+    );
     assert!(stdout(&out).contains("known_hosts"), "{}", text(&out));
     // Again: it is the fleet's already, and the file is not overwritten.
     let out = import(&f, &["hetzner", "web", "--as", "web"]);
@@ -1323,6 +1354,11 @@ fn import_adopts_an_existing_server_and_writes_its_host_file() {
     // Pinned and committed, the imported servers are the fleet's: nothing to create.
     let known = std::fs::read_to_string(&f.cloud.bed.lock().unwrap().known_hosts).unwrap();
     f.repo.write("known_hosts", &known);
+    let fleet_file = std::fs::read_to_string(f.repo.path.join("tidekeeper.yaml")).unwrap();
+    f.repo.write(
+        "tidekeeper.yaml",
+        &format!("{fleet_file}networks:\n  backend:\n    ip_range: 10.70.0.0/16\n"),
+    );
     f.repo.commit("imported web and agent-box");
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));

@@ -39,6 +39,9 @@ pub(super) fn import_cmd(
     let have = unmanaged(&servers, server, kind)?;
     rt.block_on(p.adopt(have, &fleet.name, host))
         .map_err(CliError::new)?;
+    // As adopted: its firewall is the fleet's now, so it is listed.
+    let adopted = rt.block_on(p.servers()).map_err(CliError::new)?;
+    let have = adopted.iter().find(|s| s.id == have.id).unwrap_or(have);
     let text = host_file(kind, have);
     std::fs::create_dir_all(root.join("hosts"))
         .and_then(|_| std::fs::write(&file, &text))
@@ -58,6 +61,26 @@ pub(super) fn import_cmd(
         crate::cloud::plan::provider_name(kind),
         fleet.name
     );
+    let undeclared: Vec<&str> = have
+        .networks
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !fleet.networks.iter().any(|d| d.name == *n))
+        .collect();
+    if !undeclared.is_empty() {
+        let known = rt.block_on(p.networks()).unwrap_or_default();
+        let mut lines = String::new();
+        for n in undeclared {
+            let range = known
+                .iter()
+                .find(|k| k.name == n)
+                .map_or("IP-RANGE".to_string(), |k| k.ip_range.clone());
+            lines.push_str(&format!("  {}:\n    ip_range: {range}\n", yaml_str(n)));
+        }
+        println!(
+            "Its networks are labelled the fleet's; declare them in tidekeeper.yaml so the plan keeps them:\n\nnetworks:\n{lines}"
+        );
+    }
     let addr = have.address.as_deref().unwrap_or("ADDRESS");
     println!(
         "Next:\n  1. Pin its SSH host key in known_hosts, checked out of band (the provider's console):\n       ssh-keyscan -t ed25519 {addr} >> known_hosts\n  2. Give it its roles in hosts/{host}.yaml, then `tidekeeper plan` and commit."
@@ -145,6 +168,35 @@ fn host_file(kind: ProviderKind, s: &ObservedServer) -> String {
         for (k, v) in own {
             out.push_str(&format!("    {}: {}\n", yaml_str(k), yaml_str(v)));
         }
+    }
+    if let Some(rules) = s.firewall.as_ref().filter(|r| !r.is_empty()) {
+        out.push_str("  firewall:\n");
+        for r in rules {
+            let port = if r.from_port == r.to_port {
+                r.from_port.to_string()
+            } else {
+                format!("{}:{}", r.from_port, r.to_port)
+            };
+            out.push_str(&format!("    - port: \"{port}\"\n"));
+            if r.proto != "tcp" {
+                out.push_str(&format!("      proto: {}\n", yaml_str(&r.proto)));
+            }
+            if !r.from.is_empty() {
+                let from: Vec<String> = r.from.iter().map(|f| yaml_str(f)).collect();
+                out.push_str(&format!("      from: [{}]\n", from.join(", ")));
+            }
+        }
+    }
+    if s.static_ip {
+        out.push_str("  static_ip: true\n");
+    }
+    if !s.networks.is_empty() {
+        let nets: Vec<String> = s
+            .networks
+            .iter()
+            .map(|(n, ip)| format!("{{name: {}, ip: {}}}", yaml_str(n), yaml_str(ip)))
+            .collect();
+        out.push_str(&format!("  networks: [{}]\n", nets.join(", ")));
     }
     if let Some(user) = s
         .image

@@ -94,6 +94,98 @@ fn state(s: models::server::Status) -> PowerState {
     }
 }
 
+impl Hetzner {
+    /// The firewall applied to server `id` (at most one: tidekeeper keeps
+    /// one per server) renamed `tk-<fleet>-<host>` and labelled the fleet's,
+    /// and the networks it is attached to labelled the fleet's. Nothing is
+    /// changed when one of them belongs to another fleet or there are two
+    /// firewalls.
+    async fn adopt_attached(&self, id: i64, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let refuse = |why: String| CloudError::api(NAME, "importing the server", &why);
+        let fws: Vec<models::Firewall> = self
+            .firewalls_labelled(None)
+            .await?
+            .into_iter()
+            .filter(|f| {
+                f.applied_to
+                    .iter()
+                    .any(|a| a.server.as_ref().is_some_and(|r| r.id == id))
+            })
+            .collect();
+        if fws.len() > 1 {
+            let names: Vec<&str> = fws.iter().map(|f| f.name.as_str()).collect();
+            return Err(refuse(format!(
+                "it has {} firewalls ({}); tidekeeper keeps one per server: merge their rules into one and detach the others first",
+                fws.len(),
+                names.join(", ")
+            )));
+        }
+        let server = self.server(id).await?;
+        let nets: Vec<models::Network> = self
+            .list_networks()
+            .await?
+            .into_iter()
+            .filter(|n| server.private_net.iter().any(|p| p.network == Some(n.id)))
+            .collect();
+        let foreign = |labels: &HashMap<String, String>| {
+            labels.contains_key(super::MANAGED_BY) && !super::owned(labels.iter(), fleet)
+        };
+        if let Some(n) = nets.iter().find(|n| foreign(&n.labels)) {
+            return Err(refuse(format!("its network {} is another fleet's", n.name)));
+        }
+        if let Some(f) = fws
+            .iter()
+            .find(|f| foreign(&f.labels.clone().unwrap_or_default()))
+        {
+            return Err(refuse(format!(
+                "its firewall {} is another fleet's",
+                f.name
+            )));
+        }
+        let ours = |labels: &HashMap<String, String>| {
+            let mut l = labels.clone();
+            l.extend(super::desired::ownership(fleet));
+            Some(l)
+        };
+        for f in &fws {
+            let req = models::ReplaceFirewallRequest {
+                labels: ours(&f.labels.clone().unwrap_or_default()),
+                name: Some(host_resource_name(fleet, host)),
+            };
+            self.call("adopting the firewall", || {
+                firewalls_api::replace_firewall(
+                    &self.config,
+                    firewalls_api::ReplaceFirewallParams {
+                        id: f.id,
+                        replace_firewall_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+        }
+        for n in nets
+            .iter()
+            .filter(|n| !super::owned(n.labels.iter(), fleet))
+        {
+            let req = models::ReplaceNetworkRequest {
+                labels: ours(&n.labels),
+                ..Default::default()
+            };
+            self.call("adopting the network", || {
+                networks_api::replace_network(
+                    &self.config,
+                    networks_api::ReplaceNetworkParams {
+                        id: n.id,
+                        replace_network_request: req.clone(),
+                    },
+                )
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The name of what tidekeeper makes for one host alone: its firewall, its
 /// floating IP.
 fn host_resource_name(fleet: &str, host: &str) -> String {
@@ -296,9 +388,18 @@ impl Hetzner {
     }
 
     async fn list_firewalls(&self) -> Result<Vec<models::Firewall>, CloudError> {
+        self.firewalls_labelled(Some(format!("{MANAGED_BY}={MANAGED_BY_VALUE}")))
+            .await
+    }
+
+    /// Firewalls with labels matching `selector` (None: every firewall).
+    async fn firewalls_labelled(
+        &self,
+        selector: Option<String>,
+    ) -> Result<Vec<models::Firewall>, CloudError> {
         self.paged(|page| {
             let params = firewalls_api::ListFirewallsParams {
-                label_selector: Some(format!("{MANAGED_BY}={MANAGED_BY_VALUE}")),
+                label_selector: selector.clone(),
                 page: Some(page),
                 per_page: Some(50),
                 ..Default::default()
@@ -1239,6 +1340,9 @@ impl Provider for Hetzner {
     fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
         Box::pin(async move {
             let id = id_of(have)?;
+            // What is attached to it becomes the fleet's too, so the first
+            // plan finds the firewall and networks it declares as they are.
+            self.adopt_attached(id, fleet, host).await?;
             let mut labels: HashMap<String, String> = have.labels.clone().into_iter().collect();
             labels.extend(super::desired::ownership(fleet));
             let req = models::ReplaceServerRequest {

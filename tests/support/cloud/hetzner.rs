@@ -580,6 +580,8 @@ fn operation(method: &Method, parts: &[&str]) -> String {
         ("GET", ["networks"]) => "list_networks".into(),
         ("POST", ["networks"]) => "create_network".into(),
         ("DELETE", ["networks", _]) => "delete_network".into(),
+        ("PUT", ["networks", _]) => "update_network".into(),
+        ("PUT", ["firewalls", _]) => "update_firewall".into(),
         ("POST", ["networks", _, "actions", a]) => format!("network_{a}"),
         ("GET", ["firewalls"]) => "list_firewalls".into(),
         ("POST", ["firewalls"]) => "create_firewall".into(),
@@ -1165,6 +1167,41 @@ fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) ->
             a.firewalls.insert(id, fw);
             ok(201, json!({"firewall": j, "actions": []}))
         }
+        // Update: a new name (unique) and the labels, which replace the old.
+        ("PUT", [kind @ ("firewalls" | "networks"), id]) => {
+            let name = v["name"].as_str().map(str::to_string);
+            let labels: Option<BTreeMap<String, String>> = v["labels"].as_object().map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            });
+            let Some(id) = id_of(id) else {
+                return error(404, "not_found", "not found");
+            };
+            if *kind == "firewalls" {
+                if name
+                    .as_ref()
+                    .is_some_and(|n| a.firewalls.values().any(|f| &f.name == n && f.id != id))
+                {
+                    return error(409, "uniqueness_error", "firewall name is already used");
+                }
+                let Some(f) = a.firewalls.get_mut(&id) else {
+                    return error(404, "not_found", "firewall not found");
+                };
+                f.name = name.unwrap_or(f.name.clone());
+                f.labels = labels.unwrap_or(f.labels.clone());
+                let j = firewall_json(f);
+                ok(200, json!({"firewall": j}))
+            } else {
+                let Some(n) = a.networks.get_mut(&id) else {
+                    return error(404, "not_found", "network not found");
+                };
+                n.name = name.unwrap_or(n.name.clone());
+                n.labels = labels.unwrap_or(n.labels.clone());
+                let j = network_json(n);
+                ok(200, json!({"network": j}))
+            }
+        }
         ("DELETE", ["firewalls", id]) => {
             let Some(id) = id_of(id).filter(|id| a.firewalls.contains_key(id)) else {
                 return error(404, "not_found", "firewall not found");
@@ -1462,6 +1499,49 @@ fn server_action(ctx: &Ctx, a: &mut Account, id: i64, what: &str, v: &Value) -> 
 impl Hetzner {
     /// A running server made outside tidekeeper (no ownership labels), with
     /// a test host behind it that the bed's key logs in to.
+    /// A firewall made by hand (no labels), applied to server `server`.
+    pub fn add_unmanaged_firewall(&self, name: &str, rules: Value, server: i64) {
+        let mut a = self.account.lock().unwrap();
+        let id = a.id();
+        let fw = Firewall {
+            id,
+            name: name.into(),
+            labels: BTreeMap::new(),
+            rules: self::rules(&rules),
+            servers: vec![server],
+        };
+        a.firewalls.insert(id, fw);
+    }
+
+    /// A network made by hand (no labels), with server `server` at `ip`.
+    pub fn add_unmanaged_network(&self, name: &str, range: &str, server: i64, ip: &str) {
+        let bridge = self.cloud.bed.lock().unwrap().network_create();
+        let mut a = self.account.lock().unwrap();
+        let id = a.id();
+        a.networks.insert(
+            id,
+            Network {
+                id,
+                name: name.into(),
+                ip_range: range.into(),
+                subnets: vec![(range.into(), "eu-central".into())],
+                labels: BTreeMap::new(),
+                protected: false,
+                servers: BTreeMap::from([(server, ip.to_string())]),
+                bridge,
+            },
+        );
+    }
+
+    /// The labels of the firewall named `name`.
+    pub fn firewall_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let a = self.account.lock().unwrap();
+        a.firewalls
+            .values()
+            .find(|f| f.name == name)
+            .map(|f| f.labels.clone())
+    }
+
     pub fn add_unmanaged_booted(&self, name: &str, server_type: &str) -> i64 {
         let key = self.cloud.bed.lock().unwrap().public_key.clone();
         let (i, addr) = self.cloud.boot(&super::super::testbed::CloudInit {
