@@ -199,6 +199,9 @@ pub struct Settings {
     /// `apply.require_reviewed_plan`: a merge whose plan differs from the
     /// plan reviewed on its pull request is held, not applied.
     pub require_reviewed_plan: bool,
+    /// `apply.apply_windows`: when the daemon may apply a commit, to which hosts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apply_windows: Vec<crate::schedule::ApplyWindow>,
     /// How the daemon applies a commit across hosts (None: all at once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,

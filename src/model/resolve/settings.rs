@@ -172,6 +172,7 @@ impl Loader<'_> {
                 .require_reviewed_plan
                 .as_ref()
                 .is_some_and(|s| s.value),
+            apply_windows: Vec::new(),
             notify: Default::default(),
             networks: self.networks(f),
         }
@@ -506,6 +507,7 @@ pub(super) fn default_settings() -> Settings {
         suspend: false,
         rollout: None,
         require_reviewed_plan: false,
+        apply_windows: Vec::new(),
         notify: Default::default(),
         networks: Vec::new(),
     }
