@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
+use super::windows::windows_gate;
 use super::{Ctx, Policies, State, now, proposals};
 use crate::engine::{self, HostError, HostOutcome, HostResult};
 use crate::model::desired::Fleet;
@@ -118,7 +119,11 @@ impl Ctx {
         } else {
             "a drift check".to_string()
         };
-        let (held, busy) = self.locks.try_take(&self.selected(fleet), &who);
+        let selected: Vec<String> = (self.selected(fleet).into_iter())
+            .filter(|h| !mode.outside.iter().any(|(o, _)| o == h))
+            .collect();
+        let (held, mut busy) = self.locks.try_take(&selected, &who);
+        busy.extend(mode.outside.iter().cloned());
         let names = held.hosts();
         let clouds = Arc::new(crate::cloud::Clouds::from_env(fleet));
         let whole = self.cfg.hosts.is_empty() && busy.is_empty();
@@ -244,6 +249,7 @@ impl Ctx {
                 h.error_kind = Some(HostError::Locked);
                 h.last_error = Some(format!("busy: {holder} runs on this host"));
                 h.last_result = Some(format!("waiting for {holder}"));
+                super::windows::left_out(&mut h, &holder);
             }
             info!(host = %host, %holder, "host busy; left for the next pass");
             st.hosts.insert(host.clone(), h.clone());
@@ -401,6 +407,8 @@ pub(super) async fn hold_unreviewed(
         tree,
         reason: reason.clone(),
         at: now(),
+        until: None,
+        windows: false,
     });
     let note = format!(
         "tidekeeper: held {commit}; nothing applied\n\n{why}\n\nA proposal planned with this tree lets it through; `tidekeeper release {} --by NAME` (or, for a plan that differs from the reviewed one, `tidekeeper retry`) applies it as it plans now.\n",
@@ -555,6 +563,10 @@ pub(super) async fn on_commit(
         let Some((review, release)) = review_of(ctx, state, &commit, &fleet, retry).await else {
             return Ok(());
         };
+        let Some(outside) = windows_gate(ctx, state, &commit, &fleet, release.as_ref()).await
+        else {
+            return Ok(());
+        };
         info!("applying");
         let done = match ctx
             .reconcile(
@@ -565,6 +577,7 @@ pub(super) async fn on_commit(
                     apply: true,
                     review: review.as_ref(),
                     release: release.as_ref(),
+                    outside: &outside,
                     ..Mode::default()
                 },
             )
@@ -799,6 +812,8 @@ pub(super) struct Mode<'a> {
     pub review: Option<&'a Review>,
     /// An operator's release of a held commit (`tidekeeper release`).
     pub release: Option<&'a status::Release>,
+    /// Hosts whose apply window is shut, with why: left out like busy ones.
+    pub outside: &'a [(String, String)],
 }
 
 impl Mode<'_> {
@@ -838,9 +853,7 @@ fn gate(
             ));
         }
     }
-    let released = mode
-        .release
-        .map(|r| format!("released by {} at {}", r.by, r.at));
+    let released = mode.release.map(super::windows::released_note);
     let Some(r) = mode.review else {
         return Ok(released.map(|r| format!("{r} (no reviewed plan of this tree)")));
     };

@@ -497,9 +497,21 @@ fn alerts(v: &View, s: &mut String) {
         );
     }
     if let Some(h) = &st.held {
+        let how = if h.windows {
+            match &h.until {
+                Some(t) => format!(
+                    "Not applied: outside the apply windows. Applies at {} ({}); <code>tidekeeper release --now</code> applies it at once.",
+                    esc(t),
+                    v.time(Some(t))
+                ),
+                None => "Not applied: no apply window opens within a year; <code>tidekeeper release --now</code> applies it at once.".into(),
+            }
+        } else {
+            "Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.".into()
+        };
         let _ = write!(
             s,
-            "<div class=\"alert\"><b>Held commit {}</b><p>{}</p><p>Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.</p></div>",
+            "<div class=\"alert\" id=\"held\"><b>Held commit {}</b><p>{}</p><p>{how}</p></div>",
             v.commit(Some(&h.commit)),
             esc(&h.reason)
         );

@@ -34,6 +34,8 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
             changed_files_only: !full,
             review: None,
             release: None,
+            // Drift is corrected whatever the apply windows say.
+            outside: &[],
         };
         let result = ctx.reconcile(&commit, fleet.clone(), &policies, mode).await;
         if full && result.is_ok() {

@@ -358,6 +358,9 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
 struct ReleaseAsked {
     commit: String,
     by: String,
+    /// Apply it outside the apply windows too.
+    #[serde(default)]
+    now: bool,
 }
 
 /// `POST /release` (`{"commit", "by"}`, the API token): apply the commit
@@ -398,11 +401,23 @@ async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         )
             .into_response();
     };
-    tracing::info!(commit = %&h.commit[..12], by, "held commit released by an operator");
+    if h.windows && !asked.now {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "commit {} is held by the apply windows ({}); `tidekeeper release --now` applies it outside them\n",
+                &h.commit[..12],
+                h.reason
+            ),
+        )
+            .into_response();
+    }
+    tracing::info!(commit = %&h.commit[..12], by, now = asked.now, "held commit released by an operator");
     *s.release.lock().unwrap() = Some(super::status::Release {
         commit: h.commit.clone(),
         by: by.to_string(),
         at: super::now(),
+        now: asked.now,
     });
     s.poke();
     (

@@ -40,6 +40,7 @@ mod runner;
 pub mod scheduler;
 pub mod status;
 mod triggers;
+mod windows;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -255,6 +256,8 @@ struct State {
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
+    /// A commit held by the apply windows, or released outside them.
+    windows: windows::Waiting,
 }
 
 /// The followed branch as the loop last saw it.

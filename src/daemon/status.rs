@@ -112,9 +112,10 @@ pub struct Quarantine {
     pub reason: String,
 }
 
-/// A commit held by `apply.require_reviewed_plan`: not applied and not
-/// quarantined (nothing failed) until a reviewed plan of its tree matches
-/// or an operator releases it (`tidekeeper release`).
+/// A commit held by `apply.require_reviewed_plan` (until a reviewed plan of
+/// its tree matches or an operator releases it, `tidekeeper release`) or by
+/// `apply.apply_windows` (until a window opens, or `release --now`): not
+/// applied and not quarantined (nothing failed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Held {
     pub commit: String,
@@ -122,6 +123,13 @@ pub struct Held {
     pub tree: String,
     pub reason: String,
     pub at: String,
+    /// Held by the apply windows: when it applies (RFC 3339), if a window
+    /// opens within a year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Held by the apply windows (not for want of a reviewed plan).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windows: bool,
 }
 
 /// `tidekeeper release COMMIT --by NAME`: a held commit applied once.
@@ -130,6 +138,9 @@ pub struct Release {
     pub commit: String,
     pub by: String,
     pub at: String,
+    /// `--now`: applied outside the apply windows too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub now: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -39,6 +39,7 @@ pub(super) async fn on_head(ctx: &Ctx, state: &mut State, retry: bool) -> Result
         || retry
         || released
         || state.head.incomplete.is_some()
+        || super::windows::due(ctx, state, &head)
     {
         state.head.last_seen = Some(head.clone());
         // A drift check right after an apply would find nothing.
