@@ -21,6 +21,8 @@
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
 //! - `jobs`: maintenance under the daemon; `proposals`: planning PR heads.
 //! - `commit`, `drift`, `triggers`, `rollout`: what each request does.
+//! - `windows`: apply windows: a commit held until one opens, hosts left
+//!   out of an apply while theirs is shut.
 //! - [`mirror`] (in [`crate::source`]): the bare mirror; status branch and
 //!   notes pushed with a lease.
 //! - [`status`]: status, badges, metrics, the status page (pure).
