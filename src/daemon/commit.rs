@@ -983,7 +983,7 @@ impl Verdict {
                 unreachable: 0,
                 busy,
             } => format!(
-                "{busy} host(s) busy (a maintenance job or another run); applying to them when they are free"
+                "{busy} host(s) busy (a maintenance job, another run, or a shut apply window); applying to them when they are free"
             ),
             Verdict::Partial { unreachable, busy } => format!(
                 "{unreachable} host(s) unreachable{}; trying again with backoff",

@@ -830,6 +830,38 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_held_by_the_apply_windows_shows_when_it_applies() {
+        let st = FleetStatus {
+            held: Some(crate::daemon::status::Held {
+                commit: "c".repeat(40),
+                tree: "t".into(),
+                reason: "outside the apply windows; applies at 2026-11-28T14:00:00Z".into(),
+                at: "2026-11-28T12:00:00Z".into(),
+                until: Some("2026-11-28T14:00:00Z".into()),
+                windows: true,
+            }),
+            ..Default::default()
+        };
+        let history = History::default();
+        let v = View {
+            status: &st,
+            history: &history,
+            timeline: &[],
+            web: None,
+            now: now(),
+        };
+        let page = page(&v);
+        let at = page.find("<div class=\"alert\" id=\"held\">").unwrap();
+        let held = &page[at..at + page[at..].find("</div>").unwrap()];
+        assert!(
+            held.contains("Applies at 2026-11-28T14:00:00Z (<time")
+                && held.contains(">in 2 h</time>")
+                && held.contains("tidekeeper release --now"),
+            "{held}"
+        );
+    }
+
+    #[test]
     fn relative_times_read_as_people_say_them() {
         let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         assert_eq!(relative(now(), at("2026-11-28T11:59:50Z")), "just now");
