@@ -1243,3 +1243,31 @@ async fn a_host_whose_window_is_shut_waits_while_the_others_take_the_commit() {
     assert_eq!(read(&a), "v2\n");
     d.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn release_now_applies_to_the_hosts_that_wait_for_their_window() {
+    let tmp = TempDir::new("controller-windows-host-release");
+    let token = "tok-windows-2";
+    let windows = "    - {kind: deny, window: 'daily 02:00-06:00 UTC', hosts: {names: [a]}}\n";
+    let (d, _repo, a, b, c2) = v2_at_two_oclock(&tmp, windows, Some(token)).await;
+    until("b applied, a left out", Duration::from_secs(30), || {
+        read(&b) == "v2\n" && d.host("a")["state"] == "pending"
+    })
+    .await;
+    assert_eq!(read(&a), "v1\n");
+    let released = Instant::now();
+    let body = format!(r#"{{"commit":"{c2}","by":"ops","now":true}}"#);
+    let (code, text) = post(d.addr, "/release", Some(token), body.as_bytes()).await;
+    assert_eq!(code, 202, "{text}");
+    until("a applied on release", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(
+        released.elapsed(),
+        Duration::ZERO,
+        "at once, inside a's window"
+    );
+    assert_eq!(read(&a), "v2\n");
+    d.stop().await;
+}

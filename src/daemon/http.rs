@@ -393,7 +393,22 @@ async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         )
             .into_response();
     }
-    let held = s.status.lock().unwrap().held.clone();
+    let held = {
+        let st = s.status.lock().unwrap();
+        // With --now, a head some of whose hosts wait for their window too.
+        let waiting = (asked.now && st.hosts.values().any(|h| h.waits_for_window()))
+            .then(|| st.head_commit.clone())
+            .flatten()
+            .map(|c| super::status::Held {
+                tree: String::new(),
+                reason: "hosts wait for their apply windows".into(),
+                at: String::new(),
+                until: None,
+                windows: true,
+                commit: c,
+            });
+        st.held.clone().or(waiting)
+    };
     let Some(h) = held.filter(|h| h.commit.starts_with(&commit)) else {
         return (
             StatusCode::CONFLICT,

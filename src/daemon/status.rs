@@ -79,7 +79,17 @@ pub struct FailedApply {
     pub kind: crate::engine::HostError,
 }
 
+/// How a host left out of an apply for its shut apply window begins its result.
+const WAITING_FOR_WINDOW: &str = "waiting for its apply window";
+
 impl HostStatus {
+    /// Left out of the head's apply until its apply window opens.
+    pub fn waits_for_window(&self) -> bool {
+        self.last_result
+            .as_deref()
+            .is_some_and(|r| r.starts_with(WAITING_FOR_WINDOW))
+    }
+
     pub fn new(host: &str) -> Self {
         HostStatus {
             host: host.to_string(),

@@ -26,7 +26,7 @@ pub(super) struct Waiting {
 }
 
 /// Why a host is left out of an apply, as `busy` holders are written; the
-/// host's status says it ([`left_out`]).
+/// host's status says it ([`left_out`]): `waiting for its apply window: …`.
 const HOLDER: &str = "its apply window";
 
 /// The windows' verdict on `commit` now. `None`: held (reported here),
@@ -214,9 +214,11 @@ mod tests {
             h.last_result.as_deref(),
             Some("waiting for its apply window: applies at 2026-06-02T06:00:00Z")
         );
+        assert!(h.waits_for_window(), "what POST /release --now looks for");
         let mut j = HostStatus::new("b");
         j.last_error = Some("busy: maintenance job slow runs on this host".into());
         left_out(&mut j, "maintenance job slow");
         assert!(j.last_error.is_some());
+        assert!(!j.waits_for_window());
     }
 }
