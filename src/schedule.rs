@@ -479,6 +479,24 @@ pub fn apply_allowed(windows: &[ApplyWindow], host: &str, at: DateTime<Utc>) -> 
     !allow_seen || allow_open
 }
 
+/// The windows that keep `host` from being applied to at `at`: the deny
+/// windows open then, or, if none is, the allow windows covering it (all shut).
+pub fn shutting<'w>(
+    windows: &'w [ApplyWindow],
+    host: &str,
+    at: DateTime<Utc>,
+) -> Vec<&'w ApplyWindow> {
+    let covering = windows.iter().filter(|w| w.covers(host));
+    let denying: Vec<&ApplyWindow> = covering
+        .clone()
+        .filter(|w| w.kind == WindowKind::Deny && w.opening.active_end(at).is_some())
+        .collect();
+    if !denying.is_empty() {
+        return denying;
+    }
+    covering.filter(|w| w.kind == WindowKind::Allow).collect()
+}
+
 /// The first instant from `at` on (`at` itself if allowed) at which `host`
 /// may be applied to; None if there is none within [`APPLY_SEARCH_DAYS`].
 /// Only the instants a covering window opens or closes can change the
@@ -745,6 +763,14 @@ mod tests {
             Some("2026-06-02T20:00:00Z")
         );
         assert_eq!(next(&ws, "other", at).as_deref(), Some(at));
+        let names = |h: &str| -> Vec<String> {
+            shutting(&ws, h, utc(at))
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        };
+        assert_eq!(names("db1"), ["deny daily 02:00-06:00 UTC"]);
+        assert_eq!(names("web1"), ["allow daily 20:00-22:00 UTC"]);
     }
 
     #[test]

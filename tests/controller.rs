@@ -1218,7 +1218,8 @@ async fn a_host_whose_window_is_shut_waits_while_the_others_take_the_commit() {
     let ha = d.host("a");
     assert_eq!(ha["state"], "pending", "{ha}");
     assert_eq!(
-        ha["last_result"], "waiting for its apply window: applies at 2026-06-02T06:00:00Z",
+        ha["last_result"],
+        "waiting for its apply window (deny daily 02:00-06:00 UTC): applies at 2026-06-02T06:00:00Z",
         "{ha}"
     );
     assert!(ha["last_error"].is_null(), "{ha}");

@@ -63,7 +63,17 @@ pub(super) async fn windows_gate(
         }
         return Some(
             shut.into_iter()
-                .map(|(h, t)| (h.to_string(), format!("{HOLDER}: {}", applies_at(t))))
+                .map(|(h, t)| {
+                    let which = schedule::shutting(windows, h, at)
+                        .iter()
+                        .map(|w| w.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (
+                        h.to_string(),
+                        format!("{HOLDER} ({which}): {}", applies_at(t)),
+                    )
+                })
                 .collect(),
         );
     }
