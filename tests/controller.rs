@@ -1272,3 +1272,54 @@ async fn release_now_applies_to_the_hosts_that_wait_for_their_window() {
     assert_eq!(read(&a), "v2\n");
     d.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn drift_on_a_host_inside_its_deny_window_is_corrected_when_the_window_ends() {
+    let tmp = TempDir::new("controller-windows-drift");
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    std::fs::write(
+        repo.join("tidekeeper.yaml"),
+        "fleet: ctl\ndrift: correct\napply:\n  apply_windows:\n    - {kind: deny, window: 'daily 02:00-06:00 UTC', hosts: {names: [a]}}\n",
+    )
+    .unwrap();
+    commit(&repo, "correct drift, not on a at night");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            start: Some("2026-06-02T01:00:00Z"),
+            drift: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    )
+    .await;
+    first_applied(&d, &repo).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    for root in [&a, &b] {
+        std::fs::write(root.join("etc/app.conf"), "tampered\n").unwrap();
+    }
+    let tampered = Instant::now();
+    let step = Duration::from_secs(5);
+    until_virtual("b corrected", step, Duration::from_secs(1200), || {
+        read(&b) == "v1\n" && d.host("a")["state"] == "pending"
+    })
+    .await;
+    assert_eq!(read(&a), "tampered\n", "a's window is shut");
+    let ha = d.host("a");
+    assert!(
+        ha["last_result"].as_str().is_some_and(
+            |r| r.starts_with("waiting for its apply window (deny daily 02:00-06:00 UTC)")
+        ),
+        "{ha}"
+    );
+    until_virtual("a corrected", step, Duration::from_secs(5 * 3600), || {
+        read(&a) == "v1\n"
+    })
+    .await;
+    let took = tampered.elapsed();
+    assert!(
+        took >= Duration::from_secs(4 * 3600) && took <= Duration::from_secs(4 * 3600 + 605),
+        "corrected after {took:?}, at the first drift check from 06:00"
+    );
+    d.stop().await;
+}

@@ -531,6 +531,12 @@ fn apply_windows_are_read_with_their_hosts() {
     );
     assert_eq!(w[0].hosts, None, "no hosts: the whole fleet");
     assert_eq!(w[1].hosts, Some(vec!["web".to_string()]));
+    let json = serde_json::to_value(w).unwrap();
+    assert_eq!(
+        json[0],
+        serde_json::json!({"kind": "deny", "schedule": "0 22 * * fri", "duration_secs": 216000, "timezone": "Europe/Berlin"})
+    );
+    assert_eq!(json[1]["window"]["timezone"], "UTC", "{json}");
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
         };
         // Correcting drift means applying; never for a quarantined or held commit.
         let apply = correct && !quarantined && ctx.suspension(&commit, &fleet).is_none();
+        let outside = match apply {
+            true => super::windows::left_out_of_drift(ctx, st, &commit, &fleet),
+            false => vec![],
+        };
         let before = ctx.shared.status.lock().unwrap().files();
         // Between full checks only files whose stat moved are hashed.
         let now = ctx.clock.now();
@@ -34,8 +38,7 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
             changed_files_only: !full,
             review: None,
             release: None,
-            // Drift is corrected whatever the apply windows say.
-            outside: &[],
+            outside: &outside,
         };
         let result = ctx.reconcile(&commit, fleet.clone(), &policies, mode).await;
         if full && result.is_ok() {

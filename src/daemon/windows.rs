@@ -48,12 +48,7 @@ pub(super) async fn windows_gate(
         return Some(vec![]);
     }
     let at = ctx.clock.now();
-    let hosts: Vec<&str> = fleet
-        .hosts
-        .iter()
-        .map(|h| h.name.as_str())
-        .filter(|n| ctx.cfg.hosts.is_empty() || ctx.cfg.hosts.iter().any(|c| c == n))
-        .collect();
+    let hosts = daemon_hosts(ctx, fleet);
     let shut = shut_hosts(windows, &hosts, at);
     if hosts.is_empty() || shut.len() < hosts.len() {
         state.windows.held = None;
@@ -61,25 +56,59 @@ pub(super) async fn windows_gate(
             // A pass when the first of them opens (backoff may come later).
             ctx.sched.at(Request::Head, ctx.clock.instant_of(t));
         }
-        return Some(
-            shut.into_iter()
-                .map(|(h, t)| {
-                    let which = schedule::shutting(windows, h, at)
-                        .iter()
-                        .map(|w| w.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    (
-                        h.to_string(),
-                        format!("{HOLDER} ({which}): {}", applies_at(t)),
-                    )
-                })
-                .collect(),
-        );
+        return Some(left_out_as_busy(windows, shut, at));
     }
     let until = shut.iter().filter_map(|(_, t)| *t).min();
     hold(ctx, state, commit, fleet, until).await;
     None
+}
+
+/// The hosts this daemon applies to (`--host`, or all).
+fn daemon_hosts<'f>(ctx: &Ctx, fleet: &'f Fleet) -> Vec<&'f str> {
+    fleet
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .filter(|n| ctx.cfg.hosts.is_empty() || ctx.cfg.hosts.iter().any(|c| c == n))
+        .collect()
+}
+
+/// Hosts whose window is shut as busy hosts are written: with why.
+fn left_out_as_busy(
+    windows: &[schedule::ApplyWindow],
+    shut: Vec<(&str, Option<DateTime<Utc>>)>,
+    at: DateTime<Utc>,
+) -> Vec<(String, String)> {
+    shut.into_iter()
+        .map(|(h, t)| {
+            let which = schedule::shutting(windows, h, at)
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                h.to_string(),
+                format!("{HOLDER} ({which}): {}", applies_at(t)),
+            )
+        })
+        .collect()
+}
+
+/// Correcting drift is applying too: the hosts whose window is shut now
+/// are left out of it (their drift is corrected once it opens).
+pub(super) fn left_out_of_drift(
+    ctx: &Ctx,
+    state: &State,
+    commit: &str,
+    fleet: &Fleet,
+) -> Vec<(String, String)> {
+    let windows = &fleet.settings.apply_windows;
+    if windows.is_empty() || state.windows.released_now.as_deref() == Some(commit) {
+        return vec![];
+    }
+    let at = ctx.clock.now();
+    let shut = shut_hosts(windows, &daemon_hosts(ctx, fleet), at);
+    left_out_as_busy(windows, shut, at)
 }
 
 /// The hosts whose windows are shut at `at`, each with when it may be applied.
