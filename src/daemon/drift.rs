@@ -1,6 +1,7 @@
 //! Drift: with no new commit, the last good one is planned against the
 //! hosts again; differences are reported, or corrected when the config says
-//! `drift: correct` (never for a quarantined commit, never while suspended).
+//! `drift: correct` (never for a quarantined commit, never while suspended,
+//! never on a host whose apply window is shut).
 
 use tracing::{Instrument, info_span, warn};
 
