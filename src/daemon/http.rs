@@ -363,9 +363,12 @@ struct ReleaseAsked {
     now: bool,
 }
 
-/// `POST /release` (`{"commit", "by"}`, the API token): apply the commit
-/// held for want of a reviewed plan once, as it plans now, recording who
-/// released it. Refused (409) for a commit that is not the held one.
+/// `POST /release` (`{"commit", "by", "now"}`, the API token): apply the
+/// commit held for want of a reviewed plan once, as it plans now, recording
+/// who released it; with `now`, also outside the apply windows (a commit
+/// they hold, or the head for the hosts waiting for theirs). Refused (409)
+/// for a commit that is not the held one, and without `now` for one the
+/// windows hold.
 async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
         return r.into_response();
