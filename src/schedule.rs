@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -308,6 +308,220 @@ impl Window {
         }
         None
     }
+
+    /// The occurrence starting on local `day`, by the wall clock of its
+    /// zone: `09:00-17:00` ends at 17:00 on a day the clocks move too. A
+    /// time the clocks skip is taken as the moment they land.
+    fn occurrence(&self, day: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        if !self.days[day.weekday().num_days_from_monday() as usize] {
+            return None;
+        }
+        let end_day = if self.end > self.start {
+            day
+        } else {
+            day.succ_opt()?
+        };
+        let resolve = |t: NaiveDateTime| {
+            (0..=2)
+                .find_map(|h| {
+                    self.tz
+                        .from_local_datetime(&(t + chrono::Duration::minutes(30 * h)))
+                        .earliest()
+                })
+                .map(|t| t.with_timezone(&Utc))
+        };
+        Some((
+            resolve(day.and_time(self.start))?,
+            resolve(end_day.and_time(self.end))?,
+        ))
+    }
+
+    /// The end of the occurrence `at` lies in, by the wall clock of its zone.
+    fn active_end(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let today = at.with_timezone(&self.tz).date_naive();
+        (0..=2)
+            .filter_map(|back| self.occurrence(today - chrono::Duration::days(back)))
+            .find(|(s, e)| *s <= at && at < *e)
+            .map(|(_, e)| e)
+    }
+
+    /// The first start of the window strictly after `at`.
+    fn next_start(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let today = at.with_timezone(&self.tz).date_naive();
+        (0..=8)
+            .filter_map(|d| self.occurrence(today + chrono::Duration::days(d)))
+            .map(|(s, _)| s)
+            .find(|s| *s > at)
+    }
+}
+
+/// `kind:` of an apply window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// Commits are applied only while an allow window covering the host is open.
+    Allow,
+    /// Commits are never applied while a deny window covering the host is open.
+    Deny,
+}
+
+/// When an apply window is open.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Opening {
+    /// From each time `schedule` (cron, in `timezone`) names, for `duration_secs`.
+    Cron {
+        schedule: String,
+        duration_secs: u64,
+        timezone: String,
+        #[serde(skip)]
+        cron: Box<Cron>,
+        #[serde(skip)]
+        tz: Tz,
+    },
+    /// A weekly window, `Mon-Fri 09:00-17:00 Europe/Berlin`.
+    Weekly { window: Window },
+}
+
+impl Opening {
+    /// If open at `at`, the end of (an) occurrence it is open in.
+    fn active_end(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Opening::Cron {
+                cron,
+                tz,
+                duration_secs,
+                ..
+            } => {
+                let d = chrono::Duration::seconds(*duration_secs as i64);
+                // The first start after `at - d` is open at `at` if it began by then.
+                let start = next_run(cron, *tz, at - d)?;
+                (start <= at).then_some(start + d)
+            }
+            Opening::Weekly { window } => window.active_end(at),
+        }
+    }
+
+    fn next_start(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Opening::Cron { cron, tz, .. } => next_run(cron, *tz, at),
+            Opening::Weekly { window } => window.next_start(at),
+        }
+    }
+}
+
+/// `apply.apply_windows:` one entry: when commits may (allow) or may not
+/// (deny) be applied, to which hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyWindow {
+    pub kind: WindowKind,
+    #[serde(flatten)]
+    pub opening: Opening,
+    /// The hosts it covers, by name; None: the whole fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+}
+
+impl ApplyWindow {
+    pub fn covers(&self, host: &str) -> bool {
+        self.hosts
+            .as_ref()
+            .is_none_or(|h| h.iter().any(|n| n == host))
+    }
+}
+
+impl std::fmt::Display for ApplyWindow {
+    /// `deny "0 2 * * *" for 4h UTC`, `allow Mon-Fri 09:00-17:00 UTC`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            WindowKind::Allow => "allow",
+            WindowKind::Deny => "deny",
+        };
+        match &self.opening {
+            Opening::Cron {
+                schedule,
+                duration_secs,
+                timezone,
+                ..
+            } => {
+                let (h, m) = (duration_secs / 3600, duration_secs % 3600 / 60);
+                let length = match (h, m) {
+                    (0, m) => format!("{m}m"),
+                    (h, 0) => format!("{h}h"),
+                    (h, m) => format!("{h}h{m}m"),
+                };
+                write!(f, "{kind} {schedule:?} for {length} {timezone}")
+            }
+            Opening::Weekly { window } => write!(f, "{kind} {window}"),
+        }
+    }
+}
+
+/// How far ahead [`next_apply`] looks for an opening.
+pub const APPLY_SEARCH_DAYS: i64 = 366;
+
+/// May `host` be applied to at `at`? As Argo CD's sync windows: not while a
+/// deny window covering it is open, and, if allow windows cover it, only
+/// while one of them is open.
+pub fn apply_allowed(windows: &[ApplyWindow], host: &str, at: DateTime<Utc>) -> bool {
+    let (mut allow_seen, mut allow_open) = (false, false);
+    for w in windows.iter().filter(|w| w.covers(host)) {
+        let open = w.opening.active_end(at).is_some();
+        match w.kind {
+            WindowKind::Deny if open => return false,
+            WindowKind::Deny => {}
+            WindowKind::Allow => {
+                allow_seen = true;
+                allow_open |= open;
+            }
+        }
+    }
+    !allow_seen || allow_open
+}
+
+/// The windows that keep `host` from being applied to at `at`: the deny
+/// windows open then, or, if none is, the allow windows covering it (all shut).
+pub fn shutting<'w>(
+    windows: &'w [ApplyWindow],
+    host: &str,
+    at: DateTime<Utc>,
+) -> Vec<&'w ApplyWindow> {
+    let covering = windows.iter().filter(|w| w.covers(host));
+    let denying: Vec<&ApplyWindow> = covering
+        .clone()
+        .filter(|w| w.kind == WindowKind::Deny && w.opening.active_end(at).is_some())
+        .collect();
+    if !denying.is_empty() {
+        return denying;
+    }
+    covering.filter(|w| w.kind == WindowKind::Allow).collect()
+}
+
+/// The first instant from `at` on (`at` itself if allowed) at which `host`
+/// may be applied to; None if there is none within [`APPLY_SEARCH_DAYS`].
+/// Only the instants a covering window opens or closes can change the
+/// answer, so those are the ones looked at.
+pub fn next_apply(windows: &[ApplyWindow], host: &str, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let covering: Vec<&ApplyWindow> = windows.iter().filter(|w| w.covers(host)).collect();
+    let limit = at + chrono::Duration::days(APPLY_SEARCH_DAYS);
+    let mut t = at;
+    // A window opening every minute would take half a million steps to
+    // rule out a year; an opening that far in steps is as good as none.
+    for _ in 0..20_000 {
+        if t > limit {
+            return None;
+        }
+        if apply_allowed(windows, host, t) {
+            return Some(t);
+        }
+        t = covering
+            .iter()
+            .flat_map(|w| [w.opening.active_end(t), w.opening.next_start(t)])
+            .flatten()
+            .filter(|b| *b > t)
+            .min()?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -433,5 +647,182 @@ mod tests {
         );
         let at = Utc.with_ymd_and_hms(2026, 11, 24, 3, 0, 0).unwrap();
         assert_eq!(w.open_until(at), None);
+    }
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn weekly(kind: WindowKind, w: &str, hosts: Option<&[&str]>) -> ApplyWindow {
+        ApplyWindow {
+            kind,
+            opening: Opening::Weekly {
+                window: Window::parse(w).unwrap(),
+            },
+            hosts: hosts.map(|h| h.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+
+    fn cron(kind: WindowKind, schedule: &str, secs: u64, zone: &str) -> ApplyWindow {
+        ApplyWindow {
+            kind,
+            opening: Opening::Cron {
+                schedule: schedule.into(),
+                duration_secs: secs,
+                timezone: zone.into(),
+                cron: Box::new(parse_cron(schedule).unwrap()),
+                tz: parse_tz(zone).unwrap(),
+            },
+            hosts: None,
+        }
+    }
+
+    fn next(ws: &[ApplyWindow], host: &str, at: &str) -> Option<String> {
+        next_apply(ws, host, utc(at)).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    }
+
+    #[test]
+    fn a_deny_window_holds_applies_until_it_ends() {
+        let ws = [weekly(WindowKind::Deny, "daily 02:00-06:00 UTC", None)];
+        assert!(apply_allowed(&ws, "a", utc("2026-06-02T01:59:59Z")));
+        assert!(!apply_allowed(&ws, "a", utc("2026-06-02T02:00:00Z")));
+        assert_eq!(
+            next(&ws, "a", "2026-06-02T02:00:00Z").as_deref(),
+            Some("2026-06-02T06:00:00Z")
+        );
+        assert_eq!(
+            next(&ws, "a", "2026-06-02T07:00:00Z").as_deref(),
+            Some("2026-06-02T07:00:00Z"),
+            "open now: now"
+        );
+        let ws = [cron(WindowKind::Deny, "0 22 * * fri", 3 * 86400, "UTC")];
+        assert_eq!(
+            next(&ws, "a", "2026-12-06T12:00:00Z").as_deref(),
+            Some("2026-12-07T22:00:00Z"),
+            "a weekend freeze from Friday 22:00 to Monday 22:00"
+        );
+    }
+
+    #[test]
+    fn allow_windows_open_applies_only_inside_them_in_their_zone() {
+        let ws = [weekly(
+            WindowKind::Allow,
+            "Mon-Fri 09:00-17:00 Europe/Berlin",
+            None,
+        )];
+        // Friday 2026-12-04 18:00 in Berlin (UTC+1): next Monday 09:00.
+        assert_eq!(
+            next(&ws, "a", "2026-12-04T17:00:00Z").as_deref(),
+            Some("2026-12-07T08:00:00Z")
+        );
+        assert!(apply_allowed(&ws, "a", utc("2026-12-07T15:59:00Z")));
+        assert!(!apply_allowed(&ws, "a", utc("2026-12-07T16:00:00Z")));
+    }
+
+    #[test]
+    fn overlapping_windows_deny_wins_and_the_latest_end_counts() {
+        let ws = [
+            weekly(WindowKind::Allow, "Mon-Fri 09:00-17:00 UTC", None),
+            cron(WindowKind::Deny, "0 12 * * *", 2 * 3600, "UTC"),
+            weekly(WindowKind::Deny, "daily 13:00-15:00 UTC", None),
+        ];
+        // Monday 2026-12-07.
+        assert!(apply_allowed(&ws, "a", utc("2026-12-07T11:00:00Z")));
+        assert_eq!(
+            next(&ws, "a", "2026-12-07T12:30:00Z").as_deref(),
+            Some("2026-12-07T15:00:00Z")
+        );
+        // After 17:00 the allow window is shut: Tuesday 09:00.
+        assert_eq!(
+            next(&ws, "a", "2026-12-07T17:00:00Z").as_deref(),
+            Some("2026-12-08T09:00:00Z")
+        );
+        // Two allow windows: either open is enough.
+        let ws = [
+            weekly(WindowKind::Allow, "Mon 09:00-10:00 UTC", None),
+            weekly(WindowKind::Allow, "Mon 11:00-12:00 UTC", None),
+        ];
+        assert_eq!(
+            next(&ws, "a", "2026-12-07T10:00:00Z").as_deref(),
+            Some("2026-12-07T11:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_window_with_hosts_covers_only_them() {
+        let ws = [
+            weekly(WindowKind::Deny, "daily 02:00-06:00 UTC", Some(&["db1"])),
+            weekly(WindowKind::Allow, "daily 20:00-22:00 UTC", Some(&["web1"])),
+        ];
+        let at = "2026-06-02T03:00:00Z";
+        assert_eq!(
+            next(&ws, "db1", at).as_deref(),
+            Some("2026-06-02T06:00:00Z")
+        );
+        assert_eq!(
+            next(&ws, "web1", at).as_deref(),
+            Some("2026-06-02T20:00:00Z")
+        );
+        assert_eq!(next(&ws, "other", at).as_deref(), Some(at));
+        let names = |h: &str| -> Vec<String> {
+            shutting(&ws, h, utc(at))
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        };
+        assert_eq!(names("db1"), ["deny daily 02:00-06:00 UTC"]);
+        assert_eq!(names("web1"), ["allow daily 20:00-22:00 UTC"]);
+    }
+
+    #[test]
+    fn windows_keep_their_wall_clock_times_across_daylight_saving_changes() {
+        // 2027-03-28 Berlin skips 02:00-03:00: a window from 02:30 opens when
+        // the clocks land at 03:00 CEST (01:00 UTC) and ends at 03:30 CEST.
+        let ws = [weekly(
+            WindowKind::Allow,
+            "daily 02:30-03:30 Europe/Berlin",
+            None,
+        )];
+        assert_eq!(
+            next(&ws, "a", "2027-03-28T00:00:00Z").as_deref(),
+            Some("2027-03-28T01:00:00Z")
+        );
+        assert!(!apply_allowed(&ws, "a", utc("2027-03-28T01:30:00Z")));
+        // 2026-10-25 Berlin repeats 02:00-03:00: 01:00 CEST to 04:00 CET is
+        // four hours.
+        let ws = [weekly(
+            WindowKind::Deny,
+            "daily 01:00-04:00 Europe/Berlin",
+            None,
+        )];
+        assert_eq!(
+            next(&ws, "a", "2026-10-24T23:30:00Z").as_deref(),
+            Some("2026-10-25T03:00:00Z")
+        );
+        // A cron start in the zone: 01:00 Berlin is 23:00 UTC in summer and
+        // 00:00 UTC in winter.
+        let ws = [cron(WindowKind::Allow, "0 1 * * *", 3600, "Europe/Berlin")];
+        assert_eq!(
+            next(&ws, "a", "2026-10-24T12:00:00Z").as_deref(),
+            Some("2026-10-24T23:00:00Z")
+        );
+        assert_eq!(
+            next(&ws, "a", "2026-10-25T12:00:00Z").as_deref(),
+            Some("2026-10-26T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn an_allow_window_that_does_not_open_within_a_year_gives_no_time() {
+        let ws = [cron(WindowKind::Allow, "0 0 29 2 *", 3600, "UTC")];
+        assert_eq!(next(&ws, "a", "2026-03-01T00:00:00Z"), None);
+        let always = [cron(WindowKind::Deny, "0 0 * * *", 86400 * 2, "UTC")];
+        assert_eq!(next(&always, "a", "2026-03-01T00:00:00Z"), None);
+        let every_minute = [cron(WindowKind::Deny, "* * * * *", 120, "UTC")];
+        assert_eq!(next(&every_minute, "a", "2026-03-01T00:00:00Z"), None);
+        assert_eq!(always[0].to_string(), "deny \"0 0 * * *\" for 48h UTC");
+        assert_eq!(
+            weekly(WindowKind::Allow, "Mon-Fri 09:00-17:00 UTC", None).to_string(),
+            "allow Mon,Tue,Wed,Thu,Fri 09:00-17:00 UTC"
+        );
     }
 }

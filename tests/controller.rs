@@ -70,6 +70,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) drift: Option<Duration>,
     /// Only these hosts (`--host`).
     pub(crate) hosts: &'a [&'a str],
+    /// When the virtual clock starts (RFC 3339), if not 2026-06-01 12:00 UTC.
+    pub(crate) start: Option<&'a str>,
 }
 
 /// Start the daemon in this runtime on the repo at `repo`, on a virtual clock.
@@ -147,7 +149,7 @@ pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> R
         )
     } else {
         Clock::virtual_from(
-            chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            chrono::DateTime::parse_from_rfc3339(setup.start.unwrap_or("2026-06-01T12:00:00Z"))
                 .unwrap()
                 .into(),
         )
@@ -1091,5 +1093,272 @@ async fn a_host_name_the_fleet_does_not_have_is_an_error_in_the_status() {
             .any(|s| s.contains("--host web-01 is not in fleet") && s.contains("hosts are: a, b"))
     })
     .await;
+    d.stop().await;
+}
+
+/// The note tidekeeper left on `commit` in `repo`, or "".
+fn note_on(repo: &Path, commit: &str) -> String {
+    std::process::Command::new("git")
+        .args(["notes", "--ref=tidekeeper", "show", commit])
+        .current_dir(repo)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+}
+
+/// The fleet of `fleet()` with `windows` as its `apply.apply_windows`,
+/// its daemon started at 01:00 UTC with v1 applied, and v2 committed at 02:00.
+async fn v2_at_two_oclock(
+    tmp: &TempDir,
+    windows: &str,
+    api_token: Option<&'static str>,
+) -> (Running, PathBuf, PathBuf, PathBuf, String) {
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    std::fs::write(
+        repo.join("tidekeeper.yaml"),
+        format!("fleet: ctl\napply:\n  apply_windows:\n{windows}"),
+    )
+    .unwrap();
+    commit(&repo, "apply windows");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            start: Some("2026-06-02T01:00:00Z"),
+            api_token,
+            ..Default::default()
+        },
+    )
+    .await;
+    first_applied(&d, &repo).await;
+    assert_eq!(
+        read(&a),
+        "v1\n",
+        "applied at 01:00, outside the deny window"
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    std::fs::write(repo.join("roles/app.yaml"), app("v2")).unwrap();
+    let c2 = commit(&repo, "v2 at 02:00");
+    d.shared.poke();
+    (d, repo, a, b, c2)
+}
+
+const NIGHTS_DENIED: &str = "    - {kind: deny, window: 'daily 02:00-06:00 UTC'}\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_merge_inside_a_deny_window_is_held_and_applied_when_the_window_ends() {
+    let tmp = TempDir::new("controller-windows");
+    let (d, repo, a, b, c2) = v2_at_two_oclock(&tmp, NIGHTS_DENIED, None).await;
+    let merged = Instant::now();
+    let held = || d.shared.status.lock().unwrap().held.clone();
+    until("the merge held", Duration::from_secs(30), || {
+        held().is_some_and(|h| h.commit == c2)
+    })
+    .await;
+    let h = held().unwrap();
+    assert_eq!(
+        h.reason,
+        "outside the apply windows; applies at 2026-06-02T06:00:00Z"
+    );
+    let json = serde_json::to_value(&*d.shared.status.lock().unwrap()).unwrap();
+    assert_eq!(json["held"]["until"], "2026-06-02T06:00:00Z", "{json}");
+    assert_eq!(d.quarantined(), None, "held, not quarantined");
+    until("the note", Duration::from_secs(30), || {
+        note_on(&repo, &c2).contains("outside the apply windows")
+    })
+    .await;
+    let n = note_on(&repo, &c2);
+    assert!(
+        n.contains("nothing applied") && n.contains("deny daily 02:00-06:00 UTC"),
+        "{n}"
+    );
+    // A second before the window ends, hourly polls have applied nothing.
+    tokio::time::sleep(Duration::from_secs(4 * 3600 - 1)).await;
+    assert_eq!((read(&a), read(&b)), ("v1\n".into(), "v1\n".into()));
+    assert_ne!(d.applied(), Some(c2.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    until("applied at 06:00", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(
+        merged.elapsed(),
+        Duration::from_secs(4 * 3600),
+        "at 06:00 sharp"
+    );
+    assert_eq!((read(&a), read(&b)), ("v2\n".into(), "v2\n".into()));
+    assert_eq!(held(), None);
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_now_applies_a_commit_held_by_the_apply_windows_at_once() {
+    let tmp = TempDir::new("controller-windows-release");
+    let token = "tok-windows-1";
+    let (d, repo, a, b, c2) = v2_at_two_oclock(&tmp, NIGHTS_DENIED, Some(token)).await;
+    until("the merge held", Duration::from_secs(30), || {
+        d.shared
+            .status
+            .lock()
+            .unwrap()
+            .held
+            .as_ref()
+            .is_some_and(|h| h.commit == c2)
+    })
+    .await;
+    // A plain release does not override the windows.
+    let body = format!(r#"{{"commit":"{c2}","by":"ops"}}"#);
+    let (code, text) = post(d.addr, "/release", Some(token), body.as_bytes()).await;
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("--now"), "{text}");
+    let released = Instant::now();
+    let body = format!(r#"{{"commit":"{c2}","by":"ops","now":true}}"#);
+    let (code, text) = post(d.addr, "/release", Some(token), body.as_bytes()).await;
+    assert_eq!(code, 202, "{text}");
+    until("applied on release", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(
+        released.elapsed(),
+        Duration::ZERO,
+        "at once, inside the window"
+    );
+    assert_eq!((read(&a), read(&b)), ("v2\n".into(), "v2\n".into()));
+    until("the note", Duration::from_secs(30), || {
+        note_on(&repo, &c2).contains("released by ops at ")
+    })
+    .await;
+    let n = note_on(&repo, &c2);
+    assert!(n.contains(", outside the apply windows"), "{n}");
+    let history = d.shared.board.lock().unwrap().history.releases.clone();
+    assert!(
+        history
+            .back()
+            .is_some_and(|r| r.commit == c2 && r.by == "ops" && r.now),
+        "{history:?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_window_is_shut_waits_while_the_others_take_the_commit() {
+    let tmp = TempDir::new("controller-windows-host");
+    let windows = "    - {kind: deny, window: 'daily 02:00-06:00 UTC', hosts: {names: [a]}}\n";
+    let (d, _repo, a, b, c2) = v2_at_two_oclock(&tmp, windows, None).await;
+    let merged = Instant::now();
+    until("b applied, a left out", Duration::from_secs(30), || {
+        read(&b) == "v2\n" && d.host("a")["state"] == "pending"
+    })
+    .await;
+    assert_eq!(read(&a), "v1\n", "a waits for its window");
+    let ha = d.host("a");
+    assert_eq!(ha["state"], "pending", "{ha}");
+    assert_eq!(
+        ha["last_result"],
+        "waiting for its apply window (deny daily 02:00-06:00 UTC): applies at 2026-06-02T06:00:00Z",
+        "{ha}"
+    );
+    assert!(ha["last_error"].is_null(), "{ha}");
+    assert_eq!(
+        d.shared.status.lock().unwrap().held,
+        None,
+        "not held: applied in part"
+    );
+    let waited = until_virtual(
+        "a applied",
+        Duration::from_secs(60),
+        Duration::from_secs(5 * 3600),
+        || d.applied().as_deref() == Some(c2.as_str()),
+    )
+    .await;
+    assert!(
+        merged.elapsed() >= Duration::from_secs(4 * 3600)
+            && waited <= Duration::from_secs(4 * 3600 + 60),
+        "when the window ended: {:?}",
+        merged.elapsed()
+    );
+    assert_eq!(read(&a), "v2\n");
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_now_applies_to_the_hosts_that_wait_for_their_window() {
+    let tmp = TempDir::new("controller-windows-host-release");
+    let token = "tok-windows-2";
+    let windows = "    - {kind: deny, window: 'daily 02:00-06:00 UTC', hosts: {names: [a]}}\n";
+    let (d, _repo, a, b, c2) = v2_at_two_oclock(&tmp, windows, Some(token)).await;
+    until("b applied, a left out", Duration::from_secs(30), || {
+        read(&b) == "v2\n" && d.host("a")["state"] == "pending"
+    })
+    .await;
+    assert_eq!(read(&a), "v1\n");
+    let released = Instant::now();
+    let body = format!(r#"{{"commit":"{c2}","by":"ops","now":true}}"#);
+    let (code, text) = post(d.addr, "/release", Some(token), body.as_bytes()).await;
+    assert_eq!(code, 202, "{text}");
+    until("a applied on release", Duration::from_secs(30), || {
+        d.applied().as_deref() == Some(c2.as_str())
+    })
+    .await;
+    assert_eq!(
+        released.elapsed(),
+        Duration::ZERO,
+        "at once, inside a's window"
+    );
+    assert_eq!(read(&a), "v2\n");
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_on_a_host_inside_its_deny_window_is_corrected_when_the_window_ends() {
+    let tmp = TempDir::new("controller-windows-drift");
+    let (repo, a, b) = fleet(tmp.path(), "true");
+    std::fs::write(
+        repo.join("tidekeeper.yaml"),
+        "fleet: ctl\ndrift: correct\napply:\n  apply_windows:\n    - {kind: deny, window: 'daily 02:00-06:00 UTC', hosts: {names: [a]}}\n",
+    )
+    .unwrap();
+    commit(&repo, "correct drift, not on a at night");
+    let d = start_with(
+        &repo,
+        &tmp.path().join("state"),
+        Setup {
+            start: Some("2026-06-02T01:00:00Z"),
+            drift: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    )
+    .await;
+    first_applied(&d, &repo).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    for root in [&a, &b] {
+        std::fs::write(root.join("etc/app.conf"), "tampered\n").unwrap();
+    }
+    let tampered = Instant::now();
+    let step = Duration::from_secs(5);
+    until_virtual("b corrected", step, Duration::from_secs(1200), || {
+        read(&b) == "v1\n" && d.host("a")["state"] == "pending"
+    })
+    .await;
+    assert_eq!(read(&a), "tampered\n", "a's window is shut");
+    let ha = d.host("a");
+    assert!(
+        ha["last_result"].as_str().is_some_and(
+            |r| r.starts_with("waiting for its apply window (deny daily 02:00-06:00 UTC)")
+        ),
+        "{ha}"
+    );
+    until_virtual("a corrected", step, Duration::from_secs(5 * 3600), || {
+        read(&a) == "v1\n"
+    })
+    .await;
+    let took = tampered.elapsed();
+    assert!(
+        took >= Duration::from_secs(4 * 3600) && took <= Duration::from_secs(4 * 3600 + 605),
+        "corrected after {took:?}, at the first drift check from 06:00"
+    );
     d.stop().await;
 }

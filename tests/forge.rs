@@ -1472,3 +1472,77 @@ fn approvals_pull_requests_and_teams_read_alike_from_github_and_gitea() {
         }
     }
 }
+
+#[test]
+fn a_commit_outside_the_apply_windows_gets_a_pending_status_until_released_now() {
+    let bed = Testbed::start(1);
+    let port = free_port();
+    let fake = fake_github(port);
+    let (repo, _) = forge_repo(
+        &bed,
+        "/etc/tk-w",
+        "github",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    repo.write(
+        "tidekeeper.yaml",
+        &format!(
+            "fleet: test\nstatus:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{port}\n    repo: acme/fleet\napply:\n  apply_windows:\n    - {{kind: deny, window: 'daily 02:00-06:00 UTC'}}\n"
+        ),
+    );
+    repo.commit("no applies at night");
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    let args = ["--poll", "1s", "--drift", "600s"];
+    let env = [
+        ("GITHUB_TOKEN", "t0k"),
+        ("TIDEKEEPER_API_TOKEN", "tok-w"),
+        // Three in the morning, inside the deny window, whatever today is.
+        ("TIDEKEEPER_NOW", "2026-06-02T03:00:00Z"),
+    ];
+    let state = crate::support::TempDir::new("daemon-windows-forge");
+    let d = Daemon::start_full(&repo.path, &repo.key, &args, state, &env);
+    let status_of = |state: &str| {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .find(|r| r.1 == format!("statuses/{head}") && r.2["state"] == state)
+            .map(|r| r.2.clone())
+    };
+    d.wait_for("the held status", Duration::from_secs(30), |_| {
+        status_of("pending").is_some()
+    });
+    let s = status_of("pending").unwrap();
+    assert_eq!(
+        s["description"], "held: outside the apply windows; applies at 2026-06-02T06:00:00Z",
+        "{s}"
+    );
+    assert_eq!(d.status()["held"]["until"], "2026-06-02T06:00:00Z");
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tk-w 2>/dev/null || echo absent"),
+        "absent\n"
+    );
+    let release = |extra: &[&str]| {
+        crate::support::tidekeeper()
+            .args(["release", &head, "--by", "bob"])
+            .args(extra)
+            .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+            .env("TIDEKEEPER_API_TOKEN", "tok-w")
+            .output()
+            .unwrap()
+    };
+    let out = release(&[]);
+    let text = crate::support::fleet::text(&out);
+    assert!(!out.status.success() && text.contains("--now"), "{text}");
+    let out = release(&["--now"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::support::fleet::text(&out)
+    );
+    d.wait_applied(&head, Duration::from_secs(30));
+    d.wait_for("the success status", Duration::from_secs(30), |_| {
+        status_of("success").is_some()
+    });
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-w"), "one\n");
+}

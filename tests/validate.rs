@@ -515,6 +515,78 @@ fn invalid_window() {
 }
 
 #[test]
+fn apply_windows_are_read_with_their_hosts() {
+    let fleet = minimal()
+        .file(
+            "tidekeeper.yaml",
+            "fleet: test\napply:\n  apply_windows:\n    - {kind: deny, schedule: '0 22 * * fri', duration: 60h, timezone: Europe/Berlin}\n    - {kind: allow, window: 'Mon-Fri 09:00-17:00 UTC', hosts: {names: [web]}}\n",
+        )
+        .load()
+        .expect("valid windows");
+    let w = &fleet.settings.apply_windows;
+    assert_eq!(w.len(), 2);
+    assert_eq!(
+        w[0].to_string(),
+        "deny \"0 22 * * fri\" for 60h Europe/Berlin"
+    );
+    assert_eq!(w[0].hosts, None, "no hosts: the whole fleet");
+    assert_eq!(w[1].hosts, Some(vec!["web".to_string()]));
+    let json = serde_json::to_value(w).unwrap();
+    assert_eq!(
+        json[0],
+        serde_json::json!({"kind": "deny", "schedule": "0 22 * * fri", "duration_secs": 216000, "timezone": "Europe/Berlin"})
+    );
+    assert_eq!(json[1]["window"]["timezone"], "UTC", "{json}");
+}
+
+#[test]
+fn a_bad_apply_window_is_located() {
+    let fleet = |w: &str| {
+        minimal().file(
+            "tidekeeper.yaml",
+            format!("fleet: test\napply:\n  apply_windows:\n    - {w}\n"),
+        )
+    };
+    let errors = fleet("{kind: deny, schedule: '0 25 * * *', duration: 2h}").errors();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.code == "invalid-cron" && d.location() == "tidekeeper.yaml:4:30"),
+        "{errors:?}"
+    );
+    fleet("{kind: deny, schedule: '0 2 * * *', duration: 2 hours}").fails_with(
+        "tidekeeper.yaml:4:53",
+        "invalid-duration",
+        "duration \"2 hours\" is not like \"500ms\", \"30s\", \"10m\", \"2h\" or \"1h30m\"",
+    );
+    fleet("{kind: deny, schedule: '0 2 * * *', duration: 2h, timezone: Europe/Berln}").fails_with(
+        "tidekeeper.yaml:4:67",
+        "invalid-timezone",
+        "time zone \"Europe/Berln\" is not an IANA time zone; did you mean \"Europe/Berlin\"?",
+    );
+    fleet("{kind: block, window: 'daily 02:00-06:00'}").fails_with(
+        "tidekeeper.yaml:4:14",
+        "invalid-value",
+        "apply window kind \"block\" is neither allow nor deny",
+    );
+    fleet("{kind: deny, window: 'daily 2am-6am'}").fails_with(
+        "tidekeeper.yaml:4:28",
+        "invalid-window",
+        "window \"daily 2am-6am\" has a time that is not HH:MM; write it like \"Sun 02:00-06:00 Europe/Berlin\" or \"daily 00:00-06:00 UTC\"",
+    );
+    fleet("{kind: deny, schedule: '0 2 * * *'}").fails_with(
+        "tidekeeper.yaml:4:30",
+        "missing-field",
+        "an apply window with a schedule needs a duration",
+    );
+    fleet("{kind: deny, window: 'daily 02:00-06:00', hosts: {names: [web, wbe]}}").fails_with(
+        "tidekeeper.yaml:4:70",
+        "unknown-host",
+        "apply window 1 selects unknown host \"wbe\"",
+    );
+}
+
+#[test]
 fn job_timeout_longer_than_its_window() {
     minimal()
         .file("schedules.yaml", "jobs:\n  - name: up\n    cron: '0 3 * * 0'\n    window: 'Sun 03:00-04:00'\n    timeout: 2h\n    upgrade: {}\n")

@@ -438,12 +438,16 @@ pub enum Command {
     },
     /// Ask a running daemon to apply a commit it holds for want of a
     /// reviewed plan (`apply.require_reviewed_plan`), once; who is recorded.
+    /// With `--now`, also a commit it holds outside the apply windows.
     Release {
         /// The held commit (at least 7 hex digits).
         commit: String,
         /// Who releases it, for the note and the history.
         #[arg(long)]
         by: String,
+        /// Apply it now even outside the apply windows (`apply.apply_windows`).
+        #[arg(long)]
+        now: bool,
         /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
         #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
         daemon: std::net::SocketAddr,

@@ -195,9 +195,10 @@ fn to_daemon(command: Command) -> CliResult {
         Command::Release {
             commit,
             by,
+            now,
             daemon,
             api_token,
-        } => release::release(daemon, commit, by, api_token.as_deref()),
+        } => release::release(daemon, commit, by, now, api_token.as_deref()),
         Command::Resume { daemon, api_token } => post_daemon(
             daemon,
             "/resume",

@@ -1,5 +1,6 @@
-//! `tidekeeper release COMMIT --by NAME`: ask a running daemon to apply the
-//! commit it holds for want of a reviewed plan, once, recording who.
+//! `tidekeeper release COMMIT --by NAME [--now]`: ask a running daemon to
+//! apply the commit it holds for want of a reviewed plan (with `--now`: or
+//! outside the apply windows), once, recording who.
 
 use super::*;
 
@@ -7,9 +8,10 @@ pub(super) fn release(
     daemon: std::net::SocketAddr,
     commit: String,
     by: String,
+    now: bool,
     api_token: Option<&str>,
 ) -> CliResult {
-    let body = serde_json::json!({ "commit": commit, "by": by }).to_string();
+    let body = serde_json::json!({ "commit": commit, "by": by, "now": now }).to_string();
     post_daemon(
         daemon,
         "/release",

@@ -14,6 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::scheduler::Again;
 use super::status::{self, HostState, HostStatus, Invalid, Quarantine};
+use super::windows::windows_gate;
 use super::{Ctx, Policies, State, now, proposals, trail};
 use crate::audit;
 use crate::engine::{self, HostError, HostOutcome, HostResult};
@@ -119,7 +120,11 @@ impl Ctx {
         } else {
             "a drift check".to_string()
         };
-        let (held, busy) = self.locks.try_take(&self.selected(fleet), &who);
+        let selected: Vec<String> = (self.selected(fleet).into_iter())
+            .filter(|h| !mode.outside.iter().any(|(o, _)| o == h))
+            .collect();
+        let (held, mut busy) = self.locks.try_take(&selected, &who);
+        busy.extend(mode.outside.iter().cloned());
         let names = held.hosts();
         let clouds = Arc::new(crate::cloud::Clouds::from_env(fleet));
         let whole = self.cfg.hosts.is_empty() && busy.is_empty();
@@ -245,6 +250,7 @@ impl Ctx {
                 h.error_kind = Some(HostError::Locked);
                 h.last_error = Some(format!("busy: {holder} runs on this host"));
                 h.last_result = Some(format!("waiting for {holder}"));
+                super::windows::left_out(&mut h, &holder);
             }
             info!(host = %host, %holder, "host busy; left for the next pass");
             st.hosts.insert(host.clone(), h.clone());
@@ -406,6 +412,8 @@ pub(super) async fn hold_unreviewed(
         tree,
         reason: reason.clone(),
         at: now(),
+        until: None,
+        windows: false,
     });
     let through = if why.starts_with(super::requirements::HELD) {
         "It is judged again on every poll: it goes through once its pull request meets them"
@@ -440,7 +448,16 @@ pub(super) async fn hold_unreviewed(
                 .note_stale("forge", format!("forge unreachable: {e}"));
         }
     }
-    let note = trail::noted(ctx, state, &commit, audit::Verdict::Held, &reason, note).await;
+    let note = trail::noted(
+        ctx,
+        state,
+        &commit,
+        audit::Verdict::Held,
+        &reason,
+        note,
+        super::windows::audit_line(state, &commit),
+    )
+    .await;
     ctx.push_status(Some((commit, note))).await;
 }
 
@@ -577,6 +594,7 @@ pub(super) async fn reject(
         audit::Verdict::Rejected,
         &summary,
         note,
+        super::windows::audit_line(state, &commit),
     )
     .await;
     ctx.push_status(Some((commit, note))).await;
@@ -635,6 +653,10 @@ pub(super) async fn on_commit(
         let Some((review, release)) = review_of(ctx, state, &commit, &fleet, retry).await else {
             return Ok(());
         };
+        let Some(outside) = windows_gate(ctx, state, &commit, &fleet, release.as_ref()).await
+        else {
+            return Ok(());
+        };
         info!("applying");
         let done = match ctx
             .reconcile(
@@ -645,6 +667,7 @@ pub(super) async fn on_commit(
                     apply: true,
                     review: review.as_ref(),
                     release: release.as_ref(),
+                    outside: &outside,
                     ..Mode::default()
                 },
             )
@@ -664,15 +687,7 @@ pub(super) async fn on_commit(
                 return Ok(());
             }
             Err(Refused::Held(why)) => {
-                // A plan that changed since review needs a human: quarantined
-                // too. A stale merge waits for a review of its own tree.
-                if !why.starts_with(UNREVIEWED) {
-                    ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-                        commit: commit.clone(),
-                        reason: format!("held: {}", why.lines().next().unwrap_or("")),
-                    });
-                }
-                hold_unreviewed(ctx, state, commit, &fleet, why).await;
+                held_after_planning(ctx, state, commit, &fleet, why).await;
                 return Ok(());
             }
         };
@@ -680,6 +695,25 @@ pub(super) async fn on_commit(
     }
     .instrument(span)
     .await
+}
+
+/// Held once its plan was compared with the reviewed one. A plan that
+/// changed since review needs a human: quarantined too. A stale merge waits
+/// for a review of its own tree.
+async fn held_after_planning(
+    ctx: &Ctx,
+    state: &mut State,
+    commit: String,
+    fleet: &Fleet,
+    why: String,
+) {
+    if !why.starts_with(UNREVIEWED) {
+        ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
+            commit: commit.clone(),
+            reason: format!("held: {}", why.lines().next().unwrap_or("")),
+        });
+    }
+    hold_unreviewed(ctx, state, commit, fleet, why).await;
 }
 
 /// What a commit did, in the status, the note on the commit and the forge.
@@ -704,7 +738,16 @@ pub(super) async fn report(
         started,
         state.head.approval.as_ref(),
     );
-    let note = trail::noted(ctx, state, &commit, verdict.audit(), &summary, note).await;
+    let note = trail::noted(
+        ctx,
+        state,
+        &commit,
+        verdict.audit(),
+        &summary,
+        note,
+        super::windows::audit_line(state, &commit),
+    )
+    .await;
     if let Some(settings) = fleet.settings.forge.clone() {
         let outcome = if matches!(verdict, Verdict::Quarantined { .. }) {
             "failure"
@@ -821,6 +864,7 @@ pub(super) async fn hold(
         audit::Verdict::PlannedOnly,
         &summary,
         note,
+        super::windows::audit_line(state, &commit),
     )
     .await;
     ctx.push_status(Some((commit, note))).await;
@@ -901,6 +945,8 @@ pub(super) struct Mode<'a> {
     pub review: Option<&'a Review>,
     /// An operator's release of a held commit (`tidekeeper release`).
     pub release: Option<&'a status::Release>,
+    /// Hosts whose apply window is shut, with why: left out like busy ones.
+    pub outside: &'a [(String, String)],
 }
 
 impl Mode<'_> {
@@ -940,9 +986,7 @@ fn gate(
             ));
         }
     }
-    let released = mode
-        .release
-        .map(|r| format!("released by {} at {}", r.by, r.at));
+    let released = mode.release.map(super::windows::released_note);
     let Some(r) = mode.review else {
         return Ok(released.map(|r| format!("{r} (no reviewed plan of this tree)")));
     };
@@ -1094,7 +1138,7 @@ impl Verdict {
                 unreachable: 0,
                 busy,
             } => format!(
-                "{busy} host(s) busy (a maintenance job or another run); applying to them when they are free"
+                "{busy} host(s) busy (a maintenance job, another run, or a shut apply window); applying to them when they are free"
             ),
             Verdict::Partial { unreachable, busy } => format!(
                 "{unreachable} host(s) unreachable{}; trying again with backoff",

@@ -497,9 +497,21 @@ fn alerts(v: &View, s: &mut String) {
         );
     }
     if let Some(h) = &st.held {
+        let how = if h.windows {
+            match &h.until {
+                Some(t) => format!(
+                    "Not applied: outside the apply windows. Applies at {} ({}); <code>tidekeeper release --now</code> applies it at once.",
+                    esc(t),
+                    v.time(Some(t))
+                ),
+                None => "Not applied: no apply window opens within a year; <code>tidekeeper release --now</code> applies it at once.".into(),
+            }
+        } else {
+            "Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.".into()
+        };
         let _ = write!(
             s,
-            "<div class=\"alert\"><b>Held commit {}</b><p>{}</p><p>Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.</p></div>",
+            "<div class=\"alert\" id=\"held\"><b>Held commit {}</b><p>{}</p><p>{how}</p></div>",
             v.commit(Some(&h.commit)),
             esc(&h.reason)
         );
@@ -815,6 +827,38 @@ mod tests {
         );
         // Not a hex commit: no link is made of it.
         assert!(!prs.contains("/commit/"), "{prs}");
+    }
+
+    #[test]
+    fn a_commit_held_by_the_apply_windows_shows_when_it_applies() {
+        let st = FleetStatus {
+            held: Some(crate::daemon::status::Held {
+                commit: "c".repeat(40),
+                tree: "t".into(),
+                reason: "outside the apply windows; applies at 2026-11-28T14:00:00Z".into(),
+                at: "2026-11-28T12:00:00Z".into(),
+                until: Some("2026-11-28T14:00:00Z".into()),
+                windows: true,
+            }),
+            ..Default::default()
+        };
+        let history = History::default();
+        let v = View {
+            status: &st,
+            history: &history,
+            timeline: &[],
+            web: None,
+            now: now(),
+        };
+        let page = page(&v);
+        let at = page.find("<div class=\"alert\" id=\"held\">").unwrap();
+        let held = &page[at..at + page[at..].find("</div>").unwrap()];
+        assert!(
+            held.contains("Applies at 2026-11-28T14:00:00Z (<time")
+                && held.contains(">in 2 h</time>")
+                && held.contains("tidekeeper release --now"),
+            "{held}"
+        );
     }
 
     #[test]

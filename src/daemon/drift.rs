@@ -1,6 +1,7 @@
 //! Drift: with no new commit, the last good one is planned against the
 //! hosts again; differences are reported, or corrected when the config says
-//! `drift: correct` (never for a quarantined commit, never while suspended).
+//! `drift: correct` (never for a quarantined commit, never while suspended,
+//! never on a host whose apply window is shut).
 
 use tracing::{Instrument, info_span, warn};
 
@@ -24,6 +25,10 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
         };
         // Correcting drift means applying; never for a quarantined or held commit.
         let apply = correct && !quarantined && ctx.suspension(&commit, &fleet).is_none();
+        let outside = match apply {
+            true => super::windows::left_out_of_drift(ctx, st, &commit, &fleet),
+            false => vec![],
+        };
         let before = ctx.shared.status.lock().unwrap().files();
         // Between full checks only files whose stat moved are hashed.
         let now = ctx.clock.now();
@@ -34,6 +39,7 @@ pub(super) async fn on_drift(ctx: &Ctx, st: &mut State) {
             changed_files_only: !full,
             review: None,
             release: None,
+            outside: &outside,
         };
         let result = ctx.reconcile(&commit, fleet.clone(), &policies, mode).await;
         if full && result.is_ok() {

@@ -358,11 +358,17 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
 struct ReleaseAsked {
     commit: String,
     by: String,
+    /// Apply it outside the apply windows too.
+    #[serde(default)]
+    now: bool,
 }
 
-/// `POST /release` (`{"commit", "by"}`, the API token): apply the commit
-/// held for want of a reviewed plan once, as it plans now, recording who
-/// released it. Refused (409) for a commit that is not the held one.
+/// `POST /release` (`{"commit", "by", "now"}`, the API token): apply the
+/// commit held for want of a reviewed plan once, as it plans now, recording
+/// who released it; with `now`, also outside the apply windows (a commit
+/// they hold, or the head for the hosts waiting for theirs). Refused (409)
+/// for a commit that is not the held one, and without `now` for one the
+/// windows hold.
 async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = authorized(&s, &headers, &body, Proof::Token) {
         return r.into_response();
@@ -390,7 +396,22 @@ async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         )
             .into_response();
     }
-    let held = s.status.lock().unwrap().held.clone();
+    let held = {
+        let st = s.status.lock().unwrap();
+        // With --now, a head some of whose hosts wait for their window too.
+        let waiting = (asked.now && st.hosts.values().any(|h| h.waits_for_window()))
+            .then(|| st.head_commit.clone())
+            .flatten()
+            .map(|c| super::status::Held {
+                tree: String::new(),
+                reason: "hosts wait for their apply windows".into(),
+                at: String::new(),
+                until: None,
+                windows: true,
+                commit: c,
+            });
+        st.held.clone().or(waiting)
+    };
     let Some(h) = held.filter(|h| h.commit.starts_with(&commit)) else {
         return (
             StatusCode::CONFLICT,
@@ -398,11 +419,23 @@ async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
         )
             .into_response();
     };
-    tracing::info!(commit = %&h.commit[..12], by, "held commit released by an operator");
+    if h.windows && !asked.now {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "commit {} is held by the apply windows ({}); `tidekeeper release --now` applies it outside them\n",
+                &h.commit[..12],
+                h.reason
+            ),
+        )
+            .into_response();
+    }
+    tracing::info!(commit = %&h.commit[..12], by, now = asked.now, "held commit released by an operator");
     *s.release.lock().unwrap() = Some(super::status::Release {
         commit: h.commit.clone(),
         by: by.to_string(),
         at: super::now(),
+        now: asked.now,
     });
     s.poke();
     (

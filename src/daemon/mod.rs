@@ -21,6 +21,8 @@
 //! - [`locks`]: per-host locks shared by commits, drift checks and jobs.
 //! - `jobs`: maintenance under the daemon; `proposals`: planning PR heads.
 //! - `commit`, `drift`, `triggers`, `rollout`: what each request does.
+//! - `windows`: apply windows: a commit held until one opens, hosts left
+//!   out of an apply while theirs is shut.
 //! - [`mirror`] (in [`crate::source`]): the bare mirror; status branch and
 //!   notes pushed with a lease.
 //! - [`status`]: status, badges, metrics, the status page (pure).
@@ -42,6 +44,7 @@ pub mod scheduler;
 pub mod status;
 mod trail;
 mod triggers;
+mod windows;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -257,6 +260,8 @@ struct State {
     /// `intervals.full_check` has passed, drift checks hash only files
     /// whose stat changed.
     last_full_check: Option<chrono::DateTime<chrono::Utc>>,
+    /// A commit held by the apply windows, or released outside them.
+    windows: windows::Waiting,
 }
 
 /// The followed branch as the loop last saw it.

@@ -79,7 +79,17 @@ pub struct FailedApply {
     pub kind: crate::engine::HostError,
 }
 
+/// How a host left out of an apply for its shut apply window begins its result.
+const WAITING_FOR_WINDOW: &str = "waiting for its apply window";
+
 impl HostStatus {
+    /// Left out of the head's apply until its apply window opens.
+    pub fn waits_for_window(&self) -> bool {
+        self.last_result
+            .as_deref()
+            .is_some_and(|r| r.starts_with(WAITING_FOR_WINDOW))
+    }
+
     pub fn new(host: &str) -> Self {
         HostStatus {
             host: host.to_string(),
@@ -112,9 +122,10 @@ pub struct Quarantine {
     pub reason: String,
 }
 
-/// A commit held by `apply.require_reviewed_plan`: not applied and not
-/// quarantined (nothing failed) until a reviewed plan of its tree matches
-/// or an operator releases it (`tidekeeper release`).
+/// A commit held by `apply.require_reviewed_plan` (until a reviewed plan of
+/// its tree matches or an operator releases it, `tidekeeper release`) or by
+/// `apply.apply_windows` (until a window opens, or `release --now`): not
+/// applied and not quarantined (nothing failed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Held {
     pub commit: String,
@@ -122,6 +133,13 @@ pub struct Held {
     pub tree: String,
     pub reason: String,
     pub at: String,
+    /// Held by the apply windows: when it applies (RFC 3339), if a window
+    /// opens within a year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Held by the apply windows (not for want of a reviewed plan).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windows: bool,
 }
 
 /// `tidekeeper release COMMIT --by NAME`: a held commit applied once.
@@ -130,6 +148,9 @@ pub struct Release {
     pub commit: String,
     pub by: String,
     pub at: String,
+    /// `--now`: applied outside the apply windows too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub now: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

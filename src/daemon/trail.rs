@@ -15,6 +15,7 @@ pub(super) async fn noted(
     verdict: Verdict,
     summary: &str,
     body: String,
+    window: Option<String>,
 ) -> String {
     let tree = proposals::tree_of(ctx, commit).await.unwrap_or_default();
     let reviewed = proposals::reviewed_in(state, &tree).map(|(proposal, r)| Reviewed {
@@ -42,14 +43,14 @@ pub(super) async fn noted(
         approved_by,
         reviewed,
         released: released(ctx, state, commit),
-        window: None,
+        window,
         summary: summary.to_string(),
     };
     audit.append_to(&body, crate::report::NOTE_LIMIT)
 }
 
 /// The operator's release of `commit`, as the history recorded it when the
-/// loop took it (a release applies at once: releases know no window).
+/// loop took it (`now`: outside the apply windows too).
 fn released(ctx: &Ctx, state: &State, commit: &str) -> Option<Released> {
     if state.head.released.as_deref() != Some(commit) {
         return None;
@@ -64,6 +65,6 @@ fn released(ctx: &Ctx, state: &State, commit: &str) -> Option<Released> {
     Some(Released {
         by: r.by.clone(),
         at: r.at.clone(),
-        now: true,
+        now: r.now,
     })
 }

@@ -39,6 +39,7 @@ pub(super) async fn on_head(ctx: &Ctx, state: &mut State, retry: bool) -> Result
         || retry
         || released
         || state.head.incomplete.is_some()
+        || super::windows::due(ctx, state, &head)
         || super::requirements::met_now(ctx, state, &head).await
     {
         state.head.last_seen = Some(head.clone());

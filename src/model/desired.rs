@@ -207,6 +207,9 @@ pub struct Settings {
     /// commit's pull request (None: nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apply_requirements: Option<ApplyRequirements>,
+    /// `apply.apply_windows`: when the daemon may apply a commit, to which hosts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apply_windows: Vec<crate::schedule::ApplyWindow>,
     /// How the daemon applies a commit across hosts (None: all at once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,

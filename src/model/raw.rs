@@ -213,6 +213,10 @@ pub struct ApplySettings {
     /// What the forge must show of a merged commit's pull request before
     /// the daemon applies it (read from the last applied commit's config).
     pub apply_requirements: Option<RequirementsSpec>,
+    /// When commits may be applied: `allow` and `deny` windows, as Argo
+    /// CD's sync windows. None: at any time.
+    #[serde(default)]
+    pub apply_windows: Vec<ApplyWindowSpec>,
 }
 
 /// `apply.apply_requirements:`, as Atlantis names them.
@@ -236,6 +240,30 @@ pub struct RequirementsSpec {
     /// brought in nothing the reviewers did not see.
     #[schemars(with = "Option<bool>")]
     pub undiverged: Option<S<bool>>,
+}
+
+/// One `apply.apply_windows` entry: `kind`, and either `schedule` +
+/// `duration` (+ `timezone`) or `window`; `hosts` to cover only some hosts.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyWindowSpec {
+    /// `allow` or `deny`.
+    #[schemars(with = "String")]
+    pub kind: S<String>,
+    /// A cron expression: when the window opens.
+    #[schemars(with = "Option<String>")]
+    pub schedule: Option<S<String>>,
+    /// How long it stays open after each start, e.g. `2h`, `90m`.
+    #[schemars(with = "Option<String>")]
+    pub duration: Option<S<String>>,
+    /// The schedule's time zone (default UTC).
+    #[schemars(with = "Option<String>")]
+    pub timezone: Option<S<String>>,
+    /// A weekly window instead: `Mon-Fri 09:00-17:00 Europe/Berlin`.
+    #[schemars(with = "Option<String>")]
+    pub window: Option<S<String>>,
+    /// The hosts it covers (names, groups, labels); none: every host.
+    pub hosts: Option<HostSelector>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

@@ -1,4 +1,5 @@
-//! Stage 6: schedules.yaml's maintenance jobs, checked against the hosts.
+//! Stage 6: schedules.yaml's maintenance jobs and tidekeeper.yaml's apply
+//! windows, checked against the hosts.
 
 use super::*;
 use crate::model::notify::EventKind;
@@ -176,17 +177,36 @@ impl Loader<'_> {
     /// The hosts a job selects: by name (or group name), by group, by
     /// labels; all hosts when it names none. Unknown names are errors.
     fn job_hosts(&mut self, j: &raw::JobSpec, fleet: &Fleetwide) -> Vec<String> {
-        let file = SCHEDULES_FILE;
+        let owner = format!("job {:?}", j.name.value);
+        self.select_hosts(
+            SCHEDULES_FILE,
+            &owner,
+            &j.hosts,
+            at(SCHEDULES_FILE, &j.name),
+            fleet,
+        )
+    }
+
+    /// The hosts a selector (`hosts:` of a job or an apply window) chooses:
+    /// by name (or group name), by group, by labels; all hosts when it names
+    /// none. Unknown names are errors, said of `owner` in `file`.
+    pub(super) fn select_hosts(
+        &mut self,
+        file: &str,
+        owner: &str,
+        sel: &raw::HostSelector,
+        o: Origin,
+        fleet: &Fleetwide,
+    ) -> Vec<String> {
         let (hosts, groups, broken_hosts) = (fleet.hosts, fleet.groups, fleet.broken_hosts);
-        let o = at(file, &j.name);
         let mut selected: Vec<String> = Vec::new();
-        for n in &j.hosts.names {
+        for n in &sel.names {
             let known = hosts.iter().any(|h| h.name == n.value) || groups.contains_key(&n.value);
             if !known && !broken_hosts.contains(&n.value) {
                 let all: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
                 let d = at(file, n).error(
                     "unknown-host",
-                    format!("job {:?} selects unknown host {:?}", j.name.value, n.value),
+                    format!("{owner} selects unknown host {:?}", n.value),
                 );
                 let d = match closest(&n.value, &all) {
                     Some(c) => d.with_help(format!("did you mean {c:?}?")),
@@ -195,33 +215,30 @@ impl Loader<'_> {
                 self.err(d);
             }
         }
-        for g in &j.hosts.groups {
+        for g in &sel.groups {
             if !groups.contains_key(&g.value) {
                 self.err(
                     at(file, g)
                         .error(
                             "unknown-group",
-                            format!("job {:?} selects unknown group {:?}", j.name.value, g.value),
+                            format!("{owner} selects unknown group {:?}", g.value),
                         )
                         .with_help("groups are host files with `count: N`"),
                 );
             }
         }
-        let empty =
-            j.hosts.names.is_empty() && j.hosts.groups.is_empty() && j.hosts.labels.is_empty();
+        let empty = sel.names.is_empty() && sel.groups.is_empty() && sel.labels.is_empty();
         for h in hosts {
-            let by_name = j
-                .hosts
+            let by_name = sel
                 .names
                 .iter()
                 .any(|n| n.value == h.name || h.group.as_deref() == Some(n.value.as_str()));
-            let by_group = j
-                .hosts
+            let by_group = sel
                 .groups
                 .iter()
                 .any(|g| h.group.as_deref() == Some(g.value.as_str()));
-            let by_labels = !j.hosts.labels.is_empty()
-                && j.hosts
+            let by_labels = !sel.labels.is_empty()
+                && sel
                     .labels
                     .iter()
                     .all(|(k, v)| h.labels.get(k) == Some(&v.value));
@@ -231,14 +248,163 @@ impl Loader<'_> {
         }
         if selected.is_empty() && !hosts.is_empty() && broken_hosts.is_empty() {
             self.err(
-                o.error(
-                    "no-hosts",
-                    format!("job {:?} selects no hosts", j.name.value),
-                )
-                .with_help("check hosts.names, hosts.groups and hosts.labels"),
+                o.error("no-hosts", format!("{owner} selects no hosts"))
+                    .with_help("check hosts.names, hosts.groups and hosts.labels"),
             );
         }
         selected
+    }
+
+    /// `apply.apply_windows`: each entry's kind, when it is open (a cron
+    /// `schedule` with a `duration`, or a weekly `window`) and the hosts it
+    /// covers. Every error is located.
+    pub(super) fn apply_windows(
+        &mut self,
+        f: &raw::FleetFile,
+        fleet: &Fleetwide,
+    ) -> Vec<schedule::ApplyWindow> {
+        use schedule::{ApplyWindow, WindowKind};
+        let file = FLEET_FILE;
+        let mut out = Vec::new();
+        for (i, w) in f.apply.apply_windows.iter().enumerate() {
+            let kind = match w.kind.value.as_str() {
+                "allow" => Some(WindowKind::Allow),
+                "deny" => Some(WindowKind::Deny),
+                other => {
+                    self.err(
+                        at(file, &w.kind)
+                            .error(
+                                "invalid-value",
+                                format!("apply window kind {other:?} is neither allow nor deny"),
+                            )
+                            .with_help("allow: applies only while open; deny: never while open"),
+                    );
+                    None
+                }
+            };
+            let opening = self.window_opening(w);
+            let hosts = w.hosts.as_ref().map(|sel| {
+                let owner = format!("apply window {}", i + 1);
+                self.select_hosts(file, &owner, sel, at(file, &w.kind), fleet)
+            });
+            if let (Some(kind), Some(opening)) = (kind, opening) {
+                out.push(ApplyWindow {
+                    kind,
+                    opening,
+                    hosts,
+                });
+            }
+        }
+        out
+    }
+
+    /// When an apply window is open: `schedule` + `duration` (+ `timezone`),
+    /// or `window`, never both.
+    fn window_opening(&mut self, w: &raw::ApplyWindowSpec) -> Option<schedule::Opening> {
+        let file = FLEET_FILE;
+        let misplaced = |s: &Option<S<String>>| s.as_ref().map(|s| at(file, s));
+        match (&w.schedule, &w.window) {
+            (Some(_), Some(win)) => {
+                self.err(
+                    at(file, win)
+                        .error(
+                            "invalid-value",
+                            "an apply window has a schedule or a window, not both",
+                        )
+                        .with_help(
+                            "schedule + duration (cron), or window: \"Mon-Fri 09:00-17:00 UTC\"",
+                        ),
+                );
+                None
+            }
+            (None, Some(win)) => {
+                for extra in [misplaced(&w.duration), misplaced(&w.timezone)]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.err(extra.error(
+                        "invalid-value",
+                        "duration and timezone go with schedule; a window names its own times and zone",
+                    ));
+                }
+                match Window::parse(&win.value) {
+                    Ok(window) => Some(schedule::Opening::Weekly { window }),
+                    Err(e) => {
+                        self.err(at(file, win).error("invalid-window", e));
+                        None
+                    }
+                }
+            }
+            (Some(sched), None) => self.cron_opening(w, sched),
+            (None, None) => {
+                self.err(
+                    at(file, &w.kind)
+                        .error("missing-field", "an apply window needs schedule + duration, or window")
+                        .with_help("e.g. schedule: \"0 22 * * fri\" with duration: 60h, or window: \"Sat-Sun 00:00-23:59 UTC\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn cron_opening(
+        &mut self,
+        w: &raw::ApplyWindowSpec,
+        sched: &S<String>,
+    ) -> Option<schedule::Opening> {
+        let file = FLEET_FILE;
+        let cron = schedule::parse_cron(&sched.value)
+            .map_err(|e| self.err(at(file, sched).error("invalid-cron", e)))
+            .ok();
+        let zone = w
+            .timezone
+            .as_ref()
+            .map(|z| z.value.clone())
+            .unwrap_or_else(|| "UTC".into());
+        let tz = schedule::parse_tz(&zone)
+            .map_err(|e| {
+                let o = w
+                    .timezone
+                    .as_ref()
+                    .map(|z| at(file, z))
+                    .unwrap_or_else(|| at(file, sched));
+                self.err(o.error("invalid-timezone", e))
+            })
+            .ok();
+        let secs = match &w.duration {
+            None => {
+                self.err(
+                    at(file, sched)
+                        .error(
+                            "missing-field",
+                            "an apply window with a schedule needs a duration",
+                        )
+                        .with_help("how long it stays open after each start, e.g. duration: 2h"),
+                );
+                None
+            }
+            Some(d) => match check::duration(&d.value) {
+                Ok(v) if v.as_secs() >= 60 => Some(v.as_secs()),
+                Ok(_) => {
+                    self.err(at(file, d).error(
+                        "invalid-value",
+                        "an apply window's duration must be at least 1m",
+                    ));
+                    None
+                }
+                Err(e) => {
+                    self.err(at(file, d).error("invalid-duration", e));
+                    None
+                }
+            },
+        };
+        Some(schedule::Opening::Cron {
+            schedule: sched.value.clone(),
+            duration_secs: secs?,
+            timezone: zone,
+            cron: Box::new(cron?),
+            tz: tz?,
+        })
     }
 
     /// What a job does: exactly one of backup, snapshot, upgrade, power,

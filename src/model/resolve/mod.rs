@@ -666,6 +666,7 @@ impl<'a> Loader<'a> {
         }
         if let Some(f) = &fleet_file {
             self.check_canaries(&settings, f, &hosts, &broken_hosts);
+            settings.apply_windows = self.apply_windows(f, &fleetwide);
         }
         let fleet = Fleet {
             name: fleet_file?.fleet.value,

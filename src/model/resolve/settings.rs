@@ -174,6 +174,7 @@ impl Loader<'_> {
                 .as_ref()
                 .is_some_and(|s| s.value),
             apply_requirements: self.requirements(f.apply.apply_requirements.as_ref()),
+            apply_windows: Vec::new(),
             notify: Default::default(),
             networks: self.networks(f),
         }
@@ -554,6 +555,7 @@ pub(super) fn default_settings() -> Settings {
         rollout: None,
         require_reviewed_plan: false,
         apply_requirements: None,
+        apply_windows: Vec::new(),
         notify: Default::default(),
         networks: Vec::new(),
     }
