@@ -1174,6 +1174,10 @@ async fn a_merge_inside_a_deny_window_is_held_and_applied_when_the_window_ends()
         n.contains("nothing applied") && n.contains("deny daily 02:00-06:00 UTC"),
         "{n}"
     );
+    assert!(
+        n.contains("\nApply-Window: outside them; applies at 2026-06-02T06:00:00Z (deny daily 02:00-06:00 UTC)"),
+        "the audit trail says why and until when: {n}"
+    );
     // A second before the window ends, hourly polls have applied nothing.
     tokio::time::sleep(Duration::from_secs(4 * 3600 - 1)).await;
     assert_eq!((read(&a), read(&b)), ("v1\n".into(), "v1\n".into()));
@@ -1233,6 +1237,14 @@ async fn release_now_applies_a_commit_held_by_the_apply_windows_at_once() {
     .await;
     let n = note_on(&repo, &c2);
     assert!(n.contains(", outside the apply windows"), "{n}");
+    assert!(
+        n.contains("\nReleased-By: ops at ") && n.contains(", at once\n"),
+        "{n}"
+    );
+    assert!(
+        n.contains("\nApply-Window: released outside them (deny daily 02:00-06:00 UTC)"),
+        "{n}"
+    );
     let history = d.shared.board.lock().unwrap().history.releases.clone();
     assert!(
         history

@@ -1153,7 +1153,10 @@ fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_re
     let released = entry(&doc, &pushed);
     assert_eq!(released["verdict"], "applied", "{doc}");
     assert_eq!(released["released"]["by"], "bob", "{doc}");
-    assert_eq!(released["released"]["now"], true, "{doc}");
+    assert_eq!(
+        released["released"]["now"], false,
+        "a plain release, not --now: {doc}"
+    );
     assert!(
         released["released"]["at"]
             .as_str()
