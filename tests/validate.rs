@@ -1584,6 +1584,50 @@ fn a_cloud_firewall_counts_for_public_connections_only() {
 }
 
 #[test]
+fn a_fail2ban_jail_that_would_ban_the_jump_host_is_a_lockout_at_its_file_entry() {
+    // web is reached through gate (192.0.2.9): its sshd jail must ignore gate.
+    let role = |ignoreip: &str| {
+        format!(
+            "packages:\n  present: [fail2ban]\nfiles:\n  - path: /etc/fail2ban/jail.local\n    content: \"[DEFAULT]\\nignoreip = {ignoreip}\\n[sshd]\\nenabled = true\\n\"\n"
+        )
+    };
+    let fleet = |ignoreip: &str| {
+        minimal()
+            .file("roles/base.yaml", role(ignoreip))
+            .file("roles/open.yaml", "packages:\n  present: [jq]\n")
+            .file(
+                "hosts/gate.yaml",
+                "provider: existing\naddress: 192.0.2.9\nroles: [open]\n",
+            )
+            .file(
+                "hosts/web.yaml",
+                "provider: existing\naddress: 10.1.0.2\nssh: {via: gate}\nroles: [base]\n",
+            )
+    };
+    let d = fleet("127.0.0.1/8 ::1").fails_with(
+        "roles/base.yaml:4:11",
+        "lockout",
+        "web: fail2ban's sshd jail (enabled in /etc/fail2ban/jail.local line 4) would ban tidekeeper, which connects from 192.0.2.9, after a few failed logins: its ignoreip is \"127.0.0.1/8 ::1\"",
+    );
+    assert!(
+        d.help
+            .unwrap()
+            .contains("ignoreip = 127.0.0.1/8 ::1 192.0.2.9"),
+        "the fix names the address"
+    );
+    fleet("127.0.0.1/8 ::1 192.0.2.0/24")
+        .load()
+        .expect("the jump host is ignored");
+    fleet("127.0.0.1/8")
+        .file(
+            "roles/base.yaml",
+            role("127.0.0.1/8") + "    lockout_ok: \"the provider's rescue console unbans\"\n",
+        )
+        .load()
+        .expect("acknowledged on the file entry");
+}
+
+#[test]
 fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
     let d = minimal()
         .file(

@@ -714,6 +714,10 @@ pub struct FileResource {
     pub group: Option<String>,
     pub validate: Option<String>,
     pub notify: Vec<String>,
+    /// `lockout_ok:` — why a lockout risk the lockout check sees in this
+    /// file is acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockout_ok: Option<String>,
     pub origin: Origin,
 }
 

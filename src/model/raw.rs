@@ -600,6 +600,10 @@ pub struct FileSpec {
     pub notify: Vec<S<String>>,
     #[schemars(with = "Option<bool>")]
     pub sensitive: Option<S<bool>>,
+    /// Acknowledges a lockout risk this file brings (a fail2ban jail that
+    /// could ban tidekeeper): why it is fine. See docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

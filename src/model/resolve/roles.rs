@@ -82,6 +82,7 @@ impl Loader<'_> {
                         .with_help("e.g. validate: \"sshd -t -f %s\""),
                 );
             }
+            self.lockout_ok(file, &f.lockout_ok);
             let secret = f.secret.is_some();
             let sensitive = f.sensitive.as_ref().map(|s| s.value).unwrap_or(false) || secret;
             let mut base = FileResource {
@@ -96,6 +97,7 @@ impl Loader<'_> {
                 group: opt(&f.group),
                 validate: opt(&f.validate),
                 notify: f.notify.iter().map(|n| n.value.clone()).collect(),
+                lockout_ok: opt(&f.lockout_ok),
                 origin: o.clone(),
             };
             if let Some(c) = &f.content {
@@ -229,6 +231,23 @@ impl Loader<'_> {
                     .collect(),
                 origin: at(file, &u.name),
             })));
+        }
+    }
+
+    /// `lockout_ok:` says why a lockout risk is acceptable: an empty one
+    /// says nothing.
+    fn lockout_ok(&mut self, file: &str, ack: &Option<S<String>>) {
+        if let Some(a) = ack
+            && a.value.trim().is_empty()
+        {
+            self.err(
+                at(file, a)
+                    .error(
+                        "invalid-value",
+                        "lockout_ok needs the reason the risk is acceptable",
+                    )
+                    .with_help("e.g. lockout_ok: \"console access through the provider\""),
+            );
         }
     }
 
