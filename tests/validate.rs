@@ -1628,6 +1628,56 @@ fn a_fail2ban_jail_that_would_ban_the_jump_host_is_a_lockout_at_its_file_entry()
 }
 
 #[test]
+fn ssh_only_over_a_tunnel_a_reboot_job_does_not_bring_back_is_a_lockout_naming_the_job() {
+    let role = |service: &str| {
+        format!(
+            "packages:\n  present: [wireguard-tools]\nservices:\n  - {{name: wg-quick@wg0, {service}}}\nfirewall:\n  incoming: deny\n  rules:\n    - port: \"22\"\n      interface: wg0\n"
+        )
+    };
+    let jobs = "jobs:\n  - name: patch-tuesday\n    cron: \"0 4 * * TUE\"\n    hosts: {names: [web]}\n    upgrade: {reboot: always}\n";
+    let fleet = "fleet: test\ndefaults:\n  ssh: {from: [10.8.0.1/32]}\n";
+    let d = minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file("roles/base.yaml", role("state: running"))
+        .file("schedules.yaml", jobs)
+        .fails_with(
+            "roles/base.yaml:9:18",
+            "lockout",
+            "web: SSH (port 22) reaches it only through wg0 (WireGuard), and job patch-tuesday (schedules.yaml:2:11) reboots it, but the config does not start wg-quick@wg0 at boot: after the reboot tidekeeper is locked out",
+        );
+    assert!(
+        d.help
+            .unwrap()
+            .contains("service wg-quick@wg0 with `enabled: true`")
+    );
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file("roles/base.yaml", role("enabled: true, state: running"))
+        .file("schedules.yaml", jobs)
+        .load()
+        .expect("the tunnel comes back at boot");
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file(
+            "roles/base.yaml",
+            role("state: running") + "      lockout_ok: \"the provider's console brings it up\"\n",
+        )
+        .file("schedules.yaml", jobs)
+        .load()
+        .expect("acknowledged on the rule");
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "firewall:\n  rules:\n    - {port: \"22\", interface: \"-wg0\"}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:31",
+            "invalid-value",
+            "interface \"-wg0\" is not an interface name (up to 15 letters, digits, -_.@+)",
+        );
+}
+
+#[test]
 fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
     let d = minimal()
         .file(

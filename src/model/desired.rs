@@ -126,7 +126,8 @@ pub(crate) struct RoleDef {
 pub(crate) struct RoleFirewall {
     pub(crate) incoming: Option<Policy>,
     pub(crate) outgoing: Option<Policy>,
-    pub(crate) rules: Vec<(FirewallRule, Origin)>,
+    /// Each rule, where its `from` is (for template errors), and its site.
+    pub(crate) rules: Vec<(FirewallRule, Origin, RuleSite)>,
     pub(crate) origin: Origin,
 }
 
@@ -756,7 +757,18 @@ pub struct Firewall {
     pub incoming: Policy,
     pub outgoing: Policy,
     pub rules: Vec<FirewallRule>,
+    /// Where each rule is written, in the order of `rules`.
+    #[serde(skip)]
+    pub sites: Vec<RuleSite>,
     pub origin: Origin,
+}
+
+/// Where a firewall rule is written, and its `lockout_ok:`.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSite {
+    /// Its `interface:` if it has one, else its `port:` or `from:`.
+    pub origin: Origin,
+    pub lockout_ok: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -766,6 +778,9 @@ pub struct FirewallRule {
     pub to_port: Option<u16>,
     pub proto: String,
     pub from: String,
+    /// Only packets coming in on this interface (`in on IFACE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     pub comment: Option<String>,
 }
 

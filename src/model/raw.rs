@@ -720,8 +720,17 @@ pub struct FirewallRuleSpec {
     pub proto: Option<S<String>>,
     #[schemars(with = "Option<String>")]
     pub from: Option<S<String>>,
+    /// Only on this network interface (`ufw allow in on IFACE`), e.g.
+    /// `tailscale0` or `wg0`.
+    #[schemars(with = "Option<String>")]
+    pub interface: Option<S<String>>,
     #[schemars(with = "Option<String>")]
     pub comment: Option<S<String>>,
+    /// Acknowledges a lockout risk of this rule (SSH only through a tunnel
+    /// whose service the config does not keep up): why it is fine. See
+    /// docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]

@@ -205,6 +205,23 @@ fn rule_core(r: &FirewallRule) -> Vec<String> {
         _ => None,
     };
     let mut w: Vec<String> = vec![action.into()];
+    if let Some(iface) = &r.interface {
+        // ufw shows a rule on an interface in its full form only, and
+        // `to any` when nothing else follows the interface.
+        w.extend(["in".into(), "on".into(), iface.clone()]);
+        if r.from != "any" {
+            w.extend(["from".into(), ufw_source(&r.from).to_string()]);
+        }
+        match port {
+            Some(p) => w.extend(["to".into(), "any".into(), "port".into(), p]),
+            None if r.from == "any" => w.extend(["to".into(), "any".into()]),
+            None => {}
+        }
+        if r.proto != "any" {
+            w.extend(["proto".into(), r.proto.clone()]);
+        }
+        return w;
+    }
     match (port, r.from == "any") {
         (Some(p), true) if r.proto != "any" => w.push(format!("{p}/{}", r.proto)),
         (Some(p), true) => w.push(p),
@@ -246,6 +263,7 @@ pub(crate) fn parse_rule(line: &str) -> Option<FirewallRule> {
         to_port: None,
         proto: "any".into(),
         from: "any".into(),
+        interface: None,
         comment,
     };
     let parse_port = |p: &str| -> Option<(u16, u16)> {
@@ -257,13 +275,28 @@ pub(crate) fn parse_rule(line: &str) -> Option<FirewallRule> {
             }
         }
     };
-    if toks.get(1) == Some(&"from") {
-        rule.from = toks.get(2)?.to_string();
-        let mut i = 3;
+    let mut i = 1;
+    if toks.get(1..3) == Some(&["in", "on"]) {
+        rule.interface = Some(toks.get(3)?.to_string());
+        i = 4;
+        if toks.len() == 4 {
+            return None;
+        }
+    }
+    if rule.interface.is_some() || toks.get(1) == Some(&"from") {
+        // The full form: [from SRC] [to any [port P]] [proto X].
+        let mut to = false;
         while i < toks.len() {
             match toks[i] {
-                "to" if toks.get(i + 1) == Some(&"any") => i += 2,
-                "port" => {
+                "from" if !to => {
+                    rule.from = toks.get(i + 1)?.to_string();
+                    i += 2;
+                }
+                "to" if toks.get(i + 1) == Some(&"any") => {
+                    to = true;
+                    i += 2;
+                }
+                "port" if to => {
                     let (a, b) = parse_port(toks.get(i + 1)?)?;
                     (rule.from_port, rule.to_port) = (Some(a), Some(b));
                     i += 2;
@@ -358,6 +391,7 @@ mod tests {
             to_port: port,
             proto: "tcp".into(),
             from: from.into(),
+            interface: None,
             comment: comment.map(String::from),
         }
     }
@@ -367,6 +401,7 @@ mod tests {
             incoming: Policy::Deny,
             outgoing: Policy::Allow,
             rules,
+            sites: vec![],
             origin: Default::default(),
         }
     }
@@ -495,10 +530,45 @@ mod tests {
                 to_port: Some(22),
                 proto: "tcp".into(),
                 from: config.into(),
+                interface: None,
                 comment: None,
             };
             let have = parse_rule(shown).unwrap();
             assert_eq!(rule_args(&want), rule_args(&have));
         }
+    }
+
+    /// A rule on an interface is written in ufw's full form and read back
+    /// the same, so it is not planned again on every run.
+    #[test]
+    fn a_rule_on_an_interface_round_trips_through_ufws_own_form() {
+        let on = |from: &str, port: Option<u16>, proto: &str| FirewallRule {
+            interface: Some("tailscale0".into()),
+            proto: proto.into(),
+            ..rule(from, port, None)
+        };
+        for (r, shown) in [
+            (
+                on("any", Some(22), "tcp"),
+                "allow in on tailscale0 to any port 22 proto tcp",
+            ),
+            (
+                on("100.64.0.0/10", Some(22), "tcp"),
+                "allow in on tailscale0 from 100.64.0.0/10 to any port 22 proto tcp",
+            ),
+            (on("any", None, "any"), "allow in on tailscale0 to any"),
+            (
+                on("10.0.0.2/32", None, "any"),
+                "allow in on tailscale0 from 10.0.0.2",
+            ),
+        ] {
+            assert_eq!(rule_args(&r), shown);
+            let back = parse_rule(&format!("ufw {shown}")).unwrap();
+            assert_eq!(rule_args(&back), shown, "{shown}");
+            assert_eq!(back.interface.as_deref(), Some("tailscale0"));
+        }
+        // A source port is not a form tidekeeper writes.
+        assert!(parse_rule("ufw allow from 10.0.0.2 port 22").is_none());
+        assert!(parse_rule("ufw allow in on wg0").is_none());
     }
 }

@@ -9,6 +9,7 @@ use super::desired::{Fleet, Host, Jump, Policy, Resource, RuleAction, SshAddress
 use super::diag::Diagnostic;
 
 mod fail2ban;
+mod tunnel;
 
 /// An inbound rule as both firewalls have it: sources, ports (None: all),
 /// protocol.
@@ -116,6 +117,7 @@ pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
         let src = sources(fleet, h);
         firewalls(h, &src, &mut out);
         out.extend(fail2ban::check(h, &src));
+        out.extend(tunnel::check(fleet, h, &src));
     }
     out
 }

@@ -150,3 +150,130 @@ fn with_tidekeepers_address_unstated_an_sshd_jail_could_ban_it() {
         errs[0].message
     );
 }
+
+/// A role letting SSH in only on `rule` (a flow mapping), plus `extra`.
+fn ssh_only(rule: &str, extra: &str) -> String {
+    format!("firewall:\n  incoming: deny\n  rules:\n    - {rule}\n    - {{port: \"443\"}}\n{extra}")
+}
+
+const TAILSCALE_KEPT_UP: &str = "packages:\n  present: [tailscale]\nservices:\n  - {name: tailscaled, enabled: true, state: running}\n";
+
+#[test]
+fn ssh_only_through_a_tunnel_nobody_keeps_up_is_a_lockout() {
+    let role = ssh_only("{port: \"22\", interface: tailscale0}", "");
+    let errs = lockouts(&[("roles/base.yaml", &role)]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (4, 31), "the interface");
+    assert_eq!(
+        errs[0].message,
+        "web: SSH (port 22) reaches it only through tailscale0 (Tailscale), and the config neither keeps tailscaled up (package tailscale, service tailscaled) nor checks it: when tailscaled stops, tidekeeper is locked out"
+    );
+    let help = errs[0].help.as_deref().unwrap();
+    assert!(
+        help.contains("a rule without `interface:`") && help.contains("lockout_ok"),
+        "{help}"
+    );
+    // WireGuard's unit is named after the interface.
+    let role = ssh_only("{port: \"22\", interface: wg0}", "");
+    let errs = lockouts(&[("roles/base.yaml", &role)]);
+    assert!(
+        errs[0].message.contains("through wg0 (WireGuard)")
+            && errs[0].message.contains("wg-quick@wg0")
+    );
+    // An interface that needs no daemon (a private network's) is no tunnel.
+    let role = ssh_only("{port: \"22\", interface: ens10}", "");
+    assert_eq!(lockouts(&[("roles/base.yaml", &role)]), []);
+}
+
+#[test]
+fn a_tunnel_kept_up_checked_bypassed_or_acknowledged_is_fine() {
+    let only = "{port: \"22\", interface: tailscale0}";
+    // Managed: its package and a running service.
+    let role = ssh_only(only, TAILSCALE_KEPT_UP);
+    assert_eq!(lockouts(&[("roles/base.yaml", &role)]), []);
+    // Checked: a job's health gate on its unit.
+    let jobs = "jobs:\n  - name: tunnel\n    cron: \"*/5 * * * *\"\n    hosts: {names: [web]}\n    health: [{unit: tailscaled}]\n    command: {run: \"true\"}\n";
+    let role = ssh_only(only, "");
+    assert_eq!(
+        lockouts(&[("roles/base.yaml", &role), ("schedules.yaml", jobs)]),
+        []
+    );
+    // SSH also allowed from tidekeeper without the tunnel.
+    let role = ssh_only(only, "").replace(
+        "    - {port: \"443\"}",
+        "    - {port: \"22\", from: 198.51.100.7}",
+    );
+    assert_eq!(lockouts(&[("roles/base.yaml", &role)]), []);
+    // Acknowledged on the rule.
+    let role = ssh_only(
+        "{port: \"22\", interface: tailscale0, lockout_ok: \"console at the provider\"}",
+        "",
+    );
+    assert_eq!(lockouts(&[("roles/base.yaml", &role)]), []);
+}
+
+#[test]
+fn ssh_only_from_the_tailnet_depends_on_tailscale_too() {
+    let mut t = ConfigTree::default();
+    t.insert_file(
+        "tidekeeper.yaml",
+        b"fleet: test\ndefaults:\n  ssh: {from: [100.64.0.0/10]}\n".to_vec(),
+    );
+    t.insert_file(
+        "hosts/web.yaml",
+        b"provider: existing\naddress: 100.92.17.41\nroles: [base]\n".to_vec(),
+    );
+    t.insert_file(
+        "roles/base.yaml",
+        ssh_only("{port: \"22\", from: 100.64.0.0/10}", "").into_bytes(),
+    );
+    let errs = crate::model::load(&t).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("only through the tailnet's addresses (100.64.0.0/10, Tailscale)"),
+        "{}",
+        errs[0].message
+    );
+    t.insert_file(
+        "roles/base.yaml",
+        ssh_only("{port: \"22\", from: 100.64.0.0/10}", TAILSCALE_KEPT_UP).into_bytes(),
+    );
+    assert!(crate::model::load(&t).is_ok());
+}
+
+#[test]
+fn a_host_a_job_reboots_needs_its_tunnel_started_at_boot() {
+    let only = "{port: \"22\", interface: tailscale0}";
+    let jobs = "jobs:\n  - name: monthly-kernel\n    cron: \"0 3 1 * *\"\n    hosts: {names: [web]}\n    health: [{unit: tailscaled}]\n    upgrade: {reboot: if-required}\n";
+    // Running, and checked, but not enabled: it does not come back.
+    let running =
+        "packages:\n  present: [tailscale]\nservices:\n  - {name: tailscaled, state: running}\n";
+    let errs = lockouts(&[
+        ("roles/base.yaml", &ssh_only(only, running)),
+        ("schedules.yaml", jobs),
+    ]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(
+        (errs[0].file.as_str(), errs[0].line),
+        ("roles/base.yaml", 4)
+    );
+    assert_eq!(
+        errs[0].message,
+        "web: SSH (port 22) reaches it only through tailscale0 (Tailscale), and job monthly-kernel (schedules.yaml:2:11) reboots it, but the config does not start tailscaled at boot: after the reboot tidekeeper is locked out"
+    );
+    assert!(errs[0].help.as_deref().unwrap().contains("`enabled: true`"));
+    // Enabled at boot: fine. A job that never reboots: running is enough.
+    let roles = ssh_only(only, TAILSCALE_KEPT_UP);
+    assert_eq!(
+        lockouts(&[("roles/base.yaml", &roles), ("schedules.yaml", jobs)]),
+        []
+    );
+    let never = jobs.replace("if-required", "never");
+    let roles = ssh_only(only, running);
+    assert_eq!(
+        lockouts(&[("roles/base.yaml", &roles), ("schedules.yaml", &never)]),
+        []
+    );
+}

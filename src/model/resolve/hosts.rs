@@ -1031,7 +1031,8 @@ impl Loader<'_> {
         host_name: &str,
     ) -> Resource {
         let mut rules: Vec<FirewallRule> = Vec::new();
-        for (mut rule, from_at) in fw.rules {
+        let mut sites = Vec::new();
+        for (mut rule, from_at, site) in fw.rules {
             if is_template(&rule.from) {
                 let Some(from) = self.render_str(t, &rule.from, ctx, &from_at, host_name) else {
                     continue;
@@ -1048,12 +1049,14 @@ impl Loader<'_> {
             }
             if !rules.contains(&rule) {
                 rules.push(rule);
+                sites.push(site);
             }
         }
         Resource::Firewall(Firewall {
             incoming: fw.incoming.unwrap_or(Policy::Deny),
             outgoing: fw.outgoing.unwrap_or(Policy::Allow),
             rules,
+            sites,
             origin: fw.origin,
         })
     }

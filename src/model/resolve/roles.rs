@@ -287,8 +287,15 @@ impl Loader<'_> {
                     }
                 }),
                 from: opt(&rule.from).unwrap_or_else(|| "any".into()),
+                interface: opt(&rule.interface),
                 comment: opt(&rule.comment),
             };
+            if let Some(i) = &rule.interface
+                && let Err(e) = check::interface(&i.value)
+            {
+                self.err(at(file, i).error("invalid-value", e));
+            }
+            self.lockout_ok(file, &rule.lockout_ok);
             if let Some(p) = &rule.port {
                 match check::port_spec(&p.value) {
                     Ok((a, b)) => (fr.from_port, fr.to_port) = (Some(a), Some(b)),
@@ -307,8 +314,16 @@ impl Loader<'_> {
             {
                 self.err(at(file, c).error("invalid-cidr", e));
             }
+            let site = RuleSite {
+                origin: rule
+                    .interface
+                    .as_ref()
+                    .map(|i| at(file, i))
+                    .unwrap_or(o.clone()),
+                lockout_ok: opt(&rule.lockout_ok),
+            };
             let from_at = rule.from.as_ref().map(|c| at(file, c)).unwrap_or(o);
-            rules.push((fr, from_at));
+            rules.push((fr, from_at, site));
         }
         let origin = fw
             .incoming
