@@ -1678,6 +1678,30 @@ fn ssh_only_over_a_tunnel_a_reboot_job_does_not_bring_back_is_a_lockout_naming_t
 }
 
 #[test]
+fn a_router_whose_ufw_drops_forwarded_packets_is_a_warning_that_refuses_nothing() {
+    let role = "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\"}\nsysctl:\n  net.ipv4.ip_forward: \"1\"\n";
+    let fleet = minimal()
+        .file("roles/base.yaml", role)
+        .load()
+        .expect("a warning is no error");
+    assert_eq!(fleet.warnings.len(), 1, "{:?}", fleet.warnings);
+    let w = &fleet.warnings[0];
+    assert_eq!(
+        (w.location().as_str(), w.code),
+        ("roles/base.yaml:6:24", "forward-policy")
+    );
+    assert!(
+        w.warning_text().starts_with("roles/base.yaml:6:24: warning[forward-policy]: web: sysctl net.ipv4.ip_forward = 1 makes it forward packets, but its ufw firewall drops forwarded packets"),
+        "{}",
+        w.warning_text()
+    );
+    assert!(w.help.as_deref().unwrap().contains("`routed: allow`"));
+    let stated = role.replace("incoming: deny\n", "incoming: deny\n  routed: allow\n");
+    let fleet = minimal().file("roles/base.yaml", stated).load().unwrap();
+    assert!(fleet.warnings.is_empty(), "{:?}", fleet.warnings);
+}
+
+#[test]
 fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
     let d = minimal()
         .file(

@@ -45,6 +45,10 @@ pub struct Fleet {
     /// addresses a provider assigns: rendered again once they are known.
     #[serde(skip)]
     pub source: Option<Source>,
+    /// What the config would break without locking tidekeeper out
+    /// (`validate` and `plan` show them; nothing is refused).
+    #[serde(skip)]
+    pub warnings: Vec<super::diag::Diagnostic>,
 }
 
 /// What one server is reached at, as its provider assigned it.
@@ -126,6 +130,7 @@ pub(crate) struct RoleDef {
 pub(crate) struct RoleFirewall {
     pub(crate) incoming: Option<Policy>,
     pub(crate) outgoing: Option<Policy>,
+    pub(crate) routed: Option<Policy>,
     /// Each rule, where its `from` is (for template errors), and its site.
     pub(crate) rules: Vec<(FirewallRule, Origin, RuleSite)>,
     pub(crate) origin: Origin,
@@ -756,6 +761,10 @@ pub struct UserResource {
 pub struct Firewall {
     pub incoming: Policy,
     pub outgoing: Policy,
+    /// ufw's policy for forwarded packets; None: not managed (ufw's default
+    /// is deny).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routed: Option<Policy>,
     pub rules: Vec<FirewallRule>,
     /// Where each rule is written, in the order of `rules`.
     #[serde(skip)]

@@ -697,6 +697,10 @@ pub struct FirewallSpec {
     pub incoming: Option<S<Policy>>,
     #[schemars(with = "Option<Policy>")]
     pub outgoing: Option<S<Policy>>,
+    /// Forwarded packets (`ufw default … routed`); unset: left as it is
+    /// (ufw's own default is deny).
+    #[schemars(with = "Option<Policy>")]
+    pub routed: Option<S<Policy>>,
     #[serde(default)]
     pub rules: Vec<FirewallRuleSpec>,
 }

@@ -23,7 +23,7 @@ pub(crate) fn probe(items: &[Item], root: &str) -> String {
     format!(
         "if command -v ufw >/dev/null; then printf '{ufw}\\tinstalled\\n'; \
          ufw show added | sed '1d;s/^/{rule}\\t/'; \
-         sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
+         sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\|FORWARD\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
          sed -n 's/^ENABLED=\\(.*\\)/{enabled}\\t\\1/p' {conf}; fi\n",
         defaults = Word::quoted(&format!("{root}/etc/default/ufw")),
         conf = Word::quoted(&format!("{root}/etc/ufw/ufw.conf")),
@@ -61,10 +61,10 @@ impl Ufw {
                     other => other,
                 }
                 .to_string();
-                if which == "INPUT" {
-                    fw.incoming = word;
-                } else {
-                    fw.outgoing = word;
+                match which {
+                    "INPUT" => fw.incoming = word,
+                    "FORWARD" => fw.routed = word,
+                    _ => fw.outgoing = word,
                 }
             }
             Tag::UfwEnabled => fw.enabled = record.trim() == "yes",
@@ -89,6 +89,9 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
         let mut need = Need::new(Action::Create)
             .attr("incoming", None, Some(incoming.into()))
             .attr("outgoing", None, Some(outgoing.into()));
+        if let Some(r) = fw.routed {
+            need = need.attr("routed", None, Some(policy_word(r).into()));
+        }
         for r in &want {
             need = need.attr("rule", None, Some(r.clone()));
         }
@@ -107,6 +110,12 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
     }
     if o.outgoing != outgoing {
         need = need.attr("outgoing", Some(o.outgoing.clone()), Some(outgoing.into()));
+    }
+    // Unset: forwarding is not managed, whatever the host has.
+    if let Some(r) = fw.routed.map(policy_word)
+        && o.routed != r
+    {
+        need = need.attr("routed", Some(o.routed.clone()), Some(r.into()));
     }
     if !o.enabled {
         need = need.attr("enabled", Some("no".into()), Some("yes".into()));
@@ -143,7 +152,11 @@ pub(crate) fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
             body.push_str(&ufw(words));
         }
     }
-    for (policy, direction) in [(fw.incoming, "incoming"), (fw.outgoing, "outgoing")] {
+    let routed = fw.routed.map(|r| (r, "routed"));
+    for (policy, direction) in [(fw.incoming, "incoming"), (fw.outgoing, "outgoing")]
+        .into_iter()
+        .chain(routed)
+    {
         body.push_str(
             &cmd("ufw")
                 .lit("default")
@@ -400,6 +413,7 @@ mod tests {
         Rules {
             incoming: Policy::Deny,
             outgoing: Policy::Allow,
+            routed: None,
             rules,
             sites: vec![],
             origin: Default::default(),
@@ -433,6 +447,7 @@ mod tests {
                 enabled: true,
                 incoming: "deny".into(),
                 outgoing: "allow".into(),
+                routed: "deny".into(),
                 rules: vec![
                     rule("any", Some(22), Some("ssh")),
                     rule("any", Some(23), None),
@@ -570,5 +585,46 @@ mod tests {
         // A source port is not a form tidekeeper writes.
         assert!(parse_rule("ufw allow from 10.0.0.2 port 22").is_none());
         assert!(parse_rule("ufw allow in on wg0").is_none());
+    }
+
+    /// `routed:` is ufw's forward policy: read from DEFAULT_FORWARD_POLICY,
+    /// set with `ufw default … routed`, and left alone when unset.
+    #[test]
+    fn the_routed_policy_is_managed_only_when_stated() {
+        let mut ufw = Ufw::default();
+        for (tag, rec) in [
+            (Tag::Ufw, "installed"),
+            (Tag::UfwPolicy, "INPUT\tDROP"),
+            (Tag::UfwPolicy, "OUTPUT\tACCEPT"),
+            (Tag::UfwPolicy, "FORWARD\tDROP"),
+            (Tag::UfwEnabled, "yes"),
+        ] {
+            ufw.record(tag, rec).unwrap();
+        }
+        let have = ufw.finish().unwrap();
+        assert_eq!(
+            (have.incoming.as_str(), have.outgoing.as_str(), have.routed.as_str()),
+            ("deny", "allow", "deny")
+        );
+        assert!(probe(&[Item::Firewall(firewall(vec![]))], "").contains("FORWARD"));
+        let unset = firewall(vec![]);
+        assert!(plan(&unset, Some(&have)).0.is_none(), "not stated, not managed");
+        let routing = Rules {
+            routed: Some(Policy::Allow),
+            ..firewall(vec![])
+        };
+        let need = plan(&routing, Some(&have)).0.unwrap();
+        let attr = need.attrs.iter().find(|a| a.name == "routed").unwrap();
+        assert_eq!(
+            (attr.before.as_deref(), attr.after.as_deref()),
+            (Some("deny"), Some("allow"))
+        );
+        let body = apply(&routing, need.action, &need.attrs);
+        assert!(
+            body.contains("ufw default allow routed >/dev/null || return\n"),
+            "{body}"
+        );
+        sh_n_step(&body);
+        assert!(!apply(&unset, Action::Create, &[]).contains("routed"));
     }
 }

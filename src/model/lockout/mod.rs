@@ -9,6 +9,7 @@ use super::desired::{Fleet, Host, Jump, Policy, Resource, RuleAction, SshAddress
 use super::diag::Diagnostic;
 
 mod fail2ban;
+mod forward;
 mod tunnel;
 
 /// An inbound rule as both firewalls have it: sources, ports (None: all),
@@ -120,6 +121,12 @@ pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
         out.extend(tunnel::check(fleet, h, &src));
     }
     out
+}
+
+/// Warnings: what would break on a host without locking tidekeeper out
+/// (a router whose ufw drops forwarded packets).
+pub(crate) fn warnings(fleet: &Fleet) -> Vec<Diagnostic> {
+    fleet.hosts.iter().filter_map(forward::check).collect()
 }
 
 /// An error per firewall (ufw, cloud) of `h` that keeps `src` out.

@@ -277,3 +277,51 @@ fn a_host_a_job_reboots_needs_its_tunnel_started_at_boot() {
         []
     );
 }
+
+/// A host's warnings (its config otherwise sound).
+fn warnings(files: &[(&str, &str)]) -> Vec<Diagnostic> {
+    load(files).expect("no errors").warnings
+}
+
+const UFW: &str = "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\"}\n";
+
+#[test]
+fn a_router_whose_ufw_drops_forwarded_packets_is_warned_about() {
+    let role = format!("{UFW}sysctl:\n  net.ipv4.ip_forward: \"1\"\n");
+    let w = warnings(&[("roles/base.yaml", &role)]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0].code, w[0].line),
+        ("forward-policy", 6),
+        "at the sysctl"
+    );
+    assert_eq!(
+        w[0].message,
+        "web: sysctl net.ipv4.ip_forward = 1 makes it forward packets, but its ufw firewall drops forwarded packets (ufw's default routed policy is deny): the network of what it routes for breaks"
+    );
+    // LXD guests, and Docker told to leave iptables alone, break the same way.
+    let role = format!("{UFW}packages:\n  present: [lxd]\n");
+    assert_eq!(warnings(&[("roles/base.yaml", &role)])[0].line, 6);
+    let role = format!(
+        "{UFW}files:\n  - path: /etc/docker/daemon.json\n    content: '{{\"iptables\": false}}'\n"
+    );
+    let w = warnings(&[("roles/base.yaml", &role)]);
+    assert!(w[0].message.contains("\"iptables\": false"), "{w:?}");
+}
+
+#[test]
+fn docker_with_its_own_rules_a_stated_routed_policy_or_no_ufw_is_not_warned_about() {
+    // Docker's defaults put its FORWARD rules ahead of ufw's.
+    let role = format!(
+        "{UFW}packages:\n  present: [docker.io]\nfiles:\n  - path: /etc/docker/daemon.json\n    content: '{{\"default-runtime\": \"runsc\"}}'\n"
+    );
+    assert_eq!(warnings(&[("roles/base.yaml", &role)]), []);
+    for routed in ["allow", "deny"] {
+        let role = format!(
+            "firewall:\n  incoming: deny\n  routed: {routed}\n  rules:\n    - {{port: \"22\"}}\nsysctl:\n  net.ipv4.ip_forward: \"1\"\n"
+        );
+        assert_eq!(warnings(&[("roles/base.yaml", &role)]), [], "{routed}");
+    }
+    let role = "sysctl:\n  net.ipv4.ip_forward: \"1\"\n";
+    assert_eq!(warnings(&[("roles/base.yaml", role)]), []);
+}

@@ -932,17 +932,19 @@ impl Loader<'_> {
                 let acc = firewall.get_or_insert_with(|| RoleFirewall {
                     incoming: None,
                     outgoing: None,
+                    routed: None,
                     rules: Vec::new(),
                     origin: fw.origin.clone(),
                 });
                 for (mine, theirs) in [
                     (&mut acc.incoming, fw.incoming),
                     (&mut acc.outgoing, fw.outgoing),
+                    (&mut acc.routed, fw.routed),
                 ] {
                     match (*mine, theirs) {
                         (Some(a), Some(b)) if a != b => {
                             let d = fw.origin.error("conflict", format!("firewall default policies differ from those at {}", acc.origin))
-                                .with_help(format!("set incoming/outgoing in one role only (both roles apply to host {})", host_name));
+                                .with_help(format!("set incoming/outgoing/routed in one role only (both roles apply to host {})", host_name));
                             self.err_once(format!("fw:{}:{}", acc.origin, fw.origin), d);
                         }
                         (None, Some(b)) => {
@@ -1055,6 +1057,7 @@ impl Loader<'_> {
         Resource::Firewall(Firewall {
             incoming: fw.incoming.unwrap_or(Policy::Deny),
             outgoing: fw.outgoing.unwrap_or(Policy::Allow),
+            routed: fw.routed,
             rules,
             sites,
             origin: fw.origin,

@@ -667,7 +667,7 @@ impl<'a> Loader<'a> {
         if let Some(f) = &fleet_file {
             self.check_canaries(&settings, f, &hosts, &broken_hosts);
         }
-        let fleet = Fleet {
+        let mut fleet = Fleet {
             name: fleet_file?.fleet.value,
             commit: None,
             hosts,
@@ -681,6 +681,7 @@ impl<'a> Loader<'a> {
             settings,
             group_rollouts,
             source: None,
+            warnings: vec![],
         };
         // Only for a config that is otherwise sound: a broken rule is
         // reported as itself, not as a lockout too.
@@ -688,6 +689,7 @@ impl<'a> Loader<'a> {
             for d in crate::model::lockout::check(&fleet) {
                 self.err(d);
             }
+            fleet.warnings = crate::model::lockout::warnings(&fleet);
         }
         Some(Resolved {
             fleet,

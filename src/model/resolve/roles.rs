@@ -333,6 +333,7 @@ impl Loader<'_> {
         RoleFirewall {
             incoming: fw.incoming.as_ref().map(|p| p.value),
             outgoing: fw.outgoing.as_ref().map(|p| p.value),
+            routed: fw.routed.as_ref().map(|p| p.value),
             rules,
             origin,
         }
