@@ -1,6 +1,7 @@
-//! `firewall:` — ufw. Observed from `ufw show added`, its defaults and its
-//! ENABLED setting; rules added before the defaults are set and the firewall
-//! enabled, so SSH is allowed before a default deny. Every firewall change
+//! `firewall:` — ufw. Observed from `ufw show added`, its defaults (the
+//! routed one only managed when stated) and its ENABLED setting; rules (on
+//! an interface too: `in on IFACE`) added before the defaults are set and
+//! the firewall enabled, so SSH is allowed before a default deny. Every firewall change
 //! is guarded by the lockout rollback. Rules in forms tidekeeper does not
 //! write are left in place and reported.
 

@@ -1,8 +1,12 @@
-//! The lockout check: would a host's firewall (its ufw rules, or its cloud
-//! firewall) keep tidekeeper's own SSH connection out? Where tidekeeper
-//! connects from is the jump host's address (`ssh.via`), or the controller's
-//! stated ranges (`defaults.ssh.from`). Pure; run when the config is loaded,
-//! so nothing that would shut tidekeeper out is ever applied.
+//! The lockout check: would a host's desired state keep tidekeeper's own SSH
+//! connection out — its firewall (ufw rules, cloud firewall), a fail2ban
+//! jail that does not ignore tidekeeper ([`fail2ban`]), or SSH only through
+//! a tunnel nobody keeps up, also across a reboot job ([`tunnel`])? Where
+//! tidekeeper connects from is the jump host's address (`ssh.via`), or the
+//! controller's stated ranges (`defaults.ssh.from`). Pure; run when the
+//! config is loaded, so nothing that would shut tidekeeper out is ever
+//! applied. What breaks without shutting tidekeeper out (a router whose ufw
+//! drops forwarded packets, [`forward`]) is a warning.
 
 use super::check::Net;
 use super::desired::{Fleet, Host, Jump, Policy, Resource, RuleAction, SshAddress};
