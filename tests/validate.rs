@@ -1702,6 +1702,22 @@ fn a_router_whose_ufw_drops_forwarded_packets_is_a_warning_that_refuses_nothing(
 }
 
 #[test]
+fn a_host_reached_at_its_tailnet_address_with_a_reboot_job_needs_tailscaled_at_boot() {
+    let jobs = "jobs:\n  - name: kernel\n    cron: \"0 3 * * SUN\"\n    hosts: {names: [web]}\n    upgrade: {reboot: always}\n";
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 100.101.2.3\nroles: [base]\n",
+        )
+        .file("schedules.yaml", jobs)
+        .fails_with(
+            "hosts/web.yaml:2:10",
+            "lockout",
+            "web: SSH (port 22) reaches it only through its tailnet address 100.101.2.3 (Tailscale), and job kernel (schedules.yaml:2:11) reboots it, but the config does not start tailscaled at boot: after the reboot tidekeeper is locked out",
+        );
+}
+
+#[test]
 fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
     let d = minimal()
         .file(

@@ -528,6 +528,12 @@ pub struct Host {
     /// less for a proposal (see [`crate::proposal`]).
     #[serde(skip)]
     pub trust: Trust,
+    /// Where `address:` is written (None: not written, or assigned).
+    #[serde(skip)]
+    pub address_origin: Option<Origin>,
+    /// `lockout_ok:` of the host file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockout_ok: Option<String>,
     pub origin: Origin,
 }
 

@@ -414,6 +414,11 @@ pub struct HostFile {
     pub labels: BTreeMap<String, S<String>>,
     #[schemars(with = "Option<bool>")]
     pub allow_destroy: Option<S<bool>>,
+    /// Acknowledges a lockout risk of how the host is reached (at its
+    /// tailnet address, with nothing keeping Tailscale up): why it is fine.
+    /// See docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
     /// For `count: N` groups: how the daemon rolls a commit out over the
     /// group's hosts (instead of the fleet's `rollout:`).
     pub rollout: Option<RolloutSpec>,

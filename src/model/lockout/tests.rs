@@ -325,3 +325,34 @@ fn docker_with_its_own_rules_a_stated_routed_policy_or_no_ufw_is_not_warned_abou
     let role = "sysctl:\n  net.ipv4.ip_forward: \"1\"\n";
     assert_eq!(warnings(&[("roles/base.yaml", role)]), []);
 }
+
+#[test]
+fn a_host_reached_at_its_tailnet_address_depends_on_tailscale() {
+    let host = "provider: existing\naddress: 100.92.17.41\nroles: [base]\n";
+    let load_with = |host: &str, role: &str| {
+        let mut t = ConfigTree::default();
+        t.insert_file("tidekeeper.yaml", FLEET.as_bytes().to_vec());
+        t.insert_file("hosts/web.yaml", host.as_bytes().to_vec());
+        t.insert_file("roles/base.yaml", role.as_bytes().to_vec());
+        crate::model::load(&t).map_err(|d| d.0)
+    };
+    let errs = load_with(host, "packages:\n  present: [jq]\n").unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(
+        (errs[0].file.as_str(), errs[0].line, errs[0].column),
+        ("hosts/web.yaml", 2, 10),
+        "the address"
+    );
+    assert_eq!(
+        errs[0].message,
+        "web: SSH (port 22) reaches it only through its tailnet address 100.92.17.41 (Tailscale), and the config neither keeps tailscaled up (package tailscale, service tailscaled) nor checks it: when tailscaled stops, tidekeeper is locked out"
+    );
+    let help = errs[0].help.as_deref().unwrap();
+    assert!(
+        help.contains("`address:`") && help.contains("on the host"),
+        "{help}"
+    );
+    assert!(load_with(host, TAILSCALE_KEPT_UP).is_ok());
+    let acknowledged = format!("{host}lockout_ok: \"tailscale comes with the image\"\n");
+    assert!(load_with(&acknowledged, "packages:\n  present: [jq]\n").is_ok());
+}

@@ -14,6 +14,7 @@ use crate::model::desired::{
 use crate::model::diag::Diagnostic;
 
 /// A tunnel and what keeps it up.
+#[derive(Clone)]
 struct Tunnel {
     /// How the user knows it: `tailscale0 (Tailscale)`.
     via: String,
@@ -25,6 +26,31 @@ struct Tunnel {
 
 /// Tailscale's addresses: a source inside them comes through the tailnet.
 const TAILNET: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
+
+fn in_tailnet(n: &Net) -> bool {
+    TAILNET
+        .iter()
+        .filter_map(|t| Net::parse(t))
+        .any(|t| t.contains(n))
+}
+
+fn tailscale(via: String) -> Tunnel {
+    Tunnel {
+        via,
+        packages: &["tailscale"],
+        unit: "tailscaled".into(),
+    }
+}
+
+/// What makes SSH depend on the tunnel: a rule, or the address tidekeeper
+/// connects to. Where it is written, its `lockout_ok`, and the way around.
+struct Cause {
+    site: RuleSite,
+    /// How to reach the host without the tunnel.
+    bypass: &'static str,
+    /// Where `lockout_ok` goes.
+    ack_on: &'static str,
+}
 
 /// The tunnel behind an interface, by the names its tools give it. Other
 /// interfaces (eth1, a provider's private network) need no daemon.
@@ -60,15 +86,7 @@ fn rule_tunnel(r: &FirewallRule) -> Option<Tunnel> {
         return tunnel_of(i);
     }
     let from = Net::parse(&r.from)?;
-    let inside = TAILNET
-        .iter()
-        .filter_map(|t| Net::parse(t))
-        .any(|t| t.contains(&from));
-    inside.then(|| Tunnel {
-        via: format!("the tailnet's addresses ({}, Tailscale)", r.from),
-        packages: &["tailscale"],
-        unit: "tailscaled".into(),
-    })
+    in_tailnet(&from).then(|| tailscale(format!("the tailnet's addresses ({}, Tailscale)", r.from)))
 }
 
 /// Does the rule let SSH in from (some of) where tidekeeper connects?
@@ -87,9 +105,40 @@ fn admits(r: &FirewallRule, port: u16, src: &Sources) -> bool {
         }
 }
 
-/// The tunnel SSH depends on, and the rule that makes it so: every ufw
-/// rule that lets tidekeeper in goes through one.
-fn dependence<'a>(h: &'a Host, src: &Sources) -> Option<(Tunnel, &'a RuleSite)> {
+/// The tunnel SSH depends on, and why: every ufw rule that lets tidekeeper
+/// in goes through one, or tidekeeper connects to the host's tailnet
+/// address (which exists only while tailscaled runs).
+fn dependence(h: &Host, src: &Sources) -> Option<(Tunnel, Cause)> {
+    if let Some((t, site)) = rule_dependence(h, src) {
+        let cause = Cause {
+            site: site.clone(),
+            bypass: "also allow SSH from where tidekeeper connects without the tunnel (a rule without `interface:`)",
+            ack_on: "this rule",
+        };
+        return Some((t, cause));
+    }
+    let addr = match h.ssh.address {
+        crate::model::desired::SshAddress::Private => h.private_address.as_ref(),
+        crate::model::desired::SshAddress::Public => h.address.as_ref(),
+    }?;
+    let net = Net::parse(addr).filter(in_tailnet)?;
+    let site = RuleSite {
+        origin: h.address_origin.clone().unwrap_or_else(|| h.origin.clone()),
+        lockout_ok: h.lockout_ok.clone(),
+    };
+    let cause = Cause {
+        site,
+        bypass: "reach it at an address that needs no tunnel (`address:`)",
+        ack_on: "the host",
+    };
+    Some((
+        tailscale(format!("its tailnet address {} (Tailscale)", net.addr)),
+        cause,
+    ))
+}
+
+/// The tunnel the ufw rules make SSH depend on, and the rule.
+fn rule_dependence<'a>(h: &'a Host, src: &Sources) -> Option<(Tunnel, &'a RuleSite)> {
     let port = h.ssh.port;
     for r in &h.resources {
         let Resource::Firewall(fw) = r else { continue };
@@ -161,10 +210,12 @@ fn checked(fleet: &Fleet, h: &Host, t: &Tunnel) -> bool {
 /// An error when SSH reaches `h` only through a tunnel the config does not
 /// keep up (or check), or, for a host a job reboots, does not start at boot.
 pub(super) fn check(fleet: &Fleet, h: &Host, src: &Sources) -> Option<Diagnostic> {
-    let (t, site) = dependence(h, src)?;
+    let (t, cause) = dependence(h, src)?;
+    let site = &cause.site;
     if site.lockout_ok.is_some() {
         return None;
     }
+    let bypass = cause.bypass;
     let (managed, at_boot) = kept_up(h, &t);
     let port = h.ssh.port;
     let (unit, package) = (&t.unit, t.packages[0]);
@@ -176,14 +227,17 @@ pub(super) fn check(fleet: &Fleet, h: &Host, src: &Sources) -> Option<Diagnostic
                 _ => false,
             }
     });
-    let ack = "or acknowledge the risk with `lockout_ok: \"<why>\"` on this rule";
+    let ack = format!(
+        "or acknowledge the risk with `lockout_ok: \"<why>\"` on {}",
+        cause.ack_on
+    );
     if let Some(job) = reboot.filter(|_| !at_boot) {
         let message = format!(
             "{}: SSH (port {port}) reaches it only through {}, and job {} ({}) reboots it, but the config does not start {unit} at boot: after the reboot tidekeeper is locked out",
             h.name, t.via, job.name, job.origin
         );
         let help = format!(
-            "manage the tunnel so it comes back after a reboot (package {package}; service {unit} with `enabled: true`), or also allow SSH from where tidekeeper connects without the tunnel (a rule without `interface:`), {ack}"
+            "manage the tunnel so it comes back after a reboot (package {package}; service {unit} with `enabled: true`), or {bypass}, {ack}"
         );
         return Some(site.origin.error("lockout", message).with_help(help));
     }
@@ -195,7 +249,7 @@ pub(super) fn check(fleet: &Fleet, h: &Host, src: &Sources) -> Option<Diagnostic
         h.name, t.via
     );
     let help = format!(
-        "also allow SSH from where tidekeeper connects without the tunnel (a rule without `interface:`), or manage the tunnel (package {package}; service {unit} with `enabled: true` and `state: running`), {ack}"
+        "{bypass}, or manage the tunnel (package {package}; service {unit} with `enabled: true` and `state: running`), {ack}"
     );
     Some(site.origin.error("lockout", message).with_help(help))
 }

@@ -377,6 +377,7 @@ impl Loader<'_> {
         let count = h.count.as_ref().map(|c| c.value);
         let provider = h.provider.value;
         let p_at = at(file, &h.provider);
+        self.lockout_ok(file, &h.lockout_ok);
         let server = self.server(file, &p_at, provider, h, settings);
         self.check_address(file, &p_at, provider, h);
         let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
@@ -430,6 +431,8 @@ impl Loader<'_> {
                 cost: cost.clone(),
                 cloud_host_key: None,
                 trust: Default::default(),
+                address_origin: h.address.as_ref().map(|a| at(file, a)),
+                lockout_ok: opt(&h.lockout_ok),
                 origin: name_origin.clone(),
             };
             let ctx = self.template_context(&host, fleet_name);

@@ -236,7 +236,7 @@ impl Loader<'_> {
 
     /// `lockout_ok:` says why a lockout risk is acceptable: an empty one
     /// says nothing.
-    fn lockout_ok(&mut self, file: &str, ack: &Option<S<String>>) {
+    pub(super) fn lockout_ok(&mut self, file: &str, ack: &Option<S<String>>) {
         if let Some(a) = ack
             && a.value.trim().is_empty()
         {
