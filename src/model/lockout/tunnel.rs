@@ -9,12 +9,11 @@ use super::Sources;
 use crate::model::check::Net;
 use crate::model::desired::{
     FirewallRule, Fleet, HealthCheck, Host, JobKind, PackageState, Policy, RebootPolicy, Resource,
-    RuleAction, RuleSite, ServiceState,
+    RuleAction, RuleSite, ServiceState, SshAddress,
 };
 use crate::model::diag::Diagnostic;
 
 /// A tunnel and what keeps it up.
-#[derive(Clone)]
 struct Tunnel {
     /// How the user knows it: `tailscale0 (Tailscale)`.
     via: String,
@@ -118,8 +117,8 @@ fn dependence(h: &Host, src: &Sources) -> Option<(Tunnel, Cause)> {
         return Some((t, cause));
     }
     let addr = match h.ssh.address {
-        crate::model::desired::SshAddress::Private => h.private_address.as_ref(),
-        crate::model::desired::SshAddress::Public => h.address.as_ref(),
+        SshAddress::Private => h.private_address.as_ref(),
+        SshAddress::Public => h.address.as_ref(),
     }?;
     let net = Net::parse(addr).filter(in_tailnet)?;
     let site = RuleSite {
