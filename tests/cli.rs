@@ -63,6 +63,52 @@ fn init_refuses_a_non_empty_directory() {
     );
 }
 
+/// A warning is said, located, and refuses nothing: validate exits 0.
+#[test]
+fn a_warning_is_located_on_stderr_and_in_json_and_validate_still_passes() {
+    let tmp = TempDir::new("warning");
+    let repo = tmp.path().join("fleet");
+    std::fs::create_dir_all(repo.join("hosts")).unwrap();
+    std::fs::create_dir_all(repo.join("roles")).unwrap();
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: test\n").unwrap();
+    std::fs::write(
+        repo.join("hosts/gw.yaml"),
+        "provider: existing\naddress: 192.0.2.2\nroles: [router]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("roles/router.yaml"),
+        "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\"}\nsysctl:\n  net.ipv4.ip_forward: \"1\"\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a router"]);
+    let out = tidekeeper()
+        .args(["validate", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "roles/router.yaml:6:24: warning[forward-policy]: gw: sysctl net.ipv4.ip_forward = 1"
+        ),
+        "{stderr}"
+    );
+    let out = tidekeeper()
+        .args(["validate", "--format", "json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["warnings"][0]["code"], "forward-policy");
+    assert_eq!(v["warnings"][0]["line"], 6);
+}
+
 #[test]
 fn invalid_commit_exits_one_with_located_errors() {
     let tmp = TempDir::new("invalid");

@@ -1230,3 +1230,37 @@ fn the_timezone_setting_is_planned_before_to_after_applied_and_kept() {
     );
     assert_eq!(zone().0, "/usr/share/zoneinfo/Europe/Berlin");
 }
+
+/// Rules on an interface and the routed (forward) policy on a real ufw:
+/// applied as written and read back the same, so the next plan is empty.
+#[test]
+fn rules_on_an_interface_and_the_routed_policy_converge_on_a_real_ufw() {
+    let bed = Testbed::start(1);
+    let role = "packages:\n  present: [ufw]\nfirewall:\n  incoming: deny\n  routed: allow\n  rules:\n    - {port: \"22\", from: 10.213.0.0/16}\n    - {port: \"51820\", proto: udp, interface: wg0}\n    - {port: \"9100\", from: 10.213.0.0/16, interface: eth1}\n";
+    let repo = FleetRepo::minimal(&bed, &[("fw", role)]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  ssh: {from: [10.213.0.0/16]}\n",
+    );
+    repo.commit("tidekeeper connects from the test network");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let added = bed.ssh_ok(0, "ufw show added");
+    assert!(
+        added.contains("ufw allow in on wg0 to any port 51820 proto udp"),
+        "{added}"
+    );
+    assert!(
+        added.contains("ufw allow in on eth1 from 10.213.0.0/16 to any port 9100 proto tcp"),
+        "{added}"
+    );
+    let forward = bed.ssh_ok(0, "grep ^DEFAULT_FORWARD_POLICY= /etc/default/ufw");
+    assert_eq!(forward.trim(), "DEFAULT_FORWARD_POLICY=\"ACCEPT\"");
+    let out = repo.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "read back as written: {}",
+        text(&out)
+    );
+}

@@ -1656,6 +1656,140 @@ fn a_cloud_firewall_counts_for_public_connections_only() {
 }
 
 #[test]
+fn a_fail2ban_jail_that_would_ban_the_jump_host_is_a_lockout_at_its_file_entry() {
+    // web is reached through gate (192.0.2.9): its sshd jail must ignore gate.
+    let role = |ignoreip: &str| {
+        format!(
+            "packages:\n  present: [fail2ban]\nfiles:\n  - path: /etc/fail2ban/jail.local\n    content: \"[DEFAULT]\\nignoreip = {ignoreip}\\n[sshd]\\nenabled = true\\n\"\n"
+        )
+    };
+    let fleet = |ignoreip: &str| {
+        minimal()
+            .file("roles/base.yaml", role(ignoreip))
+            .file("roles/open.yaml", "packages:\n  present: [jq]\n")
+            .file(
+                "hosts/gate.yaml",
+                "provider: existing\naddress: 192.0.2.9\nroles: [open]\n",
+            )
+            .file(
+                "hosts/web.yaml",
+                "provider: existing\naddress: 10.1.0.2\nssh: {via: gate}\nroles: [base]\n",
+            )
+    };
+    let d = fleet("127.0.0.1/8 ::1").fails_with(
+        "roles/base.yaml:4:11",
+        "lockout",
+        "web: fail2ban's sshd jail (enabled in /etc/fail2ban/jail.local line 4) would ban tidekeeper, which connects from 192.0.2.9, after a few failed logins: its ignoreip is \"127.0.0.1/8 ::1\"",
+    );
+    assert!(
+        d.help
+            .unwrap()
+            .contains("ignoreip = 127.0.0.1/8 ::1 192.0.2.9"),
+        "the fix names the address"
+    );
+    fleet("127.0.0.1/8 ::1 192.0.2.0/24")
+        .load()
+        .expect("the jump host is ignored");
+    fleet("127.0.0.1/8")
+        .file(
+            "roles/base.yaml",
+            role("127.0.0.1/8") + "    lockout_ok: \"the provider's rescue console unbans\"\n",
+        )
+        .load()
+        .expect("acknowledged on the file entry");
+}
+
+#[test]
+fn ssh_only_over_a_tunnel_a_reboot_job_does_not_bring_back_is_a_lockout_naming_the_job() {
+    let role = |service: &str| {
+        format!(
+            "packages:\n  present: [wireguard-tools]\nservices:\n  - {{name: wg-quick@wg0, {service}}}\nfirewall:\n  incoming: deny\n  rules:\n    - port: \"22\"\n      interface: wg0\n"
+        )
+    };
+    let jobs = "jobs:\n  - name: patch-tuesday\n    cron: \"0 4 * * TUE\"\n    hosts: {names: [web]}\n    upgrade: {reboot: always}\n";
+    let fleet = "fleet: test\ndefaults:\n  ssh: {from: [10.8.0.1/32]}\n";
+    let d = minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file("roles/base.yaml", role("state: running"))
+        .file("schedules.yaml", jobs)
+        .fails_with(
+            "roles/base.yaml:9:18",
+            "lockout",
+            "web: SSH (port 22) reaches it only through wg0 (WireGuard), and job patch-tuesday (schedules.yaml:2:11) reboots it, but the config does not start wg-quick@wg0 at boot: after the reboot tidekeeper is locked out",
+        );
+    assert!(
+        d.help
+            .unwrap()
+            .contains("service wg-quick@wg0 with `enabled: true`")
+    );
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file("roles/base.yaml", role("enabled: true, state: running"))
+        .file("schedules.yaml", jobs)
+        .load()
+        .expect("the tunnel comes back at boot");
+    minimal()
+        .file("tidekeeper.yaml", fleet)
+        .file(
+            "roles/base.yaml",
+            role("state: running") + "      lockout_ok: \"the provider's console brings it up\"\n",
+        )
+        .file("schedules.yaml", jobs)
+        .load()
+        .expect("acknowledged on the rule");
+    minimal()
+        .file(
+            "roles/base.yaml",
+            "firewall:\n  rules:\n    - {port: \"22\", interface: \"-wg0\"}\n",
+        )
+        .fails_with(
+            "roles/base.yaml:3:31",
+            "invalid-value",
+            "interface \"-wg0\" is not an interface name (up to 15 letters, digits, -_.@+)",
+        );
+}
+
+#[test]
+fn a_router_whose_ufw_drops_forwarded_packets_is_a_warning_that_refuses_nothing() {
+    let role = "firewall:\n  incoming: deny\n  rules:\n    - {port: \"22\"}\nsysctl:\n  net.ipv4.ip_forward: \"1\"\n";
+    let fleet = minimal()
+        .file("roles/base.yaml", role)
+        .load()
+        .expect("a warning is no error");
+    assert_eq!(fleet.warnings.len(), 1, "{:?}", fleet.warnings);
+    let w = &fleet.warnings[0];
+    assert_eq!(
+        (w.location().as_str(), w.code),
+        ("roles/base.yaml:6:24", "forward-policy")
+    );
+    assert!(
+        w.warning_text().starts_with("roles/base.yaml:6:24: warning[forward-policy]: web: sysctl net.ipv4.ip_forward = 1 makes it forward packets, but its ufw firewall drops forwarded packets"),
+        "{}",
+        w.warning_text()
+    );
+    assert!(w.help.as_deref().unwrap().contains("`routed: allow`"));
+    let stated = role.replace("incoming: deny\n", "incoming: deny\n  routed: allow\n");
+    let fleet = minimal().file("roles/base.yaml", stated).load().unwrap();
+    assert!(fleet.warnings.is_empty(), "{:?}", fleet.warnings);
+}
+
+#[test]
+fn a_host_reached_at_its_tailnet_address_with_a_reboot_job_needs_tailscaled_at_boot() {
+    let jobs = "jobs:\n  - name: kernel\n    cron: \"0 3 * * SUN\"\n    hosts: {names: [web]}\n    upgrade: {reboot: always}\n";
+    minimal()
+        .file(
+            "hosts/web.yaml",
+            "provider: existing\naddress: 100.101.2.3\nroles: [base]\n",
+        )
+        .file("schedules.yaml", jobs)
+        .fails_with(
+            "hosts/web.yaml:2:10",
+            "lockout",
+            "web: SSH (port 22) reaches it only through its tailnet address 100.101.2.3 (Tailscale), and job kernel (schedules.yaml:2:11) reboots it, but the config does not start tailscaled at boot: after the reboot tidekeeper is locked out",
+        );
+}
+
+#[test]
 fn an_owners_line_or_codeowners_line_that_is_not_codeowners_is_an_error_at_its_line() {
     let d = minimal()
         .file(

@@ -343,6 +343,13 @@ fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
     let checked = model::load(tree).and_then(crate::engine::kinds::known_settings);
+    if let Ok(fleet) = &checked
+        && format != Format::Json
+    {
+        for w in &fleet.warnings {
+            eprintln!("{}", w.warning_text());
+        }
+    }
     checked.map_err(|diags| {
         let n = diags.len();
         let (stdout, mut stderr) = match format {

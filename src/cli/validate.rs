@@ -28,6 +28,7 @@ pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> CliRe
                 "commit": fleet.commit,
                 "hosts": fleet.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
                 "jobs": fleet.jobs.iter().map(|j| &j.name).collect::<Vec<_>>(),
+                "warnings": fleet.warnings,
             })
         ),
         _ => println!("{}", summary(&fleet, &tree)),

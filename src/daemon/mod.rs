@@ -442,6 +442,9 @@ impl Ctx {
                 }
                 Err(e) => return Err(vec![e.to_string()]),
             };
+            for w in &fleet.warnings {
+                warn!(commit = %c, "{}", w.warning_text());
+            }
             Ok((fleet, Arc::new(tree.policies())))
         })
         .await

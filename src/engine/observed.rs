@@ -182,6 +182,8 @@ pub struct FirewallState {
     pub enabled: bool,
     pub incoming: String,
     pub outgoing: String,
+    /// ufw's policy for forwarded packets (`deny` when ufw says DROP).
+    pub routed: String,
     pub rules: Vec<FirewallRule>,
     /// Rules in forms tidekeeper does not write (left alone).
     pub foreign: Vec<String>,

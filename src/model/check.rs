@@ -240,6 +240,19 @@ pub(crate) fn proto(p: &str) -> Result<(), String> {
     }
 }
 
+/// A network interface name as Linux allows it (`eth0`, `tailscale0`,
+/// `wg0`): up to 15 characters, no `/`, whitespace or leading dash.
+pub(crate) fn interface(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+'));
+    ok.then_some(()).ok_or_else(|| {
+        format!("interface {s:?} is not an interface name (up to 15 letters, digits, -_.@+)")
+    })
+}
+
 /// An address or network: `10.0.0.2`, `10.0.0.0/16`, `2001:db8::1/128`, or `any`.
 pub(crate) fn cidr(s: &str) -> Result<(), String> {
     if s == "any" {

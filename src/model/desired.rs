@@ -45,6 +45,10 @@ pub struct Fleet {
     /// addresses a provider assigns: rendered again once they are known.
     #[serde(skip)]
     pub source: Option<Source>,
+    /// What the config would break without locking tidekeeper out
+    /// (`validate` and `plan` show them; nothing is refused).
+    #[serde(skip)]
+    pub warnings: Vec<super::diag::Diagnostic>,
 }
 
 /// What one server is reached at, as its provider assigned it.
@@ -126,7 +130,9 @@ pub(crate) struct RoleDef {
 pub(crate) struct RoleFirewall {
     pub(crate) incoming: Option<Policy>,
     pub(crate) outgoing: Option<Policy>,
-    pub(crate) rules: Vec<(FirewallRule, Origin)>,
+    pub(crate) routed: Option<Policy>,
+    /// Each rule, where its `from` is (for template errors), and its site.
+    pub(crate) rules: Vec<(FirewallRule, Origin, RuleSite)>,
     pub(crate) origin: Origin,
 }
 
@@ -544,6 +550,12 @@ pub struct Host {
     /// less for a proposal (see [`crate::proposal`]).
     #[serde(skip)]
     pub trust: Trust,
+    /// Where `address:` is written (None: not written, or assigned).
+    #[serde(skip)]
+    pub address_origin: Option<Origin>,
+    /// `lockout_ok:` of the host file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockout_ok: Option<String>,
     pub origin: Origin,
 }
 
@@ -736,6 +748,10 @@ pub struct FileResource {
     pub group: Option<String>,
     pub validate: Option<String>,
     pub notify: Vec<String>,
+    /// `lockout_ok:` — why a lockout risk the lockout check sees in this
+    /// file is acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockout_ok: Option<String>,
     pub origin: Origin,
 }
 
@@ -773,8 +789,23 @@ pub struct UserResource {
 pub struct Firewall {
     pub incoming: Policy,
     pub outgoing: Policy,
+    /// ufw's policy for forwarded packets; None: not managed (ufw's default
+    /// is deny).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routed: Option<Policy>,
     pub rules: Vec<FirewallRule>,
+    /// Where each rule is written, in the order of `rules`.
+    #[serde(skip)]
+    pub sites: Vec<RuleSite>,
     pub origin: Origin,
+}
+
+/// Where a firewall rule is written, and its `lockout_ok:`.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSite {
+    /// Its `interface:` if it has one, else its `port:` or `from:`.
+    pub origin: Origin,
+    pub lockout_ok: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -784,6 +815,9 @@ pub struct FirewallRule {
     pub to_port: Option<u16>,
     pub proto: String,
     pub from: String,
+    /// Only packets coming in on this interface (`in on IFACE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     pub comment: Option<String>,
 }
 

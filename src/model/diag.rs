@@ -85,6 +85,22 @@ impl Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The diagnostic as a warning: `file:line:col: warning[code]: …`.
+    pub fn warning_text(&self) -> String {
+        let mut s = format!(
+            "{}: warning[{}]: {}",
+            self.location(),
+            self.code,
+            self.message
+        );
+        if let Some(help) = &self.help {
+            s.push_str(&format!("\n  help: {help}"));
+        }
+        s
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -442,6 +442,11 @@ pub struct HostFile {
     pub labels: BTreeMap<String, S<String>>,
     #[schemars(with = "Option<bool>")]
     pub allow_destroy: Option<S<bool>>,
+    /// Acknowledges a lockout risk of how the host is reached (at its
+    /// tailnet address, with nothing keeping Tailscale up): why it is fine.
+    /// See docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
     /// For `count: N` groups: how the daemon rolls a commit out over the
     /// group's hosts (instead of the fleet's `rollout:`).
     pub rollout: Option<RolloutSpec>,
@@ -628,6 +633,10 @@ pub struct FileSpec {
     pub notify: Vec<S<String>>,
     #[schemars(with = "Option<bool>")]
     pub sensitive: Option<S<bool>>,
+    /// Acknowledges a lockout risk this file brings (a fail2ban jail that
+    /// could ban tidekeeper): why it is fine. See docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -721,6 +730,10 @@ pub struct FirewallSpec {
     pub incoming: Option<S<Policy>>,
     #[schemars(with = "Option<Policy>")]
     pub outgoing: Option<S<Policy>>,
+    /// Forwarded packets (`ufw default … routed`); unset: left as it is
+    /// (ufw's own default is deny).
+    #[schemars(with = "Option<Policy>")]
+    pub routed: Option<S<Policy>>,
     #[serde(default)]
     pub rules: Vec<FirewallRuleSpec>,
 }
@@ -744,8 +757,17 @@ pub struct FirewallRuleSpec {
     pub proto: Option<S<String>>,
     #[schemars(with = "Option<String>")]
     pub from: Option<S<String>>,
+    /// Only on this network interface (`ufw allow in on IFACE`), e.g.
+    /// `tailscale0` or `wg0`.
+    #[schemars(with = "Option<String>")]
+    pub interface: Option<S<String>>,
     #[schemars(with = "Option<String>")]
     pub comment: Option<S<String>>,
+    /// Acknowledges a lockout risk of this rule (SSH only through a tunnel
+    /// whose service the config does not keep up): why it is fine. See
+    /// docs/safety.md.
+    #[schemars(with = "Option<String>")]
+    pub lockout_ok: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize, JsonSchema)]

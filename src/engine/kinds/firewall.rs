@@ -1,6 +1,7 @@
-//! `firewall:` — ufw. Observed from `ufw show added`, its defaults and its
-//! ENABLED setting; rules added before the defaults are set and the firewall
-//! enabled, so SSH is allowed before a default deny. Every firewall change
+//! `firewall:` — ufw. Observed from `ufw show added`, its defaults (the
+//! routed one only managed when stated) and its ENABLED setting; rules (on
+//! an interface too: `in on IFACE`) added before the defaults are set and
+//! the firewall enabled, so SSH is allowed before a default deny. Every firewall change
 //! is guarded by the lockout rollback. Rules in forms tidekeeper does not
 //! write are left in place and reported.
 
@@ -23,7 +24,7 @@ pub(crate) fn probe(items: &[Item], root: &str) -> String {
     format!(
         "if command -v ufw >/dev/null; then printf '{ufw}\\tinstalled\\n'; \
          ufw show added | sed '1d;s/^/{rule}\\t/'; \
-         sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
+         sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\|FORWARD\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
          sed -n 's/^ENABLED=\\(.*\\)/{enabled}\\t\\1/p' {conf}; fi\n",
         defaults = Word::quoted(&format!("{root}/etc/default/ufw")),
         conf = Word::quoted(&format!("{root}/etc/ufw/ufw.conf")),
@@ -61,10 +62,10 @@ impl Ufw {
                     other => other,
                 }
                 .to_string();
-                if which == "INPUT" {
-                    fw.incoming = word;
-                } else {
-                    fw.outgoing = word;
+                match which {
+                    "INPUT" => fw.incoming = word,
+                    "FORWARD" => fw.routed = word,
+                    _ => fw.outgoing = word,
                 }
             }
             Tag::UfwEnabled => fw.enabled = record.trim() == "yes",
@@ -89,6 +90,9 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
         let mut need = Need::new(Action::Create)
             .attr("incoming", None, Some(incoming.into()))
             .attr("outgoing", None, Some(outgoing.into()));
+        if let Some(r) = fw.routed {
+            need = need.attr("routed", None, Some(policy_word(r).into()));
+        }
         for r in &want {
             need = need.attr("rule", None, Some(r.clone()));
         }
@@ -107,6 +111,12 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
     }
     if o.outgoing != outgoing {
         need = need.attr("outgoing", Some(o.outgoing.clone()), Some(outgoing.into()));
+    }
+    // Unset: forwarding is not managed, whatever the host has.
+    if let Some(r) = fw.routed.map(policy_word)
+        && o.routed != r
+    {
+        need = need.attr("routed", Some(o.routed.clone()), Some(r.into()));
     }
     if !o.enabled {
         need = need.attr("enabled", Some("no".into()), Some("yes".into()));
@@ -143,7 +153,11 @@ pub(crate) fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
             body.push_str(&ufw(words));
         }
     }
-    for (policy, direction) in [(fw.incoming, "incoming"), (fw.outgoing, "outgoing")] {
+    let routed = fw.routed.map(|r| (r, "routed"));
+    for (policy, direction) in [(fw.incoming, "incoming"), (fw.outgoing, "outgoing")]
+        .into_iter()
+        .chain(routed)
+    {
         body.push_str(
             &cmd("ufw")
                 .lit("default")
@@ -205,6 +219,23 @@ fn rule_core(r: &FirewallRule) -> Vec<String> {
         _ => None,
     };
     let mut w: Vec<String> = vec![action.into()];
+    if let Some(iface) = &r.interface {
+        // ufw shows a rule on an interface in its full form only, and
+        // `to any` when nothing else follows the interface.
+        w.extend(["in".into(), "on".into(), iface.clone()]);
+        if r.from != "any" {
+            w.extend(["from".into(), ufw_source(&r.from).to_string()]);
+        }
+        match port {
+            Some(p) => w.extend(["to".into(), "any".into(), "port".into(), p]),
+            None if r.from == "any" => w.extend(["to".into(), "any".into()]),
+            None => {}
+        }
+        if r.proto != "any" {
+            w.extend(["proto".into(), r.proto.clone()]);
+        }
+        return w;
+    }
     match (port, r.from == "any") {
         (Some(p), true) if r.proto != "any" => w.push(format!("{p}/{}", r.proto)),
         (Some(p), true) => w.push(p),
@@ -246,6 +277,7 @@ pub(crate) fn parse_rule(line: &str) -> Option<FirewallRule> {
         to_port: None,
         proto: "any".into(),
         from: "any".into(),
+        interface: None,
         comment,
     };
     let parse_port = |p: &str| -> Option<(u16, u16)> {
@@ -257,13 +289,28 @@ pub(crate) fn parse_rule(line: &str) -> Option<FirewallRule> {
             }
         }
     };
-    if toks.get(1) == Some(&"from") {
-        rule.from = toks.get(2)?.to_string();
-        let mut i = 3;
+    let mut i = 1;
+    if toks.get(1..3) == Some(&["in", "on"]) {
+        rule.interface = Some(toks.get(3)?.to_string());
+        i = 4;
+        if toks.len() == 4 {
+            return None;
+        }
+    }
+    if rule.interface.is_some() || toks.get(1) == Some(&"from") {
+        // The full form: [from SRC] [to any [port P]] [proto X].
+        let mut to = false;
         while i < toks.len() {
             match toks[i] {
-                "to" if toks.get(i + 1) == Some(&"any") => i += 2,
-                "port" => {
+                "from" if !to => {
+                    rule.from = toks.get(i + 1)?.to_string();
+                    i += 2;
+                }
+                "to" if toks.get(i + 1) == Some(&"any") => {
+                    to = true;
+                    i += 2;
+                }
+                "port" if to => {
                     let (a, b) = parse_port(toks.get(i + 1)?)?;
                     (rule.from_port, rule.to_port) = (Some(a), Some(b));
                     i += 2;
@@ -358,6 +405,7 @@ mod tests {
             to_port: port,
             proto: "tcp".into(),
             from: from.into(),
+            interface: None,
             comment: comment.map(String::from),
         }
     }
@@ -366,7 +414,9 @@ mod tests {
         Rules {
             incoming: Policy::Deny,
             outgoing: Policy::Allow,
+            routed: None,
             rules,
+            sites: vec![],
             origin: Default::default(),
         }
     }
@@ -398,6 +448,7 @@ mod tests {
                 enabled: true,
                 incoming: "deny".into(),
                 outgoing: "allow".into(),
+                routed: "deny".into(),
                 rules: vec![
                     rule("any", Some(22), Some("ssh")),
                     rule("any", Some(23), None),
@@ -495,10 +546,86 @@ mod tests {
                 to_port: Some(22),
                 proto: "tcp".into(),
                 from: config.into(),
+                interface: None,
                 comment: None,
             };
             let have = parse_rule(shown).unwrap();
             assert_eq!(rule_args(&want), rule_args(&have));
         }
+    }
+
+    /// A rule on an interface is written in ufw's full form and read back
+    /// the same, so it is not planned again on every run.
+    #[test]
+    fn a_rule_on_an_interface_round_trips_through_ufws_own_form() {
+        let on = |from: &str, port: Option<u16>, proto: &str| FirewallRule {
+            interface: Some("tailscale0".into()),
+            proto: proto.into(),
+            ..rule(from, port, None)
+        };
+        for (r, shown) in [
+            (
+                on("any", Some(22), "tcp"),
+                "allow in on tailscale0 to any port 22 proto tcp",
+            ),
+            (
+                on("100.64.0.0/10", Some(22), "tcp"),
+                "allow in on tailscale0 from 100.64.0.0/10 to any port 22 proto tcp",
+            ),
+            (on("any", None, "any"), "allow in on tailscale0 to any"),
+            (
+                on("10.0.0.2/32", None, "any"),
+                "allow in on tailscale0 from 10.0.0.2",
+            ),
+        ] {
+            assert_eq!(rule_args(&r), shown);
+            let back = parse_rule(&format!("ufw {shown}")).unwrap();
+            assert_eq!(rule_args(&back), shown, "{shown}");
+            assert_eq!(back.interface.as_deref(), Some("tailscale0"));
+        }
+        // A source port is not a form tidekeeper writes.
+        assert!(parse_rule("ufw allow from 10.0.0.2 port 22").is_none());
+        assert!(parse_rule("ufw allow in on wg0").is_none());
+    }
+
+    /// `routed:` is ufw's forward policy: read from DEFAULT_FORWARD_POLICY,
+    /// set with `ufw default … routed`, and left alone when unset.
+    #[test]
+    fn the_routed_policy_is_managed_only_when_stated() {
+        let mut ufw = Ufw::default();
+        for (tag, rec) in [
+            (Tag::Ufw, "installed"),
+            (Tag::UfwPolicy, "INPUT\tDROP"),
+            (Tag::UfwPolicy, "OUTPUT\tACCEPT"),
+            (Tag::UfwPolicy, "FORWARD\tDROP"),
+            (Tag::UfwEnabled, "yes"),
+        ] {
+            ufw.record(tag, rec).unwrap();
+        }
+        let have = ufw.finish().unwrap();
+        assert_eq!(
+            (have.incoming.as_str(), have.outgoing.as_str(), have.routed.as_str()),
+            ("deny", "allow", "deny")
+        );
+        assert!(probe(&[Item::Firewall(firewall(vec![]))], "").contains("FORWARD"));
+        let unset = firewall(vec![]);
+        assert!(plan(&unset, Some(&have)).0.is_none(), "not stated, not managed");
+        let routing = Rules {
+            routed: Some(Policy::Allow),
+            ..firewall(vec![])
+        };
+        let need = plan(&routing, Some(&have)).0.unwrap();
+        let attr = need.attrs.iter().find(|a| a.name == "routed").unwrap();
+        assert_eq!(
+            (attr.before.as_deref(), attr.after.as_deref()),
+            (Some("deny"), Some("allow"))
+        );
+        let body = apply(&routing, need.action, &need.attrs);
+        assert!(
+            body.contains("ufw default allow routed >/dev/null || return\n"),
+            "{body}"
+        );
+        sh_n_step(&body);
+        assert!(!apply(&unset, Action::Create, &[]).contains("routed"));
     }
 }

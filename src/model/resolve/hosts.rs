@@ -377,6 +377,7 @@ impl Loader<'_> {
         let count = h.count.as_ref().map(|c| c.value);
         let provider = h.provider.value;
         let p_at = at(file, &h.provider);
+        self.lockout_ok(file, &h.lockout_ok);
         let server = self.server(file, &p_at, provider, h, settings);
         self.check_address(file, &p_at, provider, h);
         let ssh = self.ssh(file, &h.ssh, Some(&settings.ssh));
@@ -431,6 +432,8 @@ impl Loader<'_> {
                 cost: cost.clone(),
                 cloud_host_key: None,
                 trust: Default::default(),
+                address_origin: h.address.as_ref().map(|a| at(file, a)),
+                lockout_ok: opt(&h.lockout_ok),
                 origin: name_origin.clone(),
             };
             let ctx = self.template_context(&host, fleet_name);
@@ -971,17 +974,19 @@ impl Loader<'_> {
                 let acc = firewall.get_or_insert_with(|| RoleFirewall {
                     incoming: None,
                     outgoing: None,
+                    routed: None,
                     rules: Vec::new(),
                     origin: fw.origin.clone(),
                 });
                 for (mine, theirs) in [
                     (&mut acc.incoming, fw.incoming),
                     (&mut acc.outgoing, fw.outgoing),
+                    (&mut acc.routed, fw.routed),
                 ] {
                     match (*mine, theirs) {
                         (Some(a), Some(b)) if a != b => {
                             let d = fw.origin.error("conflict", format!("firewall default policies differ from those at {}", acc.origin))
-                                .with_help(format!("set incoming/outgoing in one role only (both roles apply to host {})", host_name));
+                                .with_help(format!("set incoming/outgoing/routed in one role only (both roles apply to host {})", host_name));
                             self.err_once(format!("fw:{}:{}", acc.origin, fw.origin), d);
                         }
                         (None, Some(b)) => {
@@ -1070,7 +1075,8 @@ impl Loader<'_> {
         host_name: &str,
     ) -> Resource {
         let mut rules: Vec<FirewallRule> = Vec::new();
-        for (mut rule, from_at) in fw.rules {
+        let mut sites = Vec::new();
+        for (mut rule, from_at, site) in fw.rules {
             if is_template(&rule.from) {
                 let Some(from) = self.render_str(t, &rule.from, ctx, &from_at, host_name) else {
                     continue;
@@ -1087,12 +1093,15 @@ impl Loader<'_> {
             }
             if !rules.contains(&rule) {
                 rules.push(rule);
+                sites.push(site);
             }
         }
         Resource::Firewall(Firewall {
             incoming: fw.incoming.unwrap_or(Policy::Deny),
             outgoing: fw.outgoing.unwrap_or(Policy::Allow),
+            routed: fw.routed,
             rules,
+            sites,
             origin: fw.origin,
         })
     }

@@ -668,7 +668,7 @@ impl<'a> Loader<'a> {
             self.check_canaries(&settings, f, &hosts, &broken_hosts);
             settings.apply_windows = self.apply_windows(f, &fleetwide);
         }
-        let fleet = Fleet {
+        let mut fleet = Fleet {
             name: fleet_file?.fleet.value,
             commit: None,
             hosts,
@@ -682,6 +682,7 @@ impl<'a> Loader<'a> {
             settings,
             group_rollouts,
             source: None,
+            warnings: vec![],
         };
         // Only for a config that is otherwise sound: a broken rule is
         // reported as itself, not as a lockout too.
@@ -689,6 +690,7 @@ impl<'a> Loader<'a> {
             for d in crate::model::lockout::check(&fleet) {
                 self.err(d);
             }
+            fleet.warnings = crate::model::lockout::warnings(&fleet);
         }
         Some(Resolved {
             fleet,

@@ -82,6 +82,7 @@ impl Loader<'_> {
                         .with_help("e.g. validate: \"sshd -t -f %s\""),
                 );
             }
+            self.lockout_ok(file, &f.lockout_ok);
             let secret = f.secret.is_some();
             let sensitive = f.sensitive.as_ref().map(|s| s.value).unwrap_or(false) || secret;
             let mut base = FileResource {
@@ -96,6 +97,7 @@ impl Loader<'_> {
                 group: opt(&f.group),
                 validate: opt(&f.validate),
                 notify: f.notify.iter().map(|n| n.value.clone()).collect(),
+                lockout_ok: opt(&f.lockout_ok),
                 origin: o.clone(),
             };
             if let Some(c) = &f.content {
@@ -232,6 +234,23 @@ impl Loader<'_> {
         }
     }
 
+    /// `lockout_ok:` says why a lockout risk is acceptable: an empty one
+    /// says nothing.
+    pub(super) fn lockout_ok(&mut self, file: &str, ack: &Option<S<String>>) {
+        if let Some(a) = ack
+            && a.value.trim().is_empty()
+        {
+            self.err(
+                at(file, a)
+                    .error(
+                        "invalid-value",
+                        "lockout_ok needs the reason the risk is acceptable",
+                    )
+                    .with_help("e.g. lockout_ok: \"console access through the provider\""),
+            );
+        }
+    }
+
     /// `firewall:` — the role's rules, and its default policies where it
     /// sets them.
     fn role_firewall(&mut self, file: &str, fw: &raw::FirewallSpec) -> RoleFirewall {
@@ -268,8 +287,15 @@ impl Loader<'_> {
                     }
                 }),
                 from: opt(&rule.from).unwrap_or_else(|| "any".into()),
+                interface: opt(&rule.interface),
                 comment: opt(&rule.comment),
             };
+            if let Some(i) = &rule.interface
+                && let Err(e) = check::interface(&i.value)
+            {
+                self.err(at(file, i).error("invalid-value", e));
+            }
+            self.lockout_ok(file, &rule.lockout_ok);
             if let Some(p) = &rule.port {
                 match check::port_spec(&p.value) {
                     Ok((a, b)) => (fr.from_port, fr.to_port) = (Some(a), Some(b)),
@@ -288,8 +314,16 @@ impl Loader<'_> {
             {
                 self.err(at(file, c).error("invalid-cidr", e));
             }
+            let site = RuleSite {
+                origin: rule
+                    .interface
+                    .as_ref()
+                    .map(|i| at(file, i))
+                    .unwrap_or(o.clone()),
+                lockout_ok: opt(&rule.lockout_ok),
+            };
             let from_at = rule.from.as_ref().map(|c| at(file, c)).unwrap_or(o);
-            rules.push((fr, from_at));
+            rules.push((fr, from_at, site));
         }
         let origin = fw
             .incoming
@@ -299,6 +333,7 @@ impl Loader<'_> {
         RoleFirewall {
             incoming: fw.incoming.as_ref().map(|p| p.value),
             outgoing: fw.outgoing.as_ref().map(|p| p.value),
+            routed: fw.routed.as_ref().map(|p| p.value),
             rules,
             origin,
         }

@@ -1,12 +1,20 @@
-//! The lockout check: would a host's firewall (its ufw rules, or its cloud
-//! firewall) keep tidekeeper's own SSH connection out? Where tidekeeper
-//! connects from is the jump host's address (`ssh.via`), or the controller's
-//! stated ranges (`defaults.ssh.from`). Pure; run when the config is loaded,
-//! so nothing that would shut tidekeeper out is ever applied.
+//! The lockout check: would a host's desired state keep tidekeeper's own SSH
+//! connection out — its firewall (ufw rules, cloud firewall), a fail2ban
+//! jail that does not ignore tidekeeper ([`fail2ban`]), or SSH only through
+//! a tunnel nobody keeps up, also across a reboot job ([`tunnel`])? Where
+//! tidekeeper connects from is the jump host's address (`ssh.via`), or the
+//! controller's stated ranges (`defaults.ssh.from`). Pure; run when the
+//! config is loaded, so nothing that would shut tidekeeper out is ever
+//! applied. What breaks without shutting tidekeeper out (a router whose ufw
+//! drops forwarded packets, [`forward`]) is a warning.
 
 use super::check::Net;
 use super::desired::{Fleet, Host, Jump, Policy, Resource, RuleAction, SshAddress};
 use super::diag::Diagnostic;
+
+mod fail2ban;
+mod forward;
+mod tunnel;
 
 /// An inbound rule as both firewalls have it: sources, ports (None: all),
 /// protocol.
@@ -103,20 +111,36 @@ fn allowed_from(rules: &[Rule<'_>], port: u16) -> String {
     }
 }
 
-/// A diagnostic per host whose firewall would shut tidekeeper out.
+/// A diagnostic per way a host's desired state would shut tidekeeper out:
+/// its firewalls, fail2ban, an SSH path through an unmanaged tunnel.
 pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
     let mut out: Vec<Diagnostic> = Vec::new();
     for h in &fleet.hosts {
         if h.address.is_none() && h.server.is_none() {
             continue; // local hosts are not reached over SSH
         }
-        let port = h.ssh.port;
         let src = sources(fleet, h);
-        let mut push = |origin: &super::diag::Origin, what: &str, rules: &[Rule<'_>]| {
-            let d = origin
+        firewalls(h, &src, &mut out);
+        out.extend(fail2ban::check(h, &src));
+        out.extend(tunnel::check(fleet, h, &src));
+    }
+    out
+}
+
+/// Warnings: what would break on a host without locking tidekeeper out
+/// (a router whose ufw drops forwarded packets).
+pub(crate) fn warnings(fleet: &Fleet) -> Vec<Diagnostic> {
+    fleet.hosts.iter().filter_map(forward::check).collect()
+}
+
+/// An error per firewall (ufw, cloud) of `h` that keeps `src` out.
+fn firewalls(h: &Host, src: &Sources, out: &mut Vec<Diagnostic>) {
+    let port = h.ssh.port;
+    let mut push = |origin: &super::diag::Origin, what: &str, rules: &[Rule<'_>]| {
+        let d = origin
                 .error(
                     "lockout",
-                    match &src {
+                    match src {
                         Sources::Known(_) => format!(
                             "{}: {what} lets SSH (port {port}) in {}, but tidekeeper connects from {}: applying it would lock tidekeeper out",
                             h.name,
@@ -133,61 +157,62 @@ pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
                 .with_help(format!(
                     "allow port {port} from where tidekeeper connects, reach the host through a jump host the firewall admits (ssh.via), or state where tidekeeper connects from (defaults.ssh.from)"
                 ));
-            if !out
-                .iter()
-                .any(|o| o.file == d.file && o.line == d.line && o.message == d.message)
-            {
-                out.push(d);
-            }
-        };
-        for r in &h.resources {
-            let Resource::Firewall(fw) = r else { continue };
-            if fw.incoming == Policy::Allow {
-                continue;
-            }
-            let rules: Vec<Rule> = fw
-                .rules
-                .iter()
-                .filter(|r| matches!(r.action, RuleAction::Allow | RuleAction::Limit))
-                .map(|r| {
-                    let from = if r.from == "any" {
-                        vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
-                    } else {
-                        vec![r.from.clone()]
-                    };
-                    let ports = r.from_port.map(|a| (a, r.to_port.unwrap_or(a)));
-                    (from, ports, r.proto.as_str())
-                })
-                .collect();
-            if !admitted(&rules, port, &src) {
-                push(&fw.origin, "its ufw firewall", &rules);
-            }
-        }
-        // A cloud firewall filters public traffic only: a host reached on
-        // its private network is not behind it.
-        if let Some(s) = &h.server
-            && !s.firewall.is_empty()
-            && h.ssh.address == SshAddress::Public
+        if !out
+            .iter()
+            .any(|o| o.file == d.file && o.line == d.line && o.message == d.message)
         {
-            let rules: Vec<Rule> = s
-                .firewall
-                .iter()
-                .map(|p| {
-                    (
-                        p.from.clone(),
-                        Some((p.from_port, p.to_port)),
-                        p.proto.as_str(),
-                    )
-                })
-                .collect();
-            if !admitted(&rules, port, &src) {
-                let origin = s
-                    .firewall_origin
-                    .clone()
-                    .unwrap_or_else(|| h.origin.clone());
-                push(&origin, "its cloud firewall", &rules);
-            }
+            out.push(d);
+        }
+    };
+    for r in &h.resources {
+        let Resource::Firewall(fw) = r else { continue };
+        if fw.incoming == Policy::Allow {
+            continue;
+        }
+        let rules: Vec<Rule> = fw
+            .rules
+            .iter()
+            .filter(|r| matches!(r.action, RuleAction::Allow | RuleAction::Limit))
+            .map(|r| {
+                let from = if r.from == "any" {
+                    vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+                } else {
+                    vec![r.from.clone()]
+                };
+                let ports = r.from_port.map(|a| (a, r.to_port.unwrap_or(a)));
+                (from, ports, r.proto.as_str())
+            })
+            .collect();
+        if !admitted(&rules, port, src) {
+            push(&fw.origin, "its ufw firewall", &rules);
         }
     }
-    out
+    // A cloud firewall filters public traffic only: a host reached on
+    // its private network is not behind it.
+    if let Some(s) = &h.server
+        && !s.firewall.is_empty()
+        && h.ssh.address == SshAddress::Public
+    {
+        let rules: Vec<Rule> = s
+            .firewall
+            .iter()
+            .map(|p| {
+                (
+                    p.from.clone(),
+                    Some((p.from_port, p.to_port)),
+                    p.proto.as_str(),
+                )
+            })
+            .collect();
+        if !admitted(&rules, port, src) {
+            let origin = s
+                .firewall_origin
+                .clone()
+                .unwrap_or_else(|| h.origin.clone());
+            push(&origin, "its cloud firewall", &rules);
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;
