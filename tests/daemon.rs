@@ -1486,3 +1486,73 @@ fn a_merge_that_brings_in_a_template_input_changed_after_review_is_held_naming_t
         "run by ops\none\n"
     );
 }
+
+#[test]
+fn reconcile_applies_the_head_now_and_status_shows_the_fleet_like_flux_get() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("app", &role("one"))]);
+    // Polls far apart and no file watch: only `reconcile` makes it look.
+    let d = Daemon::start_env(
+        &repo.path,
+        &repo.key,
+        &["--poll", "600s", "--drift", "600s", "--no-watch"],
+        &[("TIDEKEEPER_API_TOKEN", "tok-rec")],
+    );
+    d.wait_applied(&head(&repo), Duration::from_secs(30));
+    repo.write("roles/app.yaml", &role("two"));
+    repo.commit("two");
+    let two = head(&repo);
+    let out = tk_at(&d, "wrong", &["reconcile"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("TIDEKEEPER_API_TOKEN"),
+        "{}",
+        text(&out)
+    );
+    let out = tk_at(&d, "tok-rec", &["reconcile", "--wait", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("applied {} to 1 host(s)", &two[..12])),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-daemon"), "two\n");
+
+    let out = tk_at(&d, "", &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        summary.contains(&format!("applied  {}  (in sync)", &two[..12])),
+        "{summary}"
+    );
+    let host = bed.host(0).name.clone();
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with(&host) && l.contains(&two[..12])),
+        "a row per host: {summary}"
+    );
+    let out = tk_at(&d, "", &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["applied_commit"], two.as_str());
+
+    // A commit that cannot be applied: --wait says why and exits 1.
+    repo.write(
+        "roles/app.yaml",
+        "files: [ {path: relative, content: x} ]\n",
+    );
+    repo.commit("broken");
+    let out = tk_at(&d, "tok-rec", &["reconcile", "--wait", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not applied: invalid config"),
+        "{}",
+        text(&out)
+    );
+    let out = tk_at(&d, "", &["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("invalid  "),
+        "{}",
+        text(&out)
+    );
+}

@@ -475,6 +475,36 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<LogOutput>,
     },
+    /// What a running daemon reports: the branch's head and applied commit,
+    /// what is held or quarantined, and each host (like `flux get`).
+    Status {
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
+        daemon: std::net::SocketAddr,
+        /// Print the daemon's status JSON instead of a summary (the same as `--format json`).
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// How to print: a summary (text) or the daemon's status JSON.
+        #[arg(long, value_enum)]
+        format: Option<LogOutput>,
+    },
+    /// Ask a running daemon to fetch and apply the branch now, and check
+    /// for drift (like `flux reconcile`); with --wait, until it is done.
+    Reconcile {
+        /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).
+        #[arg(long, default_value = "127.0.0.1:8420", value_parser = parse_daemon)]
+        daemon: std::net::SocketAddr,
+        /// The daemon's API token.
+        #[arg(long, env = "TIDEKEEPER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// Wait until the branch's head is applied (exit 0), or held,
+        /// quarantined or invalid (exit 1, saying why).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 90s, 5m).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Undo `tidekeeper suspend`.
     Resume {
         /// The daemon: HOST:PORT, HOST, or http://HOST:PORT/ (port 8420 if none).

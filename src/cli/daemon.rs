@@ -42,6 +42,31 @@ pub(super) fn run_daemon(cfg: crate::daemon::Config) -> CliResult {
     Ok(Outcome::Done)
 }
 
+/// One plain HTTP/1.1 request to a running daemon (`auth`: a whole header
+/// line or nothing); the whole response.
+pub(super) fn exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: &str,
+) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The body of a response [`exchange`] read.
+pub(super) fn said(resp: &str) -> String {
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// POST to a running daemon (plain HTTP/1.1 on loopback); `done` is said on
 /// success, with `{addr}` filled in.
 pub(super) fn post_daemon(
@@ -51,25 +76,13 @@ pub(super) fn post_daemon(
     body: &str,
     done: &str,
 ) -> CliResult {
-    use std::io::Read;
     if token.is_some_and(|t| t.contains(['\r', '\n'])) {
         return Err(CliError::new("TIDEKEEPER_API_TOKEN must be one line"));
     }
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let result = (|| -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-        s.write_all(format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })();
-    let said = |resp: &str| {
-        resp.split_once("\r\n\r\n")
-            .map(|(_, b)| b.trim().to_string())
-            .unwrap_or_default()
-    };
+    let result = exchange(addr, "POST", path, &auth, body);
     match result {
         Ok(resp) if resp.starts_with("HTTP/1.1 202") => {
             println!("{}", done.replace("{addr}", &addr.to_string()));

@@ -23,6 +23,7 @@ mod saved;
 mod schedule;
 mod secrets;
 mod show;
+mod status;
 mod validate;
 
 use apply::{apply, apply_saved};
@@ -127,7 +128,9 @@ fn dispatch(command: Command) -> CliResult {
         | Command::Retry { .. }
         | Command::Suspend { .. }
         | Command::Release { .. }
-        | Command::Resume { .. }) => to_daemon(c),
+        | Command::Resume { .. }
+        | Command::Status { .. }
+        | Command::Reconcile { .. }) => to_daemon(c),
         Command::Log {
             repo,
             count,
@@ -199,6 +202,24 @@ fn to_daemon(command: Command) -> CliResult {
             daemon,
             api_token,
         } => release::release(daemon, commit, by, now, api_token.as_deref()),
+        Command::Status {
+            daemon,
+            json,
+            format,
+        } => status::status(
+            daemon,
+            format.unwrap_or(if json {
+                LogOutput::Json
+            } else {
+                LogOutput::Text
+            }),
+        ),
+        Command::Reconcile {
+            daemon,
+            api_token,
+            wait,
+            timeout,
+        } => status::reconcile(daemon, api_token.as_deref(), wait, timeout),
         Command::Resume { daemon, api_token } => post_daemon(
             daemon,
             "/resume",

@@ -118,6 +118,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/badges/{name}", get(badge))
         .route("/hooks/git", post(webhook))
         .route("/retry", post(retry))
+        .route("/reconcile", post(reconcile))
         .route("/release", post(release))
         .route("/jobs/{name}/run", post(run_job))
         .route("/suspend", post(suspend))
@@ -351,6 +352,22 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     s.scheduler.now(super::scheduler::Request::Retry);
     s.poke();
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
+}
+
+/// `tidekeeper reconcile`: fetch the branch now (applying a new head) and
+/// check the hosts for drift, as the timers would later.
+async fn reconcile(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorized(&s, &headers, &body, Proof::TokenOrSignature) {
+        return r.into_response();
+    }
+    s.scheduler.now(super::scheduler::Request::Head);
+    s.scheduler.now(super::scheduler::Request::Drift);
+    s.poke();
+    (
+        StatusCode::ACCEPTED,
+        "fetching the branch and checking for drift\n",
+    )
+        .into_response()
 }
 
 /// What `tidekeeper release` sends.
