@@ -235,25 +235,6 @@ impl Forge {
             .cloned()
     }
 
-    /// The sha of the pull request's head, as the forge has it now.
-    pub async fn pr_head(&self, pr: u64) -> Result<String, ForgeError> {
-        let v = self
-            .send(
-                Method::GET,
-                &format!("/repos/{}/pulls/{pr}", self.repo),
-                None,
-            )
-            .await?;
-        match v["head"]["sha"].as_str() {
-            Some(sha) => Ok(sha.to_string()),
-            None => Err(ForgeError::Request {
-                method: "GET",
-                url: format!("{}/repos/{}/pulls/{pr}", self.api, self.repo),
-                reason: "the answer names no head sha".into(),
-            }),
-        }
-    }
-
     /// Who approved pull request `pr` at exactly `head`: the first of
     /// [`Forge::approvals`], if any.
     pub async fn approved_by(&self, pr: u64, head: &str) -> Result<Option<String>, ForgeError> {
@@ -326,7 +307,8 @@ impl Forge {
         Ok(pick.and_then(|p| p["number"].as_u64()))
     }
 
-    /// Pull request `pr` as the forge has it now.
+    /// Pull request `pr` as the forge has it now (its head: the sha the
+    /// forge has now, which a late plan of an older head must not overwrite).
     pub async fn pull(&self, pr: u64) -> Result<Pull, ForgeError> {
         let v = self
             .send(
@@ -336,9 +318,16 @@ impl Forge {
             )
             .await?;
         let login = |u: &serde_json::Value| u["login"].as_str().map(str::to_string);
+        let Some(head) = v["head"]["sha"].as_str() else {
+            return Err(ForgeError::Request {
+                method: "GET",
+                url: format!("{}/repos/{}/pulls/{pr}", self.api, self.repo),
+                reason: "the answer names no head sha".into(),
+            });
+        };
         Ok(Pull {
             number: pr,
-            head: v["head"]["sha"].as_str().unwrap_or_default().to_string(),
+            head: head.to_string(),
             merged: v["merged"] == true || !v["merged_at"].is_null(),
             mergeable: v["mergeable"].as_bool(),
             merged_by: login(&v["merged_by"]),
@@ -417,7 +406,7 @@ impl Forge {
         parts: &[String],
         head: &str,
     ) -> Result<bool, ForgeError> {
-        let current = self.pr_head(pr).await?;
+        let current = self.pull(pr).await?.head;
         if !current.eq_ignore_ascii_case(head) {
             tracing::debug!(pr, planned = head, current = %current, "a plan of an older head is not shown");
             return Ok(false);

@@ -1058,12 +1058,7 @@ fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_re
         "{s}"
     );
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-h"), "one\n");
-    let out = crate::support::tidekeeper()
-        .args(["release", &pushed, "--by", "bob"])
-        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
-        .env("TIDEKEEPER_API_TOKEN", "tok-h")
-        .output()
-        .unwrap();
+    let out = release(&d, "tok-h", &pushed, "bob", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -1384,12 +1379,7 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
     }
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "two\n", "nothing applied");
     // An operator's release is the break-glass, and the note says who.
-    let out = crate::support::tidekeeper()
-        .args(["release", &merge6, "--by", "olga"])
-        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
-        .env("TIDEKEEPER_API_TOKEN", "tok-r")
-        .output()
-        .unwrap();
+    let out = release(&d, "tok-r", &merge6, "olga", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -1399,6 +1389,23 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "three\n");
     let note = git(&repo.path, &["notes", "--ref=tidekeeper", "show", &merge6]);
     assert!(note.contains("released by olga"), "{note}");
+}
+
+/// `tidekeeper release COMMIT --by BY [extra…]` sent to the daemon `d`.
+fn release(
+    d: &Daemon,
+    token: &str,
+    commit: &str,
+    by: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    crate::support::tidekeeper()
+        .args(["release", commit, "--by", by])
+        .args(extra)
+        .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
+        .env("TIDEKEEPER_API_TOKEN", token)
+        .output()
+        .unwrap()
 }
 
 /// Fetches the daemon has made so far.
@@ -1525,19 +1532,10 @@ fn a_commit_outside_the_apply_windows_gets_a_pending_status_until_released_now()
         bed.ssh_ok(0, "cat /etc/tk-w 2>/dev/null || echo absent"),
         "absent\n"
     );
-    let release = |extra: &[&str]| {
-        crate::support::tidekeeper()
-            .args(["release", &head, "--by", "bob"])
-            .args(extra)
-            .args(["--daemon", &format!("127.0.0.1:{}", d.port)])
-            .env("TIDEKEEPER_API_TOKEN", "tok-w")
-            .output()
-            .unwrap()
-    };
-    let out = release(&[]);
+    let out = release(&d, "tok-w", &head, "bob", &[]);
     let text = crate::support::fleet::text(&out);
     assert!(!out.status.success() && text.contains("--now"), "{text}");
-    let out = release(&["--now"]);
+    let out = release(&d, "tok-w", &head, "bob", &["--now"]);
     assert!(
         out.status.success(),
         "{}",

@@ -424,30 +424,14 @@ pub(super) async fn hold_unreviewed(
         "tidekeeper: held {commit}; nothing applied\n\n{why}\n\n{through}; `tidekeeper release {} --by NAME` (or, for a plan that differs from the reviewed one, `tidekeeper retry`) applies it as it plans now.\n",
         &commit[..12]
     );
-    if let Some(settings) = fleet.settings.forge.clone() {
-        let forge = super::forge(ctx, state, &settings);
-        let description = if why.starts_with(UNREVIEWED) {
-            "held: no reviewed plan of this tree"
-        } else if why.starts_with(super::requirements::HELD) {
-            "held: apply requirements not met"
-        } else {
-            "held: the plan differs from the reviewed one"
-        };
-        let link =
-            (!ctx.cfg.listen.ip().is_unspecified()).then(|| format!("http://{}/", ctx.cfg.listen));
-        let (c, context) = (commit.clone(), format!("tidekeeper/{}/apply", fleet.name));
-        let sent = async move {
-            forge?
-                .status_linked(&c, &context, "pending", description, link.as_deref())
-                .await
-        }
-        .await;
-        if let Err(e) = sent {
-            warn!(error = %e, "could not report the held commit to the forge");
-            ctx.shared
-                .note_stale("forge", format!("forge unreachable: {e}"));
-        }
-    }
+    let description = if why.starts_with(UNREVIEWED) {
+        "held: no reviewed plan of this tree"
+    } else if why.starts_with(super::requirements::HELD) {
+        "held: apply requirements not met"
+    } else {
+        "held: the plan differs from the reviewed one"
+    };
+    super::pending_on_forge(ctx, state, fleet, &commit, description).await;
     let note = trail::noted(
         ctx,
         state,

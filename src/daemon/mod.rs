@@ -613,6 +613,35 @@ fn forge(
     Ok(f)
 }
 
+/// A held commit's `pending` status on the forge (when the fleet has one),
+/// linking the daemon's status page when it listens on a given address.
+async fn pending_on_forge(
+    ctx: &Ctx,
+    state: &mut State,
+    fleet: &Fleet,
+    commit: &str,
+    description: &str,
+) {
+    let Some(settings) = fleet.settings.forge.clone() else {
+        return;
+    };
+    let forge = forge(ctx, state, &settings);
+    let link =
+        (!ctx.cfg.listen.ip().is_unspecified()).then(|| format!("http://{}/", ctx.cfg.listen));
+    let context = format!("tidekeeper/{}/apply", fleet.name);
+    let sent = async move {
+        forge?
+            .status_linked(commit, &context, "pending", description, link.as_deref())
+            .await
+    }
+    .await;
+    if let Err(e) = sent {
+        warn!(error = %e, "could not report the held commit to the forge");
+        ctx.shared
+            .note_stale("forge", format!("forge unreachable: {e}"));
+    }
+}
+
 /// Read the status for problems a human should hear about, and queue
 /// the messages (level-triggered: after every step).
 fn alerts(ctx: &Ctx, state: &State) {

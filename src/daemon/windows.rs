@@ -6,7 +6,7 @@
 //! operator's `tidekeeper release --now` applies a commit outside them.
 
 use chrono::{DateTime, Utc};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::scheduler::Request;
 use super::status::{self, HostStatus};
@@ -181,27 +181,7 @@ async fn hold(
         list.join("\n"),
         &commit[..commit.len().min(12)]
     );
-    if let Some(settings) = fleet.settings.forge.clone() {
-        let forge = super::forge(ctx, state, &settings);
-        let link =
-            (!ctx.cfg.listen.ip().is_unspecified()).then(|| format!("http://{}/", ctx.cfg.listen));
-        let (c, context) = (
-            commit.to_string(),
-            format!("tidekeeper/{}/apply", fleet.name),
-        );
-        let description = format!("held: {reason}");
-        let sent = async move {
-            forge?
-                .status_linked(&c, &context, "pending", &description, link.as_deref())
-                .await
-        }
-        .await;
-        if let Err(e) = sent {
-            warn!(error = %e, "could not report the held commit to the forge");
-            ctx.shared
-                .note_stale("forge", format!("forge unreachable: {e}"));
-        }
-    }
+    super::pending_on_forge(ctx, state, fleet, commit, &format!("held: {reason}")).await;
     let note = super::trail::noted(
         ctx,
         state,
