@@ -24,6 +24,9 @@ use crate::model::desired::{AddressBook, Addresses, Fleet, ProviderKind};
 
 /// How long a new server may take from "running" to answering SSH.
 const SSH_WAIT: Duration = Duration::from_secs(300);
+/// How long a new server may refuse a login user other than root while it
+/// boots (systemd keeps /run/nologin until its user sessions may start).
+const BOOT_LOGIN_WAIT: Duration = Duration::from_secs(90);
 
 pub struct FleetPlan {
     /// The fleet with the addresses and host keys of running cloud servers.
@@ -474,7 +477,10 @@ impl<S: Fn(&str, &str)> NewServers<'_, S> {
         // connecting (with its retries) is the wait.
         if host.ssh.via.is_none() {
             let addr = host.address.clone().unwrap_or_default();
-            return cloud::apply::wait_for_port(&addr, host.ssh.port, SSH_WAIT).await;
+            cloud::apply::wait_for_port(&addr, host.ssh.port, SSH_WAIT).await?;
+            if host.ssh.user == "root" {
+                return Ok(());
+            }
         }
         let start = std::time::Instant::now();
         loop {
@@ -482,6 +488,13 @@ impl<S: Fn(&str, &str)> NewServers<'_, S> {
                 Ok(c) => {
                     c.close().await;
                     return Ok(());
+                }
+                // A user other than root is turned away while the server
+                // still boots (pam_nologin) — for a while, not for good.
+                Err(engine::EngineError::Transport(
+                    crate::transport::TransportError::AuthFailed { .. },
+                )) if host.ssh.user != "root" && start.elapsed() < BOOT_LOGIN_WAIT => {
+                    tokio::time::sleep(Duration::from_secs(1)).await
                 }
                 // A wrong key or a refused login does not go away by waiting.
                 Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => return Err(e.to_string()),

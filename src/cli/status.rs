@@ -171,13 +171,17 @@ pub(super) fn reconcile(
     let Some(before) = before else {
         return Ok(Outcome::Done);
     };
-    let deadline = std::time::Instant::now() + timeout;
+    let asked = std::time::Instant::now();
+    let deadline = asked + timeout;
     loop {
         let (_, st) = fetch(addr)?;
-        // Fetched since asking (or nothing to fetch: the same time again
-        // would never end the wait, so a reconcile newer than before counts).
-        let fetched =
-            st.last_fetch_ok != before.last_fetch_ok || st.last_reconcile != before.last_reconcile;
+        // Looked at since asking: a new head, or a newer fetch or reconcile
+        // (their times are to the second, so a branch already in sync that
+        // shows no change for a few seconds is taken as it is).
+        let fetched = st.head_commit != before.head_commit
+            || st.last_fetch_ok != before.last_fetch_ok
+            || st.last_reconcile != before.last_reconcile
+            || asked.elapsed() > std::time::Duration::from_secs(3);
         if let Some(r) = settled(&st).filter(|_| fetched) {
             return match r {
                 Ok(done) => {
@@ -192,9 +196,10 @@ pub(super) fn reconcile(
         }
         if std::time::Instant::now() >= deadline {
             return Err(CliError::new(format!(
-                "the daemon at {addr} has not settled {} within {}s",
+                "the daemon at {addr} has not settled {} within {}s (applied: {})",
                 short(&st.head_commit),
-                timeout.as_secs()
+                timeout.as_secs(),
+                short(&st.applied_commit)
             ))
             .help("`tidekeeper status` shows what it is doing"));
         }
