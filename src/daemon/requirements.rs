@@ -190,6 +190,8 @@ async fn owners_unmet(
             .filter_map(|l| codeowners::parse_line(l).ok().flatten()),
     );
     let mut missing: std::collections::BTreeMap<Vec<String>, Vec<&str>> = Default::default();
+    // Each team is asked once, however many changed files it owns.
+    let mut teams: std::collections::HashMap<String, Vec<String>> = Default::default();
     for path in changed {
         let Some(owners) = codeowners::owners_of(&rules, path).filter(|o| !o.is_empty()) else {
             continue;
@@ -197,10 +199,15 @@ async fn owners_unmet(
         let mut members: BTreeSet<String> = BTreeSet::new();
         for o in owners {
             match o.split_once('/') {
-                Some((org, team)) => match forge.team_members(org, team).await {
-                    Ok(m) => members.extend(m),
-                    Err(e) => return vec![format!("owners of {path}: {e}")],
-                },
+                Some((org, team)) => {
+                    if !teams.contains_key(o) {
+                        match forge.team_members(org, team).await {
+                            Ok(m) => teams.insert(o.clone(), m),
+                            Err(e) => return vec![format!("owners of {path}: {e}")],
+                        };
+                    }
+                    members.extend(teams[o].iter().cloned());
+                }
                 None => {
                     members.insert(o.clone());
                 }
@@ -214,9 +221,15 @@ async fn owners_unmet(
         .into_iter()
         .map(|(owners, paths)| {
             let who: Vec<String> = owners.iter().map(|o| format!("@{o}")).collect();
+            // A pull request may change thousands of files: the reason
+            // names a few, and how many more.
+            let more = match paths.len().saturating_sub(10) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             format!(
-                "{} need(s) an approval by {}",
-                paths.join(", "),
+                "{}{more} need(s) an approval by {}",
+                paths[..paths.len().min(10)].join(", "),
                 who.join(" or ")
             )
         })
