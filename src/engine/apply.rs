@@ -127,7 +127,8 @@ fn write_inventory(state: &str, inv: &Inventory) -> String {
 }
 
 fn same_entries(a: &Inventory, b: &Inventory) -> bool {
-    a.resources.len() == b.resources.len() && a.resources.iter().all(|e| b.resources.contains(e))
+    a.resources.iter().all(|e| b.resources.contains(e))
+        && b.resources.iter().all(|e| a.resources.contains(e))
 }
 
 /// Build the apply script for a plan. `run_id` names the backup directory.
@@ -406,23 +407,31 @@ fn touched(plan: &HostPlan) -> Inventory {
     // once it succeeded, never ahead of it (issue 33).
     union.commands = plan.previous_inventory.commands.clone();
     union.stacks = plan.previous_inventory.stacks.clone();
-    for c in &plan.changes {
-        if c.prune
-            && !union
-                .resources
-                .iter()
-                .any(|e| e.kind == c.kind && e.id == c.id)
+    // One entry per resource: what the host recorded keeps its `created`
+    // (a prune of something adopted must not turn into a second entry that
+    // claims tidekeeper made it).
+    let pruned = plan
+        .changes
+        .iter()
+        .filter(|c| c.prune)
+        .map(|c| super::observed::InventoryEntry {
+            kind: c.kind,
+            id: c.id.clone(),
+            created: true,
+        });
+    for e in plan
+        .previous_inventory
+        .resources
+        .iter()
+        .cloned()
+        .chain(pruned)
+    {
+        if !union
+            .resources
+            .iter()
+            .any(|u| u.kind == e.kind && u.id == e.id)
         {
-            union.resources.push(super::observed::InventoryEntry {
-                kind: c.kind,
-                id: c.id.clone(),
-                created: true,
-            });
-        }
-    }
-    for e in &plan.previous_inventory.resources {
-        if !union.resources.contains(e) {
-            union.resources.push(e.clone());
+            union.resources.push(e);
         }
     }
     union

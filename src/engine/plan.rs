@@ -257,9 +257,12 @@ fn prunes(
     // what the item has just put there.
     let named: BTreeSet<&str> = items.iter().filter_map(Item::path).collect();
     let mut prunes = Vec::new();
+    // An inventory written by an older version may name a resource twice.
+    let mut seen = BTreeSet::new();
     for e in &obs.inventory.resources {
         if desired.contains(&(e.kind, e.id.clone()))
             || (e.kind.is_path() && named.contains(e.id.as_str()))
+            || !seen.insert((e.kind, e.id.as_str()))
         {
             continue;
         }
@@ -533,6 +536,41 @@ handlers:
         assert!(p.blocked.is_empty(), "1 of 5 is not: {:?}", p.blocked);
         let p = plan_host(&h, &it, &observed(21), allowed);
         assert_eq!(p.count(Action::Delete), 21);
+    }
+
+    /// Regression (model-based test): a prune of a file tidekeeper adopted
+    /// (created: false) was recorded a second time, as created, in the
+    /// inventory written before the apply; a kill after that step left a
+    /// host whose next plan deleted the file twice.
+    #[test]
+    fn a_prune_is_recorded_once_and_an_inventory_naming_it_twice_is_pruned_once() {
+        let h = host("files:\n  - {path: /etc/motd, content: \"hi\\n\", mode: \"0644\"}\n");
+        let it = items(&h);
+        let mut obs = Observed::default();
+        obs.paths.insert("/etc/motd".into(), file_state(3));
+        obs.paths.insert("/etc/old".into(), file_state(2));
+        let adopted = InventoryEntry {
+            kind: ResourceKind::File,
+            id: "/etc/old".into(),
+            created: false,
+        };
+        for _ in 0..2 {
+            obs.inventory.resources.push(adopted.clone());
+        }
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let deletes: Vec<&str> = p.changes.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(deletes, ["/etc/old"], "pruned once");
+        obs.inventory.resources.pop();
+        let p = plan_host(&h, &it, &obs, PlanOptions::default());
+        let script = crate::engine::apply::script(&p, "", "run", None);
+        let first = &script.steps[0];
+        assert_eq!(first.what, "record the inventory");
+        let json_start = script.text.find("\"resources\"").expect("inventory json");
+        let json_end = json_start + script.text[json_start..].find(']').unwrap();
+        let listed = script.text[json_start..json_end]
+            .matches("/etc/old")
+            .count();
+        assert_eq!(listed, 1, "{}", &script.text[json_start..json_end]);
     }
 
     #[test]
