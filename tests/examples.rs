@@ -357,13 +357,15 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
         let t = &mut files.iter_mut().find(|f| f.0 == h).unwrap().1;
         t.push_str(runsc);
     }
-    // Backups go to a repository on each server instead of the storage box.
+    // Backups go to a repository on each server instead of the storage box
+    // (and so without its login).
     patch(
         &mut files,
         "schedules.yaml",
         "sftp:u100000@u100000.your-storagebox.de:/podex/{{ host.name }}",
         "/var/backups/restic/{{ host.name }}",
     );
+    without_storage_box_login(&mut files);
     let f = CloudFleet::with_repo(Kind::Docker, files);
     let identity = crate::support::fleet::age_identity();
     f.repo
@@ -532,6 +534,7 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         "sftp:u200000@u200000.your-storagebox.de:/aegis",
         "/var/backups/restic",
     );
+    without_storage_box_login(&mut files);
     let refs: Vec<(&str, &str)> = files
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -941,4 +944,31 @@ fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(f.hetzner.server("tasks-3").is_none());
     assert!(f.hetzner.server("tasks-2").is_some());
+}
+
+/// The `sftp:` login of a Storage Box repository, dropped where a test backs
+/// up to a local repository instead (the sftp login itself is tested in
+/// tests/maintenance.rs against a real sftp server).
+fn without_storage_box_login(files: &mut [(String, String)]) {
+    let f = &mut files
+        .iter_mut()
+        .find(|f| f.0 == "schedules.yaml")
+        .unwrap()
+        .1;
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in f.lines() {
+        if line.trim_start().starts_with("# The Storage Box login") {
+            skipping = true;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if skipping && line.trim_start().starts_with("port: 23") {
+            skipping = false;
+        }
+    }
+    assert_ne!(out, *f, "the example has a Storage Box login");
+    *f = out;
 }

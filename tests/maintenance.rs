@@ -342,6 +342,194 @@ fn a_restic_backup_over_sftp_restores_byte_for_byte_and_applies_retention() {
     assert!(bed.ssh(0, "test -e /pwned").status.code() == Some(1));
 }
 
+/// A Storage Box style repository: restic logs in with a key kept as an age
+/// secret and trusts only the host keys the job names, nothing in ~/.ssh.
+#[test]
+fn an_sftp_backup_logs_in_with_its_secret_key_and_trusts_only_the_named_host_key() {
+    let bed = Testbed::start(2);
+    let tmp = crate::support::TempDir::new("sftp-key");
+    let key = tmp.path().join("box_key");
+    let kg = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "box", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(kg.success());
+    let private = std::fs::read_to_string(&key).unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    bed.ssh_ok(
+        1,
+        &format!(
+            "mkdir -p /root/.ssh /srv/box && echo '{}' >> /root/.ssh/authorized_keys",
+            public.trim()
+        ),
+    );
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "backup-client",
+            "packages:\n  present: [restic]\nfiles:\n  - {path: /srv/data/a.txt, content: \"alpha\\n\"}\n",
+        )],
+    );
+    let identity = crate::support::fleet::age_identity();
+    repo.encrypt_secret(&identity, "restic", "restic-pw-box-19c");
+    repo.encrypt_secret(&identity, "box-key", &private);
+    let h0 = bed.host(0).name.clone();
+    let job = |name: &str, known: &str| {
+        format!(
+            "  - name: {name}\n    cron: \"30 1 * * *\"\n    timezone: UTC\n    hosts:\n      names: [{h0}]\n    timeout: 10m\n    backup:\n      repository: \"sftp:root@{}:/srv/box/{{{{ host.name }}}}\"\n      password_secret: restic\n      paths: [/srv/data]\n      sftp:\n        key_secret: box-key\n        known_hosts: \"{known}\"\n",
+            bed.host(1).address
+        )
+    };
+    // The second job names host 0's key for the box: a man in the middle.
+    let impostor = format!("{} {}", bed.host(1).address, bed.host(0).host_key);
+    repo.write(
+        "schedules.yaml",
+        &format!(
+            "jobs:\n{}{}",
+            job("box-backup", &bed.host(1).known_hosts_line()),
+            job("mitm-backup", &impostor)
+        ),
+    );
+    repo.commit("storage box backups");
+    let tk = |args: &[&str]| repo.tk_env(args, &[("TIDEKEEPER_AGE_IDENTITY", &identity)]);
+    let out = tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.ssh(0, "ls /root/.ssh/id_* /root/.ssh/known_hosts")
+            .status
+            .code(),
+        Some(2),
+        "the host has no key or known host of its own to fall back on"
+    );
+    let out = tk(&["schedule", "run", "box-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("OPENSSH PRIVATE KEY"),
+        "{}",
+        text(&out)
+    );
+    let snaps = bed.ssh_ok(1, &format!("ls /srv/box/{h0}/snapshots | wc -l"));
+    assert_eq!(snaps.trim(), "1", "one snapshot on the box");
+    assert_eq!(
+        bed.ssh_ok(0, "ls -A /tmp | grep -c '^tmp[.]' || true")
+            .trim(),
+        "0",
+        "key, known hosts and password files are gone"
+    );
+    // A box whose host key is not the named one is never written to.
+    let out = tk(&["schedule", "run", "mitm-backup"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "cannot log in to root@{} (port 22) for the backup: Host key verification failed.",
+            bed.host(1).address
+        )),
+        "{}",
+        text(&out)
+    );
+    // Restore uses the same login.
+    bed.ssh_ok(0, "rm /srv/data/a.txt");
+    let out = tk(&[
+        "restore",
+        "box-backup",
+        "--host",
+        h0.as_str(),
+        "--path",
+        "/srv/data/a.txt",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(bed.ssh_ok(0, "cat /srv/data/a.txt"), "alpha\n");
+}
+
+/// PostgreSQL in a container (as in a compose stack): the dump and the
+/// restore run inside it with `docker exec`, and the host's own server
+/// (stopped here) is never asked.
+#[test]
+fn a_pg_dump_of_a_database_in_a_container_is_dumped_and_restored_inside_it() {
+    let bed = Testbed::start_kind(1, crate::support::testbed::Kind::Docker);
+    let repo = FleetRepo::minimal(
+        &bed,
+        &[(
+            "db",
+            "packages:\n  present: [restic, postgresql, docker.io, busybox-static]\n",
+        )],
+    );
+    let identity = crate::support::fleet::age_identity();
+    let password = "restic-pw-ct-77e";
+    repo.encrypt_secret(&identity, "restic", password);
+    let h0 = bed.host(0).name.clone();
+    repo.write(
+        "schedules.yaml",
+        "jobs:\n  - name: db-backup\n    cron: \"30 1 * * *\"\n    timezone: UTC\n    timeout: 10m\n    backup:\n      repository: /srv/restic/{{ host.name }}\n      password_secret: restic\n      pg_dump: {database: app, container: appdb}\n",
+    );
+    repo.commit("database in a container");
+    let tk = |args: &[&str]| repo.tk_env(args, &[("TIDEKEEPER_AGE_IDENTITY", &identity)]);
+    let out = tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bed.ssh_ok(0, crate::stacks::DOCKER_PREP);
+    // The container runs the packaged server on its cluster; the host's
+    // own service is stopped and its client cannot reach it.
+    bed.ssh_ok(
+        0,
+        "systemctl stop postgresql && v=$(ls /usr/lib/postgresql) && \
+         cp -a /tmp/bb /tmp/pg && mkdir /tmp/pg/etc && cp /etc/passwd /etc/group /tmp/pg/etc/ && \
+         tar -C /tmp/pg -c . | docker import - local/pg:1 >/dev/null && \
+         docker run -d --name appdb --user postgres --network none \
+           -v /usr:/usr:ro -v /lib:/lib:ro -v /lib64:/lib64:ro -v /etc/alternatives:/etc/alternatives:ro \
+           -v /etc/postgresql:/etc/postgresql:ro -v /etc/postgresql-common:/etc/postgresql-common:ro \
+           -v /var/lib/postgresql:/var/lib/postgresql --tmpfs /var/run/postgresql:mode=1777 \
+           local/pg:1 /usr/lib/postgresql/$v/bin/postgres -D /var/lib/postgresql/$v/main \
+           -c config_file=/etc/postgresql/$v/main/postgresql.conf -c ssl=off >/dev/null && \
+         for i in $(seq 100); do docker exec -u postgres appdb psql -qtAc 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done && \
+         { docker exec -u postgres appdb psql -qtAc 'SELECT 1' 2>&1 || { docker logs appdb; exit 1; }; } && \
+         docker exec -u postgres appdb psql -qc 'CREATE DATABASE app' && \
+         docker exec -u postgres appdb psql -q -d app -c \"CREATE TABLE tides (id int, name text); INSERT INTO tides VALUES (1, 'spring'), (2, 'neap')\"",
+    );
+    assert_ne!(
+        bed.ssh(0, "runuser -u postgres -- psql -qtAc 'SELECT 1'")
+            .status
+            .code(),
+        Some(0),
+        "no server on the host itself"
+    );
+    let out = tk(&["schedule", "run", "db-backup"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let dump = bed.ssh_ok(
+        0,
+        &format!("RESTIC_PASSWORD={password} restic -q -r /srv/restic/{h0} dump latest /app.sql"),
+    );
+    assert!(
+        dump.contains("1\tspring") && dump.contains("2\tneap"),
+        "{dump}"
+    );
+    let out = tk(&[
+        "restore",
+        "db-backup",
+        "--host",
+        h0.as_str(),
+        "--database",
+        "app_copy",
+        "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = bed.ssh_ok(
+        0,
+        "docker exec -u postgres appdb psql -tA -d app_copy -c 'SELECT id, name FROM tides ORDER BY id'",
+    );
+    assert_eq!(rows, "1|spring\n2|neap\n");
+    // A container that is not running: the job says so and fails.
+    bed.ssh_ok(0, "docker stop appdb >/dev/null");
+    let out = tk(&["schedule", "run", "db-backup"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("container appdb is not running"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A backup with `pg_dump` streams a real PostgreSQL database into restic;
 /// a dump that fails fails the job, and its partial snapshot is not kept.
 #[test]

@@ -1437,6 +1437,83 @@ fn a_pg_dump_database_name_that_is_not_a_plain_name_is_refused() {
         );
 }
 
+#[test]
+fn a_pg_dump_container_or_user_that_could_reach_a_shell_is_refused_at_its_line() {
+    let job = |pg: &str| {
+        format!(
+            "jobs:\n  - name: backup\n    cron: '0 1 * * *'\n    backup:\n      repository: /srv/restic\n      password_secret: restic\n      pg_dump: {pg}\n"
+        )
+    };
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file(
+            "schedules.yaml",
+            job("{database: app, container: \"db$(id)\"}"),
+        )
+        .fails_with(
+            "schedules.yaml:7:16",
+            "invalid-value",
+            "\"db$(id)\" is not a container tidekeeper dumps",
+        );
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file(
+            "schedules.yaml",
+            job("{database: app, container: app/db, user: \"-x\"}"),
+        )
+        .fails_with(
+            "schedules.yaml:7:16",
+            "invalid-value",
+            "\"-x\" is not a database user tidekeeper dumps",
+        );
+}
+
+#[test]
+fn an_sftp_login_needs_an_sftp_repository_its_key_secret_and_real_host_keys() {
+    let job = |repo: &str, sftp: &str| {
+        format!(
+            "jobs:\n  - name: backup\n    cron: '0 1 * * *'\n    backup:\n      repository: {repo}\n      password_secret: restic\n      paths: [/srv]\n      sftp: {sftp}\n"
+        )
+    };
+    let good_keys =
+        "{key_secret: box, known_hosts: \"[u1.example]:23 ssh-ed25519 AAAAC3Nza\", port: 23}";
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file("secrets/box.age", "x")
+        .file("schedules.yaml", job("/srv/restic", good_keys))
+        .fails_with(
+            "schedules.yaml:5:19",
+            "invalid-value",
+            "`sftp:` logs in to an sftp repository, and this one is not",
+        );
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file(
+            "schedules.yaml",
+            job("\"sftp:u1@u1.example:/b\"", good_keys),
+        )
+        .fails_with(
+            "schedules.yaml:8:26",
+            "missing-secret",
+            "secret \"box\" is referenced but secrets/box.age does not exist",
+        );
+    minimal()
+        .file("secrets/restic.age", "x")
+        .file("secrets/box.age", "x")
+        .file(
+            "schedules.yaml",
+            job(
+                "\"sftp:u1@u1.example:/b\"",
+                "{key_secret: box, known_hosts: \"u1.example\"}",
+            ),
+        )
+        .fails_with(
+            "schedules.yaml:8:44",
+            "invalid-value",
+            "known_hosts needs the server's host keys as known_hosts lines: HOST KEYTYPE KEY",
+        );
+}
+
 // --- Jump hosts (ssh.via) ----------------------------------------------
 
 #[test]

@@ -22,14 +22,7 @@ fn test(c: &HealthCheck) -> (String, String) {
             format!("HTTP {url}"),
         ),
         HealthCheck::Container(c) => {
-            let filter = match c.split_once('/') {
-                Some((project, service)) => format!(
-                    "--filter label=com.docker.compose.project={} --filter label=com.docker.compose.service={}",
-                    q(project),
-                    q(service)
-                ),
-                None => format!("--filter name=^/{}$", q(c)),
-            };
+            let filter = container_filter(c);
             (
                 format!(
                     "{{ cid=$(docker ps -q {filter} | head -n1); [ -n \"$cid\" ] && \
@@ -39,6 +32,19 @@ fn test(c: &HealthCheck) -> (String, String) {
                 format!("container {c} healthy"),
             )
         }
+    }
+}
+
+/// `docker ps` filters for a container named `c`, or `STACK/SERVICE` of
+/// a compose stack.
+pub(crate) fn container_filter(c: &str) -> String {
+    match c.split_once('/') {
+        Some((project, service)) => format!(
+            "--filter label=com.docker.compose.project={} --filter label=com.docker.compose.service={}",
+            q(project),
+            q(service)
+        ),
+        None => format!("--filter name=^/{}$", q(c)),
     }
 }
 

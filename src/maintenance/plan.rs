@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::model::desired::{Job, JobKind, RebootPolicy, UpgradeMode};
+use crate::model::desired::{Job, JobKind, PgDump, RebootPolicy, UpgradeMode};
 use crate::schedule::{Window, next_run, parse_cron, parse_tz};
 use crate::transport::shell_quote as q;
 
@@ -146,15 +146,76 @@ pub(crate) fn repository_of(repository: &str, host: &str) -> String {
         .replace("{{host.name}}", host)
 }
 
-/// Shell lines that point restic at `repo` with `password` (in a file
-/// removed on exit, never in the environment of other processes).
-pub(crate) fn restic_env(password: &str, repo: &str) -> String {
-    format!(
-        "pw=$(mktemp) || exit 1\ntrap 'rm -f \"$pw\"' EXIT\nprintf '%s' {} > \"$pw\"\n\
+/// The decrypted secrets a backup job's scripts need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResticSecrets {
+    pub password: String,
+    /// The sftp login key, when the job names one.
+    pub sftp_key: Option<String>,
+}
+
+impl ResticSecrets {
+    /// A backup job's secrets from the fleet's decrypted ones; `Err` names
+    /// the secret that is not there.
+    pub(crate) fn of(
+        job: &Job,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> Result<ResticSecrets, String> {
+        let JobKind::Backup {
+            password_secret,
+            sftp,
+            ..
+        } = &job.kind
+        else {
+            return Err(String::new());
+        };
+        let get = |name: &String| values.get(name).cloned().ok_or_else(|| name.clone());
+        Ok(ResticSecrets {
+            password: get(password_secret)?,
+            sftp_key: sftp.as_ref().map(|s| get(&s.key_secret)).transpose()?,
+        })
+    }
+}
+
+/// Shell lines that point restic at a backup job's repository for `host`:
+/// the password (and an sftp key and known hosts) in files removed on exit,
+/// never in the environment of other processes.
+pub(crate) fn restic_env(job: &Job, host: &str, secrets: &ResticSecrets) -> String {
+    let JobKind::Backup {
+        repository, sftp, ..
+    } = &job.kind
+    else {
+        return String::new();
+    };
+    let repo = repository_of(repository, host);
+    let mut s = format!(
+        "pw=$(mktemp) && key=$(mktemp) && kh=$(mktemp) || exit 1\n\
+         trap 'rm -f \"$pw\" \"$key\" \"$kh\"' EXIT\nprintf '%s' {} > \"$pw\"\n\
          export RESTIC_REPOSITORY={} RESTIC_PASSWORD_FILE=\"$pw\"\n",
-        q(password),
-        q(repo)
-    )
+        q(&secrets.password),
+        q(&repo)
+    );
+    if let (Some(sftp), Some(key), Some((target, url_port))) = (
+        sftp,
+        &secrets.sftp_key,
+        crate::model::check::sftp_target(&repo),
+    ) {
+        // mktemp makes files only their owner reads; ssh wants the key so.
+        // restic's own ssh call would trust ~/.ssh; this one trusts only
+        // the host keys the config names.
+        let port = sftp.port.or(url_port).unwrap_or(22);
+        // One login first: restic hides ssh's reason ("Host key
+        // verification failed") behind "unable to start the sftp session".
+        s.push_str(&format!(
+            "printf '%s\\n' {} > \"$key\"\nprintf '%s\\n' {} > \"$kh\"\n\
+             sftp_ssh=\"ssh -i $key -o IdentitiesOnly=yes -o UserKnownHostsFile=$kh -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes -p {port} {target}\"\n\
+             why=$($sftp_ssh -s sftp </dev/null 2>&1 >/dev/null) || {{ echo \"cannot log in to {target} (port {port}) for the backup: $(printf '%s' \"$why\" | tail -n 1)\" >&2; exit 1; }}\n\
+             restic() {{ command restic -o sftp.command=\"$sftp_ssh -s sftp\" \"$@\"; }}\n",
+            q(key.trim_end()),
+            q(&sftp.known_hosts),
+        ));
+    }
+    s
 }
 
 /// An apt upgrade, and whether it asks the runner for a reboot.
@@ -191,33 +252,56 @@ fn upgrade_script(reboot: RebootPolicy, unattended: bool, mode: UpgradeMode) -> 
     s
 }
 
+/// `pgrun CMD ARGS…` runs a PostgreSQL client as the dump's user, on the
+/// host or inside its container (found by name or compose labels).
+pub(crate) fn pg_prelude(pg: &PgDump) -> String {
+    match &pg.container {
+        None => format!(
+            "pgrun() {{ (cd / && runuser -u {} -- \"$@\"); }}\n",
+            q(&pg.user)
+        ),
+        Some(c) => format!(
+            "cid=$(docker ps -q {} | head -n1)\n\
+             [ -n \"$cid\" ] || {{ echo \"container {c} is not running: the database cannot be reached\" >&2; exit 1; }}\n\
+             pgrun() {{ docker exec -i -u {} \"$cid\" \"$@\"; }}\n",
+            crate::engine::health::container_filter(c),
+            q(&pg.user)
+        ),
+    }
+}
+
 /// A PostgreSQL dump into restic, kept only when the dump succeeded.
-fn pg_dump_script(db: &str, host: &str) -> String {
+fn pg_dump_script(pg: &PgDump, host: &str) -> String {
     // sh has no pipefail: the dump's status goes through a file.
-    // The snapshot is tagged partial until the dump is known to
-    // have succeeded, and forgotten when it failed, so a broken
-    // dump is never kept as a good backup.
+    // The snapshot is tagged partial until the dump is known to have
+    // succeeded, and forgotten when it failed, so a broken dump is never
+    // kept as a good backup.
+    let db = &pg.database;
     format!(
-        "st=$(mktemp) || exit 1\n\
-         {{ (cd / && runuser -u postgres -- pg_dump {db}); echo $? > \"$st\"; }} \
+        "{prelude}st=$(mktemp) || exit 1\n\
+         {{ pgrun pg_dump {dbq}; echo $? > \"$st\"; }} \
          | restic backup -q --host {h} --tag {PARTIAL} --stdin --stdin-filename {file}\n\
          saved=$?; dumped=$(cat \"$st\"); rm -f \"$st\"\n\
          if [ \"$dumped\" != 0 ]; then\n\
          \x20 ids=$(restic snapshots -q --host {h} --tag {PARTIAL} --json | grep -o '\"id\":\"[0-9a-f]*\"' | cut -d'\"' -f4)\n\
          \x20 [ -z \"$ids\" ] || restic forget -q $ids >/dev/null\n\
-         \x20 echo \"pg_dump {dbname} failed (exit $dumped): the partial dump was not kept\" >&2\n\
+         \x20 echo \"pg_dump {db} failed (exit $dumped): the partial dump was not kept\" >&2\n\
          \x20 exit 1\n\
          fi\n\
          [ \"$saved\" = 0 ] || exit \"$saved\"\n\
          restic tag -q --host {h} --tag {PARTIAL} --remove {PARTIAL} >/dev/null || exit $?\n",
-        db = q(db),
-        dbname = db,
+        prelude = pg_prelude(pg),
+        dbq = q(db),
         h = q(host),
         file = q(&format!("{db}.sql")),
     )
 }
 
-pub(crate) fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result<String, String> {
+pub(crate) fn host_script(
+    job: &Job,
+    host: &str,
+    secrets: &std::collections::BTreeMap<String, String>,
+) -> Result<String, String> {
     let mut s = locked_prelude();
     match &job.kind {
         JobKind::Command { run } => {
@@ -231,7 +315,6 @@ pub(crate) fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result
             s.push_str(&upgrade_script(*reboot, *unattended, *mode));
         }
         JobKind::Backup {
-            repository,
             paths,
             pg_dump,
             keep_daily,
@@ -240,12 +323,10 @@ pub(crate) fn host_script(job: &Job, host: &str, secret: Option<&str>) -> Result
             check,
             ..
         } => {
-            let Some(password) = secret else {
-                return Err(
-                    "the backup needs its password secret decrypted (no age identity)".into(),
-                );
-            };
-            s.push_str(&restic_env(password, &repository_of(repository, host)));
+            let secrets = ResticSecrets::of(job, secrets).map_err(|name| {
+                format!("the backup needs its secret {name:?} decrypted (no age identity)")
+            })?;
+            s.push_str(&restic_env(job, host, &secrets));
             s.push_str("restic cat config >/dev/null 2>&1 || restic init -q || exit $?\n");
             let list: Vec<String> = paths.iter().map(|p| q(p)).collect();
             if !list.is_empty() {

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use super::plan::{locked_prelude, repository_of, restic_env};
+use super::plan::{ResticSecrets, locked_prelude, pg_prelude, repository_of, restic_env};
 use crate::cloud::Clouds;
 use crate::engine;
 use crate::model::check;
@@ -51,7 +51,7 @@ pub(crate) enum RestoreError {
     NotABackup(String, &'static str),
     #[error("{0}")]
     Invalid(String),
-    #[error("the backup's password secret {0:?} could not be decrypted")]
+    #[error("the backup's secret {0:?} could not be decrypted")]
     NoPassword(String),
     /// The host could not be reached, or the connection failed.
     #[error("{host}: {error}")]
@@ -170,8 +170,8 @@ impl Request {
             ));
         }
         let what = match (pg_dump, database) {
-            (Some(db), _) if path.is_none() && target.is_none() => {
-                let into = database.unwrap_or(db);
+            (Some(pg), _) if path.is_none() && target.is_none() => {
+                let into = database.unwrap_or(&pg.database);
                 if !check::database_name(into) {
                     return invalid(format!(
                         "{into:?} is not a database name: letters, digits, `_`, `-` and `.`, at most 63"
@@ -217,9 +217,9 @@ impl Request {
             (
                 What::Database { .. },
                 JobKind::Backup {
-                    pg_dump: Some(db), ..
+                    pg_dump: Some(pg), ..
                 },
-            ) => Some(format!("/{db}.sql")),
+            ) => Some(format!("/{}.sql", pg.database)),
             _ => None,
         }
     }
@@ -234,12 +234,13 @@ fn repo(job: &Job, host: &str) -> String {
 
 /// Lists the snapshot (resolving `latest` among the host's snapshots):
 /// restic's JSON lines, the snapshot first.
-pub(crate) fn preview_script(job: &Job, req: &Request, password: &str) -> String {
+pub(crate) fn preview_script(job: &Job, req: &Request, secrets: &ResticSecrets) -> String {
     let mut s = locked_prelude();
-    s.push_str(&restic_env(password, &repo(job, &req.host)));
+    s.push_str(&restic_env(job, &req.host, secrets));
     let path = req.listed(job).map(|p| q(&p)).unwrap_or_default();
     s.push_str(&format!(
-        "exec restic ls --json --recursive --host {} {} {path}\n",
+        // Not `exec`: restic may be the shell function that logs in over sftp.
+        "restic ls --json --recursive --host {} {} {path}\nexit $?\n",
         q(&req.host),
         q(&req.snapshot)
     ));
@@ -282,9 +283,14 @@ pub(crate) fn parse_preview(out: &str) -> Result<Preview, String> {
 }
 
 /// Restores snapshot `id` (as the preview resolved it).
-pub(crate) fn restore_script(job: &Job, req: &Request, password: &str, id: &str) -> String {
+pub(crate) fn restore_script(
+    job: &Job,
+    req: &Request,
+    secrets: &ResticSecrets,
+    id: &str,
+) -> String {
     let mut s = locked_prelude();
-    s.push_str(&restic_env(password, &repo(job, &req.host)));
+    s.push_str(&restic_env(job, &req.host, secrets));
     match &req.what {
         What::Files { path, target } => {
             let include = path
@@ -298,16 +304,19 @@ pub(crate) fn restore_script(job: &Job, req: &Request, password: &str, id: &str)
             ));
         }
         What::Database { into, replace } => {
+            let JobKind::Backup {
+                pg_dump: Some(pg), ..
+            } = &job.kind
+            else {
+                unreachable!("Request::new makes a database restore only of a pg_dump job")
+            };
             let dump = req.listed(job).unwrap_or_default();
-            s.push_str(
-                "pg() { (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 \"$@\"); }\n",
-            );
+            s.push_str(&pg_prelude(pg));
+            s.push_str("pg() { pgrun psql -X -q -v ON_ERROR_STOP=1 \"$@\"; }\n");
             let psql = "pg";
             let db = q(into);
             if *replace {
-                s.push_str(&format!(
-                    "(cd / && runuser -u postgres -- dropdb --if-exists {db}) || exit $?\n"
-                ));
+                s.push_str(&format!("pgrun dropdb --if-exists {db} || exit $?\n"));
             }
             // Plain SQL dumps create their tables: loading one into a
             // database that has tables would fail half-way, so refuse first.
@@ -317,7 +326,7 @@ pub(crate) fn restore_script(job: &Job, req: &Request, password: &str, id: &str)
                  \x20 n=$({psql} -tA -d {db} -c \"SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')\") || exit $?\n\
                  \x20 if [ \"$n\" != 0 ]; then echo \"database {into} already has $n tables: restore into another (--database NAME) or replace it (--replace)\" >&2; exit 1; fi\n\
                  else\n\
-                 \x20 (cd / && runuser -u postgres -- createdb {db}) || exit $?\n\
+                 \x20 pgrun createdb {db} || exit $?\n\
                  fi\n\
                  st=$(mktemp) || exit 1\n\
                  {{ restic dump -q {id} {dump}; echo $? > \"$st\"; }} | {psql} -d {db} >/dev/null\n\
@@ -404,20 +413,12 @@ pub(crate) fn job<'a>(fleet: &'a Fleet, name: &str) -> Result<&'a Job, RestoreEr
         })
 }
 
-/// The restic repository's password, decrypted with the fleet.
-pub(crate) fn password(fleet: &Fleet, job: &Job) -> Result<String, RestoreError> {
-    let JobKind::Backup {
-        password_secret, ..
-    } = &job.kind
-    else {
+/// The restic repository's password (and sftp key), decrypted with the fleet.
+pub(crate) fn secrets(fleet: &Fleet, job: &Job) -> Result<ResticSecrets, RestoreError> {
+    if !matches!(job.kind, JobKind::Backup { .. }) {
         return Err(RestoreError::NotABackup(job.name.clone(), job.kind.name()));
-    };
-    fleet
-        .secret_values
-        .0
-        .get(password_secret)
-        .cloned()
-        .ok_or_else(|| RestoreError::NoPassword(password_secret.clone()))
+    }
+    ResticSecrets::of(job, &fleet.secret_values.0).map_err(RestoreError::NoPassword)
 }
 
 /// Restore `req` from `job` onto its host: preview the snapshot, ask
@@ -430,7 +431,7 @@ pub(crate) async fn run(
     opts: &engine::Options,
     mut confirm: impl Confirm,
 ) -> Result<Restored, RestoreError> {
-    let password = password(fleet, job)?;
+    let secrets = secrets(fleet, job)?;
     let host = req.host.as_str();
     let unreachable = |e: &dyn std::fmt::Display| RestoreError::Unreachable {
         host: host.to_string(),
@@ -444,7 +445,7 @@ pub(crate) async fn run(
         .await
         .map_err(|e| unreachable(&e))?;
     let timeout = std::time::Duration::from_secs(job.timeout_secs.max(60));
-    let script = preview_script(job, req, &password);
+    let script = preview_script(job, req, &secrets);
     let out = conn
         .run_script(&script, timeout)
         .await
@@ -456,7 +457,7 @@ pub(crate) async fn run(
         Answer::Unasked => return Err(RestoreError::Unconfirmed),
     }
     let start = std::time::Instant::now();
-    let script = restore_script(job, req, &password, &preview.snapshot);
+    let script = restore_script(job, req, &secrets, &preview.snapshot);
     let out = conn
         .run_script(&script, timeout)
         .await
@@ -536,7 +537,12 @@ mod tests {
                 repository: "/srv/restic/{{ host.name }}".into(),
                 password_secret: "restic".into(),
                 paths: vec!["/srv/data".into()],
-                pg_dump: pg.map(String::from),
+                pg_dump: pg.map(|db| crate::model::desired::PgDump {
+                    database: db.into(),
+                    container: None,
+                    user: "postgres".into(),
+                }),
+                sftp: None,
                 keep_daily: 7,
                 keep_weekly: 4,
                 keep_monthly: 3,
@@ -580,7 +586,11 @@ mod tests {
         assert!(matches!(e, RestoreError::Invalid(m) if m.contains("not a database name")));
         // Names that pass are quoted all the same.
         let r = Request::new(&j, "db", "latest", Some("/srv/da ta"), None, None, false).unwrap();
-        let script = restore_script(&j, &r, "pw", "0123abcd");
+        let secrets = ResticSecrets {
+            password: "pw".into(),
+            sftp_key: None,
+        };
+        let script = restore_script(&j, &r, &secrets, "0123abcd");
         assert!(script.contains("--include '/srv/da ta'"), "{script}");
     }
 
@@ -609,15 +619,15 @@ mod tests {
         assert_eq!(e.help().as_deref(), Some("backup jobs are: nightly"));
         let tidy = super::job(&f, "tidy").unwrap();
         assert!(matches!(
-            password(&f, tidy),
+            secrets(&f, tidy),
             Err(RestoreError::NotABackup(n, _)) if n == "tidy"
         ));
         let nightly = super::job(&f, "nightly").unwrap().clone();
-        let e = password(&f, &nightly).unwrap_err();
+        let e = secrets(&f, &nightly).unwrap_err();
         assert_eq!(e, RestoreError::NoPassword("restic".into()));
         assert!(e.help().unwrap().contains("TIDEKEEPER_AGE_IDENTITY"));
         f.secret_values.0.insert("restic".into(), "pw".into());
-        assert_eq!(password(&f, &nightly).unwrap(), "pw");
+        assert_eq!(secrets(&f, &nightly).unwrap().password, "pw");
     }
 
     #[test]

@@ -126,13 +126,7 @@ async fn on_host(fleet: &Fleet, job: &Job, host_name: &str, opts: &Options) -> H
     let timeout = Duration::from_secs(job.timeout_secs.max(1));
     let result: Result<(), String> = async {
         let host = fleet.host(host_name).ok_or("the host left the config")?;
-        let secret = match &job.kind {
-            JobKind::Backup { password_secret, .. } => {
-                fleet.secret_values.0.get(password_secret).map(String::as_str)
-            }
-            _ => None,
-        };
-        let script = host_script(job, host_name, secret)?;
+        let script = host_script(job, host_name, &fleet.secret_values.0)?;
         let conn = engine::connect(fleet, host, opts).await.map_err(|e| e.to_string())?;
         let out = conn.run_script(&script, timeout).await.map_err(|e| e.to_string())?;
         run.log_tail = tail(&out, opts);

@@ -174,6 +174,44 @@ pub(crate) fn database_name(n: &str) -> bool {
         && !n.starts_with('-')
 }
 
+/// A container a job reaches: its name, or `STACK/SERVICE` of a compose
+/// stack (Docker's name rules: they reach a shell script, quoted there too).
+pub(crate) fn container_ref(c: &str) -> bool {
+    let part = |p: &str| {
+        (1..=128).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            && p.as_bytes()[0].is_ascii_alphanumeric()
+    };
+    match c.split_once('/') {
+        Some((stack, service)) => part(stack) && part(service),
+        None => part(c),
+    }
+}
+
+/// The `USER@HOST` and port of a restic sftp repository, written
+/// `sftp:USER@HOST:/PATH` or `sftp://USER@HOST[:PORT]//PATH`.
+pub(crate) fn sftp_target(repository: &str) -> Option<(String, Option<u16>)> {
+    let plain = |t: &str| {
+        !t.is_empty()
+            && t.contains('@')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b))
+            && !t.starts_with('-')
+    };
+    if let Some(rest) = repository.strip_prefix("sftp://") {
+        let (authority, _) = rest.split_once('/')?;
+        let (target, port) = match authority.rsplit_once(':') {
+            Some((t, p)) => (t, Some(p.parse::<u16>().ok().filter(|p| *p > 0)?)),
+            None => (authority, None),
+        };
+        return plain(target).then(|| (target.to_string(), port));
+    }
+    let rest = repository.strip_prefix("sftp:")?;
+    let (target, _) = rest.split_once(':')?;
+    plain(target).then(|| (target.to_string(), None))
+}
+
 /// A jump host written `[user@]address[:port]`: (user, address, port).
 /// The address is an IP or a DNS name (IPv6 in brackets when a port follows).
 pub(crate) fn jump_address(s: &str) -> Result<(Option<&str>, String, u16), String> {
@@ -415,6 +453,34 @@ mod tests {
         assert_eq!(ms("1s500ms"), Ok(1_500));
         for bad in ["90", "", "10 minutes", "5x", "m", "18446744073709551615h"] {
             assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sftp_repositories_name_their_login_and_nothing_else_reaches_ssh() {
+        let t = |r: &str| sftp_target(r);
+        assert_eq!(
+            t("sftp:u1@u1.your-storagebox.de:/backups/web"),
+            Some(("u1@u1.your-storagebox.de".into(), None))
+        );
+        assert_eq!(
+            t("sftp://u1@box.example:23//backups"),
+            Some(("u1@box.example".into(), Some(23)))
+        );
+        for bad in [
+            "/srv/restic",
+            "s3:https://x/y",
+            "sftp:box:/path",
+            "sftp:-oProxyCommand=x@h:/p",
+            "sftp:u@h;reboot:/p",
+            "sftp://u@h:0//p",
+            "sftp://u@h:99999//p",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert!(container_ref("app-db-1") && container_ref("app/db"));
+        for bad in ["", "a/b/c", "-x", "a b", "a;b", "/db", "app/"] {
+            assert!(!container_ref(bad), "{bad}");
         }
     }
 

@@ -1036,6 +1036,26 @@ pub enum HealthCheck {
     Container(String),
 }
 
+/// A PostgreSQL database a backup dumps: on the host, or inside a
+/// container (a compose stack's database), as `user`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PgDump {
+    pub database: String,
+    /// A container's name, or `STACK/SERVICE` of a compose stack.
+    pub container: Option<String>,
+    pub user: String,
+}
+
+/// The login restic uses for an `sftp:` repository: a private key kept as a
+/// secret and the server's host key, so nothing is trusted on first use.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SftpAccess {
+    pub key_secret: String,
+    /// known_hosts lines for the server (its public host keys).
+    pub known_hosts: String,
+    pub port: Option<u16>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum JobKind {
@@ -1043,7 +1063,9 @@ pub enum JobKind {
         repository: String,
         password_secret: String,
         paths: Vec<String>,
-        pg_dump: Option<String>,
+        pg_dump: Option<PgDump>,
+        /// How restic logs in to an sftp repository.
+        sftp: Option<SftpAccess>,
         keep_daily: u32,
         keep_weekly: u32,
         keep_monthly: u32,

@@ -1008,12 +1008,47 @@ pub struct BackupSpec {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub paths: Vec<S<String>>,
-    #[schemars(with = "Option<String>")]
-    pub pg_dump: Option<S<String>>,
+    /// A PostgreSQL database to dump into the repository: its name (a
+    /// server on the host), or `{database, container, user}`.
+    #[schemars(with = "Option<PgDumpSpec>")]
+    pub pg_dump: Option<S<PgDumpSpec>>,
+    /// The key and known host keys restic uses for an `sftp:` repository.
+    pub sftp: Option<SftpSpec>,
     #[serde(default)]
     pub keep: Retention,
     #[schemars(with = "Option<bool>")]
     pub check: Option<S<bool>>,
+}
+
+/// `pg_dump: app`, or `pg_dump: {database: app, container: app/db}`.
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(untagged)]
+pub enum PgDumpSpec {
+    Name(String),
+    Full {
+        /// The database to dump.
+        database: String,
+        /// The container PostgreSQL runs in: its name, or `STACK/SERVICE`
+        /// of a compose stack (default: a server on the host itself).
+        container: Option<String>,
+        /// The database user pg_dump runs as (default: postgres).
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SftpSpec {
+    /// The secret holding the private key restic logs in with.
+    #[schemars(with = "String")]
+    pub key_secret: S<String>,
+    /// The server's host keys as known_hosts lines
+    /// (`ssh-keyscan -p PORT HOST` prints them; check them out of band).
+    #[schemars(with = "String")]
+    pub known_hosts: S<String>,
+    /// The server's SSH port (a Hetzner Storage Box answers sftp on 23).
+    #[schemars(with = "Option<u16>")]
+    pub port: Option<S<u16>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

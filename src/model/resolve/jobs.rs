@@ -486,20 +486,11 @@ impl Loader<'_> {
         for p in &b.paths {
             self.host_path(file, p);
         }
-        if let Some(db) = &b.pg_dump
-            && !check::database_name(&db.value)
-        {
-            self.err(
-                at(file, db)
-                    .error(
-                        "invalid-value",
-                        format!("{:?} is not a database name tidekeeper dumps", db.value),
-                    )
-                    .with_help(
-                        "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
-                    ),
-            );
-        }
+        let pg_dump = b.pg_dump.as_ref().and_then(|pg| self.pg_dump(pg));
+        let sftp = b.sftp.as_ref().map(|sftp| {
+            self.use_secret(file, &sftp.key_secret, secrets);
+            self.sftp(&b.repository, sftp)
+        });
         if b.paths.is_empty() && b.pg_dump.is_none() {
             self.err(at(file, &b.repository).error(
                 "invalid-value",
@@ -510,11 +501,99 @@ impl Loader<'_> {
             repository: b.repository.value.clone(),
             password_secret: b.password_secret.value.clone(),
             paths: b.paths.iter().map(|p| p.value.clone()).collect(),
-            pg_dump: opt(&b.pg_dump),
+            pg_dump,
+            sftp,
             keep_daily: b.keep.daily.as_ref().map(|v| v.value).unwrap_or(7),
             keep_weekly: b.keep.weekly.as_ref().map(|v| v.value).unwrap_or(4),
             keep_monthly: b.keep.monthly.as_ref().map(|v| v.value).unwrap_or(6),
             check: b.check.as_ref().map(|v| v.value).unwrap_or(false),
+        }
+    }
+
+    fn pg_dump(&mut self, pg: &S<raw::PgDumpSpec>) -> Option<PgDump> {
+        let file = SCHEDULES_FILE;
+        let (database, container, user) = match &pg.value {
+            raw::PgDumpSpec::Name(db) => (db.clone(), None, None),
+            raw::PgDumpSpec::Full {
+                database,
+                container,
+                user,
+            } => (database.clone(), container.clone(), user.clone()),
+        };
+        let user = user.unwrap_or_else(|| "postgres".into());
+        let mut ok = true;
+        for (what, value, valid, help) in [
+            (
+                "database name",
+                database.as_str(),
+                check::database_name(&database),
+                "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
+            ),
+            (
+                "database user",
+                user.as_str(),
+                check::database_name(&user),
+                "letters, digits, `_`, `-` and `.`, at most 63 (PostgreSQL's limit)",
+            ),
+            (
+                "container",
+                container.as_deref().unwrap_or("x"),
+                container.as_deref().is_none_or(check::container_ref),
+                "a container's name, or STACK/SERVICE of a compose stack",
+            ),
+        ] {
+            if !valid {
+                ok = false;
+                self.err(
+                    at(file, pg)
+                        .error(
+                            "invalid-value",
+                            format!("{value:?} is not a {what} tidekeeper dumps"),
+                        )
+                        .with_help(help),
+                );
+            }
+        }
+        ok.then_some(PgDump {
+            database,
+            container,
+            user,
+        })
+    }
+
+    fn sftp(&mut self, repository: &S<String>, s: &raw::SftpSpec) -> SftpAccess {
+        let file = SCHEDULES_FILE;
+        if check::sftp_target(&repository.value).is_none() {
+            self.err(
+                at(file, repository)
+                    .error(
+                        "invalid-value",
+                        "`sftp:` logs in to an sftp repository, and this one is not",
+                    )
+                    .with_help("write it `sftp:USER@HOST:/PATH`, or remove `sftp:`"),
+            );
+        }
+        let lines: Vec<&str> = s
+            .known_hosts
+            .value
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        if lines.is_empty() || lines.iter().any(|l| l.split_whitespace().count() < 3) {
+            self.err(
+                at(file, &s.known_hosts)
+                    .error(
+                        "invalid-value",
+                        "known_hosts needs the server's host keys as known_hosts lines: HOST KEYTYPE KEY",
+                    )
+                    .with_help("`ssh-keyscan -p PORT HOST` prints them; compare them with what the provider shows"),
+            );
+        }
+        SftpAccess {
+            key_secret: s.key_secret.value.clone(),
+            known_hosts: lines.join("\n"),
+            port: s.port.as_ref().map(|p| p.value),
         }
     }
 
