@@ -83,9 +83,21 @@ impl Scheduler {
         self.due.lock().unwrap().remove(r);
     }
 
-    /// Requests waiting, for the queue-length metric.
+    /// Requests scheduled, due or not.
     pub fn len(&self) -> usize {
         self.due.lock().unwrap().len()
+    }
+
+    /// Requests due now and not yet taken (the queue-length metric): a
+    /// timer set for later is not work waiting.
+    pub fn due_now(&self) -> usize {
+        let now = Instant::now();
+        self.due
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|t| **t <= now)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,6 +238,20 @@ mod tests {
         assert_eq!(s.next().await, Request::Drift);
         assert_eq!(t.elapsed(), Duration::from_secs(600));
         assert!(s.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_length_counts_work_due_now_not_timers() {
+        let s = Scheduler::default();
+        s.after(Request::Drift, Duration::from_secs(600));
+        s.after(Request::Job("backup".into()), Duration::from_secs(60));
+        assert_eq!((s.len(), s.due_now()), (2, 0), "two timers, no work");
+        s.now(Request::Head);
+        assert_eq!(s.due_now(), 1);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.due_now(), 2, "the job is due now");
+        s.next().await;
+        assert_eq!(s.due_now(), 1, "taken work leaves the queue");
     }
 
     #[tokio::test(start_paused = true)]
