@@ -481,9 +481,9 @@ impl RateLimit {
     }
 }
 
-/// The wait after `attempts` failed attempts: 1 s, 2 s, 4 s … 5 min.
+/// The wait after `attempts` failed attempts: about 1 s, 2 s, 4 s … 5 min, jittered.
 fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(1, 10).saturating_sub(1)).min(MAX_BACKOFF)
+    crate::backoff::Backoff::new(Duration::from_secs(1), MAX_BACKOFF).after(attempts)
 }
 
 fn value(ready: &Ready, c: &Credential) -> Result<String, NotifyError> {
@@ -636,8 +636,11 @@ mod tests {
 
     #[test]
     fn retries_back_off_from_a_second_to_five_minutes() {
-        let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        let plain = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300];
+        for (a, full) in (1..=12).zip(plain) {
+            let (w, full) = (backoff(a), Duration::from_secs(full));
+            assert!(w >= full / 2 && w <= full, "attempt {a}: {w:?} of {full:?}");
+        }
     }
 
     #[test]
