@@ -258,3 +258,33 @@ fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
     }
     bed.ssh_ok(0, "docker rm -f tk >/dev/null");
 }
+
+/// Every dependency's license is a permissive one, no version is a
+/// wildcard and every crate comes from crates.io (`deny.toml`; advisories
+/// need the RustSec database, which scripts/test checks where present).
+#[test]
+fn the_dependencies_pass_cargo_deny() {
+    let out = match Command::new("cargo")
+        .args(["deny", "--offline", "check", "licenses", "bans", "sources"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("no such command") => out,
+        _ => {
+            assert!(
+                std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
+                "cargo-deny is not installed; scripts/setup installs it"
+            );
+            eprintln!("skipping: cargo-deny not installed; run scripts/setup to install it");
+            return;
+        }
+    };
+    // The summary goes to stdout off a terminal, the findings to stderr.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "cargo deny:\n{text}");
+    assert!(text.contains("bans ok, licenses ok, sources ok"), "{text}");
+}
