@@ -343,3 +343,134 @@ fn the_dependencies_pass_cargo_deny() {
     assert!(out.status.success(), "cargo deny:\n{text}");
     assert!(text.contains("bans ok, licenses ok, sources ok"), "{text}");
 }
+
+/// The targets of the `tidekeeper` package as cargo sees them in `dir`:
+/// (kind, name) of each but the build script.
+fn cargo_targets(dir: &std::path::Path) -> std::collections::BTreeSet<(String, String)> {
+    cargo_targets_of(dir, "tidekeeper")
+}
+
+fn cargo_targets_of(
+    dir: &std::path::Path,
+    name: &str,
+) -> std::collections::BTreeSet<(String, String)> {
+    let out = Command::new("cargo")
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap();
+    package["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["kind"][0].as_str().unwrap().to_string(),
+                t["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(kind, _)| kind != "custom-build")
+        .collect()
+}
+
+fn stub_targets(dir: &std::path::Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stub-targets");
+    let out = Command::new(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Dockerfile's dependency layer builds with stand-ins for the sources;
+/// cargo refuses to start ("can't find `scale` bench") if one is missing. The
+/// stand-ins come from the manifest, so every target cargo sees in the
+/// checkout must be there with them too.
+#[test]
+fn the_dockerfile_dependency_layer_has_a_stand_in_for_every_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = crate::support::TempDir::new("stubs");
+    let layer = tmp.path();
+    // What the layer copies before the sources, as the Dockerfile says.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let deps = &dockerfile[..dockerfile.find("COPY . .").expect("a full copy")];
+    assert!(deps.contains("RUN scripts/stub-targets"), "{deps}");
+    for line in deps.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        let sources: Vec<&str> = line.split_whitespace().collect();
+        for src in &sources[..sources.len() - 1] {
+            let out = Command::new("cp")
+                .args(["-r", "--parents", src])
+                .arg(layer)
+                .current_dir(root)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(!layer.join("src").exists() && !layer.join("benches").exists());
+    stub_targets(layer);
+    assert_eq!(cargo_targets(layer), cargo_targets(root));
+}
+
+/// The stand-ins follow each way a manifest can name a target.
+#[test]
+fn stand_ins_are_written_for_bins_tests_benches_and_examples_at_their_paths() {
+    let tmp = crate::support::TempDir::new("stubs-shapes");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"x\"\nversion = \"0.1.0\"\nedition = \"2024\"\nautobenches = false\n\n\
+         [[bin]]\nname = \"tool\"\n\n[[test]]\npath = \"tests/all/main.rs\"\nname = \"all\"\n\n\
+         [[bench]] # with a comment\nharness = false\nname = \"speed\"\n\n[[example]]\nname = \"demo\"\n\n\
+         [dependencies]\n",
+    )
+    .unwrap();
+    stub_targets(dir);
+    for f in [
+        "src/lib.rs",
+        "src/main.rs",
+        "src/bin/tool.rs",
+        "tests/all/main.rs",
+        "benches/speed.rs",
+        "examples/demo.rs",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let targets = cargo_targets_of(dir, "x");
+    let want: std::collections::BTreeSet<(String, String)> = [
+        ("bench", "speed"),
+        ("bin", "tool"),
+        ("bin", "x"),
+        ("example", "demo"),
+        ("lib", "x"),
+        ("test", "all"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(targets, want, "cargo sees every target");
+}
