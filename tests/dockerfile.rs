@@ -474,3 +474,97 @@ fn stand_ins_are_written_for_bins_tests_benches_and_examples_at_their_paths() {
     .collect();
     assert_eq!(targets, want, "cargo sees every target");
 }
+
+/// The controller's unit as shipped, started by systemd on a real host: the
+/// sandbox (a dynamic user, no capabilities, the system call filter, a
+/// read-only system) leaves the daemon able to fetch its repo, serve its API
+/// and read its own /proc figures.
+#[test]
+fn the_sandboxed_unit_runs_the_daemon_as_its_own_user() {
+    use crate::support::testbed::Testbed;
+    let bed = Testbed::start(1);
+    let root = bed.root(0);
+    let out = Command::new("objcopy")
+        .args(["--strip-debug", env!("CARGO_BIN_EXE_tidekeeper")])
+        .arg(root.join("usr/local/bin/tidekeeper"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tidekeeper.service"
+    ))
+    .unwrap();
+    std::fs::write(root.join("etc/systemd/system/tidekeeper.service"), unit).unwrap();
+    bed.ssh_ok(
+        0,
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null",
+    );
+    // A config repo anyone may read (the service's user is made at start,
+    // so git is told to trust it), the key the unit hands over, the settings.
+    let fleet = root.join("srv/fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    std::fs::write(fleet.join("tidekeeper.yaml"), "fleet: boxed\n").unwrap();
+    crate::support::git(&fleet, &["init", "-q", "-b", "main"]);
+    crate::support::git(&fleet, &["add", "-A"]);
+    crate::support::git(&fleet, &["commit", "-q", "-m", "a fleet"]);
+    let head = crate::support::git(&fleet, &["rev-parse", "HEAD"]);
+    let bare = root.join("srv/fleet.git");
+    let out = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&fleet)
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(root.join("etc/gitconfig"), "[safe]\n\tdirectory = *\n").unwrap();
+    bed.ssh_ok(
+        0,
+        "chmod -R a+rX /srv/fleet.git \
+         && mkdir -p /etc/tidekeeper && ssh-keygen -q -t ed25519 -N '' -f /etc/tidekeeper/id_ed25519 \
+         && echo TIDEKEEPER_REPO=file:///srv/fleet.git > /etc/tidekeeper/env \
+         && systemctl daemon-reload && systemctl start tidekeeper",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let out = bed.ssh(0, "curl -fsS http://127.0.0.1:8420/status");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(&format!("\"head_commit\":\"{head}\"")) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not read its repo: {text}\n{}",
+            bed.ssh_ok(0, "systemctl status tidekeeper --no-pager -l; journalctl -u tidekeeper --no-pager | tail -30")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        status.contains("\"repo\":\"file:///srv/fleet.git\""),
+        "{status}"
+    );
+    let user = bed.ssh_ok(0, "ps -o user= -C tidekeeper");
+    assert!(
+        !user.trim().is_empty() && !user.contains("root"),
+        "runs as its own user: {user:?}"
+    );
+    let caps = bed.ssh_ok(0, "grep CapEff /proc/$(pgrep -x tidekeeper)/status");
+    assert!(caps.contains("0000000000000000"), "no capabilities: {caps}");
+    let metrics = bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/metrics");
+    for name in [
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "tidekeeper_build_info{",
+    ] {
+        assert!(metrics.contains(name), "{name} in the sandbox:\n{metrics}");
+    }
+    bed.ssh_ok(0, "systemctl stop tidekeeper");
+}
