@@ -25,7 +25,8 @@
 //!   out of an apply while theirs is shut.
 //! - [`mirror`] (in [`crate::source`]): the bare mirror; status branch and
 //!   notes pushed with a lease.
-//! - [`status`]: status, badges, metrics, the status page (pure).
+//! - [`status`]: status, badges, the counters behind /metrics, the status page (pure).
+//! - [`metrics`]: /metrics in OpenMetrics (prometheus-client), with the process's own figures.
 //! - [`http`]: the HTTP server.
 
 mod alerts;
