@@ -7,22 +7,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The dependencies in a layer of their own: a change to tidekeeper's source
-# does not build them again. Empty targets stand in for the sources here.
+# does not build them again. Empty stand-ins replace the sources here, one for
+# every target Cargo.toml names, written from the manifest itself
+# (scripts/stub-targets), so this layer cannot fall behind it.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY crates crates
 COPY repo-template repo-template
-# Every bench and test target the manifest names gets a stand-in, read from
-# Cargo.toml itself, so this layer cannot fall behind it.
-RUN mkdir -p src benches tests \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && awk '/^\[\[bench\]\]/ { getline; gsub(/name = |"/, ""); print }' Cargo.toml > benches/names \
-    && while read -r b; do echo 'fn main() {}' > "benches/$b.rs"; done < benches/names \
-    && echo 'fn main() {}' > tests/tests.rs \
+COPY scripts/stub-targets scripts/stub-targets
+RUN scripts/stub-targets >/dev/null \
     && cargo build --release --locked --bin tidekeeper \
-    && rm -rf src benches tests
+    && rm -rf src benches tests examples
 COPY . .
-RUN touch src/main.rs src/lib.rs \
+# The git revision for tidekeeper_build_info (.git is not in the context):
+# docker build --build-arg TIDEKEEPER_REVISION="$(git rev-parse HEAD)" .
+ARG TIDEKEEPER_REVISION=unknown
+# Targets left out of the context (.dockerignore: tests) get stand-ins again.
+RUN scripts/stub-targets >/dev/null \
+    && touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin tidekeeper \
     && strip target/release/tidekeeper
 

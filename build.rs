@@ -1,4 +1,5 @@
-// Embeds repo-template/ into the binary for `tidekeeper init` and `demo`.
+// Embeds repo-template/ into the binary for `tidekeeper init` and `demo`,
+// and the git revision for `tidekeeper_build_info`.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,44 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The commit being built: `TIDEKEEPER_REVISION` if set (a container build
+/// has no .git), else `git rev-parse HEAD`, else "unknown".
+fn revision(root: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=TIDEKEEPER_REVISION");
+    if let Ok(r) = std::env::var("TIDEKEEPER_REVISION")
+        && !r.trim().is_empty()
+    {
+        return r.trim().to_string();
+    }
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()?;
+        let s = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !s.trim().is_empty()).then(|| s.trim().to_string())
+    };
+    // Rebuilt when HEAD moves: HEAD itself, the branch it names, packed refs.
+    for f in ["HEAD", "packed-refs"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", f]) {
+            println!("cargo:rerun-if-changed={}", root.join(p).display());
+        }
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(p) = git(&["rev-parse", "--git-path", &branch])
+    {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
 fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    println!(
+        "cargo:rustc-env=TIDEKEEPER_REVISION={}",
+        revision(&manifest)
+    );
     // Read at run time: a compiled build script is reused when the checkout
     // moves (the target dir cache), and `env!` would keep the old path.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("repo-template");

@@ -13,12 +13,14 @@
 //! - [`daemon`], [`report`], [`forge`]: the long-running loop and what it writes back.
 //! - [`audit`]: the audit trail at the end of each note on a reconciled commit (pure).
 //! - [`saved_plan`]: a plan saved to a file, applied only while it is what a fresh plan says.
+//! - [`backoff`]: the one retry backoff (exponential, jittered), for every stage.
 //! - [`state_file`]: the daemon's state directory, written atomically, never dropped unseen.
 //! - [`cli`]: the `tidekeeper` command.
 
 #![warn(unreachable_pub)]
 
 pub mod audit;
+pub(crate) mod backoff;
 pub mod badge;
 pub mod change;
 pub mod cli;

@@ -553,6 +553,13 @@ async fn a_host_that_cannot_be_reached_is_tried_again_with_growing_jittered_wait
         "the waits are jittered, not exact doublings: {waits:?}"
     );
     assert!(d.applied().as_deref() != Some(c2.as_str()));
+    // Fetched, but not applied to every host: the sync metric does not move.
+    let (fetched, synced) = {
+        let m = d.shared.metrics.lock().unwrap();
+        (m.last_fetch_unix, m.last_applied_unix)
+    };
+    assert!(fetched.is_some());
+    let synced_before = synced;
     // Back on the network: the next try brings the commit, with no poll or webhook.
     bed.reconnect(1);
     until_virtual("recovery", step, Duration::from_secs(120), || {
@@ -570,6 +577,11 @@ async fn a_host_that_cannot_be_reached_is_tried_again_with_growing_jittered_wait
         .get("unreachable")
         .copied();
     assert_eq!(requeued, Some(5), "one requeue per failed try");
+    let synced = d.shared.metrics.lock().unwrap().last_applied_unix;
+    assert!(
+        synced.is_some() && synced > synced_before,
+        "the sync metric moves once every host has the commit: {synced_before:?} → {synced:?}"
+    );
     d.stop().await;
 }
 

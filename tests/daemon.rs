@@ -76,6 +76,24 @@ fn commits_are_applied_and_reported_back_invalid_ones_are_not() {
         )),
         "{metrics}"
     );
+    // Prometheus asks for OpenMetrics and gets it; anyone else the classic text.
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (code, om) = d.request("GET", "/metrics", &[("Accept", accept)], b"");
+    assert_eq!(code, 200);
+    assert!(
+        om.contains("# TYPE tidekeeper_reconciles counter") && om.contains("# EOF"),
+        "{om}"
+    );
+    assert!(
+        metrics.contains("# TYPE tidekeeper_reconciles_total counter")
+            && !metrics.contains("# EOF"),
+        "{metrics}"
+    );
+    // Applied to every host: the sync time is set.
+    assert!(
+        !metrics.contains("tidekeeper_last_successful_sync_timestamp_seconds 0"),
+        "{metrics}"
+    );
     assert!(d.get("/").1.contains("<h1>test"), "status page");
     assert_eq!(d.get("/readyz").0, 200);
 

@@ -77,6 +77,61 @@ fn the_systemd_units_verify() {
         controller.contains("ProtectSystem=strict"),
         "the controller stays sandboxed"
     );
+    for line in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "PrivateDevices=yes",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "RestrictAddressFamilies=",
+    ] {
+        assert!(controller.contains(line), "the controller has {line:?}");
+    }
+    // systemd's own judgement of the sandbox: "OK" (below 2.0 of 10) for the
+    // controller; pull mode runs as root on purpose and is only verified.
+    let exposure = unit_exposure("tidekeeper.service");
+    assert!(
+        exposure.is_none_or(|e| e <= 2.0),
+        "tidekeeper.service exposure {exposure:?}"
+    );
+}
+
+/// `systemd-analyze security --offline=yes`'s overall exposure (0 safe, 10
+/// exposed), None where systemd-analyze is missing and the suite may skip.
+fn unit_exposure(name: &str) -> Option<f64> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(name);
+    let out = match Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
+                "systemd-analyze missing ({e})"
+            );
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security {name}:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level:\n{text}"));
+    let value = line.split(": ").nth(1).and_then(|v| v.split(' ').next());
+    Some(
+        value
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}")),
+    )
 }
 
 fn verify_unit(name: &str) {
@@ -257,4 +312,259 @@ fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     bed.ssh_ok(0, "docker rm -f tk >/dev/null");
+}
+
+/// Every dependency's license is a permissive one, no version is a
+/// wildcard and every crate comes from crates.io (`deny.toml`; advisories
+/// need the RustSec database, which scripts/test checks where present).
+#[test]
+fn the_dependencies_pass_cargo_deny() {
+    let out = match Command::new("cargo")
+        .args(["deny", "--offline", "check", "licenses", "bans", "sources"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        Ok(out) if !String::from_utf8_lossy(&out.stderr).contains("no such command") => out,
+        _ => {
+            assert!(
+                std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
+                "cargo-deny is not installed; scripts/setup installs it"
+            );
+            eprintln!("skipping: cargo-deny not installed; run scripts/setup to install it");
+            return;
+        }
+    };
+    // The summary goes to stdout off a terminal, the findings to stderr.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "cargo deny:\n{text}");
+    assert!(text.contains("bans ok, licenses ok, sources ok"), "{text}");
+}
+
+/// The targets of the `tidekeeper` package as cargo sees them in `dir`:
+/// (kind, name) of each but the build script.
+fn cargo_targets(dir: &std::path::Path) -> std::collections::BTreeSet<(String, String)> {
+    cargo_targets_of(dir, "tidekeeper")
+}
+
+fn cargo_targets_of(
+    dir: &std::path::Path,
+    name: &str,
+) -> std::collections::BTreeSet<(String, String)> {
+    let out = Command::new("cargo")
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap();
+    package["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["kind"][0].as_str().unwrap().to_string(),
+                t["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(kind, _)| kind != "custom-build")
+        .collect()
+}
+
+fn stub_targets(dir: &std::path::Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stub-targets");
+    let out = Command::new(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Dockerfile's dependency layer builds with stand-ins for the sources;
+/// cargo refuses to start ("can't find `scale` bench") if one is missing. The
+/// stand-ins come from the manifest, so every target cargo sees in the
+/// checkout must be there with them too.
+#[test]
+fn the_dockerfile_dependency_layer_has_a_stand_in_for_every_target() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = crate::support::TempDir::new("stubs");
+    let layer = tmp.path();
+    // What the layer copies before the sources, as the Dockerfile says.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let deps = &dockerfile[..dockerfile.find("COPY . .").expect("a full copy")];
+    assert!(deps.contains("RUN scripts/stub-targets"), "{deps}");
+    for line in deps.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        let sources: Vec<&str> = line.split_whitespace().collect();
+        for src in &sources[..sources.len() - 1] {
+            let out = Command::new("cp")
+                .args(["-r", "--parents", src])
+                .arg(layer)
+                .current_dir(root)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(!layer.join("src").exists() && !layer.join("benches").exists());
+    stub_targets(layer);
+    assert_eq!(cargo_targets(layer), cargo_targets(root));
+}
+
+/// The stand-ins follow each way a manifest can name a target.
+#[test]
+fn stand_ins_are_written_for_bins_tests_benches_and_examples_at_their_paths() {
+    let tmp = crate::support::TempDir::new("stubs-shapes");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"x\"\nversion = \"0.1.0\"\nedition = \"2024\"\nautobenches = false\n\n\
+         [[bin]]\nname = \"tool\"\n\n[[test]]\npath = \"tests/all/main.rs\"\nname = \"all\"\n\n\
+         [[bench]] # with a comment\nharness = false\nname = \"speed\"\n\n[[example]]\nname = \"demo\"\n\n\
+         [dependencies]\n",
+    )
+    .unwrap();
+    stub_targets(dir);
+    for f in [
+        "src/lib.rs",
+        "src/main.rs",
+        "src/bin/tool.rs",
+        "tests/all/main.rs",
+        "benches/speed.rs",
+        "examples/demo.rs",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let targets = cargo_targets_of(dir, "x");
+    let want: std::collections::BTreeSet<(String, String)> = [
+        ("bench", "speed"),
+        ("bin", "tool"),
+        ("bin", "x"),
+        ("example", "demo"),
+        ("lib", "x"),
+        ("test", "all"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(targets, want, "cargo sees every target");
+}
+
+/// The controller's unit as shipped, started by systemd on a real host: the
+/// sandbox (a dynamic user, no capabilities, the system call filter, a
+/// read-only system) leaves the daemon able to fetch its repo, serve its API
+/// and read its own /proc figures.
+#[test]
+fn the_sandboxed_unit_runs_the_daemon_as_its_own_user() {
+    use crate::support::testbed::Testbed;
+    let bed = Testbed::start(1);
+    let root = bed.root(0);
+    let out = Command::new("objcopy")
+        .args(["--strip-debug", env!("CARGO_BIN_EXE_tidekeeper")])
+        .arg(root.join("usr/local/bin/tidekeeper"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/tidekeeper.service"
+    ))
+    .unwrap();
+    std::fs::write(root.join("etc/systemd/system/tidekeeper.service"), unit).unwrap();
+    bed.ssh_ok(
+        0,
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null",
+    );
+    // A config repo anyone may read (the service's user is made at start,
+    // so git is told to trust it), the key the unit hands over, the settings.
+    let fleet = root.join("srv/fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    std::fs::write(fleet.join("tidekeeper.yaml"), "fleet: boxed\n").unwrap();
+    crate::support::git(&fleet, &["init", "-q", "-b", "main"]);
+    crate::support::git(&fleet, &["add", "-A"]);
+    crate::support::git(&fleet, &["commit", "-q", "-m", "a fleet"]);
+    let head = crate::support::git(&fleet, &["rev-parse", "HEAD"]);
+    let bare = root.join("srv/fleet.git");
+    let out = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&fleet)
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(root.join("etc/gitconfig"), "[safe]\n\tdirectory = *\n").unwrap();
+    bed.ssh_ok(
+        0,
+        "chmod -R a+rX /srv/fleet.git \
+         && mkdir -p /etc/tidekeeper && ssh-keygen -q -t ed25519 -N '' -f /etc/tidekeeper/id_ed25519 \
+         && echo TIDEKEEPER_REPO=file:///srv/fleet.git > /etc/tidekeeper/env \
+         && systemctl daemon-reload && systemctl start tidekeeper",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let out = bed.ssh(0, "curl -fsS http://127.0.0.1:8420/status");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains(&format!("\"head_commit\":\"{head}\"")) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not read its repo: {text}\n{}",
+            bed.ssh_ok(0, "systemctl status tidekeeper --no-pager -l; journalctl -u tidekeeper --no-pager | tail -30")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        status.contains("\"repo\":\"file:///srv/fleet.git\""),
+        "{status}"
+    );
+    let user = bed.ssh_ok(0, "ps -o user= -C tidekeeper");
+    assert!(
+        !user.trim().is_empty() && !user.contains("root"),
+        "runs as its own user: {user:?}"
+    );
+    let caps = bed.ssh_ok(0, "grep CapEff /proc/$(pgrep -x tidekeeper)/status");
+    assert!(caps.contains("0000000000000000"), "no capabilities: {caps}");
+    let metrics = bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/metrics");
+    for name in [
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "tidekeeper_build_info{",
+    ] {
+        assert!(metrics.contains(name), "{name} in the sandbox:\n{metrics}");
+    }
+    bed.ssh_ok(0, "systemctl stop tidekeeper");
 }

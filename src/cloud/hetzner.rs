@@ -32,6 +32,13 @@ use crate::model::desired::{CloudPort, Hetzner as Settings, Network, ProviderKin
 
 const NAME: &str = "hetzner";
 const ATTEMPTS: u32 = 8;
+/// The longest wait between two tries of an API call.
+const RETRY_CAP: Duration = Duration::from_secs(16);
+
+/// The waits between tries of an API call, from `first` up to [`RETRY_CAP`].
+fn retry_waits(first: Duration) -> impl Iterator<Item = Duration> {
+    crate::backoff::Backoff::new(first, RETRY_CAP).waits()
+}
 const POLL: Duration = Duration::from_millis(500);
 
 pub(crate) struct Hetzner {
@@ -274,21 +281,20 @@ impl Hetzner {
         F: FnMut() -> Fu,
         Fu: std::future::Future<Output = Result<T, HError<E>>>,
     {
-        let mut delay = Duration::from_millis(250);
+        let mut delays = retry_waits(Duration::from_millis(250));
         let mut attempt = 0;
         loop {
             attempt += 1;
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if retryable(&e) && attempt < ATTEMPTS => {
-                    let wait = self.backoff(&e, delay).await;
+                    let wait = self.backoff(&e, delays.next()).await;
                     tracing::debug!(
                         attempt,
                         wait_ms = wait.as_millis() as u64,
                         "retrying a Hetzner call"
                     );
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(Duration::from_secs(16));
                 }
                 Err(e) => return Err(CloudError::api(NAME, what, describe(&e))),
             }
@@ -297,7 +303,8 @@ impl Hetzner {
 
     /// How long to wait before retrying after `e`: for a 429, until one
     /// request is available again per the rate-limit headers; else `delay`.
-    async fn backoff<E>(&self, e: &HError<E>, delay: Duration) -> Duration {
+    async fn backoff<E>(&self, e: &HError<E>, delay: Option<Duration>) -> Duration {
+        let delay = delay.unwrap_or(RETRY_CAP);
         if !status_is(e, 429) {
             return delay;
         }
@@ -932,7 +939,7 @@ impl Hetzner {
         req.firewalls =
             firewall.map(|id| vec![models::CreateServerRequestFirewalls { firewall: id }]);
         // Never two servers for one host: before every retry, look it up.
-        let mut delay = Duration::from_millis(500);
+        let mut delays = retry_waits(Duration::from_millis(500));
         let mut attempt = 0;
         let created = loop {
             attempt += 1;
@@ -966,8 +973,7 @@ impl Hetzner {
                     if !retryable(&e) || attempt >= ATTEMPTS {
                         return Err(CloudError::api(NAME, "creating the server", describe(&e)));
                     }
-                    tokio::time::sleep(self.backoff(&e, delay).await).await;
-                    delay = (delay * 2).min(Duration::from_secs(16));
+                    tokio::time::sleep(self.backoff(&e, delays.next()).await).await;
                 }
             }
         };

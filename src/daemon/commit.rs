@@ -766,6 +766,8 @@ fn record_verdict(
     match verdict {
         Verdict::Applied => {
             st.applied_commit = Some(commit.to_string());
+            ctx.shared.metrics.lock().unwrap().last_applied_unix =
+                Some(ctx.clock.now().timestamp());
             st.quarantined = None;
             st.held = None;
         }

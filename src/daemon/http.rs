@@ -15,7 +15,6 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::Shared;
-use super::status;
 
 /// The largest request body taken (a webhook's payload): larger is 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
@@ -140,17 +139,29 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let mut text = status::prometheus(&s.status.lock().unwrap(), &s.metrics.lock().unwrap());
-    text.push_str(&s.notifier.metrics());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+/// OpenMetrics to a scraper that asks for it (Prometheus does), the
+/// classic text format to anyone else.
+async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let mut metrics = s.metrics.lock().unwrap().clone();
+    metrics.queue = s.scheduler.due_now() as u64;
+    let scrape = super::metrics::Scrape {
+        status: s.status.lock().unwrap().clone(),
+        metrics,
+        notify: s.notifier.status(),
+        process: super::metrics::Process::current(),
+    };
+    let text = super::metrics::openmetrics(scrape);
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
+    } else {
+        let text = super::metrics::classic_text(&text);
+        let kind = super::metrics::CLASSIC_CONTENT_TYPE;
+        ([(header::CONTENT_TYPE, kind)], text).into_response()
+    }
 }
 
 async fn status_json(State(s): State<Arc<Shared>>) -> Response {

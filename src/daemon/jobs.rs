@@ -112,13 +112,16 @@ pub(super) async fn job_finished(ctx: &Ctx, state: &mut State, d: JobDone) {
         "failed"
     };
     info!(job = %name, result, "maintenance finished");
-    *ctx.shared
-        .metrics
-        .lock()
-        .unwrap()
-        .maintenance_runs
-        .entry((name.clone(), result.to_string()))
-        .or_default() += 1;
+    {
+        let mut m = ctx.shared.metrics.lock().unwrap();
+        *m.maintenance_runs
+            .entry((name.clone(), result.to_string()))
+            .or_default() += 1;
+        if run.ok {
+            let now = ctx.clock.now().timestamp();
+            m.job_last_success_unix.insert(name.clone(), now);
+        }
+    }
     let failed = !run.ok && run.not_started.is_none();
     let text = crate::maintenance::render(&run);
     if let Some((_, fleet, _)) = &state.head.good

@@ -25,7 +25,8 @@
 //!   out of an apply while theirs is shut.
 //! - [`mirror`] (in [`crate::source`]): the bare mirror; status branch and
 //!   notes pushed with a lease.
-//! - [`status`]: status, badges, metrics, the status page (pure).
+//! - [`status`]: status, badges, the counters behind /metrics, the status page (pure).
+//! - [`metrics`]: /metrics in OpenMetrics (prometheus-client), with the process's own figures.
 //! - [`http`]: the HTTP server.
 
 mod alerts;
@@ -36,6 +37,7 @@ pub(crate) mod history;
 pub(crate) mod http;
 mod jobs;
 pub(crate) mod locks;
+pub mod metrics;
 mod proposals;
 mod requirements;
 mod rollout;
@@ -157,7 +159,6 @@ impl Shared {
     /// "Look again" (a webhook, a file watch, a retry).
     pub fn poke(&self) {
         self.scheduler.now(Request::Head);
-        self.metrics.lock().unwrap().queue = self.scheduler.len() as u64;
     }
     pub fn note_stale(&self, key: &'static str, why: String) {
         let mut s = self.stale.lock().unwrap();
@@ -566,7 +567,7 @@ async fn fetch(ctx: &Ctx, state: &mut State) -> Option<String> {
             ctx.shared.ready.store(true, Ordering::SeqCst);
             ctx.shared.clear_stale("fetch");
             let mut m = ctx.shared.metrics.lock().unwrap();
-            m.last_sync_unix = Some(chrono::Utc::now().timestamp());
+            m.last_fetch_unix = Some(ctx.clock.now().timestamp());
             ctx.shared.status.lock().unwrap().last_fetch_ok = Some(now());
             Some(oid.to_string())
         }

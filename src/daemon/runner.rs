@@ -50,7 +50,6 @@ impl Loop {
                 }
                 r = self.ctx.sched.next() => r,
             };
-            self.ctx.shared.metrics.lock().unwrap().queue = self.ctx.sched.len() as u64;
             let outcome = handle(&self.ctx, &mut self.st, &req).await;
             // A retry is a head like any other from here on.
             let key = if req == Request::Retry {

@@ -83,9 +83,21 @@ impl Scheduler {
         self.due.lock().unwrap().remove(r);
     }
 
-    /// Requests waiting, for the queue-length metric.
+    /// Requests scheduled, due or not.
     pub fn len(&self) -> usize {
         self.due.lock().unwrap().len()
+    }
+
+    /// Requests due now and not yet taken (the queue-length metric): a
+    /// timer set for later is not work waiting.
+    pub fn due_now(&self) -> usize {
+        let now = Instant::now();
+        self.due
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|t| **t <= now)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,21 +188,34 @@ impl Again {
     }
 }
 
-/// Exponential backoff with jitter per key: `first`, twice that, … up to
-/// `max`, each scaled by a factor in [0.5, 1.0) so hosts that failed
-/// together do not retry together.
+/// The error policy's backoff per key ([`crate::backoff::Backoff`]):
+/// `first`, twice that, … up to `max`, jittered so hosts that failed
+/// together do not retry together; a success forgets the key's failures.
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: BTreeMap<Request, u32>,
+    /// A fixed jitter seed (tests); random otherwise.
+    seed: Option<u64>,
 }
 
 impl Backoff {
+    /// Waits with jitter drawn from `seed`, the same on every run.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn seeded(seed: u64) -> Backoff {
+        Backoff {
+            seed: Some(seed),
+            ..Backoff::default()
+        }
+    }
+
     pub fn failed(&mut self, r: &Request, first: Duration, max: Duration) -> Duration {
         let n = self.failures.entry(r.clone()).or_default();
         *n += 1;
-        let base = first.saturating_mul(1 << (*n - 1).min(10));
-        let capped = base.min(max);
-        capped.mul_f64(0.5 + jitter(*n) / 2.0)
+        let b = crate::backoff::Backoff::new(first, max);
+        match self.seed {
+            Some(seed) => b.seeded(seed).after(*n),
+            None => b.after(*n),
+        }
     }
 
     pub fn succeeded(&mut self, r: &Request) {
@@ -200,14 +225,6 @@ impl Backoff {
     pub fn failures(&self, r: &Request) -> u32 {
         self.failures.get(r).copied().unwrap_or(0)
     }
-}
-
-/// A number in [0, 1) that differs between calls and processes.
-fn jitter(salt: u32) -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(salt);
-    (h.finish() % 10_000) as f64 / 10_000.0
 }
 
 #[cfg(test)]
@@ -226,6 +243,20 @@ mod tests {
         assert_eq!(s.next().await, Request::Drift);
         assert_eq!(t.elapsed(), Duration::from_secs(600));
         assert!(s.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_length_counts_work_due_now_not_timers() {
+        let s = Scheduler::default();
+        s.after(Request::Drift, Duration::from_secs(600));
+        s.after(Request::Job("backup".into()), Duration::from_secs(60));
+        assert_eq!((s.len(), s.due_now()), (2, 0), "two timers, no work");
+        s.now(Request::Head);
+        assert_eq!(s.due_now(), 1);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(s.due_now(), 2, "the job is due now");
+        s.next().await;
+        assert_eq!(s.due_now(), 1, "taken work leaves the queue");
     }
 
     #[tokio::test(start_paused = true)]
@@ -273,14 +304,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_up_to_its_cap_and_resets() {
-        let mut b = Backoff::default();
+        let mut b = Backoff::seeded(42);
         let max = Duration::from_secs(60);
         let two = Duration::from_secs(2);
         let waits: Vec<Duration> = (0..8).map(|_| b.failed(&Request::Head, two, max)).collect();
         for (i, w) in waits.iter().enumerate() {
             let full = Duration::from_secs(2 << i).min(max);
             assert!(
-                *w >= full / 2 && *w < full,
+                *w >= full / 2 && *w <= full,
                 "attempt {i}: {w:?} of {full:?}"
             );
         }
@@ -288,7 +319,38 @@ mod tests {
         b.succeeded(&Request::Head);
         assert_eq!(b.failures(&Request::Head), 0);
         let first = b.failed(&Request::Head, two, max);
-        assert!(first < Duration::from_secs(2));
+        assert!(first <= Duration::from_secs(2));
+        // Seeded: the same waits again, so a test can rely on them.
+        let mut again = Backoff::seeded(42);
+        let replay: Vec<Duration> = (0..8)
+            .map(|_| again.failed(&Request::Head, two, max))
+            .collect();
+        assert_eq!(replay, waits);
+    }
+
+    /// The daemon's retry of a request, on tokio's paused clock: the
+    /// scheduler releases it exactly when the seeded backoff says.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_request_comes_back_after_its_backoff_on_the_paused_clock() {
+        let s = Scheduler::default();
+        let mut b = Backoff::seeded(3);
+        let expected =
+            crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(300))
+                .seeded(3);
+        let t = Instant::now();
+        let mut total = Duration::ZERO;
+        for n in 1..=4 {
+            let wait = b.failed(
+                &Request::Head,
+                Duration::from_secs(2),
+                Duration::from_secs(300),
+            );
+            assert_eq!(wait, expected.after(n));
+            s.after(Request::Head, wait);
+            assert_eq!(s.next().await, Request::Head);
+            total += wait;
+            assert_eq!(t.elapsed(), total, "released when due, not before");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the daemon knows and reports: per-host and fleet status, the files
 //! it writes to the status branch, the note on a reconciled commit, and the
-//! Prometheus metrics. Pure.
+//! counters behind /metrics. Pure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -385,146 +385,16 @@ pub struct Metrics {
     pub host_errors: BTreeMap<&'static str, u64>,
     /// Requests tried again by the error policy, by reason.
     pub requeues: BTreeMap<&'static str, u64>,
-    pub last_sync_unix: Option<i64>,
+    /// When the config repo was last fetched.
+    pub last_fetch_unix: Option<i64>,
+    /// When a commit was last applied to every host.
+    pub last_applied_unix: Option<i64>,
+    /// Requests due now (set when scraped).
     pub queue: u64,
+    /// job → when it last ran successfully.
+    pub job_last_success_unix: BTreeMap<String, i64>,
     /// Badges served (the status page's images, README badges), by badge.
     pub badges_served: BTreeMap<String, u64>,
-}
-
-pub fn prometheus(status: &FleetStatus, m: &Metrics) -> String {
-    let mut s = String::new();
-    host_metrics(&mut s, m);
-    loop_metrics(&mut s, status, m);
-    fleet_metrics(&mut s, status, m);
-    s
-}
-
-/// A label value, escaped as the text format wants.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// Per host: reconciles, errors and durations; requeues; the build.
-fn host_metrics(s: &mut String, m: &Metrics) {
-    s.push_str("# HELP tidekeeper_reconciles_total Host reconciles by result.\n# TYPE tidekeeper_reconciles_total counter\n");
-    for ((host, result), n) in &m.reconciles {
-        let _ = writeln!(
-            s,
-            "tidekeeper_reconciles_total{{host=\"{}\",result=\"{}\"}} {n}",
-            esc(host),
-            esc(result)
-        );
-    }
-    if !m.host_errors.is_empty() {
-        s.push_str("# HELP tidekeeper_host_errors_total Host errors by kind.\n# TYPE tidekeeper_host_errors_total counter\n");
-        for (kind, n) in &m.host_errors {
-            let _ = writeln!(s, "tidekeeper_host_errors_total{{kind=\"{kind}\"}} {n}");
-        }
-    }
-    if !m.requeues.is_empty() {
-        s.push_str("# HELP tidekeeper_requeues_total Requests tried again with backoff, by reason.\n# TYPE tidekeeper_requeues_total counter\n");
-        for (reason, n) in &m.requeues {
-            let _ = writeln!(s, "tidekeeper_requeues_total{{reason=\"{reason}\"}} {n}");
-        }
-    }
-    s.push_str("# HELP tidekeeper_build_info The running tidekeeper's version.\n# TYPE tidekeeper_build_info gauge\n");
-    let _ = writeln!(
-        s,
-        "tidekeeper_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    s.push_str("# HELP tidekeeper_reconcile_duration_seconds Time spent reconciling a host.\n# TYPE tidekeeper_reconcile_duration_seconds histogram\n");
-    for (host, h) in &m.durations {
-        let host = esc(host);
-        let mut cumulative = 0;
-        for (le, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
-            cumulative += n;
-            let _ = writeln!(
-                s,
-                "tidekeeper_reconcile_duration_seconds_bucket{{host=\"{host}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            s,
-            "tidekeeper_reconcile_duration_seconds_bucket{{host=\"{host}\",le=\"+Inf\"}} {}\n\
-             tidekeeper_reconcile_duration_seconds_sum{{host=\"{host}\"}} {:.3}\n\
-             tidekeeper_reconcile_duration_seconds_count{{host=\"{host}\"}} {}",
-            h.count, h.sum, h.count
-        );
-    }
-}
-
-/// The loop's own: fetches, drift, the queue, webhooks, status pushes, staleness.
-fn loop_metrics(s: &mut String, status: &FleetStatus, m: &Metrics) {
-    s.push_str("# HELP tidekeeper_last_successful_sync_timestamp_seconds When the config repo was last fetched successfully.\n# TYPE tidekeeper_last_successful_sync_timestamp_seconds gauge\n");
-    let _ = writeln!(
-        s,
-        "tidekeeper_last_successful_sync_timestamp_seconds {}",
-        m.last_sync_unix.unwrap_or(0)
-    );
-    let drift: usize = status.hosts.values().map(|h| h.drift.len()).sum();
-    let _ = write!(
-        s,
-        "# HELP tidekeeper_drift_resources Resources that differ from the config.\n# TYPE tidekeeper_drift_resources gauge\ntidekeeper_drift_resources {drift}\n\
-         # HELP tidekeeper_queue_length Triggers waiting for the reconcile loop.\n# TYPE tidekeeper_queue_length gauge\ntidekeeper_queue_length {}\n\
-         # HELP tidekeeper_git_fetches_total Fetches of the config repo.\n# TYPE tidekeeper_git_fetches_total counter\ntidekeeper_git_fetches_total {}\n\
-         # HELP tidekeeper_git_fetch_failures_total Failed fetches of the config repo.\n# TYPE tidekeeper_git_fetch_failures_total counter\ntidekeeper_git_fetch_failures_total {}\n\
-         # HELP tidekeeper_webhooks_total Webhook requests by outcome.\n# TYPE tidekeeper_webhooks_total counter\n\
-         tidekeeper_webhooks_total{{outcome=\"accepted\"}} {}\ntidekeeper_webhooks_total{{outcome=\"rejected\"}} {}\n\
-         # HELP tidekeeper_status_push_failures_total Status pushes that failed or kept losing races.\n# TYPE tidekeeper_status_push_failures_total counter\ntidekeeper_status_push_failures_total {}\n\
-         # HELP tidekeeper_stale 1 when the status may be out of date.\n# TYPE tidekeeper_stale gauge\ntidekeeper_stale {}\n",
-        m.queue,
-        m.fetches,
-        m.fetch_failures,
-        m.webhook_accepted,
-        m.webhook_rejected,
-        m.status_push_failures,
-        u8::from(!status.stale.is_empty()),
-    );
-}
-
-/// The fleet's: maintenance runs, badges served, cost, each host's state.
-fn fleet_metrics(s: &mut String, status: &FleetStatus, m: &Metrics) {
-    s.push_str("# HELP tidekeeper_maintenance_runs_total Maintenance job runs by result.\n# TYPE tidekeeper_maintenance_runs_total counter\n");
-    for ((job, result), n) in &m.maintenance_runs {
-        let _ = writeln!(
-            s,
-            "tidekeeper_maintenance_runs_total{{job=\"{}\",result=\"{}\"}} {n}",
-            esc(job),
-            esc(result)
-        );
-    }
-    s.push_str("# HELP tidekeeper_badge_requests_total Badges served, by badge.\n# TYPE tidekeeper_badge_requests_total counter\n");
-    for (badge, n) in &m.badges_served {
-        let _ = writeln!(
-            s,
-            "tidekeeper_badge_requests_total{{badge=\"{}\"}} {n}",
-            esc(badge)
-        );
-    }
-    if !status.monthly_cost.is_empty() {
-        s.push_str("# HELP tidekeeper_monthly_cost The fleet's cloud servers per month, by currency.\n# TYPE tidekeeper_monthly_cost gauge\n");
-        for (cur, v) in &status.monthly_cost {
-            let _ = writeln!(
-                s,
-                "tidekeeper_monthly_cost{{currency=\"{}\"}} {v:.2}",
-                esc(cur)
-            );
-        }
-    }
-    // One series per state, 1 for the host's own (as kube-state-metrics does).
-    s.push_str("# HELP tidekeeper_host_state A host's state: 1 for the state it is in, 0 for the others.\n# TYPE tidekeeper_host_state gauge\n");
-    for (name, h) in &status.hosts {
-        for state in HostState::ALL {
-            let _ = writeln!(
-                s,
-                "tidekeeper_host_state{{host=\"{}\",state=\"{}\"}} {}",
-                esc(name),
-                state.word(),
-                u8::from(h.state == state)
-            );
-        }
-    }
 }
 
 /// The git note on a reconciled commit.

@@ -365,51 +365,6 @@ impl Notifier {
         }
     }
 
-    /// Prometheus text for the notification families.
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write;
-        let s = self.status();
-        let mut out = String::new();
-        let families: [Family; 4] = [
-            (
-                "tidekeeper_notifications_sent_total",
-                "counter",
-                "Messages delivered, by sink.",
-                |s| s.stats.sent,
-            ),
-            (
-                "tidekeeper_notification_failures_total",
-                "counter",
-                "Delivery attempts that failed, by sink.",
-                |s| s.stats.failed_attempts,
-            ),
-            (
-                "tidekeeper_notifications_dropped_total",
-                "counter",
-                "Messages dropped because a sink's outbox was full.",
-                |s| s.stats.dropped,
-            ),
-            (
-                "tidekeeper_notifications_waiting",
-                "gauge",
-                "Messages waiting for delivery (the sink is down, slow or gone).",
-                |s| s.waiting as u64,
-            ),
-        ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (sink, st) in &s.sinks {
-                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", label(sink), value(st));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP tidekeeper_alerts_firing Alerts firing now.\n# TYPE tidekeeper_alerts_firing gauge\ntidekeeper_alerts_firing {}",
-            s.firing.len()
-        );
-        out
-    }
-
     /// Wait until nothing is waiting (for tests); false on timeout.
     pub async fn flushed(&self, within: Duration) -> bool {
         let end = Instant::now() + within;
@@ -422,21 +377,6 @@ impl Notifier {
         false
     }
 }
-
-/// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// A metric family: name, type, help, and its value for one sink.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&SinkStatus) -> u64,
-);
 
 fn save(inner: &Inner, st: &State) {
     let Some(file) = &inner.file else { return };
@@ -541,9 +481,9 @@ impl RateLimit {
     }
 }
 
-/// The wait after `attempts` failed attempts: 1 s, 2 s, 4 s … 5 min.
+/// The wait after `attempts` failed attempts: about 1 s, 2 s, 4 s … 5 min, jittered.
 fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.clamp(1, 10).saturating_sub(1)).min(MAX_BACKOFF)
+    crate::backoff::Backoff::new(Duration::from_secs(1), MAX_BACKOFF).after(attempts)
 }
 
 fn value(ready: &Ready, c: &Credential) -> Result<String, NotifyError> {
@@ -696,8 +636,11 @@ mod tests {
 
     #[test]
     fn retries_back_off_from_a_second_to_five_minutes() {
-        let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        let plain = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300];
+        for (a, full) in (1..=12).zip(plain) {
+            let (w, full) = (backoff(a), Duration::from_secs(full));
+            assert!(w >= full / 2 && w <= full, "attempt {a}: {w:?} of {full:?}");
+        }
     }
 
     #[test]

@@ -112,13 +112,9 @@ fn lost_race(e: &git2::Error) -> bool {
 /// A short, growing, jittered pause before retrying a locked ref, so two
 /// writers that collided do not collide again.
 fn lock_backoff(attempt: usize) {
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 20)
-        .unwrap_or(0) as u64;
-    std::thread::sleep(std::time::Duration::from_millis(
-        10 * attempt as u64 + jitter,
-    ));
+    use std::time::Duration;
+    let b = crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
+    std::thread::sleep(b.after(attempt as u32));
 }
 
 fn sig() -> Signature<'static> {
