@@ -376,6 +376,7 @@ impl Testbed {
     }
 
     pub fn start_kind(n: usize, kind: Kind) -> Testbed {
+        room_for_neighbours(n);
         let image = kind.image();
         let dir = cache_dir().join(format!("run-{}-{}", std::process::id(), unique()));
         fs::create_dir_all(&dir).unwrap();
@@ -1011,6 +1012,27 @@ impl Testbed {
             let _ = run("ip", &["netns", "del", &ns]);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Each host is one neighbour (and its gateway one more) of this machine:
+/// past the kernel's default `gc_thresh3` of 1024 entries new ones are
+/// refused ("neighbor table overflow", then "No route to host"), so large
+/// fleets raise the thresholds. Only ever raised, never lowered.
+fn room_for_neighbours(hosts: usize) {
+    if hosts <= 256 {
+        return;
+    }
+    let want = 4 * hosts + 1024;
+    for (name, share) in [("gc_thresh1", 4), ("gc_thresh2", 2), ("gc_thresh3", 1)] {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
+        let now: usize = fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if now < want / share {
+            let _ = fs::write(&path, (want / share).to_string());
+        }
     }
 }
 
