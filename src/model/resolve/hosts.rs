@@ -435,6 +435,8 @@ impl Loader<'_> {
                 address_origin: h.address.as_ref().map(|a| at(file, a)),
                 lockout_ok: opt(&h.lockout_ok),
                 origin: name_origin.clone(),
+                facts_used: Vec::new(),
+                facts: None,
             };
             let ctx = self.template_context(&host, fleet_name);
             self.instantiate(&mut host, &host_roles, &ctx, templates);
@@ -885,6 +887,19 @@ impl Loader<'_> {
     /// Merge the roles' resources into `host`, rendering templates for it and
     /// checking that no two resources claim the same thing.
     pub(super) fn instantiate(
+        &mut self,
+        host: &mut Host,
+        roles: &[&RoleDef],
+        ctx: &minijinja::Value,
+        t: &Templates,
+    ) {
+        self.facts_seen.lock().expect("facts seen lock").clear();
+        self.instantiate_roles(host, roles, ctx, t);
+        let seen = std::mem::take(&mut *self.facts_seen.lock().expect("facts seen lock"));
+        host.facts_used = seen.into_iter().collect();
+    }
+
+    fn instantiate_roles(
         &mut self,
         host: &mut Host,
         roles: &[&RoleDef],

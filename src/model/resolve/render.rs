@@ -89,7 +89,7 @@ fn render(fleet: &mut Fleet, src: &Source, seen: &AddressBook) -> Result<(), Dia
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let templates = l.templates(&src.secrets);
-    l.host_facts = facts(&fleet.hosts);
+    l.host_facts = facts_of_hosts(&fleet.hosts);
     for host in fleet.hosts.iter_mut() {
         let roles: Vec<&RoleDef> = host.roles.iter().filter_map(|r| src.roles.get(r)).collect();
         let ctx = l.template_context(host, &fleet.name);
@@ -101,10 +101,57 @@ fn render(fleet: &mut Fleet, src: &Source, seen: &AddressBook) -> Result<(), Dia
     }
 }
 
+/// Host `name` of `fleet` rendered again with its discovered `facts`:
+/// what its templates make with `facts.*` as the host has them (loading
+/// rendered them with stand-ins). Errors are the templates' own, as text
+/// naming file and line: only a template can make it fail (say, a
+/// division by the CPU count of a host that reports none).
+pub fn render_with_facts(
+    fleet: &Fleet,
+    name: &str,
+    facts: &crate::model::Facts,
+) -> Result<Host, String> {
+    let mut host = fleet
+        .host(name)
+        .cloned()
+        .ok_or_else(|| format!("no host named {name:?}"))?;
+    host.facts = Some(facts.clone());
+    let Some(src) = fleet.source.clone() else {
+        // Loading keeps the source of every fleet whose templates read facts.
+        return match host.facts_used.is_empty() {
+            true => Ok(host),
+            false => Err(format!(
+                "{name}: the templates are not at hand to render again"
+            )),
+        };
+    };
+    host.resources.clear();
+    host.handlers.clear();
+    let mut l = Loader::new(&src.tree, None, &src.book, None);
+    l.plain = fleet.secret_values.0.clone().into_iter().collect();
+    l.undecryptable = src
+        .undecryptable
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let templates = l.templates(&src.secrets);
+    l.host_facts = facts_of_hosts(&fleet.hosts);
+    let roles: Vec<&RoleDef> = host.roles.iter().filter_map(|r| src.roles.get(r)).collect();
+    let ctx = l.template_context(&host, &fleet.name);
+    l.instantiate(&mut host, &roles, &ctx, &templates);
+    match l.diags.is_empty() {
+        true => Ok(host),
+        false => Err(crate::model::desired::redact(
+            &fleet.redactions,
+            &l.diags.to_string(),
+        )),
+    }
+}
+
 /// `hosts` for templates from the resolved hosts: the same facts loading
 /// reads from the host files (see `hosts::facts`), with the addresses the
 /// hosts now have.
-fn facts(hosts: &[Host]) -> minijinja::Value {
+fn facts_of_hosts(hosts: &[Host]) -> minijinja::Value {
     let mut out = serde_json::Map::new();
     for h in hosts {
         // A fixed address in the first network is a single host's own.
