@@ -337,4 +337,63 @@ mod tests {
         assert_eq!(out.hosts[0].address.as_deref(), Some("203.0.113.5"));
         assert_eq!(out.hosts[0].private_address.as_deref(), Some("10.0.0.2"));
     }
+
+    fn content(h: &Host, path: &str) -> String {
+        h.resources
+            .iter()
+            .find_map(|r| match r {
+                Resource::File(f) if f.path == path => {
+                    Some(String::from_utf8_lossy(&f.content.bytes).into_owned())
+                }
+                _ => None,
+            })
+            .expect("the file is managed")
+    }
+
+    #[test]
+    fn a_host_whose_templates_read_facts_renders_with_stand_ins_then_with_its_facts() {
+        let t = tree(&[
+            ("tidekeeper.yaml", "fleet: acme\n"),
+            (
+                "hosts/db.yaml",
+                "provider: existing\naddress: 192.0.2.7\nroles: [r]\n",
+            ),
+            (
+                "hosts/web.yaml",
+                "provider: existing\naddress: 192.0.2.8\nroles: [plain]\n",
+            ),
+            (
+                "roles/r.yaml",
+                "files:\n  - {path: /etc/pg.conf, template: pg.j2}\n",
+            ),
+            (
+                "roles/plain.yaml",
+                "files:\n  - {path: /etc/motd, content: hi}\n",
+            ),
+            (
+                "templates/pg.j2",
+                "shared_buffers = {{ facts.memory_mb // 4 }}MB\narch = {{ facts.arch }}\n",
+            ),
+        ]);
+        let fleet = load(&t).expect("loads");
+        let db = fleet.host("db").unwrap();
+        assert_eq!(db.facts_used, ["arch", "memory_mb"]);
+        assert_eq!(
+            content(db, "/etc/pg.conf"),
+            "shared_buffers = 0MB\narch = \n"
+        );
+        assert!(fleet.host("web").unwrap().facts_used.is_empty());
+        let facts = crate::model::Facts {
+            arch: "aarch64".into(),
+            memory_mb: 8000,
+            ..Default::default()
+        };
+        let db = render_with_facts(&fleet, "db", &facts).expect("renders");
+        assert_eq!(
+            content(&db, "/etc/pg.conf"),
+            "shared_buffers = 2000MB\narch = aarch64\n"
+        );
+        assert_eq!(db.facts.as_ref(), Some(&facts));
+        assert_eq!(db.facts_used, ["arch", "memory_mb"]);
+    }
 }
