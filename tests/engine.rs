@@ -1269,6 +1269,12 @@ const FACTS_ROLE: &str = r#"
 files:
   - path: /etc/tidekeeper-facts.conf
     template: facts.conf.j2
+  - path: /etc/tk-has-cpus
+    content: "yes\n"
+    when: facts.cpus >= 1 and facts.arch != ""
+  - path: /etc/tk-sparc-only
+    content: "sparc\n"
+    when: facts.arch == "sparc64"
 "#;
 
 /// Templates read what the host is, as the probe found it: not stand-ins.
@@ -1297,6 +1303,12 @@ fn a_template_renders_the_hosts_real_architecture_and_cpu_count() {
         format!("arch={arch}\ncpus={cpus}\ncodename={codename}\nmemory_known=True\n{family}\n")
     );
     assert!(!codename.is_empty() && cpus.parse::<u32>().unwrap() > 0);
+    // `when:` sees the same facts: a file for hosts with CPUs, none for SPARC.
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-has-cpus"), "yes\n");
+    assert_eq!(
+        bed.ssh_ok(0, "test -e /etc/tk-sparc-only && echo there || echo absent"),
+        "absent\n"
+    );
 
     // Planned again with the same facts: nothing to do; the plan shows them.
     let out = repo.tk(&["plan", "--json", "--detailed-exitcode"]);

@@ -146,6 +146,12 @@ pub(crate) enum Item {
     Stack {
         base: Stack,
     },
+    /// `when:`: the item, made only for hosts where `condition` is true.
+    When {
+        condition: String,
+        origin: Origin,
+        item: Box<Item>,
+    },
 }
 
 /// Secret values by name; `Debug` shows only the names.

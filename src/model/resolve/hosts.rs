@@ -1036,6 +1036,16 @@ impl Loader<'_> {
                 }
             }
             Item::Ready(r) => r.clone(),
+            Item::When {
+                condition,
+                origin,
+                item,
+            } => {
+                if !self.holds(t, condition, ctx, origin, host_name)? {
+                    return None;
+                }
+                return self.render_item(item, t, ctx, host_name);
+            }
             Item::Template { base, template } => {
                 let mut f = base.clone();
                 match self.render(t, template, ctx, host_name) {

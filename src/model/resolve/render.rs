@@ -364,7 +364,7 @@ mod tests {
             ),
             (
                 "roles/r.yaml",
-                "files:\n  - {path: /etc/pg.conf, template: pg.j2}\n",
+                "files:\n  - {path: /etc/pg.conf, template: pg.j2}\n  - {path: /etc/arm, content: arm, when: facts.arch == \"aarch64\"}\n  - {path: /etc/sparc, content: sparc, when: facts.arch == \"sparc64\"}\n",
             ),
             (
                 "roles/plain.yaml",
@@ -383,6 +383,9 @@ mod tests {
             "shared_buffers = 0MB\narch = \n"
         );
         assert!(fleet.host("web").unwrap().facts_used.is_empty());
+        let paths =
+            |h: &Host| -> Vec<String> { h.resources.iter().map(|r| r.id().to_string()).collect() };
+        assert_eq!(paths(db), ["/etc/pg.conf"], "no fact holds for stand-ins");
         let facts = crate::model::Facts {
             arch: "aarch64".into(),
             memory_mb: 8000,
@@ -394,6 +397,7 @@ mod tests {
             "shared_buffers = 2000MB\narch = aarch64\n"
         );
         assert_eq!(db.facts.as_ref(), Some(&facts));
+        assert_eq!(paths(&db), ["/etc/pg.conf", "/etc/arm"]);
         assert_eq!(db.facts_used, ["arch", "memory_mb"]);
     }
 }

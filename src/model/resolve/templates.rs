@@ -149,6 +149,33 @@ impl Loader<'_> {
         }
     }
 
+    /// Whether a `when:` condition holds for a host (None: it is not a
+    /// valid expression, reported at its place).
+    pub(super) fn holds(
+        &mut self,
+        t: &Templates,
+        condition: &str,
+        ctx: &minijinja::Value,
+        origin: &Origin,
+        host: &str,
+    ) -> Option<bool> {
+        match t
+            .env
+            .compile_expression(condition)
+            .and_then(|e| e.eval(ctx))
+        {
+            Ok(v) => Some(v.is_true()),
+            Err(e) => {
+                let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+                let d = origin
+                    .error("template", format!("{}{detail} (when: {condition:?} for host {host})", e.kind()))
+                    .with_help("when: is a minijinja expression over the host's variables, host.*, fleet.* and facts.*, e.g. facts.arch == \"aarch64\"");
+                self.err_once(format!("when:{origin}"), d);
+                None
+            }
+        }
+    }
+
     /// Render an inline template string (a YAML value) for a host.
     pub(super) fn render_str(
         &mut self,
