@@ -1175,6 +1175,38 @@ pub async fn apply_all(
 mod outcome_tests {
     use super::*;
 
+    /// A plan made without a connection says which facts it does not know.
+    #[test]
+    fn a_preview_of_a_host_whose_templates_read_facts_says_they_are_unknown() {
+        let mut t = crate::source::ConfigTree::default();
+        for (p, text) in [
+            ("tidekeeper.yaml", "fleet: acme\n"),
+            (
+                "hosts/db.yaml",
+                "provider: existing\naddress: 192.0.2.7\nroles: [r]\n",
+            ),
+            (
+                "roles/r.yaml",
+                "files:\n  - {path: /etc/a, template: a.j2}\n",
+            ),
+            ("templates/a.j2", "{{ facts.cpus }} {{ facts.arch }}\n"),
+        ] {
+            t.insert_file(p, text);
+        }
+        let fleet = crate::model::load(&t).expect("loads");
+        let r = preview(
+            fleet.host("db").unwrap(),
+            "-",
+            "new server",
+            &Options::default(),
+        );
+        let w = r.plan.unwrap().warnings.join("\n");
+        assert!(
+            w.contains("facts unknown") && w.contains("facts.arch, facts.cpus"),
+            "{w}"
+        );
+    }
+
     #[test]
     fn a_host_outcome_comes_from_the_error_kind_and_the_plan_never_from_text() {
         let mut r = HostResult::new("web-1", "10.0.0.5");
