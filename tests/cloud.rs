@@ -1363,3 +1363,32 @@ fn import_adopts_an_existing_server_and_writes_its_host_file() {
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
 }
+
+/// Arm64 (CAX) servers are priced and planned like any other type. The
+/// emulator's servers are x86 test hosts: the architecture is only the
+/// type's name and price here, not what runs.
+#[test]
+fn an_arm64_cax_server_is_priced_planned_and_created() {
+    let arm = "provider: hetzner\nserver: {type: cax21, image: debian-12, location: fsn1}\nroles: [base]\n";
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/arm.yaml", arm),
+        ],
+        "",
+    );
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for line in [
+        "+ arm server (Hetzner, create)  +6.49 EUR/month",
+        "Monthly cost: 0.00 → 6.49 EUR (+6.49)",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in:\n{plan}");
+    }
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.hetzner.server("arm").unwrap().server_type, "cax21");
+    assert_eq!(f.ssh("arm", "cat /etc/tk-cloud"), "hello arm\n");
+}

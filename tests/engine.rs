@@ -1264,3 +1264,79 @@ fn rules_on_an_interface_and_the_routed_policy_converge_on_a_real_ufw() {
         text(&out)
     );
 }
+
+const FACTS_ROLE: &str = r#"
+files:
+  - path: /etc/tidekeeper-facts.conf
+    template: facts.conf.j2
+  - path: /etc/tk-has-cpus
+    content: "yes\n"
+    when: facts.cpus >= 1 and facts.arch != ""
+  - path: /etc/tk-sparc-only
+    content: "sparc\n"
+    when: facts.arch == "sparc64"
+"#;
+
+/// Templates read what the host is, as the probe found it: not stand-ins.
+#[test]
+fn a_template_renders_the_hosts_real_architecture_and_cpu_count() {
+    let bed = Testbed::start(1);
+    let repo = FleetRepo::minimal(&bed, &[("facts", FACTS_ROLE)]);
+    repo.write(
+        "templates/facts.conf.j2",
+        "arch={{ facts.arch }}\ncpus={{ facts.cpus }}\ncodename={{ facts.codename }}\n\
+         memory_known={{ facts.memory_mb > 0 }}\n\
+         {% if facts.arch == 'x86_64' %}x86{% else %}other{% endif %}\n",
+    );
+    repo.commit("a template reads facts");
+    let out = repo.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let arch = bed.ssh_ok(0, "uname -m").trim().to_string();
+    let cpus = bed.ssh_ok(0, "nproc").trim().to_string();
+    let codename = bed
+        .ssh_ok(0, ". /etc/os-release; echo $VERSION_CODENAME")
+        .trim()
+        .to_string();
+    let family = if arch == "x86_64" { "x86" } else { "other" };
+    assert_eq!(
+        bed.ssh_ok(0, "cat /etc/tidekeeper-facts.conf"),
+        format!("arch={arch}\ncpus={cpus}\ncodename={codename}\nmemory_known=True\n{family}\n")
+    );
+    assert!(!codename.is_empty() && cpus.parse::<u32>().unwrap() > 0);
+    // `when:` sees the same facts: a file for hosts with CPUs, none for SPARC.
+    assert_eq!(bed.ssh_ok(0, "cat /etc/tk-has-cpus"), "yes\n");
+    assert_eq!(
+        bed.ssh_ok(0, "test -e /etc/tk-sparc-only && echo there || echo absent"),
+        "absent\n"
+    );
+
+    // Planned again with the same facts: nothing to do; the plan shows them.
+    let out = repo.tk(&["plan", "--json", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let facts = &plan["hosts"][0]["plan"]["facts"];
+    assert_eq!(facts["arch"], arch.as_str(), "{plan}");
+    assert_eq!(facts["cpus"].to_string(), cpus, "{plan}");
+    let eth = bed.ssh_ok(0, "ip -o -4 addr show scope global | awk '{print $4}'");
+    let first = eth.lines().next().unwrap_or_default();
+    let addresses = facts["interfaces"].to_string();
+    assert!(addresses.contains(first), "{first} in {addresses}");
+
+    // `show HOST` says which facts are read; with --facts it asks the host.
+    let out = repo.tk(&["show", &bed.host(0).name, "--facts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains(&format!("  arch: {arch}\n")), "{shown}");
+    assert!(shown.contains(&format!("  cpus: {cpus}\n")), "{shown}");
+    assert!(
+        shown.contains(&format!("  codename: {codename}\n")),
+        "{shown}"
+    );
+    let out = repo.tk(&["show", &bed.host(0).name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("facts read by templates: arch, codename, cpus, memory_mb "),
+        "{}",
+        text(&out)
+    );
+}

@@ -377,9 +377,9 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan = stdout(&out);
     for want in [
-        "+ platform server (Hetzner, create)  +13.60 EUR/month",
-        "+ workspace-2 server (Hetzner, create)  +25.20 EUR/month",
-        "Monthly cost: 0.00 → 64.00 EUR (+64.00)",
+        "+ platform server (Hetzner, create)  +12.49 EUR/month",
+        "+ workspace-2 server (Hetzner, create)  +24.49 EUR/month",
+        "Monthly cost: 0.00 → 61.47 EUR (+61.47)",
     ] {
         assert!(plan.contains(want), "missing {want:?}:\n{plan}");
     }
@@ -461,12 +461,12 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
         crate::support::diff_line(
             &comment,
             "+",
-            "workspace-3 server (Hetzner, create)  +25.20 EUR/month"
+            "workspace-3 server (Hetzner, create)  +24.49 EUR/month"
         ),
         "{comment}"
     );
     for want in [
-        "Monthly cost: 64.00 → 89.20 EUR (+25.20)",
+        "Monthly cost: 61.47 → 85.96 EUR (+24.49)",
         "Policies: all passed.",
     ] {
         assert!(comment.contains(want), "missing {want:?}:\n{comment}");

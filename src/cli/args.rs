@@ -356,6 +356,13 @@ pub enum Command {
         /// comment the daemon posts) or json.
         #[arg(long, value_enum)]
         format: Option<ShowFormat>,
+        /// Connect to the host and print its facts as templates read them
+        /// (`facts.arch`, `facts.cpus`, …).
+        #[arg(long)]
+        facts: bool,
+        /// Private key for SSH, with --facts (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+        #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+        ssh_key: Option<String>,
     },
     /// Show what would change on the hosts (read-only).
     Plan {

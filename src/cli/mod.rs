@@ -37,7 +37,6 @@ use policy::policy_test;
 use restore::restore_cmd;
 use schedule::schedule_cmd;
 use secrets::secrets_cmd;
-use show::show;
 use validate::{at_commit, validate};
 
 use crate::engine;
@@ -85,12 +84,7 @@ fn dispatch(command: Command) -> CliResult {
             worktree,
             format,
         } => validate(&repo, worktree, format),
-        Command::Show {
-            host,
-            repo,
-            json,
-            format,
-        } => show(&repo, &host, json, format),
+        show @ Command::Show { .. } => show::command(show),
         Command::Plan {
             repo,
             hosts,

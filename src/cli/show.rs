@@ -3,13 +3,27 @@
 
 use super::*;
 
+/// `show`, with its arguments.
+pub(super) fn command(c: Command) -> CliResult {
+    let Command::Show {
+        host,
+        repo,
+        json,
+        format,
+        facts,
+        ssh_key,
+    } = c
+    else {
+        unreachable!("dispatch passes `show` only")
+    };
+    match facts {
+        true => show_facts(&repo, &host, ssh_key, json),
+        false => show(&repo, &host, json, format),
+    }
+}
+
 /// A saved plan when `name` is a file, else the host of that name.
-pub(super) fn show(
-    repo: &RepoArgs,
-    name: &str,
-    json: bool,
-    format: Option<ShowFormat>,
-) -> CliResult {
+fn show(repo: &RepoArgs, name: &str, json: bool, format: Option<ShowFormat>) -> CliResult {
     let format = if json {
         ShowFormat::Json
     } else {
@@ -64,6 +78,14 @@ fn show_host(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
         if h.ssh.sudo { " (sudo)" } else { "" }
     ));
     out.push_str(&format!("  roles: {}\n", h.roles.join(", ")));
+    if !h.facts_used.is_empty() {
+        out.push_str(&format!(
+            "  facts read by templates: {} (unknown here: shown rendered with stand-ins; \
+             `tidekeeper show {} --facts` connects and prints them)\n",
+            h.facts_used.join(", "),
+            h.name
+        ));
+    }
     out.push_str("  resources:\n");
     for r in &h.resources {
         out.push_str(&format!(
@@ -118,4 +140,74 @@ pub(super) fn describe(r: &Resource) -> String {
         Resource::Mount(m) => format!("{} {} ({:?})", m.device, m.fstype, m.state).to_lowercase(),
         _ => String::new(),
     }
+}
+
+/// `show HOST --facts`: the host's facts as it reports them now, from a
+/// read-only plan of it (the probe that plans it asks for them).
+fn show_facts(repo: &RepoArgs, host: &str, ssh_key: Option<String>, json: bool) -> CliResult {
+    let args = HostArgs {
+        hosts: vec![host.to_string()],
+        parallel: None,
+        ssh_key,
+        allow_mass_delete: false,
+        allow_destroy: false,
+        rollback_after: std::time::Duration::from_secs(120),
+    };
+    let (fleet, names, opts, _) = prepare(repo, &args)?;
+    let opts = std::sync::Arc::new(opts);
+    let rt = runtime();
+    let pool = engine::Pool::new();
+    let clouds = crate::cloud::Clouds::from_env(&fleet);
+    let fp = super::plan::plan_fleet(&rt, fleet, names, &args, &opts, &clouds, true, &pool);
+    let found = fp.results().into_iter().find(|r| r.host == host).map(|r| {
+        (
+            r.error.clone(),
+            r.plan.as_ref().and_then(|p| p.facts.clone()),
+        )
+    });
+    rt.block_on(reconcile::finish(fp, pool.clone()));
+    let facts = match found {
+        Some((None, Some(f))) => f,
+        Some((Some(e), _)) => {
+            return Err(CliError::new(format!(
+                "cannot read the facts of {host}: {e}"
+            )));
+        }
+        _ => {
+            return Err(
+                CliError::new(format!("{host} was not reached, so its facts are unknown"))
+                    .help("a server that does not exist yet has no facts; apply creates it"),
+            );
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&facts).expect("facts serialize")
+        );
+    } else {
+        print!("{}", facts_text(host, &facts));
+    }
+    Ok(Outcome::Done)
+}
+
+fn facts_text(host: &str, f: &crate::model::Facts) -> String {
+    let mut out = format!("facts of {host} (as templates read them, facts.NAME):\n");
+    for (name, value) in [
+        ("arch", f.arch.clone()),
+        ("os", f.os.clone()),
+        ("release", f.release.clone()),
+        ("codename", f.codename.clone()),
+        ("debian_version", f.debian_version.clone()),
+        ("memory_mb", f.memory_mb.to_string()),
+        ("cpus", f.cpus.to_string()),
+    ] {
+        out.push_str(&format!("  {name}: {value}\n"));
+    }
+    out.push_str("  interfaces:\n");
+    for (name, i) in &f.interfaces {
+        let all: Vec<&str> = i.ipv4.iter().chain(&i.ipv6).map(String::as_str).collect();
+        out.push_str(&format!("    {name}: {}\n", all.join(" ")));
+    }
+    out
 }

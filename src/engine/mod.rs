@@ -14,6 +14,7 @@
 pub mod apply;
 pub(crate) mod compose;
 pub(crate) mod confine;
+pub(crate) mod facts;
 pub(crate) mod guard;
 pub(crate) mod health;
 pub(crate) mod item;
@@ -751,6 +752,43 @@ async fn probe_once(
     })
 }
 
+/// `host` rendered again with the facts it has, when its templates read
+/// any (None: they read none, so loading rendered it as it is). The facts
+/// are asked for in a round trip of their own, before the probe that
+/// depends on what they render.
+async fn with_facts(
+    conn: &Connection,
+    fleet: &Fleet,
+    host: &Host,
+    opts: &Options,
+) -> Result<Option<Host>, EngineError> {
+    if host.facts_used.is_empty() {
+        return Ok(None);
+    }
+    let script = format!("{}{}", sh::probe_prelude(conn.root()), facts::probe());
+    let out = conn.run_script(&script, opts.probe_timeout).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let records = text.lines().filter_map(|l| {
+        let (tag, rest) = l.split_once('\t')?;
+        (sh::Tag::parse(tag) == Some(sh::Tag::Fact)).then_some(rest)
+    });
+    let Some(facts) = facts::read(records) else {
+        return Err(EngineError::Probe(format!(
+            "the host told none of its facts, which its templates read ({}): {}",
+            host.facts_used.join(", "),
+            out.stderr_text()
+        )));
+    };
+    crate::model::render_with_facts(fleet, &host.name, &facts)
+        .map(Some)
+        .map_err(|e| {
+            EngineError::Unsupported(format!(
+                "the config does not render with the facts of {}: {e}",
+                host.name
+            ))
+        })
+}
+
 /// A host planned against an empty machine, without contacting it: what a
 /// new server (or a proposal's new host) will get.
 pub fn preview(host: &Host, address: &str, why: &str, opts: &Options) -> HostResult {
@@ -758,6 +796,16 @@ pub fn preview(host: &Host, address: &str, why: &str, opts: &Options) -> HostRes
     let mut r = HostResult::new(&host.name, address);
     let mut p = plan::plan_host(host, &items, &probe::Observed::default(), opts.plan);
     p.warnings.push(why.to_string());
+    if !host.facts_used.is_empty() && host.facts.is_none() {
+        // Rendered with stand-ins: say so rather than pass them off as content.
+        p.warnings.push(format!(
+            "facts unknown: this plan was made without connecting to {}, and its templates \
+             read facts.{}; content that depends on them is shown with stand-ins (\"\", 0) and \
+             is rendered with the host's real facts when it is planned connected",
+            host.name,
+            host.facts_used.join(", facts.")
+        ));
+    }
     r.plan = Some(p);
     r
 }
@@ -822,7 +870,11 @@ pub async fn plan_all(
                     Ok(c) => {
                         result.learned_host_key = accepted_key(&c, false);
                         result.generated_host_key = accepted_key(&c, true);
-                        match plan_host(&c, host, &opts).await {
+                        let planned = match with_facts(&c, &fleet, host, &opts).await {
+                            Ok(h) => plan_host(&c, h.as_ref().unwrap_or(host), &opts).await,
+                            Err(e) => Err(e),
+                        };
+                        match planned {
                             // Nothing to apply: the connection is not held
                             // while hundreds of other hosts are planned.
                             Ok(p) if !p.has_changes() => {
@@ -1122,6 +1174,38 @@ pub async fn apply_all(
 #[cfg(test)]
 mod outcome_tests {
     use super::*;
+
+    /// A plan made without a connection says which facts it does not know.
+    #[test]
+    fn a_preview_of_a_host_whose_templates_read_facts_says_they_are_unknown() {
+        let mut t = crate::source::ConfigTree::default();
+        for (p, text) in [
+            ("tidekeeper.yaml", "fleet: acme\n"),
+            (
+                "hosts/db.yaml",
+                "provider: existing\naddress: 192.0.2.7\nroles: [r]\n",
+            ),
+            (
+                "roles/r.yaml",
+                "files:\n  - {path: /etc/a, template: a.j2}\n",
+            ),
+            ("templates/a.j2", "{{ facts.cpus }} {{ facts.arch }}\n"),
+        ] {
+            t.insert_file(p, text);
+        }
+        let fleet = crate::model::load(&t).expect("loads");
+        let r = preview(
+            fleet.host("db").unwrap(),
+            "-",
+            "new server",
+            &Options::default(),
+        );
+        let w = r.plan.unwrap().warnings.join("\n");
+        assert!(
+            w.contains("facts unknown") && w.contains("facts.arch, facts.cpus"),
+            "{w}"
+        );
+    }
 
     #[test]
     fn a_host_outcome_comes_from_the_error_kind_and_the_plan_never_from_text() {

@@ -49,6 +49,8 @@ pub struct Observed {
     pub settled: Settled,
     /// The SHA-256 of the stat cache this probe recorded, if it did.
     pub recorded: Option<String>,
+    /// What the host is (architecture, release, memory, …).
+    pub facts: Option<crate::model::Facts>,
 }
 
 impl Observed {
@@ -77,6 +79,9 @@ impl Observed {
             unsafe_parents,
             settled: _,
             recorded: _,
+            // What the host is, not what is on it: templates that read
+            // facts are rendered with them, and the content is compared.
+            facts: _,
         } = self;
         // Every map is ordered: the same state writes the same text.
         let seen = format!(

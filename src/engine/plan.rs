@@ -50,6 +50,9 @@ pub struct HostPlan {
     /// options asked for it: what a saved plan was planned against.
     #[serde(skip)]
     pub observed: Option<String>,
+    /// The host's facts as the probe found them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::model::Facts>,
 }
 
 impl HostPlan {
@@ -67,6 +70,7 @@ impl HostPlan {
             settled_handlers: vec![],
             persist: vec![],
             observed: None,
+            facts: None,
         }
     }
 
@@ -146,6 +150,7 @@ pub(crate) fn plan_host(
         blocked,
         inventory,
         observed: None,
+        facts: obs.facts.clone(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! managed item at once (one `stat` of every path, then each kind's own
 //! fragment from the registry: one `sha256sum -c`, one `dpkg-query`, one
 //! `systemctl show`, the user and group databases, ufw, sysctl, command
-//! guards, host settings; and tidekeeper's own inventory) and prints
+//! guards, host settings; the host's facts; and tidekeeper's own inventory) and prints
 //! tab-separated records, which each kind reads back. Building the script
 //! and parsing its output are pure.
 
@@ -48,6 +48,7 @@ pub(crate) fn script_after(
 ) -> String {
     let mut s = super::sh::probe_prelude(root);
     s.push_str(first);
+    s.push_str(&super::facts::probe());
     // Every path's stat, shared by the path kinds, then each kind's own.
     s.push_str(&kinds::path::probe(items, root, content.settled));
     let cx = kinds::ProbeCx { root, content };
@@ -80,6 +81,7 @@ pub(crate) fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, P
     let mut o = Observed::default();
     let mut ended = false;
     let mut ran = Vec::new();
+    let mut facts = Vec::new();
     // The kinds' records, read by their kinds once all are in.
     let mut records: Vec<(Tag, &str)> = Vec::new();
     for line in out.lines() {
@@ -89,6 +91,7 @@ pub(crate) fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, P
             Tag::End => ended = true,
             Tag::Inventory => o.inventory = inventory(record)?,
             Tag::Ran => ran.push(record),
+            Tag::Fact => facts.push(record),
             Tag::Failed => failed(&mut o, record),
             Tag::Handler => {
                 let h = record.trim().to_string();
@@ -104,6 +107,7 @@ pub(crate) fn parse(out: &str, root: &str, items: &[Item]) -> Result<Observed, P
     if !ended {
         return Err(ProbeError::Truncated);
     }
+    o.facts = super::facts::read(facts);
     let cx = kinds::ReadCx { root, items };
     for kind in kinds::KINDS {
         let mine: Vec<(Tag, &str)> = records

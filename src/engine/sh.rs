@@ -247,12 +247,14 @@ pub enum Tag {
     /// A command that failed since the inventory was last written whole:
     /// name, when (UTC), exit code.
     Failed,
+    /// A fact about the host: its name, then its value (see `facts.rs`).
+    Fact,
     /// The end marker: output that lacks it was cut short.
     End,
 }
 
 impl Tag {
-    pub const ALL: [Tag; 28] = [
+    pub const ALL: [Tag; 29] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -280,6 +282,7 @@ impl Tag {
         Tag::Recorded,
         Tag::Ran,
         Tag::Failed,
+        Tag::Fact,
         Tag::End,
     ];
 
@@ -313,6 +316,7 @@ impl Tag {
             Tag::Recorded => "R",
             Tag::Ran => "RN",
             Tag::Failed => "RF",
+            Tag::Fact => "HF",
             Tag::End => "E",
         }
     }

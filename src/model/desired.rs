@@ -146,6 +146,12 @@ pub(crate) enum Item {
     Stack {
         base: Stack,
     },
+    /// `when:`: the item, made only for hosts where `condition` is true.
+    When {
+        condition: String,
+        origin: Origin,
+        item: Box<Item>,
+    },
 }
 
 /// Secret values by name; `Debug` shows only the names.
@@ -557,6 +563,14 @@ pub struct Host {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockout_ok: Option<String>,
     pub origin: Origin,
+    /// The facts (`facts.arch`, …) this host's templates read. Loading
+    /// renders them with stand-ins; a host that reads any is rendered again
+    /// with its real facts once connected ([`crate::model::render_with_facts`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub facts_used: Vec<String>,
+    /// The facts the host's resources were rendered with, when they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::model::Facts>,
 }
 
 /// A monthly cost stated in the config (`cost:` of an existing host).

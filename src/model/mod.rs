@@ -11,6 +11,7 @@
 pub(crate) mod check;
 pub mod desired;
 pub(crate) mod diag;
+pub mod facts;
 pub(crate) mod lockout;
 pub(crate) mod notify;
 pub mod raw;
@@ -20,4 +21,7 @@ pub(crate) mod schema;
 pub use desired::Fleet;
 pub use desired::{AddressBook, Addresses};
 pub use diag::{Diagnostic, Diagnostics, Origin};
-pub use resolve::{assign_addresses, load, load_with_identity, load_within, render_with};
+pub use facts::Facts;
+pub use resolve::{
+    assign_addresses, load, load_with_identity, load_within, render_with, render_with_facts,
+};

@@ -637,6 +637,10 @@ pub struct FileSpec {
     /// could ban tidekeeper): why it is fine. See docs/safety.md.
     #[schemars(with = "Option<String>")]
     pub lockout_ok: Option<S<String>>,
+    /// A condition (a minijinja expression, e.g. `facts.arch == "aarch64"`):
+    /// the file is managed only on hosts where it is true.
+    #[schemars(with = "Option<String>")]
+    pub when: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -7,8 +7,8 @@ deny contains msg if {
 	some r in input.resources
 	r.type == "server"
 	startswith(r.host, "workspace-")
-	r.after.size != "cpx41"
-	msg := sprintf("%s must be a cpx41 like the other workspace servers, not %s", [r.address, r.after.size])
+	r.after.size != "cax41"
+	msg := sprintf("%s must be a cax41 like the other workspace servers, not %s", [r.address, r.after.size])
 }
 
 test_other_sizes_are_denied if {

@@ -435,6 +435,8 @@ impl Loader<'_> {
                 address_origin: h.address.as_ref().map(|a| at(file, a)),
                 lockout_ok: opt(&h.lockout_ok),
                 origin: name_origin.clone(),
+                facts_used: Vec::new(),
+                facts: None,
             };
             let ctx = self.template_context(&host, fleet_name);
             self.instantiate(&mut host, &host_roles, &ctx, templates);
@@ -891,6 +893,19 @@ impl Loader<'_> {
         ctx: &minijinja::Value,
         t: &Templates,
     ) {
+        self.facts_seen.lock().expect("facts seen lock").clear();
+        self.instantiate_roles(host, roles, ctx, t);
+        let seen = std::mem::take(&mut *self.facts_seen.lock().expect("facts seen lock"));
+        host.facts_used = seen.into_iter().collect();
+    }
+
+    fn instantiate_roles(
+        &mut self,
+        host: &mut Host,
+        roles: &[&RoleDef],
+        ctx: &minijinja::Value,
+        t: &Templates,
+    ) {
         let mut claims: HashMap<(String, String), (Origin, Option<PackageState>)> = HashMap::new();
         let (handlers, firewall) = self.merge_roles(&host.name, roles);
         for role in roles {
@@ -1021,6 +1036,16 @@ impl Loader<'_> {
                 }
             }
             Item::Ready(r) => r.clone(),
+            Item::When {
+                condition,
+                origin,
+                item,
+            } => {
+                if !self.holds(t, condition, ctx, origin, host_name)? {
+                    return None;
+                }
+                return self.render_item(item, t, ctx, host_name);
+            }
             Item::Template { base, template } => {
                 let mut f = base.clone();
                 match self.render(t, template, ctx, host_name) {

@@ -31,7 +31,7 @@ mod secrets;
 mod settings;
 mod templates;
 
-pub use render::{assign_addresses, render_with};
+pub use render::{assign_addresses, render_with, render_with_facts};
 pub(crate) use secrets::decrypt_secret;
 pub use secrets::{RECIPIENTS_FILE, parse_recipients};
 
@@ -116,12 +116,14 @@ fn load_budgeted(
     {
         fleet.commit = tree.commit.clone();
         // Only a fleet whose servers get their addresses from a provider and
-        // that has templates can render differently once they are known.
+        // that has templates, or whose templates read facts, can render
+        // differently once they are known.
         let assigned = fleet
             .hosts
             .iter()
             .any(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail));
-        if assigned && tree.under("templates").next().is_some() {
+        let facts = fleet.hosts.iter().any(|h| !h.facts_used.is_empty());
+        if (assigned && tree.under("templates").next().is_some()) || facts {
             fleet.source = Some(Source {
                 tree: Arc::new(tree.clone()),
                 roles: Arc::new(roles),
@@ -409,6 +411,8 @@ struct Loader<'a> {
     host_facts: minijinja::Value,
     /// Addresses providers assigned, where known.
     known: &'a AddressBook,
+    /// Which `facts.*` the host being rendered read.
+    facts_seen: crate::model::facts::Seen,
 }
 
 /// What resolving produced: the fleet, and what rendering it again needs.
@@ -447,6 +451,7 @@ impl<'a> Loader<'a> {
             spent: Spent::default(),
             host_facts: minijinja::Value::UNDEFINED,
             known,
+            facts_seen: Default::default(),
         }
     }
 

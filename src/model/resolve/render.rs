@@ -89,7 +89,7 @@ fn render(fleet: &mut Fleet, src: &Source, seen: &AddressBook) -> Result<(), Dia
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let templates = l.templates(&src.secrets);
-    l.host_facts = facts(&fleet.hosts);
+    l.host_facts = facts_of_hosts(&fleet.hosts);
     for host in fleet.hosts.iter_mut() {
         let roles: Vec<&RoleDef> = host.roles.iter().filter_map(|r| src.roles.get(r)).collect();
         let ctx = l.template_context(host, &fleet.name);
@@ -101,10 +101,57 @@ fn render(fleet: &mut Fleet, src: &Source, seen: &AddressBook) -> Result<(), Dia
     }
 }
 
+/// Host `name` of `fleet` rendered again with its discovered `facts`:
+/// what its templates make with `facts.*` as the host has them (loading
+/// rendered them with stand-ins). Errors are the templates' own, as text
+/// naming file and line: only a template can make it fail (say, a
+/// division by the CPU count of a host that reports none).
+pub fn render_with_facts(
+    fleet: &Fleet,
+    name: &str,
+    facts: &crate::model::Facts,
+) -> Result<Host, String> {
+    let mut host = fleet
+        .host(name)
+        .cloned()
+        .ok_or_else(|| format!("no host named {name:?}"))?;
+    host.facts = Some(facts.clone());
+    let Some(src) = fleet.source.clone() else {
+        // Loading keeps the source of every fleet whose templates read facts.
+        return match host.facts_used.is_empty() {
+            true => Ok(host),
+            false => Err(format!(
+                "{name}: the templates are not at hand to render again"
+            )),
+        };
+    };
+    host.resources.clear();
+    host.handlers.clear();
+    let mut l = Loader::new(&src.tree, None, &src.book, None);
+    l.plain = fleet.secret_values.0.clone().into_iter().collect();
+    l.undecryptable = src
+        .undecryptable
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let templates = l.templates(&src.secrets);
+    l.host_facts = facts_of_hosts(&fleet.hosts);
+    let roles: Vec<&RoleDef> = host.roles.iter().filter_map(|r| src.roles.get(r)).collect();
+    let ctx = l.template_context(&host, &fleet.name);
+    l.instantiate(&mut host, &roles, &ctx, &templates);
+    match l.diags.is_empty() {
+        true => Ok(host),
+        false => Err(crate::model::desired::redact(
+            &fleet.redactions,
+            &l.diags.to_string(),
+        )),
+    }
+}
+
 /// `hosts` for templates from the resolved hosts: the same facts loading
 /// reads from the host files (see `hosts::facts`), with the addresses the
 /// hosts now have.
-fn facts(hosts: &[Host]) -> minijinja::Value {
+fn facts_of_hosts(hosts: &[Host]) -> minijinja::Value {
     let mut out = serde_json::Map::new();
     for h in hosts {
         // A fixed address in the first network is a single host's own.
@@ -289,5 +336,68 @@ mod tests {
         let out = render_with(&fleet, &book());
         assert_eq!(out.hosts[0].address.as_deref(), Some("203.0.113.5"));
         assert_eq!(out.hosts[0].private_address.as_deref(), Some("10.0.0.2"));
+    }
+
+    fn content(h: &Host, path: &str) -> String {
+        h.resources
+            .iter()
+            .find_map(|r| match r {
+                Resource::File(f) if f.path == path => {
+                    Some(String::from_utf8_lossy(&f.content.bytes).into_owned())
+                }
+                _ => None,
+            })
+            .expect("the file is managed")
+    }
+
+    #[test]
+    fn a_host_whose_templates_read_facts_renders_with_stand_ins_then_with_its_facts() {
+        let t = tree(&[
+            ("tidekeeper.yaml", "fleet: acme\n"),
+            (
+                "hosts/db.yaml",
+                "provider: existing\naddress: 192.0.2.7\nroles: [r]\n",
+            ),
+            (
+                "hosts/web.yaml",
+                "provider: existing\naddress: 192.0.2.8\nroles: [plain]\n",
+            ),
+            (
+                "roles/r.yaml",
+                "files:\n  - {path: /etc/pg.conf, template: pg.j2}\n  - {path: /etc/arm, content: arm, when: facts.arch == \"aarch64\"}\n  - {path: /etc/sparc, content: sparc, when: facts.arch == \"sparc64\"}\n",
+            ),
+            (
+                "roles/plain.yaml",
+                "files:\n  - {path: /etc/motd, content: hi}\n",
+            ),
+            (
+                "templates/pg.j2",
+                "shared_buffers = {{ facts.memory_mb // 4 }}MB\narch = {{ facts.arch }}\n",
+            ),
+        ]);
+        let fleet = load(&t).expect("loads");
+        let db = fleet.host("db").unwrap();
+        assert_eq!(db.facts_used, ["arch", "memory_mb"]);
+        assert_eq!(
+            content(db, "/etc/pg.conf"),
+            "shared_buffers = 0MB\narch = \n"
+        );
+        assert!(fleet.host("web").unwrap().facts_used.is_empty());
+        let paths =
+            |h: &Host| -> Vec<String> { h.resources.iter().map(|r| r.id().to_string()).collect() };
+        assert_eq!(paths(db), ["/etc/pg.conf"], "no fact holds for stand-ins");
+        let facts = crate::model::Facts {
+            arch: "aarch64".into(),
+            memory_mb: 8000,
+            ..Default::default()
+        };
+        let db = render_with_facts(&fleet, "db", &facts).expect("renders");
+        assert_eq!(
+            content(&db, "/etc/pg.conf"),
+            "shared_buffers = 2000MB\narch = aarch64\n"
+        );
+        assert_eq!(db.facts.as_ref(), Some(&facts));
+        assert_eq!(paths(&db), ["/etc/pg.conf", "/etc/arm"]);
+        assert_eq!(db.facts_used, ["arch", "memory_mb"]);
     }
 }

@@ -85,6 +85,7 @@ impl Loader<'_> {
             self.lockout_ok(file, &f.lockout_ok);
             let secret = f.secret.is_some();
             let sensitive = f.sensitive.as_ref().map(|s| s.value).unwrap_or(false) || secret;
+            let made = items.len();
             let mut base = FileResource {
                 path: f.path.value.clone(),
                 content: Content {
@@ -123,6 +124,16 @@ impl Loader<'_> {
                     None => SENSITIVE.as_bytes().to_vec(),
                 };
                 items.push(Item::Ready(Resource::File(base)));
+            }
+            if let Some(w) = &f.when
+                && items.len() > made
+            {
+                let item = items.pop().expect("an item was just made");
+                items.push(Item::When {
+                    condition: w.value.clone(),
+                    origin: at(file, w),
+                    item: Box::new(item),
+                });
             }
         }
     }

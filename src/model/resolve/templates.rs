@@ -98,10 +98,14 @@ impl Loader<'_> {
             }),
         );
         ctx.insert("fleet".into(), serde_json::json!({ "name": fleet_name }));
+        // `facts`: this host's discovered facts (see `model::facts`).
         // `hosts`: every host's facts, shared (not copied) by all renders;
         // a variable of that name wins (the later map wins a merge).
         minijinja::value::merge_maps([
-            minijinja::context! { hosts => self.host_facts.clone() },
+            minijinja::context! {
+                hosts => self.host_facts.clone(),
+                facts => crate::model::facts::FactsValue::value(host.facts.as_ref(), self.facts_seen.clone()),
+            },
             minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(ctx))),
         ])
     }
@@ -145,6 +149,33 @@ impl Loader<'_> {
         }
     }
 
+    /// Whether a `when:` condition holds for a host (None: it is not a
+    /// valid expression, reported at its place).
+    pub(super) fn holds(
+        &mut self,
+        t: &Templates,
+        condition: &str,
+        ctx: &minijinja::Value,
+        origin: &Origin,
+        host: &str,
+    ) -> Option<bool> {
+        match t
+            .env
+            .compile_expression(condition)
+            .and_then(|e| e.eval(ctx))
+        {
+            Ok(v) => Some(v.is_true()),
+            Err(e) => {
+                let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+                let d = origin
+                    .error("template", format!("{}{detail} (when: {condition:?} for host {host})", e.kind()))
+                    .with_help("when: is a minijinja expression over the host's variables, host.*, fleet.* and facts.*, e.g. facts.arch == \"aarch64\"");
+                self.err_once(format!("when:{origin}"), d);
+                None
+            }
+        }
+    }
+
     /// Render an inline template string (a YAML value) for a host.
     pub(super) fn render_str(
         &mut self,
@@ -163,7 +194,7 @@ impl Loader<'_> {
                 let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
                 let d = origin
                     .error("template", format!("{}{detail} (rendering {src:?} for host {host})", e.kind()))
-                    .with_help("variables come from vars in tidekeeper.yaml, roles and hosts, plus host.* and fleet.*");
+                    .with_help("variables come from vars in tidekeeper.yaml, roles and hosts, plus host.*, fleet.* and facts.*");
                 self.err_once(format!("render-str:{origin}"), d);
                 None
             }
@@ -182,7 +213,7 @@ pub(super) fn template_diagnostic(path: &str, text: &str, e: &minijinja::Error) 
     let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
     Origin::new(path, line, column)
         .error("template", format!("{}{detail}", e.kind()))
-        .with_help("templates are minijinja (Jinja2) syntax; variables come from vars in tidekeeper.yaml, roles and hosts, plus host.* and fleet.*")
+        .with_help("templates are minijinja (Jinja2) syntax; variables come from vars in tidekeeper.yaml, roles and hosts, plus host.*, fleet.* and facts.*")
 }
 
 /// Whether a YAML string value is a minijinja expression to render per host.

@@ -26,7 +26,20 @@ pub const TYPES: &[(i64, &str, i32, f64, f64, f64)] = &[
     (24, "cpx31", 4, 8.0, 160.0, 13.60),
     (25, "cpx41", 8, 16.0, 240.0, 25.20),
     (26, "cpx51", 16, 32.0, 360.0, 50.40),
+    // Arm64 (Ampere): the API says `"architecture": "arm"` for these.
+    (45, "cax11", 2, 4.0, 40.0, 3.79),
+    (93, "cax21", 4, 8.0, 80.0, 6.49),
+    (94, "cax31", 8, 16.0, 160.0, 12.49),
+    (95, "cax41", 16, 32.0, 320.0, 24.49),
 ];
+
+/// A server type's architecture as the API names it.
+pub fn architecture(server_type: &str) -> &'static str {
+    match server_type.starts_with("cax") {
+        true => "arm",
+        false => "x86",
+    }
+}
 const LOCATIONS: &[(i64, &str, &str, &str, &str)] = &[
     (1, "fsn1", "Falkenstein DC Park 1", "DE", "Falkenstein"),
     (2, "nbg1", "Nuremberg DC Park 1", "DE", "Nuremberg"),
@@ -255,16 +268,16 @@ fn type_json(name: &str) -> Value {
         .unwrap_or(TYPES[0]);
     json!({"id": t.0, "name": t.1, "description": t.1.to_uppercase(), "cores": t.2, "memory": t.3,
            "disk": t.4, "deprecated": false, "deprecation": null, "prices": type_prices(t.5),
-           "storage_type": "local", "cpu_type": "shared", "architecture": "x86", "category": "shared",
+           "storage_type": "local", "cpu_type": "shared", "architecture": architecture(t.1), "category": "shared",
            "locations": LOCATIONS.iter().map(|l| json!({"id": l.0, "name": l.1, "deprecation": null})).collect::<Vec<_>>()})
 }
 
-fn image_json(name: &str) -> Value {
+fn image_json(name: &str, arch: &str) -> Value {
     json!({"id": 114690387, "type": "system", "status": "available", "name": name,
            "description": "Debian 12", "image_size": null, "disk_size": 5, "created": "2023-06-13T06:00:02+00:00",
            "created_from": null, "bound_to": null, "os_flavor": "debian", "os_version": "12",
            "rapid_deploy": true, "protection": {"delete": false}, "deprecated": null, "deleted": null,
-           "labels": {}, "architecture": "x86"})
+           "labels": {}, "architecture": arch})
 }
 
 fn floating_ip_json(f: &FloatingIp) -> Value {
@@ -299,7 +312,7 @@ fn server_json(s: &Server, a: &Account) -> Value {
         "server_type": type_json(&s.server_type),
         "datacenter": {"id": 4, "name": format!("{}-dc14", s.location), "description": "DC 14", "location": location_json(&s.location)},
         "location": location_json(&s.location),
-        "image": image_json(&s.image),
+        "image": image_json(&s.image, architecture(&s.server_type)),
         "iso": null, "rescue_enabled": false, "locked": false, "backup_window": null,
         "outgoing_traffic": 0, "ingoing_traffic": 0, "included_traffic": 21990232555520_i64,
         "protection": {"delete": s.protected, "rebuild": s.protected},
