@@ -341,6 +341,7 @@ fn size_word(p: ProviderKind) -> &'static str {
 fn location_word(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Lightsail => "zone",
+        ProviderKind::Ec2 => "region",
         _ => "location",
     }
 }
@@ -859,6 +860,7 @@ pub(crate) fn provider_name(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Hetzner => "Hetzner",
         ProviderKind::Lightsail => "Lightsail",
+        ProviderKind::Ec2 => "EC2",
         ProviderKind::Existing => "existing",
         ProviderKind::Local => "local",
     }

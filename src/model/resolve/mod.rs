@@ -22,6 +22,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
+mod ec2;
 mod hosts;
 mod jobs;
 mod notify;
@@ -117,10 +118,12 @@ fn load_budgeted(
         fleet.commit = tree.commit.clone();
         // Only a fleet whose servers get their addresses from a provider and
         // that has templates can render differently once they are known.
-        let assigned = fleet
-            .hosts
-            .iter()
-            .any(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail));
+        let assigned = fleet.hosts.iter().any(|h| {
+            matches!(
+                h.provider,
+                ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+            )
+        });
         if assigned && tree.under("templates").next().is_some() {
             fleet.source = Some(Source {
                 tree: Arc::new(tree.clone()),
@@ -799,6 +802,7 @@ fn provider_name(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Hetzner => "hetzner",
         ProviderKind::Lightsail => "lightsail",
+        ProviderKind::Ec2 => "ec2",
         ProviderKind::Existing => "existing",
         ProviderKind::Local => "local",
     }
