@@ -750,6 +750,21 @@ impl Client {
         Ok(())
     }
 
+    /// The root device name of AMI `image` (`/dev/xvda`, `/dev/sda1`, …).
+    pub async fn image_root_device(&self, image: &str) -> Result<Option<String>, Error> {
+        let r = self
+            .inner
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .map(String::from))
+    }
+
     /// Names of the key pairs in the region.
     pub async fn key_pairs(&self) -> Result<Vec<String>, Error> {
         let r = self.inner.describe_key_pairs().send().await.map_err(err)?;
