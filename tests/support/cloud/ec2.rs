@@ -60,6 +60,37 @@ impl Ec2 {
         Ec2 { url, account }
     }
 
+    /// A running instance made before this test's tidekeeper ran, tagged `tags`.
+    pub fn add_existing(
+        &self,
+        instance_type: &str,
+        protected: bool,
+        tags: &[(&str, &str)],
+    ) -> String {
+        let mut a = self.account.lock().unwrap();
+        a.next += 1;
+        let n = a.next;
+        let i = Instance {
+            id: format!("i-{n:017x}"),
+            instance_type: instance_type.into(),
+            image: AMI.into(),
+            state: "running".into(),
+            subnet: SUBNET.into(),
+            private_ip: format!("10.20.13.{}", 10 + n),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            groups: Vec::new(),
+            volume: format!("vol-{n:017x}"),
+            protected,
+            imds_v2: true,
+        };
+        let id = i.id.clone();
+        a.instances.insert(id.clone(), i);
+        id
+    }
+
     pub fn instance(&self, id: &str) -> Option<Instance> {
         self.account.lock().unwrap().instances.get(id).cloned()
     }
