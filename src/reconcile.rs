@@ -142,7 +142,10 @@ pub fn with_cloud_addresses(fleet: &Fleet, observed: &cloud::Observed) -> Fleet 
 }
 
 fn is_cloud(p: ProviderKind) -> bool {
-    matches!(p, ProviderKind::Hetzner | ProviderKind::Lightsail)
+    matches!(
+        p,
+        ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+    )
 }
 
 /// Plan the fleet's `names` (all hosts when `whole_fleet`; only then are

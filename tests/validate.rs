@@ -776,6 +776,102 @@ fn lightsail_setting_on_a_hetzner_server() {
         .fails_with("hosts/web.yaml:6:11", "invalid-key", "`bundle` is not a hetzner server setting");
 }
 
+const EC2_FLEET: &str = "fleet: test\nproviders:\n  ec2: {region: eu-central-1}\n";
+
+fn ec2_host(extra: &str) -> String {
+    format!(
+        "provider: ec2\nssh: {{user: admin, sudo: true}}\nserver:\n  type: t3.small\n  image: ami-0abcdef1234567890\n  subnet: subnet-0123456789abcdef0\n{extra}"
+    )
+}
+
+#[test]
+fn ec2_host_validates_with_its_own_settings() {
+    let fleet = minimal()
+        .file("tidekeeper.yaml", EC2_FLEET)
+        .file(
+            "hosts/web.yaml",
+            ec2_host("  private_ip: 10.20.13.140\n  root_volume: {size_gb: 20}\n  termination_protection: true\n"),
+        )
+        .load()
+        .expect("valid");
+    let s = fleet.hosts[0].server.as_ref().unwrap();
+    let e = s.ec2.as_ref().unwrap();
+    assert_eq!(
+        s.location.as_deref(),
+        Some("eu-central-1"),
+        "region from providers.ec2"
+    );
+    assert_eq!(e.private_ip.as_deref(), Some("10.20.13.140"));
+    assert_eq!((e.root_gb, e.root_type.as_str()), (Some(20), "gp3"));
+    assert!(e.termination_protection);
+}
+
+#[test]
+fn ec2_host_without_provider_settings() {
+    minimal().file("hosts/web.yaml", ec2_host("")).fails_with(
+        "hosts/web.yaml:1:11",
+        "missing-key",
+        "this host uses provider: ec2 but tidekeeper.yaml has no providers.ec2",
+    );
+}
+
+#[test]
+fn ec2_settings_errors_are_located() {
+    let fails = |extra: &str, at: &str, code: &str, message: &str| {
+        minimal()
+            .file("tidekeeper.yaml", EC2_FLEET)
+            .file("hosts/web.yaml", ec2_host(extra))
+            .fails_with(at, code, message);
+    };
+    fails(
+        "  private_ip: 10.20.13.300\n",
+        "hosts/web.yaml:7:15",
+        "invalid-value",
+        "private_ip \"10.20.13.300\" is not an IPv4 address",
+    );
+    fails(
+        "  root_volume: {type: gp9}\n",
+        "hosts/web.yaml:7:23",
+        "invalid-value",
+        "root_volume.type \"gp9\" is not an EBS volume type",
+    );
+    fails(
+        "  region: us-east-1\n",
+        "hosts/web.yaml:7:11",
+        "invalid-value",
+        "region \"us-east-1\" is not providers.ec2.region (eu-central-1)",
+    );
+    fails(
+        "  zone: eu-central-1a\n",
+        "hosts/web.yaml:7:9",
+        "invalid-key",
+        "`zone` is not a ec2 server setting",
+    );
+    minimal()
+        .file("tidekeeper.yaml", EC2_FLEET)
+        .file("hosts/web.yaml", "provider: ec2\nserver:\n  type: t3.small\n  image: debian-12\n  subnet: subnet-0123456789abcdef0\n")
+        .fails_with("hosts/web.yaml:4:10", "invalid-value", "\"debian-12\" is not an AMI id like ami-0abcdef1234567890");
+}
+
+#[test]
+fn an_ec2_security_group_that_shuts_ssh_is_a_lockout_even_on_the_private_address() {
+    let fleet = "fleet: test\ndefaults:\n  ssh: {from: [203.0.113.0/24]}\nproviders:\n  ec2: {region: eu-central-1}\n";
+    for ssh in ["", "  address: private\n"] {
+        let host = format!(
+            "provider: ec2\nssh:\n  user: admin\n  sudo: true\n{ssh}server:\n  type: t3.small\n  image: ami-0abcdef1234567890\n  subnet: subnet-0123456789abcdef0\n  firewall:\n    - {{port: \"22\", from: [10.0.0.2/32]}}\n"
+        );
+        let line = if ssh.is_empty() { 10 } else { 11 };
+        minimal()
+            .file("tidekeeper.yaml", fleet)
+            .file("hosts/web.yaml", host)
+            .fails_with(
+                &format!("hosts/web.yaml:{line}:14"),
+                "lockout",
+                "web: its security group lets SSH (port 22) in only from 10.0.0.2/32, but tidekeeper connects from 203.0.113.0/24: applying it would lock tidekeeper out",
+            );
+    }
+}
+
 // --- Hostile input ----------------------------------------------------------
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{ALLOW_DESTROY, FLEET, MANAGED_BY, MANAGED_BY_VALUE};
-use crate::model::desired::{CloudPort, Fleet, Host, ProviderKind, ServerNetwork};
+use crate::model::desired::{CloudPort, Ec2Server, Fleet, Host, ProviderKind, ServerNetwork};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DesiredServer {
@@ -29,6 +29,9 @@ pub struct DesiredServer {
     pub allow_destroy: bool,
     /// Private networks to be attached to (Hetzner).
     pub networks: Vec<ServerNetwork>,
+    /// EC2: subnet, private address, root volume, termination protection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Server>,
 }
 
 /// The ownership labels for `fleet`.
@@ -45,6 +48,7 @@ pub fn server(fleet: &str, host: &Host) -> Option<DesiredServer> {
     let (size, image, location) = match host.provider {
         ProviderKind::Hetzner => (&s.server_type, &s.image, &s.location),
         ProviderKind::Lightsail => (&s.bundle, &s.blueprint, &s.zone),
+        ProviderKind::Ec2 => (&s.server_type, &s.image, &s.location),
         _ => return None,
     };
     let mut labels = s.labels.clone();
@@ -65,6 +69,7 @@ pub fn server(fleet: &str, host: &Host) -> Option<DesiredServer> {
         user_data: s.user_data.clone(),
         allow_destroy: host.allow_destroy,
         networks: s.networks.clone(),
+        ec2: s.ec2.clone(),
     })
 }
 

@@ -16,6 +16,8 @@
 
 pub(crate) mod apply;
 pub mod desired;
+pub(crate) mod ec2;
+pub(crate) mod ec2_prices;
 pub(crate) mod hetzner;
 pub mod hostkey;
 pub(crate) mod lightsail;
@@ -309,6 +311,7 @@ pub struct Clouds {
     pub seen: Option<Observed>,
     pub hetzner: Option<std::sync::Arc<dyn Provider>>,
     pub lightsail: Option<std::sync::Arc<dyn Provider>>,
+    pub ec2: Option<std::sync::Arc<dyn Provider>>,
     /// Providers the fleet needs but cannot reach (no credentials), with why.
     pub missing: Vec<(ProviderKind, CloudError)>,
     /// Providers tidekeeper.yaml configures but no host uses: listed when
@@ -323,10 +326,14 @@ impl Clouds {
     pub fn from_env(fleet: &Fleet) -> Clouds {
         let uses = |k: ProviderKind| fleet.hosts.iter().any(|h| h.provider == k);
         let mut c = Clouds {
-            unused: [ProviderKind::Hetzner, ProviderKind::Lightsail]
-                .into_iter()
-                .filter(|k| !uses(*k))
-                .collect(),
+            unused: [
+                ProviderKind::Hetzner,
+                ProviderKind::Lightsail,
+                ProviderKind::Ec2,
+            ]
+            .into_iter()
+            .filter(|k| !uses(*k))
+            .collect(),
             ..Default::default()
         };
         if uses(ProviderKind::Hetzner) || fleet.settings.hetzner.declared {
@@ -345,6 +352,13 @@ impl Clouds {
                 Err(_) => {}
             }
         }
+        if let Some(settings) = &fleet.settings.ec2 {
+            match ec2::Ec2::from_env(settings) {
+                Ok(p) => c.ec2 = Some(std::sync::Arc::new(p)),
+                Err(e) if uses(ProviderKind::Ec2) => c.missing.push((ProviderKind::Ec2, e)),
+                Err(_) => {}
+            }
+        }
         c
     }
 
@@ -352,16 +366,23 @@ impl Clouds {
         match k {
             ProviderKind::Hetzner => self.hetzner.as_ref(),
             ProviderKind::Lightsail => self.lightsail.as_ref(),
+            ProviderKind::Ec2 => self.ec2.as_ref(),
             _ => None,
         }
     }
 
     pub fn all(&self) -> impl Iterator<Item = &std::sync::Arc<dyn Provider>> {
-        self.hetzner.iter().chain(self.lightsail.iter())
+        self.hetzner
+            .iter()
+            .chain(self.lightsail.iter())
+            .chain(self.ec2.iter())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_none() && self.hetzner.is_none() && self.lightsail.is_none()
+        self.seen.is_none()
+            && self.hetzner.is_none()
+            && self.lightsail.is_none()
+            && self.ec2.is_none()
     }
 }
 

@@ -341,6 +341,7 @@ fn size_word(p: ProviderKind) -> &'static str {
 fn location_word(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Lightsail => "zone",
+        ProviderKind::Ec2 => "region",
         _ => "location",
     }
 }
@@ -639,6 +640,9 @@ fn creation(d: &DesiredServer, after: Option<Monthly>) -> CloudChange {
     if !d.networks.is_empty() {
         attrs.push(attr("networks", None, Some(networks_text(&d.networks))));
     }
+    if let Some(e) = &d.ec2 {
+        attrs.extend(ec2_attrs(e));
+    }
     CloudChange {
         host: d.host.clone(),
         provider: d.provider,
@@ -652,6 +656,28 @@ fn creation(d: &DesiredServer, after: Option<Monthly>) -> CloudChange {
         desired: Some(d.clone()),
         observed: None,
     }
+}
+
+/// What a new EC2 instance gets besides type, AMI and region.
+fn ec2_attrs(e: &crate::model::desired::Ec2Server) -> Vec<Attr> {
+    let mut attrs = vec![attr("subnet", None, Some(e.subnet.clone()))];
+    if let Some(ip) = &e.private_ip {
+        attrs.push(attr("private ip", None, Some(ip.clone())));
+    }
+    let size = e
+        .root_gb
+        .map(|g| format!("{g} GB"))
+        .unwrap_or_else(|| "the AMI's size".into());
+    attrs.push(attr(
+        "root volume",
+        None,
+        Some(format!("{size} {}", e.root_type)),
+    ));
+    attrs.push(attr("metadata", None, Some("IMDSv2 required".into())));
+    if e.termination_protection {
+        attrs.push(attr("termination protection", None, Some("on".into())));
+    }
+    attrs
 }
 
 /// How a server differs from what the config asks.
@@ -692,6 +718,12 @@ impl Differences {
                     "its public address changes (no static IP)"
                 }
             )),
+            CloudAction::Resize if d.provider == ProviderKind::Ec2 => Some(
+                "EC2 changes an instance type only while it is stopped: the instance is stopped, \
+                 its type changed and it is started again; its EBS volumes and data are kept \
+                 (its public IPv4 address, unless an Elastic IP, changes)"
+                    .into(),
+            ),
             CloudAction::Resize => {
                 Some("the server is stopped for the change and started again; its disk and data are kept".into())
             }
@@ -786,10 +818,10 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
         !d.firewall.is_empty() || (o.firewall.is_some() && d.provider == ProviderKind::Hetzner);
     if managed && have_rules != d.firewall {
         attrs.push(attr(
-            if d.provider == ProviderKind::Lightsail {
-                "public ports"
-            } else {
-                "firewall"
+            match d.provider {
+                ProviderKind::Lightsail => "public ports",
+                ProviderKind::Ec2 => "security group",
+                _ => "firewall",
             },
             Some(rules_text(&have_rules)),
             Some(rules_text(&d.firewall)),
@@ -800,6 +832,16 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
             "networks",
             Some(observed_networks_text(&o.networks)),
             Some(networks_text(&d.networks)),
+        ));
+    }
+    if let Some(e) = &d.ec2
+        && e.termination_protection != o.delete_protection
+    {
+        let word = |on: bool| if on { "on" } else { "off" }.to_string();
+        attrs.push(attr(
+            "termination protection",
+            Some(word(o.delete_protection)),
+            Some(word(e.termination_protection)),
         ));
     }
     if d.static_ip && !o.static_ip {
@@ -838,7 +880,15 @@ fn deletions(
             cost_before: observed.price(o.provider, &o.size, &o.location),
             cost_after: None,
             allow_destroy: destroy_permitted(fleet, o, opts),
-            blocked: None,
+            // EC2 refuses to terminate it; say so before apply tries.
+            blocked: (o.provider == ProviderKind::Ec2 && o.delete_protection).then(|| {
+                format!(
+                    "{} server: it would be terminated, but EC2 termination protection is on \
+                     for instance {}: turn it off (termination_protection: false, applied \
+                     while the host is still in the config) before removing the host",
+                    o.name, o.id
+                )
+            }),
             desired: None,
             observed: Some(o.clone()),
         })
@@ -859,6 +909,7 @@ pub(crate) fn provider_name(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Hetzner => "Hetzner",
         ProviderKind::Lightsail => "Lightsail",
+        ProviderKind::Ec2 => "EC2",
         ProviderKind::Existing => "existing",
         ProviderKind::Local => "local",
     }
@@ -1036,6 +1087,9 @@ pub(crate) fn text(p: &CloudPlan, color: bool) -> String {
         s.push('\n');
         if let Some(r) = &c.reason {
             let _ = writeln!(s, "        why: {r}");
+        }
+        if let Some(note) = super::ec2_prices::plan_note(c) {
+            let _ = writeln!(s, "        prices: {note}");
         }
         attr_lines(&mut s, &c.attrs);
         if let Some(b) = &c.blocked {

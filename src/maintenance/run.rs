@@ -318,6 +318,7 @@ pub(crate) async fn with_addresses(fleet: &Fleet, clouds: &Clouds) -> Fleet {
             h.provider,
             crate::model::desired::ProviderKind::Hetzner
                 | crate::model::desired::ProviderKind::Lightsail
+                | crate::model::desired::ProviderKind::Ec2
         )
     });
     if cloud && let Ok(obs) = cloud::observe(clouds).await {
@@ -371,6 +372,7 @@ pub(crate) async fn run_job(
                 h.provider,
                 crate::model::desired::ProviderKind::Hetzner
                     | crate::model::desired::ProviderKind::Lightsail
+                    | crate::model::desired::ProviderKind::Ec2
             )
         })
     });

@@ -208,6 +208,8 @@ pub struct Settings {
     pub forge: Option<Forge>,
     pub hetzner: Hetzner,
     pub lightsail: Option<Lightsail>,
+    /// `providers.ec2`: the same AWS settings as Lightsail's.
+    pub ec2: Option<Lightsail>,
     pub secrets_identity_env: String,
     pub secrets_identity_file: Option<String>,
     /// `suspend: true`: plan and report, apply nothing, run no job.
@@ -640,9 +642,25 @@ pub struct Server {
     pub user_data: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<ServerNetwork>,
+    /// EC2: where the instance lives and what its root disk is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Server>,
     /// Where `firewall:` is written, for the lockout check.
     #[serde(skip)]
     pub firewall_origin: Option<Origin>,
+}
+
+/// The EC2-only parts of a server (`region`, type and AMI are `location`,
+/// `server_type` and `image`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ec2Server {
+    pub subnet: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_gb: Option<u32>,
+    pub root_type: String,
+    pub termination_protection: bool,
 }
 
 /// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when

@@ -320,6 +320,9 @@ pub enum SshAddress {
 pub struct Providers {
     pub hetzner: Option<HetznerSettings>,
     pub lightsail: Option<LightsailSettings>,
+    /// Amazon EC2: the same AWS settings as Lightsail (region, profile,
+    /// named key variables, endpoint, timeout).
+    pub ec2: Option<LightsailSettings>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -504,6 +507,7 @@ pub struct CostSpec {
 pub enum ProviderKind {
     Hetzner,
     Lightsail,
+    Ec2,
     Existing,
     Local,
 }
@@ -543,6 +547,31 @@ pub struct ServerSpec {
     #[serde(default)]
     #[schemars(with = "Vec<NetworkRef>")]
     pub networks: Vec<S<NetworkRef>>,
+    /// EC2: the region (default: providers.ec2.region).
+    #[schemars(with = "Option<String>")]
+    pub region: Option<S<String>>,
+    /// EC2: the subnet id (`subnet-…`) the instance is placed in.
+    #[schemars(with = "Option<String>")]
+    pub subnet: Option<S<String>>,
+    /// EC2: a fixed private IPv4 address inside the subnet.
+    #[schemars(with = "Option<String>")]
+    pub private_ip: Option<S<String>>,
+    /// EC2: the root EBS volume.
+    pub root_volume: Option<RootVolume>,
+    /// EC2: termination protection (`DisableApiTermination`).
+    #[schemars(with = "Option<bool>")]
+    pub termination_protection: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RootVolume {
+    #[schemars(with = "Option<u32>")]
+    pub size_gb: Option<S<u32>>,
+    /// `gp3` (default), `gp2`, `io1`, `io2`, `st1`, `sc1`, `standard`.
+    #[serde(rename = "type")]
+    #[schemars(with = "Option<String>")]
+    pub volume_type: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

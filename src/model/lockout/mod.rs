@@ -188,10 +188,12 @@ fn firewalls(h: &Host, src: &Sources, out: &mut Vec<Diagnostic>) {
         }
     }
     // A cloud firewall filters public traffic only: a host reached on
-    // its private network is not behind it.
+    // its private network is not behind it. An EC2 security group filters
+    // every packet the instance gets, private ones too.
+    let ec2 = h.provider == crate::model::desired::ProviderKind::Ec2;
     if let Some(s) = &h.server
         && !s.firewall.is_empty()
-        && h.ssh.address == SshAddress::Public
+        && (h.ssh.address == SshAddress::Public || ec2)
     {
         let rules: Vec<Rule> = s
             .firewall
@@ -209,7 +211,12 @@ fn firewalls(h: &Host, src: &Sources, out: &mut Vec<Diagnostic>) {
                 .firewall_origin
                 .clone()
                 .unwrap_or_else(|| h.origin.clone());
-            push(&origin, "its cloud firewall", &rules);
+            let what = if ec2 {
+                "its security group"
+            } else {
+                "its cloud firewall"
+            };
+            push(&origin, what, &rules);
         }
     }
 }

@@ -348,7 +348,11 @@ impl Loader<'_> {
                 }
             }
             let networks = h.server.as_ref().map(|s| s.networks.len()).unwrap_or(0);
-            if h.ssh.address == SshAddress::Private && networks == 0 {
+            // An EC2 instance always has a private address, in its subnet.
+            if h.ssh.address == SshAddress::Private
+                && networks == 0
+                && h.provider != ProviderKind::Ec2
+            {
                 self.err_once(
                     format!("private:{}", h.origin.file),
                     h.origin.clone().error("invalid-value", format!("{} connects to its private address (ssh.address: private) but its server is on no network", h.name))
@@ -530,16 +534,42 @@ impl Loader<'_> {
     ) {
         let count = h.count.as_ref().map(|c| c.value);
         match (provider, &h.address) {
-            (ProviderKind::Existing, None) => self.err(p_at.error("missing-key", "an existing host needs `address` (IP or DNS name)")),
-            (ProviderKind::Existing, Some(a)) if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) => {
-                self.err(at(file, a).error("invalid-value", format!("address {:?} is not an IP address or DNS name", a.value)))
+            (ProviderKind::Existing, None) => self.err(p_at.error(
+                "missing-key",
+                "an existing host needs `address` (IP or DNS name)",
+            )),
+            (ProviderKind::Existing, Some(a))
+                if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) =>
+            {
+                self.err(at(file, a).error(
+                    "invalid-value",
+                    format!("address {:?} is not an IP address or DNS name", a.value),
+                ))
             }
-            (ProviderKind::Existing, Some(_)) if count.is_some() => {
-                self.err(p_at.error("invalid-value", "count cannot be used with provider: existing").with_help("write one file per existing host, each with its address"))
-            }
-            (ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Local, Some(a)) => self.err(at(file, a).error(
+            (ProviderKind::Existing, Some(_)) if count.is_some() => self.err(
+                p_at.error(
+                    "invalid-value",
+                    "count cannot be used with provider: existing",
+                )
+                .with_help("write one file per existing host, each with its address"),
+            ),
+            (
+                ProviderKind::Hetzner
+                | ProviderKind::Lightsail
+                | ProviderKind::Ec2
+                | ProviderKind::Local,
+                Some(a),
+            ) => self.err(at(file, a).error(
                 "invalid-key",
-                format!("`address` is only for provider: existing; a {} host's address comes from {}", provider_name(provider), if provider == ProviderKind::Local { "the machine itself" } else { "the cloud" }),
+                format!(
+                    "`address` is only for provider: existing; a {} host's address comes from {}",
+                    provider_name(provider),
+                    if provider == ProviderKind::Local {
+                        "the machine itself"
+                    } else {
+                        "the cloud"
+                    }
+                ),
             )),
             _ => {}
         }
@@ -560,7 +590,10 @@ impl Loader<'_> {
         provider: ProviderKind,
         c: &raw::CostSpec,
     ) -> Option<HostCost> {
-        if matches!(provider, ProviderKind::Hetzner | ProviderKind::Lightsail) {
+        if matches!(
+            provider,
+            ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+        ) {
             self.err(at(file, &c.monthly).error(
                 "invalid-key",
                 format!("`cost` is for machines no provider prices; a {} server's price comes from the provider", provider_name(provider)),
@@ -717,12 +750,16 @@ impl Loader<'_> {
         h: &raw::HostFile,
         settings: &Settings,
     ) -> Option<Server> {
-        let cloud = matches!(provider, ProviderKind::Hetzner | ProviderKind::Lightsail);
+        let cloud = matches!(
+            provider,
+            ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+        );
         let Some(s) = &h.server else {
             if cloud {
                 self.err(p_at.error("missing-key", format!("a {} host needs a `server:` section", provider_name(provider)))
                     .with_help(match provider {
                         ProviderKind::Hetzner => "e.g. server: {type: cpx31, image: debian-12, location: fsn1}",
+                        ProviderKind::Ec2 => "e.g. server: {type: t3.small, image: ami-0abcdef1234567890, subnet: subnet-0123456789abcdef0}",
                         _ => "e.g. server: {bundle: medium_3_0, blueprint: debian_12, zone: eu-central-1a}",
                     }));
             }
@@ -732,7 +769,7 @@ impl Loader<'_> {
             self.err(p_at.error(
                 "invalid-key",
                 format!(
-                    "`server:` is only for cloud hosts (hetzner, lightsail), not provider: {}",
+                    "`server:` is only for cloud hosts (hetzner, lightsail, ec2), not provider: {}",
                     provider_name(provider)
                 ),
             ));
@@ -745,12 +782,20 @@ impl Loader<'_> {
         }
         let firewall = self.cloud_firewall(file, s);
         let networks = self.server_networks(file, provider, h, s, settings);
+        let ec2 = self.ec2_server(file, p_at, provider, h, s, settings);
+        let location = match provider {
+            ProviderKind::Ec2 => {
+                opt(&s.region).or_else(|| settings.ec2.as_ref().and_then(|e| e.region.clone()))
+            }
+            _ => opt(&s.location),
+        };
         Some(Server {
             networks,
+            ec2,
             firewall_origin: s.firewall.first().map(|p| at(file, &p.port)),
             server_type: opt(&s.server_type),
             image: opt(&s.image),
-            location: opt(&s.location),
+            location,
             bundle: opt(&s.bundle),
             blueprint: opt(&s.blueprint),
             zone: opt(&s.zone),
@@ -775,31 +820,30 @@ impl Loader<'_> {
         provider: ProviderKind,
         s: &raw::ServerSpec,
     ) {
-        let (need, forbid): (&[NamedSetting], &[NamedSetting]) = match provider {
-            ProviderKind::Hetzner => (
-                &[
-                    ("type", &s.server_type),
-                    ("image", &s.image),
-                    ("location", &s.location),
-                ],
-                &[
-                    ("bundle", &s.bundle),
-                    ("blueprint", &s.blueprint),
-                    ("zone", &s.zone),
-                ],
-            ),
-            _ => (
-                &[
-                    ("bundle", &s.bundle),
-                    ("blueprint", &s.blueprint),
-                    ("zone", &s.zone),
-                ],
-                &[
-                    ("type", &s.server_type),
-                    ("image", &s.image),
-                    ("location", &s.location),
-                ],
-            ),
+        let hetzner: [NamedSetting; 3] = [
+            ("type", &s.server_type),
+            ("image", &s.image),
+            ("location", &s.location),
+        ];
+        let lightsail: [NamedSetting; 3] = [
+            ("bundle", &s.bundle),
+            ("blueprint", &s.blueprint),
+            ("zone", &s.zone),
+        ];
+        let ec2: [NamedSetting; 3] = [
+            ("type", &s.server_type),
+            ("image", &s.image),
+            ("subnet", &s.subnet),
+        ];
+        let ec2_only: [NamedSetting; 3] = [
+            ("subnet", &s.subnet),
+            ("private_ip", &s.private_ip),
+            ("region", &s.region),
+        ];
+        let (need, forbid): (&[NamedSetting], Vec<NamedSetting>) = match provider {
+            ProviderKind::Hetzner => (&hetzner, [lightsail, ec2_only].concat()),
+            ProviderKind::Ec2 => (&ec2, [&lightsail[..], &hetzner[2..]].concat()),
+            _ => (&lightsail, [hetzner, ec2_only].concat()),
         };
         for (key, v) in need {
             if v.is_none() {
@@ -822,6 +866,9 @@ impl Loader<'_> {
                         )
                         .with_help(match provider {
                             ProviderKind::Hetzner => "Hetzner servers use type, image, location",
+                            ProviderKind::Ec2 => {
+                                "EC2 instances use type, image (an AMI id), subnet, region"
+                            }
                             _ => "Lightsail instances use bundle, blueprint, zone",
                         }),
                 );
@@ -1190,10 +1237,13 @@ impl Loader<'_> {
     ) {
         for name in selected {
             if let Some(h) = hosts.iter().find(|h| &h.name == name)
-                && !matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail)
+                && !matches!(
+                    h.provider,
+                    ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+                )
             {
                 self.err(o.error("cloud-only", format!("job {job:?} is a {kind} job but selects host {name:?}, which is provider: {}", provider_name(h.provider)))
-                        .with_help(format!("{kind} jobs act through a cloud API; select only hetzner or lightsail hosts")));
+                        .with_help(format!("{kind} jobs act through a cloud API; select only hetzner, lightsail or ec2 hosts")));
                 return;
             }
         }

@@ -22,6 +22,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
+mod ec2;
 mod hosts;
 mod jobs;
 mod notify;
@@ -118,10 +119,12 @@ fn load_budgeted(
         // Only a fleet whose servers get their addresses from a provider and
         // that has templates, or whose templates read facts, can render
         // differently once they are known.
-        let assigned = fleet
-            .hosts
-            .iter()
-            .any(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail));
+        let assigned = fleet.hosts.iter().any(|h| {
+            matches!(
+                h.provider,
+                ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+            )
+        });
         let facts = fleet.hosts.iter().any(|h| !h.facts_used.is_empty());
         if (assigned && tree.under("templates").next().is_some()) || facts {
             fleet.source = Some(Source {
@@ -804,6 +807,7 @@ fn provider_name(p: ProviderKind) -> &'static str {
     match p {
         ProviderKind::Hetzner => "hetzner",
         ProviderKind::Lightsail => "lightsail",
+        ProviderKind::Ec2 => "ec2",
         ProviderKind::Existing => "existing",
         ProviderKind::Local => "local",
     }

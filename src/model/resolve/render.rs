@@ -65,7 +65,12 @@ fn assigned(fleet: &Fleet) -> AddressBook {
     fleet
         .hosts
         .iter()
-        .filter(|h| matches!(h.provider, ProviderKind::Hetzner | ProviderKind::Lightsail))
+        .filter(|h| {
+            matches!(
+                h.provider,
+                ProviderKind::Hetzner | ProviderKind::Lightsail | ProviderKind::Ec2
+            )
+        })
         .filter(|h| h.address.is_some() || h.private_address.is_some())
         .map(|h| {
             let a = Addresses {

@@ -132,6 +132,12 @@ impl Loader<'_> {
             1,
             "providers.lightsail.timeout",
         );
+        let ec2_timeout = self.duration(
+            &f.providers.ec2.as_ref().and_then(|l| l.timeout.clone()),
+            30,
+            1,
+            "providers.ec2.timeout",
+        );
         self.endpoints(f);
         let forge = f.status.forge.as_ref().map(|fg| self.forge(fg));
         let branch = opt(&f.status.branch).unwrap_or_else(|| "tidekeeper/status".into());
@@ -162,6 +168,12 @@ impl Loader<'_> {
                 credentials: self.aws_credentials(l),
                 endpoint: opt(&l.endpoint),
                 timeout_secs: ls_timeout,
+            }),
+            ec2: f.providers.ec2.as_ref().map(|l| Lightsail {
+                region: opt(&l.region),
+                credentials: self.aws_credentials(l),
+                endpoint: opt(&l.endpoint),
+                timeout_secs: ec2_timeout,
             }),
             secrets_identity_env: opt(&f.secrets.identity_env)
                 .unwrap_or_else(|| "TIDEKEEPER_AGE_IDENTITY".into()),
@@ -254,6 +266,7 @@ impl Loader<'_> {
                 .lightsail
                 .as_ref()
                 .and_then(|l| l.endpoint.as_ref()),
+            f.providers.ec2.as_ref().and_then(|l| l.endpoint.as_ref()),
         ]
         .into_iter()
         .flatten()
@@ -549,6 +562,7 @@ pub(super) fn default_settings() -> Settings {
             timeout_secs: 30,
         },
         lightsail: None,
+        ec2: None,
         secrets_identity_env: "TIDEKEEPER_AGE_IDENTITY".into(),
         secrets_identity_file: None,
         suspend: false,

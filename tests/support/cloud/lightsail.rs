@@ -331,7 +331,7 @@ fn hex(b: &[u8]) -> String {
 /// message): the signature is recomputed from the request as AWS does
 /// (canonical request, string to sign, derived key), so a wrong secret, an
 /// unsigned or wrong session token, or another region's scope fail here.
-fn check_auth(
+pub(super) fn check_auth(
     headers: &HeaderMap,
     method: &str,
     uri: &axum::http::Uri,
@@ -380,7 +380,7 @@ fn check_auth(
     };
     if scope.len() != 5
         || scope[2].is_empty()
-        || scope[3] != "lightsail"
+        || !["lightsail", "ec2"].contains(&scope[3])
         || scope[4] != "aws4_request"
     {
         return Err((

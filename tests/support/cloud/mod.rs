@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod ec2;
 pub mod hetzner;
 pub mod lightsail;
 

@@ -1,0 +1,794 @@
+//! The Amazon EC2 calls tidekeeper makes, with plain types in and out.
+//!
+//! The real `aws-sdk-ec2` client does the work: SigV4 signing, the EC2
+//! Query protocol (form-encoded requests, XML answers), and retries
+//! (standard mode). Credentials are a key pair the caller read from the
+//! environment, or the SDK's default chain, as for Lightsail; they are
+//! never logged.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types;
+
+/// Where the credentials come from.
+pub enum Auth {
+    /// A key pair (and a session token, for temporary credentials).
+    Keys {
+        access_key: String,
+        secret_key: String,
+        session_token: Option<String>,
+    },
+    /// The SDK's default chain, as the AWS CLI does (environment, profile
+    /// with SSO and `credential_process`, web identity, container and
+    /// instance roles).
+    Chain { profile: Option<String> },
+}
+
+pub struct Settings {
+    /// None: `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's, the instance's.
+    pub region: Option<String>,
+    pub auth: Auth,
+    /// Another endpoint than AWS's (a proxy, or a local emulator in tests).
+    pub endpoint: Option<String>,
+    /// Limit for one HTTP attempt.
+    pub timeout: Duration,
+    /// Attempts per call, retries included.
+    pub max_attempts: u32,
+}
+
+/// An error from EC2 (or from reaching it), after the retries.
+#[derive(Debug, Clone)]
+pub struct Error {
+    /// EC2's error code (`IncorrectInstanceState`, `OperationNotPermitted`,
+    /// …), or `""` when none came back.
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.code.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    pub fn not_found(&self) -> bool {
+        self.code.ends_with(".NotFound")
+    }
+}
+
+fn no_region() -> Error {
+    Error {
+        code: "NoRegion".into(),
+        message: "no AWS region: set providers.ec2.region in tidekeeper.yaml, \
+                  or AWS_REGION, or a region in the AWS profile"
+            .into(),
+    }
+}
+
+fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> Error {
+    let code = e.code().unwrap_or_default().to_string();
+    if code.is_empty()
+        && matches!(
+            e,
+            SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_)
+        )
+    {
+        let context = DisplayErrorContext(&e).to_string();
+        if context.contains("credentials") {
+            return Error {
+                code: "NoCredentials".into(),
+                message: format!(
+                    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (with AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE \
+                     (aws configure, aws sso login), or run where a container or \
+                     instance role applies ({context})"
+                ),
+            };
+        }
+    }
+    let message = match e.message() {
+        Some(m) => m.to_string(),
+        None => DisplayErrorContext(&e).to_string(),
+    };
+    Error { code, message }
+}
+
+/// One ingress rule of a security group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    /// `tcp`, `udp`, `icmp` or `-1` (all).
+    pub protocol: String,
+    pub from: i32,
+    pub to: i32,
+    pub cidrs: Vec<String>,
+    pub ipv6_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub vpc: String,
+    pub ingress: Vec<Rule>,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub instance_type: String,
+    pub image: String,
+    pub zone: String,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
+    pub subnet: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub security_groups: Vec<String>,
+    /// The root EBS volume's id.
+    pub root_volume: Option<String>,
+    /// IMDSv2 required (`HttpTokens=required`).
+    pub imds_v2: bool,
+}
+
+impl Instance {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub id: String,
+    pub size_gb: i32,
+    /// `gp3`, `gp2`, `io2`, …
+    pub volume_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub id: String,
+    pub vpc: String,
+    pub cidr: String,
+    pub zone: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume: String,
+    /// `pending`, `completed`, `error`.
+    pub state: String,
+    /// Milliseconds since the epoch.
+    pub started_ms: i64,
+    pub tags: Vec<(String, String)>,
+}
+
+/// What a new instance is made of.
+pub struct Launch<'a> {
+    pub instance_type: &'a str,
+    pub image: &'a str,
+    pub subnet: Option<&'a str>,
+    pub private_ip: Option<&'a str>,
+    pub key_name: Option<&'a str>,
+    /// Plain text; encoded here.
+    pub user_data: &'a str,
+    pub security_groups: &'a [String],
+    /// The root volume's device (the AMI's), size and type.
+    pub root_device: &'a str,
+    pub root_gb: Option<i32>,
+    pub root_type: Option<&'a str>,
+    pub termination_protection: bool,
+    pub tags: &'a [(String, String)],
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: aws_sdk_ec2::Client,
+}
+
+fn tags(list: &[types::Tag]) -> Vec<(String, String)> {
+    list.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn tag_list(list: &[(String, String)]) -> Vec<types::Tag> {
+    list.iter()
+        .map(|(k, v)| types::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn tag_spec(kind: types::ResourceType, list: &[(String, String)]) -> types::TagSpecification {
+    types::TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tag_list(list)))
+        .build()
+}
+
+fn instance(i: &types::Instance) -> Instance {
+    let root = i.root_device_name();
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        image: i.image_id().unwrap_or_default().to_string(),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        subnet: i.subnet_id().map(String::from),
+        public_ip: i.public_ip_address().map(String::from),
+        private_ip: i.private_ip_address().map(String::from),
+        tags: tags(i.tags()),
+        security_groups: i
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(String::from))
+            .collect(),
+        root_volume: i
+            .block_device_mappings()
+            .iter()
+            .find(|b| root.is_none() || b.device_name() == root)
+            .and_then(|b| b.ebs()?.volume_id().map(String::from)),
+        imds_v2: i
+            .metadata_options()
+            .and_then(|m| m.http_tokens())
+            .is_some_and(|t| *t == types::HttpTokensState::Required),
+    }
+}
+
+fn rule(p: &types::IpPermission) -> Rule {
+    Rule {
+        protocol: p.ip_protocol().unwrap_or("-1").to_string(),
+        from: p.from_port().unwrap_or(-1),
+        to: p.to_port().unwrap_or(-1),
+        cidrs: p
+            .ip_ranges()
+            .iter()
+            .filter_map(|r| r.cidr_ip().map(String::from))
+            .collect(),
+        ipv6_cidrs: p
+            .ipv6_ranges()
+            .iter()
+            .filter_map(|r| r.cidr_ipv6().map(String::from))
+            .collect(),
+    }
+}
+
+fn permission(r: &Rule) -> types::IpPermission {
+    types::IpPermission::builder()
+        .ip_protocol(&r.protocol)
+        .from_port(r.from)
+        .to_port(r.to)
+        .set_ip_ranges(Some(
+            r.cidrs
+                .iter()
+                .map(|c| types::IpRange::builder().cidr_ip(c).build())
+                .collect(),
+        ))
+        .set_ipv6_ranges(Some(
+            r.ipv6_cidrs
+                .iter()
+                .map(|c| types::Ipv6Range::builder().cidr_ipv6(c).build())
+                .collect(),
+        ))
+        .build()
+}
+
+impl Client {
+    /// A client; with [`Auth::Chain`] the profile files are read now and
+    /// the credentials fetched on the first call.
+    pub async fn new(s: Settings) -> Result<Client, Error> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut config = match s.auth {
+            Auth::Keys {
+                access_key,
+                secret_key,
+                session_token,
+            } => {
+                let region = match s.region {
+                    Some(r) => Region::new(r),
+                    None => aws_config::meta::region::ProvideRegion::region(
+                        &aws_config::default_provider::region::default_provider(),
+                    )
+                    .await
+                    .ok_or_else(no_region)?,
+                };
+                aws_sdk_ec2::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region)
+                    .credentials_provider(Credentials::new(
+                        access_key,
+                        secret_key,
+                        session_token,
+                        None,
+                        "tidekeeper",
+                    ))
+            }
+            Auth::Chain { profile } => {
+                let mut loader =
+                    aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
+                if let Some(p) = profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(r) = s.region {
+                    loader = loader.region(Region::new(r));
+                }
+                let shared = loader.load().await;
+                if shared.region().is_none() {
+                    return Err(no_region());
+                }
+                aws_sdk_ec2::config::Builder::from(&shared)
+            }
+        };
+        config = config
+            .http_client(http)
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(s.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(500))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10).min(s.timeout))
+                    .operation_attempt_timeout(s.timeout)
+                    .build(),
+            );
+        if let Some(url) = s.endpoint {
+            config = config.endpoint_url(url);
+        }
+        Ok(Client {
+            inner: aws_sdk_ec2::Client::from_conf(config.build()),
+        })
+    }
+
+    /// Every instance in the region but terminated ones (all pages).
+    pub async fn instances(&self) -> Result<Vec<Instance>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .describe_instances()
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            for r in page.reservations() {
+                out.extend(
+                    r.instances()
+                        .iter()
+                        .map(instance)
+                        .filter(|i| i.state != "terminated"),
+                );
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<Option<Instance>, Error> {
+        match self
+            .inner
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(r
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(instance)
+                .next()),
+            Err(e) => {
+                let e = err(e);
+                if e.not_found() { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Start an instance; its id (it is `pending` until it runs).
+    pub async fn run(&self, l: &Launch<'_>) -> Result<String, Error> {
+        let mut ebs = types::EbsBlockDevice::builder()
+            .delete_on_termination(true)
+            .set_volume_size(l.root_gb);
+        if let Some(t) = l.root_type {
+            ebs = ebs.volume_type(types::VolumeType::from(t));
+        }
+        let r = self
+            .inner
+            .run_instances()
+            .image_id(l.image)
+            .instance_type(types::InstanceType::from(l.instance_type))
+            .min_count(1)
+            .max_count(1)
+            .set_subnet_id(l.subnet.map(String::from))
+            .set_private_ip_address(l.private_ip.map(String::from))
+            .set_key_name(l.key_name.map(String::from))
+            .user_data(aws_smithy_types::base64::encode(l.user_data))
+            .set_security_group_ids(Some(l.security_groups.to_vec()))
+            .metadata_options(
+                types::InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(types::HttpTokensState::Required)
+                    .http_endpoint(types::InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .block_device_mappings(
+                types::BlockDeviceMapping::builder()
+                    .device_name(l.root_device)
+                    .ebs(ebs.build())
+                    .build(),
+            )
+            .disable_api_termination(l.termination_protection)
+            .tag_specifications(tag_spec(types::ResourceType::Instance, l.tags))
+            .tag_specifications(tag_spec(types::ResourceType::Volume, l.tags))
+            .send()
+            .await
+            .map_err(err)?;
+        r.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(String::from)
+            .ok_or_else(|| Error {
+                code: String::new(),
+                message: "RunInstances answered without an instance".into(),
+            })
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .stop_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .start_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn terminate(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// A new instance type; EC2 takes it only while the instance is stopped.
+    pub async fn set_type(&self, id: &str, instance_type: &str) -> Result<(), Error> {
+        self.inner
+            .modify_instance_attribute()
+            .instance_id(id)
+            .instance_type(
+                types::AttributeValue::builder()
+                    .value(instance_type)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn set_termination_protection(&self, id: &str, on: bool) -> Result<(), Error> {
+        self.inner
+            .modify_instance_attribute()
+            .instance_id(id)
+            .disable_api_termination(types::AttributeBooleanValue::builder().value(on).build())
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn termination_protection(&self, id: &str) -> Result<bool, Error> {
+        let r = self
+            .inner
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(types::InstanceAttributeName::DisableApiTermination)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.disable_api_termination()
+            .and_then(|v| v.value())
+            .unwrap_or(false))
+    }
+
+    pub async fn tag(&self, resource: &str, tags: &[(String, String)]) -> Result<(), Error> {
+        self.inner
+            .create_tags()
+            .resources(resource)
+            .set_tags(Some(tag_list(tags)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn untag(&self, resource: &str, keys: &[String]) -> Result<(), Error> {
+        self.inner
+            .delete_tags()
+            .resources(resource)
+            .set_tags(Some(
+                keys.iter()
+                    .map(|k| types::Tag::builder().key(k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn volumes(&self, ids: &[String]) -> Result<Vec<Volume>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = self
+            .inner
+            .describe_volumes()
+            .set_volume_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.volumes()
+            .iter()
+            .map(|v| Volume {
+                id: v.volume_id().unwrap_or_default().to_string(),
+                size_gb: v.size().unwrap_or_default(),
+                volume_type: v
+                    .volume_type()
+                    .map(|t| t.as_str().to_string())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    pub async fn subnets(&self) -> Result<Vec<Subnet>, Error> {
+        let r = self.inner.describe_subnets().send().await.map_err(err)?;
+        Ok(r.subnets()
+            .iter()
+            .map(|s| Subnet {
+                id: s.subnet_id().unwrap_or_default().to_string(),
+                vpc: s.vpc_id().unwrap_or_default().to_string(),
+                cidr: s.cidr_block().unwrap_or_default().to_string(),
+                zone: s.availability_zone().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    pub async fn security_groups(&self) -> Result<Vec<SecurityGroup>, Error> {
+        let r = self
+            .inner
+            .describe_security_groups()
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.security_groups()
+            .iter()
+            .map(|g| SecurityGroup {
+                id: g.group_id().unwrap_or_default().to_string(),
+                name: g.group_name().unwrap_or_default().to_string(),
+                vpc: g.vpc_id().unwrap_or_default().to_string(),
+                ingress: g.ip_permissions().iter().map(rule).collect(),
+                tags: tags(g.tags()),
+            })
+            .collect())
+    }
+
+    /// A new security group in `vpc` with no ingress; its id.
+    pub async fn create_security_group(
+        &self,
+        name: &str,
+        description: &str,
+        vpc: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_security_group()
+            .group_name(name)
+            .description(description)
+            .vpc_id(vpc)
+            .tag_specifications(tag_spec(types::ResourceType::SecurityGroup, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.group_id().unwrap_or_default().to_string())
+    }
+
+    pub async fn authorize_ingress(&self, group: &str, rules: &[Rule]) -> Result<(), Error> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(rules.iter().map(permission).collect()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn revoke_ingress(&self, group: &str, rules: &[Rule]) -> Result<(), Error> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .revoke_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(rules.iter().map(permission).collect()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn delete_security_group(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_security_group()
+            .group_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// A snapshot of `volume`; its id (it is `pending` until completed).
+    pub async fn create_snapshot(
+        &self,
+        volume: &str,
+        description: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_snapshot()
+            .volume_id(volume)
+            .description(description)
+            .tag_specifications(tag_spec(types::ResourceType::Snapshot, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.snapshot_id().unwrap_or_default().to_string())
+    }
+
+    /// The account's own snapshots (all pages).
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .describe_snapshots()
+                .owner_ids("self")
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(err)?;
+            out.extend(page.snapshots().iter().map(|s| {
+                Snapshot {
+                    id: s.snapshot_id().unwrap_or_default().to_string(),
+                    volume: s.volume_id().unwrap_or_default().to_string(),
+                    state: s
+                        .state()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
+                    started_ms: s
+                        .start_time()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or_default(),
+                    tags: tags(s.tags()),
+                }
+            }));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_snapshot()
+            .snapshot_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The root device name of AMI `image` (`/dev/xvda`, `/dev/sda1`, …).
+    pub async fn image_root_device(&self, image: &str) -> Result<Option<String>, Error> {
+        let r = self
+            .inner
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .map(String::from))
+    }
+
+    /// Names of the key pairs in the region.
+    pub async fn key_pairs(&self) -> Result<Vec<String>, Error> {
+        let r = self.inner.describe_key_pairs().send().await.map_err(err)?;
+        Ok(r.key_pairs()
+            .iter()
+            .filter_map(|k| k.key_name().map(String::from))
+            .collect())
+    }
+
+    /// Upload `public_key` (an OpenSSH line) as the key pair `name`.
+    pub async fn import_key_pair(
+        &self,
+        name: &str,
+        public_key: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), Error> {
+        self.inner
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(public_key.as_bytes()))
+            .tag_specifications(tag_spec(types::ResourceType::KeyPair, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}

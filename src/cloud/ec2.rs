@@ -1,0 +1,900 @@
+//! Amazon EC2 through `aws-sdk-ec2` (in the `tidekeeper-ec2` crate, so the
+//! SDK stays out of this crate's rebuilds).
+//!
+//! An instance is the host's when it carries the ownership tags and
+//! `tidekeeper-host: <host>` (its `Name` tag says the same, for the
+//! console). A new instance type is set in place: stop, modify, start; the
+//! EBS volumes and their data stay. `server.firewall` rules become the
+//! ingress of a security group of the host's own, `tk-<fleet>-<host>`, in
+//! the subnet's VPC. Prices come from the dated table in [`super::ec2_prices`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tidekeeper_ec2 as ec2;
+
+use super::desired::{DesiredServer, fold_any};
+use super::{
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, HOST_NAME, ObservedServer, PowerState,
+    PriceList, Provider, Snapshot,
+};
+use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
+
+const NAME: &str = "ec2";
+const POLL: Duration = Duration::from_millis(500);
+/// The console's name for an instance.
+const NAME_TAG: &str = "Name";
+
+fn env_var(name: &str) -> Result<String, CloudError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| CloudError::Credentials {
+            provider: NAME,
+            var: name.to_string(),
+        })
+}
+
+fn api(what: &str, e: ec2::Error) -> CloudError {
+    if e.code == "NoCredentials" {
+        return CloudError::NoCredentials {
+            provider: NAME,
+            message: e.message,
+        };
+    }
+    CloudError::api(NAME, what, e)
+}
+
+fn state(s: &str) -> PowerState {
+    match s {
+        "running" => PowerState::Running,
+        "stopped" => PowerState::Off,
+        "pending" => PowerState::Starting,
+        "stopping" | "shutting-down" => PowerState::Stopping,
+        other => PowerState::Other(other.to_string()),
+    }
+}
+
+pub(crate) fn group_name(fleet: &str, host: &str) -> String {
+    format!("tk-{fleet}-{host}")
+}
+
+/// Ingress rules as `server.firewall` writes them.
+fn ports(list: &[ec2::Rule]) -> Vec<CloudPort> {
+    let mut out = Vec::new();
+    for r in list {
+        let mut from = r.cidrs.clone();
+        from.extend(r.ipv6_cidrs.iter().cloned());
+        let (proto, a, b) = match r.protocol.as_str() {
+            "-1" => ("any".to_string(), 1, 65535),
+            p => (p.to_string(), r.from.max(0) as u16, r.to.max(0) as u16),
+        };
+        out.push(CloudPort {
+            from_port: a,
+            to_port: b,
+            proto,
+            from,
+        });
+    }
+    let mut out = fold_any(out);
+    out.sort_by(|a, b| (a.from_port, a.to_port, &a.proto).cmp(&(b.from_port, b.to_port, &b.proto)));
+    out
+}
+
+/// `server.firewall` in EC2's terms: `any` is a tcp and a udp rule (EC2's
+/// `-1` would also open ICMP and every other protocol).
+pub(crate) fn rules(list: &[CloudPort]) -> Vec<ec2::Rule> {
+    let mut out = Vec::new();
+    for r in list {
+        let protos: &[&str] = match r.proto.as_str() {
+            "any" => &["tcp", "udp"],
+            "udp" => &["udp"],
+            _ => &["tcp"],
+        };
+        for p in protos {
+            out.push(ec2::Rule {
+                protocol: p.to_string(),
+                from: r.from_port.into(),
+                to: r.to_port.into(),
+                cidrs: r
+                    .from
+                    .iter()
+                    .filter(|c| !c.contains(':'))
+                    .cloned()
+                    .collect(),
+                ipv6_cidrs: r.from.iter().filter(|c| c.contains(':')).cloned().collect(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+fn owned(tags: &[(String, String)], fleet: &str) -> bool {
+    super::owned(tags.iter().map(|(k, v)| (k, v)), fleet)
+}
+
+/// The host an instance is for: its tag, else its `Name`, else its id.
+fn host_of(i: &ec2::Instance) -> &str {
+    i.tag(HOST_NAME)
+        .or_else(|| i.tag(NAME_TAG))
+        .unwrap_or(&i.id)
+}
+
+pub(crate) struct Ec2 {
+    settings: Settings,
+    client: tokio::sync::OnceCell<ec2::Client>,
+}
+
+impl Ec2 {
+    /// A client for `s`. Credentials named in tidekeeper.yaml must be set
+    /// now; the SDK's chain is asked on the first call.
+    pub(crate) fn from_env(s: &Settings) -> Result<Ec2, CloudError> {
+        if let AwsCredentials::Env {
+            access_key_env,
+            secret_key_env,
+            ..
+        } = &s.credentials
+        {
+            for name in [access_key_env, secret_key_env] {
+                env_var(name)?;
+            }
+        }
+        Ok(Ec2 {
+            settings: s.clone(),
+            client: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn client(&self) -> Result<&ec2::Client, CloudError> {
+        self.client
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                let auth = match &s.credentials {
+                    AwsCredentials::Env {
+                        access_key_env,
+                        secret_key_env,
+                        session_token_env,
+                    } => ec2::Auth::Keys {
+                        access_key: env_var(access_key_env)?,
+                        secret_key: env_var(secret_key_env)?,
+                        session_token: session_token_env.as_deref().map(env_var).transpose()?,
+                    },
+                    AwsCredentials::Chain { profile } => ec2::Auth::Chain {
+                        profile: profile.clone(),
+                    },
+                };
+                ec2::Client::new(ec2::Settings {
+                    region: s.region.clone(),
+                    auth,
+                    endpoint: s.endpoint.clone(),
+                    timeout: Duration::from_secs(s.timeout_secs.max(1)),
+                    max_attempts: 8,
+                })
+                .await
+                .map_err(|e| api("setting up the client", e))
+            })
+            .await
+    }
+
+    fn region(&self) -> String {
+        self.settings.region.clone().unwrap_or_default()
+    }
+
+    async fn wait_state(&self, id: &str, want: &str) -> Result<ec2::Instance, CloudError> {
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self
+                .client()
+                .await?
+                .instance(id)
+                .await
+                .map_err(|e| api("reading the instance", e))?
+                && i.state == want
+            {
+                return Ok(i);
+            }
+            if start.elapsed() > ACTION_TIMEOUT {
+                return Err(CloudError::Timeout {
+                    provider: NAME,
+                    what: format!("instance {id} to be {want}"),
+                    after: ACTION_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn observed(
+        &self,
+        i: &ec2::Instance,
+        groups: &[ec2::SecurityGroup],
+        protected: bool,
+    ) -> ObservedServer {
+        let mut labels: BTreeMap<String, String> = i.tags.iter().cloned().collect();
+        labels.remove(HOST_NAME);
+        labels.remove(NAME_TAG);
+        let host = host_of(i).to_string();
+        let fleet = labels.get(FLEET).cloned().unwrap_or_default();
+        let firewall = groups
+            .iter()
+            .find(|g| i.security_groups.contains(&g.id) && g.name == group_name(&fleet, &host))
+            .map(|g| ports(&g.ingress));
+        ObservedServer {
+            provider: ProviderKind::Ec2,
+            id: i.id.clone(),
+            name: host,
+            size: i.instance_type.clone(),
+            image: Some(i.image.clone()),
+            location: self.region(),
+            labels,
+            state: state(&i.state),
+            address: i.public_ip.clone().or_else(|| i.private_ip.clone()),
+            private_address: i.private_ip.clone(),
+            networks: Vec::new(),
+            firewall,
+            static_ip: false,
+            delete_protection: protected,
+        }
+    }
+
+    /// The key pair for `entry`: a name as it is; a public key imported once
+    /// as `tk-<fleet>-<fingerprint>`.
+    async fn key_pair(&self, fleet: &str, entry: &str) -> Result<String, CloudError> {
+        let Some(name) = super::desired::uploaded_key_name(fleet, entry) else {
+            return Ok(entry.to_string());
+        };
+        let client = self.client().await?;
+        let have = client
+            .key_pairs()
+            .await
+            .map_err(|e| api("listing key pairs", e))?;
+        if !have.contains(&name) {
+            let tags: Vec<(String, String)> =
+                super::desired::ownership(fleet).into_iter().collect();
+            client
+                .import_key_pair(&name, entry, &tags)
+                .await
+                .map_err(|e| api("importing the key pair", e))?;
+        }
+        Ok(name)
+    }
+
+    /// The host's security group, made (in `subnet`'s VPC) when missing,
+    /// with exactly `want`'s rules; its id.
+    async fn security_group(
+        &self,
+        fleet: &str,
+        host: &str,
+        subnet: &str,
+        want: &[CloudPort],
+    ) -> Result<String, CloudError> {
+        let client = self.client().await?;
+        let name = group_name(fleet, host);
+        let groups = client
+            .security_groups()
+            .await
+            .map_err(|e| api("listing security groups", e))?;
+        let (id, have) = match groups.iter().find(|g| g.name == name) {
+            Some(g) => (g.id.clone(), g.ingress.clone()),
+            None => {
+                let subnets = client
+                    .subnets()
+                    .await
+                    .map_err(|e| api("listing subnets", e))?;
+                let vpc = subnets
+                    .iter()
+                    .find(|s| s.id == subnet)
+                    .map(|s| s.vpc.clone())
+                    .ok_or_else(|| {
+                        CloudError::api(
+                            NAME,
+                            "creating the security group",
+                            format!("subnet {subnet} does not exist in this region"),
+                        )
+                    })?;
+                let tags: Vec<(String, String)> =
+                    super::desired::ownership(fleet).into_iter().collect();
+                let id = client
+                    .create_security_group(&name, &format!("tidekeeper: {host}"), &vpc, &tags)
+                    .await
+                    .map_err(|e| api("creating the security group", e))?;
+                (id, Vec::new())
+            }
+        };
+        let want = rules(want);
+        let have = rules(&ports(&have));
+        let add: Vec<ec2::Rule> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
+        let drop: Vec<ec2::Rule> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
+        // Open first, then close: SSH is never shut in between.
+        client
+            .authorize_ingress(&id, &add)
+            .await
+            .map_err(|e| api("adding security group rules", e))?;
+        client
+            .revoke_ingress(&id, &drop)
+            .await
+            .map_err(|e| api("removing security group rules", e))?;
+        Ok(id)
+    }
+
+    async fn launch(
+        &self,
+        want: &DesiredServer,
+        user_data: &str,
+    ) -> Result<ObservedServer, CloudError> {
+        let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+        let spec = want.ec2.clone().ok_or_else(|| {
+            CloudError::Refused(format!(
+                "{}: no EC2 settings (subnet) for the instance",
+                want.host
+            ))
+        })?;
+        let mut tags: Vec<(String, String)> = want.labels.clone().into_iter().collect();
+        tags.push((HOST_NAME.into(), want.host.clone()));
+        tags.push((NAME_TAG.into(), want.host.clone()));
+        let key = match want.ssh_keys.first() {
+            Some(entry) => Some(self.key_pair(&fleet, entry).await?),
+            None => None,
+        };
+        let groups = if want.firewall.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                self.security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
+                    .await?,
+            ]
+        };
+        let client = self.client().await?;
+        // An earlier run may have launched it and stopped before recording
+        // it: the instance is found by its tags, not launched twice.
+        let all = client
+            .instances()
+            .await
+            .map_err(|e| api("listing instances", e))?;
+        if let Some(i) = all
+            .iter()
+            .find(|i| owned(&i.tags, &fleet) && i.tag(HOST_NAME) == Some(want.host.as_str()))
+        {
+            tracing::info!(host = %want.host, instance = %i.id, "the instance was created by an earlier attempt; using it");
+            let i = self.wait_state(&i.id, "running").await?;
+            let sgs = client
+                .security_groups()
+                .await
+                .map_err(|e| api("listing security groups", e))?;
+            return Ok(self.observed(&i, &sgs, spec.termination_protection));
+        }
+        let root = client
+            .image_root_device(&want.image)
+            .await
+            .map_err(|e| api("reading the AMI", e))?
+            .unwrap_or_else(|| "/dev/xvda".into());
+        let id = client
+            .run(&ec2::Launch {
+                instance_type: &want.size,
+                image: &want.image,
+                subnet: Some(&spec.subnet),
+                private_ip: spec.private_ip.as_deref(),
+                key_name: key.as_deref(),
+                user_data,
+                security_groups: &groups,
+                root_device: &root,
+                root_gb: spec.root_gb.map(|g| g as i32),
+                root_type: Some(&spec.root_type),
+                termination_protection: spec.termination_protection,
+                tags: &tags,
+            })
+            .await
+            .map_err(|e| api("creating the instance", e))?;
+        let i = self.wait_state(&id, "running").await?;
+        let sgs = client
+            .security_groups()
+            .await
+            .map_err(|e| api("listing security groups", e))?;
+        Ok(self.observed(&i, &sgs, spec.termination_protection))
+    }
+}
+
+impl Provider for Ec2 {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Ec2
+    }
+
+    fn servers(&self) -> Fut<'_, Vec<ObservedServer>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let list = client
+                .instances()
+                .await
+                .map_err(|e| api("listing instances", e))?;
+            let groups = client
+                .security_groups()
+                .await
+                .map_err(|e| api("listing security groups", e))?;
+            let mut out = Vec::new();
+            for i in &list {
+                let protected = client
+                    .termination_protection(&i.id)
+                    .await
+                    .map_err(|e| api("reading termination protection", e))?;
+                out.push(self.observed(i, &groups, protected));
+            }
+            Ok(out)
+        })
+    }
+
+    fn prices(&self) -> Fut<'_, PriceList> {
+        Box::pin(async move {
+            let mut monthly = BTreeMap::new();
+            for r in super::ec2_prices::REGIONS {
+                for (t, h) in r.hourly {
+                    monthly.insert(
+                        (t.to_string(), r.region.to_string()),
+                        h * super::ec2_prices::HOURS_PER_MONTH,
+                    );
+                }
+            }
+            Ok(PriceList {
+                currency: "USD",
+                monthly,
+                // A stopped instance bills its EBS volumes only.
+                bills_stopped: false,
+                disk_gb: BTreeMap::new(),
+            })
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        want: &'a DesiredServer,
+        user_data: &'a str,
+    ) -> Fut<'a, ObservedServer> {
+        Box::pin(self.launch(want, user_data))
+    }
+
+    fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let mut tags: Vec<(String, String)> =
+                super::desired::ownership(fleet).into_iter().collect();
+            tags.push((HOST_NAME.into(), host.to_string()));
+            tags.push((NAME_TAG.into(), host.to_string()));
+            self.client()
+                .await?
+                .tag(&have.id, &tags)
+                .await
+                .map_err(|e| api("tagging the instance", e))
+        })
+    }
+
+    fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let stale: Vec<String> = have
+                .labels
+                .keys()
+                .filter(|k| !want.labels.contains_key(*k) && k.as_str() != HOST_KEY)
+                .cloned()
+                .collect();
+            if !stale.is_empty() {
+                client
+                    .untag(&have.id, &stale)
+                    .await
+                    .map_err(|e| api("removing tags", e))?;
+            }
+            let changed: Vec<(String, String)> = want
+                .labels
+                .iter()
+                .filter(|(k, v)| have.labels.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !changed.is_empty() {
+                client
+                    .tag(&have.id, &changed)
+                    .await
+                    .map_err(|e| api("tagging the instance", e))?;
+            }
+            if let Some(spec) = &want.ec2 {
+                if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..])
+                {
+                    let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+                    self.security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
+                        .await?;
+                }
+                if spec.termination_protection != have.delete_protection {
+                    client
+                        .set_termination_protection(&have.id, spec.termination_protection)
+                        .await
+                        .map_err(|e| api("setting termination protection", e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn resize<'a>(&'a self, have: &'a ObservedServer, size: &'a str) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let was_running = have.state != PowerState::Off;
+            if was_running {
+                client
+                    .stop(&have.id)
+                    .await
+                    .map_err(|e| api("stopping the instance", e))?;
+                self.wait_state(&have.id, "stopped").await?;
+            }
+            client
+                .set_type(&have.id, size)
+                .await
+                .map_err(|e| api("changing the instance type", e))?;
+            if was_running {
+                client
+                    .start(&have.id)
+                    .await
+                    .map_err(|e| api("starting the instance", e))?;
+                self.wait_state(&have.id, "running").await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, have: &'a ObservedServer, _keep_address: bool) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            match client.terminate(&have.id).await {
+                Ok(()) => {}
+                Err(e) if e.not_found() => return Ok(()),
+                Err(e) if e.code == "OperationNotPermitted" => {
+                    return Err(CloudError::Refused(format!(
+                        "{}: EC2 refuses to terminate instance {}: termination protection is on; \
+                         set `termination_protection: false` on the host and apply that first",
+                        have.name, have.id
+                    )));
+                }
+                Err(e) => return Err(api("terminating the instance", e)),
+            }
+            self.wait_state(&have.id, "terminated").await.map(|_| ())
+        })
+    }
+
+    fn power<'a>(&'a self, have: &'a ObservedServer, on: bool) -> Fut<'a, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let (r, want, what) = if on {
+                (
+                    client.start(&have.id).await,
+                    "running",
+                    "starting the instance",
+                )
+            } else {
+                (
+                    client.stop(&have.id).await,
+                    "stopped",
+                    "stopping the instance",
+                )
+            };
+            r.map_err(|e| api(what, e))?;
+            self.wait_state(&have.id, want).await.map(|_| ())
+        })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        have: &'a ObservedServer,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Snapshot> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let i = client
+                .instance(&have.id)
+                .await
+                .map_err(|e| api("reading the instance", e))?
+                .ok_or_else(|| {
+                    CloudError::api(
+                        NAME,
+                        "creating a snapshot",
+                        format!("instance {} is gone", have.id),
+                    )
+                })?;
+            let volume = i.root_volume.ok_or_else(|| {
+                CloudError::api(
+                    NAME,
+                    "creating a snapshot",
+                    format!("instance {} has no EBS root volume", have.id),
+                )
+            })?;
+            let mut tags: Vec<(String, String)> = labels.clone().into_iter().collect();
+            tags.push((HOST_NAME.into(), have.name.clone()));
+            tags.push((NAME_TAG.into(), name.to_string()));
+            let id = client
+                .create_snapshot(&volume, name, &tags)
+                .await
+                .map_err(|e| api("creating a snapshot", e))?;
+            let start = Instant::now();
+            loop {
+                let all = client
+                    .snapshots()
+                    .await
+                    .map_err(|e| api("listing snapshots", e))?;
+                if let Some(s) = all.iter().find(|s| s.id == id) {
+                    match s.state.as_str() {
+                        "completed" => return Ok(snapshot(s, &have.id)),
+                        "error" => {
+                            return Err(CloudError::api(
+                                NAME,
+                                "creating a snapshot",
+                                format!("snapshot {id} failed"),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                if start.elapsed() > ACTION_TIMEOUT {
+                    return Err(CloudError::Timeout {
+                        provider: NAME,
+                        what: format!("snapshot {name}"),
+                        after: ACTION_TIMEOUT,
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+    }
+
+    fn snapshots<'a>(
+        &'a self,
+        server: &'a ObservedServer,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Vec<Snapshot>> {
+        Box::pin(async move {
+            let all = self
+                .client()
+                .await?
+                .snapshots()
+                .await
+                .map_err(|e| api("listing snapshots", e))?;
+            let mut out: Vec<Snapshot> = all
+                .iter()
+                .filter(|s| {
+                    s.tags
+                        .iter()
+                        .any(|(k, v)| k == HOST_NAME && *v == server.name)
+                })
+                .filter(|s| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| s.tags.iter().any(|(a, b)| a == k && b == v))
+                })
+                .map(|s| snapshot(s, &server.id))
+                .collect();
+            out.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+            Ok(out)
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, snapshot: &'a Snapshot) -> Fut<'a, ()> {
+        Box::pin(async move {
+            match self.client().await?.delete_snapshot(&snapshot.id).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.not_found() => Ok(()),
+                Err(e) => Err(api("deleting a snapshot", e)),
+            }
+        })
+    }
+}
+
+fn snapshot(s: &ec2::Snapshot, server: &str) -> Snapshot {
+    Snapshot {
+        id: s.id.clone(),
+        name: s
+            .tags
+            .iter()
+            .find(|(k, _)| k == NAME_TAG)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| s.id.clone()),
+        server: server.to_string(),
+        created: chrono::DateTime::from_timestamp_millis(s.started_ms).unwrap_or_default(),
+        labels: s
+            .tags
+            .iter()
+            .filter(|(k, _)| k != NAME_TAG)
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::plan::{CloudAction, PlanOptions, plan, text};
+    use crate::cloud::{Observed, Provider};
+
+    const HOST: &str = "name: bastion\nprovider: ec2\nssh: {user: admin, sudo: true}\nserver:\n  type: TYPE\n  image: ami-0abcdef1234567890\n  subnet: subnet-0a1b2c3d\n  private_ip: 10.20.13.140\n  root_volume: {size_gb: 20}\n  termination_protection: true\n";
+
+    fn fleet(instance_type: &str) -> crate::model::desired::Fleet {
+        let mut t = crate::source::ConfigTree::default();
+        t.insert_file(
+            "tidekeeper.yaml",
+            b"fleet: acme\ndefaults: {ssh: {from: [10.0.0.2/32]}}\nproviders: {ec2: {region: eu-central-1}}\n".to_vec(),
+        );
+        t.insert_file(
+            "hosts/bastion.yaml",
+            HOST.replace("TYPE", instance_type).into_bytes(),
+        );
+        crate::model::load(&t).expect("valid fleet")
+    }
+
+    fn observed(servers: Vec<ObservedServer>) -> Observed {
+        let p = Ec2::from_env(&Settings {
+            region: Some("eu-central-1".into()),
+            credentials: AwsCredentials::Chain { profile: None },
+            endpoint: None,
+            timeout_secs: 1,
+        })
+        .unwrap();
+        let prices = block(p.prices());
+        Observed {
+            servers,
+            networks: vec![],
+            prices: BTreeMap::from([(ProviderKind::Ec2, prices)]),
+        }
+    }
+
+    /// The table needs no network: resolve its future here.
+    fn block(f: Fut<'_, PriceList>) -> PriceList {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+            .unwrap()
+    }
+
+    fn instance(instance_type: &str, protected: bool) -> ObservedServer {
+        let mut labels = crate::cloud::desired::ownership("acme");
+        labels.insert(HOST_KEY.into(), "ab".into());
+        ObservedServer {
+            provider: ProviderKind::Ec2,
+            id: "i-0123456789abcdef0".into(),
+            name: "bastion".into(),
+            size: instance_type.into(),
+            image: Some("ami-0abcdef1234567890".into()),
+            location: "eu-central-1".into(),
+            labels,
+            state: PowerState::Running,
+            address: Some("10.20.13.140".into()),
+            private_address: Some("10.20.13.140".into()),
+            networks: vec![],
+            firewall: None,
+            static_ip: false,
+            delete_protection: protected,
+        }
+    }
+
+    #[test]
+    fn a_new_instance_is_planned_with_its_dated_price_and_the_spot_range() {
+        let f = fleet("t3.small");
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![]),
+            None,
+            PlanOptions::default(),
+        );
+        assert_eq!(p.changes.len(), 1);
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Create);
+        // 0.024 USD/h in eu-central-1 × 730 h.
+        assert!(
+            (c.cost_after.unwrap().amount - 17.52).abs() < 1e-9,
+            "{:?}",
+            c.cost_after
+        );
+        let out = text(&p, false);
+        assert!(out.contains("EC2 on-demand, prices of 2026-12"), "{out}");
+        assert!(
+            out.contains("spot 5.26–8.76 USD/month, a typical range, never promised"),
+            "{out}"
+        );
+        assert!(out.contains("private ip: 10.20.13.140"), "{out}");
+        assert!(out.contains("root volume: 20 GB gp3"), "{out}");
+        assert!(out.contains("termination protection: on"), "{out}");
+    }
+
+    #[test]
+    fn a_new_type_is_a_resize_in_place_that_keeps_the_data() {
+        let f = fleet("t3.medium");
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![instance("t3.small", true)]),
+            None,
+            PlanOptions::default(),
+        );
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Resize);
+        assert!(!c.new_server());
+        assert!(
+            c.reason
+                .as_deref()
+                .unwrap()
+                .contains("its EBS volumes and data are kept"),
+            "{:?}",
+            c.reason
+        );
+        assert!(
+            c.blocked.is_none(),
+            "a resize in place needs no destroy permission: {:?}",
+            c.blocked
+        );
+        assert!((c.cost_before.unwrap().amount - 17.52).abs() < 1e-9);
+        assert!((c.cost_after.unwrap().amount - 35.04).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_protected_instance_whose_host_left_is_blocked_even_with_allow_destroy() {
+        let mut f = fleet("t3.small");
+        f.hosts.clear();
+        let opts = PlanOptions {
+            allow_destroy: true,
+        };
+        let p = plan(
+            &f,
+            &[],
+            &observed(vec![instance("t3.small", true)]),
+            None,
+            opts,
+        );
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Delete);
+        let b = c.blocked.as_deref().expect("blocked");
+        assert!(
+            b.contains("termination protection is on for instance i-0123456789abcdef0"),
+            "{b}"
+        );
+        let p = plan(
+            &f,
+            &[],
+            &observed(vec![instance("t3.small", false)]),
+            None,
+            opts,
+        );
+        assert!(p.changes[0].blocked.is_none(), "{:?}", p.changes[0].blocked);
+    }
+
+    #[test]
+    fn turning_protection_off_is_an_update() {
+        let f = fleet("t3.small");
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![instance("t3.small", false)]),
+            None,
+            PlanOptions::default(),
+        );
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Update);
+        assert_eq!(c.attrs[0].name, "termination protection");
+    }
+
+    #[test]
+    fn firewall_rules_round_trip_through_security_group_rules() {
+        let want = vec![
+            CloudPort {
+                from_port: 22,
+                to_port: 22,
+                proto: "tcp".into(),
+                from: vec!["203.0.113.0/24".into()],
+            },
+            CloudPort {
+                from_port: 53,
+                to_port: 53,
+                proto: "any".into(),
+                from: vec!["10.0.0.0/8".into(), "::/0".into()],
+            },
+        ];
+        let r = rules(&want);
+        assert_eq!(r.len(), 3, "any is a tcp and a udp rule: {r:?}");
+        assert!(r.iter().all(|x| x.protocol != "-1"));
+        assert_eq!(ports(&r), want);
+    }
+}

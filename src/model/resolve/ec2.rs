@@ -1,0 +1,161 @@
+//! `server:` settings only EC2 instances have: subnet, fixed private
+//! address, root volume, termination protection, region.
+
+use super::*;
+
+/// EBS volume types EC2 offers for a root volume.
+const VOLUME_TYPES: &[&str] = &["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
+
+impl Loader<'_> {
+    /// The EC2 part of `server:`, checked; None for other providers (whose
+    /// files must not use the EC2-only keys).
+    pub(super) fn ec2_server(
+        &mut self,
+        file: &str,
+        p_at: &Origin,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+        s: &raw::ServerSpec,
+        settings: &Settings,
+    ) -> Option<Ec2Server> {
+        if provider != ProviderKind::Ec2 {
+            let keys = [
+                s.root_volume.as_ref().map(|_| "root_volume"),
+                s.termination_protection
+                    .as_ref()
+                    .map(|_| "termination_protection"),
+            ];
+            for key in keys.into_iter().flatten() {
+                self.err(p_at.error(
+                    "invalid-key",
+                    format!(
+                        "`server.{key}` is an EC2 setting, not a {} one",
+                        provider_name(provider)
+                    ),
+                ));
+            }
+            return None;
+        }
+        let Some(aws) = &settings.ec2 else {
+            self.err(p_at.error("missing-key", "this host uses provider: ec2 but tidekeeper.yaml has no providers.ec2")
+                .with_help("add providers: {ec2: {region: eu-central-1}} to tidekeeper.yaml (the region may also come from AWS_REGION or the AWS profile: `ec2: {}`)"));
+            return None;
+        };
+        self.ec2_ids(file, s);
+        if let (Some(r), Some(want)) = (&s.region, &aws.region)
+            && &r.value != want
+        {
+            self.err(at(file, r).error(
+                "invalid-value",
+                format!("region {:?} is not providers.ec2.region ({want})", r.value),
+            ).with_help("a fleet's EC2 instances live in the region of providers.ec2; remove `region:` or make them equal"));
+        }
+        if let Some(v) = &s.static_ip
+            && v.value
+        {
+            self.err(at(file, v).error("invalid-value", "Elastic IPs are not managed for EC2 instances yet")
+                .with_help("allocate and associate the address outside tidekeeper, or reach the instance at its private address (ssh: {address: private})"));
+        }
+        let private_ip = self.ec2_private_ip(file, h, s);
+        let (root_gb, root_type) = self.ec2_root(file, s);
+        Some(Ec2Server {
+            subnet: opt(&s.subnet).unwrap_or_default(),
+            private_ip,
+            root_gb,
+            root_type,
+            termination_protection: s.termination_protection.as_ref().is_some_and(|t| t.value),
+        })
+    }
+
+    /// The instance type, AMI and subnet look like EC2's ids.
+    fn ec2_ids(&mut self, file: &str, s: &raw::ServerSpec) {
+        let checks: [(&Option<S<String>>, &str, &str); 3] = [
+            (&s.image, "ami-", "an AMI id like ami-0abcdef1234567890"),
+            (
+                &s.subnet,
+                "subnet-",
+                "a subnet id like subnet-0123456789abcdef0",
+            ),
+            (&s.server_type, "", "an instance type like t3.small"),
+        ];
+        for (v, prefix, what) in checks {
+            let Some(v) = v else { continue };
+            let rest = v.value.strip_prefix(prefix);
+            let ok = match rest {
+                Some(r) if prefix.is_empty() => r.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && r.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                }),
+                Some(r) => !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()),
+                None => false,
+            };
+            if !ok {
+                self.err(
+                    at(file, v).error("invalid-value", format!("{:?} is not {what}", v.value)),
+                );
+            }
+        }
+    }
+
+    /// A fixed private address is one IPv4 address, for one instance.
+    fn ec2_private_ip(
+        &mut self,
+        file: &str,
+        h: &raw::HostFile,
+        s: &raw::ServerSpec,
+    ) -> Option<String> {
+        let ip = s.private_ip.as_ref()?;
+        if ip.value.parse::<std::net::Ipv4Addr>().is_err() {
+            self.err(
+                at(file, ip)
+                    .error(
+                        "invalid-value",
+                        format!("private_ip {:?} is not an IPv4 address", ip.value),
+                    )
+                    .with_help("write one address inside the subnet's range, e.g. 10.20.13.140"),
+            );
+        }
+        if let Some(c) = &h.count
+            && c.value > 1
+        {
+            self.err(at(file, ip).error(
+                "invalid-value",
+                "a fixed private_ip is for a single instance, not a count: group",
+            ));
+        }
+        Some(ip.value.clone())
+    }
+
+    /// `root_volume`: a size EBS takes and a known type (default gp3).
+    fn ec2_root(&mut self, file: &str, s: &raw::ServerSpec) -> (Option<u32>, String) {
+        let Some(r) = &s.root_volume else {
+            return (None, "gp3".into());
+        };
+        if let Some(g) = &r.size_gb
+            && !(1..=16_384).contains(&g.value)
+        {
+            self.err(at(file, g).error(
+                "invalid-value",
+                format!("root_volume.size_gb {} is not from 1 to 16384", g.value),
+            ));
+        }
+        if let Some(t) = &r.volume_type
+            && !VOLUME_TYPES.contains(&t.value.as_str())
+        {
+            self.err(
+                at(file, t)
+                    .error(
+                        "invalid-value",
+                        format!("root_volume.type {:?} is not an EBS volume type", t.value),
+                    )
+                    .with_help(format!("one of {}", VOLUME_TYPES.join(", "))),
+            );
+        }
+        (
+            r.size_gb.as_ref().map(|g| g.value),
+            opt(&r.volume_type).unwrap_or_else(|| "gp3".into()),
+        )
+    }
+}
