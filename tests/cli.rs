@@ -799,3 +799,159 @@ fn log_shows_the_audit_trail_from_the_notes_as_a_table_and_as_json() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot find no-such-branch"), "{err}");
 }
+
+/// Three `provider: local` hosts with labels, each confined to a directory
+/// under `dir`, committed; the repo.
+fn labelled_fleet(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = dir.join("fleet");
+    std::fs::create_dir_all(repo.join("hosts")).unwrap();
+    std::fs::create_dir_all(repo.join("roles")).unwrap();
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: lab\n").unwrap();
+    for (name, env) in [("web-1", "prod"), ("web-2", "staging"), ("db-1", "prod")] {
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            repo.join(format!("hosts/{name}.yaml")),
+            format!(
+                "provider: local\nroot: {}\nlabels: {{env: {env}}}\nroles: [app]\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("schedules.yaml"),
+        "jobs:\n  - {name: tidy, cron: \"0 0 1 1 *\", hosts: {names: [db-1]}, command: {run: \"true\"}}\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a lab"]);
+    repo
+}
+
+/// Which hosts a plan's text names (`+ HOST file …` lines).
+fn planned_hosts(out: &std::process::Output) -> Vec<String> {
+    let mut hosts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("+ "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+#[test]
+fn hosts_are_chosen_by_name_glob_and_label_and_a_selection_of_nothing_is_an_error() {
+    let tmp = TempDir::new("select");
+    let repo = labelled_fleet(tmp.path());
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    for (args, want) in [
+        (&["plan"][..], &["db-1", "web-1", "web-2"][..]),
+        (&["plan", "--host", "web-*"][..], &["web-1", "web-2"][..]),
+        (&["plan", "-l", "env=prod"][..], &["db-1", "web-1"][..]),
+        (
+            &["plan", "--host", "web-*", "-l", "env=prod"][..],
+            &["web-1"][..],
+        ),
+        (
+            &[
+                "plan", "-l", "env=prod", "--host", "db-1", "--host", "web-2",
+            ][..],
+            &["db-1"][..],
+        ),
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert_eq!(planned_hosts(&out), want, "{args:?}: {out:?}");
+    }
+    // Matching nothing: exit 1, naming what matched nothing and what was meant.
+    for (args, said) in [
+        (
+            &["plan", "--host", "webb-1"][..],
+            "no host is named \"webb-1\" in fleet \"lab\"",
+        ),
+        (&["plan", "--host", "webb-1"][..], "did you mean \"web-1\"?"),
+        (
+            &["plan", "--host", "app-*"][..],
+            "no host matches \"app-*\"",
+        ),
+        (&["plan", "-l", "env=prd"][..], "did you mean env=prod?"),
+        (&["plan", "-l", "evn=prod"][..], "did you mean env=prod?"),
+        (&["plan", "-l", "env"][..], "write KEY=VALUE"),
+        (
+            &["plan", "--host", "db-*", "-l", "env=staging"][..],
+            "matches --host db-* -l env=staging together",
+        ),
+        (
+            &["apply", "--yes", "--host", "webb-1"][..],
+            "did you mean \"web-1\"?",
+        ),
+        (
+            &["schedule", "run", "tidy", "--host", "db1"][..],
+            "did you mean \"db-1\"?",
+        ),
+        (
+            &["schedule", "run", "tidy", "--host", "web-*"][..],
+            "job \"tidy\" runs on db-1: none of them is chosen by --host web-*",
+        ),
+        (
+            &["restore", "nightly", "--host", "db1"][..],
+            "did you mean \"db-1\"?",
+        ),
+        (
+            &["restore", "nightly", "-l", "env=prod"][..],
+            "-l env=prod chooses 2 hosts (db-1, web-1)",
+        ),
+    ] {
+        let out = tk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: want {said:?} in {stderr}");
+    }
+    // Nothing was applied by the refused apply.
+    assert!(!tmp.path().join("web-1/etc/app.conf").exists());
+}
+
+/// `tidekeeper run --host NAME` with a name the fleet does not have refuses
+/// to start (a daemon managing nothing would say nothing).
+#[test]
+fn run_refuses_a_host_the_fleet_does_not_have() {
+    let tmp = TempDir::new("run-select");
+    let repo = labelled_fleet(tmp.path());
+    let out = tidekeeper()
+        .args([
+            "run",
+            "--no-watch",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "web-01",
+            "--repo",
+        ])
+        .arg(&repo)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no host is named \"web-01\" in fleet \"lab\"")
+            && stderr.contains("did you mean \"web-1\"?"),
+        "{stderr}"
+    );
+}

@@ -51,9 +51,14 @@ pub enum LogOutput {
 
 #[derive(Args, Debug, Clone)]
 pub struct HostArgs {
-    /// Only these hosts (repeatable); default: every host in the fleet.
-    #[arg(long = "host", value_name = "NAME")]
+    /// Only these hosts (repeatable): names, globs such as 'web-*', or the
+    /// name of a `count: N` group; default: every host in the fleet.
+    #[arg(long = "host", value_name = "NAME|GLOB")]
     pub hosts: Vec<String>,
+    /// Only hosts with these labels (`labels:` in hosts/*.yaml; all must
+    /// match; `group=NAME` for a group's hosts): -l env=prod,tier=web.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
     /// Hosts worked on at once (default: the fleet's `defaults.parallelism`).
     #[arg(long)]
     pub parallel: Option<usize>,
@@ -70,6 +75,13 @@ pub struct HostArgs {
     /// unless a new SSH connection proves access within this time.
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub rollback_after: std::time::Duration,
+}
+
+impl HostArgs {
+    /// No `--host` and no `-l`: the whole fleet.
+    pub fn selects_all(&self) -> bool {
+        self.hosts.is_empty() && self.labels.is_empty()
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -116,6 +128,11 @@ pub enum ScheduleCommand {
         now: NowArg,
     },
     /// Run a job now (its window is still respected unless --ignore-window).
+    #[command(
+        mut_arg("rollback_after", |a| a.hide(true)),
+        mut_arg("allow_mass_delete", |a| a.hide(true)),
+        mut_arg("allow_destroy", |a| a.hide(true))
+    )]
     Run {
         job: String,
         #[command(flatten)]
@@ -140,6 +157,7 @@ pub struct RunArgs {
     /// The config repo to follow: a path or a URL git can fetch (file://).
     #[arg(long, env = "TIDEKEEPER_REPO")]
     pub repo: String,
+    /// The branch to follow: its commits are applied, its pull requests planned.
     #[arg(long, default_value = "main")]
     pub branch: String,
     /// Where the daemon keeps its mirror of the repo.
@@ -171,9 +189,13 @@ pub struct RunArgs {
     /// Do not watch a local repo for commits (polling and webhooks still work).
     #[arg(long)]
     pub no_watch: bool,
-    /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
-    #[arg(long = "host", value_name = "NAME")]
+    /// Only these hosts (repeatable; names or globs such as 'web-*'), e.g. a
+    /// server reconciling itself in pull mode. Matching no host is an error.
+    #[arg(long = "host", value_name = "NAME|GLOB")]
     pub hosts: Vec<String>,
+    /// Only hosts with these labels (all must match): -l env=prod,tier=web.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
     /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
     #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
     pub git_ssh_key: Option<PathBuf>,
@@ -256,9 +278,16 @@ pub struct RestoreArgs {
     pub job: String,
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// The host to restore (--host NAME, once), with the SSH options.
-    #[command(flatten)]
-    pub hosts: HostArgs,
+    /// The one host to restore onto: its name (hosts/NAME.yaml), or a
+    /// glob or `-l` selector that matches exactly one host.
+    #[arg(long = "host", value_name = "NAME")]
+    pub host: Option<String>,
+    /// Choose the host by its labels instead (must match exactly one): -l env=prod,role=db.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
+    /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+    pub ssh_key: Option<String>,
     /// `latest` (the host's newest snapshot) or a snapshot id.
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
@@ -358,6 +387,7 @@ pub enum Command {
         format: Option<ShowFormat>,
     },
     /// Show what would change on the hosts (read-only).
+    #[command(mut_arg("rollback_after", |a| a.hide(true)))]
     Plan {
         #[command(flatten)]
         repo: RepoArgs,

@@ -444,21 +444,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
     warn_uncommitted(repo, "this uses HEAD, not them; commit them first");
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
-    let names: Vec<String> = if args.hosts.is_empty() {
-        fleet.hosts.iter().map(|h| h.name.clone()).collect()
-    } else {
-        for n in &args.hosts {
-            if fleet.host(n).is_none() {
-                let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
-                return Err(CliError::new(format!(
-                    "no host named {n:?} in fleet {:?}",
-                    fleet.name
-                ))
-                .help(format!("hosts are: {}", all.join(", "))));
-            }
-        }
-        args.hosts.clone()
-    };
+    let names = choose(&fleet, args)?;
     let opts = engine::Options {
         parallel: args
             .parallel
@@ -473,6 +459,15 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
         ..Default::default()
     };
     Ok((fleet, names, opts, tree.policies()))
+}
+
+/// The hosts `args` choose in `fleet` (`--host` names and globs, `-l`
+/// labels), or an error naming what matched nothing.
+fn choose(fleet: &Fleet, args: &HostArgs) -> Result<Vec<String>, CliError> {
+    model::select::Selector::new(&args.hosts, &args.labels)
+        .map_err(CliError::new)?
+        .select(fleet)
+        .map_err(|e| CliError::new(e.message).help(e.help))
 }
 
 /// This executable: the daemon starts its proposal workers from it.

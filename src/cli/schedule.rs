@@ -93,17 +93,31 @@ fn run_now(
     ignore_window: bool,
     now: &NowArg,
 ) -> CliResult {
-    let only = hosts.hosts.clone();
     let args = HostArgs {
         hosts: vec![],
-        ..hosts
+        labels: vec![],
+        ..hosts.clone()
     };
     let (fleet, _, mut opts, _) = prepare(repo, &args)?;
+    let only = match hosts.selects_all() {
+        true => vec![],
+        false => choose(&fleet, &hosts)?,
+    };
     let Some(j) = fleet.jobs.iter().find(|j| j.name == job) else {
         let names: Vec<&str> = fleet.jobs.iter().map(|j| j.name.as_str()).collect();
         return Err(CliError::new(format!("no job named {job:?}"))
             .help(format!("jobs are: {}", names.join(", "))));
     };
+    if !only.is_empty() && !j.hosts.iter().any(|h| only.contains(h)) {
+        return Err(CliError::new(format!(
+            "job {job:?} runs on {}: none of them is chosen by {}",
+            j.hosts.join(", "),
+            model::select::Selector::new(&hosts.hosts, &hosts.labels)
+                .map(|s| s.describe())
+                .unwrap_or_default()
+        ))
+        .help("choose hosts of the job, or leave out --host and -l to run it on all of them"));
+    }
     opts.clock = now.clock();
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let mut j = j.clone();
