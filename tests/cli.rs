@@ -955,3 +955,164 @@ fn run_refuses_a_host_the_fleet_does_not_have() {
         "{stderr}"
     );
 }
+
+/// `-o text|json|markdown` on every command that prints a result, the older
+/// `--json`/`--format` still working; JSON carries `format_version` and the
+/// commit, and on a bad config the errors, as objects on stdout.
+#[test]
+fn one_output_flag_prints_versioned_json_with_the_commit_and_errors_as_objects() {
+    let tmp = TempDir::new("output");
+    let repo = labelled_fleet(tmp.path());
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = tk(args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    for args in [
+        &["plan", "-o", "json"][..],
+        &["plan", "--json"][..],
+        &["validate", "-o", "json"][..],
+        &["validate", "--format", "json"][..],
+        &["show", "web-1", "-o", "json"][..],
+        &["show", "web-1", "--json"][..],
+        &["schedule", "run", "tidy", "-o", "json"][..],
+        &["schedule", "run", "tidy", "--json"][..],
+    ] {
+        let v = json(args);
+        assert_eq!(v["format_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["commit"], head.as_str(), "{args:?}: {v}");
+    }
+    let out = tk(&["plan", "-o", "markdown"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web-1"),
+        "{out:?}"
+    );
+    // A word -o does not know: the old `plan -o FILE` is pointed to --out.
+    let out = tk(&["plan", "-o", "web.plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--out web.plan"),
+        "{out:?}"
+    );
+    let out = tk(&["validate", "-o", "markdown"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-o takes text or json here"));
+    // A bad config: every error an object on stdout, located, and exit 1.
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, contnt: \"x\\n\"}\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "a typo"]);
+    let bad = git(&repo, &["rev-parse", "HEAD"]);
+    for args in [
+        &["plan", "-o", "json"][..],
+        &["apply", "--yes", "--host", "web-1"][..],
+        &["validate", "-o", "json"][..],
+        &["show", "web-1", "-o", "json"][..],
+        &["schedule", "run", "tidy", "-o", "json"][..],
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        if !args.contains(&"json") {
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        assert_eq!(v["format_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["commit"], bad.as_str(), "{args:?}: {v}");
+        let e = &v["errors"][0];
+        assert_eq!(e["file"], "roles/app.yaml", "{v}");
+        assert_eq!(
+            (e["line"].as_u64(), e["column"].as_u64()),
+            (Some(2), Some(27)),
+            "{v}"
+        );
+        assert_eq!(e["code"], "unknown-key", "{v}");
+        assert!(e["message"].as_str().unwrap().contains("contnt"), "{v}");
+        assert!(e["help"].as_str().unwrap().contains("content"), "{v}");
+    }
+    // Any other error under -o json is an object on stdout too.
+    git(&repo, &["revert", "--no-edit", "HEAD"]);
+    let out = tk(&["plan", "-o", "json", "--host", "webb-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format_version"], 1, "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("webb-1"),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["help"], "did you mean \"web-1\"?", "{v}");
+}
+
+/// `-q`: no progress lines; plan and apply say that the work tree has
+/// uncommitted edits (they use the commit), as validate does.
+#[test]
+fn quiet_prints_no_progress_and_plan_and_apply_warn_of_uncommitted_edits() {
+    let tmp = TempDir::new("quiet");
+    let repo = labelled_fleet(tmp.path());
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    let out = tk(&["plan", "--host", "web-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[1/1] web-1: planned"), "{stderr}");
+    for args in [
+        &["-q", "plan"][..],
+        &["apply", "-q", "--yes", "--host", "web-1"][..],
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        tmp.path().join("web-1/etc/app.conf").exists(),
+        "-q still applies"
+    );
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"y\\n\"}\n",
+    )
+    .unwrap();
+    for args in [
+        &["plan", "--host", "web-1"][..],
+        &["apply", "--yes", "--host", "web-1"][..],
+        &["validate"][..],
+    ] {
+        let out = tk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("warning: 1 config file with uncommitted changes (roles/app.yaml)"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The commit was applied, not the edit.
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("web-1/etc/app.conf")).unwrap(),
+        "x\n"
+    );
+}

@@ -34,6 +34,41 @@ pub struct RepoArgs {
     pub refname: String,
 }
 
+/// `-o`: how a command prints its result, the same word on every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    /// A versioned document (`format_version`, the commit) on stdout;
+    /// errors too, as JSON objects.
+    Json,
+    /// As the pull-request comment the daemon posts.
+    Markdown,
+}
+
+impl Output {
+    /// The name `-o` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Text => "text",
+            Output::Json => "json",
+            Output::Markdown => "markdown",
+        }
+    }
+}
+
+/// `-o text|json|markdown`; a file name is pointed to `--out`, which
+/// `plan -o FILE` once was.
+fn parse_output(s: &str) -> Result<Output, String> {
+    match s {
+        "text" => Ok(Output::Text),
+        "json" => Ok(Output::Json),
+        "markdown" | "md" => Ok(Output::Markdown),
+        _ => Err(format!(
+            "write text, json or markdown (to save a plan to a file: --out {s})"
+        )),
+    }
+}
+
 /// How `show` prints.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShowFormat {
@@ -139,8 +174,11 @@ pub enum ScheduleCommand {
         repo: RepoArgs,
         #[command(flatten)]
         hosts: HostArgs,
-        /// Print the run as JSON.
-        #[arg(long)]
+        /// How to print the run: text or json (with `format_version`).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with = "output")]
         json: bool,
         /// Run even outside the job's maintenance window (by hand, on purpose).
         #[arg(long)]
@@ -368,7 +406,18 @@ pub enum Command {
         /// Check the files on disk (uncommitted changes included) instead of a commit.
         #[arg(long, conflicts_with = "refname")]
         worktree: bool,
-        #[arg(long, value_enum, default_value = "human")]
+        /// How to print: text (errors with source snippets on stderr) or
+        /// json (the result, or every error as an object, on stdout).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// Also `short`: one `file:line:column: error[code]: message` line per problem.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "human",
+            hide = true,
+            conflicts_with = "output"
+        )]
         format: Format,
     },
     /// Print a host's fully resolved desired state, or a saved plan (`plan --out FILE`).
@@ -378,12 +427,15 @@ pub enum Command {
         host: String,
         #[command(flatten)]
         repo: RepoArgs,
-        /// Print JSON instead of text (the same as `--format json`).
-        #[arg(long, conflicts_with = "format")]
+        /// How to print: text, json, or markdown (a saved plan as the
+        /// pull-request comment the daemon posts).
+        #[arg(short = 'o', long = "output", value_name = "text|json|markdown", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["format", "output"])]
         json: bool,
-        /// How to print: text, markdown (a saved plan as the pull-request
-        /// comment the daemon posts) or json.
-        #[arg(long, value_enum)]
+        /// The same as `-o`.
+        #[arg(long, value_enum, hide = true, conflicts_with = "output")]
         format: Option<ShowFormat>,
     },
     /// Show what would change on the hosts (read-only).
@@ -393,11 +445,15 @@ pub enum Command {
         repo: RepoArgs,
         #[command(flatten)]
         hosts: HostArgs,
-        /// Print the plan as JSON.
-        #[arg(long, conflicts_with = "markdown")]
+        /// How to print: text, json (with `format_version` and the commit),
+        /// or markdown (the pull-request comment the daemon posts).
+        #[arg(short = 'o', long = "output", value_name = "text|json|markdown", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["markdown", "output"])]
         json: bool,
-        /// Print the plan as the pull-request comment the daemon posts (markdown).
-        #[arg(long)]
+        /// The same as `-o markdown`.
+        #[arg(long, hide = true, conflicts_with = "output")]
         markdown: bool,
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
@@ -419,7 +475,7 @@ pub enum Command {
         /// Also save the plan to FILE, for `tidekeeper apply FILE` (which
         /// applies exactly this plan, or refuses when what it saw moved) and
         /// `tidekeeper show FILE`.
-        #[arg(long, short = 'o', value_name = "FILE", conflicts_with_all = ["untrusted", "changed_files_only"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["untrusted", "changed_files_only"])]
         out: Option<PathBuf>,
     },
     /// Plan, show the plan, and apply exactly that plan.
@@ -498,11 +554,14 @@ pub enum Command {
         /// Only commits made at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
         #[arg(long, value_name = "TIME", value_parser = parse_now)]
         since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Print JSON instead of a table (the same as `--format json`).
-        #[arg(long, conflicts_with = "format")]
+        /// How to print: a table (text) or a versioned JSON document (json).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["format", "output"])]
         json: bool,
-        /// How to print: a table (text) or a versioned JSON document.
-        #[arg(long, value_enum)]
+        /// The same as `-o`.
+        #[arg(long, value_enum, hide = true, conflicts_with = "output")]
         format: Option<LogOutput>,
     },
     /// What a running daemon reports: the branch's head and applied commit,

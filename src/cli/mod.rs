@@ -59,6 +59,37 @@ type CliResult = Result<Outcome, CliError>;
 /// `-q`: only errors on stderr, progress lines included.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `-o json`: the command's errors go to stdout as JSON objects too.
+static JSON_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The version of every JSON document a command prints (`format_version`):
+/// raised when a field changes meaning or goes away.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+fn json_output() -> bool {
+    JSON_OUTPUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The output a command was asked for (`-o`, else its older spelling
+/// `legacy`), refused when the command cannot print it.
+fn output(
+    command: &str,
+    o: Option<Output>,
+    legacy: Output,
+    allowed: &[Output],
+) -> Result<Output, CliError> {
+    let o = o.unwrap_or(legacy);
+    JSON_OUTPUT.store(o == Output::Json, std::sync::atomic::Ordering::Relaxed);
+    if !allowed.contains(&o) {
+        let words: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+        return Err(
+            CliError::new(format!("{command} cannot print {}", o.name()))
+                .help(format!("-o takes {} here", words.join(" or "))),
+        );
+    }
+    Ok(o)
+}
+
 /// Run a command; its error, if any, is printed here and nowhere else.
 pub fn run(cli: Cli) -> ExitCode {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
@@ -70,7 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match dispatch(cli.command) {
         Ok(outcome) => outcome.into(),
         Err(e) => {
-            e.report();
+            e.report(json_output());
             e.exit_code()
         }
     }
@@ -80,36 +111,10 @@ pub fn run(cli: Cli) -> ExitCode {
 fn dispatch(command: Command) -> CliResult {
     match command {
         Command::ProposalWorker => unreachable!("run handles it"),
-        Command::Validate {
-            repo,
-            worktree,
-            format,
-        } => validate(&repo, worktree, format),
-        Command::Show {
-            host,
-            repo,
-            json,
-            format,
-        } => show(&repo, &host, json, format),
-        Command::Plan {
-            repo,
-            hosts,
-            json,
-            markdown,
-            detailed_exitcode,
-            changed_files_only,
-            untrusted,
-            base,
-            out,
-        } => plan(
-            &repo,
-            &hosts,
-            untrusted.then_some(base.as_str()),
-            PlanFormat::of(json, markdown),
-            detailed_exitcode,
-            changed_files_only,
-            out.as_deref(),
-        ),
+        c @ (Command::Validate { .. }
+        | Command::Show { .. }
+        | Command::Plan { .. }
+        | Command::Log { .. }) => with_output(c),
         Command::Apply {
             repo,
             hosts,
@@ -131,22 +136,6 @@ fn dispatch(command: Command) -> CliResult {
         | Command::Resume { .. }
         | Command::Status { .. }
         | Command::Reconcile { .. }) => to_daemon(c),
-        Command::Log {
-            repo,
-            count,
-            since,
-            json,
-            format,
-        } => log::log(
-            &repo,
-            count,
-            since,
-            format.unwrap_or(if json {
-                LogOutput::Json
-            } else {
-                LogOutput::Text
-            }),
-        ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Restore(r) => restore_cmd(r),
@@ -175,6 +164,93 @@ fn dispatch(command: Command) -> CliResult {
             no_daemon,
             listen,
         } => demo(&dir, no_daemon, listen),
+    }
+}
+
+/// The commands that print a result as `-o` asks (or its older spellings).
+fn with_output(command: Command) -> CliResult {
+    match command {
+        Command::Validate {
+            repo,
+            worktree,
+            output: o,
+            format,
+        } => {
+            let legacy = match format {
+                Format::Json => Output::Json,
+                _ => Output::Text,
+            };
+            let o = output("validate", o, legacy, &[Output::Text, Output::Json])?;
+            validate(
+                &repo,
+                worktree,
+                if o == Output::Json {
+                    Format::Json
+                } else {
+                    format
+                },
+            )
+        }
+        Command::Show {
+            host,
+            repo,
+            output: o,
+            json,
+            format,
+        } => {
+            let legacy = match (json, format) {
+                (true, _) | (_, Some(ShowFormat::Json)) => Output::Json,
+                (_, Some(ShowFormat::Markdown)) => Output::Markdown,
+                _ => Output::Text,
+            };
+            let all = [Output::Text, Output::Json, Output::Markdown];
+            show(&repo, &host, output("show", o, legacy, &all)?)
+        }
+        Command::Plan {
+            repo,
+            hosts,
+            output: o,
+            json,
+            markdown,
+            detailed_exitcode,
+            changed_files_only,
+            untrusted,
+            base,
+            out,
+        } => plan(
+            &repo,
+            &hosts,
+            untrusted.then_some(base.as_str()),
+            PlanFormat::of(output(
+                "plan",
+                o,
+                PlanFormat::legacy(json, markdown),
+                &[Output::Text, Output::Json, Output::Markdown],
+            )?),
+            detailed_exitcode,
+            changed_files_only,
+            out.as_deref(),
+        ),
+        Command::Log {
+            repo,
+            count,
+            since,
+            output: o,
+            json,
+            format,
+        } => {
+            let legacy = match (json, format) {
+                (true, _) | (_, Some(LogOutput::Json)) => Output::Json,
+                _ => Output::Text,
+            };
+            let o = output("log", o, legacy, &[Output::Text, Output::Json])?;
+            let format = match o {
+                Output::Json => LogOutput::Json,
+                _ => LogOutput::Text,
+            };
+            log::log(&repo, count, since, format)
+        }
+        _ => unreachable!("dispatch sends only the commands with -o here"),
     }
 }
 
@@ -338,7 +414,7 @@ fn man(dir: Option<&Path>) -> CliResult {
 /// reads HEAD: plan and apply act on the commit, never on the work tree,
 /// and a user who forgot to commit would otherwise see an old plan.
 fn warn_uncommitted(repo: &RepoArgs, what_happens: &str) {
-    if repo.refname != "HEAD" {
+    if repo.refname != "HEAD" || QUIET.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
     let changed = source::discover(&repo.repo)
@@ -363,9 +439,12 @@ fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
+    // `-o json` on any command: its config errors are JSON too.
+    let format = if json_output() { Format::Json } else { format };
     let checked = model::load(tree).and_then(crate::engine::kinds::known_settings);
     if let Ok(fleet) = &checked
         && format != Format::Json
+        && !QUIET.load(std::sync::atomic::Ordering::Relaxed)
     {
         for w in &fleet.warnings {
             eprintln!("{}", w.warning_text());
@@ -377,7 +456,12 @@ fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
             Format::Json => (
                 format!(
                     "{}\n",
-                    serde_json::json!({ "valid": false, "errors": diags })
+                    serde_json::json!({
+                        "format_version": JSON_FORMAT_VERSION,
+                        "valid": false,
+                        "commit": tree.commit,
+                        "errors": diags,
+                    })
                 ),
                 String::new(),
             ),
@@ -407,11 +491,26 @@ fn plural(n: usize) -> &'static str {
 /// Load, and load again with the age identity when one is configured, so
 /// secrets are decrypted (in memory only).
 fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, CliError> {
-    let fleet = load(tree, Format::Human)?;
+    let format = if json_output() {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let fleet = load(tree, format)?;
     match crate::secrets::identity(&fleet.settings) {
         Ok(None) => Ok(fleet),
-        Ok(Some(id)) => model::load_with_identity(tree, Some(&id))
-            .map_err(|diags| CliError::diagnostics(String::new(), diags.to_string())),
+        Ok(Some(id)) => model::load_with_identity(tree, Some(&id)).map_err(|diags| {
+            let json = serde_json::json!({
+                "format_version": JSON_FORMAT_VERSION,
+                "valid": false,
+                "commit": tree.commit,
+                "errors": diags,
+            });
+            match format {
+                Format::Json => CliError::diagnostics(format!("{json}\n"), String::new()),
+                _ => CliError::diagnostics(String::new(), diags.to_string()),
+            }
+        }),
         Err(e) => Err(CliError::new(e)),
     }
 }

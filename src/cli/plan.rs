@@ -38,14 +38,23 @@ pub(super) enum PlanFormat {
 }
 
 impl PlanFormat {
-    /// From `--json` and `--markdown` (which clap keeps apart).
-    pub(super) fn of(json: bool, markdown: bool) -> PlanFormat {
+    /// From `-o`.
+    pub(super) fn of(o: Output) -> PlanFormat {
+        match o {
+            Output::Text => PlanFormat::Text,
+            Output::Json => PlanFormat::Json,
+            Output::Markdown => PlanFormat::Markdown,
+        }
+    }
+
+    /// `-o` as the older `--json` and `--markdown` (which clap keeps apart) say.
+    pub(super) fn legacy(json: bool, markdown: bool) -> Output {
         if json {
-            PlanFormat::Json
+            Output::Json
         } else if markdown {
-            PlanFormat::Markdown
+            Output::Markdown
         } else {
-            PlanFormat::Text
+            Output::Text
         }
     }
 }

@@ -11,10 +11,15 @@ pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> CliResult {
             job,
             repo,
             hosts,
+            output: o,
             json,
             ignore_window,
             now,
-        } => run_now(&job, &repo, hosts, json, ignore_window, &now),
+        } => {
+            let legacy = if json { Output::Json } else { Output::Text };
+            let o = output("schedule run", o, legacy, &[Output::Text, Output::Json])?;
+            run_now(&job, &repo, hosts, o == Output::Json, ignore_window, &now)
+        }
     }
 }
 
@@ -128,7 +133,10 @@ fn run_now(
         &fleet, &j, &only, &opts, &clouds,
     ));
     if json {
-        println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+        let mut doc = serde_json::to_value(&run).expect("json");
+        doc["format_version"] = JSON_FORMAT_VERSION.into();
+        doc["commit"] = fleet.commit.clone().into();
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     } else {
         print!("{}", crate::maintenance::render(&run));
     }

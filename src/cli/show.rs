@@ -4,23 +4,18 @@
 use super::*;
 
 /// A saved plan when `name` is a file, else the host of that name.
-pub(super) fn show(
-    repo: &RepoArgs,
-    name: &str,
-    json: bool,
-    format: Option<ShowFormat>,
-) -> CliResult {
-    let format = if json {
-        ShowFormat::Json
-    } else {
-        format.unwrap_or(ShowFormat::Text)
+pub(super) fn show(repo: &RepoArgs, name: &str, output: Output) -> CliResult {
+    let format = match output {
+        Output::Text => ShowFormat::Text,
+        Output::Json => ShowFormat::Json,
+        Output::Markdown => ShowFormat::Markdown,
     };
     if super::saved::names_a_file(name) {
         return super::saved::show(Path::new(name), format);
     }
     if format == ShowFormat::Markdown {
         return Err(
-            CliError::new("--format markdown is for saved plans").help(format!(
+            CliError::new("-o markdown is for saved plans").help(format!(
                 "no file named {name:?}; a host is shown as text or json"
             )),
         );
@@ -34,15 +29,19 @@ fn show_host(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
     let Some(h) = fleet.host(host) else {
         let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(
-            CliError::new(format!("no host named {host:?} in fleet {:?}", fleet.name))
-                .help(format!("hosts are: {}", names.join(", "))),
+            CliError::new(format!("no host named {host:?} in fleet {:?}", fleet.name)).help(
+                match crate::suggest::closest(host, &names) {
+                    Some(m) => format!("did you mean {m:?}?"),
+                    None => format!("hosts are: {}", names.join(", ")),
+                },
+            ),
         );
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(h).expect("host serializes")
-        );
+        let mut doc = serde_json::to_value(h).expect("host serializes");
+        doc["format_version"] = JSON_FORMAT_VERSION.into();
+        doc["commit"] = fleet.commit.clone().into();
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         return Ok(Outcome::Done);
     }
     let mut out = String::new();
