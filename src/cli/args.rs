@@ -169,6 +169,7 @@ pub enum ScheduleCommand {
         mut_arg("allow_destroy", |a| a.hide(true))
     )]
     Run {
+        /// The job's `name:` in schedules.yaml (`schedule list` lists them).
         job: String,
         #[command(flatten)]
         repo: RepoArgs,
@@ -350,6 +351,7 @@ pub struct RestoreArgs {
 pub enum NotifyCommand {
     /// Send a test message to SINK now, with the credentials the daemon would use.
     Test {
+        /// The sink's `name:` under `notify.sinks` in tidekeeper.yaml.
         sink: String,
         #[command(flatten)]
         repo: RepoArgs,
@@ -360,6 +362,7 @@ pub enum NotifyCommand {
 pub enum SecretsCommand {
     /// Encrypt standard input into secrets/NAME.age (then commit it).
     Encrypt {
+        /// The secret's name: written to secrets/NAME.age.
         name: String,
         #[command(flatten)]
         keys: SecretKeys,
@@ -367,6 +370,7 @@ pub enum SecretsCommand {
     /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again,
     /// to the same number of recipients or more (never fewer).
     Edit {
+        /// The secret's name: secrets/NAME.age.
         name: String,
         #[command(flatten)]
         keys: SecretKeys,
@@ -616,6 +620,7 @@ pub enum Command {
     /// Adopt a server made elsewhere: label it as this fleet's (renamed to
     /// HOST where the provider can) and write hosts/HOST.yaml for review.
     Import {
+        /// Where the server runs.
         provider: ImportProvider,
         /// The server's name at the provider.
         server: String,
@@ -630,20 +635,27 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Shell completions on stdout: `tidekeeper completions bash > /etc/bash_completion.d/tidekeeper`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// JSON Schema of a config file for editors (yaml-language-server), on
     /// stdout; or all of them into --out-dir (a repo's .tidekeeper/schema).
     Schema {
+        /// Which config file's schema to print.
         #[arg(value_enum, default_value = "fleet")]
         file: crate::model::schema::ConfigFile,
-        #[arg(long)]
+        /// Write every config file's schema into this directory instead
+        /// (created if missing), e.g. .tidekeeper/schema.
+        #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
     /// The manual page (roff) on stdout, or one page per command into --out-dir.
     Man {
-        #[arg(long)]
+        /// Write tidekeeper.1 and a page per command, nested ones too
+        /// (tidekeeper-plan.1, tidekeeper-secrets-rekey.1), into this
+        /// directory (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
     /// Notifications: send a test message to a sink of `notify:`.
@@ -677,6 +689,70 @@ pub enum Command {
 
 #[cfg(test)]
 mod tests {
+    /// Every argument of every command, nested ones too, says what it is.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = vec![];
+        walk(
+            &<super::Cli as clap::CommandFactory>::command(),
+            "tidekeeper",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
+
+    /// What only an apply does is not offered where nothing is applied.
+    #[test]
+    fn plan_restore_and_schedule_run_offer_no_apply_only_flags() {
+        let cli = <super::Cli as clap::CommandFactory>::command();
+        let shown = |path: &[&str]| -> Vec<String> {
+            let mut c = &cli;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long().map(String::from))
+                .collect()
+        };
+        for (path, not) in [
+            (&["plan"][..], &["rollback-after"][..]),
+            (
+                &["restore"][..],
+                &[
+                    "rollback-after",
+                    "allow-destroy",
+                    "allow-mass-delete",
+                    "parallel",
+                ][..],
+            ),
+            (
+                &["schedule", "run"][..],
+                &["rollback-after", "allow-destroy", "allow-mass-delete"][..],
+            ),
+        ] {
+            let shown = shown(path);
+            for flag in not {
+                assert!(!shown.iter().any(|s| s == flag), "{path:?} shows --{flag}");
+            }
+        }
+        assert!(shown(&["apply"]).iter().any(|s| s == "rollback-after"));
+    }
+
     /// Regression: `--rollback-after 1h30m` was refused while the same
     /// words were a valid duration in the config files.
     #[test]
