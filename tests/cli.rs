@@ -1116,3 +1116,87 @@ fn quiet_prints_no_progress_and_plan_and_apply_warn_of_uncommitted_edits() {
         "x\n"
     );
 }
+
+/// One typo is one located error with "did you mean", not a cascade of
+/// false errors from the files checked against a fleet file that did not
+/// load; an unclosed `[` is reported on its own line.
+#[test]
+fn a_typo_is_one_located_error_and_an_unclosed_bracket_is_found_on_its_line() {
+    let tmp = TempDir::new("typo");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fleet = std::fs::read_to_string(repo.join("tidekeeper.yaml")).unwrap();
+    let line = fleet.lines().position(|l| l.starts_with("drift:")).unwrap() + 1;
+    let typo: String = fleet
+        .lines()
+        .map(|l| {
+            if l.starts_with("drift:") {
+                "drift: corect"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(repo.join("tidekeeper.yaml"), typo + "\n").unwrap();
+    let out = tidekeeper()
+        .args(["validate", "--worktree", "-o", "json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v:#}");
+    assert_eq!(errors[0]["file"], "tidekeeper.yaml");
+    assert_eq!(errors[0]["line"], line as u64);
+    assert!(
+        errors[0]["help"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `correct`?"),
+        "{v:#}"
+    );
+    std::fs::write(repo.join("tidekeeper.yaml"), fleet).unwrap();
+
+    let host = repo.join("hosts/agent.yaml");
+    let text = std::fs::read_to_string(&host).unwrap();
+    let roles = text
+        .lines()
+        .position(|l| l.starts_with("roles: ["))
+        .unwrap();
+    let broken: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == roles {
+                l.replace(']', "")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(roles + 1 < broken.len(), "a key follows roles:");
+    std::fs::write(&host, broken.join("\n") + "\n").unwrap();
+    let out = tidekeeper()
+        .args(["validate", "--worktree", "--format", "short", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "hosts/agent.yaml:{}:8: error[yaml]: unclosed bracket '['",
+            roles + 1
+        )),
+        "{stderr}"
+    );
+}
