@@ -986,6 +986,7 @@ fn one_output_flag_prints_versioned_json_with_the_commit_and_errors_as_objects()
         &["show", "web-1", "--json"][..],
         &["schedule", "run", "tidy", "-o", "json"][..],
         &["schedule", "run", "tidy", "--json"][..],
+        &["schedule", "list", "-o", "json"][..],
     ] {
         let v = json(args);
         assert_eq!(v["format_version"], 1, "{args:?}: {v}");

@@ -161,6 +161,10 @@ pub enum ScheduleCommand {
         next: usize,
         #[command(flatten)]
         now: NowArg,
+        /// How to print: text, or json (`format_version`, the commit, and
+        /// each job with its hosts and next runs in UTC).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
     },
     /// Run a job now (its window is still respected unless --ignore-window).
     #[command(

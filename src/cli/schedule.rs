@@ -6,7 +6,20 @@ use crate::model::desired::{Job, JobKind};
 
 pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> CliResult {
     match cmd {
-        ScheduleCommand::List { repo, next, now } => list(&repo, next, &now),
+        ScheduleCommand::List {
+            repo,
+            next,
+            now,
+            output: o,
+        } => match output(
+            "schedule list",
+            o,
+            Output::Text,
+            &[Output::Text, Output::Json],
+        )? {
+            Output::Json => list_json(&repo, next, &now),
+            _ => list(&repo, next, &now),
+        },
         ScheduleCommand::Run {
             job,
             repo,
@@ -68,6 +81,45 @@ fn list(repo: &RepoArgs, next: usize, now: &NowArg) -> CliResult {
         }
         print!("{}", next_runs(job, now, next));
     }
+    Ok(Outcome::Done)
+}
+
+/// `schedule list -o json`: each job, its hosts and its next `next` runs.
+fn list_json(repo: &RepoArgs, next: usize, now: &NowArg) -> CliResult {
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Json)?;
+    let now = now.clock().now();
+    let jobs: Vec<serde_json::Value> = fleet
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut runs = vec![];
+            let mut t = now;
+            while runs.len() < next {
+                let Some(n) = crate::maintenance::plan::next(job, t) else {
+                    break;
+                };
+                runs.push(n.to_rfc3339());
+                t = n;
+            }
+            serde_json::json!({
+                "name": job.name,
+                "kind": job.kind.name(),
+                "cron": job.cron,
+                "timezone": job.timezone,
+                "window": job.window.as_ref().map(|w| w.to_string()),
+                "hosts": job.hosts,
+                "next": runs,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "format_version": JSON_FORMAT_VERSION,
+        "fleet": fleet.name,
+        "commit": fleet.commit,
+        "jobs": jobs,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     Ok(Outcome::Done)
 }
 
