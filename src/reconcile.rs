@@ -25,8 +25,9 @@ use crate::model::desired::{AddressBook, Addresses, Fleet, ProviderKind};
 /// How long a new server may take from "running" to answering SSH.
 const SSH_WAIT: Duration = Duration::from_secs(300);
 /// How long a new server may refuse a login user other than root while it
-/// boots (systemd keeps /run/nologin until its user sessions may start).
-const BOOT_LOGIN_WAIT: Duration = Duration::from_secs(90);
+/// boots (systemd keeps /run/nologin until its user sessions may start,
+/// which on a slow or busy machine comes as late as SSH itself may).
+const BOOT_LOGIN_WAIT: Duration = SSH_WAIT;
 
 pub struct FleetPlan {
     /// The fleet with the addresses and host keys of running cloud servers.

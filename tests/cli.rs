@@ -799,3 +799,405 @@ fn log_shows_the_audit_trail_from_the_notes_as_a_table_and_as_json() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot find no-such-branch"), "{err}");
 }
+
+/// Three `provider: local` hosts with labels, each confined to a directory
+/// under `dir`, committed; the repo.
+fn labelled_fleet(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = dir.join("fleet");
+    std::fs::create_dir_all(repo.join("hosts")).unwrap();
+    std::fs::create_dir_all(repo.join("roles")).unwrap();
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: lab\n").unwrap();
+    for (name, env) in [("web-1", "prod"), ("web-2", "staging"), ("db-1", "prod")] {
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            repo.join(format!("hosts/{name}.yaml")),
+            format!(
+                "provider: local\nroot: {}\nlabels: {{env: {env}}}\nroles: [app]\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("schedules.yaml"),
+        "jobs:\n  - {name: tidy, cron: \"0 0 1 1 *\", hosts: {names: [db-1]}, command: {run: \"true\"}}\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a lab"]);
+    repo
+}
+
+/// Which hosts a plan's text names (`+ HOST file …` lines).
+fn planned_hosts(out: &std::process::Output) -> Vec<String> {
+    let mut hosts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("+ "))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+#[test]
+fn hosts_are_chosen_by_name_glob_and_label_and_a_selection_of_nothing_is_an_error() {
+    let tmp = TempDir::new("select");
+    let repo = labelled_fleet(tmp.path());
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    for (args, want) in [
+        (&["plan"][..], &["db-1", "web-1", "web-2"][..]),
+        (&["plan", "--host", "web-*"][..], &["web-1", "web-2"][..]),
+        (&["plan", "-l", "env=prod"][..], &["db-1", "web-1"][..]),
+        (
+            &["plan", "--host", "web-*", "-l", "env=prod"][..],
+            &["web-1"][..],
+        ),
+        (
+            &[
+                "plan", "-l", "env=prod", "--host", "db-1", "--host", "web-2",
+            ][..],
+            &["db-1"][..],
+        ),
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert_eq!(planned_hosts(&out), want, "{args:?}: {out:?}");
+    }
+    // Matching nothing: exit 1, naming what matched nothing and what was meant.
+    for (args, said) in [
+        (
+            &["plan", "--host", "webb-1"][..],
+            "no host is named \"webb-1\" in fleet \"lab\"",
+        ),
+        (&["plan", "--host", "webb-1"][..], "did you mean \"web-1\"?"),
+        (
+            &["plan", "--host", "app-*"][..],
+            "no host matches \"app-*\"",
+        ),
+        (&["plan", "-l", "env=prd"][..], "did you mean env=prod?"),
+        (&["plan", "-l", "evn=prod"][..], "did you mean env=prod?"),
+        (&["plan", "-l", "env"][..], "write KEY=VALUE"),
+        (
+            &["plan", "--host", "db-*", "-l", "env=staging"][..],
+            "matches --host db-* -l env=staging together",
+        ),
+        (
+            &["apply", "--yes", "--host", "webb-1"][..],
+            "did you mean \"web-1\"?",
+        ),
+        (
+            &["schedule", "run", "tidy", "--host", "db1"][..],
+            "did you mean \"db-1\"?",
+        ),
+        (
+            &["schedule", "run", "tidy", "--host", "web-*"][..],
+            "job \"tidy\" runs on db-1: none of them is chosen by --host web-*",
+        ),
+        (
+            &["restore", "nightly", "--host", "db1"][..],
+            "did you mean \"db-1\"?",
+        ),
+        (
+            &["restore", "nightly", "-l", "env=prod"][..],
+            "-l env=prod chooses 2 hosts (db-1, web-1)",
+        ),
+    ] {
+        let out = tk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: want {said:?} in {stderr}");
+    }
+    // Nothing was applied by the refused apply.
+    assert!(!tmp.path().join("web-1/etc/app.conf").exists());
+}
+
+/// `tidekeeper run --host NAME` with a name the fleet does not have refuses
+/// to start (a daemon managing nothing would say nothing).
+#[test]
+fn run_refuses_a_host_the_fleet_does_not_have() {
+    let tmp = TempDir::new("run-select");
+    let repo = labelled_fleet(tmp.path());
+    let out = tidekeeper()
+        .args([
+            "run",
+            "--no-watch",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "web-01",
+            "--repo",
+        ])
+        .arg(&repo)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no host is named \"web-01\" in fleet \"lab\"")
+            && stderr.contains("did you mean \"web-1\"?"),
+        "{stderr}"
+    );
+}
+
+/// `-o text|json|markdown` on every command that prints a result, the older
+/// `--json`/`--format` still working; JSON carries `format_version` and the
+/// commit, and on a bad config the errors, as objects on stdout.
+#[test]
+fn one_output_flag_prints_versioned_json_with_the_commit_and_errors_as_objects() {
+    let tmp = TempDir::new("output");
+    let repo = labelled_fleet(tmp.path());
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = tk(args);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    for args in [
+        &["plan", "-o", "json"][..],
+        &["plan", "--json"][..],
+        &["validate", "-o", "json"][..],
+        &["validate", "--format", "json"][..],
+        &["show", "web-1", "-o", "json"][..],
+        &["show", "web-1", "--json"][..],
+        &["schedule", "run", "tidy", "-o", "json"][..],
+        &["schedule", "run", "tidy", "--json"][..],
+        &["schedule", "list", "-o", "json"][..],
+    ] {
+        let v = json(args);
+        assert_eq!(v["format_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["commit"], head.as_str(), "{args:?}: {v}");
+    }
+    let out = tk(&["plan", "-o", "markdown"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("web-1"),
+        "{out:?}"
+    );
+    // A word -o does not know: the old `plan -o FILE` is pointed to --out.
+    let out = tk(&["plan", "-o", "web.plan"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--out web.plan"),
+        "{out:?}"
+    );
+    let out = tk(&["validate", "-o", "markdown"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-o takes text or json here"));
+    // A bad config: every error an object on stdout, located, and exit 1.
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, contnt: \"x\\n\"}\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "a typo"]);
+    let bad = git(&repo, &["rev-parse", "HEAD"]);
+    for args in [
+        &["plan", "-o", "json"][..],
+        &["apply", "--yes", "--host", "web-1"][..],
+        &["validate", "-o", "json"][..],
+        &["show", "web-1", "-o", "json"][..],
+        &["schedule", "run", "tidy", "-o", "json"][..],
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        if !args.contains(&"json") {
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        assert_eq!(v["format_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["commit"], bad.as_str(), "{args:?}: {v}");
+        let e = &v["errors"][0];
+        assert_eq!(e["file"], "roles/app.yaml", "{v}");
+        assert_eq!(
+            (e["line"].as_u64(), e["column"].as_u64()),
+            (Some(2), Some(27)),
+            "{v}"
+        );
+        assert_eq!(e["code"], "unknown-key", "{v}");
+        assert!(e["message"].as_str().unwrap().contains("contnt"), "{v}");
+        assert!(e["help"].as_str().unwrap().contains("content"), "{v}");
+    }
+    // Any other error under -o json is an object on stdout too.
+    git(&repo, &["revert", "--no-edit", "HEAD"]);
+    let out = tk(&["plan", "-o", "json", "--host", "webb-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format_version"], 1, "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("webb-1"),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["help"], "did you mean \"web-1\"?", "{v}");
+}
+
+/// `-q`: no progress lines; plan and apply say that the work tree has
+/// uncommitted edits (they use the commit), as validate does.
+#[test]
+fn quiet_prints_no_progress_and_plan_and_apply_warn_of_uncommitted_edits() {
+    let tmp = TempDir::new("quiet");
+    let repo = labelled_fleet(tmp.path());
+    let tk = |args: &[&str]| {
+        tidekeeper()
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .output()
+            .unwrap()
+    };
+    let out = tk(&["plan", "--host", "web-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[1/1] web-1: planned"), "{stderr}");
+    for args in [
+        &["-q", "plan"][..],
+        &["apply", "-q", "--yes", "--host", "web-1"][..],
+    ] {
+        let out = tk(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        tmp.path().join("web-1/etc/app.conf").exists(),
+        "-q still applies"
+    );
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"y\\n\"}\n",
+    )
+    .unwrap();
+    for args in [
+        &["plan", "--host", "web-1"][..],
+        &["apply", "--yes", "--host", "web-1"][..],
+        &["validate"][..],
+    ] {
+        let out = tk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("warning: 1 config file with uncommitted changes (roles/app.yaml)"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The commit was applied, not the edit.
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("web-1/etc/app.conf")).unwrap(),
+        "x\n"
+    );
+}
+
+/// One typo is one located error with "did you mean", not a cascade of
+/// false errors from the files checked against a fleet file that did not
+/// load; an unclosed `[` is reported on its own line.
+#[test]
+fn a_typo_is_one_located_error_and_an_unclosed_bracket_is_found_on_its_line() {
+    let tmp = TempDir::new("typo");
+    let repo = tmp.path().join("fleet");
+    assert!(
+        tidekeeper()
+            .arg("init")
+            .arg(&repo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fleet = std::fs::read_to_string(repo.join("tidekeeper.yaml")).unwrap();
+    let line = fleet.lines().position(|l| l.starts_with("drift:")).unwrap() + 1;
+    let typo: String = fleet
+        .lines()
+        .map(|l| {
+            if l.starts_with("drift:") {
+                "drift: corect"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(repo.join("tidekeeper.yaml"), typo + "\n").unwrap();
+    let out = tidekeeper()
+        .args(["validate", "--worktree", "-o", "json", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v:#}");
+    assert_eq!(errors[0]["file"], "tidekeeper.yaml");
+    assert_eq!(errors[0]["line"], line as u64);
+    assert!(
+        errors[0]["help"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `correct`?"),
+        "{v:#}"
+    );
+    std::fs::write(repo.join("tidekeeper.yaml"), fleet).unwrap();
+
+    let host = repo.join("hosts/agent.yaml");
+    let text = std::fs::read_to_string(&host).unwrap();
+    let roles = text
+        .lines()
+        .position(|l| l.starts_with("roles: ["))
+        .unwrap();
+    let broken: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == roles {
+                l.replace(']', "")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(roles + 1 < broken.len(), "a key follows roles:");
+    std::fs::write(&host, broken.join("\n") + "\n").unwrap();
+    let out = tidekeeper()
+        .args(["validate", "--worktree", "--format", "short", "--repo"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "hosts/agent.yaml:{}:8: error[yaml]: unclosed bracket '['",
+            roles + 1
+        )),
+        "{stderr}"
+    );
+}

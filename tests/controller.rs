@@ -134,6 +134,7 @@ pub(crate) async fn start_with(repo: &Path, state: &Path, setup: Setup<'_>) -> R
         ssh_key: setup.ssh_key.map(|k| k.display().to_string()),
         watch: false,
         hosts: setup.hosts.iter().map(|h| h.to_string()).collect(),
+        labels: vec![],
         git: Default::default(),
         proposals: setup.proposals.iter().map(|p| p.to_string()).collect(),
         rollback_after: Duration::from_secs(120),
@@ -1079,33 +1080,60 @@ async fn suspend_resume_and_retry_are_idempotent_and_take_urls() {
     d.stop().await;
 }
 
-/// Issue 39: a `--host` the fleet does not have is said, not silently
-/// reconciled as nothing (the pull-mode unit passes `--host %H`).
+/// A `--host` or `-l` the fleet does not have stops the daemon at start,
+/// naming it (the pull-mode unit passes `--host %H`: a hostname that is not
+/// the host's name must not run a daemon that manages nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_name_the_fleet_does_not_have_is_an_error_in_the_status() {
+async fn a_host_name_or_label_the_fleet_does_not_have_stops_the_daemon_at_start() {
     let tmp = TempDir::new("controller-unknown-host");
     let (repo, _a, _b) = fleet(tmp.path(), "true");
-    let d = start_with(
-        &repo,
-        &tmp.path().join("state"),
-        Setup {
-            real_time: true,
-            hosts: &["web-01"],
-            ..Default::default()
-        },
-    )
-    .await;
-    until("the error in /status", Duration::from_secs(30), || {
-        d.shared
-            .status
-            .lock()
-            .unwrap()
-            .stale
-            .iter()
-            .any(|s| s.contains("--host web-01 is not in fleet") && s.contains("hosts are: a, b"))
-    })
-    .await;
-    d.stop().await;
+    let serve = |hosts: &[&str], labels: &[&str], state: &str| {
+        let cfg = Config {
+            repo: repo.display().to_string(),
+            branch: "main".into(),
+            state_dir: tmp.path().join(state),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            poll: Some(Duration::from_secs(3600)),
+            drift: Some(Duration::from_secs(3600)),
+            webhook_secret: None,
+            api_token: None,
+            ssh_key: None,
+            watch: false,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            labels: labels.iter().map(|h| h.to_string()).collect(),
+            git: Default::default(),
+            proposals: vec![],
+            rollback_after: Duration::from_secs(120),
+            worker: PathBuf::from(env!("CARGO_BIN_EXE_tidekeeper")),
+        };
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let clock = Clock::virtual_from(
+                chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+                    .unwrap()
+                    .into(),
+            );
+            // Stopped at once if it does start: only its start is looked at.
+            daemon::serve(listener, async {}, clock, cfg, |_| {})
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let err = serve(&["web-01"], &[], "s1").await.unwrap_err();
+    assert!(
+        err.contains("no host is named \"web-01\" in fleet \"ctl\"")
+            && err.contains("hosts are: a, b"),
+        "{err}"
+    );
+    let err = serve(&["web-*"], &[], "s2").await.unwrap_err();
+    assert!(err.contains("no host matches \"web-*\""), "{err}");
+    let err = serve(&[], &["env=prod"], "s3").await.unwrap_err();
+    assert!(
+        err.contains("no host in fleet \"ctl\" has label env=prod"),
+        "{err}"
+    );
+    // A glob that matches starts it.
+    serve(&["?"], &[], "s4").await.unwrap();
 }
 
 /// The note tidekeeper left on `commit` in `repo`, or "".

@@ -1283,7 +1283,9 @@ fn with_reviewed_plans_required_only_a_reviewed_tree_or_a_released_commit_is_app
     // A rebase merge of a reviewed PR: its commits again on the branch, new
     // shas, the reviewed tree.
     let pr4 = open(4, "five");
-    git(&repo.path, &["cherry-pick", "--allow-empty", &pr4]);
+    // -x writes the source into the message: a pick within the same second as
+    // the original is still a new commit (as a forge's rebase merge always is).
+    git(&repo.path, &["cherry-pick", "-x", "--allow-empty", &pr4]);
     let rebased = head(&repo);
     assert_ne!(rebased, git(&repo.path, &["rev-parse", &pr4]));
     d.request("POST", "/hooks/git", &[], b"{}");

@@ -141,3 +141,52 @@ fn init_writes_the_schemas_and_a_modeline_in_every_config_file() {
         String::from_utf8_lossy(&validate.stdout)
     );
 }
+
+/// Every property of a role's schema says what it is: editors show it on
+/// hover and completion.
+#[test]
+fn every_role_schema_property_has_a_description() {
+    fn walk(node: &serde_json::Value, path: &str, total: &mut usize, missing: &mut Vec<String>) {
+        match node {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    for (k, v) in props {
+                        *total += 1;
+                        let described = v
+                            .get("description")
+                            .and_then(|d| d.as_str())
+                            .is_some_and(|d| !d.trim().is_empty());
+                        if !described {
+                            missing.push(format!("{path}.{k}"));
+                        }
+                    }
+                }
+                for (k, v) in map {
+                    let here = if k == "properties" {
+                        path.to_string()
+                    } else {
+                        format!("{path}/{k}")
+                    };
+                    walk(v, &here, total, missing);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for v in items {
+                    walk(v, path, total, missing);
+                }
+            }
+            _ => {}
+        }
+    }
+    let out = tidekeeper().args(["schema", "role"]).output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (mut total, mut missing) = (0, vec![]);
+    walk(&schema, "", &mut total, &mut missing);
+    assert!(total > 100, "{total} properties");
+    assert!(
+        missing.is_empty(),
+        "{} of {total} without a description: {missing:#?}",
+        missing.len()
+    );
+}

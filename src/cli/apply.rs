@@ -38,15 +38,16 @@ pub(super) fn apply_saved(
     file: &Path,
 ) -> CliResult {
     let saved = super::saved::read(file)?;
-    if !args.hosts.is_empty() {
+    if !args.selects_all() {
         return Err(
             CliError::new("a saved plan is applied to the hosts it was planned for")
-                .help("leave out --host (or plan again with it)"),
+                .help("leave out --host and -l (or plan again with them)"),
         );
     }
     super::saved::same_commit(&saved, &read_tree(repo)?)?;
     let args = HostArgs {
         hosts: saved.plan.selected.clone(),
+        labels: vec![],
         allow_destroy: saved.plan.allow_destroy,
         allow_mass_delete: saved.plan.allow_mass_delete,
         ..args.clone()

@@ -34,6 +34,41 @@ pub struct RepoArgs {
     pub refname: String,
 }
 
+/// `-o`: how a command prints its result, the same word on every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    /// A versioned document (`format_version`, the commit) on stdout;
+    /// errors too, as JSON objects.
+    Json,
+    /// As the pull-request comment the daemon posts.
+    Markdown,
+}
+
+impl Output {
+    /// The name `-o` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Text => "text",
+            Output::Json => "json",
+            Output::Markdown => "markdown",
+        }
+    }
+}
+
+/// `-o text|json|markdown`; a file name is pointed to `--out`, which
+/// `plan -o FILE` once was.
+fn parse_output(s: &str) -> Result<Output, String> {
+    match s {
+        "text" => Ok(Output::Text),
+        "json" => Ok(Output::Json),
+        "markdown" | "md" => Ok(Output::Markdown),
+        _ => Err(format!(
+            "write text, json or markdown (to save a plan to a file: --out {s})"
+        )),
+    }
+}
+
 /// How `show` prints.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShowFormat {
@@ -51,9 +86,14 @@ pub enum LogOutput {
 
 #[derive(Args, Debug, Clone)]
 pub struct HostArgs {
-    /// Only these hosts (repeatable); default: every host in the fleet.
-    #[arg(long = "host", value_name = "NAME")]
+    /// Only these hosts (repeatable): names, globs such as 'web-*', or the
+    /// name of a `count: N` group; default: every host in the fleet.
+    #[arg(long = "host", value_name = "NAME|GLOB")]
     pub hosts: Vec<String>,
+    /// Only hosts with these labels (`labels:` in hosts/*.yaml; all must
+    /// match; `group=NAME` for a group's hosts): -l env=prod,tier=web.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
     /// Hosts worked on at once (default: the fleet's `defaults.parallelism`).
     #[arg(long)]
     pub parallel: Option<usize>,
@@ -70,6 +110,13 @@ pub struct HostArgs {
     /// unless a new SSH connection proves access within this time.
     #[arg(long, value_parser = parse_duration, default_value = "120s")]
     pub rollback_after: std::time::Duration,
+}
+
+impl HostArgs {
+    /// No `--host` and no `-l`: the whole fleet.
+    pub fn selects_all(&self) -> bool {
+        self.hosts.is_empty() && self.labels.is_empty()
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,16 +161,29 @@ pub enum ScheduleCommand {
         next: usize,
         #[command(flatten)]
         now: NowArg,
+        /// How to print: text, or json (`format_version`, the commit, and
+        /// each job with its hosts and next runs in UTC).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
     },
     /// Run a job now (its window is still respected unless --ignore-window).
+    #[command(
+        mut_arg("rollback_after", |a| a.hide(true)),
+        mut_arg("allow_mass_delete", |a| a.hide(true)),
+        mut_arg("allow_destroy", |a| a.hide(true))
+    )]
     Run {
+        /// The job's `name:` in schedules.yaml (`schedule list` lists them).
         job: String,
         #[command(flatten)]
         repo: RepoArgs,
         #[command(flatten)]
         hosts: HostArgs,
-        /// Print the run as JSON.
-        #[arg(long)]
+        /// How to print the run: text or json (with `format_version`).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with = "output")]
         json: bool,
         /// Run even outside the job's maintenance window (by hand, on purpose).
         #[arg(long)]
@@ -140,6 +200,7 @@ pub struct RunArgs {
     /// The config repo to follow: a path or a URL git can fetch (file://).
     #[arg(long, env = "TIDEKEEPER_REPO")]
     pub repo: String,
+    /// The branch to follow: its commits are applied, its pull requests planned.
     #[arg(long, default_value = "main")]
     pub branch: String,
     /// Where the daemon keeps its mirror of the repo.
@@ -171,9 +232,13 @@ pub struct RunArgs {
     /// Do not watch a local repo for commits (polling and webhooks still work).
     #[arg(long)]
     pub no_watch: bool,
-    /// Only these hosts (repeatable), e.g. a server reconciling itself in pull mode.
-    #[arg(long = "host", value_name = "NAME")]
+    /// Only these hosts (repeatable; names or globs such as 'web-*'), e.g. a
+    /// server reconciling itself in pull mode. Matching no host is an error.
+    #[arg(long = "host", value_name = "NAME|GLOB")]
     pub hosts: Vec<String>,
+    /// Only hosts with these labels (all must match): -l env=prod,tier=web.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
     /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
     #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
     pub git_ssh_key: Option<PathBuf>,
@@ -256,9 +321,16 @@ pub struct RestoreArgs {
     pub job: String,
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// The host to restore (--host NAME, once), with the SSH options.
-    #[command(flatten)]
-    pub hosts: HostArgs,
+    /// The one host to restore onto: its name (hosts/NAME.yaml), or a
+    /// glob or `-l` selector that matches exactly one host.
+    #[arg(long = "host", value_name = "NAME")]
+    pub host: Option<String>,
+    /// Choose the host by its labels instead (must match exactly one): -l env=prod,role=db.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    pub labels: Vec<String>,
+    /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
+    #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
+    pub ssh_key: Option<String>,
     /// `latest` (the host's newest snapshot) or a snapshot id.
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
@@ -283,6 +355,7 @@ pub struct RestoreArgs {
 pub enum NotifyCommand {
     /// Send a test message to SINK now, with the credentials the daemon would use.
     Test {
+        /// The sink's `name:` under `notify.sinks` in tidekeeper.yaml.
         sink: String,
         #[command(flatten)]
         repo: RepoArgs,
@@ -293,6 +366,7 @@ pub enum NotifyCommand {
 pub enum SecretsCommand {
     /// Encrypt standard input into secrets/NAME.age (then commit it).
     Encrypt {
+        /// The secret's name: written to secrets/NAME.age.
         name: String,
         #[command(flatten)]
         keys: SecretKeys,
@@ -300,6 +374,7 @@ pub enum SecretsCommand {
     /// Decrypt secrets/NAME.age into $EDITOR and encrypt the result again,
     /// to the same number of recipients or more (never fewer).
     Edit {
+        /// The secret's name: secrets/NAME.age.
         name: String,
         #[command(flatten)]
         keys: SecretKeys,
@@ -339,7 +414,18 @@ pub enum Command {
         /// Check the files on disk (uncommitted changes included) instead of a commit.
         #[arg(long, conflicts_with = "refname")]
         worktree: bool,
-        #[arg(long, value_enum, default_value = "human")]
+        /// How to print: text (errors with source snippets on stderr) or
+        /// json (the result, or every error as an object, on stdout).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// Also `short`: one `file:line:column: error[code]: message` line per problem.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "human",
+            hide = true,
+            conflicts_with = "output"
+        )]
         format: Format,
     },
     /// Print a host's fully resolved desired state, or a saved plan (`plan --out FILE`).
@@ -349,12 +435,15 @@ pub enum Command {
         host: String,
         #[command(flatten)]
         repo: RepoArgs,
-        /// Print JSON instead of text (the same as `--format json`).
-        #[arg(long, conflicts_with = "format")]
+        /// How to print: text, json, or markdown (a saved plan as the
+        /// pull-request comment the daemon posts).
+        #[arg(short = 'o', long = "output", value_name = "text|json|markdown", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["format", "output"])]
         json: bool,
-        /// How to print: text, markdown (a saved plan as the pull-request
-        /// comment the daemon posts) or json.
-        #[arg(long, value_enum)]
+        /// The same as `-o`.
+        #[arg(long, value_enum, hide = true, conflicts_with = "output")]
         format: Option<ShowFormat>,
         /// Connect to the host and print its facts as templates read them
         /// (`facts.arch`, `facts.cpus`, …).
@@ -365,16 +454,21 @@ pub enum Command {
         ssh_key: Option<String>,
     },
     /// Show what would change on the hosts (read-only).
+    #[command(mut_arg("rollback_after", |a| a.hide(true)))]
     Plan {
         #[command(flatten)]
         repo: RepoArgs,
         #[command(flatten)]
         hosts: HostArgs,
-        /// Print the plan as JSON.
-        #[arg(long, conflicts_with = "markdown")]
+        /// How to print: text, json (with `format_version` and the commit),
+        /// or markdown (the pull-request comment the daemon posts).
+        #[arg(short = 'o', long = "output", value_name = "text|json|markdown", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["markdown", "output"])]
         json: bool,
-        /// Print the plan as the pull-request comment the daemon posts (markdown).
-        #[arg(long)]
+        /// The same as `-o markdown`.
+        #[arg(long, hide = true, conflicts_with = "output")]
         markdown: bool,
         /// Exit 0 when nothing would change, 2 when something would, 1 on errors.
         #[arg(long)]
@@ -396,7 +490,7 @@ pub enum Command {
         /// Also save the plan to FILE, for `tidekeeper apply FILE` (which
         /// applies exactly this plan, or refuses when what it saw moved) and
         /// `tidekeeper show FILE`.
-        #[arg(long, short = 'o', value_name = "FILE", conflicts_with_all = ["untrusted", "changed_files_only"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["untrusted", "changed_files_only"])]
         out: Option<PathBuf>,
     },
     /// Plan, show the plan, and apply exactly that plan.
@@ -475,11 +569,14 @@ pub enum Command {
         /// Only commits made at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
         #[arg(long, value_name = "TIME", value_parser = parse_now)]
         since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Print JSON instead of a table (the same as `--format json`).
-        #[arg(long, conflicts_with = "format")]
+        /// How to print: a table (text) or a versioned JSON document (json).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
+        /// The same as `-o json`.
+        #[arg(long, hide = true, conflicts_with_all = ["format", "output"])]
         json: bool,
-        /// How to print: a table (text) or a versioned JSON document.
-        #[arg(long, value_enum)]
+        /// The same as `-o`.
+        #[arg(long, value_enum, hide = true, conflicts_with = "output")]
         format: Option<LogOutput>,
     },
     /// What a running daemon reports: the branch's head and applied commit,
@@ -534,6 +631,7 @@ pub enum Command {
     /// Adopt a server made elsewhere: label it as this fleet's (renamed to
     /// HOST where the provider can) and write hosts/HOST.yaml for review.
     Import {
+        /// Where the server runs.
         provider: ImportProvider,
         /// The server's name at the provider.
         server: String,
@@ -548,20 +646,27 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Shell completions on stdout: `tidekeeper completions bash > /etc/bash_completion.d/tidekeeper`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// JSON Schema of a config file for editors (yaml-language-server), on
     /// stdout; or all of them into --out-dir (a repo's .tidekeeper/schema).
     Schema {
+        /// Which config file's schema to print.
         #[arg(value_enum, default_value = "fleet")]
         file: crate::model::schema::ConfigFile,
-        #[arg(long)]
+        /// Write every config file's schema into this directory instead
+        /// (created if missing), e.g. .tidekeeper/schema.
+        #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
     /// The manual page (roff) on stdout, or one page per command into --out-dir.
     Man {
-        #[arg(long)]
+        /// Write tidekeeper.1 and a page per command, nested ones too
+        /// (tidekeeper-plan.1, tidekeeper-secrets-rekey.1), into this
+        /// directory (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
     /// Notifications: send a test message to a sink of `notify:`.
@@ -595,6 +700,70 @@ pub enum Command {
 
 #[cfg(test)]
 mod tests {
+    /// Every argument of every command, nested ones too, says what it is.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = vec![];
+        walk(
+            &<super::Cli as clap::CommandFactory>::command(),
+            "tidekeeper",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+    }
+
+    /// What only an apply does is not offered where nothing is applied.
+    #[test]
+    fn plan_restore_and_schedule_run_offer_no_apply_only_flags() {
+        let cli = <super::Cli as clap::CommandFactory>::command();
+        let shown = |path: &[&str]| -> Vec<String> {
+            let mut c = &cli;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long().map(String::from))
+                .collect()
+        };
+        for (path, not) in [
+            (&["plan"][..], &["rollback-after"][..]),
+            (
+                &["restore"][..],
+                &[
+                    "rollback-after",
+                    "allow-destroy",
+                    "allow-mass-delete",
+                    "parallel",
+                ][..],
+            ),
+            (
+                &["schedule", "run"][..],
+                &["rollback-after", "allow-destroy", "allow-mass-delete"][..],
+            ),
+        ] {
+            let shown = shown(path);
+            for flag in not {
+                assert!(!shown.iter().any(|s| s == flag), "{path:?} shows --{flag}");
+            }
+        }
+        assert!(shown(&["apply"]).iter().any(|s| s == "rollback-after"));
+    }
+
     /// Regression: `--rollback-after 1h30m` was refused while the same
     /// words were a valid duration in the config files.
     #[test]

@@ -27,6 +27,7 @@ impl From<super::args::RunArgs> for crate::daemon::Config {
             ssh_key: a.ssh_key,
             watch: !a.no_watch,
             hosts: a.hosts,
+            labels: a.labels,
             git,
             proposals: a.proposals,
             rollback_after: a.rollback_after,

@@ -111,12 +111,30 @@ impl CliError {
         }
     }
 
-    /// Print it: the one place a command's error reaches the terminal.
-    pub(super) fn report(&self) {
+    /// Print it: the one place a command's error reaches the terminal;
+    /// `json` (`-o json`): also on stdout, as a JSON object, for the script
+    /// that reads it there.
+    pub(super) fn report(&self, json: bool) {
         if !self.stdout().is_empty() {
             print!("{}", self.stdout());
+        } else if json {
+            println!("{}", self.json());
         }
         eprint!("{self}");
+    }
+
+    /// The error as `-o json` prints it: the fields of a config
+    /// diagnostic that it has (message, help).
+    pub(super) fn json(&self) -> serde_json::Value {
+        let (message, help) = match &self.said {
+            Said::Error { what, help } => (what.as_str(), help.as_deref()),
+            Said::Diagnostics { stderr, .. } => (stderr.trim_end(), None),
+        };
+        serde_json::json!({
+            "format_version": super::JSON_FORMAT_VERSION,
+            "ok": false,
+            "errors": [{ "code": "error", "message": message, "help": help }],
+        })
     }
 }
 

@@ -234,6 +234,7 @@ fn add_demo_host(dir: &Path, root: &Path) -> Result<String, String> {
 fn reconcile_demo_host(args: &RepoArgs, root: &Path) -> CliResult {
     let hosts = HostArgs {
         hosts: vec![DEMO_HOST.into()],
+        labels: vec![],
         parallel: None,
         ssh_key: None,
         allow_mass_delete: false,
@@ -290,6 +291,7 @@ fn follow_demo_repo(abs: &Path, root: &Path, listen: std::net::SocketAddr) -> Cl
         ssh_key: None,
         watch: true,
         hosts: vec![DEMO_HOST.into()],
+        labels: vec![],
         git: Default::default(),
         rollback_after: std::time::Duration::from_secs(120),
         proposals: vec![],

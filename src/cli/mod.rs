@@ -58,6 +58,37 @@ type CliResult = Result<Outcome, CliError>;
 /// `-q`: only errors on stderr, progress lines included.
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `-o json`: the command's errors go to stdout as JSON objects too.
+static JSON_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The version of every JSON document a command prints (`format_version`):
+/// raised when a field changes meaning or goes away.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+fn json_output() -> bool {
+    JSON_OUTPUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The output a command was asked for (`-o`, else its older spelling
+/// `legacy`), refused when the command cannot print it.
+fn output(
+    command: &str,
+    o: Option<Output>,
+    legacy: Output,
+    allowed: &[Output],
+) -> Result<Output, CliError> {
+    let o = o.unwrap_or(legacy);
+    JSON_OUTPUT.store(o == Output::Json, std::sync::atomic::Ordering::Relaxed);
+    if !allowed.contains(&o) {
+        let words: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+        return Err(
+            CliError::new(format!("{command} cannot print {}", o.name()))
+                .help(format!("-o takes {} here", words.join(" or "))),
+        );
+    }
+    Ok(o)
+}
+
 /// Run a command; its error, if any, is printed here and nowhere else.
 pub fn run(cli: Cli) -> ExitCode {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
@@ -69,7 +100,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match dispatch(cli.command) {
         Ok(outcome) => outcome.into(),
         Err(e) => {
-            e.report();
+            e.report(json_output());
             e.exit_code()
         }
     }
@@ -79,31 +110,10 @@ pub fn run(cli: Cli) -> ExitCode {
 fn dispatch(command: Command) -> CliResult {
     match command {
         Command::ProposalWorker => unreachable!("run handles it"),
-        Command::Validate {
-            repo,
-            worktree,
-            format,
-        } => validate(&repo, worktree, format),
-        show @ Command::Show { .. } => show::command(show),
-        Command::Plan {
-            repo,
-            hosts,
-            json,
-            markdown,
-            detailed_exitcode,
-            changed_files_only,
-            untrusted,
-            base,
-            out,
-        } => plan(
-            &repo,
-            &hosts,
-            untrusted.then_some(base.as_str()),
-            PlanFormat::of(json, markdown),
-            detailed_exitcode,
-            changed_files_only,
-            out.as_deref(),
-        ),
+        c @ (Command::Validate { .. }
+        | Command::Show { .. }
+        | Command::Plan { .. }
+        | Command::Log { .. }) => with_output(c),
         Command::Apply {
             repo,
             hosts,
@@ -125,22 +135,6 @@ fn dispatch(command: Command) -> CliResult {
         | Command::Resume { .. }
         | Command::Status { .. }
         | Command::Reconcile { .. }) => to_daemon(c),
-        Command::Log {
-            repo,
-            count,
-            since,
-            json,
-            format,
-        } => log::log(
-            &repo,
-            count,
-            since,
-            format.unwrap_or(if json {
-                LogOutput::Json
-            } else {
-                LogOutput::Text
-            }),
-        ),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
         Command::Restore(r) => restore_cmd(r),
@@ -169,6 +163,99 @@ fn dispatch(command: Command) -> CliResult {
             no_daemon,
             listen,
         } => demo(&dir, no_daemon, listen),
+    }
+}
+
+/// The commands that print a result as `-o` asks (or its older spellings).
+fn with_output(command: Command) -> CliResult {
+    match command {
+        Command::Validate {
+            repo,
+            worktree,
+            output: o,
+            format,
+        } => {
+            let legacy = match format {
+                Format::Json => Output::Json,
+                _ => Output::Text,
+            };
+            let o = output("validate", o, legacy, &[Output::Text, Output::Json])?;
+            validate(
+                &repo,
+                worktree,
+                if o == Output::Json {
+                    Format::Json
+                } else {
+                    format
+                },
+            )
+        }
+        Command::Show {
+            host,
+            repo,
+            output: o,
+            json,
+            format,
+            facts,
+            ssh_key,
+        } => {
+            let legacy = match (json, format) {
+                (true, _) | (_, Some(ShowFormat::Json)) => Output::Json,
+                (_, Some(ShowFormat::Markdown)) => Output::Markdown,
+                _ => Output::Text,
+            };
+            let all = [Output::Text, Output::Json, Output::Markdown];
+            let o = output("show", o, legacy, &all)?;
+            match facts {
+                true => show::show_facts(&repo, &host, ssh_key, o == Output::Json),
+                false => show::show(&repo, &host, o),
+            }
+        }
+        Command::Plan {
+            repo,
+            hosts,
+            output: o,
+            json,
+            markdown,
+            detailed_exitcode,
+            changed_files_only,
+            untrusted,
+            base,
+            out,
+        } => plan(
+            &repo,
+            &hosts,
+            untrusted.then_some(base.as_str()),
+            PlanFormat::of(output(
+                "plan",
+                o,
+                PlanFormat::legacy(json, markdown),
+                &[Output::Text, Output::Json, Output::Markdown],
+            )?),
+            detailed_exitcode,
+            changed_files_only,
+            out.as_deref(),
+        ),
+        Command::Log {
+            repo,
+            count,
+            since,
+            output: o,
+            json,
+            format,
+        } => {
+            let legacy = match (json, format) {
+                (true, _) | (_, Some(LogOutput::Json)) => Output::Json,
+                _ => Output::Text,
+            };
+            let o = output("log", o, legacy, &[Output::Text, Output::Json])?;
+            let format = match o {
+                Output::Json => LogOutput::Json,
+                _ => LogOutput::Text,
+            };
+            log::log(&repo, count, since, format)
+        }
+        _ => unreachable!("dispatch sends only the commands with -o here"),
     }
 }
 
@@ -332,7 +419,7 @@ fn man(dir: Option<&Path>) -> CliResult {
 /// reads HEAD: plan and apply act on the commit, never on the work tree,
 /// and a user who forgot to commit would otherwise see an old plan.
 fn warn_uncommitted(repo: &RepoArgs, what_happens: &str) {
-    if repo.refname != "HEAD" {
+    if repo.refname != "HEAD" || QUIET.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
     let changed = source::discover(&repo.repo)
@@ -357,9 +444,12 @@ fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
+    // `-o json` on any command: its config errors are JSON too.
+    let format = if json_output() { Format::Json } else { format };
     let checked = model::load(tree).and_then(crate::engine::kinds::known_settings);
     if let Ok(fleet) = &checked
         && format != Format::Json
+        && !QUIET.load(std::sync::atomic::Ordering::Relaxed)
     {
         for w in &fleet.warnings {
             eprintln!("{}", w.warning_text());
@@ -371,7 +461,12 @@ fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
             Format::Json => (
                 format!(
                     "{}\n",
-                    serde_json::json!({ "valid": false, "errors": diags })
+                    serde_json::json!({
+                        "format_version": JSON_FORMAT_VERSION,
+                        "valid": false,
+                        "commit": tree.commit,
+                        "errors": diags,
+                    })
                 ),
                 String::new(),
             ),
@@ -401,11 +496,26 @@ fn plural(n: usize) -> &'static str {
 /// Load, and load again with the age identity when one is configured, so
 /// secrets are decrypted (in memory only).
 fn load_decrypted(tree: &ConfigTree) -> Result<Fleet, CliError> {
-    let fleet = load(tree, Format::Human)?;
+    let format = if json_output() {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let fleet = load(tree, format)?;
     match crate::secrets::identity(&fleet.settings) {
         Ok(None) => Ok(fleet),
-        Ok(Some(id)) => model::load_with_identity(tree, Some(&id))
-            .map_err(|diags| CliError::diagnostics(String::new(), diags.to_string())),
+        Ok(Some(id)) => model::load_with_identity(tree, Some(&id)).map_err(|diags| {
+            let json = serde_json::json!({
+                "format_version": JSON_FORMAT_VERSION,
+                "valid": false,
+                "commit": tree.commit,
+                "errors": diags,
+            });
+            match format {
+                Format::Json => CliError::diagnostics(format!("{json}\n"), String::new()),
+                _ => CliError::diagnostics(String::new(), diags.to_string()),
+            }
+        }),
         Err(e) => Err(CliError::new(e)),
     }
 }
@@ -438,21 +548,7 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
     warn_uncommitted(repo, "this uses HEAD, not them; commit them first");
     let tree = read_tree(repo)?;
     let fleet = load_decrypted(&tree)?;
-    let names: Vec<String> = if args.hosts.is_empty() {
-        fleet.hosts.iter().map(|h| h.name.clone()).collect()
-    } else {
-        for n in &args.hosts {
-            if fleet.host(n).is_none() {
-                let all: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
-                return Err(CliError::new(format!(
-                    "no host named {n:?} in fleet {:?}",
-                    fleet.name
-                ))
-                .help(format!("hosts are: {}", all.join(", "))));
-            }
-        }
-        args.hosts.clone()
-    };
+    let names = choose(&fleet, args)?;
     let opts = engine::Options {
         parallel: args
             .parallel
@@ -467,6 +563,15 @@ fn prepare(repo: &RepoArgs, args: &HostArgs) -> Result<Prepared, CliError> {
         ..Default::default()
     };
     Ok((fleet, names, opts, tree.policies()))
+}
+
+/// The hosts `args` choose in `fleet` (`--host` names and globs, `-l`
+/// labels), or an error naming what matched nothing.
+fn choose(fleet: &Fleet, args: &HostArgs) -> Result<Vec<String>, CliError> {
+    model::select::Selector::new(&args.hosts, &args.labels)
+        .map_err(CliError::new)?
+        .select(fleet)
+        .map_err(|e| CliError::new(e.message).help(e.help))
 }
 
 /// This executable: the daemon starts its proposal workers from it.

@@ -19,7 +19,7 @@ pub(super) fn plan_fleet(
     rt.block_on(reconcile::plan(
         std::sync::Arc::new(fleet),
         names,
-        args.hosts.is_empty(),
+        args.selects_all(),
         opts.clone(),
         clouds,
         crate::cloud::plan::PlanOptions {
@@ -38,14 +38,23 @@ pub(super) enum PlanFormat {
 }
 
 impl PlanFormat {
-    /// From `--json` and `--markdown` (which clap keeps apart).
-    pub(super) fn of(json: bool, markdown: bool) -> PlanFormat {
+    /// From `-o`.
+    pub(super) fn of(o: Output) -> PlanFormat {
+        match o {
+            Output::Text => PlanFormat::Text,
+            Output::Json => PlanFormat::Json,
+            Output::Markdown => PlanFormat::Markdown,
+        }
+    }
+
+    /// `-o` as the older `--json` and `--markdown` (which clap keeps apart) say.
+    pub(super) fn legacy(json: bool, markdown: bool) -> Output {
         if json {
-            PlanFormat::Json
+            Output::Json
         } else if markdown {
-            PlanFormat::Markdown
+            Output::Markdown
         } else {
-            PlanFormat::Text
+            Output::Text
         }
     }
 }
@@ -63,20 +72,18 @@ pub(super) fn plan_untrusted(
     };
     let all_hosts = HostArgs {
         hosts: vec![],
+        labels: vec![],
         ..args.clone()
     };
     let (base_fleet, _, opts, base_policies) = prepare(&base_args, &all_hosts)?;
     let tree = read_tree(repo)?;
     // Nothing of a proposal is decrypted.
     let proposal = load(&tree, Format::Human)?;
-    for n in &args.hosts {
-        if proposal.host(n).is_none() {
-            return Err(CliError::new(format!(
-                "no host named {n:?} in the proposal"
-            )));
-        }
-    }
-    let names = (!args.hosts.is_empty()).then(|| args.hosts.clone());
+    let names = if args.selects_all() {
+        None
+    } else {
+        Some(choose(&proposal, args)?)
+    };
     Ok(rt.block_on(reconcile::plan_proposal(
         &base_fleet,
         &base_policies,
@@ -111,6 +118,15 @@ pub(super) fn plan(
         }
         None => {
             let (fleet, names, mut opts, policies) = prepare(repo, args)?;
+            // A saved plan names the hosts chosen, whatever chose them.
+            let chosen = match args.selects_all() {
+                true => args.clone(),
+                false => HostArgs {
+                    hosts: names.clone(),
+                    labels: vec![],
+                    ..args.clone()
+                },
+            };
             opts.changed_files_only = changed_files_only;
             opts.record_file_stats = changed_files_only;
             opts.digest_observed = out.is_some();
@@ -119,7 +135,7 @@ pub(super) fn plan(
             let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);
             let gate = fp.gate(&policies);
             if let Some(path) = out {
-                super::saved::write(&super::saved::of(&fp, &gate, args, &opts), path)?;
+                super::saved::write(&super::saved::of(&fp, &gate, &chosen, &opts), path)?;
             }
             (fp, gate.verdict, vec![], (*opts).clone())
         }

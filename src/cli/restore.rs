@@ -5,12 +5,30 @@ use super::*;
 use crate::maintenance::restore::{self, Answer, Request, RestoreError, Restored};
 
 pub(super) fn restore_cmd(r: RestoreArgs) -> CliResult {
-    let [host] = r.hosts.hosts.as_slice() else {
+    let hosts = HostArgs {
+        hosts: r.host.iter().cloned().collect(),
+        labels: r.labels.clone(),
+        parallel: None,
+        ssh_key: r.ssh_key.clone(),
+        allow_mass_delete: false,
+        allow_destroy: false,
+        rollback_after: std::time::Duration::from_secs(120),
+    };
+    if hosts.selects_all() {
         return Err(CliError::new(
             "name the one host to restore with --host NAME",
         ));
+    }
+    let (fleet, chosen, opts, _) = prepare(&r.repo, &hosts)?;
+    let [host] = chosen.as_slice() else {
+        return Err(CliError::new(format!(
+            "{} chooses {} hosts ({}); a restore is onto one host",
+            hosts_said(&hosts),
+            chosen.len(),
+            chosen.join(", ")
+        ))
+        .help("name the one host with --host NAME"));
     };
-    let (fleet, _, opts, _) = prepare(&r.repo, &r.hosts)?;
     let job = restore::job(&fleet, &r.job).map_err(cli_error)?;
     let req = Request::new(
         job,
@@ -46,6 +64,12 @@ pub(super) fn restore_cmd(r: RestoreArgs) -> CliResult {
         Restored::Cancelled => println!("Restore cancelled."),
     }
     Ok(Outcome::Done)
+}
+
+fn hosts_said(h: &HostArgs) -> String {
+    model::select::Selector::new(&h.hosts, &h.labels)
+        .map(|s| s.describe())
+        .unwrap_or_default()
 }
 
 fn cli_error(e: RestoreError) -> CliError {

@@ -6,15 +6,33 @@ use crate::model::desired::{Job, JobKind};
 
 pub(super) fn schedule_cmd(cmd: ScheduleCommand) -> CliResult {
     match cmd {
-        ScheduleCommand::List { repo, next, now } => list(&repo, next, &now),
+        ScheduleCommand::List {
+            repo,
+            next,
+            now,
+            output: o,
+        } => match output(
+            "schedule list",
+            o,
+            Output::Text,
+            &[Output::Text, Output::Json],
+        )? {
+            Output::Json => list_json(&repo, next, &now),
+            _ => list(&repo, next, &now),
+        },
         ScheduleCommand::Run {
             job,
             repo,
             hosts,
+            output: o,
             json,
             ignore_window,
             now,
-        } => run_now(&job, &repo, hosts, json, ignore_window, &now),
+        } => {
+            let legacy = if json { Output::Json } else { Output::Text };
+            let o = output("schedule run", o, legacy, &[Output::Text, Output::Json])?;
+            run_now(&job, &repo, hosts, o == Output::Json, ignore_window, &now)
+        }
     }
 }
 
@@ -66,6 +84,45 @@ fn list(repo: &RepoArgs, next: usize, now: &NowArg) -> CliResult {
     Ok(Outcome::Done)
 }
 
+/// `schedule list -o json`: each job, its hosts and its next `next` runs.
+fn list_json(repo: &RepoArgs, next: usize, now: &NowArg) -> CliResult {
+    let tree = read_tree(repo)?;
+    let fleet = load(&tree, Format::Json)?;
+    let now = now.clock().now();
+    let jobs: Vec<serde_json::Value> = fleet
+        .jobs
+        .iter()
+        .map(|job| {
+            let mut runs = vec![];
+            let mut t = now;
+            while runs.len() < next {
+                let Some(n) = crate::maintenance::plan::next(job, t) else {
+                    break;
+                };
+                runs.push(n.to_rfc3339());
+                t = n;
+            }
+            serde_json::json!({
+                "name": job.name,
+                "kind": job.kind.name(),
+                "cron": job.cron,
+                "timezone": job.timezone,
+                "window": job.window.as_ref().map(|w| w.to_string()),
+                "hosts": job.hosts,
+                "next": runs,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "format_version": JSON_FORMAT_VERSION,
+        "fleet": fleet.name,
+        "commit": fleet.commit,
+        "jobs": jobs,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    Ok(Outcome::Done)
+}
+
 /// The job's next `n` runs after `now`, in its time zone, a line each.
 fn next_runs(job: &Job, now: chrono::DateTime<chrono::Utc>, n: usize) -> String {
     let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
@@ -93,17 +150,31 @@ fn run_now(
     ignore_window: bool,
     now: &NowArg,
 ) -> CliResult {
-    let only = hosts.hosts.clone();
     let args = HostArgs {
         hosts: vec![],
-        ..hosts
+        labels: vec![],
+        ..hosts.clone()
     };
     let (fleet, _, mut opts, _) = prepare(repo, &args)?;
+    let only = match hosts.selects_all() {
+        true => vec![],
+        false => choose(&fleet, &hosts)?,
+    };
     let Some(j) = fleet.jobs.iter().find(|j| j.name == job) else {
         let names: Vec<&str> = fleet.jobs.iter().map(|j| j.name.as_str()).collect();
         return Err(CliError::new(format!("no job named {job:?}"))
             .help(format!("jobs are: {}", names.join(", "))));
     };
+    if !only.is_empty() && !j.hosts.iter().any(|h| only.contains(h)) {
+        return Err(CliError::new(format!(
+            "job {job:?} runs on {}: none of them is chosen by {}",
+            j.hosts.join(", "),
+            model::select::Selector::new(&hosts.hosts, &hosts.labels)
+                .map(|s| s.describe())
+                .unwrap_or_default()
+        ))
+        .help("choose hosts of the job, or leave out --host and -l to run it on all of them"));
+    }
     opts.clock = now.clock();
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let mut j = j.clone();
@@ -114,7 +185,10 @@ fn run_now(
         &fleet, &j, &only, &opts, &clouds,
     ));
     if json {
-        println!("{}", serde_json::to_string_pretty(&run).expect("json"));
+        let mut doc = serde_json::to_value(&run).expect("json");
+        doc["format_version"] = JSON_FORMAT_VERSION.into();
+        doc["commit"] = fleet.commit.clone().into();
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     } else {
         print!("{}", crate::maintenance::render(&run));
     }

@@ -3,38 +3,19 @@
 
 use super::*;
 
-/// `show`, with its arguments.
-pub(super) fn command(c: Command) -> CliResult {
-    let Command::Show {
-        host,
-        repo,
-        json,
-        format,
-        facts,
-        ssh_key,
-    } = c
-    else {
-        unreachable!("dispatch passes `show` only")
-    };
-    match facts {
-        true => show_facts(&repo, &host, ssh_key, json),
-        false => show(&repo, &host, json, format),
-    }
-}
-
 /// A saved plan when `name` is a file, else the host of that name.
-fn show(repo: &RepoArgs, name: &str, json: bool, format: Option<ShowFormat>) -> CliResult {
-    let format = if json {
-        ShowFormat::Json
-    } else {
-        format.unwrap_or(ShowFormat::Text)
+pub(super) fn show(repo: &RepoArgs, name: &str, output: Output) -> CliResult {
+    let format = match output {
+        Output::Text => ShowFormat::Text,
+        Output::Json => ShowFormat::Json,
+        Output::Markdown => ShowFormat::Markdown,
     };
     if super::saved::names_a_file(name) {
         return super::saved::show(Path::new(name), format);
     }
     if format == ShowFormat::Markdown {
         return Err(
-            CliError::new("--format markdown is for saved plans").help(format!(
+            CliError::new("-o markdown is for saved plans").help(format!(
                 "no file named {name:?}; a host is shown as text or json"
             )),
         );
@@ -48,15 +29,19 @@ fn show_host(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
     let Some(h) = fleet.host(host) else {
         let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(
-            CliError::new(format!("no host named {host:?} in fleet {:?}", fleet.name))
-                .help(format!("hosts are: {}", names.join(", "))),
+            CliError::new(format!("no host named {host:?} in fleet {:?}", fleet.name)).help(
+                match crate::suggest::closest(host, &names) {
+                    Some(m) => format!("did you mean {m:?}?"),
+                    None => format!("hosts are: {}", names.join(", ")),
+                },
+            ),
         );
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(h).expect("host serializes")
-        );
+        let mut doc = serde_json::to_value(h).expect("host serializes");
+        doc["format_version"] = JSON_FORMAT_VERSION.into();
+        doc["commit"] = fleet.commit.clone().into();
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         return Ok(Outcome::Done);
     }
     let mut out = String::new();
@@ -144,9 +129,15 @@ pub(super) fn describe(r: &Resource) -> String {
 
 /// `show HOST --facts`: the host's facts as it reports them now, from a
 /// read-only plan of it (the probe that plans it asks for them).
-fn show_facts(repo: &RepoArgs, host: &str, ssh_key: Option<String>, json: bool) -> CliResult {
+pub(super) fn show_facts(
+    repo: &RepoArgs,
+    host: &str,
+    ssh_key: Option<String>,
+    json: bool,
+) -> CliResult {
     let args = HostArgs {
         hosts: vec![host.to_string()],
+        labels: vec![],
         parallel: None,
         ssh_key,
         allow_mass_delete: false,

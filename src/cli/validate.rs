@@ -23,6 +23,7 @@ pub(super) fn validate(repo: &RepoArgs, worktree: bool, format: Format) -> CliRe
         Format::Json => println!(
             "{}",
             serde_json::json!({
+                "format_version": JSON_FORMAT_VERSION,
                 "valid": true,
                 "fleet": fleet.name,
                 "commit": fleet.commit,

@@ -92,6 +92,8 @@ pub struct Config {
     /// Only these hosts (e.g. pull mode: each server runs a daemon for
     /// itself); empty: every host in the fleet.
     pub hosts: Vec<String>,
+    /// Only hosts with these labels (`KEY=VALUE[,…]` each, all must match).
+    pub labels: Vec<String>,
     /// Reaching the config repo over ssh:// or https://.
     pub git: mirror::Access,
     /// Refs of proposed changes to plan read-only (e.g. `refs/pull/*/head`).
@@ -183,6 +185,8 @@ pub enum DaemonError {
     State { path: String, reason: String },
     #[error("{0}")]
     Clock(String),
+    #[error("{0}")]
+    Hosts(String),
     #[error(
         "{0} is empty: an empty secret is no secret; set it to a long random value, or unset it"
     )]
@@ -797,6 +801,44 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     serve(listener, signal, clock, cfg, |_| {}).await
 }
 
+/// `--host` and `-l` checked against the branch's head before the daemon
+/// starts: a selection that matches no host (a pull-mode daemon whose
+/// hostname is not its host's name) is refused rather than run managing
+/// nothing. Globs and labels become the names they match at start.
+fn choose_hosts(mut cfg: Config, mirror: &Mirror) -> Result<Config, DaemonError> {
+    let sel =
+        crate::model::select::Selector::new(&cfg.hosts, &cfg.labels).map_err(DaemonError::Hosts)?;
+    if sel.is_all() {
+        return Ok(cfg);
+    }
+    let head = match mirror.fetch() {
+        Ok(head) => head,
+        Err(e) => mirror.head().map_err(|_| e)?,
+    };
+    let loaded = ConfigTree::from_git(&mirror.path, &head.to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::model::load(&t).map_err(|d| d.to_string()));
+    let fleet = match loaded {
+        Ok(f) => f,
+        // An invalid head is reported as such once the daemon runs.
+        Err(e) => {
+            warn!(commit = %head, "cannot check {} at the branch's head: {e}", sel.describe());
+            return Ok(cfg);
+        }
+    };
+    cfg.hosts = sel.select(&fleet).map_err(|e| {
+        DaemonError::Hosts(format!(
+            "{} (at {}): {}; nothing would be reconciled",
+            e.message,
+            &head.to_string()[..7],
+            e.help
+        ))
+    })?;
+    cfg.labels.clear();
+    info!(hosts = %cfg.hosts.join(","), "reconciling only {}", sel.describe());
+    Ok(cfg)
+}
+
 /// The daemon on `listener` until `shutdown` completes. The listener, the
 /// shutdown and the clock come from the caller (a test binds 127.0.0.1:0,
 /// runs on a virtual clock and stops it when it is done); `started` gets the
@@ -822,6 +864,7 @@ pub async fn serve(
         &status_branch,
         cfg.git.clone(),
     )?;
+    let cfg = choose_hosts(cfg, &mirror)?;
     let sched = Arc::new(Scheduler::default());
     let (shared, record) = open_shared(&cfg, sched.clone());
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {

@@ -17,6 +17,7 @@ pub(crate) mod notify;
 pub mod raw;
 pub(crate) mod resolve;
 pub(crate) mod schema;
+pub mod select;
 
 pub use desired::Fleet;
 pub use desired::{AddressBook, Addresses};

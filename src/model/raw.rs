@@ -590,27 +590,39 @@ pub struct CloudPort {
 #[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleFile {
+    /// What the role is for, in a sentence (shown to people, not used).
     pub description: Option<String>,
+    /// Variables for templates, overridden by the fleet's and the host's `vars:` (see docs/config.md).
     #[serde(default)]
     pub vars: Vars,
+    /// Files the role manages: content inline, from files/, rendered from templates/, or a secret.
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// Directories to create, with mode and owner.
     #[serde(default)]
     pub directories: Vec<DirectorySpec>,
+    /// Symbolic links: `path` pointing at `target`.
     #[serde(default)]
     pub symlinks: Vec<SymlinkSpec>,
+    /// Paths that must not exist on the host (removed if they do).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub absent: Vec<S<String>>,
+    /// APT packages: present, at their latest version, or absent.
     #[serde(default)]
     pub packages: PackagesSpec,
+    /// systemd units: enabled or not, running or stopped.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Local user accounts with their groups, shell and SSH keys.
     #[serde(default)]
     pub users: Vec<UserSpec>,
+    /// Local groups.
     #[serde(default)]
     pub groups: Vec<GroupSpec>,
+    /// The host firewall (ufw): default policies and rules.
     pub firewall: Option<FirewallSpec>,
+    /// Kernel settings (`net.ipv4.ip_forward: "1"`), written to /etc/sysctl.d and applied.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub sysctl: BTreeMap<String, S<String>>,
@@ -619,18 +631,25 @@ pub struct RoleFile {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub settings: BTreeMap<String, S<String>>,
+    /// Commands to run, guarded by `creates`, `unless` or `onlyif` so they run once.
     #[serde(default)]
     pub commands: Vec<CommandSpec>,
+    /// Docker Compose stacks from stacks/NAME/, brought up and checked.
     #[serde(default)]
     pub stacks: Vec<StackSpec>,
+    /// Actions run once after the resources that `notify` them changed.
     #[serde(default)]
     pub handlers: Vec<HandlerSpec>,
+    /// Scheduled commands as systemd timers.
     #[serde(default)]
     pub timers: Vec<TimerSpec>,
+    /// Scheduled commands as cron entries.
     #[serde(default)]
     pub cron: Vec<CronSpec>,
+    /// Filesystems mounted and kept in /etc/fstab.
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// APT sources with their signing keys.
     #[serde(default)]
     pub apt_repositories: Vec<AptRepoSpec>,
 }
@@ -638,28 +657,38 @@ pub struct RoleFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
+    /// Absolute path of the file on the host.
     #[schemars(with = "String")]
     pub path: S<String>,
+    /// The file's text, inline.
     #[schemars(with = "Option<String>")]
     pub content: Option<S<String>>,
+    /// A file under files/ in the config repo, copied as it is.
     #[schemars(with = "Option<String>")]
     pub source: Option<S<String>>,
+    /// A minijinja template under templates/, rendered per host.
     #[schemars(with = "Option<String>")]
     pub template: Option<S<String>>,
+    /// A secret under secrets/ (NAME for secrets/NAME.age), decrypted on the way to the host.
     #[schemars(with = "Option<String>")]
     pub secret: Option<S<String>>,
+    /// Octal permissions, e.g. "0644".
     #[schemars(with = "Option<String>")]
     pub mode: Option<S<String>>,
+    /// Owning user (name).
     #[schemars(with = "Option<String>")]
     pub owner: Option<S<String>>,
+    /// Owning group (name).
     #[schemars(with = "Option<String>")]
     pub group: Option<S<String>>,
     /// Command run on the candidate file before it replaces the live one; `%s` is its path.
     #[schemars(with = "Option<String>")]
     pub validate: Option<S<String>>,
+    /// Handlers to run when this file changes.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub notify: Vec<S<String>>,
+    /// Never show the content in plans and logs (secrets always are).
     #[schemars(with = "Option<bool>")]
     pub sensitive: Option<S<bool>>,
     /// Acknowledges a lockout risk this file brings (a fail2ban jail that
@@ -675,12 +704,16 @@ pub struct FileSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectorySpec {
+    /// Absolute path of the directory on the host.
     #[schemars(with = "String")]
     pub path: S<String>,
+    /// Octal permissions, e.g. "0755".
     #[schemars(with = "Option<String>")]
     pub mode: Option<S<String>>,
+    /// Owning user (name).
     #[schemars(with = "Option<String>")]
     pub owner: Option<S<String>>,
+    /// Owning group (name).
     #[schemars(with = "Option<String>")]
     pub group: Option<S<String>>,
 }
@@ -688,8 +721,10 @@ pub struct DirectorySpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SymlinkSpec {
+    /// Absolute path of the link on the host.
     #[schemars(with = "String")]
     pub path: S<String>,
+    /// What the link points at (absolute, or relative to the link's directory).
     #[schemars(with = "String")]
     pub target: S<String>,
 }
@@ -697,12 +732,15 @@ pub struct SymlinkSpec {
 #[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackagesSpec {
+    /// Packages installed (any version).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub present: Vec<S<String>>,
+    /// Packages kept at the newest version the APT sources offer.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub latest: Vec<S<String>>,
+    /// Packages removed.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub absent: Vec<S<String>>,
@@ -711,10 +749,13 @@ pub struct PackagesSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    /// The systemd unit, e.g. nginx or nginx.service.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// Started at boot (true) or not (false); unset: left as it is.
     #[schemars(with = "Option<bool>")]
     pub enabled: Option<S<bool>>,
+    /// running or stopped; unset: left as it is.
     #[schemars(with = "Option<ServiceState>")]
     pub state: Option<S<ServiceState>>,
 }
@@ -729,19 +770,26 @@ pub enum ServiceState {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSpec {
+    /// The login name.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// Numeric user id; unset: the next free one.
     #[schemars(with = "Option<u32>")]
     pub uid: Option<S<u32>>,
+    /// Supplementary groups the user is in.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub groups: Vec<S<String>>,
+    /// Login shell, e.g. /bin/bash.
     #[schemars(with = "Option<String>")]
     pub shell: Option<S<String>>,
+    /// Home directory; unset: /home/NAME.
     #[schemars(with = "Option<String>")]
     pub home: Option<S<String>>,
+    /// A system account (useradd --system).
     #[schemars(with = "Option<bool>")]
     pub system: Option<S<bool>>,
+    /// SSH public keys that may log in as this user (the whole authorized_keys file).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub authorized_keys: Vec<S<String>>,
@@ -750,8 +798,10 @@ pub struct UserSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
+    /// The group name.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// Numeric group id; unset: the next free one.
     #[schemars(with = "Option<u32>")]
     pub gid: Option<S<u32>>,
 }
@@ -759,14 +809,17 @@ pub struct GroupSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallSpec {
+    /// Default for incoming packets: allow, deny or reject.
     #[schemars(with = "Option<Policy>")]
     pub incoming: Option<S<Policy>>,
+    /// Default for outgoing packets: allow, deny or reject.
     #[schemars(with = "Option<Policy>")]
     pub outgoing: Option<S<Policy>>,
     /// Forwarded packets (`ufw default … routed`); unset: left as it is
     /// (ufw's own default is deny).
     #[schemars(with = "Option<Policy>")]
     pub routed: Option<S<Policy>>,
+    /// Rules in order, e.g. `{port: "22", from: 10.0.0.0/8}`.
     #[serde(default)]
     pub rules: Vec<FirewallRuleSpec>,
 }
@@ -782,18 +835,23 @@ pub enum Policy {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallRuleSpec {
+    /// allow (the default), deny, reject or limit.
     #[schemars(with = "Option<RuleAction>")]
     pub action: Option<S<RuleAction>>,
+    /// A port or range, e.g. "22", "8000:8100".
     #[schemars(with = "Option<String>")]
     pub port: Option<S<String>>,
+    /// tcp (the default), udp or any.
     #[schemars(with = "Option<String>")]
     pub proto: Option<S<String>>,
+    /// Source: an IP, a CIDR or any; may use template variables.
     #[schemars(with = "Option<String>")]
     pub from: Option<S<String>>,
     /// Only on this network interface (`ufw allow in on IFACE`), e.g.
     /// `tailscale0` or `wg0`.
     #[schemars(with = "Option<String>")]
     pub interface: Option<S<String>>,
+    /// A note kept with the rule in ufw.
     #[schemars(with = "Option<String>")]
     pub comment: Option<S<String>>,
     /// Acknowledges a lockout risk of this rule (SSH only through a tunnel
@@ -815,18 +873,25 @@ pub enum RuleAction {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSpec {
+    /// A name for the command in plans and for `notify`.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// The shell command.
     #[schemars(with = "String")]
     pub run: S<String>,
+    /// Skip when this path exists.
     #[schemars(with = "Option<String>")]
     pub creates: Option<S<String>>,
+    /// Skip when this command exits 0.
     #[schemars(with = "Option<String>")]
     pub unless: Option<S<String>>,
+    /// Run only when this command exits 0.
     #[schemars(with = "Option<String>")]
     pub onlyif: Option<S<String>>,
+    /// How long it may take (default 10m).
     #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
+    /// Handlers to run after it ran.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub notify: Vec<S<String>>,
@@ -836,6 +901,7 @@ pub struct CommandSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSpec {
+    /// Letters, digits, _ and -: the units NAME.service and NAME.timer.
     #[schemars(with = "String")]
     pub name: S<String>,
     /// A systemd calendar expression, e.g. `Mon..Fri 03:00`.
@@ -847,12 +913,16 @@ pub struct TimerSpec {
     /// IANA zone of the schedule; the host's own zone if not given.
     #[schemars(with = "Option<String>")]
     pub timezone: Option<S<String>>,
+    /// The command, run through /bin/sh -c exactly as written.
     #[schemars(with = "String")]
     pub run: S<String>,
+    /// The user it runs as; default root.
     #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
+    /// How long a run may take (default 1h).
     #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
+    /// Run once at boot if a run was missed while the host was down (default true).
     #[schemars(with = "Option<bool>")]
     pub persistent: Option<S<bool>>,
 }
@@ -861,21 +931,27 @@ pub struct TimerSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AptRepoSpec {
+    /// The source's name: /etc/apt/sources.list.d/NAME.sources.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// Repository URLs.
     #[schemars(with = "Vec<String>")]
     pub uris: Vec<S<String>>,
+    /// Suites, e.g. bookworm; a flat repository: ["./"] and no components.
     #[schemars(with = "Vec<String>")]
     pub suites: Vec<S<String>>,
+    /// Components, e.g. main.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub components: Vec<S<String>>,
+    /// Only these architectures, e.g. amd64.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub architectures: Vec<S<String>>,
     /// A file under files/ holding the repository's signing key.
     #[schemars(with = "Option<String>")]
     pub key: Option<S<String>>,
+    /// Accept it unsigned (a local repository).
     #[schemars(with = "Option<bool>")]
     pub trusted: Option<S<bool>>,
 }
@@ -884,14 +960,19 @@ pub struct AptRepoSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
+    /// The mount point.
     #[schemars(with = "String")]
     pub path: S<String>,
+    /// What is mounted: a device, UUID=…, LABEL=…, or a remote share.
     #[schemars(with = "Option<String>")]
     pub device: Option<S<String>>,
+    /// Filesystem type, e.g. ext4, nfs, tmpfs.
     #[schemars(with = "Option<String>")]
     pub fstype: Option<S<String>>,
+    /// Mount options, e.g. defaults,noatime.
     #[schemars(with = "Option<String>")]
     pub options: Option<S<String>>,
+    /// mounted (default), unmounted, or absent (removed from fstab).
     #[schemars(with = "Option<MountState>")]
     pub state: Option<S<MountState>>,
 }
@@ -913,12 +994,16 @@ pub enum MountState {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CronSpec {
+    /// A name for the entry (its file in /etc/cron.d).
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// Five cron fields, e.g. "30 3 * * *".
     #[schemars(with = "String")]
     pub schedule: S<String>,
+    /// The shell command.
     #[schemars(with = "String")]
     pub run: S<String>,
+    /// The user it runs as; default root.
     #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
 }
@@ -926,6 +1011,7 @@ pub struct CronSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StackSpec {
+    /// The compose project in stacks/NAME/ of the config repo.
     #[schemars(with = "String")]
     pub name: S<String>,
     /// Directory on the host; default `/opt/stacks/<name>`.
@@ -939,12 +1025,16 @@ pub struct StackSpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerSpec {
+    /// The name resources `notify`.
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// A systemd unit to restart.
     #[schemars(with = "Option<String>")]
     pub restart: Option<S<String>>,
+    /// A systemd unit to reload.
     #[schemars(with = "Option<String>")]
     pub reload: Option<S<String>>,
+    /// A command to run (exactly one of restart, reload and run).
     #[schemars(with = "Option<String>")]
     pub run: Option<S<String>>,
 }
@@ -1017,16 +1107,20 @@ pub struct Rolling {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
+    /// A systemd unit that must be active.
     #[schemars(with = "Option<String>")]
     pub unit: Option<S<String>>,
+    /// A shell command that must succeed.
     #[schemars(with = "Option<String>")]
     pub command: Option<S<String>>,
+    /// A URL fetched from the host (curl) that must answer with success.
     #[schemars(with = "Option<String>")]
     pub http: Option<S<String>>,
     /// A compose service (in a stack: of that stack) or a container name:
     /// healthy by its health check, or running when it has none.
     #[schemars(with = "Option<String>")]
     pub container: Option<S<String>>,
+    /// How long the checks may take to pass (default 120s).
     #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
 }

@@ -108,6 +108,11 @@ fn load_budgeted(
     let mut l = Loader::new(tree, identity, book, budget.cloned());
     let resolved = l.run();
     let mut diags = std::mem::take(&mut l.diags);
+    if l.fleet_unparsed {
+        // One typo in tidekeeper.yaml would otherwise come back as errors
+        // about providers, networks and variables all over the repo.
+        diags = Diagnostics(std::mem::take(&mut l.unparsed));
+    }
     if diags.is_empty()
         && let Some(Resolved {
             mut fleet,
@@ -326,6 +331,47 @@ fn expected_in_config_terms(msg: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// Turn a YAML/serde error into a diagnostic in the user's words.
+/// A `[` or `{` left open is found by the parser only where the next key
+/// starts, a line or more later: the error is moved to the bracket.
+fn unclosed_flow(text: &str, d: Diagnostic) -> Diagnostic {
+    if d.code != "yaml" || d.line < 2 {
+        return d;
+    }
+    let mut open: Vec<(u64, u64, char)> = vec![];
+    for (i, line) in text.lines().take(d.line as usize - 1).enumerate() {
+        let mut quote: Option<char> = None;
+        for (col, c) in line.chars().enumerate() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if col == 0 || line[..].chars().nth(col - 1) == Some(' ') => break,
+                (None, '"' | '\'') if !open.is_empty() => quote = Some(c),
+                (None, '[' | '{') => open.push((i as u64 + 1, col as u64 + 1, c)),
+                (None, ']' | '}') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    let starts_a_key = text.lines().nth(d.line as usize - 1).is_some_and(|l| {
+        l.trim_start()
+            .split_once(':')
+            .is_some_and(|(k, _)| !k.contains([' ', '[', '{', ',']) && !k.is_empty())
+    });
+    match open.last() {
+        Some(&(line, column, c)) if starts_a_key => Origin::new(d.file.clone(), line, column)
+            .error("yaml", format!("unclosed bracket '{c}'"))
+            .with_help(format!(
+                "close it with '{}' on line {line} (the next key, on line {}, was read as inside it: {})",
+                if c == '[' { ']' } else { '}' },
+                d.line,
+                d.message
+            )),
+        _ => d,
+    }
+}
+
 fn yaml_diagnostic(file: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let origin = match e.location() {
         Some(l) if l.line() > 0 => Origin::new(file, l.line(), l.column()),
@@ -416,6 +462,11 @@ struct Loader<'a> {
     known: &'a AddressBook,
     /// Which `facts.*` the host being rendered read.
     facts_seen: crate::model::facts::Seen,
+    /// The errors of files that did not parse (their own YAML or keys).
+    unparsed: Vec<Diagnostic>,
+    /// tidekeeper.yaml is there but did not parse: what the other files
+    /// are checked against is a guess, and their errors only echo it.
+    fleet_unparsed: bool,
 }
 
 /// What resolving produced: the fleet, and what rendering it again needs.
@@ -450,6 +501,8 @@ impl<'a> Loader<'a> {
             identity,
             plain: HashMap::new(),
             undecryptable: HashMap::new(),
+            unparsed: Vec::new(),
+            fleet_unparsed: false,
             budget,
             spent: Spent::default(),
             host_facts: minijinja::Value::UNDEFINED,
@@ -473,18 +526,18 @@ impl<'a> Loader<'a> {
         let bytes = match self.tree.get(path) {
             Some(Entry::File { bytes, .. }) => bytes,
             Some(Entry::Symlink(t)) => {
-                self.err(Origin::file(path).error("symlink", format!("{path} is a symlink (to {t:?})"))
+                self.unparsable(Origin::file(path).error("symlink", format!("{path} is a symlink (to {t:?})"))
                     .with_help("config files must be regular files in the repo; replace the link with the file"));
                 return None;
             }
             Some(Entry::TooLarge(n)) => {
-                self.err(too_large(path, *n as usize));
+                self.unparsable(too_large(path, *n as usize));
                 return None;
             }
             _ => return None,
         };
         if bytes.len() > MAX_YAML_BYTES {
-            self.err(too_large(path, bytes.len()));
+            self.unparsable(too_large(path, bytes.len()));
             return None;
         }
         let text = match std::str::from_utf8(bytes) {
@@ -498,7 +551,7 @@ impl<'a> Loader<'a> {
                     .map(|l| String::from_utf8_lossy(l).chars().count())
                     .unwrap_or(0) as u64
                     + 1;
-                self.err(
+                self.unparsable(
                     Origin::new(path, line, col)
                         .error("not-utf8", "the file is not valid UTF-8")
                         .with_help("save it as UTF-8"),
@@ -509,10 +562,45 @@ impl<'a> Loader<'a> {
         match serde_saphyr::from_str_with_options::<T>(text, yaml_options()) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.err(yaml_diagnostic(path, &e));
+                self.unparsable(unclosed_flow(text, yaml_diagnostic(path, &e)));
                 None
             }
         }
+    }
+
+    /// An error that keeps a file from being read at all.
+    fn unparsable(&mut self, d: Diagnostic) {
+        self.unparsed.push(d.clone());
+        self.err(d);
+    }
+
+    /// tidekeeper.yaml without the lines its errors are on, when that
+    /// parses: the other files are then checked against the settings
+    /// it does have, not defaults that would make errors of their own.
+    fn fleet_file_without_errors(&self) -> Option<raw::FleetFile> {
+        let Some(Entry::File { bytes, .. }) = self.tree.get(FLEET_FILE) else {
+            return None;
+        };
+        let mut lines: Vec<&str> = std::str::from_utf8(bytes).ok()?.lines().collect();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        for _ in 0..20 {
+            let e = match serde_saphyr::from_str_with_options::<raw::FleetFile>(
+                &lines.join("\n"),
+                yaml_options(),
+            ) {
+                Ok(f) => return Some(f),
+                Err(e) => e,
+            };
+            let i = e.location().map(|l| l.line() as usize)?.checked_sub(1)?;
+            let line = *lines.get(i)?;
+            // Only a `key: value` line; a parent's children would go with it.
+            let next = lines[i + 1..].iter().find(|l| !l.trim().is_empty());
+            if !line.contains(':') || next.is_some_and(|n| indent(n) > indent(line)) {
+                return None;
+            }
+            lines[i] = "";
+        }
+        None
     }
 
     /// YAML files directly in `dir`, as (stem, path).
@@ -721,7 +809,13 @@ impl<'a> Loader<'a> {
                     ),
             );
         }
-        self.parse(FLEET_FILE)
+        let parsed = self.parse(FLEET_FILE);
+        if parsed.is_some() || self.tree.get(FLEET_FILE).is_none() {
+            return parsed;
+        }
+        let without = self.fleet_file_without_errors();
+        self.fleet_unparsed = without.is_none();
+        without
     }
 
     /// Every role under roles/, checked; and the names of those that did
