@@ -203,7 +203,8 @@ fn the_daemon_runs_jobs_on_schedule_and_reports_them() {
     );
     let metrics = d.get("/metrics").1;
     assert!(
-        metrics.contains("tidekeeper_maintenance_runs_total{maintenance_job=\"tick\",result=\"ok\"}"),
+        metrics
+            .contains("tidekeeper_maintenance_runs_total{maintenance_job=\"tick\",result=\"ok\"}"),
         "{metrics}"
     );
 }
