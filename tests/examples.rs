@@ -422,8 +422,8 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     );
     let ufw = f.ssh("workspace-2", "ufw status");
     assert!(
-        ufw.contains("2376/tcp") && ufw.contains("10.0.0.2"),
-        "{ufw}"
+        ufw.contains("22/tcp") && ufw.contains("10.0.0.2") && !ufw.contains("2376"),
+        "SSH from the platform only; no Docker API port where nothing listens: {ufw}"
     );
     // A user container on a workspace server runs under gVisor.
     f.ssh(
