@@ -501,7 +501,13 @@ impl<S: Fn(&str, &str)> NewServers<'_, S> {
                     tokio::time::sleep(Duration::from_secs(1)).await
                 }
                 // A wrong key or a refused login does not go away by waiting.
-                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => return Err(e.to_string()),
+                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => {
+                    return Err(format!(
+                        "{e} (after {}s of trying to log in to the new server as {})",
+                        start.elapsed().as_secs(),
+                        host.ssh.user
+                    ));
+                }
                 Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
             }
         }

@@ -201,12 +201,15 @@ pub fn encrypt_secret_to(
 }
 
 /// stdout and stderr of a run, for assertion messages.
+/// How a run ended, for a failed assertion: stderr (progress) first and
+/// stdout (the result and its errors) last, so that a log cut to its tail
+/// still shows what went wrong.
 pub fn text(out: &Output) -> String {
     format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        "exit {:?}\n--- stderr\n{}--- stdout\n{}",
         out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     )
 }
 
