@@ -3,5 +3,11 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The shell asking for completions (COMPLETE=bash …): answered with the
+    // names in the repo, then exit; see `tidekeeper completions`.
+    clap_complete::CompleteEnv::with_factory(
+        <tidekeeper::cli::Cli as clap::CommandFactory>::command,
+    )
+    .complete();
     tidekeeper::cli::run(tidekeeper::cli::Cli::parse())
 }

@@ -568,16 +568,24 @@ fn schedule_list_shows_next_runs_in_each_jobs_zone() {
 
 #[test]
 fn completions_and_manual_pages_cover_every_command() {
+    // The registration each shell sources calls tidekeeper back.
     for shell in ["bash", "zsh", "fish"] {
         let out = tidekeeper().args(["completions", shell]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);
-        for sub in ["validate", "plan", "apply", "notify", "schedule"] {
-            assert!(text.contains(sub), "{shell} completions lack {sub}");
-        }
+        assert!(
+            text.contains("COMPLETE=") || text.contains("COMPLETE \""),
+            "{shell}: {text}"
+        );
+        assert!(text.contains("tidekeeper"), "{shell}: {text}");
     }
-    let out = tidekeeper().args(["completions", "bash"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--detailed-exitcode"));
+    let tmp = TempDir::new("complete-cmds");
+    let words = complete(tmp.path(), &["tidekeeper", ""]);
+    for sub in ["validate", "plan", "apply", "notify", "schedule"] {
+        assert!(words.contains(&sub.to_string()), "{words:?}");
+    }
+    let words = complete(tmp.path(), &["tidekeeper", "plan", "--det"]);
+    assert_eq!(words, ["--detailed-exitcode"]);
     let out = tidekeeper().arg("man").output().unwrap();
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -798,6 +806,71 @@ fn log_shows_the_audit_trail_from_the_notes_as_a_table_and_as_json() {
     let (code, _, err) = log(&["--ref", "no-such-branch"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot find no-such-branch"), "{err}");
+}
+
+/// What the shell is offered for the last word of `line`, in `dir`
+/// (fish's protocol: one candidate per line, a tab before its help).
+fn complete(dir: &std::path::Path, line: &[&str]) -> Vec<String> {
+    let out = tidekeeper()
+        .env("COMPLETE", "fish")
+        .env_remove("TIDEKEEPER_REPO")
+        .current_dir(dir)
+        .arg("--")
+        .args(line)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn completion_offers_the_hosts_labels_and_jobs_of_the_repo_at_hand() {
+    let tmp = TempDir::new("complete");
+    let repo = labelled_fleet(tmp.path());
+    assert_eq!(
+        complete(&repo, &["tidekeeper", "plan", "--host", "web"]),
+        ["web-1", "web-2"]
+    );
+    assert_eq!(
+        complete(&repo, &["tidekeeper", "apply", "--host", ""]),
+        ["db-1", "web-1", "web-2"]
+    );
+    assert_eq!(
+        complete(&repo, &["tidekeeper", "plan", "-l", "env=p"]),
+        ["env=prod"]
+    );
+    assert_eq!(
+        complete(&repo, &["tidekeeper", "schedule", "run", "t"]),
+        ["tidy"]
+    );
+    assert_eq!(complete(&repo, &["tidekeeper", "show", "db"]), ["db-1"]);
+    // From a subdirectory of the repo too.
+    assert_eq!(
+        complete(&repo.join("hosts"), &["tidekeeper", "plan", "--host", "db"]),
+        ["db-1"]
+    );
+    // Outside any repo: nothing offered, and nothing printed into the shell.
+    let elsewhere = TempDir::new("complete-none");
+    assert!(complete(elsewhere.path(), &["tidekeeper", "plan", "--host", ""]).is_empty());
+    // A repo that does not load completes nothing either.
+    std::fs::write(repo.join("hosts/web-1.yaml"), "provider: [\n").unwrap();
+    git(&repo, &["commit", "-qam", "broken"]);
+    assert!(complete(&repo, &["tidekeeper", "plan", "--host", ""]).is_empty());
 }
 
 /// Three `provider: local` hosts with labels, each confined to a directory

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
+
+use super::complete;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,11 +91,11 @@ pub enum LogOutput {
 pub struct HostArgs {
     /// Only these hosts (repeatable): names, globs such as 'web-*', or the
     /// name of a `count: N` group; default: every host in the fleet.
-    #[arg(long = "host", value_name = "NAME|GLOB")]
+    #[arg(long = "host", value_name = "NAME|GLOB", add = ArgValueCompleter::new(complete::hosts))]
     pub hosts: Vec<String>,
     /// Only hosts with these labels (`labels:` in hosts/*.yaml; all must
     /// match; `group=NAME` for a group's hosts): -l env=prod,tier=web.
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]", add = ArgValueCompleter::new(complete::labels))]
     pub labels: Vec<String>,
     /// Hosts worked on at once (default: the fleet's `defaults.parallelism`).
     #[arg(long)]
@@ -174,6 +177,7 @@ pub enum ScheduleCommand {
     )]
     Run {
         /// The job's `name:` in schedules.yaml (`schedule list` lists them).
+        #[arg(add = ArgValueCompleter::new(complete::jobs))]
         job: String,
         #[command(flatten)]
         repo: RepoArgs,
@@ -234,10 +238,10 @@ pub struct RunArgs {
     pub no_watch: bool,
     /// Only these hosts (repeatable; names or globs such as 'web-*'), e.g. a
     /// server reconciling itself in pull mode. Matching no host is an error.
-    #[arg(long = "host", value_name = "NAME|GLOB")]
+    #[arg(long = "host", value_name = "NAME|GLOB", add = ArgValueCompleter::new(complete::hosts))]
     pub hosts: Vec<String>,
     /// Only hosts with these labels (all must match): -l env=prod,tier=web.
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]", add = ArgValueCompleter::new(complete::labels))]
     pub labels: Vec<String>,
     /// Private key for fetching an ssh:// config repo (default: --ssh-key, else ssh-agent).
     #[arg(long, env = "TIDEKEEPER_GIT_SSH_KEY")]
@@ -318,15 +322,16 @@ pub enum ImportProvider {
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
     /// The backup job (schedules.yaml).
+    #[arg(add = ArgValueCompleter::new(complete::jobs))]
     pub job: String,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// The one host to restore onto: its name (hosts/NAME.yaml), or a
     /// glob or `-l` selector that matches exactly one host.
-    #[arg(long = "host", value_name = "NAME")]
+    #[arg(long = "host", value_name = "NAME", add = ArgValueCompleter::new(complete::hosts))]
     pub host: Option<String>,
     /// Choose the host by its labels instead (must match exactly one): -l env=prod,role=db.
-    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]")]
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE[,…]", add = ArgValueCompleter::new(complete::labels))]
     pub labels: Vec<String>,
     /// Private key for SSH (default: the fleet's `defaults.ssh.key`, else ssh-agent).
     #[arg(long, env = "TIDEKEEPER_SSH_KEY")]
@@ -356,6 +361,7 @@ pub enum NotifyCommand {
     /// Send a test message to SINK now, with the credentials the daemon would use.
     Test {
         /// The sink's `name:` under `notify.sinks` in tidekeeper.yaml.
+        #[arg(add = ArgValueCompleter::new(complete::sinks))]
         sink: String,
         #[command(flatten)]
         repo: RepoArgs,
@@ -432,6 +438,7 @@ pub enum Command {
     Show {
         /// Host name (as in `tidekeeper validate`'s list), or the path of a
         /// saved plan (an existing file).
+        #[arg(add = ArgValueCompleter::new(complete::hosts_or_files))]
         host: String,
         #[command(flatten)]
         repo: RepoArgs,

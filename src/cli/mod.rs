@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod apply;
 mod args;
+mod complete;
 mod daemon;
 mod error;
 mod import;
@@ -144,11 +145,7 @@ fn dispatch(command: Command) -> CliResult {
             host,
             repo,
         } => import_cmd(provider, &server, &host, &repo),
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "tidekeeper", &mut std::io::stdout());
-            Ok(Outcome::Done)
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Man { out_dir } => man(out_dir.as_deref()),
         Command::Schema { file, out_dir } => schema(file, out_dir.as_deref()),
         Command::Notify {
@@ -440,6 +437,31 @@ fn warn_uncommitted(repo: &RepoArgs, what_happens: &str) {
 fn read_tree(repo: &RepoArgs) -> Result<ConfigTree, CliError> {
     let path = source::discover(&repo.repo).map_err(CliError::new)?;
     ConfigTree::from_git(&path, &repo.refname).map_err(CliError::new)
+}
+
+/// The shell's registration of tidekeeper's completions: the shell calls
+/// `tidekeeper` back (COMPLETE=SHELL) for each completion, so host, group,
+/// label, job and sink names come from the repo at hand.
+fn completions(shell: clap_complete::Shell) -> CliResult {
+    let name = shell.to_string();
+    let shells = clap_complete::env::Shells::builtins();
+    let completer = shells
+        .completer(&name)
+        .ok_or_else(|| CliError::new(format!("no completions for {name}")))?;
+    let mut out = Vec::new();
+    completer
+        .write_registration(
+            "COMPLETE",
+            "tidekeeper",
+            "tidekeeper",
+            "tidekeeper",
+            &mut out,
+        )
+        .map_err(|e| CliError::new(format!("writing the completions: {e}")))?;
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| CliError::new(format!("writing the completions: {e}")))?;
+    Ok(Outcome::Done)
 }
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
