@@ -1,13 +1,16 @@
-//! The EC2 client against the EC2 emulator, through the real SDK: what EC2
-//! enforces (subnet ranges, a stop before a type change, termination
-//! protection) reaches tidekeeper as EC2's own error codes.
+//! EC2 end to end through the real SDK client, against the EC2 emulator
+//! whose instances are real test hosts: what EC2 enforces (subnet ranges,
+//! a stop before a type change, termination protection, security groups)
+//! reaches tidekeeper as EC2's own error codes or as what the host admits.
 
 use std::time::Duration;
 
 use tidekeeper_ec2 as ec2;
 
+use crate::support::cloud::CloudFleet;
 use crate::support::cloud::ec2::{ACCESS_KEY, AMI, Ec2, REGION, SECRET_KEY, SUBNET};
-use crate::support::fleet::{FleetRepo, text};
+use crate::support::fleet::{stdout, text};
+use crate::support::testbed::Kind;
 
 fn client(e: &Ec2, rt: &tokio::runtime::Runtime) -> ec2::Client {
     rt.block_on(ec2::Client::new(ec2::Settings {
@@ -41,17 +44,42 @@ fn launch<'a>(ip: &'a str, tags: &'a [(String, String)]) -> ec2::Launch<'a> {
     }
 }
 
+/// The emulators on a fleet of `hosts` whose tidekeeper.yaml (fleet `acme`)
+/// names EC2 only.
+fn fleet(files: &[(&str, &str)]) -> CloudFleet {
+    let settings = format!(
+        "fleet: acme\ndefaults:\n  ssh: {{from: [10.213.0.0/16]}}\nproviders:\n  ec2:\n    region: {REGION}\n"
+    );
+    let mut all = vec![("tidekeeper.yaml".to_string(), settings)];
+    all.extend(files.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    CloudFleet::with_repo(Kind::Full, all)
+}
+
+/// Wait until `f` holds (the emulator's background work), up to 90 s.
+#[track_caller]
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn an_instance_is_created_resized_while_stopped_and_protected() {
+    let f = fleet(&[]);
+    let e = &f.ec2;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let e = Ec2::start();
-    let c = client(&e, &rt);
+    let c = client(e, &rt);
     let tags = vec![("Name".to_string(), "bastion".to_string())];
     let outside = rt
         .block_on(c.run(&launch("10.20.14.5", &tags)))
         .unwrap_err();
     assert_eq!(outside.code, "InvalidParameterValue", "{outside}");
     let id = rt.block_on(c.run(&launch("10.20.13.140", &tags))).unwrap();
+    wait_for("the instance boots", || {
+        e.instance(&id).unwrap().state == "running"
+    });
     let i = rt.block_on(c.instance(&id)).unwrap().expect("listed");
     assert_eq!(
         (i.state.as_str(), i.instance_type.as_str()),
@@ -61,20 +89,35 @@ fn an_instance_is_created_resized_while_stopped_and_protected() {
     assert!(i.imds_v2, "IMDSv2 required");
     assert_eq!(i.tag("Name"), Some("bastion"));
     assert!(i.root_volume.is_some());
+    // A real host, with its private address on its interface.
+    let host = e.instance(&id).unwrap().host.expect("booted");
+    let ns = f.cloud.bed.lock().unwrap().netns(host);
+    let addrs = std::process::Command::new("ip")
+        .args(["-n", &ns, "-4", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addrs.stdout).contains("10.20.13.140/32"),
+        "{addrs:?}"
+    );
 
     let running = rt.block_on(c.set_type(&id, "t3.medium")).unwrap_err();
     assert_eq!(running.code, "IncorrectInstanceState", "{running}");
     rt.block_on(c.stop(&id)).unwrap();
-    assert_eq!(
-        rt.block_on(c.instance(&id)).unwrap().unwrap().state,
-        "stopped"
-    );
+    wait_for("the instance stops", || {
+        e.instance(&id).unwrap().state == "stopped"
+    });
     rt.block_on(c.set_type(&id, "t3.medium")).unwrap();
     rt.block_on(c.start(&id)).unwrap();
+    wait_for("the instance starts", || {
+        e.instance(&id).unwrap().state == "running"
+    });
     let i = rt.block_on(c.instance(&id)).unwrap().unwrap();
+    assert_eq!(i.instance_type, "t3.medium");
     assert_eq!(
-        (i.state.as_str(), i.instance_type.as_str()),
-        ("running", "t3.medium")
+        e.instance(&id).unwrap().host,
+        Some(host),
+        "the same machine"
     );
 
     assert!(rt.block_on(c.termination_protection(&id)).unwrap());
@@ -83,7 +126,9 @@ fn an_instance_is_created_resized_while_stopped_and_protected() {
     rt.block_on(c.set_termination_protection(&id, false))
         .unwrap();
     rt.block_on(c.terminate(&id)).unwrap();
-    assert_eq!(e.instance(&id).unwrap().state, "shutting-down");
+    wait_for("the instance is terminated", || {
+        e.instance(&id).unwrap().state == "terminated"
+    });
     assert!(
         rt.block_on(c.instances()).unwrap().is_empty(),
         "terminated instances are not listed"
@@ -92,8 +137,8 @@ fn an_instance_is_created_resized_while_stopped_and_protected() {
 
 #[test]
 fn a_wrong_secret_is_refused_by_the_signature_check() {
+    let f = fleet(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let e = Ec2::start();
     let c = rt
         .block_on(ec2::Client::new(ec2::Settings {
             region: Some(REGION.into()),
@@ -102,7 +147,7 @@ fn a_wrong_secret_is_refused_by_the_signature_check() {
                 secret_key: "not-the-secret".into(),
                 session_token: None,
             },
-            endpoint: Some(e.url.clone()),
+            endpoint: Some(f.ec2.url.clone()),
             timeout: Duration::from_secs(10),
             max_attempts: 1,
         }))
@@ -111,25 +156,11 @@ fn a_wrong_secret_is_refused_by_the_signature_check() {
     assert_eq!(err.code, "InvalidSignatureException", "{err}");
 }
 
-const CREDENTIALS: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-];
-
-fn repo(e: &Ec2, hosts: &[(&str, &str)]) -> (crate::support::TempDir, FleetRepo) {
-    let dir = crate::support::TempDir::new("ec2-key");
-    let settings = format!(
-        "fleet: acme\ndefaults:\n  ssh: {{from: [10.20.0.0/16]}}\nproviders:\n  ec2:\n    region: {REGION}\n    endpoint: {}\n    timeout: 5s\n",
-        e.url
-    );
-    let mut files = vec![("tidekeeper.yaml", settings.as_str())];
-    files.extend_from_slice(hosts);
-    let r = FleetRepo::with_files(dir.path().join("key"), &files);
-    (dir, r)
-}
+const BASE: &str = "files:\n  - path: /etc/tk-cloud\n    template: hello.j2\n";
+const HELLO: &str = "hello {{ host.name }}\n";
 
 const BASTION: &str = "provider: ec2
-ssh: {user: admin, sudo: true, address: private}
+ssh: {user: admin, sudo: true}
 server:
   type: t3.small
   image: ami-0abcdef1234567890
@@ -138,14 +169,18 @@ server:
   root_volume: {size_gb: 20}
   termination_protection: true
   firewall:
-    - {port: \"22\", from: [10.20.0.0/16]}
+    - {port: \"22\", from: [10.213.0.0/16]}
+roles: [base]
 ";
 
 #[test]
 fn a_plan_prices_a_new_instance_from_the_dated_table_through_the_sdk() {
-    let e = Ec2::start();
-    let (_dir, r) = repo(&e, &[("hosts/bastion.yaml", BASTION)]);
-    let out = r.tk_env(&["plan"], &CREDENTIALS);
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+    ]);
+    let out = f.tk(&["plan"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
@@ -161,14 +196,20 @@ fn a_plan_prices_a_new_instance_from_the_dated_table_through_the_sdk() {
         all.contains("Monthly cost: 0.00 → 17.52 USD (+17.52)"),
         "{all}"
     );
+    assert!(f.ec2.instances().is_empty(), "plan is read-only");
 }
 
 #[test]
 fn a_protected_instance_whose_host_left_the_config_is_not_terminated() {
-    let e = Ec2::start();
-    let id = e.add_existing(
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+    ]);
+    let id = f.ec2.add_existing(
         "t3.small",
         true,
+        &[],
         &[
             ("managed-by", "tidekeeper"),
             ("tidekeeper-fleet", "acme"),
@@ -176,13 +217,164 @@ fn a_protected_instance_whose_host_left_the_config_is_not_terminated() {
             ("tidekeeper-allow-destroy", "true"),
         ],
     );
-    let (_dir, r) = repo(&e, &[("hosts/bastion.yaml", BASTION)]);
-    let out = r.tk_env(&["plan", "--allow-destroy"], &CREDENTIALS);
+    let out = f.tk(&["plan", "--allow-destroy"]);
     let all = text(&out);
     assert!(all.contains("old server (EC2, delete)"), "{all}");
     assert!(
         all.contains(&format!("blocked: old server: it would be terminated, but EC2 termination protection is on for instance {id}")),
         "{all}"
     );
-    assert_eq!(e.instance(&id).unwrap().state, "running", "{all}");
+    assert_eq!(f.ec2.instance(&id).unwrap().state, "running", "{all}");
+}
+
+#[test]
+fn an_empty_account_gets_its_ec2_server_created_configured_and_resized_with_its_data() {
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+    ]);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let done = stdout(&out);
+    assert!(
+        done.contains("bastion: host key generated by tidekeeper and verified"),
+        "{done}"
+    );
+    assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
+    let inst = f.ec2.instance_for("bastion").expect("created");
+    assert_eq!(inst.private_ip, "10.20.13.140");
+    assert!(inst.protected, "termination protection on");
+    assert_eq!(inst.tag("tidekeeper-fleet"), Some("acme"));
+    let group = f.ec2.group_named("tk-acme-bastion").expect("its group");
+    assert_eq!(inst.groups, [group.id.clone()]);
+    assert_eq!(group.ingress.len(), 1, "{:?}", group.ingress);
+    assert_eq!(group.ingress[0].cidrs, ["10.213.0.0/16"]);
+    // Debian's AMI lets the key in as admin only.
+    let as_root = f
+        .cloud
+        .ssh_as(f.host_of("bastion"), &f.repo.key, "root", "id -u");
+    assert_eq!(as_root.status.code(), Some(142), "{as_root:?}");
+    // Port 80 is in no rule of its group: dropped, not refused.
+    let addr = f
+        .cloud
+        .bed
+        .lock()
+        .unwrap()
+        .host(f.host_of("bastion"))
+        .address;
+    let e = std::net::TcpStream::connect_timeout(&(addr, 80).into(), Duration::from_millis(500))
+        .expect_err("port 80 is not admitted");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+
+    let host = f.host_of("bastion");
+    f.ssh("bastion", "echo kept > /root/data");
+    f.repo.write(
+        "hosts/bastion.yaml",
+        &BASTION.replace("type: t3.small", "type: t3.medium"),
+    );
+    f.repo.commit("a bigger bastion");
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("~ bastion server (EC2, resize)  17.52 → 35.04 USD/month (+17.52)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("the instance is stopped, its type changed and it is started again; its EBS volumes and data are kept"),
+        "{plan}"
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let inst = f.ec2.instance_for("bastion").unwrap();
+    assert_eq!(
+        (inst.instance_type.as_str(), inst.state.as_str()),
+        ("t3.medium", "running")
+    );
+    assert_eq!(
+        f.host_of("bastion"),
+        host,
+        "the same instance, not a new one"
+    );
+    assert_eq!(f.ssh("bastion", "cat /root/data"), "kept\n");
+}
+
+const JOBS: &str = "jobs:
+  - name: nightly-snap
+    cron: \"0 3 * * *\"
+    hosts: {names: [bastion]}
+    snapshot: {keep: 2, labels: {kind: nightly}}
+  - name: lights-out
+    cron: \"0 0 1 1 *\"
+    hosts: {names: [bastion]}
+    power: {running_for: 1h}
+  - name: office-hours
+    cron: \"* * * * *\"
+    hosts: {names: [bastion]}
+    power: {running_for: 2h}
+    health:
+      - unit: ssh.service
+";
+
+/// A fixed "now" for the power schedules, outside `0 0 1 1 *` + 1 h.
+const MIDSUMMER: &str = "2026-06-15T12:00:00Z";
+
+#[test]
+fn ebs_snapshots_keep_the_newest_and_a_power_schedule_stops_and_starts_the_instance() {
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+        ("schedules.yaml", JOBS),
+    ]);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let volume = f.ec2.instance_for("bastion").unwrap().volume;
+    let mut first = None;
+    for _ in 0..3 {
+        let out = f.tk(&["schedule", "run", "nightly-snap"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        first = first.or_else(|| f.ec2.snapshots().first().map(|s| s.id.clone()));
+    }
+    let snaps = f.ec2.snapshots();
+    assert_eq!(snaps.len(), 2, "keep 2 of 3: {snaps:?}");
+    for s in &snaps {
+        assert_eq!(s.volume, volume);
+        assert_eq!(s.state, "completed");
+        assert!(s.disk.is_some(), "a copy of the instance's disk");
+        assert!(s.tags.contains(&("kind".into(), "nightly".into())), "{s:?}");
+        assert!(
+            s.tags
+                .contains(&("tidekeeper-job".into(), "nightly-snap".into())),
+            "{s:?}"
+        );
+    }
+    // The first run's snapshot is the one deleted.
+    let ids: Vec<&str> = snaps.iter().map(|s| s.id.as_str()).collect();
+    assert!(!ids.contains(&first.unwrap().as_str()), "{ids:?}");
+
+    // A stopped EC2 instance bills no compute: the saving is real.
+    let out = crate::support::tidekeeper()
+        .args(["schedule", "list", "--now", MIDSUMMER, "--repo"])
+        .arg(&f.repo.path)
+        .envs(crate::support::cloud::CREDENTIALS)
+        .output()
+        .unwrap();
+    let list = text(&out);
+    assert!(
+        list.contains("saving: 17.52 USD/month of 17.52 USD/month"),
+        "{list}"
+    );
+    let host = f.host_of("bastion");
+    let out = f.tk(&["schedule", "run", "lights-out", "--now", MIDSUMMER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.ec2.instance_for("bastion").unwrap().state, "stopped");
+    let out = f.tk(&["schedule", "run", "office-hours", "--now", MIDSUMMER]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.ec2.instance_for("bastion").unwrap().state, "running");
+    assert_eq!(f.host_of("bastion"), host, "the same instance");
+    assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
 }

@@ -1,13 +1,24 @@
 //! Amazon EC2's Query API (`Action=…&Version=2016-11-15`, form-encoded,
 //! XML answers in the shapes `aws-sdk-ec2` parses), SigV4-checked like the
-//! Lightsail emulator. It enforces what EC2 enforces and tidekeeper relies
-//! on: a private IP inside its subnet's CIDR, an instance type changed only
-//! on a stopped instance (`IncorrectInstanceState`), termination protection
-//! (`OperationNotPermitted`). Instances here are records: they are not
-//! backed by test hosts yet.
+//! Lightsail emulator.
+//!
+//! Instances are real test hosts (see [`super::Cloud`]), booted from the
+//! user data and key pair tidekeeper sends, read as cloud-init reads them;
+//! the AMI is Debian's, so the keys let `admin` in and root only hears
+//! which user to log in as. It enforces what EC2 enforces: a private IP
+//! inside its subnet's CIDR (given to the host's eth0 as well, so services
+//! can bind to it), an instance type changed only on a stopped instance
+//! (`IncorrectInstanceState`), termination protection
+//! (`OperationNotPermitted`), a stop that keeps the disk, and security
+//! groups: only what their ingress rules admit reaches the host from
+//! outside (nftables in the host's network namespace; an instance in no
+//! group is in the VPC's default group, which admits nobody from outside).
+//! Every instance also gets a public address (the test host's own), as in a
+//! subnet that maps public IPs on launch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -15,13 +26,18 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use super::{Cloud, PortRule, cloud_init};
+
 #[allow(unused_imports)]
 pub use super::lightsail::{ACCESS_KEY, REGION, SECRET_KEY};
 
 pub const SUBNET: &str = "subnet-0a1b2c3d";
 pub const SUBNET_CIDR: &str = "10.20.13.0/24";
 pub const VPC: &str = "vpc-0a1b2c3d";
+/// Debian 12's AMI (its default login is `admin`).
 pub const AMI: &str = "ami-0abcdef1234567890";
+/// The VPC's default security group: no ingress from outside the group.
+pub const DEFAULT_GROUP: &str = "sg-00000000default";
 
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -31,69 +47,290 @@ pub struct Instance {
     pub state: String,
     pub subnet: String,
     pub private_ip: String,
+    /// The test host's address, once it has booted.
+    pub public_ip: Option<String>,
     pub tags: Vec<(String, String)>,
     pub groups: Vec<String>,
     pub volume: String,
     pub protected: bool,
     pub imds_v2: bool,
+    /// The test host behind it, once booted.
+    pub host: Option<usize>,
+    /// Its host is (re)booting: open until SSH is up, then behind its groups.
+    booting: bool,
 }
 
-#[derive(Default)]
+impl Instance {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One ingress rule: `-1` (every protocol) or tcp/udp/icmp with a port range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Permission {
+    pub protocol: String,
+    pub from: i32,
+    pub to: i32,
+    pub cidrs: Vec<String>,
+    pub ipv6_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub vpc: String,
+    pub ingress: Vec<Permission>,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    pub volume: String,
+    /// `pending` while the disk is copied, then `completed`.
+    pub state: String,
+    pub started: String,
+    pub tags: Vec<(String, String)>,
+    pub disk: Option<PathBuf>,
+}
+
 pub struct Account {
     pub instances: BTreeMap<String, Instance>,
+    pub groups: BTreeMap<String, Group>,
+    pub key_pairs: BTreeMap<String, String>,
+    pub snapshots: BTreeMap<String, Snapshot>,
     next: u32,
+}
+
+impl Default for Account {
+    fn default() -> Account {
+        let default = Group {
+            id: DEFAULT_GROUP.into(),
+            name: "default".into(),
+            vpc: VPC.into(),
+            ingress: Vec::new(),
+            tags: Vec::new(),
+        };
+        Account {
+            instances: BTreeMap::new(),
+            groups: BTreeMap::from([(DEFAULT_GROUP.to_string(), default)]),
+            key_pairs: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl Account {
+    fn next(&mut self) -> u32 {
+        self.next += 1;
+        self.next
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    account: Arc<Mutex<Account>>,
+    cloud: Cloud,
+    /// The rules each instance's host has, as last applied.
+    enforced: Arc<Mutex<HashMap<usize, String>>>,
 }
 
 #[derive(Clone)]
 pub struct Ec2 {
     pub url: String,
     pub account: Arc<Mutex<Account>>,
+    pub cloud: Cloud,
+    ctx: Ctx,
 }
 
 impl Ec2 {
-    pub fn start() -> Ec2 {
+    pub fn start(cloud: Cloud) -> Ec2 {
         let account = Arc::new(Mutex::new(Account::default()));
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(account.clone());
+        let ctx = Ctx {
+            account: account.clone(),
+            cloud: cloud.clone(),
+            enforced: Default::default(),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(ctx.clone());
         let (url, _) = super::serve(app);
-        Ec2 { url, account }
+        Ec2 {
+            url,
+            account,
+            cloud,
+            ctx,
+        }
     }
 
-    /// A running instance made before this test's tidekeeper ran, tagged `tags`.
+    /// A security group made outside tidekeeper, admitting `ingress`; its id.
+    pub fn add_group(&self, name: &str, ingress: Vec<Permission>) -> String {
+        let mut a = self.account.lock().unwrap();
+        let id = format!("sg-{:017x}", a.next());
+        let g = Group {
+            id: id.clone(),
+            name: name.into(),
+            vpc: VPC.into(),
+            ingress,
+            tags: Vec::new(),
+        };
+        a.groups.insert(id.clone(), g);
+        id
+    }
+
+    /// A running instance made before this test's tidekeeper ran: booted
+    /// as a test host that lets the bed's key in as `admin`, in `groups`,
+    /// tagged `tags`; its id.
     pub fn add_existing(
         &self,
         instance_type: &str,
         protected: bool,
+        groups: &[&str],
         tags: &[(&str, &str)],
     ) -> String {
-        let mut a = self.account.lock().unwrap();
-        a.next += 1;
-        let n = a.next;
-        let i = Instance {
-            id: format!("i-{n:017x}"),
-            instance_type: instance_type.into(),
-            image: AMI.into(),
-            state: "running".into(),
-            subnet: SUBNET.into(),
-            private_ip: format!("10.20.13.{}", 10 + n),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            groups: Vec::new(),
-            volume: format!("vol-{n:017x}"),
-            protected,
-            imds_v2: true,
+        let key = self.cloud.bed.lock().unwrap().public_key.clone();
+        let (id, ip) = {
+            let mut a = self.account.lock().unwrap();
+            let n = a.next();
+            let i = Instance {
+                id: format!("i-{n:017x}"),
+                instance_type: instance_type.into(),
+                image: AMI.into(),
+                state: "pending".into(),
+                subnet: SUBNET.into(),
+                private_ip: format!("10.20.13.{}", 10 + n),
+                public_ip: None,
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                volume: format!("vol-{n:017x}"),
+                protected,
+                imds_v2: true,
+                host: None,
+                booting: true,
+            };
+            let out = (i.id.clone(), i.private_ip.clone());
+            a.instances.insert(i.id.clone(), i);
+            out
         };
-        let id = i.id.clone();
-        a.instances.insert(id.clone(), i);
+        let init = super::super::testbed::CloudInit {
+            authorized: vec![key],
+            login: Some("admin".into()),
+            ..Default::default()
+        };
+        boot(&self.ctx, &id, &ip, &init);
         id
     }
 
     pub fn instance(&self, id: &str) -> Option<Instance> {
         self.account.lock().unwrap().instances.get(id).cloned()
     }
+
+    /// The live instance for tidekeeper host `host` (its tag, else its `Name`).
+    pub fn instance_for(&self, host: &str) -> Option<Instance> {
+        let a = self.account.lock().unwrap();
+        let live = || a.instances.values().filter(|i| i.state != "terminated");
+        live()
+            .find(|i| i.tag("tidekeeper-host") == Some(host))
+            .or_else(|| live().find(|i| i.tag("Name") == Some(host)))
+            .cloned()
+    }
+
+    pub fn instances(&self) -> Vec<Instance> {
+        let a = self.account.lock().unwrap();
+        a.instances
+            .values()
+            .filter(|i| i.state != "terminated")
+            .cloned()
+            .collect()
+    }
+
+    pub fn group_named(&self, name: &str) -> Option<Group> {
+        let a = self.account.lock().unwrap();
+        a.groups.values().find(|g| g.name == name).cloned()
+    }
+
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let a = self.account.lock().unwrap();
+        a.snapshots.values().cloned().collect()
+    }
+}
+
+/// Boot the test host for instance `id` (blocking), give its eth0 the
+/// private address too, and mark it running behind its security groups.
+fn boot(ctx: &Ctx, id: &str, private_ip: &str, init: &super::super::testbed::CloudInit) {
+    let (host, addr) = ctx.cloud.boot(init);
+    let ns = ctx.cloud.bed.lock().unwrap().netns(host);
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{private_ip}/32"),
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .expect("ip addr add");
+    assert!(out.status.success(), "{out:?}");
+    if let Some(i) = ctx.account.lock().unwrap().instances.get_mut(id) {
+        i.host = Some(host);
+        i.public_ip = Some(addr.to_string());
+        i.booting = false;
+    }
+    enforce(ctx);
+    if let Some(i) = ctx.account.lock().unwrap().instances.get_mut(id) {
+        i.state = "running".into();
+    }
+}
+
+fn set_booting(ctx: &Ctx, id: &str, on: bool) {
+    if let Some(i) = ctx.account.lock().unwrap().instances.get_mut(id) {
+        i.booting = on;
+    }
+}
+
+/// Every running instance's host admits only what its security groups'
+/// ingress rules admit (as EC2 does in front of an instance).
+fn enforce(ctx: &Ctx) {
+    let wanted: Vec<(usize, String)> = {
+        let a = ctx.account.lock().unwrap();
+        a.instances
+            .values()
+            .filter(|i| !i.booting && i.state != "terminated" && i.state != "shutting-down")
+            .filter_map(|i| {
+                let host = i.host?;
+                let groups: Vec<&String> = if i.groups.is_empty() {
+                    vec![&a.groups[DEFAULT_GROUP].id]
+                } else {
+                    i.groups.iter().collect()
+                };
+                let rules: Vec<PortRule> = groups
+                    .iter()
+                    .filter_map(|g| a.groups.get(*g))
+                    .flat_map(|g| g.ingress.iter())
+                    .map(|p| PortRule {
+                        proto: match p.protocol.as_str() {
+                            "-1" => "any".into(),
+                            other => other.into(),
+                        },
+                        ports: (p.protocol != "-1" && p.from >= 0)
+                            .then_some((p.from as u16, p.to as u16)),
+                        from: p.cidrs.iter().chain(&p.ipv6_cidrs).cloned().collect(),
+                    })
+                    .collect();
+                Some((host, super::cloud_firewall_nft(Some(&rules))))
+            })
+            .collect()
+    };
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
 }
 
 fn decode(s: &str) -> String {
@@ -149,6 +386,14 @@ fn error(status: u16, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+fn no_instance(id: &str) -> Response {
+    error(
+        400,
+        "InvalidInstanceID.NotFound",
+        &format!("The instance ID '{id}' does not exist"),
+    )
+}
+
 fn state_code(s: &str) -> u32 {
     match s {
         "pending" => 0,
@@ -160,9 +405,8 @@ fn state_code(s: &str) -> u32 {
     }
 }
 
-fn instance_xml(i: &Instance) -> String {
-    let tags: String = i
-        .tags
+fn tags_xml(tags: &[(String, String)]) -> String {
+    let items: String = tags
         .iter()
         .map(|(k, v)| {
             format!(
@@ -172,13 +416,25 @@ fn instance_xml(i: &Instance) -> String {
             )
         })
         .collect();
+    format!("<tagSet>{items}</tagSet>")
+}
+
+fn instance_xml(a: &Account, i: &Instance) -> String {
     let groups: String = i
         .groups
         .iter()
-        .map(|g| format!("<item><groupId>{g}</groupId><groupName>{g}</groupName></item>"))
+        .map(|g| {
+            let name = a.groups.get(g).map(|g| g.name.as_str()).unwrap_or(g);
+            format!("<item><groupId>{g}</groupId><groupName>{name}</groupName></item>")
+        })
         .collect();
+    let public = i
+        .public_ip
+        .as_ref()
+        .map(|ip| format!("<ipAddress>{ip}</ipAddress>"))
+        .unwrap_or_default();
     format!(
-        "<item><instanceId>{}</instanceId><imageId>{}</imageId><instanceState><code>{}</code><name>{}</name></instanceState><instanceType>{}</instanceType><placement><availabilityZone>{REGION}a</availabilityZone></placement><subnetId>{}</subnetId><vpcId>{VPC}</vpcId><privateIpAddress>{}</privateIpAddress><rootDeviceName>/dev/xvda</rootDeviceName><blockDeviceMapping><item><deviceName>/dev/xvda</deviceName><ebs><volumeId>{}</volumeId><status>attached</status></ebs></item></blockDeviceMapping><groupSet>{groups}</groupSet><tagSet>{tags}</tagSet><metadataOptions><httpTokens>{}</httpTokens></metadataOptions></item>",
+        "<item><instanceId>{}</instanceId><imageId>{}</imageId><instanceState><code>{}</code><name>{}</name></instanceState><instanceType>{}</instanceType><placement><availabilityZone>{REGION}a</availabilityZone></placement><subnetId>{}</subnetId><vpcId>{VPC}</vpcId><privateIpAddress>{}</privateIpAddress>{public}<rootDeviceName>/dev/xvda</rootDeviceName><blockDeviceMapping><item><deviceName>/dev/xvda</deviceName><ebs><volumeId>{}</volumeId><status>attached</status></ebs></item></blockDeviceMapping><groupSet>{groups}</groupSet>{}<metadataOptions><httpTokens>{}</httpTokens></metadataOptions></item>",
         i.id,
         i.image,
         state_code(&i.state),
@@ -187,7 +443,55 @@ fn instance_xml(i: &Instance) -> String {
         i.subnet,
         i.private_ip,
         i.volume,
+        tags_xml(&i.tags),
         if i.imds_v2 { "required" } else { "optional" }
+    )
+}
+
+fn group_xml(g: &Group) -> String {
+    let perms: String = g
+        .ingress
+        .iter()
+        .map(|p| {
+            let v4: String = p
+                .cidrs
+                .iter()
+                .map(|c| format!("<item><cidrIp>{c}</cidrIp></item>"))
+                .collect();
+            let v6: String = p
+                .ipv6_cidrs
+                .iter()
+                .map(|c| format!("<item><cidrIpv6>{c}</cidrIpv6></item>"))
+                .collect();
+            let ports = if p.protocol == "-1" {
+                String::new()
+            } else {
+                format!("<fromPort>{}</fromPort><toPort>{}</toPort>", p.from, p.to)
+            };
+            format!(
+                "<item><ipProtocol>{}</ipProtocol>{ports}<groups/><ipRanges>{v4}</ipRanges><ipv6Ranges>{v6}</ipv6Ranges></item>",
+                p.protocol
+            )
+        })
+        .collect();
+    format!(
+        "<item><ownerId>123456789012</ownerId><groupId>{}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>{}</vpcId><ipPermissions>{perms}</ipPermissions>{}</item>",
+        g.id,
+        xml_escape(&g.name),
+        xml_escape(&g.name),
+        g.vpc,
+        tags_xml(&g.tags)
+    )
+}
+
+fn snapshot_xml(s: &Snapshot) -> String {
+    format!(
+        "<item><snapshotId>{}</snapshotId><volumeId>{}</volumeId><status>{}</status><startTime>{}</startTime><progress>100%</progress><ownerId>123456789012</ownerId><volumeSize>20</volumeSize>{}</item>",
+        s.id,
+        s.volume,
+        s.state,
+        s.started,
+        tags_xml(&s.tags)
     )
 }
 
@@ -210,31 +514,62 @@ fn list(f: &BTreeMap<String, String>, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// `Prefix.N.Key` / `Prefix.N.Value` pairs.
+fn pairs(f: &BTreeMap<String, String>, prefix: &str) -> Vec<(String, String)> {
+    (1..)
+        .map_while(|m| {
+            let k = f.get(&format!("{prefix}.{m}.Key"))?;
+            let v = f.get(&format!("{prefix}.{m}.Value")).cloned();
+            Some((k.clone(), v.unwrap_or_default()))
+        })
+        .collect()
+}
+
 fn tags_of(f: &BTreeMap<String, String>, kind: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for n in 1.. {
         let Some(t) = f.get(&format!("TagSpecification.{n}.ResourceType")) else {
             break;
         };
-        if t != kind {
-            continue;
-        }
-        for m in 1.. {
-            let Some(k) = f.get(&format!("TagSpecification.{n}.Tag.{m}.Key")) else {
-                break;
-            };
-            let v = f
-                .get(&format!("TagSpecification.{n}.Tag.{m}.Value"))
-                .cloned()
-                .unwrap_or_default();
-            out.push((k.clone(), v));
+        if t == kind {
+            out.extend(pairs(f, &format!("TagSpecification.{n}.Tag")));
         }
     }
     out
 }
 
+/// `IpPermissions.N.…` of an authorize or revoke call.
+fn permissions(f: &BTreeMap<String, String>) -> Vec<Permission> {
+    (1..)
+        .map_while(|n| {
+            let p = format!("IpPermissions.{n}");
+            let protocol = f.get(&format!("{p}.IpProtocol"))?.clone();
+            let port = |k: &str| {
+                f.get(&format!("{p}.{k}"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(-1)
+            };
+            Some(Permission {
+                from: if protocol == "-1" {
+                    -1
+                } else {
+                    port("FromPort")
+                },
+                to: if protocol == "-1" { -1 } else { port("ToPort") },
+                protocol,
+                cidrs: (1..)
+                    .map_while(|m| f.get(&format!("{p}.IpRanges.{m}.CidrIp")).cloned())
+                    .collect(),
+                ipv6_cidrs: (1..)
+                    .map_while(|m| f.get(&format!("{p}.Ipv6Ranges.{m}.CidrIpv6")).cloned())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 async fn handle(
-    State(account): State<Arc<Mutex<Account>>>,
+    State(ctx): State<Ctx>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
@@ -250,37 +585,26 @@ async fn handle(
         return error(400, "InvalidParameterValue", "Version must be 2016-11-15");
     }
     let action = f.get("Action").cloned().unwrap_or_default();
-    let mut a = account.lock().unwrap();
-    route(&mut a, &action, &f)
+    let response = route(&ctx, &action, &f);
+    enforce(&ctx);
+    response
 }
 
-fn route(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
+fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
+    let mut a = ctx.account.lock().unwrap();
+    let a = &mut *a;
     match action {
-        "RunInstances" => run(a, f),
+        "RunInstances" => run(ctx, a, f),
         "DescribeInstances" => {
             let ids = list(f, "InstanceId");
-            // Asynchronous work on EC2's side finishes between two looks.
-            for i in a.instances.values_mut() {
-                i.state = match i.state.as_str() {
-                    "pending" => "running",
-                    "stopping" => "stopped",
-                    "shutting-down" => "terminated",
-                    s => s,
-                }
-                .into();
-            }
             if let Some(id) = ids.iter().find(|id| !a.instances.contains_key(*id)) {
-                return error(
-                    400,
-                    "InvalidInstanceID.NotFound",
-                    &format!("The instance ID '{id}' does not exist"),
-                );
+                return no_instance(id);
             }
             let items: String = a
                 .instances
                 .values()
                 .filter(|i| ids.is_empty() || ids.contains(&i.id))
-                .map(instance_xml)
+                .map(|i| instance_xml(a, i))
                 .collect();
             answer(
                 action,
@@ -289,16 +613,12 @@ fn route(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Respons
                 ),
             )
         }
-        "StopInstances" | "StartInstances" | "TerminateInstances" => power(a, action, f),
+        "StopInstances" | "StartInstances" | "TerminateInstances" => power(ctx, a, action, f),
         "ModifyInstanceAttribute" => modify(a, f),
         "DescribeInstanceAttribute" => {
             let id = f.get("InstanceId").cloned().unwrap_or_default();
             let Some(i) = a.instances.get(&id) else {
-                return error(
-                    400,
-                    "InvalidInstanceID.NotFound",
-                    &format!("The instance ID '{id}' does not exist"),
-                );
+                return no_instance(&id);
             };
             answer(
                 action,
@@ -308,6 +628,7 @@ fn route(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Respons
                 ),
             )
         }
+        "CreateTags" | "DeleteTags" => tag(a, action, f),
         "DescribeSubnets" => answer(
             action,
             &format!(
@@ -317,10 +638,29 @@ fn route(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Respons
         "DescribeImages" => answer(
             action,
             &format!(
-                "<imagesSet><item><imageId>{AMI}</imageId><rootDeviceName>/dev/xvda</rootDeviceName></item></imagesSet>"
+                "<imagesSet><item><imageId>{AMI}</imageId><name>debian-12-amd64-20261201-1</name><imageOwnerId>136693071363</imageOwnerId><rootDeviceName>/dev/xvda</rootDeviceName></item></imagesSet>"
             ),
         ),
-        "DescribeSecurityGroups" => answer(action, "<securityGroupInfo></securityGroupInfo>"),
+        "DescribeKeyPairs" => {
+            let items: String = a
+                .key_pairs
+                .keys()
+                .map(|k| {
+                    format!(
+                        "<item><keyName>{}</keyName><keyFingerprint>00:11</keyFingerprint></item>",
+                        xml_escape(k)
+                    )
+                })
+                .collect();
+            answer(action, &format!("<keySet>{items}</keySet>"))
+        }
+        "ImportKeyPair" => import_key_pair(a, f),
+        "DescribeSecurityGroups"
+        | "CreateSecurityGroup"
+        | "DeleteSecurityGroup"
+        | "AuthorizeSecurityGroupIngress"
+        | "RevokeSecurityGroupIngress" => security_group(a, action, f),
+        "CreateSnapshot" | "DescribeSnapshots" | "DeleteSnapshot" => snapshot(ctx, a, action, f),
         _ => error(
             400,
             "InvalidAction",
@@ -329,7 +669,39 @@ fn route(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Respons
     }
 }
 
-fn run(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
+fn import_key_pair(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
+    let name = f.get("KeyName").cloned().unwrap_or_default();
+    if a.key_pairs.contains_key(&name) {
+        return error(
+            400,
+            "InvalidKeyPair.Duplicate",
+            &format!("The keypair '{name}' already exists."),
+        );
+    }
+    use base64::Engine;
+    let material = f.get("PublicKeyMaterial").cloned().unwrap_or_default();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(material.as_bytes())
+        .ok()
+        .and_then(|k| String::from_utf8(k).ok())
+        .filter(|k| k.split_whitespace().count() >= 2);
+    let Some(key) = key else {
+        return error(
+            400,
+            "InvalidKey.Format",
+            "Key is not in valid OpenSSH public key format",
+        );
+    };
+    a.key_pairs.insert(name.clone(), key.trim().to_string());
+    answer(
+        "ImportKeyPair",
+        &format!(
+            "<keyName>{name}</keyName><keyFingerprint>00:11</keyFingerprint><keyPairId>key-0001</keyPairId>"
+        ),
+    )
+}
+
+fn run(ctx: &Ctx, a: &mut Account, f: &BTreeMap<String, String>) -> Response {
     let subnet = f.get("SubnetId").cloned().unwrap_or_else(|| SUBNET.into());
     if subnet != SUBNET {
         return error(
@@ -338,8 +710,36 @@ fn run(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
             &format!("The subnet ID '{subnet}' does not exist"),
         );
     }
-    a.next += 1;
-    let n = a.next;
+    let image = f.get("ImageId").cloned().unwrap_or_default();
+    if image != AMI {
+        return error(
+            400,
+            "InvalidAMIID.NotFound",
+            &format!("The image id '[{image}]' does not exist"),
+        );
+    }
+    let groups = list(f, "SecurityGroupId");
+    if let Some(g) = groups.iter().find(|g| !a.groups.contains_key(*g)) {
+        return error(
+            400,
+            "InvalidGroup.NotFound",
+            &format!("The security group '{g}' does not exist"),
+        );
+    }
+    let mut keys = Vec::new();
+    if let Some(k) = f.get("KeyName") {
+        match a.key_pairs.get(k) {
+            Some(pk) => keys.push(pk.clone()),
+            None => {
+                return error(
+                    400,
+                    "InvalidKeyPair.NotFound",
+                    &format!("The key pair '{k}' does not exist"),
+                );
+            }
+        }
+    }
+    let n = a.next();
     let ip = match f.get("PrivateIpAddress") {
         Some(ip) => {
             let ok = ip
@@ -366,24 +766,38 @@ fn run(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
         }
         None => format!("10.20.13.{}", 10 + n),
     };
+    use base64::Engine;
+    let user_data = f
+        .get("UserData")
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+        .map(|d| String::from_utf8_lossy(&d).into_owned())
+        .unwrap_or_default();
     let i = Instance {
         id: format!("i-{n:017x}"),
         instance_type: f
             .get("InstanceType")
             .cloned()
             .unwrap_or_else(|| "m1.small".into()),
-        image: f.get("ImageId").cloned().unwrap_or_default(),
+        image,
         state: "pending".into(),
         subnet,
-        private_ip: ip,
+        private_ip: ip.clone(),
+        public_ip: None,
         tags: tags_of(f, "instance"),
-        groups: list(f, "SecurityGroupId"),
+        groups,
         volume: format!("vol-{n:017x}"),
         protected: f.get("DisableApiTermination").map(String::as_str) == Some("true"),
         imds_v2: f.get("MetadataOptions.HttpTokens").map(String::as_str) == Some("required"),
+        host: None,
+        booting: true,
     };
-    let xml = instance_xml(&i);
+    let xml = instance_xml(a, &i);
+    let id = i.id.clone();
     a.instances.insert(i.id.clone(), i);
+    let mut init = cloud_init(&user_data, &keys);
+    init.login = Some("admin".into());
+    let ctx = ctx.clone();
+    std::thread::spawn(move || boot(&ctx, &id, &ip, &init));
     answer(
         "RunInstances",
         &format!(
@@ -392,32 +806,73 @@ fn run(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
     )
 }
 
-fn power(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
+/// Stop, start or terminate: the state moves on once the test host has
+/// powered off, booted again or gone.
+fn power(ctx: &Ctx, a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
     let ids = list(f, "InstanceId");
     let mut items = String::new();
     for id in &ids {
         let Some(i) = a.instances.get_mut(id) else {
-            return error(
-                400,
-                "InvalidInstanceID.NotFound",
-                &format!("The instance ID '{id}' does not exist"),
-            );
+            return no_instance(id);
         };
         let before = i.state.clone();
-        let next = match action {
+        let (next, done) = match action {
             "TerminateInstances" if i.protected => {
-                return error(400, "OperationNotPermitted", &format!("The instance '{id}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again."));
+                return error(
+                    400,
+                    "OperationNotPermitted",
+                    &format!(
+                        "The instance '{id}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again."
+                    ),
+                );
             }
-            "TerminateInstances" => "shutting-down",
-            "StopInstances" if before == "running" || before == "pending" => "stopping",
-            "StartInstances" if before == "stopped" => "pending",
-            _ if matches!(before.as_str(), "stopped" | "running" | "stopping" | "pending") => before.as_str(),
+            "TerminateInstances" if before == "terminated" => ("terminated", None),
+            "TerminateInstances" => ("shutting-down", Some("terminated")),
+            "StopInstances" if before == "running" => ("stopping", Some("stopped")),
+            "StartInstances" if before == "stopped" => ("pending", Some("running")),
+            "StopInstances" if matches!(before.as_str(), "stopped" | "stopping") => {
+                (before.as_str(), None)
+            }
+            "StartInstances" if matches!(before.as_str(), "running" | "pending") => {
+                (before.as_str(), None)
+            }
             _ => {
-                return error(400, "IncorrectInstanceState", &format!("The instance '{id}' is not in a state from which it can be {action}."));
+                return error(
+                    400,
+                    "IncorrectInstanceState",
+                    &format!(
+                        "The instance '{id}' is not in a state from which it can be {action}."
+                    ),
+                );
             }
-        }
-        .to_string();
+        };
+        let next = next.to_string();
         i.state = next.clone();
+        if let (Some(done), Some(host)) = (done, i.host) {
+            let (ctx, id, action) = (ctx.clone(), id.clone(), action.to_string());
+            std::thread::spawn(move || {
+                match action.as_str() {
+                    "TerminateInstances" => ctx.cloud.remove(host),
+                    "StopInstances" => ctx.cloud.power_off(host),
+                    _ => {
+                        // Open while it boots (its groups may shut out the
+                        // wait for SSH), then behind its groups again.
+                        set_booting(&ctx, &id, true);
+                        ctx.enforced.lock().unwrap().remove(&host);
+                        let open = super::cloud_firewall_nft(None);
+                        ctx.cloud.bed.lock().unwrap().nft(host, &open);
+                        ctx.cloud.power_on(host);
+                        set_booting(&ctx, &id, false);
+                        enforce(&ctx);
+                    }
+                }
+                if let Some(i) = ctx.account.lock().unwrap().instances.get_mut(&id) {
+                    i.state = done.into();
+                }
+            });
+        } else if let Some(done) = done {
+            i.state = done.into();
+        }
         items.push_str(&format!("<item><instanceId>{id}</instanceId><currentState><code>{}</code><name>{next}</name></currentState><previousState><code>{}</code><name>{before}</name></previousState></item>", state_code(&next), state_code(&before)));
     }
     answer(action, &format!("<instancesSet>{items}</instancesSet>"))
@@ -426,11 +881,7 @@ fn power(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Respons
 fn modify(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
     let id = f.get("InstanceId").cloned().unwrap_or_default();
     let Some(i) = a.instances.get_mut(&id) else {
-        return error(
-            400,
-            "InvalidInstanceID.NotFound",
-            &format!("The instance ID '{id}' does not exist"),
-        );
+        return no_instance(&id);
     };
     if let Some(t) = f.get("InstanceType.Value") {
         if i.state != "stopped" {
@@ -446,4 +897,195 @@ fn modify(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
         i.protected = p == "true";
     }
     answer("ModifyInstanceAttribute", "<return>true</return>")
+}
+
+fn tag(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
+    let given = pairs(f, "Tag");
+    for r in list(f, "ResourceId") {
+        let tags = if let Some(i) = a.instances.get_mut(&r) {
+            &mut i.tags
+        } else if let Some(s) = a.snapshots.get_mut(&r) {
+            &mut s.tags
+        } else if let Some(g) = a.groups.get_mut(&r) {
+            &mut g.tags
+        } else {
+            return error(400, "InvalidID", &format!("The ID '{r}' is not valid"));
+        };
+        for (k, v) in &given {
+            tags.retain(|t| t.0 != *k);
+            if action == "CreateTags" {
+                tags.push((k.clone(), v.clone()));
+            }
+        }
+    }
+    answer(action, "<return>true</return>")
+}
+
+fn no_group(id: &str) -> Response {
+    error(
+        400,
+        "InvalidGroup.NotFound",
+        &format!("The security group '{id}' does not exist"),
+    )
+}
+
+fn security_group(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
+    let id = f.get("GroupId").cloned().unwrap_or_default();
+    match action {
+        "DescribeSecurityGroups" => {
+            let items: String = a.groups.values().map(group_xml).collect();
+            answer(
+                action,
+                &format!("<securityGroupInfo>{items}</securityGroupInfo>"),
+            )
+        }
+        "CreateSecurityGroup" => {
+            let name = f.get("GroupName").cloned().unwrap_or_default();
+            if a.groups.values().any(|g| g.name == name) {
+                return error(
+                    400,
+                    "InvalidGroup.Duplicate",
+                    &format!("The security group '{name}' already exists for VPC '{VPC}'"),
+                );
+            }
+            let id = format!("sg-{:017x}", a.next());
+            let g = Group {
+                id: id.clone(),
+                name,
+                vpc: f.get("VpcId").cloned().unwrap_or_else(|| VPC.into()),
+                ingress: Vec::new(),
+                tags: tags_of(f, "security-group"),
+            };
+            a.groups.insert(id.clone(), g);
+            answer(
+                action,
+                &format!("<return>true</return><groupId>{id}</groupId>"),
+            )
+        }
+        "DeleteSecurityGroup" => {
+            if a.instances
+                .values()
+                .any(|i| i.state != "terminated" && i.groups.contains(&id))
+            {
+                return error(
+                    400,
+                    "DependencyViolation",
+                    &format!("resource {id} has a dependent object"),
+                );
+            }
+            match a.groups.remove(&id) {
+                Some(_) => answer(action, "<return>true</return>"),
+                None => no_group(&id),
+            }
+        }
+        _ => {
+            let Some(g) = a.groups.get_mut(&id) else {
+                return no_group(&id);
+            };
+            for p in permissions(f) {
+                let same = |q: &Permission| {
+                    (q.protocol.as_str(), q.from, q.to) == (p.protocol.as_str(), p.from, p.to)
+                };
+                if action == "AuthorizeSecurityGroupIngress" {
+                    if g.ingress.iter().any(|q| {
+                        same(q)
+                            && q.cidrs
+                                .iter()
+                                .chain(&q.ipv6_cidrs)
+                                .any(|c| p.cidrs.contains(c) || p.ipv6_cidrs.contains(c))
+                    }) {
+                        return error(
+                            400,
+                            "InvalidPermission.Duplicate",
+                            "the specified rule already exists",
+                        );
+                    }
+                    match g.ingress.iter_mut().find(|q| same(q)) {
+                        Some(q) => {
+                            q.cidrs.extend(p.cidrs);
+                            q.ipv6_cidrs.extend(p.ipv6_cidrs);
+                        }
+                        None => g.ingress.push(p),
+                    }
+                } else {
+                    let Some(q) = g.ingress.iter_mut().find(|q| same(q)) else {
+                        return error(
+                            400,
+                            "InvalidPermission.NotFound",
+                            "The specified rule does not exist in this security group.",
+                        );
+                    };
+                    q.cidrs.retain(|c| !p.cidrs.contains(c));
+                    q.ipv6_cidrs.retain(|c| !p.ipv6_cidrs.contains(c));
+                    g.ingress
+                        .retain(|q| !q.cidrs.is_empty() || !q.ipv6_cidrs.is_empty());
+                }
+            }
+            answer(action, "<return>true</return>")
+        }
+    }
+}
+
+fn snapshot(ctx: &Ctx, a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> Response {
+    match action {
+        "DescribeSnapshots" => {
+            let items: String = a.snapshots.values().map(snapshot_xml).collect();
+            answer(action, &format!("<snapshotSet>{items}</snapshotSet>"))
+        }
+        "CreateSnapshot" => {
+            let volume = f.get("VolumeId").cloned().unwrap_or_default();
+            let Some(host) = a
+                .instances
+                .values()
+                .find(|i| i.volume == volume && i.state != "terminated")
+                .map(|i| i.host)
+            else {
+                return error(
+                    400,
+                    "InvalidVolume.NotFound",
+                    &format!("The volume '{volume}' does not exist."),
+                );
+            };
+            let id = format!("snap-{:017x}", a.next());
+            let s = Snapshot {
+                id: id.clone(),
+                volume,
+                state: "pending".into(),
+                started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                tags: tags_of(f, "snapshot"),
+                disk: None,
+            };
+            let xml = snapshot_xml(&s)
+                .trim_start_matches("<item>")
+                .trim_end_matches("</item>")
+                .to_string();
+            a.snapshots.insert(id.clone(), s);
+            // The disk is copied in the background, as EBS does.
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                let disk = host.map(|h| ctx.cloud.bed.lock().unwrap().snapshot_disk(h));
+                if let Some(s) = ctx.account.lock().unwrap().snapshots.get_mut(&id) {
+                    s.disk = disk;
+                    s.state = "completed".into();
+                }
+            });
+            answer(action, &xml)
+        }
+        _ => {
+            let id = f.get("SnapshotId").cloned().unwrap_or_default();
+            match a.snapshots.remove(&id) {
+                Some(s) => {
+                    if let Some(d) = s.disk {
+                        let _ = std::fs::remove_dir_all(d);
+                    }
+                    answer(action, "<return>true</return>")
+                }
+                None => error(
+                    400,
+                    "InvalidSnapshot.NotFound",
+                    &format!("The snapshot '{id}' does not exist."),
+                ),
+            }
+        }
+    }
 }

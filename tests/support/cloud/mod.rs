@@ -1,6 +1,6 @@
 //! Local emulators of the cloud APIs tidekeeper uses, for tests only: a
-//! stateful Hetzner Cloud API (`hetzner`) and Lightsail's awsJson1.1
-//! protocol (`lightsail`). tidekeeper talks to them with the real SDK
+//! stateful Hetzner Cloud API (`hetzner`), Lightsail's awsJson1.1
+//! protocol (`lightsail`) and EC2's Query API (`ec2`). tidekeeper talks to them with the real SDK
 //! clients (`hcloud` with its base path mapped, `aws-sdk-lightsail` with an
 //! endpoint URL).
 //!
@@ -327,11 +327,26 @@ pub fn point_at(settings: &str, hetzner: &str, lightsail: &str) -> String {
     out
 }
 
-/// Both emulators on one test fleet, and a config repo pointed at them.
+/// tidekeeper.yaml with `providers.ec2` given the EC2 emulator's endpoint
+/// and a short timeout (inserted under that key).
+pub fn point_ec2_at(settings: &str, ec2: &str) -> String {
+    let mut out = String::new();
+    for line in settings.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_end() == "  ec2:" {
+            out.push_str(&format!("    endpoint: {ec2}\n    timeout: 5s\n"));
+        }
+    }
+    out
+}
+
+/// The emulators on one test fleet, and a config repo pointed at them.
 pub struct CloudFleet {
     pub cloud: Cloud,
     pub hetzner: hetzner::Hetzner,
     pub lightsail: lightsail::Lightsail,
+    pub ec2: ec2::Ec2,
     pub repo: FleetRepo,
 }
 
@@ -374,10 +389,11 @@ impl CloudFleet {
         let cloud = Cloud::with_kind(0, kind);
         let hetzner = hetzner::Hetzner::start(cloud.clone());
         let lightsail = lightsail::Lightsail::start(cloud.clone());
+        let ec2 = ec2::Ec2::start(cloud.clone());
         let key = cloud.bed.lock().unwrap().key.clone();
         for (path, text) in files.iter_mut() {
             if path == "tidekeeper.yaml" {
-                *text = point_at(text, &hetzner.url, &lightsail.url);
+                *text = point_ec2_at(&point_at(text, &hetzner.url, &lightsail.url), &ec2.url);
             }
         }
         let refs: Vec<(&str, &str)> = files
@@ -389,6 +405,7 @@ impl CloudFleet {
             cloud,
             hetzner,
             lightsail,
+            ec2,
             repo,
         }
     }
@@ -404,6 +421,7 @@ impl CloudFleet {
             .server(name)
             .and_then(|s| s.host)
             .or_else(|| self.lightsail.instance_for(name).and_then(|i| i.host))
+            .or_else(|| self.ec2.instance_for(name).and_then(|i| i.host))
             .unwrap_or_else(|| panic!("no booted server named {name}"))
     }
 
