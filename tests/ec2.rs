@@ -247,7 +247,7 @@ fn an_empty_account_gets_its_ec2_server_created_configured_and_resized_with_its_
     assert!(inst.protected, "termination protection on");
     assert_eq!(inst.tag("tidekeeper-fleet"), Some("acme"));
     let group = f.ec2.group_named("tk-acme-bastion").expect("its group");
-    assert_eq!(inst.groups, [group.id.clone()]);
+    assert_eq!(inst.groups, std::slice::from_ref(&group.id));
     assert_eq!(group.ingress.len(), 1, "{:?}", group.ingress);
     assert_eq!(group.ingress[0].cidrs, ["10.213.0.0/16"]);
     // Debian's AMI lets the key in as admin only.
