@@ -692,10 +692,19 @@ async fn held_after_planning(
     why: String,
 ) {
     if !why.starts_with(UNREVIEWED) {
-        ctx.shared.status.lock().unwrap().quarantined = Some(Quarantine {
-            commit: commit.clone(),
-            reason: format!("held: {}", why.lines().next().unwrap_or("")),
-        });
+        let reason = format!("held: {}", why.lines().next().unwrap_or(""));
+        let again = {
+            let mut st = ctx.shared.status.lock().unwrap();
+            let again = st.quarantined.as_ref().is_some_and(|q| q.commit == commit);
+            st.quarantined = Some(Quarantine {
+                commit: commit.clone(),
+                reason: reason.clone(),
+            });
+            again
+        };
+        if !again {
+            quarantined_event(ctx, &commit, &reason);
+        }
     }
     hold_unreviewed(ctx, state, commit, fleet, why).await;
 }
@@ -779,13 +788,27 @@ fn record_verdict(
         }
         Verdict::Quarantined { reason, .. } => {
             warn!(%reason, "commit quarantined");
+            let again = st.quarantined.as_ref().is_some_and(|q| q.commit == commit);
+            let reason = format!("apply failed: {reason}");
             st.quarantined = Some(Quarantine {
                 commit: commit.to_string(),
-                reason: format!("apply failed: {reason}"),
+                reason: reason.clone(),
             });
+            drop(st);
+            if !again {
+                quarantined_event(ctx, commit, &reason);
+            }
         }
     }
     verdict.summary(hosts)
+}
+
+/// A commit newly quarantined, in the dashboard's events.
+fn quarantined_event(ctx: &Ctx, commit: &str, reason: &str) {
+    let mut board = ctx.shared.board.lock().unwrap();
+    let text = format!("commit {}: {reason}", &commit[..commit.len().min(12)]);
+    board.history.event(&ctx.clock.stamp(), "quarantined", text);
+    board.save();
 }
 
 /// The apply on main, reported on its commit; a forge outage never blocks.

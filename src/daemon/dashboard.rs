@@ -1,16 +1,24 @@
 //! The status page as a dashboard: the fleet at a glance, charts drawn from
 //! the history as inline SVG, hosts with their own pages (last plan with its
-//! diffs, drift, last error, recent runs), the timeline of applied commits
-//! from the status branch, the maintenance calendar, cost per provider and
-//! host, and the pull requests' plans. One HTML document per page, no
-//! external assets; responsive and dark-mode aware; readable without
-//! JavaScript (a few lines turn times into the reader's local time). Pure.
+//! diffs, drift, last error, the output of the jobs that ran there, recent
+//! runs), the timeline of applied commits with their messages and authors,
+//! the maintenance calendar, cost per provider and host, the pull requests
+//! with a page each, and what operators and alerts did (events). One HTML
+//! document per page, drawn from the templates under `dashboard/` with
+//! HTML auto-escaping, no external assets; responsive and dark-mode aware;
+//! readable without JavaScript (a few lines turn times into the reader's
+//! local time). Pure.
 
-use std::fmt::Write;
+mod charts;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
+use minijinja::{Environment, Value, context};
+use serde::Serialize;
 
-use super::history::History;
+use super::history::{CommitInfo, History, ProposalPlan};
 use super::status::{FleetStatus, HostState, HostStatus};
 
 /// What a page is drawn from.
@@ -19,20 +27,46 @@ pub(crate) struct View<'a> {
     pub history: &'a History,
     /// Applied commits from the status branch's history: (time, commit), newest first.
     pub timeline: &'a [(i64, String)],
+    /// Messages and authors of the commits shown, as the mirror has them.
+    pub commits: &'a BTreeMap<String, CommitInfo>,
     /// The repository's web address on the forge, for commit links.
     pub web: Option<&'a str>,
     pub now: DateTime<Utc>,
 }
 
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+/// The templates, compiled once; every value they print is HTML-escaped
+/// (the names end in `.html`), links are made only of checked addresses.
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, text) in [
+            ("base.html", include_str!("dashboard/base.html")),
+            ("macros.html", include_str!("dashboard/macros.html")),
+            ("index.html", include_str!("dashboard/index.html")),
+            ("host.html", include_str!("dashboard/host.html")),
+            ("proposal.html", include_str!("dashboard/proposal.html")),
+            ("missing.html", include_str!("dashboard/missing.html")),
+            ("style.css", include_str!("dashboard/style.css")),
+            ("local-time.js", include_str!("dashboard/local-time.js")),
+        ] {
+            env.add_template(name, text)
+                .unwrap_or_else(|e| panic!("dashboard template {name}: {e:#}"));
+        }
+        env
+    })
 }
 
-/// Path segment for a host's page (host names are checked, but be safe).
+fn render(name: &str, ctx: Value) -> String {
+    templates()
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .unwrap_or_else(|e| panic!("dashboard template {name}: {e:#}"))
+}
+
+/// Path segment for a page's address (host names are checked, but be safe).
 fn url_part(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -40,6 +74,16 @@ fn url_part(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// An address fit for an `href` as it is: http(s), with nothing that could
+/// end the attribute or start markup; anything else is shown without a link.
+fn link(url: String) -> Option<Value> {
+    let plain = url.starts_with("https://") || url.starts_with("http://");
+    let harmless = !url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'<>&`\\{}".contains(c));
+    (plain && harmless).then(|| Value::from_safe_string(url))
 }
 
 /// "5 min ago", "in 2 h", "3 days ago".
@@ -65,330 +109,181 @@ fn parse(at: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-impl View<'_> {
-    /// A time as "5 min ago", with the exact time (local, by the script) on hover.
-    fn time(&self, at: Option<&str>) -> String {
-        match at.and_then(|a| parse(a).map(|t| (a, t))) {
-            Some((a, t)) => format!(
-                "<time datetime=\"{a}\" title=\"{a}\">{}</time>",
-                relative(self.now, t),
-                a = esc(a)
-            ),
-            None => "—".into(),
-        }
-    }
+fn rfc3339(t: i64) -> String {
+    DateTime::from_timestamp(t, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
 
-    fn commit(&self, sha: Option<&str>) -> String {
-        let Some(sha) = sha.filter(|s| !s.is_empty()) else {
-            return "—".into();
-        };
-        let short = esc(&sha.chars().take(12).collect::<String>());
-        match self.web {
-            Some(web) if sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                format!(
-                    "<a href=\"{}/commit/{sha}\"><code>{short}</code></a>",
-                    esc(web)
-                )
+/// A time: machine-readable, relative to the page's now, and in UTC.
+#[derive(Serialize)]
+struct Time {
+    at: String,
+    rel: String,
+    utc: String,
+}
+
+#[derive(Serialize)]
+struct Commit {
+    short: String,
+    url: Option<Value>,
+    subject: Option<String>,
+    author: Option<String>,
+}
+
+/// A plan's line, coloured by what it says.
+#[derive(Serialize)]
+struct PlanLine {
+    class: &'static str,
+    text: String,
+}
+
+fn plan_lines(text: &str) -> Vec<PlanLine> {
+    text.lines()
+        .map(|line| {
+            let t = line.trim_start();
+            let class = if t.starts_with("@@") {
+                "hunk"
+            } else if t.starts_with('+') && !t.starts_with("+++") {
+                "add"
+            } else if t.starts_with('-') && !t.starts_with("---") && !t.starts_with("-/+") {
+                "del"
+            } else {
+                ""
+            };
+            PlanLine {
+                class,
+                text: line.to_string(),
             }
-            _ => format!("<code>{short}</code>"),
-        }
-    }
-}
-
-const STYLE: &str = "\
-:root{color-scheme:light dark;--bg:#fff;--fg:#1d232a;--muted:#5b6670;--card:#f3f5f8;--line:#dde3e8;\
---accent:#2f6fdf;--ok:#1f8a4c;--warn:#a86a12;--bad:#c93c3c;--orange:#c25e12}\
-@media (prefers-color-scheme:dark){:root{--bg:#0f1419;--fg:#e3e7eb;--muted:#97a3ae;--card:#18212b;\
---line:#2a3542;--accent:#6ea8fe;--ok:#4cc38a;--warn:#e0a84a;--bad:#f07272;--orange:#f0954a}}\
-*{box-sizing:border-box}body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;\
-background:var(--bg);color:var(--fg)}main{max-width:74rem;margin:0 auto;padding:1rem}\
-a{color:var(--accent)}h1{font-size:1.6rem;margin:.2rem 0;display:flex;gap:.6rem;align-items:center;flex-wrap:wrap}\
-h2{font-size:1.15rem;margin:1.6rem 0 .6rem}.muted,small{color:var(--muted)}\
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(10.5rem,1fr));gap:.7rem;margin-top:1rem}\
-.card{background:var(--card);border-radius:.6rem;padding:.7rem .9rem}.card b{display:block;font-size:1.35rem}\
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(19rem,1fr));gap:.7rem}\
-figure{margin:0;background:var(--card);border-radius:.6rem;padding:.6rem .8rem}figcaption{font-weight:600;margin-bottom:.3rem}\
-svg{width:100%;height:auto;display:block}svg text{fill:var(--muted);font-size:11px}\
-.bar{fill:var(--accent)}.bar2{fill:var(--warn)}.line{stroke:var(--accent);stroke-width:2;fill:none}\
-.line2{stroke:var(--ok);stroke-width:2;fill:none}circle.line{fill:var(--accent)}circle.line2{fill:var(--ok)}.grid{stroke:var(--line);stroke-width:1}\
-.scroll{overflow-x:auto}table{width:100%;border-collapse:collapse}\
-td,th{padding:.45rem .5rem;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}\
-th{font-weight:600;color:var(--muted);font-size:.85rem}td.num,th.num{text-align:right}\
-pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.85rem}\
-.synced,.ok{color:var(--ok)}.drifted,.pending{color:var(--warn)}.failed,.bad,.failure,.error{color:var(--bad)}\
-.unreachable{color:var(--orange)}.success{color:var(--ok)}\
-.alert{border-left:4px solid var(--bad);background:var(--card);padding:.6rem .8rem;border-radius:.3rem;margin:.8rem 0}\
-.plan .add{color:var(--ok)}.plan .del{color:var(--bad)}.plan .hunk{color:var(--accent)}\
-@media (max-width:40rem){main{padding:.6rem}.wide{display:none}h1{font-size:1.3rem}}";
-
-/// Turns `<time>`s into the reader's local time (the page works without it).
-const SCRIPT: &str = "<script>for(const t of document.querySelectorAll('time[datetime]'))\
-{const d=new Date(t.dateTime);if(!isNaN(d))t.title=d.toLocaleString();}</script>";
-
-fn head(title: &str, refresh: bool) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta name=\"color-scheme\" content=\"light dark\">{}\
-         <title>{} — tidekeeper</title><style>{STYLE}</style></head><body><main>",
-        if refresh {
-            "<meta http-equiv=\"refresh\" content=\"30\">"
-        } else {
-            ""
-        },
-        esc(title)
-    )
-}
-
-fn foot() -> String {
-    format!("</main>{SCRIPT}</body></html>\n")
-}
-
-fn state_counts(hosts: &[&HostStatus]) -> String {
-    HostState::ALL
-        .iter()
-        .filter_map(|s| {
-            let n = hosts.iter().filter(|h| h.state == *s).count();
-            (n > 0).then(|| format!("<span class=\"{w}\">{n} {w}</span>", w = s.word()))
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
-/// Every chart's size: width, height, the left margin for the scale, the
-/// bottom margin for the labels.
-const W: f64 = 600.0;
-const H: f64 = 170.0;
-const LEFT: f64 = 44.0;
-const BOTTOM: f64 = 22.0;
-
-/// A chart's opening: the SVG element and a scale of three lines up to `top`.
-fn frame(top: f64) -> String {
-    let mut s = format!("<svg viewBox=\"0 0 {W} {H}\" role=\"img\">");
-    for frac in [0.0, 0.5, 1.0] {
-        let y = (H - BOTTOM) * (1.0 - frac) + 4.0;
-        let _ = write!(
-            s,
-            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{W}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/><text x=\"0\" y=\"{:.1}\">{}</text>",
-            y + 4.0,
-            short_number(top * frac)
-        );
+impl View<'_> {
+    fn time(&self, at: Option<&str>) -> Option<Time> {
+        let at = at?;
+        let t = parse(at)?;
+        Some(Time {
+            at: at.to_string(),
+            rel: relative(self.now, t),
+            utc: t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        })
     }
-    s
-}
 
-/// A chart's closing: the first and last labels under the axis.
-fn ends(first: Option<&str>, last: Option<&str>) -> String {
-    let mut s = String::new();
-    if let (Some(first), Some(last)) = (first, last) {
-        let _ = write!(
-            s,
-            "<text x=\"{LEFT}\" y=\"{H}\">{}</text><text x=\"{W}\" y=\"{H}\" text-anchor=\"end\">{}</text>",
-            esc(first),
-            esc(last)
-        );
-    }
-    s.push_str("</svg>");
-    s
-}
-
-/// Bars for `values` (label, value), with the largest value marked.
-fn bars(values: &[(String, f64)], unit: &str, class: &str) -> String {
-    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
-    let max = values.iter().map(|v| v.1).fold(0.0_f64, f64::max);
-    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
-    let n = values.len().max(1) as f64;
-    let slot = (w - left) / n;
-    let mut s = frame(top);
-    for (i, (label, v)) in values.iter().enumerate() {
-        let bh = (h - bottom - 4.0) * (v / top);
-        let x = left + slot * i as f64 + slot * 0.15;
-        let _ = write!(
-            s,
-            "<rect class=\"{class}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{}: {} {unit}</title></rect>",
-            h - bottom - bh,
-            slot * 0.7,
-            esc(label),
-            short_number(*v)
-        );
-    }
-    // First and last labels under the axis.
-    s.push_str(&ends(
-        values.first().map(|v| v.0.as_str()),
-        values.last().map(|v| v.0.as_str()),
-    ));
-    s
-}
-
-/// Two series per slot side by side (changes, drift).
-fn paired_bars(values: &[(String, f64, f64)]) -> String {
-    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
-    let max = values.iter().map(|v| v.1.max(v.2)).fold(0.0_f64, f64::max);
-    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
-    let slot = (w - left) / values.len().max(1) as f64;
-    let mut s = frame(top);
-    for (i, (label, a, b)) in values.iter().enumerate() {
-        for (k, (v, class, what)) in [(a, "bar", "changes"), (b, "bar2", "drift")]
-            .into_iter()
-            .enumerate()
-        {
-            let bh = (h - bottom - 4.0) * (v / top);
-            let x = left + slot * i as f64 + slot * (0.1 + 0.4 * k as f64);
-            let _ = write!(
-                s,
-                "<rect class=\"{class}\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\"><title>{}: {} {what}</title></rect>",
-                h - bottom - bh,
-                slot * 0.38,
-                esc(label),
-                short_number(*v)
-            );
-        }
-    }
-    s.push_str(&ends(
-        values.first().map(|v| v.0.as_str()),
-        values.last().map(|v| v.0.as_str()),
-    ));
-    s
-}
-
-/// One line per currency over the days.
-fn cost_lines(points: &[(String, std::collections::BTreeMap<String, f64>)]) -> String {
-    let (w, h, left, bottom) = (W, H, LEFT, BOTTOM);
-    let max = points
-        .iter()
-        .flat_map(|p| p.1.values())
-        .fold(0.0_f64, |a, b| a.max(*b));
-    let top = if max > 0.0 { max * 1.15 } else { 1.0 };
-    let n = points.len().max(2) as f64 - 1.0;
-    let mut s = frame(top);
-    let currencies: std::collections::BTreeSet<&String> =
-        points.iter().flat_map(|p| p.1.keys()).collect();
-    for (k, cur) in currencies.iter().enumerate() {
-        let pts: Vec<String> = points
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let v = p.1.get(*cur)?;
-                let x = left + (w - left) * (i as f64 / n);
-                let y = (h - bottom) - (h - bottom - 4.0) * (v / top);
-                Some(format!("{x:.1},{y:.1}"))
-            })
-            .collect();
-        let class = if k % 2 == 0 { "line" } else { "line2" };
-        let last = points.iter().rev().find_map(|p| p.1.get(*cur));
-        let _ = write!(
-            s,
-            "<polyline class=\"{class}\" points=\"{}\"><title>{}: {:.2} now</title></polyline>",
-            pts.join(" "),
-            esc(cur),
-            last.copied().unwrap_or(0.0)
-        );
-        // A dot on the newest day: a single day shows too.
-        for p in pts.iter().rev().take(1) {
-            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = write!(
-                s,
-                "<circle class=\"{class}\" cx=\"{x}\" cy=\"{y}\" r=\"3.5\"/>"
-            );
-        }
-    }
-    s.push_str(&ends(
-        points.first().map(|p| p.0.as_str()),
-        points.last().map(|p| p.0.as_str()),
-    ));
-    s
-}
-
-fn short_number(v: f64) -> String {
-    if v >= 100.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
+    fn commit(&self, sha: Option<&str>) -> Option<Commit> {
+        let sha = sha.filter(|s| !s.is_empty())?;
+        let info = self.commits.get(sha);
+        Some(Commit {
+            short: sha.chars().take(12).collect(),
+            url: self
+                .web
+                .filter(|_| sha.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|web| link(format!("{web}/commit/{sha}"))),
+            subject: info.map(|i| i.subject.clone()),
+            author: info.map(|i| i.author.clone()),
+        })
     }
 }
 
 /// The dashboard.
 pub(crate) fn page(v: &View) -> String {
-    let mut s = head(&v.status.fleet, true);
-    title(v, &mut s);
-    alerts(v, &mut s);
-    at_a_glance(v, &mut s);
-    trends(v, &mut s);
-    hosts_table(v, &mut s);
-    cost_section(v, &mut s);
-    timeline(v, &mut s);
-    maintenance(v, &mut s);
-    proposals(v, &mut s);
-    s.push_str("<p class=\"muted\"><small>Also: <a href=\"/status\">/status</a> (JSON) · <a href=\"/metrics\">/metrics</a> · <a href=\"/badges/fleet.svg\">badges</a></small></p>");
-    s.push_str(&foot());
-    s
+    let st = v.status;
+    let ctx = context! {
+        title => &st.fleet,
+        refresh => true,
+        fleet => &st.fleet,
+        word => st.state().0,
+        branch => &st.branch,
+        repo => &st.repo,
+        head => v.commit(st.head_commit.as_deref()),
+        fetch => v.time(st.last_fetch_ok.as_deref()),
+        reconciled => v.time(st.last_reconcile.as_deref()),
+        pushed => v.time(st.written_back.as_ref().map(|w| w.at.as_str())),
+        hosts => hosts(v),
+        priced => priced(v),
+        timeline => timeline(v),
+        schedules => schedules(v),
+        proposals => proposals(v),
+        events => events(v),
+        ..banners(v),
+        ..cards(v),
+        ..trends(v),
+    };
+    render("index.html", ctx)
 }
 
-/// The fleet, its badge, and when it was last fetched, reconciled and written back.
-fn title(v: &View, s: &mut String) {
+/// What needs a human: an invalid or quarantined commit, a held one,
+/// stale data, a suspension, a rollout under way.
+fn banners(v: &View) -> Value {
     let st = v.status;
-    let (word, _) = st.state();
-    let _ = write!(
-        s,
-        "<h1>{fleet} <img src=\"/badges/fleet.svg\" alt=\"{word}\"></h1>\
-         <p class=\"muted\">Branch <code>{branch}</code> of <code>{repo}</code> · head {head} · last fetch {fetch} · last reconcile {rec} · status branch written {pushed}</p>",
-        fleet = esc(&st.fleet),
-        branch = esc(&st.branch),
-        repo = esc(&st.repo),
-        head = v.commit(st.head_commit.as_deref()),
-        fetch = v.time(st.last_fetch_ok.as_deref()),
-        rec = v.time(st.last_reconcile.as_deref()),
-        pushed = v.time(st.written_back.as_ref().map(|w| w.at.as_str())),
-    );
+    context! {
+        invalid => st.invalid.as_ref().map(|i| context! {
+            denied => i.denied,
+            commit => v.commit(Some(&i.commit)),
+            errors => i.errors.join("\n"),
+        }),
+        quarantined => st.quarantined.as_ref().map(|q| context! {
+            commit => v.commit(Some(&q.commit)),
+            reason => &q.reason,
+        }),
+        held => st.held.as_ref().map(|h| context! {
+            commit => v.commit(Some(&h.commit)),
+            reason => &h.reason,
+            windows => h.windows,
+            until => v.time(h.until.as_deref()),
+        }),
+        stale => &st.stale,
+        suspended => st.suspended.as_ref().map(|x| context! {
+            by => &x.by,
+            at => v.time(Some(&x.at)),
+            reason => &x.reason,
+        }),
+        rollout => st.rollout.as_ref().map(|r| context! {
+            commit => v.commit(Some(&r.commit)),
+            stage => r.stage,
+            stages => r.stages,
+            hosts => r.hosts.join(", "),
+            state => &r.state,
+        }),
+    }
 }
 
 /// Cards: hosts by state, the applied commit, cost, the last run, drift.
-fn at_a_glance(v: &View, s: &mut String) {
+fn cards(v: &View) -> Value {
     let st = v.status;
     let hosts: Vec<&HostStatus> = st.hosts.values().collect();
+    let counts: Vec<(&str, usize)> = HostState::ALL
+        .iter()
+        .map(|s| (s.word(), hosts.iter().filter(|h| h.state == *s).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let cost: Vec<String> = st
         .monthly_cost
         .iter()
-        .map(|(cur, a)| format!("{a:.2} {}", esc(cur)))
+        .map(|(cur, a)| format!("{a:.2} {cur}"))
         .collect();
-    let last = v.history.runs.back();
-    let drift: usize = hosts.iter().map(|h| h.drift.len()).sum();
-    let _ = write!(
-        s,
-        "<section class=\"cards\">\
-         <div class=\"card\"><small>Hosts</small><b>{}</b>{}</div>\
-         <div class=\"card\"><small>Applied</small><b>{}</b>{}</div>\
-         <div class=\"card\" id=\"cost\"><small>Cloud servers a month</small><b>{}</b></div>\
-         <div class=\"card\"><small>Last run</small><b>{}</b>{}</div>\
-         <div class=\"card\"><small>Drift</small><b>{drift}</b>resource{}</div></section>",
-        hosts.len(),
-        state_counts(&hosts),
-        v.commit(st.applied_commit.as_deref()),
-        st.applied_commit
-            .as_deref()
-            .and_then(|c| v.timeline.iter().find(|t| t.1 == c))
-            .map(|t| format!(" {}", v.time(Some(&rfc3339(t.0)))))
-            .unwrap_or_default(),
-        if cost.is_empty() {
-            "—".into()
-        } else {
-            cost.join(" + ")
-        },
-        last.map(|r| format!("{:.1} s", r.seconds))
-            .unwrap_or_else(|| "—".into()),
-        last.map(|r| format!(
-            "{} {}",
-            if r.apply { "apply" } else { "drift check" },
-            v.time(Some(&r.at))
-        ))
-        .unwrap_or_default(),
-        if drift == 1 { "" } else { "s" },
-    );
+    let applied_at = st
+        .applied_commit
+        .as_deref()
+        .and_then(|c| v.timeline.iter().find(|t| t.1 == c))
+        .and_then(|t| v.time(Some(&rfc3339(t.0))));
+    context! {
+        counts => counts,
+        applied => v.commit(st.applied_commit.as_deref()),
+        applied_at => applied_at,
+        cost => (!cost.is_empty()).then(|| cost.join(" + ")),
+        last_run => v.history.runs.back().map(|r| context! {
+            seconds => format!("{:.1}", r.seconds),
+            what => if r.apply { "apply" } else { "drift check" },
+            at => v.time(Some(&r.at)),
+        }),
+        drift => hosts.iter().map(|h| h.drift.len()).sum::<usize>(),
+    }
 }
 
-/// Charts from the history: durations, changes and drift per day, cost.
-fn trends(v: &View, s: &mut String) {
-    s.push_str("<h2>Trends</h2><section class=\"charts\" id=\"charts\">");
+/// Charts from the history: durations, changes and drift per day, and cost
+/// (only for a fleet with cloud servers: nothing else has a price).
+fn trends(v: &View) -> Value {
     let runs: Vec<(String, f64)> = v
         .history
         .runs
@@ -398,25 +293,13 @@ fn trends(v: &View, s: &mut String) {
         .rev()
         .map(|r| (r.at.get(..16).unwrap_or(&r.at).replace('T', " "), r.seconds))
         .collect();
-    let _ = write!(
-        s,
-        "<figure id=\"chart-duration\"><figcaption>Reconcile duration <small>(last {} run{}, seconds)</small></figcaption>{}</figure>",
-        runs.len(),
-        if runs.len() == 1 { "" } else { "s" },
-        bars(&runs, "s", "bar")
-    );
     let days: Vec<(String, f64, f64)> = v
         .history
         .per_day(v.now.date_naive(), 14)
         .into_iter()
         .map(|(d, c, dr)| (d.format("%b %-d").to_string(), c as f64, dr as f64))
         .collect();
-    let _ = write!(
-        s,
-        "<figure id=\"chart-changes\"><figcaption>Changes <span class=\"success\">■</span> and drift <span class=\"drifted\">■</span> per day <small>(14 days)</small></figcaption>{}</figure>",
-        paired_bars(&days)
-    );
-    let points: Vec<(String, std::collections::BTreeMap<String, f64>)> = v
+    let points: Vec<(String, BTreeMap<String, f64>)> = v
         .history
         .cost
         .iter()
@@ -425,123 +308,43 @@ fn trends(v: &View, s: &mut String) {
         .rev()
         .map(|p| (p.day.clone(), p.cost.clone()))
         .collect();
-    let _ = write!(
-        s,
-        "<figure id=\"chart-cost\"><figcaption>Monthly cost <small>(per currency, {} day{})</small></figcaption>{}</figure></section>",
-        points.len(),
-        if points.len() == 1 { "" } else { "s" },
-        cost_lines(&points)
-    );
+    let priced = !v.status.monthly_cost.is_empty() && !points.is_empty();
+    context! {
+        durations => context! { n => runs.len(), chart => charts::bars(&runs, "s") },
+        changes => charts::paired_bars(&days),
+        costs => priced.then(|| context! { n => points.len(), chart => charts::cost_lines(&points) }),
+    }
 }
 
 /// Each host: its state, applied commit, last run, cost, and drift or error.
-fn hosts_table(v: &View, s: &mut String) {
-    let hosts: Vec<&HostStatus> = v.status.hosts.values().collect();
-    s.push_str("<h2>Hosts</h2><div class=\"scroll\"><table id=\"hosts\"><tr><th>host</th><th>state</th><th class=\"wide\">applied</th><th>last run</th><th class=\"num wide\">a month</th><th>drift / error</th></tr>");
-    for h in &hosts {
-        let detail = match (&h.last_error, h.drift.len()) {
-            (Some(e), _) => format!(
-                "<span class=\"bad\">{}</span>",
-                esc(e.lines().next().unwrap_or(""))
-            ),
-            (None, 0) => esc(h.last_result.as_deref().unwrap_or("")),
-            (None, n) => format!("{n} resource{} drifted", if n == 1 { "" } else { "s" }),
-        };
-        let cost = v
-            .history
-            .hosts
-            .get(&h.host)
-            .and_then(|x| x.cost.as_ref())
-            .map(|(_, a, c)| format!("{a:.2} {}", esc(c)))
-            .unwrap_or_else(|| "—".into());
-        let _ = write!(
-            s,
-            "<tr><td><a href=\"/hosts/{link}\">{host}</a></td><td class=\"{st}\"><img src=\"/badges/{link}.svg\" alt=\"{st}\"></td><td class=\"wide\">{}</td><td>{}</td><td class=\"num wide\">{cost}</td><td>{detail}</td></tr>",
-            v.commit(h.applied_commit.as_deref()),
-            v.time(h.last_reconcile.as_deref()),
-            link = url_part(&h.host),
-            host = esc(&h.host),
-            st = h.state.word(),
-        );
-    }
-    s.push_str("</table></div>");
-}
-
-fn rfc3339(t: i64) -> String {
-    DateTime::from_timestamp(t, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn alerts(v: &View, s: &mut String) {
-    let st = v.status;
-    if let Some(inv) = &st.invalid {
-        let _ = write!(
-            s,
-            "<div class=\"alert\" id=\"invalid\"><b>{} at {}</b><pre>{}</pre></div>",
-            if inv.denied {
-                "Denied by policy"
-            } else {
-                "Invalid config"
-            },
-            v.commit(Some(&inv.commit)),
-            esc(&inv.errors.join("\n"))
-        );
-    }
-    if let Some(q) = &st.quarantined {
-        let _ = write!(
-            s,
-            "<div class=\"alert\"><b>Quarantined commit {}</b><p>{}</p></div>",
-            v.commit(Some(&q.commit)),
-            esc(&q.reason)
-        );
-    }
-    if let Some(h) = &st.held {
-        let how = if h.windows {
-            match &h.until {
-                Some(t) => format!(
-                    "Not applied: outside the apply windows. Applies at {} ({}); <code>tidekeeper release --now</code> applies it at once.",
-                    esc(t),
-                    v.time(Some(t))
-                ),
-                None => "Not applied: no apply window opens within a year; <code>tidekeeper release --now</code> applies it at once.".into(),
+fn hosts(v: &View) -> Vec<Value> {
+    v.status
+        .hosts
+        .values()
+        .map(|h| {
+            let cost = v
+                .history
+                .hosts
+                .get(&h.host)
+                .and_then(|x| x.cost.as_ref())
+                .map(|(_, a, c)| format!("{a:.2} {c}"));
+            context! {
+                name => &h.host,
+                link => url_part(&h.host),
+                state => h.state.word(),
+                applied => v.commit(h.applied_commit.as_deref()),
+                last => v.time(h.last_reconcile.as_deref()),
+                cost => cost,
+                error => h.last_error.as_deref().map(|e| e.lines().next().unwrap_or("")),
+                drift => h.drift.len(),
+                result => h.last_result.as_deref().unwrap_or(""),
             }
-        } else {
-            "Not applied: a proposal planned with its tree, or <code>tidekeeper release</code>, lets it through.".into()
-        };
-        let _ = write!(
-            s,
-            "<div class=\"alert\" id=\"held\"><b>Held commit {}</b><p>{}</p><p>{how}</p></div>",
-            v.commit(Some(&h.commit)),
-            esc(&h.reason)
-        );
-    }
-    for w in &st.stale {
-        let _ = write!(s, "<div class=\"alert\">Stale: {}</div>", esc(w));
-    }
-    if let Some(x) = &st.suspended {
-        let _ = write!(
-            s,
-            "<div class=\"alert\">Suspended by {} {}: {}. Nothing is applied and no job runs; plans go on.</div>",
-            esc(&x.by),
-            v.time(Some(&x.at)),
-            esc(&x.reason)
-        );
-    }
-    if let Some(r) = &st.rollout {
-        let _ = write!(
-            s,
-            "<p>Rollout of {}: stage {} of {} ({}): {}</p>",
-            v.commit(Some(&r.commit)),
-            r.stage,
-            r.stages,
-            esc(&r.hosts.join(", ")),
-            esc(&r.state)
-        );
-    }
+        })
+        .collect()
 }
 
-fn cost_section(v: &View, s: &mut String) {
+/// Cost per provider and per host, for the hosts that have a price.
+fn priced(v: &View) -> Option<Value> {
     let priced: Vec<(&String, &(String, f64, String))> = v
         .history
         .hosts
@@ -550,231 +353,227 @@ fn cost_section(v: &View, s: &mut String) {
         .filter(|(h, _)| v.status.hosts.contains_key(*h))
         .collect();
     if priced.is_empty() {
-        return;
+        return None;
     }
-    let mut per_provider: std::collections::BTreeMap<(&str, &str), (usize, f64)> =
-        Default::default();
+    let mut per_provider: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
     for (_, (p, a, c)) in &priced {
         let e = per_provider.entry((p.as_str(), c.as_str())).or_default();
         e.0 += 1;
         e.1 += a;
     }
-    s.push_str("<h2>Cost</h2><div class=\"scroll\"><table id=\"cost-table\"><tr><th>provider</th><th class=\"num\">servers</th><th class=\"num\">a month</th></tr>");
-    for ((p, c), (n, a)) in &per_provider {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td class=\"num\">{n}</td><td class=\"num\">{a:.2} {}</td></tr>",
-            esc(p),
-            esc(c)
-        );
-    }
-    s.push_str("</table></div><details><summary>Per host</summary><table><tr><th>host</th><th>provider</th><th class=\"num\">a month</th></tr>");
-    for (h, (p, a, c)) in &priced {
-        let _ = write!(
-            s,
-            "<tr><td><a href=\"/hosts/{}\">{}</a></td><td>{}</td><td class=\"num\">{a:.2} {}</td></tr>",
-            url_part(h),
-            esc(h),
-            esc(p),
-            esc(c)
-        );
-    }
-    s.push_str("</table></details>");
+    let providers: Vec<Value> = per_provider
+        .iter()
+        .map(|((p, c), (n, a))| context! { provider => p, servers => n, amount => format!("{a:.2} {c}") })
+        .collect();
+    let hosts: Vec<Value> = priced
+        .iter()
+        .map(|(h, (p, a, c))| context! { name => h, link => url_part(h), provider => p, amount => format!("{a:.2} {c}") })
+        .collect();
+    Some(context! { providers => providers, hosts => hosts })
 }
 
-fn timeline(v: &View, s: &mut String) {
-    s.push_str("<h2>Applied commits</h2>");
-    if v.timeline.is_empty() {
-        s.push_str("<p class=\"muted\" id=\"timeline\">None yet.</p>");
-        return;
-    }
-    s.push_str(
-        "<div class=\"scroll\"><table id=\"timeline\"><tr><th>when</th><th>commit</th></tr>",
-    );
-    for (t, c) in v.timeline.iter().take(20) {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td></tr>",
-            v.time(Some(&rfc3339(*t))),
-            v.commit(Some(c))
-        );
-    }
-    s.push_str("</table></div>");
+fn timeline(v: &View) -> Vec<Value> {
+    v.timeline
+        .iter()
+        .take(20)
+        .map(|(t, c)| context! { at => v.time(Some(&rfc3339(*t))), commit => v.commit(Some(c)) })
+        .collect()
 }
 
-fn maintenance(v: &View, s: &mut String) {
-    if v.status.schedules.is_empty() {
-        return;
-    }
-    s.push_str("<h2>Maintenance</h2><div class=\"scroll\"><table id=\"schedules\"><tr><th>job</th><th>next run</th><th>last run</th><th>result</th></tr>");
-    for (name, sch) in &v.status.schedules {
-        let (last, result) = match &sch.last_run {
-            Some(r) => (
-                v.time(Some(&r.started)),
-                match (&r.not_started, r.ok) {
-                    (Some(why), _) => {
-                        format!("<span class=\"drifted\">not started: {}</span>", esc(why))
-                    }
-                    (None, true) => format!(
-                        "<span class=\"ok\">ok</span> on {} host{}",
-                        r.hosts.len(),
-                        if r.hosts.len() == 1 { "" } else { "s" }
-                    ),
-                    (None, false) => {
-                        let failed: Vec<String> = r
-                            .hosts
-                            .iter()
-                            .filter(|h| h.error.is_some())
-                            .map(|h| esc(&h.host))
-                            .collect();
-                        format!("<span class=\"bad\">failed</span> {}", failed.join(", "))
-                    }
-                },
-            ),
-            None => ("—".into(), String::new()),
-        };
-        let next = match sch.next_run.as_deref() {
-            Some(n) => format!(
-                "{} <small class=\"wide\">{}</small>",
-                v.time(Some(n)),
-                esc(n)
-            ),
-            None => "—".into(),
-        };
-        let _ = write!(
-            s,
-            "<tr><td><img src=\"/badges/schedule-{link}.svg\" alt=\"{n}\"> {n}</td><td>{next}</td><td>{last}</td><td>{result}</td></tr>",
-            n = esc(name),
-            link = url_part(name),
-        );
-    }
-    s.push_str("</table></div>");
+/// The maintenance calendar: next run (relative and in UTC), the last one.
+fn schedules(v: &View) -> Vec<Value> {
+    v.status
+        .schedules
+        .iter()
+        .map(|(name, sch)| {
+            let last = sch.last_run.as_ref();
+            let failed: Vec<&str> = last
+                .map(|r| {
+                    r.hosts
+                        .iter()
+                        .filter(|h| h.error.is_some())
+                        .map(|h| h.host.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            context! {
+                name => name,
+                link => url_part(name),
+                next => v.time(sch.next_run.as_deref()),
+                last => last.and_then(|r| v.time(Some(&r.started))),
+                not_started => last.and_then(|r| r.not_started.as_deref()),
+                ok => last.filter(|r| r.not_started.is_none()).map(|r| r.ok),
+                hosts => last.map(|r| r.hosts.len()).unwrap_or(0),
+                failed => failed,
+            }
+        })
+        .collect()
 }
 
-fn proposals(v: &View, s: &mut String) {
-    if v.history.proposals.is_empty() {
-        return;
+/// The page address of a proposal: its number for a pull request.
+fn proposal_link(name: &str) -> String {
+    match crate::forge::pr_number(name) {
+        Some(n) => n.to_string(),
+        None => url_part(name),
     }
-    s.push_str("<h2>Pull requests</h2><div class=\"scroll\"><table id=\"proposals\"><tr><th>ref</th><th>head</th><th>plan</th><th>when</th></tr>");
-    for (name, p) in &v.history.proposals {
-        let pr = crate::forge::pr_number(name);
-        let title = match (pr, v.web) {
-            (Some(n), Some(web)) => format!("<a href=\"{}/pull/{n}\">#{n}</a>", esc(web)),
-            (Some(n), None) => format!("#{n}"),
-            _ => format!("<code>{}</code>", esc(name)),
-        };
-        let _ = write!(
-            s,
-            "<tr><td>{title}</td><td>{}</td><td class=\"{st}\">{st}: {}</td><td>{}</td></tr>",
-            v.commit(Some(&p.commit)),
-            esc(&p.description),
-            v.time(Some(&p.at)),
-            st = esc(&p.state),
-        );
-    }
-    s.push_str("</table></div>");
+}
+
+fn proposals(v: &View) -> Vec<Value> {
+    v.history
+        .proposals
+        .iter()
+        .map(|(name, p)| {
+            let number = crate::forge::pr_number(name);
+            context! {
+                name => name,
+                number => number,
+                forge => number.zip(v.web).and_then(|(n, web)| link(format!("{web}/pull/{n}"))),
+                link => proposal_link(name),
+                title => (!p.subject.is_empty()).then_some(&p.subject),
+                commit => v.commit(Some(&p.commit)),
+                state => &p.state,
+                description => &p.description,
+                at => v.time(Some(&p.at)),
+            }
+        })
+        .collect()
+}
+
+/// What operators and alerts did, newest first.
+fn events(v: &View) -> Vec<Value> {
+    v.history
+        .events
+        .iter()
+        .rev()
+        .take(50)
+        .map(|e| {
+            let class = match e.kind.as_str() {
+                "alert resolved" | "resumed" | "released" | "retried" => "ok",
+                "alert firing" | "quarantined" => "bad",
+                _ => "drifted",
+            };
+            context! { at => v.time(Some(&e.at)), kind => &e.kind, class => class, text => &e.text }
+        })
+        .collect()
 }
 
 /// A host's own page; None for a host the fleet does not have.
 pub(crate) fn host_page(v: &View, host: &str) -> Option<String> {
     let h = v.status.hosts.get(host)?;
     let x = v.history.hosts.get(host);
-    let mut s = head(host, true);
-    let _ = write!(
-        s,
-        "<p><a href=\"/\">← {fleet}</a></p><h1>{name} <img src=\"/badges/{link}.svg\" alt=\"{st}\"></h1>\
-         <p class=\"muted\">{st} · applied {} · last run {} ({}){}</p>",
-        v.commit(h.applied_commit.as_deref()),
-        v.time(h.last_reconcile.as_deref()),
-        esc(h.last_result.as_deref().unwrap_or("—")),
-        x.and_then(|x| x.cost.as_ref())
-            .map(|(p, a, c)| format!(" · {} {a:.2} {} a month", esc(p), esc(c)))
-            .unwrap_or_default(),
-        fleet = esc(&v.status.fleet),
-        name = esc(host),
-        link = url_part(host),
-        st = h.state.word(),
-    );
-    if let Some(e) = &h.last_error {
-        let _ = write!(
-            s,
-            "<div class=\"alert\" id=\"error\"><b>Last error</b><pre>{}</pre></div>",
-            esc(e)
-        );
-    }
-    if !h.drift.is_empty() {
-        let _ = write!(
-            s,
-            "<h2>Drift <small>({})</small></h2><pre id=\"drift\">",
-            h.drift.len()
-        );
-        for d in &h.drift {
-            let _ = writeln!(s, "{}", esc(d));
-        }
-        s.push_str("</pre>");
-    }
-    s.push_str("<h2>Last plan with changes</h2>");
-    match x.and_then(|x| x.last_plan.as_ref()) {
-        Some(p) => {
-            let _ = write!(
-                s,
-                "<p class=\"muted\">{} of {} {}</p><pre class=\"plan\" id=\"plan\">",
-                if p.apply {
-                    "Applied"
-                } else {
-                    "Planned (drift check)"
-                },
-                v.commit(Some(&p.commit)),
-                v.time(Some(&p.at))
-            );
-            for line in p.text.lines() {
-                let t = line.trim_start();
-                let class = if t.starts_with("@@") {
-                    "hunk"
-                } else if t.starts_with('+') && !t.starts_with("+++") {
-                    "add"
-                } else if t.starts_with('-') && !t.starts_with("---") && !t.starts_with("-/+") {
-                    "del"
-                } else {
-                    ""
-                };
-                if class.is_empty() {
-                    let _ = writeln!(s, "{}", esc(line));
-                } else {
-                    let _ = writeln!(s, "<span class=\"{class}\">{}</span>", esc(line));
-                }
-            }
-            s.push_str("</pre>");
-        }
-        None => s.push_str(
-            "<p class=\"muted\" id=\"plan\">None since the daemon started keeping history.</p>",
-        ),
-    }
-    s.push_str("<h2>Recent runs</h2><div class=\"scroll\"><table id=\"runs\"><tr><th>when</th><th>what</th><th>commit</th><th>state</th><th>result</th><th class=\"num\">took</th></tr>");
-    for r in x
+    let runs: Vec<Value> = x
         .map(|x| x.runs.iter().rev().collect::<Vec<_>>())
         .unwrap_or_default()
-    {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{st}\">{st}</td><td>{}</td><td class=\"num\">{:.1} s</td></tr>",
-            v.time(Some(&r.at)),
-            if r.apply { "apply" } else { "drift check" },
-            v.commit(Some(&r.commit)),
-            esc(&r.result),
-            r.ms as f64 / 1000.0,
-            st = r.state.word(),
-        );
-    }
-    s.push_str("</table></div>");
-    s.push_str(&foot());
-    Some(s)
+        .into_iter()
+        .map(|r| {
+            context! {
+                at => v.time(Some(&r.at)),
+                apply => r.apply,
+                commit => v.commit(Some(&r.commit)),
+                state => r.state.word(),
+                result => &r.result,
+                took => format!("{:.1}", r.ms as f64 / 1000.0),
+            }
+        })
+        .collect();
+    let ctx = context! {
+        title => host,
+        refresh => true,
+        fleet => &v.status.fleet,
+        name => host,
+        link => url_part(host),
+        state => h.state.word(),
+        applied => v.commit(h.applied_commit.as_deref()),
+        last => v.time(h.last_reconcile.as_deref()),
+        result => h.last_result.as_deref(),
+        cost => x.and_then(|x| x.cost.as_ref()).map(|(p, a, c)| format!("{p} {a:.2} {c}")),
+        error => h.last_error.as_deref(),
+        drift => &h.drift,
+        last_plan => x.and_then(|x| x.last_plan.as_ref()).map(|p| context! {
+            apply => p.apply,
+            commit => v.commit(Some(&p.commit)),
+            at => v.time(Some(&p.at)),
+            lines => plan_lines(&p.text),
+        }),
+        jobs => jobs_on(v, host),
+        runs => runs,
+    };
+    Some(render("host.html", ctx))
 }
 
+/// The last run of each maintenance job on `host`: its result and the
+/// tail of what it printed there.
+fn jobs_on(v: &View, host: &str) -> Vec<Value> {
+    v.status
+        .schedules
+        .values()
+        .filter_map(|s| s.last_run.as_ref())
+        .filter_map(|r| Some((r, r.hosts.iter().find(|h| h.host == host)?)))
+        .map(|(r, h)| {
+            let ok = h.error.is_none();
+            context! {
+                job => &r.job,
+                kind => &r.kind,
+                started => v.time(Some(&r.started)),
+                class => if ok { "ok" } else { "bad" },
+                result => format!(
+                    "{} in {:.1} s",
+                    if ok { "ok" } else { "failed" },
+                    h.duration_ms as f64 / 1000.0
+                ),
+                error => h.error.as_deref(),
+                tail => h.log_tail.join("\n"),
+            }
+        })
+        .collect()
+}
+
+/// A proposal's own page (`/proposals/7` for pull request 7, else its ref):
+/// its head, status, the policies' verdicts, the cost it adds, the plan
+/// with its diffs. None for a proposal the daemon has not planned.
+pub(crate) fn proposal_page(v: &View, key: &str) -> Option<String> {
+    let (name, p): (&String, &ProposalPlan) = v
+        .history
+        .proposals
+        .iter()
+        .find(|(name, _)| proposal_link(name) == url_part(key) || name.as_str() == key)?;
+    let number = crate::forge::pr_number(name);
+    let raised: Vec<String> = p
+        .raised_cost
+        .iter()
+        .map(|(c, a)| format!("{a:.2} {c}"))
+        .collect();
+    let ctx = context! {
+        title => match number { Some(n) => format!("#{n}"), None => name.clone() },
+        refresh => true,
+        fleet => &v.status.fleet,
+        name => name,
+        number => number,
+        forge => number.zip(v.web).and_then(|(n, web)| link(format!("{web}/pull/{n}"))),
+        subject => (!p.subject.is_empty()).then_some(&p.subject),
+        author => (!p.author.is_empty()).then_some(&p.author),
+        head => v.commit(Some(&p.commit)),
+        at => v.time(Some(&p.at)),
+        state => &p.state,
+        description => &p.description,
+        denials => &p.denials,
+        raised => raised,
+        lines => plan_lines(&p.plan),
+    };
+    Some(render("proposal.html", ctx))
+}
+
+/// The page for an address naming no host or proposal.
+pub(crate) fn missing_page(what: &str, name: &str) -> String {
+    let ctx = context! { title => "not found", refresh => false, what => what, name => name };
+    render("missing.html", ctx)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::daemon::history::{HostEntry, HostRun, Run};
+    use crate::daemon::status::ScheduleStatus;
+    use crate::maintenance::run::{HostRun as MaintenanceHostRun, HostRunResult, JobRun};
 
     fn now() -> DateTime<Utc> {
         "2026-11-28T12:00:00Z".parse().unwrap()
@@ -793,6 +592,7 @@ mod tests {
                 at: "2026-11-28T11:00:00Z".into(),
                 state: "failure\" onmouseover=\"alert(2)".into(),
                 description: "denied: <b>host</b> & \"name\"".into(),
+                ..Default::default()
             },
         );
         // A commit that is no commit id, cut by characters, never mid-character.
@@ -803,12 +603,14 @@ mod tests {
                 at: "2026-11-28T11:00:00Z".into(),
                 state: "success".into(),
                 description: "ok".into(),
+                ..Default::default()
             },
         );
         let v = View {
             status: &st,
             history: &history,
             timeline: &[],
+            commits: &BTreeMap::new(),
             web: Some("https://github.com/acme/fleet"),
             now: now(),
         };
@@ -847,6 +649,7 @@ mod tests {
             status: &st,
             history: &history,
             timeline: &[],
+            commits: &BTreeMap::new(),
             web: None,
             now: now(),
         };
@@ -914,6 +717,7 @@ mod tests {
             status: &st,
             history: &history,
             timeline: &timeline,
+            commits: &BTreeMap::new(),
             web: Some("https://github.com/acme/fleet"),
             now: now(),
         };
@@ -935,7 +739,357 @@ mod tests {
             host.contains("<span class=\"add\">      +&lt;b&gt;hi&lt;/b&gt;</span>"),
             "{host}"
         );
-        assert!(host.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(host.contains("&lt;script&gt;alert(1)&lt;"), "{host}");
         assert!(host_page(&v, "nope").is_none());
+    }
+
+    /// Text anyone can get onto the page: a host name (checked by the model,
+    /// but the page must not rely on it), a commit's message and author, a
+    /// pull request's title and plan, a job's output and an error.
+    const HOSTILE: &str = "<script>document.body.dataset.pwned=1</script>\"'{{ 7*7 }}{% if true %}x{% endif %}\n<img src=x onerror=alert(1)>";
+
+    struct Fixture {
+        status: FleetStatus,
+        history: History,
+        timeline: Vec<(i64, String)>,
+        commits: BTreeMap<String, CommitInfo>,
+    }
+
+    impl Fixture {
+        fn view(&self) -> View<'_> {
+            View {
+                status: &self.status,
+                history: &self.history,
+                timeline: &self.timeline,
+                commits: &self.commits,
+                web: Some("https://github.com/acme/fleet"),
+                now: now(),
+            }
+        }
+    }
+
+    fn job_run(job: &str, host: &str, error: Option<&str>, tail: &[&str]) -> JobRun {
+        JobRun {
+            job: job.into(),
+            kind: "command".into(),
+            started: "2026-11-28T11:00:00Z".into(),
+            finished: "2026-11-28T11:00:05Z".into(),
+            ok: error.is_none(),
+            not_started: None,
+            hosts: vec![MaintenanceHostRun {
+                host: host.into(),
+                result: if error.is_none() {
+                    HostRunResult::Ok
+                } else {
+                    HostRunResult::Failed
+                },
+                error: error.map(String::from),
+                rebooted: false,
+                duration_ms: 5000,
+                log_tail: tail.iter().map(|t| t.to_string()).collect(),
+            }],
+        }
+    }
+
+    /// A fleet whose every text field holds [`HOSTILE`].
+    fn hostile() -> Fixture {
+        let name = format!("web{HOSTILE}");
+        let mut h = HostStatus::new(&name);
+        h.last_error = Some(format!("apply failed: {HOSTILE}"));
+        h.drift = vec![HOSTILE.into()];
+        let mut status = FleetStatus {
+            fleet: format!("acme{HOSTILE}"),
+            ..Default::default()
+        };
+        status.hosts.insert(name.clone(), h);
+        status.schedules.insert(
+            format!("nightly{HOSTILE}"),
+            ScheduleStatus {
+                next_run: Some("2026-11-28T15:00:00Z".into()),
+                last_run: Some(job_run(
+                    &format!("nightly{HOSTILE}"),
+                    &name,
+                    Some(HOSTILE),
+                    &[HOSTILE, "done"],
+                )),
+            },
+        );
+        let mut history = History::default();
+        history.proposals.insert(
+            "refs/pull/7/head".into(),
+            ProposalPlan {
+                commit: "e".repeat(40),
+                at: "2026-11-28T11:30:00Z".into(),
+                state: "failure".into(),
+                description: format!("denied: {HOSTILE}"),
+                subject: HOSTILE.into(),
+                author: HOSTILE.into(),
+                plan: format!("  ~ web file /etc/motd\n      -old\n      +{HOSTILE}\n"),
+                denials: vec![HOSTILE.into()],
+                raised_cost: BTreeMap::from([("EUR".to_string(), 17.5)]),
+            },
+        );
+        history.event("2026-11-28T11:40:00Z", "suspended", format!("by {HOSTILE}"));
+        let commits = BTreeMap::from([(
+            "a".repeat(40),
+            CommitInfo {
+                subject: HOSTILE.into(),
+                author: HOSTILE.into(),
+            },
+        )]);
+        Fixture {
+            status,
+            history,
+            timeline: vec![(1_764_327_600, "a".repeat(40))],
+            commits,
+        }
+    }
+
+    /// Markup that only hostile text could have put there.
+    fn assert_inert(page: &str) {
+        assert_eq!(
+            page.matches("<script").count(),
+            1,
+            "only the page's own script:\n{page}"
+        );
+        for bad in [
+            "<img src=x",
+            "dataset.pwned=1</script>",
+            "&#x27;49",
+            "&#x27;x",
+        ] {
+            assert!(!page.contains(bad), "{bad:?} got through:\n{page}");
+        }
+        assert!(
+            page.contains("&lt;script&gt;document.body.dataset.pwned=1&lt;")
+                && page.contains("&quot;&#x27;{{ 7*7 }}{% if true %}x{% endif %}"),
+            "shown as the text it is:\n{page}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_messages_titles_output_and_errors_are_shown_as_text_on_every_page() {
+        let f = hostile();
+        let v = f.view();
+        let index = page(&v);
+        assert_inert(&index);
+        // The host's link is made of its name, percent-encoded.
+        assert!(
+            index.contains("<a href=\"/hosts/web%3Cscript%3Edocument.body.dataset.pwned%3D1"),
+            "{index}"
+        );
+        let host = host_page(&v, &format!("web{HOSTILE}")).unwrap();
+        assert_inert(&host);
+        let pr = proposal_page(&v, "7").unwrap();
+        assert_inert(&pr);
+        assert_inert(&missing_page("host", HOSTILE));
+    }
+
+    #[test]
+    fn the_changes_legend_has_the_colours_of_the_bars() {
+        let f = hostile();
+        let index = page(&f.view());
+        let at = index.find("<figure id=\"chart-changes\">").unwrap();
+        let figure = &index[at..at + index[at..].find("</figure>").unwrap()];
+        let legend = &figure[..figure.find("<svg").unwrap()];
+        // Each series' key carries its bars' class, whose colour the style sets.
+        assert!(
+            legend.contains("Changes <span class=\"key bar\">■</span>")
+                && legend.contains("drift <span class=\"key bar2\">■</span>"),
+            "{legend}"
+        );
+        assert!(
+            figure.contains("<rect class=\"bar\"") && figure.contains("<rect class=\"bar2\""),
+            "{figure}"
+        );
+        let style = include_str!("dashboard/style.css");
+        assert!(
+            style.contains(".bar{fill:var(--accent)}")
+                && style.contains(".key.bar{color:var(--accent)}")
+                && style.contains(".bar2{fill:var(--warn)}")
+                && style.contains(".key.bar2{color:var(--warn)}"),
+            "legend and bars share colours"
+        );
+    }
+
+    #[test]
+    fn a_fleet_without_cloud_servers_has_no_cost_chart() {
+        let mut f = hostile();
+        assert!(!page(&f.view()).contains("chart-cost"));
+        // With a priced server the chart is drawn.
+        f.status.monthly_cost.insert("EUR".into(), 4.51);
+        f.history
+            .cost_on("2026-11-28", &BTreeMap::from([("EUR".to_string(), 4.51)]));
+        let index = page(&f.view());
+        assert!(
+            index.contains("<figure id=\"chart-cost\">") && index.contains("<polyline"),
+            "{index}"
+        );
+    }
+
+    #[test]
+    fn a_job_due_later_reads_in_so_many_hours_next_to_its_time_in_utc() {
+        let f = hostile();
+        let index = page(&f.view());
+        let at = index.find("<table id=\"schedules\">").unwrap();
+        let table = &index[at..at + index[at..].find("</table>").unwrap()];
+        assert!(
+            table.contains(
+                "<time datetime=\"2026-11-28T15:00:00Z\" title=\"2026-11-28T15:00:00Z\">in 3 h</time> <small class=\"wide\">2026-11-28 15:00 UTC</small>"
+            ),
+            "{table}"
+        );
+        assert!(!table.contains("just now"), "{table}");
+    }
+
+    #[test]
+    fn the_quarantine_banner_says_how_to_retry() {
+        let mut f = hostile();
+        f.status.quarantined = Some(crate::daemon::status::Quarantine {
+            commit: "c".repeat(40),
+            reason: "apply failed: web: step 2 exited with 1".into(),
+        });
+        let index = page(&f.view());
+        let at = index
+            .find("<div class=\"alert\" id=\"quarantined\">")
+            .unwrap();
+        let banner = &index[at..at + index[at..].find("</div>").unwrap()];
+        assert!(
+            banner.contains("<code>tidekeeper retry --daemon HOST</code>")
+                && banner.contains("apply failed: web: step 2 exited with 1"),
+            "{banner}"
+        );
+    }
+
+    #[test]
+    fn a_pull_request_has_a_page_with_its_plan_verdicts_cost_and_status() {
+        let mut f = hostile();
+        f.history.proposals.insert(
+            "refs/pull/9/head".into(),
+            ProposalPlan {
+                commit: "f".repeat(40),
+                at: "2026-11-28T11:00:00Z".into(),
+                state: "success".into(),
+                description: "Plan: 0 to add, 1 to change".into(),
+                subject: "Raise the motd".into(),
+                author: "Ada Lovelace".into(),
+                plan: "  ~ web file /etc/motd\n@@ -1 +1 @@\n-old\n+new\n".into(),
+                denials: vec![],
+                raised_cost: BTreeMap::new(),
+            },
+        );
+        let v = f.view();
+        let index = page(&v);
+        let at = index.find("<table id=\"proposals\">").unwrap();
+        let rows = &index[at..at + index[at..].find("</table>").unwrap()];
+        assert!(
+            rows.contains("<a href=\"https://github.com/acme/fleet/pull/9\">#9</a>")
+                && rows.contains("<a href=\"/proposals/9\">Raise the motd</a>"),
+            "{rows}"
+        );
+        let pr = proposal_page(&v, "9").unwrap();
+        assert!(pr.contains("<h1>#9 Raise the motd</h1>"), "{pr}");
+        assert!(pr.contains(" by Ada Lovelace"), "{pr}");
+        assert!(
+            pr.contains(
+                "<td class=\"success\" id=\"status\">success: Plan: 0 to add, 1 to change</td>"
+            ),
+            "{pr}"
+        );
+        assert!(pr.contains("<span class=\"ok\">no denials</span>"), "{pr}");
+        assert!(pr.contains("no rise in the monthly cost"), "{pr}");
+        assert!(
+            pr.contains("<span class=\"hunk\">@@ -1 +1 @@</span>")
+                && pr.contains("<span class=\"del\">-old</span>")
+                && pr.contains("<span class=\"add\">+new</span>"),
+            "{pr}"
+        );
+        // The denied one: its verdicts and the cost it raises.
+        let denied = proposal_page(&v, "7").unwrap();
+        assert!(
+            denied.contains("<li class=\"bad\">&lt;script&gt;")
+                && denied.contains("raises the monthly cost to 17.50 EUR"),
+            "{denied}"
+        );
+        assert!(proposal_page(&v, "8").is_none());
+    }
+
+    #[test]
+    fn applied_commits_show_their_message_and_author() {
+        let mut f = hostile();
+        f.commits.insert(
+            "a".repeat(40),
+            CommitInfo {
+                subject: "Open port 443 on web".into(),
+                author: "Grace Hopper".into(),
+            },
+        );
+        let index = page(&f.view());
+        let at = index.find("<table id=\"timeline\">").unwrap();
+        let table = &index[at..at + index[at..].find("</table>").unwrap()];
+        assert!(
+            table.contains(
+                "</a></td><td>Open port 443 on web</td><td class=\"wide\">Grace Hopper</td></tr>"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn events_are_listed_newest_first() {
+        let mut f = hostile();
+        f.history.event(
+            "2026-11-28T11:50:00Z",
+            "resumed",
+            "an operator resumed applies and jobs".into(),
+        );
+        f.history.event(
+            "2026-11-28T11:55:00Z",
+            "alert firing",
+            "host web: apply failed".into(),
+        );
+        let index = page(&f.view());
+        let at = index.find("<table id=\"events\">").unwrap();
+        let table = &index[at..at + index[at..].find("</table>").unwrap()];
+        let order: Vec<usize> = ["alert firing", "resumed", "suspended"]
+            .iter()
+            .map(|k| {
+                table
+                    .find(&format!(">{k}</td>"))
+                    .unwrap_or_else(|| panic!("{k}: {table}"))
+            })
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{table}");
+        assert!(table.contains(">5 min ago</time>"), "{table}");
+    }
+
+    #[test]
+    fn a_host_page_shows_the_output_of_the_jobs_that_ran_there() {
+        let mut f = hostile();
+        let name = format!("web{HOSTILE}");
+        f.status.schedules.insert(
+            "backup".into(),
+            ScheduleStatus {
+                next_run: None,
+                last_run: Some(job_run(
+                    "backup",
+                    &name,
+                    None,
+                    &["snapshot 4f2a saved", "processed 120 files"],
+                )),
+            },
+        );
+        let host = host_page(&f.view(), &name).unwrap();
+        let at = host.find("<div id=\"jobs\">").unwrap();
+        let jobs = &host[at..];
+        assert!(
+            jobs.contains("<pre class=\"output\">snapshot 4f2a saved\nprocessed 120 files</pre>")
+                && jobs.contains("<span class=\"ok\">ok in 5.0 s</span>"),
+            "{jobs}"
+        );
+        assert!(
+            jobs.contains("<span class=\"bad\">failed in 5.0 s</span>"),
+            "{jobs}"
+        );
     }
 }

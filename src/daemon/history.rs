@@ -31,6 +31,31 @@ pub struct History {
     /// Held commits operators released (`tidekeeper release`), newest last.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub releases: VecDeque<super::status::Release>,
+    /// What operators and alerts did (suspend, resume, retry, release,
+    /// quarantine, alerts firing and resolved), newest last.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub events: VecDeque<Event>,
+}
+
+/// Events kept.
+const EVENTS: usize = 200;
+
+/// One thing that happened to the fleet as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `suspended`, `resumed`, `retried`, `released`, `quarantined`,
+    /// `alert firing`, `alert resolved`.
+    pub kind: String,
+    pub text: String,
+}
+
+/// A commit's message (first line) and author, as the dashboard lists them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitInfo {
+    pub subject: String,
+    pub author: String,
 }
 
 /// Releases kept.
@@ -39,9 +64,34 @@ const RELEASES: usize = 100;
 impl History {
     /// An operator released a held commit.
     pub fn released(&mut self, r: super::status::Release) {
+        let how = if r.now {
+            ", outside the apply windows"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{} released held commit {}{how}",
+            r.by,
+            &r.commit[..r.commit.len().min(12)]
+        );
+        self.event(&r.at, "released", text);
         self.releases.push_back(r);
         while self.releases.len() > RELEASES {
             self.releases.pop_front();
+        }
+    }
+}
+
+impl History {
+    /// Record an event, dropping the oldest past the limit.
+    pub fn event(&mut self, at: &str, kind: &str, text: String) {
+        self.events.push_back(Event {
+            at: at.to_string(),
+            kind: kind.to_string(),
+            text,
+        });
+        while self.events.len() > EVENTS {
+            self.events.pop_front();
         }
     }
 }
@@ -99,13 +149,40 @@ pub struct CostPoint {
     pub cost: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProposalPlan {
     pub commit: String,
     pub at: String,
     /// The commit status: success, failure or error.
     pub state: String,
     pub description: String,
+    /// The head commit's message (first line) and author.
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub author: String,
+    /// The plan as text with its diffs (redacted), cut like a host's plan.
+    #[serde(default)]
+    pub plan: String,
+    /// The policies' denials and errors.
+    #[serde(default)]
+    pub denials: Vec<String>,
+    /// Currency → the proposed monthly cost, where the proposal raises it.
+    #[serde(default)]
+    pub raised_cost: BTreeMap<String, f64>,
+}
+
+/// `text` cut to at most [`PLAN_BYTES`] on a character boundary, saying so.
+pub(crate) fn capped_plan(mut text: String) -> String {
+    if text.len() > PLAN_BYTES {
+        let mut cut = PLAN_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n… (cut: the plan is longer)\n");
+    }
+    text
 }
 
 /// What one host's part of a run adds.
@@ -122,15 +199,7 @@ impl History {
         for (name, e) in hosts {
             let h = self.hosts.entry(name).or_default();
             if let Some(text) = e.plan {
-                let mut text = text;
-                if text.len() > PLAN_BYTES {
-                    let mut cut = PLAN_BYTES;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push_str("\n… (cut: the plan is longer)\n");
-                }
+                let text = capped_plan(text);
                 h.last_plan = Some(LastPlan {
                     at: e.run.at.clone(),
                     commit: e.run.commit.clone(),

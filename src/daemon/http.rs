@@ -110,6 +110,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/hosts/{name}", get(host_page))
+        .route("/proposals/{name}", get(proposal_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -175,36 +176,57 @@ async fn status_json(State(s): State<Arc<Shared>>) -> Response {
 async fn page(State(s): State<Arc<Shared>>) -> Html<String> {
     let status = s.status.lock().unwrap().clone();
     let board = s.board.lock().unwrap();
-    Html(super::dashboard::page(&view(&status, &board)))
+    Html(super::dashboard::page(&view(
+        &status,
+        &board,
+        s.clock.now(),
+    )))
 }
 
 fn view<'a>(
     status: &'a super::status::FleetStatus,
     board: &'a super::Board,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> super::dashboard::View<'a> {
     super::dashboard::View {
         status,
         history: &board.history,
         timeline: &board.timeline,
+        commits: &board.commits,
         web: board.web.as_deref(),
-        now: chrono::Utc::now(),
+        now,
     }
 }
 
 async fn host_page(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     let status = s.status.lock().unwrap().clone();
     let board = s.board.lock().unwrap();
-    match super::dashboard::host_page(&view(&status, &board), &name) {
+    match super::dashboard::host_page(&view(&status, &board, s.clock.now()), &name) {
         Some(page) => Html(page).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Html(format!(
-                "<!doctype html><title>not found</title><p>No host {} in this fleet. <a href=\"/\">Back</a></p>",
-                super::dashboard::esc(&name)
-            )),
-        )
-            .into_response(),
+        None => missing("host", &name),
     }
+}
+
+/// A pull request's page: `/proposals/7`, or the ref of another proposal.
+async fn proposal_page(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    let status = s.status.lock().unwrap().clone();
+    let board = s.board.lock().unwrap();
+    match super::dashboard::proposal_page(&view(&status, &board, s.clock.now()), &name) {
+        Some(page) => Html(page).into_response(),
+        None => missing("pull request", &name),
+    }
+}
+
+fn missing(what: &str, name: &str) -> Response {
+    let page = super::dashboard::missing_page(what, name);
+    (StatusCode::NOT_FOUND, Html(page)).into_response()
+}
+
+/// An operator's action in the dashboard's events.
+fn event(s: &Shared, kind: &str, text: String) {
+    let mut board = s.board.lock().unwrap();
+    board.history.event(&s.clock.stamp(), kind, text);
+    board.save();
 }
 
 async fn badge(State(s): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
@@ -362,6 +384,11 @@ async fn retry(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     }
     s.scheduler.now(super::scheduler::Request::Retry);
     s.poke();
+    event(
+        &s,
+        "retried",
+        "an operator asked to retry the quarantined, held or stopped commit".into(),
+    );
     (StatusCode::ACCEPTED, "retrying the quarantined commit\n").into_response()
 }
 
@@ -462,7 +489,7 @@ async fn release(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     *s.release.lock().unwrap() = Some(super::status::Release {
         commit: h.commit.clone(),
         by: by.to_string(),
-        at: super::now(),
+        at: s.clock.stamp(),
         now: asked.now,
     });
     s.poke();
@@ -507,9 +534,10 @@ async fn suspend(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
             source: "operator".into(),
             by: by.clone(),
             reason: reason.clone(),
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            at: s.clock.stamp(),
         });
     }
+    event(&s, "suspended", format!("by {by}: {reason}"));
     tracing::warn!(%by, %reason, "suspended over HTTP: no applies, no jobs until resumed");
     s.poke();
     (
@@ -539,6 +567,7 @@ async fn resume(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         }
     }
     tracing::warn!("resumed over HTTP");
+    event(&s, "resumed", "an operator resumed applies and jobs".into());
     s.poke();
     (StatusCode::ACCEPTED, "resumed\n").into_response()
 }

@@ -124,6 +124,8 @@ pub struct Shared {
     pub board: Mutex<Board>,
     /// A held commit an operator released, waiting for the loop.
     pub release: Mutex<Option<status::Release>>,
+    /// The daemon's clock: the pages' "5 min ago" and the events' times.
+    pub clock: Clock,
 }
 
 /// The dashboard's own data: the history (kept in the state directory),
@@ -132,6 +134,8 @@ pub struct Shared {
 pub struct Board {
     pub history: history::History,
     pub timeline: Vec<(i64, String)>,
+    /// Messages and authors of the applied commits, from the mirror.
+    pub commits: BTreeMap<String, history::CommitInfo>,
     pub web: Option<String>,
     file: Option<std::path::PathBuf>,
 }
@@ -391,13 +395,22 @@ impl Ctx {
                 // branch's history again on every push would cost a walk
                 // through hundreds of status commits each time.
                 if let Some(a) = &applied {
+                    let c = a.clone();
+                    let info = self
+                        .blocking(move |m| m.commit_info(&c))
+                        .await
+                        .map(|(subject, author)| history::CommitInfo { subject, author });
                     let mut board = self.shared.board.lock().unwrap();
                     if board.timeline.first().map(|t| &t.1) != Some(a) {
-                        board
-                            .timeline
-                            .insert(0, (chrono::Utc::now().timestamp(), a.clone()));
+                        let at = self.clock.now().timestamp();
+                        board.timeline.insert(0, (at, a.clone()));
                         board.timeline.truncate(TIMELINE);
                     }
+                    if let Some(info) = info {
+                        board.commits.insert(a.clone(), info);
+                    }
+                    let shown: Vec<String> = board.timeline.iter().map(|t| t.1.clone()).collect();
+                    board.commits.retain(|c, _| shown.contains(c));
                 }
                 self.shared.clear_stale("push");
                 let mut st = self.shared.status.lock().unwrap();
@@ -668,13 +681,35 @@ fn alerts(ctx: &Ctx, state: &State) {
         ));
         obs
     };
-    ctx.shared.notifier.observe("status", ctx.clock.now(), obs);
+    let changed = ctx.shared.notifier.observe("status", ctx.clock.now(), obs);
+    alert_events(ctx, &changed);
+}
+
+/// Alerts that fired or resolved, in the dashboard's events.
+fn alert_events(ctx: &Ctx, changed: &[crate::notify::Event]) {
+    if changed.is_empty() {
+        return;
+    }
+    let mut board = ctx.shared.board.lock().unwrap();
+    for e in changed {
+        let kind = match e.status {
+            crate::notify::Status::Resolved => "alert resolved",
+            _ => "alert firing",
+        };
+        let text = format!("{}: {}", e.subject, e.summary);
+        board.history.event(&ctx.clock.stamp(), kind, text);
+    }
+    board.save();
 }
 
 /// The state shared with the HTTP server. Every state file is read here,
 /// at start; what cannot be read is set aside and shown in /status until
 /// the daemon restarts. The proposals' record goes to the loop.
-fn open_shared(cfg: &Config, sched: Arc<Scheduler>) -> (Arc<Shared>, proposals::Record) {
+fn open_shared(
+    cfg: &Config,
+    sched: Arc<Scheduler>,
+    clock: Clock,
+) -> (Arc<Shared>, proposals::Record) {
     let (notifier, unreadable_notify) =
         crate::notify::deliver::Notifier::open_reporting(Some(&cfg.state_dir));
     let (board, unreadable_history) = Board::open(&cfg.state_dir);
@@ -699,6 +734,7 @@ fn open_shared(cfg: &Config, sched: Arc<Scheduler>) -> (Arc<Shared>, proposals::
         notifier,
         board: Mutex::new(board),
         release: Mutex::new(None),
+        clock,
     });
     (shared, record)
 }
@@ -866,7 +902,7 @@ pub async fn serve(
     )?;
     let cfg = choose_hosts(cfg, &mirror)?;
     let sched = Arc::new(Scheduler::default());
-    let (shared, record) = open_shared(&cfg, sched.clone());
+    let (shared, record) = open_shared(&cfg, sched.clone(), clock.clone());
     let addr = listener.local_addr().map_err(|e| DaemonError::Listen {
         addr: cfg.listen,
         reason: e.to_string(),

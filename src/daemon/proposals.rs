@@ -81,9 +81,11 @@ pub(super) async fn look_at_proposals(ctx: &Ctx, state: &mut State) {
         .filter(|n| !state.proposals.record.contains_key(*n))
     {
         // A closed proposal's alerts are resolved.
-        ctx.shared
-            .notifier
-            .observe(&format!("proposal/{gone}"), ctx.clock.now(), vec![]);
+        let changed =
+            ctx.shared
+                .notifier
+                .observe(&format!("proposal/{gone}"), ctx.clock.now(), vec![]);
+        super::alert_events(ctx, &changed);
     }
     if state.proposals.record != before {
         save_record(&ctx.cfg.state_dir, &state.proposals.record);
@@ -239,15 +241,25 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
         r
     });
     let verdict = (planned.verdict.0.clone(), redact(&planned.verdict.1));
+    let c = sha.clone();
+    let (subject, author) = ctx
+        .blocking(move |m| m.commit_info(&c))
+        .await
+        .unwrap_or_default();
     {
         let mut board = ctx.shared.board.lock().unwrap();
         board.history.proposals.insert(
             name.clone(),
             super::history::ProposalPlan {
                 commit: sha.clone(),
-                at: super::now(),
+                at: ctx.clock.stamp(),
                 state: verdict.0.clone(),
                 description: verdict.1.clone(),
+                subject,
+                author,
+                plan: super::history::capped_plan(redact(&planned.note)),
+                denials: planned.denials.iter().map(|d| redact(d)).collect(),
+                raised_cost: planned.raised_cost.clone(),
             },
         );
         board.save();
@@ -375,9 +387,11 @@ fn proposal_alerts(ctx: &Ctx, name: &str, denials: &[String], raised: &BTreeMap<
         "plan".into(),
         &format!("proposal {name}"),
     ));
-    ctx.shared
+    let changed = ctx
+        .shared
         .notifier
         .observe(&format!("proposal/{name}"), ctx.clock.now(), obs);
+    super::alert_events(ctx, &changed);
 }
 
 /// The tree of `commit`, from the mirror.

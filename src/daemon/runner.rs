@@ -82,15 +82,24 @@ async fn resume(ctx: &Ctx, state: &mut State, head: String) {
     if let Some(f) = settings {
         ctx.adopt_status_refs(&f).await;
     }
-    let (prior, timeline) = ctx
+    let (prior, timeline, commits) = ctx
         .blocking(|m| {
-            (
-                m.status_file("status/fleet.json"),
-                m.status_timeline(super::TIMELINE),
-            )
+            let timeline = m.status_timeline(super::TIMELINE);
+            let commits: std::collections::BTreeMap<_, _> = timeline
+                .iter()
+                .filter_map(|(_, c)| {
+                    let (subject, author) = m.commit_info(c)?;
+                    Some((c.clone(), super::history::CommitInfo { subject, author }))
+                })
+                .collect();
+            (m.status_file("status/fleet.json"), timeline, commits)
         })
         .await;
-    ctx.shared.board.lock().unwrap().timeline = timeline;
+    {
+        let mut board = ctx.shared.board.lock().unwrap();
+        board.timeline = timeline;
+        board.commits = commits;
+    }
     let prior = prior.and_then(|b| serde_json::from_slice::<FleetStatus>(&b).ok());
     if let Some(p) = prior {
         let mut st = ctx.shared.status.lock().unwrap();

@@ -224,11 +224,17 @@ impl Notifier {
     }
 
     /// What `obs` says about `scope`, turned into messages and queued.
-    pub fn observe(&self, scope: &str, now: chrono::DateTime<chrono::Utc>, obs: Vec<Observation>) {
+    /// Returns the alerts that fired or resolved (for the dashboard's events).
+    pub fn observe(
+        &self,
+        scope: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        obs: Vec<Observation>,
+    ) -> Vec<Event> {
         let events = {
             let mut st = self.inner.state.lock().unwrap();
             let Some(ready) = st.ready.clone() else {
-                return;
+                return vec![];
             };
             let before = st.alerts.clone();
             let ev = st.alerts.observe(
@@ -239,11 +245,17 @@ impl Notifier {
                 ready.notify.remind_every_secs,
             );
             if ev.is_empty() && before == st.alerts {
-                return;
+                return vec![];
             }
             ev
         };
+        let changed = events
+            .iter()
+            .filter(|e| matches!(e.status, super::Status::Firing | super::Status::Resolved))
+            .cloned()
+            .collect();
         self.send(events);
+        changed
     }
 
     /// Queue one-off messages (good news).

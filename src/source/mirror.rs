@@ -324,6 +324,16 @@ impl Mirror {
         Some(self.repo.find_commit(oid).ok()?.tree_id().to_string())
     }
 
+    /// The first line of `commit`'s message and its author's name, as the
+    /// dashboard lists them.
+    pub fn commit_info(&self, commit: &str) -> Option<(String, String)> {
+        let oid = Oid::from_str(commit).ok()?;
+        let c = self.repo.find_commit(oid).ok()?;
+        let subject = c.summary().unwrap_or_default().to_string();
+        let author = c.author().name().unwrap_or_default().to_string();
+        Some((subject, author))
+    }
+
     /// The parents of `commit` (a merge's second parent is the head merged).
     pub fn parents_of(&self, commit: &str) -> Vec<String> {
         let Some(c) = Oid::from_str(commit)
