@@ -40,7 +40,6 @@ fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         for (name, text) in [
             ("base.html", include_str!("dashboard/base.html")),
@@ -115,6 +114,18 @@ fn rfc3339(t: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// What the pages draw, handed to the templates as serialized values.
+macro_rules! template_value {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Value {
+            fn from(x: $t) -> Value {
+                Value::from(minijinja::value::Serde(x))
+            }
+        }
+    )*};
+}
+template_value!(Time, Commit, PlanLine, charts::Chart);
+
 /// A time: machine-readable, relative to the page's now, and in UTC.
 #[derive(Serialize)]
 struct Time {
@@ -132,7 +143,7 @@ struct Commit {
 }
 
 /// A plan's line, coloured by what it says.
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Debug)]
 struct PlanLine {
     class: &'static str,
     text: String,
@@ -188,7 +199,7 @@ impl View<'_> {
 /// The dashboard.
 pub(crate) fn page(v: &View) -> String {
     let st = v.status;
-    let ctx = context! {
+    let base = context! {
         title => &st.fleet,
         refresh => true,
         fleet => &st.fleet,
@@ -205,10 +216,8 @@ pub(crate) fn page(v: &View) -> String {
         schedules => schedules(v),
         proposals => proposals(v),
         events => events(v),
-        ..banners(v),
-        ..cards(v),
-        ..trends(v),
     };
+    let ctx = context! { ..base, ..banners(v), ..cards(v), ..trends(v) };
     render("index.html", ctx)
 }
 
@@ -363,11 +372,11 @@ fn priced(v: &View) -> Option<Value> {
     }
     let providers: Vec<Value> = per_provider
         .iter()
-        .map(|((p, c), (n, a))| context! { provider => p, servers => n, amount => format!("{a:.2} {c}") })
+        .map(|((p, c), (n, a))| context! { provider => *p, servers => n, amount => format!("{a:.2} {c}") })
         .collect();
     let hosts: Vec<Value> = priced
         .iter()
-        .map(|(h, (p, a, c))| context! { name => h, link => url_part(h), provider => p, amount => format!("{a:.2} {c}") })
+        .map(|(h, (p, a, c))| context! { name => *h, link => url_part(h), provider => p, amount => format!("{a:.2} {c}") })
         .collect();
     Some(context! { providers => providers, hosts => hosts })
 }
@@ -387,12 +396,12 @@ fn schedules(v: &View) -> Vec<Value> {
         .iter()
         .map(|(name, sch)| {
             let last = sch.last_run.as_ref();
-            let failed: Vec<&str> = last
+            let failed: Vec<String> = last
                 .map(|r| {
                     r.hosts
                         .iter()
                         .filter(|h| h.error.is_some())
-                        .map(|h| h.host.as_str())
+                        .map(|h| h.host.clone())
                         .collect()
                 })
                 .unwrap_or_default();
@@ -736,7 +745,8 @@ mod tests {
         );
         let host = host_page(&v, "web").unwrap();
         assert!(
-            host.contains("<span class=\"add\">      +&lt;b&gt;hi&lt;/b&gt;</span>"),
+            // minijinja escapes `/` too (`&#x2f;`), as OWASP advises.
+            host.contains("<span class=\"add\">      +&lt;b&gt;hi&lt;&#x2f;b&gt;</span>"),
             "{host}"
         );
         assert!(host.contains("&lt;script&gt;alert(1)&lt;"), "{host}");

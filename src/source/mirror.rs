@@ -329,7 +329,7 @@ impl Mirror {
     pub fn commit_info(&self, commit: &str) -> Option<(String, String)> {
         let oid = Oid::from_str(commit).ok()?;
         let c = self.repo.find_commit(oid).ok()?;
-        let subject = c.summary().unwrap_or_default().to_string();
+        let subject = c.summary().ok().flatten().unwrap_or_default().to_string();
         let author = c.author().name().unwrap_or_default().to_string();
         Some((subject, author))
     }
