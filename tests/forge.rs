@@ -1201,13 +1201,20 @@ fn a_held_commit_gets_a_pending_status_linking_the_daemon_and_goes_through_on_re
     );
 }
 
-/// A merge of `branch` into main, with a merge commit; its sha.
-fn merge(repo: &FleetRepo, branch: &str, message: &str) -> String {
+/// A merge of `branch` into main, with a merge commit, made as a forge makes
+/// it: the forge knows the merge (`known` runs with its sha) before main
+/// moves, so a daemon polling main never sees a merge its forge cannot name.
+fn merge(repo: &FleetRepo, branch: &str, message: &str, known: impl FnOnce(&str)) -> String {
+    git(&repo.path, &["checkout", "-q", "--detach", "main"]);
     git(
         &repo.path,
         &["merge", "-q", "--no-ff", branch, "-m", message],
     );
-    git(&repo.path, &["rev-parse", "HEAD"])
+    let sha = git(&repo.path, &["rev-parse", "HEAD"]);
+    known(&sha);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    git(&repo.path, &["merge", "-q", "--ff-only", &sha]);
+    sha
 }
 
 #[test]
@@ -1254,8 +1261,9 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
             .insert(5, json!({"merged": true, "merged_by": {"login": "alice"}}));
         f.reviews.insert(5, vec![review("carol", &head5)]);
     }
-    let merge5 = merge(&repo, "pr-5", "Merge pull request #5");
-    fake.lock().unwrap().merges.insert(merge5.clone(), 5);
+    let merge5 = merge(&repo, "pr-5", "Merge pull request #5", |sha| {
+        fake.lock().unwrap().merges.insert(sha.to_string(), 5);
+    });
     d.wait_for("held for its approvals", Duration::from_secs(30), |d| {
         held_for(d, &merge5).is_some()
     });
@@ -1363,8 +1371,9 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
         f.reviews
             .insert(6, vec![review("erin", &head6), review("dave", &head6)]);
     }
-    let merge6 = merge(&repo, "pr-6", "Merge pull request #6");
-    fake.lock().unwrap().merges.insert(merge6.clone(), 6);
+    let merge6 = merge(&repo, "pr-6", "Merge pull request #6", |sha| {
+        fake.lock().unwrap().merges.insert(sha.to_string(), 6);
+    });
     d.wait_for("held as diverged", Duration::from_secs(30), |d| {
         held_for(d, &merge6).is_some()
     });
