@@ -8,7 +8,7 @@ use std::time::Duration;
 use tidekeeper_ec2 as ec2;
 
 use crate::support::cloud::CloudFleet;
-use crate::support::cloud::ec2::{ACCESS_KEY, AMI, Ec2, REGION, SECRET_KEY, SUBNET};
+use crate::support::cloud::ec2::{ACCESS_KEY, AMI, Ec2, Permission, REGION, SECRET_KEY, SUBNET};
 use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 
@@ -377,4 +377,164 @@ fn ebs_snapshots_keep_the_newest_and_a_power_schedule_stops_and_starts_the_insta
     assert_eq!(f.ec2.instance_for("bastion").unwrap().state, "running");
     assert_eq!(f.host_of("bastion"), host, "the same instance");
     assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
+}
+
+fn permission(port: i32, cidr: &str) -> Permission {
+    Permission {
+        protocol: "tcp".into(),
+        from: port,
+        to: port,
+        cidrs: vec![cidr.into()],
+        ipv6_cidrs: Vec::new(),
+    }
+}
+
+/// Whether `port` of the host behind `name` answers (refused counts: the
+/// packet got through) rather than being dropped on the way.
+fn reaches(f: &CloudFleet, name: &str, port: u16) -> bool {
+    let addr = f.cloud.bed.lock().unwrap().host(f.host_of(name)).address;
+    match std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_millis(500)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::TimedOut,
+    }
+}
+
+/// `tidekeeper import ec2`: an instance made by hand, in a group made by
+/// hand, is labelled the fleet's and its host file written as it is (type,
+/// AMI, subnet, address, protection, the rules that reach it, the AMI's
+/// login): the first plan changes nothing. Its firewall, once changed, is
+/// the host's own group and the only one on the instance.
+#[test]
+fn an_instance_made_by_hand_is_imported_unchanged_and_its_firewall_then_becomes_the_hosts_own_group()
+ {
+    let f = fleet(&[("roles/base.yaml", BASE), ("templates/hello.j2", HELLO)]);
+    let by_hand = f.ec2.add_group(
+        "launch-wizard-1",
+        vec![
+            permission(22, "10.213.0.0/16"),
+            permission(443, "0.0.0.0/0"),
+        ],
+    );
+    let id = f.ec2.add_existing(
+        "t3.small",
+        true,
+        &[&by_hand],
+        &[("Name", "web-1"), ("team", "web")],
+    );
+    wait_for("the instance runs", || {
+        f.ec2.instance(&id).is_some_and(|i| i.state == "running")
+    });
+    let import = |args: &[&str]| {
+        crate::support::tidekeeper()
+            .arg("import")
+            .args(args)
+            .arg("--repo")
+            .arg(&f.repo.path)
+            .envs(crate::support::cloud::CREDENTIALS)
+            .output()
+            .unwrap()
+    };
+    let out = import(&["ec2", "web-1", "--as", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let inst = f.ec2.instance(&id).unwrap();
+    assert_eq!(inst.tag("tidekeeper-fleet"), Some("acme"));
+    assert_eq!(inst.tag("tidekeeper-host"), Some("web"));
+    assert_eq!(
+        inst.groups,
+        std::slice::from_ref(&by_hand),
+        "import changes no group"
+    );
+    let file = f.repo.read("hosts/web.yaml");
+    for want in [
+        "provider: ec2\n",
+        "  type: t3.small\n",
+        &format!("  image: {AMI}\n"),
+        &format!("  region: {REGION}\n"),
+        &format!("  subnet: {SUBNET}\n"),
+        &format!("  private_ip: {}\n", inst.private_ip),
+        "  termination_protection: true\n",
+        "    team: web\n",
+        "    - port: \"22\"\n      from: [10.213.0.0/16]\n",
+        "    - port: \"443\"\n      from: [0.0.0.0/0]\n",
+        "ssh: {user: admin, sudo: true}",
+    ] {
+        assert!(file.contains(want), "{want:?} in:\n{file}");
+    }
+    let known = std::fs::read_to_string(&f.cloud.bed.lock().unwrap().known_hosts).unwrap();
+    f.repo.write("known_hosts", &known);
+    f.repo.commit("imported web");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+    assert!(
+        reaches(&f, "web", 443),
+        "443 is admitted by the hand-made group"
+    );
+
+    // 443 closed in the host file: the host's own group is made with the
+    // rules left and becomes the instance's only group.
+    f.repo.write(
+        "hosts/web.yaml",
+        &file.replace("    - port: \"443\"\n      from: [0.0.0.0/0]\n", ""),
+    );
+    f.repo.commit("no HTTPS on web");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let own = f.ec2.group_named("tk-acme-web").expect("the host's group");
+    assert_eq!(
+        f.ec2.instance(&id).unwrap().groups,
+        std::slice::from_ref(&own.id)
+    );
+    assert_eq!(own.ingress.len(), 1, "{:?}", own.ingress);
+    assert!(!reaches(&f, "web", 443), "443 is dropped now");
+    assert!(
+        f.ec2.group_named("launch-wizard-1").is_some(),
+        "the hand-made group is detached, not deleted"
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+}
+
+/// An instance adopted by its tags (not by import) whose host file declares
+/// a firewall: one apply makes the host's group and attaches it in place of
+/// the instance's own, and the plan after it is empty (it used to make the
+/// group, leave it unattached, and plan the same change forever).
+#[test]
+fn a_firewall_change_on_an_adopted_instance_attaches_the_hosts_group() {
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+    ]);
+    let by_hand = f.ec2.add_group("old-sg", vec![permission(22, "0.0.0.0/0")]);
+    let id = f.ec2.add_existing(
+        "t3.small",
+        true,
+        &[&by_hand],
+        &[
+            ("managed-by", "tidekeeper"),
+            ("tidekeeper-fleet", "acme"),
+            ("tidekeeper-host", "bastion"),
+        ],
+    );
+    wait_for("the instance runs", || {
+        f.ec2.instance(&id).is_some_and(|i| i.state == "running")
+    });
+    // Its address is the emulator's, not the one the file asks for at launch.
+    let ip = f.ec2.instance(&id).unwrap().private_ip;
+    f.repo
+        .write("hosts/bastion.yaml", &BASTION.replace("10.20.13.140", &ip));
+    let known = std::fs::read_to_string(&f.cloud.bed.lock().unwrap().known_hosts).unwrap();
+    f.repo.write("known_hosts", &known);
+    f.repo.commit("bastion at its address, its host key pinned");
+    let plan = text(&f.tk(&["plan"]));
+    assert!(plan.contains("security group"), "{plan}");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let own = f.ec2.group_named("tk-acme-bastion").expect("made");
+    assert_eq!(
+        f.ec2.instance(&id).unwrap().groups,
+        std::slice::from_ref(&own.id)
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
 }

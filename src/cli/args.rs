@@ -317,6 +317,7 @@ fn parse_now(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 pub enum ImportProvider {
     Hetzner,
     Lightsail,
+    Ec2,
 }
 
 #[derive(clap::Args, Debug)]

@@ -15,10 +15,16 @@ pub(super) fn import_cmd(
 ) -> CliResult {
     crate::model::check::host_name(host).map_err(|e| CliError::new(format!("--as {host}: {e}")))?;
     let tree = read_tree(repo)?;
-    let fleet = load(&tree, Format::Human)?;
+    // The first server of a new fleet is imported into a repo with no hosts.
+    let fleet = load_by(
+        &tree,
+        Format::Human,
+        crate::model::load_before_the_first_host,
+    )?;
     let kind = match provider {
         ImportProvider::Hetzner => ProviderKind::Hetzner,
         ImportProvider::Lightsail => ProviderKind::Lightsail,
+        ImportProvider::Ec2 => ProviderKind::Ec2,
     };
     let Ok(root) = source::discover(&repo.repo) else {
         return Err(CliError::new(format!(
@@ -42,7 +48,8 @@ pub(super) fn import_cmd(
     // As adopted: its firewall is the fleet's now, so it is listed.
     let adopted = rt.block_on(p.servers()).map_err(CliError::new)?;
     let have = adopted.iter().find(|s| s.id == have.id).unwrap_or(have);
-    let text = host_file(kind, have);
+    let login = rt.block_on(p.login(have)).unwrap_or(None);
+    let text = host_file(kind, have, login);
     std::fs::create_dir_all(root.join("hosts"))
         .and_then(|_| std::fs::write(&file, &text))
         .map_err(|e| {
@@ -139,9 +146,10 @@ fn unmanaged<'a>(
 
 /// The host file of an imported server: what it is now, so the first plan
 /// changes nothing on the provider's side.
-fn host_file(kind: ProviderKind, s: &ObservedServer) -> String {
+fn host_file(kind: ProviderKind, s: &ObservedServer, login: Option<&str>) -> String {
     let (size, image, location) = match kind {
         ProviderKind::Lightsail => ("bundle", "blueprint", "zone"),
+        ProviderKind::Ec2 => ("type", "image", "region"),
         _ => ("type", "image", "location"),
     };
     let mut out = format!(
@@ -158,6 +166,17 @@ fn host_file(kind: ProviderKind, s: &ObservedServer) -> String {
         )),
     }
     out.push_str(&format!("  {location}: {}\n", yaml_str(&s.location)));
+    if kind == ProviderKind::Ec2 {
+        if let Some(subnet) = &s.subnet {
+            out.push_str(&format!("  subnet: {}\n", yaml_str(subnet)));
+        }
+        if let Some(ip) = &s.private_address {
+            out.push_str(&format!("  private_ip: {}\n", yaml_str(ip)));
+        }
+        if s.delete_protection {
+            out.push_str("  termination_protection: true\n");
+        }
+    }
     let own: Vec<(&String, &String)> = s
         .labels
         .iter()
@@ -198,11 +217,7 @@ fn host_file(kind: ProviderKind, s: &ObservedServer) -> String {
             .collect();
         out.push_str(&format!("  networks: [{}]\n", nets.join(", ")));
     }
-    if let Some(user) = s
-        .image
-        .as_deref()
-        .and_then(|i| crate::model::desired::image_login(kind, i))
-    {
+    if let Some(user) = login {
         out.push_str(&format!(
             "ssh: {{user: {user}, sudo: true}}   # the image lets its keys in as {user}\n"
         ));

@@ -466,9 +466,18 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
 
 /// Load the fleet; when it does not load, its diagnostics laid out for `format`.
 fn load(tree: &ConfigTree, format: Format) -> Result<Fleet, CliError> {
+    load_by(tree, format, model::load)
+}
+
+/// [`load`] by `loader` (one that allows what `load` does not).
+fn load_by(
+    tree: &ConfigTree,
+    format: Format,
+    loader: fn(&ConfigTree) -> Result<Fleet, model::Diagnostics>,
+) -> Result<Fleet, CliError> {
     // `-o json` on any command: its config errors are JSON too.
     let format = if json_output() { Format::Json } else { format };
-    let checked = model::load(tree).and_then(crate::engine::kinds::known_settings);
+    let checked = loader(tree).and_then(crate::engine::kinds::known_settings);
     if let Ok(fleet) = &checked
         && format != Format::Json
         && !QUIET.load(std::sync::atomic::Ordering::Relaxed)

@@ -62,7 +62,12 @@ pub(crate) fn group_name(fleet: &str, host: &str) -> String {
 /// Ingress rules as `server.firewall` writes them.
 fn ports(list: &[ec2::Rule]) -> Vec<CloudPort> {
     let mut out = Vec::new();
-    for r in list {
+    // A rule for other groups or prefix lists only has no ranges: it is not
+    // "from everywhere", and server.firewall cannot say it.
+    for r in list
+        .iter()
+        .filter(|r| !r.cidrs.is_empty() || !r.ipv6_cidrs.is_empty())
+    {
         let mut from = r.cidrs.clone();
         from.extend(r.ipv6_cidrs.iter().cloned());
         let (proto, a, b) = match r.protocol.as_str() {
@@ -215,11 +220,15 @@ impl Ec2 {
         labels.remove(HOST_NAME);
         labels.remove(NAME_TAG);
         let host = host_of(i).to_string();
-        let fleet = labels.get(FLEET).cloned().unwrap_or_default();
-        let firewall = groups
+        // What reaches the instance is what all its groups admit together,
+        // whoever made them (an imported instance keeps its own until its
+        // firewall is first changed).
+        let ingress: Vec<ec2::Rule> = groups
             .iter()
-            .find(|g| i.security_groups.contains(&g.id) && g.name == group_name(&fleet, &host))
-            .map(|g| ports(&g.ingress));
+            .filter(|g| i.security_groups.contains(&g.id))
+            .flat_map(|g| g.ingress.iter().cloned())
+            .collect();
+        let firewall = (!i.security_groups.is_empty()).then(|| ports(&ingress));
         ObservedServer {
             provider: ProviderKind::Ec2,
             id: i.id.clone(),
@@ -235,6 +244,7 @@ impl Ec2 {
             firewall,
             static_ip: false,
             delete_protection: protected,
+            subnet: i.subnet.clone(),
         }
     }
 
@@ -466,6 +476,21 @@ impl Provider for Ec2 {
         })
     }
 
+    fn login<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, Option<&'static str>> {
+        Box::pin(async move {
+            let Some(image) = &have.image else {
+                return Ok(None);
+            };
+            let name = self
+                .client()
+                .await?
+                .image_name(image)
+                .await
+                .map_err(|e| api("reading the image", e))?;
+            Ok(name.as_deref().and_then(crate::model::desired::ami_login))
+        })
+    }
+
     fn update<'a>(&'a self, have: &'a ObservedServer, want: &'a DesiredServer) -> Fut<'a, ()> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -497,8 +522,24 @@ impl Provider for Ec2 {
                 if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..])
                 {
                     let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
-                    self.security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
+                    let id = self
+                        .security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
                         .await?;
+                    // The host's group is its only one: what server.firewall
+                    // says is all that reaches it (an adopted instance's own
+                    // groups are detached here, not deleted).
+                    let attached = client
+                        .instance(&have.id)
+                        .await
+                        .map_err(|e| api("reading the instance", e))?
+                        .map(|i| i.security_groups)
+                        .unwrap_or_default();
+                    if attached != [id.clone()] {
+                        client
+                            .set_groups(&have.id, std::slice::from_ref(&id))
+                            .await
+                            .map_err(|e| api("attaching the security group", e))?;
+                    }
                 }
                 if spec.termination_protection != have.delete_protection {
                     client
@@ -767,6 +808,7 @@ mod tests {
             firewall: None,
             static_ip: false,
             delete_protection: protected,
+            subnet: None,
         }
     }
 

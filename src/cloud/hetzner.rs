@@ -573,6 +573,7 @@ impl Hetzner {
             static_ip: !s.public_net.floating_ips.is_empty(),
             delete_protection: s.protection.delete,
             networks: Vec::new(),
+            subnet: None,
         }
     }
 

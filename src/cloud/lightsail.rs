@@ -247,6 +247,7 @@ impl Lightsail {
             firewall: Some(ports(&i.ports)),
             static_ip: i.is_static_ip,
             delete_protection: false,
+            subnet: None,
         }
     }
 

@@ -129,6 +129,9 @@ pub struct ObservedServer {
     pub delete_protection: bool,
     /// Private networks it is attached to: (network name, its address there).
     pub networks: Vec<(String, String)>,
+    /// EC2: the instance's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
 }
 
 /// A private network as the provider lists it.
@@ -272,6 +275,15 @@ pub trait Provider: Send + Sync {
     /// ownership labels (its own labels stay) and, where the provider can,
     /// rename it to `host`.
     fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()>;
+    /// The login the server's image lets its keys in as, when known.
+    fn login<'a>(&'a self, have: &'a ObservedServer) -> Fut<'a, Option<&'static str>> {
+        Box::pin(async move {
+            Ok(have
+                .image
+                .as_deref()
+                .and_then(|i| crate::model::desired::image_login(self.kind(), i)))
+        })
+    }
     /// Private networks in the account (none where the provider has none).
     fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
         Box::pin(async { Ok(Vec::new()) })
@@ -615,6 +627,7 @@ mod tests {
             static_ip: false,
             delete_protection: false,
             networks: vec![],
+            subnet: None,
         }
     }
 

@@ -1172,6 +1172,7 @@ mod tests {
             firewall: None,
             static_ip: false,
             delete_protection: true,
+            subnet: None,
         }
     }
 

@@ -238,6 +238,20 @@ pub struct Settings {
 /// The user a provider's image lets the server's keys in as, where that is
 /// not root: Lightsail's Debian `admin`, Ubuntu `ubuntu`, Amazon Linux
 /// `ec2-user` (Hetzner's images let root in).
+/// The login an AMI named `name` lets its key pair in as (the OS vendors'
+/// own images: Debian, Ubuntu, Amazon Linux).
+pub fn ami_login(name: &str) -> Option<&'static str> {
+    if name.starts_with("debian-") {
+        Some("admin")
+    } else if name.starts_with("ubuntu/") || name.starts_with("ubuntu-") {
+        Some("ubuntu")
+    } else if name.starts_with("al20") || name.starts_with("amzn") {
+        Some("ec2-user")
+    } else {
+        None
+    }
+}
+
 pub fn image_login(provider: ProviderKind, image: &str) -> Option<&'static str> {
     if provider != ProviderKind::Lightsail {
         return None;

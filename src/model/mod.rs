@@ -24,5 +24,6 @@ pub use desired::{AddressBook, Addresses};
 pub use diag::{Diagnostic, Diagnostics, Origin};
 pub use facts::Facts;
 pub use resolve::{
-    assign_addresses, load, load_with_identity, load_within, render_with, render_with_facts,
+    assign_addresses, load, load_before_the_first_host, load_with_identity, load_within,
+    render_with, render_with_facts,
 };

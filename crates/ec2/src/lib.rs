@@ -123,6 +123,9 @@ pub struct SecurityGroup {
     pub name: String,
     pub vpc: String,
     pub ingress: Vec<Rule>,
+    /// What ingress admits besides address ranges: other groups' ids and
+    /// prefix lists (`server.firewall` cannot say these).
+    pub other_sources: Vec<String>,
     pub tags: Vec<(String, String)>,
 }
 
@@ -622,6 +625,18 @@ impl Client {
                 name: g.group_name().unwrap_or_default().to_string(),
                 vpc: g.vpc_id().unwrap_or_default().to_string(),
                 ingress: g.ip_permissions().iter().map(rule).collect(),
+                other_sources: g
+                    .ip_permissions()
+                    .iter()
+                    .flat_map(|p| {
+                        let groups = p.user_id_group_pairs().iter().filter_map(|u| u.group_id());
+                        let lists = p
+                            .prefix_list_ids()
+                            .iter()
+                            .filter_map(|l| l.prefix_list_id());
+                        groups.chain(lists).map(String::from)
+                    })
+                    .collect(),
                 tags: tags(g.tags()),
             })
             .collect())
@@ -748,6 +763,30 @@ impl Client {
             .await
             .map_err(err)?;
         Ok(())
+    }
+
+    /// The instance's security groups, all at once: EC2 replaces the set.
+    pub async fn set_groups(&self, id: &str, groups: &[String]) -> Result<(), Error> {
+        self.inner
+            .modify_instance_attribute()
+            .instance_id(id)
+            .set_groups(Some(groups.to_vec()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The name of AMI `image` (it says which OS, and so which login).
+    pub async fn image_name(&self, image: &str) -> Result<Option<String>, Error> {
+        let r = self
+            .inner
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.images().first().and_then(|i| i.name()).map(String::from))
     }
 
     /// The root device name of AMI `image` (`/dev/xvda`, `/dev/sda1`, …).

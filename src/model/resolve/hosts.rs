@@ -108,7 +108,7 @@ impl Loader<'_> {
         templates: &Templates,
     ) -> Loaded {
         let host_files = self.yaml_files("hosts");
-        if host_files.is_empty() && fleet_file.is_some() {
+        if host_files.is_empty() && fleet_file.is_some() && !self.no_hosts_yet {
             self.err(
                 Origin::file("hosts")
                     .error("no-hosts", "the config repo defines no hosts")

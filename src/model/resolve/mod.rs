@@ -85,6 +85,19 @@ pub fn load_within(
     }
 }
 
+/// Load a config repo that may define no hosts yet: `import` writes the
+/// first one.
+pub fn load_before_the_first_host(tree: &ConfigTree) -> Result<Fleet, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let book = AddressBook::new();
+    let mut l = Loader::new(tree, None, &book, None);
+    l.no_hosts_yet = true;
+    match finish_loading(tree, l, &mut diags) {
+        Some(f) if diags.is_empty() => Ok(f),
+        _ => Err(diags),
+    }
+}
+
 /// Load as if the providers' addresses in `book` were known from the start.
 fn load_knowing(
     tree: &ConfigTree,
@@ -105,7 +118,11 @@ fn load_budgeted(
     budget: Option<&crate::model::desired::ProposalLimits>,
     out: &mut Diagnostics,
 ) -> Option<Fleet> {
-    let mut l = Loader::new(tree, identity, book, budget.cloned());
+    let l = Loader::new(tree, identity, book, budget.cloned());
+    finish_loading(tree, l, out)
+}
+
+fn finish_loading(tree: &ConfigTree, mut l: Loader<'_>, out: &mut Diagnostics) -> Option<Fleet> {
     let resolved = l.run();
     let mut diags = std::mem::take(&mut l.diags);
     if l.fleet_unparsed {
@@ -137,10 +154,10 @@ fn load_budgeted(
                 roles: Arc::new(roles),
                 secrets: Arc::new(secrets),
                 undecryptable: Arc::new(l.undecryptable.clone().into_iter().collect()),
-                book: book.clone(),
+                book: l.known.clone(),
             });
         }
-        fleet.secrets_decrypted = identity.is_some();
+        fleet.secrets_decrypted = l.identity.is_some();
         fleet.redactions = secrets::redactions(l.plain.values());
         fleet.secret_values =
             crate::model::desired::SecretValues(l.plain.clone().into_iter().collect());
@@ -467,6 +484,8 @@ struct Loader<'a> {
     /// tidekeeper.yaml is there but did not parse: what the other files
     /// are checked against is a guess, and their errors only echo it.
     fleet_unparsed: bool,
+    /// A repo without hosts is not an error (`import` adds its first).
+    no_hosts_yet: bool,
 }
 
 /// What resolving produced: the fleet, and what rendering it again needs.
@@ -503,6 +522,7 @@ impl<'a> Loader<'a> {
             undecryptable: HashMap::new(),
             unparsed: Vec::new(),
             fleet_unparsed: false,
+            no_hosts_yet: false,
             budget,
             spent: Spent::default(),
             host_facts: minijinja::Value::UNDEFINED,

@@ -896,6 +896,17 @@ fn modify(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
     if let Some(p) = f.get("DisableApiTermination.Value") {
         i.protected = p == "true";
     }
+    // GroupId.N replaces the instance's groups, each of its own VPC.
+    let groups = list(f, "GroupId");
+    if !groups.is_empty() {
+        if let Some(g) = groups.iter().find(|g| !a.groups.contains_key(*g)) {
+            return no_group(g);
+        }
+        let Some(i) = a.instances.get_mut(&id) else {
+            return no_instance(&id);
+        };
+        i.groups = groups;
+    }
     answer("ModifyInstanceAttribute", "<return>true</return>")
 }
 
