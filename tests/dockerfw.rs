@@ -16,11 +16,11 @@ const PACKAGES: &str = "packages:\n  present: [ufw, docker.io, docker-compose, b
 const COMPOSE: &str = "version: \"2.4\"\nservices:\n  web:\n    image: local/busybox:1\n    \
     command: [\"httpd\", \"-f\", \"-p\", \"80\"]\n    ports: [\"8080:80\"]\n    restart: unless-stopped\n";
 
-/// The role: SSH and port 80 on the host open to all (80 so that only the
+/// The role: SSH from the test network and port 80 on the host open to all (80 so that only the
 /// metadata rule can keep a container from the listener there), then `extra`.
 fn role(extra_rules: &str, extra: &str) -> String {
     format!(
-        "{PACKAGES}firewall:\n  incoming: deny\n{extra}  rules:\n    - port: \"22\"\n    - port: \"80\"\n{extra_rules}\
+        "{PACKAGES}firewall:\n  incoming: deny\n{extra}  rules:\n    - port: \"22\"\n      from: 10.213.0.0/16\n    - port: \"80\"\n{extra_rules}\
          stacks:\n  - name: web\n"
     )
 }
@@ -58,6 +58,10 @@ fn apply(repo: &FleetRepo) {
 fn a_published_port_is_reached_only_from_where_the_firewall_rules_say() {
     let bed = Testbed::start_kind(2, Kind::Docker);
     let repo = FleetRepo::minimal(&bed, &[("web", PACKAGES)]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  ssh: {from: [10.213.0.0/16]}\n",
+    );
     // The second host only knocks: it is in the fleet with nothing to do.
     repo.write(
         &format!("hosts/{}.yaml", bed.host(1).name),
@@ -175,12 +179,16 @@ fn a_published_port_is_reached_only_from_where_the_firewall_rules_say() {
 fn containers_reach_the_metadata_address_only_when_the_config_allows_it() {
     let bed = Testbed::start_kind(1, Kind::Docker);
     let repo = FleetRepo::minimal(&bed, &[("web", PACKAGES)]);
+    repo.write(
+        "tidekeeper.yaml",
+        "fleet: test\ndefaults:\n  ssh: {from: [10.213.0.0/16]}\n",
+    );
     apply(&repo);
     bed.ssh_ok(0, DOCKER_PREP);
     // A stand-in for the cloud's metadata service, on the host.
     bed.ssh_ok(
         0,
-        "ip link add meta0 type dummy && ip addr add 169.254.169.254/32 dev meta0 && ip link set meta0 up && \
+        "ip addr add 169.254.169.254/32 dev lo && \
          mkdir -p /srv/meta/latest && echo secret-user-data > /srv/meta/latest/user-data && \
          busybox httpd -p 169.254.169.254:80 -h /srv/meta",
     );
@@ -198,7 +206,8 @@ fn containers_reach_the_metadata_address_only_when_the_config_allows_it() {
     repo.commit("docker behind the firewall");
     apply(&repo);
     assert_eq!(
-        bed.ssh_ok(0, &format!("busybox {fetch}")).trim(),
+        bed.ssh_ok(0, &format!("ss -ltnp; ip -4 addr show lo; busybox {fetch}"))
+            .trim(),
         "secret-user-data",
         "the host itself reaches it"
     );

@@ -145,7 +145,7 @@ fn network(from: &str) -> String {
 }
 
 /// The file `iptables-restore --noflush` loads: it empties and refills the
-/// chains it declares, and no others.
+/// chains it names, and no others.
 pub(crate) fn rules_file(fw: &Rules) -> String {
     let lines = lines(fw);
     let mut s = String::from(
@@ -153,12 +153,19 @@ pub(crate) fn rules_file(fw: &Rules) -> String {
          # ports Docker publishes, and whether containers reach the cloud metadata service.\n\
          *filter\n:DOCKER-USER - [0:0]\n",
     );
-    s.push_str(&format!(":{PUBLISHED} - [0:0]\n"));
+    // Declaring a chain does not empty it under --noflush: each load
+    // would append to what the last one left. Flushed here, in the same
+    // transaction, no packet sees the chains half-filled.
+    s.push_str(&format!(
+        ":{PUBLISHED} - [0:0]\n-F DOCKER-USER\n-F {PUBLISHED}\n"
+    ));
     for l in lines.iter().filter(|l| !l.starts_with(RAW)) {
         s.push_str(l);
         s.push('\n');
     }
-    s.push_str(&format!("COMMIT\n*raw\n:{METADATA} - [0:0]\n"));
+    s.push_str(&format!(
+        "COMMIT\n*raw\n:{METADATA} - [0:0]\n-F {METADATA}\n"
+    ));
     let jump = format!("-A PREROUTING -j {METADATA}");
     for l in lines.iter().filter_map(|l| l.strip_prefix(RAW)) {
         if l != jump {
