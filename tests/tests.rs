@@ -9,6 +9,7 @@ mod cloud;
 mod controller;
 mod daemon;
 mod dockerfile;
+mod dockerfw;
 mod ec2;
 mod engine;
 pub mod examples;

@@ -192,6 +192,8 @@ pub struct FirewallState {
     pub rules: Vec<FirewallRule>,
     /// Rules in forms tidekeeper does not write (left alone).
     pub foreign: Vec<String>,
+    /// The rules of the chains that filter containers' traffic.
+    pub containers: Vec<String>,
 }
 
 /// Steps that completed since the inventory was last written whole, one

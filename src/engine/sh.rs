@@ -217,6 +217,8 @@ pub enum Tag {
     UfwPolicy,
     /// ufw's ENABLED setting.
     UfwEnabled,
+    /// A rule of the chains that filter containers' traffic, as `iptables -S` prints it.
+    ContainerRule,
     /// A sysctl file and its value.
     Sysctl,
     /// A host setting as the host has it: its name, then what its kind
@@ -254,7 +256,7 @@ pub enum Tag {
 }
 
 impl Tag {
-    pub const ALL: [Tag; 29] = [
+    pub const ALL: [Tag; 30] = [
         Tag::Stat,
         Tag::Ancestor,
         Tag::Link,
@@ -269,6 +271,7 @@ impl Tag {
         Tag::UfwRule,
         Tag::UfwPolicy,
         Tag::UfwEnabled,
+        Tag::ContainerRule,
         Tag::Sysctl,
         Tag::Setting,
         Tag::Guard,
@@ -303,6 +306,7 @@ impl Tag {
             Tag::UfwRule => "FR",
             Tag::UfwPolicy => "FP",
             Tag::UfwEnabled => "FE",
+            Tag::ContainerRule => "FC",
             Tag::Sysctl => "K",
             Tag::Setting => "ST",
             Tag::Guard => "Q",

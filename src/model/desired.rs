@@ -131,6 +131,7 @@ pub(crate) struct RoleFirewall {
     pub(crate) incoming: Option<Policy>,
     pub(crate) outgoing: Option<Policy>,
     pub(crate) routed: Option<Policy>,
+    pub(crate) metadata_from_containers: Option<Policy>,
     /// Each rule, where its `from` is (for template errors), and its site.
     pub(crate) rules: Vec<(FirewallRule, Origin, RuleSite)>,
     pub(crate) origin: Origin,
@@ -839,6 +840,14 @@ pub struct Firewall {
     /// is deny).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routed: Option<Policy>,
+    /// Containers' packets to the cloud metadata address; None: denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_from_containers: Option<Policy>,
+    /// The host runs Docker: its published ports and its containers'
+    /// traffic are filtered as these rules say (set when the host's items
+    /// are made).
+    #[serde(skip)]
+    pub docker: bool,
     pub rules: Vec<FirewallRule>,
     /// Where each rule is written, in the order of `rules`.
     #[serde(skip)]

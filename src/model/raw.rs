@@ -819,6 +819,12 @@ pub struct FirewallSpec {
     /// (ufw's own default is deny).
     #[schemars(with = "Option<Policy>")]
     pub routed: Option<S<Policy>>,
+    /// Whether containers (Docker's bridge networks) may reach the cloud
+    /// metadata service at 169.254.169.254, which hands out the server's
+    /// user data: deny (the default on a host that runs Docker), reject or
+    /// allow. See docs/safety.md.
+    #[schemars(with = "Option<Policy>")]
+    pub metadata_from_containers: Option<S<Policy>>,
     /// Rules in order, e.g. `{port: "22", from: 10.0.0.0/8}`.
     #[serde(default)]
     pub rules: Vec<FirewallRuleSpec>,

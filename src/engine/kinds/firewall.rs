@@ -18,10 +18,19 @@ use crate::model::desired::{Firewall as Rules, FirewallRule, Policy, RuleAction}
 /// Probe: when ufw is installed, a [`Tag::Ufw`] record, its rules as
 /// [`Tag::UfwRule`] records, its default policies and its ENABLED setting.
 pub(crate) fn probe(items: &[Item], root: &str) -> String {
-    if !items.iter().any(|i| matches!(i, Item::Firewall(_))) {
+    let Some(fw) = items.iter().find_map(|i| match i {
+        Item::Firewall(fw) => Some(fw),
+        _ => None,
+    }) else {
         return String::new();
-    }
-    format!(
+    };
+    let containers = if fw.docker {
+        super::containers::probe()
+    } else {
+        String::new()
+    };
+    containers
+        + &format!(
         "if command -v ufw >/dev/null; then printf '{ufw}\\tinstalled\\n'; \
          ufw show added | sed '1d;s/^/{rule}\\t/'; \
          sed -n 's/^DEFAULT_\\(INPUT\\|OUTPUT\\|FORWARD\\)_POLICY=\"\\(.*\\)\"/{policy}\\t\\1\\t\\2/p' {defaults}; \
@@ -69,6 +78,7 @@ impl Ufw {
                 }
             }
             Tag::UfwEnabled => fw.enabled = record.trim() == "yes",
+            Tag::ContainerRule => fw.containers.push(record.trim_end().to_string()),
             _ => {}
         }
         Ok(())
@@ -96,6 +106,11 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
         for r in &want {
             need = need.attr("rule", None, Some(r.clone()));
         }
+        if fw.docker {
+            for l in super::containers::lines(fw) {
+                need = need.attr(CONTAINER_RULE, None, Some(l));
+            }
+        }
         return (Some(need.note("installs ufw")), vec![]);
     };
     let mut need = Need::new(Action::Update);
@@ -121,6 +136,9 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
     if !o.enabled {
         need = need.attr("enabled", Some("no".into()), Some("yes".into()));
     }
+    if fw.docker {
+        need = container_rules(need, &super::containers::lines(fw), &o.containers);
+    }
     let warnings = o
         .foreign
         .iter()
@@ -129,8 +147,34 @@ pub(crate) fn plan(fw: &Rules, have: Option<&FirewallState>) -> (Option<Need>, V
     (need.if_any(), warnings)
 }
 
+/// The plan's name for a rule of the chains that filter containers' traffic.
+const CONTAINER_RULE: &str = "container rule";
+
+/// What the chains that filter containers' traffic lack or have too much
+/// (or, with the same rules, their order).
+fn container_rules(mut need: Need, want: &[String], have: &[String]) -> Need {
+    if want == have {
+        return need;
+    }
+    let before = need.attrs.len();
+    for l in want.iter().filter(|l| !have.contains(l)) {
+        need = need.attr(CONTAINER_RULE, None, Some(l.clone()));
+    }
+    for l in have.iter().filter(|l| !want.contains(l)) {
+        need = need.attr(CONTAINER_RULE, Some(l.clone()), None);
+    }
+    if need.attrs.len() == before {
+        need = need.attr(
+            "container rules",
+            Some("in another order".into()),
+            Some("in the config's order".into()),
+        );
+    }
+    need
+}
+
 /// Apply: allow rules first (so SSH is in force before a default deny),
-/// then removals, the defaults, and enable.
+/// then removals, the defaults, and enable; then the rules for containers.
 pub(crate) fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
     let ufw = |words: Vec<String>| cmd("ufw").args(words).quiet().step();
     let mut body = String::new();
@@ -168,6 +212,9 @@ pub(crate) fn apply(fw: &Rules, action: Action, attrs: &[Attr]) -> String {
         );
     }
     body.push_str(&cmd("ufw").lit("--force").lit("enable").quiet().step());
+    if fw.docker && attrs.iter().any(|a| a.name.starts_with("container rule")) {
+        body.push_str(&format!("{} || return\n", super::containers::load()));
+    }
     body
 }
 
@@ -358,7 +405,13 @@ impl Kind for Firewall {
     }
 
     fn tags(&self) -> &'static [Tag] {
-        &[Tag::Ufw, Tag::UfwRule, Tag::UfwPolicy, Tag::UfwEnabled]
+        &[
+            Tag::Ufw,
+            Tag::UfwRule,
+            Tag::UfwPolicy,
+            Tag::UfwEnabled,
+            Tag::ContainerRule,
+        ]
     }
 
     fn read(&self, records: &[(Tag, &str)], _cx: &ReadCx, o: &mut Observed) -> Result<(), String> {
@@ -415,6 +468,8 @@ mod tests {
             incoming: Policy::Deny,
             outgoing: Policy::Allow,
             routed: None,
+            metadata_from_containers: None,
+            docker: false,
             rules,
             sites: vec![],
             origin: Default::default(),
@@ -454,6 +509,7 @@ mod tests {
                     rule("any", Some(23), None),
                 ],
                 foreign: vec![],
+                containers: vec![],
             }),
         );
         let need = need.unwrap();

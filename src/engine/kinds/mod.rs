@@ -10,6 +10,7 @@
 
 // What several kinds share, and resources written as files of other kinds.
 pub(crate) mod apt_repo;
+pub(crate) mod containers;
 pub(crate) mod cron;
 pub(crate) mod path;
 pub(crate) mod timer;
@@ -381,7 +382,42 @@ impl Buckets {
         ));
     }
 
+    /// On a host that runs Docker, the firewall's rules also filter what
+    /// reaches its containers: their file, the unit that loads it at boot.
+    fn containers(&mut self) {
+        let docker = containers::runs_docker(&self.packages)
+            || self
+                .rest
+                .iter()
+                .any(|(_, i)| matches!(i, Item::Stack { .. }));
+        let Some(Item::Firewall(fw)) = self
+            .rest
+            .iter_mut()
+            .map(|(_, i)| i)
+            .find(|i| matches!(i, Item::Firewall(_)))
+        else {
+            return;
+        };
+        if !docker {
+            return;
+        }
+        fw.docker = true;
+        for (path, text) in containers::files(fw) {
+            self.paths
+                .push(Item::File(text_file(path, text.into_bytes())));
+        }
+        self.rest.push((
+            2,
+            Item::Service {
+                name: containers::UNIT.into(),
+                enabled: Some(true),
+                state: Some(ServiceState::Running),
+            },
+        ));
+    }
+
     fn into_items(mut self) -> Vec<Item> {
+        self.containers();
         self.dirs.sort_by_key(|d| d.id().matches('/').count());
         self.rest.sort_by_key(|(rank, _)| *rank);
         let mut out = self.packages;

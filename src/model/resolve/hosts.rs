@@ -1037,6 +1037,7 @@ impl Loader<'_> {
                     incoming: None,
                     outgoing: None,
                     routed: None,
+                    metadata_from_containers: None,
                     rules: Vec::new(),
                     origin: fw.origin.clone(),
                 });
@@ -1044,11 +1045,15 @@ impl Loader<'_> {
                     (&mut acc.incoming, fw.incoming),
                     (&mut acc.outgoing, fw.outgoing),
                     (&mut acc.routed, fw.routed),
+                    (
+                        &mut acc.metadata_from_containers,
+                        fw.metadata_from_containers,
+                    ),
                 ] {
                     match (*mine, theirs) {
                         (Some(a), Some(b)) if a != b => {
                             let d = fw.origin.error("conflict", format!("firewall default policies differ from those at {}", acc.origin))
-                                .with_help(format!("set incoming/outgoing/routed in one role only (both roles apply to host {})", host_name));
+                                .with_help(format!("set incoming/outgoing/routed/metadata_from_containers in one role only (both roles apply to host {})", host_name));
                             self.err_once(format!("fw:{}:{}", acc.origin, fw.origin), d);
                         }
                         (None, Some(b)) => {
@@ -1172,6 +1177,8 @@ impl Loader<'_> {
             incoming: fw.incoming.unwrap_or(Policy::Deny),
             outgoing: fw.outgoing.unwrap_or(Policy::Allow),
             routed: fw.routed,
+            metadata_from_containers: fw.metadata_from_containers,
+            docker: false,
             rules,
             sites,
             origin: fw.origin,

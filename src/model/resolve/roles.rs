@@ -345,6 +345,7 @@ impl Loader<'_> {
             incoming: fw.incoming.as_ref().map(|p| p.value),
             outgoing: fw.outgoing.as_ref().map(|p| p.value),
             routed: fw.routed.as_ref().map(|p| p.value),
+            metadata_from_containers: fw.metadata_from_containers.as_ref().map(|p| p.value),
             rules,
             origin,
         }
