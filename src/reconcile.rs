@@ -547,6 +547,38 @@ pub fn json(cloud: Option<&CloudPlan>, results: &[&HostResult]) -> serde_json::V
     doc
 }
 
+/// What an apply did, for `apply -o json`: each host's result (applied,
+/// failed, unchanged) with the totals of the steps that reported success,
+/// and each server's or network's outcome.
+pub fn applied_json(done: &Applied) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = done
+        .hosts
+        .iter()
+        .map(|r| {
+            let status = match (&r.error, &r.done) {
+                (Some(_), _) => "failed",
+                (None, Some(_)) => "applied",
+                (None, None) if r.skipped.is_some() => "skipped",
+                (None, None) => "unchanged",
+            };
+            serde_json::json!({
+                "host": r.host,
+                "address": r.address,
+                "status": status,
+                "error": r.error,
+                "skipped": r.skipped,
+                "done": r.done,
+                "seconds": r.elapsed.as_secs_f64(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "hosts": hosts,
+        "cloud": done.cloud,
+        "summary": engine::render::done_totals(&done.hosts),
+    })
+}
+
 /// What the cloud stage did, a line per server.
 pub fn cloud_summary(outcomes: &[CloudOutcome]) -> String {
     let mut s = String::new();

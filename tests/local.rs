@@ -357,3 +357,67 @@ fn plan_json_names_its_version_and_commit_and_uncommitted_edits_are_said() {
         "HEAD's content was applied"
     );
 }
+
+/// `apply -o json`: one document at the end, with the version, the commit,
+/// the plan, the outcome and what each host did; it never asks, so it
+/// needs --yes; a failed step is a failed host in it.
+#[test]
+fn apply_json_says_what_was_planned_and_what_each_host_did() {
+    let root = TempDir::new("local-root");
+    let repo = repo_with(
+        root.path(),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\n",
+    );
+    let p = repo.path();
+    let head = git(p, &["rev-parse", "HEAD"]);
+    let out = tk(p, &["apply", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert!(err.to_string().contains("does not ask"), "{err}");
+    assert!(
+        !root.path().join("etc/app.conf").exists(),
+        "nothing applied"
+    );
+
+    let json = |args: &[&str]| {
+        let out = tk(p, args);
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        (out.status.code(), doc)
+    };
+    let (code, doc) = json(&["apply", "--yes", "-o", "json"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["format_version"], 1, "{doc}");
+    assert_eq!(doc["commit"], head.trim(), "{doc}");
+    assert_eq!(doc["outcome"], "applied", "{doc}");
+    assert_eq!(doc["plan"]["summary"]["add"], 1, "{doc}");
+    let host = &doc["applied"]["hosts"][0];
+    assert_eq!(host["host"], "dev", "{doc}");
+    assert_eq!(host["status"], "applied", "{doc}");
+    assert_eq!(host["done"]["add"], 1, "{doc}");
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/app.conf")).unwrap(),
+        "x\n"
+    );
+
+    let (code, doc) = json(&["apply", "--yes", "-o", "json"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["outcome"], "nothing to do", "{doc}");
+    assert!(doc.get("applied").is_none(), "{doc}");
+
+    fs::write(
+        p.join("roles/app.yaml"),
+        "files:\n  - {path: /etc/app.conf, content: \"x\\n\"}\ncommands:\n  - {name: broken, run: \"exit 3\"}\n",
+    )
+    .unwrap();
+    git(p, &["commit", "-qam", "a command that fails"]);
+    let (code, doc) = json(&["apply", "--yes", "-o", "json"]);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["outcome"], "failed", "{doc}");
+    let host = &doc["applied"]["hosts"][0];
+    assert_eq!(host["status"], "failed", "{doc}");
+    assert!(
+        host["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{doc}"
+    );
+}

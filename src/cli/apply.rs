@@ -4,7 +4,18 @@
 use super::plan::plan_fleet;
 use super::*;
 
-pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) -> CliResult {
+pub(super) fn apply(
+    repo: &RepoArgs,
+    args: &HostArgs,
+    yes: bool,
+    rolling: bool,
+    output: Output,
+) -> CliResult {
+    let json = output == Output::Json;
+    if json && !yes {
+        return Err(CliError::new("apply -o json does not ask before applying")
+            .help("add --yes, or apply a saved plan: tidekeeper apply FILE -o json"));
+    }
     let (fleet, names, mut opts, policies) = prepare(repo, args)?;
     opts.rolling = rolling;
     let total = names.len();
@@ -12,8 +23,9 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let rt = runtime();
     let pool = engine::Pool::new();
-    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, false, &pool);
-    let stop = match show(&fp, &policies, &opts) {
+    let fp = plan_fleet(&rt, fleet, names, args, &opts, &clouds, json, &pool);
+    let (shown, planned) = show(&fp, &policies, &opts, json);
+    let stop = match shown {
         Shown::Changes if yes => None,
         Shown::Changes => confirm(),
         Shown::Stop(stop) => Some(stop),
@@ -24,6 +36,7 @@ pub(super) fn apply(repo: &RepoArgs, args: &HostArgs, yes: bool, rolling: bool) 
         opts: &opts,
         clouds: &clouds,
         total,
+        planned,
     };
     run.finish(fp, stop)
 }
@@ -36,7 +49,9 @@ pub(super) fn apply_saved(
     args: &HostArgs,
     rolling: bool,
     file: &Path,
+    output: Output,
 ) -> CliResult {
+    let json = output == Output::Json;
     let saved = super::saved::read(file)?;
     if !args.selects_all() {
         return Err(
@@ -60,20 +75,23 @@ pub(super) fn apply_saved(
     let clouds = crate::cloud::Clouds::from_env(&fleet);
     let rt = runtime();
     let pool = engine::Pool::new();
-    let fp = plan_fleet(&rt, fleet, names, &args, &opts, &clouds, false, &pool);
+    let fp = plan_fleet(&rt, fleet, names, &args, &opts, &clouds, json, &pool);
     let fresh = super::saved::of(&fp, &fp.gate(&policies), &args, &opts);
     let moved = crate::saved_plan::differences(&saved, &fresh);
-    let run = Run {
+    let mut run = Run {
         rt: &rt,
         pool: &pool,
         opts: &opts,
         clouds: &clouds,
         total,
+        planned: None,
     };
     if !moved.is_empty() {
         return run.finish(fp, Some(Stop::Refused(super::saved::stale(&moved))));
     }
-    let stop = match show(&fp, &policies, &opts) {
+    let (shown, planned) = show(&fp, &policies, &opts, json);
+    run.planned = planned;
+    let stop = match shown {
         Shown::Changes => None,
         Shown::Stop(stop) => Some(stop),
     };
@@ -87,6 +105,8 @@ struct Run<'a> {
     opts: &'a std::sync::Arc<engine::Options>,
     clouds: &'a crate::cloud::Clouds,
     total: usize,
+    /// `-o json`: the plan's document, printed with what was done.
+    planned: Option<serde_json::Value>,
 }
 
 impl Run<'_> {
@@ -94,14 +114,17 @@ impl Run<'_> {
     fn finish(&self, fp: reconcile::FleetPlan, stop: Option<Stop>) -> CliResult {
         if let Some(stop) = stop {
             let results = self.rt.block_on(reconcile::finish(fp, self.pool.clone()));
-            return match stop {
-                Stop::Refused(e) => Err(e),
-                Stop::Said(o) => Ok(o),
+            let (outcome, word) = match stop {
+                Stop::Refused(e) => return Err(e),
+                Stop::Said(o) => (o, "not applied"),
                 // A blocked host has work left that cannot be done: not a success.
-                Stop::NothingToDo { blocked } => Ok(Outcome::failed_if(
-                    blocked || results.iter().any(|r| r.error.is_some()),
-                )),
+                Stop::NothingToDo { blocked } => (
+                    Outcome::failed_if(blocked || results.iter().any(|r| r.error.is_some())),
+                    "nothing to do",
+                ),
             };
+            self.print_json(word, None);
+            return Ok(outcome);
         }
         let done = self.rt.block_on(reconcile::apply(
             fp,
@@ -110,8 +133,38 @@ impl Run<'_> {
             self.clouds,
             progress(self.total, false),
         ));
+        if self.planned.is_some() {
+            let failed = failures(&done) > 0;
+            self.print_json(if failed { "failed" } else { "applied" }, Some(&done));
+            return Ok(Outcome::failed_if(failed));
+        }
         Ok(summary(&done, self.opts))
     }
+
+    /// With `-o json`: one document, the plan and what was done.
+    fn print_json(&self, outcome: &str, done: Option<&reconcile::Applied>) {
+        let Some(plan) = &self.planned else {
+            return;
+        };
+        let mut doc = serde_json::json!({
+            "format_version": plan["format_version"],
+            "fleet": plan["fleet"],
+            "commit": plan["commit"],
+            "outcome": outcome,
+            "plan": plan,
+        });
+        if let Some(done) = done {
+            doc["applied"] = reconcile::applied_json(done);
+        }
+        let text = serde_json::to_string_pretty(&doc).expect("json");
+        println!("{}", self.opts.redact(&text));
+    }
+}
+
+/// Hosts and servers that failed.
+fn failures(done: &reconcile::Applied) -> usize {
+    done.hosts.iter().filter(|r| r.error.is_some()).count()
+        + done.cloud.iter().filter(|o| o.error.is_some()).count()
 }
 
 /// What the plan, once shown, leaves to do.
@@ -131,35 +184,65 @@ enum Stop {
     Refused(CliError),
 }
 
-/// Print the plan and the policies' verdict; whether it may be applied.
-fn show(fp: &reconcile::FleetPlan, policies: &[(String, String)], opts: &engine::Options) -> Shown {
+/// Print the plan and the policies' verdict (`json`: keep the plan's
+/// document for the end instead); whether it may be applied.
+fn show(
+    fp: &reconcile::FleetPlan,
+    policies: &[(String, String)],
+    opts: &engine::Options,
+    json: bool,
+) -> (Shown, Option<serde_json::Value>) {
     let results = fp.results();
-    print!(
-        "{}",
-        opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
-    );
-    let t = reconcile::totals(fp.cloud.as_ref(), &results);
     let reconcile::Gate { verdict, refusals } = fp.gate(policies);
-    if fp.has_changes() {
-        print!("\n{}", opts.redact(&verdict.render()));
-    }
-    if verdict.blocks() {
-        println!("The policies deny this plan; nothing was applied.");
-        return Shown::Stop(Stop::Said(Outcome::Failed));
-    }
-    if !refusals.is_empty() {
-        println!("Not applying this plan; nothing was changed:");
-        for r in refusals {
-            println!("  {r}");
+    let t = reconcile::totals(fp.cloud.as_ref(), &results);
+    let planned = json.then(|| {
+        let commit = fp.fleet.commit.clone().unwrap_or_default();
+        let mut doc = crate::report::plan_json(
+            &crate::report::Review {
+                fleet: &fp.fleet.name,
+                commit: &commit,
+                cloud: fp.cloud.as_ref(),
+                results: &results,
+                verdict: &verdict,
+                after_merge: &[],
+            },
+            false,
+        );
+        doc["refusals"] = serde_json::json!(refusals);
+        doc
+    });
+    // Said on stdout as text; in the JSON document otherwise.
+    let say = |line: &str| {
+        if !json {
+            println!("{line}");
         }
-        return Shown::Stop(Stop::Said(Outcome::Failed));
+    };
+    if !json {
+        print!(
+            "{}",
+            opts.redact(&reconcile::text(fp.cloud.as_ref(), &results, color()))
+        );
+        if fp.has_changes() {
+            print!("\n{}", opts.redact(&verdict.render()));
+        }
     }
-    if t.add + t.change + t.destroy + t.run == 0 {
-        return Shown::Stop(Stop::NothingToDo {
+    let shown = if verdict.blocks() {
+        say("The policies deny this plan; nothing was applied.");
+        Shown::Stop(Stop::Said(Outcome::Failed))
+    } else if !refusals.is_empty() {
+        say("Not applying this plan; nothing was changed:");
+        for r in &refusals {
+            say(&format!("  {r}"));
+        }
+        Shown::Stop(Stop::Said(Outcome::Failed))
+    } else if t.add + t.change + t.destroy + t.run == 0 {
+        Shown::Stop(Stop::NothingToDo {
             blocked: t.blocked > 0,
-        });
-    }
-    Shown::Changes
+        })
+    } else {
+        Shown::Changes
+    };
+    (shown, planned)
 }
 
 /// Ask before applying; None: go ahead.
@@ -192,8 +275,7 @@ fn summary(done: &reconcile::Applied, opts: &engine::Options) -> Outcome {
             );
         }
     }
-    let failed = done.hosts.iter().filter(|r| r.error.is_some()).count()
-        + done.cloud.iter().filter(|o| o.error.is_some()).count();
+    let failed = failures(done);
     // Counted from what each host reported done, failed hosts included:
     // the totals are what changed on the hosts, not what was planned.
     let applied = engine::render::done_totals(&done.hosts);

@@ -518,6 +518,11 @@ pub enum Command {
         /// (naming what moved) when it is not.
         #[arg(value_name = "FILE")]
         plan_file: Option<PathBuf>,
+        /// How to print: text, or json (one document at the end with
+        /// `format_version`, the commit, the plan and what each host and
+        /// server did; it does not ask, so it needs --yes or FILE).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
     },
     /// Run the reconciler: poll (and take webhooks), apply new commits, watch for drift, report back.
     Run(RunArgs),

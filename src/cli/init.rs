@@ -250,7 +250,7 @@ fn reconcile_demo_host(args: &RepoArgs, root: &Path) -> CliResult {
         return Ok(planned);
     }
     println!("\n$ tidekeeper apply --host {DEMO_HOST} --yes");
-    let applied = apply(args, &hosts, true, false)?;
+    let applied = apply(args, &hosts, true, false, Output::Text)?;
     if applied != Outcome::Done {
         return Ok(applied);
     }

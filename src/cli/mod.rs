@@ -120,15 +120,15 @@ fn dispatch(command: Command) -> CliResult {
             hosts,
             yes,
             rolling,
-            plan_file: None,
-        } => apply(&repo, &hosts, yes, rolling),
-        Command::Apply {
-            repo,
-            hosts,
-            rolling,
-            plan_file: Some(file),
-            ..
-        } => apply_saved(&repo, &hosts, rolling, &file),
+            plan_file,
+            output: o,
+        } => {
+            let o = output("apply", o, Output::Text, &[Output::Text, Output::Json])?;
+            match plan_file {
+                None => apply(&repo, &hosts, yes, rolling, o),
+                Some(file) => apply_saved(&repo, &hosts, rolling, &file, o),
+            }
+        }
         c @ (Command::Run(_)
         | Command::Retry { .. }
         | Command::Suspend { .. }

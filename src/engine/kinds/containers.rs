@@ -67,6 +67,9 @@ pub(crate) fn lines(fw: &Rules) -> Vec<String> {
         Policy::Deny => out.push(format!("-A {PUBLISHED} -j DROP")),
         Policy::Reject => out.push(format!("-A {PUBLISHED} -j {}", target(Policy::Reject))),
     }
+    // `iptables -S` lists the built-in chains' rules before those of the
+    // chains users made: the jump comes first, as the probe reads it back.
+    out.push(format!("{RAW}-A PREROUTING -j {METADATA}"));
     let metadata = fw.metadata_from_containers.unwrap_or(Policy::Deny);
     if metadata != Policy::Allow {
         for b in BRIDGES {
@@ -76,7 +79,6 @@ pub(crate) fn lines(fw: &Rules) -> Vec<String> {
             ));
         }
     }
-    out.push(format!("{RAW}-A PREROUTING -j {METADATA}"));
     out
 }
 
