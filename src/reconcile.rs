@@ -24,8 +24,8 @@ use crate::model::desired::{AddressBook, Addresses, Fleet, ProviderKind};
 
 /// How long a new server may take from "running" to answering SSH.
 const SSH_WAIT: Duration = Duration::from_secs(300);
-/// How long a new server may refuse a login user other than root while it
-/// boots (systemd keeps /run/nologin until its user sessions may start,
+/// How long a new or started server may refuse a login user other than
+/// root while it boots (systemd keeps /run/nologin until its user sessions may start,
 /// which on a slow or busy machine comes as late as SSH itself may).
 const BOOT_LOGIN_WAIT: Duration = SSH_WAIT;
 
@@ -477,39 +477,55 @@ impl<S: Fn(&str, &str)> NewServers<'_, S> {
     async fn wait_for_ssh(&self, fleet: &Fleet, name: &str) -> Result<(), String> {
         let host = fleet.host(name).expect("host exists");
         (self.say)(name, "waiting for SSH…");
-        // Behind a jump host, only the jump host can see the port:
-        // connecting (with its retries) is the wait.
-        if host.ssh.via.is_none() {
-            let addr = host.address.clone().unwrap_or_default();
-            cloud::apply::wait_for_port(&addr, host.ssh.port, SSH_WAIT).await?;
-            if host.ssh.user == "root" {
+        wait_for_login(fleet, host, self.opts, SSH_WAIT).await
+    }
+}
+
+/// Wait until `host`, a server just created or started, takes a login: its
+/// SSH port answers within `wait`, then a login goes through. While the
+/// server may still be booting (at most `wait`, and [`BOOT_LOGIN_WAIT`] for
+/// a refused login), failures that pass are retried; others fail at once.
+/// A root login is not tried (unless behind a jump host, where connecting
+/// is the only way to see the port).
+pub(crate) async fn wait_for_login(
+    fleet: &Fleet,
+    host: &crate::model::desired::Host,
+    opts: &Options,
+    wait: Duration,
+) -> Result<(), String> {
+    // Behind a jump host, only the jump host can see the port:
+    // connecting (with its retries) is the wait.
+    if host.ssh.via.is_none() {
+        let addr = host.address.clone().unwrap_or_default();
+        cloud::apply::wait_for_port(&addr, host.ssh.port, wait).await?;
+        if host.ssh.user == "root" {
+            return Ok(());
+        }
+    }
+    let settle = wait.min(BOOT_LOGIN_WAIT);
+    let start = std::time::Instant::now();
+    loop {
+        match engine::connect(fleet, host, opts).await {
+            Ok(c) => {
+                c.close().await;
                 return Ok(());
             }
-        }
-        let start = std::time::Instant::now();
-        loop {
-            match engine::connect(fleet, host, self.opts).await {
-                Ok(c) => {
-                    c.close().await;
-                    return Ok(());
-                }
-                // A user other than root is turned away while the server
-                // still boots (pam_nologin) — for a while, not for good.
-                Err(engine::EngineError::Transport(
-                    crate::transport::TransportError::AuthFailed { .. },
-                )) if host.ssh.user != "root" && start.elapsed() < BOOT_LOGIN_WAIT => {
-                    tokio::time::sleep(Duration::from_secs(1)).await
-                }
-                // A wrong key or a refused login does not go away by waiting.
-                Err(e) if start.elapsed() > SSH_WAIT || !settling(&e) => {
-                    return Err(format!(
-                        "{e} (after {}s of trying to log in to the new server as {})",
-                        start.elapsed().as_secs(),
-                        host.ssh.user
-                    ));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            // A user other than root is turned away while the server
+            // still boots (pam_nologin) — for a while, not for good.
+            Err(engine::EngineError::Transport(crate::transport::TransportError::AuthFailed {
+                ..
+            })) if host.ssh.user != "root" && start.elapsed() < settle => {
+                tokio::time::sleep(Duration::from_secs(1)).await
             }
+            // A wrong key or a refused login does not go away by waiting.
+            Err(e) if start.elapsed() > settle || !settling(&e) => {
+                return Err(format!(
+                    "{e} (after {}s of trying to log in to the server as {})",
+                    start.elapsed().as_secs(),
+                    host.ssh.user
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
         }
     }
 }

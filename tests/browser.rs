@@ -104,7 +104,7 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
         &crate::support::cloud::CREDENTIALS,
     );
     let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
-    d.wait_applied(&head, Duration::from_secs(90));
+    d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
     // The status branch records the apply before the timeline can show it.
     d.wait_for("the status branch written", Duration::from_secs(30), |d| {
         d.status()["written_back"]["applied_commit"] == head.as_str()

@@ -475,7 +475,7 @@ fn the_daemon_creates_a_server_from_a_commit_and_records_its_generated_host_key(
         &env,
     );
     let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
-    d.wait_applied(&head, Duration::from_secs(60));
+    d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
     let st = d.status();
     assert_eq!(st["hosts"]["web"]["state"], "synced", "{st}");
     assert_eq!(st["monthly_cost"]["EUR"], 4.35, "{st}");

@@ -512,7 +512,9 @@ fn sigkill_mid_apply(kind: Kind) {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The host's side of the apply holds the host's lock until it is
+        // gone (its SSH session closed): after that, nothing moves.
+        bed.ssh_ok(0, "flock -w 60 /var/lib/tidekeeper/lock true");
         let sums = bed.ssh_ok(0, "sha256sum /srv/many/*.conf");
         let mut files = 0;
         for line in sums.lines() {

@@ -636,11 +636,16 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         &t.replace("cron: \"*/5 * * * *\"", "cron: \"*/2 * * * * *\""),
     );
     repo.commit("check every 2 seconds for the test");
+    // A Wednesday afternoon, whatever today is: none of the example's other
+    // jobs is due (the next is 01:00), and the daily backup's 01:00 run is
+    // beyond its 12 h catch-up, so only the health check runs.
+    let mut daemon_env = env.to_vec();
+    daemon_env.push(("TIDEKEEPER_NOW", "2026-06-17T14:00:00Z"));
     let d = Daemon::start_env(
         &repo.path,
         &repo.key,
         &["--poll", "1s", "--drift", "600s"],
-        &env,
+        &daemon_env,
     );
     let head = git(&repo.path, &["rev-parse", "HEAD"]);
     d.wait_applied(&head, Duration::from_secs(60));

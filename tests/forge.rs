@@ -1277,15 +1277,22 @@ fn a_merge_is_applied_only_once_its_pull_request_meets_the_apply_requirements() 
         "{why}"
     );
     assert_eq!(bed.ssh_ok(0, "cat /etc/tk-r"), "one\n");
-    let pending = fake
-        .lock()
-        .unwrap()
-        .requests
-        .iter()
-        .rev()
-        .find(|r| r.1 == format!("statuses/{merge5}"))
-        .map(|r| r.2.clone())
-        .expect("a status on the held merge");
+    // The daemon shows the hold, then posts its status.
+    let status_of_merge5 = || {
+        fake.lock()
+            .unwrap()
+            .requests
+            .iter()
+            .rev()
+            .find(|r| r.1 == format!("statuses/{merge5}"))
+            .map(|r| r.2.clone())
+    };
+    d.wait_for(
+        "a status on the held merge",
+        Duration::from_secs(30),
+        |_| status_of_merge5().is_some(),
+    );
+    let pending = status_of_merge5().unwrap();
     assert_eq!(pending["state"], "pending", "{pending}");
     assert_eq!(
         pending["description"], "held: apply requirements not met",

@@ -385,7 +385,7 @@ async fn a_sink_that_is_down_or_slow_holds_up_nothing_else_and_gets_its_messages
     let d = start(&f, &state).await;
 
     run_job(&d, "nightly-backup").await;
-    until("the webhook message", Duration::from_secs(10), || {
+    until("the webhook message", Duration::from_secs(30), || {
         r.of("webhook").len() == 1
     })
     .await;
@@ -397,13 +397,28 @@ async fn a_sink_that_is_down_or_slow_holds_up_nothing_else_and_gets_its_messages
     .unwrap();
     let c2 = commit(&f.repo, "v2");
     d.shared.poke();
+    // Not behind the hanging sink: when v2 is applied, its first attempt
+    // (cut off after 15 s) has not ended yet.
+    let mut slow_then = None;
     until(
         "v2 applied while a sink hangs",
-        Duration::from_secs(10),
-        || d.applied().as_deref() == Some(c2.as_str()),
+        Duration::from_secs(30),
+        || {
+            let applied = d.applied().as_deref() == Some(c2.as_str());
+            if applied {
+                slow_then = Some(d.shared.notifier.status().sinks["slow"].stats.clone());
+            }
+            applied
+        },
     )
     .await;
-    until("the failures recorded", Duration::from_secs(10), || {
+    let slow_then = slow_then.unwrap();
+    assert_eq!(
+        (slow_then.sent, slow_then.failed_attempts),
+        (0, 0),
+        "v2 was applied only after the slow sink's attempt ended: {slow_then:?}"
+    );
+    until("the failures recorded", Duration::from_secs(30), || {
         let s = d.shared.notifier.status();
         s.sinks["down"].stats.failed_attempts >= 1 && s.sinks["refused"].stats.failed_attempts >= 1
     })

@@ -275,14 +275,17 @@ async fn on_server(
                     let mut host = host.clone();
                     host.address = server.address.clone();
                     host.cloud_host_key = server.labels.get(cloud::HOST_KEY).cloned();
-                    let addr = host.address.clone().unwrap_or_default();
-                    cloud::apply::wait_for_port(
-                        &addr,
-                        host.ssh.port,
-                        Duration::from_secs(job.timeout_secs.max(1)),
-                    )
-                    .await?;
-                    health(fleet, job, &host, opts).await?;
+                    let wait = Duration::from_secs(job.timeout_secs.max(1));
+                    if gates(job, &host).is_empty() {
+                        // Nothing logs in: up once SSH answers.
+                        let addr = host.address.clone().unwrap_or_default();
+                        cloud::apply::wait_for_port(&addr, host.ssh.port, wait).await?;
+                    } else {
+                        // The health gates log in: a booting server turns a
+                        // user other than root away for a while first.
+                        crate::reconcile::wait_for_login(fleet, &host, opts, wait).await?;
+                        health(fleet, job, &host, opts).await?;
+                    }
                 }
             }
             _ => unreachable!("only snapshot and power jobs act on servers"),

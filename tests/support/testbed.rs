@@ -379,6 +379,9 @@ impl Testbed {
         room_for_neighbours(n);
         let image = kind.image();
         let dir = cache_dir().join(format!("run-{}-{}", std::process::id(), unique()));
+        // A killed run with the same pid may have left its key here: ssh-keygen
+        // would ask whether to overwrite it.
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let key = dir.join("id_ed25519");
         must(

@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 use super::fleet::FleetRepo;
 use super::testbed::{CloudInit, Kind, Testbed};
 
+/// How long a daemon wait that includes creating cloud servers may take: a
+/// container boot on a loaded machine, plus tidekeeper's own SSH wait for new
+/// servers (300 s, `SSH_WAIT` in src/reconcile.rs) with room to configure.
+pub const SERVER_CREATE: Duration = Duration::from_secs(360);
+
 /// One injected fault.
 #[derive(Debug, Clone)]
 pub enum Fault {
