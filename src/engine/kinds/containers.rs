@@ -292,7 +292,9 @@ mod tests {
             &"-t raw -A tidekeeper-metadata -d 169.254.169.254/32 -i docker0 -j DROP".to_string()
         ));
         let file = rules_file(&f);
-        assert!(file.contains("*raw\n:tidekeeper-metadata - [0:0]\n-A tidekeeper-metadata"));
+        assert!(file.contains(
+            "*raw\n:tidekeeper-metadata - [0:0]\n-F tidekeeper-metadata\n-A tidekeeper-metadata"
+        ));
         assert!(
             !file.contains("PREROUTING"),
             "the jump is put in once, not by restore"
