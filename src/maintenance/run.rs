@@ -275,6 +275,8 @@ async fn on_server(
                     let mut host = host.clone();
                     host.address = server.address.clone();
                     host.cloud_host_key = server.labels.get(cloud::HOST_KEY).cloned();
+                    host.cloud_host_key_rotated =
+                        server.labels.contains_key(cloud::HOST_KEY_ROTATED);
                     let addr = host.address.clone().unwrap_or_default();
                     cloud::apply::wait_for_port(
                         &addr,
