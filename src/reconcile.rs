@@ -11,7 +11,10 @@
 //!
 //! Apply: create, update, resize and replace servers; apply the hosts that
 //! were planned; configure the new servers in the same run (wait for SSH with
-//! the generated host key, plan, apply); delete servers last.
+//! the generated host key, plan, apply); replace the host keys cloud-init
+//! installed with keys made on the servers ([`rekey`]); delete servers last.
+
+mod rekey;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,9 +349,8 @@ pub async fn apply(
         cloud::hostkey::login_keys(key.or(fleet.settings.ssh.key.as_deref())).await
     };
     let mut outcomes = Vec::new();
-    if let Some(first) = first {
-        outcomes
-            .extend(cloud::apply::apply(&first, clouds, &login_keys, opts.parallel, &say).await);
+    if let Some(first) = &first {
+        outcomes.extend(cloud::apply::apply(first, clouds, &login_keys, opts.parallel, &say).await);
     }
     // The hosts planned over SSH.
     let (existing, previews): (Vec<HostResult>, Vec<HostResult>) = hosts
@@ -363,6 +365,11 @@ pub async fn apply(
         say: &say,
     };
     results.extend(new.configure(previews, &outcomes).await);
+    // Host keys that came in user data are replaced by keys made on the servers.
+    if let Some(first) = &first {
+        let due = rekey::due(first, &outcomes, &results);
+        outcomes.extend(rekey::rotate_all(due, &fleet, clouds, &opts, &mut results).await);
+    }
     if let Some(last) = last {
         outcomes.extend(cloud::apply::apply(&last, clouds, &login_keys, opts.parallel, &say).await);
     }
@@ -434,6 +441,7 @@ impl<S: Fn(&str, &str)> NewServers<'_, S> {
                         public: s.address.clone(),
                         private: s.private_address.clone(),
                         host_key: s.labels.get(HOST_KEY).cloned(),
+                        host_key_rotated: s.labels.contains_key(cloud::HOST_KEY_ROTATED),
                     };
                     book.insert(r.host.clone(), a);
                     waiting.push(r);

@@ -14,6 +14,7 @@ mod ec2;
 mod engine;
 pub mod examples;
 mod forge;
+mod host_keys;
 mod hostile;
 mod layout;
 mod local;

@@ -15,8 +15,8 @@ use tidekeeper_ec2 as ec2;
 
 use super::desired::{DesiredServer, fold_any};
 use super::{
-    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, HOST_NAME, ObservedServer, PowerState,
-    PriceList, Provider, Snapshot,
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_NAME, ObservedServer, PowerState, PriceList,
+    Provider, Snapshot,
 };
 use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
 
@@ -497,7 +497,7 @@ impl Provider for Ec2 {
             let stale: Vec<String> = have
                 .labels
                 .keys()
-                .filter(|k| !want.labels.contains_key(*k) && k.as_str() != HOST_KEY)
+                .filter(|k| !want.labels.contains_key(*k) && !super::is_host_key_label(k))
                 .cloned()
                 .collect();
             if !stale.is_empty() {
@@ -792,7 +792,7 @@ mod tests {
 
     fn instance(instance_type: &str, protected: bool) -> ObservedServer {
         let mut labels = crate::cloud::desired::ownership("acme");
-        labels.insert(HOST_KEY.into(), "ab".into());
+        labels.insert(crate::cloud::HOST_KEY.into(), "ab".into());
         ObservedServer {
             provider: ProviderKind::Ec2,
             id: "i-0123456789abcdef0".into(),

@@ -1157,8 +1157,13 @@ impl Provider for Hetzner {
         Box::pin(async move {
             let id = id_of(have)?;
             let mut labels: HashMap<String, String> = want.labels.clone().into_iter().collect();
-            if let Some(k) = have.labels.get(super::HOST_KEY) {
-                labels.insert(super::HOST_KEY.into(), k.clone());
+            // The host-key labels stay as they are unless this update sets them.
+            for (k, v) in have
+                .labels
+                .iter()
+                .filter(|(k, _)| super::is_host_key_label(k))
+            {
+                labels.entry(k.clone()).or_insert_with(|| v.clone());
             }
             let current: HashMap<String, String> = have.labels.clone().into_iter().collect();
             if labels != current {

@@ -15,8 +15,8 @@ use tidekeeper_lightsail as ls;
 
 use super::desired::{DesiredServer, fold_any};
 use super::{
-    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_KEY, HOST_NAME, ObservedServer, PowerState,
-    PriceList, Provider, Snapshot,
+    ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_NAME, ObservedServer, PowerState, PriceList,
+    Provider, Snapshot,
 };
 use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
 
@@ -547,7 +547,7 @@ impl Provider for Lightsail {
             let stale: Vec<String> = have
                 .labels
                 .keys()
-                .filter(|k| !want.labels.contains_key(*k) && k.as_str() != HOST_KEY)
+                .filter(|k| !want.labels.contains_key(*k) && !super::is_host_key_label(k))
                 .cloned()
                 .collect();
             if !stale.is_empty() {

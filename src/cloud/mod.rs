@@ -38,6 +38,16 @@ pub const MANAGED_BY_VALUE: &str = "tidekeeper";
 pub const FLEET: &str = "tidekeeper-fleet";
 /// SHA-256 of the host key tidekeeper generated for the server (hex, 40 digits).
 pub const HOST_KEY: &str = "tidekeeper-host-key";
+/// Set once the server's host key was generated on the server itself
+/// (see [`hostkey`]): the key cloud-init installed from the user data, which
+/// anything on the server can read from the metadata service, is gone.
+pub const HOST_KEY_ROTATED: &str = "tidekeeper-host-key-rotated";
+
+/// Labels tidekeeper keeps about a server's host key: never the user's to
+/// set, never removed by an update.
+pub fn is_host_key_label(name: &str) -> bool {
+    name == HOST_KEY || name == HOST_KEY_ROTATED
+}
 /// Set while the host's config allows destroying the server.
 pub const ALLOW_DESTROY: &str = "tidekeeper-allow-destroy";
 /// On snapshots: the job that took them.
@@ -539,6 +549,7 @@ pub fn address_book(fleet: &Fleet, observed: &Observed) -> AddressBook {
             public: Some(public.clone()),
             private,
             host_key: s.labels.get(HOST_KEY).cloned(),
+            host_key_rotated: s.labels.contains_key(HOST_KEY_ROTATED),
         };
         book.insert(h.name.clone(), a);
     }

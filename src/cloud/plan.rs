@@ -11,7 +11,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::desired::{DesiredServer, describe_port};
-use super::{ALLOW_DESTROY, HOST_KEY, Monthly, Observed, ObservedServer};
+use super::{ALLOW_DESTROY, Monthly, Observed, ObservedServer};
 use crate::change::Attr;
 use crate::model::desired::{Fleet, ProviderKind};
 
@@ -184,7 +184,7 @@ fn attr(name: &str, before: Option<String>, after: Option<String>) -> Attr {
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {
     l.iter()
-        .filter(|(k, _)| k.as_str() != HOST_KEY)
+        .filter(|(k, _)| !super::is_host_key_label(k))
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -775,7 +775,25 @@ fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Di
         }
     }
     out.attrs.extend(in_place(d, o));
+    // A new server (a replace, a copy) gets a new key, rotated after it is made.
+    if out.replace.is_empty() && !out.copy && needs_key_rotation(o) {
+        out.attrs.push(attr(
+            KEY_ROTATION,
+            Some("the key cloud-init installed (readable in the user data)".into()),
+            Some("a key generated on the server".into()),
+        ));
+    }
     out
+}
+
+/// The attribute of a change that rotates the server's host key.
+pub(crate) const KEY_ROTATION: &str = "host key";
+
+/// Does the running server still offer the host key its user data carried
+/// (or one tidekeeper did not make: an imported server, one made by an
+/// older tidekeeper)? Then the next apply rotates it.
+pub(crate) fn needs_key_rotation(o: &ObservedServer) -> bool {
+    o.state == super::PowerState::Running && !o.labels.contains_key(super::HOST_KEY_ROTATED)
 }
 
 /// Why a Lightsail resize cannot keep the disk (a smaller one), if so.
@@ -803,7 +821,7 @@ fn resize_loses_disk(d: &DesiredServer, o: &ObservedServer, observed: &Observed)
 fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
     let mut attrs = Vec::new();
     let mut have_labels = o.labels.clone();
-    have_labels.remove(HOST_KEY);
+    have_labels.retain(|k, _| !super::is_host_key_label(k));
     if have_labels != d.labels {
         attrs.push(attr(
             "labels",
@@ -1396,7 +1414,8 @@ mod tests {
             "name: web\nprovider: hetzner\nserver:\n  type: cpx31\n  image: debian-12\n  location: fsn1\n  labels: {role: web}\n  firewall: [{port: \"22\", from: [10.0.0.2/32]}]\n",
         );
         let mut s = server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true);
-        s.labels.insert(HOST_KEY.into(), "ab".repeat(20));
+        s.labels
+            .insert(crate::cloud::HOST_KEY.into(), "ab".repeat(20));
         let p = run(&f, vec![s.clone()], PlanOptions::default());
         let c = &p.changes[0];
         assert_eq!(c.action, CloudAction::Update);

@@ -8,6 +8,7 @@
 //! - [`plan`]: desired vs observed → typed changes.
 //! - [`apply`]: a plan → one script; its report → an outcome.
 //! - [`guard`]: the lockout guard around risky changes.
+//! - [`rekey`]: a cloud server's host key replaced by one made on the server.
 //! - [`confine`]: what a proposal's plan may observe.
 //! - [`render`]: plans and reports for people and machines.
 
@@ -22,6 +23,7 @@ pub(crate) mod kinds;
 pub(crate) mod observed;
 pub(crate) mod plan;
 pub(crate) mod probe;
+pub(crate) mod rekey;
 pub(crate) mod render;
 pub(crate) mod sh;
 
@@ -503,8 +505,10 @@ fn ssh_target(
         .ok_or_else(|| EngineError::NoAddress(behind(&address)))?;
     let pins = pinned_keys(fleet, host, &addr);
     // A repo pin wins; else the key generated for a cloud server; else
-    // trust on first use, only when the repo says so.
-    let policy = if let (true, Some(fp)) = (pins.is_empty(), &host.cloud_host_key) {
+    // trust on first use, only when the repo says so. A key generated on the
+    // server replaced the one a pin may still name: its label wins.
+    let rotated = host.cloud_host_key_rotated;
+    let policy = if let (true, Some(fp)) = (pins.is_empty() || rotated, &host.cloud_host_key) {
         HostKeyPolicy::Generated(fp.clone())
     } else if pins.is_empty() && host.ssh.trust_on_first_use {
         HostKeyPolicy::TrustOnFirstUse

@@ -275,6 +275,8 @@ async fn on_server(
                     let mut host = host.clone();
                     host.address = server.address.clone();
                     host.cloud_host_key = server.labels.get(cloud::HOST_KEY).cloned();
+                    host.cloud_host_key_rotated =
+                        server.labels.contains_key(cloud::HOST_KEY_ROTATED);
                     let wait = Duration::from_secs(job.timeout_secs.max(1));
                     if gates(job, &host).is_empty() {
                         // Nothing logs in: up once SSH answers.

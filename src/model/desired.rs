@@ -59,6 +59,8 @@ pub struct Addresses {
     pub private: Option<String>,
     /// The public host key generated for the server (its `HOST_KEY` label).
     pub host_key: Option<String>,
+    /// Was that key generated on the server (its `HOST_KEY_ROTATED` label)?
+    pub host_key_rotated: bool,
 }
 
 /// The addresses providers assigned, by server (host) name: what the cloud
@@ -569,6 +571,10 @@ pub struct Host {
     /// (from the server's label); set by the cloud stage with the address.
     #[serde(skip)]
     pub cloud_host_key: Option<String>,
+    /// That key was generated on the server, replacing the one its user data
+    /// carried: it is checked even where known_hosts pins the replaced one.
+    #[serde(skip)]
+    pub cloud_host_key_rotated: bool,
     /// What planning may do on this host: everything for trusted config;
     /// less for a proposal (see [`crate::proposal`]).
     #[serde(skip)]

@@ -435,6 +435,7 @@ impl Loader<'_> {
                 allow_destroy: h.allow_destroy.as_ref().map(|a| a.value).unwrap_or(false),
                 cost: cost.clone(),
                 cloud_host_key: None,
+                cloud_host_key_rotated: false,
                 trust: Default::default(),
                 address_origin: h.address.as_ref().map(|a| at(file, a)),
                 lockout_ok: opt(&h.lockout_ok),

@@ -55,6 +55,7 @@ pub fn assign_addresses(fleet: &mut Fleet, book: &AddressBook) {
             h.address = a.public.clone();
             h.private_address = a.private.clone().or(h.private_address.take());
             h.cloud_host_key = a.host_key.clone();
+            h.cloud_host_key_rotated = a.host_key_rotated;
         }
     }
 }
@@ -77,6 +78,7 @@ fn assigned(fleet: &Fleet) -> AddressBook {
                 public: h.address.clone(),
                 private: h.private_address.clone(),
                 host_key: None,
+                host_key_rotated: false,
             };
             (h.name.clone(), a)
         })
@@ -238,6 +240,7 @@ mod tests {
                 public: Some(public.into()),
                 private: Some(private.into()),
                 host_key: Some(format!("ssh-ed25519 AAAA{n}")),
+                host_key_rotated: false,
             };
             (n.to_string(), a)
         })
@@ -295,6 +298,7 @@ mod tests {
             .map(|(n, a)| {
                 let a = Addresses {
                     host_key: None,
+                    host_key_rotated: false,
                     ..a.clone()
                 };
                 (n.clone(), a)

@@ -43,6 +43,8 @@ pub struct Instance {
     pub ports: Vec<Value>,
     pub created: f64,
     pub host: Option<usize>,
+    /// What the instance was launched with (its metadata service serves it).
+    pub user_data: String,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +250,7 @@ impl Lightsail {
             ports: default_ports(),
             created: epoch(),
             host: Some(i),
+            user_data: String::new(),
         };
         self.account
             .lock()
@@ -597,6 +600,7 @@ fn create_instances(
                 ports: default_ports(),
                 created: epoch(),
                 host: None,
+                user_data: user_data.clone(),
             },
         );
         let o = op(a, &ctx.faults, &n, "CreateInstance", false);
