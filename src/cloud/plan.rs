@@ -789,11 +789,14 @@ fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Di
 /// The attribute of a change that rotates the server's host key.
 pub(crate) const KEY_ROTATION: &str = "host key";
 
-/// Does the running server still offer the host key its user data carried
-/// (or one tidekeeper did not make: an imported server, one made by an
-/// older tidekeeper)? Then the next apply rotates it.
+/// Does the running server still offer the host key tidekeeper sent in its
+/// user data (made by this version, or an older one that did not rotate)?
+/// Then the next apply rotates it. An imported server's key was not sent
+/// by tidekeeper: it is pinned in known_hosts and left as it is.
 pub(crate) fn needs_key_rotation(o: &ObservedServer) -> bool {
-    o.state == super::PowerState::Running && !o.labels.contains_key(super::HOST_KEY_ROTATED)
+    o.state == super::PowerState::Running
+        && o.labels.contains_key(super::HOST_KEY)
+        && !o.labels.contains_key(super::HOST_KEY_ROTATED)
 }
 
 /// Why a Lightsail resize cannot keep the disk (a smaller one), if so.

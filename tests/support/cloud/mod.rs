@@ -252,9 +252,10 @@ impl Cloud {
         std::process::Command::new("ip")
             .args(["netns", "exec", &bed.netns(i), "ssh"])
             .args(["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", bed.known_hosts.display()))
+            // The provider's console, as it were: tidekeeper rotates a new
+            // server's host key, and the tests still get in to look.
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
             .args(["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
             .arg(format!("{user}@{}", h.address))
             .arg(command)
