@@ -368,7 +368,8 @@ pub async fn apply(
     // Host keys that came in user data are replaced by keys made on the servers.
     if let Some(first) = &first {
         let due = rekey::due(first, &outcomes, &results);
-        outcomes.extend(rekey::rotate_all(due, &fleet, clouds, &opts, &mut results).await);
+        let rotated = rekey::rotate_all(due, &fleet, clouds, &opts, &mut results, &outcomes).await;
+        outcomes.extend(rotated);
     }
     if let Some(last) = last {
         outcomes.extend(cloud::apply::apply(&last, clouds, &login_keys, opts.parallel, &say).await);

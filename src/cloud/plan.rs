@@ -1412,6 +1412,33 @@ mod tests {
     }
 
     #[test]
+    fn only_a_key_tidekeeper_sent_in_user_data_is_rotated() {
+        let f = fleet(
+            "name: web\nprovider: hetzner\nserver:\n  type: cpx31\n  image: debian-12\n  location: fsn1\n",
+        );
+        let imported = server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true);
+        let p = run(&f, vec![imported.clone()], PlanOptions::default());
+        assert!(
+            p.changes.is_empty(),
+            "an imported server's key stays: {:?}",
+            p.changes
+        );
+        let mut made = imported;
+        made.labels
+            .insert(crate::cloud::HOST_KEY.into(), "ab".repeat(20));
+        let p = run(&f, vec![made.clone()], PlanOptions::default());
+        let names: Vec<&str> = p.changes[0].attrs.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, [KEY_ROTATION]);
+        made.state = crate::cloud::PowerState::Off;
+        let p = run(&f, vec![made], PlanOptions::default());
+        assert!(
+            p.changes.is_empty(),
+            "rotated once it runs: {:?}",
+            p.changes
+        );
+    }
+
+    #[test]
     fn labels_and_firewall_rules_update_in_place_and_the_host_key_label_is_ignored() {
         let f = fleet(
             "name: web\nprovider: hetzner\nserver:\n  type: cpx31\n  image: debian-12\n  location: fsn1\n  labels: {role: web}\n  firewall: [{port: \"22\", from: [10.0.0.2/32]}]\n",
@@ -1419,6 +1446,8 @@ mod tests {
         let mut s = server("web", ProviderKind::Hetzner, "cpx31", "fsn1", true);
         s.labels
             .insert(crate::cloud::HOST_KEY.into(), "ab".repeat(20));
+        s.labels
+            .insert(crate::cloud::HOST_KEY_ROTATED.into(), "true".into());
         let p = run(&f, vec![s.clone()], PlanOptions::default());
         let c = &p.changes[0];
         assert_eq!(c.action, CloudAction::Update);

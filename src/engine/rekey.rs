@@ -85,13 +85,22 @@ pub(crate) async fn confirm(
     let mut host = host.clone();
     host.cloud_host_key = Some(fp.to_string());
     host.cloud_host_key_rotated = true;
-    let c = super::connect(fleet, &host, opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A reloaded sshd re-executes itself: for a moment nothing listens.
+    let deadline = tokio::time::Instant::now() + RELISTEN;
+    let c = loop {
+        match super::connect(fleet, &host, opts).await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let line = super::accepted_key(&c, true);
     c.close().await;
     line.ok_or_else(|| "the new connection accepted no key".into())
 }
+
+/// How long a reloaded sshd may take to listen again.
+const RELISTEN: Duration = Duration::from_secs(15);
 
 async fn run(conn: &Connection, script: &str) -> Result<Vec<u8>, String> {
     let out = conn

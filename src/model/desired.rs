@@ -79,6 +79,12 @@ impl AddressBook {
     pub fn insert(&mut self, host: impl Into<String>, a: Addresses) {
         self.0.insert(host.into(), a);
     }
+    pub fn get_mut(&mut self, host: &str) -> Option<&mut Addresses> {
+        self.0.get_mut(host)
+    }
+    pub fn contains(&self, host: &str) -> bool {
+        self.0.contains_key(host)
+    }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -63,14 +63,39 @@ pub(super) async fn rotate_all(
     clouds: &Clouds,
     opts: &Options,
     results: &mut [HostResult],
+    made: &[CloudOutcome],
 ) -> Vec<CloudOutcome> {
+    // Where each server is reached and by which key: the servers made by
+    // this apply (a jump host among them), then those to rotate; a rotated
+    // one is reached by its new key from then on.
+    let mut book = AddressBook::new();
+    for o in made
+        .iter()
+        .filter(|o| o.what == "server" && o.error.is_none())
+    {
+        if let Some(s) = &o.server {
+            book.insert(o.host.clone(), addresses(s));
+        }
+    }
+    for d in &due {
+        if !book.contains(&d.host) {
+            book.insert(d.host.clone(), addresses(&d.have));
+        }
+    }
     let mut outcomes = Vec::new();
     for d in due {
         let start = Instant::now();
-        let done = rotate(&d, fleet, clouds, opts).await;
-        if let (Ok(line), Some(r)) = (&done, results.iter_mut().find(|r| r.host == d.host)) {
-            r.generated_host_key = Some(line.clone());
+        let done = rotate(&d, fleet, clouds, opts, &book).await;
+        if let Ok((line, fp)) = &done {
+            if let Some(a) = book.get_mut(&d.host) {
+                a.host_key = Some(fp.clone());
+                a.host_key_rotated = true;
+            }
+            if let Some(r) = results.iter_mut().find(|r| r.host == d.host) {
+                r.generated_host_key = Some(line.clone());
+            }
         }
+        let done = done.map(|(line, _)| line);
         outcomes.push(CloudOutcome {
             host: d.host.clone(),
             what: "host key",
@@ -88,25 +113,31 @@ pub(super) async fn rotate_all(
     outcomes
 }
 
+/// How a server is reached now: its addresses and its pinned key.
+fn addresses(s: &ObservedServer) -> Addresses {
+    Addresses {
+        public: s.address.clone(),
+        private: s.private_address.clone(),
+        host_key: s.labels.get(HOST_KEY).cloned(),
+        host_key_rotated: s.labels.contains_key(crate::cloud::HOST_KEY_ROTATED),
+    }
+}
+
 /// One server: switch, confirm over a new connection, pin in the label,
-/// delete the old key. The new key's known_hosts line, or what failed.
-async fn rotate(d: &Due, fleet: &Fleet, clouds: &Clouds, opts: &Options) -> Result<String, String> {
+/// delete the old key. The new key's known_hosts line and fingerprint, or
+/// what failed.
+async fn rotate(
+    d: &Due,
+    fleet: &Fleet,
+    clouds: &Clouds,
+    opts: &Options,
+    book: &AddressBook,
+) -> Result<(String, String), String> {
     let provider = clouds
         .get(d.have.provider)
         .ok_or_else(|| format!("no {:?} client", d.have.provider))?;
-    // The server as it is reached now: its address and current key.
     let mut fleet = fleet.clone();
-    let mut book = AddressBook::new();
-    book.insert(
-        d.host.clone(),
-        Addresses {
-            public: d.have.address.clone(),
-            private: d.have.private_address.clone(),
-            host_key: d.have.labels.get(HOST_KEY).cloned(),
-            host_key_rotated: false,
-        },
-    );
-    crate::model::assign_addresses(&mut fleet, &book);
+    crate::model::assign_addresses(&mut fleet, book);
     let host = fleet.host(&d.host).ok_or("the host left the config")?;
     let conn = crate::engine::connect(&fleet, host, opts)
         .await
@@ -123,7 +154,7 @@ async fn steps(
     fleet: &Fleet,
     provider: &dyn crate::cloud::Provider,
     opts: &Options,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let host = fleet.host(&d.host).ok_or("the host left the config")?;
     let b64 = rekey::switch(conn).await.map_err(|e| {
         format!(
@@ -142,7 +173,7 @@ async fn steps(
         }
     };
     let mut want = d.want.clone();
-    want.labels.insert(HOST_KEY.into(), fp);
+    want.labels.insert(HOST_KEY.into(), fp.clone());
     want.labels.insert(HOST_KEY_ROTATED.into(), "true".into());
     if let Err(e) = provider.update(&d.have, &want).await {
         let what = format!("pinning the new host key in the server's label failed: {e}");
@@ -154,7 +185,7 @@ async fn steps(
              delete /etc/ssh/tidekeeper-rotate on the server by hand"
         )
     })?;
-    Ok(line)
+    Ok((line, fp))
 }
 
 /// Put the old key back after `what` failed; the message says both.
