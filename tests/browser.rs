@@ -9,10 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::TempDir;
-use crate::support::cloud::CloudFleet;
 use crate::support::daemon::Daemon;
 use crate::support::git;
-use crate::support::testbed::Kind;
 
 /// Chromium as the machine has it: headless, with everything that would
 /// reach out to the network switched off, and a profile of its own.
@@ -96,7 +94,7 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
         eprintln!("skipping: chromium not installed; run scripts/test to install it");
         return;
     };
-    let f = CloudFleet::with_repo(Kind::Full, crate::examples::agent_server_here());
+    let (f, _) = crate::examples::agent_server_fleet();
     let d = Daemon::start_env(
         &f.repo.path,
         &f.repo.key,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::cloud::CloudFleet;
+use crate::support::example::{Overlay, ReadmeCommands, dir, files, users_change};
 use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 use crate::support::{TempDir, git, tidekeeper};
@@ -19,37 +20,6 @@ pub const EXAMPLES: [&str; 5] = [
     "bastion",
     "task-pool",
 ];
-
-fn dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
-/// Every text file of an example except its README, as (path, text); the
-/// binary ones (age secrets) are made afresh by the tests.
-pub fn files(name: &str) -> Vec<(String, String)> {
-    fn walk(base: &Path, at: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(at).unwrap().flatten().collect();
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            let p = e.path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-                if rel != "README.md"
-                    && let Ok(text) = std::fs::read_to_string(&p)
-                {
-                    out.push((rel, text));
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir(name), &dir(name), &mut out);
-    out
-}
 
 /// Replace `from` with `to` in the file `path` of `files` (adapting an
 /// example to the test fleet, as its README tells users to adapt it).
@@ -200,6 +170,26 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Commit what `change` does on a branch `pr`, plan it as the PR comment
+/// (the README's command), and go back to main.
+fn pr_comment_shown(
+    f: &CloudFleet,
+    readme: &mut ReadmeCommands,
+    change: impl FnOnce(&Path),
+) -> String {
+    git(&f.repo.path, &["checkout", "-q", "-b", "pr"]);
+    change(&f.repo.path);
+    f.repo.commit("pull request");
+    let comment = readme.run_ok(
+        "tidekeeper plan --markdown --ref pr",
+        &f.repo.path,
+        &readme_env(f, &[]),
+        &[],
+    );
+    git(&f.repo.path, &["checkout", "-q", "main"]);
+    comment
+}
+
 /// Commit `change` on a branch `pr`, plan it as the PR comment, and go back to main.
 fn pr_comment(f: &CloudFleet, change: impl FnOnce(&CloudFleet)) -> String {
     git(&f.repo.path, &["checkout", "-q", "-b", "pr"]);
@@ -215,47 +205,69 @@ fn merge_pr(f: &CloudFleet) {
     git(&f.repo.path, &["branch", "-q", "-d", "pr"]);
 }
 
-/// The agent-server example as the test fleet runs it: tidekeeper connects
-/// from the test network (the operator's address stays elsewhere).
-pub fn agent_server_here() -> Vec<(String, String)> {
-    let mut files = files("agent-server");
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "tidekeeper_cidr: 192.0.2.10/32",
-        "tidekeeper_cidr: 10.213.0.0/16",
-    );
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "from: [192.0.2.10/32]",
-        "from: [10.213.0.0/16]",
-    );
-    for h in ["hosts/outpost-hz.yaml", "hosts/outpost.yaml"] {
-        patch(&mut files, h, "192.0.2.10/32", "10.213.0.0/16");
-    }
-    files
+/// Where tidekeeper runs in the tests: the test network.
+const TEST_NETWORK: &str = "10.213.0.0/16";
+
+/// A cloud example as its test runs it: as written plus its overlay, on
+/// servers of `kind` behind the emulators, with `plain` ordinary test hosts
+/// beside them. `more` gives the test's values for the rest of the overlay
+/// (and may run the README's commands that produce them).
+fn cloud_example(
+    name: &str,
+    kind: Kind,
+    plain: usize,
+    more: impl FnOnce(&crate::support::cloud::Cloud, &mut ReadmeCommands),
+) -> (CloudFleet, Overlay, ReadmeCommands) {
+    let overlay = Overlay::load(name);
+    let mut readme = ReadmeCommands::load(&overlay);
+    let f = CloudFleet::with_files_from(kind, plain, |cloud, hetzner, lightsail, _ec2| {
+        readme.var("test_network", TEST_NETWORK);
+        readme.var("hetzner_api", hetzner);
+        readme.var("lightsail_api", lightsail);
+        more(cloud, &mut readme);
+        overlay.apply(&readme.values())
+    });
+    (f, overlay, readme)
+}
+
+/// The environment README commands run with: the emulators' credentials,
+/// the test's SSH key (where a user's agent or key would be), and `more`.
+fn readme_env<'a>(f: &'a CloudFleet, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = crate::support::cloud::CREDENTIALS.to_vec();
+    env.push(("TIDEKEEPER_SSH_KEY", f.repo.key.to_str().unwrap()));
+    env.extend_from_slice(more);
+    env
+}
+
+/// The agent-server example on the emulators, as written plus its overlay
+/// (also the dashboard tests' fleet).
+pub fn agent_server_fleet() -> (CloudFleet, ReadmeCommands) {
+    let (f, overlay, readme) = cloud_example("agent-server", Kind::Full, 0, |_, _| {});
+    overlay.assert_only_difference(&f.repo.path, &readme.values());
+    (f, readme)
 }
 
 #[test]
 fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
-    let files = agent_server_here();
-    let f = CloudFleet::with_repo(Kind::Full, files);
-    let out = f.tk(&["plan"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let plan = stdout(&out);
-    for want in [
-        "+ outpost-hz server (Hetzner, create)  +13.60 EUR/month",
-        "+ outpost server (Lightsail, create)  +24.00 USD/month",
-        "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 24.00 USD (+24.00)",
-        "+ outpost service outpost-dispatcher",
-    ] {
-        assert!(plan.contains(want), "missing {want:?}:\n{plan}");
-    }
+    let (f, mut readme) = agent_server_fleet();
+    let env = readme_env(&f, &[]);
+    let repo = f.repo.path.clone();
+    readme.run_ok("tidekeeper validate", &repo, &env, &[]);
+    readme.run_ok("tidekeeper policy test", &repo, &env, &[]);
+    let plan = readme.run_ok(
+        "tidekeeper plan",
+        &repo,
+        &env,
+        &[
+            "+ outpost-hz server (Hetzner, create)  +13.60 EUR/month",
+            "+ outpost server (Lightsail, create)  +24.00 USD/month",
+            "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 24.00 USD (+24.00)",
+            "+ outpost service outpost-dispatcher",
+        ],
+    );
     readme_shows("agent-server", "plan", "text", &plan);
 
-    let out = f.tk(&["apply", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper apply --yes", &repo, &env, &[]);
     for h in ["outpost", "outpost-hz"] {
         let health = f.ssh(h, "curl -fsS http://127.0.0.1:8700/health");
         assert!(health.contains("\"status\": \"ok\""), "{h}: {health}");
@@ -269,20 +281,28 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
             "{h}: the host firewall too"
         );
     }
-    let out = f.tk(&["plan", "--detailed-exitcode"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(stdout(&out).contains("No changes."), "{}", text(&out));
+    readme.run_ok(
+        "tidekeeper plan --detailed-exitcode",
+        &repo,
+        &env,
+        &["No changes."],
+    );
 
     // The pull request: Lightsail medium → large, which Lightsail can only do as a copy.
-    let comment = pr_comment(&f, |f| {
-        let t = f.repo.read("hosts/outpost.yaml");
-        f.repo.write(
+    let comment = pr_comment_shown(&f, &mut readme, |repo| {
+        users_change(
+            repo,
             "hosts/outpost.yaml",
-            &t.replace("bundle: medium_3_0", "bundle: large_3_0")
-                .replace(
-                    "roles:",
-                    "allow_destroy: true      # a resize deletes the old instance once its copy runs\nroles:",
-                ),
+            "bundle: medium_3_0",
+            "bundle: large_3_0",
+            "the pull request to the larger size",
+        );
+        users_change(
+            repo,
+            "hosts/outpost.yaml",
+            "roles:",
+            "allow_destroy: true      # a resize deletes the old instance once its copy runs\nroles:",
+            "the same pull request allows the old instance's deletion",
         );
     });
     assert!(
@@ -326,66 +346,91 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
     );
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.all_ran();
 }
 
-/// The environment for an example whose secrets are encrypted to `identity`.
-fn with_identity(identity: &str) -> Vec<(&str, &str)> {
-    let mut env = crate::support::cloud::CREDENTIALS.to_vec();
-    env.push(("TIDEKEEPER_AGE_IDENTITY", identity));
-    env
+/// A test host standing in for a Storage Box: `dir` made, and the login key
+/// the test made authorized; the key's file. The box is host `i` of the bed.
+fn storage_box(bed: &crate::support::testbed::Testbed, i: usize, dir: &str, tmp: &Path) -> PathBuf {
+    let key = tmp.join("storagebox");
+    let kg = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "storagebox", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(kg.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    bed.ssh_ok(
+        i,
+        &format!(
+            "mkdir -p /root/.ssh {dir} && echo '{}' >> /root/.ssh/authorized_keys",
+            public.trim()
+        ),
+    );
+    key
+}
+
+/// The README's commands that give the example its own secrets, and the
+/// commit of what they wrote.
+fn encrypt_secrets(
+    readme: &mut ReadmeCommands,
+    repo: &crate::support::fleet::FleetRepo,
+    env: &[(&str, &str)],
+    restic: &str,
+) {
+    let out = readme.run("tidekeeper secrets encrypt restic", &repo.path, env, restic);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = readme.run(
+        "tidekeeper secrets encrypt storagebox-key < ~/.ssh/storagebox",
+        &repo.path,
+        env,
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    repo.commit("our own restic password and Storage Box key");
 }
 
 #[test]
 fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
-    let mut files = files("platform-and-workspaces");
-    // tidekeeper runs on this machine, not in the office.
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "203.0.113.0/24",
-        "10.213.0.0/16",
+    let tmp = TempDir::new("storagebox");
+    let (f, overlay, mut readme) = cloud_example(
+        "platform-and-workspaces",
+        Kind::Docker,
+        1,
+        |cloud, readme| {
+            let bed = cloud.bed.lock().unwrap();
+            let key = storage_box(&bed, 0, "/podex", tmp.path());
+            readme.var("storage_box", &bed.host(0).address.to_string());
+            readme.var("storage_box_key_file", key.to_str().unwrap());
+            let scan = readme.run_ok(
+                "ssh-keyscan -t ed25519 -p 23 u100000.your-storagebox.de",
+                tmp.path(),
+                &[],
+                &["ssh-ed25519"],
+            );
+            readme.var("storage_box_known_host", scan.trim());
+        },
     );
-    patch(
-        &mut files,
-        "hosts/platform.yaml",
-        "203.0.113.0/24",
-        "10.213.0.0/16",
-    );
-    // This Debian runsc needs host networking and no cgroups inside a test host.
-    let runsc = "  runsc_args: [\"--network=host\", \"--ignore-cgroups\"]\n";
-    for h in ["hosts/platform.yaml", "hosts/workspace.yaml"] {
-        let t = &mut files.iter_mut().find(|f| f.0 == h).unwrap().1;
-        t.push_str(runsc);
-    }
-    // Backups go to a repository on each server instead of the storage box
-    // (and so without its login).
-    patch(
-        &mut files,
-        "schedules.yaml",
-        "sftp:u100000@u100000.your-storagebox.de:/podex/{{ host.name }}",
-        "/var/backups/restic/{{ host.name }}",
-    );
-    without_storage_box_login(&mut files);
-    let f = CloudFleet::with_repo(Kind::Docker, files);
     let identity = crate::support::fleet::age_identity();
-    f.repo
-        .encrypt_secret(&identity, "restic", "correct horse battery staple");
-    f.repo.commit("our own restic password");
-    let env = with_identity(&identity);
+    let env = readme_env(&f, &[("TIDEKEEPER_AGE_IDENTITY", identity.as_str())]);
+    encrypt_secrets(&mut readme, &f.repo, &env, "correct horse battery staple");
+    overlay.assert_only_difference(&f.repo.path, &readme.values());
+    let repo = f.repo.path.clone();
+    readme.run_ok("tidekeeper validate", &repo, &env, &[]);
+    readme.run_ok("tidekeeper policy test", &repo, &env, &[]);
 
-    let out = f.repo.tk_env(&["plan"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let plan = stdout(&out);
-    for want in [
-        "+ platform server (Hetzner, create)  +12.49 EUR/month",
-        "+ workspace-2 server (Hetzner, create)  +24.49 EUR/month",
-        "Monthly cost: 0.00 → 61.47 EUR (+61.47)",
-    ] {
-        assert!(plan.contains(want), "missing {want:?}:\n{plan}");
-    }
+    let plan = readme.run_ok(
+        "tidekeeper plan",
+        &repo,
+        &env,
+        &[
+            "+ platform server (Hetzner, create)  +12.49 EUR/month",
+            "+ workspace-2 server (Hetzner, create)  +24.49 EUR/month",
+            "Monthly cost: 0.00 → 61.47 EUR (+61.47)",
+        ],
+    );
     readme_shows("platform-and-workspaces", "plan", "text", &plan);
-    let out = f.repo.tk_env(&["apply", "--yes"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper apply --yes", &repo, &env, &[]);
     for h in ["platform", "workspace-1", "workspace-2"] {
         let sshd = f.ssh(h, "sshd -T");
         assert!(sshd.contains("passwordauthentication no"), "{h}");
@@ -409,6 +454,10 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
         assert_eq!(conf["icc"], false);
         assert_eq!(conf["no-new-privileges"], true);
         assert_eq!(conf["log-opts"]["max-size"], "10m");
+        assert!(
+            conf["runtimes"]["runsc"].get("runtimeArgs").is_none(),
+            "runsc as the example configures it: {conf}"
+        );
     }
     assert_eq!(
         f.ssh("workspace-1", "docker info --format '{{.DefaultRuntime}}'")
@@ -436,26 +485,37 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
         dmesg.contains("gVisor") || dmesg.contains("Ready!"),
         "{dmesg}"
     );
-    let out = f.repo.tk_env(&["plan", "--detailed-exitcode"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper plan --detailed-exitcode", &repo, &env, &[]);
 
-    // The nightly backup, run now.
-    let out = f.repo.tk_env(
-        &["schedule", "run", "nightly-backup", "--ignore-window"],
+    // The nightly backup, run now, to the box over sftp with the example's login.
+    readme.run_ok(
+        "tidekeeper schedule run nightly-backup --ignore-window",
+        &repo,
         &env,
+        &[],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let snaps = f.ssh(
-        "workspace-1",
-        "RESTIC_PASSWORD='correct horse battery staple' restic -r /var/backups/restic/workspace-1 snapshots --json | jq length",
+    let bed = f.cloud.bed.lock().unwrap();
+    for h in ["platform", "workspace-1", "workspace-2"] {
+        let snaps = bed.ssh_ok(0, &format!("ls /podex/{h}/snapshots | wc -l"));
+        assert_eq!(snaps.trim(), "1", "{h}'s snapshot on the box");
+    }
+    drop(bed);
+    readme.run_ok(
+        "tidekeeper schedule list",
+        &repo,
+        &env,
+        &["nightly-backup", "weekly-upgrade"],
     );
-    assert_eq!(snaps.trim(), "1");
 
     // A third workspace server, by pull request.
-    let comment = pr_comment(&f, |f| {
-        let t = f.repo.read("hosts/workspace.yaml");
-        f.repo
-            .write("hosts/workspace.yaml", &t.replace("count: 2", "count: 3"));
+    let comment = pr_comment_shown(&f, &mut readme, |repo| {
+        users_change(
+            repo,
+            "hosts/workspace.yaml",
+            "count: 2",
+            "count: 3",
+            "the pull request adding a workspace server",
+        );
     });
     assert!(
         crate::support::diff_line(
@@ -487,11 +547,19 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     );
 
     // Drained, then removed with permission.
-    let t = f.repo.read("hosts/workspace.yaml");
-    f.repo.write(
+    users_change(
+        &repo,
         "hosts/workspace.yaml",
-        &t.replace("count: 3", "count: 2")
-            .replace("roles:", "allow_destroy: true\nroles:"),
+        "count: 3",
+        "count: 2",
+        "workspace-3 is drained and goes",
+    );
+    users_change(
+        &repo,
+        "hosts/workspace.yaml",
+        "roles:",
+        "allow_destroy: true\nroles:",
+        "its deletion allowed in the same commit",
     );
     f.repo.commit("workspace-3 is drained");
     let out = f.repo.tk_env(&["apply", "--yes"], &env);
@@ -500,6 +568,7 @@ fn platform_and_workspaces_hardened_gvisor_backed_up_and_scaled_by_pr() {
     assert_eq!(f.hetzner.servers().len(), 3);
     let out = f.repo.tk_env(&["plan", "--detailed-exitcode"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.all_ran();
 }
 
 #[test]
@@ -507,133 +576,155 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     use crate::support::daemon::Daemon;
     use crate::support::fleet::FleetRepo;
     use crate::support::testbed::Testbed;
-    let bed = Testbed::start(1);
-    let mut files = files("bare-metal");
-    let addr = bed.host(0).address.to_string();
-    patch(&mut files, "hosts/aegis.yaml", "100.92.17.41", &addr);
-    // The test host is reached directly, not over a tailnet (and the local
-    // package repository has no Tailscale).
-    patch(&mut files, "hosts/aegis.yaml", " tailscale,", "");
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "from: [100.64.0.0/10]",
-        "from: [10.213.0.0/16]",
+    // Host 0 stands in for the server, host 1 for the Storage Box.
+    let bed = Testbed::start(2);
+    let tmp = TempDir::new("storagebox");
+    let box_key = storage_box(&bed, 1, "/aegis", tmp.path());
+    // The example's Telegram and Discord sinks, at receivers here.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chat = rt.block_on(crate::support::receivers::Receivers::start(0));
+    let overlay = Overlay::load("bare-metal");
+    let mut readme = ReadmeCommands::load(&overlay);
+    readme.var("test_network", TEST_NETWORK);
+    readme.var("host_address", &bed.host(0).address.to_string());
+    readme.var("storage_box", &bed.host(1).address.to_string());
+    readme.var("storage_box_key_file", box_key.to_str().unwrap());
+    readme.var("telegram_api", &chat.url("/telegram"));
+    for (line, var) in [
+        ("ssh-keyscan -t ed25519 157.180.63.15", "host_known_host"),
+        (
+            "ssh-keyscan -t ed25519 -p 23 u200000.your-storagebox.de",
+            "storage_box_known_host",
+        ),
+    ] {
+        let scan = readme.run_ok(line, tmp.path(), &[], &["ssh-ed25519"]);
+        readme.var(var, scan.trim());
+    }
+    assert_eq!(
+        readme
+            .values()
+            .iter()
+            .find(|v| v.0 == "host_known_host")
+            .unwrap()
+            .1,
+        bed.host(0).known_hosts_line(),
+        "ssh-keyscan printed the test host's key"
     );
-    let known = files.iter_mut().find(|f| f.0 == "known_hosts").unwrap();
-    known.1 = format!("{}\n", bed.host(0).known_hosts_line());
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "tidekeeper_cidr: 100.64.0.0/10",
-        "tidekeeper_cidr: 10.213.0.0/16",
-    );
-    patch(
-        &mut files,
-        "schedules.yaml",
-        "sftp:u200000@u200000.your-storagebox.de:/aegis",
-        "/var/backups/restic",
-    );
-    without_storage_box_login(&mut files);
+    let files = overlay.apply(&readme.values());
     let refs: Vec<(&str, &str)> = files
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    // The example's Telegram and Discord sinks, at receivers here.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let chat = rt.block_on(crate::support::receivers::Receivers::start(0));
-    let refs: Vec<(String, String)> = refs
-        .iter()
-        .map(|(p, t)| {
-            let t = if *p == "tidekeeper.yaml" {
-                t.replace(
-                    "chat_id: 1275129801}",
-                    &format!(
-                        "chat_id: 1275129801, server: \"{}\"}}",
-                        chat.url("/telegram")
-                    ),
-                )
-            } else {
-                t.to_string()
-            };
-            (p.to_string(), t)
-        })
-        .collect();
-    let refs: Vec<(&str, &str)> = refs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let repo = FleetRepo::with_files(bed.key.clone(), &refs);
     let identity = crate::support::fleet::age_identity();
-    repo.encrypt_secret(&identity, "restic", "aegis backup password");
-    repo.commit("our restic password");
     let discord = chat.url(crate::support::receivers::DISCORD_PATH);
+    let key = repo.key.to_str().unwrap().to_string();
     let env = [
         ("TIDEKEEPER_AGE_IDENTITY", identity.as_str()),
+        ("TIDEKEEPER_SSH_KEY", key.as_str()),
         (
             "AEGIS_TELEGRAM_BOT_TOKEN",
             crate::support::receivers::TELEGRAM_TOKEN,
         ),
         ("AEGIS_DISCORD_WEBHOOK_URL", discord.as_str()),
     ];
+    encrypt_secrets(&mut readme, &repo, &env, "aegis backup password");
+    overlay.assert_only_difference(&repo.path, &readme.values());
+    let dir = repo.path.clone();
+    readme.run_ok("tidekeeper validate", &dir, &env, &[]);
+    for sink in ["phone", "alerts-channel"] {
+        readme.run_ok(
+            &format!("tidekeeper notify test {sink}"),
+            &dir,
+            &env,
+            &[format!("Sent a test message to {sink}").as_str()],
+        );
+    }
+    assert_eq!(chat.of("telegram").len(), 1, "{:?}", chat.of("telegram"));
+    assert_eq!(chat.of("discord").len(), 1, "{:?}", chat.of("discord"));
 
-    let out = repo.tk_env(&["plan"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let plan = stdout(&out);
-    assert!(
-        plan.contains("+ aegis file /usr/local/bin/aegis-health"),
-        "{plan}"
+    let plan = readme.run_ok(
+        "tidekeeper plan",
+        &dir,
+        &env,
+        &["+ aegis file /usr/local/bin/aegis-health"],
     );
     readme_shows("bare-metal", "plan", "text", &plan);
-    let out = repo.tk_env(&["apply", "--yes"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = repo.tk_env(&["plan", "--detailed-exitcode"], &env);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper apply --yes", &dir, &env, &[]);
+    readme.run_ok("tidekeeper plan --detailed-exitcode", &dir, &env, &[]);
+    // SSH from tidekeeper's address and the tailnet; nothing about Tailscale running.
+    let ufw = bed.ssh_ok(0, "ufw status");
+    assert!(
+        ufw.contains("10.213.0.0/16") && ufw.contains("100.64.0.0/10"),
+        "{ufw}"
+    );
 
     // A PR that tightens the disk threshold.
-    git(&repo.path, &["checkout", "-q", "-b", "pr"]);
-    let t = repo.read("hosts/aegis.yaml");
-    repo.write(
+    git(&dir, &["checkout", "-q", "-b", "pr"]);
+    users_change(
+        &dir,
         "hosts/aegis.yaml",
-        &t.replace("disk_alert: \"85\"", "disk_alert: \"80\""),
+        "disk_alert: \"85\"",
+        "disk_alert: \"80\"",
+        "the pull request alerting on disk use above 80 %",
     );
     repo.commit("alert on disk above 80%");
-    let out = repo.tk_env(&["plan", "--markdown", "--ref", "pr"], &env);
-    let comment = stdout(&out);
+    let comment = readme.run_ok("tidekeeper plan --markdown --ref pr", &dir, &env, &[]);
     assert!(
         crate::support::diff_line(&comment, "-", "DISK_ALERT=85")
             && crate::support::diff_line(&comment, "+", "DISK_ALERT=80"),
         "{comment}"
     );
     readme_shows("bare-metal", "pr-comment", "markdown", &comment);
-    git(&repo.path, &["checkout", "-q", "main"]);
+    git(&dir, &["checkout", "-q", "main"]);
 
     // The test machine runs many hosts on two cores and one disk they all
     // share: its load and disk are no measure of this host's health, so
     // those thresholds are lifted for what follows.
-    let t = repo.read("hosts/aegis.yaml");
-    repo.write(
+    users_change(
+        &dir,
         "hosts/aegis.yaml",
-        &t.replace("cpu_alert: \"90\"", "cpu_alert: \"100000\"")
-            .replace("disk_alert: \"85\"", "disk_alert: \"100\""),
+        "cpu_alert: \"90\"",
+        "cpu_alert: \"100000\"",
+        "the test machine's load is shared",
+    );
+    users_change(
+        &dir,
+        "hosts/aegis.yaml",
+        "disk_alert: \"85\"",
+        "disk_alert: \"100\"",
+        "the test machine's disk is shared",
     );
     repo.commit("the test machine is busy");
     let out = repo.tk_env(&["apply", "--yes"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     for job in ["daily-backup", "weekly-verified-backup", "monthly-kernel"] {
-        let out = repo.tk_env(&["schedule", "run", job, "--ignore-window"], &env);
-        assert_eq!(out.status.code(), Some(0), "{job}: {}", text(&out));
+        readme.run_ok(
+            &format!("tidekeeper schedule run {job} --ignore-window"),
+            &dir,
+            &env,
+            &[],
+        );
     }
-    let snaps = bed.ssh_ok(
-        0,
-        "RESTIC_PASSWORD='aegis backup password' restic -r /var/backups/restic snapshots --json | jq length",
+    // Two backups on one day to the box: `keep daily 7` keeps the day's last.
+    let snaps = bed.ssh_ok(1, "ls /aegis/snapshots | wc -l");
+    assert_eq!(snaps.trim(), "1", "retention applied on the box");
+    readme.run_ok(
+        "tidekeeper schedule list",
+        &dir,
+        &env,
+        &["health-thresholds", "monthly-kernel"],
     );
-    // Two backups on one day: `keep daily 7` keeps the day's last.
-    assert_eq!(snaps.trim(), "1", "retention applied");
+    readme.all_ran();
 
     // The daemon runs the health check on its cron and reports it on the status branch.
-    let t = repo.read("schedules.yaml");
-    repo.write(
+    users_change(
+        &dir,
         "schedules.yaml",
-        &t.replace("cron: \"*/5 * * * *\"", "cron: \"*/2 * * * * *\""),
+        "cron: \"*/5 * * * *\"",
+        "cron: \"*/2 * * * * *\"",
+        "the check every 2 seconds, so the test need not wait 5 minutes",
     );
     repo.commit("check every 2 seconds for the test");
     // A Wednesday afternoon, whatever today is: none of the example's other
@@ -676,22 +767,28 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         assert!(tail.contains(&format!(" {m} ")), "{m} reported: {tail}");
     }
     assert_eq!(v["last_run"]["ok"], true, "{report}");
-    assert!(chat.of("telegram").is_empty(), "no alert while all is well");
+    assert_eq!(
+        chat.of("telegram").len(),
+        1,
+        "no alert while all is well, only the test message"
+    );
 
     // The disk threshold is crossed: the phone and the channel hear of it once.
-    let t = repo.read("hosts/aegis.yaml");
-    repo.write(
+    users_change(
+        &dir,
         "hosts/aegis.yaml",
-        &t.replace("disk_alert: \"100\"", "disk_alert: \"0\""),
+        "disk_alert: \"100\"",
+        "disk_alert: \"0\"",
+        "a threshold every disk crosses",
     );
     repo.commit("a threshold every disk crosses");
     d.wait_for(
         "the threshold alert on the phone",
         Duration::from_secs(60),
-        |_| !chat.of("telegram").is_empty() && !chat.of("discord").is_empty(),
+        |_| chat.of("telegram").len() > 1 && chat.of("discord").len() > 1,
     );
     let phone = chat.of("telegram");
-    let text = phone[0]["text"].as_str().unwrap();
+    let text = phone[1]["text"].as_str().unwrap();
     assert!(
         text.contains("[aegis] critical: health-thresholds is over a threshold on aegis"),
         "{text}"
@@ -700,7 +797,7 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
         text.contains("ALERT disk"),
         "the figures are in the message: {text}"
     );
-    assert_eq!(phone[0]["chat_id"], "1275129801");
+    assert_eq!(phone[1]["chat_id"], "1275129801");
     // Later failed runs of the same check send nothing more.
     let mut runs = std::collections::BTreeSet::new();
     d.wait_for("two more runs of the check", Duration::from_secs(60), |d| {
@@ -712,7 +809,7 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
     });
     let st = d.status();
     assert_eq!(st["notifications"]["sinks"]["phone"]["waiting"], 0, "{st}");
-    assert_eq!(chat.of("telegram").len(), 1, "{:?}", chat.of("telegram"));
+    assert_eq!(chat.of("telegram").len(), 2, "{:?}", chat.of("telegram"));
     assert!(chat.got.lock().unwrap().refused.is_empty());
 }
 
@@ -843,44 +940,20 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
 
 #[test]
 fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
-    let mut files = files("task-pool");
-    // tidekeeper runs on this machine, not on the scheduler inside the
-    // network: it reaches the task servers at their public addresses.
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "tidekeeper_cidr: 10.0.0.2/32",
-        "tidekeeper_cidr: 10.213.0.0/16",
-    );
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "from: [10.0.0.2/32]",
-        "from: [10.213.0.0/16]",
-    );
-    patch(
-        &mut files,
-        "hosts/tasks.yaml",
-        "from: [10.0.0.2/32]",
-        "from: [10.213.0.0/16]",
-    );
-    patch(
-        &mut files,
-        "hosts/tasks.yaml",
-        "  address: private",
-        "  address: public",
-    );
-    let f = CloudFleet::with_repo(Kind::Docker, files);
-    let out = f.tk(&["plan"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let plan = stdout(&out);
-    assert!(
-        plan.contains("Monthly cost: 0.00 → 50.40 EUR (+50.40)"),
-        "{plan}"
+    let (f, overlay, mut readme) = cloud_example("task-pool", Kind::Docker, 0, |_, _| {});
+    overlay.assert_only_difference(&f.repo.path, &readme.values());
+    let env = readme_env(&f, &[]);
+    let repo = f.repo.path.clone();
+    readme.run_ok("tidekeeper validate", &repo, &env, &[]);
+    readme.run_ok("tidekeeper policy test", &repo, &env, &[]);
+    let plan = readme.run_ok(
+        "tidekeeper plan",
+        &repo,
+        &env,
+        &["Monthly cost: 0.00 → 50.40 EUR (+50.40)"],
     );
     readme_shows("task-pool", "plan", "text", &plan);
-    let out = f.tk(&["apply", "--yes"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper apply --yes", &repo, &env, &[]);
     for h in ["tasks-1", "tasks-2"] {
         let inspect = f.ssh(
             h,
@@ -896,22 +969,28 @@ fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
             serde_json::from_str(&f.ssh(h, "cat /etc/docker/daemon.json")).unwrap();
         assert_eq!(conf["no-new-privileges"], true);
     }
-    // A task through the launcher: no capabilities, its limits, its own workspace.
-    let task = f.ssh(
-        "tasks-1",
-        "run-task t42 u7 sh -c 'grep CapEff /proc/self/status; echo hi > /workspace/out; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max' && cat /workspace/u7/t42/out",
+    // A task through the launcher, as the README shows it: no capabilities,
+    // its limits, its own workspace.
+    let task = format!(
+        "{} && {}",
+        readme.take("run-task t42 u7 sh -c 'grep CapEff /proc/self/status; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; echo hi > /workspace/out'"),
+        readme.take("cat /workspace/u7/t42/out")
     );
+    let task = f.ssh("tasks-1", &task);
     assert!(task.contains("CapEff:\t0000000000000000"), "{task}");
     assert!(task.contains("256"), "{task}");
     assert!(task.trim_end().ends_with("hi"), "{task}");
-    let out = f.tk(&["plan", "--detailed-exitcode"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    readme.run_ok("tidekeeper plan --detailed-exitcode", &repo, &env, &[]);
 
     // Scale to 3 by pull request: within the limits, priced.
-    let comment = pr_comment(&f, |f| {
-        let t = f.repo.read("hosts/tasks.yaml");
-        f.repo
-            .write("hosts/tasks.yaml", &t.replace("count: 2", "count: 3"));
+    let comment = pr_comment_shown(&f, &mut readme, |repo| {
+        users_change(
+            repo,
+            "hosts/tasks.yaml",
+            "count: 2",
+            "count: 3",
+            "the pull request scaling the pool to 3",
+        );
     });
     assert!(
         crate::support::diff_line(
@@ -929,9 +1008,13 @@ fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
     assert_eq!(f.hetzner.servers().len(), 3);
 
     // Six is over the policy's maximum: the plan is denied.
-    let t = f.repo.read("hosts/tasks.yaml");
-    f.repo
-        .write("hosts/tasks.yaml", &t.replace("count: 3", "count: 6"));
+    users_change(
+        &repo,
+        "hosts/tasks.yaml",
+        "count: 3",
+        "count: 6",
+        "a commit asking for 6 servers",
+    );
     f.repo.commit("six");
     let out = f.tk(&["plan"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -942,38 +1025,17 @@ fn task_pool_locked_down_task_containers_and_scaled_by_pr_within_its_limits() {
         text(&out)
     );
     // Back to 2: the highest-numbered server goes (the group allows destroying).
-    f.repo
-        .write("hosts/tasks.yaml", &t.replace("count: 3", "count: 2"));
+    users_change(
+        &repo,
+        "hosts/tasks.yaml",
+        "count: 6",
+        "count: 2",
+        "back to 2 servers",
+    );
     f.repo.commit("two");
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(f.hetzner.server("tasks-3").is_none());
     assert!(f.hetzner.server("tasks-2").is_some());
-}
-
-/// The `sftp:` login of a Storage Box repository, dropped where a test backs
-/// up to a local repository instead (the sftp login itself is tested in
-/// tests/maintenance.rs against a real sftp server).
-fn without_storage_box_login(files: &mut [(String, String)]) {
-    let f = &mut files
-        .iter_mut()
-        .find(|f| f.0 == "schedules.yaml")
-        .unwrap()
-        .1;
-    let mut out = String::new();
-    let mut skipping = false;
-    for line in f.lines() {
-        if line.trim_start().starts_with("# The Storage Box login") {
-            skipping = true;
-        }
-        if !skipping {
-            out.push_str(line);
-            out.push('\n');
-        }
-        if skipping && line.trim_start().starts_with("port: 23") {
-            skipping = false;
-        }
-    }
-    assert_ne!(out, *f, "the example has a Storage Box login");
-    *f = out;
+    readme.all_ran();
 }

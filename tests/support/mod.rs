@@ -241,6 +241,7 @@ pub fn on_every_host(
 
 pub mod cloud;
 pub mod daemon;
+pub mod example;
 pub mod fleet;
 pub mod receivers;
 pub mod testbed;

@@ -544,6 +544,9 @@ impl Testbed {
                      [Install]\nWantedBy=multi-user.target\n",
                     0o644,
                 );
+                if kind == Kind::Docker {
+                    runsc_in_a_container(&merged);
+                }
                 let wants = merged.join("etc/systemd/system/multi-user.target.wants");
                 fs::create_dir_all(&wants).unwrap();
                 let _ = std::os::unix::fs::symlink(
@@ -1123,6 +1126,32 @@ fn unique() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Bookworm's runsc (a 2022 build) cannot set up its own network or cgroups
+/// inside a test host, which is itself a container: it refuses to run "with
+/// network enabled in root network namespace". The host's `/usr/bin/runsc`
+/// is diverted (as `dpkg-divert --local` does, so installing the package
+/// puts the real one beside it) to a wrapper adding the two flags a nested
+/// runsc needs, so configurations that name `/usr/bin/runsc` run here as
+/// written.
+fn runsc_in_a_container(merged: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = merged.join("usr/bin/runsc");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\n# Test host only: runsc nested in a container (tests/support/testbed.rs).\n\
+         exec /usr/bin/runsc.distrib --network=host --ignore-cgroups \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    // Once: a host booted from another's disk has it already.
+    let diversions = merged.join("var/lib/dpkg/diversions");
+    let entry = "/usr/bin/runsc\n/usr/bin/runsc.distrib\n:\n";
+    let now = fs::read_to_string(&diversions).unwrap_or_default();
+    if !now.contains(entry) {
+        fs::write(&diversions, format!("{now}{entry}")).unwrap();
+    }
 }
 
 fn machine_id(n: u32) -> u128 {

@@ -391,17 +391,33 @@ impl CloudFleet {
 
     /// Emulators, servers of `kind`, and a repo of `files` whose
     /// tidekeeper.yaml's `providers:` are pointed at the emulators.
-    pub fn with_repo(kind: Kind, mut files: Vec<(String, String)>) -> CloudFleet {
-        let cloud = Cloud::with_kind(0, kind);
+    pub fn with_repo(kind: Kind, files: Vec<(String, String)>) -> CloudFleet {
+        Self::with_files_from(kind, 0, |_, hetzner, lightsail, ec2| {
+            let mut files = files;
+            for (path, text) in files.iter_mut() {
+                if path == "tidekeeper.yaml" {
+                    *text = point_ec2_at(&point_at(text, hetzner, lightsail), ec2);
+                }
+            }
+            files
+        })
+    }
+
+    /// Emulators, servers of `kind`, `plain` ordinary test hosts (hosts
+    /// 0.., for what stands beside the cloud, such as a backup server), and
+    /// a repo of the files `make` returns, as it returns them, given the
+    /// cloud and the Hetzner, Lightsail and EC2 emulators' URLs.
+    pub fn with_files_from(
+        kind: Kind,
+        plain: usize,
+        make: impl FnOnce(&Cloud, &str, &str, &str) -> Vec<(String, String)>,
+    ) -> CloudFleet {
+        let cloud = Cloud::with_kind(plain, kind);
         let hetzner = hetzner::Hetzner::start(cloud.clone());
         let lightsail = lightsail::Lightsail::start(cloud.clone());
         let ec2 = ec2::Ec2::start(cloud.clone());
         let key = cloud.bed.lock().unwrap().key.clone();
-        for (path, text) in files.iter_mut() {
-            if path == "tidekeeper.yaml" {
-                *text = point_ec2_at(&point_at(text, &hetzner.url, &lightsail.url), &ec2.url);
-            }
-        }
+        let files = make(&cloud, &hetzner.url, &lightsail.url, &ec2.url);
         let refs: Vec<(&str, &str)> = files
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
