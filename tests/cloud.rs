@@ -1392,3 +1392,51 @@ fn an_arm64_cax_server_is_priced_planned_and_created() {
     assert_eq!(f.hetzner.server("arm").unwrap().server_type, "cax21");
     assert_eq!(f.ssh("arm", "cat /etc/tk-cloud"), "hello arm\n");
 }
+
+/// `networks.NAME.reserved`: an address kept for a machine attached by hand
+/// (a scheduler) is never given to a server: servers without a fixed `ip`
+/// get the lowest free address past it, and a host file that asks for it
+/// is refused where it says so.
+#[test]
+fn a_reserved_network_address_is_given_to_no_server() {
+    let pool = "name: tasks\nprovider: hetzner\ncount: 2\nserver:\n  type: cpx11\n  image: debian-12\n  location: nbg1\n  networks: [pool]\nroles: [base]\n";
+    let f = CloudFleet::start(
+        &[
+            ("roles/base.yaml", BASE),
+            ("templates/hello.j2", HELLO),
+            ("hosts/tasks.yaml", pool),
+        ],
+        "networks:\n  pool: {ip_range: 10.0.0.0/16, subnets: [10.0.0.0/24], reserved: [10.0.0.2]}\n",
+    );
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("networks: pool (next free address, not 10.0.0.2)"),
+        "{}",
+        text(&out)
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let net = f.hetzner.network("pool").expect("created");
+    let mut ips: Vec<String> = net.servers.values().cloned().collect();
+    ips.sort();
+    assert_eq!(ips, ["10.0.0.3", "10.0.0.4"], "10.0.0.2 stays free");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Asked for by a host file: refused at the line that asks.
+    f.repo.write(
+        "hosts/sched.yaml",
+        "provider: hetzner\nserver:\n  type: cpx11\n  image: debian-12\n  location: nbg1\n  networks: [{name: pool, ip: 10.0.0.2}]\nroles: [base]\n",
+    );
+    f.repo
+        .commit("the scheduler as a host, at the reserved address");
+    let out = f.tk(&["plan"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("10.0.0.2 is reserved in network pool")
+            && text(&out).contains("hosts/sched.yaml:6"),
+        "{}",
+        text(&out)
+    );
+}

@@ -526,9 +526,18 @@ impl Hetzner {
             if server.private_net.iter().any(|p| p.network == Some(net)) {
                 continue;
             }
+            // Hetzner gives the lowest free address, a reserved one too:
+            // past reserved addresses, tidekeeper chooses.
+            let ip = match (&w.ip, networks.iter().find(|n| n.id == net)) {
+                (Some(ip), _) => Some(ip.clone()),
+                (None, Some(n)) if !w.reserved.is_empty() => {
+                    Some(self.free_address(n, &w.reserved).await?)
+                }
+                _ => None,
+            };
             let req = models::AttachServerToNetworkRequest {
                 network: net,
-                ip: w.ip.clone(),
+                ip,
                 ..Default::default()
             };
             let r = self
@@ -546,6 +555,35 @@ impl Hetzner {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The lowest address of `net`'s first subnet that no server has and
+    /// that is not `reserved` (its first address is the gateway's).
+    async fn free_address(
+        &self,
+        net: &models::Network,
+        reserved: &[String],
+    ) -> Result<String, CloudError> {
+        let used: Vec<String> = self
+            .list_servers(None)
+            .await?
+            .iter()
+            .flat_map(|s| &s.private_net)
+            .filter(|p| p.network == Some(net.id))
+            .filter_map(|p| p.ip.clone())
+            .collect();
+        let range = net
+            .subnets
+            .first()
+            .and_then(|s| s.ip_range.clone())
+            .unwrap_or_else(|| net.ip_range.clone());
+        free_in(&range, &used, reserved).ok_or_else(|| {
+            CloudError::api(
+                NAME,
+                "attaching the server to a network",
+                format!("no free address left in {range} of network {}", net.name),
+            )
+        })
     }
 
     fn observed(&self, s: &models::Server, firewalls: &[models::Firewall]) -> ObservedServer {
@@ -1059,6 +1097,18 @@ impl Hetzner {
     }
 }
 
+/// The lowest host address of `range` past its gateway (the first) that is
+/// neither `used` nor `reserved`.
+fn free_in(range: &str, used: &[String], reserved: &[String]) -> Option<String> {
+    let (base, len) = range.split_once('/')?;
+    let base = u32::from(base.parse::<std::net::Ipv4Addr>().ok()?);
+    let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
+    let size = 1u32 << (32 - len);
+    (2..size - 1)
+        .map(|i| std::net::Ipv4Addr::from(base + i).to_string())
+        .find(|a| !used.contains(a) && !reserved.contains(a))
+}
+
 /// The networks a server is attached to, by name, with its address there.
 fn attached(s: &models::Server, networks: &[models::Network]) -> Vec<(String, String)> {
     s.private_net
@@ -1486,5 +1536,24 @@ impl Provider for Hetzner {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_next_free_address_skips_the_gateway_the_used_and_the_reserved() {
+        let used = ["10.0.0.3".to_string()];
+        let reserved = ["10.0.0.2".to_string()];
+        assert_eq!(
+            super::free_in("10.0.0.0/24", &used, &reserved).as_deref(),
+            Some("10.0.0.4")
+        );
+        assert_eq!(
+            super::free_in("10.0.0.0/24", &[], &[]).as_deref(),
+            Some("10.0.0.2")
+        );
+        let all: Vec<String> = (2..255).map(|i| format!("10.0.0.{i}")).collect();
+        assert_eq!(super::free_in("10.0.0.0/24", &all, &[]), None);
     }
 }

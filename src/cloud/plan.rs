@@ -216,7 +216,12 @@ fn networks_text(n: &[crate::model::desired::ServerNetwork]) -> String {
     n.iter()
         .map(|n| match &n.ip {
             Some(ip) => format!("{} {ip}", n.name),
-            None => format!("{} (next free address)", n.name),
+            None if n.reserved.is_empty() => format!("{} (next free address)", n.name),
+            None => format!(
+                "{} (next free address, not {})",
+                n.name,
+                n.reserved.join(", ")
+            ),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -505,6 +505,8 @@ pub struct Network {
     pub subnets: Vec<String>,
     pub zone: String,
     pub allow_destroy: bool,
+    /// Addresses no server is given (`reserved:`).
+    pub reserved: Vec<String>,
 }
 
 /// A server's place in a network: fixed `ip`, or the next free one.
@@ -513,6 +515,9 @@ pub struct ServerNetwork {
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The network's reserved addresses, which "the next free one" skips.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<String>,
 }
 
 /// A jump host (`ssh.via`).

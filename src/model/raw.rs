@@ -475,6 +475,12 @@ pub struct NetworkSpec {
     /// Let tidekeeper delete the network once no host names it.
     #[schemars(with = "Option<bool>")]
     pub allow_destroy: Option<S<bool>>,
+    /// Addresses no server of the fleet is given: a machine attached by
+    /// hand (a scheduler, a VPN gateway). Servers without a fixed `ip` get
+    /// the lowest free address past them.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub reserved: Vec<S<String>>,
 }
 
 /// A server's network: its name, or `{name, ip}` for a fixed address.

@@ -693,7 +693,20 @@ impl Loader<'_> {
                     continue;
                 }
             }
-            out.push(ServerNetwork { name, ip });
+            if let Some(ip) = &ip
+                && net.reserved.contains(ip)
+            {
+                self.err(o.error(
+                    "invalid-value",
+                    format!("{ip} is reserved in network {name}"),
+                ));
+                continue;
+            }
+            out.push(ServerNetwork {
+                reserved: net.reserved.clone(),
+                name,
+                ip,
+            });
         }
         out
     }

@@ -348,12 +348,26 @@ impl Loader<'_> {
             if subnets.is_empty() {
                 subnets.push(range.to_string());
             }
+            let mut reserved = Vec::new();
+            for r in &n.reserved {
+                match check::Net::parse(&r.value).filter(|a| a.addr.is_ipv4() && a.prefix == 32) {
+                    Some(a) if range.contains(&a) => reserved.push(a.addr.to_string()),
+                    _ => self.err(at(file, r).error(
+                        "invalid-value",
+                        format!(
+                            "reserved {:?} is not one address in network {name} ({range})",
+                            r.value
+                        ),
+                    )),
+                }
+            }
             out.push(Network {
                 name: name.clone(),
                 ip_range: range.to_string(),
                 subnets,
                 zone: opt(&n.zone).unwrap_or_else(|| "eu-central".into()),
                 allow_destroy: n.allow_destroy.as_ref().is_some_and(|a| a.value),
+                reserved,
             });
         }
         out
