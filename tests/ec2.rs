@@ -225,6 +225,16 @@ fn a_protected_instance_whose_host_left_the_config_is_not_terminated() {
         "{all}"
     );
     assert_eq!(f.ec2.instance(&id).unwrap().state, "running", "{all}");
+    // Applied, too: refused before anything is done, the instance kept.
+    let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("EC2 termination protection is on"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(f.ec2.instance(&id).unwrap().state, "running");
+    assert!(f.ec2.instance(&id).unwrap().protected);
 }
 
 #[test]
