@@ -444,8 +444,17 @@ fn an_instance_made_by_hand_is_imported_unchanged_and_its_firewall_then_becomes_
             .output()
             .unwrap()
     };
-    let out = import(&["ec2", "web-1", "--as", "web"]);
+    let out = import(&["ec2", "web-1", "--as", "web", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["format_version"], 1, "{doc}");
+    assert_eq!(doc["file"], "hosts/web.yaml", "{doc}");
+    assert_eq!(doc["id"], id.as_str(), "{doc}");
+    assert_eq!(
+        doc["host_file"].as_str(),
+        Some(f.repo.read("hosts/web.yaml").as_str()),
+        "{doc}"
+    );
     let inst = f.ec2.instance(&id).unwrap();
     assert_eq!(inst.tag("tidekeeper-fleet"), Some("acme"));
     assert_eq!(inst.tag("tidekeeper-host"), Some("web"));

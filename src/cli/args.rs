@@ -653,6 +653,10 @@ pub enum Command {
         host: String,
         #[command(flatten)]
         repo: RepoArgs,
+        /// How to print: text, or json (`format_version`, the host file
+        /// written, the networks to declare).
+        #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+        output: Option<Output>,
     },
     /// Restore a backup job's snapshot onto its host (files, or a pg_dump
     /// database), after a preview of what it holds.

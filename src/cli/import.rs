@@ -12,6 +12,7 @@ pub(super) fn import_cmd(
     server: &str,
     host: &str,
     repo: &RepoArgs,
+    output: Output,
 ) -> CliResult {
     crate::model::check::host_name(host).map_err(|e| CliError::new(format!("--as {host}: {e}")))?;
     let tree = read_tree(repo)?;
@@ -58,41 +59,113 @@ pub(super) fn import_cmd(
                 file.display()
             ))
         })?;
-    let renamed = if have.name != host {
-        format!(", renamed to {host}")
-    } else {
-        String::new()
+    let ranges = undeclared_networks(&rt, p.as_ref(), &fleet, have);
+    let imported = Imported {
+        kind,
+        server,
+        host,
+        fleet: &fleet,
+        have,
+        text: &text,
     };
-    println!(
-        "Imported {} server {server}{renamed}: labelled as fleet {:?}'s.\nWrote hosts/{host}.yaml:\n\n{text}",
-        crate::cloud::plan::provider_name(kind),
-        fleet.name
-    );
+    imported.report(&ranges, output);
+    Ok(Outcome::Done)
+}
+
+/// Networks the imported server is attached to that tidekeeper.yaml does
+/// not declare: (name, its range as the provider lists it).
+fn undeclared_networks(
+    rt: &tokio::runtime::Runtime,
+    p: &dyn crate::cloud::Provider,
+    fleet: &crate::model::Fleet,
+    have: &ObservedServer,
+) -> Vec<(String, String)> {
     let undeclared: Vec<&str> = have
         .networks
         .iter()
         .map(|(n, _)| n.as_str())
         .filter(|n| !fleet.networks.iter().any(|d| d.name == *n))
         .collect();
-    if !undeclared.is_empty() {
-        let known = rt.block_on(p.networks()).unwrap_or_default();
-        let mut lines = String::new();
-        for n in undeclared {
+    if undeclared.is_empty() {
+        return Vec::new();
+    }
+    let known = rt.block_on(p.networks()).unwrap_or_default();
+    undeclared
+        .iter()
+        .map(|n| {
             let range = known
                 .iter()
-                .find(|k| k.name == n)
+                .find(|k| k.name == *n)
                 .map_or("IP-RANGE".to_string(), |k| k.ip_range.clone());
-            lines.push_str(&format!("  {}:\n    ip_range: {range}\n", yaml_str(n)));
+            (n.to_string(), range)
+        })
+        .collect()
+}
+
+/// A server just imported, and its host file.
+struct Imported<'a> {
+    kind: ProviderKind,
+    server: &'a str,
+    host: &'a str,
+    fleet: &'a crate::model::Fleet,
+    have: &'a ObservedServer,
+    text: &'a str,
+}
+
+impl Imported<'_> {
+    /// What was done and what is left to do, as text or one JSON document.
+    fn report(&self, ranges: &[(String, String)], output: Output) {
+        let Imported {
+            kind,
+            server,
+            host,
+            fleet,
+            have,
+            text,
+        } = self;
+        let addr = have.address.as_deref().unwrap_or("ADDRESS");
+        if output == Output::Json {
+            let doc = serde_json::json!({
+                "format_version": JSON_FORMAT_VERSION,
+                "provider": crate::cloud::plan::provider_name(*kind).to_lowercase(),
+                "server": server,
+                "id": have.id,
+                "host": host,
+                "fleet": fleet.name,
+                "file": format!("hosts/{host}.yaml"),
+                "host_file": text,
+                "networks_to_declare": ranges
+                    .iter()
+                    .map(|(n, r)| serde_json::json!({"name": n, "ip_range": r}))
+                    .collect::<Vec<_>>(),
+                "address": have.address,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+            return;
+        }
+        let renamed = if have.name != *host {
+            format!(", renamed to {host}")
+        } else {
+            String::new()
+        };
+        println!(
+            "Imported {} server {server}{renamed}: labelled as fleet {:?}'s.\nWrote hosts/{host}.yaml:\n\n{text}",
+            crate::cloud::plan::provider_name(*kind),
+            fleet.name
+        );
+        if !ranges.is_empty() {
+            let lines: String = ranges
+                .iter()
+                .map(|(n, r)| format!("  {}:\n    ip_range: {r}\n", yaml_str(n)))
+                .collect();
+            println!(
+                "Its networks are labelled the fleet's; declare them in tidekeeper.yaml so the plan keeps them:\n\nnetworks:\n{lines}"
+            );
         }
         println!(
-            "Its networks are labelled the fleet's; declare them in tidekeeper.yaml so the plan keeps them:\n\nnetworks:\n{lines}"
+            "Next:\n  1. Pin its SSH host key in known_hosts, checked out of band (the provider's console):\n       ssh-keyscan -t ed25519 {addr} >> known_hosts\n  2. Give it its roles in hosts/{host}.yaml, then `tidekeeper plan` and commit."
         );
     }
-    let addr = have.address.as_deref().unwrap_or("ADDRESS");
-    println!(
-        "Next:\n  1. Pin its SSH host key in known_hosts, checked out of band (the provider's console):\n       ssh-keyscan -t ed25519 {addr} >> known_hosts\n  2. Give it its roles in hosts/{host}.yaml, then `tidekeeper plan` and commit."
-    );
-    Ok(Outcome::Done)
 }
 
 /// The provider of `kind`, or why it cannot be used.

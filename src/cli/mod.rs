@@ -144,7 +144,11 @@ fn dispatch(command: Command) -> CliResult {
             server,
             host,
             repo,
-        } => import_cmd(provider, &server, &host, &repo),
+            output: o,
+        } => {
+            let o = output("import", o, Output::Text, &[Output::Text, Output::Json])?;
+            import_cmd(provider, &server, &host, &repo, o)
+        }
         Command::Completions { shell } => completions(shell),
         Command::Man { out_dir } => man(out_dir.as_deref()),
         Command::Schema { file, out_dir } => schema(file, out_dir.as_deref()),
