@@ -439,9 +439,19 @@ fn an_sftp_backup_logs_in_with_its_secret_key_and_trusts_only_the_named_host_key
         "--path",
         "/srv/data/a.txt",
         "--yes",
+        "-o",
+        "json",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(bed.ssh_ok(0, "cat /srv/data/a.txt"), "alpha\n");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["format_version"], 1, "{doc}");
+    assert_eq!(doc["outcome"], "restored", "{doc}");
+    assert_eq!(doc["host"], h0.as_str(), "{doc}");
+    assert!(
+        doc["snapshot"].as_str().is_some_and(|s| s.len() >= 8),
+        "{doc}"
+    );
 }
 
 /// PostgreSQL in a container (as in a compose stack): the dump and the

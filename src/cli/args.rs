@@ -355,6 +355,11 @@ pub struct RestoreArgs {
     /// Restore without asking.
     #[arg(long)]
     pub yes: bool,
+    /// How to print: text, or json (one document at the end with
+    /// `format_version`, the commit, the host and the snapshot restored;
+    /// it does not ask, so it needs --yes).
+    #[arg(short = 'o', long = "output", value_name = "text|json", value_parser = parse_output)]
+    pub output: Option<Output>,
 }
 
 #[derive(Subcommand, Debug)]

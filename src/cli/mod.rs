@@ -138,7 +138,15 @@ fn dispatch(command: Command) -> CliResult {
         | Command::Reconcile { .. }) => to_daemon(c),
         Command::Secrets { command } => secrets_cmd(command),
         Command::Schedule { command } => schedule_cmd(command),
-        Command::Restore(r) => restore_cmd(r),
+        Command::Restore(r) => {
+            let o = output(
+                "restore",
+                r.output,
+                Output::Text,
+                &[Output::Text, Output::Json],
+            )?;
+            restore_cmd(r, o)
+        }
         Command::Import {
             provider,
             server,

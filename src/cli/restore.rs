@@ -4,7 +4,14 @@
 use super::*;
 use crate::maintenance::restore::{self, Answer, Request, RestoreError, Restored};
 
-pub(super) fn restore_cmd(r: RestoreArgs) -> CliResult {
+pub(super) fn restore_cmd(r: RestoreArgs, output: Output) -> CliResult {
+    let json = output == Output::Json;
+    if json && !r.yes {
+        return Err(
+            CliError::new("restore -o json does not ask before restoring")
+                .help("add --yes once the snapshot and host are the ones you mean"),
+        );
+    }
     let hosts = HostArgs {
         hosts: r.host.iter().cloned().collect(),
         labels: r.labels.clone(),
@@ -41,7 +48,9 @@ pub(super) fn restore_cmd(r: RestoreArgs) -> CliResult {
     )
     .map_err(cli_error)?;
     let confirm = |preview: &str| {
-        print!("{preview}");
+        if !json {
+            print!("{preview}");
+        }
         if r.yes {
             return Answer::Yes;
         }
@@ -56,6 +65,25 @@ pub(super) fn restore_cmd(r: RestoreArgs) -> CliResult {
     let restored = rt
         .block_on(restore::run(&fleet, &clouds, job, &req, &opts, confirm))
         .map_err(cli_error)?;
+    if json {
+        let (outcome, snapshot, seconds) = match &restored {
+            Restored::Done { short_id, elapsed } => {
+                ("restored", Some(short_id.as_str()), elapsed.as_secs_f64())
+            }
+            Restored::Cancelled => ("cancelled", None, 0.0),
+        };
+        let doc = serde_json::json!({
+            "format_version": JSON_FORMAT_VERSION,
+            "commit": fleet.commit,
+            "job": r.job,
+            "host": host,
+            "outcome": outcome,
+            "snapshot": snapshot,
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        return Ok(Outcome::Done);
+    }
     match restored {
         Restored::Done { short_id, elapsed } => println!(
             "Restore complete: snapshot {short_id} on {host} ({:.1}s).",
