@@ -1217,17 +1217,7 @@ fn cloud_firewalls_are_enforced_on_the_servers_so_a_wrong_rule_shuts_tidekeeper_
 /// once committed, the plan creates nothing.
 #[test]
 fn import_adopts_an_existing_server_and_writes_its_host_file() {
-    // `import` takes no SSH key: it only talks to the provider.
-    let import = |f: &CloudFleet, args: &[&str]| {
-        crate::support::tidekeeper()
-            .arg("import")
-            .args(args)
-            .arg("--repo")
-            .arg(&f.repo.path)
-            .envs(crate::support::cloud::CREDENTIALS)
-            .output()
-            .unwrap()
-    };
+    let import = |f: &CloudFleet, args: &[&str]| f.import(args);
     let ctl = crate::support::TempDir::new("import-ctl");
     let local = format!("provider: local\nroot: {}\n", ctl.path().display());
     let f = CloudFleet::start(

@@ -434,16 +434,7 @@ fn an_instance_made_by_hand_is_imported_unchanged_and_its_firewall_then_becomes_
     wait_for("the instance runs", || {
         f.ec2.instance(&id).is_some_and(|i| i.state == "running")
     });
-    let import = |args: &[&str]| {
-        crate::support::tidekeeper()
-            .arg("import")
-            .args(args)
-            .arg("--repo")
-            .arg(&f.repo.path)
-            .envs(crate::support::cloud::CREDENTIALS)
-            .output()
-            .unwrap()
-    };
+    let import = |args: &[&str]| f.import(args);
     let out = import(&["ec2", "web-1", "--as", "web", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");

@@ -777,8 +777,8 @@ impl Client {
         Ok(())
     }
 
-    /// The name of AMI `image` (it says which OS, and so which login).
-    pub async fn image_name(&self, image: &str) -> Result<Option<String>, Error> {
+    /// AMI `image` as EC2 describes it, if it exists.
+    async fn image(&self, image: &str) -> Result<Option<types::Image>, Error> {
         let r = self
             .inner
             .describe_images()
@@ -786,22 +786,19 @@ impl Client {
             .send()
             .await
             .map_err(err)?;
-        Ok(r.images().first().and_then(|i| i.name()).map(String::from))
+        Ok(r.images().first().cloned())
+    }
+
+    /// The name of AMI `image` (it says which OS, and so which login).
+    pub async fn image_name(&self, image: &str) -> Result<Option<String>, Error> {
+        let i = self.image(image).await?;
+        Ok(i.and_then(|i| i.name().map(String::from)))
     }
 
     /// The root device name of AMI `image` (`/dev/xvda`, `/dev/sda1`, …).
     pub async fn image_root_device(&self, image: &str) -> Result<Option<String>, Error> {
-        let r = self
-            .inner
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(err)?;
-        Ok(r.images()
-            .first()
-            .and_then(|i| i.root_device_name())
-            .map(String::from))
+        let i = self.image(image).await?;
+        Ok(i.and_then(|i| i.root_device_name().map(String::from)))
     }
 
     /// Names of the key pairs in the region.

@@ -437,6 +437,19 @@ impl CloudFleet {
         self.repo.tk_env(args, &CREDENTIALS)
     }
 
+    /// `tidekeeper import ARGS` on the repo: no SSH key, as it only talks
+    /// to the provider.
+    pub fn import(&self, args: &[&str]) -> std::process::Output {
+        crate::support::tidekeeper()
+            .arg("import")
+            .args(args)
+            .arg("--repo")
+            .arg(&self.repo.path)
+            .envs(CREDENTIALS)
+            .output()
+            .unwrap()
+    }
+
     /// The test host behind the server or instance named `name`.
     pub fn host_of(&self, name: &str) -> usize {
         self.hetzner
