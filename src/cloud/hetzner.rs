@@ -43,6 +43,9 @@ const POLL: Duration = Duration::from_millis(500);
 
 pub(crate) struct Hetzner {
     config: Configuration,
+    /// Held from choosing a free network address to attaching at it:
+    /// servers made at once would otherwise choose the same one.
+    choosing_address: tokio::sync::Mutex<()>,
 }
 
 /// Worth retrying: timeouts, connection failures, 429, 423 (locked by a
@@ -273,7 +276,10 @@ impl Hetzner {
                 url.trim_end_matches('/').to_string(),
             );
         }
-        Ok(Hetzner { config })
+        Ok(Hetzner {
+            config,
+            choosing_address: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn call<T, E, F, Fu>(&self, what: &str, mut f: F) -> Result<T, CloudError>
@@ -528,6 +534,10 @@ impl Hetzner {
             }
             // Hetzner gives the lowest free address, a reserved one too:
             // past reserved addresses, tidekeeper chooses.
+            let _choosing = match (&w.ip, w.reserved.is_empty()) {
+                (None, false) => Some(self.choosing_address.lock().await),
+                _ => None,
+            };
             let ip = match (&w.ip, networks.iter().find(|n| n.id == net)) {
                 (Some(ip), _) => Some(ip.clone()),
                 (None, Some(n)) if !w.reserved.is_empty() => {

@@ -300,7 +300,9 @@ fn set_booting(ctx: &Ctx, id: &str, on: bool) {
 /// Every running instance's host admits only what its security groups'
 /// ingress rules admit (as EC2 does in front of an instance).
 fn enforce(ctx: &Ctx) {
-    let wanted: Vec<(usize, String)> = {
+    // Computed under the lock of what was applied: two requests never apply
+    // their views of the account in the other order.
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, || {
         let a = ctx.account.lock().unwrap();
         a.instances
             .values()
@@ -329,8 +331,7 @@ fn enforce(ctx: &Ctx) {
                 Some((host, super::cloud_firewall_nft(Some(&rules))))
             })
             .collect()
-    };
-    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
+    });
 }
 
 fn decode(s: &str) -> String {

@@ -679,7 +679,9 @@ async fn handle(
 /// nftables on its public interface (no firewall: all open), as Hetzner's
 /// firewalls sit in front of its servers.
 fn enforce(ctx: &Ctx) {
-    let wanted: Vec<(usize, String)> = {
+    // Computed under the lock of what was applied: two requests never apply
+    // their views of the account in the other order.
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, || {
         let a = ctx.account.lock().unwrap();
         a.servers
             .values()
@@ -712,8 +714,7 @@ fn enforce(ctx: &Ctx) {
                 Some((host, super::cloud_firewall_nft(rules.as_deref())))
             })
             .collect()
-    };
-    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
+    });
 }
 
 fn route(ctx: &Ctx, method: &Method, parts: &[&str], uri: &Uri, body: &Bytes) -> Response {

@@ -510,7 +510,9 @@ fn default_ports() -> Vec<Value> {
 /// Every instance's host admits only its public ports (as Lightsail's
 /// firewall in front of an instance does), enforced with nftables.
 fn enforce(ctx: &Ctx) {
-    let wanted: Vec<(usize, String)> = {
+    // Computed under the lock of what was applied: two requests never apply
+    // their views of the account in the other order.
+    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, || {
         let a = ctx.account.lock().unwrap();
         a.instances
             .values()
@@ -541,8 +543,7 @@ fn enforce(ctx: &Ctx) {
                 Some((host, super::cloud_firewall_nft(Some(&rules))))
             })
             .collect()
-    };
-    super::enforce_firewalls(&ctx.cloud, &ctx.enforced, wanted);
+    });
 }
 
 /// Instances `instanceNames` of `v`, each booting a test host (from `disk`

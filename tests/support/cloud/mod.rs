@@ -517,15 +517,15 @@ pub fn cloud_firewall_nft(rules: Option<&[PortRule]>) -> String {
     s
 }
 
-/// Apply `wanted` (host index → script) where it differs from what was
-/// last applied.
+/// Apply what `wanted` says (host index → script), computed once what was
+/// last applied is locked, where it differs from that.
 pub fn enforce_firewalls(
     cloud: &Cloud,
     applied: &Mutex<std::collections::HashMap<usize, String>>,
-    wanted: Vec<(usize, String)>,
+    wanted: impl FnOnce() -> Vec<(usize, String)>,
 ) {
-    let mut done = applied.lock().unwrap();
-    for (host, script) in wanted {
+    let mut done = applied.lock().unwrap_or_else(|e| e.into_inner());
+    for (host, script) in wanted() {
         if done.get(&host) == Some(&script) {
             continue;
         }
