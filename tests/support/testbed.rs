@@ -43,25 +43,36 @@ pub fn image() -> PathBuf {
     image_of("bookworm")
 }
 
-/// The base image of a Debian suite (`bookworm`, `trixie`).
+/// The base image of a Debian suite (`bookworm`, `trixie`) for this machine's architecture.
 pub fn image_of(suite: &str) -> PathBuf {
-    static IMAGES: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    image_for(suite, None)
+}
+
+/// The base image of a suite for an architecture (`arm64`; None: this machine's).
+pub fn image_for(suite: &str, arch: Option<&str>) -> PathBuf {
+    type Built = Vec<((String, Option<String>), PathBuf)>;
+    static IMAGES: Mutex<Built> = Mutex::new(Vec::new());
+    let key = (suite.to_string(), arch.map(str::to_string));
     let mut guard = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = guard.iter().find(|(s, _)| s == suite) {
+    if let Some((_, p)) = guard.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/build-image");
-    let out = Command::new(script)
-        .env("TESTBED_SUITE", suite)
+    let mut cmd = Command::new(script);
+    cmd.env("TESTBED_SUITE", suite);
+    if let Some(arch) = arch {
+        cmd.env("TESTBED_ARCH", arch);
+    }
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .expect("run testbed/build-image");
     assert!(
         out.status.success(),
-        "testbed/build-image ({suite}) failed; run scripts/setup as root"
+        "testbed/build-image ({suite} {arch:?}) failed; run scripts/setup as root"
     );
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    guard.push((suite.to_string(), p.clone()));
+    guard.push((key, p.clone()));
     p
 }
 
@@ -201,12 +212,16 @@ pub enum Kind {
     Trixie,
     /// A Debian 13 host that can run dockerd, as [`Kind::Docker`].
     TrixieDocker,
+    /// A full Debian 12 host for arm64 (Hetzner CAX, Lightsail ARM bundles):
+    /// every program in it runs under qemu-user-static, so it is slow.
+    Arm64,
 }
 
 impl Kind {
     fn image(self) -> PathBuf {
         match self {
             Kind::Trixie | Kind::TrixieDocker => image_of("trixie"),
+            Kind::Arm64 => image_for("bookworm", Some("arm64")),
             _ => image(),
         }
     }
@@ -286,7 +301,7 @@ impl Launch {
                     .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "1")
                     .arg("--boot");
             }
-            Kind::Full | Kind::Trixie => {
+            Kind::Full | Kind::Trixie | Kind::Arm64 => {
                 // CAP_NET_ADMIN: the host has its own network namespace, so
                 // ufw/iptables and net.* sysctls inside it touch only that.
                 cmd.arg("--directory")
@@ -433,7 +448,9 @@ impl Testbed {
         for i in 0..n {
             bed.spawn(i);
         }
-        parallel(n, |i| bed.wait_ready(i, Duration::from_secs(90)));
+        // Emulated hosts boot several times slower.
+        let boot = if kind == Kind::Arm64 { 600 } else { 90 };
+        parallel(n, |i| bed.wait_ready(i, Duration::from_secs(boot)));
         bed
     }
 
