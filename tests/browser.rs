@@ -2,7 +2,8 @@
 //! package) loads the pages of a reconciled example fleet; the test checks
 //! what it rendered — hosts, states, cost, charts, timeline, a host's plan —
 //! that it fetched every badge, and keeps the screenshots docs/ shows
-//! (desktop, phone, host page).
+//! (desktop, phone, host page). A pull request's page is rendered too: its
+//! plan, verdicts and cost, its markup as text, and that it fits a phone.
 
 use std::path::Path;
 use std::process::Command;
@@ -83,17 +84,26 @@ fn keep(name: &str, png: &[u8]) {
     }
 }
 
+/// Whether Chromium is there to test with (a test without it is skipped,
+/// unless TIDEKEEPER_REQUIRE_TOOLS says it must be).
+fn have_chromium(profile: &Path) -> bool {
+    if chromium(profile).is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
+        "chromium is not installed; scripts/setup installs it"
+    );
+    eprintln!("skipping: chromium not installed; run scripts/test to install it");
+    false
+}
+
 #[test]
 fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
     let profile = TempDir::new("chromium");
-    let Some(_) = chromium(profile.path()) else {
-        assert!(
-            std::env::var_os("TIDEKEEPER_REQUIRE_TOOLS").is_none(),
-            "chromium is not installed; scripts/setup installs it"
-        );
-        eprintln!("skipping: chromium not installed; run scripts/test to install it");
+    if !have_chromium(profile.path()) {
         return;
-    };
+    }
     let (f, _) = crate::examples::agent_server_fleet();
     let d = Daemon::start_env(
         &f.repo.path,
@@ -221,4 +231,332 @@ r=zlib.decompressobj().decompress(d[i+4:i+4+n]);print(r[1],r[2],r[3])";
         .map(|n| n.parse().unwrap())
         .collect();
     [v[0], v[1], v[2]]
+}
+
+/// Markup a pull request carries in its commit message and in a file: it
+/// must reach the pages as text, never run.
+const MARKUP: &str = "<script>document.title='owned'</script>";
+const MARKUP_TEXT: &str = "&lt;script&gt;document.title='owned'&lt;/script&gt;";
+
+/// A daemon that has planned pull request 7, and what the test knows of it.
+struct PlannedPr {
+    d: Daemon,
+    /// The fake GitHub's port (its web pages are under it too).
+    forge: u16,
+    head: String,
+    _fleet: crate::support::cloud::CloudFleet,
+    _root: TempDir,
+}
+
+/// A fleet of one local host (a directory) with its file, reporting to the
+/// fake GitHub, applied by a daemon; then pull request 7, by Grace Hopper,
+/// rewrites the file (markup and a long unbroken URL in it) and adds a
+/// Hetzner server open to SSH from anywhere: a diff, a cost rise and a
+/// policy denial. Returns once the daemon has planned it.
+fn planned_pull_request() -> PlannedPr {
+    let root = TempDir::new("browser-pr-root");
+    let forge = crate::support::daemon::free_port();
+    let fake = crate::forge::fake_github(forge);
+    let f = crate::support::cloud::CloudFleet::start(
+        &[
+            (
+                "hosts/box.yaml",
+                &format!(
+                    "provider: local\nroot: {}\nroles: [app]\n",
+                    root.path().display()
+                ),
+            ),
+            (
+                "roles/app.yaml",
+                "files:\n  - {path: /etc/app.conf, content: \"v1\\n\"}\n",
+            ),
+        ],
+        &format!(
+            "status:\n  forge:\n    kind: github\n    url: http://127.0.0.1:{forge}\n    repo: acme/fleet\n"
+        ),
+    );
+    fake.lock().unwrap().pulls_from(&f.repo.path);
+    let main = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    let mut env = vec![("GITHUB_TOKEN", "t0k")];
+    env.extend(crate::support::cloud::CREDENTIALS);
+    let d = Daemon::start_env(
+        &f.repo.path,
+        &f.repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &env,
+    );
+    d.wait_applied(&main, Duration::from_secs(120));
+
+    git(&f.repo.path, &["checkout", "-q", "-b", "pr-7"]);
+    let url = format!(
+        "https://mirror.example.org/debian/{}",
+        "0a1b2c3d".repeat(20)
+    );
+    f.repo.write(
+        "roles/app.yaml",
+        &format!(
+            "files:\n  - {{path: /etc/app.conf, content: \"v2 {MARKUP}\\nmirror = {url}\\n\"}}\n"
+        ),
+    );
+    f.repo.write(
+        "hosts/web.yaml",
+        "provider: hetzner\nserver:\n  type: cpx21\n  image: debian-12\n  location: fsn1\n  firewall:\n    - port: \"22\"\n      from: [0.0.0.0/0]\nroles: []\n",
+    );
+    git(&f.repo.path, &["add", "-A"]);
+    git(
+        &f.repo.path,
+        &[
+            "commit",
+            "-q",
+            "--author",
+            "Grace Hopper <grace@example.org>",
+            "-m",
+            &format!("Add a web server {MARKUP}"),
+        ],
+    );
+    let head = git(&f.repo.path, &["rev-parse", "HEAD"]);
+    git(&f.repo.path, &["update-ref", "refs/pull/7/head", &head]);
+    git(&f.repo.path, &["checkout", "-q", "main"]);
+    d.wait_for("pull request 7 planned", Duration::from_secs(240), |d| {
+        let (code, page) = d.get("/proposals/7");
+        code == 200 && page.contains(&head[..12])
+    });
+    PlannedPr {
+        d,
+        forge,
+        head,
+        _fleet: f,
+        _root: root,
+    }
+}
+
+/// A page at `/` of a server of its own that loads `page` in a frame
+/// `?w=` pixels wide and writes, as JSON in its `<pre id="m">`, what the
+/// frame measured: its viewport's width, the document's scroll width,
+/// whether the phone and dark styles apply, the body's background, how far
+/// the plan and the summary table overflow their boxes, and the elements
+/// and text reaching past the right edge outside a scrolling box. (Headless
+/// Chromium's window is never narrower than 500 pixels; a frame is.)
+fn measuring_page(page: &str) -> String {
+    let html =
+        r#"<!doctype html><meta charset="utf-8"><body style="margin:0"><pre id="m"></pre><script>
+const w = +new URLSearchParams(location.search).get('w');
+const m = document.getElementById('m');
+const f = document.createElement('iframe');
+f.style.cssText = 'border:0;display:block;height:900px;width:' + w + 'px';
+f.onload = () => {
+  try {
+    const win = f.contentWindow, doc = win.document, root = doc.documentElement;
+    const over = el => el.scrollWidth - el.clientWidth;
+    // Elements and text reaching past the right edge, but in a scrolling box.
+    const past = box => box.right > root.clientWidth + 0.5;
+    const outside = [...doc.body.querySelectorAll('*')]
+      .filter(el => !el.closest('.scroll') && past(el.getBoundingClientRect()))
+      .map(el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : ''));
+    const walk = doc.createTreeWalker(doc.body, NodeFilter.SHOW_TEXT), range = doc.createRange();
+    while (walk.nextNode()) {
+      const t = walk.currentNode;
+      range.selectNodeContents(t);
+      if (!t.parentElement.closest('.scroll') && past(range.getBoundingClientRect()))
+        outside.push(t.parentElement.tagName.toLowerCase() + ': ' + t.textContent.slice(0, 60));
+    }
+    m.textContent = JSON.stringify({
+      viewport: win.innerWidth, scroll: root.scrollWidth,
+      phone: win.matchMedia('(max-width: 40rem)').matches,
+      dark: win.matchMedia('(prefers-color-scheme: dark)').matches,
+      background: win.getComputedStyle(doc.body).backgroundColor,
+      plan: over(doc.getElementById('plan')),
+      summary: over(doc.getElementById('proposal').parentElement),
+      outside,
+    });
+  } catch (e) { m.textContent = JSON.stringify({error: String(e)}); }
+};
+f.src = 'PAGE';
+document.body.append(f);
+</script>"#
+            .replace("PAGE", page);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let html = html.clone();
+            async move { axum::response::Html(html) }
+        }),
+    );
+    crate::support::serve_in_thread(listener, app);
+    format!("http://127.0.0.1:{port}/")
+}
+
+/// What the measuring page at `harness` measured at `width` (`extra`: more
+/// flags). The frame is of another origin: reading it needs Chromium's
+/// same-origin checks off, for this run only.
+fn measure(profile: &Path, harness: &str, width: u32, extra: &[&str]) -> serde_json::Value {
+    let out = chromium(profile)
+        .unwrap()
+        .args(extra)
+        .arg("--disable-web-security")
+        .arg("--window-size=1400,1000")
+        .arg("--dump-dom")
+        .arg(format!("{harness}?w={width}"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let json = dom
+        .split("<pre id=\"m\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .filter(|j| !j.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "nothing measured:\n{dom}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let json = json
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(v["viewport"], width, "laid out at {width} pixels: {v}");
+    v
+}
+
+/// `rgb(r, g, b)` as CSS computes it → its channels.
+fn rgb(css: &serde_json::Value) -> Vec<u8> {
+    let s = css.as_str().unwrap_or_default();
+    s.trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .map(|c| c.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_pull_request_page_shows_its_plan_verdicts_and_cost_on_desktop_phone_and_dark() {
+    let profile = TempDir::new("chromium-pr");
+    if !have_chromium(profile.path()) {
+        return;
+    }
+    let pr = planned_pull_request();
+    let url = format!("http://127.0.0.1:{}/", pr.d.port);
+
+    // The dashboard lists the pull request, its title linking to its page.
+    let dom = rendered(profile.path(), &url);
+    let at = dom.find("<table id=\"proposals\">").expect("a PR table");
+    let rows = &dom[at..at + dom[at..].find("</table>").unwrap()];
+    assert!(
+        rows.contains(&format!(
+            "<a href=\"http://127.0.0.1:{}/acme/fleet/pull/7\">#7</a>",
+            pr.forge
+        )) && rows.contains(&format!(
+            "<a href=\"/proposals/7\">Add a web server {MARKUP_TEXT}</a>"
+        )),
+        "{rows}"
+    );
+    assert!(
+        rows.contains("<td class=\"failure\">failure: denied by tidekeeper.builtin.exposure"),
+        "{rows}"
+    );
+
+    let page = format!("{url}proposals/7");
+    proposal_rendered(&rendered(profile.path(), &page), &pr);
+
+    // At a phone's width nothing reaches past the screen's edge: the plan
+    // wraps its long lines, the summary table fits; on a desktop too.
+    let harness = measuring_page(&page);
+    let phone = measure(profile.path(), &harness, 390, &[]);
+    assert_eq!(phone["phone"], true, "the phone styles apply: {phone}");
+    assert!(phone["scroll"].as_u64().unwrap() <= 390, "{phone}");
+    assert_eq!(phone["outside"], serde_json::json!([]), "{phone}");
+    assert_eq!(phone["plan"], 0, "the plan wraps: {phone}");
+    assert_eq!(phone["summary"], 0, "the summary fits: {phone}");
+    let light = rgb(&phone["background"]);
+    assert!(light.iter().all(|c| *c > 0xf0), "light: {phone}");
+    let desk = measure(profile.path(), &harness, 1280, &[]);
+    assert_eq!(desk["phone"], false, "{desk}");
+    assert!(desk["scroll"].as_u64().unwrap() <= 1280, "{desk}");
+    assert_eq!(desk["plan"], 0, "{desk}");
+
+    // In the system's dark mode the page is dark, on a phone too.
+    let dark = measure(profile.path(), &harness, 390, &["--force-dark-mode"]);
+    assert_eq!(dark["dark"], true, "{dark}");
+    assert!(rgb(&dark["background"]).iter().all(|c| *c < 0x30), "{dark}");
+    assert!(dark["scroll"].as_u64().unwrap() <= 390, "{dark}");
+
+    // As drawn: light and dark at a desktop's width (the corner: the background).
+    let shot = screenshot(profile.path(), &page, 1280, 1000, &[]);
+    let shot_dark = screenshot(profile.path(), &page, 1280, 1000, &["--force-dark-mode"]);
+    let (bright, dim) = (first_pixel(&shot), first_pixel(&shot_dark));
+    assert!(bright.iter().all(|c| *c > 0xf0), "light: {bright:?}");
+    assert!(dim.iter().all(|c| *c < 0x30), "dark: {dim:?}");
+}
+
+/// The proposal page as Chromium rendered it: the PR's title and author,
+/// its head linking to the forge, its status, the policy's denial, the
+/// cost it adds, the plan with its diff coloured and its markup as text.
+fn proposal_rendered(dom: &str, pr: &PlannedPr) {
+    assert!(
+        dom.contains(&format!("<h1>#7 Add a web server {MARKUP_TEXT}</h1>")),
+        "{dom}"
+    );
+    assert!(dom.contains("<title>#7 — tidekeeper</title>"), "{dom}");
+    assert!(dom.contains(" by Grace Hopper"), "{dom}");
+    let head = format!(
+        "<a href=\"http://127.0.0.1:{}/acme/fleet/commit/{}\"><code>{}</code></a>",
+        pr.forge,
+        pr.head,
+        &pr.head[..12]
+    );
+    assert!(dom.contains(&head), "{dom}");
+    assert!(
+        dom.contains(&format!(
+            "<a href=\"http://127.0.0.1:{}/acme/fleet/pull/7\">on the forge</a>",
+            pr.forge
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(
+            "<td class=\"failure\" id=\"status\">failure: denied by tidekeeper.builtin.exposure: "
+        ),
+        "{dom}"
+    );
+    let verdicts = &dom[dom.find("id=\"verdicts\"").expect("verdicts")..];
+    assert!(
+        verdicts.starts_with("id=\"verdicts\"><ul><li class=\"bad\">")
+            && verdicts[..verdicts.find("</td>").unwrap()]
+                .contains("lets port 22 in from 0.0.0.0/0 at the cloud firewall"),
+        "{verdicts}"
+    );
+    assert!(
+        dom.contains("<td id=\"cost-delta\">raises the monthly cost to 7.55 EUR</td>"),
+        "{dom}"
+    );
+    let plan = &dom[dom
+        .find("<pre class=\"plan\" id=\"plan\">")
+        .expect("a plan")..];
+    let plan = &plan[..plan.find("</pre>").unwrap()];
+    assert!(
+        plan.contains("Monthly cost: 0.00 → 7.55 EUR (+7.55)"),
+        "{plan}"
+    );
+    // Lines added and hunks coloured, the server's creation an addition.
+    let coloured = |class: &str, text: &str| {
+        plan.lines().any(|l| {
+            l.starts_with(&format!("<span class=\"{class}\">"))
+                && l.trim_end_matches("</span>").trim_end().ends_with(text)
+        })
+    };
+    assert!(
+        coloured("add", "web server (Hetzner, create)  +7.55 EUR/month"),
+        "{plan}"
+    );
+    assert!(coloured("hunk", "@@ -0,0 +1,2 @@"), "{plan}");
+    assert!(
+        coloured("add", &format!("v2 {MARKUP_TEXT}")),
+        "the file's markup as text, its line coloured: {plan}"
+    );
+    assert!(!dom.contains(MARKUP), "no markup of the PR's: {dom}");
 }
