@@ -999,6 +999,47 @@ fn hosts_are_chosen_by_name_glob_and_label_and_a_selection_of_nothing_is_an_erro
     assert!(!tmp.path().join("web-1/etc/app.conf").exists());
 }
 
+/// `import` into a fleet whose tidekeeper.yaml configures the provider but
+/// has no host of it yet (the first server of a fleet, as docs/cloud.md
+/// imports it) names what is missing, the credentials, rather than saying
+/// the provider is not configured.
+#[test]
+fn import_without_credentials_names_them_for_a_configured_provider() {
+    let tmp = TempDir::new("import-creds");
+    let repo = tmp.path().join("fleet");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("tidekeeper.yaml"),
+        "fleet: test\nproviders:\n  hetzner: {}\n  lightsail: {region: eu-central-1}\n  ec2: {region: eu-central-1}\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "providers, no hosts yet"]);
+    for (provider, said) in [
+        (
+            "hetzner",
+            "hetzner: no credentials: set the environment variable HCLOUD_TOKEN",
+        ),
+        ("lightsail", "lightsail: no AWS credentials"),
+        ("ec2", "ec2: no AWS credentials"),
+    ] {
+        let out = tidekeeper()
+            .args(["import", provider, "old-box", "--as", "box", "--repo"])
+            .arg(&repo)
+            .env_remove("HCLOUD_TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{provider}: {stderr}");
+        assert!(
+            stderr.contains(said),
+            "{provider}: want {said:?} in {stderr}"
+        );
+        assert!(!repo.join("hosts/box.yaml").exists());
+    }
+}
+
 /// `tidekeeper run --host NAME` with a name the fleet does not have refuses
 /// to start (a daemon managing nothing would say nothing).
 #[test]

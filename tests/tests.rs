@@ -10,6 +10,7 @@ mod controller;
 mod daemon;
 mod dockerfile;
 mod dockerfw;
+mod docs_examples;
 mod ec2;
 mod engine;
 pub mod examples;

@@ -334,7 +334,9 @@ pub struct Clouds {
     pub hetzner: Option<std::sync::Arc<dyn Provider>>,
     pub lightsail: Option<std::sync::Arc<dyn Provider>>,
     pub ec2: Option<std::sync::Arc<dyn Provider>>,
-    /// Providers the fleet needs but cannot reach (no credentials), with why.
+    /// Providers the fleet uses or tidekeeper.yaml configures but that
+    /// cannot be reached (no credentials), with why: hosts of such a
+    /// provider fail with it, and `import` says it.
     pub missing: Vec<(ProviderKind, CloudError)>,
     /// Providers tidekeeper.yaml configures but no host uses: listed when
     /// they have credentials, skipped quietly when they have none.
@@ -361,24 +363,19 @@ impl Clouds {
         if uses(ProviderKind::Hetzner) || fleet.settings.hetzner.declared {
             match hetzner::Hetzner::from_env(&fleet.settings.hetzner) {
                 Ok(p) => c.hetzner = Some(std::sync::Arc::new(p)),
-                Err(e) if uses(ProviderKind::Hetzner) => c.missing.push((ProviderKind::Hetzner, e)),
-                Err(_) => {}
+                Err(e) => c.missing.push((ProviderKind::Hetzner, e)),
             }
         }
         if let Some(settings) = &fleet.settings.lightsail {
             match lightsail::Lightsail::from_env(settings) {
                 Ok(p) => c.lightsail = Some(std::sync::Arc::new(p)),
-                Err(e) if uses(ProviderKind::Lightsail) => {
-                    c.missing.push((ProviderKind::Lightsail, e))
-                }
-                Err(_) => {}
+                Err(e) => c.missing.push((ProviderKind::Lightsail, e)),
             }
         }
         if let Some(settings) = &fleet.settings.ec2 {
             match ec2::Ec2::from_env(settings) {
                 Ok(p) => c.ec2 = Some(std::sync::Arc::new(p)),
-                Err(e) if uses(ProviderKind::Ec2) => c.missing.push((ProviderKind::Ec2, e)),
-                Err(_) => {}
+                Err(e) => c.missing.push((ProviderKind::Ec2, e)),
             }
         }
         c
