@@ -8,7 +8,9 @@ use std::time::Duration;
 use tidekeeper_ec2 as ec2;
 
 use crate::support::cloud::CloudFleet;
-use crate::support::cloud::ec2::{ACCESS_KEY, AMI, Ec2, Permission, REGION, SECRET_KEY, SUBNET};
+use crate::support::cloud::ec2::{
+    ACCESS_KEY, AMI, DEBIAN_OWNER, Ec2, Image, Permission, REGION, SECRET_KEY, SUBNET,
+};
 use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 
@@ -310,6 +312,82 @@ fn an_empty_account_gets_its_ec2_server_created_configured_and_resized_with_its_
         "the same instance, not a new one"
     );
     assert_eq!(f.ssh("bastion", "cat /root/data"), "kept\n");
+}
+
+/// `image: OWNER/NAME` takes the newest AMI that matches, shown in the plan
+/// and pinned by it: a saved plan does not launch an image it did not show,
+/// and a newer image later replaces nothing.
+#[test]
+fn an_image_filter_launches_the_newest_match_the_plan_showed_and_a_newer_one_replaces_nothing() {
+    const FILTER: &str = "136693071363/debian-12-amd64-*";
+    let filtered = BASTION.replace(&format!("image: {AMI}"), &format!("image: \"{FILTER}\""));
+    assert_ne!(filtered, BASTION);
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        (
+            "hosts/bastion.yaml",
+            &filtered.replace("amd64-*", "riscv64-*"),
+        ),
+    ]);
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("bastion: no available AMI of account 136693071363 is named like \"debian-12-riscv64-*\""),
+        "{}",
+        text(&out)
+    );
+
+    f.repo.write("hosts/bastion.yaml", &filtered);
+    f.repo.commit("Debian 12 on amd64, the newest");
+    let dir = crate::support::TempDir::new("ami-plan");
+    let saved = dir.path().join("bastion.plan");
+    let out = f.tk(&["plan", "--out", saved.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "image: debian-12-amd64-20261201-1 ({AMI}, {FILTER})"
+        )),
+        "the newest of the two Debian 12 amd64 images, not the arm64 one: {}",
+        text(&out)
+    );
+    // Debian publishes a newer image before the saved plan is applied.
+    let newer = "ami-0dddd00000000004";
+    f.ec2.publish_image(Image::new(
+        newer,
+        "debian-12-amd64-20270101-1",
+        DEBIAN_OWNER,
+        "2027-01-01T10:00:00.000Z",
+    ));
+    let out = f.tk(&["apply", saved.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the saved plan is stale; nothing was applied")
+            && text(&out).contains("cloud: the server changes differ from the plan"),
+        "{}",
+        text(&out)
+    );
+    assert!(f.ec2.instances().is_empty(), "nothing launched");
+
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("debian-12-amd64-20270101-1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(f.ec2.instance_for("bastion").expect("created").image, newer);
+    assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
+
+    // An even newer image: the instance stays as it is.
+    f.ec2.publish_image(Image::new(
+        "ami-0eeee00000000005",
+        "debian-12-amd64-20270201-1",
+        DEBIAN_OWNER,
+        "2027-02-01T10:00:00.000Z",
+    ));
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
 }
 
 const JOBS: &str = "jobs:

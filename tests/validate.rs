@@ -850,7 +850,7 @@ fn ec2_settings_errors_are_located() {
     minimal()
         .file("tidekeeper.yaml", EC2_FLEET)
         .file("hosts/web.yaml", "provider: ec2\nserver:\n  type: t3.small\n  image: debian-12\n  subnet: subnet-0123456789abcdef0\n")
-        .fails_with("hosts/web.yaml:4:10", "invalid-value", "\"debian-12\" is not an AMI id like ami-0abcdef1234567890");
+        .fails_with("hosts/web.yaml:4:10", "invalid-value", "\"debian-12\" is not an AMI id like ami-0abcdef1234567890, nor OWNER/NAME");
 }
 
 #[test]

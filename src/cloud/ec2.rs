@@ -433,6 +433,42 @@ impl Provider for Ec2 {
         })
     }
 
+    fn images<'a>(&'a self, filters: &'a [String], ids: &'a [String]) -> Fut<'a, super::Images> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let info = |i: ec2::Image| super::ImageInfo {
+                id: i.id,
+                name: i.name,
+                owner: i.owner,
+                created: i.created,
+            };
+            let mut out = super::Images::new();
+            for f in filters {
+                let Some((owner, name)) = crate::model::desired::ami_filter(f) else {
+                    continue;
+                };
+                let found = client
+                    .images_named(owner, name)
+                    .await
+                    .map_err(|e| api(&format!("looking up the images {f}"), e))?;
+                out.insert(f.clone(), found.into_iter().next().map(info));
+            }
+            let ids: Vec<String> = ids
+                .iter()
+                .filter(|i| i.starts_with("ami-"))
+                .cloned()
+                .collect();
+            let known = client
+                .images(&ids)
+                .await
+                .map_err(|e| api("describing the servers' images", e))?;
+            for i in known {
+                out.insert(i.id.clone(), Some(info(i)));
+            }
+            Ok(out)
+        })
+    }
+
     fn prices(&self) -> Fut<'_, PriceList> {
         Box::pin(async move {
             let mut monthly = BTreeMap::new();
@@ -778,6 +814,7 @@ mod tests {
             servers,
             networks: vec![],
             prices: BTreeMap::from([(ProviderKind::Ec2, prices)]),
+            ..Default::default()
         }
     }
 
@@ -916,6 +953,170 @@ mod tests {
         let c = &p.changes[0];
         assert_eq!(c.action, CloudAction::Update);
         assert_eq!(c.attrs[0].name, "termination protection");
+    }
+
+    const FILTER: &str = "136693071363/debian-12-amd64-*";
+
+    fn image(id: &str, name: &str, owner: &str) -> Option<crate::cloud::ImageInfo> {
+        Some(crate::cloud::ImageInfo {
+            id: id.into(),
+            name: name.into(),
+            owner: owner.into(),
+            created: "2026-12-01T10:00:00.000Z".into(),
+        })
+    }
+
+    /// The fleet with its AMI chosen by filter, planned against `seen`
+    /// instances and `images` looked up.
+    fn plan_filtered(
+        seen: Vec<ObservedServer>,
+        images: crate::cloud::Images,
+    ) -> crate::cloud::plan::CloudPlan {
+        let mut t = crate::source::ConfigTree::default();
+        t.insert_file(
+            "tidekeeper.yaml",
+            b"fleet: acme\ndefaults: {ssh: {from: [10.0.0.2/32]}}\nproviders: {ec2: {region: eu-central-1}}\n".to_vec(),
+        );
+        let host = HOST
+            .replace("TYPE", "t3.small")
+            .replace("ami-0abcdef1234567890", &format!("\"{FILTER}\""));
+        t.insert_file("hosts/bastion.yaml", host.into_bytes());
+        let f = crate::model::load(&t).expect("valid fleet");
+        assert_eq!(
+            crate::cloud::Clouds::from_env(&f).image_filters,
+            vec![FILTER.to_string()],
+            "observing looks the filter up"
+        );
+        let mut o = observed(seen);
+        o.images = images;
+        plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &o,
+            None,
+            PlanOptions::default(),
+        )
+    }
+
+    #[test]
+    fn an_image_filter_launches_the_image_it_chose_and_the_plan_shows_which() {
+        let chosen = image("ami-0new", "debian-12-amd64-20261201-1", "136693071363");
+        let p = plan_filtered(vec![], BTreeMap::from([(FILTER.into(), chosen)]));
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Create);
+        assert_eq!(c.desired.as_ref().unwrap().image, "ami-0new", "pinned");
+        let out = text(&p, false);
+        assert!(
+            out.contains(&format!(
+                "image: debian-12-amd64-20261201-1 (ami-0new, {FILTER})"
+            )),
+            "{out}"
+        );
+        assert!(p.errors.is_empty() && p.warnings.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn an_instance_of_an_older_image_of_its_filter_is_kept_and_of_another_is_replaced() {
+        let mut older = instance("t3.small", true);
+        older.image = Some("ami-0old".into());
+        let images = BTreeMap::from([
+            (
+                FILTER.into(),
+                image("ami-0new", "debian-12-amd64-20261201-1", "136693071363"),
+            ),
+            (
+                "ami-0old".into(),
+                image("ami-0old", "debian-12-amd64-20261101-1", "136693071363"),
+            ),
+            (
+                "ami-0ubu".into(),
+                image("ami-0ubu", "debian-12-amd64-x", "099720109477"),
+            ),
+        ]);
+        let kept = |p: &crate::cloud::plan::CloudPlan| {
+            p.changes.iter().all(|c| {
+                c.action != CloudAction::Replace && c.attrs.iter().all(|a| a.name != "image")
+            })
+        };
+        let p = plan_filtered(vec![older.clone()], images.clone());
+        assert!(kept(&p), "a newer image is no reason to replace: {p:?}");
+        // An image the filter does not cover (another owner): replaced, by the chosen one.
+        let mut other = older.clone();
+        other.image = Some("ami-0ubu".into());
+        let p = plan_filtered(vec![other], images.clone());
+        let c = &p.changes[0];
+        assert_eq!(c.action, CloudAction::Replace, "{p:?}");
+        assert_eq!(c.desired.as_ref().unwrap().image, "ami-0new");
+        // An image that can no longer be described is not judged.
+        let mut gone = older;
+        gone.image = Some("ami-0gone".into());
+        assert!(kept(&plan_filtered(vec![gone], images)));
+    }
+
+    #[test]
+    fn a_filter_that_matches_nothing_stops_the_plan_and_one_not_looked_up_is_a_warning() {
+        let p = plan_filtered(vec![], BTreeMap::from([(FILTER.into(), None)]));
+        assert!(p.changes.is_empty());
+        let e = p.errors.join("\n");
+        assert!(
+            e.contains("bastion: no available AMI of account 136693071363 is named like \"debian-12-amd64-*\"")
+                && e.contains("aws ec2 describe-images --owners 136693071363"),
+            "{e}"
+        );
+        // A proposal's new filter: the daemon looked up only the base's.
+        let p = plan_filtered(vec![], BTreeMap::new());
+        assert_eq!(p.changes[0].action, CloudAction::Create);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert!(
+            p.warnings
+                .join("\n")
+                .contains("is chosen when this is planned on the base branch"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn image_filters_name_an_owner_and_match_with_ec2_wildcards() {
+        use crate::model::desired::{ami_filter, ami_name_matches};
+        assert_eq!(
+            ami_filter(FILTER),
+            Some(("136693071363", "debian-12-amd64-*"))
+        );
+        assert_eq!(
+            ami_filter("099720109477/ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"),
+            Some((
+                "099720109477",
+                "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+            ))
+        );
+        assert_eq!(
+            ami_filter("amazon/al2023-ami-*"),
+            Some(("amazon", "al2023-ami-*"))
+        );
+        for bad in [
+            "ami-0abc",
+            "debian-12",
+            "1234/debian-*",
+            "136693071363/",
+            "someone/x",
+        ] {
+            assert_eq!(ami_filter(bad), None, "{bad}");
+        }
+        assert!(ami_name_matches(
+            "debian-12-amd64-*",
+            "debian-12-amd64-20261201-1"
+        ));
+        assert!(!ami_name_matches(
+            "debian-12-amd64-*",
+            "debian-12-arm64-20261201-1"
+        ));
+        assert!(ami_name_matches(
+            "debian-1?-*-2026*",
+            "debian-12-arm64-20261201-1"
+        ));
+        assert!(!ami_name_matches("debian-12", "debian-12-amd64"));
+        assert!(ami_name_matches("*", ""));
     }
 
     #[test]

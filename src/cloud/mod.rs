@@ -298,6 +298,13 @@ pub trait Provider: Send + Sync {
     fn networks(&self) -> Fut<'_, Vec<ObservedNetwork>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// What the images `filters` choose (the newest match of each, None for
+    /// no match) and what the images `ids` are, keyed by filter or id.
+    /// Providers whose images are names (Hetzner, Lightsail) have no filters.
+    fn images<'a>(&'a self, filters: &'a [String], ids: &'a [String]) -> Fut<'a, Images> {
+        let _ = (filters, ids);
+        Box::pin(async move { Ok(Images::new()) })
+    }
     /// Create network `want` for `fleet`, or add the subnets it lacks.
     fn ensure_network<'a>(&'a self, fleet: &'a str, want: &'a Network) -> Fut<'a, ()> {
         let _ = (fleet, want);
@@ -324,6 +331,19 @@ pub trait Provider: Send + Sync {
 /// How long to wait for the provider's work (create, resize, …).
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// An image as its provider describes it (EC2's AMIs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ImageInfo {
+    pub id: String,
+    pub name: String,
+    /// The owning account.
+    pub owner: String,
+    pub created: String,
+}
+
+/// Images looked up, by `OWNER/NAME` filter (None: nothing matched) or id.
+pub type Images = BTreeMap<String, Option<ImageInfo>>;
+
 /// The providers a fleet uses, with credentials from the environment.
 #[derive(Default, Clone)]
 pub struct Clouds {
@@ -341,6 +361,9 @@ pub struct Clouds {
     /// Providers tidekeeper.yaml configures but no host uses: listed when
     /// they have credentials, skipped quietly when they have none.
     pub unused: Vec<ProviderKind>,
+    /// The `OWNER/NAME` image filters of the fleet's EC2 hosts, resolved
+    /// when observing.
+    pub image_filters: Vec<String>,
 }
 
 impl Clouds {
@@ -378,6 +401,16 @@ impl Clouds {
                 Err(e) => c.missing.push((ProviderKind::Ec2, e)),
             }
         }
+        let mut filters: Vec<String> = fleet
+            .hosts
+            .iter()
+            .filter(|h| h.provider == ProviderKind::Ec2)
+            .filter_map(|h| h.server.as_ref()?.image.clone())
+            .filter(|i| crate::model::desired::ami_filter(i).is_some())
+            .collect();
+        filters.sort();
+        filters.dedup();
+        c.image_filters = filters;
         c
     }
 
@@ -411,6 +444,8 @@ pub struct Observed {
     pub servers: Vec<ObservedServer>,
     pub networks: Vec<ObservedNetwork>,
     pub prices: BTreeMap<ProviderKind, PriceList>,
+    /// The images the fleet's filters chose and its servers run (EC2).
+    pub images: Images,
 }
 
 impl Observed {
@@ -428,6 +463,8 @@ impl Observed {
         let mut networks: Vec<&ObservedNetwork> =
             self.networks.iter().filter(|n| n.owned_by(fleet)).collect();
         networks.sort_by(|a, b| (a.provider, &a.name, &a.id).cmp(&(b.provider, &b.name, &b.id)));
+        // Images chosen by filter are in the plan's changes, which a saved
+        // plan compares too: a newer image makes it stale.
         let seen = serde_json::json!({ "servers": servers, "networks": networks });
         crate::digest::sha256_hex(seen.to_string().as_bytes())
     }
@@ -440,6 +477,8 @@ pub struct CloudSnapshot {
     pub servers: Vec<ObservedServer>,
     pub networks: Vec<ObservedNetwork>,
     pub prices: Vec<SnapshotPrices>,
+    #[serde(default)]
+    pub images: Images,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -457,6 +496,7 @@ impl From<&Observed> for CloudSnapshot {
         CloudSnapshot {
             servers: o.servers.clone(),
             networks: o.networks.clone(),
+            images: o.images.clone(),
             prices: o
                 .prices
                 .iter()
@@ -481,6 +521,7 @@ impl From<CloudSnapshot> for Observed {
         Observed {
             servers: s.servers,
             networks: s.networks,
+            images: s.images,
             prices: s
                 .prices
                 .into_iter()
@@ -563,16 +604,29 @@ pub async fn observe(clouds: &Clouds) -> Result<Observed, CloudError> {
         .all()
         .map(|p| async move {
             let (servers, prices, networks) = tokio::join!(p.servers(), p.prices(), p.networks());
-            let r = servers.and_then(|s| Ok((s, prices?, networks?)));
+            let mut r = servers.and_then(|s| Ok((s, prices?, networks?, Images::new())));
+            // Only fleets that choose images by filter pay for the lookup.
+            if let Ok((servers, _, _, images)) = &mut r
+                && !clouds.image_filters.is_empty()
+            {
+                let mut ids: Vec<String> = servers.iter().filter_map(|s| s.image.clone()).collect();
+                ids.sort();
+                ids.dedup();
+                match p.images(&clouds.image_filters, &ids).await {
+                    Ok(found) => *images = found,
+                    Err(e) => r = Err(e),
+                }
+            }
             (p.kind(), r)
         })
         .collect();
     for (kind, r) in join_all(work).await {
-        let (servers, prices, networks) = match r {
+        let (servers, prices, networks, images) = match r {
             Ok(v) => v,
             Err(e) if e.is_missing_credentials() && clouds.unused.contains(&kind) => continue,
             Err(e) => return Err(e),
         };
+        out.images.extend(images);
         out.servers.extend(servers);
         out.networks.extend(networks);
         out.prices.insert(kind, prices);

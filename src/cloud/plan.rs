@@ -596,8 +596,34 @@ fn server_change(
             d.host, d.size, d.location
         ));
     }
+    // An image chosen by `OWNER/NAME`: the AMI it chose when observed is
+    // what the change launches (and shows), so apply does what the plan said.
+    let chosen = match chosen_image(d, observed) {
+        Ok(c) => c,
+        Err(Unchosen::NoMatch(why)) => {
+            out.error = Some(why);
+            return out;
+        }
+        Err(Unchosen::NotLookedUp(why)) => {
+            out.warning = Some(why);
+            None
+        }
+    };
+    let pinned = match chosen {
+        Some(img) => DesiredServer {
+            image: img.id.clone(),
+            ..d.clone()
+        },
+        None => d.clone(),
+    };
     let Some(o) = observed.server(d.provider, &d.host) else {
-        out.change = Some(creation(d, after));
+        let mut change = creation(&pinned, after);
+        if let Some(img) = chosen
+            && let Some(a) = change.attrs.iter_mut().find(|a| a.name == "image")
+        {
+            a.after = Some(format!("{} ({}, {})", img.name, img.id, d.image));
+        }
+        out.change = Some(change);
         return out;
     };
     if !o.owned_by(&fleet.name) {
@@ -629,10 +655,66 @@ fn server_change(
         allow_destroy: !(action == CloudAction::Replace || diff.copy)
             || destroy_permitted(fleet, o, opts),
         blocked: None,
-        desired: Some(d.clone()),
+        desired: Some(pinned),
         observed: Some(o.clone()),
     });
     out
+}
+
+/// Why a server's image filter chose no image.
+enum Unchosen {
+    /// The provider has no image it matches: the plan cannot be applied.
+    NoMatch(String),
+    /// It was not looked up: a proposal's new filter (the daemon looks up
+    /// the base's), chosen when the change is planned on the base.
+    NotLookedUp(String),
+}
+
+/// The image `d`'s `OWNER/NAME` filter chose when observed; None for an
+/// image given by id or name.
+fn chosen_image<'a>(
+    d: &DesiredServer,
+    observed: &'a Observed,
+) -> Result<Option<&'a super::ImageInfo>, Unchosen> {
+    let Some((owner, name)) = crate::model::desired::ami_filter(&d.image) else {
+        return Ok(None);
+    };
+    if d.provider != ProviderKind::Ec2 {
+        return Ok(None);
+    }
+    match observed.images.get(&d.image) {
+        Some(Some(img)) => Ok(Some(img)),
+        Some(None) => Err(Unchosen::NoMatch(format!(
+            "{}: no available AMI of account {owner} is named like {name:?}; list them with \
+             `aws ec2 describe-images --owners {owner} --filters 'Name=name,Values={name}'`",
+            d.host
+        ))),
+        None => Err(Unchosen::NotLookedUp(format!(
+            "{}: the AMI for {} is chosen when this is planned on the base branch \
+             (a proposal's new image filters are not looked up)",
+            d.host, d.image
+        ))),
+    }
+}
+
+/// Is server image `have` what `d` asks for? An `OWNER/NAME` filter asks
+/// for any image of that owner and name, not only the newest: a server
+/// is never replaced because a newer image came out. An image that can no
+/// longer be described (deregistered) is not judged.
+fn same_image(d: &DesiredServer, have: &str, observed: &Observed) -> bool {
+    let Some((owner, name)) =
+        crate::model::desired::ami_filter(&d.image).filter(|_| d.provider == ProviderKind::Ec2)
+    else {
+        return have == d.image;
+    };
+    match observed.images.get(have) {
+        Some(Some(img)) => {
+            let alias = matches!(owner, "amazon" | "aws-marketplace" | "self");
+            (alias || img.owner == owner)
+                && crate::model::desired::ami_name_matches(name, &img.name)
+        }
+        _ => true,
+    }
 }
 
 /// A server to create.
@@ -753,7 +835,7 @@ fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Di
         ));
     }
     if let Some(img) = &o.image
-        && *img != d.image
+        && !same_image(d, img, observed)
     {
         out.attrs.push(attr(
             image_word(d.provider),
@@ -1211,6 +1293,7 @@ mod tests {
             servers,
             prices: prices(),
             networks: vec![],
+            ..Default::default()
         };
         plan(f, &crate::cloud::desired::servers(f), &obs, None, opts)
     }
@@ -1323,6 +1406,7 @@ mod tests {
             servers: have,
             prices: prices(),
             networks: vec![],
+            ..Default::default()
         };
         let l = o.prices.get_mut(&ProviderKind::Lightsail).unwrap();
         l.disk_gb.insert("medium_3_0".into(), 80);
@@ -1495,6 +1579,7 @@ mod tests {
             servers,
             prices: prices(),
             networks: vec![],
+            ..Default::default()
         }
     }
 

@@ -261,6 +261,34 @@ pub fn ami_login(name: &str) -> Option<&'static str> {
     }
 }
 
+/// An EC2 `image:` written as `OWNER/NAME`: the newest available AMI of
+/// account OWNER (twelve digits, or `amazon`, `aws-marketplace`, `self`)
+/// whose name matches NAME, with EC2's wildcards `*` and `?`. None for an
+/// AMI id or anything else.
+pub fn ami_filter(image: &str) -> Option<(&str, &str)> {
+    if image.starts_with("ami-") {
+        return None;
+    }
+    let (owner, name) = image.split_once('/')?;
+    let account = owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit());
+    let alias = matches!(owner, "amazon" | "aws-marketplace" | "self");
+    ((account || alias) && !name.is_empty()).then_some((owner, name))
+}
+
+/// Does AMI `name` match an [`ami_filter`] NAME (`*` any run, `?` any one)?
+pub fn ami_name_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.split_first(), n.split_first()) {
+            (None, None) => true,
+            (Some((b'*', rest)), _) => go(rest, n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some((b'?', rest)), Some((_, n_rest))) => go(rest, n_rest),
+            (Some((c, rest)), Some((d, n_rest))) if c == d => go(rest, n_rest),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
 pub fn image_login(provider: ProviderKind, image: &str) -> Option<&'static str> {
     if provider != ProviderKind::Lightsail {
         return None;

@@ -526,6 +526,9 @@ pub struct ServerSpec {
     #[serde(rename = "type")]
     #[schemars(with = "Option<String>")]
     pub server_type: Option<S<String>>,
+    /// The image: Hetzner's name (`debian-12`), or on EC2 an AMI id
+    /// (`ami-…`) or `OWNER/NAME`, the newest available AMI of that account
+    /// whose name matches (`*`, `?`), e.g. `136693071363/debian-12-amd64-*`.
     #[schemars(with = "Option<String>")]
     pub image: Option<S<String>>,
     #[schemars(with = "Option<String>")]

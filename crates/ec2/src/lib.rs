@@ -129,6 +129,28 @@ pub struct SecurityGroup {
     pub tags: Vec<(String, String)>,
 }
 
+/// An AMI: which image, whose, and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    /// The owning account's id.
+    pub owner: String,
+    /// `creationDate`, ISO 8601.
+    pub created: String,
+}
+
+impl Image {
+    fn from_sdk(i: &types::Image) -> Option<Image> {
+        Some(Image {
+            id: i.image_id()?.to_string(),
+            name: i.name().unwrap_or_default().to_string(),
+            owner: i.owner_id().unwrap_or_default().to_string(),
+            created: i.creation_date().unwrap_or_default().to_string(),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub id: String,
@@ -787,6 +809,56 @@ impl Client {
             .await
             .map_err(err)?;
         Ok(r.images().first().cloned())
+    }
+
+    /// The available AMIs of `owner` whose names match `name` (EC2's
+    /// wildcards: `*`, `?`), newest first.
+    pub async fn images_named(&self, owner: &str, name: &str) -> Result<Vec<Image>, Error> {
+        let filter = |k: &str, v: &str| types::Filter::builder().name(k).values(v).build();
+        let r = self
+            .inner
+            .describe_images()
+            .owners(owner)
+            .filters(filter("name", name))
+            .filters(filter("state", "available"))
+            .send()
+            .await
+            .map_err(err)?;
+        let mut out: Vec<Image> = r.images().iter().filter_map(Image::from_sdk).collect();
+        // ISO 8601 times in one zone sort as text; ties by name, then id, so
+        // the choice never depends on the order EC2 answers in.
+        out.sort_by(|a, b| (&b.created, &b.name, &b.id).cmp(&(&a.created, &a.name, &a.id)));
+        Ok(out)
+    }
+
+    /// The AMIs `ids` as EC2 describes them; an id it no longer has
+    /// (deregistered) is left out rather than failing the rest.
+    pub async fn images(&self, ids: &[String]) -> Result<Vec<Image>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self
+            .inner
+            .describe_images()
+            .set_image_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(err);
+        match all {
+            Ok(r) => Ok(r.images().iter().filter_map(Image::from_sdk).collect()),
+            Err(e) if e.code.starts_with("InvalidAMIID.") => {
+                let mut out = Vec::new();
+                for id in ids {
+                    match self.image(id).await {
+                        Ok(i) => out.extend(i.as_ref().and_then(Image::from_sdk)),
+                        Err(e) if e.code.starts_with("InvalidAMIID.") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The name of AMI `image` (it says which OS, and so which login).

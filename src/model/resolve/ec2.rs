@@ -69,6 +69,18 @@ impl Loader<'_> {
 
     /// The instance type, AMI and subnet look like EC2's ids.
     fn ec2_ids(&mut self, file: &str, s: &raw::ServerSpec) {
+        if let Some(image) = &s.image
+            && crate::model::desired::ami_filter(&image.value).is_none()
+            && !image.value.starts_with("ami-")
+        {
+            self.err(at(file, image).error(
+                "invalid-value",
+                format!(
+                    "{:?} is not an AMI id like ami-0abcdef1234567890, nor OWNER/NAME",
+                    image.value
+                ),
+            ).with_help("write an AMI id, or the owner's account id and a name pattern for the newest match, e.g. 136693071363/debian-12-amd64-* (Debian's own images)"));
+        }
         let checks: [(&Option<S<String>>, &str, &str); 3] = [
             (&s.image, "ami-", "an AMI id like ami-0abcdef1234567890"),
             (
@@ -80,6 +92,9 @@ impl Loader<'_> {
         ];
         for (v, prefix, what) in checks {
             let Some(v) = v else { continue };
+            if prefix == "ami-" && !v.value.starts_with(prefix) {
+                continue; // a filter, or reported above
+            }
             let rest = v.value.strip_prefix(prefix);
             let ok = match rest {
                 Some(r) if prefix.is_empty() => r.split_once('.').is_some_and(|(a, b)| {

@@ -36,6 +36,74 @@ pub const SUBNET_CIDR: &str = "10.20.13.0/24";
 pub const VPC: &str = "vpc-0a1b2c3d";
 /// Debian 12's AMI (its default login is `admin`).
 pub const AMI: &str = "ami-0abcdef1234567890";
+/// The account that publishes Debian's official AMIs.
+pub const DEBIAN_OWNER: &str = "136693071363";
+
+/// An AMI the region offers.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    /// `creationDate`, ISO 8601 as EC2 writes it.
+    pub created: String,
+}
+
+impl Image {
+    pub fn new(id: &str, name: &str, owner: &str, created: &str) -> Image {
+        Image {
+            id: id.into(),
+            name: name.into(),
+            owner: owner.into(),
+            created: created.into(),
+        }
+    }
+}
+
+/// The region's images at the start: Debian 12 of two months (the newest is
+/// [`AMI`]), its arm64 build, and an Ubuntu image of another owner. All
+/// boot the same test host; Debian's let `admin` in.
+fn catalogue() -> Vec<Image> {
+    vec![
+        Image::new(
+            AMI,
+            "debian-12-amd64-20261201-1",
+            DEBIAN_OWNER,
+            "2026-12-01T10:00:00.000Z",
+        ),
+        Image::new(
+            "ami-0aaaa00000000001",
+            "debian-12-amd64-20261101-1",
+            DEBIAN_OWNER,
+            "2026-11-01T10:00:00.000Z",
+        ),
+        Image::new(
+            "ami-0bbbb00000000002",
+            "debian-12-arm64-20261201-1",
+            DEBIAN_OWNER,
+            "2026-12-01T10:00:00.000Z",
+        ),
+        Image::new(
+            "ami-0cccc00000000003",
+            "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261120",
+            "099720109477",
+            "2026-11-20T10:00:00.000Z",
+        ),
+    ]
+}
+
+/// EC2's name filter: `*` any run of characters, `?` any one.
+fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            wildcard(&pattern[1..], name) || (!name.is_empty() && wildcard(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => wildcard(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => wildcard(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
 /// The VPC's default security group: no ingress from outside the group.
 pub const DEFAULT_GROUP: &str = "sg-00000000default";
 
@@ -101,6 +169,8 @@ pub struct Snapshot {
 
 pub struct Account {
     pub instances: BTreeMap<String, Instance>,
+    /// The AMIs DescribeImages knows and RunInstances launches.
+    pub images: Vec<Image>,
     pub groups: BTreeMap<String, Group>,
     pub key_pairs: BTreeMap<String, String>,
     pub snapshots: BTreeMap<String, Snapshot>,
@@ -118,6 +188,7 @@ impl Default for Account {
         };
         Account {
             instances: BTreeMap::new(),
+            images: catalogue(),
             groups: BTreeMap::from([(DEFAULT_GROUP.to_string(), default)]),
             key_pairs: BTreeMap::new(),
             snapshots: BTreeMap::new(),
@@ -226,6 +297,11 @@ impl Ec2 {
         };
         boot(&self.ctx, &id, &ip, &init);
         id
+    }
+
+    /// A new AMI comes out in the region (as Debian publishes monthly).
+    pub fn publish_image(&self, image: Image) {
+        self.account.lock().unwrap().images.push(image);
     }
 
     pub fn instance(&self, id: &str) -> Option<Instance> {
@@ -636,12 +712,7 @@ fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
                 "<subnetSet><item><subnetId>{SUBNET}</subnetId><vpcId>{VPC}</vpcId><cidrBlock>{SUBNET_CIDR}</cidrBlock><availabilityZone>{REGION}a</availabilityZone></item></subnetSet>"
             ),
         ),
-        "DescribeImages" => answer(
-            action,
-            &format!(
-                "<imagesSet><item><imageId>{AMI}</imageId><name>debian-12-amd64-20261201-1</name><imageOwnerId>136693071363</imageOwnerId><rootDeviceName>/dev/xvda</rootDeviceName></item></imagesSet>"
-            ),
-        ),
+        "DescribeImages" => describe_images(a, f),
         "DescribeKeyPairs" => {
             let items: String = a
                 .key_pairs
@@ -668,6 +739,61 @@ fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
             &format!("The action {action} is not valid for this web service."),
         ),
     }
+}
+
+/// DescribeImages by `ImageId.N` (each must exist, as in EC2), `Owner.N`
+/// and the `name` filter (wildcards); other filters are refused rather than
+/// ignored, so a client relying on one is noticed.
+fn describe_images(a: &Account, f: &BTreeMap<String, String>) -> Response {
+    let ids = list(f, "ImageId");
+    if let Some(missing) = ids.iter().find(|id| !a.images.iter().any(|i| &i.id == *id)) {
+        let (code, what) = if missing.starts_with("ami-") {
+            ("InvalidAMIID.NotFound", "does not exist")
+        } else {
+            ("InvalidAMIID.Malformed", "is malformed")
+        };
+        return error(400, code, &format!("The image id '[{missing}]' {what}"));
+    }
+    let owners = list(f, "Owner");
+    let mut names = Vec::new();
+    for n in 1.. {
+        let Some(filter) = f.get(&format!("Filter.{n}.Name")) else {
+            break;
+        };
+        let values = list(f, &format!("Filter.{n}.Value"));
+        match filter.as_str() {
+            "name" => names.push(values),
+            "state" if values.iter().all(|v| v == "available") => {}
+            other => {
+                return error(
+                    400,
+                    "InvalidParameterValue",
+                    &format!("The filter '{other}' is not supported here"),
+                );
+            }
+        }
+    }
+    let items: String = a
+        .images
+        .iter()
+        .filter(|i| ids.is_empty() || ids.contains(&i.id))
+        .filter(|i| owners.is_empty() || owners.contains(&i.owner))
+        .filter(|i| {
+            names
+                .iter()
+                .all(|vs| vs.iter().any(|v| wildcard(v.as_bytes(), i.name.as_bytes())))
+        })
+        .map(|i| {
+            format!(
+                "<item><imageId>{}</imageId><name>{}</name><imageOwnerId>{}</imageOwnerId><creationDate>{}</creationDate><imageState>available</imageState><rootDeviceName>/dev/xvda</rootDeviceName></item>",
+                i.id,
+                xml_escape(&i.name),
+                i.owner,
+                i.created
+            )
+        })
+        .collect();
+    answer("DescribeImages", &format!("<imagesSet>{items}</imagesSet>"))
 }
 
 fn import_key_pair(a: &mut Account, f: &BTreeMap<String, String>) -> Response {
@@ -712,7 +838,7 @@ fn run(ctx: &Ctx, a: &mut Account, f: &BTreeMap<String, String>) -> Response {
         );
     }
     let image = f.get("ImageId").cloned().unwrap_or_default();
-    if image != AMI {
+    if !a.images.iter().any(|i| i.id == image) {
         return error(
             400,
             "InvalidAMIID.NotFound",
