@@ -124,17 +124,21 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
     let dom = rendered(profile.path(), &url);
     assert!(dom.contains("<h1>outpost"), "{dom}");
     assert!(dom.contains("name=\"viewport\""), "made for phones too");
-    for host in ["outpost", "outpost-hz"] {
+    for host in ["outpost", "outpost-hz", "outpost-ec2"] {
         assert!(
             dom.contains(&format!("<td><a href=\"/hosts/{host}\">{host}</a></td><td class=\"synced\"><img src=\"/badges/{host}.svg\" alt=\"synced\"></td>")),
             "{host} shown synced with its badge and a link to its page:\n{dom}"
         );
     }
-    assert!(dom.contains("13.60 EUR + 24.00 USD"), "{dom}");
-    assert!(
-        dom.contains("<td>Lightsail</td><td class=\"num\">1</td><td class=\"num\">24.00 USD</td>"),
-        "cost per provider:\n{dom}"
-    );
+    assert!(dom.contains("13.60 EUR + 94.08 USD"), "{dom}");
+    for (provider, cost) in [("Lightsail", "24.00 USD"), ("EC2", "70.08 USD")] {
+        assert!(
+            dom.contains(&format!(
+                "<td>{provider}</td><td class=\"num\">1</td><td class=\"num\">{cost}</td>"
+            )),
+            "cost per provider:\n{dom}"
+        );
+    }
     for chart in ["chart-duration", "chart-changes", "chart-cost"] {
         let at = dom
             .find(&format!("id=\"{chart}\""))
@@ -199,7 +203,7 @@ fn the_dashboard_and_a_host_page_render_in_chromium_on_desktop_and_phone() {
     );
     assert!(dim.iter().all(|c| *c < 0x30), "dark background: {dim:?}");
     let (_, metrics) = d.get("/metrics");
-    for badge in ["fleet", "outpost", "outpost-hz"] {
+    for badge in ["fleet", "outpost", "outpost-hz", "outpost-ec2"] {
         assert!(
             metrics.contains(&format!(
                 "tidekeeper_badge_requests_total{{badge=\"{badge}\"}}"

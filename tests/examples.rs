@@ -220,10 +220,12 @@ fn cloud_example(
 ) -> (CloudFleet, Overlay, ReadmeCommands) {
     let overlay = Overlay::load(name);
     let mut readme = ReadmeCommands::load(&overlay);
-    let f = CloudFleet::with_files_from(kind, plain, |cloud, hetzner, lightsail, _ec2| {
+    let f = CloudFleet::with_files_from(kind, plain, |cloud, hetzner, lightsail, ec2| {
         readme.var("test_network", TEST_NETWORK);
         readme.var("hetzner_api", hetzner);
         readme.var("lightsail_api", lightsail);
+        readme.var("ec2_api", ec2);
+        readme.var("ec2_subnet", crate::support::cloud::ec2::SUBNET);
         more(cloud, &mut readme);
         overlay.apply(&readme.values())
     });
@@ -248,7 +250,7 @@ pub fn agent_server_fleet() -> (CloudFleet, ReadmeCommands) {
 }
 
 #[test]
-fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
+fn agent_server_three_candidates_priced_configured_and_upsized_by_pr() {
     let (f, mut readme) = agent_server_fleet();
     let env = readme_env(&f, &[]);
     let repo = f.repo.path.clone();
@@ -261,14 +263,25 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
         &[
             "+ outpost-hz server (Hetzner, create)  +13.60 EUR/month",
             "+ outpost server (Lightsail, create)  +24.00 USD/month",
-            "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 24.00 USD (+24.00)",
+            "+ outpost-ec2 server (EC2, create)  +70.08 USD/month",
+            "image: debian-12-amd64-20261201-1 (ami-0abcdef1234567890, 136693071363/debian-12-amd64-*)",
+            "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 94.08 USD (+94.08)",
             "+ outpost service outpost-dispatcher",
         ],
     );
     readme_shows("agent-server", "plan", "text", &plan);
 
     readme.run_ok("tidekeeper apply --yes", &repo, &env, &[]);
-    for h in ["outpost", "outpost-hz"] {
+    let ec2 = f
+        .ec2
+        .instance_for("outpost-ec2")
+        .expect("the EC2 candidate");
+    assert_eq!(
+        (ec2.instance_type.as_str(), ec2.image.as_str()),
+        ("t3.large", crate::support::cloud::ec2::AMI),
+        "the newest Debian 12 amd64 AMI"
+    );
+    for h in ["outpost", "outpost-hz", "outpost-ec2"] {
         let health = f.ssh(h, "curl -fsS http://127.0.0.1:8700/health");
         assert!(health.contains("\"status\": \"ok\""), "{h}: {health}");
         let queued = f.ssh(
@@ -318,7 +331,7 @@ fn agent_server_two_candidates_priced_configured_and_upsized_by_pr() {
         "planned against the instance it copies: {comment}"
     );
     for want in [
-        "Monthly cost: 13.60 → 13.60 EUR (+0.00); 24.00 → 44.00 USD (+20.00)",
+        "Monthly cost: 13.60 → 13.60 EUR (+0.00); 94.08 → 114.08 USD (+20.00)",
         "Policies: all passed.",
     ] {
         assert!(comment.contains(want), "missing {want:?}:\n{comment}");

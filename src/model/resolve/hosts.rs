@@ -881,7 +881,7 @@ impl Loader<'_> {
                         .with_help(match provider {
                             ProviderKind::Hetzner => "Hetzner servers use type, image, location",
                             ProviderKind::Ec2 => {
-                                "EC2 instances use type, image (an AMI id), subnet, region"
+                                "EC2 instances use type, image (an AMI id or OWNER/NAME), subnet, region"
                             }
                             _ => "Lightsail instances use bundle, blueprint, zone",
                         }),
