@@ -3,7 +3,8 @@
 //! what it rendered — hosts, states, cost, charts, timeline, a host's plan —
 //! that it fetched every badge, and keeps the screenshots docs/ shows
 //! (desktop, phone, host page). A pull request's page is rendered too: its
-//! plan, verdicts and cost, its markup as text, and that it fits a phone.
+//! plan as text (no markdown, no JSON), verdicts and cost table, its markup
+//! as text, and that it fits a phone; and the page of one not planned.
 
 use std::path::Path;
 use std::process::Command;
@@ -248,7 +249,7 @@ struct PlannedPr {
     /// The fake GitHub's port (its web pages are under it too).
     forge: u16,
     head: String,
-    _fleet: crate::support::cloud::CloudFleet,
+    fleet: crate::support::cloud::CloudFleet,
     _root: TempDir,
 }
 
@@ -329,7 +330,7 @@ fn planned_pull_request() -> PlannedPr {
         d,
         forge,
         head,
-        _fleet: f,
+        fleet: f,
         _root: root,
     }
 }
@@ -338,8 +339,9 @@ fn planned_pull_request() -> PlannedPr {
 /// `?w=` pixels wide and writes, as JSON in its `<pre id="m">`, what the
 /// frame measured: its viewport's width, the document's scroll width,
 /// whether the phone and dark styles apply, the body's background, how far
-/// the plan and the summary table overflow their boxes, and the elements
-/// and text reaching past the right edge outside a scrolling box. (Headless
+/// the plan and the summary table overflow their boxes, the elements and
+/// text reaching past the right edge outside a scrolling box, and the
+/// page's text as laid out (`innerText`). (Headless
 /// Chromium's window is never narrower than 500 pixels; a frame is.)
 fn measuring_page(page: &str) -> String {
     let html =
@@ -371,7 +373,7 @@ f.onload = () => {
       background: win.getComputedStyle(doc.body).backgroundColor,
       plan: over(doc.getElementById('plan')),
       summary: over(doc.getElementById('proposal').parentElement),
-      outside,
+      outside, text: doc.body.innerText,
     });
   } catch (e) { m.textContent = JSON.stringify({error: String(e)}); }
 };
@@ -482,6 +484,7 @@ fn a_pull_request_page_shows_its_plan_verdicts_and_cost_on_desktop_phone_and_dar
     assert_eq!(desk["phone"], false, "{desk}");
     assert!(desk["scroll"].as_u64().unwrap() <= 1280, "{desk}");
     assert_eq!(desk["plan"], 0, "{desk}");
+    page_text_plain(desk["text"].as_str().expect("the page's text"));
 
     // In the system's dark mode the page is dark, on a phone too.
     let dark = measure(profile.path(), &harness, 390, &["--force-dark-mode"]);
@@ -495,6 +498,92 @@ fn a_pull_request_page_shows_its_plan_verdicts_and_cost_on_desktop_phone_and_dar
     let (bright, dim) = (first_pixel(&shot), first_pixel(&shot_dark));
     assert!(bright.iter().all(|c| *c > 0xf0), "light: {bright:?}");
     assert!(dim.iter().all(|c| *c < 0x30), "dark: {dim:?}");
+
+    failed_pull_request_rendered(profile.path(), &pr);
+}
+
+/// The page's text as a reader sees it: the plan as text, its summary, cost
+/// and verdicts, and nothing of the forge comment's markdown (its marker,
+/// folds, fences, tables) nor the plan's JSON the git note carries.
+fn page_text_plain(text: &str) {
+    for raw in [
+        "<!-- tidekeeper",
+        "<details>",
+        "<summary>",
+        "```",
+        "\"format_version\"",
+        "|---|",
+        "**",
+    ] {
+        assert!(!text.contains(raw), "{raw:?} on the page:\n{text}");
+    }
+    let plan = &text[text.find("\nPlan\n").expect("a Plan heading")..];
+    for line in [
+        "Cloud servers",
+        "+ web server (Hetzner, create)  +7.55 EUR/month",
+        "Monthly cost: 0.00 → 7.55 EUR (+7.55)",
+        "Plan: 2 to add, 0 to change, 0 to destroy.",
+    ] {
+        assert!(
+            plan.lines().any(|l| l.trim() == line),
+            "{line:?} a line of the plan:\n{plan}"
+        );
+    }
+    assert!(
+        text.contains("lets port 22 in from 0.0.0.0/0 at the cloud firewall"),
+        "the denial shown:\n{text}"
+    );
+}
+
+/// Pull request 8 makes the config invalid (markup in what it names): its
+/// page says it could not be planned and why, as text, with no plan, no
+/// verdicts and no cost made up.
+fn failed_pull_request_rendered(profile: &Path, pr: &PlannedPr) {
+    let repo = &pr.fleet.repo;
+    git(&repo.path, &["checkout", "-q", "-b", "pr-8"]);
+    repo.write(
+        "hosts/bad.yaml",
+        &format!("provider: local\nroot: /nonexistent\nroles: [\"{MARKUP}\"]\n"),
+    );
+    git(&repo.path, &["add", "-A"]);
+    git(&repo.path, &["commit", "-q", "-m", "Break the config"]);
+    let head = git(&repo.path, &["rev-parse", "HEAD"]);
+    git(&repo.path, &["update-ref", "refs/pull/8/head", &head]);
+    git(&repo.path, &["checkout", "-q", "main"]);
+    pr.d.wait_for("pull request 8 planned", Duration::from_secs(120), |d| {
+        let (code, page) = d.get("/proposals/8");
+        code == 200 && page.contains(&head[..12])
+    });
+    let dom = rendered(
+        profile,
+        &format!("http://127.0.0.1:{}/proposals/8", pr.d.port),
+    );
+    assert!(dom.contains("<h1>#8 Break the config</h1>"), "{dom}");
+    assert!(
+        dom.contains("<td class=\"failure\" id=\"status\">failure: invalid config</td>"),
+        "{dom}"
+    );
+    let at = dom
+        .find("<div class=\"alert\" id=\"plan-error\">")
+        .unwrap_or_else(|| panic!("why there is no plan:\n{dom}"));
+    let why = &dom[at..at + dom[at..].find("</div>").unwrap()];
+    assert!(
+        why.contains("<b>Not planned: invalid config</b>")
+            && why.contains("hosts/bad.yaml")
+            && why.contains(MARKUP_TEXT),
+        "the config's errors, its markup as text: {why}"
+    );
+    assert!(!dom.contains("id=\"plan\""), "no plan: {dom}");
+    assert!(
+        dom.contains(
+            "<td id=\"verdicts\"><span class=\"muted\">not judged: nothing was planned</span></td>"
+        ) && dom.contains(
+            "<td id=\"cost-delta\"><span class=\"muted\">not known: nothing was planned</span></td>"
+        ),
+        "{dom}"
+    );
+    assert!(!dom.contains("id=\"cost\""), "no cost table: {dom}");
+    assert!(!dom.contains(MARKUP), "no markup of the PR's: {dom}");
 }
 
 /// The proposal page as Chromium rendered it: the PR's title and author,
@@ -537,6 +626,14 @@ fn proposal_rendered(dom: &str, pr: &PlannedPr) {
     assert!(
         dom.contains("<td id=\"cost-delta\">raises the monthly cost to 7.55 EUR</td>"),
         "{dom}"
+    );
+    // The cost per server and the fleet's, as a table.
+    let cost = &dom[dom.find("<table id=\"cost\">").expect("a cost table")..];
+    let cost = &cost[..cost.find("</table>").unwrap()];
+    assert!(
+        cost.contains("<tr><td>web</td><td>Hetzner</td><td class=\"num\">—</td><td class=\"num\">7.55 EUR</td><td class=\"num\">+7.55 EUR</td></tr>")
+            && cost.contains("<tr class=\"total\"><th>fleet</th><td></td><td class=\"num\">0.00 EUR</td><td class=\"num\">7.55 EUR</td><td class=\"num\"><b>+7.55 EUR</b></td></tr>"),
+        "{cost}"
     );
     let plan = &dom[dom
         .find("<pre class=\"plan\" id=\"plan\">")

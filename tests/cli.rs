@@ -610,26 +610,7 @@ fn completions_and_manual_pages_cover_every_command() {
     let log = std::fs::read_to_string(tmp.path().join("tidekeeper-log.1")).unwrap();
     assert!(log.contains("audit trail"), "{log}");
     assert!(!tmp.path().join("tidekeeper-proposal-worker.1").exists());
-    // `tidekeeper man | head -1`: the closed pipe is no error.
-    let mut child = tidekeeper()
-        .arg("man")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `man | head -1`: see the test of closed pipes below.
 }
 
 /// A host setting no kind knows is a located error of `validate` (and of
@@ -1314,4 +1295,119 @@ fn a_typo_is_one_located_error_and_an_unclosed_bracket_is_found_on_its_line() {
         )),
         "{stderr}"
     );
+}
+
+/// Eighty `provider: local` hosts (each in a directory under `dir`) with
+/// three roles, one of them a file of 300 lines, committed: enough for
+/// `validate`, `plan` and `show` to say more than a pipe of 4 KiB holds.
+fn talkative_fleet(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = dir.join("fleet");
+    std::fs::create_dir_all(repo.join("hosts")).unwrap();
+    std::fs::create_dir_all(repo.join("roles")).unwrap();
+    std::fs::write(repo.join("tidekeeper.yaml"), "fleet: chatty\n").unwrap();
+    for i in 1..=80 {
+        let root = dir.join(format!("host-{i:02}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            repo.join(format!("hosts/host-{i:02}.yaml")),
+            format!(
+                "provider: local\nroot: {}\nroles: [app, monitoring-agent, log-forwarder]\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    }
+    let lines: String = (1..=300).map(|n| format!("setting_{n} = {n}\\n")).collect();
+    std::fs::write(
+        repo.join("roles/app.yaml"),
+        format!("files:\n  - {{path: /etc/app.conf, content: \"{lines}\"}}\n"),
+    )
+    .unwrap();
+    for role in ["monitoring-agent", "log-forwarder"] {
+        std::fs::write(
+            repo.join(format!("roles/{role}.yaml")),
+            format!("files:\n  - {{path: /etc/{role}.conf, content: \"on\\n\"}}\n"),
+        )
+        .unwrap();
+    }
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a chatty fleet"]);
+    repo
+}
+
+/// `tidekeeper ARGS | head -1`, without its race: stdout is a pipe of one
+/// page (4 KiB) whose reader takes `lines` lines (byte by byte, nothing
+/// more) and closes it, while the command still has more to write than the
+/// pipe holds. Returns the lines read, how the command ended, its stderr.
+fn through_a_pipe_closed_after(
+    lines: usize,
+    args: &[&str],
+) -> (String, std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    // SAFETY: fcntl on a pipe this function owns.
+    let size = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(
+        size >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut cmd = tidekeeper();
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    drop(cmd); // the writer's copy here: the child holds the only one
+    let mut read = Vec::new();
+    let mut byte = [0u8];
+    while read.iter().filter(|b| **b == b'\n').count() < lines
+        && reader.read(&mut byte).unwrap() == 1
+    {
+        read.push(byte[0]);
+    }
+    drop(reader);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (String::from_utf8(read).unwrap(), out.status, stderr)
+}
+
+/// Every command's output cut by a closed pipe (`validate | head -1`) ends
+/// it as a closed pipe ends `cat`: by SIGPIPE (status 141 in a shell),
+/// silently — no panic, no backtrace, no error — after its first line.
+#[test]
+fn a_reader_that_closes_the_pipe_ends_any_command_quietly_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = TempDir::new("pipe");
+    let repo = talkative_fleet(tmp.path());
+    let repo = repo.to_str().unwrap();
+    let cases: [(usize, &[&str], &str); 7] = [
+        (1, &["validate", "--repo", repo], "valid: fleet \"chatty\""),
+        (
+            1,
+            &["plan", "--host", "host-01", "--repo", repo],
+            "host-01 (local)",
+        ),
+        (1, &["show", "host-01", "--json", "--repo", repo], "{"),
+        (1, &["schema"], "{"),
+        // Too short to outlast a pipe: closed before they write.
+        (0, &["show", "host-01", "--repo", repo], ""),
+        (0, &["completions", "bash"], ""),
+        (0, &["man"], ""),
+    ];
+    for (lines, args, first) in cases {
+        let (read, status, stderr) = through_a_pipe_closed_after(lines, args);
+        assert!(read.starts_with(first), "{args:?} began with: {read:?}");
+        assert_eq!(read.lines().count(), lines, "{args:?}: {read:?}");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: ended by the closed pipe, as `cat` is ({status}); stderr:\n{stderr}"
+        );
+        for noise in ["panicked", "backtrace", "Broken pipe", "error"] {
+            assert!(!stderr.contains(noise), "{args:?}: {noise:?} in:\n{stderr}");
+        }
+    }
 }

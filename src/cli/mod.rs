@@ -16,6 +16,7 @@ mod import;
 mod init;
 mod log;
 mod notify;
+mod pipe;
 mod plan;
 mod policy;
 mod release;
@@ -33,6 +34,7 @@ use daemon::{post_daemon, run_daemon};
 use error::{CliError, Outcome};
 use import::import_cmd;
 use init::{demo, init};
+pub use pipe::end_quietly_when_output_is_closed;
 use plan::{PlanFormat, plan};
 use policy::policy_test;
 use restore::restore_cmd;
@@ -393,12 +395,12 @@ fn schema(file: crate::model::schema::ConfigFile, dir: Option<&Path>) -> CliResu
 fn man(dir: Option<&Path>) -> CliResult {
     let cmd = <Cli as clap::CommandFactory>::command();
     let Some(dir) = dir else {
-        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-            Ok(()) => Ok(Outcome::Done),
-            // `tidekeeper man | head`: the reader has what it wanted.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Outcome::Done),
-            Err(e) => Err(CliError::new(e)),
-        };
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut page)
+            .and_then(|()| pipe::write_stdout(&page))
+            .map_err(CliError::new)?;
+        return Ok(Outcome::Done);
     };
     /// A page for `c` and one for each of its subcommands, nested ones too
     /// (`tidekeeper-secrets-rekey.1`); hidden commands get none.
@@ -470,9 +472,7 @@ fn completions(shell: clap_complete::Shell) -> CliResult {
             &mut out,
         )
         .map_err(|e| CliError::new(format!("writing the completions: {e}")))?;
-    std::io::stdout()
-        .write_all(&out)
-        .map_err(|e| CliError::new(format!("writing the completions: {e}")))?;
+    pipe::write_stdout(&out).map_err(|e| CliError::new(format!("writing the completions: {e}")))?;
     Ok(Outcome::Done)
 }
 

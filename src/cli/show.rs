@@ -86,7 +86,7 @@ fn show_host(repo: &RepoArgs, host: &str, json: bool) -> CliResult {
             out.push_str(&format!("    {:<10} {:?}\n", hd.name, hd.action));
         }
     }
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    super::pipe::write_stdout(out.as_bytes()).map_err(CliError::new)?;
     Ok(Outcome::Done)
 }
 

@@ -1077,10 +1077,26 @@ pub(crate) fn cost_summary(cost: &BTreeMap<&'static str, CostLine>) -> String {
     format!("Monthly cost: {}\n", parts.join("; "))
 }
 
+/// One row of a plan's cost table: a server whose monthly price the plan
+/// changes, or (`total`) the fleet's monthly cost in one currency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct CostRow {
+    /// The server's host (`fleet` on a total).
+    pub server: String,
+    /// Its provider (empty on a total).
+    pub provider: String,
+    /// The monthly price now and after the plan (`—`: none).
+    pub now: String,
+    pub after: String,
+    /// After less now, signed, with its currency.
+    pub change: String,
+    #[serde(default)]
+    pub total: bool,
+}
+
 /// The servers whose monthly cost a plan changes, per host and provider,
-/// and the totals per currency, as a markdown table (empty when no price
-/// changes).
-pub(crate) fn cost_table(plan: &CloudPlan) -> String {
+/// then the totals per currency (none when no price changes).
+pub(crate) fn cost_rows(plan: &CloudPlan) -> Vec<CostRow> {
     let priced: Vec<&CloudChange> = plan
         .changes
         .iter()
@@ -1093,35 +1109,62 @@ pub(crate) fn cost_table(plan: &CloudPlan) -> String {
         })
         .collect();
     if priced.is_empty() {
-        return String::new();
+        return vec![];
     }
     let or_dash = |m: Option<Monthly>| m.map(|m| money(&m)).unwrap_or_else(|| "—".into());
+    let mut rows: Vec<CostRow> = priced
+        .into_iter()
+        .map(|c| {
+            let cur = c
+                .cost_after
+                .or(c.cost_before)
+                .map(|m| m.currency)
+                .unwrap_or("");
+            let delta =
+                c.cost_after.map_or(0.0, |m| m.amount) - c.cost_before.map_or(0.0, |m| m.amount);
+            CostRow {
+                server: c.host.clone(),
+                provider: provider_name(c.provider).to_string(),
+                now: or_dash(c.cost_before),
+                after: or_dash(c.cost_after),
+                change: format!("{} {cur}", signed(delta)),
+                total: false,
+            }
+        })
+        .collect();
+    rows.extend(plan.cost.iter().map(|(cur, l)| CostRow {
+        server: "fleet".into(),
+        provider: String::new(),
+        now: format!("{:.2} {cur}", l.prior),
+        after: format!("{:.2} {cur}", l.proposed),
+        change: format!("{} {cur}", signed(l.delta())),
+        total: true,
+    }));
+    rows
+}
+
+/// [`cost_rows`] as a markdown table (empty when no price changes).
+pub(crate) fn cost_table(plan: &CloudPlan) -> String {
+    let rows = cost_rows(plan);
+    if rows.is_empty() {
+        return String::new();
+    }
     let mut t =
         String::from("| server | provider | now | after | change |\n|---|---|---:|---:|---:|\n");
-    for c in priced {
-        let cur = c
-            .cost_after
-            .or(c.cost_before)
-            .map(|m| m.currency)
-            .unwrap_or("");
-        let delta =
-            c.cost_after.map_or(0.0, |m| m.amount) - c.cost_before.map_or(0.0, |m| m.amount);
-        t.push_str(&format!(
-            "| {} | {} | {} | {} | {} {cur} |\n",
-            c.host,
-            provider_name(c.provider),
-            or_dash(c.cost_before),
-            or_dash(c.cost_after),
-            signed(delta)
-        ));
-    }
-    for (cur, l) in &plan.cost {
-        t.push_str(&format!(
-            "| **fleet** | | {:.2} {cur} | {:.2} {cur} | **{} {cur}** |\n",
-            l.prior,
-            l.proposed,
-            signed(l.delta())
-        ));
+    for r in rows {
+        if r.total {
+            let _ = writeln!(
+                t,
+                "| **{}** | | {} | {} | **{}** |",
+                r.server, r.now, r.after, r.change
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                r.server, r.provider, r.now, r.after, r.change
+            );
+        }
     }
     t
 }
@@ -1354,6 +1397,22 @@ mod tests {
             rows[3].starts_with("| **fleet** | |") && rows[3].ends_with("**+7.38 EUR** |"),
             "{t}"
         );
+        // The same rows for the dashboard, the fleet's last.
+        let r = cost_rows(&p);
+        assert_eq!(
+            (
+                r[0].server.as_str(),
+                r[0].provider.as_str(),
+                r[0].change.as_str(),
+                r[0].total
+            ),
+            ("web", "Hetzner", "+7.38 EUR", false)
+        );
+        assert_eq!(
+            (r[1].server.as_str(), r[1].change.as_str(), r[1].total),
+            ("fleet", "+7.38 EUR", true),
+            "{r:?}"
+        );
         // No price change: no table.
         let same = run(
             &f,
@@ -1361,6 +1420,7 @@ mod tests {
             PlanOptions::default(),
         );
         assert_eq!(cost_table(&same), "", "{same:?}");
+        assert!(cost_rows(&same).is_empty());
     }
 
     #[test]

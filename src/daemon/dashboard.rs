@@ -124,7 +124,14 @@ macro_rules! template_value {
         }
     )*};
 }
-template_value!(Time, Commit, PlanLine, charts::Chart);
+template_value!(
+    Time,
+    Commit,
+    PlanLine,
+    charts::Chart,
+    crate::cloud::plan::CostRow,
+    super::worker::Unplanned
+);
 
 /// A time: machine-readable, relative to the page's now, and in UTC.
 #[derive(Serialize)]
@@ -538,8 +545,9 @@ fn jobs_on(v: &View, host: &str) -> Vec<Value> {
 }
 
 /// A proposal's own page (`/proposals/7` for pull request 7, else its ref):
-/// its head, status, the policies' verdicts, the cost it adds, the plan
-/// with its diffs. None for a proposal the daemon has not planned.
+/// its head, status, the policies' verdicts, the cost it adds and its cost
+/// table, the plan as text with its diffs coloured, or why there is no
+/// plan. None for a proposal the daemon has not planned.
 pub(crate) fn proposal_page(v: &View, key: &str) -> Option<String> {
     let (name, p): (&String, &ProposalPlan) = v
         .history
@@ -566,8 +574,11 @@ pub(crate) fn proposal_page(v: &View, key: &str) -> Option<String> {
         state => &p.state,
         description => &p.description,
         denials => &p.denials,
+        warnings => &p.warnings,
         raised => raised,
-        lines => plan_lines(&p.plan),
+        cost => &p.cost,
+        unplanned => &p.unplanned,
+        lines => plan_lines(&p.text),
     };
     Some(render("proposal.html", ctx))
 }
@@ -580,8 +591,10 @@ pub(crate) fn missing_page(what: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::plan::CostRow;
     use crate::daemon::history::{HostEntry, HostRun, Run};
     use crate::daemon::status::ScheduleStatus;
+    use crate::daemon::worker::Unplanned;
     use crate::maintenance::run::{HostRun as MaintenanceHostRun, HostRunResult, JobRun};
 
     fn now() -> DateTime<Utc> {
@@ -834,9 +847,45 @@ mod tests {
                 description: format!("denied: {HOSTILE}"),
                 subject: HOSTILE.into(),
                 author: HOSTILE.into(),
-                plan: format!("  ~ web file /etc/motd\n      -old\n      +{HOSTILE}\n"),
+                text: format!("  ~ web file /etc/motd\n      -old\n      +{HOSTILE}\n"),
                 denials: vec![HOSTILE.into()],
+                warnings: vec![HOSTILE.into()],
                 raised_cost: BTreeMap::from([("EUR".to_string(), 17.5)]),
+                cost: vec![
+                    CostRow {
+                        server: HOSTILE.into(),
+                        provider: "Hetzner".into(),
+                        now: "—".into(),
+                        after: "17.50 EUR".into(),
+                        change: "+17.50 EUR".into(),
+                        total: false,
+                    },
+                    CostRow {
+                        server: "fleet".into(),
+                        provider: String::new(),
+                        now: "0.00 EUR".into(),
+                        after: "17.50 EUR".into(),
+                        change: "+17.50 EUR".into(),
+                        total: true,
+                    },
+                ],
+                unplanned: None,
+            },
+        );
+        // One that could not be planned: its config's errors quote it.
+        history.proposals.insert(
+            "refs/pull/6/head".into(),
+            ProposalPlan {
+                commit: "d".repeat(40),
+                at: "2026-11-28T11:20:00Z".into(),
+                state: "failure".into(),
+                description: "invalid config".into(),
+                subject: HOSTILE.into(),
+                unplanned: Some(Unplanned {
+                    why: "invalid config".into(),
+                    details: format!("hosts/web.yaml: unknown role {HOSTILE}"),
+                }),
+                ..Default::default()
             },
         );
         history.event("2026-11-28T11:40:00Z", "suspended", format!("by {HOSTILE}"));
@@ -892,6 +941,7 @@ mod tests {
         assert_inert(&host);
         let pr = proposal_page(&v, "7").unwrap();
         assert_inert(&pr);
+        assert_inert(&proposal_page(&v, "6").unwrap());
         assert_inert(&missing_page("host", HOSTILE));
     }
 
@@ -983,9 +1033,8 @@ mod tests {
                 description: "Plan: 0 to add, 1 to change".into(),
                 subject: "Raise the motd".into(),
                 author: "Ada Lovelace".into(),
-                plan: "  ~ web file /etc/motd\n@@ -1 +1 @@\n-old\n+new\n".into(),
-                denials: vec![],
-                raised_cost: BTreeMap::new(),
+                text: "  ~ web file /etc/motd\n@@ -1 +1 @@\n-old\n+new\n".into(),
+                ..Default::default()
             },
         );
         let v = f.view();
@@ -1014,12 +1063,29 @@ mod tests {
                 && pr.contains("<span class=\"add\">+new</span>"),
             "{pr}"
         );
-        // The denied one: its verdicts and the cost it raises.
+        assert!(!pr.contains("id=\"cost\""), "no price changes: {pr}");
+        // The denied one: its verdicts, the cost it raises and its table.
         let denied = proposal_page(&v, "7").unwrap();
         assert!(
             denied.contains("<li class=\"bad\">&lt;script&gt;")
+                && denied.contains("<li class=\"warn\">warn: &lt;script&gt;")
                 && denied.contains("raises the monthly cost to 17.50 EUR"),
             "{denied}"
+        );
+        assert!(
+            denied.contains("<td class=\"num\">—</td><td class=\"num\">17.50 EUR</td><td class=\"num\">+17.50 EUR</td></tr>")
+                && denied.contains("<tr class=\"total\"><th>fleet</th><td></td><td class=\"num\">0.00 EUR</td><td class=\"num\">17.50 EUR</td><td class=\"num\"><b>+17.50 EUR</b></td></tr>"),
+            "{denied}"
+        );
+        // One not planned: why, and no verdicts, cost or plan made up.
+        let failed = proposal_page(&v, "6").unwrap();
+        assert!(
+            failed.contains("<div class=\"alert\" id=\"plan-error\"><b>Not planned: invalid config</b><pre>hosts&#x2f;web.yaml: unknown role &lt;script&gt;")
+                && failed.contains("not judged: nothing was planned")
+                && failed.contains("not known: nothing was planned")
+                && !failed.contains("id=\"plan\"")
+                && !failed.contains("no denials"),
+            "{failed}"
         );
         assert!(proposal_page(&v, "8").is_none());
     }

@@ -161,15 +161,26 @@ pub struct ProposalPlan {
     pub subject: String,
     #[serde(default)]
     pub author: String,
-    /// The plan as text with its diffs (redacted), cut like a host's plan.
+    /// The plan as text with its diffs (redacted), cut like a host's plan;
+    /// not the markdown of the forge's comment or the note. (Records from
+    /// before kept that markdown as `plan`: it is not read.)
     #[serde(default)]
-    pub plan: String,
+    pub text: String,
     /// The policies' denials and errors.
     #[serde(default)]
     pub denials: Vec<String>,
+    /// The policies' warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Currency → the proposed monthly cost, where the proposal raises it.
     #[serde(default)]
     pub raised_cost: BTreeMap<String, f64>,
+    /// The cost table: the servers whose price changes, the fleet's totals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost: Vec<crate::cloud::plan::CostRow>,
+    /// Why the head has no plan (an invalid config, a worker that died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplanned: Option<super::worker::Unplanned>,
 }
 
 /// `text` cut to at most [`PLAN_BYTES`] on a character boundary, saying so.
@@ -326,6 +337,18 @@ mod tests {
         assert!(text.len() < PLAN_BYTES + 100 && text.ends_with("longer)\n"));
         h.keep_hosts(|n| n != "web");
         assert!(h.hosts.is_empty());
+    }
+
+    #[test]
+    fn a_proposal_recorded_with_its_markdown_note_loads_without_it() {
+        // As recorded before the page had its plan as text: the note's markdown.
+        let old = r#"{"runs": [], "proposals": {"refs/pull/7/head": {"commit": "c", "at": "t",
+            "state": "failure", "description": "d", "plan": "<!-- tidekeeper:acme -->\n```diff\n+x\n```\n",
+            "denials": ["no"], "raised_cost": {"EUR": 7.55}}}}"#;
+        let h: History = serde_json::from_str(old).unwrap();
+        let p = &h.proposals["refs/pull/7/head"];
+        assert_eq!((p.text.as_str(), p.denials.len()), ("", 1));
+        assert!(p.cost.is_empty() && p.unplanned.is_none());
     }
 
     #[test]

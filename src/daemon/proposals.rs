@@ -234,6 +234,7 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
     info!(r#ref = %name, commit = %&sha[..12], verdict = %planned.verdict.0, "proposal planned");
     // Everything the worker wrote passes the base's redaction again.
     let redact = |t: &str| base.redact(t);
+    let shown = shown(&planned, &redact);
     let report = planned.report.map(|mut r| {
         r.comment = redact(&r.comment);
         r.description = redact(&r.description);
@@ -247,21 +248,17 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
         .await
         .unwrap_or_default();
     {
+        let shown = super::history::ProposalPlan {
+            commit: sha.clone(),
+            at: ctx.clock.stamp(),
+            state: verdict.0.clone(),
+            description: verdict.1.clone(),
+            subject,
+            author,
+            ..shown
+        };
         let mut board = ctx.shared.board.lock().unwrap();
-        board.history.proposals.insert(
-            name.clone(),
-            super::history::ProposalPlan {
-                commit: sha.clone(),
-                at: ctx.clock.stamp(),
-                state: verdict.0.clone(),
-                description: verdict.1.clone(),
-                subject,
-                author,
-                plan: super::history::capped_plan(redact(&planned.note)),
-                denials: planned.denials.iter().map(|d| redact(d)).collect(),
-                raised_cost: planned.raised_cost.clone(),
-            },
-        );
+        board.history.proposals.insert(name.clone(), shown);
         board.save();
     }
     proposal_alerts(ctx, &name, &planned.denials, &planned.raised_cost);
@@ -287,6 +284,34 @@ pub(super) async fn proposal_planned(ctx: &Ctx, state: &mut State, done: Proposa
     save_record(&ctx.cfg.state_dir, &state.proposals.record);
     if let Err(again) = send_report(ctx, state, &name, &sha).await {
         super::settle(ctx, state, Request::Proposal(name), Err(again));
+    }
+}
+
+/// What the dashboard shows of a plan, redacted: its text (not the note's
+/// markdown), verdicts and cost, or why there is none.
+fn shown(
+    p: &super::worker::Planned,
+    redact: &dyn Fn(&str) -> String,
+) -> super::history::ProposalPlan {
+    let all = |v: &[String]| v.iter().map(|x| redact(x)).collect::<Vec<_>>();
+    super::history::ProposalPlan {
+        text: super::history::capped_plan(redact(&p.text)),
+        denials: all(&p.denials),
+        warnings: all(&p.warnings),
+        raised_cost: p.raised_cost.clone(),
+        cost: p
+            .cost
+            .iter()
+            .map(|r| crate::cloud::plan::CostRow {
+                server: redact(&r.server),
+                ..r.clone()
+            })
+            .collect(),
+        unplanned: p.unplanned.as_ref().map(|u| super::worker::Unplanned {
+            why: redact(&u.why),
+            details: super::history::capped_plan(redact(&u.details)),
+        }),
+        ..Default::default()
     }
 }
 

@@ -72,9 +72,11 @@ pub struct Job {
 
 /// The plan of one proposal head: the note for its commit, the report for
 /// the forge (when the base configures one), the reviewed plan, the commit
-/// status it earns, and what alerts need.
+/// status it earns, what alerts need, and what the dashboard shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Planned {
+    /// The note on the head commit: the comment's markdown and the plan's
+    /// JSON (plain text when nothing was planned).
     pub note: String,
     pub report: Option<Report>,
     pub reviewed: Option<Reviewed>,
@@ -84,6 +86,29 @@ pub struct Planned {
     pub denials: Vec<String>,
     /// Currency → the proposed monthly cost, where the proposal raises it.
     pub raised_cost: BTreeMap<String, f64>,
+    /// The dashboard's: the plan as text with its diffs (as `plan` prints
+    /// it, without colour), empty when nothing was planned.
+    #[serde(default)]
+    pub text: String,
+    /// The policies' warnings.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The cost table: the servers whose price changes, the fleet's totals.
+    #[serde(default)]
+    pub cost: Vec<crate::cloud::plan::CostRow>,
+    /// Why there is no plan, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplanned: Option<Unplanned>,
+}
+
+/// Why a proposal head has no plan: the short reason (`invalid config`,
+/// `exceeded its 60 s deadline`) and what more there is to say (the
+/// config's errors, one a line).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Unplanned {
+    pub why: String,
+    #[serde(default)]
+    pub details: String,
 }
 
 impl Planned {
@@ -100,6 +125,13 @@ impl Planned {
             verdict: ("failure".into(), "invalid config".into()),
             denials: vec![],
             raised_cost: BTreeMap::new(),
+            text: String::new(),
+            warnings: vec![],
+            cost: vec![],
+            unplanned: Some(Unplanned {
+                why: "invalid config".into(),
+                details: errors.join("\n"),
+            }),
         }
     }
 
@@ -123,6 +155,13 @@ impl Planned {
             verdict: ("error".into(), desc),
             denials: vec![],
             raised_cost: BTreeMap::new(),
+            text: String::new(),
+            warnings: vec![],
+            cost: vec![],
+            unplanned: Some(Unplanned {
+                why: why.to_string(),
+                details: String::new(),
+            }),
         }
     }
 }
@@ -429,6 +468,7 @@ async fn plan_valid(
         }
     });
     let raised_cost = raised_cost(cloud.as_ref());
+    let text = base.redact(&reconcile::text(cloud.as_ref(), &refs, false));
     Planned {
         note,
         report,
@@ -441,5 +481,12 @@ async fn plan_valid(
             .cloned()
             .collect(),
         raised_cost,
+        text,
+        warnings: verdict.warn.clone(),
+        cost: cloud
+            .as_ref()
+            .map(crate::cloud::plan::cost_rows)
+            .unwrap_or_default(),
+        unplanned: None,
     }
 }
