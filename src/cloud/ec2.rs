@@ -1117,6 +1117,12 @@ mod tests {
         ));
         assert!(!ami_name_matches("debian-12", "debian-12-amd64"));
         assert!(ami_name_matches("*", ""));
+        assert!(ami_name_matches("*-12-*-1", "debian-12-amd64-20261201-1"));
+        assert!(!ami_name_matches("?", ""));
+        // A pattern that backtracks exponentially in a naive matcher.
+        let hostile = format!("{}b", "*a".repeat(40));
+        assert!(!ami_name_matches(&hostile, &"a".repeat(200)));
+        assert!(ami_name_matches(&hostile, &format!("{}b", "a".repeat(200))));
     }
 
     #[test]

@@ -276,17 +276,30 @@ pub fn ami_filter(image: &str) -> Option<(&str, &str)> {
 }
 
 /// Does AMI `name` match an [`ami_filter`] NAME (`*` any run, `?` any one)?
+/// Greedy with one backtrack point, so O(len(pattern) × len(name)): a
+/// pattern in a pull request cannot make the planner's time explode.
 pub fn ami_name_matches(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.split_first(), n.split_first()) {
-            (None, None) => true,
-            (Some((b'*', rest)), _) => go(rest, n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some((b'?', rest)), Some((_, n_rest))) => go(rest, n_rest),
-            (Some((c, rest)), Some((d, n_rest))) if c == d => go(rest, n_rest),
-            _ => false,
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    // The last `*` seen and the name position it is tried against.
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == b'?' || (p[i] != b'*' && p[i] == n[j])) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            // Let that `*` take one more character and try again.
+            star = Some((si, sj + 1));
+            i = si + 1;
+            j = sj + 1;
+        } else {
+            return false;
         }
     }
-    go(pattern.as_bytes(), name.as_bytes())
+    p[i..].iter().all(|c| *c == b'*')
 }
 
 pub fn image_login(provider: ProviderKind, image: &str) -> Option<&'static str> {
