@@ -9,7 +9,7 @@ use tidekeeper_ec2 as ec2;
 
 use crate::support::cloud::CloudFleet;
 use crate::support::cloud::ec2::{
-    ACCESS_KEY, AMI, DEBIAN_OWNER, Ec2, Image, Permission, REGION, SECRET_KEY, SUBNET,
+    ACCESS_KEY, AMI, DEBIAN_OWNER, Ec2, Image, REGION, SECRET_KEY, SUBNET, permission,
 };
 use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
@@ -95,11 +95,11 @@ fn an_instance_is_created_resized_while_stopped_and_protected() {
     let host = e.instance(&id).unwrap().host.expect("booted");
     let ns = f.cloud.bed.lock().unwrap().netns(host);
     let addrs = std::process::Command::new("ip")
-        .args(["-n", &ns, "-4", "addr", "show", "dev", "eth0"])
+        .args(["-n", &ns, "-4", "addr", "show", "dev", "ens5"])
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&addrs.stdout).contains("10.20.13.140/32"),
+        String::from_utf8_lossy(&addrs.stdout).contains("10.20.13.140/24"),
         "{addrs:?}"
     );
 
@@ -465,16 +465,6 @@ fn ebs_snapshots_keep_the_newest_and_a_power_schedule_stops_and_starts_the_insta
     assert_eq!(f.ec2.instance_for("bastion").unwrap().state, "running");
     assert_eq!(f.host_of("bastion"), host, "the same instance");
     assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
-}
-
-fn permission(port: i32, cidr: &str) -> Permission {
-    Permission {
-        protocol: "tcp".into(),
-        from: port,
-        to: port,
-        cidrs: vec![cidr.into()],
-        ipv6_cidrs: Vec::new(),
-    }
 }
 
 /// Whether `port` of the host behind `name` answers (refused counts: the

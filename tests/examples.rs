@@ -827,78 +827,98 @@ fn bare_metal_configured_its_maintenance_run_and_its_health_reported_on_the_stat
 }
 
 #[test]
-fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforced() {
+fn bastion_on_ec2_adopted_in_its_private_subnet_netboot_on_its_address_power_saving_and_budget() {
+    use crate::support::cloud::ec2::{AMI_ARM64, Existing, SUBNET, permission};
     let mut files = files("bastion");
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "tidekeeper_cidr: 192.0.2.10/32",
-        "tidekeeper_cidr: 10.213.0.0/16",
-    );
-    patch(
-        &mut files,
-        "tidekeeper.yaml",
-        "from: [192.0.2.10/32]",
-        "from: [10.213.0.0/16]",
-    );
-    patch(
-        &mut files,
-        "hosts/bastion.yaml",
-        "192.0.2.10/32",
-        "10.213.0.0/16",
-    );
+    for (file, from, to) in [
+        (
+            "tidekeeper.yaml",
+            "tidekeeper_cidr: 192.0.2.10/32",
+            "tidekeeper_cidr: 10.213.0.0/16",
+        ),
+        (
+            "tidekeeper.yaml",
+            "from: [192.0.2.10/32]",
+            "from: [10.213.0.0/16]",
+        ),
+        ("hosts/bastion.yaml", "192.0.2.10/32", "10.213.0.0/16"),
+        ("hosts/bastion.yaml", "subnet-0123456789abcdef0", SUBNET),
+    ] {
+        patch(&mut files, file, from, to);
+    }
     let f = CloudFleet::with_repo(Kind::Docker, files);
-    // The bastion exists already; adopting it is labelling it as this fleet's.
-    let inst = f.lightsail.add_existing(
-        "bastion",
-        "nano_3_0",
-        "eu-west-1a",
+    // The bastion exists already, made by hand in the private subnet at
+    // .140, in a group that lets SSH in from anywhere. Adopting it is
+    // tagging it as this fleet's.
+    let by_hand = f
+        .ec2
+        .add_group("bastion-sg", vec![permission(22, "0.0.0.0/0")]);
+    let id = f.ec2.add_existing_from(
+        Existing {
+            instance_type: "t4g.small",
+            image: AMI_ARM64,
+            private_ip: Some("10.20.13.140"),
+        },
+        true,
+        &[&by_hand],
         &[
+            ("Name", "bastion"),
             ("managed-by", "tidekeeper"),
             ("tidekeeper-fleet", "homelab"),
+            ("tidekeeper-host", "bastion"),
         ],
     );
-    let key = f
-        .cloud
-        .bed
-        .lock()
-        .unwrap()
-        .host(inst.host.unwrap())
-        .host_key
-        .clone();
+    let host = f.ec2.instance(&id).unwrap().host.expect("booted");
+    let key = f.cloud.bed.lock().unwrap().host(host).host_key.clone();
     f.repo.write("known_hosts", &format!("bastion {key}\n"));
     f.repo.commit("pin the bastion's host key");
 
     let out = f.tk(&["plan"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan = stdout(&out);
-    assert!(
-        plan.contains("~ bastion server (Lightsail, update)  5.00 USD/month (no change)"),
-        "{plan}"
-    );
+    assert!(plan.contains("~ bastion server (EC2, update)"), "{plan}");
     assert!(
         plan.contains("stack netboot  docker compose up (first deploy)"),
         "{plan}"
     );
     assert!(
-        !plan.contains("create"),
+        !plan.contains("create") && !plan.contains("replace"),
         "the bastion is modified, never recreated: {plan}"
     );
     readme_shows("bastion", "plan", "text", &plan);
     let out = f.tk(&["apply", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(f.lightsail.instances().len(), 1);
-    let ports = f.lightsail.instance("bastion").unwrap().ports;
+    let after = f.ec2.instances();
+    assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(
-        ports[0]["ipv6Cidrs"],
-        serde_json::json!(["2001:db8:1234::42/128"]),
-        "{ports:?}"
+        (after[0].id.as_str(), after[0].private_ip.as_str()),
+        (id.as_str(), "10.20.13.140")
     );
-    // The seed's phase checks, from the host: they also ran as health gates.
+    // Its own security group now: SSH only from the operator and tidekeeper.
+    let groups: Vec<_> = after[0]
+        .groups
+        .iter()
+        .map(|g| f.ec2.account.lock().unwrap().groups[g].clone())
+        .collect();
+    let ssh: Vec<_> = groups
+        .iter()
+        .flat_map(|g| &g.ingress)
+        .filter(|p| p.from == 22)
+        .collect();
+    assert!(
+        ssh.iter()
+            .all(|p| !p.cidrs.contains(&"0.0.0.0/0".to_string()))
+            && ssh
+                .iter()
+                .any(|p| p.ipv6_cidrs == ["2001:db8:1234::42/128"]),
+        "{groups:?}"
+    );
+    // The seed's phase checks, from the host, on the bastion's own
+    // address: they also ran as health gates.
     assert!(
         f.ssh(
             "bastion",
-            "curl -fsS http://127.0.0.1:8080/assets/boot.ipxe"
+            "curl -fsS http://10.20.13.140:8080/assets/boot.ipxe"
         )
         .contains("#!ipxe")
     );
@@ -910,10 +930,20 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         running.trim(),
         "dhcp matchbox registry-docker-io registry-ghcr-io"
     );
+    assert!(
+        f.ssh("bastion", "ss -Hlnu 'sport = :67'").contains(":67"),
+        "udhcpd listens on ens5"
+    );
     assert!(f.ssh("bastion", "ufw status").contains("2001:db8:1234::42"));
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    bastion_schedule_and_budget(&f);
+}
 
+/// The power schedule saves on EC2 (a stopped instance bills its volume
+/// only), and a Talos test node proposed as a second instance breaks the
+/// lab's budget.
+fn bastion_schedule_and_budget(f: &CloudFleet) {
     let out = tidekeeper()
         .args([
             "schedule",
@@ -928,7 +958,10 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         .unwrap();
     let list = text(&out);
     assert!(list.contains("h in the next 30 days"), "{list}");
-    assert!(list.contains("saving: 0.00 USD/month"), "{list}");
+    assert!(
+        list.contains("saving: ") && !list.contains("saving: 0.00"),
+        "{list}"
+    );
     // Without the next run times: the README shows the jobs, not a date.
     let shown: String = stdout(&out)
         .lines()
@@ -937,15 +970,17 @@ fn bastion_adopted_netboot_stack_checked_power_schedule_priced_and_budget_enforc
         .collect();
     readme_shows("bastion", "schedule", "text", &shown);
 
-    // A PR adding a Talos test node on Lightsail: over the lab's budget.
-    let comment = pr_comment(&f, |f| {
+    let comment = pr_comment(f, |f| {
         f.repo.write(
             "hosts/talos-1.yaml",
-            "provider: lightsail\nserver: {bundle: nano_3_0, blueprint: debian_12, zone: eu-west-1a}\n",
+            &format!(
+                "provider: ec2\nserver:\n  type: t4g.small\n  image: \"136693071363/debian-12-arm64-*\"\n  subnet: {}\n",
+                crate::support::cloud::ec2::SUBNET
+            ),
         );
     });
     assert!(
-        comment.contains("this change adds 5.00 USD a month; the lab's budget allows 0.10 (policy bastion.budget)"),
+        comment.contains("the lab's budget allows 0.10 (policy bastion.budget)"),
         "{comment}"
     );
     readme_shows("bastion", "pr-comment", "markdown", &comment);

@@ -6,7 +6,7 @@
 //! user data and key pair tidekeeper sends, read as cloud-init reads them;
 //! the AMI is Debian's, so the keys let `admin` in and root only hears
 //! which user to log in as. It enforces what EC2 enforces: a private IP
-//! inside its subnet's CIDR (given to the host's eth0 as well, so services
+//! inside its subnet's CIDR (on the host's `ens5`, as on EC2, so services
 //! can bind to it), an instance type changed only on a stopped instance
 //! (`IncorrectInstanceState`), termination protection
 //! (`OperationNotPermitted`), a stop that keeps the disk, and security
@@ -36,6 +36,8 @@ pub const SUBNET_CIDR: &str = "10.20.13.0/24";
 pub const VPC: &str = "vpc-0a1b2c3d";
 /// Debian 12's AMI (its default login is `admin`).
 pub const AMI: &str = "ami-0abcdef1234567890";
+/// Debian 12's arm64 AMI (Graviton: t4g, m7g, c7g).
+pub const AMI_ARM64: &str = "ami-0bbbb00000000002";
 /// The account that publishes Debian's official AMIs.
 pub const DEBIAN_OWNER: &str = "136693071363";
 
@@ -78,7 +80,7 @@ fn catalogue() -> Vec<Image> {
             "2026-11-01T10:00:00.000Z",
         ),
         Image::new(
-            "ami-0bbbb00000000002",
+            AMI_ARM64,
             "debian-12-arm64-20261201-1",
             DEBIAN_OWNER,
             "2026-12-01T10:00:00.000Z",
@@ -137,6 +139,14 @@ impl Instance {
     }
 }
 
+/// What an instance made by hand was made as.
+pub struct Existing<'a> {
+    pub instance_type: &'a str,
+    pub image: &'a str,
+    /// Its fixed address in [`SUBNET`] (None: the next one).
+    pub private_ip: Option<&'a str>,
+}
+
 /// One ingress rule: `-1` (every protocol) or tcp/udp/icmp with a port range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Permission {
@@ -145,6 +155,17 @@ pub struct Permission {
     pub to: i32,
     pub cidrs: Vec<String>,
     pub ipv6_cidrs: Vec<String>,
+}
+
+/// TCP `port` from `cidr`.
+pub fn permission(port: i32, cidr: &str) -> Permission {
+    Permission {
+        protocol: "tcp".into(),
+        from: port,
+        to: port,
+        cidrs: vec![cidr.into()],
+        ipv6_cidrs: Vec::new(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -263,17 +284,39 @@ impl Ec2 {
         groups: &[&str],
         tags: &[(&str, &str)],
     ) -> String {
+        self.add_existing_from(
+            Existing {
+                instance_type,
+                image: AMI,
+                private_ip: None,
+            },
+            protected,
+            groups,
+            tags,
+        )
+    }
+
+    /// [`Ec2::add_existing`] of another image or at a fixed private address.
+    pub fn add_existing_from(
+        &self,
+        made: Existing<'_>,
+        protected: bool,
+        groups: &[&str],
+        tags: &[(&str, &str)],
+    ) -> String {
         let key = self.cloud.bed.lock().unwrap().public_key.clone();
         let (id, ip) = {
             let mut a = self.account.lock().unwrap();
             let n = a.next();
             let i = Instance {
                 id: format!("i-{n:017x}"),
-                instance_type: instance_type.into(),
-                image: AMI.into(),
+                instance_type: made.instance_type.into(),
+                image: made.image.into(),
                 state: "pending".into(),
                 subnet: SUBNET.into(),
-                private_ip: format!("10.20.13.{}", 10 + n),
+                private_ip: made
+                    .private_ip
+                    .map_or_else(|| format!("10.20.13.{}", 10 + n), str::to_string),
                 public_ip: None,
                 tags: tags
                     .iter()
@@ -338,24 +381,51 @@ impl Ec2 {
     }
 }
 
-/// Boot the test host for instance `id` (blocking), give its eth0 the
-/// private address too, and mark it running behind its security groups.
+/// Boot the test host for instance `id` (blocking), give it the private
+/// address on `ens5` (the primary network interface's name on EC2's Nitro
+/// instances, so what a config binds to there works here), and mark it
+/// running behind its security groups.
 fn boot(ctx: &Ctx, id: &str, private_ip: &str, init: &super::super::testbed::CloudInit) {
     let (host, addr) = ctx.cloud.boot(init);
     let ns = ctx.cloud.bed.lock().unwrap().netns(host);
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{private_ip}/32"),
-            "dev",
-            "eth0",
-        ])
+    let prefix = SUBNET_CIDR.split_once('/').unwrap().1;
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    if !std::process::Command::new("ip")
+        .args(["-n", &ns, "link", "show", "ens5"])
         .output()
-        .expect("ip addr add");
-    assert!(out.status.success(), "{out:?}");
+        .expect("ip")
+        .status
+        .success()
+    {
+        // A veth pair with both ends in the host: a link of its own that
+        // carries the address (this kernel has no dummy links).
+        ip(&[
+            "link",
+            "add",
+            "ens5",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ens5-peer",
+        ]);
+    }
+    ip(&[
+        "addr",
+        "replace",
+        &format!("{private_ip}/{prefix}"),
+        "dev",
+        "ens5",
+    ]);
+    ip(&["link", "set", "ens5-peer", "up"]);
+    ip(&["link", "set", "ens5", "up"]);
     if let Some(i) = ctx.account.lock().unwrap().instances.get_mut(id) {
         i.host = Some(host);
         i.public_ip = Some(addr.to_string());
