@@ -175,6 +175,62 @@ server:
 roles: [base]
 ";
 
+/// A Graviton type runs arm64 programs only: EC2 refuses to launch it
+/// from an amd64 AMI, and the plan stops first, naming both, from the
+/// architecture DescribeImages reports.
+#[test]
+fn an_arm64_type_on_an_amd64_image_is_refused_by_ec2_and_stopped_by_the_plan() {
+    let graviton = BASTION.replace("type: t3.small", "type: t4g.small");
+    let amd64 = graviton.replace(
+        &format!("image: {AMI}"),
+        "image: \"136693071363/debian-12-amd64-*\"",
+    );
+    assert_ne!(amd64, graviton);
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", &amd64),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = client(&f.ec2, &rt);
+    let refused = rt
+        .block_on(c.run(&ec2::Launch {
+            instance_type: "t4g.small",
+            ..launch("10.20.13.141", &[])
+        }))
+        .unwrap_err();
+    assert_eq!(refused.code, "InvalidParameterValue", "{refused}");
+    assert!(
+        refused.to_string().contains("architecture 'arm64'"),
+        "{refused}"
+    );
+
+    let out = f.tk(&["plan"]);
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains(
+            "bastion: a t4g.small runs arm64 programs, but image debian-12-amd64-20261201-1 \
+             (ami-0abcdef1234567890) is built for x86_64: choose an arm64 image"
+        ),
+        "{all}"
+    );
+    // Debian's arm64 AMIs: planned, with the one chosen.
+    f.repo.write(
+        "hosts/bastion.yaml",
+        &amd64.replace("debian-12-amd64-*", "debian-12-arm64-*"),
+    );
+    f.repo.commit("arm64 images");
+    let out = f.tk(&["plan"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("image: debian-12-arm64-20261201-1 (ami-0bbbb00000000002"),
+        "{all}"
+    );
+    assert!(f.ec2.instances().is_empty(), "nothing launched");
+}
+
 #[test]
 fn a_plan_prices_a_new_instance_from_the_dated_table_through_the_sdk() {
     let f = fleet(&[

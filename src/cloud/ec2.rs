@@ -441,6 +441,7 @@ impl Provider for Ec2 {
                 name: i.name,
                 owner: i.owner,
                 created: i.created,
+                architecture: i.architecture,
             };
             let mut out = super::Images::new();
             for f in filters {
@@ -780,6 +781,21 @@ fn snapshot(s: &ec2::Snapshot, server: &str) -> Snapshot {
     }
 }
 
+/// The processor architecture an instance type runs (`arm64` for AWS
+/// Graviton: a family whose generation digit is followed by `g` — t4g,
+/// m7g, c6gn, x2gd — and a1; `x86_64` for the rest).
+pub(crate) fn type_architecture(instance_type: &str) -> &'static str {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    let generation = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let after = generation.trim_start_matches(|c: char| c.is_ascii_digit());
+    let graviton = after.len() < generation.len() && after.starts_with('g');
+    if family == "a1" || graviton {
+        "arm64"
+    } else {
+        "x86_64"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -957,12 +973,72 @@ mod tests {
 
     const FILTER: &str = "136693071363/debian-12-amd64-*";
 
+    #[test]
+    fn graviton_types_run_arm64_and_the_rest_x86_64() {
+        for t in [
+            "t4g.small",
+            "m7g.large",
+            "c6gn.xlarge",
+            "x2gd.medium",
+            "im4gn.large",
+            "g5g.xlarge",
+            "a1.large",
+        ] {
+            assert_eq!(type_architecture(t), "arm64", "{t}");
+        }
+        for t in [
+            "t3.small",
+            "m6i.large",
+            "g5.xlarge",
+            "inf2.xlarge",
+            "m7a.medium",
+            "c7i.large",
+            "t2.micro",
+        ] {
+            assert_eq!(type_architecture(t), "x86_64", "{t}");
+        }
+    }
+
+    #[test]
+    fn an_image_for_the_other_architecture_is_a_plan_error_naming_both() {
+        let images = |f: &str, id: &str, name: &str| {
+            crate::cloud::Images::from([(f.to_string(), image(id, name, "136693071363"))])
+        };
+        // An x86 type with the amd64 filter the fleet names: planned.
+        let p = plan_filtered(
+            vec![],
+            images(FILTER, "ami-1", "debian-12-amd64-20261201-1"),
+        );
+        assert!(
+            p.errors.is_empty() && p.changes.len() == 1,
+            "{:?}",
+            p.errors
+        );
+        // The same filter answered by an arm64 image (a wrong pattern): refused.
+        let p = plan_filtered(
+            vec![],
+            images(FILTER, "ami-2", "debian-12-arm64-20261201-1"),
+        );
+        let why = p.blocked().join("\n");
+        assert!(
+            why.contains("bastion: a t3.small runs x86_64 programs, but image debian-12-arm64-20261201-1 (ami-2) is built for arm64"),
+            "{why}"
+        );
+        assert!(why.contains("debian-12-amd64-*"), "{why}");
+    }
+
     fn image(id: &str, name: &str, owner: &str) -> Option<crate::cloud::ImageInfo> {
         Some(crate::cloud::ImageInfo {
             id: id.into(),
             name: name.into(),
             owner: owner.into(),
             created: "2026-12-01T10:00:00.000Z".into(),
+            architecture: if name.contains("arm64") {
+                "arm64"
+            } else {
+                "x86_64"
+            }
+            .into(),
         })
     }
 

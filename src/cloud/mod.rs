@@ -339,6 +339,8 @@ pub struct ImageInfo {
     /// The owning account.
     pub owner: String,
     pub created: String,
+    /// `x86_64`, `arm64`, … (empty: not known).
+    pub architecture: String,
 }
 
 /// Images looked up, by `OWNER/NAME` filter (None: nothing matched) or id.

@@ -609,6 +609,10 @@ fn server_change(
             None
         }
     };
+    if let Some(why) = architecture_mismatch(d, chosen.or_else(|| described(d, observed))) {
+        out.error = Some(why);
+        return out;
+    }
     let pinned = match chosen {
         Some(img) => DesiredServer {
             image: img.id.clone(),
@@ -695,6 +699,32 @@ fn chosen_image<'a>(
             d.host, d.image
         ))),
     }
+}
+
+/// The image `d` names by id, as the provider described it.
+fn described<'a>(d: &DesiredServer, observed: &'a Observed) -> Option<&'a super::ImageInfo> {
+    observed.images.get(&d.image).and_then(Option::as_ref)
+}
+
+/// Why EC2 would refuse to run `d`'s image on its instance type: an arm64
+/// (Graviton) type needs an arm64 AMI, every other type an x86_64 one.
+fn architecture_mismatch(d: &DesiredServer, image: Option<&super::ImageInfo>) -> Option<String> {
+    let img = image.filter(|_| d.provider == ProviderKind::Ec2)?;
+    let runs = super::ec2::type_architecture(&d.size);
+    if img.architecture.is_empty() || img.architecture == runs {
+        return None;
+    }
+    Some(format!(
+        "{}: a {} runs {runs} programs, but image {} ({}) is built for {}: choose an {runs} image \
+         (Debian's are named debian-12-{}-*) or an instance type for {}",
+        d.host,
+        d.size,
+        img.name,
+        img.id,
+        img.architecture,
+        if runs == "arm64" { "arm64" } else { "amd64" },
+        img.architecture
+    ))
 }
 
 /// Is server image `have` what `d` asks for? An `OWNER/NAME` filter asks

@@ -138,6 +138,8 @@ pub struct Image {
     pub owner: String,
     /// `creationDate`, ISO 8601.
     pub created: String,
+    /// `x86_64`, `arm64`, … (empty where EC2 did not say).
+    pub architecture: String,
 }
 
 impl Image {
@@ -147,6 +149,10 @@ impl Image {
             name: i.name().unwrap_or_default().to_string(),
             owner: i.owner_id().unwrap_or_default().to_string(),
             created: i.creation_date().unwrap_or_default().to_string(),
+            architecture: i
+                .architecture()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default(),
         })
     }
 }

@@ -49,6 +49,8 @@ pub struct Image {
     pub owner: String,
     /// `creationDate`, ISO 8601 as EC2 writes it.
     pub created: String,
+    /// `arm64` or `x86_64`, from the name as Debian and Ubuntu write it.
+    pub architecture: String,
 }
 
 impl Image {
@@ -58,6 +60,12 @@ impl Image {
             name: name.into(),
             owner: owner.into(),
             created: created.into(),
+            architecture: if name.contains("arm64") {
+                "arm64"
+            } else {
+                "x86_64"
+            }
+            .into(),
         }
     }
 }
@@ -92,6 +100,19 @@ fn catalogue() -> Vec<Image> {
             "2026-11-20T10:00:00.000Z",
         ),
     ]
+}
+
+/// What an instance type runs: arm64 for Graviton families (a generation
+/// digit followed by `g`: t4g, m7g, c6gn) and a1, x86_64 for the rest.
+fn type_architecture(instance_type: &str) -> &'static str {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    let generation = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let after = generation.trim_start_matches(|c: char| c.is_ascii_digit());
+    if family == "a1" || (after.len() < generation.len() && after.starts_with('g')) {
+        "arm64"
+    } else {
+        "x86_64"
+    }
 }
 
 /// EC2's name filter: `*` any run of characters, `?` any one.
@@ -855,11 +876,12 @@ fn describe_images(a: &Account, f: &BTreeMap<String, String>) -> Response {
         })
         .map(|i| {
             format!(
-                "<item><imageId>{}</imageId><name>{}</name><imageOwnerId>{}</imageOwnerId><creationDate>{}</creationDate><imageState>available</imageState><rootDeviceName>/dev/xvda</rootDeviceName></item>",
+                "<item><imageId>{}</imageId><name>{}</name><imageOwnerId>{}</imageOwnerId><creationDate>{}</creationDate><imageState>available</imageState><architecture>{}</architecture><rootDeviceName>/dev/xvda</rootDeviceName></item>",
                 i.id,
                 xml_escape(&i.name),
                 i.owner,
-                i.created
+                i.created,
+                i.architecture
             )
         })
         .collect();
@@ -908,11 +930,24 @@ fn run(ctx: &Ctx, a: &mut Account, f: &BTreeMap<String, String>) -> Response {
         );
     }
     let image = f.get("ImageId").cloned().unwrap_or_default();
-    if !a.images.iter().any(|i| i.id == image) {
+    let Some(ami) = a.images.iter().find(|i| i.id == image) else {
         return error(
             400,
             "InvalidAMIID.NotFound",
             &format!("The image id '[{image}]' does not exist"),
+        );
+    };
+    let runs = type_architecture(f.get("InstanceType").map_or("", String::as_str));
+    if ami.architecture != runs {
+        return error(
+            400,
+            "InvalidParameterValue",
+            &format!(
+                "The architecture '{runs}' of the specified instance type does not match the \
+                 architecture '{}' of the specified AMI. Specify an instance type and an AMI that \
+                 have matching architectures, and try again.",
+                ami.architecture
+            ),
         );
     }
     let groups = list(f, "SecurityGroupId");
