@@ -175,51 +175,142 @@ fn verify_unit(name: &str) {
     );
 }
 
-/// The runtime stage of the Dockerfile, built and started as written, with
-/// two stand-ins: the base image is imported from the test host's own
-/// debootstrapped root file system (tagged as the Dockerfile's `FROM`, with
-/// its local apt repository's index, so the stage's `apt-get update` and
-/// `apt-get install` run unchanged and find the pinned packages installed), and the binary is the one this test suite built instead of the
-/// builder stage's (which would need a Rust image from a registry).
+/// The whole Dockerfile built as written, builder stage included, and its
+/// image run. No registry is reached: the two `FROM` images are stand-ins
+/// imported into the test host's Docker: `debian:bookworm-slim` is the host's
+/// own debootstrapped root file system (its apt source is the local
+/// repository, which holds what both stages install), and the Rust image is
+/// that system with a C compiler, this machine's Rust toolchain (the
+/// version the tag names) and the crates of Cargo.lock vendored into its
+/// `CARGO_HOME`. The host's `/var/lib/docker` is kept between runs, so
+/// Docker's own layer cache skips the dependency layer while Cargo.lock and
+/// the workspace crates are unchanged: a cold build takes about 16 minutes
+/// on 2 cores, a warm one about 3.
 #[test]
-fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
-    use crate::support::testbed::{Kind, Testbed};
-    let bed = Testbed::start_kind(1, Kind::Docker);
+fn the_dockerfile_builds_from_source_and_its_image_runs_as_non_root_and_answers_healthz() {
+    use crate::support::testbed::{self, Kind, Testbed};
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        bases,
+        ["rust:1.95-slim-bookworm", "debian:bookworm-slim"],
+        "the bases the test stands in for"
+    );
+    let toolchain = Toolchain::matching(bases[0]);
+
+    // One build at a time uses the kept Docker directory.
+    let cache = testbed::cache_dir().join("dockerfile-build");
+    std::fs::create_dir_all(cache.join("docker")).unwrap();
+    let _lock = Lock::take(&cache.join("lock"));
+    let bed = Testbed::start_binding(
+        1,
+        Kind::Docker,
+        &[(cache.join("docker"), "/var/lib/docker")],
+    );
     bed.ssh_ok(
         0,
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io curl busybox-static >/dev/null",
     );
-    bed.ssh_ok(0, crate::stacks::DOCKER_PREP);
-
-    let dockerfile =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    let runtime = &dockerfile[dockerfile.rfind("\nFROM ").expect("a runtime stage") + 1..];
-    let base = runtime
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("FROM ")
-        .trim();
-    assert_eq!(base, "debian:bookworm-slim", "the base the test imports");
-    let copy = "COPY --from=build /src/target/release/tidekeeper /usr/local/bin/tidekeeper";
-    assert!(runtime.contains(copy), "{runtime}");
-    let runtime = runtime.replace(copy, "COPY tidekeeper /usr/local/bin/tidekeeper");
-
-    // The build context and a config repo, written into the host's file system.
-    let root = bed.root(0);
-    let ctx = root.join("root/ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), &runtime).unwrap();
-    let out = Command::new("objcopy")
-        .args(["--strip-debug", env!("CARGO_BIN_EXE_tidekeeper")])
-        .arg(ctx.join("tidekeeper"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The build runs at the lowest CPU priority: the rest of the suite runs beside it.
+    bed.ssh_ok(
+        0,
+        "mkdir -p /etc/systemd/system/containerd.service.d && \
+         printf '[Service]\\nNice=19\\n' >/etc/systemd/system/containerd.service.d/10-nice.conf && \
+         systemctl daemon-reload && systemctl restart containerd",
     );
+    if !bed.ssh(0, crate::stacks::DOCKER_PREP).status.success() {
+        // A kept directory Docker cannot start from (a run killed at the
+        // wrong moment): start over from an empty one.
+        eprintln!("dockerd did not start on the kept directory; emptying it");
+        bed.ssh_ok(
+            0,
+            "systemctl stop docker containerd; find /var/lib/docker -mindepth 1 -delete",
+        );
+        bed.ssh_ok(0, crate::stacks::DOCKER_PREP);
+    }
+    let driver = bed.ssh_ok(0, "docker info -f '{{.Driver}}'");
+    assert_eq!(
+        driver.trim(),
+        "overlay2",
+        "a layer cache that copies no layers"
+    );
+
+    let image = Kind::Docker.image();
+    let image = image.file_name().unwrap().to_string_lossy();
+    // The runtime stage finds what it installs installed: no packages needed.
+    import_stand_in(&bed, bases[1], &image, "--exclude='./srv/tk-apt/*.deb'", "");
+    let lock = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let key = sha256(&[image.as_bytes(), toolchain.version.as_bytes(), &lock].concat());
+    if !stand_in_is(&bed, bases[0], &key) {
+        bed.ssh_ok(
+            0,
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null",
+        );
+        toolchain.install_into(&bed.root(0).join("usr/local"));
+        import_stand_in(
+            &bed,
+            bases[0],
+            &key,
+            "",
+            "--change 'ENV CARGO_HOME=/usr/local/cargo' \
+             --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'",
+        );
+    }
+
+    let revision = crate::support::git(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["rev-parse", "HEAD"],
+    );
+    write_context(&bed.root(0).join("root/ctx"));
+    // The builder stage is tagged too: its layers (the dependencies') are
+    // then no dangling image that the prune below would take, and the next
+    // run builds on them.
+    let built = bed.ssh(
+        0,
+        &format!(
+            "cd /root/ctx && docker build --build-arg TIDEKEEPER_REVISION={revision} --target build -t tidekeeper:build . 2>&1 \
+             && docker build --build-arg TIDEKEEPER_REVISION={revision} -t tidekeeper:test . 2>&1"
+        ),
+    );
+    let log = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "docker build:\n{}",
+        log.lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "docker build: {} steps from the layer cache",
+        log.matches("Using cache").count()
+    );
+    assert!(
+        log.contains("Finished `release` profile"),
+        "the builder stage compiled tidekeeper:\n{log}"
+    );
+    run_the_image(&bed, &revision);
+    // What no later run builds on; the stand-ins and the dependency layer stay.
+    bed.ssh_ok(
+        0,
+        "docker rm -f tk >/dev/null; docker image prune -f >/dev/null",
+    );
+}
+
+/// The image, started as a daemon on a config repo, turns healthy by its
+/// own health check, runs as its user, writes back, and reports the
+/// revision it was built from.
+fn run_the_image(bed: &crate::support::testbed::Testbed, revision: &str) {
+    let root = bed.root(0);
     let fleet = root.join("srv/fleet");
     std::fs::create_dir_all(&fleet).unwrap();
     std::fs::write(fleet.join("tidekeeper.yaml"), "fleet: boxed\n").unwrap();
@@ -227,45 +318,23 @@ fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
     crate::support::git(&fleet, &["add", "-A"]);
     crate::support::git(&fleet, &["commit", "-q", "-m", "a fleet"]);
     let head = crate::support::git(&fleet, &["rev-parse", "HEAD"]);
-
-    // The base: the host's root file system, imported (no registry pull).
-    bed.ssh_ok(
-        0,
-        "tar -C / -c --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./run --exclude=./tmp \
-         --exclude=./var/lib/docker --exclude=./root/ctx --exclude=./srv/fleet \
-         --exclude='./srv/tk-apt/*.deb' --exclude=./usr/share/doc --exclude=./usr/share/man \
-         --exclude=./usr/share/locale --exclude='./usr/bin/docker*' --exclude=./usr/sbin/dockerd \
-         --exclude='./usr/bin/containerd*' --exclude=./usr/sbin/runc --exclude=./usr/bin/runsc . \
-         | docker import - debian:bookworm-slim >/dev/null",
-    );
-    let built = bed.ssh(0, "cd /root/ctx && docker build -t tidekeeper:test . 2>&1");
-    assert!(
-        built.status.success(),
-        "docker build:\n{}",
-        String::from_utf8_lossy(&built.stdout)
-    );
     // The daemon's user owns the repo it reads (libgit2 refuses others' repositories).
     bed.ssh_ok(0, "chown -R 10001:10001 /srv/fleet");
     bed.ssh_ok(
         0,
-        "docker run -d --name tk --network host -v /srv/fleet:/fleet -e TIDEKEEPER_REPO=/fleet \
-         --health-interval 1s --health-start-period 0s tidekeeper:test >/dev/null",
+        "docker rm -f tk >/dev/null 2>&1; docker run -d --name tk --network host -v /srv/fleet:/fleet \
+         -e TIDEKEEPER_REPO=/fleet --health-interval 1s --health-start-period 0s tidekeeper:test >/dev/null",
     );
-    // The image's own health check (its curl, its URL) turns it healthy.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let health = bed.ssh_ok(0, "docker inspect --format '{{.State.Health.Status}}' tk");
-        if health.trim() == "healthy" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not healthy ({}): {}",
-            health.trim(),
-            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let logs = || bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20");
+    wait_for(
+        "healthy",
+        || {
+            bed.ssh_ok(0, "docker inspect --format '{{.State.Health.Status}}' tk")
+                .trim()
+                == "healthy"
+        },
+        &logs,
+    );
     assert_eq!(
         bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/healthz")
             .trim(),
@@ -278,40 +347,220 @@ fn the_runtime_image_builds_and_runs_as_non_root_and_answers_healthz() {
             .trim(),
         "10001:10001"
     );
+    // The build argument reached the binary.
+    let metrics = bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/metrics");
+    assert!(
+        metrics.contains(&format!("revision=\"{revision}\"")),
+        "build info names {revision}:\n{metrics}"
+    );
     // It read the repo, as the user it runs as: the head is on its status,
     // and the status branch it wrote back is in the repo.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !bed
-        .ssh_ok(0, "curl -fsS http://127.0.0.1:8420/status")
-        .contains(&format!("\"head_commit\":\"{head}\""))
-    {
+    wait_for(
+        "the head on /status",
+        || {
+            bed.ssh_ok(0, "curl -fsS http://127.0.0.1:8420/status")
+                .contains(&format!("\"head_commit\":\"{head}\""))
+        },
+        &logs,
+    );
+    wait_for(
+        "the status branch",
+        || {
+            Command::new("git")
+                .args(["-c", "safe.directory=*", "rev-parse", "--verify", "-q"])
+                .arg("refs/heads/tidekeeper/status")
+                .current_dir(&fleet)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        },
+        &logs,
+    );
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool, logs: &dyn Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{}",
-            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
+            "not {what} within 60 s:\n{}",
+            logs()
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let written = || {
-        Command::new("git")
-            .args(["-c", "safe.directory=*", "rev-parse", "--verify", "-q"])
-            .arg("refs/heads/tidekeeper/status")
-            .current_dir(&fleet)
+}
+
+/// This machine's Rust toolchain, standing in for the builder's base image.
+struct Toolchain {
+    sysroot: std::path::PathBuf,
+    version: String,
+}
+
+impl Toolchain {
+    /// The toolchain, if its version is the one `base` (`rust:X.Y-…`) names.
+    fn matching(base: &str) -> Toolchain {
+        let rustc = |arg: &str| {
+            let out = Command::new("rustc").arg(arg).output().unwrap();
+            assert!(out.status.success(), "rustc {arg}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let version = rustc("-vV");
+        let wanted = base
+            .strip_prefix("rust:")
+            .and_then(|t| t.split('-').next())
+            .unwrap();
+        assert!(
+            version.starts_with(&format!("rustc {wanted}.")),
+            "the Dockerfile builds with Rust {wanted} ({base}); this machine's toolchain is \
+             {version:?}: install Rust {wanted} (rustup toolchain install {wanted}) or update the Dockerfile"
+        );
+        Toolchain {
+            sysroot: rustc("--print=sysroot").into(),
+            version,
+        }
+    }
+
+    /// rustc, cargo and the standard library for this machine's target
+    /// under `local` (rustc finds its sysroot beside its binary), and the
+    /// vendored crates with cargo's source replacement in `local/cargo`.
+    fn install_into(&self, local: &std::path::Path) {
+        let target = self
+            .version
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .unwrap();
+        let rustlib = format!("lib/rustlib/{target}");
+        std::fs::create_dir_all(local.join("lib/rustlib")).unwrap();
+        std::fs::create_dir_all(local.join("bin")).unwrap();
+        let mut parts = vec!["bin/rustc".to_string(), "bin/cargo".to_string(), rustlib];
+        for entry in std::fs::read_dir(self.sysroot.join("lib")).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".so") || name.contains(".so.") {
+                parts.push(format!("lib/{name}"));
+            }
+        }
+        for part in parts {
+            let to = local.join(&part);
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(self.sysroot.join(&part))
+                .arg(to.parent().unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cp {part}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cargo = local.join("cargo");
+        let out = Command::new("cargo")
+            .args(["vendor", "--locked", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .arg(cargo.join("vendor"))
+            .env("CARGO_NET_OFFLINE", "true")
             .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    while !written() {
+            .unwrap();
         assert!(
-            std::time::Instant::now() < deadline,
-            "no status branch: {}",
-            bed.ssh_ok(0, "docker logs tk 2>&1 | tail -20")
+            out.status.success(),
+            "cargo vendor: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::write(
+            cargo.join("config.toml"),
+            "[source.crates-io]\nreplace-with = \"vendored\"\n\n\
+             [source.vendored]\ndirectory = \"/usr/local/cargo/vendor\"\n",
+        )
+        .unwrap();
     }
-    bed.ssh_ok(0, "docker rm -f tk >/dev/null");
+}
+
+/// Whether image `tag` in the host's Docker is the stand-in made for `key`.
+fn stand_in_is(bed: &crate::support::testbed::Testbed, tag: &str, key: &str) -> bool {
+    let out = bed.ssh(
+        0,
+        &format!(
+            "docker image inspect -f '{{{{index .Config.Labels \"tidekeeper.stand-in\"}}}}' {tag}"
+        ),
+    );
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == key
+}
+
+/// The host's root file system imported as image `tag` (labelled with
+/// `key`, and imported only if the kept one has another), without what
+/// only the host needs.
+fn import_stand_in(
+    bed: &crate::support::testbed::Testbed,
+    tag: &str,
+    key: &str,
+    excluded: &str,
+    changes: &str,
+) {
+    if stand_in_is(bed, tag, key) {
+        eprintln!("{tag}: the kept stand-in {key}");
+        return;
+    }
+    eprintln!("{tag}: importing stand-in {key}");
+    bed.ssh_ok(
+        0,
+        &format!(
+            "tar -C / -c --exclude=./proc --exclude=./sys --exclude=./dev --exclude=./run --exclude=./tmp \
+             --exclude=./var/lib/docker --exclude=./root/ctx --exclude=./srv/fleet \
+             --exclude=./usr/share/doc --exclude=./usr/share/man \
+             --exclude=./usr/share/locale --exclude='./usr/bin/docker*' --exclude=./usr/sbin/dockerd \
+             --exclude='./usr/bin/containerd*' --exclude=./usr/sbin/runc --exclude=./usr/bin/runsc {excluded} . \
+             | docker import --change 'LABEL tidekeeper.stand-in={key}' {changes} - {tag} >/dev/null"
+        ),
+    );
+}
+
+/// The build context: the repository's files as checked out (what
+/// .dockerignore leaves out is not copied at all).
+fn write_context(ctx: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignored
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let _ = std::fs::remove_dir_all(ctx);
+    for file in crate::support::git(root, &["ls-files"]).lines() {
+        let top = file.split('/').next().unwrap();
+        if ignored.contains(&top) || !root.join(file).exists() {
+            continue;
+        }
+        let to = ctx.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(file), &to).unwrap();
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..16].to_string()
+}
+
+/// An exclusive lock on a file, held until dropped.
+struct Lock {
+    _held: std::fs::File,
+}
+
+impl Lock {
+    fn take(path: &std::path::Path) -> Lock {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::create(path).unwrap();
+        // SAFETY: flock on a descriptor this struct owns.
+        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+        Lock { _held: file }
+    }
 }
 
 /// Every dependency's license is a permissive one, no version is a

@@ -218,7 +218,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn image(self) -> PathBuf {
+    pub fn image(self) -> PathBuf {
         match self {
             Kind::Trixie | Kind::TrixieDocker => image_of("trixie"),
             Kind::Arm64 => image_for("bookworm", Some("arm64")),
@@ -275,6 +275,8 @@ struct Launch {
     netns: String,
     dir: PathBuf,
     image: PathBuf,
+    /// Machine directories bound into the host: (source, path inside).
+    binds: Vec<(PathBuf, String)>,
 }
 
 impl Launch {
@@ -320,6 +322,9 @@ impl Launch {
                     .args(["/bin/sh", "-c"])
                     .arg("mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -o StrictModes=no -o AuthorizedKeysFile=/etc/tk/authorized_keys -h /etc/tk/ssh_host_ed25519_key");
             }
+        }
+        for (from, to) in &self.binds {
+            cmd.arg(format!("--bind={}:{to}", from.display()));
         }
         let log = File::options()
             .create(true)
@@ -391,6 +396,17 @@ impl Testbed {
     }
 
     pub fn start_kind(n: usize, kind: Kind) -> Testbed {
+        Self::start_binding(n, kind, &[])
+    }
+
+    /// Like [`Testbed::start_kind`], with machine directories bound into
+    /// every host: (source, path inside); what the hosts write there outlives
+    /// them (a cache kept between runs).
+    pub fn start_binding(n: usize, kind: Kind, binds: &[(PathBuf, &str)]) -> Testbed {
+        let binds: Vec<(PathBuf, String)> = binds
+            .iter()
+            .map(|(from, to)| (from.clone(), to.to_string()))
+            .collect();
         room_for_neighbours(n);
         let image = kind.image();
         let dir = cache_dir().join(format!("run-{}-{}", std::process::id(), unique()));
@@ -430,7 +446,7 @@ impl Testbed {
         // part-way still tears all of them down (through Drop).
         let prepared: Vec<std::thread::Result<TestHost>> = parallel(n, |i| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                bed.prepare(&image, i, kind, None)
+                bed.prepare(&image, i, kind, None, &binds)
             }))
         });
         let mut failure = None;
@@ -457,7 +473,14 @@ impl Testbed {
     /// Set up slot, network, file system and keys of host `i`; not started yet.
     /// A host for a cloud server takes its host key and login keys from
     /// `cloud` (its cloud-init), as a real server's cloud-init would.
-    fn prepare(&self, image: &Path, i: usize, kind: Kind, cloud: Option<&CloudInit>) -> TestHost {
+    fn prepare(
+        &self,
+        image: &Path,
+        i: usize,
+        kind: Kind,
+        cloud: Option<&CloudInit>,
+        binds: &[(PathBuf, String)],
+    ) -> TestHost {
         let slot = Slot::claim();
         let name = format!("host{i}-{}", slot.n);
         let sdir = slot.dir();
@@ -631,6 +654,7 @@ impl Testbed {
             netns: slot.netns(),
             dir: sdir,
             image: image.to_path_buf(),
+            binds: binds.to_vec(),
         };
         TestHost {
             name,
@@ -895,7 +919,7 @@ impl Testbed {
     pub fn add_cloud_host(&mut self, kind: Kind, cloud: &CloudInit) -> usize {
         assert!(!self.closed, "the test fleet is shut down");
         let i = self.hosts.len();
-        let host = self.prepare(&kind.image(), i, kind, Some(cloud));
+        let host = self.prepare(&kind.image(), i, kind, Some(cloud), &[]);
         let line = host.known_hosts_line();
         self.hosts.push(host);
         let mut known = fs::read_to_string(&self.known_hosts).unwrap_or_default();
