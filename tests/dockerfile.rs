@@ -262,10 +262,9 @@ fn the_dockerfile_builds_from_source_and_its_image_runs_as_non_root_and_answers_
         );
     }
 
-    let revision = crate::support::git(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
-        &["rev-parse", "HEAD"],
-    );
+    // A checkout without .git builds as "unknown", as build.rs says.
+    let revision = git_out(&["rev-parse", "HEAD"])
+        .map_or_else(|| "unknown".to_string(), |r| r.trim().to_string());
     write_context(&bed.root(0).join("root/ctx"));
     // The builder stage is tagged too: its layers (the dependencies') are
     // then no dangling image that the prune below would take, and the next
@@ -531,15 +530,54 @@ fn write_context(ctx: &std::path::Path) {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
     let _ = std::fs::remove_dir_all(ctx);
-    for file in crate::support::git(root, &["ls-files"]).lines() {
+    // The checked-out files git knows, or without .git every file.
+    let files: Vec<String> = match git_out(&["ls-files"]) {
+        Some(list) => list.lines().map(str::to_string).collect(),
+        None => every_file(root, root),
+    };
+    for file in files {
         let top = file.split('/').next().unwrap();
-        if ignored.contains(&top) || !root.join(file).exists() {
+        if ignored.contains(&top) || top == "target" || !root.join(&file).is_file() {
             continue;
         }
-        let to = ctx.join(file);
+        let to = ctx.join(&file);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(root.join(file), &to).unwrap();
+        std::fs::copy(root.join(&file), &to).unwrap();
     }
+}
+
+/// The files under `dir`, relative to `root`, but the build output and .git.
+fn every_file(root: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        if path.is_dir() {
+            out.extend(every_file(root, &path));
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// What git prints for `args` in the checkout; None where it has no .git.
+fn git_out(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn sha256(bytes: &[u8]) -> String {
