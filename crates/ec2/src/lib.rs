@@ -6,105 +6,10 @@
 //! environment, or the SDK's default chain, as for Lightsail; they are
 //! never logged.
 
-use std::time::Duration;
-
-use aws_sdk_ec2::config::retry::RetryConfig;
-use aws_sdk_ec2::config::timeout::TimeoutConfig;
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types;
 
-/// Where the credentials come from.
-pub enum Auth {
-    /// A key pair (and a session token, for temporary credentials).
-    Keys {
-        access_key: String,
-        secret_key: String,
-        session_token: Option<String>,
-    },
-    /// The SDK's default chain, as the AWS CLI does (environment, profile
-    /// with SSO and `credential_process`, web identity, container and
-    /// instance roles).
-    Chain { profile: Option<String> },
-}
-
-pub struct Settings {
-    /// None: `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's, the instance's.
-    pub region: Option<String>,
-    pub auth: Auth,
-    /// Another endpoint than AWS's (a proxy, or a local emulator in tests).
-    pub endpoint: Option<String>,
-    /// Limit for one HTTP attempt.
-    pub timeout: Duration,
-    /// Attempts per call, retries included.
-    pub max_attempts: u32,
-}
-
-/// An error from EC2 (or from reaching it), after the retries.
-#[derive(Debug, Clone)]
-pub struct Error {
-    /// EC2's error code (`IncorrectInstanceState`, `OperationNotPermitted`,
-    /// …), or `""` when none came back.
-    pub code: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.code.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.code, self.message)
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl Error {
-    pub fn not_found(&self) -> bool {
-        self.code.ends_with(".NotFound")
-    }
-}
-
-fn no_region() -> Error {
-    Error {
-        code: "NoRegion".into(),
-        message: "no AWS region: set providers.ec2.region in tidekeeper.yaml, \
-                  or AWS_REGION, or a region in the AWS profile"
-            .into(),
-    }
-}
-
-fn err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    e: SdkError<E, R>,
-) -> Error {
-    let code = e.code().unwrap_or_default().to_string();
-    if code.is_empty()
-        && matches!(
-            e,
-            SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_)
-        )
-    {
-        let context = DisplayErrorContext(&e).to_string();
-        if context.contains("credentials") {
-            return Error {
-                code: "NoCredentials".into(),
-                message: format!(
-                    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                     (with AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE \
-                     (aws configure, aws sso login), or run where a container or \
-                     instance role applies ({context})"
-                ),
-            };
-        }
-    }
-    let message = match e.message() {
-        Some(m) => m.to_string(),
-        None => DisplayErrorContext(&e).to_string(),
-    };
-    Error { code, message }
-}
+use tidekeeper_aws::error as err;
+pub use tidekeeper_aws::{Auth, Error, Settings};
 
 /// One ingress rule of a security group.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -341,71 +246,9 @@ impl Client {
     /// A client; with [`Auth::Chain`] the profile files are read now and
     /// the credentials fetched on the first call.
     pub async fn new(s: Settings) -> Result<Client, Error> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut config = match s.auth {
-            Auth::Keys {
-                access_key,
-                secret_key,
-                session_token,
-            } => {
-                let region = match s.region {
-                    Some(r) => Region::new(r),
-                    None => aws_config::meta::region::ProvideRegion::region(
-                        &aws_config::default_provider::region::default_provider(),
-                    )
-                    .await
-                    .ok_or_else(no_region)?,
-                };
-                aws_sdk_ec2::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(region)
-                    .credentials_provider(Credentials::new(
-                        access_key,
-                        secret_key,
-                        session_token,
-                        None,
-                        "tidekeeper",
-                    ))
-            }
-            Auth::Chain { profile } => {
-                let mut loader =
-                    aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
-                if let Some(p) = profile {
-                    loader = loader.profile_name(p);
-                }
-                if let Some(r) = s.region {
-                    loader = loader.region(Region::new(r));
-                }
-                let shared = loader.load().await;
-                if shared.region().is_none() {
-                    return Err(no_region());
-                }
-                aws_sdk_ec2::config::Builder::from(&shared)
-            }
-        };
-        config = config
-            .http_client(http)
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(s.max_attempts.max(1))
-                    .with_initial_backoff(Duration::from_millis(500))
-                    .with_max_backoff(Duration::from_secs(20)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10).min(s.timeout))
-                    .operation_attempt_timeout(s.timeout)
-                    .build(),
-            );
-        if let Some(url) = s.endpoint {
-            config = config.endpoint_url(url);
-        }
+        let shared = tidekeeper_aws::config(s, "ec2").await?;
         Ok(Client {
-            inner: aws_sdk_ec2::Client::from_conf(config.build()),
+            inner: aws_sdk_ec2::Client::new(&shared),
         })
     }
 
