@@ -18,31 +18,15 @@ use super::{
     ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_NAME, ObservedServer, PowerState, PriceList,
     Provider, Snapshot,
 };
-use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
+use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
 
 const NAME: &str = "ec2";
 const POLL: Duration = Duration::from_millis(500);
 /// The console's name for an instance.
 const NAME_TAG: &str = "Name";
 
-fn env_var(name: &str) -> Result<String, CloudError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| CloudError::Credentials {
-            provider: NAME,
-            var: name.to_string(),
-        })
-}
-
 fn api(what: &str, e: ec2::Error) -> CloudError {
-    if e.code == "NoCredentials" {
-        return CloudError::NoCredentials {
-            provider: NAME,
-            message: e.message,
-        };
-    }
-    CloudError::api(NAME, what, e)
+    super::aws::error(NAME, what, e)
 }
 
 fn state(s: &str) -> PowerState {
@@ -135,16 +119,7 @@ impl Ec2 {
     /// A client for `s`. Credentials named in tidekeeper.yaml must be set
     /// now; the SDK's chain is asked on the first call.
     pub(crate) fn from_env(s: &Settings) -> Result<Ec2, CloudError> {
-        if let AwsCredentials::Env {
-            access_key_env,
-            secret_key_env,
-            ..
-        } = &s.credentials
-        {
-            for name in [access_key_env, secret_key_env] {
-                env_var(name)?;
-            }
-        }
+        super::aws::check_env(NAME, s)?;
         Ok(Ec2 {
             settings: s.clone(),
             client: tokio::sync::OnceCell::new(),
@@ -154,30 +129,9 @@ impl Ec2 {
     async fn client(&self) -> Result<&ec2::Client, CloudError> {
         self.client
             .get_or_try_init(|| async {
-                let s = &self.settings;
-                let auth = match &s.credentials {
-                    AwsCredentials::Env {
-                        access_key_env,
-                        secret_key_env,
-                        session_token_env,
-                    } => ec2::Auth::Keys {
-                        access_key: env_var(access_key_env)?,
-                        secret_key: env_var(secret_key_env)?,
-                        session_token: session_token_env.as_deref().map(env_var).transpose()?,
-                    },
-                    AwsCredentials::Chain { profile } => ec2::Auth::Chain {
-                        profile: profile.clone(),
-                    },
-                };
-                ec2::Client::new(ec2::Settings {
-                    region: s.region.clone(),
-                    auth,
-                    endpoint: s.endpoint.clone(),
-                    timeout: Duration::from_secs(s.timeout_secs.max(1)),
-                    max_attempts: 8,
-                })
-                .await
-                .map_err(|e| api("setting up the client", e))
+                ec2::Client::new(super::aws::settings(NAME, &self.settings)?)
+                    .await
+                    .map_err(|e| api("setting up the client", e))
             })
             .await
     }
@@ -820,7 +774,7 @@ mod tests {
     fn observed(servers: Vec<ObservedServer>) -> Observed {
         let p = Ec2::from_env(&Settings {
             region: Some("eu-central-1".into()),
-            credentials: AwsCredentials::Chain { profile: None },
+            credentials: crate::model::desired::AwsCredentials::Chain { profile: None },
             endpoint: None,
             timeout_secs: 1,
         })

@@ -18,17 +18,7 @@ use super::{
     ACTION_TIMEOUT, CloudError, FLEET, Fut, HOST_NAME, ObservedServer, PowerState, PriceList,
     Provider, Snapshot,
 };
-use crate::model::desired::{AwsCredentials, CloudPort, Lightsail as Settings, ProviderKind};
-
-fn env_var(name: &str) -> Result<String, CloudError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| CloudError::Credentials {
-            provider: NAME,
-            var: name.to_string(),
-        })
-}
+use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
 
 const NAME: &str = "lightsail";
 const POLL: Duration = Duration::from_millis(500);
@@ -40,13 +30,7 @@ pub(crate) struct Lightsail {
 }
 
 fn api(what: &str, e: ls::Error) -> CloudError {
-    if e.code == "NoCredentials" {
-        return CloudError::NoCredentials {
-            provider: NAME,
-            message: e.message,
-        };
-    }
-    CloudError::api(NAME, what, e)
+    super::aws::error(NAME, what, e)
 }
 
 fn state(s: &str) -> PowerState {
@@ -126,16 +110,7 @@ impl Lightsail {
     /// A client for `s`. Credentials named in tidekeeper.yaml must be set
     /// now; the SDK's chain is asked on the first call.
     pub(crate) fn from_env(s: &Settings) -> Result<Lightsail, CloudError> {
-        if let AwsCredentials::Env {
-            access_key_env,
-            secret_key_env,
-            ..
-        } = &s.credentials
-        {
-            for name in [access_key_env, secret_key_env] {
-                env_var(name)?;
-            }
-        }
+        super::aws::check_env(NAME, s)?;
         Ok(Lightsail {
             settings: s.clone(),
             client: tokio::sync::OnceCell::new(),
@@ -145,30 +120,9 @@ impl Lightsail {
     async fn client(&self) -> Result<&ls::Client, CloudError> {
         self.client
             .get_or_try_init(|| async {
-                let s = &self.settings;
-                let auth = match &s.credentials {
-                    AwsCredentials::Env {
-                        access_key_env,
-                        secret_key_env,
-                        session_token_env,
-                    } => ls::Auth::Keys {
-                        access_key: env_var(access_key_env)?,
-                        secret_key: env_var(secret_key_env)?,
-                        session_token: session_token_env.as_deref().map(env_var).transpose()?,
-                    },
-                    AwsCredentials::Chain { profile } => ls::Auth::Chain {
-                        profile: profile.clone(),
-                    },
-                };
-                ls::Client::new(ls::Settings {
-                    region: s.region.clone(),
-                    auth,
-                    endpoint: s.endpoint.clone(),
-                    timeout: Duration::from_secs(s.timeout_secs.max(1)),
-                    max_attempts: 8,
-                })
-                .await
-                .map_err(|e| api("setting up the client", e))
+                ls::Client::new(super::aws::settings(NAME, &self.settings)?)
+                    .await
+                    .map_err(|e| api("setting up the client", e))
             })
             .await
     }

@@ -15,6 +15,7 @@
 //! them are never changed or deleted.
 
 pub(crate) mod apply;
+mod aws;
 pub mod desired;
 pub(crate) mod ec2;
 pub(crate) mod ec2_prices;
