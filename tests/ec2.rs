@@ -672,3 +672,51 @@ fn a_firewall_change_on_an_adopted_instance_attaches_the_hosts_group() {
     let out = f.tk(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
 }
+
+/// The daemon runs the EC2 provider as `apply` does: a commit creates the
+/// instance and configures it, the status carries its monthly cost, and a
+/// later commit's new type is a stop, modify, start with the data kept.
+#[test]
+fn the_daemon_creates_an_ec2_server_from_a_commit_and_resizes_it_keeping_its_data() {
+    use crate::support::daemon::Daemon;
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", BASTION),
+    ]);
+    let d = Daemon::start_env(
+        &f.repo.path,
+        &f.repo.key,
+        &["--poll", "1s", "--drift", "600s"],
+        &crate::support::cloud::CREDENTIALS,
+    );
+    let head = crate::support::git(&f.repo.path, &["rev-parse", "HEAD"]);
+    d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
+    let st = d.status();
+    assert_eq!(st["hosts"]["bastion"]["state"], "synced", "{st}");
+    assert_eq!(st["monthly_cost"]["USD"], 17.52, "{st}");
+    assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
+    let inst = f.ec2.instance_for("bastion").expect("created");
+    assert_eq!(inst.private_ip, "10.20.13.140");
+    assert!(inst.protected, "termination protection on");
+    let host = f.host_of("bastion");
+    f.ssh("bastion", "echo kept > /root/data");
+
+    f.repo.write(
+        "hosts/bastion.yaml",
+        &BASTION.replace("type: t3.small", "type: t3.medium"),
+    );
+    f.repo.commit("a bigger bastion");
+    let head = crate::support::git(&f.repo.path, &["rev-parse", "HEAD"]);
+    d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
+    let st = d.status();
+    assert_eq!(st["hosts"]["bastion"]["state"], "synced", "{st}");
+    assert_eq!(st["monthly_cost"]["USD"], 35.04, "{st}");
+    let inst = f.ec2.instance_for("bastion").unwrap();
+    assert_eq!(
+        (inst.instance_type.as_str(), inst.state.as_str()),
+        ("t3.medium", "running")
+    );
+    assert_eq!(f.host_of("bastion"), host, "the same instance");
+    assert_eq!(f.ssh("bastion", "cat /root/data"), "kept\n");
+}
