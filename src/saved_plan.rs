@@ -430,6 +430,19 @@ fn cloud_differences(s: Option<&SavedCloud>, f: Option<&SavedCloud>) -> Vec<Stri
 mod tests {
     use super::*;
 
+    /// A cost summed from parts (EC2: compute, volume, address) reads back
+    /// as the same number: the digest is taken over what is read.
+    #[test]
+    fn every_float_reads_back_as_written_so_the_digest_holds() {
+        let sums = [17.52 + 1.904 + 3.65, 0.1 + 0.2, 35.04 + 1.904 + 3.65];
+        for x in sums {
+            let text = serde_json::json!({ "cost": x }).to_string();
+            let back: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back["cost"].as_f64(), Some(x), "{text}");
+            assert_eq!(back.to_string(), text);
+        }
+    }
+
     fn change(id: &str, content: &str) -> SavedChange {
         SavedChange {
             kind: "file".into(),

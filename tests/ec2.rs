@@ -242,7 +242,7 @@ fn a_plan_prices_a_new_instance_from_the_dated_table_through_the_sdk() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
-        all.contains("bastion server (EC2, create)  +17.52 USD/month"),
+        all.contains("bastion server (EC2, create)  +23.07 USD/month"),
         "{all}"
     );
     assert!(
@@ -251,7 +251,7 @@ fn a_plan_prices_a_new_instance_from_the_dated_table_through_the_sdk() {
     );
     assert!(all.contains("private ip: 10.20.13.140"), "{all}");
     assert!(
-        all.contains("Monthly cost: 0.00 → 17.52 USD (+17.52)"),
+        all.contains("Monthly cost: 0.00 → 23.07 USD (+23.07)"),
         "{all}"
     );
     assert!(f.ec2.instances().is_empty(), "plan is read-only");
@@ -348,7 +348,7 @@ fn an_empty_account_gets_its_ec2_server_created_configured_and_resized_with_its_
     let out = f.tk(&["plan"]);
     let plan = stdout(&out);
     assert!(
-        plan.contains("~ bastion server (EC2, resize)  17.52 → 35.04 USD/month (+17.52)"),
+        plan.contains("~ bastion server (EC2, resize)  23.07 → 40.59 USD/month (+17.52)"),
         "{plan}"
     );
     assert!(
@@ -509,7 +509,9 @@ fn ebs_snapshots_keep_the_newest_and_a_power_schedule_stops_and_starts_the_insta
         .unwrap();
     let list = text(&out);
     assert!(
-        list.contains("saving: 17.52 USD/month of 17.52 USD/month"),
+        list.contains(
+            "saving: 21.17 USD/month of 23.07 USD/month (storage is billed while stopped)"
+        ),
         "{list}"
     );
     let host = f.host_of("bastion");
@@ -694,7 +696,7 @@ fn the_daemon_creates_an_ec2_server_from_a_commit_and_resizes_it_keeping_its_dat
     d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
     let st = d.status();
     assert_eq!(st["hosts"]["bastion"]["state"], "synced", "{st}");
-    assert_eq!(st["monthly_cost"]["USD"], 17.52, "{st}");
+    assert_eq!(st["monthly_cost"]["USD"], 23.07, "{st}");
     assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
     let inst = f.ec2.instance_for("bastion").expect("created");
     assert_eq!(inst.private_ip, "10.20.13.140");
@@ -711,7 +713,7 @@ fn the_daemon_creates_an_ec2_server_from_a_commit_and_resizes_it_keeping_its_dat
     d.wait_applied(&head, crate::support::cloud::SERVER_CREATE);
     let st = d.status();
     assert_eq!(st["hosts"]["bastion"]["state"], "synced", "{st}");
-    assert_eq!(st["monthly_cost"]["USD"], 35.04, "{st}");
+    assert_eq!(st["monthly_cost"]["USD"], 40.59, "{st}");
     let inst = f.ec2.instance_for("bastion").unwrap();
     assert_eq!(
         (inst.instance_type.as_str(), inst.state.as_str()),

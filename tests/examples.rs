@@ -263,9 +263,9 @@ fn agent_server_three_candidates_priced_configured_and_upsized_by_pr() {
         &[
             "+ outpost-hz server (Hetzner, create)  +13.60 EUR/month",
             "+ outpost server (Lightsail, create)  +24.00 USD/month",
-            "+ outpost-ec2 server (EC2, create)  +70.08 USD/month",
+            "+ outpost-ec2 server (EC2, create)  +83.25 USD/month",
             "image: debian-12-amd64-20261201-1 (ami-0abcdef1234567890, 136693071363/debian-12-amd64-*)",
-            "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 94.08 USD (+94.08)",
+            "Monthly cost: 0.00 → 13.60 EUR (+13.60); 0.00 → 107.25 USD (+107.25)",
             "+ outpost service outpost-dispatcher",
         ],
     );
@@ -331,7 +331,7 @@ fn agent_server_three_candidates_priced_configured_and_upsized_by_pr() {
         "planned against the instance it copies: {comment}"
     );
     for want in [
-        "Monthly cost: 13.60 → 13.60 EUR (+0.00); 94.08 → 114.08 USD (+20.00)",
+        "Monthly cost: 13.60 → 13.60 EUR (+0.00); 107.25 → 127.25 USD (+20.00)",
         "Policies: all passed.",
     ] {
         assert!(comment.contains(want), "missing {want:?}:\n{comment}");

@@ -169,6 +169,7 @@ impl Ec2 {
         i: &ec2::Instance,
         groups: &[ec2::SecurityGroup],
         protected: bool,
+        volume_gb: Option<u32>,
     ) -> ObservedServer {
         let mut labels: BTreeMap<String, String> = i.tags.iter().cloned().collect();
         labels.remove(HOST_NAME);
@@ -199,6 +200,8 @@ impl Ec2 {
             static_ip: false,
             delete_protection: protected,
             subnet: i.subnet.clone(),
+            volume_gb,
+            public_ipv4: i.public_ip.is_some(),
         }
     }
 
@@ -326,7 +329,7 @@ impl Ec2 {
                 .security_groups()
                 .await
                 .map_err(|e| api("listing security groups", e))?;
-            return Ok(self.observed(&i, &sgs, spec.termination_protection));
+            return Ok(self.observed(&i, &sgs, spec.termination_protection, spec.root_gb));
         }
         let root = client
             .image_root_device(&want.image)
@@ -355,7 +358,7 @@ impl Ec2 {
             .security_groups()
             .await
             .map_err(|e| api("listing security groups", e))?;
-        Ok(self.observed(&i, &sgs, spec.termination_protection))
+        Ok(self.observed(&i, &sgs, spec.termination_protection, spec.root_gb))
     }
 }
 
@@ -375,13 +378,27 @@ impl Provider for Ec2 {
                 .security_groups()
                 .await
                 .map_err(|e| api("listing security groups", e))?;
+            // Root volumes are billed by the GB: their sizes, in one call.
+            let roots: Vec<String> = list.iter().filter_map(|i| i.root_volume.clone()).collect();
+            let volumes = if roots.is_empty() {
+                Vec::new()
+            } else {
+                client
+                    .volumes(&roots)
+                    .await
+                    .map_err(|e| api("listing volumes", e))?
+            };
             let mut out = Vec::new();
             for i in &list {
                 let protected = client
                     .termination_protection(&i.id)
                     .await
                     .map_err(|e| api("reading termination protection", e))?;
-                out.push(self.observed(i, &groups, protected));
+                let gb = volumes
+                    .iter()
+                    .find(|v| i.root_volume.as_ref() == Some(&v.id))
+                    .and_then(|v| u32::try_from(v.size_gb).ok());
+                out.push(self.observed(i, &groups, protected, gb));
             }
             Ok(out)
         })
@@ -441,6 +458,16 @@ impl Provider for Ec2 {
                 // A stopped instance bills its EBS volumes only.
                 bills_stopped: false,
                 disk_gb: BTreeMap::new(),
+                attached: super::ec2_prices::REGIONS
+                    .iter()
+                    .map(|r| {
+                        let a = super::AttachedPrices {
+                            volume_gb: r.gp3_gb_month,
+                            ipv4: r.ipv4_hour * super::ec2_prices::HOURS_PER_MONTH,
+                        };
+                        (r.region.to_string(), a)
+                    })
+                    .collect(),
             })
         })
     }
@@ -816,6 +843,8 @@ mod tests {
             static_ip: false,
             delete_protection: protected,
             subnet: None,
+            volume_gb: Some(20),
+            public_ipv4: true,
         }
     }
 
@@ -832,16 +861,24 @@ mod tests {
         assert_eq!(p.changes.len(), 1);
         let c = &p.changes[0];
         assert_eq!(c.action, CloudAction::Create);
-        // 0.024 USD/h in eu-central-1 × 730 h.
+        // 0.024 USD/h in eu-central-1 × 730 h, 20 GB gp3 at 0.0952 USD,
+        // and a public IPv4 address at 0.005 USD/h × 730 h.
         assert!(
-            (c.cost_after.unwrap().amount - 17.52).abs() < 1e-9,
+            (c.cost_after.unwrap().amount - (17.52 + 1.904 + 3.65)).abs() < 1e-9,
             "{:?}",
             c.cost_after
         );
+        assert_eq!(p.cost["USD"].proposed, c.cost_after.unwrap().amount);
         let out = text(&p, false);
-        assert!(out.contains("EC2 on-demand, prices of 2026-12"), "{out}");
         assert!(
-            out.contains("spot 5.26–8.76 USD/month, a typical range, never promised"),
+            out.contains(
+                "EC2 on-demand, prices of 2026-12: 17.52 compute + 1.90 for 20 GB gp3 \
+                 + 3.65 public IPv4 = 23.07 USD/month"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("spot compute 5.26–8.76 USD/month, a typical range, never promised"),
             "{out}"
         );
         assert!(out.contains("private ip: 10.20.13.140"), "{out}");
@@ -875,8 +912,30 @@ mod tests {
             "a resize in place needs no destroy permission: {:?}",
             c.blocked
         );
-        assert!((c.cost_before.unwrap().amount - 17.52).abs() < 1e-9);
-        assert!((c.cost_after.unwrap().amount - 35.04).abs() < 1e-9);
+        // Its 20 GB volume and its public address, before and after.
+        let attached = 1.904 + 3.65;
+        assert!((c.cost_before.unwrap().amount - (17.52 + attached)).abs() < 1e-9);
+        assert!((c.cost_after.unwrap().amount - (35.04 + attached)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_instance_without_a_public_address_pays_for_its_volume_only_beside_compute() {
+        let f = fleet("t3.small");
+        let mut private = instance("t3.small", true);
+        private.public_ipv4 = false;
+        private.volume_gb = Some(50);
+        let obs = observed(vec![private.clone()]);
+        let now = obs.server_price(&private).unwrap();
+        assert!((now.monthly.amount - (17.52 + 50.0 * 0.0952)).abs() < 1e-9);
+        assert!(
+            (now.while_stopped - 50.0 * 0.0952).abs() < 1e-9,
+            "a stopped instance pays for its volume only"
+        );
+        // The config's 20 GB is what it is priced at once applied; still
+        // no public address, as it has none now.
+        let d = &crate::cloud::desired::servers(&f)[0];
+        let after = obs.desired_price(d).unwrap();
+        assert!((after.monthly.amount - (17.52 + 1.904)).abs() < 1e-9);
     }
 
     #[test]

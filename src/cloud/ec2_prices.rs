@@ -5,6 +5,10 @@
 /// The month the table is of; plans say "prices of" it.
 pub(crate) const PRICES_OF: &str = "2026-12";
 
+/// The root volume of an AMI made from a Debian or Amazon Linux image, in
+/// GB, where the config does not say.
+pub(crate) const AMI_ROOT_GB: u32 = 8;
+
 /// Hours in a billing month, as AWS's own calculator counts.
 pub(crate) const HOURS_PER_MONTH: f64 = 730.0;
 
@@ -155,24 +159,38 @@ pub(crate) fn spot_monthly(instance_type: &str, region: &str) -> Option<(f64, f6
 }
 
 /// The line a plan shows under an EC2 change with a price: where the price
-/// comes from, and the spot range beside it.
+/// comes from, what it is made of, and the spot range beside it.
 pub(crate) fn plan_note(c: &super::plan::CloudChange) -> Option<String> {
     if c.provider != crate::model::desired::ProviderKind::Ec2 {
         return None;
     }
-    c.cost_after?;
+    let total = c.cost_after?.amount;
     let d = c.desired.as_ref()?;
-    let mut note = format!("EC2 on-demand, prices of {PRICES_OF}, compute only");
-    if let Some(r) = region(&d.location) {
-        let gb = d.ec2.as_ref().and_then(|e| e.root_gb).unwrap_or(8);
+    let mut note = format!("EC2 on-demand, prices of {PRICES_OF}");
+    if let (Some(r), Some(compute)) = (region(&d.location), monthly(&d.size, &d.location)) {
+        let now = c.observed.as_ref();
+        let gb = d
+            .ec2
+            .as_ref()
+            .and_then(|e| e.root_gb)
+            .or(now.and_then(|o| o.volume_gb))
+            .unwrap_or(AMI_ROOT_GB);
         note.push_str(&format!(
-            " (+{:.2} USD/month for {gb} GB gp3; +{:.2} USD/month per public IPv4 address)",
-            r.gp3_gb_month * f64::from(gb),
-            r.ipv4_hour * HOURS_PER_MONTH
+            ": {compute:.2} compute + {:.2} for {gb} GB gp3",
+            r.gp3_gb_month * f64::from(gb)
         ));
+        if now.is_none_or(|o| o.public_ipv4) {
+            note.push_str(&format!(
+                " + {:.2} public IPv4",
+                r.ipv4_hour * HOURS_PER_MONTH
+            ));
+        }
+        note.push_str(&format!(" = {total:.2} USD/month"));
     }
     if let Some((lo, hi)) = spot_monthly(&d.size, &d.location) {
-        note.push_str(&format!("; spot {lo:.2}–{hi:.2} USD/month, {SPOT_NOTE}"));
+        note.push_str(&format!(
+            "; spot compute {lo:.2}–{hi:.2} USD/month, {SPOT_NOTE}"
+        ));
     }
     Some(note)
 }

@@ -622,6 +622,8 @@ impl Hetzner {
             delete_protection: s.protection.delete,
             networks: Vec::new(),
             subnet: None,
+            volume_gb: None,
+            public_ipv4: false,
         }
     }
 
@@ -1192,6 +1194,8 @@ impl Provider for Hetzner {
                 monthly: BTreeMap::new(),
                 bills_stopped: true,
                 disk_gb: BTreeMap::new(),
+                // Only the server type's price is counted.
+                attached: BTreeMap::new(),
             };
             for t in &r.pricing.server_types {
                 for p in &t.prices {

@@ -202,6 +202,8 @@ impl Lightsail {
             static_ip: i.is_static_ip,
             delete_protection: false,
             subnet: None,
+            volume_gb: None,
+            public_ipv4: false,
         }
     }
 
@@ -453,6 +455,8 @@ impl Provider for Lightsail {
                 .map_err(|e| api("reading bundle prices", e))?;
             Ok(PriceList {
                 currency: "USD",
+                // A bundle's price includes its disk and its public address.
+                attached: BTreeMap::new(),
                 disk_gb: bundles
                     .iter()
                     .map(|b| (b.id.clone(), b.disk_gb.max(0) as u32))

@@ -143,6 +143,12 @@ pub struct ObservedServer {
     /// EC2: the instance's subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// EC2: the size of its EBS volumes, billed by the GB-month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_gb: Option<u32>,
+    /// EC2: it has a public IPv4 address, billed by the hour.
+    #[serde(default)]
+    pub public_ipv4: bool,
 }
 
 /// A private network as the provider lists it.
@@ -197,6 +203,28 @@ pub struct PriceList {
     pub bills_stopped: bool,
     /// Size → its disk in GB, where the provider says.
     pub disk_gb: BTreeMap<String, u32>,
+    /// Location → what a server pays beside its size's price, where that is
+    /// billed apart (EC2: its EBS volumes and its public IPv4 address).
+    pub attached: BTreeMap<String, AttachedPrices>,
+}
+
+/// Prices billed apart from a server's size (EC2's), a month.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct AttachedPrices {
+    /// Block storage (EC2: EBS gp3), per GB.
+    pub volume_gb: f64,
+    /// A public IPv4 address.
+    pub ipv4: f64,
+}
+
+/// What one server costs a month, and the part it pays while stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerPrice {
+    pub monthly: Monthly,
+    /// Billed whether it runs or not: all of it where the provider bills a
+    /// stopped server (Hetzner, Lightsail); its volumes on EC2 (a stopped
+    /// instance gives its public IPv4 address back).
+    pub while_stopped: f64,
 }
 
 impl PriceList {
@@ -208,6 +236,40 @@ impl PriceList {
                 amount: *a,
                 currency: self.currency,
             })
+    }
+    /// What a server of `size` in `location` costs with `volume_gb` of
+    /// storage and, if `public_ipv4`, a public address: the size's price
+    /// plus what this provider bills apart.
+    pub fn server_price(
+        &self,
+        size: &str,
+        location: &str,
+        volume_gb: u32,
+        public_ipv4: bool,
+    ) -> Option<ServerPrice> {
+        let mut monthly = self.price(size, location)?;
+        let Some(a) = self.attached.get(location) else {
+            let while_stopped = if self.bills_stopped {
+                monthly.amount
+            } else {
+                0.0
+            };
+            return Some(ServerPrice {
+                monthly,
+                while_stopped,
+            });
+        };
+        let volumes = a.volume_gb * f64::from(volume_gb);
+        monthly.amount += volumes + if public_ipv4 { a.ipv4 } else { 0.0 };
+        let while_stopped = if self.bills_stopped {
+            monthly.amount
+        } else {
+            volumes
+        };
+        Some(ServerPrice {
+            monthly,
+            while_stopped,
+        })
     }
     pub fn sizes(&self) -> Vec<&str> {
         let mut s: Vec<&str> = self.monthly.keys().map(|k| k.0.as_str()).collect();
@@ -492,6 +554,8 @@ pub struct SnapshotPrices {
     pub monthly: Vec<(String, String, f64)>,
     pub bills_stopped: bool,
     pub disk_gb: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub attached: BTreeMap<String, AttachedPrices>,
 }
 
 impl From<&Observed> for CloudSnapshot {
@@ -513,6 +577,7 @@ impl From<&Observed> for CloudSnapshot {
                         .collect(),
                     bills_stopped: p.bills_stopped,
                     disk_gb: p.disk_gb.clone(),
+                    attached: p.attached.clone(),
                 })
                 .collect(),
         }
@@ -542,6 +607,7 @@ impl From<CloudSnapshot> for Observed {
                             monthly: p.monthly.into_iter().map(|(s, l, v)| ((s, l), v)).collect(),
                             bills_stopped: p.bills_stopped,
                             disk_gb: p.disk_gb,
+                            attached: p.attached,
                         },
                     )
                 })
@@ -557,6 +623,34 @@ impl Observed {
         self.prices
             .get(&provider)
             .and_then(|l| l.price(size, location))
+    }
+
+    /// What an observed server costs a month, its volumes and address
+    /// included where they are billed apart.
+    pub fn server_price(&self, o: &ObservedServer) -> Option<ServerPrice> {
+        self.prices.get(&o.provider)?.server_price(
+            &o.size,
+            &o.location,
+            o.volume_gb.unwrap_or(0),
+            o.public_ipv4,
+        )
+    }
+
+    /// What `d`'s server costs a month once applied: its root volume as
+    /// declared, else as the server it has now, else an AMI's usual size;
+    /// a public IPv4 address unless the server it has now has none.
+    pub fn desired_price(&self, d: &desired::DesiredServer) -> Option<ServerPrice> {
+        let now = self.server(d.provider, &d.host);
+        let gb = d
+            .ec2
+            .as_ref()
+            .and_then(|e| e.root_gb)
+            .or(now.and_then(|o| o.volume_gb))
+            .unwrap_or(ec2_prices::AMI_ROOT_GB);
+        let ipv4 = now.is_none_or(|o| o.public_ipv4);
+        self.prices
+            .get(&d.provider)?
+            .server_price(&d.size, &d.location, gb, ipv4)
     }
 
     pub fn server(&self, provider: ProviderKind, name: &str) -> Option<&ObservedServer> {
@@ -693,6 +787,8 @@ mod tests {
             delete_protection: false,
             networks: vec![],
             subnet: None,
+            volume_gb: None,
+            public_ipv4: false,
         }
     }
 

@@ -507,7 +507,7 @@ fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs
         }
     };
     for o in observed.servers.iter().filter(|o| o.owned_by(&fleet.name)) {
-        add(observed.price(o.provider, &o.size, &o.location), true);
+        add(observed.server_price(o).map(|p| p.monthly), true);
     }
     let mut priced = Vec::new();
     for d in desired {
@@ -515,7 +515,7 @@ fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs
             .server(d.provider, &d.host)
             .filter(|o| !o.owned_by(&fleet.name));
         if clash.is_none() {
-            let m = observed.price(d.provider, &d.size, &d.location);
+            let m = observed.desired_price(d).map(|p| p.monthly);
             add(m, false);
             if let Some(m) = m {
                 priced.push((d.host.clone(), (d.provider, m)));
@@ -589,7 +589,7 @@ fn server_change(
         ));
         return out;
     }
-    let after = observed.price(d.provider, &d.size, &d.location);
+    let after = observed.desired_price(d).map(|p| p.monthly);
     if list.is_some() && after.is_none() {
         out.warning = Some(format!(
             "{}: no price for {} in {}; its cost is not counted",
@@ -654,7 +654,7 @@ fn server_change(
         action,
         reason: diff.reason(d, o),
         attrs: diff.attrs,
-        cost_before: observed.price(o.provider, &o.size, &o.location),
+        cost_before: observed.server_price(o).map(|p| p.monthly),
         cost_after: after,
         allow_destroy: !(action == CloudAction::Replace || diff.copy)
             || destroy_permitted(fleet, o, opts),
@@ -1015,7 +1015,7 @@ fn deletions(
             action: CloudAction::Delete,
             attrs: vec![],
             reason: Some("its host is no longer in the config".into()),
-            cost_before: observed.price(o.provider, &o.size, &o.location),
+            cost_before: observed.server_price(o).map(|p| p.monthly),
             cost_after: None,
             allow_destroy: destroy_permitted(fleet, o, opts),
             // EC2 refuses to terminate it; say so before apply tries.
@@ -1354,6 +1354,8 @@ mod tests {
             static_ip: false,
             delete_protection: true,
             subnet: None,
+            volume_gb: None,
+            public_ipv4: false,
         }
     }
 

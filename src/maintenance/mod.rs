@@ -32,6 +32,8 @@ pub fn power_saving(
         s.push_str("  saving: unknown (the providers' prices could not be read)\n");
         return s;
     };
+    // Per currency: the full monthly cost, the saving, and whether some
+    // provider bills a stopped server in full.
     let mut by_currency: std::collections::BTreeMap<&str, (f64, f64, bool)> = Default::default();
     for name in &job.hosts {
         let Some(host) = fleet.host(name) else {
@@ -43,16 +45,17 @@ pub fn power_saving(
         let Some(list) = obs.prices.get(&host.provider) else {
             continue;
         };
-        let Some(price) = list.price(&server.size, &server.location) else {
+        let Some(price) = obs.desired_price(&server) else {
             continue;
         };
-        let e = by_currency.entry(price.currency).or_default();
-        e.0 += price.amount;
-        e.1 += price.amount * (1.0 - share);
+        let e = by_currency.entry(price.monthly.currency).or_default();
+        e.0 += price.monthly.amount;
+        e.1 += (price.monthly.amount - price.while_stopped) * (1.0 - share);
         e.2 |= list.bills_stopped;
     }
-    for (cur, (full, by_hours, bills_stopped)) in by_currency {
+    for (cur, (full, saving, bills_stopped)) in by_currency {
         if bills_stopped {
+            let by_hours = full * (1.0 - share);
             let _ = writeln!(
                 s,
                 "  saving: 0.00 {cur}/month: the provider bills a stopped server like a running one \
@@ -61,7 +64,7 @@ pub fn power_saving(
         } else {
             let _ = writeln!(
                 s,
-                "  saving: {by_hours:.2} {cur}/month of {full:.2} {cur}/month"
+                "  saving: {saving:.2} {cur}/month of {full:.2} {cur}/month (storage is billed while stopped)"
             );
         }
     }

@@ -12,6 +12,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -85,51 +86,69 @@ fn no_region(provider: &str) -> Error {
 
 /// The SDK configuration for `s`; `provider` is the key under `providers:`
 /// the settings came from, named in errors. With [`Auth::Chain`] the
-/// profile files are read now and the credentials fetched on the first call.
+/// profile files are read now and the credentials fetched on the first
+/// call; with [`Auth::Keys`] no profile is read (unless for the region,
+/// when none is set).
 pub async fn config(s: Settings, provider: &str) -> Result<SdkConfig, Error> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(s.max_attempts.max(1))
-                .with_initial_backoff(Duration::from_millis(500))
-                .with_max_backoff(Duration::from_secs(20)),
-        )
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10).min(s.timeout))
-                .operation_attempt_timeout(s.timeout)
-                .build(),
-        );
-    match s.auth {
+    let retry = RetryConfig::standard()
+        .with_max_attempts(s.max_attempts.max(1))
+        .with_initial_backoff(Duration::from_millis(500))
+        .with_max_backoff(Duration::from_secs(20));
+    let timeout = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10).min(s.timeout))
+        .operation_attempt_timeout(s.timeout)
+        .build();
+    let mut builder = match s.auth {
         Auth::Keys {
             access_key,
             secret_key,
             session_token,
         } => {
-            loader = loader.credentials_provider(Credentials::new(
-                access_key,
-                secret_key,
-                session_token,
-                None,
-                "tidekeeper",
-            ));
+            let region = match s.region {
+                Some(r) => Some(Region::new(r)),
+                None => {
+                    aws_config::meta::region::ProvideRegion::region(
+                        &aws_config::default_provider::region::default_provider(),
+                    )
+                    .await
+                }
+            };
+            SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region)
+                .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                    access_key,
+                    secret_key,
+                    session_token,
+                    None,
+                    "tidekeeper",
+                )))
         }
-        Auth::Chain { profile: Some(p) } => loader = loader.profile_name(p),
-        Auth::Chain { profile: None } => {}
-    }
-    if let Some(r) = s.region {
-        loader = loader.region(Region::new(r));
-    }
+        Auth::Chain { profile } => {
+            let mut loader =
+                aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
+            if let Some(p) = profile {
+                loader = loader.profile_name(p);
+            }
+            if let Some(r) = s.region {
+                loader = loader.region(Region::new(r));
+            }
+            loader.load().await.into_builder()
+        }
+    };
+    builder = builder
+        .http_client(http)
+        .retry_config(retry)
+        .timeout_config(timeout);
     if let Some(url) = s.endpoint {
-        loader = loader.endpoint_url(url);
+        builder = builder.endpoint_url(url);
     }
-    let shared = loader.load().await;
+    let shared = builder.build();
     if shared.region().is_none() {
         return Err(no_region(provider));
     }

@@ -127,6 +127,9 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
         _ => false,
     }
 }
+/// The size of the AMIs' root snapshot, GB.
+pub const AMI_ROOT_GB: u32 = 8;
+
 /// The VPC's default security group: no ingress from outside the group.
 pub const DEFAULT_GROUP: &str = "sg-00000000default";
 
@@ -143,6 +146,9 @@ pub struct Instance {
     pub tags: Vec<(String, String)>,
     pub groups: Vec<String>,
     pub volume: String,
+    /// Its root EBS volume's size, GB, and type.
+    pub volume_gb: u32,
+    pub volume_type: String,
     pub protected: bool,
     pub imds_v2: bool,
     /// The test host behind it, once booted.
@@ -345,6 +351,8 @@ impl Ec2 {
                     .collect(),
                 groups: groups.iter().map(|g| g.to_string()).collect(),
                 volume: format!("vol-{n:017x}"),
+                volume_gb: AMI_ROOT_GB,
+                volume_type: "gp3".into(),
                 protected,
                 imds_v2: true,
                 host: None,
@@ -796,6 +804,7 @@ fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
                 ),
             )
         }
+        "DescribeVolumes" => describe_volumes(a, f),
         "CreateTags" | "DeleteTags" => tag(a, action, f),
         "DescribeSubnets" => answer(
             action,
@@ -830,6 +839,33 @@ fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
             &format!("The action {action} is not valid for this web service."),
         ),
     }
+}
+
+/// DescribeVolumes by `VolumeId.N` (each must exist, as in EC2): the root
+/// volumes of instances not terminated.
+fn describe_volumes(a: &Account, f: &BTreeMap<String, String>) -> Response {
+    let ids = list(f, "VolumeId");
+    let live = || a.instances.values().filter(|i| i.state != "terminated");
+    if let Some(id) = ids.iter().find(|id| !live().any(|i| &i.volume == *id)) {
+        return error(
+            400,
+            "InvalidVolume.NotFound",
+            &format!("The volume '{id}' does not exist."),
+        );
+    }
+    let items: String = live()
+        .filter(|i| ids.is_empty() || ids.contains(&i.volume))
+        .map(|i| {
+            format!(
+                "<item><volumeId>{}</volumeId><size>{}</size><volumeType>{}</volumeType><availabilityZone>{REGION}a</availabilityZone><status>in-use</status></item>",
+                i.volume, i.volume_gb, i.volume_type
+            )
+        })
+        .collect();
+    answer(
+        "DescribeVolumes",
+        &format!("<volumeSet>{items}</volumeSet>"),
+    )
 }
 
 /// DescribeImages by `ImageId.N` (each must exist, as in EC2), `Owner.N`
@@ -1018,6 +1054,15 @@ fn run(ctx: &Ctx, a: &mut Account, f: &BTreeMap<String, String>) -> Response {
         tags: tags_of(f, "instance"),
         groups,
         volume: format!("vol-{n:017x}"),
+        // The AMI's snapshot size and EC2's gp2, unless the mapping says.
+        volume_gb: f
+            .get("BlockDeviceMapping.1.Ebs.VolumeSize")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(AMI_ROOT_GB),
+        volume_type: f
+            .get("BlockDeviceMapping.1.Ebs.VolumeType")
+            .cloned()
+            .unwrap_or_else(|| "gp2".into()),
         protected: f.get("DisableApiTermination").map(String::as_str) == Some("true"),
         imds_v2: f.get("MetadataOptions.HttpTokens").map(String::as_str) == Some("required"),
         host: None,
