@@ -722,3 +722,69 @@ fn the_daemon_creates_an_ec2_server_from_a_commit_and_resizes_it_keeping_its_dat
     assert_eq!(f.host_of("bastion"), host, "the same instance");
     assert_eq!(f.ssh("bastion", "cat /root/data"), "kept\n");
 }
+
+/// `server.egress` makes the host's group's outbound rules exactly those
+/// it names: EC2's allow-all is revoked, and the host reaches what they
+/// allow and nothing else (the emulator filters the host's traffic out as
+/// the group says). SSH in still works: replies always leave.
+#[test]
+fn outbound_rules_replace_ec2s_allow_all_and_bound_what_the_host_reaches() {
+    // Two ports on this machine, the far end of the host's link.
+    let open = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let shut = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let (open_port, shut_port) = (
+        open.local_addr().unwrap().port(),
+        shut.local_addr().unwrap().port(),
+    );
+    let with_egress = |port: u16| {
+        BASTION.replace(
+            "roles: [base]\n",
+            &format!("  egress:\n    - {{port: \"{port}\", to: [10.213.0.0/16]}}\nroles: [base]\n"),
+        )
+    };
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", &with_egress(open_port)),
+    ]);
+    let out = f.tk(&["plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let group = f.ec2.group_named("tk-acme-bastion").expect("its group");
+    assert_eq!(group.egress.len(), 1, "{:?}", group.egress);
+    let rule = &group.egress[0];
+    assert_eq!(
+        (rule.protocol.as_str(), rule.from, rule.to),
+        ("tcp", i32::from(open_port), i32::from(open_port))
+    );
+    assert_eq!(rule.cidrs, ["10.213.0.0/16"]);
+    let gateway = f
+        .cloud
+        .bed
+        .lock()
+        .unwrap()
+        .controller_address(f.host_of("bastion"));
+    let reach = |port: u16| {
+        f.ssh(
+            "bastion",
+            &format!("timeout 3 bash -c 'echo > /dev/tcp/{gateway}/{port}' 2>/dev/null && echo reached || echo blocked"),
+        )
+    };
+    assert_eq!(reach(open_port), "reached\n");
+    assert_eq!(reach(shut_port), "blocked\n");
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+
+    // Another port: the plan shows the outbound rules change, and the
+    // apply swaps them.
+    f.repo.write("hosts/bastion.yaml", &with_egress(shut_port));
+    f.repo.commit("another outbound port");
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert!(plan.contains("outbound rules:"), "{plan}");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(reach(shut_port), "reached\n");
+    assert_eq!(reach(open_port), "blocked\n");
+}

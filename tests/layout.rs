@@ -314,5 +314,5 @@ fn items_no_one_outside_uses_stay_inside_the_crate() {
     );
     let ci = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test"))
         .unwrap();
-    assert!(ci.contains("clippy --locked --all-targets -- -D warnings"));
+    assert!(ci.contains("clippy --locked --workspace --all-targets -- -D warnings"));
 }

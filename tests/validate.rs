@@ -854,6 +854,73 @@ fn ec2_settings_errors_are_located() {
 }
 
 #[test]
+fn ec2_outbound_rules_are_checked_and_belong_to_the_hosts_own_group() {
+    const FIREWALL: &str = "  firewall:\n    - {port: \"22\"}\n";
+    let fleet = minimal()
+        .file("tidekeeper.yaml", EC2_FLEET)
+        .file(
+            "hosts/web.yaml",
+            ec2_host(&format!("{FIREWALL}  egress:\n    - {{port: \"443\", to: [10.0.0.0/8]}}\n    - {{port: \"53\", proto: udp}}\n")),
+        )
+        .load()
+        .expect("valid");
+    let e = fleet.hosts[0]
+        .server
+        .as_ref()
+        .unwrap()
+        .ec2
+        .as_ref()
+        .unwrap();
+    let rules: Vec<(u16, &str, Vec<&str>)> = e
+        .egress
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.from_port,
+                r.proto.as_str(),
+                r.from.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (443, "tcp", vec!["10.0.0.0/8"]),
+            (53, "udp", vec!["0.0.0.0/0", "::/0"])
+        ]
+    );
+    let fails = |extra: &str, at: &str, code: &str, message: &str| {
+        minimal()
+            .file("tidekeeper.yaml", EC2_FLEET)
+            .file("hosts/web.yaml", ec2_host(extra))
+            .fails_with(at, code, message);
+    };
+    fails(
+        &format!("{FIREWALL}  egress:\n    - {{port: \"443\", to: [10.0.0.0/33]}}\n"),
+        "hosts/web.yaml:10:26",
+        "invalid-cidr",
+        "\"10.0.0.0/33\" has prefix length \"33\"; it must be 0 to 32",
+    );
+    fails(
+        &format!("{FIREWALL}  egress:\n    - {{port: \"https\"}}\n"),
+        "hosts/web.yaml:10:14",
+        "invalid-port",
+        "port \"https\" is not a port number from 1 to 65535 or a range such as 8000:8100",
+    );
+    fails(
+        "  egress:\n    - {port: \"443\"}\n",
+        "hosts/web.yaml:1:11",
+        "missing-key",
+        "`server.egress` needs `server.firewall`: both are rules of the host's own security group, which tidekeeper makes only with its inbound rules",
+    );
+    minimal()
+        .file("hosts/web.yaml", "provider: hetzner\nserver:\n  type: cx22\n  image: debian-12\n  location: fsn1\n  egress:\n    - {port: \"443\"}\n")
+        .fails_with("hosts/web.yaml:1:11", "invalid-key", "`server.egress` is an EC2 setting, not a hetzner one");
+}
+
+#[test]
 fn an_ec2_security_group_that_shuts_ssh_is_a_lockout_even_on_the_private_address() {
     let fleet = "fleet: test\ndefaults:\n  ssh: {from: [203.0.113.0/24]}\nproviders:\n  ec2: {region: eu-central-1}\n";
     for ssh in ["", "  address: private\n"] {

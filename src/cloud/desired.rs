@@ -69,7 +69,10 @@ pub fn server(fleet: &str, host: &Host) -> Option<DesiredServer> {
         user_data: s.user_data.clone(),
         allow_destroy: host.allow_destroy,
         networks: s.networks.clone(),
-        ec2: s.ec2.clone(),
+        ec2: s.ec2.clone().map(|mut e| {
+            e.egress = e.egress.as_deref().map(normalize);
+            e
+        }),
     })
 }
 

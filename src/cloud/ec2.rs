@@ -99,6 +99,32 @@ pub(crate) fn rules(list: &[CloudPort]) -> Vec<ec2::Rule> {
     out
 }
 
+/// Each rule split into one per address range, in one order.
+fn atoms(list: &[ec2::Rule]) -> Vec<ec2::Rule> {
+    let mut out: Vec<ec2::Rule> = list
+        .iter()
+        .flat_map(|r| {
+            let one = |cidrs: Vec<String>, ipv6_cidrs: Vec<String>| ec2::Rule {
+                cidrs,
+                ipv6_cidrs,
+                ..r.clone()
+            };
+            let v4 = r
+                .cidrs
+                .iter()
+                .map(move |c| one(vec![c.clone()], Vec::new()));
+            let v6 = r
+                .ipv6_cidrs
+                .iter()
+                .map(move |c| one(Vec::new(), vec![c.clone()]));
+            v4.chain(v6).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn owned(tags: &[(String, String)], fleet: &str) -> bool {
     super::owned(tags.iter().map(|(k, v)| (k, v)), fleet)
 }
@@ -184,6 +210,12 @@ impl Ec2 {
             .flat_map(|g| g.ingress.iter().cloned())
             .collect();
         let firewall = (!i.security_groups.is_empty()).then(|| ports(&ingress));
+        let egress: Vec<ec2::Rule> = groups
+            .iter()
+            .filter(|g| i.security_groups.contains(&g.id))
+            .flat_map(|g| g.egress.iter().cloned())
+            .collect();
+        let egress = (!i.security_groups.is_empty()).then(|| ports(&egress));
         ObservedServer {
             provider: ProviderKind::Ec2,
             id: i.id.clone(),
@@ -202,6 +234,7 @@ impl Ec2 {
             subnet: i.subnet.clone(),
             volume_gb,
             public_ipv4: i.public_ip.is_some(),
+            egress,
         }
     }
 
@@ -228,13 +261,15 @@ impl Ec2 {
     }
 
     /// The host's security group, made (in `subnet`'s VPC) when missing,
-    /// with exactly `want`'s rules; its id.
+    /// with exactly `want`'s inbound rules and, where `egress` is given,
+    /// exactly its outbound rules; its id.
     async fn security_group(
         &self,
         fleet: &str,
         host: &str,
         subnet: &str,
         want: &[CloudPort],
+        egress: Option<&[CloudPort]>,
     ) -> Result<String, CloudError> {
         let client = self.client().await?;
         let name = group_name(fleet, host);
@@ -242,8 +277,8 @@ impl Ec2 {
             .security_groups()
             .await
             .map_err(|e| api("listing security groups", e))?;
-        let (id, have) = match groups.iter().find(|g| g.name == name) {
-            Some(g) => (g.id.clone(), g.ingress.clone()),
+        let (id, have, have_out) = match groups.iter().find(|g| g.name == name) {
+            Some(g) => (g.id.clone(), g.ingress.clone(), g.egress.clone()),
             None => {
                 let subnets = client
                     .subnets()
@@ -266,7 +301,19 @@ impl Ec2 {
                     .create_security_group(&name, &format!("tidekeeper: {host}"), &vpc, &tags)
                     .await
                     .map_err(|e| api("creating the security group", e))?;
-                (id, Vec::new())
+                // EC2 gives a new group its default outbound rules.
+                let out = match egress {
+                    Some(_) => client
+                        .security_groups()
+                        .await
+                        .map_err(|e| api("listing security groups", e))?
+                        .into_iter()
+                        .find(|g| g.id == id)
+                        .map(|g| g.egress)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                (id, Vec::new(), out)
             }
         };
         let want = rules(want);
@@ -282,6 +329,22 @@ impl Ec2 {
             .revoke_ingress(&id, &drop)
             .await
             .map_err(|e| api("removing security group rules", e))?;
+        if let Some(egress) = egress {
+            // Rule by rule and address by address: EC2 lists rules merged
+            // by port, and its default allows every protocol (`-1`).
+            let want = atoms(&rules(egress));
+            let have = atoms(&have_out);
+            let add: Vec<ec2::Rule> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
+            let drop: Vec<ec2::Rule> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
+            client
+                .authorize_egress(&id, &add)
+                .await
+                .map_err(|e| api("adding outbound rules", e))?;
+            client
+                .revoke_egress(&id, &drop)
+                .await
+                .map_err(|e| api("removing outbound rules", e))?;
+        }
         Ok(id)
     }
 
@@ -308,8 +371,14 @@ impl Ec2 {
             Vec::new()
         } else {
             vec![
-                self.security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
-                    .await?,
+                self.security_group(
+                    &fleet,
+                    &want.host,
+                    &spec.subnet,
+                    &want.firewall,
+                    spec.egress.as_deref(),
+                )
+                .await?,
             ]
         };
         let client = self.client().await?;
@@ -537,11 +606,21 @@ impl Provider for Ec2 {
                     .map_err(|e| api("tagging the instance", e))?;
             }
             if let Some(spec) = &want.ec2 {
-                if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..])
-                {
+                let inbound = have.firewall.as_deref() != Some(&want.firewall[..]);
+                let outbound = spec
+                    .egress
+                    .as_ref()
+                    .is_some_and(|e| have.egress.as_ref() != Some(e));
+                if !want.firewall.is_empty() && (inbound || outbound) {
                     let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
                     let id = self
-                        .security_group(&fleet, &want.host, &spec.subnet, &want.firewall)
+                        .security_group(
+                            &fleet,
+                            &want.host,
+                            &spec.subnet,
+                            &want.firewall,
+                            spec.egress.as_deref(),
+                        )
                         .await?;
                     // The host's group is its only one: what server.firewall
                     // says is all that reaches it (an adopted instance's own
@@ -845,6 +924,7 @@ mod tests {
             subnet: None,
             volume_gb: Some(20),
             public_ipv4: true,
+            egress: None,
         }
     }
 

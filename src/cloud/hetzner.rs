@@ -624,6 +624,7 @@ impl Hetzner {
             subnet: None,
             volume_gb: None,
             public_ipv4: false,
+            egress: None,
         }
     }
 

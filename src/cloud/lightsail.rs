@@ -204,6 +204,7 @@ impl Lightsail {
             subnet: None,
             volume_gb: None,
             public_ipv4: false,
+            egress: None,
         }
     }
 

@@ -149,6 +149,10 @@ pub struct ObservedServer {
     /// EC2: it has a public IPv4 address, billed by the hour.
     #[serde(default)]
     pub public_ipv4: bool,
+    /// EC2: the outbound rules of its security groups together
+    /// (destinations in `from`), normalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<CloudPort>>,
 }
 
 /// A private network as the provider lists it.
@@ -789,6 +793,7 @@ mod tests {
             subnet: None,
             volume_gb: None,
             public_ipv4: false,
+            egress: None,
         }
     }
 

@@ -965,6 +965,16 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
             Some(rules_text(&d.firewall)),
         ));
     }
+    if let Some(want) = d.ec2.as_ref().and_then(|e| e.egress.as_ref()) {
+        let have = o.egress.clone().unwrap_or_default();
+        if &have != want {
+            attrs.push(attr(
+                "outbound rules",
+                Some(rules_text(&have)),
+                Some(rules_text(want)),
+            ));
+        }
+    }
     if networks_differ(d, o) {
         attrs.push(attr(
             "networks",
@@ -1356,6 +1366,7 @@ mod tests {
             subnet: None,
             volume_gb: None,
             public_ipv4: false,
+            egress: None,
         }
     }
 

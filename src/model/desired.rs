@@ -734,6 +734,10 @@ pub struct Ec2Server {
     pub root_gb: Option<u32>,
     pub root_type: String,
     pub termination_protection: bool,
+    /// The security group's outbound rules (`from` holds destinations);
+    /// None: not managed, EC2's default lets everything out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<CloudPort>>,
 }
 
 /// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when

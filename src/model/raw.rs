@@ -570,6 +570,23 @@ pub struct ServerSpec {
     /// EC2: termination protection (`DisableApiTermination`).
     #[schemars(with = "Option<bool>")]
     pub termination_protection: Option<S<bool>>,
+    /// EC2: the outbound rules of the host's security group (absent: EC2's
+    /// default, everything allowed out).
+    pub egress: Option<Vec<EgressRule>>,
+}
+
+/// An outbound rule: traffic to `port` (`proto`, default tcp) of `to`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    #[schemars(with = "String")]
+    pub port: S<String>,
+    #[schemars(with = "Option<String>")]
+    pub proto: Option<S<String>>,
+    /// Destinations, CIDRs (default: everywhere).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub to: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -28,6 +28,8 @@ pub struct SecurityGroup {
     pub name: String,
     pub vpc: String,
     pub ingress: Vec<Rule>,
+    /// Outbound rules, destinations in `cidrs`: a new group allows all.
+    pub egress: Vec<Rule>,
     /// What ingress admits besides address ranges: other groups' ids and
     /// prefix lists (`server.firewall` cannot say these).
     pub other_sources: Vec<String>,
@@ -496,6 +498,7 @@ impl Client {
                 name: g.group_name().unwrap_or_default().to_string(),
                 vpc: g.vpc_id().unwrap_or_default().to_string(),
                 ingress: g.ip_permissions().iter().map(rule).collect(),
+                egress: g.ip_permissions_egress().iter().map(rule).collect(),
                 other_sources: g
                     .ip_permissions()
                     .iter()
@@ -554,6 +557,35 @@ impl Client {
         }
         self.inner
             .revoke_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(rules.iter().map(permission).collect()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Allow outbound traffic to `rules`' destinations.
+    pub async fn authorize_egress(&self, group: &str, rules: &[Rule]) -> Result<(), Error> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .authorize_security_group_egress()
+            .group_id(group)
+            .set_ip_permissions(Some(rules.iter().map(permission).collect()))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn revoke_egress(&self, group: &str, rules: &[Rule]) -> Result<(), Error> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .revoke_security_group_egress()
             .group_id(group)
             .set_ip_permissions(Some(rules.iter().map(permission).collect()))
             .send()

@@ -24,6 +24,7 @@ impl Loader<'_> {
                 s.termination_protection
                     .as_ref()
                     .map(|_| "termination_protection"),
+                s.egress.as_ref().map(|_| "egress"),
             ];
             for key in keys.into_iter().flatten() {
                 self.err(p_at.error(
@@ -58,13 +59,38 @@ impl Loader<'_> {
         }
         let private_ip = self.ec2_private_ip(file, h, s);
         let (root_gb, root_type) = self.ec2_root(file, s);
+        let egress = self.ec2_egress(file, p_at, s);
         Some(Ec2Server {
+            egress,
             subnet: opt(&s.subnet).unwrap_or_default(),
             private_ip,
             root_gb,
             root_type,
             termination_protection: s.termination_protection.as_ref().is_some_and(|t| t.value),
         })
+    }
+
+    /// `server.egress`: the outbound rules of the host's security group,
+    /// which exists only where `server.firewall` makes it.
+    fn ec2_egress(
+        &mut self,
+        file: &str,
+        p_at: &Origin,
+        s: &raw::ServerSpec,
+    ) -> Option<Vec<CloudPort>> {
+        let rules = s.egress.as_ref()?;
+        if s.firewall.is_empty() {
+            self.err(p_at.error(
+                "missing-key",
+                "`server.egress` needs `server.firewall`: both are rules of the host's own security group, which tidekeeper makes only with its inbound rules",
+            ).with_help("add server.firewall with the SSH rule tidekeeper needs, e.g. - {port: \"22\", from: [YOUR_CIDR]}"));
+        }
+        Some(
+            rules
+                .iter()
+                .filter_map(|r| self.cloud_rule(file, &r.port, r.proto.as_ref(), &r.to))
+                .collect(),
+        )
     }
 
     /// The instance type, AMI and subnet look like EC2's ids.

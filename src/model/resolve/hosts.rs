@@ -893,39 +893,49 @@ impl Loader<'_> {
     /// `server.firewall`: the provider's firewall rules (Hetzner) or public
     /// ports (Lightsail); from everywhere unless `from` says otherwise.
     fn cloud_firewall(&mut self, file: &str, s: &raw::ServerSpec) -> Vec<CloudPort> {
-        let mut firewall = Vec::new();
-        for p in &s.firewall {
-            let (a, b) = match check::port_spec(&p.port.value) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.err(at(file, &p.port).error("invalid-port", e));
-                    continue;
-                }
-            };
-            let proto = opt(&p.proto).unwrap_or_else(|| "tcp".into());
-            if let Some(pr) = &p.proto
-                && let Err(e) = check::proto(&pr.value)
-            {
-                self.err(at(file, pr).error("invalid-value", e));
+        s.firewall
+            .iter()
+            .filter_map(|p| self.cloud_rule(file, &p.port, p.proto.as_ref(), &p.from))
+            .collect()
+    }
+
+    /// One cloud firewall rule, checked: `port` (a number or a range) over
+    /// `proto` (default tcp), with `cidrs` (default everywhere).
+    pub(super) fn cloud_rule(
+        &mut self,
+        file: &str,
+        port: &S<String>,
+        proto: Option<&S<String>>,
+        cidrs: &[S<String>],
+    ) -> Option<CloudPort> {
+        let (a, b) = match check::port_spec(&port.value) {
+            Ok(r) => r,
+            Err(e) => {
+                self.err(at(file, port).error("invalid-port", e));
+                return None;
             }
-            for c in &p.from {
-                if let Err(e) = check::cidr(&c.value) {
-                    self.err(at(file, c).error("invalid-cidr", e));
-                }
-            }
-            let from = if p.from.is_empty() {
-                vec!["0.0.0.0/0".into(), "::/0".into()]
-            } else {
-                p.from.iter().map(|c| c.value.clone()).collect()
-            };
-            firewall.push(CloudPort {
-                from_port: a,
-                to_port: b,
-                proto,
-                from,
-            });
+        };
+        if let Some(pr) = proto
+            && let Err(e) = check::proto(&pr.value)
+        {
+            self.err(at(file, pr).error("invalid-value", e));
         }
-        firewall
+        for c in cidrs {
+            if let Err(e) = check::cidr(&c.value) {
+                self.err(at(file, c).error("invalid-cidr", e));
+            }
+        }
+        let from = if cidrs.is_empty() {
+            vec!["0.0.0.0/0".into(), "::/0".into()]
+        } else {
+            cidrs.iter().map(|c| c.value.clone()).collect()
+        };
+        Some(CloudPort {
+            from_port: a,
+            to_port: b,
+            proto: proto.map_or_else(|| "tcp".into(), |p| p.value.clone()),
+            from,
+        })
     }
 
     /// `server.ssh_keys`: names of keys the provider has, or public keys

@@ -201,7 +201,20 @@ pub struct Group {
     pub name: String,
     pub vpc: String,
     pub ingress: Vec<Permission>,
+    /// Outbound rules: EC2 gives a new group one allowing all IPv4.
+    pub egress: Vec<Permission>,
     pub tags: Vec<(String, String)>,
+}
+
+/// The outbound rule EC2 puts in every new security group.
+fn allow_all_out() -> Vec<Permission> {
+    vec![Permission {
+        protocol: "-1".into(),
+        from: -1,
+        to: -1,
+        cidrs: vec!["0.0.0.0/0".into()],
+        ipv6_cidrs: Vec::new(),
+    }]
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +245,7 @@ impl Default for Account {
             name: "default".into(),
             vpc: VPC.into(),
             ingress: Vec::new(),
+            egress: allow_all_out(),
             tags: Vec::new(),
         };
         Account {
@@ -295,6 +309,7 @@ impl Ec2 {
             name: name.into(),
             vpc: VPC.into(),
             ingress,
+            egress: allow_all_out(),
             tags: Vec::new(),
         };
         a.groups.insert(id.clone(), g);
@@ -489,24 +504,38 @@ fn enforce(ctx: &Ctx) {
                 } else {
                     i.groups.iter().collect()
                 };
-                let rules: Vec<PortRule> = groups
+                let of = |list: fn(&Group) -> &Vec<Permission>| -> Vec<PortRule> {
+                    groups
+                        .iter()
+                        .filter_map(|g| a.groups.get(*g))
+                        .flat_map(|g| list(g).iter())
+                        .map(port_rule)
+                        .collect()
+                };
+                let ingress = of(|g| &g.ingress);
+                let egress = of(|g| &g.egress);
+                // EC2's allow-all outbound rule: nothing to filter.
+                let open_out = egress
                     .iter()
-                    .filter_map(|g| a.groups.get(*g))
-                    .flat_map(|g| g.ingress.iter())
-                    .map(|p| PortRule {
-                        proto: match p.protocol.as_str() {
-                            "-1" => "any".into(),
-                            other => other.into(),
-                        },
-                        ports: (p.protocol != "-1" && p.from >= 0)
-                            .then_some((p.from as u16, p.to as u16)),
-                        from: p.cidrs.iter().chain(&p.ipv6_cidrs).cloned().collect(),
-                    })
-                    .collect();
-                Some((host, super::cloud_firewall_nft(Some(&rules))))
+                    .any(|r| r.proto == "any" && r.from.iter().any(|c| c == "0.0.0.0/0"));
+                let script = super::cloud_firewall_nft(Some(&ingress))
+                    + &super::cloud_egress_nft((!open_out).then_some(&egress[..]));
+                Some((host, script))
             })
             .collect()
     });
+}
+
+/// A rule as the test host's nftables script takes it.
+fn port_rule(p: &Permission) -> PortRule {
+    PortRule {
+        proto: match p.protocol.as_str() {
+            "-1" => "any".into(),
+            other => other.into(),
+        },
+        ports: (p.protocol != "-1" && p.from >= 0).then_some((p.from as u16, p.to as u16)),
+        from: p.cidrs.iter().chain(&p.ipv6_cidrs).cloned().collect(),
+    }
 }
 
 fn decode(s: &str) -> String {
@@ -624,10 +653,8 @@ fn instance_xml(a: &Account, i: &Instance) -> String {
     )
 }
 
-fn group_xml(g: &Group) -> String {
-    let perms: String = g
-        .ingress
-        .iter()
+fn permissions_xml(list: &[Permission]) -> String {
+    list.iter()
         .map(|p| {
             let v4: String = p
                 .cidrs
@@ -649,13 +676,18 @@ fn group_xml(g: &Group) -> String {
                 p.protocol
             )
         })
-        .collect();
+        .collect()
+}
+
+fn group_xml(g: &Group) -> String {
     format!(
-        "<item><ownerId>123456789012</ownerId><groupId>{}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>{}</vpcId><ipPermissions>{perms}</ipPermissions>{}</item>",
+        "<item><ownerId>123456789012</ownerId><groupId>{}</groupId><groupName>{}</groupName><groupDescription>{}</groupDescription><vpcId>{}</vpcId><ipPermissions>{}</ipPermissions><ipPermissionsEgress>{}</ipPermissionsEgress>{}</item>",
         g.id,
         xml_escape(&g.name),
         xml_escape(&g.name),
         g.vpc,
+        permissions_xml(&g.ingress),
+        permissions_xml(&g.egress),
         tags_xml(&g.tags)
     )
 }
@@ -831,7 +863,9 @@ fn route(ctx: &Ctx, action: &str, f: &BTreeMap<String, String>) -> Response {
         | "CreateSecurityGroup"
         | "DeleteSecurityGroup"
         | "AuthorizeSecurityGroupIngress"
-        | "RevokeSecurityGroupIngress" => security_group(a, action, f),
+        | "RevokeSecurityGroupIngress"
+        | "AuthorizeSecurityGroupEgress"
+        | "RevokeSecurityGroupEgress" => security_group(a, action, f),
         "CreateSnapshot" | "DescribeSnapshots" | "DeleteSnapshot" => snapshot(ctx, a, action, f),
         _ => error(
             400,
@@ -1136,7 +1170,7 @@ fn power(ctx: &Ctx, a: &mut Account, action: &str, f: &BTreeMap<String, String>)
                         // wait for SSH), then behind its groups again.
                         set_booting(&ctx, &id, true);
                         ctx.enforced.lock().unwrap().remove(&host);
-                        let open = super::cloud_firewall_nft(None);
+                        let open = super::cloud_firewall_nft(None) + &super::cloud_egress_nft(None);
                         ctx.cloud.bed.lock().unwrap().nft(host, &open);
                         ctx.cloud.power_on(host);
                         set_booting(&ctx, &id, false);
@@ -1242,6 +1276,7 @@ fn security_group(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -
                 name,
                 vpc: f.get("VpcId").cloned().unwrap_or_else(|| VPC.into()),
                 ingress: Vec::new(),
+                egress: allow_all_out(),
                 tags: tags_of(f, "security-group"),
             };
             a.groups.insert(id.clone(), g);
@@ -1270,12 +1305,17 @@ fn security_group(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -
             let Some(g) = a.groups.get_mut(&id) else {
                 return no_group(&id);
             };
+            let list = if action.ends_with("Egress") {
+                &mut g.egress
+            } else {
+                &mut g.ingress
+            };
             for p in permissions(f) {
                 let same = |q: &Permission| {
                     (q.protocol.as_str(), q.from, q.to) == (p.protocol.as_str(), p.from, p.to)
                 };
-                if action == "AuthorizeSecurityGroupIngress" {
-                    if g.ingress.iter().any(|q| {
+                if action.starts_with("Authorize") {
+                    if list.iter().any(|q| {
                         same(q)
                             && q.cidrs
                                 .iter()
@@ -1288,15 +1328,15 @@ fn security_group(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -
                             "the specified rule already exists",
                         );
                     }
-                    match g.ingress.iter_mut().find(|q| same(q)) {
+                    match list.iter_mut().find(|q| same(q)) {
                         Some(q) => {
                             q.cidrs.extend(p.cidrs);
                             q.ipv6_cidrs.extend(p.ipv6_cidrs);
                         }
-                        None => g.ingress.push(p),
+                        None => list.push(p),
                     }
                 } else {
-                    let Some(q) = g.ingress.iter_mut().find(|q| same(q)) else {
+                    let Some(q) = list.iter_mut().find(|q| same(q)) else {
                         return error(
                             400,
                             "InvalidPermission.NotFound",
@@ -1305,8 +1345,7 @@ fn security_group(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -
                     };
                     q.cidrs.retain(|c| !p.cidrs.contains(c));
                     q.ipv6_cidrs.retain(|c| !p.ipv6_cidrs.contains(c));
-                    g.ingress
-                        .retain(|q| !q.cidrs.is_empty() || !q.ipv6_cidrs.is_empty());
+                    list.retain(|q| !q.cidrs.is_empty() || !q.ipv6_cidrs.is_empty());
                 }
             }
             answer(action, "<return>true</return>")

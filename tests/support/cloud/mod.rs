@@ -493,6 +493,27 @@ pub fn cloud_firewall_nft(rules: Option<&[PortRule]>) -> String {
     let Some(rules) = rules else { return s };
     s.push_str("table inet cloud_fw {\n chain input {\n  type filter hook input priority -20; policy accept;\n");
     s.push_str("  iifname != \"eth0\" accept\n  ct state established,related accept\n");
+    s.push_str(&nft_accepts(rules, "saddr"));
+    s.push_str("  drop\n }\n}\n");
+    s
+}
+
+/// The nftables script that lets a host's public interface send only what
+/// `rules` allow (their `from` are destinations; None: everything), as an
+/// EC2 security group's outbound rules do. Replies are always let out.
+pub fn cloud_egress_nft(rules: Option<&[PortRule]>) -> String {
+    let mut s = String::from("table inet cloud_fw_out\ndelete table inet cloud_fw_out\n");
+    let Some(rules) = rules else { return s };
+    s.push_str("table inet cloud_fw_out {\n chain output {\n  type filter hook output priority -20; policy accept;\n");
+    s.push_str("  oifname != \"eth0\" accept\n  ct state established,related accept\n");
+    s.push_str(&nft_accepts(rules, "daddr"));
+    s.push_str("  drop\n }\n}\n");
+    s
+}
+
+/// One `accept` line per rule and address family; `dir` is `saddr` or `daddr`.
+fn nft_accepts(rules: &[PortRule], dir: &str) -> String {
+    let mut s = String::new();
     for r in rules {
         let l4 = match (r.proto.as_str(), r.ports) {
             ("tcp" | "udp", Some((a, b))) if a == b => format!("{} dport {a}", r.proto),
@@ -508,12 +529,11 @@ pub fn cloud_firewall_nft(rules: Option<&[PortRule]>) -> String {
             }
             let set: Vec<&str> = nets.iter().map(|n| n.as_str()).collect();
             s.push_str(&format!(
-                "  {family} saddr {{ {} }} {l4} accept\n",
+                "  {family} {dir} {{ {} }} {l4} accept\n",
                 set.join(", ")
             ));
         }
     }
-    s.push_str("  drop\n }\n}\n");
     s
 }
 
