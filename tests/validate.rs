@@ -920,6 +920,37 @@ fn ec2_outbound_rules_are_checked_and_belong_to_the_hosts_own_group() {
         .fails_with("hosts/web.yaml:1:11", "invalid-key", "`server.egress` is an EC2 setting, not a hetzner one");
 }
 
+/// A jump host's outbound rules must let it open SSH to the hosts behind
+/// it: a security group lets replies out, not new connections.
+#[test]
+fn a_jump_hosts_outbound_rules_that_shut_ssh_to_the_hosts_behind_it_are_a_lockout() {
+    let bastion = |egress: &str| {
+        ec2_host(&format!(
+            "  firewall:\n    - {{port: \"22\"}}\n  egress:\n    - {{port: \"443\"}}\n{egress}"
+        ))
+    };
+    let behind = "provider: existing\naddress: 10.20.13.50\nssh: {via: bastion}\nroles: [base]\n";
+    minimal()
+        .file("tidekeeper.yaml", EC2_FLEET)
+        .file("hosts/bastion.yaml", bastion(""))
+        .file("hosts/db.yaml", behind)
+        .fails_with(
+            "hosts/bastion.yaml:10:14",
+            "lockout",
+            "bastion: its outbound rules let it open SSH (port 22) nowhere, but tidekeeper reaches db through it at 10.20.13.50: applying them would lock tidekeeper out of db",
+        );
+    // A rule to the subnet: fine.
+    minimal()
+        .file("tidekeeper.yaml", EC2_FLEET)
+        .file(
+            "hosts/bastion.yaml",
+            bastion("    - {port: \"22\", to: [10.20.13.0/24]}\n"),
+        )
+        .file("hosts/db.yaml", behind)
+        .load()
+        .expect("the bastion may open SSH to db");
+}
+
 #[test]
 fn an_ec2_security_group_that_shuts_ssh_is_a_lockout_even_on_the_private_address() {
     let fleet = "fleet: test\ndefaults:\n  ssh: {from: [203.0.113.0/24]}\nproviders:\n  ec2: {region: eu-central-1}\n";

@@ -85,6 +85,34 @@ pub fn servers(fleet: &Fleet) -> Vec<DesiredServer> {
         .collect()
 }
 
+/// One protocol, port range and address range a rule set lets through.
+pub type RuleAtom = (String, u16, u16, String);
+
+/// What `rules` let through, one protocol, port range and address range at
+/// a time (`any` is tcp and udp). Two rule sets admit the same traffic when
+/// their atoms are equal, however a provider groups them: EC2 lists every
+/// range of one port as one rule, a config may write them apart.
+pub fn rule_atoms(rules: &[CloudPort]) -> std::collections::BTreeSet<RuleAtom> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in rules {
+        let protos: Vec<&str> = match r.proto.as_str() {
+            "any" => vec!["tcp", "udp"],
+            p => vec![p],
+        };
+        for p in protos {
+            for c in &r.from {
+                out.insert((p.to_string(), r.from_port, r.to_port, c.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Do `have` and `want` let the same traffic through?
+pub fn same_rules(have: &[CloudPort], want: &[CloudPort]) -> bool {
+    rule_atoms(have) == rule_atoms(want)
+}
+
 /// Rules in one canonical order, so equal rule sets compare equal.
 pub fn normalize(ports: &[CloudPort]) -> Vec<CloudPort> {
     let mut out: Vec<CloudPort> = ports

@@ -99,6 +99,13 @@ pub(crate) fn rules(list: &[CloudPort]) -> Vec<ec2::Rule> {
     out
 }
 
+/// Which rules of a security group.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
 /// Each rule split into one per address range, in one order.
 fn atoms(list: &[ec2::Rule]) -> Vec<ec2::Rule> {
     let mut out: Vec<ec2::Rule> = list
@@ -303,49 +310,83 @@ impl Ec2 {
                     .map_err(|e| api("creating the security group", e))?;
                 // EC2 gives a new group its default outbound rules.
                 let out = match egress {
-                    Some(_) => client
-                        .security_groups()
-                        .await
-                        .map_err(|e| api("listing security groups", e))?
-                        .into_iter()
-                        .find(|g| g.id == id)
-                        .map(|g| g.egress)
-                        .unwrap_or_default(),
+                    Some(_) => self.new_group_egress(&id).await?,
                     None => Vec::new(),
                 };
                 (id, Vec::new(), out)
             }
         };
-        let want = rules(want);
-        let have = rules(&ports(&have));
-        let add: Vec<ec2::Rule> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
-        let drop: Vec<ec2::Rule> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
         // Open first, then close: SSH is never shut in between.
-        client
-            .authorize_ingress(&id, &add)
-            .await
-            .map_err(|e| api("adding security group rules", e))?;
-        client
-            .revoke_ingress(&id, &drop)
-            .await
-            .map_err(|e| api("removing security group rules", e))?;
+        self.sync_rules(&id, &rules(want), &have, Direction::In)
+            .await?;
         if let Some(egress) = egress {
-            // Rule by rule and address by address: EC2 lists rules merged
-            // by port, and its default allows every protocol (`-1`).
-            let want = atoms(&rules(egress));
-            let have = atoms(&have_out);
-            let add: Vec<ec2::Rule> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
-            let drop: Vec<ec2::Rule> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
-            client
-                .authorize_egress(&id, &add)
-                .await
-                .map_err(|e| api("adding outbound rules", e))?;
-            client
-                .revoke_egress(&id, &drop)
-                .await
-                .map_err(|e| api("removing outbound rules", e))?;
+            self.sync_rules(&id, &rules(egress), &have_out, Direction::Out)
+                .await?;
         }
         Ok(id)
+    }
+
+    /// Make `group`'s rules in `direction` exactly `want`, from `have`:
+    /// address by address (EC2 lists a port's ranges as one rule), adding
+    /// before removing.
+    async fn sync_rules(
+        &self,
+        group: &str,
+        want: &[ec2::Rule],
+        have: &[ec2::Rule],
+        direction: Direction,
+    ) -> Result<(), CloudError> {
+        let client = self.client().await?;
+        let (want, have) = (atoms(want), atoms(have));
+        let add: Vec<ec2::Rule> = want.iter().filter(|r| !have.contains(r)).cloned().collect();
+        let drop: Vec<ec2::Rule> = have.iter().filter(|r| !want.contains(r)).cloned().collect();
+        match direction {
+            Direction::In => {
+                client
+                    .authorize_ingress(group, &add)
+                    .await
+                    .map_err(|e| api("adding security group rules", e))?;
+                client
+                    .revoke_ingress(group, &drop)
+                    .await
+                    .map_err(|e| api("removing security group rules", e))?;
+            }
+            Direction::Out => {
+                client
+                    .authorize_egress(group, &add)
+                    .await
+                    .map_err(|e| api("adding outbound rules", e))?;
+                client
+                    .revoke_egress(group, &drop)
+                    .await
+                    .map_err(|e| api("removing outbound rules", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The outbound rules EC2 gave the group just made: read back (a new
+    /// group may take a moment to be listed), else EC2's documented
+    /// default, everything out over IPv4.
+    async fn new_group_egress(&self, id: &str) -> Result<Vec<ec2::Rule>, CloudError> {
+        let client = self.client().await?;
+        for _ in 0..10 {
+            let groups = client
+                .security_groups()
+                .await
+                .map_err(|e| api("listing security groups", e))?;
+            if let Some(g) = groups.into_iter().find(|g| g.id == id) {
+                return Ok(g.egress);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(vec![ec2::Rule {
+            protocol: "-1".into(),
+            from: -1,
+            to: -1,
+            cidrs: vec!["0.0.0.0/0".into()],
+            ipv6_cidrs: Vec::new(),
+        }])
     }
 
     async fn launch(
@@ -606,11 +647,14 @@ impl Provider for Ec2 {
                     .map_err(|e| api("tagging the instance", e))?;
             }
             if let Some(spec) = &want.ec2 {
-                let inbound = have.firewall.as_deref() != Some(&want.firewall[..]);
+                let differ = |have: Option<&Vec<CloudPort>>, want: &[CloudPort]| {
+                    !have.is_some_and(|h| super::desired::same_rules(h, want))
+                };
+                let inbound = differ(have.firewall.as_ref(), &want.firewall);
                 let outbound = spec
                     .egress
                     .as_ref()
-                    .is_some_and(|e| have.egress.as_ref() != Some(e));
+                    .is_some_and(|e| differ(have.egress.as_ref(), e));
                 if !want.firewall.is_empty() && (inbound || outbound) {
                     let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
                     let id = self
@@ -966,6 +1010,57 @@ mod tests {
         assert!(out.contains("termination protection: on"), "{out}");
     }
 
+    /// One power job over an EC2 instance and a Lightsail one, both in
+    /// USD: the EC2 saving is real and kept, the Lightsail server saves
+    /// nothing (it bills stopped), and the report says both.
+    #[test]
+    fn a_power_job_over_ec2_and_lightsail_reports_the_ec2_saving() {
+        let mut t = crate::source::ConfigTree::default();
+        t.insert_file(
+            "tidekeeper.yaml",
+            b"fleet: acme\ndefaults: {ssh: {from: [10.0.0.2/32]}}\nproviders: {ec2: {region: eu-central-1}, lightsail: {region: eu-central-1}}\n".to_vec(),
+        );
+        t.insert_file(
+            "hosts/bastion.yaml",
+            HOST.replace("TYPE", "t3.small").into_bytes(),
+        );
+        t.insert_file(
+            "hosts/web.yaml",
+            b"provider: lightsail\nssh: {user: admin, sudo: true}\nserver: {bundle: small_3_0, blueprint: debian_12, zone: eu-central-1a}\n".to_vec(),
+        );
+        t.insert_file(
+            "schedules.yaml",
+            b"jobs:\n  - name: days\n    cron: \"0 8 * * *\"\n    hosts: {names: [bastion, web]}\n    power: {running_for: 12h}\n".to_vec(),
+        );
+        let f = crate::model::load(&t).expect("valid fleet");
+        let mut obs = observed(vec![]);
+        obs.prices.insert(
+            ProviderKind::Lightsail,
+            PriceList {
+                currency: "USD",
+                monthly: BTreeMap::from([(("small_3_0".into(), "*".into()), 10.0)]),
+                bills_stopped: true,
+                disk_gb: BTreeMap::new(),
+                attached: BTreeMap::new(),
+            },
+        );
+        let now = chrono::DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let out = crate::maintenance::power_saving(&f, &f.jobs[0], now, Some(&obs));
+        assert!(
+            out.contains("up 360 h in the next 30 days (50% of the time)"),
+            "{out}"
+        );
+        // EC2: (17.52 compute + 3.65 address) × 0.5; its 1.90 of volume is
+        // billed either way.
+        assert!(
+            out.contains("saving: 10.58 USD/month of 33.07 USD/month"),
+            "{out}"
+        );
+        assert!(out.contains("5.00 if billed by running time"), "{out}");
+    }
+
     #[test]
     fn a_new_type_is_a_resize_in_place_that_keeps_the_data() {
         let f = fleet("t3.medium");
@@ -1011,11 +1106,13 @@ mod tests {
             (now.while_stopped - 50.0 * 0.0952).abs() < 1e-9,
             "a stopped instance pays for its volume only"
         );
-        // The config's 20 GB is what it is priced at once applied; still
-        // no public address, as it has none now.
+        // The config's 20 GB does not shrink the volume tidekeeper does not
+        // resize: still 50 GB once applied (a pull request cannot make room
+        // under a budget by writing a smaller size), and still no public
+        // address, as it has none now.
         let d = &crate::cloud::desired::servers(&f)[0];
         let after = obs.desired_price(d).unwrap();
-        assert!((after.monthly.amount - (17.52 + 1.904)).abs() < 1e-9);
+        assert!((after.monthly.amount - now.monthly.amount).abs() < 1e-9);
     }
 
     #[test]

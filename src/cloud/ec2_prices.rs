@@ -158,6 +158,18 @@ pub(crate) fn spot_monthly(instance_type: &str, region: &str) -> Option<(f64, f6
     Some((m * SPOT_RANGE.0, m * SPOT_RANGE.1))
 }
 
+/// The root volume a server is priced with, GB: as the instance it has now
+/// has it (tidekeeper does not resize a root volume, so what the config
+/// says would not change the bill), else as declared, else an AMI's usual.
+pub(crate) fn root_gb(
+    d: &super::desired::DesiredServer,
+    now: Option<&super::ObservedServer>,
+) -> u32 {
+    now.and_then(|o| o.volume_gb)
+        .or(d.ec2.as_ref().and_then(|e| e.root_gb))
+        .unwrap_or(AMI_ROOT_GB)
+}
+
 /// The line a plan shows under an EC2 change with a price: where the price
 /// comes from, what it is made of, and the spot range beside it.
 pub(crate) fn plan_note(c: &super::plan::CloudChange) -> Option<String> {
@@ -169,16 +181,14 @@ pub(crate) fn plan_note(c: &super::plan::CloudChange) -> Option<String> {
     let mut note = format!("EC2 on-demand, prices of {PRICES_OF}");
     if let (Some(r), Some(compute)) = (region(&d.location), monthly(&d.size, &d.location)) {
         let now = c.observed.as_ref();
-        let gb = d
-            .ec2
-            .as_ref()
-            .and_then(|e| e.root_gb)
-            .or(now.and_then(|o| o.volume_gb))
-            .unwrap_or(AMI_ROOT_GB);
+        let gb = root_gb(d, now);
         note.push_str(&format!(
             ": {compute:.2} compute + {:.2} for {gb} GB gp3",
             r.gp3_gb_month * f64::from(gb)
         ));
+        if let Some(e) = d.ec2.as_ref().filter(|e| e.root_type != "gp3") {
+            note.push_str(&format!(" (the volume is {}, priced as gp3)", e.root_type));
+        }
         if now.is_none_or(|o| o.public_ipv4) {
             note.push_str(&format!(
                 " + {:.2} public IPv4",

@@ -529,7 +529,12 @@ impl Provider for Lightsail {
                     .await
                     .map_err(|e| api("tagging the instance", e))?;
             }
-            if !want.firewall.is_empty() && have.firewall.as_deref() != Some(&want.firewall[..]) {
+            if !want.firewall.is_empty()
+                && !have
+                    .firewall
+                    .as_deref()
+                    .is_some_and(|h| super::desired::same_rules(h, &want.firewall))
+            {
                 self.client()
                     .await?
                     .put_ports(&have.id, &port_infos(&want.firewall))

@@ -641,16 +641,12 @@ impl Observed {
     }
 
     /// What `d`'s server costs a month once applied: its root volume as
-    /// declared, else as the server it has now, else an AMI's usual size;
-    /// a public IPv4 address unless the server it has now has none.
+    /// the server it has now has it (a root volume is not resized), else as
+    /// declared, else an AMI's usual size; a public IPv4 address unless the
+    /// server it has now has none.
     pub fn desired_price(&self, d: &desired::DesiredServer) -> Option<ServerPrice> {
         let now = self.server(d.provider, &d.host);
-        let gb = d
-            .ec2
-            .as_ref()
-            .and_then(|e| e.root_gb)
-            .or(now.and_then(|o| o.volume_gb))
-            .unwrap_or(ec2_prices::AMI_ROOT_GB);
+        let gb = ec2_prices::root_gb(d, now);
         let ipv4 = now.is_none_or(|o| o.public_ipv4);
         self.prices
             .get(&d.provider)?

@@ -954,7 +954,7 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
     // and a Hetzner firewall tidekeeper made earlier is removed.
     let managed =
         !d.firewall.is_empty() || (o.firewall.is_some() && d.provider == ProviderKind::Hetzner);
-    if managed && have_rules != d.firewall {
+    if managed && !super::desired::same_rules(&have_rules, &d.firewall) {
         attrs.push(attr(
             match d.provider {
                 ProviderKind::Lightsail => "public ports",
@@ -967,7 +967,7 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
     }
     if let Some(want) = d.ec2.as_ref().and_then(|e| e.egress.as_ref()) {
         let have = o.egress.clone().unwrap_or_default();
-        if &have != want {
+        if !super::desired::same_rules(&have, want) {
             attrs.push(attr(
                 "outbound rules",
                 Some(rules_text(&have)),

@@ -32,9 +32,17 @@ pub fn power_saving(
         s.push_str("  saving: unknown (the providers' prices could not be read)\n");
         return s;
     };
-    // Per currency: the full monthly cost, the saving, and whether some
-    // provider bills a stopped server in full.
-    let mut by_currency: std::collections::BTreeMap<&str, (f64, f64, bool)> = Default::default();
+    // Per currency: the full monthly cost, the saving, and what servers
+    // billed while stopped would save if billed by running time.
+    #[derive(Default)]
+    struct Sum {
+        full: f64,
+        saving: f64,
+        billed_stopped: f64,
+        all_billed_stopped: bool,
+        hosts: usize,
+    }
+    let mut by_currency: std::collections::BTreeMap<&str, Sum> = Default::default();
     for name in &job.hosts {
         let Some(host) = fleet.host(name) else {
             continue;
@@ -49,17 +57,32 @@ pub fn power_saving(
             continue;
         };
         let e = by_currency.entry(price.monthly.currency).or_default();
-        e.0 += price.monthly.amount;
-        e.1 += (price.monthly.amount - price.while_stopped) * (1.0 - share);
-        e.2 |= list.bills_stopped;
+        e.all_billed_stopped = (e.hosts == 0 || e.all_billed_stopped) && list.bills_stopped;
+        e.hosts += 1;
+        e.full += price.monthly.amount;
+        e.saving += (price.monthly.amount - price.while_stopped) * (1.0 - share);
+        if list.bills_stopped {
+            e.billed_stopped += price.monthly.amount * (1.0 - share);
+        }
     }
-    for (cur, (full, saving, bills_stopped)) in by_currency {
-        if bills_stopped {
-            let by_hours = full * (1.0 - share);
+    for (cur, e) in by_currency {
+        let Sum {
+            full,
+            saving,
+            billed_stopped,
+            ..
+        } = e;
+        if e.all_billed_stopped {
             let _ = writeln!(
                 s,
                 "  saving: 0.00 {cur}/month: the provider bills a stopped server like a running one \
-                 ({full:.2} {cur}/month either way; billed by running time it would save {by_hours:.2})"
+                 ({full:.2} {cur}/month either way; billed by running time it would save {billed_stopped:.2})"
+            );
+        } else if billed_stopped > 0.0 {
+            let _ = writeln!(
+                s,
+                "  saving: {saving:.2} {cur}/month of {full:.2} {cur}/month (storage is billed while stopped; \
+                 servers of providers that bill stopped servers save nothing, {billed_stopped:.2} if billed by running time)"
             );
         } else {
             let _ = writeln!(

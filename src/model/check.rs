@@ -358,6 +358,36 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The network itself: host bits cleared (`10.20.0.5/16` is
+    /// `10.20.0.0/16`), as cloud APIs store it.
+    pub(crate) fn network(&self) -> Net {
+        let (a, w) = Self::bits(self.addr);
+        let host = w - self.prefix;
+        let masked = if host >= 128 { 0 } else { (a >> host) << host };
+        let addr = match self.addr {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(masked as u32)),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(masked)),
+        };
+        Net {
+            addr,
+            prefix: self.prefix,
+        }
+    }
+}
+
+/// A checked address or network in the one form cloud firewalls store and
+/// list it: a network with its prefix, host bits cleared, IPv6 in its
+/// short lowercase form; `any` is both whole internets. So what the config
+/// says and what the provider lists compare equal. None when not valid
+/// (see [`cidr`]).
+pub(crate) fn cloud_networks(s: &str) -> Option<Vec<String>> {
+    if s == "any" {
+        return Some(vec!["0.0.0.0/0".into(), "::/0".into()]);
+    }
+    Net::parse(s).map(|n| vec![n.network().to_string()])
+}
+
 impl std::fmt::Display for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -442,6 +472,18 @@ pub(crate) fn public_key(line: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_networks_are_written_as_providers_list_them() {
+        let one = |s: &str| cloud_networks(s).unwrap();
+        assert_eq!(one("2001:DB8:0:0::/32"), ["2001:db8::/32"]);
+        assert_eq!(one("10.20.0.5/16"), ["10.20.0.0/16"]);
+        assert_eq!(one("10.20.13.140"), ["10.20.13.140/32"]);
+        assert_eq!(one("2001:db8::42"), ["2001:db8::42/128"]);
+        assert_eq!(one("any"), ["0.0.0.0/0", "::/0"]);
+        assert_eq!(one("0.0.0.0/0"), ["0.0.0.0/0"]);
+        assert_eq!(cloud_networks("10.0.0.0/33"), None);
+    }
 
     #[test]
     fn one_duration_parser_reads_every_unit_and_refuses_bare_numbers() {

@@ -738,6 +738,10 @@ pub struct Ec2Server {
     /// None: not managed, EC2's default lets everything out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<CloudPort>>,
+    /// Where `egress:` is written, for the lockout check of the hosts
+    /// reached through this one.
+    #[serde(skip)]
+    pub egress_origin: Option<Origin>,
 }
 
 /// A `server.ssh_keys` entry is a public key (`type base64 [comment]`) when

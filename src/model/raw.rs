@@ -570,8 +570,9 @@ pub struct ServerSpec {
     /// EC2: termination protection (`DisableApiTermination`).
     #[schemars(with = "Option<bool>")]
     pub termination_protection: Option<S<bool>>,
-    /// EC2: the outbound rules of the host's security group (absent: EC2's
-    /// default, everything allowed out).
+    /// EC2: the outbound rules of the host's security group, exactly
+    /// (absent: not managed; the group keeps the outbound rules it has, and
+    /// EC2 gives a new group one that allows everything out).
     pub egress: Option<Vec<EgressRule>>,
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
         }
         let src = sources(fleet, h);
         firewalls(h, &src, &mut out);
+        out.extend(jump_egress(fleet, h));
         out.extend(fail2ban::check(h, &src));
         out.extend(tunnel::check(fleet, h, &src));
     }
@@ -131,6 +132,68 @@ pub(crate) fn check(fleet: &Fleet) -> Vec<Diagnostic> {
 /// (a router whose ufw drops forwarded packets).
 pub(crate) fn warnings(fleet: &Fleet) -> Vec<Diagnostic> {
     fleet.hosts.iter().filter_map(forward::check).collect()
+}
+
+/// A jump host (`ssh.via`) whose outbound rules (EC2 `server.egress`) do
+/// not let it open SSH to `h`: its security group would cut tidekeeper off
+/// from `h`, though not from the jump host itself (replies always leave).
+fn jump_egress(fleet: &Fleet, h: &Host) -> Option<Diagnostic> {
+    let Some(Jump::Host(b)) = &h.ssh.via else {
+        return None;
+    };
+    let jump = fleet.host(b)?;
+    let ec2 = jump.server.as_ref()?.ec2.as_ref()?;
+    let egress = ec2.egress.as_ref()?;
+    let rules: Vec<Rule> = egress
+        .iter()
+        .map(|r| {
+            (
+                r.from.clone(),
+                Some((r.from_port, r.to_port)),
+                r.proto.as_str(),
+            )
+        })
+        .collect();
+    let addr = if h.ssh.address == SshAddress::Private {
+        h.private_address.as_ref()
+    } else {
+        h.address.as_ref()
+    };
+    let to = match addr.and_then(|a| Net::parse(a)) {
+        Some(n) => Sources::Known(vec![n]),
+        None => Sources::Unknown(format!(
+            "the address of {} is not known before its server is created",
+            h.name
+        )),
+    };
+    let port = h.ssh.port;
+    if admitted(&rules, port, &to) {
+        return None;
+    }
+    let origin = ec2.egress_origin.clone().unwrap_or_default();
+    Some(
+        origin
+            .error(
+                "lockout",
+                format!(
+                    "{b}: its outbound rules let it open SSH (port {port}) {}, but tidekeeper reaches {} through it{}: applying them would lock tidekeeper out of {}",
+                    allowed_from(&rules, port).replacen("from", "to", 1),
+                    h.name,
+                    match &to {
+                        Sources::Known(_) => format!(" at {}", to.text()),
+                        Sources::Unknown(why) => format!(", and {why}"),
+                    },
+                    h.name
+                ),
+            )
+            .with_help(format!(
+                "add an outbound rule to {b}'s server.egress: {{port: \"{port}\", to: [{}]}}",
+                match &to {
+                    Sources::Known(_) => to.text(),
+                    Sources::Unknown(_) => "THE_SUBNET_CIDR".into(),
+                }
+            )),
+    )
 }
 
 /// An error per firewall (ufw, cloud) of `h` that keeps `src` out.

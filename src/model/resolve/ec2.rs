@@ -62,6 +62,12 @@ impl Loader<'_> {
         let egress = self.ec2_egress(file, p_at, s);
         Some(Ec2Server {
             egress,
+            egress_origin: s
+                .egress
+                .as_ref()
+                .and_then(|r| r.first())
+                .map(|r| at(file, &r.port))
+                .or_else(|| s.egress.as_ref().map(|_| p_at.clone())),
             subnet: opt(&s.subnet).unwrap_or_default(),
             private_ip,
             root_gb,

@@ -928,7 +928,11 @@ impl Loader<'_> {
         let from = if cidrs.is_empty() {
             vec!["0.0.0.0/0".into(), "::/0".into()]
         } else {
-            cidrs.iter().map(|c| c.value.clone()).collect()
+            cidrs
+                .iter()
+                .filter_map(|c| check::cloud_networks(&c.value))
+                .flatten()
+                .collect()
         };
         Some(CloudPort {
             from_port: a,

@@ -769,11 +769,24 @@ fn permissions(f: &BTreeMap<String, String>) -> Vec<Permission> {
                     .map_while(|m| f.get(&format!("{p}.IpRanges.{m}.CidrIp")).cloned())
                     .collect(),
                 ipv6_cidrs: (1..)
-                    .map_while(|m| f.get(&format!("{p}.Ipv6Ranges.{m}.CidrIpv6")).cloned())
+                    .map_while(|m| f.get(&format!("{p}.Ipv6Ranges.{m}.CidrIpv6")))
+                    .map(|c| ipv6_as_stored(c))
                     .collect(),
             })
         })
         .collect()
+}
+
+/// EC2 stores an IPv6 range in its short lowercase form, whatever was sent
+/// (`2001:DB8:0::/32` is listed as `2001:db8::/32`).
+fn ipv6_as_stored(c: &str) -> String {
+    match c.split_once('/') {
+        Some((a, p)) => match a.parse::<std::net::Ipv6Addr>() {
+            Ok(a) => format!("{a}/{p}"),
+            Err(_) => c.to_string(),
+        },
+        None => c.to_string(),
+    }
 }
 
 async fn handle(
