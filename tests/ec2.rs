@@ -810,23 +810,13 @@ fn outbound_rules_replace_ec2s_allow_all_and_bound_what_the_host_reaches() {
     assert_eq!(reach(open_port), "blocked\n");
 }
 
-/// The IAM policy docs/cloud.md gives is enough: every EC2 call the client
-/// crate makes is one of its actions (a call missing there fails halfway
-/// through an apply with UnauthorizedOperation).
+/// The IAM policies docs/cloud.md gives are enough: every call the EC2 and
+/// Lightsail client crates make is one of their actions (a call missing
+/// there fails halfway through an apply with an authorization error).
 #[test]
-fn the_documented_iam_policy_allows_every_call_tidekeeper_makes() {
+fn the_documented_iam_policies_allow_every_call_tidekeeper_makes() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let client = std::fs::read_to_string(root.join("crates/ec2/src/lib.rs")).unwrap();
     let docs = std::fs::read_to_string(root.join("docs/cloud.md")).unwrap();
-    let code: String = client.chars().filter(|c| !c.is_whitespace()).collect();
-    let mut calls: Vec<String> = code
-        .split(".inner.")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('(').map(|(name, _)| name.to_string()))
-        .collect();
-    calls.sort();
-    calls.dedup();
-    assert!(calls.len() >= 20, "calls found: {calls:?}");
     let action = |snake: &str| -> String {
         snake
             .split('_')
@@ -838,13 +828,26 @@ fn the_documented_iam_policy_allows_every_call_tidekeeper_makes() {
             })
             .collect()
     };
-    let missing: Vec<String> = calls
-        .iter()
-        .map(|c| action(c))
-        .filter(|a| !docs.contains(&format!("\"ec2:{a}\"")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "docs/cloud.md's IAM policy lacks {missing:?}"
-    );
+    for (service, min) in [("ec2", 20), ("lightsail", 20)] {
+        let client =
+            std::fs::read_to_string(root.join(format!("crates/{service}/src/lib.rs"))).unwrap();
+        let code: String = client.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut calls: Vec<String> = code
+            .split(".inner.")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('(').map(|(name, _)| name.to_string()))
+            .collect();
+        calls.sort();
+        calls.dedup();
+        assert!(calls.len() >= min, "{service} calls found: {calls:?}");
+        let missing: Vec<String> = calls
+            .iter()
+            .map(|c| format!("\"{service}:{}\"", action(c)))
+            .filter(|a| !docs.contains(a.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/cloud.md's IAM policy for {service} lacks {missing:?}"
+        );
+    }
 }
