@@ -144,8 +144,14 @@ pub const CLAIMS: &[Claim] = &[
     claim(
         "docs/cloud.md",
         "json",
-        "2012-10-17",
+        "\"ec2:DescribeInstances\"",
         "the IAM actions are the EC2 calls crates/ec2 makes (data::ec2_iam_policy)",
+    ),
+    claim(
+        "docs/cloud.md",
+        "json",
+        "\"lightsail:GetInstances\"",
+        "the IAM actions are the Lightsail calls crates/lightsail makes (data::lightsail_iam_policy)",
     ),
     claim(
         "docs/config.md",
