@@ -809,3 +809,225 @@ fn outbound_rules_replace_ec2s_allow_all_and_bound_what_the_host_reaches() {
     assert_eq!(reach(shut_port), "reached\n");
     assert_eq!(reach(open_port), "blocked\n");
 }
+
+/// `settings` pointed at `f`'s EC2 emulator.
+fn point(f: &CloudFleet, settings: &str) -> String {
+    crate::support::cloud::point_ec2_at(settings, &f.ec2.url)
+}
+
+/// tidekeeper.yaml of fleet `acme` with a VPC network `lab`: a private
+/// subnet for the bastion, a public one for the gate, `nat` as given.
+fn lab_settings(nat: bool, allow_destroy: bool) -> String {
+    format!(
+        "fleet: acme\ndefaults:\n  ssh: {{from: [10.213.0.0/16]}}\nproviders:\n  ec2:\n    region: {REGION}\nnetworks:\n  lab:\n    provider: ec2\n    ip_range: 10.40.0.0/16\n    subnets: [10.40.13.0/24]\n    public_subnets: [10.40.0.0/24]\n    nat: {nat}\n    allow_destroy: {allow_destroy}\n"
+    )
+}
+
+/// The gate: in the public subnet, SSH from this machine and the VPC.
+const GATE: &str = "provider: ec2
+ssh: {user: admin, sudo: true}
+server:
+  type: t3.small
+  image: ami-0abcdef1234567890
+  networks: [{name: lab, ip: 10.40.0.10}]
+  firewall:
+    - {port: \"22\", from: [10.213.0.0/16]}
+roles: [base]
+";
+
+/// The bastion: in the private subnet at .140, reached through the gate.
+const PRIVATE_BASTION: &str = "provider: ec2
+ssh: {user: admin, sudo: true, address: private, via: gate}
+server:
+  type: t3.small
+  image: ami-0abcdef1234567890
+  networks: [{name: lab, ip: 10.40.13.140}]
+  firewall:
+    - {port: \"22\", from: [10.40.0.0/24]}
+roles: [base]
+";
+
+#[test]
+fn a_vpc_network_is_made_with_its_routes_and_nat_and_a_private_host_is_reached_through_the_public_one()
+ {
+    let files = |nat: bool, allow_destroy: bool| {
+        vec![
+            (
+                "tidekeeper.yaml".to_string(),
+                lab_settings(nat, allow_destroy),
+            ),
+            ("roles/base.yaml".to_string(), BASE.to_string()),
+            ("templates/hello.j2".to_string(), HELLO.to_string()),
+            ("hosts/gate.yaml".to_string(), GATE.to_string()),
+            (
+                "hosts/bastion.yaml".to_string(),
+                PRIVATE_BASTION.to_string(),
+            ),
+        ]
+    };
+    let f = CloudFleet::with_repo(Kind::Full, files(true, false));
+    // The plan prices the NAT gateway with its address (0.052 × 730 + 3.65),
+    // and the bastion without one.
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for want in [
+        "+ lab network (EC2)  +41.61 USD/month",
+        "17.52 compute + 0.76 for 8 GB gp3 = 18.28 USD/month",
+        "private subnets: 10.40.13.0/24",
+        "public subnets: 10.40.0.0/24 (routed to an internet gateway)",
+        "NAT gateway: in 10.40.0.0/24, the private subnets' way out",
+        "subnet: 10.40.13.0/24 of the network",
+        "private ip: 10.40.13.140",
+    ] {
+        assert!(plan.contains(want), "{want:?} in:\n{plan}");
+    }
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The VPC as EC2 holds it.
+    let tagged =
+        |tags: &[(String, String)], k: &str, v: &str| tags.iter().any(|(a, b)| a == k && b == v);
+    let vpc = f
+        .ec2
+        .vpcs()
+        .into_iter()
+        .find(|v| tagged(&v.tags, "tidekeeper-network", "lab"))
+        .expect("the network's VPC");
+    assert_eq!(vpc.cidr, "10.40.0.0/16");
+    let subnet = |name: &str| f.ec2.subnet_named(name).expect(name);
+    let (public, private) = (subnet("lab-public"), subnet("lab-private"));
+    assert_eq!(
+        (public.cidr.as_str(), public.map_public_ip),
+        ("10.40.0.0/24", true)
+    );
+    assert_eq!(
+        (private.cidr.as_str(), private.map_public_ip),
+        ("10.40.13.0/24", false)
+    );
+    let igw = f
+        .ec2
+        .internet_gateways()
+        .into_iter()
+        .find(|g| g.vpcs == [vpc.id.clone()])
+        .expect("an internet gateway on the VPC");
+    let nat = f
+        .ec2
+        .nat_gateways()
+        .into_iter()
+        .find(|n| n.vpc == vpc.id && n.state == "available")
+        .expect("an available NAT gateway");
+    assert_eq!(
+        nat.subnet, public.id,
+        "the NAT gateway is in the public subnet"
+    );
+    let way_out = |subnet: &str| {
+        f.ec2
+            .route_tables()
+            .into_iter()
+            .find(|t| t.associations.iter().any(|(_, s)| s == subnet))
+            .and_then(|t| t.routes.into_iter().find(|r| r.destination == "0.0.0.0/0"))
+            .map(|r| r.target)
+    };
+    assert_eq!(way_out(&public.id), Some(igw.id.clone()));
+    assert_eq!(way_out(&private.id), Some(nat.id.clone()));
+
+    // Each instance in its subnet at its address; the bastion has no public
+    // address and is configured through the gate over the VPC.
+    let gate = f.ec2.instance_for("gate").expect("the gate");
+    let bastion = f.ec2.instance_for("bastion").expect("the bastion");
+    assert_eq!(
+        (gate.subnet.as_str(), gate.private_ip.as_str()),
+        (public.id.as_str(), "10.40.0.10")
+    );
+    assert!(gate.public_ip.is_some());
+    assert_eq!(
+        (bastion.subnet.as_str(), bastion.private_ip.as_str()),
+        (private.id.as_str(), "10.40.13.140")
+    );
+    assert_eq!(
+        bastion.public_ip, None,
+        "a private subnet maps no public address"
+    );
+    assert_eq!(f.ssh("gate", "cat /etc/tk-cloud"), "hello gate\n");
+    // (Its firewall admits only the public subnet: read from its disk.)
+    let root = f.cloud.bed.lock().unwrap().root(f.host_of("bastion"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/tk-cloud")).unwrap(),
+        "hello bastion\n",
+        "configured through the gate"
+    );
+    let read = f.ssh(
+        "gate",
+        "timeout 3 bash -c 'echo > /dev/tcp/10.40.13.140/22' && echo reached",
+    );
+    assert_eq!(
+        read, "reached\n",
+        "the gate reaches the bastion's sshd over the VPC"
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "converged: {}", text(&out));
+
+    // No NAT: the gateway goes, its address is released, the bill falls.
+    f.repo
+        .write("tidekeeper.yaml", &point(&f, &lab_settings(false, true)));
+    f.repo.commit("no NAT gateway");
+    let out = f.tk(&["plan"]);
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("~ lab network (EC2)  -41.61 USD/month"),
+        "{plan}"
+    );
+    assert!(plan.contains("NAT gateway: present → none"), "{plan}");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !f.ec2
+            .nat_gateways()
+            .iter()
+            .any(|n| n.vpc == vpc.id && n.state != "deleted"),
+        "{:?}\n{}",
+        f.ec2.nat_gateways(),
+        text(&out)
+    );
+    assert!(
+        f.ec2.addresses().is_empty(),
+        "the NAT gateway's Elastic IP is released: {:?}",
+        f.ec2.addresses()
+    );
+    assert_eq!(
+        way_out(&private.id),
+        None,
+        "no way out left in the private table"
+    );
+
+    // The bastion and the network leave the config, the gate moves out (a
+    // new instance): all of the network is deleted, in the order EC2 allows.
+    std::fs::remove_file(f.repo.path.join("hosts/bastion.yaml")).unwrap();
+    f.repo.write(
+        "hosts/gate.yaml",
+        &GATE.replace(
+            "networks: [{name: lab, ip: 10.40.0.10}]",
+            "subnet: subnet-0a1b2c3d",
+        ),
+    );
+    f.repo.write(
+        "tidekeeper.yaml",
+        &point(
+            &f,
+            lab_settings(false, true).split("networks:").next().unwrap(),
+        ),
+    );
+    f.repo.commit("the lab is gone");
+    let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        f.ec2.vpcs().iter().all(|v| v.id != vpc.id),
+        "the VPC is deleted"
+    );
+    assert!(f.ec2.subnets().iter().all(|s| s.vpc != vpc.id));
+    assert!(f.ec2.internet_gateways().iter().all(|g| g.id != igw.id));
+    let gate = f.ec2.instance_for("gate").expect("the new gate");
+    assert_eq!(gate.subnet, SUBNET);
+    assert_eq!(f.ssh("gate", "cat /etc/tk-cloud"), "hello gate\n");
+}

@@ -12,6 +12,7 @@ mod dockerfile;
 mod dockerfw;
 mod docs_examples;
 mod ec2;
+mod ec2_network;
 mod engine;
 pub mod examples;
 mod forge;

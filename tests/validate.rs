@@ -2132,3 +2132,153 @@ fn a_lightsail_debian_host_logging_in_as_root_is_told_to_log_in_as_admin() {
         .load()
         .expect("admin through sudo is how Lightsail's Debian is reached");
 }
+
+/// tidekeeper.yaml with EC2 and a VPC network `lab` (`extra` under it).
+fn vpc_fleet(extra: &str) -> String {
+    format!("{EC2_FLEET}networks:\n  lab:\n    provider: ec2\n    ip_range: 10.40.0.0/16\n{extra}")
+}
+
+/// An EC2 host in network `lab` (`at` is its `networks:` entry).
+fn vpc_host(at: &str, extra: &str) -> String {
+    format!(
+        "provider: ec2\nssh: {{user: admin, sudo: true}}\nserver:\n  type: t3.small\n  image: ami-0abcdef1234567890\n  networks: [{at}]\n{extra}"
+    )
+}
+
+#[test]
+fn ec2_networks_are_vpcs_checked_where_they_are_written() {
+    let lab = "    subnets: [10.40.13.0/24]\n    public_subnets: [10.40.0.0/24]\n    nat: true\n";
+    // In a private subnet: reached at its private address, through the gate.
+    const PRIVATE: &str = "provider: ec2\nssh: {user: admin, sudo: true, address: private, via: gate}\nserver:\n  type: t3.small\n  image: ami-0abcdef1234567890\n  networks: [ADDR]\n";
+    // (Hosts on no network where the network itself is wrong.)
+    const EXISTING: &str = "provider: existing\naddress: 10.213.0.2\nroles: [base]\n";
+    let fleet = minimal()
+        .file("tidekeeper.yaml", vpc_fleet(lab))
+        .file(
+            "hosts/web.yaml",
+            PRIVATE.replace("ADDR", "{name: lab, ip: 10.40.13.140}"),
+        )
+        .file(
+            "hosts/gate.yaml",
+            vpc_host("{name: lab, ip: 10.40.0.10}", ""),
+        )
+        .file("hosts/worker.yaml", PRIVATE.replace("ADDR", "lab"))
+        .load()
+        .expect("valid");
+    let n = &fleet.networks[0];
+    assert_eq!(
+        (
+            n.subnets.clone(),
+            n.public_subnets.clone(),
+            n.nat,
+            n.region.as_str()
+        ),
+        (
+            vec!["10.40.13.0/24".to_string()],
+            vec!["10.40.0.0/24".to_string()],
+            true,
+            "eu-central-1"
+        )
+    );
+    let placed = |host: &str| {
+        let h = fleet.hosts.iter().find(|h| h.name == host).unwrap();
+        let e = h.server.as_ref().unwrap().ec2.clone().unwrap();
+        (e.network_subnet, e.private_ip)
+    };
+    assert_eq!(
+        placed("web"),
+        (Some("10.40.13.0/24".into()), Some("10.40.13.140".into()))
+    );
+    assert_eq!(
+        placed("gate"),
+        (Some("10.40.0.0/24".into()), Some("10.40.0.10".into()))
+    );
+    assert_eq!(
+        placed("worker"),
+        (Some("10.40.13.0/24".into()), None),
+        "the first private subnet"
+    );
+
+    let fails = |settings: &str, host: &str, at: &str, code: &str, message: &str| {
+        minimal()
+            .file("tidekeeper.yaml", settings)
+            .file("hosts/web.yaml", host)
+            .fails_with(at, code, message);
+    };
+    fails(
+        &vpc_fleet("    subnets: [10.40.0.0/24, 10.40.0.128/25]\n"),
+        EXISTING,
+        "tidekeeper.yaml:8:29",
+        "invalid-cidr",
+        "subnet 10.40.0.128/25 overlaps subnet 10.40.0.0/24 of network lab",
+    );
+    fails(
+        &vpc_fleet("    subnets: [10.40.13.0/29]\n"),
+        EXISTING,
+        "tidekeeper.yaml:8:15",
+        "invalid-cidr",
+        "subnet \"10.40.13.0/29\": an EC2 subnet is a network of /16 to /28",
+    );
+    fails(
+        &vpc_fleet("    subnets: [10.40.13.0/24]\n    nat: true\n"),
+        EXISTING,
+        "tidekeeper.yaml:9:10",
+        "invalid-value",
+        "network lab: a NAT gateway lives in a public subnet, and the network has none",
+    );
+    fails(
+        "fleet: test\nproviders:\n  hetzner: {}\n  ec2: {region: eu-central-1}\nnetworks:\n  lan:\n    ip_range: 10.0.0.0/16\n    public_subnets: [10.0.1.0/24]\n",
+        EXISTING,
+        "tidekeeper.yaml:8:22",
+        "invalid-key",
+        "network lan: `public_subnets` is for EC2 networks (VPCs)",
+    );
+    fails(
+        "fleet: test\nnetworks:\n  lab:\n    provider: ec2\n    ip_range: 10.40.0.0/16\n",
+        EXISTING,
+        "tidekeeper.yaml:4:15",
+        "missing-key",
+        "network lab is an EC2 VPC but tidekeeper.yaml has no providers.ec2",
+    );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host("lab", ""),
+        "hosts/web.yaml",
+        "invalid-value",
+        "web is in private subnet 10.40.13.0/24, where an instance has no public address, but connects to its public address",
+    );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host("{name: lab, ip: 10.40.13.3}", ""),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "10.40.13.3 is one of the five addresses AWS reserves in subnet 10.40.13.0/24 (the first four and the last)",
+    );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host("{name: lab, ip: 10.40.14.5}", ""),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "\"10.40.14.5\" is not an address in network lab's subnets (10.40.13.0/24, 10.40.0.0/24)",
+    );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host(
+            "{name: lab, ip: 10.40.0.10}",
+            "  subnet: subnet-0123456789abcdef0\n",
+        ),
+        "hosts/web.yaml:7:11",
+        "invalid-key",
+        "`subnet` and `networks` both place the instance; in network lab it gets its subnet from tidekeeper.yaml",
+    );
+    fails(
+        &format!(
+            "{}    subnets: [10.40.13.0/24]\n  lan:\n    ip_range: 10.0.0.0/16\n",
+            vpc_fleet("")
+        ),
+        &vpc_host("lan", ""),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "network lan belongs to provider hetzner; a server on ec2 cannot join it",
+    );
+}

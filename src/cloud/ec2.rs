@@ -20,6 +20,8 @@ use super::{
 };
 use crate::model::desired::{CloudPort, Lightsail as Settings, ProviderKind};
 
+mod network;
+
 const NAME: &str = "ec2";
 const POLL: Duration = Duration::from_millis(500);
 /// The console's name for an instance.
@@ -284,24 +286,26 @@ impl Ec2 {
             .security_groups()
             .await
             .map_err(|e| api("listing security groups", e))?;
-        let (id, have, have_out) = match groups.iter().find(|g| g.name == name) {
+        let subnets = client
+            .subnets()
+            .await
+            .map_err(|e| api("listing subnets", e))?;
+        let vpc = subnets
+            .iter()
+            .find(|s| s.id == subnet)
+            .map(|s| s.vpc.clone())
+            .ok_or_else(|| {
+                CloudError::api(
+                    NAME,
+                    "finding the security group's VPC",
+                    format!("subnet {subnet} does not exist in this region"),
+                )
+            })?;
+        // A group belongs to one VPC: a host that moved to another network
+        // gets a group of its own there (the old one goes with its VPC).
+        let (id, have, have_out) = match groups.iter().find(|g| g.name == name && g.vpc == vpc) {
             Some(g) => (g.id.clone(), g.ingress.clone(), g.egress.clone()),
             None => {
-                let subnets = client
-                    .subnets()
-                    .await
-                    .map_err(|e| api("listing subnets", e))?;
-                let vpc = subnets
-                    .iter()
-                    .find(|s| s.id == subnet)
-                    .map(|s| s.vpc.clone())
-                    .ok_or_else(|| {
-                        CloudError::api(
-                            NAME,
-                            "creating the security group",
-                            format!("subnet {subnet} does not exist in this region"),
-                        )
-                    })?;
                 let tags: Vec<(String, String)> =
                     super::desired::ownership(fleet).into_iter().collect();
                 let id = client
@@ -408,6 +412,11 @@ impl Ec2 {
             Some(entry) => Some(self.key_pair(&fleet, entry).await?),
             None => None,
         };
+        // In a network of tidekeeper.yaml, its subnet there (made first).
+        let subnet = match (&spec.network_subnet, want.networks.first()) {
+            (Some(cidr), Some(n)) => self.subnet_in(&fleet, &n.name, cidr).await?,
+            _ => spec.subnet.clone(),
+        };
         let groups = if want.firewall.is_empty() {
             Vec::new()
         } else {
@@ -415,7 +424,7 @@ impl Ec2 {
                 self.security_group(
                     &fleet,
                     &want.host,
-                    &spec.subnet,
+                    &subnet,
                     &want.firewall,
                     spec.egress.as_deref(),
                 )
@@ -450,7 +459,7 @@ impl Ec2 {
             .run(&ec2::Launch {
                 instance_type: &want.size,
                 image: &want.image,
-                subnet: Some(&spec.subnet),
+                subnet: Some(&subnet),
                 private_ip: spec.private_ip.as_deref(),
                 key_name: key.as_deref(),
                 user_data,
@@ -498,6 +507,12 @@ impl Provider for Ec2 {
                     .await
                     .map_err(|e| api("listing volumes", e))?
             };
+            // Instances in tidekeeper's networks: which network each is in.
+            let subnets = client
+                .subnets()
+                .await
+                .map_err(|e| api("listing subnets", e))?;
+            let networks = network::subnet_networks(&subnets);
             let mut out = Vec::new();
             for i in &list {
                 let protected = client
@@ -508,10 +523,33 @@ impl Provider for Ec2 {
                     .iter()
                     .find(|v| i.root_volume.as_ref() == Some(&v.id))
                     .and_then(|v| u32::try_from(v.size_gb).ok());
-                out.push(self.observed(i, &groups, protected, gb));
+                let mut o = self.observed(i, &groups, protected, gb);
+                if let (Some(n), Some(ip)) = (
+                    i.subnet.as_ref().and_then(|s| networks.get(s)),
+                    &i.private_ip,
+                ) {
+                    o.networks = vec![(n.clone(), ip.clone())];
+                }
+                out.push(o);
             }
             Ok(out)
         })
+    }
+
+    fn networks(&self) -> Fut<'_, Vec<super::ObservedNetwork>> {
+        Box::pin(self.list_networks())
+    }
+
+    fn ensure_network<'a>(
+        &'a self,
+        fleet: &'a str,
+        want: &'a crate::model::desired::Network,
+    ) -> Fut<'a, ()> {
+        Box::pin(self.make_network(fleet, want))
+    }
+
+    fn delete_network<'a>(&'a self, have: &'a super::ObservedNetwork) -> Fut<'a, ()> {
+        Box::pin(self.remove_network(have))
     }
 
     fn images<'a>(&'a self, filters: &'a [String], ids: &'a [String]) -> Fut<'a, super::Images> {
@@ -574,6 +612,7 @@ impl Provider for Ec2 {
                         let a = super::AttachedPrices {
                             volume_gb: r.gp3_gb_month,
                             ipv4: r.ipv4_hour * super::ec2_prices::HOURS_PER_MONTH,
+                            nat: r.nat_hour * super::ec2_prices::HOURS_PER_MONTH,
                         };
                         (r.region.to_string(), a)
                     })
@@ -661,7 +700,7 @@ impl Provider for Ec2 {
                         .security_group(
                             &fleet,
                             &want.host,
-                            &spec.subnet,
+                            have.subnet.as_deref().unwrap_or(&spec.subnet),
                             &want.firewall,
                             spec.egress.as_deref(),
                         )

@@ -20,9 +20,7 @@ pub(crate) struct RegionPrices {
     pub gp3_gb_month: f64,
     /// A public IPv4 address, USD per hour (attached or not).
     pub ipv4_hour: f64,
-    /// A NAT gateway, USD per hour (data processed is extra). Not in plans
-    /// yet: tidekeeper does not manage NAT gateways.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// A NAT gateway, USD per hour (data processed is extra).
     pub nat_hour: f64,
 }
 
@@ -170,6 +168,16 @@ pub(crate) fn root_gb(
         .unwrap_or(AMI_ROOT_GB)
 }
 
+/// Does `d`'s server have a public IPv4 address once applied? As the
+/// server it has now does; a new one unless it goes in a private subnet.
+pub(crate) fn public_ipv4(
+    d: &super::desired::DesiredServer,
+    now: Option<&super::ObservedServer>,
+) -> bool {
+    let private = d.ec2.as_ref().is_some_and(|e| e.private_subnet);
+    now.map_or(!private, |o| o.public_ipv4)
+}
+
 /// The line a plan shows under an EC2 change with a price: where the price
 /// comes from, what it is made of, and the spot range beside it.
 pub(crate) fn plan_note(c: &super::plan::CloudChange) -> Option<String> {
@@ -189,7 +197,7 @@ pub(crate) fn plan_note(c: &super::plan::CloudChange) -> Option<String> {
         if let Some(e) = d.ec2.as_ref().filter(|e| e.root_type != "gp3") {
             note.push_str(&format!(" (the volume is {}, priced as gp3)", e.root_type));
         }
-        if now.is_none_or(|o| o.public_ipv4) {
+        if public_ipv4(d, now) {
             note.push_str(&format!(
                 " + {:.2} public IPv4",
                 r.ipv4_hour * HOURS_PER_MONTH

@@ -1452,6 +1452,9 @@ impl Provider for Hetzner {
                     name: n.name,
                     ip_range: n.ip_range,
                     subnets: n.subnets.into_iter().filter_map(|s| s.ip_range).collect(),
+                    public_subnets: Vec::new(),
+                    nat: false,
+                    region: String::new(),
                     labels: n.labels.into_iter().collect(),
                     delete_protection: n.protection.delete,
                 })

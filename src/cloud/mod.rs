@@ -163,6 +163,15 @@ pub struct ObservedNetwork {
     pub name: String,
     pub ip_range: String,
     pub subnets: Vec<String>,
+    /// EC2: subnets routed to its internet gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_subnets: Vec<String>,
+    /// EC2: it has a NAT gateway (billed by the hour).
+    #[serde(default)]
+    pub nat: bool,
+    /// EC2: its region (where its NAT gateway is priced).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
     pub labels: BTreeMap<String, String>,
     pub delete_protection: bool,
 }
@@ -219,6 +228,9 @@ pub struct AttachedPrices {
     pub volume_gb: f64,
     /// A public IPv4 address.
     pub ipv4: f64,
+    /// A NAT gateway (EC2), without its address or the data it carries.
+    #[serde(default)]
+    pub nat: f64,
 }
 
 /// What one server costs a month, and the part it pays while stopped.
@@ -642,12 +654,12 @@ impl Observed {
 
     /// What `d`'s server costs a month once applied: its root volume as
     /// the server it has now has it (a root volume is not resized), else as
-    /// declared, else an AMI's usual size; a public IPv4 address unless the
-    /// server it has now has none.
+    /// declared, else an AMI's usual size; a public IPv4 address as
+    /// [`ec2_prices::public_ipv4`] says.
     pub fn desired_price(&self, d: &desired::DesiredServer) -> Option<ServerPrice> {
         let now = self.server(d.provider, &d.host);
         let gb = ec2_prices::root_gb(d, now);
-        let ipv4 = now.is_none_or(|o| o.public_ipv4);
+        let ipv4 = ec2_prices::public_ipv4(d, now);
         self.prices
             .get(&d.provider)?
             .server_price(&d.size, &d.location, gb, ipv4)

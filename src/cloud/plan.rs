@@ -11,9 +11,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::desired::{DesiredServer, describe_port};
-use super::{ALLOW_DESTROY, Monthly, Observed, ObservedServer};
+use super::{ALLOW_DESTROY, Monthly, Observed, ObservedNetwork, ObservedServer};
 use crate::change::Attr;
-use crate::model::desired::{Fleet, ProviderKind};
+use crate::model::desired::{Fleet, Network, ProviderKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,7 +125,7 @@ pub struct CloudPlan {
     /// What each host's server costs a month once the plan is applied.
     #[serde(skip)]
     pub server_cost: BTreeMap<String, (ProviderKind, Monthly)>,
-    /// Private networks to create, extend or delete (they cost nothing).
+    /// Private networks to create, extend or delete.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkChange>,
     /// A digest of the servers and networks planned against
@@ -143,6 +143,11 @@ pub struct NetworkChange {
     pub action: CloudAction,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attrs: Vec<Attr>,
+    /// Monthly price before and after (None: free): an EC2 NAT gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_before: Option<Monthly>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_after: Option<Monthly>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
     #[serde(skip)]
@@ -237,9 +242,110 @@ fn observed_networks_text(n: &[(String, String)]) -> String {
         .join(", ")
 }
 
+/// The networks of tidekeeper.yaml some server names: a network no server
+/// names is not made (a template may declare it).
+fn used_networks(fleet: &Fleet) -> impl Iterator<Item = &Network> {
+    fleet.networks.iter().filter(|n| {
+        fleet.hosts.iter().any(|h| {
+            h.server
+                .as_ref()
+                .is_some_and(|s| s.networks.iter().any(|x| x.name == n.name))
+        })
+    })
+}
+
+/// What a network costs a month: an EC2 VPC's NAT gateway with its public
+/// address (None: free, or no price for the region).
+pub(crate) fn network_price(
+    observed: &Observed,
+    provider: ProviderKind,
+    region: &str,
+    nat: bool,
+) -> Option<Monthly> {
+    let list = observed.prices.get(&provider).filter(|_| nat)?;
+    let a = list.attached.get(region)?;
+    Some(Monthly {
+        amount: a.nat + a.ipv4,
+        currency: list.currency,
+    })
+}
+
+/// What a new network is made of, as the plan shows it.
+fn network_attrs(n: &Network) -> Vec<Attr> {
+    let mut attrs = vec![attr("ip range", None, Some(n.ip_range.clone()))];
+    if n.provider != ProviderKind::Ec2 {
+        attrs.push(attr("subnets", None, Some(n.subnets.join(", "))));
+        attrs.push(attr("zone", None, Some(n.zone.clone())));
+        return attrs;
+    }
+    if !n.subnets.is_empty() {
+        attrs.push(attr("private subnets", None, Some(n.subnets.join(", "))));
+    }
+    if !n.public_subnets.is_empty() {
+        let public = format!(
+            "{} (routed to an internet gateway)",
+            n.public_subnets.join(", ")
+        );
+        attrs.push(attr("public subnets", None, Some(public)));
+    }
+    if n.nat {
+        attrs.push(attr("NAT gateway", None, Some(nat_text(n))));
+    }
+    if !n.zone.is_empty() {
+        attrs.push(attr("availability zone", None, Some(n.zone.clone())));
+    }
+    attrs
+}
+
+fn nat_text(n: &Network) -> String {
+    match n.public_subnets.first() {
+        Some(p) if n.nat => format!("in {p}, the private subnets' way out"),
+        _ => "none".into(),
+    }
+}
+
+/// What network `n` lacks of the config (subnets, a NAT gateway) or has
+/// too much of (a NAT gateway), as one update; None when nothing.
+fn network_update(n: &Network, o: &ObservedNetwork, observed: &Observed) -> Option<NetworkChange> {
+    let lacks = |want: &[String], have: &[String]| want.iter().any(|s| !have.contains(s));
+    let mut attrs = Vec::new();
+    if lacks(&n.subnets, &o.subnets) {
+        let name = if n.provider == ProviderKind::Ec2 {
+            "private subnets"
+        } else {
+            "subnets"
+        };
+        attrs.push(attr(
+            name,
+            Some(o.subnets.join(", ")),
+            Some(n.subnets.join(", ")),
+        ));
+    }
+    if lacks(&n.public_subnets, &o.public_subnets) {
+        let (b, a) = (o.public_subnets.join(", "), n.public_subnets.join(", "));
+        attrs.push(attr("public subnets", Some(b), Some(a)));
+    }
+    if o.nat != n.nat {
+        let was = if o.nat { "present" } else { "none" };
+        attrs.push(attr("NAT gateway", Some(was.into()), Some(nat_text(n))));
+    }
+    (!attrs.is_empty()).then(|| NetworkChange {
+        name: n.name.clone(),
+        provider: n.provider,
+        action: CloudAction::Update,
+        attrs,
+        cost_before: network_price(observed, n.provider, &o.region, o.nat),
+        cost_after: network_price(observed, n.provider, &o.region, n.nat),
+        blocked: None,
+        desired: Some(n.clone()),
+        observed: Some(o.clone()),
+    })
+}
+
 /// Networks the fleet declares against those the providers have: create
-/// the missing, add subnets, and (planning the whole fleet) delete the
-/// fleet's networks no longer declared, where their config allowed it.
+/// the missing, add subnets (and on EC2 add or remove the NAT gateway),
+/// and (planning the whole fleet) delete the fleet's networks no longer
+/// declared, where their config allowed it.
 pub(crate) fn plan_networks(
     fleet: &Fleet,
     observed: &Observed,
@@ -248,29 +354,20 @@ pub(crate) fn plan_networks(
 ) -> (Vec<NetworkChange>, Vec<String>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    // A network no server names is not made (a template may declare it).
-    let used = |name: &str| {
-        fleet.hosts.iter().any(|h| {
-            h.server
-                .as_ref()
-                .is_some_and(|s| s.networks.iter().any(|n| n.name == name))
-        })
-    };
-    for n in fleet.networks.iter().filter(|n| used(&n.name)) {
+    for n in used_networks(fleet) {
         let have = observed
             .networks
             .iter()
-            .find(|o| o.provider == ProviderKind::Hetzner && o.name == n.name);
+            .find(|o| o.provider == n.provider && o.name == n.name);
+        let price = |nat: bool, region: &str| network_price(observed, n.provider, region, nat);
         let Some(o) = have else {
             out.push(NetworkChange {
                 name: n.name.clone(),
-                provider: ProviderKind::Hetzner,
+                provider: n.provider,
                 action: CloudAction::Create,
-                attrs: vec![
-                    attr("ip range", None, Some(n.ip_range.clone())),
-                    attr("subnets", None, Some(n.subnets.join(", "))),
-                    attr("zone", None, Some(n.zone.clone())),
-                ],
+                attrs: network_attrs(n),
+                cost_before: None,
+                cost_after: price(n.nat, &n.region),
                 blocked: None,
                 desired: Some(n.clone()),
                 observed: None,
@@ -291,30 +388,15 @@ pub(crate) fn plan_networks(
             ));
             continue;
         }
-        let missing: Vec<&String> = n
-            .subnets
-            .iter()
-            .filter(|s| !o.subnets.contains(s))
-            .collect();
-        if !missing.is_empty() {
-            out.push(NetworkChange {
-                name: n.name.clone(),
-                provider: ProviderKind::Hetzner,
-                action: CloudAction::Update,
-                attrs: vec![attr(
-                    "subnets",
-                    Some(o.subnets.join(", ")),
-                    Some(n.subnets.join(", ")),
-                )],
-                blocked: None,
-                desired: Some(n.clone()),
-                observed: Some(o.clone()),
-            });
-        }
+        out.extend(network_update(n, o, observed));
     }
     if whole {
         for o in observed.networks.iter().filter(|o| o.owned_by(&fleet.name)) {
-            if fleet.networks.iter().any(|n| n.name == o.name) {
+            if fleet
+                .networks
+                .iter()
+                .any(|n| n.name == o.name && n.provider == o.provider)
+            {
                 continue;
             }
             let permitted = opts.allow_destroy
@@ -324,6 +406,8 @@ pub(crate) fn plan_networks(
                 provider: o.provider,
                 action: CloudAction::Delete,
                 attrs: vec![],
+                cost_before: network_price(observed, o.provider, &o.region, o.nat),
+                cost_after: None,
                 blocked: (!permitted).then(|| format!(
                     "network {}: it would be deleted, but destroying it is not permitted: set `allow_destroy: true` on it in tidekeeper.yaml (apply that first, then remove it), or run `tidekeeper apply --allow-destroy`",
                     o.name
@@ -523,6 +607,18 @@ fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs
         }
     }
     out.per_server.extend(priced);
+    // An EC2 VPC's NAT gateway, as it is and as the fleet asks.
+    for o in observed.networks.iter().filter(|o| o.owned_by(&fleet.name)) {
+        add(network_price(observed, o.provider, &o.region, o.nat), true);
+    }
+    for n in used_networks(fleet) {
+        let have = observed
+            .networks
+            .iter()
+            .find(|o| o.provider == n.provider && o.name == n.name);
+        let region = have.map_or(n.region.as_str(), |o| o.region.as_str());
+        add(network_price(observed, n.provider, region, n.nat), false);
+    }
     out
 }
 
@@ -777,7 +873,11 @@ fn creation(d: &DesiredServer, after: Option<Monthly>) -> CloudChange {
 
 /// What a new EC2 instance gets besides type, AMI and region.
 fn ec2_attrs(e: &crate::model::desired::Ec2Server) -> Vec<Attr> {
-    let mut attrs = vec![attr("subnet", None, Some(e.subnet.clone()))];
+    let subnet = match &e.network_subnet {
+        Some(cidr) => format!("{cidr} of the network"),
+        None => e.subnet.clone(),
+    };
+    let mut attrs = vec![attr("subnet", None, Some(subnet))];
     if let Some(ip) = &e.private_ip {
         attrs.push(attr("private ip", None, Some(ip.clone())));
     }
@@ -849,6 +949,47 @@ impl Differences {
     }
 }
 
+/// An EC2 instance's subnet and private address are chosen when it is
+/// launched: another network, subnet or address is a new instance.
+fn ec2_placement(
+    d: &DesiredServer,
+    e: &crate::model::desired::Ec2Server,
+    o: &ObservedServer,
+    out: &mut Differences,
+) {
+    let before = out.attrs.len();
+    if !d.networks.is_empty() || !o.networks.is_empty() {
+        if networks_differ(d, o) {
+            out.attrs.push(attr(
+                "networks",
+                Some(observed_networks_text(&o.networks)),
+                Some(networks_text(&d.networks)),
+            ));
+        }
+    } else {
+        if !e.subnet.is_empty() && o.subnet.as_deref().is_some_and(|s| s != e.subnet) {
+            out.attrs
+                .push(attr("subnet", o.subnet.clone(), Some(e.subnet.clone())));
+        }
+        if let Some(ip) = e
+            .private_ip
+            .as_ref()
+            .filter(|ip| o.private_address.as_ref() != Some(*ip))
+        {
+            out.attrs.push(attr(
+                "private ip",
+                o.private_address.clone(),
+                Some(ip.clone()),
+            ));
+        }
+    }
+    if out.attrs.len() > before {
+        out.replace.push(
+            "EC2 places an instance in its subnet, at its private address, only when it is launched".into(),
+        );
+    }
+}
+
 /// What differs between server `o` and what the config asks (`d`), and
 /// what of it cannot change in place.
 fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Differences {
@@ -876,6 +1017,9 @@ fn differences(d: &DesiredServer, o: &ObservedServer, observed: &Observed) -> Di
             "the {} is chosen only when a server is created",
             image_word(d.provider)
         ));
+    }
+    if let Some(e) = &d.ec2 {
+        ec2_placement(d, e, o, &mut out);
     }
     out.resize = o.size != d.size;
     if out.resize {
@@ -975,7 +1119,8 @@ fn in_place(d: &DesiredServer, o: &ObservedServer) -> Vec<Attr> {
             ));
         }
     }
-    if networks_differ(d, o) {
+    // (An EC2 instance's network is its placement: see `ec2_placement`.)
+    if d.provider != ProviderKind::Ec2 && networks_differ(d, o) {
         attrs.push(attr(
             "networks",
             Some(observed_networks_text(&o.networks)),
@@ -1077,7 +1222,11 @@ fn signed(x: f64) -> String {
 
 /// `8.21 → 15.59 EUR/month (+7.38)`
 pub(crate) fn cost_text(c: &CloudChange) -> String {
-    match (&c.cost_before, &c.cost_after) {
+    cost_words(c.cost_before, c.cost_after)
+}
+
+fn cost_words(before: Option<Monthly>, after: Option<Monthly>) -> String {
+    match (&before, &after) {
         (None, Some(a)) => format!("+{:.2} {}/month", a.amount, a.currency),
         (Some(b), None) => format!("-{:.2} {}/month", b.amount, b.currency),
         (Some(b), Some(a)) if b.currency == a.currency => {
@@ -1238,9 +1387,13 @@ pub(crate) fn text(p: &CloudPlan, color: bool) -> String {
                 CloudAction::Delete => red,
                 _ => yellow,
             };
+            let cost = match (n.cost_before, n.cost_after) {
+                (None, None) => "free".to_string(),
+                (b, a) => cost_words(b, a),
+            };
             let _ = writeln!(
                 s,
-                "  {col}{:>3}{reset} {bold}{} network{reset} ({})  free",
+                "  {col}{:>3}{reset} {bold}{} network{reset} ({})  {cost}",
                 n.action.symbol(),
                 n.name,
                 provider_name(n.provider)

@@ -212,6 +212,15 @@ pub(crate) fn with_cloud(mut t: Totals, cloud: Option<&CloudPlan>) -> Totals {
             CloudAction::Delete => t.destroy += 1,
         }
     }
+    // Networks count as changes too: a plan that only adds a subnet or
+    // removes a NAT gateway has something to apply.
+    for n in cloud.map(|c| c.networks.as_slice()).unwrap_or_default() {
+        match n.action {
+            CloudAction::Create => t.add += 1,
+            CloudAction::Delete => t.destroy += 1,
+            _ => t.change += 1,
+        }
+    }
     if let Some(c) = cloud {
         t.errors += c.errors.len() + usize::from(c.unavailable.is_some());
     }

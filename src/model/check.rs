@@ -376,6 +376,17 @@ impl Net {
     }
 }
 
+/// Is `addr` one of the five addresses AWS keeps in every subnet (the
+/// network, router, DNS, a spare, and the last)?
+pub(crate) fn aws_reserved(subnet: &Net, addr: &Net) -> bool {
+    let (IpAddr::V4(net), IpAddr::V4(a)) = (subnet.network().addr, addr.addr) else {
+        return false;
+    };
+    let offset = u32::from(a).wrapping_sub(u32::from(net));
+    let last = (1u64 << (32 - subnet.prefix as u32)) - 1;
+    offset < 4 || u64::from(offset) == last
+}
+
 /// A checked address or network in the one form cloud firewalls store and
 /// list it: a network with its prefix, host bits cleared, IPv6 in its
 /// short lowercase form; `any` is both whole internets. So what the config
@@ -569,6 +580,21 @@ mod tests {
         assert!(cidr("any").is_ok());
         assert!(cidr("10.0.0.0/33").is_err());
         assert!(cidr("10.0.0").is_err());
+    }
+
+    #[test]
+    fn aws_keeps_the_first_four_and_the_last_address_of_a_subnet() {
+        let sub = Net::parse("10.20.13.0/24").unwrap();
+        let at = |a: &str| aws_reserved(&sub, &Net::parse(a).unwrap());
+        for a in ["10.20.13.0", "10.20.13.1", "10.20.13.3", "10.20.13.255"] {
+            assert!(at(a), "{a}");
+        }
+        for a in ["10.20.13.4", "10.20.13.140", "10.20.13.254"] {
+            assert!(!at(a), "{a}");
+        }
+        let small = Net::parse("10.20.0.16/28").unwrap();
+        assert!(aws_reserved(&small, &Net::parse("10.20.0.31").unwrap()));
+        assert!(!aws_reserved(&small, &Net::parse("10.20.0.30").unwrap()));
     }
 
     #[test]

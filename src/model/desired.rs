@@ -538,12 +538,21 @@ pub struct Ssh {
     pub from: Vec<String>,
 }
 
-/// A Hetzner private network.
+/// A private network: a Hetzner network or an EC2 VPC.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Network {
     pub name: String,
+    /// Hetzner or EC2 (a VPC).
+    pub provider: ProviderKind,
+    /// EC2: providers.ec2's region ("" when the AWS chain gives it).
+    pub region: String,
     pub ip_range: String,
     pub subnets: Vec<String>,
+    /// EC2: subnets routed to the internet gateway.
+    pub public_subnets: Vec<String>,
+    /// EC2: a NAT gateway for the private subnets.
+    pub nat: bool,
+    /// Hetzner's network zone; EC2's availability zone ("" = EC2's choice).
     pub zone: String,
     pub allow_destroy: bool,
     /// Addresses no server is given (`reserved:`).
@@ -727,7 +736,15 @@ pub struct Server {
 /// `server_type` and `image`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Ec2Server {
+    /// The subnet's id (`server.subnet`); empty in a network of
+    /// tidekeeper.yaml, whose subnet is found by `network_subnet`.
     pub subnet: String,
+    /// The CIDR of its subnet in the network it names (`server.networks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_subnet: Option<String>,
+    /// That subnet is one of the network's private ones: no public address.
+    #[serde(skip)]
+    pub private_subnet: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -462,14 +462,29 @@ pub struct HostFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
-    /// The network's whole range (RFC 1918).
+    /// Whose network: `hetzner` (the default) or `ec2` (a VPC).
+    #[schemars(with = "Option<ProviderKind>")]
+    pub provider: Option<S<ProviderKind>>,
+    /// The network's whole range (RFC 1918); on EC2 the VPC's CIDR.
     #[schemars(with = "String")]
     pub ip_range: S<String>,
     /// Cloud subnets servers get addresses from (default: the whole range).
+    /// On EC2 these are private: no route to the internet but the NAT
+    /// gateway's (`nat: true`).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub subnets: Vec<S<String>>,
-    /// Hetzner network zone (default eu-central).
+    /// EC2: subnets routed to an internet gateway, whose instances get a
+    /// public address on launch.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub public_subnets: Vec<S<String>>,
+    /// EC2: a NAT gateway in the first public subnet, the private subnets'
+    /// way out (billed by the hour, with its public IPv4 address).
+    #[schemars(with = "Option<bool>")]
+    pub nat: Option<S<bool>>,
+    /// Hetzner network zone (default eu-central); on EC2 the availability
+    /// zone of its subnets (default: EC2's choice).
     #[schemars(with = "Option<String>")]
     pub zone: Option<S<String>>,
     /// Let tidekeeper delete the network once no host names it.

@@ -100,12 +100,92 @@ pub struct Volume {
     pub volume_type: String,
 }
 
+/// A VPC: a private network of its own address range.
+#[derive(Debug, Clone)]
+pub struct Vpc {
+    pub id: String,
+    /// Its primary IPv4 range.
+    pub cidr: String,
+    pub tags: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Subnet {
     pub id: String,
     pub vpc: String,
     pub cidr: String,
     pub zone: String,
+    /// Instances launched here get a public address (a public subnet).
+    pub map_public_ip: bool,
+    pub tags: Vec<(String, String)>,
+}
+
+/// An internet gateway: a VPC's way to the internet once attached and
+/// routed to.
+#[derive(Debug, Clone)]
+pub struct InternetGateway {
+    pub id: String,
+    /// VPCs it is attached to
+    pub vpcs: Vec<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Where a route sends its traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// `local`, or an internet gateway's id
+    Gateway(String),
+    NatGateway(String),
+}
+
+/// One IPv4 route of a route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub destination: String,
+    pub target: RouteTarget,
+}
+
+/// A route table: where a VPC's subnets send traffic.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub id: String,
+    pub vpc: String,
+    /// The VPC's main table: subnets without a table of their own use it.
+    pub main: bool,
+    /// IPv4 routes to gateways and NAT gateways; routes to other targets
+    /// (peering, transit gateways, interfaces) and to prefix lists are left
+    /// out.
+    pub routes: Vec<Route>,
+    /// (association id, subnet id) of its explicit subnet associations
+    pub subnets: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// A NAT gateway: a private subnet's way out, from a public subnet.
+#[derive(Debug, Clone)]
+pub struct NatGateway {
+    pub id: String,
+    pub vpc: String,
+    pub subnet: String,
+    /// pending | available | deleting | deleted | failed
+    pub state: String,
+    /// Its Elastic IP's allocation id, and the address.
+    pub allocation: Option<String>,
+    pub public_ip: Option<String>,
+    /// EC2's failure message when state is failed
+    pub failure: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// An Elastic IP address: a public address kept across instances.
+#[derive(Debug, Clone)]
+pub struct Address {
+    pub allocation: String,
+    pub public_ip: String,
+    /// The association's id while in use (by an instance or a NAT gateway).
+    pub association: Option<String>,
+    pub instance: Option<String>,
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +283,78 @@ fn instance(i: &types::Instance) -> Instance {
             .metadata_options()
             .and_then(|m| m.http_tokens())
             .is_some_and(|t| *t == types::HttpTokensState::Required),
+    }
+}
+
+fn subnet(s: &types::Subnet) -> Subnet {
+    Subnet {
+        id: s.subnet_id().unwrap_or_default().to_string(),
+        vpc: s.vpc_id().unwrap_or_default().to_string(),
+        cidr: s.cidr_block().unwrap_or_default().to_string(),
+        zone: s.availability_zone().unwrap_or_default().to_string(),
+        map_public_ip: s.map_public_ip_on_launch().unwrap_or(false),
+        tags: tags(s.tags()),
+    }
+}
+
+/// A route as [`Route`] has it; None for targets and destinations it
+/// cannot say.
+fn route(r: &types::Route) -> Option<Route> {
+    let target = match (r.gateway_id(), r.nat_gateway_id()) {
+        (Some(g), _) => RouteTarget::Gateway(g.to_string()),
+        (None, Some(n)) => RouteTarget::NatGateway(n.to_string()),
+        (None, None) => return None,
+    };
+    Some(Route {
+        destination: r.destination_cidr_block()?.to_string(),
+        target,
+    })
+}
+
+fn route_table(t: &types::RouteTable) -> RouteTable {
+    let associations = t.associations();
+    RouteTable {
+        id: t.route_table_id().unwrap_or_default().to_string(),
+        vpc: t.vpc_id().unwrap_or_default().to_string(),
+        main: associations.iter().any(|a| a.main() == Some(true)),
+        routes: t.routes().iter().filter_map(route).collect(),
+        subnets: associations
+            .iter()
+            .filter_map(|a| {
+                Some((
+                    a.route_table_association_id()?.to_string(),
+                    a.subnet_id()?.to_string(),
+                ))
+            })
+            .collect(),
+        tags: tags(t.tags()),
+    }
+}
+
+fn nat_gateway(n: &types::NatGateway) -> NatGateway {
+    let address = n.nat_gateway_addresses().first();
+    NatGateway {
+        id: n.nat_gateway_id().unwrap_or_default().to_string(),
+        vpc: n.vpc_id().unwrap_or_default().to_string(),
+        subnet: n.subnet_id().unwrap_or_default().to_string(),
+        state: n
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        allocation: address.and_then(|a| a.allocation_id().map(String::from)),
+        public_ip: address.and_then(|a| a.public_ip().map(String::from)),
+        failure: n.failure_message().map(String::from),
+        tags: tags(n.tags()),
+    }
+}
+
+fn address(a: &types::Address) -> Address {
+    Address {
+        allocation: a.allocation_id().unwrap_or_default().to_string(),
+        public_ip: a.public_ip().unwrap_or_default().to_string(),
+        association: a.association_id().map(String::from),
+        instance: a.instance_id().map(String::from),
+        tags: tags(a.tags()),
     }
 }
 
@@ -471,17 +623,434 @@ impl Client {
             .collect())
     }
 
+    /// The region's subnets, with whether each maps public IPs on launch.
     pub async fn subnets(&self) -> Result<Vec<Subnet>, Error> {
         let r = self.inner.describe_subnets().send().await.map_err(err)?;
-        Ok(r.subnets()
+        Ok(r.subnets().iter().map(subnet).collect())
+    }
+
+    /// The region's VPCs (all pages).
+    pub async fn vpcs(&self) -> Result<Vec<Vpc>, Error> {
+        let all = self
+            .inner
+            .describe_vpcs()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(err)?;
+        Ok(all
             .iter()
-            .map(|s| Subnet {
-                id: s.subnet_id().unwrap_or_default().to_string(),
-                vpc: s.vpc_id().unwrap_or_default().to_string(),
-                cidr: s.cidr_block().unwrap_or_default().to_string(),
-                zone: s.availability_zone().unwrap_or_default().to_string(),
+            .map(|v| Vpc {
+                id: v.vpc_id().unwrap_or_default().to_string(),
+                cidr: v.cidr_block().unwrap_or_default().to_string(),
+                tags: tags(v.tags()),
             })
             .collect())
+    }
+
+    /// A new VPC of range `cidr` (`/16` to `/28`); its id. EC2 gives it a
+    /// main route table and a default security group.
+    pub async fn create_vpc(&self, cidr: &str, tags: &[(String, String)]) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_vpc()
+            .cidr_block(cidr)
+            .tag_specifications(tag_spec(types::ResourceType::Vpc, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.vpc()
+            .and_then(|v| v.vpc_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Delete a VPC; EC2 refuses (`DependencyViolation`) while it has
+    /// subnets, an attached gateway, route tables or groups of its own.
+    pub async fn delete_vpc(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_vpc()
+            .vpc_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// A new subnet of `vpc` (a range inside the VPC's, overlapping none of
+    /// its other subnets), in `zone` or one EC2 picks; its id.
+    pub async fn create_subnet(
+        &self,
+        vpc: &str,
+        cidr: &str,
+        zone: Option<&str>,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_subnet()
+            .vpc_id(vpc)
+            .cidr_block(cidr)
+            .set_availability_zone(zone.map(String::from))
+            .tag_specifications(tag_spec(types::ResourceType::Subnet, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.subnet()
+            .and_then(|s| s.subnet_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Whether instances launched in `subnet` get a public address
+    /// (`MapPublicIpOnLaunch`): what makes a subnet public, with a route to
+    /// an internet gateway.
+    pub async fn set_map_public_ip(&self, subnet: &str, on: bool) -> Result<(), Error> {
+        self.inner
+            .modify_subnet_attribute()
+            .subnet_id(subnet)
+            .map_public_ip_on_launch(types::AttributeBooleanValue::builder().value(on).build())
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Delete a subnet; refused while instances or NAT gateways are in it.
+    pub async fn delete_subnet(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_subnet()
+            .subnet_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The region's internet gateways (all pages).
+    pub async fn internet_gateways(&self) -> Result<Vec<InternetGateway>, Error> {
+        let all = self
+            .inner
+            .describe_internet_gateways()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(err)?;
+        Ok(all
+            .iter()
+            .map(|g| InternetGateway {
+                id: g.internet_gateway_id().unwrap_or_default().to_string(),
+                vpcs: g
+                    .attachments()
+                    .iter()
+                    .filter_map(|a| a.vpc_id().map(String::from))
+                    .collect(),
+                tags: tags(g.tags()),
+            })
+            .collect())
+    }
+
+    /// A new, detached internet gateway; its id.
+    pub async fn create_internet_gateway(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_internet_gateway()
+            .tag_specifications(tag_spec(types::ResourceType::InternetGateway, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Attach a gateway to `vpc` (one each way); refused
+    /// (`Resource.AlreadyAssociated`) where either has one already.
+    pub async fn attach_internet_gateway(&self, gateway: &str, vpc: &str) -> Result<(), Error> {
+        self.inner
+            .attach_internet_gateway()
+            .internet_gateway_id(gateway)
+            .vpc_id(vpc)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Detach a gateway from `vpc`; refused while public addresses in the
+    /// VPC (instances', NAT gateways') depend on it.
+    pub async fn detach_internet_gateway(&self, gateway: &str, vpc: &str) -> Result<(), Error> {
+        self.inner
+            .detach_internet_gateway()
+            .internet_gateway_id(gateway)
+            .vpc_id(vpc)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Delete an internet gateway; refused while it is attached.
+    pub async fn delete_internet_gateway(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_internet_gateway()
+            .internet_gateway_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The region's route tables (all pages), main ones included.
+    pub async fn route_tables(&self) -> Result<Vec<RouteTable>, Error> {
+        let all = self
+            .inner
+            .describe_route_tables()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(err)?;
+        Ok(all.iter().map(route_table).collect())
+    }
+
+    /// A new route table in `vpc`, with only the `local` route; its id.
+    pub async fn create_route_table(
+        &self,
+        vpc: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_route_table()
+            .vpc_id(vpc)
+            .tag_specifications(tag_spec(types::ResourceType::RouteTable, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.route_table()
+            .and_then(|t| t.route_table_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Delete a route table; refused while subnets are associated with it,
+    /// and for a VPC's main table.
+    pub async fn delete_route_table(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_route_table()
+            .route_table_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// A new route to `target`; refused (`RouteAlreadyExists`) where the
+    /// table has one for `destination` already.
+    pub async fn create_route(
+        &self,
+        table: &str,
+        destination: &str,
+        target: &RouteTarget,
+    ) -> Result<(), Error> {
+        let mut call = self
+            .inner
+            .create_route()
+            .route_table_id(table)
+            .destination_cidr_block(destination);
+        call = match target {
+            RouteTarget::Gateway(g) => call.gateway_id(g),
+            RouteTarget::NatGateway(n) => call.nat_gateway_id(n),
+        };
+        call.send().await.map_err(err)?;
+        Ok(())
+    }
+
+    /// Point the table's route for `destination` at another target.
+    pub async fn replace_route(
+        &self,
+        table: &str,
+        destination: &str,
+        target: &RouteTarget,
+    ) -> Result<(), Error> {
+        let mut call = self
+            .inner
+            .replace_route()
+            .route_table_id(table)
+            .destination_cidr_block(destination);
+        call = match target {
+            RouteTarget::Gateway(g) => call.gateway_id(g),
+            RouteTarget::NatGateway(n) => call.nat_gateway_id(n),
+        };
+        call.send().await.map_err(err)?;
+        Ok(())
+    }
+
+    /// Remove the table's route for `destination` (never `local`).
+    pub async fn delete_route(&self, table: &str, destination: &str) -> Result<(), Error> {
+        self.inner
+            .delete_route()
+            .route_table_id(table)
+            .destination_cidr_block(destination)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Make `table` the route table of `subnet` (of the same VPC, not
+    /// explicitly associated yet); the association's id.
+    pub async fn associate_route_table(&self, table: &str, subnet: &str) -> Result<String, Error> {
+        let r = self
+            .inner
+            .associate_route_table()
+            .route_table_id(table)
+            .subnet_id(subnet)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.association_id().unwrap_or_default().to_string())
+    }
+
+    /// End an association: the subnet falls back to the VPC's main table.
+    pub async fn disassociate_route_table(&self, association: &str) -> Result<(), Error> {
+        self.inner
+            .disassociate_route_table()
+            .association_id(association)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The account's Elastic IP addresses.
+    pub async fn addresses(&self) -> Result<Vec<Address>, Error> {
+        let r = self.inner.describe_addresses().send().await.map_err(err)?;
+        Ok(r.addresses().iter().map(address).collect())
+    }
+
+    /// A new Elastic IP address for use in a VPC.
+    pub async fn allocate_address(&self, tags: &[(String, String)]) -> Result<Address, Error> {
+        let r = self
+            .inner
+            .allocate_address()
+            .domain(types::DomainType::Vpc)
+            .tag_specifications(tag_spec(types::ResourceType::ElasticIp, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(Address {
+            allocation: r.allocation_id().unwrap_or_default().to_string(),
+            public_ip: r.public_ip().unwrap_or_default().to_string(),
+            association: None,
+            instance: None,
+            tags: tags.to_vec(),
+        })
+    }
+
+    /// Give an Elastic IP back; refused (`InvalidIPAddress.InUse`) while
+    /// it is associated.
+    pub async fn release_address(&self, allocation: &str) -> Result<(), Error> {
+        self.inner
+            .release_address()
+            .allocation_id(allocation)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Make the Elastic IP `instance`'s public address (in place of the
+    /// one it got at launch); the association's id.
+    pub async fn associate_address(
+        &self,
+        allocation: &str,
+        instance: &str,
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .associate_address()
+            .allocation_id(allocation)
+            .instance_id(instance)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.association_id().unwrap_or_default().to_string())
+    }
+
+    /// Take an Elastic IP off its instance, which gets an automatic public
+    /// address back where its subnet gives those.
+    pub async fn disassociate_address(&self, association: &str) -> Result<(), Error> {
+        self.inner
+            .disassociate_address()
+            .association_id(association)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// The region's NAT gateways but deleted ones (all pages).
+    pub async fn nat_gateways(&self) -> Result<Vec<NatGateway>, Error> {
+        let all = self
+            .inner
+            .describe_nat_gateways()
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(err)?;
+        Ok(all
+            .iter()
+            .map(nat_gateway)
+            .filter(|n| n.state != "deleted")
+            .collect())
+    }
+
+    /// A new public NAT gateway in `subnet` with the Elastic IP
+    /// `allocation`; its id (it is `pending` until `available`, or
+    /// `failed`).
+    pub async fn create_nat_gateway(
+        &self,
+        subnet: &str,
+        allocation: &str,
+        tags: &[(String, String)],
+    ) -> Result<String, Error> {
+        let r = self
+            .inner
+            .create_nat_gateway()
+            .subnet_id(subnet)
+            .allocation_id(allocation)
+            .tag_specifications(tag_spec(types::ResourceType::Natgateway, tags))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(r.nat_gateway()
+            .and_then(|n| n.nat_gateway_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Delete a NAT gateway: `deleting`, then `deleted`, its address freed.
+    pub async fn delete_nat_gateway(&self, id: &str) -> Result<(), Error> {
+        self.inner
+            .delete_nat_gateway()
+            .nat_gateway_id(id)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 
     pub async fn security_groups(&self) -> Result<Vec<SecurityGroup>, Error> {

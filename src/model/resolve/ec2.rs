@@ -13,11 +13,12 @@ impl Loader<'_> {
         &mut self,
         file: &str,
         p_at: &Origin,
-        provider: ProviderKind,
         h: &raw::HostFile,
         s: &raw::ServerSpec,
         settings: &Settings,
+        networks: &[ServerNetwork],
     ) -> Option<Ec2Server> {
+        let provider = h.provider.value;
         if provider != ProviderKind::Ec2 {
             let keys = [
                 s.root_volume.as_ref().map(|_| "root_volume"),
@@ -58,6 +59,8 @@ impl Loader<'_> {
                 .with_help("allocate and associate the address outside tidekeeper, or reach the instance at its private address (ssh: {address: private})"));
         }
         let private_ip = self.ec2_private_ip(file, h, s);
+        let in_network = self.ec2_network(file, s, settings, networks);
+        let private_ip = private_ip.or_else(|| in_network.as_ref().and_then(|(_, ip)| ip.clone()));
         let (root_gb, root_type) = self.ec2_root(file, s);
         let egress = self.ec2_egress(file, p_at, s);
         Some(Ec2Server {
@@ -69,6 +72,15 @@ impl Loader<'_> {
                 .map(|r| at(file, &r.port))
                 .or_else(|| s.egress.as_ref().map(|_| p_at.clone())),
             subnet: opt(&s.subnet).unwrap_or_default(),
+            private_subnet: in_network.as_ref().is_some_and(|(cidr, _)| {
+                networks.first().is_some_and(|n| {
+                    settings
+                        .networks
+                        .iter()
+                        .any(|x| x.name == n.name && x.subnets.contains(cidr))
+                })
+            }),
+            network_subnet: in_network.map(|(cidr, _)| cidr),
             private_ip,
             root_gb,
             root_type,
@@ -147,6 +159,39 @@ impl Loader<'_> {
     }
 
     /// A fixed private address is one IPv4 address, for one instance.
+    /// The subnet (CIDR) and fixed address a host in a network of
+    /// tidekeeper.yaml (`server.networks`) gets: the subnet holding its
+    /// `ip`, else the network's first private subnet, else its first public
+    /// one. `subnet`/`private_ip` then have no say.
+    fn ec2_network(
+        &mut self,
+        file: &str,
+        s: &raw::ServerSpec,
+        settings: &Settings,
+        networks: &[ServerNetwork],
+    ) -> Option<(String, Option<String>)> {
+        let n = networks.first()?;
+        for (key, v) in [("subnet", &s.subnet), ("private_ip", &s.private_ip)] {
+            if let Some(v) = v {
+                self.err(at(file, v).error("invalid-key", format!("`{key}` and `networks` both place the instance; in network {} it gets its subnet from tidekeeper.yaml", n.name))
+                    .with_help("remove `subnet`/`private_ip` and write the address as networks: [{name: NETWORK, ip: ADDRESS}]"));
+            }
+        }
+        let net = settings.networks.iter().find(|x| x.name == n.name)?;
+        let subnets = net.subnets.iter().chain(&net.public_subnets);
+        let holds = |c: &&String| {
+            let ip = n.ip.as_deref().and_then(check::Net::parse);
+            check::Net::parse(c)
+                .zip(ip)
+                .is_some_and(|(c, ip)| c.contains(&ip))
+        };
+        let cidr = match &n.ip {
+            Some(_) => subnets.clone().find(holds),
+            None => subnets.clone().next(),
+        };
+        Some((cidr?.clone(), n.ip.clone()))
+    }
+
     fn ec2_private_ip(
         &mut self,
         file: &str,

@@ -347,6 +347,18 @@ impl Loader<'_> {
                     ));
                 }
             }
+            let in_private_subnet = h
+                .server
+                .as_ref()
+                .and_then(|s| s.ec2.as_ref())
+                .filter(|e| e.private_subnet);
+            if let Some(e) = in_private_subnet
+                && h.ssh.address != SshAddress::Private
+            {
+                let subnet = e.network_subnet.as_deref().unwrap_or_default();
+                self.err(h.origin.clone().error("invalid-value", format!("{} is in private subnet {subnet}, where an instance has no public address, but connects to its public address", h.name))
+                    .with_help("write ssh: {address: private, via: A HOST IN A PUBLIC SUBNET} (leave out `via` when tidekeeper runs inside the VPC), or put it in a public subnet"));
+            }
             let networks = h.server.as_ref().map(|s| s.networks.len()).unwrap_or(0);
             // An EC2 instance always has a private address, in its subnet.
             if h.ssh.address == SshAddress::Private
@@ -641,11 +653,11 @@ impl Loader<'_> {
                 raw::NetworkRef::Fixed { name, ip } => (name.clone(), ip.clone()),
             };
             let o = at(file, r);
-            if provider != ProviderKind::Hetzner {
+            if !matches!(provider, ProviderKind::Hetzner | ProviderKind::Ec2) {
                 self.err(
                     o.error(
                         "invalid-key",
-                        "`server.networks` are Hetzner private networks",
+                        "`server.networks` are Hetzner private networks and EC2 VPCs",
                     )
                     .with_help("Lightsail instances have no private networks tidekeeper manages"),
                 );
@@ -670,36 +682,26 @@ impl Loader<'_> {
                 ));
                 continue;
             }
-            if let Some(ip) = &ip {
-                let addr = check::Net::parse(ip).filter(|a| a.addr.is_ipv4() && a.prefix == 32);
-                let inside = addr.is_some_and(|a| {
-                    net.subnets
-                        .iter()
-                        .filter_map(|s| check::Net::parse(s))
-                        .any(|s| s.contains(&a))
-                });
-                if !inside {
-                    self.err(o.error(
+            if net.provider != provider {
+                self.err(o.error("invalid-value", format!("network {name} belongs to provider {}; a server on {} cannot join it", provider_name(net.provider), provider_name(provider)))
+                    .with_help("name a network of the server's provider (`provider:` on the network in tidekeeper.yaml)"));
+                continue;
+            }
+            if provider == ProviderKind::Ec2 && !out.is_empty() {
+                self.err(
+                    o.error(
                         "invalid-value",
-                        format!(
-                            "{ip:?} is not an address in network {name}'s subnets ({})",
-                            net.subnets.join(", ")
-                        ),
-                    ));
-                    continue;
-                }
-                if h.count.is_some() {
-                    self.err(o.error("invalid-value", "a fixed network address cannot be shared by a count: N group").with_help("leave out `ip` (each server gets the next free address), or write one host file per server"));
-                    continue;
-                }
+                        "an EC2 instance is in one network (its primary interface's subnet)",
+                    )
+                    .with_help(
+                        "list one network; tidekeeper does not attach extra network interfaces",
+                    ),
+                );
+                continue;
             }
             if let Some(ip) = &ip
-                && net.reserved.contains(ip)
+                && !self.network_ip(&o, provider, h, net, ip)
             {
-                self.err(o.error(
-                    "invalid-value",
-                    format!("{ip} is reserved in network {name}"),
-                ));
                 continue;
             }
             out.push(ServerNetwork {
@@ -709,6 +711,55 @@ impl Loader<'_> {
             });
         }
         out
+    }
+
+    /// A fixed address `ip` in network `net`: inside one of its subnets,
+    /// not one AWS keeps (EC2), not reserved, for one host only.
+    fn network_ip(
+        &mut self,
+        o: &Origin,
+        provider: ProviderKind,
+        h: &raw::HostFile,
+        net: &Network,
+        ip: &str,
+    ) -> bool {
+        let addr = check::Net::parse(ip).filter(|a| a.addr.is_ipv4() && a.prefix == 32);
+        let subnets: Vec<&String> = net.subnets.iter().chain(&net.public_subnets).collect();
+        let inside = addr.and_then(|a| {
+            subnets
+                .iter()
+                .filter_map(|s| check::Net::parse(s))
+                .find(|s| s.contains(&a))
+                .map(|s| (a, s))
+        });
+        let Some((a, sub)) = inside else {
+            self.err(o.error(
+                "invalid-value",
+                format!(
+                            "{ip:?} is not an address in network {}'s subnets ({})",
+                            net.name,
+                            subnets.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+            ));
+            return false;
+        };
+        if provider == ProviderKind::Ec2 && check::aws_reserved(&sub, &a) {
+            self.err(o.error("invalid-value", format!("{ip} is one of the five addresses AWS reserves in subnet {sub} (the first four and the last)"))
+                        .with_help("pick another address of the subnet"));
+            return false;
+        }
+        if h.count.is_some() {
+            self.err(o.error("invalid-value", "a fixed network address cannot be shared by a count: N group").with_help("leave out `ip` (each server gets the next free address), or write one host file per server"));
+            return false;
+        }
+        if net.reserved.iter().any(|r| r == ip) {
+            self.err(o.error(
+                "invalid-value",
+                format!("{ip} is reserved in network {}", net.name),
+            ));
+            return false;
+        }
+        true
     }
 
     /// The roles a host file lists, each once; every name must exist.
@@ -796,7 +847,7 @@ impl Loader<'_> {
         }
         let firewall = self.cloud_firewall(file, s);
         let networks = self.server_networks(file, provider, h, s, settings);
-        let ec2 = self.ec2_server(file, p_at, provider, h, s, settings);
+        let ec2 = self.ec2_server(file, p_at, h, s, settings, &networks);
         let location = match provider {
             ProviderKind::Ec2 => {
                 opt(&s.region).or_else(|| settings.ec2.as_ref().and_then(|e| e.region.clone()))
@@ -856,6 +907,10 @@ impl Loader<'_> {
         ];
         let (need, forbid): (&[NamedSetting], Vec<NamedSetting>) = match provider {
             ProviderKind::Hetzner => (&hetzner, [lightsail, ec2_only].concat()),
+            // A host in a network of tidekeeper.yaml gets its subnet there.
+            ProviderKind::Ec2 if !s.networks.is_empty() => {
+                (&ec2[..2], [&lightsail[..], &hetzner[2..]].concat())
+            }
             ProviderKind::Ec2 => (&ec2, [&lightsail[..], &hetzner[2..]].concat()),
             _ => (&lightsail, [hetzner, ec2_only].concat()),
         };

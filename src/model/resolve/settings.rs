@@ -307,68 +307,246 @@ impl Loader<'_> {
 
     /// `networks:`: private RFC 1918 ranges, subnets inside them.
     fn networks(&mut self, f: &raw::FleetFile) -> Vec<Network> {
-        let file = FLEET_FILE;
-        let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-            .map(|n| check::Net::parse(n).expect("literal"));
         let mut out = Vec::new();
         for (name, n) in &f.networks {
             if let Err(e) = check::host_name(name) {
-                self.err(at(file, &n.ip_range).error("invalid-name", format!("network name: {e}")));
+                self.err(
+                    at(FLEET_FILE, &n.ip_range).error("invalid-name", format!("network name: {e}")),
+                );
                 continue;
             }
-            let Some(range) = check::Net::parse(&n.ip_range.value).filter(|r| r.addr.is_ipv4())
-            else {
-                self.err(at(file, &n.ip_range).error(
+            if let Some(net) = self.network(name, n, f.providers.ec2.as_ref()) {
+                out.push(net);
+            }
+        }
+        out
+    }
+
+    /// One network of `networks:`, checked; None when it has errors.
+    fn network(
+        &mut self,
+        name: &str,
+        n: &raw::NetworkSpec,
+        aws: Option<&raw::LightsailSettings>,
+    ) -> Option<Network> {
+        let file = FLEET_FILE;
+
+        let provider = self.network_provider(name, n, aws)?;
+        let ec2 = provider == ProviderKind::Ec2;
+        let range = self.network_range(name, n, ec2)?;
+        let ec2_only = [
+            (
+                n.public_subnets.first().map(|s| at(file, s)),
+                "public_subnets",
+            ),
+            (n.nat.as_ref().map(|s| at(file, s)), "nat"),
+        ];
+        for (o, key) in ec2_only {
+            if let Some(o) = o.filter(|_| !ec2) {
+                self.err(
+                    o.error(
+                        "invalid-key",
+                        format!("network {name}: `{key}` is for EC2 networks (VPCs)"),
+                    )
+                    .with_help("add `provider: ec2` to the network, or remove the key"),
+                );
+                return None;
+            }
+        }
+        let mut seen = Vec::new();
+        let mut subnets = self.subnets(name, range, &n.subnets, ec2, &mut seen);
+        let public_subnets = self.subnets(name, range, &n.public_subnets, ec2, &mut seen);
+        if subnets.is_empty() && public_subnets.is_empty() {
+            subnets.push(range.to_string());
+        }
+        let nat = n.nat.as_ref().is_some_and(|a| a.value);
+        if let Some(o) = n
+            .nat
+            .as_ref()
+            .filter(|a| a.value && public_subnets.is_empty())
+        {
+            self.err(at(file, o).error("invalid-value", format!("network {name}: a NAT gateway lives in a public subnet, and the network has none"))
+                .with_help("add public_subnets: [A /24 INSIDE THE RANGE] to the network"));
+        }
+        let reserved = self.reserved(name, n, range);
+        let zone = opt(&n.zone).unwrap_or_else(|| {
+            if ec2 {
+                String::new()
+            } else {
+                "eu-central".into()
+            }
+        });
+        Some(Network {
+            name: name.to_string(),
+            provider,
+            region: aws
+                .filter(|_| ec2)
+                .and_then(|a| opt(&a.region))
+                .unwrap_or_default(),
+            ip_range: range.to_string(),
+            subnets,
+            public_subnets,
+            nat,
+            zone,
+            allow_destroy: n.allow_destroy.as_ref().is_some_and(|a| a.value),
+            reserved,
+        })
+    }
+
+    /// Whose network: Hetzner (the default) or EC2, whose settings exist.
+    fn network_provider(
+        &mut self,
+        name: &str,
+        n: &raw::NetworkSpec,
+        aws: Option<&raw::LightsailSettings>,
+    ) -> Option<ProviderKind> {
+        let file = FLEET_FILE;
+        let provider = n
+            .provider
+            .as_ref()
+            .map_or(ProviderKind::Hetzner, |p| p.value);
+        let ec2 = provider == ProviderKind::Ec2;
+        if let Some(p) = n
+            .provider
+            .as_ref()
+            .filter(|_| !matches!(provider, ProviderKind::Hetzner | ProviderKind::Ec2))
+        {
+            self.err(
+                at(file, p)
+                    .error(
+                        "invalid-value",
+                        format!(
+                            "network {name}: {} has no private networks tidekeeper manages",
+                            provider_name(p.value)
+                        ),
+                    )
+                    .with_help(
+                        "a network is `provider: hetzner` (the default) or `provider: ec2` (a VPC)",
+                    ),
+            );
+            return None;
+        }
+        if let Some(p) = n.provider.as_ref().filter(|_| ec2 && aws.is_none()) {
+            self.err(
+                at(file, p)
+                    .error(
+                        "missing-key",
+                        format!(
+                            "network {name} is an EC2 VPC but tidekeeper.yaml has no providers.ec2"
+                        ),
+                    )
+                    .with_help("add providers: {ec2: {region: eu-central-1}} to tidekeeper.yaml"),
+            );
+            return None;
+        }
+        Some(provider)
+    }
+
+    /// The network's range: private, of a size the provider takes.
+    fn network_range(&mut self, name: &str, n: &raw::NetworkSpec, ec2: bool) -> Option<check::Net> {
+        let file = FLEET_FILE;
+        let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+            .map(|n| check::Net::parse(n).expect("literal"));
+        let Some(range) = check::Net::parse(&n.ip_range.value).filter(|r| r.addr.is_ipv4()) else {
+            self.err(at(file, &n.ip_range).error(
+                "invalid-cidr",
+                format!(
+                    "{:?} is not an IPv4 network such as 10.0.0.0/16",
+                    n.ip_range.value
+                ),
+            ));
+            return None;
+        };
+        // EC2 takes a VPC of /16 to /28; Hetzner any private /24 or more.
+        let (widest, narrowest) = if ec2 { (16, 28) } else { (0, 24) };
+        if !private.iter().any(|p| p.contains(&range))
+            || range.prefix > narrowest
+            || range.prefix < widest
+        {
+            let sizes = if ec2 {
+                "of /16 to /28 (what a VPC can be)"
+            } else {
+                "of /24 or more"
+            };
+            self.err(
+                at(file, &n.ip_range)
+                    .error(
+                        "invalid-cidr",
+                        format!("network {name}: {range} is not a private range {sizes}"),
+                    )
+                    .with_help(
+                        "use part of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16, e.g. 10.0.0.0/16",
+                    ),
+            );
+            return None;
+        }
+        Some(range)
+    }
+
+    /// `reserved:`: single addresses inside the network's range.
+    fn reserved(&mut self, name: &str, n: &raw::NetworkSpec, range: check::Net) -> Vec<String> {
+        let file = FLEET_FILE;
+        let mut reserved = Vec::new();
+        for r in &n.reserved {
+            match check::Net::parse(&r.value).filter(|a| a.addr.is_ipv4() && a.prefix == 32) {
+                Some(a) if range.contains(&a) => reserved.push(a.addr.to_string()),
+                _ => self.err(at(file, r).error(
+                    "invalid-value",
+                    format!(
+                        "reserved {:?} is not one address in network {name} ({range})",
+                        r.value
+                    ),
+                )),
+            }
+        }
+        reserved
+    }
+
+    /// Subnets inside `range`; on EC2 each a network of /16 to /28 that
+    /// overlaps none before it (`seen`), as EC2 requires.
+    fn subnets(
+        &mut self,
+        name: &str,
+        range: check::Net,
+        list: &[S<String>],
+        ec2: bool,
+        seen: &mut Vec<check::Net>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for sn in list {
+            let Some(sub) = check::Net::parse(&sn.value).filter(|s| range.contains(s)) else {
+                self.err(at(FLEET_FILE, sn).error(
                     "invalid-cidr",
                     format!(
-                        "{:?} is not an IPv4 network such as 10.0.0.0/16",
-                        n.ip_range.value
+                        "subnet {:?} is not inside network {name} ({range})",
+                        sn.value
                     ),
                 ));
                 continue;
             };
-            if !private.iter().any(|p| p.contains(&range)) || range.prefix > 24 {
-                self.err(at(file, &n.ip_range).error("invalid-cidr", format!("network {name}: {range} is not a private range of /24 or more"))
-                    .with_help("use part of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16, e.g. 10.0.0.0/16"));
+            if ec2 && (sub.network() != sub || !(16..=28).contains(&sub.prefix)) {
+                self.err(
+                    at(FLEET_FILE, sn)
+                        .error(
+                            "invalid-cidr",
+                            format!(
+                                "subnet {:?}: an EC2 subnet is a network of /16 to /28",
+                                sn.value
+                            ),
+                        )
+                        .with_help(format!("e.g. {}/24", sub.network().addr)),
+                );
                 continue;
             }
-            let mut subnets = Vec::new();
-            for sn in &n.subnets {
-                match check::Net::parse(&sn.value) {
-                    Some(sub) if range.contains(&sub) => subnets.push(sub.to_string()),
-                    _ => self.err(at(file, sn).error(
-                        "invalid-cidr",
-                        format!(
-                            "subnet {:?} is not inside network {name} ({range})",
-                            sn.value
-                        ),
-                    )),
-                }
+            if let Some(other) = seen.iter().find(|o| o.contains(&sub) || sub.contains(o)) {
+                self.err(at(FLEET_FILE, sn).error(
+                    "invalid-cidr",
+                    format!("subnet {sub} overlaps subnet {other} of network {name}"),
+                ));
+                continue;
             }
-            if subnets.is_empty() {
-                subnets.push(range.to_string());
-            }
-            let mut reserved = Vec::new();
-            for r in &n.reserved {
-                match check::Net::parse(&r.value).filter(|a| a.addr.is_ipv4() && a.prefix == 32) {
-                    Some(a) if range.contains(&a) => reserved.push(a.addr.to_string()),
-                    _ => self.err(at(file, r).error(
-                        "invalid-value",
-                        format!(
-                            "reserved {:?} is not one address in network {name} ({range})",
-                            r.value
-                        ),
-                    )),
-                }
-            }
-            out.push(Network {
-                name: name.clone(),
-                ip_range: range.to_string(),
-                subnets,
-                zone: opt(&n.zone).unwrap_or_else(|| "eu-central".into()),
-                allow_destroy: n.allow_destroy.as_ref().is_some_and(|a| a.value),
-                reserved,
-            });
+            seen.push(sub);
+            out.push(sub.to_string());
         }
         out
     }
