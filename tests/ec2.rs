@@ -1031,3 +1031,86 @@ fn a_vpc_network_is_made_with_its_routes_and_nat_and_a_private_host_is_reached_t
     assert_eq!(gate.subnet, SUBNET);
     assert_eq!(f.ssh("gate", "cat /etc/tk-cloud"), "hello gate\n");
 }
+
+#[test]
+fn an_elastic_ip_is_attached_in_place_kept_through_a_resize_and_released_with_the_host() {
+    let plain = BASTION.replace("  termination_protection: true\n", "");
+    let f = fleet(&[
+        ("roles/base.yaml", BASE),
+        ("templates/hello.j2", HELLO),
+        ("hosts/bastion.yaml", &plain),
+    ]);
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(f.ec2.addresses().is_empty());
+
+    // static_ip: an Elastic IP of the host's own, attached in place; the
+    // host is configured at it (the instance's public address now).
+    let with_ip = plain.replace("  firewall:", "  static_ip: true\n  firewall:");
+    f.repo.write("hosts/bastion.yaml", &with_ip);
+    f.repo.commit("a fixed public address");
+    let out = f.tk(&["plan"]);
+    assert!(
+        stdout(&out).contains("static ip: none → attached"),
+        "{}",
+        text(&out)
+    );
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let eip = match f.ec2.addresses().as_slice() {
+        [a] => a.clone(),
+        other => panic!("one Elastic IP: {other:?}"),
+    };
+    let id = f.ec2.instance_for("bastion").unwrap().id;
+    assert_eq!(eip.instance.as_deref(), Some(id.as_str()));
+    assert!(
+        eip.tags
+            .contains(&("tidekeeper-host".to_string(), "bastion".to_string()))
+    );
+    assert_eq!(
+        f.ec2.instance(&id).unwrap().public_ip.as_deref(),
+        Some(eip.public_ip.as_str())
+    );
+    let banner = std::net::TcpStream::connect_timeout(
+        &format!("{}:22", eip.public_ip).parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    assert!(
+        banner.is_ok(),
+        "the Elastic IP reaches the instance: {banner:?}"
+    );
+    let out = f.tk(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "converged: {}", text(&out));
+
+    // A new type: stopped, changed, started; the address stays.
+    f.repo.write(
+        "hosts/bastion.yaml",
+        &with_ip.replace("t3.small", "t3.medium"),
+    );
+    f.repo.commit("bigger");
+    let out = f.tk(&["apply", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let i = f.ec2.instance(&id).unwrap();
+    assert_eq!(
+        (i.instance_type.as_str(), i.public_ip.as_deref()),
+        ("t3.medium", Some(eip.public_ip.as_str()))
+    );
+    assert_eq!(f.ssh("bastion", "cat /etc/tk-cloud"), "hello bastion\n");
+
+    // The host leaves the config (another takes its place): its instance
+    // and its address go.
+    std::fs::remove_file(f.repo.path.join("hosts/bastion.yaml")).unwrap();
+    f.repo.write(
+        "hosts/gate.yaml",
+        &plain.replace("private_ip: 10.20.13.140", "private_ip: 10.20.13.141"),
+    );
+    f.repo.commit("the gate replaces the bastion");
+    let out = f.tk(&["apply", "--yes", "--allow-destroy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.ec2.instance(&id).unwrap().state, "terminated");
+    assert!(
+        f.ec2.addresses().is_empty(),
+        "released: {:?}",
+        f.ec2.addresses()
+    );
+}

@@ -2249,6 +2249,16 @@ fn ec2_networks_are_vpcs_checked_where_they_are_written() {
     );
     fails(
         &vpc_fleet(lab),
+        &PRIVATE
+            .replace("ADDR", "lab")
+            .replace(", via: gate", "")
+            .replace("  networks:", "  static_ip: true\n  networks:"),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "an Elastic IP reaches an instance only through an internet gateway, and private subnet 10.40.13.0/24 has no route to one",
+    );
+    fails(
+        &vpc_fleet(lab),
         &vpc_host("{name: lab, ip: 10.40.13.3}", ""),
         "hosts/web.yaml:6:14",
         "invalid-value",

@@ -134,6 +134,10 @@ fn atoms(list: &[ec2::Rule]) -> Vec<ec2::Rule> {
     out
 }
 
+fn tag_is(tags: &[(String, String)], key: &str, value: &str) -> bool {
+    tags.iter().any(|(k, v)| k == key && v == value)
+}
+
 fn owned(tags: &[(String, String)], fleet: &str) -> bool {
     super::owned(tags.iter().map(|(k, v)| (k, v)), fleet)
 }
@@ -393,6 +397,66 @@ impl Ec2 {
         }])
     }
 
+    /// Host `host`'s Elastic IP, associated with instance `id`: its own
+    /// address (tagged with the host), allocated once and kept while the
+    /// host is in the config, so a replaced instance gets it back. Its
+    /// public address.
+    async fn elastic_ip(&self, fleet: &str, host: &str, id: &str) -> Result<String, CloudError> {
+        let client = self.client().await?;
+        let addresses = client
+            .addresses()
+            .await
+            .map_err(|e| api("listing Elastic IPs", e))?;
+        let mine = addresses
+            .into_iter()
+            .find(|a| owned(&a.tags, fleet) && tag_is(&a.tags, HOST_NAME, host));
+        let a = match mine {
+            Some(a) => a,
+            None => {
+                let mut tags: Vec<(String, String)> =
+                    super::desired::ownership(fleet).into_iter().collect();
+                tags.push((HOST_NAME.into(), host.into()));
+                tags.push((NAME_TAG.into(), host.into()));
+                client
+                    .allocate_address(&tags)
+                    .await
+                    .map_err(|e| api("allocating the Elastic IP", e))?
+            }
+        };
+        if a.instance.as_deref() != Some(id) {
+            client
+                .associate_address(&a.allocation, id)
+                .await
+                .map_err(|e| api("associating the Elastic IP", e))?;
+        }
+        Ok(a.public_ip)
+    }
+
+    /// Give back host `host`'s Elastic IP (its instance is gone).
+    async fn release_elastic_ip(&self, fleet: &str, host: &str) -> Result<(), CloudError> {
+        let client = self.client().await?;
+        let addresses = client
+            .addresses()
+            .await
+            .map_err(|e| api("listing Elastic IPs", e))?;
+        for a in addresses
+            .iter()
+            .filter(|a| owned(&a.tags, fleet) && tag_is(&a.tags, HOST_NAME, host))
+        {
+            if let Some(assoc) = &a.association {
+                client
+                    .disassociate_address(assoc)
+                    .await
+                    .map_err(|e| api("detaching the Elastic IP", e))?;
+            }
+            client
+                .release_address(&a.allocation)
+                .await
+                .map_err(|e| api("releasing the Elastic IP", e))?;
+        }
+        Ok(())
+    }
+
     async fn launch(
         &self,
         want: &DesiredServer,
@@ -513,6 +577,10 @@ impl Provider for Ec2 {
                 .await
                 .map_err(|e| api("listing subnets", e))?;
             let networks = network::subnet_networks(&subnets);
+            let elastic = client
+                .addresses()
+                .await
+                .map_err(|e| api("listing Elastic IPs", e))?;
             let mut out = Vec::new();
             for i in &list {
                 let protected = client
@@ -524,6 +592,7 @@ impl Provider for Ec2 {
                     .find(|v| i.root_volume.as_ref() == Some(&v.id))
                     .and_then(|v| u32::try_from(v.size_gb).ok());
                 let mut o = self.observed(i, &groups, protected, gb);
+                o.static_ip = elastic.iter().any(|a| a.instance.as_ref() == Some(&i.id));
                 if let (Some(n), Some(ip)) = (
                     i.subnet.as_ref().and_then(|s| networks.get(s)),
                     &i.private_ip,
@@ -626,7 +695,18 @@ impl Provider for Ec2 {
         want: &'a DesiredServer,
         user_data: &'a str,
     ) -> Fut<'a, ObservedServer> {
-        Box::pin(self.launch(want, user_data))
+        Box::pin(async move {
+            let mut o = self.launch(want, user_data).await?;
+            let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+            if want.static_ip {
+                o.address = Some(self.elastic_ip(&fleet, &want.host, &o.id).await?);
+                o.static_ip = true;
+            } else {
+                // A replaced server's address it no longer asks for.
+                self.release_elastic_ip(&fleet, &want.host).await?;
+            }
+            Ok(o)
+        })
     }
 
     fn adopt<'a>(&'a self, have: &'a ObservedServer, fleet: &'a str, host: &'a str) -> Fut<'a, ()> {
@@ -721,6 +801,10 @@ impl Provider for Ec2 {
                             .map_err(|e| api("attaching the security group", e))?;
                     }
                 }
+                if want.static_ip && !have.static_ip {
+                    let fleet = want.labels.get(FLEET).cloned().unwrap_or_default();
+                    self.elastic_ip(&fleet, &want.host, &have.id).await?;
+                }
                 if spec.termination_protection != have.delete_protection {
                     client
                         .set_termination_protection(&have.id, spec.termination_protection)
@@ -758,7 +842,7 @@ impl Provider for Ec2 {
         })
     }
 
-    fn delete<'a>(&'a self, have: &'a ObservedServer, _keep_address: bool) -> Fut<'a, ()> {
+    fn delete<'a>(&'a self, have: &'a ObservedServer, keep_address: bool) -> Fut<'a, ()> {
         Box::pin(async move {
             let client = self.client().await?;
             match client.terminate(&have.id).await {
@@ -773,7 +857,13 @@ impl Provider for Ec2 {
                 }
                 Err(e) => return Err(api("terminating the instance", e)),
             }
-            self.wait_state(&have.id, "terminated").await.map(|_| ())
+            self.wait_state(&have.id, "terminated").await?;
+            // A replaced server's Elastic IP waits for the new instance.
+            if have.static_ip && !keep_address {
+                let fleet = have.labels.get(FLEET).cloned().unwrap_or_default();
+                self.release_elastic_ip(&fleet, &have.name).await?;
+            }
+            Ok(())
         })
     }
 

@@ -255,13 +255,15 @@ impl PriceList {
     }
     /// What a server of `size` in `location` costs with `volume_gb` of
     /// storage and, if `public_ipv4`, a public address: the size's price
-    /// plus what this provider bills apart.
+    /// plus what this provider bills apart. A `static_ip` (EC2's Elastic
+    /// IP) is billed while the server is stopped too.
     pub fn server_price(
         &self,
         size: &str,
         location: &str,
         volume_gb: u32,
         public_ipv4: bool,
+        static_ip: bool,
     ) -> Option<ServerPrice> {
         let mut monthly = self.price(size, location)?;
         let Some(a) = self.attached.get(location) else {
@@ -276,9 +278,16 @@ impl PriceList {
             });
         };
         let volumes = a.volume_gb * f64::from(volume_gb);
-        monthly.amount += volumes + if public_ipv4 { a.ipv4 } else { 0.0 };
+        let ipv4 = if public_ipv4 || static_ip {
+            a.ipv4
+        } else {
+            0.0
+        };
+        monthly.amount += volumes + ipv4;
         let while_stopped = if self.bills_stopped {
             monthly.amount
+        } else if static_ip {
+            volumes + ipv4
         } else {
             volumes
         };
@@ -649,6 +658,7 @@ impl Observed {
             &o.location,
             o.volume_gb.unwrap_or(0),
             o.public_ipv4,
+            o.static_ip,
         )
     }
 
@@ -662,7 +672,7 @@ impl Observed {
         let ipv4 = ec2_prices::public_ipv4(d, now);
         self.prices
             .get(&d.provider)?
-            .server_price(&d.size, &d.location, gb, ipv4)
+            .server_price(&d.size, &d.location, gb, ipv4, d.static_ip)
     }
 
     pub fn server(&self, provider: ProviderKind, name: &str) -> Option<&ObservedServer> {

@@ -563,6 +563,7 @@ pub struct ServerSpec {
     /// Cloud firewall (Hetzner) or instance public ports (Lightsail).
     #[serde(default)]
     pub firewall: Vec<CloudPort>,
+    /// A fixed public address: Lightsail's static IP, EC2's Elastic IP.
     #[schemars(with = "Option<bool>")]
     pub static_ip: Option<S<bool>>,
     #[schemars(with = "Option<String>")]

@@ -52,14 +52,23 @@ impl Loader<'_> {
                 format!("region {:?} is not providers.ec2.region ({want})", r.value),
             ).with_help("a fleet's EC2 instances live in the region of providers.ec2; remove `region:` or make them equal"));
         }
-        if let Some(v) = &s.static_ip
-            && v.value
-        {
-            self.err(at(file, v).error("invalid-value", "Elastic IPs are not managed for EC2 instances yet")
-                .with_help("allocate and associate the address outside tidekeeper, or reach the instance at its private address (ssh: {address: private})"));
-        }
         let private_ip = self.ec2_private_ip(file, h, s);
         let in_network = self.ec2_network(file, s, settings, networks);
+        // In one of the network's private subnets: no public address.
+        let private_subnet = in_network.as_ref().is_some_and(|(cidr, _)| {
+            networks.first().is_some_and(|n| {
+                settings
+                    .networks
+                    .iter()
+                    .any(|x| x.name == n.name && x.subnets.contains(cidr))
+            })
+        });
+        if let (Some(v), Some((cidr, _))) = (s.static_ip.as_ref().filter(|v| v.value), &in_network)
+            && private_subnet
+        {
+            self.err(at(file, v).error("invalid-value", format!("an Elastic IP reaches an instance only through an internet gateway, and private subnet {cidr} has no route to one"))
+                .with_help("put the host in one of the network's public_subnets, or leave out static_ip"));
+        }
         let private_ip = private_ip.or_else(|| in_network.as_ref().and_then(|(_, ip)| ip.clone()));
         let (root_gb, root_type) = self.ec2_root(file, s);
         let egress = self.ec2_egress(file, p_at, s);
@@ -72,14 +81,7 @@ impl Loader<'_> {
                 .map(|r| at(file, &r.port))
                 .or_else(|| s.egress.as_ref().map(|_| p_at.clone())),
             subnet: opt(&s.subnet).unwrap_or_default(),
-            private_subnet: in_network.as_ref().is_some_and(|(cidr, _)| {
-                networks.first().is_some_and(|n| {
-                    settings
-                        .networks
-                        .iter()
-                        .any(|x| x.name == n.name && x.subnets.contains(cidr))
-                })
-            }),
+            private_subnet,
             network_subnet: in_network.map(|(cidr, _)| cidr),
             private_ip,
             root_gb,
