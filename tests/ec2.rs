@@ -14,7 +14,7 @@ use crate::support::cloud::ec2::{
 use crate::support::fleet::{stdout, text};
 use crate::support::testbed::Kind;
 
-fn client(e: &Ec2, rt: &tokio::runtime::Runtime) -> ec2::Client {
+pub(crate) fn client(e: &Ec2, rt: &tokio::runtime::Runtime) -> ec2::Client {
     rt.block_on(ec2::Client::new(ec2::Settings {
         region: Some(REGION.into()),
         auth: ec2::Auth::Keys {
@@ -59,7 +59,7 @@ fn fleet(files: &[(&str, &str)]) -> CloudFleet {
 
 /// Wait until `f` holds (the emulator's background work), up to 90 s.
 #[track_caller]
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !f() {
         assert!(std::time::Instant::now() < deadline, "{what}");

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use tidekeeper_ec2 as ec2;
 
+use crate::ec2::wait_for;
 use crate::support::cloud::Cloud;
-use crate::support::cloud::ec2::{
-    ACCESS_KEY, AMI, Ec2, IGW, MAIN_ROUTE_TABLE, REGION, SECRET_KEY, SUBNET, VPC, permission,
-};
+use crate::support::cloud::ec2::{AMI, Ec2, IGW, MAIN_ROUTE_TABLE, SUBNET, VPC, permission};
 
 /// The EC2 emulator on a test fleet of its own (no other provider, no
 /// repo), shut down with the test.
@@ -28,19 +27,7 @@ impl Net {
         let cloud = Cloud::new(0);
         let ec2 = Ec2::start(cloud.clone());
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let c = rt
-            .block_on(ec2::Client::new(ec2::Settings {
-                region: Some(REGION.into()),
-                auth: ec2::Auth::Keys {
-                    access_key: ACCESS_KEY.into(),
-                    secret_key: SECRET_KEY.into(),
-                    session_token: None,
-                },
-                endpoint: Some(ec2.url.clone()),
-                timeout: Duration::from_secs(10),
-                max_attempts: 1,
-            }))
-            .unwrap();
+        let c = crate::ec2::client(&ec2, &rt);
         Net { cloud, ec2, rt, c }
     }
 
@@ -113,16 +100,6 @@ fn launch<'a>(
 
 fn name(n: &str) -> Vec<(String, String)> {
     vec![("Name".to_string(), n.to_string())]
-}
-
-/// Wait until `f` holds (the emulator's background work), up to 90 s.
-#[track_caller]
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The first bytes sshd sends at `ip`, connecting from network namespace

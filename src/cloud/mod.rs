@@ -642,14 +642,6 @@ impl From<CloudSnapshot> for Observed {
 }
 
 impl Observed {
-    /// The monthly price of a server of `size` in `location`, where the
-    /// provider's price list has one.
-    pub fn price(&self, provider: ProviderKind, size: &str, location: &str) -> Option<Monthly> {
-        self.prices
-            .get(&provider)
-            .and_then(|l| l.price(size, location))
-    }
-
     /// What an observed server costs a month, its volumes and address
     /// included where they are billed apart.
     pub fn server_price(&self, o: &ObservedServer) -> Option<ServerPrice> {
