@@ -2228,7 +2228,7 @@ fn ec2_networks_are_vpcs_checked_where_they_are_written() {
     );
     fails(
         "fleet: test\nproviders:\n  hetzner: {}\n  ec2: {region: eu-central-1}\nnetworks:\n  lan:\n    ip_range: 10.0.0.0/16\n    public_subnets: [10.0.1.0/24]\n",
-        EXISTING,
+        "provider: hetzner\nserver: {type: cpx11, image: debian-12, location: fsn1, networks: [lan]}\nroles: [base]\n", // (no second error for the network it names)
         "tidekeeper.yaml:8:22",
         "invalid-key",
         "network lan: `public_subnets` is for EC2 networks (VPCs)",

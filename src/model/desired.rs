@@ -242,6 +242,10 @@ pub struct Settings {
     /// ([`Fleet::networks`]) is what the cloud stage uses.
     #[serde(skip)]
     pub networks: Vec<Network>,
+    /// Networks of `networks:` with errors (reported there): a host naming
+    /// one is not told it is undeclared.
+    #[serde(skip)]
+    pub broken_networks: Vec<String>,
 }
 
 /// The user a provider's image lets the server's keys in as, where that is

@@ -663,6 +663,9 @@ impl Loader<'_> {
                 );
                 return Vec::new();
             }
+            if settings.broken_networks.contains(&name) {
+                continue;
+            }
             let Some(net) = settings.networks.iter().find(|n| n.name == name) else {
                 let names: Vec<&str> = settings.networks.iter().map(|n| n.name.as_str()).collect();
                 let d = o.error(

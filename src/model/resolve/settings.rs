@@ -143,6 +143,7 @@ impl Loader<'_> {
         let branch = opt(&f.status.branch).unwrap_or_else(|| "tidekeeper/status".into());
         self.status_refs(f);
         let proposals = self.proposal_limits(file, &f.proposals);
+        let networks = self.networks(f);
         Settings {
             proposals,
             ssh,
@@ -188,7 +189,13 @@ impl Loader<'_> {
             apply_requirements: self.requirements(f.apply.apply_requirements.as_ref()),
             apply_windows: Vec::new(),
             notify: Default::default(),
-            networks: self.networks(f),
+            broken_networks: f
+                .networks
+                .keys()
+                .filter(|n| !networks.iter().any(|x| x.name == **n))
+                .cloned()
+                .collect(),
+            networks,
         }
     }
 
@@ -764,6 +771,7 @@ pub(super) fn default_settings() -> Settings {
         apply_windows: Vec::new(),
         notify: Default::default(),
         networks: Vec::new(),
+        broken_networks: Vec::new(),
     }
 }
 
