@@ -2291,4 +2291,40 @@ fn ec2_networks_are_vpcs_checked_where_they_are_written() {
         "invalid-value",
         "network lan belongs to provider hetzner; a server on ec2 cannot join it",
     );
+    // What EC2 would refuse, or never converge on.
+    fails(
+        "fleet: test\nproviders:\n  ec2: {region: eu-central-1}\nnetworks:\n  lab:\n    provider: ec2\n    ip_range: 10.40.0.5/16\n",
+        EXISTING,
+        "tidekeeper.yaml:7:15",
+        "invalid-cidr",
+        "network lab: 10.40.0.5/16 has host bits set; a VPC's range is a network such as 10.40.0.0/16",
+    );
+    fails(
+        &vpc_fleet("    public_subnets: [10.40.0.0/24]\n    nat: true\n"),
+        EXISTING,
+        "tidekeeper.yaml:9:10",
+        "invalid-value",
+        "network lab: a NAT gateway is the private subnets' way out, and the network has none",
+    );
+    fails(
+        &vpc_fleet("    subnets: [10.40.13.0/24]\n    reserved: [10.40.13.7]\n"),
+        EXISTING,
+        "tidekeeper.yaml:9:16",
+        "invalid-key",
+        "network lab: `reserved` is for Hetzner networks; EC2 keeps an address only for the instance that asks for it",
+    );
+    fails(
+        &vpc_fleet("    zone: us-east-1a\n"),
+        EXISTING,
+        "tidekeeper.yaml:8:11",
+        "invalid-value",
+        "network lab: zone \"us-east-1a\" is not in region eu-central-1",
+    );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host("{name: lab, ip: 10.40.0.10/32}", ""),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "\"10.40.0.10/32\" is not an address in network lab's subnets (10.40.13.0/24, 10.40.0.0/24)",
+    );
 }

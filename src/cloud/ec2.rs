@@ -577,10 +577,15 @@ impl Provider for Ec2 {
                 .await
                 .map_err(|e| api("listing subnets", e))?;
             let networks = network::subnet_networks(&subnets);
-            let elastic = client
-                .addresses()
-                .await
-                .map_err(|e| api("listing Elastic IPs", e))?;
+            let elastic = match client.addresses().await {
+                Ok(a) => a,
+                // An older IAM policy: no Elastic IPs are known.
+                Err(e) if e.code == "UnauthorizedOperation" => {
+                    tracing::warn!("ec2: not allowed to list Elastic IPs (ec2:DescribeAddresses)");
+                    Vec::new()
+                }
+                Err(e) => return Err(api("listing Elastic IPs", e)),
+            };
             let mut out = Vec::new();
             for i in &list {
                 let protected = client
@@ -1540,5 +1545,254 @@ mod tests {
         assert_eq!(r.len(), 3, "any is a tcp and a udp rule: {r:?}");
         assert!(r.iter().all(|x| x.protocol != "-1"));
         assert_eq!(ports(&r), want);
+    }
+
+    /// A fleet with VPC network `lab` (NAT as given, in `region`) and one
+    /// host in its public subnet.
+    fn vpc_fleet(region: &str, nat: bool) -> crate::model::desired::Fleet {
+        let mut t = crate::source::ConfigTree::default();
+        let providers = if region.is_empty() {
+            "{ec2: {}}".to_string()
+        } else {
+            format!("{{ec2: {{region: {region}}}}}")
+        };
+        t.insert_file(
+            "tidekeeper.yaml",
+            format!("fleet: acme\ndefaults: {{ssh: {{from: [10.0.0.2/32]}}}}\nproviders: {providers}\nnetworks:\n  lab: {{provider: ec2, ip_range: 10.40.0.0/16, subnets: [10.40.13.0/24], public_subnets: [10.40.0.0/24], nat: {nat}}}\n").into_bytes(),
+        );
+        t.insert_file(
+            "hosts/gate.yaml",
+            b"provider: ec2\nssh: {user: admin, sudo: true, address: private}\nserver: {type: t3.small, image: ami-0abcdef1234567890, networks: [lab]}\n".to_vec(),
+        );
+        crate::model::load(&t).expect("valid fleet")
+    }
+
+    fn observed_network(nat: bool) -> super::super::ObservedNetwork {
+        super::super::ObservedNetwork {
+            provider: ProviderKind::Ec2,
+            id: "vpc-1".into(),
+            name: "lab".into(),
+            ip_range: "10.40.0.0/16".into(),
+            subnets: vec!["10.40.13.0/24".into()],
+            public_subnets: vec!["10.40.0.0/24".into()],
+            nat,
+            region: "eu-central-1".into(),
+            labels: crate::cloud::desired::ownership("acme"),
+            delete_protection: false,
+        }
+    }
+
+    #[test]
+    fn a_nat_gateway_is_priced_by_the_hour_with_its_address_and_counted_in_the_total() {
+        let f = vpc_fleet("eu-central-1", true);
+        let obs = observed(vec![]);
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        let n = &p.networks[0];
+        assert_eq!(n.action, CloudAction::Create);
+        let nat = 0.052 * 730.0 + 0.005 * 730.0;
+        assert!((n.cost_after.unwrap().amount - nat).abs() < 1e-9, "{n:?}");
+        assert!(
+            text(&p, false).contains("+ lab network (EC2)  +41.61 USD/month"),
+            "{}",
+            text(&p, false)
+        );
+        // The gate (in the first, private, subnet here) has no public address.
+        let gate = 0.0240 * 730.0 + 8.0 * 0.0952;
+        let usd = p.cost["USD"];
+        assert!((usd.proposed - (nat + gate)).abs() < 1e-6, "{usd:?}");
+        assert_eq!(usd.prior, 0.0);
+
+        // The network exists with its gateway; the config drops it.
+        let f = vpc_fleet("eu-central-1", false);
+        let mut obs = observed(vec![]);
+        obs.networks = vec![observed_network(true)];
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        let n = &p.networks[0];
+        assert_eq!(n.action, CloudAction::Update);
+        assert!((n.cost_before.unwrap().amount - nat).abs() < 1e-9);
+        assert_eq!(n.cost_after, None);
+        let usd = p.cost["USD"];
+        assert!(
+            (usd.prior - nat).abs() < 1e-6 && (usd.proposed - gate).abs() < 1e-6,
+            "{usd:?}"
+        );
+
+        // As the config asks: no change, nothing counted twice.
+        let f = vpc_fleet("eu-central-1", true);
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        assert!(p.networks.is_empty(), "{:?}", p.networks);
+        let usd = p.cost["USD"];
+        assert!(
+            (usd.prior - nat).abs() < 1e-6 && (usd.proposed - usd.prior - gate).abs() < 1e-6,
+            "{usd:?}"
+        );
+
+        // A region the table lacks: the gateway's cost is unknown, not free.
+        let f = vpc_fleet("", true);
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![]),
+            None,
+            PlanOptions::default(),
+        );
+        assert!(
+            text(&p, false).contains("+ lab network (EC2)  cost unknown"),
+            "{}",
+            text(&p, false)
+        );
+    }
+
+    #[test]
+    fn a_host_placed_by_subnet_id_in_a_networks_subnet_is_where_it_should_be() {
+        let f = fleet("t3.small");
+        let mut i = instance("t3.small", true);
+        i.subnet = Some("subnet-0a1b2c3d".into());
+        // Another fleet's network holds that subnet.
+        i.networks = vec![("lab".into(), "10.20.13.140".into())];
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![i.clone()]),
+            None,
+            PlanOptions::default(),
+        );
+        assert!(
+            !p.changes.iter().any(|c| c.action == CloudAction::Replace
+                || c.attrs.iter().any(|a| a.name == "networks")),
+            "{:?}",
+            p.changes
+        );
+        // Another subnet or address is a new instance.
+        i.subnet = Some("subnet-other".into());
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &observed(vec![i]),
+            None,
+            PlanOptions::default(),
+        );
+        assert_eq!(p.changes[0].action, CloudAction::Replace, "{:?}", p.changes);
+    }
+
+    #[test]
+    fn a_network_a_server_stays_in_is_not_deleted_and_another_fleets_is_not_ours() {
+        // The network left the config; its server's deletion is refused.
+        let f = fleet("t3.small");
+        let mut obs = observed(vec![]);
+        let mut gone = instance("t3.small", true);
+        gone.name = "db".into();
+        gone.networks = vec![("lab".into(), "10.40.13.9".into())];
+        obs.servers = vec![gone];
+        obs.networks = vec![observed_network(false)];
+        let opts = PlanOptions {
+            allow_destroy: true,
+        };
+        let p = plan(&f, &crate::cloud::desired::servers(&f), &obs, None, opts);
+        let n = p
+            .networks
+            .iter()
+            .find(|n| n.name == "lab")
+            .expect("its delete");
+        assert_eq!(n.action, CloudAction::Delete);
+        assert!(
+            n.blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("server db is still in it")),
+            "{n:?}"
+        );
+
+        // Another fleet's VPC of the same name: ours is made beside it.
+        let f = vpc_fleet("eu-central-1", false);
+        let mut theirs = observed_network(false);
+        theirs.labels = crate::cloud::desired::ownership("other");
+        let mut obs = observed(vec![]);
+        obs.networks = vec![theirs];
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.networks[0].action, CloudAction::Create);
+    }
+
+    #[test]
+    fn a_subnet_does_not_change_kind_and_allow_destroy_reaches_the_vpc() {
+        let f = vpc_fleet("eu-central-1", false);
+        let mut have = observed_network(false);
+        have.subnets = vec![];
+        have.public_subnets = vec!["10.40.13.0/24".into(), "10.40.0.0/24".into()];
+        let mut obs = observed(vec![]);
+        obs.networks = vec![have];
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        assert!(
+            p.errors
+                .iter()
+                .any(|e| e
+                    .contains("subnet 10.40.13.0/24 is public in EC2 and private in the config")),
+            "{:?}",
+            p.errors
+        );
+
+        let mut have = observed_network(false);
+        have.labels
+            .insert(crate::cloud::ALLOW_DESTROY.into(), "true".into());
+        obs.networks = vec![have];
+        let p = plan(
+            &f,
+            &crate::cloud::desired::servers(&f),
+            &obs,
+            None,
+            PlanOptions::default(),
+        );
+        let n = &p.networks[0];
+        assert_eq!(n.action, CloudAction::Update);
+        assert!(n.attrs.iter().any(|a| a.name == "allow destroy"), "{n:?}");
+    }
+
+    #[test]
+    fn a_declared_network_no_host_names_keeps_costing_what_it_costs() {
+        let mut f = vpc_fleet("eu-central-1", true);
+        for h in &mut f.hosts {
+            if let Some(s) = h.server.as_mut() {
+                s.networks.clear();
+            }
+        }
+        let mut obs = observed(vec![]);
+        obs.networks = vec![observed_network(true)];
+        let p = plan(&f, &[], &obs, None, PlanOptions::default());
+        assert!(p.networks.is_empty(), "{:?}", p.networks);
+        let usd = p.cost["USD"];
+        assert!(
+            (usd.prior - usd.proposed).abs() < 1e-9 && usd.prior > 40.0,
+            "{usd:?}"
+        );
     }
 }

@@ -254,6 +254,24 @@ fn used_networks(fleet: &Fleet) -> impl Iterator<Item = &Network> {
     })
 }
 
+/// The network the providers have for `n`: of its name and provider; on
+/// EC2, where names are tags anyone may write, only the fleet's own VPC.
+fn find_network<'a>(
+    observed: &'a Observed,
+    fleet: &str,
+    n: &Network,
+) -> Option<&'a ObservedNetwork> {
+    let named = |o: &&ObservedNetwork| o.provider == n.provider && o.name == n.name;
+    let mut all = observed.networks.iter().filter(named);
+    match n.provider {
+        ProviderKind::Ec2 => all.find(|o| o.owned_by(fleet)),
+        _ => all
+            .clone()
+            .find(|o| o.owned_by(fleet))
+            .or_else(|| all.next()),
+    }
+}
+
 /// What a network costs a month: an EC2 VPC's NAT gateway with its public
 /// address (None: free, or no price for the region).
 pub(crate) fn network_price(
@@ -329,6 +347,15 @@ fn network_update(n: &Network, o: &ObservedNetwork, observed: &Observed) -> Opti
         let was = if o.nat { "present" } else { "none" };
         attrs.push(attr("NAT gateway", Some(was.into()), Some(nat_text(n))));
     }
+    let allowed = o.labels.get(ALLOW_DESTROY).map(String::as_str) == Some("true");
+    if n.provider == ProviderKind::Ec2 && allowed != n.allow_destroy {
+        let word = |on: bool| if on { "yes" } else { "no" }.to_string();
+        attrs.push(attr(
+            "allow destroy",
+            Some(word(allowed)),
+            Some(word(n.allow_destroy)),
+        ));
+    }
     (!attrs.is_empty()).then(|| NetworkChange {
         name: n.name.clone(),
         provider: n.provider,
@@ -355,10 +382,7 @@ pub(crate) fn plan_networks(
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for n in used_networks(fleet) {
-        let have = observed
-            .networks
-            .iter()
-            .find(|o| o.provider == n.provider && o.name == n.name);
+        let have = find_network(observed, &fleet.name, n);
         let price = |nat: bool, region: &str| network_price(observed, n.provider, region, nat);
         let Some(o) = have else {
             out.push(NetworkChange {
@@ -385,6 +409,22 @@ pub(crate) fn plan_networks(
             errors.push(format!(
                 "network {}: its range is {} and the config asks for {}; a network's range is not changed in place (create a new network and move the servers)",
                 n.name, o.ip_range, n.ip_range
+            ));
+            continue;
+        }
+        // A subnet's kind is its route table and its public addresses.
+        let flipped: Vec<&String> = n
+            .subnets
+            .iter()
+            .filter(|s| o.public_subnets.contains(s))
+            .chain(n.public_subnets.iter().filter(|s| o.subnets.contains(s)))
+            .collect();
+        if let Some(sub) = flipped.first() {
+            errors.push(format!(
+                "network {}: subnet {sub} is {} in EC2 and {} in the config; a subnet does not change kind in place (make a new subnet and move the servers)",
+                n.name,
+                if o.public_subnets.contains(sub) { "public" } else { "private" },
+                if n.public_subnets.contains(sub) { "public" } else { "private" },
             ));
             continue;
         }
@@ -556,7 +596,47 @@ pub(crate) fn plan(
     let (networks, errors) = plan_networks(fleet, observed, scope.is_none(), opts);
     plan.networks = networks;
     plan.errors.extend(errors);
+    hold_networks_in_use(fleet, observed, &mut plan);
     plan
+}
+
+/// A network is deleted only once no server is in it: one whose server
+/// stays (its deletion refused, or not planned) keeps it, and says why.
+fn hold_networks_in_use(fleet: &Fleet, observed: &Observed, plan: &mut CloudPlan) {
+    for n in plan
+        .networks
+        .iter_mut()
+        .filter(|n| n.action == CloudAction::Delete && n.blocked.is_none())
+    {
+        let staying: Vec<&str> = observed
+            .servers
+            .iter()
+            .filter(|o| o.provider == n.provider && o.owned_by(&fleet.name))
+            .filter(|o| o.networks.iter().any(|(name, _)| *name == n.name))
+            // …unless a change takes it out first (deleted, replaced
+            // elsewhere, or detached in place), as apply runs those first.
+            .filter(|o| {
+                !plan.changes.iter().any(|c| {
+                    c.host == o.name
+                        && c.blocked.is_none()
+                        && c.desired
+                            .as_ref()
+                            .is_none_or(|d| !d.networks.iter().any(|x| x.name == n.name))
+                })
+            })
+            .map(|o| o.name.as_str())
+            .collect();
+        if !staying.is_empty() {
+            n.blocked = Some(format!(
+                "network {}: it would be deleted, but {} still in it; delete or move those servers first",
+                n.name,
+                match staying.as_slice() {
+                    [one] => format!("server {one} is"),
+                    many => format!("servers {} are", many.join(", ")),
+                }
+            ));
+        }
+    }
 }
 
 /// What a fleet pays a month, now and once a plan is applied.
@@ -611,13 +691,17 @@ fn costs(fleet: &Fleet, desired: &[DesiredServer], observed: &Observed) -> Costs
     for o in observed.networks.iter().filter(|o| o.owned_by(&fleet.name)) {
         add(network_price(observed, o.provider, &o.region, o.nat), true);
     }
-    for n in used_networks(fleet) {
-        let have = observed
-            .networks
-            .iter()
-            .find(|o| o.provider == n.provider && o.name == n.name);
+    for n in &fleet.networks {
+        let have = find_network(observed, &fleet.name, n);
         let region = have.map_or(n.region.as_str(), |o| o.region.as_str());
-        add(network_price(observed, n.provider, region, n.nat), false);
+        // A declared network no host names is not made, nor deleted: what
+        // it has now it keeps.
+        let nat = if used_networks(fleet).any(|u| u.name == n.name) {
+            n.nat
+        } else {
+            have.is_some_and(|o| o.owned_by(&fleet.name) && o.nat)
+        };
+        add(network_price(observed, n.provider, region, nat), false);
     }
     out
 }
@@ -958,7 +1042,9 @@ fn ec2_placement(
     out: &mut Differences,
 ) {
     let before = out.attrs.len();
-    if !d.networks.is_empty() || !o.networks.is_empty() {
+    // In a network of tidekeeper.yaml: the network and address; placed by
+    // subnet id: that subnet and address (whoever's network it is part of).
+    if !d.networks.is_empty() {
         if networks_differ(d, o) {
             out.attrs.push(attr(
                 "networks",
@@ -1387,7 +1473,11 @@ pub(crate) fn text(p: &CloudPlan, color: bool) -> String {
                 CloudAction::Delete => red,
                 _ => yellow,
             };
+            let billed = n.desired.as_ref().is_some_and(|d| d.nat)
+                || n.observed.as_ref().is_some_and(|o| o.nat);
             let cost = match (n.cost_before, n.cost_after) {
+                // A NAT gateway in a region the price table lacks.
+                (None, None) if billed => "cost unknown".to_string(),
                 (None, None) => "free".to_string(),
                 (b, a) => cost_words(b, a),
             };

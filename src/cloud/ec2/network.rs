@@ -69,7 +69,19 @@ impl Ec2 {
     /// The VPCs that are networks of tidekeeper.yaml, as networks.
     pub(super) async fn list_networks(&self) -> Result<Vec<ObservedNetwork>, CloudError> {
         let c = self.client().await?;
-        let vpcs = c.vpcs().await.map_err(|e| api("listing VPCs", e))?;
+        let vpcs = match c.vpcs().await {
+            Ok(v) => v,
+            // A policy written before tidekeeper managed VPCs: a fleet
+            // without EC2 networks still plans (one with them fails on
+            // apply, naming the permission).
+            Err(e) if e.code == "UnauthorizedOperation" => {
+                tracing::warn!(
+                    "ec2: not allowed to list VPCs (ec2:DescribeVpcs): EC2 networks are not read"
+                );
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(api("listing VPCs", e)),
+        };
         let subnets = c.subnets().await.map_err(|e| api("listing subnets", e))?;
         let nats = c
             .nat_gateways()
@@ -413,7 +425,10 @@ impl Ec2 {
             .nat_gateways()
             .await
             .map_err(|e| api("listing NAT gateways", e))?;
-        for n in nats.iter().filter(|n| n.vpc == vpc && n.state != "deleted") {
+        // A failed gateway is not billed and EC2 removes it by itself.
+        for n in nats.iter().filter(|n| {
+            n.vpc == vpc && matches!(n.state.as_str(), "pending" | "available" | "deleting")
+        }) {
             if n.state != "deleting" {
                 c.delete_nat_gateway(&n.id)
                     .await
@@ -448,6 +463,29 @@ impl Ec2 {
             .get(crate::cloud::FLEET)
             .cloned()
             .unwrap_or_default();
+        // Nothing is taken from under a server still in the VPC.
+        let subnets = c.subnets().await.map_err(|e| api("listing subnets", e))?;
+        let instances = c
+            .instances()
+            .await
+            .map_err(|e| api("listing instances", e))?;
+        let inside: Vec<&str> = instances
+            .iter()
+            .filter(|i| {
+                let sub = i.subnet.as_deref();
+                subnets
+                    .iter()
+                    .any(|s| Some(s.id.as_str()) == sub && s.vpc == vpc)
+            })
+            .map(|i| i.id.as_str())
+            .collect();
+        if !inside.is_empty() {
+            return Err(CloudError::Refused(format!(
+                "network {}: instances {} are still in VPC {vpc}; nothing of it was deleted",
+                have.name,
+                inside.join(", ")
+            )));
+        }
         self.remove_nat(&fleet, &have.name, vpc).await?;
         let tables = c
             .route_tables()
@@ -487,7 +525,6 @@ impl Ec2 {
                 .await
                 .map_err(|e| api("deleting a security group", e))?;
         }
-        let subnets = c.subnets().await.map_err(|e| api("listing subnets", e))?;
         for s in subnets.iter().filter(|s| s.vpc == vpc) {
             c.delete_subnet(&s.id)
                 .await

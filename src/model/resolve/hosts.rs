@@ -356,7 +356,7 @@ impl Loader<'_> {
                 && h.ssh.address != SshAddress::Private
             {
                 let subnet = e.network_subnet.as_deref().unwrap_or_default();
-                self.err(h.origin.clone().error("invalid-value", format!("{} is in private subnet {subnet}, where an instance has no public address, but connects to its public address", h.name))
+                self.err_once(format!("private-subnet:{}", h.origin.file), h.origin.clone().error("invalid-value", format!("{} is in private subnet {subnet}, where an instance has no public address, but connects to its public address", h.name))
                     .with_help("write ssh: {address: private, via: A HOST IN A PUBLIC SUBNET} (leave out `via` when tidekeeper runs inside the VPC), or put it in a public subnet"));
             }
             let networks = h.server.as_ref().map(|s| s.networks.len()).unwrap_or(0);
@@ -726,7 +726,8 @@ impl Loader<'_> {
         net: &Network,
         ip: &str,
     ) -> bool {
-        let addr = check::Net::parse(ip).filter(|a| a.addr.is_ipv4() && a.prefix == 32);
+        // One address as written (10.0.1.3), compared and sent as such.
+        let addr = check::Net::parse(ip).filter(|a| a.addr.is_ipv4() && !ip.contains('/'));
         let subnets: Vec<&String> = net.subnets.iter().chain(&net.public_subnets).collect();
         let inside = addr.and_then(|a| {
             subnets

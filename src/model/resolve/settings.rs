@@ -337,7 +337,6 @@ impl Loader<'_> {
         aws: Option<&raw::LightsailSettings>,
     ) -> Option<Network> {
         let file = FLEET_FILE;
-
         let provider = self.network_provider(name, n, aws)?;
         let ec2 = provider == ProviderKind::Ec2;
         let range = self.network_range(name, n, ec2)?;
@@ -367,6 +366,38 @@ impl Loader<'_> {
             subnets.push(range.to_string());
         }
         let nat = n.nat.as_ref().is_some_and(|a| a.value);
+        if let Some(o) = n
+            .nat
+            .as_ref()
+            .filter(|a| a.value && !public_subnets.is_empty() && n.subnets.is_empty())
+        {
+            self.err(at(file, o).error("invalid-value", format!("network {name}: a NAT gateway is the private subnets' way out, and the network has none"))
+                .with_help("add subnets: [A PRIVATE SUBNET] to the network, or leave out nat"));
+        }
+        if let (Some(r), true) = (n.reserved.first(), ec2) {
+            self.err(at(file, r).error("invalid-key", format!("network {name}: `reserved` is for Hetzner networks; EC2 keeps an address only for the instance that asks for it"))
+                .with_help("give the machine attached by hand a fixed address outside the subnets tidekeeper's hosts use"));
+        }
+        if let (Some(z), Some(region)) = (
+            n.zone.as_ref().filter(|_| ec2),
+            aws.and_then(|a| a.region.as_ref()),
+        ) && !z.value.starts_with(&region.value)
+        {
+            self.err(
+                at(file, z)
+                    .error(
+                        "invalid-value",
+                        format!(
+                            "network {name}: zone {:?} is not in region {}",
+                            z.value, region.value
+                        ),
+                    )
+                    .with_help(format!(
+                        "an availability zone of the region, e.g. {}a",
+                        region.value
+                    )),
+            );
+        }
         if let Some(o) = n
             .nat
             .as_ref()
@@ -485,6 +516,11 @@ impl Loader<'_> {
                         "use part of 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16, e.g. 10.0.0.0/16",
                     ),
             );
+            return None;
+        }
+        if ec2 && range.network() != range {
+            self.err(at(file, &n.ip_range).error("invalid-cidr", format!("network {name}: {range} has host bits set; a VPC's range is a network such as {}", range.network()))
+                .with_help(format!("write {}", range.network())));
             return None;
         }
         Some(range)
