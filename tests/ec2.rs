@@ -921,6 +921,10 @@ fn a_vpc_network_is_made_with_its_routes_and_nat_and_a_private_host_is_reached_t
         nat.subnet, public.id,
         "the NAT gateway is in the public subnet"
     );
+    assert_eq!(
+        nat.private_ip, "10.40.0.254",
+        "at the subnet's last address, clear of the hosts'"
+    );
     let way_out = |subnet: &str| {
         f.ec2
             .route_tables()

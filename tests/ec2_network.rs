@@ -207,10 +207,10 @@ fn a_vpc_with_public_and_private_subnets_is_built_listed_back_and_torn_down_in_o
     // The NAT gateway, on an Elastic IP, in the public subnet.
     let eip = n.run(c.allocate_address(&name("nat"))).unwrap();
     let nat = n
-        .run(c.create_nat_gateway(&public, &eip.allocation, &name("lab")))
+        .run(c.create_nat_gateway(&public, &eip.allocation, None, &name("lab")))
         .unwrap();
     assert_eq!(
-        n.code(c.create_nat_gateway(&public, &eip.allocation, &[])),
+        n.code(c.create_nat_gateway(&public, &eip.allocation, None, &[])),
         "Resource.AlreadyAssociated",
         "its address is taken"
     );
@@ -406,7 +406,7 @@ fn a_vpc_with_public_and_private_subnets_is_built_listed_back_and_torn_down_in_o
         .unwrap();
     let eip = n.run(c.allocate_address(&[])).unwrap();
     let nat = n
-        .run(c.create_nat_gateway(&s, &eip.allocation, &[]))
+        .run(c.create_nat_gateway(&s, &eip.allocation, None, &[]))
         .unwrap();
     let mut failed = None;
     wait_for("the NAT gateway fails", || {

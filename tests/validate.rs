@@ -2327,4 +2327,11 @@ fn ec2_networks_are_vpcs_checked_where_they_are_written() {
         "invalid-value",
         "\"10.40.0.10/32\" is not an address in network lab's subnets (10.40.13.0/24, 10.40.0.0/24)",
     );
+    fails(
+        &vpc_fleet(lab),
+        &vpc_host("{name: lab, ip: 10.40.0.254}", ""),
+        "hosts/web.yaml:6:14",
+        "invalid-value",
+        "10.40.0.254 is the address of network lab's NAT gateway",
+    );
 }

@@ -387,6 +387,19 @@ pub(crate) fn aws_reserved(subnet: &Net, addr: &Net) -> bool {
     offset < 4 || u64::from(offset) == last
 }
 
+/// The address tidekeeper gives a NAT gateway in `subnet`: its last usable
+/// one (below the broadcast address AWS keeps), so the hosts' fixed
+/// addresses, usually low, stay free.
+pub(crate) fn nat_address(subnet: &str) -> Option<String> {
+    let n = Net::parse(subnet)?;
+    let IpAddr::V4(net) = n.network().addr else {
+        return None;
+    };
+    let size = 1u64 << (32 - u32::from(n.prefix));
+    let last = u32::from(net).checked_add(u32::try_from(size.checked_sub(2)?).ok()?)?;
+    Some(std::net::Ipv4Addr::from(last).to_string())
+}
+
 /// A checked address or network in the one form cloud firewalls store and
 /// list it: a network with its prefix, host bits cleared, IPv6 in its
 /// short lowercase form; `any` is both whole internets. So what the config
@@ -580,6 +593,12 @@ mod tests {
         assert!(cidr("any").is_ok());
         assert!(cidr("10.0.0.0/33").is_err());
         assert!(cidr("10.0.0").is_err());
+    }
+
+    #[test]
+    fn a_nat_gateway_takes_the_last_usable_address() {
+        assert_eq!(nat_address("10.20.0.0/24").as_deref(), Some("10.20.0.254"));
+        assert_eq!(nat_address("10.20.0.16/28").as_deref(), Some("10.20.0.30"));
     }
 
     #[test]

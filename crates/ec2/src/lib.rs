@@ -1025,6 +1025,7 @@ impl Client {
         &self,
         subnet: &str,
         allocation: &str,
+        private_ip: Option<&str>,
         tags: &[(String, String)],
     ) -> Result<String, Error> {
         let r = self
@@ -1032,6 +1033,7 @@ impl Client {
             .create_nat_gateway()
             .subnet_id(subnet)
             .allocation_id(allocation)
+            .set_private_ip_address(private_ip.map(str::to_string))
             .tag_specifications(tag_spec(types::ResourceType::Natgateway, tags))
             .send()
             .await

@@ -372,9 +372,20 @@ impl Ec2 {
                         .await
                         .map_err(|e| api("allocating the NAT gateway's Elastic IP", e))?,
                 };
-                c.create_nat_gateway(subnet, &address.allocation, &tags(fleet, want, Some("nat")))
-                    .await
-                    .map_err(|e| api("creating the NAT gateway", e))?
+                let cidr = want
+                    .public_subnets
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                let at = crate::model::check::nat_address(cidr);
+                c.create_nat_gateway(
+                    subnet,
+                    &address.allocation,
+                    at.as_deref(),
+                    &tags(fleet, want, Some("nat")),
+                )
+                .await
+                .map_err(|e| api("creating the NAT gateway", e))?
             }
         };
         self.wait_nat(&id, "available").await?;

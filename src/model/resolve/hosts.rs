@@ -752,6 +752,23 @@ impl Loader<'_> {
                         .with_help("pick another address of the subnet"));
             return false;
         }
+        if net.nat
+            && net
+                .public_subnets
+                .first()
+                .and_then(|p| check::nat_address(p))
+                .as_deref()
+                == Some(ip)
+        {
+            self.err(
+                o.error(
+                    "invalid-value",
+                    format!("{ip} is the address of network {}'s NAT gateway", net.name),
+                )
+                .with_help("pick another address of the subnet"),
+            );
+            return false;
+        }
         if h.count.is_some() {
             self.err(o.error("invalid-value", "a fixed network address cannot be shared by a count: N group").with_help("leave out `ip` (each server gets the next free address), or write one host file per server"));
             return false;

@@ -2974,7 +2974,25 @@ fn nat_gateway(a: &mut Account, action: &str, f: &BTreeMap<String, String>) -> R
                 );
             }
             let public_ip = e.public_ip.clone();
-            let Some(private_ip) = a.free_ip(&s) else {
+            let asked = f.get("PrivateIpAddress").cloned();
+            if let Some(ip) = &asked {
+                let inside = ip.parse::<Ipv4Addr>().is_ok_and(|p| in_cidr(p, &s.cidr));
+                if !inside {
+                    return error(
+                        400,
+                        "InvalidParameterValue",
+                        &format!("Address {ip} does not fall within the subnet's address range"),
+                    );
+                }
+                if a.ip_taken(&subnet, ip) {
+                    return error(
+                        400,
+                        "InvalidIPAddress.InUse",
+                        &format!("Address {ip} is in use."),
+                    );
+                }
+            }
+            let Some(private_ip) = asked.or_else(|| a.free_ip(&s)) else {
                 return error(
                     400,
                     "InsufficientFreeAddressesInSubnet",
